@@ -1,0 +1,46 @@
+"""router: send every AI text request to the smallest model that answers it well, and show its energy.
+
+>>> from router import Router
+>>> r = Router()
+>>> r.complete(messages=[{"role": "user", "content": "Sentiment: 'a gorgeous, witty film'"}]).routing
+"""
+
+from ._router import Router
+from .cards import ModelCard, load_card, load_cards
+from .config import RouterConfig
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    BackendUnavailableError,
+    BadRequestError,
+    BudgetExhaustedError,
+    ConfigError,
+    ContextLengthError,
+    RouterError,
+    UnknownModelError,
+)
+from .types import ChatCompletion, ChatCompletionChunk, ChatMessage, Routing, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "BadRequestError",
+    "BudgetExhaustedError",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatMessage",
+    "ConfigError",
+    "ContextLengthError",
+    "ModelCard",
+    "Router",
+    "RouterConfig",
+    "RouterError",
+    "Routing",
+    "UnknownModelError",
+    "Usage",
+    "load_card",
+    "load_cards",
+]

@@ -1,0 +1,559 @@
+"""``Router``: classify the request, decide the smallest adequate model, call it, meter it, record it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .backends import Backend, Generation, GenerationRequest, StreamEvent, create_backend
+from .cards import ModelCard, load_cards
+from .classify.base import Classification, RequestClassifier
+from .config import RouterConfig
+from .energy import EnergyReading, Meter, auto_meter, estimate_from_profile
+from .errors import (
+    BackendError,
+    BadRequestError,
+    BudgetExhaustedError,
+    ContextLengthError,
+    RouterError,
+    UnknownModelError,
+)
+from .ledger import Ledger, LedgerRecord, hash_key, open_ledger
+from .policy.decision import Decision
+from .types import (
+    Attempt,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatMessage,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Routing,
+    Usage,
+    new_request_id,
+)
+
+log = logging.getLogger("router")
+
+# OpenAI parameters we accept and do not act on (they do not change which model answers).
+_IGNORED_PARAMS = {
+    "top_p", "user", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "metadata",
+    "stream_options", "store", "parallel_tool_calls", "service_tier", "response_format", "logprobs",
+    "top_logprobs", "extra_body", "extra_headers", "timeout",
+}  # fmt: skip
+ROUTER_ALIASES = ("router",)
+
+
+@dataclass
+class RequestContext:
+    """Everything known about one request before a model is called."""
+
+    request_id: str
+    messages: list[ChatMessage]
+    text: str
+    classification: Classification
+    decision: Decision
+    max_tokens: int | None
+    temperature: float | None
+    stop: list[str] | None
+    key_hash: str | None
+    decision_ms: float
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
+    """Check the OpenAI ``messages`` list and say exactly what to fix."""
+    if messages is None or (isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and
+                            len(messages) == 0):
+        raise BadRequestError("`messages` is empty: send at least one {'role': 'user', 'content': '...'}",
+                              param="messages")
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise BadRequestError("`messages` must be a list of {'role', 'content'} objects", param="messages")
+    out: list[ChatMessage] = []
+    total = 0
+    for i, raw in enumerate(messages):
+        if isinstance(raw, ChatMessage):
+            msg = raw
+        else:
+            if not isinstance(raw, dict):
+                raise BadRequestError(f"messages[{i}] must be an object with `role` and `content`",
+                                      param=f"messages[{i}]")
+            content = raw.get("content")
+            if isinstance(content, list):  # OpenAI content parts: keep the text parts
+                if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                    raise BadRequestError(f"messages[{i}].content: only text parts are supported",
+                                          param=f"messages[{i}].content")
+                content = "".join(str(p.get("text", "")) for p in content)
+                raw = {**raw, "content": content}
+            if not isinstance(content, str):
+                raise BadRequestError(
+                    f"messages[{i}].content must be a string, got {type(content).__name__}",
+                    param=f"messages[{i}].content",
+                )
+            try:
+                msg = ChatMessage.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise BadRequestError(
+                    f"messages[{i}].{where}: {err['msg']} (roles: system, developer, user, assistant, tool)",
+                    param=f"messages[{i}].{where}",
+                ) from exc
+        total += len(msg.content)
+        out.append(msg)
+    if not any(m.role == "user" and m.content.strip() for m in out):
+        raise BadRequestError("`messages` has no user message with text: add {'role': 'user', 'content': ...}",
+                              param="messages")
+    if total > max_chars:
+        raise BadRequestError(
+            f"the prompt is {total:,} characters; this router accepts at most {max_chars:,}",
+            param="messages", code="prompt_too_large",
+        )
+    return out
+
+
+def request_text(messages: list[ChatMessage]) -> str:
+    """What the classifier reads: the last user message (the question being asked now)."""
+    return next(m.content for m in reversed(messages) if m.role == "user")
+
+
+class Router:
+    """Routes chat requests to the smallest adequate model and records the energy of each.
+
+    ``Router()`` is the embedded default: the shipped model cards and classifier, the default policy and a
+    SQLite ledger in the user's data directory.
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig | None = None,
+        policy: str | None = None,
+        *,
+        cards: dict[str, ModelCard] | None = None,
+        classifier: RequestClassifier | None = None,
+        ledger: Ledger | None = None,
+        meter: Meter | None = None,
+        backends: dict[str, Backend] | None = None,
+    ) -> None:
+        self.config = config or RouterConfig.load()
+        self.cards = cards if cards is not None else load_cards(self.config.models_dir)
+        if not any(c.callable for c in self.cards.values()):
+            raise RouterError(f"no callable model card in {self.config.models_dir}")
+        self.policy_name = policy or self.config.default_policy
+        self.classifier = classifier or _default_classifier(self.config)
+        self.ledger = ledger or open_ledger(self.config.ledger_url)
+        self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._backend_lock = threading.Lock()
+        self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
+        self.engine = _load_engine(self)
+
+    # -- public API -----------------------------------------------------------------------------------
+    def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
+        """An OpenAI-style chat completion (or, with ``stream=True``, an iterator of chunks)."""
+        ctx = self.prepare(messages, **params)
+        if stream:
+            return self._stream(ctx)
+        return self._complete(ctx)
+
+    async def acomplete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
+        """Async twin of :meth:`complete`; with ``stream=True`` returns an async iterator of chunks."""
+        ctx = self.prepare(messages, **params)
+        if stream:
+            return self._astream(ctx)
+        return await self._acomplete(ctx)
+
+    def backend(self, model: str) -> Backend:
+        """The (lazily created, cached) backend for a model card."""
+        with self._backend_lock:
+            backend = self._backends.get(model)
+            if backend is None:
+                backend = create_backend(self.cards[model])
+                self._backends[model] = backend
+            return backend
+
+    def resolve_model(self, name: str) -> str:
+        found = self._aliases.get(name.lower())
+        if found is None:
+            known = ", ".join(sorted(c.name for c in self.cards.values() if c.callable))
+            raise UnknownModelError(
+                f"unknown model {name!r}; use 'router', 'router:<policy>' or one of: {known}", param="model"
+            )
+        if not self.cards[found].callable:
+            raise UnknownModelError(f"model {found!r} has no backend (simulation only)", param="model")
+        return found
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self.ledger.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- preparing a request --------------------------------------------------------------------------
+    def prepare(
+        self,
+        messages: Any,
+        *,
+        model: str | None = None,
+        policy: str | None = None,
+        accuracy_target: float | None = None,
+        max_energy_j: float | None = None,
+        max_tokens: int | None = None,
+        max_completion_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: str | list[str] | None = None,
+        n: int | None = None,
+        api_key: str | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> RequestContext:
+        unknown = set(params) - _IGNORED_PARAMS
+        if unknown:
+            raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+        if n not in (None, 1):
+            raise BadRequestError("only n=1 is supported", param="n")
+        max_tokens = max_completion_tokens if max_completion_tokens is not None else max_tokens
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise BadRequestError("`max_tokens` must be a positive integer", param="max_tokens")
+        if temperature is not None and (not isinstance(temperature, int | float) or not 0 <= temperature <= 2):
+            raise BadRequestError("`temperature` must be a number between 0 and 2", param="temperature")
+        if accuracy_target is not None and not 0 <= accuracy_target <= 1:
+            raise BadRequestError("`accuracy_target` must be in [0, 1]", param="accuracy_target")
+        if isinstance(stop, str):
+            stop = [stop]
+        msgs = validate_messages(messages, self.config.max_prompt_chars)
+        text = request_text(msgs)
+
+        t0 = time.perf_counter()
+        pinned = None
+        if model and model.split(":", 1)[0] not in ROUTER_ALIASES:
+            pinned = self.resolve_model(model)
+        elif model and ":" in model:
+            policy = model.split(":", 1)[1]
+        classification = self.classifier.classify(text)
+        decision = self.engine.decide(
+            classification,
+            policy=policy or self.policy_name,
+            pinned=pinned,
+            accuracy_target=accuracy_target,
+            max_energy_j=max_energy_j,
+            key_hash=hash_key(api_key),
+            input_tokens_hint=max(1, len(text) // 4),
+        )
+        decision_ms = (time.perf_counter() - t0) * 1000
+        ctx = RequestContext(
+            request_id=request_id or new_request_id(),
+            messages=msgs,
+            text=text,
+            classification=classification,
+            decision=decision,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            key_hash=hash_key(api_key),
+            decision_ms=decision_ms,
+        )
+        log.info("%s: %s (%.2f ms)", ctx.request_id, decision.reason, decision_ms)
+        return ctx
+
+    def _check_context(self, ctx: RequestContext, backend: Backend) -> int:
+        card = backend.card
+        prompt_tokens = backend.prompt_tokens(ctx.messages)
+        wanted = ctx.max_tokens or 0
+        if prompt_tokens + wanted > card.context_length:
+            raise ContextLengthError(
+                f"the prompt is {prompt_tokens} tokens (+{wanted} to generate) but {card.name} holds "
+                f"{card.context_length}; shorten the messages or pin a model with a longer context",
+                param="messages",
+            )
+        return prompt_tokens
+
+    def _request(self, ctx: RequestContext) -> GenerationRequest:
+        return GenerationRequest(
+            messages=ctx.messages,
+            max_tokens=ctx.max_tokens,
+            temperature=ctx.temperature,
+            stop=ctx.stop,
+            want_confidence=ctx.decision.escalate_below is not None,
+        )
+
+    # -- energy and records ---------------------------------------------------------------------------
+    def _energy(self, backend: Backend, reading: EnergyReading | None, gen: Generation) -> EnergyReading:
+        if backend.local and reading is not None:
+            return reading
+        return estimate_from_profile(backend.card.energy, gen.prompt_tokens, gen.completion_tokens)
+
+    def _co2(self, joules: float) -> float:
+        return joules / 3.6e6 * self.config.grid_g_per_kwh
+
+    def _record(
+        self,
+        ctx: RequestContext,
+        card: ModelCard,
+        energy: EnergyReading,
+        latency_ms: float,
+        outcome: str,
+        gen: Generation | None = None,
+        error: str | None = None,
+        attempt: int = 0,
+        reason: str | None = None,
+    ) -> None:
+        rec = LedgerRecord(
+            request_id=ctx.request_id,
+            model=card.name,
+            tier=card.tier,
+            reason=reason or ctx.decision.reason,
+            input_tokens=gen.prompt_tokens if gen else 0,
+            output_tokens=gen.completion_tokens if gen else 0,
+            latency_ms=latency_ms,
+            energy_j=energy.joules,
+            energy_source=energy.source,
+            policy=ctx.decision.policy,
+            task=ctx.decision.task,
+            outcome=outcome,  # type: ignore[arg-type]
+            key_hash=ctx.key_hash,
+            error=error,
+            attempt=attempt,
+            co2e_g=self._co2(energy.joules),
+        )
+        try:
+            self.ledger.record(rec)
+        except Exception:  # the answer still goes out; the failure is logged loudly
+            log.exception("%s: could not write the ledger record", ctx.request_id)
+
+    # -- calling models -------------------------------------------------------------------------------
+    def _plan(self, ctx: RequestContext) -> list[str]:
+        """The models to try in order: the choice, then its fallbacks."""
+        seen: list[str] = []
+        for name in (ctx.decision.model, *ctx.decision.fallbacks):
+            if name not in seen:
+                seen.append(name)
+        return seen
+
+    def _run_one(self, ctx: RequestContext, model: str, attempt: int) -> tuple[Generation, Attempt, EnergyReading]:
+        backend = self.backend(model)
+        self._check_context(ctx, backend)
+        span = self.meter.start() if backend.local else None
+        t0 = time.perf_counter()
+        try:
+            gen = backend.generate(self._request(ctx))
+        except Exception as exc:
+            latency = (time.perf_counter() - t0) * 1000
+            reading = span.stop() if span else estimate_from_profile(backend.card.energy, 0, 0)
+            self._record(ctx, backend.card, reading, latency, "error", error=str(exc)[:500], attempt=attempt)
+            raise
+        latency = (time.perf_counter() - t0) * 1000
+        energy = self._energy(backend, span.stop() if span else None, gen)
+        info = Attempt(model=model, tier=backend.card.tier, energy_j=energy.joules, energy_source=energy.source,
+                       latency_ms=latency, confidence=gen.confidence)
+        return gen, info, energy
+
+    def _complete(self, ctx: RequestContext) -> ChatCompletion:
+        attempts: list[Attempt] = []
+        energies: list[EnergyReading] = []
+        plan = self._plan(ctx)
+        last_error: Exception | None = None
+        i = 0
+        while i < len(plan):
+            model = plan[i]
+            try:
+                gen, info, energy = self._run_one(ctx, model, len(attempts))
+            except (BackendError, ContextLengthError) as exc:
+                last_error = exc
+                attempts.append(Attempt(model=model, tier=self.cards[model].tier, energy_j=0.0,
+                                        energy_source="-", latency_ms=0.0, outcome="error"))
+                if isinstance(exc, ContextLengthError) and len(plan) == 1:
+                    raise
+                i += 1
+                continue
+            escalate = self._should_escalate(ctx, model, gen)
+            info.outcome = "escalated" if escalate else "ok"
+            attempts.append(info)
+            energies.append(energy)
+            card = self.cards[model]
+            reason = ctx.decision.reason if not attempts[:-1] else (
+                f"{ctx.decision.reason}; answered by {model} after "
+                + ", ".join(f"{a.model} {a.outcome}" for a in attempts[:-1])
+            )
+            self._record(ctx, card, energy, info.latency_ms, info.outcome, gen=gen, attempt=len(attempts) - 1,
+                         reason=reason if not escalate else f"{ctx.decision.reason}; low confidence, escalating")
+            if escalate:
+                plan = plan[: i + 1] + [m for m in ctx.decision.escalate_to if m not in plan[: i + 1]]
+                i += 1
+                continue
+            return self._response(ctx, card, gen, attempts, energies, reason)
+        assert last_error is not None
+        raise last_error
+
+    def _should_escalate(self, ctx: RequestContext, model: str, gen: Generation) -> bool:
+        d = ctx.decision
+        if d.escalate_below is None or not d.escalate_to or model in d.escalate_to:
+            return False
+        return gen.confidence is not None and gen.confidence < d.escalate_below
+
+    async def _acomplete(self, ctx: RequestContext) -> ChatCompletion:
+        import asyncio
+
+        # Local backends run in a worker thread; the meter spans the thread's work through process CPU time.
+        return await asyncio.to_thread(self._complete, ctx)
+
+    def _response(
+        self,
+        ctx: RequestContext,
+        card: ModelCard,
+        gen: Generation,
+        attempts: list[Attempt],
+        energies: list[EnergyReading],
+        reason: str,
+    ) -> ChatCompletion:
+        total = energies[0]
+        for extra in energies[1:]:
+            total = total + extra
+        routing = Routing(
+            model=card.name,
+            tier=card.tier,
+            reason=reason,
+            energy_j=total.joules,
+            energy_source=total.source,
+            predicted_accuracy=ctx.decision.predicted_accuracy,
+            task=ctx.decision.task,
+            policy=ctx.decision.policy,
+            latency_ms=sum(a.latency_ms for a in attempts),
+            decision_ms=ctx.decision_ms,
+            co2e_g=self._co2(total.joules),
+            attempts=attempts,
+        )
+        return ChatCompletion(
+            id=ctx.request_id,
+            created=ctx.created,
+            model=card.name,
+            choices=[Choice(message=ChatMessage(role="assistant", content=gen.text),
+                            finish_reason=gen.finish_reason)],
+            usage=Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                        total_tokens=gen.prompt_tokens + gen.completion_tokens),
+            routing=routing,
+        )
+
+    # -- streaming ------------------------------------------------------------------------------------
+    def _stream(self, ctx: RequestContext) -> Iterator[ChatCompletionChunk]:
+        """Stream from the chosen model. Fallback happens only before the first token is sent."""
+        plan = self._plan(ctx)
+        errors: list[Exception] = []
+        for attempt, model in enumerate(plan):
+            backend = self.backend(model)
+            self._check_context(ctx, backend)
+            span = self.meter.start() if backend.local else None
+            t0 = time.perf_counter()
+            sent: list[str] = []
+            final = StreamEvent()
+            outcome, error = "ok", None
+            try:
+                for event in backend.stream(self._request(ctx)):
+                    if event.text:
+                        if not sent:
+                            yield self._chunk(ctx, card=backend.card, delta=Delta(role="assistant", content=""))
+                        sent.append(event.text)
+                        yield self._chunk(ctx, card=backend.card, delta=Delta(content=event.text))
+                    if event.finish_reason:
+                        final = event
+            except GeneratorExit:
+                outcome, error = "cancelled", "client stopped reading the stream"
+                raise
+            except BackendError as exc:
+                outcome, error = "error", str(exc)[:500]
+                if not sent and attempt + 1 < len(plan):
+                    errors.append(exc)
+                    continue
+                raise
+            finally:
+                latency = (time.perf_counter() - t0) * 1000
+                text = "".join(sent)
+                gen = Generation(
+                    text=text,
+                    finish_reason=final.finish_reason or ("stop" if outcome == "ok" else "error"),
+                    prompt_tokens=final.prompt_tokens if final.prompt_tokens is not None
+                    else backend.prompt_tokens(ctx.messages),
+                    completion_tokens=final.completion_tokens if final.completion_tokens is not None
+                    else backend.count_tokens(text),
+                )
+                energy = self._energy(backend, span.stop() if span else None, gen)
+                self._record(ctx, backend.card, energy, latency, outcome, gen=gen, error=error, attempt=attempt)
+            if not sent:
+                yield self._chunk(ctx, card=backend.card, delta=Delta(role="assistant", content=""))
+            info = Attempt(model=model, tier=backend.card.tier, energy_j=energy.joules,
+                           energy_source=energy.source, latency_ms=latency)
+            routing = Routing(
+                model=model, tier=backend.card.tier, reason=ctx.decision.reason, energy_j=energy.joules,
+                energy_source=energy.source, predicted_accuracy=ctx.decision.predicted_accuracy,
+                task=ctx.decision.task, policy=ctx.decision.policy, latency_ms=latency,
+                decision_ms=ctx.decision_ms, co2e_g=self._co2(energy.joules), attempts=[info],
+            )
+            usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                          total_tokens=gen.prompt_tokens + gen.completion_tokens)
+            yield self._chunk(ctx, card=backend.card, delta=Delta(), finish_reason=gen.finish_reason,
+                              usage=usage, routing=routing)
+            return
+        raise errors[-1]
+
+    async def _astream(self, ctx: RequestContext) -> AsyncIterator[ChatCompletionChunk]:
+        import asyncio
+
+        iterator = self._stream(ctx)
+        sentinel = object()
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, iterator, sentinel)
+                if chunk is sentinel:
+                    return
+                yield chunk  # type: ignore[misc]
+        finally:
+            await asyncio.to_thread(iterator.close)
+
+    def _chunk(
+        self,
+        ctx: RequestContext,
+        *,
+        card: ModelCard,
+        delta: Delta,
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        routing: Routing | None = None,
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=ctx.request_id,
+            created=ctx.created,
+            model=card.name,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+            usage=usage,
+            routing=routing,
+        )
+
+
+def _default_classifier(config: RouterConfig) -> RequestClassifier:
+    try:
+        from .classify.onnx_classifier import load_default_classifier
+    except ImportError:
+        from .classify.rules import RuleClassifier
+
+        return RuleClassifier(config.classifier_max_chars)
+    return load_default_classifier(config.models_dir)
+
+
+def _load_engine(router: Router) -> Any:
+    from .policy.first_rule import FirstRuleEngine
+
+    return FirstRuleEngine(router.cards)
+
+
+__all__ = ["Router", "RouterError", "BudgetExhaustedError"]

@@ -1,0 +1,109 @@
+"""The backend interface: one abstract method, ``stream``, and an async twin with a thread-offloaded default.
+
+``generate``/``agenerate`` collect the stream, so a backend author writes one method (httpx's
+``handle_request`` idea). Every backend passes the shared conformance suite in ``tests/conformance``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+from ..cards import ModelCard
+from ..types import ChatMessage
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: list[str] | None = None
+    want_confidence: bool = False
+    """Ask the backend for its own confidence (token probabilities, class probability) for cascades."""
+
+
+@dataclass
+class StreamEvent:
+    """A piece of output. The last event has ``finish_reason`` and the token counts."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    confidence: float | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    confidence: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A model that answers chat requests. ``local`` backends are metered here; remote ones estimated."""
+
+    local: bool = True
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        """Yield the answer in pieces; the last event carries finish_reason and token counts."""
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        """Async twin of :meth:`stream`. The default runs the sync stream in a worker thread."""
+        iterator = iter(self.stream(request))
+        sentinel = object()
+        while True:
+            event = await asyncio.to_thread(next, iterator, sentinel)
+            if event is sentinel:
+                return
+            yield event  # type: ignore[misc]
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        return _collect(self.stream(request), self, request)
+
+    async def agenerate(self, request: GenerationRequest) -> Generation:
+        events = [event async for event in self.astream(request)]
+        return _collect(iter(events), self, request)
+
+    def count_tokens(self, text: str) -> int:
+        """Token count for context checks; backends with a tokenizer override this."""
+        return max(1, len(text) // 4) if text else 0
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        return sum(self.count_tokens(m.content) + 4 for m in messages)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release model memory or connections."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.card.name!r})"
+
+
+def _collect(events: Iterator[StreamEvent], backend: Backend, request: GenerationRequest) -> Generation:
+    parts: list[str] = []
+    last = StreamEvent()
+    for event in events:
+        parts.append(event.text)
+        last = event
+    text = "".join(parts)
+    return Generation(
+        text=text,
+        finish_reason=last.finish_reason or "stop",
+        prompt_tokens=last.prompt_tokens
+        if last.prompt_tokens is not None
+        else backend.prompt_tokens(request.messages),
+        completion_tokens=last.completion_tokens
+        if last.completion_tokens is not None
+        else backend.count_tokens(text),
+        confidence=last.confidence,
+    )

@@ -1,0 +1,164 @@
+"""Local LLMs from GGUF weights through llama.cpp (llama-cpp-python).
+
+Chat models use the chat template stored in the GGUF. Base models (no chat template) are run
+completion-style: a short few-shot "Question:/Answer:" prompt, stopped at the next question.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ..cards import LlamaCppBackendSpec, ModelCard
+from ..errors import BackendError, ConfigError
+from ..types import ChatMessage
+from .base import Backend, GenerationRequest, StreamEvent
+from .weights import resolve_gguf
+
+log = logging.getLogger(__name__)
+
+COMPLETION_PREAMBLE = (
+    "The following are questions with short, correct, helpful answers.\n\n"
+    "Question: What is the capital of France?\nAnswer: The capital of France is Paris.\n\n"
+    "Question: If I have 3 apples and buy 4 more, how many apples do I have?\n"
+    "Answer: 3 + 4 = 7, so you have 7 apples.\n\n"
+)
+
+
+def completion_prompt(messages: list[ChatMessage]) -> str:
+    """Render a chat as a completion prompt for a base model."""
+    system = "\n".join(m.content for m in messages if m.role in ("system", "developer"))
+    turns = []
+    for m in messages:
+        if m.role == "user":
+            turns.append(f"Question: {m.content.strip()}\n")
+        elif m.role == "assistant":
+            turns.append(f"Answer: {m.content.strip()}\n\n")
+    head = (system.strip() + "\n\n") if system.strip() else ""
+    return head + COMPLETION_PREAMBLE + "".join(turns) + "Answer:"
+
+
+class LlamaCppBackend(Backend):
+    local = True
+
+    def __init__(self, card: ModelCard, n_threads: int | None = None) -> None:
+        super().__init__(card)
+        spec = card.backend
+        if not isinstance(spec, LlamaCppBackendSpec):
+            raise ConfigError(f"{card.path}: backend.type must be 'llama_cpp' for {type(self).__name__}")
+        self.spec = spec
+        self.model_path = resolve_gguf(spec.weights, card)
+        self.n_threads = n_threads or spec.n_threads or max(1, os.cpu_count() or 1)
+        self._llm: Any = None
+        self._lock = threading.RLock()
+
+    @property
+    def llm(self) -> Any:
+        """The llama.cpp model, loaded on first use (a few hundred ms for these sizes)."""
+        if self._llm is None:
+            import llama_cpp._logger as llama_logger
+            from llama_cpp import Llama
+
+            llama_logger.logger.setLevel(logging.CRITICAL)
+
+            log.info("loading %s from %s", self.card.name, self.model_path)
+            self._llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.spec.n_ctx,
+                n_threads=self.n_threads,
+                verbose=False,
+                seed=0,
+            )
+        return self._llm
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        with self._lock:
+            return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        if self.spec.prompt_style == "completion":
+            return self.count_tokens(completion_prompt(messages))
+        return sum(self.count_tokens(m.content) + 4 for m in messages)
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        max_tokens = request.max_tokens or self.spec.default_max_tokens
+        temperature = self.spec.temperature if request.temperature is None else request.temperature
+        stop = list(self.spec.stop) + list(request.stop or [])
+        with self._lock:  # a llama.cpp context serves one generation at a time
+            try:
+                if self.spec.prompt_style == "completion":
+                    prompt = completion_prompt(request.messages)
+                    prompt_tokens = len(self.llm.tokenize(prompt.encode("utf-8", "replace")))
+                    pieces = self.llm.create_completion(
+                        prompt,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        stop=stop + ["\nQuestion:", "\n\n"],
+                        repeat_penalty=self.spec.repeat_penalty,
+                        stream=True,
+                    )
+                    get = _completion_text
+                else:
+                    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                    if self.spec.system_prompt and not any(m["role"] == "system" for m in messages):
+                        messages.insert(0, {"role": "system", "content": self.spec.system_prompt})
+                    prompt_tokens = self.prompt_tokens(request.messages)
+                    pieces = self.llm.create_chat_completion(
+                        messages, max_tokens=max_tokens, temperature=temperature, stop=stop or None, stream=True,
+                        repeat_penalty=self.spec.repeat_penalty,
+                    )
+                    get = _chat_text
+                produced: list[str] = []
+                finish = "stop"
+                for piece in pieces:
+                    text, reason = get(piece)
+                    if reason:
+                        finish = reason
+                    if not produced:
+                        text = text.lstrip()
+                    if text:
+                        produced.append(text)
+                        yield StreamEvent(text=text)
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"{self.card.name}: llama.cpp generation failed: {exc}") from exc
+            completion_tokens = self.count_tokens_unlocked("".join(produced))
+        yield StreamEvent(
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            confidence=None,
+        )
+
+    def count_tokens_unlocked(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False)) if text else 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close() if hasattr(self._llm, "close") else None
+                self._llm = None
+
+
+def _chat_text(piece: dict[str, Any]) -> tuple[str, str | None]:
+    choice = piece["choices"][0]
+    return choice.get("delta", {}).get("content") or "", choice.get("finish_reason")
+
+
+def _completion_text(piece: dict[str, Any]) -> tuple[str, str | None]:
+    choice = piece["choices"][0]
+    return choice.get("text") or "", choice.get("finish_reason")
+
+
+def mean_token_probability(logprobs: list[float]) -> float | None:
+    """Geometric-mean token probability, a cheap confidence signal for cascades."""
+    if not logprobs:
+        return None
+    return math.exp(sum(logprobs) / len(logprobs))

@@ -1,0 +1,54 @@
+"""The `router` command line. Each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="router",
+    help="Send every AI text request to the smallest model that answers it well, and see the energy it took.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+# (module, attribute, command name): sub-apps are typer.Typer instances; single commands are functions.
+_GROUPS = [
+    ("router.cli.demo", "demo", None),
+    ("router.cli.ledger", "ledger_app", "ledger"),
+    ("router.cli.train", "train_app", "train"),
+    ("router.cli.energy", "energy_app", "energy"),
+    ("router.cli.calibrate", "calibrate", None),
+    ("router.cli.simulate", "simulate", None),
+    ("router.cli.data", "data_app", "data"),
+    ("router.cli.serve", "serve", None),
+]
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens, step by step."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+
+
+for _module, _attr, _name in _GROUPS:
+    try:
+        _obj = getattr(importlib.import_module(_module), _attr)
+    except ModuleNotFoundError as _exc:  # a command group not built yet
+        if _exc.name != _module:
+            raise
+        continue
+    if isinstance(_obj, typer.Typer):
+        app.add_typer(_obj, name=_name)
+    else:
+        app.command(name=_name)(_obj)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,92 @@
+"""Router configuration: where cards, policies and the ledger live, and the constants meters use.
+
+``RouterConfig()`` is the embedded default: the model cards and policies shipped with the package, and a
+SQLite ledger in the user's data directory. Every field can come from a YAML file (``RouterConfig.load``) or
+from an environment variable ``ROUTER_<FIELD>`` (e.g. ``ROUTER_LEDGER_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from platformdirs import user_data_dir
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def embedded_dir(name: str) -> Path:
+    """``models`` or ``policies`` as shipped: inside the wheel, or at the repository root when editable."""
+    packaged = _PACKAGE / "_embedded" / name
+    if packaged.is_dir():
+        return packaged
+    return _PACKAGE.parent / name
+
+
+def default_ledger_url() -> str:
+    return f"sqlite:///{Path(user_data_dir('router', appauthor=False)) / 'ledger.sqlite3'}"
+
+
+class CpuPowerModel(BaseModel):
+    """Constants of the CPU-time energy model, used where no meter is readable.
+
+    Defaults: ~15 W per fully busy core is the per-core share of a 2-core slice of a ~100-150 W TDP server
+    CPU at load (TDP / cores, e.g. Intel Xeon 8-10 W/core to AMD EPYC 7003 ~4-8 W/core plus uncore and
+    DRAM); `idle_w` is a share of idle power attributed while the call runs. Tune them with
+    ``router energy profile`` on a machine with RAPL.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    watts_per_busy_core: float = Field(15.0, gt=0)
+    idle_w: float = Field(2.0, ge=0)
+    source: str = (
+        "assumed: 15 W per busy core + 2 W idle share (per-core share of a 100-150 W server CPU package); "
+        "calibrate with `router energy profile`"
+    )
+
+
+class RouterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models_dir: Path = Field(default_factory=lambda: embedded_dir("models"))
+    policies_dir: Path = Field(default_factory=lambda: embedded_dir("policies"))
+    default_policy: str = "balanced"
+    ledger_url: str = Field(default_factory=default_ledger_url, description="sqlite:///PATH or redis://...")
+    meter: str = Field("auto", description="auto | rapl | nvml | cpu-time")
+    cpu_power: CpuPowerModel = Field(default_factory=CpuPowerModel)
+    grid_g_per_kwh: float = Field(
+        475.0, ge=0, description="grid carbon intensity; default: IEA world average 2022, ~475 gCO2/kWh"
+    )
+    max_prompt_chars: int = Field(1_000_000, gt=0, description="requests above this are rejected")
+    classifier_max_chars: int = Field(4_000, gt=0, description="the classifier reads at most this much")
+    backend_timeout_s: float = Field(120.0, gt=0)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, file: str | Path | None = None, **overrides: Any) -> RouterConfig:
+        data: dict[str, Any] = {}
+        if file is not None:
+            path = Path(file)
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: a config file is a YAML mapping")
+            data.update(loaded)
+        for field in cls.model_fields:
+            env = os.environ.get(f"ROUTER_{field.upper()}")
+            if env is not None and field not in ("cpu_power", "extra"):
+                data[field] = env
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            where = file or "config"
+            msgs = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"{where}: {msgs}") from exc

@@ -1,0 +1,28 @@
+"""Energy: meters and estimates. Every figure says whether it was measured or estimated, and how."""
+
+from .base import EnergyReading, Meter, MeterSpan
+from .carbon import co2e_grams, equivalents
+from .meters import (
+    CpuTimeMeter,
+    FairShare,
+    RaplMeter,
+    SumMeter,
+    auto_meter,
+    estimate_from_profile,
+    host_meter,
+)
+
+__all__ = [
+    "CpuTimeMeter",
+    "EnergyReading",
+    "FairShare",
+    "Meter",
+    "MeterSpan",
+    "RaplMeter",
+    "SumMeter",
+    "auto_meter",
+    "co2e_grams",
+    "equivalents",
+    "estimate_from_profile",
+    "host_meter",
+]

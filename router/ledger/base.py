@@ -1,0 +1,227 @@
+"""The ledger: one record per model call, and the budget state read from it.
+
+Implementations: :class:`SQLiteLedger` (default, one process) and the Redis ledger (several processes share
+budgets). All pass the shared suite in ``tests/conformance/ledger_suite.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+Outcome = Literal["ok", "error", "escalated", "rejected", "cancelled"]
+
+
+def hash_key(api_key: str | None) -> str | None:
+    """API keys never reach the ledger in clear: store a short salted-free SHA-256 prefix that identifies them."""
+    if not api_key:
+        return None
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class LedgerRecord:
+    request_id: str
+    model: str
+    tier: str
+    energy_j: float
+    energy_source: str
+    outcome: Outcome = "ok"
+    reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: float = 0.0
+    policy: str | None = None
+    task: str | None = None
+    key_hash: str | None = None
+    error: str | None = None
+    attempt: int = 0
+    co2e_g: float | None = None
+    ts: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Joules held against a budget while a request runs; settled with the actual figure afterwards."""
+
+    id: str
+    budget: str
+    joules: float
+    window_start: float
+
+
+class Ledger(ABC):
+    """Where records go and budgets are read from."""
+
+    @abstractmethod
+    def record(self, rec: LedgerRecord) -> None:
+        """Append one record durably."""
+
+    @abstractmethod
+    def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        """Records in time order."""
+
+    @abstractmethod
+    def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
+        """Joules recorded since ``since``, optionally for one model and/or one key."""
+
+    @abstractmethod
+    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
+        """Sums grouped by ``model``, ``tier``, ``day``, ``key`` or ``policy``:
+        ``{group, requests, errors, energy_j, input_tokens, output_tokens, mean_latency_ms}``."""
+
+    # Budget accounting. Atomic reserve-then-settle so concurrent requests cannot both spend the last joules.
+    @abstractmethod
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        """Hold ``joules`` against ``budget`` (spent + held ≤ limit in the current window) or return None."""
+
+    @abstractmethod
+    def settle(self, reservation: Reservation, actual_j: float) -> None:
+        """Replace the held amount with what the call actually used."""
+
+    @abstractmethod
+    def budget_used(self, budget: str, window_s: float) -> float:
+        """Joules spent plus held in the current window of ``budget``."""
+
+    @abstractmethod
+    def prune(self, older_than: float) -> int:
+        """Delete records with ``ts < older_than`` (the retention setting); returns how many went."""
+
+    # Reports. ``summary`` is what ``router ledger report`` reads: hourly aggregates that a ledger may keep
+    # up to date as it writes (SQLite: a trigger-maintained table; Redis: hashes), so a report over a busy
+    # day's million records reads thousands of rows, not millions. The default aggregates ``records``.
+    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+        """Aggregates per hour bucket and dimension for records with ``since <= ts < until``. Partial hours
+        at either end are aggregated from the raw records, so the figures are exact for any range."""
+        lo = bucket_of(since) + (BUCKET_S if since % BUCKET_S else 0)
+        hi = bucket_of(until) if until is not None else math.inf
+        if lo >= hi:
+            return aggregate(self.iter_records(since, until))
+        rows = self._stored_summary(lo, hi)
+        if since < lo:
+            rows += aggregate(self.iter_records(since, lo))
+        if until is not None and until > hi:
+            rows += aggregate(self.iter_records(hi, until))
+        return rows
+
+    def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
+        """Aggregates of whole hour buckets ``lo <= bucket < hi``; override where the store keeps them."""
+        return aggregate(self.iter_records(lo, None if math.isinf(hi) else hi))
+
+    def iter_records(
+        self, since: float = 0.0, until: float | None = None, batch: int = 10_000
+    ) -> Iterator[LedgerRecord]:
+        """Records in time order without holding them all in memory (exports of a big ledger)."""
+        yield from self.records(since, until)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release the connection."""
+
+
+BUCKET_S = 3600.0
+"""Summaries are kept per hour (UTC): fine enough for plots, coarse enough to stay small."""
+
+SUMMARY_DIMS = ("model", "tier", "key_hash", "policy", "task", "outcome", "energy_source")
+
+
+def bucket_of(ts: float) -> float:
+    """Start of the hour bucket holding ``ts``."""
+    return float(math.floor(ts / BUCKET_S) * BUCKET_S)
+
+
+@dataclass
+class SummaryRow:
+    """Sums over the records of one hour bucket that share every dimension in ``SUMMARY_DIMS``."""
+
+    bucket: float
+    model: str
+    tier: str
+    key_hash: str | None
+    policy: str | None
+    task: str | None
+    outcome: str
+    energy_source: str
+    requests: int = 0
+    energy_j: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms_sum: float = 0.0
+    co2e_g: float = 0.0
+
+    def dims(self) -> tuple[Any, ...]:
+        return (self.bucket, *(getattr(self, d) for d in SUMMARY_DIMS))
+
+
+def aggregate(records: Iterable[LedgerRecord]) -> list[SummaryRow]:
+    """Hourly summary rows of ``records`` (the reference every ledger's stored summary must equal)."""
+    out: dict[tuple[Any, ...], SummaryRow] = {}
+    for r in records:
+        key = (bucket_of(r.ts), *(getattr(r, d) for d in SUMMARY_DIMS))
+        row = out.get(key)
+        if row is None:
+            row = out[key] = SummaryRow(*key)
+        add_to_row(row, r)
+    return list(out.values())
+
+
+def add_to_row(row: SummaryRow, r: LedgerRecord) -> None:
+    row.requests += 1
+    row.energy_j += r.energy_j
+    row.input_tokens += r.input_tokens or 0
+    row.output_tokens += r.output_tokens or 0
+    row.latency_ms_sum += r.latency_ms or 0.0
+    row.co2e_g += r.co2e_g or 0.0
+
+
+GROUPS = ("model", "tier", "key", "policy", "task", "day", "source", "outcome")
+
+
+def group_value(row: SummaryRow, by: str) -> str:
+    """The group a summary row falls in for ``totals(by=...)``; missing values read ``-``."""
+    if by == "day":
+        return datetime.fromtimestamp(row.bucket, tz=timezone.utc).strftime("%Y-%m-%d")
+    attr = {"key": "key_hash", "source": "energy_source"}.get(by, by)
+    if attr not in SUMMARY_DIMS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    value = getattr(row, attr)
+    return "-" if value in (None, "") else str(value)
+
+
+def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, Any]]:
+    """``Ledger.totals`` computed from summary rows, sorted by group."""
+    if by not in GROUPS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    acc: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        g = group_value(row, by)
+        t = acc.setdefault(
+            g,
+            {"group": g, "requests": 0, "errors": 0, "energy_j": 0.0, "input_tokens": 0, "output_tokens": 0,
+             "latency_ms_sum": 0.0},
+        )
+        t["requests"] += row.requests
+        t["errors"] += row.requests if row.outcome == "error" else 0
+        t["energy_j"] += row.energy_j
+        t["input_tokens"] += row.input_tokens
+        t["output_tokens"] += row.output_tokens
+        t["latency_ms_sum"] += row.latency_ms_sum
+    out = []
+    for g in sorted(acc):
+        t = acc[g]
+        t["mean_latency_ms"] = t.pop("latency_ms_sum") / t["requests"] if t["requests"] else 0.0
+        out.append(t)
+    return out
+
+
+def window_start(now: float, window_s: float) -> float:
+    """Budget windows are aligned to the epoch (a day window starts at 00:00 UTC)."""
+    return now - (now % window_s)

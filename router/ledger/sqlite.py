@@ -1,0 +1,338 @@
+"""SQLite ledger (WAL): the single-process default. Each record is its own committed transaction, so a crash
+(even kill -9) loses nothing that ``record`` returned from.
+
+Durability: WAL with ``synchronous=NORMAL`` survives a crash of the process (the committed transaction is in
+the WAL file, which the OS keeps through a kill -9); a power cut may lose the transactions written since the
+last checkpoint. ``durable=True`` switches to ``synchronous=FULL`` (an fsync per record) for that case.
+
+Schema versions (``PRAGMA user_version``) and their migrations are in ``_MIGRATIONS``; opening an older file
+upgrades it, one transaction per version. Version 2 adds ``meta`` (the retention setting) and
+``summary_hourly``, kept up to date by a trigger, so a report over a million records reads a few thousand
+summary rows instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .base import Ledger, LedgerRecord, Reservation, SummaryRow, totals_from_summary, window_start
+
+SCHEMA_VERSION = 2
+
+_COLUMNS = [
+    "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
+    "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g",
+]  # fmt: skip
+
+# the start of the hour holding ts, as an integer (SQLite's % works on integers)
+_BUCKET_SQL = "(CAST({t}ts AS INTEGER) - (CAST({t}ts AS INTEGER) % 3600))"
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS records (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL,
+            reason TEXT, input_tokens INTEGER, output_tokens INTEGER, latency_ms REAL,
+            energy_j REAL NOT NULL, energy_source TEXT NOT NULL, policy TEXT, task TEXT,
+            outcome TEXT NOT NULL, key_hash TEXT, error TEXT, attempt INTEGER, co2e_g REAL)""",
+        "CREATE INDEX IF NOT EXISTS records_ts ON records(ts)",
+        "CREATE INDEX IF NOT EXISTS records_model_ts ON records(model, ts)",
+        """CREATE TABLE IF NOT EXISTS budgets (
+            budget TEXT NOT NULL, window_start REAL NOT NULL, used_j REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (budget, window_start))""",
+    ],
+    2: [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS summary_hourly (
+            bucket INTEGER NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL, key_hash TEXT NOT NULL,
+            policy TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, energy_source TEXT NOT NULL,
+            requests INTEGER NOT NULL, energy_j REAL NOT NULL, input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL, latency_ms_sum REAL NOT NULL, co2e_g REAL NOT NULL,
+            PRIMARY KEY (bucket, model, tier, key_hash, policy, task, outcome, energy_source)) WITHOUT ROWID""",
+        f"""INSERT INTO summary_hourly SELECT {_BUCKET_SQL.format(t="")} AS b, model, tier,
+            COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
+            COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+            SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
+            FROM records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
+        f"""CREATE TRIGGER IF NOT EXISTS records_summary AFTER INSERT ON records BEGIN
+            INSERT INTO summary_hourly VALUES ({_BUCKET_SQL.format(t="NEW.")}, NEW.model, NEW.tier,
+                COALESCE(NEW.key_hash, ''), COALESCE(NEW.policy, ''), COALESCE(NEW.task, ''), NEW.outcome,
+                NEW.energy_source, 1, NEW.energy_j, COALESCE(NEW.input_tokens, 0),
+                COALESCE(NEW.output_tokens, 0), COALESCE(NEW.latency_ms, 0), COALESCE(NEW.co2e_g, 0))
+            ON CONFLICT DO UPDATE SET requests = requests + 1, energy_j = energy_j + excluded.energy_j,
+                input_tokens = input_tokens + excluded.input_tokens,
+                output_tokens = output_tokens + excluded.output_tokens,
+                latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, co2e_g = co2e_g + excluded.co2e_g;
+        END""",
+    ],
+}
+
+def path_from_url(url: str) -> Path:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :].split("?", 1)[0])
+    if "://" in url:
+        raise ValueError(f"not a sqlite URL: {url}")
+    return Path(url)
+
+
+_SUMMARY_COLS = (
+    "bucket, model, tier, key_hash, policy, task, outcome, energy_source, requests, energy_j, input_tokens, "
+    "output_tokens, latency_ms_sum, co2e_g"
+)
+
+
+class SQLiteLedger(Ledger):
+    """One SQLite file in WAL mode; safe across threads (one connection behind a lock) and processes
+    (SQLite's own locking; budget reservations take the write lock with ``BEGIN IMMEDIATE``).
+
+    ``retention_days``: when given, it is stored in the file (so every process sees the same setting) and
+    records older than that are pruned on open and then once an hour of writing."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout_s: float = 30.0,
+        retention_days: float | None = None,
+        durable: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._migrate()
+        self._insert = (
+            f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        )
+        if retention_days is not None:
+            self.set_retention_days(retention_days)
+        self._next_prune = 0.0
+        self.apply_retention()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> SQLiteLedger:
+        """``sqlite:///PATH[?retention_days=N&durable=1]``; keyword arguments win over the query."""
+        query = dict(parse_qsl(urlsplit(url).query)) if url.startswith("sqlite:") else {}
+        if "retention_days" in query:
+            kwargs.setdefault("retention_days", float(query["retention_days"]))
+        if "durable" in query:
+            kwargs.setdefault("durable", query["durable"].lower() in ("1", "true", "yes"))
+        return cls(path_from_url(url), **kwargs)
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: ledger schema version {version} is newer than this router knows "
+                    f"({SCHEMA_VERSION}); upgrade router"
+                )
+            for target in sorted(v for v in _MIGRATIONS if v > version):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in _MIGRATIONS[target]:
+                        self._conn.execute(stmt)
+                    self._conn.execute(f"PRAGMA user_version={target}")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- retention --------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._lock:
+            if value is None:
+                self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+    @property
+    def retention_days(self) -> float | None:
+        value = self.get_meta("retention_days")
+        return float(value) if value is not None else None
+
+    def set_retention_days(self, days: float | None) -> None:
+        """Keep records for ``days`` (None: forever). Stored in the file, applied on open and hourly."""
+        if days is not None and days <= 0:
+            raise ValueError("retention_days must be positive (or None to keep everything)")
+        self.set_meta("retention_days", None if days is None else repr(float(days)))
+
+    def apply_retention(self, now: float | None = None) -> int:
+        """Prune what the retention setting says is too old; returns how many records went."""
+        days = self.retention_days
+        now = time.time() if now is None else now
+        self._next_prune = now + 3600
+        if days is None:
+            return 0
+        return self.prune(now - days * 86400)
+
+    def prune(self, older_than: float) -> int:
+        """Delete records (and their hourly summaries) older than ``older_than``, in one transaction. The
+        hour that straddles the cut-off is re-summarised from the records that remain."""
+        boundary = int(older_than) - int(older_than) % 3600
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
+                self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
+                self._conn.execute(
+                    f"""INSERT INTO summary_hourly SELECT {_BUCKET_SQL.format(t="")} AS b, model, tier,
+                    COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
+                    COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+                    SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
+                    FROM records WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
+                    (older_than, boundary + 3600),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return int(n)
+
+    # -- records ----------------------------------------------------------------------------------------
+    def record(self, rec: LedgerRecord) -> None:
+        row = tuple(getattr(rec, c) for c in _COLUMNS)
+        with self._lock:
+            self._conn.execute(self._insert, row)
+        if rec.ts >= self._next_prune and time.time() >= self._next_prune:
+            self.apply_retention()
+
+    def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        sql, args = self._select(since, until)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+
+    def _select(self, since: float, until: float | None) -> tuple[str, list[Any]]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM records WHERE ts >= ?"
+        args: list[Any] = [since]
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        return sql + " ORDER BY ts, id", args
+
+    def iter_records(
+        self, since: float = 0.0, until: float | None = None, batch: int = 10_000
+    ) -> Iterator[LedgerRecord]:
+        """Pages by (ts, id) so a big export neither holds the lock for long nor all rows in memory."""
+        after: tuple[float, int] = (since, -1)
+        cols = ", ".join(_COLUMNS)
+        while True:
+            sql = f"SELECT {cols}, id FROM records WHERE (ts > ? OR (ts = ? AND id > ?))"
+            args: list[Any] = [after[0], after[0], after[1]]
+            if after == (since, -1):
+                sql = f"SELECT {cols}, id FROM records WHERE ts >= ?"
+                args = [since]
+            if until is not None:
+                sql += " AND ts < ?"
+                args.append(until)
+            sql += " ORDER BY ts, id LIMIT ?"
+            args.append(batch)
+            with self._lock:
+                rows = self._conn.execute(sql, args).fetchall()
+            for r in rows:
+                yield LedgerRecord(**dict(zip(_COLUMNS, r[:-1], strict=True)))
+            if len(rows) < batch:
+                return
+            after = (rows[-1][0], rows[-1][-1])
+
+    def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
+        sql = "SELECT COALESCE(SUM(energy_j), 0) FROM records WHERE ts >= ?"
+        args: list[Any] = [since]
+        if model is not None:
+            sql += " AND model = ?"
+            args.append(model)
+        if key_hash is not None:
+            sql += " AND key_hash = ?"
+            args.append(key_hash)
+        with self._lock:
+            return float(self._conn.execute(sql, args).fetchone()[0])
+
+    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
+        return totals_from_summary(self.summary(since), by)
+
+    def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
+        sql = f"SELECT {_SUMMARY_COLS} FROM summary_hourly WHERE bucket >= ?"
+        args: list[Any] = [lo]
+        if hi != float("inf"):
+            sql += " AND bucket < ?"
+            args.append(hi)
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        out = []
+        for r in rows:
+            row = SummaryRow(float(r[0]), *r[1:])
+            row.key_hash = row.key_hash or None
+            row.policy = row.policy or None
+            row.task = row.task or None
+            out.append(row)
+        return out
+
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        start = window_start(time.time(), window_s)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes too
+            try:
+                row = self._conn.execute(
+                    "SELECT used_j FROM budgets WHERE budget = ? AND window_start = ?", (budget, start)
+                ).fetchone()
+                used = row[0] if row else 0.0
+                if used + joules > limit_j:
+                    self._conn.execute("COMMIT")
+                    return None
+                self._conn.execute(
+                    "INSERT INTO budgets (budget, window_start, used_j) VALUES (?, ?, ?) "
+                    "ON CONFLICT(budget, window_start) DO UPDATE SET used_j = used_j + excluded.used_j",
+                    (budget, start, joules),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return Reservation(uuid.uuid4().hex, budget, joules, start)
+
+    def settle(self, reservation: Reservation, actual_j: float) -> None:
+        with self._lock:
+            self._conn.execute(
+                "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND window_start = ?",
+                (actual_j - reservation.joules, reservation.budget, reservation.window_start),
+            )
+
+    def budget_used(self, budget: str, window_s: float) -> float:
+        start = window_start(time.time(), window_s)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT used_j FROM budgets WHERE budget = ? AND window_start = ?", (budget, start)
+            ).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
