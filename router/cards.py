@@ -51,7 +51,7 @@ class LlamaCppBackendSpec(_Strict):
     n_threads: int | None = None
     default_max_tokens: int = 128
     temperature: float = 0.0
-    repeat_penalty: float = 1.15
+    repeat_penalty: float = 1.1
     system_prompt: str | None = None
     stop: list[str] = Field(default_factory=list)
 

@@ -72,25 +72,36 @@ def _augment(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarra
     return list(texts) + [t for t, _ in extra], np.concatenate([labels, [y for _, y in extra]]).astype(np.int64)
 
 
-def _features(word_ngrams: tuple[int, int] = (1, 3)) -> FeatureUnion:
-    """Word and character n-gram TF-IDF; both convert to ONNX (char_wb does not, so plain char)."""
-    return FeatureUnion(
-        [
-            ("word", TfidfVectorizer(ngram_range=word_ngrams, sublinear_tf=True, min_df=1, lowercase=True)),
+TOKEN_PATTERN = r"[0-9A-Za-z_]+"
+"""ASCII word characters, single letters included: exactly what onnxruntime's RE2 tokenizer matches, so the
+ONNX graph and sklearn agree (sklearn's default drops 1-letter tokens only after n-grams are formed in ONNX,
+and RE2 has no Unicode ``\\w``)."""
+
+
+def _features(word_ngrams: tuple[int, int] = (1, 3), char: bool = True) -> FeatureUnion:
+    """Word (and optionally character) n-gram TF-IDF; both convert to ONNX (char_wb does not)."""
+    parts: list[tuple[str, Any]] = [
+        (
+            "word",
+            TfidfVectorizer(
+                ngram_range=word_ngrams, sublinear_tf=True, min_df=1, lowercase=True, token_pattern=TOKEN_PATTERN
+            ),
+        )
+    ]
+    if char:
+        parts.append(
             (
                 "char",
-                TfidfVectorizer(
-                    analyzer="char", ngram_range=(2, 5), sublinear_tf=True, min_df=3, lowercase=True
-                ),
-            ),
-        ]
-    )
+                TfidfVectorizer(analyzer="char", ngram_range=(2, 5), sublinear_tf=True, min_df=3, lowercase=True),
+            )
+        )
+    return FeatureUnion(parts)
 
 
-def fit_nblr(texts: list[str], labels: np.ndarray, c: float, alpha: float = 1.0) -> Pipeline:
+def fit_nblr(texts: list[str], labels: np.ndarray, c: float, alpha: float = 1.0, char: bool = True) -> Pipeline:
     """NB-LR: logistic regression on TF-IDF features scaled by log-count ratios r; returns an equivalent
     plain pipeline whose weights are ``coef * r`` (same decision function, exportable as-is)."""
-    features = _features()
+    features = _features(char=char)
     matrix = features.fit_transform(texts).tocsr()
     present = (matrix > 0).astype(np.float64)
     y = np.asarray(labels)
@@ -122,6 +133,7 @@ def fit_bow_baseline(texts: list[str], labels: np.ndarray, kind: str) -> Pipelin
 
 CANDIDATES: dict[str, Callable[[list[str], np.ndarray], Pipeline]] = {
     "tfidf-word12-char25-lr-C10": lambda x, y: fit_tfidf_lr(x, y, 10.0),
+    "nblr-word13-C1": lambda x, y: fit_nblr(x, y, 1.0, char=False),
     "nblr-word13-char25-C1": lambda x, y: fit_nblr(x, y, 1.0),
     "nblr-word13-char25-C4": lambda x, y: fit_nblr(x, y, 4.0),
 }

@@ -1,0 +1,176 @@
+"""Measure the local models on shipped data and write outcomes files, so P(correct) for the local tiers and
+the specialist-vs-LLM energy ratio come from runs on this machine, not from guesses.
+
+Bounded on purpose (a few hundred requests, max_tokens small): the figures are estimates with the sample
+size stated beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, seed_everything
+from .requests import SENTIMENT_ASK_TEMPLATES, load_mmlu
+from .sentiment import LABELS, split_polarity
+
+LOCAL_MODELS = ("sentiment-onnx", "smollm2-135m", "gemma3-270m")
+LLM_MODELS = ("smollm2-135m", "gemma3-270m")
+_LABEL = re.compile(r"\b(positive|negative)\b", re.IGNORECASE)
+_LETTER = re.compile(r"(?:^|[^A-Za-z])([ABCD])(?:[^A-Za-z]|$)")
+
+Progress = Callable[[str, int], None]
+
+
+def parse_sentiment(text: str) -> str | None:
+    """The first 'positive' / 'negative' in an answer (None when the model gave neither)."""
+    match = _LABEL.search(text or "")
+    return match.group(1).lower() if match else None
+
+
+def parse_letter(text: str) -> str | None:
+    """The first stand-alone answer letter A-D in a model's reply."""
+    match = _LETTER.search((text or "").strip())
+    return match.group(1) if match else None
+
+
+def _backends(models_dir: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    from ..backends import create_backend
+    from ..cards import load_cards
+
+    cards = load_cards(models_dir)
+    return {name: create_backend(cards[name]) for name in names}
+
+
+def _run(backend: Any, prompt: str, max_tokens: int) -> tuple[str, int, float, float]:
+    """Answer text, output tokens, joules (CPU-time meter) and seconds for one request."""
+    from ..backends import GenerationRequest
+    from ..energy.meters import CpuTimeMeter
+    from ..types import ChatMessage
+
+    meter = CpuTimeMeter()
+    request = GenerationRequest(messages=[ChatMessage(role="user", content=prompt)], max_tokens=max_tokens)
+    t0 = time.perf_counter()
+    span = meter.start()
+    result = backend.generate(request)
+    reading = span.stop()
+    return result.text, int(result.completion_tokens), reading.joules, time.perf_counter() - t0
+
+
+def measure_sentiment(
+    n: int = 200,
+    out: Path = DATA_DIR / "outcomes" / "sentiment_local.jsonl",
+    models_dir: Path = MODELS_DIR,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Held-out polarity sentences, asked in natural phrasings, answered by every local model."""
+    rng = seed_everything()
+    split = split_polarity()
+    order = rng.permutation(len(split.test_x))[:n]
+    backends = _backends(models_dir, LOCAL_MODELS)
+    rows = []
+    for k, idx in enumerate(order):
+        sentence = detokenize(split.test_x[idx])
+        template = SENTIMENT_ASK_TEMPLATES[k % len(SENTIMENT_ASK_TEMPLATES)]
+        prompt = template.format(text=sentence)
+        gold = LABELS[int(split.test_y[idx])]
+        outcomes = {}
+        for name, backend in backends.items():
+            text, tokens, joules, seconds = _run(backend, prompt, max_tokens=12)
+            outcomes[name] = {
+                "correct": parse_sentiment(text) == gold,
+                "output_tokens": tokens,
+                "energy_j": round(joules, 5),
+                "latency_s": round(seconds, 4),
+                "answer": text[:80],
+            }
+        rows.append({"id": f"polarity-test-{int(idx)}", "prompt": prompt, "task": "sentiment", "label": gold,
+                     "outcomes": outcomes})
+        if progress:
+            progress("sentiment", k + 1)
+    _write_jsonl(out, rows)
+    return summarize(rows)
+
+
+MMLU_SUFFIX = "\nAnswer with the letter (A, B, C or D) of the correct option."
+
+
+def measure_mmlu(
+    n: int = 150,
+    out: Path = DATA_DIR / "outcomes" / "mmlu_local.jsonl",
+    models_dir: Path = MODELS_DIR,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """A seeded sample of MMLU prompts (spread over subjects) answered by the two local LLMs; answer letters
+    are parsed and checked against the key that RouteLLM's rows imply (the row's gold letter is not in the
+    CSV, so the key comes from the MMLU answer column shipped alongside, see requests.load_mmlu)."""
+    rng = np.random.default_rng(SEED)
+    items = [it for it in load_mmlu() if it.answer is not None]
+    order = rng.permutation(len(items))[:n]
+    backends = _backends(models_dir, LLM_MODELS)
+    rows = []
+    for k, idx in enumerate(order):
+        item = items[int(idx)]
+        prompt = item.prompt.rstrip() + MMLU_SUFFIX
+        outcomes = {}
+        for name, backend in backends.items():
+            text, tokens, joules, seconds = _run(backend, prompt, max_tokens=6)
+            outcomes[name] = {
+                "correct": parse_letter(text) == item.answer,
+                "output_tokens": tokens,
+                "energy_j": round(joules, 5),
+                "latency_s": round(seconds, 4),
+                "answer": text[:40],
+            }
+        rows.append({"id": item.id, "prompt": item.prompt, "task": f"mmlu/{item.subject}", "outcomes": outcomes})
+        if progress:
+            progress("mmlu", k + 1)
+    _write_jsonl(out, rows)
+    return summarize(rows)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, median joules and median latency per model over an outcomes file's rows."""
+    models = sorted({m for row in rows for m in row["outcomes"]})
+    summary: dict[str, Any] = {"n": len(rows)}
+    for model in models:
+        outs = [row["outcomes"][model] for row in rows if model in row["outcomes"]]
+        summary[model] = {
+            "accuracy": round(float(np.mean([o["correct"] for o in outs])), 4),
+            "median_energy_j": float(f"{np.median([o['energy_j'] for o in outs]):.4g}"),
+            "mean_energy_j": float(f"{np.mean([o['energy_j'] for o in outs]):.4g}"),
+            "median_latency_s": float(f"{np.median([o['latency_s'] for o in outs]):.4g}"),
+        }
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    def _print(stage: str, done: int) -> None:
+        if done % 10 == 0:
+            print(stage, done, flush=True)
+
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if what in ("sentiment", "all"):
+        print(json.dumps(measure_sentiment(progress=_print), indent=2), flush=True)
+    if what in ("mmlu", "all"):
+        print(json.dumps(measure_mmlu(progress=_print), indent=2), flush=True)

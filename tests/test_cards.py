@@ -1,0 +1,81 @@
+"""Model cards: the shipped ones load; a bad card names the file, the field and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router import ConfigError, load_card, load_cards
+
+GOOD = """name: tiny
+tier: small
+backend:
+  type: openai
+  base_url: http://127.0.0.1:9/v1
+  model: tiny
+context_length: 1024
+energy:
+  per_output_token_j: 0.1
+  source: estimate
+  citation: test
+"""
+
+
+def test_shipped_cards_load_with_sources(cards):
+    assert {"sentiment-onnx", "smollm2-135m", "gemma3-270m"} <= set(cards)
+    tiers = {c.tier for c in cards.values() if c.callable}
+    assert tiers == {"specialist", "small", "large"}
+    for card in cards.values():
+        assert card.energy.citation, f"{card.name}: energy figures need a source"
+        if card.callable and card.tier != "specialist":
+            assert card.source and card.license and card.parameters
+
+
+def test_good_card(tmp_path: Path):
+    file = tmp_path / "tiny.yaml"
+    file.write_text(GOOD)
+    card = load_card(file)
+    assert card.energy.joules(10, 10) == pytest.approx(1.0)
+    assert card.path == file.resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (("tier: small", "tier: medium"), "field `tier`"),
+        (("context_length: 1024", "context_length: -5"), "field `context_length`"),
+        (("  type: openai", "  type: telepathy"), "field `backend`"),
+        (("  source: estimate", "  source: vibes"), "field `energy.source`"),
+        (("name: tiny", "name: tiny\ncolour: blue"), "field `colour`"),
+        (("context_length: 1024", "context_length: [1"), "not valid YAML"),
+    ],
+)
+def test_bad_card_names_file_and_field(tmp_path: Path, change, needle):
+    file = tmp_path / "bad.yaml"
+    file.write_text(GOOD.replace(*change))
+    with pytest.raises(ConfigError) as err:
+        load_card(file)
+    assert str(file) in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_duplicate_names_are_rejected(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text(GOOD)
+    with pytest.raises(ConfigError, match="already used"):
+        load_cards(tmp_path)
+
+
+def test_missing_weights_package_is_a_clear_error(tmp_path: Path):
+    from router.backends import create_backend
+
+    file = tmp_path / "ghost.yaml"
+    file.write_text(
+        GOOD.replace(
+            "  type: openai\n  base_url: http://127.0.0.1:9/v1\n  model: tiny\n",
+            "  type: llama_cpp\n  weights:\n    package: no_such_weights_pkg\n    file: x.gguf\n",
+        )
+    )
+    with pytest.raises(ConfigError, match="no_such_weights_pkg.*not installed"):
+        create_backend(load_card(file))

@@ -1,0 +1,187 @@
+"""Router.complete() end to end on the real shipped models, with a real SQLite ledger."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from openai.types.chat import ChatCompletion as OpenAIChatCompletion
+from openai.types.chat import ChatCompletionChunk as OpenAIChunk
+
+from router import (
+    BackendError,
+    BadRequestError,
+    ContextLengthError,
+    Router,
+    RouterConfig,
+    UnknownModelError,
+)
+from router.backends import FaultInjectingBackend
+from router.ledger import SQLiteLedger
+
+REVIEW = "Is this review positive or negative? 'a gorgeous, witty film'"
+
+
+@pytest.fixture
+def router(ledger_url, cards, specialist_backend):
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=cards,
+               backends={"sentiment-onnx": specialist_backend})
+    yield r
+    r.ledger.close()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_sentiment_goes_to_specialist_and_reads_like_openai(router):
+    resp = router.complete(messages=user(REVIEW))
+    assert resp.choices[0].message.content == "positive"
+    assert resp.routing.model == "sentiment-onnx" and resp.routing.tier == "specialist"
+    assert resp.routing.energy_source.startswith(("measured:", "estimated:"))
+    assert resp.routing.energy_j > 0
+    assert resp.routing.reason
+    # code written for the OpenAI client reads it unchanged
+    parsed = OpenAIChatCompletion.model_validate(resp.model_dump())
+    assert parsed.choices[0].message.content == "positive"
+    assert parsed.usage is not None and parsed.usage.total_tokens == resp.usage.total_tokens
+
+
+def test_negative_review(router):
+    resp = router.complete(messages=user("Sentiment: a tedious, lifeless and badly acted mess"))
+    assert resp.choices[0].message.content == "negative"
+
+
+def test_every_request_is_in_the_ledger(router):
+    ids = [router.complete(messages=user(REVIEW)).id for _ in range(3)]
+    records = router.ledger.records()
+    assert [r.request_id for r in records] == ids
+    rec = records[0]
+    assert rec.model == "sentiment-onnx" and rec.outcome == "ok" and rec.energy_j > 0
+    assert rec.energy_source.startswith("estimated:") or rec.energy_source.startswith("measured:")
+    assert rec.latency_ms > 0 and rec.policy == router.policy_name
+
+
+def test_stream_yields_openai_chunks_with_routing_last(router):
+    chunks = list(router.complete(messages=user(REVIEW), stream=True))
+    for c in chunks:
+        OpenAIChunk.model_validate(c.model_dump())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == "positive"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].routing is not None and chunks[-1].routing.model == "sentiment-onnx"
+    assert chunks[-1].usage is not None
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_acomplete_and_async_stream(router):
+    async def run():
+        resp = await router.acomplete(messages=user(REVIEW))
+        chunks = [c async for c in await router.acomplete(messages=user(REVIEW), stream=True)]
+        return resp, chunks
+
+    resp, chunks = asyncio.run(run())
+    assert resp.choices[0].message.content == "positive"
+    assert chunks[-1].routing.model == "sentiment-onnx"
+
+
+@pytest.mark.parametrize(
+    ("messages", "needle"),
+    [
+        ([], "empty"),
+        (None, "empty"),
+        ("hello", "list"),
+        ([{"role": "wizard", "content": "hi"}], "role"),
+        ([{"role": "user", "content": 42}], "must be a string"),
+        ([{"role": "user"}], "must be a string"),
+        ([{"role": "system", "content": "be nice"}], "no user message"),
+        ([{"role": "user", "content": "   "}], "no user message"),
+        (["not an object"], "object"),
+    ],
+)
+def test_bad_messages_raise_typed_errors(router, messages, needle):
+    with pytest.raises(BadRequestError) as err:
+        router.complete(messages=messages)
+    assert needle in str(err.value)
+    assert err.value.http_status == 400
+    assert router.ledger.records() == []  # nothing half-written
+
+
+def test_unknown_model_and_param(router):
+    with pytest.raises(UnknownModelError, match="unknown model 'gpt-17'"):
+        router.complete(messages=user("hi"), model="gpt-17")
+    with pytest.raises(BadRequestError, match="unknown parameter"):
+        router.complete(messages=user("hi"), temprature=0.2)
+    with pytest.raises(BadRequestError, match="max_tokens"):
+        router.complete(messages=user("hi"), max_tokens=0)
+
+
+def test_oversize_prompt_is_rejected(ledger_url, cards, specialist_backend):
+    r = Router(RouterConfig.load(ledger_url=ledger_url, max_prompt_chars=1000), cards=cards,
+               backends={"sentiment-onnx": specialist_backend})
+    with pytest.raises(BadRequestError, match="at most 1,000"):
+        r.complete(messages=user("x" * 1001))
+
+
+def test_prompt_over_context_of_pinned_model(router):
+    long_text = "word " * 5000
+    with pytest.raises(ContextLengthError, match="smollm2-135m holds 2048"):
+        router.complete(messages=user(long_text), model="smollm2-135m")
+    # the context check happens before any model call: nothing was charged
+    assert router.ledger.records() == []
+
+
+def test_backend_failure_without_fallback_leaves_error_record(ledger_url, cards, specialist_backend):
+    only_specialist = {"sentiment-onnx": cards["sentiment-onnx"]}
+    broken = FaultInjectingBackend(specialist_backend, fail_on_call=True)
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=only_specialist,
+               backends={"sentiment-onnx": broken})
+    with pytest.raises(BackendError, match="injected"):
+        r.complete(messages=user(REVIEW))
+    (rec,) = SQLiteLedger.from_url(ledger_url).records()
+    assert rec.outcome == "error" and "injected" in (rec.error or "")
+
+
+def test_stream_failure_leaves_error_record(ledger_url, cards, specialist_backend):
+    only_specialist = {"sentiment-onnx": cards["sentiment-onnx"]}
+    broken = FaultInjectingBackend(specialist_backend, fail_after_events=0)
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=only_specialist,
+               backends={"sentiment-onnx": broken})
+    with pytest.raises(BackendError):
+        list(r.complete(messages=user(REVIEW), stream=True))
+    (rec,) = r.ledger.records()
+    assert rec.outcome == "error"
+
+
+@pytest.mark.slow
+def test_mid_stream_failure_of_an_llm_records_what_was_produced(ledger_url, cards, small_backend):
+    broken = FaultInjectingBackend(small_backend, fail_after_events=3)
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=cards, backends={"smollm2-135m": broken})
+    got = []
+    with pytest.raises(BackendError, match="after 3 events"):
+        for chunk in r.complete(messages=user("Tell me about the sea."), model="smollm2-135m", stream=True):
+            got.append(chunk.choices[0].delta.content or "")
+    (rec,) = r.ledger.records()
+    assert rec.outcome == "error" and rec.output_tokens > 0 and rec.energy_j > 0
+    assert "".join(got).strip()
+
+
+@pytest.mark.slow
+def test_specialist_failure_falls_back_to_an_llm(ledger_url, cards, specialist_backend, small_backend):
+    broken = FaultInjectingBackend(specialist_backend, fail_on_call=True)
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=cards,
+               backends={"sentiment-onnx": broken, "smollm2-135m": small_backend})
+    resp = r.complete(messages=user(REVIEW), max_tokens=8)
+    assert resp.routing.model != "sentiment-onnx"
+    assert [a.outcome for a in resp.routing.attempts] == ["error", "ok"]
+    outcomes = [rec.outcome for rec in r.ledger.records()]
+    assert outcomes == ["error", "ok"]
+
+
+@pytest.mark.slow
+def test_general_chat_goes_to_a_local_llm(router):
+    resp = router.complete(messages=user("What is the capital of France?"), max_tokens=16)
+    assert resp.routing.tier in ("small", "large")
+    assert resp.choices[0].message.content.strip()
+    assert resp.usage.completion_tokens > 0
+    assert resp.routing.energy_j > 0
