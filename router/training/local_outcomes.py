@@ -8,6 +8,7 @@ size stated beside them.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections.abc import Callable
@@ -17,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, seed_everything
-from .requests import SENTIMENT_ASK_TEMPLATES, load_mmlu
+from .requests import SENTIMENT_ASK_TEMPLATES, math_problem
 from .sentiment import LABELS, split_polarity
 
 LOCAL_MODELS = ("sentiment-onnx", "smollm2-135m", "gemma3-270m")
 LLM_MODELS = ("smollm2-135m", "gemma3-270m")
 _LABEL = re.compile(r"\b(positive|negative)\b", re.IGNORECASE)
-_LETTER = re.compile(r"(?:^|[^A-Za-z])([ABCD])(?:[^A-Za-z]|$)")
+_NUMBER = re.compile(r"-?\d+")
 
 Progress = Callable[[str, int], None]
 
@@ -32,12 +33,6 @@ def parse_sentiment(text: str) -> str | None:
     """The first 'positive' / 'negative' in an answer (None when the model gave neither)."""
     match = _LABEL.search(text or "")
     return match.group(1).lower() if match else None
-
-
-def parse_letter(text: str) -> str | None:
-    """The first stand-alone answer letter A-D in a model's reply."""
-    match = _LETTER.search((text or "").strip())
-    return match.group(1) if match else None
 
 
 def _backends(models_dir: Path, names: tuple[str, ...]) -> dict[str, Any]:
@@ -98,39 +93,40 @@ def measure_sentiment(
     return summarize(rows)
 
 
-MMLU_SUFFIX = "\nAnswer with the letter (A, B, C or D) of the correct option."
+def parse_number(text: str) -> int | None:
+    """The last integer in an answer (word problems end with the result); commas and $ ignored."""
+    numbers = _NUMBER.findall((text or "").replace(",", ""))
+    return int(numbers[-1]) if numbers else None
 
 
-def measure_mmlu(
-    n: int = 150,
-    out: Path = DATA_DIR / "outcomes" / "mmlu_local.jsonl",
+def measure_math(
+    n: int = 60,
+    out: Path = DATA_DIR / "outcomes" / "math_local.jsonl",
     models_dir: Path = MODELS_DIR,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """A seeded sample of MMLU prompts (spread over subjects) answered by the two local LLMs; answer letters
-    are parsed and checked against the key that RouteLLM's rows imply (the row's gold letter is not in the
-    CSV, so the key comes from the MMLU answer column shipped alongside, see requests.load_mmlu)."""
-    rng = np.random.default_rng(SEED)
-    items = [it for it in load_mmlu() if it.answer is not None]
-    order = rng.permutation(len(items))[:n]
+    """Generated multi-step arithmetic word problems (answers computed) answered by the local LLMs.
+
+    MMLU rows cannot be used for the local models: the RouteLLM CSVs hold outcomes, not the gold letter."""
+    rng = random.Random(SEED + 1)
     backends = _backends(models_dir, LLM_MODELS)
     rows = []
-    for k, idx in enumerate(order):
-        item = items[int(idx)]
-        prompt = item.prompt.rstrip() + MMLU_SUFFIX
+    for k in range(n):
+        problem = math_problem(rng)
         outcomes = {}
         for name, backend in backends.items():
-            text, tokens, joules, seconds = _run(backend, prompt, max_tokens=6)
+            text, tokens, joules, seconds = _run(backend, problem.text, max_tokens=64)
             outcomes[name] = {
-                "correct": parse_letter(text) == item.answer,
+                "correct": parse_number(text) == problem.answer,
                 "output_tokens": tokens,
                 "energy_j": round(joules, 5),
                 "latency_s": round(seconds, 4),
-                "answer": text[:40],
+                "answer": text[-80:],
             }
-        rows.append({"id": item.id, "prompt": item.prompt, "task": f"mmlu/{item.subject}", "outcomes": outcomes})
+        rows.append({"id": f"math-gen-{k}", "prompt": problem.text, "task": "math", "answer": problem.answer,
+                     "outcomes": outcomes})
         if progress:
-            progress("mmlu", k + 1)
+            progress("math", k + 1)
     _write_jsonl(out, rows)
     return summarize(rows)
 
@@ -172,5 +168,5 @@ if __name__ == "__main__":  # pragma: no cover
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("sentiment", "all"):
         print(json.dumps(measure_sentiment(progress=_print), indent=2), flush=True)
-    if what in ("mmlu", "all"):
-        print(json.dumps(measure_mmlu(progress=_print), indent=2), flush=True)
+    if what in ("math", "all"):
+        print(json.dumps(measure_math(progress=_print), indent=2), flush=True)

@@ -1,0 +1,394 @@
+"""Train the request classifier: task detection plus P(correct) for the hosted models, one ONNX graph.
+
+Graph: ``text`` [N, 1] string -> TF-IDF (word 1-2 grams, ASCII tokens, lower-cased in the graph) -> one
+MatMul with a [V, 4 + M] weight matrix -> softmax over the 4 task logits (``task_probs``) and a sigmoid per
+hosted model (``p_correct``). Why one linear graph: a single sparse-ish product keeps classification far
+below a millisecond on one core, and logistic models give probabilities that can be checked (ECE) and
+temperature-calibrated, which the policy engine needs for accuracy targets.
+
+P(correct) is learned from the RouteLLM MMLU outcomes and evaluated the way RouteLLM does, with MMLU
+subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %) vs random and oracle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+
+from ..classify.base import TASKS
+from ..classify.onnx_classifier import apply_guards
+from .common import DATA_DIR, MODELS_DIR, SEED, seed_everything, write_json
+from .requests import MMLU_MODELS, build_request_set, load_mmlu
+from .sentiment import TOKEN_PATTERN, _portable_lowercase
+
+HOSTED = tuple(MMLU_MODELS.values())  # ("mixtral-8x7b-instruct", "gpt-4-1106-preview")
+WEAK, STRONG = HOSTED
+MAX_CHARS = 2000
+HEAD_CHARS = 1500
+TAIL_CHARS = 500
+CHANCE_MC = 0.25
+
+Progress = Callable[[str], None]
+
+
+def window(text: str, max_chars: int = MAX_CHARS, head: int = HEAD_CHARS, tail: int = TAIL_CHARS) -> tuple[str, bool]:
+    """Bound what the classifier reads: long text keeps its head (the instruction) and tail (the question)."""
+    if len(text) <= max_chars:
+        return text, False
+    return text[:head] + " \u2026 " + text[-tail:], True
+
+
+def vectorizer() -> TfidfVectorizer:
+    """Word 1-2 grams over ASCII tokens (what onnxruntime's RE2 tokenizer matches exactly)."""
+    return TfidfVectorizer(
+        ngram_range=(1, 2), token_pattern=TOKEN_PATTERN, sublinear_tf=True, min_df=2, max_features=30000,
+        lowercase=True, dtype=np.float32,
+    )
+
+
+# --- routing metrics ----------------------------------------------------------------------------------------
+def routing_curve(score: np.ndarray, weak: np.ndarray, strong: np.ndarray, steps: int = 101) -> np.ndarray:
+    """Accuracy when the top-``x`` share of requests by ``score`` go to the strong model, x = 0..1."""
+    order = np.argsort(-score, kind="stable")
+    n = len(score)
+    acc = []
+    for share in np.linspace(0, 1, steps):
+        k = int(round(share * n))
+        chosen = weak.astype(float).copy()
+        chosen[order[:k]] = strong[order[:k]]
+        acc.append(chosen.mean())
+    return np.array(acc)
+
+
+def routing_metrics(score: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> dict[str, float]:
+    """RouteLLM's metrics: APGR (mean performance-gap recovered over the cost range) and CPT(x) (the
+    smallest share of strong-model calls that recovers x of the gap)."""
+    curve = routing_curve(score, weak, strong)
+    lo, hi = weak.mean(), strong.mean()
+    pgr = (curve - lo) / (hi - lo)
+    shares = np.linspace(0, 1, len(curve))
+
+    def cpt(target: float) -> float:
+        hit = np.nonzero(pgr >= target - 1e-9)[0]
+        return float(shares[hit[0]]) if len(hit) else 1.0
+
+    return {"apgr": float(np.trapezoid(pgr, shares)), "cpt50": cpt(0.5), "cpt80": cpt(0.8)}
+
+
+def expected_calibration_error(probs: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:
+    """ECE with equal-width bins: mean |confidence - accuracy| weighted by bin size."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(probs[mask].mean() - outcome[mask].mean())
+    return float(total)
+
+
+def reliability(probs: np.ndarray, outcome: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Reliability table rows (bin, mean predicted, observed, count) for the metrics JSON."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            rows.append({"bin": round(float(edges[b]), 2), "predicted": round(float(probs[mask].mean()), 4),
+                         "observed": round(float(outcome[mask].mean()), 4), "n": int(mask.sum())})
+    return rows
+
+
+# --- P(correct) ---------------------------------------------------------------------------------------------
+@dataclass
+class McData:
+    texts: list[str]
+    subjects: np.ndarray
+    outcomes: dict[str, np.ndarray]
+
+
+def mmlu_data() -> McData:
+    items = load_mmlu()
+    return McData(
+        [window(it.prompt)[0] for it in items],
+        np.array([it.subject for it in items]),
+        {m: np.array([it.outcomes[m] for it in items], dtype=np.int64) for m in HOSTED},
+    )
+
+
+def _fit_binary(x: Any, y: np.ndarray, c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=3000, random_state=SEED).fit(x, y)
+
+
+def subject_held_out_eval(
+    mc: McData, featurize: Callable[[list[str], list[str]], tuple[Any, Any]], c: float, folds: int = 5,
+    say: Progress | None = None,
+) -> dict[str, Any]:
+    """Out-of-fold P(correct) with whole subjects held out, then routing metrics and calibration."""
+    oof = {m: np.zeros(len(mc.texts)) for m in HOSTED}
+    for k, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(mc.texts, groups=mc.subjects)):
+        if say:
+            say(f"fold {k + 1}/{folds}")
+        x_tr, x_te = featurize([mc.texts[i] for i in tr], [mc.texts[i] for i in te])
+        for m in HOSTED:
+            oof[m][te] = _fit_binary(x_tr, mc.outcomes[m][tr], c).predict_proba(x_te)[:, 1]
+    weak, strong = mc.outcomes[WEAK], mc.outcomes[STRONG]
+    scores = {
+        "1 - P(weak)": 1 - oof[WEAK],
+        "P(strong) - P(weak)": oof[STRONG] - oof[WEAK],
+    }
+    result: dict[str, Any] = {name: routing_metrics(s, weak, strong) for name, s in scores.items()}
+    result["ece"] = {m: expected_calibration_error(oof[m], mc.outcomes[m]) for m in HOSTED}
+    result["reliability"] = {m: reliability(oof[m], mc.outcomes[m]) for m in HOSTED}
+    result["brier"] = {m: float(np.mean((oof[m] - mc.outcomes[m]) ** 2)) for m in HOSTED}
+    result["brier_constant"] = {m: float(np.var(mc.outcomes[m])) for m in HOSTED}
+    return result
+
+
+def reference_routers(mc: McData, seed: int = SEED) -> dict[str, dict[str, float]]:
+    """Random routing (mean of 20 seeded shuffles) and the oracle (strong only where it alone is right)."""
+    weak, strong = mc.outcomes[WEAK], mc.outcomes[STRONG]
+    rng = np.random.default_rng(seed)
+    runs = [routing_metrics(rng.random(len(weak)), weak, strong) for _ in range(20)]
+    random = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    oracle_score = ((weak == 0) & (strong == 1)).astype(float)
+    return {"random": random, "oracle": routing_metrics(oracle_score, weak, strong)}
+
+
+def tfidf_featurize(train: list[str], test: list[str]) -> tuple[Any, Any]:
+    vec = vectorizer()
+    return vec.fit_transform(train), vec.transform(test)
+
+
+# --- task detection -------------------------------------------------------------------------------------------
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """One temperature that minimises held-out log loss (grid search; deterministic)."""
+    best, best_t = np.inf, 1.0
+    for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 61)):
+        z = logits / t
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        loss = -logp[np.arange(len(labels)), labels].mean()
+        if loss < best:
+            best, best_t = loss, float(t)
+    return best_t
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --- export -----------------------------------------------------------------------------------------------------
+def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarray, path: Path) -> None:
+    """TF-IDF graph from skl2onnx, then MatMul + Add, Softmax over the task logits, Sigmoid over the rest."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+
+    base = convert_sklearn(vec, initial_types=[("text", StringTensorType([None, 1]))],
+                           target_opset={"": 17, "ai.onnx.ml": 3})
+    _portable_lowercase(base)
+    graph = base.graph
+    feat = graph.output[0].name
+    n_tasks = len(TASKS)
+    graph.initializer.extend([
+        numpy_helper.from_array(weights.astype(np.float32), "head_W"),
+        numpy_helper.from_array(bias.astype(np.float32), "head_b"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
+        numpy_helper.from_array(np.array([n_tasks], dtype=np.int64), "s1"),
+        numpy_helper.from_array(np.array([weights.shape[1]], dtype=np.int64), "s2"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1"),
+    ])
+    graph.node.extend([
+        helper.make_node("MatMul", [feat, "head_W"], ["head_mm"]),
+        helper.make_node("Add", ["head_mm", "head_b"], ["head_logits"]),
+        helper.make_node("Slice", ["head_logits", "s0", "s1", "ax1"], ["task_logits"]),
+        helper.make_node("Slice", ["head_logits", "s1", "s2", "ax1"], ["pc_logits"]),
+        helper.make_node("Softmax", ["task_logits"], ["task_probs"], axis=1),
+        helper.make_node("Sigmoid", ["pc_logits"], ["p_correct"]),
+    ])
+    del graph.output[:]
+    graph.output.extend([
+        helper.make_tensor_value_info("task_probs", TensorProto.FLOAT, [None, n_tasks]),
+        helper.make_tensor_value_info("p_correct", TensorProto.FLOAT, [None, weights.shape[1] - n_tasks]),
+    ])
+    base.doc_string = "router request classifier: TF-IDF -> task softmax + per-model P(correct) sigmoid"
+    onnx.checker.check_model(base)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base.SerializeToString())
+
+
+def local_task_accuracy(outcomes_dir: Path, sentiment_metrics: Path) -> dict[str, dict[str, Any]]:
+    """Task-level accuracy of the local models from the outcomes files the project measured, each with its
+    source; cells without a measurement are left out (the classifier then falls back, see metadata)."""
+    from .local_outcomes import read_jsonl, summarize
+
+    table: dict[str, dict[str, Any]] = {}
+    for task, file in (("sentiment", "sentiment_local.jsonl"), ("math", "math_local.jsonl")):
+        path = outcomes_dir / file
+        if not path.exists():
+            continue
+        summary = summarize(read_jsonl(path))
+        for model, stats in summary.items():
+            if isinstance(stats, dict):
+                table.setdefault(model, {})[task] = {
+                    "accuracy": stats["accuracy"], "n": summary["n"], "source": f"measured: data/outcomes/{file}",
+                }
+    if sentiment_metrics.exists():
+        import json
+
+        acc = json.loads(sentiment_metrics.read_text())["test_accuracy"]
+        table.setdefault("sentiment-onnx", {})["sentiment"] = {
+            "accuracy": acc, "n": 1703, "source": "measured: models/sentiment/metrics.json (held-out 20 %)",
+        }
+    for model in ("smollm2-135m", "gemma3-270m"):
+        table.setdefault(model, {})["multiple_choice"] = {
+            "accuracy": CHANCE_MC, "n": 0,
+            "source": "assumed: chance level on 4-option MMLU (shipped CSVs hold no gold letter to score)",
+        }
+    for task in ("multiple_choice", "math", "chat"):
+        table.setdefault("sentiment-onnx", {})[task] = {
+            "accuracy": 0.0, "n": 0, "source": "by construction: the specialist only answers positive/negative",
+        }
+    return table
+
+
+def train_classifier(
+    out_dir: Path = MODELS_DIR / "classifier", progress: Progress | None = None, c_task: float = 10.0,
+    c_pc: float = 0.3,
+) -> dict[str, Any]:
+    """Build the request set, train and evaluate both heads, export ONNX + metadata JSON."""
+    say = progress or (lambda _msg: None)
+    seed_everything()
+    say("request set")
+    train_set, test_set = build_request_set()
+    mc = mmlu_data()
+    task_index = {t: i for i, t in enumerate(TASKS)}
+    y_tr = np.array([task_index[t] for t in train_set.labels])
+    y_te = np.array([task_index[t] for t in test_set.labels])
+
+    say("P(correct): subject-held-out evaluation")
+    pc_eval = subject_held_out_eval(mc, tfidf_featurize, c_pc, say=say)
+    refs = reference_routers(mc)
+
+    say("features")
+    train_texts = [window(t)[0] for t in train_set.texts]
+    vec = vectorizer().fit(train_texts + mc.texts)
+    x_tr = vec.transform(train_texts)
+    x_te = vec.transform([window(t)[0] for t in test_set.texts])
+
+    say("task head")
+    # calibration split: a seeded 20 % of the training rows, for the temperature only
+    rng = np.random.default_rng(SEED)
+    cal = rng.random(len(y_tr)) < 0.2
+    def task_model() -> LogisticRegression:
+        return LogisticRegression(C=c_task, max_iter=5000, random_state=SEED, class_weight="balanced")
+
+    task_lr = task_model().fit(x_tr[~cal], y_tr[~cal])
+    # the calibration rows share templates with training, so they look easier than new phrasings: never
+    # sharpen (temperature >= 1), only soften when they say so
+    temperature = max(1.0, fit_temperature(task_lr.decision_function(x_tr[cal]), y_tr[cal]))
+    task_lr = task_model().fit(x_tr, y_tr)
+    probs_te = _softmax(task_lr.decision_function(x_te) / temperature)
+    raw_acc = float((probs_te.argmax(1) == y_te).mean())
+    probs_te = np.stack([apply_guards(p, list(TASKS), window(t)[0])[0] for p, t in zip(probs_te, test_set.texts,
+                                                                                      strict=True)])
+    pred = probs_te.argmax(1)
+    task_acc = float((pred == y_te).mean())
+    per_group = {
+        g: round(float((pred[np.array(test_set.groups) == g] == y_te[np.array(test_set.groups) == g]).mean()), 4)
+        for g in sorted(set(test_set.groups))
+    }
+    conf = probs_te.max(1)
+    task_ece = expected_calibration_error(conf, (pred == y_te).astype(float))
+    confusion = np.zeros((len(TASKS), len(TASKS)), dtype=int)
+    for a, b in zip(y_te, pred, strict=True):
+        confusion[a, b] += 1
+
+    say("P(correct) heads on all subjects")
+    x_mc = vec.transform(mc.texts)
+    heads = [_fit_binary(x_mc, mc.outcomes[m], c_pc) for m in HOSTED]
+
+    weights = np.concatenate([task_lr.coef_.T / temperature] + [h.coef_.T for h in heads], axis=1)
+    bias = np.concatenate([task_lr.intercept_ / temperature] + [h.intercept_ for h in heads])
+    onnx_path = out_dir / "classifier.onnx"
+    say("export ONNX")
+    export_classifier(vec, weights, bias, onnx_path)
+
+    # the graph must agree with the numpy computation it encodes
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sample = [window(t)[0] for t in test_set.texts[:500]]
+    o_task, o_pc = session.run(None, {"text": np.array([[t] for t in sample], dtype=object)})
+    np_task = _softmax(task_lr.decision_function(vec.transform(sample)) / temperature)
+    np_pc = np.stack([h.predict_proba(vec.transform(sample))[:, 1] for h in heads], axis=1)
+    agreement = {
+        "task_argmax_agreement": float((o_task.argmax(1) == np_task.argmax(1)).mean()),
+        "task_max_abs_diff": float(np.abs(o_task - np_task).max()),
+        "p_correct_max_abs_diff": float(np.abs(o_pc - np_pc).max()),
+    }
+
+    t0 = time.perf_counter()
+    for text in sample[:300]:
+        session.run(None, {"text": np.array([[text]], dtype=object)})
+    onnx_ms = (time.perf_counter() - t0) / 300 * 1000
+
+    local = local_task_accuracy(DATA_DIR / "outcomes", MODELS_DIR / "sentiment" / "metrics.json")
+    hosted_mean = {m: round(float(mc.outcomes[m].mean()), 4) for m in HOSTED}
+    metrics: dict[str, Any] = {
+        "seed": SEED,
+        "task_detection": {
+            "n_train": len(y_tr), "n_test": len(y_te), "held_out_accuracy": round(task_acc, 4),
+            "held_out_accuracy_by_group": per_group, "ece_top_label": round(task_ece, 4), "guards": ["generation-guard", "options-guard"], "held_out_accuracy_without_guards": round(raw_acc, 4),
+            "temperature": round(temperature, 4), "confusion_rows_true_cols_pred": confusion.tolist(),
+        },
+        "p_correct_subject_held_out": _round(pc_eval),
+        "reference_routers": _round(refs),
+        "hosted_mean_accuracy": hosted_mean,
+        "onnx_agreement": _round(agreement),
+        "onnx_ms_per_request_single_thread": round(onnx_ms, 4),
+        "features": {"kind": "tfidf-word12", "vocabulary": len(vec.vocabulary_)},
+    }
+    meta = {
+        "tasks": list(TASKS),
+        "p_correct_models": list(HOSTED),
+        "p_correct_task": "multiple_choice",
+        "max_chars": MAX_CHARS, "head_chars": HEAD_CHARS, "tail_chars": TAIL_CHARS,
+        "onnx": "classifier.onnx",
+        "task_accuracy": {**{m: {"multiple_choice": {"accuracy": hosted_mean[m], "n": len(mc.texts),
+                                                     "source": "measured: data/routellm_mmlu (RouteLLM)"}}
+                             for m in HOSTED}, **local},
+        "fallback": "for a (model, task) cell with no measurement the model's mean over its measured tasks",
+        "metrics": metrics,
+    }
+    write_json(out_dir / "classifier.json", meta)
+    return metrics
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v) for v in obj]
+    return obj
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(train_classifier(progress=print), indent=2))
