@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conformance.backend_suite import check_backend
 
 from router.backends import FaultInjectingBackend, create_backend
-
-from conformance.backend_suite import check_backend
 
 REVIEW = "Is this review positive or negative? 'a gorgeous, witty film'"
 

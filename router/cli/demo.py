@@ -30,6 +30,8 @@ def demo(
     from .. import Router, RouterConfig
 
     console = Console()
+    if not console.is_terminal:  # piped or in CI: do not squeeze the table into 80 columns
+        console = Console(width=150)
     config = RouterConfig.load(ledger_url=ledger_url)
     with console.status("Loading model cards, classifier and ledger..."):
         router = Router(config)

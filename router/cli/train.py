@@ -1,0 +1,83 @@
+"""`router train classifier` and `router train specialist sentiment`: rebuild the shipped ONNX artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+train_app = typer.Typer(
+    help="Retrain the shipped ONNX models (request classifier, task specialists) from data in data/.",
+    no_args_is_help=True,
+)
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+
+
+@train_app.command("specialist")
+def specialist(
+    task: str = typer.Argument(..., help="Which specialist: `sentiment`."),
+    out: Path = typer.Option(None, help="Output folder (default: models/sentiment)."),
+) -> None:
+    """Train a task specialist, export it to ONNX and write its metrics JSON."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if task != "sentiment":
+        raise typer.BadParameter(f"unknown specialist {task!r}; known: sentiment")
+    from ..training.common import MODELS_DIR
+    from ..training.sentiment import train_sentiment
+
+    with _progress() as progress:
+        step = progress.add_task("sentiment specialist", total=None)
+        metrics = train_sentiment(out_dir=out or MODELS_DIR / "sentiment",
+                                  progress=lambda msg: progress.update(step, description=msg))
+    table = Table(title=f"sentiment specialist: {metrics['model']}")
+    table.add_column("model / check")
+    table.add_column("held-out", justify="right")
+    table.add_row(f"{metrics['model']} (sklearn)", f"{metrics['test_accuracy']:.2%}")
+    table.add_row(f"{metrics['model']} (ONNX)", f"{metrics['test_accuracy_onnx']:.2%}")
+    table.add_row("same, de-tokenised text", f"{metrics['test_accuracy_detokenized']:.2%}")
+    for name, acc in metrics["baselines_test_accuracy"].items():
+        table.add_row(f"baseline {name}", f"{acc:.2%}")
+    table.add_row("ONNX vs sklearn label agreement", f"{metrics['onnx_sklearn_label_agreement']:.2%}")
+    table.add_row("ONNX ms / request (1 thread)", f"{metrics['onnx_ms_per_request_single_thread']:.3f}")
+    console.print(table)
+
+
+@train_app.command("classifier")
+def classifier(out: Path = typer.Option(None, help="Output folder (default: models/classifier).")) -> None:
+    """Train task detection + P(correct), evaluate with MMLU subjects held out, export ONNX + JSON."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..training.classifier import train_classifier
+    from ..training.common import MODELS_DIR
+
+    with _progress() as progress:
+        step = progress.add_task("request classifier", total=None)
+        metrics = train_classifier(out_dir=out or MODELS_DIR / "classifier",
+                                   progress=lambda msg: progress.update(step, description=msg))
+    td = metrics["task_detection"]
+    table = Table(title="task detection (held-out phrasings, sentences, subjects)")
+    table.add_column("group")
+    table.add_column("accuracy", justify="right")
+    for group, acc in td["held_out_accuracy_by_group"].items():
+        table.add_row(group, f"{acc:.2%}")
+    table.add_row("all", f"{td['held_out_accuracy']:.2%}")
+    table.add_row("all, without rule guards", f"{td['held_out_accuracy_without_guards']:.2%}")
+    table.add_row("ECE (top label)", f"{td['ece_top_label']:.3f}")
+    console.print(table)
+    routing = Table(title="routing Mixtral -> GPT-4 on MMLU, subjects held out (5-fold GroupKFold)")
+    for col in ("router", "APGR", "CPT(50%)", "CPT(80%)"):
+        routing.add_column(col, justify="right" if col != "router" else "left")
+    pc = metrics["p_correct_subject_held_out"]
+    rows = {**{f"tf-idf: {k}": v for k, v in pc.items() if isinstance(v, dict) and "apgr" in v},
+            **metrics["reference_routers"]}
+    for name, r in rows.items():
+        routing.add_row(name, f"{r['apgr']:.3f}", f"{r['cpt50']:.1%}", f"{r['cpt80']:.1%}")
+    console.print(routing)
+    console.print(f"P(correct) ECE: {pc['ece']}  Brier: {pc['brier']} (constant predictor: {pc['brier_constant']})")
