@@ -46,8 +46,10 @@ def apply_guards(probs: np.ndarray, tasks: list[str], text: str) -> tuple[np.nda
     probs = probs.copy()
     fired = []
     chat = tasks.index("chat")
-    for task, rule, name in (("sentiment", generation_guard, "generation-guard"),
-                             ("multiple_choice", lambda t: not has_options(t), "options-guard")):
+    for task, rule, name in (
+        ("sentiment", generation_guard, "generation-guard"),
+        ("multiple_choice", lambda t: not has_options(t), "options-guard"),
+    ):
         i = tasks.index(task)
         if probs[i] > 0 and rule(text):
             probs[chat] += probs[i]
@@ -122,8 +124,9 @@ class OnnxRequestClassifier(RequestClassifier):
         bounded, truncated = bound_text(text, self.max_chars, self.head, self.tail)
         if not bounded.strip():
             probs = {t: (1.0 if t == "chat" else 0.0) for t in self.tasks}
-            return Classification("chat", probs, self._mix(np.array(list(probs.values())), None), truncated,
-                                  chars, "onnx:empty")
+            return Classification(
+                "chat", probs, self._mix(np.array(list(probs.values())), None), truncated, chars, "onnx:empty"
+            )
         task_probs, p_correct = self.raw([bounded])
         probs = task_probs[0].astype(np.float64)
         probs, fired = apply_guards(probs, self.tasks, bounded)

@@ -24,7 +24,7 @@ def _progress() -> Progress:
 @train_app.command("specialist")
 def specialist(
     task: str = typer.Argument(..., help="Which specialist: `sentiment`."),
-    out: Path = typer.Option(None, help="Output folder (default: models/sentiment)."),
+    out: Path = typer.Option(None, help="Output folder (default: models/sentiment)."),  # noqa: B008
 ) -> None:
     """Train a task specialist, export it to ONNX and write its metrics JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,8 +35,9 @@ def specialist(
 
     with _progress() as progress:
         step = progress.add_task("sentiment specialist", total=None)
-        metrics = train_sentiment(out_dir=out or MODELS_DIR / "sentiment",
-                                  progress=lambda msg: progress.update(step, description=msg))
+        metrics = train_sentiment(
+            out_dir=out or MODELS_DIR / "sentiment", progress=lambda msg: progress.update(step, description=msg)
+        )
     table = Table(title=f"sentiment specialist: {metrics['model']}")
     table.add_column("model / check")
     table.add_column("held-out", justify="right")
@@ -51,7 +52,7 @@ def specialist(
 
 
 @train_app.command("classifier")
-def classifier(out: Path = typer.Option(None, help="Output folder (default: models/classifier).")) -> None:
+def classifier(out: Path = typer.Option(None, help="Output folder (default: models/classifier).")) -> None:  # noqa: B008
     """Train task detection + P(correct), evaluate with MMLU subjects held out, export ONNX + JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..training.classifier import train_classifier
@@ -59,8 +60,9 @@ def classifier(out: Path = typer.Option(None, help="Output folder (default: mode
 
     with _progress() as progress:
         step = progress.add_task("request classifier", total=None)
-        metrics = train_classifier(out_dir=out or MODELS_DIR / "classifier",
-                                   progress=lambda msg: progress.update(step, description=msg))
+        metrics = train_classifier(
+            out_dir=out or MODELS_DIR / "classifier", progress=lambda msg: progress.update(step, description=msg)
+        )
     td = metrics["task_detection"]
     table = Table(title="task detection (held-out phrasings, sentences, subjects)")
     table.add_column("group")
@@ -75,8 +77,10 @@ def classifier(out: Path = typer.Option(None, help="Output folder (default: mode
     for col in ("router", "APGR", "CPT(50%)", "CPT(80%)"):
         routing.add_column(col, justify="right" if col != "router" else "left")
     pc = metrics["p_correct_subject_held_out"]
-    rows = {**{f"tf-idf: {k}": v for k, v in pc.items() if isinstance(v, dict) and "apgr" in v},
-            **metrics["reference_routers"]}
+    rows = {
+        **{f"tf-idf: {k}": v for k, v in pc.items() if isinstance(v, dict) and "apgr" in v},
+        **metrics["reference_routers"],
+    }
     for name, r in rows.items():
         routing.add_row(name, f"{r['apgr']:.3f}", f"{r['cpt50']:.1%}", f"{r['cpt80']:.1%}")
     console.print(routing)

@@ -49,8 +49,13 @@ def window(text: str, max_chars: int = MAX_CHARS, head: int = HEAD_CHARS, tail: 
 def vectorizer() -> TfidfVectorizer:
     """Word 1-2 grams over ASCII tokens (what onnxruntime's RE2 tokenizer matches exactly)."""
     return TfidfVectorizer(
-        ngram_range=(1, 2), token_pattern=TOKEN_PATTERN, sublinear_tf=True, min_df=2, max_features=30000,
-        lowercase=True, dtype=np.float32,
+        ngram_range=(1, 2),
+        token_pattern=TOKEN_PATTERN,
+        sublinear_tf=True,
+        min_df=2,
+        max_features=30000,
+        lowercase=True,
+        dtype=np.float32,
     )
 
 
@@ -103,8 +108,14 @@ def reliability(probs: np.ndarray, outcome: np.ndarray, bins: int = 10) -> list[
     for b in range(bins):
         mask = which == b
         if mask.any():
-            rows.append({"bin": round(float(edges[b]), 2), "predicted": round(float(probs[mask].mean()), 4),
-                         "observed": round(float(outcome[mask].mean()), 4), "n": int(mask.sum())})
+            rows.append(
+                {
+                    "bin": round(float(edges[b]), 2),
+                    "predicted": round(float(probs[mask].mean()), 4),
+                    "observed": round(float(outcome[mask].mean()), 4),
+                    "n": int(mask.sum()),
+                }
+            )
     return rows
 
 
@@ -130,7 +141,10 @@ def _fit_binary(x: Any, y: np.ndarray, c: float) -> LogisticRegression:
 
 
 def subject_held_out_eval(
-    mc: McData, featurize: Callable[[list[str], list[str]], tuple[Any, Any]], c: float, folds: int = 5,
+    mc: McData,
+    featurize: Callable[[list[str], list[str]], tuple[Any, Any]],
+    c: float,
+    folds: int = 5,
     say: Progress | None = None,
 ) -> dict[str, Any]:
     """Out-of-fold P(correct) with whole subjects held out, then routing metrics and calibration."""
@@ -197,33 +211,40 @@ def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarra
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import StringTensorType
 
-    base = convert_sklearn(vec, initial_types=[("text", StringTensorType([None, 1]))],
-                           target_opset={"": 17, "ai.onnx.ml": 3})
+    base = convert_sklearn(
+        vec, initial_types=[("text", StringTensorType([None, 1]))], target_opset={"": 17, "ai.onnx.ml": 3}
+    )
     _portable_lowercase(base)
     graph = base.graph
     feat = graph.output[0].name
     n_tasks = len(TASKS)
-    graph.initializer.extend([
-        numpy_helper.from_array(weights.astype(np.float32), "head_W"),
-        numpy_helper.from_array(bias.astype(np.float32), "head_b"),
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
-        numpy_helper.from_array(np.array([n_tasks], dtype=np.int64), "s1"),
-        numpy_helper.from_array(np.array([weights.shape[1]], dtype=np.int64), "s2"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1"),
-    ])
-    graph.node.extend([
-        helper.make_node("MatMul", [feat, "head_W"], ["head_mm"]),
-        helper.make_node("Add", ["head_mm", "head_b"], ["head_logits"]),
-        helper.make_node("Slice", ["head_logits", "s0", "s1", "ax1"], ["task_logits"]),
-        helper.make_node("Slice", ["head_logits", "s1", "s2", "ax1"], ["pc_logits"]),
-        helper.make_node("Softmax", ["task_logits"], ["task_probs"], axis=1),
-        helper.make_node("Sigmoid", ["pc_logits"], ["p_correct"]),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weights.astype(np.float32), "head_W"),
+            numpy_helper.from_array(bias.astype(np.float32), "head_b"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "s0"),
+            numpy_helper.from_array(np.array([n_tasks], dtype=np.int64), "s1"),
+            numpy_helper.from_array(np.array([weights.shape[1]], dtype=np.int64), "s2"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "ax1"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("MatMul", [feat, "head_W"], ["head_mm"]),
+            helper.make_node("Add", ["head_mm", "head_b"], ["head_logits"]),
+            helper.make_node("Slice", ["head_logits", "s0", "s1", "ax1"], ["task_logits"]),
+            helper.make_node("Slice", ["head_logits", "s1", "s2", "ax1"], ["pc_logits"]),
+            helper.make_node("Softmax", ["task_logits"], ["task_probs"], axis=1),
+            helper.make_node("Sigmoid", ["pc_logits"], ["p_correct"]),
+        ]
+    )
     del graph.output[:]
-    graph.output.extend([
-        helper.make_tensor_value_info("task_probs", TensorProto.FLOAT, [None, n_tasks]),
-        helper.make_tensor_value_info("p_correct", TensorProto.FLOAT, [None, weights.shape[1] - n_tasks]),
-    ])
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("task_probs", TensorProto.FLOAT, [None, n_tasks]),
+            helper.make_tensor_value_info("p_correct", TensorProto.FLOAT, [None, weights.shape[1] - n_tasks]),
+        ]
+    )
     base.doc_string = "router request classifier: TF-IDF -> task softmax + per-model P(correct) sigmoid"
     onnx.checker.check_model(base)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,29 +265,38 @@ def local_task_accuracy(outcomes_dir: Path, sentiment_metrics: Path) -> dict[str
         for model, stats in summary.items():
             if isinstance(stats, dict):
                 table.setdefault(model, {})[task] = {
-                    "accuracy": stats["accuracy"], "n": summary["n"], "source": f"measured: data/outcomes/{file}",
+                    "accuracy": stats["accuracy"],
+                    "n": summary["n"],
+                    "source": f"measured: data/outcomes/{file}",
                 }
     if sentiment_metrics.exists():
         import json
 
         acc = json.loads(sentiment_metrics.read_text())["test_accuracy"]
         table.setdefault("sentiment-onnx", {})["sentiment"] = {
-            "accuracy": acc, "n": 1703, "source": "measured: models/sentiment/metrics.json (held-out 20 %)",
+            "accuracy": acc,
+            "n": 1703,
+            "source": "measured: models/sentiment/metrics.json (held-out 20 %)",
         }
     for model in ("smollm2-135m", "gemma3-270m"):
         table.setdefault(model, {})["multiple_choice"] = {
-            "accuracy": CHANCE_MC, "n": 0,
+            "accuracy": CHANCE_MC,
+            "n": 0,
             "source": "assumed: chance level on 4-option MMLU (shipped CSVs hold no gold letter to score)",
         }
     for task in ("multiple_choice", "math", "chat"):
         table.setdefault("sentiment-onnx", {})[task] = {
-            "accuracy": 0.0, "n": 0, "source": "by construction: the specialist only answers positive/negative",
+            "accuracy": 0.0,
+            "n": 0,
+            "source": "by construction: the specialist only answers positive/negative",
         }
     return table
 
 
 def train_classifier(
-    out_dir: Path = MODELS_DIR / "classifier", progress: Progress | None = None, c_task: float = 10.0,
+    out_dir: Path = MODELS_DIR / "classifier",
+    progress: Progress | None = None,
+    c_task: float = 10.0,
     c_pc: float = 0.3,
 ) -> dict[str, Any]:
     """Build the request set, train and evaluate both heads, export ONNX + metadata JSON."""
@@ -293,6 +323,7 @@ def train_classifier(
     # calibration split: a seeded 20 % of the training rows, for the temperature only
     rng = np.random.default_rng(SEED)
     cal = rng.random(len(y_tr)) < 0.2
+
     def task_model() -> LogisticRegression:
         return LogisticRegression(C=c_task, max_iter=5000, random_state=SEED, class_weight="balanced")
 
@@ -303,8 +334,9 @@ def train_classifier(
     task_lr = task_model().fit(x_tr, y_tr)
     probs_te = _softmax(task_lr.decision_function(x_te) / temperature)
     raw_acc = float((probs_te.argmax(1) == y_te).mean())
-    probs_te = np.stack([apply_guards(p, list(TASKS), window(t)[0])[0] for p, t in zip(probs_te, test_set.texts,
-                                                                                      strict=True)])
+    probs_te = np.stack(
+        [apply_guards(p, list(TASKS), window(t)[0])[0] for p, t in zip(probs_te, test_set.texts, strict=True)]
+    )
     pred = probs_te.argmax(1)
     task_acc = float((pred == y_te).mean())
     per_group = {
@@ -351,9 +383,15 @@ def train_classifier(
     metrics: dict[str, Any] = {
         "seed": SEED,
         "task_detection": {
-            "n_train": len(y_tr), "n_test": len(y_te), "held_out_accuracy": round(task_acc, 4),
-            "held_out_accuracy_by_group": per_group, "ece_top_label": round(task_ece, 4), "guards": ["generation-guard", "options-guard"], "held_out_accuracy_without_guards": round(raw_acc, 4),
-            "temperature": round(temperature, 4), "confusion_rows_true_cols_pred": confusion.tolist(),
+            "n_train": len(y_tr),
+            "n_test": len(y_te),
+            "held_out_accuracy": round(task_acc, 4),
+            "held_out_accuracy_by_group": per_group,
+            "ece_top_label": round(task_ece, 4),
+            "guards": ["generation-guard", "options-guard"],
+            "held_out_accuracy_without_guards": round(raw_acc, 4),
+            "temperature": round(temperature, 4),
+            "confusion_rows_true_cols_pred": confusion.tolist(),
         },
         "p_correct_subject_held_out": _round(pc_eval),
         "reference_routers": _round(refs),
@@ -366,11 +404,23 @@ def train_classifier(
         "tasks": list(TASKS),
         "p_correct_models": list(HOSTED),
         "p_correct_task": "multiple_choice",
-        "max_chars": MAX_CHARS, "head_chars": HEAD_CHARS, "tail_chars": TAIL_CHARS,
+        "max_chars": MAX_CHARS,
+        "head_chars": HEAD_CHARS,
+        "tail_chars": TAIL_CHARS,
         "onnx": "classifier.onnx",
-        "task_accuracy": {**{m: {"multiple_choice": {"accuracy": hosted_mean[m], "n": len(mc.texts),
-                                                     "source": "measured: data/routellm_mmlu (RouteLLM)"}}
-                             for m in HOSTED}, **local},
+        "task_accuracy": {
+            **{
+                m: {
+                    "multiple_choice": {
+                        "accuracy": hosted_mean[m],
+                        "n": len(mc.texts),
+                        "source": "measured: data/routellm_mmlu (RouteLLM)",
+                    }
+                }
+                for m in HOSTED
+            },
+            **local,
+        },
         "fallback": "for a (model, task) cell with no measurement the model's mean over its measured tasks",
         "metrics": metrics,
     }

@@ -85,8 +85,15 @@ def measure_sentiment(
                 "latency_s": round(seconds, 4),
                 "answer": text[:80],
             }
-        rows.append({"id": f"polarity-test-{int(idx)}", "prompt": prompt, "task": "sentiment", "label": gold,
-                     "outcomes": outcomes})
+        rows.append(
+            {
+                "id": f"polarity-test-{int(idx)}",
+                "prompt": prompt,
+                "task": "sentiment",
+                "label": gold,
+                "outcomes": outcomes,
+            }
+        )
         if progress:
             progress("sentiment", k + 1)
     _write_jsonl(out, rows)
@@ -123,8 +130,15 @@ def measure_math(
                 "latency_s": round(seconds, 4),
                 "answer": text[-80:],
             }
-        rows.append({"id": f"math-gen-{k}", "prompt": problem.text, "task": "math", "answer": problem.answer,
-                     "outcomes": outcomes})
+        rows.append(
+            {
+                "id": f"math-gen-{k}",
+                "prompt": problem.text,
+                "task": "math",
+                "answer": problem.answer,
+                "outcomes": outcomes,
+            }
+        )
         if progress:
             progress("math", k + 1)
     _write_jsonl(out, rows)

@@ -65,8 +65,26 @@ SENTIMENT_DECOYS = [
     "Who directed the film described here? {text}",
 ]
 TOPICS = [
-    "phone", "restaurant", "laptop", "hotel", "movie", "book", "coffee shop", "video game", "car", "headphones",
-    "concert", "museum", "pizza place", "airline", "bike", "camera", "sofa", "gym", "podcast", "album",
+    "phone",
+    "restaurant",
+    "laptop",
+    "hotel",
+    "movie",
+    "book",
+    "coffee shop",
+    "video game",
+    "car",
+    "headphones",
+    "concert",
+    "museum",
+    "pizza place",
+    "airline",
+    "bike",
+    "camera",
+    "sofa",
+    "gym",
+    "podcast",
+    "album",
 ]
 
 # --- multiple choice / knowledge --------------------------------------------------------------------------
@@ -116,8 +134,18 @@ CHAT_TEMPLATES = [
 FILL = {
     "thing": ["heater", "window", "fridge", "door lock", "shower", "washing machine"],
     "topic": TOPICS,
-    "concept": ["inflation", "machine learning", "photosynthesis", "blockchain", "gravity", "democracy",
-                "compound interest", "the stock market", "quantum computing", "recursion"],
+    "concept": [
+        "inflation",
+        "machine learning",
+        "photosynthesis",
+        "blockchain",
+        "gravity",
+        "democracy",
+        "compound interest",
+        "the stock market",
+        "quantum computing",
+        "recursion",
+    ],
     "concept2": ["deflation", "deep learning", "respiration", "databases", "magnetism", "monarchy"],
     "skill": ["chess", "public speaking", "swimming", "cooking", "drawing", "sleeping well", "coding"],
     "language": ["Spanish", "German", "Japanese", "Italian", "Portuguese", "Korean"],
@@ -129,8 +157,28 @@ FILL = {
 }
 
 # --- math: multi-step arithmetic word problems (answer known) ----------------------------------------------
-NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Maya",
-         "Noah", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tariq"]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Fatima",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Maya",
+    "Noah",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
+]
 ITEMS = ["apples", "pencils", "stickers", "cookies", "marbles", "books", "cards", "eggs", "stamps", "shells"]
 
 
@@ -153,37 +201,48 @@ def math_problem(rng: random.Random) -> MathProblem:
         total = a * c
         ans = total - b if total > b else total + b
         verb = "gives away" if total > b else "finds"
-        text = (f"There are {c} boxes with {a} {item} in each. {name} {verb} {b} {item}. "
-                f"How many {item} does {name} have left?")
+        text = (
+            f"There are {c} boxes with {a} {item} in each. {name} {verb} {b} {item}. "
+            f"How many {item} does {name} have left?"
+        )
     elif shape == 2:
         price, qty, paid = rng.randint(2, 15), rng.randint(2, 9), 0
         paid = price * qty + rng.randint(1, 40)
         ans = paid - price * qty
-        text = (f"{name} buys {qty} notebooks at ${price} each and pays with ${paid}. "
-                f"How much change does {name} get?")
+        text = f"{name} buys {qty} notebooks at ${price} each and pays with ${paid}. How much change does {name} get?"
     elif shape == 3:
         speed, hours, extra = rng.randint(20, 90), rng.randint(2, 8), rng.randint(5, 60)
         ans = speed * hours + extra
-        text = (f"A train travels at {speed} km per hour for {hours} hours, then {extra} km more. "
-                f"How far does it travel in total?")
+        text = (
+            f"A train travels at {speed} km per hour for {hours} hours, then {extra} km more. "
+            f"How far does it travel in total?"
+        )
     elif shape == 4:
         per_day, days, share = rng.randint(2, 20), rng.randint(3, 14), rng.choice([2, 3, 4])
         ans = per_day * days // share
-        text = (f"{name} saves ${per_day} a day for {days} days and splits the total equally with {share - 1} "
-                f"friend{'s' if share > 2 else ''}. How much does each person get (rounded down)?")
+        text = (
+            f"{name} saves ${per_day} a day for {days} days and splits the total equally with {share - 1} "
+            f"friend{'s' if share > 2 else ''}. How much does each person get (rounded down)?"
+        )
     elif shape == 5:
         ans = a + 2 * a + b
-        text = (f"{name} read {a} pages on Monday, twice as many on Tuesday and {b} pages on Wednesday. "
-                f"How many pages did {name} read in all?")
+        text = (
+            f"{name} read {a} pages on Monday, twice as many on Tuesday and {b} pages on Wednesday. "
+            f"How many pages did {name} read in all?"
+        )
     elif shape == 6:
         ans = (a + b) - (c * 2)
-        text = (f"{name} had {a} {item}, {other} gave {name} {b} more, and {name} lost {c} {item} twice. "
-                f"How many {item} are left?")
+        text = (
+            f"{name} had {a} {item}, {other} gave {name} {b} more, and {name} lost {c} {item} twice. "
+            f"How many {item} are left?"
+        )
     else:
         length, width = rng.randint(3, 40), rng.randint(3, 40)
         ans = 2 * (length + width) * c
-        text = (f"A garden is {length} m long and {width} m wide. How many meters of fence are needed for "
-                f"{c} layers around it?")
+        text = (
+            f"A garden is {length} m long and {width} m wide. How many meters of fence are needed for "
+            f"{c} layers around it?"
+        )
     phr = rng.choice(["{t}", "Solve: {t}", "{t} Show your work.", "Math problem: {t}", "{t} Think step by step."])
     return MathProblem(phr.format(t=text), int(ans))
 

@@ -68,7 +68,7 @@ def split_polarity(data_dir: Path = DATA_DIR / "sentiment_polarity", seed: int =
 
 def _augment(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Each sentence as published plus its de-tokenised form (only where it differs)."""
-    extra = [(detokenize(t), y) for t, y in zip(texts, labels) if detokenize(t) != t]
+    extra = [(detokenize(t), y) for t, y in zip(texts, labels, strict=False) if detokenize(t) != t]
     return list(texts) + [t for t, _ in extra], np.concatenate([labels, [y for _, y in extra]]).astype(np.int64)
 
 
@@ -203,7 +203,9 @@ def train_sentiment(
 
     say("baselines")
     baselines = {
-        f"bow-unigram-{kind}": _accuracy(fit_bow_baseline(split.train_x, split.train_y, kind), split.test_x, split.test_y)
+        f"bow-unigram-{kind}": _accuracy(
+            fit_bow_baseline(split.train_x, split.train_y, kind), split.test_x, split.test_y
+        )
         for kind in ("lr", "nb")
     }
     validation: dict[str, float] = {}

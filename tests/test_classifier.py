@@ -1,0 +1,108 @@
+"""The shipped request classifier: task detection on held-out phrasings, decoys, bad input, calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from router.classify.base import TASKS
+from router.classify.onnx_classifier import OnnxRequestClassifier, has_options, load_default_classifier
+from router.classify.rules import RuleClassifier
+from router.training.classifier import expected_calibration_error, routing_metrics
+from router.training.common import MODELS_DIR
+
+FOLDER = MODELS_DIR / "classifier"
+needs_model = pytest.mark.skipif(not (FOLDER / "classifier.onnx").exists(), reason="run `router train classifier`")
+
+
+@pytest.fixture(scope="module")
+def clf() -> OnnxRequestClassifier:
+    c = load_default_classifier(MODELS_DIR)
+    assert isinstance(c, OnnxRequestClassifier)
+    return c
+
+
+@needs_model
+@pytest.mark.parametrize(
+    ("text", "task"),
+    [
+        ("Is this review positive or negative? 'a gorgeous, witty film'", "sentiment"),
+        ("how does this tweet feel: ugh, the worst service ever", "sentiment"),
+        ("SENTIMENT: boring and way too long", "sentiment"),
+        ("Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:", "multiple_choice"),
+        ("Maya has 12 apples and buys 7 more, then gives 5 to Sam. How many apples does she have left?", "math"),
+        ("Write a short poem about the sea.", "chat"),
+    ],
+)
+def test_task_detection(clf: OnnxRequestClassifier, text: str, task: str) -> None:
+    assert clf.classify(text).task == task
+
+
+@needs_model
+def test_write_a_positive_review_is_not_sentiment(clf: OnnxRequestClassifier) -> None:
+    c = clf.classify("Write a positive review of this film: a gorgeous, witty film")
+    assert c.task != "sentiment"
+
+
+@needs_model
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   \n\t",
+        "x" * 1_000_000,
+        "\x00\xff\x01binary\ud800junk",
+        "😀🎉" * 500,
+        "Это ужасный фильм, не смотрите его.",
+        "これは素晴らしい映画でした。",
+    ],
+)
+def test_bad_input_gives_a_defined_decision(clf: OnnxRequestClassifier, text: str) -> None:
+    c = clf.classify(text)
+    assert c.task in TASKS
+    assert abs(sum(c.task_probs.values()) - 1) < 1e-4
+    assert all(0 <= p <= 1 for p in c.p_correct.values())
+    assert c.truncated == (len(text) > clf.max_chars)
+
+
+@needs_model
+def test_p_correct_covers_models_and_gpt4_beats_mixtral_on_average(clf: OnnxRequestClassifier) -> None:
+    c = clf.classify("Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:")
+    assert {"mixtral-8x7b-instruct", "gpt-4-1106-preview", "sentiment-onnx"} <= set(c.p_correct)
+    assert c.p_correct["sentiment-onnx"] < 0.05
+    meta = json.loads((FOLDER / "classifier.json").read_text())
+    assert meta["metrics"]["task_detection"]["held_out_accuracy"] >= 0.85
+    assert meta["metrics"]["task_detection"]["ece_top_label"] <= 0.1
+
+
+@needs_model
+def test_held_out_routing_beats_random_and_is_calibrated() -> None:
+    m = json.loads((FOLDER / "classifier.json").read_text())["metrics"]
+    best = max(v["apgr"] for v in m["p_correct_subject_held_out"].values() if isinstance(v, dict) and "apgr" in v)
+    assert best > m["reference_routers"]["random"]["apgr"] + 0.02
+    assert all(e < 0.08 for e in m["p_correct_subject_held_out"]["ece"].values())
+
+
+def test_routing_metrics_on_known_cases() -> None:
+    weak = np.array([1, 0, 0, 1, 0, 1, 0, 1])
+    strong = np.array([1, 1, 1, 1, 0, 1, 1, 1])
+    oracle = routing_metrics(((weak == 0) & (strong == 1)).astype(float), weak, strong)
+    worst = routing_metrics(-((weak == 0) & (strong == 1)).astype(float), weak, strong)
+    assert oracle["apgr"] > 0.8 > worst["apgr"]
+    assert oracle["cpt50"] <= 0.25
+
+
+def test_ece_detects_miscalibration() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random(5000)
+    y = (rng.random(5000) < p).astype(float)
+    assert expected_calibration_error(p, y) < 0.03
+    assert expected_calibration_error(np.clip(p + 0.3, 0, 1), y) > 0.2
+
+
+def test_options_rule_and_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert has_options("Q?\nA. x\nB. y")
+    assert not has_options("What is a good name for a cat?")
+    assert isinstance(load_default_classifier(tmp_path), RuleClassifier)
