@@ -24,7 +24,7 @@ from .errors import (
     RouterError,
     UnknownModelError,
 )
-from .ledger import Ledger, LedgerRecord, hash_key, open_ledger
+from .ledger import Ledger, LedgerRecord, Reservation, hash_key, open_ledger
 from .policy.decision import Decision
 from .types import (
     Attempt,
@@ -65,6 +65,7 @@ class RequestContext:
     key_hash: str | None
     decision_ms: float
     created: int = field(default_factory=lambda: int(time.time()))
+    budget_notes: list[str] = field(default_factory=list)  # issue 6: e.g. "over budget ..., allowed and flagged"
 
 
 def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
@@ -175,6 +176,13 @@ class Router:
             backend = self._backends.get(model)
             if backend is None:
                 backend = create_backend(self.cards[model])
+                # -- issue 8: a cooldown (circuit breaker) around every backend the Router creates itself --
+                from .backends.cooldown import CooldownBackend
+
+                cool = self.config.extra.get("cooldown") or {}
+                backend = CooldownBackend(backend, failures=int(cool.get("failures", 3)),
+                                          cooldown_s=float(cool.get("seconds", 30.0)))
+                # -- end issue 8 --
                 self._backends[model] = backend
             return backend
 
@@ -313,7 +321,7 @@ class Router:
             request_id=ctx.request_id,
             model=card.name,
             tier=card.tier,
-            reason=reason or ctx.decision.reason,
+            reason="; ".join([reason or ctx.decision.reason, *ctx.budget_notes]),
             input_tokens=gen.prompt_tokens if gen else 0,
             output_tokens=gen.completion_tokens if gen else 0,
             latency_ms=latency_ms,
@@ -344,6 +352,7 @@ class Router:
     def _run_one(self, ctx: RequestContext, model: str, attempt: int) -> tuple[Generation, Attempt, EnergyReading]:
         backend = self.backend(model)
         self._check_context(ctx, backend)
+        held = self._reserve(ctx, model, attempt)  # issue 6: budgets
         span = self.meter.start() if backend.local else None
         t0 = time.perf_counter()
         try:
@@ -351,10 +360,12 @@ class Router:
         except Exception as exc:
             latency = (time.perf_counter() - t0) * 1000
             reading = span.stop() if span else estimate_from_profile(backend.card.energy, 0, 0)
+            self._settle(held, reading.joules)
             self._record(ctx, backend.card, reading, latency, "error", error=str(exc)[:500], attempt=attempt)
             raise
         latency = (time.perf_counter() - t0) * 1000
         energy = self._energy(backend, span.stop() if span else None, gen)
+        self._settle(held, energy.joules)
         info = Attempt(model=model, tier=backend.card.tier, energy_j=energy.joules, energy_source=energy.source,
                        latency_ms=latency, confidence=gen.confidence)
         return gen, info, energy
@@ -369,6 +380,9 @@ class Router:
             model = plan[i]
             try:
                 gen, info, energy = self._run_one(ctx, model, len(attempts))
+            except _BudgetSkip:  # issue 6: this model's budget is spent; the policy says fall back
+                i += 1
+                continue
             except (BackendError, ContextLengthError) as exc:
                 last_error = exc
                 attempts.append(Attempt(model=model, tier=self.cards[model].tier, energy_j=0.0,
@@ -393,7 +407,9 @@ class Router:
                 i += 1
                 continue
             return self._response(ctx, card, gen, attempts, energies, reason)
-        assert last_error is not None
+        if last_error is None:  # issue 6: every model in the plan was skipped for budget
+            raise BudgetExhaustedError(f"budget_exhausted: every candidate's energy budget is spent; "
+                                       f"{'; '.join(ctx.budget_notes)}", retry_after_s=self._retry_after(ctx))
         raise last_error
 
     def _should_escalate(self, ctx: RequestContext, model: str, gen: Generation) -> bool:
@@ -405,8 +421,64 @@ class Router:
     async def _acomplete(self, ctx: RequestContext) -> ChatCompletion:
         import asyncio
 
+        if all(self._is_remote(m) for m in self._plan(ctx)):
+            return await self._acomplete_remote(ctx)
         # Local backends run in a worker thread; the meter spans the thread's work through process CPU time.
         return await asyncio.to_thread(self._complete, ctx)
+
+    # -- issue 8: async fast path for remote (HTTP) backends ------------------------------------------
+    # When every model in the plan is remote there is nothing to meter and nothing CPU-bound to offload:
+    # await the backend's own async client on the event loop. Same attempts, fallbacks and ledger records
+    # as ``_complete`` (remote backends report no confidence, so there is no cascade to escalate).
+    def _is_remote(self, model: str) -> bool:
+        backend = self._backends.get(model)
+        if backend is not None:
+            return not backend.local
+        spec = self.cards[model].backend
+        return spec is not None and spec.type == "openai"
+
+    async def _acomplete_remote(self, ctx: RequestContext) -> ChatCompletion:
+        attempts: list[Attempt] = []
+        last_error: Exception | None = None
+        plan = self._plan(ctx)
+        for model in plan:
+            backend = self.backend(model)
+            t0 = time.perf_counter()
+            held: list[Reservation] = []
+            try:
+                self._check_context(ctx, backend)
+                held = self._reserve(ctx, model, len(attempts), last=model == plan[-1])  # issue 6: budgets
+                gen = await backend.agenerate(self._request(ctx))
+            except _BudgetSkip:
+                continue
+            except (BackendError, ContextLengthError) as exc:
+                self._settle(held, 0.0)
+                latency = (time.perf_counter() - t0) * 1000
+                if isinstance(exc, BackendError):
+                    self._record(ctx, backend.card, estimate_from_profile(backend.card.energy, 0, 0), latency,
+                                 "error", error=str(exc)[:500], attempt=len(attempts))
+                last_error = exc
+                attempts.append(Attempt(model=model, tier=backend.card.tier, energy_j=0.0, energy_source="-",
+                                        latency_ms=0.0, outcome="error"))
+                if isinstance(exc, ContextLengthError) and len(plan) == 1:
+                    raise
+                continue
+            latency = (time.perf_counter() - t0) * 1000
+            energy = self._energy(backend, None, gen)
+            self._settle(held, energy.joules)
+            attempts.append(Attempt(model=model, tier=backend.card.tier, energy_j=energy.joules,
+                                    energy_source=energy.source, latency_ms=latency, confidence=gen.confidence))
+            reason = ctx.decision.reason if len(attempts) == 1 else (
+                f"{ctx.decision.reason}; answered by {model} after "
+                + ", ".join(f"{a.model} {a.outcome}" for a in attempts[:-1])
+            )
+            self._record(ctx, backend.card, energy, latency, "ok", gen=gen, attempt=len(attempts) - 1, reason=reason)
+            return self._response(ctx, backend.card, gen, attempts, [energy], reason)
+        if last_error is None:  # issue 6: every model in the plan was skipped for budget
+            raise BudgetExhaustedError(f"budget_exhausted: every candidate's energy budget is spent; "
+                                       f"{'; '.join(ctx.budget_notes)}", retry_after_s=self._retry_after(ctx))
+        raise last_error
+    # -- end issue 8 ------------------------------------------------------------------------------------
 
     def _response(
         self,
@@ -420,6 +492,7 @@ class Router:
         total = energies[0]
         for extra in energies[1:]:
             total = total + extra
+        reason = "; ".join([reason, *ctx.budget_notes])  # issue 6: budget flags show in routing.reason
         routing = Routing(
             model=card.name,
             tier=card.tier,
@@ -453,6 +526,11 @@ class Router:
         for attempt, model in enumerate(plan):
             backend = self.backend(model)
             self._check_context(ctx, backend)
+            try:
+                held = self._reserve(ctx, model, attempt, last=attempt + 1 == len(plan))  # issue 6: budgets
+            except _BudgetSkip as exc:
+                errors.append(BudgetExhaustedError(str(exc), retry_after_s=self._retry_after(ctx)))
+                continue
             span = self.meter.start() if backend.local else None
             t0 = time.perf_counter()
             sent: list[str] = []
@@ -488,6 +566,7 @@ class Router:
                     else backend.count_tokens(text),
                 )
                 energy = self._energy(backend, span.stop() if span else None, gen)
+                self._settle(held, energy.joules)
                 self._record(ctx, backend.card, energy, latency, outcome, gen=gen, error=error, attempt=attempt)
             if not sent:
                 yield self._chunk(ctx, card=backend.card, delta=Delta(role="assistant", content=""))
@@ -507,18 +586,51 @@ class Router:
         raise errors[-1]
 
     async def _astream(self, ctx: RequestContext) -> AsyncIterator[ChatCompletionChunk]:
+        # -- issue 8: the sync stream runs in its own thread and hands chunks over through a queue. Closing
+        # this iterator (client gone, task cancelled) only sets ``stop``, with no await in ``finally`` (a
+        # cancelled task could not await); the thread then closes the sync generator itself between two
+        # chunks, so ``_stream`` records outcome ``cancelled`` with what was produced so far.
         import asyncio
 
-        iterator = self._stream(ctx)
-        sentinel = object()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(kind: int, item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+            except RuntimeError:  # the event loop is gone; nobody is listening
+                stop.set()
+
+        def pump() -> None:
+            iterator = self._stream(ctx)
+            try:
+                for chunk in iterator:
+                    if stop.is_set():
+                        break
+                    put(0, chunk)
+                    if stop.is_set():
+                        break
+            except BaseException as exc:  # handed to the consumer, re-raised there
+                put(1, exc)
+                return
+            finally:
+                iterator.close()  # GeneratorExit in _stream -> 'cancelled' record when it had not finished
+            put(2, None)
+
+        threading.Thread(target=pump, name=f"stream-{ctx.request_id}", daemon=True).start()
         try:
             while True:
-                chunk = await asyncio.to_thread(next, iterator, sentinel)
-                if chunk is sentinel:
+                kind, item = await queue.get()
+                if kind == 0:
+                    yield item
+                elif kind == 1:
+                    raise item
+                else:
                     return
-                yield chunk  # type: ignore[misc]
         finally:
-            await asyncio.to_thread(iterator.close)
+            stop.set()
+    # -- end issue 8 --
 
     def _chunk(
         self,
@@ -550,10 +662,88 @@ def _default_classifier(config: RouterConfig) -> RequestClassifier:
     return load_default_classifier(config.models_dir)
 
 
-def _load_engine(router: Router) -> Any:
-    from .policy.first_rule import FirstRuleEngine
+# -- issue 6: policy engine and energy budgets ----------------------------------------------------------
+class _BudgetSkip(Exception):
+    """Internal: this model's budget is spent and the policy says fall back to the next model in the plan."""
 
-    return FirstRuleEngine(router.cards)
+
+def _reserve(self: Router, ctx: RequestContext, model: str, attempt: int, *, last: bool = False) -> list[Reservation]:
+    """Hold the estimated joules against every budget of ``model`` (atomic per budget in the ledger).
+
+    When a budget has no room: ``allow_and_flag`` holds anyway and notes it; ``fallback`` skips to the next
+    model of the plan (a ``rejected`` ledger record says why); ``reject`` (or nothing left to fall back to)
+    raises :class:`BudgetExhaustedError` with the seconds until the window rolls."""
+    d = ctx.decision
+    refs = d.model_budgets.get(model, ())
+    if not refs:
+        return []
+    card = self.cards[model]
+    est = d.estimates.get(model) or card.energy.joules(max(1, len(ctx.text) // 4), ctx.max_tokens or 128)
+    held: list[Reservation] = []
+    for ref in refs:
+        r = self.ledger.try_reserve(ref.key, est, ref.limit_j, ref.window_s)
+        if r is None:
+            break
+        held.append(r)
+    else:
+        return held
+    self._settle(held, 0.0)  # release what was held before the full budget
+    used = self.ledger.budget_used(ref.key, ref.window_s)
+    retry = ref.window_s - time.time() % ref.window_s
+    what = (f"{model}'s energy budget {ref.key} is spent ({used:,.0f} of {ref.limit_j:,.0f} J this window, "
+            f"the call needs ~{est:.3g} J)")
+    if d.on_budget_exhausted == "allow_and_flag":
+        ctx.budget_notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
+        return [r for ref2 in refs if (r := self.ledger.try_reserve(ref2.key, est, float("inf"), ref2.window_s))]
+    ctx.budget_notes.append(what)
+    rec_reason = f"{d.reason}; {what}"
+    # a ``rejected`` record (0 J: the model was not called) so the ledger shows why this model was skipped
+    self._record(ctx, card, EnergyReading(0.0, "estimated", "none", "not called"), 0.0, "rejected",
+                 attempt=attempt, reason=rec_reason, error="budget_exhausted")
+    if d.on_budget_exhausted == "fallback" and not last:
+        raise _BudgetSkip(what)
+    raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
+                               f"`{d.policy}`", retry_after_s=retry)
+
+
+def _settle(self: Router, held: list[Reservation], joules: float) -> None:
+    """Replace each held estimate with what the call actually used (a failure still spends what it measured)."""
+    for r in held:
+        try:
+            self.ledger.settle(r, joules)
+        except Exception:  # the answer is not lost for a bookkeeping failure; it is logged loudly
+            log.exception("%s: could not settle budget %s", r.id, r.budget)
+
+
+def _retry_after(self: Router, ctx: RequestContext) -> float | None:
+    refs = [r for rs in ctx.decision.model_budgets.values() for r in rs]
+    return min((r.window_s - time.time() % r.window_s for r in refs), default=None)
+
+
+Router._reserve = _reserve  # type: ignore[attr-defined]
+Router._settle = _settle  # type: ignore[attr-defined]
+Router._retry_after = _retry_after  # type: ignore[attr-defined]
+
+
+def _load_engine(router: Router) -> Any:
+    """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists."""
+    from .policy.loader import check_models, load_policies
+
+    folder = router.config.policies_dir
+    if not folder.is_dir() or not any(folder.glob("*.yaml")):
+        from .policy.first_rule import FirstRuleEngine
+
+        log.warning("no policies in %s: using the interim first rule", folder)
+        return FirstRuleEngine(router.cards)
+    from .policy.engine import PolicyEngine
+
+    policies = load_policies(folder)
+    for p in policies.values():
+        check_models(p, set(router.cards), folder / f"{p.name}.yaml")
+    if router.policy_name not in policies:
+        raise RouterError(f"unknown policy {router.policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
+    return PolicyEngine(router.cards, policies, router.ledger)
+# -- end issue 6 -----------------------------------------------------------------------------------------
 
 
 __all__ = ["Router", "RouterError", "BudgetExhaustedError"]

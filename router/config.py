@@ -57,6 +57,9 @@ class RouterConfig(BaseModel):
     policies_dir: Path = Field(default_factory=lambda: embedded_dir("policies"))
     default_policy: str = "balanced"
     ledger_url: str = Field(default_factory=default_ledger_url, description="sqlite:///PATH or redis://...")
+    ledger_retention_days: float | None = Field(
+        None, gt=0, description="prune ledger records older than this many days (None: keep everything)"
+    )
     meter: str = Field("auto", description="auto | rapl | nvml | cpu-time")
     cpu_power: CpuPowerModel = Field(default_factory=CpuPowerModel)
     grid_g_per_kwh: float = Field(

@@ -90,6 +90,12 @@ class LlamaCppBackend(Backend):
         max_tokens = request.max_tokens or self.spec.default_max_tokens
         temperature = self.spec.temperature if request.temperature is None else request.temperature
         stop = list(self.spec.stop) + list(request.stop or [])
+        # -- issue 6: confidence for cascades, only when asked (costs one softmax over the vocabulary per token)
+        top_logprobs: list[float] = []
+        extra: dict[str, Any] = (
+            {"logits_processor": [_TopTokenLogprob(top_logprobs)]} if request.want_confidence else {}
+        )
+        # -- end issue 6
         with self._lock:  # a llama.cpp context serves one generation at a time
             try:
                 if self.spec.prompt_style == "completion":
@@ -102,6 +108,7 @@ class LlamaCppBackend(Backend):
                         stop=stop + ["\nQuestion:", "\n\n"],
                         repeat_penalty=self.spec.repeat_penalty,
                         stream=True,
+                        **extra,
                     )
                     get = _completion_text
                 else:
@@ -111,7 +118,7 @@ class LlamaCppBackend(Backend):
                     prompt_tokens = self.prompt_tokens(request.messages)
                     pieces = self.llm.create_chat_completion(
                         messages, max_tokens=max_tokens, temperature=temperature, stop=stop or None, stream=True,
-                        repeat_penalty=self.spec.repeat_penalty,
+                        repeat_penalty=self.spec.repeat_penalty, **extra,
                     )
                     get = _chat_text
                 produced: list[str] = []
@@ -134,7 +141,7 @@ class LlamaCppBackend(Backend):
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            confidence=None,
+            confidence=mean_token_probability(top_logprobs),
         )
 
     def count_tokens_unlocked(self, text: str) -> int:
@@ -155,6 +162,26 @@ def _chat_text(piece: dict[str, Any]) -> tuple[str, str | None]:
 def _completion_text(piece: dict[str, Any]) -> tuple[str, str | None]:
     choice = piece["choices"][0]
     return choice.get("text") or "", choice.get("finish_reason")
+
+
+class _TopTokenLogprob:
+    """A llama.cpp logits processor that only reads: it records log P(most likely next token) at each step.
+
+    Why this signal: asking llama.cpp for logprobs needs ``logits_all=True`` (n_ctx x vocab floats: ~0.4 GB
+    for SmolLM2, ~2 GB for Gemma 3) on every call; reading the one logits row the sampler already has costs a
+    softmax per token. With greedy decoding (temperature 0, the cards' default) the top token is the one
+    emitted, so this is exactly the emitted token's probability before the repeat penalty."""
+
+    def __init__(self, sink: list[float]) -> None:
+        self.sink = sink
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        x = np.asarray(logits, dtype=np.float64)
+        top = float(x.max())
+        self.sink.append(-math.log(float(np.exp(x - top).sum())))
+        return logits
 
 
 def mean_token_probability(logprobs: list[float]) -> float | None:

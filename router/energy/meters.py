@@ -122,10 +122,11 @@ class _RaplSpan(MeterSpan):
 
     def __init__(self, meter: RaplMeter) -> None:
         self.meter = meter
-        self.done = False
+        self.done = True  # until the span is really open, __del__ has nothing to undo
         self.before = meter._read()
         self.t0 = time.perf_counter()
         self.mark, self.n0 = meter._share.enter((time.process_time(),))
+        self.done = False
 
     def stop(self) -> EnergyReading:
         if self.done:
@@ -147,7 +148,7 @@ class _RaplSpan(MeterSpan):
             share = min(1.0, cpu / (wall * meter.cpus))
             joules *= share
             how = (
-                f"charged by CPU-time share {share:.3f} ({cpu:.4f} CPU-s of {meter.cpus} CPUs x {wall:.4f} s"
+                f"charged by CPU-time share {share:.4f} ({cpu:.4f} CPU-s of {meter.cpus} CPUs x {wall:.4f} s"
                 + (f"; process CPU split with up to {concurrent - 1} concurrent requests)" if concurrent > 1 else ")")
             )
         else:
@@ -214,8 +215,9 @@ class _CpuSpan(MeterSpan):
 
     def __init__(self, meter: CpuTimeMeter) -> None:
         self.meter = meter
-        self.done = False
+        self.done = True
         self.mark, self.n0 = meter._share.enter((time.process_time(), time.perf_counter()))
+        self.done = False
 
     def stop(self) -> EnergyReading:
         if self.done:

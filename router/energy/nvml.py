@@ -73,9 +73,10 @@ class _NvmlSpan(MeterSpan):
 
     def __init__(self, meter: NvmlMeter) -> None:
         self.meter = meter
-        self.done = False
+        self.done = True
         self.t0 = time.perf_counter()
         self.mark, self.n0 = meter._share.enter((meter._total_j(),))
+        self.done = False
 
     def stop(self) -> EnergyReading:
         if self.done:

@@ -123,6 +123,7 @@ class SQLiteLedger(Ledger):
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SQLiteLedger:
         """``sqlite:///PATH[?retention_days=N&durable=1]``; keyword arguments win over the query."""
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
         query = dict(parse_qsl(urlsplit(url).query)) if url.startswith("sqlite:") else {}
         if "retention_days" in query:
             kwargs.setdefault("retention_days", float(query["retention_days"]))

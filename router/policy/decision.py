@@ -6,6 +6,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class BudgetRef:
+    """One energy budget a call is reserved against: its ledger key, its limit and its window."""
+
+    key: str
+    limit_j: float
+    window_s: float
+
+
+@dataclass(frozen=True)
 class Decision:
     model: str
     tier: str
@@ -26,3 +35,18 @@ class Decision:
     """E.g. ``over_budget_allowed`` when the policy says allow-and-flag."""
     candidates: dict[str, float] = field(default_factory=dict)
     """Every candidate's predicted P(correct), for logs and simulation."""
+    # -- added by the policy engine (issue 6) --------------------------------------------------------------
+    target: float | None = None
+    """The accuracy the choice had to meet for this request (absolute, after resolving a relative target)."""
+    target_kind: str | None = None
+    """``absolute`` or ``relative`` (to the largest candidate)."""
+    prediction_source: str | None = None
+    """Where ``predicted_accuracy`` came from: ``classifier``, ``card prior`` or ``tier default``."""
+    estimates: dict[str, float] = field(default_factory=dict)
+    """Estimated joules of every candidate for this request (what a budget reservation holds)."""
+    model_budgets: dict[str, tuple[BudgetRef, ...]] = field(default_factory=dict)
+    """Budgets per model (chosen, fallbacks, escalations), so the Router can reserve for whichever it calls."""
+    on_budget_exhausted: str = "fallback"
+    """What the Router does when a reservation fails at call time: ``fallback``, ``reject``, ``allow_and_flag``."""
+    calibrated: bool = False
+    """True when the policy's calibrated thresholds decided (not the raw predicted-accuracy comparison)."""

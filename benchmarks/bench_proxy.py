@@ -1,0 +1,225 @@
+"""What the proxy costs: the same requests sent directly to an instant OpenAI-compatible backend and through
+``router serve`` routing to it via the HTTP backend (SQLite ledger on), at concurrency 1, 16 and 64; plus the
+specialist path (a sentiment request answered in-process by the ONNX specialist, no upstream).
+
+Everything runs on 127.0.0.1: the test upstream (tests/servers/instant_upstream.py, FastAPI on uvicorn with
+uvloop/httptools), one ``router serve`` worker, and this load generator, a minimal keep-alive HTTP/1.1 client on
+asyncio streams (so the client's own cost stays small and is the same for both targets).
+
+    python benchmarks/bench_proxy.py [--requests 2000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTION = "What is the capital of France?"
+REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}: not ready after {timeout} s")
+
+
+def write_config(tmp: Path, upstream_port: int) -> Path:
+    models = tmp / "models"
+    models.mkdir()
+    # the shipped request classifier and sentiment specialist, so routing decisions are the real ones
+    for name in ("classifier", "sentiment"):
+        (models / name).symlink_to(ROOT / "models" / name)
+    shutil.copy(ROOT / "models" / "sentiment-onnx.yaml", models / "sentiment-onnx.yaml")
+    (models / "remote-echo.yaml").write_text(f"""name: remote-echo
+tier: small
+backend:
+  type: openai
+  base_url: http://127.0.0.1:{upstream_port}/v1
+  model: echo
+  timeout_s: 30
+  max_retries: 1
+context_length: 8192
+energy: {{per_call_j: 1.0, per_input_token_j: 0.01, per_output_token_j: 0.1, source: estimate,
+          citation: benchmark card}}
+""")
+    (tmp / "policies").mkdir()
+    config = tmp / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {tmp / 'policies'}\n"
+                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\n")
+    return config
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; reads responses with Content-Length."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def raw_request(port: int, body: dict[str, object]) -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+async def load(port: int, body: dict[str, object], concurrency: int, total: int) -> dict[str, float]:
+    raw = raw_request(port, body)
+    latencies: list[float] = []
+    bad = 0
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining, bad
+        conn = Conn(port)
+        try:
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                status = await conn.request(raw)
+                latencies.append(time.perf_counter() - t0)
+                bad += status != 200
+        finally:
+            conn.close()
+
+    # warm up: connections, upstream connection pool, first-call imports
+    await asyncio.gather(*(Conn(port).request(raw) for _ in range(min(concurrency, 8))))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    latencies.sort()
+    if bad:
+        raise RuntimeError(f"{bad} of {total} requests did not answer 200")
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "rps": len(latencies) / wall,
+        "n": float(len(latencies)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2000, help="requests per run at c=16 and c=64 (c=1: half)")
+    ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_proxy_"))
+    up_port, proxy_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up = subprocess.Popen(
+            [sys.executable, "-c", "import uvicorn, sys; sys.path.insert(0, 'tests');"
+             "from servers.instant_upstream import app;"
+             f"uvicorn.run(app, host='127.0.0.1', port={up_port}, log_level='warning', access_log=False,"
+             " loop='uvloop', http='httptools')"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        procs.append(up)
+        wait_ready(f"http://127.0.0.1:{up_port}/v1/models", up)
+        config = write_config(tmp, up_port)
+        router_bin = shutil.which("router") or str(Path(sys.executable).parent / "router")
+        proxy = subprocess.Popen(
+            [router_bin, "serve", "--port", str(proxy_port), "--config", str(config)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        procs.append(proxy)
+        wait_ready(f"http://127.0.0.1:{proxy_port}/health", proxy)
+
+        direct_body = {"model": "echo", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
+        proxy_body = {"model": "router", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
+        spec_body = {"model": "router", "messages": [{"role": "user", "content": REVIEW}]}
+        check = httpx.post(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", json=proxy_body, timeout=10)
+        assert check.headers["x-router-model"] == "remote-echo", check.text
+        check = httpx.post(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", json=spec_body, timeout=10)
+        assert check.headers["x-router-model"] == "sentiment-onnx", check.text
+
+        results: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "proxy": {}, "specialist": {}}
+        for c in (1, 16, 64):
+            n = args.requests // 2 if c == 1 else args.requests
+            results["direct"][c] = asyncio.run(load(up_port, direct_body, c, n))
+            results["proxy"][c] = asyncio.run(load(proxy_port, proxy_body, c, n))
+            results["specialist"][c] = asyncio.run(load(proxy_port, spec_body, c, n))
+
+        print(f"bench_proxy: {os.cpu_count()} CPUs, requests per run: c=1 {args.requests // 2}, "
+              f"c=16/64 {args.requests}; one `router serve` worker, SQLite ledger on\n")
+        print("| path | concurrency | p50 ms | p99 ms | req/s |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        names = {"direct": "direct to backend", "proxy": "through router serve (HTTP backend)",
+                 "specialist": "router serve, specialist in-process"}
+        for key, name in names.items():
+            for c, r in results[key].items():
+                print(f"| {name} | {c} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} |")
+        d1, p1 = results["direct"][1], results["proxy"][1]
+        d64, p64 = results["direct"][64], results["proxy"][64]
+        print()
+        print(f"overhead at c=1: p50 {p1['p50_ms'] - d1['p50_ms']:+.2f} ms (target <= 2), "
+              f"p99 {p1['p99_ms'] - d1['p99_ms']:+.2f} ms (target <= 5)")
+        print(f"throughput at c=64: {p64['rps']:.0f} vs {d64['rps']:.0f} req/s direct = "
+              f"{p64['rps'] / d64['rps']:.0%} (target >= 50%)")
+        with httpx.Client() as client:
+            totals = client.get(f"http://127.0.0.1:{proxy_port}/metrics").text
+        answered = sum(float(line.rsplit(" ", 1)[1]) for line in totals.splitlines()
+                       if line.startswith("router_requests_total{"))
+        print(f"requests the proxy counted in /metrics: {answered:.0f}")
+        if args.json:
+            print(json.dumps(results, indent=1))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

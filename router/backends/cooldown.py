@@ -1,0 +1,164 @@
+"""A cooldown (circuit breaker) around a backend that keeps failing.
+
+After ``failures`` consecutive failed calls the backend is *open* for ``cooldown_s`` seconds: every call fails at
+once with :class:`BackendUnavailableError` (HTTP 503 at the proxy) instead of waiting on a dead endpoint, so the
+Router moves straight on to the next adequate model. After the cooldown one trial call is let through
+(*half-open*); a success closes the breaker, a failure opens it again for another ``cooldown_s``.
+
+Each short-circuited call is still an attempt the Router writes to the ledger (outcome ``error``, the message
+says "cooling down"), and ``opened_total`` / ``state`` feed the proxy's metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from ..errors import BackendUnavailableError
+from ..types import ChatMessage
+from .base import Backend, Generation, GenerationRequest, StreamEvent
+
+DEFAULT_FAILURES = 3
+DEFAULT_COOLDOWN_S = 30.0
+
+
+class CooldownBackend(Backend):
+    """Wraps ``inner``; counts consecutive failures and short-circuits calls while cooling down."""
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        failures: int = DEFAULT_FAILURES,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(inner.card)
+        if failures < 1 or cooldown_s < 0:
+            raise ValueError("failures must be >= 1 and cooldown_s >= 0")
+        self.inner = inner
+        self.local = inner.local
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.consecutive_failures = 0
+        self.opened_total = 0
+        self.rejected_total = 0
+        self._open_until = 0.0
+        self._trial_running = False
+
+    # -- state ----------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``closed`` (calls pass), ``open`` (cooling down) or ``half-open`` (one trial call allowed)."""
+        with self._lock:
+            if self.consecutive_failures < self.failures:
+                return "closed"
+            return "open" if self._clock() < self._open_until else "half-open"
+
+    def _admit(self) -> None:
+        with self._lock:
+            if self.consecutive_failures < self.failures:
+                return
+            now = self._clock()
+            if now >= self._open_until and not self._trial_running:
+                self._trial_running = True  # half-open: this call is the trial
+                return
+            self.rejected_total += 1
+            left = max(0.0, self._open_until - now)
+        raise BackendUnavailableError(
+            f"{self.card.name}: cooling down for {left:.1f} s more after {self.consecutive_failures} consecutive "
+            "failures"
+        )
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self.consecutive_failures = 0
+            self._trial_running = False
+
+    def _failed(self) -> None:
+        with self._lock:
+            self.consecutive_failures += 1
+            self._trial_running = False
+            if self.consecutive_failures >= self.failures:
+                self._open_until = self._clock() + self.cooldown_s
+                self.opened_total += 1
+
+    def _released(self) -> None:
+        """The call ended without a verdict (the caller stopped reading): let the next call be the trial."""
+        with self._lock:
+            self._trial_running = False
+
+    # -- calls ----------------------------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        self._admit()
+        done: bool | None = False
+        try:
+            yield from self.inner.stream(request)
+            done = True
+        except Exception:
+            done = None
+            self._failed()
+            raise
+        finally:
+            if done:
+                self._succeeded()
+            elif done is False:
+                self._released()
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        self._admit()
+        done: bool | None = False
+        try:
+            async for event in self.inner.astream(request):
+                yield event
+            done = True
+        except Exception:
+            done = None
+            self._failed()
+            raise
+        finally:
+            if done:
+                self._succeeded()
+            elif done is False:
+                self._released()
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        self._admit()
+        try:
+            gen = self.inner.generate(request)
+        except Exception:
+            self._failed()
+            raise
+        except BaseException:
+            self._released()
+            raise
+        self._succeeded()
+        return gen
+
+    async def agenerate(self, request: GenerationRequest) -> Generation:
+        self._admit()
+        try:
+            gen = await self.inner.agenerate(request)
+        except Exception:
+            self._failed()
+            raise
+        except BaseException:  # cancelled
+            self._released()
+            raise
+        self._succeeded()
+        return gen
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        return self.inner.prompt_tokens(messages)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"CooldownBackend({self.inner!r}, state={self.state})"

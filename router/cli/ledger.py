@@ -1,0 +1,266 @@
+"""``router ledger``: what the requests cost. Alone it prints totals per model and per day with everyday
+equivalents; ``report`` adds groupings, carbon, the energy saved against an always-large router and a plot;
+``export`` hands the records to other tools; ``prune`` and ``retention`` keep the file bounded."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import RouterConfig
+from ..energy.carbon import equivalents, format_joules
+from ..errors import RouterError
+from ..ledger import Ledger, open_ledger
+from ..ledger.base import totals_from_summary
+
+ledger_app = typer.Typer(
+    help="Energy and carbon of the requests routed so far: totals, reports, exports, retention.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+_LEDGER_OPT = typer.Option(None, "--ledger", help="Ledger URL (sqlite:///PATH or redis://...); default: config.")
+_CONFIG_OPT = typer.Option(None, "--config", "-c", help="Router config YAML.")
+_SINCE_HELP = "From when: 7d, 24h, 30m, 2w, an ISO date/time (UTC) or epoch seconds."
+
+
+class By(str, Enum):
+    model = "model"
+    tier = "tier"
+    key = "key"
+    policy = "policy"
+    task = "task"
+    day = "day"
+    source = "source"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    html = "html"
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(text: str | None, now: float | None = None) -> float | None:
+    """``7d`` (relative), ``2024-05-01`` / ``2024-05-01T12:00`` (UTC unless it says otherwise) or epoch seconds."""
+    if text is None or text == "":
+        return None
+    now = time.time() if now is None else now
+    m = _REL.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: {_SINCE_HELP}") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _config(config: Path | None, ledger: str | None) -> RouterConfig:
+    return RouterConfig.load(config, ledger_url=ledger)
+
+
+def _open(cfg: RouterConfig) -> Ledger:
+    return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
+
+
+def _fail(msg: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+@ledger_app.callback()
+def ledger_main(
+    ctx: typer.Context,
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+    since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
+) -> None:
+    """Totals per model and per day, with everyday equivalents (run a subcommand for more)."""
+    ctx.obj = {"ledger": ledger, "config": config}
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        cfg = _config(config, ledger)
+        led = _open(cfg)
+        start = parse_when(since) or 0.0
+        summary = led.summary(start)
+        led.close()
+    except RouterError as exc:
+        _fail(str(exc))
+        return
+    console = Console()
+    if not summary:
+        console.print(f"No records yet in {cfg.ledger_url}.")
+        return
+    for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
+        table = Table(title=title)
+        for col in (by, "requests", "errors", "energy", "CO2e g", "mean latency ms"):
+            table.add_column(col, justify="left" if col == by else "right")
+        for t in totals_from_summary(summary, by):
+            table.add_row(
+                t["group"], f"{t['requests']:,}", f"{t['errors']:,}", format_joules(t["energy_j"]),
+                f"{t['energy_j'] / 3.6e6 * cfg.grid_g_per_kwh:.3g}", f"{t['mean_latency_ms']:.0f}",
+            )  # fmt: skip
+        console.print(table)
+    total = sum(r.energy_j for r in summary)
+    measured = sum(r.energy_j for r in summary if r.energy_source.startswith("measured"))
+    console.print(f"Total: {equivalents(total, cfg.grid_g_per_kwh).sentence()}")
+    console.print(
+        f"{measured / total:.0%} of these joules were measured (RAPL/NVML), the rest estimated (CPU-time "
+        "model or card token profiles); `router ledger report` shows the energy saved by routing."
+        if total
+        else "No energy recorded."
+    )
+
+
+def _opts(ctx: typer.Context, ledger: str | None, config: Path | None) -> tuple[str | None, Path | None]:
+    parent = ctx.obj or {}
+    return ledger or parent.get("ledger"), config or parent.get("config")
+
+
+@ledger_app.command()
+def report(
+    ctx: typer.Context,
+    since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
+    until: str | None = typer.Option(None, "--until", help="Up to (exclusive); same forms as --since."),
+    by: By = typer.Option(By.model, "--by", help="Group rows by this."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table (default), csv, json or html."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here."),
+    counterfactual: str | None = typer.Option(
+        None, "--counterfactual", help="Model for the always-large estimate (default: largest callable card)."
+    ),
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+) -> None:
+    """Totals by model/tier/key/policy/day, CO2e, and energy saved against always using the large model."""
+    from ..cards import load_cards
+    from ..ledger.report import build_report, plot_png, rich_table, to_csv, to_html, to_json
+
+    ledger, config = _opts(ctx, ledger, config)
+    try:
+        cfg = _config(config, ledger)
+        cards = load_cards(cfg.models_dir)
+        if counterfactual is not None and counterfactual not in cards:
+            _fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
+        led = _open(cfg)
+        rep = build_report(
+            led, cards, by=by.value, since=parse_when(since) or 0.0, until=parse_when(until),
+            grid_g_per_kwh=cfg.grid_g_per_kwh, counterfactual=counterfactual,
+        )  # fmt: skip
+        led.close()
+    except RouterError as exc:
+        _fail(str(exc))
+        return
+    if plot is not None:
+        plot_png(rep, plot)
+    if fmt is Format.table:
+        console = Console(file=output.open("w", encoding="utf-8") if output else None, width=160 if output else None)
+        console.print(rich_table(rep))
+        console.print(f"Total: {equivalents(rep.total.energy_j, rep.grid_g_per_kwh).sentence()}")
+        if rep.counterfactual_model:
+            console.print(
+                f"Saved against always {rep.counterfactual_model} (estimate): "
+                f"{equivalents(max(0.0, rep.total.saved_j), rep.grid_g_per_kwh).sentence()}"
+            )
+        if output:
+            console.file.close()
+    else:
+        text = {Format.csv: to_csv, Format.json: to_json, Format.html: to_html}[fmt](rep)
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+    if output or plot:
+        Console(stderr=True).print("wrote " + ", ".join(str(p) for p in (output, plot) if p))
+
+
+@ledger_app.command()
+def export(
+    ctx: typer.Context,
+    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
+    fmt: ExportFormat = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet."),
+    since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
+    until: str | None = typer.Option(None, "--until", help="Up to (exclusive)."),
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+) -> None:
+    """Every record (one row each) as CSV or Parquet, for pandas, DuckDB, spreadsheets."""
+    from ..ledger.export import export_csv, export_parquet, parquet_available
+
+    if fmt is ExportFormat.parquet and not parquet_available():
+        _fail("Parquet export needs pyarrow, which is not installed here (pip install pyarrow); use --format csv")
+    ledger, config = _opts(ctx, ledger, config)
+    cfg = _config(config, ledger)
+    led = _open(cfg)
+    fn = export_parquet if fmt is ExportFormat.parquet else export_csv
+    n = fn(led, output, parse_when(since) or 0.0, parse_when(until))
+    led.close()
+    Console(stderr=True).print(f"wrote {n:,} records to {output} ({fmt.value})")
+
+
+@ledger_app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: str = typer.Option(..., "--older-than", help="Delete records older than this: 90d, 2w, a date."),
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+) -> None:
+    """Delete old records now (and their hourly summaries)."""
+    ledger, config = _opts(ctx, ledger, config)
+    cut = parse_when(older_than)
+    assert cut is not None
+    led = _open(_config(config, ledger))
+    n = led.prune(cut)
+    led.close()
+    when = datetime.fromtimestamp(cut, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    Console().print(f"pruned {n:,} records older than {when}")
+
+
+@ledger_app.command()
+def retention(
+    ctx: typer.Context,
+    days: float | None = typer.Argument(None, help="Keep this many days; omit to show the setting."),
+    off: bool = typer.Option(False, "--off", help="Keep everything (remove the setting)."),
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+) -> None:
+    """Show or set how long records are kept; stored with the ledger so every process applies it."""
+    ledger, config = _opts(ctx, ledger, config)
+    led = _open(_config(config, ledger))
+    setter = getattr(led, "set_retention_days", None)
+    if (days is not None or off) and setter is None:
+        _fail(f"{type(led).__name__} has no stored retention setting; use `router ledger prune`")
+    if off:
+        setter(None)
+    elif days is not None:
+        setter(days)
+        pruned = led.apply_retention()  # type: ignore[attr-defined]
+        Console().print(f"pruned {pruned:,} records older than {days:g} days")
+    current = getattr(led, "retention_days", None)
+    Console().print(f"retention: {'keep everything' if current is None else f'{current:g} days'}")
+    led.close()

@@ -1,0 +1,68 @@
+"""``router serve``: the OpenAI-compatible proxy under uvicorn."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ConfigError
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; more than 1 needs a Redis ledger."),
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Router config YAML (models, policies, ledger, extra.keys).", exists=True,
+        dir_okay=False)] = None,
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", help="API keys YAML (overrides extra.keys in the config).", exists=True, dir_okay=False)] = None,
+    ledger_url: Annotated[str | None, typer.Option(
+        "--ledger", help="Ledger URL (sqlite:///PATH or redis://HOST:PORT/DB); overrides the config and "
+        "ROUTER_LEDGER_URL.")] = None,
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request line."),
+) -> None:
+    """Start the OpenAI-compatible proxy: point any OpenAI client at http://HOST:PORT/v1."""
+    import uvicorn
+
+    from ..config import RouterConfig
+    from ..proxy.app import ENV_CONFIG, ENV_KEYS
+
+    # Every worker process builds its own Router from these (uvicorn spawns workers; they inherit the env).
+    if ledger_url:
+        os.environ["ROUTER_LEDGER_URL"] = ledger_url
+    if config is not None:
+        os.environ[ENV_CONFIG] = str(config.resolve())
+    if keys is not None:
+        os.environ[ENV_KEYS] = str(keys.resolve())
+    try:
+        cfg = RouterConfig.load(config)  # fail here, once, with a clear message, not in every worker
+    except ConfigError as exc:
+        typer.echo(f"router serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if workers > 1 and not cfg.ledger_url.startswith(("redis://", "rediss://", "unix://")):
+        typer.echo(
+            f"router serve: --workers {workers}: worker processes share energy budgets through a Redis ledger, "
+            f"but the ledger is "
+            f"{cfg.ledger_url!r}. Start Redis and pass --ledger redis://127.0.0.1:6379/0 (or set ROUTER_LEDGER_URL "
+            "or ledger_url in --config). SQLite is the single-process default: use --workers 1 with it.", err=True
+        )
+        raise typer.Exit(2)
+    kwargs = {"loop": "uvloop", "http": "httptools"} if _fast_io() else {}
+    uvicorn.run(
+        "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+        log_level=log_level, access_log=access_log, timeout_keep_alive=30, **kwargs,
+    )
+
+
+def _fast_io() -> bool:
+    try:
+        import httptools  # noqa: F401
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

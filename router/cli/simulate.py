@@ -1,0 +1,173 @@
+"""`router simulate`: replay an outcomes file through the classifier and a policy, without calling any model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+err = Console(stderr=True)
+
+
+def _targets(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--targets: comma-separated numbers in [0, 1], got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise typer.BadParameter(f"--targets: numbers in [0, 1], got {text!r}")
+    return values
+
+
+def simulate(
+    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes file (JSON Lines, see DESIGN.md)."),  # noqa: B008
+    policy: str = typer.Option("balanced", "--policy", help="Policy name (policies/NAME.yaml) or YAML path."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    decisions: Path = typer.Option(None, "--decisions", help="Write one JSON line per request here."),  # noqa: B008
+    sweep: bool = typer.Option(False, "--sweep", help="Vary the accuracy target; print the quality/energy curve."),
+    targets: str = typer.Option(None, "--targets", help="Sweep targets, e.g. 0.5,0.6,0.7 (default 0.30..1.00)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines instead of stopping."),
+    plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
+    html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
+    threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="The plain threshold baseline's τ."),
+    models: Path = typer.Option(None, "--models", help="Model card folder (default: the shipped cards)."),  # noqa: B008
+    policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the shipped policies)."),  # noqa: B008
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Replay every request through the classifier and the policy (no model is called); report accuracy,
+    quality vs the largest model, joules, shares per model, APGR/CPT for two-model data, and baselines."""
+    from ..cards import load_cards
+    from ..classify.onnx_classifier import load_default_classifier
+    from ..config import RouterConfig
+    from ..errors import RouterError
+    from ..simulate.outcomes import load_outcomes
+    from ..simulate.policy_bridge import PolicyEngineBridge
+    from ..simulate.report import plot_png, write_html
+    from ..simulate.simulator import DEFAULT_SWEEP, Simulator
+
+    sweep_targets = _targets(targets)
+    try:
+        config = RouterConfig.load()
+        models_dir = models or config.models_dir
+        cards = load_cards(models_dir)
+        engine = PolicyEngineBridge(policy, policies or config.policies_dir)
+        classifier = load_default_classifier(models_dir)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err, disable=not progress, transient=True,
+        ) as bar:
+            size = outcomes.stat().st_size if outcomes.is_file() else 0
+            read = bar.add_task("read outcomes (bytes)", total=size)
+            table = load_outcomes(outcomes, cards, skip_bad=skip_bad, progress=lambda b: bar.update(read, completed=b))
+            tasks: dict[str, int] = {}
+
+            def step(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            sim = Simulator(table, cards, classifier, engine, progress=step)
+            result = sim.run(
+                policy_name=engine.name,
+                classifier_name=type(classifier).__name__,
+                sweep=(sweep_targets or list(DEFAULT_SWEEP)) if sweep else None,
+                threshold=threshold,
+                want_reasons=decisions is not None,
+            )
+    except RouterError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:  # e.g. the policy chose a model with no outcome
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if decisions is not None:
+        write_decisions(decisions, table, result)
+    png = None
+    if plot is not None or html_out is not None:
+        png = plot_png(result, plot)
+    if html_out is not None:
+        write_html(result, html_out, png)
+    if as_json:
+        sys.stdout.write(json.dumps(_clean(result.to_json()), allow_nan=False) + "\n")
+        return
+    _print(result, plot, html_out, decisions)
+
+
+def _clean(x: object) -> object:
+    """JSON has no NaN: undefined numbers become null."""
+    if isinstance(x, float):
+        return None if x != x or x in (float("inf"), float("-inf")) else x
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_decisions(path: Path, table, result) -> None:  # noqa: ANN001
+    """One line per request: id, chosen model, predicted P(correct) per model, reason."""
+    import math
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models = result.models
+    p = result.p_correct
+    group_p = [
+        {m: round(float(v), 4) for m, v in zip(models, row, strict=True) if not math.isnan(v)} for row in p
+    ]
+    with open(path, "w", encoding="utf-8") as out:
+        for rid, g, c in zip(table.ids, table.group.tolist(), result.chosen.tolist(), strict=True):
+            out.write(json.dumps({"id": rid, "model": models[c], "p_correct": group_p[g],
+                                  "reason": result.reasons[g] if result.reasons else ""}) + "\n")
+
+
+def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | None) -> None:  # noqa: ANN001
+    from ..simulate.report import STATS_HEADER, stats_rows
+
+    out = Console()
+    out.print(
+        f"[bold]router simulate[/]: {result.requests:,} requests from {result.outcomes} "
+        f"({result.distinct_prompts:,} distinct prompts; {result.skipped} bad lines skipped); "
+        f"policy [cyan]{result.policy}[/]; classifier {result.classifier}"
+    )
+    t = Table(title="policy and baselines (quality and energy relative to always-large)")
+    for h in STATS_HEADER:
+        t.add_column(h, justify="left" if h == "router" else "right")
+    for row in stats_rows(result):
+        t.add_row(*row)
+    out.print(t)
+    s = Table(title=f"policy `{result.policy}`: share per model")
+    for h in ("model", "requests", "energy"):
+        s.add_column(h, justify="left" if h == "model" else "right")
+    for m in result.models:
+        s.add_row(m, f"{100 * result.router.share_requests[m]:.1f} %", f"{100 * result.router.share_energy[m]:.1f} %")
+    out.print(s)
+    rm = result.routing_metrics
+    if rm and "policy_sweep" in rm:
+        r = Table(title=f"routing metrics, {rm['weak']} -> {rm['strong']} (RouteLLM definitions)")
+        for h in ("router", "APGR", "CPT(50%)", "CPT(80%)"):
+            r.add_column(h, justify="left" if h == "router" else "right")
+        for name, key in (("policy, target swept", "policy_sweep"), ("classifier score", "classifier_score"),
+                          ("random", "random"), ("oracle", "oracle")):
+            v = rm[key]
+            r.add_row(name, f"{v['apgr']:.3f}", f"{100 * v['cpt50']:.1f} %", f"{100 * v['cpt80']:.1f} %")
+        out.print(r)
+    if result.sweep:
+        w = Table(title="accuracy target sweep: the quality/energy curve")
+        for h in ("target", "accuracy", "quality vs large", "J / request", "energy vs large"):
+            w.add_column(h, justify="right")
+        for p in result.sweep:
+            w.add_row(f"{p.target:g}", f"{100 * p.accuracy:.1f} %", f"{100 * p.quality_vs_large:.1f} %",
+                      f"{p.energy_j_per_request:,.3g}", f"{100 * p.energy_vs_large:.1f} %")
+        out.print(w)
+    for note in result.notes:
+        out.print(f"[dim]note: {note}[/]")
+    for label, path in (("plot", plot), ("html", html_out), ("decisions", decisions)):
+        if path is not None:
+            out.print(f"{label}: {path}")

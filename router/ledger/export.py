@@ -1,0 +1,72 @@
+"""Export ledger records for other tools: CSV (always) and Parquet (through pyarrow, a dependency).
+
+Both stream the ledger in batches, so exporting a million records needs a batch of memory, not a million."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import fields
+from pathlib import Path
+
+from .base import Ledger, LedgerRecord
+
+COLUMNS = [f.name for f in fields(LedgerRecord)]
+
+
+def export_csv(ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None) -> int:
+    """Write records as CSV with a header row; returns how many were written."""
+    n = 0
+    with Path(file).open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        for rec in ledger.iter_records(since, until):
+            w.writerow([getattr(rec, c) for c in COLUMNS])
+            n += 1
+    return n
+
+
+def parquet_available() -> bool:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_parquet(
+    ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None, batch: int = 50_000
+) -> int:
+    """Write records as Parquet (typed columns, ``ts`` as float seconds since the epoch, UTC)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise RuntimeError("Parquet export needs pyarrow: pip install pyarrow (or use --format csv)") from exc
+    schema = pa.schema(
+        [
+            ("request_id", pa.string()), ("model", pa.string()), ("tier", pa.string()),
+            ("energy_j", pa.float64()), ("energy_source", pa.string()), ("outcome", pa.string()),
+            ("reason", pa.string()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
+            ("latency_ms", pa.float64()), ("policy", pa.string()), ("task", pa.string()),
+            ("key_hash", pa.string()), ("error", pa.string()), ("attempt", pa.int64()),
+            ("co2e_g", pa.float64()), ("ts", pa.float64()),
+        ]
+    )  # fmt: skip
+    assert schema.names == COLUMNS, "keep the Parquet schema in step with LedgerRecord"
+    n = 0
+    with pq.ParquetWriter(str(file), schema) as writer:
+        chunk: list[LedgerRecord] = []
+        for rec in ledger.iter_records(since, until, batch=batch):
+            chunk.append(rec)
+            if len(chunk) >= batch:
+                writer.write_table(_table(pa, schema, chunk))
+                n += len(chunk)
+                chunk = []
+        if chunk or n == 0:
+            writer.write_table(_table(pa, schema, chunk))
+            n += len(chunk)
+    return n
+
+
+def _table(pa, schema, chunk: list[LedgerRecord]):  # type: ignore[no-untyped-def]
+    return pa.table({c: [getattr(r, c) for r in chunk] for c in COLUMNS}, schema=schema)

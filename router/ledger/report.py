@@ -1,0 +1,295 @@
+"""Ledger reports: totals by a dimension, carbon, the energy saved against an always-large counterfactual,
+and a plot over time. Everything is computed from the ledger's hourly summaries, so a report over a million
+records reads a few thousand rows.
+
+The counterfactual is an **estimate**: for every answered request (outcome ``ok`` or ``cancelled``) it takes
+the joules the largest callable model's card profile gives for the same input and output tokens (the large
+model might have written more or fewer tokens; we cannot know). Records answered by that model count at what
+they actually used. Escalated attempts, errors and rejections add their real joules to the actual side and
+nothing to the counterfactual, because the always-large world would not have made them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..cards import ModelCard
+from ..energy.carbon import (
+    DEFAULT_GRID_G_PER_KWH,
+    KETTLE_BOIL_SOURCE,
+    PHONE_CHARGE_SOURCE,
+    co2e_grams,
+    equivalents,
+    format_joules,
+)
+from .base import Ledger, SummaryRow, group_value
+
+_TIER_RANK = {"specialist": 0, "small": 1, "large": 2}
+ANSWERED = ("ok", "cancelled")
+REPORT_GROUPS = ("model", "tier", "key", "policy", "task", "day", "source", "outcome")
+
+
+def counterfactual_card(cards: dict[str, ModelCard], name: str | None = None) -> ModelCard | None:
+    """The model an always-large router would call: ``name`` if given, else the callable card of the highest
+    tier with the costliest profile for a typical request (200 tokens in, 200 out)."""
+    if name is not None:
+        return cards[name]
+    callable_cards = [c for c in cards.values() if c.callable] or list(cards.values())
+    if not callable_cards:
+        return None
+    return max(callable_cards, key=lambda c: (_TIER_RANK.get(c.tier, 0), c.energy.joules(200, 200)))
+
+
+def counterfactual_j(row: SummaryRow, large: ModelCard | None) -> float:
+    """Joules the always-large router would have used for the requests of one summary row."""
+    if large is None or row.outcome not in ANSWERED:
+        return 0.0
+    if row.model == large.name:
+        return row.energy_j
+    p = large.energy
+    return row.requests * p.per_call_j + row.input_tokens * p.per_input_token_j + row.output_tokens * p.per_output_token_j
+
+
+@dataclass
+class GroupTotals:
+    group: str
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    energy_j: float = 0.0
+    co2e_g: float = 0.0
+    counterfactual_j: float = 0.0
+    saved_j: float = 0.0
+    mean_latency_ms: float = 0.0
+    measured_share: float = 0.0
+    """Fraction of the joules that were measured (RAPL, NVML) rather than estimated."""
+
+
+@dataclass
+class Report:
+    by: str
+    since: float
+    until: float | None
+    grid_g_per_kwh: float
+    counterfactual_model: str | None
+    rows: list[GroupTotals]
+    total: GroupTotals
+    series: list[dict[str, float]] = field(default_factory=list)
+    """Per time bucket (hour or day): ``{t, energy_j, counterfactual_j}``."""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["equivalents"] = asdict(equivalents(self.total.energy_j, self.grid_g_per_kwh))
+        d["saved_equivalents"] = asdict(equivalents(max(0.0, self.total.saved_j), self.grid_g_per_kwh))
+        return d
+
+
+def build_report(
+    ledger: Ledger,
+    cards: dict[str, ModelCard],
+    *,
+    by: str = "model",
+    since: float = 0.0,
+    until: float | None = None,
+    grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH,
+    counterfactual: str | None = None,
+) -> Report:
+    if by not in REPORT_GROUPS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(REPORT_GROUPS)}")
+    large = counterfactual_card(cards, counterfactual)
+    summary = ledger.summary(since, until)
+    groups: dict[str, GroupTotals] = {}
+    total = GroupTotals("total")
+    latency: dict[str, float] = {}
+    measured: dict[str, float] = {}
+    buckets: dict[float, list[float]] = {}
+    for row in summary:
+        g = group_value(row, by)
+        cf = counterfactual_j(row, large)
+        for t in (groups.setdefault(g, GroupTotals(g)), total):
+            t.requests += row.requests
+            t.errors += row.requests if row.outcome == "error" else 0
+            t.input_tokens += row.input_tokens
+            t.output_tokens += row.output_tokens
+            t.energy_j += row.energy_j
+            t.counterfactual_j += cf
+            latency[t.group] = latency.get(t.group, 0.0) + row.latency_ms_sum
+            if row.energy_source.startswith("measured"):
+                measured[t.group] = measured.get(t.group, 0.0) + row.energy_j
+        b = buckets.setdefault(row.bucket, [0.0, 0.0])
+        b[0] += row.energy_j
+        b[1] += cf
+    for t in [*groups.values(), total]:
+        t.co2e_g = co2e_grams(t.energy_j, grid_g_per_kwh)
+        t.saved_j = t.counterfactual_j - t.energy_j
+        t.mean_latency_ms = latency.get(t.group, 0.0) / t.requests if t.requests else 0.0
+        t.measured_share = measured.get(t.group, 0.0) / t.energy_j if t.energy_j else 0.0
+    notes = [
+        f"CO2e at {grid_g_per_kwh:g} g/kWh (config `grid_g_per_kwh`).",
+        f"Equivalents: {PHONE_CHARGE_SOURCE}; {KETTLE_BOIL_SOURCE}.",
+    ]
+    if large is not None:
+        p = large.energy
+        notes.insert(
+            0,
+            f"Saved = estimate against always calling {large.name} ({large.tier}): its card profile "
+            f"({p.per_call_j:g} J/call + {p.per_input_token_j:g} J/in-token + {p.per_output_token_j:g} J/out-token, "
+            f"{p.source}) applied to the same tokens of every answered request.",
+        )
+    else:
+        notes.insert(0, "No model cards: no counterfactual.")
+    return Report(
+        by=by,
+        since=since,
+        until=until,
+        grid_g_per_kwh=grid_g_per_kwh,
+        counterfactual_model=large.name if large else None,
+        rows=[groups[g] for g in sorted(groups)],
+        total=total,
+        series=_series(buckets),
+        notes=notes,
+    )
+
+
+def _series(buckets: dict[float, list[float]]) -> list[dict[str, float]]:
+    """Hourly points when the report spans under 3 days, else daily."""
+    if not buckets:
+        return []
+    span = max(buckets) - min(buckets)
+    step = 3600.0 if span < 3 * 86400 else 86400.0
+    out: dict[float, list[float]] = {}
+    for b, (e, cf) in buckets.items():
+        k = b - b % step
+        acc = out.setdefault(k, [0.0, 0.0])
+        acc[0] += e
+        acc[1] += cf
+    return [{"t": k, "energy_j": v[0], "counterfactual_j": v[1]} for k, v in sorted(out.items())]
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+
+_COLUMNS = [
+    ("group", "group"), ("requests", "requests"), ("errors", "errors"), ("input_tokens", "in tokens"),
+    ("output_tokens", "out tokens"), ("energy_j", "energy J"), ("co2e_g", "CO2e g"),
+    ("counterfactual_j", "always-large J (est.)"), ("saved_j", "saved J (est.)"),
+    ("mean_latency_ms", "mean latency ms"), ("measured_share", "measured share"),
+]  # fmt: skip
+
+
+def to_csv(report: Report) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([f"{report.by}" if k == "group" else k for k, _ in _COLUMNS])
+    for t in [*report.rows, report.total]:
+        w.writerow([getattr(t, k) for k, _ in _COLUMNS])
+    return buf.getvalue()
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.as_dict(), indent=2)
+
+
+def rich_table(report: Report) -> Any:
+    """The default view: fits 100 columns; csv/json carry every column (tokens, latency)."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"Energy by {report.by}{_when(report)}", caption="\n".join(report.notes), caption_justify="left"
+    )
+    for title in (report.by, "requests", "errors", "energy", "CO2e g", "always-large (est.)", "saved (est.)",
+                  "measured"):  # fmt: skip
+        table.add_column(title, justify="left" if title == report.by else "right")
+    for t in [*report.rows, report.total]:
+        table.add_row(
+            t.group if t is not report.total else "[bold]total[/bold]",
+            f"{t.requests:,}",
+            f"{t.errors:,}",
+            format_joules(t.energy_j),
+            f"{t.co2e_g:.3g}",
+            format_joules(t.counterfactual_j),
+            format_joules(t.saved_j),
+            f"{t.measured_share:.0%}",
+        )
+    return table
+
+
+def _when(report: Report) -> str:
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    if report.since > 0 and report.until is not None:
+        return f", {iso(report.since)} to {iso(report.until)}"
+    if report.since > 0:
+        return f", since {iso(report.since)}"
+    return ""
+
+
+def plot_png(report: Report, file: str | Path | None = None) -> bytes:
+    """Energy over time, actual against the always-large estimate; PNG bytes (also written to ``file``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    if report.series:
+        xs = [datetime.fromtimestamp(p["t"], tz=timezone.utc) for p in report.series]
+        ax.plot(xs, [p["energy_j"] for p in report.series], marker="o", label="actual (routed)")
+        if report.counterfactual_model:
+            ax.plot(
+                xs, [p["counterfactual_j"] for p in report.series], linestyle="--",
+                label=f"always {report.counterfactual_model} (estimate)",
+            )  # fmt: skip
+        ax.legend()
+        fig.autofmt_xdate()
+    else:
+        ax.text(0.5, 0.5, "no records in this range", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("joules per bucket")
+    ax.set_title("Energy over time")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    data = buf.getvalue()
+    if file is not None:
+        Path(file).write_bytes(data)
+    return data
+
+
+def to_html(report: Report) -> str:
+    """A self-contained page: the table, the notes and the plot (inline PNG)."""
+    from html import escape
+
+    png = base64.b64encode(plot_png(report)).decode()
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS)
+    body = []
+    for t in [*report.rows, report.total]:
+        cells = [
+            escape(t.group), f"{t.requests:,}", f"{t.errors:,}", f"{t.input_tokens:,}", f"{t.output_tokens:,}",
+            f"{t.energy_j:.6g}", f"{t.co2e_g:.4g}", f"{t.counterfactual_j:.6g}", f"{t.saved_j:.6g}",
+            f"{t.mean_latency_ms:.0f}", f"{t.measured_share:.0%}",
+        ]  # fmt: skip
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    eq = equivalents(report.total.energy_j, report.grid_g_per_kwh).sentence()
+    notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>router energy report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head>
+<body><h1>Energy by {escape(report.by)}{escape(_when(report))}</h1>
+<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
+<p>{escape(eq)}</p><ul>{notes}</ul>
+<img alt="energy over time" src="data:image/png;base64,{png}">
+</body></html>
+"""
+

@@ -1,0 +1,300 @@
+"""Fit a policy's decision thresholds on held-out outcomes so the achieved quality meets its target with a
+stated confidence (risk control in the Learn-then-Test style, Angelopoulos et al. 2021).
+
+The family of rules: a smaller model ``m`` answers when ``P(correct)[m] - target ≥ τ``, else the largest model
+does (its offset is fixed at -1, always adequate). ``τ = 1`` is "always the largest"; lowering ``τ`` sends more
+requests to smaller models. For each ``τ`` on a grid, walking down from 1, we test
+
+    H0(τ): E[Z] ≤ 0, with Z = correct(chosen) - a            (absolute target a)
+                         or Z = correct(chosen) - r·correct(largest)   (relative target r)
+
+with a one-sided concentration bound at level δ (Hoeffding, or empirical Bernstein, Maurer & Pontil 2009), and
+stop at the first ``τ`` whose null cannot be rejected (fixed-sequence testing: the family-wise error stays ≤ δ
+without a multiplicity correction). The last rejected ``τ`` is returned: with probability ≥ 1 - δ over the
+calibration sample, achieved quality on exchangeable new requests meets the target. Subjects are split so the
+report states target vs achieved on subjects the fit never saw (a harder test than exchangeability).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cards import ModelCard
+from ..classify.base import RequestClassifier
+from ..errors import ConfigError
+from .engine import TIER_RANK, decide_batch
+
+GRID = np.round(np.arange(1.0, -1.0 - 1e-9, -0.005), 3)
+
+
+@dataclass
+class CalibrationData:
+    """Rows of held-out outcomes: predicted P(correct) and observed correctness per model, grouped by subject."""
+
+    models: list[str]
+    """Cheapest first; the last is the largest (the reference of a relative target)."""
+    p: np.ndarray
+    """[N, M] predicted P(correct) (out-of-fold or from the shipped classifier)."""
+    correct: np.ndarray
+    """[N, M] observed correctness (0/1 or a score in [0, 1])."""
+    energy: np.ndarray
+    """[N, M] estimated joules per request."""
+    groups: np.ndarray
+    """[N] subject (or task) of each row, for the held-out split."""
+    scores: str = ""
+
+    def take(self, mask: np.ndarray) -> CalibrationData:
+        return CalibrationData(self.models, self.p[mask], self.correct[mask], self.energy[mask], self.groups[mask],
+                               self.scores)
+
+
+@dataclass
+class Fit:
+    tau: float
+    feasible: bool
+    n: int
+    target_kind: str
+    target: float
+    confidence: float
+    bound: str
+    achieved: float
+    """Accuracy (absolute) or accuracy / largest's accuracy (relative) on the calibration rows at ``tau``."""
+    lower_bound: float
+    """The concentration bound's lower confidence limit on E[Z] at ``tau`` (must be > 0)."""
+    tested: int
+    path: list[tuple[float, float, float]] = field(default_factory=list)
+    """(tau, mean Z, lower bound) for every tested tau, for reports."""
+
+    def offsets(self, models: Sequence[str]) -> dict[str, float]:
+        return {m: (-1.0 if i == len(models) - 1 else float(self.tau)) for i, m in enumerate(models)}
+
+
+def choose(data: CalibrationData, target_kind: str, target: float, tau: float) -> np.ndarray:
+    """The engine's own vectorised rule (``decide_batch``) with offset ``tau`` on the smaller models."""
+    m = len(data.models)
+    offsets = np.full(m, tau)
+    offsets[-1] = -1.0
+    return decide_batch(data.p, data.energy, target, relative=target_kind == "relative", offsets=offsets,
+                        reference=m - 1)
+
+
+def z_values(data: CalibrationData, chosen: np.ndarray, target_kind: str, target: float) -> tuple[np.ndarray, float]:
+    """Per-row Z (E[Z] ≥ 0 means the target is met) and the width of its range."""
+    got = data.correct[np.arange(len(chosen)), chosen]
+    if target_kind == "absolute":
+        return got - target, 1.0
+    return got - target * data.correct[:, -1], 1.0 + target
+
+
+def lower_confidence(z: np.ndarray, width: float, delta: float, bound: str) -> float:
+    """One-sided (1 - delta) lower confidence limit on E[Z]."""
+    n = len(z)
+    if n < 2:
+        return -math.inf
+    mean = float(z.mean())
+    if bound == "hoeffding":
+        return mean - width * math.sqrt(math.log(1 / delta) / (2 * n))
+    if bound == "bernstein":  # Maurer & Pontil (2009), Theorem 4, scaled to a range of `width`
+        var = float(z.var(ddof=1))
+        log_term = math.log(2 / delta)
+        return mean - math.sqrt(2 * var * log_term / n) - 7 * width * log_term / (3 * (n - 1))
+    raise ValueError(f"unknown bound {bound!r}: use hoeffding or bernstein")
+
+
+def fit(data: CalibrationData, target_kind: str, target: float, *, confidence: float = 0.9,
+        bound: str = "hoeffding") -> Fit:
+    """Learn-then-Test with fixed-sequence testing down the grid of ``tau``."""
+    delta = 1 - confidence
+    best: tuple[float, float, float] | None = None
+    path = []
+    for tau in GRID:
+        chosen = choose(data, target_kind, target, float(tau))
+        z, width = z_values(data, chosen, target_kind, target)
+        lcb = lower_confidence(z, width, delta, bound)
+        path.append((float(tau), float(z.mean()), lcb))
+        if lcb <= 0:
+            break
+        best = (float(tau), float(z.mean()), lcb)
+    feasible = best is not None
+    tau = best[0] if best is not None else 1.0
+    chosen = choose(data, target_kind, target, tau)
+    return Fit(
+        tau=tau, feasible=feasible, n=len(data.p), target_kind=target_kind, target=target, confidence=confidence,
+        bound=bound, achieved=quality(data, chosen, target_kind), lower_bound=best[2] if best else path[0][2],
+        tested=len(path), path=path,
+    )
+
+
+def quality(data: CalibrationData, chosen: np.ndarray, target_kind: str) -> float:
+    """Accuracy, or accuracy relative to always-largest, of a routing."""
+    acc = float(data.correct[np.arange(len(chosen)), chosen].mean())
+    if target_kind == "absolute":
+        return acc
+    large = float(data.correct[:, -1].mean())
+    return acc / large if large else float("nan")
+
+
+def evaluate(data: CalibrationData, chosen: np.ndarray) -> dict[str, float]:
+    """Accuracy, quality vs always-largest, energy and energy vs always-largest of a routing."""
+    rows = np.arange(len(chosen))
+    acc = float(data.correct[rows, chosen].mean())
+    large_acc = float(data.correct[:, -1].mean())
+    e = float(data.energy[rows, chosen].sum())
+    e_large = float(data.energy[:, -1].sum())
+    return {
+        "n": len(chosen),
+        "accuracy": acc,
+        "quality_vs_large": acc / large_acc if large_acc else float("nan"),
+        "energy_j_per_request": e / len(chosen),
+        "energy_vs_large": e / e_large if e_large else float("nan"),
+        "large_share": float((chosen == len(data.models) - 1).mean()),
+    }
+
+
+def split_groups(groups: np.ndarray, held_out_share: float, seed: int) -> tuple[np.ndarray, list[str]]:
+    """A seeded subject split: mask of calibration rows, and the held-out subjects."""
+    names = sorted(set(groups.tolist()))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(names)
+    k = max(1, round(len(names) * held_out_share)) if held_out_share > 0 else 0
+    held = sorted(names[:k])
+    return ~np.isin(groups, held), held
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+@dataclass
+class OutcomeRows:
+    prompts: list[str]
+    groups: np.ndarray
+    models: list[str]
+    correct: np.ndarray
+    output_tokens: np.ndarray
+
+
+def _model_map(cards: Mapping[str, ModelCard]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for card in cards.values():
+        for name in (card.name, *card.aliases):
+            out[name.lower()] = card.name
+            out[name.lower().rsplit("/", 1)[-1]] = card.name
+    return out
+
+
+def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRows:
+    """RouteLLM MMLU CSVs (a folder or one file; group = subject from the file name) or an outcomes JSONL
+    (DESIGN.md; group = ``task``). Rows lacking an outcome for any model are dropped."""
+    names = _model_map(cards)
+    path = Path(path)
+    prompts: list[str] = []
+    groups: list[str] = []
+    rows: list[dict[str, tuple[float, int]]] = []
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files or not all(f.exists() for f in files):
+        raise ConfigError(f"{path}: no outcome CSVs or JSONL here")
+    csv.field_size_limit(2**31 - 1)
+    for f in files:
+        if f.suffix == ".csv":
+            group = f.stem.removeprefix("mmlu_")
+            with f.open(newline="", encoding="utf-8") as fh:
+                for k, row in enumerate(csv.DictReader(fh)):
+                    out = {}
+                    for col, val in row.items():
+                        if col == "prompt" or col is None:
+                            continue
+                        card = names.get(col.lower()) or names.get(col.lower().rsplit("/", 1)[-1])
+                        if card is None:
+                            raise ConfigError(f"{f}: column {col!r} names no model card (add it to a card's aliases)")
+                        v = str(val).strip().lower()
+                        if v not in ("true", "false", "1", "0"):
+                            raise ConfigError(f"{f}:{k + 2}: column {col!r} must be True/False, got {val!r}")
+                        out[card] = (1.0 if v in ("true", "1") else 0.0, 1)
+                    prompts.append(row["prompt"])
+                    groups.append(group)
+                    rows.append(out)
+        else:
+            with f.open(encoding="utf-8") as fh:
+                for k, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                        out = {}
+                        for model, o in obj["outcomes"].items():
+                            card = names.get(model.lower()) or names.get(model.lower().rsplit("/", 1)[-1])
+                            if card is None:
+                                raise ValueError(f"model {model!r} names no model card")
+                            c = float(o["correct"])
+                            if not 0 <= c <= 1:
+                                raise ValueError(f"`correct` must be in [0, 1], got {c}")
+                            out[card] = (c, int(o.get("output_tokens", 64)))
+                        prompts.append(str(obj["prompt"]))
+                        groups.append(str(obj.get("task", "")))
+                        rows.append(out)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise ConfigError(f"{f}:{k}: {exc}") from exc
+    common = sorted(set.intersection(*(set(r) for r in rows)) if rows else set())
+    if len(common) < 2:
+        raise ConfigError(f"{path}: calibration needs outcomes of at least two models on the same requests")
+    n = len(rows)
+    correct = np.array([[r[m][0] for m in common] for r in rows]).reshape(n, len(common))
+    out_tok = np.array([[r[m][1] for m in common] for r in rows]).reshape(n, len(common))
+    return OutcomeRows(prompts, np.array(groups), common, correct, out_tok)
+
+
+def oof_scores(prompts: list[str], groups: np.ndarray, correct: np.ndarray, folds: int = 5, c: float = 0.3,
+               seed: int = 0) -> np.ndarray:
+    """Out-of-fold P(correct) per model: the shipped classifier's recipe (TF-IDF word 1-2 grams + logistic
+    regression, ``router.training.classifier``) refitted with whole subjects held out, so every row's score
+    comes from a model that never saw its subject: what the shipped classifier gives on new traffic."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    from ..training.classifier import vectorizer, window
+
+    texts = [window(t)[0] for t in prompts]
+    out = np.zeros(correct.shape)
+    k = min(folds, len(set(groups.tolist())))
+    for tr, te in GroupKFold(n_splits=k).split(texts, groups=groups):
+        vec = vectorizer()
+        x_tr = vec.fit_transform([texts[i] for i in tr])
+        x_te = vec.transform([texts[i] for i in te])
+        for j in range(correct.shape[1]):
+            y = (correct[tr, j] >= 0.5).astype(int)
+            if y.min() == y.max():
+                out[te, j] = y[0]
+                continue
+            lr = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x_tr, y)
+            out[te, j] = lr.predict_proba(x_te)[:, 1]
+    return out
+
+
+def classifier_scores(prompts: list[str], models: list[str], classifier: RequestClassifier) -> np.ndarray:
+    """P(correct) from a classifier (the shipped one): right for traffic it was not trained on."""
+    out = np.zeros((len(prompts), len(models)))
+    for i, cl in enumerate(classifier.classify_batch(prompts)):
+        out[i] = [cl.p_correct.get(m, np.nan) for m in models]
+    if np.isnan(out).any():
+        missing = [m for j, m in enumerate(models) if np.isnan(out[:, j]).any()]
+        raise ConfigError(f"the classifier gives no P(correct) for {missing}; use --scores oof")
+    return out
+
+
+def build_data(rows: OutcomeRows, cards: Mapping[str, ModelCard], scores: np.ndarray, scores_name: str) -> CalibrationData:
+    """Order models cheapest first (estimated joules on these prompts) and attach energies."""
+    in_tok = np.array([-(-len(p) // 4) for p in rows.prompts])
+    energy = np.stack(
+        [cards[m].energy.per_call_j + cards[m].energy.per_input_token_j * in_tok
+         + cards[m].energy.per_output_token_j * rows.output_tokens[:, j] for j, m in enumerate(rows.models)],
+        axis=1,
+    )
+    order = sorted(range(len(rows.models)),
+                   key=lambda j: (TIER_RANK.get(cards[rows.models[j]].tier, 1), float(energy[:, j].mean())))
+    models = [rows.models[j] for j in order]
+    return CalibrationData(models, scores[:, order], rows.correct[:, order], energy[:, order], rows.groups, scores_name)

@@ -1,0 +1,153 @@
+"""Load policies from YAML with errors that name the file, the line, the field and the fix.
+
+PyYAML's node marks map each field path to its line, so a typo in a 60-line policy points at the line.
+``write_calibrated`` replaces only the ``calibrated:`` block, keeping the file's comments (the documentation
+of each shipped policy lives in its comments).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .schema import Calibrated, Policy
+
+_FIXES = {
+    "extra_forbidden": "remove it or check the spelling (fields: see docs/policies.md)",
+    "missing": "add it",
+    "literal_error": "use one of the allowed values",
+    "greater_than": "use a larger number",
+    "greater_than_equal": "use a larger number",
+    "less_than_equal": "use a smaller number",
+    "float_parsing": "use a number",
+    "string_pattern_mismatch": "fix the format",
+}
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Field path (as strings) -> 1-based line, from the YAML node tree."""
+    out: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return out
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        out.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, str(i)))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _describe(err: ValidationError, file: Path, text: str) -> str:
+    lines = _line_index(text)
+    msgs = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        where = ".".join(loc) or "(top level)"
+        line = None
+        for n in range(len(loc), -1, -1):  # the deepest part of the path that exists in the file
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
+        fix = _FIXES.get(e["type"], "")
+        msg = e["msg"].removeprefix("Value error, ")
+        msgs.append(
+            f"{file}:{line if line is not None else '?'}: field `{where}`: {msg}{got_s}"
+            + (f"; fix: {fix}" if fix else "")
+        )
+    return "\n".join(msgs)
+
+
+def load_policy(file: str | Path) -> Policy:
+    """One policy file, validated. The file name (without .yaml) must equal its ``name``."""
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read policy: {exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{file}:{line}: not valid YAML: {problem}; fix the indentation or quoting") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}:1: a policy is a YAML mapping (name, accuracy, budgets, ...); see docs/policies.md")
+    raw.setdefault("name", file.stem)
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, file, text)) from exc
+    return policy
+
+
+def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, Policy]:
+    """Every ``*.yaml`` policy in ``folder`` by name (examples in sub-folders only with ``recursive``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: policy folder does not exist")
+    out: dict[str, Policy] = {}
+    files = sorted(folder.rglob("*.yaml") if recursive else folder.glob("*.yaml"))
+    for file in files:
+        policy = load_policy(file)
+        if policy.name in out:
+            raise ConfigError(f"{file}: policy name `{policy.name}` is already used by another file in {folder}")
+        out[policy.name] = policy
+    return out
+
+
+def check_models(policy: Policy, known: set[str], file: str | Path = "") -> None:
+    """Every model a policy names must have a card: say which, and what exists."""
+    names = list(policy.pinned.values()) + list(policy.allowed_models or [])
+    names += [b.model for b in policy.budgets if b.model != "*" and not b.model.startswith("tier:")]
+    for k in policy.keys:
+        names += list(k.allowed_models or [])
+        names += [b.model for b in k.budgets if b.model != "*" and not b.model.startswith("tier:")]
+    if policy.cascade.escalate_to not in ("next", "small", "large", "specialist"):
+        names.append(policy.cascade.escalate_to)
+    unknown = sorted({n for n in names if n not in known})
+    if unknown:
+        raise ConfigError(
+            f"{file or policy.name}: policy `{policy.name}` names unknown model(s) {', '.join(unknown)}; "
+            f"use one of: {', '.join(sorted(known))}"
+        )
+
+
+def write_calibrated(file: str | Path, block: Calibrated) -> None:
+    """Replace (or append) the ``calibrated:`` block at the end of a policy file, keeping everything above it."""
+    file = Path(file)
+    text = file.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("calibrated:")), None)
+    if start is not None:
+        end = start + 1
+        while end < len(lines) and (lines[end].startswith((" ", "\t")) or not lines[end].strip()):
+            end += 1
+        # a comment line right above the block belongs to it
+        head = lines[:start]
+        while head and head[-1].startswith("# calibrated"):
+            head.pop()
+        lines = head + lines[end:]
+    data: dict[str, Any] = {"calibrated": block.model_dump(exclude_none=True)}
+    body = yaml.safe_dump(data, sort_keys=False, width=110, allow_unicode=True).rstrip("\n")
+    out = "\n".join(lines).rstrip("\n")
+    comment = "# calibrated by `router calibrate` (do not edit by hand; rerun the command)"
+    file.write_text(f"{out}\n{comment}\n{body}\n", encoding="utf-8")
+    load_policy(file)  # the file must still validate

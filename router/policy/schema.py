@@ -1,0 +1,140 @@
+"""The policy file format (``policies/*.yaml``), validated by pydantic.
+
+A policy says how good an answer must be (an accuracy target, absolute or relative to the largest model),
+how much energy each model may spend per window (globally and per API key), what happens when a budget is
+spent, whether to cascade (cheap model first, escalate on low confidence), which models are allowed or
+pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs/policies.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+WINDOWS: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
+OnExhausted = Literal["fallback", "reject", "allow_and_flag"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccuracyTarget(_Strict):
+    """Exactly one of: ``min_accuracy`` (expected accuracy ≥ x) or ``relative_to_largest`` (≥ x × the largest
+    candidate's predicted accuracy for the same request)."""
+
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    relative_to_largest: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AccuracyTarget:
+        if (self.min_accuracy is None) == (self.relative_to_largest is None):
+            raise ValueError("give exactly one of `min_accuracy` (e.g. 0.8) or `relative_to_largest` (e.g. 0.95)")
+        return self
+
+    @property
+    def kind(self) -> Literal["absolute", "relative"]:
+        return "absolute" if self.min_accuracy is not None else "relative"
+
+    @property
+    def value(self) -> float:
+        return float(self.min_accuracy if self.min_accuracy is not None else self.relative_to_largest)  # type: ignore[arg-type]
+
+
+class Budget(_Strict):
+    """``joules`` per window for ``model`` (a card name, ``tier:<tier>`` for a whole tier, or ``*`` for each
+    model separately). ``scope: per_key`` gives every API key its own budget of that size."""
+
+    model: str = "*"
+    joules: float = Field(gt=0)
+    per: Literal["minute", "hour", "day"] | float = Field(
+        "hour", description="minute | hour | day, or a window length in seconds"
+    )
+    scope: Literal["global", "per_key"] = "global"
+
+    @field_validator("per")
+    @classmethod
+    def _positive(cls, v: str | float) -> str | float:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("a window in seconds must be positive (or use minute / hour / day)")
+        return v
+
+    @property
+    def window_s(self) -> float:
+        return WINDOWS[self.per] if isinstance(self.per, str) else float(self.per)
+
+    def covers(self, model: str, tier: str) -> bool:
+        if self.model == "*":
+            return True
+        if self.model.startswith("tier:"):
+            return self.model[5:] == tier
+        return self.model == model
+
+    def key(self, model: str, key_hash: str | None = None) -> str:
+        """The ledger key: one counter per (subject, window), shared by every policy that names it."""
+        subject = f"model:{model}" if self.model == "*" else (
+            self.model if self.model.startswith("tier:") else f"model:{self.model}"
+        )
+        window = f"{self.window_s:g}s"
+        return f"key:{key_hash}:{subject}:{window}" if self.scope == "per_key" else f"{subject}:{window}"
+
+
+class Cascade(_Strict):
+    """Answer with a cheap model first; escalate when its own confidence is below ``escalate_below``."""
+
+    enabled: bool = False
+    escalate_below: float = Field(0.6, ge=0, le=1, description="confidence under which to escalate")
+    escalate_to: str = Field("next", description="next | small | large | a model name")
+    start: Literal["target", "cheapest"] = Field(
+        "target", description="target: first try the model the accuracy target picks; cheapest: the cheapest one"
+    )
+
+
+class Calibrated(_Strict):
+    """Written by ``router calibrate``: margin thresholds fitted so the achieved quality meets the target with
+    the stated confidence. A model ``m`` is adequate when ``P(correct)[m] - target ≥ offsets[m]``."""
+
+    target_kind: Literal["absolute", "relative"]
+    target: float = Field(ge=0, le=1)
+    offsets: dict[str, float]
+    confidence: float = Field(gt=0, lt=1, description="1 - delta: probability that the guarantee holds")
+    bound: str = "hoeffding"
+    method: str = "learn-then-test, fixed-sequence"
+    n_calibration: int = Field(ge=0)
+    achieved_calibration: float | None = None
+    held_out: dict[str, float] | None = Field(None, description="target vs achieved on subjects not used to fit")
+    fitted_on: str = ""
+    fitted_at: str = ""
+    scores: str = ""
+
+
+class KeyPolicy(_Strict):
+    """Overrides for one API key, named by its hash (``router ledger --by key`` shows them; ``router.ledger.hash_key``
+    computes one)."""
+
+    key_hash: str = Field(pattern=r"^key-[0-9a-f]{16}$")
+    policy: str | None = Field(None, description="use this policy for the key instead")
+    accuracy: AccuracyTarget | None = None
+    budgets: list[Budget] = Field(default_factory=list, description="budgets for this key only")
+    allowed_models: list[str] | None = None
+    description: str = ""
+
+
+class Policy(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    accuracy: AccuracyTarget
+    budgets: list[Budget] = Field(default_factory=list)
+    on_budget_exhausted: OnExhausted = "fallback"
+    cascade: Cascade = Field(default_factory=Cascade)
+    allowed_models: list[str] | None = Field(None, description="only these models may answer (None: all)")
+    pinned: dict[str, str] = Field(default_factory=dict, description="task -> model that always answers it")
+    keys: list[KeyPolicy] = Field(default_factory=list)
+    output_tokens_estimate: int = Field(128, gt=0, description="output tokens assumed for energy estimates")
+    calibrated: Calibrated | None = None
+
+    def key_policy(self, key_hash: str | None) -> KeyPolicy | None:
+        if key_hash is None:
+            return None
+        return next((k for k in self.keys if k.key_hash == key_hash), None)

@@ -1,0 +1,111 @@
+"""API keys for the proxy: who may call it, and which policy each key gets.
+
+Keys are configured in the router config file under ``extra.keys`` (or a separate YAML file given to
+``router serve --keys``), one entry per key, and are only ever held as SHA-256 digests::
+
+    extra:
+      keys:
+        - name: team-a                 # shown nowhere but in this file; metrics and the ledger use the hash
+          sha256: 9f86d08...           # sha256 of the key: printf %s "$KEY" | sha256sum
+          policy: eco                  # optional: the policy for model="router" (default: the config's)
+        - name: ci
+          env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
+
+A key in clear text in the file is refused (``key:`` is not a field), so config files can be committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    sha256: str
+    policy: str | None = None
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore:
+    """Looks keys up by digest: the clear key is hashed per request and never stored."""
+
+    def __init__(self, specs: Iterable[KeySpec] = ()) -> None:
+        self._by_digest: dict[str, KeySpec] = {}
+        for spec in specs:
+            if spec.sha256 in self._by_digest:
+                raise ConfigError(f"API key {spec.name!r} duplicates key {self._by_digest[spec.sha256].name!r}")
+            self._by_digest[spec.sha256] = spec
+
+    def __bool__(self) -> bool:
+        return bool(self._by_digest)
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def lookup(self, key: str | None) -> KeySpec | None:
+        if not key:
+            return None
+        return self._by_digest.get(digest(key))
+
+    @classmethod
+    def from_entries(cls, entries: Any, where: str = "keys") -> KeyStore:
+        """Build from the ``keys`` list of a config (see the module docstring)."""
+        if entries is None:
+            return cls()
+        if isinstance(entries, KeyStore):
+            return entries
+        if isinstance(entries, Mapping):  # {clear_key: policy} given in code (tests, embedding apps)
+            return cls(KeySpec(name=f"key-{i}", sha256=digest(str(k)), policy=v)
+                       for i, (k, v) in enumerate(entries.items()))
+        if not isinstance(entries, list):
+            raise ConfigError(f"{where}: `keys` must be a list of {{name, sha256 | env, policy}}")
+        specs = []
+        for i, raw in enumerate(entries):
+            if isinstance(raw, KeySpec):
+                specs.append(raw)
+                continue
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{where}: keys[{i}] must be a mapping with name, sha256 (or env) and policy")
+            extra = set(raw) - {"name", "sha256", "env", "policy"}
+            if extra:
+                hint = " (store the sha256 of the key, never the key)" if "key" in extra else ""
+                raise ConfigError(f"{where}: keys[{i}]: unknown field(s) {', '.join(sorted(extra))}{hint}")
+            name = str(raw.get("name") or f"key-{i}")
+            if raw.get("sha256"):
+                sha = str(raw["sha256"]).strip().lower()
+                if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                    raise ConfigError(f"{where}: keys[{i}] ({name}): `sha256` must be 64 hex digits")
+            elif raw.get("env"):
+                value = os.environ.get(str(raw["env"]))
+                if not value:
+                    raise ConfigError(f"{where}: keys[{i}] ({name}): environment variable {raw['env']} is not set")
+                sha = digest(value)
+            else:
+                raise ConfigError(f"{where}: keys[{i}] ({name}): give `sha256` (of the key) or `env`")
+            policy = raw.get("policy")
+            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None))
+        return cls(specs)
+
+    @classmethod
+    def from_file(cls, file: str | Path) -> KeyStore:
+        path = Path(file)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read keys file: {exc}") from exc
+        if isinstance(data, Mapping):
+            data = data.get("keys", (data.get("extra") or {}).get("keys"))
+        return cls.from_entries(data, where=str(path))

@@ -1,0 +1,134 @@
+"""Prometheus metrics for the proxy, in a registry of its own (one per app, so tests can build many apps).
+
+Per request the hot path does a handful of dict lookups and float adds (prometheus-client's labelled children
+are cached by label values). Budget and cooldown figures are read when ``/metrics`` is scraped, not per request.
+With ``--workers N`` each worker process keeps its own counters; scrape each worker or sum per instance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .._router import Router
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ProxyMetrics:
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "router_requests", "Chat completion requests answered, by model, tier, key hash and outcome",
+            ["model", "tier", "key", "outcome"], registry=self.registry,
+        )
+        self.joules = Counter(
+            "router_energy_joules", "Joules spent answering requests, by model, tier and key hash",
+            ["model", "tier", "key"], registry=self.registry,
+        )
+        self.errors = Counter(
+            "router_errors", "Requests that ended in an error, by error type and HTTP status",
+            ["type", "status"], registry=self.registry,
+        )
+        self.failed_attempts = Counter(
+            "router_backend_failures", "Model calls that failed (a fallback may still have answered)",
+            ["model"], registry=self.registry,
+        )
+        self.decision = Histogram(
+            "router_decision_seconds", "Time to classify a request and decide its model",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "router_request_seconds", "Time from request received to response (or stream) complete",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.budgets_seen: set[str] = set()
+        self.registry.register(_StateCollector(router, self))
+
+    def observe_answer(self, model: str, tier: str, key: str | None, energy_j: float, outcome: str,
+                       attempts: Any = ()) -> None:
+        k = key or "-"
+        self.requests.labels(model, tier, k, outcome).inc()
+        self.joules.labels(model, tier, k).inc(energy_j)
+        for a in attempts:
+            if a.outcome == "error":
+                self.failed_attempts.labels(a.model).inc()
+
+    def observe_error(self, error_type: str, status: int) -> None:
+        self.errors.labels(error_type, str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Read at scrape time: backend cooldown state and energy budgets."""
+
+    def __init__(self, router: Router, metrics: ProxyMetrics) -> None:
+        self.router = router
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from ..backends.cooldown import CooldownBackend
+
+        cooling = GaugeMetricFamily("router_backend_cooling_down",
+                                    "1 while a backend is cooling down after repeated failures", labels=["model"])
+        opened = GaugeMetricFamily("router_backend_cooldowns",
+                                   "Times the backend's cooldown has opened since start", labels=["model"])
+        for name, backend in list(self.router._backends.items()):
+            if isinstance(backend, CooldownBackend):
+                cooling.add_metric([name], 1.0 if backend.state == "open" else 0.0)
+                opened.add_metric([name], float(backend.opened_total))
+        yield cooling
+        yield opened
+        yield from self._budgets()
+
+    def _budgets(self) -> Iterator[GaugeMetricFamily]:
+        used = GaugeMetricFamily("router_budget_used_joules",
+                                 "Joules spent plus held in the current window of each budget", labels=["budget"])
+        remaining = GaugeMetricFamily("router_budget_remaining_joules",
+                                      "Joules left in the current window of each budget", labels=["budget"])
+        for budget, limit_j, window_s in self._budget_specs():
+            try:
+                spent = self.router.ledger.budget_used(budget, window_s)
+            except Exception:  # a scrape must not fail because the ledger hiccups
+                continue
+            used.add_metric([budget], spent)
+            if limit_j is not None:
+                remaining.add_metric([budget], max(0.0, limit_j - spent))
+        yield used
+        yield remaining
+
+    def _budget_specs(self) -> list[tuple[str, float | None, float]]:
+        """(budget key, limit in joules or None, window seconds). The policy engine may list its budgets
+        through ``budget_specs()``; otherwise the budget keys seen in decisions (``kind:name:window_s``)."""
+        engine = self.router.engine
+        specs_fn = getattr(engine, "budget_specs", None)
+        if callable(specs_fn):
+            try:
+                return [(str(b), None if lim is None else float(lim), float(w)) for b, lim, w in specs_fn()]
+            except Exception:
+                pass
+        out: list[tuple[str, float | None, float]] = []
+        for budget in sorted(self.metrics.budgets_seen):
+            try:
+                window = float(budget.rsplit(":", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            out.append((budget, None, window))
+        return out
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,351 @@
+"""Read and validate an outcomes file (JSON Lines, format fixed in DESIGN.md) into compact columns.
+
+One line = one request::
+
+    {"id": "mmlu-anatomy-17", "prompt": "...", "task": "mmlu/anatomy",
+     "outcomes": {"mixtral-8x7b-instruct": {"correct": true, "output_tokens": 12},
+                  "gpt-4-1106-preview":    {"correct": false}}}
+
+``correct`` is a boolean or a score in [0, 1]. Optional per-outcome fields: ``output_tokens`` (int >= 0) and
+``energy_j`` (measured joules for that call, which wins over the card's estimate). Optional per-line
+``input_tokens``; when absent it is estimated as ceil(chars / 4).
+
+The reader streams: it never holds the JSON objects, only columns (float arrays per model) and one copy of each
+distinct prompt, so a 1,000,000-line file that resamples ~10,000 prompts takes tens of MB. Every problem is a
+:class:`OutcomesError` naming the file and the line, unless ``skip_bad`` is set, in which case the line is
+skipped and counted (:attr:`OutcomesTable.skipped`), never silently turned into a wrong number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..cards import ModelCard
+from ..errors import BadRequestError
+
+CHARS_PER_TOKEN = 4
+DEFAULT_OUTPUT_TOKENS = 64
+"""Output tokens assumed for an outcome without ``output_tokens`` (counted in ``defaulted_output_tokens``)."""
+
+
+class OutcomesError(BadRequestError):
+    """A line of an outcomes file is not usable. ``line`` is 1-based."""
+
+    code = "bad_outcomes"
+
+    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None) -> None:
+        where = f"{file}:{line}: " if file is not None and line is not None else (f"line {line}: " if line else "")
+        super().__init__(where + message)
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.reason = message
+
+
+class ModelNames:
+    """Maps the names used in outcome files (card names, aliases, `org/Name` forms, any casing) to card names."""
+
+    def __init__(self, cards: Mapping[str, ModelCard]) -> None:
+        self.cards = cards
+        self._map: dict[str, str] = {}
+        for card in cards.values():
+            for name in (card.name, *card.aliases):
+                for key in self._keys(name):
+                    self._map.setdefault(key, card.name)
+
+    @staticmethod
+    def _keys(name: str) -> list[str]:
+        low = name.strip().lower()
+        tail = low.rsplit("/", 1)[-1]
+        return [low, tail] if tail != low else [low]
+
+    def resolve(self, name: str) -> str | None:
+        for key in self._keys(name):
+            if key in self._map:
+                return self._map[key]
+        return None
+
+    def known(self) -> str:
+        return ", ".join(sorted(self.cards))
+
+
+@dataclass
+class OutcomesTable:
+    """Columns of a validated outcomes file. Row i is the i-th good line; model j is ``models[j]``."""
+
+    path: str
+    models: list[str]
+    ids: list[str]
+    tasks: np.ndarray
+    """int16 code per row into :attr:`task_names`."""
+    task_names: list[str]
+    score: np.ndarray
+    """float32 [n, M]: the outcome's score in [0, 1]; NaN where the line has no outcome for that model."""
+    energy_j: np.ndarray
+    """float64 [n, M]: measured ``energy_j`` where given, else the model card's estimate; NaN where no outcome."""
+    measured: np.ndarray
+    """bool [n, M]: True where ``energy_j`` came from the file (a measurement)."""
+    group: np.ndarray
+    """int32 [n]: index into :attr:`prompts` / :attr:`group_mask` (rows with the same prompt and model set)."""
+    prompts: list[str]
+    group_mask: np.ndarray
+    """bool [G, M]: which models have an outcome in each group."""
+    lines_read: int = 0
+    skipped: int = 0
+    skipped_reasons: Counter[str] = field(default_factory=Counter)
+    skipped_examples: list[str] = field(default_factory=list)
+    defaulted_output_tokens: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def model_sets(self) -> list[tuple[str, ...]]:
+        return sorted({tuple(m for m, on in zip(self.models, row, strict=True) if on) for row in self.group_mask})
+
+
+def _reason_key(message: str) -> str:
+    """Group skip reasons for the summary: the message up to its first detail."""
+    for sep in (" (", ":"):
+        if sep in message:
+            message = message.split(sep, 1)[0]
+    return message
+
+
+def load_outcomes(
+    path: str | Path,
+    cards: Mapping[str, ModelCard],
+    *,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+    default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+) -> OutcomesTable:
+    """Stream ``path`` into an :class:`OutcomesTable`. ``progress(bytes_read)`` is called every ~64k lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise OutcomesError(f"{path}: outcomes file does not exist")
+    with open(path, "rb") as handle:
+        return _read(handle, str(path), cards, skip_bad, progress, default_output_tokens)
+
+
+def parse_outcomes_lines(
+    lines: Iterable[bytes | str],
+    cards: Mapping[str, ModelCard],
+    *,
+    name: str = "<lines>",
+    skip_bad: bool = False,
+) -> OutcomesTable:
+    """Like :func:`load_outcomes` on lines already in memory (tests, small inputs)."""
+    return _read(lines, name, cards, skip_bad, None, DEFAULT_OUTPUT_TOKENS)
+
+
+def _read(
+    lines: Iterable[bytes | str],
+    name: str,
+    cards: Mapping[str, ModelCard],
+    skip_bad: bool,
+    progress: Callable[[int], None] | None,
+    default_output_tokens: int,
+) -> OutcomesTable:
+    names = ModelNames(cards)
+    resolved: dict[str, str | None] = {}
+    col_of: dict[str, int] = {}
+    models: list[str] = []
+    coeffs: list[tuple[float, float, float]] = []
+    scores: list[array] = []  # per model column, one float per row (NaN = no outcome)
+    energies: list[array] = []
+    measured: list[array] = []
+    ids: list[str] = []
+    task_codes = array("h")
+    task_index: dict[str, int] = {}
+    group = array("i")
+    group_index: dict[tuple[str, int], int] = {}
+    prompts: list[str] = []
+    masks: list[int] = []
+    table_skipped: Counter[str] = Counter()
+    examples: list[str] = []
+    defaulted = 0
+    nan = math.nan
+    loads = json.loads
+    n_rows = 0
+    lineno = 0
+    bytes_read = 0
+
+    def column(card_name: str) -> int:
+        j = col_of.get(card_name)
+        if j is None:
+            j = col_of[card_name] = len(models)
+            models.append(card_name)
+            e = cards[card_name].energy
+            coeffs.append((e.per_call_j, e.per_input_token_j, e.per_output_token_j))
+            for store, code in ((scores, "f"), (energies, "d"), (measured, "b")):
+                fill = 0 if code == "b" else nan
+                store.append(array(code, [fill]) * n_rows)
+        return j
+
+    def bad(message: str) -> None:
+        if not skip_bad:
+            raise OutcomesError(message, file=name, line=lineno)
+        table_skipped[_reason_key(message)] += 1
+        if len(examples) < 5:
+            examples.append(f"line {lineno}: {message}")
+
+    for raw in lines:
+        lineno += 1
+        bytes_read += len(raw)
+        if progress is not None and lineno % 65536 == 0:
+            progress(bytes_read)
+        if not raw.strip():
+            continue  # blank lines (e.g. a trailing newline) carry no request
+        try:
+            obj = loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad(f"not valid JSON ({exc})")
+            continue
+        if type(obj) is not dict:
+            bad(f"a line must be a JSON object, got {type(obj).__name__}")
+            continue
+        rid = obj.get("id")
+        prompt = obj.get("prompt")
+        outs = obj.get("outcomes")
+        if type(rid) is not str or not rid:
+            bad("missing `id` (a non-empty string)")
+            continue
+        if type(prompt) is not str:
+            bad(f"request {rid!r}: missing `prompt` (a string)")
+            continue
+        if type(outs) is not dict or not outs:
+            bad(f"request {rid!r}: missing outcomes (`outcomes` must map model names to {{\"correct\": ...}})")
+            continue
+        task = obj.get("task", "unknown")
+        if type(task) is not str:
+            bad(f"request {rid!r}: `task` must be a string, got {task!r}")
+            continue
+        in_tok = obj.get("input_tokens")
+        if in_tok is None:
+            in_tok = -(-len(prompt) // CHARS_PER_TOKEN)
+        elif type(in_tok) is not int or in_tok < 0:
+            bad(f"request {rid!r}: `input_tokens` must be an integer >= 0, got {in_tok!r}")
+            continue
+        row: list[tuple[int, float, float, bool]] = []
+        problem = None
+        for model, out in outs.items():
+            if model in resolved:
+                card_name = resolved[model]
+            else:
+                card_name = resolved[model] = names.resolve(model)
+            if card_name is None:
+                problem = f"unknown model `{model}` (no model card or alias; known: {names.known()})"
+                break
+            if type(out) is not dict or "correct" not in out:
+                problem = f"request {rid!r}: missing outcome `correct` for model `{model}`"
+                break
+            c = out["correct"]
+            if c is True or c is False:
+                s = 1.0 if c else 0.0
+            elif type(c) in (int, float) and 0.0 <= c <= 1.0:
+                s = float(c)
+            elif type(c) in (int, float):
+                problem = f"request {rid!r}: score {c!r} for model `{model}` is outside [0, 1]"
+                break
+            else:
+                problem = (
+                    f"request {rid!r}: `correct` for model `{model}` must be true/false or a score in [0, 1], "
+                    f"got {c!r}"
+                )
+                break
+            ej = out.get("energy_j")
+            if ej is not None:
+                if type(ej) not in (int, float) or not ej >= 0 or ej == math.inf:
+                    problem = f"request {rid!r}: `energy_j` for model `{model}` must be a number >= 0, got {ej!r}"
+                    break
+                row.append((column(card_name), s, float(ej), True))
+                continue
+            ot = out.get("output_tokens")
+            if ot is None:
+                ot = default_output_tokens
+                defaulted += 1
+            elif type(ot) is not int or ot < 0:
+                problem = f"request {rid!r}: `output_tokens` for model `{model}` must be an integer >= 0, got {ot!r}"
+                break
+            j = column(card_name)
+            pc, pi, po = coeffs[j]
+            row.append((j, s, pc + pi * in_tok + po * ot, False))
+        if problem is not None:
+            bad(problem)
+            continue
+        mask = 0
+        for j, *_ in row:
+            if mask >> j & 1:
+                problem = f"request {rid!r}: two outcomes for model `{models[j]}` (names that alias the same card)"
+                break
+            mask |= 1 << j
+        if problem is not None:
+            bad(problem)
+            continue
+        # commit the row
+        for j in range(len(models)):
+            scores[j].append(nan)
+            energies[j].append(nan)
+            measured[j].append(0)
+        for j, s, e, meas in row:
+            scores[j][n_rows] = s
+            energies[j][n_rows] = e
+            measured[j][n_rows] = meas
+        ids.append(rid)
+        code = task_index.get(task)
+        if code is None:
+            code = task_index[task] = len(task_index)
+        task_codes.append(code)
+        key = (prompt, mask)
+        g = group_index.get(key)
+        if g is None:
+            g = group_index[key] = len(prompts)
+            prompts.append(prompt)
+            masks.append(mask)
+        group.append(g)
+        n_rows += 1
+
+    if progress is not None:
+        progress(bytes_read)
+    if n_rows == 0 and not table_skipped:
+        raise OutcomesError(f"{name}: no requests in the outcomes file")
+    m = len(models)
+    score = np.stack([np.frombuffer(a, dtype=np.float32) for a in scores], axis=1) if m else np.zeros((n_rows, 0))
+    energy = np.stack([np.frombuffer(a, dtype=np.float64) for a in energies], axis=1) if m else np.zeros((n_rows, 0))
+    meas_arr = (
+        np.stack([np.frombuffer(a, dtype=np.int8) for a in measured], axis=1).astype(bool)
+        if m
+        else np.zeros((n_rows, 0), bool)
+    )
+    group_mask = np.array([[bool(mk >> j & 1) for j in range(m)] for mk in masks], dtype=bool).reshape(-1, m)
+    return OutcomesTable(
+        path=name,
+        models=models,
+        ids=ids,
+        tasks=np.frombuffer(task_codes, dtype=np.int16).copy(),
+        task_names=list(task_index),
+        score=score,
+        energy_j=energy,
+        measured=meas_arr,
+        group=np.frombuffer(group, dtype=np.int32).copy(),
+        prompts=prompts,
+        group_mask=group_mask,
+        lines_read=lineno,
+        skipped=sum(table_skipped.values()),
+        skipped_reasons=table_skipped,
+        skipped_examples=examples,
+        defaulted_output_tokens=defaulted,
+    )
+
+
+def file_size(path: str | Path) -> int:
+    return os.path.getsize(path)

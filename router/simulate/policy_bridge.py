@@ -1,0 +1,146 @@
+"""Bind the simulator to the policy engine's own decision code (:mod:`router.policy.engine`).
+
+* :meth:`PolicyEngineBridge.decide` calls ``decide_pure(classification, cards, budget_state, policy, overrides)``,
+  the function the live :class:`~router.policy.engine.PolicyEngine` calls, with an empty budget snapshot and the
+  request's own input-token estimate as ``input_tokens_hint``.
+* :meth:`PolicyEngineBridge.decide_many` (used for sweeps) feeds the engine's vectorised ``decide_batch`` with the
+  same inputs ``decide_pure`` would compute (``predicted``, the card energy estimates, eligibility from allowed
+  models / tasks / context), then applies the policy's per-task pins and a cascade's ``start: cheapest`` as
+  ``decide_pure`` does. ``tests/test_simulate_engine.py`` checks it equals the scalar path on real requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cards import ModelCard
+from ..classify.base import Classification
+from ..errors import ConfigError
+from ..policy import engine as pe
+from ..policy.decision import Decision
+from ..policy.loader import load_policy
+from ..policy.schema import Policy
+from .outcomes import CHARS_PER_TOKEN
+
+
+def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None) -> Policy:
+    """A :class:`Policy` object, a YAML path, or a name looked up in ``policies_dir``."""
+    if isinstance(policy, Policy):
+        return policy
+    path = Path(policy)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return load_policy(path)
+    if policies_dir is None:
+        raise ConfigError(f"policy {policy!r}: give a YAML path or a policies folder")
+    file = Path(policies_dir) / f"{policy}.yaml"
+    if not file.is_file():
+        known = sorted(p.stem for p in Path(policies_dir).glob("*.yaml"))
+        raise ConfigError(f"unknown policy {policy!r}: no {file}; known: {', '.join(known) or '(none)'}")
+    return load_policy(file)
+
+
+def input_tokens(prompt: str) -> int:
+    return -(-len(prompt) // CHARS_PER_TOKEN)
+
+
+class PolicyEngineBridge:
+    """The :class:`~router.simulate.simulator.DecisionEngine` the simulator uses, backed by the real engine."""
+
+    def __init__(self, policy: str | Path | Policy, policies_dir: str | Path | None = None) -> None:
+        self.policy = resolve_policy(policy, policies_dir)
+        self.name = self.policy.name
+        self.budget_state = pe.BudgetState.empty()
+        self.notes: list[str] = []
+        if self.policy.cascade.enabled:
+            self.notes.append(
+                "cascade: the simulation scores the first model only (escalation needs the model's own confidence, "
+                "which outcome files do not carry)"
+            )
+
+    def _overrides(self, c: Classification, overrides: Mapping[str, Any]) -> pe.Overrides:
+        hint = int(overrides.get("input_tokens_hint", input_tokens_from(c)))
+        return pe.Overrides.of({**overrides, "input_tokens_hint": hint})
+
+    def decide(
+        self, classification: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]
+    ) -> Decision:
+        return pe.decide_pure(
+            classification, cards, self.budget_state, self.policy, self._overrides(classification, overrides)
+        )
+
+    def decide_many(
+        self,
+        classifications: Sequence[Classification],
+        cards: Mapping[str, ModelCard],
+        overrides: Mapping[str, Any],
+    ) -> list[str]:
+        """Chosen model per request via ``decide_batch``; the same rule as :meth:`decide` (budgets empty)."""
+        if not classifications:
+            return []
+        pol = self.policy
+        ov0 = pe.Overrides.of(dict(overrides))
+        if ov0.pinned is not None or ov0.max_energy_j is not None or ov0.key_hash is not None:
+            return [self.decide(c, cards, overrides).model for c in classifications]
+        names = list(cards)
+        card_list = [cards[n] for n in names]
+        n, m = len(classifications), len(names)
+        out_tokens = ov0.output_tokens_hint or pol.output_tokens_estimate
+        allowed = set(pol.allowed_models) if pol.allowed_models is not None else None
+        p = np.empty((n, m))
+        e = np.empty((n, m))
+        ok = np.ones((n, m), dtype=bool)
+        hints = np.array([int(overrides.get("input_tokens_hint", input_tokens_from(c))) for c in classifications])
+        for j, card in enumerate(card_list):
+            spec = card.tier == "specialist"
+            out = 1 if spec else out_tokens
+            en = card.energy
+            e[:, j] = en.per_call_j + en.per_input_token_j * hints + en.per_output_token_j * out
+            p[:, j] = [pe.predicted(c, card)[0] for c in classifications]
+            if allowed is not None and card.name not in allowed:
+                ok[:, j] = False
+            if spec and not card.tasks:
+                ok[:, j] = False
+            elif card.tasks:
+                ok[:, j] &= np.array([card.serves(c.task) for c in classifications])
+            ok[:, j] &= hints + out <= card.context_length
+        if ov0.accuracy_target is not None:
+            relative, target, offsets = False, float(ov0.accuracy_target), None
+        else:
+            spec_t = pol.accuracy
+            relative, target = spec_t.kind == "relative", spec_t.value
+            cal = pol.calibrated
+            offsets = None
+            if cal is not None and cal.target_kind == spec_t.kind and abs(cal.target - target) < 1e-9:
+                offsets = np.array([cal.offsets.get(x, 0.0) for x in names])
+        reference = None
+        if relative:  # decide_pure's "largest": general models first, then tier, then energy, then name
+            rank = np.array([pe.TIER_RANK.get(c.tier, 1) for c in card_list], dtype=np.float64)
+            general = np.array([c.tier != "specialist" for c in card_list])
+            gen_rows = (ok & general[None, :]).any(axis=1)
+            pool = np.where(gen_rows[:, None], ok & general[None, :], ok)
+            key = np.where(pool, rank[None, :] * 1e15 + e, -np.inf)
+            reference = key.argmax(axis=1)
+        if not ok.any(axis=1).all():
+            bad = int(np.nonzero(~ok.any(axis=1))[0][0])
+            self.decide(classifications[bad], cards, overrides)  # raises the engine's own error
+        chosen = pe.decide_batch(p, e, target, relative=relative, offsets=offsets, eligible=ok, reference=reference)
+        result = [names[int(j)] for j in chosen]
+        for i, c in enumerate(classifications):
+            pin = pol.pinned.get(c.task)
+            if pin is not None:
+                result[i] = pin
+        if pol.cascade.enabled and pol.cascade.start == "cheapest":
+            cheapest = np.argmin(np.where(ok, e, np.inf), axis=1)
+            for i, c in enumerate(classifications):
+                if pol.pinned.get(c.task) is None and e[i, cheapest[i]] < e[i, names.index(result[i])]:
+                    result[i] = names[int(cheapest[i])]
+        return result
+
+
+def input_tokens_from(c: Classification) -> int:
+    """The request's input tokens, as the outcomes reader estimates them (ceil(chars / 4))."""
+    return max(1, -(-int(c.chars) // CHARS_PER_TOKEN)) if c.chars else 64

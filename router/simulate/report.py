@@ -1,0 +1,194 @@
+"""Pictures and pages for a simulation: a quality-vs-energy PNG and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import pareto_front
+from .simulator import RunStats, SimulationResult
+
+_BASELINE_STYLE = {
+    "always-small": ("s", "#6b7280"),
+    "always-large": ("D", "#b91c1c"),
+    "random (matched share)": ("X", "#a16207"),
+    "oracle": ("P", "#15803d"),
+}
+
+
+def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [3, 2]})
+    # -- left: quality vs energy ---------------------------------------------------------------------------
+    th = result.threshold_sweep
+    ax.plot(
+        [p.energy_j_per_request for p in th], [100 * p.accuracy for p in th], "-", color="#9ca3af", lw=1.5,
+        label="plain threshold router (τ = 0…1)", zorder=1,
+    )
+    if result.sweep:
+        sw = sorted(result.sweep, key=lambda p: p.energy_j_per_request)
+        ax.plot(
+            [p.energy_j_per_request for p in sw], [100 * p.accuracy for p in sw], "o-", color="#2563eb", ms=3.5,
+            lw=1.5, label=f"policy `{result.policy}`, accuracy target swept", zorder=2,
+        )
+    pts: list[RunStats] = [result.router, *result.baselines.values(), *result.sweep, *th]
+    real = [p for p in pts if p.name != "oracle"]
+    front = pareto_front([p.energy_j_per_request for p in real], [p.accuracy for p in real])
+    fx = [real[i].energy_j_per_request for i in front]
+    fy = [100 * real[i].accuracy for i in front]
+    ax.plot(fx, fy, color="black", lw=5, alpha=0.18, solid_capstyle="round",
+            label="Pareto frontier (all points but the oracle)", zorder=0)
+    for name, p in result.baselines.items():
+        marker, color = _BASELINE_STYLE.get(name, ("^", "#7c3aed"))
+        ax.scatter(p.energy_j_per_request, 100 * p.accuracy, marker=marker, s=110, color=color, zorder=4,
+                   edgecolor="white", label=name)
+    r = result.router
+    ax.scatter(r.energy_j_per_request, 100 * r.accuracy, marker="*", s=320, color="#2563eb", edgecolor="black",
+               zorder=5, label=f"policy `{result.policy}` ({100 * r.quality_vs_large:.1f} % quality, "
+               f"{100 * r.energy_vs_large:.1f} % energy of always-large)")
+    energies = [p.energy_j_per_request for p in pts if p.energy_j_per_request > 0]
+    if energies and max(energies) / max(min(energies), 1e-12) > 30:
+        ax.set_xscale("log")
+    ax.set_xlabel("energy per request (J)" + (", log scale" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.set_title("quality vs energy", fontsize=11)
+    # -- right: where requests and joules went --------------------------------------------------------------
+    models = result.models
+    rows = [("requests", result.router.share_requests), ("energy", result.router.share_energy)]
+    colors = ["#60a5fa", "#f87171", "#34d399", "#fbbf24", "#a78bfa", "#f472b6"]
+    for k, (_, share) in enumerate(rows):
+        left = 0.0
+        for j, m in enumerate(models):
+            v = 100 * share.get(m, 0.0)
+            bx.barh(k, v, left=left, color=colors[j % len(colors)], edgecolor="white",
+                    label=m if k == 0 else None)
+            if v >= 6:
+                bx.text(left + v / 2, k, f"{v:.0f} %", ha="center", va="center", fontsize=9)
+            left += v
+    bx.set_yticks([0, 1], [f"share of\n{label}" for label, _ in rows])
+    bx.invert_yaxis()
+    bx.set_xlim(0, 100)
+    bx.set_xlabel("%")
+    bx.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    bx.set_title(f"policy `{result.policy}`: where requests and joules went", fontsize=11)
+    fig.suptitle(title or f"router simulate — {Path(result.outcomes).name}: {result.requests:,} requests",
+                 fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_png(result: SimulationResult, path: str | Path | None = None, title: str | None = None) -> bytes:
+    """Render the plot; write it to ``path`` when given; return the PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = _fig(result, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f} %"
+
+
+def stats_rows(result: SimulationResult) -> list[list[str]]:
+    """Router + baselines as table rows: name, accuracy, quality vs large, J/request, energy vs large, large share."""
+    out = []
+    for p in [result.router, *result.baselines.values()]:
+        out.append([
+            p.name + (" (policy)" if p is result.router else ""),
+            _pct(p.accuracy),
+            _pct(p.quality_vs_large),
+            f"{p.energy_j_per_request:,.3g}",
+            _pct(p.energy_vs_large),
+            _pct(p.large_share),
+        ])
+    return out
+
+
+STATS_HEADER = ["router", "accuracy", "quality vs always-large", "J / request", "energy vs always-large",
+                "to largest model"]
+
+
+def write_html(result: SimulationResult, path: str | Path, png: bytes | None = None) -> None:
+    png = png if png is not None else plot_png(result)
+    img = base64.b64encode(png).decode("ascii")
+    esc = html.escape
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        th = "".join(f"<th>{esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+    parts = [
+        f"<h1>Simulation: policy <code>{esc(result.policy)}</code> on <code>{esc(result.outcomes)}</code></h1>",
+        f"<p>{result.requests:,} requests ({result.distinct_prompts:,} distinct prompts), models: "
+        f"{esc(', '.join(result.models))}; classifier: {esc(result.classifier)}. "
+        f"Skipped lines: {result.skipped}.</p>",
+        f'<img alt="quality vs energy" src="data:image/png;base64,{img}">',
+        "<h2>Policy and baselines</h2>",
+        table(STATS_HEADER, stats_rows(result)),
+        "<h2>Share per model (policy)</h2>",
+        table(
+            ["model", "share of requests", "share of energy"],
+            [[m, _pct(result.router.share_requests[m]), _pct(result.router.share_energy[m])] for m in result.models],
+        ),
+    ]
+    if result.router.by_segment:
+        parts += [
+            "<h2>By workload segment (policy)</h2>",
+            table(
+                ["segment", "requests", "accuracy", "always-large accuracy", "J / request", "always-large J / request"],
+                [
+                    [s, f"{int(v['requests']):,}", _pct(v["accuracy"]), _pct(v["large_accuracy"]),
+                     f"{v['energy_j_per_request']:,.3g}", f"{v['large_energy_j_per_request']:,.3g}"]
+                    for s, v in result.router.by_segment.items()
+                ],
+            ),
+        ]
+    rm = result.routing_metrics
+    if rm and "policy_sweep" in rm:
+        rows = [[name, f"{rm[key]['apgr']:.3f}", _pct(rm[key]["cpt50"]), _pct(rm[key]["cpt80"])]
+                for name, key in (("policy, accuracy target swept", "policy_sweep"),
+                                  (f"classifier score {rm['classifier_score']['score']}", "classifier_score"),
+                                  ("random", "random"), ("oracle", "oracle"))]
+        parts += [
+            f"<h2>Routing metrics ({esc(rm['weak'])} → {esc(rm['strong'])})</h2>",
+            table(["router", "APGR", "CPT(50 %)", "CPT(80 %)"], rows),
+        ]
+    if result.sweep:
+        parts += [
+            "<h2>Accuracy target sweep</h2>",
+            table(
+                ["target", "accuracy", "quality vs always-large", "J / request", "energy vs always-large"],
+                [[f"{p.target:g}", _pct(p.accuracy), _pct(p.quality_vs_large), f"{p.energy_j_per_request:,.3g}",
+                  _pct(p.energy_vs_large)] for p in result.sweep],
+            ),
+        ]
+    parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in result.notes) + "</ul>"]
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#111}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 10px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}th{background:#f3f4f6}img{max-width:100%}"
+    )
+    doc = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>router simulate: {esc(result.policy)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(doc, encoding="utf-8")

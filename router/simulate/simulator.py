@@ -1,0 +1,451 @@
+"""Replay an outcomes table through the classifier and the policy engine, without calling any model.
+
+How it runs (and why it is fast):
+
+1. Every distinct (prompt, set of measured models) is classified once (``classify_batch`` in chunks), so a file
+   that repeats prompts pays for each text once.
+2. The policy engine decides once per distinct prompt, on the model cards of the models measured for that
+   request (the router may only pick a model whose outcome we know). Budgets are not replayed: the engine
+   gets an empty budget state (a file without timestamps has no windows to spend).
+3. Each request's chosen model indexes the score and joules columns: numpy gathers over all rows.
+
+Baselines in the same run, on the same rows: always-small (cheapest general model measured for the row),
+always-large (largest tier, then most joules), random at the router's matched share (per model set, seeded),
+oracle (cheapest model with the best score on each row; needs hindsight) and a plain threshold router
+(cheapest model whose predicted P(correct) >= a threshold, else the most likely; no task rules, no budgets).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..cards import ModelCard
+from ..classify.base import Classification, RequestClassifier
+from ..policy.decision import Decision
+from .metrics import pareto_front, routing_metrics, score_curve
+from .outcomes import OutcomesTable
+
+_TIER_RANK = {"specialist": 0, "small": 1, "large": 2}
+DEFAULT_SWEEP = tuple(round(x, 3) for x in np.linspace(0.30, 1.0, 36))
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total)"""
+
+
+class DecisionEngine(Protocol):
+    """What the simulator needs from the policy engine (see :mod:`router.simulate.policy_bridge`)."""
+
+    name: str
+
+    def decide(
+        self, classification: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]
+    ) -> Decision: ...
+
+    def decide_many(
+        self,
+        classifications: Sequence[Classification],
+        cards: Mapping[str, ModelCard],
+        overrides: Mapping[str, Any],
+    ) -> list[str]:
+        """Chosen model names, the same rule as :meth:`decide` (vectorised where the engine offers it)."""
+        ...
+
+
+@dataclass
+class RunStats:
+    """One way of routing the whole table (the policy, a baseline, or a sweep point)."""
+
+    name: str
+    accuracy: float
+    quality_vs_large: float
+    energy_j_total: float
+    energy_j_per_request: float
+    energy_vs_large: float
+    large_share: float
+    share_requests: dict[str, float]
+    share_energy: dict[str, float]
+    by_segment: dict[str, dict[str, float]] = field(default_factory=dict)
+    target: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["target"] is None:
+            d.pop("target")
+        return d
+
+
+@dataclass
+class SimulationResult:
+    outcomes: str
+    policy: str
+    classifier: str
+    requests: int
+    lines_read: int
+    skipped: int
+    skipped_reasons: dict[str, int]
+    skipped_examples: list[str]
+    distinct_prompts: int
+    models: list[str]
+    large_reference: str
+    router: RunStats
+    baselines: dict[str, RunStats]
+    routing_metrics: dict[str, Any] | None
+    sweep: list[RunStats]
+    threshold_sweep: list[RunStats]
+    pareto: list[str]
+    timings_s: dict[str, float]
+    notes: list[str]
+    chosen: np.ndarray = field(repr=False)
+    """Per row: index into ``models`` of the policy's choice."""
+    reasons: list[str] = field(repr=False)
+    """Per distinct prompt group: the decision's reason."""
+    p_correct: np.ndarray = field(repr=False)
+    """float [G, M]: predicted P(correct) per group and model (NaN where not a candidate)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcomes": self.outcomes,
+            "policy": self.policy,
+            "classifier": self.classifier,
+            "requests": self.requests,
+            "lines_read": self.lines_read,
+            "skipped": self.skipped,
+            "skipped_reasons": self.skipped_reasons,
+            "skipped_examples": self.skipped_examples,
+            "distinct_prompts": self.distinct_prompts,
+            "models": self.models,
+            "large_reference": self.large_reference,
+            "accuracy": self.router.accuracy,
+            "quality_vs_large": self.router.quality_vs_large,
+            "energy_j_total": self.router.energy_j_total,
+            "energy_j_per_request": self.router.energy_j_per_request,
+            "energy_vs_large": self.router.energy_vs_large,
+            "share_requests": self.router.share_requests,
+            "share_energy": self.router.share_energy,
+            "by_segment": self.router.by_segment,
+            "routing_metrics": self.routing_metrics,
+            "baselines": {k: v.to_json() for k, v in self.baselines.items()},
+            "sweep": [s.to_json() for s in self.sweep],
+            "threshold_sweep": [s.to_json() for s in self.threshold_sweep],
+            "pareto": self.pareto,
+            "timings_s": self.timings_s,
+            "notes": self.notes,
+        }
+
+
+def segment_of(task: str) -> str:
+    """``mmlu/anatomy`` -> ``mmlu``: the workload part a task belongs to."""
+    return task.split("/", 1)[0]
+
+
+class Simulator:
+    def __init__(
+        self,
+        table: OutcomesTable,
+        cards: Mapping[str, ModelCard],
+        classifier: RequestClassifier,
+        engine: DecisionEngine,
+        *,
+        progress: Progress | None = None,
+        batch: int = 512,
+        seed: int = 0,
+    ) -> None:
+        self.t = table
+        self.cards = {m: cards[m] for m in table.models}
+        self.classifier = classifier
+        self.engine = engine
+        self.progress = progress
+        self.batch = batch
+        self.seed = seed
+        self.timings: dict[str, float] = {}
+        n, m = table.score.shape
+        self.rows = np.arange(n)
+        self._score = np.nan_to_num(table.score.astype(np.float64), nan=0.0)
+        self._energy = np.nan_to_num(table.energy_j, nan=0.0)
+        present = ~np.isnan(table.score)
+        # the largest model of each row: highest tier, then most joules on that row
+        rank = np.array([_TIER_RANK.get(self.cards[x].tier, 1) for x in table.models], dtype=np.float64)
+        key = np.where(present, rank[None, :] * 1e15 + table.energy_j, -np.inf)
+        self.large = key.argmax(axis=1)
+        general = np.array([self.cards[x].tier != "specialist" for x in table.models])
+        cheap = np.where(present & general[None, :], table.energy_j, np.inf)
+        cheap_any = np.where(present, table.energy_j, np.inf)
+        self.small = np.where(np.isfinite(cheap.min(axis=1)), cheap.argmin(axis=1), cheap_any.argmin(axis=1))
+        self.large_score = self._score[self.rows, self.large]
+        self.large_energy = self._energy[self.rows, self.large]
+        self.segments = sorted({segment_of(x) for x in table.task_names})
+        seg_of_code = np.array([self.segments.index(segment_of(x)) for x in table.task_names], dtype=np.int16)
+        self.row_segment = seg_of_code[table.tasks] if n else np.zeros(0, np.int16)
+        # a static price order for the plain threshold router: mean joules per model over the file
+        with np.errstate(invalid="ignore"):
+            self.mean_energy = np.nanmean(table.energy_j, axis=0) if n else np.zeros(m)
+        self.classifications: list[Classification] = []
+        self.p_correct = np.zeros((0, m))
+
+    # -- stages ----------------------------------------------------------------------------------------------
+    def classify(self) -> None:
+        t0 = time.perf_counter()
+        prompts = self.t.prompts
+        out: list[Classification] = []
+        for i in range(0, len(prompts), self.batch):
+            out.extend(self.classifier.classify_batch(prompts[i : i + self.batch]))
+            if self.progress:
+                self.progress("classify", min(i + self.batch, len(prompts)), len(prompts))
+        self.classifications = out
+        g, m = len(out), len(self.t.models)
+        p = np.full((g, m), np.nan)
+        for j, model in enumerate(self.t.models):
+            col = [c.p_correct.get(model, np.nan) for c in out]
+            p[:, j] = col
+        p[~self.t.group_mask] = np.nan
+        self.p_correct = p
+        self.timings["classify"] = time.perf_counter() - t0
+
+    def _model_sets(self) -> list[tuple[np.ndarray, dict[str, ModelCard]]]:
+        """Groups split by the set of models measured for them: (group indices, the cards of that set)."""
+        masks = self.t.group_mask
+        keys = masks.astype(np.int64) @ (1 << np.arange(masks.shape[1], dtype=np.int64)) if masks.size else np.zeros(
+            len(masks), np.int64
+        )
+        out = []
+        for key in np.unique(keys):
+            idx = np.nonzero(keys == key)[0]
+            cards = {m: self.cards[m] for j, m in enumerate(self.t.models) if key >> j & 1}
+            out.append((idx, cards))
+        return out
+
+    def decide(
+        self, overrides: Mapping[str, Any] | None = None, *, reasons: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
+        """Per group: index of the chosen model (and the reasons, from the scalar path, when asked)."""
+        overrides = dict(overrides or {})
+        g = len(self.classifications)
+        chosen = np.full(g, -1, dtype=np.int64)
+        why = [""] * g if reasons else []
+        col = {m: j for j, m in enumerate(self.t.models)}
+        for idx, cards in self._model_sets():
+            if reasons:
+                for k, gi in enumerate(idx):
+                    d = self.engine.decide(self.classifications[gi], cards, overrides)
+                    chosen[gi] = self._column(d.model, cards, col)
+                    why[gi] = d.reason
+                    if self.progress and (k + 1) % 2048 == 0:
+                        self.progress("decide", k + 1, len(idx))
+            else:
+                names = self.engine.decide_many([self.classifications[i] for i in idx], cards, overrides)
+                chosen[idx] = [self._column(x, cards, col) for x in names]
+        return chosen, why
+
+    @staticmethod
+    def _column(model: str, cards: Mapping[str, ModelCard], col: Mapping[str, int]) -> int:
+        if model not in cards:
+            raise ValueError(f"the policy chose `{model}`, which has no outcome for this request ({sorted(cards)})")
+        return col[model]
+
+    # -- statistics ------------------------------------------------------------------------------------------
+    def stats(self, name: str, chosen_rows: np.ndarray, target: float | None = None) -> RunStats:
+        n = len(chosen_rows)
+        score = self._score[self.rows, chosen_rows]
+        energy = self._energy[self.rows, chosen_rows]
+        total_e = float(energy.sum())
+        large_acc = float(self.large_score.mean()) if n else 0.0
+        large_e = float(self.large_energy.sum())
+        m = len(self.t.models)
+        counts = np.bincount(chosen_rows, minlength=m)
+        e_by = np.bincount(chosen_rows, weights=energy, minlength=m)
+        segs: dict[str, dict[str, float]] = {}
+        if len(self.segments) > 1:
+            for s, seg in enumerate(self.segments):
+                mask = self.row_segment == s
+                k = int(mask.sum())
+                lacc = float(self.large_score[mask].mean())
+                segs[seg] = {
+                    "requests": k,
+                    "accuracy": float(score[mask].mean()),
+                    "large_accuracy": lacc,
+                    "energy_j_per_request": float(energy[mask].sum() / k),
+                    "large_energy_j_per_request": float(self.large_energy[mask].sum() / k),
+                }
+        return RunStats(
+            name=name,
+            accuracy=float(score.mean()),
+            quality_vs_large=float(score.mean() / large_acc) if large_acc else float("nan"),
+            energy_j_total=total_e,
+            energy_j_per_request=total_e / n,
+            energy_vs_large=total_e / large_e if large_e else float("nan"),
+            large_share=float((chosen_rows == self.large).mean()),
+            share_requests={mm: float(c / n) for mm, c in zip(self.t.models, counts, strict=True)},
+            share_energy={
+                mm: float(e / total_e) if total_e else 0.0 for mm, e in zip(self.t.models, e_by, strict=True)
+            },
+            by_segment=segs,
+            target=target,
+        )
+
+    def random_matched(self, chosen_rows: np.ndarray) -> np.ndarray:
+        """Random routing with the router's exact model counts within each set of measured models."""
+        rng = np.random.default_rng(self.seed)
+        out = chosen_rows.copy()
+        sets = self.t.group_mask[self.t.group]
+        keys = sets.astype(np.int64) @ (1 << np.arange(sets.shape[1], dtype=np.int64))
+        for key in np.unique(keys):
+            idx = np.nonzero(keys == key)[0]
+            out[idx] = rng.permutation(chosen_rows[idx])
+        return out
+
+    def oracle(self) -> np.ndarray:
+        """Hindsight: the best score on the row, and among the models that reach it, the fewest joules."""
+        present = ~np.isnan(self.t.score)
+        best = np.where(present, self._score, -1.0).max(axis=1, keepdims=True)
+        cand = present & (self._score >= best - 1e-9)
+        return np.where(cand, self._energy, np.inf).argmin(axis=1)
+
+    def threshold_groups(self, tau: float) -> np.ndarray:
+        """Plain threshold router per group: cheapest (by mean joules) model with P(correct) >= tau, else the
+        most likely one."""
+        p = self.p_correct
+        order = np.argsort(self.mean_energy, kind="stable")
+        choice = np.full(len(p), -1, dtype=np.int64)
+        for j in order[::-1]:  # cheapest last, so it wins
+            ok = ~np.isnan(p[:, j]) & (p[:, j] >= tau)
+            choice[ok] = j
+        fallback = np.nanargmax(np.where(np.isnan(p), -1.0, p), axis=1) if len(p) else choice
+        return np.where(choice >= 0, choice, fallback)
+
+    # -- the whole run ---------------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        policy_name: str,
+        classifier_name: str,
+        sweep: Sequence[float] | None = None,
+        threshold: float = 0.6,
+        want_reasons: bool = False,
+        routing_sweep: Sequence[float] = DEFAULT_SWEEP,
+        scalar_limit: int = 200_000,
+    ) -> SimulationResult:
+        t_all = time.perf_counter()
+        notes: list[str] = []
+        self.classify()
+        t0 = time.perf_counter()
+        # the policy's own decision, request by request (decide_pure), unless there are very many distinct
+        # prompts; then the engine's vectorised decide_batch (tests check the two agree)
+        scalar = want_reasons or len(self.classifications) <= scalar_limit
+        group_choice, reasons = self.decide(reasons=scalar)
+        notes.append(
+            "decisions: decide_pure per distinct prompt" if scalar else
+            f"decisions: vectorised decide_batch ({len(self.classifications):,} distinct prompts > {scalar_limit:,})"
+        )
+        notes.extend(getattr(self.engine, "notes", []))
+        self.timings["decide"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        chosen = group_choice[self.t.group]
+        router = self.stats(policy_name, chosen)
+        baselines = {
+            "always-small": self.stats("always-small", self.small),
+            "always-large": self.stats("always-large", self.large),
+            "random (matched share)": self.stats("random (matched share)", self.random_matched(chosen)),
+            "oracle": self.stats("oracle", self.oracle()),
+            f"threshold {threshold:g}": self.stats(
+                f"threshold {threshold:g}", self.threshold_groups(threshold)[self.t.group], target=threshold
+            ),
+        }
+        th_sweep = [
+            self.stats("threshold", self.threshold_groups(float(t))[self.t.group], target=float(t))
+            for t in np.linspace(0.0, 1.0, 41)
+        ]
+        self.timings["baselines"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sweep_stats: list[RunStats] = []
+        targets = list(sweep) if sweep else []
+        two = self._two_model()
+        if two is not None and not targets:
+            targets = list(routing_sweep)  # an internal sweep, for APGR / CPT
+        for k, tgt in enumerate(targets):
+            gc, _ = self.decide({"accuracy_target": float(tgt)})
+            sweep_stats.append(self.stats(f"{policy_name} @ {tgt:g}", gc[self.t.group], target=float(tgt)))
+            if self.progress:
+                self.progress("sweep", k + 1, len(targets))
+        self.timings["sweep"] = time.perf_counter() - t0
+        metrics = self._routing_metrics(two, sweep_stats, router) if two is not None else None
+        if two is None:
+            notes.append("APGR/CPT need two-model data (every request measured on the same two models); not computed")
+        points = [router, *baselines.values(), *sweep_stats]
+        real = [p for p in points if p.name != "oracle"]
+        front = pareto_front([p.energy_j_total for p in real], [p.accuracy for p in real])
+        pareto = list(dict.fromkeys(real[i].name for i in front))
+        if self.t.defaulted_output_tokens:
+            notes.append(
+                f"{self.t.defaulted_output_tokens} outcomes had no output_tokens or energy_j; their joules use the "
+                "default output length"
+            )
+        measured = int(self.t.measured.sum())
+        notes.append(
+            f"joules: {measured} outcomes measured (energy_j in the file), "
+            f"{int((~np.isnan(self.t.score)).sum()) - measured} estimated from model cards"
+        )
+        notes.append("budgets are not replayed: the engine sees an empty budget state")
+        self.timings["total"] = time.perf_counter() - t_all
+        return SimulationResult(
+            outcomes=self.t.path,
+            policy=policy_name,
+            classifier=classifier_name,
+            requests=self.t.n,
+            lines_read=self.t.lines_read,
+            skipped=self.t.skipped,
+            skipped_reasons=dict(self.t.skipped_reasons),
+            skipped_examples=list(self.t.skipped_examples),
+            distinct_prompts=len(self.t.prompts),
+            models=list(self.t.models),
+            large_reference="per request: the largest-tier (then most joules) model measured for it",
+            router=router,
+            baselines=baselines,
+            routing_metrics=metrics,
+            sweep=sweep_stats if sweep else [],
+            threshold_sweep=th_sweep,
+            pareto=pareto,
+            timings_s={k: round(v, 4) for k, v in self.timings.items()},
+            notes=notes,
+            chosen=chosen,
+            reasons=reasons,
+            p_correct=self.p_correct,
+        )
+
+    def _two_model(self) -> tuple[int, int] | None:
+        """(weak, strong) columns when every row has exactly the same two models."""
+        if len(self.t.models) != 2 or not self.t.group_mask.all():
+            return None
+        large = int(np.bincount(self.large, minlength=2).argmax())
+        return 1 - large, large
+
+    def _routing_metrics(
+        self, two: tuple[int, int], sweep: list[RunStats], router: RunStats
+    ) -> dict[str, Any]:
+        weak, strong = two
+        wname, sname = self.t.models[weak], self.t.models[strong]
+        w = float(self._score[:, weak].mean())
+        s = float(self._score[:, strong].mean())
+        out: dict[str, Any] = {"weak": wname, "strong": sname, "weak_accuracy": w, "strong_accuracy": s}
+        if s == w:
+            out["note"] = "both models score the same: PGR is undefined"
+            return out
+        shares = [p.share_requests[sname] for p in sweep]
+        accs = [p.accuracy for p in sweep]
+        out["policy_sweep"] = routing_metrics(shares, accs, w, s) | {"points": len(sweep)}
+        g = self.p_correct
+        score = (g[:, strong] - g[:, weak])[self.t.group]
+        cs, ca = score_curve(score, self._score[:, weak], self._score[:, strong])
+        out["classifier_score"] = routing_metrics(cs, ca, w, s) | {"score": f"P({sname}) - P({wname})"}
+        oracle_score = (self._score[:, strong] > self._score[:, weak]).astype(float)
+        os_, oa = score_curve(oracle_score, self._score[:, weak], self._score[:, strong])
+        out["oracle"] = routing_metrics(os_, oa, w, s)
+        out["random"] = {"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8, "note": "expected value of random routing"}
+        out["this_run"] = {
+            "strong_share": router.share_requests[sname],
+            "pgr": (router.accuracy - w) / (s - w),
+        }
+        return out

@@ -1,0 +1,267 @@
+"""The ledger conformance suite: every Ledger implementation must pass every check in ``LEDGER_CHECKS``.
+
+Like scikit-learn's ``check_estimator``: one set of checks run against SQLiteLedger and RedisLedger (and any
+future ledger). Each check takes ``open_store(name)``, which returns a ledger over the store called ``name``:
+a fresh empty one the first time, the same data again when called with the same name (a reopen).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from router.ledger import Ledger, LedgerRecord, aggregate, totals_from_summary
+
+OpenStore = Callable[[str], Ledger]
+
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC: a fixed past so windows and days are deterministic
+
+
+def _rec(i: int, ts: float, **kw: object) -> LedgerRecord:
+    base: dict[str, object] = dict(
+        request_id=f"r{i}",
+        model=["smollm2-135m", "gemma3-270m", "sentiment-onnx"][i % 3],
+        tier=["small", "large", "specialist"][i % 3],
+        energy_j=0.5 + i,
+        energy_source="estimated:cpu-time",
+        outcome="error" if i % 5 == 4 else "ok",
+        reason="test",
+        input_tokens=10 + i,
+        output_tokens=3 * i,
+        latency_ms=100.0 + i,
+        policy=["balanced", None][i % 2],
+        task="chat",
+        key_hash=["key-a", "key-b", None][i % 3],
+        co2e_g=0.001 * i,
+        ts=ts,
+    )
+    base.update(kw)
+    return LedgerRecord(**base)  # type: ignore[arg-type]
+
+
+def _sample(n: int = 30, step: float = 1234.5) -> list[LedgerRecord]:
+    """Records spread over ~10 hours and two UTC days, in time order."""
+    return [_rec(i, T0 + i * step) for i in range(n)]
+
+
+def _reference_totals(recs: list[LedgerRecord], by: str) -> dict[str, tuple[int, int, float, int, int, float]]:
+    def group(r: LedgerRecord) -> str:
+        if by == "day":
+            return datetime.fromtimestamp(r.ts, tz=timezone.utc).strftime("%Y-%m-%d")
+        v = getattr(r, {"key": "key_hash"}.get(by, by))
+        return "-" if v is None else str(v)
+
+    out: dict[str, list[float]] = {}
+    for r in recs:
+        t = out.setdefault(group(r), [0, 0, 0.0, 0, 0, 0.0])
+        t[0] += 1
+        t[1] += r.outcome == "error"
+        t[2] += r.energy_j
+        t[3] += r.input_tokens
+        t[4] += r.output_tokens
+        t[5] += r.latency_ms
+    return {g: (int(t[0]), int(t[1]), t[2], int(t[3]), int(t[4]), t[5] / t[0]) for g, t in out.items()}
+
+
+def _as_tuples(totals: list[dict[str, object]]) -> dict[str, tuple[object, ...]]:
+    return {
+        str(t["group"]): (
+            t["requests"], t["errors"], t["energy_j"], t["input_tokens"], t["output_tokens"], t["mean_latency_ms"]
+        )
+        for t in totals
+    }
+
+
+def _close(a: dict[str, tuple[object, ...]], b: dict[str, tuple[object, ...]]) -> None:
+    assert a.keys() == b.keys(), (sorted(a), sorted(b))
+    for g in a:
+        for x, y in zip(a[g], b[g], strict=True):
+            assert math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-9), (g, a[g], b[g])
+
+
+# -- the checks ------------------------------------------------------------------------------------------
+
+
+def check_record_roundtrip(open_store: OpenStore) -> None:
+    """Every field comes back as written, in time order (not write order)."""
+    led = open_store("roundtrip")
+    recs = _sample(6)
+    for r in reversed(recs):
+        led.record(r)
+    got = led.records()
+    assert [r.as_dict() for r in got] == [r.as_dict() for r in recs]
+
+
+def check_records_range_and_limit(open_store: OpenStore) -> None:
+    led = open_store("range")
+    recs = _sample(10)
+    for r in recs:
+        led.record(r)
+    since, until = recs[2].ts, recs[7].ts
+    assert [r.request_id for r in led.records(since, until)] == [r.request_id for r in recs[2:7]], "until is exclusive"
+    assert [r.request_id for r in led.records(limit=3)] == ["r0", "r1", "r2"]
+    assert [r.request_id for r in led.iter_records(since, batch=3)] == [r.request_id for r in recs[2:]]
+
+
+def check_spent(open_store: OpenStore) -> None:
+    led = open_store("spent")
+    recs = _sample(12)
+    for r in recs:
+        led.record(r)
+    since = recs[3].ts
+    later = [r for r in recs if r.ts >= since]
+    assert math.isclose(led.spent(since=since), sum(r.energy_j for r in later))
+    assert math.isclose(
+        led.spent(since=since, model="gemma3-270m"), sum(r.energy_j for r in later if r.model == "gemma3-270m")
+    )
+    assert math.isclose(
+        led.spent(since=0, key_hash="key-a"), sum(r.energy_j for r in recs if r.key_hash == "key-a")
+    )
+    assert led.spent(since=recs[-1].ts + 1) == 0.0
+
+
+def check_totals(open_store: OpenStore) -> None:
+    """``totals`` equals sums computed here from the records, for every grouping, whole and from a time."""
+    led = open_store("totals")
+    recs = _sample(30)
+    for r in recs:
+        led.record(r)
+    for by in ("model", "tier", "key", "policy", "day"):
+        _close(_as_tuples(led.totals(by=by)), _reference_totals(recs, by))
+    since = recs[11].ts + 0.25  # mid-hour: partial buckets must be exact
+    _close(_as_tuples(led.totals(by="model", since=since)), _reference_totals([r for r in recs if r.ts >= since], "model"))
+
+
+def check_summary_exact_for_any_range(open_store: OpenStore) -> None:
+    """Hourly summaries plus partial hours at both ends add up to exactly the records in the range."""
+    led = open_store("summary")
+    recs = _sample(40, step=700.0)
+    for r in recs:
+        led.record(r)
+    for since, until in [(0.0, None), (T0 + 1000, T0 + 20000), (T0 + 3600, T0 + 7200), (T0 + 10, T0 + 20)]:
+        got = totals_from_summary(led.summary(since, until), "model")
+        chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
+        _close(_as_tuples(got), _as_tuples(totals_from_summary(aggregate(chosen), "model")))
+
+
+def check_reopen_keeps_everything(open_store: OpenStore) -> None:
+    led = open_store("reopen")
+    for r in _sample(5):
+        led.record(r)
+    led.try_reserve("b", 3.0, 10.0, 3600)
+    led.close()
+    again = open_store("reopen")
+    assert [r.request_id for r in again.records()] == ["r0", "r1", "r2", "r3", "r4"]
+    assert math.isclose(again.budget_used("b", 3600), 3.0)
+
+
+def check_concurrent_records(open_store: OpenStore) -> None:
+    """Threads writing at once lose nothing and the sums stay exact."""
+    led = open_store("threads")
+    per_thread, threads = 40, 4
+
+    def write(t: int) -> None:
+        for i in range(per_thread):
+            led.record(_rec(i, T0 + i, request_id=f"t{t}-{i}", energy_j=1.0))
+
+    ws = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join()
+    assert len(led.records()) == per_thread * threads
+    assert math.isclose(led.spent(since=0), per_thread * threads * 1.0)
+    assert sum(t["requests"] for t in led.totals("model")) == per_thread * threads
+
+
+def check_reserve_is_atomic_under_threads(open_store: OpenStore) -> None:
+    """8 threads race for a 100 J budget in 1 J pieces: exactly 100 reservations succeed."""
+    led = open_store("atomic")
+    wins: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        n = 0
+        for _ in range(25):
+            if led.try_reserve("shared", 1.0, 100.0, 3600) is not None:
+                n += 1
+        with lock:
+            wins.append(n)
+
+    ts = [threading.Thread(target=race) for _ in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sum(wins) == 100, wins
+    assert math.isclose(led.budget_used("shared", 3600), 100.0)
+    assert led.try_reserve("shared", 0.5, 100.0, 3600) is None
+    assert led.try_reserve("other", 0.5, 100.0, 3600) is not None, "budgets are independent"
+
+
+def check_settle(open_store: OpenStore) -> None:
+    led = open_store("settle")
+    res = led.try_reserve("b", 10.0, 20.0, 3600)
+    assert res is not None and res.joules == 10.0
+    assert math.isclose(led.budget_used("b", 3600), 10.0)
+    led.settle(res, 4.0)
+    assert math.isclose(led.budget_used("b", 3600), 4.0), "settle replaces the hold with the actual figure"
+    res2 = led.try_reserve("b", 16.0, 20.0, 3600)
+    assert res2 is not None, "settling below the hold frees room"
+    led.settle(res2, 30.0)
+    assert math.isclose(led.budget_used("b", 3600), 34.0), "an overrun is charged in full"
+    assert led.try_reserve("b", 0.1, 20.0, 3600) is None
+
+
+def check_window_rollover(open_store: OpenStore) -> None:
+    """A spent budget has room again in the next window, and the old window's spending stays there."""
+    led = open_store("rollover")
+    window = 0.4
+    now = time.time()
+    time.sleep(window - (now % window) + 0.01)  # start just after a window boundary
+    assert led.try_reserve("w", 1.0, 1.0, window) is not None
+    assert led.try_reserve("w", 1.0, 1.0, window) is None
+    time.sleep(window - (time.time() % window) + 0.01)
+    assert led.budget_used("w", window) == 0.0
+    assert led.try_reserve("w", 1.0, 1.0, window) is not None
+
+
+def check_prune(open_store: OpenStore) -> None:
+    """Retention: records before the cut-off go, the rest (and sums over them) stay exact."""
+    led = open_store("prune")
+    recs = _sample(30)
+    for r in recs:
+        led.record(r)
+    cut = recs[10].ts + 100.0  # mid-hour
+    removed = led.prune(cut)
+    kept = [r for r in recs if r.ts >= cut]
+    assert removed == len(recs) - len(kept)
+    assert [r.request_id for r in led.records()] == [r.request_id for r in kept]
+    _close(_as_tuples(led.totals("model")), _reference_totals(kept, "model"))
+    assert led.prune(cut) == 0
+
+
+LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
+    check_record_roundtrip,
+    check_records_range_and_limit,
+    check_spent,
+    check_totals,
+    check_summary_exact_for_any_range,
+    check_reopen_keeps_everything,
+    check_concurrent_records,
+    check_reserve_is_atomic_under_threads,
+    check_settle,
+    check_window_rollover,
+    check_prune,
+]
+
+
+def check_ledger(open_store: OpenStore) -> None:
+    """Run every check (each on its own store)."""
+    for check in LEDGER_CHECKS:
+        check(open_store)

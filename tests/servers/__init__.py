@@ -1,0 +1,1 @@
+"""Servers that tests and benchmarks start as real processes (test upstreams, not mocks of the proxy)."""

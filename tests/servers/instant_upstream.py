@@ -1,0 +1,110 @@
+"""TEST UPSTREAM: a trivial OpenAI-compatible chat server that answers instantly.
+
+It stands in for a real model endpoint so proxy tests and ``benchmarks/bench_proxy.py`` measure the proxy, not
+a model. Behaviour is chosen by the request's ``model`` field:
+
+- anything else: answers ``"echo: <last user message, first 40 chars>"`` at once (JSON or SSE);
+- ``slow``: streams ``tokens`` (default 200) pieces, ``delay`` (default 0.02) seconds apart, so a client can
+  hang up mid-stream;
+- ``broken``: HTTP 503 every time; ``flaky``: HTTP 500 every other call.
+
+``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
+
+Run: ``python tests/servers/instant_upstream.py --port 8001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+app = FastAPI(title="instant test upstream", docs_url=None, redoc_url=None, openapi_url=None)
+calls: Counter[str] = Counter()
+closed_early: Counter[str] = Counter()
+
+
+def _answer(body: dict) -> str:
+    last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
+    return f"echo: {str(last)[:40]}"
+
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request) -> Response:
+    body = json.loads(await request.body())
+    model = str(body.get("model", ""))
+    calls[model] += 1
+    if model == "broken" or (model == "flaky" and calls[model] % 2 == 1):
+        return JSONResponse({"error": {"message": f"{model} upstream failure", "type": "server_error"}},
+                            status_code=503 if model == "broken" else 500)
+    created = int(time.time())
+    rid = f"chatcmpl-up{calls[model]}"
+    if not body.get("stream"):
+        text = _answer(body)
+        return JSONResponse({
+            "id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        })
+
+    if model == "slow":
+        pieces = [f"t{i} " for i in range(int(body.get("max_tokens") or 200))]
+        delay = 0.02
+    else:
+        pieces = [p + " " for p in _answer(body).split()]
+        delay = 0.0
+
+    async def events() -> AsyncIterator[bytes]:
+        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+            data = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            if usage:
+                data["usage"] = usage
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        sent = 0
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            for piece in pieces:
+                if delay:
+                    await asyncio.sleep(delay)
+                sent += 1
+                yield chunk({"content": piece})
+            yield chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent})
+            yield b"data: [DONE]\n\n"
+        finally:
+            if sent < len(pieces):
+                closed_early[model] += 1
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@app.get("/v1/models")
+async def models() -> dict:
+    return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
+                                       for m in ("echo", "slow", "broken", "flaky")]}
+
+
+@app.get("/stats")
+async def stats() -> dict:
+    return {"calls": dict(calls), "closed_early": dict(closed_early)}
+
+
+def main() -> None:
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8001)
+    args = ap.parse_args()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Start the test upstream and ``router serve`` as real subprocesses on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}\n{tail}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{url}: not ready after {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextmanager
+def upstream(log_dir: Path) -> Iterator[str]:
+    """The instant TEST UPSTREAM; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    port = free_port()
+    log = log_dir / f"upstream-{port}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "servers" / "instant_upstream.py"),
+                                 "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(proc)
+
+
+def remote_card(name: str, base_url: str, upstream_model: str, tier: str = "large", per_call_j: float = 1.0,
+                max_retries: int = 1) -> str:
+    return f"""name: {name}
+tier: {tier}
+backend:
+  type: openai
+  base_url: {base_url}
+  model: {upstream_model}
+  timeout_s: 20
+  max_retries: {max_retries}
+context_length: 8192
+energy:
+  per_call_j: {per_call_j}
+  per_input_token_j: 0.01
+  per_output_token_j: 0.1
+  source: estimate
+  citation: test card for the instant test upstream
+"""
+
+
+def models_dir(folder: Path, cards: dict[str, str], specialist: bool = True) -> Path:
+    """A models folder with the shipped classifier (+ the sentiment specialist) and the given extra cards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classifier").symlink_to(ROOT / "models" / "classifier")
+    if specialist:
+        (folder / "sentiment").symlink_to(ROOT / "models" / "sentiment")
+        shutil.copy(ROOT / "models" / "sentiment-onnx.yaml", folder / "sentiment-onnx.yaml")
+    for name, text in cards.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+@contextmanager
+def router_serve(config: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 timeout: float = 90.0) -> Iterator[str]:
+    """``router serve --config CONFIG ARGS`` on a free port; yields ``http://127.0.0.1:PORT``."""
+    port = free_port()
+    log = log_dir / f"serve-{port}.log"
+    router_bin = shutil.which("router") or str(Path(sys.executable).parent / "router")
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([router_bin, "serve", "--port", str(port), "--config", str(config), *args],
+                                stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, log, timeout)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)

@@ -1,0 +1,100 @@
+"""NvmlMeter's arithmetic without a GPU: ``RecordedNvml`` is a test double that replays recorded driver
+answers (energy counter in mJ, board power in mW) through the same functions pynvml exposes, and injects the
+driver's NotSupported error to exercise the power-sampling fallback. On a GPU machine the shared meter suite
+runs against the real NVML (tests/test_meters.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from router.energy.nvml import NvmlMeter
+
+
+class RecordedNvml:
+    """Replays per-device counter readings (mJ) and power readings (mW), one per call, repeating the last."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, energy_mj: list[list[int]] | None, power_mw: list[list[int]] | None = None) -> None:
+        self.energy = energy_mj
+        self.power = power_mw
+        self.calls = {"energy": [0] * self._n(), "power": [0] * self._n()}
+        self.shutdown = False
+        self.lock = threading.Lock()
+
+    def _n(self) -> int:
+        return len(self.energy if self.energy is not None else self.power or [])
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shutdown = True
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self._n()
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:
+        return b"Recorded H100"
+
+    def _next(self, kind: str, series: list[list[int]], h: int) -> int:
+        with self.lock:
+            i = min(self.calls[kind][h], len(series[h]) - 1)
+            self.calls[kind][h] += 1
+            return series[h][i]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        if self.energy is None:
+            raise self.NVMLError("Not Supported")  # fault injected: a GPU older than Volta
+        return self._next("energy", self.energy, h)
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        assert self.power is not None
+        return self._next("power", self.power, h)
+
+
+def test_counter_mode_sums_devices() -> None:
+    # per device: the probe at construction, then start, then stop
+    nvml = RecordedNvml(energy_mj=[[1_000, 1_000, 4_500], [50_000, 50_000, 50_700]])
+    meter = NvmlMeter(nvml=nvml)
+    assert meter.mode == "counter"
+    span = meter.start()
+    r = span.stop()
+    assert r.joules == pytest.approx(3.5 + 0.7)
+    assert r.source == "measured:nvml"
+    assert "gpu0 Recorded H100 (energy counter)" in r.detail and "whole device" in r.detail
+    meter.close()
+    assert nvml.shutdown
+
+
+def test_sampling_fallback_integrates_power() -> None:
+    nvml = RecordedNvml(energy_mj=None, power_mw=[[100_000]])  # a steady 100 W
+    meter = NvmlMeter(nvml=nvml, sample_interval_s=0.01)
+    assert meter.mode == "sampling"
+    span = meter.start()
+    threading.Event().wait(0.2)
+    r = span.stop()
+    seconds = float(r.detail.split(" over ")[1].split(" s")[0])
+    assert r.joules == pytest.approx(100.0 * seconds, rel=0.1)
+    assert "power sampled every 10 ms" in r.detail
+    meter.close()
+
+
+def test_no_gpu_is_an_oserror() -> None:
+    with pytest.raises(OSError, match="no GPU"):
+        NvmlMeter(nvml=RecordedNvml(energy_mj=[]))
+
+
+def test_concurrent_spans_split_the_device() -> None:
+    nvml = RecordedNvml(energy_mj=[[0, 0, 0, 10_000, 10_000]])  # probe, start a, start b, stop a, stop b
+    meter = NvmlMeter(nvml=nvml)
+    a, b = meter.start(), meter.start()
+    ra, rb = a.stop(), b.stop()
+    assert ra.joules == pytest.approx(5.0) and rb.joules == pytest.approx(5.0)
+    assert "concurrent" in ra.detail

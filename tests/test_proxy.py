@@ -1,0 +1,334 @@
+"""The proxy end to end: a real ``router serve`` subprocess, talked to with the official ``openai`` client and raw
+httpx. Models: the shipped sentiment specialist (in-process, instant) and cards pointing at the instant TEST
+UPSTREAM (tests/servers/instant_upstream.py), so these tests take seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+
+from router.ledger import LedgerRecord, hash_key, open_ledger
+
+REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
+QUESTION = "What is the capital of France?"
+KEY_ECO = "sk-test-eco-0123456789"
+KEY_QUALITY = "sk-test-quality-abcdef"
+MAX_BODY = 64 * 1024
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class Served:
+    def __init__(self, url: str, upstream_url: str, ledger_url: str) -> None:
+        self.url = url
+        self.upstream_url = upstream_url
+        self.ledger_url = ledger_url
+
+    def client(self, key: str = "unused", **kw: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=20, **kw)
+
+    def records(self) -> list[LedgerRecord]:
+        ledger = open_ledger(self.ledger_url)
+        try:
+            return ledger.records()
+        finally:
+            ledger.close()
+
+    def record(self, request_id: str, timeout: float = 10.0) -> LedgerRecord:
+        """The ledger record of one request (the proxy writes records from a background thread)."""
+        deadline = time.time() + timeout
+        while True:
+            found = [r for r in self.records() if r.request_id == request_id]
+            if found or time.time() > deadline:
+                assert found, f"no ledger record for {request_id}"
+                return found[-1]
+            time.sleep(0.05)
+
+    def upstream_stats(self) -> dict[str, dict[str, int]]:
+        return httpx.get(self.upstream_url.removesuffix("/v1") + "/stats").json()
+
+
+def _config(tmp: Path, up: str, extra: str = "") -> tuple[Path, str]:
+    cards = {
+        "remote-echo": remote_card("remote-echo", up, "echo", tier="small"),
+        "remote-slow": remote_card("remote-slow", up, "slow", tier="large", per_call_j=5.0),
+        "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=5.0),
+    }
+    models = models_dir(tmp / "models", cards)
+    ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
+    config = tmp / "config.yaml"
+    config.write_text(
+        f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
+        f"extra:\n  proxy: {{max_body_bytes: {MAX_BODY}}}\n  cooldown: {{failures: 2, seconds: 300}}\n{extra}"
+    )
+    return config, ledger_url
+
+
+@pytest.fixture(scope="module")
+def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with upstream(tmp_path_factory.mktemp("upstream")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def served(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("proxy")
+    config, ledger_url = _config(tmp, upstream_url)
+    with router_serve(config, tmp) as url:
+        yield Served(url, upstream_url, ledger_url)
+
+
+@pytest.fixture(scope="module")
+def keyed(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("proxy_keys")
+    keys = (
+        "  keys:\n"
+        f"    - {{name: eco-team, sha256: {hashlib.sha256(KEY_ECO.encode()).hexdigest()}, policy: eco}}\n"
+        f"    - {{name: quality-team, sha256: {hashlib.sha256(KEY_QUALITY.encode()).hexdigest()}, policy: quality}}\n"
+    )
+    config, ledger_url = _config(tmp, upstream_url, keys)
+    with router_serve(config, tmp) as url:
+        yield Served(url, upstream_url, ledger_url)
+
+
+# -- the official client: non-streaming ---------------------------------------------------------------------
+def test_sentiment_request_answered_by_the_specialist(served: Served) -> None:
+    raw = served.client().chat.completions.with_raw_response.create(model="router", messages=user(REVIEW))
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "positive"
+    assert resp.model == "sentiment-onnx"
+    assert raw.headers["x-router-model"] == "sentiment-onnx"
+    assert raw.headers["x-router-tier"] == "specialist"
+    assert float(raw.headers["x-router-energy-j"]) > 0
+    assert raw.headers["x-router-reason"].isascii() and raw.headers["x-router-reason"]
+    routing = resp.model_extra["routing"]
+    assert routing["model"] == "sentiment-onnx" and routing["energy_j"] > 0 and routing["reason"]
+    assert resp.usage is not None and resp.usage.total_tokens > 0
+
+
+def test_general_request_goes_through_the_http_backend(served: Served) -> None:
+    raw = served.client().chat.completions.with_raw_response.create(model="remote-echo", messages=user(QUESTION),
+                                                                    max_tokens=16)
+    resp = raw.parse()
+    assert resp.choices[0].message.content.startswith("echo: What is the capital")
+    assert raw.headers["x-router-model"] == "remote-echo"
+    assert resp.model_extra["routing"]["energy_source"].startswith("estimated")
+    rec = served.record(resp.id)
+    assert rec.model == "remote-echo" and rec.outcome == "ok" and rec.energy_j > 0
+
+
+def test_x_request_id_is_used_as_the_ledger_id(served: Served) -> None:
+    resp = served.client().chat.completions.create(model="router", messages=user(REVIEW),
+                                                   extra_headers={"x-request-id": "req-from-client-1"})
+    assert resp.id == "req-from-client-1"
+    assert served.record("req-from-client-1").outcome == "ok"
+
+
+# -- the official client: streaming -------------------------------------------------------------------------
+def test_stream_with_usage_chunk(served: Served) -> None:
+    stream = served.client().chat.completions.create(
+        model="remote-echo", messages=user(QUESTION), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip().startswith("echo: What is the capital")
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert chunks[-1].model_extra["routing"]["model"] == "remote-echo"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_specialist_usage_in_last_chunk_by_default(served: Served) -> None:
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", timeout=20,
+                      json={"model": "router", "messages": user(REVIEW), "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-router-model"] == "sentiment-onnx"
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    last = json.loads(lines[-2][6:])
+    assert last["usage"]["total_tokens"] > 0 and last["routing"]["tier"] == "specialist"
+    assert "".join(json.loads(x[6:])["choices"][0]["delta"].get("content") or "" for x in lines[:-1]) == "positive"
+
+
+# -- errors through the official client ---------------------------------------------------------------------
+def test_unknown_model_is_404(served: Served) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        served.client().chat.completions.create(model="gpt-17-ultra", messages=user(QUESTION))
+    assert err.value.status_code == 404 and err.value.code == "model_not_found"
+
+
+def test_empty_messages_is_400(served: Served) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        served.client().chat.completions.create(model="router", messages=[])
+    assert err.value.param == "messages"
+
+
+def test_backend_failure_without_fallback_is_503_then_cooldown(served: Served) -> None:
+    client = served.client()
+    before = served.upstream_stats()["calls"].get("broken", 0)
+    for _ in range(2):  # cooldown opens after 2 consecutive failures (config: extra.cooldown)
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="remote-broken", messages=user(QUESTION))
+        assert err.value.status_code == 503 and err.value.code == "backend_unavailable"
+    after_failures = served.upstream_stats()["calls"]["broken"]
+    assert after_failures - before == 4  # each call: 1 try + 1 retry with backoff
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="remote-broken", messages=user(QUESTION))
+    assert err.value.status_code == 503 and "cooling down" in str(err.value.message)
+    assert served.upstream_stats()["calls"]["broken"] == after_failures  # short-circuited: upstream not called
+    deadline = time.time() + 10
+    while len([r for r in served.records() if r.model == "remote-broken"]) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    errors = [r for r in served.records() if r.model == "remote-broken"]
+    assert [r.outcome for r in errors[-3:]] == ["error"] * 3 and "cooling down" in (errors[-1].error or "")
+    metrics = httpx.get(f"{served.url}/metrics").text
+    assert 'router_backend_cooling_down{model="remote-broken"} 1.0' in metrics
+    assert 'router_errors_total{status="503",type="backend_unavailable"}' in metrics
+
+
+# -- raw HTTP: malformed bodies -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'"just a string"', 400, None),
+        (b'{"model": "router"}', 400, "messages"),
+        (b'{"model": "router", "messages": "hi"}', 400, "messages"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": 5}]}', 400, "messages[0].content"),
+        (b'{"model": "router", "messages": [{"role": "wizard", "content": "hi"}]}', 400, "messages[0].role"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', 400,
+         "temperature"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}', 400,
+         "max_tokens"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}', 400,
+         "max_tokens"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 400, "stream"),
+        (b'{"model": 42, "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "accuracy_target": "high"}', 400,
+         "accuracy_target"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', 400,
+         "frobnicate"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "api_key": "x"}', 400, "api_key"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}', 400, "stop"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n"),
+        (b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
+    ],
+)
+def test_malformed_bodies_get_openai_shaped_errors(served: Served, body: bytes, status: int,
+                                                   param: str | None) -> None:
+    r = httpx.post(f"{served.url}/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param
+
+
+def test_body_too_large_is_413_by_content_length_and_by_size(served: Served) -> None:
+    big = json.dumps({"model": "router", "messages": user("x" * (MAX_BODY + 10))}).encode()
+    r = httpx.post(f"{served.url}/v1/chat/completions", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the size is counted while reading
+        for i in range(0, len(big), 8192):
+            yield big[i : i + 8192]
+
+    r = httpx.post(f"{served.url}/v1/chat/completions", content=chunked(),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unknown_route_and_method(served: Served) -> None:
+    r = httpx.get(f"{served.url}/v1/nothing-here")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.get(f"{served.url}/v1/chat/completions")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+# -- models, health, metrics ----------------------------------------------------------------------------------
+def test_models_lists_router_aliases_and_cards(served: Served) -> None:
+    ids = {m.id for m in served.client().models.list()}
+    assert {"router", "sentiment-onnx", "remote-echo", "remote-slow", "remote-broken"} <= ids
+    for policy in (ROOT / "policies").glob("*.yaml"):
+        assert f"router:{policy.stem}" in ids
+
+
+def test_health(served: Served) -> None:
+    r = httpx.get(f"{served.url}/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_metrics_count_requests_joules_and_decisions(served: Served) -> None:
+    served.client().chat.completions.create(model="router", messages=user(REVIEW))
+    text = httpx.get(f"{served.url}/metrics").text
+    assert 'router_requests_total{key="-",model="sentiment-onnx",outcome="ok",tier="specialist"}' in text
+    assert 'router_energy_joules_total{key="-",model="sentiment-onnx",tier="specialist"}' in text
+    assert "router_decision_seconds_bucket" in text and "router_request_seconds_count" in text
+    assert "router_errors_total" in text
+
+
+# -- keys -----------------------------------------------------------------------------------------------------
+def test_keys_missing_or_wrong_is_401(keyed: Served) -> None:
+    r = httpx.post(f"{keyed.url}/v1/chat/completions", json={"model": "router", "messages": user(REVIEW)})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        keyed.client("sk-wrong").chat.completions.create(model="router", messages=user(REVIEW))
+
+
+def test_each_key_gets_its_policy_and_is_hashed_everywhere(keyed: Served, tmp_path: Path) -> None:
+    eco = keyed.client(KEY_ECO).chat.completions.create(model="router", messages=user(REVIEW))
+    quality = keyed.client(KEY_QUALITY).chat.completions.create(model="router", messages=user(QUESTION))
+    assert eco.model_extra["routing"]["policy"] == "eco"
+    assert quality.model_extra["routing"]["policy"] == "quality"
+    assert keyed.record(eco.id).key_hash == hash_key(KEY_ECO)
+    assert keyed.record(quality.id).key_hash == hash_key(KEY_QUALITY)
+    metrics = httpx.get(f"{keyed.url}/metrics").text
+    assert f'key="{hash_key(KEY_ECO)}"' in metrics
+    ledger_file = Path(keyed.ledger_url.removeprefix("sqlite:///"))
+    for key in (KEY_ECO, KEY_QUALITY):
+        assert key not in metrics
+        for f in ledger_file.parent.glob("ledger.sqlite3*"):
+            assert key.encode() not in f.read_bytes()
+        for log in ledger_file.parent.glob("*.log"):
+            assert key not in log.read_text(errors="replace")
+
+
+# -- client gone mid-stream -----------------------------------------------------------------------------------
+def test_disconnect_mid_stream_stops_generation_and_is_recorded(served: Served) -> None:
+    before = served.upstream_stats()["closed_early"].get("slow", 0)
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", timeout=20,
+                      json={"model": "remote-slow", "messages": user(QUESTION), "stream": True,
+                            "max_tokens": 200}) as r:
+        assert r.status_code == 200
+        got = 0
+        for line in r.iter_lines():
+            if line.startswith("data: ") and '"content":"t' in line:
+                got += 1
+                if got == 5:
+                    break  # hang up after five tokens (the upstream needs ~4 s for all 200)
+        request_id = json.loads(line[6:])["id"]
+    deadline = time.time() + 10
+    rec = None
+    while time.time() < deadline:
+        rec = next((r for r in served.records() if r.request_id == request_id), None)
+        if rec is not None:
+            break
+        time.sleep(0.1)
+    assert rec is not None, "no ledger record for the cancelled stream"
+    assert rec.outcome == "cancelled" and rec.model == "remote-slow"
+    assert 0 < rec.output_tokens < 100 and rec.energy_j > 0  # what was produced before the hang-up, not 200
+    while time.time() < deadline and served.upstream_stats()["closed_early"].get("slow", 0) == before:
+        time.sleep(0.1)
+    assert served.upstream_stats()["closed_early"].get("slow", 0) == before + 1  # upstream generation stopped

@@ -1,0 +1,94 @@
+"""`router simulate` end to end on small files: JSON shape, decisions file, plot, HTML, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_simulate_helpers import CheapestAboveTarget, FixedClassifier, make_cards_dir
+from typer.testing import CliRunner
+
+from router.cli import app
+
+MIX, GPT = "mixtral-8x7b-instruct", "gpt-4-1106-preview"
+# prompt -> (mixtral correct, gpt-4 correct, predicted P(mixtral), predicted P(gpt-4))
+ROWS = {
+    "q0": (1, 1, 0.9, 0.95),
+    "q1": (0, 1, 0.3, 0.9),
+    "q2": (1, 0, 0.8, 0.6),
+    "q3": (0, 0, 0.2, 0.4),
+    "q4": (0, 1, 0.6, 0.8),
+}
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    cards_dir = make_cards_dir(tmp_path)
+    table = {p: {MIX: r[2], GPT: r[3]} for p, r in ROWS.items()}
+    monkeypatch.setattr("router.classify.onnx_classifier.load_default_classifier", lambda _: FixedClassifier(table))
+    monkeypatch.setattr("router.simulate.policy_bridge.PolicyEngineBridge", lambda *a, **k: CheapestAboveTarget(0.7))
+    out = tmp_path / "o.jsonl"
+    lines = [
+        json.dumps({"id": f"r{i}", "prompt": p, "task": "mmlu/x",
+                    "outcomes": {MIX: {"correct": bool(r[0]), "output_tokens": 1},
+                                 GPT: {"correct": bool(r[1]), "output_tokens": 1}}})
+        for i, (p, r) in enumerate(ROWS.items())
+    ]
+    out.write_text("\n".join(lines) + "\n")
+    return out, cards_dir
+
+
+def run(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(app, ["simulate", *args, "--no-progress"])
+    return res.exit_code, res.output
+
+
+def test_json_shape_and_numbers(setup: tuple[Path, Path]) -> None:
+    out, cards = setup
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json")
+    assert code == 0, text
+    d = json.loads(text)
+    for key in ("accuracy", "quality_vs_large", "energy_j_total", "energy_j_per_request", "share_requests",
+                "share_energy", "routing_metrics", "baselines", "requests", "skipped"):
+        assert key in d
+    # target 0.7: q0 -> mixtral (0.9), q1 -> gpt (0.9), q2 -> mixtral (0.8), q3 -> gpt (most likely), q4 -> gpt
+    assert d["share_requests"] == {MIX: pytest.approx(0.4), GPT: pytest.approx(0.6)}
+    # correct: q0 mix 1, q1 gpt 1, q2 mix 1, q3 gpt 0, q4 gpt 1 -> 4 / 5; always-large (gpt-4) gets 3 / 5
+    assert d["accuracy"] == pytest.approx(0.8)
+    assert d["baselines"]["always-large"]["accuracy"] == pytest.approx(0.6)
+    assert d["baselines"]["always-small"]["accuracy"] == pytest.approx(0.4)
+    assert d["baselines"]["oracle"]["accuracy"] == pytest.approx(0.8)  # q3: neither model is right
+    assert d["quality_vs_large"] == pytest.approx(0.8 / 0.6)
+    assert set(d["baselines"]) == {"always-small", "always-large", "random (matched share)", "oracle", "threshold 0.6"}
+    rm = d["routing_metrics"]
+    assert rm["weak"] == MIX and rm["strong"] == GPT
+    assert 0 <= rm["policy_sweep"]["cpt50"] <= 1 and "apgr" in rm["classifier_score"]
+    assert sum(d["share_energy"].values()) == pytest.approx(1.0)
+
+
+def test_decisions_plot_html_and_sweep(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    out, cards = setup
+    dec, png, page = tmp_path / "d.jsonl", tmp_path / "p.png", tmp_path / "r.html"
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--decisions", str(dec),
+                     "--plot", str(png), "--html", str(page), "--sweep", "--targets", "0.5,0.7,0.9")
+    assert code == 0, text
+    lines = [json.loads(x) for x in dec.read_text().splitlines()]
+    assert [x["id"] for x in lines] == [f"r{i}" for i in range(5)]
+    assert lines[1] == {"id": "r1", "model": GPT, "p_correct": {MIX: 0.3, GPT: 0.9}, "reason": f"{GPT}: 0.90 >= 0.7"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = page.read_text()
+    assert "data:image/png;base64," in html and "always-large" in html and "<script" not in html
+    assert "accuracy target sweep" in text and "APGR" in text
+
+
+def test_bad_line_exit_code_and_skip_bad(setup: tuple[Path, Path]) -> None:
+    out, cards = setup
+    with open(out, "a") as f:
+        f.write('{"id": "bad", "prompt": "q9", "outcomes": {"gpt-4-1106-preview": {"correct": 7}}}\n')
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json")
+    assert code == 2 and f"{out}:6: " in text and "outside [0, 1]" in text
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json", "--skip-bad")
+    assert code == 0, text
+    d = json.loads(text)
+    assert d["requests"] == 5 and d["skipped"] == 1 and "line 6:" in d["skipped_examples"][0]
