@@ -96,7 +96,7 @@ def main() -> None:
         table.add_row(name, f"{q(xs, 0.5):.3f}", f"{q(xs, 0.99):.3f}", f"{statistics.mean(xs) * 1000:.3f}")
     console.print(table)
     console.print(
-        f"peak Python heap (tracemalloc, 2,000-prompt pass): {peak_py / 1e6:.1f} MB; "
+        f"peak Python heap (tracemalloc, 2,000-prompt pass): {peak_py / 1e6:.2f} MB; "
         f"peak RSS of the process: {rss_mb:.0f} MB"
     )
 

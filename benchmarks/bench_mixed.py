@@ -146,7 +146,8 @@ Accuracy-target sweep (what routing saves at each quality level):
            "J / request", "energy vs always-large", "GPT-4 share"], sweep_rows)}
 """
     if rm is None:
-        body += "\nAPGR / CPT: not defined for this mixed (more than two models) workload; see the MMLU table.\n"
+        body += ("\nAPGR / CPT: not defined for this mixed (more than two models) workload; the subject-held-out "
+                 "MMLU APGR / CPT are in the Classifier section.\n")
     if not args.no_readme:
         write_section("mixed", body)
         print("wrote the mixed-workload tables into benchmarks/README.md and", png)

@@ -70,9 +70,8 @@ context_length: 8192
 energy: {{per_call_j: 1.0, per_input_token_j: 0.01, per_output_token_j: 0.1, source: estimate,
           citation: benchmark card}}
 """)
-    (tmp / "policies").mkdir()
-    config = tmp / "config.yaml"
-    config.write_text(f"models_dir: {models}\npolicies_dir: {tmp / 'policies'}\n"
+    config = tmp / "config.yaml"  # the shipped policies: the default `balanced` decides
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
                       f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\n")
     return config
 

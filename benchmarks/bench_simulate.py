@@ -65,6 +65,7 @@ def main() -> None:
               f"{info['source_rows']:,} real rows) in {gen_s:.1f} s")
         exe = str(Path(sys.executable).parent / "router")
         cmd = [exe, "simulate", "--outcomes", str(path), "--policy", args.policy, "--json", "--no-progress"]
+        load = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
         env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -76,7 +77,7 @@ def main() -> None:
     res = json.loads(proc.stdout)
     t = res["timings_s"]
     print(f"router simulate on {res['requests']:,} requests ({res['distinct_prompts']:,} distinct prompts): "
-          f"{wall:.1f} s wall, peak RSS {rss_mb:,.0f} MB")
+          f"{wall:.1f} s wall, peak RSS {rss_mb:,.0f} MB (machine load average at start {load:.1f})")
     print("stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()) +
           f"; reading + start-up {wall - t['total']:.1f}")
     ok = wall <= 60 and rss_mb <= 2048
@@ -89,7 +90,8 @@ def main() -> None:
 
 `python benchmarks/bench_simulate.py` — {args.rows:,} outcome lines resampled (seed 0) from {info['source_rows']:,}
 real rows (RouteLLM MMLU + locally measured sentiment), then `router simulate --policy {args.policy} --json` in a
-fresh process on this 2-core machine; wall time and peak RSS of that process. Each distinct prompt is classified
+fresh process on this 2-core machine (shared: 1-minute load average {load:.1f} at start); wall time and peak RSS
+of that process. Each distinct prompt is classified
 once (ONNX classifier) and decided once with `decide_pure`; per-request work is numpy gathers.
 
 {md_table(["requests", "distinct prompts", "wall s", "read + start-up s", "classify s", "decide s",

@@ -46,7 +46,7 @@ class CpuPowerModel(BaseModel):
     idle_w: float = Field(2.0, ge=0)
     source: str = (
         "assumed: 15 W per busy core + 2 W idle share (per-core share of a 100-150 W server CPU package); "
-        "calibrate with `router energy profile`"
+        "calibrate the W-per-core constant against RAPL on your hardware (docs/energy.md)"
     )
 
 

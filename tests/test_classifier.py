@@ -106,3 +106,16 @@ def test_options_rule_and_fallback(tmp_path) -> None:  # type: ignore[no-untyped
     assert has_options("Q?\nA. x\nB. y")
     assert not has_options("What is a good name for a cat?")
     assert isinstance(load_default_classifier(tmp_path), RuleClassifier)
+
+
+@needs_model
+def test_fast_graph_and_feature_comparison_recorded() -> None:
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(FOLDER / "classifier.onnx")).graph.node}
+    assert "Normalizer" not in ops  # the slow dense op is replaced by a norm after the MatMul
+    m = json.loads((FOLDER / "classifier.json").read_text())["metrics"]
+    assert m["onnx_agreement"]["task_argmax_agreement"] >= 0.99
+    assert m["onnx_agreement"]["p_correct_max_abs_diff"] < 0.02
+    comparison = m["feature_comparison"]
+    assert "skipped" in comparison or {"minilm", "tfidf+minilm", "encoder_ms_single_thread"} <= set(comparison)

@@ -91,6 +91,7 @@ def test_four_workers_share_one_budget(redis_server: str, upstream_url: str, tmp
         if r.status_code == 429:
             err = r.json()["error"]
             assert err["code"] == "budget_exhausted" and err["message"]
+            assert int(r.headers["retry-after"]) >= 1
     ok_ids = {r.json()["id"] for r in responses if r.status_code == 200}
 
     ledger = open_ledger(ledger_url)
@@ -102,6 +103,7 @@ def test_four_workers_share_one_budget(redis_server: str, upstream_url: str, tmp
     assert {r.request_id for r in ok} == ok_ids  # every answer is in the shared ledger, once
     spent = sum(r.energy_j for r in ok)
     reservation_bound_j = 0.0  # see the module docstring
+    print(f"\n4 workers, {REQUESTS} requests: {dict(statuses)}; ledger total {spent:.2f} J of {BUDGET_J} J budget")
     assert spent <= BUDGET_J + reservation_bound_j + 1e-9, (spent, statuses)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,10 +49,8 @@ def redis_store(redis_server: str) -> Iterator[Callable[[str], Ledger]]:  # noqa
     if opened:
         opened[-1].clear()
     for led in opened:
-        try:
+        with contextlib.suppress(Exception):  # a check may have closed it already
             led.close()
-        except Exception:
-            pass
 
 
 @pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,10 +66,16 @@ def _config(tmp: Path, up: str, extra: str = "") -> tuple[Path, str]:
         "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=5.0),
     }
     models = models_dir(tmp / "models", cards)
+    policies = tmp / "policies"  # the shipped policies plus one that allows only the broken model
+    policies.mkdir()
+    for file in (ROOT / "policies").glob("*.yaml"):
+        shutil.copy(file, policies / file.name)
+    (policies / "onlybroken.yaml").write_text(
+        "name: onlybroken\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-broken]\n")
     ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
     config = tmp / "config.yaml"
     config.write_text(
-        f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
+        f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n"
         f"extra:\n  proxy: {{max_body_bytes: {MAX_BODY}}}\n  cooldown: {{failures: 2, seconds: 300}}\n{extra}"
     )
     return config, ledger_url
@@ -173,19 +180,29 @@ def test_empty_messages_is_400(served: Served) -> None:
     assert err.value.param == "messages"
 
 
-def test_backend_failure_without_fallback_is_503_then_cooldown(served: Served) -> None:
+def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
+    """Policy `onlybroken` allows only the broken model: no fallback, 503. The default policy falls back to the
+    next adequate model. After 2 consecutive failures (config: extra.cooldown) the broken backend cools down:
+    calls to it fail at once without reaching the upstream, visible in the ledger and the metrics."""
     client = served.client()
+    only_broken = {"policy": "onlybroken"}
     before = served.upstream_stats()["calls"].get("broken", 0)
-    for _ in range(2):  # cooldown opens after 2 consecutive failures (config: extra.cooldown)
-        with pytest.raises(openai.InternalServerError) as err:
-            client.chat.completions.create(model="remote-broken", messages=user(QUESTION))
-        assert err.value.status_code == 503 and err.value.code == "backend_unavailable"
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="remote-broken", messages=user(QUESTION), extra_body=only_broken)
+    assert err.value.status_code == 503 and err.value.code == "backend_unavailable"
+
+    resp = client.chat.completions.create(model="remote-broken", messages=user(QUESTION))  # default policy
+    attempts = resp.model_extra["routing"]["attempts"]
+    assert resp.model != "remote-broken" and attempts[0]["model"] == "remote-broken"
+    assert attempts[0]["outcome"] == "error" and attempts[-1]["outcome"] == "ok"
     after_failures = served.upstream_stats()["calls"]["broken"]
     assert after_failures - before == 4  # each call: 1 try + 1 retry with backoff
+
     with pytest.raises(openai.InternalServerError) as err:
-        client.chat.completions.create(model="remote-broken", messages=user(QUESTION))
+        client.chat.completions.create(model="remote-broken", messages=user(QUESTION), extra_body=only_broken)
     assert err.value.status_code == 503 and "cooling down" in str(err.value.message)
     assert served.upstream_stats()["calls"]["broken"] == after_failures  # short-circuited: upstream not called
+
     deadline = time.time() + 10
     while len([r for r in served.records() if r.model == "remote-broken"]) < 3 and time.time() < deadline:
         time.sleep(0.05)
@@ -193,7 +210,9 @@ def test_backend_failure_without_fallback_is_503_then_cooldown(served: Served) -
     assert [r.outcome for r in errors[-3:]] == ["error"] * 3 and "cooling down" in (errors[-1].error or "")
     metrics = httpx.get(f"{served.url}/metrics").text
     assert 'router_backend_cooling_down{model="remote-broken"} 1.0' in metrics
-    assert 'router_errors_total{status="503",type="backend_unavailable"}' in metrics
+    assert 'router_backend_cooldowns{model="remote-broken"} 1.0' in metrics
+    assert 'router_backend_failures_total{model="remote-broken"} 1.0' in metrics
+    assert 'router_errors_total{status="503",type="backend_unavailable"} 2.0' in metrics
 
 
 # -- raw HTTP: malformed bodies -------------------------------------------------------------------------------
@@ -261,7 +280,7 @@ def test_unknown_route_and_method(served: Served) -> None:
 def test_models_lists_router_aliases_and_cards(served: Served) -> None:
     ids = {m.id for m in served.client().models.list()}
     assert {"router", "sentiment-onnx", "remote-echo", "remote-slow", "remote-broken"} <= ids
-    for policy in (ROOT / "policies").glob("*.yaml"):
+    for policy in [*(ROOT / "policies").glob("*.yaml"), Path("onlybroken.yaml")]:
         assert f"router:{policy.stem}" in ids
 
 

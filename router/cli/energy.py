@@ -18,6 +18,8 @@ energy_app = typer.Typer(
 )
 
 _CONFIG_OPT = typer.Option(None, "--config", "-c", help="Router config YAML.")
+_PROMPTS_FILE_OPT = typer.Option(None, "--prompts-file", help="JSONL of {id, prompt, max_tokens}.")
+_MODELS_DIR_OPT = typer.Option(None, "--models-dir", help="Cards folder (default: config).")
 
 
 @energy_app.command()
@@ -62,11 +64,13 @@ def convert(
 @energy_app.command()
 def profile(
     model: str = typer.Argument(..., help="Model card name (a local model: llama.cpp or ONNX)."),
-    prompts: int | None = typer.Option(None, "--prompts", "-n", min=3, help="Use the first N prompts (default: all 20)."),
+    prompts: int | None = typer.Option(
+        None, "--prompts", "-n", min=3, help="Use the first N prompts (default: all 20)."
+    ),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Run each prompt this many times."),
     write: bool = typer.Option(True, "--write/--dry-run", help="Write the profile into the card, or only show it."),
-    prompts_file: Path | None = typer.Option(None, "--prompts-file", help="JSONL of {id, prompt, max_tokens}."),
-    models_dir: Path | None = typer.Option(None, "--models-dir", help="Cards folder (default: config)."),
+    prompts_file: Path | None = _PROMPTS_FILE_OPT,
+    models_dir: Path | None = _MODELS_DIR_OPT,
     meter_name: str | None = typer.Option(None, "--meter", help="auto | rapl | nvml | cpu-time (default: config)."),
     config: Path | None = _CONFIG_OPT,
 ) -> None:
@@ -81,7 +85,9 @@ def profile(
     console = Console()
     cards = load_cards(cfg.models_dir)
     if model not in cards:
-        console.print(f"[red]error:[/red] no model card {model!r} in {cfg.models_dir}; have: {', '.join(sorted(cards))}")
+        console.print(
+            f"[red]error:[/red] no model card {model!r} in {cfg.models_dir}; have: {', '.join(sorted(cards))}"
+        )
         raise typer.Exit(2)
     card = cards[model]
     backend = create_backend(card)

@@ -54,6 +54,13 @@ class ExportFormat(str, Enum):
     parquet = "parquet"
 
 
+_BY_OPT = typer.Option(By.model, "--by", help="Group rows by this.")
+_FORMAT_OPT = typer.Option(Format.table, "--format", "-f", help="table (default), csv, json or html.")
+_REPORT_OUTPUT_OPT = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout.")
+_PLOT_OPT = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here.")
+_EXPORT_OUTPUT_OPT = typer.Option(..., "--output", "-o", help="File to write.")
+_EXPORT_FORMAT_OPT = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet.")
+
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -147,10 +154,10 @@ def report(
     ctx: typer.Context,
     since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
     until: str | None = typer.Option(None, "--until", help="Up to (exclusive); same forms as --since."),
-    by: By = typer.Option(By.model, "--by", help="Group rows by this."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="table (default), csv, json or html."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
-    plot: Path | None = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here."),
+    by: By = _BY_OPT,
+    fmt: Format = _FORMAT_OPT,
+    output: Path | None = _REPORT_OUTPUT_OPT,
+    plot: Path | None = _PLOT_OPT,
     counterfactual: str | None = typer.Option(
         None, "--counterfactual", help="Model for the always-large estimate (default: largest callable card)."
     ),
@@ -202,8 +209,8 @@ def report(
 @ledger_app.command()
 def export(
     ctx: typer.Context,
-    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
-    fmt: ExportFormat = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet."),
+    output: Path = _EXPORT_OUTPUT_OPT,
+    fmt: ExportFormat = _EXPORT_FORMAT_OPT,
     since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
     until: str | None = typer.Option(None, "--until", help="Up to (exclusive)."),
     ledger: str | None = _LEDGER_OPT,

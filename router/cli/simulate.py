@@ -87,6 +87,11 @@ def simulate(
     except ValueError as exc:  # e.g. the policy chose a model with no outcome
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if any(t.startswith("mmlu") for t in table.task_names) and "Onnx" in result.classifier:
+        result.notes.append(
+            "the shipped classifier's P(correct) heads were trained on all RouteLLM MMLU subjects: on MMLU rows "
+            "these results are in-sample (optimistic); benchmarks/bench_mixed.py holds subjects out"
+        )
     if decisions is not None:
         write_decisions(decisions, table, result)
     png = None

@@ -7,6 +7,7 @@ Every meter here is cheap enough to wrap each request (``benchmarks/bench_meters
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -138,8 +139,7 @@ class _RaplSpan(MeterSpan):
         wall = max(time.perf_counter() - self.t0, 1e-9)
         after = meter._read()
         per_domain = [
-            rapl_delta_uj(b, a, d.max_range_uj) / 1e6
-            for b, a, d in zip(self.before, after, meter.domains, strict=True)
+            rapl_delta_uj(b, a, d.max_range_uj) / 1e6 for b, a, d in zip(self.before, after, meter.domains, strict=True)
         ]
         joules = sum(per_domain)
         parts = ", ".join(f"{d.name} {j:.3f} J" for d, j in zip(meter.domains, per_domain, strict=True))
@@ -147,9 +147,8 @@ class _RaplSpan(MeterSpan):
             # the package counts every process: charge this call its CPU-time share of the machine's cores
             share = min(1.0, cpu / (wall * meter.cpus))
             joules *= share
-            how = (
-                f"charged by CPU-time share {share:.4f} ({cpu:.4f} CPU-s of {meter.cpus} CPUs x {wall:.4f} s"
-                + (f"; process CPU split with up to {concurrent - 1} concurrent requests)" if concurrent > 1 else ")")
+            how = f"charged by CPU-time share {share:.4f} ({cpu:.4f} CPU-s of {meter.cpus} CPUs x {wall:.4f} s" + (
+                f"; process CPU split with up to {concurrent - 1} concurrent requests)" if concurrent > 1 else ")"
             )
         else:
             how = "whole package, not attributed"
@@ -172,9 +171,7 @@ class RaplMeter(Meter):
     name = "rapl"
     kind = "measured"
 
-    def __init__(
-        self, root: Path = RAPL_ROOT, attribute_by_cpu_share: bool = True, cpus: int | None = None
-    ) -> None:
+    def __init__(self, root: Path = RAPL_ROOT, attribute_by_cpu_share: bool = True, cpus: int | None = None) -> None:
         self.root = Path(root)
         self.domains = find_rapl_domains(self.root)
         if not self.domains:
@@ -192,10 +189,8 @@ class RaplMeter(Meter):
 
     def close(self) -> None:
         for fd in self._fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self._fds = []
 
 
@@ -236,8 +231,7 @@ class _CpuSpan(MeterSpan):
             joules,
             "estimated",
             "cpu-time",
-            f"{cpu_s:.4f} CPU-s x {model.watts_per_busy_core} W/core + {wall_s:.4f} s x {model.idle_w} W idle"
-            + shared,
+            f"{cpu_s:.4f} CPU-s x {model.watts_per_busy_core} W/core + {wall_s:.4f} s x {model.idle_w} W idle" + shared,
         )
 
     def __del__(self) -> None:

@@ -14,6 +14,7 @@ separated out, and the reading's detail says so.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -85,9 +86,7 @@ class _NvmlSpan(MeterSpan):
         meter = self.meter
         (joules,), n1 = meter._share.leave((meter._total_j(),), self.mark)
         concurrent = max(self.n0, n1)
-        shared = (
-            f"; device energy split with up to {concurrent - 1} concurrent requests" if concurrent > 1 else ""
-        )
+        shared = f"; device energy split with up to {concurrent - 1} concurrent requests" if concurrent > 1 else ""
         return EnergyReading(
             max(0.0, joules),
             "measured",
@@ -164,7 +163,5 @@ class NvmlMeter(Meter):
         if self._sampler is not None:
             self._sampler.close()
             self._sampler = None
-        try:
+        with contextlib.suppress(self.nvml.NVMLError):
             self.nvml.nvmlShutdown()
-        except self.nvml.NVMLError:
-            pass

@@ -205,8 +205,15 @@ def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, A
         g = group_value(row, by)
         t = acc.setdefault(
             g,
-            {"group": g, "requests": 0, "errors": 0, "energy_j": 0.0, "input_tokens": 0, "output_tokens": 0,
-             "latency_ms_sum": 0.0},
+            {
+                "group": g,
+                "requests": 0,
+                "errors": 0,
+                "energy_j": 0.0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "latency_ms_sum": 0.0,
+            },
         )
         t["requests"] += row.requests
         t["errors"] += row.requests if row.outcome == "error" else 0

@@ -82,9 +82,7 @@ return 1
 class RedisLedger(Ledger):
     """Ledger and budgets in Redis, shared by every process that points at the same server and prefix."""
 
-    def __init__(
-        self, client: redis.Redis, *, prefix: str = "router:", retention_days: float | None = None
-    ) -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = "router:", retention_days: float | None = None) -> None:
         self.r = client
         self.prefix = prefix
         self._k_records = prefix + "records"

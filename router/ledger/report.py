@@ -54,7 +54,9 @@ def counterfactual_j(row: SummaryRow, large: ModelCard | None) -> float:
     if row.model == large.name:
         return row.energy_j
     p = large.energy
-    return row.requests * p.per_call_j + row.input_tokens * p.per_input_token_j + row.output_tokens * p.per_output_token_j
+    return (
+        row.requests * p.per_call_j + row.input_tokens * p.per_input_token_j + row.output_tokens * p.per_output_token_j
+    )
 
 
 @dataclass
@@ -292,4 +294,3 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 <img alt="energy over time" src="data:image/png;base64,{png}">
 </body></html>
 """
-

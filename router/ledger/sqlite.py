@@ -74,6 +74,7 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 
+
 def path_from_url(url: str) -> Path:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///") :].split("?", 1)[0])
@@ -106,15 +107,11 @@ class SQLiteLedger(Ledger):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
-        )
+        self._conn = sqlite3.connect(self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._migrate()
-        self._insert = (
-            f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
-        )
+        self._insert = f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
         if retention_days is not None:
             self.set_retention_days(retention_days)
         self._next_prune = 0.0
@@ -166,8 +163,7 @@ class SQLiteLedger(Ledger):
                 self._conn.execute("DELETE FROM meta WHERE key = ?", (key,))
             else:
                 self._conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
 

@@ -286,7 +286,9 @@ def classifier_scores(prompts: list[str], models: list[str], classifier: Request
     return out
 
 
-def build_data(rows: OutcomeRows, cards: Mapping[str, ModelCard], scores: np.ndarray, scores_name: str) -> CalibrationData:
+def build_data(
+    rows: OutcomeRows, cards: Mapping[str, ModelCard], scores: np.ndarray, scores_name: str
+) -> CalibrationData:
     """Order models cheapest first (estimated joules on these prompts) and attach energies."""
     in_tok = np.array([-(-len(p) // 4) for p in rows.prompts])
     energy = np.stack(

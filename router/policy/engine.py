@@ -315,7 +315,7 @@ def decide_pure(
         estimates=energy,
         model_budgets=model_budgets,
         on_budget_exhausted=policy.on_budget_exhausted,
-        calibrated=bool(offsets),
+        calibrated=any(n in offsets for n in p),
     )
 
 

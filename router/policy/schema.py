@@ -103,7 +103,7 @@ class Calibrated(_Strict):
     method: str = "learn-then-test, fixed-sequence"
     n_calibration: int = Field(ge=0)
     achieved_calibration: float | None = None
-    held_out: dict[str, float] | None = Field(None, description="target vs achieved on subjects not used to fit")
+    held_out: dict[str, float | int] | None = Field(None, description="target vs achieved on subjects not used to fit")
     fitted_on: str = ""
     fitted_at: str = ""
     scores: str = ""

@@ -248,10 +248,12 @@ class Proxy:
 
     async def _sse(self, first: ChatCompletionChunk, chunks: AsyncIterator[ChatCompletionChunk],
                    key_label: str | None, include_usage: bool, t0: float) -> AsyncIterator[bytes]:
+        finished = False
         try:
             yield _event(first)
             async for chunk in chunks:
                 if chunk.routing is not None:  # the final chunk: usage and routing
+                    finished = True
                     r = chunk.routing
                     self.metrics.observe_answer(r.model, r.tier, key_label, r.energy_j, "ok", r.attempts)
                     if include_usage:  # OpenAI's shape: usage in an extra chunk with no choices
@@ -264,14 +266,19 @@ class Proxy:
             yield b"data: [DONE]\n\n"
             self.metrics.latency.observe(time.perf_counter() - t0)
         except RouterError as exc:  # after the first chunk the status is sent: report in the stream
+            finished = True
             self.metrics.observe_error(exc.code or exc.error_type, exc.http_status)
             yield b"data: " + json.dumps(exc.to_openai()).encode() + b"\n\n"
         except Exception as exc:
+            finished = True
             log.exception("stream failed")
             self.metrics.observe_error("internal_error", 500)
             yield b"data: " + json.dumps(_InternalError(f"stream failed: {type(exc).__name__}").to_openai()).encode() \
                 + b"\n\n"
         finally:
+            if not finished:  # the client went away mid-stream; the ledger has the 'cancelled' record
+                card = self.router.cards[first.model]
+                self.metrics.requests.labels(card.name, card.tier, key_label or "-", "cancelled").inc()
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -69,7 +69,12 @@ def _reference_totals(recs: list[LedgerRecord], by: str) -> dict[str, tuple[int,
 def _as_tuples(totals: list[dict[str, object]]) -> dict[str, tuple[object, ...]]:
     return {
         str(t["group"]): (
-            t["requests"], t["errors"], t["energy_j"], t["input_tokens"], t["output_tokens"], t["mean_latency_ms"]
+            t["requests"],
+            t["errors"],
+            t["energy_j"],
+            t["input_tokens"],
+            t["output_tokens"],
+            t["mean_latency_ms"],
         )
         for t in totals
     }
@@ -117,9 +122,7 @@ def check_spent(open_store: OpenStore) -> None:
     assert math.isclose(
         led.spent(since=since, model="gemma3-270m"), sum(r.energy_j for r in later if r.model == "gemma3-270m")
     )
-    assert math.isclose(
-        led.spent(since=0, key_hash="key-a"), sum(r.energy_j for r in recs if r.key_hash == "key-a")
-    )
+    assert math.isclose(led.spent(since=0, key_hash="key-a"), sum(r.energy_j for r in recs if r.key_hash == "key-a"))
     assert led.spent(since=recs[-1].ts + 1) == 0.0
 
 
@@ -132,7 +135,9 @@ def check_totals(open_store: OpenStore) -> None:
     for by in ("model", "tier", "key", "policy", "day"):
         _close(_as_tuples(led.totals(by=by)), _reference_totals(recs, by))
     since = recs[11].ts + 0.25  # mid-hour: partial buckets must be exact
-    _close(_as_tuples(led.totals(by="model", since=since)), _reference_totals([r for r in recs if r.ts >= since], "model"))
+    _close(
+        _as_tuples(led.totals(by="model", since=since)), _reference_totals([r for r in recs if r.ts >= since], "model")
+    )
 
 
 def check_summary_exact_for_any_range(open_store: OpenStore) -> None:

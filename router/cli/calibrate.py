@@ -1,0 +1,155 @@
+"""`router calibrate`: fit each policy's thresholds on held-out outcomes and write them into the policy file.
+
+Why: a predicted P(correct) compared with the target directly is only as good as the classifier's calibration.
+The fitted margin makes the *achieved* quality meet the target with a stated confidence (Learn-then-Test with a
+one-sided concentration bound; see :mod:`router.policy.calibration`), and the command reports target vs
+achieved on subjects it did not fit on.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..config import RouterConfig, embedded_dir
+from ..policy.calibration import (
+    CalibrationData,
+    build_data,
+    choose,
+    classifier_scores,
+    evaluate,
+    fit,
+    oof_scores,
+    read_outcomes,
+    split_groups,
+)
+from ..policy.loader import load_policy, write_calibrated
+from ..policy.schema import Calibrated
+
+DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
+
+
+def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path | None = None) -> CalibrationData:
+    """Outcomes + P(correct) scores (``oof``: subject-held-out refits of the classifier recipe; ``classifier``:
+    the shipped classifier, right only for traffic it was not trained on) + card energies."""
+    from ..cards import load_cards
+
+    config = RouterConfig.load()
+    cards = load_cards(models_dir or config.models_dir)
+    rows = read_outcomes(outcomes, cards)
+    if scores == "oof":
+        p = oof_scores(rows.prompts, rows.groups, rows.correct)
+        name = "out-of-fold P(correct): TF-IDF + logistic regression, 5 folds grouped by subject"
+    elif scores == "classifier":
+        from ..classify.onnx_classifier import load_default_classifier
+
+        p = classifier_scores(rows.prompts, rows.models, load_default_classifier(models_dir or config.models_dir))
+        name = "shipped classifier P(correct)"
+    else:
+        raise typer.BadParameter("--scores must be oof or classifier")
+    return build_data(rows, cards, p, name)
+
+
+def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, confidence: float, bound: str,
+                     held_out_share: float, seed: int) -> tuple[Calibrated, dict[str, Any]]:
+    """Fit on the calibration subjects, evaluate on the held-out ones; the block to write and a report."""
+    mask, held = split_groups(data.groups, held_out_share, seed)
+    cal, test = data.take(mask), data.take(~mask)
+    f = fit(cal, target_kind, target, confidence=confidence, bound=bound)
+    report: dict[str, Any] = {
+        "target_kind": target_kind, "target": target, "tau": f.tau, "feasible": f.feasible,
+        "confidence": confidence, "bound": bound, "n_calibration": f.n, "achieved_calibration": f.achieved,
+        "held_out_subjects": held,
+    }
+    held_block = None
+    if len(test.p):
+        ev = evaluate(test, choose(test, target_kind, target, f.tau))
+        raw = evaluate(test, choose(test, target_kind, target, 0.0))
+        achieved = ev["accuracy"] if target_kind == "absolute" else ev["quality_vs_large"]
+        raw_achieved = raw["accuracy"] if target_kind == "absolute" else raw["quality_vs_large"]
+        report["held_out"] = {**ev, "achieved": achieved, "met": achieved >= target}
+        report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": raw_achieved >= target}
+        held_block = {"target": target, "achieved": round(achieved, 4), "n": ev["n"],
+                      "energy_vs_large": round(ev["energy_vs_large"], 4), "subjects": len(held)}
+    block = Calibrated(
+        target_kind=target_kind,  # type: ignore[arg-type]
+        target=target,
+        offsets={m: round(v, 4) for m, v in f.offsets(data.models).items()},
+        confidence=confidence,
+        bound=bound,
+        n_calibration=f.n,
+        achieved_calibration=round(f.achieved, 4),
+        held_out=held_block,
+        fitted_at=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        scores=data.scores,
+    )
+    return block, report
+
+
+def calibrate(
+    policies: list[str] = typer.Argument(  # noqa: B008
+        None, help="Policy names or YAML files (default: every shipped policy)."
+    ),
+    outcomes: Path = typer.Option(  # noqa: B008
+        DEFAULT_OUTCOMES, "--outcomes", help="RouteLLM CSV folder/file or outcomes JSONL."
+    ),
+    scores: str = typer.Option("oof", "--scores", help="oof (subject-held-out refits) or classifier (shipped)."),
+    confidence: float = typer.Option(0.9, "--confidence", min=0.5, max=0.999, help="1 - delta of the guarantee."),
+    bound: str = typer.Option("bernstein", "--bound", help="bernstein (empirical Bernstein) or hoeffding."),
+    held_out_share: float = typer.Option(0.3, "--held-out-share", min=0.0, max=0.9,
+                                         help="Share of subjects kept out of the fit, to report on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subject split."),
+    policies_dir: Path | None = typer.Option(  # noqa: B008
+        None, "--policies-dir", help="Where policy names are looked up."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the policy files."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fit each policy's decision thresholds on held-out outcomes so achieved quality meets its target with the
+    stated confidence; write them into the policy's `calibrated` block and report target vs achieved on
+    subjects not used for fitting."""
+    from rich.console import Console
+    from rich.table import Table
+
+    folder = policies_dir or RouterConfig.load().policies_dir
+    files = [Path(p) if p.endswith((".yaml", ".yml")) else folder / f"{p}.yaml" for p in (policies or [])]
+    if not files:
+        files = sorted(folder.glob("*.yaml"))
+    for f in files:
+        if not f.is_file():
+            raise typer.BadParameter(f"{f}: no such policy file")
+    data = load_calibration_data(outcomes, scores)
+    results = {}
+    for f in files:
+        policy = load_policy(f)
+        block, report = calibrate_policy(data, policy.accuracy.kind, policy.accuracy.value, confidence=confidence,
+                                         bound=bound, held_out_share=held_out_share, seed=seed)
+        block.fitted_on = str(outcomes.name)
+        if not dry_run:
+            write_calibrated(f, block)
+        results[policy.name] = report
+    if as_json:
+        typer.echo(json.dumps({"models": data.models, "scores": data.scores, "policies": results}, indent=2))
+        return
+    table = Table(title=f"router calibrate: {outcomes.name}, {len(data.p)} requests, models {', '.join(data.models)}")
+    for col in ("policy", "target", "τ", "fit n", "fit achieved", "held-out achieved", "met", "energy vs large",
+                "uncalibrated (τ=0)"):
+        table.add_column(col, justify="right" if col not in ("policy",) else "left")
+    for name, r in results.items():
+        h, u = r.get("held_out", {}), r.get("uncalibrated_held_out", {})
+        kind = "acc" if r["target_kind"] == "absolute" else "of large"
+        table.add_row(
+            name, f"{r['target']:.2f} {kind}", f"{r['tau']:+.3f}" + ("" if r["feasible"] else " (infeasible)"),
+            str(r["n_calibration"]), f"{r['achieved_calibration']:.3f}",
+            f"{h.get('achieved', float('nan')):.3f}", "yes" if h.get("met") else "NO",
+            f"{h.get('energy_vs_large', float('nan')):.1%}",
+            f"{u.get('achieved', float('nan')):.3f} @ {u.get('energy_vs_large', float('nan')):.0%}",
+        )
+    Console(width=160).print(table)
+    n_held = len(next(iter(results.values()))["held_out_subjects"]) if results else 0
+    typer.echo(f"confidence {confidence:.0%} ({bound}); {n_held} subjects held out; "
+               + ("dry run, nothing written" if dry_run else f"wrote the calibrated block of {len(files)} file(s)"))

@@ -1,0 +1,202 @@
+"""Energy budgets: engine behaviour on a snapshot, and the Router reserving atomically against a real SQLite ledger
+(window roll-over, fallback / reject / allow-and-flag, two threads racing for the last joules)."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from router import Router, RouterConfig
+from router.backends import FaultInjectingBackend, create_backend
+from router.cards import load_cards
+from router.classify.base import Classification
+from router.errors import BudgetExhaustedError
+from router.ledger import hash_key
+from router.policy.engine import BudgetState, decide_pure
+from router.policy.loader import load_policy
+from router.policy.schema import Policy
+
+ROOT = Path(__file__).resolve().parent.parent
+REVIEW = [{"role": "user", "content": "Is this review positive or negative? 'a gorgeous, witty film'"}]
+ONNX = ROOT / "models" / "sentiment" / "sentiment.onnx"
+
+
+def specialist_card(name: str, per_call_j: float, prior: float) -> str:
+    return textwrap.dedent(f"""\
+        name: {name}
+        tier: specialist
+        tasks: [sentiment]
+        backend: {{type: onnx, path: {ONNX}, labels: [negative, positive]}}
+        context_length: 100000
+        prior_accuracy: {{sentiment: {prior}}}
+        energy: {{per_call_j: {per_call_j}, source: estimate, citation: test card}}
+        """)
+
+
+def setup(tmp_path: Path, policy: str, *, a_j: float = 1.0, b_j: float = 2.0, b_prior: float = 0.77) -> Path:
+    """Two real ONNX specialists on the shipped sentiment model: `spec-a` (cheaper) and `spec-b`."""
+    models, policies = tmp_path / "models", tmp_path / "policies"
+    models.mkdir()
+    policies.mkdir()
+    (models / "spec-a.yaml").write_text(specialist_card("spec-a", a_j, 0.77))
+    (models / "spec-b.yaml").write_text(specialist_card("spec-b", b_j, b_prior))
+    (policies / "t.yaml").write_text(textwrap.dedent(policy))
+    return tmp_path
+
+
+def make_router(root: Path, **backends) -> Router:
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}")
+    return Router(config, backends=backends or None)
+
+
+def policy(on: str, limit: float, per: float = 60, model: str = "spec-a") -> str:
+    return f"""\
+        name: t
+        accuracy: {{min_accuracy: 0.7}}
+        budgets: [{{model: {model}, joules: {limit}, per: {per}}}]
+        on_budget_exhausted: {on}
+        """
+
+
+# -- engine, on a snapshot ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local():
+    return {n: c for n, c in load_cards(ROOT / "models").items() if c.callable}
+
+
+def chat() -> Classification:
+    return Classification("chat", {"chat": 1.0}, {"smollm2-135m": 0.5, "gemma3-270m": 0.9})
+
+
+def test_engine_fallback_reject_and_flag_on_a_spent_budget(local):
+    budgets = [{"model": "gemma3-270m", "joules": 100, "per": "minute"}]
+    full = BudgetState({"model:gemma3-270m:60s": 95.0}, now=1000.0)
+    base = {"name": "t", "accuracy": {"min_accuracy": 0.8}, "budgets": budgets}
+    d = decide_pure(chat(), local, full, Policy.model_validate({**base, "on_budget_exhausted": "fallback"}), None)
+    assert d.model == "smollm2-135m" and "budget_fallback" in d.flags and "fell back to smollm2-135m" in d.reason
+    with pytest.raises(BudgetExhaustedError) as err:
+        decide_pure(chat(), local, full, Policy.model_validate({**base, "on_budget_exhausted": "reject"}), None)
+    assert err.value.retry_after_s == pytest.approx(20.0) and err.value.code == "budget_exhausted"
+    assert "95 of 100 J" in str(err.value)
+    d = decide_pure(chat(), local, full, Policy.model_validate({**base, "on_budget_exhausted": "allow_and_flag"}), None)
+    assert d.model == "gemma3-270m" and "over_budget_allowed" in d.flags and "allowed and flagged" in d.reason
+    roomy = BudgetState({"model:gemma3-270m:60s": 5.0}, now=1000.0)
+    assert decide_pure(chat(), local, roomy, Policy.model_validate(base), None).model == "gemma3-270m"
+
+
+def test_per_key_budgets_and_key_policies(local):
+    p = load_policy(ROOT / "policies" / "examples" / "per-key.yaml")
+    team_b = hash_key("sk-team-b")
+    d = decide_pure(chat(), local, None, p, {"key_hash": team_b})
+    assert d.target == 0.8  # the key's own absolute target
+    other = hash_key("sk-someone")
+    d = decide_pure(chat(), local, None, p, {"key_hash": other})
+    assert f"key:{other}:tier:large:86400s" in d.model_budgets["gemma3-270m"][1].key
+    spent = BudgetState({f"key:{other}:tier:large:86400s": 50_000.0}, now=0.0)
+    with pytest.raises(BudgetExhaustedError):  # this key's day is spent; the policy rejects
+        decide_pure(Classification("chat", {"chat": 1.0}, {"smollm2-135m": 0.1, "gemma3-270m": 0.9}), local,
+                    spent, p, {"key_hash": other})
+    # another key is not affected by that key's spending
+    assert decide_pure(chat(), local, spent, p, {"key_hash": hash_key("sk-x")}).model
+
+
+# -- Router, real SQLite ledger -------------------------------------------------------------------------------
+def test_reservation_is_settled_with_the_actual_joules(tmp_path):
+    r = make_router(setup(tmp_path, policy("reject", 100.0)))
+    resp = r.complete(REVIEW)
+    assert resp.routing.model == "spec-a"
+    assert r.ledger.budget_used("model:spec-a:60s", 60) == pytest.approx(resp.routing.energy_j)
+    r.close()
+
+
+def test_reject_then_window_rolls_over(tmp_path):
+    r = make_router(setup(tmp_path, policy("reject", 1.5, per=2)))
+    r.ledger.try_reserve("model:spec-a:2s", 1.0, 1.5, 2)  # other traffic spent 1 of 1.5 J this window
+    with pytest.raises(BudgetExhaustedError) as err:
+        r.complete(REVIEW)
+    assert 0 < err.value.retry_after_s <= 2.0 and "spec-a" in str(err.value)
+    assert [x.outcome for x in r.ledger.records()] == []  # rejected before any call
+    time.sleep(err.value.retry_after_s + 0.05)
+    assert r.complete(REVIEW).routing.model == "spec-a"  # a new window
+    r.close()
+
+
+def test_fallback_to_the_next_model_when_spent(tmp_path):
+    r = make_router(setup(tmp_path, policy("fallback", 1.5)))
+    r.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+    resp = r.complete(REVIEW)
+    assert resp.routing.model == "spec-b" and "fell back to spec-b" in resp.routing.reason
+    r.close()
+
+
+def test_allow_and_flag(tmp_path):
+    r = make_router(setup(tmp_path, policy("allow_and_flag", 1.5)))
+    r.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+    resp = r.complete(REVIEW)
+    assert resp.routing.model == "spec-a" and "allowed and flagged" in resp.routing.reason
+    rec = r.ledger.records()[-1]
+    assert rec.outcome == "ok" and "allowed and flagged" in rec.reason
+    assert r.ledger.budget_used("model:spec-a:60s", 60) > 1.0  # the spend still counts
+    r.close()
+
+
+def _race(r: Router, n: int = 2) -> tuple[list[str], list[Exception]]:
+    barrier = threading.Barrier(n)
+    models: list[str] = []
+    errors: list[Exception] = []
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            models.append(r.complete(REVIEW).routing.model)
+        except Exception as exc:  # collected and checked below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return models, errors
+
+
+def test_two_threads_cannot_both_spend_the_last_joules(tmp_path):
+    # Each call reserves its 1 J estimate; 1.5 J is left: one call fits, not two. The injected delay keeps the
+    # first call running (its reservation held) while the second reserves.
+    root = setup(tmp_path, policy("reject", 1.5))
+    cards = load_cards(root / "models")
+    slow = FaultInjectingBackend(create_backend(cards["spec-a"]), delay_s=0.5)
+    r = make_router(root, **{"spec-a": slow})
+    models, errors = _race(r)
+    assert models == ["spec-a"] and len(errors) == 1 and isinstance(errors[0], BudgetExhaustedError)
+    r.close()
+
+
+def test_race_with_fallback_sends_the_loser_to_the_next_model(tmp_path):
+    root = setup(tmp_path, policy("fallback", 1.5))
+    cards = load_cards(root / "models")
+    slow = FaultInjectingBackend(create_backend(cards["spec-a"]), delay_s=0.5)
+    r = make_router(root, **{"spec-a": slow})
+    models, errors = _race(r)
+    assert errors == [] and sorted(models) == ["spec-a", "spec-b"]
+    # the loser either saw the spent budget at decision time (snapshot) or lost the reservation at call time
+    # (then a 0 J `rejected` record says why); both leave spec-b's answer explained
+    records = r.ledger.records()
+    rejected = [x for x in records if x.outcome == "rejected"]
+    assert all(x.model == "spec-a" and x.energy_j == 0 for x in rejected) and len(rejected) <= 1
+    b = next(x for x in records if x.model == "spec-b" and x.outcome == "ok")
+    assert "model:spec-a:60s" in b.reason and "spent" in b.reason
+    r.close()
+
+
+def test_stream_checks_the_budget_before_the_first_token(tmp_path):
+    r = make_router(setup(tmp_path, policy("reject", 1.5)))
+    r.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+    with pytest.raises(BudgetExhaustedError):
+        list(r.complete(REVIEW, stream=True))
+    r.close()

@@ -1,0 +1,68 @@
+"""`router calibrate`: the risk-control fit keeps its promise on fresh data, and the command writes the block."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from router.policy.calibration import CalibrationData, choose, fit, lower_confidence, quality
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic(n: int, rng: np.random.Generator) -> CalibrationData:
+    """Two models; the small one is right with probability q (its score is a noisy view of q), the large with 0.8."""
+    q = rng.uniform(0.2, 1.0, n)
+    small = rng.random(n) < q
+    large = rng.random(n) < 0.8
+    p = np.stack([np.clip(q + rng.normal(0, 0.15, n), 0, 1), np.full(n, 0.8)], axis=1)
+    return CalibrationData(["s", "l"], p, np.stack([small, large], 1).astype(float), np.tile([1.0, 20.0], (n, 1)),
+                           np.zeros(n, dtype=object))
+
+
+def test_guarantee_holds_on_fresh_data_at_the_stated_rate():
+    rng = np.random.default_rng(0)
+    fresh = synthetic(200_000, rng)
+    misses, taus = 0, []
+    for _ in range(60):
+        f = fit(synthetic(3000, rng), "relative", 0.9, confidence=0.9, bound="bernstein")
+        taus.append(f.tau)
+        misses += quality(fresh, choose(fresh, "relative", 0.9, f.tau), "relative") < 0.9
+    assert misses / 60 <= 0.1 + 0.05  # at most delta (plus sampling slack) of fits break the target
+    assert min(taus) < 1.0  # and it does route to the small model: not a trivial always-large answer
+
+
+def test_bounds_order_and_infeasible_target():
+    z = np.r_[np.ones(900), -np.ones(100)] * 0.1
+    assert lower_confidence(z, 2.0, 0.1, "bernstein") > lower_confidence(z, 2.0, 0.1, "hoeffding")
+    data = synthetic(2000, np.random.default_rng(1))
+    f = fit(data, "absolute", 0.99, confidence=0.9)  # nobody reaches 99 %: no tau is certified
+    assert not f.feasible and f.tau == 1.0
+
+
+def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
+    from router.cli import app
+
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
+        shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    shutil.copy(ROOT / "policies" / "balanced.yaml", pol)
+    res = CliRunner().invoke(app, ["calibrate", "balanced", "--outcomes", str(data), "--policies-dir", str(pol),
+                                   "--json", "--held-out-share", "0.34"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    r = out["policies"]["balanced"]
+    assert out["models"] == ["mixtral-8x7b-instruct", "gpt-4-1106-preview"]
+    assert len(r["held_out_subjects"]) == 2 and r["held_out"]["n"] > 100 and "achieved" in r["held_out"]
+    from router.policy.loader import load_policy
+
+    cal = load_policy(pol / "balanced.yaml").calibrated
+    assert cal.offsets["gpt-4-1106-preview"] == -1.0 and cal.offsets["mixtral-8x7b-instruct"] == r["tau"]
+    assert "# balanced:" in (pol / "balanced.yaml").read_text()  # the documentation comments survive

@@ -1,0 +1,33 @@
+"""CO2e and everyday equivalents: the arithmetic, checked against hand-computed figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.energy.carbon import co2e_grams, equivalents, format_joules, kwh
+
+
+def test_one_kwh_at_the_default_grid() -> None:
+    assert kwh(3.6e6) == 1.0
+    assert co2e_grams(3.6e6) == pytest.approx(475.0)
+    assert co2e_grams(3.6e6, grid_g_per_kwh=50.0) == pytest.approx(50.0)
+
+
+def test_equivalents_of_a_kettle_boil() -> None:
+    e = equivalents(360_000.0, grid_g_per_kwh=400.0)  # 0.1 kWh
+    assert e.kettle_boils == pytest.approx(1.0)
+    assert e.phone_charges == pytest.approx(0.1 / 0.0135)
+    assert e.co2e_g == pytest.approx(40.0)
+    assert "kettle boils" in e.sentence() and "400 g/kWh" in e.sentence()
+
+
+def test_negative_grid_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        co2e_grams(1.0, -1.0)
+
+
+@pytest.mark.parametrize(
+    ("joules", "text"), [(0, "0 J"), (0.25, "250 mJ"), (12.34, "12.3 J"), (4500, "4.5 kJ"), (2.1e6, "2.1 MJ")]
+)
+def test_format_joules(joules: float, text: str) -> None:
+    assert format_joules(joules) == text

@@ -1,0 +1,110 @@
+"""`router ledger` and its report/export/prune commands on a real SQLite ledger and the shipped cards."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from router.cards import load_cards
+from router.cli import app
+from router.cli.ledger import parse_when
+from router.ledger import LedgerRecord, SQLiteLedger
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = time.time()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    led = SQLiteLedger.from_url(url)
+    rows = [
+        # (model, tier, joules, in, out, outcome, hours ago)
+        ("sentiment-onnx", "specialist", 0.01, 20, 1, "ok", 30),
+        ("smollm2-135m", "small", 4.0, 30, 20, "ok", 26),
+        ("smollm2-135m", "small", 3.0, 40, 10, "escalated", 2),
+        ("gemma3-270m", "large", 20.0, 40, 30, "ok", 2),
+        ("smollm2-135m", "small", 0.5, 10, 0, "error", 1),
+    ]
+    for i, (m, tier, j, tin, tout, outcome, ago) in enumerate(rows):
+        led.record(LedgerRecord(f"r{i}", m, tier, j, "estimated:cpu-time", outcome=outcome,  # type: ignore[arg-type]
+                                input_tokens=tin, output_tokens=tout, latency_ms=100.0, policy="balanced",
+                                ts=NOW - ago * 3600))  # fmt: skip
+    led.close()
+    return url
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_ledger_alone_prints_model_and_day_totals_with_equivalents(ledger: str) -> None:
+    out = run("ledger", "--ledger", ledger)
+    assert "Per model" in out and "Per day" in out
+    assert "smollm2-135m" in out and "gemma3-270m" in out
+    assert "phone charges" in out and "kettle boils" in out and "g CO2e" in out
+
+
+def test_report_counterfactual_is_the_large_profile_for_answered_requests(ledger: str) -> None:
+    out = run("ledger", "report", "--ledger", ledger, "--format", "csv")
+    rows = {r["model"]: r for r in csv.DictReader(io.StringIO(out))}
+    p = load_cards(ROOT / "models")["gemma3-270m"].energy
+    # answered by small models: the large profile on their tokens; escalated and error rows: nothing;
+    # answered by the large model itself: what it really used
+    expected = (
+        (p.per_call_j + 20 * p.per_input_token_j + 1 * p.per_output_token_j)
+        + (p.per_call_j + 30 * p.per_input_token_j + 20 * p.per_output_token_j)
+        + 20.0
+    )
+    total = rows["total"]
+    assert float(total["counterfactual_j"]) == pytest.approx(expected)
+    assert float(total["energy_j"]) == pytest.approx(27.51)
+    assert float(total["saved_j"]) == pytest.approx(expected - 27.51)
+    assert int(total["requests"]) == 5 and int(total["errors"]) == 1
+
+
+def test_report_formats(ledger: str, tmp_path: Path) -> None:
+    table = run("ledger", "report", "--ledger", ledger, "--by", "tier")
+    assert "Energy by tier" in table and "saved (est.)" in table and "estimate against always calling" in table
+    data = json.loads(run("ledger", "report", "--ledger", ledger, "--format", "json", "--since", "3h"))
+    assert data["total"]["requests"] == 3 and data["counterfactual_model"] == "gemma3-270m"
+    assert data["equivalents"]["phone_charges"] > 0
+    html_file, png = tmp_path / "r.html", tmp_path / "r.png"
+    run("ledger", "report", "--ledger", ledger, "--format", "html", "-o", str(html_file), "--plot", str(png))
+    assert "data:image/png;base64," in html_file.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:
+    out_csv = tmp_path / "x.csv"
+    run("ledger", "export", "--ledger", ledger, "--format", "csv", "-o", str(out_csv))
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["request_id"] for r in rows] == ["r0", "r1", "r2", "r3", "r4"]
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed: Parquet export unavailable")
+    out_pq = tmp_path / "x.parquet"
+    run("ledger", "export", "--ledger", ledger, "--format", "parquet", "-o", str(out_pq))
+    table = pq.read_table(out_pq)
+    assert table.num_rows == 5 and table.column("energy_j").to_pylist()[3] == 20.0
+
+
+def test_prune_and_retention(ledger: str) -> None:
+    assert "pruned 2 records" in run("ledger", "prune", "--ledger", ledger, "--older-than", "1d")
+    assert "retention: keep everything" in run("ledger", "retention", "--ledger", ledger)
+    out = run("ledger", "retention", "--ledger", ledger, "0.06")  # 1.44 hours: the two 2-hour-old records go
+    assert "pruned 2 records" in out and "retention: 0.06 days" in out
+
+
+def test_parse_when() -> None:
+    assert parse_when("7d", now=1_000_000.0) == 1_000_000.0 - 7 * 86400
+    assert parse_when("90m", now=10_000.0) == 10_000.0 - 5400
+    assert parse_when("2024-05-01") == 1714521600.0
+    assert parse_when("1714521600") == 1714521600.0
+    assert parse_when(None) is None

@@ -1,0 +1,50 @@
+"""Redis ledger across processes: two processes race for one budget through a real redis-server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest_redis import redis_server  # noqa: F401 - the fixture
+
+from router.ledger import LedgerRecord, open_ledger
+
+pytestmark = pytest.mark.redis
+
+RACER = """
+import sys
+from router.ledger import open_ledger
+led = open_ledger(sys.argv[1])
+wins = sum(led.try_reserve("team", 1.0, 150.0, 3600) is not None for _ in range(100))
+print(wins)
+"""
+
+
+def test_processes_share_one_budget_atomically(redis_server: str) -> None:  # noqa: F811
+    url = f"{redis_server}/0?prefix=procs:"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, url], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    wins = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(wins) == 150, wins
+    led = open_ledger(url)
+    assert led.budget_used("team", 3600) == pytest.approx(150.0)
+    led.clear()  # type: ignore[attr-defined]
+    led.close()
+
+
+def test_records_from_several_processes_add_up(redis_server: str) -> None:  # noqa: F811
+    url = f"{redis_server}/0?prefix=writers:"
+    code = (
+        "import sys\nfrom router.ledger import open_ledger, LedgerRecord\nled = open_ledger(sys.argv[1])\n"
+        "for i in range(50):\n    led.record(LedgerRecord(f'{sys.argv[2]}-{i}', 'm', 'small', 0.5, "
+        "'estimated:cpu-time', ts=1_700_000_000.0 + i))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, f"p{k}"]) for k in range(3)]
+    assert all(p.wait(60) == 0 for p in procs)
+    led = open_ledger(url)
+    assert len(led.records()) == 150
+    assert led.spent(since=0) == pytest.approx(75.0)
+    led.record(LedgerRecord("x", "m", "small", 1.0, "estimated:cpu-time", ts=1_700_000_000.0))
+    assert led.totals("model")[0]["requests"] == 151
+    led.clear()  # type: ignore[attr-defined]
+    led.close()

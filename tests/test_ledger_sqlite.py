@@ -1,0 +1,120 @@
+"""SQLite ledger durability: a kill -9 loses no committed record, v1 files migrate to v2, retention."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
+from router.ledger.sqlite import _MIGRATIONS, SCHEMA_VERSION
+
+CHILD = """
+import sys, time
+from router.ledger import LedgerRecord, SQLiteLedger
+led = SQLiteLedger(sys.argv[1])
+i = 0
+while True:
+    led.record(LedgerRecord(request_id=f"c{i}", model="smollm2-135m", tier="small", energy_j=1.0,
+                            energy_source="estimated:cpu-time", input_tokens=i, ts=time.time()))
+    print(f"c{i}", flush=True)  # only after record() returned: this one is committed
+    i += 1
+"""
+
+
+def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite3"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True)
+    committed: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.time() + 60
+    while len(committed) < 300 and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        committed.append(line.strip())
+    os.kill(proc.pid, signal.SIGKILL)  # mid-write: the child never stops writing on its own
+    rest, _ = proc.communicate(timeout=10)
+    committed += [x for x in rest.split() if x]
+    assert proc.returncode == -signal.SIGKILL
+    assert len(committed) >= 300, f"child wrote only {len(committed)} records"
+    led = SQLiteLedger(db)
+    stored = {r.request_id for r in led.records()}
+    missing = [c for c in committed if c not in stored]
+    assert not missing, f"{len(missing)} committed records lost, e.g. {missing[:5]}"
+    assert led.totals("model")[0]["requests"] == len(stored), "the summary survived the crash as well"
+    led.close()
+
+
+def _v1_file(path: Path, n: int) -> None:
+    """A ledger file exactly as schema version 1 wrote it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in _MIGRATIONS[1]:
+        conn.execute(stmt)
+    conn.execute("PRAGMA user_version=1")
+    for i in range(n):
+        conn.execute(
+            "INSERT INTO records (ts, request_id, model, tier, energy_j, energy_source, outcome, input_tokens, "
+            "output_tokens, latency_ms) VALUES (?, ?, ?, 'small', ?, 'estimated:cpu-time', 'ok', 5, 7, 10.0)",
+            (1_700_000_000 + i * 900.0, f"old{i}", ["a", "b"][i % 2], 1.5),
+        )
+    conn.close()
+
+
+def test_v1_file_migrates_to_current(tmp_path: Path) -> None:
+    db = tmp_path / "v1.sqlite3"
+    _v1_file(db, 20)
+    led = SQLiteLedger(db)
+    assert led.schema_version == SCHEMA_VERSION == 2
+    totals = {t["group"]: t for t in led.totals("model")}
+    assert totals["a"]["requests"] == 10 and totals["b"]["requests"] == 10
+    assert totals["a"]["energy_j"] == pytest.approx(15.0)
+    assert totals["a"]["output_tokens"] == 70, "the summary table was backfilled from the old records"
+    led.record(LedgerRecord("new", "a", "small", 2.0, "estimated:cpu-time", ts=1_700_000_000 + 5.0))
+    assert {t["group"]: t["requests"] for t in led.totals("model")}["a"] == 11
+    led.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "future.sqlite3"
+    SQLiteLedger(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this router"):
+        SQLiteLedger(db)
+
+
+def test_retention_is_stored_and_applied_on_open(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite3"
+    led = SQLiteLedger(db)
+    now = time.time()
+    for i, age_days in enumerate([40, 20, 5, 0.1]):
+        led.record(LedgerRecord(f"r{i}", "m", "small", 1.0, "estimated:cpu-time", ts=now - age_days * 86400))
+    led.close()
+    led = open_ledger(f"sqlite:///{db}?retention_days=30")
+    assert [r.request_id for r in led.records()] == ["r1", "r2", "r3"]
+    led.close()
+    led = SQLiteLedger(db, retention_days=10)  # a stricter setting replaces the stored one
+    assert led.retention_days == 10.0
+    assert [r.request_id for r in led.records()] == ["r2", "r3"]
+    led.close()
+    again = SQLiteLedger(db)  # another process, no setting of its own: uses the stored one
+    assert again.retention_days == 10.0
+    again.set_retention_days(None)
+    assert again.retention_days is None
+    again.close()
+
+
+def test_iter_records_pages_through_equal_timestamps(tmp_path: Path) -> None:
+    led = SQLiteLedger(tmp_path / "p.sqlite3")
+    for i in range(25):
+        led.record(LedgerRecord(f"r{i}", "m", "small", 1.0, "estimated:cpu-time", ts=1_700_000_000.0 + i // 10))
+    assert [r.request_id for r in led.iter_records(batch=4)] == [f"r{i}" for i in range(25)]
+    led.close()

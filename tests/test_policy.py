@@ -1,0 +1,210 @@
+"""The policy engine's rules, overrides and reasons, and the policy file loader's errors (issue 6)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.classify.base import Classification
+from router.errors import BadRequestError, ConfigError
+from router.policy.engine import BudgetState, Overrides, decide_batch, decide_pure
+from router.policy.loader import check_models, load_policies, load_policy, write_calibrated
+from router.policy.schema import Calibrated, Policy
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+
+
+def pol(**kw) -> Policy:
+    base = {"name": "t", "accuracy": {"min_accuracy": 0.8}}
+    base.update(kw)
+    return Policy.model_validate(base)
+
+
+def cls(task: str, **p: float) -> Classification:
+    return Classification(task=task, task_probs={task: 0.9}, p_correct={k.replace("_", "-"): v for k, v in p.items()})
+
+
+@pytest.fixture(scope="module")
+def local(cards):
+    return {n: c for n, c in cards.items() if c.callable}
+
+
+# -- shipped files --------------------------------------------------------------------------------------------
+def test_shipped_policies_load_name_known_models_and_are_calibrated(cards):
+    policies = load_policies(POLICIES, recursive=True)
+    assert {"eco", "balanced", "quality", "per-key"} <= set(policies)
+    for p in policies.values():
+        check_models(p, set(cards))
+    for name in ("eco", "balanced", "quality"):
+        cal = policies[name].calibrated
+        assert cal is not None and cal.target == policies[name].accuracy.value
+        assert cal.held_out is not None and cal.held_out["n"] > 1000
+        assert (POLICIES / f"{name}.yaml").read_text().startswith(f"# {name}:")  # documented in the file
+
+
+# -- rules ----------------------------------------------------------------------------------------------------
+def test_specialist_only_for_its_task_and_reason_names_the_facts(local):
+    d = decide_pure(cls("sentiment", sentiment_onnx=0.86, smollm2_135m=0.3, gemma3_270m=0.1), local, None, pol(),
+                    {"input_tokens_hint": 20})
+    assert d.model == "sentiment-onnx" and d.tier == "specialist"
+    assert d.reason.startswith("sentiment task → sentiment-onnx; predicted 0.86 ≥ target 0.80; 0.005 J vs")
+    assert "for smollm2-135m" in d.reason
+    assert d.predicted_accuracy == 0.86 and d.target == 0.8 and d.estimated_j == pytest.approx(0.005)
+    chat = decide_pure(cls("chat", sentiment_onnx=0.99, smollm2_135m=0.3), local, None, pol(), None)
+    assert chat.model != "sentiment-onnx"  # a specialist never takes a task that is not on its card
+    assert "sentiment-onnx" not in chat.candidates
+
+
+def test_least_energy_model_that_meets_the_target(local):
+    d = decide_pure(cls("chat", smollm2_135m=0.5, gemma3_270m=0.9), local, None, pol(), None)
+    assert d.model == "gemma3-270m" and "predicted 0.90 ≥ target 0.80" in d.reason
+    d = decide_pure(cls("chat", smollm2_135m=0.85, gemma3_270m=0.9), local, None, pol(), None)
+    assert d.model == "smollm2-135m" and d.fallbacks[0] == "gemma3-270m"
+
+
+def test_relative_target_uses_the_largest_candidate(local):
+    p = pol(accuracy={"relative_to_largest": 0.9})
+    d = decide_pure(cls("chat", smollm2_135m=0.72, gemma3_270m=0.8), local, None, p, None)
+    assert d.model == "smollm2-135m" and d.target == pytest.approx(0.72)
+    assert "90% of gemma3-270m's 0.80" in d.reason
+    d = decide_pure(cls("chat", smollm2_135m=0.71, gemma3_270m=0.8), local, None, p, None)
+    assert d.model == "gemma3-270m"
+
+
+def test_no_model_meets_target_picks_the_most_accurate_and_flags(local):
+    d = decide_pure(cls("chat", smollm2_135m=0.4, gemma3_270m=0.3), local, None, pol(), None)
+    assert d.model == "smollm2-135m" and "target_unmet" in d.flags and "no candidate meets" in d.reason
+
+
+def test_missing_classifier_estimate_falls_back_to_card_prior_then_tier_default(local):
+    d = decide_pure(cls("sentiment"), local, None, pol(accuracy={"min_accuracy": 0.7}), None)
+    assert d.model == "sentiment-onnx" and d.prediction_source == "card prior" and "(card prior)" in d.reason
+    d = decide_pure(cls("chat"), local, None, pol(accuracy={"min_accuracy": 0.6}), None)
+    assert d.prediction_source == "tier default" and d.model == "gemma3-270m"  # large default 0.7 ≥ 0.6 > 0.5
+
+
+def test_overrides_accuracy_target_max_energy_and_pin(local):
+    c = cls("chat", smollm2_135m=0.6, gemma3_270m=0.9)
+    assert decide_pure(c, local, None, pol(), None).model == "gemma3-270m"
+    assert decide_pure(c, local, None, pol(), {"accuracy_target": 0.5}).model == "smollm2-135m"
+    capped = decide_pure(c, local, None, pol(), Overrides(max_energy_j=40.0, input_tokens_hint=10))
+    assert capped.model == "smollm2-135m"
+    with pytest.raises(BadRequestError, match="max_energy_j=0.001"):
+        decide_pure(c, local, None, pol(), {"max_energy_j": 0.001})
+    pinned = decide_pure(c, local, None, pol(), {"pinned": "smollm2-135m"})
+    assert pinned.model == "smollm2-135m" and "pinned by the caller" in pinned.reason
+    with pytest.raises(BadRequestError, match="unknown override"):
+        decide_pure(c, local, None, pol(), {"acuracy_target": 0.5})
+
+
+def test_policy_pins_and_allowed_models(local):
+    c = cls("sentiment", sentiment_onnx=0.9, smollm2_135m=0.3, gemma3_270m=0.2)
+    d = decide_pure(c, local, None, pol(pinned={"sentiment": "gemma3-270m"}), None)
+    assert d.model == "gemma3-270m" and "policy `t` pins sentiment" in d.reason
+    d = decide_pure(c, local, None, pol(allowed_models=["smollm2-135m", "gemma3-270m"]), None)
+    assert d.model == "smollm2-135m" and "sentiment-onnx" not in d.candidates
+    with pytest.raises(BadRequestError, match="not allowed"):
+        decide_pure(c, local, None, pol(allowed_models=["smollm2-135m"]), {"pinned": "gemma3-270m"})
+
+
+def test_calibrated_offsets_apply_only_to_the_policys_own_target(local):
+    cal = Calibrated(target_kind="absolute", target=0.8, offsets={"smollm2-135m": -0.1}, confidence=0.9,
+                     n_calibration=100)
+    c = cls("chat", smollm2_135m=0.75, gemma3_270m=0.9)
+    d = decide_pure(c, local, None, pol(calibrated=cal), None)
+    assert d.model == "smollm2-135m" and d.calibrated and "calibrated margin -0.100" in d.reason
+    assert decide_pure(c, local, None, pol(calibrated=cal), {"accuracy_target": 0.8}).model == "gemma3-270m"
+
+
+def test_cascade_escalates_to_the_next_more_accurate_model(local):
+    p = pol(accuracy={"min_accuracy": 0.5}, cascade={"enabled": True, "escalate_below": 0.7})
+    d = decide_pure(cls("chat", smollm2_135m=0.6, gemma3_270m=0.9), local, None, p, None)
+    assert d.model == "smollm2-135m" and d.escalate_to == ("gemma3-270m",) and d.escalate_below == 0.7
+    cheap = pol(accuracy={"min_accuracy": 0.8}, cascade={"enabled": True, "start": "cheapest"})
+    d = decide_pure(cls("chat", smollm2_135m=0.6, gemma3_270m=0.9), local, None, cheap, None)
+    assert d.model == "smollm2-135m" and d.escalate_to == ("gemma3-270m",)
+
+
+def test_decide_pure_is_pure_and_deterministic(local):
+    c = cls("chat", smollm2_135m=0.6, gemma3_270m=0.9)
+    state = BudgetState({"tier:large:3600s": 10.0}, now=123.0)
+    p = pol(budgets=[{"model": "tier:large", "joules": 1000, "per": "hour"}])
+    assert decide_pure(c, local, state, p, None) == decide_pure(c, local, state, p, None)
+
+
+def test_decide_batch_matches_decide_pure(cards):
+    hosted = {n: cards[n] for n in ("llama-3-8b-instruct", "mixtral-8x7b-instruct", "llama-3-70b-instruct",
+                                    "gpt-4-1106-preview")}
+    names = list(hosted)
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.2, 0.95, size=(300, len(names)))
+    for spec in ({"min_accuracy": 0.7}, {"relative_to_largest": 0.9}):
+        policy = pol(accuracy=spec)
+        energies = np.array([hosted[n].energy.joules(64, 128) for n in names])
+        ref = int(np.argmax(energies))
+        batch = decide_batch(p, energies, policy.accuracy.value, relative="relative_to_largest" in spec,
+                             reference=ref)
+        for i in range(len(p)):
+            c = cls("multiple_choice", **{n.replace("-", "_"): float(v) for n, v in zip(names, p[i], strict=True)})
+            assert names[batch[i]] == decide_pure(c, hosted, None, policy, {"input_tokens_hint": 64}).model
+
+
+# -- loader errors -------------------------------------------------------------------------------------------
+def write(tmp_path: Path, text: str, name: str = "bad.yaml") -> Path:
+    f = tmp_path / name
+    f.write_text(textwrap.dedent(text))
+    return f
+
+
+def test_unknown_field_names_file_line_field_and_fix(tmp_path):
+    f = write(tmp_path, """\
+        name: bad
+        accuracy:
+          min_accuracy: 0.8
+        budgets:
+          - model: gemma3-270m
+            jouls: 100
+        """)
+    with pytest.raises(ConfigError) as err:
+        load_policy(f)
+    msg = str(err.value)
+    assert f"{f}:6: field `budgets.0.jouls`" in msg and "fix: remove it or check the spelling" in msg
+    assert f"{f}:5: field `budgets.0.joules`" in msg and "Field required" in msg
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("accuracy: {min_accuracy: 0.8, relative_to_largest: 0.9}\n", "give exactly one of `min_accuracy`"),
+        ("accuracy: {min_accuracy: 1.5}\n", "field `accuracy.min_accuracy`"),
+        ("accuracy: {min_accuracy: 0.8}\non_budget_exhausted: explode\n", "bad.yaml:2: field `on_budget_exhausted`"),
+        ("accuracy: {min_accuracy: 0.8}\nbudgets: [{joules: 5, per: -3}]\n", "window in seconds must be positive"),
+        ("name: bad\n", "field `accuracy`: Field required"),
+        ("accuracy: [unclosed\n", "not valid YAML"),
+        ("- just a list\n", "a policy is a YAML mapping"),
+    ],
+)
+def test_bad_policy_files(tmp_path, body, needle):
+    with pytest.raises(ConfigError) as err:
+        load_policy(write(tmp_path, body))
+    assert needle in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_unknown_model_in_policy_is_named(tmp_path, cards):
+    p = load_policy(write(tmp_path, "accuracy: {min_accuracy: 0.8}\npinned: {sentiment: gpt-17}\n"))
+    with pytest.raises(ConfigError, match="unknown model.*gpt-17.*use one of"):
+        check_models(p, set(cards), "bad.yaml")
+
+
+def test_write_calibrated_keeps_comments_and_replaces_the_block(tmp_path):
+    f = write(tmp_path, "# keep me\nname: x\naccuracy:\n  min_accuracy: 0.7  # and me\n", "x.yaml")
+    block = Calibrated(target_kind="absolute", target=0.7, offsets={"a": 0.01}, confidence=0.9, n_calibration=5)
+    write_calibrated(f, block)
+    write_calibrated(f, block.model_copy(update={"offsets": {"a": 0.02}}))
+    text = f.read_text()
+    assert text.count("calibrated:") == 1 and "# keep me" in text and "# and me" in text
+    assert load_policy(f).calibrated.offsets == {"a": 0.02}
