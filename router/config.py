@@ -37,8 +37,8 @@ class CpuPowerModel(BaseModel):
 
     Defaults: ~15 W per fully busy core is the per-core share of a 2-core slice of a ~100-150 W TDP server
     CPU at load (TDP / cores, e.g. Intel Xeon 8-10 W/core to AMD EPYC 7003 ~4-8 W/core plus uncore and
-    DRAM); `idle_w` is a share of idle power attributed while the call runs. Tune them with
-    ``router energy profile`` on a machine with RAPL.
+    DRAM); `idle_w` is a share of idle power attributed while the call runs. Tune them against
+    RAPL on your own hardware (docs/energy.md).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +63,7 @@ class RouterConfig(BaseModel):
     meter: str = Field("auto", description="auto | rapl | nvml | cpu-time")
     cpu_power: CpuPowerModel = Field(default_factory=CpuPowerModel)
     grid_g_per_kwh: float = Field(
-        475.0, ge=0, description="grid carbon intensity; default: IEA world average 2022, ~475 gCO2/kWh"
+        475.0, ge=0, description="grid carbon intensity; default ~475 gCO2e/kWh, the IEA global average (router/energy/carbon.py)"
     )
     max_prompt_chars: int = Field(1_000_000, gt=0, description="requests above this are rejected")
     classifier_max_chars: int = Field(4_000, gt=0, description="the classifier reads at most this much")
