@@ -63,7 +63,9 @@ class RouterConfig(BaseModel):
     meter: str = Field("auto", description="auto | rapl | nvml | cpu-time")
     cpu_power: CpuPowerModel = Field(default_factory=CpuPowerModel)
     grid_g_per_kwh: float = Field(
-        475.0, ge=0, description="grid carbon intensity; default ~475 gCO2e/kWh, the IEA global average (router/energy/carbon.py)"
+        475.0,
+        ge=0,
+        description="grid carbon intensity; default ~475 gCO2e/kWh, the IEA global average (energy/carbon.py)",
     )
     max_prompt_chars: int = Field(1_000_000, gt=0, description="requests above this are rejected")
     classifier_max_chars: int = Field(4_000, gt=0, description="the classifier reads at most this much")

@@ -40,8 +40,10 @@ def test_export_metadata_records_agreement_with_the_reference() -> None:
 @pytest.mark.slow
 @needs_encoder
 def test_int8_encoder_matches_sentence_transformers() -> None:
-    pytest.importorskip("torch", reason="the `embeddings` extra (torch) is not installed")
-    st = pytest.importorskip("sentence_transformers", reason="the `embeddings` extra is not installed")
+    pytest.importorskip("torch", reason="the `embeddings` extra (torch) is not installed", exc_type=ImportError)
+    st = pytest.importorskip(
+        "sentence_transformers", reason="the `embeddings` extra is not installed", exc_type=ImportError
+    )
     from router.training.embeddings import MAX_TOKENS, source_dir
 
     texts = ["a gorgeous, witty, seductive movie.", "dull and painfully slow.", "What is 12 times 7?"]

@@ -54,12 +54,19 @@ class LlamaCppBackend(Backend):
         self.model_path = resolve_gguf(spec.weights, card)
         self.n_threads = n_threads or spec.n_threads or max(1, os.cpu_count() or 1)
         self._llm: Any = None
-        self._lock = threading.RLock()
+        # A plain Lock (not RLock): a stream abandoned in one thread may be finalised in another, and only
+        # a Lock can be released from a thread other than the one that took it.
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     @property
     def llm(self) -> Any:
         """The llama.cpp model, loaded on first use (a few hundred ms for these sizes)."""
-        if self._llm is None:
+        if self._llm is not None:
+            return self._llm
+        with self._load_lock:
+            if self._llm is not None:
+                return self._llm
             import llama_cpp._logger as llama_logger
             from llama_cpp import Llama
 
@@ -78,8 +85,7 @@ class LlamaCppBackend(Backend):
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
-        with self._lock:
-            return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
+        return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> int:
         if self.spec.prompt_style == "completion":
@@ -148,10 +154,16 @@ class LlamaCppBackend(Backend):
         return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False)) if text else 0
 
     def close(self) -> None:
-        with self._lock:
-            if self._llm is not None:
-                self._llm.close() if hasattr(self._llm, "close") else None
+        # Wait for a generation in progress, but never hang shutdown on an abandoned one.
+        acquired = self._lock.acquire(timeout=30)
+        try:
+            if self._llm is not None and acquired:
+                if hasattr(self._llm, "close"):
+                    self._llm.close()
                 self._llm = None
+        finally:
+            if acquired:
+                self._lock.release()
 
 
 def _chat_text(piece: dict[str, Any]) -> tuple[str, str | None]:

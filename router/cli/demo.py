@@ -17,7 +17,7 @@ DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
         "How much change does she get?",
         {},
     ),
-    ("Name a planet in our solar system that has rings.", {"policy": "quality"}),
+    ("Name a planet in our solar system that has rings.", {"model": "gemma3-270m"}),
 ]
 
 
@@ -50,7 +50,7 @@ def demo(
             wall = (time.perf_counter() - t0) * 1000
         r = resp.routing
         total_j += r.energy_j
-        note = f"  [dim](caller asked policy={extra['policy']})[/]" if extra else ""
+        note = "".join(f"  [dim](caller set {k}={v})[/]" for k, v in extra.items())
         table.add_row(
             text + note,
             f"{r.model}\n({r.tier})",

@@ -25,6 +25,9 @@ def _progress() -> Progress:
 def specialist(
     task: str = typer.Argument(..., help="Which specialist: `sentiment`."),
     out: Path = typer.Option(None, help="Output folder (default: models/sentiment)."),  # noqa: B008
+    compare_embeddings: bool = typer.Option(
+        True, "--embeddings/--no-embeddings", help="Also measure a MiniLM ensemble candidate (not shipped)."
+    ),
 ) -> None:
     """Train a task specialist, export it to ONNX and write its metrics JSON."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +39,9 @@ def specialist(
     with _progress() as progress:
         step = progress.add_task("sentiment specialist", total=None)
         metrics = train_sentiment(
-            out_dir=out or MODELS_DIR / "sentiment", progress=lambda msg: progress.update(step, description=msg)
+            out_dir=out or MODELS_DIR / "sentiment",
+            progress=lambda msg: progress.update(step, description=msg),
+            compare_embeddings=compare_embeddings,
         )
     table = Table(title=f"sentiment specialist: {metrics['model']}")
     table.add_column("model / check")
@@ -48,6 +53,10 @@ def specialist(
         table.add_row(f"baseline {name}", f"{acc:.2%}")
     table.add_row("ONNX vs sklearn label agreement", f"{metrics['onnx_sklearn_label_agreement']:.2%}")
     table.add_row("ONNX ms / request (1 thread)", f"{metrics['onnx_ms_per_request_single_thread']:.3f}")
+    for name, cand in metrics["not_shipped_candidates"].items():
+        if isinstance(cand, dict):
+            table.add_row(f"not shipped: {name}", f"{cand['test_accuracy']:.2%}")
+            table.add_row("  its MiniLM encoder ms / sentence", f"{cand['encoder_ms_per_sentence_single_thread']:.2f}")
     console.print(table)
 
 

@@ -6,9 +6,10 @@ the graph, quantises the weights to int8 (~23 MB, shipped) and checks the result
 sentence-transformers. At run time only ``onnxruntime`` and ``tokenizers`` (a transformers dependency) are
 needed: :class:`OnnxEncoder` tokenises with the shipped ``tokenizer.json`` and runs the int8 graph.
 
-Why int8 and 128 tokens: the encoder is what makes embeddings expensive per request, and the comparison
-is quality versus latency; dynamic int8 quantisation keeps cosine agreement with the fp32 model above 0.98
-while cutting CPU time roughly in half, and 128 word pieces cover the question part of almost every prompt.
+Why int8 (per channel) and 128 tokens: the encoder is what makes embeddings expensive per request, and the
+comparison is quality versus latency; per-channel dynamic int8 keeps cosine agreement with
+sentence-transformers at min 0.983 / mean 0.991 (per-tensor int8 fell to min 0.874) in a 23 MB file (fp32:
+90 MB, not shipped), and 128 word pieces bound the cost of long prompts (~4 ms per request on one core).
 """
 
 from __future__ import annotations

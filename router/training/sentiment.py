@@ -193,6 +193,7 @@ def train_sentiment(
     data_dir: Path = DATA_DIR / "sentiment_polarity",
     out_dir: Path = MODELS_DIR / "sentiment",
     progress: Progress | None = None,
+    compare_embeddings: bool = True,
 ) -> dict[str, Any]:
     """Select a model on the validation split, refit it on train + validation, test once on the held-out
     20 %, export to ONNX, check the graph agrees with sklearn, and write ``metrics.json``."""
@@ -209,9 +210,11 @@ def train_sentiment(
         for kind in ("lr", "nb")
     }
     validation: dict[str, float] = {}
+    fitted: dict[str, Pipeline] = {}
     for name, fit in CANDIDATES.items():
         say(f"candidate {name}")
-        validation[name] = _accuracy(fit(train_x, train_y), split.valid_x, split.valid_y)
+        fitted[name] = fit(train_x, train_y)
+        validation[name] = _accuracy(fitted[name], split.valid_x, split.valid_y)
     chosen = max(validation, key=lambda k: validation[k])
 
     say(f"refit {chosen} on train + validation")
@@ -258,8 +261,67 @@ def train_sentiment(
         "data": "data/sentiment_polarity (Pang & Lee 2005, sentence polarity v1.0)",
         "split": f"stratified, seed {SEED}: 70% train / 10% validation (model selection) / 20% test",
     }
+    ensemble = embedding_ensemble(split, fitted, full_x, full_y, say) if compare_embeddings else None
+    metrics["not_shipped_candidates"] = ensemble or {
+        "skipped": "models/embeddings missing or --no-embeddings (run `router train embeddings`)"
+    }
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def embedding_ensemble(
+    split: SentimentSplit, fitted: dict[str, Pipeline], full_x: list[str], full_y: np.ndarray, say: Progress
+) -> dict[str, Any] | None:
+    """Candidate measured but not shipped: a linear candidate's P(positive) averaged with a logistic
+    regression on all-MiniLM-L6-v2 embeddings (partner, C and mixing weight picked on validation). It needs the
+    MiniLM tokenizer + encoder in front of the head, which the single-graph string-input contract of the
+    ONNX backend cannot hold, so the figures here say what shipping it would buy and cost."""
+    from .embeddings import EMBED_DIR, OnnxEncoder, available
+
+    if not available(EMBED_DIR):
+        return None
+    say("MiniLM ensemble candidate: encode sentences")
+    encoder = OnnxEncoder(EMBED_DIR, threads=2)
+    e_tr, e_va, e_te = (encoder.encode(x, batch_size=64) for x in (split.train_x, split.valid_x, split.test_x))
+    valid: dict[str, float] = {}
+    heads: dict[float, LogisticRegression] = {}
+    for c in (0.3, 1.0, 3.0):
+        heads[c] = LogisticRegression(C=c, max_iter=3000, random_state=SEED).fit(e_tr, split.train_y)
+    grid: dict[str, tuple[str, float, float]] = {}
+    for name, on_train in fitted.items():
+        p_lin = on_train.predict_proba(split.valid_x)[:, 1]
+        for c, head in heads.items():
+            p_emb = head.predict_proba(e_va)[:, 1]
+            for w in (0.3, 0.5, 0.7):
+                key = f"{name}+minilm-C{c}-w{w}"
+                grid[key] = (name, c, w)
+                valid[key] = float((((w * p_emb + (1 - w) * p_lin) > 0.5) == split.valid_y).mean())
+    best = max(valid, key=lambda k: valid[k])
+    partner, c, w = grid[best]
+    say(f"MiniLM ensemble candidate: refit {partner} on train + validation")
+    on_full = CANDIDATES[partner](full_x, full_y)
+    head = LogisticRegression(C=c, max_iter=3000, random_state=SEED).fit(
+        np.concatenate([e_tr, e_va]), np.concatenate([split.train_y, split.valid_y])
+    )
+    p_emb_te = head.predict_proba(e_te)[:, 1]
+    p_ens = w * p_emb_te + (1 - w) * on_full.predict_proba(split.test_x)[:, 1]
+    single = OnnxEncoder(EMBED_DIR, threads=1)
+    single.encode(split.test_x[:20])
+    t0 = time.perf_counter()
+    for sentence in split.test_x[:200]:
+        single.encode([sentence])
+    encoder_ms = (time.perf_counter() - t0) / 200 * 1000
+    return {
+        "linear+minilm-lr-ensemble": {
+            "validation_accuracy": {k: round(v, 4) for k, v in valid.items()},
+            "chosen": best,
+            "test_accuracy": round(float(((p_ens > 0.5) == split.test_y).mean()), 4),
+            "test_accuracy_minilm_lr_alone": round(float(((p_emb_te > 0.5) == split.test_y).mean()), 4),
+            "encoder_ms_per_sentence_single_thread": round(encoder_ms, 3),
+            "why_not_shipped": "needs WordPiece tokenisation + a second ONNX session; the backend contract is one "
+            "graph with a string input (router/backends/onnx_specialist.py)",
+        }
+    }
 
 
 _SESSIONS: dict[Path, Callable[[str], np.ndarray]] = {}
