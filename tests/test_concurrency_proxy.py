@@ -131,12 +131,12 @@ def test_four_workers_record_every_request_in_one_redis_ledger(
 
 
 def test_several_workers_refuse_a_sqlite_ledger(tmp_path: Path) -> None:
-    import shutil
     import subprocess
+    import sys
 
     config = tmp_path / "config.yaml"
     config.write_text(f"ledger_url: sqlite:///{tmp_path / 'l.sqlite3'}\nmodels_dir: {ROOT / 'models'}\n")
-    out = subprocess.run([shutil.which("router") or "router", "serve", "--workers", "2", "--config", str(config)],
+    out = subprocess.run([sys.executable, "-m", "router", "serve", "--workers", "2", "--config", str(config)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "Redis" in out.stderr and "--workers 1" in out.stderr
