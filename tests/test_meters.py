@@ -122,6 +122,21 @@ def test_fair_share_splits_between_open_spans() -> None:
     assert fs.active == 0
 
 
+def test_fair_share_reads_counters_under_its_lock() -> None:
+    """Counters read outside the lock can arrive older than one already applied: a negative share."""
+    fs = FairShare(1)
+    seen: list[bool] = []
+
+    def read() -> tuple[float]:
+        seen.append(fs._lock.locked())
+        return (float(len(seen)),)
+
+    mark, _ = fs.enter(read)
+    (share,), _ = fs.leave(read, mark)
+    assert seen == [True, True]
+    assert share == 1.0
+
+
 def test_cpu_time_model_uses_its_constants() -> None:
     model = CpuPowerModel(watts_per_busy_core=10.0, idle_w=1.0)
     meter = CpuTimeMeter(model)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,17 @@ from ..errors import ConfigError
 from .base import EnergyReading, Meter, MeterSpan
 
 RAPL_ROOT = Path("/sys/class/powercap")
+
+
+Counters = tuple[float, ...] | Callable[[], tuple[float, ...]]
+
+
+def _cpu_counters() -> tuple[float]:
+    return (time.process_time(),)
+
+
+def _cpu_wall_counters() -> tuple[float, float]:
+    return (time.process_time(), time.perf_counter())
 
 
 class FairShare:
@@ -47,18 +59,22 @@ class FairShare:
                 per[i] += (v - last[i]) / n
         self._last = list(values)
 
-    def enter(self, values: tuple[float, ...]) -> tuple[tuple[float, ...], int]:
-        """Open a span; returns its mark and how many spans are open now (itself included)."""
+    def enter(self, values: Counters) -> tuple[tuple[float, ...], int]:
+        """Open a span; returns its mark and how many spans are open now (itself included).
+
+        Pass the counters as a function so they are read under the lock: read outside it, a thread can
+        arrive with a reading older than one already applied, and the backwards step would charge a
+        negative share."""
         with self._lock:
-            self._advance(values)
+            self._advance(values() if callable(values) else values)
             self._active += 1
             return tuple(self._per_span), self._active
 
-    def leave(self, values: tuple[float, ...], mark: tuple[float, ...]) -> tuple[tuple[float, ...], int]:
+    def leave(self, values: Counters, mark: tuple[float, ...]) -> tuple[tuple[float, ...], int]:
         """Close a span; returns its share of each counter since its mark, and how many spans were open
-        just before it closed (itself included)."""
+        just before it closed (itself included). ``values`` as in :meth:`enter`."""
         with self._lock:
-            self._advance(values)
+            self._advance(values() if callable(values) else values)
             n = self._active
             self._active = max(0, n - 1)
             return tuple(p - m for p, m in zip(self._per_span, mark, strict=True)), n
@@ -126,7 +142,7 @@ class _RaplSpan(MeterSpan):
         self.done = True  # until the span is really open, __del__ has nothing to undo
         self.before = meter._read()
         self.t0 = time.perf_counter()
-        self.mark, self.n0 = meter._share.enter((time.process_time(),))
+        self.mark, self.n0 = meter._share.enter(_cpu_counters)
         self.done = False
 
     def stop(self) -> EnergyReading:
@@ -134,7 +150,7 @@ class _RaplSpan(MeterSpan):
             raise RuntimeError("this meter span was already stopped")
         self.done = True
         meter = self.meter
-        (cpu,), n1 = meter._share.leave((time.process_time(),), self.mark)
+        (cpu,), n1 = meter._share.leave(_cpu_counters, self.mark)
         concurrent = max(self.n0, n1)
         wall = max(time.perf_counter() - self.t0, 1e-9)
         after = meter._read()
@@ -157,7 +173,7 @@ class _RaplSpan(MeterSpan):
     def __del__(self) -> None:  # an abandoned span must not keep counting as open in the fair share
         if not getattr(self, "done", True):
             self.done = True
-            self.meter._share.leave((time.process_time(),), self.mark)
+            self.meter._share.leave(_cpu_counters, self.mark)
 
 
 class RaplMeter(Meter):
@@ -211,14 +227,14 @@ class _CpuSpan(MeterSpan):
     def __init__(self, meter: CpuTimeMeter) -> None:
         self.meter = meter
         self.done = True
-        self.mark, self.n0 = meter._share.enter((time.process_time(), time.perf_counter()))
+        self.mark, self.n0 = meter._share.enter(_cpu_wall_counters)
         self.done = False
 
     def stop(self) -> EnergyReading:
         if self.done:
             raise RuntimeError("this meter span was already stopped")
         self.done = True
-        (cpu_s, wall_s), n1 = self.meter._share.leave((time.process_time(), time.perf_counter()), self.mark)
+        (cpu_s, wall_s), n1 = self.meter._share.leave(_cpu_wall_counters, self.mark)
         concurrent = max(self.n0, n1)
         model = self.meter.model
         joules = cpu_s * model.watts_per_busy_core + wall_s * model.idle_w
@@ -237,7 +253,7 @@ class _CpuSpan(MeterSpan):
     def __del__(self) -> None:
         if not getattr(self, "done", True):
             self.done = True
-            self.meter._share.leave((time.process_time(), time.perf_counter()), self.mark)
+            self.meter._share.leave(_cpu_wall_counters, self.mark)
 
 
 class CpuTimeMeter(Meter):

@@ -76,7 +76,7 @@ class _NvmlSpan(MeterSpan):
         self.meter = meter
         self.done = True
         self.t0 = time.perf_counter()
-        self.mark, self.n0 = meter._share.enter((meter._total_j(),))
+        self.mark, self.n0 = meter._share.enter(meter._counters)
         self.done = False
 
     def stop(self) -> EnergyReading:
@@ -84,7 +84,7 @@ class _NvmlSpan(MeterSpan):
             raise RuntimeError("this meter span was already stopped")
         self.done = True
         meter = self.meter
-        (joules,), n1 = meter._share.leave((meter._total_j(),), self.mark)
+        (joules,), n1 = meter._share.leave(meter._counters, self.mark)
         concurrent = max(self.n0, n1)
         shared = f"; device energy split with up to {concurrent - 1} concurrent requests" if concurrent > 1 else ""
         return EnergyReading(
@@ -98,7 +98,7 @@ class _NvmlSpan(MeterSpan):
     def __del__(self) -> None:
         if not getattr(self, "done", True):
             self.done = True
-            self.meter._share.leave((self.meter._total_j(),), self.mark)
+            self.meter._share.leave(self.meter._counters, self.mark)
 
 
 class NvmlMeter(Meter):
@@ -146,6 +146,10 @@ class NvmlMeter(Meter):
         if self._sampler is None:
             return "counter"
         return "sampling" if not self._counter_handles else "mixed"
+
+    def _counters(self) -> tuple[float]:
+        """The counter FairShare splits, read under its lock."""
+        return (self._total_j(),)
 
     def _total_j(self) -> float:
         total = 0.0
