@@ -396,10 +396,7 @@ class Router:
             attempts.append(info)
             energies.append(energy)
             card = self.cards[model]
-            reason = ctx.decision.reason if not attempts[:-1] else (
-                f"{ctx.decision.reason}; answered by {model} after "
-                + ", ".join(f"{a.model} {a.outcome}" for a in attempts[:-1])
-            )
+            reason = self._answer_reason(ctx, model, attempts)
             self._record(ctx, card, energy, info.latency_ms, info.outcome, gen=gen, attempt=len(attempts) - 1,
                          reason=reason if not escalate else f"{ctx.decision.reason}; low confidence, escalating")
             if escalate:
@@ -408,9 +405,22 @@ class Router:
                 continue
             return self._response(ctx, card, gen, attempts, energies, reason)
         if last_error is None:  # issue 6: every model in the plan was skipped for budget
-            raise BudgetExhaustedError(f"budget_exhausted: every candidate's energy budget is spent; "
-                                       f"{'; '.join(ctx.budget_notes)}", retry_after_s=self._retry_after(ctx))
+            raise self._all_budgets_spent(ctx)
         raise last_error
+
+    @staticmethod
+    def _answer_reason(ctx: RequestContext, model: str, attempts: list[Attempt]) -> str:
+        """The decision's reason, plus which earlier attempts failed or escalated before ``model`` answered."""
+        if len(attempts) <= 1:
+            return ctx.decision.reason
+        earlier = ", ".join(f"{a.model} {a.outcome}" for a in attempts[:-1])
+        return f"{ctx.decision.reason}; answered by {model} after {earlier}"
+
+    def _all_budgets_spent(self, ctx: RequestContext) -> BudgetExhaustedError:
+        return BudgetExhaustedError(
+            f"budget_exhausted: every candidate's energy budget is spent; {'; '.join(ctx.budget_notes)}",
+            retry_after_s=self._retry_after(ctx),
+        )
 
     def _should_escalate(self, ctx: RequestContext, model: str, gen: Generation) -> bool:
         d = ctx.decision
@@ -468,15 +478,11 @@ class Router:
             self._settle(held, energy.joules)
             attempts.append(Attempt(model=model, tier=backend.card.tier, energy_j=energy.joules,
                                     energy_source=energy.source, latency_ms=latency, confidence=gen.confidence))
-            reason = ctx.decision.reason if len(attempts) == 1 else (
-                f"{ctx.decision.reason}; answered by {model} after "
-                + ", ".join(f"{a.model} {a.outcome}" for a in attempts[:-1])
-            )
+            reason = self._answer_reason(ctx, model, attempts)
             self._record(ctx, backend.card, energy, latency, "ok", gen=gen, attempt=len(attempts) - 1, reason=reason)
             return self._response(ctx, backend.card, gen, attempts, [energy], reason)
         if last_error is None:  # issue 6: every model in the plan was skipped for budget
-            raise BudgetExhaustedError(f"budget_exhausted: every candidate's energy budget is spent; "
-                                       f"{'; '.join(ctx.budget_notes)}", retry_after_s=self._retry_after(ctx))
+            raise self._all_budgets_spent(ctx)
         raise last_error
     # -- end issue 8 ------------------------------------------------------------------------------------
 

@@ -142,16 +142,13 @@ class LlamaCppBackend(Backend):
                 raise
             except Exception as exc:
                 raise BackendError(f"{self.card.name}: llama.cpp generation failed: {exc}") from exc
-            completion_tokens = self.count_tokens_unlocked("".join(produced))
+            completion_tokens = self.count_tokens("".join(produced))
         yield StreamEvent(
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             confidence=mean_token_probability(top_logprobs),
         )
-
-    def count_tokens_unlocked(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False)) if text else 0
 
     def close(self) -> None:
         # Wait for a generation in progress, but never hang shutdown on an abandoned one.

@@ -91,7 +91,7 @@ class OpenAIHTTPBackend(Backend):
                     if response.status_code >= 400:
                         response.read()
                         raise self._fail(None, response)
-                    yield from _parse_sse(_lines(response.iter_lines()), self.card.name)
+                    yield from _parse_sse(response.iter_lines(), self.card.name)
                     return
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 if attempt < self.spec.max_retries:
@@ -208,10 +208,6 @@ class OpenAIHTTPBackend(Backend):
                     loop.run_until_complete(session.close())
             except RuntimeError:
                 pass
-
-
-def _lines(it: Iterator[str]) -> Iterator[str]:
-    yield from it
 
 
 class _SSEParser:
