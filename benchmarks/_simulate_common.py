@@ -19,6 +19,7 @@ README = ROOT / "benchmarks" / "README.md"
 IMG = ROOT / "benchmarks" / "img"
 MMLU_DIR = ROOT / "data" / "routellm_mmlu"
 SENTIMENT = ROOT / "data" / "outcomes" / "sentiment_local.jsonl"
+CHAT = ROOT / "data" / "outcomes" / "chat_local.jsonl"
 
 
 def held_out_subjects() -> set[str]:
@@ -45,13 +46,15 @@ class HeldOutClassifier(RequestClassifier):
     def __init__(self, models_dir: Path, test_subjects: set[str]) -> None:
         from router.classify.onnx_classifier import OnnxRequestClassifier
         from router.training import classifier as tc
-        from router.training.requests import load_mmlu
+        from router.training.requests import build_request_set, load_mmlu
 
         self.base = OnnxRequestClassifier(models_dir / "classifier")
         items = [it for it in load_mmlu() if it.subject not in test_subjects]
         texts = [tc.window(it.prompt)[0] for it in items]
-        self.vec = tc.vectorizer()
-        x = self.vec.fit_transform(texts)
+        # the request set's training part draws its MMLU rows from the same non-held-out subjects
+        requests = [tc.window(t)[0] for t in build_request_set()[0].texts]
+        self.vec = tc.shared_vectorizer(requests, texts)
+        x = self.vec.transform(texts)
         c = float(self.base.meta.get("p_correct_c", 0.3))
         self.heads = [tc._fit_binary(x, np.array([it.outcomes[m] for it in items], dtype=np.int64), c)
                       for m in self.base.pc_models]

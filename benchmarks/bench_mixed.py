@@ -7,11 +7,13 @@ Workload (built here, from data the project ships):
   (``HeldOutClassifier``), so no MMLU request here was seen by any part of the classifier.
 * Sentiment: ``data/outcomes/sentiment_local.jsonl``, the project's own measurement of sentiment-onnx,
   smollm2-135m and gemma3-270m on the same held-out review sentences (score and joules per call).
-* Chat: left out. No chat outcomes are measured (scoring open-ended chat needs a judge model or people);
-  adding chat with invented scores would make the headline number say nothing.
+* Chat: ``data/outcomes/chat_local.jsonl``, smollm2-135m and gemma3-270m measured on 113 short chat requests
+  with checkable answers (``data/chat_checked``, written for this project, lenient reference match). Open-ended
+  chat (writing, advice, code) is not in it: scoring that needs a judge model or people.
 
 "Always-large" is, per request, the largest model measured for it: GPT-4 for MMLU, gemma3-270m (the local
-large tier) for sentiment. Joules: measured for the sentiment rows, the model cards' estimates for MMLU.
+large tier) for sentiment and chat. Joules: measured for the sentiment and chat rows, the model cards'
+estimates for MMLU.
 The accuracy target is swept through the policy engine (``decide_batch`` = ``decide_pure``'s rule).
 
     python benchmarks/bench_mixed.py [--policy balanced] [--no-readme]
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from _simulate_common import (  # noqa: E402
+    CHAT,
     IMG,
     ROOT,
     SENTIMENT,
@@ -64,11 +67,12 @@ def main() -> None:
         keep = [x for x in mmlu.read_text(encoding="utf-8").split("\n")
                 if x.strip() and any(f'"task": "mmlu/{s}"' in x for s in test_subjects)]
         sent = [x for x in SENTIMENT.read_text(encoding="utf-8").split("\n") if x.strip()]
+        chat = [x for x in CHAT.read_text(encoding="utf-8").split("\n") if x.strip()]
         mixed = Path(tmp) / "mixed.jsonl"
-        mixed.write_text("\n".join(keep + sent) + "\n", encoding="utf-8")
+        mixed.write_text("\n".join(keep + sent + chat) + "\n", encoding="utf-8")
         table = load_outcomes(mixed, cards)
     print(f"workload: {len(keep):,} MMLU requests from {len(test_subjects)} held-out subjects + {len(sent)} "
-          f"sentiment requests; chat left out (no measured chat outcomes)")
+          f"sentiment requests + {len(chat)} chat requests")
     print("refitting P(correct) heads on the other subjects ...")
     clf = HeldOutClassifier(ROOT / "models", test_subjects)
     policies_dir = ROOT / "policies"
@@ -82,8 +86,8 @@ def main() -> None:
                   sweep=TARGETS, threshold=0.6)
     IMG.mkdir(parents=True, exist_ok=True)
     png = IMG / "quality_vs_energy.png"
-    plot_png(res, png, title=f"Mixed workload ({len(keep):,} held-out MMLU + {len(sent)} sentiment requests): "
-                             "quality vs energy")
+    plot_png(res, png, title=f"Mixed workload ({len(keep):,} held-out MMLU + {len(sent)} sentiment + {len(chat)} "
+                             "chat requests): quality vs energy")
     base = [res.router, *res.baselines.values()]
     rows = [[p.name + (" (policy)" if p is res.router else ""), pct(p.accuracy), pct(p.quality_vs_large),
              f"{p.energy_j_per_request:,.1f}", pct(p.energy_vs_large)] for p in base]
@@ -123,10 +127,12 @@ def main() -> None:
 
 `python benchmarks/bench_mixed.py` — {len(keep):,} RouteLLM MMLU requests from the {len(test_subjects)} subjects held
 out of classifier training (P(correct) heads refitted by the shipped recipe on the other subjects) +
-{len(sent)} sentiment requests whose outcomes and joules the project measured locally
-(`data/outcomes/sentiment_local.jsonl`). **Chat is left out**: no chat outcomes are measured, and scoring
-open-ended chat needs a judge. Always-large = per request the largest measured model (GPT-4 for MMLU,
-gemma3-270m for sentiment). Joules: measured for sentiment; model-card estimates for Mixtral / GPT-4.
+{len(sent)} sentiment requests + {len(chat)} chat requests whose outcomes and joules the project measured locally
+(`data/outcomes/sentiment_local.jsonl`, `data/outcomes/chat_local.jsonl`). Chat here means short requests with a
+checkable answer (`data/chat_checked`: facts, capitals, one-word translations; lenient reference match);
+open-ended chat is not scored (it needs a judge). Always-large = per request the largest measured model
+(GPT-4 for MMLU, gemma3-270m for sentiment and chat). Joules: measured (CPU-time model) for sentiment and
+chat; model-card estimates for Mixtral / GPT-4.
 Policy `{res.policy}`; the sweep overrides its accuracy target (absolute) through the policy engine.
 
 {verdict}.

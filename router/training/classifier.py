@@ -40,6 +40,8 @@ MAX_CHARS = 1000
 HEAD_CHARS = 700
 TAIL_CHARS = 300
 MAX_FEATURES = 5000
+REQUEST_FEATURES = 4000
+MMLU_FEATURES = 3000
 CHANCE_MC = 0.25
 
 Progress = Callable[[str], None]
@@ -184,7 +186,28 @@ def reference_routers(mc: McData, seed: int = SEED) -> dict[str, dict[str, float
     return {"random": random, "oracle": routing_metrics(oracle_score, weak, strong)}
 
 
+def shared_vectorizer(request_texts: list[str], mmlu_texts: list[str]) -> TfidfVectorizer:
+    """One vocabulary for both heads: the top words of the request set united with the top words of the MMLU
+    prompts. Why: a single top-5,000 list over both let ten thousand long MMLU prompts crowd out the phrasing
+    words task detection needs (held-out sentiment requests 85 % -> 94 % with this, the vocabulary is smaller)."""
+    top_requests = vectorizer().set_params(max_features=REQUEST_FEATURES).fit(request_texts)
+    top_mmlu = vectorizer().set_params(max_features=MMLU_FEATURES).fit(mmlu_texts)
+    words = sorted(set(top_requests.vocabulary_) | set(top_mmlu.vocabulary_))
+    return vectorizer().set_params(max_features=None, vocabulary=words).fit(request_texts + mmlu_texts)
+
+
+def tfidf_featurizer(request_texts: list[str]) -> Callable[[list[str], list[str]], tuple[Any, Any]]:
+    """The shipped feature recipe for the subject-held-out folds (the fold's MMLU prompts + the request set)."""
+
+    def featurize(train: list[str], test: list[str]) -> tuple[Any, Any]:
+        vec = shared_vectorizer(request_texts, train)
+        return vec.transform(train), vec.transform(test)
+
+    return featurize
+
+
 def tfidf_featurize(train: list[str], test: list[str]) -> tuple[Any, Any]:
+    """MMLU-only TF-IDF (the baseline the embedding comparison concatenates with)."""
     vec = vectorizer()
     return vec.fit_transform(train), vec.transform(test)
 
@@ -194,7 +217,12 @@ EMBED_C = 0.3
 the same subject folds (APGR 0.587 / 0.589 / 0.589, so the choice does not flatter the comparison)."""
 
 
-def embedding_comparison(mc: McData, say: Progress | None = None, sample: int = 300) -> dict[str, Any] | None:
+def embedding_comparison(
+    mc: McData,
+    say: Progress | None = None,
+    sample: int = 300,
+    tfidf: Callable[[list[str], list[str]], tuple[Any, Any]] = tfidf_featurize,
+) -> dict[str, Any] | None:
     """P(correct) from all-MiniLM-L6-v2 embeddings (int8 ONNX, ``router train embeddings``), alone and
     concatenated with TF-IDF, on the same subject-held-out folds, plus the per-request latency of the
     encoder; ``None`` when the exported encoder is not in ``models/embeddings``."""
@@ -213,7 +241,7 @@ def embedding_comparison(mc: McData, say: Progress | None = None, sample: int = 
         return emb[[row[t] for t in train]], emb[[row[t] for t in test]]
 
     def both_featurize(train: list[str], test: list[str]) -> tuple[Any, Any]:
-        (xa, xb), (ea, eb) = tfidf_featurize(train, test), emb_featurize(train, test)
+        (xa, xb), (ea, eb) = tfidf(train, test), emb_featurize(train, test)
         return sparse.hstack([xa, sparse.csr_matrix(ea)]).tocsr(), sparse.hstack([xb, sparse.csr_matrix(eb)]).tocsr()
 
     out: dict[str, Any] = {}
@@ -324,7 +352,8 @@ def local_task_accuracy(outcomes_dir: Path, sentiment_metrics: Path) -> dict[str
     from .local_outcomes import read_jsonl, summarize
 
     table: dict[str, dict[str, Any]] = {}
-    for task, file in (("sentiment", "sentiment_local.jsonl"), ("math", "math_local.jsonl")):
+    measured = (("sentiment", "sentiment_local.jsonl"), ("math", "math_local.jsonl"), ("chat", "chat_local.jsonl"))
+    for task, file in measured:
         path = outcomes_dir / file
         if not path.exists():
             continue
@@ -377,14 +406,14 @@ def train_classifier(
     y_tr = np.array([task_index[t] for t in train_set.labels])
     y_te = np.array([task_index[t] for t in test_set.labels])
 
+    train_texts = [window(t)[0] for t in train_set.texts]
     say("P(correct): subject-held-out evaluation")
-    pc_eval = subject_held_out_eval(mc, tfidf_featurize, c_pc, say=say)
+    pc_eval = subject_held_out_eval(mc, tfidf_featurizer(train_texts), c_pc, say=say)
     refs = reference_routers(mc)
-    emb_cmp = embedding_comparison(mc, say) if compare_embeddings else None
+    emb_cmp = embedding_comparison(mc, say, tfidf=tfidf_featurizer(train_texts)) if compare_embeddings else None
 
     say("features")
-    train_texts = [window(t)[0] for t in train_set.texts]
-    vec = vectorizer().fit(train_texts + mc.texts)
+    vec = shared_vectorizer(train_texts, mc.texts)
     x_tr = vec.transform(train_texts)
     x_te = vec.transform([window(t)[0] for t in test_set.texts])
 

@@ -43,6 +43,32 @@ SENTIMENT_ASK_TEMPLATES = [
     "Please classify this text's polarity: {text}",
     "Is this a good or bad review? {text}",
     "Review: {text}\nSentiment:",
+    "Thumbs up or thumbs down? {text}",
+    "Did the writer like it or not? {text}",
+    "Is the author happy or unhappy here: {text}",
+    "{text} -- positive or negative?",
+    "What's the mood of this review? {text}",
+    "Quick sentiment check: {text}",
+    "Is this feedback good or bad?\n{text}",
+    "Classify as POSITIVE or NEGATIVE.\nText: {text}",
+    "Opinion mining: is the following positive or negative? {text}",
+    "how positive is this? {text}",
+    "Is the tone of this comment positive or negative: {text}",
+    "Does this customer sound satisfied? {text}",
+    "polarity of: {text}",
+    "Would you call this a favourable review? {text}",
+    "Is the following sentence praise or criticism? {text}",
+    "Text: {text}\nLabel (positive or negative):",
+    "Tell me whether the sentiment is positive or negative.\n\n{text}",
+    "Sentiment of this tweet? {text}",
+    "Does the speaker feel good or bad about it? {text}",
+    "Judge this review: favorable or not? {text}",
+    "Is this comment a compliment or a complaint? {text}",
+    "What emotion does this review express, positive or negative? {text}",
+    "{text}\nsentiment?",
+    "Is this user review negative? {text}",
+    "Classify: {text}\nOptions: positive, negative",
+    "pls tell me if this is a positive or negative review: {text}",
 ]
 # Requests that mention reviews or sentiment but ask for generation or something else: must NOT be routed
 # to the sentiment specialist (they are chat).
@@ -63,6 +89,24 @@ SENTIMENT_DECOYS = [
     "Give me a list of positive words to describe a {topic}.",
     "Fix the grammar in this review: {text}",
     "Who directed the film described here? {text}",
+    "Write a short story that starts with this sentence: {text}",
+    "What genre is the movie described here? {text}",
+    "How many words are in this sentence? {text}",
+    "Extract the names mentioned in this review: {text}",
+    "Turn this review into a headline: {text}",
+    "Give me five adjectives that describe a great {topic}.",
+    "Write a one-star review for a {topic} that lost my order.",
+    "What is sentiment analysis used for in business?",
+    "Which words in this review are adjectives? {text}",
+    "Correct the spelling in this sentence: {text}",
+    "Paraphrase this review: {text}",
+    "What year do you think this film review was written? {text}",
+    "Respond to this negative review politely: {text}",
+    "How do I train a sentiment classifier in Python?",
+    "Make a positive slogan for a {topic}.",
+    "Is this sentence in English or French? {text}",
+    "Convert this review to all capital letters: {text}",
+    "Write a counter-argument to this review: {text}",
 ]
 TOPICS = [
     "phone",
@@ -130,6 +174,26 @@ CHAT_TEMPLATES = [
     "Convert this to bullet points: we need milk, eggs, bread and a new {thing}.",
     "Debug this: for i in range(10) print(i)",
     "Who won the world cup in 2018?",
+    "I watched a {topic} documentary last night, what should I watch next?",
+    "My friend says I'm too negative. How can I be more positive?",
+    "What's a good way to ask my boss for feedback?",
+    "How do I stay motivated when I feel unhappy at work?",
+    "Can you write a thank-you note to my {job} colleague?",
+    "What is the difference between {concept} and {concept2}?",
+    "Suggest a name for my {topic} blog.",
+    "Is it better to rent or buy a {thing}?",
+    "How long should I boil an egg?",
+    "Write a limerick about a {job}.",
+    "What are the pros and cons of {concept}?",
+    "Help me reply to a friend who didn't like my {topic} recommendation.",
+    "Tell me something interesting about {place}.",
+    "Recommend three movies for a rainy evening.",
+    "How can I improve the reviews of my {topic} business?",
+    "I feel great today! Any ideas for a fun weekend in {place}?",
+    "What time zone is {place} in?",
+    "Outline a blog post about {concept}.",
+    "Sorry, can you say that again more simply?",
+    "ok cool. what else?",
 ]
 FILL = {
     "thing": ["heater", "window", "fridge", "door lock", "shower", "washing machine"],
@@ -321,7 +385,7 @@ class RequestSet:
 
 def build_request_set(seed: int = SEED, per_task: int = 2500) -> tuple[RequestSet, RequestSet]:
     """Train and held-out request sets. Held-out rows use the held-out polarity sentences, held-out MMLU
-    subjects, the last ~25 % of every template list (templates never seen in training) and fresh numbers."""
+    subjects, a seeded ~25 % of every template list (templates never seen in training) and fresh numbers."""
     rng = random.Random(seed)
     split = split_polarity()
     mmlu = load_mmlu()
@@ -330,8 +394,10 @@ def build_request_set(seed: int = SEED, per_task: int = 2500) -> tuple[RequestSe
     test_subjects = set(subjects[: max(1, len(subjects) // 4)])
 
     def cut(templates: list[str]) -> tuple[list[str], list[str]]:
+        """A seeded quarter of every template list is held out (never seen in training)."""
+        order = random.Random(seed).sample(range(len(templates)), len(templates))
         k = max(1, round(len(templates) * 0.75))
-        return templates[:k], templates[k:]
+        return [templates[i] for i in sorted(order[:k])], [templates[i] for i in sorted(order[k:])]
 
     s_tr, s_te = cut(SENTIMENT_ASK_TEMPLATES)
     d_tr, d_te = cut(SENTIMENT_DECOYS)
