@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-data_app = typer.Typer(help="Turn outside data (e.g. RouteLLM response CSVs) into outcomes files.",
+data_app = typer.Typer(help="Outcomes files: import outside data (RouteLLM CSVs) or measure the local models.",
                        no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -37,3 +37,43 @@ def import_routellm_cmd(
         raise typer.Exit(2) from None
     mapped = ", ".join(f"{col} -> {card}" for col, card in report.models.items())
     typer.echo(f"wrote {report.rows:,} requests from {report.files} file(s) to {out}; models: {mapped}")
+
+
+_MEASURE_SIZES = {"sentiment": 200, "math": 60}
+
+
+@data_app.command("measure-local")
+def measure_local_cmd(
+    task: str = typer.Argument(..., help="What to measure: sentiment, math or chat."),
+    n: int = typer.Option(0, "--n", help="How many requests (default: 200 sentiment, 60 math, every chat item)."),
+) -> None:
+    """Run the local models on shipped data and write data/outcomes/<task>_local.jsonl (correct, joules, latency
+    per model and request), so the local tiers' P(correct) is measured here, not assumed. Takes minutes: every
+    request goes to each local LLM."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from ..training import local_outcomes as lo
+
+    if task not in ("sentiment", "math", "chat"):
+        raise typer.BadParameter("task must be sentiment, math or chat", param_hint="TASK")
+    total = n or _MEASURE_SIZES.get(task) or len(lo.read_jsonl(lo.DATA_DIR / "chat_checked" / "questions.jsonl"))
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
+        job = bar.add_task(f"{task}: local models", total=total)
+        tick = lambda _stage, done: bar.update(job, completed=done)  # noqa: E731
+        if task == "sentiment":
+            summary = lo.measure_sentiment(n=total, progress=tick)
+        elif task == "math":
+            summary = lo.measure_math(n=total, progress=tick)
+        else:
+            summary = lo.measure_chat(limit=n or None, progress=tick)
+    table = Table(title=f"{task}: {summary['n']} requests, measured on this machine (joules: CPU-time model)")
+    for col in ("model", "accuracy", "median J", "median latency s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for model, stats in summary.items():
+        if isinstance(stats, dict):
+            table.add_row(model, f"{stats['accuracy']:.1%}", f"{stats['median_energy_j']:.4g}",
+                          f"{stats['median_latency_s']:.3g}")
+    Console().print(table)
+    typer.echo(f"wrote data/outcomes/{task}_local.jsonl; rerun `router train classifier` to use it")

@@ -162,12 +162,13 @@ def measure_chat(
     models_dir: Path = MODELS_DIR,
     progress: Progress | None = None,
     max_tokens: int = 32,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Short chat requests with checkable answers (written for this project) answered by the local LLMs, so
     chat outcomes are measured rather than assumed; open-ended chat still has no ground truth here."""
     backends = _backends(models_dir, LLM_MODELS)
     rows = []
-    for k, item in enumerate(read_jsonl(questions)):
+    for k, item in enumerate(read_jsonl(questions)[:limit]):
         outcomes = {}
         for name, backend in backends.items():
             text, tokens, joules, seconds = _run(backend, item["prompt"], max_tokens=max_tokens)
