@@ -1,10 +1,15 @@
 """What the proxy costs: the same requests sent directly to an instant OpenAI-compatible backend and through
 ``router serve`` routing to it via the HTTP backend (SQLite ledger on), at concurrency 1, 16 and 64; plus the
-specialist path (a sentiment request answered in-process by the ONNX specialist, no upstream).
+specialist path (sentiment requests answered in-process by the ONNX specialist, no upstream).
 
-Everything runs on 127.0.0.1: the test upstream (tests/servers/instant_upstream.py, FastAPI on uvicorn with
-uvloop/httptools), one ``router serve`` worker, and this load generator, a minimal keep-alive HTTP/1.1 client on
-asyncio streams (so the client's own cost stays small and is the same for both targets).
+Every request's prompt differs (the 20 prompts of data/energy_prompts.jsonl, or a review sentence from
+data/sentiment_polarity, each with its request number), the same sequence for both targets, so nothing can be
+answered from a cache. Everything runs on 127.0.0.1: the test upstream (tests/servers/instant_upstream.py,
+FastAPI on uvicorn with uvloop/httptools), one ``router serve`` worker, and this load generator, a minimal
+keep-alive HTTP/1.1 client on asyncio streams (so the client's own cost stays small and is the same for both
+targets). Besides latency and throughput it reports the CPU time the proxy and the upstream processes used per
+request (Linux ``/proc``), the figure that decides throughput on a machine with few cores, and checks in
+``/metrics`` that every request was answered by the model its path names.
 
     python benchmarks/bench_proxy.py [--requests 2000] [--json]
 """
@@ -29,6 +34,49 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "What is the capital of France?"
 REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
+
+
+# Left out of the HTTP rows: the one sentiment request of data/energy_prompts.jsonl (the specialist rows cover
+# that path), and a yes/no question that the shipped request classifier sends to the sentiment specialist as soon
+# as anything is appended to it (P(sentiment) ~0.5), which would put ~5 % of those rows through the specialist.
+_NOT_HTTP = ("Is this review positive or negative?", "Is water wet?")
+
+
+def questions(n: int) -> list[str]:
+    """``n`` distinct general requests: the prompts of data/energy_prompts.jsonl in turn (less ``_NOT_HTTP``),
+    each with its request number."""
+    prompts = [json.loads(line)["prompt"] for line in (ROOT / "data" / "energy_prompts.jsonl").open()]
+    prompts = [p for p in prompts if not p.startswith(_NOT_HTTP)]
+    return [f"{prompts[i % len(prompts)]} (request {i})" for i in range(n)]
+
+
+def reviews(n: int) -> list[str]:
+    """``n`` distinct sentiment requests: review sentences of data/sentiment_polarity, positive and negative."""
+    folder = ROOT / "data" / "sentiment_polarity"
+    pos = (folder / "rt-polarity.pos").read_text(encoding="latin-1").splitlines()
+    neg = (folder / "rt-polarity.neg").read_text(encoding="latin-1").splitlines()
+    lines = [s.strip() for pair in zip(pos, neg, strict=False) for s in pair if s.strip()]
+    return [f"Is this review positive or negative? '{lines[i % len(lines)]}'" for i in range(n)]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux), or None where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def answered_by(port: int) -> dict[str, float]:
+    """Requests answered so far per model, from the proxy's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("router_requests_total{"):
+            model = line.split('model="', 1)[1].split('"', 1)[0]
+            out[model] = out.get(model, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def free_port() -> int:
@@ -109,18 +157,23 @@ def raw_request(port: int, body: dict[str, object]) -> bytes:
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
-async def load(port: int, body: dict[str, object], concurrency: int, total: int) -> dict[str, float]:
-    raw = raw_request(port, body)
+async def load(port: int, bodies: list[dict[str, object]], concurrency: int, total: int,
+               cpu_pids: dict[str, int] | None = None) -> dict[str, float]:
+    """Send ``total`` requests (``bodies`` in turn) over ``concurrency`` keep-alive connections; latency
+    percentiles, req/s and, for each process in ``cpu_pids``, its CPU milliseconds per request."""
+    warm = min(concurrency, 8)
+    raws = [raw_request(port, body) for body in bodies[: total + warm]]
     latencies: list[float] = []
     bad = 0
-    remaining = total
+    sent = 0
 
     async def worker() -> None:
-        nonlocal remaining, bad
+        nonlocal sent, bad
         conn = Conn(port)
         try:
-            while remaining > 0:
-                remaining -= 1
+            while sent < total:
+                raw = raws[warm + sent % (len(raws) - warm)]
+                sent += 1
                 t0 = time.perf_counter()
                 status = await conn.request(raw)
                 latencies.append(time.perf_counter() - t0)
@@ -129,19 +182,25 @@ async def load(port: int, body: dict[str, object], concurrency: int, total: int)
             conn.close()
 
     # warm up: connections, upstream connection pool, first-call imports
-    await asyncio.gather(*(Conn(port).request(raw) for _ in range(min(concurrency, 8))))
+    await asyncio.gather(*(Conn(port).request(raws[i]) for i in range(warm)))
+    cpu0 = {name: cpu_seconds(pid) for name, pid in (cpu_pids or {}).items()}
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
     latencies.sort()
     if bad:
         raise RuntimeError(f"{bad} of {total} requests did not answer 200")
-    return {
+    result = {
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "rps": len(latencies) / wall,
         "n": float(len(latencies)),
     }
+    for name, pid in (cpu_pids or {}).items():
+        before, after = cpu0[name], cpu_seconds(pid)
+        if before is not None and after is not None:
+            result[f"cpu_ms_{name}"] = (after - before) * 1000 / len(latencies)
+    return result
 
 
 def main() -> None:
@@ -171,30 +230,43 @@ def main() -> None:
         procs.append(proxy)
         wait_ready(f"http://127.0.0.1:{proxy_port}/health", proxy)
 
-        direct_body = {"model": "echo", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
-        proxy_body = {"model": "router", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
-        spec_body = {"model": "router", "messages": [{"role": "user", "content": REVIEW}]}
-        check = httpx.post(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", json=proxy_body, timeout=10)
+        n_max = args.requests + 8
+        direct_bodies = [{"model": "echo", "messages": [{"role": "user", "content": q}], "max_tokens": 16}
+                         for q in questions(n_max)]
+        proxy_bodies = [{**b, "model": "router"} for b in direct_bodies]  # the same prompts, routed
+        spec_bodies = [{"model": "router", "messages": [{"role": "user", "content": r}]} for r in reviews(n_max)]
+        check = httpx.post(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", json=proxy_bodies[0], timeout=10)
         assert check.headers["x-router-model"] == "remote-echo", check.text
-        check = httpx.post(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", json=spec_body, timeout=10)
+        check = httpx.post(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", json=spec_bodies[0], timeout=10)
         assert check.headers["x-router-model"] == "sentiment-onnx", check.text
 
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        pids = {"proxy": proxy.pid, "upstream": up.pid}
         results: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "proxy": {}, "specialist": {}}
+        routed: dict[str, dict[str, float]] = {"proxy": {}, "specialist": {}}
         for c in (1, 16, 64):
             n = args.requests // 2 if c == 1 else args.requests
-            results["direct"][c] = asyncio.run(load(up_port, direct_body, c, n))
-            results["proxy"][c] = asyncio.run(load(proxy_port, proxy_body, c, n))
-            results["specialist"][c] = asyncio.run(load(proxy_port, spec_body, c, n))
+            results["direct"][c] = asyncio.run(load(up_port, direct_bodies, c, n, {"upstream": up.pid}))
+            for key, bodies in (("proxy", proxy_bodies), ("specialist", spec_bodies)):
+                before = answered_by(proxy_port)
+                results[key][c] = asyncio.run(load(proxy_port, bodies, c, n, pids))
+                after = answered_by(proxy_port)
+                for model, count in after.items():
+                    routed[key][model] = routed[key].get(model, 0.0) + count - before.get(model, 0.0)
 
-        print(f"bench_proxy: {os.cpu_count()} CPUs, requests per run: c=1 {args.requests // 2}, "
-              f"c=16/64 {args.requests}; one `router serve` worker, SQLite ledger on\n")
-        print("| path | concurrency | p50 ms | p99 ms | req/s |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print(f"bench_proxy: {os.cpu_count()} CPUs, load average {load_avg:.2f} at the start; requests per run: "
+              f"c=1 {args.requests // 2}, c=16/64 {args.requests}, every prompt different; one `router serve` "
+              "worker, SQLite ledger on\n")
+        print("| path | concurrency | p50 ms | p99 ms | req/s | proxy CPU ms/req | upstream CPU ms/req |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         names = {"direct": "direct to backend", "proxy": "through router serve (HTTP backend)",
                  "specialist": "router serve, specialist in-process"}
         for key, name in names.items():
             for c, r in results[key].items():
-                print(f"| {name} | {c} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} |")
+                proxy_cpu = f"{r['cpu_ms_proxy']:.3f}" if "cpu_ms_proxy" in r else "-"
+                up_cpu = f"{r['cpu_ms_upstream']:.3f}" if "cpu_ms_upstream" in r and key != "specialist" else "-"
+                print(f"| {name} | {c} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | {proxy_cpu} "
+                      f"| {up_cpu} |")
         d1, p1 = results["direct"][1], results["proxy"][1]
         d64, p64 = results["direct"][64], results["proxy"][64]
         print()
@@ -202,13 +274,11 @@ def main() -> None:
               f"p99 {p1['p99_ms'] - d1['p99_ms']:+.2f} ms (target <= 5)")
         print(f"throughput at c=64: {p64['rps']:.0f} vs {d64['rps']:.0f} req/s direct = "
               f"{p64['rps'] / d64['rps']:.0%} (target >= 50%)")
-        with httpx.Client() as client:
-            totals = client.get(f"http://127.0.0.1:{proxy_port}/metrics").text
-        answered = sum(float(line.rsplit(" ", 1)[1]) for line in totals.splitlines()
-                       if line.startswith("router_requests_total{"))
-        print(f"requests the proxy counted in /metrics: {answered:.0f}")
+        for key, counts in routed.items():
+            print(f"answered by (from /metrics), {names[key]}: "
+                  + ", ".join(f"{m} {v:.0f}" for m, v in sorted(counts.items()) if v))
         if args.json:
-            print(json.dumps(results, indent=1))
+            print(json.dumps({"load_average": load_avg, "results": results, "answered_by": routed}, indent=1))
     finally:
         for p in procs:
             p.terminate()

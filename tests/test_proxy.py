@@ -4,6 +4,7 @@ UPSTREAM (tests/servers/instant_upstream.py), so these tests take seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+from servers.procs import ROOT, free_port, models_dir, remote_card, router_serve, upstream
 
 from router.ledger import LedgerRecord, hash_key, open_ledger
 
@@ -292,10 +293,16 @@ def test_health(served: Served) -> None:
 def test_metrics_count_requests_joules_and_decisions(served: Served) -> None:
     served.client().chat.completions.create(model="router", messages=user(REVIEW))
     text = httpx.get(f"{served.url}/metrics").text
-    assert 'router_requests_total{key="-",model="sentiment-onnx",outcome="ok",tier="specialist"}' in text
-    assert 'router_energy_joules_total{key="-",model="sentiment-onnx",tier="specialist"}' in text
+    key = f'key="{hash_key("unused")}"'  # the official client always sends a key; none are configured here
+    assert f'router_requests_total{{{key},model="sentiment-onnx",outcome="ok",tier="specialist"}}' in text
+    assert f'router_energy_joules_total{{{key},model="sentiment-onnx",tier="specialist"}}' in text
     assert "router_decision_seconds_bucket" in text and "router_request_seconds_count" in text
     assert "router_errors_total" in text
+    # budgets, read from the ledger at scrape time: the shipped policies share the large tier's hourly counter
+    used = float(text.split('router_budget_used_joules{budget="tier:large:3600s"} ')[1].split()[0])
+    for policy, limit in (("eco", 20_000), ("balanced", 200_000), ("quality", 1_000_000)):
+        line = f'router_budget_remaining_joules{{budget="tier:large:3600s",policy="{policy}"}} '
+        assert float(text.split(line)[1].split()[0]) == max(0.0, limit - used)
 
 
 # -- keys -----------------------------------------------------------------------------------------------------
@@ -351,3 +358,295 @@ def test_disconnect_mid_stream_stops_generation_and_is_recorded(served: Served) 
     while time.time() < deadline and served.upstream_stats()["closed_early"].get("slow", 0) == before:
         time.sleep(0.1)
     assert served.upstream_stats()["closed_early"].get("slow", 0) == before + 1  # upstream generation stopped
+
+
+# -- the fast path's pieces, in-process ------------------------------------------------------------------------
+def test_remote_fast_path_dict_is_exactly_the_public_response(upstream_url: str, tmp_path: Path) -> None:
+    """The proxy serialises the remote path's plain dict; it must be what ``ChatCompletion`` would give, key for
+    key and byte for byte, with a fallback attempt in it too."""
+    from pydantic_core import to_json
+
+    from router import Router
+    from router.config import RouterConfig
+    from router.types import ChatCompletion
+
+    config, _ = _config(tmp_path, upstream_url)
+    router = Router(RouterConfig.load(config))
+
+    async def run() -> list[dict[str, object]]:
+        out = []
+        for model in ("remote-echo", "remote-broken"):  # the broken one falls back: two attempts
+            ctx = router.prepare(user(QUESTION), model=model, max_tokens=16)
+            out.append(await router._acomplete(ctx, raw=True))
+        public = await router.acomplete(user(QUESTION), model="remote-echo", max_tokens=16)
+        assert isinstance(public, ChatCompletion) and public.routing.model == "remote-echo"
+        return out
+
+    try:
+        for raw in asyncio.run(run()):
+            assert isinstance(raw, dict)
+            model = ChatCompletion.model_validate(raw)
+            assert model.model_dump() == raw
+            assert list(model.model_dump()) == list(raw)  # same key order: the same JSON text
+            assert to_json(raw) == model.model_dump_json().encode()
+        assert [a["outcome"] for a in raw["routing"]["attempts"]] == ["error", "ok"]  # type: ignore[index]
+    finally:
+        router.close()
+
+
+class _Scripted:
+    """A raw TCP server on 127.0.0.1 that answers each request with the next scripted reply (bytes, or a
+    callable given the writer), counting connections and requests."""
+
+    def __init__(self, replies: list[object]) -> None:
+        self.replies = list(replies)
+        self.connections = 0
+        self.requests = 0
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/chat/completions"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                self.requests += 1
+                reply = self.replies.pop(0) if self.replies else _ok(b'{"n": 0}')
+                if callable(reply):
+                    await reply(writer)
+                    return
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body), extra, body)
+
+
+def _pool(url: str, **kw: float) -> object:
+    from router.backends.openai_http import _HTTPPool
+
+    return _HTTPPool(url, {"Content-Type": "application/json"}, timeout_s=kw.get("timeout_s", 5.0),
+                     connect_timeout_s=2.0, loop=asyncio.get_running_loop(), limit=int(kw.get("limit", 256)))
+
+
+def test_http_pool_keeps_connections_alive_and_reads_every_framing() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"4\r\n{\"n\"\r\n4\r\n: 2}\r\n0\r\n\r\n")
+
+    async def until_close(writer: asyncio.StreamWriter) -> None:  # no length: the body ends with the connection
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"n\": 3}")
+        await writer.drain()
+
+    async def run() -> None:
+        server = _Scripted([_ok(b'{"n": 1}'), chunked, until_close, _ok(b'{"n": 4}')])
+        async with server as url:
+            pool = _pool(url)
+            assert await pool.post(b"{}") == (200, b'{"n": 1}')
+            assert await pool.post(b"{}") == (200, b'{"n": 2}')
+            assert server.connections == 1  # kept alive
+            assert await pool.post(b"{}") == (200, b'{"n": 3}')
+            assert await pool.post(b"{}") == (200, b'{"n": 4}')  # a fresh connection after the close
+            assert server.connections == 2 and server.requests == 4
+            pool.close()
+
+    asyncio.run(run())
+
+
+def test_http_pool_resends_once_when_an_idle_connection_was_closed() -> None:
+    async def close_without_answer(writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()  # what a server closing an idle keep-alive connection looks like to us
+
+    async def run() -> None:
+        server = _Scripted([_ok(b"first"), close_without_answer, _ok(b"second")])
+        async with server as url:
+            pool = _pool(url)
+            assert await pool.post(b"{}") == (200, b"first")
+            assert await pool.post(b"{}") == (200, b"second")  # resent on a fresh connection, no error
+            assert server.connections == 2
+            pool.close()
+
+    asyncio.run(run())
+
+
+def test_http_pool_failures_are_oserrors_that_agenerate_retries() -> None:
+    async def never(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def run() -> None:
+        async with _Scripted([never]) as url:
+            with pytest.raises(TimeoutError):
+                await _pool(url, timeout_s=0.2).post(b"{}")
+        async with _Scripted([b"HTTP/1.1 abc\r\n\r\n"]) as url:
+            with pytest.raises(ConnectionError, match="malformed"):
+                await _pool(url).post(b"{}")
+        port = free_port()
+        with pytest.raises(OSError):
+            await _pool(f"http://127.0.0.1:{port}/v1/chat/completions").post(b"{}")
+
+    asyncio.run(run())
+
+
+def test_http_pool_limits_open_connections() -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.05)
+        writer.write(_ok(b"slow"))
+        await writer.drain()
+
+    async def run() -> None:
+        server = _Scripted([slow] * 12)
+        async with server as url:
+            pool = _pool(url, limit=3)
+            results = await asyncio.gather(*(pool.post(b"{}") for _ in range(12)))
+            assert results == [(200, b"slow")] * 12
+            assert server.connections <= 12 and pool._busy == 0 and not pool._queue
+            peak = 0
+
+            async def watch() -> None:
+                nonlocal peak
+                for _ in range(20):
+                    peak = max(peak, pool._busy)
+                    await asyncio.sleep(0.005)
+
+            server.replies = [slow] * 6
+            await asyncio.gather(watch(), *(pool.post(b"{}") for _ in range(6)))
+            assert peak == 3
+            pool.close()
+
+    asyncio.run(run())
+
+
+def test_background_ledger_batches_in_order_and_flushes(tmp_path: Path) -> None:
+    from router.ledger import SQLiteLedger
+    from router.proxy.ledger_writer import BackgroundLedger
+
+    class Batching(SQLiteLedger):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.batches: list[int] = []
+
+        def record_many(self, recs: list[LedgerRecord]) -> None:
+            self.batches.append(len(recs))
+            for rec in recs:
+                self.record(rec)
+
+    inner = Batching(tmp_path / "l.sqlite3")
+    ledger = BackgroundLedger(inner, interval_s=0.02)
+    for i in range(200):
+        ledger.record(LedgerRecord(request_id=f"r{i}", model="m", tier="small", energy_j=1.0,
+                                   energy_source="estimated:x"))
+    assert [r.request_id for r in ledger.records()] == [f"r{i}" for i in range(200)]  # records() flushes first
+    assert inner.batches and max(inner.batches) > 1  # records that gathered while it paused went as one batch
+    time.sleep(0.1)  # idle: the writer sleeps on its event; the next record wakes it
+    ledger.record(LedgerRecord(request_id="late", model="m", tier="small", energy_j=1.0, energy_source="e:x"))
+    assert ledger.flush(5) and ledger.written == 201
+    ledger.record(LedgerRecord(request_id="last", model="m", tier="small", energy_j=1.0, energy_source="e:x"))
+    ledger.close()  # drains
+    reopened = SQLiteLedger(tmp_path / "l.sqlite3")
+    assert [r.request_id for r in reopened.records()][-2:] == ["late", "last"]
+    reopened.close()
+
+
+def test_one_write_transport_joins_head_and_body_and_never_holds_past_the_iteration() -> None:
+    from router.proxy.server import _OneWrite
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def get_extra_info(self, name: str) -> str:
+            return f"info:{name}"
+
+    async def run() -> None:
+        raw = Recorder()
+        t = _OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"HEAD ")
+        t.write(b"BODY")
+        assert raw.writes == [b"HEAD BODY"]  # one system call for both
+        t.write(b"stream head")
+        assert raw.writes == [b"HEAD BODY"] and t.get_write_buffer_size() == len(b"stream head")
+        await asyncio.sleep(0)  # end of the loop iteration: the held write goes out on its own
+        assert raw.writes[-1] == b"stream head"
+        t.write(b"last words")
+        t.close()  # close flushes first
+        assert raw.writes[-1] == b"last words" and raw.closed
+        assert t.get_extra_info("peername") == "info:peername"
+
+    asyncio.run(run())
+
+
+def test_budget_specs_list_every_budget_with_its_policy(tmp_path: Path) -> None:
+    """What the ``router_budget_*`` gauges list: global budgets once per policy, per-key budgets for the key
+    hashes a policy names (their own and the policy-wide ``scope: per_key`` ones)."""
+    from router.cards import load_cards
+    from router.policy.engine import PolicyEngine
+    from router.policy.loader import load_policies
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    shutil.copy(ROOT / "policies" / "examples" / "per-key.yaml", folder / "per-key.yaml")
+    shutil.copy(ROOT / "policies" / "eco.yaml", folder / "eco.yaml")
+    engine = PolicyEngine(load_cards(ROOT / "models"), load_policies(folder))
+    specs = engine.budget_specs()
+    assert ("tier:large:86400s", 500_000.0, 86400.0, "per-key") in specs
+    assert ("tier:large:3600s", 20_000.0, 3600.0, "eco") in specs
+    team_a, team_b = "key-8879f6a4ae35c420", "key-292d075b18c9240a"
+    for key in (team_a, team_b):  # the policy-wide per-key budget, for each key the policy names
+        assert (f"key:{key}:tier:large:86400s", 50_000.0, 86400.0, "per-key") in specs
+    assert (f"key:{team_a}:model:gemma3-270m:3600s", 5000.0, 3600.0, "per-key") in specs  # the key's own
+    assert len(specs) == len(set(specs))
+
+
+def test_agenerate_honours_a_proxy_named_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set, the call goes through that proxy (httpx reads the variable), not the own pool that
+    would dial the endpoint directly; here the scripted server is the proxy and the endpoint does not exist."""
+    from router.backends import GenerationRequest
+    from router.backends.openai_http import OpenAIHTTPBackend
+    from router.cards import load_card
+    from router.types import ChatMessage
+
+    answer = b'{"choices": [{"message": {"content": "via proxy"}, "finish_reason": "stop"}], "usage": {}}'
+    card_file = tmp_path / "remote.yaml"
+    card_file.write_text(remote_card("remote", "http://upstream.invalid/v1", "m"), encoding="utf-8")
+
+    async def run() -> None:
+        server = _Scripted([_ok(answer)])
+        async with server as url:
+            monkeypatch.setenv("HTTP_PROXY", url.removesuffix("/v1/chat/completions"))
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            backend = OpenAIHTTPBackend(load_card(card_file))
+            assert backend._use_pool is False
+            out = await backend.agenerate(GenerationRequest(messages=[ChatMessage(role="user", content="hi")]))
+            assert out.text == "via proxy" and server.requests == 1
+            backend.close()
+        monkeypatch.delenv("HTTP_PROXY")
+        assert OpenAIHTTPBackend(load_card(card_file))._use_pool is True
+
+    asyncio.run(run())

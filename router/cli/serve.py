@@ -52,7 +52,11 @@ def serve(
             "or ledger_url in --config). SQLite is the single-process default: use --workers 1 with it.", err=True
         )
         raise typer.Exit(2)
-    kwargs = {"loop": "uvloop", "http": "httptools"} if _fast_io() else {}
+    kwargs: dict[str, object] = {}
+    if _fast_io():
+        from ..proxy.server import OneWriteHttpToolsProtocol
+
+        kwargs = {"loop": "uvloop", "http": OneWriteHttpToolsProtocol}  # see router/proxy/server.py
     uvicorn.run(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, access_log=access_log, timeout_keep_alive=30, **kwargs,

@@ -66,6 +66,12 @@ class Ledger(ABC):
     def record(self, rec: LedgerRecord) -> None:
         """Append one record durably."""
 
+    def record_many(self, recs: list[LedgerRecord]) -> None:
+        """Append several records; implementations write them as one transaction where they can (the proxy's
+        background writer hands over what queued up meanwhile)."""
+        for rec in recs:
+            self.record(rec)
+
     @abstractmethod
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
         """Records in time order."""

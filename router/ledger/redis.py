@@ -169,26 +169,41 @@ class RedisLedger(Ledger):
     def _sum_key(self, bucket: float) -> str:
         return f"{self.prefix}sum:{_num(bucket)}"
 
-    def record(self, rec: LedgerRecord) -> None:
+    def _record_call(self, rec: LedgerRecord) -> tuple[list[str], list[Any]]:
         data = rec.as_dict()
         bucket = bucket_of(rec.ts)
         dims = json.dumps([data[d] for d in SUMMARY_DIMS])
-        self._record_script(
-            keys=[self._k_records, self._k_seq, self._sum_key(bucket), self._k_buckets],
-            args=[
-                repr(float(rec.ts)),
-                json.dumps(data, separators=(",", ":")),
-                _num(bucket),
-                dims,
-                1,
-                repr(float(rec.energy_j)),
-                int(rec.input_tokens or 0),
-                int(rec.output_tokens or 0),
-                repr(float(rec.latency_ms or 0.0)),
-                repr(float(rec.co2e_g or 0.0)),
-            ],
-        )
+        keys = [self._k_records, self._k_seq, self._sum_key(bucket), self._k_buckets]
+        args: list[Any] = [
+            repr(float(rec.ts)),
+            json.dumps(data, separators=(",", ":")),
+            _num(bucket),
+            dims,
+            1,
+            repr(float(rec.energy_j)),
+            int(rec.input_tokens or 0),
+            int(rec.output_tokens or 0),
+            repr(float(rec.latency_ms or 0.0)),
+            repr(float(rec.co2e_g or 0.0)),
+        ]
+        return keys, args
+
+    def record(self, rec: LedgerRecord) -> None:
+        keys, args = self._record_call(rec)
+        self._record_script(keys=keys, args=args)
         if rec.ts >= self._next_prune and time.time() >= self._next_prune:
+            self.apply_retention()
+
+    def record_many(self, recs: list[LedgerRecord]) -> None:
+        """One round trip for the batch (a pipeline of the same atomic per-record script)."""
+        if not recs:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for rec in recs:
+            keys, args = self._record_call(rec)
+            self._record_script(keys=keys, args=args, client=pipe)
+        pipe.execute()
+        if max(r.ts for r in recs) >= self._next_prune and time.time() >= self._next_prune:
             self.apply_retention()
 
     def _range(

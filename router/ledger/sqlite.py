@@ -218,6 +218,24 @@ class SQLiteLedger(Ledger):
         if rec.ts >= self._next_prune and time.time() >= self._next_prune:
             self.apply_retention()
 
+    def record_many(self, recs: list[LedgerRecord]) -> None:
+        """One transaction for the batch: the WAL append, the lock and the commit are paid once, not per record
+        (proxy CPU 0.53 -> 0.44 ms per request at concurrency 64, benchmarks/README.md)."""
+        if not recs:
+            return
+        rows = [tuple(getattr(r, c) for c in _COLUMNS) for r in recs]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(self._insert, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        last = max(r.ts for r in recs)
+        if last >= self._next_prune and time.time() >= self._next_prune:
+            self.apply_retention()
+
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
         sql, args = self._select(since, until)
         if limit is not None:

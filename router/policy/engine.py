@@ -385,6 +385,19 @@ class PolicyEngine:
             )
         return found
 
+    def budget_specs(self) -> list[tuple[str, float, float, str]]:
+        """Every budget a request can be reserved against, for reports and metrics: ``(ledger key, joules per
+        window, window seconds, policy)``, one row per policy that names the budget (policies may share a
+        counter with different limits). Per-key budgets are listed for the key hashes the policies name; a
+        policy-wide ``scope: per_key`` budget has no key to list until a request with a key uses it."""
+        rows: dict[tuple[str, str], tuple[float, float]] = {}
+        for policy in self.policies.values():
+            for key_hash in [None, *(k.key_hash for k in policy.keys)]:
+                for card in self.cards.values():
+                    for ref in budgets_for(policy, card, key_hash):
+                        rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
+        return [(key, limit, window, name) for (key, name), (limit, window) in sorted(rows.items())]
+
     def snapshot(self, policy: Policy, key_hash: str | None) -> BudgetState:
         """Budget use for every budget any candidate could be reserved against (one read each)."""
         now = float(self._clock())

@@ -1,12 +1,14 @@
 """Prometheus metrics for the proxy, in a registry of its own (one per app, so tests can build many apps).
 
-Per request the hot path does a handful of dict lookups and float adds (prometheus-client's labelled children
-are cached by label values). Budget and cooldown figures are read when ``/metrics`` is scraped, not per request.
+Per request the hot path does one dict lookup for the labelled children it needs (cached here by label values,
+which skips prometheus-client's per-call label validation) and a few locked float adds. Budget and cooldown
+figures are read when ``/metrics`` is scraped, not per request.
 With ``--workers N`` each worker process keeps its own counters; scrape each worker or sum per instance.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from .._router import Router
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+log = logging.getLogger("router.proxy")
 
 
 class ProxyMetrics:
@@ -52,15 +55,24 @@ class ProxyMetrics:
         )
         self.budgets_seen: set[str] = set()
         self.registry.register(_StateCollector(router, self))
+        self._answer_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self.observe_decision = self.decision.observe
+        self.observe_latency = self.latency.observe
 
     def observe_answer(self, model: str, tier: str, key: str | None, energy_j: float, outcome: str,
                        attempts: Any = ()) -> None:
-        k = key or "-"
-        self.requests.labels(model, tier, k, outcome).inc()
-        self.joules.labels(model, tier, k).inc(energy_j)
-        for a in attempts:
-            if a.outcome == "error":
-                self.failed_attempts.labels(a.model).inc()
+        labels = (model, tier, key or "-", outcome)
+        children = self._answer_children.get(labels)
+        if children is None:
+            children = (self.requests.labels(*labels), self.joules.labels(*labels[:3]))
+            if len(self._answer_children) < 10_000:  # label sets are bounded by models x keys; stay so
+                self._answer_children[labels] = children
+        children[0].inc()
+        children[1].inc(energy_j)
+        for a in attempts:  # Attempt objects or their dicts
+            outcome, name = (a["outcome"], a["model"]) if isinstance(a, dict) else (a.outcome, a.model)
+            if outcome == "error":
+                self.failed_attempts.labels(name).inc()
 
     def observe_error(self, error_type: str, status: int) -> None:
         self.errors.labels(error_type, str(status)).inc()
@@ -97,37 +109,42 @@ class _StateCollector(Collector):
     def _budgets(self) -> Iterator[GaugeMetricFamily]:
         used = GaugeMetricFamily("router_budget_used_joules",
                                  "Joules spent plus held in the current window of each budget", labels=["budget"])
-        remaining = GaugeMetricFamily("router_budget_remaining_joules",
-                                      "Joules left in the current window of each budget", labels=["budget"])
-        for budget, limit_j, window_s in self._budget_specs():
+        remaining = GaugeMetricFamily(
+            "router_budget_remaining_joules",
+            "Joules left in the current window of each budget, under each policy that names it (policies may "
+            "share a budget's counter with different limits)", labels=["budget", "policy"])
+        specs, windows = self._budget_specs()
+        for budget, window_s in sorted(windows.items()):
             try:
                 spent = self.router.ledger.budget_used(budget, window_s)
             except Exception:  # a scrape must not fail because the ledger hiccups
                 continue
             used.add_metric([budget], spent)
-            if limit_j is not None:
-                remaining.add_metric([budget], max(0.0, limit_j - spent))
+            for b, limit_j, _, policy in specs:
+                if b == budget:
+                    remaining.add_metric([budget, policy], max(0.0, limit_j - spent))
         yield used
         yield remaining
 
-    def _budget_specs(self) -> list[tuple[str, float | None, float]]:
-        """(budget key, limit in joules or None, window seconds). The policy engine may list its budgets
-        through ``budget_specs()``; otherwise the budget keys seen in decisions (``kind:name:window_s``)."""
-        engine = self.router.engine
-        specs_fn = getattr(engine, "budget_specs", None)
+    def _budget_specs(self) -> tuple[list[tuple[str, float, float, str]], dict[str, float]]:
+        """The policy engine's budgets (``budget_specs()``: key, limit, window, policy) and the window of every
+        budget to read: those plus the budget keys seen in decisions (per-key budgets of keys the policies do
+        not name; their keys end in the window, e.g. ``key:key-0123...:tier:large:3600s``)."""
+        specs: list[tuple[str, float, float, str]] = []
+        specs_fn = getattr(self.router.engine, "budget_specs", None)
         if callable(specs_fn):
             try:
-                return [(str(b), None if lim is None else float(lim), float(w)) for b, lim, w in specs_fn()]
+                specs = [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn()]
             except Exception:
-                pass
-        out: list[tuple[str, float | None, float]] = []
-        for budget in sorted(self.metrics.budgets_seen):
-            try:
-                window = float(budget.rsplit(":", 1)[1])
-            except (IndexError, ValueError):
-                continue
-            out.append((budget, None, window))
-        return out
+                log.exception("could not list the policy engine's budgets")
+        windows = {b: w for b, _, w, _ in specs}
+        for budget in list(self.metrics.budgets_seen):
+            if budget not in windows:
+                try:
+                    windows[budget] = float(budget.rsplit(":", 1)[1].removesuffix("s"))
+                except (IndexError, ValueError):
+                    continue
+        return specs, windows
 
 
 def now() -> float:

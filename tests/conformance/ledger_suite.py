@@ -100,6 +100,17 @@ def check_record_roundtrip(open_store: OpenStore) -> None:
     assert [r.as_dict() for r in got] == [r.as_dict() for r in recs]
 
 
+def check_record_many(open_store: OpenStore) -> None:
+    """A batch write is the same as one write per record, and an empty batch writes nothing."""
+    led = open_store("many")
+    recs = _sample(12)
+    led.record_many([])
+    led.record_many(recs[5:])
+    led.record_many(recs[:5])
+    assert [r.as_dict() for r in led.records()] == [r.as_dict() for r in recs]
+    assert math.isclose(led.spent(since=0.0), sum(r.energy_j for r in recs))
+
+
 def check_records_range_and_limit(open_store: OpenStore) -> None:
     led = open_store("range")
     recs = _sample(10)
@@ -253,6 +264,7 @@ def check_prune(open_store: OpenStore) -> None:
 
 LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_roundtrip,
+    check_record_many,
     check_records_range_and_limit,
     check_spent,
     check_totals,
