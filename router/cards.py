@@ -38,9 +38,21 @@ class GGUFWeights(_Strict):
 
 
 class OnnxBackendSpec(_Strict):
+    """An ONNX classifier. Its graph takes either the raw text (a ``[N, 1]`` string input, e.g. a TF-IDF
+    pipeline) or word-piece ids (``input_ids``, ``attention_mask``, optionally ``token_type_ids``, e.g. a
+    fine-tuned transformer); for the latter the backend tokenises with ``tokenizer``."""
+
     type: Literal["onnx"]
     path: str = Field(description="ONNX file, relative to the card's folder")
     labels: list[str] = Field(description="answer text for each class index, e.g. [negative, positive]")
+    tokenizer: str | None = Field(
+        None,
+        description="tokenizer.json (Hugging Face `tokenizers` format), relative to the card's folder; used when "
+        "the graph takes token ids (default: tokenizer.json beside the ONNX file)",
+    )
+    max_length: int = Field(
+        128, ge=4, le=8192, description="word pieces kept per request (longer text is truncated; token-id graphs)"
+    )
 
 
 class LlamaCppBackendSpec(_Strict):

@@ -1,55 +1,103 @@
-"""The shipped sentiment specialist: ONNX contract, agreement with sklearn, better than bag-of-words."""
+"""The shipped sentiment specialist (fine-tuned MiniLM, int8 ONNX + tokenizer) and the torch-free linear recipe
+it replaced: ONNX contracts, held-out figures recorded honestly, odd input."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from router.training.common import MODELS_DIR, detokenize
-from router.training.sentiment import fit_nblr, onnx_predict, split_polarity
+from router.training.sentiment import export_onnx, fit_nblr, onnx_predict, split_polarity
+from router.training.sentiment_finetune import MAX_LENGTH, OnnxSentiment
 
-ONNX = MODELS_DIR / "sentiment" / "sentiment.onnx"
-METRICS = MODELS_DIR / "sentiment" / "metrics.json"
+FOLDER = MODELS_DIR / "sentiment"
+ONNX = FOLDER / "sentiment.onnx"
+TOKENIZER = FOLDER / "tokenizer.json"
+METRICS = FOLDER / "metrics.json"
 pytestmark = pytest.mark.skipif(not ONNX.exists(), reason="run `router train specialist sentiment` first")
+ODD = ["", "   ", "😀😀", "\x00\x01", "これは映画です", "un film très ennuyeux", "x" * 100_000]
 
 
-def test_onnx_contract_and_obvious_sentences() -> None:
-    import onnxruntime as ort
+@pytest.fixture(scope="module")
+def shipped() -> OnnxSentiment:
+    return OnnxSentiment(ONNX, TOKENIZER)
 
-    session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
-    (inp,) = session.get_inputs()
-    assert inp.name == "text" and inp.shape[1] == 1
-    assert [o.name for o in session.get_outputs()] == ["label", "probabilities"]
-    labels, probs = onnx_predict(ONNX, ["A GORGEOUS, witty and moving film.", "dull, boring and painfully slow."])
-    assert labels.tolist() == [1, 0]
+
+def test_shipped_graph_contract_and_obvious_sentences(shipped: OnnxSentiment) -> None:
+    assert [i.name for i in shipped.session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert [o.name for o in shipped.session.get_outputs()] == ["label", "probabilities"]
+    probs = shipped.predict_proba(["A GORGEOUS, witty and moving film.", "dull, boring and painfully slow."])
+    assert probs.argmax(1).tolist() == [1, 0]
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_metrics_beat_bag_of_words_baseline() -> None:
+def test_metrics_beat_baselines_and_the_linear_model() -> None:
     m = json.loads(METRICS.read_text())
+    fine = m["finetune"]
     assert m["test_accuracy"] > max(m["baselines_test_accuracy"].values())
-    assert m["onnx_sklearn_label_agreement"] >= 0.995
+    assert m["test_accuracy"] > m["linear_not_shipped"]["test_accuracy"] + 0.03
+    # the epoch (and lr) were chosen on validation, and the shipped precision is the one recorded
+    runs = fine["validation_accuracy_by_lr_and_epoch"]
+    best = max(max(accs) for accs in runs.values())
+    assert fine["chosen"]["validation_accuracy"] == best
+    assert runs[f"{fine['chosen']['lr']:g}"][fine["chosen"]["epoch"] - 1] == best
+    shipped = fine[f"onnx_{fine['shipped_precision']}"]
+    assert m["test_accuracy"] == shipped["test_accuracy"] and m["onnx_bytes"] == ONNX.stat().st_size
+    assert abs(fine["onnx_int8"]["test_accuracy"] - fine["test_accuracy_torch"]) < 0.01
+    assert m["max_length"] == MAX_LENGTH
 
 
-def test_onnx_matches_sklearn_on_held_out_sample() -> None:
+def test_shipped_matches_recorded_accuracy_on_a_sample(shipped: OnnxSentiment) -> None:
     split = split_polarity()
-    n = 600
+    n = 400
+    acc = float((shipped.predict_proba(split.test_x[:n]).argmax(1) == split.test_y[:n]).mean())
+    recorded = json.loads(METRICS.read_text())["test_accuracy"]
+    assert abs(acc - recorded) < 0.05  # a 400-sentence sample of the 1,703 scored in metrics.json
+
+
+def test_odd_input_does_not_crash(shipped: OnnxSentiment) -> None:
+    probs = shipped.predict_proba(ODD)
+    assert probs.shape == (len(ODD), 2) and np.isfinite(probs).all()
+
+
+@pytest.fixture(scope="module")
+def linear_graph(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """The torch-free recipe's graph (a small NB-LR, so the test stays fast) exported to a temporary file."""
+    split = split_polarity()
     model = fit_nblr(split.train_x[:3000], split.train_y[:3000], 1.0, char=False)
-    from router.training.sentiment import export_onnx
-
-    path = ONNX.parent / "_test_tmp.onnx"
-    try:
-        export_onnx(model, path)
-        texts = split.test_x[:n] + [detokenize(t).upper() for t in split.test_x[:100]]
-        labels, probs = onnx_predict(path, texts)
-        assert (labels == model.predict(texts)).mean() >= 0.99
-        assert np.abs(probs - model.predict_proba(texts)).max() < 0.05
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
+    export_onnx(model, path)
+    return path, model
 
 
-def test_odd_input_does_not_crash() -> None:
-    labels, probs = onnx_predict(ONNX, ["", "   ", "😀😀", "\x00\x01", "これは映画です", "x" * 100_000])
-    assert labels.shape == (6,) and np.isfinite(probs).all()
+def test_linear_onnx_matches_sklearn_on_held_out_sample(linear_graph: tuple[Path, object]) -> None:
+    path, model = linear_graph
+    split = split_polarity()
+    texts = split.test_x[:600] + [detokenize(t).upper() for t in split.test_x[:100]]
+    labels, probs = onnx_predict(path, texts)
+    assert (labels == model.predict(texts)).mean() >= 0.99  # type: ignore[attr-defined]
+    assert np.abs(probs - model.predict_proba(texts)).max() < 0.05  # type: ignore[attr-defined]
+
+
+def test_linear_onnx_odd_input(linear_graph: tuple[Path, object]) -> None:
+    labels, probs = onnx_predict(linear_graph[0], ODD)
+    assert labels.shape == (len(ODD),) and np.isfinite(probs).all()
+
+
+def test_train_command_says_how_to_get_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the `embeddings` extra the MiniLM recipe stops before doing any work and names the fix."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    result = CliRunner().invoke(app, ["train", "specialist", "sentiment", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "needs torch" in text and "pip install -e '.[embeddings]'" in text and "--model linear" in text
+    assert not any(tmp_path.iterdir())

@@ -6,6 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +30,19 @@ def extract_subject(text: str) -> str:
     return text.strip()
 
 
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_CHARS_PER_TOKEN = 32
+"""Text beyond ``max_length * 32`` characters is cut before tokenising (ordinary text needs ~5 characters per
+word piece), so a 1 MB prompt costs the same as a short one."""
+
+
 class OnnxSpecialistBackend(Backend):
-    """Runs an ONNX text classifier whose input ``text`` is a [N, 1] string tensor and whose outputs are a
-    class index and class probabilities; the answer is the card's label for the predicted class."""
+    """Runs an ONNX text classifier whose outputs include class probabilities (``probabilities``, else the
+    last output); the answer is the card's label for the most probable class, its probability the confidence.
+
+    The graph's inputs decide how text goes in: a string input gets the raw text as a ``[N, 1]`` tensor; token
+    inputs (``input_ids``, ``attention_mask``, ``token_type_ids``) get the card's tokenizer output, truncated
+    to ``backend.max_length`` word pieces. One session, one intra-op thread, calls serialised by a lock."""
 
     local = True
 
@@ -53,17 +64,79 @@ class OnnxSpecialistBackend(Backend):
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types
+            raise ConfigError(
+                f"{card.path}: field `backend.path`: {model_path} is not a loadable ONNX model: {exc}"
+            ) from exc
         self.model_path = Path(model_path)
-        self._input = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self._prob_output = "probabilities" if "probabilities" in outputs else outputs[-1]
+        inputs = self.session.get_inputs()
+        self._text_inputs = [i.name for i in inputs if i.type == "tensor(string)"]
+        self._token_inputs = [i.name for i in inputs if i.name in _TOKEN_INPUTS]
+        unknown = [i.name for i in inputs if i.name not in self._text_inputs + self._token_inputs]
+        if unknown or not inputs:
+            raise ConfigError(
+                f"{card.path}: field `backend.path`: {model_path} has inputs {[i.name for i in inputs]}; a "
+                f"specialist graph takes a string tensor and/or {', '.join(_TOKEN_INPUTS)}"
+            )
+        self.max_length = spec.max_length
+        self.tokenizer = self._load_tokenizer(card, spec, model_path) if self._token_inputs else None
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        prob = outputs[names.index("probabilities")] if "probabilities" in names else outputs[-1]
+        self._prob_output = prob.name
+        width = prob.shape[-1] if prob.shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise ConfigError(
+                f"{card.path}: field `backend.labels`: {len(self.labels)} labels for a graph with {width} classes"
+            )
         self._lock = threading.Lock()
 
+    def _load_tokenizer(self, card: ModelCard, spec: OnnxBackendSpec, model_path: Path) -> Any:
+        """The card's tokenizer, truncating to ``max_length`` without padding (the batch is padded here)."""
+        from tokenizers import Tokenizer
+
+        named = spec.tokenizer is not None
+        path = (card.folder / spec.tokenizer).resolve() if spec.tokenizer else model_path.parent / "tokenizer.json"
+        why = "" if named else " (not set: looked beside the ONNX file)"
+        if not path.exists():
+            raise ConfigError(
+                f"{card.path}: field `backend.tokenizer`: {path} does not exist{why}; the graph "
+                f"{model_path.name} takes token ids ({', '.join(self._token_inputs)}), so it needs its tokenizer.json"
+            )
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a plain Exception on bad JSON
+            raise ConfigError(
+                f"{card.path}: field `backend.tokenizer`: {path} is not a tokenizers JSON file: {exc}"
+            ) from exc
+        tokenizer.enable_truncation(max_length=self.max_length)
+        tokenizer.no_padding()
+        return tokenizer
+
+    def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        if self._text_inputs:
+            batch = np.array([[t] for t in texts], dtype=object)
+            feeds.update({name: batch for name in self._text_inputs})
+        if self.tokenizer is not None:
+            cap = self.max_length * _CHARS_PER_TOKEN
+            enc = self.tokenizer.encode_batch([t[:cap] for t in texts])
+            width = max(len(e.ids) for e in enc)
+            ids = np.zeros((len(enc), width), dtype=np.int64)
+            mask = np.zeros((len(enc), width), dtype=np.int64)
+            for row, e in enumerate(enc):
+                ids[row, : len(e.ids)] = e.ids
+                mask[row, : len(e.ids)] = 1
+            tokens = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            feeds.update({name: tokens[name] for name in self._token_inputs})
+        return feeds
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        batch = np.array([[t] for t in texts], dtype=object)
+        """[N, classes] probabilities for raw texts (no subject extraction)."""
         with self._lock:
-            (probs,) = self.session.run([self._prob_output], {self._input: batch})
+            (probs,) = self.session.run([self._prob_output], self._feeds(texts))
         return np.asarray(probs, dtype=np.float32)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
