@@ -63,3 +63,26 @@ def test_shipped_chat_outcomes_agree_with_the_scorer() -> None:
                 assert outcome["correct"] is True
     summary = summarize(rows)
     assert {"smollm2-135m", "gemma3-270m"} <= set(summary)
+
+
+def test_local_models_are_measured_one_model_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All of one model's calls (after a warm-up) before the next model's, so an LLM's still-spinning threads
+    are never metered as the next model's CPU time."""
+    from router.backends.base import Generation
+    from router.training import local_outcomes as lo
+
+    calls: list[str] = []
+
+    class RecordingBackendDouble:  # TEST DOUBLE: records the call order instead of running a model
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def generate(self, request: object) -> Generation:
+            calls.append(self.name)
+            return Generation(text="positive" if self.name == "a" else "no idea", finish_reason="stop",
+                              prompt_tokens=1, completion_tokens=1)
+
+    monkeypatch.setattr(lo, "_backends", lambda _dir, names: {n: RecordingBackendDouble(n) for n in names})
+    out = lo._answer_all(ROOT, ("a", "b"), ["p1", "p2", "p3"], 4, lambda _k, text: text == "positive", None, "x")
+    assert calls == ["a"] * 4 + ["b"] * 4
+    assert [o["a"]["correct"] for o in out] == [True] * 3 and not any(o["b"]["correct"] for o in out)

@@ -60,7 +60,8 @@ def measure_local_cmd(
     total = n or _MEASURE_SIZES.get(task) or len(lo.read_jsonl(lo.DATA_DIR / "chat_checked" / "questions.jsonl"))
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
-        job = bar.add_task(f"{task}: local models", total=total)
+        models = lo.LOCAL_MODELS if task == "sentiment" else lo.LLM_MODELS
+        job = bar.add_task(f"{task}: {', '.join(models)} (one model at a time)", total=total * len(models))
         tick = lambda _stage, done: bar.update(job, completed=done)  # noqa: E731
         if task == "sentiment":
             summary = lo.measure_sentiment(n=total, progress=tick)

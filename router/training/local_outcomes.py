@@ -58,6 +58,39 @@ def _run(backend: Any, prompt: str, max_tokens: int) -> tuple[str, int, float, f
     return result.text, int(result.completion_tokens), reading.joules, time.perf_counter() - t0
 
 
+def _answer_all(
+    models_dir: Path,
+    names: tuple[str, ...],
+    prompts: list[str],
+    max_tokens: int,
+    correct: Callable[[int, str], bool],
+    progress: Progress | None,
+    stage: str,
+) -> list[dict[str, Any]]:
+    """Every prompt through every model, one model at a time (after one warm-up call), and the per-prompt
+    outcomes. Why model by model: llama.cpp's worker threads keep spinning for a few milliseconds after a
+    call, and a CPU-time meter started in that window charges them to whatever runs next (a 6 ms specialist
+    call read ~13 ms of CPU right after an LLM call)."""
+    outcomes: list[dict[str, Any]] = [{} for _ in prompts]
+    backends = _backends(models_dir, names)
+    done = 0
+    for name, backend in backends.items():
+        _run(backend, prompts[0], max_tokens=max_tokens)  # warm-up: first-call allocations are not the model's
+        for k, prompt in enumerate(prompts):
+            text, tokens, joules, seconds = _run(backend, prompt, max_tokens=max_tokens)
+            outcomes[k][name] = {
+                "correct": correct(k, text),
+                "output_tokens": tokens,
+                "energy_j": round(joules, 5),
+                "latency_s": round(seconds, 4),
+                "answer": text[:80],
+            }
+            done += 1
+            if progress:
+                progress(stage, done)
+    return outcomes
+
+
 def measure_sentiment(
     n: int = 200,
     out: Path = DATA_DIR / "outcomes" / "sentiment_local.jsonl",
@@ -68,34 +101,17 @@ def measure_sentiment(
     rng = seed_everything()
     split = split_polarity()
     order = rng.permutation(len(split.test_x))[:n]
-    backends = _backends(models_dir, LOCAL_MODELS)
-    rows = []
+    prompts, golds = [], []
     for k, idx in enumerate(order):
-        sentence = detokenize(split.test_x[idx])
         template = SENTIMENT_ASK_TEMPLATES[k % len(SENTIMENT_ASK_TEMPLATES)]
-        prompt = template.format(text=sentence)
-        gold = LABELS[int(split.test_y[idx])]
-        outcomes = {}
-        for name, backend in backends.items():
-            text, tokens, joules, seconds = _run(backend, prompt, max_tokens=12)
-            outcomes[name] = {
-                "correct": parse_sentiment(text) == gold,
-                "output_tokens": tokens,
-                "energy_j": round(joules, 5),
-                "latency_s": round(seconds, 4),
-                "answer": text[:80],
-            }
-        rows.append(
-            {
-                "id": f"polarity-test-{int(idx)}",
-                "prompt": prompt,
-                "task": "sentiment",
-                "label": gold,
-                "outcomes": outcomes,
-            }
-        )
-        if progress:
-            progress("sentiment", k + 1)
+        prompts.append(template.format(text=detokenize(split.test_x[idx])))
+        golds.append(LABELS[int(split.test_y[idx])])
+    outcomes = _answer_all(models_dir, LOCAL_MODELS, prompts, 12, lambda k, text: parse_sentiment(text) == golds[k],
+                           progress, "sentiment")
+    rows = [
+        {"id": f"polarity-test-{int(idx)}", "prompt": prompt, "task": "sentiment", "label": gold, "outcomes": outs}
+        for idx, prompt, gold, outs in zip(order, prompts, golds, outcomes, strict=True)
+    ]
     _write_jsonl(out, rows)
     return summarize(rows)
 
@@ -116,31 +132,13 @@ def measure_math(
 
     MMLU rows cannot be used for the local models: the RouteLLM CSVs hold outcomes, not the gold letter."""
     rng = random.Random(SEED + 1)
-    backends = _backends(models_dir, LLM_MODELS)
-    rows = []
-    for k in range(n):
-        problem = math_problem(rng)
-        outcomes = {}
-        for name, backend in backends.items():
-            text, tokens, joules, seconds = _run(backend, problem.text, max_tokens=64)
-            outcomes[name] = {
-                "correct": parse_number(text) == problem.answer,
-                "output_tokens": tokens,
-                "energy_j": round(joules, 5),
-                "latency_s": round(seconds, 4),
-                "answer": text[-80:],
-            }
-        rows.append(
-            {
-                "id": f"math-gen-{k}",
-                "prompt": problem.text,
-                "task": "math",
-                "answer": problem.answer,
-                "outcomes": outcomes,
-            }
-        )
-        if progress:
-            progress("math", k + 1)
+    problems = [math_problem(rng) for _ in range(n)]
+    outcomes = _answer_all(models_dir, LLM_MODELS, [p.text for p in problems], 64,
+                           lambda k, text: parse_number(text) == problems[k].answer, progress, "math")
+    rows = [
+        {"id": f"math-gen-{k}", "prompt": p.text, "task": "math", "answer": p.answer, "outcomes": outs}
+        for k, (p, outs) in enumerate(zip(problems, outcomes, strict=True))
+    ]
     _write_jsonl(out, rows)
     return summarize(rows)
 
@@ -166,23 +164,14 @@ def measure_chat(
 ) -> dict[str, Any]:
     """Short chat requests with checkable answers (written for this project) answered by the local LLMs, so
     chat outcomes are measured rather than assumed; open-ended chat still has no ground truth here."""
-    backends = _backends(models_dir, LLM_MODELS)
-    rows = []
-    for k, item in enumerate(read_jsonl(questions)[:limit]):
-        outcomes = {}
-        for name, backend in backends.items():
-            text, tokens, joules, seconds = _run(backend, item["prompt"], max_tokens=max_tokens)
-            outcomes[name] = {
-                "correct": score_chat(text, item["accept"]),
-                "output_tokens": tokens,
-                "energy_j": round(joules, 5),
-                "latency_s": round(seconds, 4),
-                "answer": text[:80],
-            }
-        rows.append({"id": item["id"], "prompt": item["prompt"], "task": "chat", "kind": item["kind"],
-                     "accept": item["accept"], "outcomes": outcomes})
-        if progress:
-            progress("chat", k + 1)
+    items = read_jsonl(questions)[:limit]
+    outcomes = _answer_all(models_dir, LLM_MODELS, [it["prompt"] for it in items], max_tokens,
+                           lambda k, text: score_chat(text, items[k]["accept"]), progress, "chat")
+    rows = [
+        {"id": it["id"], "prompt": it["prompt"], "task": "chat", "kind": it["kind"], "accept": it["accept"],
+         "outcomes": outs}
+        for it, outs in zip(items, outcomes, strict=True)
+    ]
     _write_jsonl(out, rows)
     return summarize(rows)
 
