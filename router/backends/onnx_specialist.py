@@ -36,6 +36,19 @@ _CHARS_PER_TOKEN = 32
 word piece), so a 1 MB prompt costs the same as a short one."""
 
 
+def padded_token_ids(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64, zero-padded to the longest) for one batch, from a
+    ``tokenizers`` tokenizer; one place for the specialist, the MiniLM exporter and the fine-tune."""
+    enc = tokenizer.encode_batch(texts)
+    width = max(len(e.ids) for e in enc)
+    ids = np.zeros((len(enc), width), dtype=np.int64)
+    mask = np.zeros((len(enc), width), dtype=np.int64)
+    for row, e in enumerate(enc):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1
+    return ids, mask
+
+
 class OnnxSpecialistBackend(Backend):
     """Runs an ONNX text classifier whose outputs include class probabilities (``probabilities``, else the
     last output); the answer is the card's label for the most probable class, its probability the confidence.
@@ -122,13 +135,7 @@ class OnnxSpecialistBackend(Backend):
             feeds.update({name: batch for name in self._text_inputs})
         if self.tokenizer is not None:
             cap = self.max_length * _CHARS_PER_TOKEN
-            enc = self.tokenizer.encode_batch([t[:cap] for t in texts])
-            width = max(len(e.ids) for e in enc)
-            ids = np.zeros((len(enc), width), dtype=np.int64)
-            mask = np.zeros((len(enc), width), dtype=np.int64)
-            for row, e in enumerate(enc):
-                ids[row, : len(e.ids)] = e.ids
-                mask[row, : len(e.ids)] = 1
+            ids, mask = padded_token_ids(self.tokenizer, [t[:cap] for t in texts])
             tokens = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             feeds.update({name: tokens[name] for name in self._token_inputs})
         return feeds

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.onnx_specialist import padded_token_ids
 from .common import MODELS_DIR, seed_everything, write_json
 
 EMBED_DIR = MODELS_DIR / "embeddings"
@@ -72,13 +73,7 @@ class OnnxEncoder:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer.encode_batch([texts[i] or " " for i in idx])
-            width = max(len(e.ids) for e in enc)
-            ids = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, e in enumerate(enc):
-                ids[row, : len(e.ids)] = e.ids
-                mask[row, : len(e.ids)] = 1
+            ids, mask = padded_token_ids(self.tokenizer, [texts[i] or " " for i in idx])
             (emb,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
             out[idx] = emb
         return out

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.onnx_specialist import padded_token_ids
 from .common import SEED, detokenize
 
 MAX_LENGTH = 64
@@ -74,14 +75,7 @@ def load_tokenizer(path: Path, max_length: int = MAX_LENGTH) -> Any:
 
 def encode(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Padded ``input_ids`` and ``attention_mask`` (int64) for one batch."""
-    enc = tokenizer.encode_batch([t or " " for t in texts])
-    width = max(len(e.ids) for e in enc)
-    ids = np.zeros((len(enc), width), dtype=np.int64)
-    mask = np.zeros((len(enc), width), dtype=np.int64)
-    for row, e in enumerate(enc):
-        ids[row, : len(e.ids)] = e.ids
-        mask[row, : len(e.ids)] = 1
-    return ids, mask
+    return padded_token_ids(tokenizer, [t or " " for t in texts])
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
