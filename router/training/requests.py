@@ -194,6 +194,14 @@ CHAT_TEMPLATES = [
     "Outline a blog post about {concept}.",
     "Sorry, can you say that again more simply?",
     "ok cool. what else?",
+    "Is {place} in Europe? Answer yes or no.",
+    "Can dogs eat {food}? Yes or no?",
+    "Is {concept} a real thing? Answer yes or no.",
+    "Is it a good idea to learn {skill} at 40?",
+    "Is water wet? Just say yes or no.",
+    "Should I bring an umbrella to {place} in spring? yes/no",
+    "Is a {topic} worth buying secondhand? Short answer please.",
+    "Was {work} a good book or a bad one, in your opinion?",
 ]
 FILL = {
     "thing": ["heater", "window", "fridge", "door lock", "shower", "washing machine"],
