@@ -11,6 +11,7 @@ says "cooling down"), and ``opened_total`` / ``state`` feed the proxy's metrics.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -91,44 +92,13 @@ class CooldownBackend(Backend):
         with self._lock:
             self._trial_running = False
 
-    # -- calls ----------------------------------------------------------------------------------------
-    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
-        self._admit()
-        done: bool | None = False
-        try:
-            yield from self.inner.stream(request)
-            done = True
-        except Exception:
-            done = None
-            self._failed()
-            raise
-        finally:
-            if done:
-                self._succeeded()
-            elif done is False:
-                self._released()
-
-    async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        self._admit()
-        done: bool | None = False
-        try:
-            async for event in self.inner.astream(request):
-                yield event
-            done = True
-        except Exception:
-            done = None
-            self._failed()
-            raise
-        finally:
-            if done:
-                self._succeeded()
-            elif done is False:
-                self._released()
-
-    def generate(self, request: GenerationRequest) -> Generation:
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """Admit one call and record its verdict: an exception is a failure; a cancellation or a reader that
+        stops early (GeneratorExit) is no verdict, so the next call may be the trial."""
         self._admit()
         try:
-            gen = self.inner.generate(request)
+            yield
         except Exception:
             self._failed()
             raise
@@ -136,20 +106,24 @@ class CooldownBackend(Backend):
             self._released()
             raise
         self._succeeded()
-        return gen
+
+    # -- calls ----------------------------------------------------------------------------------------
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        with self._call():
+            yield from self.inner.stream(request)
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        with self._call():
+            async for event in self.inner.astream(request):
+                yield event
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        with self._call():
+            return self.inner.generate(request)
 
     async def agenerate(self, request: GenerationRequest) -> Generation:
-        self._admit()
-        try:
-            gen = await self.inner.agenerate(request)
-        except Exception:
-            self._failed()
-            raise
-        except BaseException:  # cancelled
-            self._released()
-            raise
-        self._succeeded()
-        return gen
+        with self._call():
+            return await self.inner.agenerate(request)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)

@@ -1,0 +1,65 @@
+"""The cooldown (circuit breaker) records one verdict per call on every call path: failures open it, a success
+closes it, and a call that ends without a verdict (reader stopped early, cancelled) only frees the trial."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.backends import FaultInjectingBackend, GenerationRequest
+from router.backends.cooldown import CooldownBackend
+from router.errors import BackendError, BackendUnavailableError
+from router.types import ChatMessage
+
+REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="Sentiment: a gorgeous, witty film")])
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failures_open_then_a_trial_success_closes(specialist_backend) -> None:  # type: ignore[no-untyped-def]
+    flaky = FaultInjectingBackend(specialist_backend, failures_before_success=2)
+    clock = _Clock()
+    breaker = CooldownBackend(flaky, failures=2, cooldown_s=10, clock=clock)
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            breaker.generate(REQUEST)
+    assert breaker.state == "open" and breaker.opened_total == 1
+    with pytest.raises(BackendUnavailableError, match="cooling down"):
+        list(breaker.stream(REQUEST))
+    assert breaker.rejected_total == 1
+    clock.now = 10.0
+    assert breaker.state == "half-open"
+    assert asyncio.run(breaker.agenerate(REQUEST)).text in ("positive", "negative")
+    assert breaker.state == "closed" and breaker.consecutive_failures == 0
+
+
+def test_a_stream_closed_early_frees_the_trial_without_a_verdict(specialist_backend) -> None:  # type: ignore[no-untyped-def]
+    broken = FaultInjectingBackend(specialist_backend, failures_before_success=1)
+    clock = _Clock()
+    breaker = CooldownBackend(broken, failures=1, cooldown_s=5, clock=clock)
+    with pytest.raises(BackendError):
+        breaker.generate(REQUEST)
+    clock.now = 5.0
+    stream = breaker.stream(REQUEST)
+    next(stream)  # the trial call is running
+    with pytest.raises(BackendUnavailableError):  # only one trial at a time
+        breaker.generate(REQUEST)
+    stream.close()  # reader went away: no verdict, the breaker stays half-open
+    assert breaker.state == "half-open" and breaker.consecutive_failures == 1
+
+    async def read_one() -> None:
+        events = breaker.astream(REQUEST)
+        await events.__anext__()
+        await events.aclose()
+
+    asyncio.run(read_one())
+    assert breaker.state == "half-open"
+    breaker.generate(REQUEST)  # the next trial may run, and succeeds
+    assert breaker.state == "closed"
