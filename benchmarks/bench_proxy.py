@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,13 +31,16 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from servers.procs import free_port, wait_ready  # noqa: E402  (the tests' process helpers, one copy)
+
 QUESTION = "What is the capital of France?"
 REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
 
 
 # Left out of the HTTP rows: the one sentiment request of data/energy_prompts.jsonl (the specialist rows cover
-# that path), and a yes/no question that the shipped request classifier sends to the sentiment specialist as soon
-# as anything is appended to it (P(sentiment) ~0.5), which would put ~5 % of those rows through the specialist.
+# that path), and a yes/no question that an earlier request classifier sent to the sentiment specialist once
+# anything was appended to it (the retrained one sends it to chat); kept out so the rows stay comparable.
 _NOT_HTTP = ("Is this review positive or negative?", "Is water wet?")
 
 
@@ -77,26 +79,6 @@ def answered_by(port: int) -> dict[str, float]:
             model = line.split('model="', 1)[1].split('"', 1)[0]
             out[model] = out.get(model, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url}: not ready after {timeout} s")
 
 
 def write_config(tmp: Path, upstream_port: int) -> Path:
