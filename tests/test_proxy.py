@@ -560,6 +560,44 @@ def test_background_ledger_batches_in_order_and_flushes(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_background_ledger_never_writes_a_record_twice_when_a_batch_fails(tmp_path: Path) -> None:
+    """A ledger whose batches are not all-or-nothing gets one record at a time, so one bad record costs only
+    itself; an atomic ledger whose batch fails is retried record by record (nothing of it was written)."""
+    from router.ledger import Ledger, SQLiteLedger
+    from router.proxy.ledger_writer import BackgroundLedger
+
+    class FailingRecordDouble(SQLiteLedger):  # TEST DOUBLE: refuses one record, the first time it is offered
+        def __init__(self, path: Path, atomic: bool) -> None:
+            super().__init__(path)
+            self.atomic_batches = atomic
+            self.refused = False
+
+        def record(self, rec: LedgerRecord) -> None:
+            if rec.request_id == "r2" and not self.refused:
+                self.refused = True
+                raise OSError("injected write failure")
+            super().record(rec)
+
+        def record_many(self, recs: list[LedgerRecord]) -> None:
+            if self.atomic_batches:
+                if any(r.request_id == "r2" for r in recs) and not self.refused:
+                    self.refused = True
+                    raise OSError("injected batch failure")  # a transaction that wrote nothing
+                super().record_many(recs)
+            else:
+                Ledger.record_many(self, recs)  # the base default: one at a time, stops at the failure
+
+    for atomic, expected in ((False, ["r0", "r1", "r3", "r4"]), (True, ["r0", "r1", "r2", "r3", "r4"])):
+        inner = FailingRecordDouble(tmp_path / f"l-{atomic}.sqlite3", atomic)
+        ledger = BackgroundLedger(inner, interval_s=0.05)
+        for i in range(5):
+            ledger.record(LedgerRecord(request_id=f"r{i}", model="m", tier="small", energy_j=1.0,
+                                       energy_source="estimated:x"))
+        assert [r.request_id for r in ledger.records()] == expected
+        assert ledger.failed == (0 if atomic else 1)
+        ledger.close()
+
+
 def test_one_write_transport_joins_head_and_body_and_never_holds_past_the_iteration() -> None:
     from router.proxy.server import _OneWrite
 

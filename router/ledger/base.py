@@ -66,9 +66,13 @@ class Ledger(ABC):
     def record(self, rec: LedgerRecord) -> None:
         """Append one record durably."""
 
+    atomic_batches: bool = False
+    """True where :meth:`record_many` writes all of a batch or none of it (one transaction), so a failed batch
+    can be retried record by record without writing anything twice."""
+
     def record_many(self, recs: list[LedgerRecord]) -> None:
-        """Append several records; implementations write them as one transaction where they can (the proxy's
-        background writer hands over what queued up meanwhile)."""
+        """Append several records (the proxy's background writer hands over what queued up meanwhile). This
+        default writes them one at a time, so a failure can leave the first ones written: not atomic."""
         for rec in recs:
             self.record(rec)
 

@@ -194,11 +194,14 @@ class RedisLedger(Ledger):
         if rec.ts >= self._next_prune and time.time() >= self._next_prune:
             self.apply_retention()
 
+    atomic_batches = True
+
     def record_many(self, recs: list[LedgerRecord]) -> None:
-        """One round trip for the batch (a pipeline of the same atomic per-record script)."""
+        """One round trip for the batch: the same per-record script for each, inside MULTI/EXEC, so a batch
+        that fails to reach the server applies nothing."""
         if not recs:
             return
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=True)
         for rec in recs:
             keys, args = self._record_call(rec)
             self._record_script(keys=keys, args=args, client=pipe)

@@ -135,6 +135,18 @@ class _PayloadTooLarge(BadRequestError):
     code = "request_too_large"
 
 
+class _NotFoundError(RouterError):
+    http_status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class _MethodNotAllowed(RouterError):
+    http_status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class _SSEResponse(StreamingResponse):
     """A stream whose body iterator is always closed when the response ends, also when the client went away
     mid-stream (Starlette then cancels the sending task; after that no cancellation is pending, so ``aclose``
@@ -478,18 +490,6 @@ def create_app(
         return _error(_MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
 
     return app
-
-
-class _NotFoundError(RouterError):
-    http_status = 404
-    error_type = "invalid_request_error"
-    code = "not_found"
-
-
-class _MethodNotAllowed(RouterError):
-    http_status = 405
-    error_type = "invalid_request_error"
-    code = "method_not_allowed"
 
 
 ENV_CONFIG = "ROUTER_PROXY_CONFIG"

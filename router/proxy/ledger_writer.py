@@ -12,8 +12,9 @@ Group commit: handing a record over is a ``deque.append`` that wakes nobody whil
 takes everything queued, writes it, then pauses ``interval_s`` (default 5 ms) so the next records gather, and
 sleeps on an event only when the queue is empty. Waking a thread for every record (the first version, on a
 ``queue.SimpleQueue``) cost two context switches and a GIL hand-off per request: more proxy CPU than writing the
-record inline. An inner ledger with ``record_many(records)`` (one transaction for the batch) is given whole
-batches; otherwise each record is written with ``record``.
+record inline. An inner ledger whose ``record_many`` is all-or-nothing (``atomic_batches``: SQLite, Redis) is
+given whole batches, and a failed batch is retried record by record; otherwise each record is written with
+``record``, so a failure never writes a record twice.
 
 The trade: a record is durable when the thread has written it (normally within ``interval_s`` plus the write),
 not when ``record`` returns. Shutdown (``close``) drains the queue; a ``kill -9`` can lose what was still queued,
@@ -74,10 +75,9 @@ class BackgroundLedger(Ledger):
     def _write(self, batch: list[LedgerRecord]) -> None:
         if not batch:
             return
-        many = getattr(self.inner, "record_many", None)
-        if many is not None and len(batch) > 1:
+        if self.inner.atomic_batches and len(batch) > 1:  # all or nothing: safe to retry one by one below
             try:
-                many(batch)
+                self.inner.record_many(batch)
                 self.written += len(batch)
                 return
             except Exception:
