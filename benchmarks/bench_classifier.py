@@ -1,8 +1,10 @@
 """Classifier latency: 10,000 varied prompts (10 to 8,000 chars) through classification alone and through
-classification + a routing decision; prints p50 / p99 latency and peak memory.
+classification + the routing decision of the shipped default policy (the policy engine over the shipped cards);
+then the cost per text when concurrent requests are classified together (``classify_batch``, what the proxy's
+:class:`~router.classify.batching.ClassifyBatcher` does under load); prints p50 / p99 latency, µs per text and
+peak memory.
 
-The decision here is a simple one (no policy engine function existed when this was written): the
-lowest-energy model on the cards whose predicted P(correct) meets the target, else the most accurate one.
+    python benchmarks/bench_classifier.py
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -22,12 +25,13 @@ from rich.console import Console  # noqa: E402
 from rich.progress import track  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from router.cards import load_cards  # noqa: E402
-from router.classify.onnx_classifier import load_default_classifier  # noqa: E402
+from router import Router  # noqa: E402
+from router.config import RouterConfig  # noqa: E402
+from router.ledger.sqlite import SQLiteLedger  # noqa: E402
 from router.training.requests import build_request_set  # noqa: E402
 
 N = 10_000
-TARGET = 0.7
+BATCHES = (1, 4, 16, 64)
 
 
 def prompts(seed: int = 7) -> list[str]:
@@ -50,19 +54,31 @@ def prompts(seed: int = 7) -> list[str]:
     return out
 
 
-def energy_per_call(card) -> float:  # type: ignore[no-untyped-def]
-    e = card.energy
-    return e.per_call_j + 100 * e.per_input_token_j + 50 * e.per_output_token_j
+def per_text_us(classify_batch, texts: list[str], size: int, rounds: int = 3) -> float:  # type: ignore[no-untyped-def]
+    """CPU µs per text of ``classify_batch`` over ``texts`` in batches of ``size`` (best of ``rounds``)."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for i in range(0, len(texts), size):
+            classify_batch(texts[i : i + size])
+        best = min(best, (time.process_time() - t0) / len(texts))
+    return best * 1e6
 
 
 def main() -> None:
     console = Console()
-    clf = load_default_classifier(ROOT / "models")
-    cards = load_cards(ROOT / "models")
-    energy = {name: energy_per_call(card) for name, card in cards.items()}
+    config = RouterConfig.load(None, models_dir=ROOT / "models", policies_dir=ROOT / "policies")
+    with tempfile.TemporaryDirectory() as tmp:
+        router = Router(config, ledger=SQLiteLedger(Path(tmp) / "ledger.sqlite3"))
+        run(console, router)
+        router.close()
+
+
+def run(console: Console, router: Router) -> None:
+    clf, engine, policy = router.classifier, router.engine, router.policy_name
     texts = prompts()
     for t in texts[:200]:  # warm-up
-        clf.classify(t)
+        engine.decide(clf.classify(t), policy=policy, input_tokens_hint=max(1, len(t) // 4))
 
     # timing passes run without tracemalloc (it hooks every allocation and inflated the first published
     # p50 by ~0.1 ms); peak memory is measured in a separate pass below
@@ -74,11 +90,11 @@ def main() -> None:
     decided = []
     for t in track(texts, description="classify + decide", console=console):
         t0 = time.perf_counter()
-        c = clf.classify(t)
-        ok = [m for m, p in c.p_correct.items() if p >= TARGET and m in energy]
-        choice = min(ok, key=energy.__getitem__) if ok else max(c.p_correct, key=c.p_correct.__getitem__)
+        engine.decide(clf.classify(t), policy=policy, input_tokens_hint=max(1, len(t) // 4))
         decided.append(time.perf_counter() - t0)
-        del choice
+    # batches: the same texts, the lengths the proxy sees most (up to 1,000 chars: the classifier's window)
+    short = [t for t in texts if len(t) <= 1000][:4096]
+    batched = {size: per_text_us(clf.classify_batch, short, size) for size in BATCHES}
     tracemalloc.start()
     for t in texts[:2000]:
         clf.classify(t)
@@ -92,9 +108,15 @@ def main() -> None:
     table = Table(title=f"{type(clf).__name__}: {N:,} prompts, 10-8,000 chars")
     for col in ("path", "p50 ms", "p99 ms", "mean ms"):
         table.add_column(col, justify="right" if col != "path" else "left")
-    for name, xs in (("classification", alone), ("classification + decision", decided)):
+    for name, xs in (("classification", alone), (f"classification + decision (policy `{policy}`)", decided)):
         table.add_row(name, f"{q(xs, 0.5):.3f}", f"{q(xs, 0.99):.3f}", f"{statistics.mean(xs) * 1000:.3f}")
     console.print(table)
+    batch_table = Table(title=f"classify_batch: CPU per text, {len(short):,} prompts of at most 1,000 chars")
+    batch_table.add_column("batch size", justify="right")
+    batch_table.add_column("µs per text", justify="right")
+    for size, us in batched.items():
+        batch_table.add_row(str(size), f"{us:.1f}")
+    console.print(batch_table)
     console.print(
         f"peak Python heap (tracemalloc, 2,000-prompt pass): {peak_py / 1e6:.2f} MB; "
         f"peak RSS of the process: {rss_mb:.0f} MB"

@@ -11,7 +11,7 @@ targets). Besides latency and throughput it reports the CPU time the proxy and t
 request (Linux ``/proc``), the figure that decides throughput on a machine with few cores, and checks in
 ``/metrics`` that every request was answered by the model its path names.
 
-    python benchmarks/bench_proxy.py [--requests 2000] [--json]
+    python benchmarks/bench_proxy.py [--requests 2000] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
@@ -188,6 +188,8 @@ async def load(port: int, bodies: list[dict[str, object]], concurrency: int, tot
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000, help="requests per run at c=16 and c=64 (c=1: half)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="direct/proxy rounds per concurrency, alternating; the tables show the median of each figure")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
 
@@ -225,19 +227,35 @@ def main() -> None:
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         pids = {"proxy": proxy.pid, "upstream": up.pid}
         results: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "proxy": {}, "specialist": {}}
+        rounds: dict[int, list[tuple[float, float]]] = {}  # c -> (direct req/s, proxy req/s) per round
         routed: dict[str, dict[str, float]] = {"proxy": {}, "specialist": {}}
+
+        def run(key: str, port: int, bodies: list[dict[str, object]], c: int, n: int, cpu: dict[str, int]) -> \
+                dict[str, float]:
+            before = answered_by(proxy_port) if key != "direct" else {}
+            result = asyncio.run(load(port, bodies, c, n, cpu))
+            if key != "direct":
+                for model, count in answered_by(proxy_port).items():
+                    routed[key][model] = routed[key].get(model, 0.0) + count - before.get(model, 0.0)
+            return result
+
         for c in (1, 16, 64):
             n = args.requests // 2 if c == 1 else args.requests
-            results["direct"][c] = asyncio.run(load(up_port, direct_bodies, c, n, {"upstream": up.pid}))
-            for key, bodies in (("proxy", proxy_bodies), ("specialist", spec_bodies)):
-                before = answered_by(proxy_port)
-                results[key][c] = asyncio.run(load(proxy_port, bodies, c, n, pids))
-                after = answered_by(proxy_port)
-                for model, count in after.items():
-                    routed[key][model] = routed[key].get(model, 0.0) + count - before.get(model, 0.0)
+            # direct and proxy alternate, round after round: on shared cores the speed of the machine drifts
+            # by tens of percent within minutes, and a ratio of two runs taken minutes apart measures the drift
+            per_round: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
+            for _ in range(args.rounds):
+                per_round["direct"].append(run("direct", up_port, direct_bodies, c, n, {"upstream": up.pid}))
+                per_round["proxy"].append(run("proxy", proxy_port, proxy_bodies, c, n, pids))
+            rounds[c] = [(d["rps"], p["rps"]) for d, p in zip(per_round["direct"], per_round["proxy"], strict=True)]
+            for key, runs in per_round.items():
+                shared = [k for k in runs[0] if all(k in r for r in runs)]
+                results[key][c] = {k: statistics.median(r[k] for r in runs) for k in shared}
+            results["specialist"][c] = run("specialist", proxy_port, spec_bodies, c, n, pids)
 
         print(f"bench_proxy: {os.cpu_count()} CPUs, load average {load_avg:.2f} at the start; requests per run: "
-              f"c=1 {args.requests // 2}, c=16/64 {args.requests}, every prompt different; one `router serve` "
+              f"c=1 {args.requests // 2}, c=16/64 {args.requests}, every prompt different; direct and proxy runs "
+              f"alternate for {args.rounds} rounds (medians shown; the specialist: one run); one `router serve` "
               "worker, SQLite ledger on\n")
         print("| path | concurrency | p50 ms | p99 ms | req/s | proxy CPU ms/req | upstream CPU ms/req |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -255,12 +273,14 @@ def main() -> None:
         print(f"overhead at c=1: p50 {p1['p50_ms'] - d1['p50_ms']:+.2f} ms (target <= 2), "
               f"p99 {p1['p99_ms'] - d1['p99_ms']:+.2f} ms (target <= 5)")
         print(f"throughput at c=64: {p64['rps']:.0f} vs {d64['rps']:.0f} req/s direct = "
-              f"{p64['rps'] / d64['rps']:.0%} (target >= 50%)")
+              f"{p64['rps'] / d64['rps']:.0%} (target >= 50%); round by round: "
+              + ", ".join(f"{p / d:.0%}" for d, p in rounds[64]))
         for key, counts in routed.items():
             print(f"answered by (from /metrics), {names[key]}: "
                   + ", ".join(f"{m} {v:.0f}" for m, v in sorted(counts.items()) if v))
         if args.json:
-            print(json.dumps({"load_average": load_avg, "results": results, "answered_by": routed}, indent=1))
+            print(json.dumps({"load_average": load_avg, "results": results, "rounds_rps": rounds,
+                              "answered_by": routed}, indent=1))
     finally:
         for p in procs:
             p.terminate()

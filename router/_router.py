@@ -7,13 +7,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from .backends import Backend, Generation, GenerationRequest, StreamEvent, create_backend
 from .cards import ModelCard, load_cards
 from .classify.base import Classification, RequestClassifier
+from .classify.batching import ClassifyBatcher
 from .config import RouterConfig
 from .energy import EnergyReading, Meter, auto_meter, estimate_from_profile
 from .errors import (
@@ -47,6 +48,22 @@ _IGNORED_PARAMS = {
     "top_logprobs", "extra_body", "extra_headers", "timeout",
 }  # fmt: skip
 ROUTER_ALIASES = ("router",)
+
+
+class _CheckedRequest(NamedTuple):
+    """A request whose parameters and messages passed the checks, before classification."""
+
+    messages: list[ChatMessage]
+    text: str
+    pinned: str | None
+    policy: str
+    accuracy_target: float | None
+    max_energy_j: float | None
+    max_tokens: int | None
+    temperature: float | None
+    stop: list[str] | None
+    key_hash: str | None
+    request_id: str
 
 
 @dataclass
@@ -153,6 +170,7 @@ class Router:
         self._backend_lock = threading.Lock()
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = _load_engine(self)
+        self._batcher = ClassifyBatcher(self.classifier)
 
     # -- public API -----------------------------------------------------------------------------------
     def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
@@ -164,7 +182,7 @@ class Router:
 
     async def acomplete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
         """Async twin of :meth:`complete`; with ``stream=True`` returns an async iterator of chunks."""
-        ctx = self.prepare(messages, **params)
+        ctx = await self.aprepare(messages, **params)
         if stream:
             return self._astream(ctx)
         return await self._acomplete(ctx)
@@ -208,7 +226,20 @@ class Router:
         self.close()
 
     # -- preparing a request --------------------------------------------------------------------------
-    def prepare(
+    def prepare(self, messages: Any, **params: Any) -> RequestContext:
+        """Check a request and decide which model answers it (the classifier and the policy engine)."""
+        req = self._check_request(messages, **params)
+        t0 = time.perf_counter()
+        return self._decide(req, self.classifier.classify(req.text), t0)
+
+    async def aprepare(self, messages: Any, **params: Any) -> RequestContext:
+        """:meth:`prepare` on an event loop: the texts of concurrent requests are classified together, one
+        onnxruntime call per loop turn (:class:`~router.classify.batching.ClassifyBatcher`)."""
+        req = self._check_request(messages, **params)
+        t0 = time.perf_counter()
+        return self._decide(req, await self._batcher.classify(req.text), t0)
+
+    def _check_request(
         self,
         messages: Any,
         *,
@@ -224,7 +255,7 @@ class Router:
         api_key: str | None = None,
         request_id: str | None = None,
         **params: Any,
-    ) -> RequestContext:
+    ) -> _CheckedRequest:
         unknown = set(params) - _IGNORED_PARAMS
         if unknown:
             raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
@@ -240,35 +271,36 @@ class Router:
         if isinstance(stop, str):
             stop = [stop]
         msgs = validate_messages(messages, self.config.max_prompt_chars)
-        text = request_text(msgs)
-
-        t0 = time.perf_counter()
         pinned = None
         if model and model.split(":", 1)[0] not in ROUTER_ALIASES:
             pinned = self.resolve_model(model)
         elif model and ":" in model:
             policy = model.split(":", 1)[1]
-        classification = self.classifier.classify(text)
+        return _CheckedRequest(msgs, request_text(msgs), pinned, policy or self.policy_name, accuracy_target,
+                               max_energy_j, max_tokens, temperature, stop, hash_key(api_key),
+                               request_id or new_request_id())
+
+    def _decide(self, req: _CheckedRequest, classification: Classification, t0: float) -> RequestContext:
         decision = self.engine.decide(
             classification,
-            policy=policy or self.policy_name,
-            pinned=pinned,
-            accuracy_target=accuracy_target,
-            max_energy_j=max_energy_j,
-            key_hash=hash_key(api_key),
-            input_tokens_hint=max(1, len(text) // 4),
+            policy=req.policy,
+            pinned=req.pinned,
+            accuracy_target=req.accuracy_target,
+            max_energy_j=req.max_energy_j,
+            key_hash=req.key_hash,
+            input_tokens_hint=max(1, len(req.text) // 4),
         )
         decision_ms = (time.perf_counter() - t0) * 1000
         ctx = RequestContext(
-            request_id=request_id or new_request_id(),
-            messages=msgs,
-            text=text,
+            request_id=req.request_id,
+            messages=req.messages,
+            text=req.text,
             classification=classification,
             decision=decision,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stop=stop,
-            key_hash=hash_key(api_key),
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            stop=req.stop,
+            key_hash=req.key_hash,
             decision_ms=decision_ms,
         )
         log.info("%s: %s (%.2f ms)", ctx.request_id, decision.reason, decision_ms)

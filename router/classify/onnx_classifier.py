@@ -9,8 +9,10 @@ here (p50 0.13 ms per request including the Python around it, benchmarks/bench_c
 from __future__ import annotations
 
 import json
+import operator
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +42,23 @@ def has_options(text: str) -> bool:
     return len(_OPTIONS.findall(text)) >= 2
 
 
-def apply_guards(probs: np.ndarray, tasks: list[str], text: str) -> tuple[np.ndarray, list[str]]:
+def apply_guards(probs: Sequence[float], tasks: list[str], text: str) -> tuple[list[float], list[str]]:
     """Two structural rules on top of the learned probabilities, measured on held-out phrasings:
     generation requests are not sentiment classification, and no listed options means not multiple choice
-    (the mass moves to chat)."""
-    probs = probs.copy()
+    (the mass moves to chat). Works on plain floats: four numbers do not need numpy (a third of the cost)."""
+    probs = [float(p) for p in probs]
     fired = []
     chat = tasks.index("chat")
-    for task, rule, name in (
-        ("sentiment", generation_guard, "generation-guard"),
-        ("multiple_choice", lambda t: not has_options(t), "options-guard"),
-    ):
-        i = tasks.index(task)
-        if probs[i] > 0 and rule(text):
-            probs[chat] += probs[i]
-            probs[i] = 0.0
-            fired.append(name)
+    sentiment = tasks.index("sentiment")
+    if probs[sentiment] > 0 and generation_guard(text):
+        probs[chat] += probs[sentiment]
+        probs[sentiment] = 0.0
+        fired.append("generation-guard")
+    choice = tasks.index("multiple_choice")
+    if probs[choice] > 0 and not has_options(text):
+        probs[chat] += probs[choice]
+        probs[choice] = 0.0
+        fired.append("options-guard")
     return probs, fired
 
 
@@ -97,9 +100,8 @@ class OnnxRequestClassifier(RequestClassifier):
         )
         self._lock = threading.Lock()
         self._mc = self.tasks.index(self.meta.get("p_correct_task", "multiple_choice"))
-        self._sent = self.tasks.index("sentiment")
-        self._chat = self.tasks.index("chat")
-        self.models, self._acc = self._accuracy_table(self.meta["task_accuracy"])
+        self.models, acc = self._accuracy_table(self.meta["task_accuracy"])
+        self._acc: list[list[float]] = acc.tolist()  # [model][task], plain floats (see _mix)
         self._pc_rows = [self.models.index(m) for m in self.pc_models]
         self._feed = np.empty((1, 1), dtype=object)  # reused single-request input (guarded by the lock)
 
@@ -121,37 +123,61 @@ class OnnxRequestClassifier(RequestClassifier):
         return task_probs, p_correct
 
     def classify(self, text: str) -> Classification:
-        if not isinstance(text, str):
-            text = str(text)
-        chars = len(text)
-        bounded, truncated = bound_text(text, self.max_chars, self.head, self.tail)
+        bounded, truncated, chars = self._bound(text)
         if not bounded.strip():
-            probs = {t: (1.0 if t == "chat" else 0.0) for t in self.tasks}
-            return Classification(
-                "chat", probs, self._mix(np.array(list(probs.values())), None), truncated, chars, "onnx:empty"
-            )
+            return self._empty(truncated, chars)
         with self._lock:
             self._feed[0, 0] = bounded
             task_probs, p_correct = self.session.run(None, {"text": self._feed})
-        probs = task_probs[0].astype(np.float64)
-        probs, fired = apply_guards(probs, self.tasks, bounded)
-        method = "+".join(["onnx", *fired])
-        task = self.tasks[int(np.argmax(probs))]
+        return self._finish(bounded, truncated, chars, task_probs[0].tolist(), p_correct[0].tolist())
+
+    def classify_batch(self, texts: list[str]) -> list[Classification]:
+        """One onnxruntime call for the whole batch: the call itself costs about as much as one text's
+        features, so concurrent requests classified together cost about half as much each (see
+        :class:`router.classify.batching.ClassifyBatcher` and benchmarks/bench_classifier.py)."""
+        bounded = [self._bound(t) for t in texts]
+        run = [i for i, (b, _, _) in enumerate(bounded) if b.strip()]
+        out: list[Classification | None] = [None] * len(texts)
+        if run:
+            task_probs, p_correct = self.raw([bounded[i][0] for i in run])
+            for i, probs, hosted in zip(run, task_probs.tolist(), p_correct.tolist(), strict=True):
+                out[i] = self._finish(*bounded[i], probs, hosted)
+        return [c if c is not None else self._empty(*bounded[i][1:]) for i, c in enumerate(out)]
+
+    def _bound(self, text: str) -> tuple[str, bool, int]:
+        if not isinstance(text, str):
+            text = str(text)
+        bounded, truncated = bound_text(text, self.max_chars, self.head, self.tail)
+        return bounded, truncated, len(text)
+
+    def _empty(self, truncated: bool, chars: int) -> Classification:
+        probs = [1.0 if t == "chat" else 0.0 for t in self.tasks]
+        return Classification("chat", dict(zip(self.tasks, probs, strict=True)), self._mix(probs, None), truncated,
+                              chars, "onnx:empty")
+
+    def _finish(self, bounded: str, truncated: bool, chars: int, task_probs: list[float],
+                hosted: list[float]) -> Classification:
+        probs, fired = apply_guards(task_probs, self.tasks, bounded)
+        best = max(range(len(probs)), key=probs.__getitem__)  # first of equal maxima, as np.argmax
         return Classification(
-            task=task,
-            task_probs={t: float(p) for t, p in zip(self.tasks, probs, strict=True)},
-            p_correct=self._mix(probs, p_correct[0]),
+            task=self.tasks[best],
+            task_probs=dict(zip(self.tasks, probs, strict=True)),
+            p_correct=self._mix(probs, hosted),
             truncated=truncated,
             chars=chars,
-            method=method,
+            method="+".join(["onnx", *fired]),
         )
 
-    def _mix(self, probs: np.ndarray, hosted: np.ndarray | None) -> dict[str, float]:
-        acc = self._acc @ probs
+    def _mix(self, probs: Sequence[float], hosted: Sequence[float] | None) -> dict[str, float]:
+        """Per-model P(correct): task-level accuracy mixed by the task probabilities, with the hosted models'
+        per-request head in place of their multiple-choice accuracy. Plain floats: a 5x4 table."""
+        probs = [float(p) for p in probs]
+        acc = [sum(map(operator.mul, row, probs)) for row in self._acc]
         if hosted is not None:
-            rows = self._pc_rows
-            acc[rows] += probs[self._mc] * (hosted.astype(np.float64) - self._acc[rows, self._mc])
-        return dict(zip(self.models, acc.tolist(), strict=True))
+            mc = probs[self._mc]
+            for row, h in zip(self._pc_rows, hosted, strict=True):
+                acc[row] += mc * (float(h) - self._acc[row][self._mc])
+        return dict(zip(self.models, acc, strict=True))
 
 
 def load_default_classifier(models_dir: str | Path) -> RequestClassifier:

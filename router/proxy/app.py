@@ -258,7 +258,7 @@ class Proxy:
             if spec is not None and spec.policy and "policy" not in body:
                 body["policy"] = spec.policy
             messages = body.pop("messages")
-            ctx = self.router.prepare(messages, model=model, api_key=api_key,
+            ctx = await self.router.aprepare(messages, model=model, api_key=api_key,
                                       request_id=rid if rid and len(rid) <= 128 else self._ids.next(), **body)
             self.metrics.observe_decision(ctx.decision_ms / 1000)
             if ctx.decision.budgets:
