@@ -13,6 +13,7 @@ summary rows instead.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import threading
 import time
@@ -31,6 +32,7 @@ _COLUMNS = [
     "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g",
 ]  # fmt: skip
 
+_row = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one C call
 # the start of the hour holding ts, as an integer (SQLite's % works on integers)
 _BUCKET_SQL = "(CAST({t}ts AS INTEGER) - (CAST({t}ts AS INTEGER) % 3600))"
 
@@ -212,7 +214,7 @@ class SQLiteLedger(Ledger):
 
     # -- records ----------------------------------------------------------------------------------------
     def record(self, rec: LedgerRecord) -> None:
-        row = tuple(getattr(rec, c) for c in _COLUMNS)
+        row = _row(rec)
         with self._lock:
             self._conn.execute(self._insert, row)
         if rec.ts >= self._next_prune and time.time() >= self._next_prune:
@@ -225,7 +227,7 @@ class SQLiteLedger(Ledger):
         (proxy CPU 0.53 -> 0.44 ms per request at concurrency 64, benchmarks/README.md)."""
         if not recs:
             return
-        rows = [tuple(getattr(r, c) for c in _COLUMNS) for r in recs]
+        rows = list(map(_row, recs))
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:

@@ -92,8 +92,27 @@ def fmt_j(joules: float) -> str:
     return f"{joules:.3g} J"
 
 
+_BUDGET_REFS: dict[tuple[int, str, str, str | None], tuple[Policy, tuple[BudgetRef, ...]]] = {}
+
+
 def budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
-    """The budgets a call to ``card`` is reserved against under ``policy`` (and the caller's key entry)."""
+    """The budgets a call to ``card`` is reserved against under ``policy`` (and the caller's key entry).
+
+    Remembered per (policy object, model, key): every decision asks for each candidate's budgets, and the
+    answer only changes with the policy, which is not edited once loaded (a policy switched per key is a new
+    object). The cache holds the policy itself, so its ``id`` cannot be reused by another object meanwhile."""
+    cache_key = (id(policy), card.name, card.tier, key_hash)
+    hit = _BUDGET_REFS.get(cache_key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    refs = _budgets_for(policy, card, key_hash)
+    if len(_BUDGET_REFS) >= 4096:  # per-key policy copies come and go; stay small
+        _BUDGET_REFS.clear()
+    _BUDGET_REFS[cache_key] = (policy, refs)
+    return refs
+
+
+def _budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
     budgets: list[Budget] = list(policy.budgets)
     entry = policy.key_policy(key_hash)
     if entry is not None:
