@@ -11,7 +11,6 @@ says "cooling down"), and ``opened_total`` / ``state`` feed the proxy's metrics.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -92,20 +91,11 @@ class CooldownBackend(Backend):
         with self._lock:
             self._trial_running = False
 
-    @contextlib.contextmanager
-    def _call(self) -> Iterator[None]:
+    def _call(self) -> _Verdict:
         """Admit one call and record its verdict: an exception is a failure; a cancellation or a reader that
         stops early (GeneratorExit) is no verdict, so the next call may be the trial."""
         self._admit()
-        try:
-            yield
-        except Exception:
-            self._failed()
-            raise
-        except BaseException:
-            self._released()
-            raise
-        self._succeeded()
+        return _Verdict(self)
 
     # -- calls ----------------------------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
@@ -136,3 +126,25 @@ class CooldownBackend(Backend):
 
     def __repr__(self) -> str:
         return f"CooldownBackend({self.inner!r}, state={self.state})"
+
+
+class _Verdict:
+    """The context of one admitted call (a class, not ``contextlib.contextmanager``: this is on every model
+    call, and a generator-based manager costs several times as much)."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: CooldownBackend) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if kind is None:
+            self.backend._succeeded()
+        elif issubclass(kind, Exception):
+            self.backend._failed()
+        else:
+            self.backend._released()
+        return False
