@@ -31,6 +31,16 @@ def cards():
     return load_cards(MODELS)
 
 
+@pytest.fixture(scope="session")
+def onnx_classifier():
+    """The shipped request classifier (models/classifier), loaded once."""
+    from router.classify.onnx_classifier import OnnxRequestClassifier, load_default_classifier
+
+    clf = load_default_classifier(MODELS)
+    assert isinstance(clf, OnnxRequestClassifier), "run `router train classifier`"
+    return clf
+
+
 @pytest.fixture
 def ledger_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"

@@ -17,13 +17,6 @@ FOLDER = MODELS_DIR / "classifier"
 needs_model = pytest.mark.skipif(not (FOLDER / "classifier.onnx").exists(), reason="run `router train classifier`")
 
 
-@pytest.fixture(scope="module")
-def clf() -> OnnxRequestClassifier:
-    c = load_default_classifier(MODELS_DIR)
-    assert isinstance(c, OnnxRequestClassifier)
-    return c
-
-
 @needs_model
 @pytest.mark.parametrize(
     ("text", "task"),
@@ -36,13 +29,13 @@ def clf() -> OnnxRequestClassifier:
         ("Write a short poem about the sea.", "chat"),
     ],
 )
-def test_task_detection(clf: OnnxRequestClassifier, text: str, task: str) -> None:
-    assert clf.classify(text).task == task
+def test_task_detection(onnx_classifier: OnnxRequestClassifier, text: str, task: str) -> None:
+    assert onnx_classifier.classify(text).task == task
 
 
 @needs_model
-def test_write_a_positive_review_is_not_sentiment(clf: OnnxRequestClassifier) -> None:
-    c = clf.classify("Write a positive review of this film: a gorgeous, witty film")
+def test_write_a_positive_review_is_not_sentiment(onnx_classifier: OnnxRequestClassifier) -> None:
+    c = onnx_classifier.classify("Write a positive review of this film: a gorgeous, witty film")
     assert c.task != "sentiment"
 
 
@@ -59,17 +52,17 @@ def test_write_a_positive_review_is_not_sentiment(clf: OnnxRequestClassifier) ->
         "これは素晴らしい映画でした。",
     ],
 )
-def test_bad_input_gives_a_defined_decision(clf: OnnxRequestClassifier, text: str) -> None:
-    c = clf.classify(text)
+def test_bad_input_gives_a_defined_decision(onnx_classifier: OnnxRequestClassifier, text: str) -> None:
+    c = onnx_classifier.classify(text)
     assert c.task in TASKS
     assert abs(sum(c.task_probs.values()) - 1) < 1e-4
     assert all(0 <= p <= 1 for p in c.p_correct.values())
-    assert c.truncated == (len(text) > clf.max_chars)
+    assert c.truncated == (len(text) > onnx_classifier.max_chars)
 
 
 @needs_model
-def test_p_correct_covers_models_and_gpt4_beats_mixtral_on_average(clf: OnnxRequestClassifier) -> None:
-    c = clf.classify("Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:")
+def test_p_correct_covers_models_and_gpt4_beats_mixtral_on_average(onnx_classifier: OnnxRequestClassifier) -> None:
+    c = onnx_classifier.classify("Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:")
     assert {"mixtral-8x7b-instruct", "gpt-4-1106-preview", "sentiment-onnx"} <= set(c.p_correct)
     assert c.p_correct["sentiment-onnx"] < 0.05
     meta = json.loads((FOLDER / "classifier.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 
 from router.classify.base import Classification, RequestClassifier
 from router.classify.batching import ClassifyBatcher
-from router.classify.onnx_classifier import OnnxRequestClassifier, load_default_classifier
+from router.classify.onnx_classifier import OnnxRequestClassifier
 from router.training.common import MODELS_DIR
 
 needs_model = pytest.mark.skipif(not (MODELS_DIR / "classifier" / "classifier.onnx").exists(),
@@ -46,28 +46,21 @@ class RecordingClassifier(RequestClassifier):
         return self.inner.classify_batch(texts)
 
 
-@pytest.fixture(scope="module")
-def onnx_clf() -> OnnxRequestClassifier:
-    clf = load_default_classifier(MODELS_DIR)
-    assert isinstance(clf, OnnxRequestClassifier)
-    return clf
-
-
 @needs_model
-def test_a_batch_gives_each_text_what_it_gets_alone(onnx_clf: OnnxRequestClassifier) -> None:
-    together = onnx_clf.classify_batch(TEXTS)
+def test_a_batch_gives_each_text_what_it_gets_alone(onnx_classifier: OnnxRequestClassifier) -> None:
+    together = onnx_classifier.classify_batch(TEXTS)
     for text, batched in zip(TEXTS, together, strict=True):
-        alone = onnx_clf.classify(text)
+        alone = onnx_classifier.classify(text)
         assert (batched.task, batched.method, batched.truncated, batched.chars) == \
             (alone.task, alone.method, alone.truncated, alone.chars)
         assert batched.task_probs == pytest.approx(alone.task_probs, abs=1e-6)
         assert batched.p_correct == pytest.approx(alone.p_correct, abs=1e-6)
-    assert onnx_clf.classify_batch([]) == []
+    assert onnx_classifier.classify_batch([]) == []
 
 
 @needs_model
-def test_requests_of_one_loop_turn_share_one_call(onnx_clf: OnnxRequestClassifier) -> None:
-    recorder = RecordingClassifier(onnx_clf)
+def test_requests_of_one_loop_turn_share_one_call(onnx_classifier: OnnxRequestClassifier) -> None:
+    recorder = RecordingClassifier(onnx_classifier)
     batcher = ClassifyBatcher(recorder, max_batch=64)
 
     async def main() -> list[Classification]:
@@ -75,13 +68,13 @@ def test_requests_of_one_loop_turn_share_one_call(onnx_clf: OnnxRequestClassifie
 
     results = asyncio.run(main())
     assert recorder.batches == [TEXTS]
-    assert [r.task for r in results] == [c.task for c in onnx_clf.classify_batch(TEXTS)]
+    assert [r.task for r in results] == [c.task for c in onnx_classifier.classify_batch(TEXTS)]
     assert (batcher.calls, batcher.texts) == (1, len(TEXTS))
 
 
 @needs_model
-def test_a_lone_request_and_max_batch(onnx_clf: OnnxRequestClassifier) -> None:
-    recorder = RecordingClassifier(onnx_clf)
+def test_a_lone_request_and_max_batch(onnx_classifier: OnnxRequestClassifier) -> None:
+    recorder = RecordingClassifier(onnx_classifier)
     batcher = ClassifyBatcher(recorder, max_batch=4)
 
     async def lone() -> Classification:
@@ -103,8 +96,8 @@ def test_a_lone_request_and_max_batch(onnx_clf: OnnxRequestClassifier) -> None:
 
 
 @needs_model
-def test_a_failing_batch_fails_every_waiter_and_the_next_batch_works(onnx_clf: OnnxRequestClassifier) -> None:
-    recorder = RecordingClassifier(onnx_clf, fail=True)
+def test_a_failing_batch_fails_every_waiter_and_the_next_batch_works(onnx_classifier: OnnxRequestClassifier) -> None:
+    recorder = RecordingClassifier(onnx_classifier, fail=True)
     batcher = ClassifyBatcher(recorder)
 
     async def main() -> list[object]:
@@ -117,8 +110,8 @@ def test_a_failing_batch_fails_every_waiter_and_the_next_batch_works(onnx_clf: O
 
 
 @needs_model
-def test_a_cancelled_request_does_not_disturb_the_others(onnx_clf: OnnxRequestClassifier) -> None:
-    batcher = ClassifyBatcher(RecordingClassifier(onnx_clf))
+def test_a_cancelled_request_does_not_disturb_the_others(onnx_classifier: OnnxRequestClassifier) -> None:
+    batcher = ClassifyBatcher(RecordingClassifier(onnx_classifier))
 
     async def main() -> tuple[bool, list[Classification]]:
         tasks = [asyncio.ensure_future(batcher.classify(t)) for t in TEXTS[:4]]
