@@ -142,3 +142,26 @@ def test_router_aprepare_decides_as_prepare(tmp_path) -> None:  # type: ignore[n
                 (sync.decision.model, sync.decision.reason, sync.classification.task)
     finally:
         router.close()
+
+
+@needs_model
+def test_then_runs_in_the_batch_and_its_errors_stay_with_their_request(
+        onnx_classifier: OnnxRequestClassifier) -> None:
+    recorder = RecordingClassifier(onnx_classifier)
+    batcher = ClassifyBatcher(recorder)
+    seen: list[str] = []
+
+    def decide(c: Classification) -> str:
+        seen.append(c.task)
+        if c.task == "math":
+            raise ValueError("no model for math (injected)")
+        return f"decided {c.task}"
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(batcher.classify(t, decide) for t in TEXTS[:4]), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert len(recorder.batches) == 1 and len(seen) == 4  # one classifier call, then every decision
+    assert outcomes[0] == "decided sentiment" and outcomes[1] == "decided multiple_choice"
+    assert isinstance(outcomes[2], ValueError)
+    assert outcomes[3] == "decided chat"
