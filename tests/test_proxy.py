@@ -598,7 +598,7 @@ def test_background_ledger_never_writes_a_record_twice_when_a_batch_fails(tmp_pa
         ledger.close()
 
 
-def test_one_write_transport_joins_head_and_body_and_never_holds_past_the_iteration() -> None:
+def test_one_write_transport_joins_an_iterations_writes_and_never_holds_past_it() -> None:
     from router.proxy.server import _OneWrite
 
     class Recorder:
@@ -626,11 +626,15 @@ def test_one_write_transport_joins_head_and_body_and_never_holds_past_the_iterat
         t = _OneWrite(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
         t.write(b"HEAD ")
         t.write(b"BODY")
+        assert raw.writes == [] and t.get_write_buffer_size() == len(b"HEAD BODY")  # held until the iteration ends
+        await asyncio.sleep(0)
         assert raw.writes == [b"HEAD BODY"]  # one system call for both
         t.write(b"stream head")
-        assert raw.writes == [b"HEAD BODY"] and t.get_write_buffer_size() == len(b"stream head")
-        await asyncio.sleep(0)  # end of the loop iteration: the held write goes out on its own
-        assert raw.writes[-1] == b"stream head"
+        await asyncio.sleep(0)  # the next iteration: a lone write goes out on its own
+        assert raw.writes == [b"HEAD BODY", b"stream head"]
+        t.write(b"chunk 1")
+        await asyncio.sleep(0)
+        assert raw.writes[-1] == b"chunk 1"  # every chunk leaves before the next is awaited
         t.write(b"last words")
         t.close()  # close flushes first
         assert raw.writes[-1] == b"last words" and raw.closed
