@@ -288,6 +288,7 @@ def test_models_lists_router_aliases_and_cards(served: Served) -> None:
 def test_health(served: Served) -> None:
     r = httpx.get(f"{served.url}/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert "date" in r.headers and "server" not in r.headers  # no server fingerprint (router serve)
 
 
 def test_metrics_count_requests_joules_and_decisions(served: Served) -> None:

@@ -25,6 +25,12 @@ def serve(
         "ROUTER_LEDGER_URL.")] = None,
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request line."),
+    proxy_headers: Annotated[bool | None, typer.Option(
+        "--proxy-headers/--no-proxy-headers", help="Take the client address from X-Forwarded-For (from "
+        "--forwarded-allow-ips). Only the access log shows client addresses, so the default is on with "
+        "--access-log and off without it.")] = None,
+    forwarded_allow_ips: str = typer.Option(
+        "127.0.0.1", "--forwarded-allow-ips", help="Comma-separated addresses trusted to set X-Forwarded-*."),
 ) -> None:
     """Start the OpenAI-compatible proxy: point any OpenAI client at http://HOST:PORT/v1."""
     import uvicorn
@@ -59,7 +65,11 @@ def serve(
         kwargs = {"loop": "uvloop", "http": OneWriteHttpToolsProtocol}  # see router/proxy/server.py
     uvicorn.run(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, access_log=access_log, timeout_keep_alive=30, **kwargs,
+        log_level=log_level, access_log=access_log, timeout_keep_alive=30,
+        # uvicorn's X-Forwarded-* middleware runs on every request (~5 µs of CPU, ~2 % of the proxy's own) and
+        # only changes the client address, which nothing but the access log reads; no `server: uvicorn` header
+        proxy_headers=access_log if proxy_headers is None else proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips, server_header=False, **kwargs,
     )
 
 
