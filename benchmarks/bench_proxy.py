@@ -273,7 +273,7 @@ def main() -> None:
         print(f"overhead at c=1: p50 {p1['p50_ms'] - d1['p50_ms']:+.2f} ms (target <= 2), "
               f"p99 {p1['p99_ms'] - d1['p99_ms']:+.2f} ms (target <= 5)")
         print(f"throughput at c=64: {p64['rps']:.0f} vs {d64['rps']:.0f} req/s direct = "
-              f"{p64['rps'] / d64['rps']:.0%} (target >= 50%); round by round: "
+              f"{p64['rps'] / d64['rps']:.1%} (target >= 50%); round by round: "
               + ", ".join(f"{p / d:.0%}" for d, p in rounds[64]))
         for key, counts in routed.items():
             print(f"answered by (from /metrics), {names[key]}: "
