@@ -139,3 +139,17 @@ def test_exported_graph_computes_the_sklearn_tfidf_head(tmp_path) -> None:  # ty
     np.testing.assert_allclose(p_correct, want_pc, atol=1e-5)
     single, _ = session.run(None, {"text": np.array([[texts[0]]], dtype=object)})
     np.testing.assert_allclose(single[0], task_probs[0], atol=1e-6)  # a batch gives each text its own answer
+
+
+def test_has_options_counts_markers_as_the_plain_pattern_does() -> None:
+    """The two-pattern scan must count exactly what ``re.findall(r"(?:^|\\s)\\(?[A-Da-d][.):]\\s")`` counts,
+    overlaps and start-of-text included."""
+    import random
+    import re
+
+    oracle = re.compile(r"(?:^|\s)\(?[A-Da-d][.):]\s")
+    rng = random.Random(7)
+    texts = ["A. x\nB. y", "A. B. ", " A. B. ", "(a) one (b) two", "a: b: ", "A.\tB.\n", "x A. y", "", "A.",
+             *("".join(rng.choice("AaBbDdEe .):(\n\t\xa0x") for _ in range(rng.randint(0, 24))) for _ in range(20000))]
+    for text in texts:
+        assert has_options(text) == (len(oracle.findall(text)) >= 2), repr(text)
