@@ -382,7 +382,9 @@ class Router:
                 seen.append(name)
         return seen
 
-    def _run_one(self, ctx: RequestContext, model: str, attempt: int) -> tuple[Generation, Attempt, EnergyReading]:
+    def _run_one(
+        self, ctx: RequestContext, model: str, attempt: int
+    ) -> tuple[Generation, dict[str, Any], EnergyReading]:
         backend = self.backend(model)
         self._check_context(ctx, backend)
         held = self._reserve(ctx, model, attempt)  # issue 6: budgets
@@ -399,12 +401,11 @@ class Router:
         latency = (time.perf_counter() - t0) * 1000
         energy = self._energy(backend, span.stop() if span else None, gen)
         self._settle(held, energy.joules)
-        info = Attempt(model=model, tier=backend.card.tier, energy_j=energy.joules, energy_source=energy.source,
-                       latency_ms=latency, confidence=gen.confidence)
+        info = _attempt(model, backend.card.tier, energy.joules, energy.source, latency, "ok", gen.confidence)
         return gen, info, energy
 
     def _complete(self, ctx: RequestContext) -> ChatCompletion:
-        attempts: list[Attempt] = []
+        attempts: list[dict[str, Any]] = []  # Attempt-shaped dicts, as on the remote path
         energies: list[EnergyReading] = []
         plan = self._plan(ctx)
         last_error: Exception | None = None
@@ -418,19 +419,18 @@ class Router:
                 continue
             except (BackendError, ContextLengthError) as exc:
                 last_error = exc
-                attempts.append(Attempt(model=model, tier=self.cards[model].tier, energy_j=0.0,
-                                        energy_source="-", latency_ms=0.0, outcome="error"))
+                attempts.append(_attempt(model, self.cards[model].tier, 0.0, "-", 0.0, "error"))
                 if isinstance(exc, ContextLengthError) and len(plan) == 1:
                     raise
                 i += 1
                 continue
             escalate = self._should_escalate(ctx, model, gen)
-            info.outcome = "escalated" if escalate else "ok"
+            info["outcome"] = "escalated" if escalate else "ok"
             attempts.append(info)
             energies.append(energy)
             card = self.cards[model]
             reason = self._answer_reason(ctx, model, attempts)
-            self._record(ctx, card, energy, info.latency_ms, info.outcome, gen=gen, attempt=len(attempts) - 1,
+            self._record(ctx, card, energy, info["latency_ms"], info["outcome"], gen=gen, attempt=len(attempts) - 1,
                          reason=reason if not escalate else f"{ctx.decision.reason}; low confidence, escalating")
             if escalate:
                 plan = plan[: i + 1] + [m for m in ctx.decision.escalate_to if m not in plan[: i + 1]]
@@ -442,12 +442,11 @@ class Router:
         raise last_error
 
     @staticmethod
-    def _answer_reason(ctx: RequestContext, model: str, attempts: list[Attempt] | list[dict[str, Any]]) -> str:
+    def _answer_reason(ctx: RequestContext, model: str, attempts: list[dict[str, Any]]) -> str:
         """The decision's reason, plus which earlier attempts failed or escalated before ``model`` answered."""
         if len(attempts) <= 1:
             return ctx.decision.reason
-        earlier = ", ".join(f"{a['model']} {a['outcome']}" if isinstance(a, dict) else f"{a.model} {a.outcome}"
-                            for a in attempts[:-1])
+        earlier = ", ".join(f"{a['model']} {a['outcome']}" for a in attempts[:-1])
         return f"{ctx.decision.reason}; answered by {model} after {earlier}"
 
     def _all_budgets_spent(self, ctx: RequestContext) -> BudgetExhaustedError:
@@ -553,14 +552,14 @@ class Router:
         ctx: RequestContext,
         card: ModelCard,
         gen: Generation,
-        attempts: list[Attempt],
+        attempts: list[dict[str, Any]],
         energies: list[EnergyReading],
         reason: str,
     ) -> ChatCompletion:
         total = energies[0]
         for extra in energies[1:]:
             total = total + extra
-        payload = self._payload(ctx, card, gen, [a.model_dump() for a in attempts], total, reason)
+        payload = self._payload(ctx, card, gen, attempts, total, reason)
         return ChatCompletion.model_validate(payload)
 
     # -- streaming ------------------------------------------------------------------------------------
@@ -699,7 +698,8 @@ class Router:
 
 def _attempt(model: str, tier: str, energy_j: float, energy_source: str, latency_ms: float, outcome: str,
              confidence: float | None = None) -> dict[str, Any]:
-    """An :class:`Attempt` as the dict its ``model_dump()`` gives (issue 8: the remote fast path)."""
+    """An :class:`Attempt` as the dict its ``model_dump()`` gives: the Router's one representation of an
+    attempt until the response is validated (the proxy serialises the remote path's dicts without that step)."""
     return {"model": model, "tier": tier, "energy_j": energy_j, "energy_source": energy_source,
             "latency_ms": latency_ms, "outcome": outcome, "confidence": confidence}
 
