@@ -135,15 +135,13 @@ class _PayloadTooLarge(BadRequestError):
     code = "request_too_large"
 
 
-class _NotFoundError(RouterError):
+class _NotFoundError(BadRequestError):  # client errors all: OpenAI's invalid_request_error type
     http_status = 404
-    error_type = "invalid_request_error"
     code = "not_found"
 
 
-class _MethodNotAllowed(RouterError):
+class _MethodNotAllowed(BadRequestError):
     http_status = 405
-    error_type = "invalid_request_error"
     code = "method_not_allowed"
 
 
