@@ -389,9 +389,7 @@ def _drop_dense_tfidf(nodes: list[Any]) -> tuple[str, str]:
     add = next(n for n in nodes if n.op_type == "Add" and counts in n.input)
     log = next(n for n in nodes if n.op_type == "Log" and n.input[0] == add.output[0])
     mul = next(n for n in nodes if n.op_type == "Mul" and log.output[0] in n.input)
-    if any(n.op_type == "Normalizer" for n in nodes) or any(
-        mul.output[0] in n.input for n in nodes if n is not mul
-    ):
+    if any(mul.output[0] in n.input for n in nodes if n is not mul):  # e.g. skl2onnx's Normalizer, not dropped
         raise RuntimeError("unexpected skl2onnx TF-IDF graph: the sublinear TF-IDF output is used elsewhere")
     (idf,) = [name for name in mul.input if name != log.output[0]]
     for node in (add, log, mul):
