@@ -150,23 +150,31 @@ def decide_pure(
     policy: Policy,
     overrides: Overrides | Mapping[str, Any] | None = None,
 ) -> Decision:
-    """The routing decision for one request. Pure: no I/O, no clock (the snapshot carries ``now``)."""
+    """The routing decision for one request. Pure: no I/O, no clock (the snapshot carries ``now``).
+
+    It runs on every request (before the model is called), so each step is one pass over the candidates and
+    the budget checks are made once per model, not once per question asked of them."""
     ov = Overrides.of(overrides)
     state = budget_state or BudgetState.empty()
+    used = state.used
     task = classification.task
-    entry = policy.key_policy(ov.key_hash)
+    key_hash = ov.key_hash
+    entry = policy.key_policy(key_hash)
+    in_tokens = ov.input_tokens_hint
     out_tokens = ov.output_tokens_hint or policy.output_tokens_estimate
 
-    # 1. candidates
+    # 1. candidates, and the estimated joules of each
     allowed = set(policy.allowed_models) if policy.allowed_models is not None else None
     if entry is not None and entry.allowed_models is not None:
         allowed = set(entry.allowed_models) if allowed is None else allowed & set(entry.allowed_models)
     pinned = ov.pinned or policy.pinned.get(task)
-    pin_source = "pinned by the caller" if ov.pinned else f"policy `{policy.name}` pins {task}"
-    if pinned is not None and pinned not in cards:
-        raise (BadRequestError if ov.pinned else ConfigError)(
-            f"{pin_source}: model {pinned!r} is not among the candidates ({', '.join(sorted(cards))})"
-        )
+    pin_source = ""
+    if pinned is not None:
+        pin_source = "pinned by the caller" if ov.pinned else f"policy `{policy.name}` pins {task}"
+        if pinned not in cards:
+            raise (BadRequestError if ov.pinned else ConfigError)(
+                f"{pin_source}: model {pinned!r} is not among the candidates ({', '.join(sorted(cards))})"
+            )
     if ov.pinned and allowed is not None and ov.pinned not in allowed:
         raise BadRequestError(
             f"model {ov.pinned!r} is not allowed by policy `{policy.name}` (allowed: {', '.join(sorted(allowed))})",
@@ -174,26 +182,27 @@ def decide_pure(
         )
     excluded: dict[str, str] = {}
     pool: list[ModelCard] = []
+    energy: dict[str, float] = {}
     for card in cards.values():
-        est_tokens = ov.input_tokens_hint + (1 if card.tier == "specialist" else out_tokens)
-        if allowed is not None and card.name not in allowed:
-            excluded[card.name] = "not allowed"
-        elif card.name != pinned and not card.serves(task):
-            excluded[card.name] = f"does not serve {task}"
-        elif card.name != pinned and card.tier == "specialist" and not card.tasks:
-            excluded[card.name] = "specialist without tasks"
-        elif card.name != pinned and est_tokens > card.context_length:
-            excluded[card.name] = "context too short"
+        name = card.name
+        specialist = card.tier == "specialist"
+        est_out = 1 if specialist else out_tokens
+        if allowed is not None and name not in allowed:
+            excluded[name] = "not allowed"
+        elif name != pinned and card.tasks and task not in card.tasks:  # ModelCard.serves
+            excluded[name] = f"does not serve {task}"
+        elif name != pinned and specialist and not card.tasks:
+            excluded[name] = "specialist without tasks"
+        elif name != pinned and in_tokens + est_out > card.context_length:
+            excluded[name] = "context too short"
         else:
             pool.append(card)
+            energy[name] = card.energy.joules(in_tokens, est_out)
     if not pool:
         raise BadRequestError(
             f"no model can serve this {task} request under policy `{policy.name}` "
             f"({'; '.join(f'{k}: {v}' for k, v in sorted(excluded.items()))})"
         )
-    energy = {
-        c.name: c.energy.joules(ov.input_tokens_hint, 1 if c.tier == "specialist" else out_tokens) for c in pool
-    }
     if ov.max_energy_j is not None:
         within = [c for c in pool if energy[c.name] <= ov.max_energy_j + _EPS]
         if not within:
@@ -207,7 +216,7 @@ def decide_pure(
 
     # 2. predictions
     preds = {c.name: predicted(classification, c) for c in pool}
-    p = {k: v[0] for k, v in preds.items()}
+    p = {name: pred[0] for name, pred in preds.items()}
 
     # 3. target
     spec: AccuracyTarget = entry.accuracy if entry is not None and entry.accuracy is not None else policy.accuracy
@@ -222,33 +231,40 @@ def decide_pure(
         cal is not None and ov.accuracy_target is None and cal.target_kind == kind and abs(cal.target - value) < 1e-9
     )
     offsets = dict(cal.offsets) if use_cal and cal is not None else {}
-    adequate = {n: p[n] - target >= offsets.get(n, 0.0) - _EPS for n in p}
+    adequate = {n: v - target >= offsets.get(n, 0.0) - _EPS for n, v in p.items()} if offsets else \
+        {n: v - target >= -_EPS for n, v in p.items()}
 
     # 4. ranking
     by_energy = sorted(pool, key=lambda c: (energy[c.name], TIER_RANK.get(c.tier, 1), c.name))
     ranked = [c for c in by_energy if adequate[c.name]]
-    ranked += sorted((c for c in by_energy if not adequate[c.name]), key=lambda c: (-p[c.name], energy[c.name]))
+    if len(ranked) < len(by_energy):
+        ranked += sorted((c for c in by_energy if not adequate[c.name]), key=lambda c: (-p[c.name], energy[c.name]))
     if pinned is not None:
         ranked = [cards[pinned], *(c for c in ranked if c.name != pinned)]
-    refs = {c.name: budgets_for(policy, c, ov.key_hash) for c in ranked}
+    refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
+    # models one of whose budgets this request's estimate would overrun: checked once each
+    blocked = {
+        name for name, rs in refs.items()
+        if rs and any(used.get(r.key, 0.0) + energy.get(name, 0.0) > r.limit_j + _EPS for r in rs)
+    }
 
     def blocking(name: str) -> list[BudgetRef]:
-        return [r for r in refs[name] if state.used.get(r.key, 0.0) + energy.get(name, 0.0) > r.limit_j + _EPS]
+        return [r for r in refs[name] if used.get(r.key, 0.0) + energy.get(name, 0.0) > r.limit_j + _EPS]
 
     # 5. budgets
     first = ranked[0]
     flags: list[str] = []
     notes: list[str] = []
     chosen = first
-    spent = blocking(first.name)
+    spent = blocking(first.name) if first.name in blocked else []
     if spent:
         b = spent[0]
-        what = f"{first.name}'s budget {b.key} is spent ({state.used.get(b.key, 0.0):,.0f} of {b.limit_j:,.0f} J)"
+        what = f"{first.name}'s budget {b.key} is spent ({used.get(b.key, 0.0):,.0f} of {b.limit_j:,.0f} J)"
         if policy.on_budget_exhausted == "allow_and_flag":
             flags.append("over_budget_allowed")
             notes.append(f"{what}; allowed and flagged")
         else:
-            room = next((c for c in ranked[1:] if not blocking(c.name)), None)
+            room = next((c for c in ranked[1:] if c.name not in blocked), None)
             if policy.on_budget_exhausted == "reject" or room is None:
                 retry = min(state.resets_in(r.window_s) for r in spent)
                 raise BudgetExhaustedError(
@@ -267,11 +283,11 @@ def decide_pure(
     casc = policy.cascade
     if casc.enabled and pinned is None:
         if casc.start == "cheapest" and not spent:
-            cheapest = next((c for c in by_energy if not blocking(c.name)), chosen)
+            cheapest = next((c for c in by_energy if c.name not in blocked), chosen)
             if energy[cheapest.name] < energy[chosen.name]:
                 chosen = cheapest
                 notes.append(f"cascade starts with the cheapest model, {cheapest.name}")
-        with_room = [c for c in ranked if c.name != chosen.name and not blocking(c.name)]
+        with_room = [c for c in ranked if c.name != chosen.name and c.name not in blocked]
         if casc.escalate_to == "next":
             ups = sorted((c for c in with_room if p[c.name] > p[chosen.name] + _EPS),
                          key=lambda c: (not adequate[c.name], energy[c.name]))
@@ -283,9 +299,10 @@ def decide_pure(
             escalate_to = tuple(c.name for c in ups[:2])
             escalate_below = casc.escalate_below
 
-    fallbacks = tuple(c.name for c in ranked if c.name != chosen.name and not blocking(c.name))
     if "over_budget_allowed" in flags:
         fallbacks = tuple(c.name for c in ranked if c.name != chosen.name)
+    else:
+        fallbacks = tuple(c.name for c in ranked if c.name != chosen.name and c.name not in blocked)
 
     # reason
     pc, src = preds[chosen.name]
@@ -313,7 +330,10 @@ def decide_pure(
         head += f"; escalates to {escalate_to[0]} if confidence < {escalate_below:.2f}"
     reason = "; ".join([head, *notes])
 
-    model_budgets = {n: r for n, r in refs.items() if r and n in {chosen.name, *fallbacks, *escalate_to}}
+    model_budgets: dict[str, tuple[BudgetRef, ...]] = {}
+    if any(refs.values()):
+        called = {chosen.name, *fallbacks, *escalate_to}
+        model_budgets = {n: r for n, r in refs.items() if r and n in called}
     return Decision(
         model=chosen.name,
         tier=chosen.tier,
@@ -334,7 +354,7 @@ def decide_pure(
         estimates=energy,
         model_budgets=model_budgets,
         on_budget_exhausted=policy.on_budget_exhausted,
-        calibrated=any(n in offsets for n in p),
+        calibrated=bool(offsets) and any(n in offsets for n in p),
     )
 
 
