@@ -118,3 +118,20 @@ def test_iter_records_pages_through_equal_timestamps(tmp_path: Path) -> None:
         led.record(LedgerRecord(f"r{i}", "m", "small", 1.0, "estimated:cpu-time", ts=1_700_000_000.0 + i // 10))
     assert [r.request_id for r in led.iter_records(batch=4)] == [f"r{i}" for i in range(25)]
     led.close()
+
+
+@pytest.mark.parametrize("size", [1, 8, 37, 300])
+def test_a_failed_batch_writes_nothing(tmp_path: Path, size: int) -> None:
+    """``record_many`` is all or nothing at every size (one statement, or several in one transaction): the
+    proxy's background writer relies on that to retry a failed batch record by record without duplicates."""
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    good = [LedgerRecord(request_id=f"r{i}", model="m", tier="small", energy_j=1.0, energy_source="estimated:x",
+                         ts=1000.0 + i) for i in range(size)]
+    bad = LedgerRecord(request_id="bad", model=None, tier="small", energy_j=1.0,  # type: ignore[arg-type]
+                       energy_source="estimated:x", ts=5000.0)
+    with pytest.raises(sqlite3.IntegrityError):
+        led.record_many([*good[: size // 2], bad, *good[size // 2:]])
+    assert led.records() == []
+    led.record_many(good)
+    assert [r.request_id for r in led.records()] == [f"r{i}" for i in range(size)]
+    assert led.summary()[0].requests == size  # the hourly summary (kept by the trigger) counts each row once

@@ -101,12 +101,13 @@ def check_record_roundtrip(open_store: OpenStore) -> None:
 
 
 def check_record_many(open_store: OpenStore) -> None:
-    """A batch write is the same as one write per record, and an empty batch writes nothing."""
+    """A batch write is the same as one write per record, whatever its size, and an empty batch writes nothing."""
     led = open_store("many")
-    recs = _sample(12)
+    recs = _sample(313, step=97.0)
     led.record_many([])
-    led.record_many(recs[5:])
-    led.record_many(recs[:5])
+    led.record_many(recs[5:13])  # 8
+    led.record_many(recs[:5])  # 5
+    led.record_many(recs[13:])  # 300: more than one SQL statement's worth in the SQLite ledger
     assert [r.as_dict() for r in led.records()] == [r.as_dict() for r in recs]
     assert math.isclose(led.spent(since=0.0), sum(r.energy_j for r in recs))
 
