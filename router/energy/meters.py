@@ -8,6 +8,7 @@ Every meter here is cheap enough to wrap each request (``benchmarks/bench_meters
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -316,13 +317,23 @@ class SumMeter(Meter):
 
 def estimate_from_profile(profile: EnergyProfile, input_tokens: int, output_tokens: int) -> EnergyReading:
     """Remote models: joules from the card's per-token profile (and the profile's own source)."""
+    per_call, per_in, per_out = _profile_terms(profile.source, profile.per_call_j, profile.per_input_token_j,
+                                               profile.per_output_token_j)
     return EnergyReading(
         profile.joules(input_tokens, output_tokens),
         "estimated",
         "token-profile",
-        f"card profile ({profile.source}): {profile.per_call_j} J/call + {profile.per_input_token_j} J/in-token"
-        f" x {input_tokens} + {profile.per_output_token_j} J/out-token x {output_tokens}",
+        f"{per_call}{per_in} x {input_tokens} + {per_out} x {output_tokens}",
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _profile_terms(source: str, per_call_j: float, per_input_token_j: float,
+                   per_output_token_j: float) -> tuple[str, str, str]:
+    """The constant parts of a profile estimate's detail, formatted once per profile (every remote answer
+    builds one; formatting three floats was most of its cost)."""
+    return (f"card profile ({source}): {per_call_j} J/call + ", f"{per_input_token_j} J/in-token",
+            f"{per_output_token_j} J/out-token")
 
 
 def host_meter(choice: str = "auto", cpu_model: CpuPowerModel | None = None) -> Meter:
