@@ -693,3 +693,28 @@ def test_agenerate_honours_a_proxy_named_in_the_environment(tmp_path: Path, monk
         assert OpenAIHTTPBackend(load_card(card_file))._use_pool is True
 
     asyncio.run(run())
+
+
+def test_ledger_group_setting_reaches_the_writer_and_is_checked(upstream_url: str, tmp_path: Path) -> None:
+    from router.config import RouterConfig
+    from router.errors import ConfigError
+    from router.proxy.app import create_app
+    from router.proxy.ledger_writer import BackgroundLedger
+
+    def app_with(extra: str) -> object:
+        folder = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        config, _ = _config(folder, upstream_url)
+        text = config.read_text().replace("proxy: {max_body_bytes", f"proxy: {{{extra}max_body_bytes")
+        config.write_text(text)
+        return create_app(config=RouterConfig.load(config))
+
+    app = app_with("")
+    assert isinstance(app.state.router.ledger, BackgroundLedger) and app.state.router.ledger.interval_s == 0.02
+    app.state.router.close()
+    app = app_with("ledger_group_ms: 5, ")
+    assert app.state.router.ledger.interval_s == 0.005
+    app.state.router.close()
+    for bad in ("-1", "'soon'", "true", "5000"):
+        with pytest.raises(ConfigError, match="ledger_group_ms"):
+            app_with(f"ledger_group_ms: {bad}, ")

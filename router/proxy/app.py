@@ -442,8 +442,12 @@ def create_app(
         writes = proxy_cfg.get("ledger_writes", "background")
         if writes not in ("background", "inline"):
             raise ConfigError(f"extra.proxy.ledger_writes must be 'background' or 'inline', not {writes!r}")
+        group_ms = proxy_cfg.get("ledger_group_ms", 20)
+        if isinstance(group_ms, bool) or not isinstance(group_ms, int | float) or not 0 <= group_ms <= 1000:
+            raise ConfigError(f"extra.proxy.ledger_group_ms must be a number of milliseconds in [0, 1000], "
+                              f"not {group_ms!r}")
         if writes == "background":  # see ledger_writer.py: no disk stall on the event loop
-            router.ledger = BackgroundLedger(router.ledger)
+            router.ledger = BackgroundLedger(router.ledger, interval_s=group_ms / 1000)
     if keys is None:
         keys = config.extra.get("keys")
     if isinstance(keys, str | Path):
