@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy import ROOT, free_port, load, questions, wait_ready, write_config  # noqa: E402
+from bench_proxy import ROOT, free_port, load, questions, start_upstream, stop, wait_ready, write_config  # noqa: E402
 
 
 def main() -> None:
@@ -40,14 +40,7 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         up_port = free_port()
-        up = subprocess.Popen(
-            [sys.executable, "-c", "import uvicorn, sys; sys.path.insert(0, 'tests');"
-             "from servers.instant_upstream import app;"
-             f"uvicorn.run(app, host='127.0.0.1', port={up_port}, log_level='warning', access_log=False,"
-             " loop='uvloop', http='httptools')"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        procs.append(up)
-        wait_ready(f"http://127.0.0.1:{up_port}/v1/models", up)
+        procs.append(start_upstream(up_port, env))
         servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         for name, tree in (("A", base_tree), ("B", ROOT)):
             folder = tmp / name
@@ -86,13 +79,7 @@ def main() -> None:
         print(f"median req/s: A {statistics.median(rps['A']):.0f}, B {statistics.median(rps['B']):.0f}; per-round "
               f"ratio B/A median {statistics.median(b / a for a, b in zip(rps['A'], rps['B'], strict=True)):.3f}")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -185,6 +185,28 @@ async def load(port: int, bodies: list[dict[str, object]], concurrency: int, tot
     return result
 
 
+def start_upstream(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The instant TEST UPSTREAM on uvicorn (uvloop, httptools), ready to answer."""
+    up = subprocess.Popen(
+        [sys.executable, "-c", "import uvicorn, sys; sys.path.insert(0, 'tests');"
+         "from servers.instant_upstream import app;"
+         f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning', access_log=False,"
+         " loop='uvloop', http='httptools')"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_ready(f"http://127.0.0.1:{port}/v1/models", up)
+    return up
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000, help="requests per run at c=16 and c=64 (c=1: half)")
@@ -198,14 +220,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up = subprocess.Popen(
-            [sys.executable, "-c", "import uvicorn, sys; sys.path.insert(0, 'tests');"
-             "from servers.instant_upstream import app;"
-             f"uvicorn.run(app, host='127.0.0.1', port={up_port}, log_level='warning', access_log=False,"
-             " loop='uvloop', http='httptools')"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        up = start_upstream(up_port, env)
         procs.append(up)
-        wait_ready(f"http://127.0.0.1:{up_port}/v1/models", up)
         config = write_config(tmp, up_port)
         router_bin = shutil.which("router") or str(Path(sys.executable).parent / "router")
         proxy = subprocess.Popen(
@@ -282,13 +298,7 @@ def main() -> None:
             print(json.dumps({"load_average": load_avg, "results": results, "rounds_rps": rounds,
                               "answered_by": routed}, indent=1))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
