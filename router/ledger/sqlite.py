@@ -48,6 +48,8 @@ def _binary_chunks(n: int, largest: int = _LARGEST_INSERT) -> list[int]:
             rest -= size
         size //= 2
     return sizes
+
+
 # the start of the hour holding ts, as an integer (SQLite's % works on integers)
 _BUCKET_SQL = "(CAST({t}ts AS INTEGER) - (CAST({t}ts AS INTEGER) % 3600))"
 
@@ -241,8 +243,8 @@ class SQLiteLedger(Ledger):
     def record_many(self, recs: list[LedgerRecord]) -> None:
         """The batch in one transaction, as multi-row ``INSERT`` statements of 1, 2, 4 ... 256 rows (37 records:
         32 + 4 + 1). Why not ``executemany``: Python's sqlite3 releases and retakes the GIL around every row's
-        step, and in the proxy each retake waits for the event loop's thread: ~0.6 thread switches per request
-        instead of ~0.25, and a quarter more CPU in the writer thread (benchmarks/README.md). Nine statement
+        step, and in the proxy each retake waits for the event loop's thread: the writer thread switched 0.59-0.73
+        times per request with it, 0.35-0.49 times with this (benchmarks/README.md, *Proxy*). Nine statement
         shapes at most are prepared and cached. A batch of one power of two is a single statement, which
         SQLite commits atomically by itself."""
         if not recs:

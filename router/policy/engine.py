@@ -189,7 +189,7 @@ def decide_pure(
         est_out = 1 if specialist else out_tokens
         if allowed is not None and name not in allowed:
             excluded[name] = "not allowed"
-        elif name != pinned and card.tasks and task not in card.tasks:  # ModelCard.serves
+        elif name != pinned and not card.serves(task):
             excluded[name] = f"does not serve {task}"
         elif name != pinned and specialist and not card.tasks:
             excluded[name] = "specialist without tasks"
@@ -231,8 +231,7 @@ def decide_pure(
         cal is not None and ov.accuracy_target is None and cal.target_kind == kind and abs(cal.target - value) < 1e-9
     )
     offsets = dict(cal.offsets) if use_cal and cal is not None else {}
-    adequate = {n: v - target >= offsets.get(n, 0.0) - _EPS for n, v in p.items()} if offsets else \
-        {n: v - target >= -_EPS for n, v in p.items()}
+    adequate = {n: v - target >= offsets.get(n, 0.0) - _EPS for n, v in p.items()}
 
     # 4. ranking
     by_energy = sorted(pool, key=lambda c: (energy[c.name], TIER_RANK.get(c.tier, 1), c.name))
