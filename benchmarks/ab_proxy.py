@@ -25,12 +25,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_proxy import ROOT, free_port, load, questions, start_upstream, stop, wait_ready, write_config  # noqa: E402
 
 
+def with_budget(config: Path, folder: Path) -> None:
+    """The shipped policies, with ``balanced`` also budgeting the small tier (the bench's upstream model)."""
+    policies = folder / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    balanced = policies / "balanced.yaml"
+    text = balanced.read_text()
+    if "\nbudgets:\n" not in text:
+        raise SystemExit("policies/balanced.yaml has no `budgets:` list to add to")
+    small = "  - model: tier:small\n    joules: 1.0e12\n    per: hour\n"
+    balanced.write_text(text.replace("\nbudgets:\n", "\nbudgets:\n" + small, 1))
+    config.write_text(config.read_text().replace(f"policies_dir: {ROOT / 'policies'}", f"policies_dir: {policies}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the commit to compare against (A); B is the working tree")
     ap.add_argument("--rounds", type=int, default=8, help="runs of each, alternating (default 8)")
     ap.add_argument("--requests", type=int, default=3000, help="requests per run (default 3000)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections (default 64)")
+    ap.add_argument("--budget", action="store_true",
+                    help="give the answering model an energy budget (large enough never to refuse), so every request "
+                         "reads, reserves and settles it")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ab_proxy_"))
@@ -46,6 +62,8 @@ def main() -> None:
             folder = tmp / name
             folder.mkdir()
             config, port = write_config(folder, up_port), free_port()
+            if args.budget:
+                with_budget(config, folder)
             # the tree's own package first on the path (the installed one is this working tree, editable)
             proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--port", str(port), "--config",
                                      str(config)], cwd=tree, env={**env, "PYTHONPATH": str(tree)},
@@ -59,7 +77,8 @@ def main() -> None:
             asyncio.run(load(port, bodies, args.concurrency, min(1000, args.requests)))
         runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         print(f"A = {args.base} ({base_tree}), B = working tree ({ROOT}); c={args.concurrency}, "
-              f"{args.requests} requests per run, {args.rounds} rounds alternating\n")
+              f"{args.requests} requests per run, {args.rounds} rounds alternating"
+              + ("; the answering model has an energy budget" if args.budget else "") + "\n")
         print("| round | A proxy CPU ms/req | B proxy CPU ms/req | A req/s | B req/s |")
         print("| ---: | ---: | ---: | ---: | ---: |")
         for r in range(args.rounds):

@@ -718,3 +718,44 @@ def test_ledger_group_setting_reaches_the_writer_and_is_checked(upstream_url: st
     for bad in ("-1", "'soon'", "true", "5000"):
         with pytest.raises(ConfigError, match="ledger_group_ms"):
             app_with(f"ledger_group_ms: {bad}, ")
+
+
+def test_background_ledger_queues_settlements_and_applies_them_in_groups(tmp_path: Path) -> None:
+    """A settlement is queued like a record: the writer applies the queued ones with one ``settle_many``;
+    ``flush`` and ``close`` wait for them; a failed group leaves the holds at their estimates (logged)."""
+    from router.ledger import SQLiteLedger
+    from router.proxy.ledger_writer import BackgroundLedger
+
+    class CountingSettlements(SQLiteLedger):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.groups: list[int] = []
+
+        def settle_many(self, settlements: list) -> None:  # type: ignore[type-arg]
+            self.groups.append(len(settlements))
+            super().settle_many(settlements)
+
+    inner = CountingSettlements(tmp_path / "l.sqlite3")
+    ledger = BackgroundLedger(inner, interval_s=0.05)
+    held = [ledger.try_reserve("b", 10.0, 1000.0, 3600) for _ in range(20)]
+    assert all(held) and ledger.budget_used("b", 3600) == 200.0  # reservations are synchronous
+    for r in held:
+        ledger.settle(r, 1.0)  # type: ignore[arg-type]
+    assert ledger.flush(5)
+    assert ledger.budget_used("b", 3600) == 20.0 and ledger.settled == 20
+    assert sum(inner.groups) == 20 and max(inner.groups) > 1  # settlements that queued together went together
+    last = ledger.try_reserve("b", 10.0, 1000.0, 3600)
+    ledger.settle(last, 0.0)  # type: ignore[arg-type]
+    ledger.close()  # drains
+    assert SQLiteLedger(tmp_path / "l.sqlite3").budget_used("b", 3600) == 20.0
+
+    class FailingSettlementsFault(SQLiteLedger):  # fault injection: the store refuses settlements
+        def settle_many(self, settlements: list) -> None:  # type: ignore[type-arg]
+            raise OSError("disk gone")
+
+    faulty = BackgroundLedger(FailingSettlementsFault(tmp_path / "f.sqlite3"), interval_s=0.01)
+    r = faulty.try_reserve("b", 10.0, 1000.0, 3600)
+    faulty.settle(r, 1.0)  # type: ignore[arg-type]
+    assert faulty.flush(5) and faulty.failed_settlements == 1
+    assert faulty.budget_used("b", 3600) == 10.0  # the hold stays at its estimate: budgets err towards refusing
+    faulty.close()

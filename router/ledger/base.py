@@ -98,6 +98,12 @@ class Ledger(ABC):
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         """Replace the held amount with what the call actually used."""
 
+    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """Settle several reservations (the proxy's background writer hands over the ones that queued up while
+        it wrote). This default settles them one at a time; SQLite uses one transaction, Redis one round trip."""
+        for reservation, actual_j in settlements:
+            self.settle(reservation, actual_j)
+
     @abstractmethod
     def budget_used(self, budget: str, window_s: float) -> float:
         """Joules spent plus held in the current window of ``budget``."""

@@ -278,6 +278,16 @@ class RedisLedger(Ledger):
             args=[repr(float(actual_j - reservation.joules))],
         )
 
+    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """One round trip: each settlement's script (atomic by itself) in one pipeline, in order."""
+        if not settlements:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for reservation, actual_j in settlements:
+            self._settle_script(keys=[self._budget_key(reservation.budget, reservation.window_start)],
+                                args=[repr(float(actual_j - reservation.joules))], client=pipe)
+        pipe.execute()
+
     def budget_used(self, budget: str, window_s: float) -> float:
         value = self.r.get(self._budget_key(budget, window_start(time.time(), window_s)))
         return float(value) if value is not None else 0.0

@@ -38,6 +38,16 @@ _MARKS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"  # one row's placeholders
 _LARGEST_INSERT = 256  # rows in one INSERT statement (17 columns: 4,352 parameters, SQLite allows 32,766)
 
 
+_RESERVE = """INSERT INTO budgets (budget, window_start, used_j) SELECT ?, ?, ? WHERE ? <= ?
+    ON CONFLICT (budget, window_start) DO UPDATE SET used_j = used_j + excluded.used_j
+    WHERE used_j + excluded.used_j <= ?"""
+_SETTLE = "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND window_start = ?"
+
+
+def _settle_args(reservation: Reservation, actual_j: float) -> tuple[float, str, float]:
+    return actual_j - reservation.joules, reservation.budget, reservation.window_start
+
+
 def _binary_chunks(n: int, largest: int = _LARGEST_INSERT) -> list[int]:
     """``n`` rows as statement sizes that are powers of two: 600 -> [256, 256, 64, 16, 8]."""
     sizes = [largest] * (n // largest)
@@ -350,34 +360,32 @@ class SQLiteLedger(Ledger):
         return out
 
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        """One statement, so one write transaction that SQLite makes atomic across threads and processes: add
+        ``joules`` to the window's row (or create it) only where the sum stays within ``limit_j``; the number of
+        rows changed says whether it did. (It was BEGIN IMMEDIATE, a SELECT, an upsert and COMMIT: four
+        statements on the proxy's event loop for every request with a budget.)"""
         start = window_start(time.time(), window_s)
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes too
+            changed = self._conn.execute(_RESERVE, (budget, start, joules, joules, limit_j, limit_j)).rowcount
+        return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
+
+    def settle(self, reservation: Reservation, actual_j: float) -> None:
+        with self._lock:
+            self._conn.execute(_SETTLE, _settle_args(reservation, actual_j))
+
+    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """One transaction for all of them (the same update each, in order)."""
+        if not settlements:
+            return
+        rows = [_settle_args(r, actual_j) for r, actual_j in settlements]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self._conn.execute(
-                    "SELECT used_j FROM budgets WHERE budget = ? AND window_start = ?", (budget, start)
-                ).fetchone()
-                used = row[0] if row else 0.0
-                if used + joules > limit_j:
-                    self._conn.execute("COMMIT")
-                    return None
-                self._conn.execute(
-                    "INSERT INTO budgets (budget, window_start, used_j) VALUES (?, ?, ?) "
-                    "ON CONFLICT(budget, window_start) DO UPDATE SET used_j = used_j + excluded.used_j",
-                    (budget, start, joules),
-                )
+                self._conn.executemany(_SETTLE, rows)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        return Reservation(uuid.uuid4().hex, budget, joules, start)
-
-    def settle(self, reservation: Reservation, actual_j: float) -> None:
-        with self._lock:
-            self._conn.execute(
-                "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND window_start = ?",
-                (actual_j - reservation.joules, reservation.budget, reservation.window_start),
-            )
 
     def budget_used(self, budget: str, window_s: float) -> float:
         start = window_start(time.time(), window_s)

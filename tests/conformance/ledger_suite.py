@@ -235,6 +235,34 @@ def check_settle(open_store: OpenStore) -> None:
     assert led.try_reserve("b", 0.1, 20.0, 3600) is None
 
 
+def check_reserve_up_to_the_limit(open_store: OpenStore) -> None:
+    """Spent + held may reach the limit exactly, not pass it, on a budget's first reservation and later ones; a
+    refused reservation holds nothing; an unlimited one (``allow_and_flag``) always holds."""
+    led = open_store("limit")
+    assert led.try_reserve("e", 10.0, 10.0, 3600) is not None
+    assert led.try_reserve("e", 0.5, 10.0, 3600) is None
+    assert led.try_reserve("f", 10.5, 10.0, 3600) is None
+    assert led.budget_used("f", 3600) == 0.0
+    assert led.try_reserve("f", 6.0, 10.0, 3600) is not None and led.try_reserve("f", 4.0, 10.0, 3600) is not None
+    assert led.try_reserve("f", 0.001, 10.0, 3600) is None
+    assert math.isclose(led.budget_used("f", 3600), 10.0)
+    for _ in range(2):
+        assert led.try_reserve("e", 5.0, math.inf, 3600) is not None
+    assert math.isclose(led.budget_used("e", 3600), 20.0)
+
+
+def check_settle_many(open_store: OpenStore) -> None:
+    """Settling several at once is settling each in turn (an empty list settles nothing)."""
+    led = open_store("settle_many")
+    a, b, c = (led.try_reserve(name, j, 100.0, 3600) for name, j in (("b", 10.0), ("b", 5.0), ("c", 2.0)))
+    assert a is not None and b is not None and c is not None
+    led.settle_many([])
+    assert math.isclose(led.budget_used("b", 3600), 15.0)
+    led.settle_many([(a, 4.0), (b, 7.0), (c, 0.0)])
+    assert math.isclose(led.budget_used("b", 3600), 11.0)
+    assert led.budget_used("c", 3600) == 0.0
+
+
 def check_window_rollover(open_store: OpenStore) -> None:
     """A spent budget has room again in the next window, and the old window's spending stays there."""
     led = open_store("rollover")
@@ -274,6 +302,8 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_concurrent_records,
     check_reserve_is_atomic_under_threads,
     check_settle,
+    check_settle_many,
+    check_reserve_up_to_the_limit,
     check_window_rollover,
     check_prune,
 ]
