@@ -7,6 +7,8 @@ models and prompts, and alternates concurrency-64 runs between them (A B, B A, A
 proxy CPU per request and requests per second, their medians, and the median of the per-round ratios B/A.
 
     python benchmarks/ab_proxy.py --base 683d36a --rounds 8
+    python benchmarks/ab_proxy.py --base 683d36a --budget        # both with a budget on the answering model
+    python benchmarks/ab_proxy.py --budget-cost                  # what a budget costs: this tree without / with
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def with_budget(config: Path, folder: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="the commit to compare against (A); B is the working tree")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--base", help="the commit to compare against (A); B is the working tree")
+    what.add_argument("--budget-cost", action="store_true",
+                      help="the working tree against itself: A without, B with a budget on the answering model")
     ap.add_argument("--rounds", type=int, default=8, help="runs of each, alternating (default 8)")
     ap.add_argument("--requests", type=int, default=3000, help="requests per run (default 3000)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections (default 64)")
@@ -50,8 +55,10 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ab_proxy_"))
-    base_tree = tmp / "base"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base_tree), args.base], check=True)
+    base_tree = tmp / "base" if args.base else ROOT
+    if args.base:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base_tree), args.base],
+                       check=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -62,7 +69,7 @@ def main() -> None:
             folder = tmp / name
             folder.mkdir()
             config, port = write_config(folder, up_port), free_port()
-            if args.budget:
+            if args.budget or (args.budget_cost and name == "B"):
                 with_budget(config, folder)
             # the tree's own package first on the path (the installed one is this working tree, editable)
             proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--port", str(port), "--config",
@@ -76,8 +83,12 @@ def main() -> None:
         for _, port in servers.values():  # warm both
             asyncio.run(load(port, bodies, args.concurrency, min(1000, args.requests)))
         runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-        print(f"A = {args.base} ({base_tree}), B = working tree ({ROOT}); c={args.concurrency}, "
-              f"{args.requests} requests per run, {args.rounds} rounds alternating"
+        if args.base:
+            print(f"A = {args.base} ({base_tree}), B = working tree ({ROOT}); ", end="")
+        else:
+            print(f"A = working tree ({ROOT}) without a budget, B = the same with a budget on the answering model; ",
+                  end="")
+        print(f"c={args.concurrency}, {args.requests} requests per run, {args.rounds} rounds alternating"
               + ("; the answering model has an energy budget" if args.budget else "") + "\n")
         print("| round | A proxy CPU ms/req | B proxy CPU ms/req | A req/s | B req/s |")
         print("| ---: | ---: | ---: | ---: | ---: |")
@@ -99,7 +110,8 @@ def main() -> None:
               f"ratio B/A median {statistics.median(b / a for a, b in zip(rps['A'], rps['B'], strict=True)):.3f}")
     finally:
         stop(procs)
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
+        if args.base:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
