@@ -272,11 +272,12 @@ class RedisLedger(Ledger):
         )
         return Reservation(uuid.uuid4().hex, budget, joules, start) if ok else None
 
+    def _settle_call(self, reservation: Reservation, actual_j: float) -> dict[str, list[str]]:
+        return {"keys": [self._budget_key(reservation.budget, reservation.window_start)],
+                "args": [repr(float(actual_j - reservation.joules))]}
+
     def settle(self, reservation: Reservation, actual_j: float) -> None:
-        self._settle_script(
-            keys=[self._budget_key(reservation.budget, reservation.window_start)],
-            args=[repr(float(actual_j - reservation.joules))],
-        )
+        self._settle_script(**self._settle_call(reservation, actual_j))
 
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """One round trip: each settlement's script (atomic by itself) in one pipeline, in order."""
@@ -284,8 +285,7 @@ class RedisLedger(Ledger):
             return
         pipe = self.r.pipeline(transaction=False)
         for reservation, actual_j in settlements:
-            self._settle_script(keys=[self._budget_key(reservation.budget, reservation.window_start)],
-                                args=[repr(float(actual_j - reservation.joules))], client=pipe)
+            self._settle_script(**self._settle_call(reservation, actual_j), client=pipe)
         pipe.execute()
 
     def budget_used(self, budget: str, window_s: float) -> float:

@@ -13,6 +13,7 @@ summary rows instead.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import sqlite3
 import threading
@@ -120,7 +121,7 @@ _SUMMARY_COLS = (
 
 class SQLiteLedger(Ledger):
     """One SQLite file in WAL mode; safe across threads (one connection behind a lock) and processes
-    (SQLite's own locking; budget reservations take the write lock with ``BEGIN IMMEDIATE``).
+    (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
 
     ``retention_days``: when given, it is stored in the file (so every process sees the same setting) and
     records older than that are pruned on open and then once an hour of writing."""
@@ -167,15 +168,22 @@ class SQLiteLedger(Ledger):
                     f"({SCHEMA_VERSION}); upgrade router"
                 )
             for target in sorted(v for v in _MIGRATIONS if v > version):
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._write_transaction():
                     for stmt in _MIGRATIONS[target]:
                         self._conn.execute(stmt)
                     self._conn.execute(f"PRAGMA user_version={target}")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (the write lock across processes from the start), rolled back when
+        anything inside, or the commit itself, fails. Call it holding ``self._lock``."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     @property
     def schema_version(self) -> int:
@@ -221,23 +229,17 @@ class SQLiteLedger(Ledger):
         """Delete records (and their hourly summaries) older than ``older_than``, in one transaction. The
         hour that straddles the cut-off is re-summarised from the records that remain."""
         boundary = int(older_than) - int(older_than) % 3600
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
-                self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
-                self._conn.execute(
-                    f"""INSERT INTO summary_hourly SELECT {_BUCKET_SQL.format(t="")} AS b, model, tier,
-                    COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
-                    COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
-                    SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
-                    FROM records WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
-                    (older_than, boundary + 3600),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._write_transaction():
+            n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
+            self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
+            self._conn.execute(
+                f"""INSERT INTO summary_hourly SELECT {_BUCKET_SQL.format(t="")} AS b, model, tier,
+                COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
+                COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+                SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
+                FROM records WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
+                (older_than, boundary + 3600),
+            )
         return int(n)
 
     # -- records ----------------------------------------------------------------------------------------
@@ -265,16 +267,11 @@ class SQLiteLedger(Ledger):
             if len(chunks) == 1:
                 self._conn.execute(self._insert_rows(chunks[0]), list(chain.from_iterable(rows)))
             else:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._write_transaction():
                     at = 0
                     for size in chunks:
                         self._conn.execute(self._insert_rows(size), list(chain.from_iterable(rows[at:at + size])))
                         at += size
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
         last = max(r.ts for r in recs)
         if last >= self._next_prune and time.time() >= self._next_prune:
             self.apply_retention()
@@ -378,14 +375,8 @@ class SQLiteLedger(Ledger):
         if not settlements:
             return
         rows = [_settle_args(r, actual_j) for r, actual_j in settlements]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(_SETTLE, rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, self._write_transaction():
+            self._conn.executemany(_SETTLE, rows)
 
     def budget_used(self, budget: str, window_s: float) -> float:
         start = window_start(time.time(), window_s)
