@@ -241,14 +241,12 @@ def decide_pure(
     if pinned is not None:
         ranked = [cards[pinned], *(c for c in ranked if c.name != pinned)]
     refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
-    # models one of whose budgets this request's estimate would overrun: checked once each
-    blocked = {
-        name for name, rs in refs.items()
-        if rs and any(used.get(r.key, 0.0) + energy.get(name, 0.0) > r.limit_j + _EPS for r in rs)
-    }
 
     def blocking(name: str) -> list[BudgetRef]:
         return [r for r in refs[name] if used.get(r.key, 0.0) + energy.get(name, 0.0) > r.limit_j + _EPS]
+
+    # models one of whose budgets this request's estimate would overrun: checked once each
+    blocked = {name for name, rs in refs.items() if rs and blocking(name)}
 
     # 5. budgets
     first = ranked[0]
