@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httptools
 import httpx
 from pydantic_core import from_json, to_json
 
@@ -289,14 +290,11 @@ class _Connection(asyncio.Protocol):
     ``(status, body, keep_alive)`` when a response is complete, or fails it when the connection breaks."""
 
     def __init__(self, max_body: int) -> None:
-        import httptools
-
         self._parser = httptools.HttpResponseParser(self)
         self._max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
         self.closed = False
-        self.exchanges = 0  # responses completed on this connection (0: fresh)
         self._reset()
 
     def _reset(self) -> None:
@@ -310,8 +308,6 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        import httptools
-
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -351,7 +347,6 @@ class _Connection(asyncio.Protocol):
             return
         body = b"".join(self._body)
         self._reset()
-        self.exchanges += 1
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result((status, body, self._parser.should_keep_alive()))

@@ -182,8 +182,8 @@ class OnnxRequestClassifier(RequestClassifier):
 
     def _mix(self, probs: Sequence[float], hosted: Sequence[float] | None) -> dict[str, float]:
         """Per-model P(correct): task-level accuracy mixed by the task probabilities, with the hosted models'
-        per-request head in place of their multiple-choice accuracy. Plain floats: a 5x4 table."""
-        probs = [float(p) for p in probs]
+        per-request head in place of their multiple-choice accuracy. Plain floats (``apply_guards`` made them):
+        a 5x4 table."""
         acc = [sum(map(operator.mul, row, probs)) for row in self._acc]
         if hosted is not None:
             mc = probs[self._mc]
