@@ -1,14 +1,38 @@
-"""Typed exceptions. Every error a caller can fix says what to fix.
+"""Every error ``router`` raises on purpose, in one hierarchy. Each says what to fix.
 
-The proxy maps each class to an OpenAI-style error body and HTTP status (see ``http_status``/``error_type``),
-so library users and HTTP clients see the same taxonomy.
+::
+
+    RouterError                         500  router_error
+    ├── BadRequestError                 400  invalid_request_error   the request itself is wrong
+    │   ├── UnknownModelError           404                          no card, alias or policy by that name
+    │   ├── ContextLengthError          400  context_length_exceeded the prompt does not fit
+    │   ├── CapabilityError             400  capability_unsupported  no candidate can do what the request needs
+    │   ├── NotFoundError               404                          no such route or object (proxy)
+    │   ├── MethodNotAllowedError       405                          (proxy)
+    │   └── PayloadTooLargeError        413                          (proxy)
+    ├── AuthenticationError             401                          missing or invalid API key (proxy)
+    ├── PermissionDeniedError           403                          the key may not do this (proxy)
+    ├── BudgetExhaustedError            429  budget_exhausted        an energy budget is spent; ``retry_after_s``
+    ├── BackendError                    502  backend_error           a model backend failed
+    │   └── BackendUnavailableError     503                          cooling down, unreachable, timed out
+    ├── DeadlineExceededError           504  timeout_error           the request's deadline passed
+    ├── CancelledError                  499  cancelled               the caller went away (never sent to a client)
+    ├── ConfigError                     500  config_error            a card, policy or config value is wrong
+    ├── LedgerError                     503  ledger_error            the ledger store is unusable
+    └── InternalError                   500  server_error            a bug: the message never shows internals
+
+The proxy answers each with ``to_openai()`` (OpenAI's ``{"error": {"message", "type", "param", "code"}}``) and
+``http_status``, so library users and HTTP clients see the same taxonomy. Nothing else escapes the library's
+public calls: anything unexpected is wrapped in :class:`InternalError` with the original as its cause.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class RouterError(Exception):
-    """Base class for everything `router` raises on purpose."""
+    """Base class for everything ``router`` raises on purpose."""
 
     http_status: int = 500
     error_type: str = "router_error"
@@ -49,27 +73,43 @@ class ContextLengthError(BadRequestError):
     code = "context_length_exceeded"
 
 
-class ConfigError(RouterError):
-    """A model card, policy file or config value is invalid. The message names the file and the field."""
+class CapabilityError(BadRequestError):
+    """The request needs something (tools, a JSON schema, logprobs, ...) that no candidate model can do."""
 
-    http_status = 500
-    error_type = "config_error"
-    code = "bad_config"
+    code = "capability_unsupported"
 
 
-class BackendError(RouterError):
-    """A model backend failed (crash, timeout, HTTP error) and no fallback was allowed."""
+class NotFoundError(BadRequestError):
+    """No such route, file or batch."""
 
-    http_status = 502
-    error_type = "backend_error"
-    code = "backend_failed"
+    http_status = 404
+    code = "not_found"
 
 
-class BackendUnavailableError(BackendError):
-    """The backend is cooling down after repeated failures, or cannot be reached at all."""
+class MethodNotAllowedError(BadRequestError):
+    http_status = 405
+    code = "method_not_allowed"
 
-    http_status = 503
-    code = "backend_unavailable"
+
+class PayloadTooLargeError(BadRequestError):
+    http_status = 413
+    code = "request_too_large"
+
+
+class AuthenticationError(RouterError):
+    """Missing or invalid API key (proxy only)."""
+
+    http_status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(RouterError):
+    """A valid key that may not use this route (e.g. an admin page without ``admin: true``)."""
+
+    http_status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
 
 
 class BudgetExhaustedError(RouterError):
@@ -84,9 +124,89 @@ class BudgetExhaustedError(RouterError):
         self.retry_after_s = retry_after_s
 
 
-class AuthenticationError(RouterError):
-    """Missing or invalid API key (proxy only)."""
+class BackendError(RouterError):
+    """A model backend failed (crash, HTTP error) and no fallback was left."""
 
-    http_status = 401
-    error_type = "invalid_request_error"
-    code = "invalid_api_key"
+    http_status = 502
+    error_type = "backend_error"
+    code = "backend_failed"
+
+
+class BackendUnavailableError(BackendError):
+    """The backend is cooling down after repeated failures, cannot be reached, or timed out."""
+
+    http_status = 503
+    code = "backend_unavailable"
+
+
+class DeadlineExceededError(RouterError):
+    """The request's deadline passed (across every retry and fallback). Nothing more is tried."""
+
+    http_status = 504
+    error_type = "timeout_error"
+    code = "deadline_exceeded"
+
+
+class CancelledError(RouterError):
+    """The caller went away (a closed stream, a disconnected client); generation stopped. The proxy never sends
+    this to anyone (there is nobody to send it to); the ledger records ``cancelled``."""
+
+    http_status = 499
+    error_type = "cancelled"
+    code = "cancelled"
+
+
+class ConfigError(RouterError):
+    """A model card, policy file or config value is invalid: the message names the file, the field and the fix.
+
+    ``ConfigError("text")`` or ``ConfigError.at(file, field, problem, fix)`` for the usual three parts."""
+
+    http_status = 500
+    error_type = "config_error"
+    code = "bad_config"
+
+    @classmethod
+    def at(cls, file: str | Path | None, field: str | None, problem: str, fix: str | None = None) -> ConfigError:
+        where = f"{file}: " if file else ""
+        what = f"field `{field}`: " if field else ""
+        return cls(f"{where}{what}{problem}" + (f"; fix: {fix}" if fix else ""))
+
+
+class LedgerError(RouterError):
+    """The ledger store cannot be opened, read or written (corrupt, read-only, unreachable): the message names the
+    URL, what is wrong and the fix."""
+
+    http_status = 503
+    error_type = "ledger_error"
+    code = "ledger_unavailable"
+
+
+class InternalError(RouterError):
+    """Something went wrong that is not the caller's doing. The message names the request id, never paths or
+    upstream bodies; the detail goes to the log."""
+
+    http_status = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "BadRequestError",
+    "BudgetExhaustedError",
+    "CancelledError",
+    "CapabilityError",
+    "ConfigError",
+    "ContextLengthError",
+    "DeadlineExceededError",
+    "InternalError",
+    "LedgerError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RouterError",
+    "UnknownModelError",
+]

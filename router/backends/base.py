@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from ..cards import ModelCard
+from ..errors import CancelledError, DeadlineExceededError
 from ..types import ChatMessage
 
 
@@ -23,6 +26,25 @@ class GenerationRequest:
     stop: list[str] | None = None
     want_confidence: bool = False
     """Ask the backend for its own confidence (token probabilities, class probability) for cascades."""
+    deadline: float | None = None
+    """``time.monotonic()`` by which the call must have ended: a backend stops (between tokens, between reads,
+    before a retry) and raises :class:`~router.errors.DeadlineExceededError` once it has passed."""
+    cancel: threading.Event | None = None
+    """Set when the caller has gone away: a backend stops between tokens and raises
+    :class:`~router.errors.CancelledError`, so nothing is generated for nobody."""
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (``None``: no deadline; never below 0)."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check(self, who: str) -> None:
+        """Raise when the caller has gone or the deadline has passed (backends call this between steps)."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError(f"{who}: the caller went away; generation stopped")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceededError(f"{who}: the request's deadline passed; generation stopped")
 
 
 @dataclass
