@@ -5,6 +5,7 @@
 >>> r.complete(messages=[{"role": "user", "content": "Sentiment: 'a gorgeous, witty film'"}]).routing
 """
 
+from ._request import PreparedRequest
 from ._router import Router
 from .cards import ModelCard, load_card, load_cards
 from .config import RouterConfig
@@ -14,8 +15,13 @@ from .errors import (
     BackendUnavailableError,
     BadRequestError,
     BudgetExhaustedError,
+    CancelledError,
+    CapabilityError,
     ConfigError,
     ContextLengthError,
+    DeadlineExceededError,
+    InternalError,
+    LedgerError,
     RouterError,
     UnknownModelError,
 )
@@ -29,12 +35,18 @@ __all__ = [
     "BackendUnavailableError",
     "BadRequestError",
     "BudgetExhaustedError",
+    "CancelledError",
+    "CapabilityError",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatMessage",
     "ConfigError",
     "ContextLengthError",
+    "DeadlineExceededError",
+    "InternalError",
+    "LedgerError",
     "ModelCard",
+    "PreparedRequest",
     "Router",
     "RouterConfig",
     "RouterError",

@@ -1,23 +1,33 @@
-"""Router configuration: where cards, policies and the ledger live, and the constants meters use.
+"""Router configuration, typed: where cards, policies and the ledger live, the request deadline, the proxy's
+settings, API keys, and the constants meters use. Every default is written here once.
 
 ``RouterConfig()`` is the embedded default: the model cards and policies shipped with the package, and a
 SQLite ledger in the user's data directory. Every field can come from a YAML file (``RouterConfig.load``) or
-from an environment variable ``ROUTER_<FIELD>`` (e.g. ``ROUTER_LEDGER_URL``).
+from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROUTER_LEDGER_URL``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from platformdirs import user_data_dir
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
+
+DEFAULT_GRID_G_PER_KWH = 475.0
+"""gCO2e per kWh when nothing better is configured: the IEA world average (sources in ``router/energy/carbon.py``)."""
+
+
+class _Settings(BaseModel):
+    """A settings block read from YAML: strict types (``true`` is not a number, ``"5"`` is not 5)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 def embedded_dir(name: str) -> Path:
@@ -41,7 +51,7 @@ class CpuPowerModel(BaseModel):
     RAPL on your own hardware (docs/energy.md).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     watts_per_busy_core: float = Field(15.0, gt=0)
     idle_w: float = Field(2.0, ge=0)
     source: str = (
@@ -50,8 +60,48 @@ class CpuPowerModel(BaseModel):
     )
 
 
+class CooldownSettings(_Settings):
+    """The circuit breaker around every backend: after ``failures`` consecutive failures a backend is skipped for
+    ``seconds`` (then one trial call is let through). See ``router/backends/cooldown.py``."""
+
+    failures: int = Field(3, ge=1, le=10_000)
+    seconds: float = Field(30.0, ge=0, le=86_400)
+
+
+class ProxySettings(_Settings):
+    """``router serve``: request size and how ledger records are written."""
+
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1 << 30, description="larger bodies are a 413")
+    ledger_writes: Literal["background", "inline"] = Field(
+        "background", description="background: a writer thread groups records (router/proxy/ledger_writer.py); "
+        "inline: written on the request path")
+    ledger_group_ms: float = Field(20.0, ge=0, le=1000, description="the background writer's pause between groups")
+
+
+class KeyEntry(_Settings):
+    """One API key, held only as a SHA-256 digest (or read from an environment variable at start-up)."""
+
+    name: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="printf %s \"$KEY\" | sha256sum")
+    env: str | None = Field(None, description="read the key from this environment variable at start-up")
+    policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_clear_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "key" in data:
+            raise ValueError("a key in clear text is refused: store `sha256` of the key (or `env`), never the key")
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyEntry:
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("give exactly one of `sha256` (of the key) or `env` (a variable holding the key)")
+        return self
+
+
 class RouterConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     models_dir: Path = Field(default_factory=lambda: embedded_dir("models"))
     policies_dir: Path = Field(default_factory=lambda: embedded_dir("policies"))
@@ -63,14 +113,27 @@ class RouterConfig(BaseModel):
     meter: str = Field("auto", description="auto | rapl | nvml | cpu-time")
     cpu_power: CpuPowerModel = Field(default_factory=CpuPowerModel)
     grid_g_per_kwh: float = Field(
-        475.0,
+        DEFAULT_GRID_G_PER_KWH,
         ge=0,
         description="grid carbon intensity; default ~475 gCO2e/kWh, the IEA global average (energy/carbon.py)",
     )
     max_prompt_chars: int = Field(1_000_000, gt=0, description="requests above this are rejected")
     classifier_max_chars: int = Field(4_000, gt=0, description="the classifier reads at most this much")
-    backend_timeout_s: float = Field(120.0, gt=0)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    deadline_s: float = Field(
+        120.0, gt=0, le=86_400,
+        description="a request ends with a timeout error (HTTP 504) after this many seconds, across every retry "
+        "and fallback; a policy's `deadline_s` or the request's own `deadline_s` overrides it")
+    cooldown: CooldownSettings = Field(default_factory=CooldownSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+    keys: list[KeyEntry] = Field(default_factory=list, description="API keys (none: the proxy needs no key)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "extra" in data:
+            raise ValueError("`extra` is gone: its settings are fields of their own now: move `extra.proxy` to "
+                             "`proxy`, `extra.keys` to `keys` and `extra.cooldown` to `cooldown`")
+        return data
 
     @classmethod
     def load(cls, file: str | Path | None = None, **overrides: Any) -> RouterConfig:
@@ -86,7 +149,7 @@ class RouterConfig(BaseModel):
             data.update(loaded)
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
-            if env is not None and field not in ("cpu_power", "extra"):
+            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys"):
                 data[field] = env
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:

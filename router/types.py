@@ -38,7 +38,8 @@ class Attempt(BaseModel):
     energy_j: float
     energy_source: str
     latency_ms: float
-    outcome: Literal["ok", "escalated", "error"] = "ok"
+    outcome: Literal["ok", "escalated", "error", "rejected", "cancelled"] = "ok"
+    """``rejected``: skipped before the call (its budget was spent, or the prompt did not fit)."""
     confidence: float | None = None
 
 

@@ -77,7 +77,7 @@ def _config(tmp: Path, up: str, extra: str = "") -> tuple[Path, str]:
     config = tmp / "config.yaml"
     config.write_text(
         f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n"
-        f"extra:\n  proxy: {{max_body_bytes: {MAX_BODY}}}\n  cooldown: {{failures: 2, seconds: 300}}\n{extra}"
+        f"proxy: {{max_body_bytes: {MAX_BODY}}}\ncooldown: {{failures: 2, seconds: 300}}\n{extra}"
     )
     return config, ledger_url
 
@@ -100,7 +100,7 @@ def served(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def keyed(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("proxy_keys")
     keys = (
-        "  keys:\n"
+        "keys:\n"
         f"    - {{name: eco-team, sha256: {hashlib.sha256(KEY_ECO.encode()).hexdigest()}, policy: eco}}\n"
         f"    - {{name: quality-team, sha256: {hashlib.sha256(KEY_QUALITY.encode()).hexdigest()}, policy: quality}}\n"
     )
@@ -183,7 +183,7 @@ def test_empty_messages_is_400(served: Served) -> None:
 
 def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
     """Policy `onlybroken` allows only the broken model: no fallback, 503. The default policy falls back to the
-    next adequate model. After 2 consecutive failures (config: extra.cooldown) the broken backend cools down:
+    next adequate model. After 2 consecutive failures (config: cooldown) the broken backend cools down:
     calls to it fail at once without reaching the upstream, visible in the ledger and the metrics."""
     client = served.client()
     only_broken = {"policy": "onlybroken"}
@@ -378,7 +378,7 @@ def test_remote_fast_path_dict_is_exactly_the_public_response(upstream_url: str,
         out = []
         for model in ("remote-echo", "remote-broken"):  # the broken one falls back: two attempts
             ctx = router.prepare(user(QUESTION), model=model, max_tokens=16)
-            out.append(await router._acomplete(ctx, raw=True))
+            out.append(await router.asend(ctx, as_dict=True))
         public = await router.acomplete(user(QUESTION), model="remote-echo", max_tokens=16)
         assert isinstance(public, ChatCompletion) and public.routing.model == "remote-echo"
         return out

@@ -16,10 +16,10 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; more than 1 needs a Redis ledger."),
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Router config YAML (models, policies, ledger, extra.keys).", exists=True,
+        "--config", "-c", help="Router config YAML (models, policies, ledger, keys, proxy settings).", exists=True,
         dir_okay=False)] = None,
     keys: Annotated[Path | None, typer.Option(
-        "--keys", help="API keys YAML (overrides extra.keys in the config).", exists=True, dir_okay=False)] = None,
+        "--keys", help="API keys YAML (overrides `keys` in the config).", exists=True, dir_okay=False)] = None,
     ledger_url: Annotated[str | None, typer.Option(
         "--ledger", help="Ledger URL (sqlite:///PATH or redis://HOST:PORT/DB); overrides the config and "
         "ROUTER_LEDGER_URL.")] = None,

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import DEFAULT_GRID_G_PER_KWH
+
 J_PER_KWH = 3.6e6
-DEFAULT_GRID_G_PER_KWH = 475.0
 GRID_SOURCE = "IEA world-average carbon intensity of electricity, ~475 gCO2e/kWh (2018); Ember ~480 (2023)"
 PHONE_CHARGE_KWH = 0.0135
 KETTLE_BOIL_KWH = 0.1

@@ -98,7 +98,7 @@ class _StateCollector(Collector):
                                     "1 while a backend is cooling down after repeated failures", labels=["model"])
         opened = GaugeMetricFamily("router_backend_cooldowns",
                                    "Times the backend's cooldown has opened since start", labels=["model"])
-        for name, backend in list(self.router._backends.items()):
+        for name, backend in self.router.loaded_backends().items():
             if isinstance(backend, CooldownBackend):
                 cooling.add_metric([name], 1.0 if backend.state == "open" else 0.0)
                 opened.add_metric([name], float(backend.opened_total))

@@ -1,0 +1,398 @@
+"""The attempts of one request, written once for every way of calling a model.
+
+:class:`Attempts` holds the rules and does no model I/O itself: which model to call next (the decision's choice,
+then its fallbacks, then cascade escalations), the checks before a call (deadline, cancellation, context length,
+budget reservation, meter start) and what each call's end means (settle the reservation, write the ledger
+record, fall back, escalate, or end the request with a typed error). The four drivers in
+:mod:`router._router` (sync and async, plain and streamed) are short loops around it::
+
+    attempts = Attempts(router, prepared)
+    while (call := attempts.next_call()) is not None:
+        try:
+            gen = call.backend.generate(call.request)     # the driver's own I/O
+        except Exception as exc:
+            attempts.failed(call, exc)                     # raises when the request must end here
+            continue
+        if attempts.answered(call, gen):                   # False: escalating to a larger model
+            return attempts.completion()
+    raise attempts.final_error()
+
+so fallback, cascade, budgets, deadlines and records behave the same on every path.
+
+The rules: a backend failure (:class:`BackendError`) or a model whose context is too short moves on to the next
+model; after streamed output has reached the caller nothing moves on (the answer has begun). A spent budget
+falls back, rejects or is allowed and flagged as the policy says. An expired deadline or a cancelled request
+ends the request at once. Every model called leaves one ledger record (``ok``, ``escalated``, ``error``,
+``cancelled``), and a model skipped for its budget a ``rejected`` one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .backends import Backend, Generation, GenerationRequest, StreamEvent
+from .cards import ModelCard
+from .energy import EnergyReading, MeterSpan, estimate_from_profile
+from .errors import (
+    BackendError,
+    BudgetExhaustedError,
+    CancelledError,
+    ContextLengthError,
+    DeadlineExceededError,
+    RouterError,
+)
+from .ledger import LedgerRecord, Reservation
+from .policy.engine import fmt_j
+
+if TYPE_CHECKING:
+    from ._request import PreparedRequest
+    from ._router import Router
+
+log = logging.getLogger("router")
+
+_NOT_CALLED = EnergyReading(0.0, "estimated", "none", "not called")
+
+
+@dataclass
+class Call:
+    """One model call about to be made: the driver calls ``backend`` with ``request``."""
+
+    index: int
+    """Attempt number within the request (what the ledger records as ``attempt``)."""
+    model: str
+    card: ModelCard
+    backend: Backend
+    request: GenerationRequest
+    held: list[Reservation]
+    span: MeterSpan | None
+    started: float = field(default_factory=time.perf_counter)
+    buffered: bool = False
+    """A cascade may escalate past this answer: a streaming driver collects it before sending anything."""
+
+
+class Output:
+    """Stream events collected into what was produced so far (a whole answer, or a partial one)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.last = StreamEvent()
+
+    def add(self, event: StreamEvent) -> None:
+        if event.text:
+            self.parts.append(event.text)
+        self.last = event
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def generation(self, call: Call, *, finished: bool = True) -> Generation:
+        text = "".join(self.parts)
+        last = self.last
+        return Generation(
+            text=text,
+            finish_reason=last.finish_reason or ("stop" if finished else "error"),
+            prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
+            else call.backend.prompt_tokens(call.request.messages),
+            completion_tokens=last.completion_tokens if last.completion_tokens is not None
+            else call.backend.count_tokens(text),
+            confidence=last.confidence,
+        )
+
+
+class Attempts:
+    """The rules of one request's attempts (see the module docstring)."""
+
+    def __init__(self, router: Router, prepared: PreparedRequest) -> None:
+        self.router = router
+        self.prepared = prepared
+        decision = prepared.decision
+        self.plan: list[str] = list(dict.fromkeys((decision.model, *decision.fallbacks)))
+        self.position = 0
+        self.attempts: list[dict[str, Any]] = []
+        """Attempt-shaped dicts (as :class:`~router.types.Attempt` dumps them), in call order."""
+        self.energy: EnergyReading | None = None
+        self.errors: list[RouterError] = []
+        self.notes: list[str] = []
+        """Budget notes (a fallback, an allowed overrun): they join the reason of every record after them."""
+        self.answer: tuple[Call, Generation, float] | None = None
+
+    # -- before a call --------------------------------------------------------------------------------------
+    def next_call(self) -> Call | None:
+        """The next model to call, its budget held and its meter started; ``None`` when no model is left (then
+        :meth:`final_error` says why). Raises when the request must end before any call."""
+        prepared = self.prepared
+        while self.position < len(self.plan):
+            model = self.plan[self.position]
+            self.position += 1
+            card = self.router.cards[model]
+            self._check_alive(card)
+            try:
+                backend = self.router.backend(model)
+                self._check_context(backend)
+            except ContextLengthError as exc:
+                self.errors.append(exc)
+                self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "rejected"))
+                continue
+            except BackendError as exc:  # the backend could not even be created: a failed attempt
+                self.errors.append(exc)
+                self._record(card, _NOT_CALLED, 0.0, "error", error=f"{exc.code}: {exc.message}")
+                self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "error"))
+                continue
+            held = self._reserve(card)
+            if held is None:
+                continue
+            request = GenerationRequest(
+                messages=prepared.messages,
+                max_tokens=prepared.max_tokens,
+                temperature=prepared.temperature,
+                stop=prepared.stop,
+                want_confidence=prepared.decision.escalate_below is not None,
+                deadline=prepared.deadline,
+                cancel=prepared.cancel,
+            )
+            return Call(
+                index=len(self.attempts), model=model, card=card, backend=backend, request=request, held=held,
+                span=self.router.meter.start() if backend.local else None, buffered=self._may_escalate(model),
+            )
+        return None
+
+    def _check_alive(self, card: ModelCard) -> None:
+        """End the request before calling ``card`` when the caller has gone or the deadline has passed."""
+        if self.prepared.cancel.is_set():
+            exc: RouterError = CancelledError("the request was cancelled before a model answered")
+            outcome = "cancelled"
+        elif time.monotonic() >= self.prepared.deadline:
+            exc = DeadlineExceededError(
+                f"the request's deadline passed before {card.name} could be called; "
+                "raise `deadline_s` (per request, in the policy, or in the config) or use a faster model")
+            outcome = "error"
+        else:
+            return
+        self._record(card, _NOT_CALLED, 0.0, outcome, error=f"{exc.code}: {exc.message}")
+        raise exc
+
+    def _check_context(self, backend: Backend) -> None:
+        card = backend.card
+        prompt_tokens = backend.prompt_tokens(self.prepared.messages)
+        wanted = self.prepared.max_tokens or 0
+        if prompt_tokens + wanted > card.context_length:
+            raise ContextLengthError(
+                f"the prompt is {prompt_tokens} tokens (+{wanted} to generate) but {card.name} holds "
+                f"{card.context_length}; shorten the messages or pin a model with a longer context",
+                param="messages",
+            )
+
+    def _may_escalate(self, model: str) -> bool:
+        d = self.prepared.decision
+        return d.escalate_below is not None and bool(d.escalate_to) and model not in d.escalate_to
+
+    def _reserve(self, card: ModelCard) -> list[Reservation] | None:
+        """Hold the estimated joules against every budget of ``card`` (atomic per budget in the ledger).
+
+        When a budget has no room: ``allow_and_flag`` holds anyway and notes it; ``fallback`` skips to the next
+        model (``None``, with a ``rejected`` record saying why); ``reject`` raises
+        :class:`BudgetExhaustedError` with the seconds until the window rolls."""
+        d = self.prepared.decision
+        refs = d.model_budgets.get(card.name, ())
+        if not refs:
+            return []
+        ledger = self.router.ledger
+        estimate = d.estimates.get(card.name) or card.energy.joules(max(1, len(self.prepared.text) // 4),
+                                                                    self.prepared.max_tokens or 128)
+        held: list[Reservation] = []
+        for ref in refs:
+            reservation = ledger.try_reserve(ref.key, estimate, ref.limit_j, ref.window_s)
+            if reservation is None:
+                break
+            held.append(reservation)
+        else:
+            return held
+        self._settle(held, 0.0)  # release what was held before the full budget
+        used = ledger.budget_used(ref.key, ref.window_s)
+        what = (f"{card.name}'s energy budget {ref.key} is spent ({fmt_j(used)} of {fmt_j(ref.limit_j)} this "
+                f"window, the call needs ~{fmt_j(estimate)})")
+        if d.on_budget_exhausted == "allow_and_flag":
+            self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
+            return [r for ref2 in refs if (r := ledger.try_reserve(ref2.key, estimate, float("inf"), ref2.window_s))]
+        self.notes.append(what)
+        self._record(card, _NOT_CALLED, 0.0, "rejected", error="budget_exhausted")
+        self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
+        if d.on_budget_exhausted == "fallback":
+            return None
+        retry = ref.window_s - time.time() % ref.window_s
+        raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
+                                   f"`{d.policy}`", retry_after_s=retry)
+
+    # -- after a call ---------------------------------------------------------------------------------------
+    def answered(self, call: Call, gen: Generation) -> bool:
+        """The call answered: settle and record it. ``True`` when this is the answer; ``False`` when its own
+        confidence is below the cascade's threshold and the plan now continues with the escalation models."""
+        latency = (time.perf_counter() - call.started) * 1000
+        energy = self._energy(call, gen)
+        self._settle(call.held, energy.joules)
+        d = self.prepared.decision
+        escalate = (call.buffered and d.escalate_below is not None and gen.confidence is not None
+                    and gen.confidence < d.escalate_below)
+        outcome = "escalated" if escalate else "ok"
+        self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
+                                      gen.confidence))
+        self.energy = energy if self.energy is None else self.energy + energy
+        reason = (f"{d.reason}; low confidence, escalating ({gen.confidence:.2f} < {d.escalate_below:.2f})"
+                  if escalate else self.reason())
+        self._record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason)
+        if escalate:
+            done = self.plan[: self.position]
+            self.plan = done + [m for m in d.escalate_to if m not in done]
+            return False
+        self.answer = (call, gen, latency)
+        return True
+
+    def failed(self, call: Call, exc: BaseException, output: Output | None = None, *, sent: bool = False) -> None:
+        """The call raised. Settle and record it, then return when the next model may be tried, or raise the
+        typed error that ends the request: a deadline, a cancellation, a failure after output was sent, or an
+        error that is not the backend's (a bad request stays a bad request on every model)."""
+        error = _typed(call.model, exc)
+        self._end_call(call, error, output)
+        self.errors.append(error)
+        if sent or not isinstance(error, BackendError | ContextLengthError):
+            raise error from (exc if error is not exc else None)
+
+    def cancelled(self, call: Call, output: Output | None) -> None:
+        """The caller stopped reading (a closed stream, a cancelled task): record what was produced."""
+        self._end_call(call, CancelledError("the caller went away; generation stopped"), output)
+
+    def _end_call(self, call: Call, error: RouterError, output: Output | None) -> None:
+        """Settle and record a call that ended without an answer (``error`` or ``cancelled``)."""
+        latency = (time.perf_counter() - call.started) * 1000
+        gen = output.generation(call, finished=False) if output else None
+        if call.span is not None:
+            energy = call.span.stop()
+        else:
+            energy = estimate_from_profile(call.card.energy, gen.prompt_tokens if gen else 0,
+                                           gen.completion_tokens if gen else 0)
+        self._settle(call.held, energy.joules)
+        outcome = "cancelled" if isinstance(error, CancelledError) else "error"
+        self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome))
+        self._record(call.card, energy, latency, outcome, gen=gen, error=f"{error.code}: {error.message}"[:500],
+                     attempt=call.index)
+
+    def final_error(self) -> RouterError:
+        """Why no model answered, once :meth:`next_call` has run out of models."""
+        if self.errors and all(isinstance(e, ContextLengthError) for e in self.errors):
+            if len(self.errors) == 1:
+                return self.errors[0]
+            return ContextLengthError(
+                "the prompt does not fit any candidate model's context: "
+                + "; ".join(e.message.split(";")[0] for e in self.errors) + "; shorten the messages",
+                param="messages")
+        if self.errors:
+            return self.errors[-1]
+        refs = [r for rs in self.prepared.decision.model_budgets.values() for r in rs]
+        retry = min((r.window_s - time.time() % r.window_s for r in refs), default=None)
+        return BudgetExhaustedError(
+            f"budget_exhausted: every candidate's energy budget is spent; {'; '.join(self.notes)}",
+            retry_after_s=retry)
+
+    # -- the answer -----------------------------------------------------------------------------------------
+    def reason(self) -> str:
+        """The decision's reason, plus the earlier attempts' fate and any budget notes."""
+        d = self.prepared.decision
+        parts = [d.reason]
+        if len(self.attempts) > 1:
+            final = self.attempts[-1]["model"]
+            earlier = ", ".join(f"{a['model']} {a['outcome']}" for a in self.attempts[:-1])
+            parts.append(f"answered by {final} after {earlier}")
+        return "; ".join(parts + self.notes)
+
+    def routing(self) -> dict[str, Any]:
+        """The ``routing`` block of the answer (call after :meth:`answered` returned ``True``)."""
+        assert self.answer is not None, "routing() before an answer"
+        call, _gen, _latency = self.answer
+        d = self.prepared.decision
+        energy = self.energy or _NOT_CALLED
+        return {
+            "model": call.model, "tier": call.card.tier, "reason": self.reason(), "energy_j": energy.joules,
+            "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
+            "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
+            "decision_ms": self.prepared.decision_ms, "co2e_g": self.router.co2e_g(energy.joules),
+            "attempts": self.attempts,
+        }
+
+    def completion(self) -> dict[str, Any]:
+        """The answer as the plain dict ``ChatCompletion.model_dump()`` gives (same keys, same order)."""
+        assert self.answer is not None, "completion() before an answer"
+        call, gen, _ = self.answer
+        p = self.prepared
+        return {
+            "id": p.request_id,
+            "object": "chat.completion",
+            "created": p.created,
+            "model": call.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                         "finish_reason": gen.finish_reason, "logprobs": None}],
+            "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+                      "total_tokens": gen.prompt_tokens + gen.completion_tokens},
+            "routing": self.routing(),
+            "system_fingerprint": None,
+        }
+
+    # -- energy and records ---------------------------------------------------------------------------------
+    def _energy(self, call: Call, gen: Generation) -> EnergyReading:
+        if call.span is not None:
+            return call.span.stop()
+        return estimate_from_profile(call.card.energy, gen.prompt_tokens, gen.completion_tokens)
+
+    def _settle(self, held: list[Reservation], joules: float) -> None:
+        """Replace each held estimate with what the call used (a failure still spends what it measured)."""
+        for reservation in held:
+            try:
+                self.router.ledger.settle(reservation, joules)
+            except Exception:  # the answer is not lost for a bookkeeping failure; it is logged loudly
+                log.exception("%s: could not settle budget %s", reservation.id, reservation.budget)
+
+    def _record(self, card: ModelCard, energy: EnergyReading, latency_ms: float, outcome: str, *,
+                gen: Generation | None = None, error: str | None = None, attempt: int | None = None,
+                reason: str | None = None) -> None:
+        p = self.prepared
+        rec = LedgerRecord(
+            request_id=p.request_id,
+            model=card.name,
+            tier=card.tier,
+            reason=reason or "; ".join([p.decision.reason, *self.notes]),
+            input_tokens=gen.prompt_tokens if gen else 0,
+            output_tokens=gen.completion_tokens if gen else 0,
+            latency_ms=latency_ms,
+            energy_j=energy.joules,
+            energy_source=energy.source,
+            policy=p.decision.policy,
+            task=p.decision.task,
+            outcome=outcome,  # type: ignore[arg-type]
+            key_hash=p.key_hash,
+            error=error,
+            attempt=len(self.attempts) if attempt is None else attempt,
+            co2e_g=self.router.co2e_g(energy.joules),
+        )
+        try:
+            self.router.ledger.record(rec)
+        except Exception:  # the answer still goes out; the failure is logged loudly
+            log.exception("%s: could not write the ledger record", p.request_id)
+
+
+def _attempt(model: str, tier: str, energy_j: float, energy_source: str, latency_ms: float, outcome: str,
+             confidence: float | None = None) -> dict[str, Any]:
+    """An :class:`~router.types.Attempt` as the dict its ``model_dump()`` gives."""
+    return {"model": model, "tier": tier, "energy_j": energy_j, "energy_source": energy_source,
+            "latency_ms": latency_ms, "outcome": outcome, "confidence": confidence}
+
+
+def _typed(model: str, exc: BaseException) -> RouterError:
+    """A backend's exception as a typed error: router errors as they are, anything else is the backend failing."""
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, TimeoutError):  # asyncio's deadline scope
+        return DeadlineExceededError(f"{model}: the request's deadline passed while the model was answering")
+    log.error("%s: backend raised %s", model, type(exc).__name__, exc_info=exc)
+    return BackendError(f"{model}: the backend failed ({type(exc).__name__})")

@@ -1,0 +1,215 @@
+"""Checking a request before anything runs: the messages, every parameter's type and range, and what the caller
+asked of the router. Everything here raises :class:`BadRequestError` (or :class:`UnknownModelError`) naming the
+parameter, so a bad request is refused before it costs anything or reaches the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .classify.base import Classification
+from .errors import BadRequestError
+from .policy.decision import Decision
+from .types import ChatMessage, new_request_id
+
+IGNORED_PARAMS = frozenset({
+    "top_p", "user", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "metadata",
+    "stream_options", "store", "parallel_tool_calls", "service_tier", "response_format", "logprobs",
+    "top_logprobs", "extra_body", "extra_headers", "timeout",
+})  # fmt: skip
+"""OpenAI parameters accepted and not acted on: they do not change which model answers or what it may say."""
+
+ROUTER_ALIASES = ("router",)
+"""``model`` values that mean "route it" (``router:<policy>`` picks a policy)."""
+
+_MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request whose parameters and messages passed the checks, before classification."""
+
+    messages: list[ChatMessage]
+    text: str
+    pinned_name: str | None
+    policy: str | None
+    accuracy_target: float | None
+    max_energy_j: float | None
+    max_tokens: int | None
+    temperature: float | None
+    stop: list[str] | None
+    api_key: str | None
+    request_id: str
+    deadline_s: float | None
+    cancel: threading.Event | None
+
+
+@dataclass
+class PreparedRequest:
+    """A checked and decided request, ready to send (:meth:`Router.send` / :meth:`Router.asend`)."""
+
+    request_id: str
+    messages: list[ChatMessage]
+    text: str
+    classification: Classification
+    decision: Decision
+    max_tokens: int | None
+    temperature: float | None
+    stop: list[str] | None
+    key_hash: str | None
+    decision_ms: float
+    deadline: float
+    """``time.monotonic()`` by which the whole request (every attempt) must have ended."""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set to stop the request: the model in flight stops between tokens and the ledger records ``cancelled``."""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequestError(f"`{name}` must be a finite number, got {_kind(value)}", param=name)
+    if value < lo or value > hi or (lo_open and value == lo):
+        bound = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
+        raise BadRequestError(f"`{name}` must be in {bound}, got {value:g}", param=name)
+    return float(value)
+
+
+def _kind(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", type(None): "null", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def _optional_str(name: str, value: Any, limit: int | None = None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(f"`{name}` must be a string, got {_kind(value)}", param=name)
+    if limit is not None and len(value) > limit:
+        raise BadRequestError(f"`{name}` is longer than {limit} characters", param=name)
+    return value
+
+
+def check_params(
+    *,
+    model: Any = None,
+    policy: Any = None,
+    accuracy_target: Any = None,
+    max_energy_j: Any = None,
+    max_tokens: Any = None,
+    max_completion_tokens: Any = None,
+    temperature: Any = None,
+    stop: Any = None,
+    n: Any = None,
+    api_key: Any = None,
+    request_id: Any = None,
+    deadline_s: Any = None,
+    cancel: Any = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Every keyword of :meth:`Router.complete` checked for type and range; the values normalised."""
+    unknown = set(params) - IGNORED_PARAMS
+    if unknown:
+        raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise BadRequestError("only n=1 is supported", param="n")
+    if max_completion_tokens is not None:
+        max_tokens, name = max_completion_tokens, "max_completion_tokens"
+    else:
+        name = "max_tokens"
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise BadRequestError(f"`{name}` must be a positive integer", param=name)
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
+            raise BadRequestError("`stop` must be a string or a list of at most 16 strings", param="stop")
+        stop = [s for s in stop if s] or None  # an empty stop string would end every answer at once
+    if cancel is not None and not isinstance(cancel, threading.Event):
+        raise BadRequestError("`cancel` must be a threading.Event", param="cancel")
+    return {
+        "model": _optional_str("model", model, 256),
+        "policy": _optional_str("policy", policy, 256),
+        "accuracy_target": _number("accuracy_target", accuracy_target, 0.0, 1.0),
+        "max_energy_j": _number("max_energy_j", max_energy_j, 0.0, math.inf, lo_open=True),
+        "max_tokens": max_tokens,
+        "temperature": _number("temperature", temperature, 0.0, 2.0),
+        "stop": stop,
+        "api_key": _optional_str("api_key", api_key, 4096),
+        "request_id": _optional_str("request_id", request_id, _MAX_REQUEST_ID) or new_request_id(),
+        "deadline_s": _number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
+        "cancel": cancel,
+    }
+
+
+def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
+    """Check the OpenAI ``messages`` list and say exactly what to fix."""
+    if messages is None or (isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and
+                            len(messages) == 0):
+        raise BadRequestError("`messages` is empty: send at least one {'role': 'user', 'content': '...'}",
+                              param="messages")
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise BadRequestError("`messages` must be a list of {'role', 'content'} objects", param="messages")
+    out: list[ChatMessage] = []
+    total = 0
+    for i, raw in enumerate(messages):
+        msg = raw if isinstance(raw, ChatMessage) else _message(i, raw)
+        total += len(msg.content)
+        out.append(msg)
+    if not any(m.role == "user" and m.content.strip() for m in out):
+        raise BadRequestError("`messages` has no user message with text: add {'role': 'user', 'content': ...}",
+                              param="messages")
+    if total > max_chars:
+        raise BadRequestError(
+            f"the prompt is {total:,} characters; this router accepts at most {max_chars:,}",
+            param="messages", code="prompt_too_large",
+        )
+    return out
+
+
+def _message(i: int, raw: Any) -> ChatMessage:
+    if not isinstance(raw, Mapping):
+        raise BadRequestError(f"messages[{i}] must be an object with `role` and `content`", param=f"messages[{i}]")
+    content = raw.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text parts
+        if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text", ""), str)
+                   for p in content):
+            raise BadRequestError(f"messages[{i}].content: only text parts ({{'type': 'text', 'text': '...'}}) "
+                                  "are supported", param=f"messages[{i}].content")
+        content = "".join(p.get("text", "") for p in content)
+        raw = {**raw, "content": content}
+    if not isinstance(content, str):
+        raise BadRequestError(f"messages[{i}].content must be a string, got {_kind(content)}",
+                              param=f"messages[{i}].content")
+    try:
+        return ChatMessage.model_validate(dict(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise BadRequestError(
+            f"messages[{i}].{where}: {err['msg']} (roles: system, developer, user, assistant, tool)",
+            param=f"messages[{i}].{where}",
+        ) from None
+
+
+def request_text(messages: list[ChatMessage]) -> str:
+    """What the classifier reads: the last user message (the question being asked now)."""
+    return next(m.content for m in reversed(messages) if m.role == "user")
+
+
+def split_model(model: str | None) -> tuple[str | None, str | None]:
+    """``model`` -> (model to pin, policy): ``router`` routes, ``router:eco`` routes with policy eco."""
+    if not model:
+        return None, None
+    head, _, policy = model.partition(":")
+    if head.lower() in ROUTER_ALIASES:
+        return None, policy or None
+    return model, None

@@ -1,0 +1,246 @@
+"""One attempt path: each behaviour gives the same outcome on all four ways of calling (sync / async x plain /
+stream): the same answering model, status, error type and ledger records (ids, times and joules aside).
+
+The models are two real ONNX specialists on the shipped sentiment model (``spec-a`` cheaper, ``spec-b`` dearer,
+from test_budgets.setup); faults come from named test doubles."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_budgets import REVIEW, make_router, setup
+
+from router import Router
+from router.backends import Backend, FaultInjectingBackend, GenerationRequest, StreamEvent, create_backend
+from router.cards import ModelCard, load_cards
+from router.errors import RouterError
+from router.ledger import Ledger
+
+PATHS = ("sync", "sync-stream", "async", "async-stream")
+
+
+class DrippingBackendDouble(Backend):
+    """Test double: a slow local model that emits a word every ``interval_s`` and, like the real backends, stops
+    between words when the request's deadline passes or the caller cancels."""
+
+    def __init__(self, inner: Backend, words: int = 40, interval_s: float = 0.05) -> None:
+        super().__init__(inner.card)
+        self.words = words
+        self.interval_s = interval_s
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        for i in range(self.words):
+            request.check(self.card.name)
+            time.sleep(self.interval_s)
+            yield StreamEvent(text=f"w{i} ")
+        yield StreamEvent(finish_reason="stop", prompt_tokens=5, completion_tokens=self.words)
+
+
+class StaleBudgetReadsDouble(Ledger):
+    """Fault injection: a ledger whose budget reads trail the truth (as when another process spent the budget
+    between the decision's snapshot and the reservation), so budgets run out at call time, not decision time."""
+
+    def __init__(self, inner: Ledger) -> None:
+        self.inner = inner
+
+    def budget_used(self, budget: str, window_s: float) -> float:
+        return 0.0
+
+    def record(self, rec: Any) -> None:
+        self.inner.record(rec)
+
+    def records(self, *a: Any, **k: Any) -> Any:
+        return self.inner.records(*a, **k)
+
+    def spent(self, **k: Any) -> float:
+        return self.inner.spent(**k)
+
+    def totals(self, *a: Any, **k: Any) -> Any:
+        return self.inner.totals(*a, **k)
+
+    def try_reserve(self, *a: Any) -> Any:
+        return self.inner.try_reserve(*a)
+
+    def settle(self, *a: Any) -> None:
+        self.inner.settle(*a)
+
+    def prune(self, older_than: float) -> int:
+        return self.inner.prune(older_than)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class Outcome:
+    model: str | None
+    status: str
+    records: list[tuple[str, str, int, str]]
+
+    @staticmethod
+    def of(router: Router, model: str | None, status: str) -> Outcome:
+        recs = [(r.model, r.outcome, r.attempt, (r.error or "").split(":")[0]) for r in router.ledger.records()]
+        return Outcome(model, status, recs)
+
+
+def run(router: Router, path: str, messages: list[dict[str, str]] = REVIEW, *, cancel_after_s: float | None = None,
+        **params: Any) -> Outcome:
+    """One request on one path; the outcome whatever happens (an error is a status, not a test failure)."""
+    if path.startswith("sync"):
+        return _run_sync(router, messages, path == "sync-stream", cancel_after_s, params)
+    return asyncio.run(_run_async(router, messages, path == "async-stream", cancel_after_s, params))
+
+
+def _run_sync(router: Router, messages: list[dict[str, str]], stream: bool, cancel_after_s: float | None,
+              params: dict[str, Any]) -> Outcome:
+    model = None
+    try:
+        if stream:
+            chunks = router.complete(messages, stream=True, **params)
+            started = time.monotonic()
+            for chunk in chunks:
+                if cancel_after_s is not None and time.monotonic() - started > cancel_after_s:
+                    chunks.close()  # the caller stops reading
+                    return Outcome.of(router, None, "cancelled")
+                if chunk.routing is not None:
+                    model = chunk.routing.model
+        else:
+            if cancel_after_s is not None:
+                event = threading.Event()
+                threading.Timer(cancel_after_s, event.set).start()
+                params = {**params, "cancel": event}
+            model = router.complete(messages, **params).routing.model
+    except RouterError as exc:
+        return Outcome.of(router, None, "cancelled" if exc.code == "cancelled" else type(exc).__name__)
+    return Outcome.of(router, model, "ok")
+
+
+async def _run_async(router: Router, messages: list[dict[str, str]], stream: bool, cancel_after_s: float | None,
+                     params: dict[str, Any]) -> Outcome:
+    async def go() -> str | None:
+        if not stream:
+            return (await router.acomplete(messages, **params)).routing.model
+        found = None
+        async for chunk in await router.acomplete(messages, stream=True, **params):
+            if chunk.routing is not None:
+                found = chunk.routing.model
+        return found
+
+    task = asyncio.ensure_future(go())
+    try:
+        if cancel_after_s is not None:
+            await asyncio.sleep(cancel_after_s)
+            task.cancel()
+        model = await task
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.3)  # the worker thread stops between words and the record is written
+        return Outcome.of(router, None, "cancelled")
+    except RouterError as exc:
+        return Outcome.of(router, None, type(exc).__name__)
+    return Outcome.of(router, model, "ok")
+
+
+# -- the behaviours ---------------------------------------------------------------------------------------------
+Build = Callable[[Path], Router]
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def _backend(card: ModelCard) -> Backend:
+    """One real ONNX backend per distinct card (loading a session takes most of a second on a busy machine)."""
+    key = card.model_dump_json()
+    if key not in _BACKENDS:
+        _BACKENDS[key] = create_backend(card)
+    return _BACKENDS[key]
+
+
+def _with(policy_text: str, *, a_context: int | None = None, b_prior: float = 0.77,
+          backends: Callable[[dict[str, Backend]], dict[str, Backend]] | None = None,
+          stale_budgets: bool = False) -> Build:
+    def build(tmp: Path) -> Router:
+        tmp.mkdir(parents=True)
+        root = setup(tmp, policy_text, b_prior=b_prior)
+        if a_context is not None:
+            card = root / "models" / "spec-a.yaml"
+            card.write_text(card.read_text().replace("context_length: 100000", f"context_length: {a_context}"))
+        real = {n: _backend(c) for n, c in load_cards(root / "models").items()}
+        router = make_router(root, **(backends(real) if backends else real))
+        if stale_budgets:  # other traffic spent 1 of spec-a's 1.5 J, after the decision's snapshot was read
+            router.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+            router.ledger = router.engine.ledger = StaleBudgetReadsDouble(router.ledger)
+        return router
+    return build
+
+
+def _budget(on: str) -> str:
+    return f"""\
+        name: t
+        accuracy: {{min_accuracy: 0.7}}
+        budgets: [{{model: spec-a, joules: 1.5, per: 60}}]
+        on_budget_exhausted: {on}
+        """
+
+
+PLAIN = "name: t\naccuracy: {min_accuracy: 0.7}\n"
+CASCADE = "name: t\naccuracy: {min_accuracy: 0.7}\ncascade: {enabled: true, escalate_below: 0.999, escalate_to: next}\n"
+
+BEHAVIOURS: dict[str, tuple[Build, dict[str, Any], Outcome]] = {
+    "answer": (_with(PLAIN), {}, Outcome("spec-a", "ok", [("spec-a", "ok", 0, "")])),
+    # the engine expects a specialist to answer in one token; the Router's own context check also counts the
+    # caller's max_tokens and moves on to spec-b, whose context holds it
+    "fallback_on_short_context": (_with(PLAIN, a_context=45), {"max_tokens": 40},
+                                  Outcome("spec-b", "ok", [("spec-b", "ok", 1, "")])),
+    "backend_failure": (
+        _with(PLAIN, backends=lambda b: {**b, "spec-a": FaultInjectingBackend(b["spec-a"], fail_on_call=True)}),
+        {}, Outcome("spec-b", "ok", [("spec-a", "error", 0, "backend_failed"), ("spec-b", "ok", 1, "")])),
+    "cascade": (_with(CASCADE, b_prior=0.9), {},
+                Outcome("spec-b", "ok", [("spec-a", "escalated", 0, ""), ("spec-b", "ok", 1, "")])),
+    "budget_fallback": (_with(_budget("fallback"), stale_budgets=True), {},
+                        Outcome("spec-b", "ok", [("spec-a", "rejected", 0, "budget_exhausted"),
+                                                 ("spec-b", "ok", 1, "")])),
+    "budget_reject": (_with(_budget("reject"), stale_budgets=True), {},
+                      Outcome(None, "BudgetExhaustedError", [("spec-a", "rejected", 0, "budget_exhausted")])),
+    "budget_allow_and_flag": (_with(_budget("allow_and_flag"), stale_budgets=True), {},
+                              Outcome("spec-a", "ok", [("spec-a", "ok", 0, "")])),
+    "deadline": (_with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"])}),
+                 {"deadline_s": 0.4},
+                 Outcome(None, "DeadlineExceededError", [("spec-a", "error", 0, "deadline_exceeded")])),
+    "cancellation": (_with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"])}),
+                     {"cancel_after_s": 0.4},
+                     Outcome(None, "cancelled", [("spec-a", "cancelled", 0, "cancelled")])),
+}
+
+
+@pytest.mark.parametrize("behaviour", list(BEHAVIOURS))
+def test_every_path_gives_the_same_outcome(behaviour: str, tmp_path: Path) -> None:
+    build, params, expected = BEHAVIOURS[behaviour]
+    outcomes = {}
+    for path in PATHS:
+        router = build(tmp_path / path)
+        try:
+            outcomes[path] = run(router, path, **params)
+        finally:
+            router.close()
+    for path, got in outcomes.items():
+        assert got == expected, f"{behaviour} on {path}: {got} != {expected}"
+
+
+def test_deadline_ends_the_call_at_the_deadline_not_when_the_model_finishes(tmp_path: Path) -> None:
+    """The dripping model would take 2 s; a 0.3 s deadline ends each path within a word of it."""
+    build = _with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=40)})
+    for path in PATHS:
+        router = build(tmp_path / path)
+        started = time.monotonic()
+        got = run(router, path, deadline_s=0.3)
+        elapsed = time.monotonic() - started
+        router.close()
+        assert got.status == "DeadlineExceededError", path
+        assert elapsed < 1.0, f"{path}: {elapsed:.2f} s"
