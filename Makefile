@@ -4,6 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# llama.cpp is compiled for this CPU (-march=native) but without AMX: some virtual machines list AMX in their CPU
+# flags and then fault on its tile instructions (SIGILL in ggml's AMX matmul), and these small models gain little.
+LLAMA_FLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 
 .PHONY: demo test install bench lint
 
@@ -11,7 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# llama-cpp-python compiles llama.cpp once (about 8-12 minutes on 2 cores); pip caches the wheel
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e '.[dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="-DCMAKE_C_FLAGS='$(LLAMA_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_FLAGS)'" \
+		$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

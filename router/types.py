@@ -22,6 +22,7 @@ class ChatMessage(BaseModel):
 
     role: Role
     content: str
+    name: str | None = None
 
 
 class Usage(BaseModel):
