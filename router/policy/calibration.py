@@ -28,6 +28,7 @@ import numpy as np
 
 from ..cards import ModelCard
 from ..classify.base import RequestClassifier
+from ..classify.features import vectorizer, window
 from ..errors import ConfigError
 from .engine import TIER_RANK, decide_batch
 
@@ -250,15 +251,13 @@ def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRo
 
 def oof_scores(prompts: list[str], groups: np.ndarray, correct: np.ndarray, folds: int = 5, c: float = 0.3,
                seed: int = 0) -> np.ndarray:
-    """Out-of-fold P(correct) per model: the shipped classifier's recipe (TF-IDF word 1-2 grams + logistic
-    regression, ``router.training.classifier``) refitted with whole subjects held out, so every row's score
-    comes from a model that never saw its subject: what the shipped classifier gives on new traffic. The
-    vocabulary here comes from the outcomes' own prompts only (the shipped graph also adds the request set's
-    phrasing words, for task detection; on MMLU both give APGR 0.58)."""
+    """Out-of-fold P(correct) per model: the shipped classifier's recipe (the TF-IDF word 1-2 grams of
+    ``router.classify.features`` + logistic regression, as ``router.training.classifier`` trains it) refitted
+    with whole subjects held out, so every row's score comes from a model that never saw its subject: what the
+    shipped classifier gives on new traffic. The vocabulary here comes from the outcomes' own prompts only (the
+    shipped graph also adds the request set's phrasing words, for task detection; on MMLU both give APGR 0.58)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
-
-    from ..training.classifier import vectorizer, window
 
     texts = [window(t)[0] for t in prompts]
     out = np.zeros(correct.shape)
