@@ -26,6 +26,7 @@ from .errors import (
     UnknownModelError,
 )
 from .ledger import Ledger, LedgerRecord, Reservation, hash_key, open_ledger
+from .policy.base import BudgetState, DecisionRequest, Engine
 from .policy.decision import Decision
 from .types import (
     Attempt,
@@ -283,15 +284,12 @@ class Router:
                                request_id or new_request_id())
 
     def _decide(self, req: _CheckedRequest, classification: Classification, t0: float) -> RequestContext:
-        decision = self.engine.decide(
-            classification,
-            policy=req.policy,
-            pinned=req.pinned,
-            accuracy_target=req.accuracy_target,
-            max_energy_j=req.max_energy_j,
-            key_hash=req.key_hash,
-            input_tokens_hint=max(1, len(req.text) // 4),
-        )
+        request = DecisionRequest(policy=req.policy, pinned=req.pinned, accuracy_target=req.accuracy_target,
+                                  max_energy_j=req.max_energy_j, key_hash=req.key_hash,
+                                  input_tokens_hint=max(1, len(req.text) // 4))
+        now = time.time()
+        used = {r.key: self.ledger.budget_used(r.key, r.window_s) for r in self.engine.budget_refs(request)}
+        decision = self.engine.decide(classification, request, BudgetState(used, now))
         decision_ms = (time.perf_counter() - t0) * 1000
         ctx = RequestContext(
             request_id=req.request_id,
@@ -777,7 +775,7 @@ Router._settle = _settle  # type: ignore[attr-defined]
 Router._retry_after = _retry_after  # type: ignore[attr-defined]
 
 
-def _load_engine(router: Router) -> Any:
+def _load_engine(router: Router) -> Engine:
     """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists."""
     from .policy.loader import check_models, load_policies
 
@@ -794,7 +792,8 @@ def _load_engine(router: Router) -> Any:
         check_models(p, set(router.cards), folder / f"{p.name}.yaml")
     if router.policy_name not in policies:
         raise RouterError(f"unknown policy {router.policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
-    return PolicyEngine(router.cards, policies, router.ledger)
+    callable_cards = {n: c for n, c in router.cards.items() if c.callable}
+    return PolicyEngine(callable_cards, policies, default_policy=router.policy_name)
 # -- end issue 6 -----------------------------------------------------------------------------------------
 
 

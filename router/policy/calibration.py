@@ -30,7 +30,8 @@ from ..cards import ModelCard
 from ..classify.base import RequestClassifier
 from ..classify.features import vectorizer, window
 from ..errors import ConfigError
-from .engine import TIER_RANK, decide_batch
+from ..types import TIER_ORDER
+from .batch import decide_batch
 
 GRID = np.round(np.arange(1.0, -1.0 - 1e-9, -0.005), 3)
 
@@ -298,6 +299,6 @@ def build_data(
         axis=1,
     )
     order = sorted(range(len(rows.models)),
-                   key=lambda j: (TIER_RANK.get(cards[rows.models[j]].tier, 1), float(energy[:, j].mean())))
+                   key=lambda j: (TIER_ORDER.get(cards[rows.models[j]].tier, 1), float(energy[:, j].mean())))
     models = [rows.models[j] for j in order]
     return CalibrationData(models, scores[:, order], rows.correct[:, order], energy[:, order], rows.groups, scores_name)

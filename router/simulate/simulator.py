@@ -332,12 +332,12 @@ class Simulator:
         notes: list[str] = []
         self.classify()
         t0 = time.perf_counter()
-        # the policy's own decision, request by request (decide_pure), unless there are very many distinct
-        # prompts; then the engine's vectorised decide_batch (tests check the two agree)
+        # the policy engine's own decision, request by request, unless there are very many distinct prompts;
+        # then the engine's vectorised decide_batch (tests check the two agree)
         scalar = want_reasons or len(self.classifications) <= scalar_limit
         group_choice, reasons = self.decide(reasons=scalar)
         notes.append(
-            "decisions: decide_pure per distinct prompt" if scalar else
+            "decisions: the policy engine per distinct prompt" if scalar else
             f"decisions: vectorised decide_batch ({len(self.classifications):,} distinct prompts > {scalar_limit:,})"
         )
         notes.extend(getattr(self.engine, "notes", []))
