@@ -169,8 +169,11 @@ def _within(pool: list[ModelCard], energy: Mapping[str, float], max_energy_j: fl
 def predictions(classification: Classification,
                 pool: list[ModelCard]) -> tuple[dict[str, float], dict[str, str]]:
     """Step 2: ``(p, source)``: P(correct) per candidate, and where each came from."""
-    preds = {c.name: predicted(classification, c) for c in pool}
-    return {n: v[0] for n, v in preds.items()}, {n: v[1] for n, v in preds.items()}
+    p: dict[str, float] = {}
+    source: dict[str, str] = {}
+    for card in pool:
+        p[card.name], source[card.name] = predicted(classification, card)
+    return p, source
 
 
 def target(policy: Policy, entry: KeyPolicy | None, req: DecisionRequest, pool: list[ModelCard],
