@@ -29,6 +29,7 @@ from router import Router  # noqa: E402
 from router.config import RouterConfig  # noqa: E402
 from router.errors import RouterError  # noqa: E402
 from router.ledger.sqlite import SQLiteLedger  # noqa: E402
+from router.policy.base import BudgetState, DecisionRequest  # noqa: E402
 from router.training.requests import build_request_set  # noqa: E402
 
 N = 10_000
@@ -76,13 +77,17 @@ def main() -> None:
 
 
 def run(console: Console, router: Router) -> None:
-    clf, engine, policy = router.classifier, router.engine, router.policy_name
+    clf, engine, policy, ledger = router.classifier, router.engine, router.policy_name, router.ledger
     texts = prompts()
     def decide(text: str) -> bool:
         """Classify and decide; False when the policy refuses the request (no model can serve it, e.g. a
         prompt longer than every local model's context): a decision too, timed the same way."""
         try:
-            engine.decide(clf.classify(text), policy=policy, input_tokens_hint=max(1, len(text) // 4))
+            c = clf.classify(text)
+            req = DecisionRequest(policy=policy, input_tokens_hint=max(1, len(text) // 4))
+            now = time.time()  # the budget reads the Router makes before each decision
+            used = {r.key: ledger.budget_used(r.key, r.window_s) for r in engine.budget_refs(req)}
+            engine.decide(c, req, BudgetState(used, now))
         except RouterError:
             return False
         return True

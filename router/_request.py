@@ -189,6 +189,9 @@ def _message(i: int, raw: Any) -> ChatMessage:
     if not isinstance(content, str):
         raise BadRequestError(f"messages[{i}].content must be a string, got {_kind(content)}",
                               param=f"messages[{i}].content")
+    if raw.get("name") is not None and not isinstance(raw["name"], str):
+        raise BadRequestError(f"messages[{i}].name must be a string, got {_kind(raw['name'])}",
+                              param=f"messages[{i}].name")
     try:
         return ChatMessage.model_validate(dict(raw))
     except ValidationError as exc:

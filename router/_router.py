@@ -46,6 +46,7 @@ from .errors import (
     UnknownModelError,
 )
 from .ledger import Ledger, hash_key, open_ledger
+from .policy.base import BudgetState, DecisionRequest, Engine
 from .types import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Routing, Usage
 
 log = logging.getLogger("router")
@@ -201,15 +202,10 @@ class Router:
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
         key_hash = hash_key(req.api_key)
-        decision = self.engine.decide(
-            classification,
-            policy=req.policy or self.policy_name,
-            pinned=req.pinned_name,
-            accuracy_target=req.accuracy_target,
-            max_energy_j=req.max_energy_j,
-            key_hash=key_hash,
-            input_tokens_hint=max(1, len(req.text) // 4),
-        )
+        request = DecisionRequest(policy=req.policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
+                                  max_energy_j=req.max_energy_j, key_hash=key_hash,
+                                  input_tokens_hint=max(1, len(req.text) // 4))
+        decision = self.engine.decide(classification, request, self._budget_state(request))
         decision_ms = (time.perf_counter() - started) * 1000
         deadline_s = req.deadline_s or self.config.deadline_s
         prepared = PreparedRequest(
@@ -220,6 +216,13 @@ class Router:
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
+
+    def _budget_state(self, request: DecisionRequest) -> BudgetState:
+        """What every budget this request could be reserved against has used in its current window."""
+        refs = self.engine.budget_refs(request)
+        if not refs:
+            return BudgetState.empty()
+        return BudgetState({r.key: self.ledger.budget_used(r.key, r.window_s) for r in refs}, time.time())
 
     # -- stage: the attempts, one driver per way of calling --------------------------------------------------
     def _send(self, prepared: PreparedRequest) -> dict[str, Any]:
@@ -369,7 +372,7 @@ def _default_classifier(config: RouterConfig) -> RequestClassifier:
     return load_default_classifier(config.models_dir)
 
 
-def _load_engine(router: Router) -> Any:
+def _load_engine(router: Router) -> Engine:
     """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists."""
     from .policy.loader import check_models, load_policies
 
@@ -386,7 +389,8 @@ def _load_engine(router: Router) -> Any:
         check_models(p, set(router.cards), folder / f"{p.name}.yaml")
     if router.policy_name not in policies:
         raise ConfigError(f"unknown policy {router.policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
-    return PolicyEngine(router.cards, policies, router.ledger)
+    callable_cards = {n: c for n, c in router.cards.items() if c.callable}
+    return PolicyEngine(callable_cards, policies, default_policy=router.policy_name)
 
 
 __all__ = ["Router"]

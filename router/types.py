@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 Tier = Literal["specialist", "small", "large"]
+TIER_ORDER: dict[str, int] = {"specialist": 0, "small": 1, "large": 2}
+"""Smallest first: breaks ties in energy, and says which model is the "largest" (the reference of a relative
+accuracy target, the always-large baseline)."""
 EnergyKind = Literal["measured", "estimated"]
 
 
@@ -22,7 +25,6 @@ class ChatMessage(BaseModel):
 
     role: Role
     content: str
-    name: str | None = None
 
 
 class Usage(BaseModel):

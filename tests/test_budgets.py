@@ -16,7 +16,8 @@ from router.cards import load_cards
 from router.classify.base import Classification
 from router.errors import BudgetExhaustedError
 from router.ledger import hash_key
-from router.policy.engine import BudgetState, decide_pure
+from router.policy.base import BudgetState
+from router.policy.engine import decide_pure
 from router.policy.loader import load_policy
 from router.policy.schema import Policy
 

@@ -175,7 +175,7 @@ def _with(policy_text: str, *, a_context: int | None = None, b_prior: float = 0.
         router = make_router(root, **(backends(real) if backends else real))
         if stale_budgets:  # other traffic spent 1 of spec-a's 1.5 J, after the decision's snapshot was read
             router.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
-            router.ledger = router.engine.ledger = StaleBudgetReadsDouble(router.ledger)
+            router.ledger = StaleBudgetReadsDouble(router.ledger)
         return router
     return build
 

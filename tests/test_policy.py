@@ -11,7 +11,8 @@ import pytest
 
 from router.classify.base import Classification
 from router.errors import BadRequestError, ConfigError
-from router.policy.engine import BudgetState, Overrides, decide_batch, decide_pure
+from router.policy.base import BudgetState, DecisionRequest
+from router.policy.engine import decide_batch, decide_pure
 from router.policy.loader import check_models, load_policies, load_policy, write_calibrated
 from router.policy.schema import Calibrated, Policy
 
@@ -95,7 +96,7 @@ def test_overrides_accuracy_target_max_energy_and_pin(local):
     c = cls("chat", smollm2_135m=0.6, gemma3_270m=0.9)
     assert decide_pure(c, local, None, pol(), None).model == "gemma3-270m"
     assert decide_pure(c, local, None, pol(), {"accuracy_target": 0.5}).model == "smollm2-135m"
-    capped = decide_pure(c, local, None, pol(), Overrides(max_energy_j=40.0, input_tokens_hint=10))
+    capped = decide_pure(c, local, None, pol(), DecisionRequest(max_energy_j=40.0, input_tokens_hint=10))
     assert capped.model == "smollm2-135m"
     with pytest.raises(BadRequestError, match="max_energy_j=0.001"):
         decide_pure(c, local, None, pol(), {"max_energy_j": 0.001})

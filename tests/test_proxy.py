@@ -655,7 +655,8 @@ def test_budget_specs_list_every_budget_with_its_policy(tmp_path: Path) -> None:
     folder.mkdir()
     shutil.copy(ROOT / "policies" / "examples" / "per-key.yaml", folder / "per-key.yaml")
     shutil.copy(ROOT / "policies" / "eco.yaml", folder / "eco.yaml")
-    engine = PolicyEngine(load_cards(ROOT / "models"), load_policies(folder))
+    cards = {n: c for n, c in load_cards(ROOT / "models").items() if c.callable}  # what the Router passes
+    engine = PolicyEngine(cards, load_policies(folder))
     specs = engine.budget_specs()
     assert ("tier:large:86400s", 500_000.0, 86400.0, "per-key") in specs
     assert ("tier:large:3600s", 20_000.0, 3600.0, "eco") in specs

@@ -29,9 +29,9 @@ from ..energy.carbon import (
     equivalents,
     format_joules,
 )
+from ..types import TIER_ORDER
 from .base import Ledger, SummaryRow, group_value
 
-_TIER_RANK = {"specialist": 0, "small": 1, "large": 2}
 ANSWERED = ("ok", "cancelled")
 REPORT_GROUPS = ("model", "tier", "key", "policy", "task", "day", "source", "outcome")
 
@@ -44,7 +44,7 @@ def counterfactual_card(cards: dict[str, ModelCard], name: str | None = None) ->
     callable_cards = [c for c in cards.values() if c.callable] or list(cards.values())
     if not callable_cards:
         return None
-    return max(callable_cards, key=lambda c: (_TIER_RANK.get(c.tier, 0), c.energy.joules(200, 200)))
+    return max(callable_cards, key=lambda c: (TIER_ORDER.get(c.tier, 0), c.energy.joules(200, 200)))
 
 
 def counterfactual_j(row: SummaryRow, large: ModelCard | None) -> float:

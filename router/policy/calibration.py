@@ -28,8 +28,10 @@ import numpy as np
 
 from ..cards import ModelCard
 from ..classify.base import RequestClassifier
+from ..classify.features import vectorizer, window
 from ..errors import ConfigError
-from .engine import TIER_RANK, decide_batch
+from ..types import TIER_ORDER
+from .batch import decide_batch
 
 GRID = np.round(np.arange(1.0, -1.0 - 1e-9, -0.005), 3)
 
@@ -250,15 +252,13 @@ def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRo
 
 def oof_scores(prompts: list[str], groups: np.ndarray, correct: np.ndarray, folds: int = 5, c: float = 0.3,
                seed: int = 0) -> np.ndarray:
-    """Out-of-fold P(correct) per model: the shipped classifier's recipe (TF-IDF word 1-2 grams + logistic
-    regression, ``router.training.classifier``) refitted with whole subjects held out, so every row's score
-    comes from a model that never saw its subject: what the shipped classifier gives on new traffic. The
-    vocabulary here comes from the outcomes' own prompts only (the shipped graph also adds the request set's
-    phrasing words, for task detection; on MMLU both give APGR 0.58)."""
+    """Out-of-fold P(correct) per model: the shipped classifier's recipe (the TF-IDF word 1-2 grams of
+    ``router.classify.features`` + logistic regression, as ``router.training.classifier`` trains it) refitted
+    with whole subjects held out, so every row's score comes from a model that never saw its subject: what the
+    shipped classifier gives on new traffic. The vocabulary here comes from the outcomes' own prompts only (the
+    shipped graph also adds the request set's phrasing words, for task detection; on MMLU both give APGR 0.58)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
-
-    from ..training.classifier import vectorizer, window
 
     texts = [window(t)[0] for t in prompts]
     out = np.zeros(correct.shape)
@@ -299,6 +299,6 @@ def build_data(
         axis=1,
     )
     order = sorted(range(len(rows.models)),
-                   key=lambda j: (TIER_RANK.get(cards[rows.models[j]].tier, 1), float(energy[:, j].mean())))
+                   key=lambda j: (TIER_ORDER.get(cards[rows.models[j]].tier, 1), float(energy[:, j].mean())))
     models = [rows.models[j] for j in order]
     return CalibrationData(models, scores[:, order], rows.correct[:, order], energy[:, order], rows.groups, scores_name)

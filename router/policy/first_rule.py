@@ -1,34 +1,34 @@
-"""The first routing rule (before the policy engine): sentiment -> specialist; else small; `quality` -> large."""
+"""The first routing rule (before the policy engine): sentiment -> specialist; else small; `quality` -> large.
+
+The Router uses it only when no policy file exists."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..cards import ModelCard
 from ..classify.base import Classification
-from .decision import Decision
+from .base import BudgetState, DecisionRequest, Engine
+from .decision import BudgetRef, Decision
 
-_TIER_ORDER = {"specialist": 0, "small": 1, "large": 2}
 
-
-class FirstRuleEngine:
-    def __init__(self, cards: dict[str, ModelCard]) -> None:
-        self.cards = cards
+class FirstRuleEngine(Engine):
+    def __init__(self, cards: Mapping[str, ModelCard]) -> None:
+        self.cards = dict(cards)
         callable_cards = [c for c in cards.values() if c.callable]
         self.by_tier: dict[str, list[ModelCard]] = {}
         for card in sorted(callable_cards, key=lambda c: c.energy.joules(50, 50)):
             self.by_tier.setdefault(card.tier, []).append(card)
 
-    def decide(
-        self,
-        classification: Classification,
-        *,
-        policy: str,
-        pinned: str | None = None,
-        **_: object,
-    ) -> Decision:
+    def budget_refs(self, request: DecisionRequest) -> tuple[BudgetRef, ...]:
+        return ()  # the first rule has no budgets
+
+    def decide(self, classification: Classification, request: DecisionRequest, budgets: BudgetState) -> Decision:
         task = classification.task
+        policy = request.policy or ""
         general = [c for t in ("small", "large") for c in self.by_tier.get(t, [])]
-        if pinned:
-            card = self.cards[pinned]
+        if request.pinned:
+            card = self.cards[request.pinned]
             return Decision(model=card.name, tier=card.tier, task=task, policy=policy,
                             reason=f"model pinned by the caller: {card.name}")
         specialists = [c for c in self.by_tier.get("specialist", []) if c.serves(task) and c.tasks]

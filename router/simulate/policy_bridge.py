@@ -1,10 +1,10 @@
-"""Bind the simulator to the policy engine's own decision code (:mod:`router.policy.engine`).
+"""Bind the simulator to the policy engine the Router runs (:mod:`router.policy.engine`).
 
-* :meth:`PolicyEngineBridge.decide` calls ``decide_pure(classification, cards, budget_state, policy, overrides)``,
-  the function the live :class:`~router.policy.engine.PolicyEngine` calls, with an empty budget snapshot and the
-  request's own input-token estimate as ``input_tokens_hint``.
+* :meth:`PolicyEngineBridge.decide` asks a :class:`~router.policy.engine.PolicyEngine` over the models measured
+  for the request (the :class:`~router.policy.base.Engine` the Router uses over its callable models), with an
+  empty budget snapshot and the request's own input-token estimate as ``input_tokens_hint``.
 * :meth:`PolicyEngineBridge.decide_many` (used for sweeps) feeds the engine's vectorised ``decide_batch`` with the
-  same inputs ``decide_pure`` would compute (``predicted``, the card energy estimates, eligibility from allowed
+  same inputs the engine's steps compute (``predicted``, the card energy estimates, eligibility from allowed
   models / tasks / context), then applies the policy's per-task pins and a cascade's ``start: cheapest`` as
   ``decide_pure`` does. ``tests/test_simulate_engine.py`` checks it equals the scalar path on real requests.
 """
@@ -20,11 +20,17 @@ import numpy as np
 from ..cards import ModelCard
 from ..classify.base import Classification
 from ..errors import ConfigError
-from ..policy import engine as pe
+from ..policy.base import BudgetState, DecisionRequest
+from ..policy.batch import decide_batch
 from ..policy.decision import Decision
+from ..policy.engine import PolicyEngine
 from ..policy.loader import load_policy
 from ..policy.schema import Policy
+from ..policy.steps import predicted
+from ..types import TIER_ORDER
 from .outcomes import CHARS_PER_TOKEN
+
+_NO_BUDGETS = BudgetState.empty()
 
 
 def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None) -> Policy:
@@ -53,24 +59,28 @@ class PolicyEngineBridge:
     def __init__(self, policy: str | Path | Policy, policies_dir: str | Path | None = None) -> None:
         self.policy = resolve_policy(policy, policies_dir)
         self.name = self.policy.name
-        self.budget_state = pe.BudgetState.empty()
         self.notes: list[str] = []
+        self._engines: dict[tuple[str, ...], PolicyEngine] = {}
         if self.policy.cascade.enabled:
             self.notes.append(
                 "cascade: the simulation scores the first model only (escalation needs the model's own confidence, "
                 "which outcome files do not carry)"
             )
 
-    def _overrides(self, c: Classification, overrides: Mapping[str, Any]) -> pe.Overrides:
-        hint = int(overrides.get("input_tokens_hint", input_tokens_from(c)))
-        return pe.Overrides.of({**overrides, "input_tokens_hint": hint})
+    def engine(self, cards: Mapping[str, ModelCard]) -> PolicyEngine:
+        """The engine choosing among ``cards`` (one per set of measured models; a file has few)."""
+        key = tuple(cards)
+        found = self._engines.get(key)
+        if found is None:
+            found = self._engines[key] = PolicyEngine(cards, {self.name: self.policy})
+        return found
 
     def decide(
         self, classification: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]
     ) -> Decision:
-        return pe.decide_pure(
-            classification, cards, self.budget_state, self.policy, self._overrides(classification, overrides)
-        )
+        hint = int(overrides.get("input_tokens_hint", input_tokens_from(classification)))
+        request = DecisionRequest.of({**overrides, "input_tokens_hint": hint})
+        return self.engine(cards).decide(classification, request, _NO_BUDGETS)
 
     def decide_many(
         self,
@@ -82,7 +92,7 @@ class PolicyEngineBridge:
         if not classifications:
             return []
         pol = self.policy
-        ov0 = pe.Overrides.of(dict(overrides))
+        ov0 = DecisionRequest.of(dict(overrides))
         if ov0.pinned is not None or ov0.max_energy_j is not None or ov0.key_hash is not None:
             return [self.decide(c, cards, overrides).model for c in classifications]
         names = list(cards)
@@ -99,7 +109,7 @@ class PolicyEngineBridge:
             out = 1 if spec else out_tokens
             en = card.energy
             e[:, j] = en.per_call_j + en.per_input_token_j * hints + en.per_output_token_j * out
-            p[:, j] = [pe.predicted(c, card)[0] for c in classifications]
+            p[:, j] = [predicted(c, card)[0] for c in classifications]
             if allowed is not None and card.name not in allowed:
                 ok[:, j] = False
             if spec and not card.tasks:
@@ -118,7 +128,7 @@ class PolicyEngineBridge:
                 offsets = np.array([cal.offsets.get(x, 0.0) for x in names])
         reference = None
         if relative:  # decide_pure's "largest": general models first, then tier, then energy, then name
-            rank = np.array([pe.TIER_RANK.get(c.tier, 1) for c in card_list], dtype=np.float64)
+            rank = np.array([TIER_ORDER.get(c.tier, 1) for c in card_list], dtype=np.float64)
             general = np.array([c.tier != "specialist" for c in card_list])
             gen_rows = (ok & general[None, :]).any(axis=1)
             pool = np.where(gen_rows[:, None], ok & general[None, :], ok)
@@ -127,7 +137,7 @@ class PolicyEngineBridge:
         if not ok.any(axis=1).all():
             bad = int(np.nonzero(~ok.any(axis=1))[0][0])
             self.decide(classifications[bad], cards, overrides)  # raises the engine's own error
-        chosen = pe.decide_batch(p, e, target, relative=relative, offsets=offsets, eligible=ok, reference=reference)
+        chosen = decide_batch(p, e, target, relative=relative, offsets=offsets, eligible=ok, reference=reference)
         result = [names[int(j)] for j in chosen]
         for i, c in enumerate(classifications):
             pin = pol.pinned.get(c.task)

@@ -27,10 +27,10 @@ import numpy as np
 from ..cards import ModelCard
 from ..classify.base import Classification, RequestClassifier
 from ..policy.decision import Decision
+from ..types import TIER_ORDER
 from .metrics import pareto_front, routing_metrics, score_curve
 from .outcomes import OutcomesTable
 
-_TIER_RANK = {"specialist": 0, "small": 1, "large": 2}
 DEFAULT_SWEEP = tuple(round(x, 3) for x in np.linspace(0.30, 1.0, 36))
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total)"""
@@ -168,7 +168,7 @@ class Simulator:
         self._energy = np.nan_to_num(table.energy_j, nan=0.0)
         present = ~np.isnan(table.score)
         # the largest model of each row: highest tier, then most joules on that row
-        rank = np.array([_TIER_RANK.get(self.cards[x].tier, 1) for x in table.models], dtype=np.float64)
+        rank = np.array([TIER_ORDER.get(self.cards[x].tier, 1) for x in table.models], dtype=np.float64)
         key = np.where(present, rank[None, :] * 1e15 + table.energy_j, -np.inf)
         self.large = key.argmax(axis=1)
         general = np.array([self.cards[x].tier != "specialist" for x in table.models])
@@ -332,12 +332,12 @@ class Simulator:
         notes: list[str] = []
         self.classify()
         t0 = time.perf_counter()
-        # the policy's own decision, request by request (decide_pure), unless there are very many distinct
-        # prompts; then the engine's vectorised decide_batch (tests check the two agree)
+        # the policy engine's own decision, request by request, unless there are very many distinct prompts;
+        # then the engine's vectorised decide_batch (tests check the two agree)
         scalar = want_reasons or len(self.classifications) <= scalar_limit
         group_choice, reasons = self.decide(reasons=scalar)
         notes.append(
-            "decisions: decide_pure per distinct prompt" if scalar else
+            "decisions: the policy engine per distinct prompt" if scalar else
             f"decisions: vectorised decide_batch ({len(self.classifications):,} distinct prompts > {scalar_limit:,})"
         )
         notes.extend(getattr(self.engine, "notes", []))

@@ -29,42 +29,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from ..classify.base import TASKS
+from ..classify.features import HEAD_CHARS, MAX_CHARS, TAIL_CHARS, vectorizer, window
 from ..classify.onnx_classifier import apply_guards
 from .common import DATA_DIR, MODELS_DIR, SEED, seed_everything, write_json
 from .requests import MMLU_MODELS, build_request_set, load_mmlu
-from .sentiment import TOKEN_PATTERN, _portable_lowercase
+from .sentiment import _portable_lowercase
 
 HOSTED = tuple(MMLU_MODELS.values())  # ("mixtral-8x7b-instruct", "gpt-4-1106-preview")
 WEAK, STRONG = HOSTED
-MAX_CHARS = 1000
-HEAD_CHARS = 700
-TAIL_CHARS = 300
-MAX_FEATURES = 5000
 REQUEST_FEATURES = 4000
 MMLU_FEATURES = 3000
 CHANCE_MC = 0.25
 
 Progress = Callable[[str], None]
-
-
-def window(text: str, max_chars: int = MAX_CHARS, head: int = HEAD_CHARS, tail: int = TAIL_CHARS) -> tuple[str, bool]:
-    """Bound what the classifier reads: long text keeps its head (the instruction) and tail (the question)."""
-    if len(text) <= max_chars:
-        return text, False
-    return text[:head] + " \u2026 " + text[-tail:], True
-
-
-def vectorizer() -> TfidfVectorizer:
-    """Word 1-2 grams over ASCII tokens (what onnxruntime's RE2 tokenizer matches exactly)."""
-    return TfidfVectorizer(
-        ngram_range=(1, 2),
-        token_pattern=TOKEN_PATTERN,
-        sublinear_tf=True,
-        min_df=2,
-        max_features=MAX_FEATURES,
-        lowercase=True,
-        dtype=np.float32,
-    )
 
 
 # --- routing metrics ----------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from ..classify.features import TOKEN_PATTERN
 from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, read_lines, seed_everything, write_json
 
 LABELS = ("negative", "positive")
@@ -78,12 +79,6 @@ def _augment(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarra
     """Each sentence as published plus its de-tokenised form (only where it differs)."""
     extra = [(detokenize(t), y) for t, y in zip(texts, labels, strict=False) if detokenize(t) != t]
     return list(texts) + [t for t, _ in extra], np.concatenate([labels, [y for _, y in extra]]).astype(np.int64)
-
-
-TOKEN_PATTERN = r"[0-9A-Za-z_]+"
-"""ASCII word characters, single letters included: exactly what onnxruntime's RE2 tokenizer matches, so the
-ONNX graph and sklearn agree (sklearn's default drops 1-letter tokens only after n-grams are formed in ONNX,
-and RE2 has no Unicode ``\\w``)."""
 
 
 def _features(word_ngrams: tuple[int, int] = (1, 3), char: bool = True) -> FeatureUnion:

@@ -1,0 +1,94 @@
+"""The engine interface: what a routing engine is asked, what it may read, and its two extension points.
+
+The caller (the Router, or the simulator) does the I/O around a decision::
+
+    refs = engine.budget_refs(request)
+    state = BudgetState({r.key: ledger.budget_used(r.key, r.window_s) for r in refs}, now=time.time())
+    decision = engine.decide(classification, request, state)
+
+so an engine reads no ledger and no clock: the same inputs give the same :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..classify.base import Classification
+from ..errors import BadRequestError
+from .decision import BudgetRef, Decision
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionRequest:
+    """What the caller asks of one decision, besides the request's text (which the classifier has read).
+
+    Keyword-only, so fields can be added without breaking callers."""
+
+    policy: str | None = None
+    """The policy's name; ``None``: the engine's default policy."""
+    pinned: str | None = None
+    """A model the caller insists on (a card name)."""
+    accuracy_target: float | None = None
+    """An absolute accuracy target replacing the policy's."""
+    max_energy_j: float | None = None
+    """Leave out models estimated above this many joules."""
+    key_hash: str | None = None
+    """The caller's API key hash (selects per-key policies and budgets)."""
+    input_tokens_hint: int = 64
+    """Input tokens, for the joule estimates."""
+    output_tokens_hint: int | None = None
+    """Output tokens, for the joule estimates; ``None``: the policy's ``output_tokens_estimate``."""
+
+    @staticmethod
+    def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:
+        """A request from keyword settings (unknown names are a :class:`BadRequestError`)."""
+        if value is None:
+            return _EMPTY
+        if isinstance(value, DecisionRequest):
+            return value
+        bad = set(value) - _FIELDS
+        if bad:
+            raise BadRequestError(f"unknown override(s) {sorted(bad)}; known: {sorted(_FIELDS)}")
+        return DecisionRequest(**dict(value))
+
+
+_FIELDS = frozenset(f.name for f in fields(DecisionRequest))
+_EMPTY = DecisionRequest()
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """A plain snapshot of budget use: ledger key -> joules spent or held in the current window, and the clock
+    reading the snapshot was taken at (for ``retry_after_s``). Keys absent from ``used`` count as 0."""
+
+    used: Mapping[str, float] = field(default_factory=dict)
+    now: float = 0.0
+
+    @staticmethod
+    def empty() -> BudgetState:
+        """No budget used (offline simulation, or an engine without budgets)."""
+        return BudgetState({}, 0.0)
+
+    def resets_in(self, window_s: float) -> float:
+        """Seconds until the window of ``window_s`` seconds that holds ``now`` rolls over."""
+        return window_s - (self.now % window_s)
+
+
+class Engine(ABC):
+    """A routing engine. Pure: it reads only its arguments (and its own configuration)."""
+
+    @abstractmethod
+    def budget_refs(self, request: DecisionRequest) -> tuple[BudgetRef, ...]:
+        """Every budget any candidate could be reserved against for this request (each key once), so the caller
+        can read their use into the :class:`BudgetState` it passes to :meth:`decide`."""
+
+    @abstractmethod
+    def decide(self, classification: Classification, request: DecisionRequest, budgets: BudgetState) -> Decision:
+        """Which model answers, why, and what to try when it cannot. Raises :class:`BadRequestError` when no
+        model can serve the request and :class:`BudgetExhaustedError` when the policy rejects it."""
+
+
+__all__ = ["BudgetRef", "BudgetState", "Decision", "DecisionRequest", "Engine"]
