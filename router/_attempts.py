@@ -31,11 +31,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest, StreamEvent
 from .cards import ModelCard
-from .energy import EnergyReading, MeterSpan, estimate_from_profile
+from .energy import EnergyReading, Meter, MeterSpan, estimate_from_profile
 from .errors import (
     BackendError,
     BudgetExhaustedError,
@@ -44,14 +45,22 @@ from .errors import (
     DeadlineExceededError,
     RouterError,
 )
-from .ledger import LedgerRecord, Reservation
+from .ledger import Ledger, LedgerRecord, Reservation
 from .policy.engine import fmt_j
 
-if TYPE_CHECKING:
-    from ._request import PreparedRequest
-    from ._router import Router
-
 log = logging.getLogger("router")
+
+
+class Models(Protocol):
+    """What the attempts need of the Router: its cards, backends, meter and ledger."""
+
+    cards: dict[str, ModelCard]
+    ledger: Ledger
+    meter: Meter
+
+    def backend(self, model: str) -> Backend: ...
+
+    def co2e_g(self, joules: float) -> float: ...
 
 _NOT_CALLED = EnergyReading(0.0, "estimated", "none", "not called")
 
@@ -105,7 +114,7 @@ class Output:
 class Attempts:
     """The rules of one request's attempts (see the module docstring)."""
 
-    def __init__(self, router: Router, prepared: PreparedRequest) -> None:
+    def __init__(self, router: Models, prepared: PreparedRequest) -> None:
         self.router = router
         self.prepared = prepared
         decision = prepared.decision

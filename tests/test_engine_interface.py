@@ -234,7 +234,7 @@ def test_decide_pure_equals_the_single_function_on_random_decisions(all_cards, s
     old = _before_split()
     rng = random.Random(20261123)
     names = list(all_cards)
-    same = errors = 0
+    same = errors = fixed = 0
     for i in range(2000):
         subset = rng.sample(names, rng.randint(1, len(names))) if rng.random() < 0.5 else names
         cards = {n: all_cards[n] for n in subset}
@@ -245,10 +245,16 @@ def test_decide_pure_equals_the_single_function_on_random_decisions(all_cards, s
         used, now = _random_used(rng, keys), rng.uniform(0, 1e6)
         new = _outcome(lambda: decide_pure(c, cards, BudgetState(used, now), policy, req))  # noqa: B023
         before = _outcome(lambda: old.decide_pure(c, cards, old.BudgetState(used, now), policy, req))  # noqa: B023
+        if isinstance(before, tuple) and before[0] == "KeyError":
+            # the old function crashed when max_energy_j left out a pinned model; now it is a typed error (the
+            # caller's pin) or the policy's pin gives way: a fix, not a difference in routing
+            assert not isinstance(new, tuple) or new[0] == "BadRequestError", (i, new)
+            fixed += 1
+            continue
         assert new == before, (i, policy, c, req, used)
         same += 1
         errors += isinstance(new, tuple)
-    assert same == 2000 and 100 < errors < 1500  # both kinds of outcome were exercised
+    assert same + fixed == 2000 and fixed < 20 and 100 < errors < 1500  # both kinds of outcome were exercised
 
 
 class _Ledger:

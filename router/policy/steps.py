@@ -132,6 +132,12 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
         )
     if req.max_energy_j is not None:
         pool = _within(pool, energy, req.max_energy_j)
+    if pinned is not None and all(c.name != pinned for c in pool):
+        if req.pinned:  # only max_energy_j can leave out the caller's own pin: allowed models were checked above
+            raise BadRequestError(
+                f"model {pinned!r} needs about {fmt_j(energy[pinned])}, over max_energy_j={req.max_energy_j:g} J; "
+                "raise the limit or pin a cheaper model", param="max_energy_j")
+        pinned, pin_source = None, ""  # the policy's pin is not open to this request (its key or its limit)
     return pool, energy, pinned, pin_source
 
 
