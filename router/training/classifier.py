@@ -31,8 +31,8 @@ from sklearn.model_selection import GroupKFold
 from ..classify.base import TASKS
 from ..classify.onnx_classifier import apply_guards
 from .common import DATA_DIR, MODELS_DIR, SEED, seed_everything, write_json
+from .onnx_text import TOKEN_PATTERN, portable_lowercase
 from .requests import MMLU_MODELS, build_request_set, load_mmlu
-from .sentiment import TOKEN_PATTERN, _portable_lowercase
 
 HOSTED = tuple(MMLU_MODELS.values())  # ("mixtral-8x7b-instruct", "gpt-4-1106-preview")
 WEAK, STRONG = HOSTED
@@ -298,7 +298,7 @@ def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarra
     base = convert_sklearn(
         vec, initial_types=[("text", StringTensorType([None, 1]))], target_opset={"": 17, "ai.onnx.ml": 3}
     )
-    _portable_lowercase(base)
+    portable_lowercase(base)
     graph = base.graph
     n_tasks = len(TASKS)
     # drop skl2onnx's L2 Normalizer (slow on a dense row): normalise the [N, 4 + M] product instead
