@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections import deque
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -106,8 +107,10 @@ class _Connection(asyncio.Protocol):
 class HTTPPool:
     """POST a JSON body to one URL over pooled keep-alive connections; return ``(status, body)``.
 
-    Transport failures surface as ``OSError`` (``ConnectionError``; ``TimeoutError`` for ``timeout_s``), which
-    ``agenerate`` retries. A request that fails on a *reused* connection before any response byte arrived is
+    Transport failures surface as ``OSError`` (``ConnectionError``; ``TimeoutError`` when the call's total time
+    limit passed), which ``agenerate`` may retry. ``timeout_s`` bounds a whole call (waiting for a free
+    connection, connecting, sending, reading the response), not each read; :meth:`post` takes a shorter one per
+    call. A request that fails on a *reused* connection before any response byte arrived is
     sent once more on a fresh connection at once: the server closed an idle connection as we wrote to it, and
     had not seen the request. At most ``limit`` connections are open; more callers wait for one.
     No redirects, proxies or compression (the request does not offer any), and TLS for ``https://``."""
@@ -141,22 +144,28 @@ class HTTPPool:
         self._queue: deque[asyncio.Future[None]] = deque()  # calls waiting for a slot, first come first served
         self._closed = False
 
-    async def post(self, body: bytes) -> tuple[int, bytes]:
+    async def post(self, body: bytes, *, timeout_s: float | None = None) -> tuple[int, bytes]:
+        """``(status, body)`` of one POST; ``TimeoutError`` once ``timeout_s`` (default: the pool's) has passed."""
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        end = time.monotonic() + limit
         payload = self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         if self._busy >= self._limit or self._queue:
-            await self._wait_for_slot()
+            try:
+                await asyncio.wait_for(self._wait_for_slot(), max(0.0, end - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no free connection to {self.host}:{self.port} within {limit:.3g} s") from None
         else:
             self._busy += 1
         try:
             conn = self._take_idle()
             if conn is not None:
                 try:
-                    return await self._exchange(conn, payload)
+                    return await self._exchange(conn, payload, end, limit)
                 except ConnectionError:
                     if conn._started:  # a response had begun: the server saw the request
                         raise
                     # the server closed this idle connection as we wrote to it: send it once more on a fresh one
-            return await self._exchange(await self._connect(), payload)
+            return await self._exchange(await self._connect(end), payload, end, limit)
         finally:
             self._release_slot()
 
@@ -188,23 +197,23 @@ class HTTPPool:
                 return conn
         return None
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, end: float) -> _Connection:
+        wait = max(0.0, min(self.connect_timeout_s, end - time.monotonic()))
         try:
             _, conn = await asyncio.wait_for(self.loop.create_connection(
-                lambda: _Connection(self.max_body), self.host, self.port, ssl=self._ssl), self.connect_timeout_s)
+                lambda: _Connection(self.max_body), self.host, self.port, ssl=self._ssl), wait)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"connecting to {self.host}:{self.port} timed out after {self.connect_timeout_s} s") \
-                from None
+            raise TimeoutError(f"connecting to {self.host}:{self.port} timed out after {wait:.3g} s") from None
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    async def _exchange(self, conn: _Connection, payload: bytes) -> tuple[int, bytes]:
+    async def _exchange(self, conn: _Connection, payload: bytes, end: float, limit: float) -> tuple[int, bytes]:
         waiter: asyncio.Future[tuple[int, bytes, bool]] = self.loop.create_future()
         conn.waiter = waiter
-        timer = self.loop.call_later(self.timeout_s, self._expire, conn, waiter)
+        timer = self.loop.call_later(max(0.0, end - time.monotonic()), self._expire, conn, waiter, limit)
         try:
             assert conn.transport is not None
             conn.transport.write(payload)
@@ -220,9 +229,9 @@ class HTTPPool:
             conn.close()
         return status, data
 
-    def _expire(self, conn: _Connection, waiter: asyncio.Future[tuple[int, bytes, bool]]) -> None:
+    def _expire(self, conn: _Connection, waiter: asyncio.Future[tuple[int, bytes, bool]], limit: float) -> None:
         if not waiter.done():
-            waiter.set_exception(TimeoutError(f"no complete response within {self.timeout_s} s"))
+            waiter.set_exception(TimeoutError(f"no complete response within {limit:.3g} s"))
         conn.close()
 
     def close(self) -> None:

@@ -4,14 +4,24 @@ Streams and sync calls go through httpx. The non-streaming async call (``agenera
 its event loop for every routed request) goes through :class:`~router.backends._http11.HTTPPool`, a small
 keep-alive HTTP/1.1 client written for that one job (its module says why and which benchmark measures it).
 
-Retries with exponential backoff on failures that happen before any output (connection errors, timeouts,
-HTTP 429/5xx): the request had no effect yet, so retrying is safe. Energy is estimated from the card's
-token profile, since the hardware is not ours to meter.
+Time limits. A call ends by the sooner of two bounds: the card's ``timeout_s`` after it started (all attempts
+and backoff waits together, not each read) and the request's ``deadline``. Past the deadline it raises
+:class:`~router.errors.DeadlineExceededError`; past only ``timeout_s``, :class:`~router.errors.BackendUnavailableError`
+("timed out"), so the Router may try another model. Every wait of an async call is an asyncio timeout (or the
+pool's timer) set to the time left; every connect, read and write of a sync call is given at most the time left;
+so both end at the bound however slowly the endpoint sends (:mod:`router.backends._time_limits` says how, and
+what changes behind an HTTP proxy named in the environment). ``request.cancel`` is checked after every chunk.
+
+Retries, with exponential backoff, only for failures before any output (connection errors, timeouts that leave
+time, HTTP 408/409/429/5xx): the request had no effect yet, so sending it again is safe. None starts (and no
+backoff wait begins) when it could not start before the bound. Energy is estimated from the card's token
+profile, since the hardware is not ours to meter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -24,12 +34,16 @@ import httpx
 from pydantic_core import from_json, to_json
 
 from ..cards import ModelCard, OpenAIBackendSpec
-from ..errors import BackendError, BackendUnavailableError, ConfigError
+from ..errors import BackendError, BackendUnavailableError, ConfigError, DeadlineExceededError, RouterError
 from ._http11 import HTTPPool
+from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_CONNECT_S = 10.0
+"""Longest wait for a TCP (and TLS) connection, within the call's bound: a dead host fails fast and leaves
+time for a retry."""
 
 
 def _env_proxy_for(url: str) -> bool:
@@ -41,6 +55,14 @@ def _env_proxy_for(url: str) -> bool:
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+class _Retryable(Exception):
+    """A failure before the endpoint produced anything (``error`` says what): the call may be sent again."""
+
+    def __init__(self, error: BackendError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class OpenAIHTTPBackend(Backend):
@@ -57,11 +79,11 @@ class OpenAIHTTPBackend(Backend):
             key = os.environ.get(spec.api_key_env)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-        timeout = httpx.Timeout(spec.timeout_s, connect=min(10.0, spec.timeout_s))
+        timeout = httpx.Timeout(spec.timeout_s, connect=min(_CONNECT_S, spec.timeout_s))
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._client = httpx.Client(
-            base_url=spec.base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport,
-            limits=limits,
+            base_url=spec.base_url.rstrip("/"), headers=headers, timeout=timeout,
+            transport=transport or BoundedTransport(limits),
         )
         self._aclient = httpx.AsyncClient(
             base_url=spec.base_url.rstrip("/"), headers=headers, timeout=timeout, limits=limits
@@ -73,7 +95,7 @@ class OpenAIHTTPBackend(Backend):
         # httpx (which honours those variables) carries the call instead
         self._use_pool = not _env_proxy_for(self._url)
 
-    def _body(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, stream: bool) -> bytes:
         body: dict[str, Any] = {
             "model": self.spec.model,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -86,96 +108,179 @@ class OpenAIHTTPBackend(Backend):
             body["stop"] = request.stop
         if stream:
             body["stream_options"] = {"include_usage": True}
-        return body
+        return to_json(body)
 
-    def _backoff(self, attempt: int) -> float:
-        return min(2.0, 0.1 * (2**attempt))
+    # -- failures and time limits -----------------------------------------------------------------------
+    def _start(self, request: GenerationRequest) -> Bound:
+        request.check(self.card.name)
+        return Bound(self.spec.timeout_s, request)
 
-    def _fail(self, exc: Exception | None, response: httpx.Response | None) -> BackendError:
-        if response is not None:
-            detail = response.text[:300]
-            cls = BackendUnavailableError if response.status_code in (502, 503, 504) else BackendError
-            return cls(f"{self.card.name}: endpoint answered HTTP {response.status_code}: {detail}")
+    def _expired(self, bound: Bound) -> RouterError:
+        if bound.by_deadline:
+            return DeadlineExceededError(
+                f"{self.card.name}: the request's deadline passed while waiting for {self.spec.base_url}"
+            )
+        return BackendUnavailableError(
+            f"{self.card.name}: endpoint {self.spec.base_url} timed out: no complete answer within the card's "
+            f"timeout_s ({self.spec.timeout_s:g} s)"
+        )
+
+    def _status_failure(self, status: int, raw: bytes) -> Exception:
+        """An HTTP error answer: retryable (408/409/429/5xx) or final."""
+        cls = BackendUnavailableError if status in (502, 503, 504) else BackendError
+        error = cls(f"{self.card.name}: endpoint answered HTTP {status}: {raw[:300].decode('utf-8', 'replace')}")
+        return _Retryable(error) if status in _RETRY_STATUS else error
+
+    def _transport_failure(self, exc: Exception, bound: Bound) -> Exception:
+        """A connection that failed or timed out: the bound's own error once it has passed, else retryable."""
+        if bound.passed():
+            return self._expired(bound)
         kind = "timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "unreachable"
-        return BackendUnavailableError(f"{self.card.name}: endpoint {self.spec.base_url} {kind}: {exc}")
+        return _Retryable(BackendUnavailableError(f"{self.card.name}: endpoint {self.spec.base_url} {kind}: {exc}"))
+
+    def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, produced: bool = False) -> float:
+        """Seconds to wait before sending again; raises ``failure``'s error when there is no next attempt (all
+        used, output already given, or the wait would not end before the bound)."""
+        wait = min(2.0, 0.1 * (2**attempt))
+        if produced or attempt >= self.spec.max_retries or wait >= bound.left():
+            raise failure.error from failure.__cause__
+        log.warning("%s; retrying in %.1f s", failure.error.message, wait)
+        return wait
+
+    def _check(self, request: GenerationRequest, bound: Bound) -> None:
+        request.check(self.card.name)
+        if time.monotonic() >= bound.end:
+            raise self._expired(bound)
 
     # -- sync -------------------------------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        bound = self._start(request)
         body = self._body(request, stream=True)
+        produced = False
         for attempt in range(self.spec.max_retries + 1):
             try:
-                with self._client.stream("POST", "/chat/completions", json=body) as response:
-                    if response.status_code in _RETRY_STATUS and attempt < self.spec.max_retries:
-                        response.read()
-                        log.warning("%s: HTTP %s, retrying", self.card.name, response.status_code)
-                        time.sleep(self._backoff(attempt))
-                        continue
-                    if response.status_code >= 400:
-                        response.read()
-                        raise self._fail(None, response)
-                    yield from _parse_sse(response.iter_lines(), self.card.name)
-                    return
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                if attempt < self.spec.max_retries:
-                    log.warning("%s: %s, retrying", self.card.name, exc)
-                    time.sleep(self._backoff(attempt))
-                    continue
-                raise self._fail(exc, None) from exc
+                for event in self._stream_once(body, request, bound):
+                    produced = True
+                    yield event
+                return
+            except _Retryable as failure:
+                time.sleep(self._retry_wait(failure, attempt, bound, produced))
+
+    def _stream_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[StreamEvent]:
+        try:
+            with self._send(body, request, bound) as response:
+                if response.status_code >= 400:
+                    raise self._status_failure(response.status_code, response.read())
+                yield from _parse_sse(response.iter_lines(), self.card.name)
+        except httpx.TransportError as exc:  # timeouts included
+            raise self._transport_failure(exc, bound) from exc
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """One non-streaming POST, the sync twin of :meth:`agenerate`."""
+        bound = self._start(request)
+        body = self._body(request, stream=False)
+        for attempt in range(self.spec.max_retries + 1):
+            try:
+                return self._generation(self._post_once(body, request, bound), request)
+            except _Retryable as failure:
+                time.sleep(self._retry_wait(failure, attempt, bound))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _post_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> bytes:
+        try:
+            with self._send(body, request, bound) as response:
+                raw = response.read()
+        except httpx.TransportError as exc:
+            raise self._transport_failure(exc, bound) from exc
+        if response.status_code >= 400:
+            raise self._status_failure(response.status_code, raw)
+        return raw
+
+    @contextlib.contextmanager
+    def _send(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[httpx.Response]:
+        """POST ``body``; the response's body checks the bound and ``request.cancel`` after every chunk."""
+        left = bound.left()
+        if left <= 0:
+            raise self._expired(bound)
+        timeout = httpx.Timeout(left, connect=min(_CONNECT_S, left))
+        post = self._client.build_request("POST", "/chat/completions", content=body, timeout=timeout)
+        with bounded(bound.end):
+            response = self._client.send(post, stream=True)
+        try:
+            assert isinstance(response.stream, httpx.SyncByteStream)
+            response.stream = CheckedStream(response.stream, bound.end, lambda: self._check(request, bound))
+            yield response
+        finally:
+            response.close()
 
     # -- async ------------------------------------------------------------------------------------------
     async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
+        bound = self._start(request)
         body = self._body(request, stream=True)
+        produced = False
         for attempt in range(self.spec.max_retries + 1):
             try:
-                async with self._aclient.stream("POST", "/chat/completions", json=body) as response:
-                    if response.status_code in _RETRY_STATUS and attempt < self.spec.max_retries:
-                        await response.aread()
-                        await asyncio.sleep(self._backoff(attempt))
-                        continue
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise self._fail(None, response)
-                    parser = _SSEParser(self.card.name)
-                    async for line in response.aiter_lines():
-                        for event in parser.feed(line):
-                            yield event
-                    for event in parser.finish():
-                        yield event
-                    return
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                if attempt < self.spec.max_retries:
-                    await asyncio.sleep(self._backoff(attempt))
-                    continue
-                raise self._fail(exc, None) from exc
+                async for event in self._astream_once(body, request, bound):
+                    produced = True
+                    yield event
+                return
+            except _Retryable as failure:
+                await asyncio.sleep(self._retry_wait(failure, attempt, bound, produced))
+
+    async def _astream_once(self, body: bytes, request: GenerationRequest,
+                            bound: Bound) -> AsyncIterator[StreamEvent]:
+        response: httpx.Response | None = None
+        try:
+            post = self._aclient.build_request("POST", "/chat/completions", content=body)
+            response = await within(self._aclient.send(post, stream=True), bound.end)
+            if response.status_code >= 400:
+                raise self._status_failure(response.status_code, await within(response.aread(), bound.end))
+            parser = _SSEParser(self.card.name)
+            lines = response.aiter_lines()
+            while True:
+                try:
+                    line = await within(anext(lines), bound.end)
+                except StopAsyncIteration:
+                    break
+                request.check(self.card.name)
+                for event in parser.feed(line):
+                    yield event
+            for event in parser.finish():
+                yield event
+        except (httpx.TransportError, TimeoutError) as exc:
+            raise self._transport_failure(exc, bound) from exc
+        finally:
+            if response is not None:
+                await response.aclose()
 
     async def agenerate(self, request: GenerationRequest) -> Generation:
         """One non-streaming POST (cheaper than collecting a stream), with the same retries before any output.
         Sent through :class:`~router.backends._http11.HTTPPool` (the proxy awaits this for every routed request,
         and that client's CPU per call is a fraction of httpx's), or httpx where an environment proxy applies."""
-        data = to_json(self._body(request, stream=False))
+        bound = self._start(request)
+        body = self._body(request, stream=False)
         for attempt in range(self.spec.max_retries + 1):
             try:
-                status, raw = await self._post(data)
-            except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
-                if attempt < self.spec.max_retries:
-                    await asyncio.sleep(self._backoff(attempt))
-                    continue
-                raise self._fail(exc, None) from exc
-            if status in _RETRY_STATUS and attempt < self.spec.max_retries:
-                await asyncio.sleep(self._backoff(attempt))
-                continue
-            if status >= 400:
-                cls = BackendUnavailableError if status in (502, 503, 504) else BackendError
-                detail = raw[:300].decode("utf-8", "replace")
-                raise cls(f"{self.card.name}: endpoint answered HTTP {status}: {detail}")
-            return self._generation(raw, request)
+                return self._generation(await self._apost_once(body, bound), request)
+            except _Retryable as failure:
+                await asyncio.sleep(self._retry_wait(failure, attempt, bound))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post(self, data: bytes) -> tuple[int, bytes]:
-        if self._use_pool:
-            return await self._pool().post(data)
-        response = await self._aclient.post("/chat/completions", content=data)
-        return response.status_code, response.content
+    async def _apost_once(self, body: bytes, bound: Bound) -> bytes:
+        left = bound.left()
+        if left <= 0:
+            raise self._expired(bound)
+        try:
+            if self._use_pool:
+                status, raw = await self._pool().post(body, timeout_s=left)
+            else:
+                response = await within(self._aclient.post("/chat/completions", content=body), bound.end)
+                status, raw = response.status_code, response.content
+        except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
+            raise self._transport_failure(exc, bound) from exc
+        if status >= 400:
+            raise self._status_failure(status, raw)
+        return raw
 
     def _pool(self) -> HTTPPool:
         """The connection pool of the running event loop (connections belong to the loop that opened them)."""
@@ -185,7 +290,7 @@ class OpenAIHTTPBackend(Backend):
             if pool is not None:
                 pool.close_soon()
             pool = self._http = HTTPPool(self._url, self._headers, timeout_s=self.spec.timeout_s,
-                                          connect_timeout_s=min(10.0, self.spec.timeout_s), loop=loop)
+                                         connect_timeout_s=min(_CONNECT_S, self.spec.timeout_s), loop=loop)
         return pool
 
     def _generation(self, raw: bytes, request: GenerationRequest) -> Generation:
