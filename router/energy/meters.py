@@ -276,8 +276,8 @@ def estimate_from_profile(profile: EnergyProfile, input_tokens: int, output_toke
 @functools.lru_cache(maxsize=256)
 def _profile_terms(source: str, per_call_j: float, per_input_token_j: float,
                    per_output_token_j: float) -> tuple[str, str, str]:
-    """The constant parts of a profile estimate's detail, formatted once per profile (every remote answer
-    builds one; formatting three floats was most of its cost)."""
+    """The constant parts of a profile estimate's detail, formatted once per profile: every remote answer
+    builds a detail, and formatting these three floats would be most of its cost."""
     return (f"card profile ({source}): {per_call_j} J/call + ", f"{per_input_token_j} J/in-token",
             f"{per_output_token_j} J/out-token")
 
