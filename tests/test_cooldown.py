@@ -4,12 +4,15 @@ closes it, and a call that ends without a verdict (reader stopped early, cancell
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from dataclasses import replace
 
 import pytest
 
 from router.backends import FaultInjectingBackend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
-from router.errors import BackendError, BackendUnavailableError
+from router.errors import BackendError, BackendUnavailableError, CancelledError, DeadlineExceededError
 from router.types import ChatMessage
 
 REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="Sentiment: a gorgeous, witty film")])
@@ -62,4 +65,38 @@ def test_a_stream_closed_early_frees_the_trial_without_a_verdict(specialist_back
     asyncio.run(read_one())
     assert breaker.state == "half-open"
     breaker.generate(REQUEST)  # the next trial may run, and succeeds
+    assert breaker.state == "closed"
+
+
+def test_a_passed_deadline_or_a_cancellation_is_no_verdict(specialist_backend) -> None:  # type: ignore[no-untyped-def]
+    """The request ran out of time or its caller left: that says nothing about the backend, so it neither
+    counts as a failure nor keeps the half-open trial taken."""
+    gone = threading.Event()
+    gone.set()
+    late = replace(REQUEST, deadline=time.monotonic() - 1.0)
+    cancelled = replace(REQUEST, cancel=gone)
+    broken = FaultInjectingBackend(specialist_backend, failures_before_success=1)
+    clock = _Clock()
+    breaker = CooldownBackend(broken, failures=2, cooldown_s=5, clock=clock)
+
+    async def astream(request: GenerationRequest) -> None:
+        async for _ in breaker.astream(request):
+            pass
+
+    calls = [breaker.generate, lambda r: list(breaker.stream(r)), lambda r: asyncio.run(breaker.agenerate(r)),
+             lambda r: asyncio.run(astream(r))]
+    for call in calls:
+        for request, error in ((late, DeadlineExceededError), (cancelled, CancelledError)):
+            with pytest.raises(error):
+                call(request)
+            assert breaker.state == "closed" and breaker.consecutive_failures == 0
+    with pytest.raises(BackendError):
+        breaker.generate(REQUEST)
+    assert breaker.consecutive_failures == 1  # a real failure still counts
+    breaker.consecutive_failures = 2
+    assert breaker.state == "half-open"
+    with pytest.raises(DeadlineExceededError):
+        breaker.generate(late)  # the trial ran out of time: no verdict, the trial is free again
+    assert breaker.state == "half-open" and breaker.consecutive_failures == 2
+    breaker.generate(REQUEST)
     assert breaker.state == "closed"

@@ -438,9 +438,9 @@ def _ok(body: bytes, extra: bytes = b"") -> bytes:
 
 
 def _pool(url: str, **kw: float) -> object:
-    from router.backends.openai_http import _HTTPPool
+    from router.backends._http11 import HTTPPool
 
-    return _HTTPPool(url, {"Content-Type": "application/json"}, timeout_s=kw.get("timeout_s", 5.0),
+    return HTTPPool(url, {"Content-Type": "application/json"}, timeout_s=kw.get("timeout_s", 5.0),
                      connect_timeout_s=2.0, loop=asyncio.get_running_loop(), limit=int(kw.get("limit", 256)))
 
 

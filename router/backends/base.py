@@ -11,7 +11,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..cards import ModelCard
 from ..errors import CancelledError, DeadlineExceededError
@@ -81,14 +81,25 @@ class Backend(ABC):
         """Yield the answer in pieces; the last event carries finish_reason and token counts."""
 
     async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
-        """Async twin of :meth:`stream`. The default runs the sync stream in a worker thread."""
-        iterator = iter(self.stream(request))
-        sentinel = object()
-        while True:
-            event = await asyncio.to_thread(next, iterator, sentinel)
-            if event is sentinel:
-                return
-            yield event  # type: ignore[misc]
+        """Async twin of :meth:`stream`. The default runs the sync stream in a worker thread, one event at a
+        time. When the consumer stops (closes this iterator, or its task is cancelled) the worker stops too:
+        the backend sees ``request.cancel`` set at its next check (between tokens), and the sync stream is
+        closed, in a thread, once its current step has returned: nothing goes on generating for nobody, and
+        the event loop never waits for it."""
+        stop = _StopEvent(request.cancel)
+        worker = _Stepper(iter(self.stream(replace(request, cancel=stop))))
+        try:
+            while True:
+                event = await asyncio.to_thread(worker.step)
+                if event is _END:
+                    return
+                yield event  # type: ignore[misc]
+        finally:
+            stop.set()
+            if worker.open:
+                # the worker's step may still be running (a cancelled await does not stop a thread): close
+                # the sync stream after it, in a thread, without waiting here
+                threading.Thread(target=worker.close, name=f"close-{self.card.name}", daemon=True).start()
 
     def generate(self, request: GenerationRequest) -> Generation:
         return _collect(self.stream(request), self, request)
@@ -109,6 +120,52 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.card.name!r})"
+
+
+_END = object()
+
+
+class _StopEvent(threading.Event):
+    """Set when the consumer of a thread-offloaded stream has stopped; reads as set when the caller's own
+    ``cancel`` event is set, too (the caller's event is never set from here: it may serve other calls)."""
+
+    def __init__(self, outer: threading.Event | None) -> None:
+        super().__init__()
+        self._outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._outer is not None and self._outer.is_set())
+
+
+class _Stepper:
+    """A sync stream advanced one event per call from worker threads, and closed once, after any step still
+    running: a generator cannot be closed while it runs in another thread."""
+
+    def __init__(self, iterator: Iterator[StreamEvent]) -> None:
+        self._iterator = iterator
+        self._lock = threading.Lock()
+        self.open = True
+
+    def step(self) -> object:
+        with self._lock:
+            if not self.open:
+                return _END
+            try:
+                event = next(self._iterator, _END)
+            except BaseException:
+                self.open = False  # a generator that raised is finished
+                raise
+            if event is _END:
+                self.open = False
+            return event
+
+    def close(self) -> None:
+        with self._lock:
+            if self.open:
+                self.open = False
+                close = getattr(self._iterator, "close", None)
+                if close is not None:
+                    close()
 
 
 def _collect(events: Iterator[StreamEvent], backend: Backend, request: GenerationRequest) -> Generation:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, CancelledError, DeadlineExceededError
 from ..types import ChatMessage
 from .base import Backend, Generation, GenerationRequest, StreamEvent
 
@@ -92,8 +92,8 @@ class CooldownBackend(Backend):
             self._trial_running = False
 
     def _call(self) -> _Verdict:
-        """Admit one call and record its verdict: an exception is a failure; a cancellation or a reader that
-        stops early (GeneratorExit) is no verdict, so the next call may be the trial."""
+        """Admit one call and record its verdict: an exception is a failure; a passed deadline, a cancellation or
+        a reader that stops early (GeneratorExit) is no verdict, so the next call may be the trial."""
         self._admit()
         return _Verdict(self)
 
@@ -143,8 +143,13 @@ class _Verdict:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if kind is None:
             self.backend._succeeded()
-        elif issubclass(kind, Exception):
+        elif issubclass(kind, Exception) and not issubclass(kind, _NO_VERDICT):
             self.backend._failed()
         else:
             self.backend._released()
         return False
+
+
+_NO_VERDICT = (DeadlineExceededError, CancelledError)
+"""Ends of a call that say nothing about the backend: the request ran out of time (its deadline may have been
+nearly spent before this call began) or the caller went away."""

@@ -37,8 +37,11 @@ class FaultInjectingBackend(Backend):
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         self.calls += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        request.check(self.card.name)
+        if self.delay_s:  # slow, but like a real backend not past the request's deadline
+            remaining = request.remaining()
+            time.sleep(self.delay_s if remaining is None else min(self.delay_s, remaining))
+            request.check(self.card.name)
         if self.fail_on_call:
             raise self.error(f"{self.card.name}: injected failure on call")
         if self.failures_left > 0:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..cards import LlamaCppBackendSpec, ModelCard
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, ConfigError, RouterError
 from ..types import ChatMessage
 from .base import Backend, GenerationRequest, StreamEvent
 from .weights import resolve_gguf
@@ -96,13 +96,14 @@ class LlamaCppBackend(Backend):
         max_tokens = request.max_tokens or self.spec.default_max_tokens
         temperature = self.spec.temperature if request.temperature is None else request.temperature
         stop = list(self.spec.stop) + list(request.stop or [])
-        # -- issue 6: confidence for cascades, only when asked (costs one softmax over the vocabulary per token)
+        # confidence for cascades, only when asked (costs one softmax over the vocabulary per token)
         top_logprobs: list[float] = []
         extra: dict[str, Any] = (
             {"logits_processor": [_TopTokenLogprob(top_logprobs)]} if request.want_confidence else {}
         )
-        # -- end issue 6
-        with self._lock:  # a llama.cpp context serves one generation at a time
+        self._acquire(request)  # a llama.cpp context serves one generation at a time
+        pieces: Any = None
+        try:
             try:
                 if self.spec.prompt_style == "completion":
                     prompt = completion_prompt(request.messages)
@@ -130,6 +131,7 @@ class LlamaCppBackend(Backend):
                 produced: list[str] = []
                 finish = "stop"
                 for piece in pieces:
+                    request.check(self.card.name)  # between tokens: the caller gone or the deadline passed
                     text, reason = get(piece)
                     if reason:
                         finish = reason
@@ -138,17 +140,31 @@ class LlamaCppBackend(Backend):
                     if text:
                         produced.append(text)
                         yield StreamEvent(text=text)
-            except BackendError:
+            except RouterError:
                 raise
             except Exception as exc:
                 raise BackendError(f"{self.card.name}: llama.cpp generation failed: {exc}") from exc
             completion_tokens = self.count_tokens("".join(produced))
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()  # a llama.cpp generator stopped early ends here, while the context is still ours
+            self._lock.release()
         yield StreamEvent(
             finish_reason=finish,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             confidence=mean_token_probability(top_logprobs),
         )
+
+    def _acquire(self, request: GenerationRequest) -> None:
+        """Take the generation lock, waiting no longer than the request may (checked every 50 ms)."""
+        request.check(self.card.name)
+        if request.deadline is None and request.cancel is None:
+            self._lock.acquire()
+            return
+        while not self._lock.acquire(timeout=0.05):
+            request.check(self.card.name)
 
     def close(self) -> None:
         # Wait for a generation in progress, but never hang shutdown on an abandoned one.

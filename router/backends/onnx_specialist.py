@@ -147,6 +147,7 @@ class OnnxSpecialistBackend(Backend):
         return np.asarray(probs, dtype=np.float32)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        request.check(self.card.name)  # one forward pass: the only point to stop at is before it
         users = [m.content for m in request.messages if m.role == "user"]
         if not users:
             raise BackendError(f"{self.card.name}: a specialist needs a user message to classify")

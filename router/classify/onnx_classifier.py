@@ -2,8 +2,8 @@
 small JSON of metadata, both written by `router train classifier` into ``models/classifier/``.
 
 Why ONNX and a linear graph: classification runs on every request, so it must cost far less than the
-cheapest model it routes to; one onnxruntime call on a bounded window of text (1,000 chars) is ~0.1 ms
-here (p50 0.13 ms per request including the Python around it, benchmarks/bench_classifier.py).
+cheapest model it routes to: one onnxruntime call on a bounded window of text (1,000 chars), a fraction of a
+millisecond (``python benchmarks/bench_classifier.py``; figures in benchmarks/README.md, *Classifier*).
 """
 
 from __future__ import annotations

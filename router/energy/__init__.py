@@ -4,13 +4,13 @@ from .base import EnergyReading, Meter, MeterSpan
 from .carbon import co2e_grams, equivalents
 from .meters import (
     CpuTimeMeter,
-    FairShare,
     RaplMeter,
     SumMeter,
     auto_meter,
     estimate_from_profile,
     host_meter,
 )
+from .share import FairShare
 
 __all__ = [
     "CpuTimeMeter",

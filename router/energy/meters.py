@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +18,9 @@ from ..cards import EnergyProfile
 from ..config import CpuPowerModel
 from ..errors import ConfigError
 from .base import EnergyReading, Meter, MeterSpan
+from .share import FairShare
 
 RAPL_ROOT = Path("/sys/class/powercap")
-
-
-Counters = tuple[float, ...] | Callable[[], tuple[float, ...]]
 
 
 def _cpu_counters() -> tuple[float]:
@@ -33,56 +29,6 @@ def _cpu_counters() -> tuple[float]:
 
 def _cpu_wall_counters() -> tuple[float, float]:
     return (time.process_time(), time.perf_counter())
-
-
-class FairShare:
-    """Splits cumulative quantities equally among the spans open at each moment (a processor-sharing clock).
-
-    Why: process CPU time (and a GPU's energy counter) is one number for the whole process, but several
-    requests may run at once in it. Between two start/stop events with ``n`` spans open, each span is charged
-    ``1/n`` of what the counters advanced. Every ``enter``/``leave`` is O(1) under one lock, so it stays within
-    the per-request metering budget. Values are a tuple of counters (e.g. CPU seconds and wall seconds)."""
-
-    __slots__ = ("_lock", "_active", "_per_span", "_last")
-
-    def __init__(self, width: int) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._per_span = [0.0] * width
-        self._last: list[float] | None = None
-
-    def _advance(self, values: tuple[float, ...]) -> None:
-        last = self._last
-        if self._active and last is not None:
-            n = self._active
-            per = self._per_span
-            for i, v in enumerate(values):
-                per[i] += (v - last[i]) / n
-        self._last = list(values)
-
-    def enter(self, values: Counters) -> tuple[tuple[float, ...], int]:
-        """Open a span; returns its mark and how many spans are open now (itself included).
-
-        Pass the counters as a function so they are read under the lock: read outside it, a thread can
-        arrive with a reading older than one already applied, and the backwards step would charge a
-        negative share."""
-        with self._lock:
-            self._advance(values() if callable(values) else values)
-            self._active += 1
-            return tuple(self._per_span), self._active
-
-    def leave(self, values: Counters, mark: tuple[float, ...]) -> tuple[tuple[float, ...], int]:
-        """Close a span; returns its share of each counter since its mark, and how many spans were open
-        just before it closed (itself included). ``values`` as in :meth:`enter`."""
-        with self._lock:
-            self._advance(values() if callable(values) else values)
-            n = self._active
-            self._active = max(0, n - 1)
-            return tuple(p - m for p, m in zip(self._per_span, mark, strict=True)), n
-
-    @property
-    def active(self) -> int:
-        return self._active
 
 
 # -- RAPL ----------------------------------------------------------------------------------------------------
@@ -330,8 +276,8 @@ def estimate_from_profile(profile: EnergyProfile, input_tokens: int, output_toke
 @functools.lru_cache(maxsize=256)
 def _profile_terms(source: str, per_call_j: float, per_input_token_j: float,
                    per_output_token_j: float) -> tuple[str, str, str]:
-    """The constant parts of a profile estimate's detail, formatted once per profile (every remote answer
-    builds one; formatting three floats was most of its cost)."""
+    """The constant parts of a profile estimate's detail, formatted once per profile: every remote answer
+    builds a detail, and formatting these three floats would be most of its cost."""
     return (f"card profile ({source}): {per_call_j} J/call + ", f"{per_input_token_j} J/in-token",
             f"{per_output_token_j} J/out-token")
 

@@ -8,7 +8,7 @@ Two ways to read a GPU, chosen per device:
   background thread and integrated with the trapezoid rule; still measured, at the sampling resolution.
 
 NVML counts the whole device: when several requests of this process run at once the device's energy is split
-equally among them (:class:`~router.energy.meters.FairShare`); other processes on the same GPU are not
+equally among them (:class:`~router.energy.share.FairShare`); other processes on the same GPU are not
 separated out, and the reading's detail says so.
 """
 
@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .base import EnergyReading, Meter, MeterSpan
-from .meters import FairShare
+from .share import FairShare
 
 
 def _load_pynvml() -> Any:

@@ -1,15 +1,16 @@
 """Train the request classifier: task detection plus P(correct) for the hosted models, one ONNX graph.
 
-Graph: ``text`` [N, 1] string -> TF-IDF (word 1-2 grams, 5,000 features, ASCII tokens, lower-cased in the
-graph) -> one MatMul with a [V, 4 + M] weight matrix, divided by the row's L2 norm -> softmax over the 4 task
-logits (``task_probs``) and a sigmoid per hosted model (``p_correct``). Why one linear graph: a single
-product keeps classification far below a millisecond on one core, and logistic models give probabilities
-that can be checked (ECE) and temperature-calibrated, which the policy engine needs for accuracy targets.
+Graph: ``text`` [N, 1] string -> word 1-2 gram counts (a vocabulary of ~5,000, ASCII tokens, lower-cased in
+the graph) -> for the n-grams a text has, their sublinear TF-IDF weights times their rows of a [V, 4 + M] head,
+summed per text and divided by the row's L2 norm -> softmax over the 4 task logits (``task_probs``) and a
+sigmoid per hosted model (``p_correct``). Why one linear graph: a single product keeps classification far
+below a millisecond on one core, and logistic models give probabilities that can be checked (ECE) and
+temperature-calibrated, which the policy engine needs for accuracy targets.
 
-Latency notes (measured, benchmarks/README.md): the per-call cost is dominated by the dense [1, V] ops, not
-by the text length, so the vocabulary is 5,000 (was 30,000; same held-out accuracy and APGR) and the L2
-normalisation is applied after the MatMul (``x W / ||x||`` equals ``normalize(x) W``) instead of
-skl2onnx's ``Normalizer`` op, which alone took ~0.1 ms.
+Why this shape: a call's cost is in passes over vocabulary-wide rows, not in the text. So the vocabulary is
+small (as accurate on held-out data as one six times larger), only the n-grams present are touched, and the
+L2 norm divides the product (``x W / ||x||`` equals ``normalize(x) W``) rather than normalising the row. The
+measurements: benchmarks/README.md, section *Classifier*.
 
 P(correct) is learned from the RouteLLM MMLU outcomes and evaluated the way RouteLLM does, with MMLU
 subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %) vs random and oracle.
@@ -32,8 +33,8 @@ from ..classify.base import TASKS
 from ..classify.features import HEAD_CHARS, MAX_CHARS, TAIL_CHARS, vectorizer, window
 from ..classify.onnx_classifier import apply_guards
 from .common import DATA_DIR, MODELS_DIR, SEED, seed_everything, write_json
+from .onnx_text import portable_lowercase
 from .requests import MMLU_MODELS, build_request_set, load_mmlu
-from .sentiment import _portable_lowercase
 
 HOSTED = tuple(MMLU_MODELS.values())  # ("mixtral-8x7b-instruct", "gpt-4-1106-preview")
 WEAK, STRONG = HOSTED
@@ -266,7 +267,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # --- export -----------------------------------------------------------------------------------------------------
 def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarray, path: Path) -> None:
-    """TF-IDF graph from skl2onnx, then MatMul + Add, Softmax over the task logits, Sigmoid over the rest."""
+    """skl2onnx's tokenizer and n-gram counts, then the sparse head below, Softmax over the task logits,
+    Sigmoid over the rest."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from skl2onnx import convert_sklearn
@@ -275,7 +277,7 @@ def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarra
     base = convert_sklearn(
         vec, initial_types=[("text", StringTensorType([None, 1]))], target_opset={"": 17, "ai.onnx.ml": 3}
     )
-    _portable_lowercase(base)
+    portable_lowercase(base)
     graph = base.graph
     n_tasks = len(TASKS)
     # drop skl2onnx's L2 Normalizer (slow on a dense row): normalise the [N, 4 + M] product instead
@@ -305,8 +307,8 @@ def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarra
         [
             # Only the n-grams a text has are touched: sklearn's sublinear weight (1 + log tf) * idf of those,
             # their rows of head_W, summed per text. The numbers of the dense TF-IDF row @ head_W (to float
-            # rounding) without five passes over 4,690 mostly-zero columns per text (~30 % of the classifier's
-            # time). skl2onnx's dense graph computed log(1 + tf), which differs from training for repeated words.
+            # rounding) without five passes over ~4,700 mostly-zero columns per text (~30 % of the classifier's
+            # time). skl2onnx's dense graph computes log(1 + tf), which differs from training for repeated words.
             helper.make_node("NonZero", [counts], ["nz"]),
             helper.make_node("Gather", ["nz", "i0"], ["nz_rows"], axis=0),
             helper.make_node("Gather", ["nz", "i1"], ["nz_cols"], axis=0),

@@ -127,7 +127,7 @@ def export_embeddings(out_dir: Path = EMBED_DIR, progress: Progress | None = Non
         say("check against sentence-transformers")
         from sentence_transformers import SentenceTransformer
 
-        from .sentiment import split_polarity
+        from .polarity import split_polarity
 
         sample = split_polarity().test_x[:256]
         reference = SentenceTransformer(str(src), device="cpu", local_files_only=True)

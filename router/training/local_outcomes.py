@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, seed_everything
+from .polarity import LABELS, split_polarity
 from .requests import SENTIMENT_ASK_TEMPLATES, math_problem
-from .sentiment import LABELS, split_polarity
 
 LOCAL_MODELS = ("sentiment-onnx", "smollm2-135m", "gemma3-270m")
 LLM_MODELS = ("smollm2-135m", "gemma3-270m")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .common import DATA_DIR, SEED, detokenize
-from .sentiment import split_polarity
+from .polarity import split_polarity
 
 # --- sentiment: classification requests -----------------------------------------------------------------
 SENTIMENT_ASK_TEMPLATES = [

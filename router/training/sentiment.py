@@ -29,50 +29,15 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from ..classify.features import TOKEN_PATTERN
-from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, read_lines, seed_everything, write_json
-
-LABELS = ("negative", "positive")
-TEST_SIZE = 0.2
-VALID_SIZE = 0.125  # of the training part: 70 / 10 / 20 overall
+from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, seed_everything, write_json
+from .onnx_text import portable_lowercase, sklearn_sublinear_tf
+from .polarity import LABELS, SentimentSplit, split_polarity
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class SentimentSplit:
-    """Stratified, seeded train / validation / test split of the polarity sentences."""
-
-    train_x: list[str]
-    train_y: np.ndarray
-    valid_x: list[str]
-    valid_y: np.ndarray
-    test_x: list[str]
-    test_y: np.ndarray
-
-
-def load_polarity(data_dir: Path = DATA_DIR / "sentiment_polarity") -> tuple[list[str], np.ndarray]:
-    """Sentences and labels (1 = positive), in file order."""
-    pos = read_lines(data_dir / "rt-polarity.pos")
-    neg = read_lines(data_dir / "rt-polarity.neg")
-    return pos + neg, np.array([1] * len(pos) + [0] * len(neg), dtype=np.int64)
-
-
-def split_polarity(data_dir: Path = DATA_DIR / "sentiment_polarity", seed: int = SEED) -> SentimentSplit:
-    """The one split every consumer (specialist, classifier templates, local outcomes) uses, so the
-    held-out sentences are never trained on anywhere."""
-    texts, labels = load_polarity(data_dir)
-    rest_x, test_x, rest_y, test_y = train_test_split(
-        texts, labels, test_size=TEST_SIZE, random_state=seed, stratify=labels
-    )
-    train_x, valid_x, train_y, valid_y = train_test_split(
-        rest_x, rest_y, test_size=VALID_SIZE, random_state=seed, stratify=rest_y
-    )
-    return SentimentSplit(train_x, train_y, valid_x, valid_y, test_x, test_y)
 
 
 def _augment(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -154,65 +119,14 @@ def export_onnx(pipeline: Pipeline, path: Path) -> None:
         options={id(pipeline.steps[-1][1]): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    _portable_lowercase(onx)
-    _sklearn_sublinear_tf(onx)
+    portable_lowercase(onx)
+    sklearn_sublinear_tf(onx)
     names = [o.name for o in onx.graph.output]
     if names != ["label", "probabilities"]:
         raise RuntimeError(f"unexpected ONNX outputs {names}")
     onx.doc_string = "router sentiment specialist: TF-IDF word+char NB-LR; labels 0=negative 1=positive"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(onx.SerializeToString())
-
-
-def _portable_lowercase(onx: Any) -> None:
-    """skl2onnx's StringNormalizer carries no locale, so onnxruntime asks for en_US.UTF-8 and fails to load
-    on machines without that locale (this one). The "C" locale always exists; it lower-cases ASCII, which
-    covers the English training data (non-ASCII capitals stay as they are)."""
-    from onnx import helper
-
-    for node in onx.graph.node:
-        if node.op_type == "StringNormalizer":
-            kept = [a for a in node.attribute if a.name != "locale"]
-            del node.attribute[:]
-            node.attribute.extend([*kept, helper.make_attribute("locale", "C")])
-
-
-def _sklearn_sublinear_tf(onx: Any) -> None:
-    """scikit-learn's ``sublinear_tf`` weight is ``1 + log(tf)`` (0 where tf = 0), but skl2onnx writes
-    ``log(1 + tf)``: the same ranking of one word against another, but a different weight for repeated words, so
-    the graph's probabilities drifted from the trained model's (by up to ~0.03 on review sentences). Rewrites each
-    ``Add(counts, ones) -> Log`` pair to ``Where(counts > 0, 1 + Log(counts), 0)``."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    nodes = list(onx.graph.node)
-    counts_of = {n.output[0] for n in nodes if n.op_type == "TfIdfVectorizer"}
-    plus_one = {n.output[0]: n for n in nodes if n.op_type == "Add" and n.input[0] in counts_of}
-    logs = {n.input[0]: n for n in nodes if n.op_type == "Log" and n.input[0] in plus_one}
-    rewritten: list[Any] = []
-    for node in nodes:
-        if node.op_type == "Log" and node.input[0] in plus_one:
-            continue  # replaced together with its Add, below
-        if node.op_type != "Add" or node.output[0] not in logs:
-            rewritten.append(node)
-            continue
-        counts, out = node.input[0], logs[node.output[0]].output[0]
-        rewritten += [
-            helper.make_node("Log", [counts], [f"{out}_log_tf"]),
-            helper.make_node("Add", [f"{out}_log_tf", "sublinear_one"], [f"{out}_1_plus_log_tf"]),
-            helper.make_node("Greater", [counts, "sublinear_zero"], [f"{out}_present"]),
-            helper.make_node("Where", [f"{out}_present", f"{out}_1_plus_log_tf", "sublinear_zero"], [out]),
-        ]
-    if not logs:
-        return  # no sublinear TF-IDF in this graph
-    del onx.graph.node[:]
-    onx.graph.node.extend(rewritten)
-    onx.graph.initializer.extend([numpy_helper.from_array(np.array(1.0, dtype=np.float32), "sublinear_one"),
-                                  numpy_helper.from_array(np.array(0.0, dtype=np.float32), "sublinear_zero")])
-    used = {name for n in onx.graph.node for name in n.input}
-    inits = [i for i in onx.graph.initializer if i.name in used]
-    del onx.graph.initializer[:]
-    onx.graph.initializer.extend(inits)
 
 
 def onnx_predict(path: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,9 +7,14 @@ ships (ONNX specialist, llama.cpp, OpenAI-compatible HTTP) and the fault-injecti
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 
 from router.backends import Backend, Generation, GenerationRequest, StreamEvent
 from router.cards import ModelCard
+from router.errors import CancelledError, DeadlineExceededError
 from router.types import ChatMessage
 
 
@@ -67,6 +72,38 @@ def check_card(backend: Backend) -> None:
     assert backend.card.name in repr(backend)
 
 
+def _calls(backend: Backend, request: GenerationRequest) -> dict[str, Callable[[], object]]:
+    async def events() -> list[StreamEvent]:
+        return [e async for e in backend.astream(request)]
+
+    return {
+        "generate": lambda: backend.generate(request),
+        "stream": lambda: list(backend.stream(request)),
+        "agenerate": lambda: asyncio.run(backend.agenerate(request)),
+        "astream": lambda: asyncio.run(events()),
+    }
+
+
+def check_deadline_and_cancel(backend: Backend, prompt: str) -> None:
+    """A request whose deadline has passed ends with DeadlineExceededError, one whose ``cancel`` is set with
+    CancelledError, at once and on all four calls; a deadline with time left changes nothing."""
+    gone = threading.Event()
+    gone.set()
+    for request, error in ((replace(_request(prompt), deadline=time.monotonic() - 1.0), DeadlineExceededError),
+                           (replace(_request(prompt), cancel=gone), CancelledError)):
+        for name, call in _calls(backend, request).items():
+            t0 = time.monotonic()
+            try:
+                call()
+            except error:
+                pass
+            else:
+                raise AssertionError(f"{backend!r}.{name}: no {error.__name__} for {request}")
+            assert time.monotonic() - t0 < 1.0, f"{backend!r}.{name} took {time.monotonic() - t0:.2f} s to stop"
+    roomy = replace(_request(prompt), deadline=time.monotonic() + 300, cancel=threading.Event())
+    assert backend.generate(roomy).text.strip()
+
+
 def check_backend(backend: Backend, prompt: str, *, deterministic: bool = True) -> None:
     """Run every check. ``deterministic``: the backend gives the same text for the same request at T=0."""
     check_card(backend)
@@ -74,3 +111,4 @@ def check_backend(backend: Backend, prompt: str, *, deterministic: bool = True) 
     check_generate(backend, prompt)
     check_stream(backend, prompt, deterministic)
     check_async(backend, prompt, deterministic)
+    check_deadline_and_cancel(backend, prompt)

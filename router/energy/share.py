@@ -1,0 +1,63 @@
+"""Charging a process-wide counter to the requests that run at once in the process: :class:`FairShare`.
+
+Shared by the CPU-time and RAPL meters (:mod:`router.energy.meters`) and the NVML meter
+(:mod:`router.energy.nvml`), in a module of its own so that neither imports the other for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+Counters = tuple[float, ...] | Callable[[], tuple[float, ...]]
+
+
+class FairShare:
+    """Splits cumulative quantities equally among the spans open at each moment (a processor-sharing clock).
+
+    Why: process CPU time (and a GPU's energy counter) is one number for the whole process (or device), but
+    several requests may run at once in it, and per-request figures must add up to the total. Between two
+    start/stop events with ``n`` spans open, each span is charged ``1/n`` of what the counters advanced. Every
+    ``enter``/``leave`` is O(1) under one lock, so it stays within the per-request metering budget. Values are
+    a tuple of counters (e.g. CPU seconds and wall seconds)."""
+
+    __slots__ = ("_lock", "_active", "_per_span", "_last")
+
+    def __init__(self, width: int) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._per_span = [0.0] * width
+        self._last: list[float] | None = None
+
+    def _advance(self, values: tuple[float, ...]) -> None:
+        last = self._last
+        if self._active and last is not None:
+            n = self._active
+            per = self._per_span
+            for i, v in enumerate(values):
+                per[i] += (v - last[i]) / n
+        self._last = list(values)
+
+    def enter(self, values: Counters) -> tuple[tuple[float, ...], int]:
+        """Open a span; returns its mark and how many spans are open now (itself included).
+
+        Pass the counters as a function so they are read under the lock: read outside it, a thread can
+        arrive with a reading older than one already applied, and the backwards step would charge a
+        negative share."""
+        with self._lock:
+            self._advance(values() if callable(values) else values)
+            self._active += 1
+            return tuple(self._per_span), self._active
+
+    def leave(self, values: Counters, mark: tuple[float, ...]) -> tuple[tuple[float, ...], int]:
+        """Close a span; returns its share of each counter since its mark, and how many spans were open
+        just before it closed (itself included). ``values`` as in :meth:`enter`."""
+        with self._lock:
+            self._advance(values() if callable(values) else values)
+            n = self._active
+            self._active = max(0, n - 1)
+            return tuple(p - m for p, m in zip(self._per_span, mark, strict=True)), n
+
+    @property
+    def active(self) -> int:
+        return self._active
