@@ -105,8 +105,14 @@ class Backend(ABC):
         return _collect(self.stream(request), self, request)
 
     async def agenerate(self, request: GenerationRequest) -> Generation:
-        events = [event async for event in self.astream(request)]
-        return _collect(iter(events), self, request)
+        """Async twin of :meth:`generate`. The default runs ``generate`` in a worker thread (one hand-over, not
+        one per event); when the awaiting task is cancelled the backend sees ``request.cancel`` set at its next
+        check and stops."""
+        stop = _StopEvent(request.cancel)
+        try:
+            return await asyncio.to_thread(self.generate, replace(request, cancel=stop))
+        finally:
+            stop.set()
 
     def count_tokens(self, text: str) -> int:
         """Token count for context checks; backends with a tokenizer override this."""
