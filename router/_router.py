@@ -30,7 +30,7 @@ from ._request import (
     split_model,
     validate_messages,
 )
-from .backends import Backend, Generation, create_backend
+from .backends import Backend, Generation, StreamEvent, create_backend
 from .backends.cooldown import CooldownBackend
 from .cards import ModelCard, load_cards
 from .classify.base import Classification, RequestClassifier
@@ -256,76 +256,92 @@ class Router:
     def _stream(self, prepared: PreparedRequest) -> Iterator[ChatCompletionChunk]:
         attempts = Attempts(self, prepared)
         while (call := _guarded(attempts.next_call)) is not None:
-            output = Output()
+            answer = _StreamedAnswer(prepared, call)
             try:
                 with contextlib.closing(iter(call.backend.stream(call.request))) as events:
                     for event in events:
                         call.request.check(call.model)
-                        output.add(event)
-                        if event.text and not call.buffered:
-                            if len(output.parts) == 1:
-                                yield _chunk(prepared, call, Delta(role="assistant", content=""))
-                            yield _chunk(prepared, call, Delta(content=event.text))
+                        yield from answer.take(event)
             except GeneratorExit:
                 prepared.cancel.set()
-                attempts.cancelled(call, output)
+                attempts.cancelled(call, answer.output)
                 raise
             except Exception as exc:
-                _guarded(attempts.failed, call, exc, output, sent=bool(output) and not call.buffered)
+                _guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
                 continue
-            gen = output.generation(call)
-            if _guarded(attempts.answered, call, gen):
-                yield from _closing_chunks(attempts, prepared, call, gen, sent=bool(output) and not call.buffered)
+            if _guarded(attempts.answered, call, answer.generation()):
+                yield from answer.closing(attempts)
                 return
         raise attempts.final_error()
 
     async def _astream(self, prepared: PreparedRequest) -> AsyncIterator[ChatCompletionChunk]:
         attempts = Attempts(self, prepared)
         while (call := _guarded(attempts.next_call)) is not None:
-            output = Output()
+            answer = _StreamedAnswer(prepared, call)
             try:
                 async with contextlib.aclosing(call.backend.astream(call.request)) as events:
                     while (event := await _within_deadline(call, anext(events, None))) is not None:
-                        output.add(event)
-                        if event.text and not call.buffered:
-                            if len(output.parts) == 1:
-                                yield _chunk(prepared, call, Delta(role="assistant", content=""))
-                            yield _chunk(prepared, call, Delta(content=event.text))
+                        for chunk in answer.take(event):
+                            yield chunk
             except (GeneratorExit, asyncio.CancelledError):
                 prepared.cancel.set()
-                attempts.cancelled(call, output)
+                attempts.cancelled(call, answer.output)
                 raise
             except Exception as exc:
-                _guarded(attempts.failed, call, exc, output, sent=bool(output) and not call.buffered)
+                _guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
                 continue
-            gen = output.generation(call)
-            if _guarded(attempts.answered, call, gen):
-                for chunk in _closing_chunks(attempts, prepared, call, gen, sent=bool(output) and not call.buffered):
+            if _guarded(attempts.answered, call, answer.generation()):
+                for chunk in answer.closing(attempts):
                     yield chunk
                 return
         raise attempts.final_error()
 
 
 # -- helpers of the drivers --------------------------------------------------------------------------------------
-def _chunk(prepared: PreparedRequest, call: Call, delta: Delta, finish_reason: str | None = None,
-           usage: Usage | None = None, routing: Routing | None = None) -> ChatCompletionChunk:
-    return ChatCompletionChunk(id=prepared.request_id, created=prepared.created, model=call.model,
-                               choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)], usage=usage,
-                               routing=routing)
+class _StreamedAnswer:
+    """One call's answer as stream chunks: its text as it arrives (unless the call is buffered because a cascade
+    may escalate past it), then the closing chunks."""
 
+    def __init__(self, prepared: PreparedRequest, call: Call) -> None:
+        self.prepared = prepared
+        self.call = call
+        self.output = Output()
 
-def _closing_chunks(attempts: Attempts, prepared: PreparedRequest, call: Call, gen: Generation, *,
-                    sent: bool) -> Iterator[ChatCompletionChunk]:
-    """What follows an answer's streamed text: the role chunk and the whole text when nothing was sent yet (an
-    empty answer, or one collected first because a cascade might have escalated past it), then the final chunk
-    with finish reason, usage and routing."""
-    if not sent:
-        yield _chunk(prepared, call, Delta(role="assistant", content=""))
-        if gen.text:
-            yield _chunk(prepared, call, Delta(content=gen.text))
-    usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                  total_tokens=gen.prompt_tokens + gen.completion_tokens)
-    yield _chunk(prepared, call, Delta(), gen.finish_reason, usage, Routing.model_validate(attempts.routing()))
+    @property
+    def sent(self) -> bool:
+        """Whether text has reached the caller (then no other model may answer instead)."""
+        return bool(self.output) and not self.call.buffered
+
+    def take(self, event: StreamEvent) -> list[ChatCompletionChunk]:
+        self.output.add(event)
+        if not event.text or self.call.buffered:
+            return []
+        text = self._chunk(Delta(content=event.text))
+        return [self._chunk(Delta(role="assistant", content="")), text] if len(self.output.parts) == 1 else [text]
+
+    def generation(self) -> Generation:
+        return self.output.generation(self.call)
+
+    def closing(self, attempts: Attempts) -> list[ChatCompletionChunk]:
+        """The role chunk and the whole text when nothing was sent yet (an empty answer, or a buffered one),
+        then the final chunk with finish reason, usage and routing."""
+        gen = self.generation()
+        chunks = []
+        if not self.sent:
+            chunks.append(self._chunk(Delta(role="assistant", content="")))
+            if gen.text:
+                chunks.append(self._chunk(Delta(content=gen.text)))
+        usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                      total_tokens=gen.prompt_tokens + gen.completion_tokens)
+        chunks.append(self._chunk(Delta(), gen.finish_reason, usage, Routing.model_validate(attempts.routing())))
+        return chunks
+
+    def _chunk(self, delta: Delta, finish_reason: str | None = None, usage: Usage | None = None,
+               routing: Routing | None = None) -> ChatCompletionChunk:
+        p = self.prepared
+        return ChatCompletionChunk(id=p.request_id, created=p.created, model=self.call.model,
+                                   choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)], usage=usage,
+                                   routing=routing)
 
 
 async def _within_deadline(call: Call, step: Awaitable[T]) -> T:
