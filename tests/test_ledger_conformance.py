@@ -1,5 +1,5 @@
 """Every ledger implementation passes the one shared suite (tests/conformance/ledger_suite.py): SQLite, Redis,
-PostgreSQL; the stores with a previous release's schema migrate it; the
+PostgreSQL, and the journaled ledger over SQLite; the stores with a previous release's schema migrate it; the
 stores made unavailable raise ``LedgerError`` and recover."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from conformance.ledger_suite import LEDGER_CHECKS, MIGRATION_CHECKS, OUTAGE_CHE
 from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import redis_server, start_redis_server  # noqa: F401 - the fixture
 
-from router.ledger import Ledger, LedgerRecord, SQLiteLedger
+from router.ledger import JournaledLedger, JournalSettings, Ledger, LedgerRecord, SQLiteLedger, open_ledger
 from router.ledger.base import SUMMARY_DIMS, bucket_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -38,6 +38,22 @@ def sqlite_store(tmp_path: Path) -> Iterator[OpenStore]:
 
     def open_store(name: str) -> Ledger:
         led = SQLiteLedger(tmp_path / f"{name}.sqlite3")
+        opened.append(led)
+        return led
+
+    yield open_store
+    _closing(opened)
+
+
+@pytest.fixture
+def journaled_store(tmp_path: Path) -> Iterator[OpenStore]:
+    """SQLite behind a journal (group fsync, a replay thread): the wrapper must be a ledger like any other."""
+    opened: list[Ledger] = []
+
+    def open_store(name: str) -> Ledger:
+        settings = JournalSettings(folder=tmp_path / f"{name}.journal", replay_interval_s=0.2)
+        led = open_ledger(f"sqlite:///{tmp_path / f'{name}.sqlite3'}", journal=settings)
+        assert isinstance(led, JournaledLedger)
         opened.append(led)
         return led
 
@@ -86,6 +102,11 @@ def postgres_store(postgres_server) -> Iterator[OpenStore]:  # noqa: F811
 @pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)
 def test_sqlite_ledger_conforms(check: Callable[[OpenStore], None], sqlite_store: OpenStore) -> None:
     check(sqlite_store)
+
+
+@pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)
+def test_journaled_sqlite_ledger_conforms(check: Callable[[OpenStore], None], journaled_store: OpenStore) -> None:
+    check(journaled_store)
 
 
 @pytest.mark.redis

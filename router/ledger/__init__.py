@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .base import (
     BUCKET_S,
     Ledger,
@@ -15,6 +17,8 @@ from .base import (
     window_start,
 )
 from .errors import ledger_error, redact
+from .journal import Journal, JournalSettings
+from .journaled import JournaledLedger
 from .sqlite import SQLiteLedger
 
 SCHEMES = {
@@ -46,17 +50,39 @@ def open_store(url: str, *, retention_days: float | None = None) -> Ledger:
                        "use one of: " + "; ".join(SCHEMES.values()), retryable=False)  # fmt: skip
 
 
-def open_ledger(url: str, *, retention_days: float | None = None) -> Ledger:
+def open_ledger(
+    url: str,
+    *,
+    retention_days: float | None = None,
+    journal: JournalSettings | bool | str | Path | None = None,
+) -> Ledger:
     """``sqlite:///PATH`` (default), ``redis://HOST:PORT/DB`` (several processes share budgets) or
     ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (a fleet's records in one database).
 
     ``retention_days`` (the config's ``ledger_retention_days``) prunes older records; None keeps the setting
-    already stored with the ledger (default: keep everything)."""
-    return open_store(url, retention_days=retention_days)
+    already stored with the ledger (default: keep everything).
+
+    ``journal``: put a local append-only journal in front of the store (:class:`JournaledLedger`): True for the
+    default settings (folder beside a SQLite file, else in the user data dir), a folder, or
+    :class:`JournalSettings`. With a journal, a store that is down when the ledger opens is not an error: records
+    wait in the journal and the store is opened again in the background (a corrupt or misconfigured store still
+    raises)."""
+    if journal is None or journal is False:
+        return open_store(url, retention_days=retention_days)
+    if journal is True:
+        settings = JournalSettings()
+    elif isinstance(journal, JournalSettings):
+        settings = journal
+    else:
+        settings = JournalSettings(folder=Path(journal))
+    return JournaledLedger.open(url, settings, retention_days=retention_days)
 
 
 __all__ = [
     "BUCKET_S",
+    "Journal",
+    "JournalSettings",
+    "JournaledLedger",
     "Ledger",
     "LedgerRecord",
     "Reservation",
