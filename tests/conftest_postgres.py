@@ -35,7 +35,7 @@ def find_binary(name: str) -> str | None:
     return versions[-1] if versions else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -95,7 +95,7 @@ def start_postgres() -> PostgresServer:
         entry = pwd.getpwnam(user)
         for p in (folder, pwfile):
             os.chown(p, entry.pw_uid, entry.pw_gid)
-    server = PostgresServer(folder, _free_port(), user)
+    server = PostgresServer(folder, free_port(), user)
     done = server._run(initdb, "-D", str(folder / "data"), "-U", USER, f"--pwfile={pwfile}", "--auth-local=trust",
                        "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync", check=False)  # fmt: skip
     if done.returncode != 0:
