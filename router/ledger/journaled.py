@@ -6,6 +6,9 @@ journal and the call still succeeds; a background thread (every ``replay_interva
 the journal into the store, idempotently by record id, and delete what reached it. Journals left by dead
 processes in the same folder are replayed too.
 
+Once a write has failed, the store is treated as unavailable until the replay thread reaches it again: records
+go to the journal only (no request waits for the store's timeout again) and reservations are refused at once.
+
 Budgets while the store is unavailable **fail closed**: ``try_reserve`` raises ``LedgerError`` (HTTP 503),
 because a budget that cannot be read cannot be enforced, and admitting requests against it could overspend
 without bound. Requests for models without a budget go on, their records journaled. A settlement that cannot
@@ -129,6 +132,11 @@ class JournaledLedger(Ledger):
         refuses for one bad record is written one record at a time (ids make rewriting harmless), and the bad
         one is set aside by the replay. Raises only where records are in no journal (``seg`` None) and missed
         the store."""
+        if self._outage_since is not None and seg is not None:
+            # a known outage: do not make every request wait for the store's timeout (SQLite's lock wait is
+            # 30 s by default); the replay thread finds out when it is back
+            self.journal.done(seg, len(recs), stored=False)
+            return 0
         try:
             self._store().record_many(recs)
             stored = len(recs)
@@ -226,6 +234,8 @@ class JournaledLedger(Ledger):
     # -- budgets: fail closed while the store is unavailable ----------------------------------------------
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         try:
+            if self._outage_since is not None:  # known down: refuse at once rather than after a timeout
+                raise ledger_error(self.url, "the store did not answer the last write", "bring it back")
             return self._store().try_reserve(budget, joules, limit_j, window_s)
         except LedgerError as exc:
             raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
@@ -238,6 +248,10 @@ class JournaledLedger(Ledger):
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """Applied now, or kept and retried with the replay while the store is unavailable."""
         if not settlements:
+            return
+        if self._outage_since is not None:
+            with self._settle_lock:
+                self._unsettled.extend(settlements)
             return
         try:
             self._store().settle_many(settlements)
