@@ -48,6 +48,7 @@ class PostgresServer:
     folder: Path
     port: int
     user: str | None  # the unprivileged user it runs as (None: as ourselves)
+    fsync: bool = False  # tests: off (a test server's durability does not matter); benchmarks: on
 
     @property
     def url(self) -> str:
@@ -59,7 +60,8 @@ class PostgresServer:
     def start(self) -> None:
         pg_ctl = find_binary("pg_ctl")
         assert pg_ctl is not None
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.folder} -c fsync=off"
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.folder} "
+                f"-c fsync={'on' if self.fsync else 'off'}")
         self._run(pg_ctl, "-D", str(self.folder / "data"), "-l", str(self.folder / "log"), "-w", "-t", "60",
                   "-o", opts, "start")  # fmt: skip
 
@@ -73,7 +75,7 @@ class PostgresServer:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(*, fsync: bool = False) -> PostgresServer:
     """initdb + start on a free port; the caller stops it. Raises RuntimeError when it cannot start."""
     initdb = find_binary("initdb")
     if initdb is None or find_binary("pg_ctl") is None:
@@ -95,7 +97,7 @@ def start_postgres() -> PostgresServer:
         entry = pwd.getpwnam(user)
         for p in (folder, pwfile):
             os.chown(p, entry.pw_uid, entry.pw_gid)
-    server = PostgresServer(folder, free_port(), user)
+    server = PostgresServer(folder, free_port(), user, fsync)
     done = server._run(initdb, "-D", str(folder / "data"), "-U", USER, f"--pwfile={pwfile}", "--auth-local=trust",
                        "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync", check=False)  # fmt: skip
     if done.returncode != 0:

@@ -184,6 +184,9 @@ def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
         return ledger_error(url, f"{detail}: the user lacks a privilege",
                             "GRANT the user CREATE on the database (for the schema) and use of the schema",
                             retryable=False)  # fmt: skip
+    if "unrecognized configuration parameter" in text or "invalid connection option" in text or state == "22023":
+        return ledger_error(url, f"{detail}: the URL's options are not valid", "fix the URL's query options",
+                            retryable=False)  # fmt: skip
     if state == "25006":
         return ledger_error(url, f"{detail}: the server is a read-only standby",
                             "point the URL at the primary", retryable=False)  # fmt: skip

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .base import (
     Ledger,
@@ -210,7 +210,7 @@ class PostgresLedger(Ledger):
             raise ledger_error(url, f"a query value is not a number ({exc})", "fix the URL's query",
                                retryable=False) from exc
         query.setdefault("connect_timeout", "5")
-        conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+        conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query, quote_via=quote)))
         return cls(conninfo, schema=schema, retention_days=retention_days, pool=pool, url=url)
 
     def _translate(self, exc: BaseException, action: str) -> Exception:

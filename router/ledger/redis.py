@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -170,7 +170,7 @@ class RedisLedger(Ledger):
             query.pop("retention_days", None)
             query.setdefault("socket_timeout", "10")
             query.setdefault("socket_connect_timeout", "5")
-            clean = urlunsplit(parts._replace(query=urlencode(query)))
+            clean = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
             client = redis.Redis.from_url(clean)
         except ValueError as exc:
             raise ledger_error(url, f"not a usable Redis URL ({exc})",
