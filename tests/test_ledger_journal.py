@@ -20,7 +20,8 @@ from conftest_redis import start_redis_server
 
 from router.errors import ConfigError, LedgerError
 from router.ledger import JournaledLedger, JournalSettings, LedgerRecord, SQLiteLedger, open_ledger
-from router.ledger.journal import Journal, encode, replay_segment, segment_files
+from router.ledger.journal import Journal, encode
+from router.ledger.replay import replay_segment, segment_files
 from router.proxy.ledger_writer import BackgroundLedger
 
 

@@ -17,7 +17,8 @@ from typing import Any
 from ..errors import LedgerError
 from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
 from .errors import redact
-from .journal import JournalSettings, claim, replay_folder, segment_files
+from .journal import JournalSettings
+from .replay import claim, replay_folder, segment_files
 
 
 @dataclass

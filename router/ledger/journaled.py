@@ -32,7 +32,8 @@ from typing import Any
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import ledger_error
-from .journal import Journal, JournalSettings, ReplayResult, Segment, replay_folder, replay_segment
+from .journal import Journal, JournalSettings, Segment
+from .replay import ReplayResult, replay_folder, replay_segment
 
 log = logging.getLogger("router.ledger")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import threading
 import time
 import uuid
@@ -40,63 +39,17 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, postgres_error
-from .migrations import Migrations, Step
+from .postgres_schema import (
+    ADD_SUMS,
+    COLUMNS,
+    LARGEST_INSERT,
+    MIGRATIONS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SUMMARY_COLS,
+)
 
 T = TypeVar("T")
-
-_COLUMNS = [
-    "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
-    "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
-]  # fmt: skip
-_LARGEST_INSERT = 256
-_SUMMARY_COLS = (
-    "bucket, model, tier, key_hash, policy, task, outcome, energy_source, requests, energy_j, input_tokens, "
-    "output_tokens, latency_ms_sum, co2e_g"
-)
-_DIMS = "bucket, model, tier, key_hash, policy, task, outcome, energy_source"
-_SUMS = """SELECT (floor(ts / 3600) * 3600)::bigint, model, tier, COALESCE(key_hash, ''), COALESCE(policy, ''),
-    COALESCE(task, ''), outcome, energy_source, count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)),
-    sum(COALESCE(output_tokens, 0)), sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))
-    FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8"""
-_ADD_SUMS = f"""INSERT INTO {{s}}.summary_hourly AS h ({_SUMMARY_COLS}) {_SUMS}
-    ON CONFLICT ({_DIMS}) DO UPDATE SET requests = h.requests + excluded.requests,
-    energy_j = h.energy_j + excluded.energy_j, input_tokens = h.input_tokens + excluded.input_tokens,
-    output_tokens = h.output_tokens + excluded.output_tokens,
-    latency_ms_sum = h.latency_ms_sum + excluded.latency_ms_sum, co2e_g = h.co2e_g + excluded.co2e_g"""
-
-MIGRATIONS: Migrations[list[str]] = Migrations(
-    "PostgreSQL",
-    [
-        Step(
-            1,
-            "records (record ids unique), hourly summary, budgets",
-            [
-                """CREATE TABLE IF NOT EXISTS {s}.records (
-                    id BIGSERIAL PRIMARY KEY, record_id TEXT NOT NULL,
-                    ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL,
-                    reason TEXT, input_tokens INTEGER, output_tokens INTEGER, latency_ms DOUBLE PRECISION,
-                    energy_j DOUBLE PRECISION NOT NULL, energy_source TEXT NOT NULL, policy TEXT, task TEXT,
-                    outcome TEXT NOT NULL, key_hash TEXT, error TEXT, attempt INTEGER, co2e_g DOUBLE PRECISION)""",
-                "CREATE UNIQUE INDEX IF NOT EXISTS records_record_id ON {s}.records (record_id)",
-                "CREATE INDEX IF NOT EXISTS records_ts ON {s}.records (ts, id)",
-                "CREATE INDEX IF NOT EXISTS records_model_ts ON {s}.records (model, ts)",
-                """CREATE TABLE IF NOT EXISTS {s}.summary_hourly (
-                    bucket BIGINT NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL, key_hash TEXT NOT NULL,
-                    policy TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, energy_source TEXT NOT NULL,
-                    requests BIGINT NOT NULL, energy_j DOUBLE PRECISION NOT NULL, input_tokens BIGINT NOT NULL,
-                    output_tokens BIGINT NOT NULL, latency_ms_sum DOUBLE PRECISION NOT NULL,
-                    co2e_g DOUBLE PRECISION NOT NULL,
-                    PRIMARY KEY (bucket, model, tier, key_hash, policy, task, outcome, energy_source))""",
-                """CREATE TABLE IF NOT EXISTS {s}.budgets (
-                    budget TEXT NOT NULL, window_start DOUBLE PRECISION NOT NULL,
-                    used_j DOUBLE PRECISION NOT NULL DEFAULT 0, PRIMARY KEY (budget, window_start))""",
-            ],
-        ),
-    ],
-)
-SCHEMA_VERSION = MIGRATIONS.latest
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
 
 class _Pool:
     """At most ``size`` connections, made when first needed and reused (LIFO). Connections are in autocommit
@@ -171,7 +124,7 @@ class PostgresLedger(Ledger):
 
         self.driver_errors = (psycopg.Error, OSError)
         self.url = url or conninfo
-        if not _SCHEMA_NAME.match(schema):
+        if not SCHEMA_NAME.match(schema):
             raise ledger_error(self.url, f"schema {schema!r} is not a plain lower-case SQL name",
                                "use letters, digits and underscores, e.g. ?schema=router", retryable=False)
         self.schema = schema
@@ -286,7 +239,7 @@ class PostgresLedger(Ledger):
                 n = c.execute(f"DELETE FROM {s}.records WHERE ts < %s", (older_than,)).rowcount
                 c.execute(f"DELETE FROM {s}.summary_hourly WHERE bucket <= %s", (boundary,))
                 source = f"{s}.records WHERE ts >= %s AND ts < %s"
-                c.execute(_ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))
+                c.execute(ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))
             return int(n)
 
         return self._pool.run(run)
@@ -299,7 +252,7 @@ class PostgresLedger(Ledger):
             with c.transaction():
                 c.execute(f"LOCK TABLE {s}.summary_hourly IN EXCLUSIVE MODE")
                 c.execute(f"DELETE FROM {s}.summary_hourly")
-                c.execute(_ADD_SUMS.format(s=s, source=f"{s}.records"))
+                c.execute(ADD_SUMS.format(s=s, source=f"{s}.records"))
 
         self._pool.run(run)
 
@@ -308,15 +261,15 @@ class PostgresLedger(Ledger):
         """``n`` records and their sums in one statement; rows whose id is stored already change nothing."""
         sql = self._insert_sql.get(n)
         if sql is None:
-            row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-            ins = (f"INSERT INTO {self.schema}.records ({', '.join(_COLUMNS)}) VALUES " + ", ".join([row] * n)
+            row = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+            ins = (f"INSERT INTO {self.schema}.records ({', '.join(COLUMNS)}) VALUES " + ", ".join([row] * n)
                    + " ON CONFLICT (record_id) DO NOTHING RETURNING *")  # fmt: skip
-            sql = self._insert_sql[n] = f"WITH ins AS ({ins}) " + _ADD_SUMS.format(s=self.schema, source="ins")
+            sql = self._insert_sql[n] = f"WITH ins AS ({ins}) " + ADD_SUMS.format(s=self.schema, source="ins")
         return sql
 
     @guarded("write a record")
     def record(self, rec: LedgerRecord) -> None:
-        row = [getattr(rec, c) for c in _COLUMNS]
+        row = [getattr(rec, c) for c in COLUMNS]
         self._pool.run(lambda c: c.execute(self._insert(1), row))
         self._maybe_prune(rec.ts)
 
@@ -327,12 +280,12 @@ class PostgresLedger(Ledger):
         """One transaction of multi-row statements (1, 2, 4 ... 256 rows each, so few shapes get prepared)."""
         if not recs:
             return
-        rows = [[getattr(r, c) for c in _COLUMNS] for r in recs]
+        rows = [[getattr(r, c) for c in COLUMNS] for r in recs]
 
         def run(c: Any) -> None:
             with c.transaction():
                 at = 0
-                for size in binary_chunks(len(rows), _LARGEST_INSERT):
+                for size in binary_chunks(len(rows), LARGEST_INSERT):
                     c.execute(self._insert(size), list(chain.from_iterable(rows[at : at + size])))
                     at += size
 
@@ -345,7 +298,7 @@ class PostgresLedger(Ledger):
 
     @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM {self.schema}.records WHERE ts >= %s"
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records WHERE ts >= %s"
         args: list[Any] = [since]
         if until is not None:
             sql += " AND ts < %s"
@@ -354,14 +307,14 @@ class PostgresLedger(Ledger):
         if limit is not None:
             sql += " LIMIT %s"
             args.append(limit)
-        return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in self._all(sql, args)]
+        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, args)]
 
     @guarded("read records")
     def iter_records(
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
         """Pages by (ts, id), one short query each, so a big export holds no connection between pages."""
-        cols = ", ".join(_COLUMNS)
+        cols = ", ".join(COLUMNS)
         after: tuple[float, int] | None = None
         while True:
             sql = f"SELECT {cols}, id FROM {self.schema}.records WHERE "
@@ -375,7 +328,7 @@ class PostgresLedger(Ledger):
                 args.append(until)
             rows = self._all(sql + " ORDER BY ts, id LIMIT %s", [*args, batch])
             for r in rows:
-                yield LedgerRecord(**dict(zip(_COLUMNS, r[:-1], strict=True)))
+                yield LedgerRecord(**dict(zip(COLUMNS, r[:-1], strict=True)))
             if len(rows) < batch:
                 return
             after = (rows[-1][0], rows[-1][-1])
@@ -398,7 +351,7 @@ class PostgresLedger(Ledger):
 
     @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
-        sql = f"SELECT {_SUMMARY_COLS} FROM {self.schema}.summary_hourly WHERE TRUE"
+        sql = f"SELECT {SUMMARY_COLS} FROM {self.schema}.summary_hourly WHERE TRUE"
         args: list[Any] = []
         if not math.isinf(lo):
             sql += " AND bucket >= %s"

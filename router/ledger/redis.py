@@ -50,79 +50,16 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error
-from .migrations import Migrations, Step
-
-MIGRATIONS: Migrations[str] = Migrations(
-    "Redis",
-    [
-        Step(1, "records, hourly sums, budgets (keys appear as they are written)", ""),
-        Step(
-            2,
-            "record ids, unique (a record written twice is stored once)",
-            """
-local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = 1, #members, 2 do
-  local m = members[i]
-  local seq = tonumber(string.sub(m, 1, string.find(m, '|', 1, true) - 1))
-  redis.call('ZADD', KEYS[3], 'NX', members[i + 1], 'legacy-' .. seq)
-end
-""",
-        ),
-    ],
+from .redis_schema import (
+    METRICS,
+    MIGRATIONS,
+    RECORD,
+    RESERVE,
+    SCHEMA_VERSION,
+    SEP,
+    SETTLE,
+    migration_script,
 )
-SCHEMA_VERSION = MIGRATIONS.latest
-
-
-def _migration_script() -> str:
-    """One script: read the version, run the missing steps, write the new version. KEYS: meta, records, ids."""
-    parts = [
-        "local v = tonumber(redis.call('HGET', KEYS[1], 'schema_version') or '0')",
-        f"if v > {SCHEMA_VERSION} then return v end",
-    ]
-    for step in MIGRATIONS.steps:
-        if step.payload.strip():
-            parts.append(f"if v < {step.version} then\n{step.payload}\nend")
-    parts.append(f"redis.call('HSET', KEYS[1], 'schema_version', {SCHEMA_VERSION})")
-    parts.append("return v")
-    return "\n".join(parts)
-
-_METRICS = ("requests", "energy_j", "input_tokens", "output_tokens", "latency_ms_sum", "co2e_g")
-_SEP = "\x1f"
-
-_RECORD = """
-if redis.call('ZADD', KEYS[5], 'NX', ARGV[1], ARGV[11]) == 0 then
-  return 0
-end
-local n = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[1], ARGV[1], string.format('%015d', n) .. '|' .. ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[3])
-local names = {'requests', 'energy_j', 'input_tokens', 'output_tokens', 'latency_ms_sum', 'co2e_g'}
-for i = 1, 6 do
-  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[4] .. '\\31' .. names[i], ARGV[4 + i])
-end
-return n
-"""
-
-_RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
-  return nil
-end
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-_SETTLE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))
-if v < 0 then
-  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
-end
-return 1
-"""
 
 
 class RedisLedger(Ledger):
@@ -147,9 +84,9 @@ class RedisLedger(Ledger):
         self._k_seq = prefix + "seq"
         self._k_buckets = prefix + "buckets"
         self._k_meta = prefix + "meta"
-        self._record_script = self.r.register_script(_RECORD)
-        self._reserve_script = self.r.register_script(_RESERVE)
-        self._settle_script = self.r.register_script(_SETTLE)
+        self._record_script = self.r.register_script(RECORD)
+        self._reserve_script = self.r.register_script(RESERVE)
+        self._settle_script = self.r.register_script(SETTLE)
         self._migrate()
         if retention_days is not None:
             self.set_retention_days(retention_days)
@@ -182,7 +119,7 @@ class RedisLedger(Ledger):
         return redis_error(self.url, exc, action)
 
     def _migrate(self) -> None:
-        version = int(self.r.eval(_migration_script(), 3, self._k_meta, self._k_records, self._k_ids))
+        version = int(self.r.eval(migration_script(), 3, self._k_meta, self._k_records, self._k_ids))
         MIGRATIONS.plan(version, self.url)  # raises when the store is newer than this code
 
     @property
@@ -206,7 +143,7 @@ class RedisLedger(Ledger):
         pipe.delete(self._k_buckets)
         for row in rows:
             dims = json.dumps([getattr(row, d) for d in SUMMARY_DIMS])
-            pipe.hset(self._sum_key(row.bucket), mapping={dims + _SEP + m: repr(getattr(row, m)) for m in _METRICS})
+            pipe.hset(self._sum_key(row.bucket), mapping={dims + SEP + m: repr(getattr(row, m)) for m in METRICS})
             pipe.zadd(self._k_buckets, {_num(row.bucket): row.bucket})
         pipe.execute()
 
@@ -254,7 +191,7 @@ class RedisLedger(Ledger):
                     pipe.delete(key)
                     for row in rows:
                         dims = json.dumps([getattr(row, d) for d in SUMMARY_DIMS])
-                        pipe.hset(key, mapping={dims + _SEP + m: repr(getattr(row, m)) for m in _METRICS})
+                        pipe.hset(key, mapping={dims + SEP + m: repr(getattr(row, m)) for m in METRICS})
                     if not rows:
                         pipe.zrem(self._k_buckets, _num(boundary))
                     pipe.execute()
@@ -344,7 +281,7 @@ class RedisLedger(Ledger):
         for b, fields in zip(buckets, pipe.execute(), strict=True):
             rows: dict[bytes, SummaryRow] = {}
             for field, value in fields.items():
-                dims, metric = field.rsplit(_SEP.encode(), 1)
+                dims, metric = field.rsplit(SEP.encode(), 1)
                 row = rows.get(dims)
                 if row is None:
                     row = rows[dims] = SummaryRow(b, *json.loads(dims))
