@@ -326,8 +326,9 @@ def test_each_key_gets_its_policy_and_is_hashed_everywhere(keyed: Served, tmp_pa
     ledger_file = Path(keyed.ledger_url.removeprefix("sqlite:///"))
     for key in (KEY_ECO, KEY_QUALITY):
         assert key not in metrics
-        for f in ledger_file.parent.glob("ledger.sqlite3*"):
-            assert key.encode() not in f.read_bytes()
+        for f in ledger_file.parent.glob("ledger.sqlite3*"):  # the file, its WAL, and the journal folder's files
+            for part in f.iterdir() if f.is_dir() else [f]:
+                assert key.encode() not in part.read_bytes()
         for log in ledger_file.parent.glob("*.log"):
             assert key not in log.read_text(errors="replace")
 
