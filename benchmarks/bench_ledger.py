@@ -6,6 +6,16 @@ but in batched transactions with ``executemany`` so building takes a minute rath
 single-record transactions would; the write timing below uses the real one-transaction-per-record path.
 
     python benchmarks/bench_ledger.py [--records 1000000] [--file PATH (kept and reused)]
+
+Three more measurements, each on its own (they start what they need: redis-server and PostgreSQL through the
+tests' helpers, which need their binaries installed):
+
+    python benchmarks/bench_ledger.py --journal      # µs per journal append per fsync setting, and what the
+                                                     # proxy's writer pays per record with and without it
+    python benchmarks/bench_ledger.py --reserve      # a budget reservation's round trip on SQLite, Redis,
+                                                     # PostgreSQL (and a settlement's)
+    python benchmarks/bench_ledger.py --outage 60    # a writer through the journal while the SQLite store is
+                                                     # write-locked for 60 s; records missing after the replay
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from pathlib import Path
 
 from router.cards import load_cards
 from router.config import embedded_dir
-from router.ledger import LedgerRecord, SQLiteLedger
+from router.ledger import Ledger, LedgerRecord, SQLiteLedger
 from router.ledger.report import build_report
 from router.ledger.sqlite import _COLUMNS
 
@@ -57,6 +67,165 @@ def build(path: Path, n: int, day_start: float) -> float:
     return time.perf_counter() - t0
 
 
+def _percentiles(us: list[float]) -> str:
+    us = sorted(us)
+    return f"median {statistics.median(us):7.1f} µs  p99 {us[int(len(us) * 0.99)]:8.1f} µs"
+
+
+def bench_journal(n: int = 20_000) -> None:
+    """µs per ``Journal.append`` (JSON line + write(2), + fdatasync per setting), and per ``record()`` of the
+    proxy's BackgroundLedger with and without the journal (its request-path cost: the store write happens on
+    the writer thread either way)."""
+    from router.ledger.journal import Journal, JournalSettings
+    from router.proxy.ledger_writer import BackgroundLedger
+
+    def rec(i: int) -> LedgerRecord:
+        return LedgerRecord(f"req-{i}", "smollm2-135m", "small", 5.0, "estimated:cpu-time", reason="bench " * 8,
+                            input_tokens=30, output_tokens=40, latency_ms=900.0, policy="balanced", task="chat",
+                            key_hash="key-0123456789abcdef", co2e_g=0.001)  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"journal append, {n:,} records each (folder on {tmp}):")
+        for mode, ms in (("never", 50.0), ("group", 50.0), ("group", 5.0), ("always", 50.0)):
+            count = n if mode != "always" else n // 10
+            journal = Journal(Path(tmp) / f"{mode}{ms}", JournalSettings(fsync=mode, fsync_interval_ms=ms))  # type: ignore[arg-type]
+            recs = [rec(i) for i in range(count)]
+            lat = []
+            for r in recs:
+                t0 = time.perf_counter()
+                journal.append(r)
+                lat.append((time.perf_counter() - t0) * 1e6)
+            journal.close()
+            label = f"{mode} ({ms:g} ms)" if mode == "group" else mode
+            print(f"  fsync {label:<15} {_percentiles(lat)}  ({count:,} records)")
+        for journal_on in (False, True):
+            led = BackgroundLedger(SQLiteLedger(Path(tmp) / f"bg{journal_on}.sqlite3"), journal=journal_on)
+            lat = []
+            for i in range(n):
+                r = rec(i)
+                t0 = time.perf_counter()
+                led.record(r)
+                lat.append((time.perf_counter() - t0) * 1e6)
+                if i % 64 == 63:
+                    time.sleep(0.001)  # let the writer thread run, as between requests in the proxy
+            led.close()
+            print(f"  BackgroundLedger.record, journal {'on ' if journal_on else 'off'}  {_percentiles(lat)}")
+
+
+def bench_reserve(n: int = 2000) -> None:
+    """One ``try_reserve`` (and one ``settle``) round trip on each store, from one thread, loopback servers."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest_postgres import start_postgres, stop_postgres
+    from conftest_redis import RedisServer
+
+    from router.ledger import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        redis_server = RedisServer(Path(tmp))
+        redis_server.start()
+        pg = start_postgres(fsync=True)  # as in production: a commit waits for its WAL to reach the disk
+        try:
+            stores = [
+                ("SQLite (WAL, local file)", f"sqlite:///{tmp}/r.sqlite3"),
+                ("Redis (loopback TCP)", f"{redis_server.url}/0"),
+                ("PostgreSQL (loopback TCP)", pg.url),
+                ("PostgreSQL, async commit", pg.url + "?options=-c%20synchronous_commit%3Doff"),
+            ]
+            for name, url in stores:
+                led = open_store(url)
+                for _ in range(200):  # warm up: connections, prepared statements
+                    led.settle(led.try_reserve("warm", 0.001, 1e12, 3600), 0.0)  # type: ignore[arg-type]
+                res, sett = [], []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    r = led.try_reserve("bench", 0.001, 1e12, 3600)
+                    t1 = time.perf_counter()
+                    led.settle(r, 0.0005)  # type: ignore[arg-type]
+                    res.append((t1 - t0) * 1e6)
+                    sett.append((time.perf_counter() - t1) * 1e6)
+                print(f"{name:<27} try_reserve {_percentiles(res)}   settle {_percentiles(sett)}")
+                print(f"{'':<27} 8 threads on one budget: {_contended(led):,.0f} reservations/s")
+                led.close()
+        finally:
+            redis_server.stop()
+            stop_postgres(pg)
+
+
+def _contended(led: Ledger, threads: int = 8, each: int = 300) -> float:
+    """Reservations per second from ``threads`` threads on one budget (one row or key: they serialise)."""
+    import threading
+
+    barrier = threading.Barrier(threads + 1)
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(each):
+            led.try_reserve("hot", 0.001, 1e12, 3600)
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    return threads * each / (time.perf_counter() - t0)
+
+
+def bench_outage(seconds: float) -> None:
+    """A writer records ~500 records/s through JournaledLedger while another connection holds the SQLite write
+    lock for ``seconds``; then the lock goes, the replay runs, and every record written is looked for."""
+    import sqlite3
+    import threading
+
+    from router.ledger import JournalSettings, open_ledger
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/o.sqlite3?timeout_s=0.2"
+        led = open_ledger(url, journal=JournalSettings(replay_interval_s=1.0))
+        holder = sqlite3.connect(f"{tmp}/o.sqlite3", isolation_level=None)
+        written: list[str] = []
+        slow: list[float] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                rec = LedgerRecord(f"o{i}", "m", "small", 1.0, "estimated:cpu-time")
+                t0 = time.perf_counter()
+                led.record(rec)
+                slow.append(time.perf_counter() - t0)
+                written.append(rec.record_id)
+                i += 1
+                time.sleep(0.002)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        time.sleep(1.0)
+        holder.execute("BEGIN EXCLUSIVE")
+        t_lock = time.time()
+        time.sleep(seconds)
+        during = len(written)
+        holder.execute("COMMIT")
+        t_back = time.time()
+        time.sleep(1.0)
+        stop.set()
+        t.join()
+        while led.unavailable and time.time() - t_back < 60:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        replay_s = time.time() - t_back
+        led.replay()  # type: ignore[attr-defined]
+        stored = {r.record_id for r in led.records()}
+        missing = [x for x in written if x not in stored]
+        print(f"outage of {t_back - t_lock:.1f} s under a writer: {len(written):,} records written "
+              f"({during:,} by the end of the outage), {len(stored):,} stored, {len(missing)} missing; "
+              f"journal replayed within {replay_s:.1f} s of the store's return; record() took at most "
+              f"{max(slow) * 1000:.0f} ms (the store's 0.2 s lock timeout, then the journal)")  # fmt: skip
+        led.close()
+
+
 def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
     best = float("inf")
     for _ in range(repeat):
@@ -70,7 +239,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--file", type=Path, default=None, help="keep the built ledger here (reused if present)")
+    ap.add_argument("--journal", action="store_true", help="time journal appends per fsync setting")
+    ap.add_argument("--reserve", action="store_true", help="time a reservation's round trip per store")
+    ap.add_argument("--outage", type=float, default=None, metavar="S", help="a store outage of S seconds")
     args = ap.parse_args()
+    if args.journal or args.reserve or args.outage:
+        if args.journal:
+            bench_journal()
+        if args.reserve:
+            bench_reserve()
+        if args.outage:
+            bench_outage(args.outage)
+        return
     tmp = tempfile.TemporaryDirectory()
     path = args.file or Path(tmp.name) / "ledger.sqlite3"
     day_start = 1_700_006_400.0  # 2023-11-15 00:00 UTC

@@ -179,6 +179,13 @@ class LedgerError(RouterError):
     http_status = 503
     error_type = "ledger_error"
     code = "ledger_unavailable"
+    retryable: bool = True
+    """True where the store may come back by itself (down, unreachable, locked): a journaled ledger keeps the
+    record and replays it later. False where a person must fix something (corrupt, read-only, wrong password,
+    a schema newer than the code, an unknown URL scheme)."""
+    record_rejected: bool = False
+    """True where the store works but refuses this record's data (e.g. a required field missing): retrying it
+    cannot succeed, so a journal sets the record aside instead of replaying it for ever."""
 
 
 class InternalError(RouterError):

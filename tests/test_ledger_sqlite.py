@@ -1,4 +1,5 @@
-"""SQLite ledger durability: a kill -9 loses no committed record, v1 files migrate to v2, retention."""
+"""SQLite ledger durability: a kill -9 loses no committed record, v1 files migrate to the current schema,
+retention."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from router.errors import LedgerError
 from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
-from router.ledger.sqlite import _MIGRATIONS, SCHEMA_VERSION
+from router.ledger.sqlite import SCHEMA_VERSION
+from router.ledger.sqlite_schema import MIGRATIONS
 
 CHILD = """
 import sys, time
@@ -55,7 +58,7 @@ def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
 def _v1_file(path: Path, n: int) -> None:
     """A ledger file exactly as schema version 1 wrote it."""
     conn = sqlite3.connect(path, isolation_level=None)
-    for stmt in _MIGRATIONS[1]:
+    for stmt in MIGRATIONS.steps[0].payload:
         conn.execute(stmt)
     conn.execute("PRAGMA user_version=1")
     for i in range(n):
@@ -71,7 +74,7 @@ def test_v1_file_migrates_to_current(tmp_path: Path) -> None:
     db = tmp_path / "v1.sqlite3"
     _v1_file(db, 20)
     led = SQLiteLedger(db)
-    assert led.schema_version == SCHEMA_VERSION == 2
+    assert led.schema_version == SCHEMA_VERSION == 3
     totals = {t["group"]: t for t in led.totals("model")}
     assert totals["a"]["requests"] == 10 and totals["b"]["requests"] == 10
     assert totals["a"]["energy_j"] == pytest.approx(15.0)
@@ -87,8 +90,9 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA user_version=99")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this router"):
+    with pytest.raises(LedgerError, match="newer than this router knows") as info:
         SQLiteLedger(db)
+    assert not info.value.retryable and "upgrade router" in str(info.value)
 
 
 def test_retention_is_stored_and_applied_on_open(tmp_path: Path) -> None:
@@ -129,8 +133,9 @@ def test_a_failed_batch_writes_nothing(tmp_path: Path, size: int) -> None:
                          ts=1000.0 + i) for i in range(size)]
     bad = LedgerRecord(request_id="bad", model=None, tier="small", energy_j=1.0,  # type: ignore[arg-type]
                        energy_source="estimated:x", ts=5000.0)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(LedgerError, match="incomplete") as info:
         led.record_many([*good[: size // 2], bad, *good[size // 2:]])
+    assert info.value.record_rejected and isinstance(info.value.__cause__, sqlite3.IntegrityError)
     assert led.records() == []
     led.record_many(good)
     assert [r.request_id for r in led.records()] == [f"r{i}" for i in range(size)]

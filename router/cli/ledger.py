@@ -1,18 +1,27 @@
 """``router ledger``: what the requests cost. Alone it prints totals per model and per day with everyday
 equivalents; ``report`` adds groupings, carbon, the energy saved against an always-large router and a plot;
-``export`` hands the records to other tools; ``prune`` and ``retention`` keep the file bounded."""
+``export`` hands the records to other tools; ``prune`` and ``retention`` keep the file bounded; ``doctor``
+checks the store and replays journals.
+
+Every command prints what went wrong and exits non-zero (2: the ledger or an option; 1: anything else), never
+a traceback (``router -v`` logs it)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import RouterConfig
@@ -27,7 +36,12 @@ ledger_app = typer.Typer(
     no_args_is_help=False,
 )
 
-_LEDGER_OPT = typer.Option(None, "--ledger", help="Ledger URL (sqlite:///PATH or redis://...); default: config.")
+log = logging.getLogger("router.cli")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_LEDGER_OPT = typer.Option(
+    None, "--ledger", help="Ledger URL (sqlite:///PATH, redis://..., postgresql://...); default: config."
+)
 _CONFIG_OPT = typer.Option(None, "--config", "-c", help="Router config YAML.")
 _SINCE_HELP = "From when: 7d, 24h, 30m, 2w, an ISO date/time (UTC) or epoch seconds."
 
@@ -94,12 +108,34 @@ def _open(cfg: RouterConfig) -> Ledger:
     return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
 
 
-def _fail(msg: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
+def _fail(msg: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _clean_errors(fn: F) -> F:
+    """The command's errors as one message and a non-zero exit: ``RouterError`` (a ``LedgerError`` names the
+    URL, the problem and the fix) and file errors exit 2, anything unexpected exits 1; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter, SystemExit):
+            raise
+        except RouterError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        except Exception as exc:  # noqa: BLE001 - the point: a person sees one line, `router -v` the detail
+            log.info("router ledger failed", exc_info=True)
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run `router -v ledger ...` for the traceback)", 1)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @ledger_app.callback()
+@_clean_errors
 def ledger_main(
     ctx: typer.Context,
     ledger: str | None = _LEDGER_OPT,
@@ -150,6 +186,7 @@ def _opts(ctx: typer.Context, ledger: str | None, config: Path | None) -> tuple[
 
 
 @ledger_app.command()
+@_clean_errors
 def report(
     ctx: typer.Context,
     since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
@@ -207,6 +244,7 @@ def report(
 
 
 @ledger_app.command()
+@_clean_errors
 def export(
     ctx: typer.Context,
     output: Path = _EXPORT_OUTPUT_OPT,
@@ -231,6 +269,7 @@ def export(
 
 
 @ledger_app.command()
+@_clean_errors
 def prune(
     ctx: typer.Context,
     older_than: str = typer.Option(..., "--older-than", help="Delete records older than this: 90d, 2w, a date."),
@@ -249,6 +288,7 @@ def prune(
 
 
 @ledger_app.command()
+@_clean_errors
 def retention(
     ctx: typer.Context,
     days: float | None = typer.Argument(None, help="Keep this many days; omit to show the setting."),
@@ -271,3 +311,43 @@ def retention(
     current = getattr(led, "retention_days", None)
     Console().print(f"retention: {'keep everything' if current is None else f'{current:g} days'}")
     led.close()
+
+
+_JOURNAL_OPT = typer.Option(
+    None, "--journal", help="Journal folder (default: the config's extra.ledger_journal.folder, else beside a "
+    "SQLite ledger or in the user data dir)."
+)
+_REPLAY_OPT = typer.Option(True, "--replay/--no-replay", help="Replay the journals of stopped processes.")
+_REPAIR_OPT = typer.Option(False, "--repair", help="Rebuild the hourly summary if it disagrees with the records.")
+
+
+@ledger_app.command()
+@_clean_errors
+def doctor(
+    ctx: typer.Context,
+    journal: Path | None = _JOURNAL_OPT,
+    replay: bool = _REPLAY_OPT,
+    repair: bool = _REPAIR_OPT,
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+) -> None:
+    """Check the store (integrity, schema version, summary against records) and its journals; replay the
+    journals of stopped processes. Exits 1 when a problem remains."""
+    from ..ledger.doctor import diagnose
+    from ..ledger.journal import JournalSettings
+
+    ledger, config = _opts(ctx, ledger, config)
+    cfg = _config(config, ledger)
+    settings = JournalSettings.from_config(cfg.extra.get("ledger_journal"))
+    folder = journal or settings.folder_for(cfg.ledger_url)
+    rep = diagnose(cfg.ledger_url, journal_folder=folder, replay=replay, repair=repair)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"ledger {escape(rep.url)}")
+    for f in rep.findings:
+        console.print(("[green]ok[/green]      " if f.ok else "[red]problem[/red] ") + escape(f.text))
+    for action in rep.actions:
+        console.print("[cyan]did[/cyan]     " + escape(action))
+    if rep.problems:
+        console.print(f"{len(rep.problems)} problem(s)")
+        raise typer.Exit(1)
+    console.print("no problems")

@@ -1,13 +1,20 @@
 """The ledger: one record per model call, and the budget state read from it.
 
-Implementations: :class:`SQLiteLedger` (default, one process) and the Redis ledger (several processes share
-budgets). All pass the shared suite in ``tests/conformance/ledger_suite.py``.
+Implementations: :class:`SQLiteLedger` (default, one host), the Redis ledger (several processes share budgets in
+memory) and the PostgreSQL ledger (a fleet keeps its records in a database), plus :class:`JournaledLedger`, which
+puts a local append-only journal in front of any of them. All pass the shared suite in
+``tests/conformance/ledger_suite.py``.
+
+Every record carries a ``record_id`` made when the record is created; a store keeps ids unique and ignores a
+record whose id it already holds, so writing a record again (a journal replayed twice, a batch retried) never
+counts it twice. ``request_id`` is kept as well: the attempts of one request (a cascade, a fallback) share it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -23,6 +30,12 @@ def hash_key(api_key: str | None) -> str | None:
     if not api_key:
         return None
     return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def new_record_id() -> str:
+    """128 random bits as 32 hex digits (what ``uuid4().hex`` carries, at a third of its cost: this runs for every
+    record on the proxy's request path)."""
+    return os.urandom(16).hex()
 
 
 @dataclass
@@ -44,6 +57,7 @@ class LedgerRecord:
     attempt: int = 0
     co2e_g: float | None = None
     ts: float = field(default_factory=time.time)
+    record_id: str = field(default_factory=new_record_id)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,19 +74,35 @@ class Reservation:
 
 
 class Ledger(ABC):
-    """Where records go and budgets are read from."""
+    """Where records go and budgets are read from.
+
+    Errors: every public method raises :class:`~router.errors.LedgerError` (never the driver's own exception)
+    when the store cannot be opened, read or written; the message names ``url`` (password masked), what is
+    wrong and the fix."""
+
+    url: str = ""
+    """The URL the ledger was opened with (shown in messages with any password masked)."""
+
+    driver_errors: tuple[type[BaseException], ...] = (OSError,)
+    """The exceptions :func:`~router.ledger.errors.guarded` methods translate into ``LedgerError``."""
+
+    def _translate(self, exc: BaseException, action: str) -> Exception:
+        from .errors import first_line, ledger_error
+
+        return ledger_error(self.url, f"could not {action}: {first_line(exc)}", "check the store and retry")
 
     @abstractmethod
     def record(self, rec: LedgerRecord) -> None:
-        """Append one record durably."""
+        """Append one record durably; a record whose ``record_id`` is already stored is ignored."""
 
     atomic_batches: bool = False
     """True where :meth:`record_many` writes all of a batch or none of it (one transaction), so a failed batch
     can be retried record by record without writing anything twice."""
 
     def record_many(self, recs: list[LedgerRecord]) -> None:
-        """Append several records (the proxy's background writer hands over what queued up meanwhile). This
-        default writes them one at a time, so a failure can leave the first ones written: not atomic."""
+        """Append several records (the proxy's background writer hands over what queued up meanwhile), ignoring
+        those whose ``record_id`` is already stored. This default writes them one at a time, so a failure can
+        leave the first ones written: not atomic (rewriting them is harmless: ids are unique)."""
         for rec in recs:
             self.record(rec)
 
@@ -138,6 +168,28 @@ class Ledger(ABC):
     ) -> Iterator[LedgerRecord]:
         """Records in time order without holding them all in memory (exports of a big ledger)."""
         yield from self.records(since, until)
+
+    @property
+    def schema_version(self) -> int | None:
+        """The store's schema version (None where the store has no schema)."""
+        return None
+
+    @property
+    def latest_schema_version(self) -> int | None:
+        """The schema version this code writes (None where the store has no schema)."""
+        return None
+
+    def integrity_problems(self) -> list[str]:
+        """What a store-level integrity check finds (``router ledger doctor``); empty when all is well or the
+        store has no such check."""
+        return []
+
+    def stored_summary(self) -> list[SummaryRow]:
+        """Every whole-hour aggregate the store keeps (``router ledger doctor`` compares them with the records)."""
+        return self._stored_summary(-math.inf, math.inf)
+
+    def rebuild_summary(self) -> None:  # noqa: B027 - optional hook
+        """Recompute the stored hourly aggregates from the records (``router ledger doctor --repair``)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release the connection."""
@@ -243,6 +295,19 @@ def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, A
         t["mean_latency_ms"] = t.pop("latency_ms_sum") / t["requests"] if t["requests"] else 0.0
         out.append(t)
     return out
+
+
+def binary_chunks(n: int, largest: int = 256) -> list[int]:
+    """``n`` rows as statement sizes that are powers of two: 600 -> [256, 256, 64, 16, 8]. A store that
+    prepares statements then prepares at most log2(largest) + 1 shapes of its multi-row ``INSERT``."""
+    sizes = [largest] * (n // largest)
+    rest, size = n % largest, largest // 2
+    while rest:
+        if rest >= size:
+            sizes.append(size)
+            rest -= size
+        size //= 2
+    return sizes
 
 
 def window_start(now: float, window_s: float) -> float:

@@ -49,7 +49,7 @@ def export_parquet(
             ("reason", pa.string()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
             ("latency_ms", pa.float64()), ("policy", pa.string()), ("task", pa.string()),
             ("key_hash", pa.string()), ("error", pa.string()), ("attempt", pa.int64()),
-            ("co2e_g", pa.float64()), ("ts", pa.float64()),
+            ("co2e_g", pa.float64()), ("ts", pa.float64()), ("record_id", pa.string()),
         ]
     )  # fmt: skip
     assert schema.names == COLUMNS, "keep the Parquet schema in step with LedgerRecord"

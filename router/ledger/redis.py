@@ -7,11 +7,19 @@ Layout (all keys under a prefix, default ``router:``):
 
 * ``records``: a sorted set scored by the record's time; members are ``<seq>|<json>`` (``seq`` from
   ``seq``, zero-padded, keeps ties in write order and members unique);
+* ``ids``: a sorted set of record ids scored by the record's time: the record script adds the id first and
+  writes nothing when it was there already, so writing a record twice stores it once (pruned with ``records``);
 * ``sum:<hour>``: a hash of hourly sums per dimension tuple (what ``totals`` and reports read), updated in
   the same script as the record, so the two never disagree;
 * ``buckets``: the hours that have a ``sum:`` hash;
 * ``budget:<name>:<window start>``: joules spent plus held, expiring two windows after the window starts;
 * ``meta``: schema version and the retention setting.
+
+Schema versions (the ``meta`` hash's ``schema_version``; :mod:`router.ledger.migrations`): 1, the layout above
+without ``ids``; 2, ``ids``, filled for the records already there with ``legacy-<seq>`` (the id a record
+written before ids existed reads back with). The missing steps run in one Lua script with the version update,
+so no other client sees a half-migrated store; each step is idempotent, so a script cut short by a crash is
+simply run again at the next open.
 
 Durability is Redis's: with its defaults (RDB snapshots) a Redis crash can lose the last minutes; run Redis
 with ``appendonly yes`` (and ``appendfsync everysec`` or ``always``) when the ledger must survive that.
@@ -25,7 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -41,64 +49,45 @@ from .base import (
     totals_from_summary,
     window_start,
 )
-
-SCHEMA_VERSION = 1
-_METRICS = ("requests", "energy_j", "input_tokens", "output_tokens", "latency_ms_sum", "co2e_g")
-_SEP = "\x1f"
-
-_RECORD = """
-local n = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[1], ARGV[1], string.format('%015d', n) .. '|' .. ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[3])
-local names = {'requests', 'energy_j', 'input_tokens', 'output_tokens', 'latency_ms_sum', 'co2e_g'}
-for i = 1, 6 do
-  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[4] .. '\\31' .. names[i], ARGV[4 + i])
-end
-return n
-"""
-
-_RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
-  return nil
-end
-redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-_SETTLE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))
-if v < 0 then
-  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
-end
-return 1
-"""
+from .errors import guarded, ledger_error, redis_error
+from .redis_schema import (
+    METRICS,
+    MIGRATIONS,
+    RECORD,
+    RESERVE,
+    SCHEMA_VERSION,
+    SEP,
+    SETTLE,
+    migration_script,
+)
 
 
 class RedisLedger(Ledger):
     """Ledger and budgets in Redis, shared by every process that points at the same server and prefix."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "router:", retention_days: float | None = None) -> None:
+    driver_errors = (redis.RedisError, OSError)
+
+    @guarded("open the ledger")
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "router:",
+        retention_days: float | None = None,
+        url: str | None = None,
+    ) -> None:
         self.r = client
         self.prefix = prefix
+        self.url = url or _describe(client, prefix)
         self._k_records = prefix + "records"
+        self._k_ids = prefix + "ids"
         self._k_seq = prefix + "seq"
         self._k_buckets = prefix + "buckets"
         self._k_meta = prefix + "meta"
-        self._record_script = self.r.register_script(_RECORD)
-        self._reserve_script = self.r.register_script(_RESERVE)
-        self._settle_script = self.r.register_script(_SETTLE)
-        version = self.r.hget(self._k_meta, "schema_version")
-        if version is None:
-            self.r.hsetnx(self._k_meta, "schema_version", SCHEMA_VERSION)
-        elif int(version) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"Redis ledger {prefix!r} has schema version {int(version)}, newer than this router knows"
-            )
+        self._record_script = self.r.register_script(RECORD)
+        self._reserve_script = self.r.register_script(RESERVE)
+        self._settle_script = self.r.register_script(SETTLE)
+        self._migrate()
         if retention_days is not None:
             self.set_retention_days(retention_days)
         self._next_prune = 0.0
@@ -106,22 +95,66 @@ class RedisLedger(Ledger):
 
     @classmethod
     def from_url(cls, url: str, *, retention_days: float | None = None, prefix: str | None = None) -> RedisLedger:
-        """``redis://HOST:PORT/DB[?prefix=router:&retention_days=N]``; other query options go to redis-py."""
+        """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:&retention_days=N]``; other query options go to
+        redis-py (``socket_timeout`` defaults to 10 s and ``socket_connect_timeout`` to 5 s here, so a Redis that
+        stops answering fails a call instead of hanging it)."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         prefix = prefix or query.pop("prefix", "router:")
-        if retention_days is None and "retention_days" in query:
-            retention_days = float(query.pop("retention_days"))
-        query.pop("retention_days", None)
-        clean = urlunsplit(parts._replace(query=urlencode(query)))
-        return cls(redis.Redis.from_url(clean), prefix=prefix, retention_days=retention_days)
+        try:
+            if retention_days is None and "retention_days" in query:
+                retention_days = float(query.pop("retention_days"))
+            query.pop("retention_days", None)
+            query.setdefault("socket_timeout", "10")
+            query.setdefault("socket_connect_timeout", "5")
+            clean = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+            client = redis.Redis.from_url(clean)
+        except ValueError as exc:
+            raise ledger_error(url, f"not a usable Redis URL ({exc})",
+                               "write it as redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:]",
+                               retryable=False) from exc  # fmt: skip
+        return cls(client, prefix=prefix, retention_days=retention_days, url=url)
+
+    def _translate(self, exc: BaseException, action: str) -> Exception:
+        return redis_error(self.url, exc, action)
+
+    def _migrate(self) -> None:
+        version = int(self.r.eval(migration_script(), 3, self._k_meta, self._k_records, self._k_ids))
+        MIGRATIONS.plan(version, self.url)  # raises when the store is newer than this code
+
+    @property
+    @guarded("read the schema version")
+    def schema_version(self) -> int:
+        return int(self.r.hget(self._k_meta, "schema_version") or 0)
+
+    @property
+    def latest_schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    @guarded("rebuild the hourly summary")
+    def rebuild_summary(self) -> None:
+        """Recompute every ``sum:`` hash from the records (not atomic against concurrent writers: run it when
+        ``router ledger doctor`` reports a mismatch, ideally with the writers stopped)."""
+        old = [float(b) for b in self.r.zrange(self._k_buckets, 0, -1)]
+        rows = aggregate(self.iter_records())
+        pipe = self.r.pipeline(transaction=True)
+        for b in old:
+            pipe.delete(self._sum_key(b))
+        pipe.delete(self._k_buckets)
+        for row in rows:
+            dims = json.dumps([getattr(row, d) for d in SUMMARY_DIMS])
+            pipe.hset(self._sum_key(row.bucket), mapping={dims + SEP + m: repr(getattr(row, m)) for m in METRICS})
+            pipe.zadd(self._k_buckets, {_num(row.bucket): row.bucket})
+        pipe.execute()
 
     # -- retention --------------------------------------------------------------------------------------
     @property
+    @guarded("read a setting")
     def retention_days(self) -> float | None:
         value = self.r.hget(self._k_meta, "retention_days")
         return float(value) if value is not None else None
 
+    @guarded("store a setting")
     def set_retention_days(self, days: float | None) -> None:
         """Keep records for ``days`` (None: forever); shared by every process using this ledger."""
         if days is None:
@@ -137,10 +170,12 @@ class RedisLedger(Ledger):
         self._next_prune = now + 3600
         return 0 if days is None else self.prune(now - days * 86400)
 
+    @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Drop records older than ``older_than`` and their hourly sums; the hour that straddles the cut-off
         is re-summed from what remains, under WATCH so a concurrent write there makes it retry."""
         n = int(self.r.zremrangebyscore(self._k_records, "-inf", f"({older_than!r}"))
+        self.r.zremrangebyscore(self._k_ids, "-inf", f"({older_than!r}")
         boundary = bucket_of(older_than)
         old = [float(b) for b in self.r.zrangebyscore(self._k_buckets, "-inf", f"({boundary!r}")]
         if old:
@@ -156,7 +191,7 @@ class RedisLedger(Ledger):
                     pipe.delete(key)
                     for row in rows:
                         dims = json.dumps([getattr(row, d) for d in SUMMARY_DIMS])
-                        pipe.hset(key, mapping={dims + _SEP + m: repr(getattr(row, m)) for m in _METRICS})
+                        pipe.hset(key, mapping={dims + SEP + m: repr(getattr(row, m)) for m in METRICS})
                     if not rows:
                         pipe.zrem(self._k_buckets, _num(boundary))
                     pipe.execute()
@@ -173,7 +208,7 @@ class RedisLedger(Ledger):
         data = rec.as_dict()
         bucket = bucket_of(rec.ts)
         dims = json.dumps([data[d] for d in SUMMARY_DIMS])
-        keys = [self._k_records, self._k_seq, self._sum_key(bucket), self._k_buckets]
+        keys = [self._k_records, self._k_seq, self._sum_key(bucket), self._k_buckets, self._k_ids]
         args: list[Any] = [
             repr(float(rec.ts)),
             json.dumps(data, separators=(",", ":")),
@@ -185,9 +220,11 @@ class RedisLedger(Ledger):
             int(rec.output_tokens or 0),
             repr(float(rec.latency_ms or 0.0)),
             repr(float(rec.co2e_g or 0.0)),
+            rec.record_id,
         ]
         return keys, args
 
+    @guarded("write a record")
     def record(self, rec: LedgerRecord) -> None:
         keys, args = self._record_call(rec)
         self._record_script(keys=keys, args=args)
@@ -196,6 +233,7 @@ class RedisLedger(Ledger):
 
     atomic_batches = True
 
+    @guarded("write records")
     def record_many(self, recs: list[LedgerRecord]) -> None:
         """One round trip for the batch: the same per-record script for each, inside MULTI/EXEC, so a batch
         that fails to reach the server applies nothing."""
@@ -214,11 +252,13 @@ class RedisLedger(Ledger):
     ) -> list[LedgerRecord]:
         hi = "+inf" if until is None else f"({until!r}"
         members = self.r.zrangebyscore(self._k_records, repr(float(since)), hi, start=offset, num=count)
-        return [LedgerRecord(**json.loads(m.split(b"|", 1)[1])) for m in members]
+        return [_parse(m) for m in members]
 
+    @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
         return self._range(since, until, 0 if limit is not None else None, limit)
 
+    @guarded("read records")
     def iter_records(
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
@@ -230,6 +270,7 @@ class RedisLedger(Ledger):
                 return
             offset += batch
 
+    @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         hi_s = "+inf" if math.isinf(hi) else f"({hi!r}"
         buckets = [float(b) for b in self.r.zrangebyscore(self._k_buckets, repr(float(lo)), hi_s)]
@@ -240,7 +281,7 @@ class RedisLedger(Ledger):
         for b, fields in zip(buckets, pipe.execute(), strict=True):
             rows: dict[bytes, SummaryRow] = {}
             for field, value in fields.items():
-                dims, metric = field.rsplit(_SEP.encode(), 1)
+                dims, metric = field.rsplit(SEP.encode(), 1)
                 row = rows.get(dims)
                 if row is None:
                     row = rows[dims] = SummaryRow(b, *json.loads(dims))
@@ -250,6 +291,7 @@ class RedisLedger(Ledger):
             out.extend(rows.values())
         return out
 
+    @guarded("read the energy spent")
     def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
         return sum(
             row.energy_j
@@ -257,6 +299,7 @@ class RedisLedger(Ledger):
             if (model is None or row.model == model) and (key_hash is None or row.key_hash == key_hash)
         )
 
+    @guarded("read totals")
     def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
         return totals_from_summary(self.summary(since), by)
 
@@ -264,6 +307,7 @@ class RedisLedger(Ledger):
     def _budget_key(self, budget: str, start: float) -> str:
         return f"{self.prefix}budget:{budget}:{_num(start)}"
 
+    @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         start = window_start(time.time(), window_s)
         ok = self._reserve_script(
@@ -276,9 +320,11 @@ class RedisLedger(Ledger):
         return {"keys": [self._budget_key(reservation.budget, reservation.window_start)],
                 "args": [repr(float(actual_j - reservation.joules))]}
 
+    @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         self._settle_script(**self._settle_call(reservation, actual_j))
 
+    @guarded("settle reservations")
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """One round trip: each settlement's script (atomic by itself) in one pipeline, in order."""
         if not settlements:
@@ -288,18 +334,39 @@ class RedisLedger(Ledger):
             self._settle_script(**self._settle_call(reservation, actual_j), client=pipe)
         pipe.execute()
 
+    @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
         value = self.r.get(self._budget_key(budget, window_start(time.time(), window_s)))
         return float(value) if value is not None else 0.0
 
+    @guarded("clear the ledger")
     def clear(self) -> None:
         """Delete every key under this ledger's prefix (tests, and starting over)."""
         keys = list(self.r.scan_iter(match=self.prefix + "*", count=1000))
         for i in range(0, len(keys), 500):
             self.r.delete(*keys[i : i + 500])
 
+    @guarded("close the ledger")
     def close(self) -> None:
         self.r.close()
+
+
+def _parse(member: bytes) -> LedgerRecord:
+    """A ``records`` member back into a record; one written before record ids reads back as ``legacy-<seq>``
+    (the id the migration put in ``ids`` for it)."""
+    seq, body = member.split(b"|", 1)
+    data = json.loads(body)
+    if "record_id" not in data:
+        data["record_id"] = f"legacy-{int(seq)}"
+    return LedgerRecord(**data)
+
+
+def _describe(client: redis.Redis, prefix: str) -> str:
+    """``redis://host:port/db?prefix=...`` of a client made without a URL (never its password)."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}&prefix={prefix}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}?prefix={prefix}"
 
 
 def _num(x: float) -> str:

@@ -1,20 +1,19 @@
-"""SQLite ledger (WAL): the single-process default. Each record is its own committed transaction, so a crash
+"""SQLite ledger (WAL): the single-host default. Each record is its own committed transaction, so a crash
 (even kill -9) loses nothing that ``record`` returned from.
 
 Durability: WAL with ``synchronous=NORMAL`` survives a crash of the process (the committed transaction is in
 the WAL file, which the OS keeps through a kill -9); a power cut may lose the transactions written since the
 last checkpoint. ``durable=True`` switches to ``synchronous=FULL`` (an fsync per record) for that case.
 
-Schema versions (``PRAGMA user_version``) and their migrations are in ``_MIGRATIONS``; opening an older file
-upgrades it, one transaction per version. Version 2 adds ``meta`` (the retention setting) and
-``summary_hourly``, kept up to date by a trigger, so a report over a million records reads a few thousand
-summary rows instead.
+The schema and its numbered migrations are in :mod:`router.ledger.sqlite_schema`; opening an older file
+upgrades it in one transaction. Record ids are unique: writing a stored record again changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import operator
+import os
 import sqlite3
 import threading
 import time
@@ -25,18 +24,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .base import Ledger, LedgerRecord, Reservation, SummaryRow, totals_from_summary, window_start
+from .base import (
+    Ledger,
+    LedgerRecord,
+    Reservation,
+    SummaryRow,
+    binary_chunks,
+    totals_from_summary,
+    window_start,
+)
+from .errors import guarded, ledger_error, sqlite_error
+from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
 
-SCHEMA_VERSION = 2
+__all__ = ["SCHEMA_VERSION", "SQLiteLedger", "path_from_url"]
 
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
-    "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g",
+    "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
 ]  # fmt: skip
 
 _row = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one C call
 _MARKS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"  # one row's placeholders
-_LARGEST_INSERT = 256  # rows in one INSERT statement (17 columns: 4,352 parameters, SQLite allows 32,766)
+_LARGEST_INSERT = 256  # rows in one INSERT statement (18 columns: 4,608 parameters, SQLite allows 32,766)
 
 
 _RESERVE = """INSERT INTO budgets (budget, window_start, used_j) SELECT ?, ?, ? WHERE ? <= ?
@@ -49,62 +58,6 @@ def _settle_args(reservation: Reservation, actual_j: float) -> tuple[float, str,
     return actual_j - reservation.joules, reservation.budget, reservation.window_start
 
 
-def _binary_chunks(n: int, largest: int = _LARGEST_INSERT) -> list[int]:
-    """``n`` rows as statement sizes that are powers of two: 600 -> [256, 256, 64, 16, 8]."""
-    sizes = [largest] * (n // largest)
-    rest, size = n % largest, largest // 2
-    while rest:
-        if rest >= size:
-            sizes.append(size)
-            rest -= size
-        size //= 2
-    return sizes
-
-
-# the start of the hour holding ts, as an integer (SQLite's % works on integers)
-_BUCKET_SQL = "(CAST({t}ts AS INTEGER) - (CAST({t}ts AS INTEGER) % 3600))"
-
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE IF NOT EXISTS records (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL,
-            reason TEXT, input_tokens INTEGER, output_tokens INTEGER, latency_ms REAL,
-            energy_j REAL NOT NULL, energy_source TEXT NOT NULL, policy TEXT, task TEXT,
-            outcome TEXT NOT NULL, key_hash TEXT, error TEXT, attempt INTEGER, co2e_g REAL)""",
-        "CREATE INDEX IF NOT EXISTS records_ts ON records(ts)",
-        "CREATE INDEX IF NOT EXISTS records_model_ts ON records(model, ts)",
-        """CREATE TABLE IF NOT EXISTS budgets (
-            budget TEXT NOT NULL, window_start REAL NOT NULL, used_j REAL NOT NULL DEFAULT 0,
-            PRIMARY KEY (budget, window_start))""",
-    ],
-    2: [
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE IF NOT EXISTS summary_hourly (
-            bucket INTEGER NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL, key_hash TEXT NOT NULL,
-            policy TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, energy_source TEXT NOT NULL,
-            requests INTEGER NOT NULL, energy_j REAL NOT NULL, input_tokens INTEGER NOT NULL,
-            output_tokens INTEGER NOT NULL, latency_ms_sum REAL NOT NULL, co2e_g REAL NOT NULL,
-            PRIMARY KEY (bucket, model, tier, key_hash, policy, task, outcome, energy_source)) WITHOUT ROWID""",
-        f"""INSERT INTO summary_hourly SELECT {_BUCKET_SQL.format(t="")} AS b, model, tier,
-            COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
-            COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
-            SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
-            FROM records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
-        f"""CREATE TRIGGER IF NOT EXISTS records_summary AFTER INSERT ON records BEGIN
-            INSERT INTO summary_hourly VALUES ({_BUCKET_SQL.format(t="NEW.")}, NEW.model, NEW.tier,
-                COALESCE(NEW.key_hash, ''), COALESCE(NEW.policy, ''), COALESCE(NEW.task, ''), NEW.outcome,
-                NEW.energy_source, 1, NEW.energy_j, COALESCE(NEW.input_tokens, 0),
-                COALESCE(NEW.output_tokens, 0), COALESCE(NEW.latency_ms, 0), COALESCE(NEW.co2e_g, 0))
-            ON CONFLICT DO UPDATE SET requests = requests + 1, energy_j = energy_j + excluded.energy_j,
-                input_tokens = input_tokens + excluded.input_tokens,
-                output_tokens = output_tokens + excluded.output_tokens,
-                latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, co2e_g = co2e_g + excluded.co2e_g;
-        END""",
-    ],
-}
-
-
 def path_from_url(url: str) -> Path:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///") :].split("?", 1)[0])
@@ -113,19 +66,17 @@ def path_from_url(url: str) -> Path:
     return Path(url)
 
 
-_SUMMARY_COLS = (
-    "bucket, model, tier, key_hash, policy, task, outcome, energy_source, requests, energy_j, input_tokens, "
-    "output_tokens, latency_ms_sum, co2e_g"
-)
-
-
 class SQLiteLedger(Ledger):
     """One SQLite file in WAL mode; safe across threads (one connection behind a lock) and processes
     (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
 
     ``retention_days``: when given, it is stored in the file (so every process sees the same setting) and
-    records older than that are pruned on open and then once an hour of writing."""
+    records older than that are pruned on open and then once an hour of writing. ``timeout_s``: how long a
+    statement waits for another process's write lock before failing with a (retryable) ``LedgerError``."""
 
+    driver_errors = (sqlite3.Error, OSError)
+
+    @guarded("open the ledger")
     def __init__(
         self,
         path: str | Path,
@@ -135,12 +86,20 @@ class SQLiteLedger(Ledger):
         durable: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.url = f"sqlite:///{self.path}"
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._migrate()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = conn = sqlite3.connect(
+            self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._check_writable()
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
         self._inserts: dict[int, str] = {}
         self._insert = self._insert_rows(1)
         if retention_days is not None:
@@ -150,51 +109,92 @@ class SQLiteLedger(Ledger):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SQLiteLedger:
-        """``sqlite:///PATH[?retention_days=N&durable=1]``; keyword arguments win over the query."""
+        """``sqlite:///PATH[?retention_days=N&durable=1&timeout_s=S]``; keyword arguments win over the query."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         query = dict(parse_qsl(urlsplit(url).query)) if url.startswith("sqlite:") else {}
-        if "retention_days" in query:
-            kwargs.setdefault("retention_days", float(query["retention_days"]))
+        try:
+            if "retention_days" in query:
+                kwargs.setdefault("retention_days", float(query["retention_days"]))
+            if "timeout_s" in query:
+                kwargs.setdefault("timeout_s", float(query["timeout_s"]))
+        except ValueError as exc:
+            raise ledger_error(url, f"a query value is not a number ({exc})", "fix the URL's query",
+                               retryable=False) from exc
         if "durable" in query:
             kwargs.setdefault("durable", query["durable"].lower() in ("1", "true", "yes"))
         return cls(path_from_url(url), **kwargs)
 
+    def _translate(self, exc: BaseException, action: str) -> Exception:
+        return sqlite_error(self.url, self.path, exc, action)
+
+    def _check_writable(self) -> None:
+        """A read-only file in WAL mode opens and reads fine and fails at the first write: say so at open."""
+        if str(self.path) == ":memory:":
+            return
+        effective = os.access in os.supports_effective_ids
+        if not os.access(self.path, os.W_OK, effective_ids=effective):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
     def _migrate(self) -> None:
+        """The missing schema steps and the new version in one write transaction. The version is read again
+        inside it: a process that opened the same new file at the same moment has applied them already."""
         with self._lock:
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path}: ledger schema version {version} is newer than this router knows "
-                    f"({SCHEMA_VERSION}); upgrade router"
-                )
-            for target in sorted(v for v in _MIGRATIONS if v > version):
-                with self._write_transaction():
-                    for stmt in _MIGRATIONS[target]:
+            if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
+            with self._write_transaction():
+                version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+                steps = MIGRATIONS.plan(version, self.url)
+                for step in steps:
+                    for stmt in step.payload:
                         self._conn.execute(stmt)
-                    self._conn.execute(f"PRAGMA user_version={target}")
+                if steps:
+                    self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def _write_transaction(self) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (the write lock across processes from the start), rolled back when
         anything inside, or the commit itself, fails. Call it holding ``self._lock``."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @property
+    @guarded("read the schema version")
     def schema_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def latest_schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    @guarded("check the file's integrity")
+    def integrity_problems(self) -> list[str]:
+        """``PRAGMA integrity_check``: empty when SQLite finds the file sound."""
+        with self._lock:
+            rows = [r[0] for r in self._conn.execute("PRAGMA integrity_check").fetchall()]
+        return [] if rows == ["ok"] else rows
+
+    @guarded("rebuild the hourly summary")
+    def rebuild_summary(self) -> None:
+        with self._lock, self._write_transaction():
+            self._conn.execute("DELETE FROM summary_hourly")
+            self._conn.execute(summarise_sql(""))
 
     # -- retention --------------------------------------------------------------------------------------
+    @guarded("read a setting")
     def get_meta(self, key: str) -> str | None:
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    @guarded("store a setting")
     def set_meta(self, key: str, value: str | None) -> None:
         with self._lock:
             if value is None:
@@ -225,6 +225,7 @@ class SQLiteLedger(Ledger):
             return 0
         return self.prune(now - days * 86400)
 
+    @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records (and their hourly summaries) older than ``older_than``, in one transaction. The
         hour that straddles the cut-off is re-summarised from the records that remain."""
@@ -232,17 +233,11 @@ class SQLiteLedger(Ledger):
         with self._lock, self._write_transaction():
             n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
             self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
-            self._conn.execute(
-                f"""INSERT INTO summary_hourly SELECT {_BUCKET_SQL.format(t="")} AS b, model, tier,
-                COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
-                COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
-                SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
-                FROM records WHERE ts >= ? AND ts < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
-                (older_than, boundary + 3600),
-            )
+            self._conn.execute(summarise_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
         return int(n)
 
     # -- records ----------------------------------------------------------------------------------------
+    @guarded("write a record")
     def record(self, rec: LedgerRecord) -> None:
         row = _row(rec)
         with self._lock:
@@ -252,6 +247,7 @@ class SQLiteLedger(Ledger):
 
     atomic_batches = True
 
+    @guarded("write records")
     def record_many(self, recs: list[LedgerRecord]) -> None:
         """The batch in one transaction, as multi-row ``INSERT`` statements of 1, 2, 4 ... 256 rows (37 records:
         32 + 4 + 1). Why not ``executemany``: Python's sqlite3 releases and retakes the GIL around every row's
@@ -262,7 +258,7 @@ class SQLiteLedger(Ledger):
         if not recs:
             return
         rows = list(map(_row, recs))
-        chunks = _binary_chunks(len(rows))
+        chunks = binary_chunks(len(rows), _LARGEST_INSERT)
         with self._lock:
             if len(chunks) == 1:
                 self._conn.execute(self._insert_rows(chunks[0]), list(chain.from_iterable(rows)))
@@ -279,9 +275,14 @@ class SQLiteLedger(Ledger):
     def _insert_rows(self, n: int) -> str:
         sql = self._inserts.get(n)
         if sql is None:
-            sql = self._inserts[n] = f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES " + ", ".join([_MARKS] * n)
+            sql = self._inserts[n] = (
+                f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES "
+                + ", ".join([_MARKS] * n)
+                + " ON CONFLICT (record_id) DO NOTHING"
+            )
         return sql
 
+    @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
         sql, args = self._select(since, until)
         if limit is not None:
@@ -299,6 +300,7 @@ class SQLiteLedger(Ledger):
             args.append(until)
         return sql + " ORDER BY ts, id", args
 
+    @guarded("read records")
     def iter_records(
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
@@ -324,6 +326,7 @@ class SQLiteLedger(Ledger):
                 return
             after = (rows[-1][0], rows[-1][-1])
 
+    @guarded("read the energy spent")
     def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
         sql = "SELECT COALESCE(SUM(energy_j), 0) FROM records WHERE ts >= ?"
         args: list[Any] = [since]
@@ -336,11 +339,13 @@ class SQLiteLedger(Ledger):
         with self._lock:
             return float(self._conn.execute(sql, args).fetchone()[0])
 
+    @guarded("read totals")
     def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
         return totals_from_summary(self.summary(since), by)
 
+    @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
-        sql = f"SELECT {_SUMMARY_COLS} FROM summary_hourly WHERE bucket >= ?"
+        sql = f"SELECT {SUMMARY_COLS} FROM summary_hourly WHERE bucket >= ?"
         args: list[Any] = [lo]
         if hi != float("inf"):
             sql += " AND bucket < ?"
@@ -356,6 +361,7 @@ class SQLiteLedger(Ledger):
             out.append(row)
         return out
 
+    @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         """One statement, so one write transaction that SQLite makes atomic across threads and processes: add
         ``joules`` to the window's row (or create it) only where the sum stays within ``limit_j``; the number of
@@ -366,10 +372,12 @@ class SQLiteLedger(Ledger):
             changed = self._conn.execute(_RESERVE, (budget, start, joules, joules, limit_j, limit_j)).rowcount
         return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
 
+    @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         with self._lock:
             self._conn.execute(_SETTLE, _settle_args(reservation, actual_j))
 
+    @guarded("settle reservations")
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """One transaction for all of them (the same update each, in order)."""
         if not settlements:
@@ -378,6 +386,7 @@ class SQLiteLedger(Ledger):
         with self._lock, self._write_transaction():
             self._conn.executemany(_SETTLE, rows)
 
+    @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
         start = window_start(time.time(), window_s)
         with self._lock:
@@ -386,6 +395,7 @@ class SQLiteLedger(Ledger):
             ).fetchone()
         return float(row[0]) if row else 0.0
 
+    @guarded("close the ledger")
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -28,10 +28,14 @@ the checkpoints) that a group of records shares. At concurrency 64 the writer th
 request with 5 ms pauses (~15 records per commit) and 15-24 µs with 20 ms (~60), with fewer thread switches
 (0.32-0.36 -> 0.08-0.24 per request); the interval only bounds how long a record waits while records keep coming.
 
-The trade: a record is durable when the thread has written it (normally within ``interval_s`` plus the write),
-not when ``record`` returns. Shutdown (``close``) drains the queue; a ``kill -9`` can lose what was still queued,
-up to ``interval_s`` plus one write's worth (``extra.proxy.ledger_group_ms`` sets the pause). Set
-``extra.proxy.ledger_writes: inline`` in the config to write on the request path.
+Nothing acknowledged is lost: ``record`` first appends the record to this process's journal
+(:mod:`router.ledger.journal`: one ``write(2)`` of a JSON line, so it survives a ``kill -9`` as soon as
+``record`` returns) and only then queues it; the thread's store write tells the journal which records arrived.
+Records still queued when the process dies, or that the store did not take (down, locked), are replayed from
+the journal into the store (by this process's replay thread, or by the next process that opens the ledger),
+idempotently by record id. ``journal=False`` turns this off (then a ``kill -9`` loses what was queued, up to
+``interval_s`` plus one write's worth). Set ``extra.proxy.ledger_writes: inline`` in the config to write on
+the request path.
 """
 
 from __future__ import annotations
@@ -44,15 +48,43 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..ledger import Ledger, LedgerRecord, Reservation, SummaryRow
+from ..ledger.journal import Journal, JournalSettings, Segment
+from ..ledger.journaled import JournaledLedger
 
 log = logging.getLogger("router.proxy")
 _STOP = object()
 
 
+class _Queued:
+    """A record handed over, with the journal segment it was appended to."""
+
+    __slots__ = ("rec", "seg")
+
+    def __init__(self, rec: LedgerRecord, seg: Segment | None) -> None:
+        self.rec = rec
+        self.seg = seg
+
+
 class BackgroundLedger(Ledger):
-    def __init__(self, inner: Ledger, *, interval_s: float = 0.02) -> None:
-        self.inner = inner
+    """``inner`` written by one thread; with ``journal`` (default: the journal settings' defaults) ``inner`` is
+    put behind a :class:`~router.ledger.journaled.JournaledLedger` unless it is one already."""
+
+    def __init__(
+        self, inner: Ledger, *, interval_s: float = 0.02, journal: JournalSettings | bool = True
+    ) -> None:
+        self.journaled: JournaledLedger | None = None
+        if isinstance(inner, JournaledLedger):
+            self.journaled = inner
+        elif journal is not False:
+            settings = journal if isinstance(journal, JournalSettings) else JournalSettings()
+            folder = settings.folder_for(inner.url) if inner.url else settings.folder
+            if folder is None:
+                raise ValueError("a ledger without a URL needs JournalSettings(folder=...) for its journal")
+            self.journaled = JournaledLedger(inner, Journal(folder, settings, url=inner.url))
+        self.inner: Ledger = self.journaled or inner
+        self.url = self.inner.url
         self.interval_s = interval_s
+        self.deferred = 0  # records the store did not take at once: in the journal, replayed later
         self._pending: deque[Any] = deque()  # append/popleft are atomic: no lock on the request path
         self._wake = threading.Event()
         self._sleeping = False
@@ -77,11 +109,11 @@ class BackgroundLedger(Ledger):
             settlements: list[tuple[Reservation, float]] = []
             while pending:
                 item = pending.popleft()
+                if isinstance(item, _Queued):
+                    batch.append(item)
+                    continue
                 if isinstance(item, tuple):  # (reservation, actual joules)
                     settlements.append(item)
-                    continue
-                if item is not _STOP and not isinstance(item, threading.Event):
-                    batch.append(item)
                     continue
                 self._write(batch)  # markers apply to what was handed over before them
                 self._settle(settlements)
@@ -93,17 +125,35 @@ class BackgroundLedger(Ledger):
             self._settle(settlements)
             time.sleep(self.interval_s)  # group commit: let the next records gather
 
-    def _write(self, batch: list[LedgerRecord]) -> None:
+    def _write(self, batch: list[_Queued]) -> None:
         if not batch:
             return
-        if self.inner.atomic_batches and len(batch) > 1:  # all or nothing: safe to retry one by one below
+        if self.journaled is not None:
+            at = 0
+            while at < len(batch):  # one delivery per journal segment (a rotation can fall inside a batch)
+                seg = batch[at].seg
+                end = at
+                while end < len(batch) and batch[end].seg is seg:
+                    end += 1
+                recs = [q.rec for q in batch[at:end]]
+                try:
+                    stored = self.journaled.deliver(recs, seg)
+                    self.written += stored
+                    self.deferred += len(recs) - stored
+                except Exception:
+                    self.failed += len(recs)
+                    log.exception("could not write %d ledger records (and the journal has not got them)", len(recs))
+                at = end
+            return
+        recs = [q.rec for q in batch]
+        if self.inner.atomic_batches and len(recs) > 1:  # all or nothing: safe to retry one by one below
             try:
-                self.inner.record_many(batch)
-                self.written += len(batch)
+                self.inner.record_many(recs)
+                self.written += len(recs)
                 return
             except Exception:
-                log.exception("could not write %d ledger records in one batch; writing them one by one", len(batch))
-        for rec in batch:
+                log.exception("could not write %d ledger records in one batch; writing them one by one", len(recs))
+        for rec in recs:
             try:
                 self.inner.record(rec)
                 self.written += 1
@@ -128,13 +178,16 @@ class BackgroundLedger(Ledger):
             self._wake.set()
 
     def record(self, rec: LedgerRecord) -> None:
+        """On disk in the journal when this returns (a ``kill -9`` then loses nothing); in the store once the
+        writer thread has written it."""
         if self._closed:
             self.inner.record(rec)
             return
-        self._hand_over(rec)
+        self._hand_over(_Queued(rec, self.journaled.append([rec]) if self.journaled is not None else None))
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every record handed over so far is written."""
+        """Wait until every record handed over so far is written (or, the store being unavailable, left to the
+        journal's replay)."""
         if self._closed or not self._thread.is_alive():
             return True
         done = threading.Event()
@@ -184,6 +237,8 @@ class BackgroundLedger(Ledger):
         return self.inner.budget_used(budget, window_s)
 
     def __getattr__(self, name: str) -> Any:  # anything ledger-specific (e.g. SQLite's retention settings)
+        if name in ("inner", "journaled"):
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def close(self) -> None:

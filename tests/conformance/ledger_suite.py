@@ -1,21 +1,34 @@
 """The ledger conformance suite: every Ledger implementation must pass every check in ``LEDGER_CHECKS``.
 
-Like scikit-learn's ``check_estimator``: one set of checks run against SQLiteLedger and RedisLedger (and any
-future ledger). Each check takes ``open_store(name)``, which returns a ledger over the store called ``name``:
-a fresh empty one the first time, the same data again when called with the same name (a reopen).
+Like scikit-learn's ``check_estimator``: one set of checks run against the SQLite, Redis and PostgreSQL ledgers
+and the journaled ledger (and any future ledger). Each check takes ``open_store(name)``, which returns a ledger
+over the store called ``name``: a fresh empty one the first time, the same data again when called with the same
+name (a reopen). A ledger's ``url`` must open the same store from another process (the cross-process checks).
+
+Two more families take a store-specific hook as well:
+
+* ``MIGRATION_CHECKS(open_store, make_previous)``: ``make_previous(name, records)`` writes a store in the
+  schema the previous release wrote (for SQLite, the file exactly as main's code made it);
+* ``OUTAGE_CHECKS(outage)``: ``outage()`` returns ``(ledger, break_it, restore)``: a ledger whose store
+  ``break_it()`` makes unavailable (a lock held elsewhere, a server stopped) and ``restore()`` brings back.
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
+from router.errors import LedgerError
 from router.ledger import Ledger, LedgerRecord, aggregate, totals_from_summary
 
 OpenStore = Callable[[str], Ledger]
+MakePrevious = Callable[[str, list[LedgerRecord]], None]
+Outage = Callable[[], tuple[Ledger, Callable[[], None], Callable[[], None]]]
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC: a fixed past so windows and days are deterministic
 
@@ -291,6 +304,68 @@ def check_prune(open_store: OpenStore) -> None:
     assert led.prune(cut) == 0
 
 
+def check_record_ids_make_writes_idempotent(open_store: OpenStore) -> None:
+    """Writing a record whose id is stored changes nothing (record and record_many, within a batch and across
+    batches), and the sums count it once; attempts of one request share a request id but not a record id."""
+    led = open_store("ids")
+    recs = _sample(20)
+    assert len({r.record_id for r in recs}) == 20, "every record gets its own id when it is made"
+    led.record(recs[0])
+    led.record(recs[0])
+    led.record_many(recs[:10])
+    led.record_many([*recs[5:20], *recs[5:20]])
+    for r in recs[15:]:
+        led.record(r)
+    got = led.records()
+    assert [r.as_dict() for r in got] == [r.as_dict() for r in recs]
+    _close(_as_tuples(led.totals("model")), _reference_totals(recs, "model"))
+    assert math.isclose(led.spent(since=0), sum(r.energy_j for r in recs))
+    retry = _rec(0, T0 + 1, request_id=recs[0].request_id, attempt=1)
+    led.record(retry)
+    assert [r.record_id for r in led.records() if r.request_id == recs[0].request_id] == [
+        recs[0].record_id, retry.record_id
+    ]
+
+
+def check_schema_version_is_current(open_store: OpenStore) -> None:
+    """A new store is at the code's schema version, and reopening it migrates nothing."""
+    led = open_store("version")
+    assert led.schema_version == led.latest_schema_version
+    led.record(_rec(1, T0))
+    led.close()
+    again = open_store("version")
+    assert again.schema_version == again.latest_schema_version
+    assert [r.request_id for r in again.records()] == ["r1"]
+
+
+_RACER = """
+import sys, threading
+from router.ledger import open_store
+led = open_store(sys.argv[1])
+wins = []
+def race():
+    wins.append(sum(led.try_reserve("shared", 1.0, float(sys.argv[2]), 3600) is not None for _ in range(15)))
+ts = [threading.Thread(target=race) for _ in range(3)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(sum(wins))
+"""
+
+
+def check_reserve_is_atomic_across_processes(open_store: OpenStore) -> None:
+    """3 processes x 3 threads race for one 60 J budget in 1 J pieces (135 tries): exactly 60 succeed."""
+    led = open_store("processes")
+    assert led.try_reserve("shared", 5.0, 60.0, 3600) is not None  # this process takes its share too
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, led.url, "60"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    wins = [int(out) for out, _ in outs]
+    assert sum(wins) == 55, wins
+    assert math.isclose(led.budget_used("shared", 3600), 60.0)
+    assert led.try_reserve("shared", 0.01, 60.0, 3600) is None
+
+
 LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_roundtrip,
     check_record_many,
@@ -306,7 +381,89 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_reserve_up_to_the_limit,
     check_window_rollover,
     check_prune,
+    check_record_ids_make_writes_idempotent,
+    check_schema_version_is_current,
+    check_reserve_is_atomic_across_processes,
 ]
+
+
+# -- migration from the previous schema -----------------------------------------------------------------------
+
+
+def check_previous_schema_migrates_with_records_intact(open_store: OpenStore, make_previous: MakePrevious) -> None:
+    """A store the previous release wrote opens at the current version with every record, its sums and budgets
+    intact; old records get stable, unique ids; new writes (and rewrites of old records) behave as usual."""
+    recs = _sample(25, step=900.0)
+    make_previous("previous", recs)
+    led = open_store("previous")
+    assert led.schema_version == led.latest_schema_version
+    got = led.records()
+    strip = [{k: v for k, v in r.as_dict().items() if k != "record_id"} for r in got]
+    assert strip == [{k: v for k, v in r.as_dict().items() if k != "record_id"} for r in recs]
+    ids = [r.record_id for r in got]
+    assert len(set(ids)) == len(ids) and all(ids)
+    _close(_as_tuples(led.totals("model")), _reference_totals(recs, "model"))
+    led.record_many(got[:3])  # rewriting migrated records: they have ids now, so nothing changes
+    new = _rec(99, T0 + 5.0)
+    led.record(new)
+    led.close()
+    again = open_store("previous")
+    assert [r.record_id for r in again.records()] == [r.record_id for r in sorted([*got, new], key=lambda r: r.ts)]
+    _close(_as_tuples(again.totals("model")), _reference_totals([*recs, new], "model"))
+
+
+MIGRATION_CHECKS: list[Callable[[OpenStore, MakePrevious], None]] = [
+    check_previous_schema_migrates_with_records_intact,
+]
+
+
+# -- a store that becomes unavailable -------------------------------------------------------------------------
+
+
+def check_outage_raises_ledger_error_and_recovers(outage: Outage) -> None:
+    """While the store is unavailable every public method either works (e.g. reads a lock does not block) or
+    raises ``LedgerError`` naming the store, never the driver's exception; writes cannot succeed; afterwards
+    the same ledger object works again."""
+    led, break_it, restore = outage()
+    led.record(_rec(0, T0))
+    res = led.try_reserve("b", 1.0, 100.0, 3600)
+    assert res is not None
+    calls: dict[str, Callable[[], object]] = {
+        "record": lambda: led.record(_rec(1, T0 + 1)),
+        "record_many": lambda: led.record_many([_rec(2, T0 + 2), _rec(3, T0 + 3)]),
+        "try_reserve": lambda: led.try_reserve("b", 1.0, 100.0, 3600),
+        "settle": lambda: led.settle(res, 0.5),
+        "settle_many": lambda: led.settle_many([(res, 0.5)]),
+        "records": lambda: led.records(),
+        "iter_records": lambda: list(led.iter_records()),
+        "spent": lambda: led.spent(since=0),
+        "totals": lambda: led.totals("model"),
+        "summary": lambda: led.summary(),
+        "budget_used": lambda: led.budget_used("b", 3600),
+        "prune": lambda: led.prune(T0 - 10),
+    }
+    break_it()
+    try:
+        failed = set()
+        for name, call in calls.items():
+            try:
+                call()
+            except LedgerError as exc:
+                failed.add(name)
+                assert led.url.split("?")[0].split("@")[-1] in str(exc), (name, str(exc))
+                assert "fix:" in str(exc), (name, str(exc))
+            except Exception as exc:  # noqa: BLE001 - the point of the check
+                raise AssertionError(f"{name} raised {type(exc).__module__}.{type(exc).__name__}: {exc}") from exc
+        assert {"record", "record_many", "try_reserve"} <= failed, failed
+    finally:
+        restore()
+    led.record(_rec(4, T0 + 4))
+    assert led.try_reserve("b", 1.0, 100.0, 3600) is not None
+    assert "r4" in [r.request_id for r in led.records()]
+    led.close()
+
+
+OUTAGE_CHECKS: list[Callable[[Outage], None]] = [check_outage_raises_ledger_error_and_recovers]
 
 
 def check_ledger(open_store: OpenStore) -> None:

@@ -1,0 +1,151 @@
+"""``router ledger doctor``: is the store sound, and is anything waiting in a journal? Replays what is.
+
+Checks, in order: the store opens (else the ``LedgerError`` that says why, and nothing more can be checked);
+its schema version against the code's; the store's own integrity check (SQLite ``PRAGMA integrity_check``); the
+hourly summary against the records it sums (``--repair`` rebuilds it from the records); journals in the store's
+journal folder: those of dead processes are replayed (unless ``replay=False``), those of live processes are
+theirs to replay, and records a store refused (``rejected.jsonl``) are reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LedgerError
+from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
+from .errors import redact
+from .journal import JournalSettings
+from .replay import claim, replay_folder, segment_files
+
+
+@dataclass
+class Finding:
+    ok: bool
+    text: str
+
+
+@dataclass
+class DoctorReport:
+    url: str
+    findings: list[Finding] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if not f.ok]
+
+    def add(self, ok: bool, text: str) -> None:
+        self.findings.append(Finding(ok, text))
+
+
+def _key(row: SummaryRow) -> tuple[Any, ...]:
+    return (row.bucket, *((getattr(row, d) or None) for d in SUMMARY_DIMS))
+
+
+def summary_mismatches(ledger: Ledger, limit: int = 5) -> tuple[int, list[str]]:
+    """How many hourly summary rows disagree with the records they sum, and a few of them described."""
+    stored: dict[tuple[Any, ...], SummaryRow] = {}
+    for row in ledger.stored_summary():
+        stored[_key(row)] = row
+    expected = {_key(row): row for row in aggregate(ledger.iter_records(-math.inf))}
+    bad: list[str] = []
+    for key in sorted(set(stored) | set(expected), key=repr):
+        a, b = stored.get(key), expected.get(key)
+        if a is None or b is None:
+            what = "no summary row" if a is None else "a summary row without records"
+            bad.append(f"hour {key[0]:.0f} {key[1]}: {what}")
+            continue
+        for metric in ("requests", "energy_j", "input_tokens", "output_tokens", "latency_ms_sum", "co2e_g"):
+            x, y = float(getattr(a, metric)), float(getattr(b, metric))
+            if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-6):
+                bad.append(f"hour {key[0]:.0f} {key[1]}: {metric} {x:g} in the summary, {y:g} in the records")
+                break
+    return len(bad), bad[:limit]
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def diagnose(
+    url: str,
+    *,
+    journal_folder: Path | None = None,
+    replay: bool = True,
+    repair: bool = False,
+    ledger: Ledger | None = None,
+) -> DoctorReport:
+    """Check the store ``url`` names (or ``ledger``, already open) and its journal folder."""
+    from . import open_store
+
+    report = DoctorReport(redact(url))
+    folder = journal_folder or JournalSettings().folder_for(url)
+    led = ledger
+    if led is None:
+        try:
+            led = open_store(url)
+        except LedgerError as exc:
+            report.add(False, f"the store does not open: {exc}")
+            _journals(report, folder, None, replay=False)
+            return report
+    try:
+        _check_store(report, led, repair)
+        _journals(report, folder, led, replay=replay)
+    except LedgerError as exc:
+        report.add(False, str(exc))
+    finally:
+        if ledger is None:
+            led.close()
+    return report
+
+
+def _check_store(report: DoctorReport, led: Ledger, repair: bool) -> None:
+    version, latest = led.schema_version, led.latest_schema_version
+    if version is not None:
+        report.add(version == latest, f"schema version {version} (this router writes {latest})")
+    problems = led.integrity_problems()
+    report.add(not problems, "integrity check: " + ("ok" if not problems else "; ".join(problems[:5])))
+    n, examples = summary_mismatches(led)
+    if n and repair:
+        led.rebuild_summary()
+        report.actions.append(f"rebuilt the hourly summary from the records ({n} rows disagreed)")
+        n, examples = summary_mismatches(led)
+    if n:
+        report.add(False, f"hourly summary: {n} rows disagree with the records (e.g. {examples[0]}); "
+                   "`router ledger doctor --repair` rebuilds it")  # fmt: skip
+    else:
+        report.add(True, "hourly summary matches the records")
+
+
+def _journals(report: DoctorReport, folder: Path, led: Ledger | None, *, replay: bool) -> None:
+    files = segment_files(folder)
+    dead, live = [], []
+    for path in files:
+        with claim(path) as fd:
+            (live if fd is None else dead).append(path)
+    live = [p for p in live if p.exists()]
+    waiting = sum(_count_lines(p) for p in dead)
+    if not files:
+        report.add(True, f"journal {folder}: nothing pending")
+    if live:
+        report.add(True, f"journal {folder}: {len(live)} file(s) of running processes "
+                   f"({sum(_count_lines(p) for p in live)} records; they replay their own)")  # fmt: skip
+    if dead:
+        if replay and led is not None:
+            result = replay_folder(folder, led.record_many)
+            report.actions.append(f"replayed {result.records} journaled records from {result.files} file(s) "
+                                  f"of stopped processes into the store")  # fmt: skip
+            report.add(True, f"journal {folder}: {result.files} file(s) of stopped processes replayed")
+        else:
+            report.add(False, f"journal {folder}: {len(dead)} file(s) of stopped processes hold {waiting} records "
+                       "not yet replayed" + ("" if led is None else "; run without --no-replay"))  # fmt: skip
+    rejected = folder / "rejected.jsonl"
+    if rejected.exists():
+        report.add(False, f"{_count_lines(rejected)} records the store refused are set aside in {rejected}")

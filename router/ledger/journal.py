@@ -1,0 +1,315 @@
+"""A local append-only journal: records are on this host's disk before anything else happens to them.
+
+Layout: one folder per store (default: ``<ledger file>.journal/`` beside a SQLite ledger, else
+``<user data dir>/router/journal/<store>/``), holding segment files ``j-<host>-<pid>-<ns>.jsonl``. Each process
+appends to its own active segment, one JSON line per record (with its ``record_id``), written with one
+``write(2)`` before :meth:`Journal.append` returns: the line is then in the OS's page cache, so a ``kill -9`` of
+the process loses nothing appended. ``fsync`` (what a power cut needs) is configurable: ``always`` (every
+record, before ``append`` returns), ``group`` (a thread syncs what was written at most ``fsync_interval_ms`` ago:
+a power cut loses at most that long) or ``never`` (the OS writes back within ~30 s).
+
+A process holds an exclusive ``flock`` on each of its segments for as long as it owns them. The kernel drops the
+lock when the process dies (``kill -9`` included), so a segment whose lock can be taken belongs to a dead
+process: any live process replays it into the store and deletes it, holding the lock meanwhile, so two live
+processes never replay one file. Replaying is idempotent (stores ignore a record id they hold), so a crash
+during a replay only means the next one writes some records again, which changes nothing.
+
+Segments rotate: the owner seals its active segment and opens a new one (every replay interval, or at
+``segment_bytes``), deletes sealed segments whose records all reached the store, and replays the others (a
+record whose store write failed marks its segment dirty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic_core import to_json
+
+from ..errors import ConfigError, LedgerError
+from .base import LedgerRecord
+from .errors import ledger_error, redact
+
+log = logging.getLogger("router.ledger")
+
+FsyncMode = Literal["always", "group", "never"]
+_FIELDS = {f.name for f in fields(LedgerRecord)}
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
+SEGMENT = re.compile(r"^j-.+-\d+-\d+\.jsonl$")
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """How the journal writes. ``folder`` None: beside a SQLite ledger, else in the user data dir."""
+
+    folder: Path | None = None
+    fsync: FsyncMode = "group"
+    fsync_interval_ms: float = 50.0
+    replay_interval_s: float = 5.0
+    segment_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.fsync not in ("always", "group", "never"):
+            raise ConfigError(f"ledger journal fsync must be always, group or never, not {self.fsync!r}")
+        if not 0 < self.fsync_interval_ms <= 60_000:
+            raise ConfigError(f"ledger journal fsync_interval_ms must be in (0, 60000], not {self.fsync_interval_ms}")
+        if not 0 < self.replay_interval_s <= 86_400:
+            raise ConfigError(f"ledger journal replay_interval_s must be in (0, 86400], not {self.replay_interval_s}")
+
+    @classmethod
+    def from_config(cls, mapping: dict[str, Any] | None) -> JournalSettings:
+        """From the config's ``extra.ledger_journal`` mapping: ``folder``, ``fsync``, ``fsync_interval_ms``,
+        ``replay_interval_s``, ``segment_bytes``."""
+        data = dict(mapping or {})
+        unknown = set(data) - {f.name for f in fields(cls)} - {"enabled"}
+        if unknown:
+            raise ConfigError(f"extra.ledger_journal: unknown setting(s) {sorted(unknown)}")
+        data.pop("enabled", None)
+        if data.get("folder") is not None:
+            data["folder"] = Path(data["folder"]).expanduser()
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"extra.ledger_journal: {exc}") from exc
+
+    def folder_for(self, url: str) -> Path:
+        """The journal folder of the store ``url`` names: one folder per store, so records never replay into
+        another store. The name leaves the password out, so changing it keeps the folder."""
+        if self.folder is not None:
+            return self.folder
+        if url.startswith("sqlite:///") or "://" not in url:
+            from .sqlite import path_from_url
+
+            path = path_from_url(url)
+            return path.with_name(path.name + ".journal")
+        from platformdirs import user_data_dir
+
+        safe = redact(url)
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", safe.split("?", 1)[0].split("@")[-1]).strip("-")[:60]
+        digest = hashlib.sha256(safe.encode()).hexdigest()[:10]
+        return Path(user_data_dir("router", appauthor=False)) / "journal" / f"{slug}-{digest}"
+
+
+@dataclass(eq=False)
+class Segment:
+    """One journal file this process owns (and holds the lock on)."""
+
+    path: Path
+    fd: int
+    created: float = field(default_factory=time.monotonic)
+    size: int = 0
+    records: int = 0
+    inflight: int = 0  # appended, not yet reported stored or failed
+    dirty: bool = False  # some record of it did not reach the store: replay the file
+    unsynced: bool = False
+
+
+def encode(rec: LedgerRecord) -> bytes:
+    """One JSON line. pydantic-core's encoder: ~2.5 µs a record here against ~12 µs for ``json.dumps`` (this
+    runs on the proxy's request path); floats keep their shortest round-trip form, NaN and infinities as
+    ``NaN``/``Infinity``, which ``json.loads`` reads back."""
+    return to_json(rec.__dict__, inf_nan_mode="constants") + b"\n"
+
+
+def decode(line: bytes) -> LedgerRecord:
+    data = json.loads(line)
+    if not isinstance(data, dict) or not set(data) <= _FIELDS or "record_id" not in data:
+        raise ValueError("not a ledger record of this version")
+    return LedgerRecord(**data)
+
+
+class Journal:
+    """This process's segments in ``folder``; thread-safe."""
+
+    def __init__(self, folder: Path, settings: JournalSettings | None = None, *, url: str = "") -> None:
+        self.folder = Path(folder)
+        self.settings = settings or JournalSettings()
+        self.url = url
+        self._lock = threading.Lock()
+        self._sealed: list[Segment] = []
+        self._seq = 0
+        self._closed = False
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            store_note = self.folder / "STORE"
+            if url and not store_note.exists():
+                store_note.write_text(redact(url) + "\n", encoding="utf-8")
+            self._active = self._open_segment()
+        except OSError as exc:
+            raise self._error(exc, "create the journal") from exc
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if self.settings.fsync == "group":
+            self._syncer = threading.Thread(target=self._sync_loop, name="ledger-journal-fsync", daemon=True)
+            self._syncer.start()
+        _LIVE.add(self)
+
+    def _error(self, exc: OSError, action: str) -> LedgerError:
+        return ledger_error(self.url or str(self.folder),
+                            f"could not {action} in {self.folder}: {exc.strerror or exc}",
+                            "make the journal folder writable (extra.ledger_journal.folder sets it) and free "
+                            "space on its disk", retryable=exc.errno in (errno.ENOSPC, errno.EDQUOT))  # fmt: skip
+
+    def _open_segment(self) -> Segment:
+        self._seq += 1
+        path = self.folder / f"j-{_HOST}-{os.getpid()}-{time.time_ns()}{self._seq:03d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return Segment(path, fd)
+
+    def owns(self, path: Path) -> bool:
+        with self._lock:
+            return path == self._active.path or any(s.path == path for s in self._sealed)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def append(self, rec: LedgerRecord) -> Segment:
+        """Write ``rec`` as one line; on return it survives a kill -9 (and, with ``fsync: always``, a power
+        cut). Returns the segment to report the store write to (:meth:`done`)."""
+        return self.append_many([rec])
+
+    def append_many(self, recs: list[LedgerRecord]) -> Segment:
+        data = b"".join(map(encode, recs))
+        with self._lock:
+            if self._closed:
+                raise ledger_error(self.url, "the journal is closed", "open the ledger again", retryable=False)
+            seg = self._active
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(seg.fd, view) :]
+                if self.settings.fsync == "always":
+                    os.fdatasync(seg.fd)
+            except OSError as exc:
+                raise self._error(exc, "append to the journal") from exc
+            seg.size += len(data)
+            seg.records += len(recs)
+            seg.inflight += len(recs)
+            seg.unsynced = True
+        return seg
+
+    def done(self, seg: Segment, n: int, stored: bool) -> None:
+        """``n`` records appended to ``seg`` reached the store (``stored``) or did not (replay the segment)."""
+        with self._lock:
+            seg.inflight -= n
+            if not stored:
+                seg.dirty = True
+
+    def _sync_loop(self) -> None:
+        interval = self.settings.fsync_interval_ms / 1000
+        while not self._stop.wait(interval):
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was written to the active segment since the last sync (a duplicate descriptor, so a
+        rotation meanwhile cannot close it under us)."""
+        with self._lock:
+            seg = self._active
+            if not seg.unsynced or self._closed:
+                return
+            seg.unsynced = False
+            fd = os.dup(seg.fd)
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            log.exception("could not fsync the ledger journal %s", seg.path)
+        finally:
+            os.close(fd)
+
+    # -- rotation -----------------------------------------------------------------------------------------
+    def rotate(self, *, force: bool = False) -> None:
+        """Seal the active segment and start a new one when it is dirty, big, old or ``force``d and holds any
+        record (an empty one stays)."""
+        with self._lock:
+            seg = self._active
+            old = time.monotonic() - seg.created >= self.settings.replay_interval_s
+            if seg.records == 0 or not (force or seg.dirty or old or seg.size >= self.settings.segment_bytes):
+                return
+            try:
+                self._active = self._open_segment()
+            except OSError as exc:
+                log.warning("%s; appending to %s meanwhile", self._error(exc, "start a journal segment"), seg.path)
+                return
+            self._sealed.append(seg)
+        if seg.unsynced and self.settings.fsync != "never":
+            with contextlib.suppress(OSError):
+                os.fdatasync(seg.fd)
+
+    def sealed_ready(self) -> list[Segment]:
+        """Sealed segments with no record still on its way to the store."""
+        with self._lock:
+            return [s for s in self._sealed if s.inflight == 0]
+
+    def discard(self, seg: Segment) -> None:
+        """Delete a sealed segment whose records are all in the store (unlink before unlocking: nobody else
+        can open it in between)."""
+        with self._lock:
+            if seg in self._sealed:
+                self._sealed.remove(seg)
+        with contextlib.suppress(FileNotFoundError):
+            seg.path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(seg.fd)
+
+    def pending(self) -> int:
+        """Records of this process not known to be in the store."""
+        with self._lock:
+            segs = [self._active, *self._sealed]
+            return sum(s.inflight for s in segs) + sum(s.records for s in segs if s.dirty)
+
+    def close(self) -> None:
+        """Sync and release every segment. Clean ones were discarded by the caller; what is left (dirty or
+        in flight) stays on disk, unlocked, for the next process to replay."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            segs = [self._active, *self._sealed]
+        self._stop.set()
+        for seg in segs:
+            if seg.records == 0:
+                with contextlib.suppress(FileNotFoundError):
+                    seg.path.unlink()
+            elif self.settings.fsync != "never":
+                with contextlib.suppress(OSError):
+                    os.fdatasync(seg.fd)
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+
+    def _forget_after_fork(self) -> None:
+        """A forked child shares the parent's open files and locks: drop its copies (the parent's lock stays)
+        and let the child start a segment of its own."""
+        if self._closed:
+            return
+        for seg in [self._active, *self._sealed]:
+            with contextlib.suppress(OSError):
+                os.close(seg.fd)
+        self._lock = threading.Lock()
+        self._sealed = []
+        try:
+            self._active = self._open_segment()
+        except OSError:
+            self._closed = True
+
+
+_LIVE: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for journal in list(_LIVE):
+        journal._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,330 @@
+"""A ledger that never drops an acknowledged record: a local journal in front of any store.
+
+``record()`` appends the record to this process's journal (:mod:`router.ledger.journal`) and then writes it to
+the store. When the store is unavailable (``LedgerError``: down, locked, unreachable) the record stays in the
+journal and the call still succeeds; a background thread (every ``replay_interval_s``) and every open replay
+the journal into the store, idempotently by record id, and delete what reached it. Journals left by dead
+processes in the same folder are replayed too.
+
+Once a write has failed, the store is treated as unavailable until the replay thread reaches it again: records
+go to the journal only (no request waits for the store's timeout again) and reservations are refused at once.
+
+Budgets while the store is unavailable **fail closed**: ``try_reserve`` raises ``LedgerError`` (HTTP 503),
+because a budget that cannot be read cannot be enforced, and admitting requests against it could overspend
+without bound. Requests for models without a budget go on, their records journaled. A settlement that cannot
+reach the store waits in memory and is retried with the replay; a crash loses it, which leaves the hold at its
+estimate for the rest of the window (budgets then err towards refusing). Reads (``records``, ``totals`` ...)
+raise ``LedgerError`` while the store is down, and do not include records still in the journal.
+
+A store that is down when the ledger is opened is not an error (a corrupt or misconfigured one is): the
+journal takes records and the store is opened again by the replay thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import LedgerError
+from .base import Ledger, LedgerRecord, Reservation, SummaryRow
+from .errors import ledger_error
+from .journal import Journal, JournalSettings, Segment
+from .replay import ReplayResult, replay_folder, replay_segment
+
+log = logging.getLogger("router.ledger")
+
+
+class JournaledLedger(Ledger):
+    """``store`` behind ``journal``. ``connect`` opens the store again after it was unavailable at open."""
+
+    def __init__(
+        self,
+        store: Ledger | None,
+        journal: Journal,
+        *,
+        connect: Callable[[], Ledger] | None = None,
+        url: str | None = None,
+        background: bool = True,
+    ) -> None:
+        if store is None and connect is None:
+            raise ValueError("a JournaledLedger needs a store or a way to open one")
+        self.store = store
+        self.journal = journal
+        self._connect = connect
+        self.url = url or (store.url if store is not None else journal.url)
+        self.atomic_batches = True  # a failed delivery writes nothing twice: ids are unique in every store
+        self._unsettled: list[tuple[Reservation, float]] = []
+        self._settle_lock = threading.Lock()
+        self._lock = threading.Lock()  # one replay at a time
+        self._outage_since: float | None = None if store is not None else time.time()
+        self.replayed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.replay()
+        if background:
+            self._thread = threading.Thread(target=self._loop, name="ledger-journal-replay", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def open(cls, url: str, settings: JournalSettings, *, retention_days: float | None = None) -> JournaledLedger:
+        """The store ``url`` names behind a journal in ``settings.folder_for(url)``. Raises ``LedgerError`` for
+        a store that needs a person (corrupt, read-only, refused credentials, unknown scheme), not for one that
+        is down."""
+        from . import open_store
+
+        def connect() -> Ledger:
+            return open_store(url, retention_days=retention_days)
+
+        store: Ledger | None
+        try:
+            store = connect()
+        except LedgerError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("%s; journaling records until it is back", exc)
+            store = None
+        journal = Journal(settings.folder_for(url), settings, url=url)
+        return cls(store, journal, connect=connect, url=url)
+
+    # -- the store, or why there is none --------------------------------------------------------------
+    def _store(self) -> Ledger:
+        store = self.store
+        if store is not None:
+            return store
+        if self._connect is not None:
+            try:
+                self.store = store = self._connect()
+                return store
+            except LedgerError as exc:
+                raise ledger_error(self.url, f"the store is unavailable ({exc})",
+                                   "bring it back; records are kept in the journal at "
+                                   f"{self.journal.folder} until then") from exc  # fmt: skip
+        raise ledger_error(self.url, "the store is closed", "open the ledger again", retryable=False)
+
+    def _outage(self, exc: LedgerError) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.time()
+            log.warning("%s; records go to the journal at %s until it is back", exc, self.journal.folder)
+
+    # -- records ----------------------------------------------------------------------------------------
+    def record(self, rec: LedgerRecord) -> None:
+        self.deliver([rec], self.append([rec]))
+
+    def record_many(self, recs: list[LedgerRecord]) -> None:
+        if recs:
+            self.deliver(recs, self.append(recs))
+
+    def append(self, recs: list[LedgerRecord]) -> Segment | None:
+        """The journal half of ``record``: on disk (kill -9 safe) when this returns. None where the journal
+        itself cannot be written (full disk): then ``deliver`` must reach the store or raise."""
+        try:
+            return self.journal.append_many(recs)
+        except LedgerError as exc:
+            log.error("%s; writing straight to the store", exc)
+            return None
+
+    def deliver(self, recs: list[LedgerRecord], seg: Segment | None) -> int:
+        """The store half: write ``recs`` (appended to ``seg``) and tell the journal how it went; returns how
+        many reached the store. A store that is unavailable leaves them to the replay; a batch the store
+        refuses for one bad record is written one record at a time (ids make rewriting harmless), and the bad
+        one is set aside by the replay. Raises only where records are in no journal (``seg`` None) and missed
+        the store."""
+        if self._outage_since is not None and seg is not None:
+            # a known outage: do not make every request wait for the store's timeout (SQLite's lock wait is
+            # 30 s by default); the replay thread finds out when it is back
+            self.journal.done(seg, len(recs), stored=False)
+            return 0
+        try:
+            self._store().record_many(recs)
+            stored = len(recs)
+        except LedgerError as exc:
+            if not exc.record_rejected:
+                if seg is None:
+                    raise
+                self.journal.done(seg, len(recs), stored=False)
+                self._outage(exc)
+                return 0
+            stored = self._one_by_one(recs)
+        except Exception:  # noqa: BLE001 - a store that broke its contract (a raw error): same treatment
+            log.exception("ledger %s: a batch of %d records failed; writing them one by one", self.url, len(recs))
+            stored = self._one_by_one(recs)
+        if seg is not None:
+            self.journal.done(seg, len(recs), stored=stored == len(recs))
+        elif stored < len(recs):
+            raise ledger_error(self.url, f"{len(recs) - stored} records reached neither the journal nor the store",
+                               "see the log for why", retryable=False)  # fmt: skip
+        return stored
+
+    def _one_by_one(self, recs: list[LedgerRecord]) -> int:
+        stored = 0
+        for rec in recs:
+            try:
+                self._store().record_many([rec])
+                stored += 1
+            except Exception:  # noqa: BLE001 - logged; the journal keeps the record for the replay
+                log.exception("ledger %s: could not write record %s", self.url, rec.record_id)
+        return stored
+
+    # -- replay -----------------------------------------------------------------------------------------
+    def replay(self) -> ReplayResult:
+        """Move journaled records into the store: this process's segments that missed it, then those of dead
+        processes. Idempotent; stops quietly (returning what it did) while the store is unavailable."""
+        result = ReplayResult()
+        with self._lock:
+            try:
+                store = self._store()
+                self._settle_pending(store)
+                self.journal.rotate()
+                for seg in self.journal.sealed_ready():
+                    if seg.dirty:
+                        n, aside = replay_segment(seg.path, store.record_many)
+                        result.records += n
+                        result.set_aside += aside
+                        result.files += 1
+                    self.journal.discard(seg)
+                dead = replay_folder(self.journal.folder, store.record_many, skip=self.journal.owns)
+            except LedgerError as exc:
+                if exc.record_rejected:
+                    raise
+                self._outage(exc)
+                result.failed.append(str(exc))
+                return result
+        result.files += dead.files
+        result.records += dead.records
+        result.set_aside += dead.set_aside
+        result.busy = dead.busy
+        self.replayed += result.records
+        if self._outage_since is not None:
+            log.warning("ledger %s is back after %.0f s; %d journaled records replayed", self.url,
+                        time.time() - self._outage_since, result.records)  # fmt: skip
+            self._outage_since = None
+        return result
+
+    def _settle_pending(self, store: Ledger) -> None:
+        with self._settle_lock:
+            pending, self._unsettled = self._unsettled, []
+        if pending:
+            try:
+                store.settle_many(pending)
+            except LedgerError:
+                with self._settle_lock:
+                    self._unsettled[:0] = pending
+                raise
+
+    def _loop(self) -> None:
+        interval = self.journal.settings.replay_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.replay()
+            except Exception:  # the thread must outlive any one failure
+                log.exception("ledger journal replay failed")
+
+    @property
+    def unavailable(self) -> bool:
+        """True while the store is known to be unavailable."""
+        return self._outage_since is not None
+
+    def pending(self) -> int:
+        """Records of this process that may not be in the store yet."""
+        return self.journal.pending()
+
+    # -- budgets: fail closed while the store is unavailable ----------------------------------------------
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        try:
+            if self._outage_since is not None:  # known down: refuse at once rather than after a timeout
+                raise ledger_error(self.url, "the store did not answer the last write", "bring it back")
+            return self._store().try_reserve(budget, joules, limit_j, window_s)
+        except LedgerError as exc:
+            raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
+                               f"({exc})", "bring the store back; requests for models without a budget go on",
+                               retryable=exc.retryable) from exc  # fmt: skip
+
+    def settle(self, reservation: Reservation, actual_j: float) -> None:
+        self.settle_many([(reservation, actual_j)])
+
+    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """Applied now, or kept and retried with the replay while the store is unavailable."""
+        if not settlements:
+            return
+        if self._outage_since is not None:
+            with self._settle_lock:
+                self._unsettled.extend(settlements)
+            return
+        try:
+            self._store().settle_many(settlements)
+        except LedgerError as exc:
+            if not exc.retryable:
+                raise
+            self._outage(exc)
+            with self._settle_lock:
+                self._unsettled.extend(settlements)
+
+    def budget_used(self, budget: str, window_s: float) -> float:
+        return self._store().budget_used(budget, window_s)
+
+    # -- reads and the rest go to the store --------------------------------------------------------------
+    def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        return self._store().records(since, until, limit)
+
+    def iter_records(
+        self, since: float = 0.0, until: float | None = None, batch: int = 10_000
+    ) -> Iterator[LedgerRecord]:
+        return self._store().iter_records(since, until, batch)
+
+    def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
+        return self._store().spent(since=since, model=model, key_hash=key_hash)
+
+    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
+        return self._store().totals(by, since)
+
+    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+        return self._store().summary(since, until)
+
+    def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
+        return self._store()._stored_summary(lo, hi)
+
+    def prune(self, older_than: float) -> int:
+        return self._store().prune(older_than)
+
+    @property
+    def schema_version(self) -> int | None:
+        return self._store().schema_version
+
+    @property
+    def latest_schema_version(self) -> int | None:
+        return self._store().latest_schema_version
+
+    def integrity_problems(self) -> list[str]:
+        return self._store().integrity_problems()
+
+    def rebuild_summary(self) -> None:
+        self._store().rebuild_summary()
+
+    def __getattr__(self, name: str) -> Any:  # store-specific extras (SQLite's retention setting, Redis clear)
+        if name in ("store", "journal", "_connect"):
+            raise AttributeError(name)
+        return getattr(self._store(), name)
+
+    def close(self) -> None:
+        """Stop the replay thread, move what can go to the store, release the journal (what could not be
+        stored stays on disk for the next open), close the store."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.journal.rotate(force=True)
+        self.replay()
+        self.journal.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+            self._connect = None
+
+
+def journal_folder_of(ledger: Ledger) -> Path | None:
+    """The journal folder behind ``ledger`` (None without one)."""
+    journal = getattr(ledger, "journal", None)
+    return journal.folder if isinstance(journal, Journal) else None

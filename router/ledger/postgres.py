@@ -1,0 +1,407 @@
+"""PostgreSQL ledger: a fleet of router processes on several hosts keeps its records, hourly sums and budgets
+in one database (``postgresql://USER:PASSWORD@HOST:PORT/DB?schema=router``), through psycopg 3.
+
+Tables live in their own schema (default ``router``, created if missing): ``records`` (record ids unique),
+``summary_hourly`` (kept in the same statement as the records it sums: the ``INSERT`` of the records is a CTE whose
+``RETURNING`` rows, only those really inserted, are added to the sums), ``budgets`` and ``meta`` (schema version,
+retention). Migrations: :mod:`router.ledger.migrations`, applied under a transaction-scoped advisory lock so
+processes opening a new database at once apply each step once.
+
+Budgets: a reservation is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + joules <= limit``; PostgreSQL
+locks the window's row for the upsert and evaluates the ``WHERE`` on its latest committed version, so concurrent
+reservations from any number of connections serialise on that row and never pass the limit. Each is one round
+trip (``benchmarks/bench_ledger.py --reserve`` measures it against SQLite and Redis; docs/ledger.md says when a
+fleet should keep budgets in Redis instead).
+
+Connections: a small pool per ledger (``?pool=4``), opened lazily; a connection that broke (server restart) is
+dropped and the call tried once more on a new one, except settlements, which must not apply twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from itertools import chain
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from .base import (
+    Ledger,
+    LedgerRecord,
+    Reservation,
+    SummaryRow,
+    binary_chunks,
+    totals_from_summary,
+    window_start,
+)
+from .errors import guarded, ledger_error, postgres_error
+from .postgres_schema import (
+    ADD_SUMS,
+    COLUMNS,
+    LARGEST_INSERT,
+    MIGRATIONS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SUMMARY_COLS,
+)
+
+T = TypeVar("T")
+
+class _Pool:
+    """At most ``size`` connections, made when first needed and reused (LIFO). Connections are in autocommit
+    mode; multi-statement work opens ``conn.transaction()``."""
+
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+        self.closed = False
+
+    def run(self, fn: Callable[[Any], T], *, retry: bool = True) -> T:
+        """``fn(connection)``; where a reused connection turns out broken, once more on a new one."""
+        from psycopg import OperationalError
+
+        with self._slots:
+            for attempt in (0, 1):
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+                reused = conn is not None
+                if conn is None:
+                    conn = self._connect()
+                try:
+                    out = fn(conn)
+                except OperationalError:
+                    broken = conn.closed or conn.broken
+                    if not broken:
+                        self._give_back(conn)
+                    else:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                    if broken and reused and retry and attempt == 0:
+                        continue
+                    raise
+                except BaseException:
+                    self._give_back(conn)
+                    raise
+                self._give_back(conn)
+                return out
+        raise AssertionError("unreachable")
+
+    def _give_back(self, conn: Any) -> None:
+        if conn.closed or conn.broken or self.closed:
+            with contextlib.suppress(Exception):
+                conn.close()
+            return
+        with self._lock:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class PostgresLedger(Ledger):
+    """Records, sums and budgets in PostgreSQL, shared by every process that points at the same database and
+    schema; safe across threads (a connection per concurrent call) and hosts."""
+
+    driver_errors: tuple[type[BaseException], ...] = (OSError,)  # psycopg.Error joins once psycopg is imported
+
+    @guarded("open the ledger")
+    def __init__(
+        self, conninfo: str, *, schema: str = "router", retention_days: float | None = None, pool: int = 4,
+        url: str | None = None,
+    ) -> None:  # fmt: skip
+        import psycopg
+
+        self.driver_errors = (psycopg.Error, OSError)
+        self.url = url or conninfo
+        if not SCHEMA_NAME.match(schema):
+            raise ledger_error(self.url, f"schema {schema!r} is not a plain lower-case SQL name",
+                               "use letters, digits and underscores, e.g. ?schema=router", retryable=False)
+        self.schema = schema
+        self._pool = _Pool(lambda: psycopg.connect(conninfo, autocommit=True), max(1, pool))
+        s = schema
+        self._insert_sql: dict[int, str] = {}
+        self._reserve_sql = f"""INSERT INTO {s}.budgets (budget, window_start, used_j) SELECT %s, %s, %s
+            WHERE %s <= %s ON CONFLICT (budget, window_start) DO UPDATE SET used_j = {s}.budgets.used_j
+            + excluded.used_j WHERE {s}.budgets.used_j + excluded.used_j <= %s"""
+        self._settle_sql = f"""UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s)
+            WHERE budget = %s AND window_start = %s"""
+        self._pool.run(self._migrate)
+        if retention_days is not None:
+            self.set_retention_days(retention_days)
+        self._next_prune = 0.0
+        self.apply_retention()
+
+    @classmethod
+    def from_url(cls, url: str, *, retention_days: float | None = None) -> PostgresLedger:
+        """``postgresql://USER:PASSWORD@HOST:PORT/DB[?schema=router&pool=4&retention_days=N]``; other query
+        options (``sslmode``, ``connect_timeout``: 5 s unless given ...) go to libpq."""
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise ledger_error(url, "the PostgreSQL driver (psycopg 3) is not installed",
+                               "pip install 'router[postgresql]' (or psycopg[binary])", retryable=False) from exc
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        schema = query.pop("schema", "router")
+        try:
+            pool = int(query.pop("pool", "4"))
+            stored = query.pop("retention_days", None)
+            if retention_days is None and stored is not None:
+                retention_days = float(stored)
+        except ValueError as exc:
+            raise ledger_error(url, f"a query value is not a number ({exc})", "fix the URL's query",
+                               retryable=False) from exc
+        query.setdefault("connect_timeout", "5")
+        conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query, quote_via=quote)))
+        return cls(conninfo, schema=schema, retention_days=retention_days, pool=pool, url=url)
+
+    def _translate(self, exc: BaseException, action: str) -> Exception:
+        return postgres_error(self.url, exc, action)
+
+    def _migrate(self, conn: Any) -> None:
+        """Meta table, version, missing steps and new version in one transaction, under an advisory lock keyed
+        by the schema so concurrent first opens wait for each other instead of racing."""
+        s = self.schema
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"router-ledger:{s}",))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute(f"SELECT value FROM {s}.meta WHERE key = 'schema_version'").fetchone()
+            steps = MIGRATIONS.plan(int(row[0]) if row else 0, self.url)
+            for step in steps:
+                for stmt in step.payload:
+                    conn.execute(stmt.format(s=s))
+            if steps:
+                conn.execute(f"""INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %s)
+                    ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (str(SCHEMA_VERSION),))
+
+    @property
+    @guarded("read the schema version")
+    def schema_version(self) -> int:
+        row = self._one(f"SELECT value FROM {self.schema}.meta WHERE key = 'schema_version'")
+        return int(row[0]) if row else 0
+
+    @property
+    def latest_schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    def _one(self, sql: str, args: Any = None) -> Any:
+        return self._pool.run(lambda c: c.execute(sql, args).fetchone())
+
+    def _all(self, sql: str, args: Any = None) -> list[Any]:
+        return self._pool.run(lambda c: c.execute(sql, args).fetchall())
+
+    # -- retention --------------------------------------------------------------------------------------
+    @property
+    @guarded("read a setting")
+    def retention_days(self) -> float | None:
+        row = self._one(f"SELECT value FROM {self.schema}.meta WHERE key = 'retention_days'")
+        return float(row[0]) if row else None
+
+    @guarded("store a setting")
+    def set_retention_days(self, days: float | None) -> None:
+        """Keep records for ``days`` (None: forever); shared by every process using this database."""
+        if days is not None and days <= 0:
+            raise ValueError("retention_days must be positive (or None to keep everything)")
+        if days is None:
+            self._pool.run(lambda c: c.execute(f"DELETE FROM {self.schema}.meta WHERE key = 'retention_days'"))
+            return
+        self._pool.run(lambda c: c.execute(
+            f"""INSERT INTO {self.schema}.meta (key, value) VALUES ('retention_days', %s)
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (repr(float(days)),)))  # fmt: skip
+
+    def apply_retention(self, now: float | None = None) -> int:
+        days = self.retention_days
+        now = time.time() if now is None else now
+        self._next_prune = now + 3600
+        return 0 if days is None else self.prune(now - days * 86400)
+
+    @guarded("prune old records")
+    def prune(self, older_than: float) -> int:
+        """Delete records and their sums older than ``older_than`` in one transaction; the hour straddling the
+        cut-off is summed again from what remains, with the summary table locked against writers meanwhile."""
+        s, boundary = self.schema, int(math.floor(older_than / 3600) * 3600)
+
+        def run(c: Any) -> int:
+            with c.transaction():
+                c.execute(f"LOCK TABLE {s}.summary_hourly IN EXCLUSIVE MODE")
+                n = c.execute(f"DELETE FROM {s}.records WHERE ts < %s", (older_than,)).rowcount
+                c.execute(f"DELETE FROM {s}.summary_hourly WHERE bucket <= %s", (boundary,))
+                source = f"{s}.records WHERE ts >= %s AND ts < %s"
+                c.execute(ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))
+            return int(n)
+
+        return self._pool.run(run)
+
+    @guarded("rebuild the hourly summary")
+    def rebuild_summary(self) -> None:
+        s = self.schema
+
+        def run(c: Any) -> None:
+            with c.transaction():
+                c.execute(f"LOCK TABLE {s}.summary_hourly IN EXCLUSIVE MODE")
+                c.execute(f"DELETE FROM {s}.summary_hourly")
+                c.execute(ADD_SUMS.format(s=s, source=f"{s}.records"))
+
+        self._pool.run(run)
+
+    # -- records ----------------------------------------------------------------------------------------
+    def _insert(self, n: int) -> str:
+        """``n`` records and their sums in one statement; rows whose id is stored already change nothing."""
+        sql = self._insert_sql.get(n)
+        if sql is None:
+            row = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+            ins = (f"INSERT INTO {self.schema}.records ({', '.join(COLUMNS)}) VALUES " + ", ".join([row] * n)
+                   + " ON CONFLICT (record_id) DO NOTHING RETURNING *")  # fmt: skip
+            sql = self._insert_sql[n] = f"WITH ins AS ({ins}) " + ADD_SUMS.format(s=self.schema, source="ins")
+        return sql
+
+    @guarded("write a record")
+    def record(self, rec: LedgerRecord) -> None:
+        row = [getattr(rec, c) for c in COLUMNS]
+        self._pool.run(lambda c: c.execute(self._insert(1), row))
+        self._maybe_prune(rec.ts)
+
+    atomic_batches = True
+
+    @guarded("write records")
+    def record_many(self, recs: list[LedgerRecord]) -> None:
+        """One transaction of multi-row statements (1, 2, 4 ... 256 rows each, so few shapes get prepared)."""
+        if not recs:
+            return
+        rows = [[getattr(r, c) for c in COLUMNS] for r in recs]
+
+        def run(c: Any) -> None:
+            with c.transaction():
+                at = 0
+                for size in binary_chunks(len(rows), LARGEST_INSERT):
+                    c.execute(self._insert(size), list(chain.from_iterable(rows[at : at + size])))
+                    at += size
+
+        self._pool.run(run)
+        self._maybe_prune(max(r.ts for r in recs))
+
+    def _maybe_prune(self, ts: float) -> None:
+        if ts >= self._next_prune and time.time() >= self._next_prune:
+            self.apply_retention()
+
+    @guarded("read records")
+    def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records WHERE ts >= %s"
+        args: list[Any] = [since]
+        if until is not None:
+            sql += " AND ts < %s"
+            args.append(until)
+        sql += " ORDER BY ts, id"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, args)]
+
+    @guarded("read records")
+    def iter_records(
+        self, since: float = 0.0, until: float | None = None, batch: int = 10_000
+    ) -> Iterator[LedgerRecord]:
+        """Pages by (ts, id), one short query each, so a big export holds no connection between pages."""
+        cols = ", ".join(COLUMNS)
+        after: tuple[float, int] | None = None
+        while True:
+            sql = f"SELECT {cols}, id FROM {self.schema}.records WHERE "
+            args: list[Any]
+            if after is None:
+                sql, args = sql + "ts >= %s", [since]
+            else:
+                sql, args = sql + "(ts, id) > (%s, %s)", [after[0], after[1]]
+            if until is not None:
+                sql += " AND ts < %s"
+                args.append(until)
+            rows = self._all(sql + " ORDER BY ts, id LIMIT %s", [*args, batch])
+            for r in rows:
+                yield LedgerRecord(**dict(zip(COLUMNS, r[:-1], strict=True)))
+            if len(rows) < batch:
+                return
+            after = (rows[-1][0], rows[-1][-1])
+
+    @guarded("read the energy spent")
+    def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
+        sql = f"SELECT COALESCE(SUM(energy_j), 0) FROM {self.schema}.records WHERE ts >= %s"
+        args: list[Any] = [since]
+        if model is not None:
+            sql += " AND model = %s"
+            args.append(model)
+        if key_hash is not None:
+            sql += " AND key_hash = %s"
+            args.append(key_hash)
+        return float(self._one(sql, args)[0])
+
+    @guarded("read totals")
+    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
+        return totals_from_summary(self.summary(since), by)
+
+    @guarded("read the hourly summary")
+    def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
+        sql = f"SELECT {SUMMARY_COLS} FROM {self.schema}.summary_hourly WHERE TRUE"
+        args: list[Any] = []
+        if not math.isinf(lo):
+            sql += " AND bucket >= %s"
+            args.append(int(math.ceil(lo)))
+        if not math.isinf(hi):
+            sql += " AND bucket < %s"
+            args.append(int(math.ceil(hi)))
+        out = []
+        for r in self._all(sql, args):
+            row = SummaryRow(float(r[0]), *r[1:])
+            row.key_hash, row.policy, row.task = row.key_hash or None, row.policy or None, row.task or None
+            out.append(row)
+        return out
+
+    # -- budgets ----------------------------------------------------------------------------------------
+    @guarded("reserve budget")
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        start = window_start(time.time(), window_s)
+        args = (budget, start, joules, joules, limit_j, limit_j)
+        changed = self._pool.run(lambda c: c.execute(self._reserve_sql, args).rowcount)
+        return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
+
+    @guarded("settle a reservation")
+    def settle(self, reservation: Reservation, actual_j: float) -> None:
+        args = (actual_j - reservation.joules, reservation.budget, reservation.window_start)
+        self._pool.run(lambda c: c.execute(self._settle_sql, args), retry=False)
+
+    @guarded("settle reservations")
+    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """One transaction for all of them (the same update each, in order)."""
+        if not settlements:
+            return
+        rows = [(actual - r.joules, r.budget, r.window_start) for r, actual in settlements]
+
+        def run(c: Any) -> None:
+            with c.transaction(), c.cursor() as cur:
+                cur.executemany(self._settle_sql, rows)
+
+        self._pool.run(run, retry=False)
+
+    @guarded("read a budget")
+    def budget_used(self, budget: str, window_s: float) -> float:
+        start = window_start(time.time(), window_s)
+        row = self._one(f"SELECT used_j FROM {self.schema}.budgets WHERE budget = %s AND window_start = %s",
+                        (budget, start))  # fmt: skip
+        return float(row[0]) if row else 0.0
+
+    def drop(self) -> None:
+        """Delete this ledger's schema and everything in it (tests, and starting over)."""
+        self._pool.run(lambda c: c.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+
+    def close(self) -> None:
+        self._pool.close()

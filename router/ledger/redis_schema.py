@@ -1,0 +1,84 @@
+"""The Redis ledger's scripts and schema: the numbered migration steps (:mod:`router.ledger.migrations`), the
+script that applies the missing ones with the version in one call, and the scripts that write a record (with
+its hourly sums, unless its id is there already), reserve and settle.
+
+Versions (the ``meta`` hash's ``schema_version``): 1, the layout without ``ids``; 2, ``ids``, filled for the
+records already there with ``legacy-<seq>`` (the id a record written before ids existed reads back with). Each
+step is idempotent, so a migration script cut short by a crash is simply run again at the next open.
+"""
+
+from __future__ import annotations
+
+from .migrations import Migrations, Step
+
+MIGRATIONS: Migrations[str] = Migrations(
+    "Redis",
+    [
+        Step(1, "records, hourly sums, budgets (keys appear as they are written)", ""),
+        Step(
+            2,
+            "record ids, unique (a record written twice is stored once)",
+            """
+local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  local m = members[i]
+  local seq = tonumber(string.sub(m, 1, string.find(m, '|', 1, true) - 1))
+  redis.call('ZADD', KEYS[3], 'NX', members[i + 1], 'legacy-' .. seq)
+end
+""",
+        ),
+    ],
+)
+SCHEMA_VERSION = MIGRATIONS.latest
+
+
+def migration_script() -> str:
+    """One script: read the version, run the missing steps, write the new version. KEYS: meta, records, ids."""
+    parts = [
+        "local v = tonumber(redis.call('HGET', KEYS[1], 'schema_version') or '0')",
+        f"if v > {SCHEMA_VERSION} then return v end",
+    ]
+    for step in MIGRATIONS.steps:
+        if step.payload.strip():
+            parts.append(f"if v < {step.version} then\n{step.payload}\nend")
+    parts.append(f"redis.call('HSET', KEYS[1], 'schema_version', {SCHEMA_VERSION})")
+    parts.append("return v")
+    return "\n".join(parts)
+
+METRICS = ("requests", "energy_j", "input_tokens", "output_tokens", "latency_ms_sum", "co2e_g")
+SEP = "\x1f"
+
+RECORD = """
+if redis.call('ZADD', KEYS[5], 'NX', ARGV[1], ARGV[11]) == 0 then
+  return 0
+end
+local n = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[1], ARGV[1], string.format('%015d', n) .. '|' .. ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[3])
+local names = {'requests', 'energy_j', 'input_tokens', 'output_tokens', 'latency_ms_sum', 'co2e_g'}
+for i = 1, 6 do
+  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[4] .. '\\31' .. names[i], ARGV[4 + i])
+end
+return n
+"""
+
+RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
+  return nil
+end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))
+if v < 0 then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+end
+return 1
+"""

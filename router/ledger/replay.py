@@ -1,0 +1,129 @@
+"""Replaying journal segments into a store (:mod:`router.ledger.journal` writes them): claiming a dead
+process's segment with its ``flock``, reading it (lines that do not parse are set aside in ``rejected.jsonl``),
+writing it in batches (a record the store refuses is set aside too) and deleting it once all of it is in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LedgerError
+from .base import LedgerRecord
+from .journal import SEGMENT, decode, encode
+
+log = logging.getLogger("router.ledger")
+
+
+@contextlib.contextmanager
+def claim(path: Path) -> Iterator[int | None]:
+    """The segment's lock if no live process holds it (its owner died): yields a descriptor, else None."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        if os.fstat(fd).st_nlink == 0:  # replayed and deleted by someone else since we listed it
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class ReplayResult:
+    files: int = 0
+    records: int = 0
+    set_aside: int = 0
+    busy: int = 0  # files a live process holds
+    failed: list[str] = field(default_factory=list)
+
+
+def segment_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if SEGMENT.match(p.name))
+
+
+def read_records(path: Path, set_aside: Callable[[bytes, str], None]) -> list[LedgerRecord]:
+    """Every record in a segment; a line that does not parse is set aside (a torn last line after a power cut
+    was never acknowledged with ``fsync: always``; with ``group`` it is within the interval)."""
+    with open(path, "rb") as f:
+        out = []
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                out.append(decode(line))
+            except (ValueError, TypeError) as exc:
+                set_aside(line, f"{path.name}: {exc}")
+        return out
+
+
+def replay_segment(
+    path: Path, write_many: Callable[[list[LedgerRecord]], None], *, batch: int = 512
+) -> tuple[int, int]:
+    """Write the records of a segment whose lock the caller holds to the store in batches, then delete it.
+    Returns (records, set aside). A store error (``LedgerError`` not about the record) propagates with the
+    file left in place."""
+    aside = 0
+
+    def set_aside(line: bytes, why: str) -> None:
+        nonlocal aside
+        aside += 1
+        _set_aside(path.parent, line, why)
+
+    recs = read_records(path, set_aside)
+    for i in range(0, len(recs), batch):
+        chunk = recs[i : i + batch]
+        try:
+            write_many(chunk)
+        except LedgerError as exc:
+            if not exc.record_rejected:
+                raise
+            for rec in chunk:  # one bad record: the others go in, it is set aside
+                try:
+                    write_many([rec])
+                except LedgerError as one:
+                    if not one.record_rejected:
+                        raise
+                    set_aside(encode(rec), f"{path.name}: {one}")
+    path.unlink()
+    return len(recs), aside
+
+
+def _set_aside(folder: Path, line: bytes, why: str) -> None:
+    log.error("ledger journal: set aside a record the store refuses (%s); see %s", why, folder / "rejected.jsonl")
+    with open(folder / "rejected.jsonl", "ab") as f:
+        f.write(line if line.endswith(b"\n") else line + b"\n")
+
+
+def replay_folder(
+    folder: Path, write_many: Callable[[list[LedgerRecord]], None], *, skip: Callable[[Path], bool] | None = None
+) -> ReplayResult:
+    """Replay every segment in ``folder`` that no live process holds (dead processes' journals)."""
+    result = ReplayResult()
+    for path in segment_files(folder):
+        if skip is not None and skip(path):
+            continue
+        with claim(path) as fd:
+            if fd is None:
+                result.busy += path.exists()
+                continue
+            n, aside = replay_segment(path, write_many)
+            result.files += 1
+            result.records += n
+            result.set_aside += aside
+    return result

@@ -1,0 +1,96 @@
+"""The SQLite ledger's schema: its numbered migration steps and the SQL that keeps the hourly summary.
+
+Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how they are applied):
+
+1. ``records`` and ``budgets``.
+2. ``meta`` (the retention setting) and ``summary_hourly``, an hourly aggregate kept by an ``AFTER INSERT``
+   trigger and back-filled from the records already there, so a report over a million records reads a few
+   thousand summary rows.
+3. ``records.record_id`` with a unique index: a record written twice is stored once (``INSERT ... ON CONFLICT
+   DO NOTHING``, which fires no trigger, so the summary counts it once too). Records from before get the id
+   ``legacy-<row id>``.
+"""
+
+from __future__ import annotations
+
+from .migrations import Migrations, Step
+
+# the start of the hour holding ts, as an integer (SQLite's % works on integers)
+BUCKET_SQL = "(CAST({t}ts AS INTEGER) - (CAST({t}ts AS INTEGER) % 3600))"
+
+SUMMARY_COLS = (
+    "bucket, model, tier, key_hash, policy, task, outcome, energy_source, requests, energy_j, input_tokens, "
+    "output_tokens, latency_ms_sum, co2e_g"
+)
+
+
+def summarise_sql(where: str) -> str:
+    """Adds the records matching ``where`` (bound parameters allowed) to ``summary_hourly`` as new rows."""
+    return f"""INSERT INTO summary_hourly SELECT {BUCKET_SQL.format(t="")} AS b, model, tier,
+        COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
+        COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+        SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
+        FROM records {where} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"""
+
+
+MIGRATIONS: Migrations[list[str]] = Migrations(
+    "SQLite",
+    [
+        Step(
+            1,
+            "records and budgets",
+            [
+                """CREATE TABLE IF NOT EXISTS records (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL,
+                    reason TEXT, input_tokens INTEGER, output_tokens INTEGER, latency_ms REAL,
+                    energy_j REAL NOT NULL, energy_source TEXT NOT NULL, policy TEXT, task TEXT,
+                    outcome TEXT NOT NULL, key_hash TEXT, error TEXT, attempt INTEGER, co2e_g REAL)""",
+                "CREATE INDEX IF NOT EXISTS records_ts ON records(ts)",
+                "CREATE INDEX IF NOT EXISTS records_model_ts ON records(model, ts)",
+                """CREATE TABLE IF NOT EXISTS budgets (
+                    budget TEXT NOT NULL, window_start REAL NOT NULL, used_j REAL NOT NULL DEFAULT 0,
+                    PRIMARY KEY (budget, window_start))""",
+            ],
+        ),
+        Step(
+            2,
+            "meta (retention) and the trigger-kept hourly summary",
+            [
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                """CREATE TABLE IF NOT EXISTS summary_hourly (
+                    bucket INTEGER NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL, key_hash TEXT NOT NULL,
+                    policy TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, energy_source TEXT NOT NULL,
+                    requests INTEGER NOT NULL, energy_j REAL NOT NULL, input_tokens INTEGER NOT NULL,
+                    output_tokens INTEGER NOT NULL, latency_ms_sum REAL NOT NULL, co2e_g REAL NOT NULL,
+                    PRIMARY KEY (bucket, model, tier, key_hash, policy, task, outcome, energy_source)) WITHOUT ROWID""",
+                f"""INSERT INTO summary_hourly SELECT {BUCKET_SQL.format(t="")} AS b, model, tier,
+                    COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source,
+                    COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+                    SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
+                    FROM records GROUP BY 1, 2, 3, 4, 5, 6, 7, 8""",
+                f"""CREATE TRIGGER IF NOT EXISTS records_summary AFTER INSERT ON records BEGIN
+                    INSERT INTO summary_hourly VALUES ({BUCKET_SQL.format(t="NEW.")}, NEW.model, NEW.tier,
+                        COALESCE(NEW.key_hash, ''), COALESCE(NEW.policy, ''), COALESCE(NEW.task, ''), NEW.outcome,
+                        NEW.energy_source, 1, NEW.energy_j, COALESCE(NEW.input_tokens, 0),
+                        COALESCE(NEW.output_tokens, 0), COALESCE(NEW.latency_ms, 0), COALESCE(NEW.co2e_g, 0))
+                    ON CONFLICT DO UPDATE SET requests = requests + 1, energy_j = energy_j + excluded.energy_j,
+                        input_tokens = input_tokens + excluded.input_tokens,
+                        output_tokens = output_tokens + excluded.output_tokens,
+                        latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, co2e_g = co2e_g + excluded.co2e_g;
+                END""",
+            ],
+        ),
+        Step(
+            3,
+            "record ids, unique (a record written twice is stored once)",
+            [
+                "ALTER TABLE records ADD COLUMN record_id TEXT",
+                "UPDATE records SET record_id = 'legacy-' || id WHERE record_id IS NULL",
+                "CREATE UNIQUE INDEX IF NOT EXISTS records_record_id ON records(record_id)",
+            ],
+        ),
+    ],
+)
+
+SCHEMA_VERSION = MIGRATIONS.latest

@@ -1,0 +1,191 @@
+"""Every way a ledger can be unusable surfaces as one ``LedgerError`` naming the URL (password masked), what is
+wrong and the fix, from ``open_ledger`` and at request time; ``router ledger`` prints it and exits non-zero."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest_postgres import PASSWORD, free_port, postgres_server  # noqa: F401 - the fixture
+from conftest_redis import RedisServer, start_redis_server
+from typer.testing import CliRunner
+
+from router.cli import app
+from router.errors import LedgerError
+from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
+
+
+def _raises(fn: Callable[[], object], *needles: str) -> LedgerError:
+    with pytest.raises(LedgerError) as info:
+        fn()
+    for needle in (*needles, "fix:"):
+        assert needle in str(info.value), (needle, str(info.value))
+    assert info.value.http_status == 503
+    return info.value
+
+
+def as_unprivileged(fn: Callable[[], str]) -> str:
+    """``fn()`` as a user the file permissions apply to. Root ignores them, so as root ``fn`` runs in a forked
+    child that switched to ``nobody`` (everything it needs is imported already: it cannot read /root)."""
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            out = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = f"child raised {type(exc).__name__}: {exc}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+def _open_error(url: str) -> str:
+    try:
+        open_ledger(url).close()
+    except LedgerError as exc:
+        return f"LedgerError retryable={exc.retryable}: {exc}"
+    return "opened"
+
+
+@pytest.fixture
+def shared_tmp() -> Path:
+    """A folder other users can enter (pytest's tmp_path lives under a 0700 folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="router-ro-"))
+    os.chmod(folder, 0o755)
+    return folder
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"not a database at all " * 200)
+    err = _raises(lambda: open_ledger(f"sqlite:///{path}"), str(path), "corrupt", "router ledger doctor")
+    assert not err.retryable and isinstance(err.__cause__, sqlite3.DatabaseError)
+
+
+def test_read_only_file_and_folder(shared_tmp: Path) -> None:
+    ro_file = shared_tmp / "ro.sqlite3"
+    SQLiteLedger(ro_file).close()
+    os.chmod(ro_file, 0o444)
+    out = as_unprivileged(lambda: _open_error(f"sqlite:///{ro_file}"))
+    assert out.startswith("LedgerError retryable=False") and "read-only" in out and str(ro_file) in out, out
+    folder = shared_tmp / "ro-folder"
+    folder.mkdir()
+    SQLiteLedger(folder / "l.sqlite3").close()
+    os.chmod(folder / "l.sqlite3", 0o666)
+    os.chmod(folder, 0o555)
+    out = as_unprivileged(lambda: _open_error(f"sqlite:///{folder / 'l.sqlite3'}"))
+    assert out.startswith("LedgerError retryable=False") and "read-only" in out and "folder" in out, out
+    os.chmod(folder, 0o755)
+
+
+def test_unopenable_path_and_unknown_scheme(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    err = _raises(lambda: open_ledger(f"sqlite:///{tmp_path / 'a-file' / 'ledger.sqlite3'}"), "cannot create or open")
+    assert not err.retryable
+    _raises(lambda: open_ledger("mysql://u:p@h/db"), "unknown ledger URL scheme 'mysql'", "postgresql://")
+
+
+def test_request_time_errors_are_ledger_errors(tmp_path: Path) -> None:
+    """A ledger closed under the caller, a record missing a field: LedgerError, not sqlite3's exceptions."""
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    bad = LedgerRecord("r", None, "small", 1.0, "e:x")  # type: ignore[arg-type]
+    assert _raises(lambda: led.record(bad), "incomplete").record_rejected
+    led.close()
+    _raises(lambda: led.records(), "closed")
+    _raises(lambda: led.try_reserve("b", 1.0, 2.0, 60), "closed")
+
+
+@pytest.mark.redis
+def test_redis_down_and_refused_credentials(tmp_path: Path) -> None:
+    down = RedisServer(tmp_path)  # never started: nothing listens on its port
+    err = _raises(lambda: open_ledger(f"{down.url}/0?socket_connect_timeout=1"), down.url, "down or unreachable")
+    assert err.retryable
+    start_redis_server(tmp_path).stop()  # skips where redis-server is not installed
+    proc = subprocess.Popen(["redis-server", "--port", str(down.port), "--bind", "127.0.0.1", "--save", "",
+                             "--requirepass", "s3cret"], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.5)
+        err = _raises(lambda: open_ledger(f"{down.url}/0"), "refused the credentials")
+        assert not err.retryable
+        err = _raises(lambda: open_ledger(f"redis://:wrong@127.0.0.1:{down.port}/0"), "refused the credentials")
+        assert "wrong" not in str(err), "the password is masked"
+        open_ledger(f"redis://:s3cret@127.0.0.1:{down.port}/0").close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.postgres
+def test_postgres_refused_credentials_and_down(postgres_server) -> None:  # noqa: F811
+    wrong = postgres_server.url.replace(PASSWORD, "not-the-password")
+    err = _raises(lambda: open_ledger(wrong), "refused the credentials", "router:***@")
+    assert not err.retryable and "not-the-password" not in str(err)
+    closed = f"postgresql://router:x@127.0.0.1:{free_port()}/router?connect_timeout=2"
+    assert _raises(lambda: open_ledger(closed), "down or unreachable").retryable
+    _raises(lambda: open_ledger(postgres_server.url.rsplit("/", 1)[0] + "/nope"), "does not exist")
+
+
+# -- the command line -----------------------------------------------------------------------------------------
+
+
+def test_router_ledger_commands_print_the_error_not_a_traceback(tmp_path: Path) -> None:
+    corrupt = tmp_path / "c.sqlite3"
+    corrupt.write_bytes(b"garbage " * 500)
+    for url in (f"sqlite:///{corrupt}", "mysql://h/db"):
+        for args in ([], ["report"], ["export", "-o", str(tmp_path / "x.csv")], ["prune", "--older-than", "1d"],
+                     ["retention"]):  # fmt: skip
+            result = CliRunner().invoke(app, ["ledger", *args, "--ledger", url], env={"COLUMNS": "200"})
+            assert result.exit_code == 2, (args, result.output)
+            assert isinstance(result.exception, SystemExit), (args, result.exception)
+            assert "error:" in result.output and "fix:" in result.output and "Traceback" not in result.output
+
+
+def test_doctor_checks_replays_and_repairs(tmp_path: Path) -> None:
+    from router.ledger.journal import encode
+
+    path = tmp_path / "l.sqlite3"
+    led = SQLiteLedger(path)
+    for i in range(5):
+        led.record(LedgerRecord(f"r{i}", "m", "small", 1.0, "e:x", ts=1_700_000_000.0 + i))
+    led._conn.execute("UPDATE summary_hourly SET requests = 99")  # a summary that disagrees with its records
+    led.close()
+    folder = tmp_path / "l.sqlite3.journal"
+    folder.mkdir()
+    (folder / "j-h-424242-1.jsonl").write_bytes(encode(LedgerRecord("late", "m", "small", 2.0, "e:x")))
+    url = f"sqlite:///{path}"
+
+    def doctor(*extra: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["ledger", "doctor", "--ledger", url, *extra], env={"COLUMNS": "200"})
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output
+
+    code, out = doctor("--no-replay")
+    assert code == 1 and "integrity check: ok" in out and "rows disagree" in out and "not yet replayed" in out
+    code, out = doctor("--repair")
+    assert code == 0, out
+    assert "replayed 1 journaled records" in out and "rebuilt the hourly summary" in out and "no problems" in out
+    led = SQLiteLedger(path)
+    assert sorted(r.request_id for r in led.records()) == ["late", "r0", "r1", "r2", "r3", "r4"]
+    assert sum(t["requests"] for t in led.totals()) == 6
+    led.close()
+    corrupt = tmp_path / "c.sqlite3"
+    corrupt.write_bytes(b"garbage " * 500)
+    result = CliRunner().invoke(app, ["ledger", "doctor", "--ledger", f"sqlite:///{corrupt}"])
+    assert result.exit_code == 1 and "does not open" in result.output and "corrupt" in result.output

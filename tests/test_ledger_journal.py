@@ -1,0 +1,255 @@
+"""The local journal in front of a ledger: nothing acknowledged is lost to a kill -9 or an outage of the store,
+replays are idempotent, dead processes' journals are replayed, budgets fail closed while the store is down."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest_redis import start_redis_server
+
+from router.errors import ConfigError, LedgerError
+from router.ledger import JournaledLedger, JournalSettings, LedgerRecord, SQLiteLedger, open_ledger
+from router.ledger.journal import Journal, encode
+from router.ledger.replay import replay_segment, segment_files
+from router.proxy.ledger_writer import BackgroundLedger
+
+
+def _rec(i: int, **kw: object) -> LedgerRecord:
+    return LedgerRecord(request_id=f"q{i}", model="m", tier="small", energy_j=1.0, energy_source="estimated:x",
+                        ts=1_700_000_000.0 + i, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _journaled(tmp_path: Path, name: str = "l", **kw: object) -> JournaledLedger:
+    settings = JournalSettings(folder=tmp_path / f"{name}.journal", replay_interval_s=0.2, **kw)  # type: ignore[arg-type]
+    led = open_ledger(f"sqlite:///{tmp_path / f'{name}.sqlite3'}?timeout_s=0.2", journal=settings)
+    assert isinstance(led, JournaledLedger)
+    return led
+
+
+def test_append_is_one_json_line_on_disk_before_it_returns(tmp_path: Path) -> None:
+    for mode in ("always", "group", "never"):
+        journal = Journal(tmp_path / mode, JournalSettings(fsync=mode))  # type: ignore[arg-type]
+        rec = _rec(1)
+        seg = journal.append(rec)
+        lines = seg.path.read_bytes().splitlines()
+        assert [json.loads(x)["record_id"] for x in lines] == [rec.record_id], mode
+        assert json.loads(lines[0]) == rec.as_dict()
+        journal.close()
+
+
+def test_settings_are_checked_and_folders_follow_the_store(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fsync"):
+        JournalSettings(fsync="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown"):
+        JournalSettings.from_config({"fsync": "group", "speed": 3})
+    assert JournalSettings.from_config({"fsync_interval_ms": 10}).fsync_interval_ms == 10
+    assert JournalSettings().folder_for(f"sqlite:///{tmp_path}/a.sqlite3") == tmp_path / "a.sqlite3.journal"
+    one = JournalSettings().folder_for("postgresql://u:secret@db.example:5432/router")
+    assert "secret" not in str(one) and one == JournalSettings().folder_for("postgresql://u:other@db.example:5432/router")
+    assert one != JournalSettings().folder_for("redis://db.example:6379/0")
+
+
+def test_a_store_outage_loses_nothing(tmp_path: Path) -> None:
+    """A writer keeps recording while another connection holds the SQLite write lock for 3 s (longer than the
+    store's timeout): every call succeeds, and after the lock goes every record is in the store exactly once."""
+    led = _journaled(tmp_path)
+    holder = sqlite3.connect(tmp_path / "l.sqlite3", isolation_level=None)
+    written: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            rec = _rec(i)
+            led.record(rec)
+            written.append(rec.record_id)
+            i += 1
+            time.sleep(0.002)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.3)
+    holder.execute("BEGIN EXCLUSIVE")
+    time.sleep(3.0)
+    assert led.unavailable, "the writer noticed the outage"
+    with pytest.raises(LedgerError, match="cannot be enforced"):
+        led.try_reserve("b", 1.0, 10.0, 3600)  # budgets fail closed while the store is down
+    holder.execute("COMMIT")
+    time.sleep(0.3)
+    stop.set()
+    t.join()
+    deadline = time.time() + 10
+    while led.unavailable and time.time() < deadline:
+        time.sleep(0.1)  # the replay thread (every 0.2 s) moves the journal into the store
+    led.replay()
+    stored = Counter(r.record_id for r in led.records())
+    assert len(written) > 200
+    assert [i for i in written if stored[i] != 1] == []
+    assert len(stored) == len(written)
+    led.close()
+    assert segment_files(tmp_path / "l.journal") == [], "replayed segments are deleted"
+
+
+def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) -> None:
+    led = _journaled(tmp_path)
+    held = led.try_reserve("b", 10.0, 100.0, 3600)
+    assert held is not None
+    holder = sqlite3.connect(tmp_path / "l.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the store is unavailable for writes
+    try:
+        with pytest.raises(LedgerError, match="cannot be enforced while the store is unavailable") as info:
+            led.try_reserve("b", 1.0, 100.0, 3600)
+        assert info.value.retryable and info.value.http_status == 503
+        led.record(_rec(1))  # still succeeds: journaled
+        led.settle(held, 4.0)  # kept for the replay
+        assert led.budget_used("b", 3600) == 10.0, "not applied yet: the hold stays at its estimate"
+    finally:
+        holder.execute("COMMIT")
+    deadline = time.time() + 10
+    while led.budget_used("b", 3600) != 4.0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert led.budget_used("b", 3600) == 4.0, "the settlement was applied once the store came back"
+    assert [r.request_id for r in led.records()] == ["q1"]
+    led.close()
+
+
+def test_a_store_down_at_open_is_journaled_a_broken_one_is_refused(tmp_path: Path) -> None:
+    server = start_redis_server(tmp_path)
+    server.stop()
+    url = f"{server.url}/0?prefix=late:&socket_timeout=1&socket_connect_timeout=1"
+    led = open_ledger(url, journal=JournalSettings(folder=tmp_path / "j", replay_interval_s=0.2))
+    assert isinstance(led, JournaledLedger) and led.unavailable
+    led.record(_rec(1))
+    with pytest.raises(LedgerError, match="unavailable"):
+        led.records()
+    server.start()
+    try:
+        deadline = time.time() + 10
+        while led.unavailable and time.time() < deadline:
+            time.sleep(0.1)
+        assert [r.request_id for r in led.records()] == ["q1"]
+        led.clear()  # type: ignore[attr-defined]
+        led.close()
+    finally:
+        server.stop()
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LedgerError, match="corrupt"):
+        open_ledger(f"sqlite:///{corrupt}", journal=True)
+
+
+def test_dead_processes_journals_are_replayed_live_ones_are_not(tmp_path: Path) -> None:
+    folder = tmp_path / "l.journal"
+    folder.mkdir()
+    dead = folder / "j-otherhost-999999-1000.jsonl"
+    dead.write_bytes(b"".join(encode(_rec(i)) for i in range(3)))
+    live = folder / "j-otherhost-999998-1000.jsonl"
+    live.write_bytes(encode(_rec(10)))
+    holder = os.open(live, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a running process holds its own segment
+    led = _journaled(tmp_path)
+    assert sorted(r.request_id for r in led.records()) == ["q0", "q1", "q2"], "replayed at open"
+    assert not dead.exists() and live.exists()
+    os.close(holder)  # that process died
+    led.replay()
+    assert sorted(r.request_id for r in led.records()) == ["q0", "q1", "q10", "q2"]
+    led.close()
+
+
+def test_a_crash_during_replay_neither_loses_nor_duplicates(tmp_path: Path) -> None:
+    """The replay dies after writing part of a segment: the file stays, the next replay writes all of it again
+    and the store keeps each record once. A torn last line (power cut mid-append) is set aside."""
+    store = SQLiteLedger(tmp_path / "s.sqlite3")
+    seg = tmp_path / "j-h-1-1.jsonl"
+    recs = [_rec(i) for i in range(1200)]
+    seg.write_bytes(b"".join(map(encode, recs)) + b'{"request_id": "torn", "mod')
+    calls = 0
+
+    def crashing(batch: list[LedgerRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise LedgerError("simulated crash")
+        store.record_many(batch)
+
+    with pytest.raises(LedgerError):
+        replay_segment(seg, crashing)
+    assert seg.exists() and 0 < len(store.records()) < 1200
+    n, aside = replay_segment(seg, store.record_many)
+    assert (n, aside) == (1200, 1) and not seg.exists()
+    assert sorted(r.record_id for r in store.records()) == sorted(r.record_id for r in recs)
+    assert store.totals()[0]["requests"] == 1200
+    assert b"torn" in (tmp_path / "rejected.jsonl").read_bytes()
+    store.close()
+
+
+CHILD = """
+import sys, time
+from router.ledger import JournalSettings, LedgerRecord, open_ledger, open_store
+from router.proxy.ledger_writer import BackgroundLedger
+url, folder, mode = sys.argv[1:4]
+settings = JournalSettings(folder=folder, fsync="group", replay_interval_s=3600)
+if mode == "background":  # the proxy's default writer, pausing long so records queue up
+    led = BackgroundLedger(open_store(url), interval_s=0.3, journal=settings)
+else:
+    led = open_ledger(url, journal=settings)
+i = 0
+while True:
+    rec = LedgerRecord(request_id=f"c{i}", model="m", tier="small", energy_j=1.0, energy_source="e:x",
+                       ts=time.time())
+    led.record(rec)
+    print(rec.record_id, flush=True)  # only after record() returned: acknowledged
+    i += 1
+"""
+
+
+@pytest.mark.parametrize("mode", ["journaled", "background"])
+def test_kill_9_loses_no_acknowledged_record(tmp_path: Path, mode: str) -> None:
+    url = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    folder = tmp_path / "journal"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, url, str(folder), mode], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acked: list[str] = []
+    deadline = time.time() + 60
+    while len(acked) < 1500 and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acked.append(line.strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=10)
+    acked += rest.split()
+    assert proc.returncode == -signal.SIGKILL and len(acked) >= 1500
+    before = {r.record_id for r in SQLiteLedger(tmp_path / "l.sqlite3").records()}
+    if mode == "background":
+        assert set(acked) - before, "some acknowledged records were only in the journal when it was killed"
+    led = open_ledger(url, journal=JournalSettings(folder=folder))  # replays the dead process's journal at open
+    stored = Counter(r.record_id for r in led.records())
+    assert [a for a in acked if stored[a] != 1] == [], "every acknowledged record is stored exactly once"
+    assert led.totals()[0]["requests"] == len(stored)
+    led.close()
+    assert segment_files(folder) == []
+
+
+def test_background_writer_journals_before_it_acknowledges(tmp_path: Path) -> None:
+    inner = SQLiteLedger(tmp_path / "l.sqlite3")
+    led = BackgroundLedger(inner, interval_s=0.05)
+    assert led.journaled is not None and led.journaled.journal.folder == tmp_path / "l.sqlite3.journal"
+    rec = _rec(1)
+    led.record(rec)
+    on_disk = b"".join(p.read_bytes() for p in segment_files(led.journaled.journal.folder))
+    assert rec.record_id.encode() in on_disk
+    assert led.flush(5) and [r.record_id for r in led.records()] == [rec.record_id]
+    led.close()
+    assert segment_files(tmp_path / "l.sqlite3.journal") == []
