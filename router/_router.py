@@ -78,7 +78,8 @@ class Router:
             raise ConfigError(f"{self.config.models_dir}: no model card with a backend; add one (see models/)")
         self.policy_name = policy or self.config.default_policy
         self.classifier = classifier or _default_classifier(self.config)
-        self.ledger = ledger or open_ledger(self.config.ledger_url, retention_days=self.config.ledger_retention_days)
+        self.ledger = ledger or open_ledger(self.config.ledger_url, retention_days=self.config.ledger_retention_days,
+                                            journal=self.config.journal)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()

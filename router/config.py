@@ -78,6 +78,22 @@ class ProxySettings(_Settings):
     ledger_group_ms: float = Field(20.0, ge=0, le=1000, description="the background writer's pause between groups")
 
 
+class JournalSettings(_Settings):
+    """The local append-only journal in front of the ledger (``router/ledger/journal.py``): every record is on
+    this host's disk before the answer is acknowledged, and reaches the store when it can."""
+
+    enabled: bool = Field(True, description="off: records go straight to the store (lost if it is down)")
+    folder: Path | None = Field(None, strict=False,
+                                description="default: beside a SQLite ledger, else in the user data dir")
+    fsync: Literal["always", "group", "never"] = Field(
+        "group", description="always: every record before it is acknowledged (~3 ms); group: every "
+        "fsync_interval_ms (a power cut loses at most that); never: the OS writes back (~30 s)")
+    fsync_interval_ms: float = Field(50.0, gt=0, le=60_000)
+    replay_interval_s: float = Field(5.0, gt=0, le=86_400, description="how often journaled records are "
+                                     "moved into the store (and other, stopped processes' journals replayed)")
+    segment_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1 << 34)
+
+
 class KeyEntry(_Settings):
     """One API key, held only as a SHA-256 digest (or read from an environment variable at start-up)."""
 
@@ -126,13 +142,15 @@ class RouterConfig(BaseModel):
     cooldown: CooldownSettings = Field(default_factory=CooldownSettings)
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     keys: list[KeyEntry] = Field(default_factory=list, description="API keys (none: the proxy needs no key)")
+    journal: JournalSettings = Field(default_factory=JournalSettings)
 
     @model_validator(mode="before")
     @classmethod
     def _moved_fields(cls, data: Any) -> Any:
         if isinstance(data, dict) and "extra" in data:
             raise ValueError("`extra` is gone: its settings are fields of their own now: move `extra.proxy` to "
-                             "`proxy`, `extra.keys` to `keys` and `extra.cooldown` to `cooldown`")
+                             "`proxy`, `extra.keys` to `keys`, `extra.cooldown` to `cooldown` and "
+                             "`extra.ledger_journal` to `journal`")
         return data
 
     @classmethod
@@ -149,7 +167,7 @@ class RouterConfig(BaseModel):
             data.update(loaded)
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
-            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys"):
+            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal"):
                 data[field] = env
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:

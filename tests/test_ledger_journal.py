@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from conftest_redis import start_redis_server
 
+from router.config import RouterConfig
 from router.errors import ConfigError, LedgerError
-from router.ledger import JournaledLedger, JournalSettings, LedgerRecord, SQLiteLedger, open_ledger
+from router.ledger import JournaledLedger, JournalSettings, LedgerRecord, SQLiteLedger, journal_folder, open_ledger
 from router.ledger.journal import Journal, encode
 from router.ledger.replay import replay_segment, segment_files
 from router.proxy.ledger_writer import BackgroundLedger
@@ -49,15 +50,16 @@ def test_append_is_one_json_line_on_disk_before_it_returns(tmp_path: Path) -> No
 
 
 def test_settings_are_checked_and_folders_follow_the_store(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="fsync"):
-        JournalSettings(fsync="sometimes")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="unknown"):
-        JournalSettings.from_config({"fsync": "group", "speed": 3})
-    assert JournalSettings.from_config({"fsync_interval_ms": 10}).fsync_interval_ms == 10
-    assert JournalSettings().folder_for(f"sqlite:///{tmp_path}/a.sqlite3") == tmp_path / "a.sqlite3.journal"
-    one = JournalSettings().folder_for("postgresql://u:secret@db.example:5432/router")
-    assert "secret" not in str(one) and one == JournalSettings().folder_for("postgresql://u:other@db.example:5432/router")
-    assert one != JournalSettings().folder_for("redis://db.example:6379/0")
+    with pytest.raises(ConfigError, match="journal.fsync"):
+        RouterConfig.load(journal={"fsync": "sometimes"})
+    with pytest.raises(ConfigError, match="speed"):
+        RouterConfig.load(journal={"fsync": "group", "speed": 3})
+    assert RouterConfig.load(journal={"fsync_interval_ms": 10}).journal.fsync_interval_ms == 10
+    settings = JournalSettings()
+    assert journal_folder(settings, f"sqlite:///{tmp_path}/a.sqlite3") == tmp_path / "a.sqlite3.journal"
+    one = journal_folder(settings, "postgresql://u:secret@db.example:5432/router")
+    assert "secret" not in str(one) and one == journal_folder(settings, "postgresql://u:other@db.example:5432/router")
+    assert one != journal_folder(settings, "redis://db.example:6379/0")
 
 
 def test_a_store_outage_loses_nothing(tmp_path: Path) -> None:

@@ -334,12 +334,11 @@ def doctor(
     """Check the store (integrity, schema version, summary against records) and its journals; replay the
     journals of stopped processes. Exits 1 when a problem remains."""
     from ..ledger.doctor import diagnose
-    from ..ledger.journal import JournalSettings
+    from ..ledger.journal import journal_folder
 
     ledger, config = _opts(ctx, ledger, config)
     cfg = _config(config, ledger)
-    settings = JournalSettings.from_config(cfg.extra.get("ledger_journal"))
-    folder = journal or settings.folder_for(cfg.ledger_url)
+    folder = journal or journal_folder(cfg.journal, cfg.ledger_url)
     rep = diagnose(cfg.ledger_url, journal_folder=folder, replay=replay, repair=repair)
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"ledger {escape(rep.url)}")

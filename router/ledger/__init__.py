@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import JournalSettings
 from .base import (
     BUCKET_S,
     Ledger,
@@ -16,38 +17,11 @@ from .base import (
     totals_from_summary,
     window_start,
 )
-from .errors import ledger_error, redact
-from .journal import Journal, JournalSettings
+from .errors import redact
+from .journal import Journal, journal_folder
 from .journaled import JournaledLedger
 from .sqlite import SQLiteLedger
-
-SCHEMES = {
-    "sqlite": "sqlite:///PATH (default; one host)",
-    "redis": "redis://[:PASSWORD@]HOST:PORT/DB (several processes share budgets in memory)",
-    "rediss": "rediss://... (Redis over TLS)",
-    "unix": "unix:///PATH/redis.sock?db=N (Redis over a socket)",
-    "postgresql": "postgresql://USER:PASSWORD@HOST:PORT/DB (a fleet keeps its records in a database)",
-    "postgres": "postgres://... (the same)",
-}
-
-
-def open_store(url: str, *, retention_days: float | None = None) -> Ledger:
-    """The store a URL names, without a journal. Raises :class:`~router.errors.LedgerError` (never a driver's
-    exception) naming the URL, what is wrong and the fix: an unknown scheme, a corrupt, read-only or unopenable
-    SQLite file, a Redis or PostgreSQL that is down or refuses the credentials, a newer schema."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("", "sqlite"):
-        return SQLiteLedger.from_url(url, retention_days=retention_days)
-    if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisLedger
-
-        return RedisLedger.from_url(url, retention_days=retention_days)
-    if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresLedger
-
-        return PostgresLedger.from_url(url, retention_days=retention_days)
-    raise ledger_error(url, f"unknown ledger URL scheme {scheme!r}",
-                       "use one of: " + "; ".join(SCHEMES.values()), retryable=False)  # fmt: skip
+from .stores import SCHEMES, open_store
 
 
 def open_ledger(
@@ -67,7 +41,7 @@ def open_ledger(
     :class:`JournalSettings`. With a journal, a store that is down when the ledger opens is not an error: records
     wait in the journal and the store is opened again in the background (a corrupt or misconfigured store still
     raises)."""
-    if journal is None or journal is False:
+    if journal is None or journal is False or (isinstance(journal, JournalSettings) and not journal.enabled):
         return open_store(url, retention_days=retention_days)
     if journal is True:
         settings = JournalSettings()
@@ -82,6 +56,7 @@ __all__ = [
     "BUCKET_S",
     "Journal",
     "JournalSettings",
+    "journal_folder",
     "JournaledLedger",
     "Ledger",
     "LedgerRecord",
@@ -92,6 +67,7 @@ __all__ = [
     "hash_key",
     "new_record_id",
     "open_ledger",
+    "SCHEMES",
     "open_store",
     "redact",
     "totals_from_summary",

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
 from .errors import redact
-from .journal import JournalSettings
 from .replay import claim, replay_folder, segment_files
 
 
@@ -86,7 +86,7 @@ def diagnose(
     from . import open_store
 
     report = DoctorReport(redact(url))
-    folder = journal_folder or JournalSettings().folder_for(url)
+    folder = journal_folder or journal_folder(JournalSettings(), url)
     led = ledger
     if led is None:
         try:

@@ -35,72 +35,37 @@ import time
 import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
 
 from pydantic_core import to_json
 
-from ..errors import ConfigError, LedgerError
+from ..config import JournalSettings
+from ..errors import LedgerError
 from .base import LedgerRecord
 from .errors import ledger_error, redact
 
 log = logging.getLogger("router.ledger")
 
-FsyncMode = Literal["always", "group", "never"]
 _FIELDS = {f.name for f in fields(LedgerRecord)}
 _HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
 SEGMENT = re.compile(r"^j-.+-\d+-\d+\.jsonl$")
 
 
-@dataclass(frozen=True)
-class JournalSettings:
-    """How the journal writes. ``folder`` None: beside a SQLite ledger, else in the user data dir."""
+def journal_folder(settings: JournalSettings, url: str) -> Path:
+    """The journal folder of the store ``url`` names: one folder per store, so records never replay into another
+    store. The name leaves the password out, so changing it keeps the folder."""
+    if settings.folder is not None:
+        return settings.folder.expanduser()
+    if url.startswith("sqlite:///") or "://" not in url:
+        from .sqlite import path_from_url
 
-    folder: Path | None = None
-    fsync: FsyncMode = "group"
-    fsync_interval_ms: float = 50.0
-    replay_interval_s: float = 5.0
-    segment_bytes: int = 16 * 1024 * 1024
+        path = path_from_url(url)
+        return path.with_name(path.name + ".journal")
+    from platformdirs import user_data_dir
 
-    def __post_init__(self) -> None:
-        if self.fsync not in ("always", "group", "never"):
-            raise ConfigError(f"ledger journal fsync must be always, group or never, not {self.fsync!r}")
-        if not 0 < self.fsync_interval_ms <= 60_000:
-            raise ConfigError(f"ledger journal fsync_interval_ms must be in (0, 60000], not {self.fsync_interval_ms}")
-        if not 0 < self.replay_interval_s <= 86_400:
-            raise ConfigError(f"ledger journal replay_interval_s must be in (0, 86400], not {self.replay_interval_s}")
-
-    @classmethod
-    def from_config(cls, mapping: dict[str, Any] | None) -> JournalSettings:
-        """From the config's ``extra.ledger_journal`` mapping: ``folder``, ``fsync``, ``fsync_interval_ms``,
-        ``replay_interval_s``, ``segment_bytes``."""
-        data = dict(mapping or {})
-        unknown = set(data) - {f.name for f in fields(cls)} - {"enabled"}
-        if unknown:
-            raise ConfigError(f"extra.ledger_journal: unknown setting(s) {sorted(unknown)}")
-        data.pop("enabled", None)
-        if data.get("folder") is not None:
-            data["folder"] = Path(data["folder"]).expanduser()
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"extra.ledger_journal: {exc}") from exc
-
-    def folder_for(self, url: str) -> Path:
-        """The journal folder of the store ``url`` names: one folder per store, so records never replay into
-        another store. The name leaves the password out, so changing it keeps the folder."""
-        if self.folder is not None:
-            return self.folder
-        if url.startswith("sqlite:///") or "://" not in url:
-            from .sqlite import path_from_url
-
-            path = path_from_url(url)
-            return path.with_name(path.name + ".journal")
-        from platformdirs import user_data_dir
-
-        safe = redact(url)
-        slug = re.sub(r"[^A-Za-z0-9.-]+", "-", safe.split("?", 1)[0].split("@")[-1]).strip("-")[:60]
-        digest = hashlib.sha256(safe.encode()).hexdigest()[:10]
-        return Path(user_data_dir("router", appauthor=False)) / "journal" / f"{slug}-{digest}"
+    safe = redact(url)
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "-", safe.split("?", 1)[0].split("@")[-1]).strip("-")[:60]
+    digest = hashlib.sha256(safe.encode()).hexdigest()[:10]
+    return Path(user_data_dir("router", appauthor=False)) / "journal" / f"{slug}-{digest}"
 
 
 @dataclass(eq=False)

@@ -29,10 +29,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import ledger_error
-from .journal import Journal, JournalSettings, Segment
+from .journal import Journal, Segment, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
 
 log = logging.getLogger("router.ledger")
@@ -71,10 +72,10 @@ class JournaledLedger(Ledger):
 
     @classmethod
     def open(cls, url: str, settings: JournalSettings, *, retention_days: float | None = None) -> JournaledLedger:
-        """The store ``url`` names behind a journal in ``settings.folder_for(url)``. Raises ``LedgerError`` for
+        """The store ``url`` names behind a journal in ``journal_folder(settings, url)``. Raises ``LedgerError`` for
         a store that needs a person (corrupt, read-only, refused credentials, unknown scheme), not for one that
         is down."""
-        from . import open_store
+        from .stores import open_store
 
         def connect() -> Ledger:
             return open_store(url, retention_days=retention_days)
@@ -87,7 +88,7 @@ class JournaledLedger(Ledger):
                 raise
             log.warning("%s; journaling records until it is back", exc)
             store = None
-        journal = Journal(settings.folder_for(url), settings, url=url)
+        journal = Journal(journal_folder(settings, url), settings, url=url)
         return cls(store, journal, connect=connect, url=url)
 
     # -- the store, or why there is none --------------------------------------------------------------

@@ -113,9 +113,9 @@ def create_app(
         config = router.config if router is not None and config is None else RouterConfig.load(config)
     settings = config.proxy
     if router is None:
-        ledger = open_ledger(config.ledger_url, retention_days=config.ledger_retention_days)
+        ledger = open_ledger(config.ledger_url, retention_days=config.ledger_retention_days, journal=config.journal)
         if settings.ledger_writes == "background":  # see ledger_writer.py: no disk stall on the event loop
-            ledger = BackgroundLedger(ledger, interval_s=settings.ledger_group_ms / 1000)
+            ledger = BackgroundLedger(ledger, interval_s=settings.ledger_group_ms / 1000, journal=config.journal)
         router = Router(config, ledger=ledger)
     if keys is None:
         keys = [k.model_dump(exclude_none=True) for k in config.keys] or None

@@ -34,7 +34,7 @@ Nothing acknowledged is lost: ``record`` first appends the record to this proces
 Records still queued when the process dies, or that the store did not take (down, locked), are replayed from
 the journal into the store (by this process's replay thread, or by the next process that opens the ledger),
 idempotently by record id. ``journal=False`` turns this off (then a ``kill -9`` loses what was queued, up to
-``interval_s`` plus one write's worth). Set ``extra.proxy.ledger_writes: inline`` in the config to write on
+``interval_s`` plus one write's worth). Set ``proxy.ledger_writes: inline`` in the config to write on
 the request path.
 """
 
@@ -47,8 +47,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from ..config import JournalSettings
 from ..ledger import Ledger, LedgerRecord, Reservation, SummaryRow
-from ..ledger.journal import Journal, JournalSettings, Segment
+from ..ledger.journal import Journal, Segment, journal_folder
 from ..ledger.journaled import JournaledLedger
 
 log = logging.getLogger("router.proxy")
@@ -75,9 +76,9 @@ class BackgroundLedger(Ledger):
         self.journaled: JournaledLedger | None = None
         if isinstance(inner, JournaledLedger):
             self.journaled = inner
-        elif journal is not False:
+        elif journal is True or (isinstance(journal, JournalSettings) and journal.enabled):
             settings = journal if isinstance(journal, JournalSettings) else JournalSettings()
-            folder = settings.folder_for(inner.url) if inner.url else settings.folder
+            folder = journal_folder(settings, inner.url) if inner.url else settings.folder
             if folder is None:
                 raise ValueError("a ledger without a URL needs JournalSettings(folder=...) for its journal")
             self.journaled = JournaledLedger(inner, Journal(folder, settings, url=inner.url))
