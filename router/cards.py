@@ -2,7 +2,9 @@
 
 A card says what a model is (tier, size, source, licence), how to run it (its backend), what it costs
 (its energy profile, and where that figure comes from) and what it is for (tasks, context length).
-A bad card raises :class:`ConfigError` naming the file, the field and what was expected.
+A bad card raises :class:`ConfigError` naming the file, the field and what was expected, when it is loaded:
+every number must be finite and in range, and every file the backend names must exist (see
+:mod:`router.card_files`), so a wrong number or a missing file fails at start-up, not at the first request.
 """
 
 from __future__ import annotations
@@ -10,31 +12,49 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .card_files import package_file, package_folder, resolve_card_file
 from .errors import ConfigError
 from .types import Tier
+from .yaml_files import read_yaml
+
+MAX_TOKENS = 100_000_000
+"""Upper bound for token counts on a card; the longest context windows offered today are ~10 M tokens."""
+MAX_JOULES = 1e9
+"""Upper bound for one energy figure (278 kWh): a larger number is a unit mistake, and keeps sums finite."""
+Probability = Annotated[float, Field(ge=0, le=1)]
+Joules = Annotated[float, Field(ge=0, le=MAX_JOULES)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity pass `ge`/`le` checks unnoticed (NaN compares false) and then poison sums and the ledger
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GGUFWeights(_Strict):
     """Where GGUF weights come from: a file path, or a file inside an installed package."""
 
-    path: str | None = None
-    package: str | None = None
+    path: str | None = Field(None, description="GGUF file, relative to the card's folder, or absolute")
+    package: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
     file: str | None = None
     assemble: bool = Field(False, description="the package assembles the file from chunk packages")
-    sha256: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9A-Fa-f]{64}$")
+    _local_file: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _one_source(self) -> GGUFWeights:
         if not self.path and not self.package:
             raise ValueError("give either `path` or `package` (+ `file`)")
+        if self.package and not self.assemble and not self.file:
+            raise ValueError("name the GGUF file inside the package in `file`")
         return self
+
+    @property
+    def local_file(self) -> Path | None:
+        """``path`` resolved against the card's folder and checked when the card was loaded (None for package
+        weights, which :func:`router.backends.weights.resolve_gguf` finds or assembles)."""
+        return self._local_file
 
 
 class OnnxBackendSpec(_Strict):
@@ -43,7 +63,7 @@ class OnnxBackendSpec(_Strict):
     fine-tuned transformer); for the latter the backend tokenises with ``tokenizer``."""
 
     type: Literal["onnx"]
-    path: str = Field(description="ONNX file, relative to the card's folder")
+    path: str = Field(description="ONNX file, relative to the card's folder, or absolute")
     labels: list[str] = Field(description="answer text for each class index, e.g. [negative, positive]")
     tokenizer: str | None = Field(
         None,
@@ -53,17 +73,29 @@ class OnnxBackendSpec(_Strict):
     max_length: int = Field(
         128, ge=4, le=8192, description="word pieces kept per request (longer text is truncated; token-id graphs)"
     )
+    _model_file: Path | None = PrivateAttr(None)
+    _tokenizer_file: Path | None = PrivateAttr(None)
+
+    @property
+    def model_file(self) -> Path | None:
+        """``path`` resolved against the card's folder and checked when the card was loaded."""
+        return self._model_file
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """``tokenizer`` resolved and checked when the card was loaded (None when the card names none)."""
+        return self._tokenizer_file
 
 
 class LlamaCppBackendSpec(_Strict):
     type: Literal["llama_cpp"]
     weights: GGUFWeights
     prompt_style: Literal["chat", "completion"] = "chat"
-    n_ctx: int = 2048
-    n_threads: int | None = None
-    default_max_tokens: int = 128
-    temperature: float = 0.0
-    repeat_penalty: float = 1.1
+    n_ctx: int = Field(2048, gt=0, le=MAX_TOKENS)
+    n_threads: int | None = Field(None, ge=1, le=4096)
+    default_max_tokens: int = Field(128, gt=0, le=MAX_TOKENS)
+    temperature: float = Field(0.0, ge=0, le=100)
+    repeat_penalty: float = Field(1.1, gt=0, le=100)
     system_prompt: str | None = None
     stop: list[str] = Field(default_factory=list)
 
@@ -73,9 +105,9 @@ class OpenAIBackendSpec(_Strict):
     base_url: str
     model: str
     api_key_env: str | None = None
-    timeout_s: float = 60.0
-    max_retries: int = 2
-    default_max_tokens: int = 256
+    timeout_s: float = Field(60.0, gt=0, le=86_400)
+    max_retries: int = Field(2, ge=0, le=100)
+    default_max_tokens: int = Field(256, gt=0, le=MAX_TOKENS)
 
 
 BackendSpec = Annotated[
@@ -86,9 +118,9 @@ BackendSpec = Annotated[
 class EnergyProfile(_Strict):
     """Joules for one call: ``per_call_j + per_input_token_j * in + per_output_token_j * out``."""
 
-    per_call_j: float = Field(0.0, ge=0)
-    per_input_token_j: float = Field(0.0, ge=0)
-    per_output_token_j: float = Field(0.0, ge=0)
+    per_call_j: Joules = 0.0
+    per_input_token_j: Joules = 0.0
+    per_output_token_j: Joules = 0.0
     source: Literal["measured", "published", "estimate"]
     citation: str = Field(description="where the figures come from: the command and meter, or a publication")
     meter: str | None = None
@@ -107,13 +139,13 @@ class ModelCard(_Strict):
         None, description="how to call it; a card without one is for offline simulation only"
     )
     tasks: list[str] = Field(default_factory=list, description="tasks a specialist serves; empty = any")
-    context_length: int = Field(gt=0)
+    context_length: int = Field(gt=0, le=MAX_TOKENS)
     energy: EnergyProfile
     parameters: str | None = Field(None, description="size, e.g. '135M'")
     source: str | None = None
     license: str | None = None
     aliases: list[str] = Field(default_factory=list, description="other names, e.g. in outcome files")
-    prior_accuracy: dict[str, float] = Field(
+    prior_accuracy: dict[str, Probability] = Field(
         default_factory=dict, description="task -> accuracy measured or published, used as a prior"
     )
     path: Path | None = Field(None, exclude=True, description="the YAML file this card came from")
@@ -129,6 +161,29 @@ class ModelCard(_Strict):
     def serves(self, task: str) -> bool:
         return not self.tasks or task in self.tasks
 
+    def locate_files(self) -> None:
+        """Resolve every file the backend names against the card's folder and check that it exists, keeping
+        the resolved paths on the backend spec for the backend to open. ``load_card`` calls it, so a wrong
+        path is a :class:`ConfigError` at load time, not a failed first request; backends call it again for
+        cards built in code (it only re-checks that the files are there)."""
+        spec = self.backend
+        if isinstance(spec, OnnxBackendSpec):
+            hint = "train it with `router train specialist`, or fix the path"
+            spec._model_file = resolve_card_file(self.path, self.folder, spec.path, "backend.path", hint)
+            spec._tokenizer_file = (
+                resolve_card_file(self.path, self.folder, spec.tokenizer, "backend.tokenizer")
+                if spec.tokenizer is not None
+                else None
+            )
+        elif isinstance(spec, LlamaCppBackendSpec):
+            weights = spec.weights
+            if weights.path:
+                weights._local_file = resolve_card_file(self.path, self.folder, weights.path, "backend.weights.path")
+            elif weights.package and weights.assemble:  # assembled into the cache on first use
+                package_folder(self.path, weights.package)
+            elif weights.package and weights.file:
+                package_file(self.path, weights.package, weights.file)
+
 
 def _describe(err: ValidationError, file: Path) -> str:
     lines = []
@@ -141,13 +196,9 @@ def _describe(err: ValidationError, file: Path) -> str:
 
 
 def load_card(file: str | Path) -> ModelCard:
+    """One card, validated, with every file its backend names found (see :meth:`ModelCard.locate_files`)."""
     file = Path(file)
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read model card: {exc}") from exc
+    raw, _ = read_yaml(file, "model card")
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: a model card is a YAML mapping (name, tier, backend, energy, ...)")
     try:
@@ -155,6 +206,7 @@ def load_card(file: str | Path) -> ModelCard:
     except ValidationError as exc:
         raise ConfigError(_describe(exc, file)) from exc
     card.path = file.resolve()
+    card.locate_files()
     return card
 
 

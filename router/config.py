@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from platformdirs import user_data_dir
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .yaml_files import read_yaml
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -52,8 +52,8 @@ class CpuPowerModel(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    watts_per_busy_core: float = Field(15.0, gt=0)
-    idle_w: float = Field(2.0, ge=0)
+    watts_per_busy_core: float = Field(15.0, gt=0, le=10_000)
+    idle_w: float = Field(2.0, ge=0, le=10_000)
     source: str = (
         "assumed: 15 W per busy core + 2 W idle share (per-core share of a 100-150 W server CPU package); "
         "calibrate the W-per-core constant against RAPL on your hardware (docs/energy.md)"
@@ -117,6 +117,7 @@ class KeyEntry(_Settings):
 
 
 class RouterConfig(BaseModel):
+    # NaN and infinity pass `gt`/`ge` checks unnoticed (NaN compares false); no setting needs either
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     models_dir: Path = Field(default_factory=lambda: embedded_dir("models"))
@@ -158,21 +159,26 @@ class RouterConfig(BaseModel):
         data: dict[str, Any] = {}
         if file is not None:
             path = Path(file)
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+            loaded = read_yaml(path, "config file")[0] or {}
             if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: a config file is a YAML mapping")
+                raise ConfigError(f"{path}: a config file is a YAML mapping (models_dir, ledger_url, ...)")
             data.update(loaded)
+        from_env: set[str] = set()
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
             if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal"):
                 data[field] = env
+                from_env.add(field)
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             where = file or "config"
-            msgs = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"{where}: {msgs}") from exc
+            msgs = []
+            for e in exc.errors():
+                field = ".".join(map(str, e["loc"]))
+                source = f" (from ${'ROUTER_' + field.upper()})" if field in from_env else ""
+                got = repr(e.get("input"))
+                msgs.append(f"field `{field}`{source}: {e['msg']} (got {got[:80]}{'...' if len(got) > 80 else ''})")
+            fix = "fix: correct the value (each field is described in router/config.py)"
+            raise ConfigError(f"{where}: " + "; ".join(msgs) + f"; {fix}") from exc

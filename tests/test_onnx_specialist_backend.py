@@ -96,11 +96,10 @@ def test_concurrent_calls_agree_with_sequential(specialist_backend: OnnxSpeciali
     assert np.array_equal(np.stack([got[i] for i in range(len(texts))]), expected)
 
 
-def test_tokenizer_file_missing_names_field_and_file(tmp_path: Path) -> None:
-    card = load_card(_card(tmp_path, f"{{type: onnx, path: {ONNX}, labels: [negative, positive], "
-                                     "tokenizer: missing/tokenizer.json}"))
+def test_tokenizer_file_missing_names_field_and_file_at_load(tmp_path: Path) -> None:
+    spec = f"{{type: onnx, path: {ONNX}, labels: [negative, positive], tokenizer: missing/tokenizer.json}}"
     with pytest.raises(ConfigError, match=r"spec\.yaml: field `backend\.tokenizer`: .*missing/tokenizer\.json"):
-        create_backend(card)
+        load_card(_card(tmp_path, spec))
 
 
 def test_tokenizer_defaults_to_the_file_beside_the_graph(tmp_path: Path) -> None:

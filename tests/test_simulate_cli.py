@@ -92,3 +92,23 @@ def test_bad_line_exit_code_and_skip_bad(setup: tuple[Path, Path]) -> None:
     assert code == 0, text
     d = json.loads(text)
     assert d["requests"] == 5 and d["skipped"] == 1 and "line 6:" in d["skipped_examples"][0]
+
+
+def test_skip_bad_survives_a_400_digit_token_count_and_reports_it(setup: tuple[Path, Path]) -> None:
+    out, cards = setup
+    with open(out, "a") as f:
+        f.write(json.dumps({"id": "huge", "prompt": "q0", "input_tokens": 10**400,
+                            "outcomes": {GPT: {"correct": True, "output_tokens": 1}}}) + "\n")
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json")
+    assert code == 2 and f"{out}:6: " in text and "`input_tokens` must be an integer in" in text
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--skip-bad")
+    assert code == 0, text
+    assert "skipped 1 bad lines" in text and "line 6: request 'huge': `input_tokens`" in text
+
+
+def test_every_line_bad_is_a_clear_error_even_with_skip_bad(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    _, cards = setup
+    out = tmp_path / "bad.jsonl"
+    out.write_text('{"id": "x"}\nnot json\n')
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--skip-bad")
+    assert code == 2 and "no usable line: all 2 request lines are bad" in text and "reshape" not in text

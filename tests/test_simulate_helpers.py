@@ -28,9 +28,11 @@ energy: {per_call_j: 5.0, per_input_token_j: 1.0, per_output_token_j: 10.0, sour
 
 
 def make_cards_dir(tmp: Path) -> Path:
-    """The shipped cards plus two test cards for the RouteLLM models (test energy figures)."""
+    """The shipped cards (with the sentiment specialist's files they name) plus two test cards for the RouteLLM
+    models (test energy figures)."""
     folder = tmp / "cards"
     folder.mkdir()
+    (folder / "sentiment").symlink_to(ROOT / "models" / "sentiment")
     for f in (ROOT / "models").glob("*.yaml"):
         shutil.copy(f, folder / f.name)
     for name, text in HOSTED_CARDS.items():

@@ -107,3 +107,68 @@ def test_empty_file_is_an_error(tmp_path: Path, cards) -> None:
         load_outcomes(write(tmp_path, [""]), cards)
     with pytest.raises(OutcomesError, match="does not exist"):
         load_outcomes(tmp_path / "nope.jsonl", cards)
+
+
+def test_huge_token_counts_are_bad_lines_not_crashes(tmp_path: Path, cards) -> None:
+    huge = 10**400
+    p = write(tmp_path, [
+        line("a", GOOD),
+        line("b", GOOD, input_tokens=huge),
+        line("c", {"gpt-4-1106-preview": {"correct": True, "output_tokens": huge}}),
+        line("d", {"gpt-4-1106-preview": {"correct": True, "energy_j": huge}}),
+        line("e", GOOD),
+    ])
+    with pytest.raises(OutcomesError, match=r"o\.jsonl:2: request 'b': `input_tokens` must be an integer in") as info:
+        load_outcomes(p, cards)
+    assert "(401 characters)" in str(info.value)  # the number is cut short in the message, not printed whole
+    t = load_outcomes(p, cards, skip_bad=True)
+    assert t.ids == ["a", "e"] and t.skipped == 3
+    assert any("line 3:" in e and "`output_tokens`" in e for e in t.skipped_examples)
+    assert any("line 4:" in e and "`energy_j`" in e for e in t.skipped_examples)
+
+
+def test_json_nested_too_deeply_is_a_bad_line(tmp_path: Path, cards) -> None:
+    p = write(tmp_path, [line("a", GOOD), "[" * 100_000 + "]" * 100_000])
+    with pytest.raises(OutcomesError, match=r"o\.jsonl:2: not valid JSON \(nested too deeply\)"):
+        load_outcomes(p, cards)
+    assert load_outcomes(p, cards, skip_bad=True).skipped == 1
+
+
+def test_a_file_with_no_usable_line_is_a_clear_error(tmp_path: Path, cards) -> None:
+    p = write(tmp_path, ["{oops", line("b", {"gpt-4-1106-preview": {"correct": 2}}), "[1]"])
+    with pytest.raises(OutcomesError) as info:
+        load_outcomes(p, cards, skip_bad=True)
+    msg = str(info.value)
+    assert "no usable line: all 3 request lines are bad" in msg and "first: line 1: not valid JSON" in msg
+
+
+def test_more_tasks_than_a_16_bit_code_holds(tmp_path: Path, cards) -> None:
+    n = 40_000
+    rows = [json.dumps({"id": f"r{i}", "prompt": "Q?", "task": f"t{i}", "outcomes": GOOD}) for i in range(n)]
+    t = load_outcomes(write(tmp_path, rows), cards)
+    assert t.tasks.dtype == np.int32 and len(t.task_names) == n
+    assert [t.task_names[c] for c in t.tasks[[0, 32_767, 32_768, n - 1]]] == ["t0", "t32767", "t32768", f"t{n - 1}"]
+
+
+def test_simulation_reports_every_segment_even_tens_of_thousands(tmp_path: Path, cards) -> None:
+    from test_simulate_helpers import CheapestAboveTarget, FixedClassifier
+
+    from router.simulate.simulator import Simulator
+
+    # three workload segments by hand: mixtral is right on a/x rows, gpt-4 everywhere but b/y
+    small = [json.dumps({"id": f"{seg}{i}", "prompt": "Q?", "task": f"{seg}/z", "outcomes": {
+        "mixtral-8x7b-instruct": {"correct": seg == "a", "energy_j": 1.0},
+        "gpt-4-1106-preview": {"correct": seg != "b", "energy_j": 10.0 * (i + 1)}}})
+        for seg, k in (("a", 2), ("b", 1), ("c", 3)) for i in range(k)]
+    classifier = FixedClassifier({"Q?": {"mixtral-8x7b-instruct": 0.9, "gpt-4-1106-preview": 0.95}})
+    t = load_outcomes(write(tmp_path, small), cards)
+    stats = Simulator(t, cards, classifier, CheapestAboveTarget(0.8)).stats("all large", np.full(t.n, 1))
+    assert stats.by_segment["a"] == {"requests": 2, "accuracy": 1.0, "large_accuracy": 1.0,
+                                     "energy_j_per_request": 15.0, "large_energy_j_per_request": 15.0}
+    assert stats.by_segment["b"]["accuracy"] == 0.0 and stats.by_segment["c"]["energy_j_per_request"] == 20.0
+    n = 40_000
+    rows = [json.dumps({"id": f"r{i}", "prompt": "Q?", "task": f"t{i}", "outcomes": GOOD}) for i in range(n)]
+    big = load_outcomes(write(tmp_path, rows), cards)
+    stats = Simulator(big, cards, classifier, CheapestAboveTarget(0.8)).stats("all small", np.zeros(n, np.int64))
+    assert len(stats.by_segment) == n and stats.by_segment["t39999"]["requests"] == 1
+    assert stats.by_segment["t32768"]["accuracy"] == 1.0

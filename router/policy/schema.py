@@ -8,16 +8,21 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WINDOWS: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
+MIN_WINDOW_S = 1.0
+"""The shortest budget window. A shorter one is a unit mistake (one request takes longer than that), and windows
+like 1e-300 s each make a ledger counter of their own that never holds anything."""
 OnExhausted = Literal["fallback", "reject", "allow_and_flag"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity pass `ge`/`le` checks unnoticed (NaN compares false) and then fail every request that
+    # reaches the ledger, so no number in a policy may be either
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AccuracyTarget(_Strict):
@@ -55,9 +60,11 @@ class Budget(_Strict):
 
     @field_validator("per")
     @classmethod
-    def _positive(cls, v: str | float) -> str | float:
-        if not isinstance(v, str) and v <= 0:
-            raise ValueError("a window in seconds must be positive (or use minute / hour / day)")
+    def _at_least_a_second(cls, v: str | float) -> str | float:
+        if not isinstance(v, str) and not v >= MIN_WINDOW_S:
+            raise ValueError(
+                f"a window in seconds must be positive and at least {MIN_WINDOW_S:g} s (or use minute / hour / day)"
+            )
         return v
 
     @property
@@ -97,12 +104,14 @@ class Calibrated(_Strict):
 
     target_kind: Literal["absolute", "relative"]
     target: float = Field(ge=0, le=1)
-    offsets: dict[str, float]
+    offsets: dict[str, Annotated[float, Field(ge=-1, le=1)]] = Field(
+        description="per model: P(correct) minus the target must reach this margin; in [-1, 1] like both terms"
+    )
     confidence: float = Field(gt=0, lt=1, description="1 - delta: probability that the guarantee holds")
     bound: str = "hoeffding"
     method: str = "learn-then-test, fixed-sequence"
     n_calibration: int = Field(ge=0)
-    achieved_calibration: float | None = None
+    achieved_calibration: float | None = Field(None, ge=0, le=1)
     held_out: dict[str, float | int] | None = Field(None, description="target vs achieved on subjects not used to fit")
     fitted_on: str = ""
     fitted_at: str = ""
@@ -131,7 +140,9 @@ class Policy(_Strict):
     allowed_models: list[str] | None = Field(None, description="only these models may answer (None: all)")
     pinned: dict[str, str] = Field(default_factory=dict, description="task -> model that always answers it")
     keys: list[KeyPolicy] = Field(default_factory=list)
-    output_tokens_estimate: int = Field(128, gt=0, description="output tokens assumed for energy estimates")
+    output_tokens_estimate: int = Field(
+        128, gt=0, le=100_000_000, description="output tokens assumed for energy estimates"
+    )
     calibrated: Calibrated | None = None
 
     def key_policy(self, key_hash: str | None) -> KeyPolicy | None:

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError
+from ..yaml_files import read_yaml
 
 
 @dataclass(frozen=True)
@@ -101,11 +100,26 @@ class KeyStore:
 
     @classmethod
     def from_file(cls, file: str | Path) -> KeyStore:
+        """A keys file: a list of entries, or a mapping with ``keys`` (or ``extra.keys``) holding that list.
+
+        Stricter than :meth:`from_entries`, which also takes ``{clear_key: policy}`` from code: in a file every
+        entry is a mapping of text fields, and a key never appears in clear."""
         path = Path(file)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read keys file: {exc}") from exc
+        data = read_yaml(path, "keys file")[0]
         if isinstance(data, Mapping):
-            data = data.get("keys", (data.get("extra") or {}).get("keys"))
+            extra = data.get("extra")
+            data = data["keys"] if "keys" in data else extra.get("keys") if isinstance(extra, Mapping) else None
+        if not isinstance(data, list):
+            raise ConfigError(
+                f"{path}: field `keys`: expected a list of {{name, sha256 | env, policy}}, got "
+                f"{type(data).__name__}; fix: write `keys:` followed by one `- name: ...` entry per key"
+            )
+        for i, entry in enumerate(data):
+            for field, value in entry.items() if isinstance(entry, Mapping) else ():
+                plain = value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+                if not isinstance(field, str) or not plain:
+                    raise ConfigError(
+                        f"{path}: field `keys[{i}].{field}`: expected a text field name and a text value, got "
+                        f"{type(field).__name__}: {type(value).__name__}; fix: write `name: value` with plain text"
+                    )
         return cls.from_entries(data, where=str(path))

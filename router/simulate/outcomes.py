@@ -6,14 +6,16 @@ One line = one request::
      "outcomes": {"mixtral-8x7b-instruct": {"correct": true, "output_tokens": 12},
                   "gpt-4-1106-preview":    {"correct": false}}}
 
-``correct`` is a boolean or a score in [0, 1]. Optional per-outcome fields: ``output_tokens`` (int >= 0) and
-``energy_j`` (measured joules for that call, which wins over the card's estimate). Optional per-line
-``input_tokens``; when absent it is estimated as ceil(chars / 4).
+``correct`` is a boolean or a score in [0, 1]. Optional per-outcome fields: ``output_tokens`` (an integer in
+[0, 100,000,000]) and ``energy_j`` (measured joules for that call, finite, >= 0, which wins over the card's
+estimate). Optional per-line ``input_tokens`` (same range as ``output_tokens``); when absent it is estimated as
+ceil(chars / 4).
 
 The reader streams: it never holds the JSON objects, only columns (float arrays per model) and one copy of each
 distinct prompt, so a 1,000,000-line file that resamples ~10,000 prompts takes tens of MB. Every problem is a
 :class:`OutcomesError` naming the file and the line, unless ``skip_bad`` is set, in which case the line is
-skipped and counted (:attr:`OutcomesTable.skipped`), never silently turned into a wrong number.
+skipped and counted (:attr:`OutcomesTable.skipped`), never silently turned into a wrong number. A file with no
+usable line at all is an :class:`OutcomesError` either way.
 """
 
 from __future__ import annotations
@@ -29,12 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cards import ModelCard
+from ..cards import MAX_TOKENS, ModelCard
 from ..errors import BadRequestError
 
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 64
 """Output tokens assumed for an outcome without ``output_tokens`` (counted in ``defaulted_output_tokens``)."""
+MAX_ENERGY_J = 1e15
+"""The largest ``energy_j`` taken for one call (278 GWh): more is a unit mistake, and totals must stay finite."""
+
+
+def _token_count(value: object) -> bool:
+    """An integer token count that the energy formula can use (a 400-digit count overflows a float)."""
+    return type(value) is int and 0 <= value <= MAX_TOKENS
+
+
+def _joules(value: object) -> bool:
+    return type(value) in (int, float) and 0 <= value <= MAX_ENERGY_J  # NaN fails the comparison
 
 
 class OutcomesError(BadRequestError):
@@ -85,7 +98,7 @@ class OutcomesTable:
     models: list[str]
     ids: list[str]
     tasks: np.ndarray
-    """int16 code per row into :attr:`task_names`."""
+    """int32 code per row into :attr:`task_names`."""
     task_names: list[str]
     score: np.ndarray
     """float32 [n, M]: the outcome's score in [0, 1]; NaN where the line has no outcome for that model."""
@@ -110,6 +123,12 @@ class OutcomesTable:
 
     def model_sets(self) -> list[tuple[str, ...]]:
         return sorted({tuple(m for m, on in zip(self.models, row, strict=True) if on) for row in self.group_mask})
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters, so a 400-digit number does not fill the report."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _reason_key(message: str) -> str:
@@ -164,7 +183,7 @@ def _read(
     energies: list[array] = []
     measured: list[array] = []
     ids: list[str] = []
-    task_codes = array("h")
+    task_codes = array("i")
     task_index: dict[str, int] = {}
     group = array("i")
     group_index: dict[tuple[str, int], int] = {}
@@ -207,8 +226,11 @@ def _read(
             continue  # blank lines (e.g. a trailing newline) carry no request
         try:
             obj = loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # UnicodeDecodeError included
             bad(f"not valid JSON ({exc})")
+            continue
+        except RecursionError:
+            bad("not valid JSON (nested too deeply)")
             continue
         if type(obj) is not dict:
             bad(f"a line must be a JSON object, got {type(obj).__name__}")
@@ -232,8 +254,8 @@ def _read(
         in_tok = obj.get("input_tokens")
         if in_tok is None:
             in_tok = -(-len(prompt) // CHARS_PER_TOKEN)
-        elif type(in_tok) is not int or in_tok < 0:
-            bad(f"request {rid!r}: `input_tokens` must be an integer >= 0, got {in_tok!r}")
+        elif not _token_count(in_tok):
+            bad(f"request {rid!r}: `input_tokens` must be an integer in [0, {MAX_TOKENS:,}], got {_short(in_tok)}")
             continue
         row: list[tuple[int, float, float, bool]] = []
         problem = None
@@ -254,18 +276,21 @@ def _read(
             elif type(c) in (int, float) and 0.0 <= c <= 1.0:
                 s = float(c)
             elif type(c) in (int, float):
-                problem = f"request {rid!r}: score {c!r} for model `{model}` is outside [0, 1]"
+                problem = f"request {rid!r}: score {_short(c)} for model `{model}` is outside [0, 1]"
                 break
             else:
                 problem = (
                     f"request {rid!r}: `correct` for model `{model}` must be true/false or a score in [0, 1], "
-                    f"got {c!r}"
+                    f"got {_short(c)}"
                 )
                 break
             ej = out.get("energy_j")
             if ej is not None:
-                if type(ej) not in (int, float) or not ej >= 0 or ej == math.inf:
-                    problem = f"request {rid!r}: `energy_j` for model `{model}` must be a number >= 0, got {ej!r}"
+                if not _joules(ej):
+                    problem = (
+                        f"request {rid!r}: `energy_j` for model `{model}` must be a number in "
+                        f"[0, {MAX_ENERGY_J:g}], got {_short(ej)}"
+                    )
                     break
                 row.append((column(card_name), s, float(ej), True))
                 continue
@@ -273,8 +298,11 @@ def _read(
             if ot is None:
                 ot = default_output_tokens
                 defaulted += 1
-            elif type(ot) is not int or ot < 0:
-                problem = f"request {rid!r}: `output_tokens` for model `{model}` must be an integer >= 0, got {ot!r}"
+            elif not _token_count(ot):
+                problem = (
+                    f"request {rid!r}: `output_tokens` for model `{model}` must be an integer in "
+                    f"[0, {MAX_TOKENS:,}], got {_short(ot)}"
+                )
                 break
             j = column(card_name)
             pc, pi, po = coeffs[j]
@@ -318,6 +346,12 @@ def _read(
         progress(bytes_read)
     if n_rows == 0 and not table_skipped:
         raise OutcomesError(f"{name}: no requests in the outcomes file")
+    if n_rows == 0:
+        reasons = "; ".join(f"{reason} ({count})" for reason, count in table_skipped.most_common(3))
+        raise OutcomesError(
+            f"{name}: no usable line: all {sum(table_skipped.values())} request lines are bad ({reasons}); "
+            f"first: {examples[0]}; fix the file (run without --skip-bad to stop at the first bad line)"
+        )
     m = len(models)
     score = np.stack([np.frombuffer(a, dtype=np.float32) for a in scores], axis=1) if m else np.zeros((n_rows, 0))
     energy = np.stack([np.frombuffer(a, dtype=np.float64) for a in energies], axis=1) if m else np.zeros((n_rows, 0))
@@ -331,7 +365,7 @@ def _read(
         path=name,
         models=models,
         ids=ids,
-        tasks=np.frombuffer(task_codes, dtype=np.int16).copy(),
+        tasks=np.frombuffer(task_codes, dtype=np.int32).copy(),
         task_names=list(task_index),
         score=score,
         energy_j=energy,

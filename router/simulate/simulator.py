@@ -178,8 +178,9 @@ class Simulator:
         self.large_score = self._score[self.rows, self.large]
         self.large_energy = self._energy[self.rows, self.large]
         self.segments = sorted({segment_of(x) for x in table.task_names})
-        seg_of_code = np.array([self.segments.index(segment_of(x)) for x in table.task_names], dtype=np.int16)
-        self.row_segment = seg_of_code[table.tasks] if n else np.zeros(0, np.int16)
+        segment_code = {seg: i for i, seg in enumerate(self.segments)}
+        seg_of_code = np.array([segment_code[segment_of(x)] for x in table.task_names], dtype=np.int32)
+        self.row_segment = seg_of_code[table.tasks] if n else np.zeros(0, np.int32)
         # a static price order for the plain threshold router: mean joules per model over the file
         with np.errstate(invalid="ignore"):
             self.mean_energy = np.nanmean(table.energy_j, axis=0) if n else np.zeros(m)
@@ -259,17 +260,19 @@ class Simulator:
         e_by = np.bincount(chosen_rows, weights=energy, minlength=m)
         segs: dict[str, dict[str, float]] = {}
         if len(self.segments) > 1:
-            for s, seg in enumerate(self.segments):
-                mask = self.row_segment == s
-                k = int(mask.sum())
-                lacc = float(self.large_score[mask].mean())
-                segs[seg] = {
-                    "requests": k,
-                    "accuracy": float(score[mask].mean()),
-                    "large_accuracy": lacc,
-                    "energy_j_per_request": float(energy[mask].sum() / k),
-                    "large_energy_j_per_request": float(self.large_energy[mask].sum() / k),
-                }
+            # one pass per statistic (not one per segment): files can hold tens of thousands of segments
+            n_seg = len(self.segments)
+            k = np.bincount(self.row_segment, minlength=n_seg)
+            sums = {
+                "accuracy": np.bincount(self.row_segment, weights=score, minlength=n_seg),
+                "large_accuracy": np.bincount(self.row_segment, weights=self.large_score, minlength=n_seg),
+                "energy_j_per_request": np.bincount(self.row_segment, weights=energy, minlength=n_seg),
+                "large_energy_j_per_request": np.bincount(self.row_segment, weights=self.large_energy, minlength=n_seg),
+            }
+            columns = [k.tolist(), *((v / k).tolist() for v in sums.values())]
+            names = ["requests", *sums]
+            for seg, *row in zip(self.segments, *columns, strict=True):
+                segs[seg] = dict(zip(names, row, strict=True))
         return RunStats(
             name=name,
             accuracy=float(score.mean()),

@@ -1,0 +1,133 @@
+"""Read one YAML configuration file (a model card, a policy, the config, a keys file) so that every way the file
+can be wrong is a :class:`ConfigError` naming the file, where, and the fix.
+
+PyYAML alone lets several faults through untyped or unnoticed: bytes that are not UTF-8 (``UnicodeDecodeError``
+without the file name), a key written twice (the last one silently wins), nesting deep enough to exhaust the
+recursion limit (``RecursionError``), a date that does not exist (``ValueError`` from ``datetime``), a value that
+contains itself (``&a [*a]``), and aliases that multiply a few lines into millions of values for the validator
+to walk (a hang).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+MAX_VALUES = 100_000
+"""Values (scalars, lists, mappings) one file may expand to once aliases are followed. A policy or a card has a
+few hundred; ten aliases of ten aliases of ... reach millions from a few lines."""
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the constructor below reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expanded_size(root: yaml.Node, path: Path, what: str) -> None:
+    """Count the values ``root`` stands for with aliases followed (each shared node once per use), without
+    expanding anything; refuse cycles and anything over :data:`MAX_VALUES`."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the ancestors of the node being expanded
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            total = size[id(node)] = 1 + sum(size[id(child)] for child in _children(node))
+            if total > MAX_VALUES:
+                raise ConfigError(
+                    f"{path}:{node.start_mark.line + 1}: the {what} expands to more than {MAX_VALUES:,} values "
+                    "through aliases (`*name`); fix: write the values out instead of nesting aliases"
+                )
+            continue
+        if id(node) in size:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:
+                raise ConfigError(
+                    f"{path}:{child.start_mark.line + 1}: a value contains itself through an alias (`*name`); "
+                    "fix: remove the alias"
+                )
+            if id(child) not in size:
+                stack.append((child, False))
+
+
+def read_yaml(file: str | Path, what: str) -> tuple[Any, str]:
+    """The parsed content of ``file`` and its text (for messages that point at lines). ``what`` names the kind
+    of file in messages, e.g. ``"model card"``."""
+    path = Path(file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}; fix: check the path") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: the {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "fix: save it as UTF-8"
+        ) from None
+    try:
+        return _parse(text, path, what), text
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{path}:{exc.again}: key `{exc.key}` is written twice in one mapping (first on line {exc.first}); "
+            "fix: keep one of them"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{line}: not valid YAML: {problem}; fix the indentation or quoting") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply for a {what}; fix: flatten it") from None
+    except ValueError as exc:  # a scalar that resolves to a type but cannot be built, e.g. the date 2024-13-45
+        fix = "correct the value, or quote it to keep it as text"
+        raise ConfigError(f"{path}: not valid YAML: {exc}; fix: {fix}") from exc
+
+
+def _parse(text: str, path: Path, what: str) -> Any:
+    loader = _StrictLoader(text)  # the reader refuses control characters here already
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, path, what)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
