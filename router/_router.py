@@ -45,7 +45,8 @@ from .errors import (
     RouterError,
     UnknownModelError,
 )
-from .ledger import Ledger, hash_key, open_ledger
+from .keys import KeyStore, hash_key
+from .ledger import Ledger, open_ledger
 from .policy.base import BudgetState, DecisionRequest, Engine
 from .types import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Routing, Usage
 
@@ -71,6 +72,7 @@ class Router:
         ledger: Ledger | None = None,
         meter: Meter | None = None,
         backends: dict[str, Backend] | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         self.config = config or RouterConfig.load()
         self.cards = cards if cards is not None else load_cards(self.config.models_dir)
@@ -81,6 +83,9 @@ class Router:
         self.ledger = ledger or open_ledger(self.config.ledger_url, retention_days=self.config.ledger_retention_days,
                                             journal=self.config.journal)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)
+        self.keys = keys if keys is not None else KeyStore.from_entries(
+            [k.model_dump(exclude_none=True) for k in self.config.keys])
+        """API keys: the proxy authenticates with them, and a key's ``policy`` is its requests' default."""
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
@@ -203,7 +208,11 @@ class Router:
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
         key_hash = hash_key(req.api_key)
-        request = DecisionRequest(policy=req.policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
+        policy = req.policy
+        if policy is None and req.api_key is not None:
+            spec = self.keys.lookup(req.api_key)
+            policy = spec.policy if spec is not None else None
+        request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash,
                                   input_tokens_hint=max(1, len(req.text) // 4))
         decision = self.engine.decide(classification, request, self._budget_state(request))

@@ -12,8 +12,8 @@ import pytest
 from router.cards import load_card
 from router.config import RouterConfig
 from router.errors import ConfigError
+from router.keys import KeyStore
 from router.policy.loader import load_policy
-from router.proxy.keys import KeyStore
 
 CARD = """name: tiny
 tier: small

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from router.cards import load_card, load_cards
 from router.config import RouterConfig
 from router.errors import ConfigError, RouterError
+from router.keys import KeyStore
 from router.policy.loader import load_policy
-from router.proxy.keys import KeyStore
 from router.simulate.outcomes import parse_outcomes_lines
 
 FAST = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])

@@ -185,3 +185,24 @@ def test_general_chat_goes_to_a_local_llm(router):
     assert resp.choices[0].message.content.strip()
     assert resp.usage.completion_tokens > 0
     assert resp.routing.energy_j > 0
+
+
+def test_a_keys_policy_comes_from_the_keys_configuration(ledger_url, cards, specialist_backend, tmp_path):
+    """One mapping from a key to its policy: the config's `keys`, for the library as for the proxy; a policy file
+    that tries to switch a key's policy is refused with the fix."""
+    import hashlib
+
+    from router.errors import ConfigError
+    from router.policy.loader import load_policy
+
+    config = RouterConfig.load(ledger_url=ledger_url, keys=[
+        {"name": "team", "sha256": hashlib.sha256(b"sk-team").hexdigest(), "policy": "eco"}])
+    r = Router(config, cards=cards, backends={"sentiment-onnx": specialist_backend})
+    assert r.complete(messages=user(REVIEW), api_key="sk-team").routing.policy == "eco"
+    assert r.complete(messages=user(REVIEW), api_key="sk-other").routing.policy == r.policy_name
+    assert r.complete(messages=user(REVIEW), api_key="sk-team", policy="quality").routing.policy == "quality"
+    r.close()
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: p\naccuracy: {min_accuracy: 0.5}\nkeys: [{key_hash: key-0123456789abcdef, policy: eco}]\n")
+    with pytest.raises(ConfigError, match="keys.*not in a policy file"):
+        load_policy(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import JournalSettings
+from ..keys import hash_key
 from .base import (
     BUCKET_S,
     Ledger,
@@ -12,7 +13,6 @@ from .base import (
     Reservation,
     SummaryRow,
     aggregate,
-    hash_key,
     new_record_id,
     totals_from_summary,
     window_start,

@@ -12,7 +12,6 @@ counts it twice. ``request_id`` is kept as well: the attempts of one request (a 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -24,12 +23,6 @@ from typing import Any, Literal
 
 Outcome = Literal["ok", "error", "escalated", "rejected", "cancelled"]
 
-
-def hash_key(api_key: str | None) -> str | None:
-    """API keys never reach the ledger in clear: store a short salted-free SHA-256 prefix that identifies them."""
-    if not api_key:
-        return None
-    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def new_record_id() -> str:

@@ -108,8 +108,8 @@ def decide_pure(
 
 # -- the Engine --------------------------------------------------------------------------------------------------
 class PolicyEngine(Engine):
-    """The :class:`Engine` over a set of policies: resolves the request's policy (and its key's switch to another
-    policy) and applies :func:`decide_pure` to the budget snapshot the caller read.
+    """The :class:`Engine` over a set of policies: picks the request's policy and applies :func:`decide_pure` to
+    the budget snapshot the caller read.
 
     ``cards`` are the candidates as given: the Router passes its callable cards, the simulator the cards of the
     models measured for a request. ``default_policy`` answers requests that name none (default: the only policy,
@@ -124,7 +124,6 @@ class PolicyEngine(Engine):
         if default_policy is None and len(self.policies) == 1:
             default_policy = next(iter(self.policies))
         self.default_policy = default_policy
-        self._switched: dict[tuple[str, str], Policy] = {}
         self._refs: dict[tuple[str | None, str | None], tuple[BudgetRef, ...]] = {}
 
     def policy(self, name: str | None) -> Policy:
@@ -135,27 +134,12 @@ class PolicyEngine(Engine):
             raise BadRequestError(f"{what}; use one of: {', '.join(sorted(self.policies))}", param="policy")
         return found
 
-    def resolve(self, request: DecisionRequest) -> Policy:
-        """The policy that decides this request: the named one, or the one the caller's key switches to."""
-        chosen = self.policy(request.policy)
-        key_hash = request.key_hash
-        entry = chosen.key_policy(key_hash)
-        if entry is None or not entry.policy or entry.policy == chosen.name:
-            return chosen
-        switched = self._switched.get((chosen.name, entry.key_hash))
-        if switched is None:
-            base = self.policy(entry.policy)
-            # the key's own budgets, accuracy and allowed models still apply on top of the policy it switches to
-            switched = base.model_copy(update={"keys": [entry.model_copy(update={"policy": None}), *base.keys]})
-            self._switched[(chosen.name, entry.key_hash)] = switched
-        return switched
-
     def budget_refs(self, request: DecisionRequest) -> tuple[BudgetRef, ...]:
         # asked before every decision; the answer depends only on the policy name and the key
         cache_key = (request.policy, request.key_hash)
         found = self._refs.get(cache_key)
         if found is None:
-            policy = self.resolve(request)
+            policy = self.policy(request.policy)
             seen: dict[str, BudgetRef] = {}
             for card in self.cards.values():
                 for ref in budgets_for(policy, card, request.key_hash):
@@ -167,7 +151,7 @@ class PolicyEngine(Engine):
         return found
 
     def decide(self, classification: Classification, request: DecisionRequest, budgets: BudgetState) -> Decision:
-        return decide_pure(classification, self.cards, budgets, self.resolve(request), request)
+        return decide_pure(classification, self.cards, budgets, self.policy(request.policy), request)
 
     def budget_specs(self) -> list[tuple[str, float, float, str]]:
         """Every budget a request can be reserved against, for reports and metrics: ``(ledger key, joules per

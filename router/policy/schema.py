@@ -8,7 +8,7 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -123,11 +123,18 @@ class KeyPolicy(_Strict):
     computes one)."""
 
     key_hash: str = Field(pattern=r"^key-[0-9a-f]{16}$")
-    policy: str | None = Field(None, description="use this policy for the key instead")
     accuracy: AccuracyTarget | None = None
     budgets: list[Budget] = Field(default_factory=list, description="budgets for this key only")
     allowed_models: list[str] | None = None
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_is_set_with_the_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "policy" in data:
+            raise ValueError("a key's policy is given where the key is configured (the config's `keys:` entry, "
+                             "e.g. `- {sha256: ..., policy: eco}`), not in a policy file; remove `policy` here")
+        return data
 
 
 class Policy(_Strict):

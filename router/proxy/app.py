@@ -25,9 +25,9 @@ from starlette.types import Receive, Scope, Send
 from .._router import Router
 from ..config import RouterConfig
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
+from ..keys import KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
-from .keys import KeyStore
 from .ledger_writer import BackgroundLedger
 from .metrics import CONTENT_TYPE, ProxyMetrics
 
@@ -106,21 +106,24 @@ def create_app(
     max_body_bytes: int | None = None,
 ) -> ProxyApp:
     """The proxy app. ``router`` defaults to ``Router(config)`` over the config's ledger (written by a background
-    thread unless ``proxy.ledger_writes: inline``); ``keys`` defaults to the config's ``keys`` (none: no
-    authentication). ``keys`` may also be a keys YAML file, a list of entries, or a ``{clear_key: policy}``
-    mapping (hashed at once)."""
+    thread unless ``proxy.ledger_writes: inline``). ``keys`` (default: the config's ``keys``; none: no
+    authentication) may be a keys YAML file, a list of entries, or a ``{clear_key: policy}`` mapping (hashed at
+    once); they are the Router's keys, which also give each key its policy. With a ``router`` of your own, its
+    keys are used and ``keys`` must not be given."""
     if not isinstance(config, RouterConfig):
         config = router.config if router is not None and config is None else RouterConfig.load(config)
     settings = config.proxy
     if router is None:
+        store = None
+        if keys is not None:
+            store = KeyStore.from_file(keys) if isinstance(keys, str | Path) else KeyStore.from_entries(keys)
         ledger = open_ledger(config.ledger_url, retention_days=config.ledger_retention_days, journal=config.journal)
         if settings.ledger_writes == "background":  # see ledger_writer.py: no disk stall on the event loop
             ledger = BackgroundLedger(ledger, interval_s=settings.ledger_group_ms / 1000, journal=config.journal)
-        router = Router(config, ledger=ledger)
-    if keys is None:
-        keys = [k.model_dump(exclude_none=True) for k in config.keys] or None
-    store = KeyStore.from_file(keys) if isinstance(keys, str | Path) else KeyStore.from_entries(keys, where="keys")
-    proxy = Proxy(router, store, max_body_bytes or settings.max_body_bytes)
+        router = Router(config, ledger=ledger, keys=store)
+    elif keys is not None:
+        raise ValueError("create_app(router=..., keys=...): give the keys to the Router (Router(keys=...))")
+    proxy = Proxy(router, router.keys, max_body_bytes or settings.max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -36,9 +36,8 @@ from ..errors import (
     RouterError,
     UnknownModelError,
 )
-from ..ledger import hash_key
+from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
-from .keys import KeySpec, KeyStore
 from .metrics import ProxyMetrics
 
 log = logging.getLogger("router.proxy")
@@ -161,7 +160,7 @@ class ChatHandler:
             elif name == b"x-request-id" and rid is None:
                 rid = value.decode("latin-1")
         try:
-            api_key, spec = self._auth(auth)
+            api_key = self._auth(auth)
             body = self._parse(await self._read_body(receive, length))
             check_types(body)
             if "messages" not in body:
@@ -170,8 +169,6 @@ class ChatHandler:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
             model = body.pop("model", None) or "router"
             self._check_policy_alias(model)
-            if spec is not None and spec.policy and "policy" not in body:
-                body["policy"] = spec.policy
             messages = body.pop("messages")
             prepared = await self.router.aprepare(
                 messages, model=model, api_key=api_key,
@@ -205,20 +202,20 @@ class ChatHandler:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    def _auth(self, header: str | None) -> tuple[str | None, KeySpec | None]:
+    def _auth(self, header: str | None) -> str | None:
+        """The bearer key, checked when keys are configured (the Router gives it its policy)."""
         key = None
         if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() == "bearer" and value.strip():
                 key = value.strip()
         if not self.keys:
-            return key, None
+            return key
         if key is None:
             raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
-        spec = self.keys.lookup(key)
-        if spec is None:
+        if self.keys.lookup(key) is None:
             raise AuthenticationError("invalid API key")
-        return key, spec
+        return key
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
         """The body, refused early when ``Content-Length`` is over the limit and counted while reading."""

@@ -1,17 +1,19 @@
-"""API keys for the proxy: who may call it, and which policy each key gets.
+"""API keys: who may call the proxy, and which policy each key's requests get (library and proxy alike).
 
-Keys are configured in the router config file under ``extra.keys`` (or a separate YAML file given to
-``router serve --keys``), one entry per key, and are only ever held as SHA-256 digests::
+Keys are configured in the router config under ``keys`` (or a separate YAML file given to ``router serve
+--keys``), one entry per key, and are only ever held as SHA-256 digests::
 
-    extra:
-      keys:
-        - name: team-a                 # shown nowhere but in this file; metrics and the ledger use the hash
-          sha256: 9f86d08...           # sha256 of the key: printf %s "$KEY" | sha256sum
-          policy: eco                  # optional: the policy for model="router" (default: the config's)
-        - name: ci
-          env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
+    keys:
+      - name: team-a                 # shown nowhere but in this file; metrics and the ledger use the key's id
+        sha256: 9f86d08...           # sha256 of the key: printf %s "$KEY" | sha256sum
+        policy: eco                  # optional: the policy for model="router" (default: the config's)
+      - name: ci
+        env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
 
-A key in clear text in the file is refused (``key:`` is not a field), so config files can be committed.
+One hash: a key's id, ``key-`` + the first 16 hex digits of its SHA-256 (:func:`hash_key`), is what the ledger,
+the metrics and policy files (per-key budgets) name it by; the full digest is what authenticates it. This file
+is the one place a key is given a policy. A key in clear text is refused (``key:`` is not a field), so config
+files can be committed.
 """
 
 from __future__ import annotations
@@ -23,8 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..yaml_files import read_yaml
+from .errors import ConfigError
+from .yaml_files import read_yaml
+
+
+def digest(key: str) -> str:
+    """The SHA-256 of a key, in hex: what authenticates it."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id(sha256: str) -> str:
+    """A key's id from its digest: ``key-`` + 16 hex digits, what the ledger, metrics and policies show."""
+    return "key-" + sha256[:16]
+
+
+def hash_key(api_key: str | None) -> str | None:
+    """A clear key's id (``None`` for no key): keys never reach the ledger, metrics or logs in clear."""
+    return key_id(digest(api_key)) if api_key else None
 
 
 @dataclass(frozen=True)
@@ -33,9 +50,9 @@ class KeySpec:
     sha256: str
     policy: str | None = None
 
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    @property
+    def key_hash(self) -> str:
+        return key_id(self.sha256)
 
 
 class KeyStore:
