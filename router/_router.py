@@ -217,7 +217,7 @@ class Router:
                                   input_tokens_hint=max(1, len(req.text) // 4))
         decision = self.engine.decide(classification, request, self._budget_state(request))
         decision_ms = (time.perf_counter() - started) * 1000
-        deadline_s = req.deadline_s or self.config.deadline_s
+        deadline_s = req.deadline_s or decision.deadline_s or self.config.deadline_s
         prepared = PreparedRequest(
             request_id=req.request_id, messages=req.messages, text=req.text, classification=classification,
             decision=decision, max_tokens=req.max_tokens, temperature=req.temperature, stop=req.stop,

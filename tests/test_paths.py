@@ -244,3 +244,12 @@ def test_deadline_ends_the_call_at_the_deadline_not_when_the_model_finishes(tmp_
         router.close()
         assert got.status == "DeadlineExceededError", path
         assert elapsed < 1.0, f"{path}: {elapsed:.2f} s"
+
+
+def test_a_policys_deadline_applies_and_a_requests_own_overrides_it(tmp_path: Path) -> None:
+    build = _with(PLAIN + "deadline_s: 0.3\n",
+                  backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=20)})
+    router = build(tmp_path / "policy")
+    assert run(router, "sync").status == "DeadlineExceededError"
+    assert run(router, "async", deadline_s=5).status == "ok"  # 20 words x 50 ms fit in the request's own 5 s
+    router.close()

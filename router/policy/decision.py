@@ -50,3 +50,5 @@ class Decision:
     """What the Router does when a reservation fails at call time: ``fallback``, ``reject``, ``allow_and_flag``."""
     calibrated: bool = False
     """True when the policy's calibrated thresholds decided (not the raw predicted-accuracy comparison)."""
+    deadline_s: float | None = None
+    """The policy's deadline for the whole request (``None``: the config's)."""

@@ -103,6 +103,7 @@ def decide_pure(
         model_budgets=model_budgets,
         on_budget_exhausted=policy.on_budget_exhausted,
         calibrated=bool(offsets) and any(n in offsets for n in p),
+        deadline_s=policy.deadline_s,
     )
 
 

@@ -147,6 +147,9 @@ class Policy(_Strict):
     allowed_models: list[str] | None = Field(None, description="only these models may answer (None: all)")
     pinned: dict[str, str] = Field(default_factory=dict, description="task -> model that always answers it")
     keys: list[KeyPolicy] = Field(default_factory=list)
+    deadline_s: float | None = Field(
+        None, gt=0, le=86_400, description="seconds a request may take across every retry and fallback (default: "
+        "the config's deadline_s); a request's own deadline_s overrides it")
     output_tokens_estimate: int = Field(
         128, gt=0, le=100_000_000, description="output tokens assumed for energy estimates"
     )
