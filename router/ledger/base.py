@@ -51,6 +51,12 @@ class LedgerRecord:
     co2e_g: float | None = None
     ts: float = field(default_factory=time.time)
     record_id: str = field(default_factory=new_record_id)
+    estimated_j: float | None = None
+    """The joules expected for this call before it ran (what the decision compared)."""
+    grid_g_per_kwh: float | None = None
+    """The grid carbon intensity ``co2e_g`` was computed at."""
+    zone: str | None = None
+    """The grid zone whose intensity applies (a hosted model's region, or this host's)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +136,13 @@ class Ledger(ABC):
     @abstractmethod
     def budget_used(self, budget: str, window_s: float) -> float:
         """Joules spent plus held in the current window of ``budget``."""
+
+    def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
+        """The newest ``limit`` answered calls (outcome ``ok`` or ``escalated``) of ``model``, newest first: what
+        the energy estimates learn from. This default scans the last week; stores override it with an index."""
+        since = time.time() - 7 * 86_400
+        calls = [r for r in self.iter_records(since) if r.model == model and r.outcome in ("ok", "escalated")]
+        return calls[::-1][:limit]
 
     @abstractmethod
     def prune(self, older_than: float) -> int:

@@ -50,6 +50,7 @@ def export_parquet(
             ("latency_ms", pa.float64()), ("policy", pa.string()), ("task", pa.string()),
             ("key_hash", pa.string()), ("error", pa.string()), ("attempt", pa.int64()),
             ("co2e_g", pa.float64()), ("ts", pa.float64()), ("record_id", pa.string()),
+            ("estimated_j", pa.float64()), ("grid_g_per_kwh", pa.float64()), ("zone", pa.string()),
         ]
     )  # fmt: skip
     assert schema.names == COLUMNS, "keep the Parquet schema in step with LedgerRecord"

@@ -288,6 +288,9 @@ class JournaledLedger(Ledger):
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         return self._store()._stored_summary(lo, hi)
 
+    def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
+        return self._store().recent_calls(model, limit)
+
     def prune(self, older_than: float) -> int:
         return self._store().prune(older_than)
 

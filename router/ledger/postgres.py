@@ -227,6 +227,12 @@ class PostgresLedger(Ledger):
         self._next_prune = now + 3600
         return 0 if days is None else self.prune(now - days * 86400)
 
+    @guarded("read recent calls")
+    def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records WHERE model = %s "
+               "AND outcome IN ('ok', 'escalated') ORDER BY ts DESC LIMIT %s")  # the (model, ts) index
+        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (model, limit))]
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records and their sums older than ``older_than`` in one transaction; the hour straddling the

@@ -1,7 +1,8 @@
 """The PostgreSQL ledger's schema: its numbered migration steps (:mod:`router.ledger.migrations`) and the SQL
 that keeps the hourly sums. Statements name tables as ``{s}.table``; ``{s}`` is the ledger's schema.
 
-Versions (the ``meta`` table's ``schema_version``): 1, records (record ids unique), hourly summary, budgets.
+Versions (the ``meta`` table's ``schema_version``): 1, records (record ids unique), hourly summary, budgets;
+2, the estimated joules, grid intensity and zone of each record.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .migrations import Migrations, Step
 COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
     "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
+    "estimated_j", "grid_g_per_kwh", "zone",
 ]  # fmt: skip
 LARGEST_INSERT = 256
 SUMMARY_COLS = (
@@ -56,6 +58,15 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 """CREATE TABLE IF NOT EXISTS {s}.budgets (
                     budget TEXT NOT NULL, window_start DOUBLE PRECISION NOT NULL,
                     used_j DOUBLE PRECISION NOT NULL DEFAULT 0, PRIMARY KEY (budget, window_start))""",
+            ],
+        ),
+        Step(
+            2,
+            "estimated joules, grid intensity and zone per record",
+            [
+                "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS estimated_j DOUBLE PRECISION",
+                "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS grid_g_per_kwh DOUBLE PRECISION",
+                "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS zone TEXT",
             ],
         ),
     ],

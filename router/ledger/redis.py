@@ -170,6 +170,18 @@ class RedisLedger(Ledger):
         self._next_prune = now + 3600
         return 0 if days is None else self.prune(now - days * 86400)
 
+    @guarded("read recent calls")
+    def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
+        """Pages back through the time-ordered records (all models share one sorted set), up to 50 pages."""
+        found: list[LedgerRecord] = []
+        page = max(256, 4 * limit)
+        for n in range(50):
+            members = self.r.zrevrange(self._k_records, n * page, (n + 1) * page - 1)
+            found += [r for r in map(_parse, members) if r.model == model and r.outcome in ("ok", "escalated")]
+            if len(found) >= limit or len(members) < page:
+                break
+        return found[:limit]
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Drop records older than ``older_than`` and their hourly sums; the hour that straddles the cut-off

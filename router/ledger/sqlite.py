@@ -41,11 +41,12 @@ __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "path_from_url"]
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
     "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
+    "estimated_j", "grid_g_per_kwh", "zone",
 ]  # fmt: skip
 
 _row = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one C call
 _MARKS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"  # one row's placeholders
-_LARGEST_INSERT = 256  # rows in one INSERT statement (18 columns: 4,608 parameters, SQLite allows 32,766)
+_LARGEST_INSERT = 256  # rows in one INSERT statement (21 columns: 5,376 parameters, SQLite allows 32,766)
 
 
 _RESERVE = """INSERT INTO budgets (budget, window_start, used_j) SELECT ?, ?, ? WHERE ? <= ?
@@ -224,6 +225,14 @@ class SQLiteLedger(Ledger):
         if days is None:
             return 0
         return self.prune(now - days * 86400)
+
+    @guarded("read recent calls")
+    def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
+        sql = (f"SELECT {', '.join(_COLUMNS)} FROM records WHERE model = ? AND outcome IN ('ok', 'escalated') "
+               "ORDER BY ts DESC LIMIT ?")  # the (model, ts) index: the newest rows of one model
+        with self._lock:
+            rows = self._conn.execute(sql, (model, limit)).fetchall()
+        return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:

@@ -9,6 +9,8 @@ Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how t
 3. ``records.record_id`` with a unique index: a record written twice is stored once (``INSERT ... ON CONFLICT
    DO NOTHING``, which fires no trigger, so the summary counts it once too). Records from before get the id
    ``legacy-<row id>``.
+4. ``records.estimated_j`` (the joules expected before the call), ``grid_g_per_kwh`` and ``zone`` (the carbon
+   intensity ``co2e_g`` was computed at, and where it applies).
 """
 
 from __future__ import annotations
@@ -88,6 +90,15 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 "ALTER TABLE records ADD COLUMN record_id TEXT",
                 "UPDATE records SET record_id = 'legacy-' || id WHERE record_id IS NULL",
                 "CREATE UNIQUE INDEX IF NOT EXISTS records_record_id ON records(record_id)",
+            ],
+        ),
+        Step(
+            4,
+            "estimated joules, grid intensity and zone per record",
+            [
+                "ALTER TABLE records ADD COLUMN estimated_j REAL",
+                "ALTER TABLE records ADD COLUMN grid_g_per_kwh REAL",
+                "ALTER TABLE records ADD COLUMN zone TEXT",
             ],
         ),
     ],

@@ -218,6 +218,10 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.summary(since, until)
 
+    def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
+        # no flush: read while deciding; it can trail by the records still queued
+        return self.inner.recent_calls(model, limit)
+
     def prune(self, older_than: float) -> int:
         self.flush()
         return self.inner.prune(older_than)

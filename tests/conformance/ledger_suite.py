@@ -15,6 +15,7 @@ Two more families take a store-specific hook as well:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def _rec(i: int, ts: float, **kw: object) -> LedgerRecord:
         key_hash=["key-a", "key-b", None][i % 3],
         co2e_g=0.001 * i,
         ts=ts,
+        estimated_j=[None, 0.25 + i][i % 2],
+        grid_g_per_kwh=[None, 475.0, 130.5][i % 3],
+        zone=[None, "US-CAL-CISO"][i % 2],
     )
     base.update(kw)
     return LedgerRecord(**base)  # type: ignore[arg-type]
@@ -123,6 +127,18 @@ def check_record_many(open_store: OpenStore) -> None:
     led.record_many(recs[13:])  # 300: more than one SQL statement's worth in the SQLite ledger
     assert [r.as_dict() for r in led.records()] == [r.as_dict() for r in recs]
     assert math.isclose(led.spent(since=0.0), sum(r.energy_j for r in recs))
+
+
+def check_recent_calls(open_store: OpenStore) -> None:
+    """The newest answered calls of one model, newest first, however the records are spread."""
+    led = open_store("recent")
+    recs = _sample(90, step=61.0)
+    led.record_many(recs)
+    for model in ("smollm2-135m", "sentiment-onnx"):
+        want = [r for r in reversed(recs) if r.model == model and r.outcome in ("ok", "escalated")]
+        assert [r.as_dict() for r in led.recent_calls(model, 7)] == [r.as_dict() for r in want[:7]]
+        assert len(led.recent_calls(model, 1000)) == len(want)
+    assert led.recent_calls("nobody", 5) == []
 
 
 def check_records_range_and_limit(open_store: OpenStore) -> None:
@@ -370,6 +386,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_roundtrip,
     check_record_many,
     check_records_range_and_limit,
+    check_recent_calls,
     check_spent,
     check_totals,
     check_summary_exact_for_any_range,
@@ -393,7 +410,8 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
 def check_previous_schema_migrates_with_records_intact(open_store: OpenStore, make_previous: MakePrevious) -> None:
     """A store the previous release wrote opens at the current version with every record, its sums and budgets
     intact; old records get stable, unique ids; new writes (and rewrites of old records) behave as usual."""
-    recs = _sample(25, step=900.0)
+    # what the previous release could store: no estimate, intensity or zone yet (they read back as None)
+    recs = [dataclasses.replace(r, estimated_j=None, grid_g_per_kwh=None, zone=None) for r in _sample(25, step=900.0)]
     make_previous("previous", recs)
     led = open_store("previous")
     assert led.schema_version == led.latest_schema_version
