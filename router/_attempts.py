@@ -37,6 +37,7 @@ from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest, StreamEvent
 from .cards import ModelCard
 from .energy import EnergyReading, Meter, MeterSpan, estimate_from_profile
+from .energy.estimates import EnergyEstimates
 from .errors import (
     BackendError,
     BudgetExhaustedError,
@@ -52,11 +53,12 @@ log = logging.getLogger("router")
 
 
 class Models(Protocol):
-    """What the attempts need of the Router: its cards, backends, meter and ledger."""
+    """What the attempts need of the Router: its cards, backends, meter, ledger and learned energy estimates."""
 
     cards: dict[str, ModelCard]
     ledger: Ledger
     meter: Meter
+    estimates: EnergyEstimates
 
     def backend(self, model: str) -> Backend: ...
 
@@ -209,11 +211,11 @@ class Attempts:
         if not refs:
             return []
         ledger = self.router.ledger
-        estimate = d.estimates.get(card.name) or card.energy.joules(max(1, len(self.prepared.text) // 4),
-                                                                    self.prepared.max_tokens or 128)
+        estimate = self._hold(card)
         held: list[Reservation] = []
         for ref in refs:
-            reservation = ledger.try_reserve(ref.key, estimate, ref.limit_j, ref.window_s)
+            # never more than the whole budget: a hold above it would refuse even a fresh window's first call
+            reservation = ledger.try_reserve(ref.key, min(estimate, ref.limit_j), ref.limit_j, ref.window_s)
             if reservation is None:
                 break
             held.append(reservation)
@@ -234,6 +236,23 @@ class Attempts:
         retry = ref.window_s - time.time() % ref.window_s
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
                                    f"`{d.policy}`", retry_after_s=retry)
+
+    def _expected(self, card: ModelCard) -> tuple[float, str]:
+        """The joules this call was expected to take, and where the figure comes from."""
+        learned = self.prepared.estimates.get(card.name)
+        if learned is not None:
+            return learned.joules, learned.source
+        joules = self.prepared.decision.estimates.get(card.name)
+        if joules is None:
+            joules = card.energy.joules(max(1, len(self.prepared.text) // 4), self.prepared.max_tokens or 128)
+        return joules, "card"
+
+    def _hold(self, card: ModelCard) -> float:
+        """What a budget reservation holds for a call: an upper quantile of what it may take."""
+        learned = self.prepared.estimates.get(card.name)
+        if learned is not None:
+            return learned.upper_j
+        return self.router.estimates.upper_for_card(card, self._expected(card)[0])
 
     # -- after a call ---------------------------------------------------------------------------------------
     def answered(self, call: Call, gen: Generation) -> bool:
@@ -322,12 +341,13 @@ class Attempts:
         call, _gen, _latency = self.answer
         d = self.prepared.decision
         energy = self.energy or _NOT_CALLED
+        expected, source = self._expected(call.card)
         return {
             "model": call.model, "tier": call.card.tier, "reason": self.reason(), "energy_j": energy.joules,
             "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
             "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
             "decision_ms": self.prepared.decision_ms, "co2e_g": self.router.co2e_g(energy.joules),
-            "attempts": self.attempts,
+            "attempts": self.attempts, "estimated_j": expected, "estimate_source": source,
         }
 
     def completion(self) -> dict[str, Any]:
@@ -383,11 +403,13 @@ class Attempts:
             error=error,
             attempt=len(self.attempts) if attempt is None else attempt,
             co2e_g=self.router.co2e_g(energy.joules),
+            estimated_j=self._expected(card)[0],
         )
         try:
             self.router.ledger.record(rec)
         except Exception:  # the answer still goes out; the failure is logged loudly
             log.exception("%s: could not write the ledger record", p.request_id)
+        self.router.estimates.observe(rec)
 
 
 def _attempt(model: str, tier: str, energy_j: float, energy_source: str, latency_ms: float, outcome: str,

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .classify.base import Classification
+from .energy.estimates import EnergyEstimate
 from .errors import BadRequestError
 from .policy.decision import Decision
 from .types import ChatMessage, new_request_id
@@ -69,6 +70,8 @@ class PreparedRequest:
     """``time.monotonic()`` by which the whole request (every attempt) must have ended."""
     cancel: threading.Event = field(default_factory=threading.Event)
     """Set to stop the request: the model in flight stops between tokens and the ledger records ``cancelled``."""
+    estimates: dict[str, EnergyEstimate] = field(default_factory=dict)
+    """The energy learned from the ledger for each candidate that has enough calls (the others: their cards)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
 

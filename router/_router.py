@@ -37,6 +37,7 @@ from .classify.base import Classification, RequestClassifier
 from .classify.batching import ClassifyBatcher
 from .config import RouterConfig
 from .energy import Meter, auto_meter
+from .energy.estimates import EnergyEstimate, EnergyEstimates
 from .errors import (
     BadRequestError,
     ConfigError,
@@ -90,6 +91,8 @@ class Router:
         self._backend_lock = threading.Lock()
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = _load_engine(self)
+        self.estimates = EnergyEstimates(self.ledger, {n: c for n, c in self.cards.items() if c.callable})
+        """Energy per call learned from the ledger (router/energy/estimates.py); the cards are the prior."""
         self._batcher = ClassifyBatcher(self.classifier)
 
     # -- the public calls ------------------------------------------------------------------------------------
@@ -212,9 +215,11 @@ class Router:
         if policy is None and req.api_key is not None:
             spec = self.keys.lookup(req.api_key)
             policy = spec.policy if spec is not None else None
+        input_tokens = max(1, len(req.text) // 4)
+        learned = self._learned_energy(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
-                                  max_energy_j=req.max_energy_j, key_hash=key_hash,
-                                  input_tokens_hint=max(1, len(req.text) // 4))
+                                  max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
+                                  energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None)
         decision = self.engine.decide(classification, request, self._budget_state(request))
         decision_ms = (time.perf_counter() - started) * 1000
         deadline_s = req.deadline_s or decision.deadline_s or self.config.deadline_s
@@ -222,10 +227,18 @@ class Router:
             request_id=req.request_id, messages=req.messages, text=req.text, classification=classification,
             decision=decision, max_tokens=req.max_tokens, temperature=req.temperature, stop=req.stop,
             key_hash=key_hash, decision_ms=decision_ms, deadline=time.monotonic() + deadline_s,
-            cancel=req.cancel or threading.Event(),
+            cancel=req.cancel or threading.Event(), estimates=learned,
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
+
+    def _learned_energy(self, task: str, input_tokens: int, max_tokens: int | None) -> dict[str, EnergyEstimate]:
+        found = {}
+        for name, card in self.estimates.cards.items():
+            estimate = self.estimates.estimate(card, task, input_tokens, max_tokens)
+            if estimate is not None:
+                found[name] = estimate
+        return found
 
     def _budget_state(self, request: DecisionRequest) -> BudgetState:
         """What every budget this request could be reserved against has used in its current window."""

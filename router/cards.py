@@ -158,6 +158,11 @@ class ModelCard(_Strict):
     def callable(self) -> bool:
         return self.backend is not None
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether the model runs on this machine (ONNX, llama.cpp), so its calls are metered here."""
+        return self.backend is not None and self.backend.type != "openai"
+
     def serves(self, task: str) -> bool:
         return not self.tasks or task in self.tasks
 

@@ -61,6 +61,10 @@ class Routing(BaseModel):
     decision_ms: float = 0.0
     co2e_g: float | None = None
     attempts: list[Attempt] = Field(default_factory=list)
+    estimated_j: float | None = None
+    """The joules expected for the answering model's call before it ran (what the decision compared)."""
+    estimate_source: str | None = None
+    """Where ``estimated_j`` comes from: ``ledger:212 calls`` (learned from measurements) or ``card``."""
 
 
 class Choice(BaseModel):

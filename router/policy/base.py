@@ -41,6 +41,9 @@ class DecisionRequest:
     """Input tokens, for the joule estimates."""
     output_tokens_hint: int | None = None
     """Output tokens, for the joule estimates; ``None``: the policy's ``output_tokens_estimate``."""
+    energy_estimates: Mapping[str, tuple[float, str]] | None = None
+    """Model -> (expected joules of this request, where the figure comes from, e.g. ``ledger:212 calls``): what
+    the caller has learned; a model not in it is estimated from its card."""
 
     @staticmethod
     def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:

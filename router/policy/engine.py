@@ -70,7 +70,7 @@ def decide_pure(
     )
     name = chosen.name
     head = reason(task, chosen, p, source[name], tgt, pinned, pin_source, by_energy, energy, escalate_to,
-                  escalate_below)
+                  escalate_below, req.energy_estimates)
 
     if "over_budget_allowed" in flags:
         blocked = set()  # allowed over budget: every model stays a fallback

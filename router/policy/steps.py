@@ -106,6 +106,7 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
     pinned, pin_source = _pin(task, cards, policy, req, allowed)
     in_tokens = req.input_tokens_hint
     out_tokens = req.output_tokens_hint or policy.output_tokens_estimate
+    learned = req.energy_estimates or {}
     excluded: dict[str, str] = {}  # why each other model is out, for the error when none is left
     pool: list[ModelCard] = []
     energy: dict[str, float] = {}
@@ -123,7 +124,8 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
             excluded[name] = "context too short"
         else:
             pool.append(card)
-            energy[name] = card.energy.joules(in_tokens, est_out)
+            known = learned.get(name)
+            energy[name] = known[0] if known is not None else card.energy.joules(in_tokens, est_out)
     if not pool:
         why = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
         raise BadRequestError(
@@ -288,8 +290,9 @@ def cascade(policy: Policy, chosen: ModelCard, pinned: str | None, spent: list[B
 
 def reason(task: str, chosen: ModelCard, p: Mapping[str, float], source: str, tgt: Target, pinned: str | None,
            pin_source: str, by_energy: list[ModelCard], energy: Mapping[str, float], escalate_to: tuple[str, ...],
-           escalate_below: float | None) -> str:
-    """Step 7: the head of the reason (the caller appends the budget and cascade notes)."""
+           escalate_below: float | None, learned: Mapping[str, tuple[float, str]] | None = None) -> str:
+    """Step 7: the head of the reason (the caller appends the budget and cascade notes). When the caller gave
+    learned estimates, each figure says where it comes from (``ledger:212 calls`` or ``card``)."""
     name = chosen.name
     pc = p[name]
     value, _, share, ref, offsets, adequate = tgt
@@ -306,12 +309,18 @@ def reason(task: str, chosen: ModelCard, p: Mapping[str, float], source: str, tg
     else:
         head = f"{task} task → {name}; no candidate meets {target_s}; best predicted {pc:.2f}{src_note}"
     own = energy[name]
+
+    def joules(model: str) -> str:
+        if learned is None:
+            return fmt_j(energy[model])
+        return f"{fmt_j(energy[model])} ({learned[model][1] if model in learned else 'card'})"
+
     dearer = [c for c in by_energy if energy[c.name] > own]
     if dearer:
         other = dearer[0] if dearer[0].tier != chosen.tier or len(dearer) == 1 else dearer[-1]
-        head += f"; {fmt_j(own)} vs {fmt_j(energy[other.name])} for {other.name}"
+        head += f"; {joules(name)} vs {joules(other.name)} for {other.name}"
     else:
-        head += f"; {fmt_j(own)}"
+        head += f"; {joules(name)}"
     if escalate_to:
         head += f"; escalates to {escalate_to[0]} if confidence < {escalate_below:.2f}"
     return head

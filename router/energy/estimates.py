@@ -1,0 +1,231 @@
+"""Energy estimates learned from the ledger: what a call to a model is expected to cost, and how much to hold.
+
+A model card's energy profile (joules per call / input token / output token) is a guess made once; the ledger
+holds what each call actually took on this machine, under this load. For every model :class:`EnergyEstimates`
+keeps its last ``window`` answered calls (from the ledger, so every process sharing it learns from all of them,
+refreshed every ``refresh_s``, plus this process's own calls at once) and fits:
+
+* **output tokens per task**: the mean (what an answer is expected to be) and an upper quantile; the
+  model's calls on any task stand in while a task has fewer than ``min_calls``;
+* **joules per call / input token / output token**: a non-negative least-squares fit of the metered calls
+  (``measured:*`` and ``estimated:cpu-time``), with the card's profile as the prior: it counts as
+  ``prior_calls`` calls, so a few measurements move it a little and many decide it. A remote model's joules
+  are its card's token profile by definition, so only its answer lengths are learned;
+* **the spread**: the ``quantile`` of measured over fitted joules across the window.
+
+The expected joules of a call are the fit at the expected answer length; what a budget reservation holds is the
+fit at the upper answer length times the upper spread, so a reservation covers the call about ``quantile`` of
+the time, and what a budget can be overspent by is about one in-flight call per process (the few that exceed
+their hold). A model with fewer than ``min_calls`` metered calls has no estimate here: the engine uses its card,
+and the Router holds ``UNMEASURED_HOLD`` times the card's figure for a local model (a card can be several times
+off on a busy machine; a remote model's card figure is exact for its token counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cards import ModelCard
+from ..errors import LedgerError
+from ..ledger import Ledger, LedgerRecord
+
+log = logging.getLogger("router.energy")
+
+UNMEASURED_HOLD = 4.0
+"""What a reservation holds for a local model with no measurements yet, as a multiple of its card's estimate."""
+
+
+@dataclass(frozen=True)
+class EnergyEstimate:
+    """A call's expected joules, what to hold for it, and where the figures come from."""
+
+    joules: float
+    upper_j: float
+    source: str
+    """``ledger:212 calls`` (learned) or ``card`` (the model card's profile)."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    task: str
+    input_tokens: int
+    output_tokens: int
+    joules: float
+    metered: bool
+
+
+class _Fit:
+    """What one model's window of calls says; recomputed at most every ``refit_s`` when calls arrive."""
+
+    __slots__ = ("coef", "spread", "out", "metered", "calls")
+
+    def __init__(self) -> None:
+        self.coef: tuple[float, float, float] | None = None  # per call, per input token, per output token
+        self.spread = 1.0
+        self.out: dict[str | None, tuple[float, float]] = {}  # task (None: any) -> (mean, upper) output tokens
+        self.metered = 0
+        self.calls = 0
+
+
+class EnergyEstimates:
+    """Learned per-model estimates over a ledger (see the module docstring). Thread-safe; :meth:`estimate` is
+    arithmetic on figures refitted in the background of the calls that use them."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        cards: Mapping[str, ModelCard],
+        *,
+        window: int = 200,
+        min_calls: int = 5,
+        prior_calls: float = 3.0,
+        quantile: float = 0.95,
+        refresh_s: float = 10.0,
+        refit_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < quantile < 1 or window < min_calls or min_calls < 1:
+            raise ValueError("quantile in (0, 1) and 1 <= min_calls <= window")
+        self.ledger = ledger
+        self.cards = dict(cards)
+        self.window = window
+        self.min_calls = min_calls
+        self.prior_calls = prior_calls
+        self.quantile = quantile
+        self.refresh_s = refresh_s
+        self.refit_s = refit_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._calls: dict[str, deque[_Call]] = {n: deque(maxlen=window) for n in self.cards}
+        self._fits: dict[str, _Fit] = {n: _Fit() for n in self.cards}
+        self._dirty: set[str] = set()
+        self._refreshed = -math.inf
+        self._refitted = -math.inf
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def estimate(self, card: ModelCard, task: str, input_tokens: int, max_tokens: int | None = None
+                 ) -> EnergyEstimate | None:
+        """The learned estimate for a call to ``card`` on ``task``, or ``None`` while the model has too few
+        calls in the ledger (then its card decides)."""
+        self._keep_fresh()
+        fit = self._fits.get(card.name)
+        if fit is None or fit.calls < self.min_calls:
+            return None
+        mean_out, upper_out = fit.out.get(task) or fit.out[None]
+        if max_tokens is not None:
+            mean_out, upper_out = min(mean_out, max_tokens), min(upper_out, max_tokens)
+        if fit.coef is not None:
+            a, b, c = fit.coef
+            joules = a + b * input_tokens + c * mean_out
+            upper = (a + b * input_tokens + c * upper_out) * fit.spread
+            source = f"ledger:{fit.metered} calls"
+        elif not card.runs_here:
+            joules = card.energy.joules(input_tokens, round(mean_out))
+            upper = card.energy.joules(input_tokens, math.ceil(upper_out))
+            source = f"card, answer length from ledger:{fit.calls} calls"
+        else:
+            return None  # a local model whose calls were not metered: nothing learned about its joules
+        return EnergyEstimate(joules, max(upper, joules), source)
+
+    def upper_for_card(self, card: ModelCard, card_joules: float) -> float:
+        """What to hold for a call the card alone estimates at ``card_joules``."""
+        return card_joules * UNMEASURED_HOLD if card.runs_here else card_joules
+
+    # -- learning -----------------------------------------------------------------------------------------------
+    def observe(self, rec: LedgerRecord) -> None:
+        """One of this process's own calls, as it is recorded (other processes' arrive with :meth:`refresh`)."""
+        if rec.outcome not in ("ok", "escalated") or rec.model not in self._calls:
+            return
+        with self._lock:
+            self._calls[rec.model].appendleft(_call(rec))
+            self._dirty.add(rec.model)
+
+    def refresh(self) -> None:
+        """Read every model's newest calls from the ledger (all processes'), then refit."""
+        fresh: dict[str, list[_Call]] = {}
+        for name in self.cards:
+            try:
+                fresh[name] = [_call(r) for r in self.ledger.recent_calls(name, self.window)]
+            except LedgerError as exc:  # estimates keep what they had; the ledger's own errors say more
+                log.debug("energy estimates not refreshed from the ledger: %s", exc)
+                return
+        with self._lock:
+            for name, calls in fresh.items():
+                self._calls[name] = deque(calls, maxlen=self.window)
+            self._dirty.update(fresh)
+            self._refreshed = self._clock()
+        self._refit(force=True)
+
+    def _keep_fresh(self) -> None:
+        now = self._clock()
+        if now - self._refreshed >= self.refresh_s:
+            self._refreshed = now  # one refresher at a time; the others use what is there
+            self.refresh()
+        elif self._dirty and now - self._refitted >= self.refit_s:
+            self._refit()
+
+    def _refit(self, force: bool = False) -> None:
+        with self._lock:
+            if not force and self._clock() - self._refitted < self.refit_s:
+                return
+            names, self._dirty = self._dirty, set()
+            self._refitted = self._clock()
+            snapshot = {n: list(self._calls[n]) for n in names}
+        for name, calls in snapshot.items():
+            self._fits[name] = fit_calls(calls, self.cards[name], self.min_calls, self.prior_calls, self.quantile)
+
+
+def fit_calls(calls: list[_Call], card: ModelCard, min_calls: int, prior_calls: float, quantile: float) -> _Fit:
+    """One model's fit from its window of calls (newest first)."""
+    fit = _Fit()
+    fit.calls = len(calls)
+    if len(calls) < min_calls:
+        return fit
+    outs = np.array([c.output_tokens for c in calls], dtype=np.float64)
+    fit.out[None] = (float(outs.mean()), float(np.quantile(outs, quantile)))
+    for task in {c.task for c in calls}:
+        mine = outs[[c.task == task for c in calls]]
+        if len(mine) >= min_calls:
+            fit.out[task] = (float(mine.mean()), float(np.quantile(mine, quantile)))
+    metered = [c for c in calls if c.metered]
+    fit.metered = len(metered)
+    if len(metered) >= min_calls:
+        fit.coef, fit.spread = _fit_joules(metered, card, prior_calls, quantile)
+    return fit
+
+
+def _fit_joules(calls: Iterable[_Call], card: ModelCard, prior_calls: float, quantile: float
+                ) -> tuple[tuple[float, float, float], float]:
+    """Non-negative least squares of joules on (1, input tokens, output tokens), the card's coefficients entered
+    as ``prior_calls`` calls' worth of pseudo-observations (scaled by each feature's typical size, so the prior
+    weighs the same whatever the units); returns the coefficients and the upper spread of measured/fitted."""
+    from scipy.optimize import nnls
+
+    rows = list(calls)
+    x = np.array([[1.0, c.input_tokens, c.output_tokens] for c in rows])
+    y = np.array([c.joules for c in rows])
+    e = card.energy
+    prior = np.array([e.per_call_j, e.per_input_token_j, e.per_output_token_j])
+    scale = np.maximum(np.abs(x).mean(axis=0), 1.0)
+    weight = math.sqrt(prior_calls)
+    a = np.vstack([x, np.diag(scale * weight)])
+    b = np.concatenate([y, scale * weight * prior])
+    coef, _ = nnls(a, b)
+    fitted = np.maximum(x @ coef, 1e-12)
+    spread = float(max(1.0, np.quantile(y / fitted, quantile)))
+    return (float(coef[0]), float(coef[1]), float(coef[2])), spread
+
+
+def _call(rec: LedgerRecord) -> _Call:
+    source = rec.energy_source or ""
+    metered = source.startswith("measured:") or source == "estimated:cpu-time"
+    return _Call(rec.task or "", int(rec.input_tokens or 0), int(rec.output_tokens or 0), float(rec.energy_j),
+                 metered)
