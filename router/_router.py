@@ -155,6 +155,15 @@ class Router:
                 self._backends[model] = backend
             return backend
 
+    def warm_up(self) -> None:
+        """Load every local model now and run it once, outside any request (``router serve`` does this at start),
+        so the first requests are neither slow nor charged the loading. Not recorded in the ledger."""
+        for name, card in self.cards.items():
+            if card.runs_here:
+                started = time.perf_counter()
+                self.backend(name).warm_up()
+                log.info("warmed up %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
+
     def loaded_backends(self) -> dict[str, Backend]:
         """The backends created so far, by model (for health and metrics)."""
         with self._backend_lock:

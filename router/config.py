@@ -76,6 +76,8 @@ class ProxySettings(_Settings):
         "background", description="background: a writer thread groups records (router/proxy/ledger_writer.py); "
         "inline: written on the request path")
     ledger_group_ms: float = Field(20.0, ge=0, le=1000, description="the background writer's pause between groups")
+    warm_up: bool = Field(True, description="load and run every local model once at start, so the first requests "
+                          "are neither slow nor charged the loading")
 
 
 class JournalSettings(_Settings):

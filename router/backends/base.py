@@ -121,6 +121,12 @@ class Backend(ABC):
     def prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return sum(self.count_tokens(m.content) + 4 for m in messages)
 
+    def warm_up(self) -> None:
+        """Load what the first call would load and run it once (one token), so that neither the first request's
+        latency nor its metered joules include the start-up. Remote backends have nothing to load."""
+        if self.local:
+            self.generate(GenerationRequest([ChatMessage(role="user", content="Hello")], max_tokens=1))
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release model memory or connections."""
 

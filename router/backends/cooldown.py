@@ -121,6 +121,9 @@ class CooldownBackend(Backend):
     def prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return self.inner.prompt_tokens(messages)
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -5,8 +5,9 @@ holds what each call actually took on this machine, under this load. For every m
 keeps its last ``window`` answered calls (from the ledger, so every process sharing it learns from all of them,
 refreshed every ``refresh_s``, plus this process's own calls at once) and fits:
 
-* **output tokens per task**: the mean (what an answer is expected to be) and an upper quantile; the
-  model's calls on any task stand in while a task has fewer than ``min_calls``;
+* **output tokens per task**: the median (a typical answer: answer lengths are skewed, a few run to the
+  token limit, and a mean would overstate the typical call several times) and an upper quantile; the model's
+  calls on any task stand in while a task has fewer than ``min_calls``;
 * **joules per call / input token / output token**: a non-negative least-squares fit of the metered calls
   (``measured:*`` and ``estimated:cpu-time``), with the card's profile as the prior: it counts as
   ``prior_calls`` calls, so a few measurements move it a little and many decide it. A remote model's joules
@@ -70,7 +71,7 @@ class _Fit:
     def __init__(self) -> None:
         self.coef: tuple[float, float, float] | None = None  # per call, per input token, per output token
         self.spread = 1.0
-        self.out: dict[str | None, tuple[float, float]] = {}  # task (None: any) -> (mean, upper) output tokens
+        self.out: dict[str | None, tuple[float, float]] = {}  # task (None: any) -> (median, upper) output tokens
         self.metered = 0
         self.calls = 0
 
@@ -119,16 +120,16 @@ class EnergyEstimates:
         fit = self._fits.get(card.name)
         if fit is None or fit.calls < self.min_calls:
             return None
-        mean_out, upper_out = fit.out.get(task) or fit.out[None]
+        typical_out, upper_out = fit.out.get(task) or fit.out[None]
         if max_tokens is not None:
-            mean_out, upper_out = min(mean_out, max_tokens), min(upper_out, max_tokens)
+            typical_out, upper_out = min(typical_out, max_tokens), min(upper_out, max_tokens)
         if fit.coef is not None:
             a, b, c = fit.coef
-            joules = a + b * input_tokens + c * mean_out
+            joules = a + b * input_tokens + c * typical_out
             upper = (a + b * input_tokens + c * upper_out) * fit.spread
             source = f"ledger:{fit.metered} calls"
         elif not card.runs_here:
-            joules = card.energy.joules(input_tokens, round(mean_out))
+            joules = card.energy.joules(input_tokens, round(typical_out))
             upper = card.energy.joules(input_tokens, math.ceil(upper_out))
             source = f"card, answer length from ledger:{fit.calls} calls"
         else:
@@ -190,11 +191,11 @@ def fit_calls(calls: list[_Call], card: ModelCard, min_calls: int, prior_calls: 
     if len(calls) < min_calls:
         return fit
     outs = np.array([c.output_tokens for c in calls], dtype=np.float64)
-    fit.out[None] = (float(outs.mean()), float(np.quantile(outs, quantile)))
+    fit.out[None] = (float(np.median(outs)), float(np.quantile(outs, quantile)))
     for task in {c.task for c in calls}:
         mine = outs[[c.task == task for c in calls]]
         if len(mine) >= min_calls:
-            fit.out[task] = (float(mine.mean()), float(np.quantile(mine, quantile)))
+            fit.out[task] = (float(np.median(mine)), float(np.quantile(mine, quantile)))
     metered = [c for c in calls if c.metered]
     fit.metered = len(metered)
     if len(metered) >= min_calls:

@@ -121,6 +121,8 @@ def create_app(
         if settings.ledger_writes == "background":  # see ledger_writer.py: no disk stall on the event loop
             ledger = BackgroundLedger(ledger, interval_s=settings.ledger_group_ms / 1000, journal=config.journal)
         router = Router(config, ledger=ledger, keys=store)
+        if settings.warm_up:
+            router.warm_up()
     elif keys is not None:
         raise ValueError("create_app(router=..., keys=...): give the keys to the Router (Router(keys=...))")
     proxy = Proxy(router, router.keys, max_body_bytes or settings.max_body_bytes)
