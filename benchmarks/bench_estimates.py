@@ -111,13 +111,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--ledger", help="ledger URL to write (default: a temporary SQLite file); keep it to "
+                        "look at the calls with `router ledger`")
     args = parser.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(f"sqlite:///{tmp}/estimates.sqlite3", args.max_tokens)
+        result = run(args.ledger or f"sqlite:///{tmp}/estimates.sqlite3", args.max_tokens)
     table = Table(title="estimated_j / energy_j over later calls (1.0 = the estimate was the measurement)")
     for col in ("model", "later calls", "median", "p10", "p90", "estimate source"):
         table.add_column(col)
