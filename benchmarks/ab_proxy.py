@@ -9,6 +9,7 @@ proxy CPU per request and requests per second, their medians, and the median of 
     python benchmarks/ab_proxy.py --base 683d36a --rounds 8
     python benchmarks/ab_proxy.py --base 683d36a --budget        # both with a budget on the answering model
     python benchmarks/ab_proxy.py --budget-cost                  # what a budget costs: this tree without / with
+    python benchmarks/ab_proxy.py --same --a-config "journal: {enabled: false}"   # what the journal costs
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def main() -> None:
     what.add_argument("--base", help="the commit to compare against (A); B is the working tree")
     what.add_argument("--budget-cost", action="store_true",
                       help="the working tree against itself: A without, B with a budget on the answering model")
+    what.add_argument("--same", action="store_true",
+                      help="the working tree against itself, told apart by --a-config / --b-config")
+    ap.add_argument("--a-config", default="", help="YAML lines added to A's config (e.g. 'journal: {enabled: false}')")
+    ap.add_argument("--b-config", default="", help="YAML lines added to B's config")
     ap.add_argument("--rounds", type=int, default=8, help="runs of each, alternating (default 8)")
     ap.add_argument("--requests", type=int, default=3000, help="requests per run (default 3000)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections (default 64)")
@@ -71,6 +76,9 @@ def main() -> None:
             config, port = write_config(folder, up_port), free_port()
             if args.budget or (args.budget_cost and name == "B"):
                 with_budget(config, folder)
+            extra = args.a_config if name == "A" else args.b_config
+            if extra:
+                config.write_text(config.read_text() + extra.rstrip("\n") + "\n")
             # the tree's own package first on the path (the installed one is this working tree, editable)
             proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--port", str(port), "--config",
                                      str(config)], cwd=tree, env={**env, "PYTHONPATH": str(tree)},
@@ -85,6 +93,9 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         if args.base:
             print(f"A = {args.base} ({base_tree}), B = working tree ({ROOT}); ", end="")
+        elif args.same:
+            a_cfg, b_cfg = args.a_config or "its config", args.b_config or "its config"
+            print(f"A = working tree with {a_cfg!r}, B = with {b_cfg!r}; ", end="")
         else:
             print(f"A = working tree ({ROOT}) without a budget, B = the same with a budget on the answering model; ",
                   end="")

@@ -37,7 +37,7 @@ from .classify.base import Classification, RequestClassifier
 from .classify.batching import ClassifyBatcher
 from .config import RouterConfig
 from .energy import Meter, auto_meter
-from .energy.estimates import EnergyEstimate, EnergyEstimates
+from .energy.estimates import EnergyEstimates
 from .errors import (
     BadRequestError,
     ConfigError,
@@ -225,7 +225,7 @@ class Router:
             spec = self.keys.lookup(req.api_key)
             policy = spec.policy if spec is not None else None
         input_tokens = max(1, len(req.text) // 4)
-        learned = self._learned_energy(classification.task, input_tokens, req.max_tokens)
+        learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None)
@@ -240,14 +240,6 @@ class Router:
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
-
-    def _learned_energy(self, task: str, input_tokens: int, max_tokens: int | None) -> dict[str, EnergyEstimate]:
-        found = {}
-        for name, card in self.estimates.cards.items():
-            estimate = self.estimates.estimate(card, task, input_tokens, max_tokens)
-            if estimate is not None:
-                found[name] = estimate
-        return found
 
     def _budget_state(self, request: DecisionRequest) -> BudgetState:
         """What every budget this request could be reserved against has used in its current window."""
@@ -378,10 +370,11 @@ class _StreamedAnswer:
 
 async def _within_deadline(call: Call, step: Awaitable[T]) -> T:
     """Await one step of a call (a whole answer, or a stream's next event) bounded exactly by the request's
-    deadline. The bound is per step, never around a ``yield``: a cancel scope left open across a yield would
-    cancel whatever the consumer happens to be awaiting."""
+    deadline, unless the backend bounds its own waits (``Backend.bounds_itself``). The bound is per step, never
+    around a ``yield``: a cancel scope left open across a yield would cancel whatever the consumer happens to be
+    awaiting."""
     remaining = call.request.remaining()
-    if remaining is None:
+    if remaining is None or call.backend.bounds_itself:
         return await step
     scope = asyncio.timeout(remaining)
     try:

@@ -348,7 +348,7 @@ def test_llama_cpp_backend_checks_cancel_between_tokens(fake_llama) -> None:  # 
 def test_llama_cpp_backend_stops_when_the_deadline_passes(fake_llama, path: str) -> None:  # type: ignore[no-untyped-def]
     backend, fake = fake_llama
     elapsed = _timed(lambda: _call(backend, path, _long(deadline=time.monotonic() + 0.2)), DeadlineExceededError)
-    assert 0.2 <= elapsed < 0.2 + 0.5 and fake.pieces < 50  # the whole answer: 10 s
+    assert 0.2 <= elapsed < 0.2 + 1.0 and fake.pieces < 100  # the whole answer: 10 s
     assert fake.closed and not backend._lock.locked()
 
 

@@ -72,6 +72,9 @@ class Backend(ABC):
     """A model that answers chat requests. ``local`` backends are metered here; remote ones estimated."""
 
     local: bool = True
+    bounds_itself: bool = False
+    """True where every wait of the async calls is already bounded by ``request.deadline`` (an asyncio timeout
+    inside the backend), so the Router need not wrap each await in a timeout of its own."""
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card

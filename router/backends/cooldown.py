@@ -39,6 +39,7 @@ class CooldownBackend(Backend):
             raise ValueError("failures must be >= 1 and cooldown_s >= 0")
         self.inner = inner
         self.local = inner.local
+        self.bounds_itself = inner.bounds_itself
         self.failures = failures
         self.cooldown_s = cooldown_s
         self._clock = clock

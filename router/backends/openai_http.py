@@ -67,6 +67,7 @@ class _Retryable(Exception):
 
 class OpenAIHTTPBackend(Backend):
     local = False
+    bounds_itself = True
 
     def __init__(self, card: ModelCard, *, transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(card)

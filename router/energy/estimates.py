@@ -112,11 +112,25 @@ class EnergyEstimates:
         self._refitted = -math.inf
 
     # -- reading ------------------------------------------------------------------------------------------------
+    def for_request(self, task: str, input_tokens: int, max_tokens: int | None = None) -> dict[str, EnergyEstimate]:
+        """The learned estimate of every model that has one, for a request on ``task`` (one per decision)."""
+        self._keep_fresh()
+        found = {}
+        for name, card in self.cards.items():
+            estimate = self._estimate(card, task, input_tokens, max_tokens)
+            if estimate is not None:
+                found[name] = estimate
+        return found
+
     def estimate(self, card: ModelCard, task: str, input_tokens: int, max_tokens: int | None = None
                  ) -> EnergyEstimate | None:
         """The learned estimate for a call to ``card`` on ``task``, or ``None`` while the model has too few
         calls in the ledger (then its card decides)."""
         self._keep_fresh()
+        return self._estimate(card, task, input_tokens, max_tokens)
+
+    def _estimate(self, card: ModelCard, task: str, input_tokens: int, max_tokens: int | None
+                  ) -> EnergyEstimate | None:
         fit = self._fits.get(card.name)
         if fit is None or fit.calls < self.min_calls:
             return None
