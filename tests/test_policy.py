@@ -141,8 +141,8 @@ def test_decide_pure_is_pure_and_deterministic(local):
     assert decide_pure(c, local, state, p, None) == decide_pure(c, local, state, p, None)
 
 
-def test_decide_batch_matches_decide_pure(cards):
-    hosted = {n: cards[n] for n in ("llama-3-8b-instruct", "mixtral-8x7b-instruct", "llama-3-70b-instruct",
+def test_decide_batch_matches_decide_pure(catalogue):
+    hosted = {n: catalogue[n] for n in ("llama-3-8b-instruct", "mixtral-8x7b-instruct", "llama-3-70b-instruct",
                                     "gpt-4-1106-preview")}
     names = list(hosted)
     rng = np.random.default_rng(0)

@@ -36,10 +36,10 @@ DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
 def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path | None = None) -> CalibrationData:
     """Outcomes + P(correct) scores (``oof``: subject-held-out refits of the classifier recipe; ``classifier``:
     the shipped classifier, right only for traffic it was not trained on) + card energies."""
-    from ..cards import load_cards
+    from ..cards import load_catalogue
 
     config = RouterConfig.load()
-    cards = load_cards(models_dir or config.models_dir)
+    cards = load_catalogue(models_dir or config.models_dir)
     rows = read_outcomes(outcomes, cards)
     if scores == "oof":
         p = oof_scores(rows.prompts, rows.groups, rows.correct)

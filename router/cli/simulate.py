@@ -37,13 +37,13 @@ def simulate(
     plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="The plain threshold baseline's τ."),
-    models: Path = typer.Option(None, "--models", help="Model card folder (default: the shipped cards)."),  # noqa: B008
+    models: Path = typer.Option(None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."),  # noqa: B008
     policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the shipped policies)."),  # noqa: B008
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Replay every request through the classifier and the policy (no model is called); report accuracy,
     quality vs the largest model, joules, shares per model, APGR/CPT for two-model data, and baselines."""
-    from ..cards import load_cards
+    from ..cards import load_catalogue
     from ..classify.onnx_classifier import load_default_classifier
     from ..config import RouterConfig
     from ..errors import RouterError
@@ -56,7 +56,7 @@ def simulate(
     try:
         config = RouterConfig.load()
         models_dir = models or config.models_dir
-        cards = load_cards(models_dir)
+        cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
         classifier = load_default_classifier(models_dir)
         with Progress(
