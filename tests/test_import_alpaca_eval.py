@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from router.cards import load_catalogue, load_cards
+from router.cards import load_cards, load_catalogue
 from router.cli import app
 from router.simulate.alpaca_eval import base_of, import_alpaca_eval, instruction_id
 from router.simulate.outcomes import OutcomesError, load_outcomes

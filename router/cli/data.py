@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-data_app = typer.Typer(help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results) or measure the local models.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results) or measure the local models.",
+    no_args_is_help=True,
+)
 console = Console(stderr=True)
 
 

@@ -37,7 +37,9 @@ def simulate(
     plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="The plain threshold baseline's τ."),
-    models: Path = typer.Option(None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."),  # noqa: B008
+    models: Path = typer.Option(  # noqa: B008
+        None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."
+    ),
     policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the shipped policies)."),  # noqa: B008
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
