@@ -21,6 +21,7 @@ from router.simulate.simulator import Simulator
 POLICIES = [
     Policy(name="abs", accuracy={"min_accuracy": 0.72}),
     Policy(name="rel", accuracy={"relative_to_largest": 0.95}),
+    Policy(name="best", accuracy={"relative_to_best": 0.9}),
     Policy(name="only-hosted", accuracy={"min_accuracy": 0.6},
            allowed_models=["mixtral-8x7b-instruct", "gpt-4-1106-preview", "smollm2-135m"]),
     Policy(name="pin", accuracy={"min_accuracy": 0.8}, pinned={"sentiment": "smollm2-135m"}),

@@ -24,6 +24,7 @@ from ..policy.calibration import (
     evaluate,
     fit,
     oof_scores,
+    quality,
     read_outcomes,
     split_groups,
 )
@@ -69,8 +70,10 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
     if len(test.p):
         ev = evaluate(test, choose(test, target_kind, target, f.tau))
         raw = evaluate(test, choose(test, target_kind, target, 0.0))
-        achieved = ev["accuracy"] if target_kind == "absolute" else ev["quality_vs_large"]
-        raw_achieved = raw["accuracy"] if target_kind == "absolute" else raw["quality_vs_large"]
+        achieved = ev["accuracy"] if target_kind == "absolute" else quality(test, choose(test, target_kind, target,
+                                                                                         f.tau), target_kind)
+        raw_achieved = raw["accuracy"] if target_kind == "absolute" else quality(
+            test, choose(test, target_kind, target, 0.0), target_kind)
         report["held_out"] = {**ev, "achieved": achieved, "met": achieved >= target}
         report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": raw_achieved >= target}
         held_block = {"target": target, "achieved": round(achieved, 4), "n": ev["n"],

@@ -143,7 +143,7 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         f"({result.distinct_prompts:,} distinct prompts; {result.skipped} bad lines skipped); "
         f"policy [cyan]{result.policy}[/]; classifier {result.classifier}"
     )
-    t = Table(title="policy and baselines (quality and energy relative to always-large)")
+    t = Table(title="policy and baselines (quality and energy relative to always-large and to always-best)")
     for h in STATS_HEADER:
         t.add_column(h, justify="left" if h == "router" else "right")
     for row in stats_rows(result):
@@ -167,12 +167,16 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         out.print(r)
     if result.sweep:
         w = Table(title="accuracy target sweep: the quality/energy curve")
-        for h in ("target", "accuracy", "quality vs large", "J / request", "energy vs large"):
+        for h in ("target", "accuracy", "quality vs large", "quality vs best", "J / request", "energy vs large",
+                  "energy vs best"):
             w.add_column(h, justify="right")
         for p in result.sweep:
             w.add_row(f"{p.target:g}", f"{100 * p.accuracy:.1f} %", f"{100 * p.quality_vs_large:.1f} %",
-                      f"{p.energy_j_per_request:,.3g}", f"{100 * p.energy_vs_large:.1f} %")
+                      f"{100 * p.quality_vs_best:.1f} %", f"{p.energy_j_per_request:,.3g}",
+                      f"{100 * p.energy_vs_large:.1f} %", f"{100 * p.energy_vs_best:.1f} %")
         out.print(w)
+    for models, best in result.best_single.items():
+        out.print(f"always-best: {best} (best mean score of {models.count('+') + 1} models measured on these rows)")
     for note in result.notes:
         out.print(f"[dim]note: {note}[/]")
     for label, path in (("plot", plot), ("html", html_out), ("decisions", decisions)):

@@ -83,8 +83,15 @@ def choose(data: CalibrationData, target_kind: str, target: float, tau: float) -
     m = len(data.models)
     offsets = np.full(m, tau)
     offsets[-1] = -1.0
-    return decide_batch(data.p, data.energy, target, relative=target_kind == "relative", offsets=offsets,
-                        reference=m - 1)
+    reference = np.argmax(data.p, axis=1) if target_kind == "relative_best" else m - 1
+    return decide_batch(data.p, data.energy, target, relative=target_kind != "absolute", offsets=offsets,
+                        reference=reference)
+
+
+def reference_column(data: CalibrationData, target_kind: str) -> int:
+    """What a relative target is measured against: the largest model (last column), or for ``relative_best``
+    the best single model on these rows."""
+    return int(np.argmax(data.correct.mean(axis=0))) if target_kind == "relative_best" else len(data.models) - 1
 
 
 def z_values(data: CalibrationData, chosen: np.ndarray, target_kind: str, target: float) -> tuple[np.ndarray, float]:
@@ -92,7 +99,7 @@ def z_values(data: CalibrationData, chosen: np.ndarray, target_kind: str, target
     got = data.correct[np.arange(len(chosen)), chosen]
     if target_kind == "absolute":
         return got - target, 1.0
-    return got - target * data.correct[:, -1], 1.0 + target
+    return got - target * data.correct[:, reference_column(data, target_kind)], 1.0 + target
 
 
 def lower_confidence(z: np.ndarray, width: float, delta: float, bound: str) -> float:
@@ -139,7 +146,7 @@ def quality(data: CalibrationData, chosen: np.ndarray, target_kind: str) -> floa
     acc = float(data.correct[np.arange(len(chosen)), chosen].mean())
     if target_kind == "absolute":
         return acc
-    large = float(data.correct[:, -1].mean())
+    large = float(data.correct[:, reference_column(data, target_kind)].mean())
     return acc / large if large else float("nan")
 
 

@@ -1,0 +1,144 @@
+"""Per-model P(correct) at run time: the request's representation ``h`` (from the ONNX graph) against one small
+vector and one intercept per task for every model (trained by :mod:`router.training.quality`).
+
+Why the model table lives here in numpy rather than inside the graph: a new model is a new row (its vector from
+anchor requests, or a prior from its card) without re-exporting the graph, and ``[M, k] @ [k]`` for fifty models
+costs a few microseconds.
+
+    q[j, t] = floor[t] + (1 - floor[t]) * sigmoid(b[j, t] + v[j] . h)      P(good answer) of model j on task t
+    p[j]    = sum_t P(task t) * q[j, t]                                    what the policy engine reads
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ADDED_FILE = "added_models.json"
+"""Models fitted after training (anchor requests, ``fit_model_vector``), beside ``classifier.json``."""
+
+
+class QualityTable:
+    """The model rows; ``p_correct(h, task_probs)`` is the per-request work."""
+
+    def __init__(self, meta: Mapping[str, Any], tasks: Sequence[str]) -> None:
+        self.tasks = list(tasks)
+        self.k = int(meta["k"])
+        self.task_sources: dict[str, str] = dict(meta["task_sources"])
+        self.floors = np.array([float(meta["floors"].get(t, 0.0)) for t in self.tasks])
+        self.difficulty: dict[str, float] = dict(meta["source_difficulty"])
+        self.beta = np.array(meta["prior_beta"], dtype=np.float64)
+        self.mean_vector = np.array(meta["mean_vector"], dtype=np.float64)
+        self.benchmark: str | None = meta.get("prior_benchmark")
+        self.names: list[str] = []
+        self.sources: dict[str, dict[str, str]] = {}
+        self._v = np.zeros((0, self.k))
+        self._b = np.zeros((0, len(self.tasks)))
+        self._fixed = np.zeros((0, len(self.tasks)), dtype=bool)
+        self._fixed_p = np.zeros((0, len(self.tasks)))
+        self.add({name: row for name, row in meta["models"].items()}, source="trained")
+
+    # -- rows -----------------------------------------------------------------------------------------------------
+    def add(self, rows: Mapping[str, Mapping[str, Any]], source: str) -> None:
+        """Add or replace models: each row has ``vector``, ``intercepts`` {task: logit} and optionally ``fixed``
+        {task: probability} (a specialist's answer to a task it does not do) and ``from`` {task: where from}."""
+        for name in rows:
+            if name in self.names:
+                keep = np.arange(len(self.names)) != self.names.index(name)
+                self.names.remove(name)
+                self._v, self._b, self._fixed, self._fixed_p = (
+                    a[keep] for a in (self._v, self._b, self._fixed, self._fixed_p))
+        v, b, fixed, fixed_p = [self._v], [self._b], [self._fixed], [self._fixed_p]
+        for name, row in rows.items():
+            vec = np.asarray(row["vector"], dtype=np.float64)
+            if vec.shape != (self.k,):
+                raise ValueError(f"model {name!r}: vector has {vec.size} numbers, the classifier's has {self.k}")
+            fx = row.get("fixed", {})
+            v.append(vec[None, :])
+            b.append(np.array([[float(row["intercepts"].get(t, -20.0)) for t in self.tasks]]))
+            fixed.append(np.array([[t in fx for t in self.tasks]]))
+            fixed_p.append(np.array([[float(fx.get(t, 0.0)) for t in self.tasks]]))
+            self.names.append(name)
+            self.sources[name] = {t: row.get("from", {}).get(t, source) for t in self.tasks}
+        self._v, self._b = np.concatenate(v), np.concatenate(b)
+        self._fixed, self._fixed_p = np.concatenate(fixed), np.concatenate(fixed_p)
+
+    def prior_row(self, features: np.ndarray) -> dict[str, Any]:
+        """A model with no outcomes: ability from the card's prior, the mean vector, each task's source
+        difficulty (see :func:`router.training.quality.link_scales`)."""
+        theta = float(features @ self.beta)
+        return {
+            "vector": self.mean_vector.tolist(),
+            "intercepts": {t: self.difficulty[src] + theta for t, src in self.task_sources.items()},
+            "from": {t: "card prior" for t in self.tasks},
+        }
+
+    # -- per request ----------------------------------------------------------------------------------------------
+    def p_correct(self, h: np.ndarray | None, task_probs: Sequence[float]) -> dict[str, float]:
+        z = self._b if h is None else self._b + (self._v @ h)[:, None]
+        q = self.floors + (1 - self.floors) / (1 + np.exp(-z))
+        q = np.where(self._fixed, self._fixed_p, q)
+        return dict(zip(self.names, (q @ np.asarray(task_probs, dtype=np.float64)).tolist(), strict=True))
+
+    def q(self, h: np.ndarray, name: str, task: str) -> float:
+        """One model's P(good answer) on one task, for reports and tests."""
+        i, t = self.names.index(name), self.tasks.index(task)
+        if self._fixed[i, t]:
+            return float(self._fixed_p[i, t])
+        return float(self.floors[t] + (1 - self.floors[t]) / (1 + math.exp(-(self._b[i, t] + self._v[i] @ h))))
+
+
+def read_added(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / ADDED_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def save_added(folder: Path, rows: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Merge ``rows`` into ``folder/added_models.json`` (what the classifier loads after its trained models)."""
+    current = read_added(folder)
+    current.update({k: dict(v) for k, v in rows.items()})
+    path = folder / ADDED_FILE
+    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+PRIOR_FEATURES = ("1", "log10 active parameters (B)", "size undisclosed", "public benchmark logit", "no benchmark")
+_CLIP = 0.02
+
+
+def card_prior_features(card: Any, benchmark: str | None = None) -> np.ndarray:
+    """The card's numbers the prior uses (:data:`PRIOR_FEATURES`); a missing number is flagged, never invented:
+    active parameters (or the size in ``parameters``: '135M', '8.03B'), and the public benchmark score named by
+    the trained table (none by default)."""
+    size = getattr(card, "active_parameters_b", None)
+    if size is None and getattr(card, "parameters", None):
+        size = parse_size(card.parameters)
+    score = card.benchmarks.get(benchmark) if benchmark else None
+    return np.array([
+        1.0,
+        math.log10(size) if size else 0.0,
+        0.0 if size else 1.0,
+        _logit(score) if score is not None else 0.0,
+        0.0 if score is not None else 1.0,
+    ])
+
+
+def parse_size(text: str) -> float | None:
+    """'135M' -> 0.135, '22.6M (...)' -> 0.0226, '8.03B (dense)' -> 8.03 (billions); None when not a size."""
+    import re
+
+    found = re.match(r"\s*([0-9.]+)\s*([MB])\b", text)
+    if not found:
+        return None
+    value = float(found.group(1))
+    return value / 1000 if found.group(2) == "M" else value
+
+
+def _logit(p: float) -> float:
+    p = min(1 - _CLIP, max(_CLIP, float(p)))
+    return math.log(p / (1 - p))
