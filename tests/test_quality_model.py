@@ -8,7 +8,7 @@ import pytest
 from scipy import sparse
 
 from router.classify.quality import QualityTable, card_prior_features, parse_size
-from router.training.quality import Observations, QualityModel, fit_model_vector, link_scales
+from router.training.quality import HeadsBasis, Observations, QualityModel, fit_model_vector, fit_source_prior
 
 
 def synthetic(n: int = 600, seed: int = 0) -> tuple[sparse.csr_matrix, Observations, np.ndarray]:
@@ -48,18 +48,24 @@ def test_floor_is_the_chance_level() -> None:
     assert qm.predict(x, "A", "s0").min() >= 0.25
 
 
-def test_link_scales_recovers_missing_cells() -> None:
-    rng = np.random.default_rng(1)
-    c, theta = np.array([0.0, -1.0, 2.0]), rng.normal(0, 1, 12)
-    b = c[None, :] + theta[:, None]
-    measured = rng.random(b.shape) < 0.6
-    measured[:, 0] = True  # every model on the anchor source, so each ability is identified
-    feats = np.stack([np.ones(12), theta + rng.normal(0, 0.1, 12)], axis=1)
-    link = link_scales(b, measured, feats, anchor=0, prior_weight=0.1, ridge=0.01)
-    filled = link.c[None, :] + link.theta[:, None]
-    assert np.abs(filled - b)[~measured].max() < 0.15
-    # a model with no data at all: the prior alone puts it near its true ability
-    assert abs(link.prior_theta(feats[3]) - theta[3]) < 0.4
+def test_heads_basis_equals_its_heads_and_shares_one_representation() -> None:
+    x, obs, kind = synthetic()
+    hb = HeadsBasis(energy=1.0).fit(x, obs.take(obs.prompt < 450))
+    held = np.arange(450, 600)
+    a, b = hb.predict(x[held], "A", "s0"), hb.predict(x[held], "B", "s0")
+    code = kind[held] == 0
+    assert (a > b)[code].mean() > 0.95 and (b > a)[~code].mean() > 0.95
+    assert hb.k <= 3 and hb.v_.shape == (3, 2, hb.k) and not hb.v_[0, 1].any()  # no head where no outcomes
+
+
+def test_source_prior_keeps_size_slope_non_negative() -> None:
+    sizes = np.array([1.0, 3.0, 7.0, 13.0, 33.0, 65.0])
+    levels = -np.log10(sizes)  # bigger is worse in this data (as old large models vs new small ones)
+    feats = np.stack([np.ones(6), np.log10(sizes), np.zeros(6), np.zeros(6), np.ones(6)], axis=1)
+    prior = fit_source_prior(levels, feats, ["a", "a", "b", "b", "c", "c"])
+    assert prior.beta[1] == 0.0
+    up = fit_source_prior(-levels, feats, [None] * 6, ridge=1e-6)
+    assert up.beta[1] == pytest.approx(1.0, abs=0.01)
 
 
 def test_anchor_fit_moves_a_new_model_toward_its_level() -> None:
@@ -74,20 +80,28 @@ def test_anchor_fit_moves_a_new_model_toward_its_level() -> None:
 
 
 def test_quality_table_mixes_tasks_and_fixes_specialists() -> None:
-    meta = {"k": 2, "task_sources": {"chat": "a", "math": "b"}, "floors": {"math": 0.25},
-            "source_difficulty": {"a": 0.0, "b": -1.0}, "prior_beta": [0.0, 1.0, 0.0, 0.0, 0.0],
-            "mean_vector": [0.0, 0.0],
-            "models": {"m1": {"vector": [1.0, 0.0], "intercepts": {"chat": 0.0, "math": 0.0}},
-                       "spec": {"vector": [0.0, 0.0], "intercepts": {"chat": 3.0, "math": 3.0},
-                                "fixed": {"math": 0.0}}}}
+    meta = {"k": 2, "task_sources": {"chat": "a", "math": "b"}, "chance": {"math": 0.25},
+            "priors": {"chat": {"level": -1.0, "beta": [0.0, 1.0, 0.0, 0.0, 0.0], "family": {"fam": 0.5}},
+                       "math": {"level": -2.0}},
+            "models": {"m1": {"vectors": {"chat": [1.0, 0.0]}, "intercepts": {"chat": 0.0, "math": 0.0}},
+                       "spec": {"intercepts": {"chat": 3.0, "math": 3.0}, "fixed": {"math": 0.0}}}}
     table = QualityTable(meta, ["chat", "math"])
     p = table.p_correct(np.array([2.0, 0.0]), [0.5, 0.5])
     sig = 1 / (1 + np.exp(-2.0))
-    assert p["m1"] == pytest.approx(0.5 * sig + 0.5 * (0.25 + 0.75 * sig))
+    assert p["m1"] == pytest.approx(0.5 * sig + 0.5 * 0.5)  # math has no vector: its intercept alone
     assert p["spec"] == pytest.approx(0.5 / (1 + np.exp(-3.0)))  # math fixed at 0
-    table.add({"new": table.prior_row(np.array([1.0, 1.0, 0.0, 0.0, 1.0]))}, source="card prior")
-    assert table.q(np.zeros(2), "new", "math") == pytest.approx(0.25 + 0.75 / (1 + np.exp(-(-1.0 + 1.0))))
-    assert table.sources["new"]["chat"] == "card prior"
+
+    class Card:
+        active_parameters_b = 10.0
+        parameters = None
+        benchmarks: dict = {}
+        family = "fam"
+        prior_accuracy: dict = {}
+
+    table.add({"new": table.prior_row(Card())}, source="card prior")
+    assert table.q(np.zeros(2), "new", "chat") == pytest.approx(1 / (1 + np.exp(-(1.0 + 0.5))))  # log10(10) + family
+    assert table.q(np.zeros(2), "new", "math") == pytest.approx(0.25)  # the source mean, floored at chance
+    assert table.sources["new"] == {"chat": "card prior", "math": "source mean"}
 
 
 def test_card_prior_features() -> None:

@@ -130,10 +130,7 @@ class OnnxRequestClassifier(RequestClassifier):
     def add_card_priors(self, cards: Mapping[str, ModelCard]) -> list[str]:
         """Give every card the classifier has no row for a row from its card (size, family, a public benchmark):
         a new model is routable at once. Returns the names added."""
-        from .quality import card_prior_features
-
-        rows = {name: self.quality.prior_row(card_prior_features(card, self.quality.benchmark))
-                for name, card in cards.items() if name not in self.quality.names}
+        rows = {name: self.quality.prior_row(card) for name, card in cards.items() if name not in self.quality.names}
         for name, card in cards.items():
             if name in rows and card.tier == "specialist":
                 rows[name]["fixed"] = {t: 0.0 for t in self.tasks if not card.serves(t)}

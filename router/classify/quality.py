@@ -5,7 +5,7 @@ Why the model table lives here in numpy rather than inside the graph: a new mode
 anchor requests, or a prior from its card) without re-exporting the graph, and ``[M, k] @ [k]`` for fifty models
 costs a few microseconds.
 
-    q[j, t] = floor[t] + (1 - floor[t]) * sigmoid(b[j, t] + v[j] . h)      P(good answer) of model j on task t
+    q[j, t] = sigmoid(b[j, t] + v[j, t] . h)      P(good answer) of model j on task t (on that task's source scale)
     p[j]    = sum_t P(task t) * q[j, t]                                    what the policy engine reads
 """
 
@@ -30,23 +30,22 @@ class QualityTable:
         self.tasks = list(tasks)
         self.k = int(meta["k"])
         self.task_sources: dict[str, str] = dict(meta["task_sources"])
-        self.floors = np.array([float(meta["floors"].get(t, 0.0)) for t in self.tasks])
-        self.difficulty: dict[str, float] = dict(meta["source_difficulty"])
-        self.beta = np.array(meta["prior_beta"], dtype=np.float64)
-        self.mean_vector = np.array(meta["mean_vector"], dtype=np.float64)
-        self.benchmark: str | None = meta.get("prior_benchmark")
+        self.priors: dict[str, dict[str, Any]] = {t: dict(v) for t, v in meta.get("priors", {}).items()}
+        self.chance = {t: float(meta.get("chance", {}).get(t, 0.0)) for t in self.tasks}
         self.names: list[str] = []
         self.sources: dict[str, dict[str, str]] = {}
-        self._v = np.zeros((0, self.k))
-        self._b = np.zeros((0, len(self.tasks)))
-        self._fixed = np.zeros((0, len(self.tasks)), dtype=bool)
-        self._fixed_p = np.zeros((0, len(self.tasks)))
-        self.add({name: row for name, row in meta["models"].items()}, source="trained")
+        t_n = len(self.tasks)
+        self._v = np.zeros((0, t_n, self.k))
+        self._b = np.zeros((0, t_n))
+        self._fixed = np.zeros((0, t_n), dtype=bool)
+        self._fixed_p = np.zeros((0, t_n))
+        self.add(meta["models"], source="trained")
 
     # -- rows -----------------------------------------------------------------------------------------------------
     def add(self, rows: Mapping[str, Mapping[str, Any]], source: str) -> None:
-        """Add or replace models: each row has ``vector``, ``intercepts`` {task: logit} and optionally ``fixed``
-        {task: probability} (a specialist's answer to a task it does not do) and ``from`` {task: where from}."""
+        """Add or replace models. A row has ``intercepts`` {task: logit}, ``vectors`` {task: k numbers} (a task
+        without one has no per-request term), optionally ``fixed`` {task: probability} (a specialist's answer to a
+        task it does not do) and ``from`` {task: where the numbers come from}."""
         for name in rows:
             if name in self.names:
                 keep = np.arange(len(self.names)) != self.names.index(name)
@@ -55,11 +54,16 @@ class QualityTable:
                     a[keep] for a in (self._v, self._b, self._fixed, self._fixed_p))
         v, b, fixed, fixed_p = [self._v], [self._b], [self._fixed], [self._fixed_p]
         for name, row in rows.items():
-            vec = np.asarray(row["vector"], dtype=np.float64)
-            if vec.shape != (self.k,):
-                raise ValueError(f"model {name!r}: vector has {vec.size} numbers, the classifier's has {self.k}")
+            vecs = np.zeros((1, len(self.tasks), self.k))
+            for i, t in enumerate(self.tasks):
+                vec = row.get("vectors", {}).get(t)
+                if vec is not None:
+                    vec = np.asarray(vec, dtype=np.float64)
+                    if vec.shape != (self.k,):
+                        raise ValueError(f"model {name!r}: {vec.size} numbers in a vector, the classifier has {self.k}")
+                    vecs[0, i] = vec
             fx = row.get("fixed", {})
-            v.append(vec[None, :])
+            v.append(vecs)
             b.append(np.array([[float(row["intercepts"].get(t, -20.0)) for t in self.tasks]]))
             fixed.append(np.array([[t in fx for t in self.tasks]]))
             fixed_p.append(np.array([[float(fx.get(t, 0.0)) for t in self.tasks]]))
@@ -68,20 +72,29 @@ class QualityTable:
         self._v, self._b = np.concatenate(v), np.concatenate(b)
         self._fixed, self._fixed_p = np.concatenate(fixed), np.concatenate(fixed_p)
 
-    def prior_row(self, features: np.ndarray) -> dict[str, Any]:
-        """A model with no outcomes: ability from the card's prior, the mean vector, each task's source
-        difficulty (see :func:`router.training.quality.link_scales`)."""
-        theta = float(features @ self.beta)
-        return {
-            "vector": self.mean_vector.tolist(),
-            "intercepts": {t: self.difficulty[src] + theta for t, src in self.task_sources.items()},
-            "from": {t: "card prior" for t in self.tasks},
-        }
+    def prior_row(self, card: Any) -> dict[str, Any]:
+        """A model with no outcomes, from its card: ``prior_accuracy[task]`` where the card gives one, else the
+        task's source prior (size, undisclosed flag, public benchmark, family), else the source's mean level; no
+        per-request term until anchors fit one."""
+        intercepts, origin = {}, {}
+        for t in self.tasks:
+            prior = self.priors.get(t, {"level": 0.0})
+            if t in getattr(card, "prior_accuracy", {}):
+                intercepts[t], origin[t] = logit(card.prior_accuracy[t]), "card prior_accuracy"
+            elif "beta" in prior:
+                intercepts[t], origin[t] = prior_logit(prior, card), "card prior"
+            else:
+                intercepts[t], origin[t] = float(prior["level"]), "source mean"
+            if self.chance.get(t):
+                intercepts[t] = max(intercepts[t], logit(self.chance[t]))
+        return {"intercepts": intercepts, "from": origin}
 
     # -- per request ----------------------------------------------------------------------------------------------
+    def logits(self, h: np.ndarray | None) -> np.ndarray:
+        return self._b if h is None else self._b + self._v @ h
+
     def p_correct(self, h: np.ndarray | None, task_probs: Sequence[float]) -> dict[str, float]:
-        z = self._b if h is None else self._b + (self._v @ h)[:, None]
-        q = self.floors + (1 - self.floors) / (1 + np.exp(-z))
+        q = 1 / (1 + np.exp(-self.logits(h)))
         q = np.where(self._fixed, self._fixed_p, q)
         return dict(zip(self.names, (q @ np.asarray(task_probs, dtype=np.float64)).tolist(), strict=True))
 
@@ -90,7 +103,19 @@ class QualityTable:
         i, t = self.names.index(name), self.tasks.index(task)
         if self._fixed[i, t]:
             return float(self._fixed_p[i, t])
-        return float(self.floors[t] + (1 - self.floors[t]) / (1 + math.exp(-(self._b[i, t] + self._v[i] @ h))))
+        return float(1 / (1 + math.exp(-(self._b[i, t] + self._v[i, t] @ h))))
+
+
+def prior_logit(prior: Mapping[str, Any], card: Any) -> float:
+    """A source's card prior: ``beta . features`` plus the card family's offset (0 for a family not seen)."""
+    beta = np.asarray(prior["beta"], dtype=np.float64)
+    features = card_prior_features(card, prior.get("benchmark"))
+    return float(features @ beta) + float(prior.get("family", {}).get(getattr(card, "family", None) or "", 0.0))
+
+
+def logit(p: float) -> float:
+    p = min(1 - _CLIP, max(_CLIP, float(p)))
+    return math.log(p / (1 - p))
 
 
 def read_added(folder: Path) -> dict[str, dict[str, Any]]:
@@ -123,7 +148,7 @@ def card_prior_features(card: Any, benchmark: str | None = None) -> np.ndarray:
         1.0,
         math.log10(size) if size else 0.0,
         0.0 if size else 1.0,
-        _logit(score) if score is not None else 0.0,
+        logit(score) if score is not None else 0.0,
         0.0 if score is not None else 1.0,
     ])
 
@@ -137,8 +162,3 @@ def parse_size(text: str) -> float | None:
         return None
     value = float(found.group(1))
     return value / 1000 if found.group(2) == "M" else value
-
-
-def _logit(p: float) -> float:
-    p = min(1 - _CLIP, max(_CLIP, float(p)))
-    return math.log(p / (1 - p))

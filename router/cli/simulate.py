@@ -60,7 +60,7 @@ def simulate(
         models_dir = models or config.models_dir
         cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
-        classifier = load_default_classifier(models_dir)
+        classifier = load_default_classifier(models_dir, catalogue=True)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, disable=not progress, transient=True,
@@ -89,10 +89,11 @@ def simulate(
     except ValueError as exc:  # e.g. the policy chose a model with no outcome
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if any(t.startswith("mmlu") for t in table.task_names) and "Onnx" in result.classifier:
+    if any(t.startswith(("mmlu", "alpaca_eval")) for t in table.task_names) and "Onnx" in result.classifier:
         result.notes.append(
-            "the shipped classifier's P(correct) heads were trained on all RouteLLM MMLU subjects: on MMLU rows "
-            "these results are in-sample (optimistic); benchmarks/bench_mixed.py holds subjects out"
+            "the shipped classifier's quality model was trained on all RouteLLM MMLU subjects and all shipped "
+            "AlpacaEval instructions: on those rows these results are in-sample (optimistic); "
+            "benchmarks/bench_mixed.py and bench_alpaca.py hold requests out"
         )
     if decisions is not None:
         write_decisions(decisions, table, result)

@@ -196,9 +196,11 @@ def _model_map(cards: Mapping[str, ModelCard]) -> dict[str, str]:
     return out
 
 
-def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRows:
+def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
+                  models: Sequence[str] | None = None) -> OutcomeRows:
     """RouteLLM MMLU CSVs (a folder or one file; group = subject from the file name) or an outcomes JSONL
-    (DESIGN.md; group = ``task``). Rows lacking an outcome for any model are dropped."""
+    (DESIGN.md; group = ``task``). Only ``models`` when given (those the file has); rows lacking an outcome for
+    any of the kept models are dropped."""
     names = _model_map(cards)
     path = Path(path)
     prompts: list[str] = []
@@ -248,6 +250,12 @@ def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRo
                         rows.append(out)
                     except (ValueError, KeyError, TypeError) as exc:
                         raise ConfigError(f"{f}:{k}: {exc}") from exc
+    if models is not None:
+        wanted = {names.get(m.lower(), m) for m in models}
+        present = set().union(*(set(r) for r in rows)) & wanted if rows else set()
+        rows_kept = [(p, g, r) for p, g, r in zip(prompts, groups, rows, strict=True) if present <= set(r)]
+        prompts, groups = [x[0] for x in rows_kept], [x[1] for x in rows_kept]
+        rows = [{m: v for m, v in x[2].items() if m in present} for x in rows_kept]
     common = sorted(set.intersection(*(set(r) for r in rows)) if rows else set())
     if len(common) < 2:
         raise ConfigError(f"{path}: calibration needs outcomes of at least two models on the same requests")

@@ -1,29 +1,25 @@
-"""Quality prediction for many models: a request representation learned from every outcome source together,
-and one small vector per model (matrix factorisation with request features, as RouteLLM's ``mf`` router and
-EmbedLLM; the per-source intercepts and the ability that links them are item-response style, as IRT-Router).
+"""Quality prediction for many models: a request representation shared by every model, and one small vector
+per model and outcome source.
 
 For request ``x`` (TF-IDF features ``phi(x)``), model ``j`` and outcome source ``s``::
 
-    h(x)      = phi(x) W                      k numbers: what kind of request this is (shared by all models)
-    z_j,s(x)  = b[j, s] + h(x) . v_j          one logit per model and source
-    q_j,s(x)  = g_s + (1 - g_s) sigmoid(z)    g_s: the chance floor of the source (0.25 on 4-option MMLU)
+    h(x)      = phi(x) W                   k numbers: what kind of request this is (shared by all models)
+    q_j,s(x)  = sigmoid(b[j, s] + h(x) . v[j, s])
 
 **How the scales are put together.** Every outcome is a probability of a good answer *under its source's own
 scorer*: MMLU right/wrong, the AlpacaEval judge's preference against GPT-4 Turbo (a soft label in [0, 1]), the
 sentiment label match, checked chat answers, checked math answers. They are not one scale (47 % on short checked
-chat questions is not 47 % against GPT-4 Turbo), so each (model, source) has its own intercept ``b[j, s]``, while
-``W`` and ``v_j`` are shared: what makes a request hard for a model is learned from all sources at once, and the
-loss is one cross-entropy over every outcome (soft labels for the judge's scores), each outcome counted once.
+chat questions is not 47 % against GPT-4 Turbo), so each (model, source) has its own intercept and vector, and
+``W`` is shared: one representation of requests for every source. A task is read on one source's scale for
+every model (``outcome_sources.TASK_SOURCES``); a model never measured on that source gets a prior level from its
+card (:func:`fit_source_prior`), never another scale's number, except where a source has too few models for a
+prior (then the model's mean over the sources it was measured on, the previous classifier's rule).
 
-A model is served on a source it was never measured on through a common ability (:func:`link_scales`):
-``b[j, s] ~ c_s + theta_j``, one difficulty per source and one ability per model (a Rasch-style common scale,
-fitted on the cells that have data), with ``theta_j`` pulled toward a prior from the model card (log active
-parameters, an undisclosed-size flag, and a public benchmark score when the card has one). Models in several
-sources (Mixtral: MMLU and AlpacaEval) and the prior tie the scales together. A model with no data at all (a new
-card) gets ``theta`` from the prior alone and the mean ``v``; :func:`fit_model_vector` then fits its own ``b`` and
-``v`` on a few anchor requests with ``W`` and every other model fixed.
-
-Fitting is full-batch L-BFGS with analytic gradients (deterministic for a seed); ``fit`` returns self.
+Two estimators, compared in ``benchmarks/bench_quality.py``: :class:`HeadsBasis` (shipped: per-(model, source)
+logistic heads, then the stack factorised by SVD into ``W`` and the vectors; reduced-rank regression) and
+:class:`QualityModel` (a bilinear model trained jointly by L-BFGS, as RouteLLM's ``mf`` router: it lost on both
+MMLU and AlpacaEval held-out requests). A new model is a new vector in the same space: :func:`fit_model_vector`
+fits it on a few anchor requests with everything else fixed.
 """
 
 from __future__ import annotations
@@ -31,13 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import optimize, sparse
 
 from ..cards import ModelCard
-from ..classify.quality import PRIOR_FEATURES, card_prior_features
+from ..classify.quality import card_prior_features
 
 Progress = Callable[[str], None]
 LOGIT_CLIP = 0.02
@@ -171,68 +166,121 @@ class QualityModel:
         return g + (1 - g) * _sigmoid(bb[j, s] + self.represent(x) @ vv[j])
 
 
-# -- scale linking and priors ------------------------------------------------------------------------------------
+class HeadsBasis:
+    """The shipped quality model: one logistic head per (model, source) on the TF-IDF features (soft labels for
+    the judge's scores), then the stack of heads factorised by SVD, ``[w_1 ... w_H] = W C``: ``W`` (V x k) is the
+    request representation every head shares, ``C`` gives each head its k-vector. At full rank the predictions are
+    the heads' own; a new model is a new k-vector in the same space (:func:`fit_model_vector`).
+
+    Same interface as :class:`QualityModel`, but ``v_`` is per (model, source): ``v_[j, s]`` (zeros where the model
+    has no outcomes on that source)."""
+
+    def __init__(self, c: Mapping[str, float] | None = None, default_c: float = 0.3, energy: float = 0.999,
+                 seed: int = 0) -> None:
+        self.c = dict(c or {})
+        self.default_c = default_c
+        self.energy = energy
+        self.seed = seed
+
+    def fit(self, x: sparse.csr_matrix, obs: Observations, progress: Progress | None = None) -> HeadsBasis:
+        from sklearn.linear_model import LogisticRegression
+
+        self.models_ = list(obs.models)
+        self.sources_ = list(obs.sources)
+        m, s, d = len(self.models_), len(self.sources_), x.shape[1]
+        self.counts_ = np.zeros((m, s))
+        np.add.at(self.counts_, (obs.model, obs.source), 1.0)
+        self.measured_ = self.counts_ > 0
+        heads, bias, cells = [], [], []
+        for j, src in zip(*np.nonzero(self.measured_), strict=True):
+            rows = (obs.model == j) & (obs.source == src)
+            xs, y = x[obs.prompt[rows]], obs.y[rows]
+            if progress:
+                progress(f"quality heads: {self.models_[j]} on {self.sources_[src]}")
+            # soft labels as weights: each outcome counts once, split between "good" (y) and "not good" (1 - y);
+            # a right/wrong outcome keeps one row
+            soft = (y > 0) & (y < 1)
+            xx = sparse.vstack([xs, xs[soft]]).tocsr()
+            yy = np.r_[np.where(soft, 1.0, y), np.zeros(int(soft.sum()))]
+            ww = np.r_[np.where(soft, y, 1.0), 1 - y[soft]]
+            if ww[yy == 1].sum() <= 0 or ww[yy == 0].sum() <= 0:
+                heads.append(np.zeros(d))
+                bias.append(-6.0 if ww[yy == 1].sum() <= 0 else 6.0)
+            else:
+                lr = LogisticRegression(C=self.c.get(self.sources_[src], self.default_c), max_iter=3000,
+                                        random_state=self.seed).fit(xx, yy, sample_weight=ww)
+                heads.append(lr.coef_[0])
+                bias.append(float(lr.intercept_[0]))
+            cells.append((j, src))
+        h = np.stack(heads, axis=1)  # [V, H]
+        u, sv, vt = np.linalg.svd(h, full_matrices=False)
+        share = np.cumsum(sv**2) / max(float((sv**2).sum()), 1e-12)
+        k = int(np.searchsorted(share, self.energy) + 1)
+        self.k = k
+        self.w_ = u[:, :k] * sv[:k]
+        self.v_ = np.zeros((m, s, k))
+        self.b_ = np.zeros((m, s))
+        for col, (j, src) in enumerate(cells):
+            self.v_[j, src] = vt[:k, col]
+            self.b_[j, src] = bias[col]
+        self.explained_ = float(share[k - 1])
+        return self
+
+    def represent(self, x: sparse.csr_matrix) -> np.ndarray:
+        return np.asarray(x @ self.w_)
+
+    def predict(self, x: sparse.csr_matrix, model: str | int, source: str | int) -> np.ndarray:
+        j = model if isinstance(model, int) else self.models_.index(model)
+        s = source if isinstance(source, int) else self.sources_.index(source)
+        return _sigmoid(self.b_[j, s] + self.represent(x) @ self.v_[j, s])
+
+
+# -- priors for cells without outcomes ---------------------------------------------------------------------------
 def card_features(card: ModelCard | None, benchmark: str | None = None) -> np.ndarray:
-    """The card's prior features (:func:`router.classify.quality.card_prior_features`); zeros + flags for None."""
+    """The card's prior features (:func:`router.classify.quality.card_prior_features`); flags only for None."""
     if card is None:
         return np.array([1.0, 0.0, 1.0, 0.0, 1.0])
     return card_prior_features(card, benchmark)
 
 
+MIN_MODELS_FOR_PRIOR = 5
+"""A source needs this many measured models before a regression on card features is fitted for it."""
+
+
 @dataclass
-class Linking:
-    """``b[j, s] ~ c[s] + theta[j]`` with ``theta ~ beta . features``: fills the cells a model has no data on."""
+class SourcePrior:
+    """Logit level of an unmeasured model on one source from its card: ``beta . features + family offset``."""
 
-    c: np.ndarray
-    theta: np.ndarray
     beta: np.ndarray
-    features: np.ndarray
-
-    def prior_theta(self, features: np.ndarray) -> float:
-        return float(features @ self.beta)
+    family: dict[str, float]
+    n_models: int
 
 
-def link_scales(b: np.ndarray, measured: np.ndarray, features: np.ndarray, anchor: int = 0,
-                prior_weight: float = 0.3, ridge: float = 1.0, exclude: Sequence[int] = ()) -> Linking:
-    """Least squares over the measured cells ``b[j, s] = c_s + theta_j`` plus ``prior_weight * (theta_j - beta .
-    f_j) = 0`` for every model, ``c[anchor] = 0`` fixing the origin; ``beta`` ridge-penalised. ``exclude``:
-    models that take no part (a specialist's by-construction zeros)."""
-    m, s = b.shape
-    p = features.shape[1]
-    rows, rhs = [], []
-    n_unknown = s + m + p
-    for j in range(m):
-        if j in exclude:
-            continue
-        for src in range(s):
-            if measured[j, src]:
-                r = np.zeros(n_unknown)
-                r[src] = 1.0
-                r[s + j] = 1.0
-                rows.append(r)
-                rhs.append(b[j, src])
-        r = np.zeros(n_unknown)
-        r[s + j] = prior_weight
-        r[s + m:] = -prior_weight * features[j]
-        rows.append(r)
-        rhs.append(0.0)
-    r = np.zeros(n_unknown)
-    r[anchor] = 10.0
-    rows.append(r)
-    rhs.append(0.0)
-    for q in range(p):
-        r = np.zeros(n_unknown)
-        r[s + m + q] = math.sqrt(ridge) * prior_weight
-        rows.append(r)
-        rhs.append(0.0)
-    sol = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
-    return Linking(c=sol[:s], theta=sol[s:s + m], beta=sol[s + m:], features=features)
+def fit_source_prior(levels: np.ndarray, features: np.ndarray, families: Sequence[str | None],
+                     ridge: float = 1.0, family_ridge: float = 2.0) -> SourcePrior:
+    """Ridge regression of the measured models' logit levels on card features, then a shrunk family offset. The
+    size slope is kept >= 0: in AlpacaEval newer small models beat older large ones, and a prior must not tell
+    a user that a smaller model of the same kind is better."""
+    f = features
+    a = f.T @ f + ridge * np.diag([0.0] + [1.0] * (f.shape[1] - 1))
+    beta = np.linalg.solve(a, f.T @ levels)
+    if beta[1] < 0:  # refit without the size slope
+        keep = [i for i in range(f.shape[1]) if i != 1]
+        sub = np.linalg.solve(a[np.ix_(keep, keep)], f[:, keep].T @ levels)
+        beta = np.zeros(f.shape[1])
+        beta[keep] = sub
+    resid = levels - f @ beta
+    family: dict[str, float] = {}
+    for fam in {x for x in families if x}:
+        idx = [i for i, x in enumerate(families) if x == fam]
+        family[fam] = float(resid[idx].sum() / (len(idx) + family_ridge))
+    return SourcePrior(beta, family, len(levels))
 
 
-def filled_intercepts(model: QualityModel, link: Linking) -> np.ndarray:
-    """``b`` where measured, ``c_s + theta_j`` elsewhere."""
-    linked = link.c[None, :] + link.theta[:, None]
-    return np.where(model.measured_, model.b_, linked)
+def level(p: float) -> float:
+    """A probability as a logit, clipped to [2 %, 98 %]."""
+    p = min(1 - LOGIT_CLIP, max(LOGIT_CLIP, float(p)))
+    return math.log(p / (1 - p))
 
 
 def fit_model_vector(h: np.ndarray, y: np.ndarray, *, prior_b: float, prior_v: np.ndarray, floor: float = 0.0,
@@ -258,30 +306,3 @@ def fit_model_vector(h: np.ndarray, y: np.ndarray, *, prior_b: float, prior_v: n
     return float(res.x[0]), res.x[1:].copy()
 
 
-def metadata(model: QualityModel, link: Linking, task_sources: Mapping[str, str],
-             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What the classifier serves: per model its vector and one intercept per task (through ``task_sources``),
-    with where each intercept came from."""
-    filled = filled_intercepts(model, link)
-    out: dict[str, Any] = {
-        "k": model.k,
-        "sources": model.sources_,
-        "task_sources": dict(task_sources),
-        "floors": {t: model.floors.get(src, 0.0) for t, src in task_sources.items()},
-        "source_difficulty": {src: round(float(c), 4) for src, c in zip(model.sources_, link.c, strict=True)},
-        "prior_beta": [round(float(x), 4) for x in link.beta],
-        "prior_features": list(PRIOR_FEATURES),
-        "mean_vector": [round(float(x), 5) for x in model.v_.mean(axis=0)],
-        "models": {},
-    }
-    for j, name in enumerate(model.models_):
-        out["models"][name] = {
-            "vector": [round(float(x), 5) for x in model.v_[j]],
-            "intercepts": {t: round(float(filled[j, model.sources_.index(src)]), 4)
-                           for t, src in task_sources.items()},
-            "measured": {t: int(model.counts_[j, model.sources_.index(src)]) for t, src in task_sources.items()},
-            "ability": round(float(link.theta[j]), 4),
-        }
-    if extra:
-        out.update(extra)
-    return out
