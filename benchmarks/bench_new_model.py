@@ -80,7 +80,7 @@ def main() -> None:
                 row[f"raw{n}"] = float(y_a.mean())
             results.append(row)
     cols = ["others_mean", "prior"] + [f"anchors{n}" for n in ANCHORS] + [f"raw{n}" for n in ANCHORS]
-    names = {"others_mean": "mean of the other models (no card)", "prior": "card prior alone (size)",
+    names = {"others_mean": "mean of the other models (no card)", "prior": "card prior alone (size, family)",
              **{f"anchors{n}": f"prior + {n} anchors (fit_model_vector)" for n in ANCHORS},
              **{f"raw{n}": f"plain mean of the {n} anchor scores" for n in ANCHORS}}
     actual = np.array([r["actual"] for r in results])
