@@ -58,7 +58,7 @@ def curve(sim: Simulator, targets: tuple[float, ...] = CURVE) -> list[RunStats]:
     """The relative_to_best target swept: one routing per target, classifications reused."""
     out = []
     for r in targets:
-        sim.engine = PolicyEngineBridge(Policy(name=f"best@{r:g}", accuracy={"relative_to_best": r}))
+        sim.engine = PolicyEngineBridge(Policy(name=f"best-{r:g}", accuracy={"relative_to_best": r}))
         chosen, _ = sim.decide()
         out.append(sim.stats(f"relative_to_best {r:g}", chosen[sim.t.group], target=r))
     return out

@@ -26,7 +26,8 @@ ROWS = {
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     cards_dir = make_cards_dir(tmp_path)
     table = {p: {MIX: r[2], GPT: r[3]} for p, r in ROWS.items()}
-    monkeypatch.setattr("router.classify.onnx_classifier.load_default_classifier", lambda *_a, **_k: FixedClassifier(table))
+    monkeypatch.setattr("router.classify.onnx_classifier.load_default_classifier",
+                        lambda *_a, **_k: FixedClassifier(table))
     monkeypatch.setattr("router.simulate.policy_bridge.PolicyEngineBridge", lambda *a, **k: CheapestAboveTarget(0.7))
     out = tmp_path / "o.jsonl"
     lines = [

@@ -86,8 +86,9 @@ def test_simulation_uses_the_engine_end_to_end(sample) -> None:
 
 def test_always_best_is_the_best_single_model_not_the_largest(tmp_path: Path) -> None:
     """On AlpacaEval the largest model is not the best: the report's always-best follows the best mean score."""
-    from router.cards import load_catalogue
     from test_simulate_helpers import FixedClassifier
+
+    from router.cards import load_catalogue
 
     cards = load_catalogue(ROOT / "models")
     small, large = "fusechat-gemma-2-9b", "llama-3-70b-instruct"
