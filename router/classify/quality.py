@@ -39,6 +39,7 @@ class QualityTable:
         self._b = np.zeros((0, t_n))
         self._fixed = np.zeros((0, t_n), dtype=bool)
         self._fixed_p = np.zeros((0, t_n))
+        self._per_task = None
         self.add(meta["models"], source="trained")
 
     # -- rows -----------------------------------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class QualityTable:
             self.sources[name] = {t: row.get("from", {}).get(t, source) for t in self.tasks}
         self._v, self._b = np.concatenate(v), np.concatenate(b)
         self._fixed, self._fixed_p = np.concatenate(fixed), np.concatenate(fixed_p)
+        self._per_task: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] | None = None
 
     def prior_row(self, card: Any) -> dict[str, Any]:
         """A model with no outcomes, from its card: ``prior_accuracy[task]`` where the card gives one, else the
@@ -94,9 +96,29 @@ class QualityTable:
         return self._b if h is None else self._b + self._v @ h
 
     def p_correct(self, h: np.ndarray | None, task_probs: Sequence[float]) -> dict[str, float]:
-        q = 1 / (1 + np.exp(-self.logits(h)))
-        q = np.where(self._fixed, self._fixed_p, q)
-        return dict(zip(self.names, (q @ np.asarray(task_probs, dtype=np.float64)).tolist(), strict=True))
+        if self._per_task is None:
+            self._split()
+        p = None
+        for t, prob in enumerate(task_probs):
+            if prob <= 1e-6:  # only the tasks the request may be: most requests are one task
+                continue
+            v, b, fixed, fixed_p = self._per_task[t]  # type: ignore[index]
+            z = b if h is None else v @ h + b
+            q = 1.0 / (1.0 + np.exp(-z))
+            if fixed is not None:
+                q[fixed] = fixed_p
+            p = q * prob if p is None else p + q * prob
+        if p is None:
+            p = np.zeros(len(self.names))
+        return dict(zip(self.names, p.tolist(), strict=True))
+
+    def _split(self) -> None:
+        """Contiguous per-task copies of the table (a [M, k] product per task is ~1 µs; a strided one is not)."""
+        self._per_task = []
+        for t in range(len(self.tasks)):
+            fixed = np.flatnonzero(self._fixed[:, t])
+            self._per_task.append((np.ascontiguousarray(self._v[:, t]), self._b[:, t].copy(),
+                                   fixed if len(fixed) else None, self._fixed_p[fixed, t]))
 
     def q(self, h: np.ndarray, name: str, task: str) -> float:
         """One model's P(good answer) on one task, for reports and tests."""
