@@ -1,19 +1,22 @@
-"""Train the request classifier: task detection plus P(correct) for the hosted models, one ONNX graph.
+"""Train the request classifier: task detection plus the quality model's request representation, one ONNX graph,
+and the per-model quality table beside it (``classifier.json``).
 
-Graph: ``text`` [N, 1] string -> word 1-2 gram counts (a vocabulary of ~5,000, ASCII tokens, lower-cased in
-the graph) -> for the n-grams a text has, their sublinear TF-IDF weights times their rows of a [V, 4 + M] head,
-summed per text and divided by the row's L2 norm -> softmax over the 4 task logits (``task_probs``) and a
-sigmoid per hosted model (``p_correct``). Why one linear graph: a single product keeps classification far
-below a millisecond on one core, and logistic models give probabilities that can be checked (ECE) and
+Graph: ``text`` [N, 1] string -> word 1-2 gram counts (a vocabulary of ~7,000, ASCII tokens, lower-cased in
+the graph) -> for the n-grams a text has, their sublinear TF-IDF weights times their rows of a [V, 4 + k] head,
+summed per text and divided by the row's L2 norm -> softmax over the 4 task logits (``task_probs``) and the k
+numbers of the request representation (``request_vector``), which the classifier turns into P(correct) of every
+model (:mod:`router.classify.quality`). Why one linear graph: a single product keeps classification far below a
+millisecond on one core, and logistic models give probabilities that can be checked (ECE) and
 temperature-calibrated, which the policy engine needs for accuracy targets.
 
 Why this shape: a call's cost is in passes over vocabulary-wide rows, not in the text. So the vocabulary is
 small (as accurate on held-out data as one six times larger), only the n-grams present are touched, and the
 L2 norm divides the product (``x W / ||x||`` equals ``normalize(x) W``) rather than normalising the row. The
-measurements: benchmarks/README.md, section *Classifier*.
+measurements: benchmarks/README.md, sections *Classifier* and *Quality model*.
 
-P(correct) is learned from the RouteLLM MMLU outcomes and evaluated the way RouteLLM does, with MMLU
-subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %) vs random and oracle.
+P(correct) is learned from every outcome source (:mod:`router.training.quality_train`) and evaluated the way
+RouteLLM does on MMLU, with subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %)
+vs random, the oracle and the previous per-model TF-IDF heads.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ HOSTED = tuple(MMLU_MODELS.values())  # ("mixtral-8x7b-instruct", "gpt-4-1106-pr
 WEAK, STRONG = HOSTED
 REQUEST_FEATURES = 4000
 MMLU_FEATURES = 3000
-CHANCE_MC = 0.25
 
 Progress = Callable[[str], None]
 
@@ -381,49 +383,6 @@ def _drop_dense_tfidf(nodes: list[Any]) -> tuple[str, str]:
     for node in (add, log, mul):
         nodes.remove(node)
     return counts, idf
-
-
-def local_task_accuracy(outcomes_dir: Path, sentiment_metrics: Path) -> dict[str, dict[str, Any]]:
-    """Task-level accuracy of the local models from the outcomes files the project measured, each with its
-    source; cells without a measurement are left out (the classifier then falls back, see metadata)."""
-    from .local_outcomes import read_jsonl, summarize
-
-    table: dict[str, dict[str, Any]] = {}
-    measured = (("sentiment", "sentiment_local.jsonl"), ("math", "math_local.jsonl"), ("chat", "chat_local.jsonl"))
-    for task, file in measured:
-        path = outcomes_dir / file
-        if not path.exists():
-            continue
-        summary = summarize(read_jsonl(path))
-        for model, stats in summary.items():
-            if isinstance(stats, dict):
-                table.setdefault(model, {})[task] = {
-                    "accuracy": stats["accuracy"],
-                    "n": summary["n"],
-                    "source": f"measured: data/outcomes/{file}",
-                }
-    if sentiment_metrics.exists():
-        import json
-
-        acc = json.loads(sentiment_metrics.read_text())["test_accuracy"]
-        table.setdefault("sentiment-onnx", {})["sentiment"] = {
-            "accuracy": acc,
-            "n": 1703,
-            "source": "measured: models/sentiment/metrics.json (held-out 20 %)",
-        }
-    for model in ("smollm2-135m", "gemma3-270m"):
-        table.setdefault(model, {})["multiple_choice"] = {
-            "accuracy": CHANCE_MC,
-            "n": 0,
-            "source": "assumed: chance level on 4-option MMLU (shipped CSVs hold no gold letter to score)",
-        }
-    for task in ("multiple_choice", "math", "chat"):
-        table.setdefault("sentiment-onnx", {})[task] = {
-            "accuracy": 0.0,
-            "n": 0,
-            "source": "by construction: the specialist only answers positive/negative",
-        }
-    return table
 
 
 def train_classifier(
