@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,43 +38,35 @@ def import_mmlu(out: Path, cards: dict[str, ModelCard]) -> Path:
 
 
 class HeldOutClassifier(RequestClassifier):
-    """The shipped classifier for task detection, with its hosted-model P(correct) heads refitted by the
-    shipped recipe (router.training.classifier: TF-IDF + logistic regression, same C) on the MMLU subjects
-    *not* in ``test_subjects``, so the benchmark's MMLU requests are subjects the heads never saw."""
+    """The shipped classifier for task detection, with its quality model refitted by the shipped recipe
+    (router.training.quality_train.fit_recipe, every outcome source) without the MMLU subjects in
+    ``test_subjects``, so the benchmark's MMLU requests are subjects it never saw."""
 
     def __init__(self, models_dir: Path, test_subjects: set[str]) -> None:
+        from _quality_common import HeldOutQualityClassifier
+
+        from router.cards import load_catalogue
+        from router.classify.features import window
         from router.classify.onnx_classifier import OnnxRequestClassifier
-        from router.training import classifier as tc
-        from router.training.requests import build_request_set, load_mmlu
+        from router.training.outcome_sources import load_sources
+        from router.training.quality_train import fit_recipe
+        from router.training.requests import build_request_set
 
-        self.base = OnnxRequestClassifier(models_dir / "classifier")
-        items = [it for it in load_mmlu() if it.subject not in test_subjects]
-        texts = [tc.window(it.prompt)[0] for it in items]
-        # the request set's training part draws its MMLU rows from the same non-held-out subjects
-        requests = [tc.window(t)[0] for t in build_request_set()[0].texts]
-        self.vec = tc.shared_vectorizer(requests, texts)
-        x = self.vec.transform(texts)
-        c = float(self.base.meta.get("p_correct_c", 0.3))
-        self.heads = [tc._fit_binary(x, np.array([it.outcomes[m] for it in items], dtype=np.int64), c)
-                      for m in self.base.pc_models]
-        self.window = tc.window
-        self.trained_rows = len(items)
-
-    def _hosted(self, texts: list[str]) -> np.ndarray:
-        x = self.vec.transform([self.window(t)[0] for t in texts])
-        return np.stack([h.predict_proba(x)[:, 1] for h in self.heads], axis=1)
+        cards = load_catalogue(models_dir)
+        obs = load_sources(cards)
+        held = np.array([str(g).removeprefix("mmlu/") in test_subjects and str(g).startswith("mmlu/")
+                         for g in obs.groups])
+        keep = ~held[obs.prompt]
+        requests = [window(t)[0] for t in build_request_set()[0].texts]
+        recipe = fit_recipe(obs, requests, cards, keep)
+        self.inner = HeldOutQualityClassifier(OnnxRequestClassifier(models_dir / "classifier"), recipe, cards)
+        self.trained_rows = int(keep.sum())
 
     def classify(self, text: str) -> Classification:
-        return self.classify_batch([text])[0]
+        return self.inner.classify(text)
 
     def classify_batch(self, texts: list[str]) -> list[Classification]:
-        hosted = self._hosted(texts)
-        out = []
-        for text, h in zip(texts, hosted, strict=True):
-            c = self.base.classify(text)
-            probs = np.array([c.task_probs[t] for t in self.base.tasks])
-            out.append(replace(c, p_correct=self.base._mix(probs, h), method=c.method + "+held-out-heads"))
-        return out
+        return self.inner.classify_batch(texts)
 
 
 def write_section(block: str, body: str) -> None:

@@ -67,6 +67,25 @@ def per_text_us(classify_batch, texts: list[str], size: int, rounds: int = 3) ->
     return best * 1e6
 
 
+MANY = ("fusechat-llama-3.2-1b", "fusechat-llama-3.2-3b", "fusechat-qwen-2.5-7b", "fusechat-llama-3.1-8b",
+        "fusechat-gemma-2-9b", "mixtral-8x7b-instruct", "llama-3-8b-instruct", "llama-3-70b-instruct",
+        "gpt-4-1106-preview", "claude-2")
+"""Catalogue models added as candidates for the many-model run (given an HTTP backend that is never called)."""
+
+
+def many_cards() -> dict:
+    """The shipped cards plus :data:`MANY` from the catalogue, each with an OpenAI-compatible backend spec, so the
+    policy engine treats them as callable candidates (13 in all); nothing is called, only decided."""
+    from router.cards import OpenAIBackendSpec, load_catalogue
+
+    cards = load_catalogue(ROOT / "models")
+    out = {n: c for n, c in cards.items() if c.callable}
+    for name in MANY:
+        spec = OpenAIBackendSpec(type="openai", base_url="http://127.0.0.1:9/v1", model=name)
+        out[name] = cards[name].model_copy(update={"backend": spec})
+    return out
+
+
 def main() -> None:
     console = Console()
     config = RouterConfig.load(None, models_dir=ROOT / "models", policies_dir=ROOT / "policies")
@@ -74,9 +93,14 @@ def main() -> None:
         router = Router(config, ledger=SQLiteLedger(Path(tmp) / "ledger.sqlite3"))
         run(console, router)
         router.close()
+        cards = many_cards()
+        router = Router(config, cards=cards, ledger=SQLiteLedger(Path(tmp) / "many.sqlite3"))
+        console.print(f"\n[bold]{len(cards)} candidate models[/] (the shipped cards + {len(MANY)} catalogue cards):")
+        run(console, router, batches=False)
+        router.close()
 
 
-def run(console: Console, router: Router) -> None:
+def run(console: Console, router: Router, batches: bool = True) -> None:
     clf, engine, policy, ledger = router.classifier, router.engine, router.policy_name, router.ledger
     texts = prompts()
     def decide(text: str) -> bool:
@@ -110,7 +134,7 @@ def run(console: Console, router: Router) -> None:
         decided.append(time.perf_counter() - t0)
     # batches: the same texts, the lengths the proxy sees most (up to 1,000 chars: the classifier's window)
     short = [t for t in texts if len(t) <= 1000][:4096]
-    batched = {size: per_text_us(clf.classify_batch, short, size) for size in BATCHES}
+    batched = {size: per_text_us(clf.classify_batch, short, size) for size in BATCHES} if batches else {}
     tracemalloc.start()
     for t in texts[:2000]:
         clf.classify(t)
@@ -128,6 +152,8 @@ def run(console: Console, router: Router) -> None:
         table.add_row(name, f"{q(xs, 0.5):.3f}", f"{q(xs, 0.99):.3f}", f"{statistics.mean(xs) * 1000:.3f}")
     console.print(table)
     console.print(f"decisions: {N - refused:,} routed, {refused:,} refused by the policy (no model can serve them)")
+    if not batches:
+        return
     batch_table = Table(title=f"classify_batch: CPU per text, {len(short):,} prompts of at most 1,000 chars")
     batch_table.add_column("batch size", justify="right")
     batch_table.add_column("µs per text", justify="right")

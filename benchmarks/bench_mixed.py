@@ -41,7 +41,7 @@ from _simulate_common import (  # noqa: E402
     write_section,
 )
 
-from router.cards import load_cards  # noqa: E402
+from router.cards import load_catalogue  # noqa: E402
 from router.policy.schema import Policy  # noqa: E402
 from router.simulate.outcomes import load_outcomes  # noqa: E402
 from router.simulate.policy_bridge import PolicyEngineBridge  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--policy", default="balanced", help="policy name in policies/ or a YAML path")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args()
-    cards = load_cards(ROOT / "models")
+    cards = load_catalogue(ROOT / "models")
     test_subjects = held_out_subjects()
     with tempfile.TemporaryDirectory() as tmp:
         mmlu = import_mmlu(Path(tmp) / "mmlu.jsonl", cards)

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _simulate_common import ROOT, SENTIMENT, import_mmlu, md_table, write_section  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from router.cards import load_cards  # noqa: E402
+from router.cards import load_catalogue  # noqa: E402
 
 
 def build(path: Path, rows: int, seed: int = 0) -> dict[str, int]:
-    cards = load_cards(ROOT / "models")
+    cards = load_catalogue(ROOT / "models")
     with tempfile.TemporaryDirectory() as tmp:
         mmlu = import_mmlu(Path(tmp) / "mmlu.jsonl", cards)
         source = mmlu.read_text(encoding="utf-8").split("\n")

@@ -148,6 +148,16 @@ class ModelCard(_Strict):
     prior_accuracy: dict[str, Probability] = Field(
         default_factory=dict, description="task -> accuracy measured or published, used as a prior"
     )
+    family: str | None = Field(None, description="model family, e.g. llama-3, gemma-2 (a prior for new models)")
+    active_parameters_b: float | None = Field(
+        None, gt=0, description="parameters active per token, in billions (the energy estimate and a prior)"
+    )
+    benchmarks: dict[str, float] = Field(
+        default_factory=dict, description="public benchmark scores in [0, 1], e.g. alpaca_eval_lc (a prior)"
+    )
+    simulation_only: bool = Field(
+        False, description="size undisclosed: the energy figure is a placeholder, fit for simulation only"
+    )
     path: Path | None = Field(None, exclude=True, description="the YAML file this card came from")
 
     @property
@@ -216,11 +226,29 @@ def load_card(file: str | Path) -> ModelCard:
 
 
 def load_cards(folder: str | Path) -> dict[str, ModelCard]:
-    """Every ``*.yaml`` card in ``folder``, by name. Duplicate names are a config error."""
+    """Every ``*.yaml`` card in ``folder``, by name. Duplicate names are a config error.
+
+    Only the folder's own files: the ``catalogue/`` below it (cards without a backend, for simulation and for
+    users who add one) is read by :func:`load_catalogue`, so its models never become live candidates."""
+    return _load_into({}, folder)
+
+
+CATALOGUE = "catalogue"
+"""Sub-folder of a models folder with cards that have no backend (public models for simulation and training)."""
+
+
+def load_catalogue(models_dir: str | Path, *, with_models: bool = True) -> dict[str, ModelCard]:
+    """The cards of ``models_dir`` (unless ``with_models`` is false) plus those of ``models_dir/catalogue``:
+    what simulation, training and calibration may name. A name in both is a config error."""
+    cards = load_cards(models_dir) if with_models else {}
+    folder = Path(models_dir) / CATALOGUE
+    return _load_into(cards, folder) if folder.is_dir() else cards
+
+
+def _load_into(cards: dict[str, ModelCard], folder: str | Path) -> dict[str, ModelCard]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: model card folder does not exist")
-    cards: dict[str, ModelCard] = {}
     for file in sorted(folder.glob("*.yaml")):
         card = load_card(file)
         if card.name in cards:

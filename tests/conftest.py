@@ -32,6 +32,14 @@ def cards():
 
 
 @pytest.fixture(scope="session")
+def catalogue():
+    """The shipped cards plus the backend-less catalogue cards (hosted and public models, for simulation)."""
+    from router.cards import load_catalogue
+
+    return load_catalogue(MODELS)
+
+
+@pytest.fixture(scope="session")
 def onnx_classifier():
     """The shipped request classifier (models/classifier), loaded once."""
     from router.classify.onnx_classifier import OnnxRequestClassifier, load_default_classifier

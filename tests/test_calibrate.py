@@ -58,11 +58,40 @@ def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
                                    "--json", "--held-out-share", "0.34"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    r = out["policies"]["balanced"]
-    assert out["models"] == ["mixtral-8x7b-instruct", "gpt-4-1106-preview"]
+    r = out["policies"]["balanced"]["mmlu"]
+    assert out["sources"]["mmlu"]["models"] == ["mixtral-8x7b-instruct", "gpt-4-1106-preview"]
     assert len(r["held_out_subjects"]) == 2 and r["held_out"]["n"] > 100 and "achieved" in r["held_out"]
     from router.policy.loader import load_policy
 
     cal = load_policy(pol / "balanced.yaml").calibrated
     assert cal.offsets["gpt-4-1106-preview"] == -1.0 and cal.offsets["mixtral-8x7b-instruct"] == r["tau"]
     assert "# balanced:" in (pol / "balanced.yaml").read_text()  # the documentation comments survive
+
+
+def test_cli_calibrates_each_outcome_source_on_its_own(tmp_path):
+    """Two sources (MMLU right/wrong and AlpacaEval judge scores) are fitted separately and the block keeps each
+    source's margins and held-out figures; `--models` picks the models to route among."""
+    from router.cli import app
+    from router.policy.loader import load_policy
+
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
+        shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "best.yaml").write_text("name: best\naccuracy:\n  relative_to_best: 0.9\n")
+    alpaca = ROOT / "data" / "alpaca_eval" / "outcomes.jsonl"
+    models = "fusechat-llama-3.2-3b,fusechat-gemma-2-9b,mixtral-8x7b-instruct,gpt-4-1106-preview"
+    res = CliRunner().invoke(app, ["calibrate", "best", "--outcomes", str(data), "--outcomes", str(alpaca),
+                                   "--models", models, "--policies-dir", str(pol), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    # Mixtral is in both sources (its concise variant in AlpacaEval); GPT-4 is the judge's reference there, left out
+    assert set(out["sources"]["outcomes.jsonl"]["models"]) == {"fusechat-llama-3.2-3b", "mixtral-8x7b-instruct",
+                                                               "fusechat-gemma-2-9b"}
+    assert set(out["policies"]["best"]) == {"mmlu", "outcomes.jsonl"}
+    cal = load_policy(pol / "best.yaml").calibrated
+    assert cal.target_kind == "relative_best" and cal.fitted_on == "mmlu, outcomes.jsonl"
+    assert {"mixtral-8x7b-instruct", "fusechat-llama-3.2-3b"} <= set(cal.offsets)
+    assert any(k.startswith("outcomes.jsonl:") for k in cal.held_out)

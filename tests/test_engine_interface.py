@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from router.cards import ModelCard, load_cards
+from router.cards import ModelCard, load_cards, load_catalogue
 from router.classify.base import TASKS, Classification
 from router.errors import RouterError
 from router.ledger import hash_key
@@ -30,7 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def all_cards() -> dict[str, ModelCard]:
-    return load_cards(ROOT / "models")
+    """The shipped cards and the four hosted ones that sat beside them before the catalogue (same order)."""
+    hosted = load_catalogue(ROOT / "models", with_models=False)
+    cards = {**load_cards(ROOT / "models"), **{n: hosted[n] for n in HOSTED}}
+    return dict(sorted(cards.items(), key=lambda kv: kv[1].path.name if kv[1].path else kv[0]))
+
+
+HOSTED = ("gpt-4-1106-preview", "llama-3-70b-instruct", "llama-3-8b-instruct", "mixtral-8x7b-instruct")
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,9 @@ def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
             break
         committed.append(line.strip())
     os.kill(proc.pid, signal.SIGKILL)  # mid-write: the child never stops writing on its own
-    rest, _ = proc.communicate(timeout=10)
-    committed += [x for x in rest.split() if x]
+    # the rest through the same reader (communicate() would read the pipe beneath the lines it has buffered)
+    committed += [x.strip() for x in proc.stdout.read().splitlines(keepends=True) if x.endswith("\n")]
+    proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     assert len(committed) >= 300, f"child wrote only {len(committed)} records"
     led = SQLiteLedger(db)

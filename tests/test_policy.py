@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from router.classify.base import Classification
 from router.errors import BadRequestError, ConfigError
@@ -80,6 +81,22 @@ def test_relative_target_uses_the_largest_candidate(local):
     assert d.model == "gemma3-270m"
 
 
+def test_relative_to_best_uses_the_best_predicted_candidate(catalogue):
+    """On real data the largest model is not always the best (AlpacaEval: the judge prefers long answers): a
+    target relative to the best predicted candidate follows the best one, whichever it is."""
+    four = {n: catalogue[n] for n in ("fusechat-llama-3.2-3b", "fusechat-qwen-2.5-7b", "fusechat-gemma-2-9b",
+                                      "llama-3-70b-instruct")}
+    c = Classification("chat", {"chat": 0.9}, {"fusechat-llama-3.2-3b": 0.60, "fusechat-qwen-2.5-7b": 0.66,
+                                               "fusechat-gemma-2-9b": 0.70, "llama-3-70b-instruct": 0.30})
+    best = decide_pure(c, four, None, pol(accuracy={"relative_to_best": 0.9}), None)
+    assert best.model == "fusechat-qwen-2.5-7b" and best.target == pytest.approx(0.63)
+    assert "90% of fusechat-gemma-2-9b's 0.70" in best.reason
+    largest = decide_pure(c, four, None, pol(accuracy={"relative_to_largest": 0.9}), None)
+    assert largest.model == "fusechat-llama-3.2-3b" and largest.target == pytest.approx(0.27)  # 90 % of the 70B's 0.30
+    with pytest.raises(ValidationError, match="exactly one"):
+        pol(accuracy={"relative_to_best": 0.9, "relative_to_largest": 0.9})
+
+
 def test_no_model_meets_target_picks_the_most_accurate_and_flags(local):
     d = decide_pure(cls("chat", smollm2_135m=0.4, gemma3_270m=0.3), local, None, pol(), None)
     assert d.model == "smollm2-135m" and "target_unmet" in d.flags and "no candidate meets" in d.reason
@@ -141,17 +158,17 @@ def test_decide_pure_is_pure_and_deterministic(local):
     assert decide_pure(c, local, state, p, None) == decide_pure(c, local, state, p, None)
 
 
-def test_decide_batch_matches_decide_pure(cards):
-    hosted = {n: cards[n] for n in ("llama-3-8b-instruct", "mixtral-8x7b-instruct", "llama-3-70b-instruct",
+def test_decide_batch_matches_decide_pure(catalogue):
+    hosted = {n: catalogue[n] for n in ("llama-3-8b-instruct", "mixtral-8x7b-instruct", "llama-3-70b-instruct",
                                     "gpt-4-1106-preview")}
     names = list(hosted)
     rng = np.random.default_rng(0)
     p = rng.uniform(0.2, 0.95, size=(300, len(names)))
-    for spec in ({"min_accuracy": 0.7}, {"relative_to_largest": 0.9}):
+    for spec in ({"min_accuracy": 0.7}, {"relative_to_largest": 0.9}, {"relative_to_best": 0.9}):
         policy = pol(accuracy=spec)
         energies = np.array([hosted[n].energy.joules(64, 128) for n in names])
-        ref = int(np.argmax(energies))
-        batch = decide_batch(p, energies, policy.accuracy.value, relative="relative_to_largest" in spec,
+        ref = np.argmax(p, axis=1) if "relative_to_best" in spec else int(np.argmax(energies))
+        batch = decide_batch(p, energies, policy.accuracy.value, relative="min_accuracy" not in spec,
                              reference=ref)
         for i in range(len(p)):
             c = cls("multiple_choice", **{n.replace("-", "_"): float(v) for n, v in zip(names, p[i], strict=True)})

@@ -26,7 +26,8 @@ ROWS = {
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     cards_dir = make_cards_dir(tmp_path)
     table = {p: {MIX: r[2], GPT: r[3]} for p, r in ROWS.items()}
-    monkeypatch.setattr("router.classify.onnx_classifier.load_default_classifier", lambda _: FixedClassifier(table))
+    monkeypatch.setattr("router.classify.onnx_classifier.load_default_classifier",
+                        lambda *_a, **_k: FixedClassifier(table))
     monkeypatch.setattr("router.simulate.policy_bridge.PolicyEngineBridge", lambda *a, **k: CheapestAboveTarget(0.7))
     out = tmp_path / "o.jsonl"
     lines = [
@@ -60,7 +61,10 @@ def test_json_shape_and_numbers(setup: tuple[Path, Path]) -> None:
     assert d["baselines"]["always-small"]["accuracy"] == pytest.approx(0.4)
     assert d["baselines"]["oracle"]["accuracy"] == pytest.approx(0.8)  # q3: neither model is right
     assert d["quality_vs_large"] == pytest.approx(0.8 / 0.6)
-    assert set(d["baselines"]) == {"always-small", "always-large", "random (matched share)", "oracle", "threshold 0.6"}
+    assert set(d["baselines"]) == {"always-small", "always-large", "always-best", "random (matched share)", "oracle",
+                                   "threshold 0.6"}
+    # GPT-4 scores 3 / 5 here, Mixtral 2 / 5: the best single model is also the largest
+    assert d["best_single"] == {f"{MIX}+{GPT}": GPT} and d["quality_vs_best"] == pytest.approx(0.8 / 0.6)
     rm = d["routing_metrics"]
     assert rm["weak"] == MIX and rm["strong"] == GPT
     assert 0 <= rm["policy_sweep"]["cpt50"] <= 1 and "apgr" in rm["classifier_score"]

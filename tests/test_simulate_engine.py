@@ -21,6 +21,7 @@ from router.simulate.simulator import Simulator
 POLICIES = [
     Policy(name="abs", accuracy={"min_accuracy": 0.72}),
     Policy(name="rel", accuracy={"relative_to_largest": 0.95}),
+    Policy(name="best", accuracy={"relative_to_best": 0.9}),
     Policy(name="only-hosted", accuracy={"min_accuracy": 0.6},
            allowed_models=["mixtral-8x7b-instruct", "gpt-4-1106-preview", "smollm2-135m"]),
     Policy(name="pin", accuracy={"min_accuracy": 0.8}, pinned={"sentiment": "smollm2-135m"}),
@@ -81,3 +82,28 @@ def test_simulation_uses_the_engine_end_to_end(sample) -> None:
         assert table.models[res.chosen[row]] == expect.model
         assert res.reasons[g] == expect.reason
     assert json.dumps(res.to_json(), default=str)
+
+
+def test_always_best_is_the_best_single_model_not_the_largest(tmp_path: Path) -> None:
+    """On AlpacaEval the largest model is not the best: the report's always-best follows the best mean score."""
+    from test_simulate_helpers import FixedClassifier
+
+    from router.cards import load_catalogue
+
+    cards = load_catalogue(ROOT / "models")
+    small, large = "fusechat-gemma-2-9b", "llama-3-70b-instruct"
+    lines = [json.dumps({"id": f"r{i}", "prompt": f"q{i}", "task": "alpaca_eval/koala",
+                         "outcomes": {small: {"correct": 0.8 if i % 4 else 0.2, "output_tokens": 100},
+                                      large: {"correct": 0.3, "output_tokens": 100}}}) for i in range(40)]
+    f = tmp_path / "o.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    table = load_outcomes(f, cards)
+    clf = FixedClassifier({f"q{i}": {small: 0.7, large: 0.3} for i in range(40)}, task="chat")
+    result = Simulator(table, cards, clf, PolicyEngineBridge(Policy(name="b", accuracy={"relative_to_best": 0.9}))
+                       ).run(policy_name="b", classifier_name="fixed")
+    assert result.best_single == {f"{small}+{large}" if table.models[0] == small else f"{large}+{small}": small}
+    best = result.baselines["always-best"]
+    assert best.quality_vs_best == pytest.approx(1.0) and best.share_requests[small] == 1.0
+    assert result.router.share_requests[small] == 1.0  # 0.9 x the best prediction (0.7): only the 9B qualifies
+    large_run = result.baselines["always-large"]
+    assert large_run.quality_vs_best == pytest.approx(0.3 / 0.65) and large_run.energy_vs_best > 1

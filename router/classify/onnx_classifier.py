@@ -1,5 +1,6 @@
-"""The trained request classifier: one ONNX graph (TF-IDF -> task softmax + per-model P(correct)) plus a
-small JSON of metadata, both written by `router train classifier` into ``models/classifier/``.
+"""The trained request classifier: one ONNX graph (TF-IDF -> task softmax + the request's representation) plus a
+JSON of metadata (the per-model quality table), both written by `router train classifier` into
+``models/classifier/``.
 
 Why ONNX and a linear graph: classification runs on every request, so it must cost far less than the
 cheapest model it routes to: one onnxruntime call on a bounded window of text (1,000 chars), a fraction of a
@@ -9,17 +10,20 @@ millisecond (``python benchmarks/bench_classifier.py``; figures in benchmarks/RE
 from __future__ import annotations
 
 import json
-import operator
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .base import TASKS, Classification, RequestClassifier
+from .quality import QualityTable, read_added
 from .rules import RuleClassifier
+
+if TYPE_CHECKING:
+    from ..cards import ModelCard
 
 # A request that *asks for text* (write/rewrite/summarise ...) is generation even when it talks about reviews
 # or sentiment: "Write a positive review of this film" must not reach the sentiment specialist.
@@ -86,20 +90,20 @@ def bound_text(text: str, max_chars: int, head: int, tail: int) -> tuple[str, bo
 class OnnxRequestClassifier(RequestClassifier):
     """Task and P(correct) from ``models/classifier/classifier.onnx`` + ``classifier.json``.
 
-    ``p_correct`` has every model named in the metadata: hosted models get the per-request head (learned
-    on MMLU) weighted by P(multiple_choice), and every model gets its measured task-level accuracy for the
-    other tasks (metadata ``task_accuracy``), mixed by the task probabilities.
+    The graph gives the task probabilities and the request's representation ``h``; ``p_correct`` has every model
+    of the metadata's quality table (:class:`~router.classify.quality.QualityTable`), the models fitted after
+    training (``added_models.json``), and any ``cards`` passed in that neither holds, from their card's prior.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, cards: Mapping[str, ModelCard] | None = None) -> None:
         import onnxruntime as ort
 
         folder = Path(folder)
+        self.folder = folder
         self.meta: dict[str, Any] = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
         self.tasks: list[str] = list(self.meta["tasks"])
         if set(self.tasks) != set(TASKS):
             raise ValueError(f"{folder}/classifier.json: tasks {self.tasks} differ from {list(TASKS)}")
-        self.pc_models: list[str] = list(self.meta["p_correct_models"])
         self.max_chars = int(self.meta["max_chars"])
         self.head = int(self.meta["head_chars"])
         self.tail = int(self.meta["tail_chars"])
@@ -111,28 +115,35 @@ class OnnxRequestClassifier(RequestClassifier):
             str(folder / self.meta["onnx"]), options, providers=["CPUExecutionProvider"]
         )
         self._lock = threading.Lock()
-        self._mc = self.tasks.index(self.meta.get("p_correct_task", "multiple_choice"))
-        self.models, acc = self._accuracy_table(self.meta["task_accuracy"])
-        self._acc: list[list[float]] = acc.tolist()  # [model][task], plain floats (see _mix)
-        self._pc_rows = [self.models.index(m) for m in self.pc_models]
+        self.quality = QualityTable(self.meta["quality"], self.tasks)
+        added = read_added(folder)
+        if added:
+            self.quality.add(added, source="anchors")
+        if cards:
+            self.add_card_priors(cards)
         self._feed = np.empty((1, 1), dtype=object)  # reused single-request input (guarded by the lock)
 
-    def _accuracy_table(self, table: dict[str, dict[str, Any]]) -> tuple[list[str], np.ndarray]:
-        """[model, task] accuracy; unmeasured cells get the model's mean over its measured tasks."""
-        models = sorted(set(table) | set(self.pc_models))
-        acc = np.zeros((len(models), len(self.tasks)))
-        for i, model in enumerate(models):
-            cells = {t: float(v["accuracy"]) for t, v in table.get(model, {}).items()}
-            fill = float(np.mean(list(cells.values()))) if cells else 0.5
-            acc[i] = [cells.get(t, fill) for t in self.tasks]
-        return models, acc
+    @property
+    def models(self) -> list[str]:
+        return self.quality.names
+
+    def add_card_priors(self, cards: Mapping[str, ModelCard]) -> list[str]:
+        """Give every card the classifier has no row for a row from its card (size, family, a public benchmark):
+        a new model is routable at once. Returns the names added."""
+        rows = {name: self.quality.prior_row(card) for name, card in cards.items() if name not in self.quality.names}
+        for name, card in cards.items():
+            if name in rows and card.tier == "specialist":
+                rows[name]["fixed"] = {t: 0.0 for t in self.tasks if not card.serves(t)}
+        if rows:
+            self.quality.add(rows, source="card prior")
+        return list(rows)
 
     def raw(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Task probabilities [N, 4] and hosted-model P(correct) [N, M] for already bounded texts."""
+        """Task probabilities [N, 4] and request representations [N, k] for already bounded texts."""
         batch = np.array([[t] for t in texts], dtype=object)
         with self._lock:
-            task_probs, p_correct = self.session.run(None, {"text": batch})
-        return task_probs, p_correct
+            task_probs, vectors = self.session.run(None, {"text": batch})
+        return task_probs, vectors
 
     def classify(self, text: str) -> Classification:
         bounded, truncated, chars = self._bound(text)
@@ -140,8 +151,8 @@ class OnnxRequestClassifier(RequestClassifier):
             return self._empty(truncated, chars)
         with self._lock:
             self._feed[0, 0] = bounded
-            task_probs, p_correct = self.session.run(None, {"text": self._feed})
-        return self._finish(bounded, truncated, chars, task_probs[0].tolist(), p_correct[0].tolist())
+            task_probs, vectors = self.session.run(None, {"text": self._feed})
+        return self._finish(bounded, truncated, chars, task_probs[0].tolist(), vectors[0])
 
     def classify_batch(self, texts: list[str]) -> list[Classification]:
         """One onnxruntime call for the whole batch: the call itself costs about as much as one text's
@@ -151,9 +162,9 @@ class OnnxRequestClassifier(RequestClassifier):
         run = [i for i, (b, _, _) in enumerate(bounded) if b.strip()]
         out: list[Classification | None] = [None] * len(texts)
         if run:
-            task_probs, p_correct = self.raw([bounded[i][0] for i in run])
-            for i, probs, hosted in zip(run, task_probs.tolist(), p_correct.tolist(), strict=True):
-                out[i] = self._finish(*bounded[i], probs, hosted)
+            task_probs, vectors = self.raw([bounded[i][0] for i in run])
+            for i, probs, h in zip(run, task_probs.tolist(), vectors, strict=True):
+                out[i] = self._finish(*bounded[i], probs, h)
         return [c if c is not None else self._empty(*bounded[i][1:]) for i, c in enumerate(out)]
 
     def _bound(self, text: str) -> tuple[str, bool, int]:
@@ -164,37 +175,35 @@ class OnnxRequestClassifier(RequestClassifier):
 
     def _empty(self, truncated: bool, chars: int) -> Classification:
         probs = [1.0 if t == "chat" else 0.0 for t in self.tasks]
-        return Classification("chat", dict(zip(self.tasks, probs, strict=True)), self._mix(probs, None), truncated,
-                              chars, "onnx:empty")
+        return Classification("chat", dict(zip(self.tasks, probs, strict=True)), self.quality.p_correct(None, probs),
+                              truncated, chars, "onnx:empty")
 
     def _finish(self, bounded: str, truncated: bool, chars: int, task_probs: list[float],
-                hosted: list[float]) -> Classification:
+                h: np.ndarray) -> Classification:
         probs, fired = apply_guards(task_probs, self.tasks, bounded)
         best = max(range(len(probs)), key=probs.__getitem__)  # first of equal maxima, as np.argmax
         return Classification(
             task=self.tasks[best],
             task_probs=dict(zip(self.tasks, probs, strict=True)),
-            p_correct=self._mix(probs, hosted),
+            p_correct=self.quality.p_correct(h, probs),
             truncated=truncated,
             chars=chars,
             method="+".join(["onnx", *fired]),
         )
 
-    def _mix(self, probs: Sequence[float], hosted: Sequence[float] | None) -> dict[str, float]:
-        """Per-model P(correct): task-level accuracy mixed by the task probabilities, with the hosted models'
-        per-request head in place of their multiple-choice accuracy. Plain floats (``apply_guards`` made them):
-        a 5x4 table."""
-        acc = [sum(map(operator.mul, row, probs)) for row in self._acc]
-        if hosted is not None:
-            mc = probs[self._mc]
-            for row, h in zip(self._pc_rows, hosted, strict=True):
-                acc[row] += mc * (float(h) - self._acc[row][self._mc])
-        return dict(zip(self.models, acc, strict=True))
 
-
-def load_default_classifier(models_dir: str | Path) -> RequestClassifier:
-    """The trained ONNX classifier when ``models_dir/classifier`` holds its artifacts, else the rules."""
+def load_default_classifier(models_dir: str | Path, *, catalogue: bool = False) -> RequestClassifier:
+    """The trained ONNX classifier when ``models_dir/classifier`` holds its artifacts, else the rules. Cards of
+    ``models_dir`` (and of its catalogue when asked: simulation) that the classifier was not trained on get a row
+    from their card's prior."""
     folder = Path(models_dir) / "classifier"
     if (folder / "classifier.json").exists() and (folder / "classifier.onnx").exists():
-        return OnnxRequestClassifier(folder)
+        from ..cards import load_cards, load_catalogue
+        from ..errors import ConfigError
+
+        try:
+            cards = load_catalogue(models_dir) if catalogue else load_cards(models_dir)
+        except ConfigError:
+            cards = {}
+        return OnnxRequestClassifier(folder, cards)
     return RuleClassifier()

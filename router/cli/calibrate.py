@@ -24,6 +24,7 @@ from ..policy.calibration import (
     evaluate,
     fit,
     oof_scores,
+    quality,
     read_outcomes,
     split_groups,
 )
@@ -33,21 +34,23 @@ from ..policy.schema import Calibrated
 DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
 
 
-def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path | None = None) -> CalibrationData:
+def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path | None = None,
+                          models: list[str] | None = None) -> CalibrationData:
     """Outcomes + P(correct) scores (``oof``: subject-held-out refits of the classifier recipe; ``classifier``:
     the shipped classifier, right only for traffic it was not trained on) + card energies."""
-    from ..cards import load_cards
+    from ..cards import load_catalogue
 
     config = RouterConfig.load()
-    cards = load_cards(models_dir or config.models_dir)
-    rows = read_outcomes(outcomes, cards)
+    cards = load_catalogue(models_dir or config.models_dir)
+    rows = read_outcomes(outcomes, cards, models)
     if scores == "oof":
         p = oof_scores(rows.prompts, rows.groups, rows.correct)
         name = "out-of-fold P(correct): TF-IDF + logistic regression, 5 folds grouped by subject"
     elif scores == "classifier":
         from ..classify.onnx_classifier import load_default_classifier
 
-        p = classifier_scores(rows.prompts, rows.models, load_default_classifier(models_dir or config.models_dir))
+        p = classifier_scores(rows.prompts, rows.models,
+                              load_default_classifier(models_dir or config.models_dir, catalogue=True))
         name = "shipped classifier P(correct)"
     else:
         raise typer.BadParameter("--scores must be oof or classifier")
@@ -69,8 +72,10 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
     if len(test.p):
         ev = evaluate(test, choose(test, target_kind, target, f.tau))
         raw = evaluate(test, choose(test, target_kind, target, 0.0))
-        achieved = ev["accuracy"] if target_kind == "absolute" else ev["quality_vs_large"]
-        raw_achieved = raw["accuracy"] if target_kind == "absolute" else raw["quality_vs_large"]
+        achieved = ev["accuracy"] if target_kind == "absolute" else quality(test, choose(test, target_kind, target,
+                                                                                         f.tau), target_kind)
+        raw_achieved = raw["accuracy"] if target_kind == "absolute" else quality(
+            test, choose(test, target_kind, target, 0.0), target_kind)
         report["held_out"] = {**ev, "achieved": achieved, "met": achieved >= target}
         report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": raw_achieved >= target}
         held_block = {"target": target, "achieved": round(achieved, 4), "n": ev["n"],
@@ -94,8 +99,12 @@ def calibrate(
     policies: list[str] = typer.Argument(  # noqa: B008
         None, help="Policy names or YAML files (default: every shipped policy)."
     ),
-    outcomes: Path = typer.Option(  # noqa: B008
-        DEFAULT_OUTCOMES, "--outcomes", help="RouteLLM CSV folder/file or outcomes JSONL."
+    outcomes: list[Path] = typer.Option(  # noqa: B008
+        [DEFAULT_OUTCOMES], "--outcomes",
+        help="RouteLLM CSV folder/file or outcomes JSONL; repeat for several sources (each is fitted on its own).",
+    ),
+    models: str = typer.Option(
+        None, "--models", help="Comma-separated models to calibrate among (default: every model of each source)."
     ),
     scores: str = typer.Option("oof", "--scores", help="oof (subject-held-out refits) or classifier (shipped)."),
     confidence: float = typer.Option(0.9, "--confidence", min=0.5, max=0.999, help="1 - delta of the guarantee."),
@@ -122,34 +131,65 @@ def calibrate(
     for f in files:
         if not f.is_file():
             raise typer.BadParameter(f"{f}: no such policy file")
-    data = load_calibration_data(outcomes, scores)
-    results = {}
+    wanted = [m.strip() for m in models.split(",")] if models else None
+    sources = {f.name: load_calibration_data(f, scores, models=wanted) for f in outcomes}
+    results: dict[str, Any] = {}
     for f in files:
         policy = load_policy(f)
-        block, report = calibrate_policy(data, policy.accuracy.kind, policy.accuracy.value, confidence=confidence,
-                                         bound=bound, held_out_share=held_out_share, seed=seed)
-        block.fitted_on = str(outcomes.name)
+        blocks, reports = {}, {}
+        for name, data in sources.items():
+            blocks[name], reports[name] = calibrate_policy(
+                data, policy.accuracy.kind, policy.accuracy.value, confidence=confidence, bound=bound,
+                held_out_share=held_out_share, seed=seed)
+        block = merge_blocks(blocks)
         if not dry_run:
             write_calibrated(f, block)
-        results[policy.name] = report
+        results[policy.name] = reports
     if as_json:
-        typer.echo(json.dumps({"models": data.models, "scores": data.scores, "policies": results}, indent=2))
+        typer.echo(json.dumps({"sources": {k: {"models": d.models, "scores": d.scores} for k, d in sources.items()},
+                               "policies": results}, indent=2))
         return
-    table = Table(title=f"router calibrate: {outcomes.name}, {len(data.p)} requests, models {', '.join(data.models)}")
-    for col in ("policy", "target", "τ", "fit n", "fit achieved", "held-out achieved", "met", "energy vs large",
-                "uncalibrated (τ=0)"):
-        table.add_column(col, justify="right" if col not in ("policy",) else "left")
-    for name, r in results.items():
-        h, u = r.get("held_out", {}), r.get("uncalibrated_held_out", {})
-        kind = "acc" if r["target_kind"] == "absolute" else "of large"
-        table.add_row(
-            name, f"{r['target']:.2f} {kind}", f"{r['tau']:+.3f}" + ("" if r["feasible"] else " (infeasible)"),
-            str(r["n_calibration"]), f"{r['achieved_calibration']:.3f}",
-            f"{h.get('achieved', float('nan')):.3f}", "yes" if h.get("met") else "NO",
-            f"{h.get('energy_vs_large', float('nan')):.1%}",
-            f"{u.get('achieved', float('nan')):.3f} @ {u.get('energy_vs_large', float('nan')):.0%}",
-        )
-    Console(width=160).print(table)
-    n_held = len(next(iter(results.values()))["held_out_subjects"]) if results else 0
-    typer.echo(f"confidence {confidence:.0%} ({bound}); {n_held} subjects held out; "
+    table = Table(title="router calibrate: " + "; ".join(
+        f"{k}, {len(d.p)} requests, models {', '.join(d.models)}" for k, d in sources.items()))
+    for col in ("policy", "source", "target", "τ", "fit n", "fit achieved", "held-out achieved", "met",
+                "energy vs large", "uncalibrated (τ=0)"):
+        table.add_column(col, justify="right" if col not in ("policy", "source") else "left")
+    for name, per_source in results.items():
+        for source, r in per_source.items():
+            h, u = r.get("held_out", {}), r.get("uncalibrated_held_out", {})
+            kind = {"absolute": "acc", "relative": "of large", "relative_best": "of best"}[r["target_kind"]]
+            table.add_row(
+                name, source, f"{r['target']:.2f} {kind}",
+                f"{r['tau']:+.3f}" + ("" if r["feasible"] else " (infeasible)"),
+                str(r["n_calibration"]), f"{r['achieved_calibration']:.3f}",
+                f"{h.get('achieved', float('nan')):.3f}", "yes" if h.get("met") else "NO",
+                f"{h.get('energy_vs_large', float('nan')):.1%}",
+                f"{u.get('achieved', float('nan')):.3f} @ {u.get('energy_vs_large', float('nan')):.0%}",
+            )
+    Console(width=180).print(table)
+    typer.echo(f"confidence {confidence:.0%} ({bound}); {held_out_share:.0%} of each source's groups held out; "
                + ("dry run, nothing written" if dry_run else f"wrote the calibrated block of {len(files)} file(s)"))
+
+
+def merge_blocks(blocks: dict[str, Calibrated]) -> Calibrated:
+    """One ``calibrated`` block from the per-source fits: each source's models get that source's margin (a model
+    in several sources keeps the largest, the more cautious), counts add up, the held-out figures are kept per
+    source (``<source>:<figure>``)."""
+    items = list(blocks.items())
+    first = items[0][1]
+    if len(items) == 1:
+        first.fitted_on = items[0][0]
+        return first
+    offsets: dict[str, float] = {}
+    held: dict[str, float | int] = {}
+    for source, block in items:
+        for model, off in block.offsets.items():
+            offsets[model] = max(off, offsets.get(model, -1.0))
+        for key, value in (block.held_out or {}).items():
+            held[f"{source}:{key}"] = value
+    achieved = [b.achieved_calibration for _, b in items if b.achieved_calibration is not None]
+    return first.model_copy(update={
+        "offsets": offsets, "n_calibration": sum(b.n_calibration for _, b in items),
+        "achieved_calibration": min(achieved) if achieved else None, "held_out": held or None,
+        "fitted_on": ", ".join(name for name, _ in items), "scores": first.scores,
+    })

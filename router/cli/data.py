@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-data_app = typer.Typer(help="Outcomes files: import outside data (RouteLLM CSVs) or measure the local models.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results) or measure the local models.",
+    no_args_is_help=True,
+)
 console = Console(stderr=True)
 
 
@@ -20,13 +22,13 @@ def import_routellm_cmd(
     keep_responses: bool = typer.Option(False, help="Keep GSM8K response texts as `answer`."),
 ) -> None:
     """Convert RouteLLM response CSVs into an outcomes file; model columns map to model cards by alias."""
-    from ..cards import load_cards
+    from ..cards import load_catalogue
     from ..config import RouterConfig
     from ..errors import RouterError
     from ..simulate.importers import import_routellm
 
     try:
-        cards = load_cards(models or RouterConfig.load().models_dir)
+        cards = load_catalogue(models or RouterConfig.load().models_dir)
         with console.status("importing") as status:
             report = import_routellm(
                 path, out, cards, keep_responses=keep_responses,
@@ -37,6 +39,46 @@ def import_routellm_cmd(
         raise typer.Exit(2) from None
     mapped = ", ".join(f"{col} -> {card}" for col, card in report.models.items())
     typer.echo(f"wrote {report.rows:,} requests from {report.files} file(s) to {out}; models: {mapped}")
+
+
+@data_app.command("import-alpaca-eval")
+def import_alpaca_eval_cmd(
+    path: Path = typer.Argument(  # noqa: B008
+        ..., help="AlpacaEval's results/ folder (e.g. ../shared/data/alpaca_eval/results) or a checkout root."
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="Outcomes file to write (JSON Lines)."),  # noqa: B008
+    models: Path = typer.Option(  # noqa: B008
+        None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."
+    ),
+    include_reference: bool = typer.Option(
+        False, help="Also write the judge's reference model (gpt4_1106_preview, 0.5 on every row by construction)."
+    ),
+) -> None:
+    """Convert AlpacaEval judge annotations into an outcomes file: `correct` = the judge's preference - 1 (a
+    score in [0, 1]), `output_tokens` = ceil(answer characters / 4), one line per instruction, task
+    `alpaca_eval/<source set>`. Generators map to cards by name or alias; variants (`-togetherai`, `_concise`,
+    ...) map to their base model's card, and are skipped when the base model is in the folder too."""
+    from ..cards import load_catalogue
+    from ..config import RouterConfig
+    from ..errors import RouterError
+    from ..simulate.alpaca_eval import import_alpaca_eval
+
+    try:
+        cards = load_catalogue(models or RouterConfig.load().models_dir)
+        with console.status("importing") as status:
+            report = import_alpaca_eval(
+                path, out, cards, include_reference=include_reference,
+                progress=lambda name, k: status.update(f"read {name} ({k} models)"),
+            )
+    except RouterError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {report.rows:,} instructions ({report.outcomes:,} outcomes of {len(report.models)} models) "
+               f"to {out}; by source: " + ", ".join(f"{k} {v}" for k, v in sorted(report.per_dataset.items())))
+    for variant, base in report.variants_skipped.items():
+        typer.echo(f"skipped {variant}: a variant of {base}, which is in the folder too (one card, one column)")
+    if report.missing_preference:
+        typer.echo(f"skipped {report.missing_preference} annotations without a preference")
 
 
 _MEASURE_SIZES = {"sentiment": 200, "math": 60}

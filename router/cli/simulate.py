@@ -37,13 +37,15 @@ def simulate(
     plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="The plain threshold baseline's τ."),
-    models: Path = typer.Option(None, "--models", help="Model card folder (default: the shipped cards)."),  # noqa: B008
+    models: Path = typer.Option(  # noqa: B008
+        None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."
+    ),
     policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the shipped policies)."),  # noqa: B008
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Replay every request through the classifier and the policy (no model is called); report accuracy,
     quality vs the largest model, joules, shares per model, APGR/CPT for two-model data, and baselines."""
-    from ..cards import load_cards
+    from ..cards import load_catalogue
     from ..classify.onnx_classifier import load_default_classifier
     from ..config import RouterConfig
     from ..errors import RouterError
@@ -56,9 +58,9 @@ def simulate(
     try:
         config = RouterConfig.load()
         models_dir = models or config.models_dir
-        cards = load_cards(models_dir)
+        cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
-        classifier = load_default_classifier(models_dir)
+        classifier = load_default_classifier(models_dir, catalogue=True)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, disable=not progress, transient=True,
@@ -87,10 +89,11 @@ def simulate(
     except ValueError as exc:  # e.g. the policy chose a model with no outcome
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if any(t.startswith("mmlu") for t in table.task_names) and "Onnx" in result.classifier:
+    if any(t.startswith(("mmlu", "alpaca_eval")) for t in table.task_names) and "Onnx" in result.classifier:
         result.notes.append(
-            "the shipped classifier's P(correct) heads were trained on all RouteLLM MMLU subjects: on MMLU rows "
-            "these results are in-sample (optimistic); benchmarks/bench_mixed.py holds subjects out"
+            "the shipped classifier's quality model was trained on all RouteLLM MMLU subjects and all shipped "
+            "AlpacaEval instructions: on those rows these results are in-sample (optimistic); "
+            "benchmarks/bench_mixed.py and bench_alpaca.py hold requests out"
         )
     if decisions is not None:
         write_decisions(decisions, table, result)
@@ -148,7 +151,7 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         out.print(f"[yellow]skipped {result.skipped} bad lines[/]: {escape(reasons)}")
         for example in result.skipped_examples:
             out.print(f"  {escape(example)}")
-    t = Table(title="policy and baselines (quality and energy relative to always-large)")
+    t = Table(title="policy and baselines (quality and energy relative to always-large and to always-best)")
     for h in STATS_HEADER:
         t.add_column(h, justify="left" if h == "router" else "right")
     for row in stats_rows(result):
@@ -172,12 +175,16 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         out.print(r)
     if result.sweep:
         w = Table(title="accuracy target sweep: the quality/energy curve")
-        for h in ("target", "accuracy", "quality vs large", "J / request", "energy vs large"):
+        for h in ("target", "accuracy", "quality vs large", "quality vs best", "J / request", "energy vs large",
+                  "energy vs best"):
             w.add_column(h, justify="right")
         for p in result.sweep:
             w.add_row(f"{p.target:g}", f"{100 * p.accuracy:.1f} %", f"{100 * p.quality_vs_large:.1f} %",
-                      f"{p.energy_j_per_request:,.3g}", f"{100 * p.energy_vs_large:.1f} %")
+                      f"{100 * p.quality_vs_best:.1f} %", f"{p.energy_j_per_request:,.3g}",
+                      f"{100 * p.energy_vs_large:.1f} %", f"{100 * p.energy_vs_best:.1f} %")
         out.print(w)
+    for models, best in result.best_single.items():
+        out.print(f"always-best: {best} (best mean score of {models.count('+') + 1} models measured on these rows)")
     for note in result.notes:
         out.print(f"[dim]note: {note}[/]")
     for label, path in (("plot", plot), ("html", html_out), ("decisions", decisions)):

@@ -149,7 +149,9 @@ def classifier(
         True, "--embeddings/--no-embeddings", help="Also evaluate MiniLM features (needs models/embeddings)."
     ),
 ) -> None:
-    """Train task detection + P(correct), evaluate with MMLU subjects held out, export ONNX + JSON."""
+    """Train task detection and the quality model (P(correct) of every model with outcomes: MMLU, AlpacaEval,
+    the local measurements), evaluate with MMLU subjects held out against per-model TF-IDF heads, export ONNX +
+    JSON (fixed seeds: the shipped files are what this writes)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..training.classifier import train_classifier
     from ..training.common import MODELS_DIR
@@ -175,8 +177,10 @@ def classifier(
     for col in ("router", "APGR", "CPT(50%)", "CPT(80%)"):
         routing.add_column(col, justify="right" if col != "router" else "left")
     pc = metrics["p_correct_subject_held_out"]
+    heads = metrics.get("p_correct_subject_held_out_tfidf_heads", {})
     rows = {
-        **{f"tf-idf: {k}": v for k, v in pc.items() if isinstance(v, dict) and "apgr" in v},
+        **{f"quality model (shipped): {k}": v for k, v in pc.items() if isinstance(v, dict) and "apgr" in v},
+        **{f"tf-idf per-model heads: {k}": v for k, v in heads.items() if isinstance(v, dict) and "apgr" in v},
         **{
             f"{feat}: {k}": v
             for feat, res in metrics["feature_comparison"].items()

@@ -83,8 +83,15 @@ def choose(data: CalibrationData, target_kind: str, target: float, tau: float) -
     m = len(data.models)
     offsets = np.full(m, tau)
     offsets[-1] = -1.0
-    return decide_batch(data.p, data.energy, target, relative=target_kind == "relative", offsets=offsets,
-                        reference=m - 1)
+    reference = np.argmax(data.p, axis=1) if target_kind == "relative_best" else m - 1
+    return decide_batch(data.p, data.energy, target, relative=target_kind != "absolute", offsets=offsets,
+                        reference=reference)
+
+
+def reference_column(data: CalibrationData, target_kind: str) -> int:
+    """What a relative target is measured against: the largest model (last column), or for ``relative_best``
+    the best single model on these rows."""
+    return int(np.argmax(data.correct.mean(axis=0))) if target_kind == "relative_best" else len(data.models) - 1
 
 
 def z_values(data: CalibrationData, chosen: np.ndarray, target_kind: str, target: float) -> tuple[np.ndarray, float]:
@@ -92,7 +99,7 @@ def z_values(data: CalibrationData, chosen: np.ndarray, target_kind: str, target
     got = data.correct[np.arange(len(chosen)), chosen]
     if target_kind == "absolute":
         return got - target, 1.0
-    return got - target * data.correct[:, -1], 1.0 + target
+    return got - target * data.correct[:, reference_column(data, target_kind)], 1.0 + target
 
 
 def lower_confidence(z: np.ndarray, width: float, delta: float, bound: str) -> float:
@@ -139,7 +146,7 @@ def quality(data: CalibrationData, chosen: np.ndarray, target_kind: str) -> floa
     acc = float(data.correct[np.arange(len(chosen)), chosen].mean())
     if target_kind == "absolute":
         return acc
-    large = float(data.correct[:, -1].mean())
+    large = float(data.correct[:, reference_column(data, target_kind)].mean())
     return acc / large if large else float("nan")
 
 
@@ -189,9 +196,11 @@ def _model_map(cards: Mapping[str, ModelCard]) -> dict[str, str]:
     return out
 
 
-def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRows:
+def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
+                  models: Sequence[str] | None = None) -> OutcomeRows:
     """RouteLLM MMLU CSVs (a folder or one file; group = subject from the file name) or an outcomes JSONL
-    (DESIGN.md; group = ``task``). Rows lacking an outcome for any model are dropped."""
+    (DESIGN.md; group = ``task``). Only ``models`` when given (those the file has); rows lacking an outcome for
+    any of the kept models are dropped."""
     names = _model_map(cards)
     path = Path(path)
     prompts: list[str] = []
@@ -241,6 +250,12 @@ def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard]) -> OutcomeRo
                         rows.append(out)
                     except (ValueError, KeyError, TypeError) as exc:
                         raise ConfigError(f"{f}:{k}: {exc}") from exc
+    if models is not None:
+        wanted = {names.get(m.lower(), m) for m in models}
+        present = set().union(*(set(r) for r in rows)) & wanted if rows else set()
+        rows_kept = [(p, g, r) for p, g, r in zip(prompts, groups, rows, strict=True) if present <= set(r)]
+        prompts, groups = [x[0] for x in rows_kept], [x[1] for x in rows_kept]
+        rows = [{m: v for m, v in x[2].items() if m in present} for x in rows_kept]
     common = sorted(set.intersection(*(set(r) for r in rows)) if rows else set())
     if len(common) < 2:
         raise ConfigError(f"{path}: calibration needs outcomes of at least two models on the same requests")

@@ -26,25 +26,32 @@ class _Strict(BaseModel):
 
 
 class AccuracyTarget(_Strict):
-    """Exactly one of: ``min_accuracy`` (expected accuracy ≥ x) or ``relative_to_largest`` (≥ x × the largest
-    candidate's predicted accuracy for the same request)."""
+    """Exactly one of: ``min_accuracy`` (expected accuracy ≥ x), ``relative_to_largest`` (≥ x × the largest
+    candidate's predicted accuracy for the same request) or ``relative_to_best`` (≥ x × the best predicted
+    candidate's: on real data the largest model is not always the best)."""
 
     min_accuracy: float | None = Field(None, ge=0, le=1)
     relative_to_largest: float | None = Field(None, gt=0, le=1)
+    relative_to_best: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> AccuracyTarget:
-        if (self.min_accuracy is None) == (self.relative_to_largest is None):
-            raise ValueError("give exactly one of `min_accuracy` (e.g. 0.8) or `relative_to_largest` (e.g. 0.95)")
+        given = [x for x in (self.min_accuracy, self.relative_to_largest, self.relative_to_best) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `min_accuracy` (e.g. 0.8), `relative_to_largest` (e.g. 0.95) or "
+                             "`relative_to_best` (e.g. 0.95)")
         return self
 
     @property
-    def kind(self) -> Literal["absolute", "relative"]:
-        return "absolute" if self.min_accuracy is not None else "relative"
+    def kind(self) -> Literal["absolute", "relative", "relative_best"]:
+        if self.min_accuracy is not None:
+            return "absolute"
+        return "relative" if self.relative_to_largest is not None else "relative_best"
 
     @property
     def value(self) -> float:
-        return float(self.min_accuracy if self.min_accuracy is not None else self.relative_to_largest)  # type: ignore[arg-type]
+        given = [x for x in (self.min_accuracy, self.relative_to_largest, self.relative_to_best) if x is not None]
+        return float(given[0])
 
 
 class Budget(_Strict):
@@ -102,7 +109,7 @@ class Calibrated(_Strict):
     """Written by ``router calibrate``: margin thresholds fitted so the achieved quality meets the target with
     the stated confidence. A model ``m`` is adequate when ``P(correct)[m] - target ≥ offsets[m]``."""
 
-    target_kind: Literal["absolute", "relative"]
+    target_kind: Literal["absolute", "relative", "relative_best"]
     target: float = Field(ge=0, le=1)
     offsets: dict[str, Annotated[float, Field(ge=-1, le=1)]] = Field(
         description="per model: P(correct) minus the target must reach this margin; in [-1, 1] like both terms"

@@ -86,11 +86,11 @@ class Target(NamedTuple):
     value: float
     """The accuracy to meet on this request."""
     kind: str
-    """``absolute`` or ``relative``."""
+    """``absolute``, ``relative`` (to the largest candidate) or ``relative_best`` (to the best predicted one)."""
     share: float
     """The number the policy (or caller) gave: the absolute target, or the share of the largest's prediction."""
     reference: ModelCard | None
-    """The largest candidate, for a relative target (``None`` for an absolute one)."""
+    """The largest (or best predicted) candidate, for a relative target (``None`` for an absolute one)."""
     offsets: Mapping[str, float]
     """Calibrated margins that apply to this target (empty when none do)."""
     adequate: dict[str, bool]
@@ -192,7 +192,11 @@ def target(policy: Policy, entry: KeyPolicy | None, req: DecisionRequest, pool: 
         kind, share = "absolute", float(req.accuracy_target)
     else:
         kind, share = spec.kind, spec.value
-    ref = _largest(pool, energy) if kind == "relative" else None
+    ref = None
+    if kind == "relative":
+        ref = _largest(pool, energy)
+    elif kind == "relative_best":
+        ref = _best(pool, energy, p)
     value = share if ref is None else share * p[ref.name]
     cal = policy.calibrated
     use_cal = (
@@ -201,6 +205,11 @@ def target(policy: Policy, entry: KeyPolicy | None, req: DecisionRequest, pool: 
     offsets = cal.offsets if use_cal and cal is not None else _NO_OFFSETS
     adequate = {n: v - value >= offsets.get(n, 0.0) - EPS for n, v in p.items()}
     return Target(value, kind, share, ref, offsets, adequate)
+
+
+def _best(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, float]) -> ModelCard:
+    """The reference of ``relative_to_best``: the highest predicted accuracy, the cheaper of equals."""
+    return max(pool, key=lambda c: (p[c.name], -energy[c.name], c.name))
 
 
 def _largest(pool: list[ModelCard], energy: Mapping[str, float]) -> ModelCard:

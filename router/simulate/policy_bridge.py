@@ -121,13 +121,17 @@ class PolicyEngineBridge:
             relative, target, offsets = False, float(ov0.accuracy_target), None
         else:
             spec_t = pol.accuracy
-            relative, target = spec_t.kind == "relative", spec_t.value
+            relative, target = spec_t.kind != "absolute", spec_t.value
             cal = pol.calibrated
             offsets = None
             if cal is not None and cal.target_kind == spec_t.kind and abs(cal.target - target) < 1e-9:
                 offsets = np.array([cal.offsets.get(x, 0.0) for x in names])
         reference = None
-        if relative:  # decide_pure's "largest": general models first, then tier, then energy, then name
+        if relative and ov0.accuracy_target is None and pol.accuracy.kind == "relative_best":
+            # decide_pure's "best": the highest prediction, the cheaper of equals, then the name
+            key = np.where(ok, p * 1e6 - e / (e.max() + 1.0), -np.inf)
+            reference = key.argmax(axis=1)
+        elif relative:  # decide_pure's "largest": general models first, then tier, then energy, then name
             rank = np.array([TIER_ORDER.get(c.tier, 1) for c in card_list], dtype=np.float64)
             general = np.array([c.tier != "specialist" for c in card_list])
             gen_rows = (ok & general[None, :]).any(axis=1)

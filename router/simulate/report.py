@@ -15,6 +15,7 @@ from .simulator import RunStats, SimulationResult
 _BASELINE_STYLE = {
     "always-small": ("s", "#6b7280"),
     "always-large": ("D", "#b91c1c"),
+    "always-best": ("v", "#be185d"),
     "random (matched share)": ("X", "#a16207"),
     "oracle": ("P", "#15803d"),
 }
@@ -53,7 +54,8 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     r = result.router
     ax.scatter(r.energy_j_per_request, 100 * r.accuracy, marker="*", s=320, color="#2563eb", edgecolor="black",
                zorder=5, label=f"policy `{result.policy}` ({100 * r.quality_vs_large:.1f} % quality, "
-               f"{100 * r.energy_vs_large:.1f} % energy of always-large)")
+               f"{100 * r.energy_vs_large:.1f} % energy of always-large; {100 * r.quality_vs_best:.1f} % / "
+               f"{100 * r.energy_vs_best:.1f} % of always-best)")
     energies = [p.energy_j_per_request for p in pts if p.energy_j_per_request > 0]
     if energies and max(energies) / max(min(energies), 1e-12) > 30:
         ax.set_xscale("log")
@@ -107,22 +109,25 @@ def _pct(x: float) -> str:
 
 
 def stats_rows(result: SimulationResult) -> list[list[str]]:
-    """Router + baselines as table rows: name, accuracy, quality vs large, J/request, energy vs large, large share."""
+    """Router + baselines as table rows: name, accuracy, quality and energy vs always-large and vs always-best,
+    J/request, share sent to the largest model."""
     out = []
     for p in [result.router, *result.baselines.values()]:
         out.append([
             p.name + (" (policy)" if p is result.router else ""),
             _pct(p.accuracy),
             _pct(p.quality_vs_large),
+            _pct(p.quality_vs_best),
             f"{p.energy_j_per_request:,.3g}",
             _pct(p.energy_vs_large),
+            _pct(p.energy_vs_best),
             _pct(p.large_share),
         ])
     return out
 
 
-STATS_HEADER = ["router", "accuracy", "quality vs always-large", "J / request", "energy vs always-large",
-                "to largest model"]
+STATS_HEADER = ["router", "accuracy", "quality vs always-large", "quality vs always-best", "J / request",
+                "energy vs always-large", "energy vs always-best", "to largest model"]
 
 
 def write_html(result: SimulationResult, path: str | Path, png: bytes | None = None) -> None:
@@ -175,9 +180,11 @@ def write_html(result: SimulationResult, path: str | Path, png: bytes | None = N
         parts += [
             "<h2>Accuracy target sweep</h2>",
             table(
-                ["target", "accuracy", "quality vs always-large", "J / request", "energy vs always-large"],
-                [[f"{p.target:g}", _pct(p.accuracy), _pct(p.quality_vs_large), f"{p.energy_j_per_request:,.3g}",
-                  _pct(p.energy_vs_large)] for p in result.sweep],
+                ["target", "accuracy", "quality vs always-large", "quality vs always-best", "J / request",
+                 "energy vs always-large", "energy vs always-best"],
+                [[f"{p.target:g}", _pct(p.accuracy), _pct(p.quality_vs_large), _pct(p.quality_vs_best),
+                  f"{p.energy_j_per_request:,.3g}", _pct(p.energy_vs_large), _pct(p.energy_vs_best)]
+                 for p in result.sweep],
             ),
         ]
     parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in result.notes) + "</ul>"]

@@ -67,7 +67,10 @@ class RunStats:
     energy_vs_large: float
     large_share: float
     share_requests: dict[str, float]
-    share_energy: dict[str, float]
+    quality_vs_best: float = float("nan")
+    """Accuracy over always-best's: the model with the best mean score among those measured for the row."""
+    energy_vs_best: float = float("nan")
+    share_energy: dict[str, float] = field(default_factory=dict)
     by_segment: dict[str, dict[str, float]] = field(default_factory=dict)
     target: float | None = None
 
@@ -105,6 +108,8 @@ class SimulationResult:
     """Per distinct prompt group: the decision's reason."""
     p_correct: np.ndarray = field(repr=False)
     """float [G, M]: predicted P(correct) per group and model (NaN where not a candidate)."""
+    best_single: dict[str, str] = field(default_factory=dict)
+    """Per set of measured models (names joined by ``+``): the model with the best mean score, always-best's pick."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +129,9 @@ class SimulationResult:
             "energy_j_total": self.router.energy_j_total,
             "energy_j_per_request": self.router.energy_j_per_request,
             "energy_vs_large": self.router.energy_vs_large,
+            "quality_vs_best": self.router.quality_vs_best,
+            "energy_vs_best": self.router.energy_vs_best,
+            "best_single": self.best_single,
             "share_requests": self.router.share_requests,
             "share_energy": self.router.share_energy,
             "by_segment": self.router.by_segment,
@@ -177,6 +185,9 @@ class Simulator:
         self.small = np.where(np.isfinite(cheap.min(axis=1)), cheap.argmin(axis=1), cheap_any.argmin(axis=1))
         self.large_score = self._score[self.rows, self.large]
         self.large_energy = self._energy[self.rows, self.large]
+        self.best, self.best_single = self._best_single(present)
+        self.best_score = self._score[self.rows, self.best]
+        self.best_energy = self._energy[self.rows, self.best]
         self.segments = sorted({segment_of(x) for x in table.task_names})
         segment_code = {seg: i for i, seg in enumerate(self.segments)}
         seg_of_code = np.array([segment_code[segment_of(x)] for x in table.task_names], dtype=np.int32)
@@ -186,6 +197,24 @@ class Simulator:
             self.mean_energy = np.nanmean(table.energy_j, axis=0) if n else np.zeros(m)
         self.classifications: list[Classification] = []
         self.p_correct = np.zeros((0, m))
+
+    def _best_single(self, present: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+        """Per row: the model with the best mean score over the rows measured on the same set of models (on real
+        data the largest model is not always the best: AlpacaEval's judge prefers long answers)."""
+        n, m = present.shape
+        best = np.zeros(n, dtype=np.int64)
+        names: dict[str, str] = {}
+        if not n:
+            return best, names
+        keys = present.astype(np.int64) @ (1 << np.arange(m, dtype=np.int64))
+        for key in np.unique(keys):
+            rows = keys == key
+            cols = np.nonzero(present[rows][0])[0]
+            means = self._score[rows][:, cols].mean(axis=0)
+            j = int(cols[int(np.argmax(means))])
+            best[rows] = j
+            names["+".join(self.t.models[c] for c in cols)] = self.t.models[j]
+        return best, names
 
     # -- stages ----------------------------------------------------------------------------------------------
     def classify(self) -> None:
@@ -255,6 +284,8 @@ class Simulator:
         total_e = float(energy.sum())
         large_acc = float(self.large_score.mean()) if n else 0.0
         large_e = float(self.large_energy.sum())
+        best_acc = float(self.best_score.mean()) if n else 0.0
+        best_e = float(self.best_energy.sum())
         m = len(self.t.models)
         counts = np.bincount(chosen_rows, minlength=m)
         e_by = np.bincount(chosen_rows, weights=energy, minlength=m)
@@ -281,6 +312,8 @@ class Simulator:
             energy_j_per_request=total_e / n,
             energy_vs_large=total_e / large_e if large_e else float("nan"),
             large_share=float((chosen_rows == self.large).mean()),
+            quality_vs_best=float(score.mean() / best_acc) if best_acc else float("nan"),
+            energy_vs_best=total_e / best_e if best_e else float("nan"),
             share_requests={mm: float(c / n) for mm, c in zip(self.t.models, counts, strict=True)},
             share_energy={
                 mm: float(e / total_e) if total_e else 0.0 for mm, e in zip(self.t.models, e_by, strict=True)
@@ -351,6 +384,7 @@ class Simulator:
         baselines = {
             "always-small": self.stats("always-small", self.small),
             "always-large": self.stats("always-large", self.large),
+            "always-best": self.stats("always-best", self.best),
             "random (matched share)": self.stats("random (matched share)", self.random_matched(chosen)),
             "oracle": self.stats("oracle", self.oracle()),
             f"threshold {threshold:g}": self.stats(
@@ -416,6 +450,7 @@ class Simulator:
             chosen=chosen,
             reasons=reasons,
             p_correct=self.p_correct,
+            best_single=self.best_single,
         )
 
     def _two_model(self) -> tuple[int, int] | None:

@@ -1,19 +1,22 @@
-"""Train the request classifier: task detection plus P(correct) for the hosted models, one ONNX graph.
+"""Train the request classifier: task detection plus the quality model's request representation, one ONNX graph,
+and the per-model quality table beside it (``classifier.json``).
 
-Graph: ``text`` [N, 1] string -> word 1-2 gram counts (a vocabulary of ~5,000, ASCII tokens, lower-cased in
-the graph) -> for the n-grams a text has, their sublinear TF-IDF weights times their rows of a [V, 4 + M] head,
-summed per text and divided by the row's L2 norm -> softmax over the 4 task logits (``task_probs``) and a
-sigmoid per hosted model (``p_correct``). Why one linear graph: a single product keeps classification far
-below a millisecond on one core, and logistic models give probabilities that can be checked (ECE) and
+Graph: ``text`` [N, 1] string -> word 1-2 gram counts (a vocabulary of ~7,000, ASCII tokens, lower-cased in
+the graph) -> for the n-grams a text has, their sublinear TF-IDF weights times their rows of a [V, 4 + k] head,
+summed per text and divided by the row's L2 norm -> softmax over the 4 task logits (``task_probs``) and the k
+numbers of the request representation (``request_vector``), which the classifier turns into P(correct) of every
+model (:mod:`router.classify.quality`). Why one linear graph: a single product keeps classification far below a
+millisecond on one core, and logistic models give probabilities that can be checked (ECE) and
 temperature-calibrated, which the policy engine needs for accuracy targets.
 
 Why this shape: a call's cost is in passes over vocabulary-wide rows, not in the text. So the vocabulary is
 small (as accurate on held-out data as one six times larger), only the n-grams present are touched, and the
 L2 norm divides the product (``x W / ||x||`` equals ``normalize(x) W``) rather than normalising the row. The
-measurements: benchmarks/README.md, section *Classifier*.
+measurements: benchmarks/README.md, sections *Classifier* and *Quality model*.
 
-P(correct) is learned from the RouteLLM MMLU outcomes and evaluated the way RouteLLM does, with MMLU
-subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %) vs random and oracle.
+P(correct) is learned from every outcome source (:mod:`router.training.quality_train`) and evaluated the way
+RouteLLM does on MMLU, with subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %)
+vs random, the oracle and the previous per-model TF-IDF heads.
 """
 
 from __future__ import annotations
@@ -29,18 +32,20 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
+from ..cards import load_catalogue
 from ..classify.base import TASKS
 from ..classify.features import HEAD_CHARS, MAX_CHARS, TAIL_CHARS, vectorizer, window
 from ..classify.onnx_classifier import apply_guards
-from .common import DATA_DIR, MODELS_DIR, SEED, seed_everything, write_json
+from .common import MODELS_DIR, SEED, seed_everything, write_json
 from .onnx_text import portable_lowercase
+from .outcome_sources import load_sources
+from .quality_train import fit_recipe, quality_metadata, subject_held_out_quality
 from .requests import MMLU_MODELS, build_request_set, load_mmlu
 
 HOSTED = tuple(MMLU_MODELS.values())  # ("mixtral-8x7b-instruct", "gpt-4-1106-preview")
 WEAK, STRONG = HOSTED
 REQUEST_FEATURES = 4000
 MMLU_FEATURES = 3000
-CHANCE_MC = 0.25
 
 Progress = Callable[[str], None]
 
@@ -141,6 +146,11 @@ def subject_held_out_eval(
         x_tr, x_te = featurize([mc.texts[i] for i in tr], [mc.texts[i] for i in te])
         for m in HOSTED:
             oof[m][te] = _fit_binary(x_tr, mc.outcomes[m][tr], c).predict_proba(x_te)[:, 1]
+    return held_out_metrics(oof, mc)
+
+
+def held_out_metrics(oof: dict[str, np.ndarray], mc: McData) -> dict[str, Any]:
+    """Routing metrics (two scores), calibration and Brier of out-of-fold P(correct) for the two MMLU models."""
     weak, strong = mc.outcomes[WEAK], mc.outcomes[STRONG]
     scores = {
         "1 - P(weak)": 1 - oof[WEAK],
@@ -267,8 +277,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # --- export -----------------------------------------------------------------------------------------------------
 def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarray, path: Path) -> None:
-    """skl2onnx's tokenizer and n-gram counts, then the sparse head below, Softmax over the task logits,
-    Sigmoid over the rest."""
+    """skl2onnx's tokenizer and n-gram counts, then the sparse head below: Softmax over the first four columns
+    (the task logits), the rest as they are (the request representation ``h`` of the quality model)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from skl2onnx import convert_sklearn
@@ -335,9 +345,8 @@ def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarra
             helper.make_node("Div", ["head_raw", "feat_norm_safe"], ["head_mm"]),
             helper.make_node("Add", ["head_mm", "head_b"], ["head_logits"]),
             helper.make_node("Slice", ["head_logits", "s0", "s1", "ax1"], ["task_logits"]),
-            helper.make_node("Slice", ["head_logits", "s1", "s2", "ax1"], ["pc_logits"]),
+            helper.make_node("Slice", ["head_logits", "s1", "s2", "ax1"], ["request_vector"]),
             helper.make_node("Softmax", ["task_logits"], ["task_probs"], axis=1),
-            helper.make_node("Sigmoid", ["pc_logits"], ["p_correct"]),
         ]
     )
     used = {name for n in graph.node for name in n.input}
@@ -351,10 +360,10 @@ def export_classifier(vec: TfidfVectorizer, weights: np.ndarray, bias: np.ndarra
     graph.output.extend(
         [
             helper.make_tensor_value_info("task_probs", TensorProto.FLOAT, [None, n_tasks]),
-            helper.make_tensor_value_info("p_correct", TensorProto.FLOAT, [None, weights.shape[1] - n_tasks]),
+            helper.make_tensor_value_info("request_vector", TensorProto.FLOAT, [None, weights.shape[1] - n_tasks]),
         ]
     )
-    base.doc_string = "router request classifier: TF-IDF -> task softmax + per-model P(correct) sigmoid"
+    base.doc_string = "router request classifier: TF-IDF -> task softmax + the request's quality representation"
     onnx.checker.check_model(base)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base.SerializeToString())
@@ -376,49 +385,6 @@ def _drop_dense_tfidf(nodes: list[Any]) -> tuple[str, str]:
     return counts, idf
 
 
-def local_task_accuracy(outcomes_dir: Path, sentiment_metrics: Path) -> dict[str, dict[str, Any]]:
-    """Task-level accuracy of the local models from the outcomes files the project measured, each with its
-    source; cells without a measurement are left out (the classifier then falls back, see metadata)."""
-    from .local_outcomes import read_jsonl, summarize
-
-    table: dict[str, dict[str, Any]] = {}
-    measured = (("sentiment", "sentiment_local.jsonl"), ("math", "math_local.jsonl"), ("chat", "chat_local.jsonl"))
-    for task, file in measured:
-        path = outcomes_dir / file
-        if not path.exists():
-            continue
-        summary = summarize(read_jsonl(path))
-        for model, stats in summary.items():
-            if isinstance(stats, dict):
-                table.setdefault(model, {})[task] = {
-                    "accuracy": stats["accuracy"],
-                    "n": summary["n"],
-                    "source": f"measured: data/outcomes/{file}",
-                }
-    if sentiment_metrics.exists():
-        import json
-
-        acc = json.loads(sentiment_metrics.read_text())["test_accuracy"]
-        table.setdefault("sentiment-onnx", {})["sentiment"] = {
-            "accuracy": acc,
-            "n": 1703,
-            "source": "measured: models/sentiment/metrics.json (held-out 20 %)",
-        }
-    for model in ("smollm2-135m", "gemma3-270m"):
-        table.setdefault(model, {})["multiple_choice"] = {
-            "accuracy": CHANCE_MC,
-            "n": 0,
-            "source": "assumed: chance level on 4-option MMLU (shipped CSVs hold no gold letter to score)",
-        }
-    for task in ("multiple_choice", "math", "chat"):
-        table.setdefault("sentiment-onnx", {})[task] = {
-            "accuracy": 0.0,
-            "n": 0,
-            "source": "by construction: the specialist only answers positive/negative",
-        }
-    return table
-
-
 def train_classifier(
     out_dir: Path = MODELS_DIR / "classifier",
     progress: Progress | None = None,
@@ -437,13 +403,18 @@ def train_classifier(
     y_te = np.array([task_index[t] for t in test_set.labels])
 
     train_texts = [window(t)[0] for t in train_set.texts]
-    say("P(correct): subject-held-out evaluation")
-    pc_eval = subject_held_out_eval(mc, tfidf_featurizer(train_texts), c_pc, say=say)
+    cards = load_catalogue(MODELS_DIR)
+    obs = load_sources(cards)
+    say("per-model TF-IDF heads (the previous recipe), subjects held out")
+    heads_eval = subject_held_out_eval(mc, tfidf_featurizer(train_texts), c_pc, say=say)
+    oof = subject_held_out_quality(obs, train_texts, cards, HOSTED, progress=say)
+    pc_eval = held_out_metrics({m: oof[m] for m in HOSTED}, mc)
     refs = reference_routers(mc)
     emb_cmp = embedding_comparison(mc, say, tfidf=tfidf_featurizer(train_texts)) if compare_embeddings else None
 
-    say("features")
-    vec = shared_vectorizer(train_texts, mc.texts)
+    say("quality model on every outcome source")
+    recipe = fit_recipe(obs, train_texts, cards, progress=say)
+    vec = recipe.vec
     x_tr = vec.transform(train_texts)
     x_te = vec.transform([window(t)[0] for t in test_set.texts])
 
@@ -477,12 +448,9 @@ def train_classifier(
     for a, b in zip(y_te, pred, strict=True):
         confusion[a, b] += 1
 
-    say("P(correct) heads on all subjects")
-    x_mc = vec.transform(mc.texts)
-    heads = [_fit_binary(x_mc, mc.outcomes[m], c_pc) for m in HOSTED]
-
-    weights = np.concatenate([task_lr.coef_.T / temperature] + [h.coef_.T for h in heads], axis=1)
-    bias = np.concatenate([task_lr.intercept_ / temperature] + [h.intercept_ for h in heads])
+    w_q = recipe.model.w_
+    weights = np.concatenate([task_lr.coef_.T / temperature, w_q], axis=1)
+    bias = np.concatenate([task_lr.intercept_ / temperature, np.zeros(w_q.shape[1])])
     onnx_path = out_dir / "classifier.onnx"
     say("export ONNX")
     export_classifier(vec, weights, bias, onnx_path)
@@ -491,14 +459,14 @@ def train_classifier(
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    sample = [window(t)[0] for t in test_set.texts[:500]]
-    o_task, o_pc = session.run(None, {"text": np.array([[t] for t in sample], dtype=object)})
+    sample = [window(t)[0] for t in test_set.texts[:500]] + obs.prompts[:: max(1, len(obs.prompts) // 300)]
+    o_task, o_vec = session.run(None, {"text": np.array([[t] for t in sample], dtype=object)})
     np_task = _softmax(task_lr.decision_function(vec.transform(sample)) / temperature)
-    np_pc = np.stack([h.predict_proba(vec.transform(sample))[:, 1] for h in heads], axis=1)
+    np_vec = recipe.model.represent(vec.transform(sample))
     agreement = {
         "task_argmax_agreement": float((o_task.argmax(1) == np_task.argmax(1)).mean()),
         "task_max_abs_diff": float(np.abs(o_task - np_task).max()),
-        "p_correct_max_abs_diff": float(np.abs(o_pc - np_pc).max()),
+        "request_vector_max_abs_diff": float(np.abs(o_vec - np_vec).max()),
     }
 
     t0 = time.perf_counter()
@@ -506,7 +474,6 @@ def train_classifier(
         session.run(None, {"text": np.array([[text]], dtype=object)})
     onnx_ms = (time.perf_counter() - t0) / 300 * 1000
 
-    local = local_task_accuracy(DATA_DIR / "outcomes", MODELS_DIR / "sentiment" / "metrics.json")
     hosted_mean = {m: round(float(mc.outcomes[m].mean()), 4) for m in HOSTED}
     metrics: dict[str, Any] = {
         "seed": SEED,
@@ -522,7 +489,12 @@ def train_classifier(
             "confusion_rows_true_cols_pred": confusion.tolist(),
         },
         "p_correct_subject_held_out": _round(pc_eval),
+        "p_correct_subject_held_out_tfidf_heads": _round(heads_eval),
         "reference_routers": _round(refs),
+        "quality_model": {"kind": "per-(model, source) logistic heads factorised by SVD", "k": recipe.model.k,
+                          "explained": recipe.model.explained_, "c": dict(recipe.model.c),
+                          "observations": int(len(obs.y)), "prompts": len(obs.prompts),
+                          "per_source": {src: int((obs.source == i).sum()) for i, src in enumerate(obs.sources)}},
         "hosted_mean_accuracy": hosted_mean,
         "onnx_agreement": _round(agreement),
         "onnx_ms_per_request_single_thread": round(onnx_ms, 4),
@@ -535,26 +507,12 @@ def train_classifier(
     }
     meta = {
         "tasks": list(TASKS),
-        "p_correct_models": list(HOSTED),
-        "p_correct_task": "multiple_choice",
         "max_chars": MAX_CHARS,
         "head_chars": HEAD_CHARS,
         "tail_chars": TAIL_CHARS,
         "onnx": "classifier.onnx",
-        "task_accuracy": {
-            **{
-                m: {
-                    "multiple_choice": {
-                        "accuracy": hosted_mean[m],
-                        "n": len(mc.texts),
-                        "source": "measured: data/routellm_mmlu (RouteLLM)",
-                    }
-                }
-                for m in HOSTED
-            },
-            **local,
-        },
-        "fallback": "for a (model, task) cell with no measurement the model's mean over its measured tasks",
+        "quality": quality_metadata(recipe, cards, {"trained_on": {
+            src: int((obs.source == i).sum()) for i, src in enumerate(obs.sources)}}),
         "metrics": metrics,
     }
     write_json(out_dir / "classifier.json", meta)

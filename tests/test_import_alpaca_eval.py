@@ -1,0 +1,81 @@
+"""AlpacaEval results/ folder -> outcomes file: scores, token estimates, the alias and variant rules, the reference."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from router.cards import load_cards, load_catalogue
+from router.cli import app
+from router.simulate.alpaca_eval import base_of, import_alpaca_eval, instruction_id
+from router.simulate.outcomes import OutcomesError, load_outcomes
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = Path(__file__).parent / "data" / "alpaca_eval_results"
+
+
+def _annotations(model: str) -> list[dict]:
+    return json.loads((FIXTURE / model / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json").read_text())
+
+
+def test_import_fixture(tmp_path: Path) -> None:
+    cards = load_catalogue(ROOT / "models")
+    out = tmp_path / "o.jsonl"
+    report = import_alpaca_eval(FIXTURE, out, cards)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert report.rows == len(lines) == 4
+    # the reference is left out; the together.ai variant is skipped because its base model is present
+    assert report.models == {"Mixtral-8x7B-Instruct-v0.1_concise": "mixtral-8x7b-instruct", "phi-2": "phi-2",
+                             "vicuna-13b-v1.5": "vicuna-13b-v1.5"}
+    assert report.variants_skipped == {"vicuna-13b-v1.5-togetherai": "vicuna-13b-v1.5"}
+    phi = {a["instruction"]: a for a in _annotations("phi-2")}
+    for line in lines:
+        a = phi[line["prompt"]]
+        assert line["id"] == instruction_id(line["prompt"]) and line["task"] == f"alpaca_eval/{a['dataset']}"
+        got = line["outcomes"]["phi-2"]
+        assert got["correct"] == pytest.approx(min(1.0, max(0.0, a["preference"] - 1)), abs=1e-6)
+        assert got["output_tokens"] == math.ceil(len(a["output_2"].strip()) / 4)
+        assert set(line["outcomes"]) == {"phi-2", "vicuna-13b-v1.5", "mixtral-8x7b-instruct"}
+    table = load_outcomes(out, cards)  # the simulator reads what the importer wrote
+    assert table.n == 4 and set(table.models) == {"phi-2", "vicuna-13b-v1.5", "mixtral-8x7b-instruct"}
+
+
+def test_reference_tokenizer_and_cli(tmp_path: Path) -> None:
+    cards = load_catalogue(ROOT / "models")
+    out = tmp_path / "o.jsonl"
+    report = import_alpaca_eval(FIXTURE, out, cards, include_reference=True, tokenizers={"phi-2": lambda s: 7})
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["outcomes"]["gpt-4-1106-preview"]["correct"] == pytest.approx(0.5)
+    assert line["outcomes"]["phi-2"]["output_tokens"] == 7 and report.tokens_from["phi-2"] == "tokenizer"
+    res = CliRunner().invoke(app, ["data", "import-alpaca-eval", str(FIXTURE), "-o", str(tmp_path / "c.jsonl"),
+                                   "--models", str(ROOT / "models")])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 instructions" in res.output and "skipped vicuna-13b-v1.5-togetherai" in res.output
+
+
+def test_unknown_generator_and_variant_rule(tmp_path: Path) -> None:
+    assert base_of("vicuna-13b-v1.5-togetherai") == "vicuna-13b-v1.5" and base_of("phi-2") is None
+    with pytest.raises(OutcomesError, match="unknown model"):  # the embedded default's cards know none of them
+        import_alpaca_eval(FIXTURE, tmp_path / "o.jsonl", load_cards(ROOT / "models"))
+    with pytest.raises(OutcomesError, match="no such folder"):
+        import_alpaca_eval(tmp_path / "nothing", tmp_path / "o.jsonl", load_catalogue(ROOT / "models"))
+
+
+def test_shipped_copy_matches_the_catalogue() -> None:
+    """data/alpaca_eval/outcomes.jsonl names only catalogue cards, and every catalogue card of an AlpacaEval model
+    with a public size carries the energy method's numbers."""
+    cards = load_catalogue(ROOT / "models", with_models=False)
+    table = load_outcomes(ROOT / "data" / "alpaca_eval" / "outcomes.jsonl", cards)
+    assert table.n == 536 and len(table.models) == 48
+    for name in table.models:
+        card = cards[name]
+        assert card.backend is None
+        if card.active_parameters_b is not None and name != "mixtral-8x7b-instruct":
+            assert card.energy.per_output_token_j == pytest.approx(2 * card.active_parameters_b * 1e9 / 1.41e11 * 1.2,
+                                                                   rel=1e-3)
+        else:
+            assert card.simulation_only or name == "mixtral-8x7b-instruct"
