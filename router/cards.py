@@ -148,6 +148,8 @@ class ModelCard(_Strict):
     prior_accuracy: dict[str, Probability] = Field(
         default_factory=dict, description="task -> accuracy measured or published, used as a prior"
     )
+    zone: str | None = Field(None, description="the grid zone the model draws from (a hosted model's provider "
+                             "region); default: this host's zone for a local model, `carbon.hosted_zone` otherwise")
     path: Path | None = Field(None, exclude=True, description="the YAML file this card came from")
 
     @property
