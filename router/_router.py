@@ -47,7 +47,7 @@ from .errors import (
     RouterError,
     UnknownModelError,
 )
-from .keys import KeyStore, hash_key
+from .keys import KeySpec, KeyStore, hash_key
 from .ledger import Ledger, open_ledger
 from .policy.base import BudgetState, DecisionRequest, Engine
 from .types import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Routing, Usage
@@ -147,6 +147,27 @@ class Router:
             raise _internal(prepared.request_id, exc) from exc
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
+    def batch(self, requests: Any, *, completion_window: str = "24h", metadata: dict[str, str] | None = None,
+              api_key: str | None = None) -> Any:
+        """Submit deferrable work: run ``requests`` (chat request bodies, or OpenAI batch lines with ``custom_id``)
+        in the cleanest hours of the window, by the grid's forecast, within budgets, routed like any request.
+        Returns a :class:`~router.batch.BatchHandle` (``wait()``, ``results()``, ``cancel()``); a scheduler in this
+        process runs it (docs/batch.md). Nothing here waits for the work."""
+        from .batch.library import submit
+
+        return submit(self, requests, completion_window=completion_window, metadata=metadata, api_key=api_key)
+
+    @property
+    def batches(self) -> Any:
+        """The batch store, API and scheduler of this Router (:class:`~router.batch.Batches`), started on first use."""
+        if self._batches is None:
+            from .batch import Batches
+
+            with self._backend_lock:
+                if self._batches is None:
+                    self._batches = Batches(self).start()
+        return self._batches
+
     # -- models ----------------------------------------------------------------------------------------------
     def backend(self, model: str) -> Backend:
         """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker)."""
@@ -232,10 +253,11 @@ class Router:
         )
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
-        key_hash = hash_key(req.api_key)
+        api_key = req.api_key
+        key_hash = api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)
         policy = req.policy
-        if policy is None and req.api_key is not None:
-            spec = self.keys.lookup(req.api_key)
+        if policy is None and api_key is not None:
+            spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
             policy = spec.policy if spec is not None else None
         input_tokens = max(1, len(req.text) // 4)
         learned = self._learned_energy(classification.task, input_tokens, req.max_tokens)
