@@ -54,7 +54,9 @@ def plan(forecast: list[tuple[float, float]], *, now: float, deadline: float, li
     expected = sum(g * c for g, _, c in chosen) / held if held else None
     run_now = current in starts
     cleanest = min(g for g, _, _ in chosen)
-    if run_now:
+    if len(chosen) == len(slots):
+        reason = "deadline first: every hour left is needed for the remaining lines"
+    elif run_now:
         reason = f"this hour is among the cleanest in the window ({cleanest:.0f} g/kWh forecast)"
     else:
         reason = f"waiting for cleaner hours ({cleanest:.0f} g/kWh forecast from hour {starts[0]:.0f})"

@@ -242,8 +242,11 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     spent = blocking(first.name) if first.name in blocked else []
     if spent:
         b = spent[0]
-        what = (f"{first.name}'s budget {b.key} is spent ({used.get(b.key, 0.0):,.{0 if b.unit == 'J' else 3}f} of "
-                f"{b.limit_j:,.{0 if b.unit == 'J' else 3}f} {b.unit})")
+        if b.unit == "J":
+            what = f"{first.name}'s budget {b.key} is spent ({used.get(b.key, 0.0):,.0f} of {b.limit_j:,.0f} J)"
+        else:
+            what = (f"{first.name}'s carbon budget {b.key} is spent ({used.get(b.key, 0.0):.3g} of "
+                    f"{b.limit_j:.3g} g CO2e)")
         mode = policy.on_budget_exhausted
         if mode == "allow_and_flag":
             flags.append("over_budget_allowed")
