@@ -100,7 +100,8 @@ def build_carbon(ledger: Ledger, since: float, until: float | None, *, grid: Any
         total += r.co2e_g
         best += cf
         hour_of_day = datetime.fromtimestamp(r.bucket, tz=timezone.utc).hour
-        for acc in (hours.setdefault(r.bucket, [0, 0.0, 0.0, 0.0, 0.0]), zones.setdefault(r.zone, [0, 0.0, 0.0, 0.0, 0.0]),
+        for acc in (hours.setdefault(r.bucket, [0, 0.0, 0.0, 0.0, 0.0]),
+                    zones.setdefault(r.zone, [0, 0.0, 0.0, 0.0, 0.0]),
                     hod.setdefault(hour_of_day, [0, 0.0, 0.0, 0.0, 0.0])):
             acc[0] += r.requests
             acc[1] += r.energy_j
