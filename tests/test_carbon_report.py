@@ -62,3 +62,24 @@ def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> No
     js = CliRunner().invoke(app, ["ledger", "report", "--ledger", url, "--format", "json"])
     carbon = json.loads(js.output)["carbon"]
     assert carbon["window_s"] == 86_400 and len(carbon["by_hour"]) == 24
+
+
+def test_simulate_carbon_reports_co2e_per_policy_in_the_json_and_plot(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    outcomes = root / "data" / "outcomes" / "sentiment_local.jsonl"
+    plot = tmp_path / "sim.png"
+    res = CliRunner().invoke(app, ["simulate", "--outcomes", str(outcomes), "--policy", "eco", "--json",
+                                   "--no-progress", "--carbon", "TX_2022_hourly.csv", "--carbon-span", "168",
+                                   "--plot", str(plot)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["carbon"]["series"] == "file:TX_2022_hourly.csv" and d["carbon"]["span_s"] == 168 * 3600
+    assert d["co2e_g_total"] > 0 and d["co2e_g_per_request"] == pytest.approx(d["co2e_g_total"] / d["requests"])
+    for base in d["baselines"].values():
+        assert base["co2e_g_total"] > 0
+    # the intensities a request meets are the series' own: CO2e / J lies within the series' range over the week
+    ratio = d["co2e_g_total"] / d["energy_j_total"] * 3.6e6
+    assert d["carbon"]["min_g_per_kwh"] <= ratio <= d["carbon"]["max_g_per_kwh"]
+    assert plot.stat().st_size > 10_000
+    plain = CliRunner().invoke(app, ["simulate", "--outcomes", str(outcomes), "--json", "--no-progress"])
+    assert "co2e_g_total" not in json.loads(plain.output)
