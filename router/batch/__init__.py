@@ -7,21 +7,18 @@ and the scheduler (:mod:`router.batch.scheduler`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .handle import BatchHandle
 from .scheduler import BatchScheduler
 from .service import ENDPOINT, BatchService, parse_lines
 from .store import BatchStore, default_store_url
 
-if TYPE_CHECKING:
-    from .._router import Router
-
 
 class Batches:
     """The store, the API and (unless ``batch.scheduler`` is off) a scheduler running in this process."""
 
-    def __init__(self, router: Router, *, scheduler: bool | None = None) -> None:
+    def __init__(self, router: Any, *, scheduler: bool | None = None) -> None:
         settings = router.config.batch
         self.store = BatchStore(settings.store_url or default_store_url(router.config.ledger_url))
         self.service = BatchService(self.store, router.grid.clock, max_file_bytes=settings.max_file_bytes,

@@ -27,7 +27,6 @@ from .store import default_store_url
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .._router import Router
 _JSON = "application/json"
 
 
@@ -36,7 +35,7 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 
 class BatchRoutes:
-    def __init__(self, router: Router, max_file_bytes: int) -> None:
+    def __init__(self, router: Any, max_file_bytes: int) -> None:
         self.router = router
         self.max_file_bytes = max_file_bytes
 
@@ -163,7 +162,7 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
     return fields, files
 
 
-def add_batch_routes(app: FastAPI, router: Router) -> None:
+def add_batch_routes(app: FastAPI, router: Any) -> None:
     """The routes; the store and its scheduler start now when there is a store to resume (one configured, or the
     default file exists), else with the first batch request."""
     r = BatchRoutes(router, router.config.batch.max_file_bytes)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import AuthenticationError, BadRequestError
 from ..keys import KeySpec, digest
 from .handle import BatchHandle
 from .service import ENDPOINT
 
-if TYPE_CHECKING:
-    from .._router import Router
 
-
-def key_spec(router: Router, api_key: str | None) -> KeySpec | None:
+def key_spec(router: Any, api_key: str | None) -> KeySpec | None:
     """The key a batch belongs to: a configured key (its policy and budgets apply to every line), or, where no keys
     are configured, any key given (it still owns its batches)."""
     if api_key is None:
@@ -28,7 +25,7 @@ def key_spec(router: Router, api_key: str | None) -> KeySpec | None:
     return KeySpec(name="unconfigured", sha256=digest(api_key))
 
 
-def submit(router: Router, requests: Iterable[Any], *, completion_window: str, metadata: dict[str, str] | None,
+def submit(router: Any, requests: Iterable[Any], *, completion_window: str, metadata: dict[str, str] | None,
            api_key: str | None) -> BatchHandle:
     if isinstance(requests, str | bytes) or not isinstance(requests, Iterable):
         raise BadRequestError("`requests` must be a list of chat request bodies or batch lines", param="requests")

@@ -29,7 +29,6 @@ from .service import BatchService, new_id
 from .store import Line
 
 if TYPE_CHECKING:
-    from .._router import Router
     from ..config import BatchSettings
 
 log = logging.getLogger("router.batch")
@@ -39,7 +38,7 @@ _CANCELLED = ("batch_cancelled", "This request was not executed because the batc
 
 
 class BatchScheduler:
-    def __init__(self, router: Router, service: BatchService, settings: BatchSettings) -> None:
+    def __init__(self, router: Any, service: BatchService, settings: BatchSettings) -> None:
         self.router = router
         self.service = service
         self.store = service.store
