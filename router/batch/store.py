@@ -208,6 +208,11 @@ class BatchStore:
         docs = [got[0] for r in rows[:limit] if (got := self.get_batch(r[0])) is not None]
         return docs, len(rows) > limit
 
+    def all_batches(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Every key's batches, newest first (``router batch list``)."""
+        rows = self._all("SELECT id FROM {p}batches ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
+        return [got[0] for r in rows if (got := self.get_batch(r[0])) is not None]
+
     def active_batches(self) -> list[str]:
         marks = ", ".join("?" * len(ACTIVE))
         return [r[0] for r in self._all(f"SELECT id FROM {{p}}batches WHERE status IN ({marks}) ORDER BY created_at",

@@ -101,8 +101,9 @@ class SeriesIntensity(IntensitySource):
     ``replay``: ``time_of_year`` maps a time to the same hour of the year in the series (a 2022 series answers
     for 12 March 14:00 of any year with 12 March 2022 14:00; past the series' end it wraps), ``offset`` reads the
     series at ``at + offset_s`` (wrapping around the series' length), so an operator can replay a past week
-    against today. Hours the file leaves empty or out are interpolated linearly between their neighbours
-    (``gaps`` says how many); values must be finite and non-negative."""
+    against today. By time of year, hours are counted from 1 January, so in a leap year the days after 28 February
+    read the series' next day (and 31 December wraps to its start). Hours the file leaves empty or out are
+    interpolated linearly between their neighbours (``gaps`` says how many); values must be finite and >= 0."""
 
     def __init__(self, path: str | Path, *, replay: str = "time_of_year", offset_s: float = 0.0,
                  label: str | None = None) -> None:

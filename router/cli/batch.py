@@ -36,11 +36,6 @@ def _when(ts: Any) -> str:
     return "-" if not ts else datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _all(store: Any) -> list[dict[str, Any]]:
-    rows = store._all("SELECT id FROM {p}batches ORDER BY created_at DESC, id DESC")
-    return [got[0] for r in rows if (got := store.get_batch(r[0])) is not None]
-
-
 @batch_app.command("list")
 def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
                  limit: int = typer.Option(20, "--limit", min=1, help="Newest first, this many.")) -> None:
@@ -49,7 +44,7 @@ def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
     table = Table(title=f"Batches in {st.url}")
     for col in ("id", "status", "done", "failed", "total", "created", "expires", "plan"):
         table.add_column(col, justify="right" if col in ("done", "failed", "total") else "left")
-    for doc in _all(st)[:limit]:
+    for doc in st.all_batches(limit):
         c = doc["request_counts"]
         table.add_row(doc["id"], doc["status"], f"{c['completed']:,}", f"{c['failed']:,}", f"{c['total']:,}",
                       _when(doc["created_at"]), _when(doc["expires_at"]), (doc.get("carbon") or {}).get("plan", ""))
