@@ -48,6 +48,7 @@ from .errors import (
 )
 from .ledger import Ledger, LedgerRecord, Reservation
 from .policy.engine import fmt_j
+from .policy.schema import CARBON_PREFIX
 
 log = logging.getLogger("router")
 
@@ -62,7 +63,9 @@ class Models(Protocol):
 
     def backend(self, model: str) -> Backend: ...
 
-    def co2e_g(self, joules: float) -> float: ...
+    def co2e_g(self, joules: float, card: ModelCard | None = None) -> float: ...
+
+    def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
 
 _NOT_CALLED = EnergyReading(0.0, "estimated", "none", "not called")
 
@@ -214,8 +217,9 @@ class Attempts:
         estimate = self._hold(card)
         held: list[Reservation] = []
         for ref in refs:
+            amount = self._in_unit(ref.unit, card, estimate)
             # never more than the whole budget: a hold above it would refuse even a fresh window's first call
-            reservation = ledger.try_reserve(ref.key, min(estimate, ref.limit_j), ref.limit_j, ref.window_s)
+            reservation = ledger.try_reserve(ref.key, min(amount, ref.limit_j), ref.limit_j, ref.window_s)
             if reservation is None:
                 break
             held.append(reservation)
@@ -223,11 +227,16 @@ class Attempts:
             return held
         self._settle(held, 0.0)  # release what was held before the full budget
         used = ledger.budget_used(ref.key, ref.window_s)
-        what = (f"{card.name}'s energy budget {ref.key} is spent ({fmt_j(used)} of {fmt_j(ref.limit_j)} this "
-                f"window, the call needs ~{fmt_j(estimate)})")
+        if ref.unit == "J":
+            what = (f"{card.name}'s energy budget {ref.key} is spent ({fmt_j(used)} of {fmt_j(ref.limit_j)} this "
+                    f"window, the call needs ~{fmt_j(estimate)})")
+        else:
+            what = (f"{card.name}'s carbon budget {ref.key} is spent ({used:.3g} of {ref.limit_j:.3g} g CO2e this "
+                    f"window, the call needs ~{self._in_unit(ref.unit, card, estimate):.3g} g)")
         if d.on_budget_exhausted == "allow_and_flag":
             self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
-            return [r for ref2 in refs if (r := ledger.try_reserve(ref2.key, estimate, float("inf"), ref2.window_s))]
+            return [r for ref2 in refs if (r := ledger.try_reserve(
+                ref2.key, self._in_unit(ref2.unit, card, estimate), float("inf"), ref2.window_s))]
         self.notes.append(what)
         self._record(card, _NOT_CALLED, 0.0, "rejected", error="budget_exhausted")
         self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
@@ -260,7 +269,7 @@ class Attempts:
         confidence is below the cascade's threshold and the plan now continues with the escalation models."""
         latency = (time.perf_counter() - call.started) * 1000
         energy = self._energy(call, gen)
-        self._settle(call.held, energy.joules)
+        self._settle(call.held, energy.joules, call.card)
         d = self.prepared.decision
         escalate = (call.buffered and d.escalate_below is not None and gen.confidence is not None
                     and gen.confidence < d.escalate_below)
@@ -301,7 +310,7 @@ class Attempts:
         else:
             energy = estimate_from_profile(call.card.energy, gen.prompt_tokens if gen else 0,
                                            gen.completion_tokens if gen else 0)
-        self._settle(call.held, energy.joules)
+        self._settle(call.held, energy.joules, call.card)
         outcome = "cancelled" if isinstance(error, CancelledError) else "error"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome))
         self._record(call.card, energy, latency, outcome, gen=gen, error=f"{error.code}: {error.message}"[:500],
@@ -346,7 +355,7 @@ class Attempts:
             "model": call.model, "tier": call.card.tier, "reason": self.reason(), "energy_j": energy.joules,
             "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
             "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
-            "decision_ms": self.prepared.decision_ms, "co2e_g": self.router.co2e_g(energy.joules),
+            "decision_ms": self.prepared.decision_ms, "co2e_g": self.router.co2e_g(energy.joules, call.card),
             "attempts": self.attempts, "estimated_j": expected, "estimate_source": source,
         }
 
@@ -374,11 +383,17 @@ class Attempts:
             return call.span.stop()
         return estimate_from_profile(call.card.energy, gen.prompt_tokens, gen.completion_tokens)
 
-    def _settle(self, held: list[Reservation], joules: float) -> None:
+    def _in_unit(self, unit: str, card: ModelCard, joules: float) -> float:
+        """``joules`` in a budget's unit: as they are, or grams CO2e at the card's zone's intensity now."""
+        return joules if unit == "J" or joules == 0 else self.router.carbon_of(card, joules)[0]
+
+    def _settle(self, held: list[Reservation], joules: float, card: ModelCard | None = None) -> None:
         """Replace each held estimate with what the call used (a failure still spends what it measured)."""
         for reservation in held:
             try:
-                self.router.ledger.settle(reservation, joules)
+                carbon = card is not None and reservation.budget.startswith(CARBON_PREFIX)
+                amount = self.router.carbon_of(card, joules)[0] if carbon and card is not None else joules
+                self.router.ledger.settle(reservation, amount)
             except Exception:  # the answer is not lost for a bookkeeping failure; it is logged loudly
                 log.exception("%s: could not settle budget %s", reservation.id, reservation.budget)
 
@@ -386,6 +401,7 @@ class Attempts:
                 gen: Generation | None = None, error: str | None = None, attempt: int | None = None,
                 reason: str | None = None) -> None:
         p = self.prepared
+        co2e_g, grid_g, zone = self.router.carbon_of(card, energy.joules)
         rec = LedgerRecord(
             request_id=p.request_id,
             model=card.name,
@@ -402,8 +418,10 @@ class Attempts:
             key_hash=p.key_hash,
             error=error,
             attempt=len(self.attempts) if attempt is None else attempt,
-            co2e_g=self.router.co2e_g(energy.joules),
+            co2e_g=co2e_g,
             estimated_j=self._expected(card)[0],
+            grid_g_per_kwh=grid_g,
+            zone=zone,
         )
         try:
             self.router.ledger.record(rec)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .classify.base import Classification
 from .energy.estimates import EnergyEstimate
 from .errors import BadRequestError
+from .keys import KeySpec
 from .policy.decision import Decision
 from .types import ChatMessage, new_request_id
 
@@ -46,7 +47,8 @@ class CheckedRequest:
     max_tokens: int | None
     temperature: float | None
     stop: list[str] | None
-    api_key: str | None
+    api_key: str | KeySpec | None
+    """The caller's key in clear, or (work submitted earlier, e.g. a batch line) the key as the key store holds it."""
     request_id: str
     deadline_s: float | None
     cancel: threading.Event | None
@@ -146,7 +148,7 @@ def check_params(
         "max_tokens": max_tokens,
         "temperature": _number("temperature", temperature, 0.0, 2.0),
         "stop": stop,
-        "api_key": _optional_str("api_key", api_key, 4096),
+        "api_key": api_key if isinstance(api_key, KeySpec) else _optional_str("api_key", api_key, 4096),
         "request_id": _optional_str("request_id", request_id, _MAX_REQUEST_ID) or new_request_id(),
         "deadline_s": _number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
         "cancel": cancel,

@@ -32,6 +32,7 @@ from ._request import (
 )
 from .backends import Backend, Generation, StreamEvent, create_backend
 from .backends.cooldown import CooldownBackend
+from .carbon.grid import Grid
 from .cards import ModelCard, load_cards
 from .classify.base import Classification, RequestClassifier
 from .classify.batching import ClassifyBatcher
@@ -46,7 +47,7 @@ from .errors import (
     RouterError,
     UnknownModelError,
 )
-from .keys import KeyStore, hash_key
+from .keys import KeySpec, KeyStore, hash_key
 from .ledger import Ledger, open_ledger
 from .policy.base import BudgetState, DecisionRequest, Engine
 from .types import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Routing, Usage
@@ -94,6 +95,9 @@ class Router:
         self.estimates = EnergyEstimates(self.ledger, {n: c for n, c in self.cards.items() if c.callable})
         """Energy per call learned from the ledger (router/energy/estimates.py); the cards are the prior."""
         self._batcher = ClassifyBatcher(self.classifier)
+        self.grid = Grid.from_settings(self.config.carbon, self.config.grid_g_per_kwh)
+        """Carbon intensity per grid zone (router/carbon/): what each ledger record's CO2e is computed at."""
+        self._batches: Any = None
 
     # -- the public calls ------------------------------------------------------------------------------------
     def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
@@ -143,6 +147,27 @@ class Router:
             raise _internal(prepared.request_id, exc) from exc
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
+    def batch(self, requests: Any, *, completion_window: str = "24h", metadata: dict[str, str] | None = None,
+              api_key: str | None = None) -> Any:
+        """Submit deferrable work: run ``requests`` (chat request bodies, or OpenAI batch lines with ``custom_id``)
+        in the cleanest hours of the window, by the grid's forecast, within budgets, routed like any request.
+        Returns a :class:`~router.batch.BatchHandle` (``wait()``, ``results()``, ``cancel()``); a scheduler in this
+        process runs it (docs/batch.md). Nothing here waits for the work."""
+        from .batch.library import submit
+
+        return submit(self, requests, completion_window=completion_window, metadata=metadata, api_key=api_key)
+
+    @property
+    def batches(self) -> Any:
+        """The batch store, API and scheduler of this Router (:class:`~router.batch.Batches`), started on first use."""
+        if self._batches is None:
+            from .batch import Batches
+
+            with self._backend_lock:
+                if self._batches is None:
+                    self._batches = Batches(self).start()
+        return self._batches
+
     # -- models ----------------------------------------------------------------------------------------------
     def backend(self, model: str) -> Backend:
         """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker)."""
@@ -181,13 +206,22 @@ class Router:
             raise UnknownModelError(f"model {found!r} has no backend (simulation only)", param="model")
         return found
 
-    def co2e_g(self, joules: float) -> float:
-        """Grams CO2e of ``joules`` at the configured grid intensity."""
-        return joules / 3.6e6 * self.config.grid_g_per_kwh
+    def co2e_g(self, joules: float, card: ModelCard | None = None) -> float:
+        """Grams CO2e of ``joules`` drawn by ``card`` now (its zone's intensity); without a card, at this host's."""
+        if card is None:
+            return joules / 3.6e6 * self.grid.intensity(self.grid.host_zone).g_per_kwh
+        return self.grid.carbon_of(card, joules)[0]
+
+    def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]:
+        """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` now (what its ledger record carries)."""
+        return self.grid.carbon_of(card, joules)
 
     def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
         for backend in self.loaded_backends().values():
             backend.close()
+        self.grid.close()
         self.ledger.close()
 
     def __enter__(self) -> Router:
@@ -219,16 +253,18 @@ class Router:
         )
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
-        key_hash = hash_key(req.api_key)
+        api_key = req.api_key
+        key_hash = api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)
         policy = req.policy
-        if policy is None and req.api_key is not None:
-            spec = self.keys.lookup(req.api_key)
+        if policy is None and api_key is not None:
+            spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
             policy = spec.policy if spec is not None else None
         input_tokens = max(1, len(req.text) // 4)
         learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
-                                  energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None)
+                                  energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
+                                  grid_g_per_kwh=self.grid.intensity(self.grid.host_zone).g_per_kwh)
         decision = self.engine.decide(classification, request, self._budget_state(request))
         decision_ms = (time.perf_counter() - started) * 1000
         deadline_s = req.deadline_s or decision.deadline_s or self.config.deadline_s
@@ -246,7 +282,10 @@ class Router:
         refs = self.engine.budget_refs(request)
         if not refs:
             return BudgetState.empty()
-        return BudgetState({r.key: self.ledger.budget_used(r.key, r.window_s) for r in refs}, time.time())
+        g_per_j: dict[str, float] = {}
+        if any(r.unit != "J" for r in refs):  # carbon budgets: each model's grams per joule at its zone now
+            g_per_j = {n: self.grid.grams_per_joule(c) for n, c in self.cards.items() if c.callable}
+        return BudgetState({r.key: self.ledger.budget_used(r.key, r.window_s) for r in refs}, time.time(), g_per_j)
 
     # -- stage: the attempts, one driver per way of calling --------------------------------------------------
     def _send(self, prepared: PreparedRequest) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 A card says what a model is (tier, size, source, licence), how to run it (its backend), what it costs
 (its energy profile, and where that figure comes from) and what it is for (tasks, context length).
+Carbon: a card's ``zone`` is the grid its model draws from (a hosted model's provider region); a hosted card's
+energy profile is the provider's whole draw, data-centre overhead (PUE) included, so the router adds no PUE to it
+(``carbon.pue`` applies only to joules metered on this host; see docs/energy.md).
 A bad card raises :class:`ConfigError` naming the file, the field and what was expected, when it is loaded:
 every number must be finite and in range, and every file the backend names must exist (see
 :mod:`router.card_files`), so a wrong number or a missing file fails at start-up, not at the first request.
@@ -158,6 +161,8 @@ class ModelCard(_Strict):
     simulation_only: bool = Field(
         False, description="size undisclosed: the energy figure is a placeholder, fit for simulation only"
     )
+    zone: str | None = Field(None, description="the grid zone the model draws from (a hosted model's provider "
+                             "region); default: this host's zone for a local model, `carbon.hosted_zone` otherwise")
     path: Path | None = Field(None, exclude=True, description="the YAML file this card came from")
 
     @property

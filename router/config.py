@@ -96,6 +96,69 @@ class JournalSettings(_Settings):
     segment_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1 << 34)
 
 
+class ZoneSource(_Settings):
+    """Where one grid zone's carbon intensity comes from (``router/carbon/``)."""
+
+    type: Literal["static", "file", "http"] = Field(
+        "static", description="static: one figure; file: an hourly CSV `timestamp,g_co2e_per_kwh`; http: a "
+        "grid-intensity API shaped like Electricity Maps' /v3/carbon-intensity/latest and /forecast")
+    g_per_kwh: float | None = Field(None, ge=0, le=10_000, strict=False,
+                                    description="static: the figure (default: `grid_g_per_kwh`)")
+    path: Path | None = Field(None, strict=False, description="file: the CSV, or the name of a shipped series "
+                              "in data/grid_carbon/ (e.g. CA_2022_hourly.csv)")
+    replay: Literal["time_of_year", "offset"] = Field(
+        "time_of_year", description="file: time_of_year reads the same hour of the year from the series (a past "
+        "year stands in for this one); offset reads it at now + offset_s")
+    offset_s: float = Field(0.0, strict=False, description="file, replay offset: seconds added to now")
+    url: str | None = Field(None, description="http: the API's base URL (the paths /v3/carbon-intensity/... follow)")
+    api_zone: str | None = Field(None, description="http: the zone name the API knows (default: this zone's name)")
+    api_key_env: str | None = Field(None, description="http: environment variable holding the key (auth-token)")
+    timeout_s: float = Field(5.0, gt=0, le=120, strict=False)
+    cache_s: float = Field(300.0, ge=0, le=86_400, strict=False, description="http: how long a value is reused")
+    forecast_cache_s: float = Field(1800.0, ge=0, le=86_400, strict=False)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ZoneSource:
+        if self.type == "file" and self.path is None:
+            raise ValueError("a `file` zone needs `path` (a CSV timestamp,g_co2e_per_kwh)")
+        if self.type == "http" and not self.url:
+            raise ValueError("an `http` zone needs `url` (the grid-intensity API's base URL)")
+        return self
+
+
+class CarbonSettings(_Settings):
+    """Carbon intensity per grid zone, and which zone each model draws from (``router/carbon/grid.py``)."""
+
+    zone: str = Field("local", description="the zone of this host: models that run here draw from it")
+    hosted_zone: str = Field("world", description="the zone of a hosted model whose card names none")
+    zones: dict[str, ZoneSource] = Field(default_factory=dict, description="zone -> source; a zone not listed "
+                                         "uses the static `grid_g_per_kwh`")
+    pue: float = Field(1.0, ge=1.0, le=3.0, strict=False, description="overhead applied to joules metered on this "
+                       "host (a hosted card's joules include its data centre's PUE already)")
+    clock_file: Path | None = Field(None, strict=False, description="tests and replays: read the time from this "
+                                    "file (epoch seconds) instead of the system clock, for intensities and batches")
+
+
+class BatchSettings(_Settings):
+    """The Batch API's queue and scheduler (``router/batch/``)."""
+
+    store_url: str | None = Field(None, description="sqlite:///PATH or postgresql://...; default: a SQLite file "
+                                  "beside a SQLite ledger (else in the user data dir)")
+    scheduler: bool = Field(True, description="run the scheduler in this process (off: only accept batches)")
+    forecast: Literal["provider", "persistence"] = Field(
+        "provider", description="provider: the zone source's forecast (for a file: perfect foresight); "
+        "persistence: the same hour of the previous day")
+    zone: str | None = Field(None, description="the zone whose forecast decides (default: carbon.zone)")
+    concurrency: int = Field(2, ge=1, le=256, description="lines run at once by this process")
+    lines_per_hour: float | None = Field(None, gt=0, strict=False, description="throughput to plan with "
+                                         "(default: measured from the lines run so far)")
+    lease_s: float = Field(300.0, ge=1, le=86_400, strict=False, description="a worker that stops renewing its "
+                           "lease for this long (a crash) loses its lines to another worker")
+    poll_s: float = Field(2.0, gt=0, le=3600, strict=False, description="how often the scheduler looks at the queue")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, le=1 << 34)
+    max_lines: int = Field(50_000, ge=1, le=10_000_000, description="lines per batch (OpenAI's limit is 50,000)")
+
+
 class KeyEntry(_Settings):
     """One API key, held only as a SHA-256 digest (or read from an environment variable at start-up)."""
 
@@ -116,6 +179,10 @@ class KeyEntry(_Settings):
         if (self.sha256 is None) == (self.env is None):
             raise ValueError("give exactly one of `sha256` (of the key) or `env` (a variable holding the key)")
         return self
+
+
+_BLOCKS = ("cpu_power", "cooldown", "proxy", "keys", "journal", "carbon", "batch")
+"""Settings blocks: YAML only (no ``ROUTER_<FIELD>`` variable)."""
 
 
 class RouterConfig(BaseModel):
@@ -146,6 +213,8 @@ class RouterConfig(BaseModel):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     keys: list[KeyEntry] = Field(default_factory=list, description="API keys (none: the proxy needs no key)")
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    carbon: CarbonSettings = Field(default_factory=CarbonSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -168,7 +237,7 @@ class RouterConfig(BaseModel):
         from_env: set[str] = set()
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
-            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal"):
+            if env is not None and field not in _BLOCKS:
                 data[field] = env
                 from_env.add(field)
         data.update({k: v for k, v in overrides.items() if v is not None})

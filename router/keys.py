@@ -76,6 +76,11 @@ class KeyStore:
             return None
         return self._by_digest.get(digest(key))
 
+    def spec_for_digest(self, sha256: str) -> KeySpec:
+        """The configured key with this digest, or an unnamed one without a policy (a key that was accepted when
+        no keys were configured): what work submitted earlier under that key runs as (batches)."""
+        return self._by_digest.get(sha256) or KeySpec(name=key_id(sha256), sha256=sha256)
+
     @classmethod
     def from_entries(cls, entries: Any, where: str = "keys") -> KeyStore:
         """Build from the ``keys`` list of a config (see the module docstring)."""

@@ -195,7 +195,19 @@ def test_unknown_field_names_file_line_field_and_fix(tmp_path):
         load_policy(f)
     msg = str(err.value)
     assert f"{f}:6: field `budgets.0.jouls`" in msg and "fix: remove it or check the spelling" in msg
-    assert f"{f}:5: field `budgets.0.joules`" in msg and "Field required" in msg
+
+
+def test_a_budget_names_one_unit(tmp_path):
+    f = write(tmp_path, """\
+        name: bad
+        accuracy:
+          min_accuracy: 0.8
+        budgets:
+          - model: gemma3-270m
+            per: hour
+        """)
+    with pytest.raises(ConfigError, match="give exactly one of `joules` .energy. or `g_co2e`"):
+        load_policy(f)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ _GROUPS = [
     ("router.cli.simulate", "simulate", None),
     ("router.cli.data", "data_app", "data"),
     ("router.cli.serve", "serve", None),
+    ("router.cli.batch", "batch_app", "batch"),
 ]
 
 

@@ -9,6 +9,7 @@ a traceback (``router -v`` logs it)."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
@@ -198,12 +199,17 @@ def report(
     counterfactual: str | None = typer.Option(
         None, "--counterfactual", help="Model for the always-large estimate (default: largest callable card)."
     ),
+    window: str = typer.Option("24h", "--window", help="The carbon counterfactual: had each request run at the "
+                               "cleanest hour of this window from when it ran (e.g. 24h, 8h)."),
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
 ) -> None:
-    """Totals by model/tier/key/policy/day, CO2e, and energy saved against always using the large model."""
+    """Totals by model/tier/key/policy/day, CO2e (also by hour and by zone, and at the cleanest hour of a window),
+    and energy saved against always using the large model."""
+    from ..carbon.grid import Grid
     from ..cards import load_cards
-    from ..ledger.report import build_report, plot_png, rich_table, to_csv, to_html, to_json
+    from ..ledger.carbon_report import build_carbon, rich_tables, summary_line
+    from ..ledger.report import build_report, plot_png, rich_table, to_csv, to_html
 
     ledger, config = _opts(ctx, ledger, config)
     try:
@@ -216,6 +222,12 @@ def report(
             led, cards, by=by.value, since=parse_when(since) or 0.0, until=parse_when(until),
             grid_g_per_kwh=cfg.grid_g_per_kwh, counterfactual=counterfactual,
         )  # fmt: skip
+        m = _REL.match(window)
+        if not m:
+            _fail(f"--window {window!r}: a length such as 24h, 90m or 2d")
+        grid = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
+        carbon = build_carbon(led, parse_when(since) or 0.0, parse_when(until), grid=grid,
+                              window_s=float(m.group(1)) * _UNIT_S[m.group(2)])
         led.close()
     except RouterError as exc:
         _fail(str(exc))
@@ -225,6 +237,9 @@ def report(
     if fmt is Format.table:
         console = Console(file=output.open("w", encoding="utf-8") if output else None, width=160 if output else None)
         console.print(rich_table(rep))
+        for table in rich_tables(carbon):
+            console.print(table)
+        console.print(summary_line(carbon))
         console.print(f"Total: {equivalents(rep.total.energy_j, rep.grid_g_per_kwh).sentence()}")
         if rep.counterfactual_model:
             console.print(
@@ -234,7 +249,10 @@ def report(
         if output:
             console.file.close()
     else:
-        text = {Format.csv: to_csv, Format.json: to_json, Format.html: to_html}[fmt](rep)
+        if fmt is Format.json:
+            text = json.dumps({**rep.as_dict(), "carbon": carbon.as_dict()}, indent=2)
+        else:
+            text = {Format.csv: to_csv, Format.html: to_html}[fmt](rep)
         if output:
             output.write_text(text, encoding="utf-8")
         else:

@@ -42,6 +42,12 @@ def simulate(
     ),
     policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the shipped policies)."),  # noqa: B008
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    carbon: str = typer.Option(None, "--carbon", help="Replay the requests over this carbon intensity series (CSV "
+                               "timestamp,g_co2e_per_kwh, or a shipped one: CA_2022_hourly.csv) and report CO2e."),
+    carbon_start: str = typer.Option(None, "--carbon-start", help="Where in the series the workload starts (ISO "
+                                     "date, UTC; default: its first hour)."),
+    carbon_span: float = typer.Option(None, "--carbon-span", min=1.0, help="Hours the workload is spread over "
+                                      "(default: the whole series)."),
 ) -> None:
     """Replay every request through the classifier and the policy (no model is called); report accuracy,
     quality vs the largest model, joules, shares per model, APGR/CPT for two-model data, and baselines."""
@@ -75,7 +81,21 @@ def simulate(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done, total=total)
 
-            sim = Simulator(table, cards, classifier, engine, progress=step)
+            intensity, carbon_info = None, None
+            if carbon is not None:
+                from datetime import datetime, timezone
+
+                from ..simulate.carbon import replay
+
+                start = None
+                if carbon_start:
+                    try:
+                        start = datetime.fromisoformat(carbon_start).replace(tzinfo=timezone.utc).timestamp()
+                    except ValueError:
+                        raise typer.BadParameter(f"--carbon-start: an ISO date, got {carbon_start!r}") from None
+                intensity, carbon_info = replay(carbon, table.n, start=start,
+                                                span_s=None if carbon_span is None else carbon_span * 3600)
+            sim = Simulator(table, cards, classifier, engine, progress=step, intensity=intensity)
             result = sim.run(
                 policy_name=engine.name,
                 classifier_name=type(classifier).__name__,
@@ -89,6 +109,7 @@ def simulate(
     except ValueError as exc:  # e.g. the policy chose a model with no outcome
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    result.carbon = carbon_info
     if any(t.startswith(("mmlu", "alpaca_eval")) for t in table.task_names) and "Onnx" in result.classifier:
         result.notes.append(
             "the shipped classifier's quality model was trained on all RouteLLM MMLU subjects and all shipped "
@@ -136,7 +157,7 @@ def write_decisions(path: Path, table, result) -> None:  # noqa: ANN001
 
 
 def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | None) -> None:  # noqa: ANN001
-    from ..simulate.report import STATS_HEADER, stats_rows
+    from ..simulate.report import stats_header, stats_rows
 
     out = Console()
     out.print(
@@ -152,7 +173,7 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         for example in result.skipped_examples:
             out.print(f"  {escape(example)}")
     t = Table(title="policy and baselines (quality and energy relative to always-large and to always-best)")
-    for h in STATS_HEADER:
+    for h in stats_header(result):
         t.add_column(h, justify="left" if h == "router" else "right")
     for row in stats_rows(result):
         t.add_row(*row)

@@ -372,6 +372,18 @@ class PostgresLedger(Ledger):
             out.append(row)
         return out
 
+    @guarded("read carbon sums")
+    def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
+        """Per (hour, zone): requests, joules, grams CO2e, joules x g/kWh (``router ledger report``'s carbon)."""
+        sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(zone, '-'), count(*), sum(energy_j), "
+               f"sum(COALESCE(co2e_g, 0)), sum(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM {self.schema}.records "
+               "WHERE ts >= %s")
+        args: list[Any] = [since]
+        if until is not None:
+            sql += " AND ts < %s"
+            args.append(until)
+        return self._all(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args)
+
     # -- budgets ----------------------------------------------------------------------------------------
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:

@@ -25,7 +25,6 @@ from ..energy.carbon import (
     DEFAULT_GRID_G_PER_KWH,
     KETTLE_BOIL_SOURCE,
     PHONE_CHARGE_SOURCE,
-    co2e_grams,
     equivalents,
     format_joules,
 )
@@ -123,6 +122,7 @@ def build_report(
             t.input_tokens += row.input_tokens
             t.output_tokens += row.output_tokens
             t.energy_j += row.energy_j
+            t.co2e_g += row.co2e_g  # as recorded: each request's zone and hour
             t.counterfactual_j += cf
             latency[t.group] = latency.get(t.group, 0.0) + row.latency_ms_sum
             if row.energy_source.startswith("measured"):
@@ -131,12 +131,12 @@ def build_report(
         b[0] += row.energy_j
         b[1] += cf
     for t in [*groups.values(), total]:
-        t.co2e_g = co2e_grams(t.energy_j, grid_g_per_kwh)
         t.saved_j = t.counterfactual_j - t.energy_j
         t.mean_latency_ms = latency.get(t.group, 0.0) / t.requests if t.requests else 0.0
         t.measured_share = measured.get(t.group, 0.0) / t.energy_j if t.energy_j else 0.0
     notes = [
-        f"CO2e at {grid_g_per_kwh:g} g/kWh (config `grid_g_per_kwh`).",
+        "CO2e as recorded with each request (its zone's grid intensity at the hour it ran); equivalents at "
+        f"{grid_g_per_kwh:g} g/kWh (config `grid_g_per_kwh`).",
         f"Equivalents: {PHONE_CHARGE_SOURCE}; {KETTLE_BOIL_SOURCE}.",
     ]
     if large is not None:

@@ -34,7 +34,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
-from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
+from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "path_from_url"]
 
@@ -369,6 +369,18 @@ class SQLiteLedger(Ledger):
             row.task = row.task or None
             out.append(row)
         return out
+
+    @guarded("read carbon sums")
+    def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
+        """Per (hour, zone): requests, joules, grams CO2e, joules x g/kWh (``router ledger report``'s carbon)."""
+        sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(zone, '-'), COUNT(*), SUM(energy_j), "
+               "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM records WHERE ts >= ?")
+        args: list[Any] = [since]
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        with self._lock:
+            return self._conn.execute(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args).fetchall()
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:

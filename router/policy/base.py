@@ -44,6 +44,8 @@ class DecisionRequest:
     energy_estimates: Mapping[str, tuple[float, str]] | None = None
     """Model -> (expected joules of this request, where the figure comes from, e.g. ``ledger:212 calls``): what
     the caller has learned; a model not in it is estimated from its card."""
+    grid_g_per_kwh: float | None = None
+    """This host's grid intensity now (a policy's ``grid`` switch compares it with its threshold)."""
 
     @staticmethod
     def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:
@@ -69,6 +71,8 @@ class BudgetState:
 
     used: Mapping[str, float] = field(default_factory=dict)
     now: float = 0.0
+    g_per_j: Mapping[str, float] = field(default_factory=dict)
+    """Model -> grams CO2e per joule now (its zone's intensity): what a carbon budget charges per joule."""
 
     @staticmethod
     def empty() -> BudgetState:

@@ -11,7 +11,10 @@ class BudgetRef:
 
     key: str
     limit_j: float
+    """The limit per window, in ``unit``."""
     window_s: float
+    unit: str = "J"
+    """``J`` or ``gCO2e`` (a carbon budget: its key starts with ``gco2e:``)."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ reason):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,6 +126,10 @@ class PolicyEngine(Engine):
         if default_policy is None and len(self.policies) == 1:
             default_policy = next(iter(self.policies))
         self.default_policy = default_policy
+        for p in self.policies.values():
+            if p.grid is not None and p.grid.use_policy not in self.policies:
+                raise ConfigError(f"policy `{p.name}`: grid.use_policy names `{p.grid.use_policy}`, which is not a "
+                                  f"policy here ({', '.join(sorted(self.policies))}); fix the name")
         self._refs: dict[tuple[str | None, str | None], tuple[BudgetRef, ...]] = {}
 
     def policy(self, name: str | None) -> Policy:
@@ -142,9 +147,12 @@ class PolicyEngine(Engine):
         if found is None:
             policy = self.policy(request.policy)
             seen: dict[str, BudgetRef] = {}
-            for card in self.cards.values():
-                for ref in budgets_for(policy, card, request.key_hash):
-                    seen.setdefault(ref.key, ref)
+            # a grid switch may decide with another policy: its budgets are read too
+            policies = [policy] if policy.grid is None else [policy, self.policy(policy.grid.use_policy)]
+            for pol in policies:
+                for card in self.cards.values():
+                    for ref in budgets_for(pol, card, request.key_hash):
+                        seen.setdefault(ref.key, ref)
             found = tuple(seen.values())
             if len(self._refs) >= 4096:  # one entry per API key seen; stay small
                 self._refs.clear()
@@ -152,7 +160,15 @@ class PolicyEngine(Engine):
         return found
 
     def decide(self, classification: Classification, request: DecisionRequest, budgets: BudgetState) -> Decision:
-        return decide_pure(classification, self.cards, budgets, self.policy(request.policy), request)
+        policy = self.policy(request.policy)
+        switch = policy.grid
+        g = request.grid_g_per_kwh
+        if switch is None or g is None or g <= switch.above_g_per_kwh:
+            return decide_pure(classification, self.cards, budgets, policy, request)
+        decision = decide_pure(classification, self.cards, budgets, self.policy(switch.use_policy), request)
+        note = (f"grid {g:.0f} g/kWh > {switch.above_g_per_kwh:g}: policy `{switch.use_policy}` instead of "
+                f"`{policy.name}`")
+        return dataclasses.replace(decision, reason=f"{note}; {decision.reason}")
 
     def budget_specs(self) -> list[tuple[str, float, float, str]]:
         """Every budget a request can be reserved against, for reports and metrics: ``(ledger key, joules per
@@ -164,7 +180,8 @@ class PolicyEngine(Engine):
             for key_hash in [None, *(k.key_hash for k in policy.keys)]:
                 for card in self.cards.values():
                     for ref in budgets_for(policy, card, key_hash):
-                        rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
+                        if ref.unit == "J":  # carbon budgets are not joules: metrics name these in joules
+                            rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
         return [(key, limit, window, name) for (key, name), (limit, window) in sorted(rows.items())]
 
 

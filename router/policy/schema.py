@@ -54,12 +54,18 @@ class AccuracyTarget(_Strict):
         return float(given[0])
 
 
+CARBON_PREFIX = "gco2e:"
+"""Ledger keys of carbon budgets start with this; their amounts are grams CO2e (a joule budget's key never does)."""
+
+
 class Budget(_Strict):
-    """``joules`` per window for ``model`` (a card name, ``tier:<tier>`` for a whole tier, or ``*`` for each
-    model separately). ``scope: per_key`` gives every API key its own budget of that size."""
+    """``joules`` (or ``g_co2e``, grams CO2e) per window for ``model`` (a card name, ``tier:<tier>`` for a whole
+    tier, or ``*`` for each model separately). ``scope: per_key`` gives every API key its own budget of that
+    size. A carbon budget is charged each call's joules at the grid intensity of the model's zone at that time."""
 
     model: str = "*"
-    joules: float = Field(gt=0)
+    joules: float | None = Field(None, gt=0)
+    g_co2e: float | None = Field(None, gt=0, description="grams CO2e per window instead of joules")
     per: Literal["minute", "hour", "day"] | float = Field(
         "hour", description="minute | hour | day, or a window length in seconds"
     )
@@ -74,9 +80,23 @@ class Budget(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _one_unit(self) -> Budget:
+        if (self.joules is None) == (self.g_co2e is None):
+            raise ValueError("give exactly one of `joules` (energy) or `g_co2e` (grams CO2e) per window")
+        return self
+
     @property
     def window_s(self) -> float:
         return WINDOWS[self.per] if isinstance(self.per, str) else float(self.per)
+
+    @property
+    def unit(self) -> str:
+        return "J" if self.joules is not None else "gCO2e"
+
+    @property
+    def limit(self) -> float:
+        return float(self.joules if self.joules is not None else self.g_co2e)  # type: ignore[arg-type]
 
     def covers(self, model: str, tier: str) -> bool:
         if self.model == "*":
@@ -91,7 +111,8 @@ class Budget(_Strict):
             self.model if self.model.startswith("tier:") else f"model:{self.model}"
         )
         window = f"{self.window_s:g}s"
-        return f"key:{key_hash}:{subject}:{window}" if self.scope == "per_key" else f"{subject}:{window}"
+        key = f"key:{key_hash}:{subject}:{window}" if self.scope == "per_key" else f"{subject}:{window}"
+        return key if self.joules is not None else CARBON_PREFIX + key
 
 
 class Cascade(_Strict):
@@ -144,6 +165,14 @@ class KeyPolicy(_Strict):
         return data
 
 
+class GridSwitch(_Strict):
+    """Follow the grid: while this host's zone is above ``above_g_per_kwh``, decide with ``use_policy`` instead
+    (e.g. a balanced policy that turns eco when the grid is dirty)."""
+
+    above_g_per_kwh: float = Field(ge=0, le=10_000)
+    use_policy: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 class Policy(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -161,6 +190,7 @@ class Policy(_Strict):
         128, gt=0, le=100_000_000, description="output tokens assumed for energy estimates"
     )
     calibrated: Calibrated | None = None
+    grid: GridSwitch | None = Field(None, description="switch to another policy while the grid is dirty")
 
     def key_policy(self, key_hash: str | None) -> KeyPolicy | None:
         if key_hash is None:

@@ -64,7 +64,7 @@ def _budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple
             continue
         if b.scope == "per_key" and key_hash is None:
             continue  # per-key budgets apply to requests that carry a key
-        refs.append(BudgetRef(b.key(card.name, key_hash), b.joules, b.window_s))
+        refs.append(BudgetRef(b.key(card.name, key_hash), b.limit, b.window_s, b.unit))
     return tuple(refs)
 
 
@@ -239,7 +239,10 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
 
     def blocking(name: str) -> list[BudgetRef]:
-        return [r for r in refs[name] if used.get(r.key, 0.0) + energy.get(name, 0.0) > r.limit_j + EPS]
+        joules = energy.get(name, 0.0)
+        return [r for r in refs[name]
+                if used.get(r.key, 0.0) + (joules if r.unit == "J" else joules * state.g_per_j.get(name, 0.0))
+                > r.limit_j + EPS]
 
     blocked = {name for name, rs in refs.items() if rs and blocking(name)}  # checked once per model
     first = chosen = ranked[0]
@@ -248,7 +251,11 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     spent = blocking(first.name) if first.name in blocked else []
     if spent:
         b = spent[0]
-        what = f"{first.name}'s budget {b.key} is spent ({used.get(b.key, 0.0):,.0f} of {b.limit_j:,.0f} J)"
+        if b.unit == "J":
+            what = f"{first.name}'s budget {b.key} is spent ({used.get(b.key, 0.0):,.0f} of {b.limit_j:,.0f} J)"
+        else:
+            what = (f"{first.name}'s carbon budget {b.key} is spent ({used.get(b.key, 0.0):.3g} of "
+                    f"{b.limit_j:.3g} g CO2e)")
         mode = policy.on_budget_exhausted
         if mode == "allow_and_flag":
             flags.append("over_budget_allowed")

@@ -143,6 +143,9 @@ def create_app(
     app.router.add_route("/v1/models", proxy.models, methods=["GET"])
     app.router.add_route("/health", proxy.health, methods=["GET"])
     app.router.add_route("/metrics", proxy.metrics_endpoint, methods=["GET"])
+    from ..batch.api import add_batch_routes
+
+    add_batch_routes(app, router)  # /v1/files and /v1/batches (router/batch/api.py)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:

@@ -27,7 +27,12 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [3, 2]})
+    carbon = result.router.co2e_g_total is not None
+    if carbon:
+        fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(18, 6.6), gridspec_kw={"width_ratios": [3, 2, 2]})
+        _carbon_panel(cx, result)
+    else:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [3, 2]})
     # -- left: quality vs energy ---------------------------------------------------------------------------
     th = result.threshold_sweep
     ax.plot(
@@ -89,6 +94,23 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     return fig
 
 
+def _carbon_panel(cx, result: SimulationResult) -> None:  # noqa: ANN001
+    """Grams CO2e per request of the policy and each baseline, at the replayed series' intensities."""
+    runs = [result.router, *result.baselines.values()]
+    names = [r.name + (" (policy)" if r is result.router else "") for r in runs]
+    values = [r.co2e_g_per_request or 0.0 for r in runs]
+    colors = ["#2563eb"] + [_BASELINE_STYLE.get(r.name, ("^", "#7c3aed"))[1] for r in runs[1:]]
+    cx.barh(range(len(runs)), values, color=colors)
+    cx.set_yticks(range(len(runs)), names, fontsize=8)
+    cx.invert_yaxis()
+    for i, v in enumerate(values):
+        cx.text(v, i, f" {v:.3g}", va="center", fontsize=8)
+    info = result.carbon or {}
+    cx.set_xlabel(f"g CO2e per request ({info.get('series', '')}, mean {info.get('mean_g_per_kwh') or 0:.0f} g/kWh)")
+    cx.set_title("carbon per request", fontsize=11)
+    cx.grid(alpha=0.3, axis="x")
+
+
 def plot_png(result: SimulationResult, path: str | Path | None = None, title: str | None = None) -> bytes:
     """Render the plot; write it to ``path`` when given; return the PNG bytes."""
     import matplotlib.pyplot as plt
@@ -108,6 +130,10 @@ def _pct(x: float) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f} %"
 
 
+def stats_header(result: SimulationResult) -> list[str]:
+    return STATS_HEADER + ([] if result.router.co2e_g_total is None else ["g CO2e / request"])
+
+
 def stats_rows(result: SimulationResult) -> list[list[str]]:
     """Router + baselines as table rows: name, accuracy, quality and energy vs always-large and vs always-best,
     J/request, share sent to the largest model."""
@@ -122,6 +148,7 @@ def stats_rows(result: SimulationResult) -> list[list[str]]:
             _pct(p.energy_vs_large),
             _pct(p.energy_vs_best),
             _pct(p.large_share),
+            *([] if result.router.co2e_g_total is None else [f"{p.co2e_g_per_request:.3g}"]),
         ])
     return out
 
@@ -147,7 +174,7 @@ def write_html(result: SimulationResult, path: str | Path, png: bytes | None = N
         f"Skipped lines: {result.skipped}.</p>",
         f'<img alt="quality vs energy" src="data:image/png;base64,{img}">',
         "<h2>Policy and baselines</h2>",
-        table(STATS_HEADER, stats_rows(result)),
+        table(stats_header(result), stats_rows(result)),
         "<h2>Share per model (policy)</h2>",
         table(
             ["model", "share of requests", "share of energy"],

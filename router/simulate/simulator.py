@@ -73,11 +73,15 @@ class RunStats:
     share_energy: dict[str, float] = field(default_factory=dict)
     by_segment: dict[str, dict[str, float]] = field(default_factory=dict)
     target: float | None = None
+    co2e_g_total: float | None = None
+    """Grams CO2e at each request's grid intensity (``router simulate --carbon``); None without a series."""
+    co2e_g_per_request: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["target"] is None:
-            d.pop("target")
+        for key in ("target", "co2e_g_total", "co2e_g_per_request"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
@@ -110,6 +114,8 @@ class SimulationResult:
     """float [G, M]: predicted P(correct) per group and model (NaN where not a candidate)."""
     best_single: dict[str, str] = field(default_factory=dict)
     """Per set of measured models (names joined by ``+``): the model with the best mean score, always-best's pick."""
+    carbon: dict[str, Any] | None = None
+    """The series the requests were replayed over (``router simulate --carbon``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +138,8 @@ class SimulationResult:
             "quality_vs_best": self.router.quality_vs_best,
             "energy_vs_best": self.router.energy_vs_best,
             "best_single": self.best_single,
+            **({"co2e_g_total": self.router.co2e_g_total, "co2e_g_per_request": self.router.co2e_g_per_request,
+                "carbon": self.carbon} if self.carbon is not None else {}),
             "share_requests": self.router.share_requests,
             "share_energy": self.router.share_energy,
             "by_segment": self.router.by_segment,
@@ -161,8 +169,11 @@ class Simulator:
         progress: Progress | None = None,
         batch: int = 512,
         seed: int = 0,
+        intensity: np.ndarray | None = None,
     ) -> None:
         self.t = table
+        self.intensity = intensity
+        """g/kWh per row (the grid at the time each request is replayed at), or None."""
         self.cards = {m: cards[m] for m in table.models}
         self.classifier = classifier
         self.engine = engine
@@ -304,7 +315,10 @@ class Simulator:
             names = ["requests", *sums]
             for seg, *row in zip(self.segments, *columns, strict=True):
                 segs[seg] = dict(zip(names, row, strict=True))
+        co2e = None if self.intensity is None else float((energy * self.intensity).sum() / 3.6e6)
         return RunStats(
+            co2e_g_total=co2e,
+            co2e_g_per_request=None if co2e is None else co2e / n,
             name=name,
             accuracy=float(score.mean()),
             quality_vs_large=float(score.mean() / large_acc) if large_acc else float("nan"),

@@ -6,7 +6,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - anything else: answers ``"echo: <last user message, first 40 chars>"`` at once (JSON or SSE);
 - ``slow``: streams ``tokens`` (default 200) pieces, ``delay`` (default 0.02) seconds apart, so a client can
   hang up mid-stream;
-- ``broken``: HTTP 503 every time; ``flaky``: HTTP 500 every other call.
+- ``broken``: HTTP 503 every time; ``flaky``: HTTP 500 every other call;
+- ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while).
 
 ``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
 
@@ -43,6 +44,8 @@ async def chat(request: Request) -> Response:
     if model == "broken" or (model == "flaky" and calls[model] % 2 == 1):
         return JSONResponse({"error": {"message": f"{model} upstream failure", "type": "server_error"}},
                             status_code=503 if model == "broken" else 500)
+    if model.startswith("sleep:"):
+        await asyncio.sleep(float(model[6:]))
     created = int(time.time())
     rid = f"chatcmpl-up{calls[model]}"
     if not body.get("stream"):

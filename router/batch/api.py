@@ -1,0 +1,184 @@
+"""The Batch API's routes in the proxy, as OpenAI documents them:
+
+``POST /v1/files`` (multipart: ``file``, ``purpose=batch``), ``GET /v1/files``, ``GET /v1/files/{id}``,
+``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``, ``POST /v1/batches``, ``GET /v1/batches``,
+``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
+
+Authentication is the chat route's: with keys configured a bearer key is required and the files and batches it
+creates are its own; without keys, a bearer key given still owns what it creates, and requests without one share
+the unowned ones. Errors are OpenAI-shaped, with the right 4xx (the app's handler renders them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError
+from ..keys import KeySpec
+from .library import key_spec
+from .store import default_store_url
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+_JSON = "application/json"
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj).encode(), status_code=status, media_type=_JSON)
+
+
+class BatchRoutes:
+    def __init__(self, router: Any, max_file_bytes: int) -> None:
+        self.router = router
+        self.max_file_bytes = max_file_bytes
+
+    @property
+    def service(self) -> Any:
+        return self.router.batches.service  # created (and its scheduler started) on first use
+
+    def key(self, request: Request) -> KeySpec | None:
+        header = request.headers.get("authorization") or ""
+        scheme, _, value = header.partition(" ")
+        key = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        if self.router.keys and key is None:
+            raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
+        return key_spec(self.router, key)
+
+    async def _body(self, request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"request body is {int(declared):,} bytes; at most {limit:,}")
+        parts, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds {limit:,} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        raw = await self._body(request, 1024 * 1024)
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequestError("the request body must be a JSON object")
+        return body
+
+    # -- files -----------------------------------------------------------------------------------------------
+    async def upload(self, request: Request) -> Response:
+        key = self.key(request)
+        raw = await self._body(request, self.max_file_bytes + 64 * 1024)
+        fields, files = parse_multipart(request.headers.get("content-type", ""), raw)
+        if "file" not in files:
+            raise BadRequestError("send the file as multipart form field `file`", param="file")
+        filename, content = files["file"]
+        file = await run_in_threadpool(self.service.create_file, content, filename, fields.get("purpose", ""), key)
+        return _json(file)
+
+    async def list_files(self, request: Request) -> Response:
+        return _json(await run_in_threadpool(self.service.list_files, self.key(request)))
+
+    async def get_file(self, request: Request) -> Response:
+        return _json(self.service.file(request.path_params["file_id"], self.key(request)))
+
+    async def file_content(self, request: Request) -> Response:
+        data = await run_in_threadpool(self.service.file_content, request.path_params["file_id"], self.key(request))
+        return Response(data, media_type="application/octet-stream")
+
+    async def delete_file(self, request: Request) -> Response:
+        return _json(self.service.delete_file(request.path_params["file_id"], self.key(request)))
+
+    # -- batches ---------------------------------------------------------------------------------------------
+    async def create(self, request: Request) -> Response:
+        key = self.key(request)
+        body = await self._json_body(request)
+        unknown = set(body) - {"input_file_id", "endpoint", "completion_window", "metadata"}
+        if unknown:
+            raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+        doc = await run_in_threadpool(self.service.create, body.get("input_file_id"), body.get("endpoint"),
+                                      body.get("completion_window"), body.get("metadata"), key)
+        return _json(doc)
+
+    async def list(self, request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            raise BadRequestError("`limit` must be an integer", param="limit") from None
+        return _json(await run_in_threadpool(self.service.list, self.key(request),
+                                             request.query_params.get("after"), limit))
+
+    async def retrieve(self, request: Request) -> Response:
+        return _json(self.service.retrieve(request.path_params["batch_id"], self.key(request)))
+
+    async def cancel(self, request: Request) -> Response:
+        return _json(self.service.cancel(request.path_params["batch_id"], self.key(request)))
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """``(fields, files)`` of a ``multipart/form-data`` body (RFC 7578), as the OpenAI SDK and curl send it."""
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        raise BadRequestError("upload the file as multipart/form-data (fields `file` and `purpose`)")
+    boundary = None
+    for p in params.split(";"):
+        name, _, value = p.strip().partition("=")
+        if name.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        raise BadRequestError("the multipart body has no boundary")
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for part in body.split(b"--" + boundary.encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise BadRequestError("a multipart part has no header/body separator")
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        disposition = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            h, _, v = line.partition(":")
+            if h.strip().lower() == "content-disposition":
+                for item in v.split(";")[1:]:
+                    k, _, val = item.strip().partition("=")
+                    disposition[k.lower()] = val.strip().strip('"')
+        name = disposition.get("name")
+        if not name:
+            continue
+        if "filename" in disposition:
+            files[name] = (disposition["filename"], data)
+        else:
+            fields[name] = data.decode("utf-8", "replace")
+    return fields, files
+
+
+def add_batch_routes(app: FastAPI, router: Any) -> None:
+    """The routes; the store and its scheduler start now when there is a store to resume (one configured, or the
+    default file exists), else with the first batch request."""
+    r = BatchRoutes(router, router.config.batch.max_file_bytes)
+    url = router.config.batch.store_url or default_store_url(router.config.ledger_url)
+    if router.config.batch.store_url or (url.startswith("sqlite:///") and Path(url[10:]).exists()):
+        router.batches  # noqa: B018 - starts the scheduler: batches in progress resume after a restart
+    add = app.router.add_route
+    add("/v1/files", r.upload, methods=["POST"])
+    add("/v1/files", r.list_files, methods=["GET"])
+    add("/v1/files/{file_id}", r.get_file, methods=["GET"])
+    add("/v1/files/{file_id}", r.delete_file, methods=["DELETE"])
+    add("/v1/files/{file_id}/content", r.file_content, methods=["GET"])
+    add("/v1/batches", r.create, methods=["POST"])
+    add("/v1/batches", r.list, methods=["GET"])
+    add("/v1/batches/{batch_id}", r.retrieve, methods=["GET"])
+    add("/v1/batches/{batch_id}/cancel", r.cancel, methods=["POST"])
+
+
+__all__ = ["BatchRoutes", "add_batch_routes", "parse_multipart"]

@@ -1,0 +1,218 @@
+"""The batch scheduler: runs each batch's lines in the cleanest hours of its window, routed like any request.
+
+Every ``poll_s`` seconds it looks at the active batches in the store. For one in progress it reads the forecast of
+its zone for the hours left before the batch expires and asks :func:`router.carbon.schedule.plan` whether this
+hour is among the cleanest that can hold the remaining lines (with a safety margin); if so it claims lines (a
+lease in the store, so several workers share the queue) and runs them through the Router's public
+``prepare``/``send``, which classify, decide under the batch owner's policy and budgets, call, meter and record
+each line in the ledger as any request. The deadline wins over the carbon preference: when the hours left barely
+hold the remaining lines it runs now whatever the grid. With a flat intensity every hour ties, so it starts at
+once. A line that a budget refuses (or that fails otherwise) is reported failed with its status and reason.
+
+Throughput to plan with: ``batch.lines_per_hour``, else measured (lines this process ran per hour of wall time,
+over its concurrency); 1,800 lines an hour per slot until the first lines have run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..carbon.schedule import plan
+from ..errors import RouterError
+from .service import BatchService, new_id
+from .store import Line
+
+if TYPE_CHECKING:
+    from ..config import BatchSettings
+
+log = logging.getLogger("router.batch")
+
+_EXPIRED = ("batch_expired", "This request could not be executed before the completion window expired.")
+_CANCELLED = ("batch_cancelled", "This request was not executed because the batch was cancelled.")
+
+
+class BatchScheduler:
+    def __init__(self, router: Any, service: BatchService, settings: BatchSettings) -> None:
+        self.router = router
+        self.service = service
+        self.store = service.store
+        self.settings = settings
+        self.grid = router.grid
+        self.zone = settings.zone or router.grid.host_zone
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="batch-line")
+        self._inflight: dict[tuple[str, int], Future[None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seconds_per_line = 2.0  # an exponential average of wall seconds per line, once lines have run
+        self._notes: dict[str, str] = {}
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def start(self) -> BatchScheduler:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop must go on: a store outage is logged and retried at the next tick
+                log.exception("batch scheduler tick failed")
+            self._stop.wait(self.settings.poll_s)
+
+    def tick(self) -> None:
+        """One look at the queue: renew this worker's leases, then advance every active batch."""
+        with self._lock:
+            busy = bool(self._inflight)
+        if busy:
+            self.store.renew(self.owner, self.settings.lease_s)
+        for batch_id in self.store.active_batches():
+            self._advance(batch_id)
+
+    def lines_per_hour(self) -> float:
+        if self.settings.lines_per_hour is not None:
+            return self.settings.lines_per_hour
+        return self.settings.concurrency * 3600.0 / max(self._seconds_per_line, 1e-3)
+
+    def _advance(self, batch_id: str) -> None:
+        got = self.store.get_batch(batch_id)
+        if got is None:
+            return
+        doc, _, key_sha = got
+        status = doc["status"]
+        counts = self.store.counts(batch_id)
+        pending, running = counts.get("pending", 0), counts.get("running", 0)
+        now = self.grid.clock()
+        if status == "in_progress" and now >= doc["expires_at"]:
+            self.store.fail_pending(batch_id, lambda idx, cid: _never_ran(cid, *_EXPIRED))
+            if running == 0 or self._all_leases_lapsed(batch_id, running):
+                self._finalize(batch_id, doc, "expired")
+            return
+        if status == "cancelling":
+            self.store.fail_pending(batch_id, lambda idx, cid: _never_ran(cid, *_CANCELLED))
+            if running == 0:
+                self._finalize(batch_id, doc, "cancelled")
+            return
+        if status == "finalizing" or (status == "in_progress" and pending == 0 and running == 0):
+            self._finalize(batch_id, doc, "completed")
+            return
+        if status != "in_progress":
+            return
+        forecast = self.grid.forecast(self.zone, now, doc["expires_at"], method=self.settings.forecast, now=now)
+        p = plan(forecast, now=now, deadline=doc["expires_at"], lines_left=pending + running,
+                 lines_per_hour=self.lines_per_hour())
+        note = p.reason
+        if self._notes.get(batch_id) != note:  # written when it changes, not every tick
+            self._notes[batch_id] = note
+            self.store.update_batch(batch_id, {"carbon": {
+                "plan": note, "forecast": self.settings.forecast, "zone": self.zone,
+                "hours": [int(h) for h in p.hours[:48]], "expected_g_per_kwh": p.expected_g_per_kwh}},
+                only_from=("in_progress",))
+        if not p.run_now:
+            return
+        with self._lock:
+            free = self.settings.concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        spec = self.router.keys.spec_for_digest(key_sha) if key_sha else None
+        for line in self.store.claim(batch_id, self.owner, free, self.settings.lease_s):
+            with self._lock:
+                self._inflight[(batch_id, line.idx)] = self.pool.submit(self._run_line, line, spec)
+
+    def _all_leases_lapsed(self, batch_id: str, running: int) -> bool:
+        """An expired batch with lines whose workers stopped: claim them (lease lapsed) and fail them, so the batch
+        can end; a line still really running keeps its lease and is waited for."""
+        lapsed = self.store.claim(batch_id, self.owner, running, self.settings.lease_s)
+        for line in lapsed:
+            self.store.finish(line, self.owner, "failed", _never_ran(line.custom_id, *_EXPIRED))
+        return len(lapsed) == running
+
+    # -- one line --------------------------------------------------------------------------------------------
+    def _run_line(self, line: Line, key: Any) -> None:
+        started = time.perf_counter()
+        ran_at = self.grid.clock()
+        body = dict(line.body)
+        request_id = f"batch-{line.batch_id[6:]}-{line.idx}-{line.attempts}"
+        try:
+            messages = body.pop("messages")
+            model = body.pop("model", None) or "router"
+            prepared = self.router.prepare(messages, model=model, api_key=key, request_id=request_id, **body)
+            completion = self.router.send(prepared, as_dict=True)
+            response = {"status_code": 200, "request_id": request_id, "body": completion}
+            state = "ok"
+        except RouterError as exc:
+            response = {"status_code": exc.http_status, "request_id": request_id, "body": exc.to_openai()}
+            state = "failed"
+        except Exception as exc:  # a bug: the line fails with a 500, the scheduler goes on
+            log.exception("batch line %s/%s failed", line.batch_id, line.custom_id)
+            response = {"status_code": 500, "request_id": request_id, "body": {"error": {
+                "message": f"internal error ({type(exc).__name__})", "type": "server_error", "param": None,
+                "code": "internal_error"}}}
+            state = "failed"
+        g = self.grid.intensity(self.zone, ran_at).g_per_kwh
+        result = {"id": new_id("batch_req_"), "custom_id": line.custom_id, "response": response, "error": None,
+                  "router": {"runs": line.attempts, "ran_at": ran_at, "grid_g_per_kwh": g, "zone": self.zone}}
+        try:
+            if not self.store.finish(line, self.owner, state, result):
+                log.warning("batch line %s/%s: another worker took it over; this result is dropped",
+                            line.batch_id, line.custom_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._seconds_per_line = 0.8 * self._seconds_per_line + 0.2 * elapsed
+            with self._lock:
+                self._inflight.pop((line.batch_id, line.idx), None)
+
+    # -- the end of a batch ----------------------------------------------------------------------------------
+    def _finalize(self, batch_id: str, doc: dict[str, Any], final: str) -> None:
+        """Write the output and error files (ids fixed per batch, so a second worker finalizing too, or a restart,
+        writes the same files once) and set the final status."""
+        now = int(self.grid.clock())
+        if doc["status"] != "finalizing":
+            self.store.update_batch(batch_id, {"status": "finalizing", "finalizing_at": now},
+                                    only_from=("in_progress", "cancelling"))
+        ok, failed = [], []
+        for state, result in self.store.results(batch_id):
+            (ok if state == "ok" else failed).append(result)
+        got = self.store.get_batch(batch_id)
+        key_hash = got[1] if got else None
+        ids: dict[str, Any] = {"output_file_id": None, "error_file_id": None}
+        for name, rows, field in (("output", ok, "output_file_id"), ("errors", failed, "error_file_id")):
+            if not rows:
+                continue
+            content = "".join(_line_json(r) for r in rows).encode()
+            file_id = f"file-{batch_id[6:]}-{name}"
+            self.store.put_file({"id": file_id, "purpose": "batch_output", "filename": f"{batch_id}_{name}.jsonl",
+                                 "bytes": len(content), "created_at": now}, content, key_hash)
+            ids[field] = file_id
+        stamp = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}[final]
+        self.store.update_batch(batch_id, {**ids, "status": final, stamp: now}, only_from=("finalizing",))
+        self._notes.pop(batch_id, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _never_ran(custom_id: str, code: str, message: str) -> dict[str, Any]:
+    return {"id": new_id("batch_req_"), "custom_id": custom_id, "response": None,
+            "error": {"code": code, "message": message}}
+
+
+def _line_json(result: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(result, separators=(",", ":")) + "\n"
+
+
+__all__ = ["BatchScheduler"]

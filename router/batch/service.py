@@ -1,0 +1,198 @@
+"""The OpenAI Batch API over the batch store: files, batches, their JSONL in and out, exactly as OpenAI documents
+them, for the proxy's routes and ``Router.batch`` alike.
+
+Input file (``purpose: batch``): one JSON object a line, ``{"custom_id", "method": "POST", "url":
+"/v1/chat/completions", "body": {...chat completion request...}}``, custom ids unique. A batch whose file breaks
+these rules is created with status ``failed`` and ``errors`` naming each bad line, as OpenAI does.
+
+Output file: ``{"id": "batch_req_...", "custom_id", "response": {"status_code": 200, "request_id", "body":
+{...chat.completion with its routing block...}}, "error": null}`` for each answered line, in input order; the
+error file holds the lines that failed: a refused request keeps its HTTP status and OpenAI-shaped error body
+(a spent budget: 429, ``budget_exhausted``, with the reason), a line never run has ``response: null`` and
+``error: {"code": "batch_expired" | "batch_cancelled", "message"}``. Each line also carries ``router``: the
+number of runs (more than 1 when a worker stopped mid-line and another ran it again), the clock time it ran at,
+and the grid intensity then.
+
+Files and batches belong to the API key that created them (its id, ``router.keys.hash_key``): another key gets
+404, as if they did not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ..errors import BadRequestError, NotFoundError
+from ..keys import KeySpec
+from .store import BatchStore
+
+ENDPOINT = "/v1/chat/completions"
+WINDOWS = {"24h": 86_400.0}
+
+
+def new_id(prefix: str) -> str:
+    return prefix + os.urandom(12).hex()
+
+
+def _key_hash(key: KeySpec | None) -> str | None:
+    return key.key_hash if key is not None else None
+
+
+def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tuple[str, dict[str, Any]]],
+                                                                          list[dict[str, Any]]]:
+    """``(lines, errors)``: the requests of a batch input file, and OpenAI-shaped errors for the lines that break
+    the format (``line`` is 1-based)."""
+    lines: list[tuple[str, dict[str, Any]]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def bad(n: int, code: str, message: str, param: str | None = None) -> None:
+        errors.append({"code": code, "message": message, "param": param, "line": n})
+
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return [], [{"code": "invalid_file", "message": "the file is not UTF-8 text", "param": None, "line": None}]
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            bad(n, "invalid_json_line", f"line {n} is not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            bad(n, "invalid_json_line", f"line {n} is not a JSON object")
+            continue
+        cid, method, url, body = obj.get("custom_id"), obj.get("method"), obj.get("url"), obj.get("body")
+        if not isinstance(cid, str) or not cid:
+            bad(n, "missing_required_parameter", "`custom_id` must be a non-empty string", "custom_id")
+        elif cid in seen:
+            bad(n, "duplicate_custom_id", f"the custom_id {cid!r} is used by an earlier line", "custom_id")
+        elif method != "POST":
+            bad(n, "invalid_method", f"`method` must be POST, got {method!r}", "method")
+        elif url != endpoint:
+            bad(n, "mismatched_endpoint", f"`url` must be the batch's endpoint {endpoint}, got {url!r}", "url")
+        elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            bad(n, "invalid_body", "`body` must be a chat completion request object with `messages`", "body")
+        elif body.get("stream"):
+            bad(n, "invalid_body", "`stream` is not supported in a batch", "body.stream")
+        else:
+            seen.add(cid)
+            lines.append((cid, body))
+        if len(lines) > max_lines:
+            return [], [{"code": "too_many_requests", "message": f"a batch holds at most {max_lines:,} requests",
+                         "param": None, "line": n}]
+    if not lines and not errors:
+        errors.append({"code": "empty_file", "message": "the file holds no request", "param": None, "line": None})
+    return lines, errors
+
+
+class BatchService:
+    """Files and batches of one store, owned by API keys; times from ``clock`` (the grid's)."""
+
+    def __init__(self, store: BatchStore, clock: Any, *, max_file_bytes: int, max_lines: int) -> None:
+        self.store = store
+        self.clock = clock
+        self.max_file_bytes = max_file_bytes
+        self.max_lines = max_lines
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def create_file(self, content: bytes, filename: str, purpose: str, key: KeySpec | None) -> dict[str, Any]:
+        if purpose != "batch":
+            raise BadRequestError(f"`purpose` {purpose!r} is not supported here: only `batch`", param="purpose")
+        if len(content) > self.max_file_bytes:
+            raise BadRequestError(f"the file is {len(content):,} bytes; at most {self.max_file_bytes:,}",
+                                  param="file")
+        file = {"id": new_id("file-"), "object": "file", "bytes": len(content), "created_at": int(self.clock()),
+                "filename": filename or "upload.jsonl", "purpose": purpose, "status": "processed",
+                "status_details": None}
+        self.store.put_file(file, content, _key_hash(key))
+        return file
+
+    def _owned_file(self, file_id: str, key: KeySpec | None) -> dict[str, Any]:
+        got = self.store.get_file(file_id)
+        if got is None or got[1] != _key_hash(key):
+            raise NotFoundError(f"no file {file_id!r} for this API key", param="file_id")
+        return got[0]
+
+    def file(self, file_id: str, key: KeySpec | None) -> dict[str, Any]:
+        return self._owned_file(file_id, key)
+
+    def file_content(self, file_id: str, key: KeySpec | None) -> bytes:
+        self._owned_file(file_id, key)
+        return self.store.file_content(file_id) or b""
+
+    def list_files(self, key: KeySpec | None) -> dict[str, Any]:
+        return {"object": "list", "data": self.store.list_files(_key_hash(key)), "has_more": False}
+
+    def delete_file(self, file_id: str, key: KeySpec | None) -> dict[str, Any]:
+        self._owned_file(file_id, key)
+        self.store.delete_file(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # -- batches ---------------------------------------------------------------------------------------------
+    def create(self, input_file_id: Any, endpoint: Any, completion_window: Any, metadata: Any,
+               key: KeySpec | None) -> dict[str, Any]:
+        if not isinstance(input_file_id, str):
+            raise BadRequestError("`input_file_id` is required (the id of a file uploaded with purpose batch)",
+                                  param="input_file_id")
+        if endpoint != ENDPOINT:
+            raise BadRequestError(f"`endpoint` must be {ENDPOINT} (the only one this router serves), got "
+                                  f"{endpoint!r}", param="endpoint")
+        if completion_window not in WINDOWS:
+            raise BadRequestError(f"`completion_window` must be one of {', '.join(WINDOWS)}, got "
+                                  f"{completion_window!r}", param="completion_window")
+        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+                for k, v in metadata.items())):
+            raise BadRequestError("`metadata` is at most 16 string pairs (keys up to 64, values up to 512 "
+                                  "characters)", param="metadata")
+        file = self._owned_file(input_file_id, key)
+        if file["purpose"] != "batch":
+            raise BadRequestError(f"file {input_file_id} has purpose {file['purpose']!r}, not batch",
+                                  param="input_file_id")
+        lines, errors = parse_lines(self.store.file_content(input_file_id) or b"", endpoint, self.max_lines)
+        now = self.clock()
+        doc: dict[str, Any] = {
+            "id": new_id("batch_"), "object": "batch", "endpoint": endpoint, "errors": None,
+            "input_file_id": input_file_id, "completion_window": completion_window, "status": "in_progress",
+            "output_file_id": None, "error_file_id": None, "created_at": int(now), "in_progress_at": int(now),
+            "expires_at": int(now + WINDOWS[completion_window]), "finalizing_at": None, "completed_at": None,
+            "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "metadata": metadata,
+        }
+        if errors:
+            doc.update(status="failed", in_progress_at=None, failed_at=int(now),
+                       errors={"object": "list", "data": errors[:100]})
+            lines = []
+        self.store.create_batch(doc, lines, _key_hash(key), key.sha256 if key is not None else None)
+        return self.retrieve(doc["id"], key)
+
+    def retrieve(self, batch_id: str, key: KeySpec | None) -> dict[str, Any]:
+        got = self.store.get_batch(batch_id)
+        if got is None or got[1] != _key_hash(key):
+            raise NotFoundError(f"no batch {batch_id!r} for this API key", param="batch_id")
+        return got[0]
+
+    def list(self, key: KeySpec | None, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+        if not 1 <= limit <= 100:
+            raise BadRequestError("`limit` must be in [1, 100]", param="limit")
+        docs, more = self.store.list_batches(_key_hash(key), after, limit)
+        return {"object": "list", "data": docs, "first_id": docs[0]["id"] if docs else None,
+                "last_id": docs[-1]["id"] if docs else None, "has_more": more}
+
+    def cancel(self, batch_id: str, key: KeySpec | None) -> dict[str, Any]:
+        """Lines not yet started are not run; lines running finish; then the batch is ``cancelled``."""
+        doc = self.retrieve(batch_id, key)
+        if doc["status"] in ("validating", "in_progress"):
+            self.store.update_batch(batch_id, {"status": "cancelling", "cancelling_at": int(self.clock())},
+                                    only_from=("validating", "in_progress"))
+        elif doc["status"] not in ("cancelling", "cancelled"):
+            raise BadRequestError(f"batch {batch_id} is {doc['status']}: only a validating or in-progress batch "
+                                  "can be cancelled", param="batch_id", code="invalid_state")
+        return self.retrieve(batch_id, key)
+
+
+__all__ = ["ENDPOINT", "BatchService", "WINDOWS", "new_id", "parse_lines"]

@@ -1,0 +1,313 @@
+"""Where batches live: files, batches and their lines, in SQLite (one host) or PostgreSQL (a fleet).
+
+Several workers share the queue through **leases**: a worker claims lines by writing its name and a lease expiry
+on them in one statement (SQLite: one write transaction; PostgreSQL: ``FOR UPDATE SKIP LOCKED``), renews the
+lease while it runs them, and writes a result only while it still holds the line. A worker that dies (``kill -9``)
+stops renewing; when its leases expire another worker claims those lines and runs them again (``attempts``
+counts every claim, and the output line says when a line ran more than once). A line has one result, so each
+``custom_id`` appears once in the output. Lease times are the system clock's (they are about processes being
+alive), batch times the scheduler's clock (which a test or a replay may drive).
+
+The batch object is kept as OpenAI's JSON (``doc``); its request counts are counted from the lines when read.
+Errors: :class:`~router.errors.LedgerError` naming the store, never a driver's exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import LedgerError
+from ..ledger.errors import redact
+
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+
+_TABLES = [
+    """CREATE TABLE IF NOT EXISTS {p}files (id TEXT PRIMARY KEY, key_hash TEXT, purpose TEXT NOT NULL,
+        filename TEXT NOT NULL, bytes BIGINT NOT NULL, created_at BIGINT NOT NULL, content {blob} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS {p}batches (id TEXT PRIMARY KEY, key_hash TEXT, key_sha256 TEXT,
+        status TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+        doc TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS {i}batches_status ON {p}batches (status)",
+    """CREATE TABLE IF NOT EXISTS {p}lines (batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL,
+        body TEXT NOT NULL, state TEXT NOT NULL, lease_owner TEXT, lease_until DOUBLE PRECISION,
+        attempts INTEGER NOT NULL DEFAULT 0, result TEXT, PRIMARY KEY (batch_id, idx))""",
+    "CREATE INDEX IF NOT EXISTS {i}lines_state ON {p}lines (batch_id, state)",
+]
+
+
+@dataclass(frozen=True)
+class Line:
+    batch_id: str
+    idx: int
+    custom_id: str
+    body: dict[str, Any]
+    attempts: int
+
+
+class BatchStore:
+    """Files, batches and lines in one SQL database (see the module docstring). Thread-safe."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        try:
+            if url.startswith(("postgresql://", "postgres://")):
+                self._open_postgres(url)
+            else:
+                self._open_sqlite(url)
+        except LedgerError:
+            raise
+        except Exception as exc:
+            raise self._error("open the batch store", exc) from exc
+
+    # -- connections -----------------------------------------------------------------------------------------
+    def _open_sqlite(self, url: str) -> None:
+        path = Path(url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:") else url)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.kind, self.mark, self.prefix = "sqlite", "?", ""
+        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._tx() as c:
+            for stmt in _TABLES:
+                c.execute(stmt.format(p="", i="", blob="BLOB"))
+
+    def _open_postgres(self, url: str) -> None:
+        import psycopg
+
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        schema = query.pop("schema", "router")
+        query.setdefault("connect_timeout", "5")
+        conninfo = parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())).geturl()
+        self.kind, self.mark, self.prefix = "postgres", "%s", f"{schema}.batch_"
+        self._conn = psycopg.connect(conninfo, autocommit=True)
+        with self._tx() as c:
+            c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"router-batch:{schema}",))
+            c.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            for stmt in _TABLES:
+                c.execute(stmt.format(p=self.prefix, i="batch_", blob="BYTEA"))
+
+    def _error(self, action: str, exc: BaseException) -> LedgerError:
+        return LedgerError(f"batch store {redact(self.url)}: could not {action}: {exc}; fix: check the store "
+                           "(`batch.store_url` in the config) and retry")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One transaction (SQLite: ``BEGIN IMMEDIATE``, the write lock across processes from the start)."""
+        with self._lock:
+            conn = self._conn
+            try:
+                if self.kind == "sqlite":
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                else:
+                    with conn.transaction():
+                        yield conn
+            except LedgerError:
+                raise
+            except (sqlite3.Error, OSError) as exc:
+                raise self._error("write", exc) from exc
+            except Exception as exc:
+                if type(exc).__module__.startswith("psycopg"):
+                    raise self._error("write", exc) from exc
+                raise
+
+    def _sql(self, text: str) -> str:
+        return text.replace("{p}", self.prefix).replace("?", self.mark)
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._tx() as c:
+            return list(c.execute(self._sql(sql), args).fetchall())
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def put_file(self, file: dict[str, Any], content: bytes, key_hash: str | None) -> None:
+        sql = self._sql("INSERT INTO {p}files (id, key_hash, purpose, filename, bytes, created_at, content) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+        with self._tx() as c:
+            c.execute(sql, (file["id"], key_hash, file["purpose"], file["filename"], file["bytes"],
+                            file["created_at"], content))
+
+    def get_file(self, file_id: str) -> tuple[dict[str, Any], str | None] | None:
+        rows = self._all("SELECT id, key_hash, purpose, filename, bytes, created_at FROM {p}files WHERE id = ?",
+                         (file_id,))
+        if not rows:
+            return None
+        fid, key_hash, purpose, filename, size, created = rows[0]
+        return ({"id": fid, "object": "file", "bytes": int(size), "created_at": int(created), "filename": filename,
+                 "purpose": purpose, "status": "processed", "status_details": None}, key_hash)
+
+    def file_content(self, file_id: str) -> bytes | None:
+        rows = self._all("SELECT content FROM {p}files WHERE id = ?", (file_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list_files(self, key_hash: str | None) -> list[dict[str, Any]]:
+        ids = [r[0] for r in self._all("SELECT id FROM {p}files WHERE key_hash IS NOT DISTINCT FROM ? "
+                                       "ORDER BY created_at DESC, id", (key_hash,))]
+        return [f for i in ids if (got := self.get_file(i)) is not None for f in [got[0]]]
+
+    def delete_file(self, file_id: str) -> None:
+        with self._tx() as c:
+            c.execute(self._sql("DELETE FROM {p}files WHERE id = ?"), (file_id,))
+
+    # -- batches ---------------------------------------------------------------------------------------------
+    def create_batch(self, doc: dict[str, Any], lines: list[tuple[str, dict[str, Any]]], key_hash: str | None,
+                     key_sha256: str | None) -> None:
+        """The batch and all its lines in one transaction."""
+        insert = self._sql("INSERT INTO {p}batches (id, key_hash, key_sha256, status, created_at, expires_at, doc) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+        line_sql = self._sql("INSERT INTO {p}lines (batch_id, idx, custom_id, body, state) VALUES (?, ?, ?, ?, ?)")
+        rows = [(doc["id"], i, cid, json.dumps(body), "pending") for i, (cid, body) in enumerate(lines)]
+        with self._tx() as c:
+            c.execute(insert, (doc["id"], key_hash, key_sha256, doc["status"], doc["created_at"],
+                               doc["expires_at"] or doc["created_at"], json.dumps(doc)))
+            if rows:
+                if self.kind == "sqlite":
+                    c.executemany(line_sql, rows)
+                else:
+                    with c.cursor() as cur:
+                        cur.executemany(line_sql, rows)
+
+    def get_batch(self, batch_id: str) -> tuple[dict[str, Any], str | None, str | None] | None:
+        """``(batch object with its request counts, key id, key digest)``."""
+        rows = self._all("SELECT doc, key_hash, key_sha256 FROM {p}batches WHERE id = ?", (batch_id,))
+        if not rows:
+            return None
+        doc = json.loads(rows[0][0])
+        counts = self.counts(batch_id)
+        doc["request_counts"] = {"total": sum(counts.values()), "completed": counts.get("ok", 0),
+                                 "failed": counts.get("failed", 0)}
+        return doc, rows[0][1], rows[0][2]
+
+    def list_batches(self, key_hash: str | None, after: str | None = None, limit: int = 20,
+                     ) -> tuple[list[dict[str, Any]], bool]:
+        """Newest first, OpenAI's cursor (``after``: the last id of the previous page)."""
+        args: tuple[Any, ...] = (key_hash,)
+        sql = "SELECT id, created_at FROM {p}batches WHERE key_hash IS NOT DISTINCT FROM ?"
+        if after is not None:
+            got = self._all("SELECT created_at FROM {p}batches WHERE id = ?", (after,))
+            if got:
+                sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+                args += (got[0][0], got[0][0], after)
+        rows = self._all(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1))
+        docs = [got[0] for r in rows[:limit] if (got := self.get_batch(r[0])) is not None]
+        return docs, len(rows) > limit
+
+    def all_batches(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Every key's batches, newest first (``router batch list``)."""
+        rows = self._all("SELECT id FROM {p}batches ORDER BY created_at DESC, id DESC LIMIT ?", (limit,))
+        return [got[0] for r in rows if (got := self.get_batch(r[0])) is not None]
+
+    def active_batches(self) -> list[str]:
+        marks = ", ".join("?" * len(ACTIVE))
+        return [r[0] for r in self._all(f"SELECT id FROM {{p}}batches WHERE status IN ({marks}) ORDER BY created_at",
+                                        ACTIVE)]
+
+    def update_batch(self, batch_id: str, changes: dict[str, Any], *, only_from: tuple[str, ...] | None = None
+                     ) -> bool:
+        """Apply ``changes`` to the batch object (and its status column), only while its status is one of
+        ``only_from`` when given; ``True`` when it changed (one worker wins a transition)."""
+        with self._tx() as c:
+            row = c.execute(self._sql("SELECT doc FROM {p}batches WHERE id = ?"), (batch_id,)).fetchone()
+            if row is None:
+                return False
+            doc = json.loads(row[0])
+            if only_from is not None and doc["status"] not in only_from:
+                return False
+            doc.update(changes)
+            c.execute(self._sql("UPDATE {p}batches SET doc = ?, status = ? WHERE id = ?"),
+                      (json.dumps(doc), doc["status"], batch_id))
+            return True
+
+    # -- lines -----------------------------------------------------------------------------------------------
+    def counts(self, batch_id: str) -> dict[str, int]:
+        rows = self._all("SELECT state, COUNT(*) FROM {p}lines WHERE batch_id = ? GROUP BY state", (batch_id,))
+        return {state: int(n) for state, n in rows}
+
+    def claim(self, batch_id: str, owner: str, n: int, lease_s: float) -> list[Line]:
+        """Up to ``n`` lines to run: pending ones, or running ones whose lease expired (their worker died)."""
+        now = time.time()
+        pick = ("SELECT idx FROM {p}lines WHERE batch_id = ? AND (state = 'pending' OR (state = 'running' AND "
+                "lease_until < ?)) ORDER BY idx LIMIT ?")
+        if self.kind == "postgres":
+            pick += " FOR UPDATE SKIP LOCKED"
+        with self._tx() as c:
+            idxs = [r[0] for r in c.execute(self._sql(pick), (batch_id, now, n)).fetchall()]
+            if not idxs:
+                return []
+            marks = ", ".join(self.mark * 1 for _ in idxs)
+            c.execute(self._sql(f"UPDATE {{p}}lines SET state = 'running', lease_owner = ?, lease_until = ?, "
+                                f"attempts = attempts + 1 WHERE batch_id = ? AND idx IN ({marks})"),
+                      (owner, now + lease_s, batch_id, *idxs))
+            rows = c.execute(self._sql(f"SELECT idx, custom_id, body, attempts FROM {{p}}lines WHERE batch_id = ? "
+                                       f"AND idx IN ({marks}) ORDER BY idx"), (batch_id, *idxs)).fetchall()
+        return [Line(batch_id, int(i), cid, json.loads(body), int(a)) for i, cid, body, a in rows]
+
+    def renew(self, owner: str, lease_s: float) -> None:
+        with self._tx() as c:
+            c.execute(self._sql("UPDATE {p}lines SET lease_until = ? WHERE lease_owner = ? AND state = 'running'"),
+                      (time.time() + lease_s, owner))
+
+    def finish(self, line: Line, owner: str, state: str, result: dict[str, Any]) -> bool:
+        """Store a line's one result while ``owner`` still holds it; ``False`` when another worker took it over."""
+        with self._tx() as c:
+            cur = c.execute(self._sql("UPDATE {p}lines SET state = ?, result = ?, lease_owner = NULL WHERE "
+                                      "batch_id = ? AND idx = ? AND state = 'running' AND lease_owner = ?"),
+                            (state, json.dumps(result), line.batch_id, line.idx, owner))
+            return bool(cur.rowcount)
+
+    def fail_pending(self, batch_id: str, make_result: Any) -> int:
+        """Every line not yet claimed gets its failure result (``make_result(idx, custom_id)``): a cancelled or
+        expired batch."""
+        with self._tx() as c:
+            rows = c.execute(self._sql("SELECT idx, custom_id FROM {p}lines WHERE batch_id = ? AND "
+                                       "state = 'pending'"), (batch_id,)).fetchall()
+            for idx, cid in rows:
+                c.execute(self._sql("UPDATE {p}lines SET state = 'failed', result = ? WHERE batch_id = ? AND "
+                                    "idx = ? AND state = 'pending'"),
+                          (json.dumps(make_result(int(idx), cid)), batch_id, idx))
+        return len(rows)
+
+    def results(self, batch_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(state, output line)`` of every finished line, in input order."""
+        rows = self._all("SELECT state, result FROM {p}lines WHERE batch_id = ? AND result IS NOT NULL ORDER BY idx",
+                         (batch_id,))
+        return [(state, json.loads(result)) for state, result in rows]
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(Exception):
+            self._conn.close()
+
+
+def default_store_url(ledger_url: str) -> str:
+    """Beside a SQLite ledger (``ledger.sqlite3`` -> ``batches.sqlite3``), the ledger's database for PostgreSQL,
+    else in the user data dir."""
+    if ledger_url.startswith(("postgresql://", "postgres://")):
+        return ledger_url
+    if ledger_url.startswith("sqlite:///") or "://" not in ledger_url:
+        from ..ledger.sqlite import path_from_url
+
+        path = path_from_url(ledger_url)
+        if str(path) != ":memory:":
+            return f"sqlite:///{path.with_name('batches.sqlite3')}"
+    from platformdirs import user_data_dir
+
+    return f"sqlite:///{Path(user_data_dir('router', appauthor=False)) / 'batches.sqlite3'}"
+
+
+__all__ = ["ACTIVE", "BatchStore", "Line", "default_store_url"]

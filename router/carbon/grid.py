@@ -1,0 +1,135 @@
+"""The grid as the Router sees it: a source of carbon intensity per zone, the zone of each model, and a clock.
+
+* A model that runs on this host draws from this host's zone (``carbon.zone``); the joules metered here are
+  multiplied by ``carbon.pue`` (the building's overhead, default 1.0: no overhead counted).
+* A hosted model draws from its card's ``zone`` (its provider's region), or ``carbon.hosted_zone`` when the card
+  names none. Its joules come from its card's token profile, which already includes its data centre's PUE (the
+  cards say so), so no PUE is applied to them: the overhead is never counted twice.
+* A zone with no source configured uses the static ``grid_g_per_kwh`` (default: the IEA world average).
+
+The clock is the system's, or, for tests and replays, a file holding epoch seconds (``carbon.clock_file``): the
+batch scheduler plans with it and intensities are read at its time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import DEFAULT_GRID_G_PER_KWH, CarbonSettings, ZoneSource, embedded_dir
+from ..errors import ConfigError
+from .http import HttpIntensity
+from .sources import Intensity, IntensitySource, PersistenceForecast, SeriesIntensity, StaticIntensity
+
+if TYPE_CHECKING:
+    from ..cards import ModelCard
+
+J_PER_KWH = 3.6e6
+Clock = Callable[[], float]
+
+
+class FileClock:
+    """``now`` read from a file holding epoch seconds (a test or a replay moves time by writing it). A file that
+    is missing or being rewritten keeps the last reading."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._last = time.time()
+
+    def __call__(self) -> float:
+        with contextlib.suppress(OSError, ValueError):
+            self._last = float(self.path.read_text().strip())
+        return self._last
+
+
+def shipped_series(name: str) -> Path | None:
+    """A series shipped in ``data/grid_carbon/`` by file name (``CA_2022_hourly.csv``) or stem."""
+    folder = embedded_dir("data") / "grid_carbon"
+    for candidate in (folder / name, folder / f"{name}.csv"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_source(zone: str, spec: ZoneSource, fallback_g: float) -> IntensitySource:
+    """The intensity source a zone's config block describes."""
+    if spec.type == "static":
+        return StaticIntensity(spec.g_per_kwh if spec.g_per_kwh is not None else fallback_g, f"static:{zone}")
+    if spec.type == "file":
+        assert spec.path is not None
+        path = spec.path if spec.path.is_file() else (shipped_series(str(spec.path)) or spec.path)
+        return SeriesIntensity(path, replay=spec.replay, offset_s=spec.offset_s)
+    assert spec.url is not None
+    key = None
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise ConfigError(f"carbon zone {zone!r}: the environment variable {spec.api_key_env} is not set; fix: "
+                              "export the provider's API key there, or remove `api_key_env`")
+    return HttpIntensity(spec.url, spec.api_zone or zone, api_key=key, timeout_s=spec.timeout_s,
+                         cache_s=spec.cache_s, forecast_cache_s=spec.forecast_cache_s, fallback_g_per_kwh=fallback_g)
+
+
+class Grid:
+    """Intensity per zone, at the clock's time; what ledger records, carbon budgets and the scheduler read."""
+
+    def __init__(self, sources: dict[str, IntensitySource] | None = None, *, host_zone: str = "local",
+                 hosted_zone: str = "world", default_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH, pue: float = 1.0,
+                 clock: Clock | None = None) -> None:
+        self.sources = dict(sources or {})
+        self.host_zone = host_zone
+        self.hosted_zone = hosted_zone
+        self.default = StaticIntensity(default_g_per_kwh, "static:grid_g_per_kwh")
+        self.pue = pue
+        self.clock: Clock = clock or time.time
+
+    @classmethod
+    def from_settings(cls, settings: CarbonSettings, default_g_per_kwh: float) -> Grid:
+        sources = {zone: open_source(zone, spec, default_g_per_kwh) for zone, spec in settings.zones.items()}
+        clock = FileClock(settings.clock_file) if settings.clock_file is not None else None
+        return cls(sources, host_zone=settings.zone, hosted_zone=settings.hosted_zone,
+                   default_g_per_kwh=default_g_per_kwh, pue=settings.pue, clock=clock)
+
+    def source(self, zone: str) -> IntensitySource:
+        return self.sources.get(zone, self.default)
+
+    def zone_of(self, card: ModelCard) -> str:
+        if card.zone:
+            return card.zone
+        return self.host_zone if card.runs_here else self.hosted_zone
+
+    def intensity(self, zone: str, at: float | None = None) -> Intensity:
+        return self.source(zone).intensity(self.clock() if at is None else at)
+
+    def carbon_of(self, card: ModelCard, joules: float, at: float | None = None) -> tuple[float, float, str]:
+        """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` (PUE applied to local models only)."""
+        zone = self.zone_of(card)
+        g = self.intensity(zone, at).g_per_kwh
+        overhead = self.pue if card.runs_here else 1.0
+        return joules / J_PER_KWH * g * overhead, g, zone
+
+    def grams_per_joule(self, card: ModelCard, at: float | None = None) -> float:
+        return self.carbon_of(card, 1.0, at)[0]
+
+    def forecast(self, zone: str, start: float, end: float, *, method: str = "provider",
+                 now: float | None = None) -> list[tuple[float, float]]:
+        """Hourly ``(hour start, g/kWh)`` over ``[start, end)``: the source's own forecast (``provider``; for a file,
+        perfect foresight) or the persistence forecast (``persistence``: same hour of the previous day)."""
+        source = self.source(zone)
+        if method == "persistence":
+            source = PersistenceForecast(source)
+        return source.forecast(start, end, self.clock() if now is None else now)
+
+    def flat(self, zone: str) -> bool:
+        return self.source(zone).flat
+
+    def close(self) -> None:
+        for s in self.sources.values():
+            s.close()
+
+
+__all__ = ["Clock", "FileClock", "Grid", "J_PER_KWH", "open_source", "shipped_series"]

@@ -1,0 +1,94 @@
+"""``router batch``: the batches in the store, their progress and the scheduler's plan."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+batch_app = typer.Typer(help="Deferrable work sent through the Batch API: list batches, show one's progress.",
+                        no_args_is_help=True)
+
+_CONFIG = typer.Option(None, "--config", "-c", help="Router config YAML (its ledger and batch store).")
+_STORE = typer.Option(None, "--store", help="Batch store URL (sqlite:///PATH or postgresql://...); default: config.")
+
+
+def _store(config: Path | None, store: str | None) -> Any:
+    from ..batch.store import BatchStore, default_store_url
+    from ..config import RouterConfig
+    from ..errors import RouterError
+
+    try:
+        cfg = RouterConfig.load(config)
+        return BatchStore(store or cfg.batch.store_url or default_store_url(cfg.ledger_url))
+    except RouterError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+def _when(ts: Any) -> str:
+    return "-" if not ts else datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@batch_app.command("list")
+def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
+                 limit: int = typer.Option(20, "--limit", min=1, help="Newest first, this many.")) -> None:
+    """Every batch in the store (all API keys), newest first, with its progress."""
+    st = _store(config, store)
+    table = Table(title=f"Batches in {st.url}")
+    for col in ("id", "status", "done", "failed", "total", "created", "expires", "plan"):
+        table.add_column(col, justify="right" if col in ("done", "failed", "total") else "left")
+    for doc in st.all_batches(limit):
+        c = doc["request_counts"]
+        table.add_row(doc["id"], doc["status"], f"{c['completed']:,}", f"{c['failed']:,}", f"{c['total']:,}",
+                      _when(doc["created_at"]), _when(doc["expires_at"]), (doc.get("carbon") or {}).get("plan", ""))
+    Console().print(table)
+    st.close()
+
+
+@batch_app.command("show")
+def show(batch_id: str = typer.Argument(..., help="The batch's id (batch_...)."), config: Path | None = _CONFIG,
+         store: str | None = _STORE,
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep the progress bar going until it ends.")
+         ) -> None:
+    """One batch: status, times, the scheduler's plan and a progress bar of its lines."""
+    st = _store(config, store)
+    got = st.get_batch(batch_id)
+    if got is None:
+        Console(stderr=True).print(f"[red]error:[/red] no batch {batch_id!r} in {st.url}")
+        raise typer.Exit(2)
+    doc = got[0]
+    out = Console()
+    out.print(f"[bold]{doc['id']}[/bold]  {doc['status']}  endpoint {doc['endpoint']}, window "
+              f"{doc['completion_window']}, input {doc['input_file_id']}")
+    for field in ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+                  "expired_at", "cancelling_at", "cancelled_at"):
+        if doc.get(field):
+            out.print(f"  {field:15} {_when(doc[field])}")
+    plan = doc.get("carbon") or {}
+    if plan:
+        out.print(f"  plan: {plan.get('plan')} (forecast: {plan.get('forecast')}, zone {plan.get('zone')})")
+    for field in ("output_file_id", "error_file_id"):
+        if doc.get(field):
+            out.print(f"  {field}: {doc[field]}")
+    for err in ((doc.get("errors") or {}).get("data") or [])[:10]:
+        out.print(f"  [red]line {err.get('line')}[/red]: {err.get('code')}: {err.get('message')}")
+    with Progress(TextColumn("lines"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  console=out) as bar:
+        c = doc["request_counts"]
+        task = bar.add_task("", total=max(1, c["total"]))
+        while True:
+            c = doc["request_counts"]
+            bar.update(task, completed=c["completed"] + c["failed"], description=f"{c['failed']} failed; "
+                       f"{doc['status']}")
+            if not follow or doc["status"] in ("completed", "failed", "expired", "cancelled"):
+                break
+            time.sleep(1.0)
+            doc = st.get_batch(batch_id)[0]
+    st.close()

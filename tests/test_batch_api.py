@@ -1,0 +1,191 @@
+"""The Batch API end to end: the official openai SDK against a real `router serve`, the scheduler's clock driven by
+the test (a clock file), the shipped California series as the grid; and `kill -9` of the proxy mid-batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from servers.procs import free_port, models_dir, remote_card, stop, upstream, wait_ready
+
+from router.carbon import SeriesIntensity
+from router.carbon.grid import shipped_series
+from router.carbon.schedule import plan
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+NIGHT = 1656633600 + 3 * 3600  # 2022-07-01 03:00 UTC (20:00 in California): a dirty evening hour
+KEYS = {"sk-team-a": "a", "sk-team-b": "b"}
+
+
+def _config(tmp: Path, up: str, model: str = "sleep:0.02", *, lease_s: float = 30, concurrency: int = 2) -> Path:
+    models = models_dir(tmp / "models", {"deferrable": remote_card("deferrable", up, model, tier="large")})
+    keys = "".join(f"  - {{name: {n}, sha256: {hashlib.sha256(k.encode()).hexdigest()}}}\n" for k, n in KEYS.items())
+    (tmp / "clock").write_text(str(NIGHT))
+    cfg = tmp / "router.yaml"
+    cfg.write_text(f"""ledger_url: sqlite:///{tmp}/ledger.sqlite3
+models_dir: {models}
+proxy: {{warm_up: false}}
+keys:
+{keys}carbon:
+  zone: US-CAL
+  hosted_zone: US-CAL
+  zones: {{US-CAL: {{type: file, path: CA_2022_hourly.csv}}}}
+  clock_file: {tmp / 'clock'}
+batch: {{poll_s: 0.1, lease_s: {lease_s}, concurrency: {concurrency}}}
+""")
+    return cfg
+
+
+def _serve(cfg: Path, log: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    router_bin = str(Path(os.sys.executable).parent / "router")
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([router_bin, "serve", "--port", str(port), "--config", str(cfg)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env)
+    wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
+    return proc
+
+
+def _jsonl(n: int, text: str = "Summarise: the meeting moved to Tuesday") -> bytes:
+    return "".join(json.dumps({"custom_id": f"doc-{i}", "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"model": "deferrable", "messages": [{"role": "user", "content": f"{text} {i}"}],
+                                        "max_tokens": 16}}) + "\n" for i in range(n)).encode()
+
+
+def _wait(client: openai.OpenAI, batch_id: str, until: tuple[str, ...], timeout: float = 60) -> openai.types.Batch:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        b = client.batches.retrieve(batch_id)
+        if b.status in until:
+            return b
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} still {b.status} ({b.request_counts})")
+
+
+def test_sdk_files_batches_retrieve_content_cancel_with_the_clock_driven(tmp_path: Path) -> None:
+    with upstream(tmp_path) as up:
+        cfg = _config(tmp_path, up)
+        port = free_port()
+        proc = _serve(cfg, tmp_path / "serve.log", port)
+        try:
+            base = f"http://127.0.0.1:{port}/v1"
+            a = openai.OpenAI(base_url=base, api_key="sk-team-a", max_retries=0)
+            b_client = openai.OpenAI(base_url=base, api_key="sk-team-b", max_retries=0)
+            f = a.files.create(file=("docs.jsonl", _jsonl(12)), purpose="batch")
+            assert f.purpose == "batch" and f.bytes == len(_jsonl(12))
+            batch = a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                     metadata={"job": "nightly"})
+            assert batch.status == "in_progress" and batch.request_counts.total == 12
+            assert batch.expires_at - batch.created_at == 86_400 and batch.metadata == {"job": "nightly"}
+
+            # at 03:00 UTC the Californian grid is dirty: the scheduler waits for the cleanest hour of the window
+            time.sleep(1.0)
+            waiting = a.batches.retrieve(batch.id)
+            assert waiting.status == "in_progress" and waiting.request_counts.completed == 0
+            series = SeriesIntensity(shipped_series("CA_2022_hourly.csv"))
+            want = plan(series.forecast(NIGHT, NIGHT + 86_400, NIGHT), now=NIGHT, deadline=NIGHT + 86_400,
+                        lines_left=12, lines_per_hour=1e6)
+            carbon = waiting.model_extra["carbon"]
+            assert carbon["hours"] == [int(h) for h in want.hours] and not want.run_now
+            clean_hour = carbon["hours"][0]
+            assert series.intensity(clean_hour).g_per_kwh < 0.6 * series.intensity(NIGHT).g_per_kwh
+
+            # another key sees nothing of it; a bad window is a 400
+            with pytest.raises(openai.NotFoundError):
+                b_client.batches.retrieve(batch.id)
+            with pytest.raises(openai.NotFoundError):
+                b_client.files.content(f.id)
+            with pytest.raises(openai.BadRequestError, match="completion_window"):
+                a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="1h")
+
+            (tmp_path / "clock").write_text(str(clean_hour + 120))  # the test moves time to the clean hour
+            done = _wait(a, batch.id, ("completed",))
+            assert done.request_counts.completed == 12 and done.request_counts.failed == 0
+            assert done.error_file_id is None
+            lines = [json.loads(x) for x in a.files.content(done.output_file_id).text.splitlines()]
+            assert sorted(x["custom_id"] for x in lines) == sorted(f"doc-{i}" for i in range(12))
+            for x in lines:
+                assert x["id"].startswith("batch_req_") and x["error"] is None
+                assert x["response"]["status_code"] == 200
+                body = x["response"]["body"]
+                assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
+                assert body["routing"]["model"] == "deferrable"
+                assert x["router"]["runs"] == 1 and x["router"]["ran_at"] >= clean_hour
+            assert [b.id for b in a.batches.list().data] == [batch.id]
+            assert b_client.batches.list().data == []
+
+            # the ledger: every line's record carries the zone and the intensity of the hour it ran at
+            with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
+                db_rows = db.execute("SELECT zone, grid_g_per_kwh, co2e_g, energy_j FROM records "
+                                     "WHERE request_id LIKE 'batch-%'").fetchall()
+            assert len(db_rows) == 12
+            g = series.intensity(clean_hour + 120).g_per_kwh
+            for zone, grid, co2e, joules in db_rows:
+                assert zone == "US-CAL" and grid == pytest.approx(g)
+                assert co2e == pytest.approx(joules / 3.6e6 * g)
+
+            # cancel: lines not started are reported cancelled, in the error file, as OpenAI writes them
+            (tmp_path / "clock").write_text(str(NIGHT + 86_400))  # night again: a new batch waits
+            f2 = a.files.create(file=("more.jsonl", _jsonl(5)), purpose="batch")
+            second = a.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions", completion_window="24h")
+            cancelled = a.batches.cancel(second.id)
+            assert cancelled.status in ("cancelling", "cancelled")
+            end = _wait(a, second.id, ("cancelled",))
+            assert end.output_file_id is None and end.request_counts.failed == 5
+            errors = [json.loads(x) for x in a.files.content(end.error_file_id).text.splitlines()]
+            assert {x["error"]["code"] for x in errors} == {"batch_cancelled"}
+            assert all(x["response"] is None for x in errors)
+        finally:
+            stop(proc)
+
+
+def test_kill_9_mid_batch_then_restart_every_line_once(tmp_path: Path) -> None:
+    n = 60
+    with upstream(tmp_path) as up:
+        cfg = _config(tmp_path, up, model="sleep:0.05", lease_s=2, concurrency=2)
+        series = SeriesIntensity(shipped_series("CA_2022_hourly.csv"))
+        t = NIGHT + 60  # the first hour that is the cleanest of its own window: the lines run at once
+        while not plan(series.forecast(t, t + 86_400, t), now=t, deadline=t + 86_400, lines_left=n,
+                       lines_per_hour=1e6).run_now:
+            t += 3600
+        (tmp_path / "clock").write_text(str(t))
+        port = free_port()
+        proc = _serve(cfg, tmp_path / "serve.log", port)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-team-a", max_retries=0)
+        try:
+            f = client.files.create(file=("docs.jsonl", _jsonl(n)), purpose="batch")
+            batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            deadline = time.time() + 60
+            while client.batches.retrieve(batch.id).request_counts.completed < 10:
+                assert time.time() < deadline
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGKILL)  # mid-batch: lines are running, leased to this process
+            proc.wait(10)
+            before = sqlite3.connect(tmp_path / "batches.sqlite3").execute(
+                "SELECT COUNT(*) FROM lines WHERE state = 'ok'").fetchone()[0]
+            assert 10 <= before < n
+        finally:
+            if proc.poll() is None:
+                stop(proc)
+        proc = _serve(cfg, tmp_path / "serve.log", port)  # a restart resumes the batch
+        try:
+            done = _wait(client, batch.id, ("completed",), timeout=90)
+            assert done.request_counts.completed == n and done.request_counts.failed == 0
+            lines = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+            ids = [x["custom_id"] for x in lines]
+            assert sorted(ids) == sorted(f"doc-{i}" for i in range(n)), "every line exactly once"
+            rerun = [x for x in lines if x["router"]["runs"] > 1]
+            assert len(rerun) <= 2, "only the lines cut off by the kill (at most the concurrency) ran again"
+        finally:
+            stop(proc)

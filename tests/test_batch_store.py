@@ -1,0 +1,120 @@
+"""The batch store on SQLite and on a real PostgreSQL: leases share the queue between workers, a lapsed lease is
+taken over and counted, a result is written once, ownership by key, cancel/expire fill the rest."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from conftest_postgres import postgres_server  # noqa: F401 - fixture
+
+from router.batch.service import BatchService, parse_lines
+from router.batch.store import BatchStore, default_store_url
+from router.errors import BadRequestError, NotFoundError
+from router.keys import KeySpec, digest
+
+A = KeySpec("a", digest("sk-a"))
+B = KeySpec("b", digest("sk-b"))
+
+
+def _lines(n: int) -> bytes:
+    import json
+
+    return "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"messages": [{"role": "user", "content": f"q{i}"}]}}) + "\n"
+                   for i in range(n)).encode()
+
+
+def _service(store: BatchStore) -> BatchService:
+    return BatchService(store, lambda: 1_700_000_000.0, max_file_bytes=1 << 20, max_lines=1000)
+
+
+def _check_leases(make: Callable[[], BatchStore]) -> None:
+    store = make()
+    svc = _service(store)
+    f = svc.create_file(_lines(40), "in.jsonl", "batch", A)
+    doc = svc.create(f["id"], "/v1/chat/completions", "24h", None, A)
+    bid = doc["id"]
+    # two workers (two connections) claim concurrently: no line twice
+    other = make()
+    got: list[list[int]] = [[], []]
+
+    def worker(k: int, st: BatchStore) -> None:
+        while lines := st.claim(bid, f"w{k}", 3, lease_s=30):
+            for line in lines:
+                got[k].append(line.idx)
+                assert st.finish(line, f"w{k}", "ok", {"custom_id": line.custom_id})
+
+    threads = [threading.Thread(target=worker, args=(k, st)) for k, st in ((0, store), (1, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got[0] + got[1]) == list(range(40)) and not set(got[0]) & set(got[1])
+    assert store.counts(bid) == {"ok": 40}
+    assert [r["custom_id"] for _, r in store.results(bid)] == [f"c{i}" for i in range(40)]
+
+    # a worker that dies keeps its lease until it lapses; then another takes the line over and runs it again
+    f2 = svc.create_file(_lines(2), "in.jsonl", "batch", A)
+    bid2 = svc.create(f2["id"], "/v1/chat/completions", "24h", None, A)["id"]
+    dead = store.claim(bid2, "dead", 1, lease_s=0.2)
+    assert [x.attempts for x in dead] == [1]
+    assert [x.idx for x in other.claim(bid2, "alive", 5, lease_s=30)] == [1], "a held lease is not taken"
+    time.sleep(0.3)
+    again = other.claim(bid2, "alive", 5, lease_s=30)
+    assert [(x.idx, x.attempts) for x in again] == [(0, 2)], "the lapsed line, its second run counted"
+    assert not store.finish(dead[0], "dead", "ok", {"custom_id": "late"}), "the dead worker's late result is dropped"
+    assert other.finish(again[0], "alive", "ok", {"custom_id": "c0"})
+    assert [r["custom_id"] for _, r in store.results(bid2)] == ["c0"]
+
+    # ownership: another key sees nothing; the batch list is per key
+    with pytest.raises(NotFoundError):
+        svc.retrieve(bid, B)
+    with pytest.raises(NotFoundError):
+        svc.file_content(f["id"], None)
+    assert [d["id"] for d in svc.list(A)["data"]] == [bid2, bid] or {d["id"] for d in svc.list(A)["data"]} == {
+        bid, bid2}
+    assert svc.list(B)["data"] == []
+    # cancel: pending lines fail with batch_cancelled
+    f3 = svc.create_file(_lines(3), "in.jsonl", "batch", A)
+    bid3 = svc.create(f3["id"], "/v1/chat/completions", "24h", None, A)["id"]
+    assert svc.cancel(bid3, A)["status"] == "cancelling"
+    assert store.fail_pending(bid3, lambda i, c: {"custom_id": c, "error": {"code": "batch_cancelled"}}) == 3
+    assert store.counts(bid3) == {"failed": 3}
+    other.close()
+    store.close()
+
+
+def test_sqlite_store_leases(tmp_path) -> None:
+    _check_leases(lambda: BatchStore(f"sqlite:///{tmp_path}/batches.sqlite3"))
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_postgres_store_leases(postgres_server) -> None:  # noqa: F811
+    schema = "b" + uuid.uuid4().hex[:8]
+    _check_leases(lambda: BatchStore(f"{postgres_server.url}?schema={schema}"))
+
+
+def test_input_files_are_checked_as_openai_does() -> None:
+    good = b'{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}\n'
+    lines, errors = parse_lines(good + good + b"not json\n" + b'{"custom_id": "y", "method": "GET"}\n',
+                                "/v1/chat/completions", 100)
+    assert [e["code"] for e in errors] == ["duplicate_custom_id", "invalid_json_line", "invalid_method"]
+    assert [e["line"] for e in errors] == [2, 3, 4] and len(lines) == 1
+    svc = _service(BatchStore("sqlite:///:memory:"))
+    f = svc.create_file(good + b"{}\n", "in.jsonl", "batch", None)
+    doc = svc.create(f["id"], "/v1/chat/completions", "24h", None, None)
+    assert doc["status"] == "failed" and doc["errors"]["data"][0]["line"] == 2
+    with pytest.raises(BadRequestError, match="endpoint"):
+        svc.create(f["id"], "/v1/embeddings", "24h", None, None)
+    with pytest.raises(BadRequestError, match="purpose"):
+        svc.create_file(good, "in.jsonl", "fine-tune", None)
+
+
+def test_default_store_sits_beside_a_sqlite_ledger(tmp_path) -> None:
+    assert default_store_url(f"sqlite:///{tmp_path}/ledger.sqlite3") == f"sqlite:///{tmp_path}/batches.sqlite3"
+    assert default_store_url("postgresql://u:p@h/db").startswith("postgresql://")

@@ -1,0 +1,85 @@
+"""`router ledger report`'s carbon: CO2e by hour and by zone as recorded, and the cleanest-hour counterfactual."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from router.carbon import Grid, SeriesIntensity
+from router.carbon.grid import shipped_series
+from router.cli import app
+from router.ledger import LedgerRecord, SQLiteLedger
+from router.ledger.carbon_report import build_carbon
+
+DAY = datetime(2022, 7, 1, tzinfo=timezone.utc).timestamp()
+
+
+def _fill(led: SQLiteLedger, series: SeriesIntensity) -> None:
+    for h in range(24):
+        t = DAY + h * 3600 + 60
+        g = series.intensity(t).g_per_kwh
+        led.record(LedgerRecord(request_id=f"r{h}", model="m", tier="small", energy_j=3.6e6, energy_source="x",
+                                ts=t, zone="US-CAL", grid_g_per_kwh=g, co2e_g=g))
+        led.record(LedgerRecord(request_id=f"s{h}", model="m", tier="small", energy_j=3.6e6, energy_source="x",
+                                ts=t, zone="EU", grid_g_per_kwh=50.0, co2e_g=50.0))
+
+
+def test_by_hour_by_zone_and_the_cleanest_hour(tmp_path: Path) -> None:
+    series = SeriesIntensity(shipped_series("CA_2022_hourly.csv"))
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    _fill(led, series)
+    rep = build_carbon(led, 0.0, None, grid=Grid({"US-CAL": series}), window_s=86_400)
+    zones = {z["zone"]: z for z in rep.by_zone}
+    cal = [series.intensity(DAY + h * 3600).g_per_kwh for h in range(24)]
+    assert zones["US-CAL"]["co2e_g"] == pytest.approx(sum(cal)) and zones["EU"]["co2e_g"] == pytest.approx(24 * 50)
+    assert len(rep.by_hour) == 24 and rep.by_hour[3]["co2e_g"] == pytest.approx(cal[3] + 50)
+    # the counterfactual: each California hour at the cleanest hour of the day that follows it (from the series)
+    want = sum(min(series.intensity(DAY + (h + k) * 3600).g_per_kwh for k in range(24)) for h in range(24))
+    assert zones["US-CAL"]["cleanest_hour_co2e_g"] == pytest.approx(want)
+    assert zones["EU"]["cleanest_hour_co2e_g"] == pytest.approx(24 * 50), "a flat zone gains nothing"
+    assert rep.cleanest_co2e_g < rep.total_co2e_g
+    # without the series, the intensities the ledger recorded stand in (only the hours that had requests)
+    alone = build_carbon(led, 0.0, None, grid=None, window_s=86_400)
+    recorded = sum(min(cal[h:]) for h in range(24))
+    assert {z["zone"]: z for z in alone.by_zone}["US-CAL"]["cleanest_hour_co2e_g"] == pytest.approx(recorded)
+    led.close()
+
+
+def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> None:
+    series = SeriesIntensity(shipped_series("CA_2022_hourly.csv"))
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    _fill(led, series)
+    led.close()
+    url = f"sqlite:///{tmp_path}/l.sqlite3"
+    out = CliRunner().invoke(app, ["ledger", "report", "--ledger", url, "--window", "8h"], env={"COLUMNS": "160"})
+    assert out.exit_code == 0, out.output
+    assert "CO2e by zone" in out.output and "US-CAL" in out.output and "hour of day" in out.output
+    assert "cleanest hour of its 8 h window" in out.output
+    js = CliRunner().invoke(app, ["ledger", "report", "--ledger", url, "--format", "json"])
+    carbon = json.loads(js.output)["carbon"]
+    assert carbon["window_s"] == 86_400 and len(carbon["by_hour"]) == 24
+
+
+def test_simulate_carbon_reports_co2e_per_policy_in_the_json_and_plot(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    outcomes = root / "data" / "outcomes" / "sentiment_local.jsonl"
+    plot = tmp_path / "sim.png"
+    res = CliRunner().invoke(app, ["simulate", "--outcomes", str(outcomes), "--policy", "eco", "--json",
+                                   "--no-progress", "--carbon", "TX_2022_hourly.csv", "--carbon-span", "168",
+                                   "--plot", str(plot)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["carbon"]["series"] == "file:TX_2022_hourly.csv" and d["carbon"]["span_s"] == 168 * 3600
+    assert d["co2e_g_total"] > 0 and d["co2e_g_per_request"] == pytest.approx(d["co2e_g_total"] / d["requests"])
+    for base in d["baselines"].values():
+        assert base["co2e_g_total"] > 0
+    # the intensities a request meets are the series' own: CO2e / J lies within the series' range over the week
+    ratio = d["co2e_g_total"] / d["energy_j_total"] * 3.6e6
+    assert d["carbon"]["min_g_per_kwh"] <= ratio <= d["carbon"]["max_g_per_kwh"]
+    assert plot.stat().st_size > 10_000
+    plain = CliRunner().invoke(app, ["simulate", "--outcomes", str(outcomes), "--json", "--no-progress"])
+    assert "co2e_g_total" not in json.loads(plain.output)

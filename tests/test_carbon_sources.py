@@ -1,0 +1,133 @@
+"""Carbon intensity sources: the shipped series (time of year, offset, gaps), the persistence forecast, the HTTP
+provider against a local server in Electricity Maps' shape (cache, timeout, last good value), the planner, and
+the zone per model card without PUE counted twice."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from servers.grid_api import GridApi
+
+from router.carbon import Grid, HttpIntensity, PersistenceForecast, SeriesIntensity, StaticIntensity, plan
+from router.carbon.grid import FileClock, shipped_series
+from router.cards import load_cards
+from router.config import RouterConfig
+from router.errors import ConfigError
+
+CA = shipped_series("CA_2022_hourly.csv")
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_the_shipped_series_by_time_of_year_and_offset() -> None:
+    s = SeriesIntensity(CA)
+    assert s.n == 8760 and s.gaps == 3  # three hours are empty as published; they are interpolated
+    assert s.intensity(ts("2022-01-01T00:30")).g_per_kwh == pytest.approx(222.30)
+    # another year reads the same hour of the year
+    assert s.intensity(ts("2026-01-01T01:10")).g_per_kwh == pytest.approx(260.92)
+    # the published gap at 2022-01-05 10:00 is the mean of its neighbours
+    lines = CA.read_text().splitlines()
+    before, after = float(lines[106].split(",")[1]), float(lines[108].split(",")[1])
+    assert lines[107].endswith(",") and s.intensity(ts("2022-01-05T10:00")).g_per_kwh == pytest.approx(
+        (before + after) / 2)
+    shifted = SeriesIntensity(CA, replay="offset", offset_s=ts("2022-01-01T00:00") - ts("2030-06-01T00:00"))
+    assert shifted.intensity(ts("2030-06-01T02:00")).g_per_kwh == pytest.approx(271.89)
+    assert s.label == "file:CA_2022_hourly.csv"
+
+
+def test_bad_series_files_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,value\n")
+    with pytest.raises(ConfigError, match="header"):
+        SeriesIntensity(bad)
+    bad.write_text("timestamp,g_co2e_per_kwh\n2022-01-01 00:00:00+00:00,-5\n")
+    with pytest.raises(ConfigError, match=r"bad.csv:2"):
+        SeriesIntensity(bad)
+
+
+def test_persistence_is_yesterdays_same_hour_and_the_file_forecast_is_the_series() -> None:
+    s = SeriesIntensity(CA)
+    now = ts("2022-07-10T05:30")
+    perfect = s.forecast(now, now + 86_400, now)
+    honest = PersistenceForecast(s).forecast(now, now + 86_400, now)
+    assert [h for h, _ in perfect] == [h for h, _ in honest] and len(perfect) == 25
+    assert honest[0][1] == perfect[0][1], "the current hour is known"
+    for (h, g) in honest[1:]:
+        assert g == pytest.approx(s.intensity(h - 86_400).g_per_kwh)
+    assert perfect[5][1] == pytest.approx(s.intensity(perfect[5][0]).g_per_kwh)
+
+
+def test_plan_picks_the_cleanest_hours_and_the_deadline_wins() -> None:
+    now = 0.0
+    fc = [(h * 3600.0, g) for h, g in enumerate([300, 280, 120, 110, 400, 90])]
+    p = plan(fc, now=now, deadline=6 * 3600, lines_left=10, lines_per_hour=100)
+    assert not p.run_now and p.hours == [5 * 3600.0]
+    p = plan(fc, now=now, deadline=6 * 3600, lines_left=150, lines_per_hour=100)
+    assert p.hours == [2 * 3600.0, 3 * 3600.0, 5 * 3600.0] and not p.run_now
+    late = plan(fc, now=now, deadline=6 * 3600, lines_left=290, lines_per_hour=100)
+    assert late.run_now and "deadline" in late.reason
+    flat = plan([(h * 3600.0, 475.0) for h in range(24)], now=10.0, deadline=86_400, lines_left=5,
+                lines_per_hour=100)
+    assert flat.run_now, "a flat intensity starts at once"
+
+
+def test_http_source_caches_falls_back_and_forecasts() -> None:
+    api = GridApi()
+    try:
+        now = time.time()
+        api.latest = (210.0, now)
+        api.forecast = [(now + 3600 * k, 100.0 + k) for k in range(1, 4)]
+        src = HttpIntensity(api.url, "DE", api_key="test-token", timeout_s=0.5, cache_s=3600, fallback_g_per_kwh=475)
+        first = src.intensity(now)
+        assert first.g_per_kwh == 475 and "fallback" in first.source, "never blocks: the first answer is the fallback"
+        deadline = time.time() + 5
+        while src.intensity(now).g_per_kwh != 210.0:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        calls = api.calls["latest"]
+        for _ in range(50):
+            src.intensity(now)
+        assert api.calls["latest"] == calls, "cached for cache_s"
+        fc = src.forecast(now, now + 4 * 3600, now)
+        assert [g for _, g in fc] == [210.0, 101.0, 102.0, 103.0, 103.0], "past the horizon: its last value"
+        # the API fails: the last good value stays
+        api.fail = True
+        assert src.refresh_latest() is None
+        assert src.intensity(now).g_per_kwh == 210.0
+        # a slow API is cut off by the timeout
+        api.fail, api.delay = False, 2.0
+        t0 = time.perf_counter()
+        assert src.refresh_latest() is None and time.perf_counter() - t0 < 1.5
+        src.close()
+        wrong = HttpIntensity(api.url, "DE", api_key="wrong", timeout_s=3)
+        api.delay = 0
+        assert wrong.refresh_latest() is None and wrong.failures == 1
+    finally:
+        api.close()
+
+
+def test_zone_per_card_and_pue_only_on_this_hosts_joules(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cards = load_cards(root / "models")
+    grid = Grid({"US-CAL": StaticIntensity(200.0), "EU": StaticIntensity(50.0)}, host_zone="US-CAL",
+                hosted_zone="EU", pue=1.5)
+    local = cards["smollm2-135m"]
+    hosted = load_cards(root / "models" / "catalogue")["gpt-4-1106-preview"].model_copy(update={"zone": None})
+    assert grid.carbon_of(local, 3.6e6) == (pytest.approx(300.0), 200.0, "US-CAL")
+    assert grid.carbon_of(hosted, 3.6e6) == (pytest.approx(50.0), 50.0, "EU"), "a hosted card's joules include its PUE"
+    assert grid.zone_of(hosted.model_copy(update={"zone": "US-TEX"})) == "US-TEX"
+    assert grid.intensity("nowhere").g_per_kwh == 475.0, "an unlisted zone: the static grid_g_per_kwh"
+    clock = tmp_path / "clock"
+    clock.write_text("1656633600")
+    assert FileClock(clock)() == 1656633600.0
+    cfg = RouterConfig.model_validate({"carbon": {"zones": {"local": {"type": "file", "path": "TX_2022_hourly.csv"}},
+                                                  "clock_file": str(clock)}})
+    g = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
+    assert g.intensity("local").source == "file:TX_2022_hourly.csv"
+    with pytest.raises(ValueError, match="needs `path`"):
+        RouterConfig.model_validate({"carbon": {"zones": {"x": {"type": "file"}}}})
