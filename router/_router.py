@@ -81,7 +81,7 @@ class Router:
         if not any(c.callable for c in self.cards.values()):
             raise ConfigError(f"{self.config.models_dir}: no model card with a backend; add one (see models/)")
         self.policy_name = policy or self.config.default_policy
-        self.classifier = classifier or _default_classifier(self.config)
+        self.classifier = classifier or _default_classifier(self.config, self.cards)
         self.ledger = ledger or open_ledger(self.config.ledger_url, retention_days=self.config.ledger_retention_days,
                                             journal=self.config.journal)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)
@@ -442,14 +442,20 @@ def _internal(where: str, exc: BaseException) -> InternalError:
     return InternalError(f"internal error ({type(exc).__name__}) in {where}; the log has the details")
 
 
-def _default_classifier(config: RouterConfig) -> RequestClassifier:
+def _default_classifier(config: RouterConfig, cards: dict[str, ModelCard]) -> RequestClassifier:
+    """The shipped classifier, predicting for this Router's callable cards only."""
     try:
-        from .classify.onnx_classifier import load_default_classifier
+        from .classify.onnx_classifier import OnnxRequestClassifier, load_default_classifier
     except ImportError:
         from .classify.rules import RuleClassifier
 
         return RuleClassifier(config.classifier_max_chars)
-    return load_default_classifier(config.models_dir)
+    classifier = load_default_classifier(config.models_dir)
+    if isinstance(classifier, OnnxRequestClassifier):
+        callable_cards = {n: c for n, c in cards.items() if c.callable}
+        classifier.add_card_priors(callable_cards)
+        classifier.only(set(callable_cards))
+    return classifier
 
 
 def _load_engine(router: Router) -> Engine:

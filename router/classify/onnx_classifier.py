@@ -127,6 +127,11 @@ class OnnxRequestClassifier(RequestClassifier):
     def models(self) -> list[str]:
         return self.quality.names
 
+    def only(self, names: set[str]) -> OnnxRequestClassifier:
+        """Predict for ``names`` only (a Router's candidates); returns self."""
+        self.quality.keep(names)
+        return self
+
     def add_card_priors(self, cards: Mapping[str, ModelCard]) -> list[str]:
         """Give every card the classifier has no row for a row from its card (size, family, a public benchmark):
         a new model is routable at once. Returns the names added."""

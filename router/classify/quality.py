@@ -74,6 +74,16 @@ class QualityTable:
         self._fixed, self._fixed_p = np.concatenate(fixed), np.concatenate(fixed_p)
         self._per_task: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]] | None = None
 
+    def keep(self, names: set[str]) -> None:
+        """Drop every row but ``names``: a Router reads P(correct) for its own candidates only, so the per-request
+        work grows with them, not with every model the classifier was trained on."""
+        mask = np.array([n in names for n in self.names], dtype=bool)
+        self.names = [n for n in self.names if n in names]
+        self.sources = {n: self.sources[n] for n in self.names}
+        self._v, self._b, self._fixed, self._fixed_p = (a[mask] for a in (self._v, self._b, self._fixed,
+                                                                         self._fixed_p))
+        self._per_task = None
+
     def prior_row(self, card: Any) -> dict[str, Any]:
         """A model with no outcomes, from its card: ``prior_accuracy[task]`` where the card gives one, else the
         task's source prior (size, undisclosed flag, public benchmark, family), else the source's mean level; no
