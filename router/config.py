@@ -96,6 +96,18 @@ class JournalSettings(_Settings):
     segment_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=1 << 34)
 
 
+class DashboardSettings(_Settings):
+    """``GET /dashboard`` in ``router serve``: a live page over the ledger and its JSON API (router/dashboard/).
+    With keys configured it needs a key marked ``admin: true``."""
+
+    enabled: bool = Field(True, description="off: /dashboard and /dashboard/api/... are 404")
+    refresh_s: float = Field(5.0, ge=1, le=3600, description="how often the page fetches new figures")
+    recent: int = Field(50, ge=1, le=1000, description="decisions listed on the page")
+    simulation: Path | None = Field(
+        None, strict=False, description="a `router simulate --json` output file, or a folder of them (the newest "
+        "is shown): its quality/energy frontier is drawn on the page")
+
+
 class KeyEntry(_Settings):
     """One API key, held only as a SHA-256 digest (or read from an environment variable at start-up)."""
 
@@ -103,6 +115,7 @@ class KeyEntry(_Settings):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="printf %s \"$KEY\" | sha256sum")
     env: str | None = Field(None, description="read the key from this environment variable at start-up")
     policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
+    admin: bool = Field(False, description="may open the dashboard (/dashboard) when keys are configured")
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +159,7 @@ class RouterConfig(BaseModel):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     keys: list[KeyEntry] = Field(default_factory=list, description="API keys (none: the proxy needs no key)")
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -168,7 +182,8 @@ class RouterConfig(BaseModel):
         from_env: set[str] = set()
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
-            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal"):
+            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal",
+                                                                 "dashboard"):
                 data[field] = env
                 from_env.add(field)
         data.update({k: v for k, v in overrides.items() if v is not None})

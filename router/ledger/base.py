@@ -144,6 +144,20 @@ class Ledger(ABC):
         calls = [r for r in self.iter_records(since) if r.model == model and r.outcome in ("ok", "escalated")]
         return calls[::-1][:limit]
 
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        """The newest ``limit`` records of any outcome, newest first (the dashboard's recent decisions). This
+        default reads ever wider spans back from now (an hour, then 8x longer each time), so it reads few rows
+        where records are dense; stores override it with their time index."""
+        if limit <= 0:
+            return []
+        now, span = time.time(), 3600.0
+        while True:
+            since = max(0.0, now - span)
+            recs = self.records(since)
+            if len(recs) >= limit or since == 0.0:
+                return recs[::-1][:limit]
+            span *= 8
+
     @abstractmethod
     def prune(self, older_than: float) -> int:
         """Delete records with ``ts < older_than`` (the retention setting); returns how many went."""

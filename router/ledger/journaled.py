@@ -291,6 +291,9 @@ class JournaledLedger(Ledger):
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         return self._store().recent_calls(model, limit)
 
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        return self._store().latest_records(limit)
+
     def prune(self, older_than: float) -> int:
         return self._store().prune(older_than)
 

@@ -233,6 +233,12 @@ class PostgresLedger(Ledger):
                "AND outcome IN ('ok', 'escalated') ORDER BY ts DESC LIMIT %s")  # the (model, ts) index
         return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (model, limit))]
 
+    @guarded("read the latest records")
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records "
+               "ORDER BY ts DESC, id DESC LIMIT %s")  # the (ts, id) index, read backwards
+        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (max(0, limit),))]
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records and their sums older than ``older_than`` in one transaction; the hour straddling the

@@ -234,6 +234,13 @@ class SQLiteLedger(Ledger):
             rows = self._conn.execute(sql, (model, limit)).fetchall()
         return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
+    @guarded("read the latest records")
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM records ORDER BY ts DESC, id DESC LIMIT ?"  # the ts index
+        with self._lock:
+            rows = self._conn.execute(sql, (max(0, limit),)).fetchall()
+        return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records (and their hourly summaries) older than ``older_than``, in one transaction. The

@@ -222,6 +222,10 @@ class BackgroundLedger(Ledger):
         # no flush: read while deciding; it can trail by the records still queued
         return self.inner.recent_calls(model, limit)
 
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        self.flush()
+        return self.inner.latest_records(limit)
+
     def prune(self, older_than: float) -> int:
         self.flush()
         return self.inner.prune(older_than)

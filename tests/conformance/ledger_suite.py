@@ -141,6 +141,19 @@ def check_recent_calls(open_store: OpenStore) -> None:
     assert led.recent_calls("nobody", 5) == []
 
 
+def check_latest_records(open_store: OpenStore) -> None:
+    """The newest records of any outcome (errors too), newest first."""
+    led = open_store("latest")
+    assert led.latest_records(5) == []
+    now = time.time()
+    recs = [_rec(i, now - 3900 + i * 97.0) for i in range(40)]  # the last hour and a bit, oldest first
+    led.record_many(recs)
+    want = [r.as_dict() for r in reversed(recs)]
+    assert [r.as_dict() for r in led.latest_records(6)] == want[:6]
+    assert [r.as_dict() for r in led.latest_records(1000)] == want
+    assert led.latest_records(0) == []
+
+
 def check_records_range_and_limit(open_store: OpenStore) -> None:
     led = open_store("range")
     recs = _sample(10)
@@ -387,6 +400,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_many,
     check_records_range_and_limit,
     check_recent_calls,
+    check_latest_records,
     check_spent,
     check_totals,
     check_summary_exact_for_any_range,
