@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._router import Router
 from ..config import RouterConfig
+from ..dashboard import mount_dashboard
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
 from ..keys import KeyStore
 from ..ledger import open_ledger
@@ -143,6 +144,7 @@ def create_app(
     app.router.add_route("/v1/models", proxy.models, methods=["GET"])
     app.router.add_route("/health", proxy.health, methods=["GET"])
     app.router.add_route("/metrics", proxy.metrics_endpoint, methods=["GET"])
+    mount_dashboard(app, router, router.keys, config.dashboard, proxy.metrics)  # /dashboard, off by config
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:
