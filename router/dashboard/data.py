@@ -31,6 +31,8 @@ STEPS_S = (300.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
 """Chart steps: 5 minutes (raw records, windows up to an hour), then whole hours and coarser (summary rows)."""
 MAX_POINTS = 400
 GROUPINGS = ("model", "tier")
+_TOTALS_DIMS = ("model", "tier", "outcome", "energy_source")
+"""What the totals need: the saving estimate reads model and outcome, the measured share the energy source."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class _Rows:
     def __init__(self, rows: list[SummaryRow]) -> None:
         self.rows = rows
 
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+    def summary(self, since: float = 0.0, until: float | None = None, dims: object = None) -> list[SummaryRow]:
         return self.rows
 
 
@@ -96,7 +98,7 @@ class DashboardData:
 
     # -- totals --------------------------------------------------------------------------------------------
     def totals(self, window: Window) -> dict[str, Any]:
-        rows = self._fresh().summary(window.since)
+        rows = self._fresh().summary(window.since, dims=_TOTALS_DIMS)
         grid = self.router.config.grid_g_per_kwh
         report = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="model", since=window.since,
                               grid_g_per_kwh=grid)
@@ -139,7 +141,7 @@ class DashboardData:
                 _add(cells, math.floor(r.ts / step) * step, getattr(r, by), 1, r.energy_j)
             first = window.since
         else:
-            rows = ledger.summary(window.since)
+            rows = ledger.summary(window.since, dims=(by,))
             first = window.since if window.seconds is not None else min((r.bucket for r in rows), default=window.until)
             step = next((s for s in STEPS_S[1:] if (window.until - first) / s <= MAX_POINTS), STEPS_S[-1])
             for row in rows:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -165,19 +165,35 @@ class Ledger(ABC):
     # Reports. ``summary`` is what ``router ledger report`` reads: hourly aggregates that a ledger may keep
     # up to date as it writes (SQLite: a trigger-maintained table; Redis: hashes), so a report over a busy
     # day's million records reads thousands of rows, not millions. The default aggregates ``records``.
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+    def summary(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
         """Aggregates per hour bucket and dimension for records with ``since <= ts < until``. Partial hours
-        at either end are aggregated from the raw records, so the figures are exact for any range."""
+        at either end are aggregated from the raw records, so the figures are exact for any range.
+
+        ``dims``: keep only these of ``SUMMARY_DIMS``; the others read None and rows that then agree are summed
+        into one, so totals by model read a row per hour and model instead of one per hour, model, key, policy
+        and task (the dashboard's queries on a million records: ``benchmarks/bench_dashboard.py``)."""
+        keep = check_dims(dims)
         lo = bucket_of(since) + (BUCKET_S if since % BUCKET_S else 0)
         hi = bucket_of(until) if until is not None else math.inf
         if lo >= hi:
-            return aggregate(self.iter_records(since, until))
-        rows = self._stored_summary(lo, hi)
+            return self._raw_summary(since, until, keep)
+        rows = self._stored_summary_by(lo, hi, keep)
         if since < lo:
-            rows += aggregate(self.iter_records(since, lo))
+            rows += self._raw_summary(since, lo, keep)
         if until is not None and until > hi:
-            rows += aggregate(self.iter_records(hi, until))
+            rows += self._raw_summary(hi, until, keep)
         return rows
+
+    def _raw_summary(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        """Hourly aggregates of the records ``since <= ts < until``, reduced to ``dims``; stores override it to
+        aggregate in the store rather than in Python."""
+        return reduce_dims(aggregate(self.iter_records(since, until)), dims)
+
+    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        """:meth:`_stored_summary` reduced to ``dims``; stores override it to group in the store."""
+        return reduce_dims(self._stored_summary(lo, hi), dims)
 
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         """Aggregates of whole hour buckets ``lo <= bucket < hi``; override where the store keeps them."""
@@ -228,7 +244,8 @@ def bucket_of(ts: float) -> float:
 
 @dataclass
 class SummaryRow:
-    """Sums over the records of one hour bucket that share every dimension in ``SUMMARY_DIMS``."""
+    """Sums over the records of one hour bucket that share every dimension in ``SUMMARY_DIMS`` (a dimension
+    left out of ``Ledger.summary(dims=...)`` reads None)."""
 
     bucket: float
     model: str
@@ -258,6 +275,38 @@ def aggregate(records: Iterable[LedgerRecord]) -> list[SummaryRow]:
         if row is None:
             row = out[key] = SummaryRow(*key)
         add_to_row(row, r)
+    return list(out.values())
+
+
+def check_dims(dims: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``dims`` as a tuple in ``SUMMARY_DIMS`` order, or None for all of them; an unknown one is a ValueError."""
+    if dims is None:
+        return None
+    unknown = set(dims) - set(SUMMARY_DIMS)
+    if unknown:
+        raise ValueError(f"unknown summary dimension(s) {', '.join(sorted(unknown))}; choose from "
+                         + ", ".join(SUMMARY_DIMS))
+    keep = tuple(d for d in SUMMARY_DIMS if d in dims)
+    return None if keep == SUMMARY_DIMS else keep
+
+
+def reduce_dims(rows: Iterable[SummaryRow], dims: tuple[str, ...] | None) -> list[SummaryRow]:
+    """``rows`` with the dimensions outside ``dims`` set to None and rows that then agree summed into one."""
+    if dims is None:
+        return rows if isinstance(rows, list) else list(rows)
+    out: dict[tuple[Any, ...], SummaryRow] = {}
+    for row in rows:
+        values = {d: getattr(row, d) if d in dims else None for d in SUMMARY_DIMS}
+        key = (row.bucket, *values.values())
+        acc = out.get(key)
+        if acc is None:
+            acc = out[key] = SummaryRow(row.bucket, **values)
+        acc.requests += row.requests
+        acc.energy_j += row.energy_j
+        acc.input_tokens += row.input_tokens
+        acc.output_tokens += row.output_tokens
+        acc.latency_ms_sum += row.latency_ms_sum
+        acc.co2e_g += row.co2e_g
     return list(out.values())
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,8 +282,10 @@ class JournaledLedger(Ledger):
     def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
         return self._store().totals(by, since)
 
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
-        return self._store().summary(since, until)
+    def summary(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        return self._store().summary(since, until, dims)
 
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         return self._store()._stored_summary(lo, hi)

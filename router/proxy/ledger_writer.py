@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..config import JournalSettings
@@ -214,9 +214,11 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.totals(by, since)
 
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+    def summary(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
         self.flush()
-        return self.inner.summary(since, until)
+        return self.inner.summary(since, until, dims)
 
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         # no flush: read while deciding; it can trail by the records still queued

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from router.errors import LedgerError
-from router.ledger import Ledger, LedgerRecord, aggregate, totals_from_summary
+from router.ledger import Ledger, LedgerRecord, SummaryRow, aggregate, totals_from_summary
+from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
 
 OpenStore = Callable[[str], Ledger]
 MakePrevious = Callable[[str, list[LedgerRecord]], None]
@@ -204,6 +205,33 @@ def check_summary_exact_for_any_range(open_store: OpenStore) -> None:
         got = totals_from_summary(led.summary(since, until), "model")
         chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
         _close(_as_tuples(got), _as_tuples(totals_from_summary(aggregate(chosen), "model")))
+
+
+def check_summary_reduced_to_dims(open_store: OpenStore) -> None:
+    """``summary(dims=...)`` is the full summary with the other dimensions merged away, for any range."""
+    led = open_store("summary_dims")
+    recs = _sample(60, step=437.0)
+    led.record_many(recs)
+
+    def rows(found: list[SummaryRow]) -> dict[tuple[object, ...], tuple[float, ...]]:
+        out: dict[tuple[object, ...], tuple[float, ...]] = {}
+        for r in found:
+            assert r.dims() not in out, f"{r.dims()} twice"
+            out[r.dims()] = (r.requests, r.energy_j, r.input_tokens, r.output_tokens, r.latency_ms_sum, r.co2e_g)
+        return out
+
+    for dims in [("model",), ("tier", "outcome"), ("model", "tier", "outcome", "energy_source"), ("key_hash", "task"),
+                 SUMMARY_DIMS]:
+        for since, until in [(0.0, None), (T0 + 1000, T0 + 20000), (T0 + 3600, T0 + 7200), (T0 + 10, T0 + 20)]:
+            chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
+            got = rows(reduce_dims(led.summary(since, until, dims=dims), check_dims(dims)))  # partial hours apart
+            want = rows(reduce_dims(aggregate(chosen), check_dims(dims)))
+            assert got.keys() == want.keys(), (dims, since, until)
+            for k, v in want.items():
+                assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(got[k], v, strict=True)), k
+            if dims != SUMMARY_DIMS:
+                assert all(getattr(r, d) is None for r in led.summary(since, until, dims=dims)
+                           for d in SUMMARY_DIMS if d not in dims)
 
 
 def check_reopen_keeps_everything(open_store: OpenStore) -> None:
@@ -401,6 +429,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_records_range_and_limit,
     check_recent_calls,
     check_latest_records,
+    check_summary_reduced_to_dims,
     check_spent,
     check_totals,
     check_summary_exact_for_any_range,
