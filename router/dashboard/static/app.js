@@ -38,7 +38,7 @@
     return `${sig(g / 1e3)} kg`;
   }
   const fmtInt = (n) => Math.round(n).toLocaleString("en-US");
-  const fmtPct = (x) => `${(100 * x).toFixed(x > 0 && x < 0.1 ? 1 : 0)} %`;
+  const fmtPct = (x) => (x > 0 && x < 0.001 ? "< 0.1 %" : `${(100 * x).toFixed(x > 0 && x < 0.1 ? 1 : 0)} %`);
   const fmtMs = (ms) => (ms < 1000 ? `${ms.toFixed(ms < 10 ? 1 : 0)} ms` : `${(ms / 1000).toFixed(2)} s`);
   function fmtDuration(s) {
     if (s < 60) return `${Math.max(0, Math.round(s))} s`;
@@ -260,55 +260,83 @@
   function drawSimulation(s) {
     const el = $("chart-simulation");
     const note = $("simulation-note");
+    // an <svg> has no `hidden` property (only HTML elements do): set the attribute itself
     if (!s.configured || s.error || !s.points.length) {
-      el.hidden = true;
+      el.setAttribute("hidden", "");
       note.textContent = !s.configured
         ? "No simulation configured: set dashboard.simulation in the config to a `router simulate --json` result."
         : s.error || "The simulation has no points.";
       return;
     }
-    el.hidden = false;
-    const W = 520, H = 300, L = 52, R = 12, T = 12, B = 34;
+    el.removeAttribute("hidden");
+    const W = 520, H = 300, L = 46, R = 14, T = 12, B = 34;
     const pts = s.points;
     const es = pts.map((p) => p.energy_j_per_request).filter((e) => e > 0);
-    const lo = Math.min(...es), hi = Math.max(...es);
-    const log = hi / lo > 30;
-    const fx = log
-      ? (e) => L + (W - L - R) * (Math.log10(Math.max(e, lo)) - Math.log10(lo)) / Math.max(1e-9, Math.log10(hi) - Math.log10(lo))
-      : (e) => L + (W - L - R) * e / (hi || 1);
-    const accs = pts.map((p) => p.accuracy);
-    const ylo = Math.max(0, Math.floor(Math.min(...accs) * 10) / 10), yhi = Math.min(1, Math.ceil(Math.max(...accs) * 10) / 10);
-    const fy = (a) => T + (H - T - B) * (1 - (a - ylo) / Math.max(1e-9, yhi - ylo));
-    const kids = [];
-    for (let i = 0; i <= 4; i++) {
-      const a = ylo + ((yhi - ylo) * i) / 4;
-      kids.push(svg("line", { x1: L, x2: W - R, y1: fy(a), y2: fy(a), class: i ? "grid" : "axis" }));
-      kids.push(svg("text", { x: L - 6, y: fy(a) + 4, "text-anchor": "end" }, `${(100 * a).toFixed(0)} %`));
+    const log = Math.max(...es) / Math.min(...es) > 30;
+    const xTicks = [];
+    let lo, hi;
+    if (log) {
+      lo = 10 ** Math.floor(Math.log10(Math.min(...es)));
+      hi = 10 ** Math.ceil(Math.log10(Math.max(...es)));
+      for (let t = lo; t <= hi * 1.0001; t *= 10) xTicks.push(t);
+    } else {
+      lo = 0;
+      hi = niceCeil(Math.max(...es));
+      for (let i = 0; i <= 4; i++) xTicks.push((hi * i) / 4);
     }
-    kids.push(svg("text", { x: (L + W) / 2, y: H - 4, "text-anchor": "middle" },
-      `J per request${log ? " (log scale)" : ""}: ${fmtJ(lo)} … ${fmtJ(hi)}`));
+    const fx = log
+      ? (e) => L + (W - L - R) * (Math.log10(Math.max(e, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))
+      : (e) => L + (W - L - R) * (e - lo) / (hi - lo || 1);
+    const accs = pts.map((p) => p.accuracy);
+    const ylo = Math.max(0, Math.floor(Math.min(...accs) * 10 - 1e-9) / 10);
+    const yhi = Math.min(1, Math.ceil(Math.max(...accs) * 10 + 1e-9) / 10);
+    const fy = (a) => T + (H - T - B) * (1 - (a - ylo) / (yhi - ylo || 1));
+    const kids = [];
+    const yStep = yhi - ylo > 0.5 ? 0.2 : 0.1;
+    for (let a = ylo; a <= yhi + 1e-9; a += yStep) {
+      kids.push(svg("line", { x1: L, x2: W - R, y1: fy(a), y2: fy(a), class: a > ylo ? "grid" : "axis" }));
+      kids.push(svg("text", { x: L - 6, y: fy(a) + 4, "text-anchor": "end" }, `${Math.round(100 * a)} %`));
+    }
+    for (const t of xTicks) {
+      kids.push(svg("line", { x1: fx(t), x2: fx(t), y1: T, y2: H - B, class: "grid" }));
+      kids.push(svg("text", { x: fx(t), y: H - B + 14, "text-anchor": "middle" }, fmtJ(t)));
+    }
+    kids.push(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" },
+      `joules per request${log ? " (log scale)" : ""}; accuracy up`));
     const line = (list, attrs) => {
       if (list.length < 2) return;
       kids.push(svg("polyline", { points: list.map((p) => `${fx(p.energy_j_per_request)},${fy(p.accuracy)}`).join(" "), fill: "none", ...attrs }));
     };
     const byE = (a, b) => a.energy_j_per_request - b.energy_j_per_request;
-    line(s.frontier.map((i) => pts[i]), { stroke: "#111827", "stroke-opacity": "0.18", "stroke-width": "7", "stroke-linecap": "round" });
+    line(s.frontier.map((i) => pts[i]), { stroke: "#111827", "stroke-opacity": "0.18", "stroke-width": "7", "stroke-linecap": "round", "stroke-linejoin": "round" });
     line(pts.filter((p) => p.kind === "threshold").sort(byE), { stroke: "#9ca3af", "stroke-width": "1.5" });
     line(pts.filter((p) => p.kind === "sweep").sort(byE), { stroke: "#2563eb", "stroke-width": "1.5" });
-    for (const p of pts) {
+    const labels = [];  // placed label boxes: a label that would overlap one moves down a line
+    const order = [...pts].sort((a, b) => (a.kind === "policy" ? -1 : b.kind === "policy" ? 1 : 0));
+    let policyDot = null;  // labelled first (its label wins a place), drawn last (on top)
+    for (const p of order) {
       if (p.kind === "threshold") continue;
       const x = fx(p.energy_j_per_request), y = fy(p.accuracy);
       const big = p.kind === "policy" || p.kind === "baseline";
       const c = svg("circle", { cx: x, cy: y, r: p.kind === "policy" ? 7 : big ? 5 : 3,
         fill: p.kind === "policy" ? "#2563eb" : p.kind === "baseline" ? "#b91c1c" : "#93c5fd", stroke: "#fff" });
       c.append(svg("title", {}, `${p.name}: ${(100 * p.accuracy).toFixed(1)} % at ${fmtJ(p.energy_j_per_request)} per request`));
-      kids.push(c);
-      if (big) kids.push(svg("text", { x: x + 8, y: y - 6 }, p.name));
+      if (p.kind === "policy") policyDot = c; else kids.push(c);
+      if (!big) continue;
+      const width = 6.2 * p.name.length;
+      const right = x + 10 + width > W - R;
+      let ly = y - 8;
+      const box = () => [right ? x - 10 - width : x + 10, ly - 10, width, 12];
+      const hit = (b) => labels.some((o) => b[0] < o[0] + o[2] && o[0] < b[0] + b[2] && b[1] < o[1] + o[3] && o[1] < b[1] + b[3]);
+      while (hit(box()) && ly < H) ly += 12;
+      labels.push(box());
+      kids.push(svg("text", { x: right ? x - 10 : x + 10, y: ly, "text-anchor": right ? "end" : "start", class: "label" }, p.name));
     }
+    if (policyDot) kids.push(policyDot);
     el.replaceChildren(...kids);
     note.textContent = `${s.file}: policy ${s.policy} on ${s.outcomes} (${fmtInt(s.requests || 0)} requests), ` +
-      `simulated ${new Date(s.modified * 1000).toLocaleString()}. Grey band: the Pareto frontier; blue: the ` +
-      "policy's accuracy-target sweep; grey line: a plain threshold router; red: baselines.";
+      `simulated ${new Date(s.modified * 1000).toLocaleString()}. Blue: the policy (large dot) and its ` +
+      "accuracy-target sweep; red: baselines; grey line: a plain threshold router; grey band: the Pareto frontier.";
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
