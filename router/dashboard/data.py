@@ -87,10 +87,6 @@ class DashboardData:
         self._flush = flush
         self._budgets_seen = budgets_seen
 
-    @property
-    def reader(self) -> Ledger:
-        return self._reader()
-
     def _fresh(self) -> Ledger:
         if self._flush is not None:
             self._flush()

@@ -19,6 +19,7 @@ import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,14 +142,13 @@ class Dashboard:
         name = request.path_params["name"]
         q = request.query_params
         if name == "totals":
-            call: Callable[[], Any] = lambda: self.data.totals(parse_window(q.get("window")))  # noqa: E731
+            call: Callable[[], Any] = partial(self.data.totals, parse_window(q.get("window")))
         elif name == "series":
-            call = lambda: self.data.series(parse_window(q.get("window")), q.get("by") or "model")  # noqa: E731
+            call = partial(self.data.series, parse_window(q.get("window")), q.get("by") or "model")
         elif name == "budgets":
             call = self.data.budgets
         elif name == "recent":
-            limit = _int(q.get("limit"), self.settings.recent, 1, 1000, "limit")
-            call = lambda: self.data.recent(limit)  # noqa: E731
+            call = partial(self.data.recent, _int(q.get("limit"), self.settings.recent, 1, 1000, "limit"))
         elif name == "simulation":
             call = self.simulation.latest
         else:
