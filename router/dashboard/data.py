@@ -1,9 +1,10 @@
 """The dashboard's figures, read from the ledger: what ``/dashboard/api/...`` returns, as plain JSON-ready dicts.
 
-Every query reads the ledger's hourly summary (:meth:`~router.ledger.Ledger.summary`) wherever it can, so a window
-over a million records reads thousands of summary rows, not the records. Raw records are read for at most one
-hour per query: the partial hour at a window's start (so totals are exact for any window), the 5-minute steps of
-a window of an hour or less, and the newest decisions (by the store's time index). ``python
+Every query reads the ledger's hourly summary (:meth:`~router.ledger.Ledger.summary`) reduced to the dimensions it
+needs, so a window over a million records reads a few hundred summed rows, not the records. Raw records are summed
+for at most one hour per query (:meth:`~router.ledger.Ledger.raw_summary`, inside SQLite or PostgreSQL): the
+partial hour at a window's start (so totals are exact for any window) and the 5-minute steps of a window of an
+hour or less; the newest decisions come by the store's time index. ``python
 benchmarks/bench_dashboard.py`` times each query on a 1,000,000-record ledger.
 """
 
@@ -133,8 +134,8 @@ class DashboardData:
         cells: dict[tuple[float, str], list[float]] = {}
         if window.seconds is not None and window.seconds <= 3600:
             step = STEPS_S[0]
-            for r in ledger.records(window.since):  # at most an hour of records: finer than the hourly summary
-                _add(cells, math.floor(r.ts / step) * step, getattr(r, by), 1, r.energy_j)
+            for row in ledger.raw_summary(window.since, dims=(by,), step_s=int(step)):  # finer than hourly
+                _add(cells, row.bucket, getattr(row, by), row.requests, row.energy_j)
             first = window.since
         else:
             rows = ledger.summary(window.since, dims=(by,))

@@ -178,18 +178,30 @@ class Ledger(ABC):
         lo = bucket_of(since) + (BUCKET_S if since % BUCKET_S else 0)
         hi = bucket_of(until) if until is not None else math.inf
         if lo >= hi:
-            return self._raw_summary(since, until, keep)
+            return self._raw_summary(since, until, keep, int(BUCKET_S))
         rows = self._stored_summary_by(lo, hi, keep)
         if since < lo:
-            rows += self._raw_summary(since, lo, keep)
+            rows += self._raw_summary(since, lo, keep, int(BUCKET_S))
         if until is not None and until > hi:
-            rows += self._raw_summary(hi, until, keep)
+            rows += self._raw_summary(hi, until, keep, int(BUCKET_S))
         return rows
 
-    def _raw_summary(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
-        """Hourly aggregates of the records ``since <= ts < until``, reduced to ``dims``; stores override it to
-        aggregate in the store rather than in Python."""
-        return reduce_dims(aggregate(self.iter_records(since, until)), dims)
+    def raw_summary(
+        self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
+    ) -> list[SummaryRow]:
+        """Sums of the records ``since <= ts < until`` per ``step_s``-second bucket (aligned to the epoch; whole
+        seconds) and dimension, reduced to ``dims`` like :meth:`summary`. Read from the records themselves, not
+        the hourly summary, so keep the range short: :meth:`summary` uses it for partial hours, the dashboard for
+        5-minute steps over its last hour. SQLite and PostgreSQL sum inside the store."""
+        if isinstance(step_s, bool) or not isinstance(step_s, int) or step_s < 1:
+            raise ValueError(f"step_s must be a whole number of seconds, at least 1; got {step_s!r}")
+        return self._raw_summary(since, until, check_dims(dims), step_s)
+
+    def _raw_summary(
+        self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
+    ) -> list[SummaryRow]:
+        """:meth:`raw_summary` with ``dims`` checked; stores override it to sum in the store, not in Python."""
+        return reduce_dims(aggregate(self.iter_records(since, until), step_s), dims)
 
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         """:meth:`_stored_summary` reduced to ``dims``; stores override it to group in the store."""
@@ -266,11 +278,13 @@ class SummaryRow:
         return (self.bucket, *(getattr(self, d) for d in SUMMARY_DIMS))
 
 
-def aggregate(records: Iterable[LedgerRecord]) -> list[SummaryRow]:
-    """Hourly summary rows of ``records`` (the reference every ledger's stored summary must equal)."""
+def aggregate(records: Iterable[LedgerRecord], step_s: float = BUCKET_S) -> list[SummaryRow]:
+    """Hourly summary rows of ``records`` (the reference every ledger's stored summary must equal), or rows per
+    ``step_s``-second bucket."""
     out: dict[tuple[Any, ...], SummaryRow] = {}
     for r in records:
-        key = (bucket_of(r.ts), *(getattr(r, d) for d in SUMMARY_DIMS))
+        bucket = bucket_of(r.ts) if step_s == BUCKET_S else float(math.floor(r.ts / step_s) * step_s)
+        key = (bucket, *(getattr(r, d) for d in SUMMARY_DIMS))
         row = out.get(key)
         if row is None:
             row = out[key] = SummaryRow(*key)

@@ -290,6 +290,11 @@ class JournaledLedger(Ledger):
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         return self._store()._stored_summary(lo, hi)
 
+    def raw_summary(
+        self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
+    ) -> list[SummaryRow]:
+        return self._store().raw_summary(since, until, dims, step_s)
+
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         return self._store().recent_calls(model, limit)
 

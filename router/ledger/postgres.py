@@ -392,14 +392,17 @@ class PostgresLedger(Ledger):
         return self._grouped("bucket", "summary_hourly", where, args, dims, sums)
 
     @guarded("read the records' sums")
-    def _raw_summary(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+    def _raw_summary(
+        self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
+    ) -> list[SummaryRow]:
         where, args = "ts >= %s", [since]
         if until is not None:
             where += " AND ts < %s"
             args.append(until)
         sums = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
                 "sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))")
-        return self._grouped("(floor(ts / 3600) * 3600)::bigint", "records", where, args, dims or SUMMARY_DIMS, sums)
+        bucket = f"(floor(ts / {step_s:d}) * {step_s:d})::bigint"
+        return self._grouped(bucket, "records", where, args, dims or SUMMARY_DIMS, sums)
 
     def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
                  sums: str) -> list[SummaryRow]:

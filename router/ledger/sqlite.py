@@ -35,7 +35,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
-from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
+from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "path_from_url"]
 
@@ -395,14 +395,17 @@ class SQLiteLedger(Ledger):
         return self._grouped("bucket", "summary_hourly", where, args, dims, _SUMMED)
 
     @guarded("read the records' sums")
-    def _raw_summary(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+    def _raw_summary(
+        self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
+    ) -> list[SummaryRow]:
         """Summed by SQLite over the time index: a busy hour's ~40,000 records in ~30 ms, where building a
         record object for each and summing in Python took ~250 ms."""
         where, args = "ts >= ?", [since]
         if until is not None:
             where += " AND ts < ?"
             args.append(until)
-        return self._grouped(BUCKET_SQL.format(t=""), "records", where, args, dims or SUMMARY_DIMS, _RAW_SUMS)
+        bucket = f"(CAST(ts AS INTEGER) - (CAST(ts AS INTEGER) % {step_s:d}))"  # the summary trigger's, per step
+        return self._grouped(bucket, "records", where, args, dims or SUMMARY_DIMS, _RAW_SUMS)
 
     def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
                  sums: str) -> list[SummaryRow]:

@@ -220,6 +220,12 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.summary(since, until, dims)
 
+    def raw_summary(
+        self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
+    ) -> list[SummaryRow]:
+        self.flush()
+        return self.inner.raw_summary(since, until, dims, step_s)
+
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         # no flush: read while deciding; it can trail by the records still queued
         return self.inner.recent_calls(model, limit)

@@ -234,6 +234,27 @@ def check_summary_reduced_to_dims(open_store: OpenStore) -> None:
                            for d in SUMMARY_DIMS if d not in dims)
 
 
+def check_raw_summary_per_step(open_store: OpenStore) -> None:
+    """``raw_summary``: sums of the records per bucket of any whole number of seconds, reduced to ``dims``."""
+    led = open_store("raw_summary")
+    recs = _sample(50, step=97.0)
+    led.record_many(recs)
+    for step, dims in [(300, ("model",)), (60, ("tier", "outcome")), (3600, None), (7, ("key_hash",))]:
+        since, until = recs[3].ts - 0.5, recs[41].ts
+        chosen = [r for r in recs if since <= r.ts < until]
+        got = {r.dims(): (r.requests, r.energy_j) for r in led.raw_summary(since, until, dims=dims, step_s=step)}
+        want = {r.dims(): (r.requests, r.energy_j) for r in reduce_dims(aggregate(chosen, step), check_dims(dims))}
+        assert got.keys() == want.keys(), (step, dims)
+        assert all(got[k][0] == v[0] and math.isclose(got[k][1], v[1]) for k, v in want.items())
+        assert all(r.bucket % step == 0 for r in led.raw_summary(since, until, dims=dims, step_s=step))
+    for bad in (0, -5, 2.5, True):
+        try:
+            led.raw_summary(0.0, step_s=bad)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"step_s={bad!r} was accepted")
+
+
 def check_reopen_keeps_everything(open_store: OpenStore) -> None:
     led = open_store("reopen")
     for r in _sample(5):
@@ -430,6 +451,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_recent_calls,
     check_latest_records,
     check_summary_reduced_to_dims,
+    check_raw_summary_per_step,
     check_spent,
     check_totals,
     check_summary_exact_for_any_range,
