@@ -182,8 +182,7 @@ class RouterConfig(BaseModel):
         from_env: set[str] = set()
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
-            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal",
-                                                                 "dashboard"):
+            if env is not None and field not in ("cpu_power", "cooldown", "proxy", "keys", "journal", "dashboard"):
                 data[field] = env
                 from_env.add(field)
         data.update({k: v for k, v in overrides.items() if v is not None})

@@ -402,15 +402,15 @@ class PostgresLedger(Ledger):
         sums = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
                 "sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))")
         bucket = f"(floor(ts / {step_s:d}) * {step_s:d})::bigint"
-        return self._grouped(bucket, "records", where, args, dims or SUMMARY_DIMS, sums)
+        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, sums)
 
     def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
                  sums: str) -> list[SummaryRow]:
         """Rows summed by PostgreSQL, grouped by the bucket and ``dims`` (the others NULL, read as None)."""
         cols = ", ".join((f"COALESCE({d}, '')" if d in ("key_hash", "policy", "task") else d) if d in dims
                          else "NULL::text" for d in SUMMARY_DIMS)
-        groups = ", ".join(str(2 + SUMMARY_DIMS.index(d)) for d in dims)
-        sql = f"SELECT {bucket}, {cols}, {sums} FROM {self.schema}.{table} WHERE {where} GROUP BY 1, {groups}"
+        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
+        sql = f"SELECT {bucket}, {cols}, {sums} FROM {self.schema}.{table} WHERE {where} GROUP BY 1{groups}"
         out = []
         for r in self._all(sql, args):
             row = SummaryRow(float(r[0]), *r[1:8], int(r[8]), float(r[9]), int(r[10]), int(r[11]), float(r[12]),

@@ -405,14 +405,14 @@ class SQLiteLedger(Ledger):
             where += " AND ts < ?"
             args.append(until)
         bucket = f"(CAST(ts AS INTEGER) - (CAST(ts AS INTEGER) % {step_s:d}))"  # the summary trigger's, per step
-        return self._grouped(bucket, "records", where, args, dims or SUMMARY_DIMS, _RAW_SUMS)
+        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
 
     def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
                  sums: str) -> list[SummaryRow]:
         cols = ", ".join((f"COALESCE({d}, '')" if d in _NULLABLE else d) if d in dims else "NULL"
                          for d in SUMMARY_DIMS)
-        groups = ", ".join(str(2 + SUMMARY_DIMS.index(d)) for d in dims)
-        sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1, {groups}"
+        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
+        sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1{groups}"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         out = []

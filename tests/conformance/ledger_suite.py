@@ -221,7 +221,7 @@ def check_summary_reduced_to_dims(open_store: OpenStore) -> None:
         return out
 
     for dims in [("model",), ("tier", "outcome"), ("model", "tier", "outcome", "energy_source"), ("key_hash", "task"),
-                 SUMMARY_DIMS]:
+                 (), SUMMARY_DIMS]:
         for since, until in [(0.0, None), (T0 + 1000, T0 + 20000), (T0 + 3600, T0 + 7200), (T0 + 10, T0 + 20)]:
             chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
             got = rows(reduce_dims(led.summary(since, until, dims=dims), check_dims(dims)))  # partial hours apart
@@ -239,7 +239,7 @@ def check_raw_summary_per_step(open_store: OpenStore) -> None:
     led = open_store("raw_summary")
     recs = _sample(50, step=97.0)
     led.record_many(recs)
-    for step, dims in [(300, ("model",)), (60, ("tier", "outcome")), (3600, None), (7, ("key_hash",))]:
+    for step, dims in [(300, ("model",)), (60, ("tier", "outcome")), (3600, None), (7, ("key_hash",)), (600, ())]:
         since, until = recs[3].ts - 0.5, recs[41].ts
         chosen = [r for r in recs if since <= r.ts < until]
         got = {r.dims(): (r.requests, r.energy_j) for r in led.raw_summary(since, until, dims=dims, step_s=step)}
