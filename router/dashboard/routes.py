@@ -62,7 +62,8 @@ class Dashboard:
         self._reader_lock = threading.Lock()
         flush = getattr(router.ledger, "flush", None)
         seen = (lambda: list(metrics.budgets_seen)) if metrics is not None else tuple
-        self.data = DashboardData(router, self._ledger, flush=flush if callable(flush) else None,
+        # the page shows what was handed to the background writer before it asked, waiting at most a few seconds
+        self.data = DashboardData(router, self._ledger, flush=partial(flush, 5.0) if callable(flush) else None,
                                   budgets_seen=seen)
         self.simulation = SimulationView(settings.simulation)
         page = (_STATIC / "index.html").read_text(encoding="utf-8")
