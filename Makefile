@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   creates .venv, installs router with its models, runs `router demo`
-#   make test   the same venv plus test tools, redis-server and PostgreSQL, then the whole test suite
+#   make test   the same venv plus test tools, redis-server, PostgreSQL and Chromium, then the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

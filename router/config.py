@@ -159,6 +159,18 @@ class BatchSettings(_Settings):
     max_lines: int = Field(50_000, ge=1, le=10_000_000, description="lines per batch (OpenAI's limit is 50,000)")
 
 
+class DashboardSettings(_Settings):
+    """``GET /dashboard`` in ``router serve``: a live page over the ledger and its JSON API (router/dashboard/).
+    With keys configured it needs a key marked ``admin: true``."""
+
+    enabled: bool = Field(True, description="off: /dashboard and /dashboard/api/... are 404")
+    refresh_s: float = Field(5.0, ge=1, le=3600, description="how often the page fetches new figures")
+    recent: int = Field(50, ge=1, le=1000, description="decisions listed on the page")
+    simulation: Path | None = Field(
+        None, strict=False, description="a `router simulate --json` output file, or a folder of them (the newest "
+        "is shown): its quality/energy frontier is drawn on the page")
+
+
 class KeyEntry(_Settings):
     """One API key, held only as a SHA-256 digest (or read from an environment variable at start-up)."""
 
@@ -166,6 +178,7 @@ class KeyEntry(_Settings):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="printf %s \"$KEY\" | sha256sum")
     env: str | None = Field(None, description="read the key from this environment variable at start-up")
     policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
+    admin: bool = Field(False, description="may open the dashboard (/dashboard) when keys are configured")
 
     @model_validator(mode="before")
     @classmethod
@@ -181,7 +194,7 @@ class KeyEntry(_Settings):
         return self
 
 
-_BLOCKS = ("cpu_power", "cooldown", "proxy", "keys", "journal", "carbon", "batch")
+_BLOCKS = ("cpu_power", "cooldown", "proxy", "keys", "journal", "carbon", "batch", "dashboard")
 """Settings blocks: YAML only (no ``ROUTER_<FIELD>`` variable)."""
 
 
@@ -215,6 +228,7 @@ class RouterConfig(BaseModel):
     journal: JournalSettings = Field(default_factory=JournalSettings)
     carbon: CarbonSettings = Field(default_factory=CarbonSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="before")
     @classmethod

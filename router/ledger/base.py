@@ -16,7 +16,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -144,6 +144,20 @@ class Ledger(ABC):
         calls = [r for r in self.iter_records(since) if r.model == model and r.outcome in ("ok", "escalated")]
         return calls[::-1][:limit]
 
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        """The newest ``limit`` records of any outcome, newest first (the dashboard's recent decisions). This
+        default reads ever wider spans back from now (an hour, then 8x longer each time), so it reads few rows
+        where records are dense; stores override it with their time index."""
+        if limit <= 0:
+            return []
+        now, span = time.time(), 3600.0
+        while True:
+            since = max(0.0, now - span)
+            recs = self.records(since)
+            if len(recs) >= limit or since == 0.0:
+                return recs[::-1][:limit]
+            span *= 8
+
     @abstractmethod
     def prune(self, older_than: float) -> int:
         """Delete records with ``ts < older_than`` (the retention setting); returns how many went."""
@@ -151,19 +165,47 @@ class Ledger(ABC):
     # Reports. ``summary`` is what ``router ledger report`` reads: hourly aggregates that a ledger may keep
     # up to date as it writes (SQLite: a trigger-maintained table; Redis: hashes), so a report over a busy
     # day's million records reads thousands of rows, not millions. The default aggregates ``records``.
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+    def summary(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
         """Aggregates per hour bucket and dimension for records with ``since <= ts < until``. Partial hours
-        at either end are aggregated from the raw records, so the figures are exact for any range."""
+        at either end are aggregated from the raw records, so the figures are exact for any range.
+
+        ``dims``: keep only these of ``SUMMARY_DIMS``; the others read None and rows that then agree are summed
+        into one, so totals by model read a row per hour and model instead of one per hour, model, key, policy
+        and task (the dashboard's queries on a million records: ``benchmarks/bench_dashboard.py``)."""
+        keep = check_dims(dims)
         lo = bucket_of(since) + (BUCKET_S if since % BUCKET_S else 0)
         hi = bucket_of(until) if until is not None else math.inf
         if lo >= hi:
-            return aggregate(self.iter_records(since, until))
-        rows = self._stored_summary(lo, hi)
+            return self._raw_summary(since, until, keep, int(BUCKET_S))
+        rows = self._stored_summary_by(lo, hi, keep)
         if since < lo:
-            rows += aggregate(self.iter_records(since, lo))
+            rows += self._raw_summary(since, lo, keep, int(BUCKET_S))
         if until is not None and until > hi:
-            rows += aggregate(self.iter_records(hi, until))
+            rows += self._raw_summary(hi, until, keep, int(BUCKET_S))
         return rows
+
+    def raw_summary(
+        self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
+    ) -> list[SummaryRow]:
+        """Sums of the records ``since <= ts < until`` per ``step_s``-second bucket (aligned to the epoch; whole
+        seconds) and dimension, reduced to ``dims`` like :meth:`summary`. Read from the records themselves, not
+        the hourly summary, so keep the range short: :meth:`summary` uses it for partial hours, the dashboard for
+        5-minute steps over its last hour. SQLite and PostgreSQL sum inside the store."""
+        if isinstance(step_s, bool) or not isinstance(step_s, int) or step_s < 1:
+            raise ValueError(f"step_s must be a whole number of seconds, at least 1; got {step_s!r}")
+        return self._raw_summary(since, until, check_dims(dims), step_s)
+
+    def _raw_summary(
+        self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
+    ) -> list[SummaryRow]:
+        """:meth:`raw_summary` with ``dims`` checked; stores override it to sum in the store, not in Python."""
+        return reduce_dims(aggregate(self.iter_records(since, until), step_s), dims)
+
+    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        """:meth:`_stored_summary` reduced to ``dims``; stores override it to group in the store."""
+        return reduce_dims(self._stored_summary(lo, hi), dims)
 
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         """Aggregates of whole hour buckets ``lo <= bucket < hi``; override where the store keeps them."""
@@ -214,7 +256,8 @@ def bucket_of(ts: float) -> float:
 
 @dataclass
 class SummaryRow:
-    """Sums over the records of one hour bucket that share every dimension in ``SUMMARY_DIMS``."""
+    """Sums over the records of one hour bucket that share every dimension in ``SUMMARY_DIMS`` (a dimension
+    left out of ``Ledger.summary(dims=...)`` reads None)."""
 
     bucket: float
     model: str
@@ -235,15 +278,49 @@ class SummaryRow:
         return (self.bucket, *(getattr(self, d) for d in SUMMARY_DIMS))
 
 
-def aggregate(records: Iterable[LedgerRecord]) -> list[SummaryRow]:
-    """Hourly summary rows of ``records`` (the reference every ledger's stored summary must equal)."""
+def aggregate(records: Iterable[LedgerRecord], step_s: float = BUCKET_S) -> list[SummaryRow]:
+    """Hourly summary rows of ``records`` (the reference every ledger's stored summary must equal), or rows per
+    ``step_s``-second bucket."""
     out: dict[tuple[Any, ...], SummaryRow] = {}
     for r in records:
-        key = (bucket_of(r.ts), *(getattr(r, d) for d in SUMMARY_DIMS))
+        bucket = bucket_of(r.ts) if step_s == BUCKET_S else float(math.floor(r.ts / step_s) * step_s)
+        key = (bucket, *(getattr(r, d) for d in SUMMARY_DIMS))
         row = out.get(key)
         if row is None:
             row = out[key] = SummaryRow(*key)
         add_to_row(row, r)
+    return list(out.values())
+
+
+def check_dims(dims: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``dims`` as a tuple in ``SUMMARY_DIMS`` order, or None for all of them; an unknown one is a ValueError."""
+    if dims is None:
+        return None
+    unknown = set(dims) - set(SUMMARY_DIMS)
+    if unknown:
+        raise ValueError(f"unknown summary dimension(s) {', '.join(sorted(unknown))}; choose from "
+                         + ", ".join(SUMMARY_DIMS))
+    keep = tuple(d for d in SUMMARY_DIMS if d in dims)
+    return None if keep == SUMMARY_DIMS else keep
+
+
+def reduce_dims(rows: Iterable[SummaryRow], dims: tuple[str, ...] | None) -> list[SummaryRow]:
+    """``rows`` with the dimensions outside ``dims`` set to None and rows that then agree summed into one."""
+    if dims is None:
+        return rows if isinstance(rows, list) else list(rows)
+    out: dict[tuple[Any, ...], SummaryRow] = {}
+    for row in rows:
+        values = {d: getattr(row, d) if d in dims else None for d in SUMMARY_DIMS}
+        key = (row.bucket, *values.values())
+        acc = out.get(key)
+        if acc is None:
+            acc = out[key] = SummaryRow(row.bucket, **values)
+        acc.requests += row.requests
+        acc.energy_j += row.energy_j
+        acc.input_tokens += row.input_tokens
+        acc.output_tokens += row.output_tokens
+        acc.latency_ms_sum += row.latency_ms_sum
+        acc.co2e_g += row.co2e_g
     return list(out.values())
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,14 +282,24 @@ class JournaledLedger(Ledger):
     def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
         return self._store().totals(by, since)
 
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
-        return self._store().summary(since, until)
+    def summary(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        return self._store().summary(since, until, dims)
 
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         return self._store()._stored_summary(lo, hi)
 
+    def raw_summary(
+        self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
+    ) -> list[SummaryRow]:
+        return self._store().raw_summary(since, until, dims, step_s)
+
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         return self._store().recent_calls(model, limit)
+
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        return self._store().latest_records(limit)
 
     def prune(self, older_than: float) -> int:
         return self._store().prune(older_than)

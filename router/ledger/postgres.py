@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .base import (
+    SUMMARY_DIMS,
     Ledger,
     LedgerRecord,
     Reservation,
@@ -233,6 +234,12 @@ class PostgresLedger(Ledger):
                "AND outcome IN ('ok', 'escalated') ORDER BY ts DESC LIMIT %s")  # the (model, ts) index
         return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (model, limit))]
 
+    @guarded("read the latest records")
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records "
+               "ORDER BY ts DESC, id DESC LIMIT %s")  # the (ts, id) index, read backwards
+        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (max(0, limit),))]
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records and their sums older than ``older_than`` in one transaction; the hour straddling the
@@ -385,6 +392,45 @@ class PostgresLedger(Ledger):
         return self._all(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args)
 
     # -- budgets ----------------------------------------------------------------------------------------
+    @guarded("read the hourly summary")
+    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        if dims is None:
+            return self._stored_summary(lo, hi)
+        where, args = "bucket >= %s", [int(math.ceil(lo))]
+        if not math.isinf(hi):
+            where += " AND bucket < %s"
+            args.append(int(math.ceil(hi)))
+        sums = "sum(requests), sum(energy_j), sum(input_tokens), sum(output_tokens), sum(latency_ms_sum), sum(co2e_g)"
+        return self._grouped("bucket", "summary_hourly", where, args, dims, sums)
+
+    @guarded("read the records' sums")
+    def _raw_summary(
+        self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
+    ) -> list[SummaryRow]:
+        where, args = "ts >= %s", [since]
+        if until is not None:
+            where += " AND ts < %s"
+            args.append(until)
+        sums = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
+                "sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))")
+        bucket = f"(floor(ts / {step_s:d}) * {step_s:d})::bigint"
+        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, sums)
+
+    def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
+                 sums: str) -> list[SummaryRow]:
+        """Rows summed by PostgreSQL, grouped by the bucket and ``dims`` (the others NULL, read as None)."""
+        cols = ", ".join((f"COALESCE({d}, '')" if d in ("key_hash", "policy", "task") else d) if d in dims
+                         else "NULL::text" for d in SUMMARY_DIMS)
+        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
+        sql = f"SELECT {bucket}, {cols}, {sums} FROM {self.schema}.{table} WHERE {where} GROUP BY 1{groups}"
+        out = []
+        for r in self._all(sql, args):
+            row = SummaryRow(float(r[0]), *r[1:8], int(r[8]), float(r[9]), int(r[10]), int(r[11]), float(r[12]),
+                             float(r[13]))
+            row.key_hash, row.policy, row.task = row.key_hash or None, row.policy or None, row.task or None
+            out.append(row)
+        return out
+
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         start = window_start(time.time(), window_s)

@@ -182,6 +182,12 @@ class RedisLedger(Ledger):
                 break
         return found[:limit]
 
+    @guarded("read the latest records")
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        if limit <= 0:
+            return []
+        return [_parse(m) for m in self.r.zrevrange(self._k_records, 0, limit - 1)]  # the sorted set, by time
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Drop records older than ``older_than`` and their hourly sums; the hour that straddles the cut-off

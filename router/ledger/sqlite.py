@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .base import (
+    SUMMARY_DIMS,
     Ledger,
     LedgerRecord,
     Reservation,
@@ -43,6 +44,12 @@ _COLUMNS = [
     "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
     "estimated_j", "grid_g_per_kwh", "zone",
 ]  # fmt: skip
+
+_NULLABLE = ("key_hash", "policy", "task")  # kept as '' in the summary table; read back as None
+_SUMMED = ("SUM(requests), SUM(energy_j), SUM(input_tokens), SUM(output_tokens), SUM(latency_ms_sum), "
+           "SUM(co2e_g)")
+_RAW_SUMS = ("COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), "
+             "SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))")
 
 _row = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one C call
 _MARKS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"  # one row's placeholders
@@ -234,6 +241,13 @@ class SQLiteLedger(Ledger):
             rows = self._conn.execute(sql, (model, limit)).fetchall()
         return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
+    @guarded("read the latest records")
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM records ORDER BY ts DESC, id DESC LIMIT ?"  # the ts index
+        with self._lock:
+            rows = self._conn.execute(sql, (max(0, limit),)).fetchall()
+        return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records (and their hourly summaries) older than ``older_than``, in one transaction. The
@@ -381,6 +395,45 @@ class SQLiteLedger(Ledger):
             args.append(until)
         with self._lock:
             return self._conn.execute(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args).fetchall()
+    @guarded("read the hourly summary")
+    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        if dims is None:
+            return self._stored_summary(lo, hi)
+        where, args = "bucket >= ?", [lo]
+        if hi != float("inf"):
+            where += " AND bucket < ?"
+            args.append(hi)
+        return self._grouped("bucket", "summary_hourly", where, args, dims, _SUMMED)
+
+    @guarded("read the records' sums")
+    def _raw_summary(
+        self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
+    ) -> list[SummaryRow]:
+        """Summed by SQLite over the time index: a busy hour's ~40,000 records in ~30 ms, where building a
+        record object for each and summing in Python took ~250 ms."""
+        where, args = "ts >= ?", [since]
+        if until is not None:
+            where += " AND ts < ?"
+            args.append(until)
+        bucket = f"(CAST(ts AS INTEGER) - (CAST(ts AS INTEGER) % {step_s:d}))"  # the summary trigger's, per step
+        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
+
+    def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
+                 sums: str) -> list[SummaryRow]:
+        cols = ", ".join((f"COALESCE({d}, '')" if d in _NULLABLE else d) if d in dims else "NULL"
+                         for d in SUMMARY_DIMS)
+        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
+        sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1{groups}"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        out = []
+        for r in rows:
+            row = SummaryRow(float(r[0]), *r[1:])
+            row.key_hash = row.key_hash or None
+            row.policy = row.policy or None
+            row.task = row.task or None
+            out.append(row)
+        return out
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:

@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._router import Router
 from ..config import RouterConfig
+from ..dashboard import mount_dashboard
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
 from ..keys import KeyStore
 from ..ledger import open_ledger
@@ -146,6 +147,7 @@ def create_app(
     from ..batch.api import add_batch_routes
 
     add_batch_routes(app, router)  # /v1/files and /v1/batches (router/batch/api.py)
+    mount_dashboard(app, router, router.keys, config.dashboard, proxy.metrics)  # /dashboard, off by config
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:

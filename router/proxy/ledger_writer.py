@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..config import JournalSettings
@@ -214,13 +214,25 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.totals(by, since)
 
-    def summary(self, since: float = 0.0, until: float | None = None) -> list[SummaryRow]:
+    def summary(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
         self.flush()
-        return self.inner.summary(since, until)
+        return self.inner.summary(since, until, dims)
+
+    def raw_summary(
+        self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
+    ) -> list[SummaryRow]:
+        self.flush()
+        return self.inner.raw_summary(since, until, dims, step_s)
 
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         # no flush: read while deciding; it can trail by the records still queued
         return self.inner.recent_calls(model, limit)
+
+    def latest_records(self, limit: int) -> list[LedgerRecord]:
+        self.flush()
+        return self.inner.latest_records(limit)
 
     def prune(self, older_than: float) -> int:
         self.flush()

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from router.errors import LedgerError
-from router.ledger import Ledger, LedgerRecord, aggregate, totals_from_summary
+from router.ledger import Ledger, LedgerRecord, SummaryRow, aggregate, totals_from_summary
+from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
 
 OpenStore = Callable[[str], Ledger]
 MakePrevious = Callable[[str, list[LedgerRecord]], None]
@@ -141,6 +142,19 @@ def check_recent_calls(open_store: OpenStore) -> None:
     assert led.recent_calls("nobody", 5) == []
 
 
+def check_latest_records(open_store: OpenStore) -> None:
+    """The newest records of any outcome (errors too), newest first."""
+    led = open_store("latest")
+    assert led.latest_records(5) == []
+    now = time.time()
+    recs = [_rec(i, now - 3900 + i * 97.0) for i in range(40)]  # the last hour and a bit, oldest first
+    led.record_many(recs)
+    want = [r.as_dict() for r in reversed(recs)]
+    assert [r.as_dict() for r in led.latest_records(6)] == want[:6]
+    assert [r.as_dict() for r in led.latest_records(1000)] == want
+    assert led.latest_records(0) == []
+
+
 def check_records_range_and_limit(open_store: OpenStore) -> None:
     led = open_store("range")
     recs = _sample(10)
@@ -191,6 +205,54 @@ def check_summary_exact_for_any_range(open_store: OpenStore) -> None:
         got = totals_from_summary(led.summary(since, until), "model")
         chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
         _close(_as_tuples(got), _as_tuples(totals_from_summary(aggregate(chosen), "model")))
+
+
+def check_summary_reduced_to_dims(open_store: OpenStore) -> None:
+    """``summary(dims=...)`` is the full summary with the other dimensions merged away, for any range."""
+    led = open_store("summary_dims")
+    recs = _sample(60, step=437.0)
+    led.record_many(recs)
+
+    def rows(found: list[SummaryRow]) -> dict[tuple[object, ...], tuple[float, ...]]:
+        out: dict[tuple[object, ...], tuple[float, ...]] = {}
+        for r in found:
+            assert r.dims() not in out, f"{r.dims()} twice"
+            out[r.dims()] = (r.requests, r.energy_j, r.input_tokens, r.output_tokens, r.latency_ms_sum, r.co2e_g)
+        return out
+
+    for dims in [("model",), ("tier", "outcome"), ("model", "tier", "outcome", "energy_source"), ("key_hash", "task"),
+                 (), SUMMARY_DIMS]:
+        for since, until in [(0.0, None), (T0 + 1000, T0 + 20000), (T0 + 3600, T0 + 7200), (T0 + 10, T0 + 20)]:
+            chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
+            got = rows(reduce_dims(led.summary(since, until, dims=dims), check_dims(dims)))  # partial hours apart
+            want = rows(reduce_dims(aggregate(chosen), check_dims(dims)))
+            assert got.keys() == want.keys(), (dims, since, until)
+            for k, v in want.items():
+                assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(got[k], v, strict=True)), k
+            if dims != SUMMARY_DIMS:
+                assert all(getattr(r, d) is None for r in led.summary(since, until, dims=dims)
+                           for d in SUMMARY_DIMS if d not in dims)
+
+
+def check_raw_summary_per_step(open_store: OpenStore) -> None:
+    """``raw_summary``: sums of the records per bucket of any whole number of seconds, reduced to ``dims``."""
+    led = open_store("raw_summary")
+    recs = _sample(50, step=97.0)
+    led.record_many(recs)
+    for step, dims in [(300, ("model",)), (60, ("tier", "outcome")), (3600, None), (7, ("key_hash",)), (600, ())]:
+        since, until = recs[3].ts - 0.5, recs[41].ts
+        chosen = [r for r in recs if since <= r.ts < until]
+        got = {r.dims(): (r.requests, r.energy_j) for r in led.raw_summary(since, until, dims=dims, step_s=step)}
+        want = {r.dims(): (r.requests, r.energy_j) for r in reduce_dims(aggregate(chosen, step), check_dims(dims))}
+        assert got.keys() == want.keys(), (step, dims)
+        assert all(got[k][0] == v[0] and math.isclose(got[k][1], v[1]) for k, v in want.items())
+        assert all(r.bucket % step == 0 for r in led.raw_summary(since, until, dims=dims, step_s=step))
+    for bad in (0, -5, 2.5, True):
+        try:
+            led.raw_summary(0.0, step_s=bad)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"step_s={bad!r} was accepted")
 
 
 def check_reopen_keeps_everything(open_store: OpenStore) -> None:
@@ -387,6 +449,9 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_many,
     check_records_range_and_limit,
     check_recent_calls,
+    check_latest_records,
+    check_summary_reduced_to_dims,
+    check_raw_summary_per_step,
     check_spent,
     check_totals,
     check_summary_exact_for_any_range,

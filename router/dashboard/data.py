@@ -1,0 +1,252 @@
+"""The dashboard's figures, read from the ledger: what ``/dashboard/api/...`` returns, as plain JSON-ready dicts.
+
+Every query reads the ledger's hourly summary (:meth:`~router.ledger.Ledger.summary`) reduced to the dimensions it
+needs, so a window over a million records reads a few hundred summed rows, not the records. Raw records are summed
+for at most one hour per query (:meth:`~router.ledger.Ledger.raw_summary`, inside SQLite or PostgreSQL): the
+partial hour at a window's start (so totals are exact for any window) and the 5-minute steps of a window of an
+hour or less; the newest decisions come by the store's time index. ``python
+benchmarks/bench_dashboard.py`` times each query on a 1,000,000-record ledger.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import BadRequestError
+from ..ledger import Ledger, LedgerRecord, SummaryRow
+from ..ledger.base import window_start
+from ..ledger.report import build_report
+
+if TYPE_CHECKING:
+    from .._router import Router
+
+_UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0}
+_WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([mhd])$")
+MAX_WINDOW_S = 3650 * 86400.0
+STEPS_S = (300.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
+"""Chart steps: 5 minutes (raw records, windows up to an hour), then whole hours and coarser (summary rows)."""
+MAX_POINTS = 400
+GROUPINGS = ("model", "tier")
+_TOTALS_DIMS = ("model", "tier", "outcome", "energy_source")
+"""What the totals need: the saving estimate reads model and outcome, the measured share the energy source."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """What a ``window`` parameter names: ``label`` (``24h``, ``all``), ``since`` and ``until`` (epoch seconds)."""
+
+    label: str
+    since: float
+    until: float
+    seconds: float | None  # None: everything in the ledger
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"window": self.label, "since": self.since, "until": self.until}
+
+
+def parse_window(text: str | None, now: float | None = None) -> Window:
+    """``15m``, ``6h``, ``7d`` (a number and m/h/d, at most 3650 days) or ``all``; default ``24h``."""
+    now = time.time() if now is None else now
+    label = (text or "24h").strip().lower()
+    if label == "all":
+        return Window("all", 0.0, now, None)
+    m = _WINDOW.match(label)
+    seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
+    if not m or not 60.0 <= seconds <= MAX_WINDOW_S:
+        raise BadRequestError(f"window {text!r}: use a number and m, h or d between 1m and 3650d (e.g. 1h, 24h, 7d), "
+                              "or all", param="window")
+    return Window(label, now - seconds, now, seconds)
+
+
+class _Rows:
+    """One summary read, handed to :func:`~router.ledger.report.build_report` as if it were the ledger: the
+    totals by model, by tier and by energy source then come from a single read, with the same saving estimate
+    and CO2e as ``router ledger report``."""
+
+    def __init__(self, rows: list[SummaryRow]) -> None:
+        self.rows = rows
+
+    def summary(self, since: float = 0.0, until: float | None = None, dims: object = None) -> list[SummaryRow]:
+        return self.rows
+
+
+class DashboardData:
+    """The queries behind the API. ``reader`` is the ledger read from (the proxy gives a connection of its own
+    for SQLite, so a long read never holds the lock budget reservations take); ``flush`` makes every record
+    handed to the proxy's background writer visible first; ``budgets_seen`` lists budget keys met in decisions
+    that the policies do not name (per-key budgets)."""
+
+    def __init__(self, router: Router, reader: Callable[[], Ledger], *, flush: Callable[[], Any] | None = None,
+                 budgets_seen: Callable[[], Iterable[str]] = tuple) -> None:
+        self.router = router
+        self._reader = reader
+        self._flush = flush
+        self._budgets_seen = budgets_seen
+
+    def _fresh(self) -> Ledger:
+        if self._flush is not None:
+            self._flush()
+        return self._reader()
+
+    # -- totals --------------------------------------------------------------------------------------------
+    def totals(self, window: Window) -> dict[str, Any]:
+        rows = self._fresh().summary(window.since, dims=_TOTALS_DIMS)
+        grid = self.router.config.grid_g_per_kwh
+        report = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="model", since=window.since,
+                              grid_g_per_kwh=grid)
+        tiers: dict[str, str] = {}
+        sources: dict[str, list[float]] = {}
+        answered = 0
+        for row in rows:
+            tiers.setdefault(row.model, row.tier)
+            acc = sources.setdefault(row.energy_source, [0, 0.0])
+            acc[0] += row.requests
+            acc[1] += row.energy_j
+            answered += row.requests if row.outcome in ("ok", "cancelled") else 0
+        t = report.total
+        models = [_group_dict(g, t, tier=tiers.get(g.group, "-")) for g in report.rows]
+        return {
+            **window.as_dict(),
+            "requests": t.requests, "answered": answered, "errors": t.errors,
+            "energy_j": t.energy_j, "co2e_g": t.co2e_g, "grid_g_per_kwh": grid,
+            "counterfactual_model": report.counterfactual_model, "counterfactual_j": t.counterfactual_j,
+            "saved_j": t.saved_j, "saved_share": t.saved_j / t.counterfactual_j if t.counterfactual_j else 0.0,
+            "measured_share": t.measured_share, "energy": _kind(t.measured_share, t.energy_j),
+            "mean_latency_ms": t.mean_latency_ms,
+            "by_source": [{"source": s, "requests": int(n), "energy_j": j, "measured": s.startswith("measured")}
+                          for s, (n, j) in sorted(sources.items())],
+            "by_model": models,
+            "by_tier": _tiers(models, t.requests, t.energy_j),
+            "notes": report.notes,
+        }  # fmt: skip
+
+    # -- over time -----------------------------------------------------------------------------------------
+    def series(self, window: Window, by: str = "model") -> dict[str, Any]:
+        """Requests and joules per time step and group, every step from the window's start to now present."""
+        if by not in GROUPINGS:
+            raise BadRequestError(f"by {by!r}: choose one of {', '.join(GROUPINGS)}", param="by")
+        ledger = self._fresh()
+        cells: dict[tuple[float, str], list[float]] = {}
+        if window.seconds is not None and window.seconds <= 3600:
+            step = STEPS_S[0]
+            for row in ledger.raw_summary(window.since, dims=(by,), step_s=int(step)):  # finer than hourly
+                _add(cells, row.bucket, getattr(row, by), row.requests, row.energy_j)
+            first = window.since
+        else:
+            rows = ledger.summary(window.since, dims=(by,))
+            first = window.since if window.seconds is not None else min((r.bucket for r in rows), default=window.until)
+            step = next((s for s in STEPS_S[1:] if (window.until - first) / s <= MAX_POINTS), STEPS_S[-1])
+            for row in rows:
+                _add(cells, math.floor(row.bucket / step) * step, getattr(row, by), row.requests, row.energy_j)
+        start = math.floor(first / step) * step
+        if cells:  # a record slightly ahead of this clock (another host) still shows
+            start = min(start, min(t for t, _ in cells))
+        end = max([math.floor(window.until / step) * step, *(t for t, _ in cells)])
+        totals: dict[str, float] = {}
+        for (_, g), (_, j) in cells.items():
+            totals[g] = totals.get(g, 0.0) + j
+        groups = sorted(totals, key=lambda g: (-totals[g], g))
+        points = []
+        t = start
+        while t <= end:
+            points.append({"t": t, "requests": {g: int(cells[t, g][0]) for g in groups if (t, g) in cells},
+                           "energy_j": {g: cells[t, g][1] for g in groups if (t, g) in cells}})
+            t += step
+        return {**window.as_dict(), "by": by, "step_s": step, "groups": groups, "points": points}
+
+    # -- budgets -------------------------------------------------------------------------------------------
+    def budgets(self) -> dict[str, Any]:
+        """Each budget's use in its current window and when the window rolls; one row per policy that names the
+        budget (policies may share a counter with different limits)."""
+        specs: list[tuple[str, float | None, float, str | None]] = []
+        specs_fn = getattr(self.router.engine, "budget_specs", None)
+        if callable(specs_fn):
+            specs = [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn()]
+        named = {b for b, *_ in specs}
+        for budget in sorted(set(self._budgets_seen()) - named):  # per-key budgets; the key ends in the window
+            try:
+                specs.append((budget, None, float(budget.rsplit(":", 1)[1].removesuffix("s")), None))
+            except (IndexError, ValueError):
+                continue
+        ledger = self._fresh()
+        now = time.time()
+        used: dict[tuple[str, float], float] = {}
+        out = []
+        for budget, limit_j, window_s, policy in specs:
+            if (budget, window_s) not in used:
+                used[budget, window_s] = ledger.budget_used(budget, window_s)
+            spent = used[budget, window_s]
+            start = window_start(now, window_s)
+            out.append({
+                "budget": budget, "policy": policy, "limit_j": limit_j, "window_s": window_s, "used_j": spent,
+                "remaining_j": None if limit_j is None else max(0.0, limit_j - spent),
+                "used_share": None if not limit_j else spent / limit_j,
+                "window_start": start, "rolls_at": start + window_s, "rolls_in_s": start + window_s - now,
+            })  # fmt: skip
+        return {"now": now, "budgets": out}
+
+    # -- decisions -----------------------------------------------------------------------------------------
+    def recent(self, limit: int) -> dict[str, Any]:
+        """The newest ledger records. Prompts are not stored in the ledger, so none are shown."""
+        records = self._fresh().latest_records(limit)
+        return {"prompts_stored": False, "records": [_decision(r) for r in records]}
+
+
+def _add(cells: dict[tuple[float, str], list[float]], t: float, group: str | None, n: int, j: float) -> None:
+    acc = cells.setdefault((t, group or "-"), [0, 0.0])
+    acc[0] += n
+    acc[1] += j
+
+
+def _kind(measured_share: float, energy_j: float) -> str:
+    if energy_j <= 0:
+        return "none"
+    if measured_share >= 0.999:
+        return "measured"
+    return "estimated" if measured_share <= 0.001 else "mixed"
+
+
+def _group_dict(g: Any, total: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "group": g.group, **extra, "requests": g.requests, "errors": g.errors, "energy_j": g.energy_j,
+        "co2e_g": g.co2e_g, "saved_j": g.saved_j, "mean_latency_ms": g.mean_latency_ms,
+        "measured_share": g.measured_share, "energy": _kind(g.measured_share, g.energy_j),
+        "request_share": g.requests / total.requests if total.requests else 0.0,
+        "energy_share": g.energy_j / total.energy_j if total.energy_j else 0.0,
+    }  # fmt: skip
+
+
+def _tiers(models: list[dict[str, Any]], requests: int, energy_j: float) -> list[dict[str, Any]]:
+    acc: dict[str, dict[str, Any]] = {}
+    for m in models:
+        t = acc.setdefault(m["tier"], {"group": m["tier"], "requests": 0, "errors": 0, "energy_j": 0.0,
+                                       "co2e_g": 0.0, "saved_j": 0.0, "_latency": 0.0, "_measured": 0.0})
+        for k in ("requests", "errors", "energy_j", "co2e_g", "saved_j"):
+            t[k] += m[k]
+        t["_latency"] += m["mean_latency_ms"] * m["requests"]
+        t["_measured"] += m["measured_share"] * m["energy_j"]
+    out = []
+    for name in sorted(acc):
+        t = acc[name]
+        t["mean_latency_ms"] = t.pop("_latency") / t["requests"] if t["requests"] else 0.0
+        t["measured_share"] = t.pop("_measured") / t["energy_j"] if t["energy_j"] else 0.0
+        t["energy"] = _kind(t["measured_share"], t["energy_j"])
+        t["request_share"] = t["requests"] / requests if requests else 0.0
+        t["energy_share"] = t["energy_j"] / energy_j if energy_j else 0.0
+        out.append(t)
+    return out
+
+
+def _decision(r: LedgerRecord) -> dict[str, Any]:
+    return {
+        "ts": r.ts, "request_id": r.request_id, "model": r.model, "tier": r.tier, "outcome": r.outcome,
+        "reason": r.reason, "energy_j": r.energy_j, "energy_source": r.energy_source, "latency_ms": r.latency_ms,
+        "estimated_j": r.estimated_j, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+        "co2e_g": r.co2e_g, "policy": r.policy, "task": r.task, "key": r.key_hash, "attempt": r.attempt,
+        "error": r.error,
+    }  # fmt: skip
