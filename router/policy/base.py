@@ -41,6 +41,9 @@ class DecisionRequest:
     """Input tokens, for the joule estimates."""
     output_tokens_hint: int | None = None
     """Output tokens, for the joule estimates; ``None``: the policy's ``output_tokens_estimate``."""
+    capabilities: frozenset[str] = frozenset()
+    """What the request needs a model to do besides text (``tools``, ``json_schema``, ...; see
+    :mod:`router.capabilities`): only models whose card lists all of them are candidates."""
 
     @staticmethod
     def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:
