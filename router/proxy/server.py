@@ -10,6 +10,12 @@ only the head) means that under load the responses finished in one iteration are
 system calls follow together, instead of a system call between every two responses' Python work: ~9 % less proxy
 CPU per request at concurrency 64 (``benchmarks/README.md``, *Proxy*). Nothing waits longer than the iteration: a
 stream's headers and each of its chunks still go out before the next chunk is awaited.
+
+The second change: a request's headers must arrive within :data:`HEADER_TIMEOUT_S` of its first byte (of the
+connection, for the first request), else the connection is closed. uvicorn bounds idle keep-alive connections but
+not a request in progress, and any byte received restarts nothing, so a client sending its headers a byte at a
+time could hold a connection (and a worker's memory) indefinitely. The body's own bound is the chat handler's
+(``proxy.body_timeout_s``, a 408).
 """
 
 from __future__ import annotations
@@ -65,8 +71,46 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
+HEADER_TIMEOUT_S = 10.0
+"""Seconds a request's headers may take (``proxy.header_timeout_s``; set per process by ``app_from_env``)."""
+
+
+def set_header_timeout(seconds: float) -> None:
+    global HEADER_TIMEOUT_S
+    HEADER_TIMEOUT_S = seconds
+
+
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """``uvicorn.run(..., http=OneWriteHttpToolsProtocol)``: uvicorn's httptools protocol over :class:`_OneWrite`."""
+    """``uvicorn.run(..., http=OneWriteHttpToolsProtocol)``: uvicorn's httptools protocol over :class:`_OneWrite`,
+    with a deadline on each request's headers."""
+
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWrite(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = asyncio.get_running_loop().call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        self.transport.close()
