@@ -224,14 +224,15 @@ class Attempts:
 
     def _invalid(self, call: Call, gen: Generation, energy: EnergyReading, latency: float, problem: str,
                  sent: bool) -> bool:
-        """An answer that fails the request's format: recorded (``escalated``, or ``error`` once streamed), and
-        the next capable model is tried; no model left ends the request with this error."""
+        """An answer that fails the request's format: recorded (``escalated``; ``error`` once streamed or when no
+        model is left), and the next capable model is tried; no model left ends the request with this error."""
         error = StructuredOutputError(f"{call.model}: {problem}")
-        outcome = "error" if sent else "escalated"
+        outcome = "escalated" if not sent and self.position < len(self.plan) else "error"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
                                       gen.confidence))
         self.energy = energy if self.energy is None else self.energy + energy
-        reason = f"{self.prepared.decision.reason}; {problem}" + ("" if sent else ", trying the next capable model")
+        reason = f"{self.prepared.decision.reason}; {problem}" + (
+            ", trying the next capable model" if outcome == "escalated" else "")
         self._record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason,
                      error=f"{error.code}: {error.message}"[:500])
         self.errors.append(error)

@@ -262,7 +262,8 @@ def has_tool_history(messages: list[ChatMessage]) -> bool:
 def _message(i: int, raw: Any) -> ChatMessage:
     if not isinstance(raw, Mapping):
         raise BadRequestError(f"messages[{i}] must be an object with `role` and `content`", param=f"messages[{i}]")
-    raw = check_tool_fields(i, raw) if raw.get("role") in ("assistant", "tool", "function") else raw
+    if raw.get("role") in ("assistant", "tool", "function") or "tool_calls" in raw or "tool_call_id" in raw:
+        raw = check_tool_fields(i, raw)
     content = raw.get("content")
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
         if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text", ""), str)

@@ -194,13 +194,13 @@ def check_tool_fields(i: int, raw: Mapping[str, Any]) -> dict[str, Any]:
         out["tool_call_id"] = legacy_call_id(name)
     calls = out.get("tool_calls")
     if calls is not None:
-        if out["role"] != "assistant":
+        if out.get("role") != "assistant":
             raise BadRequestError(f"messages[{i}].tool_calls: only assistant messages carry tool calls",
                                   param=f"messages[{i}].tool_calls")
         if not isinstance(calls, list):
             raise BadRequestError(f"messages[{i}].tool_calls must be a list", param=f"messages[{i}].tool_calls")
         out["tool_calls"] = [_history_call(i, j, c) for j, c in enumerate(calls)] or None
-    if out["role"] == "tool":
+    if out.get("role") == "tool":
         if not isinstance(out.get("tool_call_id"), str) or not out["tool_call_id"]:
             raise BadRequestError(f"messages[{i}].tool_call_id is required on a tool message (the id of the call it "
                                   "answers)", param=f"messages[{i}].tool_call_id")
@@ -217,8 +217,11 @@ def _history_call(i: int, j: int, call: Any) -> dict[str, Any]:
         raise BadRequestError(f"{where} must be {{'id', 'type': 'function', 'function': {{'name', 'arguments'}}}}",
                               param=where)
     args = fn.get("arguments", "")
-    if not isinstance(args, str):
-        args = json.dumps(args)  # some clients send the arguments as an object
+    if not isinstance(args, str):  # some clients send the arguments as an object
+        try:
+            args = json.dumps(args)
+        except (TypeError, ValueError):
+            raise BadRequestError(f"{where}.function.arguments must be a JSON string", param=where) from None
     return {"id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": args}}
 
 

@@ -193,7 +193,8 @@ class LlamaCppBackend(Backend):
                     events = chat.events(prompt, add_bos=bos, completion_style=True)
                 elif request.options.tool_use:
                     system = self.spec.system_prompt or DEFAULT_SYSTEM
-                    tools = request.options.tools if request.options.tools is not None else None
+                    tools = request.options.tools
+                    tools = tools if tools is not None and tools.choice != "none" else None
                     events = chat.events(render_chatml(request.messages, tools, system), add_bos=False)
                 else:
                     events = chat.events(self._chat_prompt(request.messages), add_bos=False)
