@@ -255,11 +255,11 @@ def merge_tool_deltas(calls: list[dict[str, Any]], deltas: Sequence[Mapping[str,
         while len(calls) <= index:
             calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
         call = calls[index]
-        if delta.get("id"):
+        if delta.get("id") and not call["id"]:
             call["id"] = delta["id"]
         fn = delta.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] += fn["name"]
+        if fn.get("name") and not call["function"]["name"]:  # the name comes whole, in the first delta
+            call["function"]["name"] = fn["name"]
         if fn.get("arguments"):
             call["function"]["arguments"] += fn["arguments"]
 

@@ -38,8 +38,11 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
     def openai(self) -> dict[str, Any]:
-        """The message as OpenAI's request body has it (what a remote model is sent)."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        """The message as OpenAI's request body has it (what a remote model is sent). A turn with only tool calls
+        is sent with ``content: ""``: OpenAI takes that as it takes ``null``, and some compatible servers
+        (llama.cpp's Python server among them) refuse ``null``."""
+        content = "" if self.content is None and self.tool_calls else self.content
+        out: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls is not None:
             out["tool_calls"] = self.tool_calls
         if self.tool_call_id is not None:

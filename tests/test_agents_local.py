@@ -92,6 +92,7 @@ def test_openai_sdk_streamed_tool_calls(local: Local) -> None:
     chunks = list(stream)
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
     assert deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
+    assert {d.index for d in deltas} == {0}  # a named tool_choice: one call
     assert all(d.id is None and d.function.name is None for d in deltas[1:])  # later deltas: argument pieces
     arguments = "".join(d.function.arguments or "" for d in deltas if d.index == 0)
     assert json.loads(arguments)["city"]

@@ -189,7 +189,8 @@ class StructuredChat:
     def _calls(self, tokens: list[int], tools: ToolOptions, name: str) -> Iterator[StreamEvent]:
         """One or more calls, each function's arguments held to its parameter schema, streamed as OpenAI's
         tool-call deltas."""
-        limit = MAX_PARALLEL_CALLS if tools.parallel else 1
+        named = tools.choice not in ("auto", "required", None)  # "call this function": one call, as OpenAI makes
+        limit = MAX_PARALLEL_CALLS if tools.parallel and not named else 1
         index = 0
         while True:
             tool = tools.tool(name)

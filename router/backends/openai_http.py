@@ -352,6 +352,8 @@ class _SSEParser:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
         self.done = False
+        self.calls_begun: set[int] = set()
+        """Tool calls (by index) whose first delta has been passed on."""
 
     def feed(self, line: str) -> list[StreamEvent]:
         line = line.strip()
@@ -374,7 +376,7 @@ class _SSEParser:
                 text = delta.get("content") or ""
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
-                calls = _tool_call_deltas(delta)
+                calls = _tool_call_deltas(delta, self.calls_begun)
                 logprobs = _logprobs(choice)
                 if text or calls or logprobs:
                     events.append(StreamEvent(text=text, tool_calls=calls, logprobs=logprobs))
@@ -444,18 +446,24 @@ def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]] | None:
     return calls
 
 
-def _tool_call_deltas(delta: dict[str, Any]) -> list[dict[str, Any]] | None:
+def _tool_call_deltas(delta: dict[str, Any], begun: set[int]) -> list[dict[str, Any]] | None:
+    """Tool-call deltas as OpenAI streams them: ``id``, ``type`` and the name in a call's first delta only (some
+    servers, llama.cpp's Python server among them, repeat the name in every delta; clients that add the pieces
+    up, as the openai SDK does, would get it over and over)."""
     raw = delta.get("tool_calls")
     if not raw:
         return None
     out = []
     for item in raw:
-        d: dict[str, Any] = {"index": int(item.get("index", 0))}
-        for key in ("id", "type"):
-            if item.get(key) is not None:
-                d[key] = str(item[key])
+        index = int(item.get("index", 0))
+        d: dict[str, Any] = {"index": index}
         fn = item.get("function") or {}
-        piece = {k: str(fn[k]) for k in ("name", "arguments") if fn.get(k) is not None}
+        first = index not in begun
+        if first:
+            begun.add(index)
+            d["id"] = str(item.get("id") or new_call_id())
+            d["type"] = "function"
+        piece = {k: str(fn[k]) for k in ("name", "arguments") if fn.get(k) is not None and (k != "name" or first)}
         if piece:
             d["function"] = piece
         out.append(d)

@@ -46,6 +46,8 @@ from .metrics import ProxyMetrics
 log = logging.getLogger("router.proxy")
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+WATCH_AFTER_S = 0.05
+"""A JSON answer's connection is watched for a disconnect once the request has taken this long."""
 DISCONNECT_GRACE_S = 0.5
 """After a client disconnects, how long a call may take to stop by itself (a local model: one token) before it is
 cancelled (a remote model's connection closed)."""
@@ -275,18 +277,21 @@ class ChatHandler:
         (``http.disconnect``) once the body has been read. Then the request's cancel event is set, so a local model
         stops at its next token and the ledger records ``cancelled`` with what it produced; a call still running
         after :data:`DISCONNECT_GRACE_S` (a remote one, whose HTTP request cannot see the event) is cancelled,
-        which closes its upstream connection."""
+        which closes its upstream connection. The watch starts after :data:`WATCH_AFTER_S`: most answers come
+        sooner, and those then cost a timer rather than a task."""
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
         gone: list[asyncio.TimerHandle] = []
+        watcher: list[asyncio.Task[None]] = []
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
             prepared.cancel.set()
-            gone.append(asyncio.get_running_loop().call_later(DISCONNECT_GRACE_S, task.cancel))
+            gone.append(loop.call_later(DISCONNECT_GRACE_S, task.cancel))
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        start = loop.call_later(WATCH_AFTER_S, lambda: watcher.append(loop.create_task(watch())))
         try:
             return await self.router.asend(prepared, as_dict=True)
         except (asyncio.CancelledError, RouterError) as exc:
@@ -296,7 +301,9 @@ class ChatHandler:
                 task.uncancel()
             raise ClientDisconnect() from None
         finally:
-            watcher.cancel()
+            start.cancel()
+            for w in watcher:
+                w.cancel()
             for timer in gone:
                 timer.cancel()
 
