@@ -171,13 +171,17 @@ def check_params(
         stop = [s for s in stop if s] or None  # an empty stop string would end every answer at once
     if cancel is not None and not isinstance(cancel, threading.Event):
         raise BadRequestError("`cancel` must be a threading.Event", param="cancel")
-    options = ModelOptions(
-        tools=check_tools(tools, tool_choice, parallel_tool_calls, functions, function_call),
-        response_format=check_response_format(response_format),
-        top_logprobs=_logprobs(logprobs, top_logprobs),
-        passthrough=_passthrough(params),
-        reasoning_effort=_optional_str("reasoning_effort", reasoning_effort, 32),
-    )
+    options = NO_OPTIONS
+    if (tools is not None or tool_choice is not None or parallel_tool_calls is not None or functions is not None
+            or function_call is not None or response_format is not None or logprobs is not None
+            or top_logprobs is not None or reasoning_effort is not None or not PASSED_THROUGH.isdisjoint(params)):
+        options = ModelOptions(
+            tools=check_tools(tools, tool_choice, parallel_tool_calls, functions, function_call),
+            response_format=check_response_format(response_format),
+            top_logprobs=_logprobs(logprobs, top_logprobs),
+            passthrough=_passthrough(params),
+            reasoning_effort=_optional_str("reasoning_effort", reasoning_effort, 32),
+        )
     return {
         "model": _optional_str("model", model, 256),
         "policy": _optional_str("policy", policy, 256),
@@ -242,7 +246,9 @@ def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
     total = 0
     for i, raw in enumerate(messages):
         msg = raw if isinstance(raw, ChatMessage) else _message(i, raw)
-        total += len(msg.text) + sum(len(c["function"]["arguments"]) for c in msg.tool_calls or ())
+        total += len(msg.text)
+        if msg.tool_calls:
+            total += sum(len(c["function"]["arguments"]) for c in msg.tool_calls)
         out.append(msg)
     if not any(m.role == "user" and m.text.strip() for m in out):
         raise BadRequestError("`messages` has no user message with text: add {'role': 'user', 'content': ...}",

@@ -208,7 +208,7 @@ class Router:
         pinned_name, policy_from_model = split_model(p["model"])
         pinned = self.resolve_model(pinned_name) if pinned_name else None
         options = p["options"]
-        if has_tool_history(msgs):
+        if len(msgs) > 1 and has_tool_history(msgs):  # a tool call needs an assistant turn after a user's
             options = dataclasses.replace(options, tool_history=True)
         return CheckedRequest(
             messages=msgs, text=request_text(msgs), pinned_name=pinned, policy=p["policy"] or policy_from_model,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -35,12 +36,12 @@ class ModelOptions:
     reasoning_effort: str | None = None
     """Sent only to models whose card lists ``reasoning``; a hint the others do without."""
 
-    @property
+    @cached_property
     def tool_use(self) -> bool:
         """Tools offered or tool history: the request is the ``tools`` task and needs the ``tools`` capability."""
         return self.tools is not None or self.tool_history
 
-    @property
+    @cached_property
     def capabilities(self) -> frozenset[str]:
         """The capabilities a model needs to answer this request."""
         needed = []
@@ -52,7 +53,7 @@ class ModelOptions:
             needed.append("logprobs")
         return frozenset(needed)
 
-    @property
+    @cached_property
     def plain(self) -> bool:
         """Nothing beyond text in, text out."""
         return (self.tools is None and not self.tool_history and self.response_format is None

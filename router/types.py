@@ -47,9 +47,9 @@ class ChatMessage(BaseModel):
             out["tool_calls"] = self.tool_calls
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
-        name = (self.model_extra or {}).get("name")
-        if name is not None:
-            out["name"] = name
+        extra = self.__pydantic_extra__
+        if extra and extra.get("name") is not None:
+            out["name"] = extra["name"]
         return out
 
 

@@ -47,8 +47,7 @@ class Proxy:
         self.metrics = ProxyMetrics(router)
         self.policies = _policy_names(router.config)
         self.started = time.time()
-        self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies,
-                                body_timeout_s=settings.body_timeout_s)
+        self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies)
 
     def _guard(self, request: Request, route: str) -> None:
         """With keys configured, a route not listed in ``proxy.open_routes`` needs one too."""
@@ -112,9 +111,14 @@ class ProxyApp(FastAPI):
         if self.cors is not None and scope["type"] == "http":
             await self.cors(scope, receive, send)
             return
-        await self._dispatch(scope, receive, send)
+        if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in CHAT_PATHS):
+            await self.chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What :meth:`__call__` does without CORS (the CORS middleware's inner app)."""
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"] in CHAT_PATHS):
             await self.chat(scope, receive, send)
@@ -214,10 +218,10 @@ def app_from_env() -> ProxyApp:
     config file from ``ROUTER_PROXY_CONFIG``, optional keys file from ``ROUTER_PROXY_KEYS``."""
     import gc
 
-    from .server import set_header_timeout
+    from .server import set_timeouts
 
     config = RouterConfig.load(os.environ.get(ENV_CONFIG) or None)
-    set_header_timeout(config.proxy.header_timeout_s)  # for this worker process's connections
+    set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker process's connections
     app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()
