@@ -127,12 +127,15 @@ def test_upstream_error_bodies_and_urls_never_reach_clients(served: Served, poli
         assert "sk-live" in served.log()
 
 
-def test_a_server_error_shows_no_file_paths(upstream_url: str, tmp_path: Path) -> None:
-    """A GGUF that is not one: the load fails with llama.cpp's message naming the file; the client sees none."""
+@pytest.mark.parametrize("checksum", [None, "0" * 64])
+def test_a_server_error_shows_no_file_paths(upstream_url: str, tmp_path: Path, checksum: str | None) -> None:
+    """Weights whose checksum is wrong (a config error naming the card, the file and both digests), or a GGUF
+    that is not one (llama.cpp's error names the file): the client sees neither, only the request id."""
     garbage = tmp_path / "not-a-model.gguf"
     garbage.write_bytes(b"GGUF" + b"\0" * 64)
+    weights = f"{{path: {garbage}, sha256: '{checksum}'}}" if checksum else f"{{path: {garbage}}}"
     card = (ROOT / "models" / "smollm2-135m.yaml").read_text().split("backend:")[0] + (
-        f"backend:\n  type: llama_cpp\n  weights: {{path: {garbage}}}\ncontext_length: 2048\n"
+        f"backend:\n  type: llama_cpp\n  weights: {weights}\ncontext_length: 2048\n"
         "energy: {per_call_j: 1, source: estimate, citation: test}\n")
     config = _config(tmp_path, upstream_url)
     (tmp_path / "models" / "smollm2-135m.yaml").write_text(card)
