@@ -166,12 +166,12 @@ def llm_cli(url: str) -> dict[str, str]:
         "  supports_tools: true\n  supports_schema: true\n")
     env = {**os.environ, "LLM_USER_PATH": str(home)}
 
-    def run(*args: str) -> str:
+    def run(*args: str, allow_error: bool = False) -> str:
         out = subprocess.run([exe, "-m", "router", "--key", "unused", *args], capture_output=True, text=True,
                              env=env, timeout=300)
-        if out.returncode != 0:
+        if out.returncode != 0 and not allow_error:
             raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode)
-        return out.stdout
+        return out.stdout + out.stderr
 
     def plain() -> object:
         return bool(run("--no-stream", "-o", "max_tokens", "16", "Say hello.").strip())
@@ -179,9 +179,19 @@ def llm_cli(url: str) -> dict[str, str]:
     def streaming() -> object:
         return bool(run("-o", "max_tokens", "16", "Say hello.").strip())
 
+    chain: list[str] = []
+
     def tools() -> object:  # llm runs the tool and sends its result back: a call, then tool history
-        out = run("-T", "llm_version", "--td", "-o", "max_tokens", "40", "Which version of llm is installed?")
-        return "llm_version" in out or "no tool call"
+        chain.append(run("-T", "llm_version", "--td", "-o", "max_tokens", "40", "Which version of llm is installed?",
+                         allow_error=True))
+        return "Tool call: llm_version" in chain[0] or "no tool call"
+
+    def history() -> object:
+        if "Tool call: llm_version" not in chain[0]:
+            return "no tool round trip"
+        if "Chain limit" in chain[0]:  # each result went back and was answered with another call
+            return "the model called the tool again after each result until llm's chain limit (5)"
+        return True
 
     def json_object() -> object:
         out = run("--no-stream", "-o", "json_object", "1", "-o", "max_tokens", "80", "Describe Paris as JSON.")
@@ -192,9 +202,8 @@ def llm_cli(url: str) -> dict[str, str]:
         value = json.loads(out)
         return (isinstance(value, dict) and isinstance(value.get("age"), int)) or "not the schema"
 
-    results = dict(zip(["plain chat", "streaming", "tools", "json_object", "json_schema / parse"],
-                       map(cell, [plain, streaming, tools, json_object, schema]), strict=True))
-    results["tool history"] = results["tools"]  # the same run: llm sends the tool's result back itself
+    results = dict(zip(["plain chat", "streaming", "tools", "tool history", "json_object", "json_schema / parse"],
+                       map(cell, [plain, streaming, tools, history, json_object, schema]), strict=True))
     results["logprobs"] = "n/a"  # llm 0.36 offers no logprobs option for chat models
     return results
 
