@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._output import Call, Output, answer_choice
 from ._request import PreparedRequest
-from .backends import Backend, Generation, GenerationRequest, StreamEvent
+from .backends import Backend, Generation, GenerationRequest
 from .cards import ModelCard
-from .energy import EnergyReading, Meter, MeterSpan, estimate_from_profile
+from .energy import EnergyReading, Meter, estimate_from_profile
 from .energy.estimates import EnergyEstimates
 from .errors import (
     BackendError,
@@ -45,8 +45,10 @@ from .errors import (
     ContextLengthError,
     DeadlineExceededError,
     RouterError,
+    StructuredOutputError,
 )
 from .ledger import Ledger, LedgerRecord, Reservation
+from .options import output_problem
 from .policy.engine import fmt_j
 from .policy.schema import CARBON_PREFIX
 
@@ -68,52 +70,6 @@ class Models(Protocol):
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
 
 _NOT_CALLED = EnergyReading(0.0, "estimated", "none", "not called")
-
-
-@dataclass
-class Call:
-    """One model call about to be made: the driver calls ``backend`` with ``request``."""
-
-    index: int
-    """Attempt number within the request (what the ledger records as ``attempt``)."""
-    model: str
-    card: ModelCard
-    backend: Backend
-    request: GenerationRequest
-    held: list[Reservation]
-    span: MeterSpan | None
-    started: float = field(default_factory=time.perf_counter)
-    buffered: bool = False
-    """A cascade may escalate past this answer: a streaming driver collects it before sending anything."""
-
-
-class Output:
-    """Stream events collected into what was produced so far (a whole answer, or a partial one)."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.last = StreamEvent()
-
-    def add(self, event: StreamEvent) -> None:
-        if event.text:
-            self.parts.append(event.text)
-        self.last = event
-
-    def __bool__(self) -> bool:
-        return bool(self.parts)
-
-    def generation(self, call: Call, *, finished: bool = True) -> Generation:
-        text = "".join(self.parts)
-        last = self.last
-        return Generation(
-            text=text,
-            finish_reason=last.finish_reason or ("stop" if finished else "error"),
-            prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
-            else call.backend.prompt_tokens(call.request.messages),
-            completion_tokens=last.completion_tokens if last.completion_tokens is not None
-            else call.backend.count_tokens(text),
-            confidence=last.confidence,
-        )
 
 
 class Attempts:
@@ -166,6 +122,7 @@ class Attempts:
                 want_confidence=prepared.decision.escalate_below is not None,
                 deadline=prepared.deadline,
                 cancel=prepared.cancel,
+                options=prepared.options,
             )
             return Call(
                 index=len(self.attempts), model=model, card=card, backend=backend, request=request, held=held,
@@ -264,12 +221,18 @@ class Attempts:
         return self.router.estimates.upper_for_card(card, self._expected(card)[0])
 
     # -- after a call ---------------------------------------------------------------------------------------
-    def answered(self, call: Call, gen: Generation) -> bool:
+    def answered(self, call: Call, gen: Generation, *, sent: bool = False) -> bool:
         """The call answered: settle and record it. ``True`` when this is the answer; ``False`` when its own
-        confidence is below the cascade's threshold and the plan now continues with the escalation models."""
+        confidence is below the cascade's threshold and the plan now continues with the escalation models, or
+        when the answer is not what the request asked for (JSON, a schema, valid tool calls) and the plan
+        continues with the next capable model. Such an answer that has already been streamed (``sent``) ends
+        the request with :class:`StructuredOutputError`."""
         latency = (time.perf_counter() - call.started) * 1000
         energy = self._energy(call, gen)
         self._settle(call.held, energy.joules, call.card)
+        problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason)
+        if problem is not None:
+            return self._invalid(call, gen, energy, latency, problem, sent)
         d = self.prepared.decision
         escalate = (call.buffered and d.escalate_below is not None and gen.confidence is not None
                     and gen.confidence < d.escalate_below)
@@ -287,11 +250,31 @@ class Attempts:
         self.answer = (call, gen, latency)
         return True
 
+    def _invalid(self, call: Call, gen: Generation, energy: EnergyReading, latency: float, problem: str,
+                 sent: bool) -> bool:
+        """An answer that fails the request's format: recorded (``escalated``; ``error`` once streamed or when no
+        model is left), and the next capable model is tried; no model left ends the request with this error."""
+        error = StructuredOutputError(f"{call.model}: {problem}")
+        outcome = "escalated" if not sent and self.position < len(self.plan) else "error"
+        self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
+                                      gen.confidence))
+        self.energy = energy if self.energy is None else self.energy + energy
+        reason = f"{self.prepared.decision.reason}; {problem}" + (
+            ", trying the next capable model" if outcome == "escalated" else "")
+        self._record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason,
+                     error=f"{error.code}: {error.message}"[:500])
+        self.errors.append(error)
+        if sent:
+            raise error
+        return False
+
     def failed(self, call: Call, exc: BaseException, output: Output | None = None, *, sent: bool = False) -> None:
         """The call raised. Settle and record it, then return when the next model may be tried, or raise the
         typed error that ends the request: a deadline, a cancellation, a failure after output was sent, or an
         error that is not the backend's (a bad request stays a bad request on every model)."""
         error = _typed(call.model, exc)
+        if error.detail:  # what the client is not shown, with the id the client is shown
+            log.warning("%s: %s (%s)", self.prepared.request_id, error.message, error.detail)
         self._end_call(call, error, output)
         self.errors.append(error)
         if sent or not isinstance(error, BackendError | ContextLengthError):
@@ -304,7 +287,8 @@ class Attempts:
     def _end_call(self, call: Call, error: RouterError, output: Output | None) -> None:
         """Settle and record a call that ended without an answer (``error`` or ``cancelled``)."""
         latency = (time.perf_counter() - call.started) * 1000
-        gen = output.generation(call, finished=False) if output else None
+        # a whole-answer call stopped between tokens carries what it had produced (backends.base._collect)
+        gen = output.generation(call, finished=False) if output else getattr(error, "partial", None)
         if call.span is not None:
             energy = call.span.stop()
         else:
@@ -369,8 +353,7 @@ class Attempts:
             "object": "chat.completion",
             "created": p.created,
             "model": call.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "finish_reason": gen.finish_reason, "logprobs": None}],
+            "choices": [answer_choice(gen, p.options)],
             "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                       "total_tokens": gen.prompt_tokens + gen.completion_tokens},
             "routing": self.routing(),

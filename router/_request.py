@@ -16,17 +16,33 @@ from pydantic import ValidationError
 
 from .classify.base import Classification
 from .energy.estimates import EnergyEstimate
-from .errors import BadRequestError
+from .errors import BadRequestError, CapabilityError
 from .keys import KeySpec
+from .options import NO_OPTIONS, ModelOptions
 from .policy.decision import Decision
+from .structured import check_response_format
+from .tools import check_tool_fields, check_tools
 from .types import ChatMessage, new_request_id
 
+PASSED_THROUGH = frozenset({"top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"})
+"""OpenAI sampling parameters sent as they came to remote models. Local models apply what llama.cpp can
+(``top_p``, the penalties, ``logit_bias``) and do without the rest (``seed``: llama.cpp models here decode
+greedily unless a temperature is set). They tune how an answer is drawn, not what it must be."""
+
 IGNORED_PARAMS = frozenset({
-    "top_p", "user", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "metadata",
-    "stream_options", "store", "parallel_tool_calls", "service_tier", "response_format", "logprobs",
-    "top_logprobs", "extra_body", "extra_headers", "timeout",
+    "user", "metadata", "store", "service_tier", "stream_options", "prediction", "prompt_cache_key",
+    "safety_identifier", "verbosity", "extra_body", "extra_headers", "timeout",
 })  # fmt: skip
-"""OpenAI parameters accepted and not acted on: they do not change which model answers or what it may say."""
+"""OpenAI parameters accepted and not acted on: bookkeeping for OpenAI's own service (``store``, ``metadata``,
+``user``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``), hints whose absence leaves the answer's
+meaning as it is (``prediction``, ``verbosity``), and client-side settings. ``stream_options`` is the proxy's."""
+
+REFUSED_PARAMS = {
+    "audio": "audio output is not supported: no model here speaks",
+    "web_search_options": "web search is not supported: no model here searches the web",
+}
+"""OpenAI parameters that are a 400 (:class:`CapabilityError`): ignoring them would change what the caller gets.
+Also refused: ``n`` other than 1, and ``modalities`` other than ``["text"]``."""
 
 ROUTER_ALIASES = ("router",)
 """``model`` values that mean "route it" (``router:<policy>`` picks a policy)."""
@@ -52,6 +68,7 @@ class CheckedRequest:
     request_id: str
     deadline_s: float | None
     cancel: threading.Event | None
+    options: ModelOptions = NO_OPTIONS
 
 
 @dataclass
@@ -75,6 +92,8 @@ class PreparedRequest:
     estimates: dict[str, EnergyEstimate] = field(default_factory=dict)
     """The energy learned from the ledger for each candidate that has enough calls (the others: their cards)."""
     created: int = field(default_factory=lambda: int(time.time()))
+    options: ModelOptions = NO_OPTIONS
+    """Tools, response format, log probabilities and pass-through parameters, as checked."""
 
 
 def _number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:
@@ -118,14 +137,31 @@ def check_params(
     request_id: Any = None,
     deadline_s: Any = None,
     cancel: Any = None,
+    tools: Any = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: Any = None,
+    functions: Any = None,
+    function_call: Any = None,
+    response_format: Any = None,
+    logprobs: Any = None,
+    top_logprobs: Any = None,
+    reasoning_effort: Any = None,
+    modalities: Any = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Every keyword of :meth:`Router.complete` checked for type and range; the values normalised."""
-    unknown = set(params) - IGNORED_PARAMS
+    unknown = set(params) - IGNORED_PARAMS - PASSED_THROUGH
+    refused = sorted(unknown & set(REFUSED_PARAMS))
+    if refused and params[refused[0]] is not None:
+        raise CapabilityError(REFUSED_PARAMS[refused[0]], param=refused[0])
+    unknown -= set(REFUSED_PARAMS)
     if unknown:
         raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequestError("only n=1 is supported", param="n")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        raise CapabilityError("`modalities` other than [\"text\"] is not supported: no model here answers in audio",
+                              param="modalities")
     if max_completion_tokens is not None:
         max_tokens, name = max_completion_tokens, "max_completion_tokens"
     else:
@@ -140,6 +176,17 @@ def check_params(
         stop = [s for s in stop if s] or None  # an empty stop string would end every answer at once
     if cancel is not None and not isinstance(cancel, threading.Event):
         raise BadRequestError("`cancel` must be a threading.Event", param="cancel")
+    options = NO_OPTIONS
+    if (tools is not None or tool_choice is not None or parallel_tool_calls is not None or functions is not None
+            or function_call is not None or response_format is not None or logprobs is not None
+            or top_logprobs is not None or reasoning_effort is not None or not PASSED_THROUGH.isdisjoint(params)):
+        options = ModelOptions(
+            tools=check_tools(tools, tool_choice, parallel_tool_calls, functions, function_call),
+            response_format=check_response_format(response_format),
+            top_logprobs=_logprobs(logprobs, top_logprobs),
+            passthrough=_passthrough(params),
+            reasoning_effort=_optional_str("reasoning_effort", reasoning_effort, 32),
+        )
     return {
         "model": _optional_str("model", model, 256),
         "policy": _optional_str("policy", policy, 256),
@@ -152,7 +199,44 @@ def check_params(
         "request_id": _optional_str("request_id", request_id, _MAX_REQUEST_ID) or new_request_id(),
         "deadline_s": _number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
         "cancel": cancel,
+        "options": options,
     }
+
+
+def _logprobs(logprobs: Any, top_logprobs: Any) -> int | None:
+    """``None`` (no log probabilities) or how many alternatives per token the caller wants."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequestError("`logprobs` must be a boolean", param="logprobs")
+    if top_logprobs is not None and (isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int)
+                                     or not 0 <= top_logprobs <= 20):
+        raise BadRequestError("`top_logprobs` must be an integer from 0 to 20", param="top_logprobs")
+    if not logprobs:
+        if top_logprobs:
+            raise BadRequestError("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
+        return None
+    return top_logprobs or 0
+
+
+def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in PASSED_THROUGH & set(params):
+        value = params[name]
+        if value is None:
+            continue
+        if name == "seed":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadRequestError("`seed` must be an integer", param="seed")
+        elif name == "logit_bias":
+            if not isinstance(value, dict) or len(value) > 1024 or not all(
+                    isinstance(k, str) and k.isdigit() and _number(name, v, -100.0, 100.0) is not None
+                    for k, v in value.items()):
+                raise BadRequestError("`logit_bias` must map token ids to numbers from -100 to 100",
+                                      param="logit_bias")
+        else:
+            lo = 0.0 if name == "top_p" else -2.0
+            value = _number(name, value, lo, 1.0 if name == "top_p" else 2.0)
+        out[name] = value
+    return out
 
 
 def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
@@ -167,9 +251,11 @@ def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
     total = 0
     for i, raw in enumerate(messages):
         msg = raw if isinstance(raw, ChatMessage) else _message(i, raw)
-        total += len(msg.content)
+        total += len(msg.text)
+        if msg.tool_calls:
+            total += sum(len(c["function"]["arguments"]) for c in msg.tool_calls)
         out.append(msg)
-    if not any(m.role == "user" and m.content.strip() for m in out):
+    if not any(m.role == "user" and m.text.strip() for m in out):
         raise BadRequestError("`messages` has no user message with text: add {'role': 'user', 'content': ...}",
                               param="messages")
     if total > max_chars:
@@ -180,9 +266,15 @@ def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
     return out
 
 
+def has_tool_history(messages: list[ChatMessage]) -> bool:
+    return any(m.tool_calls or m.role == "tool" for m in messages)
+
+
 def _message(i: int, raw: Any) -> ChatMessage:
     if not isinstance(raw, Mapping):
         raise BadRequestError(f"messages[{i}] must be an object with `role` and `content`", param=f"messages[{i}]")
+    if raw.get("role") in ("assistant", "tool", "function") or "tool_calls" in raw or "tool_call_id" in raw:
+        raw = check_tool_fields(i, raw)
     content = raw.get("content")
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
         if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text", ""), str)
@@ -191,7 +283,9 @@ def _message(i: int, raw: Any) -> ChatMessage:
                                   "are supported", param=f"messages[{i}].content")
         content = "".join(p.get("text", "") for p in content)
         raw = {**raw, "content": content}
-    if not isinstance(content, str):
+    if content is None and raw.get("tool_calls"):
+        pass  # an assistant turn that only called tools
+    elif not isinstance(content, str):
         raise BadRequestError(f"messages[{i}].content must be a string, got {_kind(content)}",
                               param=f"messages[{i}].content")
     if raw.get("name") is not None and not isinstance(raw["name"], str):
@@ -210,7 +304,7 @@ def _message(i: int, raw: Any) -> ChatMessage:
 
 def request_text(messages: list[ChatMessage]) -> str:
     """What the classifier reads: the last user message (the question being asked now)."""
-    return next(m.content for m in reversed(messages) if m.role == "user")
+    return next(m.text for m in reversed(messages) if m.role == "user")
 
 
 def split_model(model: str | None) -> tuple[str | None, str | None]:

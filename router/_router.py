@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
-from ._attempts import Attempts, Call, Output
+from ._attempts import Attempts, Call
+from ._chunks import StreamedAnswer
 from ._request import (
     CheckedRequest,
     PreparedRequest,
     check_params,
+    has_tool_history,
     request_text,
     split_model,
     validate_messages,
 )
-from .backends import Backend, Generation, StreamEvent, create_backend
+from .backends import Backend, create_backend
 from .backends.cooldown import CooldownBackend
 from .carbon.grid import Grid
 from .cards import ModelCard, load_cards
@@ -50,7 +53,8 @@ from .errors import (
 from .keys import KeySpec, KeyStore, hash_key
 from .ledger import Ledger, open_ledger
 from .policy.base import BudgetState, DecisionRequest, Engine
-from .types import ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, Routing, Usage
+from .tools import tools_task
+from .types import ChatCompletion, ChatCompletionChunk
 
 log = logging.getLogger("router")
 T = TypeVar("T")
@@ -112,13 +116,17 @@ class Router:
         """Check a request and decide which model answers it (the classifier and the policy engine)."""
         checked = self._check(messages, params)
         started = time.perf_counter()
-        return _guarded(self._decide, checked, _guarded(self.classifier.classify, checked.text), started)
+        classification = (tools_task(checked.text) if checked.options.tool_use
+                          else _guarded(self.classifier.classify, checked.text))
+        return _guarded(self._decide, checked, classification, started)
 
     async def aprepare(self, messages: Any, **params: Any) -> PreparedRequest:
         """:meth:`prepare` on an event loop: the texts of concurrent requests are classified together, one
         onnxruntime call per loop turn, and decided right after (:class:`~router.classify.batching.ClassifyBatcher`)."""
         checked = self._check(messages, params)
         started = time.perf_counter()
+        if checked.options.tool_use:  # a task by rule: the classifier is not asked
+            return _guarded(self._decide, checked, tools_task(checked.text), started)
         try:
             return await self._batcher.classify(checked.text, lambda c: self._decide(checked, c, started))
         except RouterError:
@@ -186,7 +194,12 @@ class Router:
         for name, card in self.cards.items():
             if card.runs_here:
                 started = time.perf_counter()
-                self.backend(name).warm_up()
+                try:
+                    self.backend(name).warm_up()
+                except Exception as exc:  # the model stays a candidate; its requests say what is wrong with it
+                    log.warning("could not warm %s up (%s: %s); its requests will fail over to other models",
+                                name, type(exc).__name__, exc)
+                    continue
                 log.info("warmed up %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
 
     def loaded_backends(self) -> dict[str, Backend]:
@@ -245,11 +258,14 @@ class Router:
             raise BadRequestError("the request is nested too deeply", param="messages") from None
         pinned_name, policy_from_model = split_model(p["model"])
         pinned = self.resolve_model(pinned_name) if pinned_name else None
+        options = p["options"]
+        if len(msgs) > 1 and has_tool_history(msgs):  # a tool call needs an assistant turn after a user's
+            options = dataclasses.replace(options, tool_history=True)
         return CheckedRequest(
             messages=msgs, text=request_text(msgs), pinned_name=pinned, policy=p["policy"] or policy_from_model,
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
-            deadline_s=p["deadline_s"], cancel=p["cancel"],
+            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options,
         )
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
@@ -264,7 +280,8 @@ class Router:
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
-                                  grid_g_per_kwh=self.grid.intensity(self.grid.host_zone).g_per_kwh)
+                                  grid_g_per_kwh=self.grid.intensity(self.grid.host_zone).g_per_kwh,
+                                  capabilities=req.options.capabilities)
         decision = self.engine.decide(classification, request, self._budget_state(request))
         decision_ms = (time.perf_counter() - started) * 1000
         deadline_s = req.deadline_s or decision.deadline_s or self.config.deadline_s
@@ -272,7 +289,7 @@ class Router:
             request_id=req.request_id, messages=req.messages, text=req.text, classification=classification,
             decision=decision, max_tokens=req.max_tokens, temperature=req.temperature, stop=req.stop,
             key_hash=key_hash, decision_ms=decision_ms, deadline=time.monotonic() + deadline_s,
-            cancel=req.cancel or threading.Event(), estimates=learned,
+            cancel=req.cancel or threading.Event(), estimates=learned, options=req.options,
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
@@ -319,7 +336,7 @@ class Router:
     def _stream(self, prepared: PreparedRequest) -> Iterator[ChatCompletionChunk]:
         attempts = Attempts(self, prepared)
         while (call := _guarded(attempts.next_call)) is not None:
-            answer = _StreamedAnswer(prepared, call)
+            answer = StreamedAnswer(prepared, call)
             try:
                 with contextlib.closing(iter(call.backend.stream(call.request))) as events:
                     for event in events:
@@ -332,7 +349,7 @@ class Router:
             except Exception as exc:
                 _guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
                 continue
-            if _guarded(attempts.answered, call, answer.generation()):
+            if _guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
                 yield from answer.closing(attempts)
                 return
         raise attempts.final_error()
@@ -340,7 +357,7 @@ class Router:
     async def _astream(self, prepared: PreparedRequest) -> AsyncIterator[ChatCompletionChunk]:
         attempts = Attempts(self, prepared)
         while (call := _guarded(attempts.next_call)) is not None:
-            answer = _StreamedAnswer(prepared, call)
+            answer = StreamedAnswer(prepared, call)
             try:
                 async with contextlib.aclosing(call.backend.astream(call.request)) as events:
                     while (event := await _within_deadline(call, anext(events, None))) is not None:
@@ -353,7 +370,7 @@ class Router:
             except Exception as exc:
                 _guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
                 continue
-            if _guarded(attempts.answered, call, answer.generation()):
+            if _guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
                 for chunk in answer.closing(attempts):
                     yield chunk
                 return
@@ -361,52 +378,6 @@ class Router:
 
 
 # -- helpers of the drivers --------------------------------------------------------------------------------------
-class _StreamedAnswer:
-    """One call's answer as stream chunks: its text as it arrives (unless the call is buffered because a cascade
-    may escalate past it), then the closing chunks."""
-
-    def __init__(self, prepared: PreparedRequest, call: Call) -> None:
-        self.prepared = prepared
-        self.call = call
-        self.output = Output()
-
-    @property
-    def sent(self) -> bool:
-        """Whether text has reached the caller (then no other model may answer instead)."""
-        return bool(self.output) and not self.call.buffered
-
-    def take(self, event: StreamEvent) -> list[ChatCompletionChunk]:
-        self.output.add(event)
-        if not event.text or self.call.buffered:
-            return []
-        text = self._chunk(Delta(content=event.text))
-        return [self._chunk(Delta(role="assistant", content="")), text] if len(self.output.parts) == 1 else [text]
-
-    def generation(self) -> Generation:
-        return self.output.generation(self.call)
-
-    def closing(self, attempts: Attempts) -> list[ChatCompletionChunk]:
-        """The role chunk and the whole text when nothing was sent yet (an empty answer, or a buffered one),
-        then the final chunk with finish reason, usage and routing."""
-        gen = self.generation()
-        chunks = []
-        if not self.sent:
-            chunks.append(self._chunk(Delta(role="assistant", content="")))
-            if gen.text:
-                chunks.append(self._chunk(Delta(content=gen.text)))
-        usage = Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                      total_tokens=gen.prompt_tokens + gen.completion_tokens)
-        chunks.append(self._chunk(Delta(), gen.finish_reason, usage, Routing.model_validate(attempts.routing())))
-        return chunks
-
-    def _chunk(self, delta: Delta, finish_reason: str | None = None, usage: Usage | None = None,
-               routing: Routing | None = None) -> ChatCompletionChunk:
-        p = self.prepared
-        return ChatCompletionChunk(id=p.request_id, created=p.created, model=self.call.model,
-                                   choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)], usage=usage,
-                                   routing=routing)
-
-
 async def _within_deadline(call: Call, step: Awaitable[T]) -> T:
     """Await one step of a call (a whole answer, or a stream's next event) bounded exactly by the request's
     deadline, unless the backend bounds its own waits (``Backend.bounds_itself``). The bound is per step, never

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .capabilities import Capability, unsupported
 from .card_files import package_file, package_folder, resolve_card_file
 from .errors import ConfigError
 from .types import Tier
@@ -163,7 +164,24 @@ class ModelCard(_Strict):
     )
     zone: str | None = Field(None, description="the grid zone the model draws from (a hosted model's provider "
                              "region); default: this host's zone for a local model, `carbon.hosted_zone` otherwise")
+    capabilities: list[Capability] = Field(
+        default_factory=list,
+        description="what the model can do besides text: tools, json_object, json_schema, logprobs, reasoning "
+        "(router/capabilities.py); checked against the backend when the card is loaded")
     path: Path | None = Field(None, exclude=True, description="the YAML file this card came from")
+
+    @model_validator(mode="after")
+    def _capabilities_possible(self) -> ModelCard:
+        if self.capabilities and self.backend is not None:
+            style = getattr(self.backend, "prompt_style", None)
+            bad = unsupported(self.backend.type, list(dict.fromkeys(self.capabilities)), style)
+            if bad:
+                raise ValueError("field `capabilities`: " + "; ".join(f"`{c}` is not possible: {why}"
+                                                                      for c, why in bad.items()))
+        return self
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
 
     @property
     def folder(self) -> Path:

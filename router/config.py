@@ -69,9 +69,21 @@ class CooldownSettings(_Settings):
 
 
 class ProxySettings(_Settings):
-    """``router serve``: request size and how ledger records are written."""
+    """``router serve``: request size and time limits, which routes need a key, CORS, and how ledger records are
+    written."""
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1 << 30, description="larger bodies are a 413")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a request's headers must arrive within this many seconds of its first "
+        "byte, else the connection is closed (a slow client cannot hold it open)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request's body must arrive within this many seconds, else 408")
+    open_routes: list[Literal["metrics", "models"]] = Field(
+        default_factory=list, description="routes that need no key even when keys are configured (e.g. `metrics` "
+        "for a Prometheus scraper without one); /health never needs one")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins a browser app may call the proxy from (e.g. "
+        "https://app.example.com, or * for any); empty: CORS off, browsers refuse cross-origin calls")
     ledger_writes: Literal["background", "inline"] = Field(
         "background", description="background: a writer thread groups records (router/proxy/ledger_writer.py); "
         "inline: written on the request path")

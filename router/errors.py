@@ -9,12 +9,14 @@
     │   ├── CapabilityError             400  capability_unsupported  no candidate can do what the request needs
     │   ├── NotFoundError               404                          no such route or object (proxy)
     │   ├── MethodNotAllowedError       405                          (proxy)
+    │   ├── RequestTimeoutError         408                          the body came too slowly (proxy)
     │   └── PayloadTooLargeError        413                          (proxy)
     ├── AuthenticationError             401                          missing or invalid API key (proxy)
     ├── PermissionDeniedError           403                          the key may not do this (proxy)
     ├── BudgetExhaustedError            429  budget_exhausted        an energy budget is spent; ``retry_after_s``
     ├── BackendError                    502  backend_error           a model backend failed
-    │   └── BackendUnavailableError     503                          cooling down, unreachable, timed out
+    │   ├── BackendUnavailableError     503                          cooling down, unreachable, timed out
+    │   └── StructuredOutputError       502  invalid_model_output    no model's answer matched the format asked
     ├── DeadlineExceededError           504  timeout_error           the request's deadline passed
     ├── CancelledError                  499  cancelled               the caller went away (never sent to a client)
     ├── ConfigError                     500  config_error            a card, policy or config value is wrong
@@ -22,7 +24,9 @@
     └── InternalError                   500  server_error            a bug: the message never shows internals
 
 The proxy answers each with ``to_openai()`` (OpenAI's ``{"error": {"message", "type", "param", "code"}}``) and
-``http_status``, so library users and HTTP clients see the same taxonomy. Nothing else escapes the library's
+``http_status``, so library users and HTTP clients see the same taxonomy. A message never holds what a client
+must not see (an upstream's error body, its URL, a file path): that goes to ``detail``, which is logged and never
+sent. Nothing else escapes the library's
 public calls: anything unexpected is wrapped in :class:`InternalError` with the original as its cause.
 """
 
@@ -38,12 +42,15 @@ class RouterError(Exception):
     error_type: str = "router_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        self.detail = detail
+        """What an operator needs and a client must not see (an upstream's answer, a URL): logged, never sent."""
 
     def to_openai(self) -> dict[str, object]:
         """The error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -89,6 +96,13 @@ class NotFoundError(BadRequestError):
 class MethodNotAllowedError(BadRequestError):
     http_status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeoutError(BadRequestError):
+    """The client did not send its request in time (a slow body): the proxy answers and closes the connection."""
+
+    http_status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLargeError(BadRequestError):
@@ -137,6 +151,13 @@ class BackendUnavailableError(BackendError):
 
     http_status = 503
     code = "backend_unavailable"
+
+
+class StructuredOutputError(BackendError):
+    """The answer did not match what the request asked for (JSON, a JSON schema, valid tool calls) and no other
+    capable model gave one that did: never returned as if it were a good answer."""
+
+    code = "invalid_model_output"
 
 
 class DeadlineExceededError(RouterError):
@@ -214,6 +235,8 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RequestTimeoutError",
     "RouterError",
+    "StructuredOutputError",
     "UnknownModelError",
 ]

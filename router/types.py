@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,10 +21,66 @@ EnergyKind = Literal["measured", "estimated"]
 
 
 class ChatMessage(BaseModel):
+    """One message of a request. ``content`` is ``None`` only on an assistant turn that called tools
+    (``tool_calls``); a ``tool`` turn carries the ``tool_call_id`` it answers. Other OpenAI fields (``name``, ...)
+    are kept as they came."""
+
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text (``""`` for a turn with only tool calls)."""
+        return self.content or ""
+
+    def openai(self) -> dict[str, Any]:
+        """The message as OpenAI's request body has it (what a remote model is sent). A turn with only tool calls
+        is sent with ``content: ""``: OpenAI takes that as it takes ``null``, and some compatible servers
+        (llama.cpp's Python server among them) refuse ``null``."""
+        content = "" if self.content is None and self.tool_calls else self.content
+        out: dict[str, Any] = {"role": self.role, "content": content}
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        extra = self.__pydantic_extra__
+        if extra and extra.get("name") is not None:
+            out["name"] = extra["name"]
+        return out
+
+
+class ResponseMessage(BaseModel):
+    """The answer's message: text, or (``content`` ``None``) the tool calls the model made. A request that used
+    the legacy ``functions`` parameter gets ``function_call`` instead of ``tool_calls``, as OpenAI sends it."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    """One output token with its log probability and the most likely alternatives at its position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
 
 
 class Usage(BaseModel):
@@ -69,9 +125,9 @@ class Routing(BaseModel):
 
 class Choice(BaseModel):
     index: int = 0
-    message: ChatMessage
+    message: ResponseMessage
     finish_reason: str | None = "stop"
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -86,15 +142,21 @@ class ChatCompletion(BaseModel):
 
 
 class Delta(BaseModel):
+    """A piece of a streamed answer. ``tool_calls`` holds OpenAI's tool-call deltas as plain dicts (``index``,
+    then ``id``/``type``/``function.name`` in a call's first delta, ``function.arguments`` pieces after), so a
+    chunk carries exactly the keys OpenAI's does."""
+
     role: Role | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

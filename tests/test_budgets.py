@@ -83,7 +83,7 @@ def test_engine_fallback_reject_and_flag_on_a_spent_budget(local):
     with pytest.raises(BudgetExhaustedError) as err:
         decide_pure(chat(), local, full, Policy.model_validate({**base, "on_budget_exhausted": "reject"}), None)
     assert err.value.retry_after_s == pytest.approx(20.0) and err.value.code == "budget_exhausted"
-    assert "95 of 100 J" in str(err.value)
+    assert "95 J of 100 J" in str(err.value)
     d = decide_pure(chat(), local, full, Policy.model_validate({**base, "on_budget_exhausted": "allow_and_flag"}), None)
     assert d.model == "gemma3-270m" and "over_budget_allowed" in d.flags and "allowed and flagged" in d.reason
     roomy = BudgetState({"model:gemma3-270m:60s": 5.0}, now=1000.0)

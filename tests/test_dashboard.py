@@ -194,7 +194,7 @@ def test_an_admin_key_is_needed_when_keys_are_configured(tmp_path: Path) -> None
         assert c.get("/dashboard", headers={"authorization": "Basic !!not-base64"}).status_code == 401
         keys = {d["key"] for d in c.get("/dashboard/api/recent", headers=_basic(KEY_ADMIN)).json()["records"]}
         assert keys == {"key-" + hashlib.sha256(k.encode()).hexdigest()[:16] for k in (KEY_ADMIN, KEY_USER)}
-        metrics = c.get("/metrics").text
+        metrics = c.get("/metrics", headers={"authorization": f"Bearer {KEY_ADMIN}"}).text
         assert 'router_errors_total{status="403",type="permission_denied"}' in metrics
 
 

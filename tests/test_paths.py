@@ -253,3 +253,23 @@ def test_a_policys_deadline_applies_and_a_requests_own_overrides_it(tmp_path: Pa
     assert run(router, "sync").status == "DeadlineExceededError"
     assert run(router, "async", deadline_s=5).status == "ok"  # 20 words x 50 ms fit in the request's own 5 s
     router.close()
+
+
+def test_a_whole_answer_stopped_by_its_cancel_event_records_what_was_produced(tmp_path: Path) -> None:
+    """What the proxy does when a client leaves a non-streamed request: it sets the request's cancel event; the
+    model stops at its next word and the `cancelled` record counts the words it had produced."""
+    from router.errors import CancelledError
+
+    build = _with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=40)})
+    for path in ("sync", "async"):
+        router = build(tmp_path / path)
+        event = threading.Event()
+        threading.Timer(0.4, event.set).start()
+        with pytest.raises(CancelledError):
+            if path == "sync":
+                router.complete(REVIEW, cancel=event)
+            else:
+                asyncio.run(router.acomplete(REVIEW, cancel=event))
+        rec = router.ledger.records()[-1]
+        router.close()
+        assert rec.outcome == "cancelled" and 0 < rec.output_tokens < 40, (path, rec)

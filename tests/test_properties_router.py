@@ -45,7 +45,9 @@ json_like = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st
                          max_leaves=20)
 PARAMS = ["model", "policy", "accuracy_target", "max_energy_j", "max_tokens", "max_completion_tokens",
           "temperature", "stop", "n", "api_key", "request_id", "deadline_s", "top_p", "seed", "user", "metadata",
-          "response_format", "logprobs", "stream_options", "timeout", "tools", "bogus"]
+          "response_format", "logprobs", "stream_options", "timeout", "tools", "bogus", "tool_choice", "functions",
+          "function_call", "parallel_tool_calls", "top_logprobs", "reasoning_effort", "modalities", "logit_bias",
+          "audio"]
 kwargs = st.dictionaries(st.sampled_from(PARAMS), json_like, max_size=5)
 
 roles = st.sampled_from(["user", "system", "assistant", "tool", "developer", "wizard", "", None, 3])
@@ -55,7 +57,8 @@ content = st.one_of(
     json_like,
 )
 message = st.one_of(st.fixed_dictionaries({"role": roles, "content": content}),
-                    st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls"]), json_like, max_size=3),
+                    st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id",
+                                                     "function_call"]), json_like, max_size=3),
                     json_like)
 messages = st.one_of(st.lists(message, max_size=4), json_like,
                      st.just([{"role": "user", "content": "Is this review positive or negative? 'a fine film'"}]))

@@ -294,7 +294,10 @@ def test_health(served: Served) -> None:
 def test_metrics_count_requests_joules_and_decisions(served: Served) -> None:
     served.client().chat.completions.create(model="router", messages=user(REVIEW))
     text = httpx.get(f"{served.url}/metrics").text
-    key = f'key="{hash_key("unused")}"'  # the official client always sends a key; none are configured here
+    # the official client always sends a key; none are configured here, so it is no label: an unconfigured key
+    # would let every client mint new series
+    key = 'key="-"'
+    assert hash_key("unused") not in text
     assert f'router_requests_total{{{key},model="sentiment-onnx",outcome="ok",tier="specialist"}}' in text
     assert f'router_energy_joules_total{{{key},model="sentiment-onnx",tier="specialist"}}' in text
     assert "router_decision_seconds_bucket" in text and "router_request_seconds_count" in text
@@ -321,7 +324,8 @@ def test_each_key_gets_its_policy_and_is_hashed_everywhere(keyed: Served, tmp_pa
     assert quality.model_extra["routing"]["policy"] == "quality"
     assert keyed.record(eco.id).key_hash == hash_key(KEY_ECO)
     assert keyed.record(quality.id).key_hash == hash_key(KEY_QUALITY)
-    metrics = httpx.get(f"{keyed.url}/metrics").text
+    assert httpx.get(f"{keyed.url}/metrics").status_code == 401  # keys configured: metrics need one too
+    metrics = httpx.get(f"{keyed.url}/metrics", headers={"authorization": f"Bearer {KEY_ECO}"}).text
     assert f'key="{hash_key(KEY_ECO)}"' in metrics
     ledger_file = Path(keyed.ledger_url.removeprefix("sqlite:///"))
     for key in (KEY_ECO, KEY_QUALITY):

@@ -12,9 +12,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..cards import ModelCard
 from ..errors import CancelledError, DeadlineExceededError
+from ..options import NO_OPTIONS, ModelOptions
+from ..tools import merge_tool_deltas
 from ..types import ChatMessage
 
 
@@ -32,6 +35,9 @@ class GenerationRequest:
     cancel: threading.Event | None = None
     """Set when the caller has gone away: a backend stops between tokens and raises
     :class:`~router.errors.CancelledError`, so nothing is generated for nobody."""
+    options: ModelOptions = NO_OPTIONS
+    """Tools, response format, log probabilities and pass-through parameters (only models whose card lists the
+    capabilities a request needs are sent one that needs them)."""
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (``None``: no deadline; never below 0)."""
@@ -56,6 +62,11 @@ class StreamEvent:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     confidence: float | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """Tool-call deltas in OpenAI's stream shape (``index``; ``id``, ``type`` and ``function.name`` first, then
+    ``function.arguments`` pieces)."""
+    logprobs: list[dict[str, Any]] | None = None
+    """OpenAI logprob entries (``token``, ``logprob``, ``bytes``, ``top_logprobs``) of this piece's tokens."""
 
 
 @dataclass
@@ -66,6 +77,10 @@ class Generation:
     completion_tokens: int
     confidence: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] | None = None
+    """The calls the model made, whole (``id``, ``type``, ``function.name``, ``function.arguments``)."""
+    logprobs: list[dict[str, Any]] | None = None
+    """One OpenAI logprob entry per output token, when the request asked for them."""
 
 
 class Backend(ABC):
@@ -122,7 +137,8 @@ class Backend(ABC):
         return max(1, len(text) // 4) if text else 0
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> int:
-        return sum(self.count_tokens(m.content) + 4 for m in messages)
+        return sum(self.count_tokens(m.text) + 4 + sum(self.count_tokens(c["function"]["arguments"]) + 8
+                                                       for c in m.tool_calls or ()) for m in messages)
 
     def warm_up(self) -> None:
         """Load what the first call would load and run it once (one token), so that neither the first request's
@@ -185,10 +201,23 @@ class _Stepper:
 
 def _collect(events: Iterator[StreamEvent], backend: Backend, request: GenerationRequest) -> Generation:
     parts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] | None = None
     last = StreamEvent()
-    for event in events:
-        parts.append(event.text)
-        last = event
+    try:
+        for event in events:
+            parts.append(event.text)
+            if event.tool_calls:
+                merge_tool_deltas(calls, event.tool_calls)
+            if event.logprobs is not None:
+                logprobs = (logprobs or []) + event.logprobs
+            last = event
+    except (CancelledError, DeadlineExceededError) as exc:
+        # stopped between tokens: what was produced goes with the error, for the ledger's record
+        exc.partial = Generation(text="".join(parts), finish_reason="error",  # type: ignore[attr-defined]
+                                 prompt_tokens=backend.prompt_tokens(request.messages),
+                                 completion_tokens=backend.count_tokens("".join(parts)))
+        raise
     text = "".join(parts)
     return Generation(
         text=text,
@@ -200,4 +229,6 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
         if last.completion_tokens is not None
         else backend.count_tokens(text),
         confidence=last.confidence,
+        tool_calls=calls or None,
+        logprobs=logprobs,
     )

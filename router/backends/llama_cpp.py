@@ -17,6 +17,7 @@ from ..cards import LlamaCppBackendSpec, ModelCard
 from ..errors import BackendError, ConfigError, RouterError
 from ..types import ChatMessage
 from .base import Backend, GenerationRequest, StreamEvent
+from .llama_chat import CHATML_MARK, DEFAULT_SYSTEM, StructuredChat, render_chatml
 from .weights import resolve_gguf
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,13 @@ COMPLETION_PREAMBLE = (
 
 def completion_prompt(messages: list[ChatMessage]) -> str:
     """Render a chat as a completion prompt for a base model."""
-    system = "\n".join(m.content for m in messages if m.role in ("system", "developer"))
+    system = "\n".join(m.text for m in messages if m.role in ("system", "developer"))
     turns = []
     for m in messages:
         if m.role == "user":
-            turns.append(f"Question: {m.content.strip()}\n")
+            turns.append(f"Question: {m.text.strip()}\n")
         elif m.role == "assistant":
-            turns.append(f"Answer: {m.content.strip()}\n\n")
+            turns.append(f"Answer: {m.text.strip()}\n\n")
     head = (system.strip() + "\n\n") if system.strip() else ""
     return head + COMPLETION_PREAMBLE + "".join(turns) + "Answer:"
 
@@ -58,6 +59,7 @@ class LlamaCppBackend(Backend):
         # a Lock can be released from a thread other than the one that took it.
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._formatter: Any = None
 
     @property
     def llm(self) -> Any:
@@ -80,7 +82,17 @@ class LlamaCppBackend(Backend):
                 verbose=False,
                 seed=0,
             )
+            self._check_tools_template()
         return self._llm
+
+    def _check_tools_template(self) -> None:
+        """A card that lists ``tools`` needs a ChatML model: the function-calling format is written in ChatML turns
+        (the GGUF's chat template says which format the model was trained on; it is read with the weights)."""
+        template = str(self._llm.metadata.get("tokenizer.chat_template", ""))
+        if self.card.can("tools") and CHATML_MARK not in template:
+            self._llm = None
+            raise ConfigError(f"{self.card.path}: field `capabilities`: `tools` needs a ChatML chat model "
+                              f"({CHATML_MARK} turns); {self.model_path.name}'s chat template is not ChatML")
 
     def count_tokens(self, text: str) -> int:
         if not text:
@@ -90,12 +102,15 @@ class LlamaCppBackend(Backend):
     def prompt_tokens(self, messages: list[ChatMessage]) -> int:
         if self.spec.prompt_style == "completion":
             return self.count_tokens(completion_prompt(messages))
-        return sum(self.count_tokens(m.content) + 4 for m in messages)
+        return super().prompt_tokens(messages)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         max_tokens = request.max_tokens or self.spec.default_max_tokens
         temperature = self.spec.temperature if request.temperature is None else request.temperature
         stop = list(self.spec.stop) + list(request.stop or [])
+        if not request.options.plain or request.options.passthrough:
+            yield from self._structured(request, max_tokens, temperature, stop)
+            return
         # confidence for cascades, only when asked (costs one softmax over the vocabulary per token)
         top_logprobs: list[float] = []
         extra: dict[str, Any] = (
@@ -119,7 +134,7 @@ class LlamaCppBackend(Backend):
                     )
                     get = _completion_text
                 else:
-                    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+                    messages = [{"role": m.role, "content": m.text} for m in request.messages]
                     if self.spec.system_prompt and not any(m["role"] == "system" for m in messages):
                         messages.insert(0, {"role": "system", "content": self.spec.system_prompt})
                     prompt_tokens = self.prompt_tokens(request.messages)
@@ -143,7 +158,8 @@ class LlamaCppBackend(Backend):
             except RouterError:
                 raise
             except Exception as exc:
-                raise BackendError(f"{self.card.name}: llama.cpp generation failed: {exc}") from exc
+                raise BackendError(f"{self.card.name}: llama.cpp generation failed ({type(exc).__name__})",
+                                   detail=str(exc)) from exc
             completion_tokens = self.count_tokens("".join(produced))
         finally:
             close = getattr(pieces, "close", None)
@@ -156,6 +172,58 @@ class LlamaCppBackend(Backend):
             completion_tokens=completion_tokens,
             confidence=mean_token_probability(top_logprobs),
         )
+
+    def _structured(self, request: GenerationRequest, max_tokens: int, temperature: float,
+                    stop: list[str]) -> Iterator[StreamEvent]:
+        """Tools, a response format, log probabilities or sampling parameters: the token loop of
+        :mod:`.llama_chat` instead of llama-cpp-python's chat completion."""
+        extra = request.options.passthrough
+        sampling = {"temp": temperature, "repeat_penalty": self.spec.repeat_penalty, "top_k": 40,
+                    "top_p": extra.get("top_p", 0.95), "min_p": 0.05,
+                    "presence_penalty": extra.get("presence_penalty", 0.0),
+                    "frequency_penalty": extra.get("frequency_penalty", 0.0)}
+        self._acquire(request)
+        events = None
+        try:
+            try:
+                chat = StructuredChat(self, request, max_tokens, sampling, stop)
+                if self.spec.prompt_style == "completion":
+                    prompt, bos = completion_prompt(request.messages), True
+                    chat.stop = stop + ["\nQuestion:", "\n\n"]
+                    events = chat.events(prompt, add_bos=bos, completion_style=True)
+                elif request.options.tool_use:
+                    system = self.spec.system_prompt or DEFAULT_SYSTEM
+                    tools = request.options.tools
+                    tools = tools if tools is not None and tools.choice != "none" else None
+                    events = chat.events(render_chatml(request.messages, tools, system), add_bos=False)
+                else:
+                    events = chat.events(self._chat_prompt(request.messages), add_bos=False)
+                yield from events
+            except RouterError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"{self.card.name}: llama.cpp generation failed ({type(exc).__name__})",
+                                   detail=str(exc)) from exc
+        finally:
+            if events is not None:
+                events.close()
+            self._lock.release()
+
+    def _chat_prompt(self, messages: list[ChatMessage]) -> str:
+        """The conversation through the GGUF's own chat template, as ``create_chat_completion`` renders it."""
+        from llama_cpp import llama_chat_format
+
+        if self._formatter is None:
+            llm = self.llm
+            eos, bos = llm.token_eos(), llm.token_bos()
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=llm.metadata["tokenizer.chat_template"],
+                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llm._model.token_get_text(bos) if bos != -1 else "")
+        turns = [{"role": m.role, "content": m.text} for m in messages]
+        if self.spec.system_prompt and not any(t["role"] == "system" for t in turns):
+            turns.insert(0, {"role": "system", "content": self.spec.system_prompt})
+        return self._formatter(messages=turns).prompt
 
     def _acquire(self, request: GenerationRequest) -> None:
         """Take the generation lock, waiting no longer than the request may (checked every 50 ms)."""

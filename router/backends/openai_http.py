@@ -38,6 +38,7 @@ from ..errors import BackendError, BackendUnavailableError, ConfigError, Deadlin
 from ._http11 import HTTPPool
 from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent
+from .openai_shapes import logprobs_of, option_fields, tool_call_deltas, tool_calls
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -99,16 +100,21 @@ class OpenAIHTTPBackend(Backend):
     def _body(self, request: GenerationRequest, stream: bool) -> bytes:
         body: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens or self.spec.default_max_tokens,
+            "messages": [m.openai() for m in request.messages],
             "stream": stream,
         }
+        # reasoning models take the newer name (their limit counts the reasoning tokens too)
+        limit = "max_completion_tokens" if self.card.can("reasoning") else "max_tokens"
+        body[limit] = request.max_tokens or self.spec.default_max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.stop:
             body["stop"] = request.stop
         if stream:
             body["stream_options"] = {"include_usage": True}
+        options = request.options
+        if not options.plain or options.passthrough or options.reasoning_effort:
+            body.update(option_fields(options, self.card.can("reasoning")))
         return to_json(body)
 
     # -- failures and time limits -----------------------------------------------------------------------
@@ -116,28 +122,31 @@ class OpenAIHTTPBackend(Backend):
         request.check(self.card.name)
         return Bound(self.spec.timeout_s, request)
 
+    # Messages name the model and what happened, never the endpoint's URL or what it answered (an upstream's
+    # error body can hold keys, internal hosts and paths): those go to ``detail``, which is logged, not sent.
     def _expired(self, bound: Bound) -> RouterError:
         if bound.by_deadline:
             return DeadlineExceededError(
-                f"{self.card.name}: the request's deadline passed while waiting for {self.spec.base_url}"
-            )
+                f"{self.card.name}: the request's deadline passed while waiting for the model's endpoint",
+                detail=self.spec.base_url)
         return BackendUnavailableError(
-            f"{self.card.name}: endpoint {self.spec.base_url} timed out: no complete answer within the card's "
-            f"timeout_s ({self.spec.timeout_s:g} s)"
-        )
+            f"{self.card.name}: the model's endpoint timed out: no complete answer within the card's timeout_s "
+            f"({self.spec.timeout_s:g} s)", detail=self.spec.base_url)
 
     def _status_failure(self, status: int, raw: bytes) -> Exception:
         """An HTTP error answer: retryable (408/409/429/5xx) or final."""
         cls = BackendUnavailableError if status in (502, 503, 504) else BackendError
-        error = cls(f"{self.card.name}: endpoint answered HTTP {status}: {raw[:300].decode('utf-8', 'replace')}")
+        error = cls(f"{self.card.name}: the model's endpoint answered HTTP {status}",
+                    detail=f"{self.spec.base_url}: {raw[:300].decode('utf-8', 'replace')}")
         return _Retryable(error) if status in _RETRY_STATUS else error
 
     def _transport_failure(self, exc: Exception, bound: Bound) -> Exception:
         """A connection that failed or timed out: the bound's own error once it has passed, else retryable."""
         if bound.passed():
             return self._expired(bound)
-        kind = "timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "unreachable"
-        return _Retryable(BackendUnavailableError(f"{self.card.name}: endpoint {self.spec.base_url} {kind}: {exc}"))
+        kind = "timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "is unreachable"
+        return _Retryable(BackendUnavailableError(f"{self.card.name}: the model's endpoint {kind}",
+                                                  detail=f"{self.spec.base_url}: {exc!r}"))
 
     def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, produced: bool = False) -> float:
         """Seconds to wait before sending again; raises ``failure``'s error when there is no next attempt (all
@@ -145,7 +154,7 @@ class OpenAIHTTPBackend(Backend):
         wait = min(2.0, 0.1 * (2**attempt))
         if produced or attempt >= self.spec.max_retries or wait >= bound.left():
             raise failure.error from failure.__cause__
-        log.warning("%s; retrying in %.1f s", failure.error.message, wait)
+        log.warning("%s (%s); retrying in %.1f s", failure.error.message, failure.error.detail, wait)
         return wait
 
     def _check(self, request: GenerationRequest, bound: Bound) -> None:
@@ -295,24 +304,30 @@ class OpenAIHTTPBackend(Backend):
         return pool
 
     def _generation(self, raw: bytes, request: GenerationRequest) -> Generation:
-        """The completion's text, finish reason and token counts, type-checked (the proxy serialises them as
-        they are, without a model validation in between)."""
+        """The completion's text (or tool calls), finish reason, token counts and log probabilities, type-checked
+        (the proxy serialises them as they are, without a model validation in between)."""
         try:
             data = from_json(raw)
             choice = data["choices"][0]
-            text = (choice.get("message") or {}).get("content") or ""
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
             finish = choice.get("finish_reason") or "stop"
             usage = data.get("usage") or {}
             if not isinstance(text, str):
                 raise TypeError("message.content must be a string")
             prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            calls = tool_calls(message)
+            logprobs = logprobs_of(choice) if request.options.top_logprobs is not None else None
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise BackendError(f"{self.card.name}: endpoint sent a malformed completion: {raw[:200]!r}") from exc
+            raise BackendError(f"{self.card.name}: the model's endpoint sent a malformed completion",
+                               detail=repr(raw[:200])) from exc
         return Generation(
             text=text,
             finish_reason=finish if isinstance(finish, str) else str(finish),
             prompt_tokens=self.prompt_tokens(request.messages) if prompt is None else prompt,
             completion_tokens=self.count_tokens(text) if completion is None else completion,
+            tool_calls=calls,
+            logprobs=logprobs,
         )
 
     def close(self) -> None:
@@ -338,6 +353,8 @@ class _SSEParser:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
         self.done = False
+        self.calls_begun: set[int] = set()
+        """Tool calls (by index) whose first delta has been passed on."""
 
     def feed(self, line: str) -> list[StreamEvent]:
         line = line.strip()
@@ -349,19 +366,24 @@ class _SSEParser:
             return []
         try:
             chunk = json.loads(data)
-        except ValueError as exc:
-            raise BackendError(f"{self.name}: endpoint sent a malformed stream chunk: {data[:200]}") from exc
-        if "error" in chunk:
-            raise BackendError(f"{self.name}: endpoint reported an error mid-stream: {chunk['error']}")
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        events = []
-        for choice in chunk.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content") or ""
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            if text:
-                events.append(StreamEvent(text=text))
+            if "error" in chunk:
+                raise BackendError(f"{self.name}: the model's endpoint reported an error mid-stream",
+                                   detail=str(chunk["error"])[:300])
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+            events = []
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or ""
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+                calls = tool_call_deltas(delta, self.calls_begun)
+                logprobs = logprobs_of(choice)
+                if text or calls or logprobs:
+                    events.append(StreamEvent(text=text, tool_calls=calls, logprobs=logprobs))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise BackendError(f"{self.name}: the model's endpoint sent a malformed stream chunk",
+                               detail=data[:200]) from exc
         return events
 
     def finish(self) -> list[StreamEvent]:
@@ -382,3 +404,4 @@ def _parse_sse(lines: Iterator[str], name: str) -> Iterator[StreamEvent]:
     for line in lines:
         yield from parser.feed(line)
     yield from parser.finish()
+

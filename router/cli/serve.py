@@ -58,11 +58,12 @@ def serve(
             "or ledger_url in --config). SQLite is the single-process default: use --workers 1 with it.", err=True
         )
         raise typer.Exit(2)
-    kwargs: dict[str, object] = {}
-    if _fast_io():
-        from ..proxy.server import OneWriteHttpToolsProtocol
+    from ..proxy.server import OneWriteHttpToolsProtocol
 
-        kwargs = {"loop": "uvloop", "http": OneWriteHttpToolsProtocol}  # see router/proxy/server.py
+    # router/proxy/server.py: one write per loop iteration, and a deadline on each request's headers
+    kwargs: dict[str, object] = {"http": OneWriteHttpToolsProtocol}
+    if _uvloop():
+        kwargs["loop"] = "uvloop"
     uvicorn.run(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_level=log_level, access_log=access_log, timeout_keep_alive=30,
@@ -73,10 +74,9 @@ def serve(
     )
 
 
-def _fast_io() -> bool:
+def _uvloop() -> bool:
     try:
-        import httptools  # noqa: F401
         import uvloop  # noqa: F401
-    except ImportError:
+    except ImportError:  # Windows: uvloop has no build there; asyncio's own loop serves
         return False
     return True

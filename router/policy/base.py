@@ -46,6 +46,9 @@ class DecisionRequest:
     the caller has learned; a model not in it is estimated from its card."""
     grid_g_per_kwh: float | None = None
     """This host's grid intensity now (a policy's ``grid`` switch compares it with its threshold)."""
+    capabilities: frozenset[str] = frozenset()
+    """What the request needs a model to do besides text (``tools``, ``json_schema``, ...; see
+    :mod:`router.capabilities`): only models whose card lists all of them are candidates."""
 
     @staticmethod
     def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:

@@ -11,8 +11,9 @@ reason):
 
 1. ``candidates``: the cards given (the Router passes its callable ones), minus models the policy (or the
    caller's key) does not allow, models that do not serve the task (a specialist serves only the tasks on its
-   card), models whose context is too short, and models over the caller's ``max_energy_j``; with the estimated
-   joules of each.
+   card), models whose context is too short, models without a capability the request needs (tools, a JSON
+   schema, ...: ``DecisionRequest.capabilities``) and models over the caller's ``max_energy_j``; with the
+   estimated joules of each.
 2. ``predictions``: per candidate, the classifier's ``p_correct``, else the card's ``prior_accuracy[task]``,
    else a tier default (said so in the reason).
 3. ``target``: ``min_accuracy`` as is, or ``relative_to_largest × predicted accuracy of the largest candidate``.
@@ -86,7 +87,7 @@ def decide_pure(
     return Decision(
         model=name,
         tier=chosen.tier,
-        reason="; ".join([head, *budget_notes, *cascade_notes]),
+        reason="; ".join([head, *_capability_note(req, pool), *budget_notes, *cascade_notes]),
         task=task,
         policy=policy.name,
         predicted_accuracy=round(p[name], 4),
@@ -106,6 +107,13 @@ def decide_pure(
         calibrated=bool(offsets) and any(n in offsets for n in p),
         deadline_s=policy.deadline_s,
     )
+
+
+def _capability_note(req: DecisionRequest, pool: list[ModelCard]) -> list[str]:
+    if not req.capabilities:
+        return []
+    names = ", ".join(c.name for c in pool)
+    return [f"needs {' and '.join(sorted(req.capabilities))}: only models that can were candidates ({names})"]
 
 
 # -- the Engine --------------------------------------------------------------------------------------------------

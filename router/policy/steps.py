@@ -11,9 +11,10 @@ import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from ..capabilities import PARAM_OF
 from ..cards import ModelCard
 from ..classify.base import Classification
-from ..errors import BadRequestError, BudgetExhaustedError, ConfigError
+from ..errors import BadRequestError, BudgetExhaustedError, CapabilityError, ConfigError, ContextLengthError
 from ..types import TIER_ORDER
 from .base import BudgetState, DecisionRequest
 from .decision import BudgetRef
@@ -104,6 +105,9 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
     if entry is not None and entry.allowed_models is not None:
         allowed = set(entry.allowed_models) if allowed is None else allowed & set(entry.allowed_models)
     pinned, pin_source = _pin(task, cards, policy, req, allowed)
+    needs = req.capabilities
+    if needs and pinned is not None and req.pinned:
+        _check_pin_capable(cards[pinned], needs)
     in_tokens = req.input_tokens_hint
     out_tokens = req.output_tokens_hint or policy.output_tokens_estimate
     learned = req.energy_estimates or {}
@@ -122,11 +126,14 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
             excluded[name] = "specialist without tasks"
         elif name != pinned and in_tokens + est_out > card.context_length:
             excluded[name] = "context too short"
+        elif needs and not needs <= set(card.capabilities):
+            excluded[name] = "cannot do " + ", ".join(sorted(needs - set(card.capabilities)))
         else:
             pool.append(card)
             known = learned.get(name)
             energy[name] = known[0] if known is not None else card.energy.joules(in_tokens, est_out)
     if not pool:
+        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens))
         why = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
         raise BadRequestError(
             f"no model can serve this {task} request under policy `{policy.name}` "
@@ -141,6 +148,33 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
                 "raise the limit or pin a cheaper model", param="max_energy_j")
         pinned, pin_source = None, ""  # the policy's pin is not open to this request (its key or its limit)
     return pool, energy, pinned, pin_source
+
+
+def _check_pin_capable(card: ModelCard, needs: frozenset[str]) -> None:
+    missing = sorted(needs - set(card.capabilities))
+    if missing:
+        raise CapabilityError(
+            f"model {card.name!r} cannot do {', '.join(missing)} (its card lists: "
+            f"{', '.join(card.capabilities) or 'nothing besides text'}); pin a model that can, or use 'router'",
+            param=PARAM_OF[missing[0]])
+
+
+def _no_candidate(task: str, policy: Policy, excluded: Mapping[str, str], needs: frozenset[str],
+                  tokens: tuple[int, int]) -> None:
+    """The typed error when no model is left for a reason the caller can act on: the prompt is too long for every
+    model that would serve it (``context_length_exceeded``), or no model has a capability the request needs."""
+    serving = [v for v in excluded.values() if v not in ("does not serve", "specialist without tasks", "not allowed")]
+    if serving and all(v == "context too short" for v in serving):
+        raise ContextLengthError(
+            f"the prompt (about {tokens[0]} tokens, +{tokens[1]} to generate) does not fit the context of any model "
+            f"under policy `{policy.name}`; shorten the messages", param="messages")
+    missing = [set(v.removeprefix("cannot do ").split(", ")) for v in serving if v.startswith("cannot do ")]
+    if needs and missing:
+        blamed = sorted(set.intersection(*missing)) or sorted(needs)
+        raise CapabilityError(
+            f"no model can do {' and '.join(blamed)} for this {task} request under policy `{policy.name}` "
+            f"({'; '.join(f'{k}: {v}' for k, v in sorted(excluded.items()))}); list `{blamed[0]}` in the "
+            "`capabilities` of a card whose model supports it", param=PARAM_OF[blamed[0]])
 
 
 def _pin(task: str, cards: Mapping[str, ModelCard], policy: Policy, req: DecisionRequest,
@@ -252,7 +286,7 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     if spent:
         b = spent[0]
         if b.unit == "J":
-            what = f"{first.name}'s budget {b.key} is spent ({used.get(b.key, 0.0):,.0f} of {b.limit_j:,.0f} J)"
+            what = f"{first.name}'s budget {b.key} is spent ({fmt_j(used.get(b.key, 0.0))} of {fmt_j(b.limit_j)})"
         else:
             what = (f"{first.name}'s carbon budget {b.key} is spent ({used.get(b.key, 0.0):.3g} of "
                     f"{b.limit_j:.3g} g CO2e)")

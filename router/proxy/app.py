@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .._router import Router
-from ..config import RouterConfig
+from ..config import ProxySettings, RouterConfig
 from ..dashboard import mount_dashboard
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
 from ..keys import KeyStore
@@ -39,15 +39,23 @@ _JSON = "application/json"
 class Proxy:
     """The routes other than chat, holding the Router, keys and metrics."""
 
-    def __init__(self, router: Router, keys: KeyStore, max_body_bytes: int) -> None:
+    def __init__(self, router: Router, keys: KeyStore, max_body_bytes: int,
+                 settings: ProxySettings | None = None) -> None:
+        settings = settings or ProxySettings()
         self.router = router
         self.keys = keys
+        self.settings = settings
         self.metrics = ProxyMetrics(router)
         self.policies = _policy_names(router.config)
         self.started = time.time()
         self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies)
 
-    async def models(self, request: Request) -> Response:
+    def _guard(self, request: Request, route: str) -> None:
+        """With keys configured, a route not listed in ``proxy.open_routes`` needs one too."""
+        if self.keys and route not in self.settings.open_routes:
+            self.chat.authenticate(request.headers.get("authorization"))
+
+    def _model_objects(self) -> list[dict[str, Any]]:
         created = int(self.started)
         data = [{"id": "router", "object": "model", "created": created, "owned_by": "router",
                  "description": f"routes each request; policy {self.router.policy_name}"}]
@@ -56,14 +64,30 @@ class Proxy:
         for card in sorted(self.router.cards.values(), key=lambda c: (c.tier, c.name)):
             if card.callable:
                 data.append({"id": card.name, "object": "model", "created": created, "owned_by": "router",
-                             "tier": card.tier, "aliases": card.aliases, "context_length": card.context_length})
-        return Response(json.dumps({"object": "list", "data": data}).encode(), media_type=_JSON)
+                             "tier": card.tier, "aliases": card.aliases, "context_length": card.context_length,
+                             "capabilities": list(card.capabilities)})
+        return data
+
+    async def models(self, request: Request) -> Response:
+        self._guard(request, "models")
+        return Response(json.dumps({"object": "list", "data": self._model_objects()}).encode(), media_type=_JSON)
+
+    async def model(self, request: Request) -> Response:
+        """``GET /v1/models/{id}``: ``router``, ``router:<policy>``, or a model card by name or alias."""
+        self._guard(request, "models")
+        wanted = request.path_params["model_id"]
+        objects = {m["id"]: m for m in self._model_objects()}
+        found = objects.get(wanted)
+        if found is None:
+            found = objects[self.router.resolve_model(wanted)]  # an alias; unknown: UnknownModelError, a 404
+        return Response(json.dumps(found).encode(), media_type=_JSON)
 
     async def health(self, request: Request) -> Response:
         return Response(json.dumps({"status": "ok", "models": sum(c.callable for c in self.router.cards.values()),
                                     "uptime_s": round(time.time() - self.started, 1)}).encode(), media_type=_JSON)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        self._guard(request, "metrics")
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -80,8 +104,22 @@ class ProxyApp(FastAPI):
     through FastAPI as usual; middleware added to the app does not see chat requests."""
 
     chat: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
+    cors: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
+    """With ``proxy.cors_origins`` set: Starlette's CORS middleware around every route, chat included (it answers
+    preflight ``OPTIONS`` requests and adds the ``Access-Control-*`` headers). Off by default: no cost."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.cors is not None and scope["type"] == "http":
+            await self.cors(scope, receive, send)
+            return
+        if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in CHAT_PATHS):
+            await self.chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What :meth:`__call__` does without CORS (the CORS middleware's inner app)."""
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"] in CHAT_PATHS):
             await self.chat(scope, receive, send)
@@ -126,7 +164,7 @@ def create_app(
             router.warm_up()
     elif keys is not None:
         raise ValueError("create_app(router=..., keys=...): give the keys to the Router (Router(keys=...))")
-    proxy = Proxy(router, router.keys, max_body_bytes or settings.max_body_bytes)
+    proxy = Proxy(router, router.keys, max_body_bytes or settings.max_body_bytes, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,7 +179,16 @@ def create_app(
     # still answers them when mounted under a prefix; ProxyApp normally answers them before routing.
     for path in sorted(CHAT_PATHS):
         app.router.add_route(path, _ASGIEndpoint(proxy.chat), methods=["POST"])
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.cors = CORSMiddleware(
+            app._dispatch, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"], max_age=600,
+            expose_headers=["x-request-id", "x-router-model", "x-router-tier", "x-router-reason",
+                            "x-router-energy-j", "retry-after"])
     app.router.add_route("/v1/models", proxy.models, methods=["GET"])
+    app.router.add_route("/v1/models/{model_id:path}", proxy.model, methods=["GET"])
     app.router.add_route("/health", proxy.health, methods=["GET"])
     app.router.add_route("/metrics", proxy.metrics_endpoint, methods=["GET"])
     from ..batch.api import add_batch_routes
@@ -178,7 +225,10 @@ def app_from_env() -> ProxyApp:
     config file from ``ROUTER_PROXY_CONFIG``, optional keys file from ``ROUTER_PROXY_KEYS``."""
     import gc
 
+    from .server import set_timeouts
+
     config = RouterConfig.load(os.environ.get(ENV_CONFIG) or None)
+    set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker process's connections
     app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()

@@ -12,6 +12,7 @@ objects, which are ASGI apps themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -39,22 +40,33 @@ from ..errors import (
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
 from .metrics import ProxyMetrics
+from .public import lenient_json, public_error
 
 log = logging.getLogger("router.proxy")
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+WATCH_AFTER_S = 0.05
+"""A JSON answer's connection is watched for a disconnect once the request has taken this long."""
+DISCONNECT_GRACE_S = 0.5
+"""After a client disconnects, how long a call may take to stop by itself (a local model: one token) before it is
+cancelled (a remote model's connection closed)."""
 _JSON = "application/json"
 
 # Body fields and the JSON types they may have (None is always allowed). Everything else the Router judges:
-# unknown fields are a 400 naming them, and message contents are validated there.
+# unknown fields are a 400 naming them, and message contents are validated there. What the Router does with each
+# OpenAI parameter (acted on, passed through, ignored, or refused) is in router/_request.py and docs/proxy.md.
 _NUM = (int, float)
 _TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,), "messages": (list,), "stream": (bool,), "stream_options": (dict,),
     "max_tokens": (int,), "max_completion_tokens": (int,), "n": (int,), "seed": (int,),
     "temperature": _NUM, "top_p": _NUM, "presence_penalty": _NUM, "frequency_penalty": _NUM,
     "stop": (str, list), "user": (str,), "logit_bias": (dict,), "metadata": (dict,), "store": (bool,),
-    "parallel_tool_calls": (bool,), "service_tier": (str,), "response_format": (dict,), "logprobs": (bool,),
-    "top_logprobs": (int,), "policy": (str,), "accuracy_target": _NUM, "max_energy_j": _NUM, "deadline_s": _NUM,
+    "tools": (list,), "tool_choice": (str, dict), "parallel_tool_calls": (bool,), "functions": (list,),
+    "function_call": (str, dict), "service_tier": (str,), "response_format": (dict,), "logprobs": (bool,),
+    "top_logprobs": (int,), "reasoning_effort": (str,), "modalities": (list,), "audio": (dict,),
+    "prediction": (dict,), "verbosity": (str,), "web_search_options": (dict,), "prompt_cache_key": (str,),
+    "safety_identifier": (str,),
+    "policy": (str,), "accuracy_target": _NUM, "max_energy_j": _NUM, "deadline_s": _NUM,
 }  # fmt: skip
 _FROM_HEADERS_ONLY = {"api_key", "request_id", "cancel"}  # Router parameters a body may not set
 
@@ -91,8 +103,10 @@ def ascii_header(text: str, limit: int = 400) -> str:
     return text[:limit]
 
 
-def error_response(exc: RouterError, metrics: ProxyMetrics | None = None) -> Response:
-    """The OpenAI-shaped error body with its status (and ``Retry-After`` / ``WWW-Authenticate`` where due)."""
+def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, request_id: str | None = None) -> Response:
+    """The OpenAI-shaped error body with its status (and ``Retry-After`` / ``WWW-Authenticate`` where due). A
+    server-side error says what failed and the request id; its details (files, URLs, an upstream's answer) are
+    logged under that id and never sent."""
     headers: dict[str, str] = {}
     if isinstance(exc, BudgetExhaustedError) and exc.retry_after_s is not None:
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -100,8 +114,10 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None) -> Res
         headers["www-authenticate"] = "Bearer"
     if metrics is not None:
         metrics.observe_error(exc.error_type if not exc.code else exc.code, exc.http_status)
-    return Response(json.dumps(exc.to_openai()).encode(), status_code=exc.http_status, headers=headers,
-                    media_type=_JSON)
+    if request_id is not None:
+        headers["x-request-id"] = request_id
+    return Response(json.dumps(public_error(exc, request_id)).encode(), status_code=exc.http_status,
+                    headers=headers, media_type=_JSON)
 
 
 class _RequestIds:
@@ -159,8 +175,9 @@ class ChatHandler:
                 length = value
             elif name == b"x-request-id" and rid is None:
                 rid = value.decode("latin-1")
+        request_id = rid if rid and len(rid) <= 128 else self._ids.next()
         try:
-            api_key = self._auth(auth)
+            api_key = self.authenticate(auth)
             body = self._parse(await self._read_body(receive, length))
             check_types(body)
             if "messages" not in body:
@@ -170,27 +187,26 @@ class ChatHandler:
             model = body.pop("model", None) or "router"
             self._check_policy_alias(model)
             messages = body.pop("messages")
-            prepared = await self.router.aprepare(
-                messages, model=model, api_key=api_key,
-                request_id=rid if rid and len(rid) <= 128 else self._ids.next(), **body)
+            prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=request_id,
+                                                  **body)
             self.metrics.observe_decision(prepared.decision_ms / 1000)
             if prepared.decision.budgets:
                 self.metrics.budgets_seen.update(prepared.decision.budgets)
-            key_label = hash_key(api_key)
+            # a key label only for configured keys: without keys any bearer string would be a new label
+            key_label = hash_key(api_key) if self.keys else None
             if stream:
                 response = await self._stream(prepared, key_label, include_usage, t0)
                 await response(scope, receive, send)
                 return
-            completion = await self.router.asend(prepared, as_dict=True)
+            completion = await self._answer(prepared, receive)
         except RouterError as exc:
-            await error_response(exc, self.metrics)(scope, receive, send)
+            await error_response(exc, self.metrics, request_id)(scope, receive, send)
             return
         except ClientDisconnect:
             return
         except Exception:
-            log.exception("unhandled error on %s", scope.get("path"))
-            await error_response(InternalError("internal error; the server log has the details"),
-                                 self.metrics)(scope, receive, send)
+            log.exception("%s: unhandled error on %s", request_id, scope.get("path"))
+            await error_response(InternalError("internal error"), self.metrics, request_id)(scope, receive, send)
             return
         data = to_json(completion)
         r = completion["routing"]
@@ -202,7 +218,42 @@ class ChatHandler:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    def _auth(self, header: str | None) -> str | None:
+    async def _answer(self, prepared: PreparedRequest, receive: Receive) -> dict[str, Any]:
+        """``Router.asend``, stopped when the client goes away meanwhile: ``receive()`` says so
+        (``http.disconnect``) once the body has been read. Then the request's cancel event is set, so a local model
+        stops at its next token and the ledger records ``cancelled`` with what it produced; a call still running
+        after :data:`DISCONNECT_GRACE_S` (a remote one, whose HTTP request cannot see the event) is cancelled,
+        which closes its upstream connection. The watch starts after :data:`WATCH_AFTER_S`: most answers come
+        sooner, and those then cost a timer rather than a task."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        gone: list[asyncio.TimerHandle] = []
+        watcher: list[asyncio.Task[None]] = []
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            prepared.cancel.set()
+            gone.append(loop.call_later(DISCONNECT_GRACE_S, task.cancel))
+
+        start = loop.call_later(WATCH_AFTER_S, lambda: watcher.append(loop.create_task(watch())))
+        try:
+            return await self.router.asend(prepared, as_dict=True)
+        except (asyncio.CancelledError, RouterError) as exc:
+            if not gone or (isinstance(exc, RouterError) and exc.code != "cancelled"):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                task.uncancel()
+            raise ClientDisconnect() from None
+        finally:
+            start.cancel()
+            for w in watcher:
+                w.cancel()
+            for timer in gone:
+                timer.cancel()
+
+    def authenticate(self, header: str | None) -> str | None:
         """The bearer key, checked when keys are configured (the Router gives it its policy)."""
         key = None
         if header:
@@ -229,7 +280,7 @@ class ChatHandler:
                 raise PayloadTooLargeError(f"request body is {declared:,} bytes; this proxy accepts at most {limit:,}")
         parts: list[bytes] = []
         size = 0
-        while True:
+        while True:  # a body that comes too slowly is the server protocol's to end (router/proxy/server.py)
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnect()
@@ -249,8 +300,13 @@ class ChatHandler:
             raise BadRequestError("the request body is empty; send a JSON object with `model` and `messages`")
         try:
             body = from_json(raw)  # pydantic-core's parser: ~3x faster than json.loads, same values
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+        except ValueError:
+            try:
+                body = lenient_json(raw)  # a lone surrogate escape (or not JSON at all)
+            except ValueError as exc:
+                raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise BadRequestError("the request body must be a JSON object with `model` and `messages`")
         return body
@@ -301,13 +357,12 @@ class ChatHandler:
         except RouterError as exc:  # after the first chunk the status is sent: report in the stream
             finished = True
             self.metrics.observe_error(exc.code or exc.error_type, exc.http_status)
-            yield b"data: " + json.dumps(exc.to_openai()).encode() + b"\n\n"
+            yield b"data: " + json.dumps(public_error(exc, first.id)).encode() + b"\n\n"
         except Exception:
             finished = True
-            log.exception("stream failed")
+            log.exception("%s: stream failed", first.id)
             self.metrics.observe_error("internal_error", 500)
-            yield b"data: " + json.dumps(InternalError("the stream failed; the server log has the details")
-                                         .to_openai()).encode() + b"\n\n"
+            yield b"data: " + json.dumps(public_error(InternalError("the stream failed"), first.id)).encode() + b"\n\n"
         finally:
             if not finished:  # the client went away mid-stream; the ledger has the 'cancelled' record
                 card = self.router.cards[first.model]

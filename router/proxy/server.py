@@ -10,14 +10,25 @@ only the head) means that under load the responses finished in one iteration are
 system calls follow together, instead of a system call between every two responses' Python work: ~9 % less proxy
 CPU per request at concurrency 64 (``benchmarks/README.md``, *Proxy*). Nothing waits longer than the iteration: a
 stream's headers and each of its chunks still go out before the next chunk is awaited.
+
+The second change: deadlines on reading each request. Its headers must arrive within :data:`HEADER_TIMEOUT_S` of
+its first byte (of the connection, for the first request), else the connection is closed; its body within
+:data:`BODY_TIMEOUT_S` of the headers, else it is answered 408 and closed. uvicorn bounds idle keep-alive
+connections but not a request in progress (any byte received keeps it going), so a client sending a byte at a time
+could hold a connection, and the memory of its half-read request, indefinitely. Kept here rather than in the ASGI
+handler: a timer per request phase in the protocol costs a fraction of an ``asyncio.timeout`` around each
+``receive()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..errors import RequestTimeoutError
 
 
 class _OneWrite:
@@ -65,8 +76,72 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
+HEADER_TIMEOUT_S = 10.0
+"""Seconds a request's headers may take (``proxy.header_timeout_s``; set per process by ``app_from_env``)."""
+BODY_TIMEOUT_S = 30.0
+"""Seconds a request's body may take after its headers (``proxy.body_timeout_s``)."""
+
+
+def set_timeouts(header_s: float, body_s: float) -> None:
+    global HEADER_TIMEOUT_S, BODY_TIMEOUT_S
+    HEADER_TIMEOUT_S, BODY_TIMEOUT_S = header_s, body_s
+
+
+def _timeout_response() -> bytes:
+    body = json.dumps(RequestTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
+                      .to_openai()).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """``uvicorn.run(..., http=OneWriteHttpToolsProtocol)``: uvicorn's httptools protocol over :class:`_OneWrite`."""
+    """``uvicorn.run(..., http=OneWriteHttpToolsProtocol)``: uvicorn's httptools protocol over :class:`_OneWrite`,
+    with deadlines on reading each request. A deadline is armed only when a request is still incomplete after the
+    bytes received so far have been parsed: a request that arrives whole, the usual case, costs no timer."""
+
+    _phase = 1  # 0: between requests; 1: reading headers (a new connection too); 2: reading a body
+    _armed = 0  # the phase the timer is for (0: none)
+    _read_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWrite(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        self._arm()  # a connection that sends nothing at all
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._phase != self._armed:
+            self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase = 1
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._phase = 2
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._phase = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = 0
+        self._arm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        self._armed = self._phase
+        if self._phase:
+            limit = HEADER_TIMEOUT_S if self._phase == 1 else BODY_TIMEOUT_S
+            self._read_timer = self.loop.call_later(limit, self._too_slow, self._phase == 2)
+
+    def _too_slow(self, body: bool) -> None:
+        """Headers too slow: close. A body too slow: no response has begun (the app is still reading), so a 408
+        can go out first; the app then sees the client gone."""
+        self._read_timer = None
+        if body and not self.transport.is_closing():
+            self.transport.write(_timeout_response())
+        self.transport.close()

@@ -6,7 +6,11 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - anything else: answers ``"echo: <last user message, first 40 chars>"`` at once (JSON or SSE);
 - ``slow``: streams ``tokens`` (default 200) pieces, ``delay`` (default 0.02) seconds apart, so a client can
   hang up mid-stream;
-- ``broken``: HTTP 503 every time; ``flaky``: HTTP 500 every other call;
+- ``broken``: HTTP 503 every time; ``flaky``: HTTP 500 every other call; ``leaky``: HTTP 400 whose error body
+  holds what a client must never see (a key, a file path);
+- ``json``: answers ``{"answer": "<last user message>"}`` (JSON whatever was asked); ``slow`` without streaming
+  answers after ``max_tokens`` x ``delay`` seconds, and counts the call in ``closed_early`` when the client
+  hangs up first;
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while).
 
 ``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
@@ -28,6 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 app = FastAPI(title="instant test upstream", docs_url=None, redoc_url=None, openapi_url=None)
 calls: Counter[str] = Counter()
+LEAK = "invalid key sk-live-0123456789abcdef for /srv/internal/secrets.yaml"
 closed_early: Counter[str] = Counter()
 
 
@@ -46,10 +51,18 @@ async def chat(request: Request) -> Response:
                             status_code=503 if model == "broken" else 500)
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
+    if model == "leaky":
+        return JSONResponse({"error": {"message": LEAK, "type": "invalid_request_error"}}, status_code=400)
     created = int(time.time())
     rid = f"chatcmpl-up{calls[model]}"
+    if model == "slow" and not body.get("stream"):
+        for _ in range(int(body.get("max_tokens") or 200)):
+            await asyncio.sleep(0.02)
+            if await request.is_disconnected():
+                closed_early["slow-json"] += 1
+                return Response(status_code=499)
     if not body.get("stream"):
-        text = _answer(body)
+        text = json.dumps({"answer": _answer(body)}) if model == "json" else _answer(body)
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -91,7 +104,7 @@ async def chat(request: Request) -> Response:
 @app.get("/v1/models")
 async def models() -> dict:
     return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
-                                       for m in ("echo", "slow", "broken", "flaky")]}
+                                       for m in ("echo", "slow", "broken", "flaky", "leaky", "json")]}
 
 
 @app.get("/stats")

@@ -1,0 +1,91 @@
+"""One model call about to be made (:class:`Call`), what it produced, collected from its stream events
+(:class:`Output`), and the answer's ``choices[0]`` as OpenAI's JSON has it (text, tool calls or a legacy
+``function_call``, log probabilities)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Backend, Generation, GenerationRequest, StreamEvent
+from .cards import ModelCard
+from .energy import MeterSpan
+from .ledger import Reservation
+from .options import ModelOptions
+from .tools import legacy_message, merge_tool_deltas
+
+
+@dataclass
+class Call:
+    """One model call about to be made: the driver calls ``backend`` with ``request``."""
+
+    index: int
+    """Attempt number within the request (what the ledger records as ``attempt``)."""
+    model: str
+    card: ModelCard
+    backend: Backend
+    request: GenerationRequest
+    held: list[Reservation]
+    span: MeterSpan | None
+    started: float = field(default_factory=time.perf_counter)
+    buffered: bool = False
+    """A cascade may escalate past this answer: a streaming driver collects it before sending anything."""
+
+
+class Output:
+    """Stream events collected into what was produced so far (a whole answer, or a partial one)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] | None = None
+        self.last = StreamEvent()
+
+    def add(self, event: StreamEvent) -> None:
+        if event.text:
+            self.parts.append(event.text)
+        if event.tool_calls:
+            merge_tool_deltas(self.calls, event.tool_calls)
+        if event.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + event.logprobs
+        self.last = event
+
+    def __bool__(self) -> bool:
+        return bool(self.parts) or bool(self.calls)
+
+    def generation(self, call: Call, *, finished: bool = True) -> Generation:
+        text = "".join(self.parts)
+        last = self.last
+        return Generation(
+            text=text,
+            finish_reason=last.finish_reason or ("stop" if finished else "error"),
+            prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
+            else call.backend.prompt_tokens(call.request.messages),
+            completion_tokens=last.completion_tokens if last.completion_tokens is not None
+            else call.backend.count_tokens(text),
+            confidence=last.confidence,
+            tool_calls=self.calls or None,
+            logprobs=self.logprobs,
+        )
+
+
+def finish_reason(gen: Generation, options: ModelOptions) -> str:
+    """``tool_calls`` (``function_call`` for a legacy request) when the model called tools and simply stopped."""
+    if gen.tool_calls and gen.finish_reason in ("stop", "tool_calls", "function_call"):
+        return "function_call" if options.tools is not None and options.tools.legacy else "tool_calls"
+    return gen.finish_reason
+
+
+def answer_choice(gen: Generation, options: ModelOptions) -> dict[str, Any]:
+    """``choices[0]`` as ``Choice.model_dump()`` gives it (same keys, same order)."""
+    calls = gen.tool_calls
+    message: dict[str, Any] = {"role": "assistant", "content": gen.text if gen.text or not calls else None,
+                               "tool_calls": None, "function_call": None}
+    if calls:
+        if options.tools is not None and options.tools.legacy:
+            message["function_call"] = legacy_message(calls)
+        else:
+            message["tool_calls"] = calls
+    logprobs = {"content": gen.logprobs, "refusal": None} if gen.logprobs is not None else None
+    return {"index": 0, "message": message, "finish_reason": finish_reason(gen, options), "logprobs": logprobs}

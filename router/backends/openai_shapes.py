@@ -1,0 +1,90 @@
+"""OpenAI's request and answer shapes for what goes beyond text, for the HTTP backend: the body fields of a
+request's tools, response format, log probabilities and pass-through parameters, and the tool calls and log
+probabilities read back (whole, or as stream deltas), in the key order OpenAI's own types dump them in, so the
+proxy can send them on without a model validation in between."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..options import ModelOptions
+from ..tools import legacy_call_id, new_call_id
+
+
+def option_fields(options: ModelOptions, reasoning: bool) -> dict[str, Any]:
+    """The request's tools, response format, log probabilities and pass-through parameters, as OpenAI's body
+    has them (tools in today's shape: a legacy ``functions`` request was converted when it was checked)."""
+    out: dict[str, Any] = dict(options.passthrough)
+    tools = options.tools
+    if tools is not None:
+        out["tools"] = tools.openai_tools()
+        choice = tools.openai_tool_choice()
+        if choice is not None:
+            out["tool_choice"] = choice
+        if not tools.parallel and not tools.legacy:
+            out["parallel_tool_calls"] = False
+    if options.response_format is not None:
+        out["response_format"] = dict(options.response_format.raw)
+    if options.top_logprobs is not None:
+        out["logprobs"] = True
+        if options.top_logprobs:
+            out["top_logprobs"] = options.top_logprobs
+    if options.reasoning_effort is not None and reasoning:
+        out["reasoning_effort"] = options.reasoning_effort
+    return out
+
+
+def tool_calls(message: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Whole tool calls in OpenAI's key order (a legacy ``function_call`` answer becomes one call)."""
+    raw = message.get("tool_calls")
+    if not raw and message.get("function_call"):
+        fc = message["function_call"]
+        raw = [{"id": legacy_call_id(fc["name"]), "type": "function", "function": fc}]
+    if not raw:
+        return None
+    calls = []
+    for call in raw:
+        fn = call["function"]
+        if not isinstance(fn["name"], str) or not isinstance(fn.get("arguments", ""), str):
+            raise TypeError("a tool call's name and arguments must be strings")
+        calls.append({"id": str(call.get("id") or new_call_id()), "type": "function",
+                      "function": {"name": fn["name"], "arguments": fn.get("arguments", "")}})
+    return calls
+
+
+def tool_call_deltas(delta: dict[str, Any], begun: set[int]) -> list[dict[str, Any]] | None:
+    """Tool-call deltas as OpenAI streams them: ``id``, ``type`` and the name in a call's first delta only (some
+    servers, llama.cpp's Python server among them, repeat the name in every delta; clients that add the pieces
+    up, as the openai SDK does, would get it over and over)."""
+    raw = delta.get("tool_calls")
+    if not raw:
+        return None
+    out = []
+    for item in raw:
+        index = int(item.get("index", 0))
+        d: dict[str, Any] = {"index": index}
+        fn = item.get("function") or {}
+        first = index not in begun
+        if first:
+            begun.add(index)
+            d["id"] = str(item.get("id") or new_call_id())
+            d["type"] = "function"
+        piece = {k: str(fn[k]) for k in ("name", "arguments") if fn.get(k) is not None and (k != "name" or first)}
+        if piece:
+            d["function"] = piece
+        out.append(d)
+    return out
+
+
+def logprobs_of(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """``choice.logprobs.content`` as entries in OpenAI's key order (``None`` when the endpoint sent none)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if content is None:
+        return None
+    return [_entry(e) | {"top_logprobs": [_entry(t) for t in e.get("top_logprobs") or []]} for e in content]
+
+
+def _entry(e: dict[str, Any]) -> dict[str, Any]:
+    raw = e.get("bytes")
+    return {"token": str(e["token"]), "logprob": float(e["logprob"]),
+            "bytes": [int(b) for b in raw] if isinstance(raw, list) else None}

@@ -1,0 +1,142 @@
+"""Structured output: OpenAI's ``response_format`` checked when the request arrives, and every answer checked
+against it before it is accepted.
+
+``{"type": "json_object"}`` asks for one JSON object; ``{"type": "json_schema", "json_schema": {"name", "schema",
+"strict"}}`` for JSON that matches a schema. Local models are held to it by a grammar while they generate
+(llama.cpp); remote models get the parameter as it came. Either way the answer is validated here on its way back,
+because a grammar can be cut short by ``max_tokens`` and a remote model may ignore the parameter: an answer that
+fails is never returned as if it were good (the Router tries the next capable model, or ends with
+:class:`~router.errors.StructuredOutputError`).
+
+Validation uses ``jsonschema`` (Draft 2020-12, the dialect OpenAI's structured outputs use); validators are
+compiled once per distinct schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+from .errors import BadRequestError
+
+_MAX_SCHEMA_CHARS = 100_000
+"""Longest schema accepted (as JSON text): grammars and validators are built from it per distinct schema."""
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """A checked ``response_format`` that asks for JSON (``text`` needs no object of its own)."""
+
+    kind: Literal["json_object", "json_schema"]
+    raw: Mapping[str, Any]
+    """The parameter as the caller sent it (what a remote model is sent)."""
+    schema_json: str | None = None
+    """The schema as canonical JSON text (``json_schema`` only): the key of every cache built from it."""
+    name: str | None = None
+    strict: bool = False
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        return json.loads(self.schema_json) if self.schema_json is not None else None
+
+    def problem(self, text: str) -> str | None:
+        """Why ``text`` does not satisfy this format, or ``None`` when it does."""
+        return json_problem(text, self.schema_json, what="the answer", want_object=True)
+
+
+def check_response_format(value: Any) -> ResponseFormat | None:
+    """``response_format`` as sent: ``None`` (or ``text``) for plain text, else a :class:`ResponseFormat`. A schema
+    that is not valid JSON Schema is a 400 naming it, before any model runs."""
+    if value is None:
+        return None
+    param = "response_format"
+    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str):
+        raise BadRequestError("`response_format` must be an object with a `type` (text, json_object or json_schema)",
+                              param=param)
+    kind = value["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object", dict(value))
+    if kind != "json_schema":
+        raise BadRequestError(f"`response_format.type` {kind!r} is not supported; use text, json_object or "
+                              "json_schema", param="response_format.type")
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping):
+        raise BadRequestError("`response_format.json_schema` must be an object with `name` and `schema`",
+                              param="response_format.json_schema")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise BadRequestError("`response_format.json_schema.name` must be a string of 1-64 characters",
+                              param="response_format.json_schema.name")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, Mapping):
+        raise BadRequestError("`response_format.json_schema.schema` must be a JSON Schema object",
+                              param="response_format.json_schema.schema")
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise BadRequestError("`response_format.json_schema.strict` must be a boolean",
+                              param="response_format.json_schema.strict")
+    schema_json = canonical_schema(schema, "response_format.json_schema.schema")
+    return ResponseFormat("json_schema", dict(value), schema_json, name, bool(strict))
+
+
+def canonical_schema(schema: Mapping[str, Any], param: str) -> str:
+    """``schema`` as canonical JSON text, checked to be a valid JSON Schema (a 400 naming ``param`` if not)."""
+    try:
+        text = json.dumps(schema, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadRequestError(f"`{param}` is not plain JSON", param=param) from None
+    if len(text) > _MAX_SCHEMA_CHARS:
+        raise BadRequestError(f"`{param}` is longer than {_MAX_SCHEMA_CHARS:,} characters", param=param)
+    try:
+        _validator(text)
+    except _SchemaError as exc:
+        raise BadRequestError(f"`{param}` is not a valid JSON Schema: {exc.message}", param=param) from None
+    return text
+
+
+def json_problem(text: str, schema_json: str | None, *, what: str, want_object: bool = False) -> str | None:
+    """Why ``text`` is not JSON (an object, when ``want_object``) matching ``schema_json``; ``None`` when it is."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return f"{what} is not valid JSON ({exc.msg} at character {exc.pos})"
+    if want_object and schema_json is None and not isinstance(value, dict):
+        return f"{what} is JSON but not an object"
+    if schema_json is None:
+        return None
+    error = _best_error(_validator(schema_json), value)
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"{what} does not match the schema at {where}: {error.message[:200]}"
+
+
+# -- jsonschema, imported when first needed ---------------------------------------------------------------------
+class _SchemaError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    schema = json.loads(schema_json)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise _SchemaError(exc.message[:200]) from None
+    return Draft202012Validator(schema)
+
+
+def _best_error(validator: Any, value: Any) -> Any:
+    from jsonschema.exceptions import best_match
+
+    return best_match(validator.iter_errors(value))

@@ -1,0 +1,177 @@
+"""Agents and structured output end to end with real clients (the openai SDK, LangChain's ChatOpenAI) against a
+real ``router serve`` on the shipped local models, and the library's own ``Router.complete``. Only SmolLM2 can call
+tools here; at 135M it proves the plumbing (grammars hold its calls to the schema), not the choice of tool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel
+from servers.procs import ROOT, models_dir, router_serve
+
+from router import Router, RouterConfig
+from router.ledger import open_ledger
+
+pytestmark = pytest.mark.slow
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+class Local:
+    def __init__(self, url: str, ledger_url: str) -> None:
+        self.url = url
+        self.ledger_url = ledger_url
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=180)
+
+    def record(self, request_id: str, timeout: float = 20.0) -> object:
+        deadline = time.time() + timeout
+        while True:
+            ledger = open_ledger(self.ledger_url)
+            try:
+                found = [r for r in ledger.records() if r.request_id == request_id]
+            finally:
+                ledger.close()
+            if found or time.time() > deadline:
+                assert found, f"no ledger record for {request_id}"
+                return found[-1]
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
+    tmp = tmp_path_factory.mktemp("agents_local")
+    models = models_dir(tmp / "models", {})
+    for card in ("smollm2-135m.yaml", "gemma3-270m.yaml"):
+        shutil.copy(ROOT / "models" / card, models / card)
+    ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
+    config = tmp / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n")
+    with router_serve(config, tmp, timeout=180) as url:
+        yield Local(url, ledger_url)
+
+
+# -- the openai SDK -------------------------------------------------------------------------------------------
+def test_openai_sdk_tool_call_round_trip_with_a_tool_result(local: Local) -> None:
+    chat = local.client().chat.completions
+    first = chat.create(model="router", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=40)
+    msg = first.choices[0].message
+    assert first.choices[0].finish_reason == "tool_calls" and msg.content is None
+    call = msg.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    routing = first.model_extra["routing"]
+    assert routing["model"] == "smollm2-135m" and routing["task"] == "tools" and "needs tools" in routing["reason"]
+
+    history = [*ASK, msg.model_dump(exclude_none=True),  # the assistant turn as the SDK gives it back
+               {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 18, "sky": "sunny"}'}]
+    second = chat.create(model="router", messages=history, tools=[WEATHER], tool_choice="none", max_tokens=30)
+    assert second.choices[0].message.content and second.choices[0].finish_reason in ("stop", "length")
+
+
+def test_openai_sdk_streamed_tool_calls(local: Local) -> None:
+    stream = local.client().chat.completions.create(
+        model="router", messages=ASK, tools=[WEATHER], stream=True, max_tokens=40,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    chunks = list(stream)
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
+    assert {d.index for d in deltas} == {0}  # a named tool_choice: one call
+    assert all(d.id is None and d.function.name is None for d in deltas[1:])  # later deltas: argument pieces
+    arguments = "".join(d.function.arguments or "" for d in deltas if d.index == 0)
+    assert json.loads(arguments)["city"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_openai_sdk_parse_json_object_and_logprobs(local: Local) -> None:
+    chat = local.client().chat.completions
+    parsed = chat.parse(model="router", messages=[{"role": "user", "content": "Invent a person."}],
+                        response_format=Person, max_tokens=60)
+    assert isinstance(parsed.choices[0].message.parsed, Person)
+    assert parsed.model_extra["routing"]["model"] in ("smollm2-135m", "gemma3-270m")  # never the specialist
+
+    text = chat.create(model="router", messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+                       response_format={"type": "json_object"}, max_tokens=80).choices[0].message.content
+    assert isinstance(json.loads(text), dict)
+
+    resp = chat.create(model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=6,
+                       logprobs=True, top_logprobs=2)
+    content = resp.choices[0].logprobs.content
+    assert "".join(e.token for e in content).strip() == resp.choices[0].message.content.strip()
+    assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in content)
+    assert content[0].top_logprobs[0].logprob >= content[0].top_logprobs[1].logprob
+
+
+# -- LangChain --------------------------------------------------------------------------------------------------
+def test_langchain_bind_tools_round_trip_and_structured_output(local: Local) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return f"sunny in {city}, 18 C"
+
+    llm = ChatOpenAI(model="router", base_url=f"{local.url}/v1", api_key="unused", max_retries=0, timeout=180,
+                     max_tokens=60)
+    messages = [HumanMessage("What is the weather in Paris?")]
+    ai = llm.bind_tools([get_weather], tool_choice="any").invoke(messages)
+    assert ai.tool_calls and ai.tool_calls[0]["name"] == "get_weather"
+    messages += [ai, ToolMessage(get_weather.invoke(ai.tool_calls[0]["args"]), tool_call_id=ai.tool_calls[0]["id"])]
+    final = llm.bind_tools([get_weather]).invoke(messages)  # the tool's result goes back; the model goes on
+    assert final.content or final.tool_calls
+
+    for method in ("json_schema", "function_calling"):
+        out = llm.with_structured_output(Person, method=method).invoke("Invent a person.")
+        assert isinstance(out, Person), method
+    person = {"title": "Person", **Person.model_json_schema()}
+    out = llm.with_structured_output(person, method="json_mode").invoke("Invent a person as JSON.")
+    assert isinstance(out, dict)
+
+
+# -- a client that goes away --------------------------------------------------------------------------------------
+def test_a_client_gone_from_a_non_streamed_request_stops_generation(local: Local) -> None:
+    """The client gives up after 3 s on a 200-token answer: generation stops at the next token and the ledger
+    records `cancelled` with what was produced (not 200 tokens generated for nobody; how many were produced
+    depends on the machine's load, and is checked exactly in test_paths)."""
+    body = {"model": "smollm2-135m", "max_tokens": 200, "temperature": 0.0,
+            "messages": [{"role": "user", "content": "Write a long story about a dragon and a knight."}]}
+    started = time.time()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{local.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(3.0),
+                   headers={"x-request-id": "gone-1"})
+    rec = local.record("gone-1")
+    assert rec.outcome == "cancelled" and rec.model == "smollm2-135m"  # type: ignore[attr-defined]
+    assert rec.output_tokens < 200 and rec.energy_j > 0  # type: ignore[attr-defined]
+    assert time.time() - started < 20
+
+
+# -- the library ------------------------------------------------------------------------------------------------
+def test_router_complete_with_tools_and_response_format(tmp_path: Path) -> None:
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:
+        resp = router.complete(ASK, tools=[WEATHER], tool_choice="required", max_tokens=40)
+        call = resp.choices[0].message.tool_calls[0]
+        assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"])
+        resp = router.complete([{"role": "user", "content": "Invent a person."}], max_tokens=60,
+                               response_format={"type": "json_schema", "json_schema": {
+                                   "name": "person", "strict": True, "schema": Person.model_json_schema()}})
+        assert Person.model_validate_json(resp.choices[0].message.content)
+        chunks = list(router.complete(ASK, tools=[WEATHER], tool_choice="required", max_tokens=40, stream=True))
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"

@@ -1,0 +1,274 @@
+"""What the proxy must never do: show a client an upstream's error body or URL, serve metrics or the model list
+without a key when keys are configured, let a slow client hold a connection, or hand back an answer that is not
+the JSON asked for. And the smaller points: ``GET /v1/models/{id}``, CORS, lone surrogate escapes, harmless
+OpenAI parameters, ``stop: [""]``, sub-joule budget messages, a client gone from a non-streamed request.
+A real ``router serve`` over the instant TEST UPSTREAM (tests/servers/instant_upstream.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from servers.instant_upstream import LEAK
+from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+
+from router.ledger import open_ledger
+
+KEY = "sk-test-hardening-0123456789"
+CAPS = "capabilities: [tools, json_object, json_schema, logprobs]\ncontext_length:"
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class Served:
+    def __init__(self, url: str, folder: Path, upstream_url: str) -> None:
+        self.url = url
+        self.folder = folder
+        self.upstream_url = upstream_url
+
+    def post(self, body: dict[str, object], **kw: object) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=30, **kw)  # type: ignore[arg-type]
+
+    def record(self, request_id: str, timeout: float = 10.0) -> object:
+        deadline = time.time() + timeout
+        while True:
+            ledger = open_ledger(f"sqlite:///{self.folder / 'ledger.sqlite3'}")
+            try:
+                found = [r for r in ledger.records() if r.request_id == request_id]
+            finally:
+                ledger.close()
+            if found or time.time() > deadline:
+                assert found, f"no ledger record for {request_id}"
+                return found[-1]
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return "".join(f.read_text(errors="replace") for f in self.folder.glob("serve-*.log"))
+
+
+def _config(tmp: Path, up: str, extra: str = "") -> Path:
+    cards = {
+        "remote-echo": remote_card("remote-echo", up, "echo", tier="small").replace("context_length:", CAPS),
+        "remote-json": remote_card("remote-json", up, "json", tier="large", per_call_j=3.0).replace(
+            "context_length:", "capabilities: [json_object]\ncontext_length:"),
+        "remote-slow": remote_card("remote-slow", up, "slow", tier="large", per_call_j=5.0),
+        "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=5.0),
+        "remote-leaky": remote_card("remote-leaky", up, "leaky", tier="large", per_call_j=5.0),
+    }
+    models = models_dir(tmp / "models", cards)
+    policies = tmp / "policies"
+    policies.mkdir()
+    for file in (ROOT / "policies").glob("*.yaml"):
+        shutil.copy(file, policies / file.name)
+    for name in ("broken", "leaky"):
+        (policies / f"only{name}.yaml").write_text(
+            f"name: only{name}\naccuracy: {{min_accuracy: 0.0}}\nallowed_models: [remote-{name}]\n")
+    (policies / "tiny.yaml").write_text(
+        "name: tiny\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\n"
+        "budgets: [{model: remote-echo, joules: 0.5, per: 3600}]\non_budget_exhausted: reject\n")
+    config = tmp / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\n"
+                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\ncooldown: {{failures: 100, seconds: 1}}\n"
+                      + extra)
+    return config
+
+
+@pytest.fixture(scope="module")
+def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with upstream(tmp_path_factory.mktemp("upstream")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def served(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("hardened")
+    config = _config(tmp, upstream_url, "proxy: {header_timeout_s: 1, body_timeout_s: 1, "
+                                        "cors_origins: [https://app.example]}\n")
+    with router_serve(config, tmp) as url:
+        yield Served(url, tmp, upstream_url)
+
+
+@pytest.fixture(scope="module")
+def keyed(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("hardened_keys")
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    config = _config(tmp, upstream_url, f"keys: [{{name: t, sha256: {digest}}}]\nproxy: {{open_routes: [metrics]}}\n")
+    with router_serve(config, tmp) as url:
+        yield Served(url, tmp, upstream_url)
+
+
+# -- nothing internal reaches a client ------------------------------------------------------------------------
+@pytest.mark.parametrize(("policy", "status"), [("onlyleaky", 502), ("onlybroken", 503)])
+def test_upstream_error_bodies_and_urls_never_reach_clients(served: Served, policy: str, status: int) -> None:
+    r = served.post({"model": "router", "messages": user("hi"), "policy": policy},
+                    headers={"x-request-id": f"leak-{policy}"})
+    assert r.status_code == status, r.text
+    for secret in (LEAK, "sk-live", "/srv/internal", "upstream failure", served.upstream_url, "127.0.0.1"):
+        assert secret not in r.text
+    assert f"request id leak-{policy}" in r.json()["error"]["message"] and r.headers["x-request-id"] == f"leak-{policy}"
+    rec = served.record(f"leak-{policy}")
+    assert "sk-live" not in (rec.error or "")  # type: ignore[attr-defined]
+    deadline = time.time() + 5
+    while f"leak-{policy}" not in served.log() and time.time() < deadline:
+        time.sleep(0.1)
+    assert f"leak-{policy}" in served.log()  # the detail is in the server's log, under the request id
+    if policy == "onlyleaky":
+        assert "sk-live" in served.log()
+
+
+@pytest.mark.parametrize("checksum", [None, "0" * 64])
+def test_a_server_error_shows_no_file_paths(upstream_url: str, tmp_path: Path, checksum: str | None) -> None:
+    """Weights whose checksum is wrong (a config error naming the card, the file and both digests), or a GGUF
+    that is not one (llama.cpp's error names the file): the client sees neither, only the request id."""
+    garbage = tmp_path / "not-a-model.gguf"
+    garbage.write_bytes(b"GGUF" + b"\0" * 64)
+    weights = f"{{path: {garbage}, sha256: '{checksum}'}}" if checksum else f"{{path: {garbage}}}"
+    card = (ROOT / "models" / "smollm2-135m.yaml").read_text().split("backend:")[0] + (
+        f"backend:\n  type: llama_cpp\n  weights: {weights}\ncontext_length: 2048\n"
+        "energy: {per_call_j: 1, source: estimate, citation: test}\n")
+    config = _config(tmp_path, upstream_url)
+    (tmp_path / "models" / "smollm2-135m.yaml").write_text(card)
+    with router_serve(config, tmp_path) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
+                       json={"model": "smollm2-135m", "messages": user("hi")})
+    assert r.status_code >= 500 and str(tmp_path) not in r.text and "gguf" not in r.text.lower(), r.text
+    assert "request id" in r.json()["error"]["message"]
+
+
+# -- keys, labels, models -------------------------------------------------------------------------------------
+def test_routes_need_a_key_when_keys_are_configured(keyed: Served) -> None:
+    assert httpx.get(f"{keyed.url}/v1/models").status_code == 401
+    assert httpx.get(f"{keyed.url}/v1/models/router").status_code == 401
+    auth = {"authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{keyed.url}/v1/models", headers=auth).status_code == 200
+    assert httpx.get(f"{keyed.url}/metrics").status_code == 200  # proxy.open_routes: [metrics]
+    assert httpx.get(f"{keyed.url}/health").status_code == 200
+
+
+def test_models_by_id(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("router").id == "router"
+    assert client.models.retrieve("router:eco").id == "router:eco"
+    echo = client.models.retrieve("remote-echo")
+    assert echo.id == "remote-echo" and "tools" in echo.model_extra["capabilities"]
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("gpt-17")
+    assert err.value.code == "model_not_found" and "gpt-17" in err.value.message
+
+
+def test_cors_is_off_by_default_and_follows_the_configured_origins(served: Served, keyed: Served) -> None:
+    preflight = {"origin": "https://app.example", "access-control-request-method": "POST",
+                 "access-control-request-headers": "authorization, content-type, x-stainless-os"}
+    assert httpx.options(f"{keyed.url}/v1/chat/completions", headers=preflight).status_code == 405  # off
+    r = httpx.options(f"{served.url}/v1/chat/completions", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-stainless-os" in r.headers["access-control-allow-headers"]
+    r = served.post({"model": "remote-echo", "messages": user("hi")}, headers={"origin": "https://app.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-router-model" in r.headers["access-control-expose-headers"]
+    r = httpx.options(f"{served.url}/v1/chat/completions", headers={**preflight, "origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+# -- slow clients ---------------------------------------------------------------------------------------------
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def test_slow_headers_cannot_hold_a_connection(served: Served) -> None:
+    sock = _connect(served.url)
+    started = time.monotonic()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+    closed = False
+    for i in range(30):  # a header line every 0.2 s would take 6 s; the deadline is 1 s
+        try:
+            sock.sendall(f"X-Slow-{i}: y\r\n".encode())
+            time.sleep(0.2)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                closed = sock.recv(1024) == b""
+            sock.setblocking(True)
+        except OSError:
+            closed = True
+        if closed:
+            break
+    sock.close()
+    assert closed and time.monotonic() - started < 3
+
+
+def test_a_slow_body_is_a_408(served: Served) -> None:
+    sock = _connect(served.url)
+    started = time.monotonic()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    reply = sock.recv(4096)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+    assert time.monotonic() - started < 3
+
+
+# -- structured output from remote models ------------------------------------------------------------------------
+def test_a_remote_answer_that_is_not_json_moves_on_to_the_next_capable_model(served: Served) -> None:
+    r = served.post({"model": "remote-echo", "messages": user("hi"), "response_format": {"type": "json_object"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"answer": "echo: hi"}
+    assert [(a["model"], a["outcome"]) for a in body["routing"]["attempts"]] == [
+        ("remote-echo", "escalated"), ("remote-json", "ok")]
+    r = served.post({"model": "remote-echo", "messages": user("hi"), "policy": "tiny",
+                     "response_format": {"type": "json_object"}})
+    assert r.status_code in (429, 502)  # no other model allowed: never the prose answer
+
+
+# -- smaller points -----------------------------------------------------------------------------------------------
+def test_harmless_parameters_lone_surrogates_and_empty_stop_strings(served: Served) -> None:
+    raw = b'{"model": "remote-echo", "messages": [{"role": "user", "content": "cut emoji \\ud83d here"}]}'
+    r = httpx.post(f"{served.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and "\ufffd" in r.json()["choices"][0]["message"]["content"]
+    for params in ({"reasoning_effort": "low"}, {"modalities": ["text"]}, {"verbosity": "low", "store": False},
+                   {"stop": [""]}, {"stop": ""}):
+        r = served.post({"model": "remote-echo", "messages": user("hello"), **params})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: hello", params
+    r = served.post({"model": "remote-echo", "messages": user("hello"), "audio": {"voice": "alloy"}})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "capability_unsupported"
+    assert r.json()["error"]["param"] == "audio"
+
+
+def test_a_prompt_too_long_for_every_model_is_context_length_exceeded(served: Served) -> None:
+    r = served.post({"model": "router", "messages": user("word " * 100_000)})  # ~125k tokens: over every context
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "context_length_exceeded" and r.json()["error"]["param"] == "messages"
+
+
+def test_a_sub_joule_budget_message_says_its_joules(served: Served) -> None:
+    r = served.post({"model": "router", "messages": user("hello"), "policy": "tiny"})
+    assert r.status_code == 429
+    assert "0.5 J" in r.json()["error"]["message"] and "0 of 0 J" not in r.json()["error"]["message"]
+
+
+def test_a_client_gone_from_a_non_streamed_remote_call_closes_it(served: Served) -> None:
+    before = httpx.get(served.upstream_url.removesuffix("/v1") + "/stats").json()["closed_early"].get("slow-json", 0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served.url}/v1/chat/completions", timeout=httpx.Timeout(0.5),
+                   json={"model": "remote-slow", "messages": user("hi"), "max_tokens": 200},
+                   headers={"x-request-id": "gone-remote"})
+    rec = served.record("gone-remote")
+    assert rec.outcome == "cancelled" and rec.model == "remote-slow"  # type: ignore[attr-defined]
+    deadline = time.time() + 5
+    stats = lambda: httpx.get(served.upstream_url.removesuffix("/v1") + "/stats").json()  # noqa: E731
+    while stats()["closed_early"].get("slow-json", 0) == before and time.time() < deadline:
+        time.sleep(0.1)
+    assert stats()["closed_early"].get("slow-json", 0) == before + 1  # the upstream saw the call end

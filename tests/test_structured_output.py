@@ -1,0 +1,194 @@
+"""Answers are checked against what the request asked for (JSON, a JSON schema, valid tool calls) on every path:
+a bad answer moves on to the next capable model; none left, or a bad streamed answer, is StructuredOutputError,
+never a silent bad answer. Tool calls and log probabilities come back in OpenAI's shapes (checked with the openai
+package's own types). The models are named test doubles that answer a fixed text or fixed calls (fault
+injection: a model that ignores the format it was asked for)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types.chat import ChatCompletion as OpenAIChatCompletion
+from openai.types.chat import ChatCompletionChunk as OpenAIChunk
+from test_paths import PATHS, Outcome, run
+
+from router import Router, RouterConfig
+from router.backends import Backend, GenerationRequest, StreamEvent
+from router.cards import load_cards
+from router.errors import StructuredOutputError
+
+ASK = [{"role": "user", "content": "Describe a person."}]
+PERSON = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"], "additionalProperties": False}}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}}}
+
+
+class ScriptedAnswerDouble(Backend):
+    """Fault injection: a model whose answer is a fixed text and/or fixed tool calls, whatever it was asked."""
+
+    local = False
+
+    def __init__(self, inner_card: Any, text: str = "", calls: list[tuple[str, str]] | None = None,
+                 logprobs: bool = False) -> None:
+        super().__init__(inner_card)
+        self.text = text
+        self.calls = calls or []
+        self.logprobs = logprobs
+        self.seen: list[GenerationRequest] = []
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        self.seen.append(request)
+        request.check(self.card.name)
+        for piece in [self.text[i:i + 5] for i in range(0, len(self.text), 5)]:
+            entry = {"token": piece, "logprob": -0.5, "bytes": list(piece.encode()), "top_logprobs": []}
+            yield StreamEvent(text=piece, logprobs=[entry] if self.logprobs else None)
+        for i, (name, args) in enumerate(self.calls):
+            yield StreamEvent(tool_calls=[{"index": i, "id": f"call_{i}", "type": "function",
+                                           "function": {"name": name, "arguments": ""}}])
+            yield StreamEvent(tool_calls=[{"index": i, "function": {"arguments": args}}])
+        yield StreamEvent(finish_reason="stop", prompt_tokens=5, completion_tokens=3)
+
+
+def card(name: str, tier: str, joules: float) -> str:
+    return textwrap.dedent(f"""\
+        name: {name}
+        tier: {tier}
+        backend: {{type: openai, base_url: "http://127.0.0.1:9/v1", model: m}}
+        capabilities: [tools, json_object, json_schema, logprobs]
+        context_length: 8192
+        energy: {{per_call_j: {joules}, source: estimate, citation: test card}}
+        """)
+
+
+def build(tmp: Path, cheap: dict[str, Any], dear: dict[str, Any]) -> Router:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "models").mkdir()
+    (tmp / "policies").mkdir()
+    (tmp / "models" / "cheap.yaml").write_text(card("cheap", "small", 1.0))
+    (tmp / "models" / "dear.yaml").write_text(card("dear", "large", 5.0))
+    (tmp / "policies" / "t.yaml").write_text("name: t\naccuracy: {min_accuracy: 0.0}\n")
+    cards = load_cards(tmp / "models")
+    config = RouterConfig.load(models_dir=tmp / "models", policies_dir=tmp / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{tmp / 'ledger.sqlite3'}")
+    return Router(config, backends={"cheap": ScriptedAnswerDouble(cards["cheap"], **cheap),
+                                    "dear": ScriptedAnswerDouble(cards["dear"], **dear)})
+
+
+GOOD = '{"name": "Ada", "age": 36}'
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], Outcome, Outcome]] = {
+    # name: (cheap's answer, dear's answer, request params, outcome of whole answers, outcome of streams)
+    "invalid JSON escalates": (
+        {"text": "Ada is 36."}, {"text": GOOD}, {"response_format": PERSON},
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
+        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+    "schema mismatch escalates": (
+        {"text": '{"name": "Ada"}'}, {"text": GOOD}, {"response_format": PERSON},
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
+        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+    "no model gives valid JSON": (
+        {"text": "[1, 2]"}, {"text": "nope"}, {"response_format": {"type": "json_object"}},
+        Outcome(None, "StructuredOutputError", [("cheap", "escalated", 0, "invalid_model_output"),
+                                                ("dear", "error", 1, "invalid_model_output")]),
+        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+    "strict tool arguments checked": (
+        {"calls": [("get_weather", '{"town": "Paris"}')]}, {"calls": [("get_weather", '{"city": "Paris"}')]},
+        {"tools": [WEATHER], "tool_choice": "required"},
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
+        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+    "a required call missing": (
+        {"text": "It is sunny."}, {"calls": [("get_weather", '{"city": "Paris"}')]},
+        {"tools": [WEATHER], "tool_choice": "required"},
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
+        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+    "valid answers pass": (
+        {"text": GOOD}, {"text": GOOD}, {"response_format": PERSON},
+        Outcome("cheap", "ok", [("cheap", "ok", 0, "")]), Outcome("cheap", "ok", [("cheap", "ok", 0, "")])),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_answers_are_checked_on_every_path(case: str, tmp_path: Path) -> None:
+    cheap, dear, params, whole, streamed = CASES[case]
+    for path in PATHS:
+        router = build(tmp_path / path, cheap, dear)
+        try:
+            got = run(router, path, ASK, **params)
+        finally:
+            router.close()
+        assert got == (streamed if path.endswith("stream") else whole), f"{case} on {path}: {got}"
+
+
+def test_the_error_says_what_was_wrong(tmp_path: Path) -> None:
+    router = build(tmp_path, {"text": "Ada is 36."}, {"text": '{"name": "Ada", "age": "old"}'})
+    with pytest.raises(StructuredOutputError) as err:
+        router.complete(ASK, response_format=PERSON)
+    assert err.value.http_status == 502 and "dear" in err.value.message and "age" in err.value.message
+    router.close()
+
+
+def test_tool_calls_in_openai_shapes_whole_and_streamed(tmp_path: Path) -> None:
+    router = build(tmp_path, {"calls": [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')]},
+                   {"text": "x"})
+    try:
+        resp = router.complete(ASK, tools=[WEATHER])
+        parsed = OpenAIChatCompletion.model_validate(resp.model_dump())
+        msg = parsed.choices[0].message
+        assert parsed.choices[0].finish_reason == "tool_calls" and msg.content is None
+        assert [json.loads(c.function.arguments)["city"] for c in msg.tool_calls] == ["Paris", "Rome"]
+        assert msg.tool_calls[0].id == "call_0" and msg.tool_calls[0].type == "function"
+
+        chunks = [OpenAIChunk.model_validate(c.model_dump()) for c in router.complete(ASK, tools=[WEATHER],
+                                                                                    stream=True)]
+        deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+        assert deltas[0].id == "call_0" and deltas[0].function.name == "get_weather"
+        assert "".join(d.function.arguments or "" for d in deltas if d.index == 1) == '{"city": "Rome"}'
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+        # a legacy `functions` request allows one call: two are a bad answer, and the next model's text is taken
+        legacy = router.complete(ASK, functions=[WEATHER["function"]])
+        assert legacy.routing.model == "dear" and legacy.routing.attempts[0].outcome == "escalated"
+    finally:
+        router.close()
+    router = build(tmp_path / "legacy", {"calls": [("get_weather", '{"city": "Paris"}')]}, {"text": "x"})
+    try:
+        legacy = router.complete(ASK, functions=[WEATHER["function"]])  # the answer in the legacy shape
+        assert legacy.choices[0].finish_reason == "function_call"
+        assert legacy.choices[0].message.function_call == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+        assert legacy.choices[0].message.tool_calls is None
+        chunks = list(router.complete(ASK, functions=[WEATHER["function"]], stream=True))
+        pieces = [c.choices[0].delta.function_call for c in chunks if c.choices[0].delta.function_call]
+        assert pieces[0]["name"] == "get_weather" and "".join(p.get("arguments", "") for p in pieces) == \
+            '{"city": "Paris"}'
+    finally:
+        router.close()
+
+
+def test_logprobs_whole_and_streamed(tmp_path: Path) -> None:
+    router = build(tmp_path, {"text": "hello there", "logprobs": True}, {"text": "x"})
+    try:
+        resp = OpenAIChatCompletion.model_validate(router.complete(ASK, logprobs=True).model_dump())
+        assert "".join(e.token for e in resp.choices[0].logprobs.content) == "hello there"
+        chunks = [OpenAIChunk.model_validate(c.model_dump()) for c in router.complete(ASK, logprobs=True,
+                                                                                    stream=True)]
+        entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        assert "".join(e.token for e in entries) == "hello there"
+    finally:
+        router.close()
+
+
+def test_options_reach_the_backend(tmp_path: Path) -> None:
+    router = build(tmp_path, {"text": GOOD}, {"text": GOOD})
+    try:
+        router.complete(ASK, response_format=PERSON, top_p=0.3, seed=7)
+        seen = router.backend("cheap").seen[-1]
+        assert seen.options.response_format.name == "person" and dict(seen.options.passthrough) == {
+            "top_p": 0.3, "seed": 7}
+    finally:
+        router.close()
