@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
 
+from ._books import Books, Models
 from ._output import Call, Output, answer_choice
 from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest
 from .cards import ModelCard
-from .energy import EnergyReading, Meter, estimate_from_profile
-from .energy.estimates import EnergyEstimates
+from .energy import EnergyReading, estimate_from_profile
 from .errors import (
     BackendError,
     BudgetExhaustedError,
@@ -47,27 +47,12 @@ from .errors import (
     RouterError,
     StructuredOutputError,
 )
-from .ledger import Ledger, LedgerRecord, Reservation
+from .ledger import Reservation
 from .options import output_problem
 from .policy.engine import fmt_j
-from .policy.schema import CARBON_PREFIX
 
 log = logging.getLogger("router")
 
-
-class Models(Protocol):
-    """What the attempts need of the Router: its cards, backends, meter, ledger and learned energy estimates."""
-
-    cards: dict[str, ModelCard]
-    ledger: Ledger
-    meter: Meter
-    estimates: EnergyEstimates
-
-    def backend(self, model: str) -> Backend: ...
-
-    def co2e_g(self, joules: float, card: ModelCard | None = None) -> float: ...
-
-    def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
 
 _NOT_CALLED = EnergyReading(0.0, "estimated", "none", "not called")
 
@@ -87,6 +72,7 @@ class Attempts:
         self.errors: list[RouterError] = []
         self.notes: list[str] = []
         """Budget notes (a fallback, an allowed overrun): they join the reason of every record after them."""
+        self.books = Books(router, prepared, self.notes)
         self.answer: tuple[Call, Generation, float] | None = None
 
     # -- before a call --------------------------------------------------------------------------------------
@@ -108,7 +94,8 @@ class Attempts:
                 continue
             except BackendError as exc:  # the backend could not even be created: a failed attempt
                 self.errors.append(exc)
-                self._record(card, _NOT_CALLED, 0.0, "error", error=f"{exc.code}: {exc.message}")
+                self.books.record(card, _NOT_CALLED, 0.0, "error", attempt=len(self.attempts),
+                                  error=f"{exc.code}: {exc.message}")
                 self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "error"))
                 continue
             held = self._reserve(card)
@@ -142,7 +129,8 @@ class Attempts:
             outcome = "error"
         else:
             return
-        self._record(card, _NOT_CALLED, 0.0, outcome, error=f"{exc.code}: {exc.message}")
+        self.books.record(card, _NOT_CALLED, 0.0, outcome, attempt=len(self.attempts),
+                          error=f"{exc.code}: {exc.message}")
         raise exc
 
     def _check_context(self, backend: Backend) -> None:
@@ -171,10 +159,10 @@ class Attempts:
         if not refs:
             return []
         ledger = self.router.ledger
-        estimate = self._hold(card)
+        estimate = self.books.hold(card)
         held: list[Reservation] = []
         for ref in refs:
-            amount = self._in_unit(ref.unit, card, estimate)
+            amount = self.books.in_unit(ref.unit, card, estimate)
             # never more than the whole budget: a hold above it would refuse even a fresh window's first call
             reservation = ledger.try_reserve(ref.key, min(amount, ref.limit_j), ref.limit_j, ref.window_s)
             if reservation is None:
@@ -182,43 +170,26 @@ class Attempts:
             held.append(reservation)
         else:
             return held
-        self._settle(held, 0.0)  # release what was held before the full budget
+        self.books.settle(held, 0.0)  # release what was held before the full budget
         used = ledger.budget_used(ref.key, ref.window_s)
         if ref.unit == "J":
             what = (f"{card.name}'s energy budget {ref.key} is spent ({fmt_j(used)} of {fmt_j(ref.limit_j)} this "
                     f"window, the call needs ~{fmt_j(estimate)})")
         else:
             what = (f"{card.name}'s carbon budget {ref.key} is spent ({used:.3g} of {ref.limit_j:.3g} g CO2e this "
-                    f"window, the call needs ~{self._in_unit(ref.unit, card, estimate):.3g} g)")
+                    f"window, the call needs ~{self.books.in_unit(ref.unit, card, estimate):.3g} g)")
         if d.on_budget_exhausted == "allow_and_flag":
             self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
             return [r for ref2 in refs if (r := ledger.try_reserve(
-                ref2.key, self._in_unit(ref2.unit, card, estimate), float("inf"), ref2.window_s))]
+                ref2.key, self.books.in_unit(ref2.unit, card, estimate), float("inf"), ref2.window_s))]
         self.notes.append(what)
-        self._record(card, _NOT_CALLED, 0.0, "rejected", error="budget_exhausted")
+        self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_exhausted")
         self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
         if d.on_budget_exhausted == "fallback":
             return None
         retry = ref.window_s - time.time() % ref.window_s
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
                                    f"`{d.policy}`", retry_after_s=retry)
-
-    def _expected(self, card: ModelCard) -> tuple[float, str]:
-        """The joules this call was expected to take, and where the figure comes from."""
-        learned = self.prepared.estimates.get(card.name)
-        if learned is not None:
-            return learned.joules, learned.source
-        joules = self.prepared.decision.estimates.get(card.name)
-        if joules is None:
-            joules = card.energy.joules(max(1, len(self.prepared.text) // 4), self.prepared.max_tokens or 128)
-        return joules, "card"
-
-    def _hold(self, card: ModelCard) -> float:
-        """What a budget reservation holds for a call: an upper quantile of what it may take."""
-        learned = self.prepared.estimates.get(card.name)
-        if learned is not None:
-            return learned.upper_j
-        return self.router.estimates.upper_for_card(card, self._expected(card)[0])
 
     # -- after a call ---------------------------------------------------------------------------------------
     def answered(self, call: Call, gen: Generation, *, sent: bool = False) -> bool:
@@ -228,8 +199,8 @@ class Attempts:
         continues with the next capable model. Such an answer that has already been streamed (``sent``) ends
         the request with :class:`StructuredOutputError`."""
         latency = (time.perf_counter() - call.started) * 1000
-        energy = self._energy(call, gen)
-        self._settle(call.held, energy.joules, call.card)
+        energy = self.books.energy_of(call, gen)
+        self.books.settle(call.held, energy.joules, call.card)
         problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason)
         if problem is not None:
             return self._invalid(call, gen, energy, latency, problem, sent)
@@ -242,7 +213,7 @@ class Attempts:
         self.energy = energy if self.energy is None else self.energy + energy
         reason = (f"{d.reason}; low confidence, escalating ({gen.confidence:.2f} < {d.escalate_below:.2f})"
                   if escalate else self.reason())
-        self._record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason)
+        self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason)
         if escalate:
             done = self.plan[: self.position]
             self.plan = done + [m for m in d.escalate_to if m not in done]
@@ -261,7 +232,7 @@ class Attempts:
         self.energy = energy if self.energy is None else self.energy + energy
         reason = f"{self.prepared.decision.reason}; {problem}" + (
             ", trying the next capable model" if outcome == "escalated" else "")
-        self._record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason,
+        self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason,
                      error=f"{error.code}: {error.message}"[:500])
         self.errors.append(error)
         if sent:
@@ -294,10 +265,10 @@ class Attempts:
         else:
             energy = estimate_from_profile(call.card.energy, gen.prompt_tokens if gen else 0,
                                            gen.completion_tokens if gen else 0)
-        self._settle(call.held, energy.joules, call.card)
+        self.books.settle(call.held, energy.joules, call.card)
         outcome = "cancelled" if isinstance(error, CancelledError) else "error"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome))
-        self._record(call.card, energy, latency, outcome, gen=gen, error=f"{error.code}: {error.message}"[:500],
+        self.books.record(call.card, energy, latency, outcome, gen=gen, error=f"{error.code}: {error.message}"[:500],
                      attempt=call.index)
 
     def final_error(self) -> RouterError:
@@ -334,7 +305,7 @@ class Attempts:
         call, _gen, _latency = self.answer
         d = self.prepared.decision
         energy = self.energy or _NOT_CALLED
-        expected, source = self._expected(call.card)
+        expected, source = self.books.expected(call.card)
         return {
             "model": call.model, "tier": call.card.tier, "reason": self.reason(), "energy_j": energy.joules,
             "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
@@ -359,59 +330,6 @@ class Attempts:
             "routing": self.routing(),
             "system_fingerprint": None,
         }
-
-    # -- energy and records ---------------------------------------------------------------------------------
-    def _energy(self, call: Call, gen: Generation) -> EnergyReading:
-        if call.span is not None:
-            return call.span.stop()
-        return estimate_from_profile(call.card.energy, gen.prompt_tokens, gen.completion_tokens)
-
-    def _in_unit(self, unit: str, card: ModelCard, joules: float) -> float:
-        """``joules`` in a budget's unit: as they are, or grams CO2e at the card's zone's intensity now."""
-        return joules if unit == "J" or joules == 0 else self.router.carbon_of(card, joules)[0]
-
-    def _settle(self, held: list[Reservation], joules: float, card: ModelCard | None = None) -> None:
-        """Replace each held estimate with what the call used (a failure still spends what it measured)."""
-        for reservation in held:
-            try:
-                carbon = card is not None and reservation.budget.startswith(CARBON_PREFIX)
-                amount = self.router.carbon_of(card, joules)[0] if carbon and card is not None else joules
-                self.router.ledger.settle(reservation, amount)
-            except Exception:  # the answer is not lost for a bookkeeping failure; it is logged loudly
-                log.exception("%s: could not settle budget %s", reservation.id, reservation.budget)
-
-    def _record(self, card: ModelCard, energy: EnergyReading, latency_ms: float, outcome: str, *,
-                gen: Generation | None = None, error: str | None = None, attempt: int | None = None,
-                reason: str | None = None) -> None:
-        p = self.prepared
-        co2e_g, grid_g, zone = self.router.carbon_of(card, energy.joules)
-        rec = LedgerRecord(
-            request_id=p.request_id,
-            model=card.name,
-            tier=card.tier,
-            reason=reason or "; ".join([p.decision.reason, *self.notes]),
-            input_tokens=gen.prompt_tokens if gen else 0,
-            output_tokens=gen.completion_tokens if gen else 0,
-            latency_ms=latency_ms,
-            energy_j=energy.joules,
-            energy_source=energy.source,
-            policy=p.decision.policy,
-            task=p.decision.task,
-            outcome=outcome,  # type: ignore[arg-type]
-            key_hash=p.key_hash,
-            error=error,
-            attempt=len(self.attempts) if attempt is None else attempt,
-            co2e_g=co2e_g,
-            estimated_j=self._expected(card)[0],
-            grid_g_per_kwh=grid_g,
-            zone=zone,
-        )
-        try:
-            self.router.ledger.record(rec)
-        except Exception:  # the answer still goes out; the failure is logged loudly
-            log.exception("%s: could not write the ledger record", p.request_id)
-        self.router.estimates.observe(rec)
-
 
 def _attempt(model: str, tier: str, energy_j: float, energy_source: str, latency_ms: float, outcome: str,
              confidence: float | None = None) -> dict[str, Any]:

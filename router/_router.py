@@ -19,11 +19,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 
-from ._attempts import Attempts, Call
+from ._attempts import Attempts
 from ._chunks import StreamedAnswer
+from ._guards import guarded, internal, within_deadline
+from ._parts import default_classifier, load_engine
 from ._request import (
     CheckedRequest,
     PreparedRequest,
@@ -45,14 +47,12 @@ from .energy.estimates import EnergyEstimates
 from .errors import (
     BadRequestError,
     ConfigError,
-    DeadlineExceededError,
-    InternalError,
     RouterError,
     UnknownModelError,
 )
 from .keys import KeySpec, KeyStore, hash_key
 from .ledger import Ledger, open_ledger
-from .policy.base import BudgetState, DecisionRequest, Engine
+from .policy.base import BudgetState, DecisionRequest
 from .tools import tools_task
 from .types import ChatCompletion, ChatCompletionChunk
 
@@ -85,7 +85,7 @@ class Router:
         if not any(c.callable for c in self.cards.values()):
             raise ConfigError(f"{self.config.models_dir}: no model card with a backend; add one (see models/)")
         self.policy_name = policy or self.config.default_policy
-        self.classifier = classifier or _default_classifier(self.config, self.cards)
+        self.classifier = classifier or default_classifier(self.config, self.cards)
         self.ledger = ledger or open_ledger(self.config.ledger_url, retention_days=self.config.ledger_retention_days,
                                             journal=self.config.journal)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)
@@ -95,7 +95,7 @@ class Router:
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
-        self.engine = _load_engine(self)
+        self.engine = load_engine(self.config, self.cards, self.policy_name)
         self.estimates = EnergyEstimates(self.ledger, {n: c for n, c in self.cards.items() if c.callable})
         """Energy per call learned from the ledger (router/energy/estimates.py); the cards are the prior."""
         self._batcher = ClassifyBatcher(self.classifier)
@@ -117,8 +117,8 @@ class Router:
         checked = self._check(messages, params)
         started = time.perf_counter()
         classification = (tools_task(checked.text) if checked.options.tool_use
-                          else _guarded(self.classifier.classify, checked.text))
-        return _guarded(self._decide, checked, classification, started)
+                          else guarded(self.classifier.classify, checked.text))
+        return guarded(self._decide, checked, classification, started)
 
     async def aprepare(self, messages: Any, **params: Any) -> PreparedRequest:
         """:meth:`prepare` on an event loop: the texts of concurrent requests are classified together, one
@@ -126,20 +126,20 @@ class Router:
         checked = self._check(messages, params)
         started = time.perf_counter()
         if checked.options.tool_use:  # a task by rule: the classifier is not asked
-            return _guarded(self._decide, checked, tools_task(checked.text), started)
+            return guarded(self._decide, checked, tools_task(checked.text), started)
         try:
             return await self._batcher.classify(checked.text, lambda c: self._decide(checked, c, started))
         except RouterError:
             raise
         except Exception as exc:
-            raise _internal("classifying the request", exc) from exc
+            raise internal("classifying the request", exc) from exc
 
     def send(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
         """Call the decided model (with fallbacks and cascade) and return its answer: a :class:`ChatCompletion`,
         the plain dict it dumps to with ``as_dict=True``, or with ``stream=True`` an iterator of chunks."""
         if stream:
             return self._stream(prepared)
-        completion = _guarded(self._send, prepared)
+        completion = guarded(self._send, prepared)
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
     async def asend(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
@@ -152,7 +152,7 @@ class Router:
         except (RouterError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise _internal(prepared.request_id, exc) from exc
+            raise internal(prepared.request_id, exc) from exc
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
     def batch(self, requests: Any, *, completion_window: str = "24h", metadata: dict[str, str] | None = None,
@@ -321,7 +321,7 @@ class Router:
         attempts = Attempts(self, prepared)
         while (call := attempts.next_call()) is not None:
             try:
-                gen = await _within_deadline(call, call.backend.agenerate(call.request))
+                gen = await within_deadline(call, call.backend.agenerate(call.request))
             except asyncio.CancelledError:
                 prepared.cancel.set()
                 attempts.cancelled(call, None)
@@ -335,7 +335,7 @@ class Router:
 
     def _stream(self, prepared: PreparedRequest) -> Iterator[ChatCompletionChunk]:
         attempts = Attempts(self, prepared)
-        while (call := _guarded(attempts.next_call)) is not None:
+        while (call := guarded(attempts.next_call)) is not None:
             answer = StreamedAnswer(prepared, call)
             try:
                 with contextlib.closing(iter(call.backend.stream(call.request))) as events:
@@ -347,20 +347,20 @@ class Router:
                 attempts.cancelled(call, answer.output)
                 raise
             except Exception as exc:
-                _guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
+                guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
                 continue
-            if _guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
+            if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
                 yield from answer.closing(attempts)
                 return
         raise attempts.final_error()
 
     async def _astream(self, prepared: PreparedRequest) -> AsyncIterator[ChatCompletionChunk]:
         attempts = Attempts(self, prepared)
-        while (call := _guarded(attempts.next_call)) is not None:
+        while (call := guarded(attempts.next_call)) is not None:
             answer = StreamedAnswer(prepared, call)
             try:
                 async with contextlib.aclosing(call.backend.astream(call.request)) as events:
-                    while (event := await _within_deadline(call, anext(events, None))) is not None:
+                    while (event := await within_deadline(call, anext(events, None))) is not None:
                         for chunk in answer.take(event):
                             yield chunk
             except (GeneratorExit, asyncio.CancelledError):
@@ -368,86 +368,13 @@ class Router:
                 attempts.cancelled(call, answer.output)
                 raise
             except Exception as exc:
-                _guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
+                guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
                 continue
-            if _guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
+            if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
                 for chunk in answer.closing(attempts):
                     yield chunk
                 return
         raise attempts.final_error()
-
-
-# -- helpers of the drivers --------------------------------------------------------------------------------------
-async def _within_deadline(call: Call, step: Awaitable[T]) -> T:
-    """Await one step of a call (a whole answer, or a stream's next event) bounded exactly by the request's
-    deadline, unless the backend bounds its own waits (``Backend.bounds_itself``). The bound is per step, never
-    around a ``yield``: a cancel scope left open across a yield would cancel whatever the consumer happens to be
-    awaiting."""
-    remaining = call.request.remaining()
-    if remaining is None or call.backend.bounds_itself:
-        return await step
-    scope = asyncio.timeout(remaining)
-    try:
-        async with scope:
-            return await step
-    except TimeoutError:
-        if not scope.expired():
-            raise
-        raise DeadlineExceededError(
-            f"{call.model}: the request's deadline passed while the model was answering; raise `deadline_s` "
-            "or use a faster model") from None
-
-
-def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; anything that is not a :class:`RouterError` becomes an :class:`InternalError` (logged)."""
-    try:
-        return fn(*args, **kwargs)
-    except RouterError:
-        raise
-    except Exception as exc:
-        raise _internal(getattr(fn, "__name__", "router"), exc) from exc
-
-
-def _internal(where: str, exc: BaseException) -> InternalError:
-    log.error("internal error in %s", where, exc_info=exc)
-    return InternalError(f"internal error ({type(exc).__name__}) in {where}; the log has the details")
-
-
-def _default_classifier(config: RouterConfig, cards: dict[str, ModelCard]) -> RequestClassifier:
-    """The shipped classifier, predicting for this Router's callable cards only."""
-    try:
-        from .classify.onnx_classifier import OnnxRequestClassifier, load_default_classifier
-    except ImportError:
-        from .classify.rules import RuleClassifier
-
-        return RuleClassifier(config.classifier_max_chars)
-    classifier = load_default_classifier(config.models_dir)
-    if isinstance(classifier, OnnxRequestClassifier):
-        callable_cards = {n: c for n, c in cards.items() if c.callable}
-        classifier.add_card_priors(callable_cards)
-        classifier.only(set(callable_cards))
-    return classifier
-
-
-def _load_engine(router: Router) -> Engine:
-    """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists."""
-    from .policy.loader import check_models, load_policies
-
-    folder = router.config.policies_dir
-    if not folder.is_dir() or not any(folder.glob("*.yaml")):
-        from .policy.first_rule import FirstRuleEngine
-
-        log.warning("no policies in %s: using the interim first rule", folder)
-        return FirstRuleEngine(router.cards)
-    from .policy.engine import PolicyEngine
-
-    policies = load_policies(folder)
-    for p in policies.values():
-        check_models(p, set(router.cards), folder / f"{p.name}.yaml")
-    if router.policy_name not in policies:
-        raise ConfigError(f"unknown policy {router.policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
-    callable_cards = {n: c for n, c in router.cards.items() if c.callable}
-    return PolicyEngine(callable_cards, policies, default_policy=router.policy_name)
 
 
 __all__ = ["Router"]

@@ -1,0 +1,112 @@
+"""The bookkeeping of one request's calls: the joules each was expected to take and what a budget holds for it,
+settling the holds to what was measured, and the ledger record of every call."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ._output import Call
+from ._request import PreparedRequest
+from .backends import Backend, Generation
+from .cards import ModelCard
+from .energy import EnergyReading, Meter, estimate_from_profile
+from .energy.estimates import EnergyEstimates
+from .ledger import Ledger, LedgerRecord, Reservation
+from .policy.schema import CARBON_PREFIX
+
+log = logging.getLogger("router")
+
+
+class Models(Protocol):
+    """What the attempts need of the Router: its cards, backends, meter, ledger, learned energy estimates and
+    carbon accounting."""
+
+    cards: dict[str, ModelCard]
+    ledger: Ledger
+    meter: Meter
+    estimates: EnergyEstimates
+
+    def backend(self, model: str) -> Backend: ...
+
+    def co2e_g(self, joules: float, card: ModelCard | None = None) -> float: ...
+
+    def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
+
+
+class Books:
+    """Expected and held energy, settlements and records for one request (:class:`~router._attempts.Attempts`
+    decides; this writes it down). ``notes`` are the request's budget notes, shared with the attempts: they join
+    the reason of every record after them."""
+
+    def __init__(self, router: Models, prepared: PreparedRequest, notes: list[str]) -> None:
+        self.router = router
+        self.prepared = prepared
+        self.notes = notes
+
+    def expected(self, card: ModelCard) -> tuple[float, str]:
+        """The joules this call was expected to take, and where the figure comes from."""
+        learned = self.prepared.estimates.get(card.name)
+        if learned is not None:
+            return learned.joules, learned.source
+        joules = self.prepared.decision.estimates.get(card.name)
+        if joules is None:
+            joules = card.energy.joules(max(1, len(self.prepared.text) // 4), self.prepared.max_tokens or 128)
+        return joules, "card"
+
+    def hold(self, card: ModelCard) -> float:
+        """What a budget reservation holds for a call: an upper quantile of what it may take."""
+        learned = self.prepared.estimates.get(card.name)
+        if learned is not None:
+            return learned.upper_j
+        return self.router.estimates.upper_for_card(card, self.expected(card)[0])
+
+    def energy_of(self, call: Call, gen: Generation) -> EnergyReading:
+        if call.span is not None:
+            return call.span.stop()
+        return estimate_from_profile(call.card.energy, gen.prompt_tokens, gen.completion_tokens)
+
+    def in_unit(self, unit: str, card: ModelCard, joules: float) -> float:
+        """``joules`` in a budget's unit: as they are, or grams CO2e at the card's zone's intensity now."""
+        return joules if unit == "J" or joules == 0 else self.router.carbon_of(card, joules)[0]
+
+    def settle(self, held: list[Reservation], joules: float, card: ModelCard | None = None) -> None:
+        """Replace each held estimate with what the call used (a failure still spends what it measured)."""
+        for reservation in held:
+            try:
+                carbon = card is not None and reservation.budget.startswith(CARBON_PREFIX)
+                amount = self.router.carbon_of(card, joules)[0] if carbon and card is not None else joules
+                self.router.ledger.settle(reservation, amount)
+            except Exception:  # the answer is not lost for a bookkeeping failure; it is logged loudly
+                log.exception("%s: could not settle budget %s", reservation.id, reservation.budget)
+
+    def record(self, card: ModelCard, energy: EnergyReading, latency_ms: float, outcome: str, *, attempt: int,
+               gen: Generation | None = None, error: str | None = None, reason: str | None = None) -> None:
+        p = self.prepared
+        co2e_g, grid_g, zone = self.router.carbon_of(card, energy.joules)
+        rec = LedgerRecord(
+            request_id=p.request_id,
+            model=card.name,
+            tier=card.tier,
+            reason=reason or "; ".join([p.decision.reason, *self.notes]),
+            input_tokens=gen.prompt_tokens if gen else 0,
+            output_tokens=gen.completion_tokens if gen else 0,
+            latency_ms=latency_ms,
+            energy_j=energy.joules,
+            energy_source=energy.source,
+            policy=p.decision.policy,
+            task=p.decision.task,
+            outcome=outcome,  # type: ignore[arg-type]
+            key_hash=p.key_hash,
+            error=error,
+            attempt=attempt,
+            co2e_g=co2e_g,
+            estimated_j=self.expected(card)[0],
+            grid_g_per_kwh=grid_g,
+            zone=zone,
+        )
+        try:
+            self.router.ledger.record(rec)
+        except Exception:  # the answer still goes out; the failure is logged loudly
+            log.exception("%s: could not write the ledger record", p.request_id)
+        self.router.estimates.observe(rec)

@@ -1,0 +1,50 @@
+"""What keeps the drivers' promises: an awaited step bounded by the request's deadline, and nothing but a typed
+error leaving the library."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from ._output import Call
+from .errors import DeadlineExceededError, InternalError, RouterError
+
+log = logging.getLogger("router")
+T = TypeVar("T")
+
+
+async def within_deadline(call: Call, step: Awaitable[T]) -> T:
+    """Await one step of a call (a whole answer, or a stream's next event) bounded exactly by the request's
+    deadline, unless the backend bounds its own waits (``Backend.bounds_itself``). The bound is per step, never
+    around a ``yield``: a cancel scope left open across a yield would cancel whatever the consumer happens to be
+    awaiting."""
+    remaining = call.request.remaining()
+    if remaining is None or call.backend.bounds_itself:
+        return await step
+    scope = asyncio.timeout(remaining)
+    try:
+        async with scope:
+            return await step
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise DeadlineExceededError(
+            f"{call.model}: the request's deadline passed while the model was answering; raise `deadline_s` "
+            "or use a faster model") from None
+
+
+def guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; anything that is not a :class:`RouterError` becomes an :class:`InternalError` (logged)."""
+    try:
+        return fn(*args, **kwargs)
+    except RouterError:
+        raise
+    except Exception as exc:
+        raise internal(getattr(fn, "__name__", "router"), exc) from exc
+
+
+def internal(where: str, exc: BaseException) -> InternalError:
+    log.error("internal error in %s", where, exc_info=exc)
+    return InternalError(f"internal error ({type(exc).__name__}) in {where}; the log has the details")

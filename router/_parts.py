@@ -1,0 +1,51 @@
+"""The parts a Router is built from when the caller does not give them: the shipped classifier and the policy
+engine over the configured policies."""
+
+from __future__ import annotations
+
+import logging
+
+from .cards import ModelCard
+from .classify.base import RequestClassifier
+from .config import RouterConfig
+from .errors import ConfigError
+from .policy.base import Engine
+
+log = logging.getLogger("router")
+
+
+def default_classifier(config: RouterConfig, cards: dict[str, ModelCard]) -> RequestClassifier:
+    """The shipped classifier, predicting for this Router's callable cards only."""
+    try:
+        from .classify.onnx_classifier import OnnxRequestClassifier, load_default_classifier
+    except ImportError:
+        from .classify.rules import RuleClassifier
+
+        return RuleClassifier(config.classifier_max_chars)
+    classifier = load_default_classifier(config.models_dir)
+    if isinstance(classifier, OnnxRequestClassifier):
+        callable_cards = {n: c for n, c in cards.items() if c.callable}
+        classifier.add_card_priors(callable_cards)
+        classifier.only(set(callable_cards))
+    return classifier
+
+
+def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: str) -> Engine:
+    """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists."""
+    from .policy.loader import check_models, load_policies
+
+    folder = config.policies_dir
+    if not folder.is_dir() or not any(folder.glob("*.yaml")):
+        from .policy.first_rule import FirstRuleEngine
+
+        log.warning("no policies in %s: using the interim first rule", folder)
+        return FirstRuleEngine(cards)
+    from .policy.engine import PolicyEngine
+
+    policies = load_policies(folder)
+    for p in policies.values():
+        check_models(p, set(cards), folder / f"{p.name}.yaml")
+    if policy_name not in policies:
+        raise ConfigError(f"unknown policy {policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
+    callable_cards = {n: c for n, c in cards.items() if c.callable}
+    return PolicyEngine(callable_cards, policies, default_policy=policy_name)
