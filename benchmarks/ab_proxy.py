@@ -28,17 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_proxy import ROOT, free_port, load, questions, start_upstream, stop, wait_ready, write_config  # noqa: E402
 
 
-def with_budget(config: Path, folder: Path) -> None:
-    """The shipped policies, with ``balanced`` also budgeting the small tier (the bench's upstream model)."""
+def with_budget(config: Path, folder: Path, tree: Path = ROOT) -> None:
+    """``tree``'s shipped policies, with ``balanced`` also budgeting the small tier (the bench's upstream model)."""
     policies = folder / "policies"
-    shutil.copytree(ROOT / "policies", policies)
+    shutil.copytree(tree / "policies", policies)
     balanced = policies / "balanced.yaml"
     text = balanced.read_text()
     if "\nbudgets:\n" not in text:
         raise SystemExit("policies/balanced.yaml has no `budgets:` list to add to")
     small = "  - model: tier:small\n    joules: 1.0e12\n    per: hour\n"
     balanced.write_text(text.replace("\nbudgets:\n", "\nbudgets:\n" + small, 1))
-    config.write_text(config.read_text().replace(f"policies_dir: {ROOT / 'policies'}", f"policies_dir: {policies}"))
+    config.write_text(config.read_text().replace(f"policies_dir: {tree / 'policies'}", f"policies_dir: {policies}"))
 
 
 def main() -> None:
@@ -73,9 +73,9 @@ def main() -> None:
         for name, tree in (("A", base_tree), ("B", ROOT)):
             folder = tmp / name
             folder.mkdir()
-            config, port = write_config(folder, up_port), free_port()
+            config, port = write_config(folder, up_port, tree), free_port()
             if args.budget or (args.budget_cost and name == "B"):
-                with_budget(config, folder)
+                with_budget(config, folder, tree)
             extra = args.a_config if name == "A" else args.b_config
             if extra:
                 config.write_text(config.read_text() + extra.rstrip("\n") + "\n")

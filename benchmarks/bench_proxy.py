@@ -81,13 +81,15 @@ def answered_by(port: int) -> dict[str, float]:
     return out
 
 
-def write_config(tmp: Path, upstream_port: int) -> Path:
+def write_config(tmp: Path, upstream_port: int, tree: Path = ROOT) -> Path:
+    """A config over ``tree``'s shipped classifier, specialist and policies (an earlier commit's own, in an A/B)
+    and one remote card on the instant upstream."""
     models = tmp / "models"
     models.mkdir()
     # the shipped request classifier and sentiment specialist, so routing decisions are the real ones
     for name in ("classifier", "sentiment"):
-        (models / name).symlink_to(ROOT / "models" / name)
-    shutil.copy(ROOT / "models" / "sentiment-onnx.yaml", models / "sentiment-onnx.yaml")
+        (models / name).symlink_to(tree / "models" / name)
+    shutil.copy(tree / "models" / "sentiment-onnx.yaml", models / "sentiment-onnx.yaml")
     (models / "remote-echo.yaml").write_text(f"""name: remote-echo
 tier: small
 backend:
@@ -101,7 +103,7 @@ energy: {{per_call_j: 1.0, per_input_token_j: 0.01, per_output_token_j: 0.1, sou
           citation: benchmark card}}
 """)
     config = tmp / "config.yaml"  # the shipped policies: the default `balanced` decides
-    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {tree / 'policies'}\n"
                       f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\n")
     return config
 

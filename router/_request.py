@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .backends.base import Cancel, CancelFlag
 from .classify.base import Classification
 from .energy.estimates import EnergyEstimate
 from .errors import BadRequestError, CapabilityError
@@ -87,7 +88,7 @@ class PreparedRequest:
     decision_ms: float
     deadline: float
     """``time.monotonic()`` by which the whole request (every attempt) must have ended."""
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancel = field(default_factory=CancelFlag)
     """Set to stop the request: the model in flight stops between tokens and the ledger records ``cancelled``."""
     estimates: dict[str, EnergyEstimate] = field(default_factory=dict)
     """The energy learned from the ledger for each candidate that has enough calls (the others: their cards)."""

@@ -36,6 +36,7 @@ from ._request import (
     validate_messages,
 )
 from .backends import Backend, create_backend
+from .backends.base import CancelFlag
 from .backends.cooldown import CooldownBackend
 from .carbon.grid import Grid
 from .cards import ModelCard, load_cards
@@ -96,6 +97,7 @@ class Router:
         self._backend_lock = threading.Lock()
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
+        self._policies_follow_grid = any(p.grid is not None for p in getattr(self.engine, "policies", {}).values())
         self.estimates = EnergyEstimates(self.ledger, {n: c for n, c in self.cards.items() if c.callable})
         """Energy per call learned from the ledger (router/energy/estimates.py); the cards are the prior."""
         self._batcher = ClassifyBatcher(self.classifier)
@@ -280,7 +282,7 @@ class Router:
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
-                                  grid_g_per_kwh=self.grid.intensity(self.grid.host_zone).g_per_kwh,
+                                  grid_g_per_kwh=self._grid_now(),
                                   capabilities=req.options.capabilities)
         decision = self.engine.decide(classification, request, self._budget_state(request))
         decision_ms = (time.perf_counter() - started) * 1000
@@ -289,10 +291,16 @@ class Router:
             request_id=req.request_id, messages=req.messages, text=req.text, classification=classification,
             decision=decision, max_tokens=req.max_tokens, temperature=req.temperature, stop=req.stop,
             key_hash=key_hash, decision_ms=decision_ms, deadline=time.monotonic() + deadline_s,
-            cancel=req.cancel or threading.Event(), estimates=learned, options=req.options,
+            cancel=req.cancel or CancelFlag(), estimates=learned, options=req.options,
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
+
+    def _grid_now(self) -> float | None:
+        """This host's grid intensity, where a policy switches on it (read only then: a source may be remote)."""
+        if not self._policies_follow_grid:
+            return None
+        return self.grid.intensity(self.grid.host_zone).g_per_kwh
 
     def _budget_state(self, request: DecisionRequest) -> BudgetState:
         """What every budget this request could be reserved against has used in its current window."""

@@ -12,13 +12,37 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from ..cards import ModelCard
 from ..errors import CancelledError, DeadlineExceededError
 from ..options import NO_OPTIONS, ModelOptions
 from ..tools import merge_tool_deltas
 from ..types import ChatMessage
+
+
+class Cancel(Protocol):
+    """What a backend reads to know the caller has gone: a ``threading.Event``, or a :class:`CancelFlag`."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class CancelFlag:
+    """A cancel signal that costs almost nothing to make, for every request (a ``threading.Event`` makes a lock
+    and a condition). Set from any thread; read between tokens. Nothing waits on it."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 @dataclass(frozen=True)
@@ -32,7 +56,7 @@ class GenerationRequest:
     deadline: float | None = None
     """``time.monotonic()`` by which the call must have ended: a backend stops (between tokens, between reads,
     before a retry) and raises :class:`~router.errors.DeadlineExceededError` once it has passed."""
-    cancel: threading.Event | None = None
+    cancel: Cancel | None = None
     """Set when the caller has gone away: a backend stops between tokens and raises
     :class:`~router.errors.CancelledError`, so nothing is generated for nobody."""
     options: ModelOptions = NO_OPTIONS
@@ -160,7 +184,7 @@ class _StopEvent(threading.Event):
     """Set when the consumer of a thread-offloaded stream has stopped; reads as set when the caller's own
     ``cancel`` event is set, too (the caller's event is never set from here: it may serve other calls)."""
 
-    def __init__(self, outer: threading.Event | None) -> None:
+    def __init__(self, outer: Cancel | None) -> None:
         super().__init__()
         self._outer = outer
 

@@ -168,8 +168,11 @@ class OnnxRequestClassifier(RequestClassifier):
         out: list[Classification | None] = [None] * len(texts)
         if run:
             task_probs, vectors = self.raw([bounded[i][0] for i in run])
-            for i, probs, h in zip(run, task_probs.tolist(), vectors, strict=True):
-                out[i] = self._finish(*bounded[i], probs, h)
+            guarded = [apply_guards(probs, self.tasks, bounded[i][0]) for i, probs in zip(run, task_probs.tolist(),
+                                                                                        strict=True)]
+            p_correct = self.quality.p_correct_batch(np.asarray(vectors), [probs for probs, _ in guarded])
+            for i, (probs, fired), p in zip(run, guarded, p_correct, strict=True):
+                out[i] = self._classification(*bounded[i][1:], probs, fired, p)
         return [c if c is not None else self._empty(*bounded[i][1:]) for i, c in enumerate(out)]
 
     def _bound(self, text: str) -> tuple[str, bool, int]:
@@ -186,11 +189,15 @@ class OnnxRequestClassifier(RequestClassifier):
     def _finish(self, bounded: str, truncated: bool, chars: int, task_probs: list[float],
                 h: np.ndarray) -> Classification:
         probs, fired = apply_guards(task_probs, self.tasks, bounded)
+        return self._classification(truncated, chars, probs, fired, self.quality.p_correct(h, probs))
+
+    def _classification(self, truncated: bool, chars: int, probs: list[float], fired: list[str],
+                        p_correct: dict[str, float]) -> Classification:
         best = max(range(len(probs)), key=probs.__getitem__)  # first of equal maxima, as np.argmax
         return Classification(
             task=self.tasks[best],
             task_probs=dict(zip(self.tasks, probs, strict=True)),
-            p_correct=self.quality.p_correct(h, probs),
+            p_correct=p_correct,
             truncated=truncated,
             chars=chars,
             method="+".join(["onnx", *fired]),

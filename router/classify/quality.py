@@ -122,6 +122,26 @@ class QualityTable:
             p = np.zeros(len(self.names))
         return dict(zip(self.names, p.tolist(), strict=True))
 
+    def p_correct_batch(self, hs: np.ndarray, probs: Sequence[Sequence[float]]) -> list[dict[str, float]]:
+        """:meth:`p_correct` for a batch of requests at once (``hs`` [B, k], ``probs`` [B, tasks]): one [B, k] x
+        [k, M] product per task the batch may be, instead of one small product per request."""
+        if self._per_task is None:
+            self._split()
+        weights = np.asarray(probs, dtype=np.float64)
+        weights = np.where(weights > 1e-6, weights, 0.0)  # as p_correct: only the tasks a request may be
+        p = np.zeros((len(weights), len(self.names)))
+        for t in range(len(self.tasks)):
+            w = weights[:, t]
+            if not w.any():
+                continue
+            v, b, fixed, fixed_p = self._per_task[t]  # type: ignore[index]
+            q = 1.0 / (1.0 + np.exp(-(hs @ v.T + b)))
+            if fixed is not None:
+                q[:, fixed] = fixed_p
+            p += q * w[:, None]
+        names = self.names
+        return [dict(zip(names, row, strict=True)) for row in p.tolist()]
+
     def _split(self) -> None:
         """Contiguous per-task copies of the table (a [M, k] product per task is ~1 µs; a strided one is not)."""
         self._per_task = []
