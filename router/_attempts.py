@@ -60,6 +60,8 @@ class Models(Protocol):
     ledger: Ledger
     meter: Meter
     estimates: EnergyEstimates
+    learning: Any
+    """After-answer work (router/learning.py) or None."""
 
     def backend(self, model: str) -> Backend: ...
 
@@ -285,6 +287,8 @@ class Attempts:
             self.plan = done + [m for m in d.escalate_to if m not in done]
             return False
         self.answer = (call, gen, latency)
+        if self.router.learning is not None:  # prompt kept / answer judged later, on the learning thread
+            self.router.learning.answered(self.prepared, call.model, gen)
         return True
 
     def failed(self, call: Call, exc: BaseException, output: Output | None = None, *, sent: bool = False) -> None:

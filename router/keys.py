@@ -7,6 +7,7 @@ Keys are configured in the router config under ``keys`` (or a separate YAML file
       - name: team-a                 # shown nowhere but in this file; metrics and the ledger use the key's id
         sha256: 9f86d08...           # sha256 of the key: printf %s "$KEY" | sha256sum
         policy: eco                  # optional: the policy for model="router" (default: the config's)
+        admin: true                  # optional: may open the dashboard (/dashboard); default false
       - name: ci
         env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
 
@@ -49,6 +50,8 @@ class KeySpec:
     name: str
     sha256: str
     policy: str | None = None
+    admin: bool = False
+    """May open the dashboard (``/dashboard``) when keys are configured."""
 
     @property
     def key_hash(self) -> str:
@@ -100,7 +103,7 @@ class KeyStore:
                 continue
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{where}: keys[{i}] must be a mapping with name, sha256 (or env) and policy")
-            extra = set(raw) - {"name", "sha256", "env", "policy"}
+            extra = set(raw) - {"name", "sha256", "env", "policy", "admin"}
             if extra:
                 hint = " (store the sha256 of the key, never the key)" if "key" in extra else ""
                 raise ConfigError(f"{where}: keys[{i}]: unknown field(s) {', '.join(sorted(extra))}{hint}")
@@ -117,7 +120,10 @@ class KeyStore:
             else:
                 raise ConfigError(f"{where}: keys[{i}] ({name}): give `sha256` (of the key) or `env`")
             policy = raw.get("policy")
-            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None))
+            admin = raw.get("admin", False)
+            if not isinstance(admin, bool):
+                raise ConfigError(f"{where}: keys[{i}] ({name}): `admin` must be true or false, got {admin!r}")
+            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None, admin=admin))
         return cls(specs)
 
     @classmethod
@@ -138,7 +144,8 @@ class KeyStore:
             )
         for i, entry in enumerate(data):
             for field, value in entry.items() if isinstance(entry, Mapping) else ():
-                plain = value is None or (isinstance(value, str | int) and not isinstance(value, bool))
+                plain = value is None or (isinstance(value, str | int) and not isinstance(value, bool)) or (
+                    field == "admin" and isinstance(value, bool))
                 if not isinstance(field, str) or not plain:
                     raise ConfigError(
                         f"{path}: field `keys[{i}].{field}`: expected a text field name and a text value, got "

@@ -21,10 +21,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .base import LedgerRecord
+from typing import Any
 
 USER = "user"
 """The source of feedback given through ``Router.feedback`` or ``POST /v1/feedback``."""
@@ -84,9 +81,9 @@ class FeedbackMethods:
         """Feedback in time order: of one request, or every one given in ``[since, until)``."""
         raise _unsupported(self, "read feedback")
 
-    def request_record(self, request_id: str) -> LedgerRecord | None:
-        """The newest record of a request (its answer, or how it ended), or None when the ledger has none. This
-        default scans every record; the stores look it up by an index."""
+    def request_record(self, request_id: str) -> Any:
+        """The newest :class:`~router.ledger.base.LedgerRecord` of a request (its answer, or how it ended), or None
+        when the ledger has none. This default scans every record; the stores look it up by an index."""
         found = None
         for rec in self.iter_records():  # type: ignore[attr-defined]
             if rec.request_id == request_id:

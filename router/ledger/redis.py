@@ -53,6 +53,7 @@ from .base import (
 )
 from .errors import guarded, ledger_error, redis_error
 from .redis_feedback import RedisFeedback
+from .redis_feedback import parse_member as _parse
 from .redis_schema import (
     METRICS,
     MIGRATIONS,
@@ -367,16 +368,6 @@ class RedisLedger(RedisFeedback, Ledger):
     @guarded("close the ledger")
     def close(self) -> None:
         self.r.close()
-
-
-def _parse(member: bytes) -> LedgerRecord:
-    """A ``records`` member back into a record; one written before record ids reads back as ``legacy-<seq>``
-    (the id the migration put in ``ids`` for it)."""
-    seq, body = member.split(b"|", 1)
-    data = json.loads(body)
-    if "record_id" not in data:
-        data["record_id"] = f"legacy-{int(seq)}"
-    return LedgerRecord(**data)
 
 
 def _describe(client: redis.Redis, prefix: str) -> str:

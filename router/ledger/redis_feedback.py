@@ -94,13 +94,11 @@ class RedisFeedback:
 
     @guarded("look up a request")
     def request_record(self, request_id: str) -> LedgerRecord | None:
-        from .redis import _parse
-
         ts = self.r.zscore(self.prefix + "reqs", request_id)
         if ts is None:
             return None
         at = repr(float(ts))
-        found = [r for r in map(_parse, self.r.zrangebyscore(self.prefix + "records", at, at))
+        found = [r for r in map(parse_member, self.r.zrangebyscore(self.prefix + "records", at, at))
                  if r.request_id == request_id]
         return found[-1] if found else None
 
@@ -140,3 +138,13 @@ class RedisFeedback:
         self.r.eval(DELETE_FEEDBACK_BEFORE, 3, *self._feedback_keys(), f"({older_than!r}")
         self.r.eval(DELETE_PROMPTS_BEFORE, 2, *self._prompt_keys(), f"({older_than!r}")
         self.r.zremrangebyscore(self.prefix + "reqs", "-inf", f"({older_than!r}")
+
+
+def parse_member(member: bytes) -> LedgerRecord:
+    """A ``records`` member back into a record; one written before record ids reads back as ``legacy-<seq>``
+    (the id the migration put in ``ids`` for it)."""
+    seq, body = member.split(b"|", 1)
+    data = json.loads(body)
+    if "record_id" not in data:
+        data["record_id"] = f"legacy-{int(seq)}"
+    return LedgerRecord(**data)

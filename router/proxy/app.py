@@ -146,6 +146,9 @@ def create_app(
     from ..batch.api import add_batch_routes
 
     add_batch_routes(app, router)  # /v1/files and /v1/batches (router/batch/api.py)
+    from .feedback import add_feedback_route
+
+    add_feedback_route(app, router)  # /v1/feedback (router/proxy/feedback.py)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:
