@@ -93,7 +93,8 @@ def largest_model(router: Router) -> str:
 def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *, request_id: str, reason: str,
                  max_tokens: int | None, task: str | None = None) -> Generation:
     """Call ``model`` outside any routed request (the judge, anchor measurements), metered like a request's call
-    and recorded in the ledger with ``reason``; a failure is recorded too and raised as a typed error."""
+    and recorded in the ledger with ``reason`` (its joules also in ``extra["energy_j"]``); a failure is recorded too
+    and raised as a typed error."""
     card = router.cards[model]
     backend = router.backend(model)
     messages = [ChatMessage(role="user", content=prompt)] if isinstance(prompt, str) else prompt
@@ -114,6 +115,7 @@ def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *,
     else:
         energy = estimate_from_profile(card.energy, gen.prompt_tokens, gen.completion_tokens)
     _record(router, model, energy, started, request_id, reason, task, gen, None)
+    gen.extra["energy_j"] = energy.joules
     return gen
 
 
