@@ -209,5 +209,5 @@ def measure_cmd(
     n = len(report.scores)
     typer.echo(f"{report.model} on {n} {task} anchors (scored by {report.judge or 'reference match'}; "
                f"{report.unscored} unscored): mean score {sum(report.scores) / n:.3f}, {report.joules:.1f} J")
-    typer.echo(f"predicted P(good answer) on them: {report.before:.3f} from its card -> {report.after:.3f} fitted"
+    typer.echo(f"predicted P(good answer) on them: {report.before:.3f} before -> {report.after:.3f} fitted"
                + (f"; saved to {cfg.models_dir / 'classifier' / 'added_models.json'}" if save else " (not saved)"))

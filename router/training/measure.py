@@ -6,7 +6,8 @@ model, one at a time, each call metered and recorded in the ledger like any call
 task ``anchors``, request id ``anchors-<model>-<anchor id>``); each answer is scored by reference match where the
 anchor has a label (sentiment), else by a judge model from the cards against the anchor's reference answer (chat:
 :func:`router.judge.reference_prompt`, its calls recorded too); then :func:`router.training.anchors.fit_anchors`
-fits the model's intercept and vector on that task from the card's prior and saves the row to
+fits the model's intercept and vector on that task (centred on the row the classifier has for it: its card's prior
+for a new model, what it was trained on otherwise; the other tasks keep theirs) and saves the row to
 ``<models>/classifier/added_models.json``, where the classifier (the live router's and ``router simulate``'s) reads
 added models. A judge that gives no number for an answer leaves that anchor out (counted).
 """
@@ -49,6 +50,8 @@ def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str,
         raise ValueError("chat anchors are scored by a judge model: pass --judge MODEL (or set judge.model in the "
                          "config)")
     report = MeasureReport(name, task, judge_name)
+    for loaded in {name, judge_name} - {None}:  # loading is not the model's energy: load before the first anchor
+        router.backend(loaded).warm_up()  # type: ignore[arg-type]
     prompts: list[str] = []
     for i, item in enumerate(items, 1):
         rid = f"anchors-{name}-{item['id']}"
@@ -83,6 +86,6 @@ def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str,
     if name not in classifier.quality.names:
         classifier.add_card_priors({name: card})
     report.before = mean_p(classifier, prompts, name, task)
-    report.row = fit_anchors(classifier, card, prompts, report.scores, task=task, save=save)
+    report.row = fit_anchors(classifier, card, prompts, report.scores, task=task, save=save, start="current")
     report.after = mean_p(classifier, prompts, name, task)
     return report
