@@ -191,7 +191,7 @@ class KeyEntry(_Settings):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="printf %s \"$KEY\" | sha256sum")
     env: str | None = Field(None, description="read the key from this environment variable at start-up")
     policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
-    admin: bool = Field(False, description="may open the dashboard (/dashboard) when keys are configured")
+    admin: bool = Field(False, description="may score any response (POST /v1/feedback), not only its own")
 
     @model_validator(mode="before")
     @classmethod
