@@ -122,7 +122,9 @@ class Learning:
             self.stats["stored"] += 1
             if time.time() >= self._next_retention:
                 self.enforce_retention()
-        if item.judge and self.judge is not None:
+        if item.judge and self._stop:  # closing: prompts are still stored, judging waits for no one
+            self.stats["dropped"] += 1
+        elif item.judge and self.judge is not None:
             scored = self.judge.score(item.request_id, item.messages, item.text, item.answer, item.model)
             self.stats["judged" if scored is not None else "unscored"] += 1
 
@@ -143,7 +145,7 @@ class Learning:
                 "judge": self.judge.describe() if self.judge else None, **self.stats}
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish what is queued (up to ``timeout``), then stop the thread."""
+        """Store the prompts still queued (up to ``timeout``), skip their judging, stop the thread."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
