@@ -22,9 +22,12 @@ from .errors import (
     DeadlineExceededError,
     InternalError,
     LedgerError,
+    NotFoundError,
+    PermissionDeniedError,
     RouterError,
     UnknownModelError,
 )
+from .ledger.feedback import Feedback
 from .types import ChatCompletion, ChatCompletionChunk, ChatMessage, Routing, Usage
 
 __version__ = "0.1.0"
@@ -42,10 +45,13 @@ __all__ = [
     "ChatMessage",
     "ConfigError",
     "ContextLengthError",
+    "Feedback",
     "DeadlineExceededError",
     "InternalError",
     "LedgerError",
     "ModelCard",
+    "NotFoundError",
+    "PermissionDeniedError",
     "PreparedRequest",
     "Router",
     "RouterConfig",

@@ -219,6 +219,8 @@ class Attempts:
             self.plan = done + [m for m in d.escalate_to if m not in done]
             return False
         self.answer = (call, gen, latency)
+        if self.router.learning is not None:  # prompt kept / answer judged later, on the learning thread
+            self.router.learning.answered(self.prepared, call.model, gen)
         return True
 
     def _invalid(self, call: Call, gen: Generation, energy: EnergyReading, latency: float, problem: str,

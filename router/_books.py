@@ -4,7 +4,7 @@ settling the holds to what was measured, and the ledger record of every call."""
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._output import Call
 from ._request import PreparedRequest
@@ -26,6 +26,8 @@ class Models(Protocol):
     ledger: Ledger
     meter: Meter
     estimates: EnergyEstimates
+    learning: Any
+    """After-answer work (router/learning.py: prompts kept, the judge) or None."""
 
     def backend(self, model: str) -> Backend: ...
 

@@ -52,7 +52,8 @@ from .errors import (
     UnknownModelError,
 )
 from .keys import KeySpec, KeyStore, hash_key
-from .ledger import Ledger, open_ledger
+from .learning import Learning, prompt_retention_at_start
+from .ledger import Feedback, Ledger, open_ledger
 from .policy.base import BudgetState, DecisionRequest
 from .tools import tools_task
 from .types import ChatCompletion, ChatCompletionChunk
@@ -104,6 +105,11 @@ class Router:
         self.grid = Grid.from_settings(self.config.carbon, self.config.grid_g_per_kwh)
         """Carbon intensity per grid zone (router/carbon/): what each ledger record's CO2e is computed at."""
         self._batches: Any = None
+        self.learning: Learning | None = None
+        """Prompts kept and answers judged after each answer (router/learning.py); None when both are off."""
+        prompt_retention_at_start(self)
+        if self.config.prompts.store or self.config.judge is not None:
+            self.learning = Learning(self)
 
     # -- the public calls ------------------------------------------------------------------------------------
     def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
@@ -166,6 +172,22 @@ class Router:
         from .batch.library import submit
 
         return submit(self, requests, completion_window=completion_window, metadata=metadata, api_key=api_key)
+
+    def feedback(self, response_id: str, score: float, *, comment: str | None = None,
+                 api_key: str | None = None) -> Feedback:
+        """Score an answer in [0, 1] by the response's ``id``; stored beside its ledger record (every feedback is
+        kept; :func:`router.feedback.combined_score` says how they combine). ``api_key``: the caller's key, which
+        must be the one that made the request (or an admin key) when keys are configured; without one the
+        application itself is scoring. Raises :class:`NotFoundError` for an id the ledger does not hold,
+        :class:`PermissionDeniedError`, :class:`BadRequestError` for a score outside [0, 1]."""
+        from .feedback import give_feedback
+
+        return guarded(give_feedback, self, response_id, score, comment=comment, api_key=api_key)
+
+    async def afeedback(self, response_id: str, score: float, *, comment: str | None = None,
+                        api_key: str | None = None) -> Feedback:
+        """Async twin of :meth:`feedback` (the ledger is read and written in a worker thread)."""
+        return await asyncio.to_thread(self.feedback, response_id, score, comment=comment, api_key=api_key)
 
     @property
     def batches(self) -> Any:
@@ -232,6 +254,8 @@ class Router:
         return self.grid.carbon_of(card, joules)
 
     def close(self) -> None:
+        if self.learning is not None:
+            self.learning.close()
         if self._batches is not None:
             self._batches.close()
         for backend in self.loaded_backends().values():

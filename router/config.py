@@ -183,6 +183,31 @@ class DashboardSettings(_Settings):
         "is shown): its quality/energy frontier is drawn on the page")
 
 
+class PromptSettings(_Settings):
+    """Whether request prompts (and their answers) are kept beside the ledger records: only when the operator opts
+    in. They are what ``router data from-ledger`` turns scored requests into outcomes with (docs/feedback.md)."""
+
+    store: bool = Field(False, description="keep each answered request's messages, text and answer (default: never)")
+    retention_days: float | None = Field(30.0, gt=0, strict=False, description="delete stored prompts older than "
+                                         "this at start and hourly (None: keep them until `router ledger prompts "
+                                         "delete`)")
+
+
+class JudgeSettings(_Settings):
+    """A model that scores a share of answers after they are sent (router/judge.py); its scores are stored as
+    feedback with source ``judge:<model>`` and its own calls are ledger records."""
+
+    model: str = Field(description="any model card with a backend (name or alias)")
+    share: float = Field(0.05, ge=0, le=1, strict=False, description="share of answered requests it scores, at "
+                         "random")
+    against: Literal["rubric", "largest"] = Field(
+        "rubric", description="rubric: the answer alone, against `rubric`; largest: the answer against the largest "
+        "model's answer to the same request (one more call, recorded too)")
+    rubric: str | None = Field(None, description="what a good answer is, in the judge's prompt (default: correct, "
+                               "helpful and to the point)")
+    max_tokens: int = Field(256, ge=1, le=8192, description="largest: the reference answer's length limit")
+
+
 class KeyEntry(_Settings):
     """One API key, held only as a SHA-256 digest (or read from an environment variable at start-up)."""
 
@@ -190,7 +215,8 @@ class KeyEntry(_Settings):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="printf %s \"$KEY\" | sha256sum")
     env: str | None = Field(None, description="read the key from this environment variable at start-up")
     policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
-    admin: bool = Field(False, description="may open the dashboard (/dashboard) when keys are configured")
+    admin: bool = Field(False, description="may open the dashboard (/dashboard) and score any response (POST "
+                        "/v1/feedback), not only its own")
 
     @model_validator(mode="before")
     @classmethod
@@ -206,7 +232,7 @@ class KeyEntry(_Settings):
         return self
 
 
-_BLOCKS = ("cpu_power", "cooldown", "proxy", "keys", "journal", "carbon", "batch", "dashboard")
+_BLOCKS = ("cpu_power", "cooldown", "proxy", "keys", "journal", "carbon", "batch", "dashboard", "prompts", "judge")
 """Settings blocks: YAML only (no ``ROUTER_<FIELD>`` variable)."""
 
 
@@ -241,6 +267,8 @@ class RouterConfig(BaseModel):
     carbon: CarbonSettings = Field(default_factory=CarbonSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
+    judge: JudgeSettings | None = Field(None, description="a judge model scoring a share of answers (default: none)")
 
     @model_validator(mode="before")
     @classmethod

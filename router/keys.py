@@ -7,7 +7,7 @@ Keys are configured in the router config under ``keys`` (or a separate YAML file
       - name: team-a                 # shown nowhere but in this file; metrics and the ledger use the key's id
         sha256: 9f86d08...           # sha256 of the key: printf %s "$KEY" | sha256sum
         policy: eco                  # optional: the policy for model="router" (default: the config's)
-        admin: true                  # optional: may open the dashboard (/dashboard); default false
+        admin: true                  # optional: may open the dashboard and score any response; default false
       - name: ci
         env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
 
@@ -51,7 +51,8 @@ class KeySpec:
     sha256: str
     policy: str | None = None
     admin: bool = False
-    """May open the dashboard (``/dashboard``) when keys are configured."""
+    """May open the dashboard (``/dashboard``) and score any response (``POST /v1/feedback``), not only those it
+    made, when keys are configured."""
 
     @property
     def key_hash(self) -> str:

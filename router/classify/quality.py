@@ -84,6 +84,17 @@ class QualityTable:
                                                                          self._fixed_p))
         self._per_task = None
 
+    def row(self, name: str) -> dict[str, Any]:
+        """A model's row as :meth:`add` takes it (what ``added_models.json`` holds), from the table as it is."""
+        i = self.names.index(name)
+        return {
+            "intercepts": {t: round(float(self._b[i, j]), 4) for j, t in enumerate(self.tasks)},
+            "vectors": {t: [round(float(x), 6) for x in self._v[i, j]] for j, t in enumerate(self.tasks)
+                        if self._v[i, j].any()},
+            "fixed": {t: float(self._fixed_p[i, j]) for j, t in enumerate(self.tasks) if self._fixed[i, j]},
+            "from": dict(self.sources[name]),
+        }
+
     def prior_row(self, card: Any) -> dict[str, Any]:
         """A model with no outcomes, from its card: ``prior_accuracy[task]`` where the card gives one, else the
         task's source prior (size, undisclosed flag, public benchmark, family), else the source's mean level; no

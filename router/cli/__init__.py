@@ -19,6 +19,7 @@ app = typer.Typer(
 _GROUPS = [
     ("router.cli.demo", "demo", None),
     ("router.cli.ledger", "ledger_app", "ledger"),
+    ("router.cli.ledger_prompts", "prompts_app", None),  # registers itself as `router ledger prompts`
     ("router.cli.train", "train_app", "train"),
     ("router.cli.energy", "energy_app", "energy"),
     ("router.cli.calibrate", "calibrate", None),
@@ -46,7 +47,8 @@ for _module, _attr, _name in _GROUPS:
             raise
         continue
     if isinstance(_obj, typer.Typer):
-        app.add_typer(_obj, name=_name)
+        if _name is not None:
+            app.add_typer(_obj, name=_name)
     else:
         app.command(name=_name)(_obj)
 

@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 
 data_app = typer.Typer(
-    help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results) or measure the local models.",
+    help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results), measure models, or export the "
+    "requests scored by feedback from the ledger.",
     no_args_is_help=True,
 )
 console = Console(stderr=True)
@@ -120,3 +121,93 @@ def measure_local_cmd(
                           f"{stats['median_latency_s']:.3g}")
     Console().print(table)
     typer.echo(f"wrote data/outcomes/{task}_local.jsonl; rerun `router train classifier` to use it")
+
+
+@data_app.command("from-ledger")
+def from_ledger_cmd(
+    out: Path = typer.Option(..., "-o", "--out", help="Outcomes file to write (JSON Lines)."),  # noqa: B008
+    ledger: str = typer.Option(None, "--ledger", help="Ledger URL (default: the config's)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Router config YAML."),  # noqa: B008
+    since: str = typer.Option(None, "--since", help="Only requests from then: 7d, 24h, an ISO date or epoch s."),
+) -> None:
+    """Export the requests people or the judge scored as an outcomes file (id, prompt, task, outcomes {model:
+    {correct, output_tokens, energy_j, requests}}), for `router train feedback`, `router calibrate` and `router
+    simulate`. Needs the prompts, which are kept only with `prompts: {store: true}` in the config. Per request, a
+    person's newest score wins over judges'; without one, the mean of each judge's newest. Requests with the same
+    prompt are one line, one outcome per model that answered (mean score)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from ..config import RouterConfig
+    from ..errors import RouterError
+    from ..ledger import open_ledger
+    from ..training.from_ledger import export_outcomes
+    from .ledger import parse_when
+
+    try:
+        cfg = RouterConfig.load(config, ledger_url=ledger)
+        led = open_ledger(cfg.ledger_url)
+        try:
+            with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,
+                          transient=True) as bar:
+                job = bar.add_task("stored prompts", total=None)
+                report = export_outcomes(led, out, since=parse_when(since) or 0.0,
+                                         progress=lambda done, total: bar.update(job, completed=done, total=total))
+        finally:
+            led.close()
+    except RouterError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {report.lines:,} lines ({report.requests:,} scored requests) to {out}")
+    if report.models:
+        typer.echo("answered by: " + ", ".join(f"{m} {n}" for m, n in report.models.most_common()))
+        typer.echo("feedback from: " + ", ".join(f"{s} {n}" for s, n in report.sources.most_common()))
+    typer.echo(f"skipped: {report.without_feedback:,} stored prompts without feedback, {report.without_answer:,} "
+               "requests without an answer")
+    if not report.prompts:
+        typer.echo("no stored prompts: they are kept only with `prompts: {store: true}` in the config")
+
+
+@data_app.command("measure")
+def measure_cmd(
+    model: str = typer.Argument(..., help="The model card (name or alias) to measure; it must have a backend."),
+    anchors: int = typer.Option(20, "--anchors", min=1, max=50, help="How many anchors of the fixed set to use."),
+    task: str = typer.Option("chat", "--task", help="chat (scored by a judge against a reference answer) or "
+                             "sentiment (scored by the label)."),
+    judge: str = typer.Option(None, "--judge", help="The judge model for chat anchors (default: the config's "
+                              "judge.model)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Answer length limit per anchor."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write the fitted row to the classifier's "
+                              "added_models.json (--no-save: only print it)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Router config YAML (models, ledger)."),  # noqa: B008
+) -> None:
+    """Call MODEL through its backend on N fixed anchor requests (data/anchors/), score the answers (reference
+    match where there is one, else a judge model from the cards against the reference answer) and fit MODEL's
+    representation from them without retraining the rest; saved to <models>/classifier/added_models.json, where
+    the classifier reads added models. Every call, the judge's included, is a ledger record."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from .._router import Router
+    from ..classify.onnx_classifier import OnnxRequestClassifier
+    from ..config import RouterConfig
+    from ..errors import RouterError
+    from ..training.measure import measure_model
+
+    try:
+        cfg = RouterConfig.load(config)
+        with Router(cfg) as router:
+            if not isinstance(router.classifier, OnnxRequestClassifier):
+                raise typer.BadParameter(f"{cfg.models_dir}/classifier holds no trained classifier to add a model to")
+            columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
+                job = bar.add_task(f"{model} on {task} anchors", total=anchors)
+                report = measure_model(router, router.classifier, model, task=task, anchors=anchors,
+                                       judge=judge or (cfg.judge.model if cfg.judge else None), max_tokens=max_tokens,
+                                       save=save, progress=lambda done, _n: bar.update(job, completed=done))
+    except (RouterError, ValueError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(2) from None
+    n = len(report.scores)
+    typer.echo(f"{report.model} on {n} {task} anchors (scored by {report.judge or 'reference match'}; "
+               f"{report.unscored} unscored): mean score {sum(report.scores) / n:.3f}, {report.joules:.1f} J")
+    typer.echo(f"predicted P(good answer) on them: {report.before:.3f} before -> {report.after:.3f} fitted"
+               + (f"; saved to {cfg.models_dir / 'classifier' / 'added_models.json'}" if save else " (not saved)"))

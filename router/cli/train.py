@@ -199,3 +199,49 @@ def classifier(
         f"latency per request (1 thread): TF-IDF graph {metrics['onnx_ms_per_request_single_thread']:.3f} ms"
         + (f"; MiniLM encoder p50 {enc['p50']:.2f} ms, p99 {enc['p99']:.2f} ms" if enc else "")
     )
+
+
+@train_app.command("feedback")
+def feedback(
+    outcomes: Path = typer.Argument(..., help="An outcomes file from `router data from-ledger`."),  # noqa: B008
+    models: Path = typer.Option(None, "--models", help="Model card folder whose classifier/ is refitted "  # noqa: B008
+                                "(default: the config's)."),
+    min_requests: int = typer.Option(5, "--min-requests", min=1, help="Refit a model on a task only with at "
+                                     "least this many scored requests."),
+    strength: float = typer.Option(1.0, "--strength", min=0.0, help="How strongly the intercept stays near what "
+                                   "the classifier had (in units of one scored request)."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write the refitted rows to added_models.json."),
+) -> None:
+    """Refit only what feedback informs: for each model and task with enough scored requests in OUTCOMES, that
+    model's P(good answer) on that task (intercept and vector), centred on what the classifier has now; every
+    other model and task is untouched. Saved to <models>/classifier/added_models.json, which the router and
+    `router simulate --models` load. (A full `router train classifier` does not read feedback: see
+    router/training/feedback_fit.py for why.)"""
+    from ..cards import load_catalogue
+    from ..classify.onnx_classifier import OnnxRequestClassifier
+    from ..config import RouterConfig
+    from ..training.feedback_fit import fit_feedback
+
+    models_dir = models or RouterConfig.load().models_dir
+    cards = load_catalogue(models_dir)
+    classifier = OnnxRequestClassifier(models_dir / "classifier", cards)
+    try:
+        with _progress() as progress:
+            step = progress.add_task("feedback", total=None)
+            fits, skipped = fit_feedback(classifier, cards, outcomes, min_requests=min_requests, save=save,
+                                         strength_b=strength,
+                                         progress=lambda msg: progress.update(step, description=msg))
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"refitted from {outcomes}")
+    for col in ("model", "task", "scored requests", "mean score", "P before", "P after"):
+        table.add_column(col, justify="left" if col in ("model", "task") else "right")
+    for f in fits:
+        table.add_row(f.model, f.task, str(f.requests), f"{f.mean_score:.3f}", f"{f.before:.3f}", f"{f.after:.3f}")
+    console.print(table)
+    for group, n in skipped.items():
+        console.print(f"not refitted: {group} ({n} scored requests < --min-requests {min_requests})")
+    if fits:
+        where = models_dir / "classifier" / "added_models.json"
+        console.print(f"saved to {where}" if save else "not saved (--no-save)")

@@ -18,6 +18,7 @@ from .base import (
     window_start,
 )
 from .errors import redact
+from .feedback import Feedback, StoredPrompt
 from .journal import Journal, journal_folder
 from .journaled import JournaledLedger
 from .sqlite import SQLiteLedger
@@ -54,6 +55,7 @@ def open_ledger(
 
 __all__ = [
     "BUCKET_S",
+    "Feedback",
     "Journal",
     "JournalSettings",
     "journal_folder",
@@ -62,6 +64,7 @@ __all__ = [
     "LedgerRecord",
     "Reservation",
     "SQLiteLedger",
+    "StoredPrompt",
     "SummaryRow",
     "aggregate",
     "hash_key",

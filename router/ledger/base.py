@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from .feedback import FeedbackMethods
+
 Outcome = Literal["ok", "error", "escalated", "rejected", "cancelled"]
 
 
@@ -72,8 +74,10 @@ class Reservation:
     window_start: float
 
 
-class Ledger(ABC):
+class Ledger(FeedbackMethods, ABC):
     """Where records go and budgets are read from.
+
+    Feedback and stored prompts (:mod:`router.ledger.feedback`) are the other half of the interface.
 
     Errors: every public method raises :class:`~router.errors.LedgerError` (never the driver's own exception)
     when the store cannot be opened, read or written; the message names ``url`` (password masked), what is

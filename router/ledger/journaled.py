@@ -33,6 +33,7 @@ from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import ledger_error
+from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
 
@@ -317,6 +318,27 @@ class JournaledLedger(Ledger):
 
     def rebuild_summary(self) -> None:
         self._store().rebuild_summary()
+
+    # -- feedback and stored prompts: straight to the store (not journaled: a client told 503 can retry) ------
+    def add_feedback(self, feedback: Feedback) -> None:
+        self._store().add_feedback(feedback)
+
+    def feedback(self, request_id: str | None = None, since: float = 0.0,
+                 until: float | None = None) -> list[Feedback]:
+        return self._store().feedback(request_id, since, until)
+
+    def request_record(self, request_id: str) -> LedgerRecord | None:
+        return self._store().request_record(request_id)
+
+    def store_prompt(self, prompt: StoredPrompt) -> None:
+        self._store().store_prompt(prompt)
+
+    def prompts(self, since: float = 0.0, until: float | None = None,
+                request_id: str | None = None) -> list[StoredPrompt]:
+        return self._store().prompts(since, until, request_id)
+
+    def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
+        return self._store().delete_prompts(before=before, request_id=request_id)
 
     def __getattr__(self, name: str) -> Any:  # store-specific extras (SQLite's retention setting, Redis clear)
         if name in ("store", "journal", "_connect"):

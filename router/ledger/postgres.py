@@ -40,6 +40,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, postgres_error
+from .postgres_feedback import PRUNE_SQL, PostgresFeedback
 from .postgres_schema import (
     ADD_SUMS,
     COLUMNS,
@@ -110,7 +111,7 @@ class _Pool:
                 conn.close()
 
 
-class PostgresLedger(Ledger):
+class PostgresLedger(PostgresFeedback, Ledger):
     """Records, sums and budgets in PostgreSQL, shared by every process that points at the same database and
     schema; safe across threads (a connection per concurrent call) and hosts."""
 
@@ -250,6 +251,8 @@ class PostgresLedger(Ledger):
             with c.transaction():
                 c.execute(f"LOCK TABLE {s}.summary_hourly IN EXCLUSIVE MODE")
                 n = c.execute(f"DELETE FROM {s}.records WHERE ts < %s", (older_than,)).rowcount
+                for sql in PRUNE_SQL:  # feedback and stored prompts go with the records
+                    c.execute(sql.format(s=s), (older_than,))
                 c.execute(f"DELETE FROM {s}.summary_hourly WHERE bucket <= %s", (boundary,))
                 source = f"{s}.records WHERE ts >= %s AND ts < %s"
                 c.execute(ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))

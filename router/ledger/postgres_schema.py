@@ -2,7 +2,8 @@
 that keeps the hourly sums. Statements name tables as ``{s}.table``; ``{s}`` is the ledger's schema.
 
 Versions (the ``meta`` table's ``schema_version``): 1, records (record ids unique), hourly summary, budgets;
-2, the estimated joules, grid intensity and zone of each record.
+2, the estimated joules, grid intensity and zone of each record; 3, ``feedback`` (append-only, ``feedback_id``
+unique), ``prompts`` (kept only when the operator opts in) and an index on ``records.request_id``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,24 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS estimated_j DOUBLE PRECISION",
                 "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS grid_g_per_kwh DOUBLE PRECISION",
                 "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS zone TEXT",
+            ],
+        ),
+        Step(
+            3,
+            "feedback, stored prompts (opt-in), records by request id",
+            [
+                """CREATE TABLE IF NOT EXISTS {s}.feedback (
+                    id BIGSERIAL PRIMARY KEY, feedback_id TEXT NOT NULL, request_id TEXT NOT NULL,
+                    ts DOUBLE PRECISION NOT NULL, score DOUBLE PRECISION NOT NULL, source TEXT NOT NULL,
+                    comment TEXT, key_hash TEXT)""",
+                "CREATE UNIQUE INDEX IF NOT EXISTS feedback_feedback_id ON {s}.feedback (feedback_id)",
+                "CREATE INDEX IF NOT EXISTS feedback_request ON {s}.feedback (request_id)",
+                "CREATE INDEX IF NOT EXISTS feedback_ts ON {s}.feedback (ts)",
+                """CREATE TABLE IF NOT EXISTS {s}.prompts (
+                    request_id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, prompt TEXT NOT NULL,
+                    messages TEXT NOT NULL, answer TEXT, model TEXT, key_hash TEXT)""",
+                "CREATE INDEX IF NOT EXISTS prompts_ts ON {s}.prompts (ts)",
+                "CREATE INDEX IF NOT EXISTS records_request_id ON {s}.records (request_id, ts)",
             ],
         ),
     ],

@@ -13,13 +13,15 @@ Layout (all keys under a prefix, default ``router:``):
   the same script as the record, so the two never disagree;
 * ``buckets``: the hours that have a ``sum:`` hash;
 * ``budget:<name>:<window start>``: joules spent plus held, expiring two windows after the window starts;
-* ``meta``: schema version and the retention setting.
+* ``reqs``: each request id scored by the time of its newest record (kept by the record script);
+* ``meta``: schema version and the retention setting;
+* feedback and stored prompts: :mod:`router.ledger.redis_feedback`.
 
 Schema versions (the ``meta`` hash's ``schema_version``; :mod:`router.ledger.migrations`): 1, the layout above
 without ``ids``; 2, ``ids``, filled for the records already there with ``legacy-<seq>`` (the id a record
-written before ids existed reads back with). The missing steps run in one Lua script with the version update,
-so no other client sees a half-migrated store; each step is idempotent, so a script cut short by a crash is
-simply run again at the next open.
+written before ids existed reads back with); 3, ``reqs``, filled from the records already there. The missing
+steps run in one Lua script with the version update, so no other client sees a half-migrated store; each step is
+idempotent, so a script cut short by a crash is simply run again at the next open.
 
 Durability is Redis's: with its defaults (RDB snapshots) a Redis crash can lose the last minutes; run Redis
 with ``appendonly yes`` (and ``appendfsync everysec`` or ``always``) when the ledger must survive that.
@@ -50,6 +52,8 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error
+from .redis_feedback import RedisFeedback
+from .redis_feedback import parse_member as _parse
 from .redis_schema import (
     METRICS,
     MIGRATIONS,
@@ -62,7 +66,7 @@ from .redis_schema import (
 )
 
 
-class RedisLedger(Ledger):
+class RedisLedger(RedisFeedback, Ledger):
     """Ledger and budgets in Redis, shared by every process that points at the same server and prefix."""
 
     driver_errors = (redis.RedisError, OSError)
@@ -81,6 +85,7 @@ class RedisLedger(Ledger):
         self.url = url or _describe(client, prefix)
         self._k_records = prefix + "records"
         self._k_ids = prefix + "ids"
+        self._k_reqs = prefix + "reqs"
         self._k_seq = prefix + "seq"
         self._k_buckets = prefix + "buckets"
         self._k_meta = prefix + "meta"
@@ -119,7 +124,7 @@ class RedisLedger(Ledger):
         return redis_error(self.url, exc, action)
 
     def _migrate(self) -> None:
-        version = int(self.r.eval(migration_script(), 3, self._k_meta, self._k_records, self._k_ids))
+        version = int(self.r.eval(migration_script(), 4, self._k_meta, self._k_records, self._k_ids, self._k_reqs))
         MIGRATIONS.plan(version, self.url)  # raises when the store is newer than this code
 
     @property
@@ -194,6 +199,7 @@ class RedisLedger(Ledger):
         is re-summed from what remains, under WATCH so a concurrent write there makes it retry."""
         n = int(self.r.zremrangebyscore(self._k_records, "-inf", f"({older_than!r}"))
         self.r.zremrangebyscore(self._k_ids, "-inf", f"({older_than!r}")
+        self._prune_feedback(older_than)
         boundary = bucket_of(older_than)
         old = [float(b) for b in self.r.zrangebyscore(self._k_buckets, "-inf", f"({boundary!r}")]
         if old:
@@ -226,7 +232,7 @@ class RedisLedger(Ledger):
         data = rec.as_dict()
         bucket = bucket_of(rec.ts)
         dims = json.dumps([data[d] for d in SUMMARY_DIMS])
-        keys = [self._k_records, self._k_seq, self._sum_key(bucket), self._k_buckets, self._k_ids]
+        keys = [self._k_records, self._k_seq, self._sum_key(bucket), self._k_buckets, self._k_ids, self._k_reqs]
         args: list[Any] = [
             repr(float(rec.ts)),
             json.dumps(data, separators=(",", ":")),
@@ -239,6 +245,7 @@ class RedisLedger(Ledger):
             repr(float(rec.latency_ms or 0.0)),
             repr(float(rec.co2e_g or 0.0)),
             rec.record_id,
+            rec.request_id,
         ]
         return keys, args
 
@@ -367,16 +374,6 @@ class RedisLedger(Ledger):
     @guarded("close the ledger")
     def close(self) -> None:
         self.r.close()
-
-
-def _parse(member: bytes) -> LedgerRecord:
-    """A ``records`` member back into a record; one written before record ids reads back as ``legacy-<seq>``
-    (the id the migration put in ``ids`` for it)."""
-    seq, body = member.split(b"|", 1)
-    data = json.loads(body)
-    if "record_id" not in data:
-        data["record_id"] = f"legacy-{int(seq)}"
-    return LedgerRecord(**data)
 
 
 def _describe(client: redis.Redis, prefix: str) -> str:

@@ -3,8 +3,10 @@ script that applies the missing ones with the version in one call, and the scrip
 its hourly sums, unless its id is there already), reserve and settle.
 
 Versions (the ``meta`` hash's ``schema_version``): 1, the layout without ``ids``; 2, ``ids``, filled for the
-records already there with ``legacy-<seq>`` (the id a record written before ids existed reads back with). Each
-step is idempotent, so a migration script cut short by a crash is simply run again at the next open.
+records already there with ``legacy-<seq>`` (the id a record written before ids existed reads back with); 3,
+``reqs`` (each request id scored by the time of its newest record, so feedback finds its request), filled from
+the records already there; the feedback and prompt keys appear as they are written. Each step is idempotent, so a
+migration script cut short by a crash is simply run again at the next open.
 """
 
 from __future__ import annotations
@@ -27,13 +29,29 @@ for i = 1, #members, 2 do
 end
 """,
         ),
+        Step(
+            3,
+            "records by request id (feedback finds its request); feedback and stored prompts",
+            """
+local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  local m = members[i]
+  local rid = cjson.decode(string.sub(m, string.find(m, '|', 1, true) + 1))['request_id']
+  local old = redis.call('ZSCORE', KEYS[4], rid)
+  if not old or tonumber(old) <= tonumber(members[i + 1]) then
+    redis.call('ZADD', KEYS[4], members[i + 1], rid)
+  end
+end
+""",
+        ),
     ],
 )
 SCHEMA_VERSION = MIGRATIONS.latest
 
 
 def migration_script() -> str:
-    """One script: read the version, run the missing steps, write the new version. KEYS: meta, records, ids."""
+    """One script: read the version, run the missing steps, write the new version. KEYS: meta, records, ids,
+    reqs."""
     parts = [
         "local v = tonumber(redis.call('HGET', KEYS[1], 'schema_version') or '0')",
         f"if v > {SCHEMA_VERSION} then return v end",
@@ -54,6 +72,10 @@ if redis.call('ZADD', KEYS[5], 'NX', ARGV[1], ARGV[11]) == 0 then
 end
 local n = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], ARGV[1], string.format('%015d', n) .. '|' .. ARGV[2])
+local newest = redis.call('ZSCORE', KEYS[6], ARGV[12])
+if not newest or tonumber(newest) <= tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[6], ARGV[1], ARGV[12])
+end
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[3])
 local names = {'requests', 'energy_j', 'input_tokens', 'output_tokens', 'latency_ms_sum', 'co2e_g'}
 for i = 1, 6 do

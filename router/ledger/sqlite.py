@@ -35,6 +35,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
+from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger", "path_from_url"]
@@ -74,7 +75,7 @@ def path_from_url(url: str) -> Path:
     return Path(url)
 
 
-class SQLiteLedger(Ledger):
+class SQLiteLedger(SQLiteFeedback, Ledger):
     """One SQLite file in WAL mode; safe across threads (one connection behind a lock) and processes
     (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
 
@@ -83,6 +84,7 @@ class SQLiteLedger(Ledger):
     statement waits for another process's write lock before failing with a (retryable) ``LedgerError``."""
 
     driver_errors = (sqlite3.Error, OSError)
+    _columns = _COLUMNS
 
     @guarded("open the ledger")
     def __init__(
@@ -250,11 +252,13 @@ class SQLiteLedger(Ledger):
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
-        """Delete records (and their hourly summaries) older than ``older_than``, in one transaction. The
-        hour that straddles the cut-off is re-summarised from the records that remain."""
+        """Delete records (and their hourly summaries, feedback and stored prompts) older than ``older_than``, in one
+        transaction. The hour that straddles the cut-off is re-summarised from the records that remain."""
         boundary = int(older_than) - int(older_than) % 3600
         with self._lock, self._write_transaction():
             n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
+            for sql in PRUNE_SQL:
+                self._conn.execute(sql, (older_than,))
             self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
             self._conn.execute(summarise_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
         return int(n)

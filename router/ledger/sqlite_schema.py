@@ -11,6 +11,8 @@ Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how t
    ``legacy-<row id>``.
 4. ``records.estimated_j`` (the joules expected before the call), ``grid_g_per_kwh`` and ``zone`` (the carbon
    intensity ``co2e_g`` was computed at, and where it applies).
+5. ``feedback`` (scores of responses, append-only, ``feedback_id`` unique), ``prompts`` (the prompts an operator
+   chose to keep, by request id) and an index on ``records.request_id`` (feedback finds its request's record).
 """
 
 from __future__ import annotations
@@ -99,6 +101,23 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 "ALTER TABLE records ADD COLUMN estimated_j REAL",
                 "ALTER TABLE records ADD COLUMN grid_g_per_kwh REAL",
                 "ALTER TABLE records ADD COLUMN zone TEXT",
+            ],
+        ),
+        Step(
+            5,
+            "feedback, stored prompts (opt-in), records by request id",
+            [
+                """CREATE TABLE IF NOT EXISTS feedback (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, feedback_id TEXT NOT NULL, request_id TEXT NOT NULL,
+                    ts REAL NOT NULL, score REAL NOT NULL, source TEXT NOT NULL, comment TEXT, key_hash TEXT)""",
+                "CREATE UNIQUE INDEX IF NOT EXISTS feedback_feedback_id ON feedback(feedback_id)",
+                "CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id)",
+                "CREATE INDEX IF NOT EXISTS feedback_ts ON feedback(ts)",
+                """CREATE TABLE IF NOT EXISTS prompts (
+                    request_id TEXT PRIMARY KEY, ts REAL NOT NULL, prompt TEXT NOT NULL, messages TEXT NOT NULL,
+                    answer TEXT, model TEXT, key_hash TEXT)""",
+                "CREATE INDEX IF NOT EXISTS prompts_ts ON prompts(ts)",
+                "CREATE INDEX IF NOT EXISTS records_request_id ON records(request_id, ts)",
             ],
         ),
     ],

@@ -195,6 +195,9 @@ def create_app(
 
     add_batch_routes(app, router)  # /v1/files and /v1/batches (router/batch/api.py)
     mount_dashboard(app, router, router.keys, config.dashboard, proxy.metrics)  # /dashboard, off by config
+    from .feedback import add_feedback_route
+
+    add_feedback_route(app, router)  # /v1/feedback (router/proxy/feedback.py)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:

@@ -48,7 +48,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..config import JournalSettings
-from ..ledger import Ledger, LedgerRecord, Reservation, SummaryRow
+from ..ledger import Feedback, Ledger, LedgerRecord, Reservation, StoredPrompt, SummaryRow
 from ..ledger.journal import Journal, Segment, journal_folder
 from ..ledger.journaled import JournaledLedger
 
@@ -252,6 +252,29 @@ class BackgroundLedger(Ledger):
 
     def budget_used(self, budget: str, window_s: float) -> float:
         return self.inner.budget_used(budget, window_s)
+
+    # -- feedback and stored prompts: written at once by the caller's thread (never on the event loop) ----------
+    def add_feedback(self, feedback: Feedback) -> None:
+        self.inner.add_feedback(feedback)
+
+    def feedback(self, request_id: str | None = None, since: float = 0.0,
+                 until: float | None = None) -> list[Feedback]:
+        return self.inner.feedback(request_id, since, until)
+
+    def request_record(self, request_id: str) -> LedgerRecord | None:
+        """Sees the records handed over before it (a client may score an answer the moment it arrives)."""
+        self.flush()
+        return self.inner.request_record(request_id)
+
+    def store_prompt(self, prompt: StoredPrompt) -> None:
+        self.inner.store_prompt(prompt)
+
+    def prompts(self, since: float = 0.0, until: float | None = None,
+                request_id: str | None = None) -> list[StoredPrompt]:
+        return self.inner.prompts(since, until, request_id)
+
+    def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
+        return self.inner.delete_prompts(before=before, request_id=request_id)
 
     def __getattr__(self, name: str) -> Any:  # anything ledger-specific (e.g. SQLite's retention settings)
         if name in ("inner", "journaled"):

@@ -6,12 +6,16 @@ through the shipped graph for their representation ``h``; the model's row starts
 vector on the measured task are fitted to the scores (:func:`router.training.quality.fit_model_vector`, MAP with
 the prior as the centre); every other task keeps the prior. The row is added to the live classifier and, with
 ``save``, to ``models/classifier/added_models.json``, which the classifier loads after its trained models.
+
+``start="current"`` refits a model the classifier already has a row for (trained, or fitted before) from that row
+instead of its card: the measured task's intercept and vector move towards the new scores, every other task keeps
+what it had. ``router train feedback`` fits the models that answered scored traffic this way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,7 +27,8 @@ from .quality import fit_model_vector
 
 def fit_anchors(classifier: OnnxRequestClassifier, card: ModelCard, prompts: Sequence[str],
                 scores: Sequence[float], *, task: str = "chat", save: bool = False,
-                strength_b: float = 1.0, strength_v: float = 30.0) -> dict[str, Any]:
+                strength_b: float = 1.0, strength_v: float = 30.0,
+                start: Literal["prior", "current"] = "prior", origin: str | None = None) -> dict[str, Any]:
     """The model's row fitted on ``prompts`` / ``scores`` (scores in [0, 1] on ``task``'s source scale: the judge's
     preference for chat, right/wrong for multiple choice), added to ``classifier`` (and saved when asked)."""
     if len(prompts) != len(scores) or not prompts:
@@ -35,14 +40,16 @@ def fit_anchors(classifier: OnnxRequestClassifier, card: ModelCard, prompts: Seq
         raise ValueError(f"unknown task {task!r}; the classifier's tasks are {classifier.tasks}")
     bounded = [classifier._bound(p)[0] for p in prompts]
     _, h = classifier.raw(bounded)
-    row = classifier.quality.prior_row(card)
+    current = start == "current" and card.name in classifier.quality.names
+    row = classifier.quality.row(card.name) if current else classifier.quality.prior_row(card)
     prior_b = float(row["intercepts"][task])
-    b, v = fit_model_vector(np.asarray(h, dtype=np.float64), y, prior_b=prior_b, prior_v=np.zeros(classifier.quality.k),
+    prior_v = np.asarray(row.get("vectors", {}).get(task, np.zeros(classifier.quality.k)), dtype=np.float64)
+    b, v = fit_model_vector(np.asarray(h, dtype=np.float64), y, prior_b=prior_b, prior_v=prior_v,
                             strength_b=strength_b, strength_v=strength_v)
     row["intercepts"][task] = round(b, 4)
-    row["vectors"] = {task: [round(float(x), 6) for x in v]}
-    row["from"][task] = f"anchors ({len(prompts)})"
-    if card.tier == "specialist":
+    row.setdefault("vectors", {})[task] = [round(float(x), 6) for x in v]
+    row["from"][task] = origin or f"anchors ({len(prompts)})"
+    if card.tier == "specialist" and not current:
         row["fixed"] = {t: 0.0 for t in classifier.tasks if not card.serves(t)}
     classifier.quality.add({card.name: row}, source="anchors")
     if save:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from router.errors import LedgerError
-from router.ledger import Ledger, LedgerRecord, SummaryRow, aggregate, totals_from_summary
+from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
 from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
 
 OpenStore = Callable[[str], Ledger]
@@ -444,6 +444,81 @@ def check_reserve_is_atomic_across_processes(open_store: OpenStore) -> None:
     assert led.try_reserve("shared", 0.01, 60.0, 3600) is None
 
 
+def check_request_record(open_store: OpenStore) -> None:
+    """The newest record of a request (a fallback's or cascade's last attempt), found however many requests the
+    ledger holds; None for an id it has never seen."""
+    led = open_store("request_record")
+    recs = _sample(40, step=61.0)
+    first = _rec(100, T0 + 5000.0, request_id="chatcmpl-x", attempt=0, outcome="error", model="smollm2-135m")
+    last = _rec(101, T0 + 5001.5, request_id="chatcmpl-x", attempt=1, model="gemma3-270m", tier="large")
+    led.record_many([*recs, last])
+    led.record(first)
+    got = led.request_record("chatcmpl-x")
+    assert got is not None and got.as_dict() == last.as_dict()
+    assert led.request_record("r7").as_dict() == recs[7].as_dict()  # type: ignore[union-attr]
+    assert led.request_record("chatcmpl-never") is None
+
+
+def check_feedback(open_store: OpenStore) -> None:
+    """Every feedback is kept in time order, per request and over a time range; writing one again (its id) changes
+    nothing; every field round-trips; it survives a reopen."""
+    led = open_store("feedback")
+    led.record_many(_sample(5))
+    fbs = [Feedback("r1", 0.25, ts=T0 + 10, key_hash="key-a", comment="too long"),
+           Feedback("r2", 1.0, source="judge:gemma3-270m", ts=T0 + 11),
+           Feedback("r1", 0.75, ts=T0 + 12, key_hash="key-a"),
+           Feedback("r1", 0.0, source="judge:gemma3-270m", ts=T0 + 13, comment="ünïcode ✓")]
+    for fb in fbs:
+        led.add_feedback(fb)
+    led.add_feedback(fbs[0])
+    led.add_feedback(dataclasses.replace(fbs[2], score=0.1))  # same id: ignored, the first write stands
+    assert [f.as_dict() for f in led.feedback("r1")] == [fbs[i].as_dict() for i in (0, 2, 3)]
+    assert [f.as_dict() for f in led.feedback(since=T0 + 11, until=T0 + 13)] == [fbs[1].as_dict(), fbs[2].as_dict()]
+    assert [f.feedback_id for f in led.feedback()] == [f.feedback_id for f in fbs]
+    assert led.feedback("nobody") == []
+    led.close()
+    again = open_store("feedback")
+    assert [f.as_dict() for f in again.feedback("r1")] == [fbs[i].as_dict() for i in (0, 2, 3)]
+
+
+def check_stored_prompts(open_store: OpenStore) -> None:
+    """Stored prompts round-trip by request and by time (the first stored for an id wins); they are deleted by
+    request, by age and all at once, each saying how many went."""
+    led = open_store("prompts")
+    ps = [StoredPrompt(f"r{i}", f"prompt {i} ✓", f'[{{"role": "user", "content": "prompt {i}"}}]', answer=f"a{i}",
+                       model="smollm2-135m", key_hash=["key-a", None][i % 2], ts=T0 + i * 100) for i in range(6)]
+    for p in ps:
+        led.store_prompt(p)
+    led.store_prompt(dataclasses.replace(ps[0], prompt="changed"))
+    assert [p.as_dict() for p in led.prompts()] == [p.as_dict() for p in ps]
+    assert [p.as_dict() for p in led.prompts(request_id="r3")] == [ps[3].as_dict()]
+    assert [p.request_id for p in led.prompts(since=T0 + 100, until=T0 + 300)] == ["r1", "r2"]
+    assert led.prompts(request_id="nobody") == []
+    assert led.delete_prompts(request_id="r3") == 1
+    assert led.delete_prompts(request_id="r3") == 0
+    assert led.delete_prompts(before=T0 + 150) == 2
+    assert [p.request_id for p in led.prompts()] == ["r2", "r4", "r5"]
+    assert led.delete_prompts() == 3
+    assert led.prompts() == []
+
+
+def check_prune_takes_feedback_and_prompts(open_store: OpenStore) -> None:
+    """Retention removes feedback and stored prompts older than the cut-off with the records; newer ones stay."""
+    led = open_store("prune_feedback")
+    recs = _sample(10)
+    led.record_many(recs)
+    for r in recs:
+        led.add_feedback(Feedback(r.request_id, 0.5, ts=r.ts + 1))
+        led.store_prompt(StoredPrompt(r.request_id, "p", "[]", ts=r.ts + 1))
+    cut = recs[4].ts + 100.0
+    led.prune(cut)
+    kept = [r.request_id for r in recs[5:]]
+    assert [f.request_id for f in led.feedback()] == kept
+    assert [p.request_id for p in led.prompts()] == kept
+    assert led.feedback("r1") == [] and led.request_record("r1") is None
+    assert led.request_record("r6") is not None
+
+
 LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_roundtrip,
     check_record_many,
@@ -466,6 +541,10 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_record_ids_make_writes_idempotent,
     check_schema_version_is_current,
     check_reserve_is_atomic_across_processes,
+    check_request_record,
+    check_feedback,
+    check_stored_prompts,
+    check_prune_takes_feedback_and_prompts,
 ]
 
 
@@ -495,8 +574,23 @@ def check_previous_schema_migrates_with_records_intact(open_store: OpenStore, ma
     _close(_as_tuples(again.totals("model")), _reference_totals([*recs, new], "model"))
 
 
+def check_previous_schema_takes_feedback(open_store: OpenStore, make_previous: MakePrevious) -> None:
+    """A store the previous release wrote finds its old requests by id once migrated, and keeps feedback and
+    prompts for them."""
+    recs = [dataclasses.replace(r, estimated_j=None, grid_g_per_kwh=None, zone=None) for r in _sample(8, step=900.0)]
+    make_previous("previous", recs)
+    led = open_store("previous")
+    got = led.request_record("r3")
+    assert got is not None and got.model == recs[3].model and got.ts == recs[3].ts
+    led.add_feedback(Feedback("r3", 0.9, ts=T0 + 10_000))
+    led.store_prompt(StoredPrompt("r3", "p", "[]", ts=T0 + 10_000))
+    assert [f.score for f in led.feedback("r3")] == [0.9]
+    assert [p.request_id for p in led.prompts()] == ["r3"]
+
+
 MIGRATION_CHECKS: list[Callable[[OpenStore, MakePrevious], None]] = [
     check_previous_schema_migrates_with_records_intact,
+    check_previous_schema_takes_feedback,
 ]
 
 

@@ -1,0 +1,67 @@
+"""``router ledger prompts``: the prompts kept beside the ledger (only with ``prompts: {store: true}``): count them,
+delete them by request, by age or all. Retention (``prompts.retention_days``, default 30) also deletes them when a
+router starts and hourly while it stores them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _fail, _open, _opts, ledger_app, parse_when
+
+prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
+                          no_args_is_help=True)
+
+
+@prompts_app.command("count")
+@_clean_errors
+def count(ctx: typer.Context, ledger: str | None = _LEDGER_OPT, config: Path | None = _CONFIG_OPT) -> None:
+    """How many prompts are stored, and the oldest one's time."""
+    ledger, config = _opts(ctx, ledger, config)
+    led = _open(_config(config, ledger))
+    try:
+        stored = led.prompts()
+    finally:
+        led.close()
+    oldest = (datetime.fromtimestamp(stored[0].ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+              if stored else "-")
+    Console().print(f"{len(stored):,} stored prompts; oldest {oldest}")
+
+
+@prompts_app.command("delete")
+@_clean_errors
+def delete(
+    ctx: typer.Context,
+    before: str | None = typer.Option(None, "--before", help="Delete those stored before this: an ISO date "
+                                      "(UTC), 30d (older than 30 days), or epoch seconds."),
+    all_: bool = typer.Option(False, "--all", help="Delete every stored prompt."),
+    request: str | None = typer.Option(None, "--request", help="Delete the prompt of this request id."),
+    ledger: str | None = _LEDGER_OPT,
+    config: Path | None = _CONFIG_OPT,
+) -> None:
+    """Delete stored prompts: exactly one of --before DATE, --all or --request ID. Feedback and ledger records
+    stay (they hold no prompt text)."""
+    if sum(x is not None and x is not False for x in (before, request, all_ or None)) != 1:
+        _fail("give exactly one of --before DATE, --all or --request ID")
+    ledger, config = _opts(ctx, ledger, config)
+    led = _open(_config(config, ledger))
+    try:
+        if request is not None:
+            n = led.delete_prompts(request_id=request)
+            what = f"of request {request}"
+        elif before is not None:
+            cut = parse_when(before)
+            n = led.delete_prompts(before=cut)
+            what = "stored before " + datetime.fromtimestamp(cut or 0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        else:
+            n = led.delete_prompts()
+            what = "(all)"
+    finally:
+        led.close()
+    Console().print(f"deleted {n:,} stored prompts {what}")
+
+
+ledger_app.add_typer(prompts_app, name="prompts")

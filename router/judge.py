@@ -1,0 +1,177 @@
+"""The judge: a carded model that scores answers after they have been sent, so the router learns from traffic no
+person scored. Configured with ``judge:`` in the config (:class:`~router.config.JudgeSettings`): which model, the
+share of answered requests it scores, and how:
+
+* ``against: rubric`` (default): the request and the answer, scored 0-10 against a rubric (by default: correct,
+  helpful and to the point);
+* ``against: largest``: the largest model (a general model of the highest tier, then the most joules per call,
+  the reference a relative policy target uses) answers the same request, and the judge says how the answer
+  compares with that reference, 0 (much worse) to 10 (much better), 5 as good: the shape of AlpacaEval's scores,
+  the scale chat is routed on. Requests the largest model answered itself are not judged this way (they would
+  score 5 by construction).
+
+The score / 10 is stored as feedback with source ``judge:<model>`` (:mod:`router.feedback` says how it combines
+with people's). An answer the judge gives no number for stores nothing (counted in ``Learning.stats``). Every call
+the judge makes, the reference answer's included, is a ledger record with its own measured joules, a reason that
+says it is a judge call, task ``judge`` and request id ``<judged id>:judge`` (``:reference``); budgets are not
+reserved for them. Runs on the learning thread (:mod:`router.learning`), never on a request's path.
+
+The judge's quality is the operator's choice of model: the shipped local models (SmolLM2-135M, Gemma 3 270M)
+give numbers, not judgements; tests use them to prove the mechanics only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Protocol
+
+from .backends import Backend, Generation, GenerationRequest
+from .cards import ModelCard
+from .config import JudgeSettings, RouterConfig
+from .energy import EnergyReading, Meter, estimate_from_profile
+from .energy.estimates import EnergyEstimates
+from .errors import BackendError, RouterError
+from .keys import KeyStore
+from .ledger import Ledger, LedgerRecord
+from .ledger.feedback import JUDGE_PREFIX, Feedback
+from .types import TIER_ORDER, ChatMessage
+
+
+class Router(Protocol):
+    """What the judge, anchor measurements and the learning thread use of :class:`router.Router`."""
+
+    config: RouterConfig
+    cards: dict[str, ModelCard]
+    ledger: Ledger
+    meter: Meter
+    estimates: EnergyEstimates
+    keys: KeyStore
+
+    def backend(self, model: str) -> Backend: ...
+
+    def resolve_model(self, name: str) -> str: ...
+
+    def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
+
+_SHOWN_CHARS = 1500  # of the request and of each answer in the judge's prompt: the small judges hold ~2k tokens
+_SCORE = re.compile(r"(?<![\d.])(10|[0-9])(?:\.\d+)?(?![\d])")
+_RUBRIC = "Score the reply from 0 (wrong or useless) to 10 (correct, helpful and to the point)."
+
+
+def parse_score(text: str) -> float | None:
+    """The first number from 0 to 10 in the judge's answer, / 10; None when there is none."""
+    found = _SCORE.search(text)
+    if found is None:
+        return None
+    return min(10.0, float(found.group(0))) / 10.0
+
+
+def rubric_prompt(request: str, answer: str, rubric: str | None = None) -> str:
+    what = f"Score the reply from 0 to 10 by this rubric: {rubric.strip()}" if rubric else _RUBRIC
+    return f"Request: {_cut(request)}\nReply: {_cut(answer)}\n\n{what} Score:"
+
+
+def reference_prompt(request: str, answer: str, reference: str) -> str:
+    return (f"Request: {_cut(request)}\nReference reply: {_cut(reference)}\nReply to grade: {_cut(answer)}\n\n"
+            "Is the reply to grade better than the reference reply? Score it from 0 (much worse) to 10 (much "
+            "better); 5 means as good. Score:")
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + " ..."
+
+
+def largest_model(router: Router) -> str:
+    """A general model of the highest tier, then the most joules per call (a relative target's reference)."""
+    cards = [c for c in router.cards.values() if c.callable]
+    return max(cards, key=lambda c: (c.tier != "specialist", TIER_ORDER.get(c.tier, 1), c.energy.joules(100, 100),
+                                     c.name)).name
+
+
+def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *, request_id: str, reason: str,
+                 max_tokens: int | None, task: str | None = None) -> Generation:
+    """Call ``model`` outside any routed request (the judge, anchor measurements), metered like a request's call
+    and recorded in the ledger with ``reason`` (its joules also in ``extra["energy_j"]``); a failure is recorded too
+    and raised as a typed error."""
+    card = router.cards[model]
+    backend = router.backend(model)
+    messages = [ChatMessage(role="user", content=prompt)] if isinstance(prompt, str) else prompt
+    request = GenerationRequest(messages=messages, max_tokens=max_tokens, temperature=0.0,
+                                deadline=time.monotonic() + router.config.deadline_s)
+    span = router.meter.start() if backend.local else None
+    started = time.perf_counter()
+    try:
+        gen = backend.generate(request)
+    except Exception as exc:
+        energy = span.stop() if span is not None else EnergyReading(0.0, "estimated", "none", "failed")
+        error = exc if isinstance(exc, RouterError) else BackendError(f"{model}: the backend failed "
+                                                                      f"({type(exc).__name__})")
+        _record(router, model, energy, started, request_id, reason, task, None, f"{error.code}: {error.message}")
+        raise error from (None if error is exc else exc)
+    if span is not None:
+        energy = span.stop()
+    else:
+        energy = estimate_from_profile(card.energy, gen.prompt_tokens, gen.completion_tokens)
+    _record(router, model, energy, started, request_id, reason, task, gen, None)
+    gen.extra["energy_j"] = energy.joules
+    return gen
+
+
+def _record(router: Router, model: str, energy: EnergyReading, started: float, request_id: str, reason: str,
+            task: str | None, gen: Generation | None, error: str | None) -> None:
+    card = router.cards[model]
+    co2e_g, grid_g, zone = router.carbon_of(card, energy.joules)
+    rec = LedgerRecord(
+        request_id=request_id, model=model, tier=card.tier, energy_j=energy.joules, energy_source=energy.source,
+        outcome="ok" if error is None else "error", reason=reason, input_tokens=gen.prompt_tokens if gen else 0,
+        output_tokens=gen.completion_tokens if gen else 0, latency_ms=(time.perf_counter() - started) * 1000,
+        task=task, error=error, co2e_g=co2e_g, grid_g_per_kwh=grid_g, zone=zone,
+    )
+    router.ledger.record(rec)
+    router.estimates.observe(rec)
+
+
+class Judge:
+    """Scores one answered request (called on the learning thread)."""
+
+    def __init__(self, router: Router, settings: JudgeSettings) -> None:
+        self.router = router
+        self.settings = settings
+        self.model = router.resolve_model(settings.model)
+        self.share = settings.share
+        self.source = JUDGE_PREFIX + self.model
+        self.reference = largest_model(router) if settings.against == "largest" else None
+
+    def applies(self, answered_by: str) -> bool:
+        """Whether this judge scores an answer of ``answered_by`` at all (see the module docstring)."""
+        return self.reference is None or answered_by != self.reference
+
+    def score(self, request_id: str, messages: list[ChatMessage], text: str, answer: str,
+              answered_by: str) -> Feedback | None:
+        """Judge one answer: the feedback stored, or None when the judge gave no number."""
+        if self.reference is None:
+            how = "by rubric"
+            prompt = rubric_prompt(text, answer, self.settings.rubric)
+        else:
+            reason = (f"judge call: the reference answer ({self.reference}, the largest model) for {request_id}, "
+                      f"answered by {answered_by}")
+            ref = metered_call(self.router, self.reference, messages, request_id=f"{request_id}:reference",
+                               reason=reason, max_tokens=self.settings.max_tokens, task="judge")
+            how = f"against {self.reference}'s answer"
+            prompt = reference_prompt(text, answer, ref.text)
+        gen = metered_call(self.router, self.model, prompt, request_id=f"{request_id}:judge",
+                           reason=f"judge call: scoring {request_id} ({answered_by}'s answer) {how}",
+                           max_tokens=8, task="judge")
+        value = parse_score(gen.text)
+        if value is None:
+            return None
+        feedback = Feedback(request_id=request_id, score=value, source=self.source,
+                            comment=f"{how}: {gen.text.strip()[:200]}")
+        self.router.ledger.add_feedback(feedback)
+        return feedback
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "share": self.share, "against": self.settings.against,
+                "reference": self.reference}

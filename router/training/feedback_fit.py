@@ -1,0 +1,98 @@
+"""``router train feedback FILE``: refit the models that answered scored traffic, from an outcomes file that
+``router data from-ledger`` wrote, without retraining anything else.
+
+Why not ``router train classifier``: the full training reads the project's fixed outcome sources, each on its own
+scale, and serves each task on one of them (chat on AlpacaEval's judge preferences); it runs for minutes and would
+need a decision about where a new, unknown scale belongs. Feedback informs one thing: how good the models that
+answered were on the requests they answered. So for each model and task with at least ``min_requests`` scored
+requests, that model's intercept and vector on that task are refitted to the scores
+(:func:`router.training.anchors.fit_anchors` with ``start="current"``: a MAP fit centred on the row the classifier
+has now, every other model and task untouched), and saved to ``models/classifier/added_models.json``, which the
+classifier (live router and ``router simulate``) loads after its trained models. The scores are read on the task's
+served scale: for chat, how likely the answer is as good as a strong reference answer (what the judge's
+``against: largest`` mode asks; ask people the same question).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..cards import ModelCard
+from ..classify.onnx_classifier import OnnxRequestClassifier
+from ..simulate.outcomes import ModelNames
+from .anchors import fit_anchors
+
+
+@dataclass
+class FitResult:
+    model: str
+    task: str
+    requests: int
+    mean_score: float
+    before: float
+    """Mean predicted P(good answer) of the model on these requests before the fit."""
+    after: float
+
+
+def read_scored(path: Path, cards: Mapping[str, ModelCard], tasks: list[str]) -> dict[tuple[str, str], list[
+        tuple[str, float]]]:
+    """(card name, task) -> [(prompt, score)] from an outcomes file (the task's part before ``/``; chat when the
+    classifier has no such task)."""
+    names = ModelNames(cards)
+    out: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            task = str(row.get("task") or "chat").split("/")[0]
+            task = task if task in tasks else "chat"
+            for model, outcome in row["outcomes"].items():
+                card = names.resolve(model)
+                if card is None:
+                    raise ValueError(f"model {model!r} has no card in the models folder")
+                score = float(outcome["correct"])
+                if not 0.0 <= score <= 1.0:
+                    raise ValueError(f"score {score} of {model!r} is outside [0, 1]")
+                out[(card, task)].append((row["prompt"], score))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{n}: {exc}") from None
+    return out
+
+
+def fit_feedback(classifier: OnnxRequestClassifier, cards: Mapping[str, ModelCard], path: Path, *,
+                 min_requests: int = 5, save: bool = True, strength_b: float = 1.0, strength_v: float = 30.0,
+                 progress: Callable[[str], None] | None = None) -> tuple[list[FitResult], dict[str, int]]:
+    """Refit every (model, task) with enough scored requests; returns the fits and the groups skipped (with how
+    many requests they had)."""
+    groups = read_scored(path, cards, classifier.tasks)
+    fits: list[FitResult] = []
+    skipped: dict[str, int] = {}
+    for (model, task), rows in sorted(groups.items()):
+        if len(rows) < min_requests:
+            skipped[f"{model} / {task}"] = len(rows)
+            continue
+        if progress is not None:
+            progress(f"fitting {model} on {task} ({len(rows)} scored requests)")
+        prompts = [p for p, _ in rows]
+        scores = [s for _, s in rows]
+        before = mean_p(classifier, prompts, model, task)
+        fit_anchors(classifier, cards[model], prompts, scores, task=task, save=save, strength_b=strength_b,
+                    strength_v=strength_v, start="current", origin=f"feedback ({len(rows)})")
+        fits.append(FitResult(model, task, len(rows), float(np.mean(scores)), before,
+                              mean_p(classifier, prompts, model, task)))
+    return fits, skipped
+
+
+def mean_p(classifier: OnnxRequestClassifier, prompts: list[str], model: str, task: str) -> float:
+    """The classifier's mean P(good answer) of ``model`` on ``task`` over ``prompts`` (NaN for an unknown model)."""
+    if model not in classifier.quality.names:
+        return float("nan")
+    _, h = classifier.raw([classifier._bound(p)[0] for p in prompts])
+    return float(np.mean([classifier.quality.q(np.asarray(x, dtype=np.float64), model, task) for x in h]))

@@ -1,0 +1,105 @@
+"""``POST /v1/feedback`` on a real ``router serve``, with the official ``openai`` client (its generic ``post``, and its
+exceptions for OpenAI's error shapes) and raw httpx: stored beside the ledger record, the right 4xx for bad input,
+unknown ids and other keys' responses, an admin key. Models: the shipped sentiment specialist and a card on the
+instant TEST UPSTREAM, so this takes seconds."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+
+from router.ledger import open_ledger
+
+REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
+KEYS = {"sk-team-a": "team-a", "sk-team-b": "team-b", "sk-ops": "ops"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    tmp = tmp_path_factory.mktemp("feedback-proxy")
+    with upstream(tmp) as up:
+        models = models_dir(tmp / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small")})
+        keys = "".join(f"  - {{name: {n}, sha256: {hashlib.sha256(k.encode()).hexdigest()}"
+                       f"{', admin: true' if n == 'ops' else ''}}}\n" for k, n in KEYS.items())
+        ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
+        config = tmp / "router.yaml"
+        config.write_text(f"models_dir: {models}\nledger_url: {ledger_url}\nproxy: {{warm_up: false}}\n"
+                          f"keys:\n{keys}")
+        with router_serve(config, tmp, env={"PYTHONPATH": str(ROOT)}) as url:
+            yield url, ledger_url
+
+
+def _client(url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def _feedback(client: openai.OpenAI, body: dict[str, Any]) -> dict[str, Any]:
+    return client.post("/feedback", cast_to=object, body=body)  # type: ignore[return-value]
+
+
+def test_feedback_through_the_openai_client_is_stored_beside_the_record(served: tuple[str, str]) -> None:
+    url, ledger_url = served
+    client = _client(url, "sk-team-a")
+    resp = client.chat.completions.create(model="router", messages=[{"role": "user", "content": REVIEW}])
+    got = _feedback(client, {"id": resp.id, "score": 0.8, "comment": "right label"})
+    assert got["object"] == "feedback" and got["response_id"] == resp.id and got["score"] == 0.8
+    assert got["source"] == "user" and got["id"].startswith("fb-")
+    led = open_ledger(ledger_url)
+    try:
+        stored = led.feedback(resp.id)
+        assert [(f.score, f.comment, f.key_hash) for f in stored] == [(0.8, "right label",
+                                                                       "key-" + hashlib.sha256(b"sk-team-a")
+                                                                       .hexdigest()[:16])]
+        assert led.request_record(resp.id).model == "sentiment-onnx"  # type: ignore[union-attr]
+        assert led.prompts() == [], "prompts are not stored unless the config opts in"
+    finally:
+        led.close()
+
+
+def test_only_the_requesting_key_or_an_admin_key_may_score(served: tuple[str, str]) -> None:
+    url, _ = served
+    resp = _client(url, "sk-team-a").chat.completions.create(
+        model="remote-echo", messages=[{"role": "user", "content": "hello"}])
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        _feedback(_client(url, "sk-team-b"), {"id": resp.id, "score": 0.1})
+    assert info.value.status_code == 403 and info.value.code == "permission_denied"
+    with pytest.raises(openai.AuthenticationError):
+        _feedback(_client(url, "sk-nobody"), {"id": resp.id, "score": 0.1})
+    assert _feedback(_client(url, "sk-ops"), {"id": resp.id, "score": 0.3})["score"] == 0.3
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"id": "PLACEHOLDER", "score": 1.2}, "score"), ({"id": "PLACEHOLDER", "score": "high"}, "score"),
+    ({"id": "PLACEHOLDER"}, "score"), ({"score": 0.5}, "id"), ({"id": 7, "score": 0.5}, "id"),
+    ({"id": "PLACEHOLDER", "score": 0.5, "rating": 5}, "rating"),
+    ({"id": "PLACEHOLDER", "score": 0.5, "comment": ["a"]}, "comment"),
+])  # fmt: skip
+def test_bad_input_is_a_400_naming_the_field(served: tuple[str, str], body: dict[str, Any], param: str) -> None:
+    url, _ = served
+    client = _client(url, "sk-team-a")
+    resp = client.chat.completions.create(model="remote-echo", messages=[{"role": "user", "content": "hi"}])
+    body = {k: (resp.id if v == "PLACEHOLDER" else v) for k, v in body.items()}
+    with pytest.raises(openai.BadRequestError) as info:
+        _feedback(client, body)
+    assert info.value.status_code == 400 and info.value.param == param
+
+
+def test_unknown_id_is_a_404_and_raw_errors_have_openais_shape(served: tuple[str, str]) -> None:
+    url, _ = served
+    with pytest.raises(openai.NotFoundError) as info:
+        _feedback(_client(url, "sk-team-a"), {"id": "chatcmpl-never-issued", "score": 0.5})
+    assert info.value.code == "not_found" and info.value.param == "id"
+    auth = {"authorization": "Bearer sk-team-a"}
+    for content in (b"not json", b"[1, 2]", b""):
+        r = httpx.post(f"{url}/v1/feedback", content=content, headers=auth)
+        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = httpx.post(f"{url}/v1/feedback", json={"id": "x", "score": 0.5})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.get(f"{url}/v1/feedback", headers=auth)
+    assert r.status_code == 405

@@ -1,0 +1,94 @@
+"""The judge: it runs after the answer is sent (never delaying it), stores its score as feedback with source
+``judge:<model>``, and its own calls are ledger records with their joules and a reason saying they are judge
+calls. The only local judge is Gemma 3 270M base: these tests prove the mechanics, not the judgements."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from router import ConfigError, Router, RouterConfig
+from router.backends import create_backend
+from router.backends.faults import FaultInjectingBackend
+from router.cards import load_cards
+from router.judge import parse_score
+
+ROOT = Path(__file__).resolve().parents[1]
+REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
+QUESTION = "What is the capital of Japan?"
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _config(tmp_path: Path, **judge: object) -> RouterConfig:
+    return RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                        judge={"model": "gemma3-270m", "share": 1.0, **judge})  # type: ignore[arg-type]
+
+
+def test_parse_score() -> None:
+    assert parse_score("10") == 1.0 and parse_score("7.5 out of 10") == 0.75 and parse_score("Score: 0") == 0.0
+    assert parse_score("10 = 1") == 1.0 and parse_score("42") is None and parse_score("Tokyo.") is None
+
+
+@pytest.mark.slow
+def test_the_judge_scores_after_the_answer_without_delaying_it(tmp_path: Path) -> None:
+    """The judge model here is the real Gemma behind a fault-injecting double that makes it 2 s slow: the answer
+    comes back in milliseconds all the same, the score arrives later."""
+    cards = load_cards(ROOT / "models")
+    slow_judge = FaultInjectingBackend(create_backend(cards["gemma3-270m"]), delay_s=2.0)
+    with Router(_config(tmp_path), backends={"gemma3-270m": slow_judge}) as r:
+        started = time.perf_counter()
+        resp = r.complete(user(REVIEW))
+        assert time.perf_counter() - started < 1.5 and resp.routing.model == "sentiment-onnx"
+        assert r.ledger.feedback(resp.id) == [], "not judged yet: the answer did not wait"
+        assert r.learning is not None and r.learning.drain(120)
+        judged = r.ledger.feedback(resp.id)
+        assert len(judged) == 1 and judged[0].source == "judge:gemma3-270m" and 0.0 <= judged[0].score <= 1.0
+        calls = [x for x in r.ledger.records() if x.request_id == f"{resp.id}:judge"]
+        assert len(calls) == 1 and calls[0].model == "gemma3-270m" and calls[0].outcome == "ok"
+        assert calls[0].reason.startswith(f"judge call: scoring {resp.id} (sentiment-onnx's answer) by rubric")
+        assert calls[0].energy_j > 0 and calls[0].task == "judge" and calls[0].output_tokens > 0
+        assert r.learning.stats["judged"] == 1
+        assert sum(t["energy_j"] for t in r.ledger.totals("model") if t["group"] == "gemma3-270m") > 0, \
+            "the judge's joules count in the ledger's totals"
+
+
+@pytest.mark.slow
+def test_the_judge_against_the_largest_models_answer(tmp_path: Path) -> None:
+    with Router(_config(tmp_path, against="largest", max_tokens=24)) as r:
+        small = r.complete(user(QUESTION), model="smollm2-135m", max_tokens=16)
+        large = r.complete(user(QUESTION), model="gemma3-270m", max_tokens=16)
+        assert r.learning is not None and r.learning.drain(180)
+        by_id = {x.request_id: x for x in r.ledger.records()}
+        ref = by_id[f"{small.id}:reference"]
+        assert ref.model == "gemma3-270m" and "reference answer (gemma3-270m, the largest model)" in ref.reason
+        assert by_id[f"{small.id}:judge"].reason.endswith("against gemma3-270m's answer")
+        assert [f.source for f in r.ledger.feedback(small.id)] == ["judge:gemma3-270m"]
+        assert f"{large.id}:judge" not in by_id and r.ledger.feedback(large.id) == [], \
+            "an answer of the reference model itself is not judged against itself"
+
+
+def test_share_zero_judges_nothing_and_a_failing_judge_leaves_the_answer_alone(tmp_path: Path) -> None:
+    cards = load_cards(ROOT / "models")
+    with Router(_config(tmp_path, share=0.0)) as r:
+        for _ in range(5):
+            r.complete(user(REVIEW))
+        assert r.learning is not None and r.learning.drain(30)
+        assert r.ledger.feedback() == [] and {x.model for x in r.ledger.records()} == {"sentiment-onnx"}
+    broken = FaultInjectingBackend(create_backend(cards["gemma3-270m"]), fail_on_call=True)
+    with Router(_config(tmp_path / "b"), backends={"gemma3-270m": broken}) as r:
+        resp = r.complete(user(REVIEW))
+        assert resp.choices[0].message.content
+        assert r.learning is not None and r.learning.drain(30)
+        failed = [x for x in r.ledger.records() if x.request_id == f"{resp.id}:judge"]
+        assert len(failed) == 1 and failed[0].outcome == "error" and "injected failure" in (failed[0].error or "")
+        assert r.ledger.feedback() == [] and r.learning.stats["failed"] == 1
+
+
+def test_a_judge_without_a_card_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="judge.model"):
+        Router(RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", judge={"model": "gpt-nobody"}))
