@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers.procs import LLAMA_SERVER, free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +84,7 @@ def llama_server(cards, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("llama_server") / "server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            [sys.executable, str(LLAMA_SERVER), "--model", str(gguf), "--host", "127.0.0.1",
              "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
             stdout=fh, stderr=subprocess.STDOUT,
         )

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from servers.procs import ROOT, free_port, models_dir, remote_card, router_serve, stop
+from servers.procs import LLAMA_SERVER, ROOT, free_port, models_dir, remote_card, router_serve, stop
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def upstream(cards, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("llama_tools_server") / "server.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_gguf(card.backend.weights, card)),
+            [sys.executable, str(LLAMA_SERVER), "--model", str(resolve_gguf(card.backend.weights, card)),
              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2",
              "--chat_format", "chatml-function-calling"], stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"

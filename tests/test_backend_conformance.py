@@ -36,3 +36,11 @@ def test_openai_http_conforms(http_card):
         assert backend.local is False
     finally:
         backend.close()
+
+
+def test_llama_cpp_loads_weights_in_plain_cpu_buffers(small_backend):
+    """AMX repacking (an extra buffer type) faults on VMs that list AMX; the load switches it off, only for itself."""
+    import llama_cpp.llama_cpp as llama_c
+
+    assert small_backend.llm.model_params.use_extra_bufts is False
+    assert llama_c.llama_model_default_params().use_extra_bufts is True

@@ -6,6 +6,7 @@ completion-style: a short few-shot "Question:/Answer:" prompt, stopped at the ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,9 +19,48 @@ from ..errors import BackendError, ConfigError, RouterError
 from ..types import ChatMessage
 from .base import Backend, GenerationRequest, StreamEvent
 from .llama_chat import CHATML_MARK, DEFAULT_SYSTEM, StructuredChat, render_chatml
+from .llama_loop import ConfidenceRecorder
 from .weights import resolve_gguf
 
 log = logging.getLogger(__name__)
+
+# llama-cpp-python's Llama() reads its model parameters from llama_model_default_params() and has no argument for
+# `use_extra_bufts`, so loading swaps that function, under a lock, for one whose result says no.
+_DEFAULT_PARAMS_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def plain_cpu_buffers() -> Iterator[None]:
+    """While open, every llama.cpp model loaded in this process keeps its weights in plain CPU buffers.
+
+    llama.cpp's extra buffer types repack weights for AMX tile instructions where the CPU lists AMX. Some
+    virtual machines list AMX and then fault on its first tile instruction (SIGILL: the whole process gone), and
+    a wheel compiled on one machine of a fleet runs on the others from pip's cache. The plain path runs
+    everywhere, and for these small models the repacking gains little (``benchmarks/bench_tiers.py``)."""
+    import llama_cpp.llama_cpp as llama_c
+
+    default_params = llama_c.llama_model_default_params
+
+    def plain() -> Any:
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    with _DEFAULT_PARAMS_SWAP:
+        llama_c.llama_model_default_params = plain
+        try:
+            yield
+        finally:
+            llama_c.llama_model_default_params = default_params
+
+
+def load_llama(**kwargs: Any) -> Any:
+    """``llama_cpp.Llama(**kwargs)``, its weights in plain CPU buffers (:func:`plain_cpu_buffers`)."""
+    from llama_cpp import Llama
+
+    with plain_cpu_buffers():
+        return Llama(**kwargs)
+
 
 COMPLETION_PREAMBLE = (
     "The following are questions with short, correct, helpful answers.\n\n"
@@ -70,12 +110,11 @@ class LlamaCppBackend(Backend):
             if self._llm is not None:
                 return self._llm
             import llama_cpp._logger as llama_logger
-            from llama_cpp import Llama
 
             llama_logger.logger.setLevel(logging.CRITICAL)
 
             log.info("loading %s from %s", self.card.name, self.model_path)
-            self._llm = Llama(
+            self._llm = load_llama(
                 model_path=str(self.model_path),
                 n_ctx=self.spec.n_ctx,
                 n_threads=self.n_threads,
@@ -114,7 +153,7 @@ class LlamaCppBackend(Backend):
         # confidence for cascades, only when asked (costs one softmax over the vocabulary per token)
         top_logprobs: list[float] = []
         extra: dict[str, Any] = (
-            {"logits_processor": [_TopTokenLogprob(top_logprobs)]} if request.want_confidence else {}
+            {"logits_processor": [ConfidenceRecorder(top_logprobs)]} if request.want_confidence else {}
         )
         self._acquire(request)  # a llama.cpp context serves one generation at a time
         pieces: Any = None
@@ -255,26 +294,6 @@ def _chat_text(piece: dict[str, Any]) -> tuple[str, str | None]:
 def _completion_text(piece: dict[str, Any]) -> tuple[str, str | None]:
     choice = piece["choices"][0]
     return choice.get("text") or "", choice.get("finish_reason")
-
-
-class _TopTokenLogprob:
-    """A llama.cpp logits processor that only reads: it records log P(most likely next token) at each step.
-
-    Why this signal: asking llama.cpp for logprobs needs ``logits_all=True`` (n_ctx x vocab floats: ~0.4 GB
-    for SmolLM2, ~2 GB for Gemma 3) on every call; reading the one logits row the sampler already has costs a
-    softmax per token. With greedy decoding (temperature 0, the cards' default) the top token is the one
-    emitted, so this is exactly the emitted token's probability before the repeat penalty."""
-
-    def __init__(self, sink: list[float]) -> None:
-        self.sink = sink
-
-    def __call__(self, input_ids: Any, logits: Any) -> Any:
-        import numpy as np
-
-        x = np.asarray(logits, dtype=np.float64)
-        top = float(x.max())
-        self.sink.append(-math.log(float(np.exp(x - top).sum())))
-        return logits
 
 
 def mean_token_probability(logprobs: list[float]) -> float | None:

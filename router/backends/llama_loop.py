@@ -87,7 +87,12 @@ def _token_entry(llm: Any, token: int, logprob: float) -> dict[str, Any]:
 
 
 class ConfidenceRecorder:
-    """The cascade's confidence signal alone: log P(most likely next token) per step, no row kept."""
+    """The cascade's confidence signal alone: log P(most likely next token) per step, no row kept.
+
+    Why this signal: asking llama.cpp for logprobs needs ``logits_all=True`` (n_ctx x vocab floats: ~0.4 GB
+    for SmolLM2, ~2 GB for Gemma 3) on every call; reading the one logits row the sampler already has costs a
+    softmax per token. With greedy decoding (temperature 0, the cards' default) the top token is the one
+    emitted, so this is exactly the emitted token's probability before the repeat penalty."""
 
     def __init__(self, sink: list[float]) -> None:
         self.sink = sink

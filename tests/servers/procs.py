@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+LLAMA_SERVER = Path(__file__).with_name("llama_server.py")
+"""``python -m llama_cpp.server`` with router's way of loading weights; run it with ``sys.executable``."""
 
 
 def free_port() -> int:
