@@ -73,6 +73,9 @@ class Attempts:
         self.notes: list[str] = []
         """Budget notes (a fallback, an allowed overrun): they join the reason of every record after them."""
         self.books = Books(router, prepared, self.notes)
+        self._request: GenerationRequest | None = None
+        self.co2e_g = 0.0
+        """Grams CO2e of the calls that produced the answer (an escalated one's too), as their records say."""
         self.answer: tuple[Call, Generation, float] | None = None
 
     # -- before a call --------------------------------------------------------------------------------------
@@ -101,18 +104,19 @@ class Attempts:
             held = self._reserve(card)
             if held is None:
                 continue
-            request = GenerationRequest(
-                messages=prepared.messages,
-                max_tokens=prepared.max_tokens,
-                temperature=prepared.temperature,
-                stop=prepared.stop,
-                want_confidence=prepared.decision.escalate_below is not None,
-                deadline=prepared.deadline,
-                cancel=prepared.cancel,
-                options=prepared.options,
-            )
+            if self._request is None:  # the same for every model the request tries
+                self._request = GenerationRequest(
+                    messages=prepared.messages,
+                    max_tokens=prepared.max_tokens,
+                    temperature=prepared.temperature,
+                    stop=prepared.stop,
+                    want_confidence=prepared.decision.escalate_below is not None,
+                    deadline=prepared.deadline,
+                    cancel=prepared.cancel,
+                    options=prepared.options,
+                )
             return Call(
-                index=len(self.attempts), model=model, card=card, backend=backend, request=request, held=held,
+                index=len(self.attempts), model=model, card=card, backend=backend, request=self._request, held=held,
                 span=self.router.meter.start() if backend.local else None, buffered=self._may_escalate(model),
             )
         return None
@@ -213,7 +217,8 @@ class Attempts:
         self.energy = energy if self.energy is None else self.energy + energy
         reason = (f"{d.reason}; low confidence, escalating ({gen.confidence:.2f} < {d.escalate_below:.2f})"
                   if escalate else self.reason())
-        self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason)
+        self.co2e_g += self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index,
+                                         reason=reason)
         if escalate:
             done = self.plan[: self.position]
             self.plan = done + [m for m in d.escalate_to if m not in done]
@@ -234,8 +239,8 @@ class Attempts:
         self.energy = energy if self.energy is None else self.energy + energy
         reason = f"{self.prepared.decision.reason}; {problem}" + (
             ", trying the next capable model" if outcome == "escalated" else "")
-        self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index, reason=reason,
-                     error=f"{error.code}: {error.message}"[:500])
+        self.co2e_g += self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index,
+                                         reason=reason, error=f"{error.code}: {error.message}"[:500])
         self.errors.append(error)
         if sent:
             raise error
@@ -312,7 +317,7 @@ class Attempts:
             "model": call.model, "tier": call.card.tier, "reason": self.reason(), "energy_j": energy.joules,
             "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
             "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
-            "decision_ms": self.prepared.decision_ms, "co2e_g": self.router.co2e_g(energy.joules, call.card),
+            "decision_ms": self.prepared.decision_ms, "co2e_g": self.co2e_g,
             "attempts": self.attempts, "estimated_j": expected, "estimate_source": source,
         }
 

@@ -83,7 +83,8 @@ class Books:
                 log.exception("%s: could not settle budget %s", reservation.id, reservation.budget)
 
     def record(self, card: ModelCard, energy: EnergyReading, latency_ms: float, outcome: str, *, attempt: int,
-               gen: Generation | None = None, error: str | None = None, reason: str | None = None) -> None:
+               gen: Generation | None = None, error: str | None = None, reason: str | None = None) -> float:
+        """Write the call's ledger record; returns its grams CO2e (at its model's zone's intensity now)."""
         p = self.prepared
         co2e_g, grid_g, zone = self.router.carbon_of(card, energy.joules)
         rec = LedgerRecord(
@@ -112,3 +113,4 @@ class Books:
         except Exception:  # the answer still goes out; the failure is logged loudly
             log.exception("%s: could not write the ledger record", p.request_id)
         self.router.estimates.observe(rec)
+        return co2e_g

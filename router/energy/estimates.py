@@ -105,7 +105,7 @@ class EnergyEstimates:
         self.refit_s = refit_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._calls: dict[str, deque[_Call]] = {n: deque(maxlen=window) for n in self.cards}
+        self._calls: dict[str, deque[LedgerRecord]] = {n: deque(maxlen=window) for n in self.cards}
         self._fits: dict[str, _Fit] = {n: _Fit() for n in self.cards}
         self._dirty: set[str] = set()
         self._refreshed = -math.inf
@@ -157,18 +157,19 @@ class EnergyEstimates:
     # -- learning -----------------------------------------------------------------------------------------------
     def observe(self, rec: LedgerRecord) -> None:
         """One of this process's own calls, as it is recorded (other processes' arrive with :meth:`refresh`)."""
-        if rec.outcome not in ("ok", "escalated") or rec.model not in self._calls:
+        calls = self._calls.get(rec.model)
+        if calls is None or rec.outcome not in ("ok", "escalated"):
             return
-        with self._lock:
-            self._calls[rec.model].appendleft(_call(rec))
+        with self._lock:  # the record as it is: it is read into the fit's terms when the model is refitted
+            calls.appendleft(rec)
             self._dirty.add(rec.model)
 
     def refresh(self) -> None:
         """Read every model's newest calls from the ledger (all processes'), then refit."""
-        fresh: dict[str, list[_Call]] = {}
+        fresh: dict[str, list[LedgerRecord]] = {}
         for name in self.cards:
             try:
-                fresh[name] = [_call(r) for r in self.ledger.recent_calls(name, self.window)]
+                fresh[name] = self.ledger.recent_calls(name, self.window)
             except LedgerError as exc:  # estimates keep what they had; the ledger's own errors say more
                 log.debug("energy estimates not refreshed from the ledger: %s", exc)
                 return
@@ -193,7 +194,7 @@ class EnergyEstimates:
                 return
             names, self._dirty = self._dirty, set()
             self._refitted = self._clock()
-            snapshot = {n: list(self._calls[n]) for n in names}
+            snapshot = {n: [_call(r) for r in self._calls[n]] for n in names}
         for name, calls in snapshot.items():
             self._fits[name] = fit_calls(calls, self.cards[name], self.min_calls, self.prior_calls, self.quantile)
 

@@ -21,11 +21,12 @@ from ..errors import BadRequestError
 from .decision import BudgetRef, Decision
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class DecisionRequest:
     """What the caller asks of one decision, besides the request's text (which the classifier has read).
 
-    Keyword-only, so fields can be added without breaking callers."""
+    Keyword-only, so fields can be added without breaking callers. Read-only by convention, not frozen (one per
+    request: see :class:`~router.policy.decision.Decision`)."""
 
     policy: str | None = None
     """The policy's name; ``None``: the engine's default policy."""
