@@ -8,6 +8,9 @@ puts a local append-only journal in front of any of them. All pass the shared su
 Every record carries a ``record_id`` made when the record is created; a store keeps ids unique and ignores a
 record whose id it already holds, so writing a record again (a journal replayed twice, a batch retried) never
 counts it twice. ``request_id`` is kept as well: the attempts of one request (a cascade, a fallback) share it.
+
+Length: the interface every store implements, with the record and summary types it speaks in; the stores, reports
+and migrations are modules of their own.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -256,6 +259,27 @@ SUMMARY_DIMS = ("model", "tier", "key_hash", "policy", "task", "outcome", "energ
 def bucket_of(ts: float) -> float:
     """Start of the hour bucket holding ``ts``."""
     return float(math.floor(ts / BUCKET_S) * BUCKET_S)
+
+
+class Retention:
+    """For a :class:`Ledger` that keeps a ``retention_days`` setting: it is applied when the store opens, then at
+    most once an hour from the writes (``prune_if_due`` after each; one clock read when nothing is due)."""
+
+    _next_prune = 0.0
+    retention_days: float | None
+    prune: Callable[[float], int]
+
+    def apply_retention(self, now: float | None = None) -> int:
+        """Prune what the retention setting says is too old; returns how many records went."""
+        days = self.retention_days
+        now = time.time() if now is None else now
+        self._next_prune = now + 3600
+        return 0 if days is None else self.prune(now - days * 86400)
+
+    def prune_if_due(self, newest_ts: float) -> None:
+        """After a write whose newest record is at ``newest_ts``."""
+        if newest_ts >= self._next_prune and time.time() >= self._next_prune:
+            self.apply_retention()
 
 
 @dataclass

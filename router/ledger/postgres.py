@@ -15,6 +15,10 @@ fleet should keep budgets in Redis instead).
 
 Connections: a small pool per ledger (``?pool=4``), opened lazily; a connection that broke (server restart) is
 dropped and the call tried once more on a new one, except settlements, which must not apply twice.
+
+Length: one class is the whole ledger interface for one store, beside its connection pool; the schema and the
+feedback table are modules of their own (``postgres_schema``, ``postgres_feedback``), and the rest is one store's
+SQL, kept together.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .base import (
     Ledger,
     LedgerRecord,
     Reservation,
+    Retention,
     SummaryRow,
     binary_chunks,
     totals_from_summary,
@@ -111,7 +116,7 @@ class _Pool:
                 conn.close()
 
 
-class PostgresLedger(PostgresFeedback, Ledger):
+class PostgresLedger(PostgresFeedback, Retention, Ledger):
     """Records, sums and budgets in PostgreSQL, shared by every process that points at the same database and
     schema; safe across threads (a connection per concurrent call) and hosts."""
 
@@ -141,7 +146,6 @@ class PostgresLedger(PostgresFeedback, Ledger):
         self._pool.run(self._migrate)
         if retention_days is not None:
             self.set_retention_days(retention_days)
-        self._next_prune = 0.0
         self.apply_retention()
 
     @classmethod
@@ -223,11 +227,6 @@ class PostgresLedger(PostgresFeedback, Ledger):
             f"""INSERT INTO {self.schema}.meta (key, value) VALUES ('retention_days', %s)
             ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (repr(float(days)),)))  # fmt: skip
 
-    def apply_retention(self, now: float | None = None) -> int:
-        days = self.retention_days
-        now = time.time() if now is None else now
-        self._next_prune = now + 3600
-        return 0 if days is None else self.prune(now - days * 86400)
 
     @guarded("read recent calls")
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
@@ -287,7 +286,7 @@ class PostgresLedger(PostgresFeedback, Ledger):
     def record(self, rec: LedgerRecord) -> None:
         row = [getattr(rec, c) for c in COLUMNS]
         self._pool.run(lambda c: c.execute(self._insert(1), row))
-        self._maybe_prune(rec.ts)
+        self.prune_if_due(rec.ts)
 
     atomic_batches = True
 
@@ -306,11 +305,7 @@ class PostgresLedger(PostgresFeedback, Ledger):
                     at += size
 
         self._pool.run(run)
-        self._maybe_prune(max(r.ts for r in recs))
-
-    def _maybe_prune(self, ts: float) -> None:
-        if ts >= self._next_prune and time.time() >= self._next_prune:
-            self.apply_retention()
+        self.prune_if_due(max(r.ts for r in recs))
 
     @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:

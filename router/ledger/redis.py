@@ -45,6 +45,7 @@ from .base import (
     Ledger,
     LedgerRecord,
     Reservation,
+    Retention,
     SummaryRow,
     aggregate,
     bucket_of,
@@ -66,7 +67,7 @@ from .redis_schema import (
 )
 
 
-class RedisLedger(RedisFeedback, Ledger):
+class RedisLedger(RedisFeedback, Retention, Ledger):
     """Ledger and budgets in Redis, shared by every process that points at the same server and prefix."""
 
     driver_errors = (redis.RedisError, OSError)
@@ -95,7 +96,6 @@ class RedisLedger(RedisFeedback, Ledger):
         self._migrate()
         if retention_days is not None:
             self.set_retention_days(retention_days)
-        self._next_prune = 0.0
         self.apply_retention()
 
     @classmethod
@@ -169,11 +169,6 @@ class RedisLedger(RedisFeedback, Ledger):
             raise ValueError("retention_days must be positive (or None to keep everything)")
         self.r.hset(self._k_meta, "retention_days", repr(float(days)))
 
-    def apply_retention(self, now: float | None = None) -> int:
-        days = self.retention_days
-        now = time.time() if now is None else now
-        self._next_prune = now + 3600
-        return 0 if days is None else self.prune(now - days * 86400)
 
     @guarded("read recent calls")
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
@@ -253,8 +248,7 @@ class RedisLedger(RedisFeedback, Ledger):
     def record(self, rec: LedgerRecord) -> None:
         keys, args = self._record_call(rec)
         self._record_script(keys=keys, args=args)
-        if rec.ts >= self._next_prune and time.time() >= self._next_prune:
-            self.apply_retention()
+        self.prune_if_due(rec.ts)
 
     atomic_batches = True
 
@@ -269,8 +263,7 @@ class RedisLedger(RedisFeedback, Ledger):
             keys, args = self._record_call(rec)
             self._record_script(keys=keys, args=args, client=pipe)
         pipe.execute()
-        if max(r.ts for r in recs) >= self._next_prune and time.time() >= self._next_prune:
-            self.apply_retention()
+        self.prune_if_due(max(r.ts for r in recs))
 
     def _range(
         self, since: float, until: float | None, offset: int | None = None, count: int | None = None

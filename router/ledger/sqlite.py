@@ -7,6 +7,10 @@ last checkpoint. ``durable=True`` switches to ``synchronous=FULL`` (an fsync per
 
 The schema and its numbered migrations are in :mod:`router.ledger.sqlite_schema`; opening an older file
 upgrades it in one transaction. Record ids are unique: writing a stored record again changes nothing.
+
+Length: one class is the whole ledger interface for one store (records, budgets, sums, retention, migrations on
+open); its schema and its feedback table are already modules of their own, and splitting the class further would
+scatter one store's SQL.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .base import (
     Ledger,
     LedgerRecord,
     Reservation,
+    Retention,
     SummaryRow,
     binary_chunks,
     totals_from_summary,
@@ -75,7 +80,7 @@ def path_from_url(url: str) -> Path:
     return Path(url)
 
 
-class SQLiteLedger(SQLiteFeedback, Ledger):
+class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     """One SQLite file in WAL mode; safe across threads (one connection behind a lock) and processes
     (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
 
@@ -114,7 +119,6 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
         self._insert = self._insert_rows(1)
         if retention_days is not None:
             self.set_retention_days(retention_days)
-        self._next_prune = 0.0
         self.apply_retention()
 
     @classmethod
@@ -226,14 +230,6 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
             raise ValueError("retention_days must be positive (or None to keep everything)")
         self.set_meta("retention_days", None if days is None else repr(float(days)))
 
-    def apply_retention(self, now: float | None = None) -> int:
-        """Prune what the retention setting says is too old; returns how many records went."""
-        days = self.retention_days
-        now = time.time() if now is None else now
-        self._next_prune = now + 3600
-        if days is None:
-            return 0
-        return self.prune(now - days * 86400)
 
     @guarded("read recent calls")
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
@@ -269,8 +265,7 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
         row = _row(rec)
         with self._lock:
             self._conn.execute(self._insert, row)
-        if rec.ts >= self._next_prune and time.time() >= self._next_prune:
-            self.apply_retention()
+        self.prune_if_due(rec.ts)
 
     atomic_batches = True
 
@@ -295,9 +290,7 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
                     for size in chunks:
                         self._conn.execute(self._insert_rows(size), list(chain.from_iterable(rows[at:at + size])))
                         at += size
-        last = max(r.ts for r in recs)
-        if last >= self._next_prune and time.time() >= self._next_prune:
-            self.apply_retention()
+        self.prune_if_due(max(r.ts for r in recs))
 
     def _insert_rows(self, n: int) -> str:
         sql = self._inserts.get(n)
@@ -379,14 +372,7 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
             args.append(hi)
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
-        out = []
-        for r in rows:
-            row = SummaryRow(float(r[0]), *r[1:])
-            row.key_hash = row.key_hash or None
-            row.policy = row.policy or None
-            row.task = row.task or None
-            out.append(row)
-        return out
+        return [_summary_row(r) for r in rows]
 
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
@@ -399,6 +385,7 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
             args.append(until)
         with self._lock:
             return self._conn.execute(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args).fetchall()
+
     @guarded("read the hourly summary")
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         if dims is None:
@@ -430,14 +417,7 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
         sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1{groups}"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
-        out = []
-        for r in rows:
-            row = SummaryRow(float(r[0]), *r[1:])
-            row.key_hash = row.key_hash or None
-            row.policy = row.policy or None
-            row.task = row.task or None
-            out.append(row)
-        return out
+        return [_summary_row(r) for r in rows]
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
@@ -477,3 +457,12 @@ class SQLiteLedger(SQLiteFeedback, Ledger):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _summary_row(r: tuple[Any, ...]) -> SummaryRow:
+    """A summary query's row; the dimensions stored as '' (SQLite groups NULLs apart) read None again."""
+    row = SummaryRow(float(r[0]), *r[1:])
+    row.key_hash = row.key_hash or None
+    row.policy = row.policy or None
+    row.task = row.task or None
+    return row
