@@ -9,6 +9,9 @@ A request runs through short named stages (``docs/architecture.md`` draws them w
 Sync and async mirror each other line by line (``complete``/``acomplete``, ``prepare``/``aprepare``,
 ``send``/``asend``), as httpx's ``Client`` and ``AsyncClient`` do, and ``stream=True`` takes the same attempt
 path: only the four short driver loops at the end of this module differ, in how they call a backend.
+
+Length: the public surface, each method twice (sync and async mirror each other line by line); the stages behind it
+are modules of their own.
 """
 
 from __future__ import annotations

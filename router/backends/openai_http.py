@@ -16,6 +16,9 @@ Retries, with exponential backoff, only for failures before any output (connecti
 time, HTTP 408/409/429/5xx): the request had no effect yet, so sending it again is safe. None starts (and no
 backoff wait begins) when it could not start before the bound. Energy is estimated from the card's token
 profile, since the hardware is not ours to meter.
+
+Length: one backend's sync, async and streaming calls with their shared time limits; the hand-written HTTP/1.1
+client is its own module.
 """
 
 from __future__ import annotations

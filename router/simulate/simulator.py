@@ -13,6 +13,9 @@ Baselines in the same run, on the same rows: always-small (cheapest general mode
 always-large (largest tier, then most joules), random at the router's matched share (per model set, seeded),
 oracle (cheapest model with the best score on each row; needs hindsight) and a plain threshold router
 (cheapest model whose predicted P(correct) >= a threshold, else the most likely; no task rules, no budgets).
+
+Length: the replay is one pipeline (classify, decide, score, sum) read top to bottom; its helpers already live apart
+(``outcomes``, ``metrics``, ``policy_bridge``, ``importers``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ measurements: benchmarks/README.md, sections *Classifier* and *Quality model*.
 P(correct) is learned from every outcome source (:mod:`router.training.quality_train`) and evaluated the way
 RouteLLM does on MMLU, with subjects held out (GroupKFold by subject, never by row): APGR, CPT(50 %), CPT(80 %)
 vs random, the oracle and the previous per-model TF-IDF heads.
+
+Length: one training recipe (data, fit, choice on validation, ONNX export, the export's check against the fitted
+model) read in the order it runs; the request data and the quality model are modules of their own.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ in the phrasings users write, generated multi-step arithmetic word problems, and
 Why templates: no shipped data says "this request is a sentiment request"; the phrasings below are written
 from how people actually ask (with typos and odd casing added by :func:`noisy`), and the held-out part uses
 templates *and* sentences never seen in training, so the reported accuracy is about new phrasings too.
+
+Length: most of it is the phrasing templates themselves, which read best in one place.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Two recipes, both chosen on the validation split and scored once on the held-out
 
 The data is lower-cased and tokenised; the linear vectorisers lower-case inside the graph, and both recipes
 also train on de-tokenised sentences so raw user text scores alike.
+
+Length: both recipes, their choice on the validation split and the one held-out score, in the order they run; the
+fine-tune is its own module.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Each training sentence is drawn as published (Penn-tokenised) or de-tokenised, a
 linear recipe's augmentation; for WordPiece it changes nothing (BERT's pre-tokeniser splits punctuation with
 or without spaces: 0 of the 5,960 training sentences tokenise differently), so user-typed text and the corpus
 look the same to this model.
+
+Length: one recipe (data, fine-tune, export, quantise, the export's check) read in the order it runs.
 """
 
 from __future__ import annotations
