@@ -16,6 +16,8 @@ tests' helpers, which need their binaries installed):
                                                      # PostgreSQL (and a settlement's)
     python benchmarks/bench_ledger.py --outage 60    # a writer through the journal while the SQLite store is
                                                      # write-locked for 60 s; records missing after the replay
+    python benchmarks/bench_ledger.py --ids          # record_many's CPU per record with random ids against
+                                                     # time-ordered ones (router/_ids.py), 200,000 records in
 """
 
 from __future__ import annotations
@@ -226,6 +228,44 @@ def bench_outage(seconds: float) -> None:
         led.close()
 
 
+def bench_ids(prefill: int = 200_000, batches: int = 400, batch: int = 60) -> None:
+    """The proxy writes groups of ~60 records; each record adds a key to the unique record-id index and the
+    request-id index. Random keys land on random index pages, time-ordered ones at the end."""
+    import os
+
+    from router._ids import new_record_id, new_request_id
+
+    def random_ids() -> tuple[str, str]:
+        return os.urandom(16).hex(), "chatcmpl-" + os.urandom(12).hex()
+
+    def ordered_ids() -> tuple[str, str]:
+        return new_record_id(), new_request_id()
+
+    for name, ids in (("random", random_ids), ("time-ordered", ordered_ids)):
+        with tempfile.TemporaryDirectory() as tmp:
+            led = SQLiteLedger(Path(tmp) / "ledger.sqlite3")
+
+            def records(n: int, ids=ids) -> list[LedgerRecord]:  # type: ignore[no-untyped-def]
+                out = []
+                for _ in range(n):
+                    record_id, request_id = ids()
+                    out.append(LedgerRecord(request_id=request_id, record_id=record_id, model="remote-small",
+                                            tier="small", energy_j=1.5, energy_source="estimated",
+                                            reason="balanced: the cheapest adequate model", input_tokens=20,
+                                            output_tokens=16, latency_ms=3.2))
+                return out
+
+            for _ in range(prefill // 250):
+                led.record_many(records(250))
+            groups = [records(batch) for _ in range(batches)]
+            t0 = time.process_time()
+            for group in groups:
+                led.record_many(group)
+            us = (time.process_time() - t0) / (batches * batch) * 1e6
+            led.close()
+        print(f"{name:>13} ids: {us:.1f} µs CPU per record (record_many of {batch}, {prefill:,} records in)")
+
+
 def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
     best = float("inf")
     for _ in range(repeat):
@@ -242,7 +282,11 @@ def main() -> None:
     ap.add_argument("--journal", action="store_true", help="time journal appends per fsync setting")
     ap.add_argument("--reserve", action="store_true", help="time a reservation's round trip per store")
     ap.add_argument("--outage", type=float, default=None, metavar="S", help="a store outage of S seconds")
+    ap.add_argument("--ids", action="store_true", help="record_many with random against time-ordered ids")
     args = ap.parse_args()
+    if args.ids:
+        bench_ids()
+        return
     if args.journal or args.reserve or args.outage:
         if args.journal:
             bench_journal()

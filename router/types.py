@@ -7,10 +7,11 @@ and ``model_dump()`` gives the JSON the proxy sends.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ._ids import new_request_id
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 Tier = Literal["specialist", "small", "large"]
@@ -169,5 +170,3 @@ class ChatCompletionChunk(BaseModel):
     routing: Routing | None = None
 
 
-def new_request_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"

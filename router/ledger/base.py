@@ -16,7 +16,6 @@ and migrations are modules of their own.
 from __future__ import annotations
 
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,16 +23,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from .._ids import new_record_id
 from .feedback import FeedbackMethods
 
 Outcome = Literal["ok", "error", "escalated", "rejected", "cancelled"]
 
-
-
-def new_record_id() -> str:
-    """128 random bits as 32 hex digits (what ``uuid4().hex`` carries, at a third of its cost: this runs for every
-    record on the proxy's request path)."""
-    return os.urandom(16).hex()
 
 
 @dataclass

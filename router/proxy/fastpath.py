@@ -121,8 +121,9 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, reques
 
 
 class _RequestIds:
-    """Response ids shaped like the Router's own (``chatcmpl-`` + 24 random hex digits), cut from a block of
-    ``os.urandom`` bytes fetched 256 ids at a time instead of one system call (and a UUID object) per id."""
+    """Response ids made like the Router's own (:func:`router._ids.new_request_id`: the millisecond, then 48 random
+    bits), the random part cut from a block of ``os.urandom`` bytes fetched 256 ids at a time instead of one
+    system call per id."""
 
     def __init__(self) -> None:
         self._block = b""
@@ -131,9 +132,9 @@ class _RequestIds:
     def next(self) -> str:
         at = self._at
         if at >= len(self._block):
-            self._block, at = os.urandom(12 * 256), 0
-        self._at = at + 12
-        return "chatcmpl-" + self._block[at:at + 12].hex()
+            self._block, at = os.urandom(6 * 256), 0
+        self._at = at + 6
+        return f"chatcmpl-{time.time_ns() // 1_000_000:012x}{self._block[at:at + 6].hex()}"
 
 
 class _SSEResponse(StreamingResponse):
