@@ -181,7 +181,8 @@ def test_kill_9_mid_batch_then_restart_every_line_once(tmp_path: Path) -> None:
         proc = _serve(cfg, tmp_path / "serve.log", port)  # a restart resumes the batch
         try:
             done = _wait(client, batch.id, ("completed",), timeout=90)
-            assert done.request_counts.completed == n and done.request_counts.failed == 0
+            errors = client.files.content(done.error_file_id).text if done.error_file_id else ""
+            assert done.request_counts.completed == n and done.request_counts.failed == 0, errors
             lines = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
             ids = [x["custom_id"] for x in lines]
             assert sorted(ids) == sorted(f"doc-{i}" for i in range(n)), "every line exactly once"

@@ -3,10 +3,10 @@ because the config opts in), feedback posted on ``/v1/feedback``, ``router data 
 requests, ``router train feedback`` refits what the feedback informs, and ``router simulate`` on the export shows
 the policy choosing differently.
 
-The people scoring are scripted: they dislike the answers of whichever local model the router picks for these
-questions today and like the other's. The shipped local models are tiny, so what this proves is the mechanics of
-learning from traffic (every step reads what the previous one wrote, through the real commands), not which model
-is better."""
+The people scoring are scripted: they dislike the answers of the local model the router picks for these questions on
+its cards' figures and like the other's. The shipped local models are tiny, so what this proves is the mechanics of
+learning from traffic (every step reads what the previous one wrote, through the real commands), not which model is
+better."""
 
 from __future__ import annotations
 
@@ -58,19 +58,20 @@ def test_requests_feedback_export_retrain_simulate(tmp_path: Path) -> None:
     with router_serve(config, tmp_path, env={"PYTHONPATH": str(ROOT)}) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         answers: list[tuple[str, str, str]] = []  # (question, model, response id)
-        picked = set()
+        picked = []
         for q in QUESTIONS:
             routed = client.chat.completions.create(model="router", messages=[{"role": "user", "content": q}],
                                                     max_tokens=16, temperature=0.0)
             assert routed.model in LOCAL and routed.model_extra["routing"]["task"] == "chat"  # type: ignore[index]
-            picked.add(routed.model)
+            picked.append(routed.model)
             answers.append((q, routed.model, routed.id))
             for model in LOCAL:
                 resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
                                                       max_tokens=16, temperature=0.0)
                 answers.append((q, model, resp.id))
-        assert len(picked) == 1, f"the router picks one model for all six questions today: {picked}"
-        today = picked.pop()
+        # "today": the pick on the cards' energy figures alone (the first request, before any call was measured;
+        # later picks may follow the energy learned from these very calls, which simulation does not replay)
+        today = picked[0]
         other = next(m for m in LOCAL if m != today)
 
         # 2. feedback: the scripted people dislike today's pick and like the other model
@@ -86,7 +87,7 @@ def test_requests_feedback_export_retrain_simulate(tmp_path: Path) -> None:
     assert [line["prompt"] for line in lines] == QUESTIONS
     for line in lines:
         assert line["outcomes"][today]["correct"] == 0.0 and line["outcomes"][other]["correct"] == 1.0
-        assert line["outcomes"][today]["requests"] == 2 and line["outcomes"][other]["requests"] == 1
+        assert line["outcomes"][today]["requests"] + line["outcomes"][other]["requests"] == 3
         assert all(o["energy_j"] > 0 and o["output_tokens"] > 0 for o in line["outcomes"].values())
 
     # 4. before retraining, simulation agrees with the live router: it picks the model people dislike
