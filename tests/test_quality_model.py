@@ -115,3 +115,42 @@ def test_card_prior_features() -> None:
 
     f = card_prior_features(Card(), "alpaca_eval_lc")
     assert f.tolist() == pytest.approx([1.0, np.log10(0.27), 0.0, 0.0, 0.0])
+
+
+def test_quality_table_is_read_safely_by_threads_while_its_first_reader_builds_it() -> None:
+    """The per-task copies are built by the first request of a process; the batch scheduler's threads (and the
+    proxy's) may ask at the same moment. Thread switches are forced very often so the window is hit."""
+    import sys
+    import threading
+
+    tasks = [f"t{i}" for i in range(8)]
+    meta = {"k": 2, "task_sources": {t: "a" for t in tasks},
+            "models": {f"m{j}": {"vectors": {t: [1.0, float(j)] for t in tasks},
+                                 "intercepts": dict.fromkeys(tasks, 0.0)} for j in range(4)}}
+    table = QualityTable(meta, tasks)
+    probs = [1.0 / len(tasks)] * len(tasks)
+    expected = table.p_correct_batch(np.ones((1, 2)), [probs])[0]
+    errors: list[BaseException] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(30):
+            table.keep(set(table.names))  # back to "not built yet"
+            start = threading.Barrier(6)
+
+            def ask(start: threading.Barrier = start) -> None:
+                start.wait()
+                try:
+                    assert table.p_correct_batch(np.ones((1, 2)), [probs])[0] == pytest.approx(expected)
+                    assert table.p_correct(np.ones(2), probs) == pytest.approx(expected)
+                except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=ask) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]

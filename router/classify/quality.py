@@ -117,13 +117,12 @@ class QualityTable:
         return self._b if h is None else self._b + self._v @ h
 
     def p_correct(self, h: np.ndarray | None, task_probs: Sequence[float]) -> dict[str, float]:
-        if self._per_task is None:
-            self._split()
+        per_task = self._per_task or self._split()
         p = None
         for t, prob in enumerate(task_probs):
             if prob <= 1e-6:  # only the tasks the request may be: most requests are one task
                 continue
-            v, b, fixed, fixed_p = self._per_task[t]  # type: ignore[index]
+            v, b, fixed, fixed_p = per_task[t]
             z = b if h is None else v @ h + b
             q = 1.0 / (1.0 + np.exp(-z))
             if fixed is not None:
@@ -136,8 +135,7 @@ class QualityTable:
     def p_correct_batch(self, hs: np.ndarray, probs: Sequence[Sequence[float]]) -> list[dict[str, float]]:
         """:meth:`p_correct` for a batch of requests at once (``hs`` [B, k], ``probs`` [B, tasks]): one [B, k] x
         [k, M] product per task the batch may be, instead of one small product per request."""
-        if self._per_task is None:
-            self._split()
+        per_task = self._per_task or self._split()
         weights = np.asarray(probs, dtype=np.float64)
         weights = np.where(weights > 1e-6, weights, 0.0)  # as p_correct: only the tasks a request may be
         p = np.zeros((len(weights), len(self.names)))
@@ -145,7 +143,7 @@ class QualityTable:
             w = weights[:, t]
             if not w.any():
                 continue
-            v, b, fixed, fixed_p = self._per_task[t]  # type: ignore[index]
+            v, b, fixed, fixed_p = per_task[t]
             q = 1.0 / (1.0 + np.exp(-(hs @ v.T + b)))
             if fixed is not None:
                 q[:, fixed] = fixed_p
@@ -153,13 +151,17 @@ class QualityTable:
         names = self.names
         return [dict(zip(names, row, strict=True)) for row in p.tolist()]
 
-    def _split(self) -> None:
-        """Contiguous per-task copies of the table (a [M, k] product per task is ~1 µs; a strided one is not)."""
-        self._per_task = []
+    def _split(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
+        """Contiguous per-task copies of the table (a [M, k] product per task is ~1 µs; a strided one is not).
+        Built whole, then published in one assignment: requests on other threads (the batch scheduler's, the
+        proxy's classifier) may read it while the first request of a process builds it."""
+        per_task = []
         for t in range(len(self.tasks)):
             fixed = np.flatnonzero(self._fixed[:, t])
-            self._per_task.append((np.ascontiguousarray(self._v[:, t]), self._b[:, t].copy(),
-                                   fixed if len(fixed) else None, self._fixed_p[fixed, t]))
+            per_task.append((np.ascontiguousarray(self._v[:, t]), self._b[:, t].copy(),
+                             fixed if len(fixed) else None, self._fixed_p[fixed, t]))
+        self._per_task = per_task
+        return per_task
 
     def q(self, h: np.ndarray, name: str, task: str) -> float:
         """One model's P(good answer) on one task, for reports and tests."""
