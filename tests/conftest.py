@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from servers.procs import LLAMA_SERVER, free_port
+from servers import procs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,34 +75,9 @@ def llama_server(cards, tmp_path_factory) -> Iterator[str]:
     from router.backends.weights import resolve_gguf
 
     card = cards["smollm2-135m"]
-    gguf = resolve_gguf(card.backend.weights, card)
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, str(LLAMA_SERVER), "--model", str(gguf), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"],
-            stdout=fh, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("llama.cpp server did not start in 90 s")
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with procs.llama_server(resolve_gguf(card.backend.weights, card), tmp_path_factory.mktemp("llama_server"),
+                             timeout=90) as base:
+        yield base
 
 
 @pytest.fixture(scope="session")

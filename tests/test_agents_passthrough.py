@@ -6,15 +6,11 @@ shape; a capability the card does not declare is a 400."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
-from servers.procs import LLAMA_SERVER, ROOT, free_port, models_dir, remote_card, router_serve, stop
+from servers.procs import ROOT, llama_server, models_dir, remote_card, router_serve
 
 pytestmark = pytest.mark.slow
 
@@ -31,28 +27,9 @@ def upstream(cards, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from router.backends.weights import resolve_gguf
 
     card = cards["smollm2-135m"]
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama_tools_server") / "server.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, str(LLAMA_SERVER), "--model", str(resolve_gguf(card.backend.weights, card)),
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2",
-             "--chat_format", "chatml-function-calling"], stdout=fh, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("llama.cpp server did not start in 120 s")
-    yield base
-    stop(proc)  # type: ignore[arg-type]
+    with llama_server(resolve_gguf(card.backend.weights, card), tmp_path_factory.mktemp("llama_tools_server"),
+                      "--chat_format", "chatml-function-calling") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

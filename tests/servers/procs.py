@@ -65,6 +65,23 @@ def upstream(log_dir: Path) -> Iterator[str]:
         stop(proc)
 
 
+@contextmanager
+def llama_server(gguf: Path, log_dir: Path, *extra_args: str, timeout: float = 120.0) -> Iterator[str]:
+    """llama.cpp's own OpenAI-compatible server (:data:`LLAMA_SERVER`) on ``gguf``, model alias ``smollm2``;
+    yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    port = free_port()
+    log = log_dir / "server.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(LLAMA_SERVER), "--model", str(gguf), "--host", "127.0.0.1",
+                                 "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2", *extra_args],
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models", proc, log, timeout)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(proc)
+
+
 def remote_card(name: str, base_url: str, upstream_model: str, tier: str = "large", per_call_j: float = 1.0,
                 max_retries: int = 1) -> str:
     return f"""name: {name}
