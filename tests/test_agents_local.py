@@ -14,10 +14,9 @@ import httpx
 import openai
 import pytest
 from pydantic import BaseModel
-from servers.procs import ROOT, models_dir, router_serve
+from servers.procs import ROOT, models_dir, router_serve, wait_for_record
 
 from router import Router, RouterConfig
-from router.ledger import open_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -42,17 +41,7 @@ class Local:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=180)
 
     def record(self, request_id: str, timeout: float = 20.0) -> object:
-        deadline = time.time() + timeout
-        while True:
-            ledger = open_ledger(self.ledger_url)
-            try:
-                found = [r for r in ledger.records() if r.request_id == request_id]
-            finally:
-                ledger.close()
-            if found or time.time() > deadline:
-                assert found, f"no ledger record for {request_id}"
-                return found[-1]
-            time.sleep(0.2)
+        return wait_for_record(self.ledger_url, request_id, timeout, poll=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from servers.procs import ROOT, free_port, models_dir, remote_card, router_serve, upstream
+from servers.procs import ROOT, free_port, models_dir, remote_card, router_serve, upstream, wait_for_record
 
 from router.ledger import LedgerRecord, hash_key, open_ledger
 
@@ -48,13 +48,7 @@ class Served:
 
     def record(self, request_id: str, timeout: float = 10.0) -> LedgerRecord:
         """The ledger record of one request (the proxy writes records from a background thread)."""
-        deadline = time.time() + timeout
-        while True:
-            found = [r for r in self.records() if r.request_id == request_id]
-            if found or time.time() > deadline:
-                assert found, f"no ledger record for {request_id}"
-                return found[-1]
-            time.sleep(0.05)
+        return wait_for_record(self.ledger_url, request_id, timeout, poll=0.05)  # type: ignore[no-any-return]
 
     def upstream_stats(self) -> dict[str, dict[str, int]]:
         return httpx.get(self.upstream_url.removesuffix("/v1") + "/stats").json()

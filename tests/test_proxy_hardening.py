@@ -19,9 +19,7 @@ import httpx
 import openai
 import pytest
 from servers.instant_upstream import LEAK
-from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
-
-from router.ledger import open_ledger
+from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream, wait_for_record
 
 KEY = "sk-test-hardening-0123456789"
 CAPS = "capabilities: [tools, json_object, json_schema, logprobs]\ncontext_length:"
@@ -41,17 +39,7 @@ class Served:
         return httpx.post(f"{self.url}/v1/chat/completions", json=body, timeout=30, **kw)  # type: ignore[arg-type]
 
     def record(self, request_id: str, timeout: float = 10.0) -> object:
-        deadline = time.time() + timeout
-        while True:
-            ledger = open_ledger(f"sqlite:///{self.folder / 'ledger.sqlite3'}")
-            try:
-                found = [r for r in ledger.records() if r.request_id == request_id]
-            finally:
-                ledger.close()
-            if found or time.time() > deadline:
-                assert found, f"no ledger record for {request_id}"
-                return found[-1]
-            time.sleep(0.1)
+        return wait_for_record(f"sqlite:///{self.folder / 'ledger.sqlite3'}", request_id, timeout, poll=0.1)
 
     def log(self) -> str:
         return "".join(f.read_text(errors="replace") for f in self.folder.glob("serve-*.log"))

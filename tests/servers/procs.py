@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -80,6 +81,24 @@ def llama_server(gguf: Path, log_dir: Path, *extra_args: str, timeout: float = 1
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop(proc)
+
+
+def wait_for_record(ledger_url: str, request_id: str, timeout: float, poll: float) -> Any:
+    """The newest ledger record of ``request_id``, waited for: ``router serve`` writes records from a background
+    thread, after the answer has gone out."""
+    from router.ledger import open_ledger
+
+    deadline = time.time() + timeout
+    while True:
+        ledger = open_ledger(ledger_url)
+        try:
+            found = [r for r in ledger.records() if r.request_id == request_id]
+        finally:
+            ledger.close()
+        if found or time.time() > deadline:
+            assert found, f"no ledger record for {request_id}"
+            return found[-1]
+        time.sleep(poll)
 
 
 def remote_card(name: str, base_url: str, upstream_model: str, tier: str = "large", per_call_j: float = 1.0,
