@@ -246,12 +246,6 @@ class Router:
             raise UnknownModelError(f"model {found!r} has no backend (simulation only)", param="model")
         return found
 
-    def co2e_g(self, joules: float, card: ModelCard | None = None) -> float:
-        """Grams CO2e of ``joules`` drawn by ``card`` now (its zone's intensity); without a card, at this host's."""
-        if card is None:
-            return joules / 3.6e6 * self.grid.intensity(self.grid.host_zone).g_per_kwh
-        return self.grid.carbon_of(card, joules)[0]
-
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]:
         """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` now (what its ledger record carries)."""
         return self.grid.carbon_of(card, joules)
