@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .._ids import request_id_from
 from .._request import ROUTER_ALIASES, PreparedRequest
 from .._router import Router
 from ..errors import (
@@ -134,7 +135,7 @@ class _RequestIds:
         if at >= len(self._block):
             self._block, at = os.urandom(6 * 256), 0
         self._at = at + 6
-        return f"chatcmpl-{time.time_ns() // 1_000_000:012x}{self._block[at:at + 6].hex()}"
+        return request_id_from(self._block[at:at + 6])
 
 
 class _SSEResponse(StreamingResponse):
