@@ -118,7 +118,7 @@ def test_card_prior_features() -> None:
 
 
 def test_quality_table_is_read_safely_by_threads_while_its_first_reader_builds_it() -> None:
-    """The per-task copies are built by the first request of a process; the batch scheduler's threads (and the
+    """The stacked table is built by the first request of a process; the batch scheduler's threads (and the
     proxy's) may ask at the same moment. Thread switches are forced very often so the window is hit."""
     import sys
     import threading

@@ -50,8 +50,11 @@ class AccuracyTarget(_Strict):
 
     @property
     def value(self) -> float:
-        given = [x for x in (self.min_accuracy, self.relative_to_largest, self.relative_to_best) if x is not None]
-        return float(given[0])
+        if self.min_accuracy is not None:
+            return float(self.min_accuracy)
+        if self.relative_to_largest is not None:
+            return float(self.relative_to_largest)
+        return float(self.relative_to_best)  # type: ignore[arg-type]  # exactly one is set (validated)
 
 
 CARBON_PREFIX = "gco2e:"

@@ -269,8 +269,10 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     """Step 5: ``(chosen, refs, blocked, spent, flags, notes)``: the first ranked model whose budgets have room
     (or what the policy says when the first has none); each ranked model's budgets; the models one of whose
     budgets this request's estimate would overrun; the first choice's budgets without room."""
-    used = state.used
     refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
+    if not any(refs.values()):  # no model here is budgeted: the first ranked model answers
+        return ranked[0], refs, set(), [], [], []
+    used = state.used
 
     def blocking(name: str) -> list[BudgetRef]:
         joules = energy.get(name, 0.0)
