@@ -11,7 +11,7 @@ targets). Besides latency and throughput it reports the CPU time the proxy and t
 request (Linux ``/proc``), the figure that decides throughput on a machine with few cores, and checks in
 ``/metrics`` that every request was answered by the model its path names.
 
-    python benchmarks/bench_proxy.py [--requests 2000] [--rounds 3] [--json]
+    python benchmarks/bench_proxy.py [--requests 2000] [--rounds 3] [--floor] [--json]
 """
 
 from __future__ import annotations
@@ -215,6 +215,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="direct/proxy rounds per concurrency, alternating; the tables show the median of each figure")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run the proxy's server stack with no routing (benchmarks/_passthrough.py) in every "
+                         "round: the difference to the proxy's row is what routing costs")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_proxy_"))
@@ -231,6 +234,13 @@ def main() -> None:
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         procs.append(proxy)
         wait_ready(f"http://127.0.0.1:{proxy_port}/health", proxy)
+        floor_port = free_port()
+        if args.floor:
+            floor = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "_passthrough.py"), str(floor_port),
+                                      str(up_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+            procs.append(floor)
+            wait_ready(f"http://127.0.0.1:{floor_port}/health", floor)
 
         n_max = args.requests + 8
         direct_bodies = [{"model": "echo", "messages": [{"role": "user", "content": q}], "max_tokens": 16}
@@ -245,14 +255,16 @@ def main() -> None:
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         pids = {"proxy": proxy.pid, "upstream": up.pid}
         results: dict[str, dict[int, dict[str, float]]] = {"direct": {}, "proxy": {}, "specialist": {}}
+        if args.floor:
+            results["floor"] = {}
         rounds: dict[int, list[tuple[float, float]]] = {}  # c -> (direct req/s, proxy req/s) per round
         routed: dict[str, dict[str, float]] = {"proxy": {}, "specialist": {}}
 
         def run(key: str, port: int, bodies: list[dict[str, object]], c: int, n: int, cpu: dict[str, int]) -> \
                 dict[str, float]:
-            before = answered_by(proxy_port) if key != "direct" else {}
+            before = answered_by(proxy_port) if key in routed else {}
             result = asyncio.run(load(port, bodies, c, n, cpu))
-            if key != "direct":
+            if key in routed:
                 for model, count in answered_by(proxy_port).items():
                     routed[key][model] = routed[key].get(model, 0.0) + count - before.get(model, 0.0)
             return result
@@ -262,9 +274,14 @@ def main() -> None:
             # direct and proxy alternate, round after round: on shared cores the speed of the machine drifts
             # by tens of percent within minutes, and a ratio of two runs taken minutes apart measures the drift
             per_round: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
+            if args.floor:
+                per_round["floor"] = []
             for _ in range(args.rounds):
                 per_round["direct"].append(run("direct", up_port, direct_bodies, c, n, {"upstream": up.pid}))
                 per_round["proxy"].append(run("proxy", proxy_port, proxy_bodies, c, n, pids))
+                if args.floor:
+                    per_round["floor"].append(run("floor", floor_port, proxy_bodies, c, n,
+                                                  {"proxy": floor.pid, "upstream": up.pid}))
             rounds[c] = [(d["rps"], p["rps"]) for d, p in zip(per_round["direct"], per_round["proxy"], strict=True)]
             for key, runs in per_round.items():
                 shared = [k for k in runs[0] if all(k in r for r in runs)]
@@ -279,6 +296,8 @@ def main() -> None:
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         names = {"direct": "direct to backend", "proxy": "through router serve (HTTP backend)",
                  "specialist": "router serve, specialist in-process"}
+        if args.floor:
+            names["floor"] = "server stack alone, no routing (--floor)"
         for key, name in names.items():
             for c, r in results[key].items():
                 proxy_cpu = f"{r['cpu_ms_proxy']:.3f}" if "cpu_ms_proxy" in r else "-"
@@ -293,6 +312,13 @@ def main() -> None:
         print(f"throughput at c=64: {p64['rps']:.0f} vs {d64['rps']:.0f} req/s direct = "
               f"{p64['rps'] / d64['rps']:.1%} (target >= 50%); round by round: "
               + ", ".join(f"{p / d:.0%}" for d, p in rounds[64]))
+        if args.floor:
+            f1, f64 = results["floor"][1], results["floor"][64]
+            routing_ms = p64["cpu_ms_proxy"] - f64["cpu_ms_proxy"]
+            print(f"server stack alone (no routing) at c=64: {f64['rps']:.0f} req/s = {f64['rps'] / d64['rps']:.1%} "
+                  f"of direct; proxy CPU per request {f64['cpu_ms_proxy']:.3f} ms without routing, "
+                  f"{p64['cpu_ms_proxy']:.3f} ms with it (routing {routing_ms:.3f} ms); "
+                  f"at c=1 {f1['cpu_ms_proxy']:.3f} vs {p1['cpu_ms_proxy']:.3f} ms")
         for key, counts in routed.items():
             print(f"answered by (from /metrics), {names[key]}: "
                   + ", ".join(f"{m} {v:.0f}" for m, v in sorted(counts.items()) if v))
