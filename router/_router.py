@@ -91,8 +91,6 @@ class Router:
             raise ConfigError(f"{self.config.models_dir}: no model card with a backend; add one (see models/)")
         self.policy_name = policy or self.config.default_policy
         self.classifier = classifier or default_classifier(self.config, self.cards)
-        self.ledger = ledger or open_ledger(self.config.ledger_url, retention_days=self.config.ledger_retention_days,
-                                            journal=self.config.journal)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)
         self.keys = keys if keys is not None else KeyStore.from_entries(
             [k.model_dump(exclude_none=True) for k in self.config.keys])
@@ -102,17 +100,27 @@ class Router:
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
         self._policies_follow_grid = any(p.grid is not None for p in getattr(self.engine, "policies", {}).values())
-        self.estimates = EnergyEstimates(self.ledger, {n: c for n, c in self.cards.items() if c.callable})
-        """Energy per call learned from the ledger (router/energy/estimates.py); the cards are the prior."""
         self._batcher = ClassifyBatcher(self.classifier)
-        self.grid = Grid.from_settings(self.config.carbon, self.config.grid_g_per_kwh)
-        """Carbon intensity per grid zone (router/carbon/): what each ledger record's CO2e is computed at."""
         self._batches: Any = None
         self.learning: Learning | None = None
         """Prompts kept and answers judged after each answer (router/learning.py); None when both are off."""
-        prompt_retention_at_start(self)
-        if self.config.prompts.store or self.config.judge is not None:
-            self.learning = Learning(self)
+        # What holds threads, files or connections opens last, and closes again when a later part fails: a caller
+        # who catches the ConfigError and tries again must not keep the journal's threads, its locked segment and an
+        # open ledger per attempt.
+        with contextlib.ExitStack() as undo:
+            self.grid = Grid.from_settings(self.config.carbon, self.config.grid_g_per_kwh)
+            """Carbon intensity per grid zone (router/carbon/): what each ledger record's CO2e is computed at."""
+            undo.callback(self.grid.close)
+            self.ledger = ledger or open_ledger(self.config.ledger_url, journal=self.config.journal,
+                                                retention_days=self.config.ledger_retention_days)
+            if ledger is None:
+                undo.callback(self.ledger.close)
+            self.estimates = EnergyEstimates(self.ledger, {n: c for n, c in self.cards.items() if c.callable})
+            """Energy per call learned from the ledger (router/energy/estimates.py); the cards are the prior."""
+            prompt_retention_at_start(self)
+            if self.config.prompts.store or self.config.judge is not None:
+                self.learning = Learning(self)
+            undo.pop_all()  # started: close() releases them from here on
 
     # -- the public calls ------------------------------------------------------------------------------------
     def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:

@@ -92,3 +92,22 @@ def test_share_zero_judges_nothing_and_a_failing_judge_leaves_the_answer_alone(t
 def test_a_judge_without_a_card_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="judge.model"):
         Router(RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", judge={"model": "gpt-nobody"}))
+
+
+def test_a_router_that_fails_to_start_leaves_no_journal_threads_or_locked_segments(tmp_path: Path) -> None:
+    """The ledger (with its journal's threads and flock'd segment) opens before the judge is checked; a caller who
+    catches the ConfigError and tries again must not collect them, one set per attempt."""
+    import threading
+
+    def journal_threads() -> int:
+        return sum(t.name.startswith("ledger-journal") for t in threading.enumerate())
+
+    before = journal_threads()
+    config = RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", judge={"model": "gpt-nobody"})
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="judge.model"):
+            Router(config)
+    assert journal_threads() == before
+    with Router(RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:  # the same ledger opens
+        assert router.ledger.records() == []
+    assert journal_threads() == before
