@@ -720,6 +720,27 @@ def test_ledger_group_setting_reaches_the_writer_and_is_checked(upstream_url: st
             app_with(f"ledger_group_ms: {bad}, ")
 
 
+def test_an_app_that_fails_to_start_leaves_no_ledger_threads(upstream_url: str, tmp_path: Path) -> None:
+    """The proxy opens its ledger (background writer, journal threads) before the Router checks the policies; a
+    config error then must not leave them running in the process that called ``create_app``."""
+    import threading
+
+    from router.config import RouterConfig
+    from router.errors import ConfigError
+    from router.proxy.app import create_app
+
+    def ledger_threads() -> int:
+        return sum(t.name.startswith(("ledger-", "ledger_")) for t in threading.enumerate())
+
+    config, _ = _config(tmp_path, upstream_url)
+    config.write_text(config.read_text() + "default_policy: no-such-policy\n")
+    before = ledger_threads()
+    for _ in range(3):
+        with pytest.raises(ConfigError, match="no-such-policy"):
+            create_app(config=RouterConfig.load(config))
+    assert ledger_threads() == before
+
+
 def test_background_ledger_queues_settlements_and_applies_them_in_groups(tmp_path: Path) -> None:
     """A settlement is queued like a record: the writer applies the queued ones with one ``settle_many``;
     ``flush`` and ``close`` wait for them; a failed group leaves the holds at their estimates (logged)."""

@@ -157,9 +157,13 @@ def create_app(
         if keys is not None:
             store = KeyStore.from_file(keys) if isinstance(keys, str | Path) else KeyStore.from_entries(keys)
         ledger = open_ledger(config.ledger_url, retention_days=config.ledger_retention_days, journal=config.journal)
-        if settings.ledger_writes == "background":  # see ledger_writer.py: no disk stall on the event loop
-            ledger = BackgroundLedger(ledger, interval_s=settings.ledger_group_ms / 1000, journal=config.journal)
-        router = Router(config, ledger=ledger, keys=store)
+        try:
+            if settings.ledger_writes == "background":  # see ledger_writer.py: no disk stall on the event loop
+                ledger = BackgroundLedger(ledger, interval_s=settings.ledger_group_ms / 1000, journal=config.journal)
+            router = Router(config, ledger=ledger, keys=store)
+        except BaseException:  # a bad policy or card: the ledger (and its writer thread) must not outlive the error
+            ledger.close()
+            raise
         if settings.warm_up:
             router.warm_up()
     elif keys is not None:
