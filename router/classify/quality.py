@@ -134,9 +134,7 @@ class QualityTable:
         q = (1.0 / (1.0 + np.exp(-z))).reshape(len(weights), len(self.tasks), len(self.names))
         if fixed is not None:
             q[:, fixed] = fixed_p
-        p = q[:, 0] * weights[:, :1]  # summed task by task, in task order, as the per-request definition reads
-        for t in range(1, len(self.tasks)):
-            p += q[:, t] * weights[:, t : t + 1]
+        p = (q * weights[:, :, None]).sum(axis=1)  # four terms: added in task order, as a loop over tasks would
         names = self.names
         return [dict(zip(names, row, strict=True)) for row in p.tolist()]
 
