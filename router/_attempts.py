@@ -95,7 +95,8 @@ class Attempts:
                 self.errors.append(exc)
                 self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "rejected"))
                 continue
-            except BackendError as exc:  # the backend could not even be created: a failed attempt
+            except BackendError as exc:  # the backend could not even be created (or load its model): a failed attempt
+                self._log_detail(exc)
                 self.errors.append(exc)
                 self.books.record(card, _NOT_CALLED, 0.0, "error", attempt=len(self.attempts),
                                   error=f"{exc.code}: {exc.message}")
@@ -251,12 +252,15 @@ class Attempts:
         typed error that ends the request: a deadline, a cancellation, a failure after output was sent, or an
         error that is not the backend's (a bad request stays a bad request on every model)."""
         error = _typed(call.model, exc)
-        if error.detail:  # what the client is not shown, with the id the client is shown
-            log.warning("%s: %s (%s)", self.prepared.request_id, error.message, error.detail)
+        self._log_detail(error)
         self._end_call(call, error, output)
         self.errors.append(error)
         if sent or not isinstance(error, BackendError | ContextLengthError):
             raise error from (exc if error is not exc else None)
+
+    def _log_detail(self, error: RouterError) -> None:
+        if error.detail:  # what the client is not shown, with the id the client is shown
+            log.warning("%s: %s (%s)", self.prepared.request_id, error.message, error.detail)
 
     def cancelled(self, call: Call, output: Output | None) -> None:
         """The caller stopped reading (a closed stream, a cancelled task): record what was produced."""

@@ -19,6 +19,7 @@ from ..errors import BackendError, ConfigError, RouterError
 from ..types import ChatMessage
 from .base import Backend, GenerationRequest, StreamEvent
 from .llama_chat import CHATML_MARK, DEFAULT_SYSTEM, StructuredChat, render_chatml
+from .llama_log import install_log_bridge, load_errors
 from .llama_loop import ConfidenceRecorder
 from .weights import resolve_gguf
 
@@ -55,11 +56,18 @@ def plain_cpu_buffers() -> Iterator[None]:
 
 
 def load_llama(**kwargs: Any) -> Any:
-    """``llama_cpp.Llama(**kwargs)``, its weights in plain CPU buffers (:func:`plain_cpu_buffers`)."""
+    """``llama_cpp.Llama(**kwargs)``, its weights in plain CPU buffers (:func:`plain_cpu_buffers`), llama.cpp's log
+    in Python logging (:mod:`router.backends.llama_log`); a failed load says what llama.cpp found wrong."""
     from llama_cpp import Llama
 
-    with plain_cpu_buffers():
-        return Llama(**kwargs)
+    install_log_bridge()
+    with plain_cpu_buffers(), load_errors() as errors:
+        try:
+            return Llama(**kwargs)
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file: PATH", and nothing more
+            if not errors:
+                raise
+            raise ValueError(f"{exc} (llama.cpp: {'; '.join(errors)})") from exc
 
 
 COMPLETION_PREAMBLE = (
@@ -109,18 +117,20 @@ class LlamaCppBackend(Backend):
         with self._load_lock:
             if self._llm is not None:
                 return self._llm
-            import llama_cpp._logger as llama_logger
-
-            llama_logger.logger.setLevel(logging.CRITICAL)
-
             log.info("loading %s from %s", self.card.name, self.model_path)
-            self._llm = load_llama(
-                model_path=str(self.model_path),
-                n_ctx=self.spec.n_ctx,
-                n_threads=self.n_threads,
-                verbose=False,
-                seed=0,
-            )
+            try:
+                self._llm = load_llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self.spec.n_ctx,
+                    n_threads=self.n_threads,
+                    verbose=False,
+                    seed=0,
+                )
+            except ValueError as exc:  # llama-cpp-python's word for a file llama.cpp could not load
+                # a failed attempt like any backend failure (recorded, the next model tried); the path and
+                # llama.cpp's reasons go to the log only, never to a client
+                raise BackendError(f"{self.card.name}: llama.cpp could not load the model's weights; the log says "
+                                   "why (is `backend.weights` a GGUF file of this model?)", detail=str(exc)) from exc
             self._check_tools_template()
         return self._llm
 

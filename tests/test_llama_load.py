@@ -1,0 +1,71 @@
+"""Local GGUF models that llama.cpp cannot load, and llama.cpp's own log.
+
+A weights file that exists but is not a GGUF model (a truncated download, the wrong file) fails its attempt like
+any backend failure: a typed ``BackendError``, a ledger record, the next model tried; llama.cpp's reasons go to the
+log, never into what a client is shown (they name server paths). llama.cpp's log lines go through Python logging
+(``router.llama_cpp``) at the levels of ``ggml.h``, not printed to stderr by llama-cpp-python's older level table,
+which printed warnings as errors and hid the errors (router/backends/llama_log.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from router import BackendError, Router, RouterConfig
+from router.backends.llama_cpp import LlamaCppBackend
+from router.cards import load_card
+
+BROKEN = """name: broken-gguf
+tier: small
+backend:
+  type: llama_cpp
+  weights: {path: broken.gguf}
+context_length: 1024
+prior_accuracy: {chat: 0.9}
+energy: {per_call_j: 0.1, source: estimate, citation: test}
+"""
+
+
+@pytest.fixture
+def broken_card(tmp_path: Path):  # noqa: ANN201
+    (tmp_path / "broken.gguf").write_bytes(b"not a model, a page of HTML an interrupted download saved")
+    (tmp_path / "broken.yaml").write_text(BROKEN)
+    return load_card(tmp_path / "broken.yaml")
+
+
+def test_weights_llama_cpp_cannot_load_are_a_typed_failed_attempt_with_the_reason_in_the_log(
+        broken_card, ledger_url: str, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    router = Router(RouterConfig.load(ledger_url=ledger_url), cards={"broken-gguf": broken_card})
+    with caplog.at_level(logging.WARNING), pytest.raises(BackendError) as err:
+        router.complete(messages=[{"role": "user", "content": "hi"}])
+    assert "broken-gguf" in err.value.message and "could not load" in err.value.message
+    assert str(tmp_path) not in err.value.message  # the path is the server's, not the client's
+    logged = caplog.text
+    assert "invalid magic" in logged and "GGUF" in logged and str(tmp_path / "broken.gguf") in logged
+    (rec,) = router.ledger.records()
+    assert rec.model == "broken-gguf" and rec.outcome == "error" and "backend_failed" in (rec.error or "")
+
+
+def test_a_request_falls_back_from_weights_that_do_not_load(broken_card, cards, small_backend,
+                                                            ledger_url: str) -> None:
+    router = Router(RouterConfig.load(ledger_url=ledger_url),
+                    cards={"broken-gguf": broken_card, "smollm2-135m": cards["smollm2-135m"]},
+                    backends={"smollm2-135m": small_backend})
+    resp = router.complete(messages=[{"role": "user", "content": "Say hi"}], model="broken-gguf", max_tokens=4)
+    assert [(a.model, a.outcome) for a in resp.routing.attempts] == [("broken-gguf", "error"), ("smollm2-135m", "ok")]
+    assert [r.outcome for r in router.ledger.records()] == ["error", "ok"]
+
+
+def test_llama_cpp_logs_through_python_logging_not_stderr(cards, capfd: pytest.CaptureFixture[str],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    backend = LlamaCppBackend(cards["gemma3-270m"])  # its own load: the shared fixtures are loaded already
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG, logger="router.llama_cpp"):
+        assert backend.llm is not None
+    backend.close()
+    assert "llama_kv_cache" not in capfd.readouterr().err  # a warning llama-cpp-python printed as an error
+    lines = [r for r in caplog.records if r.name == "router.llama_cpp"]
+    assert any("llama_model_loader" in r.getMessage() for r in lines)
+    assert all(r.levelno < logging.ERROR for r in lines)  # a model that loads logs no errors
