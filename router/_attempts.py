@@ -42,6 +42,7 @@ from .errors import (
     BackendError,
     BudgetExhaustedError,
     CancelledError,
+    ConfigError,
     ContextLengthError,
     DeadlineExceededError,
     RouterError,
@@ -95,11 +96,14 @@ class Attempts:
                 self.errors.append(exc)
                 self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "rejected"))
                 continue
-            except BackendError as exc:  # the backend could not even be created (or load its model): a failed attempt
-                self._log_detail(exc)
-                self.errors.append(exc)
+            except (BackendError, ConfigError) as exc:  # the backend could not start or load its model: a failed
+                # attempt, so the next model answers; a model file that does not load shows at its first call
+                error = exc if isinstance(exc, BackendError) else BackendError(
+                    f"{model}: its backend could not start; the log says why", detail=exc.message)
+                self._log_detail(error)
+                self.errors.append(error)
                 self.books.record(card, _NOT_CALLED, 0.0, "error", attempt=len(self.attempts),
-                                  error=f"{exc.code}: {exc.message}")
+                                  error=f"{error.code}: {error.message}")
                 self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "error"))
                 continue
             held = self._reserve(card)

@@ -141,3 +141,32 @@ def test_string_input_graph_still_works(tmp_path: Path) -> None:
     gen = backend.generate(_request("Is this review positive or negative? 'a gorgeous, witty and moving film'"))
     assert gen.text == "positive" and 0.5 <= gen.confidence <= 1.0
     assert backend.generate(_request("   ")).text in ("negative", "positive")
+
+
+def test_a_specialist_file_that_does_not_load_is_a_failed_attempt_and_the_request_falls_back(
+        tmp_path: Path, cards, small_backend, caplog: pytest.LogCaptureFixture) -> None:
+    """The card's files exist (checked at load) but the graph is not an ONNX model: found at the model's first
+    call, which then fails like any backend (a record, the next model answers); the path stays in the log."""
+    import logging
+
+    from router import BackendError, Router, RouterConfig
+
+    folder = tmp_path / "cards"
+    shutil.copytree(Path(cards["sentiment-onnx"].path).parent / "sentiment", folder / "sentiment")
+    (folder / "sentiment" / "sentiment.onnx").write_bytes(b"not a graph")
+    text = Path(cards["sentiment-onnx"].path).read_text()
+    (folder / "broken.yaml").write_text(text.replace("name: sentiment-onnx", "name: broken-onnx"))
+    broken = load_card(folder / "broken.yaml")
+    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    review = [{"role": "user", "content": "Is this review positive or negative? 'a gorgeous film'"}]
+    router = Router(config, cards={"broken-onnx": broken, "smollm2-135m": cards["smollm2-135m"]},
+                    backends={"smollm2-135m": small_backend})
+    with caplog.at_level(logging.WARNING):
+        resp = router.complete(messages=review, model="broken-onnx", max_tokens=4)
+    assert [(a.model, a.outcome) for a in resp.routing.attempts] == [("broken-onnx", "error"), ("smollm2-135m", "ok")]
+    assert [r.outcome for r in router.ledger.records()] == ["error", "ok"]
+    assert "not a loadable ONNX model" in caplog.text
+    alone = Router(config, cards={"broken-onnx": broken})
+    with pytest.raises(BackendError) as err:
+        alone.complete(messages=review)
+    assert "broken-onnx" in err.value.message and str(tmp_path) not in err.value.message
