@@ -108,3 +108,19 @@ def test_parse_when() -> None:
     assert parse_when("2024-05-01") == 1714521600.0
     assert parse_when("1714521600") == 1714521600.0
     assert parse_when(None) is None
+
+
+def test_reading_a_ledger_that_is_not_there_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """A mistyped --ledger used to open (and create, folders too) an empty ledger and report 0 J as if nothing
+    had been routed; setting a retention on a ledger not written yet still creates it."""
+    missing = tmp_path / "typo" / "ledger.sqlite3"
+    url = f"sqlite:///{missing}"
+    for args in (["ledger", "--ledger", url], ["ledger", "report", "--ledger", url],
+                 ["ledger", "export", "--ledger", url, "-o", str(tmp_path / "out.csv")],
+                 ["ledger", "prune", "--older-than", "30d", "--ledger", url], ["ledger", "retention", "--ledger", url]):
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 2, (args, result.output)
+        assert f"no ledger at {missing}" in result.output and "router demo" in result.output
+        assert not (tmp_path / "typo").exists()
+    result = CliRunner().invoke(app, ["ledger", "retention", "30", "--ledger", url], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "retention: 30 days" in result.output and missing.exists()

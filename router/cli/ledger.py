@@ -30,6 +30,7 @@ from ..energy.carbon import equivalents, format_joules
 from ..errors import RouterError
 from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
+from ..ledger.sqlite import path_from_url
 
 ledger_app = typer.Typer(
     help="Energy and carbon of the requests routed so far: totals, reports, exports, retention.",
@@ -105,7 +106,14 @@ def _config(config: Path | None, ledger: str | None) -> RouterConfig:
     return RouterConfig.load(config, ledger_url=ledger)
 
 
-def _open(cfg: RouterConfig) -> Ledger:
+def _open(cfg: RouterConfig, *, create: bool = False) -> Ledger:
+    """The config's ledger. A SQLite file that is not there is an error unless ``create``: opening it would make
+    an empty ledger (and its folders), and a mistyped path would report nothing as if nothing had been routed."""
+    if not create and cfg.ledger_url.startswith("sqlite:///"):
+        path = path_from_url(cfg.ledger_url)
+        if not path.exists():
+            _fail(f"no ledger at {path}: nothing has been recorded there; route a request first (`router demo`) or "
+                  "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
     return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
 
 
@@ -316,7 +324,7 @@ def retention(
 ) -> None:
     """Show or set how long records are kept; stored with the ledger so every process applies it."""
     ledger, config = _opts(ctx, ledger, config)
-    led = _open(_config(config, ledger))
+    led = _open(_config(config, ledger), create=days is not None or off)  # a setting may come before the records
     setter = getattr(led, "set_retention_days", None)
     if (days is not None or off) and setter is None:
         _fail(f"{type(led).__name__} has no stored retention setting; use `router ledger prune`")
