@@ -82,8 +82,12 @@ class OpenAIHTTPBackend(Backend):
         headers = {"Content-Type": "application/json"}
         if spec.api_key_env:
             key = os.environ.get(spec.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
+            if not key:  # calling without it would only earn the endpoint's 401, which says less
+                raise ConfigError.at(
+                    card.path, "backend.api_key_env", f"the environment variable {spec.api_key_env} is not set",
+                    f"export {spec.api_key_env} with the key for {spec.base_url} (or drop `api_key_env` for an "
+                    "endpoint that needs no key)")
+            headers["Authorization"] = f"Bearer {key}"
         timeout = httpx.Timeout(spec.timeout_s, connect=min(_CONNECT_S, spec.timeout_s))
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._client = httpx.Client(
