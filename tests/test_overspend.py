@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import redis_server  # noqa: F401 - the fixture
 from servers.procs import ROOT, models_dir, router_serve
 
@@ -93,7 +94,14 @@ def test_four_processes_of_four_threads_on_one_sqlite_ledger(tmp_path: Path) -> 
 
 @pytest.mark.redis
 def test_router_serve_with_two_workers_and_redis(tmp_path: Path, redis_server: str) -> None:  # noqa: F811
-    ledger_url = f"{redis_server}/5"
+    _two_workers_against_one_budget(tmp_path, f"{redis_server}/5")
+
+
+def test_router_serve_with_two_workers_and_postgresql(tmp_path: Path, postgres_server) -> None:  # noqa: ANN001, F811
+    _two_workers_against_one_budget(tmp_path, f"{postgres_server.url}?schema=overspend_workers")
+
+
+def _two_workers_against_one_budget(tmp_path: Path, ledger_url: str) -> None:
     config = _setup(tmp_path, ledger_url)
     with router_serve(config, tmp_path, "--workers", "2", "--ledger", ledger_url) as url:
         stop = threading.Event()

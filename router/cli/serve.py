@@ -50,12 +50,13 @@ def serve(
     except ConfigError as exc:
         typer.echo(f"router serve: {exc}", err=True)
         raise typer.Exit(2) from None
-    if workers > 1 and not cfg.ledger_url.startswith(("redis://", "rediss://", "unix://")):
+    shared = ("redis://", "rediss://", "unix://", "postgresql://", "postgres://")
+    if workers > 1 and not cfg.ledger_url.lower().startswith(shared):
         typer.echo(
-            f"router serve: --workers {workers}: worker processes share energy budgets through a Redis ledger, "
-            f"but the ledger is "
-            f"{cfg.ledger_url!r}. Start Redis and pass --ledger redis://127.0.0.1:6379/0 (or set ROUTER_LEDGER_URL "
-            "or ledger_url in --config). SQLite is the single-process default: use --workers 1 with it.", err=True
+            f"router serve: --workers {workers}: worker processes share energy budgets through a Redis or PostgreSQL "
+            f"ledger, but the ledger is {cfg.ledger_url!r}. Pass --ledger redis://127.0.0.1:6379/0 or "
+            "--ledger postgresql://USER:PASSWORD@HOST/DB (or set ROUTER_LEDGER_URL or ledger_url in --config). "
+            "SQLite is the single-process default: use --workers 1 with it.", err=True
         )
         raise typer.Exit(2)
     from ..proxy.server import OneWriteHttpToolsProtocol
