@@ -186,6 +186,24 @@ def test_auto_meter_names() -> None:
         auto_meter("watts-from-vibes")
 
 
+def test_a_meter_named_in_the_config_that_cannot_be_read_here_is_a_config_error() -> None:
+    """``meter: rapl`` (or ``nvml``) where the counters are not readable: a ConfigError naming the field, the reason
+    and the fix, from ``Router()`` as from ``auto_meter``, not an OSError."""
+    import tempfile
+
+    from router import Router, RouterConfig
+
+    try:
+        RaplMeter().close()
+        pytest.skip("RAPL is readable on this machine")
+    except OSError:
+        pass
+    with pytest.raises(ConfigError, match=r"field `meter`: rapl: no readable RAPL.*fix: use `meter: auto`"):
+        auto_meter("rapl")
+    with pytest.raises(ConfigError, match=r"field `meter`: rapl"):
+        Router(RouterConfig.load(None, meter="rapl", ledger_url=f"sqlite:///{tempfile.mkdtemp()}/l.sqlite3"))
+
+
 # -- the shared meter suite ---------------------------------------------------------------------------------
 
 

@@ -299,10 +299,15 @@ def auto_meter(choice: str = "auto", cpu_model: CpuPowerModel | None = None) -> 
 
     ``auto`` does not add NVML on its own: a GPU's idle draw (tens of watts) would be charged to requests that
     run on the CPU. Choose ``nvml`` when the local models run on the GPU."""
-    if choice == "nvml":
-        from .nvml import NvmlMeter
-
-        return SumMeter([NvmlMeter(), host_meter("auto", cpu_model)])
-    if choice not in ("auto", "rapl", "cpu-time"):
+    if choice not in ("auto", "rapl", "cpu-time", "nvml"):
         raise ConfigError(f"unknown meter {choice!r}: choose auto, rapl, nvml or cpu-time")
-    return host_meter(choice, cpu_model)
+    try:
+        if choice == "nvml":
+            from .nvml import NvmlMeter
+
+            return SumMeter([NvmlMeter(), host_meter("auto", cpu_model)])
+        return host_meter(choice, cpu_model)
+    except OSError as exc:  # the counters named are not readable on this machine
+        raise ConfigError.at(None, "meter", f"{choice}: {exc}",
+                             "use `meter: auto` (RAPL where readable, else the CPU-time model) or `cpu-time`, or "
+                             "give this process read access to the counters") from exc
