@@ -243,3 +243,22 @@ HARNESSES: dict[str, Callable[[Path], MeterHarness]] = {
 @pytest.mark.parametrize("harness", list(HARNESSES), ids=list(HARNESSES))
 def test_meter_conforms(harness: str, check: Callable[[MeterHarness], None], tmp_path: Path) -> None:
     check(HARNESSES[harness](tmp_path))
+
+
+def test_the_command_line_prints_a_config_fault_as_one_line(tmp_path: Path) -> None:
+    """``router energy meters`` with ``meter: rapl`` where RAPL is not readable: the ConfigError as one line on
+    stderr and exit status 2, no traceback (every command, as ``router ledger`` already did)."""
+    import subprocess
+    import sys
+
+    try:
+        RaplMeter().close()
+        pytest.skip("RAPL is readable on this machine")
+    except OSError:
+        pass
+    config = tmp_path / "router.yaml"
+    config.write_text("meter: rapl\n")
+    done = subprocess.run([sys.executable, "-m", "router", "energy", "meters", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2, done.stderr
+    assert "error: field `meter`: rapl: no readable RAPL" in done.stderr and "Traceback" not in done.stderr

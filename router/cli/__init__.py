@@ -54,4 +54,17 @@ for _module, _attr, _name in _GROUPS:
 
 
 def main() -> None:
-    app()
+    """The ``router`` command. A RouterError that ends a command (a configuration fault, a ledger that cannot be
+    opened) is one line naming the problem and its fix, exit status 2, as ``router ledger`` prints them; the
+    traceback is for ``router -v``."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..errors import RouterError
+
+    try:
+        app()
+    except RouterError as exc:
+        logging.getLogger("router.cli").info("the command failed", exc_info=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
