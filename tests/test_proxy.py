@@ -780,3 +780,14 @@ def test_background_ledger_queues_settlements_and_applies_them_in_groups(tmp_pat
     assert faulty.flush(5) and faulty.failed_settlements == 1
     assert faulty.budget_used("b", 3600) == 10.0  # the hold stays at its estimate: budgets err towards refusing
     faulty.close()
+
+
+def test_serve_says_where_it_listens_and_what_it_serves(upstream_url: str, tmp_path: Path) -> None:
+    """uvicorn's own lines are off at the default log level; ``router serve`` still says on stderr where an OpenAI
+    client should point and, per worker, when its models are loaded."""
+    config, _ = _config(tmp_path, upstream_url)
+    with router_serve(config, tmp_path) as url:
+        port = url.rsplit(":", 1)[1]
+        text = (tmp_path / f"serve-{port}.log").read_text()
+    assert f"router serve: http://127.0.0.1:{port}/v1 (an OpenAI client's base_url), 1 worker" in text, text
+    assert "policy balanced" in text and "ready in" in text and "remote-echo" in text, text

@@ -59,8 +59,13 @@ def serve(
             "SQLite is the single-process default: use --workers 1 with it.", err=True
         )
         raise typer.Exit(2)
+    from ..ledger.errors import redact
     from ..proxy.server import OneWriteHttpToolsProtocol
 
+    # uvicorn's own lines are off at the default log level: say where the proxy listens and what it serves
+    typer.echo(f"router serve: http://{host}:{port}/v1 (an OpenAI client's base_url), {workers} worker"
+               f"{'s' if workers > 1 else ''}; models from {cfg.models_dir}, policy {cfg.default_policy}, ledger "
+               f"{redact(cfg.ledger_url)}; loading the models ...", err=True)
     # router/proxy/server.py: one write per loop iteration, and a deadline on each request's headers
     kwargs: dict[str, object] = {"http": OneWriteHttpToolsProtocol}
     if _uvloop():

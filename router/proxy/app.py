@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -236,7 +237,12 @@ def app_from_env() -> ProxyApp:
 
     config = RouterConfig.load(os.environ.get(ENV_CONFIG) or None)
     set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker process's connections
+    started = time.perf_counter()
     app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
+    router = app.state.router
+    names = ", ".join(n for n, c in router.cards.items() if c.callable)
+    print(f"router serve: worker {os.getpid()} ready in {time.perf_counter() - started:.1f} s: {names}",
+          file=sys.stderr, flush=True)
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()
     gc.freeze()
