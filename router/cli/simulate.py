@@ -27,7 +27,7 @@ def _targets(text: str | None) -> list[float] | None:
 
 
 def simulate(
-    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes file (JSON Lines, see DESIGN.md)."),  # noqa: B008
+    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes file (JSON Lines; docs/simulation.md)."),  # noqa: B008
     policy: str = typer.Option("balanced", "--policy", help="Policy name (policies/NAME.yaml) or YAML path."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     decisions: Path = typer.Option(None, "--decisions", help="Write one JSON line per request here."),  # noqa: B008

@@ -199,7 +199,7 @@ def _model_map(cards: Mapping[str, ModelCard]) -> dict[str, str]:
 def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
                   models: Sequence[str] | None = None) -> OutcomeRows:
     """RouteLLM MMLU CSVs (a folder or one file; group = subject from the file name) or an outcomes JSONL
-    (DESIGN.md; group = ``task``). Only ``models`` when given (those the file has); rows lacking an outcome for
+    (docs/simulation.md; group = ``task``). Only ``models`` when given (those the file has); rows lacking an outcome for
     any of the kept models are dropped."""
     names = _model_map(cards)
     path = Path(path)

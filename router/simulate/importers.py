@@ -1,4 +1,4 @@
-"""Turn RouteLLM response CSVs into the outcomes file format (DESIGN.md).
+"""Turn RouteLLM response CSVs into the outcomes file format (docs/simulation.md).
 
 RouteLLM (lm-sys/RouteLLM, ``routellm/evals``) ships one CSV per benchmark slice:
 

@@ -1,4 +1,4 @@
-"""Read and validate an outcomes file (JSON Lines, format fixed in DESIGN.md) into compact columns.
+"""Read and validate an outcomes file (JSON Lines, the format in docs/simulation.md) into compact columns.
 
 One line = one request::
 
