@@ -75,3 +75,11 @@ def test_measure_fits_only_the_measured_models_row(tmp_path: Path) -> None:
     assert len(measured) == 7 and {r.model for r in measured} == {"smollm2-135m"}
     assert len(judged) == 3 and {r.model for r in judged} == {"gemma3-270m"}
     assert all(r.energy_j > 0 and r.task == "anchors" for r in measured + judged)
+
+
+def test_an_unknown_model_is_refused_before_any_anchor_runs(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    out = CliRunner().invoke(app, ["data", "measure", "nope-model", "--anchors", "2", "--config", str(config)])
+    assert out.exit_code == 2 and "unknown model 'nope-model'" in out.output, out.output
+    assert "anchors" not in out.output.split("unknown model")[0], "the progress bar started before the check"

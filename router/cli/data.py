@@ -197,6 +197,7 @@ def measure_cmd(
         with Router(cfg) as router:
             if not isinstance(router.classifier, OnnxRequestClassifier):
                 raise typer.BadParameter(f"{cfg.models_dir}/classifier holds no trained classifier to add a model to")
+            router.resolve_model(model)  # an unknown name is an error before the progress bar starts, not after
             columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
                 job = bar.add_task(f"{model} on {task} anchors", total=anchors)
