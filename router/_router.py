@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 import threading
@@ -97,6 +98,7 @@ class Router:
         """API keys: the proxy authenticates with them, and a key's ``policy`` is its requests' default."""
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
+        self._start_failures: dict[str, tuple[float, RouterError]] = {}  # model -> (retry after, why)
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
         self._policies_follow_grid = any(p.grid is not None for p in getattr(self.engine, "policies", {}).values())
@@ -213,13 +215,24 @@ class Router:
 
     # -- models ----------------------------------------------------------------------------------------------
     def backend(self, model: str) -> Backend:
-        """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker)."""
+        """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker). A backend
+        that cannot start (a model file that does not load) is not tried again for the cooldown's seconds: its
+        error comes back at once, so requests fall back without each paying for the failed load."""
         with self._backend_lock:
             backend = self._backends.get(model)
             if backend is None:
                 cool = self.config.cooldown
-                backend = CooldownBackend(create_backend(self.cards[model]), failures=cool.failures,
-                                          cooldown_s=cool.seconds)
+                failed = self._start_failures.get(model)
+                if failed is not None and time.monotonic() < failed[0]:
+                    # a copy: the one object raised again and again would grow its traceback each time
+                    raise copy.copy(failed[1]).with_traceback(None)
+                try:
+                    inner = create_backend(self.cards[model])
+                except RouterError as exc:
+                    self._start_failures[model] = (time.monotonic() + cool.seconds, exc)
+                    raise
+                self._start_failures.pop(model, None)
+                backend = CooldownBackend(inner, failures=cool.failures, cooldown_s=cool.seconds)
                 self._backends[model] = backend
             return backend
 

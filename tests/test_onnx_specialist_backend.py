@@ -170,3 +170,37 @@ def test_a_specialist_file_that_does_not_load_is_a_failed_attempt_and_the_reques
     with pytest.raises(BackendError) as err:
         alone.complete(messages=review)
     assert "broken-onnx" in err.value.message and str(tmp_path) not in err.value.message
+
+
+def test_a_backend_that_cannot_start_is_not_tried_again_until_its_cooldown_ends(
+        tmp_path: Path, cards, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a bad graph costs the time to read it; requests in the cooldown get its error at once (and fall
+    back), then one tries again."""
+    import router._router as router_module
+    from router import BackendError, Router, RouterConfig
+
+    folder = tmp_path / "cards"
+    shutil.copytree(Path(cards["sentiment-onnx"].path).parent / "sentiment", folder / "sentiment")
+    (folder / "sentiment" / "sentiment.onnx").write_bytes(b"not a graph")
+    text = Path(cards["sentiment-onnx"].path).read_text()
+    (folder / "broken.yaml").write_text(text.replace("name: sentiment-onnx", "name: broken-onnx"))
+    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", cooldown={"seconds": 0.5})
+    router = Router(config, cards={"broken-onnx": load_card(folder / "broken.yaml")})
+    starts: list[str] = []
+    real_create = router_module.create_backend
+
+    def counting_create(card):  # noqa: ANN001, ANN202 - a spy around the real factory
+        starts.append(card.name)
+        return real_create(card)
+
+    review = [{"role": "user", "content": "Is this review positive or negative? 'a gorgeous film'"}]
+    monkeypatch.setattr(router_module, "create_backend", counting_create)
+    for _ in range(3):
+        with pytest.raises(BackendError):
+            router.complete(messages=review)
+    assert starts == ["broken-onnx"]
+    time.sleep(0.6)
+    with pytest.raises(BackendError):
+        router.complete(messages=review)
+    assert starts == ["broken-onnx", "broken-onnx"]
+    assert [r.outcome for r in router.ledger.records()] == ["error"] * 4
