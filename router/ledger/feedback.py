@@ -113,6 +113,18 @@ def _unsupported(ledger: Any, action: str) -> Exception:
                         "use a SQLite, PostgreSQL or Redis ledger", retryable=False)
 
 
+def selection(request_id: str | None, since: float, until: float | None, mark: str) -> tuple[str, list[Any]]:
+    """The ``WHERE`` condition of a feedback or prompt read, and its arguments: one request's rows, else the rows of
+    ``[since, until)``; ``mark`` is the SQL store's placeholder (``?`` for SQLite, ``%s`` for PostgreSQL)."""
+    if request_id is not None:
+        return f"request_id = {mark}", [request_id]
+    where, args = f"ts >= {mark}", [since]
+    if until is not None:
+        where += f" AND ts < {mark}"
+        args.append(until)
+    return where, args
+
+
 def check_delete_args(before: float | None, request_id: str | None) -> None:
     if before is not None and request_id is not None:
         raise ValueError("delete_prompts: give `before` or `request_id`, not both")

@@ -8,7 +8,7 @@ from typing import Any
 
 from .base import LedgerRecord
 from .errors import guarded
-from .feedback import FEEDBACK_FIELDS, PROMPT_FIELDS, Feedback, StoredPrompt, check_delete_args
+from .feedback import FEEDBACK_FIELDS, PROMPT_FIELDS, Feedback, StoredPrompt, check_delete_args, selection
 from .postgres_schema import COLUMNS
 
 
@@ -28,7 +28,7 @@ class PostgresFeedback:
     @guarded("read feedback")
     def feedback(self, request_id: str | None = None, since: float = 0.0,
                  until: float | None = None) -> list[Feedback]:
-        where, args = _where(request_id, since, until)
+        where, args = selection(request_id, since, until, "%s")
         sql = f"SELECT {', '.join(FEEDBACK_FIELDS)} FROM {self.schema}.feedback WHERE {where} ORDER BY ts, id"
         rows = self._pool.run(lambda c: c.execute(sql, args).fetchall())
         return [Feedback(**dict(zip(FEEDBACK_FIELDS, r, strict=True))) for r in rows]
@@ -50,7 +50,7 @@ class PostgresFeedback:
     @guarded("read stored prompts")
     def prompts(self, since: float = 0.0, until: float | None = None,
                 request_id: str | None = None) -> list[StoredPrompt]:
-        where, args = _where(request_id, since, until)
+        where, args = selection(request_id, since, until, "%s")
         sql = f"SELECT {', '.join(PROMPT_FIELDS)} FROM {self.schema}.prompts WHERE {where} ORDER BY ts, request_id"
         rows = self._pool.run(lambda c: c.execute(sql, args).fetchall())
         return [StoredPrompt(**dict(zip(PROMPT_FIELDS, r, strict=True))) for r in rows]
@@ -64,16 +64,6 @@ class PostgresFeedback:
         elif before is not None:
             sql, args = sql + " WHERE ts < %s", [before]
         return int(self._pool.run(lambda c: c.execute(sql, args).rowcount))
-
-
-def _where(request_id: str | None, since: float, until: float | None) -> tuple[str, list[Any]]:
-    if request_id is not None:
-        return "request_id = %s", [request_id]
-    where, args = "ts >= %s", [since]
-    if until is not None:
-        where += " AND ts < %s"
-        args.append(until)
-    return where, args
 
 
 PRUNE_SQL = ("DELETE FROM {s}.feedback WHERE ts < %s", "DELETE FROM {s}.prompts WHERE ts < %s")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Any
 
 from .base import LedgerRecord
 from .errors import guarded
-from .feedback import FEEDBACK_FIELDS, PROMPT_FIELDS, Feedback, StoredPrompt, check_delete_args
+from .feedback import FEEDBACK_FIELDS, PROMPT_FIELDS, Feedback, StoredPrompt, check_delete_args, selection
 
 _ADD_FEEDBACK = (f"INSERT INTO feedback ({', '.join(FEEDBACK_FIELDS)}) VALUES ({', '.join('?' * len(FEEDBACK_FIELDS))})"
                  " ON CONFLICT (feedback_id) DO NOTHING")
@@ -33,7 +32,7 @@ class SQLiteFeedback:
     @guarded("read feedback")
     def feedback(self, request_id: str | None = None, since: float = 0.0,
                  until: float | None = None) -> list[Feedback]:
-        where, args = _where(request_id, since, until)
+        where, args = selection(request_id, since, until, "?")
         sql = f"SELECT {', '.join(FEEDBACK_FIELDS)} FROM feedback WHERE {where} ORDER BY ts, id"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
@@ -55,7 +54,7 @@ class SQLiteFeedback:
     @guarded("read stored prompts")
     def prompts(self, since: float = 0.0, until: float | None = None,
                 request_id: str | None = None) -> list[StoredPrompt]:
-        where, args = _where(request_id, since, until)
+        where, args = selection(request_id, since, until, "?")
         sql = f"SELECT {', '.join(PROMPT_FIELDS)} FROM prompts WHERE {where} ORDER BY ts, request_id"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
@@ -72,16 +71,6 @@ class SQLiteFeedback:
             sql, args = "DELETE FROM prompts", []
         with self._lock:
             return int(self._conn.execute(sql, args).rowcount)
-
-
-def _where(request_id: str | None, since: float, until: float | None) -> tuple[str, list[Any]]:
-    if request_id is not None:
-        return "request_id = ?", [request_id]
-    where, args = "ts >= ?", [since]
-    if until is not None:
-        where += " AND ts < ?"
-        args.append(until)
-    return where, args
 
 
 PRUNE_SQL = ("DELETE FROM feedback WHERE ts < ?", "DELETE FROM prompts WHERE ts < ?")
