@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from .backends import Backend, Generation, GenerationRequest
 from .cards import ModelCard
@@ -171,7 +171,3 @@ class Judge:
                             comment=f"{how}: {gen.text.strip()[:200]}")
         self.router.ledger.add_feedback(feedback)
         return feedback
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.model, "share": self.share, "against": self.settings.against,
-                "reference": self.reference}

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, LedgerError, RouterError
 from .ledger.feedback import StoredPrompt
@@ -75,10 +75,6 @@ class Learning:
         self._next_retention = 0.0
         self._thread = threading.Thread(target=self._run, name="router-learning", daemon=True)
         self._thread.start()
-
-    @property
-    def active(self) -> bool:
-        return self.store_prompts or self.judge is not None
 
     # -- the request path: O(1) -----------------------------------------------------------------------------
     def answered(self, prepared: PreparedRequest, model: str, gen: Generation) -> None:
@@ -139,10 +135,6 @@ class Learning:
         """Wait until every answer handed over so far is stored and judged (tests, shutdown)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
-
-    def describe(self) -> dict[str, Any]:
-        return {"store_prompts": self.store_prompts, "retention_days": self.retention_days,
-                "judge": self.judge.describe() if self.judge else None, **self.stats}
 
     def close(self, timeout: float = 30.0) -> None:
         """Store the prompts still queued (up to ``timeout``), skip their judging, stop the thread."""
