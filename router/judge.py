@@ -35,7 +35,8 @@ from .errors import BackendError, RouterError
 from .keys import KeyStore
 from .ledger import Ledger, LedgerRecord
 from .ledger.feedback import JUDGE_PREFIX, Feedback
-from .types import TIER_ORDER, ChatMessage
+from .policy.steps import largest
+from .types import ChatMessage
 
 
 class Router(Protocol):
@@ -84,10 +85,10 @@ def _cut(text: str) -> str:
 
 
 def largest_model(router: Router) -> str:
-    """A general model of the highest tier, then the most joules per call (a relative target's reference)."""
+    """The largest callable model, as a relative policy target picks it (:func:`router.policy.steps.largest`),
+    with each card's joules for a call of 100 tokens in and 100 out."""
     cards = [c for c in router.cards.values() if c.callable]
-    return max(cards, key=lambda c: (c.tier != "specialist", TIER_ORDER.get(c.tier, 1), c.energy.joules(100, 100),
-                                     c.name)).name
+    return largest(cards, {c.name: c.energy.joules(100, 100) for c in cards}).name
 
 
 def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *, request_id: str, reason: str,

@@ -228,7 +228,7 @@ def target(policy: Policy, entry: KeyPolicy | None, req: DecisionRequest, pool: 
         kind, share = spec.kind, spec.value
     ref = None
     if kind == "relative":
-        ref = _largest(pool, energy)
+        ref = largest(pool, energy)
     elif kind == "relative_best":
         ref = _best(pool, energy, p)
     value = share if ref is None else share * p[ref.name]
@@ -246,7 +246,7 @@ def _best(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, fl
     return max(pool, key=lambda c: (p[c.name], -energy[c.name], c.name))
 
 
-def _largest(pool: list[ModelCard], energy: Mapping[str, float]) -> ModelCard:
+def largest(pool: list[ModelCard], energy: Mapping[str, float]) -> ModelCard:
     """The reference of a relative target: a general model (if any) of the highest tier, then most joules."""
     return max(pool, key=lambda c: (c.tier != "specialist", TIER_ORDER.get(c.tier, 1), energy[c.name], c.name))
 
