@@ -155,6 +155,23 @@ class _SSEResponse(StreamingResponse):
                     log.debug("closing a stream failed", exc_info=True)
 
 
+def bearer_key(header: str | None, keys: KeyStore) -> str | None:
+    """The key of an ``Authorization: Bearer`` header; with keys configured it must be one of them (every route
+    that takes a key checks it so)."""
+    key = None
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            key = value.strip()
+    if not keys:
+        return key
+    if key is None:
+        raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
+    if keys.lookup(key) is None:
+        raise AuthenticationError("invalid API key")
+    return key
+
+
 class ChatHandler:
     """The ASGI app for chat completions: auth, body, checks, then the Router's ``aprepare`` and ``asend``."""
 
@@ -257,18 +274,7 @@ class ChatHandler:
 
     def authenticate(self, header: str | None) -> str | None:
         """The bearer key, checked when keys are configured (the Router gives it its policy)."""
-        key = None
-        if header:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() == "bearer" and value.strip():
-                key = value.strip()
-        if not self.keys:
-            return key
-        if key is None:
-            raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
-        if self.keys.lookup(key) is None:
-            raise AuthenticationError("invalid API key")
-        return key
+        return bearer_key(header, self.keys)
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
         """The body, refused early when ``Content-Length`` is over the limit and counted while reading."""

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._router import Router
-from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError, RouterError
-from .fastpath import error_response
+from ..errors import BadRequestError, PayloadTooLargeError, RouterError
+from .fastpath import bearer_key, error_response
 
 MAX_BODY_BYTES = 64 * 1024
 _FIELDS = {"id", "score", "comment"}
@@ -34,7 +34,7 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
 
     async def feedback(request: Request) -> Response:
         try:
-            api_key = _bearer(request.headers.get("authorization"), router)
+            api_key = bearer_key(request.headers.get("authorization"), router.keys)
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
                 raise PayloadTooLargeError(f"a feedback body is at most {MAX_BODY_BYTES:,} bytes")
@@ -49,22 +49,6 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
 
     for path in ("/v1/feedback", "/feedback"):
         app.router.add_route(path, feedback, methods=["POST"])
-
-
-def _bearer(header: str | None, router: Router) -> str | None:
-    """The bearer key; with keys configured it must be a known one (the chat route's rule)."""
-    key = None
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            key = value.strip()
-    if not router.keys:
-        return key
-    if key is None:
-        raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
-    if router.keys.lookup(key) is None:
-        raise AuthenticationError("invalid API key")
-    return key
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
