@@ -53,7 +53,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error
-from .redis_feedback import RedisFeedback
+from .redis_feedback import RedisFeedback, score_window
 from .redis_feedback import parse_member as _parse
 from .redis_schema import (
     METRICS,
@@ -268,8 +268,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     def _range(
         self, since: float, until: float | None, offset: int | None = None, count: int | None = None
     ) -> list[LedgerRecord]:
-        hi = "+inf" if until is None else f"({until!r}"
-        members = self.r.zrangebyscore(self._k_records, repr(float(since)), hi, start=offset, num=count)
+        members = self.r.zrangebyscore(self._k_records, *score_window(since, until), start=offset, num=count)
         return [_parse(m) for m in members]
 
     @guarded("read records")

@@ -88,7 +88,7 @@ class RedisFeedback:
             members = self.r.zrangebylex(byreq, b"[" + request_id.encode() + b"\0", b"(" + request_id.encode() + b"\1")
             ids = [m.rsplit(b"\0", 1)[1] for m in members]
         else:
-            ids = self.r.zrangebyscore(zset, repr(float(since)), "+inf" if until is None else f"({until!r}")
+            ids = self.r.zrangebyscore(zset, *score_window(since, until))
         found = [Feedback(**json.loads(v)) for v in (self.r.hmget(data, ids) if ids else []) if v is not None]
         return sorted(found, key=lambda f: f.ts) if request_id is not None else found
 
@@ -111,10 +111,7 @@ class RedisFeedback:
     def prompts(self, since: float = 0.0, until: float | None = None,
                 request_id: str | None = None) -> list[StoredPrompt]:
         zset, data = self._prompt_keys()
-        if request_id is not None:
-            ids = [request_id]
-        else:
-            ids = self.r.zrangebyscore(zset, repr(float(since)), "+inf" if until is None else f"({until!r}")
+        ids = [request_id] if request_id is not None else self.r.zrangebyscore(zset, *score_window(since, until))
         return [StoredPrompt(**json.loads(v)) for v in (self.r.hmget(data, ids) if ids else []) if v is not None]
 
     @guarded("delete stored prompts")
@@ -138,6 +135,11 @@ class RedisFeedback:
         self.r.eval(DELETE_FEEDBACK_BEFORE, 3, *self._feedback_keys(), f"({older_than!r}")
         self.r.eval(DELETE_PROMPTS_BEFORE, 2, *self._prompt_keys(), f"({older_than!r}")
         self.r.zremrangebyscore(self.prefix + "reqs", "-inf", f"({older_than!r}")
+
+
+def score_window(since: float, until: float | None) -> tuple[str, str]:
+    """``ZRANGEBYSCORE``'s bounds for the times ``[since, until)``."""
+    return repr(float(since)), "+inf" if until is None else f"({until!r}"
 
 
 def parse_member(member: bytes) -> LedgerRecord:
