@@ -44,7 +44,7 @@ def delete(
 ) -> None:
     """Delete stored prompts: exactly one of --before DATE, --all or --request ID. Feedback and ledger records
     stay (they hold no prompt text)."""
-    if sum(x is not None and x is not False for x in (before, request, all_ or None)) != 1:
+    if sum([before is not None, request is not None, all_]) != 1:
         _fail("give exactly one of --before DATE, --all or --request ID")
     ledger, config = _opts(ctx, ledger, config)
     led = _open(_config(config, ledger))
