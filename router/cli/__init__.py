@@ -13,6 +13,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain click help: rich's boxed tables leave the help column a few words wide at 80 columns
 )
 
 # (module, attribute, command name): sub-apps are typer.Typer instances; single commands are functions.

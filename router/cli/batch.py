@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 batch_app = typer.Typer(help="Deferrable work sent through the Batch API: list batches, show one's progress.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 
 _CONFIG = typer.Option(None, "--config", "-c", help="Router config YAML (its ledger and batch store).")
 _STORE = typer.Option(None, "--store", help="Batch store URL (sqlite:///PATH or postgresql://...); default: config.")

@@ -11,6 +11,7 @@ data_app = typer.Typer(
     help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results), measure models, or export the "
     "requests scored by feedback from the ledger.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 

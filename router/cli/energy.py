@@ -15,6 +15,7 @@ from ..energy.carbon import GRID_SOURCE, equivalents, format_joules
 energy_app = typer.Typer(
     help="Meters, per-model energy profiles measured on this machine, and joules in everyday terms.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 _CONFIG_OPT = typer.Option(None, "--config", "-c", help="Router config YAML.")

@@ -36,6 +36,7 @@ ledger_app = typer.Typer(
     help="Energy and carbon of the requests routed so far: totals, reports, exports, retention.",
     invoke_without_command=True,
     no_args_is_help=False,
+    rich_markup_mode=None,
 )
 
 log = logging.getLogger("router.cli")

@@ -13,7 +13,7 @@ from rich.console import Console
 from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _fail, _open, _opts, ledger_app, parse_when
 
 prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
-                          no_args_is_help=True)
+                          no_args_is_help=True, rich_markup_mode=None)
 
 
 @prompts_app.command("count")

@@ -14,15 +14,16 @@ from ..errors import ConfigError
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; more than 1 needs a Redis ledger."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Worker processes; more than 1 needs a ledger they share (Redis or PostgreSQL)."),
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Router config YAML (models, policies, ledger, keys, proxy settings).", exists=True,
         dir_okay=False)] = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="API keys YAML (overrides `keys` in the config).", exists=True, dir_okay=False)] = None,
     ledger_url: Annotated[str | None, typer.Option(
-        "--ledger", help="Ledger URL (sqlite:///PATH or redis://HOST:PORT/DB); overrides the config and "
-        "ROUTER_LEDGER_URL.")] = None,
+        "--ledger", help="Ledger URL (sqlite:///PATH, redis://HOST:PORT/DB or postgresql://USER:PASSWORD@HOST/DB); "
+        "overrides the config and ROUTER_LEDGER_URL.")] = None,
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request line."),
     proxy_headers: Annotated[bool | None, typer.Option(

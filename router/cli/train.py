@@ -15,6 +15,7 @@ from rich.table import Table
 train_app = typer.Typer(
     help="Retrain the shipped ONNX models (request classifier, task specialists) from data in data/.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 console = Console()
 
