@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -140,15 +141,17 @@ def test_retention_at_start_applies_even_with_storing_turned_off(tmp_path: Path)
 def test_router_ledger_prompts_delete(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     led = SQLiteLedger(tmp_path / "ledger.sqlite3")
-    for i, age in enumerate((10, 5, 1)):
-        led.store_prompt(StoredPrompt(f"r{i}", "p", "[]", ts=time.time() - age * DAY))
+    stamps = [time.time() - age * DAY for age in (10, 5, 1)]
+    for i, ts in enumerate(stamps):
+        led.store_prompt(StoredPrompt(f"r{i}", "p", "[]", ts=ts))
     led.close()
     run = CliRunner().invoke
     out = run(app, ["ledger", "prompts", "delete", "--request", "r2", "--ledger", url])
     assert out.exit_code == 0 and "deleted 1 stored prompts" in out.output
     out = run(app, ["ledger", "prompts", "delete", "--before", "7d", "--ledger", url])
     assert out.exit_code == 0 and "deleted 1 stored prompts" in out.output
-    assert "1 stored prompts" in run(app, ["ledger", "prompts", "count", "--ledger", url]).output
+    oldest = datetime.fromtimestamp(stamps[1], tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    assert f"1 stored prompts; oldest {oldest}" in run(app, ["ledger", "prompts", "count", "--ledger", url]).output
     for bad in ([], ["--all", "--request", "r1"]):
         out = run(app, ["ledger", "prompts", "delete", *bad, "--ledger", url])
         assert out.exit_code == 2 and "exactly one of" in out.output
@@ -166,6 +169,7 @@ def test_background_writer_sees_a_record_just_handed_over_and_delegates(tmp_path
         writer.add_feedback(Feedback("chatcmpl-q", 0.4))
         writer.store_prompt(StoredPrompt("chatcmpl-q", "p", "[]"))
         assert [f.score for f in writer.feedback("chatcmpl-q")] == [0.4]
+        assert writer.prompt_summary()[0] == 1
         assert writer.delete_prompts() == 1 and writer.prompts() == []
     finally:
         writer.close()

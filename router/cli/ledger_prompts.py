@@ -23,12 +23,12 @@ def count(ctx: typer.Context, ledger: str | None = _LEDGER_OPT, config: Path | N
     ledger, config = _opts(ctx, ledger, config)
     led = _open(_config(config, ledger))
     try:
-        stored = led.prompts()
+        count, oldest_ts = led.prompt_summary()
     finally:
         led.close()
-    oldest = (datetime.fromtimestamp(stored[0].ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-              if stored else "-")
-    Console().print(f"{len(stored):,} stored prompts; oldest {oldest}")
+    oldest = ("-" if oldest_ts is None
+              else datetime.fromtimestamp(oldest_ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    Console().print(f"{count:,} stored prompts; oldest {oldest}")
 
 
 @prompts_app.command("delete")

@@ -99,6 +99,10 @@ class FeedbackMethods:
         """Stored prompts in time order: of one request, or every one stored in ``[since, until)``."""
         raise _unsupported(self, "read stored prompts")
 
+    def prompt_summary(self) -> tuple[int, float | None]:
+        """``(how many prompts are stored, the oldest one's time)``, counted by the store without reading them."""
+        raise _unsupported(self, "count stored prompts")
+
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         """Delete the stored prompts of one request, or those stored before ``before``, or (neither given) all of
         them; returns how many went."""

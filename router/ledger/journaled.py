@@ -337,6 +337,9 @@ class JournaledLedger(Ledger):
                 request_id: str | None = None) -> list[StoredPrompt]:
         return self._store().prompts(since, until, request_id)
 
+    def prompt_summary(self) -> tuple[int, float | None]:
+        return self._store().prompt_summary()
+
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         return self._store().delete_prompts(before=before, request_id=request_id)
 

@@ -55,6 +55,12 @@ class PostgresFeedback:
         rows = self._pool.run(lambda c: c.execute(sql, args).fetchall())
         return [StoredPrompt(**dict(zip(PROMPT_FIELDS, r, strict=True))) for r in rows]
 
+    @guarded("count stored prompts")
+    def prompt_summary(self) -> tuple[int, float | None]:
+        sql = f"SELECT COUNT(*), MIN(ts) FROM {self.schema}.prompts"
+        count, oldest = self._pool.run(lambda c: c.execute(sql).fetchone())
+        return int(count), oldest
+
     @guarded("delete stored prompts")
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         check_delete_args(before, request_id)

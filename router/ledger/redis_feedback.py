@@ -114,6 +114,15 @@ class RedisFeedback:
         ids = [request_id] if request_id is not None else self.r.zrangebyscore(zset, *score_window(since, until))
         return [StoredPrompt(**json.loads(v)) for v in (self.r.hmget(data, ids) if ids else []) if v is not None]
 
+    @guarded("count stored prompts")
+    def prompt_summary(self) -> tuple[int, float | None]:
+        zset = self._prompt_keys()[0]
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zcard(zset)
+        pipe.zrange(zset, 0, 0, withscores=True)
+        count, first = pipe.execute()
+        return int(count), (float(first[0][1]) if first else None)
+
     @guarded("delete stored prompts")
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         check_delete_args(before, request_id)

@@ -60,6 +60,12 @@ class SQLiteFeedback:
             rows = self._conn.execute(sql, args).fetchall()
         return [StoredPrompt(**dict(zip(PROMPT_FIELDS, r, strict=True))) for r in rows]
 
+    @guarded("count stored prompts")
+    def prompt_summary(self) -> tuple[int, float | None]:
+        with self._lock:
+            count, oldest = self._conn.execute("SELECT COUNT(*), MIN(ts) FROM prompts").fetchone()
+        return int(count), oldest
+
     @guarded("delete stored prompts")
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         check_delete_args(before, request_id)

@@ -273,6 +273,9 @@ class BackgroundLedger(Ledger):
                 request_id: str | None = None) -> list[StoredPrompt]:
         return self.inner.prompts(since, until, request_id)
 
+    def prompt_summary(self) -> tuple[int, float | None]:
+        return self.inner.prompt_summary()
+
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         return self.inner.delete_prompts(before=before, request_id=request_id)
 

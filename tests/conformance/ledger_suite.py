@@ -482,15 +482,17 @@ def check_feedback(open_store: OpenStore) -> None:
 
 
 def check_stored_prompts(open_store: OpenStore) -> None:
-    """Stored prompts round-trip by request and by time (the first stored for an id wins); they are deleted by
-    request, by age and all at once, each saying how many went."""
+    """Stored prompts round-trip by request and by time (the first stored for an id wins); the store counts them
+    and finds the oldest; they are deleted by request, by age and all at once, each saying how many went."""
     led = open_store("prompts")
+    assert led.prompt_summary() == (0, None)
     ps = [StoredPrompt(f"r{i}", f"prompt {i} ✓", f'[{{"role": "user", "content": "prompt {i}"}}]', answer=f"a{i}",
                        model="smollm2-135m", key_hash=["key-a", None][i % 2], ts=T0 + i * 100) for i in range(6)]
     for p in ps:
         led.store_prompt(p)
     led.store_prompt(dataclasses.replace(ps[0], prompt="changed"))
     assert [p.as_dict() for p in led.prompts()] == [p.as_dict() for p in ps]
+    assert led.prompt_summary() == (6, T0)
     assert [p.as_dict() for p in led.prompts(request_id="r3")] == [ps[3].as_dict()]
     assert [p.request_id for p in led.prompts(since=T0 + 100, until=T0 + 300)] == ["r1", "r2"]
     assert led.prompts(request_id="nobody") == []
@@ -498,6 +500,7 @@ def check_stored_prompts(open_store: OpenStore) -> None:
     assert led.delete_prompts(request_id="r3") == 0
     assert led.delete_prompts(before=T0 + 150) == 2
     assert [p.request_id for p in led.prompts()] == ["r2", "r4", "r5"]
+    assert led.prompt_summary() == (3, T0 + 200)
     assert led.delete_prompts() == 3
     assert led.prompts() == []
 
