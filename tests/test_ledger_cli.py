@@ -102,6 +102,13 @@ def test_prune_and_retention(ledger: str) -> None:
     assert "pruned 2 records" in out and "retention: 0.06 days" in out
 
 
+def test_a_retention_that_is_not_a_number_of_days_is_refused(ledger: str) -> None:
+    for bad in ("nan", "inf", "0", "-3", "1e300"):
+        result = CliRunner().invoke(app, ["ledger", "retention", "--ledger", ledger, "--", bad], env={"COLUMNS": "200"})
+        assert result.exit_code == 2 and "give a number of days above 0" in result.output, (bad, result.output)
+    assert "retention: keep everything" in run("ledger", "retention", "--ledger", ledger)
+
+
 def test_parse_when() -> None:
     assert parse_when("7d", now=1_000_000.0) == 1_000_000.0 - 7 * 86400
     assert parse_when("90m", now=10_000.0) == 10_000.0 - 5400

@@ -3,6 +3,7 @@ retention."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from router.errors import LedgerError
+from router.errors import ConfigError, LedgerError
 from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
 from router.ledger.sqlite import SCHEMA_VERSION
 from router.ledger.sqlite_schema import MIGRATIONS
@@ -114,6 +115,27 @@ def test_retention_is_stored_and_applied_on_open(tmp_path: Path) -> None:
     assert again.retention_days == 10.0
     again.set_retention_days(None)
     assert again.retention_days is None
+    again.close()
+
+
+def test_a_bad_retention_is_refused_before_the_file_exists_and_a_stored_one_is_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``?retention_days=nan`` used to be stored and then fail every later open of the ledger (``int(nan)`` in the
+    prune), the CLI's ``retention --off`` included."""
+    db = tmp_path / "r.sqlite3"
+    with pytest.raises(ConfigError, match="retention_days=nan"):
+        open_ledger(f"sqlite:///{db}?retention_days=nan")
+    assert not db.exists()
+    led = SQLiteLedger(db)
+    led.record(LedgerRecord("r0", "m", "small", 1.0, "estimated:cpu-time", ts=time.time() - 400 * 86400))
+    led.set_meta("retention_days", "nan")  # what an older version let through
+    led.close()
+    with caplog.at_level(logging.WARNING, logger="router.ledger"):
+        again = SQLiteLedger(db)
+    assert again.retention_days is None and [r.request_id for r in again.records()] == ["r0"]
+    assert "ignoring the stored retention setting 'nan'" in caplog.text
+    again.set_retention_days(30)
+    assert again.apply_retention() == 1 and again.retention_days == 30.0
     again.close()
 
 

@@ -15,6 +15,7 @@ and migrations are modules of their own.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -24,8 +25,10 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from .._ids import new_record_id
+from ..errors import ConfigError
 from .feedback import FeedbackMethods
 
+log = logging.getLogger("router.ledger")
 Outcome = Literal["ok", "error", "escalated", "rejected", "cancelled"]
 
 
@@ -253,6 +256,34 @@ SUMMARY_DIMS = ("model", "tier", "key_hash", "policy", "task", "outcome", "energ
 def bucket_of(ts: float) -> float:
     """Start of the hour bucket holding ``ts``."""
     return float(math.floor(ts / BUCKET_S) * BUCKET_S)
+
+
+MAX_RETENTION_DAYS = 36_525.0
+"""A century: longer is "keep everything" (``None``), and a cut-off further back than 1900 is not a time."""
+
+
+def checked_retention_days(days: float | None) -> float | None:
+    """``days`` if it is a retention setting a store may keep (None, or a finite number in (0, a century]);
+    a :class:`~router.errors.ConfigError` otherwise, before anything is stored."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_RETENTION_DAYS:
+        raise ConfigError(f"retention_days={days!r}: give a number of days above 0 and at most "
+                          f"{MAX_RETENTION_DAYS:,.0f}, or none to keep everything")
+    return float(days)
+
+
+def stored_retention_days(value: str | bytes | None, where: str) -> float | None:
+    """The retention setting read back from a store. One that no longer passes :func:`checked_retention_days`
+    (written by an older version) is ignored with a warning, so the ledger still opens and can be set again."""
+    if value is None:
+        return None
+    try:
+        return checked_retention_days(float(value))
+    except (ValueError, ConfigError) as exc:
+        log.warning("%s: ignoring the stored retention setting %r (%s); set it again with `router ledger retention "
+                    "DAYS` or `--off`", where, value, exc)
+        return None
 
 
 class Retention:

@@ -41,6 +41,8 @@ from .base import (
     Retention,
     SummaryRow,
     binary_chunks,
+    checked_retention_days,
+    stored_retention_days,
     totals_from_summary,
     window_start,
 )
@@ -129,6 +131,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     ) -> None:  # fmt: skip
         import psycopg
 
+        checked_retention_days(retention_days)  # before the pool connects
         self.driver_errors = (psycopg.Error, OSError)
         self.url = url or conninfo
         if not SCHEMA_NAME.match(schema):
@@ -213,19 +216,18 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("read a setting")
     def retention_days(self) -> float | None:
         row = self._one(f"SELECT value FROM {self.schema}.meta WHERE key = 'retention_days'")
-        return float(row[0]) if row else None
+        return stored_retention_days(row[0] if row else None, self.url)
 
     @guarded("store a setting")
     def set_retention_days(self, days: float | None) -> None:
         """Keep records for ``days`` (None: forever); shared by every process using this database."""
-        if days is not None and days <= 0:
-            raise ValueError("retention_days must be positive (or None to keep everything)")
+        days = checked_retention_days(days)
         if days is None:
             self._pool.run(lambda c: c.execute(f"DELETE FROM {self.schema}.meta WHERE key = 'retention_days'"))
             return
         self._pool.run(lambda c: c.execute(
             f"""INSERT INTO {self.schema}.meta (key, value) VALUES ('retention_days', %s)
-            ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (repr(float(days)),)))  # fmt: skip
+            ON CONFLICT (key) DO UPDATE SET value = excluded.value""", (repr(days),)))  # fmt: skip
 
 
     @guarded("read recent calls")

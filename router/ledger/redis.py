@@ -49,6 +49,8 @@ from .base import (
     SummaryRow,
     aggregate,
     bucket_of,
+    checked_retention_days,
+    stored_retention_days,
     totals_from_summary,
     window_start,
 )
@@ -81,6 +83,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         retention_days: float | None = None,
         url: str | None = None,
     ) -> None:
+        checked_retention_days(retention_days)
         self.r = client
         self.prefix = prefix
         self.url = url or _describe(client, prefix)
@@ -156,18 +159,16 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     @property
     @guarded("read a setting")
     def retention_days(self) -> float | None:
-        value = self.r.hget(self._k_meta, "retention_days")
-        return float(value) if value is not None else None
+        return stored_retention_days(self.r.hget(self._k_meta, "retention_days"), self.url)
 
     @guarded("store a setting")
     def set_retention_days(self, days: float | None) -> None:
         """Keep records for ``days`` (None: forever); shared by every process using this ledger."""
+        days = checked_retention_days(days)
         if days is None:
             self.r.hdel(self._k_meta, "retention_days")
             return
-        if days <= 0:
-            raise ValueError("retention_days must be positive (or None to keep everything)")
-        self.r.hset(self._k_meta, "retention_days", repr(float(days)))
+        self.r.hset(self._k_meta, "retention_days", repr(days))
 
 
     @guarded("read recent calls")

@@ -36,6 +36,8 @@ from .base import (
     Retention,
     SummaryRow,
     binary_chunks,
+    checked_retention_days,
+    stored_retention_days,
     totals_from_summary,
     window_start,
 )
@@ -100,6 +102,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         retention_days: float | None = None,
         durable: bool = False,
     ) -> None:
+        checked_retention_days(retention_days)  # before the file is created or opened
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._lock = threading.Lock()
@@ -221,14 +224,12 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
 
     @property
     def retention_days(self) -> float | None:
-        value = self.get_meta("retention_days")
-        return float(value) if value is not None else None
+        return stored_retention_days(self.get_meta("retention_days"), self.url)
 
     def set_retention_days(self, days: float | None) -> None:
         """Keep records for ``days`` (None: forever). Stored in the file, applied on open and hourly."""
-        if days is not None and days <= 0:
-            raise ValueError("retention_days must be positive (or None to keep everything)")
-        self.set_meta("retention_days", None if days is None else repr(float(days)))
+        days = checked_retention_days(days)
+        self.set_meta("retention_days", None if days is None else repr(days))
 
 
     @guarded("read recent calls")

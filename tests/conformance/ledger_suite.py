@@ -24,7 +24,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from router.errors import LedgerError
+import pytest
+
+from router.errors import ConfigError, LedgerError
 from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
 from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
 
@@ -382,6 +384,20 @@ def check_prune(open_store: OpenStore) -> None:
     assert led.prune(cut) == 0
 
 
+def check_retention_setting(open_store: OpenStore) -> None:
+    """The stored retention setting round-trips; a value that is not a number of days in (0, a century] is refused
+    with a ConfigError and leaves the setting as it was (a NaN once stored made every later open fail)."""
+    led = open_store("retention")
+    assert led.retention_days is None  # type: ignore[attr-defined]
+    led.set_retention_days(30)  # type: ignore[attr-defined]
+    for bad in (math.nan, math.inf, -math.inf, 0, -1, 1e300, True, "30"):
+        with pytest.raises(ConfigError, match="retention_days"):
+            led.set_retention_days(bad)  # type: ignore[attr-defined]
+        assert led.retention_days == 30.0  # type: ignore[attr-defined]
+    led.set_retention_days(None)  # type: ignore[attr-defined]
+    assert led.retention_days is None  # type: ignore[attr-defined]
+
+
 def check_record_ids_make_writes_idempotent(open_store: OpenStore) -> None:
     """Writing a record whose id is stored changes nothing (record and record_many, within a batch and across
     batches), and the sums count it once; attempts of one request share a request id but not a record id."""
@@ -541,6 +557,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_reserve_up_to_the_limit,
     check_window_rollover,
     check_prune,
+    check_retention_setting,
     check_record_ids_make_writes_idempotent,
     check_schema_version_is_current,
     check_reserve_is_atomic_across_processes,
