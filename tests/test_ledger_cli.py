@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from router.cards import load_cards
 from router.cli import app
-from router.cli.ledger import parse_when
+from router.cli.ledger import _savings_sentence, parse_when
+from router.energy.carbon import format_joules
 from router.ledger import LedgerRecord, SQLiteLedger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,19 @@ def test_report_counterfactual_is_the_large_profile_for_answered_requests(ledger
     assert int(total["requests"]) == 5 and int(total["errors"]) == 1
 
 
+def test_the_report_says_when_routing_cost_more_than_the_counterfactual(ledger: str) -> None:
+    """The footer used to print "Saved ...: 0 J" for a negative saving (the table beside it said -2.3 J)."""
+    led = SQLiteLedger.from_url(ledger)  # a small model that took far more than the large card's profile
+    led.record(LedgerRecord("r9", "smollm2-135m", "small", 500.0, "measured:rapl", input_tokens=10, output_tokens=5))
+    led.close()
+    rows = csv.DictReader(io.StringIO(run("ledger", "report", "--ledger", ledger, "--format", "csv")))
+    saved = float(next(r for r in rows if r["model"] == "total")["saved_j"])
+    assert saved < 0
+    table = run("ledger", "report", "--ledger", ledger)
+    assert f"Routing used more than always gemma3-270m would have (estimate): {format_joules(-saved)}" in table
+    assert _savings_sentence(5.0, "big", 475).startswith("Saved against always big (estimate): 5 J")
+
+
 def test_report_formats(ledger: str, tmp_path: Path) -> None:
     table = run("ledger", "report", "--ledger", ledger, "--by", "tier")
     assert "Energy by tier" in table and "saved (est.)" in table and "estimate against always calling" in table
@@ -81,6 +95,26 @@ def test_report_formats(ledger: str, tmp_path: Path) -> None:
     run("ledger", "report", "--ledger", ledger, "--format", "html", "-o", str(html_file), "--plot", str(png))
     assert "data:image/png;base64," in html_file.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_groups_since_applies_to_report_and_export(ledger: str, tmp_path: Path) -> None:
+    """``router ledger --since 3h report`` used to report every record (only the group's own table read it)."""
+    data = json.loads(run("ledger", "--ledger", ledger, "--since", "3h", "report", "--format", "json"))
+    assert data["total"]["requests"] == 3
+    out = tmp_path / "x.csv"
+    run("ledger", "--ledger", ledger, "--since", "3h", "export", "-o", str(out))
+    assert [r["request_id"] for r in csv.DictReader(out.open())] == ["r2", "r3", "r4"]
+    assert "No records since" in run("ledger", "--ledger", ledger, "--since", "30m")
+
+
+def test_times_and_lengths_that_are_not_are_refused(ledger: str) -> None:
+    """NaN, infinite and far-future times, an empty range and a zero window: a usage error, not a traceback."""
+    for args in (["report", "--since", "nan"], ["report", "--since", "inf"],
+                 ["report", "--since", "1d", "--until", "2d"], ["report", "--window", "0h"],
+                 ["prune", "--older-than", "nan"], ["export", "-o", "x.csv", "--until", "1e20"],
+                 ["prompts", "delete", "--before", "1e20"]):
+        result = CliRunner().invoke(app, ["ledger", *args, "--ledger", ledger], env={"COLUMNS": "200"})
+        assert result.exit_code == 2 and "Invalid value" in result.output, (args, result.output)
 
 
 def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:

@@ -82,25 +82,45 @@ _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_LAST_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
+
 def parse_when(text: str | None, now: float | None = None) -> float | None:
-    """``7d`` (relative), ``2024-05-01`` / ``2024-05-01T12:00`` (UTC unless it says otherwise) or epoch seconds."""
+    """``7d`` (relative), ``2024-05-01`` / ``2024-05-01T12:00`` (UTC unless it says otherwise) or epoch seconds,
+    between 1970 and the year 9999 (a cut-off before 1970 is the start of time)."""
     if text is None or text == "":
         return None
     now = time.time() if now is None else now
     m = _REL.match(text)
     if m:
-        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
+        return max(0.0, now - float(m.group(1)) * _UNIT_S[m.group(2)])
     try:
-        return float(text)
+        ts = float(text)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{text!r}: {_SINCE_HELP}") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{text!r}: {_SINCE_HELP}") from exc
+        ts = (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)).timestamp()
+    if not 0 <= ts <= _LAST_TS:  # NaN fails this too
+        raise typer.BadParameter(f"{text!r}: a time between 1970 and the year 9999; {_SINCE_HELP}")
+    return ts
+
+
+def parse_range(since: str | None, until: str | None) -> tuple[float, float | None]:
+    """``(--since, --until)`` as epoch seconds (since 0 when not given); an empty range is a mistake."""
+    start, end = parse_when(since) or 0.0, parse_when(until)
+    if end is not None and end <= start:
+        raise typer.BadParameter(f"--until {until!r} is not after --since {since!r}: the range is empty")
+    return start, end
+
+
+def parse_length(text: str, option: str) -> float:
+    """A length of time in seconds: ``24h``, ``90m``, ``2d`` (more than zero)."""
+    m = _REL.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise typer.BadParameter(f"{option} {text!r}: a length above zero, such as 24h, 90m or 2d")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
 def _config(config: Path | None, ledger: str | None) -> RouterConfig:
@@ -110,12 +130,18 @@ def _config(config: Path | None, ledger: str | None) -> RouterConfig:
 def _open(cfg: RouterConfig, *, create: bool = False) -> Ledger:
     """The config's ledger. A SQLite file that is not there is an error unless ``create``: opening it would make
     an empty ledger (and its folders), and a mistyped path would report nothing as if nothing had been routed."""
-    if not create and cfg.ledger_url.startswith("sqlite:///"):
-        path = path_from_url(cfg.ledger_url)
+    if not create:
+        require_ledger(cfg.ledger_url)
+    return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
+
+
+def require_ledger(url: str) -> None:
+    """Fail (exit 2) when ``url`` names a SQLite file that is not there, before anything opens (and creates) it."""
+    if url.startswith("sqlite:///"):
+        path = path_from_url(url)
         if not path.exists():
             _fail(f"no ledger at {path}: nothing has been recorded there; route a request first (`router demo`) or "
                   "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
-    return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -153,7 +179,7 @@ def ledger_main(
     since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
 ) -> None:
     """Totals per model and per day, with everyday equivalents (run a subcommand for more)."""
-    ctx.obj = {"ledger": ledger, "config": config}
+    ctx.obj = {"ledger": ledger, "config": config, "since": since}
     if ctx.invoked_subcommand is not None:
         return
     try:
@@ -167,7 +193,8 @@ def ledger_main(
         return
     console = Console()
     if not summary:
-        console.print(f"No records yet in {cfg.ledger_url}.")
+        when = "" if since is None else f" since {_utc(start)}"
+        console.print(f"No records{when} in {cfg.ledger_url}." if when else f"No records yet in {cfg.ledger_url}.")
         return
     for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
         table = Table(title=title)
@@ -193,6 +220,23 @@ def ledger_main(
 def _opts(ctx: typer.Context, ledger: str | None, config: Path | None) -> tuple[str | None, Path | None]:
     parent = ctx.obj or {}
     return ledger or parent.get("ledger"), config or parent.get("config")
+
+
+def _since(ctx: typer.Context, since: str | None) -> str | None:
+    """A subcommand's ``--since``, else the group's (``router ledger --since 7d report``)."""
+    return since if since is not None else (ctx.obj or {}).get("since")
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _savings_sentence(saved_j: float, counterfactual: str, grid_g_per_kwh: float) -> str:
+    """What routing saved against always using ``counterfactual``, or (when it cost more) how much more."""
+    if saved_j >= 0:
+        return f"Saved against always {counterfactual} (estimate): {equivalents(saved_j, grid_g_per_kwh).sentence()}"
+    return (f"Routing used more than always {counterfactual} would have (estimate): "
+            f"{equivalents(-saved_j, grid_g_per_kwh).sentence()} more")
 
 
 @ledger_app.command()
@@ -221,6 +265,8 @@ def report(
     from ..ledger.report import build_report, plot_png, rich_table, to_csv, to_html
 
     ledger, config = _opts(ctx, ledger, config)
+    start, end = parse_range(_since(ctx, since), until)
+    window_s = parse_length(window, "--window")
     try:
         cfg = _config(config, ledger)
         cards = load_cards(cfg.models_dir)
@@ -228,19 +274,18 @@ def report(
             _fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
         led = _open(cfg)
         rep = build_report(
-            led, cards, by=by.value, since=parse_when(since) or 0.0, until=parse_when(until),
-            grid_g_per_kwh=cfg.grid_g_per_kwh, counterfactual=counterfactual,
+            led, cards, by=by.value, since=start, until=end, grid_g_per_kwh=cfg.grid_g_per_kwh,
+            counterfactual=counterfactual,
         )  # fmt: skip
-        m = _REL.match(window)
-        if not m:
-            _fail(f"--window {window!r}: a length such as 24h, 90m or 2d")
         grid = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
-        carbon = build_carbon(led, parse_when(since) or 0.0, parse_when(until), grid=grid,
-                              window_s=float(m.group(1)) * _UNIT_S[m.group(2)])
+        carbon = build_carbon(led, start, end, grid=grid, window_s=window_s)
         led.close()
     except RouterError as exc:
         _fail(str(exc))
         return
+    for path in (output, plot):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if plot is not None:
         plot_png(rep, plot)
     if fmt is Format.table:
@@ -251,15 +296,12 @@ def report(
         console.print(summary_line(carbon))
         console.print(f"Total: {equivalents(rep.total.energy_j, rep.grid_g_per_kwh).sentence()}")
         if rep.counterfactual_model:
-            console.print(
-                f"Saved against always {rep.counterfactual_model} (estimate): "
-                f"{equivalents(max(0.0, rep.total.saved_j), rep.grid_g_per_kwh).sentence()}"
-            )
+            console.print(_savings_sentence(rep.total.saved_j, rep.counterfactual_model, rep.grid_g_per_kwh))
         if output:
             console.file.close()
     else:
         if fmt is Format.json:
-            text = json.dumps({**rep.as_dict(), "carbon": carbon.as_dict()}, indent=2)
+            text = json.dumps({**rep.as_dict(), "carbon": carbon.as_dict()}, indent=2) + "\n"
         else:
             text = {Format.csv: to_csv, Format.html: to_html}[fmt](rep)
         if output:
@@ -287,10 +329,11 @@ def export(
     if fmt is ExportFormat.parquet and not parquet_available():
         _fail("Parquet export needs pyarrow, which is not installed here (pip install pyarrow); use --format csv")
     ledger, config = _opts(ctx, ledger, config)
+    start, end = parse_range(_since(ctx, since), until)
     cfg = _config(config, ledger)
     led = _open(cfg)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
-    n = fn(led, output, parse_when(since) or 0.0, parse_when(until))
+    n = fn(led, output, start, end)
     led.close()
     Console(stderr=True).print(f"wrote {n:,} records to {output} ({fmt.value})")
 
@@ -306,12 +349,12 @@ def prune(
     """Delete old records now (and their hourly summaries)."""
     ledger, config = _opts(ctx, ledger, config)
     cut = parse_when(older_than)
-    assert cut is not None
+    if cut is None:
+        raise typer.BadParameter("--older-than: give an age (90d) or a date")
     led = _open(_config(config, ledger))
     n = led.prune(cut)
     led.close()
-    when = datetime.fromtimestamp(cut, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    Console().print(f"pruned {n:,} records older than {when}")
+    Console().print(f"pruned {n:,} records older than {_utc(cut)}")
 
 
 @ledger_app.command()
@@ -341,7 +384,7 @@ def retention(
 
 
 _JOURNAL_OPT = typer.Option(
-    None, "--journal", help="Journal folder (default: the config's extra.ledger_journal.folder, else beside a "
+    None, "--journal", help="Journal folder (default: the config's journal.folder, else beside a "
     "SQLite ledger or in the user data dir)."
 )
 _REPLAY_OPT = typer.Option(True, "--replay/--no-replay", help="Replay the journals of stopped processes.")
@@ -365,6 +408,7 @@ def doctor(
 
     ledger, config = _opts(ctx, ledger, config)
     cfg = _config(config, ledger)
+    require_ledger(cfg.ledger_url)
     folder = journal or journal_folder(cfg.journal, cfg.ledger_url)
     rep = diagnose(cfg.ledger_url, journal_folder=folder, replay=replay, repair=repair)
     console = Console(highlight=False, soft_wrap=True)

@@ -125,7 +125,7 @@ class Journal:
     def _error(self, exc: OSError, action: str) -> LedgerError:
         return ledger_error(self.url or str(self.folder),
                             f"could not {action} in {self.folder}: {exc.strerror or exc}",
-                            "make the journal folder writable (extra.ledger_journal.folder sets it) and free "
+                            "make the journal folder writable (the config's journal.folder sets it) and free "
                             "space on its disk", retryable=exc.errno in (errno.ENOSPC, errno.EDQUOT))  # fmt: skip
 
     def _open_segment(self) -> Segment:
