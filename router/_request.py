@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .backends.base import Cancel, CancelFlag
 from .classify.base import Classification
@@ -251,7 +251,7 @@ def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
     out: list[ChatMessage] = []
     total = 0
     for i, raw in enumerate(messages):
-        msg = raw if isinstance(raw, ChatMessage) else _message(i, raw)
+        msg = _message(i, raw)
         total += len(msg.text)
         if msg.tool_calls:
             total += sum(len(c["function"]["arguments"]) for c in msg.tool_calls)
@@ -272,8 +272,12 @@ def has_tool_history(messages: list[ChatMessage]) -> bool:
 
 
 def _message(i: int, raw: Any) -> ChatMessage:
+    if isinstance(raw, BaseModel):  # a ChatMessage, or an answer's message put back into the history (this
+        raw = raw.model_dump(exclude_none=True)  # library's or the openai SDK's): checked like the dict it dumps to
     if not isinstance(raw, Mapping):
-        raise BadRequestError(f"messages[{i}] must be an object with `role` and `content`", param=f"messages[{i}]")
+        raise BadRequestError(f"messages[{i}] must be an object with `role` and `content` (a dict, or a message "
+                              f"object such as a response's choices[0].message), got {_kind(raw)}",
+                              param=f"messages[{i}]")
     if raw.get("role") in ("assistant", "tool", "function") or "tool_calls" in raw or "tool_call_id" in raw:
         raw = check_tool_fields(i, raw)
     content = raw.get("content")
@@ -289,6 +293,8 @@ def _message(i: int, raw: Any) -> ChatMessage:
     elif not isinstance(content, str):
         raise BadRequestError(f"messages[{i}].content must be a string, got {_kind(content)}",
                               param=f"messages[{i}].content")
+    else:
+        _check_encodable(content, f"messages[{i}].content")
     if raw.get("name") is not None and not isinstance(raw["name"], str):
         raise BadRequestError(f"messages[{i}].name must be a string, got {_kind(raw['name'])}",
                               param=f"messages[{i}].name")
@@ -301,6 +307,18 @@ def _message(i: int, raw: Any) -> ChatMessage:
             f"messages[{i}].{where}: {err['msg']} (roles: system, developer, user, assistant, tool)",
             param=f"messages[{i}].{where}",
         ) from None
+
+
+def _check_encodable(text: str, param: str) -> None:
+    """Text every model can be given: a lone UTF-16 surrogate (JSON's ``"\\ud800"`` decodes to one) cannot be
+    encoded as UTF-8, and would otherwise fail on every model in turn, each failure counting towards its
+    cooldown."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError(f"{param} holds a lone surrogate (\\u{ord(text[exc.start]):04x} at character "
+                              f"{exc.start}), which is not text: send valid UTF-16 pairs or UTF-8",
+                              param=param) from None
 
 
 def request_text(messages: list[ChatMessage]) -> str:

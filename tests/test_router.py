@@ -11,6 +11,7 @@ from openai.types.chat import ChatCompletionChunk as OpenAIChunk
 from router import (
     BackendError,
     BadRequestError,
+    ChatMessage,
     ContextLengthError,
     Router,
     RouterConfig,
@@ -97,6 +98,12 @@ def test_acomplete_and_async_stream(router):
         ([{"role": "system", "content": "be nice"}], "no user message"),
         ([{"role": "user", "content": "   "}], "no user message"),
         (["not an object"], "object"),
+        # message objects are checked like dicts (a ChatMessage used to skip the checks: KeyError 'function')
+        ([{"role": "user", "content": "hi"}, ChatMessage(role="assistant", content=None, tool_calls=[{"id": "x"}])],
+         "messages[1].tool_calls[0] must be"),
+        ([ChatMessage(role="tool", content="x"), {"role": "user", "content": "hi"}], "tool_call_id is required"),
+        # a lone surrogate (JSON's "\ud800") used to fail on every model in turn, each a backend failure
+        ([{"role": "user", "content": "Is this review positive? 'bad \ud800 film'"}], "lone surrogate (\\ud800"),
     ],
 )
 def test_bad_messages_raise_typed_errors(router, messages, needle):
@@ -105,6 +112,23 @@ def test_bad_messages_raise_typed_errors(router, messages, needle):
     assert needle in str(err.value)
     assert err.value.http_status == 400
     assert router.ledger.records() == []  # nothing half-written
+
+
+def test_an_answers_message_goes_back_into_the_history(router):
+    """The OpenAI tool-calling guide's pattern, ``messages.append(completion.choices[0].message)``, with this
+    library's answer and with the openai SDK's message objects (tool calls included)."""
+    first = router.complete(messages=user(REVIEW))
+    history = [*user(REVIEW), first.choices[0].message, {"role": "user", "content": "And this one? 'dull'"}]
+    assert router.prepare(history).messages[1].openai() == {"role": "assistant", "content": "positive"}
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+    sdk_turn = OpenAIChatCompletion.model_validate({
+        "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": None, "tool_calls": [call]}}],
+    }).choices[0].message
+    history = [*user("look x up"), sdk_turn, {"role": "tool", "tool_call_id": "call_1", "content": "found"}]
+    checked = router.prepare(history, tools=[{"type": "function", "function": {"name": "lookup"}}]).messages
+    assert checked[1].tool_calls == [call] and checked[2].tool_call_id == "call_1"
 
 
 def test_unknown_model_and_param(router):
