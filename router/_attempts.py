@@ -146,12 +146,15 @@ class Attempts:
         card = backend.card
         prompt_tokens = backend.prompt_tokens(self.prepared.messages)
         wanted = self.prepared.max_tokens or 0
+        if prompt_tokens > card.context_length:
+            raise ContextLengthError(
+                f"the prompt is {prompt_tokens} tokens but {card.name} holds {card.context_length}; shorten the "
+                "messages or pin a model with a longer context", param="messages")
         if prompt_tokens + wanted > card.context_length:
             raise ContextLengthError(
-                f"the prompt is {prompt_tokens} tokens (+{wanted} to generate) but {card.name} holds "
-                f"{card.context_length}; shorten the messages or pin a model with a longer context",
-                param="messages",
-            )
+                f"the prompt is {prompt_tokens} tokens and max_tokens asks for {wanted} more, but {card.name} holds "
+                f"{card.context_length}; lower max_tokens to at most {card.context_length - prompt_tokens} or pin a "
+                "model with a longer context", param="max_tokens")
 
     def _may_escalate(self, model: str) -> bool:
         d = self.prepared.decision
@@ -291,10 +294,12 @@ class Attempts:
         if self.errors and all(isinstance(e, ContextLengthError) for e in self.errors):
             if len(self.errors) == 1:
                 return self.errors[0]
+            max_tokens_to_blame = all(e.param == "max_tokens" for e in self.errors)
             return ContextLengthError(
                 "the prompt does not fit any candidate model's context: "
-                + "; ".join(e.message.split(";")[0] for e in self.errors) + "; shorten the messages",
-                param="messages")
+                + "; ".join(e.message.split(";")[0] for e in self.errors)
+                + ("; lower max_tokens" if max_tokens_to_blame else "; shorten the messages"),
+                param="max_tokens" if max_tokens_to_blame else "messages")
         if self.errors:
             return self.errors[-1]
         refs = [r for rs in self.prepared.decision.model_budgets.values() for r in rs]

@@ -34,7 +34,9 @@ from ._request import (
     CheckedRequest,
     PreparedRequest,
     check_params,
+    context_floor,
     has_tool_history,
+    prompt_chars,
     request_text,
     split_model,
     validate_messages,
@@ -309,7 +311,7 @@ class Router:
             messages=msgs, text=request_text(msgs), pinned_name=pinned, policy=p["policy"] or policy_from_model,
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
-            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options,
+            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=prompt_chars(msgs),
         )
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
@@ -319,10 +321,11 @@ class Router:
         if policy is None and api_key is not None:
             spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
             policy = spec.policy if spec is not None else None
-        input_tokens = max(1, len(req.text) // 4)
+        input_tokens = max(1, req.chars // 4)  # the whole conversation is read, not only the question
         learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
+                                  context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
                                   grid_g_per_kwh=self._grid_now(),
                                   capabilities=req.options.capabilities)

@@ -155,6 +155,30 @@ def test_prompt_over_context_of_pinned_model(router):
     assert router.ledger.records() == []
 
 
+def test_max_tokens_beyond_every_context_is_refused_when_deciding_and_says_so(router):
+    """``max_tokens=100000`` used to pass ``prepare`` (the decision assumed 128 tokens to generate) and fail at
+    send with "shorten the messages"."""
+    with pytest.raises(ContextLengthError, match="lower max_tokens"):
+        router.prepare(messages=user("Say hi"), max_tokens=100_000)
+    with pytest.raises(ContextLengthError, match=r"max_tokens asks for 2000 more.*; lower max_tokens$"):
+        router.complete(messages=user("Say hi, " * 60), model="smollm2-135m", max_tokens=2000)
+    assert router.ledger.records() == []
+
+
+def test_a_prompt_that_fits_is_routed_even_when_four_characters_a_token_says_it_does_not(router):
+    """``" international" * 560`` is 7,854 characters but 568 SmolLM2 tokens: the decision used to estimate 1,964
+    (characters / 4) plus 128 to generate, leave out every 2,048-token model and refuse what a pin answered."""
+    prepared = router.prepare(messages=user("Count the words:" + " international" * 560), max_tokens=2)
+    assert prepared.decision.model in ("smollm2-135m", "gemma3-270m")
+
+
+def test_thousands_of_turns_are_refused_before_any_tokenizer_runs(router):
+    """15,000 two-character turns took seconds of tokenizing on the event loop before the 400."""
+    with pytest.raises(ContextLengthError, match="at least"):
+        router.prepare(messages=user("hi") * 15_000)
+    assert set(router.loaded_backends()) <= {"sentiment-onnx"}  # no LLM was even loaded to count tokens
+
+
 def test_backend_failure_without_fallback_leaves_error_record(ledger_url, cards, specialist_backend):
     only_specialist = {"sentiment-onnx": cards["sentiment-onnx"]}
     broken = FaultInjectingBackend(specialist_backend, fail_on_call=True)

@@ -42,6 +42,10 @@ class DecisionRequest:
     """Input tokens, for the joule estimates."""
     output_tokens_hint: int | None = None
     """Output tokens, for the joule estimates; ``None``: the policy's ``output_tokens_estimate``."""
+    context_tokens_floor: int | None = None
+    """The fewest tokens the request can take in a model's context (a lower bound of the prompt's, plus
+    ``max_tokens``): a model with less context is left out, and one with more is tried, the backend then counting
+    exactly. ``None``: ``input_tokens_hint`` plus the output estimate (what simulation, with no messages, has)."""
     energy_estimates: Mapping[str, tuple[float, str]] | None = None
     """Model -> (expected joules of this request, where the figure comes from, e.g. ``ledger:212 calls``): what
     the caller has learned; a model not in it is estimated from its card."""

@@ -110,6 +110,7 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
         _check_pin_capable(cards[pinned], needs)
     in_tokens = req.input_tokens_hint
     out_tokens = req.output_tokens_hint or policy.output_tokens_estimate
+    floor = req.context_tokens_floor
     learned = req.energy_estimates or {}
     excluded: dict[str, str] = {}  # why each other model is out, for the error when none is left
     pool: list[ModelCard] = []
@@ -124,7 +125,7 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
             excluded[name] = "does not serve"
         elif name != pinned and specialist and not card.tasks:
             excluded[name] = "specialist without tasks"
-        elif name != pinned and in_tokens + est_out > card.context_length:
+        elif name != pinned and (in_tokens + est_out if floor is None else floor) > card.context_length:
             excluded[name] = "context too short"
         elif needs and not needs <= set(card.capabilities):
             excluded[name] = "cannot do " + ", ".join(sorted(needs - set(card.capabilities)))
@@ -133,7 +134,7 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
             known = learned.get(name)
             energy[name] = known[0] if known is not None else card.energy.joules(in_tokens, est_out)
     if not pool:
-        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens))
+        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens), floor)
         why = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
         raise BadRequestError(
             f"no model can serve this {task} request under policy `{policy.name}` "
@@ -160,14 +161,16 @@ def _check_pin_capable(card: ModelCard, needs: frozenset[str]) -> None:
 
 
 def _no_candidate(task: str, policy: Policy, excluded: Mapping[str, str], needs: frozenset[str],
-                  tokens: tuple[int, int]) -> None:
+                  tokens: tuple[int, int], floor: int | None) -> None:
     """The typed error when no model is left for a reason the caller can act on: the prompt is too long for every
     model that would serve it (``context_length_exceeded``), or no model has a capability the request needs."""
     serving = [v for v in excluded.values() if v not in ("does not serve", "specialist without tasks", "not allowed")]
     if serving and all(v == "context too short" for v in serving):
+        need = (f"about {tokens[0]} tokens, +{tokens[1]} to generate" if floor is None
+                else f"at least {floor} tokens with max_tokens")
         raise ContextLengthError(
-            f"the prompt (about {tokens[0]} tokens, +{tokens[1]} to generate) does not fit the context of any model "
-            f"under policy `{policy.name}`; shorten the messages", param="messages")
+            f"the request ({need}) does not fit the context of any model under policy `{policy.name}`; shorten the "
+            "messages or lower max_tokens", param="messages")
     missing = [set(v.removeprefix("cannot do ").split(", ")) for v in serving if v.startswith("cannot do ")]
     if needs and missing:
         blamed = sorted(set.intersection(*missing)) or sorted(needs)
