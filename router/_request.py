@@ -72,6 +72,8 @@ class CheckedRequest:
     options: ModelOptions = NO_OPTIONS
     chars: int = 0
     """The prompt's characters, every message's (:func:`prompt_chars`)."""
+    request_id_given: bool = False
+    """The caller chose ``request_id`` (the router made it otherwise)."""
 
 
 @dataclass

@@ -54,6 +54,7 @@ from .energy.estimates import EnergyEstimates
 from .errors import (
     BadRequestError,
     ConfigError,
+    PermissionDeniedError,
     RouterError,
     UnknownModelError,
 )
@@ -138,6 +139,8 @@ class Router:
     def prepare(self, messages: Any, **params: Any) -> PreparedRequest:
         """Check a request and decide which model answers it (the classifier and the policy engine)."""
         checked = self._check(messages, params)
+        if checked.request_id_given and self.keys:
+            guarded(self._check_request_id_owner, checked)
         started = time.perf_counter()
         classification = (tools_task(checked.text) if checked.options.tool_use
                           else guarded(self.classifier.classify, checked.text))
@@ -147,6 +150,8 @@ class Router:
         """:meth:`prepare` on an event loop: the texts of concurrent requests are classified together, one
         onnxruntime call per loop turn, and decided right after (:class:`~router.classify.batching.ClassifyBatcher`)."""
         checked = self._check(messages, params)
+        if checked.request_id_given and self.keys:  # a ledger read: off the event loop
+            await asyncio.to_thread(guarded, self._check_request_id_owner, checked)
         started = time.perf_counter()
         if checked.options.tool_use:  # a task by rule: the classifier is not asked
             return guarded(self._decide, checked, tools_task(checked.text), started)
@@ -312,11 +317,22 @@ class Router:
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
             deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=prompt_chars(msgs),
+            request_id_given=params.get("request_id") is not None,
         )
+
+    def _check_request_id_owner(self, req: CheckedRequest) -> None:
+        """A request id the caller chose may not be one another API key's response already has: feedback is
+        authorised by the key of a response's newest record, so another key reusing the id could score (and
+        outvote) the first key's answer. The same key may reuse its own ids (retries)."""
+        found = self.ledger.request_record(req.request_id)
+        if found is not None and found.key_hash != _key_hash(req.api_key):
+            raise PermissionDeniedError(
+                f"request id {req.request_id!r} is taken by a response made with another API key; send another "
+                "x-request-id (or none: the router then makes a unique id)", param="request_id")
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
         api_key = req.api_key
-        key_hash = api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)
+        key_hash = _key_hash(api_key)
         policy = req.policy
         if policy is None and api_key is not None:
             spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
@@ -431,3 +447,8 @@ class Router:
 
 
 __all__ = ["Router"]
+
+
+def _key_hash(api_key: str | KeySpec | None) -> str | None:
+    """The hash a request's ledger records carry for its key (a key store's entry has its own)."""
+    return api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)

@@ -90,6 +90,24 @@ def test_with_keys_only_the_requesting_key_or_an_admin_key_may_score(tmp_path: P
         assert [f.score for f in r.ledger.feedback(resp.id)] == [0.5, 0.9, 0.7]
 
 
+def test_with_keys_a_request_id_another_key_used_is_refused(tmp_path: Path) -> None:
+    """Another key reusing a chosen request id used to put its own record on top, then score (and outvote) the
+    first key's answer. The first key may reuse its id (a retry); without keys nobody owns an id."""
+    keys = KeyStore.from_entries([{"name": "a", "sha256": digest("sk-a")}, {"name": "b", "sha256": digest("sk-b")}])
+    with Router(_config(tmp_path), keys=keys) as r:
+        r.complete(user(REVIEW), api_key="sk-a", request_id="review-3")
+        with pytest.raises(PermissionDeniedError, match="'review-3' is taken by a response made with another API"):
+            r.complete(user(REVIEW), api_key="sk-b", request_id="review-3")
+        with pytest.raises(PermissionDeniedError):
+            asyncio.run(r.aprepare(user(REVIEW), api_key="sk-b", request_id="review-3"))
+        with pytest.raises(PermissionDeniedError, match="another API key"):
+            r.feedback("review-3", 0.0, api_key="sk-b")
+        assert r.complete(user(REVIEW), api_key="sk-a", request_id="review-3").id == "review-3"
+        assert {rec.key_hash for rec in r.ledger.records()} == {hash_key("sk-a")}
+    with Router(_config(tmp_path)) as r:
+        assert r.complete(user(REVIEW), api_key="sk-b", request_id="review-3").id == "review-3"
+
+
 def test_afeedback_is_the_async_twin(tmp_path: Path) -> None:
     with Router(_config(tmp_path)) as r:
         resp = r.complete(user(REVIEW))

@@ -74,6 +74,25 @@ def test_only_the_requesting_key_or_an_admin_key_may_score(served: tuple[str, st
     assert _feedback(_client(url, "sk-ops"), {"id": resp.id, "score": 0.3})["score"] == 0.3
 
 
+def test_another_key_cannot_take_over_a_chosen_response_id(served: tuple[str, str]) -> None:
+    url, ledger_url = served
+    first = _client(url, "sk-team-a").chat.completions.create(
+        model="remote-echo", messages=[{"role": "user", "content": "hello"}], extra_headers={"x-request-id": "t-42"})
+    assert first.id == "t-42"
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        _client(url, "sk-team-b").chat.completions.create(
+            model="remote-echo", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "t-42"})
+    assert info.value.status_code == 403 and info.value.body["param"] == "request_id"  # type: ignore[index]
+    with pytest.raises(openai.PermissionDeniedError):
+        _feedback(_client(url, "sk-team-b"), {"id": "t-42", "score": 0.0})
+    again = _client(url, "sk-team-a").chat.completions.with_raw_response.create(
+        model="remote-echo", messages=[{"role": "user", "content": "hello"}], extra_headers={"x-request-id": "t-42"})
+    assert again.headers["x-request-id"] == "t-42" and again.parse().id == "t-42"
+    plain = _client(url, "sk-team-b").chat.completions.with_raw_response.create(
+        model="remote-echo", messages=[{"role": "user", "content": "hi"}])
+    assert plain.headers["x-request-id"] == plain.parse().id != "t-42"
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"id": "PLACEHOLDER", "score": 1.2}, "score"), ({"id": "PLACEHOLDER", "score": "high"}, "score"),
     ({"id": "PLACEHOLDER"}, "score"), ({"score": 0.5}, "id"), ({"id": 7, "score": 0.5}, "id"),

@@ -194,7 +194,8 @@ class ChatHandler:
                 length = value
             elif name == b"x-request-id" and rid is None:
                 rid = value.decode("latin-1")
-        request_id = rid if rid and len(rid) <= 128 else self._ids.next()
+        given_id = rid if rid and len(rid) <= 128 else None
+        request_id = given_id or self._ids.next()  # what an error names until the router has the request's own
         try:
             api_key = self.authenticate(auth)
             body = self._parse(await self._read_body(receive, length))
@@ -206,8 +207,9 @@ class ChatHandler:
             model = body.pop("model", None) or "router"
             self._check_policy_alias(model)
             messages = body.pop("messages")
-            prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=request_id,
+            prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=given_id,
                                                   **body)
+            request_id = prepared.request_id
             self.metrics.observe_decision(prepared.decision_ms / 1000)
             if prepared.decision.budgets:
                 self.metrics.budgets_seen.update(prepared.decision.budgets)
@@ -232,7 +234,7 @@ class ChatHandler:
         model, tier, reason, energy_j = r["model"], r["tier"], r["reason"], r["energy_j"]
         self.metrics.observe_answer(model, tier, key_label, energy_j, "ok", r["attempts"])
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
-                   *routing_header_list(model, tier, reason, energy_j)]
+                   (b"x-request-id", request_id.encode("latin-1")), *routing_header_list(model, tier, reason, energy_j)]
         self.metrics.observe_latency(time.perf_counter() - t0)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
@@ -340,6 +342,7 @@ class ChatHandler:
         headers = routing_headers(card.name, card.tier, prepared.decision.reason, None)
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
+        headers["x-request-id"] = prepared.request_id
         return _SSEResponse(self._sse(first, chunks, key_label, include_usage, t0), media_type="text/event-stream",
                             headers=headers)
 
