@@ -89,6 +89,11 @@ class Router:
         backends: dict[str, Backend] | None = None,
         keys: KeyStore | None = None,
     ) -> None:
+        if config is not None and not isinstance(config, RouterConfig):
+            raise ConfigError(f"Router(config=...) takes a RouterConfig (RouterConfig.load(path) reads a file), got "
+                              f"{type(config).__name__}; a policy is chosen with Router(policy={config!r})"
+                              if isinstance(config, str) else
+                              f"Router(config=...) takes a RouterConfig, got {type(config).__name__}")
         self.config = config or RouterConfig.load()
         self.cards = cards if cards is not None else load_cards(self.config.models_dir)
         if not any(c.callable for c in self.cards.values()):
@@ -165,6 +170,7 @@ class Router:
     def send(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
         """Call the decided model (with fallbacks and cascade) and return its answer: a :class:`ChatCompletion`,
         the plain dict it dumps to with ``as_dict=True``, or with ``stream=True`` an iterator of chunks."""
+        _check_prepared(prepared, "send")
         if stream:
             return self._stream(prepared)
         completion = guarded(self._send, prepared)
@@ -173,6 +179,7 @@ class Router:
     async def asend(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
         """Async twin of :meth:`send`: remote models are awaited on the event loop, local ones run in a worker
         thread; cancelling the task stops the model between tokens and the ledger records ``cancelled``."""
+        _check_prepared(prepared, "asend")
         if stream:
             return self._astream(prepared)
         try:
@@ -452,3 +459,9 @@ __all__ = ["Router"]
 def _key_hash(api_key: str | KeySpec | None) -> str | None:
     """The hash a request's ledger records carry for its key (a key store's entry has its own)."""
     return api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)
+
+
+def _check_prepared(prepared: Any, method: str) -> None:
+    if not isinstance(prepared, PreparedRequest):
+        raise BadRequestError(f"{method}() takes what prepare() returned (a PreparedRequest), got "
+                              f"{type(prepared).__name__}; or call complete(messages, ...)")

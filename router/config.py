@@ -270,6 +270,14 @@ class RouterConfig(BaseModel):
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     judge: JudgeSettings | None = Field(None, description="a judge model scoring a share of answers (default: none)")
 
+    def __init__(self, **settings: Any) -> None:
+        """``RouterConfig(models_dir=..., ...)`` in code; a bad setting is a :class:`ConfigError` naming it, as from
+        :meth:`load` (pydantic's own ``ValidationError`` is not one of the library's errors)."""
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            raise _config_error(exc, "RouterConfig(...)", set()) from exc
+
     @model_validator(mode="before")
     @classmethod
     def _moved_fields(cls, data: Any) -> Any:
@@ -298,12 +306,16 @@ class RouterConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            where = file or "config"
-            msgs = []
-            for e in exc.errors():
-                field = ".".join(map(str, e["loc"]))
-                source = f" (from ${'ROUTER_' + field.upper()})" if field in from_env else ""
-                got = repr(e.get("input"))
-                msgs.append(f"field `{field}`{source}: {e['msg']} (got {got[:80]}{'...' if len(got) > 80 else ''})")
-            fix = "fix: correct the value (each field is described in router/config.py)"
-            raise ConfigError(f"{where}: " + "; ".join(msgs) + f"; {fix}") from exc
+            raise _config_error(exc, str(file or "config"), from_env) from exc
+
+
+def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> ConfigError:
+    """Every bad field of a config, with where its value came from and what was given."""
+    msgs = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"]))
+        source = f" (from ${'ROUTER_' + field.upper()})" if field in from_env else ""
+        got = repr(e.get("input"))
+        msgs.append(f"field `{field}`{source}: {e['msg']} (got {got[:80]}{'...' if len(got) > 80 else ''})")
+    return ConfigError(f"{where}: " + "; ".join(msgs) + "; fix: correct the value (each field is described in "
+                       "router/config.py)")

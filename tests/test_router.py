@@ -12,6 +12,7 @@ from router import (
     BackendError,
     BadRequestError,
     ChatMessage,
+    ConfigError,
     ContextLengthError,
     Router,
     RouterConfig,
@@ -129,6 +130,20 @@ def test_an_answers_message_goes_back_into_the_history(router):
     history = [*user("look x up"), sdk_turn, {"role": "tool", "tool_call_id": "call_1", "content": "found"}]
     checked = router.prepare(history, tools=[{"type": "function", "function": {"name": "lookup"}}]).messages
     assert checked[1].tool_calls == [call] and checked[2].tool_call_id == "call_1"
+
+
+def test_wrong_objects_in_the_public_constructors_and_calls_are_typed_errors(router, ledger_url):
+    """Raw pydantic ValidationError, AttributeError ('str' has no 'models_dir') and an InternalError used to leave."""
+    with pytest.raises(ConfigError, match=r"RouterConfig\(\.\.\.\): field `foo`: Extra inputs"):
+        RouterConfig(foo=1)
+    with pytest.raises(ConfigError, match="field `deadline_s`"):
+        RouterConfig(deadline_s=-1)
+    with pytest.raises(ConfigError, match=r"Router\(policy='eco'\)"):
+        Router("eco")  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match="send\\(\\) takes what prepare\\(\\) returned"):
+        router.send(None)  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match="asend"):
+        asyncio.run(router.asend({"messages": user("hi")}))  # type: ignore[arg-type]
 
 
 def test_unknown_model_and_param(router):
