@@ -8,6 +8,7 @@ from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROU
 
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -275,8 +276,9 @@ class RouterConfig(BaseModel):
         :meth:`load` (pydantic's own ``ValidationError`` is not one of the library's errors)."""
         try:
             super().__init__(**settings)
-        except ValidationError as exc:
-            raise _config_error(exc, "RouterConfig(...)", set()) from exc
+        except ValidationError as exc:  # model_validate comes here too (pydantic honours a custom __init__)
+            where, from_env = _LOADING.get() or ("RouterConfig(...)", set())
+            raise _config_error(exc, where, from_env) from exc
 
     @model_validator(mode="before")
     @classmethod
@@ -303,10 +305,16 @@ class RouterConfig(BaseModel):
                 data[field] = env
                 from_env.add(field)
         data.update({k: v for k, v in overrides.items() if v is not None})
+        loading = _LOADING.set((str(file or "config"), from_env))
         try:
             return cls.model_validate(data)
-        except ValidationError as exc:
-            raise _config_error(exc, str(file or "config"), from_env) from exc
+        finally:
+            _LOADING.reset(loading)
+
+
+_LOADING: contextvars.ContextVar[tuple[str, set[str]] | None] = contextvars.ContextVar("router_config_loading",
+                                                                                       default=None)
+"""While :meth:`RouterConfig.load` validates: the file (or "config") and the fields set from the environment."""
 
 
 def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> ConfigError:
