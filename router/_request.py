@@ -32,11 +32,37 @@ greedily unless a temperature is set). They tune how an answer is drawn, not wha
 
 IGNORED_PARAMS = frozenset({
     "user", "metadata", "store", "service_tier", "stream_options", "prediction", "prompt_cache_key",
-    "safety_identifier", "verbosity", "extra_body", "extra_headers", "timeout",
+    "safety_identifier", "verbosity",
 })  # fmt: skip
 """OpenAI parameters accepted and not acted on: bookkeeping for OpenAI's own service (``store``, ``metadata``,
-``user``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``), hints whose absence leaves the answer's
-meaning as it is (``prediction``, ``verbosity``), and client-side settings. ``stream_options`` is the proxy's."""
+``user``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``) and hints whose absence leaves the answer's
+meaning as it is (``prediction``, ``verbosity``). ``stream_options`` is the proxy's: the library's stream always
+ends with a chunk carrying usage and routing."""
+
+
+def sdk_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """The openai SDK's client-side arguments applied as the SDK applies them, so code written for it runs
+    unchanged: ``extra_body``'s fields join the request (the router's own, ``policy`` and the rest, come this way),
+    a number of seconds in ``timeout`` bounds the request as ``deadline_s`` does, and ``extra_headers``'
+    ``x-request-id`` names it, as the proxy's header does (other headers have nothing to go to)."""
+    extra_body = params.pop("extra_body", None)
+    timeout = params.pop("timeout", None)
+    extra_headers = params.pop("extra_headers", None)
+    if extra_body is not None:
+        if not isinstance(extra_body, Mapping):
+            raise BadRequestError(f"`extra_body` must be a dict of request fields, got {_kind(extra_body)}",
+                                  param="extra_body")
+        twice = sorted(set(extra_body) & set(params))
+        if twice:
+            raise BadRequestError(f"`{twice[0]}` is given both as an argument and in extra_body", param=twice[0])
+        params.update(extra_body)
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and params.get("deadline_s") is None:
+        params["deadline_s"] = timeout
+    if isinstance(extra_headers, Mapping) and params.get("request_id") is None:
+        rid = next((v for k, v in extra_headers.items() if str(k).lower() == "x-request-id"), None)
+        if rid is not None:
+            params["request_id"] = rid
+    return params
 
 REFUSED_PARAMS = {
     "audio": "audio output is not supported: no model here speaks",

@@ -38,6 +38,7 @@ from ._request import (
     has_tool_history,
     prompt_chars,
     request_text,
+    sdk_arguments,
     split_model,
     validate_messages,
 )
@@ -309,6 +310,8 @@ class Router:
 
     # -- stages: check and decide ----------------------------------------------------------------------------
     def _check(self, messages: Any, params: dict[str, Any]) -> CheckedRequest:
+        if "extra_body" in params or "timeout" in params or "extra_headers" in params:
+            params = sdk_arguments(dict(params))
         try:
             p = check_params(**params)
             msgs = validate_messages(messages, self.config.max_prompt_chars)

@@ -235,6 +235,10 @@ def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', 400,
          "frobnicate"),
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "api_key": "x"}', 400, "api_key"),
+        # the openai SDK's client-side arguments never belong in a body (the library applies them)
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "extra_body": {"request_id": "x"}}',
+         400, "extra_body"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "timeout": 5}', 400, "timeout"),
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "stop": [1]}', 400, "stop"),
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n"),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),

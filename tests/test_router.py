@@ -14,6 +14,7 @@ from router import (
     ChatMessage,
     ConfigError,
     ContextLengthError,
+    DeadlineExceededError,
     Router,
     RouterConfig,
     UnknownModelError,
@@ -144,6 +145,17 @@ def test_wrong_objects_in_the_public_constructors_and_calls_are_typed_errors(rou
         router.send(None)  # type: ignore[arg-type]
     with pytest.raises(BadRequestError, match="asend"):
         asyncio.run(router.asend({"messages": user("hi")}))  # type: ignore[arg-type]
+
+
+def test_the_openai_sdks_client_side_arguments_work_as_the_sdk_applies_them(router):
+    """``extra_body`` (the router's own fields come this way in SDK-shaped code), ``timeout`` and ``extra_headers``
+    used to be accepted and dropped without a word."""
+    assert router.prepare(user(REVIEW), extra_body={"model": "smollm2-135m"}).decision.model == "smollm2-135m"
+    with pytest.raises(BadRequestError, match="`policy` is given both as an argument and in extra_body"):
+        router.prepare(user(REVIEW), policy="eco", extra_body={"policy": "quality"})
+    with pytest.raises(DeadlineExceededError):
+        router.complete(user(REVIEW), timeout=1e-9)
+    assert router.prepare(user(REVIEW), extra_headers={"X-Request-Id": "mine-1"}).request_id == "mine-1"
 
 
 def test_unknown_model_and_param(router):

@@ -69,7 +69,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "safety_identifier": (str,),
     "policy": (str,), "accuracy_target": _NUM, "max_energy_j": _NUM, "deadline_s": _NUM,
 }  # fmt: skip
-_FROM_HEADERS_ONLY = {"api_key", "request_id", "cancel"}  # Router parameters a body may not set
+# Router parameters a body may not set: what the headers say, and the openai SDK's client-side arguments (the SDK
+# applies them before sending; in a body they could only smuggle in what the headers set)
+_FROM_HEADERS_ONLY = {"api_key", "request_id", "cancel", "extra_body", "extra_headers", "timeout"}
 
 
 def check_types(body: dict[str, Any]) -> None:
