@@ -190,7 +190,10 @@ def check_params(
         raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequestError("only n=1 is supported", param="n")
-    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+    if modalities is not None and not isinstance(modalities, list):
+        raise BadRequestError(f"`modalities` must be a list such as [\"text\"], got {_kind(modalities)}",
+                              param="modalities")
+    if modalities is not None and any(m != "text" for m in modalities):
         raise CapabilityError("`modalities` other than [\"text\"] is not supported: no model here answers in audio",
                               param="modalities")
     if max_completion_tokens is not None:

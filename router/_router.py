@@ -171,7 +171,7 @@ class Router:
     def send(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
         """Call the decided model (with fallbacks and cascade) and return its answer: a :class:`ChatCompletion`,
         the plain dict it dumps to with ``as_dict=True``, or with ``stream=True`` an iterator of chunks."""
-        _check_prepared(prepared, "send")
+        _check_send_args(prepared, stream, "send")
         if stream:
             return self._stream(prepared)
         completion = guarded(self._send, prepared)
@@ -180,7 +180,7 @@ class Router:
     async def asend(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
         """Async twin of :meth:`send`: remote models are awaited on the event loop, local ones run in a worker
         thread; cancelling the task stops the model between tokens and the ledger records ``cancelled``."""
-        _check_prepared(prepared, "asend")
+        _check_send_args(prepared, stream, "asend")
         if stream:
             return self._astream(prepared)
         try:
@@ -464,7 +464,9 @@ def _key_hash(api_key: str | KeySpec | None) -> str | None:
     return api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)
 
 
-def _check_prepared(prepared: Any, method: str) -> None:
+def _check_send_args(prepared: Any, stream: Any, method: str) -> None:
     if not isinstance(prepared, PreparedRequest):
         raise BadRequestError(f"{method}() takes what prepare() returned (a PreparedRequest), got "
                               f"{type(prepared).__name__}; or call complete(messages, ...)")
+    if not isinstance(stream, bool):  # "no" is truthy: it would stream
+        raise BadRequestError(f"`stream` must be True or False, got {stream!r}", param="stream")

@@ -143,6 +143,10 @@ def test_wrong_objects_in_the_public_constructors_and_calls_are_typed_errors(rou
         Router("eco")  # type: ignore[arg-type]
     with pytest.raises(BadRequestError, match="send\\(\\) takes what prepare\\(\\) returned"):
         router.send(None)  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match="`stream` must be True or False"):
+        router.complete(user("hi"), stream="no")  # type: ignore[arg-type]
+    with pytest.raises(BadRequestError, match="`modalities` must be a list"):
+        router.prepare(user("hi"), modalities="text")
     with pytest.raises(BadRequestError, match="asend"):
         asyncio.run(router.asend({"messages": user("hi")}))  # type: ignore[arg-type]
 
