@@ -178,10 +178,13 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
     for row in stats_rows(result):
         t.add_row(*row)
     out.print(t)
-    s = Table(title=f"policy `{result.policy}`: share per model")
+    used = [m for m in result.models if result.router.share_requests[m] > 0]
+    unused = len(result.models) - len(used)
+    s = Table(title=f"policy `{result.policy}`: share per model",
+              caption=f"{unused} other models were sent no request" if unused else None)
     for h in ("model", "requests", "energy"):
         s.add_column(h, justify="left" if h == "model" else "right")
-    for m in result.models:
+    for m in used:
         s.add_row(m, f"{100 * result.router.share_requests[m]:.1f} %", f"{100 * result.router.share_energy[m]:.1f} %")
     out.print(s)
     rm = result.routing_metrics

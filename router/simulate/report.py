@@ -70,15 +70,18 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.set_title("quality vs energy", fontsize=11)
     # -- right: where requests and joules went --------------------------------------------------------------
-    models = result.models
     rows = [("requests", result.router.share_requests), ("energy", result.router.share_energy)]
-    colors = ["#60a5fa", "#f87171", "#34d399", "#fbbf24", "#a78bfa", "#f472b6"]
+    shown = _main_models(result.models, [share for _, share in rows])
+    colors = [plt.get_cmap("tab10")(j % 10) for j in range(len(shown))]
     for k, (_, share) in enumerate(rows):
         left = 0.0
-        for j, m in enumerate(models):
-            v = 100 * share.get(m, 0.0)
-            bx.barh(k, v, left=left, color=colors[j % len(colors)], edgecolor="white",
-                    label=m if k == 0 else None)
+        parts = [(m, 100 * share.get(m, 0.0), colors[j]) for j, m in enumerate(shown)]
+        rest = len(result.models) - len(shown)
+        if rest:
+            parts.append((f"{rest} other models", 100 * sum(share.get(m, 0.0) for m in result.models
+                                                            if m not in shown), "#d1d5db"))
+        for label, v, color in parts:
+            bx.barh(k, v, left=left, color=color, edgecolor="white", label=label if k == 0 else None)
             if v >= 6:
                 bx.text(left + v / 2, k, f"{v:.0f} %", ha="center", va="center", fontsize=9)
             left += v
@@ -87,11 +90,21 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     bx.set_xlim(0, 100)
     bx.set_xlabel("%")
     bx.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    bx.set_title(f"policy `{result.policy}`: where requests and joules went", fontsize=11)
+    bx.set_title(f"policy `{result.policy}`:\nwhere requests and joules went", fontsize=11)
     fig.suptitle(title or f"router simulate — {Path(result.outcomes).name}: {result.requests:,} requests",
                  fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def _main_models(models: list[str], shares: list[dict[str, float]], most: int = 8) -> list[str]:
+    """The models a share bar names (in the data's order): all of them when few, else the ``most`` with the largest
+    share of requests or of joules; a legend of 48 names squeezed the chart to a strip."""
+    if len(models) <= most:
+        return list(models)
+    weight = {m: max(s.get(m, 0.0) for s in shares) for m in models}
+    keep = set(sorted(models, key=lambda m: -weight[m])[:most])
+    return [m for m in models if m in keep and weight[m] > 0] or list(models[:most])
 
 
 def _carbon_panel(cx, result: SimulationResult) -> None:  # noqa: ANN001
