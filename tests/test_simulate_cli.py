@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from router.cli import app
 
+ROOT = Path(__file__).resolve().parent.parent
 MIX, GPT = "mixtral-8x7b-instruct", "gpt-4-1106-preview"
 # prompt -> (mixtral correct, gpt-4 correct, predicted P(mixtral), predicted P(gpt-4))
 ROWS = {
@@ -116,3 +117,24 @@ def test_every_line_bad_is_a_clear_error_even_with_skip_bad(setup: tuple[Path, P
     out.write_text('{"id": "x"}\nnot json\n')
     code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--skip-bad")
     assert code == 2 and "no usable line: all 2 request lines are bad" in text and "reshape" not in text
+
+
+def test_every_example_policy_loads() -> None:
+    from router.policy.loader import load_policy
+
+    for path in sorted((ROOT / "policies" / "examples").glob("*.yaml")):
+        assert load_policy(path).name == path.stem
+
+
+def test_on_the_48_alpaca_eval_models_the_relative_to_best_example_beats_balanced() -> None:
+    """What README.md says of policies/examples/relative-to-best.yaml, on the shipped classifier and outcomes
+    (in sample: the classifier's quality model was fitted on these rows)."""
+    out = {}
+    for policy in ("balanced", str(ROOT / "policies" / "examples" / "relative-to-best.yaml")):
+        result = CliRunner().invoke(app, ["simulate", "--outcomes", str(ROOT / "data" / "alpaca_eval" /
+                                                                       "outcomes.jsonl"), "--policy", policy,
+                                          "--json", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        out[policy] = json.loads(result.stdout)
+    balanced, best = out.values()
+    assert balanced["quality_vs_best"] < 0.5 and best["quality_vs_best"] > 1.0
