@@ -23,7 +23,7 @@ DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
 
 def demo(
     ledger_url: str = typer.Option(None, "--ledger", help="Ledger URL (default: SQLite in your data dir)."),
-    max_tokens: int = typer.Option(64, help="Cap on generated tokens per answer."),
+    max_tokens: int = typer.Option(64, min=1, help="Cap on generated tokens per answer."),
 ) -> None:
     """Route a handful of mixed requests on the embedded default and print, for each, the model chosen,
     its tier, the reason, the answer, the latency and the joules (measured or estimated)."""
@@ -35,6 +35,8 @@ def demo(
     config = RouterConfig.load(ledger_url=ledger_url)
     with console.status("Loading model cards, classifier and ledger..."):
         router = Router(config)
+    with console.status("Loading the local models (once, so no request's latency or joules include it)..."):
+        router.warm_up()
     console.print(
         f"[bold]router demo[/]: {len(router.cards)} model cards from {config.models_dir}; "
         f"policy [cyan]{router.policy_name}[/]; ledger {config.ledger_url}; meter {router.meter.name}"
