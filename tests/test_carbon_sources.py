@@ -129,5 +129,5 @@ def test_zone_per_card_and_pue_only_on_this_hosts_joules(tmp_path: Path) -> None
                                                   "clock_file": str(clock)}})
     g = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
     assert g.intensity("local").source == "file:TX_2022_hourly.csv"
-    with pytest.raises(ValueError, match="needs `path`"):
+    with pytest.raises(ConfigError, match="needs `path`"):
         RouterConfig.model_validate({"carbon": {"zones": {"x": {"type": "file"}}}})
