@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -51,10 +52,20 @@ def meters(config: Path | None = _CONFIG_OPT) -> None:
     meter.close()
 
 
+def _finite_non_negative(value: float | None) -> float | None:
+    """Energy and grid intensity are amounts: a negative one, NaN or infinity is a typing mistake, not a figure to
+    turn into phone charges."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"a finite number >= 0, got {value:g}")
+    return value
+
+
 @energy_app.command()
 def convert(
-    joules: float = typer.Argument(..., help="Energy in joules."),
-    grid: float | None = typer.Option(None, "--grid", help="gCO2e per kWh (default: config)."),
+    joules: float = typer.Argument(..., help="Energy in joules.", callback=_finite_non_negative),
+    grid: float | None = typer.Option(
+        None, "--grid", help="gCO2e per kWh (default: config).", callback=_finite_non_negative
+    ),
     config: Path | None = _CONFIG_OPT,
 ) -> None:
     """Joules as kWh, grams CO2e, phone charges and kettle boils."""
