@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from cli_helpers import router_main
 from typer.testing import CliRunner
 
 from router.cli import app
@@ -29,3 +32,36 @@ def test_convert_still_converts() -> None:
     res = CliRunner().invoke(app, ["energy", "convert", "360000", "--grid", "400"])
     assert res.exit_code == 0, res.output
     assert "1 kettle boils" in res.output and "40 g CO2e at 400 g/kWh" in res.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read the prompts file: No such file or directory"),
+        ("", "0 prompt(s); a profile fits 3 coefficients, so it needs at least 3"),
+        ('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b"}\n', "2 prompt(s)"),
+        ('{"id": 1, "prompt": "a"}\n{oops\n', ":2: not valid JSON"),
+        ('{"id": 1}\n', ":1: each line must be a JSON object with `id` and `prompt`"),
+        ('{"id": 1, "prompt": "a", "max_tokens": "x"}\n', ":1: `max_tokens` must be a positive integer"),
+    ],
+)
+def test_profile_checks_the_prompts_file_before_loading_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, message: str
+) -> None:
+    def no_model(*_a: object, **_k: object) -> None:
+        raise AssertionError("a model card or backend was loaded before the prompts file was checked")
+
+    monkeypatch.setattr("router.cards.load_cards", no_model)
+    monkeypatch.setattr("router.backends.create_backend", no_model)
+    file = tmp_path / "p.jsonl"
+    if content is not None:
+        file.write_text(content)
+    code, out = router_main("energy", "profile", "sentiment-onnx", "--dry-run", "--prompts-file", str(file))
+    assert code == 2, out
+    assert out.startswith(f"error: {file}") and message in out, out
+    assert "Traceback" not in out
+
+
+def test_profile_says_a_prompts_folder_is_a_folder(tmp_path: Path) -> None:
+    code, out = router_main("energy", "profile", "sentiment-onnx", "--dry-run", "--prompts-file", str(tmp_path))
+    assert code == 2 and f"error: {tmp_path}: cannot read the prompts file: is a folder" in out, out

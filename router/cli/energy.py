@@ -94,6 +94,7 @@ def profile(
     from ..types import ChatMessage
 
     cfg = RouterConfig.load(config, models_dir=models_dir, meter=meter_name)
+    chosen = load_prompts(prompts_file, prompts)  # a bad prompts file is an error before any model loads
     console = Console()
     cards = load_cards(cfg.models_dir)
     if model not in cards:
@@ -110,7 +111,6 @@ def profile(
         )
         raise typer.Exit(2)
     meter = auto_meter(cfg.meter, cfg.cpu_power)
-    chosen = load_prompts(prompts_file, prompts)
 
     def call(p: object) -> tuple[int, int]:
         gen = backend.generate(

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..cards import EnergyProfile, ModelCard
 from ..config import embedded_dir
+from ..errors import ConfigError
 from .base import EnergyReading, Meter
 
 
@@ -62,14 +63,40 @@ def prompts_file() -> Path:
     return embedded_dir("data") / "energy_prompts.jsonl"
 
 
+MIN_PROMPTS = 3
+"""The fit has three coefficients (per call, per input token, per output token): fewer prompts cannot pin them."""
+
+
 def load_prompts(file: str | Path | None = None, limit: int | None = None) -> list[ProfilePrompt]:
+    """The prompt set (JSON Lines of ``{id, prompt, max_tokens}``), first ``limit`` of them. A file that cannot be
+    read, a bad line or fewer than :data:`MIN_PROMPTS` prompts is a ConfigError naming the file (and line)."""
     path = Path(file) if file is not None else prompts_file()
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            d = json.loads(line)
-            out.append(ProfilePrompt(str(d["id"]), str(d["prompt"]), int(d.get("max_tokens", 64))))
-    return out[:limit] if limit is not None else out
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = "is a folder" if path.is_dir() else getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError.at(path, None, f"cannot read the prompts file: {problem}",
+                             "give a JSON Lines file of {id, prompt, max_tokens}") from None
+    out = [_prompt(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    out = out[:limit] if limit is not None else out
+    if len(out) < MIN_PROMPTS:
+        raise ConfigError.at(path, None, f"{len(out)} prompt(s); a profile fits 3 coefficients, so it needs at least "
+                             f"{MIN_PROMPTS}", "add prompts (one JSON object a line)")
+    return out
+
+
+def _prompt(path: Path, lineno: int, line: str) -> ProfilePrompt:
+    """One line of a prompts file, or a ConfigError naming the file and line."""
+    try:
+        d = json.loads(line)
+    except ValueError as exc:
+        raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("prompt"), str) or d.get("id") is None:
+        raise ConfigError(f"{path}:{lineno}: each line must be a JSON object with `id` and `prompt` (a string)")
+    max_tokens = d.get("max_tokens", 64)
+    if type(max_tokens) is not int or max_tokens < 1:
+        raise ConfigError(f"{path}:{lineno}: `max_tokens` must be a positive integer, got {max_tokens!r}")
+    return ProfilePrompt(str(d["id"]), d["prompt"], max_tokens)
 
 
 def fit_profile(samples: list[CallSample], bootstrap: int = 200, seed: int = 0) -> FitResult:
