@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import importlib
 import logging
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+_PYDANTIC_PREFIX = "Value error, "
+
+
+class _RootGroup(TyperGroup):
+    """``router``'s command group. Typer checks choice options (an Enum, a Literal) with pydantic, whose message
+    starts "Value error, "; every subcommand's bad value passes through here, so it is cut once for all."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            exc.message = exc.message.removeprefix(_PYDANTIC_PREFIX)
+            raise
+
 
 app = typer.Typer(
+    cls=_RootGroup,
     name="router",
     help="Send every AI text request to the smallest model that answers it well, and see the energy it took.",
     no_args_is_help=True,
