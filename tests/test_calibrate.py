@@ -95,3 +95,17 @@ def test_cli_calibrates_each_outcome_source_on_its_own(tmp_path):
     assert cal.target_kind == "relative_best" and cal.fitted_on == "mmlu, outcomes.jsonl"
     assert {"mixtral-8x7b-instruct", "fusechat-llama-3.2-3b"} <= set(cal.offsets)
     assert any(k.startswith("outcomes.jsonl:") for k in cal.held_out)
+
+
+def test_cli_refuses_a_bad_bound_or_scores_before_computing_scores(tmp_path, monkeypatch):
+    from router.cli import app
+
+    def no_scores(*_a, **_k):
+        raise AssertionError("scores were computed before the options were checked")
+
+    monkeypatch.setattr("router.cli.calibrate.load_calibration_data", no_scores)
+    for option, value, choices in (("--bound", "bogus", "'bernstein', 'hoeffding'"),
+                                   ("--scores", "oracle", "'oof', 'classifier'")):
+        res = CliRunner().invoke(app, ["calibrate", "--dry-run", option, value, "--outcomes", str(tmp_path)])
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for '{option}': '{value}' is not one of {choices}." in res.output

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -106,9 +106,13 @@ def calibrate(
     models: str = typer.Option(
         None, "--models", help="Comma-separated models to calibrate among (default: every model of each source)."
     ),
-    scores: str = typer.Option("oof", "--scores", help="oof (subject-held-out refits) or classifier (shipped)."),
+    scores: Literal["oof", "classifier"] = typer.Option(
+        "oof", "--scores", help="oof (subject-held-out refits) or classifier (shipped)."
+    ),
     confidence: float = typer.Option(0.9, "--confidence", min=0.5, max=0.999, help="1 - delta of the guarantee."),
-    bound: str = typer.Option("bernstein", "--bound", help="bernstein (empirical Bernstein) or hoeffding."),
+    bound: Literal["bernstein", "hoeffding"] = typer.Option(
+        "bernstein", "--bound", help="bernstein (empirical Bernstein) or hoeffding."
+    ),
     held_out_share: float = typer.Option(0.3, "--held-out-share", min=0.0, max=0.9,
                                          help="Share of subjects kept out of the fit, to report on."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subject split."),
