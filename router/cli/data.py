@@ -14,12 +14,13 @@ data_app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
+_OUT_OPT = typer.Option(..., "-o", "--out", dir_okay=False, help="Outcomes file to write (JSON Lines).")
 
 
 @data_app.command("import-routellm")
 def import_routellm_cmd(
     path: Path = typer.Argument(..., help="A RouteLLM response CSV, or a folder of them."),  # noqa: B008
-    out: Path = typer.Option(..., "-o", "--out", help="Outcomes file to write (JSON Lines)."),  # noqa: B008
+    out: Path = _OUT_OPT,
     models: Path = typer.Option(None, "--models", help="Model card folder (default: the shipped cards)."),  # noqa: B008
     keep_responses: bool = typer.Option(False, help="Keep GSM8K response texts as `answer`."),
 ) -> None:
@@ -48,7 +49,7 @@ def import_alpaca_eval_cmd(
     path: Path = typer.Argument(  # noqa: B008
         ..., help="AlpacaEval's results/ folder (e.g. ../shared/data/alpaca_eval/results) or a checkout root."
     ),
-    out: Path = typer.Option(..., "-o", "--out", help="Outcomes file to write (JSON Lines)."),  # noqa: B008
+    out: Path = _OUT_OPT,
     models: Path = typer.Option(  # noqa: B008
         None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."
     ),
@@ -126,7 +127,7 @@ def measure_local_cmd(
 
 @data_app.command("from-ledger")
 def from_ledger_cmd(
-    out: Path = typer.Option(..., "-o", "--out", help="Outcomes file to write (JSON Lines)."),  # noqa: B008
+    out: Path = _OUT_OPT,
     ledger: str = typer.Option(None, "--ledger", help="Ledger URL (default: the config's)."),
     config: Path = typer.Option(None, "--config", "-c", help="Router config YAML."),  # noqa: B008
     since: str = typer.Option(None, "--since", help="Only requests from then: 7d, 24h, an ISO date or epoch s."),
