@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 import pytest
 from conftest_postgres import postgres_server  # noqa: F401 - fixture
+from typer.testing import CliRunner
 
 from router.batch.service import BatchService, parse_lines
 from router.batch.store import BatchStore, default_store_url
-from router.errors import BadRequestError, NotFoundError
+from router.cli import app
+from router.errors import BadRequestError, ConfigError, NotFoundError
 from router.keys import KeySpec, digest
 
 A = KeySpec("a", digest("sk-a"))
@@ -118,3 +120,34 @@ def test_input_files_are_checked_as_openai_does() -> None:
 def test_default_store_sits_beside_a_sqlite_ledger(tmp_path) -> None:
     assert default_store_url(f"sqlite:///{tmp_path}/ledger.sqlite3") == f"sqlite:///{tmp_path}/batches.sqlite3"
     assert default_store_url("postgresql://u:p@h/db").startswith("postgresql://")
+
+
+@pytest.mark.parametrize("url", ["bogus://x", "redis://:secret@localhost:6379/0", "sqlite://relative.db"])
+def test_a_url_that_is_not_a_batch_store_is_a_config_error(tmp_path, monkeypatch, url: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not a batch store URL; fix: give sqlite:///PATH") as info:
+        BatchStore(url)
+    assert "secret" not in str(info.value)
+    assert list(tmp_path.iterdir()) == [], "no file named after the URL"
+
+
+def test_batch_list_and_show_refuse_a_foreign_url_and_create_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for args in (["list"], ["show", "batch_x"]):
+        res = CliRunner().invoke(app, ["batch", *args, "--store", "redis://localhost:6379/0"])
+        assert res.exit_code == 2, res.output
+        assert res.output.startswith("error: batch store redis://localhost:6379/0: not a batch store URL")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_list_and_show_do_not_create_a_store(tmp_path) -> None:
+    path = tmp_path / "no" / "such" / "batches.sqlite3"
+    res = CliRunner().invoke(app, ["batch", "list", "--store", f"sqlite:///{path}"])
+    assert res.exit_code == 0, res.output
+    assert f"no batches yet: no batch store at {path}" in res.output
+    res = CliRunner().invoke(app, ["batch", "show", "batch_x", "--store", str(path)])
+    assert res.exit_code == 2 and f"error: no batch 'batch_x': no batch store at {path}" in res.output
+    assert list(tmp_path.iterdir()) == []
+    BatchStore(str(path)).close()
+    res = CliRunner().invoke(app, ["batch", "list", "--store", str(path)])
+    assert res.exit_code == 0 and "Batches in" in res.output and "no batches yet" not in res.output, res.output

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import LedgerError
+from ..errors import ConfigError, LedgerError
 from ..ledger.errors import redact
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -59,19 +59,19 @@ class BatchStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.RLock()
+        path = sqlite_path(url)  # a URL of another kind is a ConfigError, not a store that could not open
         try:
-            if url.startswith(("postgresql://", "postgres://")):
+            if path is None:
                 self._open_postgres(url)
             else:
-                self._open_sqlite(url)
+                self._open_sqlite(path)
         except LedgerError:
             raise
         except Exception as exc:
             raise self._error("open the batch store", exc) from exc
 
     # -- connections -----------------------------------------------------------------------------------------
-    def _open_sqlite(self, url: str) -> None:
-        path = Path(url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:") else url)
+    def _open_sqlite(self, path: Path) -> None:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         self.kind, self.mark, self.prefix = "sqlite", "?", ""
@@ -294,6 +294,19 @@ class BatchStore:
             self._conn.close()
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The SQLite file a store URL names (``sqlite:///PATH`` or a plain path), None for PostgreSQL. Any other URL
+    (``redis://``, a typo) is a ConfigError: taken as a path, it would make a file named after the URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):].split("?", 1)[0])
+    if "://" not in url and not url.startswith("sqlite:"):
+        return Path(url)
+    raise ConfigError(f"batch store {redact(url)}: not a batch store URL; fix: give sqlite:///PATH, a file path or "
+                      "postgresql://... (--store or `batch.store_url` in the config; Redis is not a batch store)")
+
+
 def default_store_url(ledger_url: str) -> str:
     """Beside a SQLite ledger (``ledger.sqlite3`` -> ``batches.sqlite3``), the ledger's database for PostgreSQL,
     else in the user data dir."""
@@ -310,4 +323,4 @@ def default_store_url(ledger_url: str) -> str:
     return f"sqlite:///{Path(user_data_dir('router', appauthor=False)) / 'batches.sqlite3'}"
 
 
-__all__ = ["ACTIVE", "BatchStore", "Line", "default_store_url"]
+__all__ = ["ACTIVE", "BatchStore", "Line", "default_store_url", "sqlite_path"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -19,16 +20,22 @@ _CONFIG = typer.Option(None, "--config", "-c", help="Router config YAML (its led
 _STORE = typer.Option(None, "--store", help="Batch store URL (sqlite:///PATH or postgresql://...); default: config.")
 
 
-def _store(config: Path | None, store: str | None) -> Any:
-    from ..batch.store import BatchStore, default_store_url
+def _store(config: Path | None, store: str | None) -> tuple[Any, Path | None]:
+    """(the batch store, None) or, where it is a SQLite file that is not there, (None, its path): a listing reads,
+    and opening the store would create the file and its folders."""
+    from ..batch.store import BatchStore, default_store_url, sqlite_path
     from ..config import RouterConfig
     from ..errors import RouterError
 
     try:
         cfg = RouterConfig.load(config)
-        return BatchStore(store or cfg.batch.store_url or default_store_url(cfg.ledger_url))
+        url = store or cfg.batch.store_url or default_store_url(cfg.ledger_url)
+        path = sqlite_path(url)
+        if path is not None and str(path) != ":memory:" and not path.exists():
+            return None, path
+        return BatchStore(url), None
     except RouterError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc.message}")
+        Console(stderr=True).print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -40,7 +47,10 @@ def _when(ts: Any) -> str:
 def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
                  limit: int = typer.Option(20, "--limit", min=1, help="Newest first, this many.")) -> None:
     """Every batch in the store (all API keys), newest first, with its progress."""
-    st = _store(config, store)
+    st, missing = _store(config, store)
+    if st is None:
+        Console().print(f"no batches yet: no batch store at {escape(str(missing))}", highlight=False, soft_wrap=True)
+        return
     table = Table(title=f"Batches in {st.url}")
     for col in ("id", "status", "done", "failed", "total", "created", "expires", "plan"):
         table.add_column(col, justify="right" if col in ("done", "failed", "total") else "left")
@@ -58,7 +68,11 @@ def show(batch_id: str = typer.Argument(..., help="The batch's id (batch_...).")
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep the progress bar going until it ends.")
          ) -> None:
     """One batch: status, times, the scheduler's plan and a progress bar of its lines."""
-    st = _store(config, store)
+    st, missing = _store(config, store)
+    if st is None:
+        Console(stderr=True).print(f"[red]error:[/red] no batch {escape(repr(batch_id))}: no batch store at "
+                                   f"{escape(str(missing))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     got = st.get_batch(batch_id)
     if got is None:
         Console(stderr=True).print(f"[red]error:[/red] no batch {batch_id!r} in {st.url}")
