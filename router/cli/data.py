@@ -141,13 +141,12 @@ def from_ledger_cmd(
 
     from ..config import RouterConfig
     from ..errors import RouterError
-    from ..ledger import open_ledger
     from ..training.from_ledger import export_outcomes
-    from .ledger import parse_when
+    from .ledger import _open, parse_when
 
     try:
         cfg = RouterConfig.load(config, ledger_url=ledger)
-        led = open_ledger(cfg.ledger_url)
+        led = _open(cfg)  # as `router ledger`: a SQLite ledger that is not there is an error, not created empty
         try:
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,
                           transient=True) as bar:
