@@ -138,3 +138,34 @@ def test_on_the_48_alpaca_eval_models_the_relative_to_best_example_beats_balance
         out[policy] = json.loads(result.stdout)
     balanced, best = out.values()
     assert balanced["quality_vs_best"] < 0.5 and best["quality_vs_best"] > 1.0
+
+
+def test_targets_imply_the_sweep(setup: tuple[Path, Path]) -> None:
+    out, cards = setup
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json",
+                     "--targets", "0.5,0.9")
+    assert code == 0, text
+    assert [p["target"] for p in json.loads(text)["sweep"]] == [0.5, 0.9]
+
+
+@pytest.mark.parametrize("option", [["--carbon-start", "2022-03-01"], ["--carbon-span", "24"]])
+def test_carbon_placement_without_a_series_is_an_error(setup: tuple[Path, Path], option: list[str]) -> None:
+    out, cards = setup
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), *option)
+    assert code == 2 and f"Invalid value for '{option[0]}': needs --carbon" in text, text
+
+
+def test_a_carbon_start_outside_the_series_says_where_it_lands(setup: tuple[Path, Path]) -> None:
+    out, cards = setup
+    res = CliRunner().invoke(app, ["simulate", "--outcomes", str(out), "--policy", "stub", "--models", str(cards),
+                                   "--json", "--no-progress", "--carbon", "CA_2022_hourly.csv",
+                                   "--carbon-start", "2030-01-01"])
+    assert res.exit_code == 0, res.output
+    note = ("note: --carbon-start 2030-01-01 00:00 UTC is outside the series (2022-01-01 00:00 UTC to 2022-12-31 "
+            "23:00 UTC); the series repeats, so the workload starts at its hour 2022-01-03 00:00 UTC")
+    assert note in res.stderr
+    assert json.loads(res.stdout)["carbon"]["start_note"] == note.removeprefix("note: ")
+    inside = CliRunner().invoke(app, ["simulate", "--outcomes", str(out), "--policy", "stub", "--models", str(cards),
+                                      "--json", "--no-progress", "--carbon", "CA_2022_hourly.csv",
+                                      "--carbon-start", "2022-03-01"])
+    assert inside.exit_code == 0 and "note:" not in inside.stderr, inside.output

@@ -26,13 +26,32 @@ def _targets(text: str | None) -> list[float] | None:
     return values
 
 
+def _carbon_start(carbon: str | None, start: str | None, span: float | None) -> float | None:
+    """``--carbon-start`` as epoch seconds (UTC unless it says otherwise). It and ``--carbon-span`` place the
+    workload in the ``--carbon`` series: without one they would be ignored, so they are an error."""
+    for name, value in (("--carbon-start", start), ("--carbon-span", span)):
+        if value is not None and carbon is None:
+            raise typer.BadParameter("needs --carbon (the intensity series it places the workload in)",
+                                     param_hint=f"'{name}'")
+    if not start:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        raise typer.BadParameter(f"an ISO date, got {start!r}", param_hint="'--carbon-start'") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def simulate(
     outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes file (JSON Lines; docs/simulation.md)."),  # noqa: B008
     policy: str = typer.Option("balanced", "--policy", help="Policy name (policies/NAME.yaml) or YAML path."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     decisions: Path = typer.Option(None, "--decisions", help="Write one JSON line per request here."),  # noqa: B008
     sweep: bool = typer.Option(False, "--sweep", help="Vary the accuracy target; print the quality/energy curve."),
-    targets: str = typer.Option(None, "--targets", help="Sweep targets, e.g. 0.5,0.6,0.7 (default 0.30..1.00)."),
+    targets: str = typer.Option(None, "--targets", help="Sweep these targets, e.g. 0.5,0.6,0.7 (implies --sweep; "
+                                "default 0.30..1.00)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines instead of stopping."),
     plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
@@ -61,6 +80,8 @@ def simulate(
     from ..simulate.simulator import DEFAULT_SWEEP, Simulator
 
     sweep_targets = _targets(targets)
+    sweep = sweep or sweep_targets is not None
+    start = _carbon_start(carbon, carbon_start, carbon_span)
     try:
         config = RouterConfig.load()
         models_dir = models or config.models_dir
@@ -83,18 +104,12 @@ def simulate(
 
             intensity, carbon_info = None, None
             if carbon is not None:
-                from datetime import datetime, timezone
-
                 from ..simulate.carbon import replay
 
-                start = None
-                if carbon_start:
-                    try:
-                        start = datetime.fromisoformat(carbon_start).replace(tzinfo=timezone.utc).timestamp()
-                    except ValueError:
-                        raise typer.BadParameter(f"--carbon-start: an ISO date, got {carbon_start!r}") from None
                 intensity, carbon_info = replay(carbon, table.n, start=start,
                                                 span_s=None if carbon_span is None else carbon_span * 3600)
+                if "start_note" in carbon_info:
+                    err.print(f"note: {carbon_info['start_note']}", highlight=False, soft_wrap=True, markup=False)
             sim = Simulator(table, cards, classifier, engine, progress=step, intensity=intensity)
             result = sim.run(
                 policy_name=engine.name,

@@ -28,6 +28,7 @@ def replay(path: str, n: int, *, start: float | None = None, span_s: float | Non
     span = series.n * HOUR_S if span_s is None else span_s
     if span <= 0:
         raise ConfigError("--carbon-span must be positive")
+    note = _start_note(series, t0) if start is not None else None
     times = t0 + np.arange(n) * (span / max(n, 1))
     idx = (np.floor((times - series.start) / HOUR_S).astype(np.int64)) % series.n
     g = series.values[idx]
@@ -35,7 +36,26 @@ def replay(path: str, n: int, *, start: float | None = None, span_s: float | Non
             "mean_g_per_kwh": float(g.mean()) if n else None, "min_g_per_kwh": float(g.min()) if n else None,
             "max_g_per_kwh": float(g.max()) if n else None,
             "placement": "request i of n at start + i * span / n (an outcomes file has no timestamps)"}
+    if note:
+        info["start_note"] = note
     return g, info
+
+
+def _start_note(series: SeriesIntensity, t0: float) -> str | None:
+    """Where a start outside the series lands (the series repeats), so nobody reads a 2030 start as 2030's grid."""
+    length = series.n * HOUR_S
+    if series.start <= t0 < series.start + length:
+        return None
+    mapped = series.start + (t0 - series.start) % length
+    return (f"--carbon-start {_utc(t0)} is outside the series ({_utc(series.start)} to "
+            f"{_utc(series.start + length - HOUR_S)}); the series repeats, so the workload starts at its hour "
+            f"{_utc(mapped)}")
+
+
+def _utc(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _exists(path: str) -> bool:
