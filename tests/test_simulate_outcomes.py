@@ -172,3 +172,22 @@ def test_simulation_reports_every_segment_even_tens_of_thousands(tmp_path: Path,
     stats = Simulator(big, cards, classifier, CheapestAboveTarget(0.8)).stats("all small", np.zeros(n, np.int64))
     assert len(stats.by_segment) == n and stats.by_segment["t39999"]["requests"] == 1
     assert stats.by_segment["t32768"]["accuracy"] == 1.0
+
+
+def test_skip_reasons_group_by_reason_not_by_request(tmp_path: Path, cards) -> None:
+    p = write(tmp_path, [
+        line("a", GOOD),
+        line("x", {"gpt-4-1106-preview": {"correct": 2}}),
+        line("y", {"gpt-4-1106-preview": {"correct": 3}}),
+        line("z: w", {"gpt-4-1106-preview": {"correct": True, "output_tokens": -1}}),
+        json.dumps({"id": "v", "outcomes": GOOD}),
+        "{oops",
+    ])
+    t = load_outcomes(p, cards, skip_bad=True)
+    assert dict(t.skipped_reasons) == {
+        "score for model `gpt-4-1106-preview` is outside [0, 1]": 2,
+        "`output_tokens` for model `gpt-4-1106-preview` must be an integer in [0, 100,000,000]": 1,
+        "missing `prompt`": 1,
+        "not valid JSON": 1,
+    }
+    assert "line 3: request 'y': score for model `gpt-4-1106-preview` is outside [0, 1], got 3" in t.skipped_examples

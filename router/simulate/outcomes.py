@@ -131,12 +131,12 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _reason_key(message: str) -> str:
-    """Group skip reasons for the summary: the message up to its first detail."""
-    for sep in (" (", ":"):
-        if sep in message:
-            message = message.split(sep, 1)[0]
-    return message
+def _reason_key(problem: str) -> str:
+    """Group skip reasons for the summary: the problem (without the request it is about) up to its first detail
+    (a parenthesis, or the offending value after ", got")."""
+    for sep in (" (", ", got "):
+        problem = problem.split(sep, 1)[0]
+    return problem
 
 
 def load_outcomes(
@@ -210,10 +210,11 @@ def _read(
                 store.append(array(code, [fill]) * n_rows)
         return j
 
-    def bad(message: str) -> None:
+    def bad(problem: str, rid: str | None = None) -> None:
+        message = problem if rid is None else f"request {rid!r}: {problem}"
         if not skip_bad:
             raise OutcomesError(message, file=name, line=lineno)
-        table_skipped[_reason_key(message)] += 1
+        table_skipped[_reason_key(problem)] += 1
         if len(examples) < 5:
             examples.append(f"line {lineno}: {message}")
 
@@ -242,20 +243,20 @@ def _read(
             bad("missing `id` (a non-empty string)")
             continue
         if type(prompt) is not str:
-            bad(f"request {rid!r}: missing `prompt` (a string)")
+            bad("missing `prompt` (a string)", rid)
             continue
         if type(outs) is not dict or not outs:
-            bad(f"request {rid!r}: missing outcomes (`outcomes` must map model names to {{\"correct\": ...}})")
+            bad('missing outcomes (`outcomes` must map model names to {"correct": ...})', rid)
             continue
         task = obj.get("task", "unknown")
         if type(task) is not str:
-            bad(f"request {rid!r}: `task` must be a string, got {task!r}")
+            bad(f"`task` must be a string, got {task!r}", rid)
             continue
         in_tok = obj.get("input_tokens")
         if in_tok is None:
             in_tok = -(-len(prompt) // CHARS_PER_TOKEN)
         elif not _token_count(in_tok):
-            bad(f"request {rid!r}: `input_tokens` must be an integer in [0, {MAX_TOKENS:,}], got {_short(in_tok)}")
+            bad(f"`input_tokens` must be an integer in [0, {MAX_TOKENS:,}], got {_short(in_tok)}", rid)
             continue
         row: list[tuple[int, float, float, bool]] = []
         problem = None
@@ -268,7 +269,7 @@ def _read(
                 problem = f"unknown model `{model}` (no model card or alias; known: {names.known()})"
                 break
             if type(out) is not dict or "correct" not in out:
-                problem = f"request {rid!r}: missing outcome `correct` for model `{model}`"
+                problem = f"missing outcome `correct` for model `{model}`"
                 break
             c = out["correct"]
             if c is True or c is False:
@@ -276,11 +277,11 @@ def _read(
             elif type(c) in (int, float) and 0.0 <= c <= 1.0:
                 s = float(c)
             elif type(c) in (int, float):
-                problem = f"request {rid!r}: score {_short(c)} for model `{model}` is outside [0, 1]"
+                problem = f"score for model `{model}` is outside [0, 1], got {_short(c)}"
                 break
             else:
                 problem = (
-                    f"request {rid!r}: `correct` for model `{model}` must be true/false or a score in [0, 1], "
+                    f"`correct` for model `{model}` must be true/false or a score in [0, 1], "
                     f"got {_short(c)}"
                 )
                 break
@@ -288,7 +289,7 @@ def _read(
             if ej is not None:
                 if not _joules(ej):
                     problem = (
-                        f"request {rid!r}: `energy_j` for model `{model}` must be a number in "
+                        f"`energy_j` for model `{model}` must be a number in "
                         f"[0, {MAX_ENERGY_J:g}], got {_short(ej)}"
                     )
                     break
@@ -300,7 +301,7 @@ def _read(
                 defaulted += 1
             elif not _token_count(ot):
                 problem = (
-                    f"request {rid!r}: `output_tokens` for model `{model}` must be an integer in "
+                    f"`output_tokens` for model `{model}` must be an integer in "
                     f"[0, {MAX_TOKENS:,}], got {_short(ot)}"
                 )
                 break
@@ -308,16 +309,16 @@ def _read(
             pc, pi, po = coeffs[j]
             row.append((j, s, pc + pi * in_tok + po * ot, False))
         if problem is not None:
-            bad(problem)
+            bad(problem, rid)
             continue
         mask = 0
         for j, *_ in row:
             if mask >> j & 1:
-                problem = f"request {rid!r}: two outcomes for model `{models[j]}` (names that alias the same card)"
+                problem = f"two outcomes for model `{models[j]}` (names that alias the same card)"
                 break
             mask |= 1 << j
         if problem is not None:
-            bad(problem)
+            bad(problem, rid)
             continue
         # commit the row
         for j in range(len(models)):
