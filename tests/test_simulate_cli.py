@@ -169,3 +169,10 @@ def test_a_carbon_start_outside_the_series_says_where_it_lands(setup: tuple[Path
                                       "--json", "--no-progress", "--carbon", "CA_2022_hourly.csv",
                                       "--carbon-start", "2022-03-01"])
     assert inside.exit_code == 0 and "note:" not in inside.stderr, inside.output
+
+
+def test_an_outcomes_folder_is_called_a_folder(setup: tuple[Path, Path]) -> None:
+    out, cards = setup
+    code, text = run("--outcomes", str(out.parent), "--policy", "stub", "--models", str(cards))
+    assert code == 2 and f"Invalid value for '--outcomes': file '{out.parent}' is a directory." in text, text
+    assert "does not exist" not in text

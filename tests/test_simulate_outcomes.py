@@ -191,3 +191,8 @@ def test_skip_reasons_group_by_reason_not_by_request(tmp_path: Path, cards) -> N
         "not valid JSON": 1,
     }
     assert "line 3: request 'y': score for model `gpt-4-1106-preview` is outside [0, 1], got 3" in t.skipped_examples
+
+
+def test_a_folder_is_not_an_outcomes_file(tmp_path: Path, cards) -> None:
+    with pytest.raises(OutcomesError, match="is a folder, not an outcomes file"):
+        load_outcomes(tmp_path, cards)

@@ -45,7 +45,9 @@ def _carbon_start(carbon: str | None, start: str | None, span: float | None) -> 
 
 
 def simulate(
-    outcomes: Path = typer.Option(..., "--outcomes", help="Outcomes file (JSON Lines; docs/simulation.md)."),  # noqa: B008
+    outcomes: Path = typer.Option(  # noqa: B008
+        ..., "--outcomes", dir_okay=False, help="Outcomes file (JSON Lines; docs/simulation.md)."
+    ),
     policy: str = typer.Option("balanced", "--policy", help="Policy name (policies/NAME.yaml) or YAML path."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     decisions: Path = typer.Option(None, "--decisions", help="Write one JSON line per request here."),  # noqa: B008

@@ -149,6 +149,8 @@ def load_outcomes(
 ) -> OutcomesTable:
     """Stream ``path`` into an :class:`OutcomesTable`. ``progress(bytes_read)`` is called every ~64k lines."""
     path = Path(path)
+    if path.is_dir():
+        raise OutcomesError(f"{path}: is a folder, not an outcomes file; fix: name one JSON Lines file in it")
     if not path.is_file():
         raise OutcomesError(f"{path}: outcomes file does not exist")
     with open(path, "rb") as handle:
