@@ -270,14 +270,15 @@ class Router:
         with self._backend_lock:
             return dict(self._backends)
 
-    def resolve_model(self, name: str) -> str:
-        """The card name for a model name or alias; :class:`UnknownModelError` when there is none."""
+    def resolve_model(self, name: str, *, routed: bool = True) -> str:
+        """The card name for a model name or alias; :class:`UnknownModelError` when there is none. ``routed``: the
+        caller may also name ``router`` / ``router:<policy>`` (a request's model), so the error offers them; a
+        caller that needs one card (a judge, a model to measure) passes False."""
         found = self._aliases.get(name.lower())
         if found is None:
             known = ", ".join(sorted(c.name for c in self.cards.values() if c.callable))
-            raise UnknownModelError(
-                f"unknown model {name!r}; use 'router', 'router:<policy>' or one of: {known}", param="model"
-            )
+            routes = "'router', 'router:<policy>' or " if routed else ""
+            raise UnknownModelError(f"unknown model {name!r}; use {routes}one of: {known}", param="model")
         if not self.cards[found].callable:
             raise UnknownModelError(f"model {found!r} has no backend (simulation only)", param="model")
         return found

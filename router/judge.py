@@ -140,7 +140,7 @@ class Judge:
     def __init__(self, router: Router, settings: JudgeSettings) -> None:
         self.router = router
         self.settings = settings
-        self.model = router.resolve_model(settings.model)
+        self.model = router.resolve_model(settings.model, routed=False)
         self.share = settings.share
         self.source = JUDGE_PREFIX + self.model
         self.reference = largest_model(router) if settings.against == "largest" else None

@@ -37,3 +37,43 @@ def test_from_ledger_refuses_a_ledger_that_is_not_there(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert f"error: no ledger at {ledger}: nothing has been recorded there" in res.output
     assert not ledger.parent.exists() and not out.exists()
+
+
+def _config(tmp_path: Path) -> str:
+    config = tmp_path / "router.yaml"
+    config.write_text(f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    return str(config)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "math"], "Invalid value for '--task': no anchor set for task 'math'; there are: chat, sentiment"),
+        ([], "error: chat anchors are scored by a judge model: pass --judge MODEL"),
+    ],
+    ids=["task", "judge"],
+)
+def test_measure_checks_its_arguments_before_loading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    def no_router(*_a: object, **_k: object) -> None:
+        raise AssertionError("the router (classifier, models) was loaded before the arguments were checked")
+
+    monkeypatch.setattr("router._router.Router", no_router)
+    res = CliRunner().invoke(app, ["data", "measure", "smollm2-135m", *args, "--config", _config(tmp_path)])
+    assert res.exit_code == 2 and message in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["router", "--task", "sentiment"], "error: unknown model 'router'; use one of: "),
+        (["smollm2-135m", "--judge", "nosuch"], "Invalid value for '--judge': unknown model 'nosuch'; use one of: "),
+    ],
+    ids=["model", "judge"],
+)
+def test_measure_names_the_cards_it_can_measure(tmp_path: Path, args: list[str], message: str) -> None:
+    res = CliRunner().invoke(app, ["data", "measure", *args, "--anchors", "2", "--no-save",
+                                   "--config", _config(tmp_path)])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "'router:<policy>'" not in res.output and "anchors" not in res.output.split("unknown model")[0]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from .._router import Router
 
 data_app = typer.Typer(
     help="Outcomes files: import outside data (RouteLLM CSVs, AlpacaEval results), measure models, or export the "
@@ -168,12 +172,32 @@ def from_ledger_cmd(
         typer.echo("no stored prompts: they are kept only with `prompts: {store: true}` in the config")
 
 
+def _anchor_task(task: str) -> str:
+    from ..training.anchor_sets import TASKS
+
+    if task not in TASKS:
+        raise typer.BadParameter(f"no anchor set for task {task!r}; there are: {', '.join(TASKS)}")
+    return task
+
+
+def _check_names(router: Router, model: str, judge: str | None) -> None:
+    """MODEL and --judge name cards with a backend: an error before the progress bar starts, not after."""
+    from ..errors import UnknownModelError
+
+    router.resolve_model(model, routed=False)
+    if judge is not None:
+        try:
+            router.resolve_model(judge, routed=False)
+        except UnknownModelError as exc:
+            raise typer.BadParameter(exc.message, param_hint="'--judge'") from None
+
+
 @data_app.command("measure")
 def measure_cmd(
     model: str = typer.Argument(..., help="The model card (name or alias) to measure; it must have a backend."),
     anchors: int = typer.Option(20, "--anchors", min=1, max=50, help="How many anchors of the fixed set to use."),
-    task: str = typer.Option("chat", "--task", help="chat (scored by a judge against a reference answer) or "
-                             "sentiment (scored by the label)."),
+    task: str = typer.Option("chat", "--task", callback=_anchor_task, help="chat (scored by a judge against a "
+                             "reference answer) or sentiment (scored by the label)."),
     judge: str = typer.Option(None, "--judge", help="The judge model for chat anchors (default: the config's "
                               "judge.model)."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Answer length limit per anchor."),
@@ -190,20 +214,24 @@ def measure_cmd(
     from .._router import Router
     from ..classify.onnx_classifier import OnnxRequestClassifier
     from ..config import RouterConfig
-    from ..errors import RouterError
+    from ..errors import ConfigError, RouterError
     from ..training.measure import measure_model
 
     try:
         cfg = RouterConfig.load(config)
+        judge = judge or (cfg.judge.model if cfg.judge else None)
+        if task == "chat" and judge is None:
+            raise ConfigError("chat anchors are scored by a judge model: pass --judge MODEL (or set judge.model in "
+                              "the config)")
         with Router(cfg) as router:
             if not isinstance(router.classifier, OnnxRequestClassifier):
                 raise typer.BadParameter(f"{cfg.models_dir}/classifier holds no trained classifier to add a model to")
-            router.resolve_model(model)  # an unknown name is an error before the progress bar starts, not after
+            _check_names(router, model, judge if task == "chat" else None)
             columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
                 job = bar.add_task(f"{model} on {task} anchors", total=anchors)
                 report = measure_model(router, router.classifier, model, task=task, anchors=anchors,
-                                       judge=judge or (cfg.judge.model if cfg.judge else None), max_tokens=max_tokens,
+                                       judge=judge, max_tokens=max_tokens,
                                        save=save, progress=lambda done, _n: bar.update(job, completed=done))
     except (RouterError, ValueError) as exc:
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)

@@ -43,9 +43,9 @@ def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str,
                   anchors: int = 20, judge: str | None = None, max_tokens: int = 256, save: bool = True,
                   progress: Callable[[int, int], None] | None = None) -> MeasureReport:
     """Measure ``model`` on ``anchors`` anchors of ``task`` and fit its row (see the module docstring)."""
-    name = router.resolve_model(model)
+    name = router.resolve_model(model, routed=False)
     items = load_anchors(task, anchors)
-    judge_name = router.resolve_model(judge) if judge and task == "chat" else None
+    judge_name = router.resolve_model(judge, routed=False) if judge and task == "chat" else None
     if task == "chat" and judge_name is None:
         raise ValueError("chat anchors are scored by a judge model: pass --judge MODEL (or set judge.model in the "
                          "config)")
