@@ -77,3 +77,12 @@ def test_measure_names_the_cards_it_can_measure(tmp_path: Path, args: list[str],
                                    "--config", _config(tmp_path)])
     assert res.exit_code == 2 and message in res.output, res.output
     assert "'router:<policy>'" not in res.output and "anchors" not in res.output.split("unknown model")[0]
+
+
+def test_measure_local_help_shows_the_real_defaults_and_n_0_is_refused() -> None:
+    res = CliRunner().invoke(app, ["data", "measure-local", "--help"])
+    text = " ".join(res.output.split())  # the help is wrapped to the terminal
+    assert res.exit_code == 0 and "(default: 200 sentiment, 60 math, every chat item)" in text
+    assert "default: 0" not in text
+    res = CliRunner().invoke(app, ["data", "measure-local", "sentiment", "--n", "0"])
+    assert res.exit_code == 2 and "Invalid value for '--n'" in res.output, res.output

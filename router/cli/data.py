@@ -94,7 +94,9 @@ _MEASURE_SIZES = {"sentiment": 200, "math": 60}
 @data_app.command("measure-local")
 def measure_local_cmd(
     task: str = typer.Argument(..., help="What to measure: sentiment, math or chat."),
-    n: int = typer.Option(0, "--n", help="How many requests (default: 200 sentiment, 60 math, every chat item)."),
+    n: int | None = typer.Option(
+        None, "--n", min=1, help="How many requests (default: 200 sentiment, 60 math, every chat item)."
+    ),
 ) -> None:
     """Run the local models on shipped data and write data/outcomes/<task>_local.jsonl (correct, joules, latency
     per model and request), so the local tiers' P(correct) is measured here, not assumed. Takes minutes: every
