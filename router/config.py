@@ -56,9 +56,10 @@ class CpuPowerModel(BaseModel):
     watts_per_busy_core: float = Field(15.0, gt=0, le=10_000)
     idle_w: float = Field(2.0, ge=0, le=10_000)
     source: str = (
-        "assumed: 15 W per busy core + 2 W idle share (per-core share of a 100-150 W server CPU package); "
-        "calibrate the W-per-core constant against RAPL on your hardware (docs/energy.md)"
+        "assumed: the per-core share of a 100-150 W server CPU package; calibrate the W-per-core constant against "
+        "RAPL on your hardware (docs/energy.md)"
     )
+    """Where the figures come from; it does not repeat them (``router energy meters`` prints them beside it)."""
 
 
 class CooldownSettings(_Settings):

@@ -65,3 +65,16 @@ def test_profile_checks_the_prompts_file_before_loading_a_model(
 def test_profile_says_a_prompts_folder_is_a_folder(tmp_path: Path) -> None:
     code, out = router_main("energy", "profile", "sentiment-onnx", "--dry-run", "--prompts-file", str(tmp_path))
     assert code == 2 and f"error: {tmp_path}: cannot read the prompts file: is a folder" in out, out
+
+
+def test_meters_states_the_cpu_time_figures_once(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["energy", "meters"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert text.count("W per busy core") == 1
+    assert "CPU-time model: 15 W per busy core + 2 W idle share (assumed:" in text
+    config = tmp_path / "router.yaml"
+    config.write_text("cpu_power: {watts_per_busy_core: 9.5}\n")
+    res = CliRunner().invoke(app, ["energy", "meters", "--config", str(config)])
+    text = " ".join(res.output.split())
+    assert "CPU-time model: 9.5 W per busy core + 2 W idle share" in text and "15 W" not in text, text

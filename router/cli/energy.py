@@ -45,7 +45,8 @@ def meters(config: Path | None = _CONFIG_OPT) -> None:
     except OSError as exc:
         console.print(f"NVML: not available ({exc})")
     m = cfg.cpu_power
-    console.print(f"CPU-time model: {m.watts_per_busy_core} W per busy core + {m.idle_w} W idle share ({m.source})")
+    console.print(f"CPU-time model: {m.watts_per_busy_core:g} W per busy core + {m.idle_w:g} W idle share "
+                  f"({m.source})")
     meter = auto_meter(cfg.meter, cfg.cpu_power)
     console.print(f"In use (config meter={cfg.meter!r}): [bold]{meter.kind}:{meter.name}[/bold]")
     console.print(f"Grid: {cfg.grid_g_per_kwh:g} gCO2e/kWh (default: {GRID_SOURCE})")
