@@ -80,6 +80,8 @@ def test_measure_fits_only_the_measured_models_row(tmp_path: Path) -> None:
 def test_an_unknown_model_is_refused_before_any_anchor_runs(tmp_path: Path) -> None:
     config = tmp_path / "router.yaml"
     config.write_text(f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
-    out = CliRunner().invoke(app, ["data", "measure", "nope-model", "--anchors", "2", "--config", str(config)])
+    # sentiment: chat anchors without a judge are refused earlier still, before the router loads
+    out = CliRunner().invoke(app, ["data", "measure", "nope-model", "--task", "sentiment", "--anchors", "2",
+                                   "--config", str(config)])
     assert out.exit_code == 2 and "unknown model 'nope-model'" in out.output, out.output
     assert "anchors" not in out.output.split("unknown model")[0], "the progress bar started before the check"
