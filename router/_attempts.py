@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from ._books import Books, Models
+from ._guards import internal
 from ._output import Call, Output, answer_choice
 from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest
@@ -213,7 +214,12 @@ class Attempts:
         latency = (time.perf_counter() - call.started) * 1000
         energy = self.books.energy_of(call, gen)
         self.books.settle(call.held, energy.joules, call.card)
-        problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason)
+        try:
+            problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason)
+        except Exception as exc:  # the model ran: its record is written whatever the check raised
+            error = exc if isinstance(exc, RouterError) else internal(f"checking {call.model}'s answer", exc)
+            self._unchecked(call, gen, energy, latency, error)
+            raise error from (exc if error is not exc else None)
         if problem is not None:
             return self._invalid(call, gen, energy, latency, problem, sent)
         d = self.prepared.decision
@@ -253,6 +259,17 @@ class Attempts:
         if sent:
             raise error
         return False
+
+    def _unchecked(self, call: Call, gen: Generation, energy: EnergyReading, latency: float,
+                   error: RouterError) -> None:
+        """An answer whose check could not be made (the request's schema cannot be applied): recorded as ``error``;
+        no other model is tried, as the same check would fail on its answer too."""
+        self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, "error",
+                                      gen.confidence))
+        self.energy = energy if self.energy is None else self.energy + energy
+        self.co2e_g += self.books.record(call.card, energy, latency, "error", gen=gen, attempt=call.index,
+                                         reason=self.reason(), error=f"{error.code}: {error.message}"[:500])
+        self.errors.append(error)
 
     def failed(self, call: Call, exc: BaseException, output: Output | None = None, *, sent: bool = False) -> None:
         """The call raised. Settle and record it, then return when the next model may be tried, or raise the

@@ -24,6 +24,9 @@ from .errors import BadRequestError
 
 _MAX_SCHEMA_CHARS = 100_000
 """Longest schema accepted (as JSON text): grammars and validators are built from it per distinct schema."""
+_MAX_ANSWER_DEPTH = 64
+"""Deepest answer checked against a schema once validation has run out of stack: deeper is the answer's fault."""
+SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class ResponseFormat:
 
     def problem(self, text: str) -> str | None:
         """Why ``text`` does not satisfy this format, or ``None`` when it does."""
-        return json_problem(text, self.schema_json, what="the answer", want_object=True)
+        return json_problem(text, self.schema_json, what="the answer", want_object=True, param=SCHEMA_PARAM)
 
 
 def check_response_format(value: Any) -> ResponseFormat | None:
@@ -80,40 +83,76 @@ def check_response_format(value: Any) -> ResponseFormat | None:
     if strict is not None and not isinstance(strict, bool):
         raise BadRequestError("`response_format.json_schema.strict` must be a boolean",
                               param="response_format.json_schema.strict")
-    schema_json = canonical_schema(schema, "response_format.json_schema.schema")
+    schema_json = canonical_schema(schema, SCHEMA_PARAM)
     return ResponseFormat("json_schema", dict(value), schema_json, name, bool(strict))
 
 
-def canonical_schema(schema: Mapping[str, Any], param: str) -> str:
-    """``schema`` as canonical JSON text, checked to be a valid JSON Schema (a 400 naming ``param`` if not)."""
+def canonical_schema(schema: Mapping[str, Any], param: str, *, validated: bool = True) -> str:
+    """``schema`` as canonical JSON text, checked to be a valid JSON Schema (a 400 naming ``param`` if not).
+
+    ``validated``: answers will be checked against it, so every ``$ref`` must resolve within the schema (a remote
+    one is never fetched); found out after the model has run, it could only be an error."""
     try:
         text = json.dumps(schema, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError):
         raise BadRequestError(f"`{param}` is not plain JSON", param=param) from None
+    except RecursionError:
+        raise BadRequestError(f"`{param}` nests too deeply", param=param) from None
     if len(text) > _MAX_SCHEMA_CHARS:
         raise BadRequestError(f"`{param}` is longer than {_MAX_SCHEMA_CHARS:,} characters", param=param)
     try:
         _validator(text)
+        ref = _unresolvable_ref(text) if validated else None
     except _SchemaError as exc:
         raise BadRequestError(f"`{param}` is not a valid JSON Schema: {exc.message}", param=param) from None
+    except RecursionError:
+        raise BadRequestError(f"`{param}` nests too deeply", param=param) from None
+    if ref is not None:
+        raise BadRequestError(f"`{param}` refers to {ref[:200]!r}, which is not in the schema: a `$ref` must point "
+                              "inside the schema (e.g. '#/$defs/name'); remote schemas are never fetched", param=param)
     return text
 
 
-def json_problem(text: str, schema_json: str | None, *, what: str, want_object: bool = False) -> str | None:
-    """Why ``text`` is not JSON (an object, when ``want_object``) matching ``schema_json``; ``None`` when it is."""
+def json_problem(text: str, schema_json: str | None, *, what: str, want_object: bool = False,
+                 param: str | None = None) -> str | None:
+    """Why ``text`` is not JSON (an object, when ``want_object``) matching ``schema_json``; ``None`` when it is.
+
+    A schema that cannot be applied to the answer (one that refers to itself without end) is the request's fault:
+    a 400 naming ``param``."""
     try:
         value = json.loads(text)
     except ValueError as exc:
         return f"{what} is not valid JSON ({exc.msg} at character {exc.pos})"
+    except RecursionError:
+        return f"{what} is JSON nested too deeply"
     if want_object and schema_json is None and not isinstance(value, dict):
         return f"{what} is JSON but not an object"
     if schema_json is None:
         return None
-    error = _best_error(_validator(schema_json), value)
+    try:
+        error = _best_error(_validator(schema_json), value)
+    except RecursionError:
+        if _depth(value) > _MAX_ANSWER_DEPTH:
+            return f"{what} is JSON nested too deeply to check against the schema"
+        raise BadRequestError(f"`{param or 'the schema'}` cannot be applied: it refers to itself without end "
+                              "(a `$ref` cycle that never reaches a property or an item)", param=param) from None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
     return f"{what} does not match the schema at {where}: {error.message[:200]}"
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests (iteratively: it may be deeper than the stack allows)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            pending.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 # -- jsonschema, imported when first needed ---------------------------------------------------------------------
@@ -127,13 +166,48 @@ class _SchemaError(Exception):
 def _validator(schema_json: str) -> Any:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
+    from referencing import Registry
 
     schema = json.loads(schema_json)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise _SchemaError(exc.message[:200]) from None
-    return Draft202012Validator(schema)
+    # An empty registry retrieves nothing: jsonschema's default would fetch a remote `$ref` over the network.
+    return Draft202012Validator(schema, registry=Registry())
+
+
+@lru_cache(maxsize=256)
+def _unresolvable_ref(schema_json: str) -> str | None:
+    """The first ``$ref`` / ``$dynamicRef`` in the schema that does not resolve, or ``None``.
+
+    Walks every subschema in its own base URI as the validator would, and every target a reference reaches (it may
+    lie under a keyword that is no subschema), with the same registry (nothing is fetched)."""
+    from jsonschema_specifications import REGISTRY
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    root = DRAFT202012.create_resource(json.loads(schema_json))
+    pending = [(REGISTRY.resolver_with_root(root), root)]
+    seen: set[int] = set()
+    while pending:  # a loop, not recursion: a schema may nest deeper than the stack
+        resolver, resource = pending.pop()
+        contents = resource.contents
+        if id(contents) in seen:
+            continue
+        seen.add(id(contents))
+        if isinstance(contents, Mapping):
+            for key in ("$ref", "$dynamicRef"):
+                ref = contents.get(key)
+                if not isinstance(ref, str):
+                    continue
+                try:
+                    resolved = resolver.lookup(ref)
+                except Unresolvable:
+                    return ref
+                pending.append((resolved.resolver, DRAFT202012.create_resource(resolved.contents)))
+        pending.extend((resolver.in_subresource(sub), sub) for sub in resource.subresources())
+    return None
 
 
 def _best_error(validator: Any, value: Any) -> Any:

@@ -40,6 +40,8 @@ class Tool:
     strict: bool
     raw: Mapping[str, Any]
     """The ``{"type": "function", "function": {...}}`` object as sent (what a remote model is sent)."""
+    param: str = "tools"
+    """Where the parameters' schema was in the request (``tools[0].function.parameters``), for errors naming it."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class ToolOptions:
             if not isinstance(args, str):
                 return f"the arguments of the call to {name!r} are not a JSON string"
             problem = json_problem(args, tool.parameters_json if tool.strict else None,
-                                   what=f"the arguments of the call to {name!r}", want_object=True)
+                                   what=f"the arguments of the call to {name!r}", want_object=True,
+                                   param=tool.param)
             if problem is not None:
                 return problem
         if len(calls) > 1 and not self.parallel:
@@ -149,8 +152,10 @@ def _tool(i: int, raw: Any, param: str) -> Tool:
     strict = fn.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise BadRequestError(f"`{where}.function.strict` must be a boolean", param=f"{where}.function.strict")
-    return Tool(name, canonical_schema(parameters, f"{where}.function.parameters"), bool(strict),
-                {"type": "function", "function": dict(fn)})
+    at = f"{where}.function.parameters"
+    # only a strict function's arguments are validated against its schema: only then must its refs resolve
+    return Tool(name, canonical_schema(parameters, at, validated=bool(strict)), bool(strict),
+                {"type": "function", "function": dict(fn)}, at)
 
 
 def _choice(value: Any, names: list[str], param: str, legacy: bool) -> str | None:

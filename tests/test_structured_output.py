@@ -6,8 +6,10 @@ injection: a model that ignores the format it was asked for)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from test_paths import PATHS, Outcome, run
 from router import Router, RouterConfig
 from router.backends import Backend, GenerationRequest, StreamEvent
 from router.cards import load_cards
-from router.errors import StructuredOutputError
+from router.errors import BadRequestError, StructuredOutputError
 
 ASK = [{"role": "user", "content": "Describe a person."}]
 PERSON = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": {
@@ -28,6 +30,10 @@ PERSON = {"type": "json_schema", "json_schema": {"name": "person", "strict": Tru
     "required": ["name", "age"], "additionalProperties": False}}}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}}}
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
 
 
 class ScriptedAnswerDouble(Backend):
@@ -110,6 +116,13 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], Outcome, 
     "valid answers pass": (
         {"text": GOOD}, {"text": GOOD}, {"response_format": PERSON},
         Outcome("cheap", "ok", [("cheap", "ok", 0, "")]), Outcome("cheap", "ok", [("cheap", "ok", 0, "")])),
+    "an unresolvable $ref is refused before any model runs": (
+        {"text": GOOD}, {"text": GOOD}, {"response_format": schema_format({"$ref": "#/$defs/nope"})},
+        Outcome(None, "BadRequestError", []), Outcome(None, "BadRequestError", [])),
+    "a schema that cannot be applied is recorded and typed": (
+        {"text": GOOD}, {"text": GOOD}, {"response_format": schema_format({"anyOf": [{"$ref": "#"}]})},
+        Outcome(None, "BadRequestError", [("cheap", "error", 0, "invalid_request")]),
+        Outcome(None, "BadRequestError", [("cheap", "error", 0, "invalid_request")])),
 }
 
 
@@ -192,3 +205,65 @@ def test_options_reach_the_backend(tmp_path: Path) -> None:
             "top_p": 0.3, "seed": 7}
     finally:
         router.close()
+
+
+def test_refs_must_resolve_inside_the_schema_and_nothing_is_fetched(tmp_path: Path) -> None:
+    served: list[str] = []
+
+    class Schemas(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            served.append(self.path)
+            body = b'{"type": "object"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Schemas)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    remote = f"http://127.0.0.1:{server.server_address[1]}/s.json"
+    router = build(tmp_path, {"text": GOOD}, {"calls": [("get_weather", '{"city": "Paris"}')]})
+    strict_tool = {"type": "function", "function": {**WEATHER["function"], "parameters": {"$ref": remote}}}
+    try:
+        for params, param in (
+                ({"response_format": schema_format({"$ref": remote})}, "response_format.json_schema.schema"),
+                ({"response_format": schema_format({"$ref": "#/$defs/nope"})}, "response_format.json_schema.schema"),
+                ({"response_format": schema_format({"$id": "https://a.example/p", "$ref": "q.json"})},
+                 "response_format.json_schema.schema"),
+                ({"tools": [strict_tool]}, "tools[0].function.parameters")):
+            with pytest.raises(BadRequestError) as err:
+                router.complete(ASK, **params)
+            assert err.value.http_status == 400 and err.value.param == param, err.value.message
+            assert "$ref" in err.value.message and "never fetched" in err.value.message
+        # refs that resolve inside the schema (a pointer, an anchor, the schema itself) are fine
+        inside = {"$defs": {"n": {"$anchor": "nm", "type": "string"}},
+                  "type": "object", "properties": {"name": {"$ref": "#nm"}, "age": {"type": "integer"},
+                                                   "child": {"$ref": "#"}}, "required": ["name"]}
+        assert router.complete(ASK, response_format=schema_format(inside)).routing.model == "cheap"
+        # a function that is not strict is not validated, so its schema is sent as it came
+        loose = {"type": "function", "function": {"name": "get_weather", "parameters": {"$ref": remote}}}
+        assert router.complete(ASK, tools=[loose], tool_choice="required").choices[0].message.tool_calls
+        # no model ran for the refused requests
+        assert [r.outcome for r in router.ledger.records()] == ["ok", "escalated", "ok"]
+    finally:
+        router.close()
+        server.shutdown()
+    assert served == []
+
+
+def test_a_check_that_fails_still_leaves_the_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug in the check")
+
+    monkeypatch.setattr("router._attempts.output_problem", broken)  # fault injection: the check itself fails
+    for path in PATHS:
+        router = build(tmp_path / path, {"text": GOOD}, {"text": GOOD})
+        try:
+            got = run(router, path, ASK, response_format=PERSON)
+        finally:
+            router.close()
+        assert got == Outcome(None, "InternalError", [("cheap", "error", 0, "internal_error")]), f"{path}: {got}"
