@@ -65,7 +65,17 @@ NO_OPTIONS = ModelOptions()
 
 def output_problem(options: ModelOptions, text: str, tool_calls: list[dict[str, Any]] | None,
                    finish_reason: str) -> str | None:
-    """Why an answer does not give what the request asked for (JSON, a schema, valid tool calls), or ``None``."""
+    """Why an answer does not give what the request asked for (JSON, a schema, valid tool calls), or ``None``.
+
+    An answer cut at ``max_tokens`` is still checked (a cut call or JSON text is not what was asked for), and the
+    message says the cut is why, whatever part of the answer it broke."""
+    problem = _problem(options, text, tool_calls)
+    if problem is not None and finish_reason == "length":
+        problem = f"the answer was cut at max_tokens (raise it): {problem}"
+    return problem
+
+
+def _problem(options: ModelOptions, text: str, tool_calls: list[dict[str, Any]] | None) -> str | None:
     if options.tools is not None:
         problem = options.tools.problem(tool_calls or [])
         if problem is not None or tool_calls:
@@ -74,7 +84,4 @@ def output_problem(options: ModelOptions, text: str, tool_calls: list[dict[str, 
         return "the model called a tool although none was offered"
     if options.response_format is None:
         return None
-    problem = options.response_format.problem(text)
-    if problem is not None and finish_reason == "length":
-        problem += " (the answer was cut at max_tokens: raise it)"
-    return problem
+    return options.response_format.problem(text)

@@ -113,33 +113,35 @@ def canonical_schema(schema: Mapping[str, Any], param: str, *, validated: bool =
     return text
 
 
-def json_problem(text: str, schema_json: str | None, *, what: str, want_object: bool = False,
+def json_problem(text: str, schema_json: str | None, *, what: str, want_object: bool = False, plural: bool = False,
                  param: str | None = None) -> str | None:
     """Why ``text`` is not JSON (an object, when ``want_object``) matching ``schema_json``; ``None`` when it is.
 
-    A schema that cannot be applied to the answer (one that refers to itself without end) is the request's fault:
-    a 400 naming ``param``."""
+    ``what`` names the text in the message (``plural``: "the arguments ... are"). A schema that cannot be applied
+    to the answer (one that refers to itself without end) is the request's fault: a 400 naming ``param``."""
+    be, do = ("are", "do") if plural else ("is", "does")
     try:
         value = json.loads(text)
     except ValueError as exc:
-        return f"{what} is not valid JSON ({exc.msg} at character {exc.pos})"
+        at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" ends with it already
+        return f"{what} {be} not valid JSON ({exc.msg}{at} character {exc.pos})"
     except RecursionError:
-        return f"{what} is JSON nested too deeply"
+        return f"{what} {be} JSON nested too deeply"
     if want_object and schema_json is None and not isinstance(value, dict):
-        return f"{what} is JSON but not an object"
+        return f"{what} {be} JSON but not an object"
     if schema_json is None:
         return None
     try:
         error = _best_error(_validator(schema_json), value)
     except RecursionError:
         if _depth(value) > _MAX_ANSWER_DEPTH:
-            return f"{what} is JSON nested too deeply to check against the schema"
+            return f"{what} {be} JSON nested too deeply to check against the schema"
         raise BadRequestError(f"`{param or 'the schema'}` cannot be applied: it refers to itself without end "
                               "(a `$ref` cycle that never reaches a property or an item)", param=param) from None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"{what} does not match the schema at {where}: {error.message[:200]}"
+    return f"{what} {do} not match the schema at {where}: {error.message[:200]}"
 
 
 def _depth(value: Any) -> int:

@@ -88,7 +88,7 @@ class ToolOptions:
             if not isinstance(args, str):
                 return f"the arguments of the call to {name!r} are not a JSON string"
             problem = json_problem(args, tool.parameters_json if tool.strict else None,
-                                   what=f"the arguments of the call to {name!r}", want_object=True,
+                                   what=f"the arguments of the call to {name!r}", want_object=True, plural=True,
                                    param=tool.param)
             if problem is not None:
                 return problem

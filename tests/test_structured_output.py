@@ -42,11 +42,12 @@ class ScriptedAnswerDouble(Backend):
     local = False
 
     def __init__(self, inner_card: Any, text: str = "", calls: list[tuple[str, str]] | None = None,
-                 logprobs: bool = False) -> None:
+                 logprobs: bool = False, finish: str = "stop") -> None:
         super().__init__(inner_card)
         self.text = text
         self.calls = calls or []
         self.logprobs = logprobs
+        self.finish = finish
         self.seen: list[GenerationRequest] = []
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
@@ -59,7 +60,7 @@ class ScriptedAnswerDouble(Backend):
             yield StreamEvent(tool_calls=[{"index": i, "id": f"call_{i}", "type": "function",
                                            "function": {"name": name, "arguments": ""}}])
             yield StreamEvent(tool_calls=[{"index": i, "function": {"arguments": args}}])
-        yield StreamEvent(finish_reason="stop", prompt_tokens=5, completion_tokens=3)
+        yield StreamEvent(finish_reason=self.finish, prompt_tokens=5, completion_tokens=3)
 
 
 def card(name: str, tier: str, joules: float) -> str:
@@ -144,6 +145,33 @@ def test_the_error_says_what_was_wrong(tmp_path: Path) -> None:
         router.complete(ASK, response_format=PERSON)
     assert err.value.http_status == 502 and "dear" in err.value.message and "age" in err.value.message
     router.close()
+
+
+def test_an_answer_cut_at_max_tokens_says_so(tmp_path: Path) -> None:
+    """A call or JSON cut by max_tokens is a bad answer like any other (the same error whole and streamed), and
+    the message names max_tokens as the cause."""
+    cut_call = {"calls": [("get_weather", '{"city": "Par')], "finish": "length"}
+    cut_json = {"text": '{"name": "Ada", "ag', "finish": "length"}
+    for cheap, params in ((cut_call, {"tools": [WEATHER], "tool_choice": "required"}),
+                          (cut_json, {"response_format": PERSON})):
+        for path in PATHS:
+            router = build(tmp_path / f"{path}-{len(params)}", cheap, cheap)
+            try:
+                got = run(router, path, ASK, max_tokens=5, **params)
+                errors = [r.error for r in router.ledger.records()]
+            finally:
+                router.close()
+            assert got.status == "StructuredOutputError", (path, got)
+            assert errors and all("cut at max_tokens (raise it)" in e for e in errors), errors
+    router = build(tmp_path / "one", cut_call, cut_call)
+    try:
+        with pytest.raises(StructuredOutputError) as err:
+            router.complete(ASK, tools=[WEATHER], tool_choice="required", max_tokens=5)
+    finally:
+        router.close()
+    assert err.value.message == (
+        "dear: the answer was cut at max_tokens (raise it): the arguments of the call to 'get_weather' are not "
+        "valid JSON (Unterminated string starting at character 9)")
 
 
 def test_tool_calls_in_openai_shapes_whole_and_streamed(tmp_path: Path) -> None:
