@@ -20,8 +20,13 @@ import openai
 import pytest
 from servers.instant_upstream import LEAK
 from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream, wait_for_record
+from starlette.testclient import TestClient
+from test_structured_output import build
+
+from router.proxy.app import create_app
 
 KEY = "sk-test-hardening-0123456789"
+_JSON = "application/json"
 CAPS = "capabilities: [tools, json_object, json_schema, logprobs]\ncontext_length:"
 
 
@@ -264,3 +269,28 @@ def test_a_client_gone_from_a_non_streamed_remote_call_closes_it(served: Served)
     while stats()["closed_early"].get("slow-json", 0) == before and time.time() < deadline:
         time.sleep(0.1)
     assert stats()["closed_early"].get("slow-json", 0) == before + 1  # the upstream saw the call end
+
+
+# -- in process: the app over scripted models (no server, no upstream) --------------------------------------------
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    router = build(tmp_path_factory.mktemp("in_process"), {"text": "hello"}, {"text": "hello"})
+    with TestClient(create_app(router=router)) as client:
+        yield client
+
+
+def _deep(depth: int, surrogate: bool = False) -> bytes:
+    content = "hi \\ud83d" if surrogate else "hi"  # a lone surrogate escape takes the lenient reader
+    nested = "[" * depth + "]" * depth
+    return (f'{{"model": "router", "messages": [{{"role": "user", "content": "{content}"}}], '
+            f'"metadata": {{"a": {nested}}}}}').encode()
+
+
+@pytest.mark.parametrize(("depth", "surrogate"), [(100_000, False), (300, False), (250, True), (100_000, True)])
+def test_a_body_nested_too_deeply_is_a_400(app: TestClient, depth: int, surrogate: bool) -> None:
+    r = app.post("/v1/chat/completions", content=_deep(depth, surrogate), headers={"content-type": _JSON})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and "nests arrays and objects too deeply" in err["message"]
+    ok = app.post("/v1/chat/completions", content=_deep(150, surrogate), headers={"content-type": _JSON})
+    assert ok.status_code == 200, ok.text  # within the limit either reader takes it

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic_core import from_json, to_json
+from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -41,7 +41,7 @@ from ..errors import (
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
 from .metrics import ProxyMetrics
-from .public import lenient_json, public_error
+from .public import public_error, read_json
 
 log = logging.getLogger("router.proxy")
 
@@ -52,6 +52,7 @@ DISCONNECT_GRACE_S = 0.5
 """After a client disconnects, how long a call may take to stop by itself (a local model: one token) before it is
 cancelled (a remote model's connection closed)."""
 _JSON = "application/json"
+_WANT = "a JSON object with `model` and `messages`"
 
 # Body fields and the JSON types they may have (None is always allowed). Everything else the Router judges:
 # unknown fields are a 400 naming them, and message contents are validated there. What the Router does with each
@@ -308,19 +309,9 @@ class ChatHandler:
 
     @staticmethod
     def _parse(raw: bytes) -> dict[str, Any]:
-        if not raw.strip():
-            raise BadRequestError("the request body is empty; send a JSON object with `model` and `messages`")
-        try:
-            body = from_json(raw)  # pydantic-core's parser: ~3x faster than json.loads, same values
-        except UnicodeDecodeError as exc:
-            raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
-        except ValueError:
-            try:
-                body = lenient_json(raw)  # a lone surrogate escape (or not JSON at all)
-            except ValueError as exc:
-                raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+        body = read_json(raw, _WANT)
         if not isinstance(body, dict):
-            raise BadRequestError("the request body must be a JSON object with `model` and `messages`")
+            raise BadRequestError(f"the request body must be {_WANT}")
         return body
 
     def _check_policy_alias(self, model: str) -> None:

@@ -1,6 +1,7 @@
 """What a client is shown of an error (a server-side one says what failed and the request id; its details, which
-may name files, URLs or an upstream's answer, go to the log), and the lenient reading of a body pydantic-core's
-JSON parser refuses (lone surrogate escapes)."""
+may name files, URLs or an upstream's answer, go to the log), and how a request body is read as JSON: with
+pydantic-core's parser, then leniently where it refuses lone surrogate escapes, every failure a 400 that says why
+(empty, not JSON, nested too deeply)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import logging
 import re
 from typing import Any
 
-from ..errors import RouterError
+from pydantic_core import from_json
+
+from ..errors import BadRequestError, RouterError
 
 log = logging.getLogger("router.proxy")
 
@@ -35,6 +38,50 @@ def public_error(exc: RouterError, request_id: str | None) -> dict[str, Any]:
         if request_id is not None:
             body["error"]["message"] += f" (request id {request_id}; the server log has the details)"
     return body
+
+
+MAX_DEPTH = 200
+"""How deeply arrays and objects may nest in a request body: pydantic-core's parser refuses deeper (a recursion
+limit), and so does :func:`read_json` for a body the lenient reader takes, so the limit is the same either way."""
+
+
+def read_json(raw: bytes, want: str) -> Any:
+    """A request body parsed as JSON; ``want`` says what it should be (``a JSON object with ...``) in the message
+    of the 400 (:class:`BadRequestError`) for a body that is empty, not JSON or nested deeper than
+    :data:`MAX_DEPTH`."""
+    if not raw.strip():
+        raise BadRequestError(f"the request body is empty; send {want}")
+    try:
+        return from_json(raw)  # pydantic-core's parser: ~3x faster than json.loads, same values
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    except ValueError as exc:
+        if str(exc).startswith("recursion limit exceeded"):
+            raise _too_deep() from None
+    try:
+        body = lenient_json(raw)  # a lone surrogate escape (or not JSON at all)
+    except RecursionError:  # json's own limit, which depends on the stack left
+        raise _too_deep() from None
+    except ValueError as exc:
+        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    if _deeper_than(body, MAX_DEPTH):
+        raise _too_deep()
+    return body
+
+
+def _too_deep() -> BadRequestError:
+    return BadRequestError(f"the request body nests arrays and objects too deeply: at most {MAX_DEPTH} levels")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    pending = [(value, 1)]
+    while pending:  # a loop, not recursion: the value may be deeper than the stack allows
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            pending.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def lenient_json(raw: bytes) -> Any:
