@@ -294,3 +294,24 @@ def test_a_body_nested_too_deeply_is_a_400(app: TestClient, depth: int, surrogat
     assert err["type"] == "invalid_request_error" and "nests arrays and objects too deeply" in err["message"]
     ok = app.post("/v1/chat/completions", content=_deep(150, surrogate), headers={"content-type": _JSON})
     assert ok.status_code == 200, ok.text  # within the limit either reader takes it
+
+
+def test_stream_options_are_type_checked(app: TestClient) -> None:
+    def usage_chunks(options: object) -> list[dict[str, object]]:
+        r = app.post("/v1/chat/completions", json={"model": "router", "messages": user("hi"), "stream": True,
+                                                   "stream_options": options})
+        assert r.status_code == 200, r.text
+        events = [json.loads(line[6:]) for line in r.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        return [e for e in events if e["choices"] == []]
+
+    for options, param in (({"include_usage": "false"}, "stream_options.include_usage"),
+                           ({"include_usage": 1}, "stream_options.include_usage"),
+                           ({"include_obfuscation": "no"}, "stream_options.include_obfuscation"),
+                           ("include_usage", "stream_options")):
+        r = app.post("/v1/chat/completions", json={"model": "router", "messages": user("hi"), "stream": True,
+                                                   "stream_options": options})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (options, r.text)
+    assert usage_chunks({"include_usage": False}) == []
+    assert usage_chunks({"include_usage": None, "include_obfuscation": False, "a_newer_key": 1}) == []
+    assert len(usage_chunks({"include_usage": True})) == 1

@@ -73,6 +73,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 # Router parameters a body may not set: what the headers say, and the openai SDK's client-side arguments (the SDK
 # applies them before sending; in a body they could only smuggle in what the headers set)
 _FROM_HEADERS_ONLY = {"api_key", "request_id", "cancel", "extra_body", "extra_headers", "timeout"}
+_STREAM_OPTIONS = ("include_usage", "include_obfuscation")
+"""OpenAI's ``stream_options`` keys, both booleans: ``include_usage`` is acted on; ``include_obfuscation`` (padding
+against length side channels) has nothing to do here. Other keys are ignored, as OpenAI may add more."""
 
 
 def check_types(body: dict[str, Any]) -> None:
@@ -92,6 +95,13 @@ def check_types(body: dict[str, Any]) -> None:
     stop = body.get("stop")
     if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
         raise BadRequestError("`stop` must be a string or a list of strings", param="stop")
+    options = body.get("stream_options")
+    if options is not None:
+        for key in _STREAM_OPTIONS:  # "false" is truthy: a string here would turn usage on
+            value = options.get(key)
+            if value is not None and not isinstance(value, bool):
+                raise BadRequestError(f"`stream_options.{key}` must be a boolean, got {_json_name(type(value))}",
+                                      param=f"stream_options.{key}")
 
 
 def _json_name(t: type) -> str:
@@ -206,7 +216,7 @@ class ChatHandler:
             if "messages" not in body:
                 raise BadRequestError("`messages` is required", param="messages")
             stream = bool(body.pop("stream", False))
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+            include_usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
             model = body.pop("model", None) or "router"
             self._check_policy_alias(model)
             messages = body.pop("messages")
