@@ -315,3 +315,20 @@ def test_stream_options_are_type_checked(app: TestClient) -> None:
     assert usage_chunks({"include_usage": False}) == []
     assert usage_chunks({"include_usage": None, "include_obfuscation": False, "a_newer_key": 1}) == []
     assert len(usage_chunks({"include_usage": True})) == 1
+
+
+def test_unknown_routes_say_what_is_served_and_type_errors_read_well(app: TestClient) -> None:
+    for method, path in (("POST", "/v1/embeddings"), ("GET", "/v1/nothing-here"), ("GET", "/nothing")):
+        r = app.request(method, path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+        message = r.json()["error"]["message"]
+        assert message.startswith(f"{method} {path} is not served here; the routes are /v1/chat/completions, "
+                                  "/v1/models"), message
+        assert "/v1/feedback" in message and "/health" in message and "under /v1" not in message
+        assert "/chat/completions," not in message.replace("/v1/chat/completions", "")  # no unprefixed twins
+    for params, message in (({"max_tokens": "ten"}, "`max_tokens` must be an integer, got a string"),
+                            ({"messages": {}}, "`messages` must be an array, got an object"),
+                            ({"stop": 3}, "`stop` must be a string or an array, got an integer"),
+                            ({"response_format": []}, "`response_format` must be an object, got an array")):
+        r = app.post("/v1/chat/completions", json={"model": "router", "messages": user("hi"), **params})
+        assert r.status_code == 400 and r.json()["error"]["message"] == message, r.text

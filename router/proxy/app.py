@@ -215,13 +215,21 @@ def create_app(
 
     @app.exception_handler(404)
     async def _not_found(request: Request, exc: Exception) -> Response:
-        return error_response(NotFoundError(f"no route {request.method} {request.url.path}; the API is under /v1"))
+        return error_response(NotFoundError(f"{request.method} {request.url.path} is not served here; the routes "
+                                            f"are {', '.join(_served_paths(app))}"))
 
     @app.exception_handler(405)
     async def _bad_method(request: Request, exc: Exception) -> Response:
         return error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
 
     return app
+
+
+def _served_paths(app: FastAPI) -> list[str]:
+    """The app's routes without their parameters' sub-paths and without the unprefixed twins of ``/v1`` routes
+    (``/chat/completions``), in the order they were added."""
+    paths = [p for route in app.router.routes if (p := getattr(route, "path", "")) and "{" not in p]
+    return [p for p in dict.fromkeys(paths) if p.startswith("/v1") or f"/v1{p}" not in paths]
 
 
 ENV_CONFIG = "ROUTER_PROXY_CONFIG"

@@ -88,8 +88,8 @@ def check_types(body: dict[str, Any]) -> None:
         if want is None:
             continue
         if isinstance(value, bool) and bool not in want or not isinstance(value, want):
-            names = "number" if want == _NUM else " or ".join(_json_name(t) for t in want)
-            raise BadRequestError(f"`{name}` must be a {names}, got {_json_name(type(value))}", param=name)
+            names = "a number" if want == _NUM else " or ".join(_a(_json_name(t)) for t in want)
+            raise BadRequestError(f"`{name}` must be {names}, got {_a(_json_name(type(value)))}", param=name)
         if isinstance(value, float) and not math.isfinite(value):
             raise BadRequestError(f"`{name}` must be a finite number", param=name)
     stop = body.get("stop")
@@ -100,8 +100,15 @@ def check_types(body: dict[str, Any]) -> None:
         for key in _STREAM_OPTIONS:  # "false" is truthy: a string here would turn usage on
             value = options.get(key)
             if value is not None and not isinstance(value, bool):
-                raise BadRequestError(f"`stream_options.{key}` must be a boolean, got {_json_name(type(value))}",
+                raise BadRequestError(f"`stream_options.{key}` must be a boolean, got {_a(_json_name(type(value)))}",
                                       param=f"stream_options.{key}")
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article (an integer, an array, an object; null has none)."""
+    if noun == "null":
+        return noun
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def _json_name(t: type) -> str:
