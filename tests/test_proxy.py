@@ -795,3 +795,25 @@ def test_serve_says_where_it_listens_and_what_it_serves(upstream_url: str, tmp_p
         text = (tmp_path / f"serve-{port}.log").read_text()
     assert f"router serve: http://127.0.0.1:{port}/v1 (an OpenAI client's base_url), 1 worker" in text, text
     assert "policy balanced" in text and "ready in" in text and "remote-echo" in text, text
+
+
+def test_serve_on_a_port_in_use_fails_at_once(upstream_url: str, tmp_path: Path) -> None:
+    """The port is checked before the models load: one line, exit 2, no 'ready' (uvicorn's own failure came only
+    after every model had loaded, with exit 3)."""
+    import socket
+    import subprocess
+    import sys
+
+    config, _ = _config(tmp_path, upstream_url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "router", "serve", "--port", str(port), "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (f"error: port {port} on 127.0.0.1 is in use (another router serve or another "
+                                  "program listens there); stop it or choose another --port")
+    out = subprocess.run([sys.executable, "-m", "router", "serve", "--host", "203.0.113.9", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)  # an address this machine does not have
+    assert out.returncode == 2 and out.stderr.startswith("error: cannot listen on 203.0.113.9 port 8000: "), out.stderr

@@ -60,6 +60,10 @@ def serve(
             "SQLite is the single-process default: use --workers 1 with it.", err=True
         )
         raise typer.Exit(2)
+    problem = _cannot_listen(host, port)  # before the models load: that takes seconds, and then all is in vain
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     from ..ledger.errors import redact
     from ..proxy.server import OneWriteHttpToolsProtocol
 
@@ -79,6 +83,27 @@ def serve(
         proxy_headers=access_log if proxy_headers is None else proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips, server_header=False, **kwargs,
     )
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why uvicorn would fail to listen on ``host:port``, or ``None``: a socket bound there as uvicorn binds it
+    (IPv6 for an address with ':', ``SO_REUSEADDR``), then closed."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OverflowError:
+            return f"--port {port} is not a port (0-65535)"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is in use (another router serve or another program listens there); "
+                        "stop it or choose another --port")
+            return f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+    return None
 
 
 def _uvloop() -> bool:
