@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +26,8 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from .._ids import new_record_id
-from ..errors import ConfigError
+from ..errors import BadRequestError, ConfigError
+from .errors import guarded
 from .feedback import FeedbackMethods
 
 log = logging.getLogger("router.ledger")
@@ -117,10 +119,13 @@ class Ledger(FeedbackMethods, ABC):
     def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
         """Joules recorded since ``since``, optionally for one model and/or one key."""
 
-    @abstractmethod
+    @guarded("read totals")
     def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
-        """Sums grouped by ``model``, ``tier``, ``day``, ``key`` or ``policy``:
-        ``{group, requests, errors, energy_j, input_tokens, output_tokens, mean_latency_ms}``."""
+        """Sums grouped by one of ``GROUPS`` (``model``, ``tier``, ``day``, ``key``, ``policy`` ...):
+        ``{group, requests, errors, energy_j, input_tokens, output_tokens, mean_latency_ms}``, read from
+        :meth:`summary`."""
+        by = checked_group(by)
+        return totals_from_summary(self.summary(since), by)
 
     # Budget accounting. Atomic reserve-then-settle so concurrent requests cannot both spend the last joules.
     @abstractmethod
@@ -197,8 +202,7 @@ class Ledger(FeedbackMethods, ABC):
         seconds) and dimension, reduced to ``dims`` like :meth:`summary`. Read from the records themselves, not
         the hourly summary, so keep the range short: :meth:`summary` uses it for partial hours, the dashboard for
         5-minute steps over its last hour. SQLite and PostgreSQL sum inside the store."""
-        if isinstance(step_s, bool) or not isinstance(step_s, int) or step_s < 1:
-            raise ValueError(f"step_s must be a whole number of seconds, at least 1; got {step_s!r}")
+        step_s = checked_count("step_s", step_s, least=1, unit="seconds")
         return self._raw_summary(since, until, check_dims(dims), step_s)
 
     def _raw_summary(
@@ -346,13 +350,18 @@ def aggregate(records: Iterable[LedgerRecord], step_s: float = BUCKET_S) -> list
 
 
 def check_dims(dims: Sequence[str] | None) -> tuple[str, ...] | None:
-    """``dims`` as a tuple in ``SUMMARY_DIMS`` order, or None for all of them; an unknown one is a ValueError."""
+    """``dims`` as a tuple in ``SUMMARY_DIMS`` order, or None for all of them; anything else (an unknown name, one
+    string rather than a sequence of them) is a :class:`~router.errors.BadRequestError` naming the choices."""
     if dims is None:
         return None
-    unknown = set(dims) - set(SUMMARY_DIMS)
+    choose = f"choose from {', '.join(SUMMARY_DIMS)}, e.g. dims=('model',)"
+    if isinstance(dims, str | bytes) or not isinstance(dims, Iterable):
+        raise BadRequestError(f"dims={dims!r}: give a sequence of dimension names, or None for all; {choose}",
+                              param="dims")
+    dims = list(dims)
+    unknown = [repr(d) for d in dims if d not in SUMMARY_DIMS]
     if unknown:
-        raise ValueError(f"unknown summary dimension(s) {', '.join(sorted(unknown))}; choose from "
-                         + ", ".join(SUMMARY_DIMS))
+        raise BadRequestError(f"dims: unknown dimension(s) {', '.join(unknown)}; {choose}", param="dims")
     keep = tuple(d for d in SUMMARY_DIMS if d in dims)
     return None if keep == SUMMARY_DIMS else keep
 
@@ -389,21 +398,35 @@ def add_to_row(row: SummaryRow, r: LedgerRecord) -> None:
 GROUPS = ("model", "tier", "key", "policy", "task", "day", "source", "outcome")
 
 
+def checked_group(by: object) -> str:
+    """``by`` if it is one of ``GROUPS`` (what ``totals`` and reports group by), else a
+    :class:`~router.errors.BadRequestError` naming them."""
+    if not isinstance(by, str) or by not in GROUPS:
+        raise BadRequestError(f"by={by!r}: choose one of {', '.join(GROUPS)}", param="by")
+    return by
+
+
+def checked_count(name: str, value: object, *, least: int = 0, unit: str = "") -> int:
+    """``value`` if it is a whole number of at least ``least`` (a limit, a page size, a step), else a
+    :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a count."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        what = f"a whole number of {unit}" if unit else "a whole number"
+        raise BadRequestError(f"{name}={value!r}: give {what}, {least} or more", param=name)
+    return int(value)
+
+
 def group_value(row: SummaryRow, by: str) -> str:
     """The group a summary row falls in for ``totals(by=...)``; missing values read ``-``."""
     if by == "day":
         return datetime.fromtimestamp(row.bucket, tz=timezone.utc).strftime("%Y-%m-%d")
-    attr = {"key": "key_hash", "source": "energy_source"}.get(by, by)
-    if attr not in SUMMARY_DIMS:
-        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    attr = {"key": "key_hash", "source": "energy_source"}.get(checked_group(by), by)
     value = getattr(row, attr)
     return "-" if value in (None, "") else str(value)
 
 
 def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, Any]]:
     """``Ledger.totals`` computed from summary rows, sorted by group."""
-    if by not in GROUPS:
-        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    by = checked_group(by)
     acc: dict[str, dict[str, Any]] = {}
     for row in rows:
         g = group_value(row, by)

@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import BadRequestError
+
 USER = "user"
 """The source of feedback given through ``Router.feedback`` or ``POST /v1/feedback``."""
 JUDGE_PREFIX = "judge:"
@@ -131,4 +133,5 @@ def selection(request_id: str | None, since: float, until: float | None, mark: s
 
 def check_delete_args(before: float | None, request_id: str | None) -> None:
     if before is not None and request_id is not None:
-        raise ValueError("delete_prompts: give `before` or `request_id`, not both")
+        raise BadRequestError("delete_prompts: give `before` or `request_id`, not both (neither deletes every "
+                              "stored prompt)", param="before")

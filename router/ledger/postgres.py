@@ -43,7 +43,6 @@ from .base import (
     binary_chunks,
     checked_retention_days,
     stored_retention_days,
-    totals_from_summary,
     window_start,
 )
 from .errors import guarded, ledger_error, postgres_error
@@ -357,10 +356,6 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
             sql += " AND key_hash = %s"
             args.append(key_hash)
         return float(self._one(sql, args)[0])
-
-    @guarded("read totals")
-    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
-        return totals_from_summary(self.summary(since), by)
 
     @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:

@@ -51,7 +51,6 @@ from .base import (
     bucket_of,
     checked_retention_days,
     stored_retention_days,
-    totals_from_summary,
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error
@@ -316,10 +315,6 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
             for row in self.summary(since)
             if (model is None or row.model == model) and (key_hash is None or row.key_hash == key_hash)
         )
-
-    @guarded("read totals")
-    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
-        return totals_from_summary(self.summary(since), by)
 
     # -- budgets ----------------------------------------------------------------------------------------
     def _budget_key(self, budget: str, start: float) -> str:

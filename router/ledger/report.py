@@ -29,10 +29,10 @@ from ..energy.carbon import (
     format_joules,
 )
 from ..types import TIER_ORDER
-from .base import Ledger, SummaryRow, group_value
+from .base import GROUPS, Ledger, SummaryRow, checked_group, group_value
 
 ANSWERED = ("ok", "cancelled")
-REPORT_GROUPS = ("model", "tier", "key", "policy", "task", "day", "source", "outcome")
+REPORT_GROUPS = GROUPS
 
 
 def counterfactual_card(cards: dict[str, ModelCard], name: str | None = None) -> ModelCard | None:
@@ -104,8 +104,7 @@ def build_report(
     grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH,
     counterfactual: str | None = None,
 ) -> Report:
-    if by not in REPORT_GROUPS:
-        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(REPORT_GROUPS)}")
+    by = checked_group(by)
     large = counterfactual_card(cards, counterfactual)
     summary = ledger.summary(since, until)
     groups: dict[str, GroupTotals] = {}

@@ -38,7 +38,6 @@ from .base import (
     binary_chunks,
     checked_retention_days,
     stored_retention_days,
-    totals_from_summary,
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
@@ -359,10 +358,6 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             args.append(key_hash)
         with self._lock:
             return float(self._conn.execute(sql, args).fetchone()[0])
-
-    @guarded("read totals")
-    def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
-        return totals_from_summary(self.summary(since), by)
 
     @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:

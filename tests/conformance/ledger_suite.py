@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from router.errors import ConfigError, LedgerError
+from router.errors import BadRequestError, ConfigError, LedgerError
 from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
-from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
+from router.ledger.base import GROUPS, SUMMARY_DIMS, check_dims, reduce_dims
 
 OpenStore = Callable[[str], Ledger]
 MakePrevious = Callable[[str, list[LedgerRecord]], None]
@@ -249,12 +249,41 @@ def check_raw_summary_per_step(open_store: OpenStore) -> None:
         assert got.keys() == want.keys(), (step, dims)
         assert all(got[k][0] == v[0] and math.isclose(got[k][1], v[1]) for k, v in want.items())
         assert all(r.bucket % step == 0 for r in led.raw_summary(since, until, dims=dims, step_s=step))
-    for bad in (0, -5, 2.5, True):
+
+
+def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[], object]]]:
+    """``(argument, what the message must name, call)`` for each mistake a caller can make in an argument."""
+    groups, dims = ", ".join(GROUPS), ", ".join(SUMMARY_DIMS)
+    return [
+        *[("by", (repr(by), groups), lambda by=by: led.totals(by=by)) for by in ("nope", "key_hash", None)],
+        ("dims", ("'nope'", dims), lambda: led.summary(T0, T0 + 10, dims=("nope",))),
+        ("dims", ("'model'", dims), lambda: led.summary(dims="model")),  # type: ignore[arg-type]
+        ("dims", ("'nope'", dims), lambda: led.raw_summary(T0, dims=("model", "nope"))),
+        *[("step_s", (repr(bad), "1 or more"), lambda bad=bad: led.raw_summary(T0, step_s=bad))
+          for bad in (0, -5, 2.5, True, "60")],
+        ("before", ("not both",), lambda: led.delete_prompts(before=T0, request_id="r0")),
+    ]
+
+
+def check_bad_arguments_are_bad_request_errors(open_store: OpenStore) -> None:
+    """A caller's mistake in an argument is a ``BadRequestError`` naming the argument and what is allowed (never
+    a raw ValueError or TypeError, nor a LedgerError: the store is fine), and changes nothing."""
+    led = open_store("bad_args")
+    recs = _sample(5)
+    led.record_many(recs)
+    led.store_prompt(StoredPrompt("r0", "p", "[]", ts=T0))
+    for param, needles, call in _bad_arguments(led):
         try:
-            led.raw_summary(0.0, step_s=bad)  # type: ignore[arg-type]
-        except ValueError:
+            call()
+        except BadRequestError as exc:
+            assert exc.param == param, (param, exc.param, str(exc))
+            assert all(n in str(exc) for n in needles), (needles, str(exc))
             continue
-        raise AssertionError(f"step_s={bad!r} was accepted")
+        except Exception as exc:  # noqa: BLE001 - the point of the check
+            raise AssertionError(f"{param}: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError(f"{param}: accepted")
+    assert [r.record_id for r in led.records()] == [r.record_id for r in recs]
+    assert [p.request_id for p in led.prompts()] == ["r0"]
 
 
 def check_reopen_keeps_everything(open_store: OpenStore) -> None:
@@ -546,6 +575,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_latest_records,
     check_summary_reduced_to_dims,
     check_raw_summary_per_step,
+    check_bad_arguments_are_bad_request_errors,
     check_spent,
     check_totals,
     check_summary_exact_for_any_range,
