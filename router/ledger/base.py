@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -83,7 +84,9 @@ class Ledger(FeedbackMethods, ABC):
 
     Errors: every public method raises :class:`~router.errors.LedgerError` (never the driver's own exception)
     when the store cannot be opened, read or written; the message names ``url`` (password masked), what is
-    wrong and the fix."""
+    wrong and the fix. A caller's mistake in an argument (a time that is not a finite number, a negative limit,
+    an unknown grouping) is a :class:`~router.errors.BadRequestError` naming the argument, raised by the shared
+    checks below (``checked_span``, ``checked_limit`` ...) before the store is read."""
 
     url: str = ""
     """The URL the ledger was opened with (shown in messages with any password masked)."""
@@ -149,6 +152,7 @@ class Ledger(FeedbackMethods, ABC):
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         """The newest ``limit`` answered calls (outcome ``ok`` or ``escalated``) of ``model``, newest first: what
         the energy estimates learn from. This default scans the last week; stores override it with an index."""
+        limit = checked_count("limit", limit)
         since = time.time() - 7 * 86_400
         calls = [r for r in self.iter_records(since) if r.model == model and r.outcome in ("ok", "escalated")]
         return calls[::-1][:limit]
@@ -157,7 +161,7 @@ class Ledger(FeedbackMethods, ABC):
         """The newest ``limit`` records of any outcome, newest first (the dashboard's recent decisions). This
         default reads ever wider spans back from now (an hour, then 8x longer each time), so it reads few rows
         where records are dense; stores override it with their time index."""
-        if limit <= 0:
+        if checked_count("limit", limit) == 0:
             return []
         now, span = time.time(), 3600.0
         while True:
@@ -183,6 +187,7 @@ class Ledger(FeedbackMethods, ABC):
         ``dims``: keep only these of ``SUMMARY_DIMS``; the others read None and rows that then agree are summed
         into one, so totals by model read a row per hour and model instead of one per hour, model, key, policy
         and task (the dashboard's queries on a million records: ``benchmarks/bench_dashboard.py``)."""
+        since, until = checked_span(since, until)
         keep = check_dims(dims)
         lo = bucket_of(since) + (BUCKET_S if since % BUCKET_S else 0)
         hi = bucket_of(until) if until is not None else math.inf
@@ -202,6 +207,7 @@ class Ledger(FeedbackMethods, ABC):
         seconds) and dimension, reduced to ``dims`` like :meth:`summary`. Read from the records themselves, not
         the hourly summary, so keep the range short: :meth:`summary` uses it for partial hours, the dashboard for
         5-minute steps over its last hour. SQLite and PostgreSQL sum inside the store."""
+        since, until = checked_span(since, until)
         step_s = checked_count("step_s", step_s, least=1, unit="seconds")
         return self._raw_summary(since, until, check_dims(dims), step_s)
 
@@ -217,12 +223,14 @@ class Ledger(FeedbackMethods, ABC):
 
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         """Aggregates of whole hour buckets ``lo <= bucket < hi``; override where the store keeps them."""
-        return aggregate(self.iter_records(lo, None if math.isinf(hi) else hi))
+        return aggregate(self.iter_records(max(lo, EARLIEST_TS), None if math.isinf(hi) else hi))
 
     def iter_records(
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
-        """Records in time order without holding them all in memory (exports of a big ledger)."""
+        """Records in time order without holding them all in memory (exports of a big ledger), read ``batch`` at
+        a time."""
+        checked_count("batch", batch, least=1)
         yield from self.records(since, until)
 
     @property
@@ -406,13 +414,40 @@ def checked_group(by: object) -> str:
     return by
 
 
-def checked_count(name: str, value: object, *, least: int = 0, unit: str = "") -> int:
+EARLIEST_TS = -sys.float_info.max
+"""The earliest time a read can start from: every record, however old (reads refuse infinite times)."""
+
+
+def checked_count(name: str, value: object, *, least: int = 0, unit: str = "", hint: str = "") -> int:
     """``value`` if it is a whole number of at least ``least`` (a limit, a page size, a step), else a
-    :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a count."""
+    :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a count.
+    Checked before a store sees it: SQLite reads ``LIMIT -1`` as no limit and Redis a negative count as all."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
         what = f"a whole number of {unit}" if unit else "a whole number"
-        raise BadRequestError(f"{name}={value!r}: give {what}, {least} or more", param=name)
+        raise BadRequestError(f"{name}={value!r}: give {what}, {least} or more{hint}", param=name)
     return int(value)
+
+
+def checked_limit(limit: object) -> int | None:
+    """A read's ``limit``: None (no limit) or a whole number, 0 or more."""
+    return None if limit is None else checked_count("limit", limit, hint=", or None for no limit")
+
+
+def checked_time(name: str, value: object, *, none: str = "") -> float:
+    """``value`` as epoch seconds if it is a finite number, else a :class:`~router.errors.BadRequestError` naming
+    the argument: a store compares a string or NaN with its times without complaint and matches nothing (or,
+    in SQLite, every row: numbers sort before text). ``none``: what None means where the caller may pass it
+    (checked by the caller; named in the message)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        tail = f", or None for {none}" if none else ""
+        raise BadRequestError(f"{name}={value!r}: give a finite number of epoch seconds, e.g. time.time() - 3600"
+                              f"{tail}", param=name)
+    return float(value)
+
+
+def checked_span(since: object, until: object = None) -> tuple[float, float | None]:
+    """A read's range ``[since, until)`` checked by :func:`checked_time` (``until`` None: no end)."""
+    return checked_time("since", since), None if until is None else checked_time("until", until, none="no end")
 
 
 def group_value(row: SummaryRow, by: str) -> str:

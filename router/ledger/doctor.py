@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import JournalSettings
 from ..errors import LedgerError
-from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
+from .base import EARLIEST_TS, SUMMARY_DIMS, Ledger, SummaryRow, aggregate
 from .errors import redact
 from .replay import claim, replay_folder, segment_files
 
@@ -50,7 +50,7 @@ def summary_mismatches(ledger: Ledger, limit: int = 5) -> tuple[int, list[str]]:
     stored: dict[tuple[Any, ...], SummaryRow] = {}
     for row in ledger.stored_summary():
         stored[_key(row)] = row
-    expected = {_key(row): row for row in aggregate(ledger.iter_records(-math.inf))}
+    expected = {_key(row): row for row in aggregate(ledger.iter_records(EARLIEST_TS))}
     bad: list[str] = []
     for key in sorted(set(stored) | set(expected), key=repr):
         a, b = stored.get(key), expected.get(key)

@@ -41,7 +41,11 @@ from .base import (
     Retention,
     SummaryRow,
     binary_chunks,
+    checked_count,
+    checked_limit,
     checked_retention_days,
+    checked_span,
+    checked_time,
     stored_retention_days,
     window_start,
 )
@@ -233,18 +237,21 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         sql = (f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records WHERE model = %s "
                "AND outcome IN ('ok', 'escalated') ORDER BY ts DESC LIMIT %s")  # the (model, ts) index
+        limit = checked_count("limit", limit)
         return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (model, limit))]
 
     @guarded("read the latest records")
     def latest_records(self, limit: int) -> list[LedgerRecord]:
         sql = (f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records "
                "ORDER BY ts DESC, id DESC LIMIT %s")  # the (ts, id) index, read backwards
-        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (max(0, limit),))]
+        limit = checked_count("limit", limit)
+        return [LedgerRecord(**dict(zip(COLUMNS, r, strict=True))) for r in self._all(sql, (limit,))]
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records and their sums older than ``older_than`` in one transaction; the hour straddling the
         cut-off is summed again from what remains, with the summary table locked against writers meanwhile."""
+        older_than = checked_time("older_than", older_than)
         s, boundary = self.schema, int(math.floor(older_than / 3600) * 3600)
 
         def run(c: Any) -> int:
@@ -310,6 +317,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        since, until = checked_span(since, until)
+        limit = checked_limit(limit)
         sql = f"SELECT {', '.join(COLUMNS)} FROM {self.schema}.records WHERE ts >= %s"
         args: list[Any] = [since]
         if until is not None:
@@ -326,6 +335,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
         """Pages by (ts, id), one short query each, so a big export holds no connection between pages."""
+        since, until = checked_span(since, until)
+        batch = checked_count("batch", batch, least=1)
         cols = ", ".join(COLUMNS)
         after: tuple[float, int] | None = None
         while True:
@@ -348,7 +359,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("read the energy spent")
     def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
         sql = f"SELECT COALESCE(SUM(energy_j), 0) FROM {self.schema}.records WHERE ts >= %s"
-        args: list[Any] = [since]
+        args: list[Any] = [checked_time("since", since)]
         if model is not None:
             sql += " AND model = %s"
             args.append(model)
@@ -380,6 +391,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(zone, '-'), count(*), sum(energy_j), "
                f"sum(COALESCE(co2e_g, 0)), sum(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM {self.schema}.records "
                "WHERE ts >= %s")
+        since, until = checked_span(since, until)
         args: list[Any] = [since]
         if until is not None:
             sql += " AND ts < %s"

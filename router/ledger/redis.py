@@ -49,7 +49,11 @@ from .base import (
     SummaryRow,
     aggregate,
     bucket_of,
+    checked_count,
+    checked_limit,
     checked_retention_days,
+    checked_span,
+    checked_time,
     stored_retention_days,
     window_start,
 )
@@ -173,6 +177,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     @guarded("read recent calls")
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         """Pages back through the time-ordered records (all models share one sorted set), up to 50 pages."""
+        limit = checked_count("limit", limit)
         found: list[LedgerRecord] = []
         page = max(256, 4 * limit)
         for n in range(50):
@@ -184,14 +189,15 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @guarded("read the latest records")
     def latest_records(self, limit: int) -> list[LedgerRecord]:
-        if limit <= 0:
-            return []
+        if checked_count("limit", limit) == 0:
+            return []  # ZREVRANGE 0 -1 would be every record
         return [_parse(m) for m in self.r.zrevrange(self._k_records, 0, limit - 1)]  # the sorted set, by time
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Drop records older than ``older_than`` and their hourly sums; the hour that straddles the cut-off
         is re-summed from what remains, under WATCH so a concurrent write there makes it retry."""
+        older_than = checked_time("older_than", older_than)
         n = int(self.r.zremrangebyscore(self._k_records, "-inf", f"({older_than!r}"))
         self.r.zremrangebyscore(self._k_ids, "-inf", f"({older_than!r}")
         self._prune_feedback(older_than)
@@ -273,12 +279,16 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        since, until = checked_span(since, until)
+        limit = checked_limit(limit)
         return self._range(since, until, 0 if limit is not None else None, limit)
 
     @guarded("read records")
     def iter_records(
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
+        since, until = checked_span(since, until)
+        batch = checked_count("batch", batch, least=1)
         offset = 0
         while True:
             page = self._range(since, until, offset, batch)

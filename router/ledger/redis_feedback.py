@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import LedgerRecord
+from .base import LedgerRecord, checked_span
 from .errors import guarded
 from .feedback import Feedback, StoredPrompt, check_delete_args
 
@@ -83,6 +83,7 @@ class RedisFeedback:
     @guarded("read feedback")
     def feedback(self, request_id: str | None = None, since: float = 0.0,
                  until: float | None = None) -> list[Feedback]:
+        since, until = checked_span(since, until)
         zset, data, byreq = self._feedback_keys()
         if request_id is not None:
             members = self.r.zrangebylex(byreq, b"[" + request_id.encode() + b"\0", b"(" + request_id.encode() + b"\1")
@@ -110,6 +111,7 @@ class RedisFeedback:
     @guarded("read stored prompts")
     def prompts(self, since: float = 0.0, until: float | None = None,
                 request_id: str | None = None) -> list[StoredPrompt]:
+        since, until = checked_span(since, until)
         zset, data = self._prompt_keys()
         ids = [request_id] if request_id is not None else self.r.zrangebyscore(zset, *score_window(since, until))
         return [StoredPrompt(**json.loads(v)) for v in (self.r.hmget(data, ids) if ids else []) if v is not None]
@@ -125,7 +127,7 @@ class RedisFeedback:
 
     @guarded("delete stored prompts")
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
-        check_delete_args(before, request_id)
+        before = check_delete_args(before, request_id)
         zset, data = self._prompt_keys()
         if request_id is not None:
             pipe = self.r.pipeline(transaction=True)

@@ -36,7 +36,11 @@ from .base import (
     Retention,
     SummaryRow,
     binary_chunks,
+    checked_count,
+    checked_limit,
     checked_retention_days,
+    checked_span,
+    checked_time,
     stored_retention_days,
     window_start,
 )
@@ -235,6 +239,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         sql = (f"SELECT {', '.join(_COLUMNS)} FROM records WHERE model = ? AND outcome IN ('ok', 'escalated') "
                "ORDER BY ts DESC LIMIT ?")  # the (model, ts) index: the newest rows of one model
+        limit = checked_count("limit", limit)
         with self._lock:
             rows = self._conn.execute(sql, (model, limit)).fetchall()
         return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
@@ -242,14 +247,16 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     @guarded("read the latest records")
     def latest_records(self, limit: int) -> list[LedgerRecord]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM records ORDER BY ts DESC, id DESC LIMIT ?"  # the ts index
+        limit = checked_count("limit", limit)
         with self._lock:
-            rows = self._conn.execute(sql, (max(0, limit),)).fetchall()
+            rows = self._conn.execute(sql, (limit,)).fetchall()
         return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
         """Delete records (and their hourly summaries, feedback and stored prompts) older than ``older_than``, in one
         transaction. The hour that straddles the cut-off is re-summarised from the records that remain."""
+        older_than = checked_time("older_than", older_than)
         boundary = int(older_than) - int(older_than) % 3600
         with self._lock, self._write_transaction():
             n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
@@ -304,6 +311,8 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
 
     @guarded("read records")
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
+        since, until = checked_span(since, until)
+        limit = checked_limit(limit)
         sql, args = self._select(since, until)
         if limit is not None:
             sql += " LIMIT ?"
@@ -325,6 +334,8 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         self, since: float = 0.0, until: float | None = None, batch: int = 10_000
     ) -> Iterator[LedgerRecord]:
         """Pages by (ts, id) so a big export neither holds the lock for long nor all rows in memory."""
+        since, until = checked_span(since, until)
+        batch = checked_count("batch", batch, least=1)
         after: tuple[float, int] = (since, -1)
         cols = ", ".join(_COLUMNS)
         while True:
@@ -349,7 +360,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     @guarded("read the energy spent")
     def spent(self, *, since: float, model: str | None = None, key_hash: str | None = None) -> float:
         sql = "SELECT COALESCE(SUM(energy_j), 0) FROM records WHERE ts >= ?"
-        args: list[Any] = [since]
+        args: list[Any] = [checked_time("since", since)]
         if model is not None:
             sql += " AND model = ?"
             args.append(model)
@@ -375,6 +386,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         """Per (hour, zone): requests, joules, grams CO2e, joules x g/kWh (``router ledger report``'s carbon)."""
         sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(zone, '-'), COUNT(*), SUM(energy_j), "
                "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM records WHERE ts >= ?")
+        since, until = checked_span(since, until)
         args: list[Any] = [since]
         if until is not None:
             sql += " AND ts < ?"

@@ -29,6 +29,7 @@ import pytest
 from router.errors import BadRequestError, ConfigError, LedgerError
 from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
 from router.ledger.base import GROUPS, SUMMARY_DIMS, check_dims, reduce_dims
+from router.ledger.doctor import summary_mismatches
 
 OpenStore = Callable[[str], Ledger]
 MakePrevious = Callable[[str, list[LedgerRecord]], None]
@@ -165,6 +166,7 @@ def check_records_range_and_limit(open_store: OpenStore) -> None:
     since, until = recs[2].ts, recs[7].ts
     assert [r.request_id for r in led.records(since, until)] == [r.request_id for r in recs[2:7]], "until is exclusive"
     assert [r.request_id for r in led.records(limit=3)] == ["r0", "r1", "r2"]
+    assert led.records(limit=0) == [] and led.records(since, limit=0) == []
     assert [r.request_id for r in led.iter_records(since, batch=3)] == [r.request_id for r in recs[2:]]
 
 
@@ -207,6 +209,7 @@ def check_summary_exact_for_any_range(open_store: OpenStore) -> None:
         got = totals_from_summary(led.summary(since, until), "model")
         chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
         _close(_as_tuples(got), _as_tuples(totals_from_summary(aggregate(chosen), "model")))
+    assert summary_mismatches(led) == (0, []), "the doctor reads every record and agrees with the stored sums"
 
 
 def check_summary_reduced_to_dims(open_store: OpenStore) -> None:
@@ -262,6 +265,37 @@ def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[],
         *[("step_s", (repr(bad), "1 or more"), lambda bad=bad: led.raw_summary(T0, step_s=bad))
           for bad in (0, -5, 2.5, True, "60")],
         ("before", ("not both",), lambda: led.delete_prompts(before=T0, request_id="r0")),
+        *[(name, (repr(bad), "finite number of epoch seconds"), call)
+          for bad in ("yesterday", math.nan, math.inf, True)
+          for name, call in _time_reads(led, bad)],
+        ("since", ("None", "epoch seconds"), lambda: led.records(None)),  # type: ignore[arg-type]
+        *[("limit", (repr(bad), "0 or more"), call) for bad in (-1, 2.5, "3", True) for call in (
+            lambda bad=bad: led.records(limit=bad),  # type: ignore[arg-type]
+            lambda bad=bad: led.recent_calls("smollm2-135m", bad),  # type: ignore[arg-type]
+            lambda bad=bad: led.latest_records(bad),  # type: ignore[arg-type]
+        )],
+        *[("batch", (repr(bad), "1 or more"), lambda bad=bad: list(led.iter_records(batch=bad)))
+          for bad in (0, -1, 1.5)],
+    ]
+
+
+def _time_reads(led: Ledger, bad: object) -> list[tuple[str, Callable[[], object]]]:
+    """Every call taking a time, given ``bad`` for it: ``(argument, call)``."""
+    return [
+        ("since", lambda: led.records(bad)),  # type: ignore[arg-type]
+        ("until", lambda: led.records(T0, bad)),  # type: ignore[arg-type]
+        ("since", lambda: list(led.iter_records(bad))),  # type: ignore[arg-type]
+        ("until", lambda: list(led.iter_records(T0, bad))),  # type: ignore[arg-type]
+        ("since", lambda: led.spent(since=bad)),  # type: ignore[arg-type]
+        ("since", lambda: led.totals(since=bad)),  # type: ignore[arg-type]
+        ("since", lambda: led.summary(bad)),  # type: ignore[arg-type]
+        ("until", lambda: led.summary(T0, bad)),  # type: ignore[arg-type]
+        ("since", lambda: led.raw_summary(bad)),  # type: ignore[arg-type]
+        ("until", lambda: led.raw_summary(T0, bad)),  # type: ignore[arg-type]
+        ("since", lambda: led.feedback(since=bad)),  # type: ignore[arg-type]
+        ("until", lambda: led.prompts(until=bad)),  # type: ignore[arg-type]
+        ("before", lambda: led.delete_prompts(before=bad)),  # type: ignore[arg-type]
+        ("older_than", lambda: led.prune(bad)),  # type: ignore[arg-type]
     ]
 
 
