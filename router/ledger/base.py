@@ -255,8 +255,21 @@ class Ledger(FeedbackMethods, ABC):
     def rebuild_summary(self) -> None:  # noqa: B027 - optional hook
         """Recompute the stored hourly aggregates from the records (``router ledger doctor --repair``)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Flush and release the connection."""
+    closed: bool = False
+    """True once :meth:`close` was called."""
+
+    def close(self) -> None:
+        """Flush and release the connection. Closing a closed ledger does nothing (``Router.close``, a ``with``
+        block and a cleanup handler may all close the same one), and says nothing."""
+        if self.closed:
+            return
+        try:
+            self._close()
+        finally:
+            self.closed = True  # a close that failed half-way is not tried again: the store is in no state to use
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """What :meth:`close` does, once: stores release their connections here."""
 
 
 BUCKET_S = 3600.0

@@ -348,7 +348,7 @@ class JournaledLedger(Ledger):
             raise AttributeError(name)
         return getattr(self._store(), name)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Stop the replay thread, move what can go to the store, release the journal (what could not be
         stored stays on disk for the next open), close the store."""
         self._stop.set()

@@ -474,5 +474,5 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         """Delete this ledger's schema and everything in it (tests, and starting over)."""
         self._pool.run(lambda c: c.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._pool.close()

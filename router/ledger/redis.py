@@ -370,7 +370,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
             self.r.delete(*keys[i : i + 500])
 
     @guarded("close the ledger")
-    def close(self) -> None:
+    def _close(self) -> None:
         self.r.close()
 
 

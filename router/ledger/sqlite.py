@@ -462,7 +462,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         return float(row[0]) if row else 0.0
 
     @guarded("close the ledger")
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
             self._conn.close()
 

@@ -15,13 +15,15 @@ Two more families take a store-specific hook as well:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -320,6 +322,33 @@ def check_bad_arguments_are_bad_request_errors(open_store: OpenStore) -> None:
     assert [p.request_id for p in led.prompts()] == ["r0"]
 
 
+@contextlib.contextmanager
+def _logged() -> Iterator[list[logging.LogRecord]]:
+    """The warnings and errors logged meanwhile."""
+    found: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = found.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield found
+    finally:
+        root.removeHandler(handler)
+
+
+def check_close_twice_is_quiet(open_store: OpenStore) -> None:
+    """Closing a closed ledger does nothing and says nothing (``Router.close``, a ``with`` block and a cleanup
+    handler may all close one ledger); the store keeps what was written."""
+    led = open_store("close_twice")
+    led.record(_rec(0, T0))
+    led.close()
+    with _logged() as logged:
+        led.close()
+        led.close()
+    assert not logged, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in logged]
+    assert [r.request_id for r in open_store("close_twice").records()] == ["r0"]
+
+
 def check_reopen_keeps_everything(open_store: OpenStore) -> None:
     led = open_store("reopen")
     for r in _sample(5):
@@ -614,6 +643,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_totals,
     check_summary_exact_for_any_range,
     check_reopen_keeps_everything,
+    check_close_twice_is_quiet,
     check_concurrent_records,
     check_reserve_is_atomic_under_threads,
     check_settle,
