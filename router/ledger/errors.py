@@ -50,16 +50,28 @@ def ledger_error(
     return err
 
 
+def closed_error(url: str, action: str | None = None) -> LedgerError:
+    """The error for a ledger used after its ``close()``: the caller closed it, so nothing will bring it back
+    (unlike a store that went away) and the message says so."""
+    what = "this ledger was closed (close() was called on it)"
+    return ledger_error(url, f"could not {action}: {what}" if action else what,
+                        "open a new one (open_ledger, or a new Router) to use the store after closing it",
+                        retryable=False)  # fmt: skip
+
+
 def guarded(action: str) -> Callable[[F], F]:
-    """Translate the store's driver exceptions raised by a method into ``LedgerError``. ``action`` completes
+    """Translate the store's driver exceptions raised by a method into ``LedgerError``, and refuse a call on a
+    closed ledger (``closed_error``: Redis and PostgreSQL would silently connect again). ``action`` completes
     "could not ..." in the message. Generators are wrapped so that errors raised while iterating are translated
-    too. The wrapper costs one Python call (~0.1 µs) and nothing on the non-failing path beyond it."""
+    too. The wrapper costs one Python call (~0.1 µs) and an attribute read on the non-failing path."""
 
     def deco(fn: F) -> F:
         if inspect.isgeneratorfunction(fn):
 
             @functools.wraps(fn)
             def gen_wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                if self.closed:
+                    raise closed_error(self.url, action)
                 try:
                     yield from fn(self, *args, **kwargs)
                 except self.driver_errors as exc:
@@ -69,6 +81,8 @@ def guarded(action: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.closed:
+                raise closed_error(self.url, action)
             try:
                 return fn(self, *args, **kwargs)
             except self.driver_errors as exc:
@@ -133,9 +147,8 @@ def sqlite_error(url: str, path: Path, exc: BaseException, action: str) -> Ledge
         return ledger_error(url, f"{detail}: the record is incomplete",
                             "this is a bug in the caller: every required field must be set",
                             retryable=False, record_rejected=True)  # fmt: skip
-    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc).lower():
-        return ledger_error(url, f"could not {action}: the ledger was closed", "open it again",
-                            retryable=False)  # fmt: skip
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc).lower():  # closed during this call
+        return closed_error(url, action)
     return ledger_error(url, detail, f"run `router ledger doctor --ledger {url}`")
 
 

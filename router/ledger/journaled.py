@@ -32,7 +32,7 @@ from typing import Any
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
-from .errors import ledger_error
+from .errors import closed_error, ledger_error
 from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
@@ -94,6 +94,8 @@ class JournaledLedger(Ledger):
 
     # -- the store, or why there is none --------------------------------------------------------------
     def _store(self) -> Ledger:
+        if self.closed:
+            raise closed_error(self.url)
         store = self.store
         if store is not None:
             return store
@@ -105,7 +107,7 @@ class JournaledLedger(Ledger):
                 raise ledger_error(self.url, f"the store is unavailable ({exc})",
                                    "bring it back; records are kept in the journal at "
                                    f"{self.journal.folder} until then") from exc  # fmt: skip
-        raise ledger_error(self.url, "the store is closed", "open the ledger again", retryable=False)
+        raise closed_error(self.url)  # closing: the store is gone already
 
     def _outage(self, exc: LedgerError) -> None:
         if self._outage_since is None:
@@ -123,6 +125,8 @@ class JournaledLedger(Ledger):
     def append(self, recs: list[LedgerRecord]) -> Segment | None:
         """The journal half of ``record``: on disk (kill -9 safe) when this returns. None where the journal
         itself cannot be written (full disk): then ``deliver`` must reach the store or raise."""
+        if self.closed:  # not the closed journal's error, logged as if the disk had failed
+            raise closed_error(self.url, "write records")
         try:
             return self.journal.append_many(recs)
         except LedgerError as exc:
@@ -175,6 +179,8 @@ class JournaledLedger(Ledger):
     def replay(self) -> ReplayResult:
         """Move journaled records into the store: this process's segments that missed it, then those of dead
         processes. Idempotent; stops quietly (returning what it did) while the store is unavailable."""
+        if self.closed:  # not an outage to log and wait out
+            raise closed_error(self.url, "replay the journal")
         result = ReplayResult()
         with self._lock:
             try:
@@ -236,6 +242,8 @@ class JournaledLedger(Ledger):
 
     # -- budgets: fail closed while the store is unavailable ----------------------------------------------
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        if self.closed:  # not "while the store is unavailable": nothing will bring it back
+            raise closed_error(self.url, "reserve budget")
         try:
             if self._outage_since is not None:  # known down: refuse at once rather than after a timeout
                 raise ledger_error(self.url, "the store did not answer the last write", "bring it back")
@@ -250,6 +258,8 @@ class JournaledLedger(Ledger):
 
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """Applied now, or kept and retried with the replay while the store is unavailable."""
+        if self.closed:  # kept in memory, they would be lost without a word
+            raise closed_error(self.url, "settle reservations")
         if not settlements:
             return
         if self._outage_since is not None:

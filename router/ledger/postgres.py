@@ -470,6 +470,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                         (budget, start))  # fmt: skip
         return float(row[0]) if row else 0.0
 
+    @guarded("drop the schema")
     def drop(self) -> None:
         """Delete this ledger's schema and everything in it (tests, and starting over)."""
         self._pool.run(lambda c: c.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))

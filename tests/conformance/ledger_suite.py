@@ -349,6 +349,55 @@ def check_close_twice_is_quiet(open_store: OpenStore) -> None:
     assert [r.request_id for r in open_store("close_twice").records()] == ["r0"]
 
 
+def check_closed_ledger_says_it_was_closed(open_store: OpenStore) -> None:
+    """Every call on a closed ledger raises a LedgerError saying close() was called (not that the store is down:
+    nothing will bring this one back), logs nothing, and reaches no store (Redis and PostgreSQL would connect
+    again); a new ledger over the same store has everything."""
+    led = open_store("closed")
+    led.record(_rec(0, T0))
+    res = led.try_reserve("b", 1.0, 100.0, 3600)
+    assert res is not None
+    led.close()
+    calls: dict[str, Callable[[], object]] = {
+        "record": lambda: led.record(_rec(1, T0 + 1)),
+        "record_many": lambda: led.record_many([_rec(2, T0 + 2)]),
+        "try_reserve": lambda: led.try_reserve("b", 1.0, 100.0, 3600),
+        "settle": lambda: led.settle(res, 0.5),
+        "settle_many": lambda: led.settle_many([(res, 0.5)]),
+        "budget_used": lambda: led.budget_used("b", 3600),
+        "records": lambda: led.records(),
+        "iter_records": lambda: list(led.iter_records()),
+        "latest_records": lambda: led.latest_records(3),
+        "recent_calls": lambda: led.recent_calls("smollm2-135m", 3),
+        "spent": lambda: led.spent(since=0),
+        "totals": lambda: led.totals("model"),
+        "summary": lambda: led.summary(),
+        "raw_summary": lambda: led.raw_summary(T0),
+        "prune": lambda: led.prune(T0 - 10),
+        "schema_version": lambda: led.schema_version,
+        "add_feedback": lambda: led.add_feedback(Feedback("r0", 0.5, ts=T0)),
+        "feedback": lambda: led.feedback(),
+        "request_record": lambda: led.request_record("r0"),
+        "prompts": lambda: led.prompts(),
+        "delete_prompts": lambda: led.delete_prompts(),
+    }
+    with _logged() as logged:
+        for name, call in calls.items():
+            try:
+                call()
+            except LedgerError as exc:
+                assert "close() was called" in str(exc) and "fix: open a new one" in str(exc), (name, str(exc))
+                assert not exc.retryable, name
+                continue
+            except Exception as exc:  # noqa: BLE001 - the point of the check
+                raise AssertionError(f"{name} raised {type(exc).__name__}: {exc}") from exc
+            raise AssertionError(f"{name} worked on a closed ledger")
+    assert not logged, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in logged]
+    again = open_store("closed")
+    assert [r.request_id for r in again.records()] == ["r0"]
+    assert math.isclose(again.budget_used("b", 3600), 1.0)
+
+
 def check_reopen_keeps_everything(open_store: OpenStore) -> None:
     led = open_store("reopen")
     for r in _sample(5):
@@ -644,6 +693,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_summary_exact_for_any_range,
     check_reopen_keeps_everything,
     check_close_twice_is_quiet,
+    check_closed_ledger_says_it_was_closed,
     check_concurrent_records,
     check_reserve_is_atomic_under_threads,
     check_settle,
