@@ -16,7 +16,8 @@ from typing import Any
 
 from ..config import JournalSettings
 from ..errors import LedgerError
-from .base import EARLIEST_TS, SUMMARY_DIMS, Ledger, SummaryRow, aggregate
+from .arguments import EARLIEST_TS
+from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
 from .errors import redact
 from .replay import claim, replay_folder, segment_files
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import BadRequestError
+from .arguments import checked_span, checked_time
 
 USER = "user"
 """The source of feedback given through ``Router.feedback`` or ``POST /v1/feedback``."""
@@ -122,8 +123,6 @@ def _unsupported(ledger: Any, action: str) -> Exception:
 def selection(request_id: str | None, since: float, until: float | None, mark: str) -> tuple[str, list[Any]]:
     """The ``WHERE`` condition of a feedback or prompt read, and its arguments: one request's rows, else the rows of
     ``[since, until)``; ``mark`` is the SQL store's placeholder (``?`` for SQLite, ``%s`` for PostgreSQL)."""
-    from .base import checked_span  # base imports this module
-
     since, until = checked_span(since, until)
     if request_id is not None:
         return f"request_id = {mark}", [request_id]
@@ -136,8 +135,6 @@ def selection(request_id: str | None, since: float, until: float | None, mark: s
 
 def check_delete_args(before: float | None, request_id: str | None) -> float | None:
     """``delete_prompts``' arguments checked; returns ``before`` as epoch seconds (None: not given)."""
-    from .base import checked_time  # base imports this module
-
     if before is not None and request_id is not None:
         raise BadRequestError("delete_prompts: give `before` or `request_id`, not both (neither deletes every "
                               "stored prompt)", param="before")

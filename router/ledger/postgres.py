@@ -33,22 +33,15 @@ from itertools import chain
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from .base import (
-    SUMMARY_DIMS,
-    Ledger,
-    LedgerRecord,
-    Reservation,
-    Retention,
-    SummaryRow,
-    binary_chunks,
+from .arguments import (
     checked_count,
     checked_limit,
     checked_retention_days,
     checked_span,
     checked_time,
     stored_retention_days,
-    window_start,
 )
+from .base import SUMMARY_DIMS, Ledger, LedgerRecord, Reservation, Retention, SummaryRow, binary_chunks, window_start
 from .errors import guarded, ledger_error, postgres_error
 from .postgres_feedback import PRUNE_SQL, PostgresFeedback
 from .postgres_schema import (

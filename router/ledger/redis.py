@@ -39,6 +39,14 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
 
+from .arguments import (
+    checked_count,
+    checked_limit,
+    checked_retention_days,
+    checked_span,
+    checked_time,
+    stored_retention_days,
+)
 from .base import (
     BUCKET_S,
     SUMMARY_DIMS,
@@ -49,12 +57,6 @@ from .base import (
     SummaryRow,
     aggregate,
     bucket_of,
-    checked_count,
-    checked_limit,
-    checked_retention_days,
-    checked_span,
-    checked_time,
-    stored_retention_days,
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error

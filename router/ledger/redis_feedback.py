@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import LedgerRecord, checked_span
+from .arguments import checked_span
+from .base import LedgerRecord
 from .errors import guarded
 from .feedback import Feedback, StoredPrompt, check_delete_args
 

@@ -29,7 +29,8 @@ from ..energy.carbon import (
     format_joules,
 )
 from ..types import TIER_ORDER
-from .base import GROUPS, Ledger, SummaryRow, checked_group, group_value
+from .arguments import GROUPS, checked_group
+from .base import Ledger, SummaryRow, group_value
 
 ANSWERED = ("ok", "cancelled")
 REPORT_GROUPS = GROUPS

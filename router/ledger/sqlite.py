@@ -28,22 +28,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .base import (
-    SUMMARY_DIMS,
-    Ledger,
-    LedgerRecord,
-    Reservation,
-    Retention,
-    SummaryRow,
-    binary_chunks,
+from .arguments import (
     checked_count,
     checked_limit,
     checked_retention_days,
     checked_span,
     checked_time,
     stored_retention_days,
-    window_start,
 )
+from .base import SUMMARY_DIMS, Ledger, LedgerRecord, Reservation, Retention, SummaryRow, binary_chunks, window_start
 from .errors import guarded, ledger_error, sqlite_error
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql

@@ -30,7 +30,8 @@ import pytest
 
 from router.errors import BadRequestError, ConfigError, LedgerError
 from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
-from router.ledger.base import GROUPS, SUMMARY_DIMS, check_dims, reduce_dims
+from router.ledger.arguments import GROUPS
+from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
 from router.ledger.doctor import summary_mismatches
 
 OpenStore = Callable[[str], Ledger]

@@ -1,0 +1,89 @@
+"""Checks of the arguments and settings a ledger is given, shared by every store (router/ledger/base.py and the
+feedback methods use them): each returns the value normalised, or raises the library's typed error naming the
+argument and what is allowed, before any store sees it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import sys
+
+from ..errors import BadRequestError, ConfigError
+
+log = logging.getLogger("router.ledger")
+
+
+MAX_RETENTION_DAYS = 36_525.0
+"""A century: longer is "keep everything" (``None``), and a cut-off further back than 1900 is not a time."""
+
+
+def checked_retention_days(days: float | None) -> float | None:
+    """``days`` if it is a retention setting a store may keep (None, or a finite number in (0, a century]);
+    a :class:`~router.errors.ConfigError` otherwise, before anything is stored."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_RETENTION_DAYS:
+        raise ConfigError(f"retention_days={days!r}: give a number of days above 0 and at most "
+                          f"{MAX_RETENTION_DAYS:,.0f}, or none to keep everything")
+    return float(days)
+
+
+def stored_retention_days(value: str | bytes | None, where: str) -> float | None:
+    """The retention setting read back from a store. One that no longer passes :func:`checked_retention_days`
+    (written by an older version) is ignored with a warning, so the ledger still opens and can be set again."""
+    if value is None:
+        return None
+    try:
+        return checked_retention_days(float(value))
+    except (ValueError, ConfigError) as exc:
+        log.warning("%s: ignoring the stored retention setting %r (%s); set it again with `router ledger retention "
+                    "DAYS` or `--off`", where, value, exc)
+        return None
+
+
+GROUPS = ("model", "tier", "key", "policy", "task", "day", "source", "outcome")
+
+
+def checked_group(by: object) -> str:
+    """``by`` if it is one of ``GROUPS`` (what ``totals`` and reports group by), else a
+    :class:`~router.errors.BadRequestError` naming them."""
+    if not isinstance(by, str) or by not in GROUPS:
+        raise BadRequestError(f"by={by!r}: choose one of {', '.join(GROUPS)}", param="by")
+    return by
+
+
+EARLIEST_TS = -sys.float_info.max
+"""The earliest time a read can start from: every record, however old (reads refuse infinite times)."""
+
+
+def checked_count(name: str, value: object, *, least: int = 0, unit: str = "", hint: str = "") -> int:
+    """``value`` if it is a whole number of at least ``least`` (a limit, a page size, a step), else a
+    :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a count.
+    Checked before a store sees it: SQLite reads ``LIMIT -1`` as no limit and Redis a negative count as all."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        what = f"a whole number of {unit}" if unit else "a whole number"
+        raise BadRequestError(f"{name}={value!r}: give {what}, {least} or more{hint}", param=name)
+    return int(value)
+
+
+def checked_limit(limit: object) -> int | None:
+    """A read's ``limit``: None (no limit) or a whole number, 0 or more."""
+    return None if limit is None else checked_count("limit", limit, hint=", or None for no limit")
+
+
+def checked_time(name: str, value: object, *, none: str = "") -> float:
+    """``value`` as epoch seconds if it is a finite number, else a :class:`~router.errors.BadRequestError` naming
+    the argument: a store compares a string or NaN with its times without complaint and matches nothing (or,
+    in SQLite, every row: numbers sort before text). ``none``: what None means where the caller may pass it
+    (checked by the caller; named in the message)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        tail = f", or None for {none}" if none else ""
+        raise BadRequestError(f"{name}={value!r}: give a finite number of epoch seconds, e.g. time.time() - 3600"
+                              f"{tail}", param=name)
+    return float(value)
+
+
+def checked_span(since: object, until: object = None) -> tuple[float, float | None]:
+    """A read's range ``[since, until)`` checked by :func:`checked_time` (``until`` None: no end)."""
+    return checked_time("since", since), None if until is None else checked_time("until", until, none="no end")
