@@ -103,10 +103,13 @@ def test_postgres_store_leases(postgres_server) -> None:  # noqa: F811
 
 def test_input_files_are_checked_as_openai_does() -> None:
     good = b'{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}\n'
-    lines, errors = parse_lines(good + good + b"not json\n" + b'{"custom_id": "y", "method": "GET"}\n',
+    deep = b"[" * 100_000 + b"]" * 100_000 + b"\n"  # json's own recursion limit: was an uncaught RecursionError
+    lines, errors = parse_lines(good + good + b"not json\n" + b'{"custom_id": "y", "method": "GET"}\n' + deep,
                                 "/v1/chat/completions", 100)
-    assert [e["code"] for e in errors] == ["duplicate_custom_id", "invalid_json_line", "invalid_method"]
-    assert [e["line"] for e in errors] == [2, 3, 4] and len(lines) == 1
+    assert [e["code"] for e in errors] == ["duplicate_custom_id", "invalid_json_line", "invalid_method",
+                                           "invalid_json_line"]
+    assert [e["line"] for e in errors] == [2, 3, 4, 5] and len(lines) == 1
+    assert "nests arrays and objects too deeply" in errors[3]["message"]
     svc = _service(BatchStore("sqlite:///:memory:"))
     f = svc.create_file(good + b"{}\n", "in.jsonl", "batch", None)
     doc = svc.create(f["id"], "/v1/chat/completions", "24h", None, None)

@@ -115,9 +115,13 @@ def test_unknown_id_is_a_404_and_raw_errors_have_openais_shape(served: tuple[str
         _feedback(_client(url, "sk-team-a"), {"id": "chatcmpl-never-issued", "score": 0.5})
     assert info.value.code == "not_found" and info.value.param == "id"
     auth = {"authorization": "Bearer sk-team-a"}
-    for content in (b"not json", b"[1, 2]", b""):
+    for content in (b"not json", b"[1, 2]", b"", b"[" * 5000 + b"]" * 5000):
         r = httpx.post(f"{url}/v1/feedback", content=content, headers=auth)
-        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+    r = httpx.post(f"{url}/v1/feedback", content=b"", headers=auth)
+    assert r.json()["error"]["message"].startswith("the request body is empty")  # as the chat route says it
+    r = httpx.post(f"{url}/v1/feedback", content=b'{"id": ' + b"[" * 5000 + b"]" * 5000 + b"}", headers=auth)
+    assert "nests arrays and objects too deeply" in r.json()["error"]["message"]
     r = httpx.post(f"{url}/v1/feedback", json={"id": "x", "score": 0.5})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r = httpx.get(f"{url}/v1/feedback", headers=auth)

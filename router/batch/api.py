@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError
 from ..keys import KeySpec
+from ..proxy.public import read_json
 from .library import key_spec
 from .store import default_store_url
 
@@ -65,10 +66,7 @@ class BatchRoutes:
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         raw = await self._body(request, 1024 * 1024)
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+        body = read_json(raw, "a JSON object") if raw.strip() else {}
         if not isinstance(body, dict):
             raise BadRequestError("the request body must be a JSON object")
         return body

@@ -62,6 +62,9 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
         except ValueError as exc:
             bad(n, "invalid_json_line", f"line {n} is not valid JSON ({exc.msg})")
             continue
+        except RecursionError:  # json's own limit: a line nested deeper than the stack allows
+            bad(n, "invalid_json_line", f"line {n} nests arrays and objects too deeply")
+            continue
         if not isinstance(obj, dict):
             bad(n, "invalid_json_line", f"line {n} is not a JSON object")
             continue

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from .._router import Router
 from ..errors import BadRequestError, PayloadTooLargeError, RouterError
 from .fastpath import bearer_key, error_response
+from .public import read_json
 
 MAX_BODY_BYTES = 64 * 1024
 _FIELDS = {"id", "score", "comment"}
@@ -54,10 +55,7 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
 def _parse(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise PayloadTooLargeError(f"a feedback body is at most {MAX_BODY_BYTES:,} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    body = read_json(raw, 'a JSON object: {"id": "chatcmpl-...", "score": 0.8}')
     if not isinstance(body, dict):
         raise BadRequestError('the request body must be a JSON object: {"id": "chatcmpl-...", "score": 0.8}')
     unknown = sorted(set(body) - _FIELDS)
