@@ -69,3 +69,35 @@ def test_llama_cpp_logs_through_python_logging_not_stderr(cards, capfd: pytest.C
     lines = [r for r in caplog.records if r.name == "router.llama_cpp"]
     assert any("llama_model_loader" in r.getMessage() for r in lines)
     assert all(r.levelno < logging.ERROR for r in lines)  # a model that loads logs no errors
+
+
+OTHER_THREADS_PRINT = """
+import sys, threading, time
+from router.backends import create_backend
+from router.cards import load_cards
+from router.config import RouterConfig
+
+backend = create_backend(load_cards(RouterConfig.load().models_dir)["gemma3-270m"])
+loading = threading.Thread(target=lambda: backend.llm)
+loading.start()
+printed = 0
+while loading.is_alive() or printed < 5:
+    print(f"line {printed}", flush=True)
+    printed += 1
+    time.sleep(0.005)
+loading.join()
+print(printed, file=sys.stderr)
+"""
+
+
+def test_a_model_loading_on_one_thread_silences_no_other_thread() -> None:
+    """llama-cpp-python pointed the process's stdout and stderr at /dev/null while a model loaded: a judge loading its
+    model on its own thread swallowed the application's prints (6 of 142 lines reached stdout)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", OTHER_THREADS_PRINT], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    printed = int(done.stderr.strip().splitlines()[-1])
+    assert done.stdout.splitlines() == [f"line {i}" for i in range(printed)]

@@ -4,8 +4,12 @@ Why not llama-cpp-python's: its level table is an older ``ggml.h``'s. In 0.3.36 
 errors on every model load ("using full-size SWA cache", a token "not marked as control") and its errors count as
 debug lines, so a file that is not a GGUF fails with "Failed to load model from file" and nothing about why.
 Here warnings are INFO (``router -v`` shows them: they are llama.cpp's own choices, nothing to act on), errors are
-errors, and the errors of a load are kept for its exception (llama-cpp-python sends the load's output to
-``/dev/null``, so a logged line would not reach the console either).
+errors, and the errors of a load are kept for its exception.
+
+With its log here, llama-cpp-python's other means of quiet goes: ``suppress_stdout_stderr``, which points the
+whole process's file descriptors 1 and 2 (and ``sys.stdout``/``sys.stderr``) at ``/dev/null`` while a model
+loads. A model loads on whichever thread first needs it (a request, the judge's thread), so meanwhile every other
+thread's output vanished: the application's own prints and log lines included.
 """
 
 from __future__ import annotations
@@ -51,9 +55,29 @@ def install_log_bridge() -> None:
         if _installed is not None:
             return
         import llama_cpp
+        import llama_cpp._internals
+        import llama_cpp.llama
+        import llama_cpp.llama_chat_format
 
         _installed = llama_cpp.llama_log_callback(_on_log)
         llama_cpp.llama_log_set(_installed, ctypes.c_void_p(0))
+        for module in (llama_cpp.llama, llama_cpp._internals, llama_cpp.llama_chat_format):
+            if hasattr(module, "suppress_stdout_stderr"):
+                module.suppress_stdout_stderr = _KeepProcessOutput
+
+
+class _KeepProcessOutput:
+    """Stands in for llama-cpp-python's ``suppress_stdout_stderr`` (same signature): silences nothing, since
+    llama.cpp's log already comes here (the module docstring says why silencing was wrong)."""
+
+    def __init__(self, disable: bool = True) -> None:
+        self.disable = disable
+
+    def __enter__(self) -> _KeepProcessOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 @contextlib.contextmanager
