@@ -176,3 +176,26 @@ def test_an_outcomes_folder_is_called_a_folder(setup: tuple[Path, Path]) -> None
     code, text = run("--outcomes", str(out.parent), "--policy", "stub", "--models", str(cards))
     assert code == 2 and f"Invalid value for '--outcomes': file '{out.parent}' is a directory." in text, text
     assert "does not exist" not in text
+
+
+def test_a_policy_with_a_grid_switch_is_simulated_by_its_own_rules_and_says_so(tmp_path: Path) -> None:
+    """docs/policies.md's `balanced-green` example was refused ("grid.use_policy names 'eco', which is not a policy
+    here"): simulation loads one policy, and has no live intensity to switch on anyway."""
+    green = tmp_path / "balanced-green.yaml"
+    green.write_text("name: balanced-green\naccuracy: {relative_to_largest: 0.95}\n"
+                     "grid: {above_g_per_kwh: 300, use_policy: eco}\n")
+    result = CliRunner().invoke(app, ["simulate", "--outcomes", str(ROOT / "data" / "alpaca_eval" / "outcomes.jsonl"),
+                                      "--policy", str(green), "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert any(n.startswith("grid: not replayed (policy `eco` above 300 g/kWh")
+               for n in json.loads(result.stdout)["notes"])
+
+
+def test_simulation_refuses_a_policy_naming_a_model_without_a_card(tmp_path: Path) -> None:
+    """The Router refused it (ConfigError) while `router simulate` ran it with the budget covering nothing."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: typo\naccuracy: {relative_to_largest: 0.95}\nbudgets: [{model: gpt-5, joules: 100, "
+                    "per: hour}]\n")
+    result = CliRunner().invoke(app, ["simulate", "--outcomes", str(ROOT / "data" / "alpaca_eval" / "outcomes.jsonl"),
+                                      "--policy", str(typo), "--no-progress"])
+    assert result.exit_code == 2 and "names unknown model(s) gpt-5" in result.output, result.output

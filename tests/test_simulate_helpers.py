@@ -10,6 +10,7 @@ from typing import Any
 from router.cards import ModelCard
 from router.classify.base import Classification, RequestClassifier
 from router.policy.decision import Decision
+from router.policy.schema import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTED_CARDS = {
@@ -55,6 +56,7 @@ class CheapestAboveTarget:
     """A stand-in engine for tests of the simulator itself: cheapest card with P >= target, else the most likely."""
 
     name = "stub"
+    policy = Policy(name="stub", accuracy={"min_accuracy": 0.7})  # `router simulate` checks the models it names
 
     def __init__(self, target: float = 0.7) -> None:
         self.target = target

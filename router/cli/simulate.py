@@ -76,6 +76,7 @@ def simulate(
     from ..classify.onnx_classifier import load_default_classifier
     from ..config import RouterConfig
     from ..errors import RouterError
+    from ..policy.loader import check_models
     from ..simulate.outcomes import load_outcomes
     from ..simulate.policy_bridge import PolicyEngineBridge
     from ..simulate.report import plot_png, write_html
@@ -89,6 +90,7 @@ def simulate(
         models_dir = models or config.models_dir
         cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
+        check_models(engine.policy, set(cards), policy)  # what the Router refuses, simulation refuses too
         classifier = load_default_classifier(models_dir, catalogue=True)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

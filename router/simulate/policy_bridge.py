@@ -61,6 +61,12 @@ class PolicyEngineBridge:
         self.name = self.policy.name
         self.notes: list[str] = []
         self._engines: dict[tuple[str, ...], PolicyEngine] = {}
+        if self.policy.grid is not None:  # its other policy is not loaded: there is no live intensity to switch on
+            self.notes.append(
+                f"grid: not replayed (policy `{self.policy.grid.use_policy}` above "
+                f"{self.policy.grid.above_g_per_kwh:g} g/kWh is a live switch); every request is decided by "
+                f"`{self.name}`'s own rules")
+            self.policy = self.policy.model_copy(update={"grid": None})
         if self.policy.cascade.enabled:
             self.notes.append(
                 "cascade: the simulation scores the first model only (escalation needs the model's own confidence, "
