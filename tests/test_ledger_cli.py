@@ -54,6 +54,23 @@ def test_ledger_alone_prints_model_and_day_totals_with_equivalents(ledger: str) 
     assert "phone charges" in out and "kettle boils" in out and "g CO2e" in out
 
 
+def test_ledger_co2e_is_what_the_records_carry(tmp_path: Path) -> None:
+    """`router ledger` computed CO2e as joules x the static 475 g/kWh, disagreeing with the records (each at its
+    zone's intensity when it ran) and with `router ledger report`'s carbon tables."""
+    url = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    led = SQLiteLedger.from_url(url)
+    for i, (joules, g_per_kwh) in enumerate(((3.6e6, 200.0), (3.6e6, 100.0))):  # 1 kWh each
+        led.record(LedgerRecord(f"r{i}", "smollm2-135m", "small", joules, "estimated:cpu-time", co2e_g=g_per_kwh,
+                                grid_g_per_kwh=g_per_kwh, zone="US-CAL", ts=NOW - 3600))
+    led.close()
+    out = run("ledger", "--ledger", url)
+    model_row = next(line for line in out.splitlines() if "smollm2-135m" in line)
+    assert model_row.split("│")[5].strip() == "300", model_row  # the records' 200 + 100, not 2 kWh x 475
+    assert "300 g CO2e at 150 g/kWh (the records' own intensities, on average)" in out
+    report = run("ledger", "report", "--ledger", url)
+    assert "300 g CO2e at 150 g/kWh (the records' own intensities, on average)" in report
+
+
 def test_report_counterfactual_is_the_large_profile_for_answered_requests(ledger: str) -> None:
     out = run("ledger", "report", "--ledger", ledger, "--format", "csv")
     rows = {r["model"]: r for r in csv.DictReader(io.StringIO(out))}

@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import RouterConfig
-from ..energy.carbon import equivalents, format_joules
+from ..energy.carbon import equivalents, format_joules, kwh
 from ..errors import RouterError
 from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
@@ -203,12 +203,12 @@ def ledger_main(
         for t in totals_from_summary(summary, by):
             table.add_row(
                 t["group"], f"{t['requests']:,}", f"{t['errors']:,}", format_joules(t["energy_j"]),
-                f"{t['energy_j'] / 3.6e6 * cfg.grid_g_per_kwh:.3g}", f"{t['mean_latency_ms']:.0f}",
+                f"{t['co2e_g']:.3g}", f"{t['mean_latency_ms']:.0f}",
             )  # fmt: skip
         console.print(table)
     total = sum(r.energy_j for r in summary)
     measured = sum(r.energy_j for r in summary if r.energy_source.startswith("measured"))
-    console.print(f"Total: {equivalents(total, cfg.grid_g_per_kwh).sentence()}")
+    console.print(f"Total: {_recorded_sentence(total, sum(r.co2e_g for r in summary), cfg.grid_g_per_kwh)}")
     console.print(
         f"{measured / total:.0%} of these joules were measured (RAPL/NVML), the rest estimated (CPU-time "
         "model or card token profiles); `router ledger report` shows the energy saved by routing."
@@ -229,6 +229,14 @@ def _since(ctx: typer.Context, since: str | None) -> str | None:
 
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _recorded_sentence(joules: float, co2e_g: float, grid_g_per_kwh: float) -> str:
+    """``joules`` in everyday terms with the CO2e the records carry (each at its zone's intensity when it ran);
+    the static ``grid_g_per_kwh`` only when nothing was recorded to read an intensity from."""
+    if joules > 0 and co2e_g > 0:
+        return equivalents(joules, co2e_g / kwh(joules)).sentence() + " (the records' own intensities, on average)"
+    return equivalents(joules, grid_g_per_kwh).sentence()
 
 
 def _savings_sentence(saved_j: float, counterfactual: str, grid_g_per_kwh: float) -> str:
@@ -294,7 +302,7 @@ def report(
         for table in rich_tables(carbon):
             console.print(table)
         console.print(summary_line(carbon))
-        console.print(f"Total: {equivalents(rep.total.energy_j, rep.grid_g_per_kwh).sentence()}")
+        console.print(f"Total: {_recorded_sentence(rep.total.energy_j, rep.total.co2e_g, rep.grid_g_per_kwh)}")
         if rep.counterfactual_model:
             console.print(_savings_sentence(rep.total.saved_j, rep.counterfactual_model, rep.grid_g_per_kwh))
         if output:

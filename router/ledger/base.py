@@ -409,6 +409,7 @@ def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, A
                 "energy_j": 0.0,
                 "input_tokens": 0,
                 "output_tokens": 0,
+                "co2e_g": 0.0,
                 "latency_ms_sum": 0.0,
             },
         )
@@ -417,6 +418,7 @@ def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, A
         t["energy_j"] += row.energy_j
         t["input_tokens"] += row.input_tokens
         t["output_tokens"] += row.output_tokens
+        t["co2e_g"] += row.co2e_g
         t["latency_ms_sum"] += row.latency_ms_sum
     out = []
     for g in sorted(acc):
