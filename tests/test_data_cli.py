@@ -39,6 +39,22 @@ def test_from_ledger_refuses_a_ledger_that_is_not_there(tmp_path: Path) -> None:
     assert not ledger.parent.exists() and not out.exists()
 
 
+def test_from_ledger_with_prompts_only_before_since_says_so(tmp_path: Path) -> None:
+    """It said "they are kept only with `prompts: {store: true}`" to an operator whose ledger held prompts, all older
+    than --since."""
+    import time
+
+    from router.ledger import SQLiteLedger, StoredPrompt
+
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    led.store_prompt(StoredPrompt("r1", "p", "[]", ts=time.time() - 3 * 86_400))
+    led.close()
+    res = CliRunner().invoke(app, ["data", "from-ledger", "-o", str(tmp_path / "x.jsonl"), "--since", "1d",
+                                   "--ledger", f"sqlite:///{tmp_path / 'l.sqlite3'}"])
+    assert res.exit_code == 0, res.output
+    assert "no stored prompts since 1d: the ledger holds 1, all older" in res.output
+
+
 def _config(tmp_path: Path) -> str:
     config = tmp_path / "router.yaml"
     config.write_text(f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")

@@ -159,6 +159,7 @@ def from_ledger_cmd(
                 job = bar.add_task("stored prompts", total=None)
                 report = export_outcomes(led, out, since=parse_when(since) or 0.0,
                                          progress=lambda done, total: bar.update(job, completed=done, total=total))
+            stored_anywhere = led.prompt_summary()[0] if not report.prompts else report.prompts
         finally:
             led.close()
     except RouterError as exc:
@@ -170,7 +171,9 @@ def from_ledger_cmd(
         typer.echo("feedback from: " + ", ".join(f"{s} {n}" for s, n in report.sources.most_common()))
     typer.echo(f"skipped: {report.without_feedback:,} stored prompts without feedback, {report.without_answer:,} "
                "requests without an answer")
-    if not report.prompts:
+    if not report.prompts and stored_anywhere:
+        typer.echo(f"no stored prompts since {since}: the ledger holds {stored_anywhere:,}, all older")
+    elif not report.prompts:
         typer.echo("no stored prompts: they are kept only with `prompts: {store: true}` in the config")
 
 
