@@ -288,6 +288,9 @@ class Router:
         return self.grid.carbon_of(card, joules)
 
     def close(self) -> None:
+        """Stop the learning and batch threads and close every backend, the grid and the ledger, the ones passed
+        in included (as httpx's ``Client.close()`` closes a transport it was given): a caller sharing a backend
+        or a ledger between Routers closes the last Router only, or none and those parts itself."""
         if self.learning is not None:
             self.learning.close()
         if self._batches is not None:
