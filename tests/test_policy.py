@@ -228,6 +228,19 @@ def test_bad_policy_files(tmp_path, body, needle):
     assert needle in str(err.value) and "bad.yaml" in str(err.value)
 
 
+def test_a_misspelt_tier_in_a_budget_is_refused_not_a_budget_that_covers_nothing(tmp_path):
+    key = "key-0123456789abcdef"
+    body = ("accuracy: {min_accuracy: 0.8}\nbudgets: [{model: 'tier:specialst', joules: 5}]\n"
+            f"keys: [{{key_hash: {key}, budgets: [{{model: 'tier:lage', joules: 5}}]}}]\n")
+    msg = str(pytest.raises(ConfigError, load_policy, write(tmp_path, body)).value)
+    assert "bad.yaml:2: field `budgets.0.model`: unknown tier `specialst`" in msg
+    assert "bad.yaml:3: field `keys.0.budgets.0.model`: unknown tier `lage`" in msg
+    assert "`tier:specialist`, `tier:small`, `tier:large`" in msg
+    for tier in ("specialist", "small", "large"):
+        good = f"accuracy: {{min_accuracy: 0.8}}\nbudgets: [{{model: 'tier:{tier}', joules: 5}}]\n"
+        assert load_policy(write(tmp_path, good)).budgets[0].covers("any", tier)
+
+
 def test_unknown_model_in_policy_is_named(tmp_path, cards):
     p = load_policy(write(tmp_path, "accuracy: {min_accuracy: 0.8}\npinned: {sentiment: gpt-17}\n"))
     with pytest.raises(ConfigError, match="unknown model.*gpt-17.*use one of"):

@@ -8,9 +8,11 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..types import Tier
 
 WINDOWS: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 MIN_WINDOW_S = 1.0
@@ -73,6 +75,15 @@ class Budget(_Strict):
         "hour", description="minute | hour | day, or a window length in seconds"
     )
     scope: Literal["global", "per_key"] = "global"
+
+    @field_validator("model")
+    @classmethod
+    def _known_tier(cls, v: str) -> str:
+        # a misspelt tier covers no model, so the budget would never be charged: refused here, not ignored
+        if v.startswith("tier:") and v[5:] not in get_args(Tier):
+            tiers = ", ".join(f"`tier:{t}`" for t in get_args(Tier))
+            raise ValueError(f"unknown tier `{v[5:]}`; use one of {tiers}, a model name, or `*`")
+        return v
 
     @field_validator("per")
     @classmethod
