@@ -96,6 +96,24 @@ def test_budget_joules_must_be_finite_and_positive(tmp_path: Path, joules: str) 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
+        (("joules: 100", "joules: true"), "budgets.0.joules"),
+        (("joules: 100", "g_co2e: yes"), "budgets.0.g_co2e"),
+        (("per: hour", "per: true"), "budgets.0.per"),
+        (("min_accuracy: 0.8", "min_accuracy: true"), "accuracy.min_accuracy"),
+        (("escalate_below: 0.5", "escalate_below: false"), "cascade.escalate_below"),
+        (("cascade:", "output_tokens_estimate: true\ncascade:"), "output_tokens_estimate"),
+        (("cascade:", "deadline_s: on\ncascade:"), "deadline_s"),
+    ],
+)
+def test_policy_numbers_are_not_booleans(tmp_path: Path, change: tuple[str, str], field: str) -> None:
+    """YAML reads `true`/`yes`/`on` as a boolean and pydantic reads a boolean as 1: `joules: true` was a 1 J budget."""
+    assert f"field `{field}`: a number is needed here, not true or false" in policy_error(tmp_path,
+                                                                                        POLICY.replace(*change))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
         (("min_accuracy: 0.8", "min_accuracy: .nan"), "accuracy.min_accuracy"),
         (("escalate_below: 0.5", "escalate_below: .nan"), "cascade.escalate_below"),
         (("cascade:", "output_tokens_estimate: .inf\ncascade:"), "output_tokens_estimate"),

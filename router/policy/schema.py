@@ -8,9 +8,9 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..types import Tier
 
@@ -21,10 +21,27 @@ like 1e-300 s each make a ledger counter of their own that never holds anything.
 OnExhausted = Literal["fallback", "reject", "allow_and_flag"]
 
 
+def _takes_a_number(annotation: Any) -> bool:
+    """Whether a field's type is (or includes) ``int`` or ``float``, looking through ``| None`` and ``Annotated``."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Literal, dict, list):
+        return False
+    return any(_takes_a_number(a) for a in get_args(annotation))
+
+
 class _Strict(BaseModel):
     # NaN and infinity pass `ge`/`le` checks unnoticed (NaN compares false) and then fail every request that
     # reaches the ledger, so no number in a policy may be either
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic reads `true` as 1 for a number: `joules: true` would be a 1 J budget, `per: true` a 1 s window
+        if isinstance(v, bool) and info.field_name and _takes_a_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a number is needed here, not true or false; fix: write the number itself")
+        return v
 
 
 class AccuracyTarget(_Strict):
