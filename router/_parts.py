@@ -4,12 +4,15 @@ engine over the configured policies."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from .cards import ModelCard
-from .classify.base import RequestClassifier
+from .classify.base import TASKS, RequestClassifier
 from .config import RouterConfig
 from .errors import ConfigError
 from .policy.base import Engine
+from .policy.schema import Policy
+from .tools import TOOLS_TASK
 
 log = logging.getLogger("router")
 
@@ -44,8 +47,24 @@ def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: 
 
     policies = load_policies(folder)
     for p in policies.values():
-        check_models(p, set(cards), folder / f"{p.name}.yaml")
+        file = folder / f"{p.name}.yaml"
+        check_models(p, set(cards), file)
+        _warn_unknown_pinned_tasks(p, file)
     if policy_name not in policies:
         raise ConfigError(f"unknown policy {policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
     callable_cards = {n: c for n, c in cards.items() if c.callable}
     return PolicyEngine(callable_cards, policies, default_policy=policy_name)
+
+
+ROUTED_TASKS = (*TASKS, TOOLS_TASK)
+"""The tasks a request is decided as: the shipped classifiers' (rules or ONNX) and ``tools`` (by rule)."""
+
+
+def _warn_unknown_pinned_tasks(policy: Policy, file: Path) -> None:
+    """A pin for a task no request is classified as never applies (``sentimnt``). Only a warning: a Router built
+    with its own classifier (``Router(classifier=...)``) may decide tasks of its own, and this is not told."""
+    unknown = sorted(set(policy.pinned) - set(ROUTED_TASKS))
+    if unknown:
+        log.warning("%s: field `pinned`: no request is classified as task %s, so that pin never applies unless a "
+                    "classifier of your own gives it; the tasks are: %s", file, ", ".join(map(repr, unknown)),
+                    ", ".join(ROUTED_TASKS))

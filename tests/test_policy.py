@@ -247,6 +247,24 @@ def test_unknown_model_in_policy_is_named(tmp_path, cards):
         check_models(p, set(cards), "bad.yaml")
 
 
+def test_a_pin_for_a_task_no_request_has_is_named_when_the_router_loads_its_policies(tmp_path, cards, caplog):
+    from router._parts import load_engine
+    from router.config import RouterConfig
+
+    write(tmp_path, "accuracy: {min_accuracy: 0.8}\npinned: {sentimnt: smollm2-135m, tools: gemma3-270m}\n", "p.yaml")
+    with caplog.at_level("WARNING", logger="router"):
+        load_engine(RouterConfig(policies_dir=tmp_path), cards, "p")
+    warned = [r.getMessage() for r in caplog.records if "pinned" in r.getMessage()]
+    assert len(warned) == 1 and str(tmp_path / "p.yaml") in warned[0], warned
+    assert "task 'sentimnt'" in warned[0] and "sentiment, multiple_choice, math, chat, tools" in warned[0]
+    caplog.clear()
+    write(tmp_path, "accuracy: {min_accuracy: 0.8}\npinned: {sentiment: sentiment-onnx, tools: gemma3-270m}\n",
+          "p.yaml")
+    with caplog.at_level("WARNING", logger="router"):
+        load_engine(RouterConfig(policies_dir=tmp_path), cards, "p")
+    assert not [r for r in caplog.records if "pinned" in r.getMessage()]
+
+
 def test_write_calibrated_keeps_comments_and_replaces_the_block(tmp_path):
     f = write(tmp_path, "# keep me\nname: x\naccuracy:\n  min_accuracy: 0.7  # and me\n", "x.yaml")
     block = Calibrated(target_kind="absolute", target=0.7, offsets={"a": 0.01}, confidence=0.9, n_calibration=5)
