@@ -34,9 +34,12 @@ def default_classifier(config: RouterConfig, cards: dict[str, ModelCard]) -> Req
 
 
 def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: str) -> Engine:
-    """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists."""
+    """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists.
+    What a card may name that the config must know (its grid zone) is checked here too: this is where a Router's
+    config and cards first meet."""
     from .policy.loader import check_models, load_policies
 
+    _warn_unconfigured_zones(config, cards)
     folder = config.policies_dir
     if not folder.is_dir() or not any(folder.glob("*.yaml")):
         from .policy.first_rule import FirstRuleEngine
@@ -68,3 +71,17 @@ def _warn_unknown_pinned_tasks(policy: Policy, file: Path) -> None:
         log.warning("%s: field `pinned`: no request is classified as task %s, so that pin never applies unless a "
                     "classifier of your own gives it; the tasks are: %s", file, ", ".join(map(repr, unknown)),
                     ", ".join(ROUTED_TASKS))
+
+
+def _warn_unconfigured_zones(config: RouterConfig, cards: dict[str, ModelCard]) -> None:
+    """A card's ``zone`` with no source among the configured ``carbon.zones`` uses the static grid_g_per_kwh: as
+    documented, and fine for a hosted region the operator has no data for, but a misspelt zone looks the same."""
+    zones = config.carbon.zones
+    if not zones:
+        return
+    for card in cards.values():
+        if card.callable and card.zone is not None and card.zone not in zones:
+            log.warning("%s: field `zone`: %r is not one of the configured carbon.zones (%s), so %s's records use "
+                        "the static grid_g_per_kwh (%g g/kWh); check the spelling, or add the zone under carbon.zones",
+                        card.path or card.name, card.zone, ", ".join(sorted(zones)), card.name,
+                        config.grid_g_per_kwh)

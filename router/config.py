@@ -152,6 +152,17 @@ class CarbonSettings(_Settings):
     clock_file: Path | None = Field(None, strict=False, description="tests and replays: read the time from this "
                                     "file (epoch seconds) instead of the system clock, for intensities and batches")
 
+    @model_validator(mode="after")
+    def _zone_is_configured(self) -> CarbonSettings:
+        # with sources configured, a host zone left out of them is a typo far more often than a wish for the
+        # static default: every record of a local model would carry grid_g_per_kwh and nobody would notice
+        if "zone" in self.model_fields_set and self.zones and self.zone not in self.zones:
+            raise ValueError(
+                f"`carbon.zone` {self.zone!r} is not one of the configured `carbon.zones` "
+                f"({', '.join(sorted(self.zones))}), so this host's records would use the static grid_g_per_kwh; "
+                "fix: correct the spelling, or add the zone under `zones`")
+        return self
+
 
 class BatchSettings(_Settings):
     """The Batch API's queue and scheduler (``router/batch/``)."""
@@ -319,12 +330,16 @@ _LOADING: contextvars.ContextVar[tuple[str, set[str]] | None] = contextvars.Cont
 
 
 def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> ConfigError:
-    """Every bad field of a config, with where its value came from and what was given."""
-    msgs = []
+    """Every bad field of a config, with where its value came from and what was given; the fix a check names
+    itself (``...; fix: ...``), else the general one."""
+    msgs, all_fixed = [], True
     for e in exc.errors():
         field = ".".join(map(str, e["loc"]))
         source = f" (from ${'ROUTER_' + field.upper()})" if field in from_env else ""
         got = repr(e.get("input"))
-        msgs.append(f"field `{field}`{source}: {e['msg']} (got {got[:80]}{'...' if len(got) > 80 else ''})")
-    return ConfigError(f"{where}: " + "; ".join(msgs) + "; fix: correct the value (each field is described in "
-                       "router/config.py)")
+        problem, _, fix = e["msg"].removeprefix("Value error, ").partition("; fix: ")
+        all_fixed = all_fixed and bool(fix)
+        msgs.append(f"field `{field}`{source}: {problem} (got {got[:80]}{'...' if len(got) > 80 else ''})"
+                    + (f"; fix: {fix}" if fix else ""))
+    general = "" if all_fixed else "; fix: correct the value (each field is described in router/config.py)"
+    return ConfigError(f"{where}: " + "; ".join(msgs) + general)

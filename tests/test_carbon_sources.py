@@ -131,3 +131,38 @@ def test_zone_per_card_and_pue_only_on_this_hosts_joules(tmp_path: Path) -> None
     assert g.intensity("local").source == "file:TX_2022_hourly.csv"
     with pytest.raises(ConfigError, match="needs `path`"):
         RouterConfig.model_validate({"carbon": {"zones": {"x": {"type": "file"}}}})
+
+
+def test_a_host_zone_missing_from_the_configured_zones_is_refused(tmp_path: Path) -> None:
+    """`zone: US-CA` beside `zones: {US-CAL: ...}` used to load, and every local record silently carried 475 g/kWh."""
+    config = tmp_path / "router.yaml"
+    config.write_text("carbon:\n  zone: US-CA\n  zones: {US-CAL: {type: static, g_per_kwh: 100}}\n")
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.load(config)
+    msg = str(err.value)
+    assert msg.startswith(f"{config}: field `carbon`: `carbon.zone` 'US-CA' is not one of the configured")
+    assert "(US-CAL)" in msg and "fix: correct the spelling, or add the zone under `zones`" in msg
+    fine = [{"zone": "US-CAL", "zones": {"US-CAL": {"g_per_kwh": 100}}},  # listed
+            {"zones": {"US-CAL": {"g_per_kwh": 100}}},  # not set: a host zone of its own, at the static figure
+            {"zone": "US-CA"}]  # no zones configured at all: the static figure, as documented
+    for carbon in fine:
+        RouterConfig.model_validate({"carbon": carbon})
+
+
+def test_a_cards_zone_missing_from_the_configured_zones_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from router._parts import load_engine
+
+    root = Path(__file__).resolve().parents[1]
+    cards = load_cards(root / "models")
+    cards["smollm2-135m"] = cards["smollm2-135m"].model_copy(update={"zone": "US-CA"})
+    cards["gemma3-270m"] = cards["gemma3-270m"].model_copy(update={"zone": "US-CAL"})
+    config = RouterConfig.model_validate({"carbon": {"zones": {"US-CAL": {"g_per_kwh": 100}}}})
+    with caplog.at_level("WARNING", logger="router"):
+        load_engine(config, cards, config.default_policy)
+    warned = [r.getMessage() for r in caplog.records if "carbon.zones" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"{cards['smollm2-135m'].path}: field `zone`: 'US-CA' is not one of the configured")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="router"):  # no zones configured: every zone is the static figure
+        load_engine(RouterConfig(), cards, config.default_policy)
+    assert not [r for r in caplog.records if "carbon.zones" in r.getMessage()]
