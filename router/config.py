@@ -3,7 +3,9 @@ settings, API keys, and the constants meters use. Every default is written here 
 
 ``RouterConfig()`` is the embedded default: the model cards and policies shipped with the package, and a
 SQLite ledger in the user's data directory. Every field can come from a YAML file (``RouterConfig.load``) or
-from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROUTER_LEDGER_URL``).
+from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROUTER_LEDGER_URL``). A relative
+path in a YAML file is relative to that file's folder (docs/energy.md); one from code or the environment, to the
+working directory.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def embedded_dir(name: str) -> Path:
     if packaged.is_dir():
         return packaged
     return _PACKAGE.parent / name
+
+
+def shipped_series(name: str) -> Path | None:
+    """A series shipped in ``data/grid_carbon/`` by file name (``CA_2022_hourly.csv``) or stem."""
+    folder = embedded_dir("data") / "grid_carbon"
+    for candidate in (folder / name, folder / f"{name}.csv"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def default_ledger_url() -> str:
@@ -309,6 +320,7 @@ class RouterConfig(BaseModel):
             loaded = read_yaml(path, "config file")[0] or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: a config file is a YAML mapping (models_dir, ledger_url, ...)")
+            _paths_relative_to(path.absolute().parent, loaded)
             data.update(loaded)
         from_env: set[str] = set()
         for field in cls.model_fields:
@@ -322,6 +334,32 @@ class RouterConfig(BaseModel):
             return cls.model_validate(data)
         finally:
             _LOADING.reset(loading)
+
+
+def _paths_relative_to(folder: Path, data: dict[str, Any]) -> None:
+    """Make the relative paths a config file names relative to ``folder`` (the file's), in place, so the file means
+    the same from any working directory (as a card's paths are relative to the card). ``~/...`` and absolute paths
+    are taken as written; a zone's ``path`` that names a shipped series (``CA_2022_hourly.csv``) and no file beside
+    the config stays a name. Paths inside URLs (``ledger_url: sqlite:///...``) are not touched."""
+
+    def resolve(block: Any, key: str, *, series: bool = False) -> None:
+        value = block.get(key) if isinstance(block, dict) else None
+        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+            return  # not a path (validation says so), or one the operator spelt out
+        here = folder / value
+        if series and not here.exists() and shipped_series(value) is not None:
+            return
+        block[key] = str(here)
+
+    resolve(data, "models_dir")
+    resolve(data, "policies_dir")
+    resolve(data.get("journal"), "folder")
+    resolve(data.get("dashboard"), "simulation")
+    carbon = data.get("carbon")
+    resolve(carbon, "clock_file")
+    zones = carbon.get("zones") if isinstance(carbon, dict) else None
+    for spec in zones.values() if isinstance(zones, dict) else ():
+        resolve(spec, "path", series=True)
 
 
 _LOADING: contextvars.ContextVar[tuple[str, set[str]] | None] = contextvars.ContextVar("router_config_loading",

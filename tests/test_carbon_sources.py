@@ -166,3 +166,35 @@ def test_a_cards_zone_missing_from_the_configured_zones_is_warned_about(caplog: 
     with caplog.at_level("WARNING", logger="router"):  # no zones configured: every zone is the static figure
         load_engine(RouterConfig(), cards, config.default_policy)
     assert not [r for r in caplog.records if "carbon.zones" in r.getMessage()]
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zone's `path: series/ca.csv` was read from the working directory, so the same config found its series only
+    when started from its own folder; now every path a config file names is relative to that file's folder."""
+    folder = tmp_path / "deploy"
+    (folder / "series").mkdir(parents=True)
+    series = "timestamp,g_co2e_per_kwh\n2022-01-01T00:00Z,100\n2022-01-01T01:00Z,300\n"
+    (folder / "series" / "ca.csv").write_text(series)
+    (folder / "clock").write_text("1640995200")  # 2022-01-01 00:00 UTC
+    config = folder / "router.yaml"
+    config.write_text("models_dir: models\npolicies_dir: ./policies\njournal: {folder: journal}\n"
+                      "dashboard: {simulation: sims/run.json}\n"
+                      "carbon:\n  zone: CA\n  clock_file: clock\n  zones:\n"
+                      "    CA: {type: file, path: series/ca.csv, replay: offset, offset_s: 3600}\n"
+                      "    TX: {type: file, path: TX_2022_hourly.csv}\n"  # a shipped series, by name
+                      f"    NY: {{type: file, path: {CA}}}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = RouterConfig.load(config)
+    assert cfg.models_dir == folder / "models" and cfg.policies_dir == folder / "policies"
+    assert cfg.journal.folder == folder / "journal" and cfg.dashboard.simulation == folder / "sims" / "run.json"
+    assert cfg.carbon.clock_file == folder / "clock" and cfg.carbon.zones["NY"].path == CA
+    grid = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
+    assert grid.intensity("CA").g_per_kwh == 300.0, "the series beside the config, at the file clock's time + 1 h"
+    assert grid.intensity("TX").source == "file:TX_2022_hourly.csv"
+    assert RouterConfig.load(config, models_dir="m").models_dir == Path("m"), "an option is the caller's: as given"
+    config.write_text("carbon:\n  zones: {CA: {type: file, path: series/missing.csv}}\n")
+    with pytest.raises(ConfigError, match=f"{folder / 'series' / 'missing.csv'}: cannot read"):
+        Grid.from_settings(RouterConfig.load(config).carbon, 475.0)

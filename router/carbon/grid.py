@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import DEFAULT_GRID_G_PER_KWH, CarbonSettings, ZoneSource, embedded_dir
+from ..config import DEFAULT_GRID_G_PER_KWH, CarbonSettings, ZoneSource, shipped_series
 from ..errors import ConfigError
 from .http import HttpIntensity
 from .sources import Intensity, IntensitySource, PersistenceForecast, SeriesIntensity, StaticIntensity
@@ -44,15 +44,6 @@ class FileClock:
         with contextlib.suppress(OSError, ValueError):
             self._last = float(self.path.read_text().strip())
         return self._last
-
-
-def shipped_series(name: str) -> Path | None:
-    """A series shipped in ``data/grid_carbon/`` by file name (``CA_2022_hourly.csv``) or stem."""
-    folder = embedded_dir("data") / "grid_carbon"
-    for candidate in (folder / name, folder / f"{name}.csv"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def open_source(zone: str, spec: ZoneSource, fallback_g: float) -> IntensitySource:
