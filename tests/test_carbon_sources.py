@@ -50,6 +50,21 @@ def test_bad_series_files_are_config_errors(tmp_path: Path) -> None:
         SeriesIntensity(bad)
 
 
+def test_rows_in_one_hour_are_averaged_and_a_timestamp_written_twice_is_refused(tmp_path: Path) -> None:
+    """Two rows in one hour used to leave the last one standing, silently."""
+    series = tmp_path / "quarter-hours.csv"
+    series.write_text("timestamp,g_co2e_per_kwh\n2022-01-01T00:00Z,100\n2022-01-01T00:30Z,200\n"
+                      "2022-01-01T01:00Z,400\n2022-01-01T01:15Z,\n2022-01-01T02:00Z,50\n")
+    s = SeriesIntensity(series, replay="offset")
+    assert list(s.values) == [150.0, 400.0, 50.0] and s.gaps == 0, "an empty row adds nothing to its hour"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("timestamp,g_co2e_per_kwh\n2022-01-01T00:00Z,100\n2022-01-01T01:00Z,200\n"
+                     "2022-01-01T00:00:00+00:00,300\n")
+    with pytest.raises(ConfigError) as err:
+        SeriesIntensity(twice)
+    assert str(err.value).startswith(f"{twice}:4: timestamp '2022-01-01T00:00:00+00:00' is also on line 2; fix:")
+
+
 def test_persistence_is_yesterdays_same_hour_and_the_file_forecast_is_the_series() -> None:
     s = SeriesIntensity(CA)
     now = ts("2022-07-10T05:30")

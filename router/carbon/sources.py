@@ -103,7 +103,8 @@ class SeriesIntensity(IntensitySource):
     series at ``at + offset_s`` (wrapping around the series' length), so an operator can replay a past week
     against today. By time of year, hours are counted from 1 January, so in a leap year the days after 28 February
     read the series' next day (and 31 December wraps to its start). Hours the file leaves empty or out are
-    interpolated linearly between their neighbours (``gaps`` says how many); values must be finite and >= 0."""
+    interpolated linearly between their neighbours (``gaps`` says how many); values must be finite and >= 0. Rows
+finer than an hour are averaged into their hour; a timestamp written twice is refused."""
 
     def __init__(self, path: str | Path, *, replay: str = "time_of_year", offset_s: float = 0.0,
                  label: str | None = None) -> None:
@@ -182,14 +183,20 @@ def _read_series(path: Path) -> tuple[float, np.ndarray, int]:
     header = next(rows, None)
     if not header or [h.strip() for h in header[:2]] != ["timestamp", "g_co2e_per_kwh"]:
         raise ConfigError(f"{path}: line 1 must be the header `timestamp,g_co2e_per_kwh`, got {header!r}")
-    known: dict[int, float] = {}
+    readings: dict[int, list[float]] = {}  # hour -> the values of the rows in it
+    lines: dict[float, int] = {}  # timestamp -> the line it is on
     for line_no, row in enumerate(rows, start=2):
         if not row or not row[0].strip():
             continue
         try:
-            hour = int(hour_of(_parse_ts(row[0])) // HOUR_S)
+            ts = _parse_ts(row[0])
         except ValueError:
             raise ConfigError(f"{path}:{line_no}: timestamp {row[0]!r} is not ISO 8601") from None
+        if ts in lines:  # two figures for one moment: which is right is not ours to guess
+            raise ConfigError(f"{path}:{line_no}: timestamp {row[0].strip()!r} is also on line {lines[ts]}; fix: keep "
+                              "one of the two rows")
+        lines[ts] = line_no
+        hour = int(hour_of(ts) // HOUR_S)
         value = row[1].strip() if len(row) > 1 else ""
         if not value:
             continue  # an empty hour, as published: filled below
@@ -199,7 +206,9 @@ def _read_series(path: Path) -> tuple[float, np.ndarray, int]:
             raise ConfigError(f"{path}:{line_no}: {value!r} is not a number of g/kWh") from None
         if not (math.isfinite(g) and 0 <= g <= 10_000):
             raise ConfigError(f"{path}:{line_no}: {g!r} g/kWh is outside [0, 10000]")
-        known[hour] = g
+        readings.setdefault(hour, []).append(g)
+    # rows finer than an hour (00:00, 00:15, ...) make the hour's value their mean, as hourly series are published
+    known = {hour: sum(values) / len(values) for hour, values in readings.items()}
     if len(known) < 2:
         raise ConfigError(f"{path}: needs at least two hours with a value, found {len(known)}")
     first, last = min(known), max(known)
