@@ -249,7 +249,7 @@ def load_card(file: str | Path) -> ModelCard:
 
 
 def load_cards(folder: str | Path) -> dict[str, ModelCard]:
-    """Every ``*.yaml`` card in ``folder``, by name. Duplicate names are a config error.
+    """Every ``*.yaml`` and ``*.yml`` card in ``folder``, by name. Duplicate names are a config error.
 
     Only the folder's own files: the ``catalogue/`` below it (cards without a backend, for simulation and for
     users who add one) is read by :func:`load_catalogue`, so its models never become live candidates."""
@@ -272,7 +272,8 @@ def _load_into(cards: dict[str, ModelCard], folder: str | Path) -> dict[str, Mod
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: model card folder does not exist")
-    for file in sorted(folder.glob("*.yaml")):
+    # both spellings of the suffix: a card saved as `my-smol.yml` is no less a card
+    for file in sorted(f for suffix in ("yaml", "yml") for f in folder.glob(f"*.{suffix}")):
         card = load_card(file)
         if card.name in cards:
             raise ConfigError(f"{file}: model name `{card.name}` is already used by {cards[card.name].path}")

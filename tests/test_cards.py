@@ -67,6 +67,17 @@ def test_duplicate_names_are_rejected(tmp_path: Path):
         load_cards(tmp_path)
 
 
+def test_a_card_saved_as_yml_is_loaded_too(tmp_path: Path):
+    """`my-smol.yml` used to be skipped without a word: only `*.yaml` was read."""
+    (tmp_path / "my-smol.yml").write_text(GOOD)
+    (tmp_path / "other.yaml").write_text(GOOD.replace("name: tiny", "name: other"))
+    cards = load_cards(tmp_path)
+    assert set(cards) == {"tiny", "other"} and cards["tiny"].path == (tmp_path / "my-smol.yml").resolve()
+    (tmp_path / "my-smol.yaml").write_text(GOOD)  # the same card under both suffixes
+    with pytest.raises(ConfigError, match=r"my-smol\.yml: model name `tiny` is already used by .*my-smol\.yaml"):
+        load_cards(tmp_path)
+
+
 def test_missing_weights_package_is_a_clear_error(tmp_path: Path):
     from router.backends import create_backend
 
