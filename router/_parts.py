@@ -4,7 +4,6 @@ engine over the configured policies."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from .cards import ModelCard
 from .classify.base import TASKS, RequestClassifier
@@ -37,11 +36,11 @@ def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: 
     """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists.
     What a card may name that the config must know (its grid zone) is checked here too: this is where a Router's
     config and cards first meet."""
-    from .policy.loader import check_models, load_policies
+    from .policy.loader import check_models, load_policies, policy_files
 
     _warn_unconfigured_zones(config, cards)
     folder = config.policies_dir
-    if not folder.is_dir() or not any(folder.glob("*.yaml")):
+    if not folder.is_dir() or not policy_files(folder):
         from .policy.first_rule import FirstRuleEngine
 
         log.warning("no policies in %s: using the interim first rule", folder)
@@ -50,9 +49,8 @@ def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: 
 
     policies = load_policies(folder)
     for p in policies.values():
-        file = folder / f"{p.name}.yaml"
-        check_models(p, set(cards), file)
-        _warn_unknown_pinned_tasks(p, file)
+        check_models(p, set(cards), p.file or "")
+        _warn_unknown_pinned_tasks(p)
     if policy_name not in policies:
         raise ConfigError(f"unknown policy {policy_name!r}; {folder} has: {', '.join(sorted(policies))}")
     callable_cards = {n: c for n, c in cards.items() if c.callable}
@@ -63,14 +61,14 @@ ROUTED_TASKS = (*TASKS, TOOLS_TASK)
 """The tasks a request is decided as: the shipped classifiers' (rules or ONNX) and ``tools`` (by rule)."""
 
 
-def _warn_unknown_pinned_tasks(policy: Policy, file: Path) -> None:
+def _warn_unknown_pinned_tasks(policy: Policy) -> None:
     """A pin for a task no request is classified as never applies (``sentimnt``). Only a warning: a Router built
     with its own classifier (``Router(classifier=...)``) may decide tasks of its own, and this is not told."""
     unknown = sorted(set(policy.pinned) - set(ROUTED_TASKS))
     if unknown:
         log.warning("%s: field `pinned`: no request is classified as task %s, so that pin never applies unless a "
-                    "classifier of your own gives it; the tasks are: %s", file, ", ".join(map(repr, unknown)),
-                    ", ".join(ROUTED_TASKS))
+                    "classifier of your own gives it; the tasks are: %s", policy.file or f"policy `{policy.name}`",
+                    ", ".join(map(repr, unknown)), ", ".join(ROUTED_TASKS))
 
 
 def _warn_unconfigured_zones(config: RouterConfig, cards: dict[str, ModelCard]) -> None:

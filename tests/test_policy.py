@@ -265,6 +265,24 @@ def test_a_pin_for_a_task_no_request_has_is_named_when_the_router_loads_its_poli
     assert not [r for r in caplog.records if "pinned" in r.getMessage()]
 
 
+def test_a_policy_saved_as_yml_is_loaded_and_named_by_its_file(tmp_path, cards):
+    """`eco.yml` used to be skipped (only `*.yaml` was read) while the proxy listed it as a policy."""
+    from router._parts import load_engine
+    from router.config import RouterConfig
+    from router.policy.engine import PolicyEngine
+
+    eco = write(tmp_path, "accuracy: {min_accuracy: 0.8}\n", "eco.yml")
+    engine = load_engine(RouterConfig(policies_dir=tmp_path), cards, "eco")
+    assert isinstance(engine, PolicyEngine) and set(engine.policies) == {"eco"}
+    assert engine.policies["eco"].file == eco
+    write(tmp_path, "accuracy: {min_accuracy: 0.8}\nallowed_models: [gpt-17]\n", "eco.yml")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(eco))}: policy `eco` names unknown model"):
+        load_engine(RouterConfig(policies_dir=tmp_path), cards, "eco")
+    write(tmp_path, "accuracy: {min_accuracy: 0.8}\n", "eco.yaml")
+    with pytest.raises(ConfigError, match=r"eco\.yml: policy name `eco` is already used by .*eco\.yaml"):
+        load_policies(tmp_path)
+
+
 def test_write_calibrated_keeps_comments_and_replaces_the_block(tmp_path):
     f = write(tmp_path, "# keep me\nname: x\naccuracy:\n  min_accuracy: 0.7  # and me\n", "x.yaml")
     block = Calibrated(target_kind="absolute", target=0.7, offsets={"a": 0.01}, confidence=0.9, n_calibration=5)

@@ -28,7 +28,7 @@ from ..policy.calibration import (
     read_outcomes,
     split_groups,
 )
-from ..policy.loader import load_policy, write_calibrated
+from ..policy.loader import load_policy, policy_files, write_calibrated
 from ..policy.schema import Calibrated
 
 DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
@@ -131,7 +131,7 @@ def calibrate(
     folder = policies_dir or RouterConfig.load().policies_dir
     files = [Path(p) if p.endswith((".yaml", ".yml")) else folder / f"{p}.yaml" for p in (policies or [])]
     if not files:
-        files = sorted(folder.glob("*.yaml"))
+        files = policy_files(folder)
     for f in files:
         if not f.is_file():
             raise typer.BadParameter(f"{f}: no such policy file")

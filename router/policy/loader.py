@@ -78,7 +78,7 @@ def _describe(err: ValidationError, file: Path, text: str) -> str:
 
 
 def load_policy(file: str | Path) -> Policy:
-    """One policy file, validated. The file name (without .yaml) must equal its ``name``."""
+    """One policy file, validated. Its ``name`` is the file name without ``.yaml`` / ``.yml`` unless it says."""
     file = Path(file)
     raw, text = read_yaml(file, "policy")
     if not isinstance(raw, dict):
@@ -88,20 +88,30 @@ def load_policy(file: str | Path) -> Policy:
         policy = Policy.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, file, text)) from exc
+    policy._file = file
     return policy
 
 
+POLICY_SUFFIXES = (".yaml", ".yml")
+"""Both spellings of a YAML file's suffix: a policy saved as ``eco.yml`` is no less a policy."""
+
+
+def policy_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The policy files in ``folder`` (in its sub-folders too with ``recursive``), sorted."""
+    return sorted(f for suffix in POLICY_SUFFIXES for f in (folder.rglob if recursive else folder.glob)(f"*{suffix}"))
+
+
 def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, Policy]:
-    """Every ``*.yaml`` policy in ``folder`` by name (examples in sub-folders only with ``recursive``)."""
+    """Every ``*.yaml`` (or ``*.yml``) policy in ``folder`` by name (examples in sub-folders only with
+    ``recursive``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: policy folder does not exist")
     out: dict[str, Policy] = {}
-    files = sorted(folder.rglob("*.yaml") if recursive else folder.glob("*.yaml"))
-    for file in files:
+    for file in policy_files(folder, recursive=recursive):
         policy = load_policy(file)
         if policy.name in out:
-            raise ConfigError(f"{file}: policy name `{policy.name}` is already used by another file in {folder}")
+            raise ConfigError(f"{file}: policy name `{policy.name}` is already used by {out[policy.name].file}")
         out[policy.name] = policy
     return out
 

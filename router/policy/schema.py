@@ -8,9 +8,10 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ..types import Tier
 
@@ -222,6 +223,12 @@ class Policy(_Strict):
     )
     calibrated: Calibrated | None = None
     grid: GridSwitch | None = Field(None, description="switch to another policy while the grid is dirty")
+    _file: Path | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> Path | None:
+        """The YAML file this policy was loaded from (None for one built in code): what errors about it name."""
+        return self._file
 
     def key_policy(self, key_hash: str | None) -> KeyPolicy | None:
         if key_hash is None:
