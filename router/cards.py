@@ -273,9 +273,23 @@ def _load_into(cards: dict[str, ModelCard], folder: str | Path) -> dict[str, Mod
     if not folder.is_dir():
         raise ConfigError(f"{folder}: model card folder does not exist")
     # both spellings of the suffix: a card saved as `my-smol.yml` is no less a card
+    # a request names a model by its name or any alias, in any case (Router.resolve_model): each must be one card's
+    taken = {spelling: card for card in cards.values() for spelling in _spellings(card)}
     for file in sorted(f for suffix in ("yaml", "yml") for f in folder.glob(f"*.{suffix}")):
         card = load_card(file)
         if card.name in cards:
             raise ConfigError(f"{file}: model name `{card.name}` is already used by {cards[card.name].path}")
+        for spelling in sorted(_spellings(card)):
+            other = taken.get(spelling)
+            if other is not None:
+                raise ConfigError(
+                    f"{file}: `{spelling}` (a name or alias of `{card.name}`) is also a name or alias of "
+                    f"`{other.name}` in {other.path}, so a request for it could reach either; fix: remove or "
+                    "rename one of them (names and aliases are matched without regard to case)")
+            taken[spelling] = card
         cards[card.name] = card
     return cards
+
+
+def _spellings(card: ModelCard) -> set[str]:
+    return {card.name.lower(), *(alias.lower() for alias in card.aliases)}

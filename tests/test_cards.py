@@ -78,6 +78,26 @@ def test_a_card_saved_as_yml_is_loaded_too(tmp_path: Path):
         load_cards(tmp_path)
 
 
+def test_two_cards_sharing_a_name_or_an_alias_are_rejected_naming_both_files(tmp_path: Path):
+    """One card's alias equal to another's alias (or name) used to load, and one of the two won silently."""
+    a = tmp_path / "a.yaml"
+    a.write_text(GOOD + "aliases: [smol, Tiny-Chat]\n")
+    b = tmp_path / "b.yaml"
+    b.write_text(GOOD.replace("name: tiny", "name: other") + "aliases: [tiny-chat]\n")
+    with pytest.raises(ConfigError) as err:
+        load_cards(tmp_path)
+    assert str(err.value).startswith(f"{b}: `tiny-chat` (a name or alias of `other`) is also a name or alias of "
+                                     f"`tiny` in {a.resolve()}")
+    b.write_text(GOOD.replace("name: tiny", "name: other") + "aliases: [TINY]\n")  # another card's name
+    with pytest.raises(ConfigError, match="`tiny` .a name or alias of `other`. is also a name or alias of `tiny`"):
+        load_cards(tmp_path)
+    b.write_text(GOOD.replace("name: tiny", "name: smol"))  # a name equal to another card's alias
+    with pytest.raises(ConfigError, match="`smol` .a name or alias of `smol`. is also a name or alias of `tiny`"):
+        load_cards(tmp_path)
+    b.write_text(GOOD.replace("name: tiny", "name: other") + "aliases: [other, Other-1]\n")  # its own name: fine
+    assert set(load_cards(tmp_path)) == {"tiny", "other"}
+
+
 def test_missing_weights_package_is_a_clear_error(tmp_path: Path):
     from router.backends import create_backend
 
