@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
 from .yaml_files import read_yaml
@@ -221,7 +221,7 @@ class JudgeSettings(_Settings):
     """A model that scores a share of answers after they are sent (router/judge.py); its scores are stored as
     feedback with source ``judge:<model>`` and its own calls are ledger records."""
 
-    model: str = Field(description="any model card with a backend (name or alias)")
+    model: str = Field(description="a general model card (tier small or large) with a backend, by name or alias")
     share: float = Field(0.05, ge=0, le=1, strict=False, description="share of answered requests it scores, at "
                          "random")
     against: Literal["rubric", "largest"] = Field(
@@ -293,6 +293,13 @@ class RouterConfig(BaseModel):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     judge: JudgeSettings | None = Field(None, description="a judge model scoring a share of answers (default: none)")
+    _file: Path | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> Path | None:
+        """The YAML file :meth:`load` read (None when built in code or from the environment alone): what a fault
+        found later, against the cards, names."""
+        return self._file
 
     def __init__(self, **settings: Any) -> None:
         """``RouterConfig(models_dir=..., ...)`` in code; a bad setting is a :class:`ConfigError` naming it, as from
@@ -331,9 +338,11 @@ class RouterConfig(BaseModel):
         data.update({k: v for k, v in overrides.items() if v is not None})
         loading = _LOADING.set((str(file or "config"), from_env))
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
         finally:
             _LOADING.reset(loading)
+        config._file = Path(file) if file is not None else None
+        return config
 
 
 def _paths_relative_to(folder: Path, data: dict[str, Any]) -> None:

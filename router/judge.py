@@ -31,7 +31,7 @@ from .cards import ModelCard
 from .config import JudgeSettings, RouterConfig
 from .energy import EnergyReading, Meter, estimate_from_profile
 from .energy.estimates import EnergyEstimates
-from .errors import BackendError, RouterError
+from .errors import BackendError, ConfigError, RouterError, UnknownModelError
 from .keys import KeyStore
 from .ledger import Ledger, LedgerRecord
 from .ledger.feedback import JUDGE_PREFIX, Feedback
@@ -140,7 +140,15 @@ class Judge:
     def __init__(self, router: Router, settings: JudgeSettings) -> None:
         self.router = router
         self.settings = settings
-        self.model = router.resolve_model(settings.model, routed=False)
+        general = ", ".join(sorted(c.name for c in router.cards.values() if c.callable and c.tier != "specialist"))
+        try:
+            self.model = router.resolve_model(settings.model, routed=False)
+        except UnknownModelError as exc:
+            raise ConfigError(f"{exc.message}; fix: name a general model card with a backend: {general}") from None
+        if router.cards[self.model].tier == "specialist":
+            # a specialist answers with one of its labels, never a score: every judge call would cost and store nothing
+            raise ConfigError(f"{self.model!r} is a specialist (it answers only with a label, never a score); the "
+                              f"judge must be a general model (tier small or large); fix: name one of: {general}")
         self.share = settings.share
         self.source = JUDGE_PREFIX + self.model
         self.reference = largest_model(router) if settings.against == "largest" else None

@@ -65,7 +65,9 @@ class Learning:
             try:
                 self.judge = Judge(router, config.judge)
             except RouterError as exc:
-                raise ConfigError(f"judge.model: {exc.message}; fix: name a model card with a backend") from None
+                problem, _, fix = exc.message.partition("; fix: ")
+                raise ConfigError.at(config.file, "judge.model", problem,
+                                     fix or "name a model card with a backend") from None
         self.stats = {"stored": 0, "judged": 0, "unscored": 0, "dropped": 0, "failed": 0}
         self._rng = random.Random(seed)
         self._queue: deque[_Answered] = deque()

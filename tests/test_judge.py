@@ -94,6 +94,23 @@ def test_a_judge_without_a_card_is_a_config_error(tmp_path: Path) -> None:
         Router(RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}", judge={"model": "gpt-nobody"}))
 
 
+def test_a_specialist_judge_is_refused_and_judge_errors_name_the_config_file(tmp_path: Path) -> None:
+    """`judge: {model: sentiment-onnx}` used to start, and every judge call spent joules on a label and stored nothing;
+    an unknown judge's error did not say which file to fix."""
+    config = tmp_path / "router.yaml"
+    config.write_text(f"ledger_url: sqlite:///{tmp_path / 'l.sqlite3'}\njudge: {{model: sentiment-onnx}}\n")
+    with pytest.raises(ConfigError) as err:
+        Router(RouterConfig.load(config))
+    assert str(err.value) == (f"{config}: field `judge.model`: 'sentiment-onnx' is a specialist (it answers only with "
+                              "a label, never a score); the judge must be a general model (tier small or large); "
+                              "fix: name one of: gemma3-270m, smollm2-135m")
+    config.write_text(f"ledger_url: sqlite:///{tmp_path / 'l.sqlite3'}\njudge: {{model: gpt-nobody}}\n")
+    with pytest.raises(ConfigError) as err:
+        Router(RouterConfig.load(config))
+    assert str(err.value).startswith(f"{config}: field `judge.model`: unknown model 'gpt-nobody'; use one of: ")
+    assert str(err.value).endswith("fix: name a general model card with a backend: gemma3-270m, smollm2-135m")
+
+
 def test_a_router_that_fails_to_start_leaves_no_journal_threads_or_locked_segments(tmp_path: Path) -> None:
     """The ledger (with its journal's threads and flock'd segment) opens before the judge is checked; a caller who
     catches the ConfigError and tries again must not collect them, one set per attempt."""
