@@ -283,6 +283,19 @@ def test_a_policy_saved_as_yml_is_loaded_and_named_by_its_file(tmp_path, cards):
         load_policies(tmp_path)
 
 
+def test_an_unknown_escalate_to_names_the_keywords_as_well_as_the_models(tmp_path, cards):
+    """`escalate_to: larg` used to say only "unknown model(s) larg", as if a model were the only choice."""
+    p = load_policy(write(tmp_path, "accuracy: {min_accuracy: 0.8}\ncascade: {enabled: true, escalate_to: larg}\n"))
+    with pytest.raises(ConfigError) as err:
+        check_models(p, set(cards), "bad.yaml")
+    msg = str(err.value)
+    assert msg.startswith("bad.yaml: field `cascade.escalate_to`: `larg` is neither `next` (the cheapest more accurate "
+                          "model), a tier (`specialist`, `small`, `large`) nor a model; fix: use one of those, or one "
+                          "of: gemma3-270m, ")
+    for good in ("next", "large", "specialist", "smollm2-135m"):
+        check_models(pol(cascade={"enabled": True, "escalate_to": good}), set(cards), "ok.yaml")
+
+
 def test_write_calibrated_keeps_comments_and_replaces_the_block(tmp_path):
     f = write(tmp_path, "# keep me\nname: x\naccuracy:\n  min_accuracy: 0.7  # and me\n", "x.yaml")
     block = Calibrated(target_kind="absolute", target=0.7, offsets={"a": 0.01}, confidence=0.9, n_calibration=5)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..types import Tier
 from ..yaml_files import read_yaml
 from .schema import Calibrated, Policy
 
@@ -123,13 +124,19 @@ def check_models(policy: Policy, known: set[str], file: str | Path = "") -> None
     for k in policy.keys:
         names += list(k.allowed_models or [])
         names += [b.model for b in k.budgets if b.model != "*" and not b.model.startswith("tier:")]
-    if policy.cascade.escalate_to not in ("next", "small", "large", "specialist"):
-        names.append(policy.cascade.escalate_to)
     unknown = sorted({n for n in names if n not in known})
     if unknown:
         raise ConfigError(
             f"{file or policy.name}: policy `{policy.name}` names unknown model(s) {', '.join(unknown)}; "
             f"use one of: {', '.join(sorted(known))}"
+        )
+    escalate_to = policy.cascade.escalate_to
+    if escalate_to != "next" and escalate_to not in get_args(Tier) and escalate_to not in known:
+        tiers = ", ".join(f"`{t}`" for t in get_args(Tier))
+        raise ConfigError(
+            f"{file or policy.name}: field `cascade.escalate_to`: `{escalate_to}` is neither `next` (the cheapest more "
+            f"accurate model), a tier ({tiers}) nor a model; fix: use one of those, or one of: "
+            + ", ".join(sorted(known))
         )
 
 

@@ -152,7 +152,7 @@ class Cascade(_Strict):
 
     enabled: bool = False
     escalate_below: float = Field(0.6, ge=0, le=1, description="confidence under which to escalate")
-    escalate_to: str = Field("next", description="next | small | large | a model name")
+    escalate_to: str = Field("next", description="next | specialist | small | large | a model name")
     start: Literal["target", "cheapest"] = Field(
         "target", description="target: first try the model the accuracy target picks; cheapest: the cheapest one"
     )
