@@ -296,6 +296,19 @@ def test_an_unknown_escalate_to_names_the_keywords_as_well_as_the_models(tmp_pat
         check_models(pol(cascade={"enabled": True, "escalate_to": good}), set(cards), "ok.yaml")
 
 
+def test_a_grid_switch_to_an_unknown_policy_names_the_policy_file(tmp_path, cards):
+    from router._parts import load_engine
+    from router.config import RouterConfig
+
+    follow = write(tmp_path, "accuracy: {min_accuracy: 0.8}\ngrid: {above_g_per_kwh: 300, use_policy: ecco}\n",
+                   "follow.yaml")
+    write(tmp_path, "accuracy: {min_accuracy: 0.6}\n", "eco.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_engine(RouterConfig(policies_dir=tmp_path), cards, "follow")
+    assert str(err.value) == (f"{follow}: policy `follow`: field `grid.use_policy` names `ecco`, which is not a policy "
+                              "here (eco, follow); fix the name")
+
+
 def test_write_calibrated_keeps_comments_and_replaces_the_block(tmp_path):
     f = write(tmp_path, "# keep me\nname: x\naccuracy:\n  min_accuracy: 0.7  # and me\n", "x.yaml")
     block = Calibrated(target_kind="absolute", target=0.7, offsets={"a": 0.01}, confidence=0.9, n_calibration=5)

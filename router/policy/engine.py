@@ -136,7 +136,8 @@ class PolicyEngine(Engine):
         self.default_policy = default_policy
         for p in self.policies.values():
             if p.grid is not None and p.grid.use_policy not in self.policies:
-                raise ConfigError(f"policy `{p.name}`: grid.use_policy names `{p.grid.use_policy}`, which is not a "
+                where = f"{p.file}: policy `{p.name}`" if p.file is not None else f"policy `{p.name}`"
+                raise ConfigError(f"{where}: field `grid.use_policy` names `{p.grid.use_policy}`, which is not a "
                                   f"policy here ({', '.join(sorted(self.policies))}); fix the name")
         self._refs: dict[tuple[str | None, str | None], tuple[BudgetRef, ...]] = {}
 
