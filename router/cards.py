@@ -13,7 +13,7 @@ every number must be finite and in range, and every file the backend names must 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -21,7 +21,7 @@ from .capabilities import Capability, unsupported
 from .card_files import package_file, package_folder, resolve_card_file
 from .errors import ConfigError
 from .types import Tier
-from .yaml_files import read_yaml
+from .yaml_files import read_yaml, takes_a_number
 
 MAX_TOKENS = 100_000_000
 """Upper bound for token counts on a card; the longest context windows offered today are ~10 M tokens."""
@@ -34,6 +34,19 @@ Joules = Annotated[float, Field(ge=0, le=MAX_JOULES)]
 class _Strict(BaseModel):
     # NaN and infinity pass `ge`/`le` checks unnoticed (NaN compares false) and then poison sums and the ledger
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads `true` as 1: `per_call_j: true` would be 1 J, `context_length: yes` one token. Checked on the
+        # mapping, not per field: a field validator on every field would also wrap `backend.type`, the discriminator
+        if isinstance(data, dict):
+            bad = [k for k, v in data.items() if isinstance(v, bool) and k in cls.model_fields
+                   and takes_a_number(cls.model_fields[k].annotation)]
+            if bad:
+                raise ValueError(f"{', '.join(f'`{k}`' for k in bad)}: a number is needed here, not true or false; "
+                                 "fix: write the number itself")
+        return data
 
 
 class GGUFWeights(_Strict):

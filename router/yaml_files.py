@@ -11,9 +11,10 @@ to walk (a hang).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ValidationInfo
 
 from .errors import ConfigError
 
@@ -131,3 +132,21 @@ def _parse(text: str, path: Path, what: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def takes_a_number(annotation: Any) -> bool:
+    """Whether a field's type is (or includes) ``int`` or ``float``, looking through ``| None`` and ``Annotated``."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Literal, dict, list):
+        return False
+    return any(takes_a_number(a) for a in get_args(annotation))
+
+
+def no_boolean_for_a_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """For a ``field_validator("*", mode="before")``: refuse ``true``/``false`` where the field is a number. YAML
+    reads ``true``, ``yes`` and ``on`` as booleans and pydantic reads a boolean as 1, so ``joules: true`` would be
+    1 J and ``context_length: yes`` one token."""
+    if isinstance(value, bool) and info.field_name and takes_a_number(model.model_fields[info.field_name].annotation):
+        raise ValueError("a number is needed here, not true or false; fix: write the number itself")
+    return value

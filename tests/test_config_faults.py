@@ -146,6 +146,20 @@ def test_card_numbers_must_be_finite_and_in_range(tmp_path: Path, change: tuple[
     assert f"field `{field}`" in card_error(tmp_path, CARD.replace(*change))
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("per_call_j: 1.0", "per_call_j: true"), "field `energy`: Value error, `per_call_j`"),
+        (("context_length: 1024", "context_length: yes"), "field `(top level)`: Value error, `context_length`"),
+        (("timeout_s: 5", "timeout_s: true"), "field `backend.openai`: Value error, `timeout_s`"),
+        (("timeout_s: 5", "timeout_s: true\n  max_retries: on"), "`timeout_s`, `max_retries`"),
+    ],
+)
+def test_card_numbers_are_not_booleans(tmp_path: Path, change: tuple[str, str], field: str) -> None:
+    """`context_length: yes` loaded as a 1-token window, `per_call_j: true` as 1 J."""
+    assert f"{field}: a number is needed here, not true or false" in card_error(tmp_path, CARD.replace(*change))
+
+
 @pytest.mark.parametrize("setting", ["deadline_s: .nan", "grid_g_per_kwh: .inf", "ledger_retention_days: .nan",
                                      "cpu_power: {watts_per_busy_core: .inf}"])
 def test_config_numbers_must_be_finite(tmp_path: Path, setting: str) -> None:

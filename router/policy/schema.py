@@ -9,26 +9,18 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ..types import Tier
+from ..yaml_files import no_boolean_for_a_number
 
 WINDOWS: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 MIN_WINDOW_S = 1.0
 """The shortest budget window. A shorter one is a unit mistake (one request takes longer than that), and windows
 like 1e-300 s each make a ledger counter of their own that never holds anything."""
 OnExhausted = Literal["fallback", "reject", "allow_and_flag"]
-
-
-def _takes_a_number(annotation: Any) -> bool:
-    """Whether a field's type is (or includes) ``int`` or ``float``, looking through ``| None`` and ``Annotated``."""
-    if annotation in (int, float):
-        return True
-    if get_origin(annotation) in (Literal, dict, list):
-        return False
-    return any(_takes_a_number(a) for a in get_args(annotation))
 
 
 class _Strict(BaseModel):
@@ -39,10 +31,7 @@ class _Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        # pydantic reads `true` as 1 for a number: `joules: true` would be a 1 J budget, `per: true` a 1 s window
-        if isinstance(v, bool) and info.field_name and _takes_a_number(cls.model_fields[info.field_name].annotation):
-            raise ValueError("a number is needed here, not true or false; fix: write the number itself")
-        return v
+        return no_boolean_for_a_number(cls, v, info)  # `joules: true` would be a 1 J budget, `per: true` a 1 s window
 
 
 class AccuracyTarget(_Strict):
