@@ -235,6 +235,8 @@ def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', 400,
          "frobnicate"),
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "api_key": "x"}', 400, "api_key"),
+        (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "request_id": null}', 400,
+         "request_id"),
         # the openai SDK's client-side arguments never belong in a body (the library applies them)
         (b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "extra_body": {"request_id": "x"}}',
          400, "extra_body"),

@@ -80,10 +80,10 @@ against length side channels) has nothing to do here. Other keys are ignored, as
 
 def check_types(body: dict[str, Any]) -> None:
     for name, value in body.items():
+        if name in _FROM_HEADERS_ONLY:  # null too: the handler passes these itself, a second value is a clash
+            raise BadRequestError(f"unknown parameter: {name}", param=name)
         if value is None:
             continue
-        if name in _FROM_HEADERS_ONLY:
-            raise BadRequestError(f"unknown parameter: {name}", param=name)
         want = _TYPES.get(name)
         if want is None:
             continue
