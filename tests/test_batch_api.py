@@ -10,8 +10,10 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from servers.procs import free_port, models_dir, remote_card, stop, upstream, wait_ready
@@ -190,3 +192,90 @@ def test_kill_9_mid_batch_then_restart_every_line_once(tmp_path: Path) -> None:
             assert len(rerun) <= 2, "only the lines cut off by the kill (at most the concurrency) ran again"
         finally:
             stop(proc)
+
+
+# -- a flat grid (the static default): every batch runs at once --------------------------------------------------
+MAX_FILE = 32 * 1024
+TIGHT = "name: tight\naccuracy: {min_accuracy: 0.0}\nbudgets:\n  - model: \"*\"\n    joules: 0.001\n    per: day\n" \
+        "on_budget_exhausted: reject\n"
+
+
+class Flat:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def client(self, key: str = "sk-team-a") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=20)
+
+    def run(self, bodies: list[dict[str, object]], key: str = "sk-team-a") -> list[dict[str, object]]:
+        """Each body as a batch line, the batch run to its end: the lines' results in input order."""
+        client = self.client(key)
+        content = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                      "body": b}) + "\n" for i, b in enumerate(bodies)).encode()
+        f = client.files.create(file=("in.jsonl", content), purpose="batch")
+        batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert batch.status == "in_progress", batch.errors
+        done = _wait(client, batch.id, ("completed",))
+        results = {}
+        for file_id in (done.output_file_id, done.error_file_id):
+            if file_id:
+                for raw in client.files.content(file_id).text.splitlines():
+                    x = json.loads(raw)
+                    results[x["custom_id"]] = x
+        return [results[f"r{i}"] for i in range(len(bodies))]
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flat]:
+    tmp = tmp_path_factory.mktemp("flat")
+    with upstream(tmp) as up:
+        models = models_dir(tmp / "models", {"deferrable": remote_card("deferrable", up, "echo", tier="large")})
+        policies = tmp / "policies"
+        policies.mkdir()
+        for file in (ROOT / "policies").glob("*.yaml"):
+            (policies / file.name).write_text(file.read_text())
+        (policies / "tight.yaml").write_text(TIGHT)
+        keys = "".join(f"  - {{name: {n}, sha256: {hashlib.sha256(k.encode()).hexdigest()}}}\n"
+                       for k, n in KEYS.items())
+        cfg = tmp / "router.yaml"
+        cfg.write_text(f"ledger_url: sqlite:///{tmp}/ledger.sqlite3\nmodels_dir: {models}\npolicies_dir: {policies}\n"
+                       f"proxy: {{warm_up: false}}\nkeys:\n{keys}batch: {{poll_s: 0.1, max_file_bytes: {MAX_FILE}}}\n")
+        port = free_port()
+        proc = _serve(cfg, tmp / "serve.log", port)
+        try:
+            yield Flat(f"http://127.0.0.1:{port}")
+        finally:
+            stop(proc)
+
+
+HI = [{"role": "user", "content": "Summarise: the meeting moved to Tuesday"}]
+
+
+def test_a_line_is_refused_exactly_as_the_chat_route_refuses_the_same_body(flat: Flat) -> None:
+    bodies: list[dict[str, object]] = [
+        {"model": "deferrable", "messages": HI, "request_id": "mine"},  # was a 500 (TypeError)
+        {"model": "deferrable", "messages": HI, "api_key": "sk-team-b"},  # was a 500 (TypeError)
+        {"model": "deferrable", "messages": HI, "request_id": None},
+        {"model": "deferrable", "messages": HI, "timeout": 5},  # ran
+        {"model": "router", "messages": HI, "extra_body": {"policy": "eco"}},  # ran, under eco
+        {"model": "deferrable", "messages": HI, "extra_headers": {"x-a": "b"}},  # ran
+        {"model": "deferrable", "messages": HI, "cancel": True},  # the library's wording
+        {"model": "deferrable", "messages": HI, "temperature": "hot"},
+        {"model": "deferrable", "messages": HI, "stream_options": {"include_usage": "false"}},
+        {"model": "deferrable"},  # failed the whole batch at creation
+        {"model": "router:nope", "messages": HI},
+        {"model": "deferrable", "messages": HI, "stream": False},  # was a 400 in a batch, a 200 in chat
+        {"model": "deferrable", "messages": HI, "frobnicate": 1},
+        {"model": "deferrable", "messages": HI},
+    ]
+    lines = flat.run(bodies)
+    for body, line in zip(bodies, lines, strict=True):
+        chat = httpx.post(f"{flat.url}/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-team-a"},
+                          timeout=20)
+        response = line["response"]
+        assert response["status_code"] == chat.status_code, (body, response, chat.text)
+        if chat.status_code != 200:
+            want, got = chat.json()["error"], response["body"]["error"]
+            assert got == want, body
+            assert 400 <= chat.status_code < 500 and line["error"] is None
+    assert [line["response"]["status_code"] for line in lines] == [400] * 10 + [404, 200, 400, 200]

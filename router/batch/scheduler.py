@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..carbon.schedule import plan
+from ..chat_body import chat_request, policy_names
 from ..errors import RouterError
 from .service import BatchService, new_id
 from .store import Line
@@ -45,6 +46,7 @@ class BatchScheduler:
         self.settings = settings
         self.grid = router.grid
         self.zone = settings.zone or router.grid.host_zone
+        self.policies = policy_names(router.config)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="batch-line")
         self._inflight: dict[tuple[str, int], Future[None]] = {}
@@ -140,12 +142,11 @@ class BatchScheduler:
     def _run_line(self, line: Line, key: Any) -> None:
         started = time.perf_counter()
         ran_at = self.grid.clock()
-        body = dict(line.body)
         request_id = f"batch-{line.batch_id[6:]}-{line.idx}-{line.attempts}"
         try:
-            messages = body.pop("messages")
-            model = body.pop("model", None) or "router"
-            prepared = self.router.prepare(messages, model=model, api_key=key, request_id=request_id, **body)
+            # a line is a chat request: the chat route's checks, so it is refused as that route refuses it
+            messages, model, _, params = chat_request(dict(line.body), self.policies)
+            prepared = self.router.prepare(messages, model=model, api_key=key, request_id=request_id, **params)
             completion = self.router.send(prepared, as_dict=True)
             response = {"status_code": 200, "request_id": request_id, "body": completion}
             state = "ok"

@@ -3,7 +3,9 @@ them, for the proxy's routes and ``Router.batch`` alike.
 
 Input file (``purpose: batch``): one JSON object a line, ``{"custom_id", "method": "POST", "url":
 "/v1/chat/completions", "body": {...chat completion request...}}``, custom ids unique. A batch whose file breaks
-these rules is created with status ``failed`` and ``errors`` naming each bad line, as OpenAI does.
+these rules is created with status ``failed`` and ``errors`` naming each bad line, as OpenAI does. What the body
+holds is checked when the line runs, by the chat route's rules (:mod:`router.chat_body`): a line that route would
+refuse is a line in the error file with the same status and message.
 
 Output file: ``{"id": "batch_req_...", "custom_id", "response": {"status_code": 200, "request_id", "body":
 {...chat.completion with its routing block...}}, "error": null}`` for each answered line, in input order; the
@@ -77,8 +79,8 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
             bad(n, "invalid_method", f"`method` must be POST, got {method!r}", "method")
         elif url != endpoint:
             bad(n, "mismatched_endpoint", f"`url` must be the batch's endpoint {endpoint}, got {url!r}", "url")
-        elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            bad(n, "invalid_body", "`body` must be a chat completion request object with `messages`", "body")
+        elif not isinstance(body, dict):  # its parameters are checked when the line runs, as the chat route does
+            bad(n, "invalid_body", "`body` must be a chat completion request object", "body")
         elif body.get("stream"):
             bad(n, "invalid_body", "`stream` is not supported in a batch", "body.stream")
         else:

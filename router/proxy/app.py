@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .._router import Router
+from ..chat_body import policy_names
 from ..config import ProxySettings, RouterConfig
 from ..dashboard import mount_dashboard
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
@@ -47,7 +48,7 @@ class Proxy:
         self.keys = keys
         self.settings = settings
         self.metrics = ProxyMetrics(router)
-        self.policies = _policy_names(router.config)
+        self.policies = policy_names(router.config)
         self.started = time.time()
         self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies)
 
@@ -90,13 +91,6 @@ class Proxy:
     async def metrics_endpoint(self, request: Request) -> Response:
         self._guard(request, "metrics")
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
-
-
-def _policy_names(config: RouterConfig) -> set[str]:
-    folder = Path(config.policies_dir)
-    if not folder.is_dir():
-        return set()
-    return {p.stem for p in folder.glob("*.yaml")} | {p.stem for p in folder.glob("*.yml")}
 
 
 class ProxyApp(FastAPI):

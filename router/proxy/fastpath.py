@@ -5,9 +5,9 @@ of CPU per request, as much as the model call's own HTTP round trip, and do noth
 parses, limits and answers errors itself). Measured by ``python benchmarks/bench_proxy.py`` (the proxy's CPU per
 request and throughput at concurrency 1 and 64) and ``python benchmarks/ab_proxy.py`` (two commits side by side);
 figures in ``benchmarks/README.md``, *Proxy*. So: headers are read once from the ASGI scope, the body is parsed
-once (pydantic-core's JSON parser), type-checked against a small table and handed to the Router's public
-``aprepare``/``asend``; a JSON answer goes out as two ASGI messages; streams and errors use Starlette response
-objects, which are ASGI apps themselves.
+once (pydantic-core's JSON parser), type-checked against a small table (:mod:`router.chat_body`) and handed to
+the Router's public ``aprepare``/``asend``; a JSON answer goes out as two ASGI messages; streams and errors use
+Starlette response objects, which are ASGI apps themselves.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .._ids import request_id_from
-from .._request import ROUTER_ALIASES, PreparedRequest
+from .._request import PreparedRequest
 from .._router import Router
+from ..chat_body import chat_request
 from ..errors import (
     AuthenticationError,
     BadRequestError,
@@ -36,7 +37,6 @@ from ..errors import (
     InternalError,
     PayloadTooLargeError,
     RouterError,
-    UnknownModelError,
 )
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
@@ -53,68 +53,6 @@ DISCONNECT_GRACE_S = 0.5
 cancelled (a remote model's connection closed)."""
 _JSON = "application/json"
 _WANT = "a JSON object with `model` and `messages`"
-
-# Body fields and the JSON types they may have (None is always allowed). Everything else the Router judges:
-# unknown fields are a 400 naming them, and message contents are validated there. What the Router does with each
-# OpenAI parameter (acted on, passed through, ignored, or refused) is in router/_request.py and docs/proxy.md.
-_NUM = (int, float)
-_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "messages": (list,), "stream": (bool,), "stream_options": (dict,),
-    "max_tokens": (int,), "max_completion_tokens": (int,), "n": (int,), "seed": (int,),
-    "temperature": _NUM, "top_p": _NUM, "presence_penalty": _NUM, "frequency_penalty": _NUM,
-    "stop": (str, list), "user": (str,), "logit_bias": (dict,), "metadata": (dict,), "store": (bool,),
-    "tools": (list,), "tool_choice": (str, dict), "parallel_tool_calls": (bool,), "functions": (list,),
-    "function_call": (str, dict), "service_tier": (str,), "response_format": (dict,), "logprobs": (bool,),
-    "top_logprobs": (int,), "reasoning_effort": (str,), "modalities": (list,), "audio": (dict,),
-    "prediction": (dict,), "verbosity": (str,), "web_search_options": (dict,), "prompt_cache_key": (str,),
-    "safety_identifier": (str,),
-    "policy": (str,), "accuracy_target": _NUM, "max_energy_j": _NUM, "deadline_s": _NUM,
-}  # fmt: skip
-# Router parameters a body may not set: what the headers say, and the openai SDK's client-side arguments (the SDK
-# applies them before sending; in a body they could only smuggle in what the headers set)
-_FROM_HEADERS_ONLY = {"api_key", "request_id", "cancel", "extra_body", "extra_headers", "timeout"}
-_STREAM_OPTIONS = ("include_usage", "include_obfuscation")
-"""OpenAI's ``stream_options`` keys, both booleans: ``include_usage`` is acted on; ``include_obfuscation`` (padding
-against length side channels) has nothing to do here. Other keys are ignored, as OpenAI may add more."""
-
-
-def check_types(body: dict[str, Any]) -> None:
-    for name, value in body.items():
-        if name in _FROM_HEADERS_ONLY:  # null too: the handler passes these itself, a second value is a clash
-            raise BadRequestError(f"unknown parameter: {name}", param=name)
-        if value is None:
-            continue
-        want = _TYPES.get(name)
-        if want is None:
-            continue
-        if isinstance(value, bool) and bool not in want or not isinstance(value, want):
-            names = "a number" if want == _NUM else " or ".join(_a(_json_name(t)) for t in want)
-            raise BadRequestError(f"`{name}` must be {names}, got {_a(_json_name(type(value)))}", param=name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BadRequestError(f"`{name}` must be a finite number", param=name)
-    stop = body.get("stop")
-    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
-        raise BadRequestError("`stop` must be a string or a list of strings", param="stop")
-    options = body.get("stream_options")
-    if options is not None:
-        for key in _STREAM_OPTIONS:  # "false" is truthy: a string here would turn usage on
-            value = options.get(key)
-            if value is not None and not isinstance(value, bool):
-                raise BadRequestError(f"`stream_options.{key}` must be a boolean, got {_a(_json_name(type(value)))}",
-                                      param=f"stream_options.{key}")
-
-
-def _a(noun: str) -> str:
-    """``noun`` with its indefinite article (an integer, an array, an object; null has none)."""
-    if noun == "null":
-        return noun
-    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
-
-
-def _json_name(t: type) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object",
-            type(None): "null"}.get(t, t.__name__)
-
 
 def ascii_header(text: str, limit: int = 400) -> str:
     """Header values must be latin-1 and one line; keep them plain ASCII and short."""
@@ -219,14 +157,8 @@ class ChatHandler:
         try:
             api_key = self.authenticate(auth)
             body = self._parse(await self._read_body(receive, length))
-            check_types(body)
-            if "messages" not in body:
-                raise BadRequestError("`messages` is required", param="messages")
-            stream = bool(body.pop("stream", False))
+            messages, model, stream, body = chat_request(body, self.policies)
             include_usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
-            model = body.pop("model", None) or "router"
-            self._check_policy_alias(model)
-            messages = body.pop("messages")
             prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=given_id,
                                                   **body)
             request_id = prepared.request_id
@@ -330,13 +262,6 @@ class ChatHandler:
         if not isinstance(body, dict):
             raise BadRequestError(f"the request body must be {_WANT}")
         return body
-
-    def _check_policy_alias(self, model: str) -> None:
-        head, _, policy = model.partition(":")
-        if head.lower() in ROUTER_ALIASES and policy and self.policies and policy not in self.policies:
-            raise UnknownModelError(
-                f"unknown policy {policy!r} in model {model!r}; use one of: "
-                + ", ".join(f"router:{p}" for p in sorted(self.policies)), param="model")
 
     async def _stream(self, prepared: PreparedRequest, key_label: str | None, include_usage: bool,
                       t0: float) -> Response:
