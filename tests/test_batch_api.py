@@ -16,11 +16,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servers.procs import free_port, models_dir, remote_card, stop, upstream, wait_ready
 
 from router.carbon import SeriesIntensity
 from router.carbon.grid import shipped_series
 from router.carbon.schedule import plan
+from router.keys import hash_key
 
 pytestmark = pytest.mark.slow
 
@@ -279,3 +281,29 @@ def test_a_line_is_refused_exactly_as_the_chat_route_refuses_the_same_body(flat:
             assert got == want, body
             assert 400 <= chat.status_code < 500 and line["error"] is None
     assert [line["response"]["status_code"] for line in lines] == [400] * 10 + [404, 200, 400, 200]
+
+
+def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(f"{url}/metrics", headers={"authorization": "Bearer sk-team-a"}, timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_batch_lines_are_counted_in_the_metrics_as_chat_requests_are(flat: Flat) -> None:
+    key = hash_key("sk-team-a")
+    answered = ("router_requests_total", frozenset({"model": "deferrable", "tier": "large", "key": key,
+                                                    "outcome": "ok"}.items()))
+    joules = ("router_energy_joules_total", frozenset({"model": "deferrable", "tier": "large", "key": key}.items()))
+    refused = ("router_errors_total", frozenset({"type": "budget_exhausted", "status": "429"}.items()))
+    bad = ("router_errors_total", frozenset({"type": "invalid_request", "status": "400"}.items()))
+    before = _samples(flat.url)
+    lines = flat.run([{"model": "deferrable", "messages": HI}, {"model": "deferrable", "messages": HI},
+                      {"model": "router:tight", "messages": HI},
+                      {"model": "deferrable", "messages": HI, "temperature": "hot"}])
+    assert [x["response"]["status_code"] for x in lines] == [200, 200, 429, 400]
+    after = _samples(flat.url)
+    assert after[answered] - before.get(answered, 0) == 2, "each answered line, under its key's label"
+    spent = sum(x["response"]["body"]["routing"]["energy_j"] for x in lines[:2])
+    assert after[joules] - before.get(joules, 0) == pytest.approx(spent)
+    assert after[refused] - before.get(refused, 0) == 1, "the budget's 429 inside the batch"
+    assert after[bad] - before.get(bad, 0) == 1

@@ -15,17 +15,20 @@ over its concurrency); 1,800 lines an hour per slot until the first lines have r
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..carbon.schedule import plan
 from ..chat_body import chat_request, policy_names
-from ..errors import RouterError
+from ..errors import InternalError, RouterError
 from .service import BatchService, new_id
 from .store import Line
 
@@ -33,6 +36,19 @@ if TYPE_CHECKING:
     from ..config import BatchSettings
 
 log = logging.getLogger("router.batch")
+
+_observers: weakref.WeakKeyDictionary[Any, weakref.ref[Callable[..., None]]] = weakref.WeakKeyDictionary()
+
+
+def observe_lines(router: Any, observer: Callable[..., None]) -> None:
+    """Have ``observer(key, prepared, completion, error)`` called after each line that ``router``'s scheduler runs:
+    the line's :class:`~router.keys.KeySpec` (or None), its ``PreparedRequest`` once decided (else None), and the
+    completion dict or the :class:`RouterError` it ended in (an unexpected failure as :class:`InternalError`).
+    ``router serve`` counts lines in its metrics so. Looked up per line, so it may be registered before the
+    scheduler exists (a store to resume starts it with the app) and sees every line from then on; the router and
+    the observer are held weakly, so whoever registers keeps the observer alive (the proxy: as long as its app)."""
+    _observers[router] = weakref.WeakMethod(observer) if inspect.ismethod(observer) else weakref.ref(observer)
+
 
 _EXPIRED = ("batch_expired", "This request could not be executed before the completion window expired.")
 _CANCELLED = ("batch_cancelled", "This request was not executed because the batch was cancelled.")
@@ -143,6 +159,7 @@ class BatchScheduler:
         started = time.perf_counter()
         ran_at = self.grid.clock()
         request_id = f"batch-{line.batch_id[6:]}-{line.idx}-{line.attempts}"
+        prepared = completion = error = None
         try:
             # a line is a chat request: the chat route's checks, so it is refused as that route refuses it
             messages, model, _, params = chat_request(dict(line.body), self.policies)
@@ -151,14 +168,15 @@ class BatchScheduler:
             response = {"status_code": 200, "request_id": request_id, "body": completion}
             state = "ok"
         except RouterError as exc:
+            error = exc
             response = {"status_code": exc.http_status, "request_id": request_id, "body": exc.to_openai()}
             state = "failed"
         except Exception as exc:  # a bug: the line fails with a 500, the scheduler goes on
             log.exception("batch line %s/%s failed", line.batch_id, line.custom_id)
-            response = {"status_code": 500, "request_id": request_id, "body": {"error": {
-                "message": f"internal error ({type(exc).__name__})", "type": "server_error", "param": None,
-                "code": "internal_error"}}}
+            error = InternalError(f"internal error ({type(exc).__name__})")
+            response = {"status_code": 500, "request_id": request_id, "body": error.to_openai()}
             state = "failed"
+        self._observe(key, prepared, completion, error)
         g = self.grid.intensity(self.zone, ran_at).g_per_kwh
         result = {"id": new_id("batch_req_"), "custom_id": line.custom_id, "response": response, "error": None,
                   "router": {"runs": line.attempts, "ran_at": ran_at, "grid_g_per_kwh": g, "zone": self.zone}}
@@ -171,6 +189,16 @@ class BatchScheduler:
             self._seconds_per_line = 0.8 * self._seconds_per_line + 0.2 * elapsed
             with self._lock:
                 self._inflight.pop((line.batch_id, line.idx), None)
+
+    def _observe(self, key: Any, prepared: Any, completion: dict[str, Any] | None, error: RouterError | None) -> None:
+        ref = _observers.get(self.router)
+        observer = ref() if ref is not None else None
+        if observer is None:
+            return
+        try:
+            observer(key, prepared, completion, error)
+        except Exception:  # counting must not lose the line's result
+            log.exception("batch line observer failed")
 
     # -- the end of a batch ----------------------------------------------------------------------------------
     def _finalize(self, batch_id: str, doc: dict[str, Any], final: str) -> None:
@@ -216,4 +244,4 @@ def _line_json(result: dict[str, Any]) -> str:
     return json.dumps(result, separators=(",", ":")) + "\n"
 
 
-__all__ = ["BatchScheduler"]
+__all__ = ["BatchScheduler", "observe_lines"]

@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .._request import PreparedRequest
 from .._router import Router
 from ..chat_body import policy_names
 from ..config import ProxySettings, RouterConfig
 from ..dashboard import mount_dashboard
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
-from ..keys import KeyStore
+from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
 from .ledger_writer import BackgroundLedger
@@ -51,6 +52,22 @@ class Proxy:
         self.policies = policy_names(router.config)
         self.started = time.time()
         self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies)
+
+    def observe_batch_line(self, key: KeySpec | None, prepared: PreparedRequest | None,
+                           completion: dict[str, Any] | None, error: RouterError | None) -> None:
+        """A batch line this process's scheduler ran, counted in the metrics as the chat route counts a request
+        (:func:`router.batch.scheduler.observe_lines`); a key label only for configured keys, as there."""
+        metrics = self.metrics
+        if prepared is not None:
+            metrics.observe_decision(prepared.decision_ms / 1000)
+            if prepared.decision.budgets:
+                metrics.budgets_seen.update(prepared.decision.budgets)
+        if completion is not None:
+            r = completion["routing"]
+            label = key.key_hash if self.keys and key is not None else None
+            metrics.observe_answer(r["model"], r["tier"], label, r["energy_j"], "ok", r["attempts"])
+        elif error is not None:
+            metrics.observe_error(error.code or error.error_type, error.http_status)
 
     def _guard(self, request: Request, route: str) -> None:
         """With keys configured, a route not listed in ``proxy.open_routes`` needs one too."""
@@ -191,7 +208,9 @@ def create_app(
     app.router.add_route("/health", proxy.health, methods=["GET"])
     app.router.add_route("/metrics", proxy.metrics_endpoint, methods=["GET"])
     from ..batch.api import add_batch_routes
+    from ..batch.scheduler import observe_lines
 
+    observe_lines(router, proxy.observe_batch_line)  # before the routes may start the scheduler: every line counts
     add_batch_routes(app, router)  # /v1/files and /v1/batches (router/batch/api.py)
     mount_dashboard(app, router, router.keys, config.dashboard, proxy.metrics)  # /dashboard, off by config
     from .feedback import add_feedback_route
