@@ -3,6 +3,7 @@ taken over and counted, a result is written once, ownership by key, cancel/expir
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -23,8 +24,6 @@ B = KeySpec("b", digest("sk-b"))
 
 
 def _lines(n: int) -> bytes:
-    import json
-
     return "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
                                "body": {"messages": [{"role": "user", "content": f"q{i}"}]}}) + "\n"
                    for i in range(n)).encode()
@@ -118,6 +117,19 @@ def test_input_files_are_checked_as_openai_does() -> None:
         svc.create(f["id"], "/v1/embeddings", "24h", None, None)
     with pytest.raises(BadRequestError, match="purpose"):
         svc.create_file(good, "in.jsonl", "fine-tune", None)
+
+
+def test_a_line_holding_raw_line_separators_in_its_strings_is_one_line() -> None:
+    text = "a\u2028b\u2029c\x85d"  # json.dumps(ensure_ascii=False) writes them raw; str.splitlines cuts at each
+    line = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"messages": [{"role": "user", "content": text}]}}, ensure_ascii=False)
+    other = line.replace('"x"', '"y"')
+    svc = _service(BatchStore("sqlite:///:memory:"))
+    f = svc.create_file((line + "\r\n" + other + "\n").encode(), "in.jsonl", "batch", None)
+    doc = svc.create(f["id"], "/v1/chat/completions", "24h", None, None)
+    assert doc["status"] == "in_progress" and doc["request_counts"]["total"] == 2, doc["errors"]
+    lines, errors = parse_lines((line + "\n").encode(), "/v1/chat/completions", 100)
+    assert errors == [] and lines[0][1]["messages"][0]["content"] == text
 
 
 def test_default_store_sits_beside_a_sqlite_ledger(tmp_path) -> None:

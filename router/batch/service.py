@@ -56,7 +56,10 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
         text = content.decode("utf-8")
     except UnicodeDecodeError:
         return [], [{"code": "invalid_file", "message": "the file is not UTF-8 text", "param": None, "line": None}]
-    for n, raw in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" (a "\r" before it is dropped); str.splitlines would also cut at U+2028, U+2029,
+    # U+0085 and other characters a JSON string may hold unescaped
+    for n, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
