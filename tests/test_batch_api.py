@@ -307,3 +307,14 @@ def test_batch_lines_are_counted_in_the_metrics_as_chat_requests_are(flat: Flat)
     assert after[joules] - before.get(joules, 0) == pytest.approx(spent)
     assert after[refused] - before.get(refused, 0) == 1, "the budget's 429 inside the batch"
     assert after[bad] - before.get(bad, 0) == 1
+
+
+def test_every_file_over_max_file_bytes_is_a_413(flat: Flat) -> None:
+    client = flat.client()
+    for size in (MAX_FILE + 1, MAX_FILE + 200 * 1024):  # the first was a 400: under the upload's framing room
+        with pytest.raises(openai.APIStatusError) as info:
+            client.files.create(file=("big.jsonl", b"x" * size), purpose="batch")
+        err = info.value.response.json()["error"]
+        assert info.value.status_code == 413 and err["code"] == "request_too_large", err
+        assert f"at most {MAX_FILE:,}" in err["message"] and err["param"] == "file"
+    assert client.files.create(file=("ok.jsonl", b"x" * MAX_FILE), purpose="batch").bytes == MAX_FILE

@@ -74,7 +74,11 @@ class BatchRoutes:
     # -- files -----------------------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
         key = self.key(request)
-        raw = await self._body(request, self.max_file_bytes + 64 * 1024)
+        try:  # room for the multipart framing and the purpose field; the file itself is measured after
+            raw = await self._body(request, self.max_file_bytes + 64 * 1024)
+        except PayloadTooLargeError:
+            raise PayloadTooLargeError(f"the file is too large: at most {self.max_file_bytes:,} bytes",
+                                       param="file") from None
         fields, files = parse_multipart(request.headers.get("content-type", ""), raw)
         if "file" not in files:
             raise BadRequestError("send the file as multipart form field `file`", param="file")

@@ -25,7 +25,7 @@ import json
 import os
 from typing import Any
 
-from ..errors import BadRequestError, NotFoundError
+from ..errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from ..keys import KeySpec
 from .store import BatchStore
 
@@ -111,8 +111,8 @@ class BatchService:
         if purpose != "batch":
             raise BadRequestError(f"`purpose` {purpose!r} is not supported here: only `batch`", param="purpose")
         if len(content) > self.max_file_bytes:
-            raise BadRequestError(f"the file is {len(content):,} bytes; at most {self.max_file_bytes:,}",
-                                  param="file")
+            raise PayloadTooLargeError(f"the file is {len(content):,} bytes; at most {self.max_file_bytes:,}",
+                                       param="file")
         file = {"id": new_id("file-"), "object": "file", "bytes": len(content), "created_at": int(self.clock()),
                 "filename": filename or "upload.jsonl", "purpose": purpose, "status": "processed",
                 "status_details": None}
