@@ -19,9 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers.procs import free_port, models_dir, remote_card, stop, upstream, wait_ready
 
+from router import Router
+from router.batch.service import NOT_PLANNED
 from router.carbon import SeriesIntensity
 from router.carbon.grid import shipped_series
 from router.carbon.schedule import plan
+from router.config import RouterConfig
 from router.keys import hash_key
 
 pytestmark = pytest.mark.slow
@@ -318,3 +321,22 @@ def test_every_file_over_max_file_bytes_is_a_413(flat: Flat) -> None:
         assert info.value.status_code == 413 and err["code"] == "request_too_large", err
         assert f"at most {MAX_FILE:,}" in err["message"] and err["param"] == "file"
     assert client.files.create(file=("ok.jsonl", b"x" * MAX_FILE), purpose="batch").bytes == MAX_FILE
+
+
+def test_the_carbon_block_is_there_from_creation(flat: Flat, tmp_path: Path) -> None:
+    client = flat.client()
+    f = client.files.create(file=("in.jsonl", _jsonl(1)), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    carbon = batch.model_extra["carbon"]  # the scheduler plans it at its next look
+    assert set(carbon) == {"plan", "forecast", "zone", "hours", "expected_g_per_kwh"} and carbon["zone"]
+    bad = client.files.create(file=("bad.jsonl", b"not json\n"), purpose="batch")
+    failed = client.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert failed.status == "failed" and failed.model_extra["carbon"]["plan"].startswith("not planned")
+
+    # the library, with no scheduler in the process: the block is there, saying it is not planned yet
+    cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
+                                       "journal": {"enabled": False}, "batch": {"scheduler": False}})
+    with Router(cfg) as r:
+        doc = r.batch([{"messages": HI}]).retrieve()
+        assert doc["carbon"]["plan"] == NOT_PLANNED and doc["carbon"]["hours"] == []
+        assert doc["carbon"]["zone"] == r.grid.host_zone and doc["carbon"]["forecast"] == "provider"

@@ -22,7 +22,8 @@ class Batches:
         settings = router.config.batch
         self.store = BatchStore(settings.store_url or default_store_url(router.config.ledger_url))
         self.service = BatchService(self.store, router.grid.clock, max_file_bytes=settings.max_file_bytes,
-                                    max_lines=settings.max_lines)
+                                    max_lines=settings.max_lines, zone=settings.zone or router.grid.host_zone,
+                                    forecast=settings.forecast)
         run = settings.scheduler if scheduler is None else scheduler
         self.scheduler: BatchScheduler | None = BatchScheduler(router, self.service, settings) if run else None
 

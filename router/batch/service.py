@@ -15,6 +15,10 @@ error file holds the lines that failed: a refused request keeps its HTTP status 
 number of runs (more than 1 when a worker stopped mid-line and another ran it again), the clock time it ran at,
 and the grid intensity then.
 
+Besides OpenAI's fields a batch object has ``carbon``: the scheduler's plan (``plan``, ``forecast``, ``zone``,
+``hours``, ``expected_g_per_kwh``), there from creation: :data:`NOT_PLANNED` with no hours until a scheduler has
+looked at the batch.
+
 Files and batches belong to the API key that created them (its id, ``router.keys.hash_key``): another key gets
 404, as if they did not exist.
 """
@@ -30,6 +34,8 @@ from ..keys import KeySpec
 from .store import BatchStore
 
 ENDPOINT = "/v1/chat/completions"
+NOT_PLANNED = "not planned yet: a scheduler plans the batch at its next look at the queue (every batch.poll_s)"
+"""A new batch's ``carbon.plan``, until a scheduler replaces the block with its plan (``hours`` empty until then)."""
 WINDOWS = {"24h": 86_400.0}
 
 
@@ -100,11 +106,14 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
 class BatchService:
     """Files and batches of one store, owned by API keys; times from ``clock`` (the grid's)."""
 
-    def __init__(self, store: BatchStore, clock: Any, *, max_file_bytes: int, max_lines: int) -> None:
+    def __init__(self, store: BatchStore, clock: Any, *, max_file_bytes: int, max_lines: int,
+                 zone: str | None = None, forecast: str | None = None) -> None:
         self.store = store
         self.clock = clock
         self.max_file_bytes = max_file_bytes
         self.max_lines = max_lines
+        self.zone = zone
+        self.forecast = forecast
 
     # -- files -----------------------------------------------------------------------------------------------
     def create_file(self, content: bytes, filename: str, purpose: str, key: KeySpec | None) -> dict[str, Any]:
@@ -170,10 +179,13 @@ class BatchService:
             "expires_at": int(now + WINDOWS[completion_window]), "finalizing_at": None, "completed_at": None,
             "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
             "request_counts": {"total": len(lines), "completed": 0, "failed": 0}, "metadata": metadata,
+            "carbon": {"plan": NOT_PLANNED, "forecast": self.forecast, "zone": self.zone, "hours": [],
+                       "expected_g_per_kwh": None},
         }
         if errors:
             doc.update(status="failed", in_progress_at=None, failed_at=int(now),
                        errors={"object": "list", "data": errors[:100]})
+            doc["carbon"]["plan"] = "not planned: the input file has bad lines (see errors)"
             lines = []
         self.store.create_batch(doc, lines, _key_hash(key), key.sha256 if key is not None else None)
         return self.retrieve(doc["id"], key)
@@ -203,4 +215,4 @@ class BatchService:
         return self.retrieve(batch_id, key)
 
 
-__all__ = ["ENDPOINT", "BatchService", "WINDOWS", "new_id", "parse_lines"]
+__all__ = ["ENDPOINT", "NOT_PLANNED", "BatchService", "WINDOWS", "new_id", "parse_lines"]
