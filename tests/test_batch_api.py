@@ -340,3 +340,22 @@ def test_the_carbon_block_is_there_from_creation(flat: Flat, tmp_path: Path) -> 
         doc = r.batch([{"messages": HI}]).retrieve()
         assert doc["carbon"]["plan"] == NOT_PLANNED and doc["carbon"]["hours"] == []
         assert doc["carbon"]["zone"] == r.grid.host_zone and doc["carbon"]["forecast"] == "provider"
+
+
+def test_files_list_pages_orders_and_filters_as_openai_documents(flat: Flat) -> None:
+    client = flat.client("sk-team-b")  # the other tests upload as team a
+    mine = [client.files.create(file=(f"f{i}.jsonl", _jsonl(1)), purpose="batch") for i in range(3)]
+    newest_first = [f.id for f in sorted(mine, key=lambda f: (f.created_at, f.id), reverse=True)]
+    page = client.files.list(limit=2)
+    assert [f.id for f in page.data] == newest_first[:2] and page.has_more
+    rest = client.files.list(limit=2, after=page.data[-1].id)
+    assert [f.id for f in rest.data] == newest_first[2:] and not rest.has_more
+    assert [f.id for f in client.files.list(order="asc").data] == newest_first[::-1]
+    assert client.files.list(purpose="batch_output").data == []
+    assert len(client.files.list(purpose="batch").data) == 3
+    theirs = flat.client().files.create(file=("a.jsonl", _jsonl(1)), purpose="batch")
+    for query, param in (("limit=abc", "limit"), ("limit=0", "limit"), ("limit=10001", "limit"),
+                         ("order=sideways", "order"), ("purpose=nope", "purpose"), ("after=file-nope", "after"),
+                         (f"after={theirs.id}", "after")):
+        r = httpx.get(f"{flat.url}/v1/files?{query}", headers={"authorization": "Bearer sk-team-b"}, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)

@@ -87,7 +87,10 @@ class BatchRoutes:
         return _json(file)
 
     async def list_files(self, request: Request) -> Response:
-        return _json(await run_in_threadpool(self.service.list_files, self.key(request)))
+        q = request.query_params
+        return _json(await run_in_threadpool(self.service.list_files, self.key(request), q.get("after"),
+                                             _int_param(request, "limit", 10_000), q.get("order", "desc"),
+                                             q.get("purpose")))
 
     async def get_file(self, request: Request) -> Response:
         return _json(self.service.file(request.path_params["file_id"], self.key(request)))
@@ -111,18 +114,23 @@ class BatchRoutes:
         return _json(doc)
 
     async def list(self, request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", "20"))
-        except ValueError:
-            raise BadRequestError("`limit` must be an integer", param="limit") from None
         return _json(await run_in_threadpool(self.service.list, self.key(request),
-                                             request.query_params.get("after"), limit))
+                                             request.query_params.get("after"), _int_param(request, "limit", 20)))
 
     async def retrieve(self, request: Request) -> Response:
         return _json(self.service.retrieve(request.path_params["batch_id"], self.key(request)))
 
     async def cancel(self, request: Request) -> Response:
         return _json(self.service.cancel(request.path_params["batch_id"], self.key(request)))
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.strip().lstrip("-").isdigit():
+        raise BadRequestError(f"`{name}` must be an integer, got {raw!r}", param=name)
+    return int(raw)
 
 
 def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:

@@ -37,6 +37,9 @@ ENDPOINT = "/v1/chat/completions"
 NOT_PLANNED = "not planned yet: a scheduler plans the batch at its next look at the queue (every batch.poll_s)"
 """A new batch's ``carbon.plan``, until a scheduler replaces the block with its plan (``hours`` empty until then)."""
 WINDOWS = {"24h": 86_400.0}
+PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results", "vision",
+            "user_data")
+"""OpenAI's file purposes (a files list may filter by any; this router stores ``batch`` and ``batch_output``)."""
 
 
 def new_id(prefix: str) -> str:
@@ -103,6 +106,11 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
     return lines, errors
 
 
+def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": more}
+
+
 class BatchService:
     """Files and batches of one store, owned by API keys; times from ``clock`` (the grid's)."""
 
@@ -141,8 +149,21 @@ class BatchService:
         self._owned_file(file_id, key)
         return self.store.file_content(file_id) or b""
 
-    def list_files(self, key: KeySpec | None) -> dict[str, Any]:
-        return {"object": "list", "data": self.store.list_files(_key_hash(key)), "has_more": False}
+    def list_files(self, key: KeySpec | None, after: str | None = None, limit: int = 10_000, order: str = "desc",
+                   purpose: str | None = None) -> dict[str, Any]:
+        """OpenAI's files list: ``limit`` in [1, 10000], ``order`` asc or desc (by creation), ``purpose`` one of
+        OpenAI's, ``after`` one of the key's files (the last of the previous page)."""
+        if not 1 <= limit <= 10_000:
+            raise BadRequestError("`limit` must be in [1, 10000]", param="limit")
+        if order not in ("asc", "desc"):
+            raise BadRequestError(f"`order` must be asc or desc, got {order!r}", param="order")
+        if purpose is not None and purpose not in PURPOSES:
+            raise BadRequestError(f"`purpose` must be one of {', '.join(PURPOSES)}, got {purpose!r}", param="purpose")
+        got = self.store.get_file(after) if after is not None else None
+        if after is not None and (got is None or got[1] != _key_hash(key)):
+            raise BadRequestError(f"`after` {after!r} is not a file of this API key", param="after")
+        files, more = self.store.list_files(_key_hash(key), after, limit, order, purpose)
+        return _page(files, more)
 
     def delete_file(self, file_id: str, key: KeySpec | None) -> dict[str, Any]:
         self._owned_file(file_id, key)
@@ -200,8 +221,7 @@ class BatchService:
         if not 1 <= limit <= 100:
             raise BadRequestError("`limit` must be in [1, 100]", param="limit")
         docs, more = self.store.list_batches(_key_hash(key), after, limit)
-        return {"object": "list", "data": docs, "first_id": docs[0]["id"] if docs else None,
-                "last_id": docs[-1]["id"] if docs else None, "has_more": more}
+        return _page(docs, more)
 
     def cancel(self, batch_id: str, key: KeySpec | None) -> dict[str, Any]:
         """Lines not yet started are not run; lines running finish; then the batch is ``cancelled``."""

@@ -156,10 +156,25 @@ class BatchStore:
         rows = self._all("SELECT content FROM {p}files WHERE id = ?", (file_id,))
         return bytes(rows[0][0]) if rows else None
 
-    def list_files(self, key_hash: str | None) -> list[dict[str, Any]]:
-        ids = [r[0] for r in self._all("SELECT id FROM {p}files WHERE key_hash IS NOT DISTINCT FROM ? "
-                                       "ORDER BY created_at DESC, id", (key_hash,))]
-        return [f for i in ids if (got := self.get_file(i)) is not None for f in [got[0]]]
+    def list_files(self, key_hash: str | None, after: str | None = None, limit: int = 10_000, order: str = "desc",
+                   purpose: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """A page of a key's files by creation time (``order``: ``desc``, newest first, or ``asc``), of one
+        ``purpose`` when given; ``after``: the last id of the previous page. ``(files, more after them)``."""
+        args: tuple[Any, ...] = (key_hash,)
+        sql = "SELECT id FROM {p}files WHERE key_hash IS NOT DISTINCT FROM ?"
+        if purpose is not None:
+            sql += " AND purpose = ?"
+            args += (purpose,)
+        cmp, direction = ("<", "DESC") if order == "desc" else (">", "ASC")
+        if after is not None:
+            got = self._all("SELECT created_at FROM {p}files WHERE id = ? AND key_hash IS NOT DISTINCT FROM ?",
+                            (after, key_hash))
+            if got:
+                sql += f" AND (created_at {cmp} ? OR (created_at = ? AND id {cmp} ?))"
+                args += (got[0][0], got[0][0], after)
+        rows = self._all(sql + f" ORDER BY created_at {direction}, id {direction} LIMIT ?", (*args, limit + 1))
+        files = [got[0] for r in rows[:limit] if (got := self.get_file(r[0])) is not None]
+        return files, len(rows) > limit
 
     def delete_file(self, file_id: str) -> None:
         with self._tx() as c:
