@@ -79,6 +79,16 @@ def _check_leases(make: Callable[[], BatchStore]) -> None:
     assert [d["id"] for d in svc.list(A)["data"]] == [bid2, bid] or {d["id"] for d in svc.list(A)["data"]} == {
         bid, bid2}
     assert svc.list(B)["data"] == []
+    page = svc.list(A, limit=1)
+    assert page["has_more"] and svc.list(A, after=page["last_id"])["data"][0]["id"] != page["last_id"]
+    for after in ("batch_nope", bid):  # unknown, and another key's: a 400, not a silent first page
+        with pytest.raises(BadRequestError, match="`after`") as info:
+            svc.list(B if after == bid else A, after=after)
+        assert info.value.param == "after"
+    ids = sorted([f["id"], f2["id"]])  # one clock second: by id
+    files = svc.list_files(A, limit=1, order="asc")
+    assert files["has_more"] and [x["id"] for x in files["data"]] == ids[:1]
+    assert [x["id"] for x in svc.list_files(A, after=files["last_id"], order="asc")["data"]] == ids[1:]
     # cancel: pending lines fail with batch_cancelled
     f3 = svc.create_file(_lines(3), "in.jsonl", "batch", A)
     bid3 = svc.create(f3["id"], "/v1/chat/completions", "24h", None, A)["id"]

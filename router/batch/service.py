@@ -220,6 +220,9 @@ class BatchService:
     def list(self, key: KeySpec | None, after: str | None = None, limit: int = 20) -> dict[str, Any]:
         if not 1 <= limit <= 100:
             raise BadRequestError("`limit` must be in [1, 100]", param="limit")
+        got = self.store.get_batch(after) if after is not None else None
+        if after is not None and (got is None or got[1] != _key_hash(key)):  # not a silent first page
+            raise BadRequestError(f"`after` {after!r} is not a batch of this API key", param="after")
         docs, more = self.store.list_batches(_key_hash(key), after, limit)
         return _page(docs, more)
 

@@ -215,7 +215,8 @@ class BatchStore:
         args: tuple[Any, ...] = (key_hash,)
         sql = "SELECT id, created_at FROM {p}batches WHERE key_hash IS NOT DISTINCT FROM ?"
         if after is not None:
-            got = self._all("SELECT created_at FROM {p}batches WHERE id = ?", (after,))
+            got = self._all("SELECT created_at FROM {p}batches WHERE id = ? AND key_hash IS NOT DISTINCT FROM ?",
+                            (after, key_hash))
             if got:
                 sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
                 args += (got[0][0], got[0][0], after)
