@@ -25,6 +25,7 @@ from router.carbon import SeriesIntensity
 from router.carbon.grid import shipped_series
 from router.carbon.schedule import plan
 from router.config import RouterConfig
+from router.errors import BadRequestError
 from router.keys import hash_key
 
 pytestmark = pytest.mark.slow
@@ -359,3 +360,13 @@ def test_files_list_pages_orders_and_filters_as_openai_documents(flat: Flat) -> 
                          (f"after={theirs.id}", "after")):
         r = httpx.get(f"{flat.url}/v1/files?{query}", headers={"authorization": "Bearer sk-team-b"}, timeout=10)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)
+
+
+def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
+    cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
+                                       "journal": {"enabled": False}, "batch": {"scheduler": False}})
+    with Router(cfg) as r:
+        for nothing in ([], iter(())):
+            with pytest.raises(BadRequestError) as info:
+                r.batch(nothing)
+            assert info.value.message == "no requests given" and info.value.param == "requests"

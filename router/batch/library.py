@@ -37,6 +37,8 @@ def submit(router: Any, requests: Iterable[Any], *, completion_window: str, meta
             lines.append(req)
         else:
             lines.append({"custom_id": f"request-{i + 1}", "method": "POST", "url": ENDPOINT, "body": req})
+    if not lines:
+        raise BadRequestError("no requests given", param="requests")
     content = "".join(json.dumps(line) + "\n" for line in lines).encode()
     key = key_spec(router, api_key)
     batches = router.batches
