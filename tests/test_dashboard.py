@@ -147,7 +147,9 @@ def test_totals_series_recent_and_budgets_match_the_ledger(client: TestClient) -
 def test_bad_parameters_are_400_and_unknown_routes_404(client: TestClient) -> None:
     for query, param in [("totals?window=0m", "window"), ("totals?window=5y", "window"),
                          ("series?window=abc", "window"), ("totals?window=4000d", "window"), ("series?by=key", "by"),
-                         ("recent?limit=0", "limit"), ("recent?limit=many", "limit"), ("recent?limit=1001", "limit")]:
+                         ("recent?limit=0", "limit"), ("recent?limit=many", "limit"), ("recent?limit=1001", "limit"),
+                         ("totals?window=\uff11h", "window"), ("recent?limit=\uff11\uff10", "limit"),  # full-width
+                         ("recent?limit=1_0", "limit")]:
         r = client.get(f"/dashboard/api/{query}")
         assert r.status_code == 400 and r.json()["error"]["param"] == param, query
     r = client.get("/dashboard/api/prompts")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .._router import Router
 
 _UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0}
-_WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([mhd])$")
+_WINDOW = re.compile(r"([0-9]+(?:\.[0-9]+)?)([mhd])")  # ASCII digits: \d and float() take any script's
 MAX_WINDOW_S = 3650 * 86400.0
 STEPS_S = (300.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
 """Chart steps: 5 minutes (raw records, windows up to an hour), then whole hours and coarser (summary rows)."""
@@ -55,7 +55,7 @@ def parse_window(text: str | None, now: float | None = None) -> Window:
     label = (text or "24h").strip().lower()
     if label == "all":
         return Window("all", 0.0, now, None)
-    m = _WINDOW.match(label)
+    m = _WINDOW.fullmatch(label)
     seconds = float(m.group(1)) * _UNITS[m.group(2)] if m else 0.0
     if not m or not 60.0 <= seconds <= MAX_WINDOW_S:
         raise BadRequestError(f"window {text!r}: use a number and m, h or d between 1m and 3650d (e.g. 1h, 24h, 7d), "

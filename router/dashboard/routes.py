@@ -179,10 +179,7 @@ def _credential(header: str | None) -> str | None:
 def _int(text: str | None, default: int, lo: int, hi: int, param: str) -> int:
     if text is None or text == "":
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = lo - 1
+    value = int(text) if text.isascii() and text.isdigit() else lo - 1  # int() takes "１０" and "1_0"
     if not lo <= value <= hi:
         raise BadRequestError(f"{param} {text!r}: a whole number from {lo} to {hi}", param=param)
     return value
