@@ -176,3 +176,19 @@ def test_batch_list_and_show_do_not_create_a_store(tmp_path) -> None:
     BatchStore(str(path)).close()
     res = CliRunner().invoke(app, ["batch", "list", "--store", str(path)])
     assert res.exit_code == 0 and "Batches in" in res.output and "no batches yet" not in res.output, res.output
+
+
+def test_batch_list_never_cuts_an_id(tmp_path) -> None:
+    store = BatchStore(f"sqlite:///{tmp_path}/batches.sqlite3")
+    svc = _service(store)
+    f = svc.create_file(_lines(1), "in.jsonl", "batch", A)
+    bid = svc.create(f["id"], "/v1/chat/completions", "24h", None, A)["id"]
+    store.update_batch(bid, {"carbon": {"plan": "waiting for cleaner hours (135 g/kWh forecast from 2022-07-01 "
+                                                "10:00 UTC; now 300 g/kWh)"}})
+    store.close()
+    for width in ("100", "80"):
+        res = CliRunner().invoke(app, ["batch", "list", "--store", f"sqlite:///{tmp_path}/batches.sqlite3"],
+                                 env={"COLUMNS": width})
+        assert res.exit_code == 0 and bid in res.output, res.output  # whole, to copy into `router batch show`
+        assert "in_progress" in res.output and "…" not in res.output, "the other columns wrap; nothing is cut"
+        assert max(len(x) for x in res.output.splitlines()) <= int(width)

@@ -51,10 +51,15 @@ def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
     if st is None:
         Console().print(f"no batches yet: no batch store at {escape(str(missing))}", highlight=False, soft_wrap=True)
         return
+    docs = st.all_batches(limit)
     table = Table(title=f"Batches in {st.url}")
-    for col in ("id", "status", "done", "failed", "total", "created", "expires", "plan"):
-        table.add_column(col, justify="right" if col in ("done", "failed", "total") else "left")
-    for doc in st.all_batches(limit):
+    # ids are what `router batch show` takes, and statuses are single words: never cut, whatever the width; the
+    # other columns wrap instead
+    for col in ("id", "status"):
+        table.add_column(col, no_wrap=True, min_width=max((len(d[col]) for d in docs), default=len(col)))
+    for col in ("done", "failed", "total", "created", "expires", "plan"):
+        table.add_column(col, justify="right" if col in ("done", "failed", "total") else "left", overflow="fold")
+    for doc in docs:
         c = doc["request_counts"]
         table.add_row(doc["id"], doc["status"], f"{c['completed']:,}", f"{c['failed']:,}", f"{c['total']:,}",
                       _when(doc["created_at"]), _when(doc["expires_at"]), (doc.get("carbon") or {}).get("plan", ""))
