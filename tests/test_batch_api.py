@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest_redis import redis_server  # noqa: F401 - the fixture
 from prometheus_client.parser import text_string_to_metric_families
-from servers.procs import free_port, models_dir, remote_card, stop, upstream, wait_ready
+from servers.procs import free_port, models_dir, remote_card, router_serve, stop, upstream, wait_ready
 
 from router import Router
 from router.batch.service import NOT_PLANNED
@@ -370,3 +371,20 @@ def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
             with pytest.raises(BadRequestError) as info:
                 r.batch(nothing)
             assert info.value.message == "no requests given" and info.value.param == "requests"
+
+
+@pytest.mark.redis
+def test_serve_with_a_redis_ledger_says_where_batches_go(redis_server: str, tmp_path: Path) -> None:  # noqa: F811
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(f"ledger_url: '{redis_server}/0?prefix=batchwarn:'\nproxy: {{warm_up: false}}\n")
+    data = tmp_path / "data"
+    with router_serve(cfg, tmp_path, env={"XDG_DATA_HOME": str(data)}) as url:
+        log = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
+    where = data / "router" / "batches.sqlite3"
+    assert f"router serve: warning: batches are stored in sqlite:///{where}" in log, log
+    assert "batch.store_url to PostgreSQL" in log
+
+    cfg.write_text(cfg.read_text() + f"batch: {{store_url: sqlite:///{tmp_path}/b.sqlite3}}\n")
+    with router_serve(cfg, tmp_path, env={"XDG_DATA_HOME": str(data)}) as url:
+        log = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
+    assert "warning" not in log and "ready in" in log, log

@@ -60,6 +60,13 @@ def serve(
             "SQLite is the single-process default: use --workers 1 with it.", err=True
         )
         raise typer.Exit(2)
+    if not cfg.batch.store_url and cfg.ledger_url.lower().startswith(("redis://", "rediss://", "unix://")):
+        from ..batch.store import default_store_url
+
+        # Redis cannot hold batches: they go to a SQLite file on this host, which other hosts never see
+        typer.echo(f"router serve: warning: batches are stored in {default_store_url(cfg.ledger_url)} (the user data "
+                   "dir, shared with library scripts on this host): the ledger is Redis and batch.store_url is not "
+                   "set. A fleet of hosts sets batch.store_url to PostgreSQL (docs/batch.md).", err=True)
     problem = _cannot_listen(host, port)  # before the models load: that takes seconds, and then all is in vain
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
