@@ -199,3 +199,11 @@ def test_simulation_refuses_a_policy_naming_a_model_without_a_card(tmp_path: Pat
     result = CliRunner().invoke(app, ["simulate", "--outcomes", str(ROOT / "data" / "alpaca_eval" / "outcomes.jsonl"),
                                       "--policy", str(typo), "--no-progress"])
     assert result.exit_code == 2 and "names unknown model(s) gpt-5" in result.output, result.output
+
+
+def test_a_policy_named_from_its_folder_may_be_a_yml_file(tmp_path: Path) -> None:
+    """The Router reads .yml policies; `router simulate --policy NAME --policies FOLDER` looked for NAME.yaml only."""
+    from router.simulate.policy_bridge import resolve_policy
+
+    (tmp_path / "eco.yml").write_text((ROOT / "policies" / "eco.yaml").read_text())
+    assert resolve_policy("eco", tmp_path).name == "eco"

@@ -42,10 +42,12 @@ def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None)
         return load_policy(path)
     if policies_dir is None:
         raise ConfigError(f"policy {policy!r}: give a YAML path or a policies folder")
-    file = Path(policies_dir) / f"{policy}.yaml"
-    if not file.is_file():
-        known = sorted(p.stem for p in Path(policies_dir).glob("*.yaml"))
-        raise ConfigError(f"unknown policy {policy!r}: no {file}; known: {', '.join(known) or '(none)'}")
+    folder = Path(policies_dir)
+    file = next((f for f in (folder / f"{policy}.yaml", folder / f"{policy}.yml") if f.is_file()), None)
+    if file is None:  # .yml as well, as the Router reads the folder
+        known = sorted({p.stem for pattern in ("*.yaml", "*.yml") for p in folder.glob(pattern)})
+        raise ConfigError(f"unknown policy {policy!r}: no {folder / policy}.yaml (or .yml); known: "
+                          f"{', '.join(known) or '(none)'}")
     return load_policy(file)
 
 
