@@ -36,11 +36,12 @@ def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: 
     """The policy engine over ``config.policies_dir``; the interim first rule only when no policy file exists.
     What a card may name that the config must know (its grid zone) is checked here too: this is where a Router's
     config and cards first meet."""
-    from .policy.loader import check_models, load_policies, policy_files
+    from .policy.loader import check_models, load_policies
+    from .yaml_files import yaml_files
 
     _warn_unconfigured_zones(config, cards)
     folder = config.policies_dir
-    if not folder.is_dir() or not policy_files(folder):
+    if not folder.is_dir() or not yaml_files(folder):
         from .policy.first_rule import FirstRuleEngine
 
         log.warning("no policies in %s: using the interim first rule", folder)

@@ -21,7 +21,7 @@ from .capabilities import Capability, unsupported
 from .card_files import package_file, package_folder, resolve_card_file
 from .errors import ConfigError
 from .types import Tier
-from .yaml_files import read_yaml, takes_a_number
+from .yaml_files import read_yaml, takes_a_number, yaml_files
 
 MAX_TOKENS = 100_000_000
 """Upper bound for token counts on a card; the longest context windows offered today are ~10 M tokens."""
@@ -285,10 +285,9 @@ def _load_into(cards: dict[str, ModelCard], folder: str | Path) -> dict[str, Mod
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: model card folder does not exist")
-    # both spellings of the suffix: a card saved as `my-smol.yml` is no less a card
     # a request names a model by its name or any alias, in any case (Router.resolve_model): each must be one card's
     taken = {spelling: card for card in cards.values() for spelling in _spellings(card)}
-    for file in sorted(f for suffix in ("yaml", "yml") for f in folder.glob(f"*.{suffix}")):
+    for file in yaml_files(folder):
         card = load_card(file)
         if card.name in cards:
             raise ConfigError(f"{file}: model name `{card.name}` is already used by {cards[card.name].path}")

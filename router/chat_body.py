@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._request import ROUTER_ALIASES
 from .errors import BadRequestError, UnknownModelError
+from .yaml_files import yaml_files
 
 if TYPE_CHECKING:
     from .config import RouterConfig
@@ -105,7 +106,7 @@ def policy_names(config: RouterConfig) -> set[str]:
     folder = Path(config.policies_dir)
     if not folder.is_dir():
         return set()
-    return {p.stem for p in folder.glob("*.yaml")} | {p.stem for p in folder.glob("*.yml")}
+    return {p.stem for p in yaml_files(folder)}
 
 
 __all__ = ["chat_request", "check_policy_alias", "check_types", "policy_names"]

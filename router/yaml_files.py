@@ -134,6 +134,16 @@ def _parse(text: str, path: Path, what: str) -> Any:
         loader.dispose()
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+"""Both spellings of a YAML file's suffix: a card or a policy saved as ``eco.yml`` is no less one."""
+
+
+def yaml_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The YAML files in ``folder`` (in its sub-folders too with ``recursive``), sorted: model cards, policies."""
+    find = folder.rglob if recursive else folder.glob
+    return sorted(f for suffix in YAML_SUFFIXES for f in find(f"*{suffix}"))
+
+
 def takes_a_number(annotation: Any) -> bool:
     """Whether a field's type is (or includes) ``int`` or ``float``, looking through ``| None`` and ``Annotated``."""
     if annotation in (int, float):

@@ -28,8 +28,9 @@ from ..policy.calibration import (
     read_outcomes,
     split_groups,
 )
-from ..policy.loader import load_policy, policy_files, write_calibrated
+from ..policy.loader import load_policy, write_calibrated
 from ..policy.schema import Calibrated
+from ..yaml_files import YAML_SUFFIXES, yaml_files
 
 DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
 
@@ -129,9 +130,9 @@ def calibrate(
     from rich.table import Table
 
     folder = policies_dir or RouterConfig.load().policies_dir
-    files = [Path(p) if p.endswith((".yaml", ".yml")) else folder / f"{p}.yaml" for p in (policies or [])]
+    files = [Path(p) if p.endswith(YAML_SUFFIXES) else folder / f"{p}.yaml" for p in (policies or [])]
     if not files:
-        files = policy_files(folder)
+        files = yaml_files(folder)
     for f in files:
         if not f.is_file():
             raise typer.BadParameter(f"{f}: no such policy file")

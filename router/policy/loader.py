@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..types import Tier
-from ..yaml_files import read_yaml
+from ..yaml_files import read_yaml, yaml_files
 from .schema import Calibrated, Policy
 
 _FIXES = {
@@ -93,15 +93,6 @@ def load_policy(file: str | Path) -> Policy:
     return policy
 
 
-POLICY_SUFFIXES = (".yaml", ".yml")
-"""Both spellings of a YAML file's suffix: a policy saved as ``eco.yml`` is no less a policy."""
-
-
-def policy_files(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """The policy files in ``folder`` (in its sub-folders too with ``recursive``), sorted."""
-    return sorted(f for suffix in POLICY_SUFFIXES for f in (folder.rglob if recursive else folder.glob)(f"*{suffix}"))
-
-
 def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, Policy]:
     """Every ``*.yaml`` (or ``*.yml``) policy in ``folder`` by name (examples in sub-folders only with
     ``recursive``)."""
@@ -109,7 +100,7 @@ def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, P
     if not folder.is_dir():
         raise ConfigError(f"{folder}: policy folder does not exist")
     out: dict[str, Policy] = {}
-    for file in policy_files(folder, recursive=recursive):
+    for file in yaml_files(folder, recursive=recursive):
         policy = load_policy(file)
         if policy.name in out:
             raise ConfigError(f"{file}: policy name `{policy.name}` is already used by {out[policy.name].file}")
