@@ -273,8 +273,9 @@ def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
-    """Check the OpenAI ``messages`` list and say exactly what to fix."""
+def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage], int]:
+    """Check the OpenAI ``messages`` list and say exactly what to fix; returns the messages and the prompt's
+    characters (:func:`prompt_chars`), which the decision reads too."""
     if messages is None or (isinstance(messages, Sequence) and not isinstance(messages, str | bytes) and
                             len(messages) == 0):
         raise BadRequestError("`messages` is empty: send at least one {'role': 'user', 'content': '...'}",
@@ -291,7 +292,7 @@ def validate_messages(messages: Any, max_chars: int) -> list[ChatMessage]:
             f"the prompt is {total:,} characters; this router accepts at most {max_chars:,}",
             param="messages", code="prompt_too_large",
         )
-    return out
+    return out, total
 
 
 def has_tool_history(messages: list[ChatMessage]) -> bool:

@@ -36,7 +36,6 @@ from ._request import (
     check_params,
     context_floor,
     has_tool_history,
-    prompt_chars,
     request_text,
     sdk_arguments,
     split_model,
@@ -318,7 +317,7 @@ class Router:
             params = sdk_arguments(dict(params))
         try:
             p = check_params(**params)
-            msgs = validate_messages(messages, self.config.max_prompt_chars)
+            msgs, chars = validate_messages(messages, self.config.max_prompt_chars)
         except RecursionError:
             raise BadRequestError("the request is nested too deeply", param="messages") from None
         pinned_name, policy_from_model = split_model(p["model"])
@@ -330,7 +329,7 @@ class Router:
             messages=msgs, text=request_text(msgs), pinned_name=pinned, policy=p["policy"] or policy_from_model,
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
-            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=prompt_chars(msgs),
+            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars,
             request_id_given=params.get("request_id") is not None,
         )
 

@@ -158,7 +158,7 @@ def test_parameter_rules() -> None:
 
 
 def test_tool_history_messages() -> None:
-    msgs = validate_messages([
+    msgs, _ = validate_messages([
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
