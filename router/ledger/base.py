@@ -386,10 +386,11 @@ def add_to_row(row: SummaryRow, r: LedgerRecord) -> None:
 
 
 def group_value(row: SummaryRow, by: str) -> str:
-    """The group a summary row falls in for ``totals(by=...)``; missing values read ``-``."""
+    """The group a summary row falls in for ``totals(by=...)``; missing values read ``-``. ``by`` is one of
+    ``GROUPS``: its callers check it once (:func:`checked_group`), not once per row."""
     if by == "day":
         return datetime.fromtimestamp(row.bucket, tz=timezone.utc).strftime("%Y-%m-%d")
-    attr = {"key": "key_hash", "source": "energy_source"}.get(checked_group(by), by)
+    attr = {"key": "key_hash", "source": "energy_source"}.get(by, by)
     value = getattr(row, attr)
     return "-" if value in (None, "") else str(value)
 
