@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+
+from .._dates import utc_minute
 
 batch_app = typer.Typer(help="Deferrable work sent through the Batch API: list batches, show one's progress.",
                         no_args_is_help=True, rich_markup_mode=None)
@@ -40,7 +41,7 @@ def _store(config: Path | None, store: str | None) -> tuple[Any, Path | None]:
 
 
 def _when(ts: Any) -> str:
-    return "-" if not ts else datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "-" if not ts else utc_minute(ts)
 
 
 @batch_app.command("list")

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .._dates import utc_minute
 from ..config import RouterConfig
 from ..energy.carbon import equivalents, format_joules, kwh
 from ..errors import RouterError
@@ -193,7 +194,7 @@ def ledger_main(
         return
     console = Console()
     if not summary:
-        when = "" if since is None else f" since {_utc(start)}"
+        when = "" if since is None else f" since {utc_minute(start)}"
         console.print(f"No records{when} in {cfg.ledger_url}." if when else f"No records yet in {cfg.ledger_url}.")
         return
     for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
@@ -226,9 +227,6 @@ def _since(ctx: typer.Context, since: str | None) -> str | None:
     """A subcommand's ``--since``, else the group's (``router ledger --since 7d report``)."""
     return since if since is not None else (ctx.obj or {}).get("since")
 
-
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _recorded_sentence(joules: float, co2e_g: float, grid_g_per_kwh: float) -> str:
@@ -362,7 +360,7 @@ def prune(
     led = _open(_config(config, ledger))
     n = led.prune(cut)
     led.close()
-    Console().print(f"pruned {n:,} records older than {_utc(cut)}")
+    Console().print(f"pruned {n:,} records older than {utc_minute(cut)}")
 
 
 @ledger_app.command()

@@ -4,12 +4,12 @@ router starts and hourly while it stores them."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from .._dates import utc_minute
 from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _fail, _open, _opts, ledger_app, parse_when
 
 prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
@@ -26,8 +26,7 @@ def count(ctx: typer.Context, ledger: str | None = _LEDGER_OPT, config: Path | N
         count, oldest_ts = led.prompt_summary()
     finally:
         led.close()
-    oldest = ("-" if oldest_ts is None
-              else datetime.fromtimestamp(oldest_ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    oldest = "-" if oldest_ts is None else utc_minute(oldest_ts)
     Console().print(f"{count:,} stored prompts; oldest {oldest}")
 
 
@@ -55,7 +54,7 @@ def delete(
         elif before is not None:
             cut = parse_when(before)
             n = led.delete_prompts(before=cut)
-            what = "stored before " + datetime.fromtimestamp(cut or 0, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            what = "stored before " + utc_minute(cut or 0)
         else:
             n = led.delete_prompts()
             what = "(all)"

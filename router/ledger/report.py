@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .._dates import utc_minute
 from ..cards import ModelCard
 from ..energy.carbon import (
     DEFAULT_GRID_G_PER_KWH,
@@ -225,13 +226,10 @@ def rich_table(report: Report) -> Any:
 
 
 def _when(report: Report) -> str:
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
     if report.since > 0 and report.until is not None:
-        return f", {iso(report.since)} to {iso(report.until)}"
+        return f", {utc_minute(report.since)} to {utc_minute(report.until)}"
     if report.since > 0:
-        return f", since {iso(report.since)}"
+        return f", since {utc_minute(report.since)}"
     return ""
 
 

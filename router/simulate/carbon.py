@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._dates import utc_minute
 from ..carbon.grid import shipped_series
 from ..carbon.sources import HOUR_S, SeriesIntensity
 from ..errors import ConfigError
@@ -47,15 +48,9 @@ def _start_note(series: SeriesIntensity, t0: float) -> str | None:
     if series.start <= t0 < series.start + length:
         return None
     mapped = series.start + (t0 - series.start) % length
-    return (f"--carbon-start {_utc(t0)} is outside the series ({_utc(series.start)} to "
-            f"{_utc(series.start + length - HOUR_S)}); the series repeats, so the workload starts at its hour "
-            f"{_utc(mapped)}")
-
-
-def _utc(t: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"--carbon-start {utc_minute(t0)} is outside the series ({utc_minute(series.start)} to "
+            f"{utc_minute(series.start + length - HOUR_S)}); the series repeats, so the workload starts at its hour "
+            f"{utc_minute(mapped)}")
 
 
 def _exists(path: str) -> bool:
