@@ -59,9 +59,7 @@ class Proxy:
         (:func:`router.batch.scheduler.observe_lines`); a key label only for configured keys, as there."""
         metrics = self.metrics
         if prepared is not None:
-            metrics.observe_decision(prepared.decision_ms / 1000)
-            if prepared.decision.budgets:
-                metrics.budgets_seen.update(prepared.decision.budgets)
+            metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
         if completion is not None:
             r = completion["routing"]
             label = key.key_hash if self.keys and key is not None else None

@@ -162,9 +162,7 @@ class ChatHandler:
             prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=given_id,
                                                   **body)
             request_id = prepared.request_id
-            self.metrics.observe_decision(prepared.decision_ms / 1000)
-            if prepared.decision.budgets:
-                self.metrics.budgets_seen.update(prepared.decision.budgets)
+            self.metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
             # a key label only for configured keys: without keys any bearer string would be a new label
             key_label = hash_key(api_key) if self.keys else None
             if stream:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -58,6 +58,13 @@ class ProxyMetrics:
         self._answer_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.observe_decision = self.decision.observe
         self.observe_latency = self.latency.observe
+
+    def observe_prepared(self, decision_ms: float, budgets: Iterable[str]) -> None:
+        """A decided request (a chat request or a batch line): its decision time, and the budgets it met (the
+        dashboard lists them)."""
+        self.observe_decision(decision_ms / 1000)
+        if budgets:
+            self.budgets_seen.update(budgets)
 
     def observe_answer(self, model: str, tier: str, key: str | None, energy_j: float, outcome: str,
                        attempts: Any = ()) -> None:
