@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from router.cards import load_cards
 from router.cli import app
-from router.cli.ledger import _savings_sentence, parse_when
+from router.cli.ledger import _savings_sentence
+from router.cli.when import parse_when
 from router.energy.carbon import format_joules
 from router.ledger import LedgerRecord, SQLiteLedger
 

@@ -148,7 +148,8 @@ def from_ledger_cmd(
     from ..config import RouterConfig
     from ..errors import RouterError
     from ..training.from_ledger import export_outcomes
-    from .ledger import _open, parse_when
+    from .ledger import _open
+    from .when import parse_when
 
     try:
         cfg = RouterConfig.load(config, ledger_url=ledger)

@@ -11,11 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import sys
-import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +29,7 @@ from ..errors import RouterError
 from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
 from ..ledger.sqlite import path_from_url
+from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
 ledger_app = typer.Typer(
     help="Energy and carbon of the requests routed so far: totals, reports, exports, retention.",
@@ -47,7 +45,6 @@ _LEDGER_OPT = typer.Option(
     None, "--ledger", help="Ledger URL (sqlite:///PATH, redis://..., postgresql://...); default: config."
 )
 _CONFIG_OPT = typer.Option(None, "--config", "-c", help="Router config YAML.")
-_SINCE_HELP = "From when: 7d, 24h, 30m, 2w, an ISO date/time (UTC) or epoch seconds."
 
 
 class By(str, Enum):
@@ -78,51 +75,6 @@ _REPORT_OUTPUT_OPT = typer.Option(None, "--output", "-o", help="Write the report
 _PLOT_OPT = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here.")
 _EXPORT_OUTPUT_OPT = typer.Option(..., "--output", "-o", help="File to write.")
 _EXPORT_FORMAT_OPT = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet.")
-
-_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-_LAST_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
-
-
-def parse_when(text: str | None, now: float | None = None) -> float | None:
-    """``7d`` (relative), ``2024-05-01`` / ``2024-05-01T12:00`` (UTC unless it says otherwise) or epoch seconds,
-    between 1970 and the year 9999 (a cut-off before 1970 is the start of time)."""
-    if text is None or text == "":
-        return None
-    now = time.time() if now is None else now
-    m = _REL.match(text)
-    if m:
-        return max(0.0, now - float(m.group(1)) * _UNIT_S[m.group(2)])
-    try:
-        ts = float(text)
-    except ValueError:
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise typer.BadParameter(f"{text!r}: {_SINCE_HELP}") from exc
-        ts = (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)).timestamp()
-    if not 0 <= ts <= _LAST_TS:  # NaN fails this too
-        raise typer.BadParameter(f"{text!r}: a time between 1970 and the year 9999; {_SINCE_HELP}")
-    return ts
-
-
-def parse_range(since: str | None, until: str | None) -> tuple[float, float | None]:
-    """``(--since, --until)`` as epoch seconds (since 0 when not given); an empty range is a mistake."""
-    start, end = parse_when(since) or 0.0, parse_when(until)
-    if end is not None and end <= start:
-        raise typer.BadParameter(f"--until {until!r} is not after --since {since!r}: the range is empty")
-    return start, end
-
-
-def parse_length(text: str, option: str) -> float:
-    """A length of time in seconds: ``24h``, ``90m``, ``2d`` (more than zero)."""
-    m = _REL.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise typer.BadParameter(f"{option} {text!r}: a length above zero, such as 24h, 90m or 2d")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
-
 
 def _config(config: Path | None, ledger: str | None) -> RouterConfig:
     return RouterConfig.load(config, ledger_url=ledger)
@@ -177,7 +129,7 @@ def ledger_main(
     ctx: typer.Context,
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
-    since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
 ) -> None:
     """Totals per model and per day, with everyday equivalents (run a subcommand for more)."""
     ctx.obj = {"ledger": ledger, "config": config, "since": since}
@@ -249,7 +201,7 @@ def _savings_sentence(saved_j: float, counterfactual: str, grid_g_per_kwh: float
 @_clean_errors
 def report(
     ctx: typer.Context,
-    since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
     until: str | None = typer.Option(None, "--until", help="Up to (exclusive); same forms as --since."),
     by: By = _BY_OPT,
     fmt: Format = _FORMAT_OPT,
@@ -324,7 +276,7 @@ def export(
     ctx: typer.Context,
     output: Path = _EXPORT_OUTPUT_OPT,
     fmt: ExportFormat = _EXPORT_FORMAT_OPT,
-    since: str | None = typer.Option(None, "--since", help=_SINCE_HELP),
+    since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
     until: str | None = typer.Option(None, "--until", help="Up to (exclusive)."),
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from .._dates import utc_minute
-from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _fail, _open, _opts, ledger_app, parse_when
+from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _fail, _open, _opts, ledger_app
+from .when import parse_when
 
 prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
                           no_args_is_help=True, rich_markup_mode=None)
