@@ -6,17 +6,49 @@ record per index; keys that start with the time are added at the end of the inde
 touches a page or two. On a 200,000-record SQLite ledger that took ``record_many`` from 42 to 14 µs of CPU per
 record in groups of 60, as the proxy writes them (``python benchmarks/bench_ledger.py --ids``). PostgreSQL's
 B-trees gain the same way. The random part keeps ids unguessable and unique across processes and hosts.
+
+The random bits come from ``os.urandom`` 4 KiB at a time rather than one system call per id: every answer
+makes two ids (its request's and its ledger record's).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+
+_POOL_BYTES = 4096
+
+
+class _RandomPool:
+    """``os.urandom`` bytes handed out in slices; thread-safe. A forked child starts a block of its own (it must
+    not hand out the bytes its parent will)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._block = b""
+        self._at = 0
+
+    def hex(self, n_bytes: int) -> str:
+        with self._lock:
+            at = self._at
+            if at + n_bytes > len(self._block):
+                self._block, at = os.urandom(_POOL_BYTES), 0
+            self._at = at + n_bytes
+            return self._block[at:at + n_bytes].hex()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._block, self._at = b"", 0
+
+
+_RANDOM = _RandomPool()
+os.register_at_fork(after_in_child=_RANDOM.after_fork)
 
 
 def time_ordered_hex(random_hex_digits: int) -> str:
     """12 hex digits of the current millisecond, then ``random_hex_digits`` random ones (an even number)."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(random_hex_digits // 2).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_RANDOM.hex(random_hex_digits // 2)}"
 
 
 def new_record_id() -> str:
@@ -26,9 +58,4 @@ def new_record_id() -> str:
 
 def new_request_id() -> str:
     """``chatcmpl-`` and 24 hex digits, the shape of OpenAI's ids: the millisecond, then 48 random bits."""
-    return request_id_from(os.urandom(6))
-
-
-def request_id_from(random6: bytes) -> str:
-    """:func:`new_request_id` with its 6 random bytes given (the proxy cuts them from a block it fetched at once)."""
-    return f"chatcmpl-{time.time_ns() // 1_000_000:012x}{random6.hex()}"
+    return "chatcmpl-" + time_ordered_hex(12)

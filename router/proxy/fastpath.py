@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .._ids import request_id_from
+from .._ids import new_request_id
 from .._request import PreparedRequest
 from .._router import Router
 from ..chat_body import chat_request
@@ -79,23 +78,6 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, reques
                     headers=headers, media_type=_JSON)
 
 
-class _RequestIds:
-    """Response ids made like the Router's own (:func:`router._ids.new_request_id`: the millisecond, then 48 random
-    bits), the random part cut from a block of ``os.urandom`` bytes fetched 256 ids at a time instead of one
-    system call per id."""
-
-    def __init__(self) -> None:
-        self._block = b""
-        self._at = 0
-
-    def next(self) -> str:
-        at = self._at
-        if at >= len(self._block):
-            self._block, at = os.urandom(6 * 256), 0
-        self._at = at + 6
-        return request_id_from(self._block[at:at + 6])
-
-
 class _SSEResponse(StreamingResponse):
     """A stream whose body iterator is always closed when the response ends, also when the client went away
     mid-stream (Starlette then cancels the sending task; after that no cancellation is pending, so ``aclose``
@@ -140,7 +122,6 @@ class ChatHandler:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.policies = policies
-        self._ids = _RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
@@ -153,7 +134,7 @@ class ChatHandler:
             elif name == b"x-request-id" and rid is None:
                 rid = value.decode("latin-1")
         given_id = rid if rid and len(rid) <= 128 else None
-        request_id = given_id or self._ids.next()  # what an error names until the router has the request's own
+        request_id = given_id  # the router makes one when none is given; an error before that gets its own
         try:
             api_key = self.authenticate(auth)
             body = self._parse(await self._read_body(receive, length))
@@ -171,11 +152,12 @@ class ChatHandler:
                 return
             completion = await self._answer(prepared, receive)
         except RouterError as exc:
-            await error_response(exc, self.metrics, request_id)(scope, receive, send)
+            await error_response(exc, self.metrics, request_id or new_request_id())(scope, receive, send)
             return
         except ClientDisconnect:
             return
         except Exception:
+            request_id = request_id or new_request_id()
             log.exception("%s: unhandled error on %s", request_id, scope.get("path"))
             await error_response(InternalError("internal error"), self.metrics, request_id)(scope, receive, send)
             return
