@@ -144,6 +144,11 @@ def yaml_files(folder: Path, *, recursive: bool = False) -> list[Path]:
     return sorted(f for suffix in YAML_SUFFIXES for f in find(f"*{suffix}"))
 
 
+def named_yaml_file(folder: Path, name: str) -> Path | None:
+    """``folder/name.yaml``, else ``folder/name.yml``, else None: a policy (or card) named on a command line."""
+    return next((f for f in (folder / f"{name}{suffix}" for suffix in YAML_SUFFIXES) if f.is_file()), None)
+
+
 def takes_a_number(annotation: Any) -> bool:
     """Whether a field's type is (or includes) ``int`` or ``float``, looking through ``| None`` and ``Annotated``."""
     if annotation in (int, float):

@@ -53,7 +53,9 @@ def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
         shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
     pol = tmp_path / "pol"
     pol.mkdir()
-    shutil.copy(ROOT / "policies" / "balanced.yaml", pol)
+    shutil.copy(ROOT / "policies" / "balanced.yaml", pol / "balanced.yml")  # named without its suffix, .yml too
+    missing = CliRunner().invoke(app, ["calibrate", "balance", "--outcomes", str(data), "--policies-dir", str(pol)])
+    assert missing.exit_code == 2 and "balanced" in missing.output, missing.output  # says which policies exist
     res = CliRunner().invoke(app, ["calibrate", "balanced", "--outcomes", str(data), "--policies-dir", str(pol),
                                    "--json", "--held-out-share", "0.34"])
     assert res.exit_code == 0, res.output
@@ -63,9 +65,9 @@ def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
     assert len(r["held_out_subjects"]) == 2 and r["held_out"]["n"] > 100 and "achieved" in r["held_out"]
     from router.policy.loader import load_policy
 
-    cal = load_policy(pol / "balanced.yaml").calibrated
+    cal = load_policy(pol / "balanced.yml").calibrated
     assert cal.offsets["gpt-4-1106-preview"] == -1.0 and cal.offsets["mixtral-8x7b-instruct"] == r["tau"]
-    assert "# balanced:" in (pol / "balanced.yaml").read_text()  # the documentation comments survive
+    assert "# balanced:" in (pol / "balanced.yml").read_text()  # the documentation comments survive
 
 
 def test_cli_calibrates_each_outcome_source_on_its_own(tmp_path):

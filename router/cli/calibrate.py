@@ -30,7 +30,7 @@ from ..policy.calibration import (
 )
 from ..policy.loader import load_policy, write_calibrated
 from ..policy.schema import Calibrated
-from ..yaml_files import YAML_SUFFIXES, yaml_files
+from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
 
 DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
 
@@ -130,12 +130,14 @@ def calibrate(
     from rich.table import Table
 
     folder = policies_dir or RouterConfig.load().policies_dir
-    files = [Path(p) if p.endswith(YAML_SUFFIXES) else folder / f"{p}.yaml" for p in (policies or [])]
+    files = [Path(p) if p.endswith(YAML_SUFFIXES) else named_yaml_file(folder, p) or folder / f"{p}.yaml"
+             for p in (policies or [])]
     if not files:
         files = yaml_files(folder)
     for f in files:
         if not f.is_file():
-            raise typer.BadParameter(f"{f}: no such policy file")
+            known = ", ".join(sorted({p.stem for p in yaml_files(folder)})) or "(none)"
+            raise typer.BadParameter(f"{f}: no such policy file (.yaml or .yml); policies in {folder}: {known}")
     wanted = [m.strip() for m in models.split(",")] if models else None
     sources = {f.name: load_calibration_data(f, scores, models=wanted) for f in outcomes}
     results: dict[str, Any] = {}

@@ -28,7 +28,7 @@ from ..policy.loader import load_policy
 from ..policy.schema import Policy
 from ..policy.steps import predicted
 from ..types import TIER_ORDER
-from ..yaml_files import YAML_SUFFIXES, yaml_files
+from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
 from .outcomes import CHARS_PER_TOKEN
 
 _NO_BUDGETS = BudgetState.empty()
@@ -44,8 +44,8 @@ def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None)
     if policies_dir is None:
         raise ConfigError(f"policy {policy!r}: give a YAML path or a policies folder")
     folder = Path(policies_dir)
-    file = next((f for f in (folder / f"{policy}{suffix}" for suffix in YAML_SUFFIXES) if f.is_file()), None)
-    if file is None:  # .yml as well, as the Router reads the folder
+    file = named_yaml_file(folder, str(policy))
+    if file is None:
         known = sorted({p.stem for p in yaml_files(folder)})
         raise ConfigError(f"unknown policy {policy!r}: no {folder / policy}.yaml (or .yml); known: "
                           f"{', '.join(known) or '(none)'}")
