@@ -66,7 +66,7 @@ class _Call:
 class _Fit:
     """What one model's window of calls says; recomputed at most every ``refit_s`` when calls arrive."""
 
-    __slots__ = ("coef", "spread", "out", "metered", "calls")
+    __slots__ = ("coef", "spread", "out", "metered", "calls", "source")
 
     def __init__(self) -> None:
         self.coef: tuple[float, float, float] | None = None  # per call, per input token, per output token
@@ -74,6 +74,7 @@ class _Fit:
         self.out: dict[str | None, tuple[float, float]] = {}  # task (None: any) -> (median, upper) output tokens
         self.metered = 0
         self.calls = 0
+        self.source = ""  # what an estimate from this fit says it comes from (formatted once per fit)
 
 
 class EnergyEstimates:
@@ -141,14 +142,12 @@ class EnergyEstimates:
             a, b, c = fit.coef
             joules = a + b * input_tokens + c * typical_out
             upper = (a + b * input_tokens + c * upper_out) * fit.spread
-            source = f"ledger:{fit.metered} calls"
         elif not card.runs_here:
             joules = card.energy.joules(input_tokens, round(typical_out))
             upper = card.energy.joules(input_tokens, math.ceil(upper_out))
-            source = f"card, answer length from ledger:{fit.calls} calls"
         else:
             return None  # a local model whose calls were not metered: nothing learned about its joules
-        return EnergyEstimate(joules, max(upper, joules), source)
+        return EnergyEstimate(joules, max(upper, joules), fit.source)
 
     def upper_for_card(self, card: ModelCard, card_joules: float) -> float:
         """What to hold for a call the card alone estimates at ``card_joules``."""
@@ -215,6 +214,8 @@ def fit_calls(calls: list[_Call], card: ModelCard, min_calls: int, prior_calls: 
     fit.metered = len(metered)
     if len(metered) >= min_calls:
         fit.coef, fit.spread = _fit_joules(metered, card, prior_calls, quantile)
+    fit.source = (f"ledger:{fit.metered} calls" if fit.coef is not None
+                  else f"card, answer length from ledger:{fit.calls} calls")
     return fit
 
 
