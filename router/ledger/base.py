@@ -446,7 +446,7 @@ def window_start(now: float, window_s: float) -> float:
     """Budget windows are aligned to the epoch (a day window starts at 00:00 UTC). Every store's budget methods
     go through here, so a window that is not a number of seconds of at least one (what policies allow) is refused
     before a store sees it."""
-    if isinstance(window_s, bool) or not isinstance(window_s, int | float) or not 1 <= window_s < math.inf:
-        raise BadRequestError(f"window_s={window_s!r}: a budget window is a finite number of seconds, at least 1",
+    if isinstance(window_s, bool) or not isinstance(window_s, int | float) or not 0 < window_s < math.inf:
+        raise BadRequestError(f"window_s={window_s!r}: a budget window is a positive, finite number of seconds",
                               param="window_s")
     return now - (now % window_s)

@@ -279,7 +279,7 @@ def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[],
         )],
         *[("batch", (repr(bad), "1 or more"), lambda bad=bad: list(led.iter_records(batch=bad)))
           for bad in (0, -1, 1.5)],
-        *[("window_s", (repr(bad), "at least 1"), call) for bad in (0, -3600, 0.5, math.nan, math.inf, True, "60")
+        *[("window_s", (repr(bad), "positive, finite"), call) for bad in (0, -3600, math.nan, math.inf, True, "60")
           for call in (lambda bad=bad: led.try_reserve("day", 1.0, 10.0, bad),  # type: ignore[arg-type]
                        lambda bad=bad: led.budget_used("day", bad))],  # type: ignore[arg-type]
     ]
