@@ -444,8 +444,8 @@ def binary_chunks(n: int, largest: int = 256) -> list[int]:
 
 def window_start(now: float, window_s: float) -> float:
     """Budget windows are aligned to the epoch (a day window starts at 00:00 UTC). Every store's budget methods
-    go through here, so a window that is not a number of seconds of at least one (what policies allow) is refused
-    before a store sees it."""
+    go through here, so a window that is not a positive, finite number of seconds is refused before a store sees
+    it (policies ask for at least 1 s; the shared ledger suite rolls shorter windows to see them roll)."""
     if isinstance(window_s, bool) or not isinstance(window_s, int | float) or not 0 < window_s < math.inf:
         raise BadRequestError(f"window_s={window_s!r}: a budget window is a positive, finite number of seconds",
                               param="window_s")
