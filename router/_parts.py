@@ -41,7 +41,11 @@ def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: 
 
     _warn_unconfigured_zones(config, cards)
     folder = config.policies_dir
-    if not folder.is_dir() or not yaml_files(folder):
+    if not folder.is_dir():
+        # A mistyped folder would otherwise drop every budget the operator wrote without a word.
+        raise ConfigError(f"policies_dir {folder} is not a folder; point it at the folder holding your policy YAML "
+                          "files, or leave it out for the shipped policies")
+    if not yaml_files(folder):
         from .policy.first_rule import FirstRuleEngine
 
         log.warning("no policies in %s: using the interim first rule", folder)

@@ -317,3 +317,14 @@ def test_write_calibrated_keeps_comments_and_replaces_the_block(tmp_path):
     text = f.read_text()
     assert text.count("calibrated:") == 1 and "# keep me" in text and "# and me" in text
     assert load_policy(f).calibrated.offsets == {"a": 0.02}
+
+
+def test_a_mistyped_policies_dir_is_a_config_error_not_a_silent_first_rule(tmp_path, cards):
+    """A typo in `policies_dir` used to log one warning and run without any of the operator's budgets."""
+    from router._parts import load_engine
+    from router.config import RouterConfig
+    from router.policy.first_rule import FirstRuleEngine
+
+    with pytest.raises(ConfigError, match=r"policies_dir .*polices is not a folder"):
+        load_engine(RouterConfig(policies_dir=tmp_path / "polices"), cards, "balanced")
+    assert isinstance(load_engine(RouterConfig(policies_dir=tmp_path), cards, "balanced"), FirstRuleEngine)

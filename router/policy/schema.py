@@ -168,8 +168,8 @@ class Calibrated(_Strict):
 
 
 class KeyPolicy(_Strict):
-    """Overrides for one API key, named by its hash (``router ledger --by key`` shows them; ``router.ledger.hash_key``
-    computes one)."""
+    """Overrides for one API key, named by its hash (``router ledger report --by key`` shows them;
+    ``router.ledger.hash_key`` computes one)."""
 
     key_hash: str = Field(pattern=r"^key-[0-9a-f]{16}$")
     accuracy: AccuracyTarget | None = None
