@@ -332,3 +332,22 @@ def test_unknown_routes_say_what_is_served_and_type_errors_read_well(app: TestCl
                             ({"response_format": []}, "`response_format` must be an object, got an array")):
         r = app.post("/v1/chat/completions", json={"model": "router", "messages": user("hi"), **params})
         assert r.status_code == 400 and r.json()["error"]["message"] == message, r.text
+
+
+def test_an_unexpected_error_off_the_chat_route_gives_a_request_id_the_log_also_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from router.proxy.metrics import ProxyMetrics
+
+    def render_fault_injected(self: ProxyMetrics) -> bytes:
+        raise RuntimeError("fault injected into /metrics")
+
+    monkeypatch.setattr(ProxyMetrics, "render", render_fault_injected)
+    router = build(tmp_path, {"text": "hello"}, {"text": "hello"})
+    with TestClient(create_app(router=router), raise_server_exceptions=False) as client, \
+            caplog.at_level("ERROR", logger="router"):
+        r = client.get("/metrics")
+    assert r.status_code == 500, r.text
+    request_id = r.headers["x-request-id"]
+    assert request_id in r.json()["error"]["message"] and "fault injected" not in r.text
+    logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
+    assert logged and "fault injected into /metrics" in str(logged[0].exc_info[1])

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .._ids import new_request_id
 from .._request import PreparedRequest
 from .._router import Router
 from ..chat_body import policy_names
@@ -221,8 +222,10 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return error_response(InternalError("internal error; the server log has the details"), proxy.metrics)
+        request_id = new_request_id()  # the one handle a client can quote to find this traceback in the log
+        log.exception("unhandled error on %s (request %s)", request.url.path, request_id)
+        return error_response(InternalError("internal error; the server log has the details"), proxy.metrics,
+                              request_id)
 
     @app.exception_handler(404)
     async def _not_found(request: Request, exc: Exception) -> Response:
