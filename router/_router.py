@@ -109,6 +109,8 @@ class Router:
         self._start_failures: dict[str, tuple[float, RouterError]] = {}  # model -> (retry after, why)
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
+        if (policies := getattr(self.engine, "policies", None)) is not None:
+            self.keys.check_policies(policies)
         self._policies_follow_grid = any(p.grid is not None for p in getattr(self.engine, "policies", {}).values())
         self._batcher = ClassifyBatcher(self.classifier)
         self._batches: Any = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,17 @@ class KeyStore:
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+    def __iter__(self) -> Iterator[KeySpec]:
+        return iter(self._by_digest.values())
+
+    def check_policies(self, policies: Collection[str]) -> None:
+        """Every key's policy is one of ``policies``: a mistyped one would otherwise fail each of that key's
+        requests with a 400 long after start."""
+        for spec in self:
+            if spec.policy is not None and spec.policy not in policies:
+                raise ConfigError(f"API key {spec.name!r} has policy {spec.policy!r}, which is not a policy here "
+                                  f"({', '.join(sorted(policies))}); fix the name")
 
     def lookup(self, key: str | None) -> KeySpec | None:
         if not key:

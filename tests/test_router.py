@@ -285,3 +285,16 @@ def test_a_keys_policy_comes_from_the_keys_configuration(ledger_url, cards, spec
     bad.write_text("name: p\naccuracy: {min_accuracy: 0.5}\nkeys: [{key_hash: key-0123456789abcdef, policy: eco}]\n")
     with pytest.raises(ConfigError, match="keys.*not in a policy file"):
         load_policy(bad)
+
+
+def test_a_key_whose_policy_does_not_exist_stops_the_router_at_start(ledger_url, cards):
+    """It used to start and then refuse every request of that key with a 400."""
+    import hashlib
+
+    from router.errors import ConfigError
+
+    config = RouterConfig.load(ledger_url=ledger_url, keys=[
+        {"name": "team", "sha256": hashlib.sha256(b"sk-team").hexdigest(), "policy": "ecco"}])
+    with pytest.raises(ConfigError, match=r"API key 'team' has policy 'ecco', which is not a policy here "
+                                          r"\(balanced, eco, quality.*\); fix the name"):
+        Router(config, cards=cards)
