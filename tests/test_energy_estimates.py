@@ -114,3 +114,23 @@ def test_remote_models_learn_answer_lengths_only(tmp_path, cards) -> None:
     got = EnergyEstimates(ledger, {"remote": remote}, clock=Clock()).estimate(remote, "chat", 20)
     assert got is not None and got.joules == pytest.approx(remote.energy.joules(20, 7))
     assert got.source.startswith("card, answer length from ledger")
+
+
+def test_a_call_without_output_does_not_blow_up_the_spread_or_the_hold(tmp_path, cards) -> None:
+    """A card that charges only output tokens (per call and per input token 0), calls whose joules the fit can only
+    put on their output, and one answered call with no output: the fit puts that call at 0 J, and its measured
+    joules over ~0 J once made the spread ~1e12, so the hold was the whole budget."""
+    gemma = cards["gemma3-270m"]
+    card = gemma.model_copy(update={"energy": gemma.energy.model_copy(
+        update={"per_call_j": 0.0, "per_input_token_j": 0.0})})
+    ledger = SQLiteLedger(tmp_path / "l.sqlite3")
+    rng = random.Random(3)
+    calls = [_call("gemma3-270m", (0.5 * out - 3.0) * rng.uniform(0.9, 1.1), out=out, ts=1.0 + i)
+             for i, out in enumerate(rng.randint(10, 60) for _ in range(9))]
+    calls.append(_call("gemma3-270m", 2.0, out=0, ts=20.0))
+    ledger.record_many(calls)
+    got = EnergyEstimates(ledger, {"gemma3-270m": card}, clock=Clock()).estimate(card, "chat", 20)
+    assert got is not None and got.source == "ledger:10 calls"
+    dearest = max(c.energy_j for c in calls)
+    assert 0 < got.joules < dearest
+    assert got.upper_j < 3 * dearest  # what a reservation holds stays the size of a call

@@ -12,7 +12,8 @@ refreshed every ``refresh_s``, plus this process's own calls at once) and fits:
   (``measured:*`` and ``estimated:cpu-time``), with the card's profile as the prior: it counts as
   ``prior_calls`` calls, so a few measurements move it a little and many decide it. A remote model's joules
   are its card's token profile by definition, so only its answer lengths are learned;
-* **the spread**: the ``quantile`` of measured over fitted joules across the window.
+* **the spread**: the ``quantile`` of measured over fitted joules across the window (each fit taken as at least
+  ``FIT_FLOOR_SHARE`` of the window's median call, and the spread at most ``MAX_SPREAD``).
 
 The expected joules of a call are the fit at the expected answer length; what a budget reservation holds is the
 fit at the upper answer length times the upper spread, so a reservation covers the call about ``quantile`` of
@@ -42,6 +43,12 @@ log = logging.getLogger("router.energy")
 
 UNMEASURED_HOLD = 4.0
 """What a reservation holds for a local model with no measurements yet, as a multiple of its card's estimate."""
+FIT_FLOOR_SHARE = 0.1
+"""The spread compares each call's measured joules with its fit, but with no less than this share of the window's
+median measured call: a relative error against a fit of ~0 J says nothing about what the next call may take."""
+MAX_SPREAD = 10.0
+"""The most the upper spread may be: beyond it the window holds odd records (calls whose tokens went uncounted),
+and a hold that many times the fit would lock the budget for calls that take a fraction of it."""
 
 
 @dataclass(frozen=True)
@@ -236,8 +243,12 @@ def _fit_joules(calls: Iterable[_Call], card: ModelCard, prior_calls: float, qua
     a = np.vstack([x, np.diag(scale * weight)])
     b = np.concatenate([y, scale * weight * prior])
     coef, _ = nnls(a, b)
-    fitted = np.maximum(x @ coef, 1e-12)
-    spread = float(max(1.0, np.quantile(y / fitted, quantile)))
+    # A call the fit puts near 0 J (no output, and the fit's per-call and per-input terms at 0) would turn its
+    # measured joules into a ratio of ~1e12 and the hold into the whole budget: the ratio is read against at
+    # least a share of the window's typical call.
+    floor = max(FIT_FLOOR_SHARE * float(np.median(y)), 1e-12)
+    fitted = np.maximum(x @ coef, floor)
+    spread = float(min(MAX_SPREAD, max(1.0, np.quantile(y / fitted, quantile))))
     return (float(coef[0]), float(coef[1]), float(coef[2])), spread
 
 
