@@ -356,6 +356,7 @@ class Router:
         learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
+                                  max_tokens=req.max_tokens,
                                   context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
                                   grid_g_per_kwh=self._grid_now(),

@@ -201,3 +201,25 @@ def test_stream_checks_the_budget_before_the_first_token(tmp_path):
     with pytest.raises(BudgetExhaustedError):
         list(r.complete(REVIEW, stream=True))
     r.close()
+
+
+def gemma_router(tmp_path: Path, cards, large_backend, limit_j: float) -> Router:
+    """The shipped cards, the real gemma3-270m backend, and a `reject` budget of ``limit_j`` an hour on it (the
+    card estimates a call at ~60 J with the policy's default 128 output tokens)."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "t.yaml").write_text(textwrap.dedent(policy("reject", limit_j, 3600, "gemma3-270m")))
+    config = RouterConfig.load(policies_dir=tmp_path / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    return Router(config, cards=cards, backends={"gemma3-270m": large_backend})
+
+
+def test_a_short_max_tokens_is_estimated_as_the_few_tokens_it_can_write(tmp_path, cards, large_backend):
+    r = gemma_router(tmp_path, cards, large_backend, 20.0)
+    planet = [{"role": "user", "content": "Name a planet"}]
+    resp = r.complete(planet, model="gemma3-270m", max_tokens=4)
+    assert resp.routing.model == "gemma3-270m" and resp.usage.completion_tokens <= 4
+    assert resp.routing.estimated_j == pytest.approx(cards["gemma3-270m"].energy.joules(3, 4))
+    # max_energy_j compares the same estimate: a 10 J limit leaves both local LLMs in at 4 tokens (not at 128)
+    decision = r.prepare(planet, max_energy_j=10, max_tokens=4).decision
+    assert decision.estimated_j <= 10
+    r.close()

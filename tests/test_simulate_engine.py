@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_simulate_helpers import ROOT, make_cards_dir
 
-from router.cards import load_cards
+from router.cards import ModelCard, load_cards
+from router.classify.base import Classification
 from router.classify.onnx_classifier import load_default_classifier
 from router.policy.engine import decide_pure
 from router.policy.schema import Policy
@@ -107,3 +108,21 @@ def test_always_best_is_the_best_single_model_not_the_largest(tmp_path: Path) ->
     assert result.router.share_requests[small] == 1.0  # 0.9 x the best prediction (0.7): only the 9B qualifies
     large_run = result.baselines["always-large"]
     assert large_run.quality_vs_best == pytest.approx(0.3 / 0.65) and large_run.energy_vs_best > 1
+
+
+def test_max_tokens_caps_the_output_tokens_on_both_paths() -> None:
+    """Two models whose order by joules flips with the answer's length: at the policy's 128 output tokens the one
+    with a dear call but cheap tokens is the cheaper; capped at max_tokens=5, the other is."""
+    base = load_cards(ROOT / "models")["smollm2-135m"]
+
+    def card(name: str, per_call_j: float, per_output_token_j: float) -> ModelCard:
+        energy = base.energy.model_copy(update={"per_call_j": per_call_j, "per_input_token_j": 0.0,
+                                                "per_output_token_j": per_output_token_j})
+        return base.model_copy(update={"name": name, "energy": energy})
+
+    cards = {"flat": card("flat", 10.0, 0.01), "steep": card("steep", 0.0, 0.5)}
+    bridge = PolicyEngineBridge(Policy(name="abs", accuracy={"min_accuracy": 0.5}))
+    chat = [Classification("chat", {"chat": 1.0}, {"flat": 0.9, "steep": 0.9})]
+    for overrides, cheaper in (({}, "flat"), ({"max_tokens": 5}, "steep")):
+        assert bridge.decide_many(chat, cards, overrides) == [cheaper]
+        assert bridge.decide(chat[0], cards, overrides).model == cheaper

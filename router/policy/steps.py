@@ -109,7 +109,7 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
     if needs and pinned is not None and req.pinned:
         _check_pin_capable(cards[pinned], needs)
     in_tokens = req.input_tokens_hint
-    out_tokens = req.output_tokens_hint or policy.output_tokens_estimate
+    out_tokens = output_tokens(policy, req)
     floor = req.context_tokens_floor
     learned = req.energy_estimates or {}
     excluded: dict[str, str] = {}  # why each other model is out, for the error when none is left
@@ -149,6 +149,13 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
                 "raise the limit or pin a cheaper model", param="max_energy_j")
         pinned, pin_source = None, ""  # the policy's pin is not open to this request (its key or its limit)
     return pool, energy, pinned, pin_source
+
+
+def output_tokens(policy: Policy, req: DecisionRequest) -> int:
+    """The output tokens a card's joule estimate assumes: the caller's hint, else the policy's estimate, never more
+    than the request's ``max_tokens``."""
+    out = req.output_tokens_hint or policy.output_tokens_estimate
+    return out if req.max_tokens is None else min(out, req.max_tokens)
 
 
 def _check_pin_capable(card: ModelCard, needs: frozenset[str]) -> None:

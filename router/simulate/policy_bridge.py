@@ -26,7 +26,7 @@ from ..policy.decision import Decision
 from ..policy.engine import PolicyEngine
 from ..policy.loader import load_policy
 from ..policy.schema import Policy
-from ..policy.steps import predicted
+from ..policy.steps import output_tokens, predicted
 from ..types import TIER_ORDER
 from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
 from .outcomes import CHARS_PER_TOKEN
@@ -107,7 +107,7 @@ class PolicyEngineBridge:
         names = list(cards)
         card_list = [cards[n] for n in names]
         n, m = len(classifications), len(names)
-        out_tokens = ov0.output_tokens_hint or pol.output_tokens_estimate
+        out_tokens = output_tokens(pol, ov0)
         allowed = set(pol.allowed_models) if pol.allowed_models is not None else None
         p = np.empty((n, m))
         e = np.empty((n, m))
