@@ -223,3 +223,31 @@ def test_a_short_max_tokens_is_estimated_as_the_few_tokens_it_can_write(tmp_path
     decision = r.prepare(planet, max_energy_j=10, max_tokens=4).decision
     assert decision.estimated_j <= 10
     r.close()
+
+
+def test_a_call_dearer_than_the_whole_budget_is_refused_as_such_not_as_spent(tmp_path, cards, large_backend):
+    """Nothing is spent and no window will have room for a ~60 J call under a 20 J budget: the refusal says so and
+    names no retry time."""
+    r = gemma_router(tmp_path, cards, large_backend, 20.0)
+    with pytest.raises(BudgetExhaustedError) as err:
+        r.complete([{"role": "user", "content": "Name a planet"}], model="gemma3-270m")
+    message = str(err.value)
+    assert "gemma3-270m's call needs about" in message and "more than the whole of its budget" in message
+    assert "(20 J a window)" in message and "spent" not in message and "retry" not in message
+    assert err.value.retry_after_s is None and err.value.code == "budget_exhausted"
+    assert r.ledger.records() == []  # refused before any call
+    r.close()
+
+
+def test_fallback_with_no_room_waits_only_for_models_a_window_can_hold(local):
+    """gemma3-270m's call is dearer than its whole budget and smollm2-135m's budget is spent: only smollm2's window
+    rolling over helps, so that is the retry time."""
+    budgets = [{"model": "gemma3-270m", "joules": 20, "per": "hour"},
+               {"model": "smollm2-135m", "joules": 100, "per": "minute"}]
+    p = Policy.model_validate({"name": "t", "accuracy": {"min_accuracy": 0.8}, "budgets": budgets,
+                               "on_budget_exhausted": "fallback"})
+    state = BudgetState({"model:smollm2-135m:60s": 99.0}, now=1000.0)
+    with pytest.raises(BudgetExhaustedError) as err:
+        decide_pure(chat(), local, state, p, None)
+    assert "more than the whole of its budget model:gemma3-270m:3600s" in str(err.value)
+    assert err.value.retry_after_s == pytest.approx(20.0)  # smollm2's minute, not gemma's hour

@@ -284,11 +284,12 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
         return ranked[0], refs, set(), [], [], []
     used = state.used
 
-    def blocking(name: str) -> list[BudgetRef]:
+    def cost(name: str, r: BudgetRef) -> float:
         joules = energy.get(name, 0.0)
-        return [r for r in refs[name]
-                if used.get(r.key, 0.0) + (joules if r.unit == "J" else joules * state.g_per_j.get(name, 0.0))
-                > r.limit_j + EPS]
+        return joules if r.unit == "J" else joules * state.g_per_j.get(name, 0.0)
+
+    def blocking(name: str) -> list[BudgetRef]:
+        return [r for r in refs[name] if used.get(r.key, 0.0) + cost(name, r) > r.limit_j + EPS]
 
     blocked = {name for name, rs in refs.items() if rs and blocking(name)}  # checked once per model
     first = chosen = ranked[0]
@@ -296,8 +297,14 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     notes: list[str] = []
     spent = blocking(first.name) if first.name in blocked else []
     if spent:
-        b = spent[0]
-        if b.unit == "J":
+        too_small = next((r for r in spent if cost(first.name, r) > r.limit_j + EPS), None)
+        b = too_small or spent[0]
+        if too_small is not None:
+            need, limit = ((fmt_j(cost(first.name, b)), fmt_j(b.limit_j)) if b.unit == "J"
+                           else (f"{cost(first.name, b):.3g} g CO2e", f"{b.limit_j:.3g} g CO2e"))
+            what = (f"{first.name}'s call needs about {need}, more than the whole of its budget {b.key} "
+                    f"({limit} a window)")
+        elif b.unit == "J":
             what = f"{first.name}'s budget {b.key} is spent ({fmt_j(used.get(b.key, 0.0))} of {fmt_j(b.limit_j)})"
         else:
             what = (f"{first.name}'s carbon budget {b.key} is spent ({used.get(b.key, 0.0):.3g} of "
@@ -309,11 +316,15 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
         else:
             room = next((c for c in ranked[1:] if c.name not in blocked), None)
             if mode == "reject" or room is None:
-                retry = min(state.resets_in(r.window_s) for r in spent)
+                # a budget smaller than the call has room in no window: waiting helps only the other models
+                waiting = [c.name for c in (ranked if mode == "fallback" else ranked[:1])
+                           if all(cost(c.name, r) <= r.limit_j + EPS for r in refs[c.name])]
+                retry = min((state.resets_in(r.window_s) for n in waiting for r in blocking(n)), default=None)
                 raise BudgetExhaustedError(
                     f"budget_exhausted: {what}; policy `{policy.name}` says {mode}"
                     + ("" if mode == "reject" else " but no other model has room")
-                    + f"; retry in {retry:.0f} s or raise the budget",
+                    + ("; lower max_tokens or raise the budget" if retry is None
+                       else f"; retry in {retry:.0f} s or raise the budget"),
                     retry_after_s=retry,
                 )
             chosen = room
