@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest_postgres import PASSWORD, postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
 
 from router.config import RouterConfig
@@ -149,6 +151,38 @@ def test_a_store_down_at_open_is_journaled_a_broken_one_is_refused(tmp_path: Pat
     corrupt.write_bytes(b"this is not a database" * 100)
     with pytest.raises(LedgerError, match="corrupt"):
         open_ledger(f"sqlite:///{corrupt}", journal=True)
+
+
+@pytest.mark.postgres
+def test_the_store_is_back_only_once_it_takes_a_write_and_its_password_is_never_logged(
+    postgres_server, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """A replay while PostgreSQL is down, with nothing it could write yet (the one journaled segment still has a
+    record on its way, as between the proxy writer's two halves): the store is not declared back. Once it is,
+    the log says so without the URL's password."""
+    led = open_ledger(f"{postgres_server.url}?schema=back&connect_timeout=2",
+                      journal=JournalSettings(folder=tmp_path / "j", replay_interval_s=3600))
+    assert isinstance(led, JournaledLedger)
+    caplog.set_level(logging.WARNING, logger="router.ledger")
+    waiting = _rec(1)
+    postgres_server.stop()
+    try:
+        seg = led.append([waiting])
+        led.record(_rec(2))  # the store is down: journaled, and the outage starts
+        assert led.unavailable
+        led.replay()
+        assert led.unavailable, "still down"
+        assert "is back after" not in caplog.text
+    finally:
+        postgres_server.start()
+    led.deliver([waiting], seg)
+    led.replay()
+    assert not led.unavailable
+    assert sorted(r.request_id for r in led.records()) == ["q1", "q2"]
+    back = [r.getMessage() for r in caplog.records if "is back after" in r.getMessage()]
+    assert len(back) == 1 and ":***@" in back[0], back
+    assert PASSWORD not in caplog.text
+    led.close()
 
 
 def test_dead_processes_journals_are_replayed_live_ones_are_not(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ journal and the call still succeeds; a background thread (every ``replay_interva
 the journal into the store, idempotently by record id, and delete what reached it. Journals left by dead
 processes in the same folder are replayed too.
 
-Once a write has failed, the store is treated as unavailable until the replay thread reaches it again: records
-go to the journal only (no request waits for the store's timeout again) and reservations are refused at once.
+Once a write has failed, the store is treated as unavailable until the replay thread has written to it again
+(where no record or settlement waits, a write that changes nothing): records go to the journal only (no request
+waits for the store's timeout again) and reservations are refused at once.
 
 Budgets while the store is unavailable **fail closed**: ``try_reserve`` raises ``LedgerError`` (HTTP 503),
 because a budget that cannot be read cannot be enforced, and admitting requests against it could overspend
@@ -32,12 +33,16 @@ from typing import Any
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
-from .errors import closed_error, ledger_error
+from .errors import closed_error, ledger_error, redact
 from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
 
 log = logging.getLogger("router.ledger")
+
+# A settlement of nothing against a budget window that never exists: a write on every store (SQLite takes its
+# write lock, Redis runs the settle script, PostgreSQL an UPDATE) that changes nothing.
+_PROBE = [(Reservation("journal-probe", "journal:probe", 0.0, 0.0), 0.0)]
 
 
 class JournaledLedger(Ledger):
@@ -156,7 +161,8 @@ class JournaledLedger(Ledger):
                 return 0
             stored = self._one_by_one(recs)
         except Exception:  # noqa: BLE001 - a store that broke its contract (a raw error): same treatment
-            log.exception("ledger %s: a batch of %d records failed; writing them one by one", self.url, len(recs))
+            log.exception("ledger %s: a batch of %d records failed; writing them one by one", redact(self.url),
+                          len(recs))
             stored = self._one_by_one(recs)
         if seg is not None:
             self.journal.done(seg, len(recs), stored=stored == len(recs))
@@ -172,7 +178,7 @@ class JournaledLedger(Ledger):
                 self._store().record_many([rec])
                 stored += 1
             except Exception:  # noqa: BLE001 - logged; the journal keeps the record for the replay
-                log.exception("ledger %s: could not write record %s", self.url, rec.record_id)
+                log.exception("ledger %s: could not write record %s", redact(self.url), rec.record_id)
         return stored
 
     # -- replay -----------------------------------------------------------------------------------------
@@ -185,6 +191,10 @@ class JournaledLedger(Ledger):
         with self._lock:
             try:
                 store = self._store()
+                if self._outage_since is not None:
+                    # with nothing to replay nothing below writes, and an open connection object (or a store
+                    # that still serves reads, like SQLite under another's write lock) proves nothing
+                    store.settle_many(_PROBE)
                 self._settle_pending(store)
                 self.journal.rotate()
                 for seg in self.journal.sealed_ready():
@@ -207,7 +217,7 @@ class JournaledLedger(Ledger):
         result.busy = dead.busy
         self.replayed += result.records
         if self._outage_since is not None:
-            log.warning("ledger %s is back after %.0f s; %d journaled records replayed", self.url,
+            log.warning("ledger %s is back after %.0f s; %d journaled records replayed", redact(self.url),
                         time.time() - self._outage_since, result.records)  # fmt: skip
             self._outage_since = None
         return result
