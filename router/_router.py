@@ -54,13 +54,14 @@ from .energy.estimates import EnergyEstimates
 from .errors import (
     BadRequestError,
     ConfigError,
+    LedgerError,
     PermissionDeniedError,
     RouterError,
     UnknownModelError,
 )
 from .keys import KeySpec, KeyStore, hash_key
 from .learning import Learning, prompt_retention_at_start
-from .ledger import Feedback, Ledger, open_ledger
+from .ledger import Feedback, Ledger, open_ledger, redact
 from .policy.base import BudgetState, DecisionRequest
 from .tools import tools_task
 from .types import ChatCompletion, ChatCompletionChunk
@@ -107,6 +108,8 @@ class Router:
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
         self._start_failures: dict[str, tuple[float, RouterError]] = {}  # model -> (retry after, why)
+        self._budget_outage = False  # budgets could not be read at the last try (logged once per outage)
+        self._budget_outage_lock = threading.Lock()
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
         if (policies := getattr(self.engine, "policies", None)) is not None:
@@ -387,7 +390,32 @@ class Router:
         g_per_j: dict[str, float] = {}
         if any(r.unit != "J" for r in refs):  # carbon budgets: each model's grams per joule at its zone now
             g_per_j = {n: self.grid.grams_per_joule(c) for n, c in self.cards.items() if c.callable}
-        return BudgetState({r.key: self.ledger.budget_used(r.key, r.window_s) for r in refs}, time.time(), g_per_j)
+        used: dict[str, float] = {}
+        try:
+            for r in refs:
+                used[r.key] = self.ledger.budget_used(r.key, r.window_s)
+        except LedgerError as exc:
+            if not exc.retryable:
+                raise
+            # the store is down: the engine leaves the models under these budgets out (docs/ledger.md, the
+            # journal), so requests for the others go on
+            self._budgets_unread(exc)
+            return BudgetState(used, time.time(), g_per_j, frozenset(r.key for r in refs if r.key not in used))
+        if self._budget_outage:
+            self._budgets_unread(None)
+        return BudgetState(used, time.time(), g_per_j)
+
+    def _budgets_unread(self, exc: LedgerError | None) -> None:
+        """Log once when budgets can no longer be read (``exc``) and once when they can again (None)."""
+        with self._budget_outage_lock:
+            if self._budget_outage == (exc is not None):
+                return
+            self._budget_outage = exc is not None
+        if exc is not None:
+            log.warning("%s; until budgets can be read, models under a budget are not tried where another model "
+                        "can answer, and requests that need one are refused (503)", exc)
+        else:
+            log.warning("ledger %s: budgets can be read again", redact(self.ledger.url))
 
     # -- stage: the attempts, one driver per way of calling --------------------------------------------------
     def _send(self, prepared: PreparedRequest) -> dict[str, Any]:

@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest_postgres import postgres_server  # noqa: F401 - the fixture
+from conftest_redis import start_redis_server
 
 from router import Router, RouterConfig
 from router.backends import FaultInjectingBackend, create_backend
 from router.cards import load_cards
 from router.classify.base import Classification
-from router.errors import BudgetExhaustedError
+from router.errors import BudgetExhaustedError, LedgerError
 from router.ledger import hash_key
 from router.policy.base import BudgetState
 from router.policy.engine import decide_pure
@@ -88,6 +92,25 @@ def test_engine_fallback_reject_and_flag_on_a_spent_budget(local):
     assert d.model == "gemma3-270m" and "over_budget_allowed" in d.flags and "allowed and flagged" in d.reason
     roomy = BudgetState({"model:gemma3-270m:60s": 5.0}, now=1000.0)
     assert decide_pure(chat(), local, roomy, Policy.model_validate(base), None).model == "gemma3-270m"
+
+
+def test_engine_leaves_out_models_whose_budget_cannot_be_read(local):
+    """The ledger's store is down: a budget that cannot be read cannot be enforced, so a model under one is no
+    first choice where the policy falls back and never a fallback or an escalation; never a 429 for it."""
+    budgets = [{"model": "gemma3-270m", "joules": 100, "per": "minute"}]
+    down = BudgetState({}, now=1000.0, unreadable=frozenset({"model:gemma3-270m:60s"}))
+    base = {"name": "t", "accuracy": {"min_accuracy": 0.8}, "budgets": budgets}
+    d = decide_pure(chat(), local, down, Policy.model_validate({**base, "on_budget_exhausted": "fallback"}), None)
+    assert d.model == "smollm2-135m" and {"budget_fallback", "budget_unreadable"} <= set(d.flags)
+    assert "model:gemma3-270m:60s could not be read" in d.reason and "gemma3-270m" not in d.fallbacks
+    for mode in ("reject", "allow_and_flag"):  # kept: its reservation then refuses the request (503)
+        d = decide_pure(chat(), local, down, Policy.model_validate({**base, "on_budget_exhausted": mode}), None)
+        assert d.model == "gemma3-270m" and "over_budget_allowed" not in d.flags, mode
+    cascading = Policy.model_validate({**base, "accuracy": {"min_accuracy": 0.4},
+                                       "cascade": {"enabled": True, "escalate_below": 0.5, "escalate_to": "next"}})
+    assert decide_pure(chat(), local, BudgetState(), cascading, None).escalate_to == ("gemma3-270m",)
+    d = decide_pure(chat(), local, down, cascading, None)
+    assert d.model == "smollm2-135m" and d.escalate_to == () and d.fallbacks == ()
 
 
 def test_per_key_budgets_and_key_policies(local):
@@ -251,3 +274,59 @@ def test_fallback_with_no_room_waits_only_for_models_a_window_can_hold(local):
         decide_pure(chat(), local, state, p, None)
     assert "more than the whole of its budget model:gemma3-270m:3600s" in str(err.value)
     assert err.value.retry_after_s == pytest.approx(20.0)  # smollm2's minute, not gemma's hour
+
+
+# -- Router, the ledger's store down (real Redis and PostgreSQL, stopped and started) ------------------------------
+def _requests_go_on_while_the_store_is_down(root: Path, url: str, stop: Callable[[], None],
+                                            start: Callable[[], None], caplog: pytest.LogCaptureFixture) -> None:
+    """Policy `t` budgets spec-b (as the shipped policies budget tier:large), `a` the first choice spec-a
+    (fallback), `r` spec-a too (reject). While the store is down spec-a answers `t`, spec-b answers `a` and `r`
+    fails closed (503); budgets are read again once the store is back, and every answer is in the ledger."""
+    for name, on in (("a", "fallback"), ("r", "reject")):
+        (root / "policies" / f"{name}.yaml").write_text(
+            textwrap.dedent(policy(on, 100.0)).replace("name: t", f"name: {name}"))
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=url, journal={"folder": str(root / "journal"), "replay_interval_s": 0.2})
+    r = Router(config)
+    assert r.complete(REVIEW).routing.model == "spec-a"
+    caplog.set_level(logging.WARNING, logger="router")
+    stop()
+    try:
+        answered = [r.complete(REVIEW) for _ in range(3)]
+        assert [a.routing.model for a in answered] == ["spec-a"] * 3
+        fell = r.complete(REVIEW, policy="a")
+        assert fell.routing.model == "spec-b" and "model:spec-a:60s could not be read" in fell.routing.reason
+        with pytest.raises(LedgerError, match="cannot be enforced while the store is unavailable"):
+            r.complete(REVIEW, policy="r")
+        assert len([m for m in caplog.messages if "until budgets can be read" in m]) == 1, "once per outage"
+    finally:
+        start()
+    deadline = time.time() + 30
+    while r.ledger.unavailable and time.time() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.1)
+    assert r.complete(REVIEW, policy="a").routing.model == "spec-a"
+    assert "budgets can be read again" in caplog.text
+    stored = {x.request_id: x for x in r.ledger.records()}
+    assert {a.id for a in [*answered, fell]} <= set(stored), "journaled while down, replayed since"
+    assert "could not be read" in stored[fell.id].reason
+    r.close()
+
+
+@pytest.mark.redis
+def test_requests_go_on_while_redis_is_down(tmp_path, caplog):
+    server = start_redis_server(tmp_path)
+    try:
+        _requests_go_on_while_the_store_is_down(
+            setup(tmp_path, policy("fallback", 100.0, model="spec-b")),
+            f"{server.url}/0?prefix=down:&socket_timeout=1&socket_connect_timeout=1", server.stop, server.start,
+            caplog)  # fmt: skip
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+def test_requests_go_on_while_postgresql_is_down(tmp_path, caplog, postgres_server):  # noqa: F811
+    _requests_go_on_while_the_store_is_down(
+        setup(tmp_path, policy("fallback", 100.0, model="spec-b")),
+        f"{postgres_server.url}?schema=budgets_down&connect_timeout=2", postgres_server.stop, postgres_server.start,
+        caplog)  # fmt: skip

@@ -117,11 +117,13 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
         assert info.value.retryable and info.value.http_status == 503
         led.record(_rec(1))  # still succeeds: journaled
         led.settle(held, 4.0)  # kept for the replay
-        assert led.budget_used("b", 3600) == 10.0, "not applied yet: the hold stays at its estimate"
+        assert led.store is not None and led.store.budget_used("b", 3600) == 10.0, "not applied yet"
+        with pytest.raises(LedgerError, match="could not read budget 'b'"):
+            led.budget_used("b", 3600)  # what cannot be reserved is not read either (a read may wait too)
     finally:
         holder.execute("COMMIT")
     deadline = time.time() + 10
-    while led.budget_used("b", 3600) != 4.0 and time.time() < deadline:
+    while led.unavailable and time.time() < deadline:
         time.sleep(0.1)
     assert led.budget_used("b", 3600) == 4.0, "the settlement was applied once the store came back"
     assert [r.request_id for r in led.records()] == ["q1"]

@@ -15,7 +15,9 @@ because a budget that cannot be read cannot be enforced, and admitting requests 
 without bound. Requests for models without a budget go on, their records journaled. A settlement that cannot
 reach the store waits in memory and is retried with the replay; a crash loses it, which leaves the hold at its
 estimate for the rest of the window (budgets then err towards refusing). Reads (``records``, ``totals`` ...)
-raise ``LedgerError`` while the store is down, and do not include records still in the journal.
+raise ``LedgerError`` while the store is down, and do not include records still in the journal; ``budget_used``
+raises at once while the store is known to be down, and the Router then leaves models under a budget out where
+another model can answer.
 
 A store that is down when the ledger is opened is not an error (a corrupt or misconfigured one is): the
 journal takes records and the store is opened again by the replay thread.
@@ -286,7 +288,20 @@ class JournaledLedger(Ledger):
                 self._unsettled.extend(settlements)
 
     def budget_used(self, budget: str, window_s: float) -> float:
-        return self._store().budget_used(budget, window_s)
+        """Raises ``LedgerError`` at once while the store is known to be unavailable (as ``try_reserve``: what
+        cannot be reserved is not worth a read that may wait for the store's timeout); a read that fails starts
+        an outage, ended by the replay."""
+        if self.closed:
+            raise closed_error(self.url, "read a budget")
+        if self._outage_since is not None:
+            raise ledger_error(self.url, f"could not read budget {budget!r}: the store is unavailable",
+                               "bring it back; requests for models without a budget go on")
+        try:
+            return self._store().budget_used(budget, window_s)
+        except LedgerError as exc:
+            if exc.retryable:
+                self._outage(exc)
+            raise
 
     # -- reads and the rest go to the store --------------------------------------------------------------
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:

@@ -84,6 +84,10 @@ class BudgetState:
     now: float = 0.0
     g_per_j: Mapping[str, float] = field(default_factory=dict)
     """Model -> grams CO2e per joule now (its zone's intensity): what a carbon budget charges per joule."""
+    unreadable: frozenset[str] = frozenset()
+    """Ledger keys whose use could not be read (the ledger's store is unavailable). A budget that cannot be read
+    cannot be enforced: a model under one is no fallback or escalation, and no first choice where the policy
+    falls back; a first choice kept under one is refused by its reservation (``LedgerError``, HTTP 503)."""
 
     @staticmethod
     def empty() -> BudgetState:

@@ -74,8 +74,9 @@ def decide_pure(
     head = reason(task, chosen, p, source[name], tgt, pinned, pin_source, by_energy, energy, escalate_to,
                   escalate_below, req.energy_estimates)
 
-    if "over_budget_allowed" in flags:
-        blocked = set()  # allowed over budget: every model stays a fallback
+    if "over_budget_allowed" in flags:  # allowed over budget: every model stays a fallback but those whose
+        # budget could not be read, which cannot be reserved against
+        blocked = {n for n, rs in refs.items() if any(r.key in state.unreadable for r in rs)}
     fallbacks = tuple(c.name for c in ranked if c.name != name and c.name not in blocked)
     if not (pinned is not None and name == pinned) and not adequate[name]:
         flags.append("target_unmet")

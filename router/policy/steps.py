@@ -283,19 +283,35 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
     if not any(refs.values()):  # no model here is budgeted: the first ranked model answers
         return ranked[0], refs, set(), [], [], []
     used = state.used
+    unreadable = state.unreadable
 
     def cost(name: str, r: BudgetRef) -> float:
         joules = energy.get(name, 0.0)
         return joules if r.unit == "J" else joules * state.g_per_j.get(name, 0.0)
 
     def blocking(name: str) -> list[BudgetRef]:
-        return [r for r in refs[name] if used.get(r.key, 0.0) + cost(name, r) > r.limit_j + EPS]
+        return [r for r in refs[name] if r.key in unreadable or used.get(r.key, 0.0) + cost(name, r) > r.limit_j + EPS]
 
     blocked = {name for name, rs in refs.items() if rs and blocking(name)}  # checked once per model
     first = chosen = ranked[0]
     flags: list[str] = []
     notes: list[str] = []
     spent = blocking(first.name) if first.name in blocked else []
+    unread = [r for r in spent if r.key in unreadable]
+    spent = [r for r in spent if r.key not in unreadable]  # a budget known to be spent speaks first
+    if not spent and unread and policy.on_budget_exhausted == "fallback":
+        # cannot be enforced, so not reserved against while another model can answer; without one the
+        # reservation refuses the request (503), as the ledger's budgets fail closed
+        room = next((c for c in ranked[1:] if c.name not in blocked), None)
+        if room is not None:
+            chosen = room
+            flags.append("budget_fallback")
+    left_out = sorted(n for n, rs in refs.items() if n != chosen.name and any(r.key in unreadable for r in rs))
+    if left_out:
+        keys = sorted({r.key for n in left_out for r in refs[n] if r.key in unreadable})
+        flags.append("budget_unreadable")
+        notes.append(f"budget {', '.join(keys)} could not be read (the ledger's store is unavailable): "
+                     f"{', '.join(left_out)} not tried")
     if spent:
         too_small = next((r for r in spent if cost(first.name, r) > r.limit_j + EPS), None)
         b = too_small or spent[0]
