@@ -142,6 +142,13 @@ def test_postgres_refused_credentials_and_down(postgres_server) -> None:  # noqa
     _raises(lambda: open_ledger(postgres_server.url.rsplit("/", 1)[0] + "/nope"), "does not exist")
 
 
+def test_router_ledger_on_an_empty_store_does_not_print_its_password(postgres_server) -> None:  # noqa: F811
+    url = f"{postgres_server.url}?schema=empty_cli"
+    result = CliRunner().invoke(app, ["ledger", "--ledger", url], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "No records yet in postgresql://router:***@" in result.output, result.output
+    assert PASSWORD not in result.output
+
+
 # -- the command line -----------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..ledger.errors import redact
+
 DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
     ("Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'", {}),
     ("Sentiment: the plot is a tired mess and the jokes never land.", {}),
@@ -39,7 +41,7 @@ def demo(
         router.warm_up()
     console.print(
         f"[bold]router demo[/]: {len(router.cards)} model cards from {config.models_dir}; "
-        f"policy [cyan]{router.policy_name}[/]; ledger {config.ledger_url}; meter {router.meter.name}"
+        f"policy [cyan]{router.policy_name}[/]; ledger {redact(config.ledger_url)}; meter {router.meter.name}"
     )
     table = Table(show_lines=True, title="What went where")
     for col in ("request", "model (tier)", "reason", "answer", "latency", "energy"):

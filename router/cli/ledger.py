@@ -28,6 +28,7 @@ from ..energy.carbon import equivalents, format_joules, kwh
 from ..errors import RouterError
 from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
+from ..ledger.errors import redact
 from ..ledger.sqlite import path_from_url
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
@@ -147,7 +148,8 @@ def ledger_main(
     console = Console()
     if not summary:
         when = "" if since is None else f" since {utc_minute(start)}"
-        console.print(f"No records{when} in {cfg.ledger_url}." if when else f"No records yet in {cfg.ledger_url}.")
+        where = redact(cfg.ledger_url)
+        console.print(f"No records{when} in {where}." if when else f"No records yet in {where}.")
         return
     for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
         table = Table(title=title)
