@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -114,9 +116,13 @@ class Backend(ABC):
     bounds_itself: bool = False
     """True where every wait of the async calls is already bounded by ``request.deadline`` (an asyncio timeout
     inside the backend), so the Router need not wrap each await in a timeout of its own."""
+    concurrency: int | None = None
+    """How many calls the model serves at once (a local model behind a lock: 1), or ``None`` for no limit. The
+    default async calls wait for their turn on the event loop (:class:`_Turns`) before they take a worker thread."""
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
+        self._turns = _Turns(self.concurrency)
 
     @abstractmethod
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
@@ -127,10 +133,13 @@ class Backend(ABC):
         time. When the consumer stops (closes this iterator, or its task is cancelled) the worker stops too:
         the backend sees ``request.cancel`` set at its next check (between tokens), and the sync stream is
         closed, in a thread, once its current step has returned: nothing goes on generating for nobody, and
-        the event loop never waits for it."""
+        the event loop never waits for it. The turn (:attr:`concurrency`) is given back once the sync stream
+        has ended or been closed, so the next call finds the model free."""
+        done = await self._turns.wait(request, self.card.name)
         stop = _StopEvent(request.cancel)
-        worker = _Stepper(iter(self.stream(replace(request, cancel=stop))))
+        worker: _Stepper | None = None
         try:
+            worker = _Stepper(iter(self.stream(replace(request, cancel=stop))))
             while True:
                 event = await asyncio.to_thread(worker.step)
                 if event is _END:
@@ -138,10 +147,13 @@ class Backend(ABC):
                 yield event  # type: ignore[misc]
         finally:
             stop.set()
-            if worker.open:
+            if worker is not None and worker.open:
                 # the worker's step may still be running (a cancelled await does not stop a thread): close
                 # the sync stream after it, in a thread, without waiting here
-                threading.Thread(target=worker.close, name=f"close-{self.card.name}", daemon=True).start()
+                threading.Thread(target=worker.close, args=(done,), name=f"close-{self.card.name}",
+                                 daemon=True).start()
+            else:
+                done()
 
     def generate(self, request: GenerationRequest) -> Generation:
         return _collect(self.stream(request), self, request)
@@ -149,12 +161,16 @@ class Backend(ABC):
     async def agenerate(self, request: GenerationRequest) -> Generation:
         """Async twin of :meth:`generate`. The default runs ``generate`` in a worker thread (one hand-over, not
         one per event); when the awaiting task is cancelled the backend sees ``request.cancel`` set at its next
-        check and stops."""
+        check and stops; its turn (:attr:`concurrency`) is given back once the worker has returned."""
+        done = await self._turns.wait(request, self.card.name)
         stop = _StopEvent(request.cancel)
+        # shielded: a cancelled await leaves the worker running until its next check, and the turn with it
+        work = asyncio.ensure_future(asyncio.to_thread(self.generate, replace(request, cancel=stop)))
         try:
-            return await asyncio.to_thread(self.generate, replace(request, cancel=stop))
+            return await asyncio.shield(work)
         finally:
             stop.set()
+            work.add_done_callback(lambda w: _ended(w, done))
 
     def count_tokens(self, text: str) -> int:
         """Token count for context checks; backends with a tokenizer override this."""
@@ -178,6 +194,74 @@ class Backend(ABC):
 
 
 _END = object()
+_POLL_S = 0.05
+"""How often a call waiting for its turn checks its ``cancel`` event and deadline (nothing wakes a waiter when the
+event is set)."""
+
+
+def _nothing() -> None:
+    pass
+
+
+def _ended(work: asyncio.Future[Any], then: Callable[[], None]) -> None:
+    if not work.cancelled():
+        work.exception()  # retrieved here: the task that awaited it may have been cancelled
+    then()
+
+
+class _Turns:
+    """A backend's turns for async calls: at most ``slots`` at once per event loop, the others waiting on the
+    loop in order of arrival. A call waiting in a worker thread instead would hold one of asyncio's few default
+    threads (``min(32, CPUs + 4)``) for as long as the model is busy, and a stream needs a thread for each of its
+    steps: enough waiting callers once left the stream that held the model without a thread to go on.
+
+    One ``asyncio.Semaphore`` per event loop (a semaphore belongs to the loop it first waits on). Sync callers
+    (their own threads) and other loops share the model through the backend's own lock."""
+
+    def __init__(self, slots: int | None) -> None:
+        self._slots = slots
+        self._lock = threading.Lock()
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
+
+    def _gate(self, loop: asyncio.AbstractEventLoop, slots: int) -> asyncio.Semaphore:
+        with self._lock:
+            gate = self._gates.get(loop)
+            if gate is None:
+                gate = self._gates[loop] = asyncio.Semaphore(slots)
+            return gate
+
+    async def wait(self, request: GenerationRequest, who: str) -> Callable[[], None]:
+        """Wait for a turn, no longer than the request may (checked every 50 ms and at its deadline); returns the
+        function that gives the turn back, to be called once, from any thread."""
+        request.check(who)
+        if self._slots is None:
+            return _nothing
+        loop = asyncio.get_running_loop()
+        gate = self._gate(loop, self._slots)
+        if not gate.locked():
+            await gate.acquire()  # returns at once
+        else:
+            # one acquire for the whole wait, so the call keeps its place in the queue between checks
+            turn = loop.create_task(gate.acquire())
+            try:
+                while not turn.done():
+                    remaining = request.remaining()
+                    await asyncio.wait((turn,), timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
+                    if not turn.done():
+                        request.check(who)
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    gate.release()
+                else:
+                    turn.cancel()  # an acquire cancelled after it was given the turn passes it on
+                raise
+
+        def done() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed, and its queue with it
+                loop.call_soon_threadsafe(gate.release)
+
+        return done
 
 
 class _StopEvent(threading.Event):
@@ -214,13 +298,17 @@ class _Stepper:
                 self.open = False
             return event
 
-    def close(self) -> None:
-        with self._lock:
-            if self.open:
-                self.open = False
-                close = getattr(self._iterator, "close", None)
-                if close is not None:
-                    close()
+    def close(self, then: Callable[[], None] = _nothing) -> None:
+        """Close the sync stream once no step runs; then call ``then``, whatever closing raised."""
+        try:
+            with self._lock:
+                if self.open:
+                    self.open = False
+                    close = getattr(self._iterator, "close", None)
+                    if close is not None:
+                        close()
+        finally:
+            then()
 
 
 def _collect(events: Iterator[StreamEvent], backend: Backend, request: GenerationRequest) -> Generation:

@@ -93,6 +93,7 @@ def completion_prompt(messages: list[ChatMessage]) -> str:
 
 class LlamaCppBackend(Backend):
     local = True
+    concurrency = 1  # a llama.cpp context serves one generation at a time
 
     def __init__(self, card: ModelCard, n_threads: int | None = None) -> None:
         super().__init__(card)

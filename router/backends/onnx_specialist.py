@@ -58,6 +58,7 @@ class OnnxSpecialistBackend(Backend):
     to ``backend.max_length`` word pieces. One session, one intra-op thread, calls serialised by a lock."""
 
     local = True
+    concurrency = 1
 
     def __init__(self, card: ModelCard) -> None:
         super().__init__(card)

@@ -1,0 +1,191 @@
+"""Many concurrent calls to one local llama.cpp model (the shipped SmolLM2-135M).
+
+A llama.cpp context serves one generation at a time, and a stream holds it from its first token to its last.
+The async calls wait for their turn on the event loop, not in asyncio's worker threads: the default pool is small
+(``min(32, CPUs + 4)`` threads, 6 on a 2-core machine), and a stream needs a thread for each of its steps, so
+threads parked on the model's lock would leave the stream that holds it without a thread to go on (every local
+call, and everything else that uses the pool, stalled until deadlines fire). The pool is set to 4 threads here so
+that the tests mean the same on any machine. Sync callers (threads of their own) share the model with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from router import Router, RouterConfig
+from router.backends import GenerationRequest
+from router.errors import RouterError
+from router.types import ChatMessage
+
+pytestmark = pytest.mark.slow
+
+POOL = 4
+STREAMS = 10
+MODEL = "smollm2-135m"
+ASK = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    ledger = tmp_path_factory.mktemp("local_concurrency") / "ledger.sqlite3"
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{ledger}")) as r:
+        r.complete(ASK, model=MODEL, max_tokens=1)  # the model loaded before the tests start
+        yield r
+
+
+async def _stream(router: Router, started: asyncio.Event | None = None) -> list[Any]:
+    chunks = []
+    async for chunk in await router.acomplete(ASK, model=MODEL, max_tokens=2, stream=True, deadline_s=60):
+        chunks.append(chunk)
+        if started is not None:
+            started.set()
+    return chunks
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_streams_queue_for_a_local_model_without_holding_worker_threads(router: Router) -> None:
+    """10 streams and 3 plain calls to SmolLM2 at once, on a pool of 4 threads, then a cheap request (the ONNX
+    specialist, which runs in that pool too) once the first stream has begun: every call is answered, and the
+    cheap one before the local model's queue has drained (with callers waiting in the pool: at the deadlines)."""
+    finished: list[str] = []
+
+    async def main() -> tuple[list[Any], Any]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(POOL))
+        started = asyncio.Event()
+
+        async def stream(i: int) -> list[Any]:
+            chunks = await _stream(router, started)
+            finished.append(f"stream {i}")
+            return chunks
+
+        async def plain(i: int) -> Any:
+            answer = await router.acomplete(ASK, model=MODEL, max_tokens=2, deadline_s=60)
+            finished.append(f"plain {i}")
+            return answer
+
+        local = [asyncio.create_task(stream(i)) for i in range(STREAMS)]
+        local += [asyncio.create_task(plain(i)) for i in range(3)]
+        await started.wait()
+        cheap = await router.acomplete([{"role": "user", "content": "I love this phone!"}], model="sentiment-onnx",
+                                       deadline_s=60)
+        finished.append("cheap")
+        return await asyncio.gather(*local), cheap
+
+    answers, cheap = asyncio.run(main())
+    for answer in answers[:STREAMS]:
+        assert answer[-1].choices[0].finish_reason in ("stop", "length") and answer[-1].routing.model == MODEL
+    for answer in answers[STREAMS:]:
+        assert answer.choices[0].finish_reason in ("stop", "length") and answer.routing.model == MODEL
+    assert cheap.choices[0].message.content in ("positive", "negative")
+    assert finished.index("cheap") < len(finished) - 1, finished  # some local call was still queued
+
+
+@pytest.mark.timeout(180)
+def test_sync_and_async_streams_share_a_local_model(router: Router) -> None:
+    """Threads streaming with ``Router.complete`` while an event loop streams with ``acomplete``: all answered."""
+    sync_answers: list[Any] = []
+
+    def sync_stream() -> None:
+        chunks = list(router.complete(ASK, model=MODEL, max_tokens=2, stream=True, deadline_s=60))
+        sync_answers.append(chunks[-1])
+
+    async def main() -> list[list[Any]]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(POOL))
+        return await asyncio.gather(*(_stream(router) for _ in range(STREAMS)))
+
+    threads = [threading.Thread(target=sync_stream) for _ in range(6)]
+    for t in threads:
+        t.start()
+    async_answers = asyncio.run(main())
+    for t in threads:
+        t.join()
+    assert len(sync_answers) == 6 and len(async_answers) == STREAMS
+    for last in sync_answers + [chunks[-1] for chunks in async_answers]:
+        assert last.choices[0].finish_reason in ("stop", "length") and last.routing.model == MODEL
+
+
+def _long(**kw: Any) -> GenerationRequest:
+    return GenerationRequest(messages=[ChatMessage(role="user", content="Write a long story about a dragon.")],
+                             max_tokens=400, temperature=0.0, **kw)
+
+
+@pytest.mark.timeout(60)
+def test_a_call_queued_for_a_local_model_ends_at_its_deadline_or_when_cancelled(small_backend: Any) -> None:
+    """A stream holds SmolLM2 for up to 400 tokens; a call queued behind it with a deadline ends with
+    DeadlineExceededError, and one whose ``cancel`` event is set with CancelledError, both while the stream still
+    runs; the stream goes on undisturbed."""
+    short = GenerationRequest(messages=_long().messages, max_tokens=2)
+
+    async def main() -> tuple[list[BaseException], bool, int]:
+        events: list[Any] = []
+        more = asyncio.Event()
+
+        async def long_stream() -> None:
+            async for event in small_backend.astream(_long()):
+                events.append(event)
+                more.set()
+
+        holder = asyncio.create_task(long_stream())
+        await more.wait()
+        cancel = threading.Event()
+        queued = [asyncio.create_task(small_backend.agenerate(replace(short, deadline=time.monotonic() + 0.5))),
+                  asyncio.create_task(_collect(small_backend.astream(replace(short, cancel=cancel))))]
+        await asyncio.sleep(0)
+        cancel.set()
+        errors = [e for e in await asyncio.gather(*queued, return_exceptions=True) if isinstance(e, BaseException)]
+        still_running = not holder.done()
+        seen = len(events)
+        more.clear()
+        await more.wait()  # and the stream goes on
+        holder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        return errors, still_running, len(events) - seen
+
+    errors, still_running, later = asyncio.run(main())
+    assert sorted(type(e).__name__ for e in errors) == ["CancelledError", "DeadlineExceededError"]
+    assert all(isinstance(e, RouterError) for e in errors)
+    assert still_running and later >= 1
+    assert small_backend.generate(short).text  # the cancelled stream gave the model back
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_stream_gives_the_local_model_to_the_next_calls(small_backend: Any) -> None:
+    """The first stream's task is cancelled mid-answer while two calls wait for the model: the model's lock is
+    released (the worker stops at its next token) and both waiting calls are answered."""
+    short = GenerationRequest(messages=_long().messages, max_tokens=2)
+
+    async def main() -> list[Any]:
+        events: list[Any] = []
+        tokens = [asyncio.Event() for _ in range(6)]
+
+        async def first() -> None:
+            async for event in small_backend.astream(_long()):
+                events.append(event)
+                tokens[min(len(events), 6) - 1].set()
+
+        holder = asyncio.create_task(first())
+        await tokens[0].wait()
+        waiting = [asyncio.create_task(small_backend.agenerate(short)),
+                   asyncio.create_task(_collect(small_backend.astream(short)))]
+        await tokens[5].wait()  # the waiting calls had five tokens' time to queue
+        holder.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holder
+        return await asyncio.gather(*waiting)
+
+    generation, events = asyncio.run(main())
+    assert generation.text and events[-1].finish_reason in ("stop", "length")
+    assert not small_backend._lock.locked()
+
+
+async def _collect(events: Any) -> list[Any]:
+    return [event async for event in events]
