@@ -165,3 +165,16 @@ def test_router_complete_with_tools_and_response_format(tmp_path: Path) -> None:
         assert Person.model_validate_json(resp.choices[0].message.content)
         chunks = list(router.complete(ASK, tools=[WEATHER], tool_choice="required", max_tokens=40, stream=True))
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_schema_enum_beyond_the_basic_plane_is_generated_as_written(tmp_path: Path) -> None:
+    """An emoji is one code point past U+FFFF: the grammar must ask for its UTF-8 bytes, not for JSON's two
+    surrogate halves (which no token spells, so the answer came out as replacement characters)."""
+    reaction = {"type": "json_schema", "json_schema": {"name": "reaction", "strict": True, "schema": {
+        "type": "object", "properties": {"r": {"enum": ["👍", "👎"]}}, "required": ["r"],
+        "additionalProperties": False}}}
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:
+        resp = router.complete([{"role": "user", "content": "React to 'a great film'."}], model="smollm2-135m",
+                               response_format=reaction, max_tokens=20)
+    assert resp.routing.model == "smollm2-135m"
+    assert json.loads(resp.choices[0].message.content)["r"] in ("👍", "👎")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -234,7 +235,7 @@ def schema_grammar(schema_json: str) -> str:
     except Exception as exc:  # the converter raises plain exceptions for what it does not support
         log.info("JSON schema not expressible as a grammar (%s); using the plain JSON grammar", exc)
         return json_grammar()
-    return text
+    return _astral_escapes(text)
 
 
 def checked(llm: Any, grammar_text: str) -> str:
@@ -265,4 +266,21 @@ def _parses(llm: Any, grammar_text: str) -> bool:
 
 def literal(text: str) -> str:
     """A GBNF string literal."""
-    return json.dumps(text)
+    return _astral_escapes(json.dumps(text))
+
+
+_SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def _astral_escapes(gbnf: str) -> str:
+    """``gbnf`` with JSON's surrogate-pair escapes (``\\ud83d\\udc4d``, which ``json.dumps`` writes for a character
+    beyond U+FFFF, such as an emoji) as GBNF's ``\\U0001f44d``: GBNF reads each half as a code point of its own,
+    so the grammar would ask for two invalid UTF-8 sequences and the value could never be generated. An escaped
+    backslash is matched first so that ``\\\\ud83d`` (a backslash, then text) is left alone."""
+    def join(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return m.group(0)
+        high, low = int(m.group(1), 16), int(m.group(2), 16)
+        return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
+
+    return _SURROGATE_PAIR.sub(join, gbnf)
