@@ -25,6 +25,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
     RouterError,
+    StructuredOutputError,
     UnknownModelError,
 )
 from .ledger.feedback import Feedback
@@ -57,6 +58,7 @@ __all__ = [
     "RouterConfig",
     "RouterError",
     "Routing",
+    "StructuredOutputError",
     "UnknownModelError",
     "Usage",
     "load_card",

@@ -19,7 +19,8 @@ from openai.types.chat import ChatCompletion as OpenAIChatCompletion
 from openai.types.chat import ChatCompletionChunk as OpenAIChunk
 from test_paths import PATHS, Outcome, run
 
-from router import Router, RouterConfig
+import router as router_package
+from router import Router, RouterConfig, errors
 from router.backends import Backend, GenerationRequest, StreamEvent
 from router.cards import load_cards
 from router.errors import BadRequestError, StructuredOutputError
@@ -30,6 +31,14 @@ PERSON = {"type": "json_schema", "json_schema": {"name": "person", "strict": Tru
     "required": ["name", "age"], "additionalProperties": False}}}
 WEATHER = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}}}
+
+
+def test_every_error_the_library_raises_is_importable_from_router() -> None:
+    """What the README promises the library raises is caught by name from ``router`` (only the proxy raises the
+    rest: a wrong method, a slow or oversize body)."""
+    proxy_only = {"MethodNotAllowedError", "PayloadTooLargeError", "RequestTimeoutError"}
+    for name in sorted(set(errors.__all__) - proxy_only):
+        assert name in router_package.__all__ and getattr(router_package, name) is getattr(errors, name), name
 
 
 def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
