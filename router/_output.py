@@ -63,7 +63,7 @@ class Output:
             prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
             else call.backend.prompt_tokens(call.request.messages),
             completion_tokens=last.completion_tokens if last.completion_tokens is not None
-            else call.backend.count_tokens(text),
+            else call.backend.turn_tokens(text, self.calls),
             confidence=last.confidence,
             tool_calls=self.calls or None,
             logprobs=self.logprobs,

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
-from servers.procs import ROOT, llama_server, models_dir, remote_card, router_serve
+from servers.procs import ROOT, llama_server, models_dir, remote_card, router_serve, wait_for_record
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +34,20 @@ def upstream(cards, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def proxy(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("agents_passthrough")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The proxy's folder: its models, config and ledger."""
+    return tmp_path_factory.mktemp("agents_passthrough")
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream: str, home: Path) -> Iterator[str]:
     card = remote_card("remote-smollm2", upstream, "smollm2", tier="large").replace(
         "context_length:", "capabilities: [tools, json_object]\ncontext_length:")
-    models = models_dir(tmp / "models", {"remote-smollm2": card})
-    config = tmp / "config.yaml"
+    models = models_dir(home / "models", {"remote-smollm2": card})
+    config = home / "config.yaml"
     config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
-                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\n")
-    with router_serve(config, tmp) as url:
+                      f"ledger_url: sqlite:///{home / 'ledger.sqlite3'}\n")
+    with router_serve(config, home) as url:
         yield url
 
 
@@ -62,13 +68,20 @@ def test_tool_call_round_trip_through_the_proxy(proxy: str) -> None:
     assert second.choices[0].message.content
 
 
-def test_streamed_tool_calls_through_the_proxy(proxy: str) -> None:
-    chunks = list(client(proxy).chat.completions.create(model="router", messages=ASK, tools=[WEATHER],
-                                                        tool_choice=FORCED, stream=True, max_tokens=40))
+def test_streamed_tool_calls_through_the_proxy(proxy: str, home: Path) -> None:
+    """llama.cpp's server sends no usage in a stream: the router counts the calls' tokens itself, for the client's
+    usage and for the ledger (an answer that is only tool calls has no text to count)."""
+    chunks = list(client(proxy).chat.completions.create(
+        model="router", messages=ASK, tools=[WEATHER], tool_choice=FORCED, stream=True, max_tokens=40,
+        stream_options={"include_usage": True}, extra_headers={"x-request-id": "streamed-calls"}))
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
     assert deltas and deltas[0].function.name == "get_weather"
-    assert isinstance(json.loads("".join(d.function.arguments or "" for d in deltas)), dict)
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert isinstance(json.loads(arguments), dict)
     assert chunks[-1].model_extra["routing"]["model"] == "remote-smollm2"
+    assert chunks[-1].usage.completion_tokens > len(arguments) // 4  # the arguments, and the call's name
+    record = wait_for_record(f"sqlite:///{home / 'ledger.sqlite3'}", "streamed-calls", timeout=20, poll=0.2)
+    assert record.output_tokens == chunks[-1].usage.completion_tokens
 
 
 def test_json_object_passes_through_and_undeclared_json_schema_is_a_400(proxy: str) -> None:

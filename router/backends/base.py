@@ -177,8 +177,13 @@ class Backend(ABC):
         return max(1, len(text) // 4) if text else 0
 
     def prompt_tokens(self, messages: list[ChatMessage]) -> int:
-        return sum(self.count_tokens(m.text) + 4 + sum(self.count_tokens(c["function"]["arguments"]) + 8
-                                                       for c in m.tool_calls or ()) for m in messages)
+        return sum(self.turn_tokens(m.text, m.tool_calls) + 4 for m in messages)
+
+    def turn_tokens(self, text: str, tool_calls: list[dict[str, Any]] | None) -> int:
+        """Token count of one turn's text and tool calls (each call's arguments, and 8 for its name and framing):
+        an answer's count when the endpoint reports none, and each earlier turn's in :meth:`prompt_tokens`."""
+        return self.count_tokens(text) + sum(self.count_tokens(c["function"]["arguments"]) + 8
+                                             for c in tool_calls or ())
 
     def warm_up(self) -> None:
         """Load what the first call would load and run it once (one token), so that neither the first request's
