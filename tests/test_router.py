@@ -11,6 +11,8 @@ from openai.types.chat import ChatCompletionChunk as OpenAIChunk
 from router import (
     BackendError,
     BadRequestError,
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatMessage,
     ConfigError,
     ContextLengthError,
@@ -298,3 +300,17 @@ def test_a_key_whose_policy_does_not_exist_stops_the_router_at_start(ledger_url,
     with pytest.raises(ConfigError, match=r"API key 'team' has policy 'ecco', which is not a policy here "
                                           r"\(balanced, eco, quality.*\); fix the name"):
         Router(config, cards=cards)
+
+
+def test_a_remote_model_streams_from_one_event_loop_after_another(ledger_url, http_card):
+    """Each ``asyncio.run`` has its own loop, and a connection opened on one cannot be used from the next."""
+    with Router(RouterConfig.load(ledger_url=ledger_url), cards={http_card.name: http_card}) as router:
+        async def ask() -> tuple[list[ChatCompletionChunk], ChatCompletion]:
+            stream = await router.acomplete(user("Say hi."), model=http_card.name, max_tokens=3, stream=True)
+            chunks = [c async for c in stream]
+            return chunks, await router.acomplete(user("Say hi."), model=http_card.name, max_tokens=3)
+
+        for _ in range(2):
+            chunks, resp = asyncio.run(ask())
+            assert chunks[-1].routing.model == http_card.name and chunks[-1].choices[0].finish_reason
+            assert resp.routing.model == http_card.name and resp.choices[0].message.content

@@ -94,9 +94,8 @@ class OpenAIHTTPBackend(Backend):
             base_url=spec.base_url.rstrip("/"), headers=headers, timeout=timeout,
             transport=transport or BoundedTransport(limits),
         )
-        self._aclient = httpx.AsyncClient(
-            base_url=spec.base_url.rstrip("/"), headers=headers, timeout=timeout, limits=limits
-        )
+        self._timeout, self._limits = timeout, limits
+        self._aclient: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
         self._headers = headers
         self._http: HTTPPool | None = None
@@ -248,8 +247,9 @@ class OpenAIHTTPBackend(Backend):
                             bound: Bound) -> AsyncIterator[StreamEvent]:
         response: httpx.Response | None = None
         try:
-            post = self._aclient.build_request("POST", "/chat/completions", content=body)
-            response = await within(self._aclient.send(post, stream=True), bound.end)
+            client = self._async_client()
+            post = client.build_request("POST", "/chat/completions", content=body)
+            response = await within(client.send(post, stream=True), bound.end)
             if response.status_code >= 400:
                 raise self._status_failure(response.status_code, await within(response.aread(), bound.end))
             parser = _SSEParser(self.card.name)
@@ -291,13 +291,25 @@ class OpenAIHTTPBackend(Backend):
             if self._use_pool:
                 status, raw = await self._pool().post(body, timeout_s=left)
             else:
-                response = await within(self._aclient.post("/chat/completions", content=body), bound.end)
+                response = await within(self._async_client().post("/chat/completions", content=body), bound.end)
                 status, raw = response.status_code, response.content
         except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
             raise self._transport_failure(exc, bound) from exc
         if status >= 400:
             raise self._status_failure(status, raw)
         return raw
+
+    def _async_client(self) -> httpx.AsyncClient:
+        """The httpx client of the running event loop (its connections belong to the loop that opened them: a
+        client kept from an earlier ``asyncio.run`` fails on the next). The one it replaces is left unclosed:
+        its loop has ended, or it runs elsewhere and its calls in flight still use it."""
+        loop = asyncio.get_running_loop()
+        held = self._aclient
+        if held is None or held[0] is not loop:
+            client = httpx.AsyncClient(base_url=self.spec.base_url.rstrip("/"), headers=self._headers,
+                                       timeout=self._timeout, limits=self._limits)
+            held = self._aclient = (loop, client)
+        return held[1]
 
     def _pool(self) -> HTTPPool:
         """The connection pool of the running event loop (connections belong to the loop that opened them)."""
