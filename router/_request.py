@@ -26,9 +26,9 @@ from .tools import check_tool_fields, check_tools
 from .types import ChatMessage, new_request_id
 
 PASSED_THROUGH = frozenset({"top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias"})
-"""OpenAI sampling parameters sent as they came to remote models. Local models apply what llama.cpp can
-(``top_p``, the penalties, ``logit_bias``) and do without the rest (``seed``: llama.cpp models here decode
-greedily unless a temperature is set). They tune how an answer is drawn, not what it must be."""
+"""OpenAI sampling parameters sent as they came to remote models; local llama.cpp models apply them all
+(``seed`` matters only with a temperature above 0: they decode greedily otherwise). They tune how an answer is
+drawn, not what it must be."""
 
 IGNORED_PARAMS = frozenset({
     "user", "metadata", "store", "service_tier", "stream_options", "prediction", "prompt_cache_key",

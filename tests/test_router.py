@@ -314,3 +314,15 @@ def test_a_remote_model_streams_from_one_event_loop_after_another(ledger_url, ht
             chunks, resp = asyncio.run(ask())
             assert chunks[-1].routing.model == http_card.name and chunks[-1].choices[0].finish_reason
             assert resp.routing.model == http_card.name and resp.choices[0].message.content
+
+
+def test_local_sampling_follows_the_request_seed(router):
+    """At a temperature above 0 a local model draws its tokens at random: the same seed and prompt give the same
+    answer, and without a seed each request draws afresh (top_p alone takes the same token loop as seed)."""
+    def draw(**params: float) -> str:
+        resp = router.complete(user("Write a random word."), model="smollm2-135m", max_tokens=6, temperature=1.5,
+                               **params)
+        return resp.choices[0].message.content
+
+    assert draw(seed=7) == draw(seed=7)
+    assert len({draw(top_p=0.99) for _ in range(4)}) > 1

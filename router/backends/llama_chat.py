@@ -16,6 +16,7 @@ probabilities are read from the logits row before each token is sampled (:mod:`.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -106,6 +107,7 @@ class StructuredChat:
         self.stop = stop
         self.confidence: list[float] = []
         self.processors: list[Any] = []
+        reseed(self.llm, self.options.passthrough.get("seed"))
         bias = self.options.passthrough.get("logit_bias")
         if bias:
             self.processors.append(LogitBias(bias, self.llm.n_vocab()))
@@ -213,6 +215,19 @@ class StructuredChat:
                 return "tool_calls"
             name = following
 
+
+
+def reseed(llm: Any, seed: int | None) -> None:
+    """Seed one request's random draws (temperature > 0); llama.cpp starts every generation from the context's
+    seed. The request's own seed makes the same prompt give the same answer: its prompt is then evaluated whole,
+    not after the part cached from the request before (logits computed in another batch shape differ in their
+    last bits, enough to change a draw). Without one, a fresh seed makes answers vary from call to call. Seeds
+    stay below 2**32 - 1, which llama.cpp reads as "pick one at random"."""
+    if seed is None:
+        llm.set_seed(random.getrandbits(32) % 0xFFFFFFFF)
+    else:
+        llm.set_seed(seed % 0xFFFFFFFF)
+        llm.reset()
 
 
 def _mean_probability(logprobs: list[float]) -> float | None:
