@@ -19,8 +19,8 @@ log = logging.getLogger("router")
 
 
 class Models(Protocol):
-    """What the attempts need of the Router: its cards, backends, meter, ledger, learned energy estimates and
-    carbon accounting."""
+    """What the attempts need of the Router: its cards, backends, meter, ledger (records go through
+    ``write_record``), learned energy estimates and carbon accounting."""
 
     cards: dict[str, ModelCard]
     ledger: Ledger
@@ -30,6 +30,8 @@ class Models(Protocol):
     """After-answer work (router/learning.py: prompts kept, the judge) or None."""
 
     def backend(self, model: str) -> Backend: ...
+
+    def write_record(self, rec: LedgerRecord) -> None: ...
 
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
 
@@ -107,8 +109,7 @@ class Books:
             zone=zone,
         )
         try:
-            self.router.ledger.record(rec)
+            self.router.write_record(rec)
         except Exception:  # the answer still goes out; the failure is logged loudly
             log.exception("%s: could not write the ledger record", p.request_id)
-        self.router.estimates.observe(rec)
         return co2e_g

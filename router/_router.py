@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from ._attempts import Attempts
@@ -61,7 +61,7 @@ from .errors import (
 )
 from .keys import KeySpec, KeyStore, hash_key
 from .learning import Learning, prompt_retention_at_start
-from .ledger import Feedback, Ledger, open_ledger, redact
+from .ledger import Feedback, Ledger, LedgerRecord, open_ledger, redact
 from .policy.base import BudgetState, DecisionRequest
 from .tools import tools_task
 from .types import ChatCompletion, ChatCompletionChunk
@@ -117,6 +117,9 @@ class Router:
         self._policies_follow_grid = any(p.grid is not None for p in getattr(self.engine, "policies", {}).values())
         self._batcher = ClassifyBatcher(self.classifier)
         self._batches: Any = None
+        self.record_observer: Callable[[LedgerRecord], None] | None = None
+        """Shown every ledger record this Router writes, after the write (``router serve`` counts the records'
+        joules and failed calls in its metrics here, so ``/metrics`` sums to what the ledger holds)."""
         self.learning: Learning | None = None
         """Prompts kept and answers judged after each answer (router/learning.py); None when both are off."""
         # What holds threads, files or connections opens last, and closes again when a later part fails: a caller
@@ -286,6 +289,14 @@ class Router:
         if not self.cards[found].callable:
             raise UnknownModelError(f"model {found!r} has no backend (simulation only)", param="model")
         return found
+
+    def write_record(self, rec: LedgerRecord) -> None:
+        """Write one ledger record, then show it to what learns from records: the energy estimates and
+        :attr:`record_observer`."""
+        self.ledger.record(rec)
+        self.estimates.observe(rec)
+        if self.record_observer is not None:
+            self.record_observer(rec)
 
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]:
         """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` now (what its ledger record carries)."""

@@ -130,8 +130,7 @@ def _record(router: Router, model: str, energy: EnergyReading, started: float, r
         output_tokens=gen.completion_tokens if gen else 0, latency_ms=(time.perf_counter() - started) * 1000,
         task=task, error=error, co2e_g=co2e_g, grid_g_per_kwh=grid_g, zone=zone,
     )
-    router.ledger.record(rec)
-    router.estimates.observe(rec)
+    router.write_record(rec)
 
 
 class Judge:

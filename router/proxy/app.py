@@ -50,6 +50,7 @@ class Proxy:
         self.keys = keys
         self.settings = settings
         self.metrics = ProxyMetrics(router)
+        router.record_observer = self.metrics.observe_record  # joules and failed calls, as the ledger has them
         self.policies = policy_names(router.config)
         self.started = time.time()
         self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies)
@@ -64,7 +65,7 @@ class Proxy:
         if completion is not None:
             r = completion["routing"]
             label = key.key_hash if self.keys and key is not None else None
-            metrics.observe_answer(r["model"], r["tier"], label, r["energy_j"], "ok", r["attempts"])
+            metrics.observe_answer(r["model"], r["tier"], label, "ok")
         elif error is not None:
             metrics.observe_error(error.code or error.error_type, error.http_status)
 

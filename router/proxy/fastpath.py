@@ -150,7 +150,7 @@ class ChatHandler:
                 response = await self._stream(prepared, key_label, include_usage, t0)
                 await response(scope, receive, send)
                 return
-            completion = await self._answer(prepared, receive)
+            completion = await self._answer(prepared, receive, key_label)
         except RouterError as exc:
             await error_response(exc, self.metrics, request_id or new_request_id())(scope, receive, send)
             return
@@ -164,14 +164,14 @@ class ChatHandler:
         data = to_json(completion)
         r = completion["routing"]
         model, tier, reason, energy_j = r["model"], r["tier"], r["reason"], r["energy_j"]
-        self.metrics.observe_answer(model, tier, key_label, energy_j, "ok", r["attempts"])
+        self.metrics.observe_answer(model, tier, key_label, "ok")
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
                    (b"x-request-id", request_id.encode("latin-1")), *routing_header_list(model, tier, reason, energy_j)]
         self.metrics.observe_latency(time.perf_counter() - t0)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _answer(self, prepared: PreparedRequest, receive: Receive) -> dict[str, Any]:
+    async def _answer(self, prepared: PreparedRequest, receive: Receive, key_label: str | None) -> dict[str, Any]:
         """``Router.asend``, stopped when the client goes away meanwhile: ``receive()`` says so
         (``http.disconnect``) once the body has been read. Then the request's cancel event is set, so a local model
         stops at its next token and the ledger records ``cancelled`` with what it produced; a call still running
@@ -198,6 +198,8 @@ class ChatHandler:
                 raise
             if isinstance(exc, asyncio.CancelledError):
                 task.uncancel()
+            d = prepared.decision  # the ledger has the 'cancelled' record of the call that was stopped
+            self.metrics.observe_answer(d.model, d.tier, key_label, "cancelled")
             raise ClientDisconnect() from None
         finally:
             start.cancel()
@@ -270,7 +272,7 @@ class ChatHandler:
                 if chunk.routing is not None:  # the final chunk: usage and routing
                     finished = True
                     r = chunk.routing
-                    self.metrics.observe_answer(r.model, r.tier, key_label, r.energy_j, "ok", r.attempts)
+                    self.metrics.observe_answer(r.model, r.tier, key_label, "ok")
                     if include_usage:  # OpenAI's shape: usage in an extra chunk with no choices
                         usage_chunk = chunk.model_copy(update={"choices": []})
                         chunk = chunk.model_copy(update={"usage": None, "routing": None})
@@ -292,7 +294,7 @@ class ChatHandler:
         finally:
             if not finished:  # the client went away mid-stream; the ledger has the 'cancelled' record
                 card = self.router.cards[first.model]
-                self.metrics.requests.labels(card.name, card.tier, key_label or "-", "cancelled").inc()
+                self.metrics.observe_answer(card.name, card.tier, key_label, "cancelled")
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -1,8 +1,10 @@
 """Prometheus metrics for the proxy, in a registry of its own (one per app, so tests can build many apps).
 
 Per request the hot path does one dict lookup for the labelled children it needs (cached here by label values,
-which skips prometheus-client's per-call label validation) and a few locked float adds. Budget and cooldown
-figures are read when ``/metrics`` is scraped, not per request.
+which skips prometheus-client's per-call label validation) and a few locked float adds. Joules and failed calls
+are counted from the ledger records the Router writes (:meth:`ProxyMetrics.observe_record`), so failed,
+cancelled and escalated calls count as the ledger counts them. Budget and cooldown figures are read when
+``/metrics`` is scraped, not per request.
 With ``--workers N`` each worker process keeps its own counters; scrape each worker or sum per instance.
 """
 
@@ -19,6 +21,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .._router import Router
+    from ..ledger import LedgerRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("router.proxy")
@@ -32,16 +35,16 @@ class ProxyMetrics:
             ["model", "tier", "key", "outcome"], registry=self.registry,
         )
         self.joules = Counter(
-            "router_energy_joules", "Joules spent answering requests, by model, tier and key hash",
-            ["model", "tier", "key"], registry=self.registry,
+            "router_energy_joules", "Joules of every model call the ledger records (answered, failed, cancelled or "
+            "escalated), by model, tier and key hash", ["model", "tier", "key"], registry=self.registry,
         )
         self.errors = Counter(
             "router_errors", "Requests that ended in an error, by error type and HTTP status",
             ["type", "status"], registry=self.registry,
         )
         self.failed_attempts = Counter(
-            "router_backend_failures", "Model calls that failed (a fallback may still have answered)",
-            ["model"], registry=self.registry,
+            "router_backend_failures", "Model calls the ledger records as failed (`error`), whether or not a "
+            "fallback answered", ["model"], registry=self.registry,
         )
         self.decision = Histogram(
             "router_decision_seconds", "Time to classify a request and decide its model",
@@ -55,7 +58,9 @@ class ProxyMetrics:
         )
         self.budgets_seen: set[str] = set()
         self.registry.register(_StateCollector(router, self))
-        self._answer_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._keyed = bool(router.keys)  # a key label only for configured keys, as the chat route labels requests
+        self._request_children: dict[tuple[str, str, str, str], Any] = {}
+        self._joule_children: dict[tuple[str, str, str], Any] = {}
         self.observe_decision = self.decision.observe
         self.observe_latency = self.latency.observe
 
@@ -66,20 +71,28 @@ class ProxyMetrics:
         if budgets:
             self.budgets_seen.update(budgets)
 
-    def observe_answer(self, model: str, tier: str, key: str | None, energy_j: float, outcome: str,
-                       attempts: Any = ()) -> None:
+    def observe_answer(self, model: str, tier: str, key: str | None, outcome: str) -> None:
+        """A request answered (``ok``) or given up by its client (``cancelled``)."""
         labels = (model, tier, key or "-", outcome)
-        children = self._answer_children.get(labels)
-        if children is None:
-            children = (self.requests.labels(*labels), self.joules.labels(*labels[:3]))
-            if len(self._answer_children) < 10_000:  # label sets are bounded by models x keys; stay so
-                self._answer_children[labels] = children
-        children[0].inc()
-        children[1].inc(energy_j)
-        for a in attempts:  # Attempt objects or their dicts
-            outcome, name = (a["outcome"], a["model"]) if isinstance(a, dict) else (a.outcome, a.model)
-            if outcome == "error":
-                self.failed_attempts.labels(name).inc()
+        child = self._request_children.get(labels)
+        if child is None:
+            child = self.requests.labels(*labels)
+            if len(self._request_children) < 10_000:  # label sets are bounded by models x keys; stay so
+                self._request_children[labels] = child
+        child.inc()
+
+    def observe_record(self, rec: LedgerRecord) -> None:
+        """A ledger record the Router wrote (its ``record_observer``): its joules, and a failed call."""
+        if rec.energy_j:
+            labels = (rec.model, rec.tier, (rec.key_hash if self._keyed else None) or "-")
+            child = self._joule_children.get(labels)
+            if child is None:
+                child = self.joules.labels(*labels)
+                if len(self._joule_children) < 10_000:
+                    self._joule_children[labels] = child
+            child.inc(rec.energy_j)
+        if rec.outcome == "error":
+            self.failed_attempts.labels(rec.model).inc()
 
     def observe_error(self, error_type: str, status: int) -> None:
         self.errors.labels(error_type, str(status)).inc()

@@ -1,0 +1,115 @@
+"""``/metrics`` against the ledger: a real ``router serve`` subprocess and the instant TEST UPSTREAM
+(tests/servers/instant_upstream.py), driven with the official ``openai`` client and raw httpx; the ledger is the
+SQLite file the proxy writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+
+from router.ledger import LedgerRecord, open_ledger
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class Served:
+    def __init__(self, url: str, ledger_url: str) -> None:
+        self.url = url
+        self.ledger_url = ledger_url
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=20)
+
+    def records(self, wanted: int = 0, timeout: float = 15.0) -> list[LedgerRecord]:
+        """The ledger's records, once it holds at least ``wanted`` (the proxy writes from a background thread)."""
+        deadline = time.time() + timeout
+        while True:
+            ledger = open_ledger(self.ledger_url)
+            try:
+                records = ledger.records()
+            finally:
+                ledger.close()
+            if len(records) >= wanted or time.time() > deadline:
+                return records
+            time.sleep(0.05)
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Each sample name's ``(labels, value)`` pairs."""
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(httpx.get(f"{self.url}/metrics").text):
+            for s in family.samples:
+                out.setdefault(s.name, []).append((s.labels, s.value))
+        return out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("metrics_ledger")
+    with upstream(tmp) as up:
+        models = models_dir(tmp / "models", {
+            "remote-echo": remote_card("remote-echo", up, "echo", tier="small"),
+            "remote-slow": remote_card("remote-slow", up, "slow", tier="large", per_call_j=5.0),
+            "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=7.0),
+        })
+        policies = tmp / "policies"
+        policies.mkdir()
+        for file in (ROOT / "policies").glob("*.yaml"):
+            shutil.copy(file, policies / file.name)
+        (policies / "onlybroken.yaml").write_text(
+            "name: onlybroken\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-broken]\n")
+        ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
+        config = tmp / "config.yaml"
+        config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n")
+        with router_serve(config, tmp) as url:
+            yield Served(url, ledger_url)
+
+
+def test_metrics_joules_and_failures_add_up_to_the_ledger(served: Served) -> None:
+    """Answered, failed-then-answered, failed with no fallback, and client-cancelled requests (JSON and stream):
+    ``router_energy_joules_total`` per model sums to the ledger's joules per model, ``router_backend_failures_total``
+    to its ``error`` records, and both cancelled requests count in ``router_requests_total``."""
+    client = served.client()
+    client.chat.completions.create(model="remote-echo", messages=user("hello"))
+    resp = client.chat.completions.create(model="remote-broken", messages=user("What is the capital of France?"))
+    assert [a["outcome"] for a in resp.model_extra["routing"]["attempts"]][0] == "error"  # a fallback answered
+    with pytest.raises(openai.InternalServerError):  # no fallback allowed: the request fails
+        client.chat.completions.create(model="remote-broken", messages=user("hello"),
+                                       extra_body={"policy": "onlybroken"})
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up on a JSON answer
+        httpx.post(f"{served.url}/v1/chat/completions", timeout=httpx.Timeout(0.5),
+                   json={"model": "remote-slow", "messages": user("hi"), "max_tokens": 200})
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", timeout=20,
+                      json={"model": "remote-slow", "messages": user("hi"), "stream": True, "max_tokens": 200}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break  # hang up after the first token
+
+    records = served.records(wanted=6)
+    assert sorted(r.outcome for r in records) == ["cancelled", "cancelled", "error", "error", "ok", "ok"]
+    ledger_j: dict[str, float] = {}
+    for r in records:
+        ledger_j[r.model] = ledger_j.get(r.model, 0.0) + r.energy_j
+    assert ledger_j["remote-broken"] > 0  # failed calls are charged for what they were estimated to use
+
+    m = served.metrics()
+    metric_j: dict[str, float] = {}
+    for labels, value in m["router_energy_joules_total"]:
+        metric_j[labels["model"]] = metric_j.get(labels["model"], 0.0) + value
+    assert metric_j.keys() == {m for m, j in ledger_j.items() if j}
+    for model, joules in ledger_j.items():
+        assert metric_j.get(model, 0.0) == pytest.approx(joules), model
+    failures = {labels["model"]: value for labels, value in m["router_backend_failures_total"]}
+    assert failures == {"remote-broken": sum(r.outcome == "error" for r in records)} == {"remote-broken": 2}
+    cancelled = [(labels["model"], value) for labels, value in m["router_requests_total"]
+                 if labels["outcome"] == "cancelled"]
+    assert cancelled == [("remote-slow", 2.0)]
