@@ -288,3 +288,26 @@ def test_latest_records_default_widens_until_it_has_enough(tmp_path: Path) -> No
     assert [r.request_id for r in led.latest_records(50)] == [f"old-{i}" for i in range(5, -1, -1)]
     assert led.latest_records(0) == []
     led.close()
+
+
+def test_a_carbon_budget_is_shown_in_grams_co2e_on_the_dashboard_and_in_the_metrics(tmp_path: Path) -> None:
+    """A ``g_co2e`` budget's figures are grams: the dashboard's budget row says so (``unit``) and puts nothing in
+    the joule fields; ``/metrics`` lists it in the ``*_grams_co2e`` gauges, not the joule ones."""
+    policy = POLICY.replace("    joules: 1000\n", "    g_co2e: 2\n")
+    config = _config(tmp_path)
+    (config.parent / "policies" / "dash.yaml").write_text(policy)
+    key = "gco2e:model:sentiment-onnx:3600s"
+    with TestClient(create_app(config=RouterConfig.load(config))) as c:
+        answer = _chat(c, "carbon-1")
+        router = c.app.state.router  # type: ignore[attr-defined]
+        router.ledger.flush()
+        grams = router.ledger.budget_used(key, 3600)
+        assert grams == pytest.approx(answer["routing"]["co2e_g"]) and grams > 0
+        (row,) = [b for b in c.get("/dashboard/api/budgets").json()["budgets"] if b["budget"] == key]
+        assert row["unit"] == "gCO2e" and row["limit"] == 2 and row["used"] == pytest.approx(grams)
+        assert row["remaining"] == pytest.approx(2 - grams) and row["used_share"] == pytest.approx(grams / 2)
+        assert row["limit_j"] is None and row["used_j"] is None and row["remaining_j"] is None
+        metrics = c.get("/metrics").text
+    assert f'router_budget_used_grams_co2e{{budget="{key}"}} {grams!r}' in metrics
+    assert f'router_budget_remaining_grams_co2e{{budget="{key}",policy="dash"}} {2 - grams!r}' in metrics
+    assert key not in "".join(line for line in metrics.splitlines() if "_joules" in line)

@@ -21,6 +21,7 @@ from ..errors import BadRequestError
 from ..ledger import Ledger, LedgerRecord, SummaryRow
 from ..ledger.base import window_start
 from ..ledger.report import build_report
+from ..policy.schema import budget_unit
 
 if TYPE_CHECKING:
     from .._router import Router
@@ -162,7 +163,8 @@ class DashboardData:
     # -- budgets -------------------------------------------------------------------------------------------
     def budgets(self) -> dict[str, Any]:
         """Each budget's use in its current window and when the window rolls; one row per policy that names the
-        budget (policies may share a counter with different limits)."""
+        budget (policies may share a counter with different limits). Amounts are in the budget's ``unit``: ``J``,
+        or ``gCO2e`` for a carbon budget."""
         specs: list[tuple[str, float | None, float, str | None]] = []
         specs_fn = getattr(self.router.engine, "budget_specs", None)
         if callable(specs_fn):
@@ -177,15 +179,19 @@ class DashboardData:
         now = time.time()
         used: dict[tuple[str, float], float] = {}
         out = []
-        for budget, limit_j, window_s, policy in specs:
+        for budget, limit, window_s, policy in specs:
             if (budget, window_s) not in used:
                 used[budget, window_s] = ledger.budget_used(budget, window_s)
             spent = used[budget, window_s]
             start = window_start(now, window_s)
+            unit = budget_unit(budget)
+            remaining = None if limit is None else max(0.0, limit - spent)
+            joules = unit == "J"  # the *_j fields are joules: a carbon budget's grams go in limit/used/remaining only
             out.append({
-                "budget": budget, "policy": policy, "limit_j": limit_j, "window_s": window_s, "used_j": spent,
-                "remaining_j": None if limit_j is None else max(0.0, limit_j - spent),
-                "used_share": None if not limit_j else spent / limit_j,
+                "budget": budget, "policy": policy, "unit": unit, "limit": limit, "used": spent,
+                "remaining": remaining, "limit_j": limit if joules else None, "used_j": spent if joules else None,
+                "remaining_j": remaining if joules else None, "window_s": window_s,
+                "used_share": None if not limit else spent / limit,
                 "window_start": start, "rolls_at": start + window_s, "rolls_in_s": start + window_s - now,
             })  # fmt: skip
         return {"now": now, "budgets": out}

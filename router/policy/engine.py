@@ -181,17 +181,18 @@ class PolicyEngine(Engine):
         return dataclasses.replace(decision, reason=f"{note}; {decision.reason}")
 
     def budget_specs(self) -> list[tuple[str, float, float, str]]:
-        """Every budget a request can be reserved against, for reports and metrics: ``(ledger key, joules per
+        """Every budget a request can be reserved against, for reports and metrics: ``(ledger key, limit per
         window, window seconds, policy)``, one row per policy that names the budget (policies may share a
-        counter with different limits). Per-key budgets are listed for the key hashes the policies name; a
-        policy-wide ``scope: per_key`` budget has no key to list until a request with a key uses it."""
+        counter with different limits). The limit is in the budget's unit, which its key tells
+        (:func:`~router.policy.schema.budget_unit`: joules, or grams CO2e for a ``gco2e:`` key). Per-key budgets
+        are listed for the key hashes the policies name; a policy-wide ``scope: per_key`` budget has no key to
+        list until a request with a key uses it."""
         rows: dict[tuple[str, str], tuple[float, float]] = {}
         for policy in self.policies.values():
             for key_hash in [None, *(k.key_hash for k in policy.keys)]:
                 for card in self.cards.values():
                     for ref in budgets_for(policy, card, key_hash):
-                        if ref.unit == "J":  # carbon budgets are not joules: metrics name these in joules
-                            rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
+                        rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
         return [(key, limit, window, name) for (key, name), (limit, window) in sorted(rows.items())]
 
 

@@ -70,6 +70,11 @@ CARBON_PREFIX = "gco2e:"
 """Ledger keys of carbon budgets start with this; their amounts are grams CO2e (a joule budget's key never does)."""
 
 
+def budget_unit(key: str) -> str:
+    """The unit of a budget's amounts, told by its ledger key: ``J``, or ``gCO2e`` for a carbon budget."""
+    return "gCO2e" if key.startswith(CARBON_PREFIX) else "J"
+
+
 class Budget(_Strict):
     """``joules`` (or ``g_co2e``, grams CO2e) per window for ``model`` (a card name, ``tier:<tier>`` for a whole
     tier, or ``*`` for each model separately). ``scope: per_key`` gives every API key its own budget of that

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..policy.schema import budget_unit
+
 if TYPE_CHECKING:
     from .._router import Router
     from ..ledger import LedgerRecord
@@ -127,24 +129,38 @@ class _StateCollector(Collector):
         yield from self._budgets()
 
     def _budgets(self) -> Iterator[GaugeMetricFamily]:
-        used = GaugeMetricFamily("router_budget_used_joules",
-                                 "Joules spent plus held in the current window of each budget", labels=["budget"])
-        remaining = GaugeMetricFamily(
-            "router_budget_remaining_joules",
-            "Joules left in the current window of each budget, under each policy that names it (policies may "
-            "share a budget's counter with different limits)", labels=["budget", "policy"])
+        """Joule budgets and carbon budgets (grams CO2e, keys ``gco2e:...``), each in a family of its unit."""
+        used = {
+            "J": GaugeMetricFamily("router_budget_used_joules",
+                                   "Joules spent plus held in the current window of each energy budget",
+                                   labels=["budget"]),
+            "gCO2e": GaugeMetricFamily("router_budget_used_grams_co2e",
+                                       "Grams CO2e spent plus held in the current window of each carbon budget",
+                                       labels=["budget"]),
+        }
+        remaining = {
+            "J": GaugeMetricFamily(
+                "router_budget_remaining_joules",
+                "Joules left in the current window of each energy budget, under each policy that names it "
+                "(policies may share a budget's counter with different limits)", labels=["budget", "policy"]),
+            "gCO2e": GaugeMetricFamily(
+                "router_budget_remaining_grams_co2e",
+                "Grams CO2e left in the current window of each carbon budget, under each policy that names it",
+                labels=["budget", "policy"]),
+        }
         specs, windows = self._budget_specs()
         for budget, window_s in sorted(windows.items()):
             try:
                 spent = self.router.ledger.budget_used(budget, window_s)
             except Exception:  # a scrape must not fail because the ledger hiccups
                 continue
-            used.add_metric([budget], spent)
-            for b, limit_j, _, policy in specs:
+            unit = budget_unit(budget)
+            used[unit].add_metric([budget], spent)
+            for b, limit, _, policy in specs:
                 if b == budget:
-                    remaining.add_metric([budget, policy], max(0.0, limit_j - spent))
-        yield used
-        yield remaining
+                    remaining[unit].add_metric([budget, policy], max(0.0, limit - spent))
+        yield from used.values()
+        yield from remaining.values()
 
     def _budget_specs(self) -> tuple[list[tuple[str, float, float, str]], dict[str, float]]:
         """The policy engine's budgets (``budget_specs()``: key, limit, window, policy) and the window of every

@@ -224,15 +224,16 @@
       const tr = document.createElement("tr");
       tr.dataset.budget = x.budget;
       const used = cell("");
-      if (x.limit_j) {
+      const fmt = x.unit === "gCO2e" ? (g) => `${fmtG(g)} CO2e` : fmtJ;
+      if (x.limit) {
         const bar = document.createElement("span");
         bar.className = `bar${x.used_share >= 1 ? " full" : x.used_share >= 0.8 ? " high" : ""}`;
         const fill = document.createElement("span");
         fill.style.width = `${Math.min(100, 100 * x.used_share)}%`;
         bar.append(fill);
-        used.append(bar, document.createTextNode(`${fmtJ(x.used_j)} of ${fmtJ(x.limit_j)} (${fmtPct(x.used_share)})`));
+        used.append(bar, document.createTextNode(`${fmt(x.used)} of ${fmt(x.limit)} (${fmtPct(x.used_share)})`));
       } else {
-        used.textContent = fmtJ(x.used_j);
+        used.textContent = fmt(x.used);
       }
       tr.append(cell(x.budget, "text"), cell(x.policy || "–", "text"), used, cell(fmtDuration(x.window_s)),
         cell(fmtDuration(x.rolls_in_s)));
