@@ -67,9 +67,9 @@ def test_ledger_co2e_is_what_the_records_carry(tmp_path: Path) -> None:
     out = run("ledger", "--ledger", url)
     model_row = next(line for line in out.splitlines() if "smollm2-135m" in line)
     assert model_row.split("│")[5].strip() == "300", model_row  # the records' 200 + 100, not 2 kWh x 475
-    assert "300 g CO2e at 150 g/kWh (the records' own intensities, on average)" in out
+    assert "300 g CO2e at 150 g/kWh (the records' own: each one's zone and hour, PUE included)" in out
     report = run("ledger", "report", "--ledger", url)
-    assert "300 g CO2e at 150 g/kWh (the records' own intensities, on average)" in report
+    assert "300 g CO2e at 150 g/kWh (the records' own: each one's zone and hour, PUE included)" in report
 
 
 def test_report_counterfactual_is_the_large_profile_for_answered_requests(ledger: str) -> None:

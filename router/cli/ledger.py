@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .._dates import utc_minute
 from ..config import RouterConfig
-from ..energy.carbon import equivalents, format_joules, kwh
+from ..energy.carbon import equivalents, format_joules, recorded_equivalents
 from ..errors import RouterError
 from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
@@ -184,15 +184,14 @@ def _since(ctx: typer.Context, since: str | None) -> str | None:
 
 
 def _recorded_sentence(joules: float, co2e_g: float, grid_g_per_kwh: float) -> str:
-    """``joules`` in everyday terms with the CO2e the records carry (each at its zone's intensity when it ran);
-    the static ``grid_g_per_kwh`` only when nothing was recorded to read an intensity from."""
-    if joules > 0 and co2e_g > 0:
-        return equivalents(joules, co2e_g / kwh(joules)).sentence() + " (the records' own intensities, on average)"
-    return equivalents(joules, grid_g_per_kwh).sentence()
+    """``joules`` in everyday terms with the CO2e the records carry, as every view of the ledger shows it
+    (:func:`~router.energy.carbon.recorded_equivalents`)."""
+    return recorded_equivalents(joules, co2e_g, grid_g_per_kwh).sentence()
 
 
 def _savings_sentence(saved_j: float, counterfactual: str, grid_g_per_kwh: float) -> str:
-    """What routing saved against always using ``counterfactual``, or (when it cost more) how much more."""
+    """What routing saved against always using ``counterfactual``, or (when it cost more) how much more, at
+    ``grid_g_per_kwh`` (the records' intensity)."""
     if saved_j >= 0:
         return f"Saved against always {counterfactual} (estimate): {equivalents(saved_j, grid_g_per_kwh).sentence()}"
     return (f"Routing used more than always {counterfactual} would have (estimate): "
@@ -256,7 +255,8 @@ def report(
         console.print(summary_line(carbon))
         console.print(f"Total: {_recorded_sentence(rep.total.energy_j, rep.total.co2e_g, rep.grid_g_per_kwh)}")
         if rep.counterfactual_model:
-            console.print(_savings_sentence(rep.total.saved_j, rep.counterfactual_model, rep.grid_g_per_kwh))
+            console.print(_savings_sentence(rep.total.saved_j, rep.counterfactual_model,
+                                            rep.everyday().grid_g_per_kwh))
         if output:
             console.file.close()
     else:

@@ -114,7 +114,8 @@ class DashboardData:
         return {
             **window.as_dict(),
             "requests": t.requests, "answered": answered, "errors": t.errors,
-            "energy_j": t.energy_j, "co2e_g": t.co2e_g, "grid_g_per_kwh": grid,
+            "energy_j": t.energy_j, "co2e_g": t.co2e_g, "g_per_kwh": report.everyday().grid_g_per_kwh,
+            "grid_g_per_kwh": grid,
             "counterfactual_model": report.counterfactual_model, "counterfactual_j": t.counterfactual_j,
             "saved_j": t.saved_j, "saved_share": t.saved_j / t.counterfactual_j if t.counterfactual_j else 0.0,
             "measured_share": t.measured_share, "energy": _kind(t.measured_share, t.energy_j),

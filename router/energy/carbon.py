@@ -15,6 +15,7 @@ Why these constants (also in ``docs/energy.md``):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..config import DEFAULT_GRID_G_PER_KWH
@@ -49,12 +50,15 @@ class Equivalents:
     grid_g_per_kwh: float
     phone_charges: float
     kettle_boils: float
+    intensity_from: str = ""
+    """Where ``grid_g_per_kwh`` comes from, when it is not simply the figure given (shown in the sentence)."""
 
     def sentence(self) -> str:
         """One line for people: ``1.2 kJ (0.00033 kWh) ≈ 0.025 phone charges ≈ 0.0033 kettle boils, 0.16 g CO2e``."""
         return (
             f"{format_joules(self.joules)} ({self.kwh:.3g} kWh) ≈ {self.phone_charges:.3g} phone charges ≈ "
             f"{self.kettle_boils:.3g} kettle boils; {self.co2e_g:.3g} g CO2e at {self.grid_g_per_kwh:g} g/kWh"
+            + (f" ({self.intensity_from})" if self.intensity_from else "")
         )
 
 
@@ -69,6 +73,28 @@ def equivalents(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -
         phone_charges=e / PHONE_CHARGE_KWH,
         kettle_boils=e / KETTLE_BOIL_KWH,
     )
+
+
+def recorded_intensity(joules: float, co2e_g: float) -> float | None:
+    """The carbon intensity of ledger records: their grams CO2e per kWh drawn (``None`` without joules).
+
+    A record's CO2e is computed once, when it is written (:meth:`router.carbon.grid.Grid.carbon_of`: its joules ×
+    the PUE, for a model on this host × its zone's intensity at that hour), and views sum the records' figures. So
+    this intensity is the one that turns their joules into their grams, PUE and each record's zone included;
+    reports, the dashboard and ``router ledger`` all show it, and so agree."""
+    return co2e_g / kwh(joules) if joules > 0 else None
+
+
+def recorded_equivalents(joules: float, co2e_g: float,
+                         fallback_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> Equivalents:
+    """``joules`` of ledger records in everyday terms with the grams CO2e the records carry, at their
+    :func:`recorded_intensity`; ``fallback_g_per_kwh`` (the config's static figure) only when they carry none."""
+    g = recorded_intensity(joules, co2e_g)
+    if g is None or co2e_g <= 0:
+        return dataclasses.replace(equivalents(joules, fallback_g_per_kwh),
+                                   intensity_from="config `grid_g_per_kwh`: no CO2e recorded")
+    return dataclasses.replace(equivalents(joules, g), co2e_g=co2e_g,
+                               intensity_from="the records' own: each one's zone and hour, PUE included")
 
 
 def format_joules(joules: float) -> str:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..carbon.sources import HOUR_S, SeriesIntensity
+from ..energy.carbon import recorded_intensity
 from .base import Ledger, bucket_of
 
 
@@ -111,9 +112,10 @@ def build_carbon(ledger: Ledger, since: float, until: float | None, *, grid: Any
 
     def row(label: str, key: str, acc: list[float]) -> dict[str, Any]:
         return {key: label, "requests": int(acc[0]), "energy_j": acc[1], "co2e_g": acc[2],
-                "g_per_kwh": acc[4] / acc[1] if acc[1] else None, "cleanest_hour_co2e_g": acc[3]}
+                "g_per_kwh": recorded_intensity(acc[1], acc[2]), "cleanest_hour_co2e_g": acc[3]}
 
-    notes = [f"CO2e as recorded with each request: its zone's intensity at the hour it ran. The counterfactual "
+    notes = [f"CO2e as recorded with each request: its zone's intensity at the hour it ran (g/kWh: grams per kWh "
+             f"drawn, PUE included, as in every view of the ledger). The counterfactual "
              f"takes the cleanest hour of the {window_s / 3600:g} h from the hour each request ran, from the zone's "
              "series where configured, else from the intensities this ledger recorded for the zone."]
     return CarbonReport(

@@ -26,8 +26,10 @@ from ..energy.carbon import (
     DEFAULT_GRID_G_PER_KWH,
     KETTLE_BOIL_SOURCE,
     PHONE_CHARGE_SOURCE,
+    Equivalents,
     equivalents,
     format_joules,
+    recorded_equivalents,
 )
 from ..types import TIER_ORDER
 from .arguments import GROUPS, checked_group
@@ -89,10 +91,19 @@ class Report:
     """Per time bucket (hour or day): ``{t, energy_j, counterfactual_j}``."""
     notes: list[str] = field(default_factory=list)
 
+    def everyday(self) -> Equivalents:
+        """The total in everyday terms with its recorded CO2e, at the records' own intensity
+        (:func:`~router.energy.carbon.recorded_equivalents`; ``grid_g_per_kwh`` only when none is recorded)."""
+        return recorded_equivalents(self.total.energy_j, self.total.co2e_g, self.grid_g_per_kwh)
+
+    def saved_everyday(self) -> Equivalents:
+        """The joules saved (none when routing cost more) in everyday terms, at the records' intensity."""
+        return equivalents(max(0.0, self.total.saved_j), self.everyday().grid_g_per_kwh)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["equivalents"] = asdict(equivalents(self.total.energy_j, self.grid_g_per_kwh))
-        d["saved_equivalents"] = asdict(equivalents(max(0.0, self.total.saved_j), self.grid_g_per_kwh))
+        d["equivalents"] = asdict(self.everyday())
+        d["saved_equivalents"] = asdict(self.saved_everyday())
         return d
 
 
@@ -136,8 +147,9 @@ def build_report(
         t.mean_latency_ms = latency.get(t.group, 0.0) / t.requests if t.requests else 0.0
         t.measured_share = measured.get(t.group, 0.0) / t.energy_j if t.energy_j else 0.0
     notes = [
-        "CO2e as recorded with each request (its zone's grid intensity at the hour it ran); equivalents at "
-        f"{grid_g_per_kwh:g} g/kWh (config `grid_g_per_kwh`).",
+        "CO2e as recorded with each request (its joules x the PUE, for a model on this host, x its zone's grid "
+        "intensity at the hour it ran); intensities are grams per kWh drawn, PUE included "
+        f"(the config's {grid_g_per_kwh:g} g/kWh only where nothing is recorded).",
         f"Equivalents: {PHONE_CHARGE_SOURCE}; {KETTLE_BOIL_SOURCE}.",
     ]
     if large is not None:
@@ -280,7 +292,7 @@ def to_html(report: Report) -> str:
             f"{t.mean_latency_ms:.0f}", f"{t.measured_share:.0%}",
         ]  # fmt: skip
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    eq = equivalents(report.total.energy_j, report.grid_g_per_kwh).sentence()
+    eq = report.everyday().sentence()
     notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>router energy report</title>

@@ -118,7 +118,7 @@
     kind.title = t.by_source.map((s) => `${s.source}: ${fmtJ(s.energy_j)}`).join("\n");
     $("total-energy-sub").textContent = t.requests ? `${fmtJ(t.energy_j / t.requests)} per request` : "";
     setValue("total-co2e", t.co2e_g, fmtG(t.co2e_g));
-    $("total-co2e-sub").textContent = `at ${sig(t.grid_g_per_kwh)} g/kWh`;
+    $("total-co2e-sub").textContent = `at ${sig(t.g_per_kwh)} g/kWh`;
     setValue("total-saved", t.saved_j, fmtJ(t.saved_j));
     $("total-saved").classList.toggle("negative", t.saved_j < 0);
     const large = `always ${t.counterfactual_model} (${fmtJ(t.counterfactual_j)})`;

@@ -1,0 +1,94 @@
+"""The ledger's CO2e and carbon intensity are the same in every view: ``router ledger``, ``router ledger report``
+(table, JSON, HTML) and the dashboard, over one SQLite ledger written by the proxy app (Starlette's test client,
+the shipped sentiment specialist answering) with a PUE and two grid zones configured."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from servers.procs import models_dir, remote_card
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from router.cli import app as cli
+from router.config import RouterConfig
+from router.ledger import LedgerRecord, SQLiteLedger
+from router.proxy.app import create_app
+
+REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
+POLICY = "name: views\naccuracy: {min_accuracy: 0.0}\n"
+CARBON = """carbon:
+  zone: HOME
+  hosted_zone: CLOUD
+  pue: 1.5
+  zones:
+    HOME: {type: static, g_per_kwh: 300}
+    CLOUD: {type: static, g_per_kwh: 600}
+"""
+SENTENCE = re.compile(r"([0-9.e+-]+) g CO2e at ([0-9.e+-]+) g/kWh")
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_router_ledger_its_report_and_the_dashboard_show_the_same_co2e_and_intensity(tmp_path: Path) -> None:
+    models = models_dir(tmp_path / "models", {"remote-big": remote_card("remote-big", "http://127.0.0.1:9/v1", "m")})
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "views.yaml").write_text(POLICY)
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\ndefault_policy: views\n"
+                      f"ledger_url: {ledger_url}\nproxy: {{warm_up: false}}\n{CARBON}")
+    with TestClient(create_app(config=RouterConfig.load(config))) as c:
+        for _ in range(3):  # the local specialist: its joules x PUE 1.5 x HOME's 300 g/kWh
+            r = c.post("/v1/chat/completions", json={"model": "router", "messages": [{"role": "user",
+                                                                                      "content": REVIEW}]})
+            assert r.status_code == 200 and r.json()["routing"]["model"] == "sentiment-onnx", r.text
+        router = c.app.state.router  # type: ignore[attr-defined]
+        router.ledger.flush()
+        local_j = sum(rec.energy_j for rec in router.ledger.records())
+        co2e, g, zone = router.carbon_of(router.cards["remote-big"], local_j)  # a hosted call: CLOUD, no PUE
+        router.ledger.record(LedgerRecord("hosted-1", "remote-big", "large", local_j, "estimated:card", co2e_g=co2e,
+                                         grid_g_per_kwh=g, zone=zone, input_tokens=10, output_tokens=5))
+        router.ledger.flush()
+        dashboard = c.get("/dashboard/api/totals?window=all").json()
+
+    led = SQLiteLedger.from_url(ledger_url)
+    records = led.records()
+    led.close()
+    kwh = sum(r.energy_j for r in records) / 3.6e6
+    grams = sum(r.co2e_g or 0.0 for r in records)
+    intensity = grams / kwh
+    assert {r.zone for r in records} == {"HOME", "CLOUD"}
+    assert intensity == pytest.approx((300 * 1.5 + 600) / 2)  # half the joules each side
+    grid_mean = sum(r.energy_j * (r.grid_g_per_kwh or 0) for r in records) / 3.6e6 / kwh
+    assert abs(intensity - grid_mean) > 50 and abs(intensity - 475) > 25  # PUE and zones make a difference
+
+    assert dashboard["co2e_g"] == pytest.approx(grams) and dashboard["g_per_kwh"] == pytest.approx(intensity)
+
+    report = json.loads(_cli("ledger", "report", "--config", str(config), "--format", "json"))
+    assert report["total"]["co2e_g"] == pytest.approx(grams)
+    assert report["equivalents"]["co2e_g"] == pytest.approx(grams)
+    assert report["equivalents"]["grid_g_per_kwh"] == pytest.approx(intensity)
+    assert report["saved_equivalents"]["grid_g_per_kwh"] == pytest.approx(intensity)
+    carbon = report["carbon"]
+    assert carbon["total_co2e_g"] == pytest.approx(grams)
+    zones = {z["zone"]: z for z in carbon["by_zone"]}
+    assert zones["HOME"]["g_per_kwh"] == pytest.approx(450) and zones["CLOUD"]["g_per_kwh"] == pytest.approx(600)
+    for rows in (carbon["by_zone"], carbon["by_hour_of_day"], carbon["by_hour"]):  # every table adds up to the total
+        assert sum(z["energy_j"] / 3.6e6 * z["g_per_kwh"] for z in rows) == pytest.approx(grams)
+
+    texts = {"router ledger": _cli("ledger", "--config", str(config)),
+             "report table": _cli("ledger", "report", "--config", str(config)),
+             "report html": _cli("ledger", "report", "--config", str(config), "--format", "html")}
+    for view, text in texts.items():
+        (g_text, per_kwh), *_ = SENTENCE.findall(text)
+        assert float(g_text) == pytest.approx(grams, rel=1e-2), view
+        assert float(per_kwh) == pytest.approx(intensity, rel=1e-5), view
