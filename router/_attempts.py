@@ -202,7 +202,8 @@ class Attempts:
             return None
         retry = ref.window_s - time.time() % ref.window_s
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
-                                   f"`{d.policy}`", retry_after_s=retry)
+                                   f"`{d.policy}`", retry_after_s=retry, model=card.name,
+                                   request_id=self.prepared.request_id)
 
     # -- after a call ---------------------------------------------------------------------------------------
     def answered(self, call: Call, gen: Generation, *, sent: bool = False) -> bool:
@@ -323,7 +324,7 @@ class Attempts:
         retry = min((r.window_s - time.time() % r.window_s for r in refs), default=None)
         return BudgetExhaustedError(
             f"budget_exhausted: every candidate's energy budget is spent; {'; '.join(self.notes)}",
-            retry_after_s=retry)
+            retry_after_s=retry, request_id=self.prepared.request_id)
 
     # -- the answer -----------------------------------------------------------------------------------------
     def reason(self) -> str:

@@ -53,6 +53,7 @@ from .energy import Meter, auto_meter
 from .energy.estimates import EnergyEstimates
 from .errors import (
     BadRequestError,
+    BudgetExhaustedError,
     ConfigError,
     LedgerError,
     PermissionDeniedError,
@@ -375,7 +376,11 @@ class Router:
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
                                   grid_g_per_kwh=self._grid_now(),
                                   capabilities=req.options.capabilities)
-        decision = self.engine.decide(classification, request, self._budget_state(request))
+        try:
+            decision = self.engine.decide(classification, request, self._budget_state(request))
+        except BudgetExhaustedError as exc:
+            self._record_refusal(req, exc, policy, classification.task, key_hash)
+            raise
         decision_ms = (time.perf_counter() - started) * 1000
         deadline_s = req.deadline_s or decision.deadline_s or self.config.deadline_s
         prepared = PreparedRequest(
@@ -386,6 +391,24 @@ class Router:
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
+
+    def _record_refusal(self, req: CheckedRequest, exc: BudgetExhaustedError, policy: str | None, task: str,
+                        key_hash: str | None) -> None:
+        """A request refused for a spent budget before any call still leaves its record: 0 J, ``rejected``, on
+        the model whose budget is spent, as a call refused at reservation does (``exc`` gets the request id)."""
+        exc.request_id = req.request_id
+        card = self.cards.get(exc.model) if exc.model else None
+        if card is None:  # an engine of one's own that names no model: nothing to file the record under
+            return
+        _, grid_g, zone = self.carbon_of(card, 0.0)
+        rec = LedgerRecord(
+            request_id=req.request_id, model=card.name, tier=card.tier, energy_j=0.0, energy_source="estimated:none",
+            outcome="rejected", reason=exc.message, policy=policy or self.policy_name, task=task, key_hash=key_hash,
+            error="budget_exhausted", co2e_g=0.0, grid_g_per_kwh=grid_g, zone=zone)
+        try:
+            self.write_record(rec)
+        except Exception:  # the refusal still reaches the caller; the failure is logged loudly
+            log.exception("%s: could not write the ledger record", req.request_id)
 
     def _grid_now(self) -> float | None:
         """This host's grid intensity, where a policy switches on it (read only then: a source may be remote)."""

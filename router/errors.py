@@ -127,15 +127,20 @@ class PermissionDeniedError(RouterError):
 
 
 class BudgetExhaustedError(RouterError):
-    """An energy budget is spent and the policy says reject. ``retry_after_s`` says when the window rolls."""
+    """An energy budget is spent and the policy says reject. ``retry_after_s`` says when the window rolls;
+    ``model`` names the model whose budget is spent, and ``request_id`` is the request's id in the ledger, whose
+    ``rejected`` record keeps the refusal."""
 
     http_status = 429
     error_type = "budget_exhausted"
     code = "budget_exhausted"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None, param: str | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None, param: str | None = None,
+                 model: str | None = None, request_id: str | None = None) -> None:
         super().__init__(message, param=param)
         self.retry_after_s = retry_after_s
+        self.model = model
+        self.request_id = request_id
 
 
 class BackendError(RouterError):

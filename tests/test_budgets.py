@@ -144,7 +144,9 @@ def test_reject_then_window_rolls_over(tmp_path):
     with pytest.raises(BudgetExhaustedError) as err:
         r.complete(REVIEW)
     assert 0 < err.value.retry_after_s <= 2.0 and "spec-a" in str(err.value)
-    assert [x.outcome for x in r.ledger.records()] == []  # rejected before any call
+    (refused,) = r.ledger.records()  # refused before any call, and still recorded
+    assert (refused.outcome, refused.model, refused.energy_j, refused.request_id) == (
+        "rejected", "spec-a", 0.0, err.value.request_id)
     time.sleep(err.value.retry_after_s + 0.05)
     assert r.complete(REVIEW).routing.model == "spec-a"  # a new window
     r.close()
@@ -258,7 +260,9 @@ def test_a_call_dearer_than_the_whole_budget_is_refused_as_such_not_as_spent(tmp
     assert "gemma3-270m's call needs about" in message and "more than the whole of its budget" in message
     assert "(20 J a window)" in message and "spent" not in message and "retry" not in message
     assert err.value.retry_after_s is None and err.value.code == "budget_exhausted"
-    assert r.ledger.records() == []  # refused before any call
+    (refused,) = r.ledger.records()  # no call: the refusal alone, at 0 J
+    assert (refused.outcome, refused.model, refused.energy_j, refused.error) == (
+        "rejected", "gemma3-270m", 0.0, "budget_exhausted")
     r.close()
 
 
@@ -330,3 +334,27 @@ def test_requests_go_on_while_postgresql_is_down(tmp_path, caplog, postgres_serv
         setup(tmp_path, policy("fallback", 100.0, model="spec-b")),
         f"{postgres_server.url}?schema=budgets_down&connect_timeout=2", postgres_server.stop, postgres_server.start,
         caplog)  # fmt: skip
+
+
+def test_a_request_the_proxy_refuses_for_a_spent_budget_is_recorded(tmp_path):
+    """The proxy answers 429 and the ledger keeps the refused request: one 0 J ``rejected`` record under the id the
+    429 carries, naming the spent budget's model, whether the budget was found spent in the decision (here) or when
+    the call reserved it."""
+    from starlette.testclient import TestClient
+
+    from router.proxy.app import create_app
+
+    root = setup(tmp_path, policy("reject", 1.5, per=3600))
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}", proxy={"warm_up": False})
+    with TestClient(create_app(config=config)) as c:
+        router = c.app.state.router
+        router.ledger.try_reserve("model:spec-a:3600s", 1.0, 1.5, 3600)  # other traffic spent 1 of 1.5 J
+        r = c.post("/v1/chat/completions", json={"model": "router", "messages": REVIEW, "policy": "t"})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exhausted"
+        router.ledger.flush()
+        (rec,) = router.ledger.records()
+    assert rec.request_id == r.headers["x-request-id"]
+    assert (rec.outcome, rec.model, rec.tier, rec.energy_j, rec.error, rec.policy) == (
+        "rejected", "spec-a", "specialist", 0.0, "budget_exhausted", "t")
+    assert rec.reason == r.json()["error"]["message"]

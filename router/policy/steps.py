@@ -341,7 +341,7 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
                     + ("" if mode == "reject" else " but no other model has room")
                     + ("; lower max_tokens or raise the budget" if retry is None
                        else f"; retry in {retry:.0f} s or raise the budget"),
-                    retry_after_s=retry,
+                    retry_after_s=retry, model=first.name,
                 )
             chosen = room
             flags.append("budget_fallback")

@@ -152,6 +152,8 @@ class ChatHandler:
                 return
             completion = await self._answer(prepared, receive, key_label)
         except RouterError as exc:
+            if isinstance(exc, BudgetExhaustedError) and exc.request_id:  # refused in the decision: its record's id
+                request_id = request_id or exc.request_id
             await error_response(exc, self.metrics, request_id or new_request_id())(scope, receive, send)
             return
         except ClientDisconnect:
