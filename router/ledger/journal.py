@@ -243,6 +243,8 @@ class Journal:
             self._closed = True
             segs = [self._active, *self._sealed]
         self._stop.set()
+        if self._syncer is not None and self._syncer is not threading.current_thread():
+            self._syncer.join(timeout=5)  # gone when close returns: a caller that retries counts no leftovers
         for seg in segs:
             if seg.records == 0:
                 with contextlib.suppress(FileNotFoundError):
