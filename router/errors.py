@@ -21,6 +21,7 @@
     ├── CancelledError                  499  cancelled               the caller went away (never sent to a client)
     ├── ConfigError                     500  config_error            a card, policy or config value is wrong
     ├── LedgerError                     503  ledger_error            the ledger store is unusable
+    │   └── BatchStoreError             503  batch_store_error       the batch store is unusable
     └── InternalError                   500  server_error            a bug: the message never shows internals
 
 The proxy answers each with ``to_openai()`` (OpenAI's ``{"error": {"message", "type", "param", "code"}}``) and
@@ -214,6 +215,14 @@ class LedgerError(RouterError):
     cannot succeed, so a journal sets the record aside instead of replaying it for ever."""
 
 
+class BatchStoreError(LedgerError):
+    """The batch store (files, batches and their lines) cannot be opened, read or written: the message names the
+    URL, what is wrong and the fix. A store that is down answers the Batch API with this 503 until it is back."""
+
+    error_type = "batch_store_error"
+    code = "batch_store_unavailable"
+
+
 class InternalError(RouterError):
     """Something went wrong that is not the caller's doing. The message names the request id, never paths or
     upstream bodies; the detail goes to the log."""
@@ -228,6 +237,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "BadRequestError",
+    "BatchStoreError",
     "BudgetExhaustedError",
     "CancelledError",
     "CapabilityError",

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import redis_server  # noqa: F401 - the fixture
 from prometheus_client.parser import text_string_to_metric_families
 from servers.procs import free_port, models_dir, remote_card, router_serve, stop, upstream, wait_ready
@@ -388,3 +389,34 @@ def test_serve_with_a_redis_ledger_says_where_batches_go(redis_server: str, tmp_
     with router_serve(cfg, tmp_path, env={"XDG_DATA_HOME": str(data)}) as url:
         log = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
     assert "warning" not in log and "ready in" in log, log
+
+
+@pytest.mark.postgres
+def test_serve_starts_with_the_batch_store_down_and_answers_503_until_it_is_back(
+        postgres_server, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    url = f"{postgres_server.url}?schema=batchdown"
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(f"ledger_url: '{url}'\nproxy: {{warm_up: false}}\nbatch: {{store_url: '{url}', poll_s: 0.05}}\n")
+    postgres_server.stop()  # the ledger waits in its journal; the batch store is an outage: workers start anyway
+    down = True
+    try:
+        with router_serve(cfg, tmp_path, "--workers", "2", env={"XDG_DATA_HOME": str(tmp_path / "data")}) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-any", max_retries=0, timeout=20)
+            for _ in range(4):  # either worker
+                with pytest.raises(openai.APIStatusError) as info:
+                    client.batches.list()
+                err = info.value.response.json()["error"]
+                assert info.value.status_code == 503 and err["code"] == "batch_store_unavailable", err
+                assert err["message"].startswith("the server's batch store is unavailable"), err
+            time.sleep(1.0)  # the schedulers poll the store twenty times meanwhile
+            postgres_server.start()
+            down = False
+            for _ in range(4):
+                assert client.batches.list().data == []  # each worker reconnects at its next call
+            log = (tmp_path / f"serve-{base.rsplit(':', 1)[1]}.log").read_text()
+    finally:
+        if down:
+            postgres_server.start()
+    assert "Traceback" not in log, log
+    assert 1 <= log.count("the Batch API answers 503") <= 2, log  # once per worker, not once per poll
+    assert "is back after" in log, log

@@ -4,19 +4,21 @@ taken over and counted, a result is written once, ownership by key, cancel/expir
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
 import pytest
-from conftest_postgres import postgres_server  # noqa: F401 - fixture
+from conftest_postgres import free_port, postgres_server  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from router.batch.service import BatchService, parse_lines
 from router.batch.store import BatchStore, default_store_url
 from router.cli import app
-from router.errors import BadRequestError, ConfigError, NotFoundError
+from router.errors import BadRequestError, BatchStoreError, ConfigError, NotFoundError
 from router.keys import KeySpec, digest
 
 A = KeySpec("a", digest("sk-a"))
@@ -108,6 +110,57 @@ def test_sqlite_store_leases(tmp_path) -> None:
 def test_postgres_store_leases(postgres_server) -> None:  # noqa: F811
     schema = "b" + uuid.uuid4().hex[:8]
     _check_leases(lambda: BatchStore(f"{postgres_server.url}?schema={schema}"))
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "router.batch" and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.postgres
+def test_a_postgres_store_down_at_start_waits_for_it_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"postgresql://router:pw@127.0.0.1:{free_port()}/router"  # nothing listens there
+    with pytest.raises(BatchStoreError, match="could not open the batch store"):
+        BatchStore(url)  # `router batch list`: an error at once
+    caplog.set_level(logging.WARNING, "router.batch")
+    store = BatchStore(url, wait_if_down=True)  # `router serve`: it starts, the store is an outage
+    assert store.unavailable
+    for _ in range(3):  # the scheduler's polls
+        with pytest.raises(BatchStoreError) as info:
+            store.active_batches()
+    err = info.value
+    assert err.http_status == 503 and err.code == "batch_store_unavailable" and err.retryable
+    assert "pw" not in err.message and err.message.startswith("batch store postgresql://router:***@")
+    lines = _outage_lines(caplog)
+    assert len(lines) == 1 and "the Batch API answers 503" in lines[0], lines
+    store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_postgres_store_reconnects_after_the_server_restarts(postgres_server,  # noqa: F811
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    store = BatchStore(f"{postgres_server.url}?schema=b{uuid.uuid4().hex[:8]}", wait_if_down=True)
+    svc = _service(store)
+    f = svc.create_file(_lines(1), "in.jsonl", "batch", A)
+    caplog.set_level(logging.WARNING, "router.batch")
+    try:
+        postgres_server.stop()
+        postgres_server.start()
+        assert svc.file(f["id"], A)["id"] == f["id"], "the connection the restart dropped is replaced at once"
+        assert _outage_lines(caplog) == []
+
+        postgres_server.stop()
+        for _ in range(3):
+            with pytest.raises(BatchStoreError):
+                svc.file(f["id"], A)
+        assert store.unavailable
+        postgres_server.start()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"could not restart postgres: {exc.stderr}\n{postgres_server.log()}")
+    assert svc.file(f["id"], A)["id"] == f["id"] and not store.unavailable
+    lines = _outage_lines(caplog)
+    assert len(lines) == 2 and "the Batch API answers 503" in lines[0] and "is back after" in lines[1], lines
+    store.close()
 
 
 def test_input_files_are_checked_as_openai_does() -> None:

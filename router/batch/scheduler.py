@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..carbon.schedule import plan
 from ..chat_body import chat_request, policy_names
-from ..errors import InternalError, RouterError
+from ..errors import InternalError, LedgerError, RouterError
 from .service import BatchService, new_id
 from .store import Line
 
@@ -83,7 +83,10 @@ class BatchScheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # the loop must go on: a store outage is logged and retried at the next tick
+            except LedgerError as exc:  # the store says what is wrong; retried at the next tick
+                if not self.store.unavailable:  # an outage the store logs once, not every poll
+                    log.warning("batch scheduler: %s", exc.message)
+            except Exception:  # the loop must go on
                 log.exception("batch scheduler tick failed")
             self._stop.wait(self.settings.poll_s)
 

@@ -9,13 +9,15 @@ counts every claim, and the output line says when a line ran more than once). A 
 alive), batch times the scheduler's clock (which a test or a replay may drive).
 
 The batch object is kept as OpenAI's JSON (``doc``); its request counts are counted from the lines when read.
-Errors: :class:`~router.errors.LedgerError` naming the store, never a driver's exception.
+Errors: :class:`~router.errors.BatchStoreError` (a 503) naming the store, never a driver's exception. A PostgreSQL
+store that is down is an outage, not a failure for good: it reconnects when the server is back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..errors import ConfigError, LedgerError
-from ..ledger.errors import redact
+from ..errors import BatchStoreError, ConfigError, LedgerError
+from ..ledger.errors import first_line, postgres_error, redact
+
+log = logging.getLogger("router.batch")
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 
@@ -54,17 +58,45 @@ class Line:
 
 
 class BatchStore:
-    """Files, batches and lines in one SQL database (see the module docstring). Thread-safe."""
+    """Files, batches and lines in one SQL database (see the module docstring). Thread-safe.
 
-    def __init__(self, url: str) -> None:
+    A PostgreSQL store reconnects by itself: a connection the server dropped is replaced at the next call, and
+    while the server is down each call raises :class:`~router.errors.BatchStoreError` (503). With
+    ``wait_if_down`` the first failure of an outage is logged, and its end; the calls in between would repeat it
+    every poll."""
+
+    def __init__(self, url: str, *, wait_if_down: bool = False) -> None:
+        """``wait_if_down``: a PostgreSQL server that is down or unreachable, now or later, is an outage, logged
+        once (``router serve`` starts so, its Batch API answering 503 until the server is back); otherwise (the
+        CLI), and always at start for what a person must fix (credentials, a missing database), an error."""
         self.url = url
+        self._wait_if_down = wait_if_down
         self._lock = threading.RLock()
+        self._conn: Any = None
+        self._down_since: float | None = None
         path = sqlite_path(url)  # a URL of another kind is a ConfigError, not a store that could not open
+        if path is None:
+            parts = urlsplit(url)
+            query = dict(parse_qsl(parts.query))
+            self._schema = query.pop("schema", "router")
+            query.setdefault("connect_timeout", "5")
+            self._conninfo = parts._replace(scheme="postgresql",
+                                            query="&".join(f"{k}={v}" for k, v in query.items())).geturl()
+            self.kind, self.mark, self.prefix = "postgres", "%s", f"{self._schema}.batch_"
+            try:
+                import psycopg  # noqa: F401
+            except ImportError as exc:
+                raise BatchStoreError(f"batch store {redact(url)}: the PostgreSQL driver (psycopg 3) is not "
+                                      "installed; fix: pip install 'router[postgresql]' (or psycopg[binary])") from exc
+            try:
+                with self._lock:
+                    self._connection()
+            except BatchStoreError as exc:
+                if not (wait_if_down and exc.retryable):
+                    raise
+            return
         try:
-            if path is None:
-                self._open_postgres(url)
-            else:
-                self._open_sqlite(path)
+            self._open_sqlite(path)
         except LedgerError:
             raise
         except Exception as exc:
@@ -81,33 +113,88 @@ class BatchStore:
             for stmt in _TABLES:
                 c.execute(stmt.format(p="", i="", blob="BLOB"))
 
-    def _open_postgres(self, url: str) -> None:
+    def _connection(self) -> Any:
+        """The open connection (the lock held); for PostgreSQL a new one, its tables made if missing, where there
+        is none or the last one broke."""
+        conn = self._conn
+        if self.kind == "sqlite" or (conn is not None and not conn.closed and not conn.broken):
+            return conn
+        self._drop()
         import psycopg
 
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        schema = query.pop("schema", "router")
-        query.setdefault("connect_timeout", "5")
-        conninfo = parts._replace(scheme="postgresql", query="&".join(f"{k}={v}" for k, v in query.items())).geturl()
-        self.kind, self.mark, self.prefix = "postgres", "%s", f"{schema}.batch_"
-        self._conn = psycopg.connect(conninfo, autocommit=True)
-        with self._tx() as c:
-            c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"router-batch:{schema}",))
-            c.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            for stmt in _TABLES:
-                c.execute(stmt.format(p=self.prefix, i="batch_", blob="BYTEA"))
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+        except (psycopg.Error, OSError) as exc:
+            raise self._failure("open the batch store", exc) from exc
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"router-batch:{self._schema}",))
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
+                for stmt in _TABLES:
+                    conn.execute(stmt.format(p=self.prefix, i="batch_", blob="BYTEA"))
+        except (psycopg.Error, OSError) as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise self._failure("open the batch store", exc) from exc
+        self._conn = conn
+        if self._down_since is not None:
+            log.warning("batch store %s is back after %.0f s", redact(self.url), time.time() - self._down_since)
+            self._down_since = None
+        return conn
 
-    def _error(self, action: str, exc: BaseException) -> LedgerError:
-        return LedgerError(f"batch store {redact(self.url)}: could not {action}: {exc}; fix: check the store "
-                           "(`batch.store_url` in the config) and retry")
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _pg_transaction(self, stack: contextlib.ExitStack) -> Any:
+        """A transaction begun on a live connection. One the server dropped since its last use (a restart) fails
+        at BEGIN, before anything ran, so it is replaced and the call goes on."""
+        import psycopg
+
+        conn = self._connection()
+        try:
+            stack.enter_context(conn.transaction())
+            return conn
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+        self._drop()
+        conn = self._connection()
+        stack.enter_context(conn.transaction())
+        return conn
+
+    @property
+    def unavailable(self) -> bool:
+        """True during an outage: the PostgreSQL server could not be reached at the last call."""
+        return self._down_since is not None
+
+    def _error(self, action: str, exc: BaseException) -> BatchStoreError:
+        err = BatchStoreError(f"batch store {redact(self.url)}: could not {action}: {first_line(exc)}; fix: check "
+                              "the store (`batch.store_url` in the config) and retry")
+        if self.kind == "postgres":  # the ledger's reading of PostgreSQL's errors: down, or a person must act
+            err.retryable = postgres_error(self.url, exc, action).retryable
+        return err
+
+    def _failure(self, action: str, exc: BaseException) -> BatchStoreError:
+        """``exc`` as a BatchStoreError; a PostgreSQL connection that could not be made or broke is dropped (the
+        next call makes a new one) and, in a store that waits for the server, starts an outage, logged once."""
+        err = self._error(action, exc)
+        if self.kind == "postgres" and (self._conn is None or self._conn.closed or self._conn.broken):
+            self._drop()
+            if self._wait_if_down and self._down_since is None:
+                self._down_since = time.time()
+                log.warning("%s; the Batch API answers 503 and the scheduler waits until it is back", err.message)
+        return err
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
         """One transaction (SQLite: ``BEGIN IMMEDIATE``, the write lock across processes from the start)."""
         with self._lock:
-            conn = self._conn
             try:
                 if self.kind == "sqlite":
+                    conn = self._conn
                     conn.execute("BEGIN IMMEDIATE")
                     try:
                         yield conn
@@ -117,15 +204,15 @@ class BatchStore:
                             conn.execute("ROLLBACK")
                         raise
                 else:
-                    with conn.transaction():
-                        yield conn
+                    with contextlib.ExitStack() as stack:
+                        yield self._pg_transaction(stack)
             except LedgerError:
                 raise
             except (sqlite3.Error, OSError) as exc:
-                raise self._error("write", exc) from exc
+                raise self._failure("write", exc) from exc
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg"):
-                    raise self._error("write", exc) from exc
+                    raise self._failure("write", exc) from exc
                 raise
 
     def _sql(self, text: str) -> str:
@@ -306,8 +393,8 @@ class BatchStore:
         return [(state, json.loads(result)) for state, result in rows]
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(Exception):
-            self._conn.close()
+        with self._lock:
+            self._drop()
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -19,6 +19,7 @@ log = logging.getLogger("router.proxy")
 _HIDDEN = {
     "config_error": "the server's configuration is wrong",
     "ledger_error": "the server's energy ledger is unavailable",
+    "batch_store_error": "the server's batch store is unavailable",
     "server_error": "internal error",
     "router_error": "internal error",
 }
