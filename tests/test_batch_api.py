@@ -364,6 +364,16 @@ def test_files_list_pages_orders_and_filters_as_openai_documents(flat: Flat) -> 
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)
 
 
+def test_a_limit_that_is_not_one_integer_is_a_400_naming_limit(flat: Flat) -> None:
+    for path in ("/v1/batches", "/v1/files"):
+        for limit in ("--5", "-", "5-", "-+5", "٣", "1e3"):  # "--5" was a 500 (int() refused what the check let by)
+            r = httpx.get(f"{flat.url}{path}", params={"limit": limit}, headers={"authorization": "Bearer sk-team-a"},
+                          timeout=10)
+            err = r.json()["error"]
+            assert r.status_code == 400 and err["param"] == "limit", (path, limit, r.text)
+            assert "`limit`" in err["message"], err
+
+
 def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
     cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
                                        "journal": {"enabled": False}, "batch": {"scheduler": False}})

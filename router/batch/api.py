@@ -12,6 +12,7 @@ the unowned ones. Errors are OpenAI-shaped, with the right 4xx (the app's handle
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +129,7 @@ def _int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.strip().lstrip("-").isdigit():
+    if re.fullmatch(r"\s*-?[0-9]+\s*", raw) is None:  # one sign at most: int("--5") is a ValueError
         raise BadRequestError(f"`{name}` must be an integer, got {raw!r}", param=name)
     return int(raw)
 
