@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from cli_helpers import router_main
 from typer.testing import CliRunner
 
 from router.policy.calibration import CalibrationData, choose, fit, lower_confidence, quality
+from router.policy.loader import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,3 +113,76 @@ def test_cli_refuses_a_bad_bound_or_scores_before_computing_scores(tmp_path, mon
         res = CliRunner().invoke(app, ["calibrate", "--dry-run", option, value, "--outcomes", str(tmp_path)])
         assert res.exit_code == 2, res.output
         assert f"Invalid value for '{option}': '{value}' is not one of {choices}." in res.output
+
+
+def _strict_json(text: str) -> dict:
+    def no_nan(name: str) -> None:
+        raise AssertionError(f"{name} in the report")
+
+    return json.loads(text, parse_constant=no_nan)
+
+
+def test_cli_calibrates_on_the_shipped_local_outcomes_of_one_task_each(tmp_path):
+    """Each data/outcomes/*_local.jsonl holds one task: whole tasks cannot be held out (GroupKFold refused one
+    group, and holding the one task out left nothing to fit on: NaN in the block), so requests are."""
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    shutil.copy(ROOT / "policies" / "balanced.yaml", pol / "balanced.yaml")
+    for name in ("chat", "math", "sentiment"):
+        code, out = router_main("calibrate", "balanced", "--outcomes", str(ROOT / "data" / "outcomes" /
+                                f"{name}_local.jsonl"), "--policies-dir", str(pol), "--json")
+        assert code == 0, out
+        report = _strict_json(out)
+        source = f"{name}_local.jsonl"
+        assert "grouped by request" in report["sources"][source]["scores"]
+        r = report["policies"]["balanced"][source]
+        assert r["grouped_by"] == "request" and r["n_calibration"] >= 2 and r["held_out"]["n"] >= 1
+        cal = load_policy(pol / "balanced.yaml").calibrated
+        for value in (cal.achieved_calibration, *cal.held_out.values()):
+            assert value is None or np.isfinite(value), cal
+    # math: the largest model is right on almost nothing, so a relative figure may have no value: shown as n/a
+    code, out = router_main("calibrate", "balanced", "--outcomes", str(ROOT / "data" / "outcomes" /
+                            "math_local.jsonl"), "--policies-dir", str(pol), "--dry-run")
+    assert code == 0 and "nan" not in out.lower() and "one task only, so requests" in out, out
+
+
+def test_cli_refuses_outcomes_too_small_to_fit_with_a_clear_error(tmp_path):
+    line = {"id": "a", "prompt": "hi", "task": "chat",
+            "outcomes": {"smollm2-135m": {"correct": True}, "gemma3-270m": {"correct": False}}}
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(line) + "\n")
+    code, out = router_main("calibrate", "--outcomes", str(one), "--dry-run")
+    assert code == 2 and "calibration needs at least two requests" in out and "Traceback" not in out, out
+    two = tmp_path / "two.jsonl"
+    two.write_text(json.dumps(line) + "\n" + json.dumps({**line, "id": "b"}) + "\n")
+    code, out = router_main("calibrate", "--outcomes", str(two), "--dry-run", "--held-out-share", "0.5")
+    assert code == 2 and "leaves 1 to fit on, and a fit needs at least 2" in out, out
+
+
+def test_cli_reads_outcomes_as_simulate_does(tmp_path):
+    """One reader for both commands: a line `router simulate` refuses, `router calibrate` refuses with the same
+    words (calibrate took a line without an id, and `"correct": "1"` as right)."""
+    from router.cards import load_catalogue
+    from router.simulate.outcomes import OutcomesError, load_outcomes
+
+    good = [{"id": f"r{i}", "prompt": f"what is {i} plus {i}", "task": f"t{i % 3}",
+             "outcomes": {"smollm2-135m": {"correct": i % 2 == 0}, "gemma3-270m": {"correct": i % 3 == 0}}}
+            for i in range(30)]
+    first = good[0]
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    (pol / "acc.yaml").write_text("name: acc\naccuracy: {min_accuracy: 0.3}\n")
+    for bad in ({k: v for k, v in first.items() if k != "id"},
+                {**first, "id": "b", "outcomes": {"smollm2-135m": {"correct": "1"}, "gemma3-270m": {"correct": 0}}},
+                {**first, "id": "b", "outcomes": {**first["outcomes"], "SmolLM2-135M": {"correct": True}}}):
+        path = tmp_path / "bad.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in [*good, bad]))
+        try:
+            load_outcomes(path, load_catalogue(ROOT / "models"))
+            raise AssertionError(f"simulate's reader took {bad}")
+        except OutcomesError as exc:
+            want = exc.message
+        code, out = router_main("calibrate", "--outcomes", str(path), "--policies-dir", str(pol), "--dry-run")
+        assert code == 2 and want in " ".join(out.split()), (want, out)
+    path.write_text("".join(json.dumps(x) + "\n" for x in good))
+    assert router_main("calibrate", "--outcomes", str(path), "--policies-dir", str(pol), "--dry-run")[0] == 0

@@ -9,6 +9,7 @@ achieved on subjects it did not fit on.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import typer
 
 from ..config import RouterConfig, embedded_dir
+from ..errors import ConfigError
 from ..policy.calibration import (
     CalibrationData,
     build_data,
@@ -44,9 +46,13 @@ def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path 
     config = RouterConfig.load()
     cards = load_catalogue(models_dir or config.models_dir)
     rows = read_outcomes(outcomes, cards, models)
+    if len(set(rows.groups.tolist())) < 2:
+        raise ConfigError(f"{outcomes}: calibration needs at least two requests with outcomes of the same models; "
+                          f"it has {len(rows.prompts)}")
     if scores == "oof":
         p = oof_scores(rows.prompts, rows.groups, rows.correct)
-        name = "out-of-fold P(correct): TF-IDF + logistic regression, 5 folds grouped by subject"
+        folds = min(5, len(set(rows.groups.tolist())))
+        name = f"out-of-fold P(correct): TF-IDF + logistic regression, {folds} folds grouped by {rows.grouped_by}"
     elif scores == "classifier":
         from ..classify.onnx_classifier import load_default_classifier
 
@@ -63,24 +69,31 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
     """Fit on the calibration subjects, evaluate on the held-out ones; the block to write and a report."""
     mask, held = split_groups(data.groups, held_out_share, seed)
     cal, test = data.take(mask), data.take(~mask)
+    if len(cal.p) < 2:
+        raise ConfigError(f"{len(data.p)} requests in {len(set(data.groups.tolist()))} {data.grouped_by}s: "
+                          f"--held-out-share {held_out_share:g} leaves {len(cal.p)} to fit on, and a fit needs at "
+                          "least 2; fix: give more outcomes or a smaller --held-out-share")
     f = fit(cal, target_kind, target, confidence=confidence, bound=bound)
+    # A relative target's ratio has no value where the reference model is never right on these rows: such a
+    # figure is None (null, "n/a"), never NaN. The fit itself tests E[Z] >= 0, which stays defined.
     report: dict[str, Any] = {
         "target_kind": target_kind, "target": target, "tau": f.tau, "feasible": f.feasible,
-        "confidence": confidence, "bound": bound, "n_calibration": f.n, "achieved_calibration": f.achieved,
-        "held_out_subjects": held,
+        "confidence": confidence, "bound": bound, "n_calibration": f.n, "achieved_calibration": _figure(f.achieved),
+        "grouped_by": data.grouped_by, "held_out_subjects": held,
     }
     held_block = None
     if len(test.p):
-        ev = evaluate(test, choose(test, target_kind, target, f.tau))
-        raw = evaluate(test, choose(test, target_kind, target, 0.0))
-        achieved = ev["accuracy"] if target_kind == "absolute" else quality(test, choose(test, target_kind, target,
-                                                                                         f.tau), target_kind)
-        raw_achieved = raw["accuracy"] if target_kind == "absolute" else quality(
-            test, choose(test, target_kind, target, 0.0), target_kind)
-        report["held_out"] = {**ev, "achieved": achieved, "met": achieved >= target}
-        report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": raw_achieved >= target}
-        held_block = {"target": target, "achieved": round(achieved, 4), "n": ev["n"],
-                      "energy_vs_large": round(ev["energy_vs_large"], 4), "subjects": len(held)}
+        ev = _figures(evaluate(test, choose(test, target_kind, target, f.tau)))
+        raw = _figures(evaluate(test, choose(test, target_kind, target, 0.0)))
+        achieved = ev["accuracy"] if target_kind == "absolute" else _figure(
+            quality(test, choose(test, target_kind, target, f.tau), target_kind))
+        raw_achieved = raw["accuracy"] if target_kind == "absolute" else _figure(
+            quality(test, choose(test, target_kind, target, 0.0), target_kind))
+        report["held_out"] = {**ev, "achieved": achieved, "met": _met(achieved, target)}
+        report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": _met(raw_achieved, target)}
+        held_block = {k: v for k, v in {"target": target, "achieved": _rounded(achieved), "n": ev["n"],
+                                        "energy_vs_large": _rounded(ev["energy_vs_large"]),
+                                        "subjects": len(held)}.items() if v is not None}
     block = Calibrated(
         target_kind=target_kind,  # type: ignore[arg-type]
         target=target,
@@ -88,12 +101,32 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
         confidence=confidence,
         bound=bound,
         n_calibration=f.n,
-        achieved_calibration=round(f.achieved, 4),
+        achieved_calibration=_rounded(_figure(f.achieved)),
         held_out=held_block,
         fitted_at=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         scores=data.scores,
     )
     return block, report
+
+
+def _figure(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _figures(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: _figure(v) if isinstance(v, float) else v for k, v in report.items()}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _met(achieved: float | None, target: float) -> bool | None:
+    return None if achieved is None else achieved >= target
+
+
+def _shown(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def calibrate(
@@ -168,12 +201,16 @@ def calibrate(
             table.add_row(
                 name, source, f"{r['target']:.2f} {kind}",
                 f"{r['tau']:+.3f}" + ("" if r["feasible"] else " (infeasible)"),
-                str(r["n_calibration"]), f"{r['achieved_calibration']:.3f}",
-                f"{h.get('achieved', float('nan')):.3f}", "yes" if h.get("met") else "NO",
-                f"{h.get('energy_vs_large', float('nan')):.1%}",
-                f"{u.get('achieved', float('nan')):.3f} @ {u.get('energy_vs_large', float('nan')):.0%}",
+                str(r["n_calibration"]), _shown(r["achieved_calibration"], ".3f"),
+                _shown(h.get("achieved"), ".3f"), {True: "yes", False: "NO"}.get(h.get("met"), "n/a"),
+                _shown(h.get("energy_vs_large"), ".1%"),
+                f"{_shown(u.get('achieved'), '.3f')} @ {_shown(u.get('energy_vs_large'), '.0%')}",
             )
     Console(width=180).print(table)
+    for source, d in sources.items():
+        if d.grouped_by == "request":
+            typer.echo(f"{source}: one task only, so requests, not tasks, are held out: its held-out figures are "
+                       "for new requests of the same task")
     typer.echo(f"confidence {confidence:.0%} ({bound}); {held_out_share:.0%} of each source's groups held out; "
                + ("dry run, nothing written" if dry_run else f"wrote the calibrated block of {len(files)} file(s)"))
 

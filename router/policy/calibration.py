@@ -17,8 +17,6 @@ report states target vs achieved on subjects the fit never saw (a harder test th
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +47,13 @@ class CalibrationData:
     energy: np.ndarray
     """[N, M] estimated joules per request."""
     groups: np.ndarray
-    """[N] subject (or task) of each row, for the held-out split."""
+    """[N] subject (or task) of each row, for the held-out split; the request where there is one task only."""
     scores: str = ""
+    grouped_by: str = "task"
 
     def take(self, mask: np.ndarray) -> CalibrationData:
         return CalibrationData(self.models, self.p[mask], self.correct[mask], self.energy[mask], self.groups[mask],
-                               self.scores)
+                               self.scores, self.grouped_by)
 
 
 @dataclass
@@ -182,87 +181,51 @@ def split_groups(groups: np.ndarray, held_out_share: float, seed: int) -> tuple[
 class OutcomeRows:
     prompts: list[str]
     groups: np.ndarray
+    """[N] what is held out together: the task, or the request where the source has one task only."""
     models: list[str]
     correct: np.ndarray
-    output_tokens: np.ndarray
-
-
-def _model_map(cards: Mapping[str, ModelCard]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for card in cards.values():
-        for name in (card.name, *card.aliases):
-            out[name.lower()] = card.name
-            out[name.lower().rsplit("/", 1)[-1]] = card.name
-    return out
+    energy: np.ndarray
+    """[N, M] joules per call: the file's measured ``energy_j`` where it has one, else the card's estimate."""
+    grouped_by: str = "task"
+    """``task``, or ``request`` (the fallback for a source with a single task: whole tasks cannot be held out)."""
 
 
 def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
                   models: Sequence[str] | None = None) -> OutcomeRows:
-    """RouteLLM MMLU CSVs (a folder or one file; group = subject from the file name) or an outcomes JSONL
-    (docs/simulation.md; group = ``task``). Only ``models`` when given (those the file has); rows lacking an outcome for
-    any of the kept models are dropped."""
-    names = _model_map(cards)
+    """RouteLLM CSVs (a folder or one file, as ``router data import-routellm`` converts them) or an outcomes JSONL
+    (docs/simulation.md), read and checked by the reader ``router simulate`` uses. Rows are grouped by task; a
+    source with one task only is grouped by request. Only ``models`` when given (those the file has); rows lacking
+    an outcome for any of the kept models are dropped."""
+    from ..simulate.importers import routellm_lines
+    from ..simulate.outcomes import ModelNames, load_outcomes, parse_outcomes_lines
+
     path = Path(path)
-    prompts: list[str] = []
-    groups: list[str] = []
-    rows: list[dict[str, tuple[float, int]]] = []
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files or not all(f.exists() for f in files):
-        raise ConfigError(f"{path}: no outcome CSVs or JSONL here")
-    csv.field_size_limit(2**31 - 1)
-    for f in files:
-        if f.suffix == ".csv":
-            group = f.stem.removeprefix("mmlu_")
-            with f.open(newline="", encoding="utf-8") as fh:
-                for k, row in enumerate(csv.DictReader(fh)):
-                    out = {}
-                    for col, val in row.items():
-                        if col == "prompt" or col is None:
-                            continue
-                        card = names.get(col.lower()) or names.get(col.lower().rsplit("/", 1)[-1])
-                        if card is None:
-                            raise ConfigError(f"{f}: column {col!r} names no model card (add it to a card's aliases)")
-                        v = str(val).strip().lower()
-                        if v not in ("true", "false", "1", "0"):
-                            raise ConfigError(f"{f}:{k + 2}: column {col!r} must be True/False, got {val!r}")
-                        out[card] = (1.0 if v in ("true", "1") else 0.0, 1)
-                    prompts.append(row["prompt"])
-                    groups.append(group)
-                    rows.append(out)
-        else:
-            with f.open(encoding="utf-8") as fh:
-                for k, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                        out = {}
-                        for model, o in obj["outcomes"].items():
-                            card = names.get(model.lower()) or names.get(model.lower().rsplit("/", 1)[-1])
-                            if card is None:
-                                raise ValueError(f"model {model!r} names no model card")
-                            c = float(o["correct"])
-                            if not 0 <= c <= 1:
-                                raise ValueError(f"`correct` must be in [0, 1], got {c}")
-                            out[card] = (c, int(o.get("output_tokens", 64)))
-                        prompts.append(str(obj["prompt"]))
-                        groups.append(str(obj.get("task", "")))
-                        rows.append(out)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        raise ConfigError(f"{f}:{k}: {exc}") from exc
+    if path.is_dir() or path.suffix.lower() == ".csv":
+        table = parse_outcomes_lines(routellm_lines(path, cards), cards, name=str(path))
+    else:
+        table = load_outcomes(path, cards)
+    have = ~np.isnan(table.score)
+    keep = np.ones(table.n, dtype=bool)
+    cols = list(range(len(table.models)))
     if models is not None:
-        wanted = {names.get(m.lower(), m) for m in models}
-        present = set().union(*(set(r) for r in rows)) & wanted if rows else set()
-        rows_kept = [(p, g, r) for p, g, r in zip(prompts, groups, rows, strict=True) if present <= set(r)]
-        prompts, groups = [x[0] for x in rows_kept], [x[1] for x in rows_kept]
-        rows = [{m: v for m, v in x[2].items() if m in present} for x in rows_kept]
-    common = sorted(set.intersection(*(set(r) for r in rows)) if rows else set())
-    if len(common) < 2:
+        names = ModelNames(cards)
+        wanted = {names.resolve(m) or m for m in models}
+        cols = [j for j in cols if table.models[j] in wanted]
+        keep = have[:, cols].all(axis=1)
+    common = [j for j in cols if have[keep, j].all()]
+    if len(common) < 2 or not keep.any():
         raise ConfigError(f"{path}: calibration needs outcomes of at least two models on the same requests")
-    n = len(rows)
-    correct = np.array([[r[m][0] for m in common] for r in rows]).reshape(n, len(common))
-    out_tok = np.array([[r[m][1] for m in common] for r in rows]).reshape(n, len(common))
-    return OutcomeRows(prompts, np.array(groups), common, correct, out_tok)
+    rows = np.flatnonzero(keep)
+    tasks = [table.task_names[k] for k in table.tasks[rows].tolist()]
+    by_request = len(set(tasks)) < 2
+    return OutcomeRows(
+        prompts=[table.prompts[g] for g in table.group[rows].tolist()],
+        groups=np.array([table.ids[i] for i in rows] if by_request else tasks),
+        models=[table.models[j] for j in common],
+        correct=table.score[np.ix_(rows, common)].astype(float),
+        energy=table.energy_j[np.ix_(rows, common)],
+        grouped_by="request" if by_request else "task",
+    )
 
 
 def oof_scores(prompts: list[str], groups: np.ndarray, correct: np.ndarray, folds: int = 5, c: float = 0.3,
@@ -280,7 +243,11 @@ def oof_scores(prompts: list[str], groups: np.ndarray, correct: np.ndarray, fold
     k = min(folds, len(set(groups.tolist())))
     for tr, te in GroupKFold(n_splits=k).split(texts, groups=groups):
         vec = vectorizer()
-        x_tr = vec.fit_transform([texts[i] for i in tr])
+        try:
+            x_tr = vec.fit_transform([texts[i] for i in tr])
+        except ValueError:  # no word in two of the fold's prompts (a handful of requests): nothing to learn from
+            out[te] = (correct[tr] >= 0.5).mean(axis=0)  # each model's rate on the fold's training rows
+            continue
         x_te = vec.transform([texts[i] for i in te])
         for j in range(correct.shape[1]):
             y = (correct[tr, j] >= 0.5).astype(int)
@@ -306,14 +273,9 @@ def classifier_scores(prompts: list[str], models: list[str], classifier: Request
 def build_data(
     rows: OutcomeRows, cards: Mapping[str, ModelCard], scores: np.ndarray, scores_name: str
 ) -> CalibrationData:
-    """Order models cheapest first (estimated joules on these prompts) and attach energies."""
-    in_tok = np.array([-(-len(p) // 4) for p in rows.prompts])
-    energy = np.stack(
-        [cards[m].energy.per_call_j + cards[m].energy.per_input_token_j * in_tok
-         + cards[m].energy.per_output_token_j * rows.output_tokens[:, j] for j, m in enumerate(rows.models)],
-        axis=1,
-    )
+    """Order models cheapest first (by tier, then joules on these prompts)."""
     order = sorted(range(len(rows.models)),
-                   key=lambda j: (TIER_ORDER.get(cards[rows.models[j]].tier, 1), float(energy[:, j].mean())))
+                   key=lambda j: (TIER_ORDER.get(cards[rows.models[j]].tier, 1), float(rows.energy[:, j].mean())))
     models = [rows.models[j] for j in order]
-    return CalibrationData(models, scores[:, order], rows.correct[:, order], energy[:, order], rows.groups, scores_name)
+    return CalibrationData(models, scores[:, order], rows.correct[:, order], rows.energy[:, order], rows.groups,
+                           scores_name, rows.grouped_by)

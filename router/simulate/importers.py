@@ -16,6 +16,7 @@ are mapped to model card names through the cards' names and aliases (case-insens
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -90,6 +91,17 @@ def import_routellm(
     finally:
         tmp.unlink(missing_ok=True)
     return report
+
+
+def routellm_lines(path: str | Path, cards: Mapping[str, ModelCard]) -> list[str]:
+    """The outcomes lines :func:`import_routellm` would write for ``path``, in memory (``router calibrate`` reads
+    the CSVs so, through the same reader as an outcomes file)."""
+    names = ModelNames(cards)
+    sink = io.StringIO()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    for file in csv_files(path):
+        _import_file(file, sink, names, ImportReport(), keep_responses=False)
+    return sink.getvalue().split("\n")  # not splitlines(): a prompt may hold a raw U+2028, which JSON allows
 
 
 def _import_file(file: Path, sink, names: ModelNames, report: ImportReport, keep_responses: bool) -> int:  # noqa: ANN001
