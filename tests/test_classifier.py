@@ -98,7 +98,35 @@ def test_ece_detects_miscalibration() -> None:
 def test_options_rule_and_fallback(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert has_options("Q?\nA. x\nB. y")
     assert not has_options("What is a good name for a cat?")
-    assert isinstance(load_default_classifier(tmp_path), RuleClassifier)
+    assert isinstance(load_default_classifier(tmp_path, shipped=tmp_path / "none"), RuleClassifier)
+
+
+@needs_model
+def test_a_models_dir_of_ones_own_keeps_the_trained_classifier(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A custom models_dir without a classifier/ folder got the rules without a word: now the shipped classifier,
+    predicting for its cards too, and the log says which one."""
+    import logging
+    import shutil
+
+    from router import Router
+    from router.config import RouterConfig
+
+    mine = tmp_path / "mymodels"
+    mine.mkdir()
+    shutil.copy(MODELS_DIR / "smollm2-135m.yaml", mine / "smollm2-135m.yaml")
+    caplog.set_level(logging.INFO, "router.classify")
+    clf = load_default_classifier(mine)
+    assert isinstance(clf, OnnxRequestClassifier) and clf.classify("Is this review positive? 'great'").method != "rules"
+    assert f"the trained ONNX classifier in {FOLDER} (the shipped one: {mine / 'classifier'} has none)" in caplog.text
+    cfg = RouterConfig.model_validate({"models_dir": str(mine), "ledger_url": f"sqlite:///{tmp_path}/l.sqlite3",
+                                       "journal": {"enabled": False}})
+    with Router(cfg) as router:
+        assert isinstance(router.classifier, OnnxRequestClassifier)
+        assert set(router.classifier.classify("hello there").p_correct) == {"smollm2-135m"}
+    shutil.copytree(FOLDER, mine / "classifier")  # its own classifier wins
+    caplog.clear()
+    assert isinstance(load_default_classifier(mine), OnnxRequestClassifier)
+    assert f"the trained ONNX classifier in {mine / 'classifier'}\n" in caplog.text + "\n"
 
 
 @needs_model

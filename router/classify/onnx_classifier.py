@@ -10,6 +10,7 @@ millisecond (``python benchmarks/bench_classifier.py``; figures in benchmarks/RE
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ import numpy as np
 from .base import TASKS, Classification, RequestClassifier
 from .quality import QualityTable, read_added
 from .rules import RuleClassifier
+
+log = logging.getLogger("router.classify")
 
 if TYPE_CHECKING:
     from ..cards import ModelCard
@@ -204,18 +207,30 @@ class OnnxRequestClassifier(RequestClassifier):
         )
 
 
-def load_default_classifier(models_dir: str | Path, *, catalogue: bool = False) -> RequestClassifier:
-    """The trained ONNX classifier when ``models_dir/classifier`` holds its artifacts, else the rules. Cards of
-    ``models_dir`` (and of its catalogue when asked: simulation) that the classifier was not trained on get a row
-    from their card's prior."""
-    folder = Path(models_dir) / "classifier"
-    if (folder / "classifier.json").exists() and (folder / "classifier.onnx").exists():
-        from ..cards import load_cards, load_catalogue
-        from ..errors import ConfigError
+def load_default_classifier(models_dir: str | Path, *, catalogue: bool = False,
+                            shipped: str | Path | None = None) -> RequestClassifier:
+    """The trained ONNX classifier of ``models_dir/classifier``; where that folder has none (a models dir of one's
+    own cards), the shipped one (``shipped``, default: the package's ``models/classifier``), so a custom models dir
+    does not lose the trained classifier; else the rules. Which one is logged. Cards of ``models_dir`` (and of
+    its catalogue when asked: simulation) that the classifier was not trained on get a row from their card's
+    prior."""
+    from ..config import embedded_dir
 
-        try:
-            cards = load_catalogue(models_dir) if catalogue else load_cards(models_dir)
-        except ConfigError:
-            cards = {}
-        return OnnxRequestClassifier(folder, cards)
-    return RuleClassifier()
+    own = Path(models_dir) / "classifier"
+    fallback = Path(shipped) if shipped is not None else embedded_dir("models") / "classifier"
+    for folder in (own, fallback):
+        if (folder / "classifier.json").exists() and (folder / "classifier.onnx").exists():
+            break
+    else:
+        log.warning("classifier: rules (no trained classifier in %s or %s)", own, fallback)
+        return RuleClassifier()
+    from ..cards import load_cards, load_catalogue
+    from ..errors import ConfigError
+
+    try:
+        cards = load_catalogue(models_dir) if catalogue else load_cards(models_dir)
+    except ConfigError:
+        cards = {}
+    log.info("classifier: the trained ONNX classifier in %s%s", folder,
+             "" if folder == own else f" (the shipped one: {own} has none)")
+    return OnnxRequestClassifier(folder, cards)
