@@ -800,6 +800,24 @@ def test_serve_says_where_it_listens_and_what_it_serves(upstream_url: str, tmp_p
     assert "policy balanced" in text and "ready in" in text and "remote-echo" in text, text
 
 
+def test_serve_log_level_is_a_choice_and_the_access_log_logs_at_the_default_level(upstream_url: str,
+                                                                                   tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "--log-level", "warnig"])  # was uvicorn's KeyError traceback
+    assert res.exit_code == 2 and "Invalid value for '--log-level': 'warnig' is not one of" in res.output, res.output
+    config, _ = _config(tmp_path, upstream_url)
+    with router_serve(config, tmp_path, "--access-log") as url:  # the default level: warning
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        log = tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log"
+        deadline = time.monotonic() + 10
+        while '"GET /health HTTP/1.1" 200' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert '"GET /health HTTP/1.1" 200' in log.read_text(), log.read_text()
+
+
 def test_serve_on_a_port_in_use_fails_at_once(upstream_url: str, tmp_path: Path) -> None:
     """The port is checked before the models load: one line, exit 2, no 'ready' (uvicorn's own failure came only
     after every model had loaded, with exit 3)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -24,8 +25,10 @@ def serve(
     ledger_url: Annotated[str | None, typer.Option(
         "--ledger", help="Ledger URL (sqlite:///PATH, redis://HOST:PORT/DB or postgresql://USER:PASSWORD@HOST/DB); "
         "overrides the config and ROUTER_LEDGER_URL.")] = None,
-    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
-    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every request line."),
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = typer.Option(
+        "warning", "--log-level", help="uvicorn's log level."),
+    access_log: bool = typer.Option(
+        False, "--access-log/--no-access-log", help="Log every request line (at any --log-level)."),
     proxy_headers: Annotated[bool | None, typer.Option(
         "--proxy-headers/--no-proxy-headers", help="Take the client address from X-Forwarded-For (from "
         "--forwarded-allow-ips). Only the access log shows client addresses, so the default is on with "
@@ -84,12 +87,26 @@ def serve(
         kwargs["loop"] = "uvloop"
     uvicorn.run(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level=log_level, access_log=access_log, timeout_keep_alive=30,
+        log_config=_log_config(log_level, access_log), access_log=access_log, timeout_keep_alive=30,
         # uvicorn's X-Forwarded-* middleware runs on every request (~5 µs of CPU, ~2 % of the proxy's own) and
         # only changes the client address, which nothing but the access log reads; no `server: uvicorn` header
         proxy_headers=access_log if proxy_headers is None else proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips, server_header=False, **kwargs,
     )
+
+
+def _log_config(level: str, access_log: bool) -> dict[str, Any]:
+    """uvicorn's logging at ``level``, but the access log's lines (at info) at any level when it is asked for:
+    uvicorn would hold them to ``level``, so ``--access-log`` alone logged nothing."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    name = level.upper()
+    loggers = config["loggers"]
+    loggers["uvicorn"]["level"] = loggers["uvicorn.error"]["level"] = name
+    loggers["uvicorn.asgi"] = {"level": name}
+    loggers["uvicorn.access"]["level"] = "INFO" if access_log and name not in ("DEBUG", "TRACE") else name
+    return config
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
