@@ -818,6 +818,32 @@ def test_serve_log_level_is_a_choice_and_the_access_log_logs_at_the_default_leve
         assert '"GET /health HTTP/1.1" 200' in log.read_text(), log.read_text()
 
 
+def test_serve_says_ready_once_it_listens(upstream_url: str, tmp_path: Path) -> None:
+    """'ready' came before uvicorn had bound the port: a client that trusted it could be refused."""
+    import socket
+    import subprocess
+    import sys
+
+    from servers.procs import stop
+
+    config, _ = _config(tmp_path, upstream_url)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--port", str(port), "--config", str(config),
+                                 "--log-level", "info"], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready in" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()  # listening: not refused
+        text = log.read_text()
+        assert text.index(f"Uvicorn running on http://127.0.0.1:{port}") < text.index("ready in"), text
+    finally:
+        stop(proc)
+
+
 def test_serve_on_a_port_in_use_fails_at_once(upstream_url: str, tmp_path: Path) -> None:
     """The port is checked before the models load: one line, exit 2, no 'ready' (uvicorn's own failure came only
     after every model had loaded, with exit 3)."""

@@ -85,7 +85,7 @@ def serve(
     kwargs: dict[str, object] = {"http": OneWriteHttpToolsProtocol}
     if _uvloop():
         kwargs["loop"] = "uvloop"
-    uvicorn.run(
+    settings = uvicorn.Config(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_config=_log_config(log_level, access_log), access_log=access_log, timeout_keep_alive=30,
         # uvicorn's X-Forwarded-* middleware runs on every request (~5 µs of CPU, ~2 % of the proxy's own) and
@@ -93,6 +93,22 @@ def serve(
         proxy_headers=access_log if proxy_headers is None else proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips, server_header=False, **kwargs,
     )
+    # The socket listens before the models load (as a pre-fork server's does): each worker's "ready" line then
+    # means what it says, and a client that connects meanwhile waits instead of being refused.
+    sock = settings.bind_socket()
+    sock.listen(settings.backlog)
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(settings, sockets=[sock]).run()
+        else:
+            server = uvicorn.Server(settings)
+            server.run(sockets=[sock])
+            if not server.started:
+                raise typer.Exit(3)  # uvicorn's exit status for a server that did not start
+    except KeyboardInterrupt:
+        pass
 
 
 def _log_config(level: str, access_log: bool) -> dict[str, Any]:
