@@ -262,8 +262,7 @@ def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequestError("`seed` must be an integer", param="seed")
         elif name == "logit_bias":
             if not isinstance(value, dict) or len(value) > 1024 or not all(
-                    isinstance(k, str) and k.isdigit() and _number(name, v, -100.0, 100.0) is not None
-                    for k, v in value.items()):
+                    _is_token_id(k) and _number(name, v, -100.0, 100.0) is not None for k, v in value.items()):
                 raise BadRequestError("`logit_bias` must map token ids to numbers from -100 to 100",
                                       param="logit_bias")
         else:
@@ -271,6 +270,12 @@ def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
             value = _number(name, value, lo, 1.0 if name == "top_p" else 2.0)
         out[name] = value
     return out
+
+
+def _is_token_id(key: Any) -> bool:
+    """A token id as JSON object keys write one: ASCII digits only (``str.isdigit`` also takes "²" and other
+    Unicode digits, which ``int`` refuses), few enough for any vocabulary."""
+    return isinstance(key, str) and 0 < len(key) <= 10 and key.isascii() and key.isdigit()
 
 
 def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage], int]:

@@ -107,6 +107,20 @@ def test_openai_sdk_parse_json_object_and_logprobs(local: Local) -> None:
     assert content[0].top_logprobs[0].logprob >= content[0].top_logprobs[1].logprob
 
 
+def test_a_logit_bias_key_that_is_no_token_id_is_a_400_and_cools_no_model_down(local: Local) -> None:
+    """"²" passes ``str.isdigit`` but not ``int``: were it sent on, every local model would fail on it, and three
+    such requests would cool them down for everyone."""
+    chat = local.client().chat.completions
+    for _ in range(4):  # the default cooldown opens after 3 consecutive failures
+        with pytest.raises(openai.BadRequestError) as err:
+            chat.create(model="router", messages=ASK, logit_bias={"\u00b2": 1}, max_tokens=4)
+        assert err.value.param == "logit_bias"
+    resp = chat.create(model="smollm2-135m", messages=ASK, logit_bias={"42": -100}, max_tokens=4)
+    assert resp.model == "smollm2-135m" and resp.choices[0].message.content is not None
+    metrics = httpx.get(f"{local.url}/metrics").text
+    assert 'router_backend_cooldowns{model="smollm2-135m"} 0.0' in metrics
+
+
 # -- LangChain --------------------------------------------------------------------------------------------------
 def test_langchain_bind_tools_round_trip_and_structured_output(local: Local) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage

@@ -139,6 +139,8 @@ def test_parameter_rules() -> None:
     with pytest.raises(BadRequestError, match="frobnicate"):
         check_params(frobnicate=1)
     for bad, param in (({"top_p": 3}, "top_p"), ({"logit_bias": {"x": 1}}, "logit_bias"),
+                       ({"logit_bias": {"\u00b2": 1}}, "logit_bias"), ({"logit_bias": {"\u0662": 1}}, "logit_bias"),
+                       ({"logit_bias": {"1" * 5000: 1}}, "logit_bias"),  # int() refuses these; a model would fail
                        ({"top_logprobs": 3}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
                        ({"tools": [{"type": "function"}]}, "tools[0]"),
                        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
