@@ -127,15 +127,24 @@ class PreparedRequest:
     """Tools, response format, log probabilities and pass-through parameters, as checked."""
 
 
-def _number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:
+def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:
+    """``value`` as a float in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``), ``None`` as ``None``; else a
+    :class:`BadRequestError` naming ``name``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequestError(f"`{name}` must be a finite number, got {_kind(value)}", param=name)
-    if value < lo or value > hi or (lo_open and value == lo):
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer beyond any float: JSON numbers may run to hundreds of digits
+        number = math.nan
+        got = "an integer too large for a float"
+    else:
+        got = _kind(value)
+    if not math.isfinite(number):
+        raise BadRequestError(f"`{name}` must be a finite number, got {got}", param=name)
+    if number < lo or number > hi or (lo_open and number == lo):
         bound = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
-        raise BadRequestError(f"`{name}` must be in {bound}, got {value:g}", param=name)
-    return float(value)
+        raise BadRequestError(f"`{name}` must be in {bound}, got {number:g}", param=name)
+    return number
 
 
 def _kind(value: Any) -> str:
@@ -224,14 +233,14 @@ def check_params(
     return {
         "model": _optional_str("model", model, 256),
         "policy": _optional_str("policy", policy, 256),
-        "accuracy_target": _number("accuracy_target", accuracy_target, 0.0, 1.0),
-        "max_energy_j": _number("max_energy_j", max_energy_j, 0.0, math.inf, lo_open=True),
+        "accuracy_target": checked_number("accuracy_target", accuracy_target, 0.0, 1.0),
+        "max_energy_j": checked_number("max_energy_j", max_energy_j, 0.0, math.inf, lo_open=True),
         "max_tokens": max_tokens,
-        "temperature": _number("temperature", temperature, 0.0, 2.0),
+        "temperature": checked_number("temperature", temperature, 0.0, 2.0),
         "stop": stop,
         "api_key": api_key if isinstance(api_key, KeySpec) else _optional_str("api_key", api_key, 4096),
         "request_id": _optional_str("request_id", request_id, _MAX_REQUEST_ID) or new_request_id(),
-        "deadline_s": _number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
+        "deadline_s": checked_number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
         "cancel": cancel,
         "options": options,
     }
@@ -262,12 +271,12 @@ def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequestError("`seed` must be an integer", param="seed")
         elif name == "logit_bias":
             if not isinstance(value, dict) or len(value) > 1024 or not all(
-                    _is_token_id(k) and _number(name, v, -100.0, 100.0) is not None for k, v in value.items()):
+                    _is_token_id(k) and checked_number(name, v, -100.0, 100.0) is not None for k, v in value.items()):
                 raise BadRequestError("`logit_bias` must map token ids to numbers from -100 to 100",
                                       param="logit_bias")
         else:
             lo = 0.0 if name == "top_p" else -2.0
-            value = _number(name, value, lo, 1.0 if name == "top_p" else 2.0)
+            value = checked_number(name, value, lo, 1.0 if name == "top_p" else 2.0)
         out[name] = value
     return out
 

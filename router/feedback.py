@@ -16,11 +16,11 @@ A score is in [0, 1] and belongs to one response, by the ``id`` the response car
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from ._request import checked_number
 from .errors import AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError
 from .keys import KeyStore, hash_key
 from .ledger import Ledger
@@ -39,11 +39,10 @@ _SOURCE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}(:[A-Za-z0-9_./:-]{1,100})?$")
 
 
 def check_score(score: Any, param: str = "score") -> float:
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise BadRequestError(f"`{param}` must be a number in [0, 1], got {type(score).__name__}", param=param)
-    if not 0.0 <= score <= 1.0:
-        raise BadRequestError(f"`{param}` must be in [0, 1], got {score:g}", param=param)
-    return float(score)
+    value = None if score is None else checked_number(param, score, 0.0, 1.0)
+    if value is None:
+        raise BadRequestError(f"`{param}` must be a number in [0, 1]", param=param)
+    return value
 
 
 def check_feedback(response_id: Any, score: Any, comment: Any = None, source: Any = USER) -> tuple[str, float,

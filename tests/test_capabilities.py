@@ -141,6 +141,9 @@ def test_parameter_rules() -> None:
     for bad, param in (({"top_p": 3}, "top_p"), ({"logit_bias": {"x": 1}}, "logit_bias"),
                        ({"logit_bias": {"\u00b2": 1}}, "logit_bias"), ({"logit_bias": {"\u0662": 1}}, "logit_bias"),
                        ({"logit_bias": {"1" * 5000: 1}}, "logit_bias"),  # int() refuses these; a model would fail
+                       ({"temperature": 10**400}, "temperature"), ({"max_energy_j": 10**400}, "max_energy_j"),
+                       ({"deadline_s": -(10**400)}, "deadline_s"), ({"top_p": 10**400}, "top_p"),
+                       ({"logit_bias": {"42": 10**400}}, "logit_bias"),  # beyond any float: no OverflowError
                        ({"top_logprobs": 3}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
                        ({"tools": [{"type": "function"}]}, "tools[0]"),
                        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},

@@ -59,7 +59,7 @@ def test_feedback_is_kept_beside_the_record_every_one_of_them(tmp_path: Path) ->
 @pytest.mark.parametrize(("kwargs", "param"), [
     ({"response_id": "chatcmpl-nobody", "score": 0.5}, "id"),
     ({"score": 1.5}, "score"), ({"score": -0.01}, "score"), ({"score": True}, "score"), ({"score": "0.5"}, "score"),
-    ({"score": float("nan")}, "score"), ({"response_id": "", "score": 0.5}, "id"),
+    ({"score": float("nan")}, "score"), ({"score": 10**400}, "score"), ({"response_id": "", "score": 0.5}, "id"),
     ({"response_id": "x" * 200, "score": 0.5}, "id"), ({"score": 0.5, "comment": "c" * 2001}, "comment"),
     ({"score": 0.5, "comment": 3}, "comment"),
 ])  # fmt: skip

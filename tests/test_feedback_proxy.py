@@ -95,6 +95,7 @@ def test_another_key_cannot_take_over_a_chosen_response_id(served: tuple[str, st
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"id": "PLACEHOLDER", "score": 1.2}, "score"), ({"id": "PLACEHOLDER", "score": "high"}, "score"),
+    ({"id": "PLACEHOLDER", "score": 10**400}, "score"),  # JSON's integers have no bound; a float's range does
     ({"id": "PLACEHOLDER"}, "score"), ({"score": 0.5}, "id"), ({"id": 7, "score": 0.5}, "id"),
     ({"id": "PLACEHOLDER", "score": 0.5, "rating": 5}, "rating"),
     ({"id": "PLACEHOLDER", "score": 0.5, "comment": ["a"]}, "comment"),

@@ -175,6 +175,17 @@ def test_empty_messages_is_400(served: Served) -> None:
     assert err.value.param == "messages"
 
 
+def test_numbers_beyond_a_float_are_400_naming_the_parameter(served: Served) -> None:
+    """JSON's integers have no bound: one with 400 digits is a bad parameter, not an OverflowError (a 500)."""
+    chat = served.client().chat.completions
+    for params, param in (({"temperature": 10**400}, "temperature"), ({"top_p": -(10**400)}, "top_p"),
+                          ({"extra_body": {"max_energy_j": 10**400}}, "max_energy_j"),
+                          ({"extra_body": {"accuracy_target": 10**400}}, "accuracy_target")):
+        with pytest.raises(openai.BadRequestError) as err:
+            chat.create(model="router", messages=user(QUESTION), **params)  # type: ignore[arg-type]
+        assert err.value.param == param and "too large for a float" in err.value.message, params
+
+
 def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
     """Policy `onlybroken` allows only the broken model: no fallback, 503. The default policy falls back to the
     next adequate model. After 2 consecutive failures (config: cooldown) the broken backend cools down:
