@@ -12,7 +12,15 @@ import pytest
 
 from router.backends import FaultInjectingBackend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
-from router.errors import BackendError, BackendUnavailableError, CancelledError, DeadlineExceededError
+from router.errors import (
+    BackendError,
+    BackendUnavailableError,
+    BadRequestError,
+    CancelledError,
+    CapabilityError,
+    ContextLengthError,
+    DeadlineExceededError,
+)
 from router.types import ChatMessage
 
 REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="Sentiment: a gorgeous, witty film")])
@@ -100,3 +108,17 @@ def test_a_passed_deadline_or_a_cancellation_is_no_verdict(specialist_backend) -
     assert breaker.state == "half-open" and breaker.consecutive_failures == 2
     breaker.generate(REQUEST)
     assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize("error", [BadRequestError, ContextLengthError, CapabilityError])
+def test_a_bad_request_raised_by_the_backend_is_no_verdict(specialist_backend, error) -> None:  # type: ignore[no-untyped-def]
+    """A request the model cannot take (a parameter it refuses, a prompt too long for it) says nothing about the
+    model: however many such requests come, the model keeps serving everyone else."""
+    refusing = FaultInjectingBackend(specialist_backend, failures_before_success=5, error=error)
+    breaker = CooldownBackend(refusing, failures=2, cooldown_s=5, clock=_Clock())
+    for _ in range(5):
+        with pytest.raises(error):
+            breaker.generate(REQUEST)
+        assert breaker.state == "closed" and breaker.consecutive_failures == 0
+    assert breaker.generate(REQUEST).text in ("positive", "negative")
+    assert breaker.opened_total == 0 and refusing.calls == 6

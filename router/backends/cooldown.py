@@ -1,6 +1,7 @@
 """A cooldown (circuit breaker) around a backend that keeps failing.
 
-After ``failures`` consecutive failed calls the backend is *open* for ``cooldown_s`` seconds: every call fails at
+After ``failures`` consecutive failed calls (failures of the backend, not of the request: a bad request, a passed
+deadline or a caller gone are not counted) the backend is *open* for ``cooldown_s`` seconds: every call fails at
 once with :class:`BackendUnavailableError` (HTTP 503 at the proxy) instead of waiting on a dead endpoint, so the
 Router moves straight on to the next adequate model. After the cooldown one trial call is let through
 (*half-open*); a success closes the breaker, a failure opens it again for another ``cooldown_s``.
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from ..errors import BackendUnavailableError, CancelledError, DeadlineExceededError
+from ..errors import BackendUnavailableError, BadRequestError, CancelledError, DeadlineExceededError
 from ..types import ChatMessage
 from .base import Backend, Generation, GenerationRequest, StreamEvent
 
@@ -93,8 +94,9 @@ class CooldownBackend(Backend):
             self._trial_running = False
 
     def _call(self) -> _Verdict:
-        """Admit one call and record its verdict: an exception is a failure; a passed deadline, a cancellation or
-        a reader that stops early (GeneratorExit) is no verdict, so the next call may be the trial."""
+        """Admit one call and record its verdict: an exception is a failure; a passed deadline, a cancellation, a
+        bad request (:data:`_NO_VERDICT`) or a reader that stops early (GeneratorExit) is no verdict, so the next
+        call may be the trial."""
         self._admit()
         return _Verdict(self)
 
@@ -154,6 +156,8 @@ class _Verdict:
         return False
 
 
-_NO_VERDICT = (DeadlineExceededError, CancelledError)
+_NO_VERDICT = (DeadlineExceededError, CancelledError, BadRequestError)
 """Ends of a call that say nothing about the backend: the request ran out of time (its deadline may have been
-nearly spent before this call began) or the caller went away."""
+nearly spent before this call began), the caller went away, or the request itself is wrong (a parameter the
+model cannot take, a prompt too long for it): counted, such requests would cool a healthy model down for
+everyone."""

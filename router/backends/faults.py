@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from ..errors import BackendError
+from ..errors import BackendError, RouterError
 from .base import Backend, GenerationRequest, StreamEvent
 
 
@@ -20,7 +20,7 @@ class FaultInjectingBackend(Backend):
         fail_after_events: int | None = None,
         delay_s: float = 0.0,
         failures_before_success: int = 0,
-        error: type[BackendError] = BackendError,
+        error: type[RouterError] = BackendError,
     ) -> None:
         super().__init__(inner.card)
         self.inner = inner
