@@ -145,15 +145,18 @@ class Attempts:
 
     def _check_context(self, backend: Backend) -> None:
         card = backend.card
-        prompt_tokens = backend.prompt_tokens(self.prepared.messages)
+        prompt_tokens = backend.prompt_tokens(self.prepared.messages, self.prepared.options)
         wanted = self.prepared.max_tokens or 0
+        tools = self.prepared.options.tools is not None
+        prompt = "the prompt with the tools offered is" if tools else "the prompt is"
         if prompt_tokens > card.context_length:
             raise ContextLengthError(
-                f"the prompt is {prompt_tokens} tokens but {card.name} holds {card.context_length}; shorten the "
-                "messages or pin a model with a longer context", param="messages")
+                f"{prompt} {prompt_tokens} tokens but {card.name} holds {card.context_length}; shorten the "
+                f"messages{', offer fewer tools' if tools else ''} or pin a model with a longer context",
+                param="messages")
         if prompt_tokens + wanted > card.context_length:
             raise ContextLengthError(
-                f"the prompt is {prompt_tokens} tokens and max_tokens asks for {wanted} more, but {card.name} holds "
+                f"{prompt} {prompt_tokens} tokens and max_tokens asks for {wanted} more, but {card.name} holds "
                 f"{card.context_length}; lower max_tokens to at most {card.context_length - prompt_tokens} or pin a "
                 "model with a longer context", param="max_tokens")
 

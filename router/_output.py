@@ -61,7 +61,7 @@ class Output:
             text=text,
             finish_reason=last.finish_reason or ("stop" if finished else "error"),
             prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
-            else call.backend.prompt_tokens(call.request.messages),
+            else call.backend.prompt_tokens(call.request.messages, call.request.options),
             completion_tokens=last.completion_tokens if last.completion_tokens is not None
             else call.backend.turn_tokens(text, self.calls),
             confidence=last.confidence,

@@ -59,6 +59,16 @@ class ToolOptions:
     def tool(self, name: str) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
 
+    def described(self) -> str:
+        """The functions as a model reads them: each one's name, description and parameters' schema, one after
+        another (the ChatML function-calling format writes them so; the prompt-token estimate counts them)."""
+        parts = []
+        for t in self.tools:
+            description = t.raw["function"].get("description")
+            parts.append(f"\nfunctions.{t.name}:\n" + (f"// {description}\n" if description else "")
+                         + t.parameters_json + "\n")
+        return "".join(parts)
+
     def openai_tools(self) -> list[dict[str, Any]]:
         return [dict(t.raw) for t in self.tools]
 

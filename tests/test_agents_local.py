@@ -121,6 +121,21 @@ def test_a_logit_bias_key_that_is_no_token_id_is_a_400_and_cools_no_model_down(l
     assert 'router_backend_cooldowns{model="smollm2-135m"} 0.0' in metrics
 
 
+def test_tools_too_long_for_every_context_are_a_400_and_cool_no_model_down(local: Local) -> None:
+    """The tools' text counts in the context check: refused before any model runs, not a model failure."""
+    many = [{"type": "function", "function": {
+        "name": f"tool_{i}", "description": f"Does thing number {i} with care and precision",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}}}}}
+        for i in range(100)]
+    chat = local.client().chat.completions
+    for _ in range(4):  # the default cooldown opens after 3 consecutive failures
+        with pytest.raises(openai.BadRequestError) as err:
+            chat.create(model="router", messages=ASK, tools=many, max_tokens=8)  # type: ignore[arg-type]
+        assert err.value.code == "context_length_exceeded" and "tools" in err.value.message
+    resp = chat.create(model="router", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=40)
+    assert resp.model == "smollm2-135m" and resp.choices[0].finish_reason == "tool_calls"
+
+
 # -- LangChain --------------------------------------------------------------------------------------------------
 def test_langchain_bind_tools_round_trip_and_structured_output(local: Local) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage

@@ -105,6 +105,24 @@ def test_a_prompt_too_long_for_every_model_is_context_length_exceeded(shipped) -
     assert err.value.param == "messages" and err.value.code == "context_length_exceeded"
 
 
+def test_tools_too_long_for_the_context_are_context_length_exceeded_before_the_model_runs(tmp_path: Path) -> None:
+    """The tools' names, descriptions and schemas are part of the prompt a model reads: 100 of them are twice
+    SmolLM2's 2048 tokens. Counted, the request is refused before the model runs (uncounted, the model failed on
+    it: a 502, and a failure towards its cooldown)."""
+    many = [{"type": "function", "function": {
+        "name": f"tool_{i}", "description": f"Does thing number {i} with care and precision",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}}}}}
+        for i in range(100)]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:
+        with pytest.raises(ContextLengthError) as err:
+            router.complete(REVIEW, tools=many, max_tokens=8)
+        assert err.value.param == "messages" and "the prompt with the tools offered is" in err.value.message
+        assert "smollm2-135m holds 2048" in err.value.message and "offer fewer tools" in err.value.message
+        small = router.backend("smollm2-135m")
+        assert small.consecutive_failures == 0  # type: ignore[attr-defined]
+        assert router.ledger.records() == []  # no model ran
+
+
 def test_a_request_with_tools_is_the_tools_task_and_never_the_specialists(tmp_path: Path) -> None:
     """A sentiment review goes to the specialist; the same text with tools is the tools task by rule."""
     router = Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}"))

@@ -176,8 +176,11 @@ class Backend(ABC):
         """Token count for context checks; backends with a tokenizer override this."""
         return max(1, len(text) // 4) if text else 0
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
-        return sum(self.turn_tokens(m.text, m.tool_calls) + 4 for m in messages)
+    def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
+        """The tokens the model reads: the messages and the tools offered (their descriptions and schemas can be
+        longer than the messages), for context checks and for usage a backend does not report."""
+        tools = self.count_tokens(options.tools.described()) if options.tools is not None else 0
+        return tools + sum(self.turn_tokens(m.text, m.tool_calls) + 4 for m in messages)
 
     def turn_tokens(self, text: str, tool_calls: list[dict[str, Any]] | None) -> int:
         """Token count of one turn's text and tool calls (each call's arguments, and 8 for its name and framing):
@@ -332,7 +335,7 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
     except (CancelledError, DeadlineExceededError) as exc:
         # stopped between tokens: what was produced goes with the error, for the ledger's record
         exc.partial = Generation(text="".join(parts), finish_reason="error",  # type: ignore[attr-defined]
-                                 prompt_tokens=backend.prompt_tokens(request.messages),
+                                 prompt_tokens=backend.prompt_tokens(request.messages, request.options),
                                  completion_tokens=backend.count_tokens("".join(parts)))
         raise
     text = "".join(parts)
@@ -341,7 +344,7 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
         finish_reason=last.finish_reason or "stop",
         prompt_tokens=last.prompt_tokens
         if last.prompt_tokens is not None
-        else backend.prompt_tokens(request.messages),
+        else backend.prompt_tokens(request.messages, request.options),
         completion_tokens=last.completion_tokens
         if last.completion_tokens is not None
         else backend.count_tokens(text),

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from ..errors import BackendUnavailableError, BadRequestError, CancelledError, DeadlineExceededError
+from ..options import NO_OPTIONS, ModelOptions
 from ..types import ChatMessage
 from .base import Backend, Generation, GenerationRequest, StreamEvent
 
@@ -121,8 +122,8 @@ class CooldownBackend(Backend):
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
-        return self.inner.prompt_tokens(messages)
+    def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
+        return self.inner.prompt_tokens(messages, options)
 
     def warm_up(self) -> None:
         self.inner.warm_up()

@@ -57,11 +57,7 @@ def render_chatml(messages: list[Any], tools: ToolOptions | None, default_system
     the protocol is not offered, but earlier calls and results are still shown as they happened)."""
     system = "\n".join(m.text for m in messages if m.role in ("system", "developer")).strip() or default_system
     if tools is not None:
-        system += "\n\nYou have access to the following functions:\n"
-        for t in tools.tools:
-            description = t.raw["function"].get("description")
-            system += f"\nfunctions.{t.name}:\n" + (f"// {description}\n" if description else "") + t.parameters_json
-            system += "\n"
+        system += "\n\nYou have access to the following functions:\n" + tools.described()
         system += (
             "\n\nYou can respond to users messages with either a single message or one or more function calls."
             "\n\nTo respond with a message begin the message with 'message:', use the following format:"

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..cards import LlamaCppBackendSpec, ModelCard
 from ..errors import BackendError, ConfigError, RouterError
+from ..options import NO_OPTIONS, ModelOptions
 from ..types import ChatMessage
 from .base import Backend, GenerationRequest, StreamEvent
 from .llama_chat import CHATML_MARK, DEFAULT_SYSTEM, StructuredChat, render_chatml
@@ -149,10 +150,13 @@ class LlamaCppBackend(Backend):
             return 0
         return len(self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
 
-    def prompt_tokens(self, messages: list[ChatMessage]) -> int:
+    def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
         if self.spec.prompt_style == "completion":
             return self.count_tokens(completion_prompt(messages))
-        return super().prompt_tokens(messages)
+        if options.tool_use:  # exactly what the tool-calling path sends: the tools' text is often most of it
+            prompt = self._tool_prompt(messages, options).encode("utf-8", "replace")
+            return len(self.llm.tokenize(prompt, add_bos=False, special=True))
+        return super().prompt_tokens(messages, options)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         max_tokens = request.max_tokens or self.spec.default_max_tokens
@@ -242,10 +246,7 @@ class LlamaCppBackend(Backend):
                     chat.stop = stop + ["\nQuestion:", "\n\n"]
                     events = chat.events(prompt, add_bos=bos, completion_style=True)
                 elif request.options.tool_use:
-                    system = self.spec.system_prompt or DEFAULT_SYSTEM
-                    tools = request.options.tools
-                    tools = tools if tools is not None and tools.choice != "none" else None
-                    events = chat.events(render_chatml(request.messages, tools, system), add_bos=False)
+                    events = chat.events(self._tool_prompt(request.messages, request.options), add_bos=False)
                 else:
                     events = chat.events(self._chat_prompt(request.messages), add_bos=False)
                 yield from events
@@ -258,6 +259,11 @@ class LlamaCppBackend(Backend):
             if events is not None:
                 events.close()
             self._lock.release()
+
+    def _tool_prompt(self, messages: list[ChatMessage], options: ModelOptions) -> str:
+        """A tool conversation in ChatML with the tools offered (none when ``tool_choice`` is ``none``)."""
+        tools = options.tools if options.tools is not None and options.tools.choice != "none" else None
+        return render_chatml(messages, tools, self.spec.system_prompt or DEFAULT_SYSTEM)
 
     def _chat_prompt(self, messages: list[ChatMessage]) -> str:
         """The conversation through the GGUF's own chat template, as ``create_chat_completion`` renders it."""

@@ -343,7 +343,7 @@ class OpenAIHTTPBackend(Backend):
         return Generation(
             text=text,
             finish_reason=finish if isinstance(finish, str) else str(finish),
-            prompt_tokens=self.prompt_tokens(request.messages) if prompt is None else prompt,
+            prompt_tokens=self.prompt_tokens(request.messages, request.options) if prompt is None else prompt,
             completion_tokens=self.turn_tokens(text, calls) if completion is None else completion,
             tool_calls=calls,
             logprobs=logprobs,

@@ -15,6 +15,8 @@ from dataclasses import replace
 from router.backends import Backend, Generation, GenerationRequest, StreamEvent
 from router.cards import ModelCard
 from router.errors import CancelledError, DeadlineExceededError
+from router.options import ModelOptions
+from router.tools import check_tools
 from router.types import ChatMessage
 
 
@@ -63,7 +65,13 @@ def check_tokens(backend: Backend) -> None:
     assert backend.count_tokens("") == 0
     short, long = backend.count_tokens("hello"), backend.count_tokens("hello " * 50)
     assert 0 < short < long
-    assert backend.prompt_tokens([ChatMessage(role="user", content="hello there")]) > 0
+    hello = [ChatMessage(role="user", content="hello there")]
+    assert backend.prompt_tokens(hello) > 0
+    if backend.card.can("tools"):  # the tools offered are read with the messages: they count
+        tools = ModelOptions(tools=check_tools([{"type": "function", "function": {
+            "name": "get_weather", "description": "Get the current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}], None, None, None, None))
+        assert backend.prompt_tokens(hello, tools) > backend.prompt_tokens(hello) + 10
 
 
 def check_card(backend: Backend) -> None:
