@@ -44,3 +44,40 @@ def test_llama_cpp_loads_weights_in_plain_cpu_buffers(small_backend):
 
     assert small_backend.llm.model_params.use_extra_bufts is False
     assert llama_c.llama_model_default_params().use_extra_bufts is True
+
+
+@pytest.mark.slow
+def test_the_llama_cpp_token_loop_ends_at_a_full_context(cards):
+    """A prompt that fits but leaves less room than the card's ``default_max_tokens``: the token loop (tools,
+    JSON, log probabilities, sampling parameters) ends the answer with ``length`` where the context ends, as
+    llama-cpp-python's own chat completion does, instead of failing the call (a 502, towards a cooldown). SmolLM2
+    with a 256-token context, so that filling it takes a moment."""
+    from router.backends import GenerationRequest
+    from router.options import ModelOptions
+    from router.types import ChatMessage
+
+    card = cards["smollm2-135m"]
+    card = card.model_copy(update={"backend": card.backend.model_copy(update={"n_ctx": 256})})
+    backend = create_backend(card)
+    try:
+        llm = backend.llm
+        n_ctx = llm.n_ctx()
+
+        def request(words: int) -> GenerationRequest:
+            text = "Count on from here: " + " ".join(str(i) for i in range(words))
+            return GenerationRequest([ChatMessage(role="user", content=text)], temperature=0.0,
+                                     options=ModelOptions(passthrough={"top_p": 0.9}))
+
+        def prompt_tokens(words: int) -> int:
+            prompt = backend._chat_prompt(request(words).messages).encode()
+            return len(llm.tokenize(prompt, add_bos=False, special=True))
+
+        fits, too_long = 0, n_ctx  # the most words whose prompt leaves 3 tokens of room, by bisection
+        while too_long - fits > 1:
+            middle = (fits + too_long) // 2
+            fits, too_long = (middle, too_long) if prompt_tokens(middle) <= n_ctx - 3 else (fits, middle)
+        assert n_ctx == 256 and n_ctx - prompt_tokens(fits) < backend.spec.default_max_tokens
+        gen = backend.generate(request(fits))
+        assert gen.finish_reason == "length" and gen.prompt_tokens + gen.completion_tokens <= n_ctx
+    finally:
+        backend.close()

@@ -122,10 +122,10 @@ class LogitBias:
 def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, Any], check: Callable[[], None],
         grammar_text: str | None = None, stop: list[str] | None = None, recorder: LogprobRecorder | None = None,
         processors: list[Any] | None = None, strip_leading: bool = False, step: Step | None = None) -> Iterator[str]:
-    """Sample after ``tokens`` until an end-of-generation token, a stop string, the grammar's end or the budget;
-    yield the text as it becomes final (a possible stop string is held back until it is ruled out). The tokens
-    sampled are appended to ``tokens`` (the next step continues the same context) and ``step`` gets the finish
-    reason, the text and the log probabilities."""
+    """Sample after ``tokens`` until an end-of-generation token, a stop string, the grammar's end, the budget or a
+    full context; yield the text as it becomes final (a possible stop string is held back until it is ruled out).
+    The tokens sampled are appended to ``tokens`` (the next step continues the same context) and ``step`` gets the
+    finish reason, the text and the log probabilities."""
     from llama_cpp import LlamaGrammar
 
     step = step if step is not None else Step()
@@ -140,7 +140,8 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
     held = ""  # text that may be the start of a stop string
     text_parts: list[str] = []
     step.finish_reason = "length"
-    if budget.left <= 0:
+    room = llm.n_ctx()  # a token past the context would fail the decode (and the call): stop at "length" instead
+    if budget.left <= 0 or len(tokens) >= room:
         return
     tokens_out = llm.generate(list(tokens), reset=True, **kwargs)
     try:
@@ -181,7 +182,7 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
             if out:
                 text_parts.append(out)
                 yield out
-            if budget.left <= 0:
+            if budget.left <= 0 or len(tokens) >= room:
                 break
     finally:
         tokens_out.close()  # the context is left consistent before the next step (or the lock) takes it
