@@ -75,7 +75,7 @@ def answered_by(port: int) -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("router_requests_total{"):
+        if line.startswith("router_requests_total{") and 'outcome="ok"' in line:
             model = line.split('model="', 1)[1].split('"', 1)[0]
             out[model] = out.get(model, 0.0) + float(line.rsplit(" ", 1)[1])
     return out

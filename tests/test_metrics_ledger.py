@@ -113,3 +113,31 @@ def test_metrics_joules_and_failures_add_up_to_the_ledger(served: Served) -> Non
     cancelled = [(labels["model"], value) for labels, value in m["router_requests_total"]
                  if labels["outcome"] == "cancelled"]
     assert cancelled == [("remote-slow", 2.0)]
+
+
+def test_requests_total_counts_every_request_by_outcome(served: Served) -> None:
+    """Failed and refused requests count in ``router_requests_total`` too (outcome ``error`` for a 5xx,
+    ``rejected`` for a 4xx), under the model decided for them, or ``-`` when they ended before a decision; so
+    an error rate is one counter's ratio. ``router_errors_total`` still counts them by type."""
+
+    def requests() -> dict[tuple[str, str, str], float]:
+        return {(labels["model"], labels["tier"], labels["outcome"]): value
+                for labels, value in served.metrics().get("router_requests_total", [])}
+
+    before = requests()
+    client = served.client()
+    client.chat.completions.create(model="remote-echo", messages=user("hello"))
+    with pytest.raises(openai.InternalServerError):  # decided, then failed with no fallback: a 503
+        client.chat.completions.create(model="remote-broken", messages=user("hello"),
+                                       extra_body={"policy": "onlybroken"})
+    with pytest.raises(openai.InternalServerError):  # the same as a stream, before its first chunk
+        client.chat.completions.create(model="remote-broken", messages=user("hello"), stream=True,
+                                       extra_body={"policy": "onlybroken"})
+    with pytest.raises(openai.BadRequestError):  # refused before a decision
+        client.chat.completions.create(model="router", messages=[])
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=user("hello"))
+    after = requests()
+    added = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    assert added == {("remote-echo", "small", "ok"): 1.0, ("remote-broken", "large", "error"): 2.0,
+                     ("-", "-", "rejected"): 2.0}

@@ -34,7 +34,7 @@ from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
 from .ledger_writer import BackgroundLedger
-from .metrics import CONTENT_TYPE, ProxyMetrics
+from .metrics import CONTENT_TYPE, ProxyMetrics, decided
 
 log = logging.getLogger("router.proxy")
 _JSON = "application/json"
@@ -62,12 +62,12 @@ class Proxy:
         metrics = self.metrics
         if prepared is not None:
             metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
+        label = key.key_hash if self.keys and key is not None else None
         if completion is not None:
             r = completion["routing"]
-            label = key.key_hash if self.keys and key is not None else None
-            metrics.observe_answer(r["model"], r["tier"], label, "ok")
+            metrics.observe_request(r["model"], r["tier"], label, "ok")
         elif error is not None:
-            metrics.observe_error(error.code or error.error_type, error.http_status)
+            metrics.observe_failed_request(error, *decided(prepared), label)
 
     def _guard(self, request: Request, route: str) -> None:
         """With keys configured, a route not listed in ``proxy.open_routes`` needs one too."""

@@ -13,6 +13,7 @@ Starlette response objects, which are ASGI apps themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from ..errors import (
 )
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
-from .metrics import ProxyMetrics
+from .metrics import ProxyMetrics, decided
 from .public import public_error, read_json
 
 log = logging.getLogger("router.proxy")
@@ -135,8 +136,12 @@ class ChatHandler:
                 rid = value.decode("latin-1")
         given_id = rid if rid and len(rid) <= 128 else None
         request_id = given_id  # the router makes one when none is given; an error before that gets its own
+        prepared: PreparedRequest | None = None
+        key_label: str | None = None
         try:
             api_key = self.authenticate(auth)
+            # a key label only for configured keys: without keys any bearer string would be a new label
+            key_label = hash_key(api_key) if self.keys else None
             body = self._parse(await self._read_body(receive, length))
             messages, model, stream, body = chat_request(body, self.policies)
             include_usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
@@ -144,36 +149,43 @@ class ChatHandler:
                                                   **body)
             request_id = prepared.request_id
             self.metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
-            # a key label only for configured keys: without keys any bearer string would be a new label
-            key_label = hash_key(api_key) if self.keys else None
             if stream:
                 response = await self._stream(prepared, key_label, include_usage, t0)
-                await response(scope, receive, send)
+                with contextlib.suppress(ClientDisconnect):  # the stream has counted itself (cancelled)
+                    await response(scope, receive, send)
                 return
-            completion = await self._answer(prepared, receive, key_label)
+            completion = await self._answer(prepared, receive)
         except RouterError as exc:
             if isinstance(exc, BudgetExhaustedError) and exc.request_id:  # refused in the decision: its record's id
                 request_id = request_id or exc.request_id
-            await error_response(exc, self.metrics, request_id or new_request_id())(scope, receive, send)
+            self._count_failed(exc, prepared, key_label)
+            await error_response(exc, None, request_id or new_request_id())(scope, receive, send)
             return
-        except ClientDisconnect:
+        except ClientDisconnect:  # the ledger has the 'cancelled' record of a call that was stopped
+            self.metrics.observe_request(*decided(prepared), key_label, "cancelled")
             return
         except Exception:
             request_id = request_id or new_request_id()
             log.exception("%s: unhandled error on %s", request_id, scope.get("path"))
-            await error_response(InternalError("internal error"), self.metrics, request_id)(scope, receive, send)
+            error = InternalError("internal error")
+            self._count_failed(error, prepared, key_label)
+            await error_response(error, None, request_id)(scope, receive, send)
             return
         data = to_json(completion)
         r = completion["routing"]
         model, tier, reason, energy_j = r["model"], r["tier"], r["reason"], r["energy_j"]
-        self.metrics.observe_answer(model, tier, key_label, "ok")
+        self.metrics.observe_request(model, tier, key_label, "ok")
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
                    (b"x-request-id", request_id.encode("latin-1")), *routing_header_list(model, tier, reason, energy_j)]
         self.metrics.observe_latency(time.perf_counter() - t0)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _answer(self, prepared: PreparedRequest, receive: Receive, key_label: str | None) -> dict[str, Any]:
+    def _count_failed(self, exc: RouterError, prepared: PreparedRequest | None, key_label: str | None) -> None:
+        """A request that ended in ``exc``, under the model decided for it (``-`` when it ended before that)."""
+        self.metrics.observe_failed_request(exc, *decided(prepared), key_label)
+
+    async def _answer(self, prepared: PreparedRequest, receive: Receive) -> dict[str, Any]:
         """``Router.asend``, stopped when the client goes away meanwhile: ``receive()`` says so
         (``http.disconnect``) once the body has been read. Then the request's cancel event is set, so a local model
         stops at its next token and the ledger records ``cancelled`` with what it produced; a call still running
@@ -200,8 +212,6 @@ class ChatHandler:
                 raise
             if isinstance(exc, asyncio.CancelledError):
                 task.uncancel()
-            d = prepared.decision  # the ledger has the 'cancelled' record of the call that was stopped
-            self.metrics.observe_answer(d.model, d.tier, key_label, "cancelled")
             raise ClientDisconnect() from None
         finally:
             start.cancel()
@@ -274,7 +284,7 @@ class ChatHandler:
                 if chunk.routing is not None:  # the final chunk: usage and routing
                     finished = True
                     r = chunk.routing
-                    self.metrics.observe_answer(r.model, r.tier, key_label, "ok")
+                    self.metrics.observe_request(r.model, r.tier, key_label, "ok")
                     if include_usage:  # OpenAI's shape: usage in an extra chunk with no choices
                         usage_chunk = chunk.model_copy(update={"choices": []})
                         chunk = chunk.model_copy(update={"usage": None, "routing": None})
@@ -286,17 +296,20 @@ class ChatHandler:
             self.metrics.observe_latency(time.perf_counter() - t0)
         except RouterError as exc:  # after the first chunk the status is sent: report in the stream
             finished = True
-            self.metrics.observe_error(exc.code or exc.error_type, exc.http_status)
+            card = self.router.cards[first.model]
+            self.metrics.observe_failed_request(exc, card.name, card.tier, key_label)
             yield b"data: " + json.dumps(public_error(exc, first.id)).encode() + b"\n\n"
         except Exception:
             finished = True
             log.exception("%s: stream failed", first.id)
-            self.metrics.observe_error("internal_error", 500)
-            yield b"data: " + json.dumps(public_error(InternalError("the stream failed"), first.id)).encode() + b"\n\n"
+            error = InternalError("the stream failed")
+            card = self.router.cards[first.model]
+            self.metrics.observe_failed_request(error, card.name, card.tier, key_label)
+            yield b"data: " + json.dumps(public_error(error, first.id)).encode() + b"\n\n"
         finally:
             if not finished:  # the client went away mid-stream; the ledger has the 'cancelled' record
                 card = self.router.cards[first.model]
-                self.metrics.observe_answer(card.name, card.tier, key_label, "cancelled")
+                self.metrics.observe_request(card.name, card.tier, key_label, "cancelled")
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -19,9 +19,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..errors import RouterError
 from ..policy.schema import budget_unit
 
 if TYPE_CHECKING:
+    from .._request import PreparedRequest
     from .._router import Router
     from ..ledger import LedgerRecord
 
@@ -33,7 +35,8 @@ class ProxyMetrics:
     def __init__(self, router: Router) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "router_requests", "Chat completion requests answered, by model, tier, key hash and outcome",
+            "router_requests", "Chat completion requests, each counted once by its outcome (ok, cancelled, rejected: "
+            "a 4xx, error: a 5xx), by model (the one that answered, else the one decided, else -), tier, key hash",
             ["model", "tier", "key", "outcome"], registry=self.registry,
         )
         self.joules = Counter(
@@ -73,9 +76,10 @@ class ProxyMetrics:
         if budgets:
             self.budgets_seen.update(budgets)
 
-    def observe_answer(self, model: str, tier: str, key: str | None, outcome: str) -> None:
-        """A request answered (``ok``) or given up by its client (``cancelled``)."""
-        labels = (model, tier, key or "-", outcome)
+    def observe_request(self, model: str | None, tier: str | None, key: str | None, outcome: str) -> None:
+        """A chat request's end: answered (``ok``), given up by its client (``cancelled``) or failed
+        (:func:`failure_outcome`); ``model`` and ``tier`` are None when it ended before a model was decided."""
+        labels = (model or "-", tier or "-", key or "-", outcome)
         child = self._request_children.get(labels)
         if child is None:
             child = self.requests.labels(*labels)
@@ -95,6 +99,13 @@ class ProxyMetrics:
             child.inc(rec.energy_j)
         if rec.outcome == "error":
             self.failed_attempts.labels(rec.model).inc()
+
+    def observe_failed_request(self, exc: RouterError, model: str | None, tier: str | None,
+                               key: str | None) -> None:
+        """A chat request that ended in ``exc``: in ``router_requests_total`` by its outcome, and in
+        ``router_errors_total`` (which the other routes' errors count in too)."""
+        self.observe_request(model, tier, key, failure_outcome(exc))
+        self.observe_error(exc.code or exc.error_type, exc.http_status)
 
     def observe_error(self, error_type: str, status: int) -> None:
         self.errors.labels(error_type, str(status)).inc()
@@ -181,6 +192,20 @@ class _StateCollector(Collector):
                 except (IndexError, ValueError):
                     continue
         return specs, windows
+
+
+def decided(prepared: PreparedRequest | None) -> tuple[str | None, str | None]:
+    """The model and tier decided for a request, (None, None) when it ended before a decision."""
+    return (prepared.decision.model, prepared.decision.tier) if prepared is not None else (None, None)
+
+
+def failure_outcome(exc: RouterError) -> str:
+    """The ``outcome`` label of a request that ended in ``exc``: ``cancelled`` (its client went away),
+    ``rejected`` (refused: a 4xx, the request, its key or its budget) or ``error`` (a 5xx: the router or the models
+    it tried failed), so an error rate is ``outcome="error"`` over all requests."""
+    if exc.code == "cancelled":
+        return "cancelled"
+    return "rejected" if exc.http_status < 500 else "error"
 
 
 def now() -> float:
