@@ -24,7 +24,7 @@ def default_classifier(config: RouterConfig, cards: dict[str, ModelCard]) -> Req
         from .classify.rules import RuleClassifier
 
         return RuleClassifier(config.classifier_max_chars)
-    classifier = load_default_classifier(config.models_dir)
+    classifier = load_default_classifier(config.models_dir, max_chars=config.classifier_max_chars)
     if isinstance(classifier, OnnxRequestClassifier):
         callable_cards = {n: c for n, c in cards.items() if c.callable}
         classifier.add_card_priors(callable_cards)

@@ -279,7 +279,9 @@ class RouterConfig(BaseModel):
         description="grid carbon intensity; default ~475 gCO2e/kWh, the IEA global average (energy/carbon.py)",
     )
     max_prompt_chars: int = Field(1_000_000, gt=0, description="requests above this are rejected")
-    classifier_max_chars: int = Field(4_000, gt=0, description="the classifier reads at most this much")
+    classifier_max_chars: int = Field(
+        4_000, gt=0, description="the rules classifier (used when no trained classifier is found) reads at most "
+        "this many characters of a request; the trained ONNX classifier reads the window it was trained on")
     deadline_s: float = Field(
         120.0, gt=0, le=86_400,
         description="a request ends with a timeout error (HTTP 504) after this many seconds, across every retry "

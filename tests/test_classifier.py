@@ -181,3 +181,33 @@ def test_has_options_counts_markers_as_the_plain_pattern_does() -> None:
              *("".join(rng.choice("AaBbDdEe .):(\n\t\xa0x") for _ in range(rng.randint(0, 24))) for _ in range(20000))]
     for text in texts:
         assert has_options(text) == (len(oracle.findall(text)) >= 2), repr(text)
+
+
+def test_the_rules_fallback_reads_classifier_max_chars(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With no trained classifier found, the rules read the config's ``classifier_max_chars``, not a fixed 4,000:
+    a sentiment cue past the limit is not seen, and the classification says it was truncated."""
+    import shutil
+
+    import router.config
+    from router import Router
+    from router.config import RouterConfig
+
+    cue_late = "x" * 60 + " Is this review positive or negative? 'great'"
+    rules = load_default_classifier(tmp_path, shipped=tmp_path / "none", max_chars=50)
+    assert isinstance(rules, RuleClassifier)
+    late = rules.classify(cue_late)
+    assert late.task == "chat" and late.truncated
+    # a package whose models folder has no classifier (a wheel built without it): the Router falls back to the rules
+    real = router.config.embedded_dir
+    monkeypatch.setattr(router.config, "embedded_dir",
+                        lambda name: tmp_path / "bare" if name == "models" else real(name))
+    mine = tmp_path / "mymodels"
+    mine.mkdir()
+    shutil.copy(MODELS_DIR / "smollm2-135m.yaml", mine / "smollm2-135m.yaml")
+    cfg = RouterConfig.model_validate({"models_dir": str(mine), "ledger_url": f"sqlite:///{tmp_path}/l.sqlite3",
+                                       "journal": {"enabled": False}, "classifier_max_chars": 50})
+    with Router(cfg) as r:
+        assert isinstance(r.classifier, RuleClassifier)
+        late = r.classifier.classify(cue_late)
+        assert late.task == "chat" and late.truncated
+        assert r.classifier.classify(cue_late[60:]).task == "sentiment"

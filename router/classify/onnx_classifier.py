@@ -208,12 +208,13 @@ class OnnxRequestClassifier(RequestClassifier):
 
 
 def load_default_classifier(models_dir: str | Path, *, catalogue: bool = False,
-                            shipped: str | Path | None = None) -> RequestClassifier:
+                            shipped: str | Path | None = None, max_chars: int = 4000) -> RequestClassifier:
     """The trained ONNX classifier of ``models_dir/classifier``; where that folder has none (a models dir of one's
     own cards), the shipped one (``shipped``, default: the package's ``models/classifier``), so a custom models dir
-    does not lose the trained classifier; else the rules. Which one is logged. Cards of ``models_dir`` (and of
-    its catalogue when asked: simulation) that the classifier was not trained on get a row from their card's
-    prior."""
+    does not lose the trained classifier; else the rules, reading at most ``max_chars`` (the config's
+    ``classifier_max_chars``; the trained classifier reads the window it was trained on). Which one is logged.
+    Cards of ``models_dir`` (and of its catalogue when asked: simulation) that the classifier was not trained on
+    get a row from their card's prior."""
     from ..config import embedded_dir
 
     own = Path(models_dir) / "classifier"
@@ -223,7 +224,7 @@ def load_default_classifier(models_dir: str | Path, *, catalogue: bool = False,
             break
     else:
         log.warning("classifier: rules (no trained classifier in %s or %s)", own, fallback)
-        return RuleClassifier()
+        return RuleClassifier(max_chars)
     from ..cards import load_cards, load_catalogue
     from ..errors import ConfigError
 

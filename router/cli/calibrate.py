@@ -57,7 +57,8 @@ def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path 
         from ..classify.onnx_classifier import load_default_classifier
 
         p = classifier_scores(rows.prompts, rows.models,
-                              load_default_classifier(models_dir or config.models_dir, catalogue=True))
+                              load_default_classifier(models_dir or config.models_dir, catalogue=True,
+                                                      max_chars=config.classifier_max_chars))
         name = "shipped classifier P(correct)"
     else:
         raise typer.BadParameter("--scores must be oof or classifier")

@@ -91,7 +91,7 @@ def simulate(
         cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
         check_models(engine.policy, set(cards), policy)  # what the Router refuses, simulation refuses too
-        classifier = load_default_classifier(models_dir, catalogue=True)
+        classifier = load_default_classifier(models_dir, catalogue=True, max_chars=config.classifier_max_chars)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, disable=not progress, transient=True,
