@@ -130,6 +130,27 @@ def test_four_workers_record_every_request_in_one_redis_ledger(
     assert sorted(ids) == sorted(r.json()["id"] for r in responses)
 
 
+def test_worker_processes_log_in_the_cli_format_at_the_chosen_level(
+    redis_server: str, upstream_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """uvicorn's spawned workers inherit no logging: their router lines came without the time and logger name,
+    and only from warnings up whatever --log-level said. Each worker's info line (which classifier it loaded)
+    is now on stderr as the main process writes its lines."""
+    import re
+    import time
+
+    config = _config(tmp_path, upstream_url, f"{redis_server}/5")
+    with router_serve(config, tmp_path, "--workers", "2", "--log-level", "info", timeout=120) as url:
+        log = tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log"
+        deadline = time.monotonic() + 60  # /health answers once one worker is ready
+        while log.read_text().count(" ready in ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = log.read_text()
+    line = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} router\.classify classifier: the trained ONNX classifier in "
+    assert len(re.findall(rf"^{line}", text, re.MULTILINE)) == 2, text  # one per worker
+    assert not re.search(r"^classifier:", text, re.MULTILINE), text
+
+
 def test_several_workers_refuse_a_sqlite_ledger(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -49,13 +49,15 @@ _GROUPS = [
 ]
 
 
+LOG_FORMAT = "%(asctime)s %(name)s %(message)s"
+"""The format of router's log lines on stderr (``router serve`` gives its worker processes the same)."""
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens, step by step."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
 
 
 for _module, _attr, _name in _GROUPS:

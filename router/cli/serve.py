@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +27,8 @@ def serve(
         "--ledger", help="Ledger URL (sqlite:///PATH, redis://HOST:PORT/DB or postgresql://USER:PASSWORD@HOST/DB); "
         "overrides the config and ROUTER_LEDGER_URL.")] = None,
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = typer.Option(
-        "warning", "--log-level", help="uvicorn's log level."),
+        "warning", "--log-level", help="Log level of uvicorn's lines and router's own, in every worker process "
+        "(router's own at least info with `router -v`)."),
     access_log: bool = typer.Option(
         False, "--access-log/--no-access-log", help="Log every request line (at any --log-level)."),
     proxy_headers: Annotated[bool | None, typer.Option(
@@ -113,8 +115,13 @@ def serve(
 
 def _log_config(level: str, access_log: bool) -> dict[str, Any]:
     """uvicorn's logging at ``level``, but the access log's lines (at info) at any level when it is asked for:
-    uvicorn would hold them to ``level``, so ``--access-log`` alone logged nothing."""
-    from uvicorn.config import LOGGING_CONFIG
+    uvicorn would hold them to ``level``, so ``--access-log`` alone logged nothing. It also holds this process's
+    own logging (the CLI's format; the root logger's level, which ``-v`` sets) with router's loggers at ``level``
+    or finer: uvicorn applies this config in every worker process it spawns, which inherit nothing else, so
+    their router lines came unformatted and only from warnings up."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    from . import LOG_FORMAT
 
     config = copy.deepcopy(LOGGING_CONFIG)
     name = level.upper()
@@ -122,6 +129,12 @@ def _log_config(level: str, access_log: bool) -> dict[str, Any]:
     loggers["uvicorn"]["level"] = loggers["uvicorn.error"]["level"] = name
     loggers["uvicorn.asgi"] = {"level": name}
     loggers["uvicorn.access"]["level"] = "INFO" if access_log and name not in ("DEBUG", "TRACE") else name
+    root_level = logging.getLogger().getEffectiveLevel()
+    config["formatters"]["router"] = {"format": LOG_FORMAT}
+    config["handlers"]["router"] = {"class": "logging.StreamHandler", "formatter": "router",
+                                    "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["router"], "level": root_level}
+    loggers["router"] = {"level": min(LOG_LEVELS[level], root_level)}
     return config
 
 
