@@ -12,6 +12,7 @@ from .config import RouterConfig
 from .errors import (
     AuthenticationError,
     BackendError,
+    BackendRefusedError,
     BackendUnavailableError,
     BadRequestError,
     BatchStoreError,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationError",
     "BackendError",
+    "BackendRefusedError",
     "BackendUnavailableError",
     "BadRequestError",
     "BatchStoreError",

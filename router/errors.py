@@ -16,6 +16,7 @@
     ├── BudgetExhaustedError            429  budget_exhausted        an energy budget is spent; ``retry_after_s``
     ├── BackendError                    502  backend_error           a model backend failed
     │   ├── BackendUnavailableError     503                          cooling down, unreachable, timed out
+    │   ├── BackendRefusedError         502                          the endpoint refused the request (400, 413, 422)
     │   └── StructuredOutputError       502  invalid_model_output    no model's answer matched the format asked
     ├── DeadlineExceededError           504  timeout_error           the request's deadline passed
     ├── CancelledError                  499  cancelled               the caller went away (never sent to a client)
@@ -159,6 +160,12 @@ class BackendUnavailableError(BackendError):
     code = "backend_unavailable"
 
 
+class BackendRefusedError(BackendError):
+    """A model's endpoint refused the request as one it cannot take (HTTP 400, 413 or 422: a parameter it does not
+    support, a body it will not read). The next capable model may take it, so the Router moves on; and since the
+    request, not the model, is at fault, it does not count towards the model's cooldown."""
+
+
 class StructuredOutputError(BackendError):
     """The answer did not match what the request asked for (JSON, a JSON schema, valid tool calls) and no other
     capable model gave one that did: never returned as if it were a good answer."""
@@ -235,6 +242,7 @@ class InternalError(RouterError):
 __all__ = [
     "AuthenticationError",
     "BackendError",
+    "BackendRefusedError",
     "BackendUnavailableError",
     "BadRequestError",
     "BatchStoreError",

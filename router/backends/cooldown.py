@@ -16,7 +16,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from ..errors import BackendUnavailableError, BadRequestError, CancelledError, DeadlineExceededError
+from ..errors import (
+    BackendRefusedError,
+    BackendUnavailableError,
+    BadRequestError,
+    CancelledError,
+    DeadlineExceededError,
+)
 from ..options import NO_OPTIONS, ModelOptions
 from ..types import ChatMessage
 from .base import Backend, Generation, GenerationRequest, StreamEvent
@@ -157,8 +163,8 @@ class _Verdict:
         return False
 
 
-_NO_VERDICT = (DeadlineExceededError, CancelledError, BadRequestError)
+_NO_VERDICT = (DeadlineExceededError, CancelledError, BadRequestError, BackendRefusedError)
 """Ends of a call that say nothing about the backend: the request ran out of time (its deadline may have been
 nearly spent before this call began), the caller went away, or the request itself is wrong (a parameter the
-model cannot take, a prompt too long for it): counted, such requests would cool a healthy model down for
-everyone."""
+model cannot take, a prompt too long for it, a request its endpoint refused with a 400): counted, such requests
+would cool a healthy model down for everyone."""

@@ -37,7 +37,14 @@ import httpx
 from pydantic_core import from_json, to_json
 
 from ..cards import ModelCard, OpenAIBackendSpec
-from ..errors import BackendError, BackendUnavailableError, ConfigError, DeadlineExceededError, RouterError
+from ..errors import (
+    BackendError,
+    BackendRefusedError,
+    BackendUnavailableError,
+    ConfigError,
+    DeadlineExceededError,
+    RouterError,
+)
 from ._http11 import HTTPPool
 from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent
@@ -45,6 +52,10 @@ from .openai_shapes import logprobs_of, option_fields, tool_call_deltas, tool_ca
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_REFUSED_STATUS = {400, 413, 422}
+"""The endpoint refusing this request (a parameter it does not support, a body too large for it), not failing: the
+next model may take it. 401/403 (a bad key) and 404 (a wrong URL or model name in the card) fail every request
+there, so they are the model's failures."""
 _CONNECT_S = 10.0
 """Longest wait for a TCP (and TLS) connection, within the call's bound: a dead host fails fast and leaves
 time for a retry."""
@@ -140,8 +151,10 @@ class OpenAIHTTPBackend(Backend):
             f"({self.spec.timeout_s:g} s)", detail=self.spec.base_url)
 
     def _status_failure(self, status: int, raw: bytes) -> Exception:
-        """An HTTP error answer: retryable (408/409/429/5xx) or final."""
-        cls = BackendUnavailableError if status in (502, 503, 504) else BackendError
+        """An HTTP error answer: retryable (408/409/429/5xx) or final; the endpoint refusing this request
+        (:data:`_REFUSED_STATUS`) is a :class:`BackendRefusedError`, which does not count towards a cooldown."""
+        cls = (BackendUnavailableError if status in (502, 503, 504)
+               else BackendRefusedError if status in _REFUSED_STATUS else BackendError)
         error = cls(f"{self.card.name}: the model's endpoint answered HTTP {status}",
                     detail=f"{self.spec.base_url}: {raw[:300].decode('utf-8', 'replace')}")
         return _Retryable(error) if status in _RETRY_STATUS else error

@@ -11,7 +11,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``json``: answers ``{"answer": "<last user message>"}`` (JSON whatever was asked); ``slow`` without streaming
   answers after ``max_tokens`` x ``delay`` seconds, and counts the call in ``closed_early`` when the client
   hangs up first;
-- ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while).
+- ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
+- ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
+  one whose key is wrong).
 
 ``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
 
@@ -49,6 +51,9 @@ async def chat(request: Request) -> Response:
     if model == "broken" or (model == "flaky" and calls[model] % 2 == 1):
         return JSONResponse({"error": {"message": f"{model} upstream failure", "type": "server_error"}},
                             status_code=503 if model == "broken" else 500)
+    if model.startswith("status:"):
+        return JSONResponse({"error": {"message": f"refused with {model[7:]}", "type": "invalid_request_error"}},
+                            status_code=int(model[7:]))
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
     if model == "leaky":

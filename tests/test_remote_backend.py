@@ -1,0 +1,86 @@
+"""The OpenAI-compatible HTTP backend against a real local endpoint (the instant TEST UPSTREAM, whose ``model``
+field picks what it does, e.g. ``status:400``): which of its failures count towards a cooldown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers.procs import remote_card, upstream
+
+from router import BackendError, BackendRefusedError, Router, RouterConfig
+from router.backends import Backend, GenerationRequest
+from router.backends.cooldown import CooldownBackend
+from router.backends.openai_http import OpenAIHTTPBackend
+from router.cards import ModelCard, load_card
+from router.types import ChatMessage
+
+REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="hello")], max_tokens=16)
+PATHS = ("generate", "agenerate", "astream")
+
+
+@pytest.fixture(scope="module")
+def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with upstream(tmp_path_factory.mktemp("upstream")) as url:
+        yield url
+
+
+def _card(folder: Path, name: str, base_url: str, model: str, **kw: object) -> ModelCard:
+    file = folder / f"{name}.yaml"
+    file.write_text(remote_card(name, base_url, model, **kw), encoding="utf-8")  # type: ignore[arg-type]
+    return load_card(file)
+
+
+async def _events(backend: Backend, request: GenerationRequest) -> list[object]:
+    return [event async for event in backend.astream(request)]
+
+
+def _call(backend: Backend, path: str) -> object:
+    if path == "generate":
+        return backend.generate(REQUEST)
+    if path == "agenerate":
+        return asyncio.run(backend.agenerate(REQUEST))
+    return asyncio.run(_events(backend, REQUEST))
+
+
+# -- what counts towards a cooldown ---------------------------------------------------------------------------
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("status", "counts"), [(400, False), (413, False), (422, False), (401, True), (403, True),
+                                                 (404, True), (500, True)])
+def test_only_the_endpoints_own_failures_cool_a_model_down(upstream_url: str, tmp_path: Path, path: str,
+                                                           status: int, counts: bool) -> None:
+    """An endpoint refusing the request (400, 413, 422: a parameter it does not take) is a BackendRefusedError,
+    which says nothing about the model; a bad key (401/403), a wrong URL or model name (404) or a server error
+    fail every request there and cool the model down."""
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote", upstream_url, f"status:{status}", max_retries=0))
+    breaker = CooldownBackend(inner, failures=3, cooldown_s=300)
+    try:
+        for _ in range(3):
+            with pytest.raises(BackendError, match=f"HTTP {status}") as err:
+                _call(breaker, path)
+            assert isinstance(err.value, BackendRefusedError) is not counts
+        assert breaker.state == ("open" if counts else "closed")
+        assert breaker.consecutive_failures == (3 if counts else 0)
+    finally:
+        breaker.close()
+
+
+def test_a_refused_request_moves_on_to_the_next_model_and_cools_nothing_down(upstream_url: str,
+                                                                              tmp_path: Path) -> None:
+    """The model pinned refuses every request with a 400: each request is answered by the next model, with the
+    refusal in its attempts, and the refusing model is still tried (not cooling down) on the next request."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-refusing", upstream_url, "status:400", tier="small", max_retries=0),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                               cooldown={"failures": 2, "seconds": 300})
+    with Router(config, cards=cards) as router:
+        for _ in range(4):
+            resp = router.complete([{"role": "user", "content": "hello"}], model="remote-refusing")
+            assert resp.routing is not None and resp.routing.model == "remote-echo"
+            assert [(a.model, a.outcome) for a in resp.routing.attempts] == [("remote-refusing", "error"),
+                                                                             ("remote-echo", "ok")]
+        refusing = router.loaded_backends()["remote-refusing"]
+        assert isinstance(refusing, CooldownBackend) and refusing.state == "closed" and refusing.opened_total == 0
