@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP backend against a real local endpoint (the instant TEST UPSTREAM, whose ``model``
-field picks what it does, e.g. ``status:400``): which of its failures count towards a cooldown."""
+field picks what it does, e.g. ``status:400``): which of its failures count towards a cooldown, and the usage it
+estimates when the endpoint reports none."""
 
 from __future__ import annotations
 
@@ -27,9 +28,12 @@ def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def _card(folder: Path, name: str, base_url: str, model: str, **kw: object) -> ModelCard:
+def _card(folder: Path, name: str, base_url: str, model: str, capabilities: str = "", **kw: object) -> ModelCard:
+    text = remote_card(name, base_url, model, **kw)  # type: ignore[arg-type]
+    if capabilities:
+        text = text.replace("context_length:", f"capabilities: [{capabilities}]\ncontext_length:")
     file = folder / f"{name}.yaml"
-    file.write_text(remote_card(name, base_url, model, **kw), encoding="utf-8")  # type: ignore[arg-type]
+    file.write_text(text, encoding="utf-8")
     return load_card(file)
 
 
@@ -84,3 +88,31 @@ def test_a_refused_request_moves_on_to_the_next_model_and_cools_nothing_down(ups
                                                                              ("remote-echo", "ok")]
         refusing = router.loaded_backends()["remote-refusing"]
         assert isinstance(refusing, CooldownBackend) and refusing.state == "closed" and refusing.opened_total == 0
+
+
+# -- usage the endpoint does not report -----------------------------------------------------------------------
+DESCRIPTION = "Look up the current weather for a city, in degrees Celsius, with wind and rain. " * 6
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": DESCRIPTION,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_tokens_estimated_for_an_endpoint_without_usage_count_the_tools_offered(
+        upstream_url: str, tmp_path: Path, stream: bool) -> None:
+    """An endpoint that reports no usage (llama.cpp's server in a stream): the estimate of the prompt counts the
+    tools offered (their descriptions and schemas, often longer than the messages), in the answer's usage and in
+    the ledger, not only the messages."""
+    card = _card(tmp_path, "remote-nousage", upstream_url, "nousage", capabilities="tools")
+    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    with Router(config, cards={card.name: card}) as router:
+        def prompt_tokens(**params: object) -> int:
+            answer = router.complete([{"role": "user", "content": "Weather in Oslo?"}], model=card.name,
+                                     stream=stream, **params)
+            usage = [chunk for chunk in answer][-1].usage if stream else answer.usage  # type: ignore[union-attr]
+            assert usage is not None
+            return usage.prompt_tokens
+
+        plain, offered = prompt_tokens(), prompt_tokens(tools=[WEATHER])
+        assert offered - plain >= len(DESCRIPTION) // 4
+        assert [r.input_tokens for r in router.ledger.records()] == [plain, offered]

@@ -12,6 +12,7 @@ a model. Behaviour is chosen by the request's ``model`` field:
   answers after ``max_tokens`` x ``delay`` seconds, and counts the call in ``closed_early`` when the client
   hangs up first;
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
+- ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong).
 
@@ -66,12 +67,13 @@ async def chat(request: Request) -> Response:
             if await request.is_disconnected():
                 closed_early["slow-json"] += 1
                 return Response(status_code=499)
+    usage = model != "nousage"
     if not body.get("stream"):
         text = json.dumps({"answer": _answer(body)}) if model == "json" else _answer(body)
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            **({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}} if usage else {}),
         })
 
     if model == "slow":
@@ -97,7 +99,8 @@ async def chat(request: Request) -> Response:
                     await asyncio.sleep(delay)
                 sent += 1
                 yield chunk({"content": piece})
-            yield chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent})
+            yield chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent}
+                        if usage else None)
             yield b"data: [DONE]\n\n"
         finally:
             if sent < len(pieces):
