@@ -1,10 +1,13 @@
 """The OpenAI-compatible HTTP backend against a real local endpoint (the instant TEST UPSTREAM, whose ``model``
-field picks what it does, e.g. ``status:400``): which of its failures count towards a cooldown, and the usage it
-estimates when the endpoint reports none."""
+field picks what it does, e.g. ``status:400``): which of its failures count towards a cooldown, how its connections
+on each event loop are closed, and the usage it estimates when the endpoint reports none."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +91,72 @@ def test_a_refused_request_moves_on_to_the_next_model_and_cools_nothing_down(ups
                                                                              ("remote-echo", "ok")]
         refusing = router.loaded_backends()["remote-refusing"]
         assert isinstance(refusing, CooldownBackend) and refusing.state == "closed" and refusing.opened_total == 0
+
+
+# -- connections on each event loop ---------------------------------------------------------------------------
+async def _ask_both_ways(router: Router, model: str) -> None:
+    """A stream (the httpx client) and a plain call (the keep-alive pool)."""
+    ask = [{"role": "user", "content": "hello"}]
+    assert [chunk async for chunk in await router.acomplete(ask, model=model, stream=True)][-1].routing
+    assert (await router.acomplete(ask, model=model)).choices[0].message.content
+
+
+@pytest.mark.parametrize("closed_on_the_loop", [False, True])
+def test_router_close_leaves_no_connection_of_any_event_loop_open(upstream_url: str, tmp_path: Path,
+                                                                 closed_on_the_loop: bool) -> None:
+    """Two ``asyncio.run`` calls on one Router, each with its own connections, then ``Router.close()`` after them
+    or from a call on the last loop: every connection is closed on its own loop, none is left to the garbage
+    collector (which would warn of an unclosed socket and transport)."""
+    card = _card(tmp_path, "remote-echo", upstream_url, "echo")
+
+    def use_and_close() -> None:
+        router = Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                        cards={card.name: card})
+        asyncio.run(_ask_both_ways(router, card.name))
+
+        async def last() -> None:
+            await _ask_both_ways(router, card.name)
+            if closed_on_the_loop:
+                router.close()
+
+        asyncio.run(last())
+        if not closed_on_the_loop:
+            router.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        use_and_close()
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_close_does_not_break_a_stream_on_another_event_loop(upstream_url: str, tmp_path: Path) -> None:
+    """A stream runs on a loop in another thread when the backend is closed: it goes on to its end (and its
+    connection closes when that loop shuts down)."""
+    backend = OpenAIHTTPBackend(_card(tmp_path, "remote-slow", upstream_url, "slow"))
+    request = GenerationRequest(messages=[ChatMessage(role="user", content="hello")], max_tokens=20)
+    begun, closed = threading.Event(), threading.Event()
+    events: list[object] = []
+
+    async def stream(backend: Backend) -> None:
+        async for event in backend.astream(request):
+            events.append(event)
+            begun.set()
+            await asyncio.to_thread(closed.wait, 30)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        reader = threading.Thread(target=asyncio.run, args=(stream(backend),))
+        reader.start()
+        assert begun.wait(30)
+        backend.close()
+        closed.set()
+        reader.join(30)
+        del backend
+        gc.collect()
+    assert [getattr(e, "text", "") for e in events if getattr(e, "text", "")] == [f"t{i} " for i in range(20)]
+    assert getattr(events[-1], "finish_reason", None) == "stop"
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 # -- usage the endpoint does not report -----------------------------------------------------------------------

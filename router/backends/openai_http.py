@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -106,10 +106,9 @@ class OpenAIHTTPBackend(Backend):
             transport=transport or BoundedTransport(limits),
         )
         self._timeout, self._limits = timeout, limits
-        self._aclient: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
         self._headers = headers
-        self._http: HTTPPool | None = None
         # the own pool speaks to the endpoint directly; where the environment names an HTTP(S) proxy for it,
         # httpx (which honours those variables) carries the call instead
         self._use_pool = not _env_proxy_for(self._url)
@@ -260,7 +259,7 @@ class OpenAIHTTPBackend(Backend):
                             bound: Bound) -> AsyncIterator[StreamEvent]:
         response: httpx.Response | None = None
         try:
-            client = self._async_client()
+            client = self._async_client(await self._connections())
             post = client.build_request("POST", "/chat/completions", content=body)
             response = await within(client.send(post, stream=True), bound.end)
             if response.status_code >= 400:
@@ -301,10 +300,12 @@ class OpenAIHTTPBackend(Backend):
         if left <= 0:
             raise self._expired(bound)
         try:
+            connections = await self._connections()
             if self._use_pool:
-                status, raw = await self._pool().post(body, timeout_s=left)
+                status, raw = await self._pool(connections).post(body, timeout_s=left)
             else:
-                response = await within(self._async_client().post("/chat/completions", content=body), bound.end)
+                response = await within(self._async_client(connections).post("/chat/completions", content=body),
+                                        bound.end)
                 status, raw = response.status_code, response.content
         except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
             raise self._transport_failure(exc, bound) from exc
@@ -312,28 +313,31 @@ class OpenAIHTTPBackend(Backend):
             raise self._status_failure(status, raw)
         return raw
 
-    def _async_client(self) -> httpx.AsyncClient:
-        """The httpx client of the running event loop (its connections belong to the loop that opened them: a
-        client kept from an earlier ``asyncio.run`` fails on the next). The one it replaces is left unclosed:
-        its loop has ended, or it runs elsewhere and its calls in flight still use it."""
+    async def _connections(self) -> _LoopConnections:
+        """The running event loop's connections (a client kept from an earlier ``asyncio.run`` would fail on the
+        next: connections belong to the loop that opened them). Those of loops that have closed are let go."""
         loop = asyncio.get_running_loop()
-        held = self._aclient
-        if held is None or held[0] is not loop:
-            client = httpx.AsyncClient(base_url=self.spec.base_url.rstrip("/"), headers=self._headers,
-                                       timeout=self._timeout, limits=self._limits)
-            held = self._aclient = (loop, client)
-        return held[1]
+        connections = self._loops.get(loop)
+        if connections is None:
+            for other in list(self._loops):
+                if other.is_closed():
+                    self._loops.pop(other, None)
+            connections = self._loops[loop] = _LoopConnections()
+            await connections.close_at_shutdown()
+        return connections
 
-    def _pool(self) -> HTTPPool:
-        """The connection pool of the running event loop (connections belong to the loop that opened them)."""
-        loop = asyncio.get_running_loop()
-        pool = self._http
-        if pool is None or pool.loop is not loop:
-            if pool is not None:
-                pool.close_soon()
-            pool = self._http = HTTPPool(self._url, self._headers, timeout_s=self.spec.timeout_s,
-                                         connect_timeout_s=min(_CONNECT_S, self.spec.timeout_s), loop=loop)
-        return pool
+    def _async_client(self, connections: _LoopConnections) -> httpx.AsyncClient:
+        if connections.client is None:
+            connections.client = httpx.AsyncClient(base_url=self.spec.base_url.rstrip("/"), headers=self._headers,
+                                                   timeout=self._timeout, limits=self._limits)
+        return connections.client
+
+    def _pool(self, connections: _LoopConnections) -> HTTPPool:
+        if connections.pool is None:
+            connections.pool = HTTPPool(self._url, self._headers, timeout_s=self.spec.timeout_s,
+                                        connect_timeout_s=min(_CONNECT_S, self.spec.timeout_s),
+                                        loop=asyncio.get_running_loop())
+        return connections.pool
 
     def _generation(self, raw: bytes, request: GenerationRequest) -> Generation:
         """The completion's text (or tool calls), finish reason, token counts and log probabilities, type-checked
@@ -363,10 +367,56 @@ class OpenAIHTTPBackend(Backend):
         )
 
     def close(self) -> None:
+        """Close the sync client and the async connections that can be closed without failing a call: those of the
+        running loop (a call on it closes the backend) at once; on a loop running elsewhere, the pool's idle ones
+        (the others after their call) and the httpx client when that loop shuts down. A closed loop's were closed
+        when it shut down."""
         self._client.close()
-        pool, self._http = self._http, None
-        if pool is not None:  # the pool's connections belong to its event loop; close them there
-            pool.close_soon()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, connections in list(self._loops.items()):
+            if loop is running:
+                task = loop.create_task(connections.aclose())
+                _closing.add(task)  # held until done: the loop keeps only a weak reference to a task
+                task.add_done_callback(_closing.discard)
+            elif connections.pool is not None:
+                connections.pool.close_soon()
+            if loop is running or loop.is_closed():
+                self._loops.pop(loop, None)
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+class _LoopConnections:
+    """A backend's connections on one event loop (an httpx client for streams, a pool for plain calls, each made
+    on first use), closed on that loop. A connection can be closed only while its loop runs: once the loop has
+    closed, its sockets can only be dropped, each with a ResourceWarning. So they close when the loop shuts down:
+    ``asyncio.run`` and ``asyncio.Runner`` (and the servers built on them) close the loop's async generators before
+    they close it, and :meth:`close_at_shutdown` leaves one open that closes the connections."""
+
+    def __init__(self) -> None:
+        self.client: httpx.AsyncClient | None = None
+        self.pool: HTTPPool | None = None
+        self._open = self._until_closed()
+
+    async def close_at_shutdown(self) -> None:
+        """Start the generator that closes the connections, on the running loop, which now closes it at shutdown."""
+        await anext(self._open)
+
+    async def _until_closed(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+            if self.client is not None:
+                await self.client.aclose()
+
+    async def aclose(self) -> None:
+        await self._open.aclose()
 
 
 def _count(value: Any) -> int | None:
