@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from router import Router, RouterConfig
-from router.backends import GenerationRequest
+from router.backends import FaultInjectingBackend, GenerationRequest
 from router.errors import RouterError
 from router.types import ChatMessage
 
@@ -189,3 +189,30 @@ def test_a_cancelled_stream_gives_the_local_model_to_the_next_calls(small_backen
 
 async def _collect(events: Any) -> list[Any]:
     return [event async for event in events]
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_double_queues_for_the_model_it_wraps(small_backend: Any) -> None:
+    """FaultInjectingBackend (slow here: each call holds the model for 0.3 s) serves as many calls at once as the
+    model it wraps: calls queue for it on the event loop, not in worker threads, so with a pool of 2 threads a cheap
+    job submitted while three calls wait runs at once instead of after two of them."""
+    slow = FaultInjectingBackend(small_backend, delay_s=0.3)
+    short = GenerationRequest(messages=[ChatMessage(role="user", content="Say hello.")], max_tokens=1)
+    finished: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+
+        async def call(i: int) -> None:
+            await slow.agenerate(short)
+            finished.append(f"call {i}")
+
+        calls = [asyncio.create_task(call(i)) for i in range(4)]
+        while slow.calls == 0:  # the first call holds the model; the others have queued
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(finished.append, "cheap")
+        await asyncio.gather(*calls)
+
+    asyncio.run(main())
+    assert finished[0] == "cheap" and len(finished) == 5, finished
+    assert slow.concurrency == small_backend.concurrency == 1

@@ -42,6 +42,7 @@ class CooldownBackend(Backend):
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.concurrency = inner.concurrency  # what the model serves at once (its calls queue in ``inner``)
         super().__init__(inner.card)
         if failures < 1 or cooldown_s < 0:
             raise ValueError("failures must be >= 1 and cooldown_s >= 0")

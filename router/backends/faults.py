@@ -1,6 +1,8 @@
 """A fault-injecting test double that wraps a real backend: fail on call, fail mid-stream, or be slow.
 
-It is named as a double on purpose; tests use it to check error records, retries and fallbacks."""
+It is named as a double on purpose; tests use it to check error records, retries and fallbacks. It serves as many
+calls at once as the backend it wraps (:attr:`~router.backends.base.Backend.concurrency`), so async calls queue for
+a local model on the event loop as they would without it."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class FaultInjectingBackend(Backend):
         failures_before_success: int = 0,
         error: type[RouterError] = BackendError,
     ) -> None:
+        self.concurrency = inner.concurrency  # before Backend.__init__, which sizes the calls' turns by it
         super().__init__(inner.card)
         self.inner = inner
         self.local = inner.local
