@@ -56,14 +56,38 @@ def checked_group(by: object) -> str:
 EARLIEST_TS = -sys.float_info.max
 """The earliest time a read can start from: every record, however old (reads refuse infinite times)."""
 
+MAX_COUNT = 2**63 - 1
+"""The largest count a read takes: the largest integer SQLite, PostgreSQL and Redis hold."""
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a real number (not a boolean) within a float's range. An integer may run past it (a
+    JSON number or a command line's may have hundreds of digits), and ``math.isfinite`` raises on that."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def shown(value: object) -> str:
+    """``value`` as a message names it: its repr, except an integer of more than 30 digits by how many it has
+    (Python refuses to write one of over 4,300 digits, and a message of 400 digits says no more)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"<a {math.floor(math.log10(abs(value))) + 1:,}-digit integer>"
+    return repr(value)
+
 
 def checked_count(name: str, value: object, *, least: int = 0, unit: str = "", hint: str = "") -> int:
-    """``value`` if it is a whole number of at least ``least`` (a limit, a page size, a step), else a
-    :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a count.
-    Checked before a store sees it: SQLite reads ``LIMIT -1`` as no limit and Redis a negative count as all."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+    """``value`` if it is a whole number from ``least`` to :data:`MAX_COUNT` (a limit, a page size, a step),
+    else a :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a
+    count. Checked before a store sees it: SQLite reads ``LIMIT -1`` as no limit and Redis a negative count as
+    all, and a count past 64 bits is an OverflowError to each."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= MAX_COUNT:
         what = f"a whole number of {unit}" if unit else "a whole number"
-        raise BadRequestError(f"{name}={value!r}: give {what}, {least} or more{hint}", param=name)
+        raise BadRequestError(f"{name}={shown(value)}: give {what}, {least} or more (below 2**63){hint}",
+                              param=name)
     return int(value)
 
 
@@ -75,12 +99,12 @@ def checked_limit(limit: object) -> int | None:
 def checked_time(name: str, value: object, *, none: str = "") -> float:
     """``value`` as epoch seconds if it is a finite number, else a :class:`~router.errors.BadRequestError` naming
     the argument: a store compares a string or NaN with its times without complaint and matches nothing (or,
-    in SQLite, every row: numbers sort before text). ``none``: what None means where the caller may pass it
-    (checked by the caller; named in the message)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    in SQLite, every row: numbers sort before text), and an integer beyond a float is an OverflowError to each.
+    ``none``: what None means where the caller may pass it (checked by the caller; named in the message)."""
+    if not is_finite_number(value):
         tail = f", or None for {none}" if none else ""
-        raise BadRequestError(f"{name}={value!r}: give a finite number of epoch seconds, e.g. time.time() - 3600"
-                              f"{tail}", param=name)
+        raise BadRequestError(f"{name}={shown(value)}: give a finite number of epoch seconds, e.g. "
+                              f"time.time() - 3600{tail}", param=name)
     return float(value)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from .._ids import new_record_id
 from ..errors import BadRequestError
-from .arguments import EARLIEST_TS, checked_count, checked_group, checked_span
+from .arguments import EARLIEST_TS, checked_count, checked_group, checked_span, is_finite_number, shown
 from .errors import guarded
 from .feedback import FeedbackMethods
 
@@ -446,7 +446,7 @@ def window_start(now: float, window_s: float) -> float:
     """Budget windows are aligned to the epoch (a day window starts at 00:00 UTC). Every store's budget methods
     go through here, so a window that is not a positive, finite number of seconds is refused before a store sees
     it (policies ask for at least 1 s; the shared ledger suite rolls shorter windows to see them roll)."""
-    if isinstance(window_s, bool) or not isinstance(window_s, int | float) or not 0 < window_s < math.inf:
-        raise BadRequestError(f"window_s={window_s!r}: a budget window is a positive, finite number of seconds",
-                              param="window_s")
+    if not isinstance(window_s, int | float) or not is_finite_number(window_s) or window_s <= 0:
+        raise BadRequestError(f"window_s={shown(window_s)}: a budget window is a positive, finite number of "
+                              "seconds", param="window_s")
     return now - (now % window_s)

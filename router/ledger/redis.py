@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import redis
 
 from .arguments import (
+    MAX_COUNT,
     checked_count,
     checked_limit,
     checked_retention_days,
@@ -181,7 +182,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         """Pages back through the time-ordered records (all models share one sorted set), up to 50 pages."""
         limit = checked_count("limit", limit)
         found: list[LedgerRecord] = []
-        page = max(256, 4 * limit)
+        page = min(max(256, 4 * limit), MAX_COUNT)
         for n in range(50):
             members = self.r.zrevrange(self._k_records, n * page, (n + 1) * page - 1)
             found += [r for r in map(_parse, members) if r.model == model and r.outcome in ("ok", "escalated")]

@@ -257,6 +257,15 @@ def check_raw_summary_per_step(open_store: OpenStore) -> None:
         assert all(r.bucket % step == 0 for r in led.raw_summary(since, until, dims=dims, step_s=step))
 
 
+HUGE = 10**400
+"""An integer beyond a float and any store's integers: a JSON number or a command line may have 400 digits."""
+
+
+def _named(bad: object) -> str:
+    """How a refusal names ``bad``: by its repr, or a huge integer by its digits."""
+    return "401-digit integer" if bad in (HUGE, -HUGE) else repr(bad)
+
+
 def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[], object]]]:
     """``(argument, what the message must name, call)`` for each mistake a caller can make in an argument."""
     groups, dims = ", ".join(GROUPS), ", ".join(SUMMARY_DIMS)
@@ -265,21 +274,22 @@ def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[],
         ("dims", ("'nope'", dims), lambda: led.summary(T0, T0 + 10, dims=("nope",))),
         ("dims", ("'model'", dims), lambda: led.summary(dims="model")),  # type: ignore[arg-type]
         ("dims", ("'nope'", dims), lambda: led.raw_summary(T0, dims=("model", "nope"))),
-        *[("step_s", (repr(bad), "1 or more"), lambda bad=bad: led.raw_summary(T0, step_s=bad))
-          for bad in (0, -5, 2.5, True, "60")],
+        *[("step_s", (_named(bad), "1 or more"), lambda bad=bad: led.raw_summary(T0, step_s=bad))
+          for bad in (0, -5, 2.5, True, "60", 2**63, HUGE)],
         ("before", ("not both",), lambda: led.delete_prompts(before=T0, request_id="r0")),
-        *[(name, (repr(bad), "finite number of epoch seconds"), call)
-          for bad in ("yesterday", math.nan, math.inf, True)
+        *[(name, (_named(bad), "finite number of epoch seconds"), call)
+          for bad in ("yesterday", math.nan, math.inf, True, HUGE, -HUGE)
           for name, call in _time_reads(led, bad)],
         ("since", ("None", "epoch seconds"), lambda: led.records(None)),  # type: ignore[arg-type]
-        *[("limit", (repr(bad), "0 or more"), call) for bad in (-1, 2.5, "3", True) for call in (
+        *[("limit", (_named(bad), "0 or more"), call) for bad in (-1, 2.5, "3", True, 2**63, HUGE) for call in (
             lambda bad=bad: led.records(limit=bad),  # type: ignore[arg-type]
             lambda bad=bad: led.recent_calls("smollm2-135m", bad),  # type: ignore[arg-type]
             lambda bad=bad: led.latest_records(bad),  # type: ignore[arg-type]
         )],
-        *[("batch", (repr(bad), "1 or more"), lambda bad=bad: list(led.iter_records(batch=bad)))
-          for bad in (0, -1, 1.5)],
-        *[("window_s", (repr(bad), "positive, finite"), call) for bad in (0, -3600, math.nan, math.inf, True, "60")
+        *[("batch", (_named(bad), "1 or more"), lambda bad=bad: list(led.iter_records(batch=bad)))
+          for bad in (0, -1, 1.5, HUGE)],
+        *[("window_s", (_named(bad), "positive, finite"), call)
+          for bad in (0, -3600, math.nan, math.inf, True, "60", HUGE)
           for call in (lambda bad=bad: led.try_reserve("day", 1.0, 10.0, bad),  # type: ignore[arg-type]
                        lambda bad=bad: led.budget_used("day", bad))],  # type: ignore[arg-type]
     ]
