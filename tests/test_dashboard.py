@@ -149,7 +149,7 @@ def test_bad_parameters_are_400_and_unknown_routes_404(client: TestClient) -> No
                          ("series?window=abc", "window"), ("totals?window=4000d", "window"), ("series?by=key", "by"),
                          ("recent?limit=0", "limit"), ("recent?limit=many", "limit"), ("recent?limit=1001", "limit"),
                          ("totals?window=\uff11h", "window"), ("recent?limit=\uff11\uff10", "limit"),  # full-width
-                         ("recent?limit=1_0", "limit")]:
+                         ("recent?limit=1_0", "limit"), ("recent?limit=" + "9" * 5000, "limit")]:
         r = client.get(f"/dashboard/api/{query}")
         assert r.status_code == 400 and r.json()["error"]["param"] == param, query
     r = client.get("/dashboard/api/prompts")

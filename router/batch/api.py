@@ -131,6 +131,9 @@ def _int_param(request: Request, name: str, default: int) -> int:
         return default
     if re.fullmatch(r"\s*-?[0-9]+\s*", raw) is None:  # one sign at most: int("--5") is a ValueError
         raise BadRequestError(f"`{name}` must be an integer, got {raw!r}", param=name)
+    digits = len(raw.strip().lstrip("-"))
+    if digits > 18:  # beyond any limit here; int() refuses more than 4,300 digits with a ValueError
+        raise BadRequestError(f"`{name}` is out of range: an integer of {digits:,} digits", param=name)
     return int(raw)
 
 

@@ -179,7 +179,8 @@ def _credential(header: str | None) -> str | None:
 def _int(text: str | None, default: int, lo: int, hi: int, param: str) -> int:
     if text is None or text == "":
         return default
-    value = int(text) if text.isascii() and text.isdigit() else lo - 1  # int() takes "１０" and "1_0"
+    # int() takes "１０" and "1_0", and refuses more than 4,300 digits with a ValueError
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else lo - 1
     if not lo <= value <= hi:
         raise BadRequestError(f"{param} {text!r}: a whole number from {lo} to {hi}", param=param)
     return value
