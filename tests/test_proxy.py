@@ -184,6 +184,11 @@ def test_numbers_beyond_a_float_are_400_naming_the_parameter(served: Served) -> 
         with pytest.raises(openai.BadRequestError) as err:
             chat.create(model="router", messages=user(QUESTION), **params)  # type: ignore[arg-type]
         assert err.value.param == param and "too large for a float" in err.value.message, params
+    for params, param in (({"max_tokens": 10**400}, "max_tokens"), ({"n": 10**400}, "n"),
+                          ({"logprobs": True, "top_logprobs": 10**400}, "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as err:  # max_tokens was blamed on the messages, which fit
+            chat.create(model="router", messages=user(QUESTION), **params)  # type: ignore[arg-type]
+        assert err.value.param == param, (params, err.value.message)
 
 
 def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
@@ -875,3 +880,4 @@ def test_serve_on_a_port_in_use_fails_at_once(upstream_url: str, tmp_path: Path)
     out = subprocess.run([sys.executable, "-m", "router", "serve", "--host", "203.0.113.9", "--config", str(config)],
                          capture_output=True, text=True, timeout=60)  # an address this machine does not have
     assert out.returncode == 2 and out.stderr.startswith("error: cannot listen on 203.0.113.9 port 8000: "), out.stderr
+

@@ -191,8 +191,13 @@ def test_prompt_over_context_of_pinned_model(router):
 def test_max_tokens_beyond_every_context_is_refused_when_deciding_and_says_so(router):
     """``max_tokens=100000`` used to pass ``prepare`` (the decision assumed 128 tokens to generate) and fail at
     send with "shorten the messages"."""
-    with pytest.raises(ContextLengthError, match="lower max_tokens"):
-        router.prepare(messages=user("Say hi"), max_tokens=100_000)
+    for max_tokens in (100_000, 10**400, 10**5000):  # JSON's integers have no bound, nor Python's
+        with pytest.raises(ContextLengthError, match="lower max_tokens to at most") as err:
+            router.prepare(messages=user("Say hi"), max_tokens=max_tokens)
+        assert err.value.param == "max_tokens"  # it was blamed on messages, which fit
+    with pytest.raises(ContextLengthError, match="shorten the messages") as err:
+        router.prepare(messages=user("word " * 40_000), max_tokens=100_000)
+    assert err.value.param == "messages"  # no max_tokens would let this prompt in
     with pytest.raises(ContextLengthError, match=r"max_tokens asks for 2000 more.*; lower max_tokens$"):
         router.complete(messages=user("Say hi, " * 60), model="smollm2-135m", max_tokens=2000)
     assert router.ledger.records() == []

@@ -134,7 +134,7 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
             known = learned.get(name)
             energy[name] = known[0] if known is not None else card.energy.joules(in_tokens, est_out)
     if not pool:
-        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens), floor)
+        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens), floor, _room(cards, excluded, req))
         why = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
         raise BadRequestError(
             f"no model can serve this {task} request under policy `{policy.name}` "
@@ -167,11 +167,32 @@ def _check_pin_capable(card: ModelCard, needs: frozenset[str]) -> None:
             param=PARAM_OF[missing[0]])
 
 
+def _room(cards: Mapping[str, ModelCard], excluded: Mapping[str, str],
+          req: DecisionRequest) -> tuple[ModelCard, int] | None:
+    """Where ``max_tokens`` alone kept the request out of every model: the longest context left out for being too
+    short, and the tokens its prompt needs without ``max_tokens`` (less than that context). None otherwise."""
+    short = [cards[name] for name, why in excluded.items() if why == "context too short"]
+    if req.max_tokens is None or not short:
+        return None
+    longest = max(short, key=lambda c: c.context_length)
+    prompt = req.input_tokens_hint if req.context_tokens_floor is None else req.context_tokens_floor - req.max_tokens
+    return (longest, prompt) if prompt < longest.context_length else None
+
+
 def _no_candidate(task: str, policy: Policy, excluded: Mapping[str, str], needs: frozenset[str],
-                  tokens: tuple[int, int], floor: int | None) -> None:
+                  tokens: tuple[int, int], floor: int | None, room: tuple[ModelCard, int] | None) -> None:
     """The typed error when no model is left for a reason the caller can act on: the prompt is too long for every
-    model that would serve it (``context_length_exceeded``), or no model has a capability the request needs."""
+    model that would serve it (``context_length_exceeded``: on ``max_tokens`` where the prompt alone would fit,
+    ``room``), or no model has a capability the request needs."""
     serving = [v for v in excluded.values() if v not in ("does not serve", "specialist without tasks", "not allowed")]
+    if serving and all(v == "context too short" for v in serving) and room is not None:
+        card, prompt = room
+        raise ContextLengthError(  # max_tokens itself is not named: it may have thousands of digits
+            f"max_tokens leaves no model under policy `{policy.name}` room to answer: the prompt needs "
+            f"{'about' if floor is None else 'at least'} {prompt} token{'s' * (prompt != 1)} and the longest "
+            f"context, {card.name}'s, holds {card.context_length}; lower max_tokens to at most "
+            f"{card.context_length - prompt}",
+            param="max_tokens")
     if serving and all(v == "context too short" for v in serving):
         need = (f"about {tokens[0]} tokens, +{tokens[1]} to generate" if floor is None
                 else f"at least {floor} tokens with max_tokens")
