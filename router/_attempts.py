@@ -219,7 +219,8 @@ class Attempts:
         energy = self.books.energy_of(call, gen)
         self.books.settle(call.held, energy.joules, call.card)
         try:
-            problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason)
+            problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason,
+                                     gen.context_full)
         except Exception as exc:  # the model ran: its record is written whatever the check raised
             error = exc if isinstance(exc, RouterError) else internal(f"checking {call.model}'s answer", exc)
             self._unchecked(call, gen, energy, latency, error)

@@ -67,6 +67,7 @@ class Output:
             confidence=last.confidence,
             tool_calls=self.calls or None,
             logprobs=self.logprobs,
+            context_full=last.context_full,
         )
 
 

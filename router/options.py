@@ -64,14 +64,17 @@ NO_OPTIONS = ModelOptions()
 
 
 def output_problem(options: ModelOptions, text: str, tool_calls: list[dict[str, Any]] | None,
-                   finish_reason: str) -> str | None:
+                   finish_reason: str, context_full: bool = False) -> str | None:
     """Why an answer does not give what the request asked for (JSON, a schema, valid tool calls), or ``None``.
 
-    An answer cut at ``max_tokens`` is still checked (a cut call or JSON text is not what was asked for), and the
-    message says the cut is why, whatever part of the answer it broke."""
+    An answer cut short (``length``) is still checked (a cut call or JSON text is not what was asked for), and the
+    message says the cut is why, whatever part of the answer it broke: ``max_tokens``, or, ``context_full``, the
+    model's context, which a larger ``max_tokens`` would not help."""
     problem = _problem(options, text, tool_calls)
     if problem is not None and finish_reason == "length":
-        problem = f"the answer was cut at max_tokens (raise it): {problem}"
+        cut = ("because the model's context is full (shorten the prompt or use a model with a longer context)"
+               if context_full else "at max_tokens (raise it)")
+        problem = f"the answer was cut {cut}: {problem}"
     return problem
 
 

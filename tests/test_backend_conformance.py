@@ -50,10 +50,12 @@ def test_llama_cpp_loads_weights_in_plain_cpu_buffers(small_backend):
 def test_the_llama_cpp_token_loop_ends_at_a_full_context(cards):
     """A prompt that fits but leaves less room than the card's ``default_max_tokens``: the token loop (tools,
     JSON, log probabilities, sampling parameters) ends the answer with ``length`` where the context ends, as
-    llama-cpp-python's own chat completion does, instead of failing the call (a 502, towards a cooldown). SmolLM2
-    with a 256-token context, so that filling it takes a moment."""
+    llama-cpp-python's own chat completion does, instead of failing the call (a 502, towards a cooldown), and says
+    the context was full: a JSON answer cut there is blamed on the context, not on max_tokens. SmolLM2 with a
+    256-token context, so that filling it takes a moment."""
+    from router._request import check_params
     from router.backends import GenerationRequest
-    from router.options import ModelOptions
+    from router.options import ModelOptions, output_problem
     from router.types import ChatMessage
 
     card = cards["smollm2-135m"]
@@ -63,10 +65,11 @@ def test_the_llama_cpp_token_loop_ends_at_a_full_context(cards):
         llm = backend.llm
         n_ctx = llm.n_ctx()
 
-        def request(words: int) -> GenerationRequest:
+        def request(words: int, options: ModelOptions | None = None,
+                    max_tokens: int | None = None) -> GenerationRequest:
             text = "Count on from here: " + " ".join(str(i) for i in range(words))
-            return GenerationRequest([ChatMessage(role="user", content=text)], temperature=0.0,
-                                     options=ModelOptions(passthrough={"top_p": 0.9}))
+            return GenerationRequest([ChatMessage(role="user", content=text)], temperature=0.0, max_tokens=max_tokens,
+                                     options=options or ModelOptions(passthrough={"top_p": 0.9}))
 
         def prompt_tokens(words: int) -> int:
             prompt = backend._chat_prompt(request(words).messages).encode()
@@ -79,5 +82,14 @@ def test_the_llama_cpp_token_loop_ends_at_a_full_context(cards):
         assert n_ctx == 256 and n_ctx - prompt_tokens(fits) < backend.spec.default_max_tokens
         gen = backend.generate(request(fits))
         assert gen.finish_reason == "length" and gen.prompt_tokens + gen.completion_tokens <= n_ctx
+        assert gen.context_full
+        person = check_params(response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {
+            "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}})["options"]
+        for words, max_tokens, cut in ((fits, None, "because the model's context is full"),
+                                       (3, 2, "at max_tokens (raise it)")):
+            gen = backend.generate(request(words, person, max_tokens))
+            assert gen.finish_reason == "length" and gen.context_full == (max_tokens is None)
+            problem = output_problem(person, gen.text, gen.tool_calls, gen.finish_reason, gen.context_full)
+            assert problem is not None and problem.startswith(f"the answer was cut {cut}"), problem
     finally:
         backend.close()

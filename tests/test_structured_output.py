@@ -51,12 +51,13 @@ class ScriptedAnswerDouble(Backend):
     local = False
 
     def __init__(self, inner_card: Any, text: str = "", calls: list[tuple[str, str]] | None = None,
-                 logprobs: bool = False, finish: str = "stop") -> None:
+                 logprobs: bool = False, finish: str = "stop", context_full: bool = False) -> None:
         super().__init__(inner_card)
         self.text = text
         self.calls = calls or []
         self.logprobs = logprobs
         self.finish = finish
+        self.context_full = context_full
         self.seen: list[GenerationRequest] = []
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
@@ -69,7 +70,8 @@ class ScriptedAnswerDouble(Backend):
             yield StreamEvent(tool_calls=[{"index": i, "id": f"call_{i}", "type": "function",
                                            "function": {"name": name, "arguments": ""}}])
             yield StreamEvent(tool_calls=[{"index": i, "function": {"arguments": args}}])
-        yield StreamEvent(finish_reason=self.finish, prompt_tokens=5, completion_tokens=3)
+        yield StreamEvent(finish_reason=self.finish, prompt_tokens=5, completion_tokens=3,
+                          context_full=self.context_full)
 
 
 def card(name: str, tier: str, joules: float) -> str:
@@ -181,6 +183,22 @@ def test_an_answer_cut_at_max_tokens_says_so(tmp_path: Path) -> None:
     assert err.value.message == (
         "dear: the answer was cut at max_tokens (raise it): the arguments of the call to 'get_weather' are not "
         "valid JSON (Unterminated string starting at character 9)")
+
+
+def test_an_answer_cut_by_a_full_context_says_so_not_max_tokens(tmp_path: Path) -> None:
+    """A local model's context that fills before max_tokens is spent: raising max_tokens would not help, so the
+    message (whole and streamed) says the context is full and what would help."""
+    cut_json = {"text": '{"name": "Ada", "ag', "finish": "length", "context_full": True}
+    for path in PATHS:
+        router = build(tmp_path / path, cut_json, cut_json)
+        try:
+            got = run(router, path, ASK, response_format=PERSON)
+            errors = [r.error for r in router.ledger.records()]
+        finally:
+            router.close()
+        assert got.status == "StructuredOutputError", (path, got)
+        assert errors and all("cut because the model's context is full (shorten the prompt or use a model with a "
+                              "longer context)" in e and "max_tokens" not in e for e in errors), (path, errors)
 
 
 def test_tool_calls_in_openai_shapes_whole_and_streamed(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ class StreamEvent:
     ``function.arguments`` pieces)."""
     logprobs: list[dict[str, Any]] | None = None
     """OpenAI logprob entries (``token``, ``logprob``, ``bytes``, ``top_logprobs``) of this piece's tokens."""
+    context_full: bool = False
+    """With ``finish_reason`` ``length``: the model's context is full, not ``max_tokens`` spent (where the backend
+    knows which; OpenAI's answers say ``length`` for both)."""
 
 
 @dataclass
@@ -107,6 +110,8 @@ class Generation:
     """The calls the model made, whole (``id``, ``type``, ``function.name``, ``function.arguments``)."""
     logprobs: list[dict[str, Any]] | None = None
     """One OpenAI logprob entry per output token, when the request asked for them."""
+    context_full: bool = False
+    """Cut (``length``) by the model's full context, not at ``max_tokens`` (:attr:`StreamEvent.context_full`)."""
 
 
 class Backend(ABC):
@@ -351,4 +356,5 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
         confidence=last.confidence,
         tool_calls=calls or None,
         logprobs=logprobs,
+        context_full=last.context_full,
     )

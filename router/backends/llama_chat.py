@@ -103,6 +103,7 @@ class StructuredChat:
         self.stop = stop
         self.confidence: list[float] = []
         self.processors: list[Any] = []
+        self.context_full = False  # the last step ended at a full context, not at max_tokens
         reseed(self.llm, self.options.passthrough.get("seed"))
         bias = self.options.passthrough.get("logit_bias")
         if bias:
@@ -128,7 +129,8 @@ class StructuredChat:
             else:
                 finish = yield from self._calls(tokens, tools, first)
         yield StreamEvent(finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=self.budget.produced,
-                          confidence=_mean_probability(self.confidence))
+                          confidence=_mean_probability(self.confidence),
+                          context_full=finish == "length" and self.context_full)
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -157,6 +159,7 @@ class StructuredChat:
             yield StreamEvent(text=text, logprobs=entries)
         if recorder is not None and given < len(step.logprobs):
             yield StreamEvent(logprobs=step.logprobs[given:])
+        self.context_full = step.context_full
         return step.finish_reason
 
     def _opening(self, tokens: list[int], tools: ToolOptions, *, first: bool) -> str | None:
@@ -202,6 +205,7 @@ class StructuredChat:
                             processors=self.processors, step=step):
                 yield StreamEvent(tool_calls=[{"index": index, "function": {"arguments": text}}])
             if step.finish_reason == "length":
+                self.context_full = step.context_full
                 return "length"
             index += 1
             if index >= limit:

@@ -41,6 +41,8 @@ class Step:
     """One run of the sampler: its text (and log probabilities, when asked) as it arrives, and how it ended."""
 
     finish_reason: str = "stop"
+    context_full: bool = False
+    """Ended at ``length`` because the model's context is full (not the ``max_tokens`` budget)."""
     text: str = ""
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -142,6 +144,7 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
     step.finish_reason = "length"
     room = llm.n_ctx()  # a token past the context would fail the decode (and the call): stop at "length" instead
     if budget.left <= 0 or len(tokens) >= room:
+        step.context_full = len(tokens) >= room
         return
     tokens_out = llm.generate(list(tokens), reset=True, **kwargs)
     try:
@@ -186,6 +189,7 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
                 break
     finally:
         tokens_out.close()  # the context is left consistent before the next step (or the lock) takes it
+    step.context_full = step.finish_reason == "length" and len(tokens) >= room
     if held:
         text_parts.append(held)
         yield held
