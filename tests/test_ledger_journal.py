@@ -116,6 +116,8 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
             led.try_reserve("b", 1.0, 100.0, 3600)
         assert info.value.retryable and info.value.http_status == 503
         led.record(_rec(1))  # still succeeds: journaled
+        with pytest.raises(LedgerError, match="the store did not answer the last write"):
+            led.try_reserve("b", 1.0, 100.0, 3600)  # refused at once now, saying why
         led.settle(held, 4.0)  # kept for the replay
         assert led.store is not None and led.store.budget_used("b", 3600) == 10.0, "not applied yet"
         with pytest.raises(LedgerError, match="could not read budget 'b'"):
@@ -136,6 +138,9 @@ def test_a_store_down_at_open_is_journaled_a_broken_one_is_refused(tmp_path: Pat
     url = f"{server.url}/0?prefix=late:&socket_timeout=1&socket_connect_timeout=1"
     led = open_ledger(url, journal=JournalSettings(folder=tmp_path / "j", replay_interval_s=0.2))
     assert isinstance(led, JournaledLedger) and led.unavailable
+    with pytest.raises(LedgerError, match="the store has been unavailable since the ledger opened") as info:
+        led.try_reserve("b", 1.0, 100.0, 3600)  # it used to blame a write, and none had been tried
+    assert "last write" not in str(info.value)
     led.record(_rec(1))
     with pytest.raises(LedgerError, match="unavailable"):
         led.records()

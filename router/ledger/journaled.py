@@ -70,6 +70,8 @@ class JournaledLedger(Ledger):
         self._settle_lock = threading.Lock()
         self._lock = threading.Lock()  # one replay at a time
         self._outage_since: float | None = None if store is not None else time.time()
+        self._outage_cause = "" if store is not None else "the store has been unavailable since the ledger opened"
+        """What started the outage, for the errors that refuse at once while it lasts."""
         self.replayed = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,8 +118,11 @@ class JournaledLedger(Ledger):
                                    f"{self.journal.folder} until then") from exc  # fmt: skip
         raise closed_error(self.url)  # closing: the store is gone already
 
-    def _outage(self, exc: LedgerError) -> None:
+    def _outage(self, exc: LedgerError, cause: str) -> None:
+        """An outage starts, unless one has; ``cause`` says how it showed ("the store did not answer ..."), for
+        the errors that refuse at once while it lasts."""
         if self._outage_since is None:
+            self._outage_cause = cause  # first: a reader that sees the outage reads its cause
             self._outage_since = time.time()
             log.warning("%s; records go to the journal at %s until it is back", exc, self.journal.folder)
 
@@ -159,7 +164,7 @@ class JournaledLedger(Ledger):
                 if seg is None:
                     raise
                 self.journal.done(seg, len(recs), stored=False)
-                self._outage(exc)
+                self._outage(exc, "the store did not answer the last write")
                 return 0
             stored = self._one_by_one(recs)
         except Exception:  # noqa: BLE001 - a store that broke its contract (a raw error): same treatment
@@ -210,7 +215,7 @@ class JournaledLedger(Ledger):
             except LedgerError as exc:
                 if exc.record_rejected:
                     raise
-                self._outage(exc)
+                self._outage(exc, "the store did not answer the journal's replay")
                 result.failed.append(str(exc))
                 return result
         result.files += dead.files
@@ -258,7 +263,7 @@ class JournaledLedger(Ledger):
             raise closed_error(self.url, "reserve budget")
         try:
             if self._outage_since is not None:  # known down: refuse at once rather than after a timeout
-                raise ledger_error(self.url, "the store did not answer the last write", "bring it back")
+                raise ledger_error(self.url, self._outage_cause, "bring it back")
             return self._store().try_reserve(budget, joules, limit_j, window_s)
         except LedgerError as exc:
             raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
@@ -283,7 +288,7 @@ class JournaledLedger(Ledger):
         except LedgerError as exc:
             if not exc.retryable:
                 raise
-            self._outage(exc)
+            self._outage(exc, "the store did not answer the last write")
             with self._settle_lock:
                 self._unsettled.extend(settlements)
 
@@ -300,7 +305,7 @@ class JournaledLedger(Ledger):
             return self._store().budget_used(budget, window_s)
         except LedgerError as exc:
             if exc.retryable:
-                self._outage(exc)
+                self._outage(exc, "the store did not answer a budget read")
             raise
 
     # -- reads and the rest go to the store --------------------------------------------------------------
