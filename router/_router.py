@@ -109,8 +109,12 @@ class Router:
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
         self._start_failures: dict[str, tuple[float, RouterError]] = {}  # model -> (retry after, why)
-        self._budget_outage = False  # budgets could not be read at the last try (logged once per outage)
-        self._budget_outage_lock = threading.Lock()
+        self._budget_outage = _OutageLog(
+            "until budgets can be read, models under a budget are not tried where another model can answer, and "
+            "requests that need one are refused (503)", "budgets can be read again")
+        self._owner_outage = _OutageLog(
+            "until it is back, a request id the caller chooses is not checked against other API keys' responses "
+            "(requests go on)", "request ids are checked against other API keys' responses again")
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
         if (policies := getattr(self.engine, "policies", None)) is not None:
@@ -353,8 +357,17 @@ class Router:
     def _check_request_id_owner(self, req: CheckedRequest) -> None:
         """A request id the caller chose may not be one another API key's response already has: feedback is
         authorised by the key of a response's newest record, so another key reusing the id could score (and
-        outvote) the first key's answer. The same key may reuse its own ids (retries)."""
-        found = self.ledger.request_record(req.request_id)
+        outvote) the first key's answer. The same key may reuse its own ids (retries). While the ledger's store is
+        unavailable the check is skipped (logged once per outage), so that the request is answered."""
+        try:
+            found = self.ledger.request_record(req.request_id)
+        except LedgerError as exc:
+            if not exc.retryable:
+                raise
+            # the store is down: requests go on while it is (docs/ledger.md), this check with them
+            self._owner_outage.update(exc, self.ledger.url)
+            return
+        self._owner_outage.update(None, self.ledger.url)
         if found is not None and found.key_hash != _key_hash(req.api_key):
             raise PermissionDeniedError(
                 f"request id {req.request_id!r} is taken by a response made with another API key; send another "
@@ -433,23 +446,10 @@ class Router:
                 raise
             # the store is down: the engine leaves the models under these budgets out (docs/ledger.md, the
             # journal), so requests for the others go on
-            self._budgets_unread(exc)
+            self._budget_outage.update(exc, self.ledger.url)
             return BudgetState(used, time.time(), g_per_j, frozenset(r.key for r in refs if r.key not in used))
-        if self._budget_outage:
-            self._budgets_unread(None)
+        self._budget_outage.update(None, self.ledger.url)
         return BudgetState(used, time.time(), g_per_j)
-
-    def _budgets_unread(self, exc: LedgerError | None) -> None:
-        """Log once when budgets can no longer be read (``exc``) and once when they can again (None)."""
-        with self._budget_outage_lock:
-            if self._budget_outage == (exc is not None):
-                return
-            self._budget_outage = exc is not None
-        if exc is not None:
-            log.warning("%s; until budgets can be read, models under a budget are not tried where another model "
-                        "can answer, and requests that need one are refused (503)", exc)
-        else:
-            log.warning("ledger %s: budgets can be read again", redact(self.ledger.url))
 
     # -- stage: the attempts, one driver per way of calling --------------------------------------------------
     def _send(self, prepared: PreparedRequest) -> dict[str, Any]:
@@ -525,6 +525,30 @@ class Router:
 
 
 __all__ = ["Router"]
+
+
+class _OutageLog:
+    """A warning when a ledger read the Router can do without starts failing for an outage of the store
+    (``down``: what happens meanwhile), and one when it works again (``back``): once each per outage, however
+    many requests meet it."""
+
+    def __init__(self, down: str, back: str) -> None:
+        self.down, self.back = down, back
+        self.failing = False
+        self._lock = threading.Lock()
+
+    def update(self, exc: LedgerError | None, url: str) -> None:
+        """The read failed with ``exc``, or worked (None)."""
+        if self.failing == (exc is not None):  # the usual case, without the lock
+            return
+        with self._lock:
+            if self.failing == (exc is not None):
+                return
+            self.failing = exc is not None
+        if exc is not None:
+            log.warning("%s; %s", exc, self.down)
+        else:
+            log.warning("ledger %s: %s", redact(url), self.back)
 
 
 def _key_hash(api_key: str | KeySpec | None) -> str | None:

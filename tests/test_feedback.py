@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest_redis import start_redis_server
 from typer.testing import CliRunner
 
 from router import (
@@ -106,6 +108,40 @@ def test_with_keys_a_request_id_another_key_used_is_refused(tmp_path: Path) -> N
         assert {rec.key_hash for rec in r.ledger.records()} == {hash_key("sk-a")}
     with Router(_config(tmp_path)) as r:
         assert r.complete(user(REVIEW), api_key="sk-b", request_id="review-3").id == "review-3"
+
+
+@pytest.mark.redis
+def test_with_keys_a_chosen_request_id_is_answered_while_the_store_is_down(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Checking who owns a chosen request id reads the ledger. While its store is down requests go on (records
+    are journaled), so that read must not fail them with a 503: the check is skipped, logged once per outage, and
+    works again once the store is back. A real Redis, stopped and started."""
+    server = start_redis_server(tmp_path)
+    keys = KeyStore.from_entries([{"name": "a", "sha256": digest("sk-a")}, {"name": "b", "sha256": digest("sk-b")}])
+    config = RouterConfig(ledger_url=f"{server.url}/0?prefix=owner:&socket_timeout=1&socket_connect_timeout=1",
+                          journal={"folder": str(tmp_path / "journal"), "replay_interval_s": 0.2})  # type: ignore[arg-type]
+    try:
+        with Router(config, keys=keys) as r:
+            r.complete(user(REVIEW), api_key="sk-a", request_id="review-1")
+            caplog.set_level(logging.WARNING, logger="router")
+            server.stop()
+            try:
+                answered = [r.complete(user(REVIEW), api_key="sk-a", request_id=f"review-{i}").id for i in (2, 3)]
+                answered.append(asyncio.run(r.acomplete(user(REVIEW), api_key="sk-b", request_id="review-4")).id)
+                assert answered == ["review-2", "review-3", "review-4"]
+                assert len([m for m in caplog.messages if "is not checked against other API keys" in m]) == 1
+            finally:
+                server.start()
+            deadline = time.time() + 30
+            while r.ledger.unavailable and time.time() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.1)
+            r.complete(user(REVIEW), api_key="sk-a", request_id="review-5")  # this Redis keeps nothing on disk
+            with pytest.raises(PermissionDeniedError, match="another API key"):
+                r.complete(user(REVIEW), api_key="sk-b", request_id="review-5")  # checked again
+            assert "request ids are checked against other API keys' responses again" in caplog.text
+            assert {"review-2", "review-3", "review-4"} <= {rec.request_id for rec in r.ledger.records()}
+    finally:
+        server.stop()
 
 
 def test_afeedback_is_the_async_twin(tmp_path: Path) -> None:

@@ -118,6 +118,8 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
         led.record(_rec(1))  # still succeeds: journaled
         with pytest.raises(LedgerError, match="the store did not answer the last write"):
             led.try_reserve("b", 1.0, 100.0, 3600)  # refused at once now, saying why
+        with pytest.raises(LedgerError, match="could not read a request's record: the store did not answer"):
+            led.request_record("q1")  # the Router reads it on the request path: no wait for the lock's timeout
         led.settle(held, 4.0)  # kept for the replay
         assert led.store is not None and led.store.budget_used("b", 3600) == 10.0, "not applied yet"
         with pytest.raises(LedgerError, match="could not read budget 'b'"):

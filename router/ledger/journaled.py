@@ -16,8 +16,8 @@ without bound. Requests for models without a budget go on, their records journal
 reach the store waits in memory and is retried with the replay; a crash loses it, which leaves the hold at its
 estimate for the rest of the window (budgets then err towards refusing). Reads (``records``, ``totals`` ...)
 raise ``LedgerError`` while the store is down, and do not include records still in the journal; ``budget_used``
-raises at once while the store is known to be down, and the Router then leaves models under a budget out where
-another model can answer.
+and ``request_record`` raise at once while the store is known to be down, and the Router then leaves models under a
+budget out where another model can answer, and skips the check of a chosen request id's owner.
 
 A store that is down when the ledger is opened is not an error (a corrupt or misconfigured one is): the
 journal takes records and the store is opened again by the replay thread.
@@ -368,7 +368,20 @@ class JournaledLedger(Ledger):
         return self._store().feedback(request_id, since, until)
 
     def request_record(self, request_id: str) -> LedgerRecord | None:
-        return self._store().request_record(request_id)
+        """Raises ``LedgerError`` at once while the store is known to be unavailable, as :meth:`budget_used` does:
+        the Router reads it on the request path (a chosen request id's owner), where a read that waits for the
+        store's timeout would hold up every such request; a read that fails starts an outage too."""
+        if self.closed:
+            raise closed_error(self.url, "read a request's record")
+        if self._outage_since is not None:
+            raise ledger_error(self.url, f"could not read a request's record: {self._outage_cause}",
+                               "bring it back")
+        try:
+            return self._store().request_record(request_id)
+        except LedgerError as exc:
+            if exc.retryable:
+                self._outage(exc, "the store did not answer a read")
+            raise
 
     def store_prompt(self, prompt: StoredPrompt) -> None:
         self._store().store_prompt(prompt)
