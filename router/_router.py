@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from ._attempts import Attempts
 from ._chunks import StreamedAnswer
 from ._guards import guarded, internal, within_deadline
+from ._ids import new_request_id
 from ._parts import default_classifier, load_engine
 from ._request import (
     CheckedRequest,
@@ -113,8 +114,8 @@ class Router:
             "until budgets can be read, models under a budget are not tried where another model can answer, and "
             "requests that need one are refused (503)", "budgets can be read again")
         self._owner_outage = _OutageLog(
-            "until it is back, a request id the caller chooses is not checked against other API keys' responses "
-            "(requests go on)", "request ids are checked against other API keys' responses again")
+            "until it is back, a request that chooses its id is answered under one the router makes (the id's owner "
+            "cannot be checked)", "request ids the callers choose are checked and kept again")
         self._aliases = {a.lower(): c.name for c in self.cards.values() for a in [c.name, *c.aliases]}
         self.engine = load_engine(self.config, self.cards, self.policy_name)
         if (policies := getattr(self.engine, "policies", None)) is not None:
@@ -158,7 +159,7 @@ class Router:
         """Check a request and decide which model answers it (the classifier and the policy engine)."""
         checked = self._check(messages, params)
         if checked.request_id_given and self.keys:
-            guarded(self._check_request_id_owner, checked)
+            checked = guarded(self._check_request_id_owner, checked)
         started = time.perf_counter()
         classification = (tools_task(checked.text) if checked.options.tool_use
                           else guarded(self.classifier.classify, checked.text))
@@ -169,7 +170,7 @@ class Router:
         onnxruntime call per loop turn, and decided right after (:class:`~router.classify.batching.ClassifyBatcher`)."""
         checked = self._check(messages, params)
         if checked.request_id_given and self.keys:  # a ledger read: off the event loop
-            await asyncio.to_thread(guarded, self._check_request_id_owner, checked)
+            checked = await asyncio.to_thread(guarded, self._check_request_id_owner, checked)
         started = time.perf_counter()
         if checked.options.tool_use:  # a task by rule: the classifier is not asked
             return guarded(self._decide, checked, tools_task(checked.text), started)
@@ -354,24 +355,26 @@ class Router:
             request_id_given=params.get("request_id") is not None,
         )
 
-    def _check_request_id_owner(self, req: CheckedRequest) -> None:
+    def _check_request_id_owner(self, req: CheckedRequest) -> CheckedRequest:
         """A request id the caller chose may not be one another API key's response already has: feedback is
         authorised by the key of a response's newest record, so another key reusing the id could score (and
         outvote) the first key's answer. The same key may reuse its own ids (retries). While the ledger's store is
-        unavailable the check is skipped (logged once per outage), so that the request is answered."""
+        unavailable the owner cannot be known: the request is answered under an id the router makes (logged once
+        per outage), which no other key's response can have."""
         try:
             found = self.ledger.request_record(req.request_id)
         except LedgerError as exc:
             if not exc.retryable:
                 raise
-            # the store is down: requests go on while it is (docs/ledger.md), this check with them
+            # the store is down: requests go on while it is (docs/ledger.md), under an id nobody else holds
             self._owner_outage.update(exc, self.ledger.url)
-            return
+            return dataclasses.replace(req, request_id=new_request_id(), request_id_given=False)
         self._owner_outage.update(None, self.ledger.url)
         if found is not None and found.key_hash != _key_hash(req.api_key):
             raise PermissionDeniedError(
                 f"request id {req.request_id!r} is taken by a response made with another API key; send another "
                 "x-request-id (or none: the router then makes a unique id)", param="request_id")
+        return req
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
         api_key = req.api_key
