@@ -12,6 +12,7 @@ every number must be finite and in range, and every file the backend names must 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,9 @@ MAX_JOULES = 1e9
 """Upper bound for one energy figure (278 kWh): a larger number is a unit mistake, and keeps sums finite."""
 Probability = Annotated[float, Field(ge=0, le=1)]
 Joules = Annotated[float, Field(ge=0, le=MAX_JOULES)]
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMBT])\b", re.IGNORECASE)
+"""The figure a ``parameters`` entry starts with: '135M', '2.78B (dense)', '46.7B total, 12.9B active ...'."""
+_BILLIONS = {"k": 1e-6, "m": 1e-3, "b": 1.0, "t": 1e3}
 
 
 class _Strict(BaseModel):
@@ -208,6 +212,15 @@ class ModelCard(_Strict):
     def runs_here(self) -> bool:
         """Whether the model runs on this machine (ONNX, llama.cpp), so its calls are metered here."""
         return self.backend is not None and self.backend.type != "openai"
+
+    @property
+    def size_b(self) -> float | None:
+        """Parameters in billions: ``active_parameters_b``, else the figure ``parameters`` starts with ('135M',
+        '7B'); ``None`` where the card states no size ('undisclosed')."""
+        if self.active_parameters_b is not None:
+            return self.active_parameters_b
+        found = _SIZE.match(self.parameters or "")
+        return float(found[1]) * _BILLIONS[found[2].lower()] if found else None
 
     def serves(self, task: str) -> bool:
         return not self.tasks or task in self.tasks

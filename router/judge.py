@@ -4,8 +4,8 @@ share of answered requests it scores, and how:
 
 * ``against: rubric`` (default): the request and the answer, scored 0-10 against a rubric (by default: correct,
   helpful and to the point);
-* ``against: largest``: the largest model (a general model of the highest tier, then the most joules per call,
-  the reference a relative policy target uses) answers the same request, and the judge says how the answer
+* ``against: largest``: the largest model (a general model of the highest tier, then the most parameters on
+  its card, the reference a relative policy target uses) answers the same request, and the judge says how the answer
   compares with that reference, 0 (much worse) to 10 (much better), 5 as good: the shape of AlpacaEval's scores,
   the scale chat is routed on. Requests the largest model answered itself are not judged this way (they would
   score 5 by construction).
@@ -85,10 +85,8 @@ def _cut(text: str) -> str:
 
 
 def largest_model(router: Router) -> str:
-    """The largest callable model, as a relative policy target picks it (:func:`router.policy.steps.largest`),
-    with each card's joules for a call of 100 tokens in and 100 out."""
-    cards = [c for c in router.cards.values() if c.callable]
-    return largest(cards, {c.name: c.energy.joules(100, 100) for c in cards}).name
+    """The largest callable model, as a relative policy target picks it (:func:`router.policy.steps.largest`)."""
+    return largest(c for c in router.cards.values() if c.callable).name
 
 
 def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *, request_id: str, reason: str,

@@ -16,6 +16,7 @@ from router.policy.base import BudgetState, DecisionRequest
 from router.policy.engine import decide_batch, decide_pure
 from router.policy.loader import check_models, load_policies, load_policy, write_calibrated
 from router.policy.schema import Calibrated, Policy
+from router.policy.steps import largest
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
@@ -79,6 +80,36 @@ def test_relative_target_uses_the_largest_candidate(local):
     assert "90% of gemma3-270m's 0.80" in d.reason
     d = decide_pure(cls("chat", smollm2_135m=0.71, gemma3_270m=0.8), local, None, p, None)
     assert d.model == "gemma3-270m"
+
+
+def test_the_largest_is_chosen_by_the_cards_never_by_learned_joules(catalogue):
+    """Two large models whose learned joules cross as the ledger fills: the reference of a relative target stays
+    the one with the most parameters, so the same request keeps the same target."""
+    three = {n: catalogue[n] for n in ("llama-3-8b-instruct", "falcon-40b-instruct", "llama-3-70b-instruct")}
+    c = Classification("chat", {"chat": 0.9}, {"llama-3-8b-instruct": 0.5, "falcon-40b-instruct": 0.8,
+                                               "llama-3-70b-instruct": 0.6})
+    p = pol(accuracy={"relative_to_largest": 0.9})
+    for learned in ({}, {"falcon-40b-instruct": (900.0, "ledger:200 calls")},
+                    {"falcon-40b-instruct": (900.0, "ledger:200 calls"), "llama-3-70b-instruct": (5.0, "ledger:9")}):
+        d = decide_pure(c, three, None, p, {"energy_estimates": learned})
+        assert d.target == pytest.approx(0.54) and "90% of llama-3-70b-instruct's 0.60" in d.reason, learned
+
+
+def test_the_largest_by_parameters_parsed_else_by_the_cards_own_profile(catalogue):
+    base = catalogue["llama-3-70b-instruct"]
+
+    def card(name: str, parameters: str, joules: float):
+        energy = base.energy.model_copy(update={"per_call_j": joules, "per_input_token_j": 0.0,
+                                                "per_output_token_j": 0.0})
+        return base.model_copy(update={"name": name, "parameters": parameters, "active_parameters_b": None,
+                                       "energy": energy})
+
+    sized = [card("a", "135M", 50.0), card("b", "7B (dense)", 1.0), card("c", "2.78b", 9.0)]
+    assert [x.size_b for x in sized] == pytest.approx([0.135, 7.0, 2.78])
+    assert largest(sized).name == "b"  # by size, though its card's joules are the least
+    unsized = [*sized, card("d", "undisclosed", 20.0)]  # sizes are not comparable with it: the card profiles decide
+    assert unsized[3].size_b is None and largest(unsized).name == "a"
+    assert largest([*sized, catalogue["llama-3-8b-instruct"]]).name == "b"  # a small model is never the largest
 
 
 def test_relative_to_best_uses_the_best_predicted_candidate(catalogue):

@@ -126,3 +126,21 @@ def test_max_tokens_caps_the_output_tokens_on_both_paths() -> None:
     for overrides, cheaper in (({}, "flat"), ({"max_tokens": 5}, "steep")):
         assert bridge.decide_many(chat, cards, overrides) == [cheaper]
         assert bridge.decide(chat[0], cards, overrides).model == cheaper
+
+
+def test_both_paths_take_the_largest_by_parameters_not_by_joules() -> None:
+    """Two large models, the bigger one the cheaper by its card: both paths measure a relative target against
+    the bigger one (90 % of its 0.65 lets the small model answer; 90 % of the other's 0.9 would not)."""
+    base = load_cards(ROOT / "models")["smollm2-135m"]
+
+    def card(name: str, tier: str, size_b: float, per_call_j: float) -> ModelCard:
+        energy = base.energy.model_copy(update={"per_call_j": per_call_j, "per_input_token_j": 0.0,
+                                                "per_output_token_j": 0.0})
+        return base.model_copy(update={"name": name, "tier": tier, "active_parameters_b": size_b, "energy": energy})
+
+    cards = {"s": card("s", "small", 1.0, 1.0), "big": card("big", "large", 70.0, 10.0),
+             "mid": card("mid", "large", 13.0, 100.0)}
+    bridge = PolicyEngineBridge(Policy(name="rel", accuracy={"relative_to_largest": 0.9}))
+    chat = [Classification("chat", {"chat": 1.0}, {"s": 0.6, "big": 0.65, "mid": 0.9})]
+    assert bridge.decide_many(chat, cards, {}) == ["s"]
+    assert bridge.decide(chat[0], cards, {}).model == "s"

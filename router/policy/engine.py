@@ -16,7 +16,8 @@ reason):
    estimated joules of each.
 2. ``predictions``: per candidate, the classifier's ``p_correct``, else the card's ``prior_accuracy[task]``,
    else a tier default (said so in the reason).
-3. ``target``: ``min_accuracy`` as is, or ``relative_to_largest × predicted accuracy of the largest candidate``.
+3. ``target``: ``min_accuracy`` as is, or ``relative_to_largest × predicted accuracy of the largest candidate``
+   (the highest tier, then the most parameters on the cards: never learned joules, so the reference is stable).
    A model is *adequate* when ``predicted - target ≥ offset``; the offset is 0 unless the policy carries
    calibrated thresholds for its own target (``router calibrate``), which then decide.
 4. ``ranking``: adequate models by estimated joules (cheapest first), then the others by predicted accuracy.

@@ -8,7 +8,7 @@ slower (creation and attribute reads) for no gain in what the code says."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from ..capabilities import PARAM_OF
@@ -259,7 +259,7 @@ def target(policy: Policy, entry: KeyPolicy | None, req: DecisionRequest, pool: 
         kind, share = spec.kind, spec.value
     ref = None
     if kind == "relative":
-        ref = largest(pool, energy)
+        ref = largest(pool)
     elif kind == "relative_best":
         ref = _best(pool, energy, p)
     value = share if ref is None else share * p[ref.name]
@@ -277,9 +277,26 @@ def _best(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, fl
     return max(pool, key=lambda c: (p[c.name], -energy[c.name], c.name))
 
 
-def largest(pool: list[ModelCard], energy: Mapping[str, float]) -> ModelCard:
-    """The reference of a relative target: a general model (if any) of the highest tier, then most joules."""
-    return max(pool, key=lambda c: (c.tier != "specialist", TIER_ORDER.get(c.tier, 1), energy[c.name], c.name))
+REFERENCE_CALL = (100, 100)
+"""The input and output tokens of the call whose card joules rank models of unstated size as the reference."""
+
+
+def largest(pool: Iterable[ModelCard]) -> ModelCard:
+    """The reference of a relative target: among the general models (if any) of the highest tier, the most
+    parameters (:attr:`ModelCard.size_b`) where each of them states its size, else the most joules by its card's
+    own profile for a :data:`REFERENCE_CALL`; then the name. Only the cards decide, never joules learned from the
+    ledger: two large models' learned figures cross as they move, and the reference (with it the target of the
+    same request) would change from one hour to the next."""
+    pool = list(pool)
+    top = max(_rank(c) for c in pool)
+    group = [c for c in pool if _rank(c) == top]
+    if all(c.size_b is not None for c in group):
+        return max(group, key=lambda c: (c.size_b or 0.0, c.name))
+    return max(group, key=lambda c: (c.energy.joules(*REFERENCE_CALL), c.name))
+
+
+def _rank(card: ModelCard) -> tuple[bool, int]:
+    return card.tier != "specialist", TIER_ORDER.get(card.tier, 1)
 
 
 def ranking(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, float], adequate: Mapping[str, bool],

@@ -26,8 +26,7 @@ from ..policy.decision import Decision
 from ..policy.engine import PolicyEngine
 from ..policy.loader import load_policy
 from ..policy.schema import Policy
-from ..policy.steps import output_tokens, predicted
-from ..types import TIER_ORDER
+from ..policy.steps import largest, output_tokens, predicted
 from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
 from .outcomes import CHARS_PER_TOKEN
 
@@ -140,13 +139,11 @@ class PolicyEngineBridge:
             # decide_pure's "best": the highest prediction, the cheaper of equals, then the name
             key = np.where(ok, p * 1e6 - e / (e.max() + 1.0), -np.inf)
             reference = key.argmax(axis=1)
-        elif relative:  # decide_pure's "largest": general models first, then tier, then energy, then name
-            rank = np.array([TIER_ORDER.get(c.tier, 1) for c in card_list], dtype=np.float64)
-            general = np.array([c.tier != "specialist" for c in card_list])
-            gen_rows = (ok & general[None, :]).any(axis=1)
-            pool = np.where(gen_rows[:, None], ok & general[None, :], ok)
-            key = np.where(pool, rank[None, :] * 1e15 + e, -np.inf)
-            reference = key.argmax(axis=1)
+        elif relative:  # decide_pure's own "largest", once per set of eligible models (a file has few)
+            pools, row_pool = np.unique(ok, axis=0, return_inverse=True)
+            by_pool = np.array([names.index(largest(c for c, on in zip(card_list, pool, strict=True) if on).name)
+                                if pool.any() else 0 for pool in pools])
+            reference = by_pool[row_pool.reshape(-1)]
         if not ok.any(axis=1).all():
             bad = int(np.nonzero(~ok.any(axis=1))[0][0])
             self.decide(classifications[bad], cards, overrides)  # raises the engine's own error
