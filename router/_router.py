@@ -391,7 +391,7 @@ class Router:
                                   context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
                                   grid_g_per_kwh=self._grid_now(),
-                                  capabilities=req.options.capabilities)
+                                  capabilities=req.options.capabilities, cooling=self._cooling())
         try:
             decision = self.engine.decide(classification, request, self._budget_state(request))
         except BudgetExhaustedError as exc:
@@ -425,6 +425,13 @@ class Router:
             self.write_record(rec)
         except Exception:  # the refusal still reaches the caller; the failure is logged loudly
             log.exception("%s: could not write the ledger record", req.request_id)
+
+    def _cooling(self) -> frozenset[str]:
+        """The models the engine ranks last while another can answer: those whose breaker is open (half-open lets
+        a trial through, so it is not here)."""
+        with self._backend_lock:
+            return frozenset(m for m, b in self._backends.items()
+                             if isinstance(b, CooldownBackend) and b.state == "open")
 
     def _grid_now(self) -> float | None:
         """This host's grid intensity, where a policy switches on it (read only then: a source may be remote)."""

@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import replace
 
+import httpx
 import pytest
 
 from router.backends import FaultInjectingBackend, GenerationRequest
@@ -122,3 +123,61 @@ def test_a_bad_request_raised_by_the_backend_is_no_verdict(specialist_backend, e
         assert breaker.state == "closed" and breaker.consecutive_failures == 0
     assert breaker.generate(REQUEST).text in ("positive", "negative")
     assert breaker.opened_total == 0 and refusing.calls == 6
+
+
+def test_a_model_cooling_down_is_passed_over_without_a_record_per_request(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real upstream that answers 503 every time: once its breaker opens, requests go straight to the next model
+    (no attempt, no ledger record, no upstream call for the broken one), the decision saying why; it is still
+    called, and its fast failure recorded, when no other model may answer."""
+    import shutil
+
+    from servers.procs import ROOT, models_dir, remote_card, upstream
+
+    from router import Router
+    from router.config import RouterConfig
+    from router.ledger import open_ledger
+
+    with upstream(tmp_path) as up:
+        models = models_dir(tmp_path / "models", {
+            "remote-echo": remote_card("remote-echo", up, "echo", tier="small"),
+            "remote-broken": remote_card("remote-broken", up, "broken", tier="large", max_retries=0),
+        })
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        for file in (ROOT / "policies").glob("*.yaml"):
+            shutil.copy(file, policies / file.name)
+        (policies / "onlybroken.yaml").write_text(
+            "name: onlybroken\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-broken]\n")
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        config = tmp_path / "config.yaml"
+        config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n"
+                          "cooldown: {failures: 2, seconds: 300}\n")
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        ask = {"model": "remote-broken", "max_tokens": 8}  # pinned: ranked first while it is not cooling down
+        with Router(RouterConfig.load(config)) as router:
+            for _ in range(2):
+                answer = router.complete(question, **ask)
+                assert [a.outcome for a in answer.routing.attempts] == ["error", "ok"]
+            assert router.backend("remote-broken").state == "open"  # type: ignore[attr-defined]
+            calls = httpx.get(up.removesuffix("/v1") + "/stats").json()["calls"]["broken"]
+
+            prepared = router.prepare(question, **ask)
+            assert prepared.decision.model == "remote-echo" and "cooling_down" in prepared.decision.flags
+            assert prepared.decision.fallbacks == ("remote-broken",)  # still the last resort
+            answer = router.send(prepared)
+            assert [(a.model, a.outcome) for a in answer.routing.attempts] == [("remote-echo", "ok")]
+            assert "remote-broken cooling down" in answer.routing.reason
+            streamed = list(router.complete(question, stream=True, **ask))
+            assert streamed[-1].routing is not None and streamed[-1].routing.model == "remote-echo"
+            assert httpx.get(up.removesuffix("/v1") + "/stats").json()["calls"]["broken"] == calls
+
+            with pytest.raises(BackendUnavailableError, match="cooling down"):  # nothing else may answer
+                router.complete(question, policy="onlybroken", max_tokens=8)
+        ledger = open_ledger(ledger_url)
+        try:
+            records = ledger.records()
+        finally:
+            ledger.close()
+    broken = [r for r in records if r.model == "remote-broken"]
+    assert [r.outcome for r in broken] == ["error"] * 3 and "cooling down" in (broken[-1].error or "")
+    assert sum(r.model == "remote-echo" and r.outcome == "ok" for r in records) == 4

@@ -128,6 +128,15 @@ def test_relative_to_best_uses_the_best_predicted_candidate(catalogue):
         pol(accuracy={"relative_to_best": 0.9, "relative_to_largest": 0.9})
 
 
+def test_a_model_cooling_down_is_ranked_last_unless_every_candidate_is(local):
+    c = cls("chat", smollm2_135m=0.85, gemma3_270m=0.9)
+    d = decide_pure(c, local, None, pol(), {"cooling": frozenset({"smollm2-135m"})})
+    assert d.model == "gemma3-270m" and d.fallbacks == ("smollm2-135m",) and "cooling_down" in d.flags
+    assert "smollm2-135m cooling down after repeated failures" in d.reason
+    both = decide_pure(c, local, None, pol(), {"cooling": frozenset({"smollm2-135m", "gemma3-270m"})})
+    assert both.model == "smollm2-135m" and not both.flags  # no other model: the order is the policy's
+
+
 def test_no_model_meets_target_picks_the_most_accurate_and_flags(local):
     d = decide_pure(cls("chat", smollm2_135m=0.4, gemma3_270m=0.3), local, None, pol(), None)
     assert d.model == "smollm2-135m" and "target_unmet" in d.flags and "no candidate meets" in d.reason

@@ -6,8 +6,12 @@ once with :class:`BackendUnavailableError` (HTTP 503 at the proxy) instead of wa
 Router moves straight on to the next adequate model. After the cooldown one trial call is let through
 (*half-open*); a success closes the breaker, a failure opens it again for another ``cooldown_s``.
 
-Each short-circuited call is still an attempt the Router writes to the ledger (outcome ``error``, the message
-says "cooling down"), and ``opened_total`` / ``state`` feed the proxy's metrics.
+The Router asks the breaker before deciding: a model whose breaker is open (not half-open) is ranked after every
+other candidate (``DecisionRequest.cooling``; the decision's flags say ``cooling_down`` and its reason names the
+model), so during an outage requests go straight to the next model and leave no record of the model cooling down.
+It is still called when no other model can answer (none allowed, or all failed): that short-circuited call is an
+attempt the Router writes to the ledger (outcome ``error``, the message says "cooling down"). ``opened_total`` /
+``state`` feed the proxy's metrics.
 """
 
 from __future__ import annotations

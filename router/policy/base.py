@@ -57,6 +57,10 @@ class DecisionRequest:
     capabilities: frozenset[str] = frozenset()
     """What the request needs a model to do besides text (``tools``, ``json_schema``, ...; see
     :mod:`router.capabilities`): only models whose card lists all of them are candidates."""
+    cooling: frozenset[str] = frozenset()
+    """Models whose backend is cooling down (its breaker open after repeated failures: see
+    :mod:`router.backends.cooldown`): ranked after every other candidate, so one is called only when no other model
+    can answer (a call to it would fail at once)."""
 
     @staticmethod
     def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:

@@ -21,7 +21,8 @@ reason):
    A model is *adequate* when ``predicted - target ≥ offset``; the offset is 0 unless the policy carries
    calibrated thresholds for its own target (``router calibrate``), which then decide.
 4. ``ranking``: adequate models by estimated joules (cheapest first), then the others by predicted accuracy.
-   A pinned model (caller or policy per task) goes first.
+   A pinned model (caller or policy per task) goes first. ``cooled``: models cooling down after repeated
+   failures (``DecisionRequest.cooling``) move after the others, tried only when no other model answers.
 5. ``budgets``: the first ranked model whose budgets have room; when the first choice's budget is spent the
    policy says ``fallback`` (next ranked with room), ``reject`` (:class:`BudgetExhaustedError` with the time
    until the window rolls) or ``allow_and_flag`` (keep the choice, flag it).
@@ -42,7 +43,19 @@ from .base import BudgetState, DecisionRequest, Engine
 from .batch import decide_batch
 from .decision import BudgetRef, Decision
 from .schema import Policy
-from .steps import budgets, budgets_for, candidates, cascade, fmt_j, predicted, predictions, ranking, reason, target
+from .steps import (
+    budgets,
+    budgets_for,
+    candidates,
+    cascade,
+    cooled,
+    fmt_j,
+    predicted,
+    predictions,
+    ranking,
+    reason,
+    target,
+)
 
 _NO_BUDGETS = BudgetState.empty()
 
@@ -67,9 +80,10 @@ def decide_pure(
     tgt = target(policy, entry, req, pool, energy, p)
     adequate = tgt.adequate
     by_energy, ranked = ranking(pool, energy, p, adequate, pinned, cards)
+    ranked, cool_flags, cool_notes = cooled(ranked, req.cooling)
     chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, req.key_hash, ranked, energy, state)
     chosen, escalate_to, escalate_below, cascade_notes = cascade(
-        policy, chosen, pinned, spent, blocked, by_energy, ranked, energy, p, adequate
+        policy, chosen, pinned, spent, blocked | req.cooling, by_energy, ranked, energy, p, adequate
     )
     name = chosen.name
     head = reason(task, chosen, p, source[name], tgt, pinned, pin_source, by_energy, energy, escalate_to,
@@ -89,7 +103,7 @@ def decide_pure(
     return Decision(
         model=name,
         tier=chosen.tier,
-        reason="; ".join([head, *_capability_note(req, pool), *budget_notes, *cascade_notes]),
+        reason="; ".join([head, *_capability_note(req, pool), *cool_notes, *budget_notes, *cascade_notes]),
         task=task,
         policy=policy.name,
         predicted_accuracy=round(p[name], 4),
@@ -98,7 +112,7 @@ def decide_pure(
         escalate_to=escalate_to,
         escalate_below=escalate_below,
         budgets=tuple(r.key for r in refs[name]),
-        flags=tuple(flags),
+        flags=(*cool_flags, *flags),
         candidates={n: round(v, 4) for n, v in p.items()},
         target=round(tgt.value, 4),
         target_kind=tgt.kind,

@@ -311,6 +311,20 @@ def ranking(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, 
     return by_energy, ranked
 
 
+def cooled(ranked: list[ModelCard], cooling: frozenset[str]) -> tuple[list[ModelCard], list[str], list[str]]:
+    """Step 4b: ``(ranked, flags, notes)``: the models cooling down moved after the others (while another can
+    answer), so every request meanwhile neither waits on nor records a call that would fail at once."""
+    if not cooling or all(c.name in cooling for c in ranked):
+        return ranked, [], []
+    healthy = [c for c in ranked if c.name not in cooling]
+    passed = [c.name for c in ranked[: ranked.index(healthy[0])]]
+    ranked = healthy + [c for c in ranked if c.name in cooling]
+    if not passed:
+        return ranked, [], []
+    return ranked, ["cooling_down"], [f"{', '.join(passed)} cooling down after repeated failures: tried only if no "
+                                      "other model answers"]
+
+
 def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energy: Mapping[str, float],
             state: BudgetState) -> tuple[ModelCard, dict[str, tuple[BudgetRef, ...]], set[str], list[BudgetRef],
                                          list[str], list[str]]:
