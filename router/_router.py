@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from ._attempts import Attempts
 from ._chunks import StreamedAnswer
+from ._closing import CLOSE_WAIT_S, InFlight, closed_error
 from ._guards import guarded, internal, within_deadline
 from ._ids import new_request_id
 from ._parts import default_classifier, load_engine
@@ -109,6 +110,9 @@ class Router:
         """API keys: the proxy authenticates with them, and a key's ``policy`` is its requests' default."""
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backend_lock = threading.Lock()
+        self._calls = InFlight()
+        """The calls running now, which close() lets finish (router/_closing.py)."""
+        self._closed = False
         self._start_failures: dict[str, tuple[float, RouterError]] = {}  # model -> (retry after, why)
         self._budget_outage = _OutageLog(
             "until budgets can be read, models under a budget are not tried where another model can answer, and "
@@ -157,37 +161,41 @@ class Router:
 
     def prepare(self, messages: Any, **params: Any) -> PreparedRequest:
         """Check a request and decide which model answers it (the classifier and the policy engine)."""
-        checked = self._check(messages, params)
-        if checked.request_id_given and self.keys:
-            checked = guarded(self._check_request_id_owner, checked)
-        started = time.perf_counter()
-        classification = (tools_task(checked.text) if checked.options.tool_use
-                          else guarded(self.classifier.classify, checked.text))
-        return guarded(self._decide, checked, classification, started)
+        with self._calls.running():
+            checked = self._check(messages, params)
+            if checked.request_id_given and self.keys:
+                checked = guarded(self._check_request_id_owner, checked)
+            started = time.perf_counter()
+            classification = (tools_task(checked.text) if checked.options.tool_use
+                              else guarded(self.classifier.classify, checked.text))
+            return guarded(self._decide, checked, classification, started)
 
     async def aprepare(self, messages: Any, **params: Any) -> PreparedRequest:
         """:meth:`prepare` on an event loop: the texts of concurrent requests are classified together, one
         onnxruntime call per loop turn, and decided right after (:class:`~router.classify.batching.ClassifyBatcher`)."""
-        checked = self._check(messages, params)
-        if checked.request_id_given and self.keys:  # a ledger read: off the event loop
-            checked = await asyncio.to_thread(guarded, self._check_request_id_owner, checked)
-        started = time.perf_counter()
-        if checked.options.tool_use:  # a task by rule: the classifier is not asked
-            return guarded(self._decide, checked, tools_task(checked.text), started)
-        try:
-            return await self._batcher.classify(checked.text, lambda c: self._decide(checked, c, started))
-        except RouterError:
-            raise
-        except Exception as exc:
-            raise internal("classifying the request", exc) from exc
+        with self._calls.running():
+            checked = self._check(messages, params)
+            if checked.request_id_given and self.keys:  # a ledger read: off the event loop
+                checked = await asyncio.to_thread(guarded, self._check_request_id_owner, checked)
+            started = time.perf_counter()
+            if checked.options.tool_use:  # a task by rule: the classifier is not asked
+                return guarded(self._decide, checked, tools_task(checked.text), started)
+            try:
+                return await self._batcher.classify(checked.text, lambda c: self._decide(checked, c, started))
+            except RouterError:
+                raise
+            except Exception as exc:
+                raise internal("classifying the request", exc) from exc
 
     def send(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
         """Call the decided model (with fallbacks and cascade) and return its answer: a :class:`ChatCompletion`,
         the plain dict it dumps to with ``as_dict=True``, or with ``stream=True`` an iterator of chunks."""
         _check_send_args(prepared, stream, "send")
         if stream:
+            self._calls.check_open()  # at once, not at the first chunk
             return self._stream(prepared)
-        completion = guarded(self._send, prepared)
+        with self._calls.running(prepared.cancel):
+            completion = guarded(self._send, prepared)
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
     async def asend(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
@@ -195,9 +203,11 @@ class Router:
         thread; cancelling the task stops the model between tokens and the ledger records ``cancelled``."""
         _check_send_args(prepared, stream, "asend")
         if stream:
+            self._calls.check_open()
             return self._astream(prepared)
         try:
-            completion = await self._asend(prepared)
+            with self._calls.running(prepared.cancel):
+                completion = await self._asend(prepared)
         except (RouterError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -212,6 +222,7 @@ class Router:
         process runs it (docs/batch.md). Nothing here waits for the work."""
         from .batch.library import submit
 
+        self._calls.check_open()
         return submit(self, requests, completion_window=completion_window, metadata=metadata, api_key=api_key)
 
     def feedback(self, response_id: str, score: float, *, comment: str | None = None,
@@ -223,7 +234,8 @@ class Router:
         :class:`PermissionDeniedError`, :class:`BadRequestError` for a score outside [0, 1]."""
         from .feedback import give_feedback
 
-        return guarded(give_feedback, self, response_id, score, comment=comment, api_key=api_key)
+        with self._calls.running():
+            return guarded(give_feedback, self, response_id, score, comment=comment, api_key=api_key)
 
     async def afeedback(self, response_id: str, score: float, *, comment: str | None = None,
                         api_key: str | None = None) -> Feedback:
@@ -238,6 +250,7 @@ class Router:
 
             with self._backend_lock:
                 if self._batches is None:
+                    self._calls.check_open()
                     self._batches = Batches(self).start()
         return self._batches
 
@@ -245,8 +258,11 @@ class Router:
     def backend(self, model: str) -> Backend:
         """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker). A backend
         that cannot start (a model file that does not load) is not tried again for the cooldown's seconds: its
-        error comes back at once, so requests fall back without each paying for the failed load."""
+        error comes back at once, so requests fall back without each paying for the failed load. Once the Router is
+        closed: :class:`RouterClosedError`."""
         with self._backend_lock:
+            if self._closed:
+                raise closed_error()
             backend = self._backends.get(model)
             if backend is None:
                 cool = self.config.cooldown
@@ -309,14 +325,28 @@ class Router:
         return self.grid.carbon_of(card, joules)
 
     def close(self) -> None:
-        """Stop the learning and batch threads and close every backend, the grid and the ledger, the ones passed
-        in included (as httpx's ``Client.close()`` closes a transport it was given): a caller sharing a backend
-        or a ledger between Routers closes the last Router only, or none and those parts itself."""
-        if self.learning is not None:
+        """Stop the learning and batch threads, then refuse new calls (:class:`RouterClosedError`, as httpx's
+        ``Client`` refuses once closed) and let the calls running in other threads or tasks write their ledger
+        records: they get ``CLOSE_WAIT_S`` (5 s) to end, then are cancelled (a model stops at its next token and
+        the record says ``cancelled``) and get as long again. Then every backend, the grid and the ledger are
+        closed, the ones passed in included (as httpx's ``Client.close()`` closes a transport it was given): a
+        caller sharing a backend or a ledger between Routers closes the last Router only, or none and those parts
+        itself. On an event loop use ``async with`` or ``await asyncio.to_thread(router.close)``: waiting there
+        would stop the very tasks it waits for."""
+        if self.learning is not None:  # first: their own calls must still be served
             self.learning.close()
         if self._batches is not None:
             self._batches.close()
-        for backend in self.loaded_backends().values():
+        left = self._calls.drain()
+        if left:
+            log.warning("closing with %d call(s) still running after %.0f s: their ledger records may be lost",
+                        left, 2 * CLOSE_WAIT_S)
+        with self._backend_lock:
+            if self._closed:
+                return
+            self._closed = True
+            backends = list(self._backends.values())
+        for backend in backends:
             backend.close()
         self.grid.close()
         self.ledger.close()
@@ -491,47 +521,49 @@ class Router:
         raise attempts.final_error()
 
     def _stream(self, prepared: PreparedRequest) -> Iterator[ChatCompletionChunk]:
-        attempts = Attempts(self, prepared)
-        while (call := guarded(attempts.next_call)) is not None:
-            answer = StreamedAnswer(prepared, call)
-            try:
-                with contextlib.closing(iter(call.backend.stream(call.request))) as events:
-                    for event in events:
-                        call.request.check(call.model)
-                        yield from answer.take(event)
-            except GeneratorExit:
-                prepared.cancel.set()
-                attempts.cancelled(call, answer.output)
-                raise
-            except Exception as exc:
-                guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
-                continue
-            if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
-                yield from answer.closing(attempts)
-                return
-        raise attempts.final_error()
+        with self._calls.running(prepared.cancel):
+            attempts = Attempts(self, prepared)
+            while (call := guarded(attempts.next_call)) is not None:
+                answer = StreamedAnswer(prepared, call)
+                try:
+                    with contextlib.closing(iter(call.backend.stream(call.request))) as events:
+                        for event in events:
+                            call.request.check(call.model)
+                            yield from answer.take(event)
+                except GeneratorExit:
+                    prepared.cancel.set()
+                    attempts.cancelled(call, answer.output)
+                    raise
+                except Exception as exc:
+                    guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
+                    continue
+                if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
+                    yield from answer.closing(attempts)
+                    return
+            raise attempts.final_error()
 
     async def _astream(self, prepared: PreparedRequest) -> AsyncIterator[ChatCompletionChunk]:
-        attempts = Attempts(self, prepared)
-        while (call := guarded(attempts.next_call)) is not None:
-            answer = StreamedAnswer(prepared, call)
-            try:
-                async with contextlib.aclosing(call.backend.astream(call.request)) as events:
-                    while (event := await within_deadline(call, anext(events, None))) is not None:
-                        for chunk in answer.take(event):
-                            yield chunk
-            except (GeneratorExit, asyncio.CancelledError):
-                prepared.cancel.set()
-                attempts.cancelled(call, answer.output)
-                raise
-            except Exception as exc:
-                guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
-                continue
-            if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
-                for chunk in answer.closing(attempts):
-                    yield chunk
-                return
-        raise attempts.final_error()
+        with self._calls.running(prepared.cancel):
+            attempts = Attempts(self, prepared)
+            while (call := guarded(attempts.next_call)) is not None:
+                answer = StreamedAnswer(prepared, call)
+                try:
+                    async with contextlib.aclosing(call.backend.astream(call.request)) as events:
+                        while (event := await within_deadline(call, anext(events, None))) is not None:
+                            for chunk in answer.take(event):
+                                yield chunk
+                except (GeneratorExit, asyncio.CancelledError):
+                    prepared.cancel.set()
+                    attempts.cancelled(call, answer.output)
+                    raise
+                except Exception as exc:
+                    guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)
+                    continue
+                if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
+                    for chunk in answer.closing(attempts):
+                        yield chunk
+                    return
+            raise attempts.final_error()
 
 
 __all__ = ["Router"]

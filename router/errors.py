@@ -20,6 +20,7 @@
     │   └── StructuredOutputError       502  invalid_model_output    no model's answer matched the format asked
     ├── DeadlineExceededError           504  timeout_error           the request's deadline passed
     ├── CancelledError                  499  cancelled               the caller went away (never sent to a client)
+    ├── RouterClosedError               503  router_closed           a call after Router.close() (a RuntimeError too)
     ├── ConfigError                     500  config_error            a card, policy or config value is wrong
     ├── LedgerError                     503  ledger_error            the ledger store is unusable
     │   └── BatchStoreError             503  batch_store_error       the batch store is unusable
@@ -190,6 +191,16 @@ class CancelledError(RouterError):
     code = "cancelled"
 
 
+class RouterClosedError(RouterError, RuntimeError):
+    """A call to a :class:`~router.Router` after its ``close()`` began: its backends and ledger are closed or
+    closing, so nothing is called and nothing recorded. A :class:`RuntimeError` too, as httpx's "client has been
+    closed" is: using a closed client is a mistake in the program, not in the request."""
+
+    http_status = 503
+    error_type = "router_closed"
+    code = "router_closed"
+
+
 class ConfigError(RouterError):
     """A model card, policy file or config value is invalid: the message names the file, the field and the fix.
 
@@ -259,6 +270,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RequestTimeoutError",
+    "RouterClosedError",
     "RouterError",
     "StructuredOutputError",
     "UnknownModelError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from openai.types.chat import ChatCompletion as OpenAIChatCompletion
@@ -18,11 +19,12 @@ from router import (
     ContextLengthError,
     DeadlineExceededError,
     Router,
+    RouterClosedError,
     RouterConfig,
     UnknownModelError,
 )
 from router.backends import FaultInjectingBackend
-from router.ledger import SQLiteLedger
+from router.ledger import SQLiteLedger, open_ledger
 
 REVIEW = "Is this review positive or negative? 'a gorgeous, witty film'"
 
@@ -331,3 +333,58 @@ def test_local_sampling_follows_the_request_seed(router):
 
     assert draw(seed=7) == draw(seed=7)
     assert len({draw(top_p=0.99) for _ in range(4)}) > 1
+
+
+@pytest.mark.slow
+def test_close_lets_a_call_running_in_another_thread_write_its_record_then_refuses_calls(ledger_url, cards):
+    """close() from the main thread while a local model streams in another: the call ends and its record is in
+    the ledger (read through a new ledger on the same file); every call after close() is a RouterClosedError."""
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=cards)
+    streaming = threading.Event()
+    got: list[str] = []
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            for chunk in r.complete(user("Tell me about the sea."), model="smollm2-135m", stream=True, max_tokens=24,
+                                    request_id="in-flight"):
+                got.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+                streaming.set()
+        except BaseException as exc:  # the assertion below shows it
+            failed.append(exc)
+        finally:
+            streaming.set()
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    assert streaming.wait(120)
+    r.close()
+    thread.join(60)
+    assert not failed and "".join(got).strip()
+    ledger = open_ledger(ledger_url)
+    try:
+        (rec,) = ledger.records()
+    finally:
+        ledger.close()
+    assert rec.request_id == "in-flight" and rec.outcome == "ok" and rec.output_tokens > 0
+
+    with pytest.raises(RouterClosedError, match="closed") as err:
+        r.complete(user("Tell me about the sea."), max_tokens=4)
+    assert isinstance(err.value, RuntimeError) and err.value.http_status == 503
+    with pytest.raises(RouterClosedError):
+        r.backend("smollm2-135m")
+    with pytest.raises(RouterClosedError):
+        asyncio.run(r.acomplete(user(REVIEW)))
+    r.close()  # again: nothing left to close
+
+
+def test_close_cancels_the_calls_still_running_after_its_wait_and_says_how_many_are_left():
+    from router._closing import InFlight
+    from router.backends.base import CancelFlag
+
+    calls, cancel = InFlight(), CancelFlag()
+    with calls.running(cancel):
+        assert calls.drain(wait_s=0) == 1 and cancel.is_set()  # a model stops at its next token, and records so
+        with pytest.raises(RouterClosedError):
+            calls.running()
+    assert calls.drain(wait_s=0) == 0

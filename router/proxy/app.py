@@ -8,6 +8,7 @@ right status; bad input is never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -185,7 +186,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        router.close()
+        await asyncio.to_thread(router.close)  # it waits for running calls, which need this loop to finish
 
     app = ProxyApp(title="router", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.proxy = proxy
