@@ -459,9 +459,9 @@ class Router:
     def _cooling(self) -> frozenset[str]:
         """The models the engine ranks last while another can answer: those whose breaker is open (half-open lets
         a trial through, so it is not here)."""
-        with self._backend_lock:
-            return frozenset(m for m, b in self._backends.items()
-                             if isinstance(b, CooldownBackend) and b.state == "open")
+        # no lock: tuple() copies the dict in one step, and a breaker without failures (nearly always) is closed
+        return frozenset(m for m, b in tuple(self._backends.items())
+                         if isinstance(b, CooldownBackend) and b.consecutive_failures and b.state == "open")
 
     def _grid_now(self) -> float | None:
         """This host's grid intensity, where a policy switches on it (read only then: a source may be remote)."""
