@@ -353,7 +353,7 @@ class Attempts:
             "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
             "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
             "decision_ms": self.prepared.decision_ms, "co2e_g": self.co2e_g,
-            "attempts": self.attempts, "estimated_j": expected, "estimate_source": source,
+            "attempts": self.attempts, "estimated_j": expected, "estimate_source": source, "flags": list(d.flags),
         }
 
     def completion(self) -> dict[str, Any]:

@@ -122,6 +122,9 @@ class Routing(BaseModel):
     """The joules expected for the answering model's call before it ran (what the decision compared)."""
     estimate_source: str | None = None
     """Where ``estimated_j`` comes from: ``ledger:212 calls`` (learned from measurements) or ``card``."""
+    flags: list[str] = Field(default_factory=list)
+    """What the decision had to work around, for programs to test rather than parse ``reason``:
+    ``target_unmet``, ``budget_fallback``, ``budget_unreadable``, ``cooling_down``, ``over_budget_allowed``."""
 
 
 class Choice(BaseModel):

@@ -300,6 +300,7 @@ def _requests_go_on_while_the_store_is_down(root: Path, url: str, stop: Callable
         assert [a.routing.model for a in answered] == ["spec-a"] * 3
         fell = r.complete(REVIEW, policy="a")
         assert fell.routing.model == "spec-b" and "model:spec-a:60s could not be read" in fell.routing.reason
+        assert {"budget_fallback", "budget_unreadable"} <= set(fell.routing.flags)  # to test, not parse
         with pytest.raises(LedgerError, match="cannot be enforced while the store is unavailable"):
             r.complete(REVIEW, policy="r")
         assert len([m for m in caplog.messages if "until budgets can be read" in m]) == 1, "once per outage"
