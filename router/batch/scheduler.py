@@ -7,7 +7,9 @@ lease in the store, so several workers share the queue) and runs them through th
 ``prepare``/``send``, which classify, decide under the batch owner's policy and budgets, call, meter and record
 each line in the ledger as any request. The deadline wins over the carbon preference: when the hours left barely
 hold the remaining lines it runs now whatever the grid. With a flat intensity every hour ties, so it starts at
-once. A line that a budget refuses (or that fails otherwise) is reported failed with its status and reason.
+once. A line that a budget refuses (or that fails otherwise) is reported failed with its status and reason; one
+that meets an outage (a 503 that may pass: the ledger or the backend down) goes back in the queue and is tried
+again, later each time, until the batch's window ends.
 
 Throughput to plan with: ``batch.lines_per_hour``, else measured (lines this process ran per hour of wall time,
 over its concurrency); 1,800 lines an hour per slot until the first lines have run.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..carbon.schedule import plan
 from ..chat_body import chat_request, policy_names
 from ..errors import InternalError, LedgerError, RouterError
+from ..proxy.public import public_error
 from .service import BatchService, new_id
 from .store import Line
 
@@ -52,6 +55,8 @@ def observe_lines(router: Any, observer: Callable[..., None]) -> None:
 
 _EXPIRED = ("batch_expired", "This request could not be executed before the completion window expired.")
 _CANCELLED = ("batch_cancelled", "This request was not executed because the batch was cancelled.")
+_RETRY_MAX_S = 300.0
+"""The longest wait before a line that met an outage is tried again (the waits double from ``poll_s``)."""
 
 
 class BatchScheduler:
@@ -163,6 +168,7 @@ class BatchScheduler:
         ran_at = self.grid.clock()
         request_id = f"batch-{line.batch_id[6:]}-{line.idx}-{line.attempts}"
         prepared = completion = error = None
+        not_before = None
         try:
             # a line is a chat request: the chat route's checks, so it is refused as that route refuses it
             messages, model, _, params = chat_request(dict(line.body), self.policies)
@@ -172,24 +178,39 @@ class BatchScheduler:
             state = "ok"
         except RouterError as exc:
             error = exc
-            response = {"status_code": exc.http_status, "request_id": request_id, "body": exc.to_openai()}
-            state = "failed"
+            if exc.retryable if isinstance(exc, LedgerError) else exc.http_status == 503:  # an outage: wait it out
+                state, wait = "pending", self._retry_wait(line.attempts)
+                not_before = time.time() + wait
+                log.warning("batch line %s/%s: %s; tried again in %.1f s", line.batch_id, line.custom_id,
+                            exc.message, wait)
+            else:  # the error file is shown to the batch's owner: what the proxy would answer, no URLs or paths
+                response = {"status_code": exc.http_status, "request_id": request_id,
+                            "body": public_error(exc, request_id)}
+                state = "failed"
         except Exception as exc:  # a bug: the line fails with a 500, the scheduler goes on
             log.exception("batch line %s/%s failed", line.batch_id, line.custom_id)
             error = InternalError(f"internal error ({type(exc).__name__})")
-            response = {"status_code": 500, "request_id": request_id, "body": error.to_openai()}
+            response = {"status_code": 500, "request_id": request_id, "body": public_error(error, request_id)}
             state = "failed"
         self._observe(key, prepared, completion, error)
-        g = self.grid.intensity(self.zone, ran_at).g_per_kwh
-        result = {"id": new_id("batch_req_"), "custom_id": line.custom_id, "response": response, "error": None,
-                  "router": {"runs": line.attempts, "ran_at": ran_at, "grid_g_per_kwh": g, "zone": self.zone}}
+        result = None
+        if state != "pending":
+            g = self.grid.intensity(self.zone, ran_at).g_per_kwh
+            result = {"id": new_id("batch_req_"), "custom_id": line.custom_id, "response": response, "error": None,
+                      "router": {"runs": line.attempts, "ran_at": ran_at, "grid_g_per_kwh": g, "zone": self.zone}}
+            elapsed = time.perf_counter() - started  # the throughput of lines that ran, not of outages met
+            self._seconds_per_line = 0.8 * self._seconds_per_line + 0.2 * elapsed
+        self._write(line, state, result, not_before)
+
+    def _retry_wait(self, attempts: int) -> float:
+        return min(_RETRY_MAX_S, self.settings.poll_s * 2 ** min(attempts - 1, 20))
+
+    def _write(self, line: Line, state: str, result: dict[str, Any] | None, not_before: float | None) -> None:
         try:
-            if not self.store.finish(line, self.owner, state, result):
+            if not self.store.finish(line, self.owner, state, result, not_before=not_before):
                 log.warning("batch line %s/%s: another worker took it over; this result is dropped",
                             line.batch_id, line.custom_id)
         finally:
-            elapsed = time.perf_counter() - started
-            self._seconds_per_line = 0.8 * self._seconds_per_line + 0.2 * elapsed
             with self._lock:
                 self._inflight.pop((line.batch_id, line.idx), None)
 

@@ -343,14 +343,15 @@ class BatchStore:
         return {state: int(n) for state, n in rows}
 
     def claim(self, batch_id: str, owner: str, n: int, lease_s: float) -> list[Line]:
-        """Up to ``n`` lines to run: pending ones, or running ones whose lease expired (their worker died)."""
+        """Up to ``n`` lines to run: pending ones (a line put back to be retried: once its time has come), or
+        running ones whose lease expired (their worker died)."""
         now = time.time()
-        pick = ("SELECT idx FROM {p}lines WHERE batch_id = ? AND (state = 'pending' OR (state = 'running' AND "
-                "lease_until < ?)) ORDER BY idx LIMIT ?")
+        pick = ("SELECT idx FROM {p}lines WHERE batch_id = ? AND ((state = 'pending' AND (lease_until IS NULL OR "
+                "lease_until < ?)) OR (state = 'running' AND lease_until < ?)) ORDER BY idx LIMIT ?")
         if self.kind == "postgres":
             pick += " FOR UPDATE SKIP LOCKED"
         with self._tx() as c:
-            idxs = [r[0] for r in c.execute(self._sql(pick), (batch_id, now, n)).fetchall()]
+            idxs = [r[0] for r in c.execute(self._sql(pick), (batch_id, now, now, n)).fetchall()]
             if not idxs:
                 return []
             marks = ", ".join(self.mark * 1 for _ in idxs)
@@ -366,12 +367,17 @@ class BatchStore:
             c.execute(self._sql("UPDATE {p}lines SET lease_until = ? WHERE lease_owner = ? AND state = 'running'"),
                       (time.time() + lease_s, owner))
 
-    def finish(self, line: Line, owner: str, state: str, result: dict[str, Any]) -> bool:
-        """Store a line's one result while ``owner`` still holds it; ``False`` when another worker took it over."""
+    def finish(self, line: Line, owner: str, state: str, result: dict[str, Any] | None, *,
+               not_before: float | None = None) -> bool:
+        """Store a line's one result while ``owner`` still holds it; ``False`` when another worker took it over.
+        ``state`` ``pending`` (no result) puts the line back in the queue instead, to be claimed again from
+        ``not_before`` (system clock) on: a retry after an outage."""
         with self._tx() as c:
-            cur = c.execute(self._sql("UPDATE {p}lines SET state = ?, result = ?, lease_owner = NULL WHERE "
-                                      "batch_id = ? AND idx = ? AND state = 'running' AND lease_owner = ?"),
-                            (state, json.dumps(result), line.batch_id, line.idx, owner))
+            cur = c.execute(self._sql("UPDATE {p}lines SET state = ?, result = ?, lease_owner = NULL, "
+                                      "lease_until = ? WHERE batch_id = ? AND idx = ? AND state = 'running' AND "
+                                      "lease_owner = ?"),
+                            (state, None if result is None else json.dumps(result), not_before, line.batch_id,
+                             line.idx, owner))
             return bool(cur.rowcount)
 
     def fail_pending(self, batch_id: str, make_result: Any) -> int:

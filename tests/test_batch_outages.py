@@ -1,0 +1,65 @@
+"""Batch lines across outages, with the real stores stopped and started: a line that meets a ledger outage waits
+and runs once the ledger is back (not failed for good). Lines are routed to real ONNX specialists
+(tests/test_budgets.py's setup)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest_redis import start_redis_server
+from test_budgets import REVIEW, policy, setup
+
+from router import Router, RouterConfig
+
+
+def _until(what: Any, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not what():
+        assert time.time() < deadline, "gave up waiting"
+        time.sleep(0.05)
+
+
+@pytest.mark.redis
+def test_a_line_that_meets_a_ledger_outage_waits_for_it_and_a_failure_shows_no_url(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = start_redis_server(tmp_path)
+    root = setup(tmp_path, policy("reject", 100.0))  # policy `t`: a reject budget, which fails closed while down
+    url = f"{server.url}/0?prefix=bo:&socket_timeout=1&socket_connect_timeout=1"
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=url, journal={"folder": str(root / "journal"), "replay_interval_s": 0.2},
+                               batch={"store_url": f"sqlite:///{root / 'batches.sqlite3'}", "poll_s": 0.05})
+    r = Router(config)
+    caplog.set_level(logging.WARNING, logger="router")
+    try:
+        r.complete(REVIEW)
+        server.stop()
+        handle = r.batch([{"messages": REVIEW}, {"messages": REVIEW}])
+        _until(lambda: sum("tried again" in m for m in caplog.messages) >= 4  # each line met the outage twice
+               or handle.status == "completed")
+        assert handle.retrieve()["request_counts"]["failed"] == 0, "an outage fails no line for good"
+        server.start()
+        done = handle.wait(timeout=60, poll_s=0.05)
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 2, done
+        assert [x["response"]["status_code"] for x in handle.results().values()] == [200, 200]
+
+        # refused credentials are for a person to fix: the line fails, its error as the proxy would show it
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.config_set("requirepass", "s3cret")
+        admin.client_kill_filter(_type="normal", skipme=False)  # the ledger's connections must log in again
+        refused = r.batch([{"messages": REVIEW}])
+        assert refused.wait(timeout=60, poll_s=0.05)["request_counts"]["failed"] == 1
+        (line,) = refused.results().values()
+        response = line["response"]
+        assert response["status_code"] == 503
+        message = response["body"]["error"]["message"]
+        assert message.startswith("the server's energy ledger is unavailable") and response["request_id"] in message
+        assert "redis://" not in json.dumps(line) and "127.0.0.1" not in json.dumps(line)
+    finally:
+        r.close()
+        server.stop()
