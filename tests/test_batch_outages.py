@@ -1,21 +1,26 @@
 """Batch lines across outages, with the real stores stopped and started: a line that meets a ledger outage waits
-and runs once the ledger is back (not failed for good). Lines are routed to real ONNX specialists
-(tests/test_budgets.py's setup)."""
+and runs once the ledger is back (not failed for good); a batch-store blip while lines end loses no result and runs
+no line twice. Lines are routed to real ONNX specialists (tests/test_budgets.py's setup)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import textwrap
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
 from test_budgets import REVIEW, policy, setup
 
 from router import Router, RouterConfig
+from router.batch.scheduler import observe_lines
 
 
 def _until(what: Any, timeout: float = 60) -> None:
@@ -23,6 +28,16 @@ def _until(what: Any, timeout: float = 60) -> None:
     while not what():
         assert time.time() < deadline, "gave up waiting"
         time.sleep(0.05)
+
+
+def _ledger_runs(r: Router, batch_id: str) -> dict[int, int]:
+    """How many ledger records each line of the batch has (request ids ``batch-<id>-<line>-<run>``)."""
+    runs: dict[int, int] = {}
+    for rec in r.ledger.records():
+        if rec.request_id.startswith(f"batch-{batch_id[6:]}-"):
+            idx = int(rec.request_id.rsplit("-", 2)[1])
+            runs[idx] = runs.get(idx, 0) + 1
+    return runs
 
 
 @pytest.mark.redis
@@ -63,3 +78,42 @@ def test_a_line_that_meets_a_ledger_outage_waits_for_it_and_a_failure_shows_no_u
     finally:
         r.close()
         server.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_batch_store_blip_as_lines_end_loses_no_result_and_runs_no_line_twice(
+        tmp_path: Path, postgres_server: Any) -> None:  # noqa: F811
+    root = setup(tmp_path, textwrap.dedent(policy("reject", 1e9)))
+    store_url = f"{postgres_server.url}?schema=b{uuid.uuid4().hex[:8]}"
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}",
+                               batch={"store_url": store_url, "poll_s": 0.05, "lease_s": 1, "concurrency": 2})
+    r = Router(config)
+    blip = threading.Event()
+    restarted = threading.Event()
+
+    def restart() -> None:
+        time.sleep(1.5)  # several scheduler ticks and more than a lease meet the store down
+        postgres_server.start()
+        restarted.set()
+
+    def first_lines_end_in_a_blip(*_: Any) -> None:
+        # runs after a line's answer, before its result is stored: the store goes down under the first one
+        if not blip.is_set():
+            blip.set()
+            postgres_server.stop()
+            threading.Thread(target=restart, daemon=True).start()
+
+    observe_lines(r, first_lines_end_in_a_blip)
+    try:
+        handle = r.batch([{"messages": REVIEW} for _ in range(4)])
+        _until(restarted.is_set)
+        done = handle.wait(timeout=60, poll_s=0.05)
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 4, done
+        assert [x["router"]["runs"] for x in handle.results().values()] == [1] * 4
+        assert _ledger_runs(r, handle.id) == {i: 1 for i in range(4)}, "every line ran once"
+    finally:
+        if not restarted.is_set():
+            _until(restarted.is_set)
+        r.close()

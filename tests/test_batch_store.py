@@ -101,6 +101,20 @@ def _check_leases(make: Callable[[], BatchStore]) -> None:
     store.close()
 
 
+def test_a_worker_renews_only_the_lines_it_runs(tmp_path) -> None:
+    """A line the worker claimed but lost track of (its end not stored) is not kept alive by the worker's other
+    lines: its lease lapses and another worker takes it."""
+    store = BatchStore(f"sqlite:///{tmp_path / 'b.sqlite3'}")
+    svc = _service(store)
+    bid = svc.create(svc.create_file(_lines(2), "in.jsonl", "batch", A)["id"], "/v1/chat/completions", "24h", None,
+                     A)["id"]
+    running, lost = store.claim(bid, "w", 2, lease_s=0.2)
+    store.renew("w", 30, [(bid, running.idx)])
+    time.sleep(0.3)
+    assert [x.idx for x in store.claim(bid, "other", 2, lease_s=30)] == [lost.idx]
+    store.close()
+
+
 def test_sqlite_store_leases(tmp_path) -> None:
     _check_leases(lambda: BatchStore(f"sqlite:///{tmp_path}/batches.sqlite3"))
 

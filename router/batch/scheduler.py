@@ -9,7 +9,8 @@ each line in the ledger as any request. The deadline wins over the carbon prefer
 hold the remaining lines it runs now whatever the grid. With a flat intensity every hour ties, so it starts at
 once. A line that a budget refuses (or that fails otherwise) is reported failed with its status and reason; one
 that meets an outage (a 503 that may pass: the ledger or the backend down) goes back in the queue and is tried
-again, later each time, until the batch's window ends.
+again, later each time, until the batch's window ends. A line's end that the batch store could not take (a store
+blip) is kept and written at the next ticks, the line's lease renewed meanwhile, so it is not run a second time.
 
 Throughput to plan with: ``batch.lines_per_hour``, else measured (lines this process ran per hour of wall time,
 over its concurrency); 1,800 lines an hour per slot until the first lines have run.
@@ -71,6 +72,8 @@ class BatchScheduler:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="batch-line")
         self._inflight: dict[tuple[str, int], Future[None]] = {}
+        self._unwritten: dict[tuple[str, int], tuple[Line, str, dict[str, Any] | None, float | None]] = {}
+        """Ends of lines the store could not take (an outage), written at the next ticks; still in ``_inflight``."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,11 +99,13 @@ class BatchScheduler:
             self._stop.wait(self.settings.poll_s)
 
     def tick(self) -> None:
-        """One look at the queue: renew this worker's leases, then advance every active batch."""
+        """One look at the queue: write the lines' ends the store could not take before, renew the leases of the
+        lines this worker runs, then advance every active batch."""
+        self._write_kept()
         with self._lock:
-            busy = bool(self._inflight)
-        if busy:
-            self.store.renew(self.owner, self.settings.lease_s)
+            running = list(self._inflight)
+        if running:
+            self.store.renew(self.owner, self.settings.lease_s, running)
         for batch_id in self.store.active_batches():
             self._advance(batch_id)
 
@@ -206,13 +211,38 @@ class BatchScheduler:
         return min(_RETRY_MAX_S, self.settings.poll_s * 2 ** min(attempts - 1, 20))
 
     def _write(self, line: Line, state: str, result: dict[str, Any] | None, not_before: float | None) -> None:
+        """Store a line's end (its result, or back in the queue); while the store cannot take it the end is kept,
+        the line stays in flight (its lease renewed) and :meth:`tick` tries again, so it does not run twice."""
+        key = (line.batch_id, line.idx)
         try:
             if not self.store.finish(line, self.owner, state, result, not_before=not_before):
                 log.warning("batch line %s/%s: another worker took it over; this result is dropped",
                             line.batch_id, line.custom_id)
-        finally:
-            with self._lock:
-                self._inflight.pop((line.batch_id, line.idx), None)
+        except LedgerError as exc:
+            if exc.retryable:
+                with self._lock:
+                    if key not in self._unwritten:
+                        log.warning("batch line %s/%s: the store could not take its result (%s); kept until it "
+                                    "is back", line.batch_id, line.custom_id, exc.message)
+                    self._unwritten[key] = (line, state, result, not_before)
+                return
+            self._forget(key)
+            raise
+        except BaseException:
+            self._forget(key)
+            raise
+        self._forget(key)
+
+    def _write_kept(self) -> None:
+        with self._lock:
+            kept = list(self._unwritten.values())
+        for end in kept:
+            self._write(*end)
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            self._unwritten.pop(key, None)
+            self._inflight.pop(key, None)
 
     def _observe(self, key: Any, prepared: Any, completion: dict[str, Any] | None, error: RouterError | None) -> None:
         ref = _observers.get(self.router)
@@ -255,6 +285,10 @@ class BatchScheduler:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        try:  # a last try; a line whose end the store still cannot take runs again once its lease lapses
+            self._write_kept()
+        except LedgerError as exc:
+            log.warning("batch scheduler: %s", exc.message)
 
 
 def _never_ran(custom_id: str, code: str, message: str) -> dict[str, Any]:

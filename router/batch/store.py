@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,10 +362,18 @@ class BatchStore:
                                        f"AND idx IN ({marks}) ORDER BY idx"), (batch_id, *idxs)).fetchall()
         return [Line(batch_id, int(i), cid, json.loads(body), int(a)) for i, cid, body, a in rows]
 
-    def renew(self, owner: str, lease_s: float) -> None:
+    def renew(self, owner: str, lease_s: float, lines: Iterable[tuple[str, int]]) -> None:
+        """Extend ``owner``'s leases on ``lines`` (``(batch_id, idx)``), the ones it is running: a line it claimed
+        but lost track of (a claim or a result the store failed to confirm) is left to lapse and be run again."""
+        until = time.time() + lease_s
+        by_batch: dict[str, list[int]] = {}
+        for batch_id, idx in lines:
+            by_batch.setdefault(batch_id, []).append(idx)
         with self._tx() as c:
-            c.execute(self._sql("UPDATE {p}lines SET lease_until = ? WHERE lease_owner = ? AND state = 'running'"),
-                      (time.time() + lease_s, owner))
+            for batch_id, idxs in by_batch.items():
+                marks = ", ".join(self.mark for _ in idxs)
+                c.execute(self._sql(f"UPDATE {{p}}lines SET lease_until = ? WHERE batch_id = ? AND idx IN ({marks}) "
+                                    "AND lease_owner = ? AND state = 'running'"), (until, batch_id, *idxs, owner))
 
     def finish(self, line: Line, owner: str, state: str, result: dict[str, Any] | None, *,
                not_before: float | None = None) -> bool:
