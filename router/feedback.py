@@ -24,6 +24,7 @@ from ._request import checked_number
 from .errors import AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError
 from .keys import KeyStore, hash_key
 from .ledger import Ledger
+from .ledger.base import REFUSED
 from .ledger.feedback import JUDGE_PREFIX, USER, Feedback
 
 
@@ -77,6 +78,9 @@ def give_feedback(router: Router, response_id: Any, score: Any, *, comment: Any 
     if record is None:
         raise NotFoundError(f"no response with id {rid!r} in the ledger (an id from a response of this router, "
                             "within the ledger's retention)", param="id")
+    if record.outcome == REFUSED:  # the request ended refused (a 429): its 0 J record keeps it, no answer does
+        raise NotFoundError(f"no response with id {rid!r}: that request was refused ({record.error or 'rejected'}) "
+                            "and got no answer to score", param="id")
     caller = spec.key_hash if spec is not None else hash_key(api_key)
     if spec is not None and record.key_hash != caller and not getattr(spec, "admin", False):
         raise PermissionDeniedError(f"response {rid!r} was made with another API key; only that key (or a key "

@@ -359,3 +359,59 @@ def test_a_request_the_proxy_refuses_for_a_spent_budget_is_recorded(tmp_path):
     assert (rec.outcome, rec.model, rec.tier, rec.energy_j, rec.error, rec.policy) == (
         "rejected", "spec-a", "specialist", 0.0, "budget_exhausted", "t")
     assert rec.reason == r.json()["error"]["message"]
+
+
+def test_refusals_are_counted_apart_not_as_requests_and_cannot_be_scored(tmp_path):
+    """A 429's 0 J ``rejected`` record is no request of the model whose budget is spent: ``router ledger``, its
+    report and the dashboard count it as ``rejected``, out of the requests and the mean latency, and feedback on
+    the 429's id is a 404 (there is no answer to score), as it was before refusals were recorded."""
+    from cli_helpers import router_main
+    from starlette.testclient import TestClient
+
+    from router.ledger.report import build_report
+    from router.proxy.app import create_app
+
+    root = setup(tmp_path, policy("reject", 1.5, per=3600))
+    url = f"sqlite:///{root / 'ledger.sqlite3'}"
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=url, proxy={"warm_up": False})
+    body = {"model": "router", "messages": REVIEW, "policy": "t"}
+    with TestClient(create_app(config=config)) as c:
+        router = c.app.state.router
+        answered = c.post("/v1/chat/completions", json=body)
+        assert answered.status_code == 200, answered.text
+        router.ledger.try_reserve("model:spec-a:3600s", 1.0, 1.5, 3600)  # other traffic holds 1 of 1.5 J
+        refused = [c.post("/v1/chat/completions", json=body) for _ in range(2)]
+        assert [r.status_code for r in refused] == [429, 429]
+        router.ledger.flush()
+        assert sorted(r.outcome for r in router.ledger.records()) == ["ok", "rejected", "rejected"]
+        (ok,) = [r for r in router.ledger.records() if r.outcome == "ok"]
+
+        totals = c.get("/dashboard/api/totals?window=1h").json()
+        assert (totals["requests"], totals["answered"], totals["errors"], totals["rejected"]) == (1, 1, 0, 2)
+        (spec_a,) = totals["by_model"]
+        assert (spec_a["group"], spec_a["requests"], spec_a["rejected"]) == ("spec-a", 1, 2)
+        assert spec_a["mean_latency_ms"] == pytest.approx(ok.latency_ms)
+        assert [t["requests"] for t in totals["by_tier"]] == [1]
+        assert sum(s["requests"] for s in totals["by_source"]) == 1
+        series = c.get("/dashboard/api/series?window=1h").json()
+        assert sum(sum(p["requests"].values()) for p in series["points"]) == 1
+
+        fb = c.post("/v1/feedback", json={"id": refused[0].headers["x-request-id"], "score": 1.0})
+        assert fb.status_code == 404 and fb.json()["error"]["param"] == "id", fb.text
+        assert "refused" in fb.json()["error"]["message"]
+        assert c.post("/v1/feedback", json={"id": answered.json()["id"], "score": 1.0}).status_code == 200
+
+        report = build_report(router.ledger, router.cards)
+        (row,) = report.rows
+        assert (row.group, row.requests, row.errors, row.rejected) == ("spec-a", 1, 0, 2)
+        assert row.mean_latency_ms == pytest.approx(ok.latency_ms)
+        (by_model,) = router.ledger.totals()
+        assert (by_model["requests"], by_model["rejected"]) == (1, 2)
+        assert by_model["mean_latency_ms"] == pytest.approx(ok.latency_ms)
+
+    code, out = router_main("ledger", "--ledger", url)
+    assert code == 0, out
+    (line,) = [x for x in out.splitlines() if "spec-a" in x]
+    assert [cell.strip() for cell in line.split("│")[1:5]] == ["spec-a", "1", "0", "2"], out
+    assert "rejected" in out

@@ -66,7 +66,7 @@ def test_ledger_co2e_is_what_the_records_carry(tmp_path: Path) -> None:
     led.close()
     out = run("ledger", "--ledger", url)
     model_row = next(line for line in out.splitlines() if "smollm2-135m" in line)
-    assert model_row.split("│")[5].strip() == "300", model_row  # the records' 200 + 100, not 2 kWh x 475
+    assert model_row.split("│")[6].strip() == "300", model_row  # the records' 200 + 100, not 2 kWh x 475
     assert "300 g CO2e at 150 g/kWh (the records' own: each one's zone and hour, PUE included)" in out
     report = run("ledger", "report", "--ledger", url)
     assert "300 g CO2e at 150 g/kWh (the records' own: each one's zone and hour, PUE included)" in report

@@ -153,12 +153,12 @@ def ledger_main(
         return
     for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
         table = Table(title=title)
-        for col in (by, "requests", "errors", "energy", "CO2e g", "mean latency ms"):
+        for col in (by, "requests", "errors", "rejected", "energy", "CO2e g", "mean latency ms"):
             table.add_column(col, justify="left" if col == by else "right")
         for t in totals_from_summary(summary, by):
             table.add_row(
-                t["group"], f"{t['requests']:,}", f"{t['errors']:,}", format_joules(t["energy_j"]),
-                f"{t['co2e_g']:.3g}", f"{t['mean_latency_ms']:.0f}",
+                t["group"], f"{t['requests']:,}", f"{t['errors']:,}", f"{t['rejected']:,}",
+                format_joules(t["energy_j"]), f"{t['co2e_g']:.3g}", f"{t['mean_latency_ms']:.0f}",
             )  # fmt: skip
         console.print(table)
     total = sum(r.energy_j for r in summary)

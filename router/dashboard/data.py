@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BadRequestError
 from ..ledger import Ledger, LedgerRecord, SummaryRow
-from ..ledger.base import window_start
+from ..ledger.base import REFUSED, window_start
 from ..ledger.report import build_report
 from ..policy.schema import budget_unit
 
@@ -106,7 +106,7 @@ class DashboardData:
         for row in rows:
             tiers.setdefault(row.model, row.tier)
             acc = sources.setdefault(row.energy_source, [0, 0.0])
-            acc[0] += row.requests
+            acc[0] += row.requests if row.outcome != REFUSED else 0
             acc[1] += row.energy_j
             answered += row.requests if row.outcome in ("ok", "cancelled") else 0
         t = report.total
@@ -114,6 +114,7 @@ class DashboardData:
         return {
             **window.as_dict(),
             "requests": t.requests, "answered": answered, "errors": t.errors,
+            "rejected": t.rejected,
             "energy_j": t.energy_j, "co2e_g": t.co2e_g, "g_per_kwh": report.everyday().grid_g_per_kwh,
             "grid_g_per_kwh": grid,
             "counterfactual_model": report.counterfactual_model, "counterfactual_j": t.counterfactual_j,
@@ -136,11 +137,12 @@ class DashboardData:
         cells: dict[tuple[float, str], list[float]] = {}
         if window.seconds is not None and window.seconds <= 3600:
             step = STEPS_S[0]
-            for row in ledger.raw_summary(window.since, dims=(by,), step_s=int(step)):  # finer than hourly
-                _add(cells, row.bucket, getattr(row, by), row.requests, row.energy_j)
+            for row in ledger.raw_summary(window.since, dims=(by, "outcome"), step_s=int(step)):  # finer than hourly
+                if row.outcome != REFUSED:  # a model not called: no request of it, and 0 J
+                    _add(cells, row.bucket, getattr(row, by), row.requests, row.energy_j)
             first = window.since
         else:
-            rows = ledger.summary(window.since, dims=(by,))
+            rows = [r for r in ledger.summary(window.since, dims=(by, "outcome")) if r.outcome != REFUSED]
             first = window.since if window.seconds is not None else min((r.bucket for r in rows), default=window.until)
             step = next((s for s in STEPS_S[1:] if (window.until - first) / s <= MAX_POINTS), STEPS_S[-1])
             for row in rows:
@@ -220,7 +222,8 @@ def _kind(measured_share: float, energy_j: float) -> str:
 
 def _group_dict(g: Any, total: Any, **extra: Any) -> dict[str, Any]:
     return {
-        "group": g.group, **extra, "requests": g.requests, "errors": g.errors, "energy_j": g.energy_j,
+        "group": g.group, **extra, "requests": g.requests, "errors": g.errors, "rejected": g.rejected,
+        "energy_j": g.energy_j,
         "co2e_g": g.co2e_g, "saved_j": g.saved_j, "mean_latency_ms": g.mean_latency_ms,
         "measured_share": g.measured_share, "energy": _kind(g.measured_share, g.energy_j),
         "request_share": g.requests / total.requests if total.requests else 0.0,
@@ -231,9 +234,10 @@ def _group_dict(g: Any, total: Any, **extra: Any) -> dict[str, Any]:
 def _tiers(models: list[dict[str, Any]], requests: int, energy_j: float) -> list[dict[str, Any]]:
     acc: dict[str, dict[str, Any]] = {}
     for m in models:
-        t = acc.setdefault(m["tier"], {"group": m["tier"], "requests": 0, "errors": 0, "energy_j": 0.0,
+        t = acc.setdefault(m["tier"], {"group": m["tier"], "requests": 0, "errors": 0, "rejected": 0,
+                                       "energy_j": 0.0,
                                        "co2e_g": 0.0, "saved_j": 0.0, "_latency": 0.0, "_measured": 0.0})
-        for k in ("requests", "errors", "energy_j", "co2e_g", "saved_j"):
+        for k in ("requests", "errors", "rejected", "energy_j", "co2e_g", "saved_j"):
             t[k] += m[k]
         t["_latency"] += m["mean_latency_ms"] * m["requests"]
         t["_measured"] += m["measured_share"] * m["energy_j"]

@@ -122,8 +122,9 @@ class Ledger(FeedbackMethods, ABC):
     @guarded("read totals")
     def totals(self, by: str = "model", since: float = 0.0) -> list[dict[str, Any]]:
         """Sums grouped by one of ``GROUPS`` (``model``, ``tier``, ``day``, ``key``, ``policy`` ...):
-        ``{group, requests, errors, energy_j, input_tokens, output_tokens, mean_latency_ms}``, read from
-        :meth:`summary`."""
+        ``{group, requests, errors, rejected, energy_j, input_tokens, output_tokens, mean_latency_ms}``, read from
+        :meth:`summary`; ``requests`` counts model calls, ``rejected`` the records of models not called (see
+        :func:`totals_from_summary`)."""
         by = checked_group(by)
         return totals_from_summary(self.summary(since), by)
 
@@ -274,6 +275,10 @@ BUCKET_S = 3600.0
 
 SUMMARY_DIMS = ("model", "tier", "key_hash", "policy", "task", "outcome", "energy_source")
 
+REFUSED = "rejected"
+"""The outcome of a record whose model was not called (its budget was spent, or the request was refused for it):
+the views count these apart, not as requests of that model nor in its latency."""
+
 
 def bucket_of(ts: float) -> float:
     """Start of the hour bucket holding ``ts``."""
@@ -396,7 +401,8 @@ def group_value(row: SummaryRow, by: str) -> str:
 
 
 def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, Any]]:
-    """``Ledger.totals`` computed from summary rows, sorted by group."""
+    """``Ledger.totals`` computed from summary rows, sorted by group. ``requests`` and the mean latency are over
+    the model calls; records of a model that was not called (outcome ``rejected``, 0 J) count in ``rejected``."""
     by = checked_group(by)
     acc: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -407,6 +413,7 @@ def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, A
                 "group": g,
                 "requests": 0,
                 "errors": 0,
+                "rejected": 0,
                 "energy_j": 0.0,
                 "input_tokens": 0,
                 "output_tokens": 0,
@@ -414,13 +421,16 @@ def totals_from_summary(rows: Iterable[SummaryRow], by: str) -> list[dict[str, A
                 "latency_ms_sum": 0.0,
             },
         )
-        t["requests"] += row.requests
+        if row.outcome == REFUSED:
+            t["rejected"] += row.requests
+        else:
+            t["requests"] += row.requests
+            t["latency_ms_sum"] += row.latency_ms_sum
         t["errors"] += row.requests if row.outcome == "error" else 0
         t["energy_j"] += row.energy_j
         t["input_tokens"] += row.input_tokens
         t["output_tokens"] += row.output_tokens
         t["co2e_g"] += row.co2e_g
-        t["latency_ms_sum"] += row.latency_ms_sum
     out = []
     for g in sorted(acc):
         t = acc[g]

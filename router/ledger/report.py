@@ -6,7 +6,9 @@ The counterfactual is an **estimate**: for every answered request (outcome ``ok`
 the joules the largest callable model's card profile gives for the same input and output tokens (the large
 model might have written more or fewer tokens; we cannot know). Records answered by that model count at what
 they actually used. Escalated attempts, errors and rejections add their real joules to the actual side and
-nothing to the counterfactual, because the always-large world would not have made them.
+nothing to the counterfactual, because the always-large world would not have made them. ``requests`` and the
+mean latency are over model calls; a ``rejected`` record (a model skipped or a request refused for its budget,
+0 J) is counted in ``rejected`` instead, as every view of the ledger counts it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..energy.carbon import (
 )
 from ..types import TIER_ORDER
 from .arguments import GROUPS, checked_group
-from .base import Ledger, SummaryRow, group_value
+from .base import REFUSED, Ledger, SummaryRow, group_value
 
 ANSWERED = ("ok", "cancelled")
 REPORT_GROUPS = GROUPS
@@ -66,7 +68,10 @@ def counterfactual_j(row: SummaryRow, large: ModelCard | None) -> float:
 class GroupTotals:
     group: str
     requests: int = 0
+    """Model calls (every outcome but ``rejected``)."""
     errors: int = 0
+    rejected: int = 0
+    """Records of a model not called: skipped or refused for its budget."""
     input_tokens: int = 0
     output_tokens: int = 0
     energy_j: float = 0.0
@@ -129,14 +134,17 @@ def build_report(
         g = group_value(row, by)
         cf = counterfactual_j(row, large)
         for t in (groups.setdefault(g, GroupTotals(g)), total):
-            t.requests += row.requests
+            if row.outcome == REFUSED:
+                t.rejected += row.requests
+            else:
+                t.requests += row.requests
+                latency[t.group] = latency.get(t.group, 0.0) + row.latency_ms_sum
             t.errors += row.requests if row.outcome == "error" else 0
             t.input_tokens += row.input_tokens
             t.output_tokens += row.output_tokens
             t.energy_j += row.energy_j
             t.co2e_g += row.co2e_g  # as recorded: each request's zone and hour
             t.counterfactual_j += cf
-            latency[t.group] = latency.get(t.group, 0.0) + row.latency_ms_sum
             if row.energy_source.startswith("measured"):
                 measured[t.group] = measured.get(t.group, 0.0) + row.energy_j
         b = buckets.setdefault(row.bucket, [0.0, 0.0])
@@ -193,7 +201,8 @@ def _series(buckets: dict[float, list[float]]) -> list[dict[str, float]]:
 # -- rendering -------------------------------------------------------------------------------------------
 
 _COLUMNS = [
-    ("group", "group"), ("requests", "requests"), ("errors", "errors"), ("input_tokens", "in tokens"),
+    ("group", "group"), ("requests", "requests"), ("errors", "errors"), ("rejected", "rejected"),
+    ("input_tokens", "in tokens"),
     ("output_tokens", "out tokens"), ("energy_j", "energy J"), ("co2e_g", "CO2e g"),
     ("counterfactual_j", "always-large J (est.)"), ("saved_j", "saved J (est.)"),
     ("mean_latency_ms", "mean latency ms"), ("measured_share", "measured share"),
@@ -220,14 +229,15 @@ def rich_table(report: Report) -> Any:
     table = Table(
         title=f"Energy by {report.by}{_when(report)}", caption="\n".join(report.notes), caption_justify="left"
     )
-    for title in (report.by, "requests", "errors", "energy", "CO2e g", "always-large (est.)", "saved (est.)",
-                  "measured"):  # fmt: skip
+    for title in (report.by, "requests", "errors", "rejected", "energy", "CO2e g", "always-large (est.)",
+                  "saved (est.)", "measured"):  # fmt: skip
         table.add_column(title, justify="left" if title == report.by else "right")
     for t in [*report.rows, report.total]:
         table.add_row(
             t.group if t is not report.total else "[bold]total[/bold]",
             f"{t.requests:,}",
             f"{t.errors:,}",
+            f"{t.rejected:,}",
             format_joules(t.energy_j),
             f"{t.co2e_g:.3g}",
             format_joules(t.counterfactual_j),
@@ -287,7 +297,8 @@ def to_html(report: Report) -> str:
     body = []
     for t in [*report.rows, report.total]:
         cells = [
-            escape(t.group), f"{t.requests:,}", f"{t.errors:,}", f"{t.input_tokens:,}", f"{t.output_tokens:,}",
+            escape(t.group), f"{t.requests:,}", f"{t.errors:,}", f"{t.rejected:,}", f"{t.input_tokens:,}",
+            f"{t.output_tokens:,}",
             f"{t.energy_j:.6g}", f"{t.co2e_g:.4g}", f"{t.counterfactual_j:.6g}", f"{t.saved_j:.6g}",
             f"{t.mean_latency_ms:.0f}", f"{t.measured_share:.0%}",
         ]  # fmt: skip

@@ -110,7 +110,8 @@
   // -- totals ----------------------------------------------------------------------------------------------
   function drawTotals(t) {
     setValue("total-requests", t.requests, fmtInt(t.requests));
-    $("total-requests-sub").textContent = `${fmtInt(t.answered)} answered · ${fmtInt(t.errors)} errors`;
+    $("total-requests-sub").textContent = `${fmtInt(t.answered)} answered · ${fmtInt(t.errors)} errors` +
+      (t.rejected ? ` · ${fmtInt(t.rejected)} refused (budget)` : "");
     setValue("total-energy", t.energy_j, fmtJ(t.energy_j));
     const kind = $("energy-kind");
     kind.className = `badge ${t.energy}`;
