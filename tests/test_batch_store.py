@@ -259,3 +259,14 @@ def test_batch_list_never_cuts_an_id(tmp_path) -> None:
         assert res.exit_code == 0 and bid in res.output, res.output  # whole, to copy into `router batch show`
         assert "in_progress" in res.output and "…" not in res.output, "the other columns wrap; nothing is cut"
         assert max(len(x) for x in res.output.splitlines()) <= int(width)
+
+
+@pytest.mark.postgres
+def test_batch_list_and_show_never_print_the_stores_password(postgres_server) -> None:  # noqa: F811
+    url = f"{postgres_server.url}?schema=b{uuid.uuid4().hex[:8]}"
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    BatchStore(url).close()
+    for args, code in ((["list"], 0), (["show", "batch_nope"], 2)):
+        res = CliRunner().invoke(app, ["batch", *args, "--store", url], env={"COLUMNS": "200"})
+        assert res.exit_code == code, res.output
+        assert f":***@127.0.0.1:{postgres_server.port}/" in res.output and password not in res.output, res.output

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from .._dates import utc_minute
+from ..ledger.errors import redact
 
 batch_app = typer.Typer(help="Deferrable work sent through the Batch API: list batches, show one's progress.",
                         no_args_is_help=True, rich_markup_mode=None)
@@ -53,7 +54,7 @@ def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
         Console().print(f"no batches yet: no batch store at {escape(str(missing))}", highlight=False, soft_wrap=True)
         return
     docs = st.all_batches(limit)
-    table = Table(title=f"Batches in {st.url}")
+    table = Table(title=f"Batches in {escape(redact(st.url))}")  # never a PostgreSQL password
     # ids are what `router batch show` takes, and statuses are single words: never cut, whatever the width; the
     # other columns wrap instead
     for col in ("id", "status"):
@@ -81,7 +82,8 @@ def show(batch_id: str = typer.Argument(..., help="The batch's id (batch_...).")
         raise typer.Exit(2)
     got = st.get_batch(batch_id)
     if got is None:
-        Console(stderr=True).print(f"[red]error:[/red] no batch {batch_id!r} in {st.url}")
+        Console(stderr=True).print(f"[red]error:[/red] no batch {escape(repr(batch_id))} in {escape(redact(st.url))}",
+                                   highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     doc = got[0]
     out = Console()
