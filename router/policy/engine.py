@@ -50,6 +50,7 @@ from .steps import (
     cascade,
     cooled,
     fmt_j,
+    output_tokens,
     predicted,
     predictions,
     ranking,
@@ -81,7 +82,8 @@ def decide_pure(
     adequate = tgt.adequate
     by_energy, ranked = ranking(pool, energy, p, adequate, pinned, cards)
     ranked, cool_flags, cool_notes = cooled(ranked, req.cooling)
-    chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, req.key_hash, ranked, energy, state)
+    chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, req.key_hash, ranked, energy, state,
+                                                             (req.input_tokens_hint, output_tokens(policy, req)))
     chosen, escalate_to, escalate_below, cascade_notes = cascade(
         policy, chosen, pinned, spent, blocked | req.cooling, by_energy, ranked, energy, p, adequate
     )

@@ -342,20 +342,30 @@ def cooled(ranked: list[ModelCard], cooling: frozenset[str]) -> tuple[list[Model
 
 
 def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energy: Mapping[str, float],
-            state: BudgetState) -> tuple[ModelCard, dict[str, tuple[BudgetRef, ...]], set[str], list[BudgetRef],
-                                         list[str], list[str]]:
+            state: BudgetState, tokens: tuple[int, int],
+            ) -> tuple[ModelCard, dict[str, tuple[BudgetRef, ...]], set[str], list[BudgetRef], list[str], list[str]]:
     """Step 5: ``(chosen, refs, blocked, spent, flags, notes)``: the first ranked model whose budgets have room
     (or what the policy says when the first has none); each ranked model's budgets; the models one of whose
-    budgets this request's estimate would overrun; the first choice's budgets without room."""
+    budgets this request's estimate would overrun; the first choice's budgets without room. ``tokens``: the
+    input and output tokens the estimates assume, so a refusal advises a lower ``max_tokens`` only where one
+    would fit."""
     refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
     if not any(refs.values()):  # no model here is budgeted: the first ranked model answers
         return ranked[0], refs, set(), [], [], []
     used = state.used
     unreadable = state.unreadable
 
-    def cost(name: str, r: BudgetRef) -> float:
-        joules = energy.get(name, 0.0)
+    def cost(name: str, r: BudgetRef, joules: float | None = None) -> float:
+        joules = energy.get(name, 0.0) if joules is None else joules
         return joules if r.unit == "J" else joules * state.g_per_j.get(name, 0.0)
+
+    def shorter_fits(card: ModelCard, b: BudgetRef) -> bool:
+        """Whether a call writing one token (by its card) would fit the whole of ``b``: only then does a lower
+        ``max_tokens`` help a call dearer than its budget."""
+        in_tokens, out_tokens = tokens
+        if card.tier == "specialist" or out_tokens <= 1:
+            return False
+        return cost(card.name, b, card.energy.joules(in_tokens, 1)) <= b.limit_j + EPS
 
     def blocking(name: str) -> list[BudgetRef]:
         return [r for r in refs[name] if r.key in unreadable or used.get(r.key, 0.0) + cost(name, r) > r.limit_j + EPS]
@@ -407,8 +417,9 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
                 raise BudgetExhaustedError(
                     f"budget_exhausted: {what}; policy `{policy.name}` says {mode}"
                     + ("" if mode == "reject" else " but no other model has room")
-                    + ("; lower max_tokens or raise the budget" if retry is None
-                       else f"; retry in {retry:.0f} s or raise the budget"),
+                    + (f"; retry in {retry:.0f} s or raise the budget" if retry is not None
+                       else "; lower max_tokens or raise the budget" if too_small and shorter_fits(first, b)
+                       else "; raise the budget"),
                     retry_after_s=retry, model=first.name,
                 )
             chosen = room
