@@ -231,6 +231,10 @@ class LedgerError(RouterError):
     record_rejected: bool = False
     """True where the store works but refuses this record's data (e.g. a required field missing): retrying it
     cannot succeed, so a journal sets the record aside instead of replaying it for ever."""
+    problem: str | None = None
+    """What is wrong, without the URL and the fix (``None`` where the message is not in that shape): an error
+    that wraps this one says it once, with one fix (:func:`router.ledger.errors.wrapped_parts`)."""
+    fix: str | None = None
 
 
 class BatchStoreError(LedgerError):

@@ -116,8 +116,13 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
             led.try_reserve("b", 1.0, 100.0, 3600)
         assert info.value.retryable and info.value.http_status == 503
         led.record(_rec(1))  # still succeeds: journaled
-        with pytest.raises(LedgerError, match="the store did not answer the last write"):
+        with pytest.raises(LedgerError, match="the store did not answer the last write") as known:
             led.try_reserve("b", 1.0, 100.0, 3600)  # refused at once now, saying why
+        for err in (info.value, known.value):  # the URL, the problem and the fix, each once
+            message = str(err)
+            assert message.count("fix:") == 1 and message.count(str(tmp_path / "l.sqlite3")) == 1, message
+            assert message.endswith("; requests for models without a budget go on"), message
+        assert "; fix: wait for it to finish" in str(info.value), "the store's own fix for a held lock"
         with pytest.raises(LedgerError, match="could not read a request's record: the store did not answer"):
             led.request_record("q1")  # the Router reads it on the request path: no wait for the lock's timeout
         led.settle(held, 4.0)  # kept for the replay
@@ -144,8 +149,11 @@ def test_a_store_down_at_open_is_journaled_a_broken_one_is_refused(tmp_path: Pat
         led.try_reserve("b", 1.0, 100.0, 3600)  # it used to blame a write, and none had been tried
     assert "last write" not in str(info.value)
     led.record(_rec(1))
-    with pytest.raises(LedgerError, match="unavailable"):
+    with pytest.raises(LedgerError, match="unavailable") as down:
         led.records()
+    message = str(down.value)  # the URL, the store's problem and one fix, each once
+    assert message.count("fix:") == 1 and message.count("redis://") == 1, message
+    assert "records are kept in the journal at" in message, message
     server.start()
     try:
         deadline = time.time() + 10

@@ -45,9 +45,17 @@ def ledger_error(
 ) -> LedgerError:
     """``ledger URL: what is wrong; fix: what to do``, with the flags a journal acts on."""
     err = LedgerError(f"ledger {redact(url)}: {what}; fix: {fix}")
+    err.problem, err.fix = what, fix
     err.retryable = retryable
     err.record_rejected = record_rejected
     return err
+
+
+def wrapped_parts(exc: LedgerError, default_fix: str) -> tuple[str, str]:
+    """``(what is wrong, the fix)`` of ``exc`` for an error that wraps it and names the URL itself: the problem
+    without its URL and fix, and the fix ``exc`` gives (``default_fix`` where it gives none), so the wrapped
+    message says each once."""
+    return exc.problem or exc.message, exc.fix or default_fix
 
 
 def closed_error(url: str, action: str | None = None) -> LedgerError:

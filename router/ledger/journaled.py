@@ -35,7 +35,7 @@ from typing import Any
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
-from .errors import closed_error, ledger_error, redact
+from .errors import closed_error, ledger_error, redact, wrapped_parts
 from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
@@ -113,9 +113,10 @@ class JournaledLedger(Ledger):
                 self.store = store = self._connect()
                 return store
             except LedgerError as exc:
-                raise ledger_error(self.url, f"the store is unavailable ({exc})",
-                                   "bring it back; records are kept in the journal at "
-                                   f"{self.journal.folder} until then") from exc  # fmt: skip
+                what, fix = wrapped_parts(exc, "bring it back")
+                raise ledger_error(self.url, f"the store is unavailable ({what})",
+                                   f"{fix}; records are kept in the journal at {self.journal.folder} until then"
+                                   ) from exc  # fmt: skip
         raise closed_error(self.url)  # closing: the store is gone already
 
     def _outage(self, exc: LedgerError, cause: str) -> None:
@@ -266,8 +267,9 @@ class JournaledLedger(Ledger):
                 raise ledger_error(self.url, self._outage_cause, "bring it back")
             return self._store().try_reserve(budget, joules, limit_j, window_s)
         except LedgerError as exc:
+            what, fix = wrapped_parts(exc, "bring the store back")
             raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
-                               f"({exc})", "bring the store back; requests for models without a budget go on",
+                               f"({what})", f"{fix}; requests for models without a budget go on",
                                retryable=exc.retryable) from exc  # fmt: skip
 
     def settle(self, reservation: Reservation, actual_j: float) -> None:
