@@ -377,7 +377,7 @@ def test_a_request_the_proxy_refuses_for_a_spent_budget_is_recorded(tmp_path):
     assert rec.reason == r.json()["error"]["message"]
 
 
-def test_refusals_are_counted_apart_not_as_requests_and_cannot_be_scored(tmp_path):
+def test_refusals_are_counted_apart_not_as_requests_and_cannot_be_scored(tmp_path, monkeypatch):
     """A 429's 0 J ``rejected`` record is no request of the model whose budget is spent: ``router ledger``, its
     report and the dashboard count it as ``rejected``, out of the requests and the mean latency, and feedback on
     the 429's id is a 404 (there is no answer to score), as it was before refusals were recorded."""
@@ -431,3 +431,8 @@ def test_refusals_are_counted_apart_not_as_requests_and_cannot_be_scored(tmp_pat
     (line,) = [x for x in out.splitlines() if "spec-a" in x]
     assert [cell.strip() for cell in line.split("│")[1:5]] == ["spec-a", "1", "0", "2"], out
     assert "rejected" in out
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out = router_main("ledger", "--ledger", url, "report")
+    assert code == 0 and "rejected" in out and "…" not in out, out  # the default view fits 100 columns
+    (line,) = [x for x in out.splitlines() if "spec-a" in x]
+    assert [cell.strip() for cell in line.split("│")[1:5]] == ["spec-a", "1", "0", "2"], out

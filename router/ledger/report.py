@@ -229,9 +229,12 @@ def rich_table(report: Report) -> Any:
     table = Table(
         title=f"Energy by {report.by}{_when(report)}", caption="\n".join(report.notes), caption_justify="left"
     )
-    for title in (report.by, "requests", "errors", "rejected", "energy", "CO2e g", "always-large (est.)",
+    for title in (report.by, "requests", "errors", "rejected", "energy", "CO2e g", "always large (est.)",
                   "saved (est.)", "measured"):  # fmt: skip
-        table.add_column(title, justify="left" if title == report.by else "right")
+        if title == report.by:  # a name is never cut: the figures' headers wrap instead
+            table.add_column(title, no_wrap=True, min_width=max((len(t.group) for t in report.rows), default=5))
+        else:
+            table.add_column(title, justify="right")
     for t in [*report.rows, report.total]:
         table.add_row(
             t.group if t is not report.total else "[bold]total[/bold]",
