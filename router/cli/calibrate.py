@@ -83,18 +83,19 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
         "grouped_by": data.grouped_by, "held_out_subjects": held,
     }
     held_block = None
-    if len(test.p):
+    if len(test.p) and f.feasible:  # an infeasible fit is never written, so it has no held-out figures to state
         ev = _figures(evaluate(test, choose(test, target_kind, target, f.tau)))
-        raw = _figures(evaluate(test, choose(test, target_kind, target, 0.0)))
         achieved = ev["accuracy"] if target_kind == "absolute" else _figure(
             quality(test, choose(test, target_kind, target, f.tau), target_kind))
-        raw_achieved = raw["accuracy"] if target_kind == "absolute" else _figure(
-            quality(test, choose(test, target_kind, target, 0.0), target_kind))
         report["held_out"] = {**ev, "achieved": achieved, "met": _met(achieved, target)}
-        report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": _met(raw_achieved, target)}
         held_block = {k: v for k, v in {"target": target, "achieved": _rounded(achieved), "n": ev["n"],
                                         "energy_vs_large": _rounded(ev["energy_vs_large"]),
                                         "subjects": len(held)}.items() if v is not None}
+    if len(test.p):
+        raw = _figures(evaluate(test, choose(test, target_kind, target, 0.0)))
+        raw_achieved = raw["accuracy"] if target_kind == "absolute" else _figure(
+            quality(test, choose(test, target_kind, target, 0.0), target_kind))
+        report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": _met(raw_achieved, target)}
     block = Calibrated(
         target_kind=target_kind,  # type: ignore[arg-type]
         target=target,
@@ -174,7 +175,15 @@ def calibrate(
             raise typer.BadParameter(f"{f}: no such policy file (.yaml or .yml); policies in {folder}: {known}")
     wanted = [m.strip() for m in models.split(",")] if models else None
     sources = {f.name: load_calibration_data(f, scores, models=wanted) for f in outcomes}
+    tasks = sorted({t for d in sources.values() for t in d.tasks})
+    if len(tasks) == 1 and not dry_run:
+        # The offsets are per model, not per task: written, they would route every task by a fit on this one
+        # (the source's largest model, always adequate at offset -1, would take the other tasks' traffic too).
+        raise ConfigError(f"{', '.join(sources)}: the outcomes cover one task only ({tasks[0]}), but the fitted "
+                          "offsets are per model and would change the routing of every task; fix: give outcomes "
+                          "of the tasks you serve (repeat --outcomes), or use --dry-run to see this fit")
     results: dict[str, Any] = {}
+    infeasible: list[str] = []
     for f in files:
         policy = load_policy(f)
         blocks, reports = {}, {}
@@ -182,13 +191,17 @@ def calibrate(
             blocks[name], reports[name] = calibrate_policy(
                 data, policy.accuracy.kind, policy.accuracy.value, confidence=confidence, bound=bound,
                 held_out_share=held_out_share, seed=seed)
-        block = merge_blocks(blocks)
-        if not dry_run:
-            write_calibrated(f, block)
         results[policy.name] = reports
+        if not all(r["feasible"] for r in reports.values()):
+            infeasible.append(policy.name)  # no certified τ: the policy file is left as it was
+        elif not dry_run:
+            write_calibrated(f, merge_blocks(blocks))
+    written = len(files) - len(infeasible)
     if as_json:
         typer.echo(json.dumps({"sources": {k: {"models": d.models, "scores": d.scores} for k, d in sources.items()},
-                               "policies": results}, indent=2))
+                               "policies": results, "infeasible": infeasible}, indent=2))
+        if infeasible:
+            raise typer.Exit(1)
         return
     table = Table(title="router calibrate: " + "; ".join(
         f"{k}, {len(d.p)} requests, models {', '.join(d.models)}" for k, d in sources.items()))
@@ -203,7 +216,8 @@ def calibrate(
                 name, source, f"{r['target']:.2f} {kind}",
                 f"{r['tau']:+.3f}" + ("" if r["feasible"] else " (infeasible)"),
                 str(r["n_calibration"]), _shown(r["achieved_calibration"], ".3f"),
-                _shown(h.get("achieved"), ".3f"), {True: "yes", False: "NO"}.get(h.get("met"), "n/a"),
+                _shown(h.get("achieved"), ".3f"),
+                {True: "yes", False: "NO"}.get(h.get("met"), "n/a") if r["feasible"] else "NO (no fit)",
                 _shown(h.get("energy_vs_large"), ".1%"),
                 f"{_shown(u.get('achieved'), '.3f')} @ {_shown(u.get('energy_vs_large'), '.0%')}",
             )
@@ -213,7 +227,11 @@ def calibrate(
             typer.echo(f"{source}: one task only, so requests, not tasks, are held out: its held-out figures are "
                        "for new requests of the same task")
     typer.echo(f"confidence {confidence:.0%} ({bound}); {held_out_share:.0%} of each source's groups held out; "
-               + ("dry run, nothing written" if dry_run else f"wrote the calibrated block of {len(files)} file(s)"))
+               + ("dry run, nothing written" if dry_run else f"wrote the calibrated block of {written} file(s)"))
+    if infeasible:
+        typer.echo(f"infeasible: no τ certifies the target of {', '.join(infeasible)} on these outcomes, even "
+                   "always-largest; those policies were not calibrated (their files are unchanged)", err=True)
+        raise typer.Exit(1)
 
 
 def merge_blocks(blocks: dict[str, Calibrated]) -> Calibrated:

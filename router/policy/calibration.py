@@ -50,10 +50,12 @@ class CalibrationData:
     """[N] subject (or task) of each row, for the held-out split; the request where there is one task only."""
     scores: str = ""
     grouped_by: str = "task"
+    tasks: tuple[str, ...] = ()
+    """The tasks the rows cover: offsets are per model, so a fit on one task still routes every task."""
 
     def take(self, mask: np.ndarray) -> CalibrationData:
         return CalibrationData(self.models, self.p[mask], self.correct[mask], self.energy[mask], self.groups[mask],
-                               self.scores, self.grouped_by)
+                               self.scores, self.grouped_by, self.tasks)
 
 
 @dataclass
@@ -188,6 +190,7 @@ class OutcomeRows:
     """[N, M] joules per call: the file's measured ``energy_j`` where it has one, else the card's estimate."""
     grouped_by: str = "task"
     """``task``, or ``request`` (the fallback for a source with a single task: whole tasks cannot be held out)."""
+    tasks: tuple[str, ...] = ()
 
 
 def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
@@ -225,6 +228,7 @@ def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
         correct=table.score[np.ix_(rows, common)].astype(float),
         energy=table.energy_j[np.ix_(rows, common)],
         grouped_by="request" if by_request else "task",
+        tasks=tuple(sorted(set(tasks))),
     )
 
 
@@ -278,4 +282,4 @@ def build_data(
                    key=lambda j: (TIER_ORDER.get(cards[rows.models[j]].tier, 1), float(rows.energy[:, j].mean())))
     models = [rows.models[j] for j in order]
     return CalibrationData(models, scores[:, order], rows.correct[:, order], rows.energy[:, order], rows.groups,
-                           scores_name, rows.grouped_by)
+                           scores_name, rows.grouped_by, rows.tasks)
