@@ -37,6 +37,7 @@ from ._guards import internal
 from ._output import Call, Output, answer_choice
 from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest
+from .backends.base import never_started, waiting_for_turn
 from .cards import ModelCard
 from .energy import EnergyReading, estimate_from_profile
 from .errors import (
@@ -280,7 +281,7 @@ class Attempts:
         """The call raised. Settle and record it, then return when the next model may be tried, or raise the
         typed error that ends the request: a deadline, a cancellation, a failure after output was sent, or an
         error that is not the backend's (a bad request stays a bad request on every model)."""
-        error = _typed(call.model, exc)
+        error = self._closing(call, _typed(call.model, exc), never_started(exc))
         self._log_detail(error)
         self._end_call(call, error, output)
         self.errors.append(error)
@@ -293,14 +294,36 @@ class Attempts:
 
     def cancelled(self, call: Call, output: Output | None) -> None:
         """The caller stopped reading (a closed stream, a cancelled task): record what was produced."""
-        self._end_call(call, CancelledError("the caller went away; generation stopped"), output)
+        queued = waiting_for_turn(call.request)
+        error = CancelledError(f"{call.model}: the caller went away "
+                               + ("while waiting for the model" if queued else "; generation stopped"))
+        error.never_started = queued  # type: ignore[attr-defined]
+        self._end_call(call, self._closing(call, error, queued), output)
+
+    def _closing(self, call: Call, error: RouterError, queued: bool) -> RouterError:
+        """A cancellation that ``Router.close()`` made says so (the caller did not go away), keeping whether the
+        call had started."""
+        if not isinstance(error, CancelledError) or not self.router.closing:
+            return error
+        closed = CancelledError(f"{call.model}: the Router was closed " + (
+            "while this call waited for the model" if queued else "while the model was answering; generation "
+            "stopped"))
+        closed.never_started = queued  # type: ignore[attr-defined]
+        closed.partial = getattr(error, "partial", None)  # type: ignore[attr-defined]
+        return closed
 
     def _end_call(self, call: Call, error: RouterError, output: Output | None) -> None:
-        """Settle and record a call that ended without an answer (``error`` or ``cancelled``)."""
+        """Settle and record a call that ended without an answer (``error`` or ``cancelled``); one that never had
+        its turn at the model is recorded as not called (0 J), as a call whose deadline passed before it."""
         latency = (time.perf_counter() - call.started) * 1000
         # a whole-answer call stopped between tokens carries what it had produced (backends.base._collect)
         gen = output.generation(call, finished=False) if output else getattr(error, "partial", None)
-        if call.span is not None:
+        if never_started(error):
+            if call.span is not None:
+                call.span.stop()  # leaves the meter's share of concurrent calls; the model did no work for it
+            energy = _NOT_CALLED
+            gen = None
+        elif call.span is not None:
             energy = call.span.stop()
         else:
             energy = estimate_from_profile(call.card.energy, gen.prompt_tokens if gen else 0,

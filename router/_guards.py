@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from ._output import Call
+from .backends.base import waiting_for_turn
 from .errors import DeadlineExceededError, InternalError, RouterError
 
 log = logging.getLogger("router")
@@ -30,6 +31,12 @@ async def within_deadline(call: Call, step: Awaitable[T]) -> T:
     except TimeoutError:
         if not scope.expired():
             raise
+        if waiting_for_turn(call.request):  # still queued behind other calls: the model never began on it
+            error = DeadlineExceededError(
+                f"{call.model}: the request's deadline passed while waiting for the model (other calls were using "
+                "it); raise `deadline_s` or send fewer calls at once")
+            error.never_started = True  # type: ignore[attr-defined]
+            raise error from None
         raise DeadlineExceededError(
             f"{call.model}: the request's deadline passed while the model was answering; raise `deadline_s` "
             "or use a faster model") from None

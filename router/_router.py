@@ -254,6 +254,11 @@ class Router:
                     self._batches = Batches(self).start()
         return self._batches
 
+    @property
+    def closing(self) -> bool:
+        """``close()`` has begun: new calls are refused, and the running ones it cancels say it closed them."""
+        return self._calls.closing
+
     # -- models ----------------------------------------------------------------------------------------------
     def backend(self, model: str) -> Backend:
         """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker). A backend

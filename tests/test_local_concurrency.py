@@ -216,3 +216,73 @@ def test_a_fault_double_queues_for_the_model_it_wraps(small_backend: Any) -> Non
     asyncio.run(main())
     assert finished[0] == "cheap" and len(finished) == 5, finished
     assert slow.concurrency == small_backend.concurrency == 1
+
+
+LONG_ASK = [{"role": "user", "content": "Write a long story about a dragon."}]
+
+
+async def _holding(router: Router) -> Any:
+    """A stream that has begun and is not read on: it holds the local model's turn until it is read to its end."""
+    stream = await router.acomplete(LONG_ASK, model=MODEL, max_tokens=400, stream=True, deadline_s=60)
+    await anext(stream)
+    return stream
+
+
+@pytest.mark.timeout(120)
+def test_calls_whose_deadline_passes_in_the_queue_are_not_charged(router: Router) -> None:
+    """Calls queued behind a stream that holds SmolLM2 end at their deadline with an error that says they were
+    waiting, and their records say 0 J, ``estimated:none``, as a call whose deadline passed before its turn (the
+    meter ran from the queue on: they were charged the running call's CPU time)."""
+    since = time.time()
+
+    async def main() -> list[Any]:
+        stream = await _holding(router)
+        queued = await asyncio.gather(*(router.acomplete(ASK, model=MODEL, max_tokens=40, deadline_s=0.5)
+                                        for _ in range(3)), return_exceptions=True)
+        async for _ in stream:
+            pass
+        return queued
+
+    errors = asyncio.run(main())
+    assert all(type(e).__name__ == "DeadlineExceededError" and "while waiting for the model" in e.message
+               for e in errors), errors
+    queued = [r for r in router.ledger.records(since=since) if r.outcome == "error"]
+    assert len(queued) == 3 and all("while waiting for the model" in (r.error or "") for r in queued), queued
+    assert all(r.energy_j == 0 and r.energy_source == "estimated:none" and r.output_tokens == 0
+               for r in queued), queued
+
+
+@pytest.mark.timeout(120)
+def test_router_close_says_it_cancelled_a_queued_call_and_does_not_charge_it(tmp_path: Any) -> None:
+    """``close()`` cancels a call still waiting for the local model: its error says the Router was closed (not
+    that the caller went away) and its record is 0 J, ``estimated:none``; the stream that held the model stops
+    at its next token and says so too."""
+    r = Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
+    r.complete(ASK, model=MODEL, max_tokens=1)
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        stream = await _holding(r)
+        queued = asyncio.create_task(r.acomplete(ASK, model=MODEL, max_tokens=2, deadline_s=60))
+        while len(r._calls._calls) < 2:  # the queued call has begun (close() then waits 5 s before cancelling)
+            await asyncio.sleep(0.01)
+        closing = asyncio.create_task(asyncio.to_thread(r.close))
+        queued_error = (await asyncio.gather(queued, return_exceptions=True))[0]
+        stream_error = None
+        try:
+            async for _ in stream:
+                pass
+        except RouterError as exc:
+            stream_error = exc
+        await closing
+        return queued_error, stream_error
+
+    queued_error, stream_error = asyncio.run(main())
+    assert type(queued_error).__name__ == "CancelledError", queued_error
+    assert "the Router was closed while this call waited for the model" in queued_error.message  # type: ignore[union-attr]
+    assert stream_error is not None and "the Router was closed while the model was answering" in stream_error.message
+    ledger = Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")).ledger
+    records = [x for x in ledger.records() if x.outcome == "cancelled"]
+    ledger.close()
+    waited = [x for x in records if "waited" in (x.error or "")]
+    assert len(records) == 2 and len(waited) == 1, records
+    assert waited[0].energy_j == 0 and waited[0].energy_source == "estimated:none"

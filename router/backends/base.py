@@ -13,6 +13,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -71,12 +72,23 @@ class GenerationRequest:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
-    def check(self, who: str) -> None:
-        """Raise when the caller has gone or the deadline has passed (backends call this between steps)."""
+    def check(self, who: str, *, waiting: bool = False) -> None:
+        """Raise when the caller has gone or the deadline has passed (backends call this between steps, and with
+        ``waiting`` while the call waits for its turn at the model: then the error says so and is marked
+        :func:`never_started`, so the call is recorded as not called, 0 J)."""
+        exc: CancelledError | DeadlineExceededError
         if self.cancel is not None and self.cancel.is_set():
-            raise CancelledError(f"{who}: the caller went away; generation stopped")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlineExceededError(f"{who}: the request's deadline passed; generation stopped")
+            exc = CancelledError(f"{who}: the caller went away "
+                                 + ("while waiting for the model" if waiting else "; generation stopped"))
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            exc = DeadlineExceededError(
+                f"{who}: the request's deadline passed " + ("while waiting for the model (other calls were using "
+                "it); raise `deadline_s` or send fewer calls at once" if waiting else "; generation stopped"))
+        else:
+            return
+        if waiting:
+            exc.never_started = True  # type: ignore[attr-defined]
+        raise exc
 
 
 @dataclass
@@ -212,6 +224,21 @@ _POLL_S = 0.05
 event is set)."""
 
 
+_WAITING: ContextVar[GenerationRequest | None] = ContextVar("router_waiting_for_turn", default=None)
+"""The request whose call this task is waiting to give its turn at the model (set for the wait only, and left
+set when the wait ends in an exception)."""
+
+
+def waiting_for_turn(request: GenerationRequest) -> bool:
+    """Whether this task's call with ``request`` ended (or is) waiting for its turn: it never started."""
+    return _WAITING.get() is request
+
+
+def never_started(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a call before the model began on it (raised by ``check(..., waiting=True)``)."""
+    return getattr(exc, "never_started", False)
+
+
 def _nothing() -> None:
     pass
 
@@ -246,8 +273,10 @@ class _Turns:
 
     async def wait(self, request: GenerationRequest, who: str) -> Callable[[], None]:
         """Wait for a turn, no longer than the request may (checked every 50 ms and at its deadline); returns the
-        function that gives the turn back, to be called once, from any thread."""
-        request.check(who)
+        function that gives the turn back, to be called once, from any thread. While it waits, the task reads
+        :func:`waiting_for_turn` true for ``request`` (the Router's own deadline scope or a cancelled task may
+        end the wait, not only this loop's checks)."""
+        request.check(who, waiting=True)
         if self._slots is None:
             return _nothing
         loop = asyncio.get_running_loop()
@@ -257,18 +286,20 @@ class _Turns:
         else:
             # one acquire for the whole wait, so the call keeps its place in the queue between checks
             turn = loop.create_task(gate.acquire())
+            _WAITING.set(request)
             try:
                 while not turn.done():
                     remaining = request.remaining()
                     await asyncio.wait((turn,), timeout=_POLL_S if remaining is None else min(_POLL_S, remaining))
                     if not turn.done():
-                        request.check(who)
+                        request.check(who, waiting=True)
             except BaseException:
                 if turn.done() and not turn.cancelled():
                     gate.release()
                 else:
                     turn.cancel()  # an acquire cancelled after it was given the turn passes it on
                 raise
+            _WAITING.set(None)
 
         def done() -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed, and its queue with it

@@ -283,12 +283,12 @@ class LlamaCppBackend(Backend):
 
     def _acquire(self, request: GenerationRequest) -> None:
         """Take the generation lock, waiting no longer than the request may (checked every 50 ms)."""
-        request.check(self.card.name)
+        request.check(self.card.name, waiting=True)
         if request.deadline is None and request.cancel is None:
             self._lock.acquire()
             return
         while not self._lock.acquire(timeout=0.05):
-            request.check(self.card.name)
+            request.check(self.card.name, waiting=True)
 
     def close(self) -> None:
         # Wait for a generation in progress, but never hang shutdown on an abandoned one.
