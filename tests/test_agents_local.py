@@ -182,6 +182,21 @@ def test_a_client_gone_from_a_non_streamed_request_stops_generation(local: Local
     assert time.time() - started < 20
 
 
+def test_a_client_gone_while_a_streamed_cascade_judges_its_first_stage_stops_generation(local: Local) -> None:
+    """A streamed cascade buffers its first model's answer to judge it before any of it is sent, so the response
+    has not started when the client gives up: the proxy still sees the disconnect, SmolLM2 stops at its next token
+    and the ledger records it `cancelled` (not 600 tokens generated for nobody, then `escalated`)."""
+    body = {"model": "router", "max_tokens": 600, "temperature": 0.0, "stream": True,
+            "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to code."}]}
+    with pytest.raises(httpx.ReadTimeout), httpx.stream(  # noqa: PT012 - the headers are what is waited for
+            "POST", f"{local.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(1.0),
+            headers={"x-request-id": "gone-stream-1"}) as response:
+        response.read()
+    rec = local.record("gone-stream-1")
+    assert rec.model == "smollm2-135m" and rec.outcome == "cancelled"  # type: ignore[attr-defined]
+    assert rec.output_tokens < 600 and rec.energy_j > 0  # type: ignore[attr-defined]
+
+
 # -- the library ------------------------------------------------------------------------------------------------
 def test_router_complete_with_tools_and_response_format(tmp_path: Path) -> None:
     with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:

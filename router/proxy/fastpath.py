@@ -18,8 +18,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
@@ -47,11 +47,13 @@ log = logging.getLogger("router.proxy")
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 WATCH_AFTER_S = 0.05
-"""A JSON answer's connection is watched for a disconnect once the request has taken this long."""
+"""A request's connection is watched for a disconnect once its JSON answer (or a stream's first chunk) has taken
+this long."""
 DISCONNECT_GRACE_S = 0.5
 """After a client disconnects, how long a call may take to stop by itself (a local model: one token) before it is
 cancelled (a remote model's connection closed)."""
 _JSON = "application/json"
+_T = TypeVar("_T")
 _WANT = "a JSON object with `model` and `messages`"
 
 def ascii_header(text: str, limit: int = 400) -> str:
@@ -150,7 +152,7 @@ class ChatHandler:
             request_id = prepared.request_id
             self.metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
             if stream:
-                response = await self._stream(prepared, key_label, include_usage, t0)
+                response = await self._stream(prepared, key_label, include_usage, receive, t0)
                 with contextlib.suppress(ClientDisconnect):  # the stream has counted itself (cancelled)
                     await response(scope, receive, send)
                 return
@@ -186,39 +188,8 @@ class ChatHandler:
         self.metrics.observe_failed_request(exc, *decided(prepared), key_label)
 
     async def _answer(self, prepared: PreparedRequest, receive: Receive) -> dict[str, Any]:
-        """``Router.asend``, stopped when the client goes away meanwhile: ``receive()`` says so
-        (``http.disconnect``) once the body has been read. Then the request's cancel event is set, so a local model
-        stops at its next token and the ledger records ``cancelled`` with what it produced; a call still running
-        after :data:`DISCONNECT_GRACE_S` (a remote one, whose HTTP request cannot see the event) is cancelled,
-        which closes its upstream connection. The watch starts after :data:`WATCH_AFTER_S`: most answers come
-        sooner, and those then cost a timer rather than a task."""
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        gone: list[asyncio.TimerHandle] = []
-        watcher: list[asyncio.Task[None]] = []
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            prepared.cancel.set()
-            gone.append(loop.call_later(DISCONNECT_GRACE_S, task.cancel))
-
-        start = loop.call_later(WATCH_AFTER_S, lambda: watcher.append(loop.create_task(watch())))
-        try:
-            return await self.router.asend(prepared, as_dict=True)
-        except (asyncio.CancelledError, RouterError) as exc:
-            if not gone or (isinstance(exc, RouterError) and exc.code != "cancelled"):
-                raise
-            if isinstance(exc, asyncio.CancelledError):
-                task.uncancel()
-            raise ClientDisconnect() from None
-        finally:
-            start.cancel()
-            for w in watcher:
-                w.cancel()
-            for timer in gone:
-                timer.cancel()
+        """``Router.asend``, stopped when the client goes away meanwhile (:func:`_watched`)."""
+        return await _watched(prepared, receive, self.router.asend(prepared, as_dict=True))
 
     def authenticate(self, header: str | None) -> str | None:
         """The bearer key, checked when keys are configured (the Router gives it its policy)."""
@@ -258,15 +229,10 @@ class ChatHandler:
         return body
 
     async def _stream(self, prepared: PreparedRequest, key_label: str | None, include_usage: bool,
-                      t0: float) -> Response:
-        chunks = await self.router.asend(prepared, stream=True)
-        try:
-            first: ChatCompletionChunk = await chunks.__anext__()
-        except StopAsyncIteration:  # pragma: no cover - the Router always sends a final chunk
-            raise InternalError("the model produced no stream") from None
-        except BaseException:
-            await chunks.aclose()
-            raise
+                      receive: Receive, t0: float) -> Response:
+        # until the first chunk nothing is sent, so nothing would notice the client leaving: a cascade's first
+        # stage is buffered whole (it is judged before any of it is streamed), so it is watched as a JSON answer is
+        chunks, first = await _watched(prepared, receive, self._first_chunk(prepared))
         card = self.router.cards[first.model]
         headers = routing_headers(card.name, card.tier, prepared.decision.reason, None)
         headers["cache-control"] = "no-cache"
@@ -274,6 +240,17 @@ class ChatHandler:
         headers["x-request-id"] = prepared.request_id
         return _SSEResponse(self._sse(first, chunks, key_label, include_usage, t0), media_type="text/event-stream",
                             headers=headers)
+
+    async def _first_chunk(self, prepared: PreparedRequest
+                           ) -> tuple[AsyncIterator[ChatCompletionChunk], ChatCompletionChunk]:
+        chunks = await self.router.asend(prepared, stream=True)
+        try:
+            return chunks, await chunks.__anext__()
+        except StopAsyncIteration:  # pragma: no cover - the Router always sends a final chunk
+            raise InternalError("the model produced no stream") from None
+        except BaseException:
+            await chunks.aclose()
+            raise
 
     async def _sse(self, first: ChatCompletionChunk, chunks: AsyncIterator[ChatCompletionChunk],
                    key_label: str | None, include_usage: bool, t0: float) -> AsyncIterator[bytes]:
@@ -313,6 +290,42 @@ class ChatHandler:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def _watched(prepared: PreparedRequest, receive: Receive, call: Coroutine[Any, Any, _T]) -> _T:
+    """``call``, stopped when the client goes away meanwhile: ``receive()`` says so (``http.disconnect``) once the
+    body has been read. Then the request's cancel event is set, so a local model stops at its next token and the
+    ledger records ``cancelled`` with what it produced; a call still running after :data:`DISCONNECT_GRACE_S` (a
+    remote one, whose HTTP request cannot see the event) is cancelled, which closes its upstream connection. Either
+    way :class:`ClientDisconnect` is raised. The watch starts after :data:`WATCH_AFTER_S`: most calls end sooner,
+    and those then cost a timer rather than a task."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    gone: list[asyncio.TimerHandle] = []
+    watcher: list[asyncio.Task[None]] = []
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        prepared.cancel.set()
+        gone.append(loop.call_later(DISCONNECT_GRACE_S, task.cancel))
+
+    start = loop.call_later(WATCH_AFTER_S, lambda: watcher.append(loop.create_task(watch())))
+    try:
+        return await call
+    except (asyncio.CancelledError, RouterError) as exc:
+        if not gone or (isinstance(exc, RouterError) and exc.code != "cancelled"):
+            raise
+        if isinstance(exc, asyncio.CancelledError):
+            task.uncancel()
+        raise ClientDisconnect() from None
+    finally:
+        start.cancel()
+        for w in watcher:
+            w.cancel()
+        for timer in gone:
+            timer.cancel()
 
 
 def _event(chunk: ChatCompletionChunk) -> bytes:
