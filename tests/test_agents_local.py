@@ -211,6 +211,30 @@ def test_router_complete_with_tools_and_response_format(tmp_path: Path) -> None:
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_parallel_tool_calls_stay_within_max_tokens(tmp_path: Path) -> None:
+    """Each call's ``functions.<name>:`` opening is generated too, so it counts against max_tokens: at 64 tokens
+    SmolLM2 used to make 8 calls and report 119 completion tokens. Now the calls stop when the budget is spent
+    (those made are whole), usage and the ledger agree, and a budget spent before any answer began is `length`."""
+    tools = [{"type": "function", "function": {
+        "name": f"tool_{i}", "description": "does things", "parameters": {
+            "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}} for i in range(3)]
+    ask = [{"role": "user", "content": "Call tool_0 with x=hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:
+        resp = router.complete(ask, tools=tools, max_tokens=64, model="smollm2-135m", temperature=0.0)
+        calls = resp.choices[0].message.tool_calls
+        assert resp.choices[0].finish_reason == "tool_calls" and 1 <= len(calls) < 8
+        assert all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in calls)
+        assert resp.usage.completion_tokens <= 64
+        chunks = list(router.complete(ask, tools=tools, max_tokens=64, model="smollm2-135m", temperature=0.0,
+                                      stream=True))
+        assert chunks[-1].usage.completion_tokens == resp.usage.completion_tokens
+        short = router.complete(ask, tools=tools, max_tokens=3, model="smollm2-135m", temperature=0.0)
+        assert short.choices[0].finish_reason == "length" and not short.choices[0].message.tool_calls
+        assert short.usage.completion_tokens <= 3
+        produced = [r.output_tokens for r in router.ledger.records()]
+    assert produced == [resp.usage.completion_tokens, resp.usage.completion_tokens, short.usage.completion_tokens]
+
+
 def test_a_schema_enum_beyond_the_basic_plane_is_generated_as_written(tmp_path: Path) -> None:
     """An emoji is one code point past U+FFFF: the grammar must ask for its UTF-8 bytes, not for JSON's two
     surrogate halves (which no token spells, so the answer came out as replacement characters)."""

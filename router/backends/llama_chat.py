@@ -15,6 +15,7 @@ probabilities are read from the logits row before each token is sampled (:mod:`.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -46,8 +47,12 @@ class _LlamaModel(Protocol):
     def llm(self) -> Any: ...
 
 MAX_PARALLEL_CALLS = 8
+_CUT = "\x00cut"
+"""What :meth:`StructuredChat._opening` returns when ``max_tokens`` ran out in (or right after) the answer's
+opening: the answer is empty and ends at ``length``."""
 _PROTOCOL_TOKENS = 64
-"""Tokens allowed for the ``message:`` / ``functions.<name>:`` openings (not counted against ``max_tokens``)."""
+"""The most tokens one ``message:`` / ``functions.<name>:`` opening may take (they count against ``max_tokens``,
+as everything the model generates does)."""
 DEFAULT_SYSTEM = "You are a helpful AI assistant."
 CHATML_MARK = "<|im_start|>"
 
@@ -123,7 +128,9 @@ class StructuredChat:
             finish = yield from self._text(tokens, completion_style)
         else:
             first = self._opening(tokens, tools, first=True)
-            if first is None:
+            if first is _CUT:
+                finish = "length"
+            elif first is None:
                 tokens += self._tokens("\n")
                 finish = yield from self._text(tokens, completion_style)
             else:
@@ -163,8 +170,9 @@ class StructuredChat:
         return step.finish_reason
 
     def _opening(self, tokens: list[int], tools: ToolOptions, *, first: bool) -> str | None:
-        """Let the model open its answer (or its next call): ``None`` for a message, else the function's name.
-        The opening's tokens join the context; they count as produced but not against ``max_tokens``."""
+        """Let the model open its answer (or its next call): ``None`` for a message or no further call, else the
+        function's name. The opening's tokens join the context and count against ``max_tokens``; when they run
+        out in the opening, or right after it, there is no further call, or (the first opening) :data:`_CUT`."""
         if first and tools.choice not in ("auto", "required", None):
             tokens += self._tokens(f"functions.{tools.choice}:")
             return tools.choice
@@ -176,13 +184,20 @@ class StructuredChat:
             grammar = f"root ::= {call}\n"
         else:
             grammar = f"root ::= \"message:\" | {call}\n"
-        protocol = Budget(_PROTOCOL_TOKENS)
+        protocol = Budget(min(_PROTOCOL_TOKENS, self.budget.left))
         step = Step()
         for _ in run(self.llm, tokens, protocol, sampling=self.sampling, check=self._check,
                      grammar_text=grammar, processors=self.processors, step=step):
             pass
+        self.budget.left -= protocol.produced
         self.budget.produced += protocol.produced
         opened = step.text.strip()
+        # the grammar's openings end in ":" (function names have none); without it the budget cut the opening
+        whole = opened == "message:" or (opened.startswith("functions.") and opened.endswith(":"))
+        if step.finish_reason == "length" and (not whole or self.budget.left <= 0):
+            # nothing more fits: no further call (those made are whole); a first opening leaves no answer at all
+            self.context_full = step.context_full
+            return _CUT if first else None
         if not opened.startswith("functions."):
             return None
         return opened.removeprefix("functions.").removesuffix(":")
@@ -205,6 +220,8 @@ class StructuredChat:
                             processors=self.processors, step=step):
                 yield StreamEvent(tool_calls=[{"index": index, "function": {"arguments": text}}])
             if step.finish_reason == "length":
+                if _is_json(step.text):  # the budget ran out with the call's last token: it is whole, none follows
+                    return "tool_calls"
                 self.context_full = step.context_full
                 return "length"
             index += 1
@@ -228,6 +245,14 @@ def reseed(llm: Any, seed: int | None) -> None:
     else:
         llm.set_seed(seed % 0xFFFFFFFF)
         llm.reset()
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _mean_probability(logprobs: list[float]) -> float | None:
