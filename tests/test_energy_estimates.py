@@ -101,7 +101,10 @@ def test_this_process_learns_at_once_and_other_processes_at_the_next_refresh(tmp
     assert got is not None and card_j + 0.5 * (0.5 - card_j) < got.joules < 0.5
     other_ledger.record_many([_call("sentiment-onnx", 2.0, task="sentiment", out=1, ts=10.0 + i) for i in range(40)])
     assert mine.estimate(spec, "sentiment", 10).joules < 0.5  # not yet: the other process's calls are unseen
-    clock.now += 10  # the refresh interval
+    clock.now += 10  # the refresh interval: the ledger is read on a thread of its own, not the caller's
+    mine.estimate(spec, "sentiment", 10)
+    assert mine.refreshing is not None
+    mine.refreshing.join()
     assert 1.4 < mine.estimate(spec, "sentiment", 10).joules < 2.0
 
 

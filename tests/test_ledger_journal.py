@@ -125,6 +125,8 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
         assert "; fix: wait for it to finish" in str(info.value), "the store's own fix for a held lock"
         with pytest.raises(LedgerError, match="could not read a request's record: the store did not answer"):
             led.request_record("q1")  # the Router reads it on the request path: no wait for the lock's timeout
+        with pytest.raises(LedgerError, match="could not read m's recent calls: the store did not answer"):
+            led.recent_calls("m", 10)  # the energy estimates' refresh: the same
         led.settle(held, 4.0)  # kept for the replay
         assert led.store is not None and led.store.budget_used("b", 3600) == 10.0, "not applied yet"
         with pytest.raises(LedgerError, match="could not read budget 'b'"):

@@ -3,7 +3,7 @@
 A model card's energy profile (joules per call / input token / output token) is a guess made once; the ledger
 holds what each call actually took on this machine, under this load. For every model :class:`EnergyEstimates`
 keeps its last ``window`` answered calls (from the ledger, so every process sharing it learns from all of them,
-refreshed every ``refresh_s``, plus this process's own calls at once) and fits:
+refreshed every ``refresh_s`` on a thread of its own, plus this process's own calls at once) and fits:
 
 * **output tokens per task**: the median (a typical answer: answer lengths are skewed, a few run to the
   token limit, and a mean would overstate the typical call several times) and an upper quantile; the model's
@@ -116,8 +116,10 @@ class EnergyEstimates:
         self._calls: dict[str, deque[LedgerRecord]] = {n: deque(maxlen=window) for n in self.cards}
         self._fits: dict[str, _Fit] = {n: _Fit() for n in self.cards}
         self._dirty: set[str] = set()
-        self._refreshed = -math.inf
         self._refitted = -math.inf
+        self.refreshing: threading.Thread | None = None
+        """The refresh running in the background, if one is."""
+        self.refresh()  # the first requests already use what the ledger knows
 
     # -- reading ------------------------------------------------------------------------------------------------
     def for_request(self, task: str, input_tokens: int, max_tokens: int | None = None) -> dict[str, EnergyEstimate]:
@@ -171,28 +173,40 @@ class EnergyEstimates:
             self._dirty.add(rec.model)
 
     def refresh(self) -> None:
-        """Read every model's newest calls from the ledger (all processes'), then refit."""
+        """Read every model's newest calls from the ledger (all processes'), then refit. Where the ledger cannot
+        be read the estimates keep what they had."""
+        self._refreshed = self._clock()
         fresh: dict[str, list[LedgerRecord]] = {}
         for name in self.cards:
             try:
                 fresh[name] = self.ledger.recent_calls(name, self.window)
-            except LedgerError as exc:  # estimates keep what they had; the ledger's own errors say more
+            except LedgerError as exc:  # the ledger's own errors say more
                 log.debug("energy estimates not refreshed from the ledger: %s", exc)
                 return
         with self._lock:
             for name, calls in fresh.items():
                 self._calls[name] = deque(calls, maxlen=self.window)
             self._dirty.update(fresh)
-            self._refreshed = self._clock()
         self._refit(force=True)
 
     def _keep_fresh(self) -> None:
         now = self._clock()
         if now - self._refreshed >= self.refresh_s:
+            # on a thread of its own: the caller may be the proxy's event loop, and a store that hangs would hold
+            # every request for its timeout; until the refresh is done the estimates are what they were
             self._refreshed = now  # one refresher at a time; the others use what is there
-            self.refresh()
+            if self.refreshing is None or not self.refreshing.is_alive():
+                self.refreshing = threading.Thread(target=self._refresh_quietly, name="energy-estimates-refresh",
+                                                   daemon=True)
+                self.refreshing.start()
         elif self._dirty and now - self._refitted >= self.refit_s:
             self._refit()
+
+    def _refresh_quietly(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # noqa: BLE001 - a thread nobody joins: the estimates keep what they had
+            log.exception("energy estimates not refreshed from the ledger")
 
     def _refit(self, force: bool = False) -> None:
         with self._lock:

@@ -15,9 +15,10 @@ because a budget that cannot be read cannot be enforced, and admitting requests 
 without bound. Requests for models without a budget go on, their records journaled. A settlement that cannot
 reach the store waits in memory and is retried with the replay; a crash loses it, which leaves the hold at its
 estimate for the rest of the window (budgets then err towards refusing). Reads (``records``, ``totals`` ...)
-raise ``LedgerError`` while the store is down, and do not include records still in the journal; ``budget_used``
-and ``request_record`` raise at once while the store is known to be down, and the Router then leaves models under a
-budget out where another model can answer, and skips the check of a chosen request id's owner.
+raise ``LedgerError`` while the store is down, and do not include records still in the journal; ``budget_used``,
+``request_record`` and ``recent_calls`` (the reads made while answering requests) raise at once while the store is
+known to be down, and the Router then leaves models under a budget out where another model can answer, skips the
+check of a chosen request id's owner, and keeps its energy estimates as they were.
 
 A store that is down when the ledger is opened is not an error (a corrupt or misconfigured one is): the
 journal takes records and the store is opened again by the replay thread.
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import JournalSettings
 from ..errors import LedgerError
@@ -41,6 +42,7 @@ from .journal import Journal, Segment, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
 
 log = logging.getLogger("router.ledger")
+T = TypeVar("T")
 
 # A settlement of nothing against a budget window that never exists: a write on every store (SQLite takes its
 # write lock, Redis runs the settle script, PostgreSQL an UPDATE) that changes nothing.
@@ -298,16 +300,23 @@ class JournaledLedger(Ledger):
         """Raises ``LedgerError`` at once while the store is known to be unavailable (as ``try_reserve``: what
         cannot be reserved is not worth a read that may wait for the store's timeout); a read that fails starts
         an outage, ended by the replay."""
+        return self._request_path_read(f"read budget {budget!r}", "a budget read",
+                                       lambda store: store.budget_used(budget, window_s))
+
+    def _request_path_read(self, what: str, read_name: str, read: Callable[[Ledger], T]) -> T:
+        """``read(store)`` for a read the Router makes while answering a request: raises ``LedgerError`` at once
+        while the store is known to be unavailable (a hung store would otherwise hold every request for its
+        timeout), and a read that fails starts an outage, ended by the replay."""
         if self.closed:
-            raise closed_error(self.url, "read a budget")
+            raise closed_error(self.url, what)
         if self._outage_since is not None:
-            raise ledger_error(self.url, f"could not read budget {budget!r}: the store is unavailable",
+            raise ledger_error(self.url, f"could not {what}: {self._outage_cause}",
                                "bring it back; requests for models without a budget go on")
         try:
-            return self._store().budget_used(budget, window_s)
+            return read(self._store())
         except LedgerError as exc:
             if exc.retryable:
-                self._outage(exc, "the store did not answer a budget read")
+                self._outage(exc, f"the store did not answer {read_name}")
             raise
 
     # -- reads and the rest go to the store --------------------------------------------------------------
@@ -339,7 +348,10 @@ class JournaledLedger(Ledger):
         return self._store().raw_summary(since, until, dims, step_s)
 
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
-        return self._store().recent_calls(model, limit)
+        """Fails fast while the store is known to be unavailable, as :meth:`budget_used`: the energy estimates
+        read it every few seconds while requests are answered."""
+        return self._request_path_read(f"read {model}'s recent calls", "a read",
+                                       lambda store: store.recent_calls(model, limit))
 
     def latest_records(self, limit: int) -> list[LedgerRecord]:
         return self._store().latest_records(limit)
@@ -373,17 +385,8 @@ class JournaledLedger(Ledger):
         """Raises ``LedgerError`` at once while the store is known to be unavailable, as :meth:`budget_used` does:
         the Router reads it on the request path (a chosen request id's owner), where a read that waits for the
         store's timeout would hold up every such request; a read that fails starts an outage too."""
-        if self.closed:
-            raise closed_error(self.url, "read a request's record")
-        if self._outage_since is not None:
-            raise ledger_error(self.url, f"could not read a request's record: {self._outage_cause}",
-                               "bring it back")
-        try:
-            return self._store().request_record(request_id)
-        except LedgerError as exc:
-            if exc.retryable:
-                self._outage(exc, "the store did not answer a read")
-            raise
+        return self._request_path_read("read a request's record", "a read",
+                                       lambda store: store.request_record(request_id))
 
     def store_prompt(self, prompt: StoredPrompt) -> None:
         self._store().store_prompt(prompt)
