@@ -15,15 +15,18 @@ record, fall back, escalate, or end the request with a typed error). The four dr
             continue
         if attempts.answered(call, gen):                   # False: escalating to a larger model
             return attempts.completion()
+    if attempts.keep_escalated():                          # no escalation model could be reserved
+        return attempts.completion()
     raise attempts.final_error()
 
 so fallback, cascade, budgets, deadlines and records behave the same on every path.
 
 The rules: a backend failure (:class:`BackendError`) or a model whose context is too short moves on to the next
 model; after streamed output has reached the caller nothing moves on (the answer has begun). A spent budget
-falls back, rejects or is allowed and flagged as the policy says. An expired deadline or a cancelled request
-ends the request at once. Every model called leaves one ledger record (``ok``, ``escalated``, ``error``,
-``cancelled``), and a model skipped for its budget a ``rejected`` one.
+falls back, rejects or is allowed and flagged as the policy says; an escalation model whose budget cannot be
+reserved because the ledger's store is down is not tried, and the escalated answer is kept. An expired deadline
+or a cancelled request ends the request at once. Every model called leaves one ledger record (``ok``,
+``escalated``, ``error``, ``cancelled``), and a model skipped for its budget a ``rejected`` one.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .errors import (
     ConfigError,
     ContextLengthError,
     DeadlineExceededError,
+    LedgerError,
     RouterError,
     StructuredOutputError,
 )
@@ -80,6 +84,12 @@ class Attempts:
         self.co2e_g = 0.0
         """Grams CO2e of the calls that produced the answer (an escalated one's too), as their records say."""
         self.answer: tuple[Call, Generation, float] | None = None
+        self.escalated: tuple[Call, Generation, float] | None = None
+        """The answer whose low confidence sent the request on to the escalation models."""
+        self._escalation_unreadable = False
+        """An escalation model was passed over because its budget could not be read (the ledger's store is down)."""
+        self.flags: list[str] = []
+        """What the attempts had to work around, after the decision's own flags."""
 
     # -- before a call --------------------------------------------------------------------------------------
     def next_call(self) -> Call | None:
@@ -181,7 +191,14 @@ class Attempts:
         for ref in refs:
             amount = self.books.in_unit(ref.unit, card, estimate)
             # never more than the whole budget: a hold above it would refuse even a fresh window's first call
-            reservation = ledger.try_reserve(ref.key, min(amount, ref.limit_j), ref.limit_j, ref.window_s)
+            try:
+                reservation = ledger.try_reserve(ref.key, min(amount, ref.limit_j), ref.limit_j, ref.window_s)
+            except LedgerError as exc:
+                if self.escalated is None or not exc.retryable:
+                    raise
+                self.books.settle(held, 0.0)
+                self._unreadable_escalation(card, ref.key)
+                return None
             if reservation is None:
                 break
             held.append(reservation)
@@ -208,6 +225,18 @@ class Attempts:
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
                                    f"`{d.policy}`", retry_after_s=retry, model=card.name,
                                    request_id=self.prepared.request_id)
+
+    def _unreadable_escalation(self, card: ModelCard, budget: str) -> None:
+        """An escalation model whose budget cannot be reserved while the ledger's store is down is not tried (as
+        the engine leaves such a model out of a decision's escalations); the escalated answer is kept should no
+        other escalation model answer (:meth:`keep_escalated`)."""
+        assert self.escalated is not None
+        self._escalation_unreadable = True
+        self.flags += ["budget_unreadable", "escalation_skipped"]
+        self.notes.append(f"budget {budget} could not be read (the ledger's store is unavailable): {card.name} not "
+                          f"tried, escalation skipped (budget_unreadable)")
+        self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_unreadable")
+        self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
 
     # -- after a call ---------------------------------------------------------------------------------------
     def answered(self, call: Call, gen: Generation, *, sent: bool = False) -> bool:
@@ -242,10 +271,22 @@ class Attempts:
         if escalate:
             done = self.plan[: self.position]
             self.plan = done + [m for m in d.escalate_to if m not in done]
+            self.escalated = (call, gen, latency)
             return False
+        self._answer(call, gen, latency)
+        return True
+
+    def _answer(self, call: Call, gen: Generation, latency: float) -> None:
         self.answer = (call, gen, latency)
         if self.router.learning is not None:  # prompt kept / answer judged later, on the learning thread
             self.router.learning.answered(self.prepared, call.model, gen)
+
+    def keep_escalated(self) -> bool:
+        """Once :meth:`next_call` has run out of models: ``True`` when the escalated answer is the answer, because
+        an escalation model was passed over for a budget that could not be read; the reason says so."""
+        if self.answer is not None or self.escalated is None or not self._escalation_unreadable:
+            return False
+        self._answer(*self.escalated)
         return True
 
     def _invalid(self, call: Call, gen: Generation, energy: EnergyReading, latency: float, problem: str,
@@ -376,7 +417,8 @@ class Attempts:
             "energy_source": energy.source, "predicted_accuracy": d.predicted_accuracy, "task": d.task,
             "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
             "decision_ms": self.prepared.decision_ms, "co2e_g": self.co2e_g,
-            "attempts": self.attempts, "estimated_j": expected, "estimate_source": source, "flags": list(d.flags),
+            "attempts": self.attempts, "estimated_j": expected, "estimate_source": source,
+            "flags": [*d.flags, *(f for f in self.flags if f not in d.flags)],
         }
 
     def completion(self) -> dict[str, Any]:

@@ -507,6 +507,8 @@ class Router:
                 continue
             if attempts.answered(call, gen):
                 return attempts.completion()
+        if attempts.keep_escalated():
+            return attempts.completion()
         raise attempts.final_error()
 
     async def _asend(self, prepared: PreparedRequest) -> dict[str, Any]:
@@ -523,11 +525,14 @@ class Router:
                 continue
             if attempts.answered(call, gen):
                 return attempts.completion()
+        if attempts.keep_escalated():
+            return attempts.completion()
         raise attempts.final_error()
 
     def _stream(self, prepared: PreparedRequest) -> Iterator[ChatCompletionChunk]:
         with self._calls.running(prepared.cancel):
             attempts = Attempts(self, prepared)
+            kept: StreamedAnswer | None = None  # the escalated answer, buffered
             while (call := guarded(attempts.next_call)) is not None:
                 answer = StreamedAnswer(prepared, call)
                 try:
@@ -545,11 +550,17 @@ class Router:
                 if guarded(attempts.answered, call, answer.generation(), sent=answer.sent):
                     yield from answer.closing(attempts)
                     return
+                if attempts.escalated is not None and attempts.escalated[0] is call:
+                    kept = answer
+            if kept is not None and attempts.keep_escalated():
+                yield from kept.closing(attempts)
+                return
             raise attempts.final_error()
 
     async def _astream(self, prepared: PreparedRequest) -> AsyncIterator[ChatCompletionChunk]:
         with self._calls.running(prepared.cancel):
             attempts = Attempts(self, prepared)
+            kept: StreamedAnswer | None = None  # the escalated answer, buffered
             while (call := guarded(attempts.next_call)) is not None:
                 answer = StreamedAnswer(prepared, call)
                 try:
@@ -568,6 +579,12 @@ class Router:
                     for chunk in answer.closing(attempts):
                         yield chunk
                     return
+                if attempts.escalated is not None and attempts.escalated[0] is call:
+                    kept = answer
+            if kept is not None and attempts.keep_escalated():
+                for chunk in kept.closing(attempts):
+                    yield chunk
+                return
             raise attempts.final_error()
 
 

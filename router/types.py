@@ -124,7 +124,8 @@ class Routing(BaseModel):
     """Where ``estimated_j`` comes from: ``ledger:212 calls`` (learned from measurements) or ``card``."""
     flags: list[str] = Field(default_factory=list)
     """What the decision had to work around, for programs to test rather than parse ``reason``:
-    ``target_unmet``, ``budget_fallback``, ``budget_unreadable``, ``cooling_down``, ``over_budget_allowed``."""
+    ``target_unmet``, ``budget_fallback``, ``budget_unreadable``, ``cooling_down``, ``over_budget_allowed``,
+    ``escalation_skipped`` (a cascade's answer kept: its escalation model's budget could not be read)."""
 
 
 class Choice(BaseModel):

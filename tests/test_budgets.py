@@ -345,6 +345,47 @@ def test_requests_go_on_while_redis_is_down(tmp_path, caplog):
         server.stop()
 
 
+@pytest.mark.redis
+def test_a_cascade_keeps_its_answer_when_the_escalation_budget_cannot_be_read(tmp_path):
+    """The store goes down after the decision: spec-a answers with low confidence, and spec-b (the escalation, under
+    a budget) cannot be reserved. spec-a's answer is the answer, saying why spec-b was not tried, and the ledger
+    keeps both (the 503 threw the answer away, plain and streamed)."""
+    server = start_redis_server(tmp_path)
+    try:
+        root = setup(tmp_path, policy("fallback", 100.0, model="spec-b")
+                     + "cascade: {enabled: true, escalate_below: 0.999, escalate_to: spec-b, start: cheapest}\n")
+        config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                                   ledger_url=f"{server.url}/0?prefix=cascade:&socket_timeout=1&socket_connect_timeout=1",
+                                   journal={"folder": str(root / "journal"), "replay_interval_s": 0.2})
+        r = Router(config)
+        up = r.complete(REVIEW)
+        assert [a.model for a in up.routing.attempts] == ["spec-a", "spec-b"]
+        plain, streamed = r.prepare(REVIEW), r.prepare(REVIEW)
+        server.stop()
+        kept = r.send(plain)
+        chunks = list(r.send(streamed, stream=True))
+        assert kept.routing.model == "spec-a" and kept.choices[0].message.content
+        assert [(a.model, a.outcome) for a in kept.routing.attempts] == [("spec-a", "escalated"),
+                                                                          ("spec-b", "rejected")]
+        assert "could not be read (the ledger's store is unavailable): spec-b not tried" in kept.routing.reason
+        assert {"budget_unreadable", "escalation_skipped"} <= set(kept.routing.flags)
+        assert chunks[-1].routing is not None and chunks[-1].routing.model == "spec-a"
+        assert "escalation_skipped" in chunks[-1].routing.flags
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+            kept.choices[0].message.content)
+        server.start()
+        deadline = time.time() + 30
+        while r.ledger.unavailable and time.time() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        for request_id in (plain.request_id, streamed.request_id):  # journaled while down, replayed since
+            recs = [x for x in r.ledger.records() if x.request_id == request_id]
+            assert sorted((x.model, x.outcome, x.error) for x in recs) == [
+                ("spec-a", "escalated", None), ("spec-b", "rejected", "budget_unreadable")]
+        r.close()
+    finally:
+        server.stop()
+
+
 @pytest.mark.postgres
 def test_requests_go_on_while_postgresql_is_down(tmp_path, caplog, postgres_server):  # noqa: F811
     _requests_go_on_while_the_store_is_down(
