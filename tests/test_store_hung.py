@@ -1,24 +1,29 @@
-"""A ledger store that hangs (a Redis process stopped with SIGSTOP: connections stay open, nothing answers) does not
-stall the proxy: no store read waits on the event loop once the outage is known, and the energy estimates read
-the ledger on a thread of their own."""
+"""A ledger store that hangs (its processes stopped with SIGSTOP: connections stay open, nothing answers) does not
+stall the proxy: no store read waits on the event loop once the outage is known, the energy estimates read the
+ledger on a thread of their own, and a PostgreSQL read ends after the URL's read_timeout."""
 
 from __future__ import annotations
 
 import os
 import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
 from servers.procs import router_serve, wait_for_record
 from test_budgets import REVIEW, setup
 
-pytestmark = pytest.mark.redis
+from router.config import JournalSettings
+from router.errors import LedgerError
+from router.ledger import JournaledLedger
 
 
+@pytest.mark.redis
 def test_the_proxy_answers_while_redis_hangs(tmp_path: Path) -> None:
     server = start_redis_server(tmp_path)
     assert server.proc is not None
@@ -57,3 +62,55 @@ def test_the_proxy_answers_while_redis_hangs(tmp_path: Path) -> None:
         if stopped:
             os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
+
+
+def _postgres_processes(data: Path) -> list[int]:
+    """The postmaster (first line of its pid file) and its children."""
+    master = int((data / "postmaster.pid").read_text().split()[0])
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _parent(p) == master]
+    return [master, *children]
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.postgres
+def test_a_postgresql_read_ends_after_read_timeout_when_the_server_hangs(tmp_path, postgres_server) -> None:  # noqa: F811
+    """Every PostgreSQL process stopped: a budget read waited for ever (libpq has no read timeout, and the stopped
+    server's kernel still acknowledges what is sent). Now it fails after read_timeout, the outage is known, and the
+    next reads fail at once; once the server runs again the ledger is back."""
+    url = f"{postgres_server.url}?schema=hung&read_timeout=1&connect_timeout=1"
+    ledger = JournaledLedger.open(url, JournalSettings(folder=str(tmp_path / "journal"), replay_interval_s=0.2))
+    assert ledger.budget_used("b", 3600) == 0.0
+    pids = _postgres_processes(postgres_server.folder / "data")
+    got: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            ledger.budget_used("b", 3600)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            got.append(exc)
+
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(30)  # far beyond read_timeout: only a read that never ends is still running
+        assert not reader.is_alive(), "the read waited for the stopped server"
+        assert len(got) == 1 and isinstance(got[0], LedgerError) and got[0].retryable
+        with pytest.raises(LedgerError, match="could not read m's recent calls"):
+            ledger.recent_calls("m", 10)  # the outage is known: at once
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.time() + 30
+    while ledger.unavailable and time.time() < deadline:
+        time.sleep(0.1)
+    assert ledger.budget_used("b", 3600) == 0.0
+    ledger.close()

@@ -14,7 +14,9 @@ trip (``benchmarks/bench_ledger.py --reserve`` measures it against SQLite and Re
 fleet should keep budgets in Redis instead).
 
 Connections: a small pool per ledger (``?pool=4``), opened lazily; a connection that broke (server restart) is
-dropped and the call tried once more on a new one, except settlements, which must not apply twice.
+dropped and the call tried once more on a new one, except settlements, which must not apply twice. Every wait for
+the server ends after ``?read_timeout=`` seconds (10 unless given; 0: none), as Redis's ``socket_timeout`` does:
+libpq has no read timeout of its own.
 
 Length: one class is the whole ledger interface for one store, beside its connection pool; the schema and the
 feedback table are modules of their own (``postgres_schema``, ``postgres_feedback``), and the rest is one store's
@@ -55,6 +57,36 @@ from .postgres_schema import (
 )
 
 T = TypeVar("T")
+
+READ_TIMEOUT_S = 10.0
+
+
+class ReadTimeout(TimeoutError):
+    """PostgreSQL did not answer within the URL's ``read_timeout`` (an ``OSError``: the store is unreachable)."""
+
+
+def _connection_class(read_timeout_s: float) -> Any:
+    """psycopg's ``Connection`` whose every wait for the server ends after ``read_timeout_s`` (0: psycopg's own,
+    which waits for ever). libpq has no read timeout, and a server whose processes are stopped (or a host that
+    hangs) would hold the caller without end: its kernel still acknowledges what is sent, so TCP keepalives and
+    ``tcp_user_timeout`` see nothing wrong. A wait that timed out leaves the connection mid-query: it is closed."""
+    import psycopg
+    from psycopg import errors
+
+    if not read_timeout_s:
+        return psycopg.Connection
+
+    class TimedConnection(psycopg.Connection):  # type: ignore[type-arg]
+        def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(args) < 2:  # (interval, timeout) positionally
+                kwargs.setdefault("timeout", read_timeout_s)
+            try:
+                return super().wait(gen, *args, **kwargs)
+            except errors._WaitTimeout as exc:
+                self.pgconn.finish()
+                raise ReadTimeout(f"PostgreSQL did not answer within {read_timeout_s:g} s (read_timeout)") from exc
+
+    return TimedConnection
 
 class _Pool:
     """At most ``size`` connections, made when first needed and reused (LIFO). Connections are in autocommit
@@ -123,7 +155,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("open the ledger")
     def __init__(
         self, conninfo: str, *, schema: str = "router", retention_days: float | None = None, pool: int = 4,
-        url: str | None = None,
+        url: str | None = None, read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:  # fmt: skip
         import psycopg
 
@@ -134,7 +166,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
             raise ledger_error(self.url, f"schema {schema!r} is not a plain lower-case SQL name",
                                "use letters, digits and underscores, e.g. ?schema=router", retryable=False)
         self.schema = schema
-        self._pool = _Pool(lambda: psycopg.connect(conninfo, autocommit=True), max(1, pool))
+        connection = _connection_class(read_timeout_s)
+        self._pool = _Pool(lambda: connection.connect(conninfo, autocommit=True), max(1, pool))
         s = schema
         self._insert_sql: dict[int, str] = {}
         self._reserve_sql = f"""INSERT INTO {s}.budgets (budget, window_start, used_j) SELECT %s, %s, %s
@@ -149,8 +182,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @classmethod
     def from_url(cls, url: str, *, retention_days: float | None = None) -> PostgresLedger:
-        """``postgresql://USER:PASSWORD@HOST:PORT/DB[?schema=router&pool=4&retention_days=N]``; other query
-        options (``sslmode``, ``connect_timeout``: 5 s unless given ...) go to libpq."""
+        """``postgresql://USER:PASSWORD@HOST:PORT/DB[?schema=router&pool=4&retention_days=N&read_timeout=10]``;
+        other query options (``sslmode``, ``connect_timeout``: 5 s unless given ...) go to libpq."""
         try:
             import psycopg  # noqa: F401
         except ImportError as exc:
@@ -161,6 +194,9 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         schema = query.pop("schema", "router")
         try:
             pool = int(query.pop("pool", "4"))
+            read_timeout_s = float(query.pop("read_timeout", READ_TIMEOUT_S))
+            if not 0 <= read_timeout_s < math.inf:
+                raise ValueError(f"read_timeout={read_timeout_s:g}: seconds, 0 for none")
             stored = query.pop("retention_days", None)
             if retention_days is None and stored is not None:
                 retention_days = float(stored)
@@ -169,7 +205,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                                retryable=False) from exc
         query.setdefault("connect_timeout", "5")
         conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query, quote_via=quote)))
-        return cls(conninfo, schema=schema, retention_days=retention_days, pool=pool, url=url)
+        return cls(conninfo, schema=schema, retention_days=retention_days, pool=pool, url=url,
+                   read_timeout_s=read_timeout_s)
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
         return postgres_error(self.url, exc, action)
