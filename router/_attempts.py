@@ -31,6 +31,8 @@ or a cancelled request ends the request at once. Every model called leaves one l
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -42,7 +44,7 @@ from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest
 from .backends.base import never_started, waiting_for_turn
 from .cards import ModelCard
-from .energy import EnergyReading, estimate_from_profile
+from .energy import EnergyReading, Meter, estimate_from_profile
 from .errors import (
     BackendError,
     BudgetExhaustedError,
@@ -132,10 +134,16 @@ class Attempts:
                     cancel=prepared.cancel,
                     options=prepared.options,
                 )
-            return Call(
+            queued = backend.local and backend.concurrency is not None
+            call = Call(
                 index=len(self.attempts), model=model, card=card, backend=backend, request=self._request, held=held,
-                span=self.router.meter.start() if backend.local else None, buffered=self._may_escalate(model),
+                span=self.router.meter.start() if backend.local and not queued else None,
+                buffered=self._may_escalate(model),
             )
+            if queued:  # metered from its turn at the model on (GenerationRequest.turn_started), not its wait
+                call.request = dataclasses.replace(self._request, turn_started=functools.partial(
+                    _start_meter, call, self.router.meter))
+            return call
         return None
 
     def _check_alive(self, card: ModelCard) -> None:
@@ -453,3 +461,8 @@ def _typed(model: str, exc: BaseException) -> RouterError:
         return DeadlineExceededError(f"{model}: the request's deadline passed while the model was answering")
     log.error("%s: backend raised %s", model, type(exc).__name__, exc_info=exc)
     return BackendError(f"{model}: the backend failed ({type(exc).__name__})")
+
+
+def _start_meter(call: Call, meter: Meter) -> None:
+    if call.span is None:
+        call.span = meter.start()

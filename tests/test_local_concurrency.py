@@ -286,3 +286,31 @@ def test_router_close_says_it_cancelled_a_queued_call_and_does_not_charge_it(tmp
     waited = [x for x in records if "waited" in (x.error or "")]
     assert len(records) == 2 and len(waited) == 1, records
     assert waited[0].energy_j == 0 and waited[0].energy_source == "estimated:none"
+
+
+@pytest.mark.timeout(120)
+def test_a_queued_call_is_metered_from_its_turn_not_from_its_wait(router: Router) -> None:
+    """While a stream holds SmolLM2, calls queued behind it open no meter span: the CPU-time meter splits the
+    process's CPU time among the open spans, so a waiting call's span would take a share of the running call's
+    work (charged to nobody once the wait ends at a deadline). Each call is metered once it has its turn, and every
+    answered call records the joules its own turn measured."""
+    share = router.meter._share  # type: ignore[attr-defined]
+    since = time.time()
+
+    async def main() -> tuple[int, list[Any]]:
+        stream = await _holding(router)
+        queued = [asyncio.create_task(router.acomplete(ASK, model=MODEL, max_tokens=2, deadline_s=60))
+                  for _ in range(2)]
+        while len(router._calls._calls) < 3:  # both queued calls have begun waiting
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        open_while_queued = share._active
+        async for _ in stream:
+            pass
+        return open_while_queued, await asyncio.gather(*queued)
+
+    open_while_queued, answers = asyncio.run(main())
+    assert open_while_queued == 1, "only the stream that holds the model is metered"
+    assert all(a.routing.energy_j > 0 and a.routing.energy_source == "estimated:cpu-time" for a in answers)
+    records = [r for r in router.ledger.records(since=since) if r.outcome == "ok"]
+    assert len(records) == 3 and all(r.energy_j > 0 for r in records), records

@@ -65,6 +65,15 @@ class GenerationRequest:
     options: ModelOptions = NO_OPTIONS
     """Tools, response format, log probabilities and pass-through parameters (only models whose card lists the
     capabilities a request needs are sent one that needs them)."""
+    turn_started: Callable[[], None] | None = None
+    """Called by a backend that serves :attr:`Backend.concurrency` calls at a time once this call has its turn,
+    before any work (maybe more than once: the async queue, then the model's own lock). The Router starts the
+    call's meter here, so a call waiting behind another neither takes a share of that call's CPU time nor is
+    charged for its wait."""
+
+    def has_turn(self) -> None:
+        if self.turn_started is not None:
+            self.turn_started()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (``None``: no deadline; never below 0)."""
@@ -278,6 +287,7 @@ class _Turns:
         end the wait, not only this loop's checks)."""
         request.check(who, waiting=True)
         if self._slots is None:
+            request.has_turn()
             return _nothing
         loop = asyncio.get_running_loop()
         gate = self._gate(loop, self._slots)
@@ -300,6 +310,7 @@ class _Turns:
                     turn.cancel()  # an acquire cancelled after it was given the turn passes it on
                 raise
             _WAITING.set(None)
+        request.has_turn()
 
         def done() -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed, and its queue with it

@@ -286,9 +286,10 @@ class LlamaCppBackend(Backend):
         request.check(self.card.name, waiting=True)
         if request.deadline is None and request.cancel is None:
             self._lock.acquire()
-            return
-        while not self._lock.acquire(timeout=0.05):
-            request.check(self.card.name, waiting=True)
+        else:
+            while not self._lock.acquire(timeout=0.05):
+                request.check(self.card.name, waiting=True)
+        request.has_turn()
 
     def close(self) -> None:
         # Wait for a generation in progress, but never hang shutdown on an abandoned one.

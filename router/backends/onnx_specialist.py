@@ -139,9 +139,12 @@ class OnnxSpecialistBackend(Backend):
             feeds.update({name: tokens[name] for name in self._token_inputs})
         return feeds
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """[N, classes] probabilities for raw texts (no subject extraction)."""
+    def predict_proba(self, texts: list[str], request: GenerationRequest | None = None) -> np.ndarray:
+        """[N, classes] probabilities for raw texts (no subject extraction); ``request``'s turn starts once the
+        session is this call's."""
         with self._lock:
+            if request is not None:
+                request.has_turn()
             (probs,) = self.session.run([self._prob_output], self._feeds(texts))
         return np.asarray(probs, dtype=np.float32)
 
@@ -152,7 +155,7 @@ class OnnxSpecialistBackend(Backend):
             raise BackendError(f"{self.card.name}: a specialist needs a user message to classify")
         subject = extract_subject(users[-1])
         try:
-            probs = self.predict_proba([subject])[0]
+            probs = self.predict_proba([subject], request)[0]
         except Exception as exc:  # onnxruntime raises its own types
             raise BackendError(f"{self.card.name}: ONNX inference failed: {exc}") from exc
         index = int(np.argmax(probs))
