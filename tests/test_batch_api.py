@@ -19,7 +19,7 @@ import pytest
 from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import redis_server  # noqa: F401 - the fixture
 from prometheus_client.parser import text_string_to_metric_families
-from servers.procs import free_port, models_dir, remote_card, router_serve, stop, upstream, wait_ready
+from servers.procs import free_port, models_dir, policies_dir, remote_card, router_serve, stop, upstream, wait_ready
 
 from router import Router
 from router.batch.service import NOT_PLANNED
@@ -238,11 +238,7 @@ def flat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flat]:
     tmp = tmp_path_factory.mktemp("flat")
     with upstream(tmp) as up:
         models = models_dir(tmp / "models", {"deferrable": remote_card("deferrable", up, "echo", tier="large")})
-        policies = tmp / "policies"
-        policies.mkdir()
-        for file in (ROOT / "policies").glob("*.yaml"):
-            (policies / file.name).write_text(file.read_text())
-        (policies / "tight.yaml").write_text(TIGHT)
+        policies = policies_dir(tmp / "policies", {"tight": TIGHT})
         keys = "".join(f"  - {{name: {n}, sha256: {hashlib.sha256(k.encode()).hexdigest()}}}\n"
                        for k, n in KEYS.items())
         cfg = tmp / "router.yaml"

@@ -129,9 +129,8 @@ def test_a_model_cooling_down_is_passed_over_without_a_record_per_request(tmp_pa
     """A real upstream that answers 503 every time: once its breaker opens, requests go straight to the next model
     (no attempt, no ledger record, no upstream call for the broken one), the decision saying why; it is still
     called, and its fast failure recorded, when no other model may answer."""
-    import shutil
 
-    from servers.procs import ROOT, models_dir, remote_card, upstream
+    from servers.procs import models_dir, only_policy, policies_dir, remote_card, upstream
 
     from router import Router
     from router.config import RouterConfig
@@ -142,12 +141,7 @@ def test_a_model_cooling_down_is_passed_over_without_a_record_per_request(tmp_pa
             "remote-echo": remote_card("remote-echo", up, "echo", tier="small"),
             "remote-broken": remote_card("remote-broken", up, "broken", tier="large", max_retries=0),
         })
-        policies = tmp_path / "policies"
-        policies.mkdir()
-        for file in (ROOT / "policies").glob("*.yaml"):
-            shutil.copy(file, policies / file.name)
-        (policies / "onlybroken.yaml").write_text(
-            "name: onlybroken\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-broken]\n")
+        policies = policies_dir(tmp_path / "policies", {"onlybroken": only_policy("remote-broken")})
         ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
         config = tmp_path / "config.yaml"
         config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n"

@@ -5,7 +5,6 @@ SQLite file the proxy writes."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -13,7 +12,7 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+from servers.procs import models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 from router.ledger import LedgerRecord, open_ledger
 
@@ -61,12 +60,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "remote-slow": remote_card("remote-slow", up, "slow", tier="large", per_call_j=5.0),
             "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=7.0),
         })
-        policies = tmp / "policies"
-        policies.mkdir()
-        for file in (ROOT / "policies").glob("*.yaml"):
-            shutil.copy(file, policies / file.name)
-        (policies / "onlybroken.yaml").write_text(
-            "name: onlybroken\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-broken]\n")
+        policies = policies_dir(tmp / "policies", {"onlybroken": only_policy("remote-broken")})
         ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
         config = tmp / "config.yaml"
         config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n")

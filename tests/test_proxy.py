@@ -15,7 +15,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from servers.procs import ROOT, free_port, models_dir, remote_card, router_serve, upstream, wait_for_record
+from servers.procs import (
+    ROOT,
+    free_port,
+    models_dir,
+    only_policy,
+    policies_dir,
+    remote_card,
+    router_serve,
+    upstream,
+    wait_for_record,
+)
 
 from router.ledger import LedgerRecord, hash_key, open_ledger
 
@@ -61,12 +71,7 @@ def _config(tmp: Path, up: str, extra: str = "") -> tuple[Path, str]:
         "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=5.0),
     }
     models = models_dir(tmp / "models", cards)
-    policies = tmp / "policies"  # the shipped policies plus one that allows only the broken model
-    policies.mkdir()
-    for file in (ROOT / "policies").glob("*.yaml"):
-        shutil.copy(file, policies / file.name)
-    (policies / "onlybroken.yaml").write_text(
-        "name: onlybroken\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-broken]\n")
+    policies = policies_dir(tmp / "policies", {"onlybroken": only_policy("remote-broken")})
     ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
     config = tmp / "config.yaml"
     config.write_text(

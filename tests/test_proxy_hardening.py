@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -19,7 +18,16 @@ import httpx
 import openai
 import pytest
 from servers.instant_upstream import LEAK
-from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream, wait_for_record
+from servers.procs import (
+    ROOT,
+    models_dir,
+    only_policy,
+    policies_dir,
+    remote_card,
+    router_serve,
+    upstream,
+    wait_for_record,
+)
 from starlette.testclient import TestClient
 from test_structured_output import build
 
@@ -60,16 +68,10 @@ def _config(tmp: Path, up: str, extra: str = "") -> Path:
         "remote-leaky": remote_card("remote-leaky", up, "leaky", tier="large", per_call_j=5.0),
     }
     models = models_dir(tmp / "models", cards)
-    policies = tmp / "policies"
-    policies.mkdir()
-    for file in (ROOT / "policies").glob("*.yaml"):
-        shutil.copy(file, policies / file.name)
-    for name in ("broken", "leaky"):
-        (policies / f"only{name}.yaml").write_text(
-            f"name: only{name}\naccuracy: {{min_accuracy: 0.0}}\nallowed_models: [remote-{name}]\n")
-    (policies / "tiny.yaml").write_text(
-        "name: tiny\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\n"
-        "budgets: [{model: remote-echo, joules: 0.5, per: 3600}]\non_budget_exhausted: reject\n")
+    policies = policies_dir(tmp / "policies", {
+        "onlybroken": only_policy("remote-broken"), "onlyleaky": only_policy("remote-leaky"),
+        "tiny": "name: tiny\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\n"
+                "budgets: [{model: remote-echo, joules: 0.5, per: 3600}]\non_budget_exhausted: reject\n"})
     config = tmp / "config.yaml"
     config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\n"
                       f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\ncooldown: {{failures: 100, seconds: 1}}\n"

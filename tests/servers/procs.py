@@ -133,6 +133,23 @@ def models_dir(folder: Path, cards: dict[str, str], specialist: bool = True) -> 
     return folder
 
 
+def policies_dir(folder: Path, extra: dict[str, str] | None = None) -> Path:
+    """A policies folder with the shipped policies and the given extra ones (file name without ``.yaml`` ->
+    YAML text)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in (ROOT / "policies").glob("*.yaml"):
+        shutil.copy(file, folder / file.name)
+    for name, text in (extra or {}).items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+def only_policy(model: str) -> str:
+    """A policy, ``only<what follows remote->``, that allows ``model`` alone at any accuracy."""
+    name = "only" + model.removeprefix("remote-")
+    return f"name: {name}\naccuracy: {{min_accuracy: 0.0}}\nallowed_models: [{model}]\n"
+
+
 @contextmanager
 def router_serve(config: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
                  timeout: float = 90.0) -> Iterator[str]:
