@@ -27,6 +27,9 @@ falls back, rejects or is allowed and flagged as the policy says; an escalation 
 reserved because the ledger's store is down is not tried, and the escalated answer is kept. An expired deadline
 or a cancelled request ends the request at once. Every model called leaves one ledger record (``ok``,
 ``escalated``, ``error``, ``cancelled``), and a model skipped for its budget a ``rejected`` one.
+
+Length: one class holds a call's whole life (reserve, meter, judge, settle, record) so that the four drivers in
+:mod:`router._router` share it; split, each step would need the same state passed around.
 """
 
 from __future__ import annotations

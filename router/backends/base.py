@@ -2,6 +2,9 @@
 
 ``generate``/``agenerate`` collect the stream, so a backend author writes one method (httpx's
 ``handle_request`` idea). Every backend passes the shared conformance suite in ``tests/conformance``.
+
+Length: what every backend inherits stays here with the interface: the thread hand-over of the async twins and
+the turn queue (:class:`_Turns`) that a model serving one call at a time relies on.
 """
 
 from __future__ import annotations

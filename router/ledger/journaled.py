@@ -18,10 +18,13 @@ estimate for the rest of the window (budgets then err towards refusing). Reads (
 raise ``LedgerError`` while the store is down, and do not include records still in the journal; ``budget_used``,
 ``request_record`` and ``recent_calls`` (the reads made while answering requests) raise at once while the store is
 known to be down, and the Router then leaves models under a budget out where another model can answer, skips the
-check of a chosen request id's owner, and keeps its energy estimates as they were.
+request ids it cannot check for their owner (answering under its own), and keeps its energy estimates as they were.
 
 A store that is down when the ledger is opened is not an error (a corrupt or misconfigured one is): the
 journal takes records and the store is opened again by the replay thread.
+
+Length: every method shares the one outage state (since when, why, the settlements waiting for the store), so
+the journal's side of each ledger call stays in this module; the journal file itself is :mod:`.journal`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ calls them (the rule itself is stated in :mod:`router.policy.engine`).
 
 They run before every model call, so each is one pass over the candidates, and they hand their results on as
 plain tuples that ``decide_pure`` unpacks into named variables: a named tuple per step made a decision about 8 %
-slower (creation and attribute reads) for no gain in what the code says."""
+slower (creation and attribute reads) for no gain in what the code says.
+
+Length: the functions are the rule's steps, read in order; they share only small helpers (units, sizes)."""
 
 from __future__ import annotations
 
