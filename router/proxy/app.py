@@ -270,4 +270,9 @@ def app_from_env() -> ProxyApp:
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()
     gc.freeze()
+    # The cyclic collector starts a young-generation pass every 700 net new container objects. At concurrency
+    # 64 the requests in flight alone hold thousands, so it ran every ~30 requests and scanned them all (~8 µs
+    # per request, 2-3 % of the proxy's CPU; benchmarks/README.md, *Proxy*), though nearly everything a request
+    # makes is freed by reference counting. 10,000 lets it run when garbage with cycles has really piled up.
+    gc.set_threshold(10_000, 10, 10)
     return app
