@@ -311,3 +311,67 @@ def test_background_writer_journals_before_it_acknowledges(tmp_path: Path) -> No
     assert led.flush(5) and [r.record_id for r in led.records()] == [rec.record_id]
     led.close()
     assert segment_files(tmp_path / "l.sqlite3.journal") == []
+
+
+def test_records_made_on_the_serving_loop_are_journaled_together_before_any_answer_leaves(tmp_path: Path) -> None:
+    """`router serve`'s grouping (BackgroundLedger.defer_journal): the records of one loop iteration go to the
+    journal in one write, scheduled on the loop and forced by the protocol's before-send hook; records made on
+    other threads are journaled at once, as before."""
+    import asyncio
+
+    from router.proxy.server import BEFORE_SEND, _OneWrite
+
+    led = BackgroundLedger(SQLiteLedger(tmp_path / "l.sqlite3"), interval_s=0.05)
+    assert led.journaled is not None
+    folder = led.journaled.journal.folder
+
+    def journaled() -> list[str]:
+        return [json.loads(line)["record_id"] for p in segment_files(folder) for line in p.read_bytes().splitlines()]
+
+    class Transport:  # TEST DOUBLE: records what the protocol sends, and what the journal held at that moment
+        def __init__(self) -> None:
+            self.sent: list[tuple[bytes, list[str]]] = []
+
+        def write(self, data: bytes) -> None:
+            self.sent.append((data, journaled()))
+
+        def is_closing(self) -> bool:
+            return False
+
+        def close(self) -> None:
+            pass
+
+    last = _rec(5)
+
+    async def serve() -> None:
+        led.defer_journal(True)
+        BEFORE_SEND.append(led.journal_pending)
+        try:
+            loop = asyncio.get_running_loop()
+            a, b = _rec(1), _rec(2)
+            led.record(a)
+            led.record(b)
+            assert journaled() == []  # not yet: grouped for this iteration
+            transport = Transport()
+            out = _OneWrite(transport, loop)  # type: ignore[arg-type]
+            out.write(b"answer")
+            out.close()  # flushes now: the hook runs first
+            assert transport.sent == [(b"answer", [a.record_id, b.record_id])]
+            c = _rec(3)
+            led.record(c)
+            await asyncio.sleep(0)  # the loop's next iteration journals it without any answer being sent
+            await asyncio.sleep(0)
+            assert journaled()[-1] == c.record_id
+            other = _rec(4)
+            await asyncio.to_thread(led.record, other)  # another thread: journaled before record returns
+            assert journaled()[-1] == other.record_id
+            led.record(last)
+        finally:
+            BEFORE_SEND.remove(led.journal_pending)
+            led.defer_journal(False)  # the pending one is journaled now
+
+    asyncio.run(serve())
+    assert journaled()[-1] == last.record_id
+    assert led.flush(5)
+    assert sorted(r.request_id for r in led.records()) == ["q1", "q2", "q3", "q4", "q5"]
+    led.close()

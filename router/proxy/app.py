@@ -185,7 +185,20 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        # under `router serve` the records of one loop iteration go to the journal in one write, before the
+        # server's protocol sends any answer (ledger_writer.py says why); other servers append each at once
+        grouped = getattr(app.state, "journal_before_send", False) and isinstance(router.ledger, BackgroundLedger)
+        if grouped:
+            from .server import BEFORE_SEND
+
+            router.ledger.defer_journal(True)
+            BEFORE_SEND.append(router.ledger.journal_pending)
+        try:
+            yield
+        finally:
+            if grouped:
+                BEFORE_SEND.remove(router.ledger.journal_pending)
+                router.ledger.defer_journal(False)
         await asyncio.to_thread(router.close)  # it waits for running calls, which need this loop to finish
 
     app = ProxyApp(title="router", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -263,6 +276,7 @@ def app_from_env() -> ProxyApp:
     set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker process's connections
     started = time.perf_counter()
     app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
+    app.state.journal_before_send = True  # served by router.proxy.server's protocol, which calls BEFORE_SEND
     router = app.state.router
     names = ", ".join(n for n, c in router.cards.items() if c.callable)
     print(f"router serve: worker {os.getpid()} ready in {time.perf_counter() - started:.1f} s: {names}",

@@ -33,13 +33,19 @@ Nothing acknowledged is lost: ``record`` first appends the record to this proces
 ``record`` returns) and only then queues it; the thread's store write tells the journal which records arrived.
 Records still queued when the process dies, or that the store did not take (down, locked), are replayed from
 the journal into the store (by this process's replay thread, or by the next process that opens the ledger),
-idempotently by record id. ``journal=False`` turns this off (then a ``kill -9`` loses what was queued, up to
-``interval_s`` plus one write's worth). Set ``proxy.ledger_writes: inline`` in the config to write on
-the request path.
+idempotently by record id. Under ``router serve`` the records made on the event loop's thread are appended
+together, once per loop iteration, rather than one ``write(2)`` each (:meth:`BackgroundLedger.defer_journal`):
+every write released the GIL, and taking it back behind the writer thread cost the loop ~25 µs per request, 7 %
+of the proxy's throughput at concurrency 64 (``python benchmarks/ab_proxy.py``; benchmarks/README.md, *Proxy*).
+The server's protocol appends them before any response bytes leave (``router.proxy.server.BEFORE_SEND``), so
+still nothing is acknowledged before its record is in the journal. ``journal=False`` turns the journal off
+(then a ``kill -9`` loses what was queued, up to ``interval_s`` plus one write's worth). Set
+``proxy.ledger_writes: inline`` in the config to write on the request path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -94,6 +100,9 @@ class BackgroundLedger(Ledger):
         self.failed = 0
         self.settled = 0
         self.failed_settlements = 0
+        self._defer_thread: int | None = None
+        self._unjournaled: list[LedgerRecord] = []
+        self._journal_scheduled = False
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -179,18 +188,57 @@ class BackgroundLedger(Ledger):
             self._wake.set()
 
     def record(self, rec: LedgerRecord) -> None:
-        """On disk in the journal when this returns (a ``kill -9`` then loses nothing); in the store once the
-        writer thread has written it."""
+        """On disk in the journal when this returns (a ``kill -9`` then loses nothing), or, made on the thread
+        given to :meth:`defer_journal`, by :meth:`journal_pending`; in the store once the writer thread has
+        written it."""
         if self._closed:
             self.inner.record(rec)
             return
+        if self._defer_thread is not None and threading.get_ident() == self._defer_thread:
+            self._unjournaled.append(rec)
+            if not self._journal_scheduled:  # at the latest in the loop's next iteration
+                self._journal_scheduled = True
+                asyncio.get_running_loop().call_soon(self.journal_pending)
+            return
         self._hand_over(_Queued(rec, self.journaled.append([rec]) if self.journaled is not None else None))
+
+    def defer_journal(self, on: bool) -> None:
+        """With ``on``, called on a running event loop: records made on its thread wait for
+        :meth:`journal_pending` (scheduled on the loop at the first of them; the server also calls it before
+        sending any response bytes), which appends them to the journal in one write. Only for a server that
+        calls ``journal_pending`` before every send (``router serve``'s protocol does): otherwise an answer
+        could leave before its record is in the journal. Off: the pending records are appended at once, and
+        records are again appended as they are made."""
+        if on and self.journaled is None:
+            return  # no journal: nothing to group
+        self.journal_pending()
+        self._defer_thread = threading.get_ident() if on else None
+
+    def journal_pending(self) -> None:
+        """Append the records deferred on the loop's thread in one write and hand them to the writer thread.
+        Never raises: a journal that cannot be written leaves them to the store write (logged)."""
+        self._journal_scheduled = False
+        recs = self._unjournaled
+        if not recs:
+            return
+        self._unjournaled = []
+        seg: Segment | None = None
+        if self.journaled is not None:
+            try:
+                seg = self.journaled.append(recs)
+            except Exception:  # closed meanwhile: the store write is what is left (JournaledLedger.append's rule)
+                log.exception("could not append %d ledger records to the journal; writing them to the store",
+                              len(recs))
+        for rec in recs:
+            self._hand_over(_Queued(rec, seg))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every record handed over so far is written (or, the store being unavailable, left to the
         journal's replay)."""
         if self._closed or not self._thread.is_alive():
             return True
+        if self._defer_thread == threading.get_ident():
+            self.journal_pending()
         done = threading.Event()
         self._hand_over(done)
         return done.wait(timeout)
@@ -285,6 +333,9 @@ class BackgroundLedger(Ledger):
         return getattr(self.inner, name)
 
     def close(self) -> None:
+        if self._unjournaled:  # a server that stopped without turning deferral off: these calls still count
+            self.journal_pending()
+        self._defer_thread = None
         if not self._closed:
             self._closed = True
             self._hand_over(_STOP)

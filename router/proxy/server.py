@@ -24,11 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import RequestTimeoutError
+
+BEFORE_SEND: list[Callable[[], None]] = []
+"""Called before any response bytes of this process leave (this module's protocol only): ``router serve`` puts
+the ledger's :meth:`~router.proxy.ledger_writer.BackgroundLedger.journal_pending` here, so the records of the
+answers sent are in the journal first. A hook must not raise."""
 
 
 class _OneWrite:
@@ -53,6 +59,8 @@ class _OneWrite:
         self.write(b"".join(lines))
 
     def _flush(self) -> None:
+        for hook in BEFORE_SEND:
+            hook()
         held, self._held = self._held, None
         if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
