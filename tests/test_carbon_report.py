@@ -14,6 +14,7 @@ from router.carbon.grid import shipped_series
 from router.cli import app
 from router.ledger import LedgerRecord, SQLiteLedger
 from router.ledger.carbon_report import build_carbon
+from router.ledger.report import build_report
 
 DAY = datetime(2022, 7, 1, tzinfo=timezone.utc).timestamp()
 
@@ -47,6 +48,38 @@ def test_by_hour_by_zone_and_the_cleanest_hour(tmp_path: Path) -> None:
     recorded = sum(min(cal[h:]) for h in range(24))
     assert {z["zone"]: z for z in alone.by_zone}["US-CAL"]["cleanest_hour_co2e_g"] == pytest.approx(recorded)
     led.close()
+
+
+class NoFastCarbonQuery(SQLiteLedger):
+    """TEST DOUBLE: SQLite without its one-query carbon sums, so the report takes the pass over the records that
+    stores without such a query (Redis) get."""
+
+    carbon_rows = None
+
+
+@pytest.mark.parametrize("ledger_class", [SQLiteLedger, NoFastCarbonQuery], ids=["sqlite-query", "record-pass"])
+def test_carbon_requests_are_model_calls_and_rejections_apart(tmp_path: Path, ledger_class: type) -> None:
+    """A budget refusal's 0 J ``rejected`` record is no model call: the carbon tables count calls as the report does."""
+    led = ledger_class(tmp_path / "l.sqlite3")
+    outcomes = {"ok": 3, "error": 2, "rejected": 4}
+    n = 0
+    for outcome, count in outcomes.items():
+        for _ in range(count):
+            zone, hour = ["US-CAL", "EU"][n % 2], n % 3
+            joules = 0.0 if outcome == "rejected" else 3.6e6
+            led.record(LedgerRecord(request_id=f"r{n}", model="m", tier="small", energy_j=joules, energy_source="x",
+                                    ts=DAY + hour * 3600 + 60, zone=zone, grid_g_per_kwh=100.0,
+                                    co2e_g=joules / 3.6e6 * 100.0, outcome=outcome))
+            n += 1
+    main = build_report(led, {}, since=0.0).total
+    carbon = build_carbon(led, 0.0, None)
+    led.close()
+    assert (main.requests, main.rejected) == (5, 4)
+    for rows in (carbon.by_zone, carbon.by_hour, carbon.by_hour_of_day):
+        assert sum(r["requests"] for r in rows) == main.requests
+        assert sum(r["rejected"] for r in rows) == main.rejected
+    zones = {z["zone"]: (z["requests"], z["rejected"]) for z in carbon.by_zone}
+    assert zones == {"US-CAL": (3, 2), "EU": (2, 2)}  # US-CAL: records 0, 2, 4 called, 6 and 8 rejected
 
 
 def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ elsewhere) and, for the counterfactual, takes for each (hour, zone) the lowest i
 window starting at that hour: from the zone's configured series where the zone has one (a file: the recorded
 year), else from the intensities the ledger itself recorded for that zone in those hours. The window is the one
 given (``--window``, default 24 h: "had every request been deferrable by a day"); a request that already ran at
-its window's cleanest hour counts at what it emitted.
+its window's cleanest hour counts at what it emitted. ``requests`` counts model calls; a ``rejected`` record (a model
+skipped or a request refused for its budget, 0 J) is counted in ``rejected`` instead, as every view of the ledger
+counts it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from ..carbon.sources import HOUR_S, SeriesIntensity
 from ..energy.carbon import recorded_intensity
-from .base import Ledger, bucket_of
+from .base import REFUSED, Ledger, bucket_of
 
 
 @dataclass
@@ -27,6 +29,9 @@ class CarbonRow:
     bucket: float
     zone: str
     requests: int = 0
+    """Model calls (every outcome but ``rejected``)."""
+    rejected: int = 0
+    """Records of a model not called: skipped or refused for its budget."""
     energy_j: float = 0.0
     co2e_g: float = 0.0
     g_energy: float = 0.0
@@ -38,16 +43,19 @@ class CarbonRow:
 
 
 def carbon_rows(ledger: Ledger, since: float, until: float | None) -> list[CarbonRow]:
-    """Per (hour, zone): requests, joules, grams CO2e and the joule-weighted intensity."""
+    """Per (hour, zone): model calls, rejections, joules, grams CO2e and the joule-weighted intensity."""
     fast = getattr(ledger, "carbon_rows", None)
     if fast is not None:
-        return [CarbonRow(float(b), z or "-", int(n), float(e), float(c), float(ge))
-                for b, z, n, e, c, ge in fast(since, until)]
+        return [CarbonRow(float(b), z or "-", int(n), int(rej), float(e), float(c), float(ge))
+                for b, z, n, rej, e, c, ge in fast(since, until)]
     out: dict[tuple[float, str], CarbonRow] = {}
     for r in ledger.iter_records(since, until):
         key = (bucket_of(r.ts), r.zone or "-")
         row = out.setdefault(key, CarbonRow(*key))
-        row.requests += 1
+        if r.outcome == REFUSED:
+            row.rejected += 1
+        else:
+            row.requests += 1
         row.energy_j += r.energy_j
         row.co2e_g += r.co2e_g or 0.0
         row.g_energy += r.energy_j * (r.grid_g_per_kwh or 0.0)
@@ -101,18 +109,19 @@ def build_carbon(ledger: Ledger, since: float, until: float | None, *, grid: Any
         total += r.co2e_g
         best += cf
         hour_of_day = datetime.fromtimestamp(r.bucket, tz=timezone.utc).hour
-        for acc in (hours.setdefault(r.bucket, [0, 0.0, 0.0, 0.0, 0.0]),
-                    zones.setdefault(r.zone, [0, 0.0, 0.0, 0.0, 0.0]),
-                    hod.setdefault(hour_of_day, [0, 0.0, 0.0, 0.0, 0.0])):
+        for acc in (hours.setdefault(r.bucket, [0, 0, 0.0, 0.0, 0.0, 0.0]),
+                    zones.setdefault(r.zone, [0, 0, 0.0, 0.0, 0.0, 0.0]),
+                    hod.setdefault(hour_of_day, [0, 0, 0.0, 0.0, 0.0, 0.0])):
             acc[0] += r.requests
-            acc[1] += r.energy_j
-            acc[2] += r.co2e_g
-            acc[3] += cf
-            acc[4] += r.g_energy
+            acc[1] += r.rejected
+            acc[2] += r.energy_j
+            acc[3] += r.co2e_g
+            acc[4] += cf
+            acc[5] += r.g_energy
 
     def row(label: str, key: str, acc: list[float]) -> dict[str, Any]:
-        return {key: label, "requests": int(acc[0]), "energy_j": acc[1], "co2e_g": acc[2],
-                "g_per_kwh": recorded_intensity(acc[1], acc[2]), "cleanest_hour_co2e_g": acc[3]}
+        return {key: label, "requests": int(acc[0]), "rejected": int(acc[1]), "energy_j": acc[2], "co2e_g": acc[3],
+                "g_per_kwh": recorded_intensity(acc[2], acc[3]), "cleanest_hour_co2e_g": acc[4]}
 
     notes = [f"CO2e as recorded with each request: its zone's intensity at the hour it ran (g/kWh: grams per kWh "
              f"drawn, PUE included, as in every view of the ledger). The counterfactual "
@@ -135,10 +144,11 @@ def rich_tables(rep: CarbonReport) -> list[Any]:
     for title, key, rows in (("CO2e by zone", "zone", rep.by_zone),
                              ("CO2e by hour of day (UTC)", "hour_of_day", rep.by_hour_of_day)):
         t = Table(title=title)
-        for col in (key.replace("_", " "), "requests", "g/kWh", "CO2e g", "at the cleanest hour g"):
+        for col in (key.replace("_", " "), "requests", "rejected", "g/kWh", "CO2e g", "at the cleanest hour g"):
             t.add_column(col, justify="left" if col == key.replace("_", " ") else "right")
         for r in rows:
-            t.add_row(str(r[key]), f"{r['requests']:,}", "-" if r["g_per_kwh"] is None else f"{r['g_per_kwh']:.0f}",
+            t.add_row(str(r[key]), f"{r['requests']:,}", f"{r['rejected']:,}",
+                      "-" if r["g_per_kwh"] is None else f"{r['g_per_kwh']:.0f}",
                       f"{r['co2e_g']:.4g}", f"{r['cleanest_hour_co2e_g']:.4g}")
         out.append(t)
     return out

@@ -43,7 +43,17 @@ from .arguments import (
     checked_time,
     stored_retention_days,
 )
-from .base import SUMMARY_DIMS, Ledger, LedgerRecord, Reservation, Retention, SummaryRow, binary_chunks, window_start
+from .base import (
+    REFUSED,
+    SUMMARY_DIMS,
+    Ledger,
+    LedgerRecord,
+    Reservation,
+    Retention,
+    SummaryRow,
+    binary_chunks,
+    window_start,
+)
 from .errors import guarded, ledger_error, postgres_error
 from .postgres_feedback import PRUNE_SQL, PostgresFeedback
 from .postgres_schema import (
@@ -417,8 +427,10 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """Per (hour, zone): requests, joules, grams CO2e, joules x g/kWh (``router ledger report``'s carbon)."""
-        sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(zone, '-'), count(*), sum(energy_j), "
+        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh (``router ledger report``'s
+        carbon)."""
+        sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(zone, '-'), count(*) FILTER (WHERE outcome <> "
+               f"'{REFUSED}'), count(*) FILTER (WHERE outcome = '{REFUSED}'), sum(energy_j), "
                f"sum(COALESCE(co2e_g, 0)), sum(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM {self.schema}.records "
                "WHERE ts >= %s")
         since, until = checked_span(since, until)

@@ -36,7 +36,17 @@ from .arguments import (
     checked_time,
     stored_retention_days,
 )
-from .base import SUMMARY_DIMS, Ledger, LedgerRecord, Reservation, Retention, SummaryRow, binary_chunks, window_start
+from .base import (
+    REFUSED,
+    SUMMARY_DIMS,
+    Ledger,
+    LedgerRecord,
+    Reservation,
+    Retention,
+    SummaryRow,
+    binary_chunks,
+    window_start,
+)
 from .errors import guarded, ledger_error, sqlite_error
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
@@ -376,8 +386,10 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
 
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """Per (hour, zone): requests, joules, grams CO2e, joules x g/kWh (``router ledger report``'s carbon)."""
-        sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(zone, '-'), COUNT(*), SUM(energy_j), "
+        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh (``router ledger report``'s
+        carbon)."""
+        sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(zone, '-'), SUM(outcome != '{REFUSED}'), "
+               f"SUM(outcome = '{REFUSED}'), SUM(energy_j), "
                "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM records WHERE ts >= ?")
         since, until = checked_span(since, until)
         args: list[Any] = [since]

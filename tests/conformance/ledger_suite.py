@@ -31,7 +31,8 @@ import pytest
 from router.errors import BadRequestError, ConfigError, LedgerError
 from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
 from router.ledger.arguments import GROUPS
-from router.ledger.base import SUMMARY_DIMS, check_dims, reduce_dims
+from router.ledger.base import SUMMARY_DIMS, bucket_of, check_dims, reduce_dims
+from router.ledger.carbon_report import carbon_rows
 from router.ledger.doctor import summary_mismatches
 
 OpenStore = Callable[[str], Ledger]
@@ -200,6 +201,23 @@ def check_totals(open_store: OpenStore) -> None:
     _close(
         _as_tuples(led.totals(by="model", since=since)), _reference_totals([r for r in recs if r.ts >= since], "model")
     )
+
+
+def check_carbon_rows_count_model_calls(open_store: OpenStore) -> None:
+    """The carbon report's rows (a store's own query, else a pass over the records) count model calls in
+    ``requests`` and ``rejected`` records apart, as the summaries do, per hour and zone."""
+    led = open_store("carbon")
+    recs = [_rec(i, T0 + i * 700.0, **({"outcome": "rejected", "energy_j": 0.0} if i % 4 == 1 else {}))
+            for i in range(24)]
+    led.record_many(recs)
+    want: dict[tuple[float, str], list[int]] = {}
+    for r in recs:
+        counts = want.setdefault((bucket_of(r.ts), r.zone or "-"), [0, 0])
+        counts[r.outcome == "rejected"] += 1
+    got = {(row.bucket, row.zone): [row.requests, row.rejected] for row in carbon_rows(led, 0.0, None)}
+    assert got == want
+    calls = sum(t["requests"] for t in totals_from_summary(led.summary(), "model"))
+    assert sum(n for n, _ in got.values()) == calls == 18
 
 
 def check_summary_exact_for_any_range(open_store: OpenStore) -> None:
@@ -704,6 +722,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_bad_arguments_are_bad_request_errors,
     check_spent,
     check_totals,
+    check_carbon_rows_count_model_calls,
     check_summary_exact_for_any_range,
     check_reopen_keeps_everything,
     check_close_twice_is_quiet,
