@@ -27,10 +27,11 @@
     └── InternalError                   500  server_error            a bug: the message never shows internals
 
 The proxy answers each with ``to_openai()`` (OpenAI's ``{"error": {"message", "type", "param", "code"}}``) and
-``http_status``, so library users and HTTP clients see the same taxonomy. A message never holds what a client
-must not see (an upstream's error body, its URL, a file path): that goes to ``detail``, which is logged and never
-sent. Nothing else escapes the library's
-public calls: anything unexpected is wrapped in :class:`InternalError` with the original as its cause.
+``http_status``, so library users and HTTP clients see the same taxonomy; an error whose ``retry_after_s`` is set
+(a spent budget's window, a model's cooldown, a store's next check) also carries ``Retry-After``. A message never
+holds what a client must not see (an upstream's error body, its URL, a file path): that goes to ``detail``, which
+is logged and never sent. Nothing else escapes the library's public calls: anything unexpected is wrapped in
+:class:`InternalError` with the original as its cause.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class RouterError(Exception):
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 detail: str | None = None) -> None:
+                 detail: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -54,6 +55,9 @@ class RouterError(Exception):
             self.code = code
         self.detail = detail
         """What an operator needs and a client must not see (an upstream's answer, a URL): logged, never sent."""
+        self.retry_after_s = retry_after_s
+        """Seconds after which a retry may succeed, where the raiser knows them (the proxy's ``Retry-After``);
+        ``None``: no retry will help by waiting, or nobody can say when."""
 
     def to_openai(self) -> dict[str, object]:
         """The error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -140,8 +144,7 @@ class BudgetExhaustedError(RouterError):
 
     def __init__(self, message: str, *, retry_after_s: float | None = None, param: str | None = None,
                  model: str | None = None, request_id: str | None = None) -> None:
-        super().__init__(message, param=param)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, param=param, retry_after_s=retry_after_s)
         self.model = model
         self.request_id = request_id
 

@@ -414,6 +414,8 @@ def test_serve_starts_with_the_batch_store_down_and_answers_503_until_it_is_back
                     client.batches.list()
                 err = info.value.response.json()["error"]
                 assert info.value.status_code == 503 and err["code"] == "batch_store_unavailable", err
+                # the scheduler tries the store again every poll_s (0.05 s): a client is told that, in whole seconds
+                assert info.value.response.headers["retry-after"] == "1", info.value.response.headers
                 assert err["message"].startswith("the server's batch store is unavailable"), err
             time.sleep(1.0)  # the schedulers poll the store twenty times meanwhile
             postgres_server.start()

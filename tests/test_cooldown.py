@@ -43,8 +43,10 @@ def test_failures_open_then_a_trial_success_closes(specialist_backend) -> None: 
         with pytest.raises(BackendError):
             breaker.generate(REQUEST)
     assert breaker.state == "open" and breaker.opened_total == 1
-    with pytest.raises(BackendUnavailableError, match="cooling down"):
+    clock.now = 2.5
+    with pytest.raises(BackendUnavailableError, match="cooling down") as info:
         list(breaker.stream(REQUEST))
+    assert info.value.retry_after_s == 7.5  # when the trial call is let through: the proxy's Retry-After
     assert breaker.rejected_total == 1
     clock.now = 10.0
     assert breaker.state == "half-open"

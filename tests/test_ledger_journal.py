@@ -16,9 +16,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest_postgres import PASSWORD, postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
+from servers.procs import router_serve
+from test_budgets import REVIEW, policy, setup
 
 from router.config import RouterConfig
 from router.errors import ConfigError, LedgerError
@@ -139,6 +142,31 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
     assert led.budget_used("b", 3600) == 4.0, "the settlement was applied once the store came back"
     assert [r.request_id for r in led.records()] == ["q1"]
     led.close()
+
+
+def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path) -> None:
+    """``router serve`` with a SQLite ledger whose write lock another connection holds: the request's model is
+    under a `reject` budget, so it fails closed (503), and ``Retry-After`` is the journal's replay interval, when
+    the router next checks the store (the OpenAI SDK retries a 503 and honours it)."""
+    root = setup(tmp_path, policy("reject", 100.0))
+    ledger = root / "ledger.sqlite3"
+    config = root / "router.yaml"
+    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
+                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
+                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: 2.5}}\n")
+    body = {"model": "router", "messages": REVIEW}
+    with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=20) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        holder = sqlite3.connect(ledger, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # the store is unavailable for writes: no reservation can be made
+        try:
+            for _ in range(2):  # every refusal while the store is unavailable, not only the first
+                res = client.post("/v1/chat/completions", json=body)
+                assert res.status_code == 503 and res.json()["error"]["code"] == "ledger_unavailable", res.text
+                assert res.headers["retry-after"] == "3", res.headers  # 2.5 s, in whole seconds
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
 
 
 def test_a_store_down_at_open_is_journaled_a_broken_one_is_refused(tmp_path: Path) -> None:

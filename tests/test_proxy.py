@@ -218,6 +218,9 @@ def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
         client.chat.completions.create(model="remote-broken", messages=user(QUESTION), extra_body=only_broken)
     assert err.value.status_code == 503 and "cooling down" in str(err.value.message)
     assert served.upstream_stats()["calls"]["broken"] == after_failures  # short-circuited: upstream not called
+    # a client (the openai SDK retries 503s) is told to come back when the trial call is let through
+    left = float(str(err.value.message).split("cooling down for ")[1].split(" s more")[0])  # rounded to 0.1 s
+    assert left <= int(err.value.response.headers["retry-after"]) <= left + 1, err.value.response.headers
 
     deadline = time.time() + 10
     while len([r for r in served.records() if r.model == "remote-broken"]) < 3 and time.time() < deadline:

@@ -84,7 +84,7 @@ class CooldownBackend(Backend):
             left = max(0.0, self._open_until - now)
         raise BackendUnavailableError(
             f"{self.card.name}: cooling down for {left:.1f} s more after {self.consecutive_failures} consecutive "
-            "failures"
+            "failures", retry_after_s=left,  # 0 while the trial call runs: its verdict is due any moment
         )
 
     def _succeeded(self) -> None:

@@ -20,8 +20,10 @@ class Batches:
 
     def __init__(self, router: Any, *, scheduler: bool | None = None) -> None:
         settings = router.config.batch
-        # a PostgreSQL store that is down now is an outage: the API answers 503 and the scheduler waits for it
-        self.store = BatchStore(settings.store_url or default_store_url(router.config.ledger_url), wait_if_down=True)
+        # a PostgreSQL store that is down now is an outage: the API answers 503 and the scheduler waits for it.
+        # When it is back nobody knows; the scheduler tries it again every poll_s, so a client is told that pace
+        self.store = BatchStore(settings.store_url or default_store_url(router.config.ledger_url), wait_if_down=True,
+                                retry_after_s=settings.poll_s)
         self.service = BatchService(self.store, router.grid.clock, max_file_bytes=settings.max_file_bytes,
                                     max_lines=settings.max_lines, zone=settings.zone or router.grid.host_zone,
                                     forecast=settings.forecast)

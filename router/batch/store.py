@@ -65,12 +65,15 @@ class BatchStore:
     ``wait_if_down`` the first failure of an outage is logged, and its end; the calls in between would repeat it
     every poll."""
 
-    def __init__(self, url: str, *, wait_if_down: bool = False) -> None:
+    def __init__(self, url: str, *, wait_if_down: bool = False, retry_after_s: float | None = None) -> None:
         """``wait_if_down``: a PostgreSQL server that is down or unreachable, now or later, is an outage, logged
         once (``router serve`` starts so, its Batch API answering 503 until the server is back); otherwise (the
-        CLI), and always at start for what a person must fix (credentials, a missing database), an error."""
+        CLI), and always at start for what a person must fix (credentials, a missing database), an error.
+        ``retry_after_s``: what an error that may pass by itself (not one a person must fix) tells a client to
+        wait (the proxy's ``Retry-After``)."""
         self.url = url
         self._wait_if_down = wait_if_down
+        self._retry_after_s = retry_after_s
         self._lock = threading.RLock()
         self._conn: Any = None
         self._down_since: float | None = None
@@ -175,6 +178,8 @@ class BatchStore:
                               "the store (`batch.store_url` in the config) and retry")
         if self.kind == "postgres":  # the ledger's reading of PostgreSQL's errors: down, or a person must act
             err.retryable = postgres_error(self.url, exc, action).retryable
+        if err.retryable:
+            err.retry_after_s = self._retry_after_s
         return err
 
     def _failure(self, action: str, exc: BaseException) -> BatchStoreError:

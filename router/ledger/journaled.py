@@ -273,9 +273,14 @@ class JournaledLedger(Ledger):
             return self._store().try_reserve(budget, joules, limit_j, window_s)
         except LedgerError as exc:
             what, fix = wrapped_parts(exc, "bring the store back")
-            raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
+            err = ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
                                f"({what})", f"{fix}; requests for models without a budget go on",
-                               retryable=exc.retryable) from exc  # fmt: skip
+                               retryable=exc.retryable)  # fmt: skip
+            if exc.retryable:
+                # nobody knows when the store is back: the replay thread checks it every replay_interval_s, and
+                # while an outage is known budgets are refused at once until that check has found it back
+                err.retry_after_s = self.journal.settings.replay_interval_s
+            raise err from exc
 
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         self.settle_many([(reservation, actual_j)])

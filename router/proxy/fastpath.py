@@ -69,7 +69,7 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, reques
     server-side error says what failed and the request id; its details (files, URLs, an upstream's answer) are
     logged under that id and never sent."""
     headers: dict[str, str] = {}
-    if isinstance(exc, BudgetExhaustedError) and exc.retry_after_s is not None:
+    if exc.retry_after_s is not None:  # whole seconds (RFC 9110); 0 would invite an immediate retry
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, AuthenticationError):
         headers["www-authenticate"] = "Bearer"
