@@ -177,10 +177,11 @@ class Attempts:
                 f"messages{', offer fewer tools' if tools else ''} or pin a model with a longer context",
                 param="messages")
         if prompt_tokens + wanted > card.context_length:
+            limit = self.prepared.max_tokens_param
             raise ContextLengthError(
-                f"{prompt} {prompt_tokens} tokens and max_tokens asks for {wanted} more, but {card.name} holds "
-                f"{card.context_length}; lower max_tokens to at most {card.context_length - prompt_tokens} or pin a "
-                "model with a longer context", param="max_tokens")
+                f"{prompt} {prompt_tokens} tokens and {limit} asks for {wanted} more, but {card.name} holds "
+                f"{card.context_length}; lower {limit} to at most {card.context_length - prompt_tokens} or pin a "
+                "model with a longer context", param=limit)
 
     def _may_escalate(self, model: str) -> bool:
         d = self.prepared.decision
@@ -391,12 +392,13 @@ class Attempts:
         if self.errors and all(isinstance(e, ContextLengthError) for e in self.errors):
             if len(self.errors) == 1:
                 return self.errors[0]
-            max_tokens_to_blame = all(e.param == "max_tokens" for e in self.errors)
+            limit = self.prepared.max_tokens_param
+            max_tokens_to_blame = all(e.param == limit for e in self.errors)
             return ContextLengthError(
                 "the prompt does not fit any candidate model's context: "
                 + "; ".join(e.message.split(";")[0] for e in self.errors)
-                + ("; lower max_tokens" if max_tokens_to_blame else "; shorten the messages"),
-                param="max_tokens" if max_tokens_to_blame else "messages")
+                + (f"; lower {limit}" if max_tokens_to_blame else "; shorten the messages"),
+                param=limit if max_tokens_to_blame else "messages")
         if self.errors:
             return self.errors[-1]
         refs = [r for rs in self.prepared.decision.model_budgets.values() for r in rs]

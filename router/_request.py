@@ -100,6 +100,8 @@ class CheckedRequest:
     """The prompt's characters, every message's (:func:`prompt_chars`)."""
     request_id_given: bool = False
     """The caller chose ``request_id`` (the router made it otherwise)."""
+    max_tokens_param: str = "max_tokens"
+    """The name the caller gave ``max_tokens`` under (``max_completion_tokens`` too): errors about it use it."""
 
 
 @dataclass
@@ -125,6 +127,8 @@ class PreparedRequest:
     created: int = field(default_factory=lambda: int(time.time()))
     options: ModelOptions = NO_OPTIONS
     """Tools, response format, log probabilities and pass-through parameters, as checked."""
+    max_tokens_param: str = "max_tokens"
+    """The name the caller gave ``max_tokens`` under (``max_completion_tokens`` too): errors about it use it."""
 
 
 def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:
@@ -236,6 +240,7 @@ def check_params(
         "accuracy_target": checked_number("accuracy_target", accuracy_target, 0.0, 1.0),
         "max_energy_j": checked_number("max_energy_j", max_energy_j, 0.0, math.inf, lo_open=True),
         "max_tokens": max_tokens,
+        "max_tokens_param": name,
         "temperature": checked_number("temperature", temperature, 0.0, 2.0),
         "stop": stop,
         "api_key": api_key if isinstance(api_key, KeySpec) else _optional_str("api_key", api_key, 4096),

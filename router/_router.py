@@ -387,7 +387,7 @@ class Router:
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
             deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars,
-            request_id_given=params.get("request_id") is not None,
+            request_id_given=params.get("request_id") is not None, max_tokens_param=p["max_tokens_param"],
         )
 
     def _check_request_id_owner(self, req: CheckedRequest) -> CheckedRequest:
@@ -422,7 +422,7 @@ class Router:
         learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
-                                  max_tokens=req.max_tokens,
+                                  max_tokens=req.max_tokens, max_tokens_param=req.max_tokens_param,
                                   context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
                                   grid_g_per_kwh=self._grid_now(),
@@ -439,6 +439,7 @@ class Router:
             decision=decision, max_tokens=req.max_tokens, temperature=req.temperature, stop=req.stop,
             key_hash=key_hash, decision_ms=decision_ms, deadline=time.monotonic() + deadline_s,
             cancel=req.cancel or CancelFlag(), estimates=learned, options=req.options,
+            max_tokens_param=req.max_tokens_param,
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared

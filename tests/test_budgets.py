@@ -280,18 +280,21 @@ def test_fallback_with_no_room_waits_only_for_models_a_window_can_hold(local):
     assert err.value.retry_after_s == pytest.approx(20.0)  # smollm2's minute, not gemma's hour
 
 
-@pytest.mark.parametrize(("limit_j", "max_tokens", "advice"), [
-    (20, None, "; lower max_tokens or raise the budget"),  # ~63 J for 128 tokens; one token (~6 J) would fit
-    (2, None, "; raise the budget"),  # not even one output token fits: fewer tokens cannot help
-    (2, 1, "; raise the budget"),  # max_tokens is already as low as it goes
+@pytest.mark.parametrize(("limit_j", "max_tokens", "advice", "limit"), [
+    (20, None, "; lower max_tokens or raise the budget", "max_tokens"),  # ~63 J for 128 tokens; one (~6 J) fits
+    # the advice names the limit as the caller gave it
+    (20, 100, "; lower max_completion_tokens or raise the budget", "max_completion_tokens"),
+    (2, None, "; raise the budget", "max_tokens"),  # not even one output token fits: fewer tokens cannot help
+    (2, 1, "; raise the budget", "max_tokens"),  # max_tokens is already as low as it goes
 ])
 def test_a_call_dearer_than_its_budget_advises_lower_max_tokens_only_where_that_helps(local, limit_j, max_tokens,
-                                                                                      advice):
+                                                                                      advice, limit):
     budgets = [{"model": "gemma3-270m", "joules": limit_j, "per": "hour"}]
     p = Policy.model_validate({"name": "t", "accuracy": {"min_accuracy": 0.8}, "budgets": budgets,
                                "on_budget_exhausted": "reject"})
     with pytest.raises(BudgetExhaustedError) as err:
-        decide_pure(chat(), local, BudgetState({}, now=1000.0), p, {"max_tokens": max_tokens})
+        decide_pure(chat(), local, BudgetState({}, now=1000.0), p, {"max_tokens": max_tokens,
+                                                                    "max_tokens_param": limit})
     assert "more than the whole of its budget" in err.value.message
     assert err.value.message.endswith(advice), err.value.message
 

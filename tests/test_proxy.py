@@ -196,6 +196,20 @@ def test_numbers_beyond_a_float_are_400_naming_the_parameter(served: Served) -> 
         assert err.value.param == param, (params, err.value.message)
 
 
+def test_context_errors_name_the_token_limit_the_request_used(served: Served) -> None:
+    """``max_completion_tokens`` (OpenAI's newer name for ``max_tokens``) too large for every model when deciding,
+    and for the pinned model's context when calling it: the 400 names the field the request sent."""
+    chat = served.client().chat.completions
+    for limit in ("max_completion_tokens", "max_tokens"):
+        for model, tokens in (("router", 9000), ("remote-echo", 8190)):
+            with pytest.raises(openai.BadRequestError) as err:
+                chat.create(model=model, messages=user(QUESTION * 20), **{limit: tokens})  # type: ignore[arg-type]
+            assert err.value.code == "context_length_exceeded", err.value.message
+            assert err.value.param == limit and f"lower {limit} to at most" in err.value.message, err.value.message
+            if limit == "max_completion_tokens":
+                assert "max_tokens" not in err.value.message, err.value.message
+
+
 def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
     """Policy `onlybroken` allows only the broken model: no fallback, 503. The default policy falls back to the
     next adequate model. After 2 consecutive failures (config: cooldown) the broken backend cools down:

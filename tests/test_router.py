@@ -205,6 +205,20 @@ def test_max_tokens_beyond_every_context_is_refused_when_deciding_and_says_so(ro
     assert router.ledger.records() == []
 
 
+def test_a_token_limit_given_as_max_completion_tokens_is_named_so_in_context_errors(router):
+    """OpenAI's newer name for ``max_tokens``: the refusal used to name ``max_tokens``, which the caller never
+    sent, as its ``param`` and in its advice."""
+    with pytest.raises(ContextLengthError, match="lower max_completion_tokens to at most") as err:
+        router.complete(messages=user("Say hi"), max_completion_tokens=100_000)  # refused when deciding
+    assert err.value.param == "max_completion_tokens" and "max_tokens" not in err.value.message
+    # every model tried (the pin's fallbacks too) refuses it when called: one error for all of them
+    with pytest.raises(ContextLengthError, match=r"max_completion_tokens asks for 2000 more.*; lower "
+                                                 r"max_completion_tokens$") as err:
+        router.complete(messages=user("Say hi, " * 60), model="smollm2-135m", max_completion_tokens=2000)
+    assert err.value.param == "max_completion_tokens" and "max_tokens" not in err.value.message
+    assert router.ledger.records() == []
+
+
 def test_a_prompt_that_fits_is_routed_even_when_four_characters_a_token_says_it_does_not(router):
     """``" international" * 560`` is 7,854 characters but 568 SmolLM2 tokens: the decision used to estimate 1,964
     (characters / 4) plus 128 to generate, leave out every 2,048-token model and refuse what a pin answered."""

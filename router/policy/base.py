@@ -45,6 +45,9 @@ class DecisionRequest:
     max_tokens: int | None = None
     """The request's ``max_tokens``: no answer is longer, so the joule estimates assume at most this many output
     tokens (a 5-token call is not refused by ``max_energy_j`` or a budget as if it would write 128)."""
+    max_tokens_param: str = "max_tokens"
+    """The name the caller gave ``max_tokens`` under (OpenAI's newer ``max_completion_tokens`` too): an error
+    that blames it uses the caller's name."""
     context_tokens_floor: int | None = None
     """The fewest tokens the request can take in a model's context (a lower bound of the prompt's, plus
     ``max_tokens``): a model with less context is left out, and one with more is tried, the backend then counting

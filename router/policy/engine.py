@@ -83,7 +83,8 @@ def decide_pure(
     by_energy, ranked = ranking(pool, energy, p, adequate, pinned, cards)
     ranked, cool_flags, cool_notes = cooled(ranked, req.cooling)
     chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, req.key_hash, ranked, energy, state,
-                                                             (req.input_tokens_hint, output_tokens(policy, req)))
+                                                             (req.input_tokens_hint, output_tokens(policy, req)),
+                                                             req.max_tokens_param)
     chosen, escalate_to, escalate_below, cascade_notes = cascade(
         policy, chosen, pinned, spent, blocked | req.cooling, by_energy, ranked, energy, p, adequate
     )

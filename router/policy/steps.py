@@ -136,7 +136,8 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry:
             known = learned.get(name)
             energy[name] = known[0] if known is not None else card.energy.joules(in_tokens, est_out)
     if not pool:
-        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens), floor, _room(cards, excluded, req))
+        _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens), floor, _room(cards, excluded, req),
+                      req.max_tokens_param)
         why = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
         raise BadRequestError(
             f"no model can serve this {task} request under policy `{policy.name}` "
@@ -182,25 +183,27 @@ def _room(cards: Mapping[str, ModelCard], excluded: Mapping[str, str],
 
 
 def _no_candidate(task: str, policy: Policy, excluded: Mapping[str, str], needs: frozenset[str],
-                  tokens: tuple[int, int], floor: int | None, room: tuple[ModelCard, int] | None) -> None:
+                  tokens: tuple[int, int], floor: int | None, room: tuple[ModelCard, int] | None,
+                  limit: str) -> None:
     """The typed error when no model is left for a reason the caller can act on: the prompt is too long for every
     model that would serve it (``context_length_exceeded``: on ``max_tokens`` where the prompt alone would fit,
-    ``room``), or no model has a capability the request needs."""
+    ``room``), or no model has a capability the request needs. ``limit``: the name the caller gave
+    ``max_tokens`` under."""
     serving = [v for v in excluded.values() if v not in ("does not serve", "specialist without tasks", "not allowed")]
     if serving and all(v == "context too short" for v in serving) and room is not None:
         card, prompt = room
         raise ContextLengthError(  # max_tokens itself is not named: it may have thousands of digits
-            f"max_tokens leaves no model under policy `{policy.name}` room to answer: the prompt needs "
+            f"{limit} leaves no model under policy `{policy.name}` room to answer: the prompt needs "
             f"{'about' if floor is None else 'at least'} {prompt} token{'s' * (prompt != 1)} and the longest "
-            f"context, {card.name}'s, holds {card.context_length}; lower max_tokens to at most "
+            f"context, {card.name}'s, holds {card.context_length}; lower {limit} to at most "
             f"{card.context_length - prompt}",
-            param="max_tokens")
+            param=limit)
     if serving and all(v == "context too short" for v in serving):
         need = (f"about {tokens[0]} tokens, +{tokens[1]} to generate" if floor is None
-                else f"at least {floor} tokens with max_tokens")
+                else f"at least {floor} tokens with {limit}")
         raise ContextLengthError(
             f"the request ({need}) does not fit the context of any model under policy `{policy.name}`; shorten the "
-            "messages or lower max_tokens", param="messages")
+            f"messages or lower {limit}", param="messages")
     missing = [set(v.removeprefix("cannot do ").split(", ")) for v in serving if v.startswith("cannot do ")]
     if needs and missing:
         blamed = sorted(set.intersection(*missing)) or sorted(needs)
@@ -344,13 +347,13 @@ def cooled(ranked: list[ModelCard], cooling: frozenset[str]) -> tuple[list[Model
 
 
 def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energy: Mapping[str, float],
-            state: BudgetState, tokens: tuple[int, int],
+            state: BudgetState, tokens: tuple[int, int], max_tokens_param: str = "max_tokens",
             ) -> tuple[ModelCard, dict[str, tuple[BudgetRef, ...]], set[str], list[BudgetRef], list[str], list[str]]:
     """Step 5: ``(chosen, refs, blocked, spent, flags, notes)``: the first ranked model whose budgets have room
     (or what the policy says when the first has none); each ranked model's budgets; the models one of whose
     budgets this request's estimate would overrun; the first choice's budgets without room. ``tokens``: the
-    input and output tokens the estimates assume, so a refusal advises a lower ``max_tokens`` only where one
-    would fit."""
+    input and output tokens the estimates assume, so a refusal advises a lower ``max_tokens`` (``max_tokens_param``:
+    the name the caller gave it under) only where one would fit."""
     refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
     if not any(refs.values()):  # no model here is budgeted: the first ranked model answers
         return ranked[0], refs, set(), [], [], []
@@ -420,7 +423,7 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
                     f"budget_exhausted: {what}; policy `{policy.name}` says {mode}"
                     + ("" if mode == "reject" else " but no other model has room")
                     + (f"; retry in {retry:.0f} s or raise the budget" if retry is not None
-                       else "; lower max_tokens or raise the budget" if too_small and shorter_fits(first, b)
+                       else f"; lower {max_tokens_param} or raise the budget" if too_small and shorter_fits(first, b)
                        else "; raise the budget"),
                     retry_after_s=retry, model=first.name,
                 )
