@@ -30,6 +30,11 @@ PASSED_THROUGH = frozenset({"top_p", "seed", "presence_penalty", "frequency_pena
 (``seed`` matters only with a temperature above 0: they decode greedily otherwise). They tune how an answer is
 drawn, not what it must be."""
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+"""The seeds accepted: a 64-bit signed integer, what llama.cpp's server and most OpenAI-compatible endpoints
+take (OpenAI documents only "integer"). Local llama.cpp models fold them into their 32-bit seed
+(:func:`router.backends.llama_chat.reseed`)."""
+
 IGNORED_PARAMS = frozenset({
     "user", "metadata", "store", "service_tier", "stream_options", "prediction", "prompt_cache_key",
     "safety_identifier", "verbosity",
@@ -274,6 +279,11 @@ def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
         if name == "seed":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise BadRequestError("`seed` must be an integer", param="seed")
+            # JSON's integers have no bound: an endpoint refuses a seed it cannot hold, which the caller would
+            # see as the model failing (a 502), not as a bad seed
+            if not SEED_MIN <= value <= SEED_MAX:
+                raise BadRequestError(f"`seed` must be a 64-bit signed integer, from {SEED_MIN} to {SEED_MAX}",
+                                      param="seed")
         elif name == "logit_bias":
             if not isinstance(value, dict) or len(value) > 1024 or not all(
                     _is_token_id(k) and checked_number(name, v, -100.0, 100.0) is not None for k, v in value.items()):

@@ -210,6 +210,20 @@ def test_context_errors_name_the_token_limit_the_request_used(served: Served) ->
                 assert "max_tokens" not in err.value.message, err.value.message
 
 
+def test_a_seed_beyond_64_bits_is_400_naming_it_and_reaches_no_model(served: Served) -> None:
+    """Endpoints take 64-bit seeds: a larger one used to be sent on, refused there and answered as the model's
+    failure (a 502)."""
+    before = served.upstream_stats()
+    for seed in (2**63, -(2**63) - 1, 10**300):
+        with pytest.raises(openai.BadRequestError) as err:
+            served.client().chat.completions.create(model="remote-echo", messages=user(QUESTION), seed=seed)
+        assert err.value.param == "seed" and "64-bit signed integer" in err.value.message, err.value.message
+    assert served.upstream_stats() == before
+    for seed in (2**63 - 1, -(2**63)):
+        resp = served.client().chat.completions.create(model="remote-echo", messages=user(QUESTION), seed=seed)
+        assert resp.choices[0].message.content.startswith("echo:")
+
+
 def test_backend_failure_fallback_and_cooldown(served: Served) -> None:
     """Policy `onlybroken` allows only the broken model: no fallback, 503. The default policy falls back to the
     next adequate model. After 2 consecutive failures (config: cooldown) the broken backend cools down:

@@ -11,10 +11,11 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from servers.procs import remote_card, upstream
 
-from router import BackendError, BackendRefusedError, Router, RouterConfig
+from router import BackendError, BackendRefusedError, BadRequestError, Router, RouterConfig
 from router.backends import Backend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend
@@ -91,6 +92,25 @@ def test_a_refused_request_moves_on_to_the_next_model_and_cools_nothing_down(ups
                                                                              ("remote-echo", "ok")]
         refusing = router.loaded_backends()["remote-refusing"]
         assert isinstance(refusing, CooldownBackend) and refusing.state == "closed" and refusing.opened_total == 0
+
+
+def test_a_seed_beyond_64_bits_is_refused_naming_it_before_any_call(upstream_url: str, tmp_path: Path) -> None:
+    """Endpoints take 64-bit seeds (llama.cpp's server, most others): a larger one used to be sent on, refused
+    there and reported as the model failing (a 502 from the proxy)."""
+    card = _card(tmp_path, "remote-echo", upstream_url, "echo")
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                cards={card.name: card}) as router:
+        before = httpx.get(stats).json()["calls"]
+        for seed in (2**63, -(2**63) - 1, 10**300):
+            with pytest.raises(BadRequestError, match="`seed` must be a 64-bit signed integer") as err:
+                router.complete(ask, model=card.name, seed=seed)
+            assert err.value.param == "seed"
+        assert httpx.get(stats).json()["calls"] == before
+        assert router.ledger.records() == []
+        for seed in (2**63 - 1, -(2**63)):  # the ends of the range are sent on
+            assert router.complete(ask, model=card.name, seed=seed).choices[0].message.content == "echo: hello"
 
 
 # -- connections on each event loop ---------------------------------------------------------------------------

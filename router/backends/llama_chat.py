@@ -239,7 +239,9 @@ def reseed(llm: Any, seed: int | None) -> None:
     seed. The request's own seed makes the same prompt give the same answer: its prompt is then evaluated whole,
     not after the part cached from the request before (logits computed in another batch shape differ in their
     last bits, enough to change a draw). Without one, a fresh seed makes answers vary from call to call. Seeds
-    stay below 2**32 - 1, which llama.cpp reads as "pick one at random"."""
+    stay below 2**32 - 1, which llama.cpp reads as "pick one at random": the request's seed (any 64-bit signed
+    integer, as remote endpoints take it) is folded into that range, so each seed still gives the same answers
+    rather than being refused by local models alone."""
     if seed is None:
         llm.set_seed(random.getrandbits(32) % 0xFFFFFFFF)
     else:
