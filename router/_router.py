@@ -464,10 +464,16 @@ class Router:
 
     def _cooling(self) -> frozenset[str]:
         """The models the engine ranks last while another can answer: those whose breaker is open (half-open lets
-        a trial through, so it is not here)."""
-        # no lock: tuple() copies the dict in one step, and a breaker without failures (nearly always) is closed
-        return frozenset(m for m, b in tuple(self._backends.items())
+        a trial through, so it is not here) and those whose backend could not start, until it may be tried again
+        (:meth:`backend` would only raise the remembered error)."""
+        # no lock: tuple() copies each dict in one step, and a breaker without failures (nearly always) is closed
+        open_breakers = (m for m, b in tuple(self._backends.items())
                          if isinstance(b, CooldownBackend) and b.consecutive_failures and b.state == "open")
+        start_failures = tuple(self._start_failures.items())
+        if not start_failures:
+            return frozenset(open_breakers)
+        now = time.monotonic()
+        return frozenset(open_breakers).union(m for m, (retry_at, _) in start_failures if now < retry_at)
 
     def _grid_now(self) -> float | None:
         """This host's grid intensity, where a policy switches on it (read only then: a source may be remote)."""

@@ -28,3 +28,70 @@ def test_a_card_naming_an_unset_key_variable_is_refused_before_any_call(tmp_path
     backend = OpenAIHTTPBackend(load_card(card_file))
     assert backend._headers["Authorization"] == "Bearer sk-test"
     backend.close()
+
+
+def test_a_model_that_cannot_start_is_passed_over_until_its_cooldown_ends(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose backend could not start (here: its key variable unset) is not started again for the
+    cooldown's seconds, and meanwhile requests are decided as if it were cooling down: the next model answers
+    with no failed attempt or ledger record per request for it; it is tried only when no other model
+    may answer, and again once the cooldown has passed (then it starts, the variable now set)."""
+    from servers.procs import models_dir, only_policy, policies_dir, remote_card, upstream
+
+    from router import Router
+    from router.config import RouterConfig
+    from router.errors import BackendError
+    from router.ledger import open_ledger
+
+    monkeypatch.delenv("ROUTER_TEST_KEY_VAR", raising=False)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    ask = {"model": "remote-nokey", "max_tokens": 8}  # pinned: ranked first while it is not cooling down
+
+    with upstream(tmp_path) as up:
+        nokey = remote_card("remote-nokey", up, "echo", tier="small").replace(
+            "  max_retries:", "  api_key_env: ROUTER_TEST_KEY_VAR\n  max_retries:")
+        models = models_dir(tmp_path / "models", {"remote-nokey": nokey,
+                                                  "remote-echo": remote_card("remote-echo", up, "echo")})
+        policies = policies_dir(tmp_path / "policies", {"onlynokey": only_policy("remote-nokey")})
+
+        def router(cooldown_s: float, ledger: str) -> Router:
+            config = tmp_path / f"{ledger}.yaml"
+            config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\n"
+                              f"ledger_url: sqlite:///{tmp_path / ledger}.sqlite3\n"
+                              f"cooldown: {{failures: 3, seconds: {cooldown_s}}}\n")
+            return Router(RouterConfig.load(config))
+
+        with router(300, "cooling") as cooling:
+            first = cooling.complete(question, **ask)  # the failed start: one failed attempt, then the next model
+            assert [(a.model, a.outcome) for a in first.routing.attempts] == [("remote-nokey", "error"),
+                                                                              ("remote-echo", "ok")]
+            for _ in range(3):
+                prepared = cooling.prepare(question, **ask)
+                assert prepared.decision.model == "remote-echo" and "cooling_down" in prepared.decision.flags
+                assert prepared.decision.fallbacks == ("remote-nokey",)  # still the last resort
+                answer = cooling.send(prepared)
+                assert [(a.model, a.outcome) for a in answer.routing.attempts] == [("remote-echo", "ok")]
+                assert "remote-nokey cooling down after failing" in answer.routing.reason
+            streamed = list(cooling.complete(question, stream=True, **ask))
+            assert streamed[-1].routing is not None and streamed[-1].routing.model == "remote-echo"
+            with pytest.raises(BackendError, match="remote-nokey: its backend could not start"):
+                cooling.complete(question, policy="onlynokey", max_tokens=8)  # nothing else may answer
+            records = cooling.ledger.records()
+        failed = [r for r in records if r.model == "remote-nokey"]
+        assert [r.outcome for r in failed] == ["error", "error"]  # the first request and the last resort only
+        assert sum(r.model == "remote-echo" and r.outcome == "ok" for r in records) == 5
+
+        with router(0, "retried") as retried:  # a cooldown that has always passed by the next request
+            for _ in range(2):
+                answer = retried.complete(question, **ask)
+                assert [(a.model, a.outcome) for a in answer.routing.attempts] == [("remote-nokey", "error"),
+                                                                                   ("remote-echo", "ok")]
+                assert "cooling_down" not in answer.routing.flags
+            monkeypatch.setenv("ROUTER_TEST_KEY_VAR", "sk-test")
+            answer = retried.complete(question, **ask)
+            assert [(a.model, a.outcome) for a in answer.routing.attempts] == [("remote-nokey", "ok")]
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'retried'}.sqlite3")
+    try:
+        assert [r.outcome for r in ledger.records() if r.model == "remote-nokey"] == ["error", "error", "ok"]
+    finally:
+        ledger.close()

@@ -132,7 +132,7 @@ def test_a_model_cooling_down_is_ranked_last_unless_every_candidate_is(local):
     c = cls("chat", smollm2_135m=0.85, gemma3_270m=0.9)
     d = decide_pure(c, local, None, pol(), {"cooling": frozenset({"smollm2-135m"})})
     assert d.model == "gemma3-270m" and d.fallbacks == ("smollm2-135m",) and "cooling_down" in d.flags
-    assert "smollm2-135m cooling down after repeated failures" in d.reason
+    assert "smollm2-135m cooling down after failing" in d.reason
     both = decide_pure(c, local, None, pol(), {"cooling": frozenset({"smollm2-135m", "gemma3-270m"})})
     assert both.model == "smollm2-135m" and not both.flags  # no other model: the order is the policy's
 

@@ -135,6 +135,9 @@ def test_weights_that_do_not_load_fall_back_and_show_no_file_paths(upstream_url:
         f"backend:\n  type: llama_cpp\n  weights: {weights}\ncontext_length: 2048\n"
         "energy: {per_call_j: 1, source: estimate, citation: test}\n")
     config = _config(tmp_path, upstream_url)
+    # no cooldown: the load that failed at warm-up is tried again, so the request makes the failed attempt whose
+    # reason must not reach the client (within a cooldown the model would be passed over without an attempt)
+    config.write_text(config.read_text().replace("seconds: 1}", "seconds: 0}"))
     (tmp_path / "models" / "smollm2-135m.yaml").write_text(card)
     with router_serve(config, tmp_path) as url:
         r = httpx.post(f"{url}/v1/chat/completions", timeout=60,

@@ -62,8 +62,8 @@ class DecisionRequest:
     :mod:`router.capabilities`): only models whose card lists all of them are candidates."""
     cooling: frozenset[str] = frozenset()
     """Models whose backend is cooling down (its breaker open after repeated failures: see
-    :mod:`router.backends.cooldown`): ranked after every other candidate, so one is called only when no other model
-    can answer (a call to it would fail at once)."""
+    :mod:`router.backends.cooldown`; or it could not start, and is not tried again yet): ranked after every other
+    candidate, so one is called only when no other model can answer (a call to it would fail at once)."""
 
     @staticmethod
     def of(value: DecisionRequest | Mapping[str, Any] | None) -> DecisionRequest:

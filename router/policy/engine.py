@@ -22,7 +22,8 @@ reason):
    calibrated thresholds for its own target (``router calibrate``), which then decide.
 4. ``ranking``: adequate models by estimated joules (cheapest first), then the others by predicted accuracy.
    A pinned model (caller or policy per task) goes first. ``cooled``: models cooling down after repeated
-   failures (``DecisionRequest.cooling``) move after the others, tried only when no other model answers.
+   failures or a failed start (``DecisionRequest.cooling``) move after the others, tried only when no other
+   model answers.
 5. ``budgets``: the first ranked model whose budgets have room; when the first choice's budget is spent the
    policy says ``fallback`` (next ranked with room), ``reject`` (:class:`BudgetExhaustedError` with the time
    until the window rolls) or ``allow_and_flag`` (keep the choice, flag it).

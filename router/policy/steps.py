@@ -342,7 +342,7 @@ def cooled(ranked: list[ModelCard], cooling: frozenset[str]) -> tuple[list[Model
     ranked = healthy + [c for c in ranked if c.name in cooling]
     if not passed:
         return ranked, [], []
-    return ranked, ["cooling_down"], [f"{', '.join(passed)} cooling down after repeated failures: tried only if no "
+    return ranked, ["cooling_down"], [f"{', '.join(passed)} cooling down after failing: tried only if no "
                                       "other model answers"]
 
 
