@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers.procs import models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
+from router.keys import digest, hash_key
 from router.ledger import LedgerRecord, open_ledger
 
 
@@ -135,3 +137,44 @@ def test_requests_total_counts_every_request_by_outcome(served: Served) -> None:
     added = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
     assert added == {("remote-echo", "small", "ok"): 1.0, ("remote-broken", "large", "error"): 2.0,
                      ("-", "-", "rejected"): 2.0}
+
+
+def test_remaining_budget_of_a_per_key_budget_for_keys_no_policy_names(tmp_path: Path) -> None:
+    """A policy-wide ``scope: per_key`` budget gives every API key its own counter, including keys that have no
+    entry of their own in the policy: ``/metrics`` has ``router_budget_remaining_joules`` for each such key's
+    counter (the limit minus what the key used), not only ``router_budget_used_joules``, so an alert on the
+    remaining budget sees every key."""
+    api_keys = {"alice": "sk-metrics-alice", "bob": "sk-metrics-bob"}
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text("keys:\n" + "".join(f"  - {{name: {name}, sha256: {digest(key)}}}\n"
+                                             for name, key in api_keys.items()))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "perkey.yaml").write_text(
+        "name: perkey\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\n"
+        "budgets:\n  - {model: 'tier:small', joules: 1000, per: hour, scope: per_key}\n")
+    with upstream(tmp_path) as up:
+        models = models_dir(tmp_path / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small")})
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        config = tmp_path / "config.yaml"
+        config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n"
+                          "default_policy: perkey\n")
+        with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
+            served = Served(url, ledger_url)
+            for key in api_keys.values():
+                client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+                resp = client.chat.completions.create(model="router", messages=user("hello"))
+                assert resp.model == "remote-echo"
+            records = served.records(wanted=2)
+            text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {api_keys['alice']}"}).text
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    for key in api_keys.values():
+        budget = f"key:{hash_key(key)}:tier:small:3600s"
+        spent = sum(r.energy_j for r in records if r.key_hash == hash_key(key))
+        assert spent > 0
+        assert samples["router_budget_used_joules"][(("budget", budget),)] == pytest.approx(spent)
+        remaining = samples.get("router_budget_remaining_joules", {})
+        assert remaining.get((("budget", budget), ("policy", "perkey"))) == pytest.approx(1000 - spent), budget

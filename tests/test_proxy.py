@@ -708,6 +708,7 @@ def test_budget_specs_list_every_budget_with_its_policy(tmp_path: Path) -> None:
     from router.cards import load_cards
     from router.policy.engine import PolicyEngine
     from router.policy.loader import load_policies
+    from router.policy.schema import budget_key_hash
 
     folder = tmp_path / "policies"
     folder.mkdir()
@@ -723,6 +724,14 @@ def test_budget_specs_list_every_budget_with_its_policy(tmp_path: Path) -> None:
         assert (f"key:{key}:tier:large:86400s", 50_000.0, 86400.0, "per-key") in specs
     assert (f"key:{team_a}:model:gemma3-270m:3600s", 5000.0, 3600.0, "per-key") in specs  # the key's own
     assert len(specs) == len(set(specs))
+    # a key no policy names: its counter of the policy-wide per-key budget, once seen, is listed on request
+    other = hash_key("sk-someone-else")
+    seen = [f"key:{other}:tier:large:86400s", f"key:{other}:tier:large:3600s", "tier:large:86400s", "junk"]
+    assert engine.budget_specs_for(seen) == [(f"key:{other}:tier:large:86400s", 50_000.0, 86400.0, "per-key"),
+                                             ("tier:large:86400s", 500_000.0, 86400.0, "per-key")]
+    assert engine.budget_specs_for(["tier:large:3600s"]) == [("tier:large:3600s", 20_000.0, 3600.0, "eco")]
+    assert budget_key_hash(f"gco2e:key:{other}:tier:large:3600s") == other
+    assert budget_key_hash("tier:large:3600s") is None
 
 
 def test_agenerate_honours_a_proxy_named_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ reason):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..cards import ModelCard
@@ -43,8 +43,9 @@ from ..errors import BadRequestError, ConfigError
 from .base import BudgetState, DecisionRequest, Engine
 from .batch import decide_batch
 from .decision import BudgetRef, Decision
-from .schema import Policy
+from .schema import Policy, budget_key_hash
 from .steps import (
+    _budgets_for,
     budgets,
     budgets_for,
     candidates,
@@ -205,12 +206,24 @@ class PolicyEngine(Engine):
         counter with different limits). The limit is in the budget's unit, which its key tells
         (:func:`~router.policy.schema.budget_unit`: joules, or grams CO2e for a ``gco2e:`` key). Per-key budgets
         are listed for the key hashes the policies name; a policy-wide ``scope: per_key`` budget has no key to
-        list until a request with a key uses it."""
+        list until a request with a key uses it (:meth:`budget_specs_for` lists those)."""
+        return self._specs(lambda policy: [None, *(k.key_hash for k in policy.keys)])
+
+    def budget_specs_for(self, budget_keys: Iterable[str]) -> list[tuple[str, float, float, str]]:
+        """The rows of :meth:`budget_specs` for these ledger keys, under every policy that reserves against them:
+        what a policy-wide ``scope: per_key`` budget is for a key no policy names (a key that has been seen, e.g.
+        in a decision's ``budgets``). Keys no policy here would build have no row."""
+        wanted = set(budget_keys)
+        key_hashes = [None, *sorted({h for h in map(budget_key_hash, wanted) if h is not None})]
+        return [row for row in self._specs(lambda _: key_hashes) if row[0] in wanted]
+
+    def _specs(self, key_hashes: Callable[[Policy], Iterable[str | None]]) -> list[tuple[str, float, float, str]]:
         rows: dict[tuple[str, str], tuple[float, float]] = {}
         for policy in self.policies.values():
-            for key_hash in [None, *(k.key_hash for k in policy.keys)]:
+            for key_hash in key_hashes(policy):
                 for card in self.cards.values():
-                    for ref in budgets_for(policy, card, key_hash):
+                    # not through budgets_for's cache: listing every key seen would evict what decisions reuse
+                    for ref in _budgets_for(policy, card, key_hash):
                         rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
         return [(key, limit, window, name) for (key, name), (limit, window) in sorted(rows.items())]
 

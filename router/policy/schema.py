@@ -8,6 +8,7 @@ pinned per task, and the thresholds that ``router calibrate`` fitted. See ``docs
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -73,6 +74,17 @@ CARBON_PREFIX = "gco2e:"
 def budget_unit(key: str) -> str:
     """The unit of a budget's amounts, told by its ledger key: ``J``, or ``gCO2e`` for a carbon budget."""
     return "gCO2e" if key.startswith(CARBON_PREFIX) else "J"
+
+
+KEY_HASH = r"key-[0-9a-f]{16}"
+"""An API key's id (:func:`router.keys.key_id`), as policies and per-key budget keys name it."""
+_PER_KEY = re.compile(rf"^(?:{re.escape(CARBON_PREFIX)})?key:({KEY_HASH}):")
+
+
+def budget_key_hash(key: str) -> str | None:
+    """The API key a per-key budget's ledger key (:meth:`Budget.key`) counts for, None for a global budget."""
+    found = _PER_KEY.match(key)
+    return found.group(1) if found else None
 
 
 class Budget(_Strict):
@@ -176,7 +188,7 @@ class KeyPolicy(_Strict):
     """Overrides for one API key, named by its hash (``router ledger report --by key`` shows them;
     ``router.ledger.hash_key`` computes one)."""
 
-    key_hash: str = Field(pattern=r"^key-[0-9a-f]{16}$")
+    key_hash: str = Field(pattern=rf"^{KEY_HASH}$")
     accuracy: AccuracyTarget | None = None
     budgets: list[Budget] = Field(default_factory=list, description="budgets for this key only")
     allowed_models: list[str] | None = None

@@ -160,6 +160,9 @@ class _StateCollector(Collector):
                 labels=["budget", "policy"]),
         }
         specs, windows = self._budget_specs()
+        limits: dict[str, list[tuple[float, str]]] = {}  # one row per key seen: grouped, not searched per budget
+        for b, limit, _, policy in specs:
+            limits.setdefault(b, []).append((limit, policy))
         for budget, window_s in sorted(windows.items()):
             try:
                 spent = self.router.ledger.budget_used(budget, window_s)
@@ -167,31 +170,43 @@ class _StateCollector(Collector):
                 continue
             unit = budget_unit(budget)
             used[unit].add_metric([budget], spent)
-            for b, limit, _, policy in specs:
-                if b == budget:
-                    remaining[unit].add_metric([budget, policy], max(0.0, limit - spent))
+            for limit, policy in limits.get(budget, ()):
+                remaining[unit].add_metric([budget, policy], max(0.0, limit - spent))
         yield from used.values()
         yield from remaining.values()
 
     def _budget_specs(self) -> tuple[list[tuple[str, float, float, str]], dict[str, float]]:
-        """The policy engine's budgets (``budget_specs()``: key, limit, window, policy) and the window of every
-        budget to read: those plus the budget keys seen in decisions (per-key budgets of keys the policies do
-        not name; their keys end in the window, e.g. ``key:key-0123...:tier:large:3600s``)."""
-        specs: list[tuple[str, float, float, str]] = []
-        specs_fn = getattr(self.router.engine, "budget_specs", None)
-        if callable(specs_fn):
-            try:
-                specs = [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn()]
-            except Exception:
-                log.exception("could not list the policy engine's budgets")
+        """The policy engine's budgets (key, limit, window, policy) and the window of every budget to read.
+
+        ``budget_specs()`` lists per-key budgets only for the key hashes the policies name, so the budget keys
+        seen in decisions (e.g. a ``scope: per_key`` budget's ``key:key-0123...:tier:large:3600s`` for any other
+        key) are asked of ``budget_specs_for()``: without a limit there is no remaining amount to alert on. An
+        engine without those methods still gets each seen budget's use; its key ends in the window."""
+        seen = sorted(self.metrics.budgets_seen)
+        rows = self._engine_specs("budget_specs")
+        if seen:
+            rows += self._engine_specs("budget_specs_for", seen)
+        # a seen budget that a policy names comes in both lists: one row per (budget, policy)
+        specs = list({(b, p): (b, lim, w, p) for b, lim, w, p in rows}.values())
         windows = {b: w for b, _, w, _ in specs}
-        for budget in list(self.metrics.budgets_seen):
+        for budget in seen:
             if budget not in windows:
                 try:
                     windows[budget] = float(budget.rsplit(":", 1)[1].removesuffix("s"))
                 except (IndexError, ValueError):
                     continue
         return specs, windows
+
+    def _engine_specs(self, method: str, *args: object) -> list[tuple[str, float, float, str]]:
+        """The engine's ``method(*args)`` rows; none when the engine has no such method or it fails."""
+        specs_fn = getattr(self.router.engine, method, None)
+        if not callable(specs_fn):
+            return []
+        try:
+            return [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn(*args)]
+        except Exception:  # a scrape must not fail because an engine cannot list its budgets
+            log.exception("could not list the policy engine's budgets")
+            return []
 
 
 def decided(prepared: PreparedRequest | None) -> tuple[str | None, str | None]:
