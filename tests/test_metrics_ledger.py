@@ -143,11 +143,12 @@ def test_remaining_budget_of_a_per_key_budget_for_keys_no_policy_names(tmp_path:
     """A policy-wide ``scope: per_key`` budget gives every API key its own counter, including keys that have no
     entry of their own in the policy: ``/metrics`` has ``router_budget_remaining_joules`` for each such key's
     counter (the limit minus what the key used), not only ``router_budget_used_joules``, so an alert on the
-    remaining budget sees every key."""
+    remaining budget sees every key; the dashboard's budget table shows the same limit and remainder."""
     api_keys = {"alice": "sk-metrics-alice", "bob": "sk-metrics-bob"}
     keys_file = tmp_path / "keys.yaml"
     keys_file.write_text("keys:\n" + "".join(f"  - {{name: {name}, sha256: {digest(key)}}}\n"
-                                             for name, key in api_keys.items()))
+                                             for name, key in api_keys.items())
+                         + f"  - {{name: admin, sha256: {digest('sk-metrics-admin')}, admin: true}}\n")
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "perkey.yaml").write_text(
@@ -166,7 +167,10 @@ def test_remaining_budget_of_a_per_key_budget_for_keys_no_policy_names(tmp_path:
                 resp = client.chat.completions.create(model="router", messages=user("hello"))
                 assert resp.model == "remote-echo"
             records = served.records(wanted=2)
-            text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {api_keys['alice']}"}).text
+            auth = {"authorization": f"Bearer {api_keys['alice']}"}
+            admin = {"authorization": "Bearer sk-metrics-admin"}
+            text = httpx.get(f"{url}/metrics", headers=auth).text
+            shown = httpx.get(f"{url}/dashboard/api/budgets", headers=admin).json()["budgets"]
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -178,3 +182,5 @@ def test_remaining_budget_of_a_per_key_budget_for_keys_no_policy_names(tmp_path:
         assert samples["router_budget_used_joules"][(("budget", budget),)] == pytest.approx(spent)
         remaining = samples.get("router_budget_remaining_joules", {})
         assert remaining.get((("budget", budget), ("policy", "perkey"))) == pytest.approx(1000 - spent), budget
+        row = next(r for r in shown if r["budget"] == budget)  # the dashboard shows the same limit and remainder
+        assert (row["policy"], row["limit"], row["remaining"]) == ("perkey", 1000, pytest.approx(1000 - spent))

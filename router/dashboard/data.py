@@ -21,6 +21,7 @@ from ..errors import BadRequestError
 from ..ledger import Ledger, LedgerRecord, SummaryRow
 from ..ledger.base import REFUSED, window_start
 from ..ledger.report import build_report
+from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit
 
 if TYPE_CHECKING:
@@ -168,16 +169,7 @@ class DashboardData:
         """Each budget's use in its current window and when the window rolls; one row per policy that names the
         budget (policies may share a counter with different limits). Amounts are in the budget's ``unit``: ``J``,
         or ``gCO2e`` for a carbon budget."""
-        specs: list[tuple[str, float | None, float, str | None]] = []
-        specs_fn = getattr(self.router.engine, "budget_specs", None)
-        if callable(specs_fn):
-            specs = [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn()]
-        named = {b for b, *_ in specs}
-        for budget in sorted(set(self._budgets_seen()) - named):  # per-key budgets; the key ends in the window
-            try:
-                specs.append((budget, None, float(budget.rsplit(":", 1)[1].removesuffix("s")), None))
-            except (IndexError, ValueError):
-                continue
+        specs = sorted(known_budgets(self.router.engine, self._budgets_seen()), key=lambda r: (r[0], r[3] or ""))
         ledger = self._fresh()
         now = time.time()
         used: dict[tuple[str, float], float] = {}

@@ -34,6 +34,7 @@ reason):
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ from .steps import (
 )
 
 _NO_BUDGETS = BudgetState.empty()
+log = logging.getLogger("router")
 
 
 def decide_pure(
@@ -228,4 +230,40 @@ class PolicyEngine(Engine):
         return [(key, limit, window, name) for (key, name), (limit, window) in sorted(rows.items())]
 
 
-__all__ = ["PolicyEngine", "budgets_for", "decide_batch", "decide_pure", "fmt_j", "predicted"]
+BudgetRow = tuple[str, "float | None", float, "str | None"]
+"""``(ledger key, limit per window or None, window seconds, policy or None)``: a budget as reports show it."""
+
+
+def known_budgets(engine: object, seen: Iterable[str]) -> list[BudgetRow]:
+    """Every budget to show (``/metrics``, the dashboard), one row per (budget, policy): the engine's
+    ``budget_specs()``; for the budget keys ``seen`` in decisions that those omit (a ``scope: per_key`` budget of a
+    key no policy names), ``budget_specs_for(seen)``; and a seen budget that no row covers (an engine without those
+    methods) with no limit, in the window its key ends in. An engine method that fails is logged and skipped: a
+    report must not fail because an engine cannot list its budgets."""
+    seen = sorted(seen)
+    rows: list[BudgetRow] = [*_engine_rows(engine, "budget_specs"),
+                             *(_engine_rows(engine, "budget_specs_for", seen) if seen else [])]
+    by_pair = {(b, p): (b, lim, w, p) for b, lim, w, p in rows}  # a seen budget a policy names comes twice
+    covered = {b for b, _ in by_pair}
+    for budget in seen:
+        if budget not in covered:
+            try:
+                by_pair[budget, None] = (budget, None, float(budget.rsplit(":", 1)[1].removesuffix("s")), None)
+            except (IndexError, ValueError):
+                continue
+    return list(by_pair.values())
+
+
+def _engine_rows(engine: object, method: str, *args: object) -> list[BudgetRow]:
+    specs_fn = getattr(engine, method, None)
+    if not callable(specs_fn):
+        return []
+    try:
+        return [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn(*args)]
+    except Exception:
+        log.exception("could not list the policy engine's budgets (%s)", method)
+        return []
+
+
+__all__ = ["BudgetRow", "PolicyEngine", "budgets_for", "decide_batch", "decide_pure", "fmt_j", "known_budgets",
+           "predicted"]

@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..errors import RouterError
+from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit
 
 if TYPE_CHECKING:
@@ -176,37 +177,11 @@ class _StateCollector(Collector):
         yield from remaining.values()
 
     def _budget_specs(self) -> tuple[list[tuple[str, float, float, str]], dict[str, float]]:
-        """The policy engine's budgets (key, limit, window, policy) and the window of every budget to read.
-
-        ``budget_specs()`` lists per-key budgets only for the key hashes the policies name, so the budget keys
-        seen in decisions (e.g. a ``scope: per_key`` budget's ``key:key-0123...:tier:large:3600s`` for any other
-        key) are asked of ``budget_specs_for()``: without a limit there is no remaining amount to alert on. An
-        engine without those methods still gets each seen budget's use; its key ends in the window."""
-        seen = sorted(self.metrics.budgets_seen)
-        rows = self._engine_specs("budget_specs")
-        if seen:
-            rows += self._engine_specs("budget_specs_for", seen)
-        # a seen budget that a policy names comes in both lists: one row per (budget, policy)
-        specs = list({(b, p): (b, lim, w, p) for b, lim, w, p in rows}.values())
-        windows = {b: w for b, _, w, _ in specs}
-        for budget in seen:
-            if budget not in windows:
-                try:
-                    windows[budget] = float(budget.rsplit(":", 1)[1].removesuffix("s"))
-                except (IndexError, ValueError):
-                    continue
-        return specs, windows
-
-    def _engine_specs(self, method: str, *args: object) -> list[tuple[str, float, float, str]]:
-        """The engine's ``method(*args)`` rows; none when the engine has no such method or it fails."""
-        specs_fn = getattr(self.router.engine, method, None)
-        if not callable(specs_fn):
-            return []
-        try:
-            return [(str(b), float(lim), float(w), str(p)) for b, lim, w, p in specs_fn(*args)]
-        except Exception:  # a scrape must not fail because an engine cannot list its budgets
-            log.exception("could not list the policy engine's budgets")
-            return []
+        """The budgets with a limit (key, limit, window, policy: their remaining amount is exported) and the window
+        of every budget to read, those seen in decisions included (:func:`~router.policy.engine.known_budgets`)."""
+        rows = known_budgets(self.router.engine, self.metrics.budgets_seen)
+        specs = [(b, lim, w, p) for b, lim, w, p in rows if lim is not None and p is not None]
+        return specs, {b: w for b, _, w, _ in rows}
 
 
 def decided(prepared: PreparedRequest | None) -> tuple[str | None, str | None]:
