@@ -46,7 +46,7 @@ class PassThrough:
                 break
         request = orjson.loads(body)
         request["model"] = "echo"
-        status, raw = await self.pool.post(orjson.dumps(request))
+        status, raw, _ = await self.pool.post(orjson.dumps(request))
         answer = orjson.loads(raw)
         answer["routing"] = {"model": "echo", "tier": "small"}
         await self._answer(send, status, orjson.dumps(answer))

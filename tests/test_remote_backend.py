@@ -5,20 +5,22 @@ on each event loop are closed, and the usage it estimates when the endpoint repo
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gc
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from servers.procs import remote_card, upstream
+from servers.procs import models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 from router import BackendError, BackendRefusedError, BadRequestError, Router, RouterConfig
 from router.backends import Backend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
-from router.backends.openai_http import OpenAIHTTPBackend
+from router.backends.openai_http import OpenAIHTTPBackend, retry_after_s
 from router.cards import ModelCard, load_card
 from router.types import ChatMessage
 
@@ -111,6 +113,58 @@ def test_a_seed_beyond_64_bits_is_refused_naming_it_before_any_call(upstream_url
         assert router.ledger.records() == []
         for seed in (2**63 - 1, -(2**63)):  # the ends of the range are sent on
             assert router.complete(ask, model=card.name, seed=seed).choices[0].message.content == "echo: hello"
+
+
+# -- an endpoint that says when to come back ------------------------------------------------------------------
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("upstream_model", "retry_after"), [("status:503:7", 7.0), ("status:429:2.5", 2.5),
+                                                             ("status:503:86400", 3600.0), ("status:500:7", None),
+                                                             ("status:503", None)])
+def test_an_endpoints_retry_after_is_kept_on_the_error(upstream_url: str, tmp_path: Path, path: str,
+                                                        upstream_model: str, retry_after: float | None) -> None:
+    """A busy (429) or down (503) endpoint's ``Retry-After`` becomes the error's ``retry_after_s`` on every call
+    path, after the backend's own retry, at most an hour; other statuses' is not read."""
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote", upstream_url, upstream_model, max_retries=1))
+    try:
+        with pytest.raises(BackendError, match="HTTP") as err:
+            _call(inner, path)
+        assert err.value.retry_after_s == retry_after
+    finally:
+        inner.close()
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert retry_after_s("120") == 120.0 and retry_after_s(" 0.5 ") == 0.5
+    assert retry_after_s("-3") == 0.0 and retry_after_s("inf") == 3600.0
+    assert retry_after_s(None) is None and retry_after_s("") is None
+    assert retry_after_s("soon") is None and retry_after_s("nan") is None
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: now
+    assert retry_after_s("Wed, 21 Oct 2099 07:28:00 GMT") == 3600.0  # bounded
+    in_a_minute = retry_after_s(email.utils.formatdate(time.time() + 60, usegmt=True))
+    assert in_a_minute is not None and 50 <= in_a_minute <= 61
+
+
+def test_the_proxy_passes_an_endpoints_retry_after_on_when_no_other_model_answers(upstream_url: str,
+                                                                                  tmp_path: Path) -> None:
+    """``router serve`` with one policy per model, so no other model answers: the client's 503 (a model down)
+    or 502 (rate limited) carries the endpoint's ``Retry-After`` (a streamed request's too), where it used to
+    carry none and an OpenAI SDK retried at once."""
+    cards = {"remote-busy": remote_card("remote-busy", upstream_url, "status:503:7"),
+             "remote-limited": remote_card("remote-limited", upstream_url, "status:429:30")}
+    models = models_dir(tmp_path / "models", cards, specialist=False)
+    policies = policies_dir(tmp_path / "policies", {name: only_policy(f"remote-{name[4:]}")
+                                                    for name in ("onlybusy", "onlylimited")})
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nproxy: {{warm_up: false}}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\ncooldown: {{failures: 100}}\n")
+    with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for model, status, retry_after in (("remote-busy", 503, "7"), ("remote-limited", 502, "30")):
+            for stream in (False, True):
+                res = client.post("/v1/chat/completions", json={
+                    "model": model, "policy": f"only{model[7:]}", "stream": stream,
+                    "messages": [{"role": "user", "content": "hello"}]})
+                assert res.status_code == status, res.text
+                assert res.headers.get("retry-after") == retry_after, (model, stream, res.headers)
 
 
 # -- connections on each event loop ---------------------------------------------------------------------------

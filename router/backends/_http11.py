@@ -18,7 +18,7 @@ import contextlib
 import socket
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -26,15 +26,24 @@ import httptools
 from ..errors import ConfigError
 
 
+class PoolAnswer(NamedTuple):
+    """One response: its status, its whole body, and its ``Retry-After`` header as sent (``None`` if absent),
+    the one header a caller needs (an endpoint that is busy or down saying when to come back)."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: feeds bytes to httptools' response parser, resolves ``waiter`` with
-    ``(status, body, keep_alive)`` when a response is complete, or fails it when the connection breaks."""
+    ``(answer, keep_alive)`` when a response is complete, or fails it when the connection breaks."""
 
     def __init__(self, max_body: int) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._max_body = max_body
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        self.waiter: asyncio.Future[tuple[PoolAnswer, bool]] | None = None
         self.closed = False
         self._reset()
 
@@ -43,6 +52,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._started = False  # status line seen for the current response
         self._framed = False  # Content-Length or chunked: the parser knows where the body ends
+        self._retry_after: str | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,7 +71,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._started and not self._framed and self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((self._parser.get_status_code(), b"".join(self._body), False))
+            self.waiter.set_result((self._answer(self._parser.get_status_code()), False))
             return
         self._fail(ConnectionResetError(f"connection closed before a complete response{f': {exc}' if exc else ''}"))
 
@@ -70,8 +80,11 @@ class _Connection(asyncio.Protocol):
         self._started = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
             self._framed = True
+        elif name == b"retry-after":
+            self._retry_after = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -86,13 +99,16 @@ class _Connection(asyncio.Protocol):
         if status < 200:  # 1xx: an interim response; the real one follows on the same connection
             self._reset()
             return
-        body = b"".join(self._body)
+        answer = self._answer(status)
         self._reset()
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result((status, body, self._parser.should_keep_alive()))
+            waiter.set_result((answer, self._parser.should_keep_alive()))
 
     # helpers
+    def _answer(self, status: int) -> PoolAnswer:
+        return PoolAnswer(status, b"".join(self._body), self._retry_after)
+
     def _fail(self, exc: Exception) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
@@ -105,7 +121,7 @@ class _Connection(asyncio.Protocol):
 
 
 class HTTPPool:
-    """POST a JSON body to one URL over pooled keep-alive connections; return ``(status, body)``.
+    """POST a JSON body to one URL over pooled keep-alive connections; return a :class:`PoolAnswer`.
 
     Transport failures surface as ``OSError`` (``ConnectionError``; ``TimeoutError`` when the call's total time
     limit passed), which ``agenerate`` may retry. ``timeout_s`` bounds a whole call (waiting for a free
@@ -144,8 +160,8 @@ class HTTPPool:
         self._queue: deque[asyncio.Future[None]] = deque()  # calls waiting for a slot, first come first served
         self._closed = False
 
-    async def post(self, body: bytes, *, timeout_s: float | None = None) -> tuple[int, bytes]:
-        """``(status, body)`` of one POST; ``TimeoutError`` once ``timeout_s`` (default: the pool's) has passed."""
+    async def post(self, body: bytes, *, timeout_s: float | None = None) -> PoolAnswer:
+        """The answer to one POST; ``TimeoutError`` once ``timeout_s`` (default: the pool's) has passed."""
         limit = self.timeout_s if timeout_s is None else timeout_s
         end = time.monotonic() + limit
         payload = self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
@@ -210,14 +226,14 @@ class HTTPPool:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    async def _exchange(self, conn: _Connection, payload: bytes, end: float, limit: float) -> tuple[int, bytes]:
-        waiter: asyncio.Future[tuple[int, bytes, bool]] = self.loop.create_future()
+    async def _exchange(self, conn: _Connection, payload: bytes, end: float, limit: float) -> PoolAnswer:
+        waiter: asyncio.Future[tuple[PoolAnswer, bool]] = self.loop.create_future()
         conn.waiter = waiter
         timer = self.loop.call_later(max(0.0, end - time.monotonic()), self._expire, conn, waiter, limit)
         try:
             assert conn.transport is not None
             conn.transport.write(payload)
-            status, data, keep_alive = await waiter
+            answer, keep_alive = await waiter
         except BaseException:  # timed out, failed or cancelled: the connection is mid-response, never reuse it
             conn.close()
             raise
@@ -227,9 +243,9 @@ class HTTPPool:
             self._idle.append(conn)
         else:
             conn.close()
-        return status, data
+        return answer
 
-    def _expire(self, conn: _Connection, waiter: asyncio.Future[tuple[int, bytes, bool]], limit: float) -> None:
+    def _expire(self, conn: _Connection, waiter: asyncio.Future[tuple[PoolAnswer, bool]], limit: float) -> None:
         if not waiter.done():
             waiter.set_exception(TimeoutError(f"no complete response within {limit:.3g} s"))
         conn.close()

@@ -14,8 +14,10 @@ what changes behind an HTTP proxy named in the environment). ``request.cancel`` 
 
 Retries, with exponential backoff, only for failures before any output (connection errors, timeouts that leave
 time, HTTP 408/409/429/5xx): the request had no effect yet, so sending it again is safe. None starts (and no
-backoff wait begins) when it could not start before the bound. Energy is estimated from the card's token
-profile, since the hardware is not ours to meter.
+backoff wait begins) when it could not start before the bound. A busy or down endpoint's ``Retry-After`` does
+not lengthen these short waits (a request waiting here holds its caller, who may have other models to try); the
+last one is kept on the error as ``retry_after_s``, the proxy's ``Retry-After`` when no other model answers.
+Energy is estimated from the card's token profile, since the hardware is not ours to meter.
 
 Length: one backend's sync, async and streaming calls with their shared time limits; the hand-written HTTP/1.1
 client is its own module.
@@ -25,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -56,6 +61,11 @@ _REFUSED_STATUS = {400, 413, 422}
 """The endpoint refusing this request (a parameter it does not support, a body too large for it), not failing: the
 next model may take it. 401/403 (a bad key) and 404 (a wrong URL or model name in the card) fail every request
 there, so they are the model's failures."""
+_RETRY_AFTER_STATUS = {429, 503}
+"""The statuses whose ``Retry-After`` says when the endpoint will take calls again (RFC 6585, RFC 9110)."""
+_RETRY_AFTER_MAX_S = 3600.0
+"""The longest ``Retry-After`` passed on from an endpoint: a larger one (or a mistaken one) would keep clients
+away for hours from a router that may have other models to offer by then."""
 _CONNECT_S = 10.0
 """Longest wait for a TCP (and TLS) connection, within the call's bound: a dead host fails fast and leaves
 time for a retry."""
@@ -70,6 +80,27 @@ def _env_proxy_for(url: str) -> bool:
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """The seconds an endpoint's ``Retry-After`` asks for, at most :data:`_RETRY_AFTER_MAX_S`; ``None`` where it
+    is absent or unreadable. Both of RFC 9110's forms are read: delay-seconds (a fraction too, which some
+    endpoints send) and an HTTP-date, counted from now by this machine's clock (one in the past: 0)."""
+    if not value or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": no zone given; HTTP-dates are in GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), _RETRY_AFTER_MAX_S)
 
 
 class _Retryable(Exception):
@@ -149,13 +180,16 @@ class OpenAIHTTPBackend(Backend):
             f"{self.card.name}: the model's endpoint timed out: no complete answer within the card's timeout_s "
             f"({self.spec.timeout_s:g} s)", detail=self.spec.base_url)
 
-    def _status_failure(self, status: int, raw: bytes) -> Exception:
+    def _status_failure(self, status: int, raw: bytes, retry_after: str | None = None) -> Exception:
         """An HTTP error answer: retryable (408/409/429/5xx) or final; the endpoint refusing this request
-        (:data:`_REFUSED_STATUS`) is a :class:`BackendRefusedError`, which does not count towards a cooldown."""
+        (:data:`_REFUSED_STATUS`) is a :class:`BackendRefusedError`, which does not count towards a cooldown.
+        A busy or down endpoint's ``Retry-After`` (the header's value) becomes the error's ``retry_after_s``, so
+        a caller left with no other model is told when to try again."""
         cls = (BackendUnavailableError if status in (502, 503, 504)
                else BackendRefusedError if status in _REFUSED_STATUS else BackendError)
         error = cls(f"{self.card.name}: the model's endpoint answered HTTP {status}",
-                    detail=f"{self.spec.base_url}: {raw[:300].decode('utf-8', 'replace')}")
+                    detail=f"{self.spec.base_url}: {raw[:300].decode('utf-8', 'replace')}",
+                    retry_after_s=retry_after_s(retry_after) if status in _RETRY_AFTER_STATUS else None)
         return _Retryable(error) if status in _RETRY_STATUS else error
 
     def _transport_failure(self, exc: Exception, bound: Bound) -> Exception:
@@ -198,7 +232,8 @@ class OpenAIHTTPBackend(Backend):
         try:
             with self._send(body, request, bound) as response:
                 if response.status_code >= 400:
-                    raise self._status_failure(response.status_code, response.read())
+                    raise self._status_failure(response.status_code, response.read(),
+                                               response.headers.get("retry-after"))
                 yield from _parse_sse(response.iter_lines(), self.card.name)
         except httpx.TransportError as exc:  # timeouts included
             raise self._transport_failure(exc, bound) from exc
@@ -221,7 +256,7 @@ class OpenAIHTTPBackend(Backend):
         except httpx.TransportError as exc:
             raise self._transport_failure(exc, bound) from exc
         if response.status_code >= 400:
-            raise self._status_failure(response.status_code, raw)
+            raise self._status_failure(response.status_code, raw, response.headers.get("retry-after"))
         return raw
 
     @contextlib.contextmanager
@@ -263,7 +298,8 @@ class OpenAIHTTPBackend(Backend):
             post = client.build_request("POST", "/chat/completions", content=body)
             response = await within(client.send(post, stream=True), bound.end)
             if response.status_code >= 400:
-                raise self._status_failure(response.status_code, await within(response.aread(), bound.end))
+                raise self._status_failure(response.status_code, await within(response.aread(), bound.end),
+                                           response.headers.get("retry-after"))
             parser = _SSEParser(self.card.name)
             lines = response.aiter_lines()
             while True:
@@ -302,15 +338,15 @@ class OpenAIHTTPBackend(Backend):
         try:
             connections = await self._connections()
             if self._use_pool:
-                status, raw = await self._pool(connections).post(body, timeout_s=left)
+                status, raw, retry_after = await self._pool(connections).post(body, timeout_s=left)
             else:
                 response = await within(self._async_client(connections).post("/chat/completions", content=body),
                                         bound.end)
-                status, raw = response.status_code, response.content
+                status, raw, retry_after = response.status_code, response.content, response.headers.get("retry-after")
         except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
             raise self._transport_failure(exc, bound) from exc
         if status >= 400:
-            raise self._status_failure(status, raw)
+            raise self._status_failure(status, raw, retry_after)
         return raw
 
     async def _connections(self) -> _LoopConnections:

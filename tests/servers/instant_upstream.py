@@ -14,7 +14,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
-  one whose key is wrong).
+  one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
+  limiting, 429, or down for a while, 503).
 
 ``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
 
@@ -53,8 +54,9 @@ async def chat(request: Request) -> Response:
         return JSONResponse({"error": {"message": f"{model} upstream failure", "type": "server_error"}},
                             status_code=503 if model == "broken" else 500)
     if model.startswith("status:"):
-        return JSONResponse({"error": {"message": f"refused with {model[7:]}", "type": "invalid_request_error"}},
-                            status_code=int(model[7:]))
+        code, _, retry_after = model[7:].partition(":")
+        return JSONResponse({"error": {"message": f"refused with {code}", "type": "invalid_request_error"}},
+                            status_code=int(code), headers={"Retry-After": retry_after} if retry_after else None)
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
     if model == "leaky":
