@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest_postgres import PASSWORD, postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
-from servers.procs import router_serve
+from servers.procs import router_serve, wait_for_record
 from test_budgets import REVIEW, policy, setup
 
 from router.config import RouterConfig
@@ -164,6 +164,31 @@ def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path)
                 res = client.post("/v1/chat/completions", json=body)
                 assert res.status_code == 503 and res.json()["error"]["code"] == "ledger_unavailable", res.text
                 assert res.headers["retry-after"] == "3", res.headers  # 2.5 s, in whole seconds
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+
+
+def test_feedback_while_the_store_is_unavailable_says_when_to_retry(tmp_path: Path) -> None:
+    """``POST /v1/feedback`` while the SQLite store's write lock is held elsewhere: a 503 whose ``Retry-After`` is
+    the journal's replay interval, as a budget's refusal says (it used to carry none)."""
+    root = setup(tmp_path, "name: t\naccuracy: {min_accuracy: 0.7}\n")
+    ledger = root / "ledger.sqlite3"
+    config = root / "router.yaml"
+    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
+                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
+                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: 2.5}}\n")
+    with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=20) as client:
+        answer = client.post("/v1/chat/completions", json={"model": "router", "messages": REVIEW})
+        assert answer.status_code == 200, answer.text
+        wait_for_record(f"sqlite:///{ledger}", answer.json()["id"], timeout=10, poll=0.1)
+        holder = sqlite3.connect(ledger, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # the store is unavailable for writes: the feedback cannot be stored
+        try:
+            for _ in range(2):  # every refusal while the store is unavailable, not only the first
+                res = client.post("/v1/feedback", json={"id": answer.json()["id"], "score": 1.0})
+                assert res.status_code == 503 and res.json()["error"]["code"] == "ledger_unavailable", res.text
+                assert res.headers.get("retry-after") == "3", res.headers  # 2.5 s, in whole seconds
         finally:
             holder.execute("COMMIT")
             holder.close()

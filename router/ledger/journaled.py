@@ -19,6 +19,8 @@ raise ``LedgerError`` while the store is down, and do not include records still 
 ``request_record`` and ``recent_calls`` (the reads made while answering requests) raise at once while the store is
 known to be down, and the Router then leaves models under a budget out where another model can answer, skips the
 request ids it cannot check for their owner (answering under its own), and keeps its energy estimates as they were.
+Every ``LedgerError`` of a store that may come back says to retry after ``replay_interval_s`` (``retry_after_s``,
+the proxy's ``Retry-After``), when the replay thread next checks it.
 
 A store that is down when the ledger is opened is not an error (a corrupt or misconfigured one is): the
 journal takes records and the store is opened again by the replay thread.
@@ -29,6 +31,8 @@ the journal's side of each ledger call stays in this module; the journal file it
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -273,14 +277,9 @@ class JournaledLedger(Ledger):
             return self._store().try_reserve(budget, joules, limit_j, window_s)
         except LedgerError as exc:
             what, fix = wrapped_parts(exc, "bring the store back")
-            err = ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
+            raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "
                                f"({what})", f"{fix}; requests for models without a budget go on",
-                               retryable=exc.retryable)  # fmt: skip
-            if exc.retryable:
-                # nobody knows when the store is back: the replay thread checks it every replay_interval_s, and
-                # while an outage is known budgets are refused at once until that check has found it back
-                err.retry_after_s = self.journal.settings.replay_interval_s
-            raise err from exc
+                               retryable=exc.retryable) from exc  # fmt: skip
 
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         self.settle_many([(reservation, actual_j)])
@@ -427,6 +426,31 @@ class JournaledLedger(Ledger):
             self.store.close()
             self.store = None
             self._connect = None
+
+
+def _with_retry_hint(method: Callable[..., T]) -> Callable[..., T]:
+    """``method``, whose retryable ``LedgerError`` says when to try again (``retry_after_s``, the proxy's
+    ``Retry-After``): nobody knows when the store is back, but the replay thread checks it every
+    ``replay_interval_s``, and while an outage is known the request-path calls refuse at once until that check
+    has found it back. An error a person must fix, or one for a record the store refuses, gets none."""
+
+    @functools.wraps(method)
+    def hinted(self: JournaledLedger, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except LedgerError as exc:
+            if exc.retryable and not exc.record_rejected and exc.retry_after_s is None:
+                exc.retry_after_s = self.journal.settings.replay_interval_s
+            raise
+
+    return hinted
+
+
+# every public call, so that none (a new one included) raises a store's outage without the hint
+for _name, _method in list(vars(JournaledLedger).items()):
+    if inspect.isfunction(_method) and not _name.startswith("_"):
+        setattr(JournaledLedger, _name, _with_retry_hint(_method))
+del _name, _method
 
 
 def journal_folder_of(ledger: Ledger) -> Path | None:
