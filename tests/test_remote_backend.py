@@ -133,6 +133,26 @@ def test_an_endpoints_retry_after_is_kept_on_the_error(upstream_url: str, tmp_pa
         inner.close()
 
 
+def test_an_endpoints_retry_after_is_waited_out_when_short_and_ends_the_retries_when_long(upstream_url: str,
+                                                                                          tmp_path: Path) -> None:
+    """The backend's own retry waits what a busy endpoint asks for (1 s here, more than its 0.1 s backoff) and no
+    less; asked for longer than its 2 s cap, it does not retry at all: another model may answer, and the caller
+    gets the endpoint's Retry-After. It used to retry after 0.1 s whatever the endpoint said."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    for model, calls, waited in (("status:503:1", 2, 1.0), ("status:429:7", 1, 0.0)):
+        inner = OpenAIHTTPBackend(_card(tmp_path, "remote", upstream_url, model, max_retries=1))
+        try:
+            before = httpx.get(stats).json()["calls"].get(model, 0)
+            started = time.monotonic()
+            with pytest.raises(BackendError, match="HTTP"):
+                inner.generate(REQUEST)
+            elapsed = time.monotonic() - started
+            assert httpx.get(stats).json()["calls"][model] - before == calls, model
+            assert elapsed >= waited, (model, elapsed)
+        finally:
+            inner.close()
+
+
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_s("120") == 120.0 and retry_after_s(" 0.5 ") == 0.5
     assert retry_after_s("-3") == 0.0 and retry_after_s("inf") == 3600.0

@@ -14,9 +14,10 @@ what changes behind an HTTP proxy named in the environment). ``request.cancel`` 
 
 Retries, with exponential backoff, only for failures before any output (connection errors, timeouts that leave
 time, HTTP 408/409/429/5xx): the request had no effect yet, so sending it again is safe. None starts (and no
-backoff wait begins) when it could not start before the bound. A busy or down endpoint's ``Retry-After`` does
-not lengthen these short waits (a request waiting here holds its caller, who may have other models to try); the
-last one is kept on the error as ``retry_after_s``, the proxy's ``Retry-After`` when no other model answers.
+backoff wait begins) when it could not start before the bound. A busy or down endpoint's ``Retry-After`` is
+honoured: up to the backoff's cap (2 s) the retry waits that long; a longer one ends the retries at once (a request
+waiting here holds its caller, who may have other models to try). The last one is kept on the error as
+``retry_after_s``, the proxy's ``Retry-After`` when no other model answers.
 Energy is estimated from the card's token profile, since the hardware is not ours to meter.
 
 Length: one backend's sync, async and streaming calls with their shared time limits; the hand-written HTTP/1.1
@@ -101,6 +102,11 @@ def retry_after_s(value: str | None) -> float | None:
     if math.isnan(seconds):
         return None
     return min(max(0.0, seconds), _RETRY_AFTER_MAX_S)
+
+
+_MAX_BACKOFF_S = 2.0
+"""The longest wait before sending a call again: the backoff's cap, and the most of an endpoint's ``Retry-After``
+that is waited out (a longer one is the caller's to honour, and another model may answer meanwhile)."""
 
 
 class _Retryable(Exception):
@@ -203,7 +209,12 @@ class OpenAIHTTPBackend(Backend):
     def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, produced: bool = False) -> float:
         """Seconds to wait before sending again; raises ``failure``'s error when there is no next attempt (all
         used, output already given, or the wait would not end before the bound)."""
-        wait = min(2.0, 0.1 * (2**attempt))
+        wait = min(_MAX_BACKOFF_S, 0.1 * (2**attempt))
+        asked = failure.error.retry_after_s  # the endpoint's Retry-After (429, 503)
+        if asked is not None:
+            if asked > _MAX_BACKOFF_S:  # not worth holding the request: the next model answers, or the caller
+                raise failure.error from failure.__cause__  # gets the endpoint's Retry-After
+            wait = max(wait, asked)
         if produced or attempt >= self.spec.max_retries or wait >= bound.left():
             raise failure.error from failure.__cause__
         log.warning("%s (%s); retrying in %.1f s", failure.error.message, failure.error.detail, wait)
