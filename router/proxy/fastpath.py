@@ -299,9 +299,9 @@ async def _watched(prepared: PreparedRequest, receive: Receive, call: Coroutine[
     remote one, whose HTTP request cannot see the event) is cancelled, which closes its upstream connection. Either
     way :class:`ClientDisconnect` is raised. The watch starts after :data:`WATCH_AFTER_S`: most calls end sooner,
     and those then cost a timer rather than a task."""
-    task = asyncio.current_task()
-    assert task is not None
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)  # given the loop: each lookup of the running loop is a getpid() system call
+    assert task is not None
     gone: list[asyncio.TimerHandle] = []
     watcher: list[asyncio.Task[None]] = []
 
