@@ -166,8 +166,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
 
 def test_the_proxy_passes_an_endpoints_retry_after_on_when_no_other_model_answers(upstream_url: str,
                                                                                   tmp_path: Path) -> None:
-    """``router serve`` with one policy per model, so no other model answers: the client's 503 (a model down)
-    or 502 (rate limited) carries the endpoint's ``Retry-After`` (a streamed request's too), where it used to
+    """``router serve`` with one policy per model, so no other model answers: the client's 503 (a model down, or
+    rate limited: an endpoint's 429 is the service being busy, not the caller's fault) carries the endpoint's
+    ``Retry-After`` (a streamed request's too), where it used to
     carry none and an OpenAI SDK retried at once."""
     cards = {"remote-busy": remote_card("remote-busy", upstream_url, "status:503:7"),
              "remote-limited": remote_card("remote-limited", upstream_url, "status:429:30")}
@@ -178,7 +179,7 @@ def test_the_proxy_passes_an_endpoints_retry_after_on_when_no_other_model_answer
     config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nproxy: {{warm_up: false}}\n"
                       f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\ncooldown: {{failures: 100}}\n")
     with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=30) as client:
-        for model, status, retry_after in (("remote-busy", 503, "7"), ("remote-limited", 502, "30")):
+        for model, status, retry_after in (("remote-busy", 503, "7"), ("remote-limited", 503, "30")):
             for stream in (False, True):
                 res = client.post("/v1/chat/completions", json={
                     "model": model, "policy": f"only{model[7:]}", "stream": stream,

@@ -191,7 +191,9 @@ class OpenAIHTTPBackend(Backend):
         (:data:`_REFUSED_STATUS`) is a :class:`BackendRefusedError`, which does not count towards a cooldown.
         A busy or down endpoint's ``Retry-After`` (the header's value) becomes the error's ``retry_after_s``, so
         a caller left with no other model is told when to try again."""
-        cls = (BackendUnavailableError if status in (502, 503, 504)
+        # 429: the endpoint is busy (its rate limit, not the caller's), so the caller is told the service is
+        # unavailable for now (503 from the proxy), as for a 503 of its own
+        cls = (BackendUnavailableError if status in (429, 502, 503, 504)
                else BackendRefusedError if status in _REFUSED_STATUS else BackendError)
         error = cls(f"{self.card.name}: the model's endpoint answered HTTP {status}",
                     detail=f"{self.spec.base_url}: {raw[:300].decode('utf-8', 'replace')}",
