@@ -311,3 +311,79 @@ def test_a_carbon_budget_is_shown_in_grams_co2e_on_the_dashboard_and_in_the_metr
     assert f'router_budget_used_grams_co2e{{budget="{key}"}} {grams!r}' in metrics
     assert f'router_budget_remaining_grams_co2e{{budget="{key}",policy="dash"}} {2 - grams!r}' in metrics
     assert key not in "".join(line for line in metrics.splitlines() if "_joules" in line)
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand (what ``SeenBudgets`` reads), so windows pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_seen_budgets_forget_a_budget_after_its_window_and_beyond_their_bound() -> None:
+    """The per-key budgets met in decisions are remembered while their counter can be above zero: a budget not met
+    for longer than its window (the seconds its key ends in) is dropped, and past ``max_count`` the ones met
+    longest ago go first, so thousands of keys, or keys rotated daily, neither grow memory nor slow every scrape."""
+    from router.proxy.metrics import SeenBudgets
+
+    clock = _Clock()
+    seen = SeenBudgets(max_count=4, clock=clock)
+    hourly, daily = "key:key-00000000000000aa:tier:small:3600s", "key:key-00000000000000aa:tier:small:86400s"
+    seen.add([hourly, daily])
+    clock.now += 3600
+    assert sorted(seen.current()) == [hourly, daily]  # a full window since: its counter may still hold that call
+    clock.now += 1
+    assert seen.current() == [daily]  # its window has rolled over: nothing left to show
+    seen.add([hourly])  # met again: shown again
+    assert sorted(seen.current()) == [hourly, daily]
+
+    # past max_count the oldest go, at the next scrape and, without scrapes, once a quarter more has come
+    for i in range(4):
+        clock.now += 1
+        seen.add([f"key-{i}:3600s"])
+    assert sorted(seen.current()) == [f"key-{i}:3600s" for i in range(4)]
+    for i in range(4, 9):
+        clock.now += 1
+        seen.add([f"key-{i}:3600s"])
+        assert len(seen) <= 5  # max_count plus a quarter: pruned by add itself
+    assert sorted(seen.current()) == [f"key-{i}:3600s" for i in range(5, 9)]
+    seen.add(["no-window", "key-9:3600s"])  # a key with no window is kept until the count bound drops it
+    clock.now += 7 * 86400
+    assert seen.current() == ["no-window"]
+
+
+def test_a_per_key_budget_is_listed_while_it_is_fresh(tmp_path: Path) -> None:
+    """Through the proxy app: a ``scope: per_key`` budget's counter for a key no policy names is in the dashboard's
+    budget table and ``/metrics`` once a request of that key met it, and gone once a window passed without one
+    (its counter is zero by then); the policy's global budget is listed throughout."""
+    from router.proxy.metrics import SeenBudgets
+
+    config = _keys_config(tmp_path)
+    per_key = "  - {model: sentiment-onnx, joules: 500, per: hour, scope: per_key}\n"
+    (config.parent / "policies" / "dash.yaml").write_text(POLICY.replace("on_budget", per_key + "on_budget"))
+    own = f"key:key-{hashlib.sha256(KEY_USER.encode()).hexdigest()[:16]}:model:sentiment-onnx:3600s"
+    admin = {"authorization": f"Bearer {KEY_ADMIN}"}
+    clock = _Clock()
+    with TestClient(create_app(config=RouterConfig.load(config))) as c:
+        c.app.state.proxy.metrics.budgets_seen = SeenBudgets(clock=clock)  # type: ignore[attr-defined]
+
+        def listed() -> tuple[set[str], str]:
+            c.app.state.router.ledger.flush()  # type: ignore[attr-defined]
+            rows = c.get("/dashboard/api/budgets", headers=admin).json()["budgets"]
+            return {r["budget"] for r in rows}, c.get("/metrics", headers=admin).text
+
+        assert own not in listed()[0]
+        answer = _chat(c, "per-key-1", KEY_USER)
+        shown, metrics = listed()
+        assert {own, "model:sentiment-onnx:3600s"} <= shown
+        (row,) = [r for r in c.get("/dashboard/api/budgets", headers=admin).json()["budgets"] if r["budget"] == own]
+        assert row["policy"] == "dash" and row["limit_j"] == 500
+        assert row["used_j"] == pytest.approx(answer["routing"]["energy_j"])
+        assert f'router_budget_remaining_joules{{budget="{own}",policy="dash"}}' in metrics
+        clock.now += 3601
+        shown, metrics = listed()
+        assert own not in shown and "model:sentiment-onnx:3600s" in shown
+        assert own not in metrics

@@ -61,7 +61,7 @@ class Dashboard:
         self._own_reader = False
         self._reader_lock = threading.Lock()
         flush = getattr(router.ledger, "flush", None)
-        seen = (lambda: list(metrics.budgets_seen)) if metrics is not None else tuple
+        seen = (lambda: metrics.budgets_seen.current()) if metrics is not None else tuple
         # the page shows what was handed to the background writer before it asked, waiting at most a few seconds
         self.data = DashboardData(router, self._ledger, flush=partial(flush, 5.0) if callable(flush) else None,
                                   budgets_seen=seen)

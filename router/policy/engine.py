@@ -44,7 +44,7 @@ from ..errors import BadRequestError, ConfigError
 from .base import BudgetState, DecisionRequest, Engine
 from .batch import decide_batch
 from .decision import BudgetRef, Decision
-from .schema import Policy, budget_key_hash
+from .schema import Policy, budget_key_hash, budget_window_s
 from .steps import (
     _budgets_for,
     budgets,
@@ -246,11 +246,8 @@ def known_budgets(engine: object, seen: Iterable[str]) -> list[BudgetRow]:
     by_pair = {(b, p): (b, lim, w, p) for b, lim, w, p in rows}  # a seen budget a policy names comes twice
     covered = {b for b, _ in by_pair}
     for budget in seen:
-        if budget not in covered:
-            try:
-                by_pair[budget, None] = (budget, None, float(budget.rsplit(":", 1)[1].removesuffix("s")), None)
-            except (IndexError, ValueError):
-                continue
+        if budget not in covered and (window_s := budget_window_s(budget)) is not None:
+            by_pair[budget, None] = (budget, None, window_s, None)
     return list(by_pair.values())
 
 

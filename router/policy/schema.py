@@ -87,6 +87,15 @@ def budget_key_hash(key: str) -> str | None:
     return found.group(1) if found else None
 
 
+def budget_window_s(key: str) -> float | None:
+    """The window in seconds a budget's ledger key (:meth:`Budget.key`) ends in (``...:3600s``), None when it
+    ends in none."""
+    try:
+        return float(key.rsplit(":", 1)[1].removesuffix("s"))
+    except (IndexError, ValueError):
+        return None
+
+
 class Budget(_Strict):
     """``joules`` (or ``g_co2e``, grams CO2e) per window for ``model`` (a card name, ``tier:<tier>`` for a whole
     tier, or ``*`` for each model separately). ``scope: per_key`` gives every API key its own budget of that

@@ -11,8 +11,10 @@ With ``--workers N`` each worker process keeps its own counters; scrape each wor
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import RouterError
 from ..policy.engine import known_budgets
-from ..policy.schema import budget_unit
+from ..policy.schema import budget_unit, budget_window_s
 
 if TYPE_CHECKING:
     from .._request import PreparedRequest
@@ -62,7 +64,7 @@ class ProxyMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
-        self.budgets_seen: set[str] = set()
+        self.budgets_seen = SeenBudgets()
         self.registry.register(_StateCollector(router, self))
         self._keyed = bool(router.keys)  # a key label only for configured keys, as the chat route labels requests
         self._request_children: dict[tuple[str, str, str, str], Any] = {}
@@ -75,7 +77,7 @@ class ProxyMetrics:
         dashboard lists them)."""
         self.observe_decision(decision_ms / 1000)
         if budgets:
-            self.budgets_seen.update(budgets)
+            self.budgets_seen.add(budgets)
 
     def observe_request(self, model: str | None, tier: str | None, key: str | None, outcome: str) -> None:
         """A chat request's end: answered (``ok``), given up by its client (``cancelled``) or failed
@@ -113,6 +115,60 @@ class ProxyMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SeenBudgets:
+    """The budget keys met in decisions, with when each was last met: what ``/metrics`` and the dashboard list
+    besides the budgets the policies name (a ``scope: per_key`` budget has a counter for each API key that used it,
+    and each listed budget costs a ledger read per scrape).
+
+    Bounded, so that many keys (or keys rotated daily) neither grow memory nor slow every scrape for good: a budget
+    not met for longer than its own window (the seconds its key ends in) is dropped, as its counter has rolled to
+    zero since; and past ``max_count`` budgets the ones met longest ago go first. A dropped budget comes back the
+    next time a request meets it. :meth:`add` runs per request: a dict assignment per budget, and a prune only
+    once the count passes ``max_count`` by a quarter (so its cost is spread over that many new budgets);
+    :meth:`current` prunes at scrape time. ``clock`` (seconds, monotonic) is injectable for tests."""
+
+    def __init__(self, max_count: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_count = max_count
+        self._clock = clock
+        self._last_met: dict[str, float] = {}
+        self._prune_above = max_count + max(1, max_count // 4)
+        # adds come from the event loop, scrapes also from the dashboard's worker thread: one pruner at a time
+        self._prune_lock = threading.Lock()
+
+    def add(self, budgets: Iterable[str]) -> None:
+        now = self._clock()
+        last_met = self._last_met
+        for budget in budgets:
+            last_met[budget] = now
+        if len(last_met) > self._prune_above:
+            self._prune()
+
+    def current(self) -> list[str]:
+        """The budgets met within their window, at most ``max_count``, after dropping the rest."""
+        self._prune()
+        return list(self._last_met)
+
+    def __len__(self) -> int:
+        return len(self._last_met)
+
+    def _prune(self) -> None:
+        if not self._prune_lock.acquire(blocking=False):
+            return  # another thread is pruning the same dict
+        try:
+            now = self._clock()
+            met = self._last_met.copy()  # one step under the GIL, so adds meanwhile are not seen half done
+            stale = [b for b, t in met.items() if now - t > (budget_window_s(b) or math.inf)]
+            over = len(met) - len(stale) - self.max_count
+            if over > 0:
+                gone = set(stale)
+                stale += [b for _, b in sorted((t, b) for b, t in met.items() if b not in gone)[:over]]
+            for budget in stale:
+                if self._last_met.get(budget) == met[budget]:  # not met again since the copy
+                    self._last_met.pop(budget, None)
+        finally:
+            self._prune_lock.release()
 
 
 class _StateCollector(Collector):
@@ -179,7 +235,7 @@ class _StateCollector(Collector):
     def _budget_specs(self) -> tuple[list[tuple[str, float, float, str]], dict[str, float]]:
         """The budgets with a limit (key, limit, window, policy: their remaining amount is exported) and the window
         of every budget to read, those seen in decisions included (:func:`~router.policy.engine.known_budgets`)."""
-        rows = known_budgets(self.router.engine, self.metrics.budgets_seen)
+        rows = known_budgets(self.router.engine, self.metrics.budgets_seen.current())
         specs = [(b, lim, w, p) for b, lim, w, p in rows if lim is not None and p is not None]
         return specs, {b: w for b, _, w, _ in rows}
 
