@@ -400,7 +400,10 @@ class Attempts:
                 + (f"; lower {limit}" if max_tokens_to_blame else "; shorten the messages"),
                 param=limit if max_tokens_to_blame else "messages")
         if self.errors:
-            return self.errors[-1]
+            last = self.errors[-1]
+            if last.retry_after_s is not None:  # the soonest any model tried may answer again, not the last one's
+                last.retry_after_s = min(e.retry_after_s for e in self.errors if e.retry_after_s is not None)
+            return last
         refs = [r for rs in self.prepared.decision.model_budgets.values() for r in rs]
         retry = min((r.window_s - time.time() % r.window_s for r in refs), default=None)
         return BudgetExhaustedError(

@@ -177,3 +177,23 @@ def test_a_model_cooling_down_is_passed_over_without_a_record_per_request(tmp_pa
     broken = [r for r in records if r.model == "remote-broken"]
     assert [r.outcome for r in broken] == ["error"] * 3 and "cooling down" in (broken[-1].error or "")
     assert sum(r.model == "remote-echo" and r.outcome == "ok" for r in records) == 4
+
+
+def test_the_failure_that_opens_the_breaker_says_no_call_gets_through_before_its_cooldown_ends(
+        specialist_backend) -> None:  # type: ignore[no-untyped-def]
+    """The call whose failure opens the breaker (a failed trial call too) tells its caller to come back when the
+    cooldown ends, not sooner: it used to carry the endpoint's own Retry-After (or none), and a client retrying then
+    met "cooling down" again."""
+    broken = FaultInjectingBackend(specialist_backend, failures_before_success=10)
+    clock = _Clock()
+    breaker = CooldownBackend(broken, failures=2, cooldown_s=15, clock=clock)
+    with pytest.raises(BackendError) as first:
+        breaker.generate(REQUEST)
+    assert first.value.retry_after_s is None  # one failure: the breaker is still closed
+    with pytest.raises(BackendError) as opening:
+        breaker.generate(REQUEST)
+    assert opening.value.retry_after_s == 15
+    clock.now = 15.0  # the trial call fails: open again for the whole cooldown
+    with pytest.raises(BackendError) as trial:
+        asyncio.run(breaker.agenerate(REQUEST))
+    assert trial.value.retry_after_s == 15 and breaker.state == "open"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from servers.procs import models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
-from router import BackendError, BackendRefusedError, BadRequestError, Router, RouterConfig
+from router import BackendError, BackendRefusedError, BackendUnavailableError, BadRequestError, Router, RouterConfig
 from router.backends import Backend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, retry_after_s
@@ -151,6 +151,21 @@ def test_an_endpoints_retry_after_is_waited_out_when_short_and_ends_the_retries_
             assert elapsed >= waited, (model, elapsed)
         finally:
             inner.close()
+
+
+def test_with_every_model_busy_the_caller_is_told_the_soonest_any_may_answer(upstream_url: str,
+                                                                            tmp_path: Path) -> None:
+    """Two models whose endpoints answer 503 with Retry-After 30 and 9: whichever was tried last, the error says 9
+    s (when one of them may answer again); it used to carry the last one tried's."""
+    cards = [_card(tmp_path, "remote-slow-back", upstream_url, "status:503:30", max_retries=0),
+             _card(tmp_path, "remote-soon-back", upstream_url, "status:503:9", max_retries=0)]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                cards={c.name: c for c in cards}) as router:
+        for pinned in ("remote-slow-back", "remote-soon-back"):  # each tried first in turn, the other after it
+            with pytest.raises(BackendUnavailableError) as err:
+                router.complete([{"role": "user", "content": "hello"}], model=pinned)
+            assert err.value.retry_after_s == 9.0, pinned
+            assert [r.model for r in router.ledger.records()][-2:][0] == pinned
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:

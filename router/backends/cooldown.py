@@ -26,6 +26,7 @@ from ..errors import (
     BadRequestError,
     CancelledError,
     DeadlineExceededError,
+    RouterError,
 )
 from ..options import NO_OPTIONS, ModelOptions
 from ..types import ChatMessage
@@ -92,13 +93,16 @@ class CooldownBackend(Backend):
             self.consecutive_failures = 0
             self._trial_running = False
 
-    def _failed(self) -> None:
+    def _failed(self) -> bool:
+        """Count a failure; True when it opened the breaker (no call gets through for ``cooldown_s``)."""
         with self._lock:
             self.consecutive_failures += 1
             self._trial_running = False
             if self.consecutive_failures >= self.failures:
                 self._open_until = self._clock() + self.cooldown_s
                 self.opened_total += 1
+                return True
+            return False
 
     def _released(self) -> None:
         """The call ended without a verdict (the caller stopped reading): let the next call be the trial."""
@@ -162,7 +166,9 @@ class _Verdict:
         if kind is None:
             self.backend._succeeded()
         elif issubclass(kind, Exception) and not issubclass(kind, _NO_VERDICT):
-            self.backend._failed()
+            if self.backend._failed() and isinstance(exc, RouterError):
+                # the breaker opened: no call gets through before its cooldown ends, whatever the endpoint asked
+                exc.retry_after_s = max(exc.retry_after_s or 0.0, self.backend.cooldown_s)
         else:
             self.backend._released()
         return False
