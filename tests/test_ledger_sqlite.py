@@ -1,5 +1,5 @@
 """SQLite ledger durability: a kill -9 loses no committed record, v1 files migrate to the current schema,
-retention."""
+retention; the request path never waits behind another connection's write lock."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from servers.procs import router_serve, wait_for_record
+from test_budgets import REVIEW, policy, setup
 
 from router.errors import ConfigError, LedgerError
 from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
@@ -163,3 +169,109 @@ def test_a_failed_batch_writes_nothing(tmp_path: Path, size: int) -> None:
     led.record_many(good)
     assert [r.request_id for r in led.records()] == [f"r{i}" for i in range(size)]
     assert led.summary()[0].requests == size  # the hourly summary (kept by the trigger) counts each row once
+
+
+def _outcome_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``'s result, or the exception it raised, from a thread given ``seconds``: failing the test (not
+    hanging it for the ledger's 30 s busy timeout) when the call is still waiting then."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except Exception as exc:  # handed back to the test, which asserts on it
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"still waiting after {seconds} s"
+    return box[0]
+
+
+def test_the_request_path_does_not_wait_behind_a_held_write_lock(tmp_path: Path) -> None:
+    """Another process holds the file's write lock (``router ledger prune``, ``BEGIN EXCLUSIVE``) while a writer
+    (the proxy's background thread) waits for it with the default 30 s timeout: a budget read still answers (WAL:
+    writers do not block readers), and a reservation fails within ``request_timeout_s`` (1 s) with the retryable
+    error the proxy answers 503 for, rather than holding the event loop for 30 s or more."""
+    path = tmp_path / "l.sqlite3"
+    led = SQLiteLedger(path)  # timeout_s: the default 30 s
+    assert led.try_reserve("b", 10.0, 100.0, 3600) is not None
+    led.record(_rec_at(1))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    writer = threading.Thread(target=led.record, args=(_rec_at(2),), daemon=True)
+    try:
+        writer.start()  # waits for the held lock, up to 30 s
+        deadline = time.time() + 10
+        while not led._lock.locked() and time.time() < deadline:  # the writer is inside its wait
+            time.sleep(0.01)
+        assert led._lock.locked()
+        assert _outcome_within(5, lambda: led.budget_used("b", 3600)) == 10.0
+        assert _outcome_within(5, lambda: led.spent(since=0.0)) == 1.0
+        found = _outcome_within(5, lambda: led.request_record("q1"))
+        assert isinstance(found, LedgerRecord) and found.request_id == "q1"
+        refused = _outcome_within(5, lambda: led.try_reserve("b", 1.0, 100.0, 3600))
+        assert isinstance(refused, LedgerError) and refused.retryable, refused
+        assert "another connection holds the write lock" in str(refused)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    writer.join(30)
+    assert [r.request_id for r in led.records()] == ["q1", "q2"], "the writer's record went in once the lock went"
+    assert led.try_reserve("b", 1.0, 100.0, 3600) is not None and led.budget_used("b", 3600) == 11.0
+    led.close()
+
+
+def test_request_timeout_comes_from_the_url_and_memory_ledgers_keep_one_database(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    led = SQLiteLedger.from_url(f"sqlite:///{path}?request_timeout_s=0.05")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        refused = _outcome_within(5, lambda: led.try_reserve("b", 1.0, 100.0, 3600))
+        assert isinstance(refused, LedgerError) and refused.retryable, refused
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    led.close()
+    memory = SQLiteLedger(":memory:")  # a second connection would open a second, empty database
+    memory.record(_rec_at(1))
+    assert memory.try_reserve("b", 3.0, 100.0, 3600) is not None
+    assert memory.budget_used("b", 3600) == 3.0 and memory.request_record("q1") is not None
+    memory.close()
+    with pytest.raises(LedgerError, match="closed"):
+        memory.budget_used("b", 3600)
+
+
+def test_serve_answers_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """``router serve`` on the default SQLite ledger (30 s busy timeout) while another connection holds the
+    file's write lock: the writer thread waits for it, and requests (whose routing reads a budget) and
+    ``/health`` are answered meanwhile; the event loop used to wait for the writer with every budget read."""
+    root = setup(tmp_path, policy("reject", 1e9, model="spec-b"))  # a budget on spec-b, read for every request
+    ledger = root / "ledger.sqlite3"
+    config = root / "router.yaml"
+    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
+                      f"ledger_url: 'sqlite:///{ledger}'\nproxy: {{warm_up: false}}\n")
+    body = {"model": "router", "messages": REVIEW}
+    with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=10) as client:
+        first = client.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200, first.text
+        wait_for_record(f"sqlite:///{ledger}", first.json()["id"], timeout=10, poll=0.1)
+        holder = sqlite3.connect(ledger, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            for _ in range(3):  # the first one's record sets the writer thread waiting for the lock
+                res = client.post("/v1/chat/completions", json=body)
+                assert res.status_code == 200, res.text
+                assert res.json()["model"] == "spec-a", res.json()
+                time.sleep(0.2)  # the writer picks the record up
+            assert client.get("/health").status_code == 200
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+
+
+def _rec_at(i: int) -> LedgerRecord:
+    return LedgerRecord(request_id=f"q{i}", model="m", tier="small", energy_j=1.0, energy_source="estimated:x",
+                        ts=1_700_000_000.0 + i)

@@ -68,6 +68,7 @@ _RAW_SUMS = ("COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALE
 _row = operator.attrgetter(*_COLUMNS)  # a record's values in column order, in one C call
 _MARKS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"  # one row's placeholders
 _LARGEST_INSERT = 256  # rows in one INSERT statement (21 columns: 5,376 parameters, SQLite allows 32,766)
+REQUEST_TIMEOUT_S = 1.0  # the longest a reservation waits for another connection's write lock (see the class)
 
 
 _RESERVE = """INSERT INTO budgets (budget, window_start, used_j) SELECT ?, ?, ? WHERE ? <= ?
@@ -89,8 +90,17 @@ def path_from_url(url: str) -> Path:
 
 
 class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
-    """One SQLite file in WAL mode; safe across threads (one connection behind a lock) and processes
+    """One SQLite file in WAL mode; safe across threads (each connection behind its own lock) and processes
     (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
+
+    Three connections, so that the calls made while answering a request (on the proxy's event loop) never
+    queue behind a write that waits for the file's write lock (another process's ``router ledger prune``, a
+    backup, a batch of the writer thread): the reads made per request (``budget_used``, ``spent``,
+    ``recent_calls``, ``request_record``) have their own, which in WAL mode no writer blocks; reservations
+    (``try_reserve``) have their own, which waits at most ``request_timeout_s`` (default 1 s, never more than
+    ``timeout_s``) for the write lock and then fails with the retryable ``LedgerError`` (HTTP 503); everything
+    else (records, settlements, retention, maintenance) waits up to ``timeout_s``, off the request path. A
+    ``:memory:`` database exists once per connection, so it gets one connection for all of them.
 
     ``retention_days``: when given, it is stored in the file (so every process sees the same setting) and
     records older than that are pruned on open and then once an hour of writing. ``timeout_s``: how long a
@@ -107,22 +117,39 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         timeout_s: float = 30.0,
         retention_days: float | None = None,
         durable: bool = False,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         checked_retention_days(retention_days)  # before the file is created or opened
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        synchronous = f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"  # per connection
         self._conn = conn = sqlite3.connect(
             self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
         )
+        self._read_conn = self._reserve_conn = conn
+        self._read_lock = self._reserve_lock = self._lock
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: every connection to it is in WAL mode
+            conn.execute(synchronous)
             self._check_writable()
             self._migrate()
+            if str(self.path) != ":memory:":
+                request_timeout_s = min(request_timeout_s, timeout_s)
+                self._read_conn = sqlite3.connect(
+                    self.path, timeout=request_timeout_s, check_same_thread=False, isolation_level=None
+                )
+                self._read_conn.execute("PRAGMA query_only=1")
+                self._read_lock = threading.Lock()
+                self._reserve_conn = sqlite3.connect(
+                    self.path, timeout=request_timeout_s, check_same_thread=False, isolation_level=None
+                )
+                self._reserve_conn.execute(synchronous)
+                self._reserve_lock = threading.Lock()
         except BaseException:
-            conn.close()
+            for c in {id(c): c for c in (conn, self._read_conn, self._reserve_conn)}.values():
+                c.close()
             raise
         self._inserts: dict[int, str] = {}
         self._insert = self._insert_rows(1)
@@ -132,14 +159,16 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SQLiteLedger:
-        """``sqlite:///PATH[?retention_days=N&durable=1&timeout_s=S]``; keyword arguments win over the query."""
+        """``sqlite:///PATH[?retention_days=N&durable=1&timeout_s=S&request_timeout_s=S]``; keyword arguments win
+        over the query."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         query = dict(parse_qsl(urlsplit(url).query)) if url.startswith("sqlite:") else {}
         try:
             if "retention_days" in query:
                 kwargs.setdefault("retention_days", float(query["retention_days"]))
-            if "timeout_s" in query:
-                kwargs.setdefault("timeout_s", float(query["timeout_s"]))
+            for name in ("timeout_s", "request_timeout_s"):
+                if name in query:
+                    kwargs.setdefault(name, float(query[name]))
         except ValueError as exc:
             raise ledger_error(url, f"a query value is not a number ({exc})", "fix the URL's query",
                                retryable=False) from exc
@@ -243,8 +272,8 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         sql = (f"SELECT {', '.join(_COLUMNS)} FROM records WHERE model = ? AND outcome IN ('ok', 'escalated') "
                "ORDER BY ts DESC LIMIT ?")  # the (model, ts) index: the newest rows of one model
         limit = checked_count("limit", limit)
-        with self._lock:
-            rows = self._conn.execute(sql, (model, limit)).fetchall()
+        with self._read_lock:
+            rows = self._read_conn.execute(sql, (model, limit)).fetchall()
         return [LedgerRecord(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
     @guarded("read the latest records")
@@ -370,8 +399,8 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         if key_hash is not None:
             sql += " AND key_hash = ?"
             args.append(key_hash)
-        with self._lock:
-            return float(self._conn.execute(sql, args).fetchone()[0])
+        with self._read_lock:
+            return float(self._read_conn.execute(sql, args).fetchone()[0])
 
     @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
@@ -439,8 +468,8 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         rows changed says whether it did. (It was BEGIN IMMEDIATE, a SELECT, an upsert and COMMIT: four
         statements on the proxy's event loop for every request with a budget.)"""
         start = window_start(time.time(), window_s)
-        with self._lock:
-            changed = self._conn.execute(_RESERVE, (budget, start, joules, joules, limit_j, limit_j)).rowcount
+        with self._reserve_lock:
+            changed = self._reserve_conn.execute(_RESERVE, (budget, start, joules, joules, limit_j, limit_j)).rowcount
         return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
 
     @guarded("settle a reservation")
@@ -460,16 +489,18 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
         start = window_start(time.time(), window_s)
-        with self._lock:
-            row = self._conn.execute(
+        with self._read_lock:
+            row = self._read_conn.execute(
                 "SELECT used_j FROM budgets WHERE budget = ? AND window_start = ?", (budget, start)
             ).fetchone()
         return float(row[0]) if row else 0.0
 
     @guarded("close the ledger")
     def _close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        for lock, conn in ((self._read_lock, self._read_conn), (self._reserve_lock, self._reserve_conn),
+                           (self._lock, self._conn)):
+            with lock:
+                conn.close()  # closing a connection twice (one for all, ``:memory:``) does nothing
 
 
 def _summary_row(r: tuple[Any, ...]) -> SummaryRow:

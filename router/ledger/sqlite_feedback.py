@@ -22,6 +22,8 @@ class SQLiteFeedback:
 
     _conn: sqlite3.Connection
     _lock: threading.Lock
+    _read_conn: sqlite3.Connection  # for reads made while answering a request: never behind a waiting write
+    _read_lock: threading.Lock
     _columns: list[str]
 
     @guarded("write feedback")
@@ -42,8 +44,8 @@ class SQLiteFeedback:
     def request_record(self, request_id: str) -> LedgerRecord | None:
         sql = (f"SELECT {', '.join(self._columns)} FROM records WHERE request_id = ? "
                "ORDER BY ts DESC, id DESC LIMIT 1")  # the (request_id, ts) index
-        with self._lock:
-            row = self._conn.execute(sql, (request_id,)).fetchone()
+        with self._read_lock:
+            row = self._read_conn.execute(sql, (request_id,)).fetchone()
         return None if row is None else LedgerRecord(**dict(zip(self._columns, row, strict=True)))
 
     @guarded("store a prompt")
