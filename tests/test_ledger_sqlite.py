@@ -242,6 +242,10 @@ def test_request_timeout_comes_from_the_url_and_memory_ledgers_keep_one_database
     memory.close()
     with pytest.raises(LedgerError, match="closed"):
         memory.budget_used("b", 3600)
+    for bad in ("timeout_s=nan", "request_timeout_s=-1", "timeout_s=1e9"):  # a lock wait in seconds, in range
+        with pytest.raises(LedgerError, match="not from 0 to 86400 seconds") as err:
+            SQLiteLedger.from_url(f"sqlite:///{path}?{bad}")
+        assert not err.value.retryable
 
 
 def test_serve_answers_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:

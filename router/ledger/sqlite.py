@@ -169,8 +169,10 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             for name in ("timeout_s", "request_timeout_s"):
                 if name in query:
                     kwargs.setdefault(name, float(query[name]))
+                    if not 0 <= kwargs[name] <= 86_400:  # NaN too: a lock wait must be a real number of seconds
+                        raise ValueError(f"{name}={query[name]} is not from 0 to 86400 seconds")
         except ValueError as exc:
-            raise ledger_error(url, f"a query value is not a number ({exc})", "fix the URL's query",
+            raise ledger_error(url, f"a query value is not a number in range ({exc})", "fix the URL's query",
                                retryable=False) from exc
         if "durable" in query:
             kwargs.setdefault("durable", query["durable"].lower() in ("1", "true", "yes"))
