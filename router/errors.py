@@ -136,17 +136,19 @@ class PermissionDeniedError(RouterError):
 class BudgetExhaustedError(RouterError):
     """An energy budget is spent and the policy says reject. ``retry_after_s`` says when the window rolls;
     ``model`` names the model whose budget is spent, and ``request_id`` is the request's id in the ledger, whose
-    ``rejected`` record keeps the refusal."""
+    ``rejected`` record keeps the refusal. ``budgets``: the ledger keys of that model's budgets, when the decision
+    refused it (the proxy lists them in ``/metrics`` as it lists a decided request's)."""
 
     http_status = 429
     error_type = "budget_exhausted"
     code = "budget_exhausted"
 
     def __init__(self, message: str, *, retry_after_s: float | None = None, param: str | None = None,
-                 model: str | None = None, request_id: str | None = None) -> None:
+                 model: str | None = None, request_id: str | None = None, budgets: tuple[str, ...] = ()) -> None:
         super().__init__(message, param=param, retry_after_s=retry_after_s)
         self.model = model
         self.request_id = request_id
+        self.budgets = budgets
 
 
 class BackendError(RouterError):

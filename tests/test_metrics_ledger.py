@@ -15,8 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers.procs import models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
-from router.keys import digest, hash_key
-from router.ledger import LedgerRecord, open_ledger
+from router import Router
+from router.config import RouterConfig
+from router.errors import LedgerError
+from router.keys import KeyStore, digest, hash_key
+from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
+from router.proxy.app import create_app
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -184,3 +188,97 @@ def test_remaining_budget_of_a_per_key_budget_for_keys_no_policy_names(tmp_path:
         assert remaining.get((("budget", budget), ("policy", "perkey"))) == pytest.approx(1000 - spent), budget
         row = next(r for r in shown if r["budget"] == budget)  # the dashboard shows the same limit and remainder
         assert (row["policy"], row["limit"], row["remaining"]) == ("perkey", 1000, pytest.approx(1000 - spent))
+
+
+def _per_key_budget_setup(tmp_path: Path, up: str, joules: float, on_exhausted: str = "fallback") -> tuple[Path, Path]:
+    """A config whose one policy gives every API key its own ``joules`` per hour (``scope: per_key``) on the one
+    model, and a keys file whose keys have no policy entry of their own: ``(config, keys file)``."""
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(f"keys:\n  - {{name: carol, sha256: {digest('sk-restart-carol')}}}\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "perkey.yaml").write_text(
+        f"name: perkey\naccuracy: {{min_accuracy: 0.0}}\nallowed_models: [remote-echo]\n"
+        f"on_budget_exhausted: {on_exhausted}\n"
+        f"budgets:\n  - {{model: 'tier:small', joules: {joules}, per: hour, scope: per_key}}\n")
+    models = models_dir(tmp_path / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small")})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\ndefault_policy: perkey\n")
+    return config, keys_file
+
+
+def _budget_samples(url: str, key: str) -> dict[str, dict[str, float]]:
+    """``router_budget_used_joules`` and ``router_budget_remaining_joules`` by budget key (read with ``key``: a
+    scrape is no chat request, so it meets no budget)."""
+    out: dict[str, dict[str, float]] = {}
+    scraped = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {key}"})
+    assert scraped.status_code == 200, scraped.text
+    for family in text_string_to_metric_families(scraped.text):
+        for s in family.samples:
+            if s.name in ("router_budget_used_joules", "router_budget_remaining_joules"):
+                out.setdefault(s.name, {})[s.labels["budget"]] = s.value
+    return out
+
+
+def test_per_key_budgets_in_use_are_in_metrics_right_after_a_restart(tmp_path: Path) -> None:
+    """A key's ``scope: per_key`` budget with use in its current window is in ``/metrics`` (used and remaining)
+    as soon as ``router serve`` restarts on the same ledger, before that key sends another request: an alert on
+    the remaining budget keeps its series across a restart."""
+    key = "sk-restart-carol"
+    budget = f"key:{hash_key(key)}:tier:small:3600s"
+    with upstream(tmp_path) as up:
+        config, keys_file = _per_key_budget_setup(tmp_path, up, joules=1000)
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+            assert client.chat.completions.create(model="router", messages=user("hello")).model == "remote-echo"
+            spent = sum(r.energy_j for r in Served(url, ledger_url).records(wanted=1))
+            assert spent > 0
+            before = _budget_samples(url, key)
+        with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
+            after = _budget_samples(url, key)
+    assert before["router_budget_used_joules"][budget] == pytest.approx(spent)
+    assert after.get("router_budget_used_joules", {}).get(budget) == pytest.approx(spent)
+    assert after.get("router_budget_remaining_joules", {}).get(budget) == pytest.approx(1000 - spent)
+
+
+def test_a_budget_refused_in_the_decision_is_in_metrics(tmp_path: Path) -> None:
+    """A request refused (429) because its key's budget cannot pay for the call lists that budget in
+    ``/metrics``, as a decided request's budgets are, though no call was prepared for it."""
+    key = "sk-restart-carol"
+    budget = f"key:{hash_key(key)}:tier:small:3600s"
+    with upstream(tmp_path) as up:
+        config, keys_file = _per_key_budget_setup(tmp_path, up, joules=0.001, on_exhausted="reject")
+        with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+            with pytest.raises(openai.RateLimitError) as refused:
+                client.chat.completions.create(model="router", messages=user("hello"))
+            assert "budget_exhausted" in str(refused.value)
+            samples = _budget_samples(url, key)
+    assert samples.get("router_budget_used_joules", {}).get(budget) == 0.0
+    assert samples.get("router_budget_remaining_joules", {}).get(budget) == pytest.approx(0.001)
+
+
+class _BudgetKeysDown(SQLiteLedger):
+    """TEST DOUBLE: a SQLite ledger whose store cannot list its budget counters (a store down at start)."""
+
+    def budget_keys(self, since: float) -> list[str]:
+        raise LedgerError("ledger sqlite:///x: could not list the budget counters: down; fix: bring it back")
+
+
+def test_the_proxy_starts_when_the_ledger_cannot_list_its_budgets(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Reading the budgets in use at start is no reason to refuse to start: it is logged, and the per-key
+    budgets show once requests meet them."""
+    with upstream(tmp_path) as up:
+        config_file, keys_file = _per_key_budget_setup(tmp_path, up, joules=1000)
+    config = RouterConfig.load(config_file)
+    router = Router(config, ledger=_BudgetKeysDown(tmp_path / "down.sqlite3"), keys=KeyStore.from_file(keys_file))
+    try:
+        with caplog.at_level("WARNING", logger="router.proxy"):
+            app = create_app(router)
+        assert len(app.state.proxy.metrics.budgets_seen) == 0
+        assert "could not read the budgets in use" in caplog.text
+    finally:
+        router.close()

@@ -25,7 +25,15 @@ from typing import Any, Literal
 
 from .._ids import new_record_id
 from ..errors import BadRequestError
-from .arguments import EARLIEST_TS, checked_count, checked_group, checked_span, is_finite_number, shown
+from .arguments import (
+    EARLIEST_TS,
+    checked_count,
+    checked_group,
+    checked_span,
+    checked_time,
+    is_finite_number,
+    shown,
+)
 from .errors import guarded
 from .feedback import FeedbackMethods
 
@@ -146,6 +154,17 @@ class Ledger(FeedbackMethods, ABC):
     @abstractmethod
     def budget_used(self, budget: str, window_s: float) -> float:
         """Joules spent plus held in the current window of ``budget``."""
+
+    @guarded("list the budget counters")
+    def budget_keys(self, since: float) -> list[str]:
+        """The budgets (ledger keys, as :meth:`try_reserve` was given them) with a counter for a window that
+        started at or after ``since``, in no particular order. A budget's window is aligned to the epoch, so a
+        budget of ``window_s`` seconds has spent or held joules in its current window exactly when it is listed for
+        ``since = window_start(now, window_s)``: what the proxy lists in ``/metrics`` after a restart. This
+        default returns [] (a store that cannot list its counters: those budgets show again once a request meets
+        them); every store here overrides it."""
+        checked_time("since", since)
+        return []
 
     def recent_calls(self, model: str, limit: int) -> list[LedgerRecord]:
         """The newest ``limit`` answered calls (outcome ``ok`` or ``escalated``) of ``model``, newest first: what

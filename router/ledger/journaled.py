@@ -327,6 +327,9 @@ class JournaledLedger(Ledger):
             raise
 
     # -- reads and the rest go to the store --------------------------------------------------------------
+    def budget_keys(self, since: float) -> list[str]:
+        return self._store().budget_keys(since)
+
     def records(self, since: float = 0.0, until: float | None = None, limit: int | None = None) -> list[LedgerRecord]:
         return self._store().records(since, until, limit)
 

@@ -512,6 +512,12 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                         (budget, start))  # fmt: skip
         return float(row[0]) if row else 0.0
 
+    @guarded("list the budget counters")
+    def budget_keys(self, since: float) -> list[str]:
+        since = checked_time("since", since)
+        rows = self._all(f"SELECT DISTINCT budget FROM {self.schema}.budgets WHERE window_start >= %s", (since,))
+        return [r[0] for r in rows]
+
     @guarded("drop the schema")
     def drop(self) -> None:
         """Delete this ledger's schema and everything in it (tests, and starting over)."""

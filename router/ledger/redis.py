@@ -365,6 +365,18 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         value = self.r.get(self._budget_key(budget, window_start(time.time(), window_s)))
         return float(value) if value is not None else 0.0
 
+    @guarded("list the budget counters")
+    def budget_keys(self, since: float) -> list[str]:
+        """A scan of the ``budget:`` keys (each expires two windows after its window starts, so they are few)."""
+        since = checked_time("since", since)
+        head = f"{self.prefix}budget:"
+        found: set[str] = set()
+        for raw in self.r.scan_iter(match=_glob_escaped(head) + "*", count=1000):
+            name, _, start = (raw.decode() if isinstance(raw, bytes) else raw)[len(head):].rpartition(":")
+            if name and float(start) >= since:
+                found.add(name)
+        return list(found)
+
     @guarded("clear the ledger")
     def clear(self) -> None:
         """Delete every key under this ledger's prefix (tests, and starting over)."""
@@ -383,6 +395,11 @@ def _describe(client: redis.Redis, prefix: str) -> str:
     if "path" in kw:
         return f"unix://{kw['path']}?db={kw.get('db', 0)}&prefix={prefix}"
     return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}?prefix={prefix}"
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally in a ``SCAN MATCH`` pattern (a prefix may hold ``*``, ``?`` or brackets)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _num(x: float) -> str:

@@ -497,6 +497,15 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             ).fetchone()
         return float(row[0]) if row else 0.0
 
+    @guarded("list the budget counters")
+    def budget_keys(self, since: float) -> list[str]:
+        since = checked_time("since", since)
+        with self._read_lock:
+            rows = self._read_conn.execute(
+                "SELECT DISTINCT budget FROM budgets WHERE window_start >= ?", (since,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
     @guarded("close the ledger")
     def _close(self) -> None:
         for lock, conn in ((self._read_lock, self._read_conn), (self._reserve_lock, self._reserve_conn),

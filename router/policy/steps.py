@@ -425,7 +425,7 @@ def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energ
                     + (f"; retry in {retry:.0f} s or raise the budget" if retry is not None
                        else f"; lower {max_tokens_param} or raise the budget" if too_small and shorter_fits(first, b)
                        else "; raise the budget"),
-                    retry_after_s=retry, model=first.name,
+                    retry_after_s=retry, model=first.name, budgets=tuple(r.key for r in refs[first.name]),
                 )
             chosen = room
             flags.append("budget_fallback")

@@ -51,6 +51,7 @@ class Proxy:
         self.keys = keys
         self.settings = settings
         self.metrics = ProxyMetrics(router)
+        self.metrics.seed_budgets_seen(router)
         router.record_observer = self.metrics.observe_record  # joules and failed calls, as the ledger has them
         self.policies = policy_names(router.config)
         self.started = time.time()

@@ -301,6 +301,10 @@ class BackgroundLedger(Ledger):
     def budget_used(self, budget: str, window_s: float) -> float:
         return self.inner.budget_used(budget, window_s)
 
+    def budget_keys(self, since: float) -> list[str]:
+        # no flush: a settlement still queued changes a counter's figure, not whether it has one
+        return self.inner.budget_keys(since)
+
     # -- feedback and stored prompts: written at once by the caller's thread (never on the event loop) ----------
     def add_feedback(self, feedback: Feedback) -> None:
         self.inner.add_feedback(feedback)

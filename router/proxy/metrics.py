@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..errors import RouterError
+from ..errors import BudgetExhaustedError, RouterError
+from ..ledger.base import window_start
 from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit, budget_window_s
 
@@ -72,6 +73,27 @@ class ProxyMetrics:
         self.observe_decision = self.decision.observe
         self.observe_latency = self.latency.observe
 
+    def seed_budgets_seen(self, router: Router) -> None:
+        """At start, mark as seen the per-key budgets of the policies (``scope: per_key``, whose keys no policy
+        lists) that the ledger has a counter for in their current window, so that ``/metrics`` and the dashboard
+        list them after a restart, not only once each key sends another request. A ledger that cannot be read is
+        logged, not raised: the proxy starts, and those budgets show as requests meet them."""
+        windows = {b.window_s for p in getattr(router.engine, "policies", {}).values() for b in p.budgets
+                   if b.scope == "per_key"}
+        if not windows:
+            return
+        now = time.time()
+        try:
+            found = {key for w in windows for key in router.ledger.budget_keys(window_start(now, w))
+                     if key.endswith(f":{w:g}s")}  # another window length's counter may be from its last window
+        except Exception:
+            log.warning("could not read the budgets in use from the ledger; per-key budgets show in /metrics once "
+                        "a request meets them", exc_info=True)
+            return
+        # only what the policies still reserve against: a counter of a budget since removed has no limit to show
+        self.budgets_seen.add(sorted({b for b, _, _, policy in known_budgets(router.engine, found)
+                                      if policy and b in found}))
+
     def observe_prepared(self, decision_ms: float, budgets: Iterable[str]) -> None:
         """A decided request (a chat request or a batch line): its decision time, and the budgets it met (the
         dashboard lists them)."""
@@ -109,6 +131,8 @@ class ProxyMetrics:
         ``router_errors_total`` (which the other routes' errors count in too)."""
         self.observe_request(model, tier, key, failure_outcome(exc))
         self.observe_error(exc.code or exc.error_type, exc.http_status)
+        if isinstance(exc, BudgetExhaustedError) and exc.budgets:  # refused in the decision: never prepared
+            self.budgets_seen.add(exc.budgets)
 
     def observe_error(self, error_type: str, status: int) -> None:
         self.errors.labels(error_type, str(status)).inc()

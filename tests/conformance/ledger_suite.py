@@ -330,6 +330,7 @@ def _time_reads(led: Ledger, bad: object) -> list[tuple[str, Callable[[], object
         ("until", lambda: led.prompts(until=bad)),  # type: ignore[arg-type]
         ("before", lambda: led.delete_prompts(before=bad)),  # type: ignore[arg-type]
         ("older_than", lambda: led.prune(bad)),  # type: ignore[arg-type]
+        ("since", lambda: led.budget_keys(bad)),  # type: ignore[arg-type]
     ]
 
 
@@ -397,6 +398,7 @@ def check_closed_ledger_says_it_was_closed(open_store: OpenStore) -> None:
         "settle": lambda: led.settle(res, 0.5),
         "settle_many": lambda: led.settle_many([(res, 0.5)]),
         "budget_used": lambda: led.budget_used("b", 3600),
+        "budget_keys": lambda: led.budget_keys(0.0),
         "records": lambda: led.records(),
         "iter_records": lambda: list(led.iter_records()),
         "latest_records": lambda: led.latest_records(3),
@@ -527,6 +529,23 @@ def check_settle_many(open_store: OpenStore) -> None:
     led.settle_many([(a, 4.0), (b, 7.0), (c, 0.0)])
     assert math.isclose(led.budget_used("b", 3600), 11.0)
     assert led.budget_used("c", 3600) == 0.0
+
+
+def check_budget_keys(open_store: OpenStore) -> None:
+    """``budget_keys(since)`` lists each budget with a counter in a window that started at or after ``since``,
+    once however many reservations it has, none for a later ``since``; a reopened store lists the same."""
+    led = open_store("budget_keys")
+    assert led.budget_keys(0.0) == []
+    hour = led.try_reserve("key:k1:tier:large:3600s", 1.0, 10.0, 3600)
+    again = led.try_reserve("key:k1:tier:large:3600s", 2.0, 10.0, 3600)
+    day = led.try_reserve("model:a:86400s", 1.0, 10.0, 86400)
+    assert hour is not None and again is not None and day is not None
+    both = sorted([hour.budget, day.budget])
+    assert sorted(led.budget_keys(day.window_start)) == both
+    in_this_hour = both if day.window_start >= hour.window_start else [hour.budget]  # the day's first hour
+    assert sorted(led.budget_keys(hour.window_start)) == in_this_hour
+    assert led.budget_keys(hour.window_start + 3600) == []
+    assert sorted(open_store("budget_keys").budget_keys(0.0)) == both
 
 
 def check_window_rollover(open_store: OpenStore) -> None:
@@ -733,6 +752,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_settle_many,
     check_reserve_up_to_the_limit,
     check_window_rollover,
+    check_budget_keys,
     check_prune,
     check_retention_setting,
     check_record_ids_make_writes_idempotent,
@@ -814,6 +834,7 @@ def check_outage_raises_ledger_error_and_recovers(outage: Outage) -> None:
         "totals": lambda: led.totals("model"),
         "summary": lambda: led.summary(),
         "budget_used": lambda: led.budget_used("b", 3600),
+        "budget_keys": lambda: led.budget_keys(0.0),
         "prune": lambda: led.prune(T0 - 10),
     }
     break_it()
