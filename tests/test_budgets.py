@@ -68,6 +68,15 @@ def policy(on: str, limit: float, per: float = 60, model: str = "spec-a") -> str
         """
 
 
+def spend_early(r: Router, budget: str, joules: float, limit: float, window_s: float, need_s: float) -> None:
+    """Spend ``joules`` of ``budget`` as other traffic would, with at least ``need_s`` left in the window: a call
+    that crossed into the next window would find it empty (a 60 s window rolled between the two once in CI)."""
+    left = window_s - time.time() % window_s
+    if left < need_s:
+        time.sleep(left + 0.05)
+    r.ledger.try_reserve(budget, joules, limit, window_s)
+
+
 # -- engine, on a snapshot ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local():
@@ -140,7 +149,7 @@ def test_reservation_is_settled_with_the_actual_joules(tmp_path):
 
 def test_reject_then_window_rolls_over(tmp_path):
     r = make_router(setup(tmp_path, policy("reject", 1.5, per=2)))
-    r.ledger.try_reserve("model:spec-a:2s", 1.0, 1.5, 2)  # other traffic spent 1 of 1.5 J this window
+    spend_early(r, "model:spec-a:2s", 1.0, 1.5, 2, need_s=1)  # other traffic spent 1 of 1.5 J this window
     with pytest.raises(BudgetExhaustedError) as err:
         r.complete(REVIEW)
     assert 0 < err.value.retry_after_s <= 2.0 and "spec-a" in str(err.value)
@@ -154,7 +163,7 @@ def test_reject_then_window_rolls_over(tmp_path):
 
 def test_fallback_to_the_next_model_when_spent(tmp_path):
     r = make_router(setup(tmp_path, policy("fallback", 1.5)))
-    r.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+    spend_early(r, "model:spec-a:60s", 1.0, 1.5, 60, need_s=10)
     resp = r.complete(REVIEW)
     assert resp.routing.model == "spec-b" and "fell back to spec-b" in resp.routing.reason
     r.close()
@@ -162,7 +171,7 @@ def test_fallback_to_the_next_model_when_spent(tmp_path):
 
 def test_allow_and_flag(tmp_path):
     r = make_router(setup(tmp_path, policy("allow_and_flag", 1.5)))
-    r.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+    spend_early(r, "model:spec-a:60s", 1.0, 1.5, 60, need_s=10)
     resp = r.complete(REVIEW)
     assert resp.routing.model == "spec-a" and "allowed and flagged" in resp.routing.reason
     rec = r.ledger.records()[-1]
@@ -222,7 +231,7 @@ def test_race_with_fallback_sends_the_loser_to_the_next_model(tmp_path):
 
 def test_stream_checks_the_budget_before_the_first_token(tmp_path):
     r = make_router(setup(tmp_path, policy("reject", 1.5)))
-    r.ledger.try_reserve("model:spec-a:60s", 1.0, 1.5, 60)
+    spend_early(r, "model:spec-a:60s", 1.0, 1.5, 60, need_s=10)
     with pytest.raises(BudgetExhaustedError):
         list(r.complete(REVIEW, stream=True))
     r.close()
