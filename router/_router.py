@@ -462,6 +462,11 @@ class Router:
         except Exception:  # the refusal still reaches the caller; the failure is logged loudly
             log.exception("%s: could not write the ledger record", req.request_id)
 
+    def cooling_down(self) -> frozenset[str]:
+        """The models passed over while another model can answer: an open breaker, or a backend that could not
+        start (until it may be tried again). What ``router_backend_cooling_down`` shows."""
+        return self._cooling()
+
     def _cooling(self) -> frozenset[str]:
         """The models the engine ranks last while another can answer: those whose breaker is open (half-open lets
         a trial through, so it is not here) and those whose backend could not start, until it may be tried again

@@ -77,6 +77,14 @@ def test_a_model_that_cannot_start_is_passed_over_until_its_cooldown_ends(tmp_pa
             with pytest.raises(BackendError, match="remote-nokey: its backend could not start"):
                 cooling.complete(question, policy="onlynokey", max_tokens=8)  # nothing else may answer
             records = cooling.ledger.records()
+            from starlette.testclient import TestClient
+
+            from router.proxy import create_app
+
+            with TestClient(create_app(router=cooling)) as client:  # what an operator's dashboard sees
+                metrics = client.get("/metrics").text
+            assert 'router_backend_cooling_down{model="remote-nokey"} 1.0' in metrics
+            assert 'router_backend_cooling_down{model="remote-echo"} 0.0' in metrics
         failed = [r for r in records if r.model == "remote-nokey"]
         assert [r.outcome for r in failed] == ["error", "error"]  # the first request and the last resort only
         assert sum(r.model == "remote-echo" and r.outcome == "ok" for r in records) == 5

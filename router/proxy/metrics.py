@@ -209,13 +209,18 @@ class _StateCollector(Collector):
         from ..backends.cooldown import CooldownBackend
 
         cooling = GaugeMetricFamily("router_backend_cooling_down",
-                                    "1 while a backend is cooling down after repeated failures", labels=["model"])
+                                    "1 while a model is passed over after failing: its breaker open after repeated "
+                                    "failures, or its backend unable to start", labels=["model"])
         opened = GaugeMetricFamily("router_backend_cooldowns",
                                    "Times the backend's cooldown has opened since start", labels=["model"])
-        for name, backend in self.router.loaded_backends().items():
+        down = self.router.cooling_down()
+        loaded = self.router.loaded_backends()
+        for name, backend in loaded.items():
             if isinstance(backend, CooldownBackend):
-                cooling.add_metric([name], 1.0 if backend.state == "open" else 0.0)
+                cooling.add_metric([name], 1.0 if name in down else 0.0)
                 opened.add_metric([name], float(backend.opened_total))
+        for name in sorted(down - loaded.keys()):  # a backend that could not start is not loaded
+            cooling.add_metric([name], 1.0)
         yield cooling
         yield opened
         yield from self._budgets()
