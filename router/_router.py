@@ -426,7 +426,7 @@ class Router:
                                   context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
                                   grid_g_per_kwh=self._grid_now(),
-                                  capabilities=req.options.capabilities, cooling=self._cooling())
+                                  capabilities=req.options.capabilities, cooling=self.cooling_down())
         try:
             decision = self.engine.decide(classification, request, self._budget_state(request))
         except BudgetExhaustedError as exc:
@@ -463,14 +463,9 @@ class Router:
             log.exception("%s: could not write the ledger record", req.request_id)
 
     def cooling_down(self) -> frozenset[str]:
-        """The models passed over while another model can answer: an open breaker, or a backend that could not
-        start (until it may be tried again). What ``router_backend_cooling_down`` shows."""
-        return self._cooling()
-
-    def _cooling(self) -> frozenset[str]:
-        """The models the engine ranks last while another can answer: those whose breaker is open (half-open lets
-        a trial through, so it is not here) and those whose backend could not start, until it may be tried again
-        (:meth:`backend` would only raise the remembered error)."""
+        """The models the engine ranks last while another can answer (and ``router_backend_cooling_down`` shows):
+        those whose breaker is open (half-open lets a trial through, so it is not here) and those whose backend
+        could not start, until it may be tried again (:meth:`backend` would only raise the remembered error)."""
         # no lock: tuple() copies each dict in one step, and a breaker without failures (nearly always) is closed
         open_breakers = (m for m, b in tuple(self._backends.items())
                          if isinstance(b, CooldownBackend) and b.consecutive_failures and b.state == "open")

@@ -85,7 +85,7 @@ class ProxyMetrics:
         now = time.time()
         try:
             found = {key for w in windows for key in router.ledger.budget_keys(window_start(now, w))
-                     if key.endswith(f":{w:g}s")}  # another window length's counter may be from its last window
+                     if budget_window_s(key) == w}  # another window length's counter may be from its last window
         except Exception:
             log.warning("could not read the budgets in use from the ledger; per-key budgets show in /metrics once "
                         "a request meets them", exc_info=True)
