@@ -1,6 +1,9 @@
 """Checking a request before anything runs: the messages, every parameter's type and range, and what the caller
 asked of the router. Everything here raises :class:`BadRequestError` (or :class:`UnknownModelError`) naming the
 parameter, so a bad request is refused before it costs anything or reaches the ledger.
+
+Length: the request's two records (checked, then prepared) and the checks that fill the first, each short and in
+the order ``Router._check`` runs them; split, they would only pass the same request around.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ alive), batch times the scheduler's clock (which a test or a replay may drive).
 The batch object is kept as OpenAI's JSON (``doc``); its request counts are counted from the lines when read.
 Errors: :class:`~router.errors.BatchStoreError` (a 503) naming the store, never a driver's exception. A PostgreSQL
 store that is down is an outage, not a failure for good: it reconnects when the server is back.
+
+Length: one class serves both databases, each method one statement written for both, so a change to the
+schema or a lease rule is made once.
 """
 
 from __future__ import annotations

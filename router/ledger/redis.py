@@ -25,6 +25,9 @@ idempotent, so a script cut short by a crash is simply run again at the next ope
 
 Durability is Redis's: with its defaults (RDB snapshots) a Redis crash can lose the last minutes; run Redis
 with ``appendonly yes`` (and ``appendfsync everysec`` or ``always``) when the ledger must survive that.
+
+Length: one store's implementation of the whole :class:`~router.ledger.base.Ledger` interface (its schema and
+feedback live in modules of their own); the methods share the key layout above.
 """
 
 from __future__ import annotations
