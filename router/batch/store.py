@@ -12,8 +12,8 @@ The batch object is kept as OpenAI's JSON (``doc``); its request counts are coun
 Errors: :class:`~router.errors.BatchStoreError` (a 503) naming the store, never a driver's exception. A PostgreSQL
 store that is down is an outage, not a failure for good: it reconnects when the server is back.
 
-Length: one class serves both databases, each method one statement written for both, so a change to the
-schema or a lease rule is made once.
+Length: one class serves both databases (their placeholders and table prefix set at open, a branch only where
+the two differ), so a change to the schema or a lease rule is made once.
 """
 
 from __future__ import annotations
