@@ -396,7 +396,10 @@ def context_floor(messages: list[ChatMessage], chars: int, max_tokens: int | Non
     tokenization, a token for each turn's role, and ``max_tokens``. A model with less is surely too small; one
     with more is counted exactly by its backend, so a prompt that fits is never refused on an estimate (and a huge
     one is refused before any tokenizer runs: thousands of short turns take seconds to tokenize)."""
-    turns = sum(m.role in ("user", "assistant") for m in messages)
+    turns = 0
+    for m in messages:
+        if m.role in ("user", "assistant"):
+            turns += 1
     return chars // CHARS_PER_TOKEN_AT_MOST + turns + (max_tokens or 0)
 
 

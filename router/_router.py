@@ -424,7 +424,8 @@ class Router:
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
                                   max_tokens=req.max_tokens, max_tokens_param=req.max_tokens_param,
                                   context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
-                                  energy_estimates={n: (e.joules, e.source) for n, e in learned.items()} or None,
+                                  energy_estimates={n: (e.joules, e.source) for n, e in learned.items()}
+                                  if learned else None,
                                   grid_g_per_kwh=self._grid_now(),
                                   capabilities=req.options.capabilities, cooling=self.cooling_down())
         try:
@@ -467,8 +468,10 @@ class Router:
         those whose breaker is open (half-open lets a trial through, so it is not here) and those whose backend
         could not start, until it may be tried again (:meth:`backend` would only raise the remembered error)."""
         # no lock: tuple() copies each dict in one step, and a breaker without failures (nearly always) is closed
-        open_breakers = (m for m, b in tuple(self._backends.items())
-                         if isinstance(b, CooldownBackend) and b.consecutive_failures and b.state == "open")
+        open_breakers = []
+        for model, backend in tuple(self._backends.items()):
+            if isinstance(backend, CooldownBackend) and backend.consecutive_failures and backend.state == "open":
+                open_breakers.append(model)
         start_failures = tuple(self._start_failures.items())
         if not start_failures:
             return frozenset(open_breakers)
@@ -485,7 +488,7 @@ class Router:
         """What every budget this request could be reserved against has used in its current window."""
         refs = self.engine.budget_refs(request)
         if not refs:
-            return BudgetState.empty()
+            return _NO_BUDGETS
         g_per_j: dict[str, float] = {}
         if any(r.unit != "J" for r in refs):  # carbon budgets: each model's grams per joule at its zone now
             g_per_j = {n: self.grid.grams_per_joule(c) for n, c in self.cards.items() if c.callable}
@@ -620,6 +623,10 @@ class _OutageLog:
             log.warning("%s; %s", exc, self.down)
         else:
             log.warning("ledger %s: %s", redact(url), self.back)
+
+
+_NO_BUDGETS = BudgetState.empty()
+"""The snapshot of a request no budget applies to (read only: one for every such request)."""
 
 
 def _key_hash(api_key: str | KeySpec | None) -> str | None:

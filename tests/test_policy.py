@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from router.classify.base import Classification
 from router.errors import BadRequestError, ConfigError
+from router.ledger import hash_key
 from router.policy.base import BudgetState, DecisionRequest
 from router.policy.engine import decide_batch, decide_pure
 from router.policy.loader import check_models, load_policies, load_policy, write_calibrated
@@ -135,6 +136,31 @@ def test_a_model_cooling_down_is_ranked_last_unless_every_candidate_is(local):
     assert "smollm2-135m cooling down after failing" in d.reason
     both = decide_pure(c, local, None, pol(), {"cooling": frozenset({"smollm2-135m", "gemma3-270m"})})
     assert both.model == "smollm2-135m" and not both.flags  # no other model: the order is the policy's
+
+
+def test_what_a_decision_reuses_of_a_policy_and_cards_is_never_another_ones(local):
+    """The part of a decision that depends only on the policy, the key, the task and the cards is worked out once
+    and reused (router/policy/plan.py): a policy or a card built anew under the same name, another key or another
+    task is decided by its own settings, however many were decided before it."""
+    c = cls("chat", smollm2_135m=0.85, gemma3_270m=0.9)
+    for target, model in [(0.8, "smollm2-135m"), (0.88, "gemma3-270m")] * 3:  # each policy dropped after its use
+        assert decide_pure(c, local, None, pol(accuracy={"min_accuracy": target}), None).model == model
+    spent = pol(budgets=[{"model": "smollm2-135m", "joules": 1e-6, "per": "hour"}])
+    d = decide_pure(c, local, BudgetState({}, 0.0), spent, None)
+    assert d.model == "gemma3-270m" and "budget_fallback" in d.flags
+    assert decide_pure(c, local, BudgetState({}, 0.0), pol(), None).model == "smollm2-135m"
+    key = hash_key("sk-team-a")
+    keyed = pol(keys=[{"key_hash": key, "allowed_models": ["gemma3-270m"], "accuracy": {"min_accuracy": 0.5}}])
+    assert decide_pure(c, local, None, keyed, None).model == "smollm2-135m"
+    by_key = decide_pure(c, local, None, keyed, {"key_hash": key})
+    assert by_key.model == "gemma3-270m" and by_key.target == 0.5
+    policy = pol()  # one policy, other cards and tasks
+    math_only = {**local, "smollm2-135m": local["smollm2-135m"].model_copy(update={"tasks": ["math"]})}
+    assert decide_pure(c, local, None, policy, None).model == "smollm2-135m"
+    assert decide_pure(c, math_only, None, policy, None).model == "gemma3-270m"
+    math = cls("math", smollm2_135m=0.85, gemma3_270m=0.9)
+    assert decide_pure(math, math_only, None, policy, None).model == "smollm2-135m"
+    assert decide_pure(c, math_only, None, policy, None).model == "gemma3-270m"
 
 
 def test_no_model_meets_target_picks_the_most_accurate_and_flags(local):

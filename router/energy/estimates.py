@@ -126,8 +126,11 @@ class EnergyEstimates:
         """The learned estimate of every model that has one, for a request on ``task`` (one per decision)."""
         self._keep_fresh()
         found = {}
-        for name, card in self.cards.items():
-            estimate = self._estimate(card, task, input_tokens, max_tokens)
+        min_calls = self.min_calls
+        for name, fit in self._fits.items():
+            if fit.calls < min_calls:  # nearly every model until the ledger holds its calls: nothing to estimate
+                continue
+            estimate = self._estimate(self.cards[name], task, input_tokens, max_tokens)
             if estimate is not None:
                 found[name] = estimate
         return found

@@ -44,6 +44,7 @@ from ..errors import BadRequestError, ConfigError
 from .base import BudgetState, DecisionRequest, Engine
 from .batch import decide_batch
 from .decision import BudgetRef, Decision
+from .plan import plan_for
 from .schema import Policy, budget_key_hash, budget_window_s
 from .steps import (
     _budgets_for,
@@ -79,15 +80,16 @@ def decide_pure(
     req = DecisionRequest.of(request)
     state = budget_state or _NO_BUDGETS
     task = classification.task
-    entry = policy.key_policy(req.key_hash)
-    pool, energy, pinned, pin_source = candidates(task, cards, policy, entry, req)
+    plan = plan_for(policy, cards, req.key_hash, task)
+    out_tokens = output_tokens(policy, req)
+    pool, energy, pinned, pin_source = candidates(task, cards, policy, plan, req, out_tokens)
     p, source = predictions(classification, pool)
-    tgt = target(policy, entry, req, pool, energy, p)
+    tgt = target(plan, req, pool, energy, p)
     adequate = tgt.adequate
     by_energy, ranked = ranking(pool, energy, p, adequate, pinned, cards)
     ranked, cool_flags, cool_notes = cooled(ranked, req.cooling)
-    chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, req.key_hash, ranked, energy, state,
-                                                             (req.input_tokens_hint, output_tokens(policy, req)),
+    chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, plan, ranked, energy, state,
+                                                             (req.input_tokens_hint, out_tokens),
                                                              req.max_tokens_param)
     chosen, escalate_to, escalate_below, cascade_notes = cascade(
         policy, chosen, pinned, spent, blocked | req.cooling, by_energy, ranked, energy, p, adequate
@@ -107,27 +109,28 @@ def decide_pure(
         called = {name, *fallbacks, *escalate_to}
         model_budgets = {n: r for n, r in refs.items() if r and n in called}
     offsets = tgt.offsets
+    rounded = {n: round(v, 4) for n, v in p.items()}
     return Decision(
         model=name,
         tier=chosen.tier,
         reason="; ".join([head, *_capability_note(req, pool), *cool_notes, *budget_notes, *cascade_notes]),
         task=task,
         policy=policy.name,
-        predicted_accuracy=round(p[name], 4),
+        predicted_accuracy=rounded[name],
         estimated_j=energy[name],
         fallbacks=fallbacks,
         escalate_to=escalate_to,
         escalate_below=escalate_below,
         budgets=tuple(r.key for r in refs[name]),
         flags=(*cool_flags, *flags),
-        candidates={n: round(v, 4) for n, v in p.items()},
+        candidates=rounded,
         target=round(tgt.value, 4),
         target_kind=tgt.kind,
         prediction_source=source[name],
         estimates=energy,
         model_budgets=model_budgets,
         on_budget_exhausted=policy.on_budget_exhausted,
-        calibrated=bool(offsets) and any(n in offsets for n in p),
+        calibrated=not offsets.keys().isdisjoint(p),
         deadline_s=policy.deadline_s,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..capabilities import PARAM_OF
 from ..cards import ModelCard
@@ -20,7 +20,10 @@ from ..errors import BadRequestError, BudgetExhaustedError, CapabilityError, Con
 from ..types import TIER_ORDER
 from .base import BudgetState, DecisionRequest
 from .decision import BudgetRef
-from .schema import Budget, KeyPolicy, Policy
+from .schema import Budget, Policy
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 TIER_DEFAULT_ACCURACY = {"specialist": 0.5, "small": 0.5, "large": 0.7}
 """Used only when neither the classifier nor the card says anything about a model on a task."""
@@ -99,34 +102,28 @@ class Target(NamedTuple):
     adequate: dict[str, bool]
 
 
-def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, entry: KeyPolicy | None,
-               req: DecisionRequest) -> tuple[list[ModelCard], dict[str, float], str | None, str]:
+def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, plan: Plan, req: DecisionRequest,
+               out_tokens: int) -> tuple[list[ModelCard], dict[str, float], str | None, str]:
     """Step 1: ``(pool, energy, pinned, pin_source)``: the models that may answer; the estimated joules of every
-    model that passed the context check (those over ``max_energy_j`` too); the pinned model and who pinned it."""
-    allowed = set(policy.allowed_models) if policy.allowed_models is not None else None
-    if entry is not None and entry.allowed_models is not None:
-        allowed = set(entry.allowed_models) if allowed is None else allowed & set(entry.allowed_models)
-    pinned, pin_source = _pin(task, cards, policy, req, allowed)
+    model that passed the context check (those over ``max_energy_j`` too); the pinned model and who pinned it.
+    ``out_tokens``: what a general model's estimate assumes (:func:`output_tokens`)."""
+    pinned, pin_source = _pin(task, cards, policy, req, plan.allowed)
     needs = req.capabilities
     if needs and pinned is not None and req.pinned:
         _check_pin_capable(cards[pinned], needs)
     in_tokens = req.input_tokens_hint
-    out_tokens = output_tokens(policy, req)
     floor = req.context_tokens_floor
     learned = req.energy_estimates or {}
+    left_out = plan.excluded
     excluded: dict[str, str] = {}  # why each other model is out, for the error when none is left
     pool: list[ModelCard] = []
     energy: dict[str, float] = {}
     for card in cards.values():
         name = card.name
-        specialist = card.tier == "specialist"
-        est_out = 1 if specialist else out_tokens
-        if allowed is not None and name not in allowed:
-            excluded[name] = "not allowed"
-        elif name != pinned and not card.serves(task):
-            excluded[name] = "does not serve"
-        elif name != pinned and specialist and not card.tasks:
-            excluded[name] = "specialist without tasks"
+        est_out = 1 if card.tier == "specialist" else out_tokens
+        why = left_out.get(name)
+        if why is not None and (name != pinned or why == "not allowed"):  # a pin overrides the task's exclusions
+            excluded[name] = why
         elif name != pinned and (in_tokens + est_out if floor is None else floor) > card.context_length:
             excluded[name] = "context too short"
         elif needs and not needs <= set(card.capabilities):
@@ -214,7 +211,7 @@ def _no_candidate(task: str, policy: Policy, excluded: Mapping[str, str], needs:
 
 
 def _pin(task: str, cards: Mapping[str, ModelCard], policy: Policy, req: DecisionRequest,
-         allowed: set[str] | None) -> tuple[str | None, str]:
+         allowed: frozenset[str] | None) -> tuple[str | None, str]:
     """The pinned model (the caller's, else the policy's for this task) and who pinned it."""
     pinned = req.pinned or policy.pinned.get(task)
     pin_source = ""
@@ -254,25 +251,20 @@ def predictions(classification: Classification,
     return p, source
 
 
-def target(policy: Policy, entry: KeyPolicy | None, req: DecisionRequest, pool: list[ModelCard],
-           energy: Mapping[str, float], p: Mapping[str, float]) -> Target:
-    """Step 3: the accuracy to meet, and which candidates meet it (with calibrated margins where they apply)."""
-    spec = entry.accuracy if entry is not None and entry.accuracy is not None else policy.accuracy
+def target(plan: Plan, req: DecisionRequest, pool: list[ModelCard], energy: Mapping[str, float],
+           p: Mapping[str, float]) -> Target:
+    """Step 3: the accuracy to meet, and which candidates meet it (with calibrated margins where they apply: only
+    for the policy's own target, never for one the caller gave)."""
     if req.accuracy_target is not None:
-        kind, share = "absolute", float(req.accuracy_target)
+        kind, share, offsets = "absolute", float(req.accuracy_target), _NO_OFFSETS
     else:
-        kind, share = spec.kind, spec.value
+        kind, share, offsets = plan.kind, plan.share, plan.offsets
     ref = None
     if kind == "relative":
         ref = largest(pool)
     elif kind == "relative_best":
         ref = _best(pool, energy, p)
     value = share if ref is None else share * p[ref.name]
-    cal = policy.calibrated
-    use_cal = (
-        cal is not None and req.accuracy_target is None and cal.target_kind == kind and abs(cal.target - share) < 1e-9
-    )
-    offsets = cal.offsets if use_cal and cal is not None else _NO_OFFSETS
     adequate = {n: v - value >= offsets.get(n, 0.0) - EPS for n, v in p.items()}
     return Target(value, kind, share, ref, offsets, adequate)
 
@@ -346,17 +338,18 @@ def cooled(ranked: list[ModelCard], cooling: frozenset[str]) -> tuple[list[Model
                                       "other model answers"]
 
 
-def budgets(policy: Policy, key_hash: str | None, ranked: list[ModelCard], energy: Mapping[str, float],
+def budgets(policy: Policy, plan: Plan, ranked: list[ModelCard], energy: Mapping[str, float],
             state: BudgetState, tokens: tuple[int, int], max_tokens_param: str = "max_tokens",
             ) -> tuple[ModelCard, dict[str, tuple[BudgetRef, ...]], set[str], list[BudgetRef], list[str], list[str]]:
     """Step 5: ``(chosen, refs, blocked, spent, flags, notes)``: the first ranked model whose budgets have room
     (or what the policy says when the first has none); each ranked model's budgets; the models one of whose
     budgets this request's estimate would overrun; the first choice's budgets without room. ``tokens``: the
     input and output tokens the estimates assume, so a refusal advises a lower ``max_tokens`` (``max_tokens_param``:
-    the name the caller gave it under) only where one would fit."""
-    refs = {c.name: budgets_for(policy, c, key_hash) for c in ranked}
-    if not any(refs.values()):  # no model here is budgeted: the first ranked model answers
-        return ranked[0], refs, set(), [], [], []
+    the name the caller gave it under) only where one would fit. ``refs`` has every ranked model's budgets (more
+    models' where none is budgeted)."""
+    if not plan.budgeted:  # no model here is budgeted: the first ranked model answers
+        return ranked[0], plan.refs, set(), [], [], []
+    refs = {c.name: plan.refs[c.name] for c in ranked}
     used = state.used
     unreadable = state.unreadable
 
@@ -449,6 +442,8 @@ def cascade(policy: Policy, chosen: ModelCard, pinned: str | None, spent: list[B
             chosen = cheapest
             notes.append(f"cascade starts with the cheapest model, {cheapest.name}")
     with_room = [c for c in ranked if c.name != chosen.name and c.name not in blocked]
+    if not with_room:  # nothing to escalate to (a single candidate, often)
+        return chosen, (), None, notes
     if casc.escalate_to == "next":
         ups = sorted((c for c in with_room if p[c.name] > p[chosen.name] + EPS),
                      key=lambda c: (not adequate[c.name], energy[c.name]))
@@ -468,32 +463,34 @@ def reason(task: str, chosen: ModelCard, p: Mapping[str, float], source: str, tg
     learned estimates, each figure says where it comes from (``ledger:212 calls`` or ``card``)."""
     name = chosen.name
     pc = p[name]
+    pc_s = f"{pc:.2f}"  # formatted once: the reference of a relative target is often the chosen model
     value, _, share, ref, offsets, adequate = tgt
     src_note = "" if source == "classifier" else f" ({source})"
     target_s = f"target {value:.2f}"
     if ref is not None:
-        target_s += f" ({share:.0%} of {ref.name}'s {p[ref.name]:.2f})"
+        target_s += f" ({share:.0%} of {ref.name}'s {pc_s if ref.name == name else format(p[ref.name], '.2f')})"
     if pinned is not None and name == pinned:
-        head = f"{task} task → {name}, {pin_source}; predicted {pc:.2f}{src_note} vs {target_s}"
+        head = f"{task} task → {name}, {pin_source}; predicted {pc_s}{src_note} vs {target_s}"
     elif adequate[name]:
         cmp = "≥" if pc >= value - EPS else "<"
         cal_s = f" (calibrated margin {offsets[name]:+.3f})" if name in offsets else ""
-        head = f"{task} task → {name}; predicted {pc:.2f}{src_note} {cmp} {target_s}{cal_s}"
+        head = f"{task} task → {name}; predicted {pc_s}{src_note} {cmp} {target_s}{cal_s}"
     else:
-        head = f"{task} task → {name}; no candidate meets {target_s}; best predicted {pc:.2f}{src_note}"
+        head = f"{task} task → {name}; no candidate meets {target_s}; best predicted {pc_s}{src_note}"
     own = energy[name]
-
-    def joules(model: str) -> str:
-        if learned is None:
-            return fmt_j(energy[model])
-        return f"{fmt_j(energy[model])} ({learned[model][1] if model in learned else 'card'})"
-
     dearer = [c for c in by_energy if energy[c.name] > own]
     if dearer:
         other = dearer[0] if dearer[0].tier != chosen.tier or len(dearer) == 1 else dearer[-1]
-        head += f"; {joules(name)} vs {joules(other.name)} for {other.name}"
+        head += f"; {_joules(name, energy, learned)} vs {_joules(other.name, energy, learned)} for {other.name}"
     else:
-        head += f"; {joules(name)}"
+        head += f"; {_joules(name, energy, learned)}"
     if escalate_to:
         head += f"; escalates to {escalate_to[0]} if confidence < {escalate_below:.2f}"
     return head
+
+
+def _joules(model: str, energy: Mapping[str, float], learned: Mapping[str, tuple[float, str]] | None) -> str:
+    """A model's estimated joules for the reason, with where the figure comes from when the caller learned any."""
+    if learned is None:
+        return fmt_j(energy[model])
+    return f"{fmt_j(energy[model])} ({learned[model][1] if model in learned else 'card'})"
