@@ -41,7 +41,8 @@ class InFlight:
         """``with in_flight.running(cancel):`` around one call; refused once closing has begun."""
         token = next(self._tokens)
         with self._lock:
-            self.check_open()
+            if self.closing:
+                raise closed_error()
             self._calls[token] = cancel
         return _Running(self, token)
 

@@ -16,14 +16,22 @@ log = logging.getLogger("router")
 T = TypeVar("T")
 
 
-async def within_deadline(call: Call, step: Awaitable[T]) -> T:
-    """Await one step of a call (a whole answer, or a stream's next event) bounded exactly by the request's
-    deadline, unless the backend bounds its own waits (``Backend.bounds_itself``). The bound is per step, never
-    around a ``yield``: a cancel scope left open across a yield would cancel whatever the consumer happens to be
+def within_deadline(call: Call, step: Awaitable[T]) -> Awaitable[T]:
+    """One step of a call (a whole answer, or a stream's next event) to await, bounded exactly by the request's
+    deadline, unless the backend bounds its own waits (``Backend.bounds_itself``): then ``step`` itself, with no
+    coroutine around it (every resumption of the call would pass through it). The bound is per step, never around
+    a ``yield``: a cancel scope left open across a yield would cancel whatever the consumer happens to be
     awaiting."""
+    if call.backend.bounds_itself:
+        return step
     remaining = call.request.remaining()
-    if remaining is None or call.backend.bounds_itself:
-        return await step
+    if remaining is None:
+        return step
+    return _within(call, step, remaining)
+
+
+async def _within(call: Call, step: Awaitable[T], remaining: float) -> T:
+    """``step`` awaited within ``remaining`` seconds, or the request's :class:`DeadlineExceededError`."""
     scope = asyncio.timeout(remaining)
     try:
         async with scope:

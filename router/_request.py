@@ -147,7 +147,8 @@ def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool
     if value is None:
         return None
     try:
-        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        # a tuple, not ``int | float``: that expression builds a union object on every call
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     except OverflowError:  # an integer beyond any float: JSON numbers may run to hundreds of digits
         number = math.nan
         got = "an integer too large for a float"

@@ -349,7 +349,8 @@ class OpenAIHTTPBackend(Backend):
         if left <= 0:
             raise self._expired(bound)
         try:
-            connections = await self._connections()
+            # the running loop's connections; made (a coroutine) on its first call only
+            connections = self._loops.get(asyncio.get_running_loop()) or await self._connections()
             if self._use_pool:
                 status, raw, retry_after = await self._pool(connections).post(body, timeout_s=left)
             else:
@@ -471,7 +472,8 @@ class _LoopConnections:
 def _count(value: Any) -> int | None:
     """A token count from the endpoint's JSON, or None (estimate it) when missing or not a count (``10.0`` is
     10; ``"ten"``, ``-1`` and ``1e400`` are not counts)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**53:
+    # a tuple, not ``int | float``: that expression builds a union object on every call
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**53:
         return None
     return int(value) if value == int(value) else None
 

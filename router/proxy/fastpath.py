@@ -156,7 +156,8 @@ class ChatHandler:
                 with contextlib.suppress(ClientDisconnect):  # the stream has counted itself (cancelled)
                     await response(scope, receive, send)
                 return
-            completion = await self._answer(prepared, receive)
+            # stopped when the client goes away meanwhile
+            completion = await _watched(prepared, receive, self.router.asend(prepared, as_dict=True))
         except RouterError as exc:
             if isinstance(exc, BudgetExhaustedError) and exc.request_id:  # refused in the decision: its record's id
                 request_id = request_id or exc.request_id
@@ -186,10 +187,6 @@ class ChatHandler:
     def _count_failed(self, exc: RouterError, prepared: PreparedRequest | None, key_label: str | None) -> None:
         """A request that ended in ``exc``, under the model decided for it (``-`` when it ended before that)."""
         self.metrics.observe_failed_request(exc, *decided(prepared), key_label)
-
-    async def _answer(self, prepared: PreparedRequest, receive: Receive) -> dict[str, Any]:
-        """``Router.asend``, stopped when the client goes away meanwhile (:func:`_watched`)."""
-        return await _watched(prepared, receive, self.router.asend(prepared, as_dict=True))
 
     def authenticate(self, header: str | None) -> str | None:
         """The bearer key, checked when keys are configured (the Router gives it its policy)."""
