@@ -59,6 +59,10 @@ _WANT = "a JSON object with `model` and `messages`"
 def ascii_header(text: str, limit: int = 400) -> str:
     """Header values must be latin-1 and one line; keep them plain ASCII and short."""
     text = text.replace("\u2192", "->").replace("\u2265", ">=").replace("\u2264", "<=").replace("\u2248", "~")
+    if text.isascii() and text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        # printable ASCII (its only whitespace is " ") with single spaces inside: already one clean line, as every
+        # reason the router writes is once its arrows are replaced, so the cleaning below would return it as it is
+        return text[:limit]
     text = " ".join(text.split())
     text = text.encode("ascii", "replace").decode("ascii")
     return text[:limit]
