@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from router.classify.base import TASKS
-from router.classify.onnx_classifier import OnnxRequestClassifier, has_options, load_default_classifier
+from router.classify.onnx_classifier import OnnxRequestClassifier, bound_text, has_options, load_default_classifier
 from router.classify.rules import RuleClassifier
 from router.training.classifier import expected_calibration_error, routing_metrics
 from router.training.common import MODELS_DIR
@@ -181,6 +181,27 @@ def test_has_options_counts_markers_as_the_plain_pattern_does() -> None:
              *("".join(rng.choice("AaBbDdEe .):(\n\t\xa0x") for _ in range(rng.randint(0, 24))) for _ in range(20000))]
     for text in texts:
         assert has_options(text) == (len(oracle.findall(text)) >= 2), repr(text)
+
+
+def test_bound_text_replaces_exactly_what_the_control_pattern_matches() -> None:
+    """Translating the UTF-8 bytes must turn into spaces exactly the characters the control pattern matches, after
+    lone surrogates became "?": every code point below 0x800, surrogates, emoji, mixed texts."""
+    import random
+    import re
+
+    control = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+    def oracle(text: str) -> str:
+        return control.sub(" ", text.encode("utf-8", "replace").decode("utf-8"))
+
+    rng = random.Random(3)
+    alphabet = [*map(chr, range(0x800)), "\ud800", "\udfff", "\ud83d", "\U0001f600", "\u2028", "\uffff"]
+    texts = [*alphabet, "".join(alphabet), *("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+                                              for _ in range(2000))]
+    for text in texts:
+        assert bound_text(text, 10_000, 7_000, 3_000) == (oracle(text), False), repr(text)
+    long = "\x01" * 600 + "\ud800" * 600
+    assert bound_text(long, 1000, 700, 300) == (oracle(long[:700] + " \u2026 " + long[-300:]), True)
 
 
 def test_the_rules_fallback_reads_classifier_max_chars(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
