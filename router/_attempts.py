@@ -414,6 +414,8 @@ class Attempts:
     def reason(self) -> str:
         """The decision's reason, plus the earlier attempts' fate and any budget notes."""
         d = self.prepared.decision
+        if len(self.attempts) <= 1 and not self.notes:  # most requests: one model called, no budget notes
+            return d.reason
         parts = [d.reason]
         if len(self.attempts) > 1:
             final = self.attempts[-1]["model"]
@@ -434,7 +436,7 @@ class Attempts:
             "policy": d.policy, "latency_ms": sum(a["latency_ms"] for a in self.attempts),
             "decision_ms": self.prepared.decision_ms, "co2e_g": self.co2e_g,
             "attempts": self.attempts, "estimated_j": expected, "estimate_source": source,
-            "flags": [*d.flags, *(f for f in self.flags if f not in d.flags)],
+            "flags": [*d.flags, *(f for f in self.flags if f not in d.flags)] if self.flags else [*d.flags],
         }
 
     def completion(self) -> dict[str, Any]:

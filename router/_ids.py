@@ -8,7 +8,8 @@ record in groups of 60, as the proxy writes them (``python benchmarks/bench_ledg
 B-trees gain the same way. The random part keeps ids unguessable and unique across processes and hosts.
 
 The random bits come from ``os.urandom`` 4 KiB at a time rather than one system call per id: every answer
-makes two ids (its request's and its ledger record's).
+makes two ids (its request's and its ledger record's). Each block is turned into hex digits once, and ids take
+slices of that text.
 """
 
 from __future__ import annotations
@@ -21,25 +22,27 @@ _POOL_BYTES = 4096
 
 
 class _RandomPool:
-    """``os.urandom`` bytes handed out in slices; thread-safe. A forked child starts a block of its own (it must
-    not hand out the bytes its parent will)."""
+    """``os.urandom`` bytes, as hex digits, handed out in slices; thread-safe. A forked child starts a block of its
+    own (it must not hand out the digits its parent will)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._block = b""
+        self._digits = ""
         self._at = 0
 
     def hex(self, n_bytes: int) -> str:
+        """``n_bytes`` random bytes as ``2 * n_bytes`` hex digits."""
+        n_digits = 2 * n_bytes
         with self._lock:
             at = self._at
-            if at + n_bytes > len(self._block):
-                self._block, at = os.urandom(_POOL_BYTES), 0
-            self._at = at + n_bytes
-            return self._block[at:at + n_bytes].hex()
+            if at + n_digits > len(self._digits):
+                self._digits, at = os.urandom(_POOL_BYTES).hex(), 0
+            self._at = at + n_digits
+            return self._digits[at:at + n_digits]
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._block, self._at = b"", 0
+        self._digits, self._at = "", 0
 
 
 _RANDOM = _RandomPool()

@@ -63,12 +63,13 @@ _STOP = object()
 
 
 class _Queued:
-    """A record handed over, with the journal segment it was appended to."""
+    """Records handed over together, with the journal segment they were appended to: the records deferred on the
+    loop's thread go over as one item, not one each."""
 
-    __slots__ = ("rec", "seg")
+    __slots__ = ("recs", "seg")
 
-    def __init__(self, rec: LedgerRecord, seg: Segment | None) -> None:
-        self.rec = rec
+    def __init__(self, recs: list[LedgerRecord], seg: Segment | None) -> None:
+        self.recs = recs
         self.seg = seg
 
 
@@ -115,7 +116,7 @@ class BackgroundLedger(Ledger):
                     self._wake.wait()
                 self._wake.clear()
                 self._sleeping = False
-            batch: list[LedgerRecord] = []
+            batch: list[_Queued] = []
             settlements: list[tuple[Reservation, float]] = []
             while pending:
                 item = pending.popleft()
@@ -145,7 +146,7 @@ class BackgroundLedger(Ledger):
                 end = at
                 while end < len(batch) and batch[end].seg is seg:
                     end += 1
-                recs = [q.rec for q in batch[at:end]]
+                recs = [rec for q in batch[at:end] for rec in q.recs]
                 try:
                     stored = self.journaled.deliver(recs, seg)
                     self.written += stored
@@ -155,7 +156,7 @@ class BackgroundLedger(Ledger):
                     log.exception("could not write %d ledger records (and the journal has not got them)", len(recs))
                 at = end
             return
-        recs = [q.rec for q in batch]
+        recs = [rec for q in batch for rec in q.recs]
         if self.inner.atomic_batches and len(recs) > 1:  # all or nothing: safe to retry one by one below
             try:
                 self.inner.record_many(recs)
@@ -200,7 +201,8 @@ class BackgroundLedger(Ledger):
                 self._journal_scheduled = True
                 asyncio.get_running_loop().call_soon(self.journal_pending)
             return
-        self._hand_over(_Queued(rec, self.journaled.append([rec]) if self.journaled is not None else None))
+        recs = [rec]
+        self._hand_over(_Queued(recs, self.journaled.append(recs) if self.journaled is not None else None))
 
     def defer_journal(self, on: bool) -> None:
         """With ``on``, called on a running event loop: records made on its thread wait for
@@ -229,8 +231,7 @@ class BackgroundLedger(Ledger):
             except Exception:  # closed meanwhile: the store write is what is left (JournaledLedger.append's rule)
                 log.exception("could not append %d ledger records to the journal; writing them to the store",
                               len(recs))
-        for rec in recs:
-            self._hand_over(_Queued(rec, seg))
+        self._hand_over(_Queued(recs, seg))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every record handed over so far is written (or, the store being unavailable, left to the
