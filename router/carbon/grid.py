@@ -99,7 +99,7 @@ class Grid:
     def carbon_of(self, card: ModelCard, joules: float, at: float | None = None) -> tuple[float, float, str]:
         """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` (PUE applied to local models only)."""
         zone = self.zone_of(card)
-        g = self.source(zone).intensity(self.clock() if at is None else at).g_per_kwh
+        g = self.intensity(zone, at).g_per_kwh
         # ``runs_here`` is computed on every read of the card: not worth reading when there is no PUE to apply
         overhead = self.pue if self.pue != 1.0 and card.runs_here else 1.0
         return joules / J_PER_KWH * g * overhead, g, zone
