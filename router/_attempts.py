@@ -169,6 +169,8 @@ class Attempts:
         card = backend.card
         prompt_tokens = backend.prompt_tokens(self.prepared.messages, self.prepared.options)
         wanted = self.prepared.max_tokens or 0
+        if prompt_tokens <= card.context_length and prompt_tokens + wanted <= card.context_length:
+            return  # fits (most requests): no message to build
         tools = self.prepared.options.tools is not None
         prompt = "the prompt with the tools offered is" if tools else "the prompt is"
         if prompt_tokens > card.context_length:
@@ -176,12 +178,11 @@ class Attempts:
                 f"{prompt} {prompt_tokens} tokens but {card.name} holds {card.context_length}; shorten the "
                 f"messages{', offer fewer tools' if tools else ''} or pin a model with a longer context",
                 param="messages")
-        if prompt_tokens + wanted > card.context_length:
-            limit = self.prepared.max_tokens_param
-            raise ContextLengthError(
-                f"{prompt} {prompt_tokens} tokens and {limit} asks for {wanted} more, but {card.name} holds "
-                f"{card.context_length}; lower {limit} to at most {card.context_length - prompt_tokens} or pin a "
-                "model with a longer context", param=limit)
+        limit = self.prepared.max_tokens_param
+        raise ContextLengthError(
+            f"{prompt} {prompt_tokens} tokens and {limit} asks for {wanted} more, but {card.name} holds "
+            f"{card.context_length}; lower {limit} to at most {card.context_length - prompt_tokens} or pin a "
+            "model with a longer context", param=limit)
 
     def _may_escalate(self, model: str) -> bool:
         d = self.prepared.decision

@@ -51,8 +51,14 @@ class CancelFlag:
         return self._set
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GenerationRequest:
+    """What a backend is asked for. Read-only by convention, not frozen: one request is shared by every model a
+    request tries, so a backend that needs it changed makes its own with ``dataclasses.replace``. Not frozen
+    because one is made per request, and a frozen dataclass's ``__init__`` sets every field through
+    ``object.__setattr__``, several times the cost of a slotted one (nothing hashes it: its lists are
+    unhashable)."""
+
     messages: list[ChatMessage]
     max_tokens: int | None = None
     temperature: float | None = None
@@ -208,14 +214,18 @@ class Backend(ABC):
     def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
         """The tokens the model reads: the messages and the tools offered (their descriptions and schemas can be
         longer than the messages), for context checks and for usage a backend does not report."""
-        tools = self.count_tokens(options.tools.described()) if options.tools is not None else 0
-        return tools + sum(self.turn_tokens(m.text, m.tool_calls) + 4 for m in messages)
+        tokens = self.count_tokens(options.tools.described()) if options.tools is not None else 0
+        for m in messages:  # a loop, not sum() over a generator: this runs before every call
+            tokens += self.turn_tokens(m.text, m.tool_calls) + 4
+        return tokens
 
     def turn_tokens(self, text: str, tool_calls: list[dict[str, Any]] | None) -> int:
         """Token count of one turn's text and tool calls (each call's arguments, and 8 for its name and framing):
         an answer's count when the endpoint reports none, and each earlier turn's in :meth:`prompt_tokens`."""
-        return self.count_tokens(text) + sum(self.count_tokens(c["function"]["arguments"]) + 8
-                                             for c in tool_calls or ())
+        tokens = self.count_tokens(text)
+        if tool_calls:  # most turns call no tools
+            tokens += sum(self.count_tokens(c["function"]["arguments"]) + 8 for c in tool_calls)
+        return tokens
 
     def warm_up(self) -> None:
         """Load what the first call would load and run it once (one token), so that neither the first request's

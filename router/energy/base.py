@@ -13,8 +13,12 @@ from typing import Literal
 EnergyKind = Literal["measured", "estimated"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EnergyReading:
+    """The energy of one call or span: joules, and where they come from. Read-only by convention, not frozen: one
+    is made for every model call, and a frozen dataclass's ``__init__`` sets every field through
+    ``object.__setattr__``, about twice the cost of a slotted one (nothing hashes a reading)."""
+
     joules: float
     kind: EnergyKind
     method: str
