@@ -205,7 +205,8 @@ class OnnxRequestClassifier(RequestClassifier):
             fired = [guard_in_place(p, bounded[i][0], chat, sentiment, choice) for i, p in zip(run, probs, strict=True)]
             p_correct = self.quality.p_correct_batch(vectors, probs)
             for i, p, f, pc in zip(run, probs, fired, p_correct, strict=True):
-                out[i] = self._classification(*bounded[i][1:], p, f, pc)
+                _, truncated, chars = bounded[i]
+                out[i] = self._classification(truncated, chars, p, f, pc)
         return [c if c is not None else self._empty(*bounded[i][1:]) for i, c in enumerate(out)]
 
     def _bound(self, text: str) -> tuple[str, bool, int]:
