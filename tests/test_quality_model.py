@@ -154,3 +154,34 @@ def test_quality_table_is_read_safely_by_threads_while_its_first_reader_builds_i
     finally:
         sys.setswitchinterval(interval)
     assert not errors, errors[:3]
+
+
+def test_p_correct_batch_is_exactly_the_sigmoid_of_each_task_mixed_in_task_order() -> None:
+    """Exact floats against the formula written plainly (sigmoid of ``b + v . h``, fixed cells, weights above 1e-6
+    summed task by task), with and without a per-request term; and computing one batch leaves the table as it was
+    for the next (the per-request steps work in place). Vectors and ``h`` in eighths and quarters: every product
+    ``v . h`` is exact in any summation order, so the rest of the arithmetic is what is compared."""
+    rng = np.random.default_rng(3)
+    tasks, k = ["chat", "math", "sentiment"], 5
+    models = {f"m{j}": {"vectors": {t: (rng.integers(-8, 9, k) / 8).tolist() for t in tasks[: 1 + j % 3]},
+                        "intercepts": {t: float(rng.normal()) for t in tasks}} for j in range(6)}
+    models["m4"]["fixed"] = {"math": 0.3, "sentiment": 0.0}
+    table = QualityTable({"k": k, "task_sources": {t: t for t in tasks}, "models": models}, tasks)
+    hs = (rng.integers(-8, 9, (4, k)) / 4).astype(np.float32)
+    probs = [[0.5, 0.3, 0.2], [1.0, 0.0, 0.0], [1e-7, 0.9, 0.1 - 1e-7], [0.2, 0.2, 0.6]]
+
+    def plain(h: np.ndarray | None, weights: list[float]) -> dict[str, float]:
+        out = {}
+        for i, name in enumerate(table.names):
+            total = 0.0
+            for t in range(len(tasks)):
+                z = table._b[i, t] + (0.0 if h is None else h.astype(np.float64) @ table._v[i, t])
+                q = table._fixed_p[i, t] if table._fixed[i, t] else 1.0 / (1.0 + np.exp(-z))
+                total = total + q * (weights[t] if weights[t] > 1e-6 else 0.0)
+            out[name] = float(total)
+        return out
+
+    for _ in range(2):
+        assert table.p_correct_batch(hs, probs) == [plain(h, w) for h, w in zip(hs, probs, strict=True)]
+        assert table.p_correct_batch(None, [probs[0]]) == [plain(None, probs[0])]
+        assert table.p_correct(hs[1], probs[1]) == plain(hs[1], probs[1])
