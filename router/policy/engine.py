@@ -44,12 +44,10 @@ from ..errors import BadRequestError, ConfigError
 from .base import BudgetState, DecisionRequest, Engine
 from .batch import decide_batch
 from .decision import BudgetRef, Decision
-from .plan import plan_for
+from .plan import _budgets_for, budgets_for, plan_for
 from .schema import Policy, budget_key_hash, budget_window_s
 from .steps import (
-    _budgets_for,
     budgets,
-    budgets_for,
     candidates,
     cascade,
     cooled,

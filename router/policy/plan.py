@@ -2,10 +2,13 @@
 per (policy, key, task, cards) and reused by every request that shares them.
 
 Only what cannot change while those objects live is here (policies and cards are not edited once loaded, as
-:func:`~router.policy.steps.budgets_for` and :func:`~router.policy.steps.largest` already rely on): which models the
+:func:`budgets_for` and :func:`~router.policy.steps.largest` already rely on): which models the
 policy or the task leave out, the policy's own accuracy target and the calibrated margins that go with it, and each
 model's budgets. Everything a request brings (pins, targets, limits, learned joules, budget use, cooling models)
-is read per request by the steps."""
+is read per request by the steps.
+
+Each model's budgets under a policy and key (:func:`budgets_for`) are here too: the plan is what reads them per
+request, and the engine lists them for its callers."""
 
 from __future__ import annotations
 
@@ -14,8 +17,7 @@ from dataclasses import dataclass
 
 from ..cards import ModelCard
 from .decision import BudgetRef
-from .schema import KeyPolicy, Policy
-from .steps import budgets_for
+from .schema import Budget, KeyPolicy, Policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +82,38 @@ def _plan(policy: Policy, cards: tuple[ModelCard, ...], key_hash: str | None, ta
     offsets: Mapping[str, float] = cal.offsets if own_target and cal is not None else {}
     refs = {card.name: budgets_for(policy, card, key_hash) for card in cards}
     return Plan(entry, allowed, excluded, kind, share, offsets, refs, any(refs.values()))
+
+
+_BUDGET_REFS: dict[tuple[int, str, str, str | None], tuple[Policy, tuple[BudgetRef, ...]]] = {}
+
+
+def budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
+    """The budgets a call to ``card`` is reserved against under ``policy`` (and the caller's key entry).
+
+    Remembered per (policy object, model, key): every decision asks for each candidate's budgets, and the
+    answer only changes with the policy, which is not edited once loaded. The cache holds the policy itself, so
+    its ``id`` cannot be reused by another object meanwhile."""
+    cache_key = (id(policy), card.name, card.tier, key_hash)
+    hit = _BUDGET_REFS.get(cache_key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    refs = _budgets_for(policy, card, key_hash)
+    if len(_BUDGET_REFS) >= 4096:  # policies built per request (tests, simulations) come and go; stay small
+        _BUDGET_REFS.clear()
+    _BUDGET_REFS[cache_key] = (policy, refs)
+    return refs
+
+
+def _budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
+    budgets: list[Budget] = list(policy.budgets)
+    entry = policy.key_policy(key_hash)
+    if entry is not None:
+        budgets += [b.model_copy(update={"scope": "per_key"}) for b in entry.budgets]
+    refs = []
+    for b in budgets:
+        if not b.covers(card.name, card.tier):
+            continue
+        if b.scope == "per_key" and key_hash is None:
+            continue  # per-key budgets apply to requests that carry a key
+        refs.append(BudgetRef(b.key(card.name, key_hash), b.limit, b.window_s, b.unit))
+    return tuple(refs)

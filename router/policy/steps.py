@@ -20,7 +20,7 @@ from ..errors import BadRequestError, BudgetExhaustedError, CapabilityError, Con
 from ..types import TIER_ORDER
 from .base import BudgetState, DecisionRequest
 from .decision import BudgetRef
-from .schema import Budget, Policy
+from .schema import Policy
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -37,41 +37,6 @@ def fmt_j(joules: float) -> str:
     if joules >= 10:
         return f"{joules:,.0f} J"
     return f"{joules:.3g} J"
-
-
-_BUDGET_REFS: dict[tuple[int, str, str, str | None], tuple[Policy, tuple[BudgetRef, ...]]] = {}
-
-
-def budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
-    """The budgets a call to ``card`` is reserved against under ``policy`` (and the caller's key entry).
-
-    Remembered per (policy object, model, key): every decision asks for each candidate's budgets, and the
-    answer only changes with the policy, which is not edited once loaded. The cache holds the policy itself, so
-    its ``id`` cannot be reused by another object meanwhile."""
-    cache_key = (id(policy), card.name, card.tier, key_hash)
-    hit = _BUDGET_REFS.get(cache_key)
-    if hit is not None and hit[0] is policy:
-        return hit[1]
-    refs = _budgets_for(policy, card, key_hash)
-    if len(_BUDGET_REFS) >= 4096:  # policies built per request (tests, simulations) come and go; stay small
-        _BUDGET_REFS.clear()
-    _BUDGET_REFS[cache_key] = (policy, refs)
-    return refs
-
-
-def _budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
-    budgets: list[Budget] = list(policy.budgets)
-    entry = policy.key_policy(key_hash)
-    if entry is not None:
-        budgets += [b.model_copy(update={"scope": "per_key"}) for b in entry.budgets]
-    refs = []
-    for b in budgets:
-        if not b.covers(card.name, card.tier):
-            continue
-        if b.scope == "per_key" and key_hash is None:
-            continue  # per-key budgets apply to requests that carry a key
-        refs.append(BudgetRef(b.key(card.name, key_hash), b.limit, b.window_s, b.unit))
-    return tuple(refs)
 
 
 def predicted(classification: Classification, card: ModelCard) -> tuple[float, str]:
