@@ -488,7 +488,7 @@ class Router:
         """What every budget this request could be reserved against has used in its current window."""
         refs = self.engine.budget_refs(request)
         if not refs:
-            return _NO_BUDGETS
+            return BudgetState.empty()
         g_per_j: dict[str, float] = {}
         if any(r.unit != "J" for r in refs):  # carbon budgets: each model's grams per joule at its zone now
             g_per_j = {n: self.grid.grams_per_joule(c) for n, c in self.cards.items() if c.callable}
@@ -623,10 +623,6 @@ class _OutageLog:
             log.warning("%s; %s", exc, self.down)
         else:
             log.warning("ledger %s: %s", redact(url), self.back)
-
-
-_NO_BUDGETS = BudgetState.empty()
-"""The snapshot of a request no budget applies to (read only: one for every such request)."""
 
 
 def _key_hash(api_key: str | KeySpec | None) -> str | None:

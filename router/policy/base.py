@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from ..classify.base import Classification
@@ -98,12 +99,16 @@ class BudgetState:
 
     @staticmethod
     def empty() -> BudgetState:
-        """No budget used (offline simulation, or an engine without budgets)."""
-        return BudgetState({}, 0.0)
+        """No budget used (offline simulation, an engine without budgets, a request no budget applies to): one
+        shared snapshot, whose mappings are read-only."""
+        return _NO_BUDGETS
 
     def resets_in(self, window_s: float) -> float:
         """Seconds until the window of ``window_s`` seconds that holds ``now`` rolls over."""
         return window_s - (self.now % window_s)
+
+
+_NO_BUDGETS = BudgetState(MappingProxyType({}), 0.0, MappingProxyType({}))
 
 
 class Engine(ABC):

@@ -60,7 +60,6 @@ from .steps import (
     target,
 )
 
-_NO_BUDGETS = BudgetState.empty()
 log = logging.getLogger("router")
 
 
@@ -76,7 +75,7 @@ def decide_pure(
     Pure: no I/O, no clock (the snapshot carries ``now``). It runs before every model call, so each step is one
     pass over the candidates and each model's budgets are checked once."""
     req = DecisionRequest.of(request)
-    state = budget_state or _NO_BUDGETS
+    state = budget_state or BudgetState.empty()
     task = classification.task
     plan = plan_for(policy, cards, req.key_hash, task)
     out_tokens = output_tokens(policy, req)

@@ -30,8 +30,6 @@ from ..policy.steps import largest, output_tokens, predicted
 from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
 from .outcomes import CHARS_PER_TOKEN
 
-_NO_BUDGETS = BudgetState.empty()
-
 
 def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None) -> Policy:
     """A :class:`Policy` object, a YAML path, or a name looked up in ``policies_dir``."""
@@ -88,7 +86,7 @@ class PolicyEngineBridge:
     ) -> Decision:
         hint = int(overrides.get("input_tokens_hint", input_tokens_from(classification)))
         request = DecisionRequest.of({**overrides, "input_tokens_hint": hint})
-        return self.engine(cards).decide(classification, request, _NO_BUDGETS)
+        return self.engine(cards).decide(classification, request, BudgetState.empty())
 
     def decide_many(
         self,
