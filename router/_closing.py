@@ -41,8 +41,7 @@ class InFlight:
         """``with in_flight.running(cancel):`` around one call; refused once closing has begun."""
         token = next(self._tokens)
         with self._lock:
-            if self.closing:
-                raise closed_error()
+            self.check_open()
             self._calls[token] = cancel
         return _Running(self, token)
 
