@@ -163,6 +163,28 @@ def test_what_a_decision_reuses_of_a_policy_and_cards_is_never_another_ones(loca
     assert decide_pure(c, math_only, None, policy, None).model == "gemma3-270m"
 
 
+def test_the_share_and_budget_keys_a_plan_keeps_are_its_own_policys_and_keys(local):
+    """What the reason and ``Decision.budgets`` take from the plan (the share as written, each model's budget keys)
+    follows the policy and the key of this decision, never those of a plan decided before it."""
+    c = cls("chat", smollm2_135m=0.85, gemma3_270m=0.9)
+    for share in (0.9, 0.5, 0.9):  # a new policy object each time: its own plan
+        d = decide_pure(c, local, None, pol(accuracy={"relative_to_largest": share}), None)
+        assert f"({share:.0%} of gemma3-270m's 0.90)" in d.reason
+    relative = pol(accuracy={"relative_to_largest": 0.9})
+    own = decide_pure(c, local, None, relative, None)
+    by_caller = decide_pure(c, local, None, relative, {"accuracy_target": 0.5})
+    assert "90% of" in own.reason and " of " not in by_caller.reason.split(";")[1]
+    assert decide_pure(c, local, None, relative, None).reason == own.reason
+    key = hash_key("sk-team-a")
+    for window in ("hour", "day"):
+        budgeted = pol(budgets=[{"model": "smollm2-135m", "joules": 1e6, "per": window, "scope": "per_key"}])
+        assert decide_pure(c, local, BudgetState({}, 0.0), budgeted, None).budgets == ()
+        keyed = decide_pure(c, local, BudgetState({}, 0.0), budgeted, {"key_hash": key})
+        assert keyed.budgets == tuple(r.key for r in keyed.model_budgets["smollm2-135m"])
+        assert keyed.budgets and all(key in k and k.endswith(f"{int(budgeted.budgets[0].window_s)}s")
+                                     for k in keyed.budgets)
+
+
 def test_no_model_meets_target_picks_the_most_accurate_and_flags(local):
     d = decide_pure(cls("chat", smollm2_135m=0.4, gemma3_270m=0.3), local, None, pol(), None)
     assert d.model == "smollm2-135m" and "target_unmet" in d.flags and "no candidate meets" in d.reason

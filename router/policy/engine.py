@@ -118,7 +118,7 @@ def decide_pure(
         fallbacks=fallbacks,
         escalate_to=escalate_to,
         escalate_below=escalate_below,
-        budgets=tuple(r.key for r in refs[name]),
+        budgets=plan.budget_keys[name],
         flags=(*cool_flags, *flags),
         candidates=rounded,
         target=round(tgt.value, 4),

@@ -35,10 +35,14 @@ class Plan:
     """The policy's own target (the key entry's where it sets one): ``absolute``, ``relative`` or
     ``relative_best``."""
     share: float
+    share_text: str
+    """``share`` as the reason writes a relative target's (a whole percentage); empty for an absolute target."""
     offsets: Mapping[str, float]
     """Calibrated margins for that target (empty when the policy's calibration is for another target)."""
     refs: dict[str, tuple[BudgetRef, ...]]
     """Every model's budgets under the policy and key."""
+    budget_keys: dict[str, tuple[str, ...]]
+    """The ledger keys of each model's ``refs`` (what a decision lists as its ``budgets``)."""
     budgeted: bool
     """Whether any model here has a budget."""
 
@@ -80,8 +84,10 @@ def _plan(policy: Policy, cards: tuple[ModelCard, ...], key_hash: str | None, ta
     cal = policy.calibrated
     own_target = cal is not None and cal.target_kind == kind and abs(cal.target - share) < 1e-9
     offsets: Mapping[str, float] = cal.offsets if own_target and cal is not None else {}
+    share_text = f"{share:.0%}" if kind != "absolute" else ""
     refs = {card.name: budgets_for(policy, card, key_hash) for card in cards}
-    return Plan(entry, allowed, excluded, kind, share, offsets, refs, any(refs.values()))
+    budget_keys = {name: tuple(r.key for r in model_refs) for name, model_refs in refs.items()}
+    return Plan(entry, allowed, excluded, kind, share, share_text, offsets, refs, budget_keys, any(refs.values()))
 
 
 _BUDGET_REFS: dict[tuple[int, str, str, str | None], tuple[Policy, tuple[BudgetRef, ...]]] = {}

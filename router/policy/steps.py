@@ -60,6 +60,8 @@ class Target(NamedTuple):
     """``absolute``, ``relative`` (to the largest candidate) or ``relative_best`` (to the best predicted one)."""
     share: float
     """The number the policy (or caller) gave: the absolute target, or the share of the largest's prediction."""
+    share_text: str
+    """``share`` as the reason writes a relative target's (a whole percentage); empty for an absolute target."""
     reference: ModelCard | None
     """The largest (or best predicted) candidate, for a relative target (``None`` for an absolute one)."""
     offsets: Mapping[str, float]
@@ -221,9 +223,9 @@ def target(plan: Plan, req: DecisionRequest, pool: list[ModelCard], energy: Mapp
     """Step 3: the accuracy to meet, and which candidates meet it (with calibrated margins where they apply: only
     for the policy's own target, never for one the caller gave)."""
     if req.accuracy_target is not None:
-        kind, share, offsets = "absolute", float(req.accuracy_target), _NO_OFFSETS
+        kind, share, share_text, offsets = "absolute", float(req.accuracy_target), "", _NO_OFFSETS
     else:
-        kind, share, offsets = plan.kind, plan.share, plan.offsets
+        kind, share, share_text, offsets = plan.kind, plan.share, plan.share_text, plan.offsets
     ref = None
     if kind == "relative":
         ref = largest(pool)
@@ -231,7 +233,7 @@ def target(plan: Plan, req: DecisionRequest, pool: list[ModelCard], energy: Mapp
         ref = _best(pool, energy, p)
     value = share if ref is None else share * p[ref.name]
     adequate = {n: v - value >= offsets.get(n, 0.0) - EPS for n, v in p.items()}
-    return Target(value, kind, share, ref, offsets, adequate)
+    return Target(value, kind, share, share_text, ref, offsets, adequate)
 
 
 def _best(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, float]) -> ModelCard:
@@ -429,11 +431,11 @@ def reason(task: str, chosen: ModelCard, p: Mapping[str, float], source: str, tg
     name = chosen.name
     pc = p[name]
     pc_s = f"{pc:.2f}"  # formatted once: the reference of a relative target is often the chosen model
-    value, _, share, ref, offsets, adequate = tgt
+    value, _, _, share_text, ref, offsets, adequate = tgt
     src_note = "" if source == "classifier" else f" ({source})"
     target_s = f"target {value:.2f}"
     if ref is not None:
-        target_s += f" ({share:.0%} of {ref.name}'s {pc_s if ref.name == name else format(p[ref.name], '.2f')})"
+        target_s += f" ({share_text} of {ref.name}'s {pc_s if ref.name == name else format(p[ref.name], '.2f')})"
     if pinned is not None and name == pinned:
         head = f"{task} task → {name}, {pin_source}; predicted {pc_s}{src_note} vs {target_s}"
     elif adequate[name]:
