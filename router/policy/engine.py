@@ -44,7 +44,7 @@ from ..errors import BadRequestError, ConfigError
 from .base import BudgetState, DecisionRequest, Engine
 from .batch import decide_batch
 from .decision import BudgetRef, Decision
-from .plan import _budgets_for, budgets_for, plan_for
+from .plan import budgets_for, plan_for, resolve_budgets
 from .schema import Policy, budget_key_hash, budget_window_s
 from .steps import (
     budgets,
@@ -224,8 +224,7 @@ class PolicyEngine(Engine):
         for policy in self.policies.values():
             for key_hash in key_hashes(policy):
                 for card in self.cards.values():
-                    # not through budgets_for's cache: listing every key seen would evict what decisions reuse
-                    for ref in _budgets_for(policy, card, key_hash):
+                    for ref in resolve_budgets(policy, card, key_hash):
                         rows.setdefault((ref.key, policy.name), (ref.limit_j, ref.window_s))
         return [(key, limit, window, name) for (key, name), (limit, window) in sorted(rows.items())]
 

@@ -103,14 +103,16 @@ def budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[
     hit = _BUDGET_REFS.get(cache_key)
     if hit is not None and hit[0] is policy:
         return hit[1]
-    refs = _budgets_for(policy, card, key_hash)
+    refs = resolve_budgets(policy, card, key_hash)
     if len(_BUDGET_REFS) >= 4096:  # policies built per request (tests, simulations) come and go; stay small
         _BUDGET_REFS.clear()
     _BUDGET_REFS[cache_key] = (policy, refs)
     return refs
 
 
-def _budgets_for(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
+def resolve_budgets(policy: Policy, card: ModelCard, key_hash: str | None) -> tuple[BudgetRef, ...]:
+    """What :func:`budgets_for` answers, worked out anew: for callers that list many keys once (reports), whose
+    entries would only evict the ones decisions reuse from its cache."""
     budgets: list[Budget] = list(policy.budgets)
     entry = policy.key_policy(key_hash)
     if entry is not None:
