@@ -54,6 +54,24 @@ def test_failures_open_then_a_trial_success_closes(specialist_backend) -> None: 
     assert breaker.state == "closed" and breaker.consecutive_failures == 0
 
 
+def test_a_success_between_failures_resets_the_count(specialist_backend) -> None:  # type: ignore[no-untyped-def]
+    """Only consecutive failures open the breaker: a success after some (fewer than ``failures``) starts the count
+    again, and a success with no failure before it leaves it at 0."""
+    flaky = FaultInjectingBackend(specialist_backend, failures_before_success=2)
+    breaker = CooldownBackend(flaky, failures=3, cooldown_s=10, clock=_Clock())
+    for _ in range(3):
+        for _ in range(2):
+            with pytest.raises(BackendError):
+                asyncio.run(breaker.agenerate(REQUEST))
+        assert breaker.consecutive_failures == 2
+        asyncio.run(breaker.agenerate(REQUEST))
+        assert breaker.state == "closed" and breaker.consecutive_failures == 0
+        asyncio.run(breaker.agenerate(REQUEST))
+        assert breaker.consecutive_failures == 0
+        flaky.failures_left = 2
+    assert breaker.opened_total == 0
+
+
 def test_a_stream_closed_early_frees_the_trial_without_a_verdict(specialist_backend) -> None:  # type: ignore[no-untyped-def]
     broken = FaultInjectingBackend(specialist_backend, failures_before_success=1)
     clock = _Clock()

@@ -20,7 +20,7 @@ from servers.procs import models_dir, only_policy, policies_dir, remote_card, ro
 from router import BackendError, BackendRefusedError, BackendUnavailableError, BadRequestError, Router, RouterConfig
 from router.backends import Backend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
-from router.backends.openai_http import OpenAIHTTPBackend, retry_after_s
+from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
 from router.cards import ModelCard, load_card
 from router.types import ChatMessage
 
@@ -94,6 +94,30 @@ def test_a_refused_request_moves_on_to_the_next_model_and_cools_nothing_down(ups
                                                                              ("remote-echo", "ok")]
         refusing = router.loaded_backends()["remote-refusing"]
         assert isinstance(refusing, CooldownBackend) and refusing.state == "closed" and refusing.opened_total == 0
+
+
+def test_the_answers_latency_is_its_attempts_latencies_added_up(upstream_url: str, tmp_path: Path) -> None:
+    """``routing.latency_ms`` is the sum of the attempts' ``latency_ms``: the one attempt's when one model answered,
+    both added up when the first refused."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-refusing", upstream_url, "status:400", tier="small", max_retries=0),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        for pinned, attempts in (("remote-echo", 1), ("remote-refusing", 2)):
+            routing = router.complete([{"role": "user", "content": "hello"}], model=pinned).routing
+            assert routing is not None and len(routing.attempts) == attempts
+            assert routing.latency_ms == sum(a.latency_ms for a in routing.attempts)
+            assert all(a.latency_ms > 0 for a in routing.attempts)
+
+
+@pytest.mark.parametrize(("value", "count"), [(0, 0), (10, 10), (2**53 - 1, 2**53 - 1), (10.0, 10), (-1, None),
+                                              (2**53, None), (10**400, None), (True, None), (False, None),
+                                              (10.5, None), (-0.5, None), (float("inf"), None),
+                                              (float("nan"), None), ("10", None), (None, None), ([10], None)])
+def test_a_token_count_from_the_endpoint_is_taken_only_when_it_is_a_count(value: object, count: int | None) -> None:
+    """The endpoint's ``usage`` figures are whole numbers from 0 below 2**53 (a float with no fraction too); anything
+    else (negative, huge, fractional, a bool, a string) is no count, and the backend estimates the figure."""
+    assert _count(value) == count and type(_count(value)) is (int if count is not None else type(None))
 
 
 def test_a_seed_beyond_64_bits_is_refused_naming_it_before_any_call(upstream_url: str, tmp_path: Path) -> None:

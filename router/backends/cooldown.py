@@ -74,6 +74,8 @@ class CooldownBackend(Backend):
             return "open" if self._clock() < self._open_until else "half-open"
 
     def _admit(self) -> None:
+        if self.consecutive_failures < self.failures:  # closed (most calls): read without the lock, as it would
+            return  # be read under it; a failure counted meanwhile only opens the breaker for the calls after it
         with self._lock:
             if self.consecutive_failures < self.failures:
                 return
@@ -89,6 +91,8 @@ class CooldownBackend(Backend):
         )
 
     def _succeeded(self) -> None:
+        if self.consecutive_failures == 0:  # nothing to reset (most calls): a trial call runs only after failures
+            return
         with self._lock:
             self.consecutive_failures = 0
             self._trial_running = False

@@ -472,7 +472,9 @@ class _LoopConnections:
 def _count(value: Any) -> int | None:
     """A token count from the endpoint's JSON, or None (estimate it) when missing or not a count (``10.0`` is
     10; ``"ten"``, ``-1`` and ``1e400`` are not counts)."""
-    # a tuple, not ``int | float``: that expression builds a union object on every call
+    if type(value) is int:  # what endpoints send: a plain int needs only its range checked
+        return value if 0 <= value < 2**53 else None
+    # a bool is an int too (true is not a count); a tuple, not ``int | float``, which builds a union on every call
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**53:
         return None
     return int(value) if value == int(value) else None
