@@ -119,6 +119,26 @@ def test_remote_models_learn_answer_lengths_only(tmp_path, cards) -> None:
     assert got.source.startswith("card, answer length from ledger")
 
 
+def test_a_remote_estimate_is_its_card_at_whole_answer_lengths(tmp_path, cards) -> None:
+    """A remote model's estimate is exactly its card's profile at the typical answer length rounded and the upper
+    one rounded up (the card counts whole tokens), capped by max_tokens first; a local model whose calls were not
+    metered has none; ``for_request`` gives every model what ``estimate`` gives it."""
+    remote, local = _remote(cards["smollm2-135m"]), cards["gemma3-270m"]
+    outs = [3, 4, 7, 8, 9, 9, 30, 31]  # median 8.5 (rounds to even: 8), 95th percentile 30.65 (up: 31)
+    ledger = SQLiteLedger(tmp_path / "l.sqlite3")
+    ledger.record_many([_call("remote", remote.energy.joules(20, out), out=out, source="estimated:token-profile",
+                              ts=1.0 + i) for i, out in enumerate(outs)]
+                       + [_call("gemma3-270m", 1.0, out=5, source="estimated:token-profile", ts=20.0 + i)
+                          for i in range(8)])
+    est = EnergyEstimates(ledger, {"remote": remote, "gemma3-270m": local}, clock=Clock())
+    for max_tokens, typical, upper in [(None, 8, 31), (20, 8, 20), (5, 5, 5)]:
+        got = est.estimate(remote, "chat", 20, max_tokens)
+        assert got is not None
+        assert (got.joules, got.upper_j) == (remote.energy.joules(20, typical), remote.energy.joules(20, upper))
+        assert est.for_request("chat", 20, max_tokens) == {"remote": got}
+    assert est.estimate(local, "chat", 20) is None
+
+
 def test_a_call_without_output_does_not_blow_up_the_spread_or_the_hold(tmp_path, cards) -> None:
     """A card that charges only output tokens (per call and per input token 0), calls whose joules the fit can only
     put on their output, and one answered call with no output: the fit puts that call at 0 J, and its measured

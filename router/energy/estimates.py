@@ -51,9 +51,11 @@ MAX_SPREAD = 10.0
 and a hold that many times the fit would lock the budget for calls that take a fraction of it."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EnergyEstimate:
-    """A call's expected joules, what to hold for it, and where the figures come from."""
+    """A call's expected joules, what to hold for it, and where the figures come from. Read-only by convention,
+    not frozen: every decision makes one per model with an estimate, and a frozen dataclass's ``__init__`` sets
+    each field through ``object.__setattr__``."""
 
     joules: float
     upper_j: float
@@ -73,7 +75,7 @@ class _Call:
 class _Fit:
     """What one model's window of calls says; recomputed at most every ``refit_s`` when calls arrive."""
 
-    __slots__ = ("coef", "spread", "out", "metered", "calls", "source")
+    __slots__ = ("coef", "spread", "out", "metered", "calls", "source", "terms", "whole_tokens")
 
     def __init__(self) -> None:
         self.coef: tuple[float, float, float] | None = None  # per call, per input token, per output token
@@ -82,6 +84,25 @@ class _Fit:
         self.metered = 0
         self.calls = 0
         self.source = ""  # what an estimate from this fit says it comes from (formatted once per fit)
+        self.terms: tuple[float, float, float] | None = None
+        """The joules per call / input token / output token an estimate is computed from: ``coef``, or for a
+        remote model its card's token profile (its joules by definition); ``None``: nothing to estimate."""
+        self.whole_tokens = False
+        """The terms are a card's, which counts whole tokens: answer lengths are rounded (the upper one up)."""
+
+    def estimate(self, task: str, input_tokens: int, max_tokens: int | None) -> EnergyEstimate:
+        """A call's estimate from this fit (which has ``terms``): arithmetic only, as every decision asks."""
+        assert self.terms is not None
+        typical_out, upper_out = self.out.get(task) or self.out[None]
+        if max_tokens is not None:
+            typical_out, upper_out = min(typical_out, max_tokens), min(upper_out, max_tokens)
+        if self.whole_tokens:
+            typical_out, upper_out = round(typical_out), math.ceil(upper_out)
+        per_call, per_input, per_output = self.terms
+        fixed = per_call + per_input * input_tokens
+        joules = fixed + per_output * typical_out
+        upper = (fixed + per_output * upper_out) * self.spread
+        return EnergyEstimate(joules, max(upper, joules), self.source)
 
 
 class EnergyEstimates:
@@ -128,11 +149,9 @@ class EnergyEstimates:
         found = {}
         min_calls = self.min_calls
         for name, fit in self._fits.items():
-            if fit.calls < min_calls:  # nearly every model until the ledger holds its calls: nothing to estimate
-                continue
-            estimate = self._estimate(self.cards[name], task, input_tokens, max_tokens)
-            if estimate is not None:
-                found[name] = estimate
+            # nearly every model until the ledger holds its calls: nothing to estimate
+            if fit.calls >= min_calls and fit.terms is not None:
+                found[name] = fit.estimate(task, input_tokens, max_tokens)
         return found
 
     def estimate(self, card: ModelCard, task: str, input_tokens: int, max_tokens: int | None = None
@@ -144,22 +163,11 @@ class EnergyEstimates:
 
     def _estimate(self, card: ModelCard, task: str, input_tokens: int, max_tokens: int | None
                   ) -> EnergyEstimate | None:
+        # the fit was made with this model's card as the estimates were given it (its profile, where it runs)
         fit = self._fits.get(card.name)
-        if fit is None or fit.calls < self.min_calls:
+        if fit is None or fit.calls < self.min_calls or fit.terms is None:
             return None
-        typical_out, upper_out = fit.out.get(task) or fit.out[None]
-        if max_tokens is not None:
-            typical_out, upper_out = min(typical_out, max_tokens), min(upper_out, max_tokens)
-        if fit.coef is not None:
-            a, b, c = fit.coef
-            joules = a + b * input_tokens + c * typical_out
-            upper = (a + b * input_tokens + c * upper_out) * fit.spread
-        elif not card.runs_here:
-            joules = card.energy.joules(input_tokens, round(typical_out))
-            upper = card.energy.joules(input_tokens, math.ceil(upper_out))
-        else:
-            return None  # a local model whose calls were not metered: nothing learned about its joules
-        return EnergyEstimate(joules, max(upper, joules), fit.source)
+        return fit.estimate(task, input_tokens, max_tokens)
 
     def upper_for_card(self, card: ModelCard, card_joules: float) -> float:
         """What to hold for a call the card alone estimates at ``card_joules``."""
@@ -238,6 +246,10 @@ def fit_calls(calls: list[_Call], card: ModelCard, min_calls: int, prior_calls: 
     fit.metered = len(metered)
     if len(metered) >= min_calls:
         fit.coef, fit.spread = _fit_joules(metered, card, prior_calls, quantile)
+        fit.terms = fit.coef
+    elif not card.runs_here:  # a local model whose calls were not metered: nothing learned about its joules
+        e = card.energy
+        fit.terms, fit.whole_tokens = (e.per_call_j, e.per_input_token_j, e.per_output_token_j), True
     fit.source = (f"ledger:{fit.metered} calls" if fit.coef is not None
                   else f"card, answer length from ledger:{fit.calls} calls")
     return fit
