@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from openai.types.chat import ChatCompletion as OpenAIChatCompletion
@@ -402,3 +403,23 @@ def test_close_cancels_the_calls_still_running_after_its_wait_and_says_how_many_
         with pytest.raises(RouterClosedError):
             calls.running()
     assert calls.drain(wait_s=0) == 0
+
+
+def test_close_is_woken_by_the_last_running_call_leaving_and_cancels_nothing():
+    from router._closing import InFlight
+    from router.backends.base import CancelFlag
+
+    calls, cancel, entered = InFlight(), CancelFlag(), threading.Event()
+
+    def call() -> None:
+        with calls.running(cancel):
+            entered.set()
+            while not calls.closing:  # leaves once drain() has begun waiting for it
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert entered.wait(60)
+    assert calls.drain(wait_s=60) == 0 and not cancel.is_set()
+    assert calls._idle.is_set()  # set by the call as it left, which is what woke drain() (it sets it only when idle)
+    thread.join(60)
