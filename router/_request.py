@@ -89,7 +89,7 @@ _MAX_REQUEST_ID = 128
 class CheckedRequest:
     """A request whose parameters and messages passed the checks, before classification. Read-only by convention,
     not frozen: one is made per request, and a frozen dataclass's ``__init__`` sets every field through
-    ``object.__setattr__``, about three times the cost of a slotted one for these 19 fields."""
+    ``object.__setattr__``, about three times the cost of a slotted one for these 20 fields."""
 
     messages: list[ChatMessage]
     text: str
@@ -107,7 +107,9 @@ class CheckedRequest:
     cancel: threading.Event | None
     options: ModelOptions = NO_OPTIONS
     chars: int = 0
-    """The prompt's characters, every message's (:func:`prompt_chars`)."""
+    """The prompt's characters, every message's text and tool-call arguments (:func:`validate_messages`)."""
+    turns: int = 0
+    """The user and assistant turns (:func:`context_floor`)."""
     request_id_given: bool = False
     """The caller chose ``request_id`` (the router made it otherwise)."""
     max_tokens_param: str = "max_tokens"
@@ -314,9 +316,11 @@ def _is_token_id(key: Any) -> bool:
     return isinstance(key, str) and 0 < len(key) <= 10 and key.isascii() and key.isdigit()
 
 
-def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage], int]:
-    """Check the OpenAI ``messages`` list and say exactly what to fix; returns the messages and the prompt's
-    characters (:func:`prompt_chars`), which the decision reads too."""
+def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage], int, str, int]:
+    """Check the OpenAI ``messages`` list and say exactly what to fix. Returns ``(messages, chars, question,
+    turns)``: the messages; the prompt's characters (every message's text and tool-call arguments); the question,
+    what the classifier reads (the last user message: the question being asked now); and the user and assistant
+    turns (:func:`context_floor` counts a token for each). One pass over the messages finds all three."""
     # a JSON array is a list, known without asking the Sequence ABC (a Python-level check)
     is_sequence = type(messages) is list or (isinstance(messages, Sequence) and not isinstance(messages, str | bytes))
     if messages is None or (is_sequence and len(messages) == 0):
@@ -325,24 +329,29 @@ def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage],
     if not is_sequence:
         raise BadRequestError("`messages` must be a list of {'role', 'content'} objects", param="messages")
     out = [_message(i, raw) for i, raw in enumerate(messages)]
-    total = prompt_chars(out)
-    if not _has_user_text(out):
+    chars = turns = 0
+    question = ""
+    user_text = False  # some user message has text besides whitespace
+    for m in out:
+        text = m.text
+        chars += len(text)
+        if m.tool_calls:  # most messages call no tools
+            chars += sum(len(c["function"]["arguments"]) for c in m.tool_calls)
+        if m.role == "user":
+            turns += 1
+            question = text
+            user_text = user_text or text.strip() != ""
+        elif m.role == "assistant":
+            turns += 1
+    if not user_text:
         raise BadRequestError("`messages` has no user message with text: add {'role': 'user', 'content': ...}",
                               param="messages")
-    if total > max_chars:
+    if chars > max_chars:
         raise BadRequestError(
-            f"the prompt is {total:,} characters; this router accepts at most {max_chars:,}",
+            f"the prompt is {chars:,} characters; this router accepts at most {max_chars:,}",
             param="messages", code="prompt_too_large",
         )
-    return out, total
-
-
-def _has_user_text(messages: list[ChatMessage]) -> bool:
-    # a loop, not any() over a generator: creating the generator costs more than the test
-    for m in messages:  # noqa: SIM110
-        if m.role == "user" and m.text.strip():
-            return True
-    return False
+    return out, chars, question, turns
 
 
 def has_tool_history(messages: list[ChatMessage]) -> bool:
@@ -405,35 +414,13 @@ CHARS_PER_TOKEN_AT_MOST = 32
 whitespace; English averages 4-5 characters, a word repeated hundreds of times 14 with SmolLM2's)."""
 
 
-def prompt_chars(messages: list[ChatMessage]) -> int:
-    """The characters a model reads: every message's text and tool-call arguments."""
-    chars = 0
-    for m in messages:  # a loop, not sum() over generators: most messages call no tools
-        chars += len(m.text)
-        if m.tool_calls:
-            chars += sum(len(c["function"]["arguments"]) for c in m.tool_calls)
-    return chars
-
-
-def context_floor(messages: list[ChatMessage], chars: int, max_tokens: int | None) -> int:
+def context_floor(chars: int, turns: int, max_tokens: int | None) -> int:
     """The fewest tokens a request can take in any model's context: the prompt's characters at the densest
-    tokenization, a token for each turn's role, and ``max_tokens``. A model with less is surely too small; one
-    with more is counted exactly by its backend, so a prompt that fits is never refused on an estimate (and a huge
-    one is refused before any tokenizer runs: thousands of short turns take seconds to tokenize)."""
-    turns = 0
-    for m in messages:
-        if m.role in ("user", "assistant"):
-            turns += 1
+    tokenization, a token for each turn's role (user and assistant turns: :func:`validate_messages` counts them),
+    and ``max_tokens``. A model with less is surely too small; one with more is counted exactly by its backend, so
+    a prompt that fits is never refused on an estimate (and a huge one is refused before any tokenizer runs:
+    thousands of short turns take seconds to tokenize)."""
     return chars // CHARS_PER_TOKEN_AT_MOST + turns + (max_tokens or 0)
-
-
-def request_text(messages: list[ChatMessage]) -> str:
-    """What the classifier reads: the last user message (the question being asked now; :func:`validate_messages`
-    makes sure there is one)."""
-    for m in reversed(messages):
-        if m.role == "user":
-            return m.text
-    raise ValueError("no user message: validate_messages refuses such a request")
 
 
 def split_model(model: str | None) -> tuple[str | None, str | None]:

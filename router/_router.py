@@ -38,7 +38,6 @@ from ._request import (
     check_params,
     context_floor,
     has_tool_history,
-    request_text,
     sdk_arguments,
     split_model,
     validate_messages,
@@ -374,7 +373,7 @@ class Router:
             params = sdk_arguments(dict(params))
         try:
             p = check_params(**params)
-            msgs, chars = validate_messages(messages, self.config.max_prompt_chars)
+            msgs, chars, question, turns = validate_messages(messages, self.config.max_prompt_chars)
         except RecursionError:
             raise BadRequestError("the request is nested too deeply", param="messages") from None
         pinned_name, policy_from_model = split_model(p["model"])
@@ -383,10 +382,10 @@ class Router:
         if len(msgs) > 1 and has_tool_history(msgs):  # a tool call needs an assistant turn after a user's
             options = dataclasses.replace(options, tool_history=True)
         return CheckedRequest(
-            messages=msgs, text=request_text(msgs), pinned_name=pinned, policy=p["policy"] or policy_from_model,
+            messages=msgs, text=question, pinned_name=pinned, policy=p["policy"] or policy_from_model,
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
-            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars,
+            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars, turns=turns,
             request_id_given=params.get("request_id") is not None, max_tokens_param=p["max_tokens_param"],
         )
 
@@ -423,7 +422,7 @@ class Router:
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,
                                   max_tokens=req.max_tokens, max_tokens_param=req.max_tokens_param,
-                                  context_tokens_floor=context_floor(req.messages, req.chars, req.max_tokens),
+                                  context_tokens_floor=context_floor(req.chars, req.turns, req.max_tokens),
                                   energy_estimates={n: (e.joules, e.source) for n, e in learned.items()}
                                   if learned else None,
                                   grid_g_per_kwh=self._grid_now(),

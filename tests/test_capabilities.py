@@ -181,14 +181,14 @@ def test_parameter_rules() -> None:
 
 
 def test_tool_history_messages() -> None:
-    msgs, _ = validate_messages([
+    msgs = validate_messages([
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "sunny"}]},
         {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{}"}},
         {"role": "function", "name": "get_weather", "content": "rain"},
-    ], 10_000)
+    ], 10_000)[0]
     assert msgs[1].content is None and msgs[1].tool_calls[0]["function"]["arguments"] == '{"city": "Paris"}'
     assert msgs[2].tool_call_id == "c1" and msgs[2].content == "sunny"
     assert msgs[3].tool_calls[0]["id"] == msgs[4].tool_call_id and msgs[4].role == "tool"  # legacy, paired by name
