@@ -127,6 +127,10 @@ class OpenAIHTTPBackend(Backend):
         if not isinstance(spec, OpenAIBackendSpec):
             raise ConfigError(f"{card.path}: backend.type must be 'openai' for {type(self).__name__}")
         self.spec = spec
+        self._reasoning = card.can("reasoning")
+        # reasoning models take the newer name for the answer's token limit (their limit counts the reasoning
+        # tokens too)
+        self._limit_field = "max_completion_tokens" if self._reasoning else "max_tokens"
         headers = {"Content-Type": "application/json"}
         if spec.api_key_env:
             key = os.environ.get(spec.api_key_env)
@@ -156,9 +160,7 @@ class OpenAIHTTPBackend(Backend):
             "messages": [m.openai() for m in request.messages],
             "stream": stream,
         }
-        # reasoning models take the newer name (their limit counts the reasoning tokens too)
-        limit = "max_completion_tokens" if self.card.can("reasoning") else "max_tokens"
-        body[limit] = request.max_tokens or self.spec.default_max_tokens
+        body[self._limit_field] = request.max_tokens or self.spec.default_max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.stop:
@@ -167,7 +169,7 @@ class OpenAIHTTPBackend(Backend):
             body["stream_options"] = {"include_usage": True}
         options = request.options
         if not options.plain or options.passthrough or options.reasoning_effort:
-            body.update(option_fields(options, self.card.can("reasoning")))
+            body.update(option_fields(options, self._reasoning))
         return to_json(body)
 
     # -- failures and time limits -----------------------------------------------------------------------
