@@ -72,6 +72,10 @@ log = logging.getLogger("router")
 T = TypeVar("T")
 
 
+_NONE_COOLING: frozenset[str] = frozenset()
+"""What :meth:`Router.cooling_down` answers while every model can be called."""
+
+
 class Router:
     """Routes chat requests to the smallest adequate model and records the energy of each.
 
@@ -471,9 +475,9 @@ class Router:
         for model, backend in tuple(self._backends.items()):
             if isinstance(backend, CooldownBackend) and backend.consecutive_failures and backend.state == "open":
                 open_breakers.append(model)
+        if not self._start_failures:  # nearly always: then nothing more to copy or build
+            return frozenset(open_breakers) if open_breakers else _NONE_COOLING
         start_failures = tuple(self._start_failures.items())
-        if not start_failures:
-            return frozenset(open_breakers)
         now = time.monotonic()
         return frozenset(open_breakers).union(m for m, (retry_at, _) in start_failures if now < retry_at)
 
