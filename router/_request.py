@@ -286,8 +286,9 @@ def _logprobs(logprobs: Any, top_logprobs: Any) -> int | None:
 
 def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in PASSED_THROUGH & set(params):
-        value = params[name]
+    for name, value in params.items():  # in the caller's order: the upstream body and the first error to report
+        if name not in PASSED_THROUGH:  # must not depend on a set's order, which changes from process to process
+            continue
         if value is None:
             continue
         if name == "seed":

@@ -149,6 +149,15 @@ def test_parameter_rules() -> None:
     opts = p["options"]
     assert dict(opts.passthrough) == {"top_p": 0.5, "seed": 3, "logit_bias": {"42": -100}, "presence_penalty": 0.1}
     assert opts.reasoning_effort == "high" and opts.plain
+    given = {"seed": 1, "top_p": 0.5, "presence_penalty": 0.1, "frequency_penalty": 0.2, "logit_bias": {"7": 1}}
+    for order in (list(given), list(reversed(given))):  # a set's order could match one of the two, never both
+        assert list(check_params(**{k: given[k] for k in order})["options"].passthrough) == order
+    with pytest.raises(BadRequestError) as err:  # two bad ones: the first the caller sent is the one reported
+        check_params(top_p=3, seed="x")
+    assert err.value.param == "top_p"
+    with pytest.raises(BadRequestError) as err:
+        check_params(seed="x", top_p=3)
+    assert err.value.param == "seed"
     for bad, param in (({"audio": {"voice": "alloy"}}, "audio"), ({"modalities": ["text", "audio"]}, "modalities"),
                        ({"web_search_options": {}}, "web_search_options")):
         with pytest.raises(CapabilityError) as err:
