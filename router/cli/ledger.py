@@ -306,7 +306,7 @@ def prune(
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
 ) -> None:
-    """Delete old records now (and their hourly summaries)."""
+    """Delete old records now (and their hourly summaries, and budget counters of windows that ended before)."""
     ledger, config = _opts(ctx, ledger, config)
     cut = parse_when(older_than)
     if cut is None:

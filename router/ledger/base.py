@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from .._ids import new_record_id
 from ..errors import BadRequestError
+from ..policy.schema import budget_window_s
 from .arguments import (
     EARLIEST_TS,
     checked_count,
@@ -479,3 +480,11 @@ def window_start(now: float, window_s: float) -> float:
         raise BadRequestError(f"window_s={shown(window_s)}: a budget window is a positive, finite number of "
                               "seconds", param="window_s")
     return now - (now % window_s)
+
+
+def ended_budget_windows(budgets: Iterable[str], older_than: float) -> list[tuple[str, float]]:
+    """For a prune at ``older_than``: ``(budget, latest window start)`` for each budget whose counters of the
+    windows that start at or before that start have ended by then (so no reservation can read them again). A
+    budget's window is read off its ledger key (``...:3600s``, :meth:`~router.policy.schema.Budget.key`); a key
+    without one (a caller of the ledger API naming its own) keeps its counters."""
+    return [(b, older_than - w) for b in budgets if (w := budget_window_s(b)) is not None]

@@ -52,6 +52,7 @@ from .base import (
     Retention,
     SummaryRow,
     binary_chunks,
+    ended_budget_windows,
     window_start,
 )
 from .errors import guarded, ledger_error, postgres_error
@@ -289,8 +290,9 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
-        """Delete records and their sums older than ``older_than`` in one transaction; the hour straddling the
-        cut-off is summed again from what remains, with the summary table locked against writers meanwhile."""
+        """Delete records and their sums older than ``older_than``, and the budget counters of windows that ended
+        by then, in one transaction; the hour straddling the cut-off is summed again from what remains, with the
+        summary table locked against writers meanwhile."""
         older_than = checked_time("older_than", older_than)
         s, boundary = self.schema, int(math.floor(older_than / 3600) * 3600)
 
@@ -303,6 +305,10 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                 c.execute(f"DELETE FROM {s}.summary_hourly WHERE bucket <= %s", (boundary,))
                 source = f"{s}.records WHERE ts >= %s AND ts < %s"
                 c.execute(ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))
+                old = c.execute(f"SELECT DISTINCT budget FROM {s}.budgets WHERE window_start < %s", (older_than,))
+                with c.cursor() as cur:
+                    cur.executemany(f"DELETE FROM {s}.budgets WHERE budget = %s AND window_start <= %s",
+                                    ended_budget_windows([b for (b,) in old.fetchall()], older_than))
             return int(n)
 
         return self._pool.run(run)

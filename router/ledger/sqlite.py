@@ -45,6 +45,7 @@ from .base import (
     Retention,
     SummaryRow,
     binary_chunks,
+    ended_budget_windows,
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
@@ -288,8 +289,9 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
-        """Delete records (and their hourly summaries, feedback and stored prompts) older than ``older_than``, in one
-        transaction. The hour that straddles the cut-off is re-summarised from the records that remain."""
+        """Delete records (and their hourly summaries, feedback and stored prompts) older than ``older_than``, and
+        the budget counters of windows that ended by then, in one transaction. The hour that straddles the cut-off
+        is re-summarised from the records that remain."""
         older_than = checked_time("older_than", older_than)
         boundary = int(older_than) - int(older_than) % 3600
         with self._lock, self._write_transaction():
@@ -298,6 +300,9 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
                 self._conn.execute(sql, (older_than,))
             self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
             self._conn.execute(summarise_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
+            old = self._conn.execute("SELECT DISTINCT budget FROM budgets WHERE window_start < ?", (older_than,))
+            self._conn.executemany("DELETE FROM budgets WHERE budget = ? AND window_start <= ?",
+                                   ended_budget_windows([b for (b,) in old.fetchall()], older_than))
         return int(n)
 
     # -- records ----------------------------------------------------------------------------------------

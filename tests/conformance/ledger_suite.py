@@ -576,6 +576,20 @@ def check_prune(open_store: OpenStore) -> None:
     assert led.prune(cut) == 0
 
 
+def check_prune_takes_ended_budget_windows(open_store: OpenStore) -> None:
+    """A budget counter whose window ended before the cut-off goes with a prune (Redis: it has expired by then); the
+    current window's counters stay."""
+    led = open_store("prune_budgets")
+    ended = led.try_reserve("model:a:1s", 1.0, 10.0, 1.0)
+    day = led.try_reserve("key:k1:tier:large:86400s", 2.0, 10.0, 86400)
+    assert ended is not None and day is not None
+    time.sleep(2.1)  # past the 1 s window, and past Redis's expiry of it (two windows)
+    cut = time.time()
+    led.prune(cut)
+    assert led.budget_keys(0.0) == ["key:k1:tier:large:86400s"]
+    assert led.budget_used("key:k1:tier:large:86400s", 86400) == 2.0
+
+
 def check_retention_setting(open_store: OpenStore) -> None:
     """The stored retention setting round-trips; a value that is not a number of days in (0, a century] is refused
     with a ConfigError and leaves the setting as it was (a NaN once stored made every later open fail)."""
@@ -754,6 +768,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_window_rollover,
     check_budget_keys,
     check_prune,
+    check_prune_takes_ended_budget_windows,
     check_retention_setting,
     check_record_ids_make_writes_idempotent,
     check_schema_version_is_current,
