@@ -247,8 +247,8 @@ def fit_calls(calls: list[_Call], card: ModelCard, min_calls: int, prior_calls: 
     if len(metered) >= min_calls:
         fit.coef, fit.spread = _fit_joules(metered, card, prior_calls, quantile)
         fit.terms = fit.coef
-    elif not card.runs_here:  # a local model whose calls were not metered: nothing learned about its joules
-        e = card.energy
+    elif not card.runs_here:  # a remote model: its card's token profile is its joules, at the learned lengths
+        e = card.energy  # (a local model whose calls were not metered keeps no terms: nothing learned of its joules)
         fit.terms, fit.whole_tokens = (e.per_call_j, e.per_input_token_j, e.per_output_token_j), True
     fit.source = (f"ledger:{fit.metered} calls" if fit.coef is not None
                   else f"card, answer length from ledger:{fit.calls} calls")
