@@ -169,7 +169,7 @@ class Attempts:
         card = backend.card
         prompt_tokens = backend.prompt_tokens(self.prepared.messages, self.prepared.options)
         wanted = self.prepared.max_tokens or 0
-        if prompt_tokens <= card.context_length and prompt_tokens + wanted <= card.context_length:
+        if prompt_tokens + wanted <= card.context_length:  # ``wanted`` is never negative: the prompt fits too
             return  # fits (most requests): no message to build
         tools = self.prepared.options.tools is not None
         prompt = "the prompt with the tools offered is" if tools else "the prompt is"
