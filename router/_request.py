@@ -286,8 +286,10 @@ def _logprobs(logprobs: Any, top_logprobs: Any) -> int | None:
 
 def _passthrough(params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, value in params.items():  # in the caller's order: the upstream body and the first error to report
-        if name not in PASSED_THROUGH:  # must not depend on a set's order, which changes from process to process
+    # in the caller's order, not a set's (which changes from process to process): the upstream body and the first
+    # error reported are the same on every run
+    for name, value in params.items():
+        if name not in PASSED_THROUGH:
             continue
         if value is None:
             continue

@@ -483,8 +483,9 @@ def window_start(now: float, window_s: float) -> float:
 
 
 def ended_budget_windows(budgets: Iterable[str], older_than: float) -> list[tuple[str, float]]:
-    """For a prune at ``older_than``: ``(budget, latest window start)`` for each budget whose counters of the
-    windows that start at or before that start have ended by then (so no reservation can read them again). A
-    budget's window is read off its ledger key (``...:3600s``, :meth:`~router.policy.schema.Budget.key`); a key
-    without one (a caller of the ledger API naming its own) keeps its counters."""
+    """What a prune at ``older_than`` deletes of the budget counters: ``(budget, start)`` pairs, each meaning the
+    counters of that budget whose window starts at or before ``start``. Those windows ended by ``older_than`` (start
+    + window <= cut-off), so no reservation reads them again. A budget's window is read off its ledger key
+    (``...:3600s``, :meth:`~router.policy.schema.Budget.key`); a key without one (a caller of the ledger API naming
+    its own) keeps its counters."""
     return [(b, older_than - w) for b in budgets if (w := budget_window_s(b)) is not None]
