@@ -222,6 +222,24 @@ def test_a_slow_body_is_a_408(served: Served) -> None:
     assert time.monotonic() - started < 3
 
 
+def test_a_body_still_coming_after_an_early_413_gets_no_second_answer(served: Served) -> None:
+    sock = _connect(served.url)
+    sock.settimeout(5)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000000000\r\n\r\n{")
+    reply = b""
+    with contextlib.suppress(OSError):
+        for _ in range(10):  # keeps sending past the 1 s body deadline, as a client that ignores the 413 would
+            time.sleep(0.2)
+            sock.sendall(b" ")
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(4096):
+            reply += chunk
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 413"), reply
+    assert reply.count(b"HTTP/1.1 ") == 1, reply  # the deadline closes the connection without a 408 after it
+
+
 # -- structured output from remote models ------------------------------------------------------------------------
 def test_a_remote_answer_that_is_not_json_moves_on_to_the_next_capable_model(served: Served) -> None:
     r = served.post({"model": "remote-echo", "messages": user("hi"), "response_format": {"type": "json_object"}})

@@ -152,9 +152,11 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             self._read_timer = self.loop.call_later(limit, self._too_slow, self._phase == 2)
 
     def _too_slow(self, body: bool) -> None:
-        """Headers too slow: close. A body too slow: no response has begun (the app is still reading), so a 408
-        can go out first; the app then sees the client gone."""
+        """Headers too slow: close. A body too slow: a 408 goes out first unless the app has already answered (an
+        early 413 for a declared oversize body, which a client may go on sending); the app then sees the client
+        gone."""
         self._read_timer = None
-        if body and not self.transport.is_closing():
+        answered = self.cycle is not None and self.cycle.response_started
+        if body and not answered and not self.transport.is_closing():
             self.transport.write(_timeout_response())
         self.transport.close()
