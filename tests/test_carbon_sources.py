@@ -136,6 +136,11 @@ def test_zone_per_card_and_pue_only_on_this_hosts_joules(tmp_path: Path) -> None
     assert grid.carbon_of(local, 3.6e6) == (pytest.approx(300.0), 200.0, "US-CAL")
     assert grid.carbon_of(hosted, 3.6e6) == (pytest.approx(50.0), 50.0, "EU"), "a hosted card's joules include its PUE"
     assert grid.zone_of(hosted.model_copy(update={"zone": "US-TEX"})) == "US-TEX"
+    # each card's zone is worked out once: a card made anew with another zone is placed anew, the first one stays
+    moved = hosted.model_copy(update={"zone": "US-CAL"})
+    assert grid.carbon_of(moved, 3.6e6) == (pytest.approx(200.0), 200.0, "US-CAL")
+    assert grid.carbon_of(hosted, 3.6e6) == (pytest.approx(50.0), 50.0, "EU")
+    assert grid.carbon_of(local, 3.6e6) == (pytest.approx(300.0), 200.0, "US-CAL")
     assert grid.intensity("nowhere").g_per_kwh == 475.0, "an unlisted zone: the static grid_g_per_kwh"
     clock = tmp_path / "clock"
     clock.write_text("1656633600")

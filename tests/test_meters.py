@@ -169,6 +169,20 @@ def test_token_profile_estimate() -> None:
     assert "published" in r.detail
 
 
+def test_token_profile_estimate_follows_a_new_profile() -> None:
+    # a profile's figures are read once per profile object: a card made anew (another profile) is read anew
+    profile = EnergyProfile(per_call_j=2.0, per_input_token_j=0.01, per_output_token_j=0.3, source="published",
+                            citation="x")
+    first = estimate_from_profile(profile, 100, 20)
+    again = estimate_from_profile(profile, 100, 20)
+    assert (again.joules, again.detail) == (first.joules, first.detail)
+    changed = profile.model_copy(update={"per_call_j": 5.0, "per_output_token_j": 0.5, "source": "measured"})
+    r = estimate_from_profile(changed, 100, 20)
+    assert r.joules == changed.joules(100, 20) == pytest.approx(5.0 + 1.0 + 10.0)
+    assert r.detail == ("card profile (measured): 5.0 J/call + 0.01 J/in-token x 100 + 0.5 J/out-token x 20")
+    assert estimate_from_profile(profile, 100, 20).joules == profile.joules(100, 20)
+
+
 def test_sum_meter_is_estimated_if_any_part_is(powercap: PowercapTree) -> None:
     meter = SumMeter([RaplMeter(powercap.root, attribute_by_cpu_share=False), CpuTimeMeter()])
     span = meter.start()

@@ -77,6 +77,10 @@ class Grid:
         self.default = StaticIntensity(default_g_per_kwh, "static:grid_g_per_kwh")
         self.pue = pue
         self.clock: Clock = clock or time.time
+        self._placed: dict[int, tuple[ModelCard, str, float]] = {}
+        """``(card, zone, overhead)`` by card (by identity; cards are not edited once loaded, and the entry holds the
+        card so that its id is not reused): read for every ledger record, where ``runs_here`` (a property over
+        pydantic fields) was most of the cost."""
 
     @classmethod
     def from_settings(cls, settings: CarbonSettings, default_g_per_kwh: float) -> Grid:
@@ -98,10 +102,14 @@ class Grid:
 
     def carbon_of(self, card: ModelCard, joules: float, at: float | None = None) -> tuple[float, float, str]:
         """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` (PUE applied to local models only)."""
-        zone = self.zone_of(card)
+        placed = self._placed.get(id(card))
+        if placed is None:
+            if len(self._placed) >= 256:  # a Router's few cards; cards built per call (tests) must not grow it
+                self._placed.clear()
+            overhead = self.pue if self.pue != 1.0 and card.runs_here else 1.0
+            placed = self._placed[id(card)] = (card, self.zone_of(card), overhead)
+        _, zone, overhead = placed
         g = self.intensity(zone, at).g_per_kwh
-        # ``runs_here`` is computed on every read of the card: not worth reading when there is no PUE to apply
-        overhead = self.pue if self.pue != 1.0 and card.runs_here else 1.0
         return joules / J_PER_KWH * g * overhead, g, zone
 
     def grams_per_joule(self, card: ModelCard, at: float | None = None) -> float:

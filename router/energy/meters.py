@@ -8,7 +8,6 @@ Every meter here is cheap enough to wrap each request (``benchmarks/bench_meters
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from dataclasses import dataclass
@@ -263,23 +262,46 @@ class SumMeter(Meter):
 
 def estimate_from_profile(profile: EnergyProfile, input_tokens: int, output_tokens: int) -> EnergyReading:
     """Remote models: joules from the card's per-token profile (and the profile's own source)."""
-    per_call, per_in, per_out = _profile_terms(profile.source, profile.per_call_j, profile.per_input_token_j,
-                                               profile.per_output_token_j)
+    terms = _profile_terms(profile)
     return EnergyReading(
-        profile.joules(input_tokens, output_tokens),
+        # EnergyProfile.joules, on the figures read once
+        terms.per_call_j + terms.per_input_token_j * input_tokens + terms.per_output_token_j * output_tokens,
         "estimated",
         "token-profile",
-        f"{per_call}{per_in} x {input_tokens} + {per_out} x {output_tokens}",
+        f"{terms.head}{terms.per_in} x {input_tokens} + {terms.per_out} x {output_tokens}",
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _profile_terms(source: str, per_call_j: float, per_input_token_j: float,
-                   per_output_token_j: float) -> tuple[str, str, str]:
-    """The constant parts of a profile estimate's detail, formatted once per profile: every remote answer
-    builds a detail, and formatting these three floats would be most of its cost."""
-    return (f"card profile ({source}): {per_call_j} J/call + ", f"{per_input_token_j} J/in-token",
-            f"{per_output_token_j} J/out-token")
+@dataclass(frozen=True, slots=True)
+class _ProfileTerms:
+    """What an estimate reads of one profile: its three figures, and the constant parts of the reading's detail."""
+
+    profile: EnergyProfile
+    """Held so that the profile's id is not reused by another object while its entry lives."""
+    per_call_j: float
+    per_input_token_j: float
+    per_output_token_j: float
+    head: str
+    per_in: str
+    per_out: str
+
+
+_PROFILE_TERMS: dict[int, _ProfileTerms] = {}
+"""Terms by profile (by identity; profiles, as cards, are not edited once loaded, and a card made anew has a new
+profile object). Every remote answer is estimated: reading a card's fields (pydantic attributes, several times
+slower than a plain object's) and formatting its floats were most of an estimate's cost."""
+
+
+def _profile_terms(profile: EnergyProfile) -> _ProfileTerms:
+    found = _PROFILE_TERMS.get(id(profile))
+    if found is None:
+        if len(_PROFILE_TERMS) >= 256:  # one entry per card; many Routers (tests) must not grow it
+            _PROFILE_TERMS.clear()
+        found = _PROFILE_TERMS[id(profile)] = _ProfileTerms(
+            profile, profile.per_call_j, profile.per_input_token_j, profile.per_output_token_j,
+            f"card profile ({profile.source}): {profile.per_call_j} J/call + ",
+            f"{profile.per_input_token_j} J/in-token", f"{profile.per_output_token_j} J/out-token")
+    return found
 
 
 def host_meter(choice: str = "auto", cpu_model: CpuPowerModel | None = None) -> Meter:
