@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -282,3 +282,114 @@ def test_the_proxy_starts_when_the_ledger_cannot_list_its_budgets(tmp_path: Path
         assert "could not read the budgets in use" in caplog.text
     finally:
         router.close()
+
+
+class _RouterStub:
+    """TEST DOUBLE: what :class:`ProxyMetrics` reads of a Router: configured keys, and at scrape time no
+    backends, no cooldowns and no budgets."""
+
+    keys = {"a-key": None}
+    engine = None
+    ledger = None
+
+    def cooling_down(self) -> frozenset[str]:
+        return frozenset()
+
+    def loaded_backends(self) -> dict[str, object]:
+        return {}
+
+
+def _record(model: str, tier: str, energy_j: float, outcome: str = "ok", key_hash: str | None = "kh") -> LedgerRecord:
+    return LedgerRecord(request_id="r", model=model, tier=tier, energy_j=energy_j, energy_source="estimated",
+                        outcome=outcome, key_hash=key_hash)  # type: ignore[arg-type]
+
+
+def test_metrics_render_as_prometheus_client_counters_and_histograms_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counts ProxyMetrics keeps itself are written as prometheus-client's own ``Counter`` and ``Histogram``
+    write the same observations: samples, bucket bounds (a value on a bound counts in it), ``+Inf``, ``_sum``,
+    ``_count``, and ``_created`` (time.time counts its calls here, so both stamp alike when they stamp in the same
+    order: each series when first counted, each histogram when made)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from router.errors import BackendError, CancelledError, UnknownModelError
+    from router.proxy.metrics import ProxyMetrics, failure_outcome
+
+    def clock_counting_calls() -> Callable[[], float]:
+        calls = iter(range(1, 1_000_000))
+        return lambda: 1_700_000_000 + 0.25 * next(calls)
+
+    failures = (BackendError("down"), CancelledError("gone"), UnknownModelError("who"))
+    seconds = [0.0, 0.0001, 0.00012, 0.001, 0.05, 0.1, 1, 1.5, 60, 61.0, 1e6]
+    monkeypatch.setattr(time, "time", clock_counting_calls())
+    ours = ProxyMetrics(_RouterStub())  # type: ignore[arg-type]
+    for i, s in enumerate(seconds):
+        ours.observe_prepared(s * 1000, ())
+        ours.observe_answered("small", "s", "kh" if i % 2 else None, s)
+        ours.observe_record(_record("small", "s", 0.5 * i, "error" if i % 3 == 0 else "ok"))
+        ours.observe_failed_request(failures[i % 3], None, None, "kh")
+
+    monkeypatch.setattr(time, "time", clock_counting_calls())
+    registry = CollectorRegistry()
+    requests, joules, errors, failed = (
+        Counter(c.name, c.documentation, c.labelnames, registry=registry)
+        for c in (ours.requests, ours.joules, ours.errors, ours.failed_attempts))
+    decision, latency = (Histogram(h.name, h.documentation, buckets=h.upper_bounds, registry=registry)
+                         for h in (ours.decision, ours.latency))
+    for i, s in enumerate(seconds):
+        decision.observe(s * 1000 / 1000)
+        requests.labels("small", "s", "kh" if i % 2 else "-", "ok").inc()
+        latency.observe(s)
+        if i:  # no joules, no series
+            joules.labels("small", "s", "kh").inc(0.5 * i)
+        if i % 3 == 0:
+            failed.labels("small").inc()
+        exc = failures[i % 3]
+        requests.labels("-", "-", "kh", failure_outcome(exc)).inc()
+        errors.labels(exc.code or exc.error_type, str(exc.http_status)).inc()
+
+    expected = generate_latest(registry).decode()
+    assert ours.render().decode().startswith(expected)
+    assert 'router_request_seconds_bucket{le="+Inf"} 11.0' in expected and "_created" in expected
+
+
+def test_metrics_lose_no_count_to_threads_counting_at_once() -> None:
+    """The event loop, batch-line threads and ledger-writing threads count into one ProxyMetrics: no increment
+    may be lost between them (threads switch every microsecond here, so a count without the lock would be)."""
+    import sys
+    import threading
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from router.proxy.metrics import ProxyMetrics
+
+    metrics = ProxyMetrics(_RouterStub())  # type: ignore[arg-type]
+    threads, each = 8, 3000
+    start = threading.Barrier(threads)
+
+    def count() -> None:
+        start.wait()
+        for _ in range(each):
+            metrics.observe_answered("small", "s", "kh", 0.003)
+            metrics.observe_record(_record("small", "s", 1.0))
+            metrics.observe_prepared(0.2, ())
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=count) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(interval)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics.render().decode()) for s in family.samples}
+    total = threads * each
+    assert samples["router_requests_total", (("key", "kh"), ("model", "small"), ("outcome", "ok"),
+                                             ("tier", "s"))] == total
+    assert samples["router_energy_joules_total", (("key", "kh"), ("model", "small"), ("tier", "s"))] == total
+    assert samples["router_request_seconds_count", ()] == total
+    assert samples["router_request_seconds_bucket", (("le", "0.005"),)] == total
+    assert samples["router_decision_seconds_count", ()] == total

@@ -181,10 +181,9 @@ class ChatHandler:
         data = to_json(completion)
         r = completion["routing"]
         model, tier, reason, energy_j = r["model"], r["tier"], r["reason"], r["energy_j"]
-        self.metrics.observe_request(model, tier, key_label, "ok")
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
                    (b"x-request-id", request_id.encode("latin-1")), *routing_header_list(model, tier, reason, energy_j)]
-        self.metrics.observe_latency(time.perf_counter() - t0)
+        self.metrics.observe_answered(model, tier, key_label, time.perf_counter() - t0)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 

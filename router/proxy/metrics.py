@@ -1,25 +1,33 @@
 """Prometheus metrics for the proxy, in a registry of its own (one per app, so tests can build many apps).
 
-Per request the hot path does one dict lookup for the labelled children it needs (cached here by label values,
-which skips prometheus-client's per-call label validation) and a few locked float adds. Joules and failed calls
-are counted from the ledger records the Router writes (:meth:`ProxyMetrics.observe_record`), so failed,
-cancelled and escalated calls count as the ledger counts them. Budget and cooldown figures are read when
-``/metrics`` is scraped, not per request.
+Per request the hot path takes one lock and does a few dict and list updates: the counts live in plain structures
+here (:class:`_Counter`, :class:`_Histogram`) rather than in prometheus-client's metric objects, whose label lookup,
+per-value lock and bucket loop cost several times more per request. They are exported through a custom collector
+(:meth:`ProxyMetrics.collect`, prometheus-client's documented way for values kept elsewhere), so prometheus-client
+still writes ``/metrics``, and writes the same text its own ``Counter`` and ``Histogram`` would: the same samples,
+``_created`` stamps included. Joules and failed calls are counted from the ledger records the Router writes
+(:meth:`ProxyMetrics.observe_record`), so failed, cancelled and escalated calls count as the ledger counts them.
+Budget and cooldown figures are read when ``/metrics`` is scraped, not per request.
 With ``--workers N`` each worker process keeps its own counters; scrape each worker or sum per instance.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+import prometheus_client.metrics
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from ..errors import BudgetExhaustedError, RouterError
 from ..ledger.base import window_start
@@ -35,43 +43,59 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("router.proxy")
 
 
-class ProxyMetrics:
+class ProxyMetrics(Collector):
     def __init__(self, router: Router) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = _Counter(
             "router_requests", "Chat completion requests, each counted once by its outcome (ok, cancelled, rejected: "
             "a 4xx, error: a 5xx), by model (the one that answered, else the one decided, else -), tier, key hash",
-            ["model", "tier", "key", "outcome"], registry=self.registry,
+            ("model", "tier", "key", "outcome"),
         )
-        self.joules = Counter(
+        self.joules = _Counter(
             "router_energy_joules", "Joules of every model call the ledger records (answered, failed, cancelled or "
-            "escalated), by model, tier and key hash", ["model", "tier", "key"], registry=self.registry,
+            "escalated), by model, tier and key hash", ("model", "tier", "key"),
         )
-        self.errors = Counter(
-            "router_errors", "Requests that ended in an error, by error type and HTTP status",
-            ["type", "status"], registry=self.registry,
+        self.errors = _Counter(
+            "router_errors", "Requests that ended in an error, by error type and HTTP status", ("type", "status"),
         )
-        self.failed_attempts = Counter(
+        self.failed_attempts = _Counter(
             "router_backend_failures", "Model calls the ledger records as failed (`error`), whether or not a "
-            "fallback answered", ["model"], registry=self.registry,
+            "fallback answered", ("model",),
         )
-        self.decision = Histogram(
+        self.decision = _Histogram(
             "router_decision_seconds", "Time to classify a request and decide its model",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
-            registry=self.registry,
+            (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
-        self.latency = Histogram(
+        self.latency = _Histogram(
             "router_request_seconds", "Time from request received to response (or stream) complete",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-            registry=self.registry,
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        # the event loop, batch-line threads and threads writing ledger records all count, and a scrape reads:
+        # one lock for every count, as ``+=`` on a dict or list item is not atomic between threads
+        self._lock = threading.Lock()
+        self.registry.register(self)
         self.budgets_seen = SeenBudgets()
         self.registry.register(_StateCollector(router, self))
         self._keyed = bool(router.keys)  # a key label only for configured keys, as the chat route labels requests
-        self._request_children: dict[tuple[str, str, str, str], Any] = {}
-        self._joule_children: dict[tuple[str, str, str], Any] = {}
-        self.observe_decision = self.decision.observe
-        self.observe_latency = self.latency.observe
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The counters and histograms as prometheus-client's own would export them, from copies taken under the
+        lock (so a scrape holds up the counting only for those copies)."""
+        with self._lock:
+            metrics = [metric.copy() for metric in (self.requests, self.joules, self.errors, self.failed_attempts,
+                                                    self.decision, self.latency)]
+        # prometheus-client's switch for ``_created`` samples (PROMETHEUS_DISABLE_CREATED_SERIES,
+        # disable_created_metrics()), read per scrape as its own metrics read it
+        with_created = getattr(prometheus_client.metrics, "_use_created", True)
+        for metric in metrics:
+            yield metric.family(with_created)
+
+    def observe_latency(self, seconds: float) -> None:
+        with self._lock:
+            self.latency.observe(seconds)
 
     def seed_budgets_seen(self, router: Router) -> None:
         """At start, mark as seen the per-key budgets of the policies (``scope: per_key``, whose keys no policy
@@ -97,7 +121,8 @@ class ProxyMetrics:
     def observe_prepared(self, decision_ms: float, budgets: Iterable[str]) -> None:
         """A decided request (a chat request or a batch line): its decision time, and the budgets it met (the
         dashboard lists them)."""
-        self.observe_decision(decision_ms / 1000)
+        with self._lock:
+            self.decision.observe(decision_ms / 1000)
         if budgets:
             self.budgets_seen.add(budgets)
 
@@ -105,25 +130,26 @@ class ProxyMetrics:
         """A chat request's end: answered (``ok``), given up by its client (``cancelled``) or failed
         (:func:`failure_outcome`); ``model`` and ``tier`` are None when it ended before a model was decided."""
         labels = (model or "-", tier or "-", key or "-", outcome)
-        child = self._request_children.get(labels)
-        if child is None:
-            child = self.requests.labels(*labels)
-            if len(self._request_children) < 10_000:  # label sets are bounded by models x keys; stay so
-                self._request_children[labels] = child
-        child.inc()
+        with self._lock:
+            self.requests.inc(labels)
+
+    def observe_answered(self, model: str | None, tier: str | None, key: str | None, seconds: float) -> None:
+        """A chat request answered in full (``ok``) in ``seconds``: :meth:`observe_request` and
+        :meth:`observe_latency` under one hold of the lock, as the chat route's answer counts both at once."""
+        labels = (model or "-", tier or "-", key or "-", "ok")
+        with self._lock:
+            self.requests.inc(labels)
+            self.latency.observe(seconds)
 
     def observe_record(self, rec: LedgerRecord) -> None:
         """A ledger record the Router wrote (its ``record_observer``): its joules, and a failed call."""
         if rec.energy_j:
             labels = (rec.model, rec.tier, (rec.key_hash if self._keyed else None) or "-")
-            child = self._joule_children.get(labels)
-            if child is None:
-                child = self.joules.labels(*labels)
-                if len(self._joule_children) < 10_000:
-                    self._joule_children[labels] = child
-            child.inc(rec.energy_j)
+            with self._lock:
+                self.joules.inc(labels, rec.energy_j)
         if rec.outcome == "error":
-            self.failed_attempts.labels(rec.model).inc()
+            with self._lock:
+                self.failed_attempts.inc((rec.model,))
 
     def observe_failed_request(self, exc: RouterError, model: str | None, tier: str | None,
                                key: str | None) -> None:
@@ -135,10 +161,80 @@ class ProxyMetrics:
             self.budgets_seen.add(exc.budgets)
 
     def observe_error(self, error_type: str, status: int) -> None:
-        self.errors.labels(error_type, str(status)).inc()
+        with self._lock:
+            self.errors.inc((error_type, str(status)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Counter:
+    """A labelled counter's totals by label values, and when each series was first counted (its ``_created``).
+    Its series are as many as the label sets met (models x tiers x keys x outcomes, error types x statuses), as in
+    prometheus-client's ``Counter``. Not locked itself: :class:`ProxyMetrics` holds its lock around every use."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.totals: dict[tuple[str, ...], float] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        total = self.totals.get(labels)
+        if total is None:  # a new series, kept even if the amount is refused, as prometheus-client keeps its child
+            total = self.totals[labels] = 0.0
+            self.created[labels] = time.time()
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.totals[labels] = total + amount
+
+    def copy(self) -> _Counter:
+        copied = copy.copy(self)
+        copied.totals = self.totals.copy()
+        copied.created = self.created.copy()
+        return copied
+
+    def family(self, with_created: bool) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, total in self.totals.items():
+            family.add_metric(labels, total, created=self.created[labels] if with_created else None)
+        return family
+
+
+class _Histogram:
+    """An unlabelled histogram of durations: its count per bucket (not cumulative; found by bisection: a bucket
+    holds the values up to and including its bound; durations are never NaN, which would land in the first), their
+    sum, and when it was made (its ``_created``). Not locked itself: :class:`ProxyMetrics` holds its lock around
+    every use."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.upper_bounds = [*(float(b) for b in buckets), math.inf]
+        self.counts = [0.0] * len(self.upper_bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.upper_bounds, amount)] += 1.0
+        self.sum += amount
+
+    def copy(self) -> _Histogram:
+        copied = copy.copy(self)
+        copied.counts = self.counts.copy()
+        return copied
+
+    def family(self, with_created: bool) -> HistogramMetricFamily:
+        cumulative = 0.0
+        buckets = []
+        for bound, count in zip(self.upper_bounds, self.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family = HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+        if with_created:  # HistogramMetricFamily has no argument for it; prometheus-client's Histogram adds it so
+            family.samples.append(Sample(self.name + "_created", {}, self.created))
+        return family
 
 
 class SeenBudgets:
