@@ -5,11 +5,13 @@ proxy's CPU needs an A/B of many rounds (``ab_proxy.py``) to show. Instructions 
 script runs the measured part under ``valgrind --tool=callgrind`` with collection switched on only around it
 (``callgrind_control``), and prints instructions (Ir) per item, repeatable to ~1 % (``decide``, ``classify``) or
 ~2 % (``request``, whose classification batches vary with timing). What it does not see: system calls' kernel
-time and the server protocol (the ASGI app is driven in-process), so confirm a gain with ``ab_proxy.py``.
+time and the server protocol (the ASGI app is driven in-process; ``server`` counts that protocol alone), so confirm
+a gain with ``ab_proxy.py``.
 
     python benchmarks/bench_instructions.py request [--n 1000]   # whole proxied requests (ASGI app, c=64)
     python benchmarks/bench_instructions.py decide [--n 2000]    # Router._decide on classified requests
     python benchmarks/bench_instructions.py classify [--n 2600]  # classify_batch, batches of 13 texts
+    python benchmarks/bench_instructions.py server [--n 3200]    # router serve's HTTP protocol alone (uvicorn)
 
 The config is ``bench_proxy.py``'s (shipped classifier and policies, one remote card on the instant upstream).
 Needs valgrind (``apt install valgrind``); the numbers are this tree's (its ``router`` is imported).
@@ -144,14 +146,86 @@ def measure_request(n: int, tmp: Path, concurrency: int = 64, warm_up: int = 500
         stop([upstream])
 
 
+def measure_server(n: int, tmp: Path, connections: int = 64) -> None:
+    """What ``measure_request`` leaves out: ``router serve``'s HTTP protocol (uvicorn's httptools protocol with
+    router/proxy/server.py's changes, configured as ``router serve`` configures it) parsing a chat request and
+    writing a JSON answer with the proxy's headers, over ``connections`` keep-alive connections, each request
+    arriving whole. The ASGI app answers at once and the transport only counts its writes, so what is counted is
+    the server's own Python work per request (no routing, no system calls)."""
+    import uvloop
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from router.proxy.server import OneWriteHttpToolsProtocol
+
+    body = json.dumps({"model": "router", "messages": [{"role": "user", "content": questions(1)[0]}],
+                       "max_tokens": 16}).encode()
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    answer = b"x" * 990  # an answer's size; its headers are the ones the chat route sends
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer)),
+               (b"x-request-id", b"chatcmpl-019ad0c4a1b2c3d4e5f6a7b8"), (b"x-router-model", b"remote-echo"),
+               (b"x-router-tier", b"small"), (b"x-router-reason", b"chat task -> remote-echo; predicted 0.12 >= "
+                                                                  b"target 0.11 (95% of remote-echo's 0.12); 2.7 J"),
+               (b"x-router-energy-j", b"1.6")]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    class CountingTransport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = 0
+
+        def write(self, data: Any) -> None:
+            self.writes += 1
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> None:
+        config = Config(app=app, http=OneWriteHttpToolsProtocol, lifespan="off", log_level="warning",
+                        access_log=False, proxy_headers=False, server_header=False, timeout_keep_alive=30)
+        config.load()
+        state = ServerState()
+        peers = []
+        for _ in range(connections):
+            protocol = OneWriteHttpToolsProtocol(config=config, server_state=state, app_state={})
+            transport = CountingTransport()
+            protocol.connection_made(transport)
+            peers.append((protocol, transport))
+
+        async def run(requests: int) -> None:
+            for _ in range(requests // connections):
+                for protocol, _ in peers:
+                    protocol.data_received(request)
+                for _ in range(4):  # the app's task, its answer, the write at the iteration's end
+                    await asyncio.sleep(0)
+
+        await run(10 * connections)
+        with counted():
+            await run(n)
+        written = sum(t.writes for _, t in peers)
+        if written != 10 * connections + n // connections * connections:
+            raise RuntimeError(f"{written} writes: not one per answer")
+
+    uvloop.run(main())
+
+
 PARTS = {"request": (measure_request, 1000, "request"), "decide": (measure_decide, 2000, "decision"),
-         "classify": (measure_classify, 2600, "text")}
+         "classify": (measure_classify, 2600, "text"), "server": (measure_server, 3200, "request")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=sorted(PARTS), help="what to count")
-    ap.add_argument("--n", type=int, help="items counted (default: 1000 requests, 2000 decisions, 2600 texts)")
+    ap.add_argument("--n", type=int, help="items counted (default: 1000 requests, 2000 decisions, 2600 texts, "
+                                          "3200 server requests)")
     args = ap.parse_args()
     measure, default_n, unit = PARTS[args.part]
     n = args.n or default_n
