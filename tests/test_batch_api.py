@@ -202,6 +202,42 @@ def test_kill_9_mid_batch_then_restart_every_line_once(tmp_path: Path) -> None:
             stop(proc)
 
 
+def test_a_batch_cancelled_while_lines_run_ends_cancelled_after_kill_9_and_a_restart(tmp_path: Path) -> None:
+    with upstream(tmp_path) as up:
+        models = models_dir(tmp_path / "models", {"slow": remote_card("slow", up, "sleep:15", tier="large")})
+        cfg = tmp_path / "router.yaml"
+        cfg.write_text(f"ledger_url: sqlite:///{tmp_path}/ledger.sqlite3\nmodels_dir: {models}\n"
+                       "proxy: {warm_up: false}\nbatch: {poll_s: 0.1, lease_s: 1, concurrency: 2}\n")
+        port = free_port()
+        proc = _serve(cfg, tmp_path / "serve.log", port)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any", max_retries=0)
+        try:
+            content = _jsonl(4).replace(b'"deferrable"', b'"slow"')
+            f = client.files.create(file=("slow.jsonl", content), purpose="batch")
+            batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            deadline = time.time() + 30
+            while sqlite3.connect(tmp_path / "batches.sqlite3").execute(
+                    "SELECT COUNT(*) FROM lines WHERE state = 'running'").fetchone()[0] < 2:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            assert client.batches.cancel(batch.id).status == "cancelling"  # two lines are running
+            os.kill(proc.pid, signal.SIGKILL)  # they never end: their worker is gone
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                stop(proc)
+        proc = _serve(cfg, tmp_path / "serve.log", port)
+        try:  # was cancelling for ever: only an expiring batch took over the lines of a dead worker
+            done = _wait(client, batch.id, ("cancelled",), timeout=30)
+            assert done.request_counts.failed == 4 and done.output_file_id is None
+            errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+            assert sorted(x["custom_id"] for x in errors) == [f"doc-{i}" for i in range(4)]
+            assert {x["error"]["code"] for x in errors} == {"batch_cancelled"}
+        finally:
+            stop(proc)
+
+
 # -- a flat grid (the static default): every batch runs at once --------------------------------------------------
 MAX_FILE = 32 * 1024
 TIGHT = "name: tight\naccuracy: {min_accuracy: 0.0}\nbudgets:\n  - model: \"*\"\n    joules: 0.001\n    per: day\n" \

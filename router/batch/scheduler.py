@@ -125,12 +125,12 @@ class BatchScheduler:
         now = self.grid.clock()
         if status == "in_progress" and now >= doc["expires_at"]:
             self.store.fail_pending(batch_id, lambda idx, cid: _never_ran(cid, *_EXPIRED))
-            if running == 0 or self._all_leases_lapsed(batch_id, running):
+            if running == 0 or self._all_leases_lapsed(batch_id, running, _EXPIRED):
                 self._finalize(batch_id, doc, "expired")
             return
         if status == "cancelling":
             self.store.fail_pending(batch_id, lambda idx, cid: _never_ran(cid, *_CANCELLED))
-            if running == 0:
+            if running == 0 or self._all_leases_lapsed(batch_id, running, _CANCELLED):
                 self._finalize(batch_id, doc, "cancelled")
             return
         if status == "finalizing" or (status == "in_progress" and pending == 0 and running == 0):
@@ -159,12 +159,13 @@ class BatchScheduler:
             with self._lock:
                 self._inflight[(batch_id, line.idx)] = self.pool.submit(self._run_line, line, spec)
 
-    def _all_leases_lapsed(self, batch_id: str, running: int) -> bool:
-        """An expired batch with lines whose workers stopped: claim them (lease lapsed) and fail them, so the batch
-        can end; a line still really running keeps its lease and is waited for."""
+    def _all_leases_lapsed(self, batch_id: str, running: int, reason: tuple[str, str]) -> bool:
+        """An expired or cancelled batch with lines whose workers stopped (lines are claimed to run only while a
+        batch is in progress, so no one else takes them): claim them (lease lapsed) and fail them with ``reason``,
+        so the batch can end; a line still really running keeps its lease and is waited for."""
         lapsed = self.store.claim(batch_id, self.owner, running, self.settings.lease_s)
         for line in lapsed:
-            self.store.finish(line, self.owner, "failed", _never_ran(line.custom_id, *_EXPIRED))
+            self.store.finish(line, self.owner, "failed", _never_ran(line.custom_id, *reason))
         return len(lapsed) == running
 
     # -- one line --------------------------------------------------------------------------------------------
