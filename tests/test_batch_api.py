@@ -396,6 +396,15 @@ def test_files_list_pages_orders_and_filters_as_openai_documents(flat: Flat) -> 
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)
 
 
+def test_an_uploaded_file_keeps_its_name(flat: Flat) -> None:
+    client = flat.client()
+    # the SDK sends names as UTF-8 in a quoted string, a backslash escaped: they were read as Latin-1 and cut
+    # at the first ";" ("donnÃ©es.jsonl", "notes")
+    for name in ("données.jsonl", "notes; v2.jsonl", "run\\7.jsonl", "月报.jsonl"):
+        f = client.files.create(file=(name, _jsonl(1)), purpose="batch")
+        assert f.filename == name and client.files.retrieve(f.id).filename == name
+
+
 def test_a_limit_that_is_not_one_integer_is_a_400_naming_limit(flat: Flat) -> None:
     for path in ("/v1/batches", "/v1/files"):
         # "--5" and 5,000 digits were 500s: int() refused what the check let by

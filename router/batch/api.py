@@ -137,6 +137,10 @@ def _int_param(request: Request, name: str, default: int) -> int:
     return int(raw)
 
 
+_DISPOSITION_PARAM = re.compile(r';\s*([^=;\s]+)\s*=\s*(?:("(?:[^"\\]|\\.)*")|([^;]*))')
+"""One ``; key=value`` of a Content-Disposition header: a quoted value may hold ``;`` and backslash escapes."""
+
+
 def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
     """``(fields, files)`` of a ``multipart/form-data`` body (RFC 7578), as the OpenAI SDK and curl send it."""
     kind, _, params = content_type.partition(";")
@@ -159,13 +163,17 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
             raise BadRequestError("a multipart part has no header/body separator")
         if data.endswith(b"\r\n"):
             data = data[:-2]
-        disposition = {}
-        for line in head.decode("latin-1").split("\r\n"):
+        disposition: dict[str, str] = {}
+        try:  # RFC 7578: a file name is sent as UTF-8 (the SDK, curl and browsers do)
+            headers = head.decode("utf-8")
+        except UnicodeDecodeError:
+            headers = head.decode("latin-1")
+        for line in headers.split("\r\n"):
             h, _, v = line.partition(":")
             if h.strip().lower() == "content-disposition":
-                for item in v.split(";")[1:]:
-                    k, _, val = item.strip().partition("=")
-                    disposition[k.lower()] = val.strip().strip('"')
+                for k, quoted, bare in _DISPOSITION_PARAM.findall(v):
+                    value = re.sub(r"\\(.)", r"\1", quoted[1:-1]) if quoted else bare.strip().strip('"')
+                    disposition[k.lower()] = value
         name = disposition.get("name")
         if not name:
             continue
