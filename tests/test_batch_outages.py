@@ -20,6 +20,7 @@ from conftest_redis import start_redis_server
 from test_budgets import REVIEW, policy, setup
 
 from router import Router, RouterConfig
+from router.batch.handle import BatchHandle
 from router.batch.scheduler import observe_lines
 
 
@@ -116,4 +117,36 @@ def test_a_batch_store_blip_as_lines_end_loses_no_result_and_runs_no_line_twice(
     finally:
         if not restarted.is_set():
             _until(restarted.is_set)
+        r.close()
+
+
+@pytest.mark.parametrize(("ending", "stamp"), [("cancelled", "cancelling_at"), ("expired", "expires_at"),
+                                               ("completed", None)])
+def test_a_batch_left_finalizing_ends_as_it_was_ending(tmp_path: Path, ending: str, stamp: str | None) -> None:
+    """A worker that stops between setting a batch `finalizing` and its final status (or a second worker that sees
+    it `finalizing` meanwhile) finishes it as the batch was ending: a cancelled batch never ends `completed`."""
+    root = setup(tmp_path, "name: t\naccuracy: {min_accuracy: 0.7}\n")
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}",
+                               batch={"store_url": f"sqlite:///{root / 'batches.sqlite3'}", "poll_s": 0.05})
+    r = Router(config)
+    try:
+        handle = r.batch([{"messages": REVIEW}])
+        assert handle.wait(timeout=60, poll_s=0.05)["status"] == "completed"
+        doc = handle.retrieve()
+    finally:
+        r.close()
+    # as a stop between _finalize's two writes leaves it (the stamp: what set the batch ending)
+    finalizing_at = doc["completed_at"] if ending != "expired" else doc["expires_at"] + 1
+    changes: dict[str, Any] = {"status": "finalizing", "completed_at": None, "finalizing_at": finalizing_at}
+    if stamp == "cancelling_at":
+        changes["cancelling_at"] = doc["created_at"]
+    r = Router(config)
+    try:
+        r.batches.store.update_batch(handle.id, changes)
+        again = BatchHandle(r.batches, handle.id, None)
+        done = again.wait(timeout=60, poll_s=0.05)
+        assert done["status"] == ending, done
+        assert done[{"cancelled": "cancelled_at", "expired": "expired_at", "completed": "completed_at"}[ending]]
+    finally:
         r.close()

@@ -133,7 +133,10 @@ class BatchScheduler:
             if running == 0 or self._all_leases_lapsed(batch_id, running, _CANCELLED):
                 self._finalize(batch_id, doc, "cancelled")
             return
-        if status == "finalizing" or (status == "in_progress" and pending == 0 and running == 0):
+        if status == "finalizing":  # another worker finalizes it, or one stopped while it did: end it as it was
+            self._finalize(batch_id, doc, _ending(doc))
+            return
+        if status == "in_progress" and pending == 0 and running == 0:
             self._finalize(batch_id, doc, "completed")
             return
         if status != "in_progress":
@@ -290,6 +293,14 @@ class BatchScheduler:
             self._write_kept()
         except LedgerError as exc:
             log.warning("batch scheduler: %s", exc.message)
+
+
+def _ending(doc: dict[str, Any]) -> str:
+    """The status a finalizing batch ends in, from what set it finalizing: a cancel (``cancelling_at``), its
+    window's end (the expired check above comes before completion), else all its lines done."""
+    if doc.get("cancelling_at") is not None:
+        return "cancelled"
+    return "expired" if (doc.get("finalizing_at") or 0) >= doc["expires_at"] else "completed"
 
 
 def _never_ran(custom_id: str, code: str, message: str) -> dict[str, Any]:
