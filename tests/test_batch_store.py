@@ -209,6 +209,13 @@ def test_a_line_holding_raw_line_separators_in_its_strings_is_one_line() -> None
     assert errors == [] and lines[0][1]["messages"][0]["content"] == text
 
 
+def test_a_file_that_starts_with_a_byte_order_mark_is_read_as_its_lines() -> None:
+    line = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"messages": [{"role": "user", "content": "hi"}]}})
+    lines, errors = parse_lines(b"\xef\xbb\xbf" + line.encode() + b"\r\n", "/v1/chat/completions", 100)
+    assert errors == [] and [custom_id for custom_id, _ in lines] == ["x"]
+
+
 def test_default_store_sits_beside_a_sqlite_ledger(tmp_path) -> None:
     assert default_store_url(f"sqlite:///{tmp_path}/ledger.sqlite3") == f"sqlite:///{tmp_path}/batches.sqlite3"
     assert default_store_url("postgresql://u:p@h/db").startswith("postgresql://")

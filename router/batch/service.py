@@ -61,8 +61,8 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
     def bad(n: int, code: str, message: str, param: str | None = None) -> None:
         errors.append({"code": code, "message": message, "param": param, "line": n})
 
-    try:
-        text = content.decode("utf-8")
+    try:  # "utf-8-sig": a leading byte-order mark (PowerShell's `Out-File -Encoding utf8` writes one) is not text
+        text = content.decode("utf-8-sig")
     except UnicodeDecodeError:
         return [], [{"code": "invalid_file", "message": "the file is not UTF-8 text", "param": None, "line": None}]
     # JSONL lines end at "\n" (a "\r" before it is dropped); str.splitlines would also cut at U+2028, U+2029,
