@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,6 +235,50 @@ def test_a_batch_cancelled_while_lines_run_ends_cancelled_after_kill_9_and_a_res
             errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
             assert sorted(x["custom_id"] for x in errors) == [f"doc-{i}" for i in range(4)]
             assert {x["error"]["code"] for x in errors} == {"batch_cancelled"}
+        finally:
+            stop(proc)
+
+
+def test_the_batch_routes_wait_for_a_locked_store_off_the_event_loop(tmp_path: Path) -> None:
+    """Every batch and file route reads the store on a worker thread: while another process holds the store's
+    write lock, those calls wait, and the proxy goes on answering everything else."""
+    with upstream(tmp_path) as up:
+        models = models_dir(tmp_path / "models", {"deferrable": remote_card("deferrable", up, "echo", tier="large")})
+        cfg = tmp_path / "router.yaml"
+        cfg.write_text(f"ledger_url: sqlite:///{tmp_path}/ledger.sqlite3\nmodels_dir: {models}\n"
+                       "proxy: {warm_up: false}\nbatch: {poll_s: 0.1}\n")
+        port = free_port()
+        proc = _serve(cfg, tmp_path / "serve.log", port)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any", max_retries=0, timeout=30)
+        try:
+            f = client.files.create(file=("in.jsonl", _jsonl(2)), purpose="batch")
+            spare = client.files.create(file=("spare.jsonl", _jsonl(1)), purpose="batch")
+            batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            calls = {"retrieve": lambda: client.batches.retrieve(batch.id),
+                     "file": lambda: client.files.retrieve(f.id),
+                     "delete": lambda: client.files.delete(spare.id),
+                     "cancel": lambda: client.batches.cancel(batch.id)}
+            answered: dict[str, object] = {}
+            holder = sqlite3.connect(tmp_path / "batches.sqlite3", isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # another process writing to the store, for longer than usual
+            try:
+                threads = [threading.Thread(target=lambda n=n, c=c: answered.__setitem__(n, c())) for n, c in
+                           calls.items()]
+                for t in threads:
+                    t.start()
+                time.sleep(0.5)  # the four calls are waiting for the lock
+                started = time.monotonic()
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=3)
+                took = time.monotonic() - started
+                assert not answered, answered
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            for t in threads:
+                t.join(30)
+            assert health.status_code == 200 and took < 1.0, took
+            assert set(answered) == set(calls)  # and each got its answer once the lock was free
         finally:
             stop(proc)
 

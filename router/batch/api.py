@@ -94,14 +94,15 @@ class BatchRoutes:
                                              q.get("purpose")))
 
     async def get_file(self, request: Request) -> Response:
-        return _json(self.service.file(request.path_params["file_id"], self.key(request)))
+        return _json(await run_in_threadpool(self.service.file, request.path_params["file_id"], self.key(request)))
 
     async def file_content(self, request: Request) -> Response:
         data = await run_in_threadpool(self.service.file_content, request.path_params["file_id"], self.key(request))
         return Response(data, media_type="application/octet-stream")
 
     async def delete_file(self, request: Request) -> Response:
-        return _json(self.service.delete_file(request.path_params["file_id"], self.key(request)))
+        return _json(await run_in_threadpool(self.service.delete_file, request.path_params["file_id"],
+                                             self.key(request)))
 
     # -- batches ---------------------------------------------------------------------------------------------
     async def create(self, request: Request) -> Response:
@@ -119,10 +120,11 @@ class BatchRoutes:
                                              request.query_params.get("after"), _int_param(request, "limit", 20)))
 
     async def retrieve(self, request: Request) -> Response:
-        return _json(self.service.retrieve(request.path_params["batch_id"], self.key(request)))
+        return _json(await run_in_threadpool(self.service.retrieve, request.path_params["batch_id"],
+                                             self.key(request)))
 
     async def cancel(self, request: Request) -> Response:
-        return _json(self.service.cancel(request.path_params["batch_id"], self.key(request)))
+        return _json(await run_in_threadpool(self.service.cancel, request.path_params["batch_id"], self.key(request)))
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
