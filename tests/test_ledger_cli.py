@@ -183,3 +183,20 @@ def test_reading_a_ledger_that_is_not_there_says_so_and_creates_nothing(tmp_path
         assert not (tmp_path / "typo").exists()
     result = CliRunner().invoke(app, ["ledger", "retention", "30", "--ledger", url], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "retention: 30 days" in result.output and missing.exists()
+
+
+def test_a_mistyped_ledger_url_or_path_is_refused_and_creates_nothing(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain path that is not there, and `sqlite:` with one or two slashes, used to open (and create) an empty
+    ledger named after the URL and report "No records yet" (or, for two slashes, an "unexpected ValueError")."""
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "typo" / "ledger.sqlite3"
+    for url, message in ((str(missing), f"no ledger at {missing}"),
+                         (f"sqlite:{missing}", "not a SQLite ledger URL; fix: write sqlite:///PATH"),
+                         ("sqlite://ledger.sqlite3", "not a SQLite ledger URL; fix: write sqlite:///PATH")):
+        for args in (["ledger", "--ledger", url], ["ledger", "report", "--ledger", url],
+                     ["ledger", "export", "--ledger", url, "-o", str(tmp_path / "out.csv")],
+                     ["ledger", "doctor", "--ledger", url]):
+            result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+            assert result.exit_code == 2 and message in result.output, (args, result.output)
+            assert list(tmp_path.iterdir()) == [], (args, "nothing created")

@@ -102,6 +102,14 @@ def test_unopenable_path_and_unknown_scheme(tmp_path: Path) -> None:
     _raises(lambda: open_ledger("mysql://u:p@h/db"), "unknown ledger URL scheme 'mysql'", "postgresql://")
 
 
+def test_a_sqlite_url_without_three_slashes_is_refused_not_made_a_file(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite://ledger.sqlite3", f"sqlite:{tmp_path / 'ledger.sqlite3'}", "sqlite:ledger.sqlite3"):
+        assert not _raises(lambda: open_ledger(url), "not a SQLite ledger URL", "sqlite:///PATH").retryable  # noqa: B023
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_request_time_errors_are_ledger_errors(tmp_path: Path) -> None:
     """A ledger closed under the caller, a record missing a field: LedgerError, not sqlite3's exceptions."""
     led = SQLiteLedger(tmp_path / "l.sqlite3")

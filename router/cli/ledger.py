@@ -89,13 +89,22 @@ def _open(cfg: RouterConfig, *, create: bool = False) -> Ledger:
     return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ledger URL that names SQLite (``sqlite:...`` or a plain path, as ``open_store`` reads it),
+    else None; a malformed ``sqlite:`` URL is a ``LedgerError``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("", "sqlite"):
+        return None
+    path = path_from_url(url)
+    return None if str(path) == ":memory:" else path
+
+
 def require_ledger(url: str) -> None:
     """Fail (exit 2) when ``url`` names a SQLite file that is not there, before anything opens (and creates) it."""
-    if url.startswith("sqlite:///"):
-        path = path_from_url(url)
-        if not path.exists():
-            _fail(f"no ledger at {path}: nothing has been recorded there; route a request first (`router demo`) or "
-                  "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        _fail(f"no ledger at {path}: nothing has been recorded there; route a request first (`router demo`) or "
+              "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
 
 
 def _fail(msg: str, code: int = 2) -> None:

@@ -83,10 +83,13 @@ def _settle_args(reservation: Reservation, actual_j: float) -> tuple[float, str,
 
 
 def path_from_url(url: str) -> Path:
+    """The file of ``sqlite:///PATH`` or of a plain path. Any other ``sqlite:`` form (``sqlite:/x``,
+    ``sqlite://x``) is a ``LedgerError``: taken as a path it would make a new, empty ledger named after the URL."""
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///") :].split("?", 1)[0])
-    if "://" in url:
-        raise ValueError(f"not a sqlite URL: {url}")
+    if "://" in url or url.startswith("sqlite:"):
+        raise ledger_error(url, "not a SQLite ledger URL", "write sqlite:///PATH: three slashes, then the path "
+                           "(sqlite:////var/lib/router/ledger.sqlite3 for an absolute one)", retryable=False)
     return Path(url)
 
 
