@@ -200,3 +200,17 @@ def test_a_mistyped_ledger_url_or_path_is_refused_and_creates_nothing(tmp_path: 
             result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
             assert result.exit_code == 2 and message in result.output, (args, result.output)
             assert list(tmp_path.iterdir()) == [], (args, "nothing created")
+
+
+def test_report_and_export_refuse_to_write_over_the_ledger_they_read(ledger: str, tmp_path: Path) -> None:
+    """`export -o` (or `report -o`/`--plot`) naming the ledger file itself truncated it: every record was lost."""
+    path = tmp_path / "ledger.sqlite3"
+    (tmp_path / "alias.sqlite3").symlink_to(path)
+    for args in (["export", "-o", str(path)], ["export", "-f", "parquet", "-o", str(tmp_path / "alias.sqlite3")],
+                 ["report", "-f", "csv", "-o", str(path)], ["report", "--plot", str(path)]):
+        result = CliRunner().invoke(app, ["ledger", *args, "--ledger", ledger], env={"COLUMNS": "200"})
+        assert result.exit_code == 2, (args, result.output)
+        assert "is the ledger's own file" in result.output and "give another file" in result.output, result.output
+    led = SQLiteLedger(path)
+    assert [r.request_id for r in led.records(0)] == ["r0", "r1", "r2", "r3", "r4"]
+    led.close()

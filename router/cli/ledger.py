@@ -107,6 +107,19 @@ def require_ledger(url: str) -> None:
               "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
 
 
+def refuse_writing_over_ledger(url: str, **outputs: Path | None) -> None:
+    """Fail (exit 2) when an output file (by option name) is the SQLite ledger ``url`` names or its WAL: opening it
+    for writing would truncate the very records the command reads."""
+    ledger_file = sqlite_file(url)
+    if ledger_file is None:
+        return
+    own = [f for f in (ledger_file, Path(f"{ledger_file}-wal"), Path(f"{ledger_file}-shm")) if f.exists()]
+    for option, path in outputs.items():
+        if path is not None and path.exists() and any(path.samefile(f) for f in own):
+            _fail(f"--{option} {path} is the ledger's own file ({ledger_file}); writing there would destroy the "
+                  "records: give another file")
+
+
 def _fail(msg: str, code: int = 2) -> None:
     Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -237,6 +250,7 @@ def report(
     window_s = parse_length(window, "--window")
     try:
         cfg = _config(config, ledger)
+        refuse_writing_over_ledger(cfg.ledger_url, output=output, plot=plot)
         cards = load_cards(cfg.models_dir)
         if counterfactual is not None and counterfactual not in cards:
             _fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
@@ -300,6 +314,7 @@ def export(
     ledger, config = _opts(ctx, ledger, config)
     start, end = parse_range(_since(ctx, since), until)
     cfg = _config(config, ledger)
+    refuse_writing_over_ledger(cfg.ledger_url, output=output)
     led = _open(cfg)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
     n = fn(led, output, start, end)
