@@ -209,6 +209,16 @@ def test_a_line_holding_raw_line_separators_in_its_strings_is_one_line() -> None
     assert errors == [] and lines[0][1]["messages"][0]["content"] == text
 
 
+def test_files_of_one_second_are_listed_newest_first() -> None:
+    svc = _service(BatchStore("sqlite:///:memory:"))  # its clock stands still: every file has the same created_at
+    made = []
+    for i in range(12):
+        made.append(svc.create_file(_lines(1), f"in-{i}.jsonl", "batch", None)["id"])
+        time.sleep(0.002)  # ids are ordered to the millisecond
+    listed = svc.list_files(None)["data"]
+    assert [f["id"] for f in listed] == made[::-1]
+
+
 def test_a_file_that_starts_with_a_byte_order_mark_is_read_as_its_lines() -> None:
     line = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
                        "body": {"messages": [{"role": "user", "content": "hi"}]}})

@@ -26,9 +26,9 @@ Files and batches belong to the API key that created them (its id, ``router.keys
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from .._ids import time_ordered_hex
 from ..errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from ..keys import KeySpec
 from .store import BatchStore
@@ -43,7 +43,9 @@ PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tu
 
 
 def new_id(prefix: str) -> str:
-    return prefix + os.urandom(12).hex()
+    """``prefix`` and 24 hex digits: the millisecond, then 48 random bits. Files keep OpenAI's whole-second
+    ``created_at``, and lists break its ties by id: time-ordered ids list files of one second newest first too."""
+    return prefix + time_ordered_hex(12)
 
 
 def _key_hash(key: KeySpec | None) -> str | None:
