@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,6 +98,55 @@ def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> No
     js = CliRunner().invoke(app, ["ledger", "report", "--ledger", url, "--format", "json"])
     carbon = json.loads(js.output)["carbon"]
     assert carbon["window_s"] == 86_400 and len(carbon["by_hour"]) == 24
+
+
+_HUGE_WINDOW_CHILD = """
+import json, resource, sys
+from router.carbon import Grid, SeriesIntensity
+from router.carbon.grid import shipped_series
+from router.cli import app
+from router.ledger import SQLiteLedger
+from router.ledger.carbon_report import build_carbon
+
+# every import done: cap the address space at what the process holds now plus 256 MB, which no hour-by-hour walk
+# of the window fits in
+with open("/proc/self/status") as status:
+    held_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, ((held_kb + 256 * 1024) * 1024,) * 2)
+url, window_s = sys.argv[1], float(sys.argv[2])
+led = SQLiteLedger(url.removeprefix("sqlite:///"))
+grid = Grid({"US-CAL": SeriesIntensity(shipped_series("CA_2022_hourly.csv"))})
+with_series = build_carbon(led, 0.0, None, grid=grid, window_s=window_s)
+led.close()
+print(json.dumps({z["zone"]: z["cleanest_hour_co2e_g"] for z in with_series.by_zone}))
+sys.stdout.flush()
+app(["ledger", "report", "--ledger", url, "--window", sys.argv[3], "--format", "json"], prog_name="router")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps memory with RLIMIT_AS and reads /proc")
+def test_a_window_of_any_length_costs_what_the_ledger_holds(tmp_path: Path) -> None:
+    """`--window 1000000000000w`: the counterfactual reads the hours that hold records (and a zone's series), not
+    every hour of the window, so it runs within a small memory cap and gives the window's cleanest hours."""
+    series = SeriesIntensity(shipped_series("CA_2022_hourly.csv"))
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    _fill(led, series)
+    led.close()
+    weeks = 1_000_000_000_000
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _HUGE_WINDOW_CHILD, f"sqlite:///{tmp_path}/l.sqlite3",
+                          str(weeks * 7 * 86_400.0), f"{weeks}w"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, cli = out.stdout.split("\n", 1)
+    # with the series, each California hour at the year's cleanest; alone, at the cleanest the ledger recorded
+    # from that hour on (the EU zone is flat)
+    assert json.loads(first) == pytest.approx({"US-CAL": 24 * float(series.values.min()), "EU": 24 * 50.0})
+    cal = [series.intensity(DAY + h * 3600).g_per_kwh for h in range(24)]
+    zones = {z["zone"]: z for z in json.loads(cli)["carbon"]["by_zone"]}
+    assert zones["US-CAL"]["cleanest_hour_co2e_g"] == pytest.approx(sum(min(cal[h:]) for h in range(24)))
+    assert zones["EU"]["cleanest_hour_co2e_g"] == pytest.approx(24 * 50.0)
 
 
 def test_simulate_carbon_reports_co2e_per_policy_in_the_json_and_plot(tmp_path: Path) -> None:

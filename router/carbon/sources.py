@@ -130,6 +130,32 @@ finer than an hour are averaged into their hour; a timestamp written twice is re
     def forecast(self, start: float, end: float, now: float) -> list[tuple[float, float]]:
         return [(h, float(self.values[self.index(h)])) for h in hours(start, end)]
 
+    def lowest(self, start: float, span_h: int) -> float:
+        """The lowest :meth:`intensity` over the ``span_h`` hours from ``start``'s hour, at a cost bounded by the
+        series' length, not the span's (a report's window may be any length)."""
+        if self.replay == "offset":
+            return self._lowest_run(self.index(start), span_h)
+        # By time of year the series is read in one run per calendar year. Any 8 years in a row hold a leap year,
+        # so 10 years from any hour hold a whole one, whose hours are every place the series is ever read at.
+        span_h = min(span_h, 10 * 8784)
+        h, low = hour_of(start), math.inf
+        while span_h > 0:
+            year = datetime.fromtimestamp(h, tz=timezone.utc).year
+            year_end = datetime(year + 1, 1, 1, tzinfo=timezone.utc).timestamp()
+            run = min(span_h, round((year_end - h) / HOUR_S))
+            low = min(low, self._lowest_run(self.index(h), run))
+            h, span_h = h + run * HOUR_S, span_h - run
+        return low
+
+    def _lowest_run(self, first: int, count: int) -> float:
+        """The lowest of ``count`` values from index ``first``, wrapping past the series' end."""
+        if count >= self.n:
+            return float(self.values.min())
+        end = first + count
+        if end <= self.n:
+            return float(self.values[first:end].min())
+        return float(min(self.values[first:].min(), self.values[: end - self.n].min()))
+
 
 class PersistenceForecast(IntensitySource):
     """The honest forecast of a recorded series: an hour not yet reached is expected to be like the same hour of

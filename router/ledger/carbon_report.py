@@ -14,6 +14,7 @@ counts it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -83,19 +84,24 @@ def build_carbon(ledger: Ledger, since: float, until: float | None, *, grid: Any
     for r in rows:
         if r.energy_j:
             recorded.setdefault(r.zone, {})[r.bucket] = r.mean_g
+    # Per zone, the hours that hold energy and their intensities, in time order: a window is searched among
+    # these, so its cost follows the records, not the window's length.
+    recorded_hours = {zone: sorted(by_hour) for zone, by_hour in recorded.items()}
+    recorded_g = {zone: [recorded[zone][h] for h in stamps] for zone, stamps in recorded_hours.items()}
+    span_h = max(1, math.ceil(window_s / HOUR_S))
     cleanest_cache: dict[tuple[str, float], float | None] = {}
 
     def cleanest(zone: str, bucket: float) -> float | None:
         key = (zone, bucket)
         if key not in cleanest_cache:
             source = grid.sources.get(zone) if grid is not None else None
-            hours = [bucket + k * HOUR_S for k in range(max(1, math.ceil(window_s / HOUR_S)))]
             if isinstance(source, SeriesIntensity):
-                cleanest_cache[key] = min(source.intensity(h).g_per_kwh for h in hours)
+                cleanest_cache[key] = source.lowest(bucket, span_h)
             else:
-                seen = [recorded.get(zone, {}).get(h) for h in hours]
-                known = [g for g in seen if g is not None]
-                cleanest_cache[key] = min(known) if known else None
+                seen = recorded_hours.get(zone, [])
+                first = bisect.bisect_left(seen, bucket)
+                end = bisect.bisect_left(seen, bucket + span_h * HOUR_S)
+                cleanest_cache[key] = min(recorded_g[zone][first:end]) if end > first else None
         return cleanest_cache[key]
 
     hours: dict[float, list[float]] = {}
