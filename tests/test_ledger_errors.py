@@ -16,6 +16,7 @@ from conftest_postgres import PASSWORD, free_port, postgres_server  # noqa: F401
 from conftest_redis import RedisServer, start_redis_server
 from typer.testing import CliRunner
 
+from router import Router, RouterConfig
 from router.cli import app
 from router.errors import LedgerError
 from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
@@ -100,6 +101,21 @@ def test_unopenable_path_and_unknown_scheme(tmp_path: Path) -> None:
     err = _raises(lambda: open_ledger(f"sqlite:///{tmp_path / 'a-file' / 'ledger.sqlite3'}"), "cannot create or open")
     assert not err.retryable
     _raises(lambda: open_ledger("mysql://u:p@h/db"), "unknown ledger URL scheme 'mysql'", "postgresql://")
+
+
+def test_a_directory_given_as_the_ledger_is_named_as_one(tmp_path: Path) -> None:
+    """The folder exists and is writable: the message says the path is a directory and names a file in it."""
+    folder = tmp_path / "dirdb"
+    folder.mkdir()
+    url = f"sqlite:///{folder}"
+    fix = f"name a file inside it, e.g. sqlite:///{folder / 'ledger.sqlite3'}"
+    err = _raises(lambda: open_ledger(url), f"{folder} is a directory, not a ledger file", fix)
+    assert not err.retryable and "exists and this user may read and write" not in str(err)
+    with pytest.raises(LedgerError, match="is a directory, not a ledger file"):
+        Router(RouterConfig.load(ledger_url=url))
+    result = CliRunner().invoke(app, ["ledger", "report", "--ledger", url], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "is a directory, not a ledger file" in result.output and fix in result.output
+    assert list(folder.iterdir()) == []
 
 
 def test_a_sqlite_url_without_three_slashes_is_refused_not_made_a_file(tmp_path: Path,

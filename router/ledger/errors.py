@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,10 @@ def _sqlite_error_name(exc: BaseException) -> str:
 
 def sqlite_error(url: str, path: Path, exc: BaseException, action: str) -> LedgerError:
     """What an SQLite failure means for the person running the router, and what fixes it."""
+    if os.path.isdir(path):  # SQLite says only "unable to open database file", which reads as a missing folder
+        return ledger_error(url, f"could not {action}: {path} is a directory, not a ledger file",
+                            f"name a file inside it, e.g. sqlite:///{path / 'ledger.sqlite3'}",
+                            retryable=False)  # fmt: skip
     if isinstance(exc, OSError):
         return ledger_error(url, f"could not {action}: cannot create or open {path}: "
                             f"{exc.strerror or first_line(exc)}",
