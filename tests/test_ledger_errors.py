@@ -220,3 +220,31 @@ def test_doctor_checks_replays_and_repairs(tmp_path: Path) -> None:
     corrupt.write_bytes(b"garbage " * 500)
     result = CliRunner().invoke(app, ["ledger", "doctor", "--ledger", f"sqlite:///{corrupt}"])
     assert result.exit_code == 1 and "does not open" in result.output and "corrupt" in result.output
+
+
+def test_doctor_says_what_to_do_with_records_set_aside_and_is_clean_once_they_are_moved(tmp_path: Path) -> None:
+    from router.ledger.journal import encode
+
+    path = tmp_path / "l.sqlite3"
+    SQLiteLedger(path).close()
+    folder = tmp_path / "l.sqlite3.journal"
+    folder.mkdir()
+    # a stopped process's journal whose last line was torn by a power cut
+    (folder / "j-h-424242-1.jsonl").write_bytes(encode(LedgerRecord("ok", "m", "small", 2.0, "e:x"))
+                                                + b'{"request_id": "torn", "mod')
+    url = f"sqlite:///{path}"
+
+    def doctor() -> tuple[int, str]:
+        result = CliRunner().invoke(app, ["ledger", "doctor", "--ledger", url], env={"COLUMNS": "300"})
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output
+
+    for _ in range(2):  # the run that sets the line aside, and every run after it until someone acts
+        code, out = doctor()
+        assert code == 1, out
+        assert f"1 records the store refused (or journal lines that did not parse) are set aside in " \
+               f"{folder / 'rejected.jsonl'} and will not be retried" in out
+        assert "fix: look at the file" in out and "then move or delete it" in out
+    (folder / "rejected.jsonl").rename(tmp_path / "rejected-seen.jsonl")
+    code, out = doctor()
+    assert code == 0 and "no problems" in out and "set aside" not in out, out

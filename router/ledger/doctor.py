@@ -149,4 +149,7 @@ def _journals(report: DoctorReport, folder: Path, led: Ledger | None, *, replay:
                        "not yet replayed" + ("" if led is None else "; run without --no-replay"))  # fmt: skip
     rejected = folder / "rejected.jsonl"
     if rejected.exists():
-        report.add(False, f"{_count_lines(rejected)} records the store refused are set aside in {rejected}")
+        # a problem until someone has dealt with it: nothing retries these records, so they are lost otherwise
+        report.add(False, f"{_count_lines(rejected)} records the store refused (or journal lines that did not "
+                   f"parse) are set aside in {rejected} and will not be retried: the store lacks them; fix: look "
+                   "at the file (the router's log says why each was refused), then move or delete it")  # fmt: skip
