@@ -161,6 +161,15 @@ def test_a_retention_that_is_not_a_number_of_days_is_refused(ledger: str) -> Non
     assert "retention: keep everything" in run("ledger", "retention", "--ledger", ledger)
 
 
+def test_retention_days_and_off_together_is_a_usage_error(ledger: str) -> None:
+    run("ledger", "retention", "--ledger", ledger, "30")
+    for args in (["5", "--off"], ["--off", "5"]):
+        result = CliRunner().invoke(app, ["ledger", "retention", "--ledger", ledger, *args], env={"COLUMNS": "200"})
+        assert result.exit_code == 2, (args, result.output)
+        assert "give either a number of days or --off, not both" in result.output, (args, result.output)
+    assert "retention: 30 days" in run("ledger", "retention", "--ledger", ledger), "neither was applied"
+
+
 def test_parse_when() -> None:
     assert parse_when("7d", now=1_000_000.0) == 1_000_000.0 - 7 * 86400
     assert parse_when("90m", now=10_000.0) == 10_000.0 - 5400

@@ -351,6 +351,9 @@ def retention(
     config: Path | None = _CONFIG_OPT,
 ) -> None:
     """Show or set how long records are kept; stored with the ledger so every process applies it."""
+    if off and days is not None:  # which one was meant is a guess either way: neither is applied
+        raise typer.BadParameter(f"give either a number of days or --off, not both (got {days:g} and --off)",
+                                 param_hint="'days' / '--off'")
     ledger, config = _opts(ctx, ledger, config)
     led = _open(_config(config, ledger), create=days is not None or off)  # a setting may come before the records
     setter = getattr(led, "set_retention_days", None)
