@@ -102,3 +102,18 @@ def test_measure_local_help_shows_the_real_defaults_and_n_0_is_refused() -> None
     assert "default: 0" not in text
     res = CliRunner().invoke(app, ["data", "measure-local", "sentiment", "--n", "0"])
     assert res.exit_code == 2 and "Invalid value for '--n'" in res.output, res.output
+
+
+def test_from_ledger_refuses_to_write_the_outcomes_over_the_ledger(tmp_path: Path) -> None:
+    """`-o` naming the ledger itself truncated it to an empty file: every record of the ledger was lost."""
+    from router.ledger import SQLiteLedger, StoredPrompt
+
+    ledger = tmp_path / "l.sqlite3"
+    led = SQLiteLedger(ledger)
+    led.store_prompt(StoredPrompt("r1", "p", "[]"))
+    led.close()
+    before = ledger.read_bytes()
+    res = CliRunner().invoke(app, ["data", "from-ledger", "-o", str(ledger), "--ledger", f"sqlite:///{ledger}"])
+    assert res.exit_code == 2, res.output
+    assert f"Invalid value for '-o' / '--out': {ledger} is the ledger the requests are read from" in res.output
+    assert ledger.read_bytes() == before

@@ -148,11 +148,17 @@ def from_ledger_cmd(
     from ..config import RouterConfig
     from ..errors import RouterError
     from ..training.from_ledger import export_outcomes
-    from .ledger import _open
+    from .ledger import _open, sqlite_file
     from .when import parse_when
 
     try:
         cfg = RouterConfig.load(config, ledger_url=ledger)
+        ledger_file = sqlite_file(cfg.ledger_url)
+        if ledger_file is not None and out.exists() and ledger_file.exists() and out.samefile(ledger_file):
+            # opening -o for writing would truncate the ledger before a single request is read from it
+            raise typer.BadParameter(f"{out} is the ledger the requests are read from; writing the outcomes there "
+                                     "would erase it; fix: give a new file, such as -o scored.jsonl",
+                                     param_hint="'-o' / '--out'")
         led = _open(cfg)  # as `router ledger`: a SQLite ledger that is not there is an error, not created empty
         try:
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,
