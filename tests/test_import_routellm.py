@@ -104,3 +104,15 @@ def test_bad_value_reports_csv_line(tmp_path: Path, cards_dir: Path) -> None:
     src.write_text("question,gpt-4-1106-preview\nq1,True\n")
     with pytest.raises(OutcomesError, match="first column must be `prompt`"):
         import_routellm(src, tmp_path / "o.jsonl", load_cards(cards_dir))
+
+
+def test_a_csv_with_a_byte_order_mark_imports(tmp_path: Path, cards_dir: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark; it was refused with "first column must be
+    `prompt`, got ['\\ufeffprompt']", though the first column is `prompt`."""
+    src = tmp_path / ANATOMY.name
+    src.write_bytes(b"\xef\xbb\xbf" + ANATOMY.read_bytes())
+    plain, marked = tmp_path / "plain.jsonl", tmp_path / "marked.jsonl"
+    import_routellm(ANATOMY, plain, load_cards(cards_dir))
+    res = CliRunner().invoke(app, ["data", "import-routellm", str(src), "-o", str(marked), "--models", str(cards_dir)])
+    assert res.exit_code == 0, res.output
+    assert marked.read_text(encoding="utf-8") == plain.read_text(encoding="utf-8")

@@ -107,7 +107,8 @@ def routellm_lines(path: str | Path, cards: Mapping[str, ModelCard]) -> list[str
 def _import_file(file: Path, sink, names: ModelNames, report: ImportReport, keep_responses: bool) -> int:  # noqa: ANN001
     prefix, task = _slice_names(file.stem)
     is_mmlu = file.stem.startswith("mmlu_")
-    with open(file, encoding="utf-8", newline="") as handle:
+    # "utf-8-sig": Excel's "CSV UTF-8" starts the file with a byte-order mark, which is not part of the header
+    with open(file, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
