@@ -15,10 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from servers.procs import ROOT, models_dir
+from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
+from router.cli import app as cli
 from router.config import RouterConfig
 from router.errors import ConfigError
 from router.keys import KeyStore
@@ -142,6 +145,40 @@ def test_totals_series_recent_and_budgets_match_the_ledger(client: TestClient) -
     assert mine["policy"] == "dash" and mine["limit_j"] == 1000 and math.isclose(mine["used_j"], spent, rel_tol=1e-6)
     assert math.isclose(mine["remaining_j"], 1000 - spent, rel_tol=1e-6)
     assert mine["rolls_at"] == mine["window_start"] + 3600 and 0 < mine["rolls_in_s"] <= 3600
+
+
+def test_a_model_moved_to_another_tier_counts_in_each_tier_as_the_ledger_report_counts_it(tmp_path: Path) -> None:
+    """A card whose tier is edited between two runs of ``router serve``: the records keep the tier each call ran
+    in, so the totals by tier split the model's calls as ``router ledger report --by tier`` and the series by tier
+    do, and the table by model shows the tier the card has now."""
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    with upstream(tmp_path) as up:
+        models = models_dir(tmp_path / "models", {}, specialist=False)
+        config = tmp_path / "config.yaml"
+        config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
+                          "proxy: {warm_up: false}\n")
+        for tier, calls in (("small", 2), ("large", 3)):  # the operator moves the model up a tier
+            (models / "remote-echo.yaml").write_text(remote_card("remote-echo", up, "echo", tier=tier))
+            with router_serve(config, tmp_path) as url:
+                for i in range(calls):
+                    r = httpx.post(f"{url}/v1/chat/completions", timeout=20, json={
+                        "model": "remote-echo", "messages": [{"role": "user", "content": f"question {i}"}]})
+                    assert r.status_code == 200, r.text
+                totals = httpx.get(f"{url}/dashboard/api/totals?window=24h", timeout=20).json()
+                series = httpx.get(f"{url}/dashboard/api/series?window=24h&by=tier", timeout=20).json()
+    result = CliRunner().invoke(cli, ["ledger", "report", "--config", str(config), "--by", "tier", "--format",
+                                      "json", "--since", repr(totals["since"])])
+    assert result.exit_code == 0, result.output
+    report = {row["group"]: row for row in json.loads(result.output)["rows"]}
+    assert {g: row["requests"] for g, row in report.items()} == {"small": 2, "large": 3}
+    by_tier = {row["group"]: row for row in totals["by_tier"]}
+    assert {g: row["requests"] for g, row in by_tier.items()} == {"small": 2, "large": 3}
+    for tier, row in by_tier.items():
+        assert math.isclose(row["energy_j"], report[tier]["energy_j"], rel_tol=1e-9)
+        assert math.isclose(row["saved_j"], report[tier]["saved_j"], rel_tol=1e-9)
+        assert row["requests"] == sum(p["requests"].get(tier, 0) for p in series["points"])
+    (model,) = totals["by_model"]
+    assert model["group"] == "remote-echo" and model["tier"] == "large" and model["requests"] == 5
 
 
 def test_bad_parameters_are_400_and_unknown_routes_404(client: TestClient) -> None:

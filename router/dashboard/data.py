@@ -101,16 +101,22 @@ class DashboardData:
         grid = self.router.config.grid_g_per_kwh
         report = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="model", since=window.since,
                               grid_g_per_kwh=grid)
-        tiers: dict[str, str] = {}
+        by_tier = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="tier", since=window.since,
+                               grid_g_per_kwh=grid)  # a model's records keep the tier each call ran in
+        tiers = {name: card.tier for name, card in self.router.cards.items()}  # a model's tier is its card's now
+        newest: dict[str, SummaryRow] = {}  # a model with no card any more: the tier its newest calls ran in
         sources: dict[str, list[float]] = {}
         answered = 0
         for row in rows:
-            tiers.setdefault(row.model, row.tier)
+            if row.model not in newest or row.bucket >= newest[row.model].bucket:
+                newest[row.model] = row
             acc = sources.setdefault(row.energy_source, [0, 0.0])
             acc[0] += row.requests if row.outcome != REFUSED else 0
             acc[1] += row.energy_j
             answered += row.requests if row.outcome in ("ok", "cancelled") else 0
         t = report.total
+        for model, row in newest.items():
+            tiers.setdefault(model, row.tier)
         models = [_group_dict(g, t, tier=tiers.get(g.group, "-")) for g in report.rows]
         return {
             **window.as_dict(),
@@ -125,7 +131,7 @@ class DashboardData:
             "by_source": [{"source": s, "requests": int(n), "energy_j": j, "measured": s.startswith("measured")}
                           for s, (n, j) in sorted(sources.items())],
             "by_model": models,
-            "by_tier": _tiers(models, t.requests, t.energy_j),
+            "by_tier": [_group_dict(g, t) for g in by_tier.rows],
             "notes": report.notes,
         }  # fmt: skip
 
@@ -221,28 +227,6 @@ def _group_dict(g: Any, total: Any, **extra: Any) -> dict[str, Any]:
         "request_share": g.requests / total.requests if total.requests else 0.0,
         "energy_share": g.energy_j / total.energy_j if total.energy_j else 0.0,
     }  # fmt: skip
-
-
-def _tiers(models: list[dict[str, Any]], requests: int, energy_j: float) -> list[dict[str, Any]]:
-    acc: dict[str, dict[str, Any]] = {}
-    for m in models:
-        t = acc.setdefault(m["tier"], {"group": m["tier"], "requests": 0, "errors": 0, "rejected": 0,
-                                       "energy_j": 0.0,
-                                       "co2e_g": 0.0, "saved_j": 0.0, "_latency": 0.0, "_measured": 0.0})
-        for k in ("requests", "errors", "rejected", "energy_j", "co2e_g", "saved_j"):
-            t[k] += m[k]
-        t["_latency"] += m["mean_latency_ms"] * m["requests"]
-        t["_measured"] += m["measured_share"] * m["energy_j"]
-    out = []
-    for name in sorted(acc):
-        t = acc[name]
-        t["mean_latency_ms"] = t.pop("_latency") / t["requests"] if t["requests"] else 0.0
-        t["measured_share"] = t.pop("_measured") / t["energy_j"] if t["energy_j"] else 0.0
-        t["energy"] = _kind(t["measured_share"], t["energy_j"])
-        t["request_share"] = t["requests"] / requests if requests else 0.0
-        t["energy_share"] = t["energy_j"] / energy_j if energy_j else 0.0
-        out.append(t)
-    return out
 
 
 def _decision(r: LedgerRecord) -> dict[str, Any]:
