@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers.procs import models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
+from servers.procs import free_port, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 from router import BackendError, BackendRefusedError, BackendUnavailableError, BadRequestError, Router, RouterConfig
 from router.backends import Backend, GenerationRequest
@@ -319,3 +319,31 @@ def test_prompt_tokens_estimated_for_an_endpoint_without_usage_count_the_tools_o
         plain, offered = prompt_tokens(), prompt_tokens(tools=[WEATHER])
         assert offered - plain >= len(DESCRIPTION) // 4
         assert [r.input_tokens for r in router.ledger.records()] == [plain, offered]
+
+
+# -- an endpoint nothing listens on ---------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+def test_a_call_to_an_endpoint_that_refuses_the_connection_is_charged_nothing(tmp_path: Path, upstream_url: str,
+                                                                              path: str) -> None:
+    """The request never reached the model, so the call did no work: 0 J in its record and its budget, not the
+    card's per-call joules (a read that fails later may come after the model began, and keeps its estimate)."""
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    models = models_dir(tmp_path / "models", {  # `down` is the cheaper: tried first, then `up` answers
+        "down": remote_card("down", down, "echo", tier="small", per_call_j=5.0, max_retries=0),
+        "up": remote_card("up", upstream_url, "echo", tier="large", per_call_j=50.0)}, specialist=False)
+    policy = "name: both\naccuracy: {min_accuracy: 0.0}\nallowed_models: [down, up]\n"
+    config = RouterConfig.load(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                               policies_dir=policies_dir(tmp_path / "policies", {"both": policy}),
+                               default_policy="both")
+    with Router(config) as r:
+        messages = [{"role": "user", "content": "hello"}]
+        if path == "complete":
+            r.complete(messages)
+        elif path == "acomplete":
+            asyncio.run(r.acomplete(messages))
+        else:
+            assert "".join(c.choices[0].delta.content or "" for c in r.complete(messages, stream=True)
+                           if c.choices)
+        records = {rec.model: rec for rec in r.ledger.records()}
+    assert records["down"].outcome == "error" and records["down"].energy_j == 0.0, records["down"]
+    assert records["up"].outcome == "ok", records["up"]

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
@@ -63,6 +64,9 @@ _REFUSED_STATUS = {400, 413, 422}
 next model may take it. 401/403 (a bad key) and 404 (a wrong URL or model name in the card) fail every request
 there, so they are the model's failures."""
 _RETRY_AFTER_STATUS = {429, 503}
+_NOTHING_SENT = (ConnectionRefusedError, socket.gaierror, httpx.ConnectError)
+"""Transport failures that leave no doubt the request never reached the endpoint: refused, or a name that does
+not resolve. (A reset or a timeout may come after the endpoint began generating.)"""
 """The statuses whose ``Retry-After`` says when the endpoint will take calls again (RFC 6585, RFC 9110)."""
 _RETRY_AFTER_MAX_S = 3600.0
 """The longest ``Retry-After`` passed on from an endpoint: a larger one (or a mistaken one) would keep clients
@@ -207,8 +211,11 @@ class OpenAIHTTPBackend(Backend):
         if bound.passed():
             return self._expired(bound)
         kind = "timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "is unreachable"
-        return _Retryable(BackendUnavailableError(f"{self.card.name}: the model's endpoint {kind}",
-                                                  detail=f"{self.spec.base_url}: {exc!r}"))
+        error = BackendUnavailableError(f"{self.card.name}: the model's endpoint {kind}",
+                                        detail=f"{self.spec.base_url}: {exc!r}")
+        if isinstance(exc, _NOTHING_SENT):  # no connection: the model did no work, so the call is charged 0 J
+            error.never_started = True  # type: ignore[attr-defined]
+        return _Retryable(error)
 
     def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, produced: bool = False) -> float:
         """Seconds to wait before sending again; raises ``failure``'s error when there is no next attempt (all
