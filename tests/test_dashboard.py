@@ -181,6 +181,21 @@ def test_a_model_moved_to_another_tier_counts_in_each_tier_as_the_ledger_report_
     assert model["group"] == "remote-echo" and model["tier"] == "large" and model["requests"] == 5
 
 
+def test_a_series_keeps_at_most_400_points_whatever_the_records_timestamps(client: TestClient) -> None:
+    ledger: Ledger = client.app.state.router.ledger  # type: ignore[attr-defined]
+    now = time.time()
+    stamps = [now - 60, now - 9 * 365 * 86400, now + 3600,  # drawn: a host's clock may run an hour ahead
+              now + 5 * 365 * 86400, now * 1000, 1.0, -1e300]  # a broken clock: left out of the series
+    for i, ts in enumerate(stamps):
+        ledger.record(_rec(i, ts, "remote-big", "large", 1.0))
+    ledger.flush()
+    for window, drawn in (("1h", 2), ("24h", 2), ("3650d", 3), ("all", 3)):
+        s = client.get(f"/dashboard/api/series?window={window}").json()
+        assert 0 < len(s["points"]) <= 400, (window, len(s["points"]))
+        assert sum(p["requests"].get("remote-big", 0) for p in s["points"]) == drawn, window
+    assert client.get("/dashboard/api/totals?window=all").json()["requests"] >= 5  # those ahead still count there
+
+
 def test_bad_parameters_are_400_and_unknown_routes_404(client: TestClient) -> None:
     for query, param in [("totals?window=0m", "window"), ("totals?window=5y", "window"),
                          ("series?window=abc", "window"), ("totals?window=4000d", "window"), ("series?by=key", "by"),

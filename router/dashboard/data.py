@@ -30,9 +30,13 @@ if TYPE_CHECKING:
 _UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0}
 _WINDOW = re.compile(r"([0-9]+(?:\.[0-9]+)?)([mhd])")  # ASCII digits: \d and float() take any script's
 MAX_WINDOW_S = 3650 * 86400.0
-STEPS_S = (300.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
+STEPS_S = (300.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0)
 """Chart steps: 5 minutes (raw records, windows up to an hour), then whole hours and coarser (summary rows)."""
 MAX_POINTS = 400
+AHEAD_S = 86400.0
+"""A series draws records up to this far ahead of this host's clock (another host's clock may run ahead); one
+further ahead, or older than ``MAX_WINDOW_S`` in the window ``all`` (a broken clock), is left out of the series,
+whose length it would set (the totals still count it)."""
 GROUPINGS = ("model", "tier")
 _TOTALS_DIMS = ("model", "tier", "outcome", "energy_source")
 """What the totals need: the saving estimate reads model and outcome, the measured share the energy source."""
@@ -142,16 +146,20 @@ class DashboardData:
             raise BadRequestError(f"by {by!r}: choose one of {', '.join(GROUPINGS)}", param="by")
         ledger = self._fresh()
         cells: dict[tuple[float, str], list[float]] = {}
+        latest = window.until + AHEAD_S
         if window.seconds is not None and window.seconds <= 3600:
             step = STEPS_S[0]
             for row in ledger.raw_summary(window.since, dims=(by, "outcome"), step_s=int(step)):  # finer than hourly
-                if row.outcome != REFUSED:  # a model not called: no request of it, and 0 J
+                if row.outcome != REFUSED and row.bucket <= latest:  # a model not called: no request of it, 0 J
                     _add(cells, row.bucket, getattr(row, by), row.requests, row.energy_j)
             first = window.since
         else:
-            rows = [r for r in ledger.summary(window.since, dims=(by, "outcome")) if r.outcome != REFUSED]
+            earliest = window.until - MAX_WINDOW_S
+            rows = [r for r in ledger.summary(window.since, dims=(by, "outcome"))
+                    if r.outcome != REFUSED and earliest <= r.bucket <= latest]
             first = window.since if window.seconds is not None else min((r.bucket for r in rows), default=window.until)
-            step = next((s for s in STEPS_S[1:] if (window.until - first) / s <= MAX_POINTS), STEPS_S[-1])
+            last = max([window.until, *(r.bucket for r in rows)])
+            step = next((s for s in STEPS_S[1:] if (last - first) / s <= MAX_POINTS), STEPS_S[-1])
             for row in rows:
                 _add(cells, math.floor(row.bucket / step) * step, getattr(row, by), row.requests, row.energy_j)
         start = math.floor(first / step) * step
