@@ -116,3 +116,19 @@ def test_a_csv_with_a_byte_order_mark_imports(tmp_path: Path, cards_dir: Path) -
     res = CliRunner().invoke(app, ["data", "import-routellm", str(src), "-o", str(marked), "--models", str(cards_dir)])
     assert res.exit_code == 0, res.output
     assert marked.read_text(encoding="utf-8") == plain.read_text(encoding="utf-8")
+
+
+def test_an_output_naming_an_input_csv_is_refused(tmp_path: Path, cards_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import-routellm a.csv -o a.csv` (or a folder and one of its CSVs) replaced the CSV with JSONL, exit 0."""
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    src = folder / ANATOMY.name
+    src.write_bytes(ANATOMY.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    for path, out in ((str(src), str(src)), ("csvs", f"csvs/../csvs/{ANATOMY.name}")):
+        res = CliRunner().invoke(app, ["data", "import-routellm", path, "-o", out, "--models", str(cards_dir)])
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for '-o' / '--out': {out} is a RouteLLM CSV being imported" in res.output
+        assert "give another file" in res.output
+        assert src.read_bytes() == ANATOMY.read_bytes()

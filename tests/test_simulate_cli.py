@@ -207,3 +207,24 @@ def test_a_policy_named_from_its_folder_may_be_a_yml_file(tmp_path: Path) -> Non
 
     (tmp_path / "eco.yml").write_text((ROOT / "policies" / "eco.yaml").read_text())
     assert resolve_policy("eco", tmp_path).name == "eco"
+
+
+def test_an_output_naming_an_input_is_refused_before_it_is_overwritten(
+        setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--decisions` (or `--plot`, `--html`) naming the outcomes file or the carbon series exited 0 with the
+    input replaced by decision lines, a PNG or an HTML page."""
+    out, cards = setup
+    series = tmp_path / "grid.csv"
+    series.write_text("timestamp,g_co2e_per_kwh\n2022-01-01T00:00:00Z,200\n2022-01-01T01:00:00Z,300\n")
+    (tmp_path / "alias.jsonl").symlink_to(out)
+    monkeypatch.chdir(tmp_path)
+    before = out.read_bytes(), series.read_bytes()
+    for option, target, what in (("--decisions", str(out), "the --outcomes file"),
+                                 ("--plot", "alias.jsonl", f"the --outcomes file ({out})"),
+                                 ("--html", "grid.csv", f"the --carbon series ({series})")):
+        code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--carbon", str(series),
+                         option, target)
+        assert code == 2, (option, text)
+        assert f"Invalid value for '{option}': {target} is {what}; writing there would destroy it" in text, text
+        assert "give another file" in text
+    assert (out.read_bytes(), series.read_bytes()) == before

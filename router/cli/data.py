@@ -32,9 +32,11 @@ def import_routellm_cmd(
     from ..cards import load_catalogue
     from ..config import RouterConfig
     from ..errors import RouterError
-    from ..simulate.importers import import_routellm
+    from ..simulate.importers import csv_files, import_routellm
+    from .paths import refuse_overwriting_inputs
 
     try:
+        refuse_overwriting_inputs({"-o/--out": out}, dict.fromkeys(csv_files(path), "a RouteLLM CSV being imported"))
         cards = load_catalogue(models or RouterConfig.load().models_dir)
         with console.status("importing") as status:
             report = import_routellm(
@@ -148,17 +150,14 @@ def from_ledger_cmd(
     from ..config import RouterConfig
     from ..errors import RouterError
     from ..training.from_ledger import export_outcomes
-    from .ledger import _open, sqlite_file
+    from .ledger import _open, ledger_inputs
+    from .paths import refuse_overwriting_inputs
     from .when import parse_when
 
     try:
         cfg = RouterConfig.load(config, ledger_url=ledger)
-        ledger_file = sqlite_file(cfg.ledger_url)
-        if ledger_file is not None and out.exists() and ledger_file.exists() and out.samefile(ledger_file):
-            # opening -o for writing would truncate the ledger before a single request is read from it
-            raise typer.BadParameter(f"{out} is the ledger the requests are read from; writing the outcomes there "
-                                     "would erase it; fix: give a new file, such as -o scored.jsonl",
-                                     param_hint="'-o' / '--out'")
+        refuse_overwriting_inputs({"-o/--out": out},
+                                  ledger_inputs(cfg.ledger_url, "the ledger the requests are read from"))
         led = _open(cfg)  # as `router ledger`: a SQLite ledger that is not there is an error, not created empty
         try:
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,

@@ -30,6 +30,7 @@ from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
 from ..ledger.errors import redact
 from ..ledger.sqlite import path_from_url
+from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
 ledger_app = typer.Typer(
@@ -107,17 +108,14 @@ def require_ledger(url: str) -> None:
               "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
 
 
-def refuse_writing_over_ledger(url: str, **outputs: Path | None) -> None:
-    """Fail (exit 2) when an output file (by option name) is the SQLite ledger ``url`` names or its WAL: opening it
-    for writing would truncate the very records the command reads."""
+def ledger_inputs(url: str, what: str) -> dict[Path, str]:
+    """The files of the SQLite ledger ``url`` names (the database, its write-ahead log and shared-memory index),
+    each with what it is, for ``refuse_overwriting_inputs``; none for a ledger that is not a SQLite file."""
     ledger_file = sqlite_file(url)
     if ledger_file is None:
-        return
-    own = [f for f in (ledger_file, Path(f"{ledger_file}-wal"), Path(f"{ledger_file}-shm")) if f.exists()]
-    for option, path in outputs.items():
-        if path is not None and path.exists() and any(path.samefile(f) for f in own):
-            _fail(f"--{option} {path} is the ledger's own file ({ledger_file}); writing there would destroy the "
-                  "records: give another file")
+        return {}
+    return {ledger_file: what, Path(f"{ledger_file}-wal"): f"{what} (its write-ahead log)",
+            Path(f"{ledger_file}-shm"): f"{what} (its shared-memory index)"}
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -250,7 +248,8 @@ def report(
     window_s = parse_length(window, "--window")
     try:
         cfg = _config(config, ledger)
-        refuse_writing_over_ledger(cfg.ledger_url, output=output, plot=plot)
+        refuse_overwriting_inputs({"-o/--output": output, "--plot": plot},
+                                  ledger_inputs(cfg.ledger_url, "the ledger's own file"))
         cards = load_cards(cfg.models_dir)
         if counterfactual is not None and counterfactual not in cards:
             _fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
@@ -314,7 +313,7 @@ def export(
     ledger, config = _opts(ctx, ledger, config)
     start, end = parse_range(_since(ctx, since), until)
     cfg = _config(config, ledger)
-    refuse_writing_over_ledger(cfg.ledger_url, output=output)
+    refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
     led = _open(cfg)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
     n = fn(led, output, start, end)

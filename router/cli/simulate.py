@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .paths import refuse_overwriting_inputs
+
 err = Console(stderr=True)
 
 
@@ -42,6 +44,20 @@ def _carbon_start(carbon: str | None, start: str | None, span: float | None) -> 
     except ValueError:
         raise typer.BadParameter(f"an ISO date, got {start!r}", param_hint="'--carbon-start'") from None
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _input_files(outcomes: Path, carbon: str | None, policy: str) -> dict[Path, str]:
+    """The files ``simulate`` reads: the outcomes, the carbon series (a shipped one named by its file name too, as
+    ``replay`` finds it) and a policy given as a path."""
+    from ..carbon.grid import shipped_series
+
+    inputs = {outcomes: "the --outcomes file"}
+    if carbon is not None:
+        shipped = shipped_series(carbon)
+        inputs[Path(carbon) if shipped is None or Path(carbon).is_file() else shipped] = "the --carbon series"
+    if Path(policy).is_file():
+        inputs[Path(policy)] = "the --policy file"
+    return inputs
 
 
 def simulate(
@@ -85,6 +101,8 @@ def simulate(
     sweep_targets = _targets(targets)
     sweep = sweep or sweep_targets is not None
     start = _carbon_start(carbon, carbon_start, carbon_span)
+    refuse_overwriting_inputs({"--decisions": decisions, "--plot": plot, "--html": html_out},
+                              _input_files(outcomes, carbon, policy))
     try:
         config = RouterConfig.load()
         models_dir = models or config.models_dir

@@ -1,0 +1,26 @@
+"""Checks on the files a command is given, shared by the commands that read some files and write others."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import typer
+
+
+def refuse_overwriting_inputs(outputs: Mapping[str, Path | None], inputs: Mapping[Path, str]) -> None:
+    """Exit 2, naming the option, when an output file is one of the command's inputs: opening it for writing
+    would destroy what the command is about to read. ``outputs`` maps an option (``"-o/--out"``) to its file or
+    None; ``inputs`` maps each input file to what it is ("the outcomes file"). Compared with ``samefile``, so a
+    link or another spelling of the same path is caught; a file not there yet cannot be an input."""
+    existing = [(path, what) for path, what in inputs.items() if path.exists()]
+    for option, output in outputs.items():
+        if output is None or not output.exists():
+            continue
+        for path, what in existing:
+            if output.samefile(path):
+                hint = " / ".join(f"'{name}'" for name in option.split("/"))
+                named = "" if output == path else f" ({path})"  # a link or another spelling: say what it reaches
+                raise typer.BadParameter(f"{output} is {what}{named}; writing there would destroy it before it is "
+                                         "read; fix: give another file, one the command does not read",
+                                         param_hint=hint)
