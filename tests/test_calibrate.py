@@ -220,3 +220,20 @@ def test_cli_reads_outcomes_as_simulate_does(tmp_path):
     path.write_text("".join(json.dumps(x) + "\n" for x in good))
     code, out = router_main("calibrate", "--outcomes", str(path), "--policies-dir", str(pol), "--dry-run")
     assert code in (0, 1) and "router calibrate" in out, out  # read and fitted (30 rows certify no τ: exit 1)
+
+
+def test_cli_refuses_a_policies_dir_without_policies_before_fitting(tmp_path, monkeypatch):
+    """A missing or empty --policies-dir fitted for seconds, printed an empty table and "wrote the calibrated
+    block of 0 file(s)", exit 0."""
+    from router.cli import app
+
+    def no_fit(*_a, **_k):  # TEST DOUBLE: fails the test if the outcomes are read and scored at all
+        raise AssertionError("the outcomes were read before the policies were found")
+
+    monkeypatch.setattr("router.cli.calibrate.load_calibration_data", no_fit)
+    (tmp_path / "empty").mkdir()
+    for folder, problem in ((tmp_path / "empty", "holds no policy files (.yaml or .yml)"),
+                            (tmp_path / "nonexist", "is not a folder")):
+        res = CliRunner().invoke(app, ["calibrate", "--dry-run", "--policies-dir", str(folder)])
+        assert res.exit_code == 2, res.output
+        assert f"{folder} (--policies-dir) {problem}; fix:" in " ".join(res.output.split()), res.output

@@ -169,6 +169,11 @@ def calibrate(
              for p in (policies or [])]
     if not files:
         files = yaml_files(folder)
+        if not files:  # nothing to write the fit into: say so before the fitting, which takes a while
+            where = "--policies-dir" if policies_dir is not None else "the config's policies_dir"
+            problem = "holds no policy files (.yaml or .yml)" if folder.is_dir() else "is not a folder"
+            raise typer.BadParameter(f"{folder} ({where}) {problem}; fix: name the folder of your policy files, "
+                                     "or name the policies to calibrate")
     for f in files:
         if not f.is_file():
             known = ", ".join(sorted({p.stem for p in yaml_files(folder)})) or "(none)"
