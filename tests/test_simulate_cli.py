@@ -228,3 +228,18 @@ def test_an_output_naming_an_input_is_refused_before_it_is_overwritten(
         assert f"Invalid value for '{option}': {target} is {what}; writing there would destroy it" in text, text
         assert "give another file" in text
     assert (out.read_bytes(), series.read_bytes()) == before
+
+
+@pytest.mark.parametrize("span", ["inf", "1e300", "nan", "876001"])
+def test_a_carbon_span_past_100_years_or_not_finite_is_refused(setup: tuple[Path, Path], span: str) -> None:
+    """`--carbon-span inf` (or 1e300) printed numpy warnings and wrong CO2e figures."""
+    out, cards = setup
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json",
+                     "--carbon", "CA_2022_hourly.csv", "--carbon-span", span)
+    assert code == 2 and "Invalid value for '--carbon-span'" in text and "876000" in text, text
+    assert "Warning" not in text
+
+
+def test_the_carbon_span_help_states_its_range() -> None:
+    res = CliRunner().invoke(app, ["simulate", "--help"])
+    assert "1 to 876000 (100 years;" in " ".join(res.output.split())

@@ -14,6 +14,9 @@ from rich.table import Table
 from .paths import refuse_overwriting_inputs
 
 err = Console(stderr=True)
+CARBON_SPAN_MAX_H = 876_000.0
+"""The longest ``--carbon-span``, 100 years in hours: the series repeats over a longer span, and a far longer one
+puts request times past what the hour index can hold."""
 
 
 def _targets(text: str | None) -> list[float] | None:
@@ -83,8 +86,9 @@ def simulate(
                                "timestamp,g_co2e_per_kwh, or a shipped one: CA_2022_hourly.csv) and report CO2e."),
     carbon_start: str = typer.Option(None, "--carbon-start", help="Where in the series the workload starts (ISO "
                                      "date, UTC; default: its first hour)."),
-    carbon_span: float = typer.Option(None, "--carbon-span", min=1.0, help="Hours the workload is spread over "
-                                      "(default: the whole series)."),
+    carbon_span: float = typer.Option(None, "--carbon-span", min=1.0, max=CARBON_SPAN_MAX_H, help="Hours the "
+                                      f"workload is spread over, 1 to {CARBON_SPAN_MAX_H:g} (100 years; default: "
+                                      "the whole series)."),
 ) -> None:
     """Replay every request through the classifier and the policy (no model is called); report accuracy,
     quality vs the largest model, joules, shares per model, APGR/CPT for two-model data, and baselines."""
