@@ -52,6 +52,14 @@ def test_shipped_prompt_set() -> None:
     assert len({p.max_tokens for p in prompts}) > 5, "varied lengths, so in/out tokens can be told apart"
 
 
+def test_a_prompts_file_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """A file saved with a UTF-8 byte-order mark was refused: "Unexpected UTF-8 BOM (decode using utf-8-sig)"."""
+    file = tmp_path / "p.jsonl"
+    file.write_text("".join(f'{{"id": "p{i}", "prompt": "say {i}"}}\n' for i in range(3)), encoding="utf-8-sig")
+    assert file.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert [(p.id, p.prompt) for p in load_prompts(file)] == [("p0", "say 0"), ("p1", "say 1"), ("p2", "say 2")]
+
+
 def test_write_profile_keeps_comments_and_other_fields(tmp_path: Path) -> None:
     card_file = tmp_path / "smollm2-135m.yaml"
     shutil.copy(ROOT / "models" / "smollm2-135m.yaml", card_file)

@@ -72,7 +72,7 @@ def load_prompts(file: str | Path | None = None, limit: int | None = None) -> li
     read, a bad line or fewer than :data:`MIN_PROMPTS` prompts is a ConfigError naming the file (and line)."""
     path = Path(file) if file is not None else prompts_file()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of the first line
     except (OSError, UnicodeDecodeError) as exc:
         problem = "is a folder" if path.is_dir() else getattr(exc, "strerror", None) or str(exc)
         raise ConfigError.at(path, None, f"cannot read the prompts file: {problem}",
