@@ -78,3 +78,16 @@ def test_meters_states_the_cpu_time_figures_once(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["energy", "meters", "--config", str(config)])
     text = " ".join(res.output.split())
     assert "CPU-time model: 9.5 W per busy core + 2 W idle share" in text and "15 W" not in text, text
+
+
+def test_profile_errors_go_to_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"no model card" and "remote model" were printed on stdout, where a pipe takes them for the profile."""
+    (tmp_path / "hosted.yaml").write_text(
+        "name: hosted\ntier: large\nbackend:\n  type: openai\n  base_url: http://127.0.0.1:9/v1\n  model: m\n"
+        "  api_key_env: ROUTER_TEST_KEY_VAR\ncontext_length: 8192\n"
+        "energy: {per_call_j: 1, source: estimate, citation: test}\n")
+    monkeypatch.setenv("ROUTER_TEST_KEY_VAR", "sk-test")
+    for model, message in (("nosuch", "no model card 'nosuch'"), ("hosted", "hosted is a remote model")):
+        res = CliRunner().invoke(app, ["energy", "profile", model, "--dry-run", "--models-dir", str(tmp_path)])
+        assert res.exit_code == 2, res.output
+        assert message in " ".join(res.stderr.split()) and res.stdout == "", (res.stdout, res.stderr)

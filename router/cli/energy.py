@@ -97,16 +97,17 @@ def profile(
     cfg = RouterConfig.load(config, models_dir=models_dir, meter=meter_name)
     chosen = load_prompts(prompts_file, prompts)  # a bad prompts file is an error before any model loads
     console = Console()
+    errors = Console(stderr=True)
     cards = load_cards(cfg.models_dir)
     if model not in cards:
-        console.print(
+        errors.print(
             f"[red]error:[/red] no model card {model!r} in {cfg.models_dir}; have: {', '.join(sorted(cards))}"
         )
         raise typer.Exit(2)
     card = cards[model]
     backend = create_backend(card)
     if not backend.local:
-        console.print(
+        errors.print(
             f"[red]error:[/red] {model} is a remote model: its energy cannot be metered here. Put your provider's "
             "published per-token figures in its card (energy.source: published, with a citation)."
         )
