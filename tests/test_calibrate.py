@@ -237,3 +237,22 @@ def test_cli_refuses_a_policies_dir_without_policies_before_fitting(tmp_path, mo
         res = CliRunner().invoke(app, ["calibrate", "--dry-run", "--policies-dir", str(folder)])
         assert res.exit_code == 2, res.output
         assert f"{folder} (--policies-dir) {problem}; fix:" in " ".join(res.output.split()), res.output
+
+
+def test_cli_shows_progress_on_a_terminal_and_keeps_stdout_clean(tmp_path):
+    """The command printed nothing for ~25 s before its table."""
+    from router.cli import app
+
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
+        shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    shutil.copy(ROOT / "policies" / "balanced.yaml", pol)
+    args = ["calibrate", "--outcomes", str(data), "--policies-dir", str(pol), "--dry-run", "--json",
+            "--held-out-share", "0.34"]
+    res = CliRunner().invoke(app, args, env={"TTY_COMPATIBLE": "1"})  # rich draws its bar as on a terminal
+    assert res.exit_code == 0, res.output
+    assert "scoring mmlu" in res.stderr and "fitting balanced on mmlu" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["policies"]["balanced"]["mmlu"]["target_kind"]

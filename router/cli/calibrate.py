@@ -162,6 +162,7 @@ def calibrate(
     stated confidence; write them into the policy's `calibrated` block and report target vs achieved on
     subjects not used for fitting."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     folder = policies_dir or RouterConfig.load().policies_dir
@@ -179,28 +180,38 @@ def calibrate(
             known = ", ".join(sorted({p.stem for p in yaml_files(folder)})) or "(none)"
             raise typer.BadParameter(f"{f}: no such policy file (.yaml or .yml); policies in {folder}: {known}")
     wanted = [m.strip() for m in models.split(",")] if models else None
-    sources = {f.name: load_calibration_data(f, scores, models=wanted) for f in outcomes}
-    tasks = sorted({t for d in sources.values() for t in d.tasks})
-    if len(tasks) == 1 and not dry_run:
-        # The offsets are per model, not per task: written, they would route every task by a fit on this one
-        # (the source's largest model, always adequate at offset -1, would take the other tasks' traffic too).
-        raise ConfigError(f"{', '.join(sources)}: the outcomes cover one task only ({tasks[0]}), but the fitted "
-                          "offsets are per model and would change the routing of every task; fix: give outcomes "
-                          "of the tasks you serve (repeat --outcomes), or use --dry-run to see this fit")
     results: dict[str, Any] = {}
     infeasible: list[str] = []
-    for f in files:
-        policy = load_policy(f)
-        blocks, reports = {}, {}
-        for name, data in sources.items():
-            blocks[name], reports[name] = calibrate_policy(
-                data, policy.accuracy.kind, policy.accuracy.value, confidence=confidence, bound=bound,
-                held_out_share=held_out_share, seed=seed)
-        results[policy.name] = reports
-        if not all(r["feasible"] for r in reports.values()):
-            infeasible.append(policy.name)  # no certified τ: the policy file is left as it was
-        elif not dry_run:
-            write_calibrated(f, merge_blocks(blocks))
+    # scoring the outcomes takes seconds per source: a bar on stderr says what is running (stdout keeps the table)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        job = bar.add_task("calibrate", total=len(outcomes) * (1 + len(files)))
+        sources: dict[str, CalibrationData] = {}
+        for f in outcomes:
+            bar.update(job, description=f"scoring {f.name}")
+            sources[f.name] = load_calibration_data(f, scores, models=wanted)
+            bar.advance(job)
+        tasks = sorted({t for d in sources.values() for t in d.tasks})
+        if len(tasks) == 1 and not dry_run:
+            # The offsets are per model, not per task: written, they would route every task by a fit on this one
+            # (the source's largest model, always adequate at offset -1, would take the other tasks' traffic too).
+            raise ConfigError(f"{', '.join(sources)}: the outcomes cover one task only ({tasks[0]}), but the "
+                              "fitted offsets are per model and would change the routing of every task; fix: give "
+                              "outcomes of the tasks you serve (repeat --outcomes), or use --dry-run to see this fit")
+        for f in files:
+            policy = load_policy(f)
+            blocks, reports = {}, {}
+            for name, data in sources.items():
+                bar.update(job, description=f"fitting {policy.name} on {name}")
+                blocks[name], reports[name] = calibrate_policy(
+                    data, policy.accuracy.kind, policy.accuracy.value, confidence=confidence, bound=bound,
+                    held_out_share=held_out_share, seed=seed)
+                bar.advance(job)
+            results[policy.name] = reports
+            if not all(r["feasible"] for r in reports.values()):
+                infeasible.append(policy.name)  # no certified τ: the policy file is left as it was
+            elif not dry_run:
+                write_calibrated(f, merge_blocks(blocks))
     written = len(files) - len(infeasible)
     if as_json:
         typer.echo(json.dumps({"sources": {k: {"models": d.models, "scores": d.scores} for k, d in sources.items()},
