@@ -191,6 +191,25 @@ def test_prompt_over_context_of_pinned_model(router):
     assert router.ledger.records() == []
 
 
+def test_a_prompt_the_chat_template_pushes_past_the_context_is_refused_before_the_model_runs(router):
+    """SmolLM2 reads its chat template and default system prompt (~26 tokens) around the messages: the context
+    check counted only the messages, so this prompt passed it, llama.cpp failed it (a failed attempt that counts
+    towards the model's cooldown) and the error named only the fallback's context."""
+    with pytest.raises(ContextLengthError, match="smollm2-135m holds 2048"):
+        router.complete(messages=user("apple " * 2030), model="smollm2-135m", max_tokens=4)
+    assert router.ledger.records() == []
+
+
+def test_usage_counts_the_prompt_a_local_chat_model_reads_whichever_way_it_is_run(router):
+    """A sampling parameter (``seed``) runs SmolLM2 through the router's own token loop instead of llama.cpp's
+    chat completion; both read the same templated prompt, so both must report the same ``prompt_tokens`` (the
+    chat completion path reported the messages' tokens alone: 6 instead of 32 for "Say hi")."""
+    plain = router.complete(messages=user("Say hi"), model="smollm2-135m", max_tokens=1)
+    seeded = router.complete(messages=user("Say hi"), model="smollm2-135m", max_tokens=1, seed=1)
+    assert plain.usage.prompt_tokens == seeded.usage.prompt_tokens > 20  # the default system prompt is counted
+    assert [r.input_tokens for r in router.ledger.records()] == [plain.usage.prompt_tokens] * 2
+
+
 def test_max_tokens_beyond_every_context_is_refused_when_deciding_and_says_so(router):
     """``max_tokens=100000`` used to pass ``prepare`` (the decision assumed 128 tokens to generate) and fail at
     send with "shorten the messages"."""

@@ -153,10 +153,10 @@ class LlamaCppBackend(Backend):
     def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
         if self.spec.prompt_style == "completion":
             return self.count_tokens(completion_prompt(messages))
-        if options.tool_use:  # exactly what the tool-calling path sends: the tools' text is often most of it
-            prompt = self._tool_prompt(messages, options).encode("utf-8", "replace")
-            return len(self.llm.tokenize(prompt, add_bos=False, special=True))
-        return super().prompt_tokens(messages, options)
+        # exactly what llama.cpp reads: the tools' text is often most of a tool prompt, and the chat template's
+        # turns and default system prompt are tokens the context must hold too
+        prompt = self._tool_prompt(messages, options) if options.tool_use else self._chat_prompt(messages)
+        return len(self.llm.tokenize(prompt.encode("utf-8", "replace"), add_bos=False, special=True))
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         max_tokens = request.max_tokens or self.spec.default_max_tokens
