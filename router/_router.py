@@ -290,7 +290,9 @@ class Router:
 
     def warm_up(self) -> None:
         """Load every local model now and run it once, outside any request (``router serve`` does this at start),
-        so the first requests are neither slow nor charged the loading. Not recorded in the ledger."""
+        so the first requests are neither slow nor charged the loading. Not recorded in the ledger. Once the Router
+        is closed: :class:`RouterClosedError`."""
+        self._calls.check_open()
         for name, card in self.cards.items():
             if card.runs_here:
                 started = time.perf_counter()

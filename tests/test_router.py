@@ -412,6 +412,15 @@ def test_close_lets_a_call_running_in_another_thread_write_its_record_then_refus
     r.close()  # again: nothing left to close
 
 
+def test_warm_up_after_close_is_refused_like_every_call(ledger_url, cards):
+    """warm_up() on a closed Router used to return as if done, after logging for every local model that it could
+    not be warmed up and that "its requests will fail over to other models"."""
+    r = Router(RouterConfig.load(ledger_url=ledger_url), cards=cards)
+    r.close()
+    with pytest.raises(RouterClosedError, match="create a new Router"):
+        r.warm_up()
+
+
 def test_close_cancels_the_calls_still_running_after_its_wait_and_says_how_many_are_left():
     from router._closing import InFlight
     from router.backends.base import CancelFlag
