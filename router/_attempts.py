@@ -349,8 +349,8 @@ class Attempts:
     def cancelled(self, call: Call, output: Output | None) -> None:
         """The caller stopped reading (a closed stream, a cancelled task): record what was produced."""
         queued = waiting_for_turn(call.request)
-        error = CancelledError(f"{call.model}: the caller went away "
-                               + ("while waiting for the model" if queued else "; generation stopped"))
+        error = CancelledError(f"{call.model}: the caller went away"
+                               + (" while waiting for the model" if queued else "; generation stopped"))
         error.never_started = queued  # type: ignore[attr-defined]
         self._end_call(call, self._closing(call, error, queued), output)
 

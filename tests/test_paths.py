@@ -281,3 +281,14 @@ def test_a_whole_answer_stopped_by_its_cancel_event_records_what_was_produced(tm
         rec = router.ledger.records()[-1]
         router.close()
         assert rec.outcome == "cancelled" and 0 < rec.output_tokens < 40, (path, rec)
+
+
+def test_a_stream_closed_by_its_reader_is_recorded_as_the_caller_going_away(tmp_path: Path) -> None:
+    build = _with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=40)})
+    router = build(tmp_path / "r")
+    chunks = router.complete(REVIEW, stream=True)
+    next(chunks)
+    chunks.close()  # the reader stops
+    rec = router.ledger.records()[-1]
+    router.close()
+    assert rec.outcome == "cancelled" and rec.error == "cancelled: spec-a: the caller went away; generation stopped"
