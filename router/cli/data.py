@@ -150,7 +150,7 @@ def from_ledger_cmd(
     from ..config import RouterConfig
     from ..errors import RouterError
     from ..training.from_ledger import export_outcomes
-    from .ledger import _open, ledger_inputs
+    from .ledger_files import ledger_inputs, open_configured
     from .paths import refuse_overwriting_inputs
     from .when import parse_when
 
@@ -158,7 +158,7 @@ def from_ledger_cmd(
         cfg = RouterConfig.load(config, ledger_url=ledger)
         refuse_overwriting_inputs({"-o/--out": out},
                                   ledger_inputs(cfg.ledger_url, "the ledger the requests are read from"))
-        led = _open(cfg)  # as `router ledger`: a SQLite ledger that is not there is an error, not created empty
+        led = open_configured(cfg)  # as `router ledger`: a SQLite ledger not there is an error, not created empty
         try:
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,
                           transient=True) as bar:

@@ -26,10 +26,9 @@ from .._dates import utc_minute
 from ..config import RouterConfig
 from ..energy.carbon import equivalents, format_joules, recorded_equivalents
 from ..errors import RouterError
-from ..ledger import Ledger, open_ledger
 from ..ledger.base import totals_from_summary
 from ..ledger.errors import redact
-from ..ledger.sqlite import path_from_url
+from .ledger_files import fail, ledger_inputs, open_configured, require_ledger
 from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
@@ -82,47 +81,6 @@ def _config(config: Path | None, ledger: str | None) -> RouterConfig:
     return RouterConfig.load(config, ledger_url=ledger)
 
 
-def _open(cfg: RouterConfig, *, create: bool = False) -> Ledger:
-    """The config's ledger. A SQLite file that is not there is an error unless ``create``: opening it would make
-    an empty ledger (and its folders), and a mistyped path would report nothing as if nothing had been routed."""
-    if not create:
-        require_ledger(cfg.ledger_url)
-    return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a ledger URL that names SQLite (``sqlite:...`` or a plain path, as ``open_store`` reads it),
-    else None; a malformed ``sqlite:`` URL is a ``LedgerError``."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in ("", "sqlite"):
-        return None
-    path = path_from_url(url)
-    return None if str(path) == ":memory:" else path
-
-
-def require_ledger(url: str) -> None:
-    """Fail (exit 2) when ``url`` names a SQLite file that is not there, before anything opens (and creates) it."""
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        _fail(f"no ledger at {path}: nothing has been recorded there; route a request first (`router demo`) or "
-              "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
-
-
-def ledger_inputs(url: str, what: str) -> dict[Path, str]:
-    """The files of the SQLite ledger ``url`` names (the database, its write-ahead log and shared-memory index),
-    each with what it is, for ``refuse_overwriting_inputs``; none for a ledger that is not a SQLite file."""
-    ledger_file = sqlite_file(url)
-    if ledger_file is None:
-        return {}
-    return {ledger_file: what, Path(f"{ledger_file}-wal"): f"{what} (its write-ahead log)",
-            Path(f"{ledger_file}-shm"): f"{what} (its shared-memory index)"}
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _clean_errors(fn: F) -> F:
     """The command's errors as one message and a non-zero exit: ``RouterError`` (a ``LedgerError`` names the
     URL, the problem and the fix) and file errors exit 2, anything unexpected exits 1; no traceback."""
@@ -134,12 +92,12 @@ def _clean_errors(fn: F) -> F:
         except (typer.Exit, typer.Abort, typer.BadParameter, SystemExit):
             raise
         except RouterError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except OSError as exc:
-            _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+            fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
         except Exception as exc:  # noqa: BLE001 - the point: a person sees one line, `router -v` the detail
             log.info("router ledger failed", exc_info=True)
-            _fail(f"unexpected {type(exc).__name__}: {exc} (run `router -v ledger ...` for the traceback)", 1)
+            fail(f"unexpected {type(exc).__name__}: {exc} (run `router -v ledger ...` for the traceback)", 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -158,12 +116,12 @@ def ledger_main(
         return
     try:
         cfg = _config(config, ledger)
-        led = _open(cfg)
+        led = open_configured(cfg)
         start = parse_when(since) or 0.0
         summary = led.summary(start)
         led.close()
     except RouterError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     console = Console()
     if not summary:
@@ -252,8 +210,8 @@ def report(
                                   ledger_inputs(cfg.ledger_url, "the ledger's own file"))
         cards = load_cards(cfg.models_dir)
         if counterfactual is not None and counterfactual not in cards:
-            _fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
-        led = _open(cfg)
+            fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
+        led = open_configured(cfg)
         rep = build_report(
             led, cards, by=by.value, since=start, until=end, grid_g_per_kwh=cfg.grid_g_per_kwh,
             counterfactual=counterfactual,
@@ -262,7 +220,7 @@ def report(
         carbon = build_carbon(led, start, end, grid=grid, window_s=window_s)
         led.close()
     except RouterError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     for path in (output, plot):
         if path is not None:
@@ -309,12 +267,12 @@ def export(
     from ..ledger.export import export_csv, export_parquet, parquet_available
 
     if fmt is ExportFormat.parquet and not parquet_available():
-        _fail("Parquet export needs pyarrow, which is not installed here (pip install pyarrow); use --format csv")
+        fail("Parquet export needs pyarrow, which is not installed here (pip install pyarrow); use --format csv")
     ledger, config = _opts(ctx, ledger, config)
     start, end = parse_range(_since(ctx, since), until)
     cfg = _config(config, ledger)
     refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
-    led = _open(cfg)
+    led = open_configured(cfg)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
     n = fn(led, output, start, end)
     led.close()
@@ -334,7 +292,7 @@ def prune(
     cut = parse_when(older_than)
     if cut is None:
         raise typer.BadParameter("--older-than: give an age (90d) or a date")
-    led = _open(_config(config, ledger))
+    led = open_configured(_config(config, ledger))
     n = led.prune(cut)
     led.close()
     Console().print(f"pruned {n:,} records older than {utc_minute(cut)}")
@@ -354,10 +312,11 @@ def retention(
         raise typer.BadParameter(f"give either a number of days or --off, not both (got {days:g} and --off)",
                                  param_hint="'days' / '--off'")
     ledger, config = _opts(ctx, ledger, config)
-    led = _open(_config(config, ledger), create=days is not None or off)  # a setting may come before the records
+    # a setting may come before the records
+    led = open_configured(_config(config, ledger), create=days is not None or off)
     setter = getattr(led, "set_retention_days", None)
     if (days is not None or off) and setter is None:
-        _fail(f"{type(led).__name__} has no stored retention setting; use `router ledger prune`")
+        fail(f"{type(led).__name__} has no stored retention setting; use `router ledger prune`")
     if off:
         setter(None)
     elif days is not None:

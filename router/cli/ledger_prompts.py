@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from .._dates import utc_minute
-from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _fail, _open, _opts, ledger_app
+from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _opts, ledger_app
+from .ledger_files import fail, open_configured
 from .when import parse_when
 
 prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
@@ -22,7 +23,7 @@ prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store:
 def count(ctx: typer.Context, ledger: str | None = _LEDGER_OPT, config: Path | None = _CONFIG_OPT) -> None:
     """How many prompts are stored, and the oldest one's time."""
     ledger, config = _opts(ctx, ledger, config)
-    led = _open(_config(config, ledger))
+    led = open_configured(_config(config, ledger))
     try:
         count, oldest_ts = led.prompt_summary()
     finally:
@@ -45,9 +46,9 @@ def delete(
     """Delete stored prompts: exactly one of --before DATE, --all or --request ID. Feedback and ledger records
     stay (they hold no prompt text)."""
     if sum([before is not None, request is not None, all_]) != 1:
-        _fail("give exactly one of --before DATE, --all or --request ID")
+        fail("give exactly one of --before DATE, --all or --request ID")
     ledger, config = _opts(ctx, ledger, config)
-    led = _open(_config(config, ledger))
+    led = open_configured(_config(config, ledger))
     try:
         if request is not None:
             n = led.delete_prompts(request_id=request)

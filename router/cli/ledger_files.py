@@ -1,0 +1,57 @@
+"""Which ledger a ``router`` command means, and whether it is there: shared by ``router ledger`` and ``router data``.
+
+A SQLite ledger that is not there is an error for a command that reads one: opening it would make an empty ledger
+(and its folders), and a mistyped path would report nothing as if nothing had been routed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..config import RouterConfig
+from ..ledger import Ledger, open_ledger
+from ..ledger.sqlite import path_from_url
+
+
+def open_configured(cfg: RouterConfig, *, create: bool = False) -> Ledger:
+    """The config's ledger; a SQLite file that is not there is an error (exit 2) unless ``create``."""
+    if not create:
+        require_ledger(cfg.ledger_url)
+    return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ledger URL that names SQLite (``sqlite:...`` or a plain path, as ``open_store`` reads it),
+    else None; a malformed ``sqlite:`` URL is a ``LedgerError``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("", "sqlite"):
+        return None
+    path = path_from_url(url)
+    return None if str(path) == ":memory:" else path
+
+
+def require_ledger(url: str) -> None:
+    """Fail (exit 2) when ``url`` names a SQLite file that is not there, before anything opens (and creates) it."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        fail(f"no ledger at {path}: nothing has been recorded there; route a request first (`router demo`) or "
+             "name the ledger your router writes to (--ledger, ROUTER_LEDGER_URL or `ledger_url` in the config)")
+
+
+def ledger_inputs(url: str, what: str) -> dict[Path, str]:
+    """The files of the SQLite ledger ``url`` names (the database, its write-ahead log and shared-memory index),
+    each with what it is, for ``refuse_overwriting_inputs``; none for a ledger that is not a SQLite file."""
+    ledger_file = sqlite_file(url)
+    if ledger_file is None:
+        return {}
+    return {ledger_file: what, Path(f"{ledger_file}-wal"): f"{what} (its write-ahead log)",
+            Path(f"{ledger_file}-shm"): f"{what} (its shared-memory index)"}
+
+
+def fail(msg: str, code: int = 2) -> None:
+    """Print ``msg`` as the command's error on stderr and exit with ``code`` (2: the ledger or an option)."""
+    Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
