@@ -46,13 +46,19 @@ def test_bounds_order_and_infeasible_target():
     assert not f.feasible and f.tau == 1.0
 
 
-def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
-    from router.cli import app
-
+def _six_subjects(tmp_path):
+    """Six MMLU subjects' outcomes in a folder of their own."""
     data = tmp_path / "mmlu"
     data.mkdir()
     for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
         shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
+    return data
+
+
+def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
+    from router.cli import app
+
+    data = _six_subjects(tmp_path)
     pol = tmp_path / "pol"
     pol.mkdir()
     shutil.copy(ROOT / "policies" / "balanced.yaml", pol / "balanced.yml")  # named without its suffix, .yml too
@@ -78,10 +84,7 @@ def test_cli_calibrates_each_outcome_source_on_its_own(tmp_path):
     from router.cli import app
     from router.policy.loader import load_policy
 
-    data = tmp_path / "mmlu"
-    data.mkdir()
-    for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
-        shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
+    data = _six_subjects(tmp_path)
     pol = tmp_path / "pol"
     pol.mkdir()
     (pol / "best.yaml").write_text("name: best\naccuracy:\n  relative_to_best: 0.9\n")
@@ -243,10 +246,7 @@ def test_cli_shows_progress_on_a_terminal_and_keeps_stdout_clean(tmp_path):
     """The command printed nothing for ~25 s before its table."""
     from router.cli import app
 
-    data = tmp_path / "mmlu"
-    data.mkdir()
-    for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
-        shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", data)
+    data = _six_subjects(tmp_path)
     pol = tmp_path / "pol"
     pol.mkdir()
     shutil.copy(ROOT / "policies" / "balanced.yaml", pol)
