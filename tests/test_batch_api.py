@@ -203,12 +203,19 @@ def test_kill_9_mid_batch_then_restart_every_line_once(tmp_path: Path) -> None:
             stop(proc)
 
 
+def _one_model_config(tmp_path: Path, up: str, name: str, upstream_model: str, batch: str) -> Path:
+    """A config with one remote model on the instant upstream (its ``model`` picks what the upstream does), a SQLite
+    ledger in ``tmp_path`` and these batch settings."""
+    models = models_dir(tmp_path / "models", {name: remote_card(name, up, upstream_model, tier="large")})
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(f"ledger_url: sqlite:///{tmp_path}/ledger.sqlite3\nmodels_dir: {models}\n"
+                   f"proxy: {{warm_up: false}}\nbatch: {batch}\n")
+    return cfg
+
+
 def test_a_batch_cancelled_while_lines_run_ends_cancelled_after_kill_9_and_a_restart(tmp_path: Path) -> None:
     with upstream(tmp_path) as up:
-        models = models_dir(tmp_path / "models", {"slow": remote_card("slow", up, "sleep:15", tier="large")})
-        cfg = tmp_path / "router.yaml"
-        cfg.write_text(f"ledger_url: sqlite:///{tmp_path}/ledger.sqlite3\nmodels_dir: {models}\n"
-                       "proxy: {warm_up: false}\nbatch: {poll_s: 0.1, lease_s: 1, concurrency: 2}\n")
+        cfg = _one_model_config(tmp_path, up, "slow", "sleep:15", "{poll_s: 0.1, lease_s: 1, concurrency: 2}")
         port = free_port()
         proc = _serve(cfg, tmp_path / "serve.log", port)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any", max_retries=0)
@@ -243,10 +250,7 @@ def test_the_batch_routes_wait_for_a_locked_store_off_the_event_loop(tmp_path: P
     """Every batch and file route reads the store on a worker thread: while another process holds the store's
     write lock, those calls wait, and the proxy goes on answering everything else."""
     with upstream(tmp_path) as up:
-        models = models_dir(tmp_path / "models", {"deferrable": remote_card("deferrable", up, "echo", tier="large")})
-        cfg = tmp_path / "router.yaml"
-        cfg.write_text(f"ledger_url: sqlite:///{tmp_path}/ledger.sqlite3\nmodels_dir: {models}\n"
-                       "proxy: {warm_up: false}\nbatch: {poll_s: 0.1}\n")
+        cfg = _one_model_config(tmp_path, up, "deferrable", "echo", "{poll_s: 0.1}")
         port = free_port()
         proc = _serve(cfg, tmp_path / "serve.log", port)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-any", max_retries=0, timeout=30)
