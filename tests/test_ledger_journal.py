@@ -54,6 +54,35 @@ def test_append_is_one_json_line_on_disk_before_it_returns(tmp_path: Path) -> No
         journal.close()
 
 
+def test_a_replay_never_takes_a_segment_its_owner_is_still_opening(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's replay that lists the folder just after a segment is made, before its owner locks it,
+    must not take it for a dead process's segment (replaying it empty and deleting it under its owner)."""
+    from router.ledger.replay import claim
+
+    real_flock = fcntl.flock
+    replayed: list[Path] = []
+
+    def flock_after_another_replay(fd: int, operation: int) -> None:  # TEST DOUBLE: a replay runs in the gap
+        if not replayed:
+            replayed.append(tmp_path)
+            for path in segment_files(tmp_path):
+                with claim(path) as held:
+                    if held is not None:
+                        replay_segment(path, lambda recs: None)
+                        replayed.append(path)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_another_replay)
+    journal = Journal(tmp_path, JournalSettings(fsync="never"))
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    seg = journal.append(_rec(1))
+    assert replayed == [tmp_path], replayed  # the replay found no segment to take
+    assert seg.path.exists() and len(seg.path.read_bytes().splitlines()) == 1
+    assert segment_files(tmp_path) == [seg.path]
+    journal.close()
+
+
 def test_settings_are_checked_and_folders_follow_the_store(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="journal.fsync"):
         RouterConfig.load(journal={"fsync": "sometimes"})

@@ -131,8 +131,17 @@ class Journal:
     def _open_segment(self) -> Segment:
         self._seq += 1
         path = self.folder / f"j-{_HOST}-{os.getpid()}-{time.time_ns()}{self._seq:03d}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Made under a name replays do not list, locked, then renamed: under its own name but not yet locked, another
+        # process's replay would take it for a dead process's segment, replay it empty and delete it under its owner.
+        making = path.with_name(f".{path.name}.new")
+        fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(making, path)
+        except BaseException:
+            os.close(fd)
+            making.unlink(missing_ok=True)
+            raise
         return Segment(path, fd)
 
     def owns(self, path: Path) -> bool:
