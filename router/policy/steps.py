@@ -363,11 +363,12 @@ def budgets(policy: Policy, plan: Plan, ranked: list[ModelCard], energy: Mapping
                            else (f"{cost(first.name, b):.3g} g CO2e", f"{b.limit_j:.3g} g CO2e"))
             what = (f"{first.name}'s call needs about {need}, more than the whole of its budget {b.key} "
                     f"({limit} a window)")
-        elif b.unit == "J":
-            what = f"{first.name}'s budget {b.key} is spent ({fmt_j(used.get(b.key, 0.0))} of {fmt_j(b.limit_j)})"
+        elif b.unit == "J":  # what the call needs too: a budget can refuse it with most of the window left
+            what = (f"{first.name}'s budget {b.key} is spent ({fmt_j(used.get(b.key, 0.0))} of "
+                    f"{fmt_j(b.limit_j)} this window, the call needs ~{fmt_j(cost(first.name, b))})")
         else:
             what = (f"{first.name}'s carbon budget {b.key} is spent ({used.get(b.key, 0.0):.3g} of "
-                    f"{b.limit_j:.3g} g CO2e)")
+                    f"{b.limit_j:.3g} g CO2e this window, the call needs ~{cost(first.name, b):.3g} g)")
         mode = policy.on_budget_exhausted
         if mode == "allow_and_flag":
             flags.append("over_budget_allowed")
