@@ -66,7 +66,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "remote-slow": remote_card("remote-slow", up, "slow", tier="large", per_call_j=5.0),
             "remote-broken": remote_card("remote-broken", up, "broken", tier="large", per_call_j=7.0),
         })
-        policies = policies_dir(tmp / "policies", {"onlybroken": only_policy("remote-broken")})
+        policies = policies_dir(tmp / "policies", {
+            "onlybroken": only_policy("remote-broken"),
+            "tiny": "name: tiny\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\n"
+                    "budgets: [{model: remote-echo, joules: 0.001, per: 3600}]\non_budget_exhausted: reject\n"})
         ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
         config = tmp / "config.yaml"
         config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n")
@@ -133,6 +136,8 @@ def test_requests_total_counts_every_request_by_outcome(served: Served) -> None:
     with pytest.raises(openai.InternalServerError):  # the same as a stream, before its first chunk
         client.chat.completions.create(model="remote-broken", messages=user("hello"), stream=True,
                                        extra_body={"policy": "onlybroken"})
+    with pytest.raises(openai.RateLimitError):  # refused in the decision, on the model whose budget it would spend
+        client.chat.completions.create(model="router", messages=user("hello"), extra_body={"policy": "tiny"})
     with pytest.raises(openai.BadRequestError):  # refused before a decision
         client.chat.completions.create(model="router", messages=[])
     with pytest.raises(openai.NotFoundError):
@@ -140,7 +145,9 @@ def test_requests_total_counts_every_request_by_outcome(served: Served) -> None:
     after = requests()
     added = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
     assert added == {("remote-echo", "small", "ok"): 1.0, ("remote-broken", "large", "error"): 2.0,
-                     ("-", "-", "rejected"): 2.0}
+                     ("remote-echo", "small", "rejected"): 1.0, ("-", "-", "rejected"): 2.0}
+    refused = [r for r in served.records() if r.outcome == "rejected" and r.policy == "tiny"]
+    assert [(r.model, r.tier) for r in refused] == [("remote-echo", "small")]  # where the ledger files it too
 
 
 def test_remaining_budget_of_a_per_key_budget_for_keys_no_policy_names(tmp_path: Path) -> None:
@@ -285,10 +292,11 @@ def test_the_proxy_starts_when_the_ledger_cannot_list_its_budgets(tmp_path: Path
 
 
 class _RouterStub:
-    """TEST DOUBLE: what :class:`ProxyMetrics` reads of a Router: configured keys, and at scrape time no
+    """TEST DOUBLE: what :class:`ProxyMetrics` reads of a Router: configured keys, no cards, and at scrape time no
     backends, no cooldowns and no budgets."""
 
     keys = {"a-key": None}
+    cards: dict[str, object] = {}
     engine = None
     ledger = None
 
