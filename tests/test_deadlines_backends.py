@@ -293,7 +293,10 @@ def test_default_astream_stops_the_worker_when_the_consumer_is_cancelled_mid_ste
 
 
 class _FakeLlama:
-    """Stands in for ``llama_cpp.Llama`` in the tests that need no real model: a chat piece every 10 ms."""
+    """Stands in for ``llama_cpp.Llama`` in the tests that need no real model: a chat piece every 10 ms, and a
+    chat template that joins the turns (the backend counts a prompt's tokens as the template renders it)."""
+
+    metadata = {"tokenizer.chat_template": "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"}
 
     def __init__(self) -> None:
         self.pieces = 0
@@ -301,6 +304,12 @@ class _FakeLlama:
 
     def tokenize(self, data: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return list(range(max(1, len(data) // 4)))
+
+    def token_eos(self) -> int:
+        return -1  # no special tokens: the template above uses none
+
+    def token_bos(self) -> int:
+        return -1
 
     def create_chat_completion(self, messages: list[dict], **kw: Any) -> Iterator[dict]:
         def pieces() -> Iterator[dict]:
