@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from types import TracebackType
 
 from .backends.base import Cancel
@@ -51,9 +52,10 @@ class InFlight:
             if self.closing and not self._calls:
                 self._idle.set()
 
-    def drain(self, wait_s: float = CLOSE_WAIT_S) -> int:
+    def drain(self, wait_s: float = CLOSE_WAIT_S, *, cancelling: Callable[[], None] | None = None) -> int:
         """Refuse new calls; wait up to ``wait_s`` for the running ones to end, then cancel those still running
-        and wait up to ``wait_s`` more for them to record it. Returns how many calls are still running."""
+        (and call ``cancelling``: what else ends them, such as ending streams nobody reads) and wait up to
+        ``wait_s`` more for them to record it. Returns how many calls are still running."""
         with self._lock:
             self.closing = True
             if not self._calls:
@@ -63,6 +65,8 @@ class InFlight:
                 cancels = [c for c in self._calls.values() if c is not None]
             for cancel in cancels:
                 cancel.set()
+            if cancelling is not None:
+                cancelling()
             self._idle.wait(wait_s)
         with self._lock:
             return len(self._calls)

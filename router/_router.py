@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ from ._request import (
     split_model,
     validate_messages,
 )
+from ._streams import AsyncChunkStream, ChunkStream
 from .backends import Backend, create_backend
 from .backends.base import CancelFlag
 from .backends.cooldown import CooldownBackend
@@ -129,6 +131,8 @@ class Router:
             self.keys.check_policies(policies)
         self._policies_follow_grid = any(p.grid is not None for p in getattr(self.engine, "policies", {}).values())
         self._batcher = ClassifyBatcher(self.classifier)
+        self._streams: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop | None] = weakref.WeakKeyDictionary()
+        """The streams handed out and not yet collected (an async one with its event loop), for close()."""
         self._batches: Any = None
         self.record_observer: Callable[[LedgerRecord], None] | None = None
         """Shown every ledger record this Router writes, after the write (``router serve`` counts the records'
@@ -196,7 +200,9 @@ class Router:
         _check_send_args(prepared, stream, "send")
         if stream:
             self._calls.check_open()  # at once, not at the first chunk
-            return self._stream(prepared)
+            chunks = ChunkStream(self._stream(prepared))
+            self._streams[chunks] = None
+            return chunks
         with self._calls.running(prepared.cancel):
             completion = guarded(self._send, prepared)
         return completion if as_dict else ChatCompletion.model_validate(completion)
@@ -207,7 +213,9 @@ class Router:
         _check_send_args(prepared, stream, "asend")
         if stream:
             self._calls.check_open()
-            return self._astream(prepared)
+            achunks = AsyncChunkStream(self._astream(prepared))
+            self._streams[achunks] = asyncio.get_running_loop()
+            return achunks
         try:
             with self._calls.running(prepared.cancel):
                 completion = await self._asend(prepared)
@@ -347,7 +355,7 @@ class Router:
             self.learning.close()
         if self._batches is not None:
             self._batches.close()
-        left = self._calls.drain()
+        left = self._calls.drain(cancelling=self._end_paused_streams)
         if left:
             log.warning("closing with %d call(s) still running after %.0f s: their ledger records may be lost",
                         left, 2 * CLOSE_WAIT_S)
@@ -467,6 +475,16 @@ class Router:
             self.write_record(rec)
         except Exception:  # the refusal still reaches the caller; the failure is logged loudly
             log.exception("%s: could not write the ledger record", req.request_id)
+
+    def _end_paused_streams(self) -> None:
+        """Streams still open that nobody reads now end with the closing error (router/_streams.py says why);
+        an async one on its own event loop."""
+        for chunks, loop in list(self._streams.items()):
+            if loop is None:
+                chunks.end_paused()
+            elif not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    asyncio.run_coroutine_threadsafe(chunks.end_paused(), loop)
 
     def cooling_down(self) -> frozenset[str]:
         """The models the engine ranks last while another can answer (and ``router_backend_cooling_down`` shows):

@@ -21,7 +21,7 @@ from router import Router
 from router.backends import Backend, FaultInjectingBackend, GenerationRequest, StreamEvent, create_backend
 from router.cards import ModelCard, load_cards
 from router.errors import RouterError
-from router.ledger import Ledger
+from router.ledger import Ledger, open_ledger
 
 PATHS = ("sync", "sync-stream", "async", "async-stream")
 
@@ -292,3 +292,34 @@ def test_a_stream_closed_by_its_reader_is_recorded_as_the_caller_going_away(tmp_
     rec = router.ledger.records()[-1]
     router.close()
     assert rec.outcome == "cancelled" and rec.error == "cancelled: spec-a: the caller went away; generation stopped"
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_close_ends_a_stream_its_caller_keeps_but_stopped_reading_and_records_it(tmp_path: Path, path: str) -> None:
+    """A stream nobody reads any more runs no code, so its cancel flag alone would not end it before the ledger
+    closes (its `cancelled` record was lost): close() ends it, its record is written, and its reader gets the
+    closing error at its next read."""
+    build = _with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=400)})
+    router = build(tmp_path / "r")
+    if path == "sync":
+        kept = router.complete(REVIEW, stream=True, request_id="kept-sync")
+        next(kept)
+        next(kept)  # and then the caller stops reading, keeping `kept`
+        router.close()
+        with pytest.raises(RouterError, match="the Router was closed while the model was answering"):
+            next(kept)
+    else:
+        async def main() -> None:
+            chunks = await router.acomplete(REVIEW, stream=True, request_id="kept-async")
+            await chunks.__anext__()
+            await chunks.__anext__()
+            await asyncio.to_thread(router.close)  # as the docs say to close on an event loop
+            with pytest.raises(RouterError, match="the Router was closed while the model was answering"):
+                await chunks.__anext__()
+
+        asyncio.run(main())
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'r' / 'ledger.sqlite3'}")
+    recs = [r for r in ledger.records() if r.request_id == f"kept-{path}"]
+    ledger.close()
+    assert [(r.model, r.outcome) for r in recs] == [("spec-a", "cancelled")], recs
+    assert "the Router was closed while the model was answering" in (recs[0].error or "")

@@ -1,0 +1,79 @@
+"""The iterators ``stream=True`` returns, and what ``Router.close()`` does to one its reader has left paused.
+
+A paused stream runs no code, so the cancel flag ``close()`` sets was seen only at the reader's next read: after
+the backends' close had waited for the model the stream holds, and after the ledger had closed, so its
+``cancelled`` record was lost. ``close()`` throws the closing error into each paused stream instead
+(:meth:`ChunkStream.end_paused`): the stream records its call as cancelled while the ledger is open and lets its
+model go, and its reader gets that error at its next read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+
+from .errors import CancelledError, RouterError
+from .types import ChatCompletionChunk
+
+_CLOSED = "the Router was closed"  # the stream's call turns it into its own message (Attempts._closing)
+
+
+class ChunkStream:
+    """An iterator of chunks (``Router.complete(..., stream=True)``); ``close()`` stops it."""
+
+    def __init__(self, chunks: Generator[ChatCompletionChunk, None, None]) -> None:
+        self._chunks = chunks
+        self._ended: RouterError | None = None
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        if self._ended is not None:
+            raise self._ended
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def end_paused(self) -> None:
+        """End the stream if nobody is reading it now (``Router.close()``)."""
+        if self._chunks.gi_frame is None or self._chunks.gi_running:
+            return
+        try:
+            self._chunks.throw(CancelledError(_CLOSED))
+        except ValueError:  # its reader resumed it meanwhile: the cancel flag ends it
+            return
+        except RouterError as exc:
+            self._ended = exc
+        except StopIteration:
+            return
+
+
+class AsyncChunkStream:
+    """An async iterator of chunks (``Router.acomplete(..., stream=True)``); ``aclose()`` stops it."""
+
+    def __init__(self, chunks: AsyncGenerator[ChatCompletionChunk, None]) -> None:
+        self._chunks = chunks
+        self._ended: RouterError | None = None
+
+    def __aiter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if self._ended is not None:
+            raise self._ended
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+    async def end_paused(self) -> None:
+        """:meth:`ChunkStream.end_paused`, run on the stream's own event loop."""
+        if self._chunks.ag_frame is None or self._chunks.ag_running:
+            return
+        try:
+            await self._chunks.athrow(CancelledError(_CLOSED))
+        except RouterError as exc:
+            self._ended = exc
+        except (StopAsyncIteration, RuntimeError):  # ended, or resumed meanwhile (the cancel flag ends it)
+            return
