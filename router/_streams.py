@@ -1,8 +1,8 @@
 """The iterators ``stream=True`` returns, and what ``Router.close()`` does to one its reader has left paused.
 
-A paused stream runs no code, so the cancel flag ``close()`` sets was seen only at the reader's next read: after
-the backends' close had waited for the model the stream holds, and after the ledger had closed, so its
-``cancelled`` record was lost. ``close()`` throws the closing error into each paused stream instead
+A paused stream runs no code, so the cancel flag ``close()`` sets would be seen only at the reader's next read:
+after the backends' close has waited for the model the stream holds, and after the ledger has closed, too late for
+its ``cancelled`` record. So ``close()`` throws the closing error into each paused stream
 (:meth:`ChunkStream.end_paused`): the stream records its call as cancelled while the ledger is open and lets its
 model go, and its reader gets that error at its next read.
 """

@@ -77,7 +77,7 @@ class ProxyMetrics(Collector):
         self.budgets_seen = SeenBudgets()
         self.registry.register(_StateCollector(router, self))
         self._keyed = bool(router.keys)  # a key label only for configured keys, as the chat route labels requests
-        self._tiers = {name: card.tier for name, card in router.cards.items()}
+        self._cards = router.cards
 
     def describe(self) -> list[Metric]:
         return []
@@ -157,8 +157,8 @@ class ProxyMetrics(Collector):
         """A chat request that ended in ``exc``: in ``router_requests_total`` by its outcome, and in
         ``router_errors_total`` (which the other routes' errors count in too). A request refused in the decision
         for a spent budget counts under the model whose budget it was, as its ledger record does."""
-        if model is None and isinstance(exc, BudgetExhaustedError) and exc.model in self._tiers:
-            model, tier = exc.model, self._tiers[exc.model]
+        if model is None and isinstance(exc, BudgetExhaustedError) and exc.model in self._cards:
+            model, tier = exc.model, self._cards[exc.model].tier
         self.observe_request(model, tier, key, failure_outcome(exc))
         self.observe_error(exc.code or exc.error_type, exc.http_status)
         if isinstance(exc, BudgetExhaustedError) and exc.budgets:  # refused in the decision: never prepared
