@@ -125,14 +125,13 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
         param_tools, param_choice = "functions", "function_call"
     else:
         param_tools, param_choice = "tools", "tool_choice"
-    if tools is None:
-        if tool_choice not in (None, "none", "auto"):
-            raise BadRequestError(f"`{param_choice}` needs `{param_tools}`", param=param_choice)
-        return None
-    if not isinstance(tools, list) or len(tools) > _MAX_TOOLS:
+    if tools is not None and (not isinstance(tools, list) or len(tools) > _MAX_TOOLS):
         raise BadRequestError(f"`{param_tools}` must be a list of at most {_MAX_TOOLS} tools", param=param_tools)
-    if not tools:
-        return None  # `tools: []` offers nothing: a plain request
+    if not tools:  # none, or `tools: []`: nothing offered, a plain request, which no choice may demand a call of
+        if tool_choice not in (None, "none", "auto"):
+            raise BadRequestError(f"`{param_choice}` needs `{param_tools}` with at least one function: offer the "
+                                  f"function(s) the model may call, or send `{param_choice}: none`", param=param_choice)
+        return None
     checked = tuple(_tool(i, t, param_tools) for i, t in enumerate(tools))
     names = [t.name for t in checked]
     if len(set(names)) != len(names):

@@ -189,6 +189,22 @@ def test_parameter_rules() -> None:
     assert legacy is not None and legacy.legacy and legacy.choice == "get_weather" and not legacy.parallel
 
 
+def test_a_tool_choice_that_demands_a_call_needs_a_function_offered() -> None:
+    """`tools: []` (or no `functions`) offers nothing, so the request is plain text: a choice that demands a call
+    is a 400, not a text answer where the caller asked for a call."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for bad, param in (({"tools": [], "tool_choice": "required"}, "tool_choice"),
+                       ({"tools": [], "tool_choice": named}, "tool_choice"),
+                       ({"functions": [], "function_call": {"name": "get_weather"}}, "function_call"),
+                       ({"function_call": {"name": "get_weather"}}, "function_call")):
+        with pytest.raises(BadRequestError, match="needs `(tools|functions)` with at least one function") as err:
+            check_params(**bad)
+        assert err.value.param == param, bad
+    for plain in ({"tools": [], "tool_choice": "none"}, {"tools": [], "tool_choice": "auto"},
+                  {"functions": [], "function_call": "none"}, {"tool_choice": "none"}):
+        assert check_params(**plain)["options"].tools is None, plain
+
+
 def test_tool_history_messages() -> None:
     msgs = validate_messages([
         {"role": "user", "content": "weather?"},
