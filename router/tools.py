@@ -103,6 +103,8 @@ class ToolOptions:
             if problem is not None:
                 return problem
         if len(calls) > 1 and not self.parallel:
+            if self.legacy:
+                return "the model made several function calls although a `functions` request allows one"
             return "the model made several tool calls although parallel_tool_calls is false"
         return None
 

@@ -453,6 +453,33 @@ def test_remote_fast_path_dict_is_exactly_the_public_response(upstream_url: str,
         router.close()
 
 
+def test_a_legacy_functions_request_asks_the_endpoint_for_one_call(upstream_url: str, tmp_path: Path) -> None:
+    """A legacy answer holds one ``function_call``: the endpoint is asked for one call (as a request with
+    ``parallel_tool_calls: false`` asks it), so an endpoint that calls every function offered in parallel unless
+    told not to answers with one call, whole and streamed, not with an answer the router then refuses."""
+    card = remote_card("remote-calls", upstream_url, "calls").replace(
+        "context_length:", "capabilities: [tools]\ncontext_length:")
+    models = models_dir(tmp_path / "models", {"remote-calls": card}, specialist=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    functions = [{"name": name, "parameters": {"type": "object", "properties": {}}}
+                 for name in ("get_weather", "get_time")]
+    with router_serve(config, tmp_path) as url:
+        chat = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=20).chat.completions
+        whole = chat.create(model="remote-calls", messages=user("Weather and time in Paris?"),
+                            functions=functions)  # type: ignore[call-overload]
+        assert whole.choices[0].finish_reason == "function_call"
+        assert whole.choices[0].message.function_call.name == "get_weather"  # type: ignore[union-attr]
+        assert [a["outcome"] for a in whole.model_extra["routing"]["attempts"]] == ["ok"]  # type: ignore[index]
+        chunks = list(chat.create(model="remote-calls", messages=user("Weather and time in Paris?"),
+                                  functions=functions, stream=True))  # type: ignore[call-overload]
+        calls = [c.choices[0].delta.function_call for c in chunks if c.choices and c.choices[0].delta.function_call]
+        assert [c.name for c in calls if c.name] == ["get_weather"]
+        assert json.loads("".join(c.arguments or "" for c in calls)) == {}
+        assert chunks[-1].choices[0].finish_reason == "function_call"
+
+
 class _Scripted:
     """A raw TCP server on 127.0.0.1 that answers each request with the next scripted reply (bytes, or a
     callable given the writer), counting connections and requests."""

@@ -21,7 +21,7 @@ def option_fields(options: ModelOptions, reasoning: bool) -> dict[str, Any]:
         choice = tools.openai_tool_choice()
         if choice is not None:
             out["tool_choice"] = choice
-        if not tools.parallel and not tools.legacy:
+        if not tools.parallel:  # a legacy request too: its answer holds one `function_call`
             out["parallel_tool_calls"] = False
     if options.response_format is not None:
         out["response_format"] = dict(options.response_format.raw)

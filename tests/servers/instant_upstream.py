@@ -13,6 +13,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
   hangs up first;
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
+- ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
+  first when ``parallel_tool_calls`` is false (JSON, or SSE tool-call deltas: id and name, then the arguments);
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503).
@@ -45,6 +47,14 @@ def _answer(body: dict) -> str:
     return f"echo: {str(last)[:40]}"
 
 
+def _tool_calls(body: dict) -> list[dict]:
+    names = [t["function"]["name"] for t in body.get("tools") or []]
+    if body.get("parallel_tool_calls") is False:
+        names = names[:1]
+    return [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+            for i, name in enumerate(names)]
+
+
 @app.post("/v1/chat/completions")
 async def chat(request: Request) -> Response:
     body = json.loads(await request.body())
@@ -70,11 +80,14 @@ async def chat(request: Request) -> Response:
                 closed_early["slow-json"] += 1
                 return Response(status_code=499)
     usage = model != "nousage"
+    tool_calls = _tool_calls(body) if model == "calls" else []
     if not body.get("stream"):
         text = json.dumps({"answer": _answer(body)}) if model == "json" else _answer(body)
+        message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
+            "role": "assistant", "content": text}
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
             **({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}} if usage else {}),
         })
 
@@ -82,7 +95,7 @@ async def chat(request: Request) -> Response:
         pieces = [f"t{i} " for i in range(int(body.get("max_tokens") or 200))]
         delay = 0.02
     else:
-        pieces = [p + " " for p in _answer(body).split()]
+        pieces = [] if tool_calls else [p + " " for p in _answer(body).split()]
         delay = 0.0
 
     async def events() -> AsyncIterator[bytes]:
@@ -95,6 +108,16 @@ async def chat(request: Request) -> Response:
 
         sent = 0
         try:
+            if tool_calls:
+                yield chunk({"role": "assistant", "content": None})
+                for i, call in enumerate(tool_calls):
+                    fn = call["function"]
+                    yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                 "function": {"name": fn["name"], "arguments": ""}}]})
+                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
+                yield chunk({}, "tool_calls", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+                yield b"data: [DONE]\n\n"
+                return
             yield chunk({"role": "assistant", "content": ""})
             for piece in pieces:
                 if delay:
