@@ -65,6 +65,16 @@ def test_rows_in_one_hour_are_averaged_and_a_timestamp_written_twice_is_refused(
     assert str(err.value).startswith(f"{twice}:4: timestamp '2022-01-01T00:00:00+00:00' is also on line 2; fix:")
 
 
+def test_a_series_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark; the header was refused as `\\ufefftimestamp`."""
+    series = tmp_path / "excel.csv"
+    series.write_text("timestamp,g_co2e_per_kwh\r\n2022-01-01T00:00Z,100\r\n2022-01-01T01:00Z,200\r\n",
+                      encoding="utf-8-sig")
+    assert series.read_bytes().startswith(b"\xef\xbb\xbftimestamp")
+    s = SeriesIntensity(series, replay="offset")
+    assert list(s.values) == [100.0, 200.0] and s.start == ts("2022-01-01T00:00")
+
+
 def test_persistence_is_yesterdays_same_hour_and_the_file_forecast_is_the_series() -> None:
     s = SeriesIntensity(CA)
     now = ts("2022-07-10T05:30")

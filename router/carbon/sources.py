@@ -200,7 +200,7 @@ def _parse_ts(text: str) -> float:
 def _read_series(path: Path) -> tuple[float, np.ndarray, int]:
     """(first hour, hourly values with the gaps filled, how many hours were filled)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark: not text
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the carbon intensity series ({exc.strerror or exc}); fix: give "
                           "the path of a CSV `timestamp,g_co2e_per_kwh` (the shipped ones are in data/grid_carbon/)"
