@@ -385,7 +385,7 @@ def _message(i: int, raw: Any) -> ChatMessage:
         raise BadRequestError(f"messages[{i}].content must be a string, got {_kind(content)}",
                               param=f"messages[{i}].content")
     elif not content.isascii():  # ASCII is always valid UTF-8
-        _check_encodable(content, f"messages[{i}].content")
+        check_encodable(content, f"messages[{i}].content")
     if raw.get("name") is not None and not isinstance(raw["name"], str):
         raise BadRequestError(f"messages[{i}].name must be a string, got {_kind(raw['name'])}",
                               param=f"messages[{i}].name")
@@ -402,7 +402,7 @@ def _message(i: int, raw: Any) -> ChatMessage:
         ) from None
 
 
-def _check_encodable(text: str, param: str) -> None:
+def check_encodable(text: str, param: str) -> None:
     """Text every model can be given: a lone UTF-16 surrogate (JSON's ``"\\ud800"`` decodes to one) cannot be
     encoded as UTF-8, and would otherwise fail on every model in turn, each failure counting towards its
     cooldown."""

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ._request import checked_number
+from ._request import check_encodable, checked_number
 from .errors import AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError
 from .keys import KeyStore, hash_key
 from .ledger import Ledger
@@ -53,12 +53,14 @@ def check_feedback(response_id: Any, score: Any, comment: Any = None, source: An
         raise BadRequestError("`id` must be the response's id (a non-empty string, e.g. chatcmpl-...)", param="id")
     if len(response_id) > MAX_ID_CHARS:
         raise BadRequestError(f"`id` is longer than {MAX_ID_CHARS} characters", param="id")
+    check_encodable(response_id, "id")  # the ledger stores UTF-8: a lone surrogate would fail there as a 500
     value = check_score(score)
     if comment is not None:
         if not isinstance(comment, str):
             raise BadRequestError("`comment` must be a string", param="comment")
         if len(comment) > MAX_COMMENT_CHARS:
             raise BadRequestError(f"`comment` is longer than {MAX_COMMENT_CHARS} characters", param="comment")
+        check_encodable(comment, "comment")
     if not isinstance(source, str) or not _SOURCE.match(source):
         raise BadRequestError("`source` must be a short lower-case name such as `user` or `judge:<model>`",
                               param="source")

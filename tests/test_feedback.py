@@ -63,7 +63,8 @@ def test_feedback_is_kept_beside_the_record_every_one_of_them(tmp_path: Path) ->
     ({"score": 1.5}, "score"), ({"score": -0.01}, "score"), ({"score": True}, "score"), ({"score": "0.5"}, "score"),
     ({"score": float("nan")}, "score"), ({"score": 10**400}, "score"), ({"response_id": "", "score": 0.5}, "id"),
     ({"response_id": "x" * 200, "score": 0.5}, "id"), ({"score": 0.5, "comment": "c" * 2001}, "comment"),
-    ({"score": 0.5, "comment": 3}, "comment"),
+    ({"score": 0.5, "comment": 3}, "comment"), ({"score": 0.5, "comment": "half an emoji \ud83d"}, "comment"),
+    ({"response_id": "chatcmpl-\udc00", "score": 0.5}, "id"),
 ])  # fmt: skip
 def test_bad_feedback_is_refused_with_a_typed_error_naming_the_field(tmp_path: Path, kwargs: dict[str, object],
                                                                      param: str) -> None:
