@@ -243,3 +243,23 @@ def test_a_carbon_span_past_100_years_or_not_finite_is_refused(setup: tuple[Path
 def test_the_carbon_span_help_states_its_range() -> None:
     res = CliRunner().invoke(app, ["simulate", "--help"])
     assert "1 to 876000 (100 years;" in " ".join(res.output.split())
+
+
+def test_no_apgr_when_the_larger_model_scores_below_the_smaller(setup: tuple[Path, Path]) -> None:
+    """PGR divides by (strong - weak): with the larger model worse, a router that sends it nothing would "recover"
+    a negative gap. The metrics say why they are missing instead of printing numbers below zero."""
+    out, cards = setup
+    out.write_text("\n".join(
+        json.dumps({"id": f"r{i}", "prompt": p, "task": "mmlu/x",
+                    "outcomes": {MIX: {"correct": True, "output_tokens": 1},
+                                 GPT: {"correct": i == 0, "output_tokens": 1}}})
+        for i, p in enumerate(ROWS)) + "\n")
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--json")
+    assert code == 0, text
+    d = json.loads(text)
+    rm = d["routing_metrics"]
+    assert rm["strong"] == GPT and rm["strong_accuracy"] < rm["weak_accuracy"]
+    assert "policy_sweep" not in rm and "scores below" in rm["note"]
+    assert any(n.startswith("APGR/CPT: the larger model") for n in d["notes"])
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards))
+    assert code == 0 and "APGR" in text and "scores below" in text.replace("\n", " ")

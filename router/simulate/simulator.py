@@ -428,6 +428,8 @@ class Simulator:
         metrics = self._routing_metrics(two, sweep_stats, router) if two is not None else None
         if two is None:
             notes.append("APGR/CPT need two-model data (every request measured on the same two models); not computed")
+        elif metrics is not None and "note" in metrics:
+            notes.append(f"APGR/CPT: {metrics['note']}")
         points = [router, *baselines.values(), *sweep_stats]
         real = [p for p in points if p.name != "oracle"]
         front = pareto_front([p.energy_j_total for p in real], [p.accuracy for p in real])
@@ -485,8 +487,10 @@ class Simulator:
         w = float(self._score[:, weak].mean())
         s = float(self._score[:, strong].mean())
         out: dict[str, Any] = {"weak": wname, "strong": sname, "weak_accuracy": w, "strong_accuracy": s}
-        if s == w:
-            out["note"] = "both models score the same: PGR is undefined"
+        if s <= w:  # the gap routing recovers is s - w: none, or a loss, and PGR's scale is then meaningless
+            out["note"] = ("both models score the same: PGR is undefined" if s == w else
+                           f"the larger model {sname} scores below {wname} ({s:.1%} against {w:.1%}): there is no "
+                           "gap for routing to recover, so APGR/CPT are not computed")
             return out
         shares = [p.share_requests[sname] for p in sweep]
         accs = [p.accuracy for p in sweep]
