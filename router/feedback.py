@@ -79,7 +79,8 @@ def give_feedback(router: Router, response_id: Any, score: Any, *, comment: Any 
     record = router.ledger.request_record(rid)
     if record is None:
         raise NotFoundError(f"no response with id {rid!r} in the ledger (an id from a response of this router, "
-                            "within the ledger's retention)", param="id")
+                            "within the ledger's retention; a streamed answer is recorded when its stream ends, so "
+                            "score it after that)", param="id")
     if record.outcome == REFUSED:  # the request ended refused (a 429): its 0 J record keeps it, no answer does
         raise NotFoundError(f"no response with id {rid!r}: that request was refused ({record.error or 'rejected'}) "
                             "and got no answer to score", param="id")

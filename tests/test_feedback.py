@@ -265,3 +265,15 @@ def test_export_scored_requests_as_an_outcomes_file(tmp_path: Path) -> None:
                                                     "requests": 1}}
     table = load_outcomes(out, load_cards(Path(__file__).resolve().parents[1] / "models"))
     assert table.n == 2, "router simulate and router calibrate read the export"
+
+
+def test_feedback_on_a_stream_still_open_says_it_is_recorded_when_the_stream_ends(tmp_path: Path) -> None:
+    with Router(_config(tmp_path)) as r:
+        stream = r.complete(user(REVIEW), stream=True)
+        first = next(iter(stream))
+        with pytest.raises(NotFoundError, match="recorded when its stream ends") as refused:
+            r.feedback(first.id, 1)
+        assert refused.value.param == "id"
+        for _ in stream:
+            pass
+        assert r.feedback(first.id, 1).request_id == first.id
