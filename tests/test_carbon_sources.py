@@ -228,3 +228,22 @@ def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Pa
     config.write_text("carbon:\n  zones: {CA: {type: file, path: series/missing.csv}}\n")
     with pytest.raises(ConfigError, match=f"{folder / 'series' / 'missing.csv'}: cannot read"):
         Grid.from_settings(RouterConfig.load(config).carbon, 475.0)
+
+
+def test_an_infinite_intensity_from_the_api_is_a_failed_answer() -> None:
+    """Python's JSON reader takes ``Infinity`` (and ``1e400``) as a float: such a value would price every request's
+    CO2e at infinity, so it is refused like a negative one and the last good value stays."""
+    api = GridApi()  # the server writes float("inf") as JSON `Infinity`, as Python's json.dumps does
+    try:
+        now = time.time()
+        api.latest = (210.0, now)
+        src = HttpIntensity(api.url, "DE", api_key="test-token", timeout_s=3, cache_s=3600)
+        assert src.refresh_latest() == 210.0
+        api.latest = (float("inf"), now)
+        assert src.refresh_latest() is None and src.failures == 1
+        assert src.intensity(now).g_per_kwh == 210.0
+        api.forecast = [(now + 3600, 100.0), (now + 7200, float("inf"))]
+        assert src.refresh_forecast() is False and src.failures == 2
+        src.close()
+    finally:
+        api.close()

@@ -17,6 +17,7 @@ and labelled so. Forecasts are read by the batch scheduler, off the request path
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import datetime, timezone
@@ -32,6 +33,11 @@ log = logging.getLogger("router.carbon")
 def _ts(text: str) -> float:
     dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _usable(g: float) -> bool:
+    """JSON readers accept ``Infinity``, ``NaN`` and ``1e400`` (inf): none is an intensity a CO2e can be priced at."""
+    return math.isfinite(g) and g >= 0
 
 
 class HttpIntensity(IntensitySource):
@@ -72,8 +78,8 @@ class HttpIntensity(IntensitySource):
             body = self._get("latest")
             g = float(body["carbonIntensity"])
             at = _ts(body.get("datetime") or datetime.now(timezone.utc).isoformat())
-            if not g >= 0:
-                raise ValueError(f"carbonIntensity {g!r}")
+            if not _usable(g):
+                raise ValueError(f"carbonIntensity {g!r} (expected a finite number >= 0)")
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             self.failures += 1
             log.warning("%s: latest intensity unavailable (%s); using the last good value", self.label, exc)
@@ -90,8 +96,8 @@ class HttpIntensity(IntensitySource):
         try:
             body = self._get("forecast")
             points = [(hour_of(_ts(p["datetime"])), float(p["carbonIntensity"])) for p in body["forecast"]]
-            if any(not g >= 0 for _, g in points):
-                raise ValueError("a negative or missing carbonIntensity")
+            if not all(_usable(g) for _, g in points):
+                raise ValueError("a negative, infinite or missing carbonIntensity")
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             self.failures += 1
             log.warning("%s: forecast unavailable (%s); using the last one", self.label, exc)
