@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from typer.testing import CliRunner
 
 from router.carbon import Grid, SeriesIntensity
 from router.carbon.grid import shipped_series
 from router.cli import app
-from router.ledger import LedgerRecord, SQLiteLedger
+from router.ledger import Ledger, LedgerRecord, SQLiteLedger, open_ledger
 from router.ledger.carbon_report import build_carbon
 from router.ledger.report import build_report
 
@@ -83,6 +84,32 @@ def test_carbon_requests_are_model_calls_and_rejections_apart(tmp_path: Path, le
         assert sum(r["rejected"] for r in rows) == main.rejected
     zones = {z["zone"]: (z["requests"], z["rejected"]) for z in carbon.by_zone}
     assert zones == {"US-CAL": (3, 2), "EU": (2, 2)}  # US-CAL: records 0, 2, 4 called, 6 and 8 rejected
+
+
+def _carbon_without_a_zone(led: Ledger) -> dict:
+    """Records with no zone and with an empty one, in the same hours at different intensities: both are "no zone"."""
+    for n, (zone, g, hour) in enumerate([(None, 400.0, 0), ("", 100.0, 0), (None, 200.0, 1), ("", 300.0, 2),
+                                         ("EU", 50.0, 0)]):
+        led.record(LedgerRecord(request_id=f"r{n}", model="m", tier="small", energy_j=3.6e6, energy_source="x",
+                                ts=DAY + hour * 3600 + 60, zone=zone, grid_g_per_kwh=g, co2e_g=g))
+    try:
+        return build_carbon(led, 0.0, None).as_dict()
+    finally:
+        led.close()
+
+
+def test_an_empty_zone_is_grouped_alike_by_the_query_and_the_record_pass(tmp_path: Path) -> None:
+    by_query = _carbon_without_a_zone(SQLiteLedger(tmp_path / "q.sqlite3"))
+    by_records = _carbon_without_a_zone(NoFastCarbonQuery(tmp_path / "p.sqlite3"))
+    assert by_query == by_records
+    # "-" holds all four; hour 0 (400 and 100 g/kWh, mean 250) at hour 1's 200, hours 1 and 2 as recorded: 400+200+300
+    assert [z["zone"] for z in by_query["by_zone"]] == ["-", "EU"]
+    assert by_query["by_zone"][0]["cleanest_hour_co2e_g"] == pytest.approx(900.0)
+
+
+def test_an_empty_zone_is_grouped_alike_by_postgresql(tmp_path: Path, postgres_server) -> None:  # noqa: F811
+    by_query = _carbon_without_a_zone(open_ledger(f"{postgres_server.url}?schema=carbon_empty_zone"))
+    assert by_query == _carbon_without_a_zone(NoFastCarbonQuery(tmp_path / "p.sqlite3"))
 
 
 def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> None:

@@ -435,10 +435,11 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
         """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh (``router ledger report``'s
         carbon)."""
-        sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(zone, '-'), count(*) FILTER (WHERE outcome <> "
-               f"'{REFUSED}'), count(*) FILTER (WHERE outcome = '{REFUSED}'), sum(energy_j), "
-               f"sum(COALESCE(co2e_g, 0)), sum(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM {self.schema}.records "
-               "WHERE ts >= %s")
+        # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
+        sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(NULLIF(zone, ''), '-'), "
+               f"count(*) FILTER (WHERE outcome <> '{REFUSED}'), count(*) FILTER (WHERE outcome = '{REFUSED}'), "
+               "sum(energy_j), sum(COALESCE(co2e_g, 0)), sum(energy_j * COALESCE(grid_g_per_kwh, 0)) "
+               f"FROM {self.schema}.records WHERE ts >= %s")
         since, until = checked_span(since, until)
         args: list[Any] = [since]
         if until is not None:

@@ -427,8 +427,9 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
         """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh (``router ledger report``'s
         carbon)."""
-        sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(zone, '-'), SUM(outcome != '{REFUSED}'), "
-               f"SUM(outcome = '{REFUSED}'), SUM(energy_j), "
+        # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
+        sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(NULLIF(zone, ''), '-'), "
+               f"SUM(outcome != '{REFUSED}'), SUM(outcome = '{REFUSED}'), SUM(energy_j), "
                "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM records WHERE ts >= ?")
         since, until = checked_span(since, until)
         args: list[Any] = [since]
