@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,38 @@ def test_shipped_copy_matches_the_catalogue() -> None:
                                                                    rel=1e-3)
         else:
             assert card.simulation_only or name == "mixtral-8x7b-instruct"
+
+
+def _fixture_with_preference(tmp_path: Path, k: int, preference: object) -> tuple[Path, Path]:
+    """A copy of the fixture whose phi-2 annotation ``k`` has ``preference``, one annotation per line: the file and
+    the copy's results folder."""
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+    items = _annotations("phi-2")
+    items[k]["preference"] = preference
+    file = results / "phi-2" / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json"
+    file.write_text("[\n" + ",\n".join(json.dumps(x) for x in items) + "\n]\n")  # item k on line k + 2
+    return file, results
+
+
+@pytest.mark.parametrize("preference", ["very", float("nan"), float("inf"), 2.5, 0.2, True, [1.5]],
+                         ids=["text", "nan", "inf", "above", "below", "bool", "list"])
+def test_a_preference_that_is_no_number_in_range_stops_the_import_naming_the_line(tmp_path: Path,
+                                                                                  preference: object) -> None:
+    file, results = _fixture_with_preference(tmp_path, 2, preference)
+    out = tmp_path / "o.jsonl"
+    res = CliRunner().invoke(app, ["data", "import-alpaca-eval", str(results), "-o", str(out),
+                                   "--models", str(ROOT / "models")])
+    assert res.exit_code == 2, res.output
+    assert f"error: {file}:4: `preference` " in res.output and "is not a number in [1, 2]" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not out.exists()
+
+
+def test_a_preference_a_rounding_step_outside_its_range_is_kept(tmp_path: Path) -> None:
+    _file, results = _fixture_with_preference(tmp_path, 0, 2.0000000001)
+    out = tmp_path / "o.jsonl"
+    import_alpaca_eval(results, out, load_catalogue(ROOT / "models"))
+    prompt = _annotations("phi-2")[0]["instruction"]
+    line = next(x for x in map(json.loads, out.read_text().splitlines()) if x["prompt"] == prompt)
+    assert line["outcomes"]["phi-2"]["correct"] == 1.0

@@ -6,7 +6,8 @@ annotations.json``: a list of ``{instruction, dataset, generator_1, generator_2,
 that the answer beats the fixed reference's (``generator_1``, gpt4_1106_preview). This reads the project's copy of
 the shared data or a full upstream checkout alike.
 
-* ``correct`` = preference - 1, a score in [0, 1] (a missing preference skips that outcome, counted).
+* ``correct`` = preference - 1, a score in [0, 1] (a missing preference skips that outcome, counted; one that is
+  not a number in [1, 2] stops the import, naming the file and line, as a bad score in a RouteLLM CSV does).
 * ``output_tokens``: from the answer, with the model's own tokenizer when the caller passes one
   (``tokenizers``), else ceil(characters / 4), the usual English estimate also used for RouteLLM's GSM8K answers.
   The project ships none of these models' tokenizers, so the command line uses the estimate.
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +39,11 @@ from .outcomes import CHARS_PER_TOKEN, ModelNames, OutcomesError
 
 ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 REFERENCE = "gpt4_1106_preview"
+PREFERENCE_SLACK = 1e-6
+"""How far outside [1, 2] a preference may step by the judge's float rounding: less than the 6 decimals written."""
 VARIANT_SUFFIXES = ("-togetherai", "_together", "_concise", "_verbose", "-concise", "-verbose")
 Tokenizer = Callable[[str], int]
+_BETWEEN_ITEMS = re.compile(r"[\s,]*")
 
 
 @dataclass
@@ -136,15 +142,15 @@ def import_alpaca_eval(
         card = mapping[folder]
         count = tokenizers.get(card)
         report.tokens_from[card] = "tokenizer" if count else f"chars/{CHARS_PER_TOKEN}"
-        for item in _read(file):
+        for line_no, item in _read(file):
             pref = item.get("preference")
             instruction = item.get("instruction")
             if not isinstance(instruction, str):
-                raise OutcomesError("an annotation without `instruction`", file=file, line=1)
+                raise OutcomesError("an annotation without `instruction`", file=file, line=line_no)
             if pref is None:
                 report.missing_preference += 1
                 continue
-            score = min(1.0, max(0.0, float(pref) - 1.0))  # the judge's float rounding can step a hair outside
+            score = _score(pref, file, line_no)
             answer = item.get("output_2") or ""
             tokens = int(count(answer)) if count else -(-len(answer.strip()) // CHARS_PER_TOKEN)
             line = lines.setdefault(instruction, {
@@ -172,11 +178,34 @@ def import_alpaca_eval(
     return report
 
 
-def _read(file: Path) -> list[dict[str, Any]]:
+def _score(pref: object, file: Path, line: int) -> float:
+    """``preference`` - 1 in [0, 1]; anything else is an error, never a value made up for it."""
+    if (isinstance(pref, bool) or not isinstance(pref, int | float) or not math.isfinite(pref)
+            or not 1.0 - PREFERENCE_SLACK <= pref <= 2.0 + PREFERENCE_SLACK):
+        raise OutcomesError(f"`preference` {json.dumps(pref)} is not a number in [1, 2] (the judge's probability "
+                            "+ 1); fix or drop that annotation", file=file, line=line)
+    return min(1.0, max(0.0, float(pref) - 1.0))  # within the slack: the rounding, not the judge
+
+
+def _read(file: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The annotations of ``file``, each with the line its object starts on (for error messages)."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise OutcomesError(f"not readable JSON ({exc})", file=file, line=1) from None
     if not isinstance(data, list):
         raise OutcomesError("expected a JSON list of annotations", file=file, line=1)
-    return [x for x in data if isinstance(x, dict)]
+    # json.loads keeps no positions: walk the list once more, item by item, to know where each starts
+    decoder = json.JSONDecoder()
+    out: list[tuple[int, dict[str, Any]]] = []
+    pos = text.index("[") + 1
+    line = 1 + text.count("\n", 0, pos)
+    for _ in data:
+        start = _BETWEEN_ITEMS.match(text, pos).end()  # type: ignore[union-attr]
+        line += text.count("\n", pos, start)
+        item, pos = decoder.raw_decode(text, start)
+        if isinstance(item, dict):
+            out.append((line, item))
+        line += text.count("\n", start, pos)
+    return out
