@@ -263,3 +263,19 @@ def test_no_apgr_when_the_larger_model_scores_below_the_smaller(setup: tuple[Pat
     assert any(n.startswith("APGR/CPT: the larger model") for n in d["notes"])
     code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards))
     assert code == 0 and "APGR" in text and "scores below" in text.replace("\n", " ")
+
+
+def test_paths_with_square_brackets_print_as_they_are(setup: tuple[Path, Path]) -> None:
+    """`[v2]` in a path is a Rich markup tag unless escaped (it vanished), and `[/x]` a closing tag with no opening
+    one (it crashed the command)."""
+    out, cards = setup
+    for name in ("runs[v2].jsonl", "a[/x].jsonl"):
+        path = out.parent / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(out.read_text())
+        decisions = out.parent / f"decisions[v2]-{path.name.replace('/', '_')}"
+        res = CliRunner().invoke(app, ["simulate", "--outcomes", str(path), "--policy", "stub", "--models",
+                                       str(cards), "--decisions", str(decisions), "--no-progress"],
+                                 env={"COLUMNS": "400"})
+        assert res.exit_code == 0, res.output
+        assert f"requests from {path} (" in res.output and f"decisions: {decisions}\n" in res.output

@@ -198,17 +198,18 @@ def write_decisions(path: Path, table, result) -> None:  # noqa: ANN001
 
 
 def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | None) -> None:  # noqa: ANN001
+    from rich.markup import escape
+
     from ..simulate.report import stats_header, stats_rows
 
+    # paths, policy, classifier and model names come from the user: `[v2]` in one is text, not Rich markup
     out = Console()
     out.print(
-        f"[bold]router simulate[/]: {result.requests:,} requests from {result.outcomes} "
+        f"[bold]router simulate[/]: {result.requests:,} requests from {escape(str(result.outcomes))} "
         f"({result.distinct_prompts:,} distinct prompts; {result.skipped} bad lines skipped); "
-        f"policy [cyan]{result.policy}[/]; classifier {result.classifier}"
+        f"policy [cyan]{escape(str(result.policy))}[/]; classifier {escape(str(result.classifier))}"
     )
     if result.skipped:
-        from rich.markup import escape
-
         reasons = "; ".join(f"{reason} ({count})" for reason, count in result.skipped_reasons.items())
         out.print(f"[yellow]skipped {result.skipped} bad lines[/]: {escape(reasons)}")
         for example in result.skipped_examples:
@@ -216,17 +217,18 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
     t = Table(title="policy and baselines (quality and energy relative to always-large and to always-best)")
     for h in stats_header(result):
         t.add_column(h, justify="left" if h == "router" else "right")
-    for row in stats_rows(result):
-        t.add_row(*row)
+    for name, *cells in stats_rows(result):
+        t.add_row(escape(name), *cells)
     out.print(t)
     used = [m for m in result.models if result.router.share_requests[m] > 0]
     unused = len(result.models) - len(used)
-    s = Table(title=f"policy `{result.policy}`: share per model",
+    s = Table(title=f"policy `{escape(str(result.policy))}`: share per model",
               caption=f"{unused} other models were sent no request" if unused else None)
     for h in ("model", "requests", "energy"):
         s.add_column(h, justify="left" if h == "model" else "right")
     for m in used:
-        s.add_row(m, f"{100 * result.router.share_requests[m]:.1f} %", f"{100 * result.router.share_energy[m]:.1f} %")
+        s.add_row(escape(m), f"{100 * result.router.share_requests[m]:.1f} %",
+                  f"{100 * result.router.share_energy[m]:.1f} %")
     out.print(s)
     rm = result.routing_metrics
     if rm and "policy_sweep" in rm:
@@ -249,9 +251,10 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
                       f"{100 * p.energy_vs_large:.1f} %", f"{100 * p.energy_vs_best:.1f} %")
         out.print(w)
     for models, best in result.best_single.items():
-        out.print(f"always-best: {best} (best mean score of {models.count('+') + 1} models measured on these rows)")
+        out.print(f"always-best: {escape(best)} (best mean score of {models.count('+') + 1} models measured on "
+                  "these rows)")
     for note in result.notes:
-        out.print(f"[dim]note: {note}[/]")
+        out.print(f"[dim]note: {escape(note)}[/]")
     for label, path in (("plot", plot), ("html", html_out), ("decisions", decisions)):
         if path is not None:
-            out.print(f"{label}: {path}")
+            out.print(f"{label}: {escape(str(path))}")
