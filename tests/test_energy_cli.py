@@ -91,3 +91,14 @@ def test_profile_errors_go_to_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyP
         res = CliRunner().invoke(app, ["energy", "profile", model, "--dry-run", "--models-dir", str(tmp_path)])
         assert res.exit_code == 2, res.output
         assert message in " ".join(res.stderr.split()) and res.stdout == "", (res.stdout, res.stderr)
+
+
+def test_names_with_square_brackets_print_as_they_are(tmp_path: Path) -> None:
+    """A model name or folder is text, not Rich markup: `[v2]` vanished from the message and `[/x]` crashed it."""
+    models = tmp_path / "cards[v2]"
+    models.mkdir()
+    for model in ("nosuch[v2]", "a[/x]"):
+        res = CliRunner().invoke(app, ["energy", "profile", model, "--dry-run", "--models-dir", str(models)])
+        assert res.exit_code == 2, res.output
+        said = " ".join(res.stderr.split())
+        assert f"no model card {model!r} in {models}" in said, said

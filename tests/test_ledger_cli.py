@@ -223,3 +223,12 @@ def test_report_and_export_refuse_to_write_over_the_ledger_they_read(ledger: str
     led = SQLiteLedger(path)
     assert [r.request_id for r in led.records(0)] == ["r0", "r1", "r2", "r3", "r4"]
     led.close()
+
+
+def test_a_ledger_path_with_square_brackets_prints_as_it_is(tmp_path: Path) -> None:
+    """`[v2]` in the ledger's path is text, not Rich markup (it vanished from "No records yet in ...")."""
+    folder = tmp_path / "runs[v2]"
+    folder.mkdir()
+    ledger = folder / "ledger.sqlite3"
+    SQLiteLedger(ledger).close()
+    assert f"No records yet in {ledger}" in " ".join(run("ledger", "--ledger", str(ledger)).split())

@@ -87,20 +87,21 @@ def show(batch_id: str = typer.Argument(..., help="The batch's id (batch_...).")
         raise typer.Exit(2)
     doc = got[0]
     out = Console()
-    out.print(f"[bold]{doc['id']}[/bold]  {doc['status']}  endpoint {doc['endpoint']}, window "
-              f"{doc['completion_window']}, input {doc['input_file_id']}")
+    out.print(f"[bold]{escape(str(doc['id']))}[/bold]  {doc['status']}  endpoint {escape(str(doc['endpoint']))}, "
+              f"window {doc['completion_window']}, input {escape(str(doc['input_file_id']))}")
     for field in ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
                   "expired_at", "cancelling_at", "cancelled_at"):
         if doc.get(field):
             out.print(f"  {field:15} {_when(doc[field])}")
     plan = doc.get("carbon") or {}
     if plan:
-        out.print(f"  plan: {plan.get('plan')} (forecast: {plan.get('forecast')}, zone {plan.get('zone')})")
+        zone = escape(str(plan.get("zone")))
+        out.print(f"  plan: {plan.get('plan')} (forecast: {plan.get('forecast')}, zone {zone})")
     for field in ("output_file_id", "error_file_id"):
         if doc.get(field):
-            out.print(f"  {field}: {doc[field]}")
+            out.print(f"  {field}: {escape(str(doc[field]))}")
     for err in ((doc.get("errors") or {}).get("data") or [])[:10]:
-        out.print(f"  [red]line {err.get('line')}[/red]: {err.get('code')}: {err.get('message')}")
+        out.print(f"  [red]line {err.get('line')}[/red]: {err.get('code')}: {escape(str(err.get('message')))}")
     with Progress(TextColumn("lines"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   console=out) as bar:
         c = doc["request_counts"]

@@ -6,6 +6,7 @@ import time
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..ledger.errors import redact
@@ -40,8 +41,9 @@ def demo(
     with console.status("Loading the local models (once, so no request's latency or joules include it)..."):
         router.warm_up()
     console.print(
-        f"[bold]router demo[/]: {len(router.cards)} model cards from {config.models_dir}; "
-        f"policy [cyan]{router.policy_name}[/]; ledger {redact(config.ledger_url)}; meter {router.meter.name}"
+        f"[bold]router demo[/]: {len(router.cards)} model cards from {escape(str(config.models_dir))}; "
+        f"policy [cyan]{escape(router.policy_name)}[/]; ledger {escape(redact(config.ledger_url))}; "
+        f"meter {escape(router.meter.name)}"
     )
     table = Table(show_lines=True, title="What went where")
     for col in ("request", "model (tier)", "reason", "answer", "latency", "energy"):

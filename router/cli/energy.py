@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -101,15 +102,16 @@ def profile(
     cards = load_cards(cfg.models_dir)
     if model not in cards:
         errors.print(
-            f"[red]error:[/red] no model card {model!r} in {cfg.models_dir}; have: {', '.join(sorted(cards))}"
+            f"[red]error:[/red] no model card {escape(repr(model))} in {escape(str(cfg.models_dir))}; have: "
+            f"{escape(', '.join(sorted(cards)))}"
         )
         raise typer.Exit(2)
     card = cards[model]
     backend = create_backend(card)
     if not backend.local:
         errors.print(
-            f"[red]error:[/red] {model} is a remote model: its energy cannot be metered here. Put your provider's "
-            "published per-token figures in its card (energy.source: published, with a citation)."
+            f"[red]error:[/red] {escape(model)} is a remote model: its energy cannot be metered here. Put your "
+            "provider's published per-token figures in its card (energy.source: published, with a citation)."
         )
         raise typer.Exit(2)
     meter = auto_meter(cfg.meter, cfg.cpu_power)
@@ -124,7 +126,8 @@ def profile(
         )
         return gen.prompt_tokens, gen.completion_tokens
 
-    console.print(f"Profiling {model} with the {meter.kind}:{meter.name} meter ({len(chosen)} prompts x {repeats})")
+    console.print(f"Profiling {escape(model)} with the {meter.kind}:{meter.name} meter "
+                  f"({len(chosen)} prompts x {repeats})")
     call(chosen[0])  # warm-up: loading weights is not a per-call cost
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
@@ -136,7 +139,7 @@ def profile(
     fit = fit_profile(samples)
     new = profile_from_fit(card, fit, meter, samples)
 
-    table = Table(title=f"{model}: energy profile ({new.source}, {new.meter})")
+    table = Table(title=f"{escape(model)}: energy profile ({new.source}, {new.meter})")
     for col in ("", "value", "bootstrap sd"):
         table.add_column(col, justify="right")
     sp = fit.spread
@@ -152,6 +155,6 @@ def profile(
     if write:
         assert card.path is not None
         write_profile(card.path, new)
-        console.print(f"wrote the profile into {card.path}")
+        console.print(f"wrote the profile into {escape(str(card.path))}")
     else:
         console.print("dry run: card not changed")

@@ -126,7 +126,7 @@ def ledger_main(
     console = Console()
     if not summary:
         when = "" if since is None else f" since {utc_minute(start)}"
-        where = redact(cfg.ledger_url)
+        where = escape(redact(cfg.ledger_url))
         console.print(f"No records{when} in {where}." if when else f"No records yet in {where}.")
         return
     for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
@@ -276,7 +276,7 @@ def export(
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
     n = fn(led, output, start, end)
     led.close()
-    Console(stderr=True).print(f"wrote {n:,} records to {output} ({fmt.value})")
+    Console(stderr=True).print(f"wrote {n:,} records to {escape(str(output))} ({fmt.value})")
 
 
 @ledger_app.command()
