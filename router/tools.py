@@ -263,11 +263,25 @@ def legacy_delta(delta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (("name", fn.get("name")), ("arguments", fn.get("arguments"))) if v is not None}
 
 
+def delta_call_index(delta: Mapping[str, Any], ids: Mapping[int, str]) -> int:
+    """The index of the call a streamed tool-call delta belongs to, given the ids of the calls begun so far (by
+    index): its ``index``. Some OpenAI-compatible servers send none: then a delta with an id not seen yet starts
+    a new call, one with a known id goes to that call, and one without an id continues the latest call."""
+    index = delta.get("index")
+    if index is not None:
+        return int(index)
+    call_id = delta.get("id")
+    latest = max(ids, default=-1)
+    if call_id:
+        return next((i for i, known in ids.items() if known == call_id), latest + 1)
+    return max(latest, 0)
+
+
 def merge_tool_deltas(calls: list[dict[str, Any]], deltas: Sequence[Mapping[str, Any]]) -> None:
-    """Add streamed tool-call deltas to ``calls`` (whole calls, by ``index``): a call's first delta brings its id
-    and name, later ones pieces of its arguments."""
+    """Add streamed tool-call deltas to ``calls`` (whole calls, by index, see :func:`delta_call_index`): a call's
+    first delta brings its id and name, later ones pieces of its arguments."""
     for delta in deltas:
-        index = delta.get("index", len(calls))
+        index = delta_call_index(delta, {i: call["id"] for i, call in enumerate(calls)})
         while len(calls) <= index:
             calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
         call = calls[index]

@@ -55,7 +55,7 @@ from ..errors import (
 from ._http11 import HTTPPool
 from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent
-from .openai_shapes import logprobs_of, option_fields, tool_call_deltas, tool_calls
+from .openai_shapes import CallsBegun, logprobs_of, option_fields, tool_call_deltas, tool_calls
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -497,8 +497,7 @@ class _SSEParser:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
         self.done = False
-        self.calls_begun: set[int] = set()
-        """Tool calls (by index) whose first delta has been passed on."""
+        self.calls_begun = CallsBegun()
 
     def feed(self, line: str) -> list[StreamEvent]:
         line = line.strip()

@@ -5,10 +5,11 @@ proxy can send them on without a model validation in between."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..options import ModelOptions
-from ..tools import legacy_call_id, new_call_id
+from ..tools import delta_call_index, legacy_call_id, new_call_id
 
 
 def option_fields(options: ModelOptions, reasoning: bool) -> dict[str, Any]:
@@ -52,22 +53,31 @@ def tool_calls(message: dict[str, Any]) -> list[dict[str, Any]] | None:
     return calls
 
 
-def tool_call_deltas(delta: dict[str, Any], begun: set[int]) -> list[dict[str, Any]] | None:
-    """Tool-call deltas as OpenAI streams them: ``id``, ``type`` and the name in a call's first delta only (some
-    servers, llama.cpp's Python server among them, repeat the name in every delta; clients that add the pieces
-    up, as the openai SDK does, would get it over and over)."""
+@dataclass
+class CallsBegun:
+    """The tool calls of a stream whose first delta has been passed on."""
+
+    ids: dict[int, str] = field(default_factory=dict)
+    """The id the endpoint gave each call (``""`` where it gave none), by index."""
+
+
+def tool_call_deltas(delta: dict[str, Any], begun: CallsBegun) -> list[dict[str, Any]] | None:
+    """Tool-call deltas as OpenAI streams them: each with its ``index`` (which some endpoints leave out, see
+    :func:`delta_call_index`), ``id``, ``type`` and the name in a call's first delta only (some servers,
+    llama.cpp's Python server among them, repeat the name in every delta; clients that add the pieces up, as the
+    openai SDK does, would get it over and over)."""
     raw = delta.get("tool_calls")
     if not raw:
         return None
     out = []
     for item in raw:
-        index = int(item.get("index", 0))
+        index = delta_call_index(item, begun.ids)
         d: dict[str, Any] = {"index": index}
         fn = item.get("function") or {}
-        first = index not in begun
+        first = index not in begun.ids
         if first:
-            begun.add(index)
-            d["id"] = str(item.get("id") or new_call_id())
+            begun.ids[index] = str(item.get("id") or "")
+            d["id"] = begun.ids[index] or new_call_id()
             d["type"] = "function"
         piece = {k: str(fn[k]) for k in ("name", "arguments") if fn.get(k) is not None and (k != "name" or first)}
         if piece:

@@ -15,6 +15,11 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
 - ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
   first when ``parallel_tool_calls`` is false (JSON, or SSE tool-call deltas: id and name, then the arguments);
+  ``calls:noindex`` streams them without ``index`` (as some OpenAI-compatible servers do): each call's first delta
+  has its id and name, the arguments follow in two deltas with neither index nor id; ``calls:latename`` streams
+  each call's id first and its name in the next delta, with the arguments;
+- ``usage:PROMPT:COMPLETION``: answers like anything else, with those token counts (JSON values, so ``-5``,
+  ``2.5`` or ``1e30``) in ``usage``, whole and streamed (an endpoint reporting counts that are not counts);
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503).
@@ -80,7 +85,11 @@ async def chat(request: Request) -> Response:
                 closed_early["slow-json"] += 1
                 return Response(status_code=499)
     usage = model != "nousage"
-    tool_calls = _tool_calls(body) if model == "calls" else []
+    counts = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    if model.startswith("usage:"):
+        prompt, _, completion = model[6:].partition(":")
+        counts = {"prompt_tokens": json.loads(prompt), "completion_tokens": json.loads(completion)}
+    tool_calls = _tool_calls(body) if model.split(":")[0] == "calls" else []
     if not body.get("stream"):
         text = json.dumps({"answer": _answer(body)}) if model == "json" else _answer(body)
         message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
@@ -88,7 +97,7 @@ async def chat(request: Request) -> Response:
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-            **({"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}} if usage else {}),
+            **({"usage": counts} if usage else {}),
         })
 
     if model == "slow":
@@ -112,10 +121,21 @@ async def chat(request: Request) -> Response:
                 yield chunk({"role": "assistant", "content": None})
                 for i, call in enumerate(tool_calls):
                     fn = call["function"]
-                    yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                                 "function": {"name": fn["name"], "arguments": ""}}]})
-                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
-                yield chunk({}, "tool_calls", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+                    if model == "calls:noindex":
+                        yield chunk({"tool_calls": [{"id": call["id"], "type": "function",
+                                                     "function": {"name": fn["name"], "arguments": ""}}]})
+                        for half in (fn["arguments"][:1], fn["arguments"][1:]):
+                            yield chunk({"tool_calls": [{"function": {"arguments": half}}]})
+                    elif model == "calls:latename":
+                        yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                     "function": {"arguments": ""}}]})
+                        yield chunk({"tool_calls": [{"index": i, "function": {"name": fn["name"],
+                                                                              "arguments": fn["arguments"]}}]})
+                    else:
+                        yield chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                                     "function": {"name": fn["name"], "arguments": ""}}]})
+                        yield chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
+                yield chunk({}, "tool_calls", counts)
                 yield b"data: [DONE]\n\n"
                 return
             yield chunk({"role": "assistant", "content": ""})
@@ -124,8 +144,11 @@ async def chat(request: Request) -> Response:
                     await asyncio.sleep(delay)
                 sent += 1
                 yield chunk({"content": piece})
-            yield chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent}
-                        if usage else None)
+            if model.startswith("usage:"):
+                yield chunk({}, "stop", counts)
+            else:
+                yield chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent}
+                            if usage else None)
             yield b"data: [DONE]\n\n"
         finally:
             if sent < len(pieces):
