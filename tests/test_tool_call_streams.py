@@ -84,3 +84,15 @@ def test_streamed_calls_without_index_come_back_as_separate_calls(proxy: Proxy) 
     assert finish == "tool_calls"
     record = wait_for_record(proxy.ledger_url, "noindex", timeout=20, poll=0.1)
     assert (record.model, record.outcome, record.input_tokens, record.output_tokens) == ("remote-noindex", "ok", 10, 5)
+
+
+@pytest.mark.slow
+def test_a_name_after_the_call_id_is_kept(proxy: Proxy) -> None:
+    """An endpoint that streams each call's id first and its name in the next delta: the name is passed on once,
+    and the call is the function named, not a call to an unknown function ''."""
+    calls, finish = streamed_calls(proxy, "remote-latename", "latename")
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("call_0", "get_weather", {}), ("call_1", "get_time", {})]
+    assert finish == "tool_calls"
+    record = wait_for_record(proxy.ledger_url, "latename", timeout=20, poll=0.1)
+    assert (record.model, record.outcome, record.input_tokens, record.output_tokens) == ("remote-latename", "ok", 10, 5)

@@ -59,13 +59,15 @@ class CallsBegun:
 
     ids: dict[int, str] = field(default_factory=dict)
     """The id the endpoint gave each call (``""`` where it gave none), by index."""
+    named: set[int] = field(default_factory=set)
+    """The calls (by index) whose name has been passed on."""
 
 
 def tool_call_deltas(delta: dict[str, Any], begun: CallsBegun) -> list[dict[str, Any]] | None:
     """Tool-call deltas as OpenAI streams them: each with its ``index`` (which some endpoints leave out, see
-    :func:`delta_call_index`), ``id``, ``type`` and the name in a call's first delta only (some servers,
-    llama.cpp's Python server among them, repeat the name in every delta; clients that add the pieces up, as the
-    openai SDK does, would get it over and over)."""
+    :func:`delta_call_index`), ``id`` and ``type`` in a call's first delta and its name once, the first non-empty
+    one (some servers, llama.cpp's Python server among them, repeat the name in every delta, and clients that add
+    the pieces up, as the openai SDK does, would get it over and over; others send it after the call's id)."""
     raw = delta.get("tool_calls")
     if not raw:
         return None
@@ -79,7 +81,12 @@ def tool_call_deltas(delta: dict[str, Any], begun: CallsBegun) -> list[dict[str,
             begun.ids[index] = str(item.get("id") or "")
             d["id"] = begun.ids[index] or new_call_id()
             d["type"] = "function"
-        piece = {k: str(fn[k]) for k in ("name", "arguments") if fn.get(k) is not None and (k != "name" or first)}
+        piece = {}
+        if fn.get("name") and index not in begun.named:
+            begun.named.add(index)
+            piece["name"] = str(fn["name"])
+        if fn.get("arguments") is not None:
+            piece["arguments"] = str(fn["arguments"])
         if piece:
             d["function"] = piece
         out.append(d)
