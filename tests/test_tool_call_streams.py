@@ -18,7 +18,9 @@ from router.tools import merge_tool_deltas
 TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
          for name in ("get_weather", "get_time")]
 ASK = [{"role": "user", "content": "Weather and time in Paris?"}]
-UPSTREAM_MODELS = {"remote-noindex": "calls:noindex", "remote-latename": "calls:latename"}
+UPSTREAM_MODELS = {"remote-noindex": "calls:noindex", "remote-latename": "calls:latename",
+                   "remote-negative": "usage:-5:1e30", "remote-fraction": "usage:2.5:true",
+                   "remote-nousage": "nousage"}
 
 
 class Proxy:
@@ -96,3 +98,31 @@ def test_a_name_after_the_call_id_is_kept(proxy: Proxy) -> None:
     assert finish == "tool_calls"
     record = wait_for_record(proxy.ledger_url, "latename", timeout=20, poll=0.1)
     assert (record.model, record.outcome, record.input_tokens, record.output_tokens) == ("remote-latename", "ok", 10, 5)
+
+
+def usage_and_record(proxy: Proxy, model: str, stream: bool,
+                     request_id: str) -> tuple[tuple[int, int], tuple[int, int, float]]:
+    """The usage the client is told and the ledger record's tokens and energy, for one question to ``model``."""
+    chat = proxy.chat()
+    if stream:
+        chunks = list(chat.create(model=model, messages=ASK, stream=True, stream_options={"include_usage": True},
+                                  extra_headers={"x-request-id": request_id}))
+        usage = chunks[-1].usage
+    else:
+        usage = chat.create(model=model, messages=ASK, extra_headers={"x-request-id": request_id}).usage
+    record = wait_for_record(proxy.ledger_url, request_id, timeout=20, poll=0.1)
+    assert usage is not None and record.outcome == "ok"
+    return (usage.prompt_tokens, usage.completion_tokens), (record.input_tokens, record.output_tokens, record.energy_j)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("model", ["remote-negative", "remote-fraction"])
+def test_token_counts_that_are_not_counts_are_estimated(proxy: Proxy, model: str, stream: bool) -> None:
+    """An endpoint reporting token counts that are not counts (negative, absurd, a fraction, ``true``): streamed
+    as whole, the client's usage and the ledger's tokens and energy are the router's own estimates, as for an
+    endpoint that reports no usage."""
+    usage, record = usage_and_record(proxy, model, stream, f"{model}-{stream}")
+    estimated_usage, estimated_record = usage_and_record(proxy, "remote-nousage", stream, f"{model}-{stream}-estimated")
+    assert usage == estimated_usage and record == estimated_record
+    assert usage == record[:2] and min(usage) > 0

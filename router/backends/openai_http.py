@@ -495,7 +495,7 @@ class _SSEParser:
     def __init__(self, name: str) -> None:
         self.name = name
         self.finish_reason: str | None = None
-        self.usage: dict[str, int] | None = None
+        self.usage: dict[str, Any] | None = None
         self.done = False
         self.calls_begun = CallsBegun()
 
@@ -513,6 +513,8 @@ class _SSEParser:
                 raise BackendError(f"{self.name}: the model's endpoint reported an error mid-stream",
                                    detail=str(chunk["error"])[:300])
             if chunk.get("usage"):
+                if not isinstance(chunk["usage"], dict):
+                    raise TypeError("usage must be an object")
                 self.usage = chunk["usage"]
             events = []
             for choice in chunk.get("choices") or []:
@@ -536,8 +538,9 @@ class _SSEParser:
         return [
             StreamEvent(
                 finish_reason=self.finish_reason or "stop",
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
+                # checked as a whole answer's are: the ledger, budgets and energy estimates are computed from them
+                prompt_tokens=_count(usage.get("prompt_tokens")),
+                completion_tokens=_count(usage.get("completion_tokens")),
             )
         ]
 
