@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+import uvicorn
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, HttpToolsProtocol, RequestResponseCycle
@@ -18,9 +19,16 @@ from uvicorn.server import ServerState
 from router.proxy._fast_cycle import (
     _FORBIDDEN_IN_NAME,
     _FORBIDDEN_IN_VALUE,
+    FOLLOWED_UVICORN,
+    FOLLOWS_INSTALLED_UVICORN,
     FastCycleProtocol,
     FastResponseCycle,
 )
+from router.proxy.server import OneWriteHttpToolsProtocol
+
+# The copies are compared with the uvicorn installed; on another series router serve does not use them
+pytestmark = pytest.mark.skipif(not FOLLOWS_INSTALLED_UVICORN,
+                                reason=f"uvicorn {uvicorn.__version__} installed; the copies follow {FOLLOWED_UVICORN}")
 
 
 class Transport(asyncio.Transport):
@@ -303,3 +311,7 @@ def test_the_protocol_makes_fast_cycles_and_keeps_one_timer_per_connection() -> 
         assert loop.timers[0].cancelled()
 
     asyncio.run(run())
+
+
+def test_router_serve_uses_the_copies_only_on_the_uvicorn_they_follow() -> None:
+    assert issubclass(OneWriteHttpToolsProtocol, FastCycleProtocol) == FOLLOWS_INSTALLED_UVICORN

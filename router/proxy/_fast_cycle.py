@@ -4,7 +4,9 @@ Why a module of its own: both changes follow uvicorn's code closely (parts of it
 from the proxy's own protocol changes in :mod:`router.proxy.server`, and ``tests/test_fast_cycle.py`` runs them
 against uvicorn's originals so that a uvicorn upgrade that changes what they follow shows up. Justified by
 ``python benchmarks/bench_instructions.py server`` (router serve's HTTP protocol alone, instructions per request):
-~154k on uvicorn's own code, ~142k with these (the header checks ~7k of it, the timer ~5.5k).
+~154k on uvicorn's own code, ~142k with these (the header checks ~7k of it, the timer ~5.5k). Copied code must not
+run against another version's internals, so :data:`ProtocolBase` is uvicorn's own protocol unless the installed
+uvicorn is the series followed (:data:`FOLLOWED_UVICORN`).
 
 - :class:`FastResponseCycle`: uvicorn checks every response header's name and value with a regular-expression search
   each, and the regular-expression engine spends tens of instructions per byte; the proxy's answers carry ~8
@@ -25,6 +27,7 @@ import re
 import types
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -232,3 +235,10 @@ class FastCycleProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
 
+
+FOLLOWED_UVICORN = "0.54"
+"""The uvicorn release series whose code this module copies and changes."""
+FOLLOWS_INSTALLED_UVICORN = uvicorn.__version__.split(".")[:2] == FOLLOWED_UVICORN.split(".")
+ProtocolBase: type[HttpToolsProtocol] = FastCycleProtocol if FOLLOWS_INSTALLED_UVICORN else HttpToolsProtocol
+"""What ``router serve``'s protocol builds on: :class:`FastCycleProtocol` on the uvicorn series it follows, else
+uvicorn's own protocol (correct on any version, ~12k instructions per request more)."""

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import RequestTimeoutError
-from ._fast_cycle import FastCycleProtocol
+from ._fast_cycle import ProtocolBase
 
 BEFORE_SEND: list[Callable[[], None]] = []
 """Called before any response bytes of this process leave (this module's protocol only): ``router serve`` puts
@@ -106,11 +106,11 @@ def _timeout_response() -> bytes:
             b"content-length: %d\r\n\r\n%s" % (len(body), body))
 
 
-class OneWriteHttpToolsProtocol(FastCycleProtocol):
+class OneWriteHttpToolsProtocol(ProtocolBase):  # type: ignore[valid-type,misc]
     """``uvicorn.run(..., http=OneWriteHttpToolsProtocol)``: uvicorn's httptools protocol (made cheaper per request
-    by :mod:`router.proxy._fast_cycle`) over :class:`_OneWrite`, with deadlines on reading each request. A deadline
-    is armed only when a request is still incomplete after the bytes received so far have been parsed: a request
-    that arrives whole, the usual case, costs no timer."""
+    by :mod:`router.proxy._fast_cycle` on the uvicorn it follows) over :class:`_OneWrite`, with deadlines on reading
+    each request. A deadline is armed only when a request is still incomplete after the bytes received so far have
+    been parsed: a request that arrives whole, the usual case, costs no timer."""
 
     _phase = 1  # 0: between requests; 1: reading headers (a new connection too); 2: reading a body
     _armed = 0  # the phase the timer is for (0: none)
