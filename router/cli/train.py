@@ -220,12 +220,22 @@ def feedback(
     router/training/feedback_fit.py for why.)"""
     from ..cards import load_catalogue
     from ..classify.onnx_classifier import OnnxRequestClassifier
-    from ..config import RouterConfig
+    from ..config import RouterConfig, embedded_dir
+    from ..errors import ConfigError
     from ..training.feedback_fit import fit_feedback
 
     models_dir = models or RouterConfig.load().models_dir
     cards = load_catalogue(models_dir)
-    classifier = OnnxRequestClassifier(models_dir / "classifier", cards)
+    folder = models_dir / "classifier"
+    if not ((folder / "classifier.json").is_file() and (folder / "classifier.onnx").is_file()):
+        # A models folder of cards alone routes with the shipped classifier, but the refit is saved beside the
+        # classifier it refits, so it needs one of its own here to write to.
+        raise ConfigError(
+            f"{folder} holds no trained classifier (classifier.json and classifier.onnx) to refit; copy the shipped "
+            f"one there ({embedded_dir('models') / 'classifier'}) or train one with "
+            f"`router train classifier --out {folder}`"
+        )
+    classifier = OnnxRequestClassifier(folder, cards)
     try:
         with _progress() as progress:
             step = progress.add_task("feedback", total=None)

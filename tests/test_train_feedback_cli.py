@@ -1,0 +1,43 @@
+"""``router train feedback`` as a user runs it, on a copy of the shipped cards and classifier in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cli_helpers import router_main
+from servers.procs import ROOT
+
+LOCAL = ("smollm2-135m", "gemma3-270m")
+
+
+def cards_folder(tmp_path: Path, *, with_classifier: bool) -> Path:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in LOCAL:
+        shutil.copy(ROOT / "models" / f"{name}.yaml", models)
+    if with_classifier:
+        shutil.copytree(ROOT / "models" / "classifier", models / "classifier")  # the refit writes into this copy
+    return models
+
+
+def scored_file(path: Path) -> Path:
+    """Six chat requests: people liked the first local model's answers and disliked the second's."""
+    good, bad = LOCAL
+    rows = [{"prompt": f"Tell me about topic {i}.", "task": "chat",
+             "outcomes": {good: {"correct": 1.0}, bad: {"correct": 0.0}}} for i in range(6)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_a_cards_folder_without_a_classifier_is_one_error_line_naming_it_and_the_fix(tmp_path: Path) -> None:
+    models = cards_folder(tmp_path, with_classifier=False)
+    code, out = router_main("train", "feedback", str(scored_file(tmp_path / "scored.jsonl")), "--models",
+                            str(models), "--min-requests", "3")
+    assert code == 2, out
+    text = " ".join(out.split())
+    assert "Traceback" not in out
+    assert f"{models / 'classifier'} holds no trained classifier" in text, out
+    assert f"router train classifier --out {models / 'classifier'}" in text, out
+    assert not (models / "classifier").exists()
