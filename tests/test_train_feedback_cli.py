@@ -14,7 +14,7 @@ LOCAL = ("smollm2-135m", "gemma3-270m")
 
 def cards_folder(tmp_path: Path, *, with_classifier: bool) -> Path:
     models = tmp_path / "models"
-    models.mkdir()
+    models.mkdir(parents=True)
     for name in LOCAL:
         shutil.copy(ROOT / "models" / f"{name}.yaml", models)
     if with_classifier:
@@ -41,3 +41,18 @@ def test_a_cards_folder_without_a_classifier_is_one_error_line_naming_it_and_the
     assert f"{models / 'classifier'} holds no trained classifier" in text, out
     assert f"router train classifier --out {models / 'classifier'}" in text, out
     assert not (models / "classifier").exists()
+
+
+def test_paths_with_brackets_print_as_given_and_the_saved_refit_is_reported(tmp_path: Path) -> None:
+    """The outcomes and models paths are the user's text, not Rich markup: ``[v2]`` stays and ``[/x]`` (a
+    closing tag matching nothing) does not crash the command after the refit was already saved."""
+    models = cards_folder(tmp_path / "cards[v2]", with_classifier=True)
+    (tmp_path / "runs[").mkdir()
+    scored = scored_file(tmp_path / "runs[" / "x].jsonl")  # .../runs[/x].jsonl
+    code, out = router_main("train", "feedback", str(scored), "--models", str(models), "--min-requests", "3")
+    assert code == 0, out
+    text = "".join(out.split())  # the table title may wrap anywhere at the test's terminal width
+    assert "refittedfrom" + "".join(str(scored).split()) in text, out
+    saved = models / "classifier" / "added_models.json"
+    assert "savedto" + "".join(str(saved).split()) in text, out
+    assert set(json.loads(saved.read_text())) == set(LOCAL)

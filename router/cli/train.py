@@ -245,14 +245,15 @@ def feedback(
     except (OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    table = Table(title=f"refitted from {outcomes}")
+    table = Table(title=f"refitted from {escape(str(outcomes))}")
     for col in ("model", "task", "scored requests", "mean score", "P before", "P after"):
         table.add_column(col, justify="left" if col in ("model", "task") else "right")
     for f in fits:
-        table.add_row(f.model, f.task, str(f.requests), f"{f.mean_score:.3f}", f"{f.before:.3f}", f"{f.after:.3f}")
+        table.add_row(escape(f.model), escape(f.task), str(f.requests), f"{f.mean_score:.3f}", f"{f.before:.3f}",
+                      f"{f.after:.3f}")
     console.print(table)
     for group, n in skipped.items():
-        console.print(f"not refitted: {group} ({n} scored requests < --min-requests {min_requests})")
+        console.print(f"not refitted: {escape(group)} ({n} scored requests < --min-requests {min_requests})")
     if fits:
         where = models_dir / "classifier" / "added_models.json"
-        console.print(f"saved to {where}" if save else "not saved (--no-save)")
+        console.print(f"saved to {escape(str(where))}" if save else "not saved (--no-save)")
