@@ -91,8 +91,9 @@ class Attempts:
         self.answer: tuple[Call, Generation, float] | None = None
         self.escalated: tuple[Call, Generation, float] | None = None
         """The answer whose low confidence sent the request on to the escalation models."""
-        self._escalation_unreadable = False
-        """An escalation model was passed over because its budget could not be read (the ledger's store is down)."""
+        self._escalation_skipped = False
+        """An escalation model was passed over for its budget (spent under ``fallback``, or not readable while the
+        ledger's store is down): the answer escalated from is then the one to fall back to."""
         self.flags: list[str] = []
         """What the attempts had to work around, after the decision's own flags."""
 
@@ -233,6 +234,10 @@ class Attempts:
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_exhausted")
         self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
         if d.on_budget_exhausted == "fallback":
+            # an answer already in hand (the one escalated from) is the model with room to fall back to: the
+            # engine checked the escalation's estimate, but its hold (an upper quantile) or another request's
+            # spending can still leave no room at call time
+            self._escalation_skipped = self._escalation_skipped or self.escalated is not None
             return None
         retry = ref.window_s - time.time() % ref.window_s
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
@@ -244,8 +249,8 @@ class Attempts:
         the engine leaves such a model out of a decision's escalations); the escalated answer is kept should no
         other escalation model answer (:meth:`keep_escalated`)."""
         assert self.escalated is not None
-        self._escalation_unreadable = True
-        self.flags += ["budget_unreadable", "escalation_skipped"]
+        self._escalation_skipped = True
+        self.flags.append("budget_unreadable")
         self.notes.append(f"budget {budget} could not be read (the ledger's store is unavailable): {card.name} not "
                           f"tried, escalation skipped (budget_unreadable)")
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_unreadable")
@@ -296,9 +301,10 @@ class Attempts:
 
     def keep_escalated(self) -> bool:
         """Once :meth:`next_call` has run out of models: ``True`` when the escalated answer is the answer, because
-        an escalation model was passed over for a budget that could not be read; the reason says so."""
-        if self.answer is not None or self.escalated is None or not self._escalation_unreadable:
+        an escalation model was passed over for its budget (spent, or not readable); the reason says so."""
+        if self.answer is not None or self.escalated is None or not self._escalation_skipped:
             return False
+        self.flags.append("escalation_skipped")
         self._answer(*self.escalated)
         return True
 

@@ -125,7 +125,8 @@ class Routing(BaseModel):
     flags: list[str] = Field(default_factory=list)
     """What the decision had to work around, for programs to test rather than parse ``reason``:
     ``target_unmet``, ``budget_fallback``, ``budget_unreadable``, ``cooling_down``, ``over_budget_allowed``,
-    ``escalation_skipped`` (a cascade's answer kept: its escalation model's budget could not be read)."""
+    ``escalation_skipped`` (a cascade's answer kept: its escalation model's budget was spent or could not
+    be read)."""
 
 
 class Choice(BaseModel):

@@ -4,7 +4,7 @@ ledger records both attempts and their joules."""
 from __future__ import annotations
 
 import pytest
-from test_budgets import REVIEW, make_router, setup
+from test_budgets import REVIEW, make_router, policy, setup, spend_early
 
 CASCADE = """\
     name: t
@@ -47,3 +47,27 @@ def test_llama_cpp_reports_mean_token_probability_when_asked(small_backend):
     asked = small_backend.generate(GenerationRequest(msgs, max_tokens=8, want_confidence=True))
     assert plain.confidence is None and 0 < asked.confidence <= 1
     assert asked.text == plain.text  # reading the logits does not change greedy decoding
+
+
+def test_an_escalation_whose_budget_is_spent_at_call_time_keeps_the_answer_it_escalated_from(tmp_path):
+    """The decision saw room in spec-b's budget, then other traffic spent it before the escalation: under
+    `fallback` the answer spec-a already gave is the model with room, not a 429 that says every budget is spent
+    (spec-a had none), plain and streamed."""
+    r = make_router(setup(tmp_path, policy("fallback", 100.0, per=86400, model="spec-b")
+                          + "cascade: {enabled: true, escalate_below: 0.999, escalate_to: spec-b}\n", b_prior=0.9))
+    plain, streamed = r.prepare(REVIEW), r.prepare(REVIEW)
+    assert plain.decision.escalate_to == ("spec-b",)
+    spend_early(r, "model:spec-b:86400s", 99.5, 100.0, 86400, need_s=60)
+    kept = r.send(plain)
+    chunks = list(r.send(streamed, stream=True))
+    assert kept.routing.model == "spec-a" and kept.choices[0].message.content in ("positive", "negative")
+    assert [(a.model, a.outcome) for a in kept.routing.attempts] == [("spec-a", "escalated"), ("spec-b", "rejected")]
+    assert "escalation_skipped" in kept.routing.flags
+    assert "spec-b's energy budget model:spec-b:86400s is spent" in kept.routing.reason
+    assert kept.routing.energy_j == pytest.approx(kept.routing.attempts[0].energy_j)
+    final = chunks[-1].routing
+    assert final is not None and final.model == "spec-a" and "escalation_skipped" in final.flags
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == kept.choices[0].message.content
+    outcomes = [(x.model, x.outcome) for x in r.ledger.records()]
+    assert outcomes == [("spec-a", "escalated"), ("spec-b", "rejected")] * 2
+    r.close()
