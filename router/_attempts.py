@@ -425,9 +425,12 @@ class Attempts:
             return d.reason
         parts = [d.reason]
         if len(self.attempts) > 1:
-            final = self.attempts[-1]["model"]
-            earlier = ", ".join(f"{a['model']} {a['outcome']}" for a in self.attempts[:-1])
-            parts.append(f"answered by {final} after {earlier}")
+            # the answer is the newest attempt, except a cascade's answer kept when its escalation was not made
+            own = self.answer[0].index if self.answer is not None else len(self.attempts) - 1
+            earlier = ", ".join(f"{a['model']} {a['outcome']}" for a in self.attempts[:own])
+            later = ", ".join(f"{a['model']} {a['outcome']}" for a in self.attempts[own + 1:])
+            parts.append(f"answered by {self.attempts[own]['model']}" + (f" after {earlier}" if earlier else "")
+                         + (f", kept after {later}" if later else ""))
         return "; ".join(parts + self.notes)
 
     def routing(self) -> dict[str, Any]:

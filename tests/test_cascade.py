@@ -49,12 +49,18 @@ def test_llama_cpp_reports_mean_token_probability_when_asked(small_backend):
     assert asked.text == plain.text  # reading the logits does not change greedy decoding
 
 
+def escalation_budget(tmp_path):
+    """spec-a answers first and escalates to spec-b (its confidence on a review is below 0.999), whose budget is
+    100 J a day."""
+    return make_router(setup(tmp_path, policy("fallback", 100.0, per=86400, model="spec-b")
+                             + "cascade: {enabled: true, escalate_below: 0.999, escalate_to: spec-b}\n", b_prior=0.9))
+
+
 def test_an_escalation_whose_budget_is_spent_at_call_time_keeps_the_answer_it_escalated_from(tmp_path):
     """The decision saw room in spec-b's budget, then other traffic spent it before the escalation: under
     `fallback` the answer spec-a already gave is the model with room, not a 429 that says every budget is spent
     (spec-a had none), plain and streamed."""
-    r = make_router(setup(tmp_path, policy("fallback", 100.0, per=86400, model="spec-b")
-                          + "cascade: {enabled: true, escalate_below: 0.999, escalate_to: spec-b}\n", b_prior=0.9))
+    r = escalation_budget(tmp_path)
     plain, streamed = r.prepare(REVIEW), r.prepare(REVIEW)
     assert plain.decision.escalate_to == ("spec-b",)
     spend_early(r, "model:spec-b:86400s", 99.5, 100.0, 86400, need_s=60)
@@ -70,4 +76,17 @@ def test_an_escalation_whose_budget_is_spent_at_call_time_keeps_the_answer_it_es
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == kept.choices[0].message.content
     outcomes = [(x.model, x.outcome) for x in r.ledger.records()]
     assert outcomes == [("spec-a", "escalated"), ("spec-b", "rejected")] * 2
+    r.close()
+
+
+def test_the_reason_of_a_kept_answer_names_the_model_that_gave_it(tmp_path):
+    """The escalation was not made: the reason says spec-a answered and spec-b was rejected, not 'answered by
+    spec-b' (the model that produced nothing)."""
+    r = escalation_budget(tmp_path)
+    prepared = r.prepare(REVIEW)
+    spend_early(r, "model:spec-b:86400s", 99.5, 100.0, 86400, need_s=60)
+    kept = r.send(prepared)
+    assert kept.routing.model == "spec-a"
+    assert "answered by spec-a, kept after spec-b rejected" in kept.routing.reason
+    assert "answered by spec-b" not in kept.routing.reason
     r.close()
