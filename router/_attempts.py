@@ -282,7 +282,7 @@ class Attempts:
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
                                       gen.confidence))
         self.energy = energy if self.energy is None else self.energy + energy
-        reason = (f"{d.reason}; low confidence, escalating ({gen.confidence:.2f} < {d.escalate_below:.2f})"
+        reason = (f"{d.reason}; low confidence, escalating ({_below(gen.confidence, d.escalate_below)})"
                   if escalate else self.reason())
         self.co2e_g += self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index,
                                          reason=reason)
@@ -465,6 +465,16 @@ class Attempts:
             "routing": self.routing(),
             "system_fingerprint": None,
         }
+
+def _below(value: float, threshold: float) -> str:
+    """``value < threshold`` with two decimals, or as many more as it takes for the two to read apart (0.9987 against
+    0.999 would read "1.00 < 1.00")."""
+    for decimals in range(2, 7):
+        left, right = f"{value:.{decimals}f}", f"{threshold:.{decimals}f}"
+        if left != right:
+            break
+    return f"{left} < {right}"
+
 
 def _attempt(model: str, tier: str, energy_j: float, energy_source: str, latency_ms: float, outcome: str,
              confidence: float | None = None) -> dict[str, Any]:

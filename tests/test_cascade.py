@@ -90,3 +90,11 @@ def test_the_reason_of_a_kept_answer_names_the_model_that_gave_it(tmp_path):
     assert "answered by spec-a, kept after spec-b rejected" in kept.routing.reason
     assert "answered by spec-b" not in kept.routing.reason
     r.close()
+
+
+def test_the_escalation_reason_reads_a_confidence_close_to_its_threshold_apart_from_it() -> None:
+    from router._attempts import _below
+
+    assert _below(0.62, 0.8) == "0.62 < 0.80"
+    assert _below(0.9987, 0.999) == "0.9987 < 0.9990", "two decimals read 1.00 < 1.00"
+    assert _below(0.3, 0.3000000001) == "0.300000 < 0.300000"  # closer than any text shows: six decimals at most
