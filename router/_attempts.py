@@ -24,7 +24,8 @@ so fallback, cascade, budgets, deadlines and records behave the same on every pa
 The rules: a backend failure (:class:`BackendError`) or a model whose context is too short moves on to the next
 model; after streamed output has reached the caller nothing moves on (the answer has begun). A spent budget
 falls back, rejects or is allowed and flagged as the policy says; an escalation model whose budget cannot be
-reserved because the ledger's store is down is not tried, and the escalated answer is kept. An expired deadline
+reserved because the ledger's store is down is not tried. A cascade whose escalation is not made (no escalation
+model had room or answered) keeps the answer it escalated from, flagged ``escalation_skipped``. An expired deadline
 or a cancelled request ends the request at once. Every model called leaves one ledger record (``ok``,
 ``escalated``, ``error``, ``cancelled``), and a model skipped for its budget a ``rejected`` one.
 
@@ -91,9 +92,6 @@ class Attempts:
         self.answer: tuple[Call, Generation, float] | None = None
         self.escalated: tuple[Call, Generation, float] | None = None
         """The answer whose low confidence sent the request on to the escalation models."""
-        self._escalation_skipped = False
-        """An escalation model was passed over for its budget (spent under ``fallback``, or not readable while the
-        ledger's store is down): the answer escalated from is then the one to fall back to."""
         self.flags: list[str] = []
         """What the attempts had to work around, after the decision's own flags."""
 
@@ -234,10 +232,6 @@ class Attempts:
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_exhausted")
         self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
         if d.on_budget_exhausted == "fallback":
-            # an answer already in hand (the one escalated from) is the model with room to fall back to: the
-            # engine checked the escalation's estimate, but its hold (an upper quantile) or another request's
-            # spending can still leave no room at call time
-            self._escalation_skipped = self._escalation_skipped or self.escalated is not None
             return None
         retry = ref.window_s - time.time() % ref.window_s
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
@@ -249,7 +243,6 @@ class Attempts:
         the engine leaves such a model out of a decision's escalations); the escalated answer is kept should no
         other escalation model answer (:meth:`keep_escalated`)."""
         assert self.escalated is not None
-        self._escalation_skipped = True
         self.flags.append("budget_unreadable")
         self.notes.append(f"budget {budget} could not be read (the ledger's store is unavailable): {card.name} not "
                           f"tried, escalation skipped (budget_unreadable)")
@@ -300,9 +293,12 @@ class Attempts:
             self.router.learning.answered(self.prepared, call.model, gen)
 
     def keep_escalated(self) -> bool:
-        """Once :meth:`next_call` has run out of models: ``True`` when the escalated answer is the answer, because
-        an escalation model was passed over for its budget (spent, or not readable); the reason says so."""
-        if self.answer is not None or self.escalated is None or not self._escalation_skipped:
+        """Once :meth:`next_call` has run out of models: ``True`` when the escalated answer is the answer, because no
+        escalation was made (each escalation model's budget spent or unreadable, or the model failed or could not
+        hold the prompt): an answer in hand, already paid for, rather than an error; the reason says so. A spent
+        budget may leave no room at call time although the engine saw some: it checks the estimate, the hold is an
+        upper quantile, and other requests spend meanwhile."""
+        if self.answer is not None or self.escalated is None:
             return False
         self.flags.append("escalation_skipped")
         self._answer(*self.escalated)

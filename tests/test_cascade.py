@@ -4,7 +4,7 @@ ledger records both attempts and their joules."""
 from __future__ import annotations
 
 import pytest
-from test_budgets import REVIEW, make_router, policy, setup, spend_early
+from test_budgets import ONNX, REVIEW, make_router, policy, setup, spend_early
 
 CASCADE = """\
     name: t
@@ -98,3 +98,28 @@ def test_the_escalation_reason_reads_a_confidence_close_to_its_threshold_apart_f
     assert _below(0.62, 0.8) == "0.62 < 0.80"
     assert _below(0.9987, 0.999) == "0.9987 < 0.9990", "two decimals read 1.00 < 1.00"
     assert _below(0.3, 0.3000000001) == "0.300000 < 0.300000"  # closer than any text shows: six decimals at most
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_escalation_model_that_fails_keeps_the_answer_escalated_from(tmp_path, stream):
+    """spec-b's model file does not load: the escalation fails like a model that is down. The answer spec-a gave
+    (paid for, and an answer) is kept, flagged, rather than a 502; the ledger has both attempts."""
+    root = setup(tmp_path, CASCADE % 0.999, b_prior=0.9)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx graph")
+    card = root / "models" / "spec-b.yaml"
+    card.write_text(card.read_text().replace(f"path: {ONNX}", f"path: {broken}"))
+    r = make_router(root)
+    if stream:
+        chunks = list(r.complete(REVIEW, stream=True))
+        routing = chunks[-1].routing
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        resp = r.complete(REVIEW)
+        routing, text = resp.routing, resp.choices[0].message.content
+    assert routing is not None and routing.model == "spec-a" and text in ("positive", "negative")
+    assert [(a.model, a.outcome) for a in routing.attempts] == [("spec-a", "escalated"), ("spec-b", "error")]
+    assert "escalation_skipped" in routing.flags
+    assert "answered by spec-a, kept after spec-b error" in routing.reason
+    assert [(x.model, x.outcome) for x in r.ledger.records()] == [("spec-a", "escalated"), ("spec-b", "error")]
+    r.close()
