@@ -102,3 +102,31 @@ def test_train_command_says_how_to_get_torch(monkeypatch: pytest.MonkeyPatch, tm
     text = " ".join(result.output.split())
     assert "needs torch" in text and "pip install -e '.[embeddings]'" in text and "--model linear" in text
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "Invalid value for '--epochs': Input should be greater than or equal to 1"),
+        (["--epochs", "-1"], "Invalid value for '--epochs': Input should be greater than or equal to 1"),
+        (["--lr", "0"], "Invalid value for '--lr': a learning rate must be above 0, not 0"),
+        (["--lr", "5e-5", "--lr", "-1e-05"], "Invalid value for '--lr': a learning rate must be above 0, not -1e-05"),
+    ],
+    ids=["epochs-0", "epochs-negative", "lr-0", "lr-negative"],
+)
+def test_train_command_refuses_epochs_and_rates_that_train_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    def no_training(**_kwargs: object) -> None:  # TEST DOUBLE: reaching the training at all is the failure
+        raise AssertionError("training started with a value that should have been refused")
+
+    monkeypatch.setattr("router.training.sentiment.train_sentiment", no_training)
+    result = CliRunner().invoke(app, ["train", "specialist", "sentiment", "--model", "linear", "--out",
+                                      str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert not any(tmp_path.iterdir())

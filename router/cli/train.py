@@ -24,6 +24,14 @@ def _progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
 
 
+def _positive_rates(rates: list[float] | None) -> list[float] | None:
+    """--lr values above 0: a zero or negative learning rate would train nothing (or diverge) for minutes."""
+    for rate in rates or ():
+        if not rate > 0:
+            raise typer.BadParameter(f"a learning rate must be above 0, not {rate:g}")
+    return rates
+
+
 @train_app.command("specialist")
 def specialist(
     task: str = typer.Argument(..., help="Which specialist: `sentiment`."),
@@ -35,9 +43,12 @@ def specialist(
         "`linear`: the torch-free TF-IDF linear model (string-input graph).",
     ),
     lr: list[float] = typer.Option(  # noqa: B008
-        None, "--lr", help="MiniLM learning rate; repeat to compare several on validation (default 5e-5)."
+        None, "--lr", callback=_positive_rates,
+        help="MiniLM learning rate (above 0); repeat to compare several on validation (default 5e-5).",
     ),
-    epochs: int = typer.Option(None, "--epochs", help="MiniLM epochs; the best one on validation is kept (default 3)."),
+    epochs: int = typer.Option(
+        None, "--epochs", min=1, help="MiniLM epochs; the best one on validation is kept (default 3)."
+    ),
     compare_embeddings: bool = typer.Option(
         True, "--embeddings/--no-embeddings", help="Also measure the frozen-MiniLM ensemble (not shipped)."
     ),
