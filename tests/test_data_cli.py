@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,35 @@ def test_measure_checks_its_arguments_before_loading_anything(
     monkeypatch.setattr("router._router.Router", no_router)
     res = CliRunner().invoke(app, ["data", "measure", "smollm2-135m", *args, "--config", _config(tmp_path)])
     assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_measure_into_a_cards_folder_without_a_classifier_is_refused_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A models folder of cards alone routes with the shipped classifier; saving the fitted row would write into the
+    shipped models/classifier/ while the user named another folder. Refused before anything loads."""
+    from cli_helpers import router_main
+    from servers.procs import ROOT
+
+    def no_router(*_a: object, **_k: object) -> None:  # TEST DOUBLE: loading the router (and measuring) is the failure
+        raise AssertionError("the router was loaded to measure into a folder without a classifier")
+
+    monkeypatch.setattr("router._router.Router", no_router)
+    models = tmp_path / "cards"
+    models.mkdir()
+    shutil.copy(ROOT / "models" / "smollm2-135m.yaml", models)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    shipped_added = ROOT / "models" / "classifier" / "added_models.json"
+    before = shipped_added.read_bytes() if shipped_added.exists() else None
+    code, out = router_main("data", "measure", "smollm2-135m", "--task", "sentiment", "--anchors", "2",
+                            "--config", str(config))
+    assert code == 2, out
+    text = " ".join(out.split())
+    assert f"{models / 'classifier'} holds no trained classifier" in text, out
+    assert f"router train classifier --out {models / 'classifier'}" in text, out
+    assert (shipped_added.read_bytes() if shipped_added.exists() else None) == before
+    assert not (models / "classifier").exists()
 
 
 @pytest.mark.parametrize(

@@ -212,8 +212,9 @@ def measure_cmd(
     judge: str = typer.Option(None, "--judge", help="The judge model for chat anchors (default: the config's "
                               "judge.model)."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Answer length limit per anchor."),
-    save: bool = typer.Option(True, "--save/--no-save", help="Write the fitted row to the classifier's "
-                              "added_models.json (--no-save: only print it)."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write the fitted row to <models>/classifier/"
+                              "added_models.json, which needs a classifier of its own there (--no-save: only "
+                              "print it)."),
     config: Path = typer.Option(None, "--config", "-c", help="Router config YAML (models, ledger)."),  # noqa: B008
 ) -> None:
     """Call MODEL through its backend on N fixed anchor requests (data/anchors/), score the answers (reference
@@ -224,9 +225,11 @@ def measure_cmd(
 
     from .._router import Router
     from ..classify.onnx_classifier import OnnxRequestClassifier
+    from ..classify.quality import ADDED_FILE
     from ..config import RouterConfig
     from ..errors import ConfigError, RouterError
     from ..training.measure import measure_model
+    from .paths import own_classifier_folder
 
     try:
         cfg = RouterConfig.load(config)
@@ -234,9 +237,12 @@ def measure_cmd(
         if task == "chat" and judge is None:
             raise ConfigError("chat anchors are scored by a judge model: pass --judge MODEL (or set judge.model in "
                               "the config)")
+        if save:
+            own_classifier_folder(cfg.models_dir, "add the measured model to")
         with Router(cfg) as router:
             if not isinstance(router.classifier, OnnxRequestClassifier):
                 raise typer.BadParameter(f"{cfg.models_dir}/classifier holds no trained classifier to add a model to")
+            saved_to = router.classifier.folder / ADDED_FILE
             _check_names(router, model, judge if task == "chat" else None)
             columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
             with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
@@ -251,4 +257,4 @@ def measure_cmd(
     typer.echo(f"{report.model} on {n} {task} anchors (scored by {report.judge or 'reference match'}; "
                f"{report.unscored} unscored): mean score {sum(report.scores) / n:.3f}, {report.joules:.1f} J")
     typer.echo(f"predicted P(good answer) on them: {report.before:.3f} before -> {report.after:.3f} fitted"
-               + (f"; saved to {cfg.models_dir / 'classifier' / 'added_models.json'}" if save else " (not saved)"))
+               + (f"; saved to {saved_to}" if save else " (not saved)"))

@@ -24,3 +24,21 @@ def refuse_overwriting_inputs(outputs: Mapping[str, Path | None], inputs: Mappin
                 raise typer.BadParameter(f"{output} is {what}{named}; writing there would destroy it before it is "
                                          "read; fix: give another file, one the command does not read",
                                          param_hint=hint)
+
+
+def own_classifier_folder(models_dir: Path, purpose: str) -> Path:
+    """``models_dir/classifier``, refused (ConfigError naming the fix) unless it holds a trained classifier.
+    A models folder of cards alone routes with the shipped classifier, but what a command fits into the
+    classifier is saved beside it (added_models.json): without one of its own there, the fit would land in the
+    installed package's data instead of the folder the user named. ``purpose`` completes "... to <purpose>"."""
+    from ..config import embedded_dir
+    from ..errors import ConfigError
+
+    folder = models_dir / "classifier"
+    if not ((folder / "classifier.json").is_file() and (folder / "classifier.onnx").is_file()):
+        raise ConfigError(
+            f"{folder} holds no trained classifier (classifier.json and classifier.onnx) to {purpose}; copy the "
+            f"shipped one there ({embedded_dir('models') / 'classifier'}) or train one with "
+            f"`router train classifier --out {folder}`"
+        )
+    return folder

@@ -231,21 +231,13 @@ def feedback(
     router/training/feedback_fit.py for why.)"""
     from ..cards import load_catalogue
     from ..classify.onnx_classifier import OnnxRequestClassifier
-    from ..config import RouterConfig, embedded_dir
-    from ..errors import ConfigError
+    from ..config import RouterConfig
     from ..training.feedback_fit import fit_feedback
+    from .paths import own_classifier_folder
 
     models_dir = models or RouterConfig.load().models_dir
     cards = load_catalogue(models_dir)
-    folder = models_dir / "classifier"
-    if not ((folder / "classifier.json").is_file() and (folder / "classifier.onnx").is_file()):
-        # A models folder of cards alone routes with the shipped classifier, but the refit is saved beside the
-        # classifier it refits, so it needs one of its own here to write to.
-        raise ConfigError(
-            f"{folder} holds no trained classifier (classifier.json and classifier.onnx) to refit; copy the shipped "
-            f"one there ({embedded_dir('models') / 'classifier'}) or train one with "
-            f"`router train classifier --out {folder}`"
-        )
+    folder = own_classifier_folder(models_dir, "refit")
     classifier = OnnxRequestClassifier(folder, cards)
     try:
         with _progress() as progress:
