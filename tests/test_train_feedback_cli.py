@@ -6,8 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from cli_helpers import router_main
 from servers.procs import ROOT
+
+from router.classify.onnx_classifier import load_default_classifier
+from router.errors import ConfigError
 
 LOCAL = ("smollm2-135m", "gemma3-270m")
 
@@ -56,3 +60,25 @@ def test_paths_with_brackets_print_as_given_and_the_saved_refit_is_reported(tmp_
     saved = models / "classifier" / "added_models.json"
     assert "savedto" + "".join(str(saved).split()) in text, out
     assert set(json.loads(saved.read_text())) == set(LOCAL)
+
+
+@pytest.mark.parametrize(("name", "content"), [("classifier.json", b'{"tasks": ["chat"'),
+                                               ("classifier.onnx", b"not a graph " * 100)],
+                         ids=["json", "onnx"])
+def test_a_corrupt_classifier_is_one_error_line_naming_the_file_and_the_fix(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    """As the live router treats it: a configuration error naming the file, not a traceback nor the rules."""
+    models = cards_folder(tmp_path, with_classifier=True)
+    broken = models / "classifier" / name
+    broken.write_bytes(content)
+    code, out = router_main("train", "feedback", str(scored_file(tmp_path / "scored.jsonl")), "--models",
+                            str(models), "--min-requests", "3")
+    assert code == 2, out
+    text = " ".join(out.split())
+    assert "Traceback" not in out
+    assert f"error: {broken}: not a readable trained classifier" in text, out
+    assert f"router train classifier --out {models / 'classifier'}" in text, out
+    assert not (models / "classifier" / "added_models.json").exists()
+    with pytest.raises(ConfigError, match="not a readable trained classifier"):
+        load_default_classifier(models)  # what Router() loads

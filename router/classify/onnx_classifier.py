@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import TASKS, Classification, RequestClassifier
-from .quality import QualityTable, read_added
+from .quality import ADDED_FILE, QualityTable, read_added
 from .rules import RuleClassifier
 
 log = logging.getLogger("router.classify")
@@ -118,6 +119,18 @@ def bound_text(text: str, max_chars: int, head: int, tail: int) -> tuple[str, bo
     return text.encode("utf-8", "replace").translate(_CONTROL_TO_SPACE).decode("utf-8"), truncated
 
 
+def _unreadable(folder: Path, name: str, exc: BaseException) -> ConfigError:
+    """A classifier file that cannot be read is a configuration fault naming the file and the fix, not a traceback
+    (and not a silent fall-back to the rules: a router routing differently than its files say is worse)."""
+    from ..config import embedded_dir
+
+    return ConfigError(
+        f"{folder / name}: not a readable trained classifier ({type(exc).__name__}: {exc}); fix: copy the shipped "
+        f"classifier ({embedded_dir('models') / 'classifier'}) into {folder}, or train one with "
+        f"`router train classifier --out {folder}`"
+    )
+
+
 class OnnxRequestClassifier(RequestClassifier):
     """Task and P(correct) from ``models/classifier/classifier.onnx`` + ``classifier.json``.
 
@@ -131,24 +144,37 @@ class OnnxRequestClassifier(RequestClassifier):
 
         folder = Path(folder)
         self.folder = folder
-        self.meta: dict[str, Any] = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
-        self.tasks: list[str] = list(self.meta["tasks"])
+        try:
+            self.meta: dict[str, Any] = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+            self.tasks: list[str] = list(self.meta["tasks"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _unreadable(folder, "classifier.json", exc) from None
         if set(self.tasks) != set(TASKS):
             raise ValueError(f"{folder}/classifier.json: tasks {self.tasks} differ from {list(TASKS)}")
         self._guard_positions = tuple(self.tasks.index(t) for t in ("chat", "sentiment", "multiple_choice"))
-        self.max_chars = int(self.meta["max_chars"])
-        self.head = int(self.meta["head_chars"])
-        self.tail = int(self.meta["tail_chars"])
+        try:
+            self.max_chars = int(self.meta["max_chars"])
+            self.head = int(self.meta["head_chars"])
+            self.tail = int(self.meta["tail_chars"])
+            graph = str(self.meta["onnx"])
+            self.quality = QualityTable(self.meta["quality"], self.tasks)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise _unreadable(folder, "classifier.json", exc) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(folder / self.meta["onnx"]), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+        # onnxruntime's load errors (InvalidProtobuf, Fail, NoSuchFile, ...) share no base narrower than Exception
+        except Exception as exc:  # noqa: BLE001
+            raise _unreadable(folder, graph, exc) from None
         self._lock = threading.Lock()
-        self.quality = QualityTable(self.meta["quality"], self.tasks)
-        added = read_added(folder)
+        try:
+            added = read_added(folder)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{folder / ADDED_FILE}: not readable ({exc}); fix: repair it, or delete it to drop "
+                              "the models added by `router data measure` / `router train feedback`") from None
         if added:
             self.quality.add(added, source="anchors")
         if cards:
