@@ -130,3 +130,47 @@ def test_train_command_refuses_epochs_and_rates_that_train_nothing(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_a_training_stopped_before_its_metrics_leaves_the_previous_outputs_intact(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The linear recipe on a small slice of the data, into a copy of the shipped outputs; the metrics writing
+    fails after the graph was exported: the old graph, tokenizer and metrics stay, nothing half-written remains."""
+    import shutil
+
+    from router.training import sentiment
+
+    data = tmp_path / "polarity"
+    data.mkdir()
+    for name in ("rt-polarity.pos", "rt-polarity.neg"):
+        lines = (MODELS_DIR.parent / "data" / "sentiment_polarity" / name).read_bytes().splitlines(keepends=True)
+        (data / name).write_bytes(b"".join(lines[:300]))
+    out = tmp_path / "sentiment"
+    shutil.copytree(FOLDER, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def failing_write(path: Path, _payload: object) -> None:  # TEST DOUBLE: the run dies writing its metrics
+        raise RuntimeError(f"stopped before writing {path.name}")
+
+    monkeypatch.setattr(sentiment, "write_json", failing_write)
+    with pytest.raises(RuntimeError, match="stopped before writing metrics.json"):
+        sentiment.train_sentiment(data_dir=data, out_dir=out, model="linear", compare_embeddings=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["polarity", "sentiment"], "no staging folder left"
+
+
+def test_staged_outputs_move_in_together_and_drop_what_the_run_does_not_produce(tmp_path: Path) -> None:
+    from router.training.common import staged_outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in (("model.onnx", "old graph"), ("tokenizer.json", "old"), ("added_models.json", "kept")):
+        (out / name).write_text(text)
+    with staged_outputs(out, drop=("tokenizer.json",)) as stage:
+        assert stage.parent == tmp_path and stage != out
+        (stage / "model.onnx").write_text("new graph")
+        (stage / "metrics.json").write_text("new")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "model.onnx": "new graph", "metrics.json": "new", "added_models.json": "kept"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -39,7 +39,7 @@ from ..cards import load_catalogue
 from ..classify.base import TASKS
 from ..classify.features import HEAD_CHARS, MAX_CHARS, TAIL_CHARS, vectorizer, window
 from ..classify.onnx_classifier import apply_guards
-from .common import MODELS_DIR, SEED, seed_everything, write_json
+from .common import MODELS_DIR, SEED, seed_everything, staged_outputs, write_json
 from .onnx_text import portable_lowercase
 from .outcome_sources import load_sources
 from .quality_train import fit_recipe, quality_metadata, subject_held_out_quality
@@ -395,8 +395,14 @@ def train_classifier(
     c_pc: float = 0.3,
     compare_embeddings: bool = True,
 ) -> dict[str, Any]:
-    """Build the request set, train and evaluate both heads, export ONNX + metadata JSON."""
-    say = progress or (lambda _msg: None)
+    """Build the request set, train and evaluate both heads, export ONNX + metadata JSON, written beside
+    ``out_dir`` and moved in together at the end (:func:`~router.training.common.staged_outputs`): a run stopped
+    partway leaves the previous classifier intact."""
+    with staged_outputs(out_dir) as stage:
+        return _train_into(stage, progress or (lambda _msg: None), c_task, c_pc, compare_embeddings)
+
+
+def _train_into(out_dir: Path, say: Progress, c_task: float, c_pc: float, compare_embeddings: bool) -> dict[str, Any]:
     seed_everything()
     say("request set")
     train_set, test_set = build_request_set()

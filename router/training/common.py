@@ -6,6 +6,10 @@ import json
 import os
 import random
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +58,25 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Stable, diff-friendly JSON (sorted keys, rounded floats are the caller's job)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def staged_outputs(out_dir: Path, drop: Sequence[str] = ()) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` for one training's outputs, moved into ``out_dir`` only when the block
+    ends without an error, so a run stopped partway (an error, Ctrl-C) leaves the previous outputs as they were
+    instead of a new graph beside old or missing metrics. The staging folder is on ``out_dir``'s filesystem, so each
+    file is moved by ``os.replace`` (a rename): the graphs (``*.onnx``) go last, after their companions (tokenizer,
+    metadata, metrics), so a complete set is in place once the graph is; then the names in ``drop`` that this
+    training does not produce are removed from ``out_dir``. Files of ``out_dir`` the training does not write (the
+    classifier's ``added_models.json``) are kept."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield stage
+        out_dir.mkdir(exist_ok=True)
+        for path in sorted(stage.iterdir(), key=lambda p: (p.suffix == ".onnx", p.name)):
+            os.replace(path, out_dir / path.name)
+        for name in drop:
+            (out_dir / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

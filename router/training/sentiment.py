@@ -36,7 +36,7 @@ from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from ..classify.features import TOKEN_PATTERN
-from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, seed_everything, write_json
+from .common import DATA_DIR, MODELS_DIR, SEED, detokenize, seed_everything, staged_outputs, write_json
 from .onnx_text import portable_lowercase, sklearn_sublinear_tf
 from .polarity import LABELS, SentimentSplit, split_polarity
 
@@ -229,7 +229,9 @@ def train_sentiment(
     ``model="minilm"`` (default, needs torch): fine-tune all-MiniLM-L6-v2 (router/training/sentiment_finetune.py);
     ``model="linear"``: the torch-free TF-IDF recipe. Both record the bag-of-words baselines and the linear
     model's held-out accuracy, so the table always compares against them. Every choice is made on the
-    validation split; the test split is scored once per shipped candidate."""
+    validation split; the test split is scored once per shipped candidate. The outputs are written beside
+    ``out_dir`` and moved in together at the end (:func:`~router.training.common.staged_outputs`): a run stopped
+    partway leaves the previous ones intact."""
     if model not in ("minilm", "linear"):
         raise ValueError(f"unknown sentiment model {model!r}; known: minilm, linear")
     if model == "minilm":
@@ -237,6 +239,13 @@ def train_sentiment(
 
         require_torch()
     say = progress or (lambda _msg: None)
+    # a string-input graph (linear) has nothing to tokenise: a MiniLM run's tokenizer.json goes with its graph
+    with staged_outputs(out_dir, drop=("tokenizer.json",) if model == "linear" else ()) as stage:
+        return _train_into(stage, data_dir, say, compare_embeddings, model, learning_rates, epochs)
+
+
+def _train_into(out_dir: Path, data_dir: Path, say: Progress, compare_embeddings: bool, model: str,
+                learning_rates: tuple[float, ...] | None, epochs: int | None) -> dict[str, Any]:
     seed_everything()
     split = split_polarity(data_dir)
 
@@ -262,7 +271,6 @@ def train_sentiment(
     if model == "linear":
         say("export linear ONNX and check agreement")
         checks = _export_linear(linear.model, onnx_path, split)
-        (out_dir / "tokenizer.json").unlink(missing_ok=True)  # a string-input graph: nothing to tokenise
         metrics.update(
             {
                 "model": linear.chosen,
