@@ -63,8 +63,9 @@ def test_paths_with_brackets_print_as_given_and_the_saved_refit_is_reported(tmp_
 
 
 @pytest.mark.parametrize(("name", "content"), [("classifier.json", b'{"tasks": ["chat"'),
+                                               ("classifier.json", b'{"tasks": ["chat", "poetry"]}'),
                                                ("classifier.onnx", b"not a graph " * 100)],
-                         ids=["json", "onnx"])
+                         ids=["json", "tasks", "onnx"])
 def test_a_corrupt_classifier_is_one_error_line_naming_the_file_and_the_fix(
     tmp_path: Path, name: str, content: bytes
 ) -> None:

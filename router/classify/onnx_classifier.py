@@ -150,7 +150,8 @@ class OnnxRequestClassifier(RequestClassifier):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise _unreadable(folder, "classifier.json", exc) from None
         if set(self.tasks) != set(TASKS):
-            raise ValueError(f"{folder}/classifier.json: tasks {self.tasks} differ from {list(TASKS)}")
+            raise _unreadable(folder, "classifier.json", ValueError(f"its tasks {self.tasks} are not this router's "
+                                                                   f"{list(TASKS)}"))
         self._guard_positions = tuple(self.tasks.index(t) for t in ("chat", "sentiment", "multiple_choice"))
         try:
             self.max_chars = int(self.meta["max_chars"])
