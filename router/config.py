@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
 from .yaml_files import read_yaml
@@ -31,6 +31,19 @@ class _Settings(BaseModel):
     """A settings block read from YAML: strict types (``true`` is not a number, ``"5"`` is not 5)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+def _expand_home(path: Path) -> Path:
+    """``~/...`` is the user's home folder, as in a shell and on a model card; pathlib would keep ``~`` as the name
+    of a folder in the working directory, so a config's ``models_dir: ~/cards`` was not found."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # no home directory to expand to: the path stays as written, and its use says it is missing
+        return path
+
+
+UserPath = Annotated[Path, AfterValidator(_expand_home)]
+"""A path setting: ``~`` and ``~user`` expanded, as the docs promise for every path a config names."""
 
 
 def embedded_dir(name: str) -> Path:
@@ -110,7 +123,7 @@ class JournalSettings(_Settings):
     this host's disk before the answer is acknowledged, and reaches the store when it can."""
 
     enabled: bool = Field(True, description="off: records go straight to the store (lost if it is down)")
-    folder: Path | None = Field(None, strict=False,
+    folder: UserPath | None = Field(None, strict=False,
                                 description="default: beside a SQLite ledger, else in the user data dir")
     fsync: Literal["always", "group", "never"] = Field(
         "group", description="always: every record before it is acknowledged (~3 ms); group: every "
@@ -129,7 +142,7 @@ class ZoneSource(_Settings):
         "grid-intensity API shaped like Electricity Maps' /v3/carbon-intensity/latest and /forecast")
     g_per_kwh: float | None = Field(None, ge=0, le=10_000, strict=False,
                                     description="static: the figure (default: `grid_g_per_kwh`)")
-    path: Path | None = Field(None, strict=False, description="file: the CSV, or the name of a shipped series "
+    path: UserPath | None = Field(None, strict=False, description="file: the CSV, or the name of a shipped series "
                               "in data/grid_carbon/ (e.g. CA_2022_hourly.csv)")
     replay: Literal["time_of_year", "offset"] = Field(
         "time_of_year", description="file: time_of_year reads the same hour of the year from the series (a past "
@@ -160,7 +173,7 @@ class CarbonSettings(_Settings):
                                          "uses the static `grid_g_per_kwh`")
     pue: float = Field(1.0, ge=1.0, le=3.0, strict=False, description="overhead applied to joules metered on this "
                        "host (a hosted card's joules include its data centre's PUE already)")
-    clock_file: Path | None = Field(None, strict=False, description="tests and replays: read the time from this "
+    clock_file: UserPath | None = Field(None, strict=False, description="tests and replays: read the time from this "
                                     "file (epoch seconds) instead of the system clock, for intensities and batches")
 
     @model_validator(mode="after")
@@ -202,7 +215,7 @@ class DashboardSettings(_Settings):
     enabled: bool = Field(True, description="off: /dashboard and /dashboard/api/... are 404")
     refresh_s: float = Field(5.0, ge=1, le=3600, description="how often the page fetches new figures")
     recent: int = Field(50, ge=1, le=1000, description="decisions listed on the page")
-    simulation: Path | None = Field(
+    simulation: UserPath | None = Field(
         None, strict=False, description="a `router simulate --json` output file, or a folder of them (the newest "
         "is shown): its quality/energy frontier is drawn on the page")
 
@@ -264,8 +277,8 @@ class RouterConfig(BaseModel):
     # NaN and infinity pass `gt`/`ge` checks unnoticed (NaN compares false); no setting needs either
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    models_dir: Path = Field(default_factory=lambda: embedded_dir("models"))
-    policies_dir: Path = Field(default_factory=lambda: embedded_dir("policies"))
+    models_dir: UserPath = Field(default_factory=lambda: embedded_dir("models"))
+    policies_dir: UserPath = Field(default_factory=lambda: embedded_dir("policies"))
     default_policy: str = "balanced"
     ledger_url: str = Field(default_factory=default_ledger_url, description="sqlite:///PATH or redis://...")
     ledger_retention_days: float | None = Field(

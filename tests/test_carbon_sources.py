@@ -230,6 +230,31 @@ def test_relative_paths_in_a_config_file_are_relative_to_its_folder(tmp_path: Pa
         Grid.from_settings(RouterConfig.load(config).carbon, 475.0)
 
 
+def test_home_paths_in_a_config_are_the_users_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/energy.md: `~/` paths are taken as written, i.e. in the user's home folder. `models_dir: ~/cards` was
+    kept as a folder literally named `~` in the working directory, so the Router refused a folder that exists."""
+    home = tmp_path / "home"
+    (home / "cards").mkdir(parents=True)
+    (home / "ca.csv").write_text("timestamp,g_co2e_per_kwh\n2022-01-01T00:00Z,100\n2022-01-01T01:00Z,300\n")
+    (home / "clock").write_text("1640995200")  # 2022-01-01 00:00 UTC
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "etc" / "router.yaml"
+    config.parent.mkdir()
+    config.write_text("models_dir: ~/cards\npolicies_dir: ~/policies\njournal: {folder: ~/journal}\n"
+                      "dashboard: {simulation: ~/sims}\n"
+                      "carbon:\n  zone: CA\n  clock_file: ~/clock\n  zones: {CA: {type: file, path: ~/ca.csv}}\n")
+    cfg = RouterConfig.load(config)
+    assert cfg.models_dir == home / "cards" and cfg.policies_dir == home / "policies"
+    assert cfg.journal.folder == home / "journal" and cfg.dashboard.simulation == home / "sims"
+    assert cfg.carbon.clock_file == home / "clock" and cfg.carbon.zones["CA"].path == home / "ca.csv"
+    assert Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh).intensity("CA").g_per_kwh == 100.0
+    # in code, as from the environment: the same home folder
+    assert RouterConfig(models_dir="~/cards").models_dir == home / "cards"
+    monkeypatch.setenv("ROUTER_POLICIES_DIR", "~/policies")
+    assert RouterConfig.load().policies_dir == home / "policies"
+
+
 def test_an_infinite_intensity_from_the_api_is_a_failed_answer() -> None:
     """Python's JSON reader takes ``Infinity`` (and ``1e400``) as a float: such a value would price every request's
     CO2e at infinity, so it is refused like a negative one and the last good value stays."""
