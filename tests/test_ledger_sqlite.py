@@ -267,6 +267,22 @@ def test_request_timeout_comes_from_the_url_and_memory_ledgers_keep_one_database
         assert not err.value.retryable
 
 
+def test_a_misspelt_url_option_is_refused_not_dropped(tmp_path: Path) -> None:
+    """docs/ledger.md lists the four options a sqlite:/// URL takes. `?durabel=1` or `?durable=on` opened a ledger
+    without the fsync per record asked for (and `?retention-days=30` one that kept everything), saying nothing."""
+    path = tmp_path / "l.sqlite3"
+    for bad, named in (("durabel=1", "'durabel'"), ("retention-days=30&durable=1", "'retention-days'"),
+                       ("durable=on", "durable=on")):
+        with pytest.raises(LedgerError, match=f"{named}.*; fix: ") as err:
+            open_ledger(f"sqlite:///{path}?{bad}", journal=False)
+        assert not err.value.retryable
+    assert not path.exists(), "refused before the file is made"
+    for good, full in (("durable=yes&retention_days=30", True), ("durable=0&timeout_s=5&request_timeout_s=0.5", False)):
+        led = SQLiteLedger.from_url(f"sqlite:///{path}?{good}")
+        assert led._conn.execute("PRAGMA synchronous").fetchone()[0] == (2 if full else 1)  # FULL / NORMAL
+        led.close()
+
+
 def test_serve_answers_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
     """``router serve`` on the default SQLite ledger (30 s busy timeout) while another connection holds the
     file's write lock: the writer thread waits for it, and requests (whose routing reads a budget) and

@@ -72,6 +72,8 @@ dictionary) per name, where this is one C call of 21 dictionary lookups: ~2,700 
 _MARKS = "(" + ", ".join("?" * len(_COLUMNS)) + ")"  # one row's placeholders
 _LARGEST_INSERT = 256  # rows in one INSERT statement (21 columns: 5,376 parameters, SQLite allows 32,766)
 REQUEST_TIMEOUT_S = 1.0  # the longest a reservation waits for another connection's write lock (see the class)
+URL_OPTIONS = ("retention_days", "durable", "timeout_s", "request_timeout_s")  # the query a sqlite:/// URL takes
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
 _RESERVE = """INSERT INTO budgets (budget, window_start, used_j) SELECT ?, ?, ? WHERE ? <= ?
@@ -169,6 +171,18 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         over the query."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         query = dict(parse_qsl(urlsplit(url).query)) if url.startswith("sqlite:") else {}
+        # a misspelt option (`?durabel=1`, `?retention-days=30`) would otherwise leave the ledger without the
+        # durability or retention the operator asked for, and nothing would say so
+        unknown = sorted(set(query) - set(URL_OPTIONS))
+        if unknown:
+            raise ledger_error(url, f"unknown query option {', '.join(map(repr, unknown))}: a SQLite ledger URL takes "
+                               f"{', '.join(URL_OPTIONS)}", "correct the spelling, or drop the option",
+                               retryable=False)
+        durable = query.get("durable", "1").lower()
+        if durable not in _TRUE + _FALSE:
+            raise ledger_error(url, f"durable={query['durable']} is neither on ({'/'.join(_TRUE)}) nor off "
+                               f"({'/'.join(_FALSE)})", "write durable=1 for an fsync per record, or drop it",
+                               retryable=False)
         try:
             if "retention_days" in query:
                 kwargs.setdefault("retention_days", float(query["retention_days"]))
@@ -181,7 +195,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             raise ledger_error(url, f"a query value is not a number in range ({exc})", "fix the URL's query",
                                retryable=False) from exc
         if "durable" in query:
-            kwargs.setdefault("durable", query["durable"].lower() in ("1", "true", "yes"))
+            kwargs.setdefault("durable", durable in _TRUE)
         return cls(path_from_url(url), **kwargs)
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
