@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from router.cards import ModelCard, load_cards
+from router.energy import EnergyReading
 from router.energy.estimates import UNMEASURED_HOLD, EnergyEstimates
 from router.ledger import LedgerRecord, SQLiteLedger
 
@@ -106,6 +107,20 @@ def test_this_process_learns_at_once_and_other_processes_at_the_next_refresh(tmp
     assert mine.refreshing is not None
     mine.refreshing.join()
     assert 1.4 < mine.estimate(spec, "sentiment", 10).joules < 2.0
+
+
+def test_a_gpu_measured_with_its_host_modelled_is_learned_from(tmp_path, cards) -> None:
+    """``meter: nvml`` where RAPL is not readable sums the GPU's measured joules with the CPU-time model's, and the
+    sum reads ``estimated:nvml+cpu-time``: these are meter readings of this host, so the model's estimate is learned
+    from them (they were taken for card figures, and a GPU model's estimate never left its card)."""
+    gpu_and_host = (EnergyReading(0.0, "measured", "nvml") + EnergyReading(0.0, "estimated", "cpu-time")).source
+    assert gpu_and_host == "estimated:nvml+cpu-time"
+    ledger = SQLiteLedger(tmp_path / "l.sqlite3")
+    ledger.record_many([_call("smollm2-135m", 40.0, out=30, source=gpu_and_host, ts=1.0 + i) for i in range(20)])
+    small = cards["smollm2-135m"]
+    got = EnergyEstimates(ledger, {"smollm2-135m": small}, clock=Clock()).estimate(small, "chat", 20)
+    assert got is not None and got.source == "ledger:20 calls"
+    assert got.joules > 2 * small.energy.joules(20, 30)  # the measurements, not the card, decide
 
 
 def test_remote_models_learn_answer_lengths_only(tmp_path, cards) -> None:

@@ -9,7 +9,7 @@ refreshed every ``refresh_s`` on a thread of its own, plus this process's own ca
   token limit, and a mean would overstate the typical call several times) and an upper quantile; the model's
   calls on any task stand in while a task has fewer than ``min_calls``;
 * **joules per call / input token / output token**: a non-negative least-squares fit of the metered calls
-  (``measured:*`` and ``estimated:cpu-time``), with the card's profile as the prior: it counts as
+  (``measured:*``, and the CPU-time model alone or with NVML), with the card's profile as the prior: it counts as
   ``prior_calls`` calls, so a few measurements move it a little and many decide it. A remote model's joules
   are its card's token profile by definition, so only its answer lengths are learned;
 * **the spread**: the ``quantile`` of measured over fitted joules across the window (each fit taken as at least
@@ -281,8 +281,17 @@ def _fit_joules(calls: Iterable[_Call], card: ModelCard, prior_calls: float, qua
     return (float(coef[0]), float(coef[1]), float(coef[2])), spread
 
 
+METERS = frozenset({"rapl", "nvml", "cpu-time"})
+"""The meters whose readings are learned from, alone or summed (``nvml+cpu-time``: a GPU measured, its host CPU
+modelled, where RAPL is not readable); a card's token profile or a call not made is not a reading of this host."""
+
+
+def _metered(source: str) -> bool:
+    kind, _, method = source.partition(":")
+    return kind == "measured" or (kind == "estimated" and bool(method) and set(method.split("+")) <= METERS)
+
+
 def _call(rec: LedgerRecord) -> _Call:
-    source = rec.energy_source or ""
-    metered = source.startswith("measured:") or source == "estimated:cpu-time"
+    metered = _metered(rec.energy_source or "")
     return _Call(rec.task or "", int(rec.input_tokens or 0), int(rec.output_tokens or 0), float(rec.energy_j),
                  metered)
