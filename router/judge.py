@@ -29,7 +29,7 @@ from typing import Protocol
 from .backends import Backend, Generation, GenerationRequest
 from .cards import ModelCard
 from .config import JudgeSettings, RouterConfig
-from .energy import EnergyReading, Meter, estimate_from_profile
+from .energy import EnergyReading, Meter, MeterSpan, estimate_from_profile
 from .energy.estimates import EnergyEstimates
 from .errors import BackendError, ConfigError, RouterError, UnknownModelError
 from .keys import KeyStore
@@ -97,9 +97,21 @@ def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *,
     card = router.cards[model]
     backend = router.backend(model)
     messages = [ChatMessage(role="user", content=prompt)] if isinstance(prompt, str) else prompt
+    span: MeterSpan | None = None
+
+    def start_meter() -> None:
+        nonlocal span
+        if span is None:
+            span = router.meter.start()
+
+    # a model that serves one call at a time is metered from this call's turn on, as a request's call: metered
+    # while it waits, the call would take a share of the running call's CPU time and be charged its wait
+    queued = backend.local and backend.concurrency is not None
     request = GenerationRequest(messages=messages, max_tokens=max_tokens, temperature=0.0,
-                                deadline=time.monotonic() + router.config.deadline_s)
-    span = router.meter.start() if backend.local else None
+                                deadline=time.monotonic() + router.config.deadline_s,
+                                turn_started=start_meter if queued else None)
+    if backend.local and not queued:
+        start_meter()
     started = time.perf_counter()
     try:
         gen = backend.generate(request)

@@ -314,3 +314,39 @@ def test_a_queued_call_is_metered_from_its_turn_not_from_its_wait(router: Router
     assert all(a.routing.energy_j > 0 and a.routing.energy_source == "estimated:cpu-time" for a in answers)
     records = [r for r in router.ledger.records(since=since) if r.outcome == "ok"]
     assert len(records) == 3 and all(r.energy_j > 0 for r in records), records
+
+
+@pytest.mark.timeout(120)
+def test_a_judge_call_waiting_for_the_model_is_neither_metered_nor_charged(tmp_path: Any) -> None:
+    """A call outside any request (the judge, anchor measurements: ``metered_call``, on the learning thread) to
+    SmolLM2 while a stream holds it waits for the model's lock as a request's call does: no meter span is open for
+    it while it waits (it took half the running stream's CPU time), and when its deadline passes in the wait its
+    record says 0 J, ``estimated:none`` (it was charged its wait as ``estimated:cpu-time``)."""
+    from router.judge import metered_call
+
+    ledger = tmp_path / "ledger.sqlite3"
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{ledger}", deadline_s=1.0)) as r:
+        r.complete(ASK, model=MODEL, max_tokens=1, deadline_s=60)  # the model loaded first
+        share = r.meter._share  # type: ignore[attr-defined]
+
+        def judge() -> Any:
+            return metered_call(r, MODEL, "Score this reply.", request_id="judged:judge", reason="judge call",
+                                max_tokens=4, task="judge")
+
+        async def main() -> tuple[int, BaseException | None]:
+            stream = await _holding(r)
+            waiting = asyncio.create_task(asyncio.to_thread(judge))
+            await asyncio.sleep(0.3)  # the judge call is waiting for the model's lock (its deadline is 1 s)
+            open_while_waiting = share._active
+            error = (await asyncio.gather(waiting, return_exceptions=True))[0]
+            async for _ in stream:
+                pass
+            return open_while_waiting, error
+
+        open_while_waiting, error = asyncio.run(main())
+        assert type(error).__name__ == "DeadlineExceededError", error
+        assert "while waiting for the model" in error.message  # type: ignore[union-attr]
+        assert open_while_waiting == 1, "only the stream that holds the model is metered"
+        judged = [x for x in r.ledger.records() if x.request_id == "judged:judge"]
+        assert len(judged) == 1 and judged[0].outcome == "error", judged
+        assert judged[0].energy_j == 0 and judged[0].energy_source == "estimated:none", judged
