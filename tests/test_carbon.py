@@ -27,7 +27,10 @@ def test_negative_grid_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("joules", "text"), [(0, "0 J"), (0.25, "250 mJ"), (12.34, "12.3 J"), (4500, "4.5 kJ"), (2.1e6, "2.1 MJ")]
+    ("joules", "text"), [(0, "0 J"), (0.25, "250 mJ"), (12.34, "12.3 J"), (4500, "4.5 kJ"), (2.1e6, "2.1 MJ"),
+                         # the unit after rounding: 999.6 J is "1 kJ", not "1e+03 J"
+                         (999.6, "1 kJ"), (0.9996, "1 J"), (999_600.0, "1 MJ"), (2e9, "2 GJ"), (-999.6, "-1 kJ"),
+                         (0.0004, "0.4 mJ")]
 )
 def test_format_joules(joules: float, text: str) -> None:
     assert format_joules(joules) == text

@@ -97,15 +97,16 @@ def recorded_equivalents(joules: float, co2e_g: float,
                                intensity_from="the records' own: each one's zone and hour, PUE included")
 
 
+_JOULE_UNITS = ((1e12, "TJ"), (1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ"), (1.0, "J"))
+
+
 def format_joules(joules: float) -> str:
-    """Human units: ``850 mJ``, ``12.3 J``, ``4.5 kJ``, ``2.1 MJ``."""
-    a = abs(joules)
-    if a == 0:
+    """Human units: ``850 mJ``, ``12.3 J``, ``4.5 kJ``, ``2.1 MJ``. The unit is chosen after rounding to three
+    figures, so 999.6 J reads ``1 kJ``, not ``1e+03 J``."""
+    if joules == 0:
         return "0 J"
-    if a < 1:
-        return f"{joules * 1000:.3g} mJ"
-    if a < 1000:
-        return f"{joules:.3g} J"
-    if a < 1e6:
-        return f"{joules / 1e3:.3g} kJ"
-    return f"{joules / 1e6:.3g} MJ"
+    rounded = abs(float(f"{joules:.3g}"))
+    for size, unit in _JOULE_UNITS:
+        if rounded >= size:
+            return f"{joules / size:.3g} {unit}"
+    return f"{joules * 1000:.3g} mJ"
