@@ -323,3 +323,57 @@ def test_close_ends_a_stream_its_caller_keeps_but_stopped_reading_and_records_it
     ledger.close()
     assert [(r.model, r.outcome) for r in recs] == [("spec-a", "cancelled")], recs
     assert "the Router was closed while the model was answering" in (recs[0].error or "")
+
+
+class StartSignallingDouble(DrippingBackendDouble):
+    """Test double: :class:`DrippingBackendDouble` that sets ``started`` once its first word is out, so a test
+    stops the request while the model is answering, without timing it."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner, words=400)
+        self.started = threading.Event()
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
+        for event in super().stream(request):
+            self.started.set()
+            yield event
+
+
+@pytest.mark.parametrize("path", ["sync-stream", "async", "async-stream"])
+def test_a_request_its_caller_stops_leaves_the_callers_cancel_event_alone(tmp_path: Path, path: str) -> None:
+    """One ``threading.Event`` passed as ``cancel=`` to many requests (an app's shutdown signal): a request that
+    ends early (a closed stream, a task cancelled by a timeout) stops its own model only. The Router set the
+    caller's event, which cancelled every other request holding it, and every later one at once."""
+    dripping: dict[str, StartSignallingDouble] = {}
+
+    def slow_spec_a(real: dict[str, Backend]) -> dict[str, Backend]:
+        dripping["spec-a"] = StartSignallingDouble(real["spec-a"])
+        return {**real, "spec-a": dripping["spec-a"]}
+
+    router = _with(PLAIN, backends=slow_spec_a)(tmp_path / "r")
+    shutdown = threading.Event()
+    if path == "sync-stream":
+        chunks = router.complete(REVIEW, stream=True, cancel=shutdown, request_id="stopped")
+        next(chunks)
+        chunks.close()
+    else:
+        async def stop_one() -> None:
+            if path == "async-stream":
+                stream = await router.acomplete(REVIEW, stream=True, cancel=shutdown, request_id="stopped")
+                await stream.__anext__()
+                await stream.aclose()
+                return
+            task = asyncio.ensure_future(router.acomplete(REVIEW, cancel=shutdown, request_id="stopped"))
+            await asyncio.to_thread(dripping["spec-a"].started.wait)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(stop_one())
+    stopped = [r.outcome for r in router.ledger.records() if r.request_id == "stopped"]
+    dripping["spec-a"].words = 2  # the next request is answered at once
+    after = run(router, path, cancel=shutdown)
+    router.close()
+    assert stopped == ["cancelled"]
+    assert not shutdown.is_set()
+    assert after.status == "ok", after

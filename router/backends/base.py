@@ -51,6 +51,22 @@ class CancelFlag:
         return self._set
 
 
+class CallerCancel(CancelFlag):
+    """A request's own cancel flag when its caller passed ``cancel=``: set when the caller's event is set, and set
+    by itself when the request ends early (a cancelled task, a closed stream, ``Router.close()``), which never sets
+    the caller's event: one event may serve many requests (a shutdown signal), and one request timing out must not
+    cancel the others."""
+
+    __slots__ = ("_caller",)
+
+    def __init__(self, caller: Cancel) -> None:
+        super().__init__()
+        self._caller = caller
+
+    def is_set(self) -> bool:
+        return self._set or self._caller.is_set()
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     """What a backend is asked for. Read-only by convention, not frozen: one request is shared by every model a
