@@ -549,7 +549,7 @@ class Router:
         while (call := attempts.next_call()) is not None:
             try:
                 gen = await within_deadline(call, call.backend.agenerate(call.request))
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a task destroyed pending (loop closed)
                 prepared.cancel.set()
                 attempts.cancelled(call, None)
                 raise

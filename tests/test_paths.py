@@ -377,3 +377,20 @@ def test_a_request_its_caller_stops_leaves_the_callers_cancel_event_alone(tmp_pa
     assert stopped == ["cancelled"]
     assert not shutdown.is_set()
     assert after.status == "ok", after
+
+
+def test_a_call_whose_task_is_destroyed_pending_is_recorded(tmp_path: Path) -> None:
+    """An app that closes its event loop while a call runs: the task is destroyed pending and its coroutine closed
+    (GeneratorExit where it waits, not CancelledError). The call is recorded `cancelled` and its budget settled,
+    as a stream closed the same way is."""
+    build = _with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=40)})
+    router = build(tmp_path / "r")
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(router.acomplete(REVIEW))
+    loop.run_until_complete(asyncio.sleep(0.3))
+    assert not task.done()
+    loop.close()
+    task.get_coro().close()
+    records = router.ledger.records()
+    router.close()
+    assert [r.outcome for r in records] == ["cancelled"], records
