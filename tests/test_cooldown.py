@@ -215,3 +215,26 @@ def test_the_failure_that_opens_the_breaker_says_no_call_gets_through_before_its
     with pytest.raises(BackendError) as trial:
         asyncio.run(breaker.agenerate(REQUEST))
     assert trial.value.retry_after_s == 15 and breaker.state == "open"
+
+
+def test_only_the_trial_calls_own_end_frees_the_trial(specialist_backend) -> None:  # type: ignore[no-untyped-def]
+    """A call admitted while the breaker was closed may end without a verdict after the breaker opened and its
+    trial began: that must not free the trial, or a second trial call would run beside the first."""
+    broken = FaultInjectingBackend(specialist_backend, failures_before_success=1)
+    clock = _Clock()
+    breaker = CooldownBackend(broken, failures=1, cooldown_s=5, clock=clock)
+    broken.failures_left = 0
+    early = breaker.stream(REQUEST)
+    next(early)  # admitted while closed, still running
+    broken.failures_left = 1
+    with pytest.raises(BackendError):
+        breaker.generate(REQUEST)  # the breaker opens
+    clock.now = 5.0
+    trial = breaker.stream(REQUEST)
+    next(trial)  # the half-open trial is running
+    early.close()  # the early call's reader goes away: no verdict, and not the trial's
+    with pytest.raises(BackendUnavailableError):  # still only one trial at a time
+        breaker.generate(REQUEST)
+    trial.close()  # the trial's own end without a verdict frees it
+    breaker.generate(REQUEST)
+    assert breaker.state == "closed"

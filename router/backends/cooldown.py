@@ -73,16 +73,17 @@ class CooldownBackend(Backend):
                 return "closed"
             return "open" if self._clock() < self._open_until else "half-open"
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
+        """Let a call through (True when it is the half-open trial) or raise :class:`BackendUnavailableError`."""
         if self.consecutive_failures < self.failures:  # closed (most calls): read without the lock, as it would
-            return  # be read under it; a failure counted meanwhile only opens the breaker for the calls after it
+            return False  # be read under it; a failure counted meanwhile only opens the breaker for later calls
         with self._lock:
             if self.consecutive_failures < self.failures:
-                return
+                return False
             now = self._clock()
             if now >= self._open_until and not self._trial_running:
                 self._trial_running = True  # half-open: this call is the trial
-                return
+                return True
             self.rejected_total += 1
             left = max(0.0, self._open_until - now)
         raise BackendUnavailableError(
@@ -109,7 +110,7 @@ class CooldownBackend(Backend):
             return False
 
     def _released(self) -> None:
-        """The call ended without a verdict (the caller stopped reading): let the next call be the trial."""
+        """The trial call ended without a verdict (the caller stopped reading): let the next call be the trial."""
         with self._lock:
             self._trial_running = False
 
@@ -117,8 +118,7 @@ class CooldownBackend(Backend):
         """Admit one call and record its verdict: an exception is a failure; a passed deadline, a cancellation, a
         bad request (:data:`_NO_VERDICT`) or a reader that stops early (GeneratorExit) is no verdict, so the next
         call may be the trial."""
-        self._admit()
-        return _Verdict(self)
+        return _Verdict(self, self._admit())
 
     # -- calls ----------------------------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
@@ -158,10 +158,13 @@ class _Verdict:
     """The context of one admitted call (a class, not ``contextlib.contextmanager``: this is on every model
     call, and a generator-based manager costs several times as much)."""
 
-    __slots__ = ("backend",)
+    __slots__ = ("backend", "trial")
 
-    def __init__(self, backend: CooldownBackend) -> None:
+    def __init__(self, backend: CooldownBackend, trial: bool) -> None:
         self.backend = backend
+        self.trial = trial
+        """This call is the half-open trial: only its own end without a verdict frees the trial for another call
+        (a call admitted before the breaker opened may end that way while the trial runs)."""
 
     def __enter__(self) -> None:
         return None
@@ -173,7 +176,7 @@ class _Verdict:
             if self.backend._failed() and isinstance(exc, RouterError):
                 # the breaker opened: no call gets through before its cooldown ends, whatever the endpoint asked
                 exc.retry_after_s = max(exc.retry_after_s or 0.0, self.backend.cooldown_s)
-        else:
+        elif self.trial:
             self.backend._released()
         return False
 
