@@ -239,6 +239,18 @@ def test_cascade_escalates_to_the_next_more_accurate_model(local):
     assert d.model == "smollm2-135m" and d.escalate_to == ("gemma3-270m",)
 
 
+@pytest.mark.parametrize("request_", [None, {"pinned": "gemma3-270m"}, {"cooling": frozenset({"gemma3-270m"})}])
+def test_a_single_candidate_has_no_fallbacks_and_nothing_to_escalate_to(local, request_):
+    """Whatever the cascade and the target say: the one model that can answer does, alone."""
+    only = {"gemma3-270m": local["gemma3-270m"]}
+    for start in ("target", "cheapest"):
+        p = pol(accuracy={"min_accuracy": 0.95}, cascade={"enabled": True, "escalate_below": 0.7, "start": start})
+        d = decide_pure(cls("chat", gemma3_270m=0.6), only, None, p, request_)
+        assert (d.model, d.fallbacks, d.escalate_to, d.escalate_below) == ("gemma3-270m", (), (), None)
+        assert d.candidates == {"gemma3-270m": 0.6} and "escalates" not in d.reason
+        assert ("target_unmet" in d.flags) is (request_ is None or "cooling" in request_)
+
+
 def test_decide_pure_is_pure_and_deterministic(local):
     c = cls("chat", smollm2_135m=0.6, gemma3_270m=0.9)
     state = BudgetState({"tier:large:3600s": 10.0}, now=123.0)

@@ -88,9 +88,13 @@ def decide_pure(
     chosen, refs, blocked, spent, flags, budget_notes = budgets(policy, plan, ranked, energy, state,
                                                              (req.input_tokens_hint, out_tokens),
                                                              req.max_tokens_param)
-    chosen, escalate_to, escalate_below, cascade_notes = cascade(
-        policy, chosen, pinned, spent, blocked | req.cooling, by_energy, ranked, energy, p, adequate
-    )
+    alone = len(ranked) == 1  # no other model to start with, escalate or fall back to
+    if alone:
+        escalate_to, escalate_below, cascade_notes = (), None, []
+    else:
+        chosen, escalate_to, escalate_below, cascade_notes = cascade(
+            policy, chosen, pinned, spent, blocked | req.cooling, by_energy, ranked, energy, p, adequate
+        )
     name = chosen.name
     head = reason(task, chosen, p, source[name], tgt, pinned, pin_source, by_energy, energy, escalate_to,
                   escalate_below, req.energy_estimates)
@@ -98,7 +102,7 @@ def decide_pure(
     if "over_budget_allowed" in flags:  # allowed over budget: every model stays a fallback but those whose
         # budget could not be read, which cannot be reserved against
         blocked = {n for n, rs in refs.items() if any(r.key in state.unreadable for r in rs)}
-    fallbacks = tuple(c.name for c in ranked if c.name != name and c.name not in blocked)
+    fallbacks = () if alone else tuple(c.name for c in ranked if c.name != name and c.name not in blocked)
     if not (pinned is not None and name == pinned) and not adequate[name]:
         flags.append("target_unmet")
     model_budgets: dict[str, tuple[BudgetRef, ...]] = {}

@@ -282,6 +282,8 @@ def _rank(card: ModelCard) -> tuple[bool, int]:
 def ranking(pool: list[ModelCard], energy: Mapping[str, float], p: Mapping[str, float], adequate: Mapping[str, bool],
             pinned: str | None, cards: Mapping[str, ModelCard]) -> tuple[list[ModelCard], list[ModelCard]]:
     """Step 4: ``(by_energy, ranked)``: the candidates by joules, and in the order to try them."""
+    if len(pool) == 1:  # a single candidate is every order (a pin is always in the pool)
+        return pool, pool
     by_energy = sorted(pool, key=lambda c: (energy[c.name], TIER_ORDER.get(c.tier, 1), c.name))
     ranked = [c for c in by_energy if adequate[c.name]]
     if len(ranked) < len(by_energy):
