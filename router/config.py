@@ -6,6 +6,9 @@ SQLite ledger in the user's data directory. Every field can come from a YAML fil
 from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROUTER_LEDGER_URL``). A relative
 path in a YAML file is relative to that file's folder (docs/energy.md); one from code or the environment, to the
 working directory.
+
+Length: one settings class per part (proxy, keys, journal, carbon, batch, dashboard, judge...) with each field's
+default, bounds and description in one place, so that every default is written once; each class is short.
 """
 
 from __future__ import annotations
