@@ -45,7 +45,7 @@ from ._request import (
 )
 from ._streams import AsyncChunkStream, ChunkStream
 from .backends import Backend, create_backend
-from .backends.base import CallerCancel, CancelFlag
+from .backends.base import own_cancel
 from .backends.cooldown import CooldownBackend
 from .carbon.grid import Grid
 from .cards import ModelCard, load_cards
@@ -452,7 +452,7 @@ class Router:
             request_id=req.request_id, messages=req.messages, text=req.text, classification=classification,
             decision=decision, max_tokens=req.max_tokens, temperature=req.temperature, stop=req.stop,
             key_hash=key_hash, decision_ms=decision_ms, deadline=time.monotonic() + deadline_s,
-            cancel=CancelFlag() if req.cancel is None else CallerCancel(req.cancel), estimates=learned,
+            cancel=own_cancel(req.cancel), estimates=learned,
             options=req.options, max_tokens_param=req.max_tokens_param,
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)

@@ -52,10 +52,10 @@ class CancelFlag:
 
 
 class CallerCancel(CancelFlag):
-    """A request's own cancel flag when its caller passed ``cancel=``: set when the caller's event is set, and set
-    by itself when the request ends early (a cancelled task, a closed stream, ``Router.close()``), which never sets
-    the caller's event: one event may serve many requests (a shutdown signal), and one request timing out must not
-    cancel the others."""
+    """A call's own cancel flag when its caller passed one: set when the caller's event is set, and set by itself
+    when the call ends early (a cancelled task, a closed stream, ``Router.close()``), which never sets the caller's
+    event: one event may serve many calls (a shutdown signal), and one call timing out must not cancel the
+    others."""
 
     __slots__ = ("_caller",)
 
@@ -65,6 +65,11 @@ class CallerCancel(CancelFlag):
 
     def is_set(self) -> bool:
         return self._set or self._caller.is_set()
+
+
+def own_cancel(caller: Cancel | None) -> CancelFlag:
+    """A call's own cancel flag, reading the caller's event too where there is one (see :class:`CallerCancel`)."""
+    return CancelFlag() if caller is None else CallerCancel(caller)
 
 
 @dataclass(slots=True)
@@ -187,7 +192,7 @@ class Backend(ABC):
         the event loop never waits for it. The turn (:attr:`concurrency`) is given back once the sync stream
         has ended or been closed, so the next call finds the model free."""
         done = await self._turns.wait(request, self.card.name)
-        stop = _StopEvent(request.cancel)
+        stop = own_cancel(request.cancel)  # set when the consumer stops
         worker: _Stepper | None = None
         try:
             worker = _Stepper(iter(self.stream(replace(request, cancel=stop))))
@@ -214,7 +219,7 @@ class Backend(ABC):
         one per event); when the awaiting task is cancelled the backend sees ``request.cancel`` set at its next
         check and stops; its turn (:attr:`concurrency`) is given back once the worker has returned."""
         done = await self._turns.wait(request, self.card.name)
-        stop = _StopEvent(request.cancel)
+        stop = own_cancel(request.cancel)  # set when the consumer stops
         # shielded: a cancelled await leaves the worker running until its next check, and the turn with it
         work = asyncio.ensure_future(asyncio.to_thread(self.generate, replace(request, cancel=stop)))
         try:
@@ -346,18 +351,6 @@ class _Turns:
                 loop.call_soon_threadsafe(gate.release)
 
         return done
-
-
-class _StopEvent(threading.Event):
-    """Set when the consumer of a thread-offloaded stream has stopped; reads as set when the caller's own
-    ``cancel`` event is set, too (the caller's event is never set from here: it may serve other calls)."""
-
-    def __init__(self, outer: Cancel | None) -> None:
-        super().__init__()
-        self._outer = outer
-
-    def is_set(self) -> bool:
-        return super().is_set() or (self._outer is not None and self._outer.is_set())
 
 
 class _Stepper:
