@@ -119,16 +119,19 @@ def bound_text(text: str, max_chars: int, head: int, tail: int) -> tuple[str, bo
     return text.encode("utf-8", "replace").translate(_CONTROL_TO_SPACE).decode("utf-8"), truncated
 
 
+def classifier_fix(folder: Path) -> str:
+    """How to give ``folder`` a trained classifier of its own, for the errors that find none there."""
+    from ..config import embedded_dir
+
+    return (f"copy the shipped classifier ({embedded_dir('models') / 'classifier'}) into {folder}, or train one "
+            f"with `router train classifier --out {folder}`")
+
+
 def _unreadable(folder: Path, name: str, exc: BaseException) -> ConfigError:
     """A classifier file that cannot be read is a configuration fault naming the file and the fix, not a traceback
     (and not a silent fall-back to the rules: a router routing differently than its files say is worse)."""
-    from ..config import embedded_dir
-
-    return ConfigError(
-        f"{folder / name}: not a readable trained classifier ({type(exc).__name__}: {exc}); fix: copy the shipped "
-        f"classifier ({embedded_dir('models') / 'classifier'}) into {folder}, or train one with "
-        f"`router train classifier --out {folder}`"
-    )
+    return ConfigError(f"{folder / name}: not a readable trained classifier ({type(exc).__name__}: {exc}); fix: "
+                       f"{classifier_fix(folder)}")
 
 
 class OnnxRequestClassifier(RequestClassifier):

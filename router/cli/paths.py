@@ -31,14 +31,11 @@ def own_classifier_folder(models_dir: Path, purpose: str) -> Path:
     A models folder of cards alone routes with the shipped classifier, but what a command fits into the
     classifier is saved beside it (added_models.json): without one of its own there, the fit would land in the
     installed package's data instead of the folder the user named. ``purpose`` completes "... to <purpose>"."""
-    from ..config import embedded_dir
+    from ..classify.onnx_classifier import classifier_fix
     from ..errors import ConfigError
 
     folder = models_dir / "classifier"
     if not ((folder / "classifier.json").is_file() and (folder / "classifier.onnx").is_file()):
-        raise ConfigError(
-            f"{folder} holds no trained classifier (classifier.json and classifier.onnx) to {purpose}; copy the "
-            f"shipped one there ({embedded_dir('models') / 'classifier'}) or train one with "
-            f"`router train classifier --out {folder}`"
-        )
+        raise ConfigError(f"{folder} holds no trained classifier (classifier.json and classifier.onnx) to "
+                          f"{purpose}; {classifier_fix(folder)}")
     return folder
