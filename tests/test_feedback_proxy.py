@@ -6,6 +6,7 @@ instant TEST UPSTREAM, so this takes seconds."""
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,3 +128,18 @@ def test_unknown_id_is_a_404_and_raw_errors_have_openais_shape(served: tuple[str
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     r = httpx.get(f"{url}/v1/feedback", headers=auth)
     assert r.status_code == 405
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(served: tuple[str, str]) -> None:
+    """A chunked body declares no length: the 413 comes once 64 KiB have arrived, while the client is still
+    sending, rather than after the whole body (which the server held in memory, however large) has ended."""
+    url, _ = served
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(b"POST /v1/feedback HTTP/1.1\r\nhost: router\r\nauthorization: Bearer sk-team-a\r\n"
+                     b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        part = b'{"id": "x", "comment": "' + b"a" * (256 * 1024)
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))  # no last chunk: the body has not ended
+        answer = sock.recv(4096)  # without the early refusal nothing comes before the 30 s body timeout
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"code": "request_too_large"' in answer

@@ -36,10 +36,7 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
     async def feedback(request: Request) -> Response:
         try:
             api_key = bearer_key(request.headers.get("authorization"), router.keys)
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-                raise PayloadTooLargeError(f"a feedback body is at most {MAX_BODY_BYTES:,} bytes")
-            body = _parse(await request.body())
+            body = _parse(await _read_body(request))
             fb = await asyncio.to_thread(router.feedback, body.get("id"), body.get("score"),
                                          comment=body.get("comment"), api_key=api_key)
         except RouterError as exc:
@@ -52,9 +49,24 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
         app.router.add_route(path, feedback, methods=["POST"])
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, refused on its ``Content-Length`` or as soon as what has arrived passes :data:`MAX_BODY_BYTES`: a
+    chunked body declares no length, and reading it whole first would let a client fill the server's memory."""
+    too_large = PayloadTooLargeError(f"a feedback body is at most {MAX_BODY_BYTES:,} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _parse(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(f"a feedback body is at most {MAX_BODY_BYTES:,} bytes")
     body = read_json(raw, 'a JSON object: {"id": "chatcmpl-...", "score": 0.8}')
     if not isinstance(body, dict):
         raise BadRequestError('the request body must be a JSON object: {"id": "chatcmpl-...", "score": 0.8}')
