@@ -328,6 +328,9 @@ def test_unknown_route_and_method(served: Served) -> None:
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.get(f"{served.url}/v1/chat/completions")
     assert r.status_code == 405 and "error" in r.json()
+    assert r.headers["allow"] == "POST"  # a 405 names the methods the route takes
+    r = httpx.post(f"{served.url}/v1/models", json={})
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
 # -- models, health, metrics ----------------------------------------------------------------------------------

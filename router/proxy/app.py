@@ -250,7 +250,11 @@ def create_app(
 
     @app.exception_handler(405)
     async def _bad_method(request: Request, exc: Exception) -> Response:
-        return error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
+        response = error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        if allow:  # a 405 must say which methods the route takes (RFC 9110, 15.5.6); Starlette's routing knows them
+            response.headers["allow"] = allow
+        return response
 
     return app
 
