@@ -1,9 +1,14 @@
-"""Redis ledger across processes: two processes race for one budget through a real redis-server."""
+"""Redis ledger across processes: two processes race for one budget through a real redis-server, and over
+the unix:// URL docs/ledger.md lists."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from conftest_redis import redis_server  # noqa: F401 - the fixture
@@ -48,3 +53,31 @@ def test_records_from_several_processes_add_up(redis_server: str) -> None:  # no
     assert led.totals("model")[0]["requests"] == 151
     led.clear()  # type: ignore[attr-defined]
     led.close()
+
+
+def test_a_unix_socket_url_opens_the_ledger() -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis ledger untested")
+    folder = Path(tempfile.mkdtemp(prefix="router-rs-"))  # short: a socket path has at most 107 bytes
+    socket = folder / "redis.sock"
+    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(socket), "--dir", str(folder), "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 20
+        while not socket.exists():
+            assert proc.poll() is None and time.time() < deadline, "redis-server did not open its socket"
+            time.sleep(0.05)
+        url = f"unix://{socket}?db=1&prefix=sock:"
+        led = open_ledger(url)
+        led.record(LedgerRecord("over-a-socket", "m", "small", 2.0, "estimated:cpu-time"))
+        assert led.try_reserve("team", 1.0, 5.0, 3600) is not None
+        led.close()
+        led = open_ledger(url)
+        assert [r.request_id for r in led.records()] == ["over-a-socket"]
+        assert led.budget_used("team", 3600) == pytest.approx(1.0)
+        led.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import redis
 
@@ -112,9 +112,10 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @classmethod
     def from_url(cls, url: str, *, retention_days: float | None = None, prefix: str | None = None) -> RedisLedger:
-        """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:&retention_days=N]``; other query options go to
-        redis-py (``socket_timeout`` defaults to 10 s and ``socket_connect_timeout`` to 5 s here, so a Redis that
-        stops answering fails a call instead of hanging it)."""
+        """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:&retention_days=N]`` (or ``rediss://``, or
+        ``unix:///PATH?db=N``); other query options go to redis-py (``socket_timeout`` defaults to 10 s and
+        ``socket_connect_timeout`` to 5 s here, so a Redis that stops answering fails a call instead of hanging
+        it)."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         prefix = prefix or query.pop("prefix", "router:")
@@ -124,7 +125,8 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
             query.pop("retention_days", None)
             query.setdefault("socket_timeout", "10")
             query.setdefault("socket_connect_timeout", "5")
-            clean = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+            # not urlunsplit: it writes unix:///PATH as unix:/PATH, which redis-py refuses
+            clean = f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query, quote_via=quote)}"
             client = redis.Redis.from_url(clean)
         except ValueError as exc:
             raise ledger_error(url, f"not a usable Redis URL ({exc})",
