@@ -1,5 +1,5 @@
-"""Redis ledger across processes: two processes race for one budget through a real redis-server, and over
-the unix:// URL docs/ledger.md lists."""
+"""Redis ledger across processes: two processes race for one budget through a real redis-server, over
+the unix:// URL docs/ledger.md lists, and a URL option redis-py does not take."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest_redis import redis_server  # noqa: F401 - the fixture
+from typer.testing import CliRunner
 
+from router.cli import app
+from router.errors import LedgerError
 from router.ledger import LedgerRecord, open_ledger
 
 pytestmark = pytest.mark.redis
@@ -81,3 +84,15 @@ def test_a_unix_socket_url_opens_the_ledger() -> None:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_option_redis_does_not_take_is_refused_naming_it(redis_server: str) -> None:  # noqa: F811
+    url = f"{redis_server}/0?prefix=options:&sockettimeout=2"
+    with pytest.raises(LedgerError) as info:
+        open_ledger(url)
+    assert "'sockettimeout'" in str(info.value) and "socket_timeout" in info.value.fix
+    assert not info.value.retryable
+    result = CliRunner().invoke(app, ["ledger", "--ledger", url], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "'sockettimeout'" in result.output and "fix:" in result.output
+    open_ledger(f"{redis_server}/0?prefix=options:&max_connections=4&health_check_interval=5").close()

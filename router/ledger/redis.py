@@ -32,6 +32,7 @@ feedback live in modules of their own); the methods share the key layout above.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -115,7 +116,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:&retention_days=N]`` (or ``rediss://``, or
         ``unix:///PATH?db=N``); other query options go to redis-py (``socket_timeout`` defaults to 10 s and
         ``socket_connect_timeout`` to 5 s here, so a Redis that stops answering fails a call instead of hanging
-        it)."""
+        it), and one it does not take is refused."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         prefix = prefix or query.pop("prefix", "router:")
@@ -132,6 +133,14 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
             raise ledger_error(url, f"not a usable Redis URL ({exc})",
                                "write it as redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:]",
                                retryable=False) from exc  # fmt: skip
+        unknown = sorted(set(query) - _url_options(client))
+        if unknown:
+            client.close()
+            named = ", ".join(map(repr, unknown))
+            raise ledger_error(url, f"the URL's option {named} is not a Redis connection option",
+                               "remove it or spell it as redis-py does (socket_timeout, socket_connect_timeout, "
+                               "health_check_interval, max_connections, ...); the router's own are prefix and "
+                               "retention_days", retryable=False)  # fmt: skip
         return cls(client, prefix=prefix, retention_days=retention_days, url=url)
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
@@ -400,6 +409,25 @@ def _describe(client: redis.Redis, prefix: str) -> str:
     if "path" in kw:
         return f"unix://{kw['path']}?db={kw.get('db', 0)}&prefix={prefix}"
     return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}?prefix={prefix}"
+
+
+def _url_options(client: redis.Redis) -> frozenset[str]:
+    """The query options a client made from a URL can take: its pool's and its connection class's keyword
+    parameters. redis-py passes any other option on to the connection, whose first use then fails with a
+    ``TypeError`` that names neither the URL nor the fix."""
+    pool = client.connection_pool
+    names: set[str] = set()
+    for cls in (*pool.connection_class.__mro__, *type(pool).__mro__):
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):  # a builtin's __init__ without a signature
+            continue
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    names.discard("self")
+    return frozenset(names)
 
 
 def _glob_escaped(text: str) -> str:
