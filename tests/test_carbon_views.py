@@ -92,3 +92,23 @@ def test_router_ledger_its_report_and_the_dashboard_show_the_same_co2e_and_inten
         (g_text, per_kwh), *_ = SENTENCE.findall(text)
         assert float(g_text) == pytest.approx(grams, rel=1e-2), view
         assert float(per_kwh) == pytest.approx(intensity, rel=1e-5), view
+
+
+def test_records_without_co2e_show_the_same_grams_on_the_dashboard_as_in_router_ledger(tmp_path: Path) -> None:
+    """Records that carry no CO2e (written before the ledger had the column, or by an app's own
+    ``Ledger.record``) are priced at the config's ``grid_g_per_kwh`` by ``router ledger``: the dashboard's total
+    is those grams too, not 0 g beside that intensity."""
+    models = models_dir(tmp_path / "models", {})
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\nledger_url: {ledger_url}\ngrid_g_per_kwh: 400\n"
+                      "proxy: {warm_up: false}\n")
+    led = SQLiteLedger.from_url(ledger_url)
+    led.record(LedgerRecord("old-1", "sentiment-onnx", "specialist", 3600.0, "measured:rapl"))  # 1 Wh, no CO2e
+    led.close()
+    with TestClient(create_app(config=RouterConfig.load(config))) as c:
+        dashboard = c.get("/dashboard/api/totals?window=all").json()
+
+    (g_text, per_kwh), *_ = SENTENCE.findall(_cli("ledger", "--config", str(config)))
+    assert float(g_text) == pytest.approx(0.4) and float(per_kwh) == pytest.approx(400)  # 0.001 kWh x 400 g/kWh
+    assert dashboard["co2e_g"] == pytest.approx(0.4) and dashboard["g_per_kwh"] == pytest.approx(400)

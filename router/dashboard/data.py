@@ -119,6 +119,8 @@ class DashboardData:
             acc[1] += row.energy_j
             answered += row.requests if row.outcome in ("ok", "cancelled") else 0
         t = report.total
+        # the grams `router ledger` prints: the records' own, or joules at the config's intensity if none carry any
+        everyday = report.everyday()
         for model, row in newest.items():
             tiers.setdefault(model, row.tier)
         models = [_group_dict(g, t, tier=tiers.get(g.group, "-")) for g in report.rows]
@@ -126,7 +128,7 @@ class DashboardData:
             **window.as_dict(),
             "requests": t.requests, "answered": answered, "errors": t.errors,
             "rejected": t.rejected,
-            "energy_j": t.energy_j, "co2e_g": t.co2e_g, "g_per_kwh": report.everyday().grid_g_per_kwh,
+            "energy_j": t.energy_j, "co2e_g": everyday.co2e_g, "g_per_kwh": everyday.grid_g_per_kwh,
             "grid_g_per_kwh": grid,
             "counterfactual_model": report.counterfactual_model, "counterfactual_j": t.counterfactual_j,
             "saved_j": t.saved_j, "saved_share": t.saved_j / t.counterfactual_j if t.counterfactual_j else 0.0,
