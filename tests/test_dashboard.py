@@ -147,6 +147,20 @@ def test_totals_series_recent_and_budgets_match_the_ledger(client: TestClient) -
     assert mine["rolls_at"] == mine["window_start"] + 3600 and 0 < mine["rolls_in_s"] <= 3600
 
 
+def test_recent_says_whether_the_ledger_stores_prompts_and_shows_none(tmp_path: Path) -> None:
+    """With ``prompts: {store: true}`` the ledger keeps each answered request's messages: ``prompts_stored`` says
+    so (the page words its note after it), and the decisions still carry no prompt text."""
+    with TestClient(create_app(config=RouterConfig.load(_config(tmp_path, "prompts: {store: true}\n")))) as c:
+        _chat(c, "stored-1")
+        ledger: Ledger = c.app.state.router.ledger  # type: ignore[attr-defined]
+        ledger.flush()
+        assert ledger.prompt_summary()[0] == 1  # the prompt is in the ledger
+        recent = c.get("/dashboard/api/recent").json()
+    assert recent["prompts_stored"] is True
+    assert [d["request_id"] for d in recent["records"]] == ["stored-1"]
+    assert "gorgeous" not in json.dumps(recent)
+
+
 def test_a_model_moved_to_another_tier_counts_in_each_tier_as_the_ledger_report_counts_it(tmp_path: Path) -> None:
     """A card whose tier is edited between two runs of ``router serve``: the records keep the tier each call ran
     in, so the totals by tier split the model's calls as ``router ledger report --by tier`` and the series by tier

@@ -184,3 +184,29 @@ def test_the_page_shows_the_ledger_and_follows_new_requests(
             assert not logs, logs
     with capsys.disabled():
         print(f"\ndashboard screenshots: {first} and {second}")
+
+
+def test_an_empty_ledger_and_the_note_on_stored_prompts(browser: Any, tmp_path: Path) -> None:
+    """A new ledger draws zeros and no error; with ``prompts: {store: true}`` the note under the decisions says the
+    ledger keeps prompts (and that the page never shows them), not that it keeps none."""
+    models = models_dir(tmp_path / "models", {})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\nprompts: {{store: true}}\n"
+                      "proxy: {warm_up: false}\n")
+    with router_serve(config, tmp_path) as url:
+        browser.get(f"{url}/dashboard")
+
+        def live() -> dict[str, Any] | None:
+            shown = browser.execute_script("""
+                const el = (id) => document.getElementById(id);
+                return {status: el("status").className, requests: el("total-requests").dataset.value,
+                        kind: el("energy-kind").textContent, error_hidden: el("error").hidden,
+                        note: document.querySelector("#recent + p.hint").textContent};""")
+            return shown if "live" in shown["status"] else None
+
+        seen = _until("the page live", live)
+        assert seen["requests"] == "0" and seen["kind"] == "none" and seen["error_hidden"]
+        assert seen["note"].startswith("Prompts are stored in the ledger") and "never shows them" in seen["note"]
+        logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not logs, logs

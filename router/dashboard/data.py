@@ -209,9 +209,10 @@ class DashboardData:
 
     # -- decisions -----------------------------------------------------------------------------------------
     def recent(self, limit: int) -> dict[str, Any]:
-        """The newest ledger records. Prompts are not stored in the ledger, so none are shown."""
+        """The newest ledger records, never with a prompt; ``prompts_stored`` says whether the ledger keeps them
+        (``prompts: {store: true}``), so the page does not claim it keeps none."""
         records = self._fresh().latest_records(limit)
-        return {"prompts_stored": False, "records": [_decision(r) for r in records]}
+        return {"prompts_stored": self.router.config.prompts.store, "records": [_decision(r) for r in records]}
 
 
 def _add(cells: dict[tuple[float, str], list[float]], t: float, group: str | None, n: int, j: float) -> None:

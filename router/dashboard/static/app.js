@@ -244,6 +244,9 @@
 
   // -- recent decisions ------------------------------------------------------------------------------------
   function drawRecent(r) {
+    $("prompts-note").textContent = r.prompts_stored
+      ? "Prompts are stored in the ledger (prompts: {store: true}, for feedback); this page never shows them."
+      : "Prompts are not stored in the ledger, so none are shown.";
     replaceRows($("recent").tBodies[0], r.records.map((d) => {
       const tr = document.createElement("tr");
       tr.dataset.requestId = d.request_id;
