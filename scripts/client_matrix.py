@@ -182,7 +182,7 @@ def llm_cli(url: str) -> dict[str, str]:
     chain: list[str] = []
 
     def tools() -> object:  # llm runs the tool and sends its result back: a call, then tool history
-        chain.append(run("-T", "llm_version", "--td", "-o", "max_tokens", "40", "Which version of llm is installed?",
+        chain.append(run("-T", "llm_version", "--td", "-o", "max_tokens", "120", "Which version of llm is installed?",
                          allow_error=True))
         return "Tool call: llm_version" in chain[0] or "no tool call"
 
