@@ -161,3 +161,23 @@ def test_several_workers_refuse_a_sqlite_ledger(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "Redis" in out.stderr and "--workers 1" in out.stderr
+
+
+def test_several_workers_stop_with_one_error_line_when_the_config_is_wrong(
+    redis_server: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """A worker that cannot build its Router (here: the model card folder is not there) died with a traceback,
+    and uvicorn's supervisor started it again, for ever: `router serve --workers 2` never ended. Each worker now
+    says what is wrong in one line and the command ends with exit 2."""
+    import subprocess
+    import sys
+
+    from servers.procs import free_port
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {tmp_path / 'no-cards'}\nledger_url: {redis_server}/6\n")
+    out = subprocess.run([sys.executable, "-m", "router", "serve", "--workers", "2", "--port", str(free_port()),
+                          "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert f"error: {tmp_path / 'no-cards'}: model card folder does not exist" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr

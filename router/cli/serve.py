@@ -101,9 +101,13 @@ def serve(
     sock.listen(settings.backlog)
     try:
         if workers > 1:
+            from uvicorn.config import STARTUP_FAILURE
             from uvicorn.supervisors import Multiprocess
 
-            Multiprocess(settings, sockets=[sock]).run()
+            supervisor = Multiprocess(settings, sockets=[sock])
+            supervisor.run()
+            if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+                raise typer.Exit(2)  # the worker printed why (router.proxy.app.app_from_env)
         else:
             server = uvicorn.Server(settings)
             server.run(sockets=[sock])

@@ -274,13 +274,27 @@ def app_from_env() -> ProxyApp:
     """The app factory ``router serve`` hands to uvicorn (each worker process builds its own Router):
     config file from ``ROUTER_PROXY_CONFIG``, optional keys file from ``ROUTER_PROXY_KEYS``."""
     import gc
+    import multiprocessing
+
+    from uvicorn.config import STARTUP_FAILURE
 
     from .server import set_timeouts
 
-    config = RouterConfig.load(os.environ.get(ENV_CONFIG) or None)
-    set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker process's connections
-    started = time.perf_counter()
-    app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
+    try:
+        config = RouterConfig.load(os.environ.get(ENV_CONFIG) or None)
+        set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker's connections
+        started = time.perf_counter()
+        app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
+    except Exception as exc:
+        if multiprocessing.parent_process() is None:
+            raise  # the server's own process: the command prints the error (router.cli.main)
+        # a worker process of `router serve --workers N`: uvicorn's supervisor starts a worker that died again,
+        # for ever (a traceback each time), but stops the server when one exits with this status
+        if isinstance(exc, RouterError):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            log.exception("worker %d could not start", os.getpid())
+        raise SystemExit(STARTUP_FAILURE) from None
     app.state.journal_before_send = True  # served by router.proxy.server's protocol, which calls BEFORE_SEND
     router = app.state.router
     names = ", ".join(n for n, c in router.cards.items() if c.callable)
