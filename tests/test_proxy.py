@@ -935,6 +935,36 @@ def test_serve_says_ready_once_it_listens(upstream_url: str, tmp_path: Path) -> 
         stop(proc)
 
 
+def test_serve_reads_the_config_that_router_proxy_config_names(upstream_url: str, tmp_path: Path) -> None:
+    """ROUTER_PROXY_CONFIG set before `router serve` without --config was what the worker served, while the
+    command itself checked and announced the shipped default (its models, its ledger); both read that file now,
+    and --help names the variable."""
+    import os
+    import subprocess
+    import sys
+
+    from servers.procs import stop, wait_ready
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    config, ledger_url = _config(tmp_path, upstream_url)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--port", str(port)], stdout=fh,
+                                stderr=subprocess.STDOUT, env={**os.environ, "ROUTER_PROXY_CONFIG": str(config)})
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
+    finally:
+        stop(proc)
+    text = log.read_text()
+    assert f"models from {tmp_path / 'models'}, policy balanced, ledger {ledger_url};" in text, text
+    assert "remote-echo" in text, text
+    help_text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
+    assert "[env var: ROUTER_PROXY_CONFIG]" in help_text and "[env var: ROUTER_PROXY_KEYS]" in help_text, help_text
+
+
 def test_serve_on_a_port_in_use_fails_at_once(upstream_url: str, tmp_path: Path) -> None:
     """The port is checked before the models load: one line, exit 2, no 'ready' (uvicorn's own failure came only
     after every model had loaded, with exit 3)."""

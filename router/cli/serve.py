@@ -18,11 +18,14 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(
         1, "--workers", min=1, help="Worker processes; more than 1 needs a ledger they share (Redis or PostgreSQL)."),
+    # The worker processes read the config and keys files from these variables (router.proxy.app.app_from_env),
+    # so one set before the command is what they serve: the checks below and the start-up line must read it too.
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Router config YAML (models, policies, ledger, keys, proxy settings).", exists=True,
-        dir_okay=False)] = None,
+        dir_okay=False, envvar="ROUTER_PROXY_CONFIG")] = None,
     keys: Annotated[Path | None, typer.Option(
-        "--keys", help="API keys YAML (overrides `keys` in the config).", exists=True, dir_okay=False)] = None,
+        "--keys", help="API keys YAML (overrides `keys` in the config).", exists=True, dir_okay=False,
+        envvar="ROUTER_PROXY_KEYS")] = None,
     ledger_url: Annotated[str | None, typer.Option(
         "--ledger", help="Ledger URL (sqlite:///PATH, redis://HOST:PORT/DB or postgresql://USER:PASSWORD@HOST/DB); "
         "overrides the config and ROUTER_LEDGER_URL.")] = None,
