@@ -3,9 +3,10 @@ settings, API keys, and the constants meters use. Every default is written here 
 
 ``RouterConfig()`` is the embedded default: the model cards and policies shipped with the package, and a
 SQLite ledger in the user's data directory. Every field can come from a YAML file (``RouterConfig.load``) or
-from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROUTER_LEDGER_URL``). A relative
-path in a YAML file is relative to that file's folder (docs/energy.md); one from code or the environment, to the
-working directory.
+from an environment variable ``ROUTER_<FIELD>`` for the plain fields (e.g. ``ROUTER_LEDGER_URL``), which wins over
+the file (an empty one counts as unset); keyword arguments to ``load`` and command-line flags win over both. A
+relative path in a YAML file is relative to that file's folder (docs/energy.md); one from code or the environment,
+to the working directory.
 
 Length: one settings class per part (proxy, keys, journal, carbon, batch, dashboard, judge...) with each field's
 default, bounds and description in one place, so that every default is written once; each class is short.
@@ -350,7 +351,7 @@ class RouterConfig(BaseModel):
         from_env: set[str] = set()
         for field in cls.model_fields:
             env = os.environ.get(f"ROUTER_{field.upper()}")
-            if env is not None and field not in _BLOCKS:
+            if env and field not in _BLOCKS:  # an empty variable is unset, not a value (the shell's `VAR=` clears)
                 data[field] = env
                 from_env.add(field)
         data.update({k: v for k, v in overrides.items() if v is not None})

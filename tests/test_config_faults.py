@@ -288,3 +288,17 @@ def test_keys_file_in_either_shape_loads(tmp_path: Path) -> None:
     entry = "  - {name: a, sha256: " + "ab" * 32 + ", policy: eco}\n"
     assert len(KeyStore.from_file(write(tmp_path, "k1.yaml", "keys:\n" + entry))) == 1
     assert len(KeyStore.from_file(write(tmp_path, "k2.yaml", "extra:\n  keys:\n  " + entry.replace("\n", "\n  ")))) == 1
+
+
+def test_an_empty_variable_counts_as_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ROUTER_MODELS_DIR=` (a shell's way to clear a variable) once made the working directory the cards folder,
+    and `ROUTER_DEFAULT_POLICY=` an unknown policy ''."""
+    config = RouterConfig.load(write(tmp_path, "router.yaml", "default_policy: eco\n"))
+    monkeypatch.setenv("ROUTER_MODELS_DIR", "")
+    monkeypatch.setenv("ROUTER_DEFAULT_POLICY", "")
+    monkeypatch.setenv("ROUTER_LEDGER_URL", "")
+    again = RouterConfig.load(write(tmp_path, "router.yaml", "default_policy: eco\n"))
+    assert (again.models_dir, again.default_policy, again.ledger_url) == (
+        config.models_dir, "eco", config.ledger_url)
+    monkeypatch.setenv("ROUTER_DEFAULT_POLICY", "quality")  # a value still wins over the file
+    assert RouterConfig.load(write(tmp_path, "router.yaml", "default_policy: eco\n")).default_policy == "quality"
