@@ -10,7 +10,8 @@
     │   ├── NotFoundError               404                          no such route or object (proxy)
     │   ├── MethodNotAllowedError       405                          (proxy)
     │   ├── RequestTimeoutError         408                          the body came too slowly (proxy)
-    │   └── PayloadTooLargeError        413                          (proxy)
+    │   ├── PayloadTooLargeError        413                          (proxy)
+    │   └── UnsupportedEncodingError    415                          a Content-Encoding other than gzip, deflate (proxy)
     ├── AuthenticationError             401                          missing or invalid API key (proxy)
     ├── PermissionDeniedError           403                          the key may not do this (proxy)
     ├── BudgetExhaustedError            429  budget_exhausted        an energy budget is spent; ``retry_after_s``
@@ -115,6 +116,14 @@ class RequestTimeoutError(BadRequestError):
 class PayloadTooLargeError(BadRequestError):
     http_status = 413
     code = "request_too_large"
+
+
+class UnsupportedEncodingError(BadRequestError):
+    """A request body in a ``Content-Encoding`` the proxy cannot undo (``br``, ``zstd``, ...): read as it is, it
+    would be taken for something it is not. The answer carries ``Accept-Encoding`` with what is accepted."""
+
+    http_status = 415
+    code = "unsupported_content_encoding"
 
 
 class AuthenticationError(RouterError):
@@ -283,4 +292,5 @@ __all__ = [
     "RouterError",
     "StructuredOutputError",
     "UnknownModelError",
+    "UnsupportedEncodingError",
 ]

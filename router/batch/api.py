@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError
 from ..keys import KeySpec
-from ..proxy.public import read_json
+from ..proxy.public import body_decoder, read_json
 from .library import key_spec
 from .store import default_store_url
 
@@ -57,12 +57,18 @@ class BatchRoutes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"request body is {int(declared):,} bytes; at most {limit:,}")
+        encoding = request.headers.get("content-encoding")
+        decoder = body_decoder(encoding, limit) if encoding is not None else None
         parts, size = [], 0
         async for chunk in request.stream():
+            if decoder is not None:
+                chunk = decoder.feed(chunk)
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLargeError(f"request body exceeds {limit:,} bytes")
             parts.append(chunk)
+        if decoder is not None:
+            decoder.finish()
         return b"".join(parts)
 
     async def _json_body(self, request: Request) -> dict[str, Any]:

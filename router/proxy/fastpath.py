@@ -37,11 +37,12 @@ from ..errors import (
     InternalError,
     PayloadTooLargeError,
     RouterError,
+    UnsupportedEncodingError,
 )
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
 from .metrics import ProxyMetrics, decided
-from .public import public_error, read_json
+from .public import ACCEPT_ENCODING, body_decoder, public_error, read_json
 
 log = logging.getLogger("router.proxy")
 
@@ -77,6 +78,8 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, reques
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, AuthenticationError):
         headers["www-authenticate"] = "Bearer"
+    elif isinstance(exc, UnsupportedEncodingError):
+        headers["accept-encoding"] = ACCEPT_ENCODING
     if metrics is not None:
         metrics.observe_error(exc.error_type if not exc.code else exc.code, exc.http_status)
     if request_id is not None:
@@ -132,7 +135,7 @@ class ChatHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
-        auth = length = rid = None
+        auth = length = rid = encoding = None
         for name, value in scope["headers"]:  # the first of repeated headers counts, as in Starlette
             if name == b"authorization" and auth is None:
                 auth = value.decode("latin-1")
@@ -140,6 +143,8 @@ class ChatHandler:
                 length = value
             elif name == b"x-request-id" and rid is None:
                 rid = value.decode("latin-1")
+            elif name == b"content-encoding" and encoding is None:
+                encoding = value.decode("latin-1")
         given_id = rid if rid and len(rid) <= 128 else None
         request_id = given_id  # the router makes one when none is given; an error before that gets its own
         prepared: PreparedRequest | None = None
@@ -148,7 +153,7 @@ class ChatHandler:
             api_key = self.authenticate(auth)
             # a key label only for configured keys: without keys any bearer string would be a new label
             key_label = hash_key(api_key) if self.keys else None
-            body = self._parse(await self._read_body(receive, length))
+            body = self._parse(await self._read_body(receive, length, encoding))
             messages, model, stream, body = chat_request(body, self.policies)
             include_usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
             prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=given_id,
@@ -195,8 +200,9 @@ class ChatHandler:
         """The bearer key, checked when keys are configured (the Router gives it its policy)."""
         return bearer_key(header, self.keys)
 
-    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
-        """The body, refused early when ``Content-Length`` is over the limit and counted while reading."""
+    async def _read_body(self, receive: Receive, length: bytes | None, encoding: str | None) -> bytes:
+        """The body, refused early when ``Content-Length`` is over the limit and counted while reading; with a
+        ``Content-Encoding``, inflated as it arrives and counted inflated."""
         limit = self.max_body_bytes
         if length is not None:
             try:
@@ -205,6 +211,7 @@ class ChatHandler:
                 raise BadRequestError("Content-Length is not a number") from None
             if declared > limit:
                 raise PayloadTooLargeError(f"request body is {declared:,} bytes; this proxy accepts at most {limit:,}")
+        decoder = body_decoder(encoding, limit) if encoding is not None else None
         parts: list[bytes] = []
         size = 0
         while True:  # a body that comes too slowly is the server protocol's to end (router/proxy/server.py)
@@ -213,12 +220,16 @@ class ChatHandler:
                 raise ClientDisconnect()
             part = message.get("body", b"")
             if part:
+                if decoder is not None:
+                    part = decoder.feed(part)
                 size += len(part)
                 if size > limit:
                     raise PayloadTooLargeError(f"request body exceeds {limit:,} bytes")
                 parts.append(part)
             if not message.get("more_body", False):
                 break
+        if decoder is not None:
+            decoder.finish()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @staticmethod

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from .._router import Router
 from ..errors import BadRequestError, PayloadTooLargeError, RouterError
 from .fastpath import bearer_key, error_response
-from .public import read_json
+from .public import body_decoder, read_json
 
 MAX_BODY_BYTES = 64 * 1024
 _FIELDS = {"id", "score", "comment"}
@@ -56,13 +56,19 @@ async def _read_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise too_large
+    encoding = request.headers.get("content-encoding")
+    decoder = body_decoder(encoding, MAX_BODY_BYTES) if encoding is not None else None
     parts: list[bytes] = []
     size = 0
     async for part in request.stream():
+        if decoder is not None:
+            part = decoder.feed(part)
         size += len(part)
         if size > MAX_BODY_BYTES:
             raise too_large
         parts.append(part)
+    if decoder is not None:
+        decoder.finish()
     return b"".join(parts)
 
 

@@ -1,18 +1,20 @@
 """What a client is shown of an error (a server-side one says what failed and the request id; its details, which
 may name files, URLs or an upstream's answer, go to the log), and how a request body is read as JSON: with
 pydantic-core's parser, then leniently where it refuses lone surrogate escapes, every failure a 400 that says why
-(empty, not JSON, nested too deeply)."""
+(empty, not JSON, nested too deeply), and how a compressed body (``Content-Encoding: gzip`` or ``deflate``) is
+inflated under the same size limit as a plain one."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import zlib
 from typing import Any
 
 from pydantic_core import from_json
 
-from ..errors import BadRequestError, RouterError
+from ..errors import BadRequestError, PayloadTooLargeError, RouterError, UnsupportedEncodingError
 
 log = logging.getLogger("router.proxy")
 
@@ -103,3 +105,62 @@ def _replace_surrogates(value: Any) -> Any:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+"""The content codings a request body may come in (RFC 9110, 8.4.1), as :func:`zlib.decompressobj`'s ``wbits``:
+gzip's wrapper, or zlib's for ``deflate``; ``x-gzip`` is gzip's old name."""
+ACCEPT_ENCODING = "gzip, deflate"
+"""What a 415 for an unsupported ``Content-Encoding`` lists as accepted (its ``Accept-Encoding``, RFC 7694)."""
+
+
+class BodyDecoder:
+    """A request body's content coding undone as its parts arrive, never to more than ``limit`` bytes: each part
+    is inflated to at most the room left plus one byte, so a small body that would inflate to gigabytes (a zip
+    bomb) is refused with a 413 as soon as it passes the limit, with no more than that held in memory."""
+
+    def __init__(self, coding: str, limit: int) -> None:
+        self.coding = coding
+        self.limit = limit
+        self.size = 0
+        self.received = 0
+        self._inflater = zlib.decompressobj(_WBITS[coding])
+
+    def feed(self, part: bytes) -> bytes:
+        """The inflated bytes of ``part`` (maybe none yet); a 413 once the compressed or the inflated body is
+        over the limit, a 400 for data that is not in the coding the header names."""
+        self.received += len(part)
+        if self.received > self.limit:
+            raise PayloadTooLargeError(f"request body exceeds {self.limit:,} bytes")
+        try:
+            inflated = self._inflater.decompress(part, self.limit - self.size + 1)
+        except zlib.error as exc:
+            raise BadRequestError(f"the request body is not valid {self.coding} data, as its Content-Encoding "
+                                  f"says ({exc}); send it compressed so, or without the header") from None
+        # below max_length the inflater has taken all of ``part``: nothing is left in its unconsumed_tail
+        self.size += len(inflated)
+        if self.size > self.limit:
+            raise PayloadTooLargeError(f"request body exceeds {self.limit:,} bytes once inflated "
+                                       f"(Content-Encoding: {self.coding})")
+        return inflated
+
+    def finish(self) -> None:
+        """A 400 for a body that ended inside its compressed stream, or went on after it."""
+        if not self._inflater.eof:
+            raise BadRequestError(f"the request body ends before its {self.coding} stream does: send the whole "
+                                  "compressed body")
+        if self._inflater.unused_data:
+            raise BadRequestError(f"the request body goes on after its {self.coding} stream ends: send one "
+                                  "compressed stream")
+
+
+def body_decoder(content_encoding: str, limit: int) -> BodyDecoder | None:
+    """The decoder for a request's ``Content-Encoding`` header (``None``: the body is as it came, ``identity``);
+    a 415 for any coding but gzip and deflate, or for more than one."""
+    codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c not in ("", "identity")]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _WBITS:
+        return BodyDecoder(codings[0], limit)
+    raise UnsupportedEncodingError(f"Content-Encoding {content_encoding.strip()!r} is not accepted: send the body "
+                                   f"as it is, or compressed with one of: {ACCEPT_ENCODING}")
