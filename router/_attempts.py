@@ -406,6 +406,9 @@ class Attempts:
             last = self.errors[-1]
             if last.retry_after_s is not None:  # the soonest any model tried may answer again, not the last one's
                 last.retry_after_s = min(e.retry_after_s for e in self.errors if e.retry_after_s is not None)
+            if len(self.errors) > 1:  # the last model's error type and status, and what each one before it said
+                last.message = f"{last.message} (tried before: {'; '.join(e.message for e in self.errors[:-1])})"
+                last.args = (last.message,)
             return last
         refs = [r for rs in self.prepared.decision.model_budgets.values() for r in rs]
         retry = min((r.window_s - time.time() % r.window_s for r in refs), default=None)

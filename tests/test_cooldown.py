@@ -238,3 +238,31 @@ def test_only_the_trial_calls_own_end_frees_the_trial(specialist_backend) -> Non
     trial.close()  # the trial's own end without a verdict frees it
     breaker.generate(REQUEST)
     assert breaker.state == "closed"
+
+
+def test_when_every_model_fails_the_error_names_what_each_one_said(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The error used to be the last model's alone: an operator saw "unreachable" for the fallback and nothing of
+    the first model's 401 (a wrong key) that made the request fall back; the status stays the last one's."""
+    from servers.procs import models_dir, policies_dir, remote_card, upstream
+
+    from router import Router
+    from router.config import RouterConfig
+
+    with upstream(tmp_path) as up:
+        models = models_dir(tmp_path / "models", {
+            "remote-keyless": remote_card("remote-keyless", up, "status:401", tier="small", max_retries=0),
+            "remote-broken": remote_card("remote-broken", up, "broken", tier="large", max_retries=0),
+        }, specialist=False)
+        config = RouterConfig.load(models_dir=models, policies_dir=policies_dir(tmp_path / "policies"),
+                                   ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+        with Router(config) as router:
+            for stream in (False, True):
+                with pytest.raises(BackendError) as info:
+                    answer = router.complete([{"role": "user", "content": "What is the capital of France?"}],
+                                             model="remote-keyless", max_tokens=8, stream=stream)
+                    list(answer) if stream else None
+                error = info.value
+                assert isinstance(error, BackendUnavailableError)  # remote-broken's 503, tried last
+                assert error.message == ("remote-broken: the model's endpoint answered HTTP 503 (tried before: "
+                                         "remote-keyless: the model's endpoint answered HTTP 401)")
+                assert str(error) == error.message == error.to_openai()["error"]["message"]  # type: ignore[index]

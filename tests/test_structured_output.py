@@ -180,9 +180,9 @@ def test_an_answer_cut_at_max_tokens_says_so(tmp_path: Path) -> None:
             router.complete(ASK, tools=[WEATHER], tool_choice="required", max_tokens=5)
     finally:
         router.close()
-    assert err.value.message == (
-        "dear: the answer was cut at max_tokens (raise it): the arguments of the call to 'get_weather' are not "
-        "valid JSON (Unterminated string starting at character 9)")
+    cut = ("the answer was cut at max_tokens (raise it): the arguments of the call to 'get_weather' are not valid "
+           "JSON (Unterminated string starting at character 9)")
+    assert err.value.message == f"dear: {cut} (tried before: cheap: {cut})"  # every model's fault, the last first
 
 
 def test_an_answer_cut_by_a_full_context_says_so_not_max_tokens(tmp_path: Path) -> None:
