@@ -218,6 +218,12 @@ def check_params(
         raise CapabilityError("`modalities` other than [\"text\"] is not supported: no model here answers in audio",
                               param="modalities")
     if max_completion_tokens is not None:
+        # two limits that differ: honouring one would silently drop the other (OpenAI refuses the pair outright;
+        # the same value twice, which clients written for both names send, drops nothing)
+        if max_tokens is not None and max_tokens != max_completion_tokens:
+            raise BadRequestError("`max_tokens` and `max_completion_tokens` are both set, to different values; "
+                                  "send one of them (max_completion_tokens is OpenAI's newer name for max_tokens)",
+                                  param="max_tokens")
         max_tokens, name = max_completion_tokens, "max_completion_tokens"
     else:
         name = "max_tokens"

@@ -210,6 +210,19 @@ def test_context_errors_name_the_token_limit_the_request_used(served: Served) ->
                 assert "max_tokens" not in err.value.message, err.value.message
 
 
+def test_max_tokens_and_a_different_max_completion_tokens_are_400_and_reach_no_model(served: Served) -> None:
+    """Both token limits, different: max_completion_tokens was used and max_tokens dropped without a word (OpenAI
+    refuses the pair). The same value under both names drops nothing and is answered."""
+    chat = served.client().chat.completions
+    before = served.upstream_stats()
+    with pytest.raises(openai.BadRequestError) as err:
+        chat.create(model="remote-echo", messages=user(QUESTION), max_tokens=5, max_completion_tokens=12)
+    assert err.value.param == "max_tokens" and "max_completion_tokens" in err.value.message, err.value.message
+    assert served.upstream_stats() == before
+    resp = chat.create(model="remote-echo", messages=user(QUESTION), max_tokens=12, max_completion_tokens=12)
+    assert resp.choices[0].message.content.startswith("echo:")
+
+
 def test_a_seed_beyond_64_bits_is_400_naming_it_and_reaches_no_model(served: Served) -> None:
     """Endpoints take 64-bit seeds: a larger one used to be sent on, refused there and answered as the model's
     failure (a 502)."""

@@ -225,6 +225,15 @@ def test_max_tokens_beyond_every_context_is_refused_when_deciding_and_says_so(ro
     assert router.ledger.records() == []
 
 
+def test_two_different_token_limits_are_refused_before_any_model_runs(router):
+    """``max_tokens`` and ``max_completion_tokens`` both given and different: one of them used to be dropped
+    silently (the answer ran to max_completion_tokens whatever max_tokens said)."""
+    with pytest.raises(BadRequestError, match="both set, to different values") as err:
+        router.complete(messages=user("Say hi"), model="smollm2-135m", max_tokens=2, max_completion_tokens=40)
+    assert err.value.param == "max_tokens"
+    assert router.ledger.records() == []
+
+
 def test_a_token_limit_given_as_max_completion_tokens_is_named_so_in_context_errors(router):
     """OpenAI's newer name for ``max_tokens``: the refusal used to name ``max_tokens``, which the caller never
     sent, as its ``param`` and in its advice."""
