@@ -96,3 +96,17 @@ def test_an_option_redis_does_not_take_is_refused_naming_it(redis_server: str) -
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "'sockettimeout'" in result.output and "fix:" in result.output
     open_ledger(f"{redis_server}/0?prefix=options:&max_connections=4&health_check_interval=5").close()
+
+
+def test_a_database_that_is_not_a_number_is_refused_not_read_as_db_0(redis_server: str) -> None:  # noqa: F811
+    for url in (f"{redis_server}/abc", f"{redis_server}/-1", f"{redis_server}/1/2", f"{redis_server}/0?db=x"):
+        with pytest.raises(LedgerError) as info:
+            open_ledger(url)
+        assert str(info.value).startswith(f"ledger {url}: the database"), str(info.value)
+        assert "the URL's path is the database number" in info.value.fix and not info.value.retryable
+    result = CliRunner().invoke(app, ["ledger", "--ledger", f"{redis_server}/abc"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "No records yet" not in result.output, result.output
+    with pytest.raises(LedgerError) as info:
+        open_ledger(f"{redis_server}/99")  # redis-server's default `databases` is 16
+    assert "past the server's `databases` setting" in str(info.value) and not info.value.retryable
+    open_ledger(f"{redis_server}/15?prefix=dbnumber:").close()

@@ -182,6 +182,10 @@ def redis_error(url: str, exc: BaseException, action: str) -> LedgerError:
     if isinstance(exc, redis.ReadOnlyError) or text.startswith("READONLY"):
         return ledger_error(url, f"{detail}: the server is a read-only replica",
                             "point the URL at the primary", retryable=False)  # fmt: skip
+    if "DB index is out of range" in text:
+        return ledger_error(url, f"{detail}: the URL's database number is past the server's `databases` setting",
+                            "use a database below that setting (0 to 15 with Redis's default of 16) or raise "
+                            "`databases` in redis.conf", retryable=False)  # fmt: skip
     if text.startswith("OOM"):
         return ledger_error(url, f"{detail}: Redis is out of memory (maxmemory)",
                             "raise maxmemory, prune the ledger (`router ledger prune`) or set a retention")

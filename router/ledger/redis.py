@@ -35,11 +35,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
 
@@ -119,6 +120,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         it), and one it does not take is refused."""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
+        _check_database(url, parts.scheme, parts.path, query.get("db"))
         prefix = prefix or query.pop("prefix", "router:")
         try:
             if retention_days is None and "retention_days" in query:
@@ -401,6 +403,18 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     @guarded("close the ledger")
     def _close(self) -> None:
         self.r.close()
+
+
+def _check_database(url: str, scheme: str, path: str, db_option: str | None) -> None:
+    """Refuse a database that is not a plain number from 0: redis-py reads ``/abc`` as database 0 (and
+    ``/1/2`` as 12) without a word, so the ledger would read and write another database than the one named."""
+    given = db_option if db_option is not None else "" if scheme == "unix" else unquote(path).removeprefix("/")
+    if given == "" or re.fullmatch(r"[0-9]+", given):
+        return
+    raise ledger_error(url, f"the database {given!r} is not a database number (0, 1, 2, ...)",
+                       "the URL's path is the database number: write redis://HOST:PORT/0 (or ?db=0 after a "
+                       "unix:// socket path), below the server's `databases` setting (16 by default)",
+                       retryable=False)  # fmt: skip
 
 
 def _describe(client: redis.Redis, prefix: str) -> str:
