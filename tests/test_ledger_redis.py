@@ -110,3 +110,22 @@ def test_a_database_that_is_not_a_number_is_refused_not_read_as_db_0(redis_serve
         open_ledger(f"{redis_server}/99")  # redis-server's default `databases` is 16
     assert "past the server's `databases` setting" in str(info.value) and not info.value.retryable
     open_ledger(f"{redis_server}/15?prefix=dbnumber:").close()
+
+
+def test_an_empty_prefix_is_refused(redis_server: str) -> None:  # noqa: F811
+    import redis
+
+    from router.ledger.redis import RedisLedger
+
+    url = f"{redis_server}/0?prefix="
+    with pytest.raises(LedgerError) as info:
+        open_ledger(url)
+    assert str(info.value).startswith(f"ledger {url}: the key prefix is empty"), str(info.value)
+    assert "?prefix=router:" in info.value.fix and not info.value.retryable
+    client = redis.Redis.from_url(f"{redis_server}/0")
+    try:
+        with pytest.raises(LedgerError, match="the key prefix is empty"):
+            RedisLedger(client, prefix="")
+        assert client.exists("meta") == 0, "nothing was written at the database's top level"
+    finally:
+        client.close()

@@ -95,6 +95,12 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         url: str | None = None,
     ) -> None:
         checked_retention_days(retention_days)
+        if not prefix:
+            raise ledger_error(url or _describe(client, prefix),
+                               "the key prefix is empty: the ledger's keys (records, meta, ...) would sit at the "
+                               "database's top level, and clearing the ledger would match every key in it",
+                               "give the ledger's keys a prefix of their own, e.g. ?prefix=router: (the default "
+                               "when prefix is left out)", retryable=False)  # fmt: skip
         self.r = client
         self.prefix = prefix
         self.url = url or _describe(client, prefix)
@@ -119,9 +125,11 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         ``socket_connect_timeout`` to 5 s here, so a Redis that stops answering fails a call instead of hanging
         it), and one it does not take is refused."""
         parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
+        # blank values kept to tell ?prefix= from no prefix; other blank options are dropped, as redis-py does
+        query = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True) if v or k == "prefix"}
         _check_database(url, parts.scheme, parts.path, query.get("db"))
-        prefix = prefix or query.pop("prefix", "router:")
+        given_prefix = query.pop("prefix", "router:")
+        prefix = given_prefix if prefix is None else prefix
         try:
             if retention_days is None and "retention_days" in query:
                 retention_days = float(query.pop("retention_days"))
