@@ -166,6 +166,19 @@ def test_postgres_refused_credentials_and_down(postgres_server) -> None:  # noqa
     _raises(lambda: open_ledger(postgres_server.url.rsplit("/", 1)[0] + "/nope"), "does not exist")
 
 
+@pytest.mark.postgres
+def test_postgres_url_faults_are_named_as_such_not_as_an_outage(postgres_server) -> None:  # noqa: F811
+    base = postgres_server.url.rsplit(":", 1)[0]  # postgresql://router:PASSWORD@127.0.0.1
+    for url in (f"{postgres_server.url}?foo=1", f"{base}:99999/router", f"{base}:abc/router"):
+        err = _raises(lambda url=url: open_ledger(url), "router:***@", "the URL itself is not valid",
+                      "port from 1 to 65535")  # fmt: skip
+        assert not err.retryable and PASSWORD not in str(err), str(err)
+        assert "down or unreachable" not in str(err) and "server's log" not in str(err)
+    err = _raises(lambda: open_ledger(f"{base}:{free_port()}/router?connect_timeout=2"), "down or unreachable")
+    assert err.retryable and "URL itself" not in str(err), "a real outage keeps its message"
+    open_ledger(f"{postgres_server.url}?schema=url_faults").close()
+
+
 def test_router_ledger_on_an_empty_store_does_not_print_its_password(postgres_server) -> None:  # noqa: F811
     url = f"{postgres_server.url}?schema=empty_cli"
     result = CliRunner().invoke(app, ["ledger", "--ledger", url], env={"COLUMNS": "200"})

@@ -192,6 +192,10 @@ def redis_error(url: str, exc: BaseException, action: str) -> LedgerError:
     return ledger_error(url, detail, "check the Redis server's log")
 
 
+# libpq's messages (lower-cased) for a URL it cannot parse; its other errors may be an outage
+_LIBPQ_URL_FAULTS = ("invalid uri", "invalid port number", "invalid integer value")
+
+
 def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
     """What a PostgreSQL failure means, and what fixes it (libpq's messages, and SQLSTATE classes)."""
     import psycopg
@@ -199,6 +203,11 @@ def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
     detail = f"could not {action}: {first_line(exc)}"
     text = str(exc).lower()
     state = getattr(exc, "sqlstate", None) or ""
+    if not state and any(needle in text for needle in _LIBPQ_URL_FAULTS):  # libpq's, before any connection
+        return ledger_error(url, f"{detail}: the URL itself is not valid",
+                            "correct the URL: postgresql://USER:PASSWORD@HOST:PORT/DB with a port from 1 to 65535, and "
+                            "query options that are libpq's (sslmode, connect_timeout, options, ...) or the "
+                            "router's (schema, pool, read_timeout, retention_days)", retryable=False)  # fmt: skip
     if "password authentication failed" in text or "no password supplied" in text or state == "28P01":
         return ledger_error(url, f"{detail}: PostgreSQL refused the credentials",
                             "put the right user and password in the URL (postgresql://USER:PASSWORD@HOST:PORT/DB)",
