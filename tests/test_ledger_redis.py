@@ -129,3 +129,17 @@ def test_an_empty_prefix_is_refused(redis_server: str) -> None:  # noqa: F811
         assert client.exists("meta") == 0, "nothing was written at the database's top level"
     finally:
         client.close()
+
+
+def test_clear_deletes_its_own_keys_even_when_its_prefix_holds_glob_characters(redis_server: str) -> None:  # noqa: F811
+    """`clear()` matched `prefix*` unescaped: a ledger prefixed `r?:` also deleted the keys of a ledger `rx:`."""
+    mine, other = open_ledger(f"{redis_server}/0?prefix=r%3F:"), open_ledger(f"{redis_server}/0?prefix=rx:")
+    try:
+        for led in (mine, other):
+            led.record(LedgerRecord("a", "m", "small", 1.0, "estimated:cpu-time", ts=1_700_000_000.0))
+        mine.clear()  # type: ignore[attr-defined]
+        assert mine.records() == [] and [r.request_id for r in other.records()] == ["a"]
+    finally:
+        other.clear()  # type: ignore[attr-defined]
+        mine.close()
+        other.close()

@@ -404,7 +404,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     @guarded("clear the ledger")
     def clear(self) -> None:
         """Delete every key under this ledger's prefix (tests, and starting over)."""
-        keys = list(self.r.scan_iter(match=self.prefix + "*", count=1000))
+        keys = list(self.r.scan_iter(match=_glob_escaped(self.prefix) + "*", count=1000))
         for i in range(0, len(keys), 500):
             self.r.delete(*keys[i : i + 500])
 
