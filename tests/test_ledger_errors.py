@@ -169,7 +169,9 @@ def test_postgres_refused_credentials_and_down(postgres_server) -> None:  # noqa
 @pytest.mark.postgres
 def test_postgres_url_faults_are_named_as_such_not_as_an_outage(postgres_server) -> None:  # noqa: F811
     base = postgres_server.url.rsplit(":", 1)[0]  # postgresql://router:PASSWORD@127.0.0.1
-    for url in (f"{postgres_server.url}?foo=1", f"{base}:99999/router", f"{base}:abc/router"):
+    for url in (f"{postgres_server.url}?foo=1", f"{base}:99999/router", f"{base}:abc/router",
+                f"{postgres_server.url}?sslmode=bogus", f"{postgres_server.url}?connect_timeout=abc",
+                f"{postgres_server.url}?target_session_attrs=zz"):
         err = _raises(lambda url=url: open_ledger(url), "router:***@", "the URL itself is not valid",
                       "port from 1 to 65535")  # fmt: skip
         assert not err.retryable and PASSWORD not in str(err), str(err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -192,8 +193,10 @@ def redis_error(url: str, exc: BaseException, action: str) -> LedgerError:
     return ledger_error(url, detail, "check the Redis server's log")
 
 
-# libpq's messages (lower-cased) for a URL it cannot parse; its other errors may be an outage
-_LIBPQ_URL_FAULTS = ("invalid uri", "invalid port number", "invalid integer value")
+# libpq's and psycopg's messages (lower-cased) for a URL they cannot use as written (a query option they do not
+# know, a port or an option's value they cannot read: `invalid sslmode value`, `bad value for connect_timeout`); their
+# other errors may be an outage
+_LIBPQ_URL_FAULTS = re.compile(r"invalid uri|invalid port number|invalid \w+ value|bad value for ")
 
 
 def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
@@ -203,7 +206,7 @@ def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
     detail = f"could not {action}: {first_line(exc)}"
     text = str(exc).lower()
     state = getattr(exc, "sqlstate", None) or ""
-    if not state and any(needle in text for needle in _LIBPQ_URL_FAULTS):  # libpq's, before any connection
+    if not state and _LIBPQ_URL_FAULTS.search(text):  # libpq's, before any connection
         return ledger_error(url, f"{detail}: the URL itself is not valid",
                             "correct the URL: postgresql://USER:PASSWORD@HOST:PORT/DB with a port from 1 to 65535, and "
                             "query options that are libpq's (sslmode, connect_timeout, options, ...) or the "
