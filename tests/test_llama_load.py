@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from router import BackendError, Router, RouterConfig
+from router import BackendError, ConfigError, Router, RouterConfig
 from router.backends.llama_cpp import LlamaCppBackend
+from router.backends.weights import resolve_gguf, sha256_file
 from router.cards import load_card
 
 BROKEN = """name: broken-gguf
@@ -101,3 +102,38 @@ def test_a_model_loading_on_one_thread_silences_no_other_thread() -> None:
     assert done.returncode == 0, done.stderr
     printed = int(done.stderr.strip().splitlines()[-1])
     assert done.stdout.splitlines() == [f"line {i}" for i in range(printed)]
+
+
+@pytest.fixture
+def unwritable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The cache folder under a plain file: no folder can be made there, as in a read-only home (and even root
+    cannot, so the test means the same for any user)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+    return blocker / "cache"
+
+
+def test_weights_whose_checksum_cannot_be_remembered_still_load(unwritable_cache: Path, tmp_path: Path) -> None:
+    """The checked-checksum marker is only a cache: a home the user cannot write does not make the model unusable
+    (router demo's warm-up and every request to it failed with an internal NotADirectoryError/PermissionError)."""
+    weights = tmp_path / "small.gguf"
+    weights.write_bytes(b"GGUF stand-in bytes: only the checksum is read here")
+    (tmp_path / "checked.yaml").write_text(BROKEN.replace("broken-gguf", "checked-gguf").replace(
+        "{path: broken.gguf}", f"{{path: small.gguf, sha256: {sha256_file(weights)}}}"))
+    card = load_card(tmp_path / "checked.yaml")
+    assert resolve_gguf(card.backend.weights, card) == weights
+    assert not unwritable_cache.exists()
+
+
+def test_weights_that_cannot_be_assembled_in_the_cache_are_a_failed_attempt_naming_the_fix(
+        unwritable_cache: Path, cards, ledger_url: str) -> None:
+    gemma = cards["gemma3-270m"]
+    with pytest.raises(ConfigError, match="XDG_CACHE_HOME") as caught:
+        resolve_gguf(gemma.backend.weights, gemma)
+    assert str(unwritable_cache / "router" / "gguf") in caught.value.message
+    router = Router(RouterConfig.load(ledger_url=ledger_url), cards={"gemma3-270m": gemma})
+    with pytest.raises(BackendError):  # typed, as a model file that does not load, not an internal error
+        router.complete(messages=[{"role": "user", "content": "Say hi"}], max_tokens=4)
+    assert [r.outcome for r in router.ledger.records()] == ["error"]
+    router.close()

@@ -43,8 +43,11 @@ def _verify(path: Path, expected: str | None, card: ModelCard) -> None:
             f"{card.path}: field `backend.weights.sha256`: {path} has SHA-256 {actual}, expected {expected}"
         )
     seen[key] = expected
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(seen))
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(seen))
+    except OSError:  # only a cache (a read-only home): the file checked out, so it is checked again next start
+        pass
 
 
 def resolve_gguf(weights: GGUFWeights, card: ModelCard) -> Path:
@@ -56,8 +59,15 @@ def resolve_gguf(weights: GGUFWeights, card: ModelCard) -> Path:
         module = importlib.import_module(weights.package)
         target = Path(user_cache_dir("router", appauthor=False)) / "gguf" / (weights.file or module.MODEL_NAME)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            module.assemble(output_path=target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                module.assemble(output_path=target)
+            except OSError as exc:
+                raise ConfigError(
+                    f"{card.path}: field `backend.weights`: cannot assemble {target.name} in {target.parent} "
+                    f"({exc.strerror or exc}); fix: make that folder writable, or set XDG_CACHE_HOME to a folder "
+                    "this user can write"
+                ) from exc
         path = target
     else:
         assert weights.package is not None and weights.file is not None  # the card's validator checked
