@@ -78,6 +78,22 @@ def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
     assert "# balanced:" in (pol / "balanced.yml").read_text()  # the documentation comments survive
 
 
+
+def test_cli_names_the_policy_files_it_wrote(tmp_path):
+    """The command rewrites policy files (by default the config's policies_dir): it says which, not only how many
+    ('wrote the calibrated block of 1 file(s)' left the user to guess where)."""
+    data = _six_subjects(tmp_path)
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    shutil.copy(ROOT / "policies" / "balanced.yaml", pol / "balanced.yaml")
+    args = ("calibrate", "balanced", "--outcomes", str(data), "--policies-dir", str(pol))
+    code, out = router_main(*args)
+    assert code == 0 and f"wrote the calibrated block into {pol / 'balanced.yaml'}" in out, out
+    code, out = router_main(*args, "--json")
+    assert code == 0 and json.loads(out)["written"] == [str(pol / "balanced.yaml")], out
+    code, out = router_main(*args, "--json", "--dry-run")
+    assert code == 0 and json.loads(out)["written"] == [], out
+
 def test_cli_calibrates_each_outcome_source_on_its_own(tmp_path):
     """Two sources (MMLU right/wrong and AlpacaEval judge scores) are fitted separately and the block keeps each
     source's margins and held-out figures; `--models` picks the models to route among."""

@@ -182,6 +182,7 @@ def calibrate(
     wanted = [m.strip() for m in models.split(",")] if models else None
     results: dict[str, Any] = {}
     infeasible: list[str] = []
+    written: list[Path] = []
     # scoring the outcomes takes seconds per source: a bar on stderr says what is running (stdout keeps the table)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -212,10 +213,11 @@ def calibrate(
                 infeasible.append(policy.name)  # no certified τ: the policy file is left as it was
             elif not dry_run:
                 write_calibrated(f, merge_blocks(blocks))
-    written = len(files) - len(infeasible)
+                written.append(f)
     if as_json:
         typer.echo(json.dumps({"sources": {k: {"models": d.models, "scores": d.scores} for k, d in sources.items()},
-                               "policies": results, "infeasible": infeasible}, indent=2))
+                               "policies": results, "infeasible": infeasible,
+                               "written": [str(f) for f in written]}, indent=2))
         if infeasible:
             raise typer.Exit(1)
         return
@@ -243,7 +245,8 @@ def calibrate(
             typer.echo(f"{source}: one task only, so requests, not tasks, are held out: its held-out figures are "
                        "for new requests of the same task")
     typer.echo(f"confidence {confidence:.0%} ({bound}); {held_out_share:.0%} of each source's groups held out; "
-               + ("dry run, nothing written" if dry_run else f"wrote the calibrated block of {written} file(s)"))
+               + ("dry run, nothing written" if dry_run else
+                  f"wrote the calibrated block into {', '.join(map(str, written))}" if written else "nothing written"))
     if infeasible:
         typer.echo(f"infeasible: no τ certifies the target of {', '.join(infeasible)} on these outcomes, even "
                    "always-largest; those policies were not calibrated (their files are unchanged)", err=True)
