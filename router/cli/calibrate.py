@@ -133,7 +133,8 @@ def _shown(value: float | None, fmt: str) -> str:
 
 def calibrate(
     policies: list[str] = typer.Argument(  # noqa: B008
-        None, help="Policy names or YAML files (default: every shipped policy)."
+        None, help="Policy names or YAML files (default: every policy in --policies-dir, else in the config's "
+        "policies_dir: ROUTER_POLICIES_DIR, or the shipped policies)."
     ),
     outcomes: list[Path] = typer.Option(  # noqa: B008
         [DEFAULT_OUTCOMES], "--outcomes",
