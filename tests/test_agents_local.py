@@ -102,7 +102,7 @@ def test_openai_sdk_parse_json_object_and_logprobs(local: Local) -> None:
     resp = chat.create(model="smollm2-135m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=6,
                        logprobs=True, top_logprobs=2)
     content = resp.choices[0].logprobs.content
-    assert "".join(e.token for e in content).strip() == resp.choices[0].message.content.strip()
+    assert "".join(e.token for e in content) == resp.choices[0].message.content
     assert all(e.logprob <= 0 and len(e.top_logprobs) == 2 for e in content)
     assert content[0].top_logprobs[0].logprob >= content[0].top_logprobs[1].logprob
 
@@ -246,3 +246,46 @@ def test_a_schema_enum_beyond_the_basic_plane_is_generated_as_written(tmp_path: 
                                response_format=reaction, max_tokens=20)
     assert resp.routing.model == "smollm2-135m"
     assert json.loads(resp.choices[0].message.content)["r"] in ("👍", "👎")
+
+
+def _logprob_bytes(entries: list) -> bytes:
+    return b"".join(bytes(e.bytes) for e in entries)
+
+
+def test_logprobs_cover_exactly_the_content_a_stop_string_or_stripping_left(tmp_path: Path) -> None:
+    """The stop string's tokens are sampled before the text is cut, and leading whitespace is stripped from the
+    text: their log probabilities used to stay in the answer (content '1, 2, 3', tokens joining to '1, 2, 3, 4';
+    Gemma's ' The' for 'The'). A token the stop string begins inside is kept, cut to the part before it."""
+    count = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    words = [{"role": "user", "content": "Write one sentence about Paris."}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:
+        def answer(ask: list, **params: object) -> tuple[str, list]:
+            choice = router.complete(ask, model="smollm2-135m", logprobs=True, max_tokens=24, **params).choices[0]
+            return choice.message.content, choice.logprobs.content
+
+        uncut, _ = answer(count)
+        assert ", 4" in uncut
+        cases = [(count, ", 4", uncut[: uncut.index(", 4")])]
+        # a stop string that begins inside a token: two characters into the first long word after the first
+        uncut, entries = answer(words)
+        tokens = [e.token for e in entries]
+        assert "".join(tokens) == uncut
+        at = next(i for i, t in enumerate(tokens) if i > 0 and len(t.strip()) >= 4)
+        inside = "".join(tokens[:at]) + tokens[at][:2]
+        stop = uncut[len(inside): len(inside) + 12]
+        assert uncut.index(stop) == len(inside)  # the first place it occurs
+        cases.append((words, stop, inside))
+        for ask, stop, content in cases:
+            text, entries = answer(ask, stop=stop)
+            assert text == content
+            assert _logprob_bytes(entries) == content.encode()
+            assert "".join(e.token for e in entries) == content
+            chunks = [c for c in router.complete(ask, model="smollm2-135m", logprobs=True, max_tokens=24,
+                                                 stop=stop, stream=True) if c.choices]
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == content
+            assert _logprob_bytes([e for c in chunks if c.choices[0].logprobs
+                                   for e in c.choices[0].logprobs.content]) == content.encode()
+        # Gemma 3 is run completion-style: its answer's first token follows "Answer:" with a space
+        resp = router.complete([{"role": "user", "content": "What is the capital of Italy?"}], model="gemma3-270m",
+                               logprobs=True, max_tokens=4).choices[0]
+        assert resp.message.content and _logprob_bytes(resp.logprobs.content) == resp.message.content.encode()

@@ -45,6 +45,8 @@ class Step:
     """Ended at ``length`` because the model's context is full (not the ``max_tokens`` budget)."""
     text: str = ""
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per token of ``text``, added as the token's text is yielded: their bytes join to exactly
+    ``text``'s (see :class:`_LogprobAligner`)."""
 
 
 class LogprobRecorder:
@@ -89,6 +91,59 @@ def _token_entry(llm: Any, token: int, logprob: float) -> dict[str, Any]:
     return {"token": raw.decode("utf-8", "replace"), "logprob": max(logprob, -9999.0), "bytes": list(raw)}
 
 
+class _LogprobAligner:
+    """Keeps a step's logprob entries to the text it returns, as OpenAI's cover exactly the returned content.
+
+    The sampled tokens run past the text where a stop string cuts it (the stop string's tokens are sampled, then
+    left out) and before it where leading whitespace is stripped. Each entry is handed to the step once its bytes
+    are all in the text yielded; at the end, entries wholly outside the text are dropped, and a token that
+    straddles an edge (``" counter"`` when the stop string is ``"ounter"``) is kept, its ``token`` and ``bytes``
+    cut to the part inside the text, its ``logprob`` and ``top_logprobs`` still the whole token's: the text
+    came from that token, and the client can join the tokens back into the content."""
+
+    def __init__(self, step: Step, recorder: LogprobRecorder, llm: Any) -> None:
+        self.step = step
+        self.recorder = recorder
+        self.llm = llm
+        self.waiting: list[tuple[int, dict[str, Any]]] = []  # (offset of the token's first byte, entry)
+        self.sampled = 0  # bytes sampled so far
+        self.skipped = 0  # leading bytes left out of the text (stripped whitespace)
+        self.given = 0  # end of the text yielded so far, in bytes sampled
+
+    def sampled_token(self, token: int) -> None:
+        entry = self.recorder.entry(self.llm, token)
+        self.waiting.append((self.sampled, entry))
+        self.sampled += len(entry["bytes"])
+
+    def skip(self, text: str) -> None:
+        self.skipped += len(text.encode("utf-8"))
+        self.given = max(self.given, self.skipped)
+
+    def give(self, text: str) -> None:
+        """``text`` is about to be yielded: hand over the entries it completes."""
+        self.given += len(text.encode("utf-8"))
+        while self.waiting:
+            start, entry = self.waiting[0]
+            if start + len(entry["bytes"]) > self.given:
+                break
+            self.waiting.pop(0)
+            self.step.logprobs.append(self._inside(start, entry))
+
+    def finish(self) -> None:
+        """The text is whole: a token it ends inside is cut at its end, those after it dropped."""
+        for start, entry in self.waiting:
+            if start < self.given:
+                self.step.logprobs.append(self._inside(start, entry))
+        self.waiting.clear()
+
+    def _inside(self, start: int, entry: dict[str, Any]) -> dict[str, Any]:
+        raw = bytes(entry["bytes"])
+        kept = raw[max(0, self.skipped - start): self.given - start]
+        if kept == raw:
+            return entry
+        return {**entry, "token": kept.decode("utf-8", "replace"), "bytes": list(kept)}
+
+
 class ConfidenceRecorder:
     """The cascade's confidence signal alone: log P(most likely next token) per step, no row kept.
 
@@ -131,6 +186,7 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
     from llama_cpp import LlamaGrammar
 
     step = step if step is not None else Step()
+    aligner = _LogprobAligner(step, recorder, llm) if recorder is not None else None
     stop = [s for s in stop or [] if s]
     chain = [p for p in ([recorder] if recorder else []) + (processors or [])]
     kwargs = dict(sampling)
@@ -156,8 +212,8 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
             tokens.append(token)
             budget.left -= 1
             budget.produced += 1
-            if recorder is not None:
-                step.logprobs.append(recorder.entry(llm, token))
+            if aligner is not None:
+                aligner.sampled_token(token)
             pending += llm.detokenize([token])
             try:
                 piece = pending.decode("utf-8")
@@ -170,13 +226,18 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
                     pending = pending[exc.start:]
             held += piece
             if strip_leading and not text_parts:
-                held = held.lstrip()
+                stripped = held.lstrip()
+                if aligner is not None:
+                    aligner.skip(held[: len(held) - len(stripped)])
+                held = stripped
             cut = _stop_at(held, stop)
             if cut is not None:
                 held = held[:cut]
                 step.finish_reason = "stop"
                 if held:
                     text_parts.append(held)
+                    if aligner is not None:
+                        aligner.give(held)
                     yield held
                 held = ""
                 break
@@ -184,6 +245,8 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
             out, held = held[: len(held) - keep], held[len(held) - keep:]
             if out:
                 text_parts.append(out)
+                if aligner is not None:
+                    aligner.give(out)
                 yield out
             if budget.left <= 0 or len(tokens) >= room:
                 break
@@ -192,7 +255,11 @@ def run(llm: Any, tokens: list[int], budget: Budget, *, sampling: Mapping[str, A
     step.context_full = step.finish_reason == "length" and len(tokens) >= room
     if held:
         text_parts.append(held)
+        if aligner is not None:
+            aligner.give(held)
         yield held
+    if aligner is not None:
+        aligner.finish()
     step.text = "".join(text_parts)
 
 
