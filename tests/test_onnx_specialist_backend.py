@@ -204,3 +204,20 @@ def test_a_backend_that_cannot_start_is_not_tried_again_until_its_cooldown_ends(
         router.complete(messages=review)
     assert starts == ["broken-onnx", "broken-onnx"]
     assert [r.outcome for r in router.ledger.records()] == ["error"] * 4
+
+
+def test_a_stop_string_cuts_the_label_as_it_cuts_an_llms_answer(tmp_path: Path, cards) -> None:
+    """A routed request may be answered by the specialist or an LLM: either way the answer holds no stop string
+    (it used to answer 'positive' to ``stop="pos"``). A label counts as one token, so any ``max_tokens`` holds it."""
+    from router import Router, RouterConfig
+
+    review = [{"role": "user", "content": "Is this review positive or negative? 'a gorgeous, witty and moving film'"}]
+    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    with Router(config, cards={"sentiment-onnx": cards["sentiment-onnx"]}) as router:
+        whole = router.complete(review, model="sentiment-onnx", max_tokens=1).choices[0]
+        assert whole.message.content == "positive" and whole.finish_reason == "stop"
+        for stop, content in (("pos", ""), (["x", "itive"], "pos"), ("negative", "positive")):
+            resp = router.complete(review, model="sentiment-onnx", stop=stop).choices[0]
+            assert resp.message.content == content and resp.finish_reason == "stop"
+            chunks = [c for c in router.complete(review, model="sentiment-onnx", stop=stop, stream=True) if c.choices]
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == content

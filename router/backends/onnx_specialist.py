@@ -30,6 +30,14 @@ def extract_subject(text: str) -> str:
     return text.strip()
 
 
+def cut_at_stop(label: str, stop: list[str] | None) -> str:
+    """``label`` up to the first stop string in it, as an LLM's answer would be cut: a routed request may be
+    answered by the specialist or by an LLM, and either way the answer holds no stop string. (``max_tokens`` needs
+    nothing: a label counts as one token, and ``max_tokens`` is at least 1.)"""
+    found = [label.index(s) for s in stop or [] if s and s in label]
+    return label[: min(found)] if found else label
+
+
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _CHARS_PER_TOKEN = 32
 """Text beyond ``max_length * 32`` characters is cut before tokenising (ordinary text needs ~5 characters per
@@ -160,7 +168,7 @@ class OnnxSpecialistBackend(Backend):
             raise BackendError(f"{self.card.name}: ONNX inference failed: {exc}") from exc
         index = int(np.argmax(probs))
         yield StreamEvent(
-            text=self.labels[index],
+            text=cut_at_stop(self.labels[index], request.stop),
             finish_reason="stop",
             prompt_tokens=self.prompt_tokens(request.messages),
             completion_tokens=1,
