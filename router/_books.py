@@ -28,8 +28,11 @@ class Models(Protocol):
     estimates: EnergyEstimates
     learning: Any
     """After-answer work (router/learning.py: prompts kept, the judge) or None."""
-    closing: bool
-    """``Router.close()`` has begun: the calls it cancels were not abandoned by their callers."""
+
+    @property
+    def closing(self) -> bool:
+        """``Router.close()`` has begun: the calls it cancels were not abandoned by their callers."""
+        ...
 
     def backend(self, model: str) -> Backend: ...
 

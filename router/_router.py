@@ -24,8 +24,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any, Literal, TypeVar, overload
 
 from ._attempts import Attempts
 from ._chunks import StreamedAnswer
@@ -158,11 +158,29 @@ class Router:
             undo.pop_all()  # started: close() releases them from here on
 
     # -- the public calls ------------------------------------------------------------------------------------
-    def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
+    # The overloads give a type checker the answer's type from ``stream`` (and ``as_dict``): without them every
+    # answer would be ``Any`` to the application.
+    @overload
+    def complete(self, messages: Any, *, stream: Literal[False] = False, **params: Any) -> ChatCompletion: ...
+    @overload
+    def complete(self, messages: Any, *, stream: Literal[True], **params: Any) -> ChunkStream: ...
+    @overload
+    def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> ChatCompletion | ChunkStream: ...
+
+    def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> ChatCompletion | ChunkStream:
         """An OpenAI-style chat completion (or, with ``stream=True``, an iterator of chunks)."""
         return self.send(self.prepare(messages, **params), stream=stream)
 
-    async def acomplete(self, messages: Any, *, stream: bool = False, **params: Any) -> Any:
+    @overload
+    async def acomplete(self, messages: Any, *, stream: Literal[False] = False, **params: Any) -> ChatCompletion: ...
+    @overload
+    async def acomplete(self, messages: Any, *, stream: Literal[True], **params: Any) -> AsyncChunkStream: ...
+    @overload
+    async def acomplete(self, messages: Any, *, stream: bool = False,
+                        **params: Any) -> ChatCompletion | AsyncChunkStream: ...
+
+    async def acomplete(self, messages: Any, *, stream: bool = False,
+                        **params: Any) -> ChatCompletion | AsyncChunkStream:
         """Async twin of :meth:`complete`; with ``stream=True`` returns an async iterator of chunks."""
         return await self.asend(await self.aprepare(messages, **params), stream=stream)
 
@@ -194,7 +212,23 @@ class Router:
             except Exception as exc:
                 raise internal("classifying the request", exc) from exc
 
-    def send(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
+    @overload
+    def send(self, prepared: PreparedRequest, *, stream: Literal[False] = False,
+             as_dict: Literal[False] = False) -> ChatCompletion: ...
+    @overload
+    def send(self, prepared: PreparedRequest, *, stream: Literal[False] = False,
+             as_dict: Literal[True]) -> dict[str, Any]: ...
+    @overload
+    def send(self, prepared: PreparedRequest, *, stream: Literal[True], as_dict: bool = False) -> ChunkStream: ...
+    @overload
+    def send(self, prepared: PreparedRequest, *, stream: bool = False,
+             as_dict: Literal[False] = False) -> ChatCompletion | ChunkStream: ...
+    @overload
+    def send(self, prepared: PreparedRequest, *, stream: bool = False,
+             as_dict: bool = False) -> ChatCompletion | dict[str, Any] | ChunkStream: ...
+
+    def send(self, prepared: PreparedRequest, *, stream: bool = False,
+             as_dict: bool = False) -> ChatCompletion | dict[str, Any] | ChunkStream:
         """Call the decided model (with fallbacks and cascade) and return its answer: a :class:`ChatCompletion`,
         the plain dict it dumps to with ``as_dict=True``, or with ``stream=True`` an iterator of chunks."""
         _check_send_args(prepared, stream, "send")
@@ -207,7 +241,24 @@ class Router:
             completion = guarded(self._send, prepared)
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
-    async def asend(self, prepared: PreparedRequest, *, stream: bool = False, as_dict: bool = False) -> Any:
+    @overload
+    async def asend(self, prepared: PreparedRequest, *, stream: Literal[False] = False,
+                    as_dict: Literal[False] = False) -> ChatCompletion: ...
+    @overload
+    async def asend(self, prepared: PreparedRequest, *, stream: Literal[False] = False,
+                    as_dict: Literal[True]) -> dict[str, Any]: ...
+    @overload
+    async def asend(self, prepared: PreparedRequest, *, stream: Literal[True],
+                    as_dict: bool = False) -> AsyncChunkStream: ...
+    @overload
+    async def asend(self, prepared: PreparedRequest, *, stream: bool = False,
+                    as_dict: Literal[False] = False) -> ChatCompletion | AsyncChunkStream: ...
+    @overload
+    async def asend(self, prepared: PreparedRequest, *, stream: bool = False,
+                    as_dict: bool = False) -> ChatCompletion | dict[str, Any] | AsyncChunkStream: ...
+
+    async def asend(self, prepared: PreparedRequest, *, stream: bool = False,
+                    as_dict: bool = False) -> ChatCompletion | dict[str, Any] | AsyncChunkStream:
         """Async twin of :meth:`send`: remote models are awaited on the event loop, local ones run in a worker
         thread; cancelling the task stops the model between tokens and the ledger records ``cancelled``."""
         _check_send_args(prepared, stream, "asend")
@@ -562,7 +613,7 @@ class Router:
             return attempts.completion()
         raise attempts.final_error()
 
-    def _stream(self, prepared: PreparedRequest) -> Iterator[ChatCompletionChunk]:
+    def _stream(self, prepared: PreparedRequest) -> Generator[ChatCompletionChunk, None, None]:
         with self._calls.running(prepared.cancel):
             attempts = Attempts(self, prepared)
             kept: StreamedAnswer | None = None  # the escalated answer, buffered
@@ -590,7 +641,7 @@ class Router:
                 return
             raise attempts.final_error()
 
-    async def _astream(self, prepared: PreparedRequest) -> AsyncIterator[ChatCompletionChunk]:
+    async def _astream(self, prepared: PreparedRequest) -> AsyncGenerator[ChatCompletionChunk, None]:
         with self._calls.running(prepared.cancel):
             attempts = Attempts(self, prepared)
             kept: StreamedAnswer | None = None  # the escalated answer, buffered
