@@ -2,6 +2,10 @@
 
 Chat models use the chat template stored in the GGUF. Base models (no chat template) are run
 completion-style: a short few-shot "Question:/Answer:" prompt, stopped at the next question.
+
+An answer's ``completion_tokens`` are the tokens the model generated for it, on every path: the text's tokens
+before any leading whitespace is stripped, and those of a stop string that ended it (the model computed them, and
+that is what the energy is spent on); an end-of-generation token is not counted.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +26,7 @@ from ..types import ChatMessage
 from .base import Backend, GenerationRequest, StreamEvent
 from .llama_chat import CHATML_MARK, DEFAULT_SYSTEM, StructuredChat, render_chatml
 from .llama_log import install_log_bridge, load_errors
-from .llama_loop import ConfidenceRecorder
+from .llama_loop import ConfidenceRecorder, is_end
 from .weights import resolve_gguf
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,7 @@ class LlamaCppBackend(Backend):
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._formatter: Any = None
+        self._generated = GeneratedTokens()
 
     @property
     def llm(self) -> Any:
@@ -134,6 +140,7 @@ class LlamaCppBackend(Backend):
                 raise BackendError(f"{self.card.name}: llama.cpp could not load the model's weights; the log says "
                                    "why (is `backend.weights` a GGUF file of this model?)", detail=str(exc)) from exc
             self._check_tools_template()
+            self._generated.watch(self._llm)
         return self._llm
 
     def _check_tools_template(self) -> None:
@@ -214,7 +221,7 @@ class LlamaCppBackend(Backend):
             except Exception as exc:
                 raise BackendError(f"{self.card.name}: llama.cpp generation failed ({type(exc).__name__})",
                                    detail=str(exc)) from exc
-            completion_tokens = self.count_tokens("".join(produced))
+            completion_tokens = self._generated.count
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
@@ -302,6 +309,40 @@ class LlamaCppBackend(Backend):
         finally:
             if acquired:
                 self._lock.release()
+
+
+class GeneratedTokens:
+    """How many tokens the model generated in the last run of ``Llama.generate`` on the watched model: the tokens
+    it handed out that are not an end-of-generation token.
+
+    llama-cpp-python's own streamed completion reports no usage, and its text has lost tokens the model generated:
+    leading whitespace (stripped here) and the stop string that ended the answer (cut by llama-cpp-python), so
+    counting the text's tokens again misses them. The completion takes every token ``generate`` gives it into the
+    answer (checking for a stop string after each) and ends at an end-of-generation token without taking it, which
+    is also what the token loop (:func:`.llama_loop.run`) counts."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def watch(self, llm: Any) -> None:
+        """Count what ``llm.generate`` hands out from now on (the wrapper holds the model weakly: a model that held
+        itself would outlive its last user until the garbage collector ran)."""
+        generate_tokens = type(llm).generate
+        model = weakref.ref(llm)
+
+        def generate(*args: Any, **kwargs: Any) -> Iterator[int]:
+            self.count = 0
+            watched = model()
+            tokens = generate_tokens(watched, *args, **kwargs)
+            try:
+                for token in tokens:
+                    if not is_end(watched, token):
+                        self.count += 1
+                    yield token
+            finally:
+                tokens.close()
+
+        llm.generate = generate
 
 
 def _chat_text(piece: dict[str, Any]) -> tuple[str, str | None]:
