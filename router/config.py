@@ -99,8 +99,8 @@ class CooldownSettings(_Settings):
 
 
 class ProxySettings(_Settings):
-    """``router serve``: request size and time limits, which routes need a key, CORS, and how ledger records are
-    written."""
+    """``router serve``: request size and time limits (shutdown too), which routes need a key, CORS, and how ledger
+    records are written."""
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1 << 30, description="larger bodies are a 413")
     header_timeout_s: float = Field(
@@ -108,6 +108,10 @@ class ProxySettings(_Settings):
         "byte, else the connection is closed (a slow client cannot hold it open)")
     body_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="a request's body must arrive within this many seconds, else 408")
+    shutdown_timeout_s: float = Field(
+        25.0, ge=0, le=3600, description="on SIGTERM or Ctrl+C, requests in flight (streams too) get this many "
+        "seconds to finish, then are cancelled (recorded as `cancelled` in the ledger) and the server exits; "
+        "the default leaves the ledger a few seconds to close within the 30 s Kubernetes gives before it kills")
     open_routes: list[Literal["metrics", "models"]] = Field(
         default_factory=list, description="routes that need no key even when keys are configured (e.g. `metrics` "
         "for a Prometheus scraper without one); /health never needs one")

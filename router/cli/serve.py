@@ -93,6 +93,9 @@ def serve(
     settings = uvicorn.Config(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_config=_log_config(log_level, access_log), access_log=access_log, timeout_keep_alive=30,
+        # without it uvicorn waits for every running request after SIGTERM, a stream of minutes included; each
+        # worker of --workers gets this Config too
+        timeout_graceful_shutdown=cfg.proxy.shutdown_timeout_s,
         # uvicorn's X-Forwarded-* middleware runs on every request (~5 µs of CPU, ~2 % of the proxy's own) and
         # only changes the client address, which nothing but the access log reads; no `server: uvicorn` header
         proxy_headers=access_log if proxy_headers is None else proxy_headers,

@@ -154,6 +154,15 @@ def only_policy(model: str) -> str:
 def router_serve(config: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
                  timeout: float = 90.0) -> Iterator[str]:
     """``router serve --config CONFIG ARGS`` on a free port; yields ``http://127.0.0.1:PORT``."""
+    with router_serve_process(config, log_dir, *args, env=env, timeout=timeout) as (url, _):
+        yield url
+
+
+@contextmanager
+def router_serve_process(config: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None,
+                         timeout: float = 90.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`router_serve`, also yielding the process (to send it signals); its log is ``serve-PORT.log`` in
+    ``log_dir``."""
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     router_bin = shutil.which("router") or str(Path(sys.executable).parent / "router")
@@ -162,6 +171,23 @@ def router_serve(config: Path, log_dir: Path, *args: str, env: dict[str, str] | 
                                 stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", proc, log, timeout)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+@contextmanager
+def drip_upstream(log_dir: Path, interval: float = 0.5) -> Iterator[str]:
+    """The slow TEST UPSTREAM (``drip_upstream.py``: model ``drip[:SECONDS]`` answers a byte every SECONDS);
+    yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    port = free_port()
+    log = log_dir / f"drip-{port}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "servers" / "drip_upstream.py"), "--port",
+                                 str(port), "--interval", str(interval)], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop(proc)
