@@ -3,10 +3,13 @@
 
 After SIGTERM the server waits ``proxy.shutdown_timeout_s`` for running requests, then cancels them and exits,
 rather than waiting for every stream to end; each cancelled request is still in the ledger, as ``cancelled``.
+A request the server stops, so or with a second Ctrl+C, is told why: a 503 ``router_closed`` with its request id,
+or for a stream a last error event.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -94,8 +97,10 @@ def _upstream_calls(drip_url: str) -> int:
     return int(httpx.get(drip_url.removesuffix("/v1") + "/stats").json()["calls"].get("drip", 0))
 
 
-def _records(ledger_url: str) -> dict[str, Any]:
-    ledger = open_ledger(ledger_url)
+def _records(ledger_url: str, journal: bool = False) -> dict[str, Any]:
+    """The ledger's records by request id; with ``journal``, after replaying the journals of stopped processes into
+    the store, as the next process to open the ledger does."""
+    ledger = open_ledger(ledger_url, journal=journal)
     try:
         return {r.request_id: r for r in ledger.records()}
     finally:
@@ -139,3 +144,34 @@ def test_sigterm_cancels_long_requests_after_the_shutdown_timeout(drip_url: str,
     assert records["shutdown-json"].outcome == "cancelled"
     assert records["shutdown-stream"].outcome == "cancelled"
     assert records["shutdown-stream"].output_tokens >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("proxy", "signals"), [
+    ("shutdown_timeout_s: 2", [signal.SIGTERM]),
+    ("shutdown_timeout_s: 600", [signal.SIGINT, signal.SIGINT]),  # a second Ctrl+C does not wait
+], ids=["sigterm-after-timeout", "ctrl-c-twice"])
+def test_requests_the_server_stops_are_told_so(drip_url: str, tmp_path: Path, proxy: str,
+                                                signals: list[signal.Signals]) -> None:
+    """A JSON request the stopping server cancels gets a 503 ``router_closed`` error body with its request id (not
+    uvicorn's plain-text 500 and a traceback in the log); a stream gets a last ``data: {"error": ...}`` event and
+    then ends properly. The ledger has both as ``cancelled`` (after a forced quit, from the journal)."""
+    flight, _, _ = _stop_with_requests_in_flight(tmp_path, drip_url, proxy, signals)
+    assert not flight.errors, flight.errors
+    r = flight.json_response
+    assert r is not None
+    assert r.status_code == 503, r.text
+    assert r.headers["x-request-id"] == "shutdown-json"
+    error = r.json()["error"]
+    assert error["code"] == "router_closed" and "shutting down" in error["message"], error
+    assert "request id shutdown-json" in error["message"]
+    assert flight.stream_status == 200 and flight.stream_headers["x-request-id"] == "shutdown-stream"
+    last = json.loads(flight.events[-1])
+    assert last["error"]["code"] == "router_closed", flight.events[-3:]
+    assert "request id shutdown-stream" in last["error"]["message"]
+    log = "".join(f.read_text(errors="replace") for f in tmp_path.glob("serve-*.log"))
+    assert "Exception in ASGI application" not in log
+    records = _records(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", journal=True)
+    assert records["shutdown-json"].outcome == "cancelled"
+    assert records["shutdown-stream"].outcome == "cancelled"

@@ -36,6 +36,7 @@ from ..errors import (
     BudgetExhaustedError,
     InternalError,
     PayloadTooLargeError,
+    RouterClosedError,
     RouterError,
     UnsupportedEncodingError,
 )
@@ -162,8 +163,11 @@ class ChatHandler:
             self.metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
             if stream:
                 response = await self._stream(prepared, key_label, include_usage, receive, t0)
-                with contextlib.suppress(ClientDisconnect):  # the stream has counted itself (cancelled)
-                    await response(scope, receive, send)
+                try:
+                    with contextlib.suppress(ClientDisconnect):  # the stream has counted itself (cancelled)
+                        await response(scope, receive, send)
+                except asyncio.CancelledError:  # the stream has counted itself (cancelled)
+                    await _stopped_mid_stream(send, request_id)
                 return
             # stopped when the client goes away meanwhile
             completion = await _watched(prepared, receive, self.router.asend(prepared, as_dict=True))
@@ -175,6 +179,11 @@ class ChatHandler:
             return
         except ClientDisconnect:  # the ledger has the 'cancelled' record of a call that was stopped
             self.metrics.observe_request(*decided(prepared), key_label, "cancelled")
+            return
+        except asyncio.CancelledError:
+            request_id = _server_stopped(request_id or new_request_id())
+            self.metrics.observe_request(*decided(prepared), key_label, "cancelled")
+            await error_response(_STOPPED, None, request_id)(scope, receive, send)
             return
         except Exception:
             request_id = request_id or new_request_id()
@@ -337,6 +346,30 @@ async def _watched(prepared: PreparedRequest, receive: Receive, call: Coroutine[
             w.cancel()
         for timer in gone:
             timer.cancel()
+
+
+_STOPPED = RouterClosedError("the server is shutting down and stopped this request before it finished; send it "
+                             "again")
+
+
+def _server_stopped(request_id: str) -> str:
+    """Takes back the cancellation of this request's task, and returns ``request_id``. uvicorn cancels a request's
+    task only when the server stops (``proxy.shutdown_timeout_s`` has passed, or a second Ctrl+C); a client that
+    went away is a :class:`ClientDisconnect` instead. The call is recorded ``cancelled`` by then; the client is
+    still owed an answer (uvicorn's would be a plain-text 500, with a traceback in the log)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    log.warning("%s: cancelled: the server is shutting down", request_id)
+    return request_id
+
+
+async def _stopped_mid_stream(send: Send, request_id: str) -> None:
+    """A stream cut short by the server stopping: its status has gone, so a last error event says why."""
+    _server_stopped(request_id)
+    event = b"data: " + json.dumps(public_error(_STOPPED, request_id)).encode() + b"\n\n"
+    with contextlib.suppress(RuntimeError, OSError):  # the stream had ended already, or its connection closed
+        await send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 def _event(chunk: ChatCompletionChunk) -> bytes:
