@@ -57,6 +57,7 @@ from .errors import (
     ContextLengthError,
     DeadlineExceededError,
     LedgerError,
+    RouterClosedError,
     RouterError,
     StructuredOutputError,
 )
@@ -336,8 +337,15 @@ class Attempts:
     def failed(self, call: Call, exc: BaseException, output: Output | None = None, *, sent: bool = False) -> None:
         """The call raised. Settle and record it, then return when the next model may be tried, or raise the
         typed error that ends the request: a deadline, a cancellation, a failure after output was sent, or an
-        error that is not the backend's (a bad request stays a bad request on every model)."""
-        error = self._closing(call, _typed(call.model, exc), never_started(exc))
+        error that is not the backend's (a bad request stays a bad request on every model). Once ``close()`` has
+        closed the backends, whatever the call raised (a closed client's error) is the Router being closed."""
+        if self.router.closed:
+            error: RouterError = RouterClosedError(
+                f"{call.model}: the Router was closed while this call was still running (it outlived close()'s "
+                "wait for running calls), and the model's backend with it; its ledger record may be lost: let "
+                "calls end before close()")
+        else:
+            error = self._closing(call, _typed(call.model, exc), never_started(exc))
         self._log_detail(error)
         self._end_call(call, error, output)
         self.errors.append(error)

@@ -52,10 +52,13 @@ class InFlight:
             if self.closing and not self._calls:
                 self._idle.set()
 
-    def drain(self, wait_s: float = CLOSE_WAIT_S, *, cancelling: Callable[[], None] | None = None) -> int:
-        """Refuse new calls; wait up to ``wait_s`` for the running ones to end, then cancel those still running
-        (and call ``cancelling``: what else ends them, such as ending streams nobody reads) and wait up to
-        ``wait_s`` more for them to record it. Returns how many calls are still running."""
+    def drain(self, wait_s: float | None = None, *, cancelling: Callable[[], None] | None = None) -> int:
+        """Refuse new calls; wait up to ``wait_s`` (default :data:`CLOSE_WAIT_S`) for the running ones to end,
+        then cancel those still running (and call ``cancelling``: what else ends them, such as ending streams
+        nobody reads) and wait up to ``wait_s`` more for them to record it. Returns how many calls are still
+        running."""
+        if wait_s is None:
+            wait_s = CLOSE_WAIT_S
         with self._lock:
             self.closing = True
             if not self._calls:

@@ -321,6 +321,12 @@ class Router:
         """``close()`` has begun: new calls are refused, and the running ones it cancels say it closed them."""
         return self._calls.closing
 
+    @property
+    def closed(self) -> bool:
+        """``close()`` has closed (or is closing) the backends, the grid and the ledger: a call still running
+        fails, and its record may not be written."""
+        return self._closed
+
     # -- models ----------------------------------------------------------------------------------------------
     def backend(self, model: str) -> Backend:
         """The (lazily created, cached) backend for a model card, inside its cooldown (circuit breaker). A backend

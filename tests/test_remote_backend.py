@@ -17,7 +17,17 @@ import httpx
 import pytest
 from servers.procs import free_port, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
-from router import BackendError, BackendRefusedError, BackendUnavailableError, BadRequestError, Router, RouterConfig
+import router._closing
+from router import (
+    BackendError,
+    BackendRefusedError,
+    BackendUnavailableError,
+    BadRequestError,
+    Router,
+    RouterClosedError,
+    RouterConfig,
+    RouterError,
+)
 from router.backends import Backend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
@@ -291,6 +301,54 @@ def test_close_does_not_break_a_stream_on_another_event_loop(upstream_url: str, 
     assert [getattr(e, "text", "") for e in events if getattr(e, "text", "")] == [f"t{i} " for i in range(20)]
     assert getattr(events[-1], "finish_reason", None) == "stop"
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+# -- Router.close() with sync calls running in other threads ---------------------------------------------------
+def _call_in_thread(router: Router, model: str, request_id: str, stream: bool) -> tuple[threading.Thread,
+                                                                                        list[RouterError]]:
+    """``router.complete`` (whole, or its stream read to the end) in a thread; the RouterError it raised, if any."""
+    errors: list[RouterError] = []
+
+    def call() -> None:
+        try:
+            answer = router.complete([{"role": "user", "content": "hello"}], model=model, request_id=request_id,
+                                     stream=stream)
+            if stream:
+                list(answer)
+        except RouterError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread, errors
+
+
+def _wait_for_call(upstream_url: str, model: str, calls: int) -> None:
+    """Until the endpoint has received its ``calls``-th call for ``model`` (its /stats count calls on arrival)."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    while httpx.get(stats).json()["calls"].get(model, 0) < calls:
+        time.sleep(0.02)
+
+
+def test_a_sync_call_that_outlives_close_gets_the_router_closed_error(upstream_url: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync call waiting out its endpoint's Retry-After (a 503, then 1 s before its retry) when ``close()``
+    closes the backend under it: its caller gets the RouterClosedError close() documents (503 router_closed),
+    not "the backend failed (RuntimeError)" from the closed HTTP client it retried on."""
+    # close() does not wait at all (not 2 x 5 s), so the call outlives its waits
+    monkeypatch.setattr(router._closing, "CLOSE_WAIT_S", 0.0)
+    model = "status:503:1"
+    card = _card(tmp_path, "remote-busy", upstream_url, model, max_retries=1)
+    calls = httpx.get(upstream_url.removesuffix("/v1") + "/stats").json()["calls"].get(model, 0)
+    routed = Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                    cards={card.name: card})
+    thread, errors = _call_in_thread(routed, card.name, "outliving", stream=False)
+    _wait_for_call(upstream_url, model, calls + 1)
+    routed.close()
+    thread.join(30)
+    assert [type(e) for e in errors] == [RouterClosedError], errors
+    assert errors[0].http_status == 503 and errors[0].code == "router_closed"
+    assert "the Router was closed while this call was still running" in errors[0].message
 
 
 # -- usage the endpoint does not report -----------------------------------------------------------------------
