@@ -23,6 +23,7 @@ from router import (
     BackendRefusedError,
     BackendUnavailableError,
     BadRequestError,
+    CancelledError,
     Router,
     RouterClosedError,
     RouterConfig,
@@ -32,6 +33,7 @@ from router.backends import Backend, GenerationRequest
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
 from router.cards import ModelCard, load_card
+from router.ledger import open_ledger
 from router.types import ChatMessage
 
 REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="hello")], max_tokens=16)
@@ -328,6 +330,35 @@ def _wait_for_call(upstream_url: str, model: str, calls: int) -> None:
     stats = upstream_url.removesuffix("/v1") + "/stats"
     while httpx.get(stats).json()["calls"].get(model, 0) < calls:
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_close_cancels_a_sync_call_still_waiting_for_its_endpoint_and_records_it(
+        upstream_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """A sync call whose endpoint takes 5 s to answer when ``close()`` begins: once close() cancels it, the call
+    stops waiting for the answer, writes its ``cancelled`` record while the ledger is open, and its caller is told
+    the Router was closed. The cancel used to be read only after a chunk of the answer had come, so the call
+    waited on; close() then closed the backend and the ledger under it: no record, and the caller got "the
+    backend failed (RuntimeError)"."""
+    # close() waits 1 s (not 5) for running calls, then cancels them and waits 1 s more: the call ends in ~0.1 s
+    monkeypatch.setattr(router._closing, "CLOSE_WAIT_S", 1.0)
+    model = "sleep:5"
+    card = _card(tmp_path, "remote-sleepy", upstream_url, model)
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    calls = httpx.get(upstream_url.removesuffix("/v1") + "/stats").json()["calls"].get(model, 0)
+    routed = Router(RouterConfig.load(ledger_url=ledger_url), cards={card.name: card})
+    thread, errors = _call_in_thread(routed, card.name, "waiting", stream)
+    _wait_for_call(upstream_url, model, calls + 1)
+    routed.close()
+    thread.join(30)
+    assert [type(e) for e in errors] == [CancelledError], errors
+    assert "the Router was closed while the model was answering" in errors[0].message
+    ledger = open_ledger(ledger_url)
+    try:
+        assert [(r.model, r.outcome) for r in ledger.records() if r.request_id == "waiting"] == [
+            ("remote-sleepy", "cancelled")]
+    finally:
+        ledger.close()
 
 
 def test_a_sync_call_that_outlives_close_gets_the_router_closed_error(upstream_url: str, tmp_path: Path,

@@ -14,6 +14,11 @@ byte a second holds a call as long as it likes. Here:
   named in the environment httpx carries the call on a transport of its own: each read then waits at most the
   time left when the request was sent, and the check after every body chunk ends the call within one read of
   its bound once the response headers are in.
+
+A sync call's ``request.cancel`` (set by ``Router.close()``) is a plain flag nobody can wait on, and before the
+first byte of the answer there is no chunk to check it after: so while a response is awaited, :func:`cancellable`
+has each read wait in slices of :data:`CANCEL_POLL_S` and run its check between them. Only the wait for the
+response's head is sliced: body reads keep their one check per chunk, so a normal call costs what it did.
 """
 
 from __future__ import annotations
@@ -72,13 +77,22 @@ else:  # pragma: no cover - Python 3.10
 
 
 # -- sync ------------------------------------------------------------------------------------------------------
-_local = threading.local()
+class _Limits(threading.local):
+    end: float | None = None
+    check: Callable[[], None] | None = None
+
+
+_local = _Limits()
+
+CANCEL_POLL_S = 0.1
+"""How often a sync call waiting for its response's head checks whether it was cancelled: ``Router.close()``
+cancels running calls after its first wait and then gives them as long again to record it."""
 
 
 @contextlib.contextmanager
 def bounded(end: float) -> Iterator[None]:
     """Network operations of this thread wait at most until ``end`` (``time.monotonic()``) inside the block."""
-    previous = getattr(_local, "end", None)
+    previous = _local.end
     _local.end = end
     try:
         yield
@@ -86,8 +100,20 @@ def bounded(end: float) -> Iterator[None]:
         _local.end = previous
 
 
+@contextlib.contextmanager
+def cancellable(check: Callable[[], None]) -> Iterator[None]:
+    """Reads of this thread inside the block run ``check`` (which raises to end the call) every
+    :data:`CANCEL_POLL_S` while they wait for data."""
+    previous = _local.check
+    _local.check = check
+    try:
+        yield
+    finally:
+        _local.check = previous
+
+
 def _capped(timeout: float | None) -> float | None:
-    end = getattr(_local, "end", None)
+    end = _local.end
     if end is None:
         return timeout
     left = max(end - time.monotonic(), 0.001)  # a past end still times out (in 1 ms), as a timeout
@@ -99,7 +125,19 @@ class _BoundedStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _capped(timeout))
+        timeout = _capped(timeout)
+        check = _local.check
+        if check is None:
+            return self._inner.read(max_bytes, timeout)
+        until = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= CANCEL_POLL_S:  # the last slice: its timeout is the call's
+                return self._inner.read(max_bytes, max(left, 0.001))
+            try:
+                return self._inner.read(max_bytes, CANCEL_POLL_S)
+            except httpcore.ReadTimeout:  # nothing received yet; the socket is left as it was
+                check()
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, _capped(timeout))

@@ -10,7 +10,8 @@ and backoff waits together, not each read) and the request's ``deadline``. Past 
 ("timed out"), so the Router may try another model. Every wait of an async call is an asyncio timeout (or the
 pool's timer) set to the time left; every connect, read and write of a sync call is given at most the time left;
 so both end at the bound however slowly the endpoint sends (:mod:`router.backends._time_limits` says how, and
-what changes behind an HTTP proxy named in the environment). ``request.cancel`` is checked after every chunk.
+what changes behind an HTTP proxy named in the environment). ``request.cancel`` is checked after every chunk,
+and by a sync call while it waits for the response's head too.
 
 Retries, with exponential backoff, only for failures before any output (connection errors, timeouts that leave
 time, HTTP 408/409/429/5xx): the request had no effect yet, so sending it again is safe. None starts (and no
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -53,7 +55,7 @@ from ..errors import (
     RouterError,
 )
 from ._http11 import HTTPPool
-from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, within
+from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, cancellable, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent
 from .openai_shapes import CallsBegun, logprobs_of, option_fields, tool_call_deltas, tool_calls
 
@@ -283,17 +285,19 @@ class OpenAIHTTPBackend(Backend):
 
     @contextlib.contextmanager
     def _send(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[httpx.Response]:
-        """POST ``body``; the response's body checks the bound and ``request.cancel`` after every chunk."""
+        """POST ``body``; ``request.cancel`` is checked while the response's head is awaited (``Router.close()``
+        cancels a call the endpoint is slow to answer) and, with the bound, after every chunk of its body."""
         left = bound.left()
         if left <= 0:
             raise self._expired(bound)
         timeout = httpx.Timeout(left, connect=min(_CONNECT_S, left))
         post = self._client.build_request("POST", "/chat/completions", content=body, timeout=timeout)
-        with bounded(bound.end):
+        check = functools.partial(self._check, request, bound)
+        with bounded(bound.end), cancellable(check):
             response = self._client.send(post, stream=True)
         try:
             assert isinstance(response.stream, httpx.SyncByteStream)
-            response.stream = CheckedStream(response.stream, bound.end, lambda: self._check(request, bound))
+            response.stream = CheckedStream(response.stream, bound.end, check)
             yield response
         finally:
             response.close()
