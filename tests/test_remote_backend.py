@@ -29,7 +29,7 @@ from router import (
     RouterConfig,
     RouterError,
 )
-from router.backends import Backend, GenerationRequest
+from router.backends import Backend, GenerationRequest, openai_http
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
 from router.cards import ModelCard, load_card
@@ -380,6 +380,54 @@ def test_a_sync_call_that_outlives_close_gets_the_router_closed_error(upstream_u
     assert [type(e) for e in errors] == [RouterClosedError], errors
     assert errors[0].http_status == 503 and errors[0].code == "router_closed"
     assert "the Router was closed while this call was still running" in errors[0].message
+
+
+# -- a call cancelled while it waits to retry --------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_a_call_cancelled_during_its_backoff_ends_at_once_and_sends_nothing_more(
+        upstream_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: str, stream: bool) -> None:
+    """A call whose endpoint answered 503 with Retry-After 10 is cancelled (its caller's ``cancel=`` event, set from
+    another thread) while it waits to retry: it ends with CancelledError soon after the cancel, and the endpoint gets
+    no second call. The wait used to be a plain sleep that read no cancel, and the retry was sent after it anyway."""
+    # the backoff's cap raised from 2 s, so "long before the retry" leaves a wide margin on a busy machine
+    monkeypatch.setattr(openai_http, "_MAX_BACKOFF_S", 10.0)
+    model = "status:503:10"
+    card = _card(tmp_path, "remote-down", upstream_url, model, max_retries=1)
+    calls = httpx.get(upstream_url.removesuffix("/v1") + "/stats").json()["calls"].get(model, 0)
+    cancel = threading.Event()
+    cancelled_at: list[float] = []
+
+    def cancel_after_the_first_call() -> None:
+        _wait_for_call(upstream_url, model, calls + 1)
+        cancelled_at.append(time.monotonic())
+        cancel.set()
+
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                cards={card.name: card}) as routed:
+
+        async def acall() -> None:
+            answer = await routed.acomplete(ask, model=card.name, cancel=cancel, stream=stream)
+            if stream:
+                [chunk async for chunk in answer]  # type: ignore[union-attr]
+
+        def call() -> None:
+            if run == "async":
+                asyncio.run(acall())
+            else:
+                answer = routed.complete(ask, model=card.name, cancel=cancel, stream=stream)
+                if stream:
+                    list(answer)  # type: ignore[call-overload]
+
+        canceller = threading.Thread(target=cancel_after_the_first_call)
+        canceller.start()
+        with pytest.raises(CancelledError):
+            call()
+        ended = time.monotonic()
+        canceller.join(30)
+    assert httpx.get(upstream_url.removesuffix("/v1") + "/stats").json()["calls"][model] == calls + 1
+    assert ended - cancelled_at[0] < 3.0
 
 
 # -- usage the endpoint does not report -----------------------------------------------------------------------

@@ -11,7 +11,8 @@ and backoff waits together, not each read) and the request's ``deadline``. Past 
 pool's timer) set to the time left; every connect, read and write of a sync call is given at most the time left;
 so both end at the bound however slowly the endpoint sends (:mod:`router.backends._time_limits` says how, and
 what changes behind an HTTP proxy named in the environment). ``request.cancel`` is checked after every chunk,
-and by a sync call while it waits for the response's head too.
+by a sync call while it waits for the response's head too, and during every backoff wait and before every retry:
+a cancelled call sends nothing more.
 
 Retries, with exponential backoff, only for failures before any output (connection errors, timeouts that leave
 time, HTTP 408/409/429/5xx): the request had no effect yet, so sending it again is safe. None starts (and no
@@ -55,7 +56,7 @@ from ..errors import (
     RouterError,
 )
 from ._http11 import HTTPPool
-from ._time_limits import Bound, BoundedTransport, CheckedStream, bounded, cancellable, within
+from ._time_limits import CANCEL_POLL_S, Bound, BoundedTransport, CheckedStream, bounded, cancellable, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent
 from .openai_shapes import CallsBegun, logprobs_of, option_fields, tool_call_deltas, tool_calls
 
@@ -233,6 +234,31 @@ class OpenAIHTTPBackend(Backend):
         log.warning("%s (%s); retrying in %.1f s", failure.error.message, failure.error.detail, wait)
         return wait
 
+    # ``request.cancel`` is a plain flag nobody can wait on (a CancelFlag, set from any thread), so a backoff wait
+    # reads it every CANCEL_POLL_S: a cancelled call ends that soon after and sends nothing more. (A cancelled
+    # task wakes an async sleep, but Router.close() and a caller's cancel= event only set the flag.)
+    def _back_off(self, wait: float, request: GenerationRequest) -> None:
+        """Wait ``wait`` seconds before the next attempt; raises CancelledError once the call is cancelled."""
+        cancel = request.cancel
+        if cancel is None:
+            time.sleep(wait)
+        else:
+            end = time.monotonic() + wait
+            while not cancel.is_set() and (left := end - time.monotonic()) > 0:
+                time.sleep(min(CANCEL_POLL_S, left))
+        request.check(self.card.name)
+
+    async def _aback_off(self, wait: float, request: GenerationRequest) -> None:
+        """The async twin of :meth:`_back_off`."""
+        cancel = request.cancel
+        if cancel is None:
+            await asyncio.sleep(wait)
+        else:
+            end = time.monotonic() + wait
+            while not cancel.is_set() and (left := end - time.monotonic()) > 0:
+                await asyncio.sleep(min(CANCEL_POLL_S, left))
+        request.check(self.card.name)
+
     def _check(self, request: GenerationRequest, bound: Bound) -> None:
         request.check(self.card.name)
         if time.monotonic() >= bound.end:
@@ -250,7 +276,7 @@ class OpenAIHTTPBackend(Backend):
                     yield event
                 return
             except _Retryable as failure:
-                time.sleep(self._retry_wait(failure, attempt, bound, produced))
+                self._back_off(self._retry_wait(failure, attempt, bound, produced), request)
 
     def _stream_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[StreamEvent]:
         try:
@@ -270,7 +296,7 @@ class OpenAIHTTPBackend(Backend):
             try:
                 return self._generation(self._post_once(body, request, bound), request)
             except _Retryable as failure:
-                time.sleep(self._retry_wait(failure, attempt, bound))
+                self._back_off(self._retry_wait(failure, attempt, bound), request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _post_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> bytes:
@@ -314,7 +340,7 @@ class OpenAIHTTPBackend(Backend):
                     yield event
                 return
             except _Retryable as failure:
-                await asyncio.sleep(self._retry_wait(failure, attempt, bound, produced))
+                await self._aback_off(self._retry_wait(failure, attempt, bound, produced), request)
 
     async def _astream_once(self, body: bytes, request: GenerationRequest,
                             bound: Bound) -> AsyncIterator[StreamEvent]:
@@ -354,7 +380,7 @@ class OpenAIHTTPBackend(Backend):
             try:
                 return self._generation(await self._apost_once(body, bound), request)
             except _Retryable as failure:
-                await asyncio.sleep(self._retry_wait(failure, attempt, bound))
+                await self._aback_off(self._retry_wait(failure, attempt, bound), request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _apost_once(self, body: bytes, bound: Bound) -> bytes:
