@@ -67,10 +67,10 @@ _REFUSED_STATUS = {400, 413, 422}
 next model may take it. 401/403 (a bad key) and 404 (a wrong URL or model name in the card) fail every request
 there, so they are the model's failures."""
 _RETRY_AFTER_STATUS = {429, 503}
+"""The statuses whose ``Retry-After`` says when the endpoint will take calls again (RFC 6585, RFC 9110)."""
 _NOTHING_SENT = (ConnectionRefusedError, socket.gaierror, httpx.ConnectError)
 """Transport failures that leave no doubt the request never reached the endpoint: refused, or a name that does
 not resolve. (A reset or a timeout may come after the endpoint began generating.)"""
-"""The statuses whose ``Retry-After`` says when the endpoint will take calls again (RFC 6585, RFC 9110)."""
 _RETRY_AFTER_MAX_S = 3600.0
 """The longest ``Retry-After`` passed on from an endpoint: a larger one (or a mistaken one) would keep clients
 away for hours from a router that may have other models to offer by then."""
