@@ -331,7 +331,8 @@ class RouterConfig(BaseModel):
             super().__init__(**settings)
         except ValidationError as exc:  # model_validate comes here too (pydantic honours a custom __init__)
             where, from_env = _LOADING.get() or ("RouterConfig(...)", set())
-            raise _config_error(exc, where, from_env) from exc
+            # pydantic's own error repeats every input, so one about `keys` would put a key in a logged traceback
+            raise _config_error(exc, where, from_env) from (None if _about_keys(exc) else exc)
 
     @model_validator(mode="before")
     @classmethod
@@ -399,6 +400,10 @@ _LOADING: contextvars.ContextVar[tuple[str, set[str]] | None] = contextvars.Cont
 """While :meth:`RouterConfig.load` validates: the file (or "config") and the fields set from the environment."""
 
 
+def _about_keys(exc: ValidationError) -> bool:
+    return any(e["loc"][:1] == ("keys",) for e in exc.errors())
+
+
 def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> ConfigError:
     """Every bad field of a config, with where its value came from and what was given; the fix a check names
     itself (``...; fix: ...``), else the general one."""
@@ -406,7 +411,9 @@ def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> Confi
     for e in exc.errors():
         field = ".".join(map(str, e["loc"]))
         source = f" (from ${'ROUTER_' + field.upper()})" if field in from_env else ""
-        got = repr(e.get("input"))
+        # a `keys` entry's input may be a key in clear text (given as `key:`, or as `sha256:` by mistake): its type
+        # is shown, never its value, which would reach the terminal, CI logs and the journal
+        got = type(e.get("input")).__name__ if e["loc"][:1] == ("keys",) else repr(e.get("input"))
         problem, _, fix = e["msg"].removeprefix("Value error, ").partition("; fix: ")
         all_fixed = all_fixed and bool(fix)
         msgs.append(f"field `{field}`{source}: {problem} (got {got[:80]}{'...' if len(got) > 80 else ''})"

@@ -5,6 +5,7 @@ folder, duplicate keys, YAML that expands or nests without bound, and wrong shap
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,27 @@ def test_keys_file_faults_are_config_errors(tmp_path: Path, text: str, needle: s
     with pytest.raises(ConfigError) as err:
         KeyStore.from_file(file)
     assert str(file) in str(err.value) and needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "{name: a, key: sk-tenant-secret}",  # the key itself, which the config refuses
+        "{name: a, sha256: sk-tenant-secret}",  # the key pasted where its digest goes
+        "{name: a, sha256: " + "0" * 64 + ", admin: sk-tenant-secret}",
+        "{name: a, sha256: " + "0" * 64 + ", token: sk-tenant-secret}",
+    ],
+)
+def test_a_config_error_about_keys_never_shows_the_key(tmp_path: Path, entry: str) -> None:
+    """The config's `keys` once answered 'a key in clear text is refused ... (got {'name': 'a', 'key':
+    'sk-tenant-secret'})', printing the key into the terminal, CI and service logs; pydantic's error, the
+    ConfigError's cause, repeats it too in a logged traceback."""
+    file = write(tmp_path, "router.yaml", f"keys:\n  - {entry}\n")
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.load(file)
+    assert "field `keys.0" in str(err.value)
+    logged = "".join(traceback.format_exception(err.value))
+    assert "sk-tenant-secret" not in logged
 
 
 def test_keys_file_in_either_shape_loads(tmp_path: Path) -> None:
