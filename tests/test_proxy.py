@@ -406,6 +406,16 @@ def test_each_key_gets_its_policy_and_is_hashed_everywhere(keyed: Served, tmp_pa
             assert key not in log.read_text(errors="replace")
 
 
+def test_models_say_what_router_means_for_the_callers_key(keyed: Served) -> None:
+    """`router` in /v1/models once named the config's default policy for every key, while a chat request with
+    model="router" from a key with `policy: eco` is routed by eco."""
+    for key, policy in ((KEY_ECO, "eco"), (KEY_QUALITY, "quality")):
+        client = keyed.client(key)
+        listed = {m.id: m for m in client.models.list()}
+        assert listed["router"].model_extra["description"] == f"routes each request; policy {policy}"
+        assert client.models.retrieve("router").model_extra["description"] == f"routes each request; policy {policy}"
+
+
 # -- client gone mid-stream -----------------------------------------------------------------------------------
 def test_disconnect_mid_stream_stops_generation_and_is_recorded(served: Served) -> None:
     before = served.upstream_stats()["closed_early"].get("slow", 0)

@@ -71,15 +71,19 @@ class Proxy:
         elif error is not None:
             metrics.observe_failed_request(error, *decided(prepared), label)
 
-    def _guard(self, request: Request, route: str) -> None:
-        """With keys configured, a route not listed in ``proxy.open_routes`` needs one too."""
+    def _guard(self, request: Request, route: str) -> str | None:
+        """With keys configured, a route not listed in ``proxy.open_routes`` needs one too; the key checked."""
         if self.keys and route not in self.settings.open_routes:
-            self.chat.authenticate(request.headers.get("authorization"))
+            return self.chat.authenticate(request.headers.get("authorization"))
+        return None
 
-    def _model_objects(self) -> list[dict[str, Any]]:
+    def _model_objects(self, api_key: str | None) -> list[dict[str, Any]]:
         created = int(self.started)
+        spec = self.keys.lookup(api_key)
+        # "router" is the caller's key's policy where the key has one, as a chat request with it is routed
+        policy = spec.policy if spec is not None and spec.policy else self.router.policy_name
         data = [{"id": "router", "object": "model", "created": created, "owned_by": "router",
-                 "description": f"routes each request; policy {self.router.policy_name}"}]
+                 "description": f"routes each request; policy {policy}"}]
         data += [{"id": f"router:{p}", "object": "model", "created": created, "owned_by": "router",
                   "description": f"routes each request with policy {p}"} for p in sorted(self.policies)]
         for card in sorted(self.router.cards.values(), key=lambda c: (c.tier, c.name)):
@@ -90,14 +94,15 @@ class Proxy:
         return data
 
     async def models(self, request: Request) -> Response:
-        self._guard(request, "models")
-        return Response(json.dumps({"object": "list", "data": self._model_objects()}).encode(), media_type=_JSON)
+        api_key = self._guard(request, "models")
+        return Response(json.dumps({"object": "list", "data": self._model_objects(api_key)}).encode(),
+                        media_type=_JSON)
 
     async def model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``: ``router``, ``router:<policy>``, or a model card by name or alias."""
-        self._guard(request, "models")
+        api_key = self._guard(request, "models")
         wanted = request.path_params["model_id"]
-        objects = {m["id"]: m for m in self._model_objects()}
+        objects = {m["id"]: m for m in self._model_objects(api_key)}
         found = objects.get(wanted)
         if found is None:
             found = objects[self.router.resolve_model(wanted)]  # an alias; unknown: UnknownModelError, a 404
