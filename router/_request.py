@@ -21,7 +21,7 @@ from .backends.base import Cancel, CancelFlag
 from .classify.base import Classification
 from .energy.estimates import EnergyEstimate
 from .errors import BadRequestError, CapabilityError
-from .keys import KeySpec
+from .keys import MAX_KEY_CHARS, KeySpec
 from .options import NO_OPTIONS, ModelOptions
 from .policy.decision import Decision
 from .structured import check_response_format
@@ -257,7 +257,7 @@ def check_params(
         "max_tokens_param": name,
         "temperature": checked_number("temperature", temperature, 0.0, 2.0),
         "stop": stop,
-        "api_key": api_key if isinstance(api_key, KeySpec) else _optional_str("api_key", api_key, 4096),
+        "api_key": api_key if isinstance(api_key, KeySpec) else _optional_str("api_key", api_key, MAX_KEY_CHARS),
         "request_id": _optional_str("request_id", request_id, _MAX_REQUEST_ID) or new_request_id(),
         "deadline_s": checked_number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
         "cancel": cancel,

@@ -29,6 +29,9 @@ from typing import Any
 from .errors import ConfigError
 from .yaml_files import read_yaml
 
+MAX_KEY_CHARS = 4096
+"""The longest API key a request may carry (a longer ``api_key`` is a 400; a configured one is refused at start)."""
+
 
 def digest(key: str) -> str:
     """The SHA-256 of a key, in hex: what authenticates it."""
@@ -128,6 +131,12 @@ class KeyStore:
                 value = os.environ.get(str(raw["env"]))
                 if not value:
                     raise ConfigError(f"{where}: keys[{i}] ({name}): environment variable {raw['env']} is not set")
+                if not (value.isascii() and value.isprintable()) or len(value) > MAX_KEY_CHARS:
+                    # a request's header is read as latin-1 and clients (httpx, the openai SDK) refuse to send other
+                    # characters, so such a key would authenticate no request
+                    raise ConfigError(f"{where}: keys[{i}] ({name}): environment variable {raw['env']} holds a key no "
+                                      f"client can send: an API key is printable ASCII of at most {MAX_KEY_CHARS:,} "
+                                      "characters; fix: make a new key of such characters")
                 sha = digest(value)
             else:
                 raise ConfigError(f"{where}: keys[{i}] ({name}): give `sha256` (of the key) or `env`")

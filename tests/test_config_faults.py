@@ -324,3 +324,19 @@ def test_an_empty_variable_counts_as_unset(tmp_path: Path, monkeypatch: pytest.M
         config.models_dir, "eco", config.ledger_url)
     monkeypatch.setenv("ROUTER_DEFAULT_POLICY", "quality")  # a value still wins over the file
     assert RouterConfig.load(write(tmp_path, "router.yaml", "default_policy: eco\n")).default_policy == "quality"
+
+
+@pytest.mark.parametrize("key", ["sk-café", "sk-tab\there", "sk-" + "x" * 4094])
+def test_a_key_no_client_can_send_is_refused_at_start(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """A key with a non-ASCII character was hashed as UTF-8 but read from the header as latin-1 (and httpx and the
+    openai SDK refuse to send it), so it authenticated nothing; one over 4,096 characters authenticated, then every
+    request was a 400 for its length."""
+    from router.keys import KeyStore
+
+    monkeypatch.setenv("ROUTER_TEST_ODD_KEY", key)
+    with pytest.raises(ConfigError, match=r"keys\[0\] \(odd\): environment variable ROUTER_TEST_ODD_KEY holds a key "
+                                          r"no client can send.*fix: ") as err:
+        KeyStore.from_entries([{"name": "odd", "env": "ROUTER_TEST_ODD_KEY"}])
+    assert key not in str(err.value)
+    monkeypatch.setenv("ROUTER_TEST_ODD_KEY", "sk-" + "x" * 4093)  # 4,096 characters: usable
+    assert len(KeyStore.from_entries([{"name": "odd", "env": "ROUTER_TEST_ODD_KEY"}])) == 1
