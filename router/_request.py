@@ -114,6 +114,8 @@ class CheckedRequest:
     """The caller chose ``request_id`` (the router made it otherwise)."""
     max_tokens_param: str = "max_tokens"
     """The name the caller gave ``max_tokens`` under (``max_completion_tokens`` too): errors about it use it."""
+    policy_param: str = "policy"
+    """Where ``policy`` came from: the body's ``policy`` or ``model`` (``router:<policy>``); errors about it name it."""
 
 
 @dataclass

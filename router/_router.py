@@ -454,6 +454,7 @@ class Router:
             options = dataclasses.replace(options, tool_history=True)
         return CheckedRequest(
             messages=msgs, text=question, pinned_name=pinned, policy=p["policy"] or policy_from_model,
+            policy_param="policy" if p["policy"] else "model",
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
             deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars, turns=turns,
@@ -485,9 +486,10 @@ class Router:
         api_key = req.api_key
         key_hash = _key_hash(api_key)
         policy = req.policy
-        if policy is None and api_key is not None:
+        if api_key is not None:
             spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
-            policy = spec.policy if spec is not None else None
+            if spec is not None:
+                policy = self._key_policy(spec, req)
         input_tokens = max(1, req.chars // 4)  # the whole conversation is read, not only the question
         learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
@@ -514,6 +516,21 @@ class Router:
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
+
+    def _key_policy(self, spec: KeySpec, req: CheckedRequest) -> str | None:
+        """The policy a key's request runs under: the one it names, else the key's. A key with ``lock_policy``
+        may name no other: its policy's budgets and ``allowed_models`` are what its operator holds it to, and a
+        pinned model is decided under that policy too."""
+        if not spec.lock_policy:
+            return req.policy or spec.policy
+        locked = spec.policy or self.policy_name
+        if req.policy is not None and req.policy != locked:
+            asked = f"model 'router:{req.policy}'" if req.policy_param == "model" else f"policy {req.policy!r}"
+            raise PermissionDeniedError(
+                f"this API key is held to policy {locked!r} (`lock_policy: true` on its entry in the router's "
+                f"`keys:`), so {asked} is refused; send model 'router' (or a model name) without a `policy`, or "
+                "ask the router's operator to change the key's policy in its config", param=req.policy_param)
+        return locked
 
     def _record_refusal(self, req: CheckedRequest, exc: BudgetExhaustedError, policy: str | None, task: str,
                         key_hash: str | None) -> None:

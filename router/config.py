@@ -262,6 +262,9 @@ class KeyEntry(_Settings):
     policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
     admin: bool = Field(False, description="may open the dashboard (/dashboard) and score any response (POST "
                         "/v1/feedback), not only its own")
+    lock_policy: bool = Field(False, description="hold this key's requests to its policy: a request naming another "
+                              "(`router:<policy>` or a body `policy`) is refused with a 403; without it a key may "
+                              "choose any policy")
 
     @model_validator(mode="before")
     @classmethod

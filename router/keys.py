@@ -8,13 +8,15 @@ Keys are configured in the router config under ``keys`` (or a separate YAML file
         sha256: 9f86d08...           # sha256 of the key: printf %s "$KEY" | sha256sum
         policy: eco                  # optional: the policy for model="router" (default: the config's)
         admin: true                  # optional: may open the dashboard and score any response; default false
+        lock_policy: true            # optional: refuse requests that name another policy (403); default false
       - name: ci
         env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
 
 One hash: a key's id, ``key-`` + the first 16 hex digits of its SHA-256 (:func:`hash_key`), is what the ledger,
 the metrics and policy files (per-key budgets) name it by; the full digest is what authenticates it. This file
-is the one place a key is given a policy. A key in clear text is refused (``key:`` is not a field), so config
-files can be committed.
+is the one place a key is given a policy. Without ``lock_policy`` that policy is only the key's default: a request
+may name another (``router:<policy>`` or a body ``policy``), and with it leave the per-key budgets of its own. A
+key in clear text is refused (``key:`` is not a field), so config files can be committed.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class KeySpec:
     admin: bool = False
     """May open the dashboard (``/dashboard``) and score any response (``POST /v1/feedback``), not only those it
     made, when keys are configured."""
+    lock_policy: bool = False
+    """Its requests always run under its policy (the config's default without one): naming another is refused."""
 
     @property
     def key_hash(self) -> str:
@@ -118,7 +122,7 @@ class KeyStore:
                 continue
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{where}: keys[{i}] must be a mapping with name, sha256 (or env) and policy")
-            extra = set(raw) - {"name", "sha256", "env", "policy", "admin"}
+            extra = set(raw) - {"name", "sha256", "env", "policy", "admin", "lock_policy"}
             if extra:
                 hint = " (store the sha256 of the key, never the key)" if "key" in extra else ""
                 raise ConfigError(f"{where}: keys[{i}]: unknown field(s) {', '.join(sorted(extra))}{hint}")
@@ -141,10 +145,12 @@ class KeyStore:
             else:
                 raise ConfigError(f"{where}: keys[{i}] ({name}): give `sha256` (of the key) or `env`")
             policy = raw.get("policy")
-            admin = raw.get("admin", False)
-            if not isinstance(admin, bool):
-                raise ConfigError(f"{where}: keys[{i}] ({name}): `admin` must be true or false, got {admin!r}")
-            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None, admin=admin))
+            flags = {field: raw.get(field, False) for field in ("admin", "lock_policy")}
+            for field, value in flags.items():
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where}: keys[{i}] ({name}): `{field}` must be true or false, "
+                                      f"got {type(value).__name__}")
+            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None, **flags))
         return cls(specs)
 
     @classmethod
@@ -166,7 +172,7 @@ class KeyStore:
         for i, entry in enumerate(data):
             for field, value in entry.items() if isinstance(entry, Mapping) else ():
                 plain = value is None or (isinstance(value, str | int) and not isinstance(value, bool)) or (
-                    field == "admin" and isinstance(value, bool))
+                    field in ("admin", "lock_policy") and isinstance(value, bool))
                 if not isinstance(field, str) or not plain:
                     raise ConfigError(
                         f"{path}: field `keys[{i}].{field}`: expected a text field name and a text value, got "

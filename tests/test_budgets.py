@@ -18,7 +18,8 @@ from router import Router, RouterConfig
 from router.backends import FaultInjectingBackend, create_backend
 from router.cards import load_cards
 from router.classify.base import Classification
-from router.errors import BudgetExhaustedError, LedgerError
+from router.errors import BudgetExhaustedError, LedgerError, PermissionDeniedError
+from router.keys import digest
 from router.ledger import hash_key
 from router.policy.base import BudgetState
 from router.policy.engine import decide_pure
@@ -178,6 +179,44 @@ def test_allow_and_flag(tmp_path):
     assert rec.outcome == "ok" and "allowed and flagged" in rec.reason
     assert r.ledger.budget_used("model:spec-a:60s", 60) > 1.0  # the spend still counts
     r.close()
+
+
+def test_a_key_with_lock_policy_cannot_leave_its_policy_for_its_spent_budget(tmp_path):
+    """A key's per-key budget, spent, once gave way to ``policy=...`` or ``model="router:<other>"`` naming a
+    policy without that budget. With ``lock_policy: true`` (here a key without a policy: held to the config's
+    default) naming another policy is a 403, and a pinned model is decided under the key's policy, budget and
+    all. A key without ``lock_policy`` may still choose another policy."""
+    root = setup(tmp_path, """\
+        name: t
+        accuracy: {min_accuracy: 0.0}
+        budgets: [{model: 'tier:specialist', joules: 1.5, per: hour, scope: per_key}]
+        on_budget_exhausted: reject
+        """)
+    (root / "policies" / "free.yaml").write_text("name: free\naccuracy: {min_accuracy: 0.0}\n")
+    held, free = "sk-held-by-t", "sk-free-to-choose"
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}",
+                               keys=[{"name": "held", "sha256": digest(held), "lock_policy": True},
+                                     {"name": "free", "sha256": digest(free)}])
+    r = Router(config)
+    try:
+        for key in (held, free):  # each key's own 1.5 J an hour: 1 J spent, the cheapest call needs 1 J
+            spend_early(r, f"key:{hash_key(key)}:tier:specialist:3600s", 1.0, 1.5, 3600, need_s=10)
+        for asked in ({}, {"model": "router:t"}, {"policy": "t"}, {"model": "spec-a"}, {"model": "spec-b"}):
+            with pytest.raises(BudgetExhaustedError):
+                r.complete(REVIEW, api_key=held, **asked)
+        for asked, param in (({"policy": "free"}, "policy"), ({"model": "router:free"}, "model"),
+                             ({"model": "spec-a", "policy": "free"}, "policy")):
+            with pytest.raises(PermissionDeniedError) as denied:
+                r.complete(REVIEW, api_key=held, **asked)
+            assert denied.value.param == param and "held to policy 't'" in str(denied.value)
+            assert "lock_policy" in str(denied.value)
+        with pytest.raises(BudgetExhaustedError):
+            r.complete(REVIEW, api_key=free)
+        for asked in ({"policy": "free"}, {"model": "router:free"}):  # no lock: the key may choose
+            assert r.complete(REVIEW, api_key=free, **asked).routing.policy == "free"
+    finally:
+        r.close()
 
 
 def _race(r: Router, n: int = 2) -> tuple[list[str], list[Exception]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 from servers.procs import (
     ROOT,
     free_port,
@@ -414,6 +415,52 @@ def test_models_say_what_router_means_for_the_callers_key(keyed: Served) -> None
         listed = {m.id: m for m in client.models.list()}
         assert listed["router"].model_extra["description"] == f"routes each request; policy {policy}"
         assert client.models.retrieve("router").model_extra["description"] == f"routes each request; policy {policy}"
+
+
+def test_a_key_with_lock_policy_stays_within_its_spent_budget(upstream_url: str, tmp_path: Path) -> None:
+    """A key whose per-key budget is spent (429) once got a 200 by naming another policy, in the body or as
+    ``router:<policy>``. With ``lock_policy: true`` that is a 403 that names the key's policy, and a pinned model
+    is decided under the key's policy (its budget: 429; its ``allowed_models``: 400). A key without the option
+    may still choose another policy."""
+    config, _ = _config(tmp_path, upstream_url)
+    (tmp_path / "policies" / "held.yaml").write_text(
+        "name: held\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\non_budget_exhausted: reject\n"
+        "budgets:\n  - {model: 'tier:small', joules: 0.001, per: hour, scope: per_key}\n")
+    (tmp_path / "policies" / "onlyecho.yaml").write_text(only_policy("remote-echo"))
+    locked, unlocked = "sk-locked-to-held", "sk-held-by-default"
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(
+        "keys:\n"
+        f"  - {{name: locked, sha256: {hashlib.sha256(locked.encode()).hexdigest()}, policy: held,\n"
+        "      lock_policy: true}\n"
+        f"  - {{name: unlocked, sha256: {hashlib.sha256(unlocked.encode()).hexdigest()}, policy: held}}\n")
+
+    def ask(client: openai.OpenAI, model: str = "router", **extra_body: str) -> ChatCompletion:
+        return client.chat.completions.create(model=model, messages=user(QUESTION), max_tokens=8,
+                                              extra_body=extra_body or None)
+
+    with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
+        held = openai.OpenAI(base_url=f"{url}/v1", api_key=locked, max_retries=0, timeout=20)
+        free = openai.OpenAI(base_url=f"{url}/v1", api_key=unlocked, max_retries=0, timeout=20)
+        for client in (held, free):
+            with pytest.raises(openai.RateLimitError):  # each key's own budget cannot pay for a call
+                ask(client)
+        for model, extra_body in (("router", {"policy": "onlyecho"}), ("router:quality", {}),
+                                  ("remote-echo", {"policy": "eco"})):
+            with pytest.raises(openai.PermissionDeniedError) as denied:
+                ask(held, model, **extra_body)
+            error = denied.value.body
+            assert isinstance(error, dict) and error["code"] == "permission_denied", error
+            assert "held to policy 'held'" in error["message"] and "lock_policy" in error["message"]
+            assert error["param"] == ("policy" if extra_body else "model")
+        for model, extra_body in (("router:held", {}), ("router", {"policy": "held"}), ("remote-echo", {})):
+            with pytest.raises(openai.RateLimitError):
+                ask(held, model, **extra_body)
+        with pytest.raises(openai.BadRequestError, match="not allowed by policy `held`"):
+            ask(held, "remote-slow")
+        for model, extra_body in (("router", {"policy": "onlyecho"}), ("router:onlyecho", {})):
+            answer = ask(free, model, **extra_body)  # without lock_policy a key may choose another policy
+            assert answer.model_extra["routing"]["policy"] == "onlyecho"
 
 
 # -- client gone mid-stream -----------------------------------------------------------------------------------
