@@ -442,6 +442,9 @@ def test_a_key_with_lock_policy_stays_within_its_spent_budget(upstream_url: str,
     with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
         held = openai.OpenAI(base_url=f"{url}/v1", api_key=locked, max_retries=0, timeout=20)
         free = openai.OpenAI(base_url=f"{url}/v1", api_key=unlocked, max_retries=0, timeout=20)
+        routers = {c: {m.id for m in c.models.list() if m.id.startswith("router")} for c in (held, free)}
+        assert routers[held] == {"router", "router:held"}, "a locked key is offered its own policy alone"
+        assert {"router:held", "router:onlyecho", "router:eco"} <= routers[free]
         for client in (held, free):
             with pytest.raises(openai.RateLimitError):  # each key's own budget cannot pay for a call
                 ask(client)

@@ -84,8 +84,10 @@ class Proxy:
         policy = spec.policy if spec is not None and spec.policy else self.router.policy_name
         data = [{"id": "router", "object": "model", "created": created, "owned_by": "router",
                  "description": f"routes each request; policy {policy}"}]
+        # a key held to its policy may name no other (lock_policy): only its own is listed
+        offered = [policy] if spec is not None and spec.lock_policy else sorted(self.policies)
         data += [{"id": f"router:{p}", "object": "model", "created": created, "owned_by": "router",
-                  "description": f"routes each request with policy {p}"} for p in sorted(self.policies)]
+                  "description": f"routes each request with policy {p}"} for p in offered]
         for card in sorted(self.router.cards.values(), key=lambda c: (c.tier, c.name)):
             if card.callable:
                 data.append({"id": card.name, "object": "model", "created": created, "owned_by": "router",
