@@ -27,13 +27,15 @@ import time
 from typing import Protocol
 
 from .backends import Backend, Generation, GenerationRequest
+from .backends.base import Cancel
 from .cards import ModelCard
 from .config import JudgeSettings, RouterConfig
 from .energy import EnergyReading, Meter, MeterSpan, estimate_from_profile
 from .energy.estimates import EnergyEstimates
-from .errors import BackendError, ConfigError, RouterError, UnknownModelError
+from .errors import BackendError, CancelledError, ConfigError, RouterError, UnknownModelError
 from .keys import KeyStore
 from .ledger import Ledger, LedgerRecord
+from .ledger.base import Outcome
 from .ledger.feedback import JUDGE_PREFIX, Feedback
 from .policy.steps import largest
 from .types import ChatMessage
@@ -90,10 +92,11 @@ def largest_model(router: Router) -> str:
 
 
 def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *, request_id: str, reason: str,
-                 max_tokens: int | None, task: str | None = None) -> Generation:
+                 max_tokens: int | None, task: str | None = None, cancel: Cancel | None = None) -> Generation:
     """Call ``model`` outside any routed request (the judge, anchor measurements), metered like a request's call
     and recorded in the ledger with ``reason`` (its joules also in ``extra["energy_j"]``); a failure is recorded too
-    and raised as a typed error."""
+    and raised as a typed error. ``cancel`` set stops the call (recorded ``cancelled``, raised as
+    :class:`CancelledError`)."""
     card = router.cards[model]
     backend = router.backend(model)
     messages = [ChatMessage(role="user", content=prompt)] if isinstance(prompt, str) else prompt
@@ -108,7 +111,7 @@ def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *,
     # while it waits, the call would take a share of the running call's CPU time and be charged its wait
     queued = backend.local and backend.concurrency is not None
     request = GenerationRequest(messages=messages, max_tokens=max_tokens, temperature=0.0,
-                                deadline=time.monotonic() + router.config.deadline_s,
+                                deadline=time.monotonic() + router.config.deadline_s, cancel=cancel,
                                 turn_started=start_meter if queued else None)
     if backend.local and not queued:
         start_meter()
@@ -119,24 +122,25 @@ def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *,
         energy = span.stop() if span is not None else EnergyReading(0.0, "estimated", "none", "failed")
         error = exc if isinstance(exc, RouterError) else BackendError(f"{model}: the backend failed "
                                                                       f"({type(exc).__name__})")
-        _record(router, model, energy, started, request_id, reason, task, None, f"{error.code}: {error.message}")
+        _record(router, model, energy, started, request_id, reason, task, None, f"{error.code}: {error.message}",
+                "cancelled" if isinstance(error, CancelledError) else "error")
         raise error from (None if error is exc else exc)
     if span is not None:
         energy = span.stop()
     else:
         energy = estimate_from_profile(card.energy, gen.prompt_tokens, gen.completion_tokens)
-    _record(router, model, energy, started, request_id, reason, task, gen, None)
+    _record(router, model, energy, started, request_id, reason, task, gen, None, "ok")
     gen.extra["energy_j"] = energy.joules
     return gen
 
 
 def _record(router: Router, model: str, energy: EnergyReading, started: float, request_id: str, reason: str,
-            task: str | None, gen: Generation | None, error: str | None) -> None:
+            task: str | None, gen: Generation | None, error: str | None, outcome: Outcome) -> None:
     card = router.cards[model]
     co2e_g, grid_g, zone = router.carbon_of(card, energy.joules)
     rec = LedgerRecord(
         request_id=request_id, model=model, tier=card.tier, energy_j=energy.joules, energy_source=energy.source,
-        outcome="ok" if error is None else "error", reason=reason, input_tokens=gen.prompt_tokens if gen else 0,
+        outcome=outcome, reason=reason, input_tokens=gen.prompt_tokens if gen else 0,
         output_tokens=gen.completion_tokens if gen else 0, latency_ms=(time.perf_counter() - started) * 1000,
         task=task, error=error, co2e_g=co2e_g, grid_g_per_kwh=grid_g, zone=zone,
     )
@@ -167,8 +171,9 @@ class Judge:
         return self.reference is None or answered_by != self.reference
 
     def score(self, request_id: str, messages: list[ChatMessage], text: str, answer: str,
-              answered_by: str) -> Feedback | None:
-        """Judge one answer: the feedback stored, or None when the judge gave no number."""
+              answered_by: str, cancel: Cancel | None = None) -> Feedback | None:
+        """Judge one answer: the feedback stored, or None when the judge gave no number. ``cancel`` set (the
+        Router closing) stops the judge's call: :class:`CancelledError`."""
         if self.reference is None:
             how = "by rubric"
             prompt = rubric_prompt(text, answer, self.settings.rubric)
@@ -176,12 +181,12 @@ class Judge:
             reason = (f"judge call: the reference answer ({self.reference}, the largest model) for {request_id}, "
                       f"answered by {answered_by}")
             ref = metered_call(self.router, self.reference, messages, request_id=f"{request_id}:reference",
-                               reason=reason, max_tokens=self.settings.max_tokens, task="judge")
+                               reason=reason, max_tokens=self.settings.max_tokens, task="judge", cancel=cancel)
             how = f"against {self.reference}'s answer"
             prompt = reference_prompt(text, answer, ref.text)
         gen = metered_call(self.router, self.model, prompt, request_id=f"{request_id}:judge",
                            reason=f"judge call: scoring {request_id} ({answered_by}'s answer) {how}",
-                           max_tokens=8, task="judge")
+                           max_tokens=8, task="judge", cancel=cancel)
         value = parse_score(gen.text)
         if value is None:
             return None

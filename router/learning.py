@@ -23,7 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError, LedgerError, RouterError
+from .backends.base import CancelFlag
+from .errors import CancelledError, ConfigError, LedgerError, RouterError
 from .ledger.feedback import StoredPrompt
 from .types import ChatMessage
 
@@ -74,6 +75,7 @@ class Learning:
         self._cond = threading.Condition()
         self._pending = 0  # handed over and not yet done
         self._stop = False
+        self._cancel = CancelFlag()  # set by close(): stops a judge call in flight, which may take minutes
         self._next_retention = 0.0
         self._thread = threading.Thread(target=self._run, name="router-learning", daemon=True)
         self._thread.start()
@@ -105,6 +107,11 @@ class Learning:
                 item = self._queue.popleft()
             try:
                 self._learn(item)
+            except CancelledError:  # close() stopped its judge call: judging is skipped when closing
+                self.stats["dropped"] += 1
+            except RouterError as exc:  # the judge's model failed (its ledger record says so) or the ledger did
+                self.stats["failed"] += 1
+                log.warning("%s: could not store the prompt or judge the answer: %s", item.request_id, exc.message)
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure; logged
                 self.stats["failed"] += 1
                 log.exception("%s: could not store the prompt or judge the answer", item.request_id)
@@ -123,7 +130,8 @@ class Learning:
         if item.judge and self._stop:  # closing: prompts are still stored, judging waits for no one
             self.stats["dropped"] += 1
         elif item.judge and self.judge is not None:
-            scored = self.judge.score(item.request_id, item.messages, item.text, item.answer, item.model)
+            scored = self.judge.score(item.request_id, item.messages, item.text, item.answer, item.model,
+                                      cancel=self._cancel)
             self.stats["judged" if scored is not None else "unscored"] += 1
 
     def enforce_retention(self) -> int:
@@ -139,9 +147,12 @@ class Learning:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Store the prompts still queued (up to ``timeout``), skip their judging, stop the thread."""
+        """Store the prompts still queued (up to ``timeout``), skip their judging and cancel the judge call in
+        flight (a model stops at its next token, an endpoint's answer is no longer awaited; the call's ledger record
+        says ``cancelled``), stop the thread."""
         with self._cond:
             self._stop = True
+            self._cancel.set()
             self._cond.notify_all()
         self._thread.join(timeout)
 

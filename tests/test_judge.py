@@ -128,3 +128,34 @@ def test_a_router_that_fails_to_start_leaves_no_journal_threads_or_locked_segmen
     with Router(RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")) as router:  # the same ledger opens
         assert router.ledger.records() == []
     assert journal_threads() == before
+
+
+def test_close_cancels_a_judge_call_the_endpoint_is_slow_to_answer(tmp_path: Path) -> None:
+    """Router.close() waited for the judge's call to end (up to 30 s, then closed the backends under it), so a
+    judge on a slow hosted model held every shutdown; the call is now cancelled at once and recorded so, the prompt
+    stored all the same."""
+    import httpx
+    from servers import procs
+
+    with procs.upstream(tmp_path) as base:
+        models = procs.models_dir(tmp_path / "models", {
+            "remote-echo": procs.remote_card("remote-echo", base, "echo", tier="small"),
+            "remote-judge": procs.remote_card("remote-judge", base, "sleep:15"),  # answers after 15 s
+        })
+        config = RouterConfig(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}",
+                              prompts={"store": True}, judge={"model": "remote-judge", "share": 1.0})
+        r = Router(config)
+        resp = r.complete(user(QUESTION), model="remote-echo")
+        while httpx.get(base.removesuffix("/v1") + "/stats").json()["calls"].get("sleep:15") != 1:
+            time.sleep(0.05)  # until the judge's call is at the endpoint
+        r.close()
+        assert r.learning is not None and r.learning.stats["dropped"] == 1 and r.learning.stats["judged"] == 0
+    from router.ledger import open_ledger
+
+    ledger = open_ledger(config.ledger_url)
+    try:
+        call = next(x for x in ledger.records() if x.request_id == f"{resp.id}:judge")
+        assert call.outcome == "cancelled" and call.error is not None and call.error.startswith("cancelled:")
+        assert ledger.feedback(resp.id) == [] and [p.request_id for p in ledger.prompts()] == [resp.id]
+    finally:
+        ledger.close()
