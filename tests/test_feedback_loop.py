@@ -99,7 +99,9 @@ def test_requests_feedback_export_retrain_simulate(tmp_path: Path) -> None:
     shipped = OnnxRequestClassifier(models / "classifier", cards).quality.row("sentiment-onnx")
     out = router_cli("train", "feedback", str(scored), "--models", str(models), "--min-requests", "3")
     added = json.loads((models / "classifier" / "added_models.json").read_text())
-    assert set(added) == set(LOCAL) and all(added[m]["from"]["chat"] == "feedback (6)" for m in LOCAL)
+    scored_requests = {m: sum(line["outcomes"][m]["requests"] for line in lines) for m in LOCAL}  # 18 in all
+    assert set(added) == set(LOCAL) and all(added[m]["from"]["chat"] == f"feedback ({scored_requests[m]})"
+                                            for m in LOCAL)
     refitted = OnnxRequestClassifier(models / "classifier", cards)
     assert refitted.quality.row("sentiment-onnx") == shipped, "a model without feedback keeps its row"
 

@@ -83,3 +83,32 @@ def test_a_corrupt_classifier_is_one_error_line_naming_the_file_and_the_fix(
     assert not (models / "classifier" / "added_models.json").exists()
     with pytest.raises(ConfigError, match="not a readable trained classifier"):
         load_default_classifier(models)  # what Router() loads
+
+
+def test_requests_with_the_same_prompt_count_each_scored_request(tmp_path: Path) -> None:
+    """`router data from-ledger` writes the requests that had the same prompt as one line with their number
+    (`requests`); the refit counted each line as one scored request, so six people scoring the same two questions
+    were refused as '2 scored requests < --min-requests 5'."""
+    from router.ledger import LedgerRecord, open_ledger
+    from router.ledger.feedback import Feedback, StoredPrompt
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = open_ledger(url)
+    for i in range(6):
+        rid, prompt = f"chatcmpl-{i}", f"Tell me about topic {i // 4}."  # four ask one question, two another
+        ledger.record(LedgerRecord(request_id=rid, model=LOCAL[0], tier="small", energy_j=2.0,
+                                   energy_source="measured:cpu-time", output_tokens=9, task="chat"))
+        ledger.store_prompt(StoredPrompt(rid, prompt, "[]", "an answer", LOCAL[0], None, 1.0e9 + i))
+        ledger.add_feedback(Feedback(request_id=rid, score=1.0 if i < 4 else 0.0))
+    ledger.close()
+    scored = tmp_path / "scored.jsonl"
+    code, out = router_main("data", "from-ledger", "-o", str(scored), "--ledger", url)
+    assert code == 0 and len(scored.read_text().splitlines()) == 2, out
+    models = cards_folder(tmp_path, with_classifier=True)
+    code, out = router_main("train", "feedback", str(scored), "--models", str(models), "--min-requests", "5")
+    assert code == 0, out
+    assert "not refitted" not in out, out
+    row = next(line for line in out.splitlines() if line.startswith(f"│ {LOCAL[0]} "))
+    assert [cell.strip() for cell in row.split("│")[3:5]] == ["6", "0.667"], out  # 4 of the 6 liked it
+    assert json.loads((models / "classifier" / "added_models.json").read_text())[LOCAL[0]]["from"]["chat"] == \
+        "feedback (6)"

@@ -28,9 +28,11 @@ from .quality import fit_model_vector
 def fit_anchors(classifier: OnnxRequestClassifier, card: ModelCard, prompts: Sequence[str],
                 scores: Sequence[float], *, task: str = "chat", save: bool = False,
                 strength_b: float = 1.0, strength_v: float = 30.0,
-                start: Literal["prior", "current"] = "prior", origin: str | None = None) -> dict[str, Any]:
+                start: Literal["prior", "current"] = "prior", origin: str | None = None,
+                weights: Sequence[float] | None = None) -> dict[str, Any]:
     """The model's row fitted on ``prompts`` / ``scores`` (scores in [0, 1] on ``task``'s source scale: the judge's
-    preference for chat, right/wrong for multiple choice), added to ``classifier`` (and saved when asked)."""
+    preference for chat, right/wrong for multiple choice; ``weights``: how many scored requests each prompt's
+    score is the mean of, one each by default), added to ``classifier`` (and saved when asked)."""
     if len(prompts) != len(scores) or not prompts:
         raise ValueError("give one score in [0, 1] per anchor prompt (at least one)")
     y = np.asarray(scores, dtype=np.float64)
@@ -45,7 +47,8 @@ def fit_anchors(classifier: OnnxRequestClassifier, card: ModelCard, prompts: Seq
     prior_b = float(row["intercepts"][task])
     prior_v = np.asarray(row.get("vectors", {}).get(task, np.zeros(classifier.quality.k)), dtype=np.float64)
     b, v = fit_model_vector(np.asarray(h, dtype=np.float64), y, prior_b=prior_b, prior_v=prior_v,
-                            strength_b=strength_b, strength_v=strength_v)
+                            strength_b=strength_b, strength_v=strength_v,
+                            weights=None if weights is None else np.asarray(weights, dtype=np.float64))
     row["intercepts"][task] = round(b, 4)
     row.setdefault("vectors", {})[task] = [round(float(x), 6) for x in v]
     row["from"][task] = origin or f"anchors ({len(prompts)})"

@@ -41,11 +41,12 @@ class FitResult:
 
 
 def read_scored(path: Path, cards: Mapping[str, ModelCard], tasks: list[str]) -> dict[tuple[str, str], list[
-        tuple[str, float]]]:
-    """(card name, task) -> [(prompt, score)] from an outcomes file (the task's part before ``/``; chat when the
-    classifier has no such task)."""
+        tuple[str, float, int]]]:
+    """(card name, task) -> [(prompt, mean score, scored requests)] from an outcomes file (the task's part before
+    ``/``; chat when the classifier has no such task). ``router data from-ledger`` writes the requests that had the
+    same prompt as one line, with their mean score and their number (``requests``; 1 when absent)."""
     names = ModelNames(cards)
-    out: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
+    out: dict[tuple[str, str], list[tuple[str, float, int]]] = defaultdict(list)
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -60,7 +61,10 @@ def read_scored(path: Path, cards: Mapping[str, ModelCard], tasks: list[str]) ->
                 score = float(outcome["correct"])
                 if not 0.0 <= score <= 1.0:
                     raise ValueError(f"score {score} of {model!r} is outside [0, 1]")
-                out[(card, task)].append((row["prompt"], score))
+                requests = outcome.get("requests", 1)
+                if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+                    raise ValueError(f"requests {requests!r} of {model!r} is not a count of at least 1")
+                out[(card, task)].append((row["prompt"], score, requests))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}:{n}: {exc}") from None
     return out
@@ -75,24 +79,29 @@ def fit_feedback(classifier: OnnxRequestClassifier, cards: Mapping[str, ModelCar
     fits: list[FitResult] = []
     skipped: dict[str, int] = {}
     for (model, task), rows in sorted(groups.items()):
-        if len(rows) < min_requests:
-            skipped[f"{model} / {task}"] = len(rows)
+        requests = sum(n for _, _, n in rows)
+        if requests < min_requests:
+            skipped[f"{model} / {task}"] = requests
             continue
         if progress is not None:
-            progress(f"fitting {model} on {task} ({len(rows)} scored requests)")
-        prompts = [p for p, _ in rows]
-        scores = [s for _, s in rows]
-        before = mean_p(classifier, prompts, model, task)
+            progress(f"fitting {model} on {task} ({requests} scored requests)")
+        prompts = [p for p, _, _ in rows]
+        scores = [s for _, s, _ in rows]
+        weights = [n for _, _, n in rows]
+        before = mean_p(classifier, prompts, model, task, weights)
         fit_anchors(classifier, cards[model], prompts, scores, task=task, save=save, strength_b=strength_b,
-                    strength_v=strength_v, start="current", origin=f"feedback ({len(rows)})")
-        fits.append(FitResult(model, task, len(rows), float(np.mean(scores)), before,
-                              mean_p(classifier, prompts, model, task)))
+                    strength_v=strength_v, start="current", origin=f"feedback ({requests})", weights=weights)
+        fits.append(FitResult(model, task, requests, float(np.average(scores, weights=weights)), before,
+                              mean_p(classifier, prompts, model, task, weights)))
     return fits, skipped
 
 
-def mean_p(classifier: OnnxRequestClassifier, prompts: list[str], model: str, task: str) -> float:
-    """The classifier's mean P(good answer) of ``model`` on ``task`` over ``prompts`` (NaN for an unknown model)."""
+def mean_p(classifier: OnnxRequestClassifier, prompts: list[str], model: str, task: str,
+           weights: list[int] | None = None) -> float:
+    """The classifier's mean P(good answer) of ``model`` on ``task`` over ``prompts``, each counted ``weights``
+    times (NaN for an unknown model)."""
     if model not in classifier.quality.names:
         return float("nan")
     _, h = classifier.raw([classifier._bound(p)[0] for p in prompts])
-    return float(np.mean([classifier.quality.q(np.asarray(x, dtype=np.float64), model, task) for x in h]))
+    return float(np.average([classifier.quality.q(np.asarray(x, dtype=np.float64), model, task) for x in h],
+                            weights=weights))

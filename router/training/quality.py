@@ -284,19 +284,21 @@ def level(p: float) -> float:
 
 
 def fit_model_vector(h: np.ndarray, y: np.ndarray, *, prior_b: float, prior_v: np.ndarray, floor: float = 0.0,
-                     strength_b: float = 1.0, strength_v: float = 30.0) -> tuple[float, np.ndarray]:
+                     strength_b: float = 1.0, strength_v: float = 30.0,
+                     weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """One model's intercept and vector from anchor outcomes, everything else fixed: ``h`` [n, k] the anchor
-    requests' representations, ``y`` [n] their scores on the source's scale. MAP with Gaussian priors centred on
-    ``prior_b`` / ``prior_v`` (``strength`` = prior precision in units of one outcome), so a handful of anchors
-    moves the intercept and leaves the vector near its prior."""
-    n, k = h.shape
+    requests' representations, ``y`` [n] their scores on the source's scale, ``weights`` [n] how many outcomes each
+    row stands for (default one each: a row scored by several requests holds their mean score). MAP with Gaussian
+    priors centred on ``prior_b`` / ``prior_v`` (``strength`` = prior precision in units of one outcome), so a
+    handful of anchors moves the intercept and leaves the vector near its prior."""
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         b, v = theta[0], theta[1:]
         sig = _sigmoid(b + h @ v)
         p = np.clip(floor + (1 - floor) * sig, 1e-7, 1 - 1e-7)
-        nll = -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum()
-        dz = ((p - y) / (p * (1 - p))) * (1 - floor) * sig * (1 - sig)
+        nll = -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum()
+        dz = w * ((p - y) / (p * (1 - p))) * (1 - floor) * sig * (1 - sig)
         gb = dz.sum() + strength_b * (b - prior_b)
         gv = h.T @ dz + strength_v * (v - prior_v)
         reg = 0.5 * strength_b * (b - prior_b) ** 2 + 0.5 * strength_v * ((v - prior_v) ** 2).sum()
