@@ -190,7 +190,8 @@ class Judge:
         value = parse_score(gen.text)
         if value is None:
             return None
+        # the judge's own words may quote the request: feedback keeps its score, never prompt text
         feedback = Feedback(request_id=request_id, score=value, source=self.source,
-                            comment=f"{how}: {gen.text.strip()[:200]}")
+                            comment=f"{how}: the judge ({self.model}) answered {value * 10:g}/10")
         self.router.ledger.add_feedback(feedback)
         return feedback

@@ -159,3 +159,23 @@ def test_close_cancels_a_judge_call_the_endpoint_is_slow_to_answer(tmp_path: Pat
         assert ledger.feedback(resp.id) == [] and [p.request_id for p in ledger.prompts()] == [resp.id]
     finally:
         ledger.close()
+
+
+def test_the_judges_feedback_holds_its_score_not_its_words(tmp_path: Path) -> None:
+    """The feedback's comment was the judge's own answer (up to 200 characters): a judge that quotes the request
+    (here one that echoes its prompt) put prompt text into the feedback table, with `prompts.store` off and after
+    prompt retention, though docs/feedback.md says feedback holds no prompt text."""
+    from servers import procs
+
+    with procs.upstream(tmp_path) as base:
+        models = procs.models_dir(tmp_path / "models", {
+            "remote-echo": procs.remote_card("remote-echo", base, "echo", tier="small"),
+        })
+        config = RouterConfig(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}",
+                              judge={"model": "remote-echo", "share": 1.0})
+        with Router(config) as r:
+            resp = r.complete(user("SECRET plan 7 for the merger"), model="remote-echo")
+            assert r.learning is not None and r.learning.drain(30)
+            (judged,) = r.ledger.feedback(resp.id)
+    assert judged.score == 0.7  # the echoing judge's first number (what parse_score reads)
+    assert judged.comment == "by rubric: the judge (remote-echo) answered 7/10", judged.comment
