@@ -287,7 +287,8 @@ def prune(
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
 ) -> None:
-    """Delete old records now (and their hourly summaries, and budget counters of windows that ended before)."""
+    """Delete old records now, with their hourly summaries, feedback and stored prompts older than the same cut-off,
+    and budget counters of windows that ended before it."""
     ledger, config = _opts(ctx, ledger, config)
     cut = parse_when(older_than)
     if cut is None:
@@ -295,7 +296,8 @@ def prune(
     led = open_configured(_config(config, ledger))
     n = led.prune(cut)
     led.close()
-    Console().print(f"pruned {n:,} records older than {utc_minute(cut)}")
+    Console().print(f"pruned {n:,} records older than {utc_minute(cut)} (and the feedback and stored prompts of "
+                    "that age)")
 
 
 @ledger_app.command()
