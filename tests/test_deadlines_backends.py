@@ -396,3 +396,22 @@ def test_llama_cpp_stops_when_the_deadline_passes(small_backend, path: str) -> N
     assert elapsed < 1 + 1.5
     assert not small_backend._lock.locked()
 
+
+
+def test_a_stopped_call_says_why_in_plain_words() -> None:
+    """The messages read "the caller went away ; generation stopped" (a space before the semicolon)."""
+    import threading
+
+    from router.backends import GenerationRequest
+    from router.errors import CancelledError, DeadlineExceededError
+    from router.types import ChatMessage
+
+    messages = [ChatMessage(role="user", content="hi")]
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(CancelledError) as cancelled:
+        GenerationRequest(messages=messages, cancel=gone).check("m")
+    with pytest.raises(DeadlineExceededError) as late:
+        GenerationRequest(messages=messages, deadline=0.0).check("m")
+    assert cancelled.value.message == "m: the caller went away; generation stopped"
+    assert late.value.message == "m: the request's deadline passed; generation stopped"

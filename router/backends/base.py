@@ -117,11 +117,11 @@ class GenerationRequest:
         :func:`never_started`, so the call is recorded as not called, 0 J)."""
         exc: CancelledError | DeadlineExceededError
         if self.cancel is not None and self.cancel.is_set():
-            exc = CancelledError(f"{who}: the caller went away "
-                                 + ("while waiting for the model" if waiting else "; generation stopped"))
+            exc = CancelledError(f"{who}: the caller went away"
+                                 + (" while waiting for the model" if waiting else "; generation stopped"))
         elif self.deadline is not None and time.monotonic() >= self.deadline:
             exc = DeadlineExceededError(
-                f"{who}: the request's deadline passed " + ("while waiting for the model (other calls were using "
+                f"{who}: the request's deadline passed" + (" while waiting for the model (other calls were using "
                 "it); raise `deadline_s` or send fewer calls at once" if waiting else "; generation stopped"))
         else:
             return
