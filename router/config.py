@@ -51,7 +51,8 @@ UserPath = Annotated[Path, AfterValidator(_expand_home)]
 
 
 def embedded_dir(name: str) -> Path:
-    """``models`` or ``policies`` as shipped: inside the wheel, or at the repository root when editable."""
+    """``models``, ``policies`` or ``data`` as shipped: inside the wheel (of data/, what pyproject.toml's
+    force-include lists), or at the repository root when editable."""
     packaged = _PACKAGE / "_embedded" / name
     if packaged.is_dir():
         return packaged

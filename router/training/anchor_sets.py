@@ -22,9 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import embedded_dir
 from .common import DATA_DIR
 
-ANCHOR_DIR = DATA_DIR / "anchors"
+# shipped in the wheel: `router data measure` is a user's command, not only a checkout's
+ANCHOR_DIR = embedded_dir("data") / "anchors"
 TASKS = ("chat", "sentiment")
 SIZE = 50
 _TEST_SHARE = 0.3  # benchmarks/_quality_common.py's held-out share
