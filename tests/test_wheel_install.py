@@ -57,3 +57,18 @@ def test_data_measure_reads_the_anchors_the_wheel_ships(site: Path, tmp_path: Pa
                         "--no-save")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sentiment-onnx on 2 sentiment anchors (scored by reference match" in out.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "specialist", "sentiment", "--model", "linear", "--out", "spec"),
+    ("train", "classifier", "--no-embeddings", "--out", "cls"),
+    ("data", "measure-local", "sentiment", "--n", "1"),
+    ("calibrate", "--dry-run"),
+], ids=lambda args: " ".join(args[:2]))
+def test_a_command_that_needs_the_checkouts_data_says_so(site: Path, tmp_path: Path, args: tuple[str, ...]) -> None:
+    out = run_installed(site, tmp_path, *args)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "FileNotFoundError" not in out.stderr
+    assert "reads the source repository's data/ folder, which an installed package does not ship" in out.stderr
+    assert "fix:" in out.stderr
+    assert not (tmp_path / "spec").exists() and not (tmp_path / "cls").exists()

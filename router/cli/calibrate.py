@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import typer
 
-from ..config import RouterConfig, embedded_dir
+from ..config import RouterConfig
 from ..errors import ConfigError
 from ..policy.calibration import (
     CalibrationData,
@@ -33,8 +33,6 @@ from ..policy.calibration import (
 from ..policy.loader import load_policy, write_calibrated
 from ..policy.schema import Calibrated
 from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
-
-DEFAULT_OUTCOMES = embedded_dir("models").parent / "data" / "routellm_mmlu"
 
 
 def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path | None = None,
@@ -137,8 +135,9 @@ def calibrate(
         "policies_dir: ROUTER_POLICIES_DIR, or the shipped policies)."
     ),
     outcomes: list[Path] = typer.Option(  # noqa: B008
-        [DEFAULT_OUTCOMES], "--outcomes",
-        help="RouteLLM CSV folder/file or outcomes JSONL; repeat for several sources (each is fitted on its own).",
+        None, "--outcomes",
+        help="RouteLLM CSV folder/file or outcomes JSONL; repeat for several sources (each is fitted on its own). "
+        "Default: RouteLLM's MMLU outcomes in a source checkout's data/routellm_mmlu.",
     ),
     models: str = typer.Option(
         None, "--models", help="Comma-separated models to calibrate among (default: every model of each source)."
@@ -166,6 +165,11 @@ def calibrate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from ..training.common import source_data
+
+    outcomes = outcomes or [source_data(
+        "router calibrate without --outcomes", fix="pass --outcomes FILE (an outcomes file such as `router data "
+        "from-ledger` writes, or RouteLLM CSVs), or run it in a checkout of the repository") / "routellm_mmlu"]
     folder = policies_dir or RouterConfig.load().policies_dir
     files = [Path(p) if p.endswith(YAML_SUFFIXES) else named_yaml_file(folder, p) or folder / f"{p}.yaml"
              for p in (policies or [])]

@@ -107,9 +107,11 @@ def measure_local_cmd(
     from rich.table import Table
 
     from ..training import local_outcomes as lo
+    from ..training.common import source_data
 
     if task not in ("sentiment", "math", "chat"):
         raise typer.BadParameter("task must be sentiment, math or chat", param_hint="TASK")
+    source_data("router data measure-local")
     total = n or _MEASURE_SIZES.get(task) or len(lo.read_jsonl(lo.DATA_DIR / "chat_checked" / "questions.jsonl"))
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:

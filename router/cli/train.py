@@ -59,8 +59,10 @@ def specialist(
         raise typer.BadParameter(f"unknown specialist {task!r}; known: sentiment")
     if model not in ("minilm", "linear"):
         raise typer.BadParameter(f"unknown model {model!r}; known: minilm, linear")
-    from ..training.common import MODELS_DIR
+    from ..training.common import MODELS_DIR, source_data
     from ..training.sentiment import train_sentiment
+
+    source_data("router train specialist")
 
     if model == "minilm":
         from ..training.sentiment_finetune import BATCH_SIZE, EPOCHS, LEARNING_RATES, TorchMissingError, require_torch
@@ -166,7 +168,9 @@ def classifier(
     JSON (fixed seeds: the shipped files are what this writes)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..training.classifier import train_classifier
-    from ..training.common import MODELS_DIR
+    from ..training.common import MODELS_DIR, source_data
+
+    source_data("router train classifier")
 
     with _progress() as progress:
         step = progress.add_task("request classifier", total=None)

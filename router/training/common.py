@@ -15,12 +15,26 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
+
 SEED = 20240605
 """One seed for every split and model, so a rerun from a clean clone reproduces the shipped metrics."""
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = PROJECT_ROOT / "data"
 MODELS_DIR = PROJECT_ROOT / "models"
+
+CHECKOUT_FIX = "run it in a checkout of the repository, installed with `pip install -e .`"
+
+
+def source_data(command: str, fix: str = CHECKOUT_FIX) -> Path:
+    """The source repository's data/, which training and measuring read; an installed package (a wheel) ships the
+    trained models but not their training data, so there the command is refused up front with ``fix`` instead of
+    failing on the first file it opens."""
+    if not DATA_DIR.is_dir():
+        raise ConfigError(f"{command} reads the source repository's data/ folder, which an installed package does "
+                          f"not ship (there is no {DATA_DIR}); fix: {fix}")
+    return DATA_DIR
 
 
 def seed_everything(seed: int = SEED) -> np.random.Generator:
