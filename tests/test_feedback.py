@@ -215,6 +215,22 @@ def test_router_ledger_prompts_delete(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "deleted 1 stored prompts (all)" in out.output
 
 
+def test_prompts_delete_with_an_empty_before_deletes_nothing(tmp_path: Path) -> None:
+    """``--before "$CUTOFF"`` with the variable unset is no cut-off: it deleted every stored prompt and said they
+    were 'stored before 1970-01-01 00:00 UTC'; it is a usage error and every prompt stays."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    led = SQLiteLedger(tmp_path / "ledger.sqlite3")
+    for i, age in enumerate((40, 1)):
+        led.store_prompt(StoredPrompt(f"r{i}", "p", "[]", ts=time.time() - age * DAY))
+    led.close()
+    out = CliRunner().invoke(app, ["ledger", "prompts", "delete", "--before", "", "--ledger", url],
+                             env={"COLUMNS": "200"})
+    assert out.exit_code == 2 and "--before" in out.output and "--all" in out.output, out.output
+    led = SQLiteLedger(tmp_path / "ledger.sqlite3")
+    assert led.prompt_summary()[0] == 2
+    led.close()
+
+
 def test_background_writer_sees_a_record_just_handed_over_and_delegates(tmp_path: Path) -> None:
     writer = BackgroundLedger(SQLiteLedger(tmp_path / "l.sqlite3"), interval_s=0.5, journal=False)
     try:

@@ -47,16 +47,20 @@ def delete(
     stay (they hold no prompt text)."""
     if sum([before is not None, request is not None, all_]) != 1:
         fail("give exactly one of --before DATE, --all or --request ID")
+    # parse_when reads "" as no time at all, and no cut-off would delete every prompt (an unset $CUTOFF)
+    cut = None if before is None else parse_when(before)
+    if before is not None and cut is None:
+        raise typer.BadParameter("give a date (2024-05-01, UTC), an age (30d) or epoch seconds; --all deletes "
+                                 "every stored prompt", param_hint="'--before'")
     ledger, config = _opts(ctx, ledger, config)
     led = open_configured(_config(config, ledger))
     try:
         if request is not None:
             n = led.delete_prompts(request_id=request)
             what = f"of request {request}"
-        elif before is not None:
-            cut = parse_when(before)
+        elif cut is not None:
             n = led.delete_prompts(before=cut)
-            what = "stored before " + utc_minute(cut or 0)
+            what = "stored before " + utc_minute(cut)
         else:
             n = led.delete_prompts()
             what = "(all)"
