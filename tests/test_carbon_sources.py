@@ -92,6 +92,8 @@ def test_plan_picks_the_cleanest_hours_and_the_deadline_wins() -> None:
     fc = [(h * 3600.0, g) for h, g in enumerate([300, 280, 120, 110, 400, 90])]
     p = plan(fc, now=now, deadline=6 * 3600, lines_left=10, lines_per_hour=100)
     assert not p.run_now and p.hours == [5 * 3600.0]
+    # what `router batch show` and the batch's carbon.plan print: a time, as every other one the CLI names
+    assert p.reason == "waiting for cleaner hours (90 g/kWh forecast from 1970-01-01 05:00 UTC)", p.reason
     p = plan(fc, now=now, deadline=6 * 3600, lines_left=150, lines_per_hour=100)
     assert p.hours == [2 * 3600.0, 3 * 3600.0, 5 * 3600.0] and not p.run_now
     late = plan(fc, now=now, deadline=6 * 3600, lines_left=290, lines_per_hour=100)

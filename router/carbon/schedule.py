@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._dates import utc_minute
 from .sources import HOUR_S, hour_of
 
 SAFETY = 2.0
@@ -59,7 +60,7 @@ def plan(forecast: list[tuple[float, float]], *, now: float, deadline: float, li
     elif run_now:
         reason = f"this hour is among the cleanest in the window ({cleanest:.0f} g/kWh forecast)"
     else:
-        reason = f"waiting for cleaner hours ({cleanest:.0f} g/kWh forecast from hour {starts[0]:.0f})"
+        reason = f"waiting for cleaner hours ({cleanest:.0f} g/kWh forecast from {utc_minute(starts[0])})"
     return Plan(run_now, starts, reason, expected)
 
 
