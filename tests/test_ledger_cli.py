@@ -175,6 +175,8 @@ def test_parse_when() -> None:
     assert parse_when("90m", now=10_000.0) == 10_000.0 - 5400
     assert parse_when("2024-05-01") == 1714521600.0
     assert parse_when("1714521600") == 1714521600.0
+    assert parse_when("20240501") == parse_when(" 20240501 ") == 1714521600.0, "a compact date, not 1970's seconds"
+    assert parse_when("20241301") == 20241301.0  # not a date: seconds, as any other number
     assert parse_when(None) is None
 
 

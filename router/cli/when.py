@@ -16,22 +16,27 @@ UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 _LAST_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+_COMPACT_DATE = re.compile(r"^\s*[12]\d{3}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])\s*$")
 
 
 def parse_when(text: str | None, now: float | None = None) -> float | None:
-    """``7d`` (relative), ``2024-05-01`` / ``2024-05-01T12:00`` (UTC unless it says otherwise) or epoch seconds,
-    between 1970 and the year 9999 (a cut-off before 1970 is the start of time)."""
+    """``7d`` (relative), ``2024-05-01`` / ``20240501`` / ``2024-05-01T12:00`` (UTC unless it says otherwise) or
+    epoch seconds, between 1970 and the year 9999 (a cut-off before 1970 is the start of time)."""
     if text is None or text == "":
         return None
     now = time.time() if now is None else now
     m = RELATIVE.match(text)
     if m:
         return max(0.0, now - float(m.group(1)) * UNIT_S[m.group(2)])
+    # eight digits are a compact date (20240501), which ISO 8601 allows, not seconds into 1970
+    compact_date = _COMPACT_DATE.match(text) is not None
     try:
+        if compact_date:
+            raise ValueError(text)
         ts = float(text)
     except ValueError:
         try:
-            dt = datetime.fromisoformat(text)
+            dt = datetime.fromisoformat(text.strip())
         except ValueError as exc:
             raise typer.BadParameter(f"{text!r}: {SINCE_HELP}") from exc
         ts = (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)).timestamp()
