@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from typing import Any
 
@@ -235,8 +236,8 @@ class Attempts:
         if d.on_budget_exhausted == "fallback":
             return None
         retry = ref.window_s - time.time() % ref.window_s
-        raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {retry:.0f} s or raise the budget in policy "
-                                   f"`{d.policy}`", retry_after_s=retry, model=card.name,
+        raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {math.ceil(retry)} s or raise the budget in "
+                                   f"policy `{d.policy}`", retry_after_s=retry, model=card.name,
                                    request_id=self.prepared.request_id)
 
     def _unreadable_escalation(self, card: ModelCard, budget: str) -> None:

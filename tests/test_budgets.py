@@ -528,3 +528,14 @@ def test_refusals_are_counted_apart_not_as_requests_and_cannot_be_scored(tmp_pat
     assert code == 0 and "rejected" in out and "…" not in out, out  # the default view fits 100 columns
     (line,) = [x for x in out.splitlines() if "spec-a" in x]
     assert [cell.strip() for cell in line.split("│")[1:5]] == ["spec-a", "1", "0", "2"], out
+
+
+def test_a_refusal_near_the_windows_end_says_the_same_wait_as_its_retry_after(local):
+    """With 0.4 s left the message said "retry in 0 s" while Retry-After (rounded up) said 1."""
+    budgets = [{"model": "gemma3-270m", "joules": 100, "per": "minute"}]
+    full = BudgetState({"model:gemma3-270m:60s": 95.0}, now=1019.6)  # 0.4 s before the minute rolls
+    policy = Policy.model_validate({"name": "t", "accuracy": {"min_accuracy": 0.8}, "budgets": budgets,
+                                    "on_budget_exhausted": "reject"})
+    with pytest.raises(BudgetExhaustedError) as err:
+        decide_pure(chat(), local, full, policy, None)
+    assert err.value.retry_after_s == pytest.approx(0.4) and "retry in 1 s" in str(err.value), str(err.value)

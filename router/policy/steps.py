@@ -385,7 +385,7 @@ def budgets(policy: Policy, plan: Plan, ranked: list[ModelCard], energy: Mapping
                 raise BudgetExhaustedError(
                     f"budget_exhausted: {what}; policy `{policy.name}` says {mode}"
                     + ("" if mode == "reject" else " but no other model has room")
-                    + (f"; retry in {retry:.0f} s or raise the budget" if retry is not None
+                    + (f"; retry in {math.ceil(retry)} s or raise the budget" if retry is not None
                        else f"; lower {max_tokens_param} or raise the budget" if too_small and shorter_fits(first, b)
                        else "; raise the budget"),
                     retry_after_s=retry, model=first.name, budgets=tuple(r.key for r in refs[first.name]),
