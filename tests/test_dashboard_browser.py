@@ -210,3 +210,33 @@ def test_an_empty_ledger_and_the_note_on_stored_prompts(browser: Any, tmp_path: 
         assert seen["note"].startswith("Prompts are stored in the ledger") and "never shows them" in seen["note"]
         logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not logs, logs
+
+
+def test_times_are_shown_in_utc_in_a_browser_elsewhere(browser: Any, tmp_path: Path) -> None:
+    """The page labelled its UTC buckets and the decisions' times with the browser's clock: in India every hourly
+    label ended in :30 and a day's bar in Los Angeles read 17:00 the day before, unlike `router ledger`."""
+    import datetime
+
+    models = models_dir(tmp_path / "models", {})
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ts = time.time() - 600
+    ledger = open_ledger(ledger_url)
+    try:
+        ledger.record(LedgerRecord("utc-check", "sentiment-onnx", "specialist", 0.5, "estimated:cpu-time", ts=ts))
+    finally:
+        ledger.close()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
+                      "proxy: {warm_up: false}\n")
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
+    with router_serve(config, tmp_path) as url:
+        browser.get(f"{url}/dashboard")
+        shown = _until("the decision", lambda: browser.execute_script("""
+            const row = document.querySelector("#recent tbody tr");
+            const labels = [...document.querySelectorAll("#chart-energy text")].map((t) => t.textContent);
+            return row && {time: row.cells[0].textContent, head: document.querySelector("#recent th").textContent,
+                           labels: labels, local: new Date(0).getTimezoneOffset()};"""))
+    assert shown["local"] == -330, "the browser runs in India's time zone"
+    assert shown["time"] == datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S"), shown
+    assert shown["head"] == "time (UTC)"
+    assert shown["labels"] and not any(label.endswith(":30") for label in shown["labels"]), shown["labels"]

@@ -47,10 +47,12 @@
     return `${(s / 86400).toFixed(1)} d`;
   }
   const pad = (n) => String(n).padStart(2, "0");
-  function fmtTime(ts, withDate) {
+  // UTC, as the buckets are and as `router ledger` prints: a local clock would put a day's bar at 17:00 the day
+  // before in Los Angeles, and hourly labels at :30 in India
+  function fmtTime(ts, withDate, withSeconds) {
     const d = new Date(ts * 1000);
-    const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
-    return withDate ? `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hm}` : hm;
+    const hm = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}` + (withSeconds ? `:${pad(d.getUTCSeconds())}` : "");
+    return withDate ? `${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${hm}` : hm;
   }
   function colorOf(group) {
     if (!colors.has(group)) colors.set(group, PALETTE[colors.size % PALETTE.length]);
@@ -252,7 +254,7 @@
       tr.dataset.requestId = d.request_id;
       tr.dataset.model = d.model;
       const reason = d.error ? `${d.reason ? `${d.reason} · ` : ""}${d.error}` : d.reason;
-      tr.append(cell(fmtTime(d.ts, false) + `:${pad(new Date(d.ts * 1000).getSeconds())}`),
+      tr.append(cell(fmtTime(d.ts, false, true)),
         cell(d.request_id, "id text"), cell(d.model, "text"), cell(d.tier, "text"),
         cell(d.outcome, `text outcome-${d.outcome}`), cell(reason || "", "reason"), cell(fmtJ(d.energy_j)),
         cell(fmtMs(d.latency_ms || 0)));
