@@ -59,6 +59,37 @@ def embedded_dir(name: str) -> Path:
     return _PACKAGE.parent / name
 
 
+def installed_package() -> bool:
+    """Whether this is an installed package (a wheel), whose shipped models, policies and data are in its own
+    ``_embedded`` folder, rather than a source checkout, whose are the repository's."""
+    return (_PACKAGE / "_embedded").is_dir()
+
+
+def inside_installed_package(path: Path) -> bool:
+    """Whether ``path`` is in the installed package's ``_embedded`` folder: files an upgrade replaces and whose
+    hashes pip recorded, so a command must not write its results there. Never in a source checkout, where the
+    shipped models/ and policies/ are the repository's and calibrate and energy profile are meant to update them.
+    Compared as written and with links resolved, so a linked install is caught too."""
+    shipped = _PACKAGE / "_embedded"
+    if not shipped.is_dir():
+        return False
+    return Path(os.path.abspath(path)).is_relative_to(shipped) or Path(path).resolve().is_relative_to(shipped)
+
+
+def refuse_writing_installed_package(target: Path, command: str, setting: Literal["models_dir", "policies_dir"],
+                                     option: str) -> None:
+    """A ConfigError naming the fix when ``command`` would write ``target`` inside the installed package."""
+    if inside_installed_package(target):
+        shipped = embedded_dir(setting.removesuffix("_dir"))
+        what = "model cards" if setting == "models_dir" else "policies"
+        raise ConfigError(
+            f"{command} would write into {target}, the installed package's shipped copy of the {what}, which an "
+            f"upgrade or reinstall replaces (and pip's record of the package would no longer match); fix: copy "
+            f"the shipped files to a folder of your own (cp -r {shipped} DIR) and pass {option} DIR (or set "
+            f"{setting} in your config, or ROUTER_{setting.upper()}), or use --dry-run to see the result without "
+            "writing it")
+
+
 def shipped_series(name: str) -> Path | None:
     """A series shipped in ``data/grid_carbon/`` by file name (``CA_2022_hourly.csv``) or stem."""
     folder = embedded_dir("data") / "grid_carbon"

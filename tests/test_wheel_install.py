@@ -22,14 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site-packages folder holding the package as the wheel installs it: the sources copied (so the package's
-    own path is not the checkout's), each force-included path linked at its place under the package."""
+    own path is not the checkout's), each force-included path copied to its place under the package (copied, not
+    linked, so that a command writing into the installed package changes this copy, never the checkout)."""
     site = tmp_path_factory.mktemp("site-packages")
     shutil.copytree(ROOT / "router", site / "router", ignore=shutil.ignore_patterns("__pycache__"))
     wheel = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["hatch"]["build"]["targets"][
         "wheel"]
     for source, target in wheel["force-include"].items():
         (site / target).parent.mkdir(parents=True, exist_ok=True)
-        (site / target).symlink_to(ROOT / source)
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, site / target)
+        else:
+            shutil.copy2(ROOT / source, site / target)
     return site
 
 
@@ -72,3 +76,77 @@ def test_a_command_that_needs_the_checkouts_data_says_so(site: Path, tmp_path: P
     assert "reads the source repository's data/ folder, which an installed package does not ship" in out.stderr
     assert "fix:" in out.stderr
     assert not (tmp_path / "spec").exists() and not (tmp_path / "cls").exists()
+
+
+def files_of(folder: Path) -> dict[Path, tuple[int, bytes]]:
+    """Every file under ``folder`` with its modification time and bytes, to tell that nothing was written."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+SHIPPED_COPY = "the installed package's shipped copy of the {}, which an upgrade or reinstall replaces"
+
+
+@pytest.mark.slow
+def test_calibrate_does_not_rewrite_the_installed_packages_policies(site: Path, tmp_path: Path) -> None:
+    # the config's policies_dir is the shipped one: the fit must go to a copy the user owns, not site-packages
+    shipped = site / "router" / "_embedded" / "policies"
+    before = files_of(site / "router" / "_embedded")
+    outcomes = tmp_path / "mmlu"
+    outcomes.mkdir()
+    for subject in ("anatomy", "astronomy", "marketing", "virology", "sociology", "philosophy"):
+        shutil.copy(ROOT / "data" / "routellm_mmlu" / f"mmlu_{subject}.csv", outcomes)
+    out = run_installed(site, tmp_path, "calibrate", "balanced", "--outcomes", str(outcomes))
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert message.startswith(f"error: router calibrate would write into {shipped / 'balanced.yaml'}, "
+                              f"{SHIPPED_COPY.format('policies')}")
+    assert f"cp -r {shipped} DIR) and pass --policies-dir DIR" in message and "--dry-run" in message
+    assert "Traceback" not in out.stderr
+    assert files_of(site / "router" / "_embedded") == before
+
+    mine = tmp_path / "policies"
+    shutil.copytree(shipped, mine)
+    out = run_installed(site, tmp_path, "calibrate", "balanced", "--outcomes", str(outcomes), "--policies-dir",
+                        str(mine))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"wrote the calibrated block into {mine / 'balanced.yaml'}" in " ".join(out.stdout.split())
+    assert (mine / "balanced.yaml").read_bytes() != (shipped / "balanced.yaml").read_bytes()
+    assert files_of(site / "router" / "_embedded") == before
+
+
+@pytest.mark.slow
+def test_energy_profile_does_not_rewrite_the_installed_packages_card(site: Path, tmp_path: Path) -> None:
+    shipped = site / "router" / "_embedded" / "models"
+    before = files_of(site / "router" / "_embedded")
+    args = ("energy", "profile", "sentiment-onnx", "--prompts", "3")
+    out = run_installed(site, tmp_path, *args)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert message.startswith(f"error: router energy profile would write into {shipped / 'sentiment-onnx.yaml'}, "
+                              f"{SHIPPED_COPY.format('model cards')}")
+    assert f"cp -r {shipped} DIR) and pass --models-dir DIR" in message and "--dry-run" in message
+    assert "Profiling" not in out.stdout  # refused before the model ran
+    assert files_of(site / "router" / "_embedded") == before
+
+    out = run_installed(site, tmp_path, *args, "--dry-run")
+    assert out.returncode == 0 and "dry run: card not changed" in out.stdout, out.stderr[-2000:]
+
+    mine = tmp_path / "models"
+    shutil.copytree(shipped, mine)
+    out = run_installed(site, tmp_path, *args, "--models-dir", str(mine))
+    assert out.returncode == 0, out.stderr[-2000:]
+    # rich wraps the path at the terminal width, inside the name too
+    assert f"wrotetheprofileinto{mine / 'sentiment-onnx.yaml'}" in "".join(out.stdout.split())
+    assert (mine / "sentiment-onnx.yaml").read_bytes() != (shipped / "sentiment-onnx.yaml").read_bytes()
+    assert files_of(site / "router" / "_embedded") == before
+
+
+def test_train_embeddings_needs_out_beside_an_installed_package(site: Path, tmp_path: Path) -> None:
+    # its default is the checkout's models/embeddings: beside an installed package, a stray site-packages/models
+    out = run_installed(site, tmp_path, "train", "embeddings")
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert message.startswith("error: router train embeddings without --out writes into the source repository's "
+                              "models/embeddings, which an installed package does not have")
+    assert "fix: pass --out DIR" in message
+    assert not (site / "models").exists()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import typer
 
-from ..config import RouterConfig
+from ..config import RouterConfig, refuse_writing_installed_package
 from ..errors import ConfigError
 from ..policy.calibration import (
     CalibrationData,
@@ -184,6 +184,9 @@ def calibrate(
         if not f.is_file():
             known = ", ".join(sorted({p.stem for p in yaml_files(folder)})) or "(none)"
             raise typer.BadParameter(f"{f}: no such policy file (.yaml or .yml); policies in {folder}: {known}")
+    if not dry_run:  # before the fitting, which takes a while
+        for f in files:
+            refuse_writing_installed_package(f, "router calibrate", "policies_dir", "--policies-dir")
     wanted = [m.strip() for m in models.split(",")] if models else None
     results: dict[str, Any] = {}
     infeasible: list[str] = []

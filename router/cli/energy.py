@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..config import RouterConfig
+from ..config import RouterConfig, refuse_writing_installed_package
 from ..energy.carbon import GRID_SOURCE, equivalents, format_joules
 
 energy_app = typer.Typer(
@@ -107,6 +107,9 @@ def profile(
         )
         raise typer.Exit(2)
     card = cards[model]
+    if write:  # before the measuring, which runs the model for a while
+        assert card.path is not None
+        refuse_writing_installed_package(card.path, "router energy profile", "models_dir", "--models-dir")
     backend = create_backend(card)
     if not backend.local:
         errors.print(

