@@ -11,8 +11,6 @@ Local: llama.cpp stops between tokens when ``cancel`` is set or the deadline pas
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servers.procs import ROOT, free_port, stop, wait_ready
+from servers.procs import drip_upstream
 
 from router.backends import Backend, GenerationRequest, StreamEvent
 from router.backends.openai_http import OpenAIHTTPBackend
@@ -37,16 +35,8 @@ PATHS = ("sync-stream", "sync-generate", "async-stream", "async-generate")
 
 @pytest.fixture(scope="module")
 def drip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("drip") / "drip.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "servers" / "drip_upstream.py"), "--port",
-                                 str(port), "--interval", str(DRIP_INTERVAL)], stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with drip_upstream(tmp_path_factory.mktemp("drip"), DRIP_INTERVAL) as url:
+        yield url
 
 
 def _backend(tmp_path: Path, base_url: str, model: str, *, timeout_s: float = 30, max_retries: int = 2) -> Backend:
