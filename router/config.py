@@ -77,17 +77,21 @@ def inside_installed_package(path: Path) -> bool:
 
 
 def refuse_writing_installed_package(target: Path, command: str, setting: Literal["models_dir", "policies_dir"],
-                                     option: str) -> None:
-    """A ConfigError naming the fix when ``command`` would write ``target`` inside the installed package."""
+                                     option: str | None, preview: str = "--dry-run") -> None:
+    """A ConfigError naming the fix when ``command`` would write ``target`` inside the installed package.
+    ``option`` is the command's own option for the folder; without one, the folder comes from ``--config``.
+    ``preview`` is the command's option that runs it without writing."""
     if inside_installed_package(target):
         shipped = embedded_dir(setting.removesuffix("_dir"))
         what = "model cards" if setting == "models_dir" else "policies"
+        variable = f"ROUTER_{setting.upper()}"
+        point_there = (f"pass {option} DIR (or set {setting} in your config, or {variable})" if option else
+                       f"pass --config FILE whose {setting} is DIR (or set {variable}=DIR)")
         raise ConfigError(
             f"{command} would write into {target}, the installed package's shipped copy of the {what}, which an "
             f"upgrade or reinstall replaces (and pip's record of the package would no longer match); fix: copy "
-            f"the shipped files to a folder of your own (cp -r {shipped} DIR) and pass {option} DIR (or set "
-            f"{setting} in your config, or ROUTER_{setting.upper()}), or use --dry-run to see the result without "
-            "writing it")
+            f"the shipped files to a folder of your own (cp -r {shipped} DIR) and {point_there}, or use {preview} "
+            "to see the result without writing it")
 
 
 def shipped_series(name: str) -> Path | None:

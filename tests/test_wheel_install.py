@@ -7,6 +7,7 @@ so laying out its entries is the same tree without the network."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -150,3 +151,64 @@ def test_train_embeddings_needs_out_beside_an_installed_package(site: Path, tmp_
                               "models/embeddings, which an installed package does not have")
     assert "fix: pass --out DIR" in message
     assert not (site / "models").exists()
+
+
+@pytest.mark.slow
+def test_data_measure_does_not_save_into_the_installed_packages_classifier(site: Path, tmp_path: Path) -> None:
+    # without a config, the models folder is the shipped one: the measured row must go to a copy the user owns
+    shipped = site / "router" / "_embedded" / "models"
+    before = files_of(site / "router" / "_embedded")
+    args = ("data", "measure", "sentiment-onnx", "--task", "sentiment", "--anchors", "2")
+    out = run_installed(site, tmp_path, *args)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert message.startswith(f"error: router data measure would write into "
+                              f"{shipped / 'classifier' / 'added_models.json'}, {SHIPPED_COPY.format('model cards')}")
+    assert f"cp -r {shipped} DIR) and pass --config FILE whose models_dir is DIR" in message
+    assert "--no-save" in message and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "anchors (scored by" not in out.stdout  # refused before the anchors ran
+    assert files_of(site / "router" / "_embedded") == before
+
+    mine = tmp_path / "models"
+    shutil.copytree(shipped, mine)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {mine}\n", encoding="utf-8")
+    out = run_installed(site, tmp_path, *args, "--config", str(config))
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = mine / "classifier" / "added_models.json"
+    assert f"saved to {saved}" in " ".join(out.stdout.split())
+    assert "sentiment-onnx" in json.loads(saved.read_text(encoding="utf-8"))
+    assert files_of(site / "router" / "_embedded") == before
+
+
+@pytest.mark.slow
+def test_train_feedback_does_not_save_into_the_installed_packages_classifier(site: Path, tmp_path: Path) -> None:
+    shipped = site / "router" / "_embedded" / "models"
+    before = files_of(site / "router" / "_embedded")
+    # six chat requests: people liked the first local model's answers and disliked the second's
+    good, bad = "smollm2-135m", "gemma3-270m"
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}.", "task": "chat",
+                                          "outcomes": {good: {"correct": 1.0}, bad: {"correct": 0.0}}}) + "\n"
+                              for i in range(6)), encoding="utf-8")
+    args = ("train", "feedback", str(scored), "--min-requests", "3")
+    out = run_installed(site, tmp_path, *args)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert message.startswith(f"error: router train feedback would write into "
+                              f"{shipped / 'classifier' / 'added_models.json'}, {SHIPPED_COPY.format('model cards')}")
+    assert f"cp -r {shipped} DIR) and pass --models DIR" in message
+    assert "--no-save" in message and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "refitted from" not in out.stdout
+    assert files_of(site / "router" / "_embedded") == before
+
+    mine = tmp_path / "models"
+    shutil.copytree(shipped, mine)
+    out = run_installed(site, tmp_path, *args, "--models", str(mine))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    saved = mine / "classifier" / "added_models.json"
+    assert "savedto" + "".join(str(saved).split()) in "".join(out.stdout.split())  # rich wraps the path
+    assert {good, bad} <= set(json.loads(saved.read_text(encoding="utf-8")))
+    assert files_of(site / "router" / "_embedded") == before

@@ -228,7 +228,7 @@ def measure_cmd(
     from .._router import Router
     from ..classify.onnx_classifier import OnnxRequestClassifier
     from ..classify.quality import ADDED_FILE
-    from ..config import RouterConfig
+    from ..config import RouterConfig, refuse_writing_installed_package
     from ..errors import ConfigError, RouterError
     from ..training.measure import measure_model
     from .paths import own_classifier_folder
@@ -239,8 +239,10 @@ def measure_cmd(
         if task == "chat" and judge is None:
             raise ConfigError("chat anchors are scored by a judge model: pass --judge MODEL (or set judge.model in "
                               "the config)")
-        if save:
-            own_classifier_folder(cfg.models_dir, "add the measured model to")
+        if save:  # before the anchors are run, which takes a while
+            folder = own_classifier_folder(cfg.models_dir, "add the measured model to")
+            refuse_writing_installed_package(folder / ADDED_FILE, "router data measure", "models_dir", None,
+                                             "--no-save")
         with Router(cfg) as router:
             if not isinstance(router.classifier, OnnxRequestClassifier):
                 raise typer.BadParameter(f"{cfg.models_dir}/classifier holds no trained classifier to add a model to")

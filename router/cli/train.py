@@ -247,13 +247,17 @@ def feedback(
     router/training/feedback_fit.py for why.)"""
     from ..cards import load_catalogue
     from ..classify.onnx_classifier import OnnxRequestClassifier
-    from ..config import RouterConfig
+    from ..classify.quality import ADDED_FILE
+    from ..config import RouterConfig, refuse_writing_installed_package
     from ..training.feedback_fit import fit_feedback
     from .paths import own_classifier_folder
 
     models_dir = models or RouterConfig.load().models_dir
     cards = load_catalogue(models_dir)
     folder = own_classifier_folder(models_dir, "refit")
+    if save:
+        refuse_writing_installed_package(folder / ADDED_FILE, "router train feedback", "models_dir", "--models",
+                                         "--no-save")
     classifier = OnnxRequestClassifier(folder, cards)
     try:
         with _progress() as progress:
