@@ -85,7 +85,7 @@ def refuse_writing_installed_package(target: Path, command: str, setting: Litera
         shipped = embedded_dir(setting.removesuffix("_dir"))
         what = "model cards" if setting == "models_dir" else "policies"
         variable = f"ROUTER_{setting.upper()}"
-        point_there = (f"pass {option} DIR (or set {setting} in your config, or {variable})" if option else
+        point_there = (f"pass {option} DIR (or set {variable}=DIR)" if option else
                        f"pass --config FILE whose {setting} is DIR (or set {variable}=DIR)")
         raise ConfigError(
             f"{command} would write into {target}, the installed package's shipped copy of the {what}, which an "
