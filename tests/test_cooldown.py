@@ -266,3 +266,38 @@ def test_when_every_model_fails_the_error_names_what_each_one_said(tmp_path) -> 
                 assert error.message == ("remote-broken: the model's endpoint answered HTTP 503 (tried before: "
                                          "remote-keyless: the model's endpoint answered HTTP 401)")
                 assert str(error) == error.message == error.to_openai()["error"]["message"]  # type: ignore[index]
+
+
+def test_the_log_says_once_when_a_model_starts_cooling_down_and_once_when_it_is_back(  # type: ignore[no-untyped-def]
+    specialist_backend, caplog
+) -> None:
+    """The breaker opened and closed without a word: at the default level an operator saw a model's failures stop
+    (its requests went to other models, or got a 503 'cooling down') and start again with nothing in the log
+    saying why. Opening says so once (a warning naming the model, the seconds and the failures), a failed trial
+    only at info, and the trial that succeeds says the model is back."""
+    import logging
+
+    flaky = FaultInjectingBackend(specialist_backend, failures_before_success=3)  # TEST DOUBLE: fails 3 times
+    clock = _Clock()
+    breaker = CooldownBackend(flaky, failures=2, cooldown_s=30, clock=clock)
+    caplog.set_level(logging.INFO, logger="router")
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            breaker.generate(REQUEST)
+    for _ in range(5):  # the calls it refuses while open say nothing more
+        with pytest.raises(BackendUnavailableError):
+            breaker.generate(REQUEST)
+    opened = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "router.backends.cooldown"]
+    assert opened == [(logging.WARNING, f"{flaky.card.name}: cooling down for 30 s after 2 consecutive failures: "
+                       "requests go to other models meanwhile, then one trial call is let through")]
+    caplog.clear()
+    clock.now = 30.0
+    with pytest.raises(BackendError):  # the trial fails: it cools down again
+        breaker.generate(REQUEST)
+    clock.now = 60.0
+    breaker.generate(REQUEST)  # the next trial answers
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "router.backends.cooldown"]
+    assert lines == [
+        (logging.INFO, f"{flaky.card.name}: still failing (3 consecutive failures): cooling down for another 30 s"),
+        (logging.WARNING, f"{flaky.card.name}: answered after cooling down (3 consecutive failures): back in use"),
+    ]

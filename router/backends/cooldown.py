@@ -12,10 +12,13 @@ model), so during an outage requests go straight to the next model and leave no 
 It is still called when no other model can answer (none allowed, or all failed): that short-circuited call is an
 attempt the Router writes to the ledger (outcome ``error``, the message says "cooling down"). ``opened_total`` /
 ``state`` feed the proxy's metrics.
+The log says when the breaker opens and when a trial call closes it again, once each per outage (a trial that
+fails, reopening it, only at info: the failed call has its own line).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +34,8 @@ from ..errors import (
 from ..options import NO_OPTIONS, ModelOptions
 from ..types import ChatMessage
 from .base import Backend, Generation, GenerationRequest, StreamEvent
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FAILURES = 3
 DEFAULT_COOLDOWN_S = 30.0
@@ -95,19 +100,30 @@ class CooldownBackend(Backend):
         if self.consecutive_failures == 0:  # nothing to reset (most calls): a trial call runs only after failures
             return
         with self._lock:
+            failed = self.consecutive_failures
             self.consecutive_failures = 0
             self._trial_running = False
+        if failed >= self.failures:
+            log.warning("%s: answered after cooling down (%d consecutive failures): back in use", self.card.name,
+                        failed)
 
     def _failed(self) -> bool:
         """Count a failure; True when it opened the breaker (no call gets through for ``cooldown_s``)."""
         with self._lock:
             self.consecutive_failures += 1
             self._trial_running = False
-            if self.consecutive_failures >= self.failures:
-                self._open_until = self._clock() + self.cooldown_s
-                self.opened_total += 1
-                return True
-            return False
+            failed = self.consecutive_failures
+            if failed < self.failures:
+                return False
+            self._open_until = self._clock() + self.cooldown_s
+            self.opened_total += 1
+        if failed == self.failures:  # it was closed: an outage begins
+            log.warning("%s: cooling down for %.0f s after %d consecutive failures: requests go to other models "
+                        "meanwhile, then one trial call is let through", self.card.name, self.cooldown_s, failed)
+        else:  # its trial call failed too
+            log.info("%s: still failing (%d consecutive failures): cooling down for another %.0f s", self.card.name,
+                     failed, self.cooldown_s)
+        return True
 
     def _released(self) -> None:
         """The trial call ended without a verdict (the caller stopped reading): let the next call be the trial."""
