@@ -208,11 +208,14 @@ class Attempts:
             try:
                 reservation = ledger.try_reserve(ref.key, min(amount, ref.limit_j), ref.limit_j, ref.window_s)
             except LedgerError as exc:
+                if exc.retryable:
+                    self.router.reservation_outage(exc)
                 if self.escalated is None or not exc.retryable:
                     raise
                 self.books.settle(held, 0.0)
                 self._unreadable_escalation(card, ref.key)
                 return None
+            self.router.reservation_outage(None)  # the store answered: a reservation, or no room
             if reservation is None:
                 break
             held.append(reservation)

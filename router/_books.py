@@ -12,6 +12,7 @@ from .backends import Backend, Generation
 from .cards import ModelCard
 from .energy import EnergyReading, Meter, estimate_from_profile
 from .energy.estimates import EnergyEstimates
+from .errors import LedgerError
 from .ledger import Ledger, LedgerRecord, Reservation
 from .policy.schema import CARBON_PREFIX
 
@@ -44,6 +45,10 @@ class Models(Protocol):
     def write_record(self, rec: LedgerRecord) -> None: ...
 
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
+
+    def reservation_outage(self, exc: LedgerError | None) -> None:
+        """A reservation failed for an outage of the store (``exc``) or the store answered one (None)."""
+        ...
 
 
 class Books:

@@ -122,6 +122,11 @@ class Router:
         self._budget_outage = _OutageLog(
             "until budgets can be read, models under a budget are not tried where another model can answer, and "
             "requests that need one are refused (503)", "budgets can be read again")
+        self._reserve_outage = _OutageLog(
+            "until a reservation can be made again, requests whose model must be reserved against a budget are "
+            "refused (503)", "budgets can be reserved against again")
+        """Apart from ``_budget_outage``: a store that serves reads but refuses writes (a SQLite file another
+        process holds locked) would otherwise say it is down and back on every request."""
         self._owner_outage = _OutageLog(
             "until it is back, a request that chooses its id is answered under one the router makes (the id's owner "
             "cannot be checked)", "request ids the callers choose are checked and kept again")
@@ -394,6 +399,14 @@ class Router:
         self.estimates.observe(rec)
         if self.record_observer is not None:
             self.record_observer(rec)
+
+    def reservation_outage(self, exc: LedgerError | None) -> None:
+        """A budget reservation failed with ``exc``, a retryable error (the store is unavailable), or the store
+        answered one (None): the log says once when reservations start failing and once when they work again,
+        and ``exc`` is marked :attr:`~router.errors.LedgerError.outage_logged`."""
+        if exc is not None:
+            exc.outage_logged = True
+        self._reserve_outage.update(exc, self.ledger.url)
 
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]:
         """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` now (what its ledger record carries)."""
@@ -699,7 +712,8 @@ __all__ = ["Router"]
 
 
 class _OutageLog:
-    """A warning when a ledger read the Router can do without starts failing for an outage of the store
+    """A warning when a ledger read the Router can do without, or a budget reservation, starts failing for an
+    outage of the store
     (``down``: what happens meanwhile), and one when it works again (``back``): once each per outage, however
     many requests meet it."""
 
@@ -709,7 +723,7 @@ class _OutageLog:
         self._lock = threading.Lock()
 
     def update(self, exc: LedgerError | None, url: str) -> None:
-        """The read failed with ``exc``, or worked (None)."""
+        """The read or reservation failed with ``exc``, or worked (None)."""
         if self.failing == (exc is not None):  # the usual case, without the lock
             return
         with self._lock:

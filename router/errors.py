@@ -249,6 +249,9 @@ class LedgerError(RouterError):
     """What is wrong, without the URL and the fix (``None`` where the message is not in that shape): an error
     that wraps this one says it once, with one fix (:func:`router.ledger.errors.wrapped_parts`)."""
     fix: str | None = None
+    outage_logged: bool = False
+    """True where the log has said once for this outage what such errors mean (a budget reservation that failed
+    while the store is unavailable): the proxy logs each request's own at info, not at error."""
 
 
 class BatchStoreError(LedgerError):

@@ -23,6 +23,7 @@ from conftest_redis import start_redis_server
 from servers.procs import router_serve, wait_for_record
 from test_budgets import REVIEW, policy, setup
 
+from router import Router
 from router.config import RouterConfig
 from router.errors import ConfigError, LedgerError
 from router.ledger import JournaledLedger, JournalSettings, LedgerRecord, SQLiteLedger, journal_folder, open_ledger
@@ -173,10 +174,42 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
     led.close()
 
 
+def test_budgets_that_cannot_be_reserved_are_logged_once_per_outage(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A SQLite ledger whose write lock another connection holds serves budget reads but refuses reservations:
+    every request under a `reject` budget fails closed, and the log says so once (a warning), not once per
+    request, and once when reservations work again."""
+    root = setup(tmp_path, policy("reject", 100.0))
+    ledger = root / "ledger.sqlite3"
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{ledger}?timeout_s=0.2",
+                               journal={"folder": str(root / "journal"), "replay_interval_s": 0.2})
+    with Router(config) as r:
+        assert r.complete(REVIEW).routing.model == "spec-a"
+        caplog.set_level(logging.INFO, logger="router")
+        holder = sqlite3.connect(ledger, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # the store is unavailable for writes: no reservation can be made
+        try:
+            for _ in range(3):
+                with pytest.raises(LedgerError, match="cannot be enforced while the store is unavailable"):
+                    r.complete(REVIEW)
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert r.complete(REVIEW).routing.model == "spec-a"
+        assert r.complete(REVIEW).routing.model == "spec-a"
+    warnings = [m.getMessage() for m in caplog.records if m.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "budget 'model:spec-a:60s' cannot be enforced" in warnings[0], warnings
+    assert "until a reservation can be made again" in warnings[0], warnings
+    assert warnings[1].endswith("budgets can be reserved against again"), warnings
+
+
 def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path) -> None:
     """``router serve`` with a SQLite ledger whose write lock another connection holds: the request's model is
     under a `reject` budget, so it fails closed (503), and ``Retry-After`` is the journal's replay interval, when
-    the router next checks the store (the OpenAI SDK retries a 503 and honours it)."""
+    the router next checks the store (the OpenAI SDK retries a 503 and honours it). The server's log says so
+    once (each refusal's own line is at info), and once when reservations work again."""
     root = setup(tmp_path, policy("reject", 100.0))
     ledger = root / "ledger.sqlite3"
     config = root / "router.yaml"
@@ -185,17 +218,25 @@ def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path)
                       f"journal: {{folder: {root / 'journal'}, replay_interval_s: 2.5}}\n")
     body = {"model": "router", "messages": REVIEW}
     with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=20) as client:
-        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        answer = client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 200, answer.text
+        wait_for_record(f"sqlite:///{ledger}", answer.json()["id"], timeout=10, poll=0.1)  # no write is pending
         holder = sqlite3.connect(ledger, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # the store is unavailable for writes: no reservation can be made
         try:
-            for _ in range(2):  # every refusal while the store is unavailable, not only the first
+            for _ in range(3):  # every refusal while the store is unavailable, not only the first
                 res = client.post("/v1/chat/completions", json=body)
                 assert res.status_code == 503 and res.json()["error"]["code"] == "ledger_unavailable", res.text
                 assert res.headers["retry-after"] == "3", res.headers  # 2.5 s, in whole seconds
         finally:
             holder.execute("COMMIT")
             holder.close()
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+    (log,) = tmp_path.glob("serve-*.log")
+    lines = log.read_text().splitlines()
+    refused = [line for line in lines if "cannot be enforced while the store is unavailable" in line]
+    assert len(refused) == 1 and "until a reservation can be made again" in refused[0], lines
+    assert len([line for line in lines if "budgets can be reserved against again" in line]) == 1, lines
 
 
 def test_feedback_while_the_store_is_unavailable_says_when_to_retry(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic_core import from_json
 
-from ..errors import BadRequestError, PayloadTooLargeError, RouterError, UnsupportedEncodingError
+from ..errors import BadRequestError, LedgerError, PayloadTooLargeError, RouterError, UnsupportedEncodingError
 
 log = logging.getLogger("router.proxy")
 
@@ -35,8 +35,10 @@ def public_error(exc: RouterError, request_id: str | None) -> dict[str, Any]:
     if exc.http_status >= 500:
         hidden = _HIDDEN.get(exc.error_type)
         if hidden is not None:
-            log.error("%s: %s: %s%s", request_id or "-", type(exc).__name__, exc.message,
-                      f" ({exc.detail})" if exc.detail else "")
+            # an outage the log has already announced once is no error to repeat for each request it refuses
+            level = logging.INFO if isinstance(exc, LedgerError) and exc.outage_logged else logging.ERROR
+            log.log(level, "%s: %s: %s%s", request_id or "-", type(exc).__name__, exc.message,
+                    f" ({exc.detail})" if exc.detail else "")
             body["error"]["message"] = hidden
         if request_id is not None:
             body["error"]["message"] += f" (request id {request_id}; the server log has the details)"
