@@ -713,9 +713,8 @@ __all__ = ["Router"]
 
 class _OutageLog:
     """A warning when a ledger read the Router can do without, or a budget reservation, starts failing for an
-    outage of the store
-    (``down``: what happens meanwhile), and one when it works again (``back``): once each per outage, however
-    many requests meet it."""
+    outage of the store (``down``: what happens meanwhile), and one when it works again (``back``): once each per
+    outage, however many requests meet it."""
 
     def __init__(self, down: str, back: str) -> None:
         self.down, self.back = down, back
