@@ -67,7 +67,7 @@ class ProxyMetrics(Collector):
             (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
         self.latency = _Histogram(
-            "router_request_seconds", "Time from request received to response (or stream) complete",
+            "router_request_seconds", "Time from request received to response (or stream) complete, answered requests",
             (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         # the event loop, batch-line threads and threads writing ledger records all count, and a scrape reads:
