@@ -222,7 +222,12 @@ class Attempts:
         else:
             return held
         self.books.settle(held, 0.0)  # release what was held before the full budget
-        used = ledger.budget_used(ref.key, ref.window_s)
+        try:
+            used = ledger.budget_used(ref.key, ref.window_s)
+        except LedgerError as exc:  # the store failed since it answered the reservation
+            if exc.retryable:
+                self.router.budget_read_outage(exc)
+            raise
         if ref.unit == "J":
             what = (f"{card.name}'s energy budget {ref.key} is spent ({fmt_j(used)} of {fmt_j(ref.limit_j)} this "
                     f"window, the call needs ~{fmt_j(estimate)})")
@@ -231,8 +236,13 @@ class Attempts:
                     f"window, the call needs ~{self.books.in_unit(ref.unit, card, estimate):.3g} g)")
         if d.on_budget_exhausted == "allow_and_flag":
             self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
-            return [r for ref2 in refs if (r := ledger.try_reserve(
-                ref2.key, self.books.in_unit(ref2.unit, card, estimate), float("inf"), ref2.window_s))]
+            try:
+                return [r for ref2 in refs if (r := ledger.try_reserve(
+                    ref2.key, self.books.in_unit(ref2.unit, card, estimate), float("inf"), ref2.window_s))]
+            except LedgerError as exc:
+                if exc.retryable:
+                    self.router.reservation_outage(exc)
+                raise
         self.notes.append(what)
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_exhausted")
         self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))

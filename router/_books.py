@@ -50,6 +50,10 @@ class Models(Protocol):
         """A reservation failed for an outage of the store (``exc``) or the store answered one (None)."""
         ...
 
+    def budget_read_outage(self, exc: LedgerError) -> None:
+        """A budget read failed for an outage of the store (``exc``)."""
+        ...
+
 
 class Books:
     """Expected and held energy, settlements and records for one request (:class:`~router._attempts.Attempts`

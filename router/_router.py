@@ -408,6 +408,13 @@ class Router:
             exc.outage_logged = True
         self._reserve_outage.update(exc, self.ledger.url)
 
+    def budget_read_outage(self, exc: LedgerError) -> None:
+        """A budget read failed with ``exc``, a retryable error (the store is unavailable): logged once per outage
+        with the reads that decide a request's model (the next one that works says budgets can be read again),
+        and ``exc`` is marked :attr:`~router.errors.LedgerError.outage_logged`."""
+        exc.outage_logged = True
+        self._budget_outage.update(exc, self.ledger.url)
+
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]:
         """``(grams CO2e, grid g/kWh, zone)`` of ``joules`` drawn by ``card`` now (what its ledger record carries)."""
         return self.grid.carbon_of(card, joules)

@@ -21,12 +21,21 @@ import pytest
 from conftest_postgres import PASSWORD, postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
 from servers.procs import router_serve, wait_for_record
-from test_budgets import REVIEW, policy, setup
+from test_budgets import REVIEW, policy, setup, spend_early
 
 from router import Router
 from router.config import RouterConfig
 from router.errors import ConfigError, LedgerError
-from router.ledger import JournaledLedger, JournalSettings, LedgerRecord, SQLiteLedger, journal_folder, open_ledger
+from router.ledger import (
+    JournaledLedger,
+    JournalSettings,
+    LedgerRecord,
+    Reservation,
+    SQLiteLedger,
+    journal_folder,
+    open_ledger,
+)
+from router.ledger.errors import ledger_error
 from router.ledger.journal import Journal, encode
 from router.ledger.replay import replay_segment, segment_files
 from router.proxy.ledger_writer import BackgroundLedger
@@ -203,6 +212,64 @@ def test_budgets_that_cannot_be_reserved_are_logged_once_per_outage(tmp_path: Pa
     assert "budget 'model:spec-a:60s' cannot be enforced" in warnings[0], warnings
     assert "until a reservation can be made again" in warnings[0], warnings
     assert warnings[1].endswith("budgets can be reserved against again"), warnings
+
+
+class StoreFailsInTheGapDouble(SQLiteLedger):
+    """TEST DOUBLE: the store fails just after it answers that a budget has no room, before the Router reads what
+    the budget has used (``fails="read"``: the read raises what a store that is down raises) or holds the
+    ``allow_and_flag`` call over the budget (``fails="reserve"``: another connection takes the write lock)."""
+
+    def __init__(self, path: Path, fails: str) -> None:
+        super().__init__(path, timeout_s=0.2, request_timeout_s=0.2)
+        self.fails = fails
+        self.down = False
+        self.holder: sqlite3.Connection | None = None
+
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        reservation = super().try_reserve(budget, joules, limit_j, window_s)
+        if reservation is None and not self.down:
+            self.down = True
+            if self.fails == "reserve":
+                self.holder = sqlite3.connect(self.path, isolation_level=None)
+                self.holder.execute("BEGIN EXCLUSIVE")
+        return reservation
+
+    def budget_used(self, budget: str, window_s: float) -> float:
+        if self.down and self.fails == "read":
+            raise ledger_error(self.url, "could not read a budget: the store is down (injected)", "bring it back")
+        return super().budget_used(budget, window_s)
+
+
+@pytest.mark.parametrize("fails", ["read", "reserve"])
+def test_an_over_budget_hold_that_meets_an_outage_is_logged_once(tmp_path: Path, fails: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Under `allow_and_flag`, a spent budget is read (for the note) and held over its limit: when the store
+    fails there, the request is refused as one the outage refuses (the proxy logs it at info) and the log
+    says so once, a warning, however many requests follow; not an error for each."""
+    root = setup(tmp_path, policy("allow_and_flag", 1.0))
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}")
+    ledger = StoreFailsInTheGapDouble(root / "ledger.sqlite3", fails)
+    with Router(config, ledger=ledger) as r:
+        spend_early(r, "model:spec-a:60s", 1.0, 1.0, 60, need_s=20)  # spent: the next reservation has no room
+        caplog.set_level(logging.INFO, logger="router")
+        try:
+            with pytest.raises(LedgerError) as refused:
+                r.complete(REVIEW)
+            assert refused.value.retryable and refused.value.outage_logged, refused.value
+            warnings = [m.getMessage() for m in caplog.records if m.levelno >= logging.WARNING]
+            assert len(warnings) == 1 and str(refused.value) in warnings[0], warnings
+            for _ in range(2):  # refused while the store is down (`reserve`), or answered by spec-b (`read`)
+                try:
+                    r.complete(REVIEW)
+                except LedgerError as exc:
+                    assert exc.outage_logged, exc
+        finally:
+            if ledger.holder is not None:
+                ledger.holder.execute("COMMIT")
+                ledger.holder.close()
+    warnings = [m.getMessage() for m in caplog.records if m.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
 
 
 def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path) -> None:
