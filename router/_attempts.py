@@ -137,6 +137,7 @@ class Attempts:
                     deadline=prepared.deadline,
                     cancel=prepared.cancel,
                     options=prepared.options,
+                    request_id=prepared.request_id,
                 )
             queued = backend.local and backend.concurrency is not None
             call = Call(

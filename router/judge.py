@@ -112,7 +112,7 @@ def metered_call(router: Router, model: str, prompt: str | list[ChatMessage], *,
     queued = backend.local and backend.concurrency is not None
     request = GenerationRequest(messages=messages, max_tokens=max_tokens, temperature=0.0,
                                 deadline=time.monotonic() + router.config.deadline_s, cancel=cancel,
-                                turn_started=start_meter if queued else None)
+                                turn_started=start_meter if queued else None, request_id=request_id)
     if backend.local and not queued:
         start_meter()
     started = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import gc
+import logging
 import threading
 import time
 import warnings
@@ -187,6 +188,24 @@ def test_an_endpoints_retry_after_is_waited_out_when_short_and_ends_the_retries_
             assert elapsed >= waited, (model, elapsed)
         finally:
             inner.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_backends_retry_line_names_the_request(upstream_url: str, tmp_path: Path, stream: bool,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """An endpoint answering 503: the backend's warning that it retries carries the request's id, as the
+    attempt's own failure line does, so an operator can tell which request each retry belongs to."""
+    card = _card(tmp_path, "remote-broken", upstream_url, "broken", max_retries=1)
+    caplog.set_level(logging.WARNING, logger="router")
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                cards={card.name: card}) as router, pytest.raises(BackendUnavailableError):
+        answer = router.complete([{"role": "user", "content": "hello"}], model="remote-broken",
+                                 request_id="retry-line-1", stream=stream)
+        list(answer) if stream else None
+    retries = [r.getMessage() for r in caplog.records if r.name == "router.backends.openai_http"]
+    assert len(retries) == 1, retries
+    assert retries[0].startswith("retry-line-1: remote-broken: the model's endpoint answered HTTP 503 ("), retries
+    assert retries[0].endswith("; retrying in 0.1 s"), retries
 
 
 def test_with_every_model_busy_the_caller_is_told_the_soonest_any_may_answer(upstream_url: str,

@@ -100,6 +100,8 @@ class GenerationRequest:
     before any work (maybe more than once: the async queue, then the model's own lock). The Router starts the
     call's meter here, so a call waiting behind another neither takes a share of that call's CPU time nor is
     charged for its wait."""
+    request_id: str | None = None
+    """The request's id, for the backend's own log lines (a retry): the Router's lines about the call carry it."""
 
     def has_turn(self) -> None:
         if self.turn_started is not None:

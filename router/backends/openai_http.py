@@ -220,7 +220,8 @@ class OpenAIHTTPBackend(Backend):
             error.never_started = True  # type: ignore[attr-defined]
         return _Retryable(error)
 
-    def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, produced: bool = False) -> float:
+    def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, request: GenerationRequest,
+                    produced: bool = False) -> float:
         """Seconds to wait before sending again; raises ``failure``'s error when there is no next attempt (all
         used, output already given, or the wait would not end before the bound)."""
         wait = min(_MAX_BACKOFF_S, 0.1 * (2**attempt))
@@ -231,7 +232,8 @@ class OpenAIHTTPBackend(Backend):
             wait = max(wait, asked)
         if produced or attempt >= self.spec.max_retries or wait >= bound.left():
             raise failure.error from failure.__cause__
-        log.warning("%s (%s); retrying in %.1f s", failure.error.message, failure.error.detail, wait)
+        log.warning("%s%s (%s); retrying in %.1f s", f"{request.request_id}: " if request.request_id else "",
+                    failure.error.message, failure.error.detail, wait)
         return wait
 
     # ``request.cancel`` is a plain flag nobody can wait on (a CancelFlag, set from any thread), so a backoff wait
@@ -276,7 +278,7 @@ class OpenAIHTTPBackend(Backend):
                     yield event
                 return
             except _Retryable as failure:
-                self._back_off(self._retry_wait(failure, attempt, bound, produced), request)
+                self._back_off(self._retry_wait(failure, attempt, bound, request, produced), request)
 
     def _stream_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[StreamEvent]:
         try:
@@ -296,7 +298,7 @@ class OpenAIHTTPBackend(Backend):
             try:
                 return self._generation(self._post_once(body, request, bound), request)
             except _Retryable as failure:
-                self._back_off(self._retry_wait(failure, attempt, bound), request)
+                self._back_off(self._retry_wait(failure, attempt, bound, request), request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _post_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> bytes:
@@ -340,7 +342,7 @@ class OpenAIHTTPBackend(Backend):
                     yield event
                 return
             except _Retryable as failure:
-                await self._aback_off(self._retry_wait(failure, attempt, bound, produced), request)
+                await self._aback_off(self._retry_wait(failure, attempt, bound, request, produced), request)
 
     async def _astream_once(self, body: bytes, request: GenerationRequest,
                             bound: Bound) -> AsyncIterator[StreamEvent]:
@@ -380,7 +382,7 @@ class OpenAIHTTPBackend(Backend):
             try:
                 return self._generation(await self._apost_once(body, bound), request)
             except _Retryable as failure:
-                await self._aback_off(self._retry_wait(failure, attempt, bound), request)
+                await self._aback_off(self._retry_wait(failure, attempt, bound, request), request)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _apost_once(self, body: bytes, bound: Bound) -> bytes:
