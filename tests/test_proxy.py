@@ -955,13 +955,21 @@ def test_background_ledger_queues_settlements_and_applies_them_in_groups(tmp_pat
 
 def test_serve_says_where_it_listens_and_what_it_serves(upstream_url: str, tmp_path: Path) -> None:
     """uvicorn's own lines are off at the default log level; ``router serve`` still says on stderr where an OpenAI
-    client should point and, per worker, when its models are loaded."""
+    client should point and, per worker, when its models are loaded, with the policies it serves and how many
+    API keys it checks (never the keys themselves)."""
     config, _ = _config(tmp_path, upstream_url)
-    with router_serve(config, tmp_path) as url:
+    digests = [hashlib.sha256(k.encode()).hexdigest() for k in (KEY_ECO, KEY_QUALITY)]
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(f"keys:\n  - {{name: eco-team, sha256: {digests[0]}, policy: eco}}\n"
+                         f"  - {{name: quality-team, sha256: {digests[1]}, policy: quality}}\n")
+    with router_serve(config, tmp_path, "--keys", str(keys_file)) as url:
         port = url.rsplit(":", 1)[1]
         text = (tmp_path / f"serve-{port}.log").read_text()
     assert f"router serve: http://127.0.0.1:{port}/v1 (an OpenAI client's base_url), 1 worker" in text, text
     assert "policy balanced" in text and "ready in" in text and "remote-echo" in text, text
+    (ready,) = [line for line in text.splitlines() if " ready in " in line]
+    assert ready.endswith("; policies balanced, eco, onlybroken, quality; 2 API keys"), ready
+    assert not any(d in text or d[:12] in text for d in digests) and KEY_ECO not in text, text
 
 
 def test_serve_log_level_is_a_choice_and_the_access_log_logs_at_the_default_level(upstream_url: str,

@@ -305,8 +305,11 @@ def app_from_env() -> ProxyApp:
     app.state.journal_before_send = True  # served by router.proxy.server's protocol, which calls BEFORE_SEND
     router = app.state.router
     names = ", ".join(n for n, c in router.cards.items() if c.callable)
-    print(f"router serve: worker {os.getpid()} ready in {time.perf_counter() - started:.1f} s: {names}",
-          file=sys.stderr, flush=True)
+    policies = ", ".join(sorted(router.engine.policies))
+    # how many keys, never which: with none, every client is let in (the operator may have lost --keys)
+    keys = f"{len(router.keys)} API key{'s' if len(router.keys) != 1 else ''}" if router.keys else "no API keys (open)"
+    print(f"router serve: worker {os.getpid()} ready in {time.perf_counter() - started:.1f} s: {names}; policies "
+          f"{policies}; {keys}", file=sys.stderr, flush=True)
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()
     gc.freeze()
