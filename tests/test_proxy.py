@@ -972,6 +972,23 @@ def test_serve_says_where_it_listens_and_what_it_serves(upstream_url: str, tmp_p
     assert not any(d in text or d[:12] in text for d in digests) and KEY_ECO not in text, text
 
 
+def test_serve_without_policy_files_starts_and_says_it_routes_by_the_first_rule(upstream_url: str,
+                                                                                tmp_path: Path) -> None:
+    """The start-up line read the engine's policies, which the first rule (used without policy files) has not:
+    every worker failed to start, and `--workers N` started them again for ever."""
+    config, _ = _config(tmp_path, upstream_url)
+    empty = tmp_path / "no-policies"
+    empty.mkdir()
+    config.write_text(config.read_text().replace(f"policies_dir: {tmp_path / 'policies'}", f"policies_dir: {empty}"))
+    assert f"policies_dir: {empty}" in config.read_text()
+    with router_serve(config, tmp_path) as url:
+        assert httpx.post(f"{url}/v1/chat/completions", json={"model": "router", "messages": user(QUESTION),
+                                                               "max_tokens": 8}, timeout=20).status_code == 200
+        text = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
+    (ready,) = [line for line in text.splitlines() if " ready in " in line]
+    assert ready.endswith("; no policy files (the first rule); no API keys (open)"), ready
+
+
 def test_serve_log_level_is_a_choice_and_the_access_log_logs_at_the_default_level(upstream_url: str,
                                                                                    tmp_path: Path) -> None:
     from typer.testing import CliRunner

@@ -277,6 +277,17 @@ ENV_CONFIG = "ROUTER_PROXY_CONFIG"
 ENV_KEYS = "ROUTER_PROXY_KEYS"
 
 
+def _say_ready(router: Router, started: float) -> None:
+    """The worker's start-up line: its models, its policies and how many API keys (never which: with none, every
+    client is let in, and the operator may have lost --keys)."""
+    names = ", ".join(n for n, c in router.cards.items() if c.callable)
+    policies = getattr(router.engine, "policies", None)  # the first rule, used without policy files, has none
+    routing = f"policies {', '.join(sorted(policies))}" if policies else "no policy files (the first rule)"
+    keys = f"{len(router.keys)} API key{'s' if len(router.keys) != 1 else ''}" if router.keys else "no API keys (open)"
+    print(f"router serve: worker {os.getpid()} ready in {time.perf_counter() - started:.1f} s: {names}; {routing}; "
+          f"{keys}", file=sys.stderr, flush=True)
+
+
 def app_from_env() -> ProxyApp:
     """The app factory ``router serve`` hands to uvicorn (each worker process builds its own Router):
     config file from ``ROUTER_PROXY_CONFIG``, optional keys file from ``ROUTER_PROXY_KEYS``."""
@@ -292,6 +303,7 @@ def app_from_env() -> ProxyApp:
         set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker's connections
         started = time.perf_counter()
         app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
+        _say_ready(app.state.router, started)
     except Exception as exc:
         if multiprocessing.parent_process() is None:
             raise  # the server's own process: the command prints the error (router.cli.main)
@@ -303,13 +315,6 @@ def app_from_env() -> ProxyApp:
             log.exception("worker %d could not start", os.getpid())
         raise SystemExit(STARTUP_FAILURE) from None
     app.state.journal_before_send = True  # served by router.proxy.server's protocol, which calls BEFORE_SEND
-    router = app.state.router
-    names = ", ".join(n for n, c in router.cards.items() if c.callable)
-    policies = ", ".join(sorted(router.engine.policies))
-    # how many keys, never which: with none, every client is let in (the operator may have lost --keys)
-    keys = f"{len(router.keys)} API key{'s' if len(router.keys) != 1 else ''}" if router.keys else "no API keys (open)"
-    print(f"router serve: worker {os.getpid()} ready in {time.perf_counter() - started:.1f} s: {names}; policies "
-          f"{policies}; {keys}", file=sys.stderr, flush=True)
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()
     gc.freeze()
