@@ -153,6 +153,18 @@ def test_train_embeddings_needs_out_beside_an_installed_package(site: Path, tmp_
     assert not (site / "models").exists()
 
 
+def _refused_saving_the_classifier(out: subprocess.CompletedProcess[str], command: str, shipped: Path) -> str:
+    """``command`` stopped (exit 2, one line, no traceback) before saving into the shipped classifier folder, its
+    fix offering ``--no-save``; returns the message, whitespace joined."""
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    message = " ".join(out.stderr.split())
+    assert message.startswith(f"error: {command} would write into "
+                              f"{shipped / 'classifier' / 'added_models.json'}, {SHIPPED_COPY.format('model cards')}")
+    assert "--no-save" in message and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    return message
+
+
 @pytest.mark.slow
 def test_data_measure_does_not_save_into_the_installed_packages_classifier(site: Path, tmp_path: Path) -> None:
     # without a config, the models folder is the shipped one: the measured row must go to a copy the user owns
@@ -160,13 +172,8 @@ def test_data_measure_does_not_save_into_the_installed_packages_classifier(site:
     before = files_of(site / "router" / "_embedded")
     args = ("data", "measure", "sentiment-onnx", "--task", "sentiment", "--anchors", "2")
     out = run_installed(site, tmp_path, *args)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    message = " ".join(out.stderr.split())
-    assert message.startswith(f"error: router data measure would write into "
-                              f"{shipped / 'classifier' / 'added_models.json'}, {SHIPPED_COPY.format('model cards')}")
+    message = _refused_saving_the_classifier(out, "router data measure", shipped)
     assert f"cp -r {shipped} DIR) and pass --config FILE whose models_dir is DIR" in message
-    assert "--no-save" in message and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
     assert "anchors (scored by" not in out.stdout  # refused before the anchors ran
     assert files_of(site / "router" / "_embedded") == before
 
@@ -194,13 +201,8 @@ def test_train_feedback_does_not_save_into_the_installed_packages_classifier(sit
                               for i in range(6)), encoding="utf-8")
     args = ("train", "feedback", str(scored), "--min-requests", "3")
     out = run_installed(site, tmp_path, *args)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    message = " ".join(out.stderr.split())
-    assert message.startswith(f"error: router train feedback would write into "
-                              f"{shipped / 'classifier' / 'added_models.json'}, {SHIPPED_COPY.format('model cards')}")
+    message = _refused_saving_the_classifier(out, "router train feedback", shipped)
     assert f"cp -r {shipped} DIR) and pass --models DIR" in message
-    assert "--no-save" in message and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1
     assert "refitted from" not in out.stdout
     assert files_of(site / "router" / "_embedded") == before
 
