@@ -64,6 +64,7 @@ from .errors import (
 )
 from .ledger import Reservation
 from .options import output_problem
+from .policy.decision import BudgetRef
 from .policy.engine import fmt_j
 
 log = logging.getLogger("router")
@@ -207,16 +208,12 @@ class Attempts:
             amount = self.books.in_unit(ref.unit, card, estimate)
             # never more than the whole budget: a hold above it would refuse even a fresh window's first call
             try:
-                reservation = ledger.try_reserve(ref.key, min(amount, ref.limit_j), ref.limit_j, ref.window_s)
+                reservation = self._try_hold(held, ref, min(amount, ref.limit_j), ref.limit_j)
             except LedgerError as exc:
-                if exc.retryable:
-                    self.router.reservation_outage(exc)
                 if self.escalated is None or not exc.retryable:
                     raise
-                self.books.settle(held, 0.0)
                 self._unreadable_escalation(card, ref.key)
                 return None
-            self.router.reservation_outage(None)  # the store answered: a reservation, or no room
             if reservation is None:
                 break
             held.append(reservation)
@@ -237,13 +234,12 @@ class Attempts:
                     f"window, the call needs ~{self.books.in_unit(ref.unit, card, estimate):.3g} g)")
         if d.on_budget_exhausted == "allow_and_flag":
             self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
-            try:
-                return [r for ref2 in refs if (r := ledger.try_reserve(
-                    ref2.key, self.books.in_unit(ref2.unit, card, estimate), float("inf"), ref2.window_s))]
-            except LedgerError as exc:
-                if exc.retryable:
-                    self.router.reservation_outage(exc)
-                raise
+            over: list[Reservation] = []
+            for over_ref in refs:
+                amount = self.books.in_unit(over_ref.unit, card, estimate)
+                if (reservation := self._try_hold(over, over_ref, amount, float("inf"))) is not None:
+                    over.append(reservation)
+            return over
         self.notes.append(what)
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_exhausted")
         self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
@@ -253,6 +249,20 @@ class Attempts:
         raise BudgetExhaustedError(f"budget_exhausted: {what}; retry in {math.ceil(retry)} s or raise the budget in "
                                    f"policy `{d.policy}`", retry_after_s=retry, model=card.name,
                                    request_id=self.prepared.request_id)
+
+    def _try_hold(self, held: list[Reservation], ref: BudgetRef, joules: float, limit_j: float) -> Reservation | None:
+        """Reserve ``joules`` of ``ref`` within ``limit_j`` (``None``: no room). When the store fails, the holds
+        ``held`` already made for this call are released before the error goes on: nothing would settle them,
+        and they would keep the budget's room from other requests until the window ends."""
+        try:
+            reservation = self.router.ledger.try_reserve(ref.key, joules, limit_j, ref.window_s)
+        except LedgerError as exc:
+            self.books.settle(held, 0.0)
+            if exc.retryable:
+                self.router.reservation_outage(exc)
+            raise
+        self.router.reservation_outage(None)  # the store answered: a reservation, or no room
+        return reservation
 
     def _unreadable_escalation(self, card: ModelCard, budget: str) -> None:
         """An escalation model whose budget cannot be reserved while the ledger's store is down is not tried (as

@@ -20,7 +20,8 @@ from router.cards import load_cards
 from router.classify.base import Classification
 from router.errors import BudgetExhaustedError, LedgerError, PermissionDeniedError
 from router.keys import digest
-from router.ledger import hash_key
+from router.ledger import Reservation, SQLiteLedger, hash_key
+from router.ledger.errors import ledger_error
 from router.policy.base import BudgetState
 from router.policy.engine import decide_pure
 from router.policy.loader import load_policy
@@ -539,3 +540,41 @@ def test_a_refusal_near_the_windows_end_says_the_same_wait_as_its_retry_after(lo
     with pytest.raises(BudgetExhaustedError) as err:
         decide_pure(chat(), local, full, policy, None)
     assert err.value.retry_after_s == pytest.approx(0.4) and "retry in 1 s" in str(err.value), str(err.value)
+
+
+class ReservationFailsDouble(SQLiteLedger):
+    """TEST DOUBLE: a real SQLite ledger whose store fails every reservation against one budget (``fails``), as
+    a store that goes down between a request's reservations; everything else is SQLite's own."""
+
+    def __init__(self, path: Path, fails: str) -> None:
+        super().__init__(path)
+        self.fails = fails
+
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        if budget == self.fails:
+            raise ledger_error(self.url, "could not reserve: the store is down (injected)", "bring it back")
+        return super().try_reserve(budget, joules, limit_j, window_s)
+
+
+@pytest.mark.parametrize("spent", [False, True], ids=["within-budget", "held-over-budget"])
+def test_a_failed_second_reservation_releases_the_first_hold(tmp_path, spent):
+    """spec-a is under two budgets and the store fails the second reservation: the request fails (503), and the
+    hold the first reservation made, within its budget or over it (``allow_and_flag``), is released at once. It
+    stayed until the window ended, refusing other requests the room it held."""
+    root = setup(tmp_path, """\
+        name: t
+        accuracy: {min_accuracy: 0.7}
+        budgets: [{model: spec-a, joules: 1.5, per: 60}, {model: 'tier:specialist', joules: 100, per: 60}]
+        on_budget_exhausted: allow_and_flag
+        """)
+    first, second = "model:spec-a:60s", "tier:specialist:60s"
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}")
+    with Router(config, ledger=ReservationFailsDouble(root / "ledger.sqlite3", fails=second)) as r:
+        assert [ref.key for ref in r.prepare(REVIEW).decision.model_budgets["spec-a"]] == [first, second]
+        if spent:  # other traffic spent 1 of 1.5 J: spec-a's call is held over its budget, then the second fails
+            spend_early(r, first, 1.0, 1.5, 60, need_s=20)
+        before = r.ledger.budget_used(first, 60)
+        with pytest.raises(LedgerError, match="injected"):
+            r.complete(REVIEW)
+        assert r.ledger.budget_used(first, 60) == pytest.approx(before)
