@@ -220,18 +220,27 @@ class Attempts:
         else:
             return held
         self.books.settle(held, 0.0)  # release what was held before the full budget
+        used: float | None
         try:
             used = ledger.budget_used(ref.key, ref.window_s)
-        except LedgerError as exc:  # the store failed since it answered the reservation
+        except LedgerError as exc:  # the store failed since it answered the reservation: the budget is still
+            # spent (the store said so); only the figure for the message is missing
             if exc.retryable:
                 self.router.budget_read_outage(exc)
-            raise
+            else:
+                log.warning("%s: %s", self.prepared.request_id, exc)
+            used = None
         if ref.unit == "J":
-            what = (f"{card.name}'s energy budget {ref.key} is spent ({fmt_j(used)} of {fmt_j(ref.limit_j)} this "
-                    f"window, the call needs ~{fmt_j(estimate)})")
+            limit, need, unit = fmt_j(ref.limit_j), fmt_j(estimate), "energy"
+            spent = None if used is None else fmt_j(used)
         else:
-            what = (f"{card.name}'s carbon budget {ref.key} is spent ({used:.3g} of {ref.limit_j:.3g} g CO2e this "
-                    f"window, the call needs ~{self.books.in_unit(ref.unit, card, estimate):.3g} g)")
+            limit, unit = f"{ref.limit_j:.3g} g CO2e", "carbon"
+            need = f"{self.books.in_unit(ref.unit, card, estimate):.3g} g"
+            spent = None if used is None else f"{used:.3g}"
+        what = (f"{card.name}'s {unit} budget {ref.key} is spent ({spent} of {limit} this window, the call needs "
+                f"~{need})" if spent is not None else
+                f"{card.name}'s {unit} budget {ref.key} is spent ({limit} a window, the call needs ~{need}; what it "
+                "has spent this window could not be read, the ledger's store failed)")
         if d.on_budget_exhausted == "allow_and_flag":
             self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
             over: list[Reservation] = []

@@ -578,3 +578,58 @@ def test_a_failed_second_reservation_releases_the_first_hold(tmp_path, spent):
         with pytest.raises(LedgerError, match="injected"):
             r.complete(REVIEW)
         assert r.ledger.budget_used(first, 60) == pytest.approx(before)
+
+
+class RoomTakenThenReadFailsDouble(SQLiteLedger):
+    """TEST DOUBLE: a real SQLite ledger on which, once the decision has found room in ``budget``, other traffic
+    takes all of it just before the request's reservation (so SQLite itself refuses the hold), and the store then
+    fails the read of what the budget has spent, as a store that goes down just after refusing."""
+
+    def __init__(self, path: Path, budget: str) -> None:
+        super().__init__(path)
+        self.budget = budget
+        self.down = False
+
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+        if budget == self.budget and not self.down:
+            super().try_reserve(budget, limit_j - super().budget_used(budget, window_s), limit_j, window_s)
+            self.down = True
+        return super().try_reserve(budget, joules, limit_j, window_s)
+
+    def budget_used(self, budget: str, window_s: float) -> float:
+        if self.down:
+            raise ledger_error(self.url, "could not read a budget: the store is down (injected)", "bring it back")
+        return super().budget_used(budget, window_s)
+
+
+def _room_taken_router(tmp_path: Path, name: str, on: str) -> Router:
+    (tmp_path / name).mkdir()
+    root = setup(tmp_path / name, policy(on, 100.0, per=3600))
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}", proxy={"warm_up": False})
+    return Router(config, ledger=RoomTakenThenReadFailsDouble(root / "ledger.sqlite3", "model:spec-a:3600s"))
+
+
+def test_a_refusal_stays_a_refusal_when_the_spent_figure_cannot_be_read(tmp_path):
+    """The budget refuses spec-a's hold and the store fails the read of what it spent, which only the refusal's
+    message wanted: the library raises the budget's refusal and the proxy answers 429 (both were a 503 for the
+    store), ``fallback`` still falls back, and the message says the figure could not be read."""
+    from starlette.testclient import TestClient
+
+    from router.proxy.app import create_app
+
+    unread = "what it has spent this window could not be read, the ledger's store failed"
+    with _room_taken_router(tmp_path, "lib", "reject") as r:
+        with pytest.raises(BudgetExhaustedError) as refused:
+            r.complete(REVIEW)
+        assert unread in str(refused.value) and "spec-a's energy budget model:spec-a:3600s is spent" in str(
+            refused.value)
+        assert refused.value.model == "spec-a" and 0 < refused.value.retry_after_s <= 3600
+    with _room_taken_router(tmp_path, "fallback", "fallback") as r:
+        answer = r.complete(REVIEW)
+        assert answer.routing.model == "spec-b" and unread in answer.routing.reason
+    router = _room_taken_router(tmp_path, "proxy", "reject")
+    with TestClient(create_app(router=router)) as c:
+        res = c.post("/v1/chat/completions", json={"model": "router", "messages": REVIEW})
+    assert res.status_code == 429 and res.json()["error"]["code"] == "budget_exhausted", res.text
+    assert unread in res.json()["error"]["message"]
