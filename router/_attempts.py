@@ -390,10 +390,11 @@ class Attempts:
         if error.detail:  # what the client is not shown, with the id the client is shown
             log.warning("%s: %s (%s)", self.prepared.request_id, error.message, error.detail)
 
-    def cancelled(self, call: Call, output: Output | None) -> None:
-        """The caller stopped reading (a closed stream, a cancelled task): record what was produced."""
+    def cancelled(self, call: Call, output: Output | None, why: str | None = None) -> None:
+        """The caller stopped reading (a closed stream, a cancelled task), or ``why`` says who else stopped the call
+        (:attr:`PreparedRequest.task_cancelled_means`): record what was produced."""
         queued = waiting_for_turn(call.request)
-        error = CancelledError(f"{call.model}: the caller went away"
+        error = CancelledError(f"{call.model}: {why or 'the caller went away'}"
                                + (" while waiting for the model" if queued else "; generation stopped"))
         error.never_started = queued  # type: ignore[attr-defined]
         self._end_call(call, self._closing(call, error, queued), output)

@@ -143,6 +143,10 @@ class PreparedRequest:
     """Tools, response format, log probabilities and pass-through parameters, as checked."""
     max_tokens_param: str = "max_tokens"
     """The name the caller gave ``max_tokens`` under (``max_completion_tokens`` too): errors about it use it."""
+    task_cancelled_means: str = "the caller went away"
+    """What a cancellation of the task running this request means, when ``cancel`` was not set first; the ledger
+    record of a call it stops says so. The proxy sets it: only the server shutting down cancels its tasks (a client
+    that goes away sets ``cancel``)."""
 
 
 def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:

@@ -644,8 +644,9 @@ class Router:
             try:
                 gen = await within_deadline(call, call.backend.agenerate(call.request))
             except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a task destroyed pending (loop closed)
+                why = None if prepared.cancel.is_set() else prepared.task_cancelled_means
                 prepared.cancel.set()
-                attempts.cancelled(call, None)
+                attempts.cancelled(call, None, why)
                 raise
             except Exception as exc:
                 attempts.failed(call, exc)

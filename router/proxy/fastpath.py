@@ -160,6 +160,7 @@ class ChatHandler:
             prepared = await self.router.aprepare(messages, model=model, api_key=api_key, request_id=given_id,
                                                   **body)
             request_id = prepared.request_id
+            prepared.task_cancelled_means = SERVER_STOPPING
             self.metrics.observe_prepared(prepared.decision_ms, prepared.decision.budgets)
             if stream:
                 response = await self._stream(prepared, key_label, include_usage, receive, t0)
@@ -348,6 +349,9 @@ async def _watched(prepared: PreparedRequest, receive: Receive, call: Coroutine[
             timer.cancel()
 
 
+SERVER_STOPPING = "the server was shutting down"
+"""Why a request's task was cancelled: uvicorn cancels one only when the server stops (a client that goes away
+sets the request's cancel flag first, :func:`_watched`)."""
 _STOPPED = RouterClosedError("the server is shutting down and stopped this request before it finished; send it "
                              "again")
 
