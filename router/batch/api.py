@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError
 from ..keys import KeySpec
-from ..proxy.public import body_decoder, read_json
+from ..proxy.public import read_json, read_limited_body
 from .library import key_spec
 from .store import default_store_url
 
@@ -53,26 +53,8 @@ class BatchRoutes:
             raise AuthenticationError("missing API key: send `Authorization: Bearer <key>`")
         return key_spec(self.router, key)
 
-    async def _body(self, request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"request body is {int(declared):,} bytes; at most {limit:,}")
-        encoding = request.headers.get("content-encoding")
-        decoder = body_decoder(encoding, limit) if encoding is not None else None
-        parts, size = [], 0
-        async for chunk in request.stream():
-            if decoder is not None:
-                chunk = decoder.feed(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body exceeds {limit:,} bytes")
-            parts.append(chunk)
-        if decoder is not None:
-            decoder.finish()
-        return b"".join(parts)
-
     async def _json_body(self, request: Request) -> dict[str, Any]:
-        raw = await self._body(request, 1024 * 1024)
+        raw = await read_limited_body(request, 1024 * 1024)
         body = read_json(raw, "a JSON object") if raw.strip() else {}
         if not isinstance(body, dict):
             raise BadRequestError("the request body must be a JSON object")
@@ -82,7 +64,7 @@ class BatchRoutes:
     async def upload(self, request: Request) -> Response:
         key = self.key(request)
         try:  # room for the multipart framing and the purpose field; the file itself is measured after
-            raw = await self._body(request, self.max_file_bytes + 64 * 1024)
+            raw = await read_limited_body(request, self.max_file_bytes + 64 * 1024)
         except PayloadTooLargeError:
             raise PayloadTooLargeError(f"the file is too large: at most {self.max_file_bytes:,} bytes",
                                        param="file") from None

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._router import Router
-from ..errors import BadRequestError, PayloadTooLargeError, RouterError
+from ..errors import BadRequestError, RouterError
 from .fastpath import bearer_key, error_response
-from .public import body_decoder, read_json
+from .public import read_json, read_limited_body
 
 MAX_BODY_BYTES = 64 * 1024
 _FIELDS = {"id", "score", "comment"}
@@ -36,7 +36,7 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
     async def feedback(request: Request) -> Response:
         try:
             api_key = bearer_key(request.headers.get("authorization"), router.keys)
-            body = _parse(await _read_body(request))
+            body = _parse(await read_limited_body(request, MAX_BODY_BYTES, "a feedback body"))
             fb = await asyncio.to_thread(router.feedback, body.get("id"), body.get("score"),
                                          comment=body.get("comment"), api_key=api_key)
         except RouterError as exc:
@@ -47,29 +47,6 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
 
     for path in ("/v1/feedback", "/feedback"):
         app.router.add_route(path, feedback, methods=["POST"])
-
-
-async def _read_body(request: Request) -> bytes:
-    """The body, refused on its ``Content-Length`` or as soon as what has arrived passes :data:`MAX_BODY_BYTES`: a
-    chunked body declares no length, and reading it whole first would let a client fill the server's memory."""
-    too_large = PayloadTooLargeError(f"a feedback body is at most {MAX_BODY_BYTES:,} bytes")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise too_large
-    encoding = request.headers.get("content-encoding")
-    decoder = body_decoder(encoding, MAX_BODY_BYTES) if encoding is not None else None
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.stream():
-        if decoder is not None:
-            part = decoder.feed(part)
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        parts.append(part)
-    if decoder is not None:
-        decoder.finish()
-    return b"".join(parts)
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

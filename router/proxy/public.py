@@ -10,11 +10,14 @@ import json
 import logging
 import re
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
 from ..errors import BadRequestError, LedgerError, PayloadTooLargeError, RouterError, UnsupportedEncodingError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 log = logging.getLogger("router.proxy")
 
@@ -166,3 +169,27 @@ def body_decoder(content_encoding: str, limit: int) -> BodyDecoder | None:
         return BodyDecoder(codings[0], limit)
     raise UnsupportedEncodingError(f"Content-Encoding {content_encoding.strip()!r} is not accepted: send the body "
                                    f"as it is, or compressed with one of: {ACCEPT_ENCODING}")
+
+
+async def read_limited_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The body of a request to a route off the chat fast path (feedback, batches, files), never more than ``limit``
+    bytes: refused on its ``Content-Length``, or as soon as what has arrived passes the limit (a chunked body
+    declares no length, and reading it whole first would let a client fill the server's memory); with a
+    ``Content-Encoding``, inflated as it arrives and counted inflated. ``what`` names the body in the 413."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"{what} is {int(declared):,} bytes; at most {limit:,}")
+    encoding = request.headers.get("content-encoding")
+    decoder = body_decoder(encoding, limit) if encoding is not None else None
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        if decoder is not None:
+            part = decoder.feed(part)
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLargeError(f"{what} exceeds {limit:,} bytes")
+        parts.append(part)
+    if decoder is not None:
+        decoder.finish()
+    return b"".join(parts)
