@@ -9,7 +9,7 @@ import gzip
 import json
 import socket
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -64,6 +64,38 @@ def test_a_compressed_body_is_inflated_on_every_route(url: str, coding: str) -> 
                                                             "/v1/chat/completions", "completion_window": "24h"})
                                                 .encode(), coding), content_encoding=coding)
     assert batch.status_code == 404, batch.text
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    """``deflate`` as some clients send it: the deflate stream without zlib's header and checksum."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+def _gzip_members(data: bytes) -> bytes:
+    """One gzip body of three members one after another (what ``cat a.gz b.gz c.gz`` makes)."""
+    third = len(data) // 3
+    return b"".join(gzip.compress(piece) for piece in (data[:third], data[third:2 * third], data[2 * third:]))
+
+
+@pytest.mark.parametrize(("coding", "compress"), [("deflate", _raw_deflate), ("gzip", _gzip_members)])
+def test_raw_deflate_and_multi_member_gzip_bodies_are_inflated(url: str, coding: str,
+                                                               compress: Callable[[bytes], bytes]) -> None:
+    chat = _post(url, "/v1/chat/completions", compress(json.dumps(CHAT).encode()), content_encoding=coding)
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["choices"][0]["message"]["content"]
+    feedback = _post(url, "/v1/feedback", compress(json.dumps({"id": chat.json()["id"], "score": 0.8}).encode()),
+                     content_encoding=coding)
+    assert feedback.status_code == 200, feedback.text
+
+
+@pytest.mark.parametrize(("coding", "compress"), [("deflate", _raw_deflate), ("gzip", _gzip_members)])
+def test_a_bomb_in_raw_deflate_or_in_many_gzip_members_is_a_413(url: str, coding: str,
+                                                                compress: Callable[[bytes], bytes]) -> None:
+    """The size limit counts every member's inflated bytes together (9 MiB of zeros, over the 8 MiB limit)."""
+    r = _post(url, "/v1/chat/completions", compress(bytes(9 << 20)), content_encoding=coding)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "request_too_large" and "once inflated" in r.json()["error"]["message"]
 
 
 def test_no_content_encoding_or_identity_reads_the_body_as_it_is(url: str) -> None:

@@ -115,21 +115,37 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 """The content codings a request body may come in (RFC 9110, 8.4.1), as :func:`zlib.decompressobj`'s ``wbits``:
 gzip's wrapper, or zlib's for ``deflate``; ``x-gzip`` is gzip's old name."""
+_RAW_DEFLATE = -15
+"""``wbits`` for a ``deflate`` body without zlib's wrapper, which some clients send under that name; as browsers and
+curl do for responses, the first two bytes tell which of the two a body is."""
 ACCEPT_ENCODING = "gzip, deflate"
 """What a 415 for an unsupported ``Content-Encoding`` lists as accepted (its ``Accept-Encoding``, RFC 7694)."""
+
+
+def _has_zlib_header(start: bytes) -> bool:
+    """Whether a body's first two bytes are a zlib header (RFC 1950: method 8, a window of at most 32 KiB, the
+    pair a multiple of 31). A raw deflate stream starts so only with a stored block whose padding bits are not
+    zero, which no common compressor writes."""
+    cmf, flg = start[0], start[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
 
 
 class BodyDecoder:
     """A request body's content coding undone as its parts arrive, never to more than ``limit`` bytes: each part
     is inflated to at most the room left plus one byte, so a small body that would inflate to gigabytes (a zip
-    bomb) is refused with a 413 as soon as it passes the limit, with no more than that held in memory."""
+    bomb) is refused with a 413 as soon as it passes the limit, with no more than that held in memory. A gzip
+    body may hold several members one after another (RFC 1952, 2.2; what ``cat a.gz b.gz`` makes): they inflate
+    to their texts joined. A ``deflate`` body is read with or without zlib's wrapper."""
 
     def __init__(self, coding: str, limit: int) -> None:
         self.coding = coding
         self.limit = limit
         self.size = 0
         self.received = 0
-        self._inflater = zlib.decompressobj(_WBITS[coding])
+        self._multi_member = _WBITS[coding] == 31
+        # deflate: which of its two forms waits for the body's first two bytes
+        self._start = b""
+        self._inflater: zlib._Decompress | None = zlib.decompressobj(31) if self._multi_member else None
 
     def feed(self, part: bytes) -> bytes:
         """The inflated bytes of ``part`` (maybe none yet); a 413 once the compressed or the inflated body is
@@ -137,12 +153,33 @@ class BodyDecoder:
         self.received += len(part)
         if self.received > self.limit:
             raise PayloadTooLargeError(f"request body exceeds {self.limit:,} bytes")
+        inflater = self._inflater
+        if inflater is None:
+            part = self._start + part
+            if len(part) < 2:
+                self._start = part
+                return b""
+            inflater = zlib.decompressobj(_WBITS["deflate"] if _has_zlib_header(part) else _RAW_DEFLATE)
+        elif self._multi_member and part and inflater.eof:  # the previous part ended a member
+            inflater = zlib.decompressobj(31)
+        self._inflater = inflater
+        inflated = self._inflate(inflater, part)
+        if not (self._multi_member and inflater.eof and inflater.unused_data):
+            return inflated
+        members = [inflated]
+        while inflater.eof and inflater.unused_data:
+            rest = inflater.unused_data
+            self._inflater = inflater = zlib.decompressobj(31)
+            members.append(self._inflate(inflater, rest))
+        return b"".join(members)
+
+    def _inflate(self, inflater: zlib._Decompress, data: bytes) -> bytes:
         try:
-            inflated = self._inflater.decompress(part, self.limit - self.size + 1)
+            inflated = inflater.decompress(data, self.limit - self.size + 1)
         except zlib.error as exc:
             raise BadRequestError(f"the request body is not valid {self.coding} data, as its Content-Encoding "
                                   f"says ({exc}); send it compressed so, or without the header") from None
-        # below max_length the inflater has taken all of ``part``: nothing is left in its unconsumed_tail
+        # below max_length the inflater has taken all of ``data``: nothing is left in its unconsumed_tail
         self.size += len(inflated)
         if self.size > self.limit:
             raise PayloadTooLargeError(f"request body exceeds {self.limit:,} bytes once inflated "
@@ -151,7 +188,7 @@ class BodyDecoder:
 
     def finish(self) -> None:
         """A 400 for a body that ended inside its compressed stream, or went on after it."""
-        if not self._inflater.eof:
+        if self._inflater is None or not self._inflater.eof:
             raise BadRequestError(f"the request body ends before its {self.coding} stream does: send the whole "
                                   "compressed body")
         if self._inflater.unused_data:
