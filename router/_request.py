@@ -48,6 +48,21 @@ meaning as it is (``prediction``, ``verbosity``). ``stream_options`` is the prox
 ends with a chunk carrying usage and routing."""
 
 
+STREAM_OPTIONS_NEED_STREAM = ("`stream_options` is only allowed when `stream` is true (as OpenAI has it): send "
+                              "{stream}, or leave `stream_options` out")
+
+
+def check_stream_options(stream: bool, params: Mapping[str, Any]) -> None:
+    """A 400 for ``stream_options`` (given, or in ``extra_body``) on a request that does not stream, as OpenAI
+    answers it; the library's own stream needs none."""
+    if stream:
+        return
+    extra_body = params.get("extra_body")
+    if params.get("stream_options") is not None or (
+            isinstance(extra_body, Mapping) and extra_body.get("stream_options") is not None):
+        raise BadRequestError(STREAM_OPTIONS_NEED_STREAM.format(stream="stream=True"), param="stream_options")
+
+
 def sdk_arguments(params: dict[str, Any]) -> dict[str, Any]:
     """The openai SDK's client-side arguments applied as the SDK applies them, so code written for it runs
     unchanged: ``extra_body``'s fields join the request (the router's own, ``policy`` and the rest, come this way),
@@ -78,6 +93,9 @@ REFUSED_PARAMS = {
 }
 """OpenAI parameters that are a 400 (:class:`CapabilityError`): ignoring them would change what the caller gets.
 Also refused: ``n`` other than 1, and ``modalities`` other than ``["text"]``."""
+
+MAX_STOP = 4
+"""The most stop strings a request may give: OpenAI refuses more, so a request that works here works there."""
 
 ROUTER_ALIASES = ("router",)
 """``model`` values that mean "route it" (``router:<policy>`` picks a policy)."""
@@ -238,8 +256,9 @@ def check_params(
     if isinstance(stop, str):
         stop = [stop]
     if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 16:
-            raise BadRequestError("`stop` must be a string or a list of at most 16 strings", param="stop")
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP:
+            raise BadRequestError(f"`stop` must be a string or a list of at most {MAX_STOP} strings (OpenAI's "
+                                  "limit)", param="stop")
         stop = [s for s in stop if s] or None  # an empty stop string would end every answer at once
     if cancel is not None and not isinstance(cancel, threading.Event):
         raise BadRequestError("`cancel` must be a threading.Event", param="cancel")

@@ -37,6 +37,7 @@ from ._request import (
     CheckedRequest,
     PreparedRequest,
     check_params,
+    check_stream_options,
     context_floor,
     has_tool_history,
     sdk_arguments,
@@ -174,6 +175,8 @@ class Router:
 
     def complete(self, messages: Any, *, stream: bool = False, **params: Any) -> ChatCompletion | ChunkStream:
         """An OpenAI-style chat completion (or, with ``stream=True``, an iterator of chunks)."""
+        if "stream_options" in params or "extra_body" in params:
+            check_stream_options(stream, params)
         return self.send(self.prepare(messages, **params), stream=stream)
 
     @overload
@@ -187,6 +190,8 @@ class Router:
     async def acomplete(self, messages: Any, *, stream: bool = False,
                         **params: Any) -> ChatCompletion | AsyncChunkStream:
         """Async twin of :meth:`complete`; with ``stream=True`` returns an async iterator of chunks."""
+        if "stream_options" in params or "extra_body" in params:
+            check_stream_options(stream, params)
         return await self.asend(await self.aprepare(messages, **params), stream=stream)
 
     def prepare(self, messages: Any, **params: Any) -> PreparedRequest:

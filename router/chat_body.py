@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._request import ROUTER_ALIASES
+from ._request import ROUTER_ALIASES, STREAM_OPTIONS_NEED_STREAM
 from .errors import BadRequestError, UnknownModelError
 from .yaml_files import yaml_files
 
@@ -87,6 +87,8 @@ def chat_request(body: dict[str, Any], policies: set[str]) -> tuple[Any, str, bo
     if "messages" not in body:
         raise BadRequestError("`messages` is required", param="messages")
     stream = bool(body.pop("stream", False))
+    if not stream and body.get("stream_options") is not None:
+        raise BadRequestError(STREAM_OPTIONS_NEED_STREAM.format(stream="`stream: true`"), param="stream_options")
     model = body.pop("model", None) or "router"
     check_policy_alias(model, policies)
     messages = body.pop("messages")

@@ -15,6 +15,7 @@ compiled once per distinct schema.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +28,8 @@ _MAX_SCHEMA_CHARS = 100_000
 _MAX_ANSWER_DEPTH = 64
 """Deepest answer checked against a schema once validation has run out of stack: deeper is the answer's fault."""
 SCHEMA_PARAM = "response_format.json_schema.schema"
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What OpenAI accepts as ``response_format.json_schema.name`` (whole, with :meth:`re.Pattern.fullmatch`)."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,9 @@ def check_response_format(value: Any) -> ResponseFormat | None:
         raise BadRequestError("`response_format.json_schema` must be an object with `name` and `schema`",
                               param="response_format.json_schema")
     name = spec.get("name")
-    if not isinstance(name, str) or not name or len(name) > 64:
-        raise BadRequestError("`response_format.json_schema.name` must be a string of 1-64 characters",
-                              param="response_format.json_schema.name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise BadRequestError("`response_format.json_schema.name` must be 1-64 letters, digits, '_' or '-' (as "
+                              "OpenAI has it: no spaces or dots)", param="response_format.json_schema.name")
     schema = spec.get("schema", {})
     if not isinstance(schema, Mapping):
         raise BadRequestError("`response_format.json_schema.schema` must be a JSON Schema object",

@@ -116,8 +116,13 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
     if legacy and (tools is not None or tool_choice is not None):
         raise BadRequestError("use either `tools`/`tool_choice` or the legacy `functions`/`function_call`, not both",
                               param="functions")
-    if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
-        raise BadRequestError("`parallel_tool_calls` must be a boolean", param="parallel_tool_calls")
+    if parallel_tool_calls is not None:
+        if not isinstance(parallel_tool_calls, bool):
+            raise BadRequestError("`parallel_tool_calls` must be a boolean", param="parallel_tool_calls")
+        if tools is None:  # as OpenAI: it means nothing without `tools` (legacy `functions` allow one call)
+            raise BadRequestError("`parallel_tool_calls` is only allowed when `tools` are specified: offer the "
+                                  "functions in `tools`, or leave `parallel_tool_calls` out",
+                                  param="parallel_tool_calls")
     if legacy:
         if functions is not None and (not isinstance(functions, list)
                                       or not all(isinstance(f, Mapping) for f in functions)):

@@ -31,6 +31,7 @@ from servers.procs import (
 from starlette.testclient import TestClient
 from test_structured_output import build
 
+from router.errors import BadRequestError
 from router.proxy.app import create_app
 
 KEY = "sk-test-hardening-0123456789"
@@ -265,6 +266,77 @@ def test_harmless_parameters_lone_surrogates_and_empty_stop_strings(served: Serv
     r = served.post({"model": "remote-echo", "messages": user("hello"), "audio": {"voice": "alloy"}})
     assert r.status_code == 400 and r.json()["error"]["code"] == "capability_unsupported"
     assert r.json()["error"]["param"] == "audio"
+
+
+# What OpenAI answers with a 400, the router must too: a client developed against it would meet them in production.
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+OPENAI_400S: list[tuple[dict[str, object], str]] = [
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"stream": False, "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "my schema", "schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "person.v1", "schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "p\n", "schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "p" * 65, "schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+]
+
+
+@pytest.mark.parametrize(("params", "param"), OPENAI_400S)
+def test_what_openai_refuses_is_a_400_naming_the_parameter(served: Served, params: dict[str, object],
+                                                          param: str) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="remote-echo", messages=user("hello"), **params)  # type: ignore[call-overload]
+    assert err.value.status_code == 400 and err.value.param == param, err.value.body
+    assert err.value.type == "invalid_request_error", err.value.body
+
+
+def test_what_openai_accepts_next_to_those_400s_still_runs(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    stopped = client.chat.completions.create(model="remote-echo", messages=user("hello"), stop=["x", "y", "z", "w"])
+    assert stopped.choices[0].message.content == "echo: hello"
+    chunks = list(client.chat.completions.create(model="remote-echo", messages=user("hello"), stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None
+    tooled = client.chat.completions.create(model="remote-echo", messages=user("weather in Oslo?"),
+                                            tools=[WEATHER_TOOL], parallel_tool_calls=False)  # type: ignore[list-item]
+    assert tooled.choices[0].message.content == "echo: weather in Oslo?"  # the echo model answers in text
+
+
+@pytest.mark.parametrize(("params", "param"), OPENAI_400S)
+def test_the_library_refuses_what_openai_refuses(tmp_path: Path, params: dict[str, object], param: str) -> None:
+    router = build(tmp_path, {"text": "hello"}, {"text": "hello"})
+    try:
+        with pytest.raises(BadRequestError) as err:
+            router.complete(user("hello"), **params)
+        assert err.value.param == param
+        if "stream_options" in params:  # in extra_body, as the openai SDK's code passes it, too
+            with pytest.raises(BadRequestError) as err:
+                router.complete(user("hello"), extra_body=params)
+            assert err.value.param == param
+            stream = router.complete(user("hello"), stream=True, stream_options={"include_usage": True})
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "hello"
+    finally:
+        router.close()
+
+
+def test_the_library_takes_openai_schema_names_and_four_stop_strings(tmp_path: Path) -> None:
+    answer = '{"name": "Ada", "age": 36}'
+    router = build(tmp_path, {"text": answer}, {"text": answer})
+    try:
+        schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+        for name in ("person", "Person_v2-1", "p" * 64):
+            fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+            assert router.complete(user("who?"), response_format=fmt).choices[0].message.content == answer
+        assert router.complete(user("who?"), stop=["x", "y", "z", "w"]).choices[0].message.content == answer
+    finally:
+        router.close()
 
 
 def test_a_prompt_too_long_for_every_model_is_context_length_exceeded(served: Served) -> None:
