@@ -26,7 +26,7 @@ from .structured import canonical_schema, json_problem
 TOOLS_TASK = "tools"
 """The task of every request that offers tools or carries tool-call history."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # whole names only: fullmatch (`$` allows a final newline)
 _MAX_TOOLS = 128
 
 
@@ -155,7 +155,7 @@ def _tool(i: int, raw: Any, param: str) -> Tool:
                               param=where)
     fn = raw["function"]
     name = fn.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise BadRequestError(f"`{where}.function.name` must be 1-64 letters, digits, '_' or '-'",
                               param=f"{where}.function.name")
     description = fn.get("description")

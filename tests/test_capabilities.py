@@ -173,6 +173,8 @@ def test_parameter_rules() -> None:
                        ({"logit_bias": {"42": 10**400}}, "logit_bias"),  # beyond any float: no OverflowError
                        ({"top_logprobs": 3}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
                        ({"tools": [{"type": "function"}]}, "tools[0]"),
+                       ({"tools": [{"type": "function", "function": {"name": "get_weather\n"}}]},
+                        "tools[0].function.name"),  # `$` would match before a final newline
                        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
                         "tool_choice"),
                        ({"tool_choice": "required"}, "tool_choice"),
