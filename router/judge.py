@@ -11,7 +11,9 @@ share of answered requests it scores, and how:
   score 5 by construction).
 
 The score / 10 is stored as feedback with source ``judge:<model>`` (:mod:`router.feedback` says how it combines
-with people's). An answer the judge gives no number for stores nothing (counted in ``Learning.stats``). Every call
+with people's). The score is the last one the judge's answer marks as one ("Score: 8", "8/10") or a number alone at
+its start (the prompt's closing "Score:" continued), never a number it quotes from the request (:func:`parse_score`).
+An answer the judge gives no score in stores nothing (counted in ``Learning.stats``). Every call
 the judge makes, the reference answer's included, is a ledger record with its own measured joules, a reason that
 says it is a judge call, task ``judge`` and request id ``<judged id>:judge`` (``:reference``); budgets are not
 reserved for them. Runs on the learning thread (:mod:`router.learning`), never on a request's path.
@@ -58,27 +60,38 @@ class Router(Protocol):
     def carbon_of(self, card: ModelCard, joules: float) -> tuple[float, float, str]: ...
 
 _SHOWN_CHARS = 1500  # of the request and of each answer in the judge's prompt: the small judges hold ~2k tokens
-_SCORE = re.compile(r"(?<![\d.])(10|[0-9])(?:\.\d+)?(?![\d])")
+_NUMBER = r"((?:10|[0-9])(?:\.\d+)?)(?![\d.]?\d)"  # 0 to 10; "42" or "100" is not a score
+# a score the judge marked as one: "Score: 8", "**Rating:** 8", "Score (0-10): 8", "score of 8", "8/10", "8 out of 10"
+_MARKED = re.compile(rf"\b(?:score|rating)\b(?:[ \t]*\([^)\n]*\))?[\s*_]*(?:is\b|of\b|[:=])?[\s*_]*"
+                     rf"(?<![\d.]){_NUMBER}"
+                     rf"|(?<![\d.]){_NUMBER}\s*(?:/|out of)\s*10\b", re.IGNORECASE)
+# the prompts end with "Score:", so a number alone at the start of the answer ("8", "8.", "8\n...", "10 (better)") is
+# that marker's score; one that opens a sentence or a list ("3 examples were asked for", "2, 3, 5") is not
+_OPENING = re.compile(rf"\s*[*_]*{_NUMBER}[*_]*(?=\.?[ \t]*(?:$|\n)|[ \t]*\()")
+_FORMAT = "Write the score last, on its own line: Score: N (N from 0 to 10)."
 _RUBRIC = "Score the reply from 0 (wrong or useless) to 10 (correct, helpful and to the point)."
 
 
 def parse_score(text: str) -> float | None:
-    """The first number from 0 to 10 in the judge's answer, / 10; None when there is none."""
-    found = _SCORE.search(text)
-    if found is None:
-        return None
-    return min(10.0, float(found.group(0))) / 10.0
+    """The judge's score / 10: the last score it marked as one ("Score: 8", "Rating: 8", "8/10"), a number that
+    opens its answer (the prompt's own "Score:" continued); None when there is neither, so a judge that quotes the
+    request ("The user asked for 3 examples ...") is not scored by the request's numbers."""
+    marked = [m.group(1) or m.group(2) for m in _MARKED.finditer(text)]
+    if marked:
+        return min(10.0, float(marked[-1])) / 10.0
+    opening = _OPENING.match(text)
+    return None if opening is None else min(10.0, float(opening.group(1))) / 10.0
 
 
 def rubric_prompt(request: str, answer: str, rubric: str | None = None) -> str:
     what = f"Score the reply from 0 to 10 by this rubric: {rubric.strip()}" if rubric else _RUBRIC
-    return f"Request: {_cut(request)}\nReply: {_cut(answer)}\n\n{what} Score:"
+    return f"Request: {_cut(request)}\nReply: {_cut(answer)}\n\n{what} {_FORMAT} Score:"
 
 
 def reference_prompt(request: str, answer: str, reference: str) -> str:
     return (f"Request: {_cut(request)}\nReference reply: {_cut(reference)}\nReply to grade: {_cut(answer)}\n\n"
             "Is the reply to grade better than the reference reply? Score it from 0 (much worse) to 10 (much "
-            "better); 5 means as good. Score:")
+            f"better); 5 means as good. {_FORMAT} Score:")
 
 
 def _cut(text: str) -> str:
@@ -172,7 +185,7 @@ class Judge:
 
     def score(self, request_id: str, messages: list[ChatMessage], text: str, answer: str,
               answered_by: str, cancel: Cancel | None = None) -> Feedback | None:
-        """Judge one answer: the feedback stored, or None when the judge gave no number. ``cancel`` set (the
+        """Judge one answer: the feedback stored, or None when the judge gave no score. ``cancel`` set (the
         Router closing) stops the judge's call: :class:`CancelledError`."""
         if self.reference is None:
             how = "by rubric"

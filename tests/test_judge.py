@@ -13,7 +13,8 @@ from router import ConfigError, Router, RouterConfig
 from router.backends import create_backend
 from router.backends.faults import FaultInjectingBackend
 from router.cards import load_cards
-from router.judge import parse_score
+from router.judge import parse_score, reference_prompt, rubric_prompt
+from router.ledger.feedback import Feedback
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEW = "Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'"
@@ -31,7 +32,34 @@ def _config(tmp_path: Path, **judge: object) -> RouterConfig:
 
 def test_parse_score() -> None:
     assert parse_score("10") == 1.0 and parse_score("7.5 out of 10") == 0.75 and parse_score("Score: 0") == 0.0
-    assert parse_score("10 = 1") == 1.0 and parse_score("42") is None and parse_score("Tokyo.") is None
+    assert parse_score("42") is None and parse_score("Tokyo.") is None and parse_score("Score: 42") is None
+
+
+@pytest.mark.parametrize(("answer", "score"), [
+    # a chat judge that restates the request before its verdict
+    ("The user asked for 3 examples of prime numbers and the reply gives 2, 3 and 5, all correct.\nScore: 8", 0.8),
+    ("The request asks for a 5-line poem; the reply has 4 lines.\n\n**Score:** 6", 0.6),
+    ("Rating: 7", 0.7),
+    ("I would rate this reply 9/10: it answers all 2 questions.", 0.9),
+    ("The reply is correct but long. Score (0-10): 7.5", 0.75),
+    ("Score: 4\nOn reflection, the reply misses 1 of the 2 points asked for.\nFinal score: 3", 0.3),  # the last one
+    # what the shipped base models write after the prompt's closing "Score:"
+    ("8", 0.8), (" 10.", 1.0), ("10 (better)", 1.0), ("7\nReply: I think", 0.7),
+    # no score: a number the judge quotes is not one, and what cannot be read stores nothing
+    ("The user asked for 3 examples of prime numbers.", None),
+    ("2, 3, 5", None), ("3 examples were asked for and given.", None), ("Score: N", None), ("", None),
+])
+def test_the_score_is_the_one_the_judge_marked_not_a_number_it_quotes(answer: str, score: float | None) -> None:
+    """The first number from 0 to 10 in the judge's answer was its score: a judge restating the request ("The user
+    asked for 3 examples ... Score: 8") scored 3."""
+    assert parse_score(answer) == score
+
+
+def test_the_judges_prompts_ask_for_a_marked_score_and_end_with_the_marker() -> None:
+    for prompt in (rubric_prompt("Give 3 examples", "2, 3, 5"), reference_prompt("Give 3 examples", "2, 3", "2, 3, 5"),
+                   rubric_prompt("Give 3 examples", "2, 3, 5", rubric="all examples correct")):
+        assert "on its own line: Score: N" in prompt and prompt.endswith(" Score:")
+        assert parse_score(prompt) is None, "a judge echoing its prompt gives no score"
 
 
 @pytest.mark.slow
@@ -163,19 +191,24 @@ def test_close_cancels_a_judge_call_the_endpoint_is_slow_to_answer(tmp_path: Pat
 
 def test_the_judges_feedback_holds_its_score_not_its_words(tmp_path: Path) -> None:
     """The feedback's comment was the judge's own answer (up to 200 characters): a judge that quotes the request
-    (here one that echoes its prompt) put prompt text into the feedback table, with `prompts.store` off and after
-    prompt retention, though docs/feedback.md says feedback holds no prompt text."""
+    put prompt text into the feedback table, with `prompts.store` off and after prompt retention, though
+    docs/feedback.md says feedback holds no prompt text. Its score was the first number in its answer, the
+    request's "7", not its "Score: 8"; a judge that only echoes its prompt gives no score and stores nothing."""
     from servers import procs
 
     with procs.upstream(tmp_path) as base:
         models = procs.models_dir(tmp_path / "models", {
             "remote-echo": procs.remote_card("remote-echo", base, "echo", tier="small"),
+            "remote-judge": procs.remote_card("remote-judge", base, "judge"),  # quotes the request, then "Score: 8"
         })
-        config = RouterConfig(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}",
-                              judge={"model": "remote-echo", "share": 1.0})
-        with Router(config) as r:
-            resp = r.complete(user("SECRET plan 7 for the merger"), model="remote-echo")
-            assert r.learning is not None and r.learning.drain(30)
-            (judged,) = r.ledger.feedback(resp.id)
-    assert judged.score == 0.7  # the echoing judge's first number (what parse_score reads)
-    assert judged.comment == "by rubric: the judge (remote-echo) answered 7/10", judged.comment
+        stored: dict[str, list[Feedback]] = {}
+        for judge in ("remote-judge", "remote-echo"):
+            config = RouterConfig(models_dir=models, ledger_url=f"sqlite:///{tmp_path / judge}.sqlite3",
+                                  judge={"model": judge, "share": 1.0})
+            with Router(config) as r:
+                resp = r.complete(user("SECRET plan 7 for the merger"), model="remote-echo")
+                assert r.learning is not None and r.learning.drain(30)
+                stored[judge] = r.ledger.feedback(resp.id)
+    (judged,) = stored["remote-judge"]
+    assert judged.score == 0.8 and judged.comment == "by rubric: the judge (remote-judge) answered 8/10", judged
+    assert stored["remote-echo"] == [], "the echoing judge's only number is the request's 7: it gave no score"

@@ -9,7 +9,7 @@ anchor has a label (sentiment), else by a judge model from the cards against the
 fits the model's intercept and vector on that task (centred on the row the classifier has for it: its card's prior
 for a new model, what it was trained on otherwise; the other tasks keep theirs) and saves the row to
 ``<models>/classifier/added_models.json``, where the classifier (the live router's and ``router simulate``'s) reads
-added models. A judge that gives no number for an answer leaves that anchor out (counted).
+added models. A judge that gives no score for an answer leaves that anchor out (counted).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str,
         if progress is not None:
             progress(i, len(items))
     if not report.scores:
-        raise ValueError(f"no anchor answer of {name} could be scored (the judge gave no number for any)")
+        raise ValueError(f"no anchor answer of {name} could be scored (the judge gave no score for any)")
     from .anchors import fit_anchors
     from .feedback_fit import mean_p
 

@@ -12,6 +12,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
   answers after ``max_tokens`` x ``delay`` seconds, and counts the call in ``closed_early`` when the client
   hangs up first;
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
+- ``judge``: answers as a chat model judging an answer may: it quotes the request (the last user message, first 40
+  chars), then gives its verdict on a last line ``Score: 8``;
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
 - ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
   first when ``parallel_tool_calls`` is false (JSON, or SSE tool-call deltas: id and name, then the arguments);
@@ -49,6 +51,8 @@ closed_early: Counter[str] = Counter()
 
 def _answer(body: dict) -> str:
     last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
+    if body.get("model") == "judge":
+        return f"The user asked: \"{str(last)[:40]}\". The reply does what was asked.\nScore: 8"
     return f"echo: {str(last)[:40]}"
 
 
