@@ -236,6 +236,22 @@ def test_page_and_assets_are_served_from_the_package(client: TestClient) -> None
         assert "https://" not in r.text and "import " not in r.text
 
 
+def test_dashboard_with_a_slash_leads_to_the_page_relatively_so_a_path_prefix_survives(client: TestClient) -> None:
+    """`/dashboard/` redirected to an absolute URL built from the request (`http://testserver/dashboard`): behind a
+    reverse proxy serving the router under `/prefix/`, it sent the browser to the proxy's inner host, without the
+    prefix. The Location is relative now, and resolves (RFC 3986, as a browser does) to the page either way."""
+    from urllib.parse import urljoin
+
+    for path, query in (("/dashboard/", ""), ("/dashboard/?window=1h", "?window=1h")):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == f"../dashboard{query}", r.headers
+        for served_at in ("http://router.internal:8000/dashboard/", "https://example.org/prefix/dashboard/"):
+            assert urljoin(served_at, r.headers["location"]) == served_at.removesuffix("/") + query
+    page = client.get("/dashboard/")
+    assert page.status_code == 200 and str(page.url) == "http://testserver/dashboard"
+    assert '<script src="dashboard/static/app.js"' in page.text, "the page's links resolve from /dashboard"
+
+
 # -- who may see it -----------------------------------------------------------------------------------------
 def _basic(key: str, user: str = "anyone") -> dict[str, str]:
     return {"authorization": "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()}

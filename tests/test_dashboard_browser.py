@@ -240,3 +240,39 @@ def test_times_are_shown_in_utc_in_a_browser_elsewhere(browser: Any, tmp_path: P
     assert shown["time"] == datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%H:%M:%S"), shown
     assert shown["head"] == "time (UTC)"
     assert shown["labels"] and not any(label.endswith(":30") for label in shown["labels"]), shown["labels"]
+
+
+def test_a_bad_grouping_in_the_address_falls_back_to_the_default_once(browser: Any, tmp_path: Path) -> None:
+    """`#by=key` in the address (a grouping the API does not have) made every refresh fail with the same 400 until
+    the address was edited; the page now draws the default grouping and says so once. The address here ends in a
+    slash: the browser follows the relative redirect to the page."""
+    models = models_dir(tmp_path / "models", {})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\nproxy: {{warm_up: false}}\n"
+                      "dashboard: {refresh_s: 1}\n")
+    with router_serve(config, tmp_path) as url:
+        browser.get(f"{url}/dashboard/#window=6h&by=key")
+
+        def shown() -> dict[str, Any]:
+            return browser.execute_script("""
+                const el = (id) => document.getElementById(id);
+                return {status: el("status").className, updated: document.body.dataset.updated || "",
+                        error_hidden: el("error").hidden, error: el("error").textContent,
+                        notice_hidden: el("notice")?.hidden, notice: el("notice")?.textContent,
+                        by: el("by").value, window: el("window").value,
+                        path: location.pathname, hash: location.hash};""")
+
+        def live_since(updated: str) -> dict[str, Any] | None:
+            seen = shown()
+            return seen if "live" in seen["status"] and seen["updated"] != updated else None
+
+        first = _until("the page live", lambda: live_since(""))
+        again = _until("a later refresh", lambda: live_since(first["updated"]))
+    for seen in (first, again):
+        assert seen["status"] == "status live" and seen["error_hidden"], seen
+        assert not seen["notice_hidden"] and seen["by"] == "model" and seen["window"] == "6h", seen
+        assert seen["notice"] == "#by=key is not a grouping of this page (model, tier): showing by model.", seen
+        assert seen["path"] == "/dashboard" and seen["hash"] == "#window=6h&by=model", seen
+    logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not logs, logs

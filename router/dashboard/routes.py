@@ -186,14 +186,26 @@ def _int(text: str | None, default: int, lo: int, hi: int, param: str) -> int:
     return value
 
 
+async def _to_the_page(request: Request) -> Response:
+    """``/dashboard/`` to ``/dashboard``, where the page's relative links resolve. The Location is relative: behind
+    a reverse proxy that serves the proxy under a prefix, ``/prefix/dashboard/`` must lead to
+    ``/prefix/dashboard``, and an absolute URL built from the request would drop the prefix (and name the proxy's
+    inner host)."""
+    query = request.url.query
+    return Response(status_code=307, headers={"location": "../dashboard" + (f"?{query}" if query else ""),
+                                              "cache-control": "no-store"})
+
+
 def mount_dashboard(app: FastAPI, router: Router, keys: KeyStore, settings: DashboardSettings,
                     metrics: ProxyMetrics | None = None) -> Dashboard | None:
-    """Add ``/dashboard``, ``/dashboard/static/{name}`` and ``/dashboard/api/{name}`` to ``app`` (nothing when
-    ``settings.enabled`` is false); the dashboard's own ledger connection closes with the app."""
+    """Add ``/dashboard`` (``/dashboard/`` leads there), ``/dashboard/static/{name}`` and ``/dashboard/api/{name}``
+    to ``app`` (nothing when ``settings.enabled`` is false); the dashboard's own ledger connection closes with the
+    app."""
     if not settings.enabled:
         return None
     dashboard = Dashboard(router, keys, settings, metrics)
     app.router.add_route("/dashboard", dashboard._guarded(dashboard.page), methods=["GET"])
+    app.router.add_route("/dashboard/", _to_the_page, methods=["GET"])
     app.router.add_route("/dashboard/static/{name}", dashboard._guarded(dashboard.asset), methods=["GET"])
     app.router.add_route("/dashboard/api/{name}", dashboard._guarded(dashboard.api), methods=["GET"])
     inner = app.router.lifespan_context

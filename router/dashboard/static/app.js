@@ -101,6 +101,15 @@
     if (h.get("by")) state.by = h.get("by");
     $("window").value = state.window;
     $("by").value = state.by;
+    // a grouping the API does not know would fail every refresh with the same 400: draw the default instead
+    if ($("by").value !== state.by) {
+      const groupings = [...$("by").options].map((o) => o.value);
+      $("notice").textContent = `#by=${state.by} is not a grouping of this page (${groupings.join(", ")}): ` +
+        `showing by ${groupings[0]}.`;
+      $("notice").hidden = false;
+      state.by = $("by").value = groupings[0];
+      writeHash();
+    }
     if ($("window").value !== state.window) {  // a window typed into the address bar, not in the list
       const o = document.createElement("option");
       o.value = o.textContent = state.window;
@@ -377,10 +386,15 @@
     timer = setTimeout(refresh, REFRESH_MS);
   }
 
+  function writeHash() {
+    history.replaceState(null, "", `#window=${encodeURIComponent(state.window)}&by=${state.by}`);
+  }
+
   function changed() {
     state.window = $("window").value;
     state.by = $("by").value;
-    history.replaceState(null, "", `#window=${encodeURIComponent(state.window)}&by=${state.by}`);
+    $("notice").hidden = true;
+    writeHash();
     refresh();
   }
 
