@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from router.batch.store import default_store_url
 from router.cards import load_cards
 from router.cli import app
 from router.cli.ledger import _savings_sentence
@@ -211,6 +212,18 @@ def test_a_mistyped_ledger_url_or_path_is_refused_and_creates_nothing(tmp_path: 
             result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
             assert result.exit_code == 2 and message in result.output, (args, result.output)
             assert list(tmp_path.iterdir()) == [], (args, "nothing created")
+
+
+def test_one_ledger_however_its_url_is_written_is_read_with_its_journal_and_batches_beside_it(
+        ledger: str, tmp_path: Path) -> None:
+    """Whether a URL meant SQLite was decided in several places that disagreed: ``SQLITE:///PATH`` was taken for
+    SQLite when the store was picked, then refused as "not a SQLite ledger URL; fix: write sqlite:///PATH", and
+    the journal and the default batch store went to the user data dir instead of beside the file."""
+    path = tmp_path / "ledger.sqlite3"
+    for url in (ledger, f"SQLITE:///{path}", f"Sqlite:///{path}?durable=0", str(path)):
+        assert "gemma3-270m" in run("ledger", "--ledger", url)
+        assert f"journal {path}.journal: nothing pending" in run("ledger", "doctor", "--ledger", url)
+        assert default_store_url(url) == f"sqlite:///{tmp_path / 'batches.sqlite3'}"
 
 
 def test_report_and_export_refuse_to_write_over_the_ledger_they_read(ledger: str, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +23,7 @@ from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError
 from ..keys import KeySpec
 from ..proxy.public import read_json, read_limited_body
 from .library import key_spec
-from .store import default_store_url
+from .store import default_store_url, sqlite_path
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -178,8 +177,9 @@ def add_batch_routes(app: FastAPI, router: Any) -> None:
     """The routes; the store and its scheduler start now when there is a store to resume (one configured, or the
     default file exists), else with the first batch request."""
     r = BatchRoutes(router, router.config.batch.max_file_bytes)
-    url = router.config.batch.store_url or default_store_url(router.config.ledger_url)
-    if router.config.batch.store_url or (url.startswith("sqlite:///") and Path(url[10:]).exists()):
+    store_url = router.config.batch.store_url
+    default_file = None if store_url else sqlite_path(default_store_url(router.config.ledger_url))
+    if store_url or (default_file is not None and default_file.exists()):
         router.batches  # noqa: B018 - starts the scheduler: batches in progress resume after a restart
     add = app.router.add_route
     add("/v1/files", r.upload, methods=["POST"])

@@ -32,6 +32,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import BatchStoreError, ConfigError, LedgerError
 from ..ledger.errors import first_line, postgres_error, redact
+from ..ledger.stores import sqlite_path as ledger_sqlite_path
+from ..ledger.stores import url_scheme
 
 log = logging.getLogger("router.batch")
 
@@ -420,14 +422,14 @@ class BatchStore:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The SQLite file a store URL names (``sqlite:///PATH`` or a plain path), None for PostgreSQL. Any other URL
-    (``redis://``, a typo) is a ConfigError: taken as a path, it would make a file named after the URL."""
-    if url.startswith(("postgresql://", "postgres://")):
+    """The SQLite file a store URL names (as for a ledger: ``sqlite:///PATH`` or a plain path), None for PostgreSQL.
+    Any other URL (``redis://``, a typo) is a ConfigError: taken as a path, it would make a file named after the URL."""
+    if url_scheme(url) in ("postgresql", "postgres"):
         return None
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):].split("?", 1)[0])
-    if "://" not in url and not url.startswith("sqlite:"):
-        return Path(url)
+    with contextlib.suppress(LedgerError):  # a malformed sqlite: URL: the batch store's own error, below
+        path = ledger_sqlite_path(url)
+        if path is not None:
+            return path
     raise ConfigError(f"batch store {redact(url)}: not a batch store URL; fix: give sqlite:///PATH, a file path or "
                       "postgresql://... (--store or `batch.store_url` in the config; Redis is not a batch store)")
 
@@ -435,14 +437,11 @@ def sqlite_path(url: str) -> Path | None:
 def default_store_url(ledger_url: str) -> str:
     """Beside a SQLite ledger (``ledger.sqlite3`` -> ``batches.sqlite3``), the ledger's database for PostgreSQL,
     else in the user data dir."""
-    if ledger_url.startswith(("postgresql://", "postgres://")):
+    if url_scheme(ledger_url) in ("postgresql", "postgres"):
         return ledger_url
-    if ledger_url.startswith("sqlite:///") or "://" not in ledger_url:
-        from ..ledger.sqlite import path_from_url
-
-        path = path_from_url(ledger_url)
-        if str(path) != ":memory:":
-            return f"sqlite:///{path.with_name('batches.sqlite3')}"
+    path = ledger_sqlite_path(ledger_url)
+    if path is not None and str(path) != ":memory:":
+        return f"sqlite:///{path.with_name('batches.sqlite3')}"
     from platformdirs import user_data_dir
 
     return f"sqlite:///{Path(user_data_dir('router', appauthor=False)) / 'batches.sqlite3'}"

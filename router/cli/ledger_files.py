@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from ..config import RouterConfig
 from ..ledger import Ledger, open_ledger
-from ..ledger.sqlite import path_from_url
+from ..ledger.stores import sqlite_path
 
 
 def open_configured(cfg: RouterConfig, *, create: bool = False) -> Ledger:
@@ -24,13 +24,10 @@ def open_configured(cfg: RouterConfig, *, create: bool = False) -> Ledger:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file of a ledger URL that names SQLite (``sqlite:...`` or a plain path, as ``open_store`` reads it),
-    else None; a malformed ``sqlite:`` URL is a ``LedgerError``."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in ("", "sqlite"):
-        return None
-    path = path_from_url(url)
-    return None if str(path) == ":memory:" else path
+    """The file of a ledger URL that names SQLite (``sqlite:///PATH`` or a plain path), else None (another store,
+    or ``:memory:``); a malformed ``sqlite:`` URL is a ``LedgerError``."""
+    path = sqlite_path(url)
+    return None if path is None or str(path) == ":memory:" else path
 
 
 def require_ledger(url: str) -> None:

@@ -27,10 +27,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..config import DashboardSettings
-from ..errors import AuthenticationError, BadRequestError, NotFoundError, PermissionDeniedError, RouterError
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    LedgerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RouterError,
+)
 from ..keys import KeyStore
 from ..ledger import Ledger
-from ..ledger.stores import open_store
+from ..ledger.stores import open_store, sqlite_path
 from .data import DashboardData, parse_window
 from .simulation import SimulationView
 
@@ -79,8 +86,7 @@ class Dashboard:
         with self._reader_lock:
             if self._reader is None:
                 url = self.router.ledger.url
-                scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-                own = scheme == "sqlite" and ":memory:" not in url
+                own = _sqlite_file(url) is not None
                 self._reader = open_store(url) if own else self.router.ledger
                 self._own_reader = own
         return self._reader
@@ -158,6 +164,17 @@ class Dashboard:
         data = await asyncio.to_thread(call)
         return Response(json.dumps(data, allow_nan=False).encode(), media_type=_JSON,
                         headers={"cache-control": "no-store"})
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The SQLite file the router's ledger is in, for a reader of the dashboard's own; None for another store, an
+    in-memory database (a second connection would open a second, empty one), or a ledger given in code whose URL
+    names no file that is there (opening it would make one)."""
+    try:
+        path = sqlite_path(url) if url else None
+    except LedgerError:
+        return None
+    return path if path is not None and str(path) != ":memory:" and path.is_file() else None
 
 
 def _credential(header: str | None) -> str | None:

@@ -42,6 +42,7 @@ from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import LedgerRecord
 from .errors import ledger_error, redact
+from .stores import sqlite_path
 
 log = logging.getLogger("router.ledger")
 
@@ -55,10 +56,8 @@ def journal_folder(settings: JournalSettings, url: str) -> Path:
     store. The name leaves the password out, so changing it keeps the folder."""
     if settings.folder is not None:
         return settings.folder.expanduser()
-    if url.startswith("sqlite:///") or "://" not in url:
-        from .sqlite import path_from_url
-
-        path = path_from_url(url)
+    path = sqlite_path(url)
+    if path is not None:
         return path.with_name(path.name + ".journal")
     from platformdirs import user_data_dir
 

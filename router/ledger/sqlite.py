@@ -50,8 +50,9 @@ from .base import (
 from .errors import guarded, ledger_error, sqlite_error
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
+from .stores import sqlite_path, url_scheme
 
-__all__ = ["SCHEMA_VERSION", "SQLiteLedger", "path_from_url"]
+__all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
@@ -84,17 +85,6 @@ _SETTLE = "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND w
 
 def _settle_args(reservation: Reservation, actual_j: float) -> tuple[float, str, float]:
     return actual_j - reservation.joules, reservation.budget, reservation.window_start
-
-
-def path_from_url(url: str) -> Path:
-    """The file of ``sqlite:///PATH`` or of a plain path. Any other ``sqlite:`` form (``sqlite:/x``,
-    ``sqlite://x``) is a ``LedgerError``: taken as a path it would make a new, empty ledger named after the URL."""
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :].split("?", 1)[0])
-    if "://" in url or url.startswith("sqlite:"):
-        raise ledger_error(url, "not a SQLite ledger URL", "write sqlite:///PATH: three slashes, then the path "
-                           "(sqlite:////var/lib/router/ledger.sqlite3 for an absolute one)", retryable=False)
-    return Path(url)
 
 
 class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
@@ -170,7 +160,11 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         """``sqlite:///PATH[?retention_days=N&durable=1&timeout_s=S&request_timeout_s=S]``; keyword arguments win
         over the query."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        query = dict(parse_qsl(urlsplit(url).query)) if url.startswith("sqlite:") else {}
+        path = sqlite_path(url)
+        if path is None:
+            raise ledger_error(url, "not a SQLite ledger URL", "open it with open_ledger, which opens the store its "
+                               "scheme names", retryable=False)
+        query = dict(parse_qsl(urlsplit(url).query)) if url_scheme(url) == "sqlite" else {}
         # a misspelt option (`?durabel=1`, `?retention-days=30`) would otherwise leave the ledger without the
         # durability or retention the operator asked for, and nothing would say so
         unknown = sorted(set(query) - set(URL_OPTIONS))
@@ -196,7 +190,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
                                retryable=False) from exc
         if "durable" in query:
             kwargs.setdefault("durable", durable in _TRUE)
-        return cls(path_from_url(url), **kwargs)
+        return cls(path, **kwargs)
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
         return sqlite_error(self.url, self.path, exc, action)
