@@ -361,6 +361,26 @@ def test_metrics_render_as_prometheus_client_counters_and_histograms_would(
     assert 'router_request_seconds_bucket{le="+Inf"} 11.0' in expected and "_created" in expected
 
 
+def test_metrics_leave_out_created_samples_when_prometheus_client_is_told_to() -> None:
+    """``disable_created_metrics()`` (or PROMETHEUS_DISABLE_CREATED_SERIES) drops ``_created`` from
+    prometheus-client's own counters and histograms; ours follow the switch at each scrape, as theirs do."""
+    from prometheus_client import disable_created_metrics, enable_created_metrics
+
+    from router.proxy.metrics import ProxyMetrics
+
+    ours = ProxyMetrics(_RouterStub())  # type: ignore[arg-type]
+    ours.observe_answered("small", "s", "kh", 0.1)
+    ours.observe_record(_record("small", "s", 2.0))
+    assert b"router_requests_created{" in ours.render() and b"router_request_seconds_created " in ours.render()
+    disable_created_metrics()
+    try:
+        text = ours.render()
+    finally:
+        enable_created_metrics()
+    assert b"_created" not in text and b"router_requests_total{" in text
+    assert b"router_request_seconds_created " in ours.render()
+
+
 def test_metrics_lose_no_count_to_threads_counting_at_once() -> None:
     """The event loop, batch-line threads and ledger-writing threads count into one ProxyMetrics: no increment
     may be lost between them (threads switch every microsecond here, so a count without the lock would be)."""

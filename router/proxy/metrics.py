@@ -22,8 +22,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import prometheus_client.metrics
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -88,9 +87,7 @@ class ProxyMetrics(Collector):
         with self._lock:
             metrics = [metric.copy() for metric in (self.requests, self.joules, self.errors, self.failed_attempts,
                                                     self.decision, self.latency)]
-        # prometheus-client's switch for ``_created`` samples (PROMETHEUS_DISABLE_CREATED_SERIES,
-        # disable_created_metrics()), read per scrape as its own metrics read it
-        with_created = getattr(prometheus_client.metrics, "_use_created", True)
+        with_created = created_series_enabled()
         for metric in metrics:
             yield metric.family(with_created)
 
@@ -367,6 +364,17 @@ class _StateCollector(Collector):
         rows = known_budgets(self.router.engine, self.metrics.budgets_seen.current())
         specs = [(b, lim, w, p) for b, lim, w, p in rows if lim is not None and p is not None]
         return specs, {b: w for b, _, w, _ in rows}
+
+
+# A counter in no registry, asked per scrape whether prometheus-client writes ``_created`` samples now: its
+# switch (PROMETHEUS_DISABLE_CREATED_SERIES when imported, disable_created_metrics() / enable_created_metrics()
+# since) has no public getter, and a counter's public collect() follows it, as every metric of its own does.
+_CREATED_PROBE = Counter("router_created_series_probe", "whether _created samples are written", registry=None)
+
+
+def created_series_enabled() -> bool:
+    """Whether prometheus-client's own counters and histograms write ``_created`` samples at this moment."""
+    return any(sample.name.endswith("_created") for family in _CREATED_PROBE.collect() for sample in family.samples)
 
 
 def decided(prepared: PreparedRequest | None) -> tuple[str | None, str | None]:
