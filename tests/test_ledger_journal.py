@@ -573,3 +573,24 @@ def test_records_made_on_the_serving_loop_are_journaled_together_before_any_answ
     assert led.flush(5)
     assert sorted(r.request_id for r in led.records()) == ["q1", "q2", "q3", "q4", "q5"]
     led.close()
+
+
+@pytest.mark.parametrize("url", [":memory:", "sqlite:///:memory:"])
+def test_an_in_memory_ledger_gets_no_journal_folder(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `:memory:` ledger's records end with its process: a journal beside it made `./:memory:.journal` in the
+    working directory, whose records the next process would replay into its own fresh database."""
+    from router.proxy.ledger_writer import BackgroundLedger
+
+    monkeypatch.chdir(tmp_path)
+    ledger = open_ledger(url, journal=True)
+    background = BackgroundLedger(SQLiteLedger(":memory:"))
+    try:
+        assert not isinstance(ledger, JournaledLedger) and background.journaled is None
+        record = _rec(0)
+        background.record(record)
+        background.flush()
+        assert [r.record_id for r in background.records()] == [record.record_id]
+    finally:
+        background.close()
+        ledger.close()
+    assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ from .feedback import Feedback, StoredPrompt
 from .journal import Journal, journal_folder
 from .journaled import JournaledLedger
 from .sqlite import SQLiteLedger
-from .stores import SCHEMES, open_store
+from .stores import SCHEMES, in_memory, open_store
 
 
 def open_ledger(
@@ -41,8 +41,9 @@ def open_ledger(
     default settings (folder beside a SQLite file, else in the user data dir), a folder, or
     :class:`JournalSettings`. With a journal, a store that is down when the ledger opens is not an error: records
     wait in the journal and the store is opened again in the background (a corrupt or misconfigured store still
-    raises)."""
-    if journal is None or journal is False or (isinstance(journal, JournalSettings) and not journal.enabled):
+    raises). An in-memory SQLite ledger (``:memory:``) has none (:func:`~router.ledger.stores.in_memory`)."""
+    if (journal is None or journal is False or (isinstance(journal, JournalSettings) and not journal.enabled)
+            or in_memory(url)):
         return open_store(url, retention_days=retention_days)
     if journal is True:
         settings = JournalSettings()

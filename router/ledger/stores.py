@@ -38,6 +38,14 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url) if scheme == "" else None
 
 
+def in_memory(url: str) -> bool:
+    """Whether ``url`` names a SQLite database in the process's memory (``:memory:``). Such a ledger gets no journal:
+    its records end with the process whatever happens, and a journal folder beside it (``./:memory:.journal``)
+    would replay one process's records into the next one's fresh database."""
+    path = sqlite_path(url)
+    return path is not None and str(path) == ":memory:"
+
+
 def open_store(url: str, *, retention_days: float | None = None) -> Ledger:
     """The store a URL names, without a journal. Raises :class:`~router.errors.LedgerError` (never a driver's
     exception) naming the URL, what is wrong and the fix: an unknown scheme, a corrupt, read-only or unopenable

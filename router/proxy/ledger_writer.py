@@ -57,6 +57,7 @@ from ..config import JournalSettings
 from ..ledger import Feedback, Ledger, LedgerRecord, Reservation, StoredPrompt, SummaryRow
 from ..ledger.journal import Journal, Segment, journal_folder
 from ..ledger.journaled import JournaledLedger
+from ..ledger.stores import in_memory
 
 log = logging.getLogger("router.proxy")
 _STOP = object()
@@ -83,7 +84,8 @@ class BackgroundLedger(Ledger):
         self.journaled: JournaledLedger | None = None
         if isinstance(inner, JournaledLedger):
             self.journaled = inner
-        elif journal is True or (isinstance(journal, JournalSettings) and journal.enabled):
+        elif (journal is True or (isinstance(journal, JournalSettings) and journal.enabled)) and not (
+                inner.url and in_memory(inner.url)):
             settings = journal if isinstance(journal, JournalSettings) else JournalSettings()
             folder = journal_folder(settings, inner.url) if inner.url else settings.folder
             if folder is None:
