@@ -16,7 +16,7 @@ import pytest
 from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import start_redis_server
 from servers.procs import router_serve, wait_for_record
-from test_budgets import REVIEW, setup
+from test_budgets import REVIEW, policy, setup
 
 from router.config import JournalSettings
 from router.errors import LedgerError
@@ -58,6 +58,58 @@ def test_the_proxy_answers_while_redis_hangs(tmp_path: Path) -> None:
             stopped = False
             for request_id in ids:  # journaled while the store hung, replayed since
                 assert wait_for_record(ledger_url, request_id, timeout=60, poll=0.2) is not None
+    finally:
+        if stopped:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.mark.redis
+def test_a_budget_read_against_a_hung_redis_does_not_stall_the_proxy(tmp_path: Path) -> None:
+    """A request under a budget reads and reserves it on the event loop: against a stopped Redis that read held
+    the whole proxy (/health, requests without a budget, streams in flight) for the socket timeout. It now waits
+    at most the URL's request_timeout_s (1 s by default): the budgeted request is a 503 with an OpenAI-style error,
+    the outage starts, and everything else answers meanwhile."""
+    server = start_redis_server(tmp_path)
+    assert server.proc is not None
+    root = setup(tmp_path, policy("reject", 1e9, per=3600))
+    (root / "policies" / "free.yaml").write_text("name: free\naccuracy: {min_accuracy: 0.7}\n")
+    # a long socket timeout: a budget read that waited for it would hold the loop past every client timeout here
+    ledger_url = f"{server.url}/0?prefix=stall:&socket_timeout=60"
+    config = root / "router.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        models_dir: {root / 'models'}
+        policies_dir: {root / 'policies'}
+        default_policy: t
+        ledger_url: '{ledger_url}'
+        journal: {{folder: {root / 'journal'}, replay_interval_s: 0.2}}
+        proxy: {{warm_up: false}}
+        """))
+    budgeted = {"model": "router", "messages": REVIEW}
+    free = {"model": "router:free", "messages": REVIEW}
+    refused: list[httpx.Response] = []
+    stopped = False
+    try:
+        with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=8) as client:
+            assert client.post("/v1/chat/completions", json=budgeted).status_code == 200
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            stopped = True
+            sender = threading.Thread(
+                target=lambda: refused.append(client.post("/v1/chat/completions", json=budgeted)), daemon=True)
+            sender.start()
+            while sender.is_alive():  # the loop answers while the budgeted request waits for the store
+                assert client.get("/health").status_code == 200
+            sender.join()
+            res = refused[0]
+            assert res.status_code == 503, res.text
+            error = res.json()["error"]
+            assert (error["type"], error["code"]) == ("ledger_error", "ledger_unavailable"), error
+            assert res.headers["retry-after"]
+            answered = client.post("/v1/chat/completions", json=free)
+            assert answered.status_code == 200, answered.text
+            os.kill(server.proc.pid, signal.SIGCONT)
+            stopped = False
+            assert wait_for_record(ledger_url, answered.json()["id"], timeout=60, poll=0.2) is not None
     finally:
         if stopped:
             os.kill(server.proc.pid, signal.SIGCONT)

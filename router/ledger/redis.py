@@ -23,6 +23,13 @@ written before ids existed reads back with); 3, ``reqs``, filled from the record
 steps run in one Lua script with the version update, so no other client sees a half-migrated store; each step is
 idempotent, so a script cut short by a crash is simply run again at the next open.
 
+Timeouts: a call waits for the server at most ``socket_timeout`` (10 s unless the URL says), except the two made
+while answering a request, ``try_reserve`` and ``budget_used``: they have a client of their own that waits at most
+``request_timeout_s`` (1 s unless the URL says, never more than ``socket_timeout``). The proxy makes them on its
+event loop, where a Redis that hangs (stopped, a host that froze: its connections stay open and nothing answers)
+would hold every request, ``/health`` and every stream in flight for as long as one of them waits: the first one
+fails after ``request_timeout_s``, the journaled ledger starts the outage, and the ones after it fail at once.
+
 Durability is Redis's: with its defaults (RDB snapshots) a Redis crash can lose the last minutes; run Redis
 with ``appendonly yes`` (and ``appendfsync everysec`` or ``always``) when the ledger must survive that.
 
@@ -40,7 +47,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
 
@@ -79,6 +86,9 @@ from .redis_schema import (
     migration_script,
 )
 
+REQUEST_TIMEOUT_S = 1.0
+"""The longest ``try_reserve`` and ``budget_used`` wait for the server (the module's *Timeouts*)."""
+
 
 class RedisLedger(RedisFeedback, Retention, Ledger):
     """Ledger and budgets in Redis, shared by every process that points at the same server and prefix."""
@@ -93,7 +103,10 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         prefix: str = "router:",
         retention_days: float | None = None,
         url: str | None = None,
+        request_client: redis.Redis | None = None,
     ) -> None:
+        """``request_client``: the client for ``try_reserve`` and ``budget_used`` (``client`` when None), one whose
+        ``socket_timeout`` is short (:meth:`from_url` makes it with ``request_timeout_s``)."""
         checked_retention_days(retention_days)
         if not prefix:
             raise ledger_error(url or _describe(client, prefix),
@@ -102,6 +115,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
                                "give the ledger's keys a prefix of their own, e.g. ?prefix=router: (the default "
                                "when prefix is left out)", retryable=False)  # fmt: skip
         self.r = client
+        self._request_r = request_client or client
         self.prefix = prefix
         self.url = url or _describe(client, prefix)
         self._k_records = prefix + "records"
@@ -120,10 +134,11 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @classmethod
     def from_url(cls, url: str, *, retention_days: float | None = None, prefix: str | None = None) -> RedisLedger:
-        """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:&retention_days=N]`` (or ``rediss://``, or
-        ``unix:///PATH?db=N``); other query options go to redis-py (``socket_timeout`` defaults to 10 s and
-        ``socket_connect_timeout`` to 5 s here, so a Redis that stops answering fails a call instead of hanging
-        it), and one it does not take is refused."""
+        """``redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:&retention_days=N&request_timeout_s=S]`` (or
+        ``rediss://``, or ``unix:///PATH?db=N``); other query options go to redis-py (``socket_timeout`` defaults
+        to 10 s and ``socket_connect_timeout`` to 5 s here, so a Redis that stops answering fails a call instead of
+        hanging it), and one it does not take is refused. ``request_timeout_s`` (default 1 s, never more than
+        either): the wait of the calls made while answering a request (the module's *Timeouts*)."""
         parts = urlsplit(url)
         # blank values kept to tell ?prefix= from no prefix; other blank options are dropped, as redis-py does
         query = {k: v for k, v in parse_qsl(parts.query, keep_blank_values=True) if v or k == "prefix"}
@@ -134,11 +149,15 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
             if retention_days is None and "retention_days" in query:
                 retention_days = float(query.pop("retention_days"))
             query.pop("retention_days", None)
+            request_timeout_s = float(query.pop("request_timeout_s", REQUEST_TIMEOUT_S))
+            if not 0 < request_timeout_s < math.inf:
+                raise ValueError(f"request_timeout_s={request_timeout_s:g}: a number of seconds above 0")
             query.setdefault("socket_timeout", "10")
             query.setdefault("socket_connect_timeout", "5")
-            # not urlunsplit: it writes unix:///PATH as unix:/PATH, which redis-py refuses
-            clean = f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query, quote_via=quote)}"
-            client = redis.Redis.from_url(clean)
+            client = redis.Redis.from_url(_redis_py_url(parts, query))
+            request_query = {**query, **{name: repr(min(float(query[name]), request_timeout_s))
+                                         for name in ("socket_timeout", "socket_connect_timeout")}}
+            request_client = redis.Redis.from_url(_redis_py_url(parts, request_query))
         except ValueError as exc:
             raise ledger_error(url, f"not a usable Redis URL ({exc})",
                                "write it as redis://[:PASSWORD@]HOST:PORT/DB[?prefix=router:]",
@@ -146,12 +165,18 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         unknown = sorted(set(query) - _url_options(client))
         if unknown:
             client.close()
+            request_client.close()
             named = ", ".join(map(repr, unknown))
             raise ledger_error(url, f"the URL's option {named} is not a Redis connection option",
                                "remove it or spell it as redis-py does (socket_timeout, socket_connect_timeout, "
-                               "health_check_interval, max_connections, ...); the router's own are prefix and "
-                               "retention_days", retryable=False)  # fmt: skip
-        return cls(client, prefix=prefix, retention_days=retention_days, url=url)
+                               "health_check_interval, max_connections, ...); the router's own are prefix, "
+                               "retention_days and request_timeout_s", retryable=False)  # fmt: skip
+        try:
+            return cls(client, prefix=prefix, retention_days=retention_days, url=url, request_client=request_client)
+        except BaseException:
+            client.close()
+            request_client.close()
+            raise
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
         return redis_error(self.url, exc, action)
@@ -363,6 +388,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         ok = self._reserve_script(
             keys=[self._budget_key(budget, start)],
             args=[repr(float(joules)), repr(float(limit_j)), max(1, int(math.ceil(2 * window_s)))],
+            client=self._request_r,
         )
         return Reservation(uuid.uuid4().hex, budget, joules, start) if ok else None
 
@@ -386,7 +412,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
-        value = self.r.get(self._budget_key(budget, window_start(time.time(), window_s)))
+        value = self._request_r.get(self._budget_key(budget, window_start(time.time(), window_s)))
         return float(value) if value is not None else 0.0
 
     @guarded("list the budget counters")
@@ -411,6 +437,14 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     @guarded("close the ledger")
     def _close(self) -> None:
         self.r.close()
+        if self._request_r is not self.r:
+            self._request_r.close()
+
+
+def _redis_py_url(parts: SplitResult, query: dict[str, str]) -> str:
+    """The URL redis-py is given: the router's options taken out (not urlunsplit: it writes unix:///PATH as
+    unix:/PATH, which redis-py refuses)."""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query, quote_via=quote)}"
 
 
 def _check_database(url: str, scheme: str, path: str, db_option: str | None) -> None:
