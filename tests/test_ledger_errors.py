@@ -263,3 +263,21 @@ def test_doctor_says_what_to_do_with_records_set_aside_and_is_clean_once_they_ar
     (folder / "rejected.jsonl").rename(tmp_path / "rejected-seen.jsonl")
     code, out = doctor()
     assert code == 0 and "no problems" in out and "set aside" not in out, out
+
+
+def test_doctor_as_a_library_call_finds_the_store_s_own_journal_folder(tmp_path: Path) -> None:
+    """``diagnose(url)`` without a journal folder looks in the one the store's journal uses."""
+    from router.ledger.doctor import diagnose
+    from router.ledger.journal import encode
+
+    path = tmp_path / "l.sqlite3"
+    SQLiteLedger(path).close()
+    folder = tmp_path / "l.sqlite3.journal"
+    folder.mkdir()
+    (folder / "j-h-424242-1.jsonl").write_bytes(encode(LedgerRecord("late", "m", "small", 2.0, "e:x")))
+    rep = diagnose(f"sqlite:///{path}")
+    assert not rep.problems, rep.findings
+    assert any("replayed 1 journaled records" in a for a in rep.actions), rep.actions
+    led = SQLiteLedger(path)
+    assert [r.request_id for r in led.records()] == ["late"]
+    led.close()

@@ -19,6 +19,7 @@ from ..errors import LedgerError
 from .arguments import EARLIEST_TS
 from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
 from .errors import redact
+from .journal import journal_folder as store_journal_folder
 from .replay import claim, replay_folder, segment_files
 
 
@@ -87,7 +88,7 @@ def diagnose(
     from . import open_store
 
     report = DoctorReport(redact(url))
-    folder = journal_folder or journal_folder(JournalSettings(), url)
+    folder = journal_folder or store_journal_folder(JournalSettings(), url)
     led = ledger
     if led is None:
         try:
