@@ -8,6 +8,7 @@ import logging
 import math
 import numbers
 import sys
+from typing import SupportsFloat, cast
 
 from ..errors import BadRequestError, ConfigError
 
@@ -74,8 +75,8 @@ def is_finite_number(value: object) -> bool:
 def shown(value: object) -> str:
     """``value`` as a message names it: its repr, except an integer of more than 30 digits by how many it has
     (Python refuses to write one of over 4,300 digits, and a message of 400 digits says no more)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) >= 10**30:
-        return f"<a {math.floor(math.log10(abs(value))) + 1:,}-digit integer>"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(cast(int, value)) >= 10**30:
+        return f"<a {math.floor(math.log10(abs(cast(int, value)))) + 1:,}-digit integer>"
     return repr(value)
 
 
@@ -84,7 +85,8 @@ def checked_count(name: str, value: object, *, least: int = 0, unit: str = "", h
     else a :class:`~router.errors.BadRequestError` naming the argument. Booleans are refused: ``True`` is not a
     count. Checked before a store sees it: SQLite reads ``LIMIT -1`` as no limit and Redis a negative count as
     all, and a count past 64 bits is an OverflowError to each."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= MAX_COUNT:
+    # cast: an Integral compares as an int does; typeshed's numbers.Integral declares no __ge__
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= cast(int, value) <= MAX_COUNT:
         what = f"a whole number of {unit}" if unit else "a whole number"
         raise BadRequestError(f"{name}={shown(value)}: give {what}, {least} or more (below 2**63){hint}",
                               param=name)
@@ -105,7 +107,7 @@ def checked_time(name: str, value: object, *, none: str = "") -> float:
         tail = f", or None for {none}" if none else ""
         raise BadRequestError(f"{name}={shown(value)}: give a finite number of epoch seconds, e.g. "
                               f"time.time() - 3600{tail}", param=name)
-    return float(value)
+    return float(cast(SupportsFloat, value))  # a finite numbers.Real
 
 
 def checked_span(since: object, until: object = None) -> tuple[float, float | None]:

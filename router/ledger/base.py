@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._ids import new_record_id
 from ..errors import BadRequestError
@@ -310,8 +310,11 @@ class Retention:
     most once an hour from the writes (``prune_if_due`` after each; one clock read when nothing is due)."""
 
     _next_prune = 0.0
-    retention_days: float | None
     prune: Callable[[float], int]
+
+    if TYPE_CHECKING:  # each store reads its setting back from where it keeps it
+        @property
+        def retention_days(self) -> float | None: ...
 
     def apply_retention(self, now: float | None = None) -> int:
         """Prune what the retention setting says is too old; returns how many records went."""
@@ -387,7 +390,7 @@ def reduce_dims(rows: Iterable[SummaryRow], dims: tuple[str, ...] | None) -> lis
         return rows if isinstance(rows, list) else list(rows)
     out: dict[tuple[Any, ...], SummaryRow] = {}
     for row in rows:
-        values = {d: getattr(row, d) if d in dims else None for d in SUMMARY_DIMS}
+        values: dict[str, Any] = {d: getattr(row, d) if d in dims else None for d in SUMMARY_DIMS}
         key = (row.bucket, *values.values())
         acc = out.get(key)
         if acc is None:

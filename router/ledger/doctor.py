@@ -128,7 +128,8 @@ def _check_store(report: DoctorReport, led: Ledger, repair: bool) -> None:
 
 def _journals(report: DoctorReport, folder: Path, led: Ledger | None, *, replay: bool) -> None:
     files = segment_files(folder)
-    dead, live = [], []
+    dead: list[Path] = []
+    live: list[Path] = []
     for path in files:
         with claim(path) as fd:
             (live if fd is None else dead).append(path)

@@ -69,5 +69,5 @@ def export_parquet(
     return n
 
 
-def _table(pa, schema, chunk: list[LedgerRecord]):  # type: ignore[no-untyped-def]
+def _table(pa, schema, chunk: list[LedgerRecord]):
     return pa.table({c: [getattr(r, c) for r in chunk] for c in COLUMNS}, schema=schema)

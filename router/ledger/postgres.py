@@ -87,7 +87,7 @@ def _connection_class(read_timeout_s: float) -> Any:
     if not read_timeout_s:
         return psycopg.Connection
 
-    class TimedConnection(psycopg.Connection):  # type: ignore[type-arg]
+    class TimedConnection(psycopg.Connection):
         def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
             if len(args) < 2:  # (interval, timeout) positionally
                 kwargs.setdefault("timeout", read_timeout_s)
@@ -481,8 +481,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         sql = f"SELECT {bucket}, {cols}, {sums} FROM {self.schema}.{table} WHERE {where} GROUP BY 1{groups}"
         out = []
         for r in self._all(sql, args):
-            row = SummaryRow(float(r[0]), *r[1:8], int(r[8]), float(r[9]), int(r[10]), int(r[11]), float(r[12]),
-                             float(r[13]))
+            row = SummaryRow(float(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], int(r[8]), float(r[9]), int(r[10]),
+                             int(r[11]), float(r[12]), float(r[13]))
             row.key_hash, row.policy, row.task = row.key_hash or None, row.policy or None, row.task or None
             out.append(row)
         return out

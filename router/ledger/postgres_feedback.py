@@ -64,7 +64,8 @@ class PostgresFeedback:
     @guarded("delete stored prompts")
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         before = check_delete_args(before, request_id)
-        sql, args = f"DELETE FROM {self.schema}.prompts", []
+        args: list[str | float] = []
+        sql = f"DELETE FROM {self.schema}.prompts"
         if request_id is not None:
             sql, args = sql + " WHERE request_id = %s", [request_id]
         elif before is not None:

@@ -268,10 +268,11 @@ def plot_png(report: Report, file: str | Path | None = None) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     if report.series:
         xs = [datetime.fromtimestamp(p["t"], tz=timezone.utc) for p in report.series]
-        ax.plot(xs, [p["energy_j"] for p in report.series], marker="o", label="actual (routed)")
+        # matplotlib's stubs leave out the datetimes its date converter plots
+        ax.plot(xs, [p["energy_j"] for p in report.series], marker="o", label="actual (routed)")  # type: ignore[arg-type]
         if report.counterfactual_model:
             ax.plot(
-                xs, [p["counterfactual_j"] for p in report.series], linestyle="--",
+                xs, [p["counterfactual_j"] for p in report.series], linestyle="--",  # type: ignore[arg-type]
                 label=f"always {report.counterfactual_model} (estimate)",
             )  # fmt: skip
         ax.legend()

@@ -71,6 +71,7 @@ class SQLiteFeedback:
     @guarded("delete stored prompts")
     def delete_prompts(self, *, before: float | None = None, request_id: str | None = None) -> int:
         before = check_delete_args(before, request_id)
+        args: list[str | float]
         if request_id is not None:
             sql, args = "DELETE FROM prompts WHERE request_id = ?", [request_id]
         elif before is not None:
