@@ -186,6 +186,11 @@ def test_input_files_are_checked_as_openai_does() -> None:
                                            "invalid_json_line"]
     assert [e["line"] for e in errors] == [2, 3, 4, 5] and len(lines) == 1
     assert "nests arrays and objects too deeply" in errors[3]["message"]
+    # more digits than Python turns into an int: a plain ValueError from json, not a JSONDecodeError
+    huge = b'{"custom_id": "z", "method": "POST", "url": "/v1/chat/completions", "body": {"n": ' + b"1" * 5000 + b"}}\n"
+    lines, errors = parse_lines(good + huge, "/v1/chat/completions", 100)
+    assert [(e["code"], e["line"]) for e in errors] == [("invalid_json_line", 2)] and len(lines) == 1
+    assert "integer of more than 4,300 digits" in errors[0]["message"], errors
     svc = _service(BatchStore("sqlite:///:memory:"))
     f = svc.create_file(good + b"{}\n", "in.jsonl", "batch", None)
     doc = svc.create(f["id"], "/v1/chat/completions", "24h", None, None)

@@ -26,6 +26,7 @@ Files and batches belong to the API key that created them (its id, ``router.keys
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from .._ids import time_ordered_hex
@@ -75,8 +76,12 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
             continue
         try:
             obj = json.loads(raw)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             bad(n, "invalid_json_line", f"line {n} is not valid JSON ({exc.msg})")
+            continue
+        except ValueError:  # json turns a number into an int, and Python refuses one past its digit limit
+            bad(n, "invalid_json_line", f"line {n} holds an integer of more than {sys.get_int_max_str_digits():,} "
+                "digits")
             continue
         except RecursionError:  # json's own limit: a line nested deeper than the stack allows
             bad(n, "invalid_json_line", f"line {n} nests arrays and objects too deeply")
