@@ -39,7 +39,7 @@ class QualityTable:
         self._b = np.zeros((0, t_n))
         self._fixed = np.zeros((0, t_n), dtype=bool)
         self._fixed_p = np.zeros((0, t_n))
-        self._stacked = None
+        self._stacked: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray] | None = None
         self.add(meta["models"], source="trained")
 
     # -- rows -----------------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class QualityTable:
             self.sources[name] = {t: row.get("from", {}).get(t, source) for t in self.tasks}
         self._v, self._b = np.concatenate(v), np.concatenate(b)
         self._fixed, self._fixed_p = np.concatenate(fixed), np.concatenate(fixed_p)
-        self._stacked: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray] | None = None
+        self._stacked = None
 
     def keep(self, names: set[str]) -> None:
         """Drop every row but ``names``: a Router reads P(correct) for its own candidates only, so the per-request

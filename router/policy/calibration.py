@@ -225,8 +225,9 @@ def read_outcomes(path: str | Path, cards: Mapping[str, ModelCard],
         prompts=[table.prompts[g] for g in table.group[rows].tolist()],
         groups=np.array([table.ids[i] for i in rows] if by_request else tasks),
         models=[table.models[j] for j in common],
-        correct=table.score[np.ix_(rows, common)].astype(float),
-        energy=table.energy_j[np.ix_(rows, common)],
+        # numpy's stubs for ix_ take index arrays only; it takes a list of ints as well
+        correct=table.score[np.ix_(rows, common)].astype(float),  # type: ignore[arg-type]
+        energy=table.energy_j[np.ix_(rows, common)],  # type: ignore[arg-type]
         grouped_by="request" if by_request else "task",
         tasks=tuple(sorted(set(tasks))),
     )

@@ -89,6 +89,8 @@ def decide_pure(
                                                              (req.input_tokens_hint, out_tokens),
                                                              req.max_tokens_param)
     alone = len(ranked) == 1  # no other model to start with, escalate or fall back to
+    escalate_to: tuple[str, ...]
+    cascade_notes: list[str]
     if alone:
         escalate_to, escalate_below, cascade_notes = (), None, []
     else:

@@ -102,10 +102,10 @@ def candidates(task: str, cards: Mapping[str, ModelCard], policy: Policy, plan: 
     if not pool:
         _no_candidate(task, policy, excluded, needs, (in_tokens, out_tokens), floor, _room(cards, excluded, req),
                       req.max_tokens_param)
-        why = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
+        reasons = {k: f"does not serve {task}" if v == "does not serve" else v for k, v in excluded.items()}
         raise BadRequestError(
             f"no model can serve this {task} request under policy `{policy.name}` "
-            f"({'; '.join(f'{k}: {v}' for k, v in sorted(why.items()))})"
+            f"({'; '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})"
         )
     if req.max_energy_j is not None:
         pool = _within(pool, energy, req.max_energy_j)
