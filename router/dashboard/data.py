@@ -107,7 +107,8 @@ class DashboardData:
                               grid_g_per_kwh=grid)
         by_tier = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="tier", since=window.since,
                                grid_g_per_kwh=grid)  # a model's records keep the tier each call ran in
-        tiers = {name: card.tier for name, card in self.router.cards.items()}  # a model's tier is its card's now
+        # a model's tier is its card's now
+        tiers: dict[str, str] = {name: card.tier for name, card in self.router.cards.items()}
         newest: dict[str, SummaryRow] = {}  # a model with no card any more: the tier its newest calls ran in
         sources: dict[str, list[float]] = {}
         answered = 0

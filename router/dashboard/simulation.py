@@ -10,7 +10,7 @@ import json
 import math
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..simulate.metrics import pareto_front
 
@@ -59,11 +59,11 @@ def points(result: dict[str, Any]) -> dict[str, Any]:
     """The policy, its accuracy-target sweep, the baselines and the plain threshold router as points (energy per
     request, accuracy), and ``frontier``: the indices of the points no other point beats, by energy (the oracle
     left out: no real router can reach it)."""
-    pts: list[dict[str, Any]] = [_point(result, "policy", f"policy {result['policy']}")]
-    pts += [_point(p, "baseline", name) for name, p in (result.get("baselines") or {}).items()]
-    pts += [_point(p, "sweep", f"target {p.get('target')}") for p in result.get("sweep") or []]
-    pts += [_point(p, "threshold", p.get("name", "threshold")) for p in result.get("threshold_sweep") or []]
-    pts = [p for p in pts if p is not None]
+    found = [_point(result, "policy", f"policy {result['policy']}")]
+    found += [_point(p, "baseline", name) for name, p in (result.get("baselines") or {}).items()]
+    found += [_point(p, "sweep", f"target {p.get('target')}") for p in result.get("sweep") or []]
+    found += [_point(p, "threshold", p.get("name", "threshold")) for p in result.get("threshold_sweep") or []]
+    pts = [p for p in found if p is not None]
     real = [i for i, p in enumerate(pts) if p["name"] != "oracle"]
     front = pareto_front([pts[i]["energy_j_per_request"] for i in real], [pts[i]["accuracy"] for i in real])
     return {
@@ -84,5 +84,5 @@ def _point(p: dict[str, Any], kind: str, name: str) -> dict[str, Any] | None:
     return out
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: Any) -> TypeGuard[int | float]:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
