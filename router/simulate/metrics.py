@@ -14,11 +14,15 @@ For a weak and a strong model with accuracies ``w`` and ``s``, a router that cal
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 
+Points: TypeAlias = Sequence[float] | np.ndarray
+"""A router's operating points, one number each: a list or an array."""
 
-def _curve(shares: Sequence[float], accs: Sequence[float], weak: float, strong: float) -> tuple[np.ndarray, np.ndarray]:
+
+def _curve(shares: Points, accs: Points, weak: float, strong: float) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(shares, dtype=np.float64)
     a = np.asarray(accs, dtype=np.float64)
     if c.shape != a.shape:
@@ -35,13 +39,13 @@ def pgr(accs: np.ndarray | float, weak: float, strong: float) -> np.ndarray:
     return (np.asarray(accs, dtype=np.float64) - weak) / (strong - weak)
 
 
-def apgr(shares: Sequence[float], accs: Sequence[float], weak: float, strong: float) -> float:
+def apgr(shares: Points, accs: Points, weak: float, strong: float) -> float:
     """Average performance gap recovered of the operating points (share of strong calls, accuracy)."""
     c, a = _curve(shares, accs, weak, strong)
     return float(np.trapezoid(pgr(a, weak, strong), c))
 
 
-def cpt(shares: Sequence[float], accs: Sequence[float], weak: float, strong: float, target: float) -> float:
+def cpt(shares: Points, accs: Points, weak: float, strong: float, target: float) -> float:
     """Call-performance threshold: the least share of strong calls whose PGR reaches ``target``."""
     c, a = _curve(shares, accs, weak, strong)
     p = pgr(a, weak, strong)
@@ -64,7 +68,7 @@ def score_curve(score: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> tupl
     return np.arange(n + 1) / n, accs
 
 
-def routing_metrics(shares: Sequence[float], accs: Sequence[float], weak: float, strong: float) -> dict[str, float]:
+def routing_metrics(shares: Points, accs: Points, weak: float, strong: float) -> dict[str, float]:
     return {
         "apgr": apgr(shares, accs, weak, strong),
         "cpt50": cpt(shares, accs, weak, strong, 0.5),

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -47,7 +48,8 @@ def _token_count(value: object) -> bool:
 
 
 def _joules(value: object) -> bool:
-    return type(value) in (int, float) and 0 <= value <= MAX_ENERGY_J  # NaN fails the comparison
+    # cast: the type check has made it an int or a float (mypy narrows `type(x) is`, not `type(x) in`)
+    return type(value) in (int, float) and 0 <= cast(float, value) <= MAX_ENERGY_J  # NaN fails the comparison
 
 
 class OutcomesError(BadRequestError):

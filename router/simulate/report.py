@@ -75,13 +75,14 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     colors = [plt.get_cmap("tab10")(j % 10) for j in range(len(shown))]
     for k, (_, share) in enumerate(rows):
         left = 0.0
-        parts = [(m, 100 * share.get(m, 0.0), colors[j]) for j, m in enumerate(shown)]
+        parts: list[tuple[str, float, tuple[float, float, float, float] | str]] = [
+            (m, 100 * share.get(m, 0.0), colors[j]) for j, m in enumerate(shown)]
         rest = len(result.models) - len(shown)
         if rest:
             parts.append((f"{rest} other models", 100 * sum(share.get(m, 0.0) for m in result.models
                                                             if m not in shown), "#d1d5db"))
-        for label, v, color in parts:
-            bx.barh(k, v, left=left, color=color, edgecolor="white", label=label if k == 0 else None)
+        for label, v, bar_color in parts:
+            bx.barh(k, v, left=left, color=bar_color, edgecolor="white", label=label if k == 0 else None)
             if v >= 6:
                 bx.text(left + v / 2, k, f"{v:.0f} %", ha="center", va="center", fontsize=9)
             left += v
