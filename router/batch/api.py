@@ -137,8 +137,8 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
         raise BadRequestError("upload the file as multipart/form-data (fields `file` and `purpose`)")
     boundary = None
     for p in params.split(";"):
-        name, _, value = p.strip().partition("=")
-        if name.lower() == "boundary":
+        key, _, value = p.strip().partition("=")
+        if key.lower() == "boundary":
             boundary = value.strip().strip('"')
     if not boundary:
         raise BadRequestError("the multipart body has no boundary")

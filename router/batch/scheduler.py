@@ -266,7 +266,8 @@ class BatchScheduler:
         if doc["status"] != "finalizing":
             self.store.update_batch(batch_id, {"status": "finalizing", "finalizing_at": now},
                                     only_from=("in_progress", "cancelling"))
-        ok, failed = [], []
+        ok: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         for state, result in self.store.results(batch_id):
             (ok if state == "ok" else failed).append(result)
         got = self.store.get_batch(batch_id)

@@ -270,7 +270,7 @@ class BatchStore:
                 sql += f" AND (created_at {cmp} ? OR (created_at = ? AND id {cmp} ?))"
                 args += (got[0][0], got[0][0], after)
         rows = self._all(sql + f" ORDER BY created_at {direction}, id {direction} LIMIT ?", (*args, limit + 1))
-        files = [got[0] for r in rows[:limit] if (got := self.get_file(r[0])) is not None]
+        files = [found[0] for r in rows[:limit] if (found := self.get_file(r[0])) is not None]
         return files, len(rows) > limit
 
     def delete_file(self, file_id: str) -> None:
@@ -318,7 +318,7 @@ class BatchStore:
                 sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
                 args += (got[0][0], got[0][0], after)
         rows = self._all(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit + 1))
-        docs = [got[0] for r in rows[:limit] if (got := self.get_batch(r[0])) is not None]
+        docs = [found[0] for r in rows[:limit] if (found := self.get_batch(r[0])) is not None]
         return docs, len(rows) > limit
 
     def all_batches(self, limit: int = 100) -> list[dict[str, Any]]:
