@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -125,9 +126,11 @@ def json_problem(text: str, schema_json: str | None, *, what: str, want_object: 
     be, do = ("are", "do") if plural else ("is", "does")
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" ends with it already
         return f"{what} {be} not valid JSON ({exc.msg}{at} character {exc.pos})"
+    except ValueError:  # Python's limit on the digits of an integer it converts (sys.get_int_max_str_digits)
+        return f"{what} {be} JSON with an integer too long to read (over {sys.get_int_max_str_digits()} digits)"
     except RecursionError:
         return f"{what} {be} JSON nested too deeply"
     if want_object and schema_json is None and not isinstance(value, dict):

@@ -125,6 +125,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], Outcome, 
         {"tools": [WEATHER], "tool_choice": "required"},
         Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
         Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+    "an integer too long to read escalates": (  # JSON, but more digits than Python converts (4300 by default)
+        {"text": '{"n": ' + "1" * 5000 + "}"}, {"text": GOOD}, {"response_format": {"type": "json_object"}},
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
+        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
     "valid answers pass": (
         {"text": GOOD}, {"text": GOOD}, {"response_format": PERSON},
         Outcome("cheap", "ok", [("cheap", "ok", 0, "")]), Outcome("cheap", "ok", [("cheap", "ok", 0, "")])),
@@ -155,6 +159,13 @@ def test_the_error_says_what_was_wrong(tmp_path: Path) -> None:
     with pytest.raises(StructuredOutputError) as err:
         router.complete(ASK, response_format=PERSON)
     assert err.value.http_status == 502 and "dear" in err.value.message and "age" in err.value.message
+    router.close()
+
+
+def test_an_integer_too_long_to_read_is_named_in_the_error(tmp_path: Path) -> None:
+    router = build(tmp_path, {"text": "[" + "7" * 5000 + "]"}, {"text": "[" + "7" * 5000 + "]"})
+    with pytest.raises(StructuredOutputError, match="integer too long to read"):
+        router.complete(ASK, response_format={"type": "json_object"})
     router.close()
 
 
