@@ -48,8 +48,10 @@ class Bound:
     def __init__(self, timeout_s: float, request: GenerationRequest) -> None:
         end = time.monotonic() + timeout_s
         deadline = request.deadline
-        self.by_deadline = deadline is not None and deadline <= end
-        self.end = deadline if self.by_deadline else end
+        if deadline is not None and deadline <= end:
+            self.by_deadline, self.end = True, deadline
+        else:
+            self.by_deadline, self.end = False, end
 
     def left(self) -> float:
         return self.end - time.monotonic()

@@ -128,7 +128,7 @@ class GenerationRequest:
         else:
             return
         if waiting:
-            exc.never_started = True  # type: ignore[attr-defined]
+            exc.never_started = True  # type: ignore[union-attr]  # an attribute of the raise, not of the class
         raise exc
 
 
@@ -405,7 +405,7 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
             last = event
     except (CancelledError, DeadlineExceededError) as exc:
         # stopped between tokens: what was produced goes with the error, for the ledger's record
-        exc.partial = Generation(text="".join(parts), finish_reason="error",  # type: ignore[attr-defined]
+        exc.partial = Generation(text="".join(parts), finish_reason="error",  # type: ignore[union-attr]
                                  prompt_tokens=backend.prompt_tokens(request.messages, request.options),
                                  completion_tokens=backend.count_tokens("".join(parts)))
         raise

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Literal
 
 from ..errors import (
     BackendRefusedError,
@@ -185,7 +186,7 @@ class _Verdict:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
         if kind is None:
             self.backend._succeeded()
         elif issubclass(kind, Exception) and not issubclass(kind, _NO_VERDICT):

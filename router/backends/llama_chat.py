@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, Protocol
 
 from ..cards import ModelCard
@@ -119,7 +119,8 @@ class StructuredChat:
     def _check(self) -> None:
         self.request.check(self.backend.card.name)
 
-    def events(self, prompt: str, *, add_bos: bool, completion_style: bool = False) -> Iterator[StreamEvent]:
+    def events(self, prompt: str, *, add_bos: bool,
+               completion_style: bool = False) -> Generator[StreamEvent, None, None]:
         tokens = self.llm.tokenize(prompt.encode("utf-8", "replace"), add_bos=add_bos, special=True)
         prompt_tokens = len(tokens)
         tools = self.options.tools if self.options.tools is not None and self.options.tools.choice != "none" else None
@@ -142,7 +143,7 @@ class StructuredChat:
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def _text(self, tokens: list[int], completion_style: bool) -> Iterator[StreamEvent]:
+    def _text(self, tokens: list[int], completion_style: bool) -> Generator[StreamEvent, None, str]:
         """The answer as text, held to the response format's grammar when there is one."""
         fmt = self.options.response_format
         grammar = None
@@ -202,7 +203,7 @@ class StructuredChat:
             return None
         return opened.removeprefix("functions.").removesuffix(":")
 
-    def _calls(self, tokens: list[int], tools: ToolOptions, name: str) -> Iterator[StreamEvent]:
+    def _calls(self, tokens: list[int], tools: ToolOptions, name: str) -> Generator[StreamEvent, None, str]:
         """One or more calls, each function's arguments held to its parameter schema, streamed as OpenAI's
         tool-call deltas."""
         named = tools.choice not in ("auto", "required", None)  # "call this function": one call, as OpenAI makes

@@ -62,8 +62,8 @@ def install_log_bridge() -> None:
         _installed = llama_cpp.llama_log_callback(_on_log)
         llama_cpp.llama_log_set(_installed, ctypes.c_void_p(0))
         for module in (llama_cpp.llama, llama_cpp._internals, llama_cpp.llama_chat_format):
-            if hasattr(module, "suppress_stdout_stderr"):
-                module.suppress_stdout_stderr = _KeepProcessOutput
+            if hasattr(module, "suppress_stdout_stderr"):  # which modules import it differs between versions
+                vars(module)["suppress_stdout_stderr"] = _KeepProcessOutput
 
 
 class _KeepProcessOutput:

@@ -158,7 +158,7 @@ class OnnxSpecialistBackend(Backend):
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         request.check(self.card.name)  # one forward pass: the only point to stop at is before it
-        users = [m.content for m in request.messages if m.role == "user"]
+        users = [m.text for m in request.messages if m.role == "user"]  # a user turn always has content
         if not users:
             raise BackendError(f"{self.card.name}: a specialist needs a user message to classify")
         subject = extract_subject(users[-1])
