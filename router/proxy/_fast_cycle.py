@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import (
@@ -189,7 +189,8 @@ def _with_cycle_class(method: types.FunctionType, cycle_class: type) -> types.Fu
 class FastCycleProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with :class:`FastResponseCycle` and one keep-alive timer per connection."""
 
-    on_headers_complete = _with_cycle_class(HttpToolsProtocol.on_headers_complete, FastResponseCycle)
+    on_headers_complete = _with_cycle_class(cast(types.FunctionType, HttpToolsProtocol.on_headers_complete),
+                                            FastResponseCycle)
 
     _idle_deadline: float | None = None
     """When the connection, idle since its last response, is closed (loop time); None while it is not idle."""
@@ -239,6 +240,10 @@ class FastCycleProtocol(HttpToolsProtocol):
 FOLLOWED_UVICORN = "0.54"
 """The uvicorn release series whose code this module copies and changes."""
 FOLLOWS_INSTALLED_UVICORN = uvicorn.__version__.split(".")[:2] == FOLLOWED_UVICORN.split(".")
-ProtocolBase: type[HttpToolsProtocol] = FastCycleProtocol if FOLLOWS_INSTALLED_UVICORN else HttpToolsProtocol
-"""What ``router serve``'s protocol builds on: :class:`FastCycleProtocol` on the uvicorn series it follows, else
-uvicorn's own protocol (correct on any version, ~12k instructions per request more)."""
+# What ``router serve``'s protocol builds on: :class:`FastCycleProtocol` on the uvicorn series it follows, else
+# uvicorn's own protocol (correct on any version, ~12k instructions per request more). The checker sees uvicorn's
+# (a base class must be one class to it; the other is a subclass with the same interface).
+if TYPE_CHECKING:
+    ProtocolBase = HttpToolsProtocol
+else:
+    ProtocolBase = FastCycleProtocol if FOLLOWS_INSTALLED_UVICORN else HttpToolsProtocol

@@ -195,18 +195,20 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # under `router serve` the records of one loop iteration go to the journal in one write, before the
         # server's protocol sends any answer (ledger_writer.py says why); other servers append each at once
-        grouped = getattr(app.state, "journal_before_send", False) and isinstance(router.ledger, BackgroundLedger)
-        if grouped:
+        ledger = router.ledger
+        grouped = (ledger if getattr(app.state, "journal_before_send", False) and isinstance(ledger, BackgroundLedger)
+                   else None)
+        if grouped is not None:
             from .server import BEFORE_SEND
 
-            router.ledger.defer_journal(True)
-            BEFORE_SEND.append(router.ledger.journal_pending)
+            grouped.defer_journal(True)
+            BEFORE_SEND.append(grouped.journal_pending)
         try:
             yield
         finally:
-            if grouped:
-                BEFORE_SEND.remove(router.ledger.journal_pending)
-                router.ledger.defer_journal(False)
+            if grouped is not None:
+                BEFORE_SEND.remove(grouped.journal_pending)
+                grouped.defer_journal(False)
         await asyncio.to_thread(router.close)  # it waits for running calls, which need this loop to finish
 
     app = ProxyApp(title="router", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -216,7 +218,8 @@ def create_app(
     # The chat routes are also registered (as plain ASGI endpoints) so that a GET on them is a 405 and the app
     # still answers them when mounted under a prefix; ProxyApp normally answers them before routing.
     for path in sorted(CHAT_PATHS):
-        app.router.add_route(path, _ASGIEndpoint(proxy.chat), methods=["POST"])
+        # starlette's hint names request-response functions only; its Route takes an ASGI app as well
+        app.router.add_route(path, _ASGIEndpoint(proxy.chat), methods=["POST"])  # type: ignore[arg-type]
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

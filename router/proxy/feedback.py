@@ -37,7 +37,7 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
         try:
             api_key = bearer_key(request.headers.get("authorization"), router.keys)
             body = _parse(await read_limited_body(request, MAX_BODY_BYTES, "a feedback body"))
-            fb = await asyncio.to_thread(router.feedback, body.get("id"), body.get("score"),
+            fb = await asyncio.to_thread(router.feedback, body["id"], body["score"],  # _parse: both are there
                                          comment=body.get("comment"), api_key=api_key)
         except RouterError as exc:
             return error_response(exc)

@@ -34,7 +34,7 @@ _HIDDEN = {
 def public_error(exc: RouterError, request_id: str | None) -> dict[str, Any]:
     """``exc`` as the client sees it: a server-side error's message carries the request id, and where the message
     may hold what a client must not see (config and ledger errors name files and URLs) only a plain line."""
-    body = exc.to_openai()
+    body: dict[str, Any] = exc.to_openai()  # {"error": {...}}: the inner dict is changed here
     if exc.http_status >= 500:
         hidden = _HIDDEN.get(exc.error_type)
         if hidden is not None:

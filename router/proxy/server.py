@@ -106,7 +106,7 @@ def _timeout_response() -> bytes:
             b"content-length: %d\r\n\r\n%s" % (len(body), body))
 
 
-class OneWriteHttpToolsProtocol(ProtocolBase):  # type: ignore[valid-type,misc]
+class OneWriteHttpToolsProtocol(ProtocolBase):
     """``uvicorn.run(..., http=OneWriteHttpToolsProtocol)``: uvicorn's httptools protocol (made cheaper per request
     by :mod:`router.proxy._fast_cycle` on the uvicorn it follows) over :class:`_OneWrite`, with deadlines on reading
     each request. A deadline is armed only when a request is still incomplete after the bytes received so far have
