@@ -95,7 +95,7 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
             quality(test, choose(test, target_kind, target, 0.0), target_kind))
         report["uncalibrated_held_out"] = {**raw, "achieved": raw_achieved, "met": _met(raw_achieved, target)}
     block = Calibrated(
-        target_kind=target_kind,  # type: ignore[arg-type]
+        target_kind=target_kind,
         target=target,
         offsets={m: round(v, 4) for m, v in f.offsets(data.models).items()},
         confidence=confidence,

@@ -211,7 +211,7 @@ def measure_cmd(
     anchors: int = typer.Option(20, "--anchors", min=1, max=50, help="How many anchors of the fixed set to use."),
     task: str = typer.Option("chat", "--task", callback=_anchor_task, help="chat (scored by a judge against a "
                              "reference answer) or sentiment (scored by the label)."),
-    judge: str = typer.Option(None, "--judge", help="The judge model for chat anchors (default: the config's "
+    judge: str | None = typer.Option(None, "--judge", help="The judge model for chat anchors (default: the config's "
                               "judge.model)."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Answer length limit per anchor."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write the fitted row to <models>/classifier/"

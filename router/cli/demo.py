@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TypedDict
 
 import typer
 from rich.console import Console
@@ -11,7 +12,12 @@ from rich.table import Table
 
 from ..ledger.errors import redact
 
-DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
+
+class _Params(TypedDict, total=False):
+    model: str
+
+
+DEMO_REQUESTS: list[tuple[str, _Params]] = [
     ("Is this review positive or negative? 'a gorgeous, witty film with a heart of gold'", {}),
     ("Sentiment: the plot is a tired mess and the jokes never land.", {}),
     ("What is the capital of France?", {}),
@@ -61,7 +67,7 @@ def demo(
             text + note,
             f"{r.model}\n({r.tier})",
             r.reason,
-            resp.choices[0].message.content.strip(),
+            (resp.choices[0].message.content or "").strip(),  # None only for tool calls, which no demo asks for
             f"{wall:,.0f} ms",
             f"{r.energy_j:.3g} J\n{r.energy_source}",
         )

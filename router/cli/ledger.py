@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -300,6 +300,14 @@ def prune(
                     "that age)")
 
 
+class _StoredRetention(Protocol):
+    """A ledger that stores its retention setting (SQLite, PostgreSQL, Redis; a journaled one passes it on)."""
+
+    def set_retention_days(self, days: float | None) -> None: ...
+
+    def apply_retention(self) -> int: ...
+
+
 @ledger_app.command()
 @_clean_errors
 def retention(
@@ -316,15 +324,16 @@ def retention(
     ledger, config = _opts(ctx, ledger, config)
     # a setting may come before the records
     led = open_configured(_config(config, ledger), create=days is not None or off)
-    setter = getattr(led, "set_retention_days", None)
-    if (days is not None or off) and setter is None:
-        fail(f"{type(led).__name__} has no stored retention setting; use `router ledger prune`")
-    if off:
-        setter(None)
-    elif days is not None:
-        setter(days)
-        pruned = led.apply_retention()  # type: ignore[attr-defined]
-        Console().print(f"pruned {pruned:,} records older than {days:g} days")
+    if days is not None or off:
+        if getattr(led, "set_retention_days", None) is None:
+            fail(f"{type(led).__name__} has no stored retention setting; use `router ledger prune`")
+        stored = cast(_StoredRetention, led)
+        if off:
+            stored.set_retention_days(None)
+        else:
+            stored.set_retention_days(days)
+            pruned = stored.apply_retention()
+            Console().print(f"pruned {pruned:,} records older than {days:g} days")
     current = getattr(led, "retention_days", None)
     Console().print(f"retention: {'keep everything' if current is None else f'{current:g} days'}")
     led.close()

@@ -6,6 +6,7 @@ A SQLite ledger that is not there is an error for a command that reads one: open
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -48,7 +49,7 @@ def ledger_inputs(url: str, what: str) -> dict[Path, str]:
             Path(f"{ledger_file}-shm"): f"{what} (its shared-memory index)"}
 
 
-def fail(msg: str, code: int = 2) -> None:
+def fail(msg: str, code: int = 2) -> NoReturn:
     """Print ``msg`` as the command's error on stderr and exit with ``code`` (2: the ledger or an option)."""
     Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

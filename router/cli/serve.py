@@ -86,20 +86,19 @@ def serve(
     typer.echo(f"router serve: http://{host}:{port}/v1 (an OpenAI client's base_url), {workers} worker"
                f"{'s' if workers > 1 else ''}; models from {cfg.models_dir}, policy {cfg.default_policy}, ledger "
                f"{redact(cfg.ledger_url)}; loading the models ...", err=True)
-    # router/proxy/server.py: one write per loop iteration, and a deadline on each request's headers
-    kwargs: dict[str, object] = {"http": OneWriteHttpToolsProtocol}
-    if _uvloop():
-        kwargs["loop"] = "uvloop"
     settings = uvicorn.Config(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_config=_log_config(log_level, access_log), access_log=access_log, timeout_keep_alive=30,
         # without it uvicorn waits for every running request after SIGTERM, a stream of minutes included; each
         # worker of --workers gets this Config too
-        timeout_graceful_shutdown=cfg.proxy.shutdown_timeout_s,
+        # uvicorn passes it to asyncio.wait_for, which takes seconds as a float: its `int` is too narrow
+        timeout_graceful_shutdown=cfg.proxy.shutdown_timeout_s,  # type: ignore[arg-type]
         # uvicorn's X-Forwarded-* middleware runs on every request (~5 µs of CPU, ~2 % of the proxy's own) and
         # only changes the client address, which nothing but the access log reads; no `server: uvicorn` header
         proxy_headers=access_log if proxy_headers is None else proxy_headers,
-        forwarded_allow_ips=forwarded_allow_ips, server_header=False, **kwargs,
+        forwarded_allow_ips=forwarded_allow_ips, server_header=False,
+        # router/proxy/server.py: one write per loop iteration, and a deadline on each request's headers
+        http=OneWriteHttpToolsProtocol, loop="uvloop" if _uvloop() else "auto",  # "auto": uvicorn's default
     )
     # The socket listens before the models load (as a pre-fork server's does): each worker's "ready" line then
     # means what it says, and a client that connects meanwhile waits instead of being refused.

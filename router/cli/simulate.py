@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .paths import refuse_overwriting_inputs
@@ -121,7 +121,7 @@ def simulate(
             size = outcomes.stat().st_size if outcomes.is_file() else 0
             read = bar.add_task("read outcomes (bytes)", total=size)
             table = load_outcomes(outcomes, cards, skip_bad=skip_bad, progress=lambda b: bar.update(read, completed=b))
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def step(stage: str, done: int, total: int) -> None:
                 if stage not in tasks:
