@@ -40,7 +40,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 from ._books import Books, Models
 from ._guards import internal
@@ -310,7 +310,9 @@ class Attempts:
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
                                       gen.confidence))
         self.energy = energy if self.energy is None else self.energy + energy
-        reason = (f"{d.reason}; low confidence, escalating ({_below(gen.confidence, d.escalate_below)})"
+        # escalating: both are numbers (checked above)
+        reason = (f"{d.reason}; low confidence, escalating "
+                  f"({_below(cast(float, gen.confidence), cast(float, d.escalate_below))})"
                   if escalate else self.reason())
         self.co2e_g += self.books.record(call.card, energy, latency, outcome, gen=gen, attempt=call.index,
                                          reason=reason)

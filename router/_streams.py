@@ -10,6 +10,8 @@ model go, and its reader gets that error at its next read.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
+from types import AsyncGeneratorType, GeneratorType
+from typing import cast
 
 from .errors import CancelledError, RouterError
 from .types import ChatCompletionChunk
@@ -37,7 +39,9 @@ class ChunkStream:
 
     def end_paused(self) -> None:
         """End the stream if nobody is reading it now (``Router.close()``)."""
-        if self._chunks.gi_frame is None or self._chunks.gi_running:
+        # Router's own generator function made it: a generator object, whose frame says whether it runs now
+        chunks = cast("GeneratorType[ChatCompletionChunk, None, None]", self._chunks)
+        if chunks.gi_frame is None or chunks.gi_running:
             return
         try:
             self._chunks.throw(CancelledError(_CLOSED))
@@ -69,7 +73,8 @@ class AsyncChunkStream:
 
     async def end_paused(self) -> None:
         """:meth:`ChunkStream.end_paused`, run on the stream's own event loop."""
-        if self._chunks.ag_frame is None or self._chunks.ag_running:
+        chunks = cast("AsyncGeneratorType[ChatCompletionChunk, None]", self._chunks)  # as in ChunkStream's
+        if chunks.ag_frame is None or chunks.ag_running:
             return
         try:
             await self._chunks.athrow(CancelledError(_CLOSED))

@@ -112,9 +112,9 @@ def read_yaml(file: str | Path, what: str) -> tuple[Any, str]:
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark is not None else "?"
+        at = f"{mark.line + 1}" if mark is not None else "?"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}:{line}: not valid YAML: {problem}; fix the indentation or quoting") from exc
+        raise ConfigError(f"{path}:{at}: not valid YAML: {problem}; fix the indentation or quoting") from exc
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply for a {what}; fix: flatten it") from None
     except ValueError as exc:  # a scalar that resolves to a type but cannot be built, e.g. the date 2024-13-45
