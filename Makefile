@@ -29,6 +29,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check router tests benchmarks
+	$(VENV)/bin/mypy router
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_tiers.py

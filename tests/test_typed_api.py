@@ -88,3 +88,15 @@ def test_an_app_written_against_the_readme_checks_clean_and_a_misuse_does_not(tm
     assert '"float" has no attribute "upper"' in wrong.stdout, wrong.stdout
     assert 'Item "None" of "Usage | None" has no attribute "prompt_tokens"' in wrong.stdout or \
         'Unsupported operand types for + ("int" and "str")' in wrong.stdout, wrong.stdout
+
+
+@pytest.mark.slow
+def test_the_package_checks_clean_under_its_own_mypy_configuration(tmp_path: Path) -> None:
+    """``mypy router`` with pyproject.toml's ``[tool.mypy]`` (the pydantic plugin, libraries without types named):
+    the hints the package ships agree with its code, so a wrong call inside it is found before it runs (two such
+    calls, a shadowed ``journal_folder`` and ``exc.msg`` on a plain ValueError, were found this way)."""
+    root = Path(__file__).resolve().parent.parent
+    cache = str(tmp_path / ".mypy_cache")
+    done = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", cache, "router"], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
