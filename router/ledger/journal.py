@@ -42,7 +42,7 @@ from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import LedgerRecord
 from .errors import ledger_error, redact
-from .stores import sqlite_path
+from .urls import sqlite_path
 
 log = logging.getLogger("router.ledger")
 

@@ -50,7 +50,7 @@ from .base import (
 from .errors import guarded, ledger_error, sqlite_error
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
-from .stores import sqlite_path, url_scheme
+from .urls import sqlite_path, url_scheme
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 

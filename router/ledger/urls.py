@@ -1,0 +1,38 @@
+"""What a ledger URL says about its store, without opening it: its scheme, and whether (and where) it is a SQLite
+file. A module of its own, importing no store, so that every store module and the code around them can share the
+one rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ledger_error
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a store URL in lower case (schemes are case-insensitive); "" for a plain path."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The SQLite file a store URL names, or None when it names another store (``redis://``, ``postgresql://``,
+    an unknown scheme). The one rule for "is this SQLite", so that opening the ledger, its journal folder, the
+    batch store beside it, the CLI and the dashboard never disagree: ``sqlite:///PATH`` (the scheme in any case,
+    the query left out) or a plain path (``:memory:`` included). ``sqlite:`` with fewer than three slashes
+    (``sqlite:/x``, ``sqlite://x``, ``sqlite:x``) is a ``LedgerError``: taken as a path it would make a new, empty
+    ledger named after the URL."""
+    scheme = url_scheme(url)
+    if scheme == "sqlite" and url[len("sqlite://") :].startswith("/"):
+        return Path(url[len("sqlite:///") :].split("?", 1)[0])
+    if scheme == "sqlite" or url[: len("sqlite:")].lower() == "sqlite:":
+        raise ledger_error(url, "not a SQLite ledger URL", "write sqlite:///PATH: three slashes, then the path "
+                           "(sqlite:////var/lib/router/ledger.sqlite3 for an absolute one)", retryable=False)
+    return Path(url) if scheme == "" else None
+
+
+def in_memory(url: str) -> bool:
+    """Whether ``url`` names a SQLite database in the process's memory (``:memory:``). Such a ledger gets no journal:
+    its records end with the process whatever happens, and a journal folder beside it (``./:memory:.journal``)
+    would replay one process's records into the next one's fresh database."""
+    path = sqlite_path(url)
+    return path is not None and str(path) == ":memory:"
