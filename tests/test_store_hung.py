@@ -1,9 +1,11 @@
 """A ledger store that hangs (its processes stopped with SIGSTOP: connections stay open, nothing answers) does not
 stall the proxy: no store read waits on the event loop once the outage is known, the energy estimates read the
-ledger on a thread of their own, and a PostgreSQL read ends after the URL's read_timeout."""
+ledger on a thread of their own, a PostgreSQL read ends after the URL's read_timeout, and the budget reads and
+reservations made on the proxy's event loop end after request_timeout_s (Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import textwrap
@@ -166,3 +168,57 @@ def test_a_postgresql_read_ends_after_read_timeout_when_the_server_hangs(tmp_pat
         time.sleep(0.1)
     assert ledger.budget_used("b", 3600) == 0.0
     ledger.close()
+
+
+@pytest.mark.postgres
+def test_a_budget_read_against_a_hung_postgresql_does_not_stall_the_proxy(tmp_path, postgres_server) -> None:  # noqa: F811
+    """The PostgreSQL twin of the Redis test above: a budget read or reservation against a stopped PostgreSQL held
+    the whole proxy (/health, requests without a budget, streams in flight) for the read timeout. It now waits at
+    most the URL's request_timeout_s (1 s by default): the budgeted request is a 503 with an OpenAI-style error, the
+    outage starts, and everything else answers meanwhile."""
+    root = setup(tmp_path, policy("reject", 1e9, per=3600))
+    (root / "policies" / "free.yaml").write_text("name: free\naccuracy: {min_accuracy: 0.7}\n")
+    # a long read timeout: a budget read that waited for it would hold the loop past every client timeout here
+    ledger_url = f"{postgres_server.url}?schema=stall&read_timeout=60"
+    config = root / "router.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        models_dir: {root / 'models'}
+        policies_dir: {root / 'policies'}
+        default_policy: t
+        ledger_url: '{ledger_url}'
+        journal: {{folder: {root / 'journal'}, replay_interval_s: 0.2}}
+        proxy: {{warm_up: false}}
+        """))
+    budgeted = {"model": "router", "messages": REVIEW}
+    free = {"model": "router:free", "messages": REVIEW}
+    refused: list[httpx.Response] = []
+    pids: list[int] = []
+    try:
+        with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=8) as client:
+            assert client.post("/v1/chat/completions", json=budgeted).status_code == 200
+            pids = _postgres_processes(postgres_server.folder / "data")  # the proxy's connections' backends too
+            _signal(pids, signal.SIGSTOP)
+            sender = threading.Thread(
+                target=lambda: refused.append(client.post("/v1/chat/completions", json=budgeted)), daemon=True)
+            sender.start()
+            while sender.is_alive():  # the loop answers while the budgeted request waits for the store
+                assert client.get("/health").status_code == 200
+            sender.join()
+            res = refused[0]
+            assert res.status_code == 503, res.text
+            error = res.json()["error"]
+            assert (error["type"], error["code"]) == ("ledger_error", "ledger_unavailable"), error
+            assert res.headers["retry-after"]
+            answered = client.post("/v1/chat/completions", json=free)
+            assert answered.status_code == 200, answered.text
+            _signal(pids, signal.SIGCONT)
+            assert wait_for_record(ledger_url, answered.json()["id"], timeout=60, poll=0.2) is not None
+    finally:
+        _signal(pids, signal.SIGCONT)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    """``sig`` to each process still there (a backend whose client closed may have exited since it was listed)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

@@ -210,7 +210,8 @@ def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
         return ledger_error(url, f"{detail}: the URL itself is not valid",
                             "correct the URL: postgresql://USER:PASSWORD@HOST:PORT/DB with a port from 1 to 65535, and "
                             "query options that are libpq's (sslmode, connect_timeout, options, ...) or the "
-                            "router's (schema, pool, read_timeout, retention_days)", retryable=False)  # fmt: skip
+                            "router's (schema, pool, read_timeout, request_timeout_s, retention_days)",
+                            retryable=False)  # fmt: skip
     if "password authentication failed" in text or "no password supplied" in text or state == "28P01":
         return ledger_error(url, f"{detail}: PostgreSQL refused the credentials",
                             "put the right user and password in the URL (postgresql://USER:PASSWORD@HOST:PORT/DB)",

@@ -18,6 +18,15 @@ dropped and the call tried once more on a new one, except settlements, which mus
 the server ends after ``?read_timeout=`` seconds (10 unless given; 0: none), as Redis's ``socket_timeout`` does:
 libpq has no read timeout of its own.
 
+Timeouts: besides ``read_timeout``, the two calls made while answering a request, ``try_reserve`` and
+``budget_used``, end after ``?request_timeout_s=`` (1 s unless given, never more than ``read_timeout``): waiting for
+a pooled connection (other threads may hold them all, stuck on the same server), connecting (libpq waits at least
+2 s there) and waiting for the answer all count. The proxy makes them on its event loop, where a PostgreSQL that
+hangs (its processes stopped, a host that froze: connections stay open and nothing answers) would hold every
+request, ``/health`` and every stream in flight for as long as one of them waits: the first one fails after
+``request_timeout_s``, the journaled ledger starts the outage, and the ones after it fail at once. The limit is a
+deadline the calling thread keeps on the connection, so a healthy call costs no thread hop.
+
 Length: one class is the whole ledger interface for one store, beside its connection pool; the schema and the
 feedback table are modules of their own (``postgres_schema``, ``postgres_feedback``), and the rest is one store's
 SQL, kept together.
@@ -70,57 +79,78 @@ from .postgres_schema import (
 T = TypeVar("T")
 
 READ_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 1.0
+"""The longest ``try_reserve`` and ``budget_used`` wait for the server (the module's *Timeouts*)."""
 
 
 class ReadTimeout(TimeoutError):
-    """PostgreSQL did not answer within the URL's ``read_timeout`` (an ``OSError``: the store is unreachable)."""
+    """PostgreSQL did not answer within the URL's ``read_timeout`` or ``request_timeout_s`` (an ``OSError``: the
+    store is unreachable)."""
 
 
 def _connection_class(read_timeout_s: float) -> Any:
-    """psycopg's ``Connection`` whose every wait for the server ends after ``read_timeout_s`` (0: psycopg's own,
-    which waits for ever). libpq has no read timeout, and a server whose processes are stopped (or a host that
-    hangs) would hold the caller without end: its kernel still acknowledges what is sent, so TCP keepalives and
-    ``tcp_user_timeout`` see nothing wrong. A wait that timed out leaves the connection mid-query: it is closed."""
+    """psycopg's ``Connection`` whose every wait for the server ends after ``read_timeout_s`` (0: never), or by its
+    ``deadline`` (``time.monotonic()``; None: none) where that comes first. libpq has no read timeout, and a server
+    whose processes are stopped (or a host that hangs) would hold the caller without end: its kernel still
+    acknowledges what is sent, so TCP keepalives and ``tcp_user_timeout`` see nothing wrong. A wait that timed out
+    leaves the connection mid-query: it is closed."""
     import psycopg
     from psycopg import errors
 
-    if not read_timeout_s:
-        return psycopg.Connection
-
     class TimedConnection(psycopg.Connection):
+        # set by the pool for the length of one call that must end by ``deadline``, ``limit_s`` after it began
+        deadline: float | None = None
+        limit_s = 0.0
+
         def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+            timeout, limit = read_timeout_s or None, f"{read_timeout_s:g} s (read_timeout)"
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if timeout is None or left < timeout:
+                    timeout, limit = left, f"{self.limit_s:g} s (request_timeout_s)"
+                if left <= 0:
+                    self.pgconn.finish()  # a generator may be half-run: the connection's state is unknown
+                    raise ReadTimeout(f"PostgreSQL did not answer within {limit}")
             if len(args) < 2:  # (interval, timeout) positionally
-                kwargs.setdefault("timeout", read_timeout_s)
+                kwargs.setdefault("timeout", timeout)
             try:
                 return super().wait(gen, *args, **kwargs)
             except errors._WaitTimeout as exc:
                 self.pgconn.finish()
-                raise ReadTimeout(f"PostgreSQL did not answer within {read_timeout_s:g} s (read_timeout)") from exc
+                raise ReadTimeout(f"PostgreSQL did not answer within {limit}") from exc
 
     return TimedConnection
 
 class _Pool:
     """At most ``size`` connections, made when first needed and reused (LIFO). Connections are in autocommit
-    mode; multi-statement work opens ``conn.transaction()``."""
+    mode; multi-statement work opens ``conn.transaction()``. ``connect(deadline)`` makes one (``deadline``: as
+    in :meth:`run`)."""
 
-    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+    def __init__(self, connect: Callable[[float | None], Any], size: int) -> None:
         self._connect = connect
+        self._size = size
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
         self.closed = False
 
-    def run(self, fn: Callable[[Any], T], *, retry: bool = True) -> T:
-        """``fn(connection)``; where a reused connection turns out broken, once more on a new one."""
+    def run(self, fn: Callable[[Any], T], *, retry: bool = True, within_s: float | None = None) -> T:
+        """``fn(connection)``; where a reused connection turns out broken, once more on a new one. ``within_s``:
+        the call fails with ``ReadTimeout`` unless it ends by then, waiting for a free connection included."""
         from psycopg import OperationalError
 
-        with self._slots:
+        deadline = None if within_s is None else time.monotonic() + within_s
+        if not self._slots.acquire(timeout=within_s):
+            raise ReadTimeout(f"no PostgreSQL connection came free within {within_s:g} s (request_timeout_s): the "
+                              f"pool's (pool={self._size}) are all busy, waiting for the server")  # fmt: skip
+        try:
             for attempt in (0, 1):
                 with self._lock:
                     conn = self._idle.pop() if self._idle else None
                 reused = conn is not None
                 if conn is None:
-                    conn = self._connect()
+                    conn = self._connect(deadline)
+                conn.deadline, conn.limit_s = deadline, within_s
                 try:
                     out = fn(conn)
                 except OperationalError:
@@ -138,9 +168,12 @@ class _Pool:
                     raise
                 self._give_back(conn)
                 return out
+        finally:
+            self._slots.release()
         raise AssertionError("unreachable")
 
     def _give_back(self, conn: Any) -> None:
+        conn.deadline = None
         if conn.closed or conn.broken or self.closed:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -157,6 +190,18 @@ class _Pool:
                 conn.close()
 
 
+def _connect_timeout_s(conninfo: str) -> int | None:
+    """The connection string's ``connect_timeout`` in whole seconds, as libpq reads it (None: none given, or 0 or
+    less: none)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        seconds = int(float(str(conninfo_to_dict(conninfo)["connect_timeout"])))
+    except (KeyError, ValueError, TypeError):
+        return None
+    return seconds if seconds > 0 else None
+
+
 class PostgresLedger(PostgresFeedback, Retention, Ledger):
     """Records, sums and budgets in PostgreSQL, shared by every process that points at the same database and
     schema; safe across threads (a connection per concurrent call) and hosts."""
@@ -166,7 +211,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("open the ledger")
     def __init__(
         self, conninfo: str, *, schema: str = "router", retention_days: float | None = None, pool: int = 4,
-        url: str | None = None, read_timeout_s: float = READ_TIMEOUT_S,
+        url: str | None = None, read_timeout_s: float = READ_TIMEOUT_S, request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:  # fmt: skip
         import psycopg
 
@@ -178,7 +223,20 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                                "use letters, digits and underscores, e.g. ?schema=router", retryable=False)
         self.schema = schema
         connection = _connection_class(read_timeout_s)
-        self._pool = _Pool(lambda: connection.connect(conninfo, autocommit=True), max(1, pool))
+        self._request_timeout_s = min(request_timeout_s, read_timeout_s or math.inf)
+        given_connect_s = _connect_timeout_s(conninfo)
+
+        def connect(deadline: float | None) -> Any:
+            if deadline is None:
+                return connection.connect(conninfo, autocommit=True)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReadTimeout("no time was left to connect to PostgreSQL (request_timeout_s)")
+            # whole seconds, as libpq reads them (psycopg waits at least 2 s, as libpq does)
+            return connection.connect(conninfo, autocommit=True,
+                                      connect_timeout=str(min(math.ceil(left), given_connect_s or math.inf)))
+
+        self._pool = _Pool(connect, max(1, pool))
         s = schema
         self._insert_sql: dict[int, str] = {}
         self._reserve_sql = f"""INSERT INTO {s}.budgets (budget, window_start, used_j) SELECT %s, %s, %s
@@ -193,8 +251,10 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @classmethod
     def from_url(cls, url: str, *, retention_days: float | None = None) -> PostgresLedger:
-        """``postgresql://USER:PASSWORD@HOST:PORT/DB[?schema=router&pool=4&retention_days=N&read_timeout=10]``;
-        other query options (``sslmode``, ``connect_timeout``: 5 s unless given ...) go to libpq."""
+        """``postgresql://USER:PASSWORD@HOST:PORT/DB[?schema=router&pool=4&retention_days=N&read_timeout=10&
+        request_timeout_s=1]``; other query options (``sslmode``, ``connect_timeout``: 5 s unless given ...) go to
+        libpq. ``request_timeout_s`` (default 1 s, never more than ``read_timeout``): the wait of the calls made
+        while answering a request (the module's *Timeouts*)."""
         try:
             import psycopg  # noqa: F401
         except ImportError as exc:
@@ -208,6 +268,9 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
             read_timeout_s = float(query.pop("read_timeout", READ_TIMEOUT_S))
             if not 0 <= read_timeout_s < math.inf:
                 raise ValueError(f"read_timeout={read_timeout_s:g}: seconds, 0 for none")
+            request_timeout_s = float(query.pop("request_timeout_s", REQUEST_TIMEOUT_S))
+            if not 0 < request_timeout_s < math.inf:
+                raise ValueError(f"request_timeout_s={request_timeout_s:g}: a number of seconds above 0")
             stored = query.pop("retention_days", None)
             if retention_days is None and stored is not None:
                 retention_days = float(stored)
@@ -217,7 +280,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         query.setdefault("connect_timeout", "5")
         conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query, quote_via=quote)))
         return cls(conninfo, schema=schema, retention_days=retention_days, pool=pool, url=url,
-                   read_timeout_s=read_timeout_s)
+                   read_timeout_s=read_timeout_s, request_timeout_s=request_timeout_s)
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
         return postgres_error(self.url, exc, action)
@@ -491,7 +554,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         start = window_start(time.time(), window_s)
         args = (budget, start, joules, joules, limit_j, limit_j)
-        changed = self._pool.run(lambda c: c.execute(self._reserve_sql, args).rowcount)
+        changed = self._pool.run(lambda c: c.execute(self._reserve_sql, args).rowcount,
+                                 within_s=self._request_timeout_s)
         return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
 
     @guarded("settle a reservation")
@@ -515,8 +579,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
         start = window_start(time.time(), window_s)
-        row = self._one(f"SELECT used_j FROM {self.schema}.budgets WHERE budget = %s AND window_start = %s",
-                        (budget, start))  # fmt: skip
+        sql = f"SELECT used_j FROM {self.schema}.budgets WHERE budget = %s AND window_start = %s"
+        row = self._pool.run(lambda c: c.execute(sql, (budget, start)).fetchone(), within_s=self._request_timeout_s)
         return float(row[0]) if row else 0.0
 
     @guarded("list the budget counters")
