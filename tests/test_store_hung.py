@@ -11,6 +11,7 @@ import signal
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,15 +32,7 @@ def test_the_proxy_answers_while_redis_hangs(tmp_path: Path) -> None:
     assert server.proc is not None
     root = setup(tmp_path, "name: t\naccuracy: {min_accuracy: 0.7}\n")
     ledger_url = f"{server.url}/0?prefix=hung:"  # redis-py's socket_timeout as shipped
-    config = root / "router.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        models_dir: {root / 'models'}
-        policies_dir: {root / 'policies'}
-        default_policy: t
-        ledger_url: '{ledger_url}'
-        journal: {{folder: {root / 'journal'}, replay_interval_s: 0.2}}
-        proxy: {{warm_up: false}}
-        """))
+    config = _config(root, ledger_url)
     body = {"model": "router", "messages": REVIEW}
     stopped = False
     try:
@@ -74,48 +67,48 @@ def test_a_budget_read_against_a_hung_redis_does_not_stall_the_proxy(tmp_path: P
     the outage starts, and everything else answers meanwhile."""
     server = start_redis_server(tmp_path)
     assert server.proc is not None
+    pids = [server.proc.pid]
+    try:
+        # a long socket timeout: a budget read that waited for it would hold the loop past every client timeout
+        _budgeted_request_is_refused_while_the_rest_answers(tmp_path, f"{server.url}/0?prefix=stall:&socket_timeout=60",
+                                                            lambda: pids)
+    finally:
+        _signal(pids, signal.SIGCONT)
+        server.stop()
+
+
+def _budgeted_request_is_refused_while_the_rest_answers(tmp_path: Path, ledger_url: str,
+                                                        store_pids: Callable[[], list[int]]) -> None:
+    """``router serve`` with a budget kept in the store at ``ledger_url``; the store's processes (``store_pids()``,
+    listed once the proxy is connected) stopped while a budgeted request is sent: the proxy keeps answering
+    /health meanwhile, the budgeted request is a 503 ``ledger_unavailable`` with Retry-After, a request without a
+    budget is answered, and its record reaches the store once it runs again. The caller resumes the processes
+    should this fail."""
     root = setup(tmp_path, policy("reject", 1e9, per=3600))
     (root / "policies" / "free.yaml").write_text("name: free\naccuracy: {min_accuracy: 0.7}\n")
-    # a long socket timeout: a budget read that waited for it would hold the loop past every client timeout here
-    ledger_url = f"{server.url}/0?prefix=stall:&socket_timeout=60"
-    config = root / "router.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        models_dir: {root / 'models'}
-        policies_dir: {root / 'policies'}
-        default_policy: t
-        ledger_url: '{ledger_url}'
-        journal: {{folder: {root / 'journal'}, replay_interval_s: 0.2}}
-        proxy: {{warm_up: false}}
-        """))
+    config = _config(root, ledger_url)
     budgeted = {"model": "router", "messages": REVIEW}
     free = {"model": "router:free", "messages": REVIEW}
     refused: list[httpx.Response] = []
-    stopped = False
-    try:
-        with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=8) as client:
-            assert client.post("/v1/chat/completions", json=budgeted).status_code == 200
-            os.kill(server.proc.pid, signal.SIGSTOP)
-            stopped = True
-            sender = threading.Thread(
-                target=lambda: refused.append(client.post("/v1/chat/completions", json=budgeted)), daemon=True)
-            sender.start()
-            while sender.is_alive():  # the loop answers while the budgeted request waits for the store
-                assert client.get("/health").status_code == 200
-            sender.join()
-            res = refused[0]
-            assert res.status_code == 503, res.text
-            error = res.json()["error"]
-            assert (error["type"], error["code"]) == ("ledger_error", "ledger_unavailable"), error
-            assert res.headers["retry-after"]
-            answered = client.post("/v1/chat/completions", json=free)
-            assert answered.status_code == 200, answered.text
-            os.kill(server.proc.pid, signal.SIGCONT)
-            stopped = False
-            assert wait_for_record(ledger_url, answered.json()["id"], timeout=60, poll=0.2) is not None
-    finally:
-        if stopped:
-            os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
+    with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=8) as client:
+        assert client.post("/v1/chat/completions", json=budgeted).status_code == 200
+        pids = store_pids()
+        _signal(pids, signal.SIGSTOP)
+        sender = threading.Thread(
+            target=lambda: refused.append(client.post("/v1/chat/completions", json=budgeted)), daemon=True)
+        sender.start()
+        while sender.is_alive():  # the loop answers while the budgeted request waits for the store
+            assert client.get("/health").status_code == 200
+        sender.join()
+        res = refused[0]
+        assert res.status_code == 503, res.text
+        error = res.json()["error"]
+        assert (error["type"], error["code"]) == ("ledger_error", "ledger_unavailable"), error
+        assert res.headers["retry-after"]
+        answered = client.post("/v1/chat/completions", json=free)
+        assert answered.status_code == 200, answered.text
+        _signal(pids, signal.SIGCONT)
+        assert wait_for_record(ledger_url, answered.json()["id"], timeout=60, poll=0.2) is not None
 
 
 def _postgres_processes(data: Path) -> list[int]:
@@ -150,9 +143,8 @@ def test_a_postgresql_read_ends_after_read_timeout_when_the_server_hangs(tmp_pat
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             got.append(exc)
 
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        _signal(pids, signal.SIGSTOP)
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         reader.join(30)  # far beyond read_timeout: only a read that never ends is still running
@@ -161,8 +153,7 @@ def test_a_postgresql_read_ends_after_read_timeout_when_the_server_hangs(tmp_pat
         with pytest.raises(LedgerError, match="could not read m's recent calls"):
             ledger.recent_calls("m", 10)  # the outage is known: at once
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        _signal(pids, signal.SIGCONT)
     deadline = time.time() + 30
     while ledger.unavailable and time.time() < deadline:
         time.sleep(0.1)
@@ -173,13 +164,22 @@ def test_a_postgresql_read_ends_after_read_timeout_when_the_server_hangs(tmp_pat
 @pytest.mark.postgres
 def test_a_budget_read_against_a_hung_postgresql_does_not_stall_the_proxy(tmp_path, postgres_server) -> None:  # noqa: F811
     """The PostgreSQL twin of the Redis test above: a budget read or reservation against a stopped PostgreSQL held
-    the whole proxy (/health, requests without a budget, streams in flight) for the read timeout. It now waits at
-    most the URL's request_timeout_s (1 s by default): the budgeted request is a 503 with an OpenAI-style error, the
-    outage starts, and everything else answers meanwhile."""
-    root = setup(tmp_path, policy("reject", 1e9, per=3600))
-    (root / "policies" / "free.yaml").write_text("name: free\naccuracy: {min_accuracy: 0.7}\n")
-    # a long read timeout: a budget read that waited for it would hold the loop past every client timeout here
-    ledger_url = f"{postgres_server.url}?schema=stall&read_timeout=60"
+    the whole proxy for the read timeout; it now waits at most the URL's request_timeout_s (1 s by default)."""
+    pids: list[int] = []
+
+    def listed() -> list[int]:  # once the proxy is connected: its connections' backends too
+        pids.extend(_postgres_processes(postgres_server.folder / "data"))
+        return pids
+
+    try:
+        # a long read timeout: a budget read that waited for it would hold the loop past every client timeout
+        _budgeted_request_is_refused_while_the_rest_answers(
+            tmp_path, f"{postgres_server.url}?schema=stall&read_timeout=60", listed)
+    finally:
+        _signal(pids, signal.SIGCONT)
+
+
+def _config(root: Path, ledger_url: str) -> Path:
     config = root / "router.yaml"
     config.write_text(textwrap.dedent(f"""\
         models_dir: {root / 'models'}
@@ -189,32 +189,7 @@ def test_a_budget_read_against_a_hung_postgresql_does_not_stall_the_proxy(tmp_pa
         journal: {{folder: {root / 'journal'}, replay_interval_s: 0.2}}
         proxy: {{warm_up: false}}
         """))
-    budgeted = {"model": "router", "messages": REVIEW}
-    free = {"model": "router:free", "messages": REVIEW}
-    refused: list[httpx.Response] = []
-    pids: list[int] = []
-    try:
-        with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=8) as client:
-            assert client.post("/v1/chat/completions", json=budgeted).status_code == 200
-            pids = _postgres_processes(postgres_server.folder / "data")  # the proxy's connections' backends too
-            _signal(pids, signal.SIGSTOP)
-            sender = threading.Thread(
-                target=lambda: refused.append(client.post("/v1/chat/completions", json=budgeted)), daemon=True)
-            sender.start()
-            while sender.is_alive():  # the loop answers while the budgeted request waits for the store
-                assert client.get("/health").status_code == 200
-            sender.join()
-            res = refused[0]
-            assert res.status_code == 503, res.text
-            error = res.json()["error"]
-            assert (error["type"], error["code"]) == ("ledger_error", "ledger_unavailable"), error
-            assert res.headers["retry-after"]
-            answered = client.post("/v1/chat/completions", json=free)
-            assert answered.status_code == 200, answered.text
-            _signal(pids, signal.SIGCONT)
-            assert wait_for_record(ledger_url, answered.json()["id"], timeout=60, poll=0.2) is not None
-    finally:
-        _signal(pids, signal.SIGCONT)
+    return config
 
 
 def _signal(pids: list[int], sig: signal.Signals) -> None:
