@@ -316,6 +316,15 @@ class KeyEntry(_Settings):
         return self
 
 
+_MOVED_FIELDS = {
+    "extra": "`extra`'s settings are fields of their own now: move `extra.proxy` to `proxy`, `extra.keys` to `keys`, "
+             "`extra.cooldown` to `cooldown` and `extra.ledger_journal` to `journal`",
+    "backend_timeout_s": "replace `backend_timeout_s` with `deadline_s` (seconds a whole request may take, every "
+                         "retry and fallback included; default 120), or bound one remote model's calls with "
+                         "`timeout_s` under `backend:` on its card",
+}
+"""Settings of earlier releases that moved, and where to."""
+
 _BLOCKS = ("cpu_power", "cooldown", "proxy", "keys", "journal", "carbon", "batch", "dashboard", "prompts", "judge")
 """Settings blocks: YAML only (no ``ROUTER_<FIELD>`` variable)."""
 
@@ -376,10 +385,13 @@ class RouterConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _moved_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "extra" in data:
-            raise ValueError("`extra` is gone: its settings are fields of their own now: move `extra.proxy` to "
-                             "`proxy`, `extra.keys` to `keys`, `extra.cooldown` to `cooldown` and "
-                             "`extra.ledger_journal` to `journal`")
+        """A first-release config names settings this router reads elsewhere: all of them in one message, each
+        with where it went, rather than pydantic's "Extra inputs are not permitted" one at a time."""
+        moved = [name for name in _MOVED_FIELDS if isinstance(data, dict) and name in data]
+        if moved:
+            raise ValueError(f"{' and '.join(f'`{name}`' for name in moved)} "
+                             f"{'is' if len(moved) == 1 else 'are'} no longer read; fix: "
+                             + "; ".join(_MOVED_FIELDS[name] for name in moved))
         return data
 
     @classmethod
@@ -455,7 +467,9 @@ def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> Confi
         got = type(e.get("input")).__name__ if e["loc"][:1] == ("keys",) else repr(e.get("input"))
         problem, _, fix = e["msg"].removeprefix("Value error, ").partition("; fix: ")
         all_fixed = all_fixed and bool(fix)
-        msgs.append(f"field `{field}`{source}: {problem} (got {got[:80]}{'...' if len(got) > 80 else ''})"
-                    + (f"; fix: {fix}" if fix else ""))
+        # a check of the whole file (no field) names its fields itself, and its input is the whole file
+        shown = f"{got[:80]}{'...' if len(got) > 80 else ''}"
+        said = f"field `{field}`{source}: {problem} (got {shown})" if field else problem
+        msgs.append(said + (f"; fix: {fix}" if fix else ""))
     general = "" if all_fixed else "; fix: correct the value (each field is described in router/config.py)"
     return ConfigError(f"{where}: " + "; ".join(msgs) + general)

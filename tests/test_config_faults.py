@@ -312,6 +312,32 @@ def test_keys_file_in_either_shape_loads(tmp_path: Path) -> None:
     assert len(KeyStore.from_file(write(tmp_path, "k2.yaml", "extra:\n  keys:\n  " + entry.replace("\n", "\n  ")))) == 1
 
 
+# A router.yaml as the first release (2b1ea30) read it: `extra` held the proxy's settings and keys, and
+# `backend_timeout_s` was a top-level number
+FIRST_RELEASE_CONFIG = """ledger_url: sqlite:////var/lib/router/ledger.sqlite3
+backend_timeout_s: 60
+extra:
+  proxy: {ledger_writes: background, ledger_group_ms: 10}
+  keys:
+    - {name: team-a, sha256: """ + "ab" * 32 + """, policy: eco}
+"""
+
+
+@pytest.mark.parametrize("config", [FIRST_RELEASE_CONFIG, "backend_timeout_s: 60\n"])
+def test_a_first_release_config_names_where_each_moved_setting_went(tmp_path: Path, config: str) -> None:
+    """`backend_timeout_s` was refused as 'Extra inputs are not permitted ... fix: correct the value', which named
+    no setting to use instead; `extra` was refused as `field ``` with the file's first 80 characters as its value."""
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.load(write(tmp_path, "router.yaml", config))
+    message = str(err.value)
+    assert "replace `backend_timeout_s` with `deadline_s`" in message
+    assert "`timeout_s` under `backend:` on its card" in message
+    if "extra:" in config:  # both moves in one message, so one edit of the file is enough
+        assert "move `extra.proxy` to `proxy`, `extra.keys` to `keys`" in message
+    assert "field ``" not in message and "got {" not in message and "correct the value" not in message
+    assert "ab" * 32 not in message
+
+
 def test_an_empty_variable_counts_as_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`ROUTER_MODELS_DIR=` (a shell's way to clear a variable) once made the working directory the cards folder,
     and `ROUTER_DEFAULT_POLICY=` an unknown policy ''."""
