@@ -112,3 +112,39 @@ def test_records_without_co2e_show_the_same_grams_on_the_dashboard_as_in_router_
     (g_text, per_kwh), *_ = SENTENCE.findall(_cli("ledger", "--config", str(config)))
     assert float(g_text) == pytest.approx(0.4) and float(per_kwh) == pytest.approx(400)  # 0.001 kWh x 400 g/kWh
     assert dashboard["co2e_g"] == pytest.approx(0.4) and dashboard["g_per_kwh"] == pytest.approx(400)
+
+
+def test_records_without_co2e_beside_records_with_it_are_not_counted_as_0_g(tmp_path: Path) -> None:
+    """Records without a CO2e figure among records with one were summed as 0 g: every view showed a total too low,
+    and an intensity of the recorded grams over all the joules, with no hint. The grams are the recorded ones,
+    the intensity is over the joules that have a figure, and each view says how many records have none."""
+    import time
+
+    models = models_dir(tmp_path / "models", {})
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\nledger_url: {ledger_url}\nproxy: {{warm_up: false}}\n")
+    now = time.time()
+    led = SQLiteLedger.from_url(ledger_url)
+    for i, (co2e, hours_ago) in enumerate(((300.0, 5), (None, 4), (100.0, 3), (None, 0.01))):  # 1 kWh each
+        led.record(LedgerRecord(f"r{i}", "sentiment-onnx", "specialist", 3.6e6, "measured:rapl", co2e_g=co2e,
+                                ts=now - hours_ago * 3600))
+    led.close()
+    note = "2 of 4 records have no CO2e figure (7.2 MJ not counted)"
+    with TestClient(create_app(config=RouterConfig.load(config))) as c:
+        dashboard = c.get("/dashboard/api/totals?window=all").json()
+    assert dashboard["co2e_g"] == pytest.approx(400) and dashboard["g_per_kwh"] == pytest.approx(200)
+    assert dashboard["records_without_co2e"] == 2 and dashboard["joules_without_co2e"] == pytest.approx(7.2e6)
+    assert dashboard["co2e_note"] == note and dashboard["co2e_estimated"] is False
+
+    texts = {"router ledger": _cli("ledger", "--config", str(config)),
+             "report table": _cli("ledger", "report", "--config", str(config)),
+             "report html": _cli("ledger", "report", "--config", str(config), "--format", "html")}
+    for view, text in texts.items():
+        (g_text, per_kwh), *_ = SENTENCE.findall(text)
+        assert (float(g_text), float(per_kwh)) == (400, 200), view  # not 400 g at 100 g/kWh
+        assert note in " ".join(text.split()), view
+    report = json.loads(_cli("ledger", "report", "--config", str(config), "--format", "json"))
+    assert report["records_without_co2e"] == 2 and report["equivalents"]["grid_g_per_kwh"] == pytest.approx(200)
+    total = _cli("ledger", "report", "--config", str(config), "--format", "csv").splitlines()[-1].split(",")
+    assert total[0] == "total" and total[-1] == "2"

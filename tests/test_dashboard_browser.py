@@ -242,6 +242,28 @@ def test_times_are_shown_in_utc_in_a_browser_elsewhere(browser: Any, tmp_path: P
     assert shown["labels"] and not any(label.endswith(":30") for label in shown["labels"]), shown["labels"]
 
 
+def test_the_co2e_total_says_how_many_records_have_no_figure(browser: Any, tmp_path: Path) -> None:
+    """Records without a CO2e figure were counted as 0 g under the page's CO2e total, with no hint."""
+    models = models_dir(tmp_path / "models", {})
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = open_ledger(ledger_url)
+    try:
+        for i, co2e in enumerate((300.0, None)):  # 1 kWh each
+            ledger.record(LedgerRecord(f"r{i}", "sentiment-onnx", "specialist", 3.6e6, "measured:rapl", co2e_g=co2e,
+                                       ts=time.time() - 600))
+    finally:
+        ledger.close()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
+                      "proxy: {warm_up: false}\n")
+    with router_serve(config, tmp_path) as url:
+        browser.get(f"{url}/dashboard")
+        sub = _until("the CO2e total", lambda: browser.execute_script(
+            'return document.getElementById("total-co2e").dataset.value && '
+            'document.getElementById("total-co2e-sub").textContent'))
+    assert sub == "at 300 g/kWh · 1 of 2 records have no CO2e figure (3.6 MJ not counted)", sub
+
+
 def test_a_bad_grouping_in_the_address_falls_back_to_the_default_once(browser: Any, tmp_path: Path) -> None:
     """`#by=key` in the address (a grouping the API does not have) made every refresh fail with the same 400 until
     the address was edited; the page now draws the default grouping and says so once. The address here ends in a

@@ -119,6 +119,7 @@ def ledger_main(
         led = open_configured(cfg)
         start = parse_when(since) or 0.0
         summary = led.summary(start)
+        gaps = led.carbon_gaps(start)
         led.close()
     except RouterError as exc:
         fail(str(exc))
@@ -141,7 +142,9 @@ def ledger_main(
         console.print(table)
     total = sum(r.energy_j for r in summary)
     measured = sum(r.energy_j for r in summary if r.energy_source.startswith("measured"))
-    console.print(f"Total: {_recorded_sentence(total, sum(r.co2e_g for r in summary), cfg.grid_g_per_kwh)}")
+    everyday = recorded_equivalents(total, sum(r.co2e_g for r in summary), cfg.grid_g_per_kwh,
+                                    records=sum(r.requests for r in summary), gaps=gaps)
+    console.print(f"Total: {everyday.sentence()}")
     console.print(
         f"{measured / total:.0%} of these joules were measured (RAPL/NVML), the rest estimated (CPU-time "
         "model or card token profiles); `router ledger report` shows the energy saved by routing."
@@ -159,12 +162,6 @@ def _since(ctx: typer.Context, since: str | None) -> str | None:
     """A subcommand's ``--since``, else the group's (``router ledger --since 7d report``)."""
     return since if since is not None else (ctx.obj or {}).get("since")
 
-
-
-def _recorded_sentence(joules: float, co2e_g: float, grid_g_per_kwh: float) -> str:
-    """``joules`` in everyday terms with the CO2e the records carry, as every view of the ledger shows it
-    (:func:`~router.energy.carbon.recorded_equivalents`)."""
-    return recorded_equivalents(joules, co2e_g, grid_g_per_kwh).sentence()
 
 
 def _savings_sentence(saved_j: float, counterfactual: str, grid_g_per_kwh: float) -> str:
@@ -233,7 +230,7 @@ def report(
         for table in rich_tables(carbon):
             console.print(table)
         console.print(summary_line(carbon))
-        console.print(f"Total: {_recorded_sentence(rep.total.energy_j, rep.total.co2e_g, rep.grid_g_per_kwh)}")
+        console.print(f"Total: {rep.everyday().sentence()}")
         if rep.counterfactual_model:
             console.print(_savings_sentence(rep.total.saved_j, rep.counterfactual_model,
                                             rep.everyday().grid_g_per_kwh))

@@ -74,11 +74,15 @@ class _Rows:
     totals by model, by tier and by energy source then come from a single read, with the same saving estimate
     and CO2e as ``router ledger report``."""
 
-    def __init__(self, rows: list[SummaryRow]) -> None:
+    def __init__(self, rows: list[SummaryRow], gaps: tuple[int, float]) -> None:
         self.rows = rows
+        self.gaps = gaps
 
     def summary(self, since: float = 0.0, until: float | None = None, dims: object = None) -> list[SummaryRow]:
         return self.rows
+
+    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
+        return self.gaps
 
 
 class DashboardData:
@@ -101,12 +105,13 @@ class DashboardData:
 
     # -- totals --------------------------------------------------------------------------------------------
     def totals(self, window: Window) -> dict[str, Any]:
-        rows = self._fresh().summary(window.since, dims=_TOTALS_DIMS)
+        ledger = self._fresh()
+        rows = ledger.summary(window.since, dims=_TOTALS_DIMS)
+        read = cast(Ledger, _Rows(rows, ledger.carbon_gaps(window.since)))
         grid = self.router.config.grid_g_per_kwh
-        report = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="model", since=window.since,
-                              grid_g_per_kwh=grid)
-        by_tier = build_report(cast(Ledger, _Rows(rows)), self.router.cards, by="tier", since=window.since,
-                               grid_g_per_kwh=grid)  # a model's records keep the tier each call ran in
+        report = build_report(read, self.router.cards, by="model", since=window.since, grid_g_per_kwh=grid)
+        # a model's records keep the tier each call ran in
+        by_tier = build_report(read, self.router.cards, by="tier", since=window.since, grid_g_per_kwh=grid)
         # a model's tier is its card's now
         tiers: dict[str, str] = {name: card.tier for name, card in self.router.cards.items()}
         newest: dict[str, SummaryRow] = {}  # a model with no card any more: the tier its newest calls ran in
@@ -130,6 +135,9 @@ class DashboardData:
             "requests": t.requests, "answered": answered, "errors": t.errors,
             "rejected": t.rejected,
             "energy_j": t.energy_j, "co2e_g": everyday.co2e_g, "g_per_kwh": everyday.grid_g_per_kwh,
+            "co2e_estimated": everyday.estimated, "co2e_from": everyday.intensity_from,
+            "records_without_co2e": everyday.records_without_co2e,
+            "joules_without_co2e": everyday.joules_without_co2e, "co2e_note": everyday.co2e_note(),
             "grid_g_per_kwh": grid,
             "counterfactual_model": report.counterfactual_model, "counterfactual_j": t.counterfactual_j,
             "saved_j": t.saved_j, "saved_share": t.saved_j / t.counterfactual_j if t.counterfactual_j else 0.0,

@@ -52,13 +52,31 @@ class Equivalents:
     kettle_boils: float
     intensity_from: str = ""
     """Where ``grid_g_per_kwh`` comes from, when it is not simply the figure given (shown in the sentence)."""
+    records: int = 0
+    """Ledger records behind these figures (0: not ledger records)."""
+    records_without_co2e: int = 0
+    """Of ``records``, those that carry no CO2e figure: ``co2e_g`` and the intensity leave them out."""
+    joules_without_co2e: float = 0.0
+    """Their joules (in ``joules``, not in ``co2e_g``)."""
+    estimated: bool = False
+    """``co2e_g`` is ``joules`` at a static intensity, not the records' own figures (none carry one)."""
+
+    def co2e_note(self) -> str:
+        """What ``co2e_g`` leaves out, for people (empty when nothing is left out):
+        ``4 of 10 records have no CO2e figure (1.2 kJ not counted)``."""
+        if not self.records_without_co2e:
+            return ""
+        return (f"{self.records_without_co2e:,} of {self.records:,} records have no CO2e figure "
+                f"({format_joules(self.joules_without_co2e)} not counted)")
 
     def sentence(self) -> str:
         """One line for people: ``1.2 kJ (0.00033 kWh) ≈ 0.025 phone charges ≈ 0.0033 kettle boils, 0.16 g CO2e``."""
+        note = self.co2e_note()
         return (
             f"{format_joules(self.joules)} ({self.kwh:.3g} kWh) ≈ {self.phone_charges:.3g} phone charges ≈ "
             f"{self.kettle_boils:.3g} kettle boils; {self.co2e_g:.3g} g CO2e at {self.grid_g_per_kwh:g} g/kWh"
             + (f" ({self.intensity_from})" if self.intensity_from else "")
+            + (f"; {note}" if note else "")
         )
 
 
@@ -85,16 +103,23 @@ def recorded_intensity(joules: float, co2e_g: float) -> float | None:
     return co2e_g / kwh(joules) if joules > 0 else None
 
 
-def recorded_equivalents(joules: float, co2e_g: float,
-                         fallback_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> Equivalents:
-    """``joules`` of ledger records in everyday terms with the grams CO2e the records carry, at their
-    :func:`recorded_intensity`; ``fallback_g_per_kwh`` (the config's static figure) only when they carry none."""
-    g = recorded_intensity(joules, co2e_g)
+def recorded_equivalents(joules: float, co2e_g: float, fallback_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH, *,
+                         records: int = 0, gaps: tuple[int, float] = (0, 0.0)) -> Equivalents:
+    """``joules`` of ``records`` ledger records in everyday terms with the grams CO2e the records carry, at their
+    :func:`recorded_intensity`; ``fallback_g_per_kwh`` (the config's static figure) only when they carry none, and
+    then labelled as such. Every view of the ledger shows its total through this.
+
+    ``gaps``: how many of the records carry no CO2e figure and their joules (:meth:`~router.ledger.Ledger.carbon_gaps`;
+    the hourly summaries count them as 0 g). The grams stay the recorded ones and the intensity is over the joules
+    that have a figure, so neither is understated; the sentence says what is left out."""
+    missing, missing_j = gaps
+    g = recorded_intensity(joules - missing_j, co2e_g)
     if g is None or co2e_g <= 0:
-        return dataclasses.replace(equivalents(joules, fallback_g_per_kwh),
+        return dataclasses.replace(equivalents(joules, fallback_g_per_kwh), records=records, estimated=True,
                                    intensity_from="config `grid_g_per_kwh`: no CO2e recorded")
     return dataclasses.replace(equivalents(joules, g), co2e_g=co2e_g,
-                               intensity_from="the records' own: each one's zone and hour, PUE included")
+                               intensity_from="the records' own: each one's zone and hour, PUE included",
+                               records=records, records_without_co2e=missing, joules_without_co2e=missing_j)
 
 
 _JOULE_UNITS = ((1e12, "TJ"), (1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ"), (1.0, "J"))

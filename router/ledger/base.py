@@ -137,6 +137,21 @@ class Ledger(FeedbackMethods, ABC):
         by = checked_group(by)
         return totals_from_summary(self.summary(since), by)
 
+    @guarded("count the records without CO2e")
+    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
+        """How many records with ``since <= ts < until`` carry no CO2e figure, and their joules: records written
+        before the carbon columns existed, or by an application's own :meth:`record` without one. The hourly
+        summaries count them as 0 g, so a view of the CO2e total uses this to say what the total leaves out
+        (:func:`~router.energy.carbon.recorded_equivalents`). This default walks the records; SQLite and PostgreSQL
+        answer from a partial index of just those records."""
+        since, until = checked_span(since, until)
+        count, joules = 0, 0.0
+        for rec in self.iter_records(since, until):
+            if rec.co2e_g is None:
+                count += 1
+                joules += rec.energy_j
+        return count, joules
+
     # Budget accounting. Atomic reserve-then-settle so concurrent requests cannot both spend the last joules.
     @abstractmethod
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:

@@ -349,6 +349,9 @@ class JournaledLedger(Ledger):
     ) -> list[SummaryRow]:
         return self._store().summary(since, until, dims)
 
+    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
+        return self._store().carbon_gaps(since, until)
+
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         return self._store()._stored_summary(lo, hi)
 

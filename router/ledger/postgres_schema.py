@@ -3,7 +3,8 @@ that keeps the hourly sums. Statements name tables as ``{s}.table``; ``{s}`` is 
 
 Versions (the ``meta`` table's ``schema_version``): 1, records (record ids unique), hourly summary, budgets;
 2, the estimated joules, grid intensity and zone of each record; 3, ``feedback`` (append-only, ``feedback_id``
-unique), ``prompts`` (kept only when the operator opts in) and an index on ``records.request_id``.
+unique), ``prompts`` (kept only when the operator opts in) and an index on ``records.request_id``; 4, a partial
+index of the records without a CO2e figure (``Ledger.carbon_gaps``; records with one add nothing to it).
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 "CREATE INDEX IF NOT EXISTS prompts_ts ON {s}.prompts (ts)",
                 "CREATE INDEX IF NOT EXISTS records_request_id ON {s}.records (request_id, ts)",
             ],
+        ),
+        Step(
+            4,
+            "records without a CO2e figure, by time",
+            ["CREATE INDEX IF NOT EXISTS records_no_co2e ON {s}.records (ts) WHERE co2e_g IS NULL"],
         ),
     ],
 )

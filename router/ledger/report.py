@@ -95,11 +95,17 @@ class Report:
     series: list[dict[str, float]] = field(default_factory=list)
     """Per time bucket (hour or day): ``{t, energy_j, counterfactual_j}``."""
     notes: list[str] = field(default_factory=list)
+    records_without_co2e: int = 0
+    """Records in the range that carry no CO2e figure (counted as 0 g in every ``co2e_g``)."""
+    joules_without_co2e: float = 0.0
 
     def everyday(self) -> Equivalents:
-        """The total in everyday terms with its recorded CO2e, at the records' own intensity
-        (:func:`~router.energy.carbon.recorded_equivalents`; ``grid_g_per_kwh`` only when none is recorded)."""
-        return recorded_equivalents(self.total.energy_j, self.total.co2e_g, self.grid_g_per_kwh)
+        """The total in everyday terms with its recorded CO2e, at the records' own intensity over the joules that
+        have a figure, saying what it leaves out (:func:`~router.energy.carbon.recorded_equivalents`;
+        ``grid_g_per_kwh`` only when none is recorded)."""
+        return recorded_equivalents(self.total.energy_j, self.total.co2e_g, self.grid_g_per_kwh,
+                                    records=self.total.requests + self.total.rejected,
+                                    gaps=(self.records_without_co2e, self.joules_without_co2e))
 
     def saved_everyday(self) -> Equivalents:
         """The joules saved (none when routing cost more) in everyday terms, at the records' intensity."""
@@ -125,6 +131,7 @@ def build_report(
     by = checked_group(by)
     large = counterfactual_card(cards, counterfactual)
     summary = ledger.summary(since, until)
+    missing, missing_j = ledger.carbon_gaps(since, until)
     groups: dict[str, GroupTotals] = {}
     total = GroupTotals("total")
     latency: dict[str, float] = {}
@@ -180,6 +187,8 @@ def build_report(
         total=total,
         series=_series(buckets),
         notes=notes,
+        records_without_co2e=missing,
+        joules_without_co2e=missing_j,
     )
 
 
@@ -210,11 +219,14 @@ _COLUMNS = [
 
 
 def to_csv(report: Report) -> str:
+    """One row per group and the total; ``records_without_co2e`` (records whose CO2e is not in ``co2e_g``) is
+    known for the total only, so the groups' cells are empty."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([f"{report.by}" if k == "group" else k for k, _ in _COLUMNS])
-    for t in [*report.rows, report.total]:
-        w.writerow([getattr(t, k) for k, _ in _COLUMNS])
+    w.writerow([f"{report.by}" if k == "group" else k for k, _ in _COLUMNS] + ["records_without_co2e"])
+    for t in report.rows:
+        w.writerow([getattr(t, k) for k, _ in _COLUMNS] + [""])
+    w.writerow([getattr(report.total, k) for k, _ in _COLUMNS] + [report.records_without_co2e])
     return buf.getvalue()
 
 

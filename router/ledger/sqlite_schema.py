@@ -13,6 +13,9 @@ Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how t
    intensity ``co2e_g`` was computed at, and where it applies).
 5. ``feedback`` (scores of responses, append-only, ``feedback_id`` unique), ``prompts`` (the prompts an operator
    chose to keep, by request id) and an index on ``records.request_id`` (feedback finds its request's record).
+6. A partial index of the records without a CO2e figure (``Ledger.carbon_gaps``: the summary counts them as 0 g,
+   and every view of the total says what it leaves out); records with a figure, all the router writes, add
+   nothing to it.
 """
 
 from __future__ import annotations
@@ -119,6 +122,11 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 "CREATE INDEX IF NOT EXISTS prompts_ts ON prompts(ts)",
                 "CREATE INDEX IF NOT EXISTS records_request_id ON records(request_id, ts)",
             ],
+        ),
+        Step(
+            6,
+            "records without a CO2e figure, by time",
+            ["CREATE INDEX IF NOT EXISTS records_no_co2e ON records(ts) WHERE co2e_g IS NULL"],
         ),
     ],
 )

@@ -271,6 +271,10 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.summary(since, until, dims)
 
+    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
+        self.flush()
+        return self.inner.carbon_gaps(since, until)
+
     def raw_summary(
         self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
     ) -> list[SummaryRow]:

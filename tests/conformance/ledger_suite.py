@@ -189,6 +189,27 @@ def check_spent(open_store: OpenStore) -> None:
     assert led.spent(since=recs[-1].ts + 1) == 0.0
 
 
+def check_carbon_gaps(open_store: OpenStore) -> None:
+    """``carbon_gaps`` counts the records without a CO2e figure (and their joules) in ``since <= ts < until``; a
+    record whose figure is 0 g has one."""
+    led = open_store("carbon_gaps")
+    recs = [r if i % 3 else dataclasses.replace(r, co2e_g=None) for i, r in enumerate(_sample(12))]
+    led.record_many(recs)
+    assert recs[1].co2e_g is not None and recs[1].co2e_g > 0 and _rec(0, T0).co2e_g == 0.0  # a 0 g figure is one
+
+    def expected(lo: float, hi: float | None) -> tuple[int, float]:
+        gaps = [r for r in recs if r.co2e_g is None and r.ts >= lo and (hi is None or r.ts < hi)]
+        return len(gaps), sum(r.energy_j for r in gaps)
+
+    for lo, hi in ((0.0, None), (recs[3].ts, None), (recs[3].ts, recs[9].ts), (recs[3].ts + 1, recs[9].ts + 1)):
+        count, joules = led.carbon_gaps(lo, hi)
+        want = expected(lo, hi)
+        assert count == want[0] and math.isclose(joules, want[1]), (lo, hi)
+    assert led.carbon_gaps(recs[-1].ts + 1) == (0, 0.0)
+    with pytest.raises(BadRequestError):
+        led.carbon_gaps(float("nan"))
+
+
 def check_totals(open_store: OpenStore) -> None:
     """``totals`` equals sums computed here from the records, for every grouping, whole and from a time."""
     led = open_store("totals")
@@ -754,6 +775,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_raw_summary_per_step,
     check_bad_arguments_are_bad_request_errors,
     check_spent,
+    check_carbon_gaps,
     check_totals,
     check_carbon_rows_count_model_calls,
     check_summary_exact_for_any_range,

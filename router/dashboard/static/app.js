@@ -130,7 +130,9 @@
     kind.title = t.by_source.map((s) => `${s.source}: ${fmtJ(s.energy_j)}`).join("\n");
     $("total-energy-sub").textContent = t.requests ? `${fmtJ(t.energy_j / t.requests)} per request` : "";
     setValue("total-co2e", t.co2e_g, fmtG(t.co2e_g));
-    $("total-co2e-sub").textContent = `at ${sig(t.g_per_kwh)} g/kWh`;
+    // the grams leave out records without a CO2e figure; with none recorded they are an estimate: say which
+    $("total-co2e-sub").textContent = `at ${sig(t.g_per_kwh)} g/kWh` +
+      (t.co2e_note ? ` · ${t.co2e_note}` : t.co2e_estimated && t.energy_j ? ` (estimate: ${t.co2e_from})` : "");
     setValue("total-saved", t.saved_j, fmtJ(t.saved_j));
     $("total-saved").classList.toggle("negative", t.saved_j < 0);
     const large = `always ${t.counterfactual_model} (${fmtJ(t.counterfactual_j)})`;
