@@ -85,6 +85,10 @@ class _Rows:
         return self.gaps
 
 
+GAPS_REUSE_S = 60.0
+"""How long the dashboard reuses a window's count of records without a CO2e figure (:meth:`DashboardData.totals`)."""
+
+
 class DashboardData:
     """The queries behind the API. ``reader`` is the ledger read from (the proxy gives a connection of its own
     for SQLite, so a long read never holds the lock budget reservations take); ``flush`` makes every record
@@ -97,6 +101,7 @@ class DashboardData:
         self._reader = reader
         self._flush = flush
         self._budgets_seen = budgets_seen
+        self._gaps: dict[str, tuple[float, tuple[int, float]]] = {}  # window label -> (when, gaps)
 
     def _fresh(self) -> Ledger:
         if self._flush is not None:
@@ -104,10 +109,22 @@ class DashboardData:
         return self._reader()
 
     # -- totals --------------------------------------------------------------------------------------------
+    def _carbon_gaps(self, ledger: Ledger, window: Window) -> tuple[int, float]:
+        """The window's records without a CO2e figure, asked of the store at most once per
+        :data:`GAPS_REUSE_S` per window: such records come only from ledgers older than the carbon figures or an
+        application's own records, and a store without an index of them (Redis) walks every record of the window
+        to count them, which on every refresh of a large ledger would load it."""
+        now = time.monotonic()
+        kept = self._gaps.get(window.label)
+        if kept is None or now - kept[0] > GAPS_REUSE_S:
+            kept = (now, ledger.carbon_gaps(window.since))
+            self._gaps[window.label] = kept
+        return kept[1]
+
     def totals(self, window: Window) -> dict[str, Any]:
         ledger = self._fresh()
         rows = ledger.summary(window.since, dims=_TOTALS_DIMS)
-        read = cast(Ledger, _Rows(rows, ledger.carbon_gaps(window.since)))
+        read = cast(Ledger, _Rows(rows, self._carbon_gaps(ledger, window)))
         grid = self.router.config.grid_g_per_kwh
         report = build_report(read, self.router.cards, by="model", since=window.since, grid_g_per_kwh=grid)
         # a model's records keep the tier each call ran in
