@@ -394,12 +394,13 @@ class Attempts:
 
     def cancelled(self, call: Call, output: Output | None, why: str | None = None) -> None:
         """The caller stopped reading (a closed stream, a cancelled task), or ``why`` says who else stopped the call
-        (:attr:`PreparedRequest.task_cancelled_means`): record what was produced."""
+        (:attr:`PreparedRequest.task_cancelled_means`, which stands when ``close()`` has begun meanwhile): record
+        what was produced."""
         queued = waiting_for_turn(call.request)
         error = CancelledError(f"{call.model}: {why or 'the caller went away'}"
                                + (" while waiting for the model" if queued else "; generation stopped"))
         error.never_started = queued  # type: ignore[attr-defined]
-        self._end_call(call, self._closing(call, error, queued), output)
+        self._end_call(call, error if why else self._closing(call, error, queued), output)
 
     def _closing(self, call: Call, error: RouterError, queued: bool) -> RouterError:
         """A cancellation that ``Router.close()`` made says so (the caller did not go away), keeping whether the

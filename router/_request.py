@@ -161,10 +161,12 @@ class PreparedRequest:
     """Tools, response format, log probabilities and pass-through parameters, as checked."""
     max_tokens_param: str = "max_tokens"
     """The name the caller gave ``max_tokens`` under (``max_completion_tokens`` too): errors about it use it."""
-    task_cancelled_means: str = "the caller went away"
-    """What a cancellation of the task running this request means, when ``cancel`` was not set first; the ledger
-    record of a call it stops says so. The proxy sets it: only the server shutting down cancels its tasks (a client
-    that goes away sets ``cancel``)."""
+    task_cancelled_means: str | None = None
+    """Who stopped this request when the task running it is cancelled, or its stream closed, without ``cancel`` set
+    first; None: its caller ("the caller went away" in the ledger record, or that the Router was closed once
+    ``close()`` has begun). The proxy sets it: only the server shutting down cancels its tasks or stops its streams
+    so (a client that goes away sets ``cancel``); the record says so also when the Router's ``close()`` has begun
+    meanwhile, as it does once a stopping server closes it."""
 
 
 def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:

@@ -702,8 +702,9 @@ class Router:
                             for chunk in answer.take(event):
                                 yield chunk
                 except (GeneratorExit, asyncio.CancelledError):
+                    why = None if prepared.cancel.is_set() else prepared.task_cancelled_means
                     prepared.cancel.set()
-                    attempts.cancelled(call, answer.output)
+                    attempts.cancelled(call, answer.output, why)
                     raise
                 except Exception as exc:
                     guarded(attempts.failed, call, exc, answer.output, sent=answer.sent)

@@ -489,6 +489,7 @@ def test_disconnect_mid_stream_stops_generation_and_is_recorded(served: Served) 
         time.sleep(0.1)
     assert rec is not None, "no ledger record for the cancelled stream"
     assert rec.outcome == "cancelled" and rec.model == "remote-slow"
+    assert "the caller went away" in (rec.error or ""), rec.error  # not the server shutting down
     assert 0 < rec.output_tokens < 100 and rec.energy_j > 0  # what was produced before the hang-up, not 200
     while time.time() < deadline and served.upstream_stats()["closed_early"].get("slow", 0) == before:
         time.sleep(0.1)

@@ -175,6 +175,7 @@ def test_requests_the_server_stops_are_told_so(drip_url: str, tmp_path: Path, pr
     records = _records(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", journal=True)
     assert records["shutdown-json"].outcome == "cancelled"
     assert records["shutdown-stream"].outcome == "cancelled"
-    # the server stopped the JSON request, not its client: the record says so
-    json_error = records["shutdown-json"].error or ""
-    assert "server was shutting down" in json_error and "went away" not in json_error, json_error
+    # the server stopped both requests, not their clients: the records say so
+    for request_id in ("shutdown-json", "shutdown-stream"):
+        error_text = records[request_id].error or ""
+        assert "server was shutting down" in error_text and "went away" not in error_text, (request_id, error_text)

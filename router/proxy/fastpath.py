@@ -92,11 +92,26 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, reques
 class _SSEResponse(StreamingResponse):
     """A stream whose body iterator is always closed when the response ends, also when the client went away
     mid-stream (Starlette then cancels the sending task; after that no cancellation is pending, so ``aclose``
-    can run and stop generation)."""
+    can run and stop generation).
+
+    A client that goes away sets the request's cancel flag before its stream is stopped, so the stream's record
+    says the caller went away; a stream stopped without it was stopped by the server shutting down
+    (:attr:`PreparedRequest.task_cancelled_means`)."""
+
+    def __init__(self, prepared: PreparedRequest, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.prepared = prepared
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self.prepared.cancel.set()  # before Starlette cancels the stream: the client went away
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ClientDisconnect:  # a server protocol that reports the client leaving on send (ASGI spec 2.4)
+            self.prepared.cancel.set()
+            raise
         finally:
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
@@ -259,8 +274,7 @@ class ChatHandler:
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
         headers["x-request-id"] = prepared.request_id
-        return _SSEResponse(self._sse(first, chunks, key_label, include_usage, t0), media_type="text/event-stream",
-                            headers=headers)
+        return _SSEResponse(prepared, self._sse(first, chunks, key_label, include_usage, t0), headers)
 
     async def _first_chunk(self, prepared: PreparedRequest
                            ) -> tuple[AsyncIterator[ChatCompletionChunk], ChatCompletionChunk]:
@@ -350,8 +364,8 @@ async def _watched(prepared: PreparedRequest, receive: Receive, call: Coroutine[
 
 
 SERVER_STOPPING = "the server was shutting down"
-"""Why a request's task was cancelled: uvicorn cancels one only when the server stops (a client that goes away
-sets the request's cancel flag first, :func:`_watched`)."""
+"""Why a request's task was cancelled, or its stream stopped: uvicorn cancels one only when the server stops (a
+client that goes away sets the request's cancel flag first, :func:`_watched`, :class:`_SSEResponse`)."""
 _STOPPED = RouterClosedError("the server is shutting down and stopped this request before it finished; send it "
                              "again")
 
