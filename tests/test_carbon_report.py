@@ -127,6 +127,54 @@ def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> No
     assert carbon["window_s"] == 86_400 and len(carbon["by_hour"]) == 24
 
 
+def _records_with_and_without_co2e(led: Ledger) -> Ledger:
+    """1 kWh each, no zone: 300 g at hour 0; 100 g and one without a figure at hour 1; one without at hour 3 (as a
+    ledger from before the carbon columns, or an application's own ``Ledger.record``, holds)."""
+    for n, (hour, g) in enumerate([(0, 300.0), (1, 100.0), (1, None), (3, None)]):
+        led.record(LedgerRecord(request_id=f"r{n}", model="m", tier="small", energy_j=3.6e6, energy_source="x",
+                                ts=DAY + hour * 3600 + 60, grid_g_per_kwh=g, co2e_g=g))
+    return led
+
+
+def test_records_without_co2e_are_left_out_of_the_carbon_tables_not_counted_as_0_g(tmp_path: Path) -> None:
+    """The carbon tables counted a record without a CO2e figure as 0 g at 0 g/kWh: the zone's and the hour's g/kWh
+    were the recorded grams over all the joules, and an hour of only such records was every hour's "cleanest"
+    (0 g/kWh), so the counterfactual claimed 100% less, all without a word. Now the intensities are over the joules
+    that have a figure, each row counts the records without one, and the summary line says what the grams leave
+    out, in the words of the report's Total."""
+    _records_with_and_without_co2e(SQLiteLedger(tmp_path / "l.sqlite3")).close()
+    url = f"sqlite:///{tmp_path}/l.sqlite3"
+    note = "2 of 4 records have no CO2e figure (7.2 MJ not counted)"
+    table = CliRunner().invoke(app, ["ledger", "report", "--ledger", url], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    # hours 0 and 1 at the cleanest of their day (100 g/kWh); hour 3 has no figure to move
+    summary = f"CO2e 400 g; had each request run at the cleanest hour of its 24 h window: 200 g (50% less); {note}"
+    assert summary in table.output
+    assert note in " ".join(table.output.split(summary)[1].split()), "the Total says the same"
+    zone_row = next(line for line in table.output.splitlines() if line.strip("│ ").startswith("- "))
+    assert zone_row.replace("│", " ").split() == ["-", "4", "0", "200", "400", "200", "2"]  # 2: without CO2e
+
+    js = CliRunner().invoke(app, ["ledger", "report", "--ledger", url, "--format", "json"])
+    assert js.exit_code == 0, js.output
+    carbon = json.loads(js.output)["carbon"]
+    assert (carbon["total_co2e_g"], carbon["cleanest_co2e_g"]) == (pytest.approx(400), pytest.approx(200))
+    assert (carbon["records"], carbon["records_without_co2e"]) == (4, 2)
+    assert carbon["joules_without_co2e"] == pytest.approx(7.2e6)
+    assert any(n.startswith(note) for n in carbon["notes"])
+    (zone,) = carbon["by_zone"]
+    assert zone["g_per_kwh"] == pytest.approx(200) and zone["records_without_co2e"] == 2
+    hours = {h["hour"][-5:]: (h["g_per_kwh"], h["records_without_co2e"], h["cleanest_hour_co2e_g"])
+             for h in carbon["by_hour"]}
+    assert hours == {"00:00": (pytest.approx(300), 0, pytest.approx(100)),
+                     "01:00": (pytest.approx(100), 1, pytest.approx(100)), "03:00": (None, 1, 0.0)}
+
+
+def test_records_without_co2e_are_counted_alike_by_the_query_and_the_record_pass(tmp_path: Path) -> None:
+    by_query = build_carbon(_records_with_and_without_co2e(SQLiteLedger(tmp_path / "q.sqlite3")), 0.0, None)
+    by_records = build_carbon(_records_with_and_without_co2e(NoFastCarbonQuery(tmp_path / "p.sqlite3")), 0.0, None)
+    assert by_query.as_dict() == by_records.as_dict() and by_query.records_without_co2e == 2
+
+
 _HUGE_WINDOW_CHILD = """
 import json, resource, sys
 from router.carbon import Grid, SeriesIntensity

@@ -64,10 +64,7 @@ class Equivalents:
     def co2e_note(self) -> str:
         """What ``co2e_g`` leaves out, for people (empty when nothing is left out):
         ``4 of 10 records have no CO2e figure (1.2 kJ not counted)``."""
-        if not self.records_without_co2e:
-            return ""
-        return (f"{self.records_without_co2e:,} of {self.records:,} records have no CO2e figure "
-                f"({format_joules(self.joules_without_co2e)} not counted)")
+        return missing_co2e_note(self.records, self.records_without_co2e, self.joules_without_co2e)
 
     def sentence(self) -> str:
         """One line for people: ``1.2 kJ (0.00033 kWh) ≈ 0.025 phone charges ≈ 0.0033 kettle boils, 0.16 g CO2e``."""
@@ -91,6 +88,16 @@ def equivalents(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -
         phone_charges=e / PHONE_CHARGE_KWH,
         kettle_boils=e / KETTLE_BOIL_KWH,
     )
+
+
+def missing_co2e_note(records: int, without_co2e: int, joules_without_co2e: float) -> str:
+    """The words every view of the ledger uses for records its grams leave out (empty when none are):
+    ``4 of 10 records have no CO2e figure (1.2 kJ not counted)``. Also for views whose grams are always the
+    recorded ones, even where :func:`recorded_equivalents` falls back to an estimate (the carbon tables)."""
+    if not without_co2e:
+        return ""
+    return (f"{without_co2e:,} of {records:,} records have no CO2e figure "
+            f"({format_joules(joules_without_co2e)} not counted)")
 
 
 def recorded_intensity(joules: float, co2e_g: float) -> float | None:

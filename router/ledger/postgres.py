@@ -508,12 +508,14 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh (``router ledger report``'s
-        carbon)."""
+        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
+        figure, and the records without one with their joules (``router ledger report``'s carbon)."""
         # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
         sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(NULLIF(zone, ''), '-'), "
                f"count(*) FILTER (WHERE outcome <> '{REFUSED}'), count(*) FILTER (WHERE outcome = '{REFUSED}'), "
-               "sum(energy_j), sum(COALESCE(co2e_g, 0)), sum(energy_j * COALESCE(grid_g_per_kwh, 0)) "
+               "sum(energy_j), sum(COALESCE(co2e_g, 0)), "
+               "COALESCE(sum(energy_j * COALESCE(grid_g_per_kwh, 0)) FILTER (WHERE co2e_g IS NOT NULL), 0), "
+               "count(*) FILTER (WHERE co2e_g IS NULL), COALESCE(sum(energy_j) FILTER (WHERE co2e_g IS NULL), 0) "
                f"FROM {self.schema}.records WHERE ts >= %s")
         since, until = checked_span(since, until)
         args: list[Any] = [since]

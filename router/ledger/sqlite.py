@@ -446,12 +446,13 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
 
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh (``router ledger report``'s
-        carbon)."""
+        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
+        figure, and the records without one with their joules (``router ledger report``'s carbon)."""
         # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
         sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(NULLIF(zone, ''), '-'), "
                f"SUM(outcome != '{REFUSED}'), SUM(outcome = '{REFUSED}'), SUM(energy_j), "
-               "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0)) FROM records WHERE ts >= ?")
+               "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0) * (co2e_g IS NOT NULL)), "
+               "SUM(co2e_g IS NULL), SUM(energy_j * (co2e_g IS NULL)) FROM records WHERE ts >= ?")
         since, until = checked_span(since, until)
         args: list[Any] = [since]
         if until is not None:

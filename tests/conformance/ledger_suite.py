@@ -241,6 +241,34 @@ def check_carbon_rows_count_model_calls(open_store: OpenStore) -> None:
     assert sum(n for n, _ in got.values()) == calls == 18
 
 
+def check_carbon_rows_leave_out_records_without_co2e(open_store: OpenStore) -> None:
+    """The carbon report's rows count the records without a CO2e figure and their joules per hour and zone, and
+    leave them out of the grams and of the joule-weighted intensity; together they are ``carbon_gaps``."""
+    led = open_store("carbon_rows_gaps")
+    recs = [r if i % 3 else dataclasses.replace(r, co2e_g=None) for i, r in enumerate(_sample(24, step=700.0))]
+    led.record_many(recs)
+    want: dict[tuple[float, str], list[float]] = {}
+    for r in recs:
+        sums = want.setdefault((bucket_of(r.ts), r.zone or "-"), [0, 0.0, 0.0, 0.0])
+        if r.co2e_g is None:
+            sums[0] += 1
+            sums[1] += r.energy_j
+        else:
+            sums[2] += r.co2e_g
+            sums[3] += r.energy_j * (r.grid_g_per_kwh or 0.0)
+    rows = carbon_rows(led, 0.0, None)
+    got = {(row.bucket, row.zone): [row.records_without_co2e, row.joules_without_co2e, row.co2e_g, row.g_energy]
+           for row in rows}
+    assert got.keys() == want.keys()
+    for key, (count, joules, grams, g_energy) in want.items():
+        assert got[key][0] == count, key
+        sums = zip(got[key][1:], (joules, grams, g_energy), strict=True)
+        assert all(math.isclose(a, b, abs_tol=1e-9) for a, b in sums), key
+    count, joules = led.carbon_gaps(0.0, None)
+    assert count == sum(row.records_without_co2e for row in rows) == 8
+    assert math.isclose(joules, sum(row.joules_without_co2e for row in rows))
+
+
 def check_summary_exact_for_any_range(open_store: OpenStore) -> None:
     """Hourly summaries plus partial hours at both ends add up to exactly the records in the range."""
     led = open_store("summary")
@@ -778,6 +806,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_carbon_gaps,
     check_totals,
     check_carbon_rows_count_model_calls,
+    check_carbon_rows_leave_out_records_without_co2e,
     check_summary_exact_for_any_range,
     check_reopen_keeps_everything,
     check_close_twice_is_quiet,
