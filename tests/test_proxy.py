@@ -1064,6 +1064,27 @@ def test_serve_reads_the_config_that_router_proxy_config_names(upstream_url: str
     assert "[env var: ROUTER_PROXY_CONFIG]" in help_text and "[env var: ROUTER_PROXY_KEYS]" in help_text, help_text
 
 
+def test_serve_reads_a_linked_configs_relative_paths_from_the_folder_it_was_named_in(upstream_url: str,
+                                                                                    tmp_path: Path) -> None:
+    """A config file that is a link (a dotfiles checkout, a Kubernetes ConfigMap) names its relative paths from
+    the folder the link is in, as RouterConfig.load reads it: `router serve --config LINK` checked and announced
+    those, while its worker read them from the link target's folder and failed to start ('model card folder does
+    not exist', naming a folder the user never wrote)."""
+    config, _ = _config(tmp_path / "Über Ordner" / "日本", upstream_url)
+    here = config.parent
+    config.write_text(config.read_text().replace(f"models_dir: {here / 'models'}", "models_dir: models")
+                      .replace(f"policies_dir: {here / 'policies'}", "policies_dir: policies"))
+    stored = tmp_path / "dotfiles" / "router.yaml"  # the real file, with no models or policies beside it
+    stored.parent.mkdir()
+    config.rename(stored)
+    config.symlink_to(stored)
+    with router_serve(config, tmp_path) as url:
+        assert httpx.post(f"{url}/v1/chat/completions", json={"model": "router", "messages": user(QUESTION),
+                                                               "max_tokens": 8}, timeout=20).status_code == 200
+        text = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
+    assert f"models from {here / 'models'}," in text and "remote-echo" in text, text
+
+
 def test_serve_on_a_port_in_use_fails_at_once(upstream_url: str, tmp_path: Path) -> None:
     """The port is checked before the models load: one line, exit 2, no 'ready' (uvicorn's own failure came only
     after every model had loaded, with exit 3)."""

@@ -51,7 +51,9 @@ def serve(
     if ledger_url:
         os.environ["ROUTER_LEDGER_URL"] = ledger_url
     if config is not None:
-        os.environ[ENV_CONFIG] = str(config.resolve())
+        # absolute, links kept: a config's relative paths are relative to the folder it was named in (as
+        # RouterConfig.load reads them below), not to the folder a linked file lives in
+        os.environ[ENV_CONFIG] = str(config.absolute())
     if keys is not None:
         os.environ[ENV_KEYS] = str(keys.resolve())
     try:
