@@ -594,3 +594,34 @@ def test_an_in_memory_ledger_gets_no_journal_folder(url: str, tmp_path: Path, mo
         background.close()
         ledger.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite:///~/router data/ledger.sqlite3", "~/router data/ledger.sqlite3"])
+def test_a_ledger_url_under_home_is_in_the_home_folder(url: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ledger_url: sqlite:///~/...` (YAML, a service's environment, a quoted option: no shell expands it) made a
+    folder named `~` in the working directory, with the ledger and its journal inside, where a command run from
+    anywhere else found no ledger; `~` is the home folder, as in every other path a config names."""
+    from router.batch.store import default_store_url
+
+    home, started_in, elsewhere = tmp_path / "home", tmp_path / "started in", tmp_path / "elsewhere"
+    for folder in (home, started_in, elsewhere):
+        folder.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(started_in)
+    ledger = open_ledger(url, journal=True)
+    record = _rec(0)
+    try:
+        assert isinstance(ledger, JournaledLedger)
+        ledger.record(record)
+    finally:
+        ledger.close()
+    assert list(started_in.iterdir()) == []
+    assert sorted(p.name for p in (home / "router data").iterdir()) == ["ledger.sqlite3", "ledger.sqlite3.journal"]
+    assert default_store_url(url) == f"sqlite:///{home / 'router data' / 'batches.sqlite3'}"
+    monkeypatch.chdir(elsewhere)
+    reread = open_ledger(url)
+    try:
+        assert [r.record_id for r in reread.records()] == [record.record_id]
+    finally:
+        reread.close()

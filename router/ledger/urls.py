@@ -18,16 +18,27 @@ def sqlite_path(url: str) -> Path | None:
     """The SQLite file a store URL names, or None when it names another store (``redis://``, ``postgresql://``,
     an unknown scheme). The one rule for "is this SQLite", so that opening the ledger, its journal folder, the
     batch store beside it, the CLI and the dashboard never disagree: ``sqlite:///PATH`` (the scheme in any case,
-    the query left out) or a plain path (``:memory:`` included). ``sqlite:`` with fewer than three slashes
-    (``sqlite:/x``, ``sqlite://x``, ``sqlite:x``) is a ``LedgerError``: taken as a path it would make a new, empty
-    ledger named after the URL."""
+    the query left out) or a plain path (``:memory:`` included), ``~`` expanded in either. ``sqlite:`` with fewer
+    than three slashes (``sqlite:/x``, ``sqlite://x``, ``sqlite:x``) is a ``LedgerError``: taken as a path it would
+    make a new, empty ledger named after the URL."""
     scheme = url_scheme(url)
     if scheme == "sqlite" and url[len("sqlite://") :].startswith("/"):
-        return Path(url[len("sqlite:///") :].split("?", 1)[0])
+        return _expand_home(Path(url[len("sqlite:///") :].split("?", 1)[0]))
     if scheme == "sqlite" or url[: len("sqlite:")].lower() == "sqlite:":
         raise ledger_error(url, "not a SQLite ledger URL", "write sqlite:///PATH: three slashes, then the path "
                            "(sqlite:////var/lib/router/ledger.sqlite3 for an absolute one)", retryable=False)
-    return Path(url) if scheme == "" else None
+    return _expand_home(Path(url)) if scheme == "" else None
+
+
+def _expand_home(path: Path) -> Path:
+    """``~/...`` is the user's home folder, as in every other path a config names: a ledger URL from YAML, a
+    service's environment or a quoted option reaches no shell to expand it, and taken as written it would make a
+    folder named ``~`` in whatever directory the process started in, where a command run from elsewhere finds no
+    ledger."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # no home directory to expand to: the path stays as written
+        return path
 
 
 def in_memory(url: str) -> bool:
