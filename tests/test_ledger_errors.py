@@ -123,6 +123,9 @@ def test_a_sqlite_url_without_three_slashes_is_refused_not_made_a_file(tmp_path:
     monkeypatch.chdir(tmp_path)
     for url in ("sqlite://ledger.sqlite3", f"sqlite:{tmp_path / 'ledger.sqlite3'}", "sqlite:ledger.sqlite3"):
         assert not _raises(lambda: open_ledger(url), "not a SQLite ledger URL", "sqlite:///PATH").retryable  # noqa: B023
+    # a SQLite URI: SQLite made ./x.db while the router named the ledger `file:x.db` (a wrong "readonly" error)
+    for url in ("file:x.db", "FILE:x.db?mode=rwc"):
+        assert not _raises(lambda: open_ledger(url, journal=True), "a SQLite URI", "sqlite:///PATH").retryable  # noqa: B023
     assert list(tmp_path.iterdir()) == []
 
 

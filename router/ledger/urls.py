@@ -20,13 +20,17 @@ def sqlite_path(url: str) -> Path | None:
     batch store beside it, the CLI and the dashboard never disagree: ``sqlite:///PATH`` (the scheme in any case,
     the query left out) or a plain path (``:memory:`` included), ``~`` expanded in either. ``sqlite:`` with fewer
     than three slashes (``sqlite:/x``, ``sqlite://x``, ``sqlite:x``) is a ``LedgerError``: taken as a path it would
-    make a new, empty ledger named after the URL."""
+    make a new, empty ledger named after the URL; so is a SQLite URI (``file:x.db``)."""
     scheme = url_scheme(url)
     if scheme == "sqlite" and url[len("sqlite://") :].startswith("/"):
         return _expand_home(Path(url[len("sqlite:///") :].split("?", 1)[0]))
     if scheme == "sqlite" or url[: len("sqlite:")].lower() == "sqlite:":
         raise ledger_error(url, "not a SQLite ledger URL", "write sqlite:///PATH: three slashes, then the path "
                            "(sqlite:////var/lib/router/ledger.sqlite3 for an absolute one)", retryable=False)
+    if scheme == "" and url[: len("file:")].lower() == "file:":
+        # SQLite itself would read it as a URI and open another file than the one the journal and the CLI name
+        raise ledger_error(url, "a SQLite URI, which a ledger URL is not", "write sqlite:///PATH (sqlite:///x.db, "
+                           "or sqlite:////var/lib/router/ledger.sqlite3 for an absolute path)", retryable=False)
     return _expand_home(Path(url)) if scheme == "" else None
 
 
