@@ -189,11 +189,7 @@ def test_the_page_shows_the_ledger_and_follows_new_requests(
 def test_an_empty_ledger_and_the_note_on_stored_prompts(browser: Any, tmp_path: Path) -> None:
     """A new ledger draws zeros and no error; with ``prompts: {store: true}`` the note under the decisions says the
     ledger keeps prompts (and that the page never shows them), not that it keeps none."""
-    models = models_dir(tmp_path / "models", {})
-    config = tmp_path / "config.yaml"
-    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
-                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\nprompts: {{store: true}}\n"
-                      "proxy: {warm_up: false}\n")
+    config = _config(tmp_path, "prompts: {store: true}\n")
     with router_serve(config, tmp_path) as url:
         browser.get(f"{url}/dashboard")
 
@@ -217,7 +213,6 @@ def test_times_are_shown_in_utc_in_a_browser_elsewhere(browser: Any, tmp_path: P
     label ended in :30 and a day's bar in Los Angeles read 17:00 the day before, unlike `router ledger`."""
     import datetime
 
-    models = models_dir(tmp_path / "models", {})
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     ts = time.time() - 600
     ledger = open_ledger(ledger_url)
@@ -225,9 +220,7 @@ def test_times_are_shown_in_utc_in_a_browser_elsewhere(browser: Any, tmp_path: P
         ledger.record(LedgerRecord("utc-check", "sentiment-onnx", "specialist", 0.5, "estimated:cpu-time", ts=ts))
     finally:
         ledger.close()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
-                      "proxy: {warm_up: false}\n")
+    config = _config(tmp_path)
     browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
     with router_serve(config, tmp_path) as url:
         browser.get(f"{url}/dashboard")
@@ -244,7 +237,6 @@ def test_times_are_shown_in_utc_in_a_browser_elsewhere(browser: Any, tmp_path: P
 
 def test_the_co2e_total_says_how_many_records_have_no_figure(browser: Any, tmp_path: Path) -> None:
     """Records without a CO2e figure were counted as 0 g under the page's CO2e total, with no hint."""
-    models = models_dir(tmp_path / "models", {})
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     ledger = open_ledger(ledger_url)
     try:
@@ -253,9 +245,7 @@ def test_the_co2e_total_says_how_many_records_have_no_figure(browser: Any, tmp_p
                                        ts=time.time() - 600))
     finally:
         ledger.close()
-    config = tmp_path / "config.yaml"
-    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\nledger_url: {ledger_url}\n"
-                      "proxy: {warm_up: false}\n")
+    config = _config(tmp_path)
     with router_serve(config, tmp_path) as url:
         browser.get(f"{url}/dashboard")
         sub = _until("the CO2e total", lambda: browser.execute_script(
@@ -268,11 +258,7 @@ def test_a_bad_grouping_in_the_address_falls_back_to_the_default_once(browser: A
     """`#by=key` in the address (a grouping the API does not have) made every refresh fail with the same 400 until
     the address was edited; the page now draws the default grouping and says so once. The address here ends in a
     slash: the browser follows the relative redirect to the page."""
-    models = models_dir(tmp_path / "models", {})
-    config = tmp_path / "config.yaml"
-    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
-                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\nproxy: {{warm_up: false}}\n"
-                      "dashboard: {refresh_s: 1}\n")
+    config = _config(tmp_path, "dashboard: {refresh_s: 1}\n")
     with router_serve(config, tmp_path) as url:
         browser.get(f"{url}/dashboard/#window=6h&by=key")
 
@@ -298,3 +284,13 @@ def test_a_bad_grouping_in_the_address_falls_back_to_the_default_once(browser: A
         assert seen["path"] == "/dashboard" and seen["hash"] == "#window=6h&by=model", seen
     logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not logs, logs
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    """A config for `router serve` on no model cards, the shipped policies and the ledger at
+    ``tmp_path/ledger.sqlite3`` (what a test wrote there first, if anything), plus ``extra`` YAML lines."""
+    models = models_dir(tmp_path / "models", {})
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {ROOT / 'policies'}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\nproxy: {{warm_up: false}}\n{extra}")
+    return config
