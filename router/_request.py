@@ -352,7 +352,8 @@ def _is_token_id(key: Any) -> bool:
     return isinstance(key, str) and 0 < len(key) <= 10 and key.isascii() and key.isdigit()
 
 
-def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage], int, str, int]:
+def validate_messages(messages: Any, max_chars: int, max_messages: int = 10_000
+                      ) -> tuple[list[ChatMessage], int, str, int]:
     """Check the OpenAI ``messages`` list and say exactly what to fix. Returns ``(messages, chars, question,
     turns)``: the messages; the prompt's characters (every message's text and tool-call arguments); the question,
     what the classifier reads (the last user message: the question being asked now); and the user and assistant
@@ -364,6 +365,9 @@ def validate_messages(messages: Any, max_chars: int) -> tuple[list[ChatMessage],
                               param="messages")
     if not is_sequence:
         raise BadRequestError("`messages` must be a list of {'role', 'content'} objects", param="messages")
+    if len(messages) > max_messages:  # before checking them one by one
+        raise BadRequestError(f"`messages` has {len(messages):,} messages; this router accepts at most "
+                              f"{max_messages:,} (max_messages)", param="messages", code="array_above_max_length")
     out = [_message(i, raw) for i, raw in enumerate(messages)]
     chars = turns = 0
     question = ""

@@ -469,7 +469,8 @@ class Router:
             params = sdk_arguments(dict(params))
         try:
             p = check_params(**params)
-            msgs, chars, question, turns = validate_messages(messages, self.config.max_prompt_chars)
+            msgs, chars, question, turns = validate_messages(messages, self.config.max_prompt_chars,
+                                                            self.config.max_messages)
         except RecursionError:
             raise BadRequestError("the request is nested too deeply", param="messages") from None
         pinned_name, policy_from_model = split_model(p["model"])

@@ -348,6 +348,10 @@ class RouterConfig(BaseModel):
         description="grid carbon intensity; default ~475 gCO2e/kWh, the IEA global average (energy/carbon.py)",
     )
     max_prompt_chars: int = Field(1_000_000, gt=0, description="requests above this are rejected")
+    max_messages: int = Field(
+        10_000, gt=0, description="requests with more messages are rejected: each message is checked on the proxy's "
+        "event loop (~4 us), and the 8 MiB body limit alone would let one request hold it for a second",
+    )
     classifier_max_chars: int = Field(
         4_000, gt=0, description="the rules classifier (used when no trained classifier is found) reads at most "
         "this many characters of a request; the trained ONNX classifier reads the window it was trained on")

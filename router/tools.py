@@ -194,6 +194,10 @@ def _choice(value: Any, names: list[str], param: str, legacy: bool) -> str | Non
 
 
 # -- messages ---------------------------------------------------------------------------------------------------
+MAX_HISTORY_CALLS = 128
+"""Tool calls one assistant turn of the history may carry: OpenAI's limit (``array_above_max_length``)."""
+
+
 def check_tool_fields(i: int, raw: Mapping[str, Any]) -> dict[str, Any]:
     """The tool fields of ``messages[i]`` checked (an assistant turn's ``tool_calls`` / legacy ``function_call``,
     a tool turn's ``tool_call_id``, a legacy ``function`` turn); returns the message in today's shape."""
@@ -220,6 +224,9 @@ def check_tool_fields(i: int, raw: Mapping[str, Any]) -> dict[str, Any]:
                                   param=f"messages[{i}].tool_calls")
         if not isinstance(calls, list):
             raise BadRequestError(f"messages[{i}].tool_calls must be a list", param=f"messages[{i}].tool_calls")
+        if len(calls) > MAX_HISTORY_CALLS:
+            raise BadRequestError(f"messages[{i}].tool_calls has {len(calls):,} calls; at most {MAX_HISTORY_CALLS} "
+                                  "(as OpenAI)", param=f"messages[{i}].tool_calls", code="array_above_max_length")
         out["tool_calls"] = [_history_call(i, j, c) for j, c in enumerate(calls)] or None
     if out.get("role") == "tool":
         if not isinstance(out.get("tool_call_id"), str) or not out["tool_call_id"]:

@@ -446,3 +446,31 @@ def test_an_unexpected_error_off_the_chat_route_gives_a_request_id_the_log_also_
     assert request_id in r.json()["error"]["message"] and "fault injected" not in r.text
     logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
     assert logged and "fault injected into /metrics" in str(logged[0].exc_info[1])
+
+
+def test_more_messages_than_max_messages_are_refused_before_each_is_checked(served: Served, tmp_path: Path) -> None:
+    """Each message is checked on the proxy's event loop (~4 µs): 280,000 one-letter turns fit the 8 MiB body limit
+    and held the loop (every other request, /health) for over a second. More than `max_messages` (10,000) is now a
+    400 at once; so are more than 128 tool calls in one history turn, as OpenAI answers them."""
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 5_001
+    r = served.post({"model": "router", "messages": turns})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["param"], error["code"]) == ("messages", "array_above_max_length"), error
+    assert "10,002 messages" in error["message"] and "at most 10,000" in error["message"], error
+    call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [*user("weather?"), {"role": "assistant", "content": None, "tool_calls": [call] * 129},
+               {"role": "tool", "tool_call_id": "c", "content": "sunny"}, *user("and tomorrow?")]
+    r = served.post({"model": "remote-echo", "messages": history})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].tool_calls", r.text
+    history[1]["tool_calls"] = [call] * 128
+    assert served.post({"model": "remote-echo", "messages": history}).status_code == 200
+    router = build(tmp_path, {"text": "hello"}, {"text": "hello"})
+    try:
+        router.config.max_messages = 2  # the library reads the same setting
+        with pytest.raises(BadRequestError, match="3 messages; this router accepts at most 2") as err:
+            router.complete([*user("a"), {"role": "assistant", "content": "b"}, *user("c")])
+        assert err.value.code == "array_above_max_length"
+        assert router.complete(user("hello")).choices[0].message.content == "hello"
+    finally:
+        router.close()
