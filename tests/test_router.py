@@ -256,8 +256,11 @@ def test_a_prompt_that_fits_is_routed_even_when_four_characters_a_token_says_it_
 
 
 def test_thousands_of_turns_are_refused_before_any_tokenizer_runs(router):
-    """15,000 two-character turns took seconds of tokenizing on the event loop before the 400."""
+    """15,000 two-character turns took seconds of tokenizing on the event loop before the 400. As many as
+    `max_messages` allows (10,000) are refused on the context floor; more, before each message is checked."""
     with pytest.raises(ContextLengthError, match="at least"):
+        router.prepare(messages=user("hi") * 10_000)
+    with pytest.raises(BadRequestError, match="15,000 messages; this router accepts at most 10,000"):
         router.prepare(messages=user("hi") * 15_000)
     assert set(router.loaded_backends()) <= {"sentiment-onnx"}  # no LLM was even loaded to count tokens
 
