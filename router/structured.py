@@ -29,8 +29,9 @@ _MAX_SCHEMA_CHARS = 100_000
 _MAX_ANSWER_DEPTH = 64
 """Deepest answer checked against a schema once validation has run out of stack: deeper is the answer's fault."""
 SCHEMA_PARAM = "response_format.json_schema.schema"
-_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""What OpenAI accepts as ``response_format.json_schema.name`` (whole, with :meth:`re.Pattern.fullmatch`)."""
+OPENAI_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What OpenAI accepts as a name it gives rules for (``response_format.json_schema.name``, a tool function's
+name): checked whole, with :meth:`re.Pattern.fullmatch` (``$`` would let a final newline through)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def check_response_format(value: Any) -> ResponseFormat | None:
         raise BadRequestError("`response_format.json_schema` must be an object with `name` and `schema`",
                               param="response_format.json_schema")
     name = spec.get("name")
-    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+    if not isinstance(name, str) or not OPENAI_NAME.fullmatch(name):
         raise BadRequestError("`response_format.json_schema.name` must be 1-64 letters, digits, '_' or '-' (as "
                               "OpenAI has it: no spaces or dots)", param="response_format.json_schema.name")
     schema = spec.get("schema", {})

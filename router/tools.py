@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .classify.base import Classification
 from .errors import BadRequestError
-from .structured import canonical_schema, json_problem
+from .structured import OPENAI_NAME, canonical_schema, json_problem
 
 TOOLS_TASK = "tools"
 """The task of every request that offers tools or carries tool-call history."""
 
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # whole names only: fullmatch (`$` allows a final newline)
 _MAX_TOOLS = 128
 
 
@@ -155,7 +153,7 @@ def _tool(i: int, raw: Any, param: str) -> Tool:
                               param=where)
     fn = raw["function"]
     name = fn.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not OPENAI_NAME.fullmatch(name):
         raise BadRequestError(f"`{where}.function.name` must be 1-64 letters, digits, '_' or '-'",
                               param=f"{where}.function.name")
     description = fn.get("description")
