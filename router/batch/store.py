@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import BatchStoreError, ConfigError, LedgerError
 from ..ledger.errors import first_line, postgres_error, redact
+from ..ledger.stores import sqlite_file as ledger_sqlite_file
 from ..ledger.stores import sqlite_path as ledger_sqlite_path
 from ..ledger.stores import url_scheme
 
@@ -439,8 +440,8 @@ def default_store_url(ledger_url: str) -> str:
     else in the user data dir."""
     if url_scheme(ledger_url) in ("postgresql", "postgres"):
         return ledger_url
-    path = ledger_sqlite_path(ledger_url)
-    if path is not None and str(path) != ":memory:":
+    path = ledger_sqlite_file(ledger_url)
+    if path is not None:
         return f"sqlite:///{path.with_name('batches.sqlite3')}"
     from platformdirs import user_data_dir
 

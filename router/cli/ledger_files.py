@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from ..config import RouterConfig
 from ..ledger import Ledger, open_ledger
-from ..ledger.stores import sqlite_path
+from ..ledger.stores import sqlite_file
 
 
 def open_configured(cfg: RouterConfig, *, create: bool = False) -> Ledger:
@@ -22,13 +22,6 @@ def open_configured(cfg: RouterConfig, *, create: bool = False) -> Ledger:
     if not create:
         require_ledger(cfg.ledger_url)
     return open_ledger(cfg.ledger_url, retention_days=cfg.ledger_retention_days)
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file of a ledger URL that names SQLite (``sqlite:///PATH`` or a plain path), else None (another store,
-    or ``:memory:``); a malformed ``sqlite:`` URL is a ``LedgerError``."""
-    path = sqlite_path(url)
-    return None if path is None or str(path) == ":memory:" else path
 
 
 def require_ledger(url: str) -> None:

@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..keys import KeyStore
 from ..ledger import Ledger
-from ..ledger.stores import open_store, sqlite_path
+from ..ledger.stores import open_store, sqlite_file
 from .data import DashboardData, parse_window
 from .simulation import SimulationView
 
@@ -171,10 +171,10 @@ def _sqlite_file(url: str) -> Path | None:
     in-memory database (a second connection would open a second, empty one), or a ledger given in code whose URL
     names no file that is there (opening it would make one)."""
     try:
-        path = sqlite_path(url) if url else None
+        path = sqlite_file(url) if url else None
     except LedgerError:
         return None
-    return path if path is not None and str(path) != ":memory:" and path.is_file() else None
+    return path if path is not None and path.is_file() else None
 
 
 def _credential(header: str | None) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import Ledger
 from .errors import ledger_error
 from .sqlite import SQLiteLedger
-from .urls import in_memory, sqlite_path, url_scheme
+from .urls import in_memory, sqlite_file, sqlite_path, url_scheme
 
 SCHEMES = {
     "sqlite": "sqlite:///PATH (default; one host)",
@@ -36,4 +36,4 @@ def open_store(url: str, *, retention_days: float | None = None) -> Ledger:
                        "use one of: " + "; ".join(SCHEMES.values()), retryable=False)  # fmt: skip
 
 
-__all__ = ["SCHEMES", "in_memory", "open_store", "sqlite_path", "url_scheme"]
+__all__ = ["SCHEMES", "in_memory", "open_store", "sqlite_file", "sqlite_path", "url_scheme"]

@@ -45,6 +45,13 @@ def _expand_home(path: Path) -> Path:
         return path
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ledger URL, None for another store or an in-memory database (``:memory:``, no file);
+    a malformed ``sqlite:`` URL is a ``LedgerError``, as for :func:`sqlite_path`."""
+    path = sqlite_path(url)
+    return None if path is None or str(path) == ":memory:" else path
+
+
 def in_memory(url: str) -> bool:
     """Whether ``url`` names a SQLite database in the process's memory (``:memory:``). Such a ledger gets no journal:
     its records end with the process whatever happens, and a journal folder beside it (``./:memory:.journal``)
