@@ -352,8 +352,7 @@ def _is_token_id(key: Any) -> bool:
     return isinstance(key, str) and 0 < len(key) <= 10 and key.isascii() and key.isdigit()
 
 
-def validate_messages(messages: Any, max_chars: int, max_messages: int = 10_000
-                      ) -> tuple[list[ChatMessage], int, str, int]:
+def validate_messages(messages: Any, max_chars: int, max_messages: int) -> tuple[list[ChatMessage], int, str, int]:
     """Check the OpenAI ``messages`` list and say exactly what to fix. Returns ``(messages, chars, question,
     turns)``: the messages; the prompt's characters (every message's text and tool-call arguments); the question,
     what the classifier reads (the last user message: the question being asked now); and the user and assistant

@@ -215,7 +215,7 @@ def test_tool_history_messages() -> None:
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "sunny"}]},
         {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{}"}},
         {"role": "function", "name": "get_weather", "content": "rain"},
-    ], 10_000)[0]
+    ], 10_000, 100)[0]
     assert msgs[1].content is None and msgs[1].tool_calls[0]["function"]["arguments"] == '{"city": "Paris"}'
     assert msgs[2].tool_call_id == "c1" and msgs[2].content == "sunny"
     assert msgs[3].tool_calls[0]["id"] == msgs[4].tool_call_id and msgs[4].role == "tool"  # legacy, paired by name
@@ -225,5 +225,5 @@ def test_tool_history_messages() -> None:
                         "messages[1].content"),
                        ([{"role": "user", "content": "x", "tool_calls": []}], "messages[0].tool_calls")):
         with pytest.raises(BadRequestError) as err:
-            validate_messages(bad, 10_000)
+            validate_messages(bad, 10_000, 100)
         assert err.value.param == param
