@@ -287,6 +287,13 @@ class JudgeSettings(_Settings):
     rubric: str | None = Field(None, description="what a good answer is, in the judge's prompt (default: correct, "
                                "helpful and to the point)")
     max_tokens: int = Field(256, ge=1, le=8192, description="largest: the reference answer's length limit")
+    # 8 fits the shipped base-model judges, which continue the prompt's closing "Score:" with a number and seldom
+    # stop on their own: a judged request generates up to this many tokens, so a longer default costs energy
+    # on each one. A hosted chat judge that reasons before its score line needs more (a reasoning model's hidden
+    # reasoning counts too); an answer cut before its score stores nothing, and the judge logs a warning
+    score_max_tokens: int = Field(8, ge=1, le=8192, description="the judge's own answer's length limit: 8 for a "
+                                  "judge that answers with the score at once; 256 or more for a chat judge that "
+                                  "reasons before its `Score: N` line")
 
 
 class KeyEntry(_Settings):

@@ -13,7 +13,9 @@ share of answered requests it scores, and how:
 The score / 10 is stored as feedback with source ``judge:<model>`` (:mod:`router.feedback` says how it combines
 with people's). The score is the last one the judge's answer marks as one ("Score: 8", "8/10") or a number alone at
 its start (the prompt's closing "Score:" continued), never a number it quotes from the request (:func:`parse_score`).
-An answer the judge gives no score in stores nothing (counted in ``Learning.stats``). Every call
+An answer the judge gives no score in stores nothing (counted in ``Learning.stats``); one cut at its length limit
+(``judge.score_max_tokens``, 8 by default) before a score is logged as a warning naming that setting, the first time
+and then at every tenfold count (10, 100, ...), since a judge that reasons first loses every score so. Every call
 the judge makes, the reference answer's included, is a ledger record with its own measured joules, a reason that
 says it is a judge call, task ``judge`` and request id ``<judged id>:judge`` (``:reference``); budgets are not
 reserved for them. Runs on the learning thread (:mod:`router.learning`), never on a request's path.
@@ -24,6 +26,7 @@ give numbers, not judgements; tests use them to prove the mechanics only.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Protocol
@@ -41,6 +44,8 @@ from .ledger.base import Outcome
 from .ledger.feedback import JUDGE_PREFIX, Feedback
 from .policy.steps import largest
 from .types import ChatMessage
+
+log = logging.getLogger(__name__)
 
 
 class Router(Protocol):
@@ -180,6 +185,8 @@ class Judge:
         self.share = settings.share
         self.source = JUDGE_PREFIX + self.model
         self.reference = largest_model(router) if settings.against == "largest" else None
+        self.cut_unscored = 0
+        """Answers cut at ``score_max_tokens`` before the judge gave a score (each stored nothing)."""
 
     def applies(self, answered_by: str) -> bool:
         """Whether this judge scores an answer of ``answered_by`` at all (see the module docstring)."""
@@ -201,12 +208,25 @@ class Judge:
             prompt = reference_prompt(text, answer, ref.text)
         gen = metered_call(self.router, self.model, prompt, request_id=f"{request_id}:judge",
                            reason=f"judge call: scoring {request_id} ({answered_by}'s answer) {how}",
-                           max_tokens=8, task="judge", cancel=cancel)
+                           max_tokens=self.settings.score_max_tokens, task="judge", cancel=cancel)
         value = parse_score(gen.text)
         if value is None:
+            if gen.finish_reason == "length" and not gen.context_full:
+                self._cut_before_the_score(request_id)
             return None
         # the judge's own words may quote the request: feedback keeps its score, never prompt text
         feedback = Feedback(request_id=request_id, score=value, source=self.source,
                             comment=f"{how}: the judge ({self.model}) answered {value * 10:g}/10")
         self.router.ledger.add_feedback(feedback)
         return feedback
+
+    def _cut_before_the_score(self, request_id: str) -> None:
+        """Warn that answers are cut before their score: the first time, then at 10, 100, ... of them (a judge that
+        reasons first is cut on every judged request, and a line each would bury the log)."""
+        self.cut_unscored += 1
+        if str(self.cut_unscored).rstrip("0") == "1":
+            log.warning("the judge (%s) gave no score for %s: its answer was cut at judge.score_max_tokens = %d "
+                        "tokens before its score (%d answer(s) cut so far, none stored); fix: raise "
+                        "`score_max_tokens` under `judge:` in the config (256 or more for a judge that reasons "
+                        "before its `Score: N` line)", self.model, request_id, self.settings.score_max_tokens,
+                        self.cut_unscored)

@@ -212,3 +212,52 @@ def test_the_judges_feedback_holds_its_score_not_its_words(tmp_path: Path) -> No
     (judged,) = stored["remote-judge"]
     assert judged.score == 0.8 and judged.comment == "by rubric: the judge (remote-judge) answered 8/10", judged
     assert stored["remote-echo"] == [], "the echoing judge's only number is the request's 7: it gave no score"
+
+
+def test_a_judge_that_reasons_first_gets_room_for_its_score_or_a_warning_naming_the_setting(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The judge's answer was cut at a hard-coded 8 tokens: a hosted judge that writes its reasons before its
+    `Score: N` line (as the prompt asks) was cut before the score, on every judged request, and nothing said so.
+    `judge.score_max_tokens` gives it room; at the default, each cut answer stores nothing and a warning that
+    names the setting is logged the first time and at the 10th, not once a request. The upstream honours the
+    token limit as a real server does."""
+    import logging
+
+    from servers import procs
+
+    caplog.set_level(logging.WARNING, logger="router.judge")
+    with procs.upstream(tmp_path) as base:
+        models = procs.models_dir(tmp_path / "models", {
+            "remote-echo": procs.remote_card("remote-echo", base, "echo", tier="small"),
+            "remote-judge": procs.remote_card("remote-judge", base, "judge:reasoning"),  # reasons, then "Score: 7"
+        })
+        roomy = RouterConfig(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'roomy.sqlite3'}",
+                             judge={"model": "remote-judge", "share": 1.0, "score_max_tokens": 256})
+        with Router(roomy) as r:
+            resp = r.complete(user(QUESTION), model="remote-echo")
+            assert r.learning is not None and r.learning.drain(30)
+            assert [(f.source, f.score) for f in r.ledger.feedback(resp.id)] == [("judge:remote-judge", 0.7)]
+            assert r.learning.stats["judged"] == 1 and caplog.messages == []
+        short = RouterConfig(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'short.sqlite3'}",
+                             judge={"model": "remote-judge", "share": 1.0})
+        with Router(short) as r:
+            for _ in range(10):
+                r.complete(user(QUESTION), model="remote-echo")
+            assert r.learning is not None and r.learning.drain(30)
+            assert r.ledger.feedback() == [] and r.learning.stats["unscored"] == 10
+            assert r.learning.judge is not None and r.learning.judge.cut_unscored == 10
+    assert len(caplog.messages) == 2, caplog.messages
+    first, tenth = caplog.messages
+    assert "cut at judge.score_max_tokens = 8 tokens" in first and "(1 answer(s) cut so far" in first
+    assert "fix: raise `score_max_tokens` under `judge:`" in first and "(10 answer(s) cut so far" in tenth
+
+
+def test_score_max_tokens_is_a_judge_setting_from_1_to_8192(tmp_path: Path) -> None:
+    def judge(**settings: object) -> RouterConfig:
+        return RouterConfig(ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}",
+                            judge={"model": "gemma3-270m", **settings})  # type: ignore[arg-type]
+
+    assert judge().judge.score_max_tokens == 8 and judge(score_max_tokens=512).judge.score_max_tokens == 512
+    for bad, why in ((0, "greater than or equal to 1"), (10_000, "less than or equal to 8192"), ("lots", "integer")):
+        with pytest.raises(ConfigError, match=f"field `judge.score_max_tokens`: .*{why}"):
+            judge(score_max_tokens=bad)

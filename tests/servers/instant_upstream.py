@@ -14,6 +14,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
 - ``judge``: answers as a chat model judging an answer may: it quotes the request (the last user message, first 40
   chars), then gives its verdict on a last line ``Score: 8``;
+- ``judge:reasoning``: answers as a hosted chat judge that reasons first: several sentences, then ``Score: 7`` on
+  its last line; it honours ``max_tokens`` (``max_completion_tokens``) as a real server does, one word a token: an
+  answer cut there ends early, with ``finish_reason`` ``length``;
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
 - ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
   first when ``parallel_tool_calls`` is false (JSON, or SSE tool-call deltas: id and name, then the arguments);
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -53,7 +57,21 @@ def _answer(body: dict) -> str:
     last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
     if body.get("model") == "judge":
         return f"The user asked: \"{str(last)[:40]}\". The reply does what was asked.\nScore: 8"
+    if body.get("model") == "judge:reasoning":
+        return ("The request asks one question and the reply answers it directly. The answer is correct, but it "
+                "gives no reason or source for the user to check it by, and it could be one sentence shorter.\n"
+                "Score: 7")
     return f"echo: {str(last)[:40]}"
+
+
+def _limited(body: dict, text: str) -> tuple[list[str], str]:
+    """``text`` in tokens (a word with the space after it), cut at the request's token limit, and the finish
+    reason: ``length`` where the limit cut it."""
+    tokens = re.findall(r"\S+\s*", text)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not limit or len(tokens) <= limit:
+        return tokens, "stop"
+    return tokens[:limit], "length"
 
 
 def _tool_calls(body: dict) -> list[dict]:
@@ -94,13 +112,20 @@ async def chat(request: Request) -> Response:
         prompt, _, completion = model[6:].partition(":")
         counts = {"prompt_tokens": json.loads(prompt), "completion_tokens": json.loads(completion)}
     tool_calls = _tool_calls(body) if model.split(":")[0] == "calls" else []
+    finish = "tool_calls" if tool_calls else "stop"
+    tokens: list[str] | None = None
+    if model == "judge:reasoning":
+        tokens, finish = _limited(body, _answer(body))
+        counts = {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}
     if not body.get("stream"):
         text = json.dumps({"answer": _answer(body)}) if model == "json" else _answer(body)
+        if tokens is not None:
+            text = "".join(tokens)
         message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
             "role": "assistant", "content": text}
         return JSONResponse({
             "id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             **({"usage": counts} if usage else {}),
         })
 
@@ -108,7 +133,7 @@ async def chat(request: Request) -> Response:
         pieces = [f"t{i} " for i in range(int(body.get("max_tokens") or 200))]
         delay = 0.02
     else:
-        pieces = [] if tool_calls else [p + " " for p in _answer(body).split()]
+        pieces = tokens or ([] if tool_calls else [p + " " for p in _answer(body).split()])
         delay = 0.0
 
     async def events() -> AsyncIterator[bytes]:
@@ -151,7 +176,7 @@ async def chat(request: Request) -> Response:
             if model.startswith("usage:"):
                 yield chunk({}, "stop", counts)
             else:
-                yield chunk({}, "stop", {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent}
+                yield chunk({}, finish, {"prompt_tokens": 10, "completion_tokens": sent, "total_tokens": 10 + sent}
                             if usage else None)
             yield b"data: [DONE]\n\n"
         finally:
