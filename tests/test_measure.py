@@ -85,3 +85,29 @@ def test_an_unknown_model_is_refused_before_any_anchor_runs(tmp_path: Path) -> N
                                    "--config", str(config)])
     assert out.exit_code == 2 and "unknown model 'nope-model'" in out.output, out.output
     assert "anchors" not in out.output.split("unknown model")[0], "the progress bar started before the check"
+
+
+def test_a_judge_that_reasons_first_gets_the_configured_room_for_its_verdict(tmp_path: Path) -> None:
+    """The anchors' judge verdict was cut at a hard-coded 8 tokens, so a hosted judge that reasons before its
+    `Score: N` line scored no anchor ("no anchor answer ... could be scored", with no hint why). Its length limit is
+    `--judge-max-tokens`, by default the config's `judge.score_max_tokens`; a verdict cut before its score says so."""
+    from servers import procs
+
+    with procs.upstream(tmp_path) as base:
+        models = procs.models_dir(tmp_path / "models", {
+            "remote-echo": procs.remote_card("remote-echo", base, "echo", tier="small"),
+            "remote-judge": procs.remote_card("remote-judge", base, "judge:reasoning"),  # reasons, then "Score: 7"
+        })
+        config = tmp_path / "router.yaml"
+        config.write_text(f"models_dir: {models}\nledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+        measure = ["data", "measure", "remote-echo", "--task", "chat", "--anchors", "2", "--judge", "remote-judge",
+                   "--no-save", "--config", str(config)]
+        run = CliRunner().invoke
+        out = run(app, measure)
+        assert out.exit_code == 2, out.output
+        assert "its answers were cut at 8 tokens" in out.output and "--judge-max-tokens" in out.output
+        out = run(app, [*measure, "--judge-max-tokens", "256"])
+        assert out.exit_code == 0 and "(scored by remote-judge; 0 unscored): mean score 0.700" in out.output, out.output
+        config.write_text(config.read_text() + "judge:\n  model: remote-judge\n  score_max_tokens: 256\n")
+        out = run(app, measure)
+        assert out.exit_code == 0 and "mean score 0.700" in out.output, out.output

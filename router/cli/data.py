@@ -214,6 +214,9 @@ def measure_cmd(
     judge: str | None = typer.Option(None, "--judge", help="The judge model for chat anchors (default: the config's "
                               "judge.model)."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Answer length limit per anchor."),
+    judge_max_tokens: int | None = typer.Option(
+        None, "--judge-max-tokens", min=1, max=8192, help="The judge's verdict length limit (default: the config's "
+        "judge.score_max_tokens, else 8; 256 or more for a judge that reasons before its score line)."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write the fitted row to <models>/classifier/"
                               "added_models.json, which needs a classifier of its own there (--no-save: only "
                               "print it)."),
@@ -228,7 +231,7 @@ def measure_cmd(
     from .._router import Router
     from ..classify.onnx_classifier import OnnxRequestClassifier
     from ..classify.quality import ADDED_FILE
-    from ..config import RouterConfig, refuse_writing_installed_package
+    from ..config import JudgeSettings, RouterConfig, refuse_writing_installed_package
     from ..errors import ConfigError, RouterError
     from ..training.measure import measure_model
     from .paths import own_classifier_folder
@@ -236,6 +239,9 @@ def measure_cmd(
     try:
         cfg = RouterConfig.load(config)
         judge = judge or (cfg.judge.model if cfg.judge else None)
+        if judge_max_tokens is None:
+            judge_max_tokens = cfg.judge.score_max_tokens if cfg.judge else JudgeSettings.model_fields[
+                "score_max_tokens"].default
         if task == "chat" and judge is None:
             raise ConfigError("chat anchors are scored by a judge model: pass --judge MODEL (or set judge.model in "
                               "the config)")
@@ -252,13 +258,14 @@ def measure_cmd(
             with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
                 job = bar.add_task(f"{model} on {task} anchors", total=anchors)
                 report = measure_model(router, router.classifier, model, task=task, anchors=anchors,
-                                       judge=judge, max_tokens=max_tokens,
+                                       judge=judge, max_tokens=max_tokens, judge_max_tokens=judge_max_tokens,
                                        save=save, progress=lambda done, _n: bar.update(job, completed=done))
     except (RouterError, ValueError) as exc:
         typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
         raise typer.Exit(2) from None
     n = len(report.scores)
+    cut = f", {report.judge_cut} cut at the judge's --judge-max-tokens" if report.judge_cut else ""
     typer.echo(f"{report.model} on {n} {task} anchors (scored by {report.judge or 'reference match'}; "
-               f"{report.unscored} unscored): mean score {sum(report.scores) / n:.3f}, {report.joules:.1f} J")
+               f"{report.unscored} unscored{cut}): mean score {sum(report.scores) / n:.3f}, {report.joules:.1f} J")
     typer.echo(f"predicted P(good answer) on them: {report.before:.3f} before -> {report.after:.3f} fitted"
                + (f"; saved to {saved_to}" if save else " (not saved)"))

@@ -32,6 +32,8 @@ class MeasureReport:
     judge: str | None
     scores: list[float] = field(default_factory=list)
     unscored: int = 0
+    judge_cut: int = 0
+    """Unscored answers whose judge verdict was cut at its token limit before a score."""
     joules: float = 0.0
     """The model's and the judge's calls together, as metered."""
     before: float = float("nan")
@@ -40,9 +42,11 @@ class MeasureReport:
 
 
 def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str, *, task: str = "chat",
-                  anchors: int = 20, judge: str | None = None, max_tokens: int = 256, save: bool = True,
+                  anchors: int = 20, judge: str | None = None, max_tokens: int = 256,
+                  judge_max_tokens: int = 8, save: bool = True,
                   progress: Callable[[int, int], None] | None = None) -> MeasureReport:
-    """Measure ``model`` on ``anchors`` anchors of ``task`` and fit its row (see the module docstring)."""
+    """Measure ``model`` on ``anchors`` anchors of ``task`` and fit its row (see the module docstring).
+    ``judge_max_tokens``: the judge's verdict length limit (``judge.score_max_tokens``)."""
     name = router.resolve_model(model, routed=False)
     items = load_anchors(task, anchors)
     judge_name = router.resolve_model(judge, routed=False) if judge and task == "chat" else None
@@ -65,11 +69,12 @@ def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str,
         else:
             verdict = metered_call(router, judge_name or "", reference_prompt(item["prompt"], gen.text,
                                                                                item["reference"]),
-                                   request_id=f"{rid}:judge", max_tokens=8, task="anchors",
+                                   request_id=f"{rid}:judge", max_tokens=judge_max_tokens, task="anchors",
                                    reason=f"judge call: scoring {name}'s answer to {task} anchor {i} against the "
                                           "reference answer")
             report.joules += float(verdict.extra.get("energy_j", 0.0))  # type: ignore[arg-type]
             score = parse_score(verdict.text)
+            report.judge_cut += score is None and verdict.finish_reason == "length"
         if score is None:
             report.unscored += 1
         else:
@@ -78,7 +83,9 @@ def measure_model(router: Router, classifier: OnnxRequestClassifier, model: str,
         if progress is not None:
             progress(i, len(items))
     if not report.scores:
-        raise ValueError(f"no anchor answer of {name} could be scored (the judge gave no score for any)")
+        cut = (f"; its answers were cut at {judge_max_tokens} tokens: a judge that reasons before its score line "
+               "needs --judge-max-tokens 256 or more" if judge_name and report.judge_cut else "")
+        raise ValueError(f"no anchor answer of {name} could be scored (the judge gave no score for any{cut})")
     from .anchors import fit_anchors
     from .feedback_fit import mean_p
 
