@@ -148,3 +148,63 @@ def test_records_without_co2e_beside_records_with_it_are_not_counted_as_0_g(tmp_
     assert report["records_without_co2e"] == 2 and report["equivalents"]["grid_g_per_kwh"] == pytest.approx(200)
     total = _cli("ledger", "report", "--config", str(config), "--format", "csv").splitlines()[-1].split(",")
     assert total[0] == "total" and total[-1] == "2"
+
+
+def test_each_group_says_how_many_of_its_records_have_no_co2e_figure(tmp_path: Path) -> None:
+    """Per-group CO2e (per model and per day in `router ledger`, per group in `router ledger report`'s table, HTML,
+    CSV and JSON, per model and tier on the dashboard) summed records without a figure as 0 g with no word, while
+    the total said so: a group whose records mostly lack one looked clean. Each group now counts its own."""
+    import time
+
+    models = models_dir(tmp_path / "models", {})
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models_dir: {models}\nledger_url: {ledger_url}\nproxy: {{warm_up: false}}\n")
+    today = time.time() - 60
+    yesterday = today - 86400  # a day apart: a row each in the tables per day
+    led = SQLiteLedger.from_url(ledger_url)
+    for i, (model, tier, co2e, ts) in enumerate((
+        ("clean-model", "small", 100.0, yesterday), ("clean-model", "small", 100.0, yesterday),
+        ("gappy-model", "large", 50.0, today), ("gappy-model", "large", None, today),
+        ("gappy-model", "large", None, today),
+    )):  # 1 kWh each
+        led.record(LedgerRecord(f"r{i}", model, tier, 3.6e6, "measured:rapl", co2e_g=co2e, ts=ts))
+    led.close()
+    day = {ts: time.strftime("%Y-%m-%d", time.gmtime(ts)) for ts in (yesterday, today)}
+
+    def cells(text: str, name: str) -> list[str]:
+        """The cells of the table row for ``name`` (rich draws them between │)."""
+        (line,) = [ln for ln in text.splitlines() if f" {name} " in ln]
+        return [c.strip() for c in line.split("│") if c.strip()]
+
+    ledger_text = _cli("ledger", "--config", str(config))
+    assert cells(ledger_text, "gappy-model")[-1] == "2" and cells(ledger_text, "clean-model")[-1] == "0"
+    assert cells(ledger_text, day[today])[-1] == "2" and cells(ledger_text, day[yesterday])[-1] == "0"
+    table = _cli("ledger", "report", "--config", str(config))
+    assert cells(table, "gappy-model")[-1] == "2" and cells(table, "clean-model")[-1] == "0"
+    by_day = _cli("ledger", "report", "--config", str(config), "--by", "day")
+    assert cells(by_day, day[today])[-1] == "2" and cells(by_day, day[yesterday])[-1] == "0"
+
+    report = json.loads(_cli("ledger", "report", "--config", str(config), "--format", "json"))
+    rows = {r["group"]: r for r in report["rows"]}
+    assert rows["gappy-model"]["records_without_co2e"] == 2
+    assert rows["gappy-model"]["joules_without_co2e"] == pytest.approx(7.2e6)
+    assert rows["clean-model"]["records_without_co2e"] == 0 and report["total"]["records_without_co2e"] == 2
+    csv_rows = {line.split(",")[0]: line.split(",")
+                for line in _cli("ledger", "report", "--config", str(config), "--format", "csv").splitlines()}
+    assert [csv_rows[g][-1] for g in ("gappy-model", "clean-model", "total")] == ["2", "0", "2"]
+    html = _cli("ledger", "report", "--config", str(config), "--format", "html")
+    html_rows = {row.split("</td>")[0]: row for row in html.split("<tr><td>")[1:]}
+    assert "<th>without CO2e</th>" in html
+    assert html_rows["gappy-model"].endswith("<td>2</td></tr>")
+    assert html_rows["clean-model"].endswith("<td>0</td></tr>")
+
+    with TestClient(create_app(config=RouterConfig.load(config))) as c:
+        dashboard = c.get("/dashboard/api/totals?window=all").json()
+    note = "2 of 3 records have no CO2e figure (7.2 MJ not counted)"
+    for groups, gappy, clean in ((dashboard["by_model"], "gappy-model", "clean-model"),
+                                 (dashboard["by_tier"], "large", "small")):
+        by_name = {g["group"]: g for g in groups}
+        assert by_name[gappy]["records_without_co2e"] == 2 and by_name[gappy]["co2e_note"] == note
+        assert by_name[gappy]["joules_without_co2e"] == pytest.approx(7.2e6)
+        assert by_name[clean]["records_without_co2e"] == 0 and by_name[clean]["co2e_note"] == ""

@@ -26,7 +26,7 @@ from .._dates import utc_minute
 from ..config import RouterConfig
 from ..energy.carbon import equivalents, format_joules, recorded_equivalents
 from ..errors import RouterError
-from ..ledger.base import totals_from_summary
+from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
 from .ledger_files import fail, ledger_inputs, open_configured, require_ledger
 from .paths import refuse_overwriting_inputs
@@ -119,7 +119,7 @@ def ledger_main(
         led = open_configured(cfg)
         start = parse_when(since) or 0.0
         summary = led.summary(start)
-        gaps = led.carbon_gaps(start)
+        gap_rows = led.carbon_gap_rows(start, dims=("model",))  # the bucket gives the day
         led.close()
     except RouterError as exc:
         fail(str(exc))
@@ -130,14 +130,21 @@ def ledger_main(
         where = escape(redact(cfg.ledger_url))
         console.print(f"No records{when} in {where}." if when else f"No records yet in {where}.")
         return
+    gaps = (sum(r.requests for r in gap_rows), sum(r.energy_j for r in gap_rows))
     for by, title in (("model", "Per model"), ("day", "Per day (UTC)")):
         table = Table(title=title)
-        for col in (by, "requests", "errors", "rejected", "energy", "CO2e g", "mean latency ms"):
+        group_gap = group_gaps(gap_rows, by)
+        columns = [by, "requests", "errors", "rejected", "energy", "CO2e g", "mean latency ms"]
+        if gaps[0]:  # a column only for the ledgers that have such records, as `router ledger report`'s
+            columns.append("without CO2e")
+            table.caption = "without CO2e: records with no CO2e figure, left out of CO2e g"
+        for col in columns:
             table.add_column(col, justify="left" if col == by else "right")
         for t in totals_from_summary(summary, by):
             table.add_row(
                 t["group"], f"{t['requests']:,}", f"{t['errors']:,}", f"{t['rejected']:,}",
                 format_joules(t["energy_j"]), f"{t['co2e_g']:.3g}", f"{t['mean_latency_ms']:.0f}",
+                *([f"{group_gap.get(t['group'], (0, 0.0))[0]:,}"] if gaps[0] else []),
             )  # fmt: skip
         console.print(table)
     total = sum(r.energy_j for r in summary)

@@ -40,6 +40,7 @@ whose length it would set (the totals still count it)."""
 GROUPINGS = ("model", "tier")
 _TOTALS_DIMS = ("model", "tier", "outcome", "energy_source")
 """What the totals need: the saving estimate reads model and outcome, the measured share the energy source."""
+_GAP_DIMS = ("model", "tier")  # the groupings of the totals' table: by_model, by_tier
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,15 @@ class _Rows:
     totals by model, by tier and by energy source then come from a single read, with the same saving estimate
     and CO2e as ``router ledger report``."""
 
-    def __init__(self, rows: list[SummaryRow], gaps: tuple[int, float]) -> None:
+    def __init__(self, rows: list[SummaryRow], gap_rows: list[SummaryRow]) -> None:
         self.rows = rows
-        self.gaps = gaps
+        self.gap_rows = gap_rows
 
     def summary(self, since: float = 0.0, until: float | None = None, dims: object = None) -> list[SummaryRow]:
         return self.rows
 
-    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
-        return self.gaps
+    def carbon_gap_rows(self, since: float = 0.0, until: float | None = None, dims: object = None) -> list[SummaryRow]:
+        return self.gap_rows
 
 
 GAPS_REUSE_S = 60.0
@@ -101,7 +102,7 @@ class DashboardData:
         self._reader = reader
         self._flush = flush
         self._budgets_seen = budgets_seen
-        self._gaps: dict[str, tuple[float, tuple[int, float]]] = {}  # window label -> (when, gaps)
+        self._gaps: dict[str, tuple[float, list[SummaryRow]]] = {}  # window label -> (when, gap rows)
 
     def _fresh(self) -> Ledger:
         if self._flush is not None:
@@ -109,22 +110,22 @@ class DashboardData:
         return self._reader()
 
     # -- totals --------------------------------------------------------------------------------------------
-    def _carbon_gaps(self, ledger: Ledger, window: Window) -> tuple[int, float]:
-        """The window's records without a CO2e figure, asked of the store at most once per
+    def _carbon_gap_rows(self, ledger: Ledger, window: Window) -> list[SummaryRow]:
+        """The window's records without a CO2e figure, by model and tier, asked of the store at most once per
         :data:`GAPS_REUSE_S` per window: such records come only from ledgers older than the carbon figures or an
         application's own records, and a store without an index of them (Redis) walks every record of the window
         to count them, which on every refresh of a large ledger would load it."""
         now = time.monotonic()
         kept = self._gaps.get(window.label)
         if kept is None or now - kept[0] > GAPS_REUSE_S:
-            kept = (now, ledger.carbon_gaps(window.since))
+            kept = (now, ledger.carbon_gap_rows(window.since, dims=_GAP_DIMS))
             self._gaps[window.label] = kept
         return kept[1]
 
     def totals(self, window: Window) -> dict[str, Any]:
         ledger = self._fresh()
         rows = ledger.summary(window.since, dims=_TOTALS_DIMS)
-        read = cast(Ledger, _Rows(rows, self._carbon_gaps(ledger, window)))
+        read = cast(Ledger, _Rows(rows, self._carbon_gap_rows(ledger, window)))
         grid = self.router.config.grid_g_per_kwh
         report = build_report(read, self.router.cards, by="model", since=window.since, grid_g_per_kwh=grid)
         # a model's records keep the tier each call ran in
@@ -259,7 +260,9 @@ def _group_dict(g: Any, total: Any, **extra: Any) -> dict[str, Any]:
     return {
         "group": g.group, **extra, "requests": g.requests, "errors": g.errors, "rejected": g.rejected,
         "energy_j": g.energy_j,
-        "co2e_g": g.co2e_g, "saved_j": g.saved_j, "mean_latency_ms": g.mean_latency_ms,
+        "co2e_g": g.co2e_g, "records_without_co2e": g.records_without_co2e,
+        "joules_without_co2e": g.joules_without_co2e, "co2e_note": g.co2e_note(),
+        "saved_j": g.saved_j, "mean_latency_ms": g.mean_latency_ms,
         "measured_share": g.measured_share, "energy": _kind(g.measured_share, g.energy_j),
         "request_share": g.requests / total.requests if total.requests else 0.0,
         "energy_share": g.energy_j / total.energy_j if total.energy_j else 0.0,

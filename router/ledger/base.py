@@ -152,6 +152,21 @@ class Ledger(FeedbackMethods, ABC):
                 joules += rec.energy_j
         return count, joules
 
+    @guarded("count the records without CO2e")
+    def carbon_gap_rows(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        """The records of :meth:`carbon_gaps` summed per hour bucket and dimension like :meth:`raw_summary`
+        (``requests`` counts every one of them, rejected too), so a view that shows CO2e per model, day or key can
+        say how many of each group's records its grams leave out: one read for all the groups
+        (:func:`group_dims` gives the ``dims`` a grouping needs). This default walks the records once; SQLite and
+        PostgreSQL sum in the store over their partial index of just those records."""
+        since, until = checked_span(since, until)
+        return self._carbon_gap_rows(since, until, check_dims(dims))
+
+    def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        return reduce_dims(aggregate(r for r in self.iter_records(since, until) if r.co2e_g is None), dims)
+
     # Budget accounting. Atomic reserve-then-settle so concurrent requests cannot both spend the last joules.
     @abstractmethod
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
@@ -426,6 +441,26 @@ def add_to_row(row: SummaryRow, r: LedgerRecord) -> None:
     row.output_tokens += r.output_tokens or 0
     row.latency_ms_sum += r.latency_ms or 0.0
     row.co2e_g += r.co2e_g or 0.0
+
+
+_GROUP_DIMS = {"key": ("key_hash",), "source": ("energy_source",), "day": ()}
+
+
+def group_dims(by: str) -> tuple[str, ...]:
+    """The summary dimensions :func:`group_value` reads for ``by`` (one of ``GROUPS``; ``day`` needs only the
+    bucket)."""
+    return _GROUP_DIMS.get(by, (by,))
+
+
+def group_gaps(rows: Iterable[SummaryRow], by: str) -> dict[str, tuple[int, float]]:
+    """Per group of ``by``: the records without a CO2e figure and their joules, from
+    :meth:`Ledger.carbon_gap_rows`."""
+    out: dict[str, tuple[int, float]] = {}
+    for row in rows:
+        g = group_value(row, by)
+        count, joules = out.get(g, (0, 0.0))
+        out[g] = (count + row.requests, joules + row.energy_j)
+    return out
 
 
 def group_value(row: SummaryRow, by: str) -> str:

@@ -352,6 +352,11 @@ class JournaledLedger(Ledger):
     def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
         return self._store().carbon_gaps(since, until)
 
+    def carbon_gap_rows(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        return self._store().carbon_gap_rows(since, until, dims)
+
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         return self._store()._stored_summary(lo, hi)
 

@@ -77,6 +77,8 @@ from .postgres_schema import (
 )
 
 T = TypeVar("T")
+_RAW_SUMS = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
+             "sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))")
 
 READ_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 1.0
@@ -536,6 +538,15 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         sums = "sum(requests), sum(energy_j), sum(input_tokens), sum(output_tokens), sum(latency_ms_sum), sum(co2e_g)"
         return self._grouped("bucket", "summary_hourly", where, args, dims, sums)
 
+    def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        # `co2e_g IS NULL` lets PostgreSQL read the partial index of just those records (schema step 4)
+        where, args = "co2e_g IS NULL AND ts >= %s", [since]
+        if until is not None:
+            where += " AND ts < %s"
+            args.append(until)
+        return self._grouped("(floor(ts / 3600) * 3600)::bigint", "records", where, args,
+                             SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
+
     @guarded("read the records' sums")
     def _raw_summary(
         self, since: float, until: float | None, dims: tuple[str, ...] | None, step_s: int
@@ -544,10 +555,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         if until is not None:
             where += " AND ts < %s"
             args.append(until)
-        sums = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
-                "sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))")
         bucket = f"(floor(ts / {step_s:d}) * {step_s:d})::bigint"
-        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, sums)
+        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
 
     def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
                  sums: str) -> list[SummaryRow]:

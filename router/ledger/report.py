@@ -31,11 +31,12 @@ from ..energy.carbon import (
     Equivalents,
     equivalents,
     format_joules,
+    missing_co2e_note,
     recorded_equivalents,
 )
 from ..types import TIER_ORDER
 from .arguments import GROUPS, checked_group
-from .base import REFUSED, Ledger, SummaryRow, group_value
+from .base import REFUSED, Ledger, SummaryRow, group_dims, group_gaps, group_value
 
 ANSWERED = ("ok", "cancelled")
 REPORT_GROUPS = GROUPS
@@ -81,6 +82,14 @@ class GroupTotals:
     mean_latency_ms: float = 0.0
     measured_share: float = 0.0
     """Fraction of the joules that were measured (RAPL, NVML) rather than estimated."""
+    records_without_co2e: int = 0
+    """Of the group's records (``requests`` + ``rejected``), those without a CO2e figure: ``co2e_g`` counts them
+    as 0 g."""
+    joules_without_co2e: float = 0.0
+
+    def co2e_note(self) -> str:
+        """What the group's ``co2e_g`` leaves out, in the total's words (empty when nothing)."""
+        return missing_co2e_note(self.requests + self.rejected, self.records_without_co2e, self.joules_without_co2e)
 
 
 @dataclass
@@ -131,7 +140,8 @@ def build_report(
     by = checked_group(by)
     large = counterfactual_card(cards, counterfactual)
     summary = ledger.summary(since, until)
-    missing, missing_j = ledger.carbon_gaps(since, until)
+    # one read gives every group's records without a CO2e figure, and so the total's
+    gaps = group_gaps(ledger.carbon_gap_rows(since, until, group_dims(by)), by)
     groups: dict[str, GroupTotals] = {}
     total = GroupTotals("total")
     latency: dict[str, float] = {}
@@ -157,6 +167,10 @@ def build_report(
         b = buckets.setdefault(row.bucket, [0.0, 0.0])
         b[0] += row.energy_j
         b[1] += cf
+    for g, (count, joules) in gaps.items():
+        for t in (groups.setdefault(g, GroupTotals(g)), total):
+            t.records_without_co2e += count
+            t.joules_without_co2e += joules
     for t in [*groups.values(), total]:
         t.saved_j = t.counterfactual_j - t.energy_j
         t.mean_latency_ms = latency.get(t.group, 0.0) / t.requests if t.requests else 0.0
@@ -167,6 +181,9 @@ def build_report(
         f"(the config's {grid_g_per_kwh:g} g/kWh only where nothing is recorded).",
         f"Equivalents: {PHONE_CHARGE_SOURCE}; {KETTLE_BOIL_SOURCE}.",
     ]
+    if total.records_without_co2e:
+        notes.append("without CO2e: a group's records that have no CO2e figure (written before the ledger had "
+                     "carbon columns, or by an application's own Ledger.record); its CO2e leaves them out.")
     if large is not None:
         p = large.energy
         notes.insert(
@@ -187,8 +204,8 @@ def build_report(
         total=total,
         series=_series(buckets),
         notes=notes,
-        records_without_co2e=missing,
-        joules_without_co2e=missing_j,
+        records_without_co2e=total.records_without_co2e,
+        joules_without_co2e=total.joules_without_co2e,
     )
 
 
@@ -219,14 +236,13 @@ _COLUMNS = [
 
 
 def to_csv(report: Report) -> str:
-    """One row per group and the total; ``records_without_co2e`` (records whose CO2e is not in ``co2e_g``) is
-    known for the total only, so the groups' cells are empty."""
+    """One row per group and the total; ``records_without_co2e``: the row's records whose CO2e is not in
+    ``co2e_g``."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([f"{report.by}" if k == "group" else k for k, _ in _COLUMNS] + ["records_without_co2e"])
-    for t in report.rows:
-        w.writerow([getattr(t, k) for k, _ in _COLUMNS] + [""])
-    w.writerow([getattr(report.total, k) for k, _ in _COLUMNS] + [report.records_without_co2e])
+    for t in [*report.rows, report.total]:
+        w.writerow([getattr(t, k) for k, _ in _COLUMNS] + [t.records_without_co2e])
     return buf.getvalue()
 
 
@@ -241,8 +257,9 @@ def rich_table(report: Report) -> Any:
     table = Table(
         title=f"Energy by {report.by}{_when(report)}", caption="\n".join(report.notes), caption_justify="left"
     )
+    gaps = report.records_without_co2e > 0  # a column only for the ledgers that have such records
     for title in (report.by, "requests", "errors", "rejected", "energy", "CO2e g", "always large (est.)",
-                  "saved (est.)", "measured"):  # fmt: skip
+                  "saved (est.)", "measured", *(["without CO2e"] if gaps else [])):  # fmt: skip
         if title == report.by:  # a name is never cut: the figures' headers wrap instead
             table.add_column(title, no_wrap=True, min_width=max((len(t.group) for t in report.rows), default=5))
         else:
@@ -258,6 +275,7 @@ def rich_table(report: Report) -> Any:
             format_joules(t.counterfactual_j),
             format_joules(t.saved_j),
             f"{t.measured_share:.0%}",
+            *([f"{t.records_without_co2e:,}"] if gaps else []),
         )
     return table
 
@@ -309,7 +327,8 @@ def to_html(report: Report) -> str:
     from html import escape
 
     png = base64.b64encode(plot_png(report)).decode()
-    head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS)
+    gaps = report.records_without_co2e > 0  # a column only for the ledgers that have such records
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS) + ("<th>without CO2e</th>" if gaps else "")
     body = []
     for t in [*report.rows, report.total]:
         cells = [
@@ -317,6 +336,7 @@ def to_html(report: Report) -> str:
             f"{t.output_tokens:,}",
             f"{t.energy_j:.6g}", f"{t.co2e_g:.4g}", f"{t.counterfactual_j:.6g}", f"{t.saved_j:.6g}",
             f"{t.mean_latency_ms:.0f}", f"{t.measured_share:.0%}",
+            *([f"{t.records_without_co2e:,}"] if gaps else []),
         ]  # fmt: skip
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     eq = report.everyday().sentence()

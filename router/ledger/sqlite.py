@@ -433,6 +433,15 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             count, joules = self._read_conn.execute(sql, args).fetchone()
         return int(count), float(joules)
 
+    def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        # `co2e_g IS NULL` lets SQLite read the partial index of just those records (schema step 6)
+        where, args = "co2e_g IS NULL AND ts >= ?", [since]
+        if until is not None:
+            where += " AND ts < ?"
+            args.append(until)
+        return self._grouped(BUCKET_SQL.format(t=""), "records", where, args,
+                             SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
+
     @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         sql = f"SELECT {SUMMARY_COLS} FROM summary_hourly WHERE bucket >= ?"

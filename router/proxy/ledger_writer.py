@@ -275,6 +275,12 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.carbon_gaps(since, until)
 
+    def carbon_gap_rows(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        self.flush()
+        return self.inner.carbon_gap_rows(since, until, dims)
+
     def raw_summary(
         self, since: float, until: float | None = None, dims: Sequence[str] | None = None, step_s: int = 3600
     ) -> list[SummaryRow]:

@@ -31,7 +31,15 @@ import pytest
 from router.errors import BadRequestError, ConfigError, LedgerError
 from router.ledger import Feedback, Ledger, LedgerRecord, StoredPrompt, SummaryRow, aggregate, totals_from_summary
 from router.ledger.arguments import GROUPS
-from router.ledger.base import SUMMARY_DIMS, bucket_of, check_dims, reduce_dims
+from router.ledger.base import (
+    SUMMARY_DIMS,
+    bucket_of,
+    check_dims,
+    group_dims,
+    group_gaps,
+    group_value,
+    reduce_dims,
+)
 from router.ledger.carbon_report import carbon_rows
 from router.ledger.doctor import summary_mismatches
 
@@ -208,6 +216,35 @@ def check_carbon_gaps(open_store: OpenStore) -> None:
     assert led.carbon_gaps(recs[-1].ts + 1) == (0, 0.0)
     with pytest.raises(BadRequestError):
         led.carbon_gaps(float("nan"))
+
+
+def check_carbon_gap_rows(open_store: OpenStore) -> None:
+    """``carbon_gap_rows`` sums the records without a CO2e figure like the summary, per hour and the ``dims`` a
+    grouping needs: every group's count and joules equal the records', whole and over a range, and they add up to
+    ``carbon_gaps``."""
+    led = open_store("carbon_gap_rows")
+    recs = [r if i % 4 else dataclasses.replace(r, co2e_g=None) for i, r in enumerate(_sample(30))]
+    led.record_many(recs)
+    for lo, hi in ((0.0, None), (recs[5].ts + 0.25, recs[22].ts)):
+        chosen = [r for r in recs if r.co2e_g is None and r.ts >= lo and (hi is None or r.ts < hi)]
+        for by in GROUPS:
+            want: dict[str, list[float]] = {}
+            for row in aggregate(chosen):
+                acc = want.setdefault(group_value(row, by), [0, 0.0])
+                acc[0] += row.requests
+                acc[1] += row.energy_j
+            got = group_gaps(led.carbon_gap_rows(lo, hi, group_dims(by)), by)
+            assert got.keys() == want.keys(), (by, lo, hi)
+            for g, (count, joules) in want.items():
+                assert got[g][0] == count and math.isclose(got[g][1], joules), (by, g, lo, hi)
+        whole = led.carbon_gap_rows(lo, hi)
+        assert sorted(r.dims() for r in whole) == sorted(r.dims() for r in aggregate(chosen))
+        count, joules = led.carbon_gaps(lo, hi)
+        assert count == sum(r.requests for r in whole) == len(chosen)
+        assert math.isclose(joules, sum(r.energy_j for r in whole))
+    assert led.carbon_gap_rows(recs[-1].ts + 1) == []
+    with pytest.raises(BadRequestError):
+        led.carbon_gap_rows(0.0, dims=("zone",))
 
 
 def check_totals(open_store: OpenStore) -> None:
@@ -804,6 +841,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_bad_arguments_are_bad_request_errors,
     check_spent,
     check_carbon_gaps,
+    check_carbon_gap_rows,
     check_totals,
     check_carbon_rows_count_model_calls,
     check_carbon_rows_leave_out_records_without_co2e,
