@@ -137,28 +137,21 @@ class Ledger(FeedbackMethods, ABC):
         by = checked_group(by)
         return totals_from_summary(self.summary(since), by)
 
-    @guarded("count the records without CO2e")
     def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
         """How many records with ``since <= ts < until`` carry no CO2e figure, and their joules: records written
         before the carbon columns existed, or by an application's own :meth:`record` without one. The hourly
-        summaries count them as 0 g, so a view of the CO2e total uses this to say what the total leaves out
-        (:func:`~router.energy.carbon.recorded_equivalents`). This default walks the records; SQLite and PostgreSQL
-        answer from a partial index of just those records."""
-        since, until = checked_span(since, until)
-        count, joules = 0, 0.0
-        for rec in self.iter_records(since, until):
-            if rec.co2e_g is None:
-                count += 1
-                joules += rec.energy_j
-        return count, joules
+        summaries count them as 0 g, so a view of the CO2e total says what the total leaves out
+        (:func:`~router.energy.carbon.recorded_equivalents`); per group: :meth:`carbon_gap_rows`."""
+        rows = self.carbon_gap_rows(since, until, dims=())
+        return sum(r.requests for r in rows), sum(r.energy_j for r in rows)
 
     @guarded("count the records without CO2e")
     def carbon_gap_rows(
         self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
     ) -> list[SummaryRow]:
-        """The records of :meth:`carbon_gaps` summed per hour bucket and dimension like :meth:`raw_summary`
-        (``requests`` counts every one of them, rejected too), so a view that shows CO2e per model, day or key can
-        say how many of each group's records its grams leave out: one read for all the groups
+        """The records without a CO2e figure (:meth:`carbon_gaps`) summed per hour bucket and dimension like
+        :meth:`raw_summary` (``requests`` counts every one of them, rejected too), so a view that shows CO2e per
+        model, day or key can say how many of each group's records its grams leave out: one read for all the groups
         (:func:`group_dims` gives the ``dims`` a grouping needs). This default walks the records once; SQLite and
         PostgreSQL sum in the store over their partial index of just those records."""
         since, until = checked_span(since, until)

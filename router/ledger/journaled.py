@@ -349,9 +349,6 @@ class JournaledLedger(Ledger):
     ) -> list[SummaryRow]:
         return self._store().summary(since, until, dims)
 
-    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
-        return self._store().carbon_gaps(since, until)
-
     def carbon_gap_rows(
         self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
     ) -> list[SummaryRow]:

@@ -479,18 +479,6 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
             args.append(key_hash)
         return float(self._one(sql, args)[0])
 
-    @guarded("count the records without CO2e")
-    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
-        since, until = checked_span(since, until)
-        sql = (f"SELECT count(*), COALESCE(sum(energy_j), 0) FROM {self.schema}.records "
-               "WHERE co2e_g IS NULL AND ts >= %s")
-        args: list[Any] = [since]
-        if until is not None:
-            sql += " AND ts < %s"
-            args.append(until)
-        count, joules = self._one(sql, args)
-        return int(count), float(joules)
-
     @guarded("read the hourly summary")
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         sql = f"SELECT {SUMMARY_COLS} FROM {self.schema}.summary_hourly WHERE TRUE"

@@ -421,18 +421,6 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         with self._read_lock:
             return float(self._read_conn.execute(sql, args).fetchone()[0])
 
-    @guarded("count the records without CO2e")
-    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
-        since, until = checked_span(since, until)
-        sql = "SELECT COUNT(*), COALESCE(SUM(energy_j), 0) FROM records WHERE co2e_g IS NULL AND ts >= ?"
-        args: list[Any] = [since]
-        if until is not None:
-            sql += " AND ts < ?"
-            args.append(until)
-        with self._read_lock:
-            count, joules = self._read_conn.execute(sql, args).fetchone()
-        return int(count), float(joules)
-
     def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         # `co2e_g IS NULL` lets SQLite read the partial index of just those records (schema step 6)
         where, args = "co2e_g IS NULL AND ts >= ?", [since]

@@ -271,10 +271,6 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.summary(since, until, dims)
 
-    def carbon_gaps(self, since: float = 0.0, until: float | None = None) -> tuple[int, float]:
-        self.flush()
-        return self.inner.carbon_gaps(since, until)
-
     def carbon_gap_rows(
         self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
     ) -> list[SummaryRow]:
