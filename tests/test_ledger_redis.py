@@ -3,7 +3,9 @@ the unix:// URL docs/ledger.md lists, and a URL option redis-py does not take.""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,3 +145,59 @@ def test_clear_deletes_its_own_keys_even_when_its_prefix_holds_glob_characters(r
         other.clear()  # type: ignore[attr-defined]
         mine.close()
         other.close()
+
+
+def test_a_reservation_redis_runs_after_the_client_gave_up_on_it_is_given_back(tmp_path: Path) -> None:
+    """A Redis paused past ``request_timeout_s`` (SIGSTOP, as a host that froze, or a slow command of another
+    client) still runs the reservation when it resumes. The client had reported it failed, so nobody settles it:
+    it counted as spent until the window ended (a day here), refusing requests with 429s the budget had room for.
+    Now the client releases it by id, and a hold that arrives after its release holds nothing."""
+    from conftest_redis import start_redis_server
+
+    from router.ledger.redis import RedisLedger
+
+    server = start_redis_server(tmp_path)
+    assert server.proc is not None
+    led = RedisLedger.from_url(f"{server.url}/0?prefix=given-up:&request_timeout_s=0.2")
+    try:
+        assert led.try_reserve("day", 10.0, 100.0, 86_400) is not None  # Redis has the script cached, as in use
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(LedgerError, match="reserve budget"):
+                led.try_reserve("day", 80.0, 100.0, 86_400)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        led.release_given_up()  # what the background thread does once Redis answers, done here to wait for it
+        assert led.budget_used("day", 86_400) == pytest.approx(10.0)
+        assert led.try_reserve("day", 90.0, 100.0, 86_400) is not None
+    finally:
+        led.close()
+        server.stop()
+
+
+def test_a_release_leaves_a_tombstone_and_gives_back_once_in_either_order(redis_server: str) -> None:  # noqa: F811
+    """The reservation and its release come on different connections, so Redis may run them in either order."""
+    import redis
+
+    from router.ledger.redis_schema import RELEASE, RESERVE
+
+    client = redis.Redis.from_url(f"{redis_server}/0")
+    reserve, release = client.register_script(RESERVE), client.register_script(RELEASE)
+    counter = "tombstone:budget:day:0"
+    client.delete(counter, "tombstone:hold:early", "tombstone:hold:late")
+    try:
+        early = [counter, "tombstone:hold:early"]  # released before its reservation arrives
+        assert release(keys=early, args=[60]) == 0
+        assert reserve(keys=early, args=["50.0", "100.0", 60]) == -1
+        assert client.get(counter) is None
+
+        late = [counter, "tombstone:hold:late"]  # reserved (and its call tried again), then released twice
+        assert reserve(keys=late, args=["50.0", "100.0", 60]) == 1
+        assert reserve(keys=late, args=["50.0", "100.0", 60]) == 1
+        assert float(client.get(counter)) == 50.0
+        assert release(keys=late, args=[60]) == 1
+        assert release(keys=late, args=[60]) == 0
+        assert float(client.get(counter)) == 0.0
+    finally:
+        client.delete(counter, "tombstone:hold:early", "tombstone:hold:late")
+        client.close()

@@ -13,6 +13,8 @@ Layout (all keys under a prefix, default ``router:``):
   the same script as the record, so the two never disagree;
 * ``buckets``: the hours that have a ``sum:`` hash;
 * ``budget:<name>:<window start>``: joules spent plus held, expiring two windows after the window starts;
+* ``hold:<reservation id>``: the joules a reservation holds until it is settled, or ``released`` where its client
+  gave up on it (*Timeouts*), expiring with its budget's counter;
 * ``reqs``: each request id scored by the time of its newest record (kept by the record script);
 * ``meta``: schema version and the retention setting;
 * feedback and stored prompts: :mod:`router.ledger.redis_feedback`.
@@ -29,6 +31,10 @@ while answering a request, ``try_reserve`` and ``budget_used``: they have a clie
 event loop, where a Redis that hangs (stopped, a host that froze: its connections stay open and nothing answers)
 would hold every request, ``/health`` and every stream in flight for as long as one of them waits: the first one
 fails after ``request_timeout_s``, the journaled ledger starts the outage, and the ones after it fail at once.
+A reservation given up on may still reach the server and run once it answers again (a Redis paused, or busy with
+another client's slow command): a background thread releases it by id (the ``RELEASE`` script, retried until the
+server answers), and the tombstone that leaves makes a reservation arriving after it a no-op, so the hold is given
+back in whichever order the two run, instead of counting as spent until the window ends.
 
 Durability is Redis's: with its defaults (RDB snapshots) a Redis crash can lose the last minutes; run Redis
 with ``appendonly yes`` (and ``appendfsync everysec`` or ``always``) when the ledger must survive that.
@@ -43,14 +49,17 @@ import inspect
 import json
 import math
 import re
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
 
+from ..errors import LedgerError
 from .arguments import (
     MAX_COUNT,
     checked_count,
@@ -79,6 +88,7 @@ from .redis_schema import (
     METRICS,
     MIGRATIONS,
     RECORD,
+    RELEASE,
     RESERVE,
     SCHEMA_VERSION,
     SEP,
@@ -127,6 +137,12 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         self._record_script = self.r.register_script(RECORD)
         self._reserve_script = self.r.register_script(RESERVE)
         self._settle_script = self.r.register_script(SETTLE)
+        self._release_script = self.r.register_script(RELEASE)
+        # (counter, hold, seconds to keep the tombstone) of each reservation a timeout gave up on, oldest first
+        self._given_up: deque[tuple[str, str, int]] = deque()
+        self._release_lock = threading.Lock()  # one releaser at a time
+        self._releaser_lock = threading.Lock()  # guards _releasing, so an item added as the thread ends is not left
+        self._releasing = False
         self._migrate()
         if retention_days is not None:
             self.set_retention_days(retention_days)
@@ -382,18 +398,62 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     def _budget_key(self, budget: str, start: float) -> str:
         return f"{self.prefix}budget:{budget}:{_num(start)}"
 
+    def _hold_key(self, reservation_id: str) -> str:
+        return f"{self.prefix}hold:{reservation_id}"
+
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         start = window_start(time.time(), window_s)
-        ok = self._reserve_script(
-            keys=[self._budget_key(budget, start)],
-            args=[repr(float(joules)), repr(float(limit_j)), max(1, int(math.ceil(2 * window_s)))],
-            client=self._request_r,
-        )
-        return Reservation(uuid.uuid4().hex, budget, joules, start) if ok else None
+        reservation_id = uuid.uuid4().hex
+        keys = [self._budget_key(budget, start), self._hold_key(reservation_id)]
+        keep_s = max(1, int(math.ceil(2 * window_s)))
+        try:
+            verdict = self._reserve_script(keys=keys, args=[repr(float(joules)), repr(float(limit_j)), keep_s],
+                                           client=self._request_r)
+        except self.driver_errors:
+            # the script may have reached the server and run (or run later): whatever it held must not stay held
+            self._release_later(keys[0], keys[1], keep_s)
+            raise
+        return Reservation(reservation_id, budget, joules, start) if verdict == 1 else None
+
+    def _release_later(self, counter_key: str, hold_key: str, keep_s: int) -> None:
+        self._given_up.append((counter_key, hold_key, keep_s))
+        with self._releaser_lock:
+            if not self._releasing:
+                self._releasing = True
+                threading.Thread(target=self._release_in_background, name="redis-ledger-release", daemon=True).start()
+
+    def _release_in_background(self) -> None:
+        """Releases the reservations given up on, retrying (up to 5 s apart) while the server does not answer."""
+        pause_s = 0.1
+        while not self.closed:
+            try:
+                self.release_given_up()
+            except LedgerError:
+                time.sleep(pause_s)
+                pause_s = min(2 * pause_s, 5.0)
+                continue
+            with self._releaser_lock:
+                if not self._given_up:
+                    self._releasing = False
+                    return
+        with self._releaser_lock:
+            self._releasing = False
+
+    @guarded("release the reservations given up on")
+    def release_given_up(self) -> None:
+        """Release now, on the calling thread, each reservation a timeout gave up on that the background thread
+        has not released yet (what it does next; the two take turns). Raises ``LedgerError`` where the server does
+        not answer; what is left stays queued for the thread."""
+        with self._release_lock:
+            while self._given_up:
+                counter_key, hold_key, keep_s = self._given_up[0]
+                self._release_script(keys=[counter_key, hold_key], args=[keep_s])
+                self._given_up.popleft()
 
     def _settle_call(self, reservation: Reservation, actual_j: float) -> dict[str, list[str]]:
-        return {"keys": [self._budget_key(reservation.budget, reservation.window_start)],
+        return {"keys": [self._budget_key(reservation.budget, reservation.window_start),
+                         self._hold_key(reservation.id)],
                 "args": [repr(float(actual_j - reservation.joules))]}
 
     @guarded("settle a reservation")

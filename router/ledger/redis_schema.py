@@ -1,6 +1,6 @@
 """The Redis ledger's scripts and schema: the numbered migration steps (:mod:`router.ledger.migrations`), the
 script that applies the missing ones with the version in one call, and the scripts that write a record (with
-its hourly sums, unless its id is there already), reserve and settle.
+its hourly sums, unless its id is there already), reserve, settle and release.
 
 Versions (the ``meta`` hash's ``schema_version``): 1, the layout without ``ids``; 2, ``ids``, filled for the
 records already there with ``legacy-<seq>`` (the id a record written before ids existed reads back with); 3,
@@ -84,17 +84,49 @@ end
 return n
 """
 
+# KEYS: the budget's counter, the reservation's hold (``hold:<id>``). ARGV: joules, limit, seconds to keep both.
+# A hold already there is this reservation's, made by an earlier try of the same call (1 again, nothing added),
+# or the tombstone a release left because the client gave up on it before it ran here (-1, nothing held).
 RESERVE = """
+local hold = redis.call('GET', KEYS[2])
+if hold == 'released' then
+  return -1
+elseif hold then
+  return 1
+end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
   return nil
 end
 redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
 return 1
 """
 
+# KEYS: the counter, the hold of a reservation its client gave up on (a timeout: the script may run after it).
+# ARGV: seconds to keep the tombstone. Gives back what the hold holds, once, and leaves the tombstone either way,
+# so a RESERVE still on its way runs as a no-op: the result is the same in whichever order the two arrive.
+RELEASE = """
+local hold = redis.call('GET', KEYS[2])
+if hold == 'released' then
+  return 0
+end
+redis.call('SET', KEYS[2], 'released', 'EX', ARGV[1])
+if not hold or redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local back = string.sub(hold, 1, 1) == '-' and string.sub(hold, 2) or '-' .. hold
+local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], back))
+if v < 0 then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+end
+return 1
+"""
+
+# KEYS: the counter, the reservation's hold (dropped: a settled reservation is never released). ARGV: the change.
 SETTLE = """
+redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
