@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servers.instant_upstream import LEAK
 from servers.procs import (
     ROOT,
@@ -212,15 +213,84 @@ def test_slow_headers_cannot_hold_a_connection(served: Served) -> None:
     assert closed and time.monotonic() - started < 3
 
 
-def test_a_slow_body_is_a_408(served: Served) -> None:
+def _error_counts(served: Served) -> dict[tuple[str, ...], float]:
+    """``router_requests_total`` by outcome (``("outcome", OUTCOME)``) and ``router_errors_total`` by type and
+    status (``("error", TYPE, STATUS)``), summed over their other labels."""
+    counts: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{served.url}/metrics").text):
+        for s in family.samples:
+            if s.name == "router_requests_total":
+                label: tuple[str, ...] = ("outcome", s.labels["outcome"])
+            elif s.name == "router_errors_total":
+                label = ("error", s.labels["type"], s.labels["status"])
+            else:
+                continue
+            counts[label] = counts.get(label, 0.0) + s.value
+    return counts
+
+
+def _counted_since(served: Served, before: dict[tuple[str, ...], float], label: tuple[str, ...]) -> float:
+    """How many more ``label`` counts /metrics has than ``before``, once it has any (the app counts a request the
+    server protocol ended when it sees the connection gone, just after the client does)."""
+    deadline = time.monotonic() + 10
+    while True:
+        counted = _error_counts(served).get(label, 0.0) - before.get(label, 0.0)
+        if counted or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path", ["/v1/feedback", "/v1/files"])
+def test_a_slow_body_is_a_408(served: Served, path: str) -> None:
+    """On every route that reads a body, one too slow is a 408, and /metrics counts the 408 the client got: in
+    ``router_errors_total`` (not as a 500 internal error, with tracebacks in the log) and, for a chat request, in
+    ``router_requests_total`` as ``rejected`` (not ``cancelled``: the server refused it)."""
+    before = _error_counts(served)
+    tracebacks = served.log().count("Traceback")
     sock = _connect(served.url)
     started = time.monotonic()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+                 + b"Content-Length: 1000\r\n\r\n{\"model\": ")
     reply = sock.recv(4096)
     sock.close()
     assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
     assert time.monotonic() - started < 3
+    assert _counted_since(served, before, ("error", "request_timeout", "408")) == 1
+    after = _error_counts(served)
+    assert after.get(("error", "internal_error", "500"), 0) == before.get(("error", "internal_error", "500"), 0)
+    if path == "/v1/chat/completions":
+        assert after.get(("outcome", "rejected"), 0) - before.get(("outcome", "rejected"), 0) == 1
+        assert after.get(("outcome", "cancelled"), 0) == before.get(("outcome", "cancelled"), 0)
+    assert served.log().count("Traceback") == tracebacks
+
+
+@pytest.mark.parametrize("path", ["/v1/feedback", "/v1/files"])
+def test_a_client_gone_mid_body_is_no_internal_error(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     path: str) -> None:
+    """A client that hangs up while sending a body (a batch file upload over a failing link) is not a 500
+    ``internal_error`` in /metrics, nor an 'unhandled error' with a traceback in the log: nobody is left to answer.
+    The app is called as the server calls it, with the body's first part and then the disconnect."""
+    import asyncio
+
+    app = create_app(router=build(tmp_path, {"text": "hello"}, {"text": "hello"}))
+    messages = [{"type": "http.request", "body": b'{"id": ', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    with caplog.at_level("ERROR"):
+        asyncio.run(app(scope, receive, send))  # raised the client's disconnect, to the server, which logs it too
+    assert not [m for m in sent if m.get("status") == 500]
+    assert b"internal_error" not in app.state.proxy.metrics.render()
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"], caplog.text
 
 
 def test_a_body_still_coming_after_an_early_413_gets_no_second_answer(served: Served) -> None:

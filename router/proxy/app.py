@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -36,6 +36,7 @@ from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
 from .ledger_writer import BackgroundLedger
 from .metrics import CONTENT_TYPE, ProxyMetrics, decided
+from .public import BODY_TIMED_OUT
 
 log = logging.getLogger("router.proxy")
 _JSON = "application/json"
@@ -245,6 +246,15 @@ def create_app(
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:
         return error_response(exc, proxy.metrics)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """A client gone while its body was coming (feedback, a file upload): nobody is left to answer, and it is
+        no error of the server's, unless the server ended it with a 408 for a body too slow, which is counted."""
+        timed_out = request.scope.get(BODY_TIMED_OUT)
+        if timed_out is not None:
+            proxy.metrics.observe_error(timed_out.code, timed_out.http_status)
+        return Response(status_code=499)  # never sent: the connection is closed
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

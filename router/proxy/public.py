@@ -208,6 +208,12 @@ def body_decoder(content_encoding: str, limit: int) -> BodyDecoder | None:
                                    f"as it is, or compressed with one of: {ACCEPT_ENCODING}")
 
 
+BODY_TIMED_OUT = "router.body_timed_out"
+"""The request's scope key under which ``router serve``'s protocol (:mod:`router.proxy.server`) leaves the
+:class:`~router.errors.RequestTimeoutError` it answered (a 408) when the body came too slowly, before it closed the
+connection: the app then sees the client gone, and counts that 408 rather than a client that went away."""
+
+
 async def read_limited_body(request: Request, limit: int, what: str = "request body") -> bytes:
     """The body of a request to a route off the chat fast path (feedback, batches, files), never more than ``limit``
     bytes: refused on its ``Content-Length``, or as soon as what has arrived passes the limit (a chunked body

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import RequestTimeoutError
 from ._fast_cycle import ProtocolBase
+from .public import BODY_TIMED_OUT
 
 BEFORE_SEND: list[Callable[[], None]] = []
 """Called before any response bytes of this process leave (this module's protocol only): ``router serve`` puts
@@ -99,9 +100,8 @@ def set_timeouts(header_s: float, body_s: float) -> None:
     HEADER_TIMEOUT_S, BODY_TIMEOUT_S = header_s, body_s
 
 
-def _timeout_response() -> bytes:
-    body = json.dumps(RequestTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
-                      .to_openai()).encode()
+def _timeout_response(error: RequestTimeoutError) -> bytes:
+    body = json.dumps(error.to_openai()).encode()
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: %d\r\n\r\n%s" % (len(body), body))
 
@@ -158,5 +158,8 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
         self._read_timer = None
         answered = self.cycle is not None and self.cycle.response_started
         if body and not answered and not self.transport.is_closing():
-            self.transport.write(_timeout_response())
+            error = RequestTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
+            self.transport.write(_timeout_response(error))
+            if self.cycle is not None:  # the app sees the client gone next: this tells it the 408 was answered
+                self.cycle.scope[BODY_TIMED_OUT] = error  # type: ignore[literal-required]
         self.transport.close()
