@@ -240,7 +240,7 @@ def _counted_since(served: Served, before: dict[tuple[str, ...], float], label: 
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("path", ["/v1/feedback", "/v1/files"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/feedback", "/v1/files"])
 def test_a_slow_body_is_a_408(served: Served, path: str) -> None:
     """On every route that reads a body, one too slow is a 408, and /metrics counts the 408 the client got: in
     ``router_errors_total`` (not as a 500 internal error, with tracebacks in the log) and, for a chat request, in

@@ -43,7 +43,7 @@ from ..errors import (
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
 from .metrics import ProxyMetrics, decided
-from .public import ACCEPT_ENCODING, body_decoder, public_error, read_json
+from .public import ACCEPT_ENCODING, BODY_TIMED_OUT, body_decoder, public_error, read_json
 
 log = logging.getLogger("router.proxy")
 
@@ -194,7 +194,11 @@ class ChatHandler:
             await error_response(exc, None, request_id or new_request_id())(scope, receive, send)
             return
         except ClientDisconnect:  # the ledger has the 'cancelled' record of a call that was stopped
-            self.metrics.observe_request(*decided(prepared), key_label, "cancelled")
+            timed_out = scope.get(BODY_TIMED_OUT)
+            if timed_out is not None:  # the server answered a body too slow with a 408: refused, not given up
+                self._count_failed(timed_out, prepared, key_label)
+            else:
+                self.metrics.observe_request(*decided(prepared), key_label, "cancelled")
             return
         except asyncio.CancelledError:
             request_id = _server_stopped(request_id or new_request_id())
