@@ -7,6 +7,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from router.cli.ledger import _savings_sentence
 from router.cli.when import parse_when
 from router.energy.carbon import format_joules
 from router.ledger import LedgerRecord, SQLiteLedger
+from router.ledger.base import SummaryRow
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = time.time()
@@ -247,3 +249,40 @@ def test_a_ledger_path_with_square_brackets_prints_as_it_is(tmp_path: Path) -> N
     ledger = folder / "ledger.sqlite3"
     SQLiteLedger(ledger).close()
     assert f"No records yet in {ledger}" in " ".join(run("ledger", "--ledger", str(ledger)).split())
+
+
+def test_totals_and_report_read_the_summary_summed_over_what_they_do_not_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hourly summary keeps a row per key, policy and task: with many keys it holds about a row per record
+    (1.37 million rows for 1.5 million records over 90 days), and `router ledger` and `router ledger report`
+    read every one into Python (1.4 GB, where the store can sum them to a row per model, outcome and source)."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    led = SQLiteLedger.from_url(url)
+    hour = (NOW // 3600 - 3) * 3600  # a whole hour: read from the stored summary
+    keys = 40
+    led.record_many([
+        LedgerRecord(f"r{i}", "smollm2-135m", "small", 2.0, "estimated:cpu-time", input_tokens=10, output_tokens=5,
+                     key_hash=f"key-{i:02d}", policy=("eco", "balanced")[i % 2], task=("qa", "chat")[i % 2],
+                     co2e_g=0.1, ts=hour + 60 + i)
+        for i in range(keys)
+    ])  # fmt: skip
+    led.close()
+    read: list[int] = []
+    summary = SQLiteLedger.summary
+
+    def counted(self: SQLiteLedger, *args: Any, **kwargs: Any) -> list[SummaryRow]:
+        # TEST DOUBLE: the real summary, counting the rows a command reads
+        rows = summary(self, *args, **kwargs)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(SQLiteLedger, "summary", counted)
+    assert f"{keys:,}" in run("ledger", "--ledger", url)  # the model's requests
+    assert read == [1]
+    report = json.loads(run("ledger", "report", "--ledger", url, "--format", "json"))
+    assert [(r["group"], r["requests"]) for r in report["rows"]] == [("smollm2-135m", keys)]
+    assert read[1:] == [1]
+    by_key = json.loads(run("ledger", "report", "--by", "key", "--ledger", url, "--format", "json"))
+    assert [(r["group"], r["requests"]) for r in by_key["rows"]] == [(f"key-{i:02d}", 1) for i in range(keys)]
+    assert read[2:] == [keys]

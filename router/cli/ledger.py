@@ -114,11 +114,13 @@ def ledger_main(
     ctx.obj = {"ledger": ledger, "config": config, "since": since}
     if ctx.invoked_subcommand is not None:
         return
+    from ..ledger.report import report_dims
+
     try:
         cfg = _config(config, ledger)
         led = open_configured(cfg)
         start = parse_when(since) or 0.0
-        summary = led.summary(start)
+        summary = led.summary(start, dims=report_dims("model"))  # per model and per day: no row per key or task
         gap_rows = led.carbon_gap_rows(start, dims=("model",))  # the bucket gives the day
         led.close()
     except RouterError as exc:

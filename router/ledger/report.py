@@ -36,7 +36,7 @@ from ..energy.carbon import (
 )
 from ..types import TIER_ORDER
 from .arguments import GROUPS, checked_group
-from .base import REFUSED, Ledger, SummaryRow, group_dims, group_gaps, group_value
+from .base import REFUSED, SUMMARY_DIMS, Ledger, SummaryRow, group_dims, group_gaps, group_value
 
 ANSWERED = ("ok", "cancelled")
 REPORT_GROUPS = GROUPS
@@ -127,6 +127,14 @@ class Report:
         return d
 
 
+def report_dims(by: str) -> tuple[str, ...]:
+    """The summary dimensions a report grouped ``by`` reads: the model (the saving estimate), the outcome (errors,
+    rejections), the energy source (the measured share) and ``by``'s own. The store sums the others away, so a
+    ledger whose hourly summary keeps a row per key, policy and task (about as many rows as records, for many keys)
+    is read as a few rows per hour rather than as one object per stored row."""
+    return tuple(d for d in SUMMARY_DIMS if d in ("model", "outcome", "energy_source", *group_dims(by)))
+
+
 def build_report(
     ledger: Ledger,
     cards: dict[str, ModelCard],
@@ -139,7 +147,7 @@ def build_report(
 ) -> Report:
     by = checked_group(by)
     large = counterfactual_card(cards, counterfactual)
-    summary = ledger.summary(since, until)
+    summary = ledger.summary(since, until, dims=report_dims(by))
     # one read gives every group's records without a CO2e figure, and so the total's
     gaps = group_gaps(ledger.carbon_gap_rows(since, until, group_dims(by)), by)
     groups: dict[str, GroupTotals] = {}
