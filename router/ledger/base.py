@@ -289,9 +289,10 @@ class Ledger(FeedbackMethods, ABC):
         store has no such check."""
         return []
 
-    def stored_summary(self) -> list[SummaryRow]:
-        """Every whole-hour aggregate the store keeps (``router ledger doctor`` compares them with the records)."""
-        return self._stored_summary(-math.inf, math.inf)
+    def stored_summary(self, lo: float = -math.inf, hi: float = math.inf) -> list[SummaryRow]:
+        """The whole-hour aggregates the store keeps for hours ``lo <= bucket < hi``, by default all of them
+        (``router ledger doctor`` compares them with the records, a day at a time)."""
+        return self._stored_summary(lo, hi)
 
     def rebuild_summary(self) -> None:  # noqa: B027 - optional hook
         """Recompute the stored hourly aggregates from the records (``router ledger doctor --repair``)."""

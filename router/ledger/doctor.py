@@ -10,6 +10,7 @@ theirs to replay, and records a store refused (``rejected.jsonl``) are reported.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .arguments import EARLIEST_TS
-from .base import SUMMARY_DIMS, Ledger, SummaryRow, aggregate
+from .base import SUMMARY_DIMS, Ledger, LedgerRecord, SummaryRow, aggregate
 from .errors import redact
 from .journal import journal_folder as store_journal_folder
 from .replay import claim, replay_folder, segment_files
@@ -47,25 +48,63 @@ def _key(row: SummaryRow) -> tuple[Any, ...]:
     return (row.bucket, *((getattr(row, d) or None) for d in SUMMARY_DIMS))
 
 
+CHECKED_SPAN_S = 86_400
+"""The summary is checked a day of hours at a time, so the doctor holds a day's summary rows and records, not the
+whole ledger's: with a row per key, policy and task the summary holds about a row per record (1.37 million rows for
+1.5 million records over 90 days), and both sides of all of it at once take gigabytes."""
+
+
 def summary_mismatches(ledger: Ledger, limit: int = 5) -> tuple[int, list[str]]:
-    """How many hourly summary rows disagree with the records they sum, and a few of them described."""
-    stored: dict[tuple[Any, ...], SummaryRow] = {}
-    for row in ledger.stored_summary():
-        stored[_key(row)] = row
-    expected = {_key(row): row for row in aggregate(ledger.iter_records(EARLIEST_TS))}
-    bad: list[str] = []
+    """How many hourly summary rows disagree with the records they sum, and a few of them described. The records
+    are read once, in time order; each day that holds any is compared with the stored rows of that day, and the
+    stored rows of the spans between (before the first record, after the last) all lack records."""
+    count = 0
+    examples: list[str] = []
+    for problem in _mismatches(ledger):
+        count += 1
+        if len(examples) < limit:
+            examples.append(problem)
+    return count, examples
+
+
+def _mismatches(ledger: Ledger) -> Iterator[str]:
+    checked_to = -math.inf  # the stored summary is compared up to here
+    day: list[LedgerRecord] = []  # the records of the day being read
+    for rec in ledger.iter_records(EARLIEST_TS):
+        if day and rec.ts >= _day_end(day[0]):
+            yield from _compare_day(ledger, day, checked_to)
+            checked_to = _day_end(day[0])
+            day = []
+        day.append(rec)
+    if day:
+        yield from _compare_day(ledger, day, checked_to)
+        checked_to = _day_end(day[0])
+    yield from _compare(ledger.stored_summary(checked_to, math.inf), [])
+
+
+def _day_end(rec: LedgerRecord) -> float:
+    return rec.ts - rec.ts % CHECKED_SPAN_S + CHECKED_SPAN_S
+
+
+def _compare_day(ledger: Ledger, records: list[LedgerRecord], checked_to: float) -> Iterator[str]:
+    """The day of ``records`` against its stored rows, and the stored rows since ``checked_to`` (no records)."""
+    yield from _compare(ledger.stored_summary(checked_to, _day_end(records[0])), aggregate(records))
+
+
+def _compare(stored_rows: list[SummaryRow], expected_rows: list[SummaryRow]) -> Iterator[str]:
+    stored = {_key(row): row for row in stored_rows}
+    expected = {_key(row): row for row in expected_rows}
     for key in sorted(set(stored) | set(expected), key=repr):
         a, b = stored.get(key), expected.get(key)
         if a is None or b is None:
             what = "no summary row" if a is None else "a summary row without records"
-            bad.append(f"hour {key[0]:.0f} {key[1]}: {what}")
+            yield f"hour {key[0]:.0f} {key[1]}: {what}"
             continue
         for metric in ("requests", "energy_j", "input_tokens", "output_tokens", "latency_ms_sum", "co2e_g"):
             x, y = float(getattr(a, metric)), float(getattr(b, metric))
             if not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-6):
-                bad.append(f"hour {key[0]:.0f} {key[1]}: {metric} {x:g} in the summary, {y:g} in the records")
+                yield f"hour {key[0]:.0f} {key[1]}: {metric} {x:g} in the summary, {y:g} in the records"
                 break
-    return len(bad), bad[:limit]
 
 
 def _count_lines(path: Path) -> int:
