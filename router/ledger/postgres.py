@@ -3,15 +3,17 @@ in one database (``postgresql://USER:PASSWORD@HOST:PORT/DB?schema=router``), thr
 
 Tables live in their own schema (default ``router``, created if missing): ``records`` (record ids unique),
 ``summary_hourly`` (kept in the same statement as the records it sums: the ``INSERT`` of the records is a CTE whose
-``RETURNING`` rows, only those really inserted, are added to the sums), ``budgets`` and ``meta`` (schema version,
-retention). Migrations: :mod:`router.ledger.migrations`, applied under a transaction-scoped advisory lock so
-processes opening a new database at once apply each step once.
+``RETURNING`` rows, only those really inserted, are added to the sums), ``budgets``, ``holds`` (what each budget
+reservation holds until it is settled, or ``released``: *Timeouts*) and ``meta`` (schema version, retention).
+Migrations: :mod:`router.ledger.migrations`, applied under a transaction-scoped advisory lock so processes opening
+a new database at once apply each step once.
 
 Budgets: a reservation is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + joules <= limit``; PostgreSQL
 locks the window's row for the upsert and evaluates the ``WHERE`` on its latest committed version, so concurrent
-reservations from any number of connections serialise on that row and never pass the limit. Each is one round
-trip (``benchmarks/bench_ledger.py --reserve`` measures it against SQLite and Redis; docs/ledger.md says when a
-fleet should keep budgets in Redis instead).
+reservations from any number of connections serialise on that row and never pass the limit. The same statement
+inserts the reservation's hold (a CTE), and a settlement's deletes it. Each is one round trip
+(``benchmarks/bench_ledger.py --reserve`` measures it against SQLite and Redis; docs/ledger.md says when a fleet
+should keep budgets in Redis instead).
 
 Connections: a small pool per ledger (``?pool=4``), opened lazily; a connection that broke (server restart) is
 dropped and the call tried once more on a new one, except settlements, which must not apply twice. Every wait for
@@ -26,6 +28,12 @@ hangs (its processes stopped, a host that froze: connections stay open and nothi
 request, ``/health`` and every stream in flight for as long as one of them waits: the first one fails after
 ``request_timeout_s``, the journaled ledger starts the outage, and the ones after it fail at once. The limit is a
 deadline the calling thread keeps on the connection, so a healthy call costs no thread hop.
+A reservation given up on may still run and commit on the server (it waited there on its budget's row, locked by
+another transaction, on a stopped backend, or on a slow commit): a background thread releases it by id (one
+statement, retried until the server answers, :mod:`router.ledger.given_up`). The release gives back what the hold
+holds, once, or leaves a released hold as a tombstone where there is none yet; a reservation that arrives after it
+then holds nothing (it finds the tombstone, or fails on its id, unique, when it committed meanwhile), so the hold is
+given back in whichever order the two run, instead of counting as spent until the window ends.
 
 Length: one class is the whole ledger interface for one store, beside its connection pool; the schema and the
 feedback table are modules of their own (``postgres_schema``, ``postgres_feedback``), and the rest is one store's
@@ -65,14 +73,18 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, postgres_error
+from .given_up import GivenUp
 from .postgres_feedback import PRUNE_SQL, PostgresFeedback
 from .postgres_schema import (
     ADD_SUMS,
     COLUMNS,
     LARGEST_INSERT,
     MIGRATIONS,
+    RELEASE,
+    RESERVE,
     SCHEMA_NAME,
     SCHEMA_VERSION,
+    SETTLE,
     SUMMARY_COLS,
 )
 
@@ -241,11 +253,9 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         self._pool = _Pool(connect, max(1, pool))
         s = schema
         self._insert_sql: dict[int, str] = {}
-        self._reserve_sql = f"""INSERT INTO {s}.budgets (budget, window_start, used_j) SELECT %s, %s, %s
-            WHERE %s <= %s ON CONFLICT (budget, window_start) DO UPDATE SET used_j = {s}.budgets.used_j
-            + excluded.used_j WHERE {s}.budgets.used_j + excluded.used_j <= %s"""
-        self._settle_sql = f"""UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s)
-            WHERE budget = %s AND window_start = %s"""
+        self._reserve_sql, self._settle_sql, self._release_sql = (q.format(s=s) for q in (RESERVE, SETTLE, RELEASE))
+        # (id, budget, window start) of each reservation a timeout gave up on
+        self._given_up: GivenUp[tuple[str, str, float]] = GivenUp(self, self._release, "postgres-ledger-release")
         self._pool.run(self._migrate)
         if retention_days is not None:
             self.set_retention_days(retention_days)
@@ -355,9 +365,9 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
 
     @guarded("prune old records")
     def prune(self, older_than: float) -> int:
-        """Delete records and their sums older than ``older_than``, and the budget counters of windows that ended
-        by then, in one transaction; the hour straddling the cut-off is summed again from what remains, with the
-        summary table locked against writers meanwhile."""
+        """Delete records and their sums older than ``older_than``, and the budget counters (and holds) of windows
+        that ended by then, in one transaction; the hour straddling the cut-off is summed again from what remains,
+        with the summary table locked against writers meanwhile."""
         older_than = checked_time("older_than", older_than)
         s, boundary = self.schema, int(math.floor(older_than / 3600) * 3600)
 
@@ -370,10 +380,12 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                 c.execute(f"DELETE FROM {s}.summary_hourly WHERE bucket <= %s", (boundary,))
                 source = f"{s}.records WHERE ts >= %s AND ts < %s"
                 c.execute(ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))
-                old = c.execute(f"SELECT DISTINCT budget FROM {s}.budgets WHERE window_start < %s", (older_than,))
-                with c.cursor() as cur:
-                    cur.executemany(f"DELETE FROM {s}.budgets WHERE budget = %s AND window_start <= %s",
-                                    ended_budget_windows([b for (b,) in old.fetchall()], older_than))
+                old = c.execute(f"""SELECT budget FROM {s}.budgets WHERE window_start < %s
+                    UNION SELECT budget FROM {s}.holds WHERE window_start < %s""", (older_than, older_than))
+                ended = ended_budget_windows([b for (b,) in old.fetchall()], older_than)
+                with c.cursor() as cur:  # holds and tombstones go with their window's counter
+                    cur.executemany(f"DELETE FROM {s}.budgets WHERE budget = %s AND window_start <= %s", ended)
+                    cur.executemany(f"DELETE FROM {s}.holds WHERE budget = %s AND window_start <= %s", ended)
             return int(n)
 
         return self._pool.run(run)
@@ -564,22 +576,38 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
         start = window_start(time.time(), window_s)
-        args = (budget, start, joules, joules, limit_j, limit_j)
-        changed = self._pool.run(lambda c: c.execute(self._reserve_sql, args).rowcount,
-                                 within_s=self._request_timeout_s)
-        return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
+        reservation_id = uuid.uuid4().hex
+        args = {"id": reservation_id, "budget": budget, "start": start, "joules": joules, "limit": limit_j}
+        try:
+            held = self._pool.run(lambda c: c.execute(self._reserve_sql, args).fetchone()[0],
+                                  within_s=self._request_timeout_s)
+        except self.driver_errors:
+            # the statement may have reached the server and commit there later: whatever it held must not stay held
+            self._given_up.add((reservation_id, budget, start))
+            raise
+        return Reservation(reservation_id, budget, joules, start) if held else None
+
+    def _release(self, item: tuple[str, str, float]) -> None:
+        self._pool.run(lambda c: c.execute(self._release_sql, item))
+
+    @guarded("release the reservations given up on")
+    def release_given_up(self) -> None:
+        """Release now, on the calling thread, each reservation a timeout gave up on that the background thread
+        has not released yet (what it does next; the two take turns). Raises ``LedgerError`` where the server does
+        not answer; what is left stays queued for the thread."""
+        self._given_up.release_all()
 
     @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
-        args = (actual_j - reservation.joules, reservation.budget, reservation.window_start)
+        args = (reservation.id, actual_j - reservation.joules, reservation.budget, reservation.window_start)
         self._pool.run(lambda c: c.execute(self._settle_sql, args), retry=False)
 
     @guarded("settle reservations")
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
-        """One transaction for all of them (the same update each, in order)."""
+        """One transaction for all of them (the same statement each, in order)."""
         if not settlements:
             return
-        rows = [(actual - r.joules, r.budget, r.window_start) for r, actual in settlements]
+        rows = [(r.id, actual - r.joules, r.budget, r.window_start) for r, actual in settlements]
 
         def run(c: Any) -> None:
             with c.transaction(), c.cursor() as cur:

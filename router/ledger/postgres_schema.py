@@ -1,10 +1,13 @@
-"""The PostgreSQL ledger's schema: its numbered migration steps (:mod:`router.ledger.migrations`) and the SQL
-that keeps the hourly sums. Statements name tables as ``{s}.table``; ``{s}`` is the ledger's schema.
+"""The PostgreSQL ledger's schema: its numbered migration steps (:mod:`router.ledger.migrations`), the SQL
+that keeps the hourly sums, and the statements that reserve, settle and release budget. Statements name tables as
+``{s}.table``; ``{s}`` is the ledger's schema.
 
 Versions (the ``meta`` table's ``schema_version``): 1, records (record ids unique), hourly summary, budgets;
 2, the estimated joules, grid intensity and zone of each record; 3, ``feedback`` (append-only, ``feedback_id``
 unique), ``prompts`` (kept only when the operator opts in) and an index on ``records.request_id``; 4, a partial
-index of the records without a CO2e figure (``Ledger.carbon_gaps``; records with one add nothing to it).
+index of the records without a CO2e figure (``Ledger.carbon_gaps``; records with one add nothing to it); 5,
+``holds``: the joules each budget reservation holds until it is settled, or ``released`` where its client gave up
+on it (the ledger's *Timeouts*).
 """
 
 from __future__ import annotations
@@ -33,6 +36,35 @@ ADD_SUMS = f"""INSERT INTO {{s}}.summary_hourly AS h ({SUMMARY_COLS}) {_SUMS}
     energy_j = h.energy_j + excluded.energy_j, input_tokens = h.input_tokens + excluded.input_tokens,
     output_tokens = h.output_tokens + excluded.output_tokens,
     latency_ms_sum = h.latency_ms_sum + excluded.latency_ms_sum, co2e_g = h.co2e_g + excluded.co2e_g"""
+
+# Args by name: id, budget, start, joules, limit. True where the reservation holds its joules. A hold of its id
+# already there is this reservation's, from a try before a connection broke (True again, nothing added), or the
+# tombstone of its release (nothing held). A tombstone that commits while this statement waits on the budget's row
+# (locked by another transaction) makes the hold's INSERT fail on the id, unique, and with it the whole statement.
+RESERVE = """WITH prior AS (SELECT released FROM {s}.holds WHERE id = %(id)s),
+    counter AS (INSERT INTO {s}.budgets AS b (budget, window_start, used_j)
+        SELECT %(budget)s, %(start)s, %(joules)s
+        WHERE %(joules)s <= %(limit)s AND NOT EXISTS (SELECT 1 FROM prior)
+        ON CONFLICT (budget, window_start) DO UPDATE SET used_j = b.used_j + excluded.used_j
+        WHERE b.used_j + excluded.used_j <= %(limit)s RETURNING 1),
+    hold AS (INSERT INTO {s}.holds (id, budget, window_start, joules)
+        SELECT %(id)s, %(budget)s, %(start)s, %(joules)s FROM counter RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM hold) OR EXISTS (SELECT 1 FROM prior WHERE NOT released)"""
+
+# Args: id, the change (actual - held), budget, window start. The hold goes: a settled reservation is never released.
+SETTLE = """WITH settled AS (DELETE FROM {s}.holds WHERE id = %s)
+    UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s) WHERE budget = %s AND window_start = %s"""
+
+# Args: id, budget, window start of a reservation its client gave up on (it may run after this). Gives back what its
+# hold holds, once, and leaves the hold released, or a released one (0 J) as a tombstone where there is none yet,
+# so the result is the same in whichever order the two run. Only a hold gives anything back: a release that leaves
+# a tombstone never waits on the budget's row, which the reservation it overtook may hold while it waits on the id.
+RELEASE = """WITH released AS (
+        INSERT INTO {s}.holds AS h (id, budget, window_start, joules, released) VALUES (%s, %s, %s, 0, TRUE)
+        ON CONFLICT (id) DO UPDATE SET released = TRUE WHERE NOT h.released
+        RETURNING h.budget, h.window_start, h.joules)
+    UPDATE {s}.budgets AS b SET used_j = GREATEST(0, b.used_j - r.joules) FROM released AS r
+    WHERE b.budget = r.budget AND b.window_start = r.window_start AND r.joules <> 0"""
 
 MIGRATIONS: Migrations[list[str]] = Migrations(
     "PostgreSQL",
@@ -93,6 +125,15 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
             4,
             "records without a CO2e figure, by time",
             ["CREATE INDEX IF NOT EXISTS records_no_co2e ON {s}.records (ts) WHERE co2e_g IS NULL"],
+        ),
+        Step(
+            5,
+            "holds: each budget reservation until it is settled, and releases of those given up on",
+            # no index on (budget, window_start), which a prune deletes by: the table keeps only reservations in
+            # flight and the few given up on, and an index would cost every reservation and settlement its upkeep
+            ["""CREATE TABLE IF NOT EXISTS {s}.holds (
+                id TEXT PRIMARY KEY, budget TEXT NOT NULL, window_start DOUBLE PRECISION NOT NULL,
+                joules DOUBLE PRECISION NOT NULL, released BOOLEAN NOT NULL DEFAULT FALSE)"""],
         ),
     ],
 )

@@ -49,17 +49,14 @@ import inspect
 import json
 import math
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 import redis
 
-from ..errors import LedgerError
 from .arguments import (
     MAX_COUNT,
     checked_count,
@@ -82,6 +79,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error
+from .given_up import GivenUp
 from .redis_feedback import RedisFeedback, score_window
 from .redis_feedback import parse_member as _parse
 from .redis_schema import (
@@ -138,11 +136,8 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         self._reserve_script = self.r.register_script(RESERVE)
         self._settle_script = self.r.register_script(SETTLE)
         self._release_script = self.r.register_script(RELEASE)
-        # (counter, hold, seconds to keep the tombstone) of each reservation a timeout gave up on, oldest first
-        self._given_up: deque[tuple[str, str, int]] = deque()
-        self._release_lock = threading.Lock()  # one releaser at a time
-        self._releaser_lock = threading.Lock()  # guards _releasing, so an item added as the thread ends is not left
-        self._releasing = False
+        # (counter, hold, seconds to keep the tombstone) of each reservation a timeout gave up on
+        self._given_up: GivenUp[tuple[str, str, int]] = GivenUp(self, self._release, "redis-ledger-release")
         self._migrate()
         if retention_days is not None:
             self.set_retention_days(retention_days)
@@ -412,44 +407,20 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
                                            client=self._request_r)
         except self.driver_errors:
             # the script may have reached the server and run (or run later): whatever it held must not stay held
-            self._release_later(keys[0], keys[1], keep_s)
+            self._given_up.add((keys[0], keys[1], keep_s))
             raise
         return Reservation(reservation_id, budget, joules, start) if verdict == 1 else None
 
-    def _release_later(self, counter_key: str, hold_key: str, keep_s: int) -> None:
-        self._given_up.append((counter_key, hold_key, keep_s))
-        with self._releaser_lock:
-            if not self._releasing:
-                self._releasing = True
-                threading.Thread(target=self._release_in_background, name="redis-ledger-release", daemon=True).start()
-
-    def _release_in_background(self) -> None:
-        """Releases the reservations given up on, retrying (up to 5 s apart) while the server does not answer."""
-        pause_s = 0.1
-        while not self.closed:
-            try:
-                self.release_given_up()
-            except LedgerError:
-                time.sleep(pause_s)
-                pause_s = min(2 * pause_s, 5.0)
-                continue
-            with self._releaser_lock:
-                if not self._given_up:
-                    self._releasing = False
-                    return
-        with self._releaser_lock:
-            self._releasing = False
+    def _release(self, item: tuple[str, str, int]) -> None:
+        counter_key, hold_key, keep_s = item
+        self._release_script(keys=[counter_key, hold_key], args=[keep_s])
 
     @guarded("release the reservations given up on")
     def release_given_up(self) -> None:
         """Release now, on the calling thread, each reservation a timeout gave up on that the background thread
         has not released yet (what it does next; the two take turns). Raises ``LedgerError`` where the server does
         not answer; what is left stays queued for the thread."""
-        with self._release_lock:
-            while self._given_up:
-                counter_key, hold_key, keep_s = self._given_up[0]
-                self._release_script(keys=[counter_key, hold_key], args=[keep_s])
-                self._given_up.popleft()
+        self._given_up.release_all()
 
     def _settle_call(self, reservation: Reservation, actual_j: float) -> dict[str, list[str]]:
         return {"keys": [self._budget_key(reservation.budget, reservation.window_start),

@@ -1,0 +1,155 @@
+"""PostgreSQL ledger budgets against a real server: a reservation that commits after its client gave up on it is
+given back, a release leaves a tombstone, holds go with their window's counter, and a schema of the previous
+step is upgraded with its budgets kept."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest_postgres import PostgresServer, postgres_server  # noqa: F401 - the fixture
+
+from router.errors import LedgerError
+from router.ledger.base import window_start
+
+pytestmark = pytest.mark.postgres
+DAY_S = 86_400
+
+
+@pytest.fixture
+def schema(postgres_server: PostgresServer) -> Iterator[str]:  # noqa: F811
+    import psycopg
+
+    name = f"holds_{uuid.uuid4().hex[:8]}"
+    yield name
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def _used(conn: Any, schema: str, budget: str, start: float) -> float | None:
+    row = conn.execute(f"SELECT used_j FROM {schema}.budgets WHERE budget = %s AND window_start = %s",
+                       (budget, start)).fetchone()  # fmt: skip
+    return None if row is None else float(row[0])
+
+
+def test_a_reservation_that_commits_after_the_client_gave_up_on_it_is_given_back(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    """A reservation waiting on its budget's row (locked by another transaction's ``SELECT ... FOR UPDATE``) past
+    ``request_timeout_s`` failed on the client, yet PostgreSQL still committed it once the row came free. Nobody
+    settled it: it counted as spent until the window ended (a day here), refusing requests with 429s the budget
+    had room for. Now the client releases it by id, and the late reservation holds nothing."""
+    import psycopg
+
+    from router.ledger.postgres import PostgresLedger
+
+    led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}&request_timeout_s=0.3")
+    locker = psycopg.connect(postgres_server.url)  # a transaction, open until its commit
+    watcher = psycopg.connect(postgres_server.url, autocommit=True)
+    try:
+        assert led.try_reserve("day", 10.0, 100.0, DAY_S) is not None
+        locker.execute(f"SELECT used_j FROM {schema}.budgets FOR UPDATE")
+        with pytest.raises(LedgerError, match="reserve budget"):
+            led.try_reserve("day", 80.0, 100.0, DAY_S)
+        waiting = watcher.execute(f"""SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+            AND query LIKE '%%{schema}.budgets%%'""").fetchall()  # fmt: skip
+        assert len(waiting) == 1, "the reservation the client gave up on still waits on the server"
+        locker.commit()
+        deadline = time.monotonic() + 30
+        while watcher.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", waiting[0]).fetchone():
+            assert time.monotonic() < deadline, "the reservation given up on never finished on the server"
+            time.sleep(0.05)
+        led.release_given_up()  # what the background thread does, done here to wait for it
+        assert led.budget_used("day", DAY_S) == pytest.approx(10.0)
+        assert led.try_reserve("day", 90.0, 100.0, DAY_S) is not None
+    finally:
+        locker.close()
+        watcher.close()
+        led.close()
+
+
+def test_a_release_leaves_a_tombstone_and_gives_back_once_in_either_order(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    """The reservation and its release come on different connections, so PostgreSQL may run them in either
+    order."""
+    import psycopg
+
+    from router.ledger.postgres import PostgresLedger
+    from router.ledger.postgres_schema import RELEASE, RESERVE
+
+    PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}").close()  # makes the schema
+    reserve, release = RESERVE.format(s=schema), RELEASE.format(s=schema)
+
+    def reservation(reservation_id: str) -> dict[str, Any]:
+        return {"id": reservation_id, "budget": "day", "start": 0.0, "joules": 50.0, "limit": 100.0}
+
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(release, ("early", "day", 0.0))  # released before its reservation arrives
+        assert conn.execute(reserve, reservation("early")).fetchone()[0] is False
+        assert _used(conn, schema, "day", 0.0) is None
+
+        # reserved (and its statement run again, as after a broken connection), then released twice
+        assert conn.execute(reserve, reservation("late")).fetchone()[0] is True
+        assert conn.execute(reserve, reservation("late")).fetchone()[0] is True
+        assert _used(conn, schema, "day", 0.0) == 50.0
+        conn.execute(release, ("late", "day", 0.0))
+        assert _used(conn, schema, "day", 0.0) == 0.0
+        conn.execute(release, ("late", "day", 0.0))
+        assert _used(conn, schema, "day", 0.0) == 0.0
+
+
+def test_settling_drops_the_hold_and_a_prune_drops_those_of_ended_windows(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    import psycopg
+
+    from router.ledger.postgres import PostgresLedger
+
+    led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
+    holds = f"SELECT id FROM {schema}.holds ORDER BY id"
+    try:
+        settled = led.try_reserve("model:m:60s", 5.0, 100.0, 60)
+        kept = led.try_reserve("model:m:60s", 5.0, 100.0, 60)
+        assert settled is not None and kept is not None
+        led.settle_many([(settled, 3.0)])
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            assert conn.execute(holds).fetchall() == [(kept.id,)]
+            led.prune(time.time() + 3600)  # the window ended an hour ago
+            assert conn.execute(holds).fetchall() == []
+    finally:
+        led.close()
+
+
+def test_a_schema_of_the_previous_step_is_upgraded_with_its_budgets_kept(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    """A database the previous release made (schema step 4, no ``holds``) reserves and settles once opened."""
+    import psycopg
+
+    from router.ledger.postgres import PostgresLedger
+    from router.ledger.postgres_schema import MIGRATIONS
+
+    start = window_start(time.time(), DAY_S)
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for step in MIGRATIONS.steps[:4]:
+            for stmt in step.payload:
+                conn.execute(stmt.format(s=schema))
+        conn.execute(f"INSERT INTO {schema}.meta VALUES ('schema_version', '4')")
+        conn.execute(f"INSERT INTO {schema}.budgets VALUES ('day', %s, 3.0)", (start,))
+    led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
+    try:
+        assert led.schema_version == led.latest_schema_version == 5
+        assert led.budget_used("day", DAY_S) == pytest.approx(3.0)
+        reservation = led.try_reserve("day", 10.0, 100.0, DAY_S)
+        assert reservation is not None
+        assert led.budget_used("day", DAY_S) == pytest.approx(13.0)
+        led.settle(reservation, 4.0)
+        assert led.budget_used("day", DAY_S) == pytest.approx(7.0)
+    finally:
+        led.close()
