@@ -479,6 +479,30 @@ def test_prompt_tokens_estimated_for_an_endpoint_without_usage_count_the_tools_o
         assert [r.input_tokens for r in router.ledger.records()] == [plain, offered]
 
 
+CHINESE = "量子纠缠是一种量子力学现象，其中两个粒子的状态无法独立描述。" * 100
+"""3,100 characters, 9,300 bytes: SmolLM2's tokenizer reads its sentence as 1.75 tokens a character, multilingual ones
+(GPT-4o's, Qwen's) as 0.6-1."""
+
+
+def test_a_chinese_prompt_is_counted_by_its_bytes_against_a_remote_models_context(upstream_url: str,
+                                                                                  tmp_path: Path) -> None:
+    """A remote model's context check counts a Chinese prompt as about a token a character (four UTF-8 bytes a
+    token), not four characters a token: this one, too long for the short model's 2,048 tokens, is not sent
+    there but answered by the model with room; and an endpoint that reports no usage has it counted the same
+    way in the ledger."""
+    short = _card(tmp_path, "remote-short", upstream_url, "echo", tier="small")
+    short = short.model_copy(update={"context_length": 2048})
+    cards = {card.name: card for card in (
+        short, _card(tmp_path, "remote-nousage", upstream_url, "nousage", tier="large"))}
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        resp = router.complete([{"role": "user", "content": CHINESE}], model="remote-short")
+        assert resp.routing is not None
+        assert [(a.model, a.outcome) for a in resp.routing.attempts] == [("remote-short", "rejected"),
+                                                                         ("remote-nousage", "ok")]
+        assert resp.usage is not None and resp.usage.prompt_tokens >= len(CHINESE.encode()) // 4
+        assert [r.input_tokens for r in router.ledger.records() if r.outcome == "ok"] == [resp.usage.prompt_tokens]
+
+
 # -- an endpoint nothing listens on ---------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_call_to_an_endpoint_that_refuses_the_connection_is_charged_nothing(tmp_path: Path, upstream_url: str,

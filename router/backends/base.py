@@ -231,8 +231,15 @@ class Backend(ABC):
             work.add_done_callback(lambda w: _ended(w, done))
 
     def count_tokens(self, text: str) -> int:
-        """Token count for context checks; backends with a tokenizer override this."""
-        return max(1, len(text) // 4) if text else 0
+        """Token count for context checks and for usage an endpoint does not report; backends with a tokenizer
+        override this. Byte-level tokenizers merge about four UTF-8 bytes into a token, so four bytes, not four
+        characters, are counted a token: the same for English, where a character is a byte, but a Chinese,
+        Hindi or Thai character takes three bytes and about a token of its own (four characters a token counted
+        such prompts 3-7 times too short, so one too long for a model's context was sent to it)."""
+        if not text:
+            return 0
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return max(1, size // 4)
 
     def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
         """The tokens the model reads: the messages and the tools offered (their descriptions and schemas can be
