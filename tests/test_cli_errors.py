@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from servers.procs import ROOT
 from typer.testing import CliRunner
 
 from router.cli import app
@@ -22,3 +29,17 @@ def test_demo_refuses_max_tokens_0_before_loading_anything(monkeypatch) -> None:
     res = CliRunner().invoke(app, ["demo", "--max-tokens", "0"])
     assert res.exit_code == 2, res.output
     assert "Invalid value for '--max-tokens': Input should be greater than or equal to 1" in res.output
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1", "ascii"])
+def test_output_to_a_stream_that_is_not_utf8_is_written_not_a_traceback(tmp_path: Path, encoding: str) -> None:
+    """A terminal under a Latin-1 locale, or a Windows console's code page (output redirected to a file there),
+    cannot encode the ``≈`` in `router energy convert`'s line: the command writes it as ``?`` and succeeds, where it
+    failed with a UnicodeEncodeError traceback. The real command in its own process: the stream is the one Python
+    opens for the encoding (PYTHONIOENCODING stands in for the locale)."""
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "router", "energy", "convert", "1200", "--grid", "475"],
+                          capture_output=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr.decode(encoding, "replace")
+    assert done.stdout.decode(encoding).startswith("1.2 kJ (0.000333 kWh) ? 0.0247 phone charges ? "), done.stdout
+    assert b"Traceback" not in done.stderr

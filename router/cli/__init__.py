@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import importlib
+import io
 import logging
+import sys
 from typing import Any
 
 import typer
@@ -74,6 +77,22 @@ for _module, _attr, _name in _GROUPS:
         app.command(name=_name)(_obj)
 
 
+def _tolerant_output() -> None:
+    """Let stdout and stderr write any text when their encoding is not UTF-8 (a terminal under a Latin-1 locale, a
+    Windows console's code page, output redirected to a file there): router's own lines hold ``≈``, ``→`` and
+    ``…``, and records, names and prompts any script, which such an encoding cannot write, so each command failed
+    with a UnicodeEncodeError traceback. A character the encoding lacks is written as ``?`` instead."""
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper) or stream.errors != "strict":
+            continue  # a stream a caller put there (a test runner's), or an error handler the user chose
+        try:
+            utf = codecs.lookup(stream.encoding).name.startswith("utf")
+        except LookupError:
+            utf = False
+        if not utf:
+            stream.reconfigure(errors="replace")
+
+
 def main() -> None:
     """The ``router`` command. A RouterError that ends a command (a configuration fault, a ledger that cannot be
     opened) is one line naming the problem and its fix, exit status 2, as ``router ledger`` prints them; the
@@ -83,6 +102,7 @@ def main() -> None:
 
     from ..errors import RouterError
 
+    _tolerant_output()
     try:
         app()
     except RouterError as exc:
