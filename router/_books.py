@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from ._output import Call
 from ._request import PreparedRequest
 from .backends import Backend, Generation
+from .backends.base import estimated_tokens, utf8_size
 from .cards import ModelCard
 from .energy import EnergyReading, Meter, estimate_from_profile
 from .energy.estimates import EnergyEstimates
@@ -72,7 +73,8 @@ class Books:
             return learned.joules, learned.source
         joules = self.prepared.decision.estimates.get(card.name)
         if joules is None:
-            joules = card.energy.joules(max(1, len(self.prepared.text) // 4), self.prepared.max_tokens or 128)
+            joules = card.energy.joules(estimated_tokens(utf8_size(self.prepared.text)),
+                                        self.prepared.max_tokens or 128)
         return joules, "card"
 
     def hold(self, card: ModelCard) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .backends.base import Cancel, CancelFlag
+from .backends.base import Cancel, CancelFlag, utf8_size
 from .classify.base import Classification
 from .energy.estimates import EnergyEstimate
 from .errors import BadRequestError, CapabilityError
@@ -126,6 +126,8 @@ class CheckedRequest:
     options: ModelOptions = NO_OPTIONS
     chars: int = 0
     """The prompt's characters, every message's text and tool-call arguments (:func:`validate_messages`)."""
+    size: int = 0
+    """The same text's UTF-8 bytes, what the decision's token estimate counts."""
     turns: int = 0
     """The user and assistant turns (:func:`context_floor`)."""
     request_id_given: bool = False
@@ -352,9 +354,11 @@ def _is_token_id(key: Any) -> bool:
     return isinstance(key, str) and 0 < len(key) <= 10 and key.isascii() and key.isdigit()
 
 
-def validate_messages(messages: Any, max_chars: int, max_messages: int) -> tuple[list[ChatMessage], int, str, int]:
-    """Check the OpenAI ``messages`` list and say exactly what to fix. Returns ``(messages, chars, question,
-    turns)``: the messages; the prompt's characters (every message's text and tool-call arguments); the question,
+def validate_messages(messages: Any, max_chars: int, max_messages: int
+                      ) -> tuple[list[ChatMessage], int, int, str, int]:
+    """Check the OpenAI ``messages`` list and say exactly what to fix. Returns ``(messages, chars, size, question,
+    turns)``: the messages; the prompt's characters (every message's text and tool-call arguments) and their UTF-8
+    bytes (what a token estimate counts: :func:`~router.backends.base.estimated_tokens`); the question,
     what the classifier reads (the last user message: the question being asked now); and the user and assistant
     turns (:func:`context_floor` counts a token for each). One pass over the messages finds all three."""
     # a JSON array is a list, known without asking the Sequence ABC (a Python-level check)
@@ -368,14 +372,18 @@ def validate_messages(messages: Any, max_chars: int, max_messages: int) -> tuple
         raise BadRequestError(f"`messages` has {len(messages):,} messages; this router accepts at most "
                               f"{max_messages:,} (max_messages)", param="messages", code="array_above_max_length")
     out = [_message(i, raw) for i, raw in enumerate(messages)]
-    chars = turns = 0
+    chars = size = turns = 0
     question = ""
     user_text = False  # some user message has text besides whitespace
     for m in out:
         text = m.text
         chars += len(text)
+        size += utf8_size(text)
         if m.tool_calls:  # most messages call no tools
-            chars += sum(len(c["function"]["arguments"]) for c in m.tool_calls)
+            for call in m.tool_calls:
+                arguments = call["function"]["arguments"]
+                chars += len(arguments)
+                size += utf8_size(arguments)
         if m.role == "user":
             turns += 1
             question = text
@@ -390,7 +398,7 @@ def validate_messages(messages: Any, max_chars: int, max_messages: int) -> tuple
             f"the prompt is {chars:,} characters; this router accepts at most {max_chars:,}",
             param="messages", code="prompt_too_large",
         )
-    return out, chars, question, turns
+    return out, chars, size, question, turns
 
 
 def has_tool_history(messages: list[ChatMessage]) -> bool:

@@ -46,7 +46,7 @@ from ._request import (
 )
 from ._streams import AsyncChunkStream, ChunkStream
 from .backends import Backend, create_backend
-from .backends.base import own_cancel
+from .backends.base import estimated_tokens, own_cancel
 from .backends.cooldown import CooldownBackend
 from .carbon.grid import Grid
 from .cards import ModelCard, load_cards
@@ -469,8 +469,8 @@ class Router:
             params = sdk_arguments(dict(params))
         try:
             p = check_params(**params)
-            msgs, chars, question, turns = validate_messages(messages, self.config.max_prompt_chars,
-                                                            self.config.max_messages)
+            msgs, chars, size, question, turns = validate_messages(messages, self.config.max_prompt_chars,
+                                                                  self.config.max_messages)
         except RecursionError:
             raise BadRequestError("the request is nested too deeply", param="messages") from None
         pinned_name, policy_from_model = split_model(p["model"])
@@ -483,7 +483,7 @@ class Router:
             policy_param="policy" if p["policy"] else "model",
             accuracy_target=p["accuracy_target"], max_energy_j=p["max_energy_j"], max_tokens=p["max_tokens"],
             temperature=p["temperature"], stop=p["stop"], api_key=p["api_key"], request_id=p["request_id"],
-            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars, turns=turns,
+            deadline_s=p["deadline_s"], cancel=p["cancel"], options=options, chars=chars, size=size, turns=turns,
             request_id_given=params.get("request_id") is not None, max_tokens_param=p["max_tokens_param"],
         )
 
@@ -516,7 +516,7 @@ class Router:
             spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
             if spec is not None:
                 policy = self._key_policy(spec, req)
-        input_tokens = max(1, req.chars // 4)  # the whole conversation is read, not only the question
+        input_tokens = estimated_tokens(req.size)  # the whole conversation is read, not only the question
         learned = self.estimates.for_request(classification.task, input_tokens, req.max_tokens)
         request = DecisionRequest(policy=policy, pinned=req.pinned_name, accuracy_target=req.accuracy_target,
                                   max_energy_j=req.max_energy_j, key_hash=key_hash, input_tokens_hint=input_tokens,

@@ -503,6 +503,20 @@ def test_a_chinese_prompt_is_counted_by_its_bytes_against_a_remote_models_contex
         assert [r.input_tokens for r in router.ledger.records() if r.outcome == "ok"] == [resp.usage.prompt_tokens]
 
 
+
+def test_the_decisions_energy_estimate_counts_a_prompt_by_its_bytes(upstream_url: str, tmp_path: Path) -> None:
+    """The policy's energy estimate (what the decision ranks models by and a budget reservation holds) reads the
+    prompt's tokens as its UTF-8 bytes over four, like the backends' count: 3,000 Chinese characters weigh what
+    9,000 ASCII ones do, not a third of it, so a budget is not under-reserved for such prompts."""
+    cards = {"remote-echo": _card(tmp_path, "remote-echo", upstream_url, "echo", tier="small")}
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        def estimate(text: str) -> float:
+            prepared = router.prepare([{"role": "user", "content": text}], model="remote-echo", max_tokens=16)
+            return prepared.decision.estimates["remote-echo"]
+
+        ascii_same_bytes, ascii_same_chars = estimate("a" * 9000), estimate("a" * 3000)
+        assert estimate("中" * 3000) == ascii_same_bytes > ascii_same_chars
+
 # -- an endpoint nothing listens on ---------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_call_to_an_endpoint_that_refuses_the_connection_is_charged_nothing(tmp_path: Path, upstream_url: str,

@@ -167,6 +167,23 @@ class Generation:
     """Cut (``length``) by the model's full context, not at ``max_tokens`` (:attr:`StreamEvent.context_full`)."""
 
 
+BYTES_PER_TOKEN = 4
+"""Byte-level tokenizers merge about four UTF-8 bytes into a token: for English a character is a byte, but a
+Chinese, Hindi or Thai character takes three bytes and about a token of its own, so four *characters* a token
+counted such prompts 3-7 times too short (one too long for a model's context was sent to it, and its energy was
+estimated a fraction of what it took)."""
+
+
+def utf8_size(text: str) -> int:
+    """``text``'s size in UTF-8 bytes (its length where it is ASCII, without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def estimated_tokens(size: int) -> int:
+    """The tokens a text of ``size`` UTF-8 bytes comes to where no tokenizer counts them (at least one)."""
+    return max(1, size // BYTES_PER_TOKEN)
+
+
 class Backend(ABC):
     """A model that answers chat requests. ``local`` backends are metered here; remote ones estimated."""
 
@@ -232,14 +249,8 @@ class Backend(ABC):
 
     def count_tokens(self, text: str) -> int:
         """Token count for context checks and for usage an endpoint does not report; backends with a tokenizer
-        override this. Byte-level tokenizers merge about four UTF-8 bytes into a token, so four bytes, not four
-        characters, are counted a token: the same for English, where a character is a byte, but a Chinese,
-        Hindi or Thai character takes three bytes and about a token of its own (four characters a token counted
-        such prompts 3-7 times too short, so one too long for a model's context was sent to it)."""
-        if not text:
-            return 0
-        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        return max(1, size // 4)
+        override this. :func:`estimated_tokens` of the text's UTF-8 size."""
+        return estimated_tokens(utf8_size(text)) if text else 0
 
     def prompt_tokens(self, messages: list[ChatMessage], options: ModelOptions = NO_OPTIONS) -> int:
         """The tokens the model reads: the messages and the tools offered (their descriptions and schemas can be
