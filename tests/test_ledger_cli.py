@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,73 @@ def test_totals_and_report_read_the_summary_summed_over_what_they_do_not_show(
     by_key = json.loads(run("ledger", "report", "--by", "key", "--ledger", url, "--format", "json"))
     assert [(r["group"], r["requests"]) for r in by_key["rows"]] == [(f"key-{i:02d}", 1) for i in range(keys)]
     assert read[2:] == [keys]
+
+
+DAY0 = 1_700_006_400.0  # a UTC midnight
+
+
+@pytest.fixture
+def paged_ledger(tmp_path: Path) -> str:
+    """25,000 records over three days: more than two of the export's pages of 10,000."""
+    url = f"sqlite:///{tmp_path / 'paged.sqlite3'}"
+    led = SQLiteLedger.from_url(url)
+    led.record_many([LedgerRecord(f"r{i}", "smollm2-135m", "small", 1.0 + i % 7, "estimated:cpu-time",
+                                  input_tokens=i % 50, ts=DAY0 + 43_200 + i * 8.0)
+                     for i in range(25_000)])  # day 0 noon to day 2 evening
+    led.close()
+    return url
+
+
+def invoke(args: list[str], terminal: bool) -> tuple[str, str]:
+    """The command's stdout and stderr, without the colour and cursor codes a terminal gets."""
+    # TTY_COMPATIBLE=1: rich takes the runner's stderr for a terminal and draws there as on one
+    env = {"COLUMNS": "200", **({"TTY_COMPATIBLE": "1"} if terminal else {})}
+    res = CliRunner().invoke(app, args, env=env)
+    assert res.exit_code == 0, res.output
+    codes = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+    return codes.sub("", res.stdout), codes.sub("", res.stderr)
+
+
+def test_export_shows_records_written_of_the_total_on_a_terminal_and_writes_the_same_bytes(
+    paged_ledger: str, tmp_path: Path
+) -> None:
+    """An export of 1.5 million records ran two minutes without a word until its last line."""
+    plain, shown = tmp_path / "plain.csv", tmp_path / "shown.csv"
+    quiet_out, quiet_err = invoke(["ledger", "export", "--ledger", paged_ledger, "-o", str(plain)], terminal=False)
+    drawn_out, drawn_err = invoke(["ledger", "export", "--ledger", paged_ledger, "-o", str(shown)], terminal=True)
+    assert shown.read_bytes() == plain.read_bytes() and quiet_out == drawn_out == ""
+    assert quiet_err.startswith("wrote 25,000 records") and "records written" not in quiet_err, quiet_err
+    assert "records written" in drawn_err and "25000/25000" in drawn_err, drawn_err  # of the total
+    assert "wrote 25,000 records" in drawn_err
+
+
+def test_export_reports_its_progress_a_page_at_a_time(paged_ledger: str, tmp_path: Path) -> None:
+    from router.ledger.export import export_csv
+
+    told: list[int] = []
+    led = SQLiteLedger.from_url(paged_ledger)
+    assert export_csv(led, tmp_path / "x.csv", progress=told.append) == 25_000
+    led.close()
+    assert told == [10_000, 20_000, 25_000]
+
+
+def test_doctor_shows_the_days_checked_on_a_terminal_and_prints_the_same_report(paged_ledger: str) -> None:
+    """The doctor ran two minutes on a big ledger before its first line."""
+    quiet_out, quiet_err = invoke(["ledger", "doctor", "--ledger", paged_ledger], terminal=False)
+    drawn_out, drawn_err = invoke(["ledger", "doctor", "--ledger", paged_ledger], terminal=True)
+    assert quiet_out == drawn_out and "no problems" in drawn_out
+    assert quiet_err == "", quiet_err
+    assert "checking the hourly summary: day 3 of 3, 25,000 records" in drawn_err, drawn_err
+
+
+def test_the_summary_check_reports_once_a_day_with_the_records_read(tmp_path: Path) -> None:
+    from router.ledger.doctor import summary_mismatches
+
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    for d in (0, 1, 3):  # day 2 has no records: the check passes over it
+        led.record_many([LedgerRecord(f"r{d}-{h}", "m", "small", 1.0, "e:x", ts=DAY0 + d * 86_400 + h * 3600)
+                         for h in range(3)])
+    told: list[tuple[float, float | None]] = []
+    assert summary_mismatches(led, progress=lambda what, done, total: told.append((done, total))) == (0, [])
+    led.close()
+    assert told == [(1, 4), (2, 4), (4, 4)]

@@ -20,12 +20,22 @@ from typing import Any, Protocol, TypeVar, cast
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from .._dates import utc_minute
 from ..config import RouterConfig
 from ..energy.carbon import equivalents, format_joules, recorded_equivalents
 from ..errors import RouterError
+from ..ledger import Ledger
 from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
 from .ledger_files import fail, ledger_inputs, open_configured, require_ledger
@@ -162,6 +172,19 @@ def ledger_main(
     )
 
 
+def _stderr_progress(*columns: ProgressColumn) -> Progress:
+    """A bar for a step that takes minutes on a big ledger, on stderr and only where stderr is a terminal (so a file
+    or pipe gets nothing, and stdout, which may be a report, neither), gone when the step ends."""
+    err = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), *columns, TimeElapsedColumn(), console=err, transient=True,
+                    disable=not err.is_terminal)
+
+
+def _record_count(led: Ledger, since: float, until: float | None) -> int:
+    """How many records ``since <= ts < until`` hold, from the hourly summary (thousands of rows, not millions)."""
+    return sum(r.requests for r in led.summary(since, until, dims=()))
+
+
 def _opts(ctx: typer.Context, ledger: str | None, config: Path | None) -> tuple[str | None, Path | None]:
     parent = ctx.obj or {}
     return ledger or parent.get("ledger"), config or parent.get("config")
@@ -280,7 +303,15 @@ def export(
     refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
     led = open_configured(cfg)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
-    n = fn(led, output, start, end)
+    with _stderr_progress(BarColumn(), MofNCompleteColumn()) as bar:
+        total = None if bar.disable else _record_count(led, start, end)
+        job = bar.add_task("records written", total=total)
+
+        def written(done: int) -> None:
+            # a summary that trails its records (`router ledger doctor` finds that) makes the bar grow, not overflow
+            bar.update(job, completed=done, total=None if total is None else max(total, done))
+
+        n = fn(led, output, start, end, progress=written)
     led.close()
     Console(stderr=True).print(f"wrote {n:,} records to {escape(str(output))} ({fmt.value})")
 
@@ -300,7 +331,10 @@ def prune(
     if cut is None:
         raise typer.BadParameter("--older-than: give an age (90d) or a date")
     led = open_configured(_config(config, ledger))
-    n = led.prune(cut)
+    # one transaction with no way to tell how far it is: a spinner says it is still at work
+    with _stderr_progress(SpinnerColumn()) as bar:
+        bar.add_task(f"pruning the records older than {utc_minute(cut)}", total=None)
+        n = led.prune(cut)
     led.close()
     Console().print(f"pruned {n:,} records older than {utc_minute(cut)} (and the feedback and stored prompts of "
                     "that age)")
@@ -372,7 +406,11 @@ def doctor(
     cfg = _config(config, ledger)
     require_ledger(cfg.ledger_url)
     folder = journal or journal_folder(cfg.journal, cfg.ledger_url)
-    rep = diagnose(cfg.ledger_url, journal_folder=folder, replay=replay, repair=repair)
+    with _stderr_progress(BarColumn()) as bar:
+        job = bar.add_task("opening the ledger", total=None)
+        rep = diagnose(cfg.ledger_url, journal_folder=folder, replay=replay, repair=repair,
+                       progress=lambda what, done, total: bar.update(job, description=what, completed=done,
+                                                                     total=total))
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"ledger {escape(rep.url)}")
     for f in rep.findings:

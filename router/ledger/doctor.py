@@ -10,7 +10,7 @@ theirs to replay, and records a store refused (``rejected.jsonl``) are reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,11 @@ class DoctorReport:
         self.findings.append(Finding(ok, text))
 
 
+StepProgress = Callable[[str, float, float | None], None]
+"""Told how far the doctor is in a step that can take minutes on a big ledger: what it is doing (a phrase that
+says the units), how many units are done and of how many (None: not known, as for one long query)."""
+
+
 def _key(row: SummaryRow) -> tuple[Any, ...]:
     return (row.bucket, *((getattr(row, d) or None) for d in SUMMARY_DIMS))
 
@@ -54,32 +59,59 @@ whole ledger's: with a row per key, policy and task the summary holds about a ro
 1.5 million records over 90 days), and both sides of all of it at once take gigabytes."""
 
 
-def summary_mismatches(ledger: Ledger, limit: int = 5) -> tuple[int, list[str]]:
+def summary_mismatches(
+    ledger: Ledger, limit: int = 5, progress: StepProgress | None = None
+) -> tuple[int, list[str]]:
     """How many hourly summary rows disagree with the records they sum, and a few of them described. The records
     are read once, in time order; each day that holds any is compared with the stored rows of that day, and the
-    stored rows of the spans between (before the first record, after the last) all lack records."""
+    stored rows of the spans between (before the first record, after the last) all lack records. ``progress`` is
+    told the days done of the span from the first record's day to the last's, once a day."""
     count = 0
     examples: list[str] = []
-    for problem in _mismatches(ledger):
+    for problem in _mismatches(ledger, progress):
         count += 1
         if len(examples) < limit:
             examples.append(problem)
     return count, examples
 
 
-def _mismatches(ledger: Ledger) -> Iterator[str]:
+def _mismatches(ledger: Ledger, progress: StepProgress | None = None) -> Iterator[str]:
     checked_to = -math.inf  # the stored summary is compared up to here
     day: list[LedgerRecord] = []  # the records of the day being read
+    read = 0
+    tell = _day_progress(ledger, progress)
     for rec in ledger.iter_records(EARLIEST_TS):
         if day and rec.ts >= _day_end(day[0]):
             yield from _compare_day(ledger, day, checked_to)
             checked_to = _day_end(day[0])
+            tell(checked_to, read)
             day = []
         day.append(rec)
+        read += 1
     if day:
         yield from _compare_day(ledger, day, checked_to)
         checked_to = _day_end(day[0])
+        tell(checked_to, read)
     yield from _compare(ledger.stored_summary(checked_to, math.inf), [])
+
+
+def _day_progress(ledger: Ledger, progress: StepProgress | None) -> Callable[[float, int], None]:
+    """What tells ``progress`` how far the check is once a day (checked up to a day's end, records read so far):
+    days done of the days from the first record to the last, two indexed reads rather than a count of them all."""
+    if progress is None:
+        return lambda _checked_to, _read: None
+    first = next(ledger.iter_records(EARLIEST_TS, batch=1), None)
+    last = ledger.latest_records(1)
+    if first is None or not last:
+        return lambda _checked_to, _read: None
+    start = _day_end(first) - CHECKED_SPAN_S
+    days = max(1, round((_day_end(last[0]) - start) / CHECKED_SPAN_S))
+
+    def tell(checked_to: float, read: int) -> None:
+        done = min(days, round((checked_to - start) / CHECKED_SPAN_S))
+        progress(f"checking the hourly summary: day {done:,} of {days:,}, {read:,} records", done, days)
+
+    return tell
 
 
 def _day_end(rec: LedgerRecord) -> float:
@@ -122,8 +154,10 @@ def diagnose(
     replay: bool = True,
     repair: bool = False,
     ledger: Ledger | None = None,
+    progress: StepProgress | None = None,
 ) -> DoctorReport:
-    """Check the store ``url`` names (or ``ledger``, already open) and its journal folder."""
+    """Check the store ``url`` names (or ``ledger``, already open) and its journal folder; ``progress`` is told
+    how far the long steps are (the integrity check, the summary check a day at a time, the journal replay)."""
     from . import open_store
 
     report = DoctorReport(redact(url))
@@ -137,8 +171,8 @@ def diagnose(
             _journals(report, folder, None, replay=False)
             return report
     try:
-        _check_store(report, led, repair)
-        _journals(report, folder, led, replay=replay)
+        _check_store(report, led, repair, progress)
+        _journals(report, folder, led, replay=replay, progress=progress)
     except LedgerError as exc:
         report.add(False, str(exc))
     finally:
@@ -147,17 +181,20 @@ def diagnose(
     return report
 
 
-def _check_store(report: DoctorReport, led: Ledger, repair: bool) -> None:
+def _check_store(report: DoctorReport, led: Ledger, repair: bool, progress: StepProgress | None = None) -> None:
+    step: StepProgress = progress or (lambda _what, _done, _total: None)
     version, latest = led.schema_version, led.latest_schema_version
     if version is not None:
         report.add(version == latest, f"schema version {version} (this router writes {latest})")
+    step("integrity check", 0, None)
     problems = led.integrity_problems()
     report.add(not problems, "integrity check: " + ("ok" if not problems else "; ".join(problems[:5])))
-    n, examples = summary_mismatches(led)
+    n, examples = summary_mismatches(led, progress=progress)
     if n and repair:
+        step("rebuilding the hourly summary from the records", 0, None)
         led.rebuild_summary()
         report.actions.append(f"rebuilt the hourly summary from the records ({n} rows disagreed)")
-        n, examples = summary_mismatches(led)
+        n, examples = summary_mismatches(led, progress=progress)
     if n:
         report.add(False, f"hourly summary: {n} rows disagree with the records (e.g. {examples[0]}); "
                    "`router ledger doctor --repair` rebuilds it")  # fmt: skip
@@ -165,7 +202,9 @@ def _check_store(report: DoctorReport, led: Ledger, repair: bool) -> None:
         report.add(True, "hourly summary matches the records")
 
 
-def _journals(report: DoctorReport, folder: Path, led: Ledger | None, *, replay: bool) -> None:
+def _journals(
+    report: DoctorReport, folder: Path, led: Ledger | None, *, replay: bool, progress: StepProgress | None = None
+) -> None:
     files = segment_files(folder)
     dead: list[Path] = []
     live: list[Path] = []
@@ -181,7 +220,9 @@ def _journals(report: DoctorReport, folder: Path, led: Ledger | None, *, replay:
                    f"({sum(_count_lines(p) for p in live)} records; they replay their own)")  # fmt: skip
     if dead:
         if replay and led is not None:
-            result = replay_folder(folder, led.record_many)
+            on_file = None if progress is None else (lambda done, total: progress(
+                f"replaying the journals of stopped processes: {done:,} of {total:,} files", done, total))
+            result = replay_folder(folder, led.record_many, on_file=on_file)
             report.actions.append(f"replayed {result.records} journaled records from {result.files} file(s) "
                                   f"of stopped processes into the store")  # fmt: skip
             report.add(True, f"journal {folder}: {result.files} file(s) of stopped processes replayed")

@@ -5,6 +5,7 @@ Both stream the ledger in batches, so exporting a million records needs a batch 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,16 +13,27 @@ from .base import Ledger, LedgerRecord
 
 COLUMNS = [f.name for f in fields(LedgerRecord)]
 
+PAGE = 10_000
+"""Records read from the ledger at a time, and how often an export reports its progress."""
 
-def export_csv(ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None) -> int:
-    """Write records as CSV with a header row; returns how many were written."""
+
+def export_csv(
+    ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write records as CSV with a header row; returns how many were written. ``progress`` is told how many are
+    written after every page of ``PAGE`` records and at the end."""
     n = 0
     with Path(file).open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(COLUMNS)
-        for rec in ledger.iter_records(since, until):
+        for rec in ledger.iter_records(since, until, batch=PAGE):
             w.writerow([getattr(rec, c) for c in COLUMNS])
             n += 1
+            if progress is not None and n % PAGE == 0:
+                progress(n)
+    if progress is not None:
+        progress(n)
     return n
 
 
@@ -34,9 +46,11 @@ def parquet_available() -> bool:
 
 
 def export_parquet(
-    ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None, batch: int = 50_000
+    ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None, batch: int = 50_000,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write records as Parquet (typed columns, ``ts`` as float seconds since the epoch, UTC)."""
+    """Write records as Parquet (typed columns, ``ts`` as float seconds since the epoch, UTC). ``progress`` is told
+    how many are written after every row group of ``batch`` records and at the end."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -63,9 +77,13 @@ def export_parquet(
                 writer.write_table(_table(pa, schema, chunk))
                 n += len(chunk)
                 chunk = []
+                if progress is not None:
+                    progress(n)
         if chunk or n == 0:
             writer.write_table(_table(pa, schema, chunk))
             n += len(chunk)
+    if progress is not None:
+        progress(n)
     return n
 
 

@@ -111,11 +111,16 @@ def _set_aside(folder: Path, line: bytes, why: str) -> None:
 
 
 def replay_folder(
-    folder: Path, write_many: Callable[[list[LedgerRecord]], None], *, skip: Callable[[Path], bool] | None = None
+    folder: Path, write_many: Callable[[list[LedgerRecord]], None], *, skip: Callable[[Path], bool] | None = None,
+    on_file: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    """Replay every segment in ``folder`` that no live process holds (dead processes' journals)."""
+    """Replay every segment in ``folder`` that no live process holds (dead processes' journals); ``on_file`` is told
+    how many segments are done and of how many, before each and after the last."""
     result = ReplayResult()
-    for path in segment_files(folder):
+    segments = segment_files(folder)
+    for done, path in enumerate(segments):
+        if on_file is not None:
+            on_file(done, len(segments))
         if skip is not None and skip(path):
             continue
         with claim(path) as fd:
@@ -126,4 +131,6 @@ def replay_folder(
             result.files += 1
             result.records += n
             result.set_aside += aside
+    if on_file is not None:
+        on_file(len(segments), len(segments))
     return result
