@@ -143,3 +143,26 @@ def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(served: tuple[s
         answer = sock.recv(4096)  # without the early refusal nothing comes before the 30 s body timeout
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert b'"code": "request_too_large"' in answer
+
+
+def _errors_counted(url: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers={"authorization": "Bearer sk-ops"}).text
+    return {(s.labels["type"], s.labels["status"]): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "router_errors_total"}
+
+
+def test_feedback_errors_count_in_router_errors_total(served: tuple[str, str]) -> None:
+    """The route's own refusals (a bad body, an unknown id, no key) are errors like any route's: an operator's
+    error rate must see a client scoring wrongly."""
+    url, _ = served
+    before = _errors_counted(url)
+    assert httpx.post(f"{url}/v1/feedback", content=b"{not json",
+                      headers={"authorization": "Bearer sk-team-a"}).status_code == 400
+    assert httpx.post(f"{url}/v1/feedback", json={"id": "chatcmpl-nowhere", "score": 0.5},
+                      headers={"authorization": "Bearer sk-team-a"}).status_code == 404
+    assert httpx.post(f"{url}/v1/feedback", json={"id": "chatcmpl-nowhere", "score": 0.5}).status_code == 401
+    after = _errors_counted(url)
+    for counted in (("invalid_request", "400"), ("not_found", "404"), ("invalid_api_key", "401")):
+        assert after.get(counted, 0.0) - before.get(counted, 0.0) == 1.0, (counted, before, after)

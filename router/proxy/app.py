@@ -241,7 +241,7 @@ def create_app(
     mount_dashboard(app, router, router.keys, config.dashboard, proxy.metrics)  # /dashboard, off by config
     from .feedback import add_feedback_route
 
-    add_feedback_route(app, router)  # /v1/feedback (router/proxy/feedback.py)
+    add_feedback_route(app, router, proxy.metrics)  # /v1/feedback (router/proxy/feedback.py)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:

@@ -24,14 +24,16 @@ from starlette.responses import Response
 from .._router import Router
 from ..errors import BadRequestError, RouterError
 from .fastpath import bearer_key, error_response
+from .metrics import ProxyMetrics
 from .public import read_json, read_limited_body
 
 MAX_BODY_BYTES = 64 * 1024
 _FIELDS = {"id", "score", "comment"}
 
 
-def add_feedback_route(app: FastAPI, router: Router) -> None:
-    """Register ``POST /v1/feedback`` (and ``/feedback``, as the chat routes are) on the proxy app."""
+def add_feedback_route(app: FastAPI, router: Router, metrics: ProxyMetrics | None = None) -> None:
+    """Register ``POST /v1/feedback`` (and ``/feedback``, as the chat routes are) on the proxy app; its errors
+    count in ``metrics``' ``router_errors_total``, as every route's do."""
 
     async def feedback(request: Request) -> Response:
         try:
@@ -40,7 +42,7 @@ def add_feedback_route(app: FastAPI, router: Router) -> None:
             fb = await asyncio.to_thread(router.feedback, body["id"], body["score"],  # _parse: both are there
                                          comment=body.get("comment"), api_key=api_key)
         except RouterError as exc:
-            return error_response(exc)
+            return error_response(exc, metrics)
         data = {"object": "feedback", "id": f"fb-{fb.feedback_id}", "response_id": fb.request_id, "score": fb.score,
                 "source": fb.source, "comment": fb.comment, "created": int(fb.ts)}
         return Response(json.dumps(data).encode(), media_type="application/json")
