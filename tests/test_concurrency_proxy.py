@@ -181,3 +181,87 @@ def test_several_workers_stop_with_one_error_line_when_the_config_is_wrong(
     assert out.returncode == 2, out.stderr
     assert f"error: {tmp_path / 'no-cards'}: model card folder does not exist" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def _requests_counted(url: str) -> float:
+    """``router_requests_total`` summed over its series, scraped on a new connection (so by either worker)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "router_requests_total")
+
+
+async def _send(url: str, requests: int, connections: int) -> list[int]:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        body = {"model": "router", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
+        responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(requests)))
+    return [r.status_code for r in responses]
+
+
+def _snapshots(folder: Path) -> dict[int, dict[str, object]]:
+    import json
+
+    found = {}
+    for path in folder.glob("*.json"):
+        snapshot = json.loads(path.read_text())
+        found[snapshot["pid"]] = snapshot
+    return found
+
+
+def test_every_worker_answers_metrics_for_the_whole_server(
+    redis_server: str, upstream_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """A scrape reaches whichever worker accepts it. Each worker's /metrics counted only its own requests, so
+    router_requests_total jumped between the workers' figures and Prometheus read each drop as a reset. Every
+    scrape now sums all workers: it never goes down, ends at the number of requests sent, and keeps the counts of
+    a worker that was killed (uvicorn starts another in its place)."""
+    import os
+    import signal
+    import time
+
+    import redis
+
+    from router.proxy.metrics import SNAPSHOT_INTERVAL_S
+
+    ledger_url = f"{redis_server}/7"
+    redis.Redis.from_url(ledger_url).flushdb()
+    config = _config(tmp_path, upstream_url, ledger_url)
+    config.write_text(config.read_text().replace("default_policy: tight\n", ""))
+    (tmp_path / "policies" / "tight.yaml").unlink()
+    temp = tmp_path / "tmp"  # where the server makes its metrics folder
+    temp.mkdir()
+    settle_s = 2.5 * SNAPSHOT_INTERVAL_S  # every worker has written its counts since the last request
+    sent, scraped = 0, []
+
+    def traffic(rounds: int) -> None:
+        nonlocal sent
+        for _ in range(rounds):
+            assert set(asyncio.run(_send(url, 64, 16))) == {200}
+            sent += 64
+            scraped.extend(_requests_counted(url) for _ in range(4))
+
+    with router_serve(config, tmp_path, "--workers", "2", env={"TMPDIR": str(temp)}, timeout=120) as url:
+        [folder] = temp.glob("router-metrics-*")
+        traffic(3)
+        time.sleep(settle_s)
+        before_kill = _snapshots(folder)
+        served = {pid: sum(c[1] for c in s["counts"]["router_requests"]) for pid, s in before_kill.items()}  # type: ignore[index]
+        assert len(served) == 2 and all(served.values()), served  # both workers answered requests
+        settled = [_requests_counted(url) for _ in range(6)]
+        assert settled == [sent] * 6, (settled, served)
+
+        victim = min(before_kill)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while not set(_snapshots(folder)) - set(before_kill):  # its replacement, under a new pid
+            assert time.monotonic() < deadline, "no worker replaced the killed one"
+            scraped.append(_requests_counted(url))
+            time.sleep(0.2)
+        traffic(2)
+        time.sleep(settle_s)
+        settled = [_requests_counted(url) for _ in range(6)]
+        assert settled == [sent] * 6, settled
+    assert scraped == sorted(scraped), scraped  # a counter never goes down, across the kill too
+    assert not folder.exists()  # removed when the server stops

@@ -421,3 +421,65 @@ def test_metrics_lose_no_count_to_threads_counting_at_once() -> None:
     assert samples["router_request_seconds_count", ()] == total
     assert samples["router_request_seconds_bucket", (("le", "0.005"),)] == total
     assert samples["router_decision_seconds_count", ()] == total
+
+
+class _CoolingRouterStub(_RouterStub):
+    """TEST DOUBLE: :class:`_RouterStub` with one model passed over (its backend could not start)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def cooling_down(self) -> frozenset[str]:
+        return frozenset({self.model})
+
+
+def test_a_worker_scrape_adds_the_other_workers_snapshots(tmp_path: Path) -> None:
+    """Under ``router serve --workers N`` any worker may answer a scrape: it adds the latest snapshot of every
+    other worker to its own live counts. A worker that stopped, or was killed (its snapshot no longer refreshed),
+    still adds its counts, or the totals would drop when it goes; its cooldown gauge no longer counts."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from router.errors import UnknownModelError
+    from router.proxy.metrics import ProxyMetrics
+
+    ours = ProxyMetrics(_RouterStub())  # type: ignore[arg-type]
+    live = ProxyMetrics(_CoolingRouterStub("live-cooling"))  # type: ignore[arg-type]
+    stopped = ProxyMetrics(_CoolingRouterStub("stopped-cooling"))  # type: ignore[arg-type]
+    killed = ProxyMetrics(_CoolingRouterStub("killed-cooling"))  # type: ignore[arg-type]
+    for n, worker in enumerate((ours, live, stopped, killed), start=1):
+        for _ in range(n):
+            worker.observe_answered("small", "s", "kh", 0.003 * n)
+            worker.observe_prepared(0.2, ())
+        worker.observe_record(_record("small", "s", 0.5 * n))
+        worker.observe_failed_request(UnknownModelError("who"), None, None, "kh")
+    hour = 3600.0  # no snapshot but the first and the last in this test
+    for worker in (live, stopped, killed):
+        worker.share_through(tmp_path, interval_s=hour)
+    stopped.stop_sharing()
+    killed_file = killed._snapshots.path  # type: ignore[union-attr]
+    snapshot = json.loads(killed_file.read_text())
+    snapshot["written"] -= 60  # TEST DOUBLE: a worker killed a minute ago leaves its snapshot as it was
+    killed_file.write_text(json.dumps(snapshot))
+    (tmp_path / "99999-1.json").write_text('{"counts": ')  # a torn file is passed over
+    ours.share_through(tmp_path, interval_s=hour)
+    ours.observe_answered("small", "s", "kh", 0.003)  # live counts of the scraped worker, after its snapshot
+    try:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(ours.render().decode()) for s in family.samples}
+    finally:
+        for worker in (ours, live, killed):
+            worker.stop_sharing()
+    answered = 1 + 1 + 2 + 3 + 4
+    assert samples["router_requests_total", (("key", "kh"), ("model", "small"), ("outcome", "ok"),
+                                             ("tier", "s"))] == answered
+    assert samples["router_requests_total", (("key", "kh"), ("model", "-"), ("outcome", "rejected"),
+                                             ("tier", "-"))] == 4
+    assert samples["router_errors_total", (("status", "404"), ("type", "model_not_found"))] == 4
+    assert samples["router_energy_joules_total", (("key", "kh"), ("model", "small"), ("tier", "s"))] == 5.0
+    assert samples["router_request_seconds_count", ()] == answered
+    assert samples["router_request_seconds_sum", ()] == pytest.approx(0.003 * (1 + 1 + 4 + 9 + 16))
+    assert samples["router_decision_seconds_count", ()] == 1 + 2 + 3 + 4
+    assert samples["router_request_seconds_created", ()] == min(
+        w.latency.created for w in (ours, live, stopped, killed))
+    cooling = {labels: value for (name, labels), value in samples.items() if name == "router_backend_cooling_down"}
+    assert cooling == {(("model", "live-cooling"),): 1.0}

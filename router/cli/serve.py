@@ -46,6 +46,7 @@ def serve(
 
     from ..config import RouterConfig
     from ..proxy.app import ENV_CONFIG, ENV_KEYS
+    from ..proxy.metrics import ENV_METRICS_DIR
 
     # Every worker process builds its own Router from these (uvicorn spawns workers; they inherit the env).
     if ledger_url:
@@ -106,13 +107,30 @@ def serve(
     # means what it says, and a client that connects meanwhile waits instead of being refused.
     sock = settings.bind_socket()
     sock.listen(settings.backlog)
+    os.environ.pop(ENV_METRICS_DIR, None)  # only this run's directory, and none for one process
     try:
         if workers > 1:
+            import shutil
+            import tempfile
+
             from uvicorn.config import STARTUP_FAILURE
             from uvicorn.supervisors import Multiprocess
 
+            # each worker writes its counts here and every worker's /metrics adds them all (router/proxy/metrics.py)
+            metrics_dir: str | None = None
+            try:
+                metrics_dir = tempfile.mkdtemp(prefix=f"router-metrics-{os.getpid()}-")
+                os.environ[ENV_METRICS_DIR] = metrics_dir
+            except OSError as exc:
+                typer.echo(f"router serve: warning: cannot make a folder for the workers' metrics ({exc}): each "
+                           "worker's /metrics counts its own requests only. Set TMPDIR to a writable folder.",
+                           err=True)
             supervisor = Multiprocess(settings, sockets=[sock])
-            supervisor.run()
+            try:
+                supervisor.run()
+            finally:
+                if metrics_dir is not None:
+                    shutil.rmtree(metrics_dir, ignore_errors=True)
             if any(worker.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
                 raise typer.Exit(2)  # the worker printed why (router.proxy.app.app_from_env)
         else:

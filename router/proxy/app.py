@@ -35,7 +35,7 @@ from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
 from .ledger_writer import BackgroundLedger
-from .metrics import CONTENT_TYPE, ProxyMetrics, decided
+from .metrics import CONTENT_TYPE, ENV_METRICS_DIR, ProxyMetrics, decided
 from .public import BODY_TIMED_OUT
 
 log = logging.getLogger("router.proxy")
@@ -204,13 +204,19 @@ def create_app(
 
             grouped.defer_journal(True)
             BEFORE_SEND.append(grouped.journal_pending)
+        shared_metrics = getattr(app.state, "metrics_dir", None)  # a worker of `router serve --workers N`
+        if shared_metrics is not None:
+            proxy.metrics.share_through(shared_metrics)
         try:
             yield
         finally:
             if grouped is not None:
                 BEFORE_SEND.remove(grouped.journal_pending)
                 grouped.defer_journal(False)
-        await asyncio.to_thread(router.close)  # it waits for running calls, which need this loop to finish
+        try:
+            await asyncio.to_thread(router.close)  # it waits for running calls, which need this loop to finish
+        finally:
+            proxy.metrics.stop_sharing()  # after the last calls' records: their joules count
 
     app = ProxyApp(title="router", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.proxy = proxy
@@ -328,6 +334,9 @@ def app_from_env() -> ProxyApp:
             log.exception("worker %d could not start", os.getpid())
         raise SystemExit(STARTUP_FAILURE) from None
     app.state.journal_before_send = True  # served by router.proxy.server's protocol, which calls BEFORE_SEND
+    metrics_dir = os.environ.get(ENV_METRICS_DIR)
+    if metrics_dir:  # a worker of several: /metrics answers for all of them (router/proxy/metrics.py)
+        app.state.metrics_dir = Path(metrics_dir)
     # Long-lived start-up objects (models, classifier, cards) leave the collector's scans: shorter GC pauses.
     gc.collect()
     gc.freeze()

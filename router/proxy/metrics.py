@@ -8,18 +8,30 @@ still writes ``/metrics``, and writes the same text its own ``Counter`` and ``Hi
 ``_created`` stamps included. Joules and failed calls are counted from the ledger records the Router writes
 (:meth:`ProxyMetrics.observe_record`), so failed, cancelled and escalated calls count as the ledger counts them.
 Budget and cooldown figures are read when ``/metrics`` is scraped, not per request.
-With ``--workers N`` each worker process keeps its own counters; scrape each worker or sum per instance.
+
+With ``router serve --workers N`` a scrape reaches whichever worker accepted the connection, so each worker answers
+for the whole server: every worker writes a snapshot of its counts to a directory the serving process made for the
+run (:data:`ENV_METRICS_DIR`), from a background thread every :data:`SNAPSHOT_INTERVAL_S`, at each scrape it
+answers and when it stops; a scrape sums every worker's latest snapshot (:class:`_Snapshots`). Each file only grows,
+so no scrape shows less than one before it, whichever worker answers either. A worker that died leaves its last
+snapshot, so its counts stay when uvicorn starts another (under a new pid, in a file of its own); one killed
+outright loses what it counted since its last snapshot. The cooldown gauges say what the live workers see. Nothing
+of this runs per request, and a single process (``router serve`` without ``--workers``, or an app of
+:func:`~router.proxy.app.create_app`) writes nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -40,6 +52,15 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("router.proxy")
+
+ENV_METRICS_DIR = "ROUTER_METRICS_DIR"
+"""The directory where the workers of ``router serve --workers N`` share their counts (made and removed by the
+serving process; unset for a single process)."""
+SNAPSHOT_INTERVAL_S = 1.0
+"""How often a worker writes its snapshot: what another worker's scrape may lag behind this one's counts."""
+LIVE_WITHIN_S = 5.0
+"""A snapshot older than this, not marked as its worker's last, is from a worker that died: its counts still add
+up, its gauges no longer do."""
 
 
 class ProxyMetrics(Collector):
@@ -74,9 +95,11 @@ class ProxyMetrics(Collector):
         self._lock = threading.Lock()
         self.registry.register(self)
         self.budgets_seen = SeenBudgets()
-        self.registry.register(_StateCollector(router, self))
+        self._state = _StateCollector(router, self)
+        self.registry.register(self._state)
         self._keyed = bool(router.keys)  # a key label only for configured keys, as the chat route labels requests
         self._cards = router.cards
+        self._snapshots: _Snapshots | None = None
 
     def describe(self) -> list[Metric]:
         return []
@@ -84,12 +107,49 @@ class ProxyMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         """The counters and histograms as prometheus-client's own would export them, from copies taken under the
         lock (so a scrape holds up the counting only for those copies)."""
-        with self._lock:
-            metrics = [metric.copy() for metric in (self.requests, self.joules, self.errors, self.failed_attempts,
-                                                    self.decision, self.latency)]
+        if self._snapshots is None:
+            metrics = self.copies()
+        else:
+            # what this scrape shows of this worker goes to its file first: each file then only grows, so any
+            # worker's scrape, which sums every file's counts, shows no less than a scrape before it
+            metrics = self._snapshots.write()
+            for snapshot, _ in self._snapshots.others():  # a dead worker's too: its counts happened
+                for metric in metrics:
+                    metric.add_snapshot(snapshot["counts"][metric.name])
         with_created = created_series_enabled()
         for metric in metrics:
             yield metric.family(with_created)
+
+    def _counted(self) -> tuple[_Counter | _Histogram, ...]:
+        return self.requests, self.joules, self.errors, self.failed_attempts, self.decision, self.latency
+
+    def copies(self) -> list[_Counter | _Histogram]:
+        """The counters and histograms, copied under the lock."""
+        with self._lock:
+            return [metric.copy() for metric in self._counted()]
+
+    def share_through(self, directory: Path, interval_s: float = SNAPSHOT_INTERVAL_S) -> None:
+        """Write this process's snapshot to ``directory`` now and every ``interval_s`` from a background thread,
+        and add the other snapshots there to every scrape: one worker of ``router serve --workers N``."""
+        if self._snapshots is None:
+            self._snapshots = _Snapshots(directory, self)
+            self._snapshots.start(interval_s)
+
+    def stop_sharing(self) -> None:
+        """Write the last snapshot (marked as the last: this process's gauges no longer count) and stop the
+        thread. Called once nothing counts any more (the Router closed)."""
+        if self._snapshots is not None:
+            self._snapshots.stop()
+
+    def snapshot(self, counted: list[_Counter | _Histogram]) -> dict[str, Any]:
+        """This process's ``counted`` (:meth:`copies`), cooldown state and budgets seen, as JSON data for the
+        other workers."""
+        return {"pid": os.getpid(), "counts": {metric.name: metric.to_snapshot() for metric in counted},
+                "cooldowns": self._state.cooldowns(), "budgets_seen": self.budgets_seen.current()}
+
+    def other_snapshots(self) -> list[tuple[dict[str, Any], bool]]:
+        """The other workers' latest snapshots, each with whether its worker is alive (none for one process)."""
+        return self._snapshots.others() if self._snapshots is not None else []
 
     def observe_latency(self, seconds: float) -> None:
         with self._lock:
@@ -196,6 +256,16 @@ class _Counter:
         copied.created = self.created.copy()
         return copied
 
+    def to_snapshot(self) -> list[tuple[tuple[str, ...], float, float]]:
+        return [(labels, total, self.created[labels]) for labels, total in self.totals.items()]
+
+    def add_snapshot(self, rows: list[list[Any]]) -> None:
+        """Adds another worker's totals (:meth:`to_snapshot`, through JSON); a series is as old as its oldest."""
+        for labels, total, created in rows:
+            key = tuple(labels)
+            self.totals[key] = self.totals.get(key, 0.0) + total
+            self.created[key] = min(self.created.get(key, created), created)
+
     def family(self, with_created: bool) -> CounterMetricFamily:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for labels, total in self.totals.items():
@@ -225,6 +295,15 @@ class _Histogram:
         copied = copy.copy(self)
         copied.counts = self.counts.copy()
         return copied
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {"counts": self.counts.copy(), "sum": self.sum, "created": self.created}
+
+    def add_snapshot(self, data: dict[str, Any]) -> None:
+        """Adds another worker's observations (:meth:`to_snapshot`, through JSON)."""
+        self.counts = [ours + theirs for ours, theirs in zip(self.counts, data["counts"], strict=True)]
+        self.sum += data["sum"]
+        self.created = min(self.created, data["created"])
 
     def family(self, with_created: bool) -> HistogramMetricFamily:
         cumulative = 0.0
@@ -303,24 +382,44 @@ class _StateCollector(Collector):
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from ..backends.cooldown import CooldownBackend
-
         cooling = GaugeMetricFamily("router_backend_cooling_down",
                                     "1 while a model is passed over after failing: its breaker open after repeated "
-                                    "failures, or its backend unable to start", labels=["model"])
+                                    "failures, or its backend unable to start (in any worker process)",
+                                    labels=["model"])
         opened = GaugeMetricFamily("router_backend_cooldowns",
-                                   "Times the backend's cooldown has opened since start", labels=["model"])
-        down = self.router.cooling_down()
-        loaded = self.router.loaded_backends()
-        for name, backend in loaded.items():
-            if isinstance(backend, CooldownBackend):
-                cooling.add_metric([name], 1.0 if name in down else 0.0)
-                opened.add_metric([name], float(backend.opened_total))
-        for name in sorted(down - loaded.keys()):  # a backend that could not start is not loaded
-            cooling.add_metric([name], 1.0)
+                                   "Times the backend's cooldown has opened since start (in all worker processes)",
+                                   labels=["model"])
+        own = self.cooldowns()
+        cooling_by = {name: state for name, (state, _) in own.items()}
+        opened_by = {name: times for name, (_, times) in own.items() if times is not None}
+        for snapshot, live in self.metrics.other_snapshots():
+            for name, (state, times) in snapshot["cooldowns"].items():
+                if live:  # a dead worker's breakers no longer pass anything over
+                    cooling_by[name] = max(cooling_by.get(name, 0.0), state)
+                if times is not None:  # openings since the server started, a dead worker's included
+                    opened_by[name] = opened_by.get(name, 0.0) + times
+        for name, state in cooling_by.items():
+            cooling.add_metric([name], state)
+        for name, times in opened_by.items():
+            opened.add_metric([name], times)
         yield cooling
         yield opened
         yield from self._budgets()
+
+    def cooldowns(self) -> dict[str, tuple[float, float | None]]:
+        """This process's backends: by model, 1.0 while cooling down (else 0.0) and the times its cooldown opened
+        (None for a backend that could not start, which has no cooldown of its own)."""
+        from ..backends.cooldown import CooldownBackend
+
+        down = self.router.cooling_down()
+        loaded = self.router.loaded_backends()
+        state: dict[str, tuple[float, float | None]] = {}
+        for name, backend in loaded.items():
+            if isinstance(backend, CooldownBackend):
+                state[name] = (1.0 if name in down else 0.0, float(backend.opened_total))
+        for name in sorted(down - loaded.keys()):  # a backend that could not start is not loaded
+            state[name] = (1.0, None)
+        return state
 
     def _budgets(self) -> Iterator[GaugeMetricFamily]:
         """Joule budgets and carbon budgets (grams CO2e, keys ``gco2e:...``), each in a family of its unit."""
@@ -361,9 +460,82 @@ class _StateCollector(Collector):
     def _budget_specs(self) -> tuple[list[tuple[str, float, float, str]], dict[str, float]]:
         """The budgets with a limit (key, limit, window, policy: their remaining amount is exported) and the window
         of every budget to read, those seen in decisions included (:func:`~router.policy.engine.known_budgets`)."""
-        rows = known_budgets(self.router.engine, self.metrics.budgets_seen.current())
+        seen = self.metrics.budgets_seen.current()
+        for snapshot, live in self.metrics.other_snapshots():
+            if live:  # budgets other workers met lately; a dead worker's were pruned by now or are met again
+                seen += snapshot["budgets_seen"]
+        rows = known_budgets(self.router.engine, set(seen))
         specs = [(b, lim, w, p) for b, lim, w, p in rows if lim is not None and p is not None]
         return specs, {b: w for b, _, w, _ in rows}
+
+
+class _Snapshots:
+    """This worker's snapshot file in the directory the workers share, and the other workers' files there.
+
+    A file is named for its worker's pid and start time (a later worker may get a dead one's pid, and must not
+    overwrite its counts), and replaced whole (written aside, then renamed) so a reader never sees half of it.
+    The counts are copied and written under one lock, by the thread and by scrapes alike, so a file never goes
+    back to older counts."""
+
+    def __init__(self, directory: Path, metrics: ProxyMetrics) -> None:
+        self.directory = directory
+        self.path = directory / f"{os.getpid()}-{time.time_ns()}.json"
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        self._failing = False
+
+    def start(self, interval_s: float) -> None:
+        self.write()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="router-metrics-snapshot",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.write()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.write()
+
+    def write(self) -> list[_Counter | _Histogram]:
+        """Copies the counts and writes them (marked as the last once :meth:`stop` was called: this worker's
+        gauges then no longer count); returns the copies."""
+        with self._write_lock:
+            counted = self._metrics.copies()
+            data = self._metrics.snapshot(counted)
+            data["written"] = time.time()
+            data["last"] = self._stop.is_set()
+            aside = self.path.with_name(f".{self.path.name}.tmp")
+            try:
+                aside.write_text(json.dumps(data))
+                os.replace(aside, self.path)
+            except OSError as exc:
+                if not self._failing:  # once per failing spell, not every second
+                    log.warning("could not write this worker's metrics to %s (%s): other workers' /metrics leave "
+                                "out its counts since its last snapshot until it can", self.path, exc)
+                self._failing = True
+            else:
+                self._failing = False
+        return counted
+
+    def others(self) -> list[tuple[dict[str, Any], bool]]:
+        """The other snapshots, each with whether its worker is alive: its snapshot is not its last and is recent."""
+        now = time.time()
+        found = []
+        for path in self.directory.glob("*.json"):
+            if path == self.path:
+                continue
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):  # the directory going away as the server stops, or no snapshot
+                continue
+            found.append((data, not data["last"] and now - data["written"] < LIVE_WITHIN_S))
+        return found
 
 
 # A counter in no registry, asked per scrape whether prometheus-client writes ``_created`` samples now: its
