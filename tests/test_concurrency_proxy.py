@@ -223,7 +223,7 @@ def test_every_worker_answers_metrics_for_the_whole_server(
 
     import redis
 
-    from router.proxy.metrics import SNAPSHOT_INTERVAL_S
+    from router.proxy.metrics_shared import SNAPSHOT_INTERVAL_S
 
     ledger_url = f"{redis_server}/7"
     redis.Redis.from_url(ledger_url).flushdb()

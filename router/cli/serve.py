@@ -46,7 +46,7 @@ def serve(
 
     from ..config import RouterConfig
     from ..proxy.app import ENV_CONFIG, ENV_KEYS
-    from ..proxy.metrics import ENV_METRICS_DIR
+    from ..proxy.metrics_shared import ENV_METRICS_DIR
 
     # Every worker process builds its own Router from these (uvicorn spawns workers; they inherit the env).
     if ledger_url:

@@ -35,7 +35,8 @@ from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
 from .ledger_writer import BackgroundLedger
-from .metrics import CONTENT_TYPE, ENV_METRICS_DIR, ProxyMetrics, decided
+from .metrics import CONTENT_TYPE, ProxyMetrics, decided
+from .metrics_shared import ENV_METRICS_DIR
 from .public import BODY_TIMED_OUT
 
 log = logging.getLogger("router.proxy")

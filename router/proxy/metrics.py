@@ -11,19 +11,21 @@ Budget and cooldown figures are read when ``/metrics`` is scraped, not per reque
 
 With ``router serve --workers N`` a scrape reaches whichever worker accepted the connection, so each worker answers
 for the whole server: every worker writes a snapshot of its counts to a directory the serving process made for the
-run (:data:`ENV_METRICS_DIR`), from a background thread every :data:`SNAPSHOT_INTERVAL_S`, at each scrape it
-answers and when it stops; a scrape sums every worker's latest snapshot (:class:`_Snapshots`). Each file only grows,
+run, from a background thread every second, at each scrape it answers and when it stops; a scrape sums every
+worker's latest snapshot (:mod:`router.proxy.metrics_shared`). Each file only grows,
 so no scrape shows less than one before it, whichever worker answers either. A worker that died leaves its last
 snapshot, so its counts stay when uvicorn starts another (under a new pid, in a file of its own); one killed
 outright loses what it counted since its last snapshot. The cooldown gauges say what the live workers see. Nothing
 of this runs per request, and a single process (``router serve`` without ``--workers``, or an app of
 :func:`~router.proxy.app.create_app`) writes nothing.
+
+Length: one endpoint's figures, each kind beside the others it is exported with: the request-path counters and
+histograms, the budgets seen, the gauges read at a scrape, and merging other workers' snapshots into each.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -44,6 +46,7 @@ from ..errors import BudgetExhaustedError, RouterError
 from ..ledger.base import window_start
 from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit, budget_window_s
+from .metrics_shared import SNAPSHOT_INTERVAL_S, Snapshots
 
 if TYPE_CHECKING:
     from .._request import PreparedRequest
@@ -52,16 +55,6 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("router.proxy")
-
-ENV_METRICS_DIR = "ROUTER_METRICS_DIR"
-"""The directory where the workers of ``router serve --workers N`` share their counts (made and removed by the
-serving process; unset for a single process)."""
-SNAPSHOT_INTERVAL_S = 1.0
-"""How often a worker writes its snapshot: what another worker's scrape may lag behind this one's counts."""
-LIVE_WITHIN_S = 5.0
-"""A snapshot older than this, not marked as its worker's last, is from a worker that died: its counts still add
-up, its gauges no longer do."""
-
 
 class ProxyMetrics(Collector):
     def __init__(self, router: Router) -> None:
@@ -99,7 +92,7 @@ class ProxyMetrics(Collector):
         self.registry.register(self._state)
         self._keyed = bool(router.keys)  # a key label only for configured keys, as the chat route labels requests
         self._cards = router.cards
-        self._snapshots: _Snapshots | None = None
+        self._snapshots: Snapshots[_Counter | _Histogram] | None = None
 
     def describe(self) -> list[Metric]:
         return []
@@ -132,7 +125,7 @@ class ProxyMetrics(Collector):
         """Write this process's snapshot to ``directory`` now and every ``interval_s`` from a background thread,
         and add the other snapshots there to every scrape: one worker of ``router serve --workers N``."""
         if self._snapshots is None:
-            self._snapshots = _Snapshots(directory, self)
+            self._snapshots = Snapshots(directory, self)
             self._snapshots.start(interval_s)
 
     def stop_sharing(self) -> None:
@@ -467,75 +460,6 @@ class _StateCollector(Collector):
         rows = known_budgets(self.router.engine, set(seen))
         specs = [(b, lim, w, p) for b, lim, w, p in rows if lim is not None and p is not None]
         return specs, {b: w for b, _, w, _ in rows}
-
-
-class _Snapshots:
-    """This worker's snapshot file in the directory the workers share, and the other workers' files there.
-
-    A file is named for its worker's pid and start time (a later worker may get a dead one's pid, and must not
-    overwrite its counts), and replaced whole (written aside, then renamed) so a reader never sees half of it.
-    The counts are copied and written under one lock, by the thread and by scrapes alike, so a file never goes
-    back to older counts."""
-
-    def __init__(self, directory: Path, metrics: ProxyMetrics) -> None:
-        self.directory = directory
-        self.path = directory / f"{os.getpid()}-{time.time_ns()}.json"
-        self._metrics = metrics
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._write_lock = threading.Lock()
-        self._failing = False
-
-    def start(self, interval_s: float) -> None:
-        self.write()
-        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="router-metrics-snapshot",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.write()
-
-    def _run(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            self.write()
-
-    def write(self) -> list[_Counter | _Histogram]:
-        """Copies the counts and writes them (marked as the last once :meth:`stop` was called: this worker's
-        gauges then no longer count); returns the copies."""
-        with self._write_lock:
-            counted = self._metrics.copies()
-            data = self._metrics.snapshot(counted)
-            data["written"] = time.time()
-            data["last"] = self._stop.is_set()
-            aside = self.path.with_name(f".{self.path.name}.tmp")
-            try:
-                aside.write_text(json.dumps(data))
-                os.replace(aside, self.path)
-            except OSError as exc:
-                if not self._failing:  # once per failing spell, not every second
-                    log.warning("could not write this worker's metrics to %s (%s): other workers' /metrics leave "
-                                "out its counts since its last snapshot until it can", self.path, exc)
-                self._failing = True
-            else:
-                self._failing = False
-        return counted
-
-    def others(self) -> list[tuple[dict[str, Any], bool]]:
-        """The other snapshots, each with whether its worker is alive: its snapshot is not its last and is recent."""
-        now = time.time()
-        found = []
-        for path in self.directory.glob("*.json"):
-            if path == self.path:
-                continue
-            try:
-                data = json.loads(path.read_bytes())
-            except (OSError, ValueError):  # the directory going away as the server stops, or no snapshot
-                continue
-            found.append((data, not data["last"] and now - data["written"] < LIVE_WITHIN_S))
-        return found
 
 
 # A counter in no registry, asked per scrape whether prometheus-client writes ``_created`` samples now: its
