@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from platformdirs import user_data_dir
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
@@ -104,7 +103,10 @@ def shipped_series(name: str) -> Path | None:
 
 
 def default_ledger_url() -> str:
-    return f"sqlite:///{Path(user_data_dir('router', appauthor=False)) / 'ledger.sqlite3'}"
+    from .user_dirs import user_data_folder
+
+    folder = user_data_folder("name the ledger (ledger_url in the config, ROUTER_LEDGER_URL or --ledger)")
+    return f"sqlite:///{folder / 'ledger.sqlite3'}"
 
 
 class CpuPowerModel(BaseModel):

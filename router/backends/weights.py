@@ -7,11 +7,10 @@ import importlib
 import json
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
 from ..card_files import package_file, resolve_card_file
 from ..cards import GGUFWeights, ModelCard
 from ..errors import ConfigError
+from ..user_dirs import user_cache_folder
 
 
 def sha256_file(path: Path) -> str:
@@ -27,9 +26,12 @@ def _verify(path: Path, expected: str | None, card: ModelCard) -> None:
     if not expected:
         return
     stat = path.stat()
-    marker = Path(user_cache_dir("router", appauthor=False)) / "verified.json"
+    try:
+        marker = user_cache_folder("leave the check unremembered") / "verified.json"
+    except ConfigError:  # no home: nowhere to remember the check, so the file is checked at every start
+        marker = None
     seen: dict[str, str] = {}
-    if marker.exists():
+    if marker is not None and marker.exists():
         try:
             seen = json.loads(marker.read_text())
         except (OSError, ValueError):
@@ -43,6 +45,8 @@ def _verify(path: Path, expected: str | None, card: ModelCard) -> None:
             f"{card.path}: field `backend.weights.sha256`: {path} has SHA-256 {actual}, expected {expected}"
         )
     seen[key] = expected
+    if marker is None:
+        return
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(seen))
@@ -57,7 +61,8 @@ def resolve_gguf(weights: GGUFWeights, card: ModelCard) -> Path:
     elif weights.assemble:
         assert weights.package is not None
         module = importlib.import_module(weights.package)
-        target = Path(user_cache_dir("router", appauthor=False)) / "gguf" / (weights.file or module.MODEL_NAME)
+        cache = user_cache_folder(f"give {card.path} a `backend.weights.path` to the assembled file")
+        target = cache / "gguf" / (weights.file or module.MODEL_NAME)
         if not target.exists():
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -443,9 +443,10 @@ def default_store_url(ledger_url: str) -> str:
     path = ledger_sqlite_file(ledger_url)
     if path is not None:
         return f"sqlite:///{path.with_name('batches.sqlite3')}"
-    from platformdirs import user_data_dir
+    from ..user_dirs import user_data_folder
 
-    return f"sqlite:///{Path(user_data_dir('router', appauthor=False)) / 'batches.sqlite3'}"
+    folder = user_data_folder("name the batch store (batch.store_url in the config)")
+    return f"sqlite:///{folder / 'batches.sqlite3'}"
 
 
 __all__ = ["ACTIVE", "BatchStore", "Line", "default_store_url", "sqlite_path"]

@@ -59,12 +59,13 @@ def journal_folder(settings: JournalSettings, url: str) -> Path:
     path = sqlite_path(url)
     if path is not None:
         return path.with_name(path.name + ".journal")
-    from platformdirs import user_data_dir
+    from ..user_dirs import user_data_folder
 
     safe = redact(url)
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", safe.split("?", 1)[0].split("@")[-1]).strip("-")[:60]
     digest = hashlib.sha256(safe.encode()).hexdigest()[:10]
-    return Path(user_data_dir("router", appauthor=False)) / "journal" / f"{slug}-{digest}"
+    folder = user_data_folder("name the journal folder (journal.folder in the config)")
+    return folder / "journal" / f"{slug}-{digest}"
 
 
 @dataclass(eq=False)
