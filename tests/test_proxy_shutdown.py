@@ -151,7 +151,8 @@ def test_sigterm_cancels_long_requests_after_the_shutdown_timeout(drip_url: str,
 @pytest.mark.parametrize(("proxy", "signals"), [
     ("shutdown_timeout_s: 2", [signal.SIGTERM]),
     ("shutdown_timeout_s: 600", [signal.SIGINT, signal.SIGINT]),  # a second Ctrl+C does not wait
-], ids=["sigterm-after-timeout", "ctrl-c-twice"])
+    ("shutdown_timeout_s: 2", [signal.SIGHUP]),  # `kill -HUP`, `systemctl reload`: stops as SIGTERM does
+], ids=["sigterm-after-timeout", "ctrl-c-twice", "sighup"])
 def test_requests_the_server_stops_are_told_so(drip_url: str, tmp_path: Path, proxy: str,
                                                 signals: list[signal.Signals]) -> None:
     """A JSON request the stopping server cancels gets a 503 ``router_closed`` error body with its request id (not

@@ -6,11 +6,14 @@ import copy
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def serve(
@@ -135,11 +138,24 @@ def serve(
                 raise typer.Exit(2)  # the worker printed why (router.proxy.app.app_from_env)
         else:
             server = uvicorn.Server(settings)
+            _stop_on_hangup(server)
             server.run(sockets=[sock])
             if not server.started:
                 raise typer.Exit(3)  # uvicorn's exit status for a server that did not start
     except KeyboardInterrupt:
         pass
+
+
+def _stop_on_hangup(server: uvicorn.Server) -> None:
+    """SIGHUP (``kill -HUP``, ``systemctl reload``, the terminal closing) stops ``server`` as SIGTERM does: requests
+    in flight get ``proxy.shutdown_timeout_s`` and the ledger writer empties. uvicorn handles SIGINT and SIGTERM
+    only, and SIGHUP's default action would end the process at once, cutting every request in flight without an
+    answer or a ledger record. (With ``--workers N`` uvicorn's supervisor takes SIGHUP: it replaces the workers
+    one at a time, each new one reading the config and keys files again.)"""
+    import signal
+
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
 
 
 def _log_config(level: str, access_log: bool) -> dict[str, Any]:
