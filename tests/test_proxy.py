@@ -954,6 +954,34 @@ def test_background_ledger_queues_settlements_and_applies_them_in_groups(tmp_pat
     faulty.close()
 
 
+def test_serve_on_port_0_says_the_port_the_system_chose(upstream_url: str, tmp_path: Path) -> None:
+    """``--port 0`` lets the system choose a free port; the start-up line said ``http://127.0.0.1:0/v1``, which no
+    client can use, while uvicorn's own line with the real port is off at the default log level."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from servers.procs import stop, wait_ready
+
+    config, _ = _config(tmp_path, upstream_url)
+    log = tmp_path / "serve.log"
+    router_bin = shutil.which("router") or str(Path(sys.executable).parent / "router")
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([router_bin, "serve", "--port", "0", "--config", str(config)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        deadline = time.time() + 60
+        while not (found := re.search(r"router serve: http://127\.0\.0\.1:(\d+)/v1 ", log.read_text())):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()
+            time.sleep(0.1)
+        port = int(found.group(1))
+        assert port != 0
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, log)
+    finally:
+        stop(proc)
+
+
 def test_serve_says_where_it_listens_and_what_it_serves(upstream_url: str, tmp_path: Path) -> None:
     """uvicorn's own lines are off at the default log level; ``router serve`` still says on stderr where an OpenAI
     client should point and, per worker, when its models are loaded, with the policies it serves and how many

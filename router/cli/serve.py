@@ -88,10 +88,6 @@ def serve(
     from ..ledger.errors import redact
     from ..proxy.server import OneWriteHttpToolsProtocol
 
-    # uvicorn's own lines are off at the default log level: say where the proxy listens and what it serves
-    typer.echo(f"router serve: http://{host}:{port}/v1 (an OpenAI client's base_url), {workers} worker"
-               f"{'s' if workers > 1 else ''}; models from {cfg.models_dir}, policy {cfg.default_policy}, ledger "
-               f"{redact(cfg.ledger_url)}; loading the models ...", err=True)
     settings = uvicorn.Config(
         "router.proxy.app:app_from_env", factory=True, host=host, port=port, workers=workers,
         log_config=_log_config(log_level, access_log), access_log=access_log, timeout_keep_alive=30,
@@ -110,6 +106,10 @@ def serve(
     # means what it says, and a client that connects meanwhile waits instead of being refused.
     sock = settings.bind_socket()
     sock.listen(settings.backlog)
+    # uvicorn's own lines are off at the default log level: say where the proxy listens and what it serves
+    typer.echo(f"router serve: {_base_url(host, sock.getsockname()[1])} (an OpenAI client's base_url), {workers} "
+               f"worker{'s' if workers > 1 else ''}; models from {cfg.models_dir}, policy {cfg.default_policy}, "
+               f"ledger {redact(cfg.ledger_url)}; loading the models ...", err=True)
     os.environ.pop(ENV_METRICS_DIR, None)  # only this run's directory, and none for one process
     try:
         if workers > 1:
@@ -181,6 +181,12 @@ def _log_config(level: str, access_log: bool) -> dict[str, Any]:
     config["root"] = {"handlers": ["router"], "level": root_level}
     loggers["router"] = {"level": min(LOG_LEVELS[level], root_level)}
     return config
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL a client uses for the socket bound on ``host``: its real port (``--port 0`` lets the system choose
+    one), an IPv6 address in brackets."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
