@@ -314,6 +314,51 @@ def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path)
     assert len([line for line in lines if "budgets can be reserved against again" in line]) == 1, lines
 
 
+def test_health_and_metrics_say_while_the_store_is_unavailable(tmp_path: Path) -> None:
+    """``router serve`` keeps answering while its SQLite store is write-locked elsewhere (records wait in the
+    journal), and an operator sees it: ``/health`` says ``degraded`` with the outage's start and the records
+    waiting, ``/metrics`` has ``router_ledger_store_up 0``; both say ``ok`` / 1 again once the replay moved them."""
+    root = setup(tmp_path, "name: t\naccuracy: {min_accuracy: 0.7}\n")
+    ledger = root / "ledger.sqlite3"
+    config = root / "router.yaml"
+    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
+                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
+                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: 0.5}}\n")
+    body = {"model": "router", "messages": REVIEW}
+
+    def wait_for(client: httpx.Client, status: str, pending: int | None = None) -> dict[str, object]:
+        deadline = time.time() + 20
+        while (health := client.get("/health").json())["status"] != status or (
+                pending is not None and health["ledger"]["journal_pending"] != pending):
+            assert time.time() < deadline, health
+            time.sleep(0.1)
+        return health
+
+    def gauges(client: httpx.Client) -> dict[str, float]:
+        lines = client.get("/metrics").text.splitlines()
+        return {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("router_ledger_")}
+
+    with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=20) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        assert wait_for(client, "ok", pending=0)["ledger"] == {"store": "ok", "journal_pending": 0}
+        holder = sqlite3.connect(ledger, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # the store takes no writes
+        try:
+            ids = [client.post("/v1/chat/completions", json=body).json()["id"] for _ in range(3)]
+            health = wait_for(client, "degraded")
+            ledger_state = health["ledger"]
+            assert isinstance(ledger_state, dict) and ledger_state["store"] == "unavailable", health
+            assert ledger_state["journal_pending"] >= 1 and ledger_state["unavailable_since"] <= time.time()
+            assert gauges(client)["router_ledger_store_up"] == 0.0
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert wait_for(client, "ok", pending=0)["ledger"] == {"store": "ok", "journal_pending": 0}
+        assert gauges(client) == {"router_ledger_store_up": 1.0, "router_ledger_journal_pending_records": 0.0}
+        for request_id in ids:
+            wait_for_record(f"sqlite:///{ledger}", request_id, timeout=10, poll=0.1)
+
+
 def test_feedback_while_the_store_is_unavailable_says_when_to_retry(tmp_path: Path) -> None:
     """``POST /v1/feedback`` while the SQLite store's write lock is held elsewhere: a 503 whose ``Retry-After`` is
     the journal's replay interval, as a budget's refusal says (it used to carry none)."""

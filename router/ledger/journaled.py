@@ -263,6 +263,11 @@ class JournaledLedger(Ledger):
         """True while the store is known to be unavailable."""
         return self._outage_since is not None
 
+    @property
+    def unavailable_since(self) -> float | None:
+        """When the store's outage began (Unix time), or None while it is available."""
+        return self._outage_since
+
     def pending(self) -> int:
         """Records of this process that may not be in the store yet."""
         return self.journal.pending()

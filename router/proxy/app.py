@@ -34,7 +34,7 @@ from ..errors import InternalError, MethodNotAllowedError, NotFoundError, Router
 from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response
-from .ledger_writer import BackgroundLedger
+from .ledger_writer import BackgroundLedger, ledger_state
 from .metrics import CONTENT_TYPE, ProxyMetrics, decided
 from .metrics_shared import ENV_METRICS_DIR
 from .public import BODY_TIMED_OUT
@@ -113,8 +113,13 @@ class Proxy:
         return Response(json.dumps(found).encode(), media_type=_JSON)
 
     async def health(self, request: Request) -> Response:
-        return Response(json.dumps({"status": "ok", "models": sum(c.callable for c in self.router.cards.values()),
-                                    "uptime_s": round(time.time() - self.started, 1)}).encode(), media_type=_JSON)
+        """200 while the process serves. ``status`` is ``degraded`` while the ledger's store is unavailable: the
+        proxy still answers (records wait in the journal) but refuses what a budget must be checked for."""
+        ledger = ledger_state(self.router.ledger)
+        status = "degraded" if ledger.get("store") == "unavailable" else "ok"
+        return Response(json.dumps({"status": status, "models": sum(c.callable for c in self.router.cards.values()),
+                                    "uptime_s": round(time.time() - self.started, 1), "ledger": ledger}).encode(),
+                        media_type=_JSON)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         self._guard(request, "metrics")

@@ -354,3 +354,17 @@ class BackgroundLedger(Ledger):
             self._hand_over(_STOP)
             self._thread.join(timeout=30)
         self.inner.close()
+
+
+def ledger_state(ledger: Ledger) -> dict[str, Any]:
+    """What ``/health`` and ``/metrics`` say of the ledger: with a journal in front of the store, whether the store is
+    available (``store``: ``ok`` or ``unavailable``, ``unavailable_since`` its outage's start) and how many of this
+    process's records may not be in it yet (``journal_pending``); without one, ``{}`` (each write is the store's)."""
+    journaled = ledger if isinstance(ledger, JournaledLedger) else getattr(ledger, "journaled", None)
+    if not isinstance(journaled, JournaledLedger):
+        return {}
+    since = journaled.unavailable_since
+    state: dict[str, Any] = {"store": "ok" if since is None else "unavailable", "journal_pending": journaled.pending()}
+    if since is not None:
+        state["unavailable_since"] = round(since, 3)
+    return state

@@ -46,6 +46,7 @@ from ..errors import BudgetExhaustedError, RouterError
 from ..ledger.base import window_start
 from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit, budget_window_s
+from .ledger_writer import ledger_state
 from .metrics_shared import SNAPSHOT_INTERVAL_S, Snapshots
 
 if TYPE_CHECKING:
@@ -397,7 +398,22 @@ class _StateCollector(Collector):
             opened.add_metric([name], times)
         yield cooling
         yield opened
+        yield from self._ledger()
         yield from self._budgets()
+
+    def _ledger(self) -> Iterator[GaugeMetricFamily]:
+        """This process's view of the ledger's store (each worker journals its own records)."""
+        state = ledger_state(self.router.ledger)
+        if not state:  # no journal: every write is the store's own, and fails the request that made it
+            return
+        up = GaugeMetricFamily("router_ledger_store_up", "1 while the ledger's store takes records; 0 during an "
+                               "outage (records wait in the journal, budgets fail closed)")
+        up.add_metric([], 1.0 if state["store"] == "ok" else 0.0)
+        pending = GaugeMetricFamily("router_ledger_journal_pending_records", "This process's records in the "
+                                    "journal not known to be in the ledger's store yet")
+        pending.add_metric([], float(state["journal_pending"]))
+        yield up
+        yield pending
 
     def cooldowns(self) -> dict[str, tuple[float, float | None]]:
         """This process's backends: by model, 1.0 while cooling down (else 0.0) and the times its cooldown opened
