@@ -8,6 +8,7 @@ import asyncio
 import email.utils
 import gc
 import logging
+import os
 import threading
 import time
 import warnings
@@ -543,3 +544,31 @@ def test_a_call_to_an_endpoint_that_refuses_the_connection_is_charged_nothing(tm
         records = {rec.model: rec for rec in r.ledger.records()}
     assert records["down"].outcome == "error" and records["down"].energy_j == 0.0, records["down"]
     assert records["up"].outcome == "ok", records["up"]
+
+
+def test_a_forked_child_calls_on_connections_of_its_own(upstream_url: str, tmp_path: Path) -> None:
+    """A Router made before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork pool):
+    the child does not call on the parent's keep-alive connection, where the two processes would read each other's
+    answers, and the parent keeps its own."""
+    cards = {"remote-peer": _card(tmp_path, "remote-peer", upstream_url, "peer")}
+
+    def connection(router: Router) -> str:
+        answer = router.complete([{"role": "user", "content": "hello"}], model="remote-peer").choices[0].message
+        return str(answer.content)
+
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        parents = connection(router)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child reports the connection it called on and leaves without running pytest's teardown
+            try:
+                os.write(write_end, connection(router).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            childs = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert childs.startswith("peer: ")
+        assert childs != parents
+        assert connection(router) == parents

@@ -39,6 +39,7 @@ import math
 import os
 import socket
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -149,17 +150,29 @@ class OpenAIHTTPBackend(Backend):
             headers["Authorization"] = f"Bearer {key}"
         timeout = httpx.Timeout(spec.timeout_s, connect=min(_CONNECT_S, spec.timeout_s))
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        self._client = httpx.Client(
-            base_url=spec.base_url.rstrip("/"), headers=headers, timeout=timeout,
-            transport=transport or BoundedTransport(limits),
-        )
+        self._headers = headers
         self._timeout, self._limits = timeout, limits
+        self._given_transport = transport
+        self._client = self._sync_client()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
-        self._headers = headers
+        _LIVE.add(self)
         # the own pool speaks to the endpoint directly; where the environment names an HTTP(S) proxy for it,
         # httpx (which honours those variables) carries the call instead
         self._use_pool = not _env_proxy_for(self._url)
+
+    def _sync_client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.spec.base_url.rstrip("/"), headers=self._headers, timeout=self._timeout,
+                            transport=self._given_transport or BoundedTransport(self._limits))
+
+    def _forget_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) holds copies of the
+        parent's keep-alive sockets: used by both, a request of one process gets the answer to another's. The child
+        starts pools of its own; the inherited sockets are dropped, not closed through their pools, whose locks a
+        parent's thread may have held at the fork (dropping a copy closes only the child's descriptor)."""
+        if self._given_transport is None:
+            self._client = self._sync_client()
+        self._loops = {}
 
     def _body(self, request: GenerationRequest, stream: bool) -> bytes:
         body: dict[str, Any] = {
@@ -479,6 +492,15 @@ class OpenAIHTTPBackend(Backend):
 
 
 _closing: set[asyncio.Task[None]] = set()
+_LIVE: weakref.WeakSet[OpenAIHTTPBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_LIVE):
+        backend._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _LoopConnections:

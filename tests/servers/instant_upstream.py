@@ -12,6 +12,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
   answers after ``max_tokens`` x ``delay`` seconds, and counts the call in ``closed_early`` when the client
   hangs up first;
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
+- ``peer``: answers ``"peer: <client host>:<client port>"``, the connection that carried the call (which of a
+  client's keep-alive connections it used);
 - ``judge``: answers as a chat model judging an answer may: it quotes the request (the last user message, first 40
   chars), then gives its verdict on a last line ``Score: 8``;
 - ``judge:reasoning``: answers as a hosted chat judge that reasons first: several sentences, then ``Score: 7`` on
@@ -53,7 +55,9 @@ LEAK = "invalid key sk-live-0123456789abcdef for /srv/internal/secrets.yaml"
 closed_early: Counter[str] = Counter()
 
 
-def _answer(body: dict) -> str:
+def _answer(body: dict, request: Request) -> str:
+    if body.get("model") == "peer" and request.client is not None:
+        return f"peer: {request.client.host}:{request.client.port}"
     last = next((m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
     if body.get("model") == "judge":
         return f"The user asked: \"{str(last)[:40]}\". The reply does what was asked.\nScore: 8"
@@ -115,10 +119,10 @@ async def chat(request: Request) -> Response:
     finish = "tool_calls" if tool_calls else "stop"
     tokens: list[str] | None = None
     if model == "judge:reasoning":
-        tokens, finish = _limited(body, _answer(body))
+        tokens, finish = _limited(body, _answer(body, request))
         counts = {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}
     if not body.get("stream"):
-        text = json.dumps({"answer": _answer(body)}) if model == "json" else _answer(body)
+        text = json.dumps({"answer": _answer(body, request)}) if model == "json" else _answer(body, request)
         if tokens is not None:
             text = "".join(tokens)
         message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
@@ -133,7 +137,7 @@ async def chat(request: Request) -> Response:
         pieces = [f"t{i} " for i in range(int(body.get("max_tokens") or 200))]
         delay = 0.02
     else:
-        pieces = tokens or ([] if tool_calls else [p + " " for p in _answer(body).split()])
+        pieces = tokens or ([] if tool_calls else [p + " " for p in _answer(body, request).split()])
         delay = 0.0
 
     async def events() -> AsyncIterator[bytes]:
