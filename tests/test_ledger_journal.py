@@ -147,6 +147,45 @@ def test_a_store_outage_loses_nothing(tmp_path: Path) -> None:
     assert segment_files(tmp_path / "l.journal") == [], "replayed segments are deleted"
 
 
+def test_a_forked_child_gets_its_store_back_after_an_outage(tmp_path: Path) -> None:
+    """A ledger opened before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork pool):
+    a write of the child that meets an outage starts one, and once the store is back the child's own replay ends it
+    and moves the record into the store, while the child runs on (a fork copies no thread: without one of its own
+    the child kept refusing budgets and journaling records for good)."""
+    led = _journaled(tmp_path)
+    locked, lock_written = os.pipe()
+    outage_seen, outage_written = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports through its exit status and leaves without running pytest's teardown
+        status = 1
+        try:
+            os.read(locked, 1)
+            rec = _rec(1)
+            led.record(rec)
+            os.write(outage_written, b"1" if led.unavailable else b"0")
+            deadline = time.monotonic() + 20
+            while led.unavailable and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not led.unavailable and [r.record_id for r in led.records()] == [rec.record_id]:
+                status = 0
+        finally:
+            os._exit(status)
+    # locked after the fork, by another connection: SQLite in a child takes a lock its parent held for its own
+    holder = sqlite3.connect(tmp_path / "l.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the store is unavailable for writes
+    os.write(lock_written, b"1")
+    os.close(outage_written)
+    with os.fdopen(outage_seen, "rb") as pipe:
+        assert pipe.read(1) == b"1", "the child's write met the outage"
+    holder.execute("COMMIT")
+    holder.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's store came back, its record in it"
+    for fd in (locked, lock_written):
+        os.close(fd)
+    led.close()
+
+
 def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) -> None:
     led = _journaled(tmp_path)
     held = led.try_reserve("b", 10.0, 100.0, 3600)

@@ -117,10 +117,13 @@ class Journal:
             raise self._error(exc, "create the journal") from exc
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        self._start_syncer()
+        _LIVE.add(self)
+
+    def _start_syncer(self) -> None:
         if self.settings.fsync == "group":
             self._syncer = threading.Thread(target=self._sync_loop, name="ledger-journal-fsync", daemon=True)
             self._syncer.start()
-        _LIVE.add(self)
 
     def _error(self, exc: OSError, action: str) -> LedgerError:
         return ledger_error(self.url or str(self.folder),
@@ -266,7 +269,7 @@ class Journal:
 
     def _forget_after_fork(self) -> None:
         """A forked child shares the parent's open files and locks: drop its copies (the parent's lock stays)
-        and let the child start a segment of its own."""
+        and let the child start a segment of its own, synced by a thread of its own (a fork copies no thread)."""
         if self._closed:
             return
         for seg in [self._active, *self._sealed]:
@@ -278,6 +281,9 @@ class Journal:
             self._active = self._open_segment()
         except OSError:
             self._closed = True
+            return
+        self._stop = threading.Event()
+        self._start_syncer()
 
 
 _LIVE: weakref.WeakSet[Journal] = weakref.WeakSet()

@@ -34,8 +34,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,8 +88,24 @@ class JournaledLedger(Ledger):
         self._thread: threading.Thread | None = None
         self.replay()
         if background:
-            self._thread = threading.Thread(target=self._loop, name="ledger-journal-replay", daemon=True)
-            self._thread.start()
+            self._start_replaying()
+            _LIVE.add(self)
+
+    def _start_replaying(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ledger-journal-replay", daemon=True)
+        self._thread.start()
+
+    def _restart_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: without a replay thread of its own, the child's first failed write would leave its store
+        unavailable to it for good (records kept in the journal only, budgets refused). The locks are new too: a
+        parent's thread may have held them at the fork."""
+        if self.closed:
+            return
+        self._lock = threading.Lock()
+        self._settle_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._start_replaying()
 
     @classmethod
     def open(cls, url: str, settings: JournalSettings, *, retention_days: float | None = None) -> JournaledLedger:
@@ -464,6 +482,17 @@ for _name, _method in list(vars(JournaledLedger).items()):
     if inspect.isfunction(_method) and not _name.startswith("_"):
         setattr(JournaledLedger, _name, _with_retry_hint(_method))
 del _name, _method
+
+
+_LIVE: weakref.WeakSet[JournaledLedger] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for ledger in list(_LIVE):
+        ledger._restart_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def journal_folder_of(ledger: Ledger) -> Path | None:
