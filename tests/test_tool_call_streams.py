@@ -19,6 +19,7 @@ TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": 
          for name in ("get_weather", "get_time")]
 ASK = [{"role": "user", "content": "Weather and time in Paris?"}]
 UPSTREAM_MODELS = {"remote-noindex": "calls:noindex", "remote-latename": "calls:latename",
+                   "remote-objectargs": "calls:objectargs",
                    "remote-negative": "usage:-5:1e30", "remote-fraction": "usage:2.5:true",
                    "remote-nousage": "nousage"}
 
@@ -98,6 +99,29 @@ def test_a_name_after_the_call_id_is_kept(proxy: Proxy) -> None:
     assert finish == "tool_calls"
     record = wait_for_record(proxy.ledger_url, "latename", timeout=20, poll=0.1)
     assert (record.model, record.outcome, record.input_tokens, record.output_tokens) == ("remote-latename", "ok", 10, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_arguments_sent_as_a_json_object_reach_the_client_as_json_text(proxy: Proxy, stream: bool) -> None:
+    """An endpoint that sends a call's arguments as a JSON object, not a string holding one (llama.cpp's server
+    and TGI have): the client gets OpenAI's shape, the arguments as JSON text, where a whole answer was refused as
+    malformed (502) and a stream passed on Python's repr of the object (``{'city': 'Paris'}``), which the
+    arguments check then failed."""
+    request_id = f"objectargs-{stream}"
+    if stream:
+        calls, finish = streamed_calls(proxy, "remote-objectargs", request_id)
+    else:
+        answer = proxy.chat().create(model="remote-objectargs", messages=ASK, tools=TOOLS,  # type: ignore[call-overload]
+                                     extra_headers={"x-request-id": request_id})
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                 for c in answer.choices[0].message.tool_calls or []]
+        finish = answer.choices[0].finish_reason
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("call_0", "get_weather", {"city": "Paris"}), ("call_1", "get_time", {"city": "Paris"})]
+    assert finish == "tool_calls"
+    record = wait_for_record(proxy.ledger_url, request_id, timeout=20, poll=0.1)
+    assert (record.model, record.outcome) == ("remote-objectargs", "ok")
 
 
 def usage_and_record(proxy: Proxy, model: str, stream: bool,

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import to_json
+
 from ..options import ModelOptions
 from ..tools import delta_call_index, legacy_call_id, new_call_id
 
@@ -46,11 +48,21 @@ def tool_calls(message: dict[str, Any]) -> list[dict[str, Any]] | None:
     calls = []
     for call in raw:
         fn = call["function"]
-        if not isinstance(fn["name"], str) or not isinstance(fn.get("arguments", ""), str):
+        arguments = arguments_text(fn.get("arguments", ""))
+        if not isinstance(fn["name"], str) or not isinstance(arguments, str):
             raise TypeError("a tool call's name and arguments must be strings")
         calls.append({"id": str(call.get("id") or new_call_id()), "type": "function",
-                      "function": {"name": fn["name"], "arguments": fn.get("arguments", "")}})
+                      "function": {"name": fn["name"], "arguments": arguments}})
     return calls
+
+
+def arguments_text(arguments: Any) -> Any:
+    """A call's arguments as JSON text, as OpenAI sends them: some endpoints (llama.cpp's server, TGI) send the JSON
+    object itself, which OpenAI's clients cannot take as arguments, and which ``str()`` makes Python's repr of
+    (``{'city': 'Paris'}``), not JSON. Anything else is returned as it came, for the caller to check."""
+    if isinstance(arguments, dict | list):
+        return to_json(arguments).decode()
+    return arguments
 
 
 @dataclass
@@ -86,7 +98,7 @@ def tool_call_deltas(delta: dict[str, Any], begun: CallsBegun) -> list[dict[str,
             begun.named.add(index)
             piece["name"] = str(fn["name"])
         if fn.get("arguments") is not None:
-            piece["arguments"] = str(fn["arguments"])
+            piece["arguments"] = str(arguments_text(fn["arguments"]))
         if piece:
             d["function"] = piece
         out.append(d)

@@ -24,7 +24,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
   first when ``parallel_tool_calls`` is false (JSON, or SSE tool-call deltas: id and name, then the arguments);
   ``calls:noindex`` streams them without ``index`` (as some OpenAI-compatible servers do): each call's first delta
   has its id and name, the arguments follow in two deltas with neither index nor id; ``calls:latename`` streams
-  each call's id first and its name in the next delta, with the arguments;
+  each call's id first and its name in the next delta, with the arguments; ``calls:objectargs`` sends each call's
+  arguments ``{"city": "Paris"}`` as a JSON object, not a string holding one (as llama.cpp's server and TGI have
+  done), whole and streamed;
 - ``usage:PROMPT:COMPLETION``: answers like anything else, with those token counts (JSON values, so ``-5``,
   ``2.5`` or ``1e30``) in ``usage``, whole and streamed (an endpoint reporting counts that are not counts);
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
@@ -82,7 +84,8 @@ def _tool_calls(body: dict) -> list[dict]:
     names = [t["function"]["name"] for t in body.get("tools") or []]
     if body.get("parallel_tool_calls") is False:
         names = names[:1]
-    return [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    arguments: str | dict = {"city": "Paris"} if body.get("model") == "calls:objectargs" else "{}"
+    return [{"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
             for i, name in enumerate(names)]
 
 
