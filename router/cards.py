@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .capabilities import Capability, unsupported
 from .card_files import package_file, package_folder, resolve_card_file
@@ -129,6 +130,25 @@ class OpenAIBackendSpec(_Strict):
     timeout_s: float = Field(60.0, gt=0, le=86_400)
     max_retries: int = Field(2, ge=0, le=100)
     default_max_tokens: int = Field(256, gt=0, le=MAX_TOKENS)
+
+    # The backend appends /chat/completions to base_url and sends the key only as `Authorization: Bearer`, so
+    # a URL with a query (Azure's ?api-version=) or the endpoint's own path would be called at a path that does not
+    # exist there, each call failing with a 404 that names neither cause.
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_the_api_root(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.query or parts.fragment:
+            raise ValueError(
+                "a base_url with a query (?...) or fragment (#...) is not supported: the router calls "
+                "base_url + /chat/completions and sends no query, no extra headers and the key only as "
+                "`Authorization: Bearer`; fix: give the API's root (e.g. https://api.example.com/v1); for Azure "
+                "OpenAI, its v1 API (https://RESOURCE.openai.azure.com/openai/v1), not a deployment URL with "
+                "?api-version=")
+        if parts.path.rstrip("/").endswith("/chat/completions"):
+            raise ValueError("base_url is the API's root, to which the router adds /chat/completions itself; fix: "
+                             "drop /chat/completions from its end (e.g. http://localhost:8000/v1)")
+        return url
 
 
 BackendSpec = Annotated[

@@ -60,6 +60,30 @@ def test_bad_card_names_file_and_field(tmp_path: Path, change, needle):
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize(("base_url", "needle"), [
+    ("https://res.openai.azure.com/openai/deployments/gpt-4o?api-version=2024-10-21", "openai.azure.com/openai/v1"),
+    ("http://127.0.0.1:9/v1#models", "fragment"),
+    ("http://127.0.0.1:9/v1/chat/completions", "drop /chat/completions"),
+    ("http://127.0.0.1:9/v1/chat/completions/", "drop /chat/completions"),
+])
+def test_a_base_url_the_backend_cannot_call_is_refused_saying_what_to_give(tmp_path: Path, base_url: str,
+                                                                           needle: str) -> None:
+    """The backend calls base_url + /chat/completions with no query: an Azure deployment URL with ?api-version=
+    or a base_url that already ends in /chat/completions is refused when the card loads, naming the fix, where
+    every call to it failed with an endpoint's 404 naming neither cause."""
+    file = tmp_path / "tiny.yaml"
+    file.write_text(GOOD.replace("http://127.0.0.1:9/v1", base_url))
+    with pytest.raises(ConfigError, match="field `backend.openai.base_url`") as err:
+        load_card(file)
+    assert needle in str(err.value)
+
+
+def test_a_base_url_with_a_trailing_slash_loads(tmp_path: Path) -> None:
+    file = tmp_path / "tiny.yaml"
+    file.write_text(GOOD.replace("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/"))
+    assert load_card(file).backend.base_url == "http://127.0.0.1:9/v1/"  # type: ignore[union-attr]
+
+
 def test_duplicate_names_are_rejected(tmp_path: Path):
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text(GOOD)
