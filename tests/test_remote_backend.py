@@ -518,6 +518,20 @@ def test_the_decisions_energy_estimate_counts_a_prompt_by_its_bytes(upstream_url
         ascii_same_bytes, ascii_same_chars = estimate("a" * 9000), estimate("a" * 3000)
         assert estimate("中" * 3000) == ascii_same_bytes > ascii_same_chars
 
+
+def test_an_endpoint_that_compresses_what_the_request_allows_answers_every_path(upstream_url: str,
+                                                                                 tmp_path: Path) -> None:
+    """A request without ``Accept-Encoding`` allows the server any encoding (RFC 9110), and some gzip their answers
+    then: the own HTTP/1.1 client (the async calls' pool) read such a body as it came and failed a good answer as
+    malformed. It asks for ``identity``; httpx (the sync calls) decodes what it asks for."""
+    cards = {"remote-gzip": _card(tmp_path, "remote-gzip", upstream_url, "gzip", tier="small")}
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        question = [{"role": "user", "content": "hello there"}]
+        answers = [router.complete(question, model="remote-gzip"),
+                   asyncio.run(router.acomplete(question, model="remote-gzip"))]
+        assert [a.choices[0].message.content for a in answers] == ["echo: hello there"] * 2
+        assert [r.outcome for r in router.ledger.records()] == ["ok", "ok"]
+
 # -- an endpoint nothing listens on ---------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_call_to_an_endpoint_that_refuses_the_connection_is_charged_nothing(tmp_path: Path, upstream_url: str,

@@ -148,8 +148,10 @@ class HTTPPool:
             raise ConfigError(f"{url}: a request header (e.g. the API key) contains a line break")
         path = quote(parts.path or "/", safe="/:@!$&'()*+,;=%-._~") + (f"?{parts.query}" if parts.query else "")
         host_header = parts.netloc.rsplit("@", 1)[-1]
+        # identity: this client reads bodies as they come, and a request without Accept-Encoding allows the
+        # server any encoding (RFC 9110, 12.5.3); some gzip their answers then
         lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}", "Accept: application/json",
-                 "User-Agent: router", *(f"{k}: {v}" for k, v in headers.items())]
+                 "Accept-Encoding: identity", "User-Agent: router", *(f"{k}: {v}" for k, v in headers.items())]
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s

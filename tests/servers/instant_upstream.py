@@ -20,6 +20,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
   its last line; it honours ``max_tokens`` (``max_completion_tokens``) as a real server does, one word a token: an
   answer cut there ends early, with ``finish_reason`` ``length``;
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
+- ``gzip``: answers like anything else, its JSON body gzip-compressed unless the request asks for
+  ``Accept-Encoding: identity`` (a request without the header allows any encoding, RFC 9110 12.5.3);
 - ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
   first when ``parallel_tool_calls`` is false (JSON, or SSE tool-call deltas: id and name, then the arguments);
   ``calls:noindex`` streams them without ``index`` (as some OpenAI-compatible servers do): each call's first delta
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import re
 import time
@@ -130,11 +133,15 @@ async def chat(request: Request) -> Response:
             text = "".join(tokens)
         message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
             "role": "assistant", "content": text}
-        return JSONResponse({
+        answer = {
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             **({"usage": counts} if usage else {}),
-        })
+        }
+        if model == "gzip" and "identity" not in request.headers.get("accept-encoding", ""):
+            return Response(gzip.compress(json.dumps(answer).encode()), media_type="application/json",
+                            headers={"Content-Encoding": "gzip"})
+        return JSONResponse(answer)
 
     if model == "slow":
         pieces = [f"t{i} " for i in range(int(body.get("max_tokens") or 200))]
