@@ -52,7 +52,7 @@ class DecisionRequest:
     context_tokens_floor: int | None = None
     """The fewest tokens the request can take in a model's context (a lower bound of the prompt's, plus
     ``max_tokens``): a model with less context is left out, and one with more is tried, the backend then counting
-    exactly. ``None``: ``input_tokens_hint`` plus the output estimate (what simulation, with no messages, has)."""
+    exactly. ``None``: ``input_tokens_hint`` plus the output estimate."""
     energy_estimates: Mapping[str, tuple[float, str]] | None = None
     """Model -> (expected joules of this request, where the figure comes from, e.g. ``ledger:212 calls``): what
     the caller has learned; a model not in it is estimated from its card."""

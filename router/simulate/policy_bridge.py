@@ -2,7 +2,9 @@
 
 * :meth:`PolicyEngineBridge.decide` asks a :class:`~router.policy.engine.PolicyEngine` over the models measured
   for the request (the :class:`~router.policy.base.Engine` the Router uses over its callable models), with an
-  empty budget snapshot and the request's own input-token estimate as ``input_tokens_hint``.
+  empty budget snapshot, the request's own input-token estimate as ``input_tokens_hint`` and the Router's context
+  floor of a one-turn request (:func:`context_floor_of`), so a model is left out for a short context exactly where
+  the Router leaves it out.
 * :meth:`PolicyEngineBridge.decide_many` (used for sweeps) feeds the engine's vectorised ``decide_batch`` with the
   same inputs the engine's steps compute (``predicted``, the card energy estimates, eligibility from allowed
   models / tasks / context), then applies the policy's per-task pins and a cascade's ``start: cheapest`` as
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._request import context_floor
 from ..cards import ModelCard
 from ..classify.base import Classification
 from ..errors import ConfigError
@@ -85,7 +88,8 @@ class PolicyEngineBridge:
         self, classification: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]
     ) -> Decision:
         hint = int(overrides.get("input_tokens_hint", input_tokens_from(classification)))
-        request = DecisionRequest.of({**overrides, "input_tokens_hint": hint})
+        floor = context_floor_of(classification, overrides.get("max_tokens"))
+        request = DecisionRequest.of({**overrides, "input_tokens_hint": hint, "context_tokens_floor": floor})
         return self.engine(cards).decide(classification, request, BudgetState.empty())
 
     def decide_many(
@@ -110,6 +114,7 @@ class PolicyEngineBridge:
         e = np.empty((n, m))
         ok = np.ones((n, m), dtype=bool)
         hints = np.array([int(overrides.get("input_tokens_hint", input_tokens_from(c))) for c in classifications])
+        floors = np.array([context_floor_of(c, ov0.max_tokens) for c in classifications])
         for j, card in enumerate(card_list):
             spec = card.tier == "specialist"
             out = 1 if spec else out_tokens
@@ -122,7 +127,7 @@ class PolicyEngineBridge:
                 ok[:, j] = False
             elif card.tasks:
                 ok[:, j] &= np.array([card.serves(c.task) for c in classifications])
-            ok[:, j] &= hints + out <= card.context_length
+            ok[:, j] &= floors <= card.context_length
         if ov0.accuracy_target is not None:
             relative, target, offsets = False, float(ov0.accuracy_target), None
         else:
@@ -162,3 +167,12 @@ class PolicyEngineBridge:
 def input_tokens_from(c: Classification) -> int:
     """The request's input tokens, as the outcomes reader estimates them (ceil(chars / 4))."""
     return max(1, -(-int(c.chars) // CHARS_PER_TOKEN)) if c.chars else 64
+
+
+def context_floor_of(c: Classification, max_tokens: int | None) -> int:
+    """The Router's context floor (:func:`router._request.context_floor`) of the request as one user turn: an
+    outcomes line holds the prompt the classifier read, not the conversation. The Router leaves a model out only
+    where the prompt surely cannot fit and lets its backend count the rest exactly: leaving out every model whose
+    context the token estimate overruns would send long prompts to the large model where the Router answers them
+    with a small one."""
+    return context_floor(int(c.chars), 1, max_tokens)

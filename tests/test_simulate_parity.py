@@ -1,0 +1,48 @@
+"""The simulation decides as the live Router does for the same request, policy and cards (docs/simulation.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from servers.procs import models_dir, policies_dir, remote_card, upstream
+
+from router import Router
+from router.cards import load_cards
+from router.config import RouterConfig
+from router.simulate.outcomes import load_outcomes
+from router.simulate.policy_bridge import PolicyEngineBridge
+from router.simulate.simulator import Simulator
+
+CHEAPEST = "name: cheapest\naccuracy: {min_accuracy: 0.0}\n"
+
+
+def test_a_long_prompt_goes_where_the_router_sends_it(tmp_path: Path) -> None:
+    """A prompt of ~1,940 estimated tokens for a small model of 2,048: the Router leaves a model out only where the
+    prompt surely cannot fit (its backend counts the rest) and answers with the small model, so the simulation,
+    on both its paths, picks the small one too, not the large one at ten times the joules."""
+    prompt = "Summarise: " + "The quick brown fox jumps over the lazy dog. " * 172
+    with upstream(tmp_path) as url:
+        small = remote_card("remote-small", url, "echo", tier="small").replace("context_length: 8192",
+                                                                                "context_length: 2048")
+        large = remote_card("remote-large", url, "echo", tier="large", per_call_j=50.0)
+        models = models_dir(tmp_path / "models", {"remote-small": small, "remote-large": large}, specialist=False)
+        policies = policies_dir(tmp_path / "policies", {"cheapest": CHEAPEST})
+        config = RouterConfig(models_dir=models, policies_dir=policies, default_policy="cheapest",
+                              ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+        with Router(config) as router:
+            answer = router.complete([{"role": "user", "content": prompt}])
+            live = router.ledger.request_record(answer.id)
+            classifier = router.classifier
+    assert live is not None and live.model == "remote-small"
+
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text(json.dumps({"id": answer.id, "prompt": prompt, "task": "chat", "outcomes": {
+        "remote-small": {"correct": 1.0, "output_tokens": 5}, "remote-large": {"correct": 1.0, "output_tokens": 5},
+    }}) + "\n")
+    cards = load_cards(models)
+    table = load_outcomes(outcomes, cards)
+    for scalar_limit in (200_000, 0):  # the engine per prompt, and the vectorised decide_batch
+        result = Simulator(table, cards, classifier, PolicyEngineBridge("cheapest", policies)).run(
+            policy_name="cheapest", classifier_name="shipped", scalar_limit=scalar_limit)
+        assert table.models[int(result.chosen[0])] == live.model
