@@ -74,6 +74,8 @@ def test_missing_model_is_nan_and_groups_by_prompt(tmp_path: Path, cards) -> Non
         (line("x", {"gpt-4-1106-preview": {"correct": "yes"}}), "true/false or a score"),
         (line("x", {"gpt-4-1106-preview": {"correct": True, "output_tokens": -2}}), "output_tokens"),
         (line("x", {"gpt-4-1106-preview": {"correct": True, "energy_j": "lots"}}), "energy_j"),
+        (line("x", {"gpt-4-1106-preview": {"correct": True, "requests": 0}}), "`requests`"),
+        (line("x", {"gpt-4-1106-preview": {"correct": True, "requests": 2.5}}), "`requests`"),
         (json.dumps({"prompt": "p", "outcomes": GOOD}), "missing `id`"),
     ],
 )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from servers.procs import models_dir, policies_dir, remote_card, upstream
+import pytest
+from servers.procs import ROOT, models_dir, policies_dir, remote_card, upstream
 
 from router import Router
 from router.cards import load_cards
-from router.config import RouterConfig
+from router.config import PromptSettings, RouterConfig
 from router.simulate.outcomes import load_outcomes
 from router.simulate.policy_bridge import PolicyEngineBridge
 from router.simulate.simulator import Simulator
@@ -46,3 +50,34 @@ def test_a_long_prompt_goes_where_the_router_sends_it(tmp_path: Path) -> None:
         result = Simulator(table, cards, classifier, PolicyEngineBridge("cheapest", policies)).run(
             policy_name="cheapest", classifier_name="shipped", scalar_limit=scalar_limit)
         assert table.models[int(result.chosen[0])] == live.model
+
+
+def router_cli(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_scored_traffic_from_the_ledger_is_simulated_request_by_request(tmp_path: Path) -> None:
+    """`router data from-ledger` writes a prompt asked three times as one line whose outcome says `requests: 3`;
+    `router simulate` on that file replays four requests, and its joules are the ledger's for the same traffic."""
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    with upstream(tmp_path) as url:
+        models = models_dir(tmp_path / "models", {"remote-small": remote_card("remote-small", url, "echo", "small")},
+                            specialist=False)
+        policies = policies_dir(tmp_path / "policies", {"cheapest": CHEAPEST})
+        config = RouterConfig(models_dir=models, policies_dir=policies, default_policy="cheapest",
+                              ledger_url=ledger_url, prompts=PromptSettings(store=True))
+        with Router(config) as router:
+            for question in ("What is 2 + 2?", "What is 2 + 2?", "What is 2 + 2?", "Name a colour."):
+                answer = router.complete([{"role": "user", "content": question}])
+                router.feedback(answer.id, 1.0)
+            ledger_j = sum(r.energy_j for r in router.ledger.records())
+    outcomes = tmp_path / "scored.jsonl"
+    router_cli("data", "from-ledger", "--ledger", ledger_url, "-o", str(outcomes))
+    assert len(outcomes.read_text().splitlines()) == 2
+    report = json.loads(router_cli("simulate", "--outcomes", str(outcomes), "--policy", "cheapest", "--models",
+                                   str(models), "--policies", str(policies), "--json", "--no-progress"))
+    assert report["requests"] == 4
+    assert report["energy_j_total"] == pytest.approx(ledger_j, rel=1e-6)

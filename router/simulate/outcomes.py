@@ -7,8 +7,11 @@ One line = one request::
                   "gpt-4-1106-preview":    {"correct": false}}}
 
 ``correct`` is a boolean or a score in [0, 1]. Optional per-outcome fields: ``output_tokens`` (an integer in
-[0, 100,000,000]) and ``energy_j`` (measured joules for that call, finite, >= 0, which wins over the card's
-estimate). Optional per-line ``input_tokens`` (same range as ``output_tokens``); when absent it is estimated as
+[0, 100,000,000]), ``energy_j`` (measured joules for that call, finite, >= 0, which wins over the card's
+estimate) and ``requests`` (how many requests of this prompt that model answered, as ``router data from-ledger`` writes
+it): the line is replayed once per request it stands for, the sum of its outcomes' ``requests`` (1 when none
+says).
+Optional per-line ``input_tokens`` (same range as ``output_tokens``); when absent it is estimated as
 ceil(chars / 4).
 
 The reader streams: it never holds the JSON objects, only columns (float arrays per model) and one copy of each
@@ -38,6 +41,8 @@ from ..errors import BadRequestError
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 64
 """Output tokens assumed for an outcome without ``output_tokens`` (counted in ``defaulted_output_tokens``)."""
+MAX_REQUESTS = 1_000_000
+"""The most requests one line may stand for (``requests`` per outcome): each is a row of the table."""
 MAX_ENERGY_J = 1e15
 """The largest ``energy_j`` taken for one call (278 GWh): more is a unit mistake, and totals must stay finite."""
 
@@ -263,6 +268,7 @@ def _read(
             bad(f"`input_tokens` must be an integer in [0, {MAX_TOKENS:,}], got {_short(in_tok)}", rid)
             continue
         row: list[tuple[int, float, float, bool]] = []
+        weight = 0  # the requests the line stands for (``router data from-ledger`` merges repeats of a prompt)
         problem = None
         for model, out in outs.items():
             if model in resolved:
@@ -289,6 +295,12 @@ def _read(
                     f"got {_short(c)}"
                 )
                 break
+            times = out.get("requests", 0)
+            if "requests" in out and (type(times) is not int or not 1 <= times <= MAX_REQUESTS):
+                problem = (f"`requests` for model `{model}` must be an integer in [1, {MAX_REQUESTS:,}], "
+                           f"got {_short(times)}")
+                break
+            weight += times
             ej = out.get("energy_j")
             if ej is not None:
                 if not _joules(ej):
@@ -324,28 +336,28 @@ def _read(
         if problem is not None:
             bad(problem, rid)
             continue
-        # commit the row
-        for j in range(len(models)):
-            scores[j].append(nan)
-            energies[j].append(nan)
-            measured[j].append(0)
-        for j, s, e, meas in row:
-            scores[j][n_rows] = s
-            energies[j][n_rows] = e
-            measured[j][n_rows] = meas
-        ids.append(rid)
         code = task_index.get(task)
         if code is None:
             code = task_index[task] = len(task_index)
-        task_codes.append(code)
         key = (prompt, mask)
         g = group_index.get(key)
         if g is None:
             g = group_index[key] = len(prompts)
             prompts.append(prompt)
             masks.append(mask)
-        group.append(g)
-        n_rows += 1
+        for _ in range(max(weight, 1)):  # commit the row, once per request it stands for
+            for j in range(len(models)):
+                scores[j].append(nan)
+                energies[j].append(nan)
+                measured[j].append(0)
+            for j, s, e, meas in row:
+                scores[j][n_rows] = s
+                energies[j][n_rows] = e
+                measured[j][n_rows] = meas
+            ids.append(rid)
+            task_codes.append(code)
+            group.append(g)
+            n_rows += 1
 
     if progress is not None:
         progress(bytes_read)
