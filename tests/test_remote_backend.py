@@ -85,6 +85,10 @@ def test_only_the_endpoints_own_failures_cool_a_model_down(upstream_url: str, tm
             with pytest.raises(BackendError, match=f"HTTP {status}") as err:
                 _call(breaker, path)
             assert isinstance(err.value, BackendRefusedError) is not counts
+            # the log's detail (never the client's message) names the usual cause of a 404: a base_url short of
+            # the API's root
+            assert ("is base_url the API's root" in (err.value.detail or "")) is (status == 404)
+            assert "base_url" not in err.value.message
         assert breaker.state == ("open" if counts else "closed")
         assert breaker.consecutive_failures == (3 if counts else 0)
     finally:

@@ -64,6 +64,7 @@ from .openai_shapes import CallsBegun, logprobs_of, option_fields, tool_call_del
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _REFUSED_STATUS = {400, 413, 422}
+_ROOT_EXAMPLE = "http://localhost:11434/v1 for Ollama, http://localhost:8000/v1 for vLLM"
 """The endpoint refusing this request (a parameter it does not support, a body too large for it), not failing: the
 next model may take it. 401/403 (a bad key) and 404 (a wrong URL or model name in the card) fail every request
 there, so they are the model's failures."""
@@ -217,8 +218,12 @@ class OpenAIHTTPBackend(Backend):
         # unavailable for now (503 from the proxy), as for a 503 of its own
         cls = (BackendUnavailableError if status in (429, 502, 503, 504)
                else BackendRefusedError if status in _REFUSED_STATUS else BackendError)
+        # the operator's usual slip behind a 404 or 405 is a base_url that is not the API's root (Ollama's without
+        # /v1): the log says so beside the URL
+        hint = (f" (is base_url the API's root, where /chat/completions follows? e.g. {_ROOT_EXAMPLE})"
+                if status in (404, 405) else "")
         error = cls(f"{self.card.name}: the model's endpoint answered HTTP {status}",
-                    detail=f"{self.spec.base_url}: {raw[:300].decode('utf-8', 'replace')}",
+                    detail=f"{self.spec.base_url}{hint}: {raw[:300].decode('utf-8', 'replace')}",
                     retry_after_s=retry_after_s(retry_after) if status in _RETRY_AFTER_STATUS else None)
         return _Retryable(error) if status in _RETRY_STATUS else error
 
