@@ -25,9 +25,10 @@ The rules: a backend failure (:class:`BackendError`) or a model whose context is
 model; after streamed output has reached the caller nothing moves on (the answer has begun). A spent budget
 falls back, rejects or is allowed and flagged as the policy says; an escalation model whose budget cannot be
 reserved because the ledger's store is down is not tried. A cascade whose escalation is not made (no escalation
-model had room or answered) keeps the answer it escalated from, flagged ``escalation_skipped``. An expired deadline
-or a cancelled request ends the request at once. Every model called leaves one ledger record (``ok``,
-``escalated``, ``error``, ``cancelled``), and a model skipped for its budget a ``rejected`` one.
+model had room or answered) keeps the answer it escalated from, flagged ``escalation_skipped``. A remote model's
+refusal is its answer (``ok``, flagged ``refusal``): not checked against the request's format and never escalated
+past. An expired deadline or a cancelled request ends the request at once. Every model called leaves one ledger
+record (``ok``, ``escalated``, ``error``, ``cancelled``), and a model skipped for its budget a ``rejected`` one.
 
 Length: one class holds a call's whole life (reserve, meter, judge, settle, record) so that the four drivers in
 :mod:`router._router` share it; split, each step would need the same state passed around.
@@ -87,7 +88,8 @@ class Attempts:
         self.energy: EnergyReading | None = None
         self.errors: list[RouterError] = []
         self.notes: list[str] = []
-        """Budget notes (a fallback, an allowed overrun): they join the reason of every record after them."""
+        """Budget notes (a fallback, an allowed overrun) and a refusal's: they join the reason of every record
+        after them."""
         self.books = Books(router, prepared, self.notes)
         self._request: GenerationRequest | None = None
         self.co2e_g = 0.0
@@ -294,9 +296,12 @@ class Attempts:
         latency = (time.perf_counter() - call.started) * 1000
         energy = self.books.energy_of(call, gen)
         self.books.settle(call.held, energy.joules, call.card)
+        if gen.refusal is not None:  # an answer (the model declined), not a malformed one: passed on as it is
+            self.flags.append("refusal")
+            self.notes.append(f"{call.model} declined to answer (refusal)")
         try:
-            problem = output_problem(self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason,
-                                     gen.context_full)
+            problem = None if gen.refusal is not None else output_problem(
+                self.prepared.options, gen.text, gen.tool_calls, gen.finish_reason, gen.context_full)
         except Exception as exc:  # the model ran: its record is written whatever the check raised
             error = exc if isinstance(exc, RouterError) else internal(f"checking {call.model}'s answer", exc)
             self._unchecked(call, gen, energy, latency, error)
@@ -305,7 +310,7 @@ class Attempts:
             return self._invalid(call, gen, energy, latency, problem, sent)
         d = self.prepared.decision
         escalate = (call.buffered and d.escalate_below is not None and gen.confidence is not None
-                    and gen.confidence < d.escalate_below)
+                    and gen.confidence < d.escalate_below and gen.refusal is None)
         outcome = "escalated" if escalate else "ok"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
                                       gen.confidence))

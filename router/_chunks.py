@@ -1,6 +1,6 @@
 """One model call's answer as stream chunks, shaped as OpenAI's: text deltas (with their log probabilities),
-tool-call deltas (``function_call`` deltas for a legacy request), then the closing chunk with the finish reason,
-usage and routing."""
+refusal deltas (a remote model that declined), tool-call deltas (``function_call`` deltas for a legacy request),
+then the closing chunk with the finish reason, usage and routing."""
 
 from __future__ import annotations
 
@@ -35,9 +35,11 @@ class StreamedAnswer:
 
     def take(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         self.output.add(event)
-        if self.call.buffered or not (event.text or event.tool_calls or event.logprobs):
+        if self.call.buffered or not (event.text or event.tool_calls or event.logprobs or event.refusal):
             return []
-        chunks = self._opening()
+        chunks = self._opening(refusing=bool(event.refusal))
+        if event.refusal:
+            chunks.append(self._chunk(Delta(refusal=event.refusal)))
         if event.text or event.logprobs:
             chunks.append(self._chunk(Delta(content=event.text), logprobs=_logprobs(event.logprobs)))
         if event.tool_calls:
@@ -53,7 +55,9 @@ class StreamedAnswer:
         gen = self.generation()
         chunks = []
         if not self.sent:
-            chunks += self._opening()
+            chunks += self._opening(refusing=gen.refusal is not None)
+            if gen.refusal:
+                chunks.append(self._chunk(Delta(refusal=gen.refusal)))
             if gen.text or gen.logprobs:
                 chunks.append(self._chunk(Delta(content=gen.text), logprobs=_logprobs(gen.logprobs)))
             if gen.tool_calls:
@@ -65,11 +69,12 @@ class StreamedAnswer:
                                   Routing.model_validate(attempts.routing())))
         return chunks
 
-    def _opening(self) -> list[ChatCompletionChunk]:
+    def _opening(self, refusing: bool = False) -> list[ChatCompletionChunk]:
         if self.started:
             return []
         self.started = True
-        return [self._chunk(Delta(role="assistant", content=""))]
+        # a refusal opens as OpenAI's does: content null, refusal "" (the pieces follow)
+        return [self._chunk(Delta(role="assistant", refusal="") if refusing else Delta(role="assistant", content=""))]
 
     def _calls_delta(self, deltas: list[dict[str, Any]]) -> Delta:
         if self.legacy:

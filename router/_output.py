@@ -40,6 +40,7 @@ class Output:
         self.parts: list[str] = []
         self.calls: list[dict[str, Any]] = []
         self.logprobs: list[dict[str, Any]] | None = None
+        self.refusal: list[str] = []
         self.last = StreamEvent()
 
     def add(self, event: StreamEvent) -> None:
@@ -49,13 +50,16 @@ class Output:
             merge_tool_deltas(self.calls, event.tool_calls)
         if event.logprobs is not None:
             self.logprobs = (self.logprobs or []) + event.logprobs
+        if event.refusal:
+            self.refusal.append(event.refusal)
         self.last = event
 
     def __bool__(self) -> bool:
-        return bool(self.parts) or bool(self.calls)
+        return bool(self.parts) or bool(self.calls) or bool(self.refusal)
 
     def generation(self, call: Call, *, finished: bool = True) -> Generation:
         text = "".join(self.parts)
+        refusal = "".join(self.refusal) or None
         last = self.last
         return Generation(
             text=text,
@@ -63,11 +67,12 @@ class Output:
             prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
             else call.backend.prompt_tokens(call.request.messages, call.request.options),
             completion_tokens=last.completion_tokens if last.completion_tokens is not None
-            else call.backend.turn_tokens(text, self.calls),
+            else call.backend.turn_tokens(text + (refusal or ""), self.calls),
             confidence=last.confidence,
             tool_calls=self.calls or None,
             logprobs=self.logprobs,
             context_full=last.context_full,
+            refusal=refusal,
         )
 
 
@@ -81,7 +86,9 @@ def finish_reason(gen: Generation, options: ModelOptions) -> str:
 def answer_choice(gen: Generation, options: ModelOptions) -> dict[str, Any]:
     """``choices[0]`` as ``Choice.model_dump()`` gives it (same keys, same order)."""
     calls = gen.tool_calls
-    message: dict[str, Any] = {"role": "assistant", "content": gen.text if gen.text or not calls else None,
+    # a refusal comes with content null, as OpenAI sends it (the SDK's parse() reads content only without one)
+    content = gen.text if gen.text or not (calls or gen.refusal) else None
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": gen.refusal,
                                "tool_calls": None, "function_call": None}
     if calls:
         if options.tools is not None and options.tools.legacy:

@@ -55,11 +55,13 @@ class ChatMessage(BaseModel):
 
 
 class ResponseMessage(BaseModel):
-    """The answer's message: text, or (``content`` ``None``) the tool calls the model made. A request that used
-    the legacy ``functions`` parameter gets ``function_call`` instead of ``tool_calls``, as OpenAI sends it."""
+    """The answer's message: text, or (``content`` ``None``) the tool calls the model made, or a remote model's
+    ``refusal`` (it declined, and says why). A request that used the legacy ``functions`` parameter gets
+    ``function_call`` instead of ``tool_calls``, as OpenAI sends it."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
 
@@ -126,7 +128,7 @@ class Routing(BaseModel):
     """What the decision had to work around, for programs to test rather than parse ``reason``:
     ``target_unmet``, ``budget_fallback``, ``budget_unreadable``, ``cooling_down``, ``over_budget_allowed``,
     ``escalation_skipped`` (a cascade's answer kept: its escalation model's budget was spent or could not
-    be read)."""
+    be read), ``refusal`` (the model declined to answer: ``message.refusal`` says why)."""
 
 
 class Choice(BaseModel):
@@ -154,6 +156,7 @@ class Delta(BaseModel):
 
     role: Role | None = None
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
 

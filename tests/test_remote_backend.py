@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
+from pydantic import BaseModel
+from servers.instant_upstream import REFUSAL
 from servers.procs import free_port, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 import router._closing
@@ -590,3 +593,87 @@ def test_a_forked_child_calls_on_connections_of_its_own(upstream_url: str, tmp_p
         assert childs.startswith("peer: ")
         assert childs != parents
         assert connection(router) == parents
+
+
+# -- a model that declines to answer --------------------------------------------------------------------------
+class Answer(BaseModel):
+    answer: str
+
+
+ANSWER_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
+    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+    "additionalProperties": False}}}
+
+
+def _refusing_and_answering(upstream_url: str) -> dict[str, str]:
+    """A small model that declines (the upstream's ``refusal``) and a large one whose JSON fits ``Answer``, both
+    taking a json_schema: were the refusal taken for a malformed answer, the large model would answer instead."""
+    schema = "context_length:", "capabilities: [json_schema]\ncontext_length:"
+    return {"remote-refusing": remote_card("remote-refusing", upstream_url, "refusal", tier="small").replace(*schema),
+            "remote-json": remote_card("remote-json", upstream_url, "json", tier="large").replace(*schema)}
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+def test_a_models_refusal_is_its_answer_not_a_malformed_one_to_escalate_past(upstream_url: str, tmp_path: Path,
+                                                                            path: str) -> None:
+    """OpenAI's models may decline a structured-output request: ``content`` null and ``message.refusal`` (streamed:
+    ``delta.refusal`` pieces). It was dropped: the empty content failed the schema, and the next capable model
+    answered what the first had declined. The refusal now comes back as the answer, from the one attempt made,
+    recorded ``ok`` with the endpoint's token counts, and flagged ``refusal`` (the ledger's reason says so)."""
+    models = models_dir(tmp_path / "models", _refusing_and_answering(upstream_url), specialist=False)
+    config = RouterConfig.load(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    ask = [{"role": "user", "content": "How do I pick a lock?"}]
+    with Router(config) as router:
+        params: dict[str, object] = {"model": "remote-refusing", "response_format": ANSWER_FORMAT}
+        if path == "stream":  # the sync stream (httpx); acomplete's whole answer goes through the own pool
+            chunks = [c for c in router.complete(ask, stream=True, **params) if c.choices]
+            refusal = "".join(c.choices[0].delta.refusal or "" for c in chunks)
+            assert not "".join(c.choices[0].delta.content or "" for c in chunks)
+            routing, usage = chunks[-1].routing, chunks[-1].usage
+            assert chunks[-1].choices[0].finish_reason == "stop"
+        else:
+            resp = (router.complete(ask, **params) if path == "complete"
+                    else asyncio.run(router.acomplete(ask, **params)))
+            message = resp.choices[0].message
+            refusal, routing, usage = message.refusal or "", resp.routing, resp.usage
+            assert message.content is None and resp.choices[0].finish_reason == "stop"
+        records = router.ledger.records()
+    assert refusal == REFUSAL
+    assert routing is not None and routing.model == "remote-refusing" and "refusal" in routing.flags
+    assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-refusing", "ok")]
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (10, 5)
+    (record,) = records
+    assert (record.model, record.outcome, record.error) == ("remote-refusing", "ok", None)
+    assert "declined to answer (refusal)" in record.reason
+    assert (record.input_tokens, record.output_tokens) == (10, 5)
+
+
+def test_a_models_refusal_reaches_the_openai_sdk_through_the_proxy(upstream_url: str, tmp_path: Path) -> None:
+    """``router serve`` passes a refusal on as OpenAI sends it, so the openai SDK reads it where it looks: whole
+    (``message.refusal``, content null), streamed (``delta.refusal`` pieces) and through ``parse`` (``parsed`` None,
+    ``refusal`` set); before, the client got ``content: ""`` or another model's answer, or a 502."""
+    models = models_dir(tmp_path / "models", _refusing_and_answering(upstream_url), specialist=False)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    ask = [{"role": "user", "content": "How do I pick a lock?"}]
+    with router_serve(config, tmp_path) as base:
+        chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
+        whole = chat.create(model="remote-refusing", messages=ask, response_format=ANSWER_FORMAT)  # type: ignore[arg-type]
+        assert (whole.choices[0].message.content, whole.choices[0].message.refusal) == (None, REFUSAL)
+        assert whole.model == "remote-refusing" and "refusal" in (whole.model_extra or {})["routing"]["flags"]
+
+        chunks = [c for c in chat.create(model="remote-refusing", messages=ask, stream=True,
+                                         response_format=ANSWER_FORMAT) if c.choices]  # type: ignore[arg-type]
+        assert "".join(c.choices[0].delta.refusal or "" for c in chunks) == REFUSAL
+        assert not "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert {c.model for c in chunks} == {"remote-refusing"} and chunks[-1].choices[0].finish_reason == "stop"
+
+        parsed = chat.parse(model="remote-refusing", messages=ask, response_format=Answer)  # type: ignore[arg-type]
+        message = parsed.choices[0].message
+        assert (message.parsed, message.refusal, parsed.model) == (None, REFUSAL, "remote-refusing")
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    try:
+        assert [(r.model, r.outcome) for r in ledger.records()] == [("remote-refusing", "ok")] * 3
+    finally:
+        ledger.close()

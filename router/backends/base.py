@@ -149,6 +149,9 @@ class StreamEvent:
     context_full: bool = False
     """With ``finish_reason`` ``length``: the model's context is full, not ``max_tokens`` spent (where the backend
     knows which; OpenAI's answers say ``length`` for both)."""
+    refusal: str | None = None
+    """A piece of the model's refusal (OpenAI's ``delta.refusal``): it declined to answer, and says why here
+    instead of in ``text``."""
 
 
 @dataclass
@@ -165,6 +168,9 @@ class Generation:
     """One OpenAI logprob entry per output token, when the request asked for them."""
     context_full: bool = False
     """Cut (``length``) by the model's full context, not at ``max_tokens`` (:attr:`StreamEvent.context_full`)."""
+    refusal: str | None = None
+    """The model declined to answer and said why (OpenAI's ``message.refusal``, with ``content`` null): an answer
+    to pass on as it is, not one to check against the request's format or to escalate past."""
 
 
 BYTES_PER_TOKEN = 4
@@ -412,10 +418,13 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
     parts: list[str] = []
     calls: list[dict[str, Any]] = []
     logprobs: list[dict[str, Any]] | None = None
+    refusal: list[str] = []
     last = StreamEvent()
     try:
         for event in events:
             parts.append(event.text)
+            if event.refusal:
+                refusal.append(event.refusal)
             if event.tool_calls:
                 merge_tool_deltas(calls, event.tool_calls)
             if event.logprobs is not None:
@@ -428,6 +437,7 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
                                  completion_tokens=backend.count_tokens("".join(parts)))
         raise
     text = "".join(parts)
+    refused = "".join(refusal) if refusal else None
     return Generation(
         text=text,
         finish_reason=last.finish_reason or "stop",
@@ -436,9 +446,10 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
         else backend.prompt_tokens(request.messages, request.options),
         completion_tokens=last.completion_tokens
         if last.completion_tokens is not None
-        else backend.count_tokens(text),
+        else backend.count_tokens(text + (refused or "")),
         confidence=last.confidence,
         tool_calls=calls or None,
         logprobs=logprobs,
         context_full=last.context_full,
+        refusal=refused,
     )

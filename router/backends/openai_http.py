@@ -456,10 +456,13 @@ class OpenAIHTTPBackend(Backend):
             choice = data["choices"][0]
             message = choice.get("message") or {}
             text = message.get("content") or ""
+            refusal = message.get("refusal")  # a model that declined (OpenAI's structured outputs): content null
             finish = choice.get("finish_reason") or "stop"
             usage = data.get("usage") or {}
             if not isinstance(text, str):
                 raise TypeError("message.content must be a string")
+            if refusal is not None and not isinstance(refusal, str):
+                raise TypeError("message.refusal must be a string")
             prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
             calls = tool_calls(message)
             logprobs = logprobs_of(choice) if request.options.top_logprobs is not None else None
@@ -470,9 +473,10 @@ class OpenAIHTTPBackend(Backend):
             text=text,
             finish_reason=finish if isinstance(finish, str) else str(finish),
             prompt_tokens=self.prompt_tokens(request.messages, request.options) if prompt is None else prompt,
-            completion_tokens=self.turn_tokens(text, calls) if completion is None else completion,
+            completion_tokens=self.turn_tokens(text + (refusal or ""), calls) if completion is None else completion,
             tool_calls=calls,
             logprobs=logprobs,
+            refusal=refusal or None,  # some servers send "" with every answer
         )
 
     def close(self) -> None:
@@ -579,12 +583,15 @@ class _SSEParser:
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
                 text = delta.get("content") or ""
+                refusal = delta.get("refusal")
+                if refusal is not None and not isinstance(refusal, str):
+                    raise TypeError("delta.refusal must be a string")
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
                 calls = tool_call_deltas(delta, self.calls_begun)
                 logprobs = logprobs_of(choice)
-                if text or calls or logprobs:
-                    events.append(StreamEvent(text=text, tool_calls=calls, logprobs=logprobs))
+                if text or calls or logprobs or refusal:
+                    events.append(StreamEvent(text=text, tool_calls=calls, logprobs=logprobs, refusal=refusal or None))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(f"{self.name}: the model's endpoint sent a malformed stream chunk",
                                detail=data[:200]) from exc

@@ -31,6 +31,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
   done), whole and streamed;
 - ``usage:PROMPT:COMPLETION``: answers like anything else, with those token counts (JSON values, so ``-5``,
   ``2.5`` or ``1e30``) in ``usage``, whole and streamed (an endpoint reporting counts that are not counts);
+- ``refusal``: declines, as OpenAI's models may (notably with a strict ``json_schema``): ``content`` null and
+  :data:`REFUSAL` in ``message.refusal``, finish reason ``stop``; streamed, a first delta with ``content`` null and
+  ``refusal`` ``""``, then ``delta.refusal`` pieces;
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503).
@@ -58,6 +61,7 @@ app = FastAPI(title="instant test upstream", docs_url=None, redoc_url=None, open
 calls: Counter[str] = Counter()
 LEAK = "invalid key sk-live-0123456789abcdef for /srv/internal/secrets.yaml"
 closed_early: Counter[str] = Counter()
+REFUSAL = "I'm sorry, but I can't help with that request."
 
 
 def _answer(body: dict, request: Request) -> str:
@@ -133,6 +137,8 @@ async def chat(request: Request) -> Response:
             text = "".join(tokens)
         message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
             "role": "assistant", "content": text}
+        if model == "refusal":
+            message = {"role": "assistant", "content": None, "refusal": REFUSAL}
         answer = {
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
@@ -147,7 +153,8 @@ async def chat(request: Request) -> Response:
         pieces = [f"t{i} " for i in range(int(body.get("max_tokens") or 200))]
         delay = 0.02
     else:
-        pieces = tokens or ([] if tool_calls else [p + " " for p in _answer(body, request).split()])
+        answered = not tool_calls and model != "refusal"
+        pieces = tokens or ([p + " " for p in _answer(body, request).split()] if answered else [])
         delay = 0.0
 
     async def events() -> AsyncIterator[bytes]:
@@ -179,6 +186,13 @@ async def chat(request: Request) -> Response:
                                                      "function": {"name": fn["name"], "arguments": ""}}]})
                         yield chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]})
                 yield chunk({}, "tool_calls", counts)
+                yield b"data: [DONE]\n\n"
+                return
+            if model == "refusal":
+                yield chunk({"role": "assistant", "content": None, "refusal": ""})
+                for piece in re.findall(r"\S+\s*", REFUSAL):
+                    yield chunk({"refusal": piece})
+                yield chunk({}, "stop", counts)
                 yield b"data: [DONE]\n\n"
                 return
             yield chunk({"role": "assistant", "content": ""})
