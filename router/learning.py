@@ -82,11 +82,14 @@ class Learning:
 
     # -- the request path: O(1) -----------------------------------------------------------------------------
     def answered(self, prepared: PreparedRequest, model: str, gen: Generation) -> None:
-        """Hand one answer over (called by the attempts once a request has its answer)."""
-        judge = self.judge is not None and self.judge.applies(model) and self._rng.random() < self.judge.share
+        """Hand one answer over (called by the attempts once a request has its answer). A refusal (a remote model
+        declined) is stored as its answer but never judged: a rubric would score the empty content."""
+        judge = (self.judge is not None and gen.refusal is None and self.judge.applies(model)
+                 and self._rng.random() < self.judge.share)
         if not (self.store_prompts or judge):
             return
-        item = _Answered(prepared.request_id, prepared.messages, prepared.text, model, gen.text, prepared.key_hash,
+        answer = gen.text if gen.refusal is None else gen.refusal
+        item = _Answered(prepared.request_id, prepared.messages, prepared.text, model, answer, prepared.key_hash,
                          time.time(), self.store_prompts, judge)
         with self._cond:
             if self._pending >= MAX_QUEUED:

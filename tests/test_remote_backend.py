@@ -648,6 +648,23 @@ def test_a_models_refusal_is_its_answer_not_a_malformed_one_to_escalate_past(ups
     assert (record.input_tokens, record.output_tokens) == (10, 5)
 
 
+def test_a_refusal_is_stored_as_its_answer_and_never_judged(upstream_url: str, tmp_path: Path) -> None:
+    """The learning thread was handed a refusal's empty content: a stored prompt kept an empty answer, and a judge
+    would score it. The refusal's text is the stored answer, and no judge call is made for it."""
+    cards = {**_refusing_and_answering(upstream_url),
+             "remote-judge": remote_card("remote-judge", upstream_url, "judge", tier="large")}
+    models = models_dir(tmp_path / "models", cards, specialist=False)
+    config = RouterConfig.load(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                               prompts={"store": True}, judge={"model": "remote-judge", "share": 1.0})
+    with Router(config) as router:
+        resp = router.complete([{"role": "user", "content": "How do I pick a lock?"}], model="remote-refusing",
+                               response_format=ANSWER_FORMAT)
+        assert router.learning is not None and router.learning.drain(30)
+        (stored,) = router.ledger.prompts(request_id=resp.id)
+        assert stored.answer == REFUSAL and router.learning.stats["judged"] == 0
+        assert [r.model for r in router.ledger.records()] == ["remote-refusing"], "no judge call was made"
+
+
 def test_a_models_refusal_reaches_the_openai_sdk_through_the_proxy(upstream_url: str, tmp_path: Path) -> None:
     """``router serve`` passes a refusal on as OpenAI sends it, so the openai SDK reads it where it looks: whole
     (``message.refusal``, content null), streamed (``delta.refusal`` pieces) and through ``parse`` (``parsed`` None,
