@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from test_simulate_helpers import ROOT, make_cards_dir
 
+from router.backends.base import estimated_tokens, utf8_size
 from router.cards import ModelCard, load_cards
 from router.classify.base import Classification
 from router.classify.onnx_classifier import load_default_classifier
@@ -60,13 +61,14 @@ def test_vectorised_equals_decide_pure(sample, policy: Policy, target: float | N
     for mask in {tuple(r) for r in table.group_mask.tolist()}:
         idx = [g for g, r in enumerate(table.group_mask.tolist()) if tuple(r) == mask]
         sub = {m: cards[m] for m, on in zip(table.models, mask, strict=True) if on}
-        fast = bridge.decide_many([cls[g] for g in idx], sub, overrides)
-        slow = [bridge.decide(cls[g], sub, overrides).model for g in idx]
+        tokens = [estimated_tokens(utf8_size(table.prompts[g])) for g in idx]
+        fast = bridge.decide_many([cls[g] for g in idx], sub, overrides, tokens)
+        slow = [bridge.decide(cls[g], sub, overrides, t).model for g, t in zip(idx, tokens, strict=True)]
         assert fast == slow
         # and the bridge's scalar path is decide_pure itself, with the request's token estimate
         g = idx[0]
         direct = decide_pure(cls[g], sub, None, policy,
-                             {**overrides, "input_tokens_hint": -(-len(table.prompts[g]) // 4)})
+                             {**overrides, "input_tokens_hint": tokens[0]})
         assert direct.model == slow[0]
 
 
@@ -79,7 +81,7 @@ def test_simulation_uses_the_engine_end_to_end(sample) -> None:
     for row in range(0, table.n, 17):
         g = table.group[row]
         sub = {m: cards[m] for m, on in zip(table.models, table.group_mask[g], strict=True) if on}
-        expect = bridge.decide(clf.classify(table.prompts[g]), sub, {})
+        expect = bridge.decide(clf.classify(table.prompts[g]), sub, {}, estimated_tokens(utf8_size(table.prompts[g])))
         assert table.models[res.chosen[row]] == expect.model
         assert res.reasons[g] == expect.reason
     assert json.dumps(res.to_json(), default=str)
@@ -124,8 +126,8 @@ def test_max_tokens_caps_the_output_tokens_on_both_paths() -> None:
     bridge = PolicyEngineBridge(Policy(name="abs", accuracy={"min_accuracy": 0.5}))
     chat = [Classification("chat", {"chat": 1.0}, {"flat": 0.9, "steep": 0.9})]
     for overrides, cheaper in (({}, "flat"), ({"max_tokens": 5}, "steep")):
-        assert bridge.decide_many(chat, cards, overrides) == [cheaper]
-        assert bridge.decide(chat[0], cards, overrides).model == cheaper
+        assert bridge.decide_many(chat, cards, overrides, [64]) == [cheaper]
+        assert bridge.decide(chat[0], cards, overrides, 64).model == cheaper
 
 
 def test_both_paths_take_the_largest_by_parameters_not_by_joules() -> None:
@@ -142,5 +144,5 @@ def test_both_paths_take_the_largest_by_parameters_not_by_joules() -> None:
              "mid": card("mid", "large", 13.0, 100.0)}
     bridge = PolicyEngineBridge(Policy(name="rel", accuracy={"relative_to_largest": 0.9}))
     chat = [Classification("chat", {"chat": 1.0}, {"s": 0.6, "big": 0.65, "mid": 0.9})]
-    assert bridge.decide_many(chat, cards, {}) == ["s"]
-    assert bridge.decide(chat[0], cards, {}).model == "s"
+    assert bridge.decide_many(chat, cards, {}, [64]) == ["s"]
+    assert bridge.decide(chat[0], cards, {}, 64).model == "s"

@@ -61,7 +61,8 @@ class CheapestAboveTarget:
     def __init__(self, target: float = 0.7) -> None:
         self.target = target
 
-    def decide(self, c: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]) -> Decision:
+    def decide(self, c: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any],
+               input_tokens: int) -> Decision:
         t = overrides.get("accuracy_target", self.target)
         order = sorted(cards.values(), key=lambda k: k.energy.joules(100, 10))
         for k in order:
@@ -73,5 +74,5 @@ class CheapestAboveTarget:
                         policy=self.name)
 
     def decide_many(self, cs: Sequence[Classification], cards: Mapping[str, ModelCard],
-                    overrides: Mapping[str, Any]) -> list[str]:
-        return [self.decide(c, cards, overrides).model for c in cs]
+                    overrides: Mapping[str, Any], input_tokens: Sequence[int]) -> list[str]:
+        return [self.decide(c, cards, overrides, t).model for c, t in zip(cs, input_tokens, strict=True)]

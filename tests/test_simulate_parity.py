@@ -81,3 +81,44 @@ def test_scored_traffic_from_the_ledger_is_simulated_request_by_request(tmp_path
                                    str(models), "--policies", str(policies), "--json", "--no-progress"))
     assert report["requests"] == 4
     assert report["energy_j_total"] == pytest.approx(ledger_j, rel=1e-6)
+
+
+def test_a_chinese_prompt_weighs_what_an_ascii_prompt_of_its_bytes_weighs(tmp_path: Path) -> None:
+    """The Router estimates a prompt's input tokens as its UTF-8 bytes over four: 600 Chinese characters (1,800
+    bytes) weigh 450 tokens, as 1,800 ASCII characters do. A model dear per input token costs more than a flat one
+    at 450 tokens (45 J against 30 J) and less at 150 (the characters over four), so the simulation, counting
+    characters, would send the Chinese prompt elsewhere than the Router does; it gives both prompts the Router's
+    tokens, card joules and model."""
+    chinese = "请" * 600
+    ascii_prompt = "a" * 1800
+    with upstream(tmp_path) as url:
+        flat = remote_card("remote-flat", url, "echo", tier="small", per_call_j=30.0).replace(
+            "per_input_token_j: 0.01", "per_input_token_j: 0.0")
+        steep = remote_card("remote-steep", url, "echo", tier="small", per_call_j=0.0).replace(
+            "per_input_token_j: 0.01", "per_input_token_j: 0.1")
+        models = models_dir(tmp_path / "models", {"remote-flat": flat, "remote-steep": steep}, specialist=False)
+        policies = policies_dir(tmp_path / "policies", {"cheapest": CHEAPEST})
+        config = RouterConfig(models_dir=models, policies_dir=policies, default_policy="cheapest",
+                              ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+        live = {}
+        with Router(config) as router:
+            for prompt in (chinese, ascii_prompt):
+                answer = router.complete([{"role": "user", "content": prompt}])
+                record = router.ledger.request_record(answer.id)
+                assert record is not None
+                live[prompt] = record.model
+            classifier = router.classifier
+    assert live == {chinese: "remote-flat", ascii_prompt: "remote-flat"}
+
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("".join(json.dumps({"id": f"r{i}", "prompt": prompt, "task": "chat", "outcomes": {
+        "remote-flat": {"correct": 1.0, "output_tokens": 5}, "remote-steep": {"correct": 1.0, "output_tokens": 5},
+    }}) + "\n" for i, prompt in enumerate((chinese, ascii_prompt))))
+    cards = load_cards(models)
+    table = load_outcomes(outcomes, cards)
+    steep_j = table.energy_j[:, table.models.index("remote-steep")]
+    assert steep_j.tolist() == pytest.approx([0.1 * 450 + 0.1 * 5] * 2)  # the card joules: 450 input tokens each
+    for scalar_limit in (200_000, 0):  # the engine per prompt, and the vectorised decide_batch
+        result = Simulator(table, cards, classifier, PolicyEngineBridge("cheapest", policies)).run(
+            policy_name="cheapest", classifier_name="shipped", scalar_limit=scalar_limit)
+        assert [table.models[int(j)] for j in result.chosen] == [live[chinese], live[ascii_prompt]]

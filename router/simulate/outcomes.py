@@ -11,8 +11,8 @@ One line = one request::
 estimate) and ``requests`` (how many requests of this prompt that model answered, as ``router data from-ledger`` writes
 it): the line is replayed once per request it stands for, the sum of its outcomes' ``requests`` (1 when none
 says).
-Optional per-line ``input_tokens`` (same range as ``output_tokens``); when absent it is estimated as
-ceil(chars / 4).
+Optional per-line ``input_tokens`` (same range as ``output_tokens``); when absent it is the Router's estimate,
+the prompt's UTF-8 bytes over four (:func:`~router.backends.base.estimated_tokens`).
 
 The reader streams: it never holds the JSON objects, only columns (float arrays per model) and one copy of each
 distinct prompt, so a 1,000,000-line file that resamples ~10,000 prompts takes tens of MB. Every problem is a
@@ -35,6 +35,7 @@ from typing import cast
 
 import numpy as np
 
+from ..backends.base import estimated_tokens, utf8_size
 from ..cards import MAX_TOKENS, ModelCard
 from ..errors import BadRequestError
 
@@ -263,7 +264,7 @@ def _read(
             continue
         in_tok = obj.get("input_tokens")
         if in_tok is None:
-            in_tok = -(-len(prompt) // CHARS_PER_TOKEN)
+            in_tok = estimated_tokens(utf8_size(prompt))
         elif not _token_count(in_tok):
             bad(f"`input_tokens` must be an integer in [0, {MAX_TOKENS:,}], got {_short(in_tok)}", rid)
             continue

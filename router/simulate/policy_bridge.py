@@ -2,7 +2,8 @@
 
 * :meth:`PolicyEngineBridge.decide` asks a :class:`~router.policy.engine.PolicyEngine` over the models measured
   for the request (the :class:`~router.policy.base.Engine` the Router uses over its callable models), with an
-  empty budget snapshot, the request's own input-token estimate as ``input_tokens_hint`` and the Router's context
+  empty budget snapshot, the request's input-token estimate as ``input_tokens_hint`` (the simulator passes the
+  Router's own: :func:`~router.backends.base.estimated_tokens` of the prompt's UTF-8 size) and the Router's context
   floor of a one-turn request (:func:`context_floor_of`), so a model is left out for a short context exactly where
   the Router leaves it out.
 * :meth:`PolicyEngineBridge.decide_many` (used for sweeps) feeds the engine's vectorised ``decide_batch`` with the
@@ -31,7 +32,6 @@ from ..policy.loader import load_policy
 from ..policy.schema import Policy
 from ..policy.steps import largest, output_tokens, predicted
 from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
-from .outcomes import CHARS_PER_TOKEN
 
 
 def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None) -> Policy:
@@ -50,10 +50,6 @@ def resolve_policy(policy: str | Path | Policy, policies_dir: str | Path | None)
         raise ConfigError(f"unknown policy {policy!r}: no {folder / policy}.yaml (or .yml); known: "
                           f"{', '.join(known) or '(none)'}")
     return load_policy(file)
-
-
-def input_tokens(prompt: str) -> int:
-    return -(-len(prompt) // CHARS_PER_TOKEN)
 
 
 class PolicyEngineBridge:
@@ -85,11 +81,15 @@ class PolicyEngineBridge:
         return found
 
     def decide(
-        self, classification: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]
+        self,
+        classification: Classification,
+        cards: Mapping[str, ModelCard],
+        overrides: Mapping[str, Any],
+        input_tokens: int,
     ) -> Decision:
-        hint = int(overrides.get("input_tokens_hint", input_tokens_from(classification)))
         floor = context_floor_of(classification, overrides.get("max_tokens"))
-        request = DecisionRequest.of({**overrides, "input_tokens_hint": hint, "context_tokens_floor": floor})
+        request = DecisionRequest.of({**overrides, "input_tokens_hint": int(input_tokens),
+                                      "context_tokens_floor": floor})
         return self.engine(cards).decide(classification, request, BudgetState.empty())
 
     def decide_many(
@@ -97,6 +97,7 @@ class PolicyEngineBridge:
         classifications: Sequence[Classification],
         cards: Mapping[str, ModelCard],
         overrides: Mapping[str, Any],
+        input_tokens: Sequence[int],
     ) -> list[str]:
         """Chosen model per request via ``decide_batch``; the same rule as :meth:`decide` (budgets empty)."""
         if not classifications:
@@ -104,7 +105,8 @@ class PolicyEngineBridge:
         pol = self.policy
         ov0 = DecisionRequest.of(dict(overrides))
         if ov0.pinned is not None or ov0.max_energy_j is not None or ov0.key_hash is not None:
-            return [self.decide(c, cards, overrides).model for c in classifications]
+            return [self.decide(c, cards, overrides, t).model
+                    for c, t in zip(classifications, input_tokens, strict=True)]
         names = list(cards)
         card_list = [cards[n] for n in names]
         n, m = len(classifications), len(names)
@@ -113,7 +115,9 @@ class PolicyEngineBridge:
         p = np.empty((n, m))
         e = np.empty((n, m))
         ok = np.ones((n, m), dtype=bool)
-        hints = np.array([int(overrides.get("input_tokens_hint", input_tokens_from(c))) for c in classifications])
+        hints = np.array([int(t) for t in input_tokens])
+        if len(hints) != n:
+            raise ValueError(f"{n} classifications but {len(hints)} input-token estimates")
         floors = np.array([context_floor_of(c, ov0.max_tokens) for c in classifications])
         for j, card in enumerate(card_list):
             spec = card.tier == "specialist"
@@ -149,7 +153,7 @@ class PolicyEngineBridge:
             reference = by_pool[row_pool.reshape(-1)]
         if not ok.any(axis=1).all():
             bad = int(np.nonzero(~ok.any(axis=1))[0][0])
-            self.decide(classifications[bad], cards, overrides)  # raises the engine's own error
+            self.decide(classifications[bad], cards, overrides, int(hints[bad]))  # raises the engine's own error
         chosen = decide_batch(p, e, target, relative=relative, offsets=offsets, eligible=ok, reference=reference)
         result = [names[int(j)] for j in chosen]
         for i, c in enumerate(classifications):
@@ -162,11 +166,6 @@ class PolicyEngineBridge:
                 if pol.pinned.get(c.task) is None and e[i, cheapest[i]] < e[i, names.index(result[i])]:
                     result[i] = names[int(cheapest[i])]
         return result
-
-
-def input_tokens_from(c: Classification) -> int:
-    """The request's input tokens, as the outcomes reader estimates them (ceil(chars / 4))."""
-    return max(1, -(-int(c.chars) // CHARS_PER_TOKEN)) if c.chars else 64
 
 
 def context_floor_of(c: Classification, max_tokens: int | None) -> int:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..backends.base import estimated_tokens, utf8_size
 from ..cards import ModelCard
 from ..classify.base import Classification, RequestClassifier
 from ..policy.decision import Decision
@@ -45,14 +46,22 @@ class DecisionEngine(Protocol):
     name: str
 
     def decide(
-        self, classification: Classification, cards: Mapping[str, ModelCard], overrides: Mapping[str, Any]
-    ) -> Decision: ...
+        self,
+        classification: Classification,
+        cards: Mapping[str, ModelCard],
+        overrides: Mapping[str, Any],
+        input_tokens: int,
+    ) -> Decision:
+        """The decision for one request; ``input_tokens`` is its prompt's token estimate, the Router's own
+        (:func:`~router.backends.base.estimated_tokens` of the prompt's UTF-8 size)."""
+        ...
 
     def decide_many(
         self,
         classifications: Sequence[Classification],
         cards: Mapping[str, ModelCard],
         overrides: Mapping[str, Any],
+        input_tokens: Sequence[int],
     ) -> list[str]:
         """Chosen model names, the same rule as :meth:`decide` (vectorised where the engine offers it)."""
         ...
@@ -210,6 +219,9 @@ class Simulator:
         with np.errstate(invalid="ignore"):
             self.mean_energy = np.nanmean(table.energy_j, axis=0) if n else np.zeros(m)
         self.classifications: list[Classification] = []
+        # per distinct prompt, the input tokens the Router's decision would estimate for it (bytes, not
+        # characters: a Chinese character is three bytes and about a token)
+        self.input_tokens = [estimated_tokens(utf8_size(p)) for p in table.prompts]
         self.p_correct = np.zeros((0, m))
 
     def _best_single(self, present: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
@@ -274,13 +286,14 @@ class Simulator:
         for idx, cards in self._model_sets():
             if reasons:
                 for k, gi in enumerate(idx):
-                    d = self.engine.decide(self.classifications[gi], cards, overrides)
+                    d = self.engine.decide(self.classifications[gi], cards, overrides, self.input_tokens[gi])
                     chosen[gi] = self._column(d.model, cards, col)
                     why[gi] = d.reason
                     if self.progress and (k + 1) % 2048 == 0:
                         self.progress("decide", k + 1, len(idx))
             else:
-                names = self.engine.decide_many([self.classifications[i] for i in idx], cards, overrides)
+                names = self.engine.decide_many([self.classifications[i] for i in idx], cards, overrides,
+                                                [self.input_tokens[i] for i in idx])
                 chosen[idx] = [self._column(x, cards, col) for x in names]
         return chosen, why
 
