@@ -279,3 +279,21 @@ def test_paths_with_square_brackets_print_as_they_are(setup: tuple[Path, Path]) 
                                  env={"COLUMNS": "400"})
         assert res.exit_code == 0, res.output
         assert f"requests from {path} (" in res.output and f"decisions: {decisions}\n" in res.output
+
+
+def test_a_policy_in_the_configs_policies_folder_is_found_with_config(tmp_path: Path) -> None:
+    """`router simulate` read no config file: `--policy NAME` of a policy in the configured policies_dir was an
+    unknown policy unless `--policies` named the folder again. `--config` gives its folders; `--policies` wins."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "gemma-only.yaml").write_text(
+        "name: gemma-only\naccuracy: {min_accuracy: 0.0}\nallowed_models: [gemma3-270m]\n")
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {ROOT / 'models'}\npolicies_dir: mine\n")  # relative to the config's folder
+    outcomes = str(ROOT / "data" / "outcomes" / "math_local.jsonl")
+    code, text = run("--outcomes", outcomes, "--policy", "gemma-only", "--config", str(config), "--json")
+    assert code == 0, text
+    report = json.loads(text)
+    assert report["policy"] == "gemma-only" and report["share_requests"]["gemma3-270m"] == 1.0
+    code, text = run("--outcomes", outcomes, "--policy", "gemma-only", "-c", str(config), "--policies",
+                     str(ROOT / "policies"))
+    assert code == 2 and "unknown policy 'gemma-only'" in text, text

@@ -49,12 +49,14 @@ def _carbon_start(carbon: str | None, start: str | None, span: float | None) -> 
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _input_files(outcomes: Path, carbon: str | None, policy: str) -> dict[Path, str]:
+def _input_files(outcomes: Path, carbon: str | None, policy: str, config: Path | None) -> dict[Path, str]:
     """The files ``simulate`` reads: the outcomes, the carbon series (a shipped one named by its file name too, as
-    ``replay`` finds it) and a policy given as a path."""
+    ``replay`` finds it), a policy given as a path and the config."""
     from ..carbon.grid import shipped_series
 
     inputs = {outcomes: "the --outcomes file"}
+    if config is not None:
+        inputs[config] = "the --config file"
     if carbon is not None:
         shipped = shipped_series(carbon)
         inputs[Path(carbon) if shipped is None or Path(carbon).is_file() else shipped] = "the --carbon series"
@@ -77,10 +79,15 @@ def simulate(
     plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="The plain threshold baseline's τ."),
-    models: Path = typer.Option(  # noqa: B008
-        None, "--models", help="Model card folder; its catalogue/ is read too (default: the shipped cards)."
+    config_file: Path = typer.Option(  # noqa: B008
+        None, "--config", "-c", help="Router config YAML: its models_dir, policies_dir and classifier_max_chars "
+        "(--models and --policies win over its folders)."
     ),
-    policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the shipped policies)."),  # noqa: B008
+    models: Path = typer.Option(  # noqa: B008
+        None, "--models", help="Model card folder; its catalogue/ is read too (default: the config's models_dir)."
+    ),
+    policies: Path = typer.Option(None, "--policies", help="Policy folder (default: the config's "  # noqa: B008
+                                  "policies_dir)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     carbon: str = typer.Option(None, "--carbon", help="Replay the requests over this carbon intensity series (CSV "
                                "timestamp,g_co2e_per_kwh, or a shipped one: CA_2022_hourly.csv) and report CO2e."),
@@ -106,9 +113,9 @@ def simulate(
     sweep = sweep or sweep_targets is not None
     start = _carbon_start(carbon, carbon_start, carbon_span)
     refuse_overwriting_inputs({"--decisions": decisions, "--plot": plot, "--html": html_out},
-                              _input_files(outcomes, carbon, policy))
+                              _input_files(outcomes, carbon, policy, config_file))
     try:
-        config = RouterConfig.load()
+        config = RouterConfig.load(config_file)
         models_dir = models or config.models_dir
         cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
