@@ -26,6 +26,7 @@ from rich.progress import track  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from router import Router  # noqa: E402
+from router.backends.base import estimated_tokens, utf8_size  # noqa: E402
 from router.config import RouterConfig  # noqa: E402
 from router.errors import RouterError  # noqa: E402
 from router.ledger.sqlite import SQLiteLedger  # noqa: E402
@@ -108,7 +109,7 @@ def run(console: Console, router: Router, batches: bool = True) -> None:
         prompt longer than every local model's context): a decision too, timed the same way."""
         try:
             c = clf.classify(text)
-            req = DecisionRequest(policy=policy, input_tokens_hint=max(1, len(text) // 4))
+            req = DecisionRequest(policy=policy, input_tokens_hint=estimated_tokens(utf8_size(text)))
             now = time.time()  # the budget reads the Router makes before each decision
             used = {r.key: ledger.budget_used(r.key, r.window_s) for r in engine.budget_refs(req)}
             engine.decide(c, req, BudgetState(used, now))
