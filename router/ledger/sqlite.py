@@ -16,6 +16,8 @@ scatter one store's SQL.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import operator
 import os
 import sqlite3
@@ -49,10 +51,24 @@ from .base import (
 )
 from .errors import guarded, ledger_error, sqlite_error
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
-from .sqlite_schema import BUCKET_SQL, MIGRATIONS, SCHEMA_VERSION, SUMMARY_COLS, summarise_sql
+from .sqlite_schema import (
+    BUCKET_SQL,
+    MIGRATIONS,
+    ROLLUP_DIMS,
+    ROLLUP_UPTO,
+    SCHEMA_VERSION,
+    SUMMARY_COLS,
+    UNFOLDED_SQL,
+    fold_sql,
+    rollup_source,
+    rollup_sql,
+    summarise_sql,
+)
 from .urls import sqlite_path, url_scheme
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
+
+_log = logging.getLogger(__name__)
 
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
@@ -151,6 +167,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             raise
         self._inserts: dict[int, str] = {}
         self._insert = self._insert_rows(1)
+        self._unlooked: float = math.inf  # records written since the last look at the rollup (the first write looks)
         if retention_days is not None:
             self.set_retention_days(retention_days)
         self.apply_retention()
@@ -254,6 +271,10 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         with self._lock, self._write_transaction():
             self._conn.execute("DELETE FROM summary_hourly")
             self._conn.execute(summarise_sql(""))
+            self._conn.execute("DELETE FROM rollup_hourly")
+            self._conn.execute(rollup_sql(""))
+            self._conn.execute("UPDATE meta SET value = COALESCE((SELECT MAX(id) FROM records), 0) WHERE key = ?",
+                               (ROLLUP_UPTO,))
 
     # -- retention --------------------------------------------------------------------------------------
     @guarded("read a setting")
@@ -308,11 +329,14 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         older_than = checked_time("older_than", older_than)
         boundary = int(older_than) - int(older_than) % 3600
         with self._lock, self._write_transaction():
+            self._fold()  # the straddling hour re-summed below then holds every record left in it, none twice
             n = self._conn.execute("DELETE FROM records WHERE ts < ?", (older_than,)).rowcount
             for sql in PRUNE_SQL:
                 self._conn.execute(sql, (older_than,))
             self._conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
             self._conn.execute(summarise_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
+            self._conn.execute("DELETE FROM rollup_hourly WHERE bucket <= ?", (boundary,))
+            self._conn.execute(rollup_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
             old = self._conn.execute("SELECT DISTINCT budget FROM budgets WHERE window_start < ?", (older_than,))
             self._conn.executemany("DELETE FROM budgets WHERE budget = ? AND window_start <= ?",
                                    ended_budget_windows([b for (b,) in old.fetchall()], older_than))
@@ -324,6 +348,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         row = _values(vars(rec))
         with self._lock:
             self._conn.execute(self._insert, row)
+            self._fold_if_due(1)
         self.prune_if_due(rec.ts)
 
     atomic_batches = True
@@ -348,7 +373,34 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
                     for size in chunks:
                         self._conn.execute(self._insert_rows(size), _parameters(recs[at:at + size]))
                         at += size
+            self._fold_if_due(len(recs))
         self.prune_if_due(max(r.ts for r in recs))
+
+    ROLLUP_CHECK_EVERY = 256
+    """Records a process writes between two looks at how many ``rollup_hourly`` lacks (two index lookups)."""
+    ROLLUP_FOLD_AT = 2048
+    """Records not yet in ``rollup_hourly`` (from any process) that make a writer fold them in: each read of it
+    sums at most about this many records besides its rows, and a fold takes a few milliseconds."""
+
+    def _fold_if_due(self, written: int) -> None:
+        """Folds the records not yet in ``rollup_hourly`` into it once there are ``ROLLUP_FOLD_AT``, looking every
+        ``ROLLUP_CHECK_EVERY`` records (and at this process's first write). Call it holding ``self._lock``."""
+        self._unlooked += written
+        if self._unlooked < self.ROLLUP_CHECK_EVERY:
+            return
+        self._unlooked = 0
+        try:
+            if self._conn.execute(UNFOLDED_SQL).fetchone()[0] >= self.ROLLUP_FOLD_AT:
+                with self._write_transaction():
+                    self._fold()
+        except sqlite3.OperationalError as exc:
+            # the records are written; reads sum the ones not folded in, so this only waits for the next look
+            _log.warning("could not fold new records into %s's hourly rollup (%s); trying again later", self.url, exc)
+
+    def _fold(self) -> None:
+        """Adds the records after ``rollup_upto`` to ``rollup_hourly``; call it in a write transaction."""
+        for sql in fold_sql():
+            self._conn.execute(sql)
 
     def _insert_rows(self, n: int) -> str:
         sql = self._inserts.get(n)
@@ -444,13 +496,32 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
         """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
-        figure, and the records without one with their joules (``router ledger report``'s carbon)."""
+        figure, and the records without one with their joules (``router ledger report``'s carbon). Whole hours come
+        from ``rollup_hourly`` (a few dozen rows an hour), the partial hours at either end from the records."""
+        since, until = checked_span(since, until)
+        lo = int(since) - int(since) % 3600 + (3600 if since % 3600 else 0)
+        hi = None if until is None else int(until) - int(until) % 3600
+        if hi is not None and lo >= hi:
+            return self._raw_carbon_rows(since, until)
+        source, args = rollup_source(lo, hi)
+        sql = (f"SELECT bucket, zone, SUM(CASE WHEN outcome != '{REFUSED}' THEN requests ELSE 0 END), "
+               f"SUM(CASE WHEN outcome = '{REFUSED}' THEN requests ELSE 0 END), SUM(energy_j), SUM(co2e_g), "
+               f"SUM(grid_energy), SUM(without_co2e), SUM(joules_without_co2e) FROM {source} GROUP BY 1, 2")
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        if since < lo:
+            rows += self._raw_carbon_rows(since, lo)
+        if until is not None and hi is not None and until > hi:
+            rows += self._raw_carbon_rows(hi, until)
+        return sorted(rows, key=lambda r: (r[0], r[1]))
+
+    def _raw_carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
+        """:meth:`carbon_rows` summed from the records themselves (the partial hours; the rollup's check)."""
         # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
         sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(NULLIF(zone, ''), '-'), "
                f"SUM(outcome != '{REFUSED}'), SUM(outcome = '{REFUSED}'), SUM(energy_j), "
                "SUM(COALESCE(co2e_g, 0)), SUM(energy_j * COALESCE(grid_g_per_kwh, 0) * (co2e_g IS NOT NULL)), "
                "SUM(co2e_g IS NULL), SUM(energy_j * (co2e_g IS NULL)) FROM records WHERE ts >= ?")
-        since, until = checked_span(since, until)
         args: list[Any] = [since]
         if until is not None:
             sql += " AND ts < ?"
@@ -462,6 +533,10 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         if dims is None:
             return self._stored_summary(lo, hi)
+        if set(dims) <= set(ROLLUP_DIMS):
+            # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
+            source, args = rollup_source(lo, None if hi == float("inf") else hi)
+            return self._grouped("bucket", source, "TRUE", args, dims, _SUMMED)
         where, args = "bucket >= ?", [lo]
         if hi != float("inf"):
             where += " AND bucket < ?"
