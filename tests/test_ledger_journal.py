@@ -46,6 +46,16 @@ def _rec(i: int, **kw: object) -> LedgerRecord:
                         ts=1_700_000_000.0 + i, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
+def _serve_config(root: Path, ledger: Path, replay_interval_s: float) -> Path:
+    """A ``router serve`` config over ``setup``'s models and policy, a SQLite ledger that gives up on a held lock
+    after 0.2 s, and its journal replayed every ``replay_interval_s``."""
+    config = root / "router.yaml"
+    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
+                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
+                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: {replay_interval_s}}}\n")
+    return config
+
+
 def _journaled(tmp_path: Path, name: str = "l", **kw: object) -> JournaledLedger:
     settings = JournalSettings(folder=tmp_path / f"{name}.journal", replay_interval_s=0.2, **kw)  # type: ignore[arg-type]
     led = open_ledger(f"sqlite:///{tmp_path / f'{name}.sqlite3'}?timeout_s=0.2", journal=settings)
@@ -326,10 +336,7 @@ def test_the_proxy_says_when_to_retry_a_budget_it_cannot_enforce(tmp_path: Path)
     once (each refusal's own line is at info), and once when reservations work again."""
     root = setup(tmp_path, policy("reject", 100.0))
     ledger = root / "ledger.sqlite3"
-    config = root / "router.yaml"
-    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
-                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
-                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: 2.5}}\n")
+    config = _serve_config(root, ledger, replay_interval_s=2.5)
     body = {"model": "router", "messages": REVIEW}
     with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=20) as client:
         answer = client.post("/v1/chat/completions", json=body)
@@ -359,10 +366,7 @@ def test_health_and_metrics_say_while_the_store_is_unavailable(tmp_path: Path) -
     waiting, ``/metrics`` has ``router_ledger_store_up 0``; both say ``ok`` / 1 again once the replay moved them."""
     root = setup(tmp_path, "name: t\naccuracy: {min_accuracy: 0.7}\n")
     ledger = root / "ledger.sqlite3"
-    config = root / "router.yaml"
-    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
-                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
-                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: 0.5}}\n")
+    config = _serve_config(root, ledger, replay_interval_s=0.5)
     body = {"model": "router", "messages": REVIEW}
 
     def wait_for(client: httpx.Client, status: str, pending: int | None = None) -> dict[str, object]:
@@ -403,10 +407,7 @@ def test_feedback_while_the_store_is_unavailable_says_when_to_retry(tmp_path: Pa
     the journal's replay interval, as a budget's refusal says (it used to carry none)."""
     root = setup(tmp_path, "name: t\naccuracy: {min_accuracy: 0.7}\n")
     ledger = root / "ledger.sqlite3"
-    config = root / "router.yaml"
-    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
-                      f"ledger_url: 'sqlite:///{ledger}?timeout_s=0.2'\nproxy: {{warm_up: false}}\n"
-                      f"journal: {{folder: {root / 'journal'}, replay_interval_s: 2.5}}\n")
+    config = _serve_config(root, ledger, replay_interval_s=2.5)
     with router_serve(config, tmp_path) as base, httpx.Client(base_url=base, timeout=20) as client:
         answer = client.post("/v1/chat/completions", json={"model": "router", "messages": REVIEW})
         assert answer.status_code == 200, answer.text
