@@ -13,7 +13,7 @@ from .backends.base import estimated_tokens, utf8_size
 from .cards import ModelCard
 from .energy import EnergyReading, Meter, estimate_from_profile
 from .energy.estimates import EnergyEstimates
-from .errors import LedgerError
+from .errors import LedgerError, RouterClosedError
 from .ledger import Ledger, LedgerRecord, Reservation
 from .policy.schema import CARBON_PREFIX
 
@@ -131,6 +131,11 @@ class Books:
         )
         try:
             self.router.write_record(rec)
-        except Exception:  # the answer still goes out; the failure is logged loudly
-            log.exception("%s: could not write the ledger record", p.request_id)
+        except Exception:
+            if self.router.closed:  # the call outlived close()'s waits: no answer goes out without its record
+                raise RouterClosedError(
+                    f"{card.name}: the Router was closed while this call was still running (it outlived close()'s "
+                    "wait for running calls), and its ledger with it, so the call's record could not be written: "
+                    "let calls end before close() (on an event loop: `await router.aclose()`)") from None
+            log.exception("%s: could not write the ledger record", p.request_id)  # the answer still goes out
         return co2e_g

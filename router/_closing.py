@@ -34,6 +34,11 @@ class InFlight:
         """Set once closing has begun and no call is running."""
         self.closing = False
 
+    def count(self) -> int:
+        """How many calls are running."""
+        with self._lock:
+            return len(self._calls)
+
     def check_open(self) -> None:
         if self.closing:
             raise closed_error()

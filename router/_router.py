@@ -79,6 +79,15 @@ _NONE_COOLING: frozenset[str] = frozenset()
 """What :meth:`Router.cooling_down` answers while every model can be called."""
 
 
+
+def _on_running_loop() -> bool:
+    """Whether this thread is running an event loop (where a blocking wait stops its tasks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
 class Router:
     """Routes chat requests to the smallest adequate model and records the energy of each.
 
@@ -431,8 +440,13 @@ class Router:
         the record says ``cancelled``) and get as long again. Then every backend, the grid and the ledger are
         closed, the ones passed in included (as httpx's ``Client.close()`` closes a transport it was given): a
         caller sharing a backend or a ledger between Routers closes the last Router only, or none and those parts
-        itself. On an event loop use ``async with`` or ``await asyncio.to_thread(router.close)``: waiting there
-        would stop the very tasks it waits for."""
+        itself. On an event loop use ``async with`` or ``await router.aclose()``: waiting there would stop the very
+        tasks it waits for (said in a warning when calls are running)."""
+        if self._calls.count() and _on_running_loop():
+            log.warning("Router.close() was called on a running event loop while %d call(s) run: calls on this loop "
+                        "cannot end while close() blocks it, so they are cancelled after %.0f s and their records "
+                        "may be lost; use `await router.aclose()` (or `async with Router(...)`) on an event loop",
+                        self._calls.count(), CLOSE_WAIT_S)
         if self.learning is not None:  # first: their own calls must still be served
             self.learning.close()
         if self._batches is not None:
@@ -461,6 +475,11 @@ class Router:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for an event loop (as httpx's ``AsyncClient.aclose``): it waits in a worker thread, so the
+        calls running on this loop can end and write their records meanwhile."""
         await asyncio.to_thread(self.close)
 
     # -- stages: check and decide ----------------------------------------------------------------------------

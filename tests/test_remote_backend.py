@@ -411,6 +411,47 @@ def test_a_sync_call_that_outlives_close_gets_the_router_closed_error(upstream_u
     assert "the Router was closed while this call was still running" in errors[0].message
 
 
+def test_close_on_an_event_loop_says_to_use_aclose_which_lets_the_loops_calls_end(
+        upstream_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A sync ``close()`` called on an event loop blocks it, so the calls running on that loop cannot end: once
+    close() returned, the loop's call read its answer and returned it, its record refused by the closed ledger (an
+    answer without a record), with no word of why. close() now warns and names ``await router.aclose()``, and a call
+    that outlived it ends with RouterClosedError; ``aclose()`` waits in a worker thread, so the loop's call ends by
+    itself and records ``ok``."""
+    # close() waits 2 s for running calls (not 5), then cancels them and waits 2 s more; the call takes 0.5 s
+    monkeypatch.setattr(router._closing, "CLOSE_WAIT_S", 2.0)
+    card = _card(tmp_path, "remote-sleepy", upstream_url, "sleep:0.5")
+    ask = [{"role": "user", "content": "hello"}]
+
+    async def close_while_a_call_runs(use_aclose: bool) -> str:
+        routed = Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / f'{use_aclose}.sqlite3'}"),
+                        cards={card.name: card})
+        call = asyncio.ensure_future(routed.acomplete(ask, model=card.name))
+        await asyncio.sleep(0.2)  # the call is waiting for its answer
+        if use_aclose:
+            await routed.aclose()
+        else:
+            routed.close()
+        try:
+            await call
+        except RouterError as exc:
+            return type(exc).__name__
+        return "answered"
+
+    with caplog.at_level(logging.WARNING, logger="router"):
+        assert asyncio.run(close_while_a_call_runs(use_aclose=False)) == "RouterClosedError"
+    assert any("use `await router.aclose()`" in m for m in caplog.messages), caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="router"):
+        assert asyncio.run(close_while_a_call_runs(use_aclose=True)) == "answered"
+    assert not any("aclose" in m for m in caplog.messages), caplog.messages
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'True.sqlite3'}")
+    try:
+        assert [r.outcome for r in ledger.records()] == ["ok"]
+    finally:
+        ledger.close()
+
+
 # -- a call cancelled while it waits to retry --------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("run", ["sync", "async"])
