@@ -144,7 +144,7 @@ def test_a_schema_of_the_previous_step_is_upgraded_with_its_budgets_kept(
         conn.execute(f"INSERT INTO {schema}.budgets VALUES ('day', %s, 3.0)", (start,))
     led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
     try:
-        assert led.schema_version == led.latest_schema_version == 5
+        assert led.schema_version == led.latest_schema_version == 6
         assert led.budget_used("day", DAY_S) == pytest.approx(3.0)
         reservation = led.try_reserve("day", 10.0, 100.0, DAY_S)
         assert reservation is not None

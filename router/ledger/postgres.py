@@ -4,7 +4,8 @@ in one database (``postgresql://USER:PASSWORD@HOST:PORT/DB?schema=router``), thr
 Tables live in their own schema (default ``router``, created if missing): ``records`` (record ids unique),
 ``summary_hourly`` (kept in the same statement as the records it sums: the ``INSERT`` of the records is a CTE whose
 ``RETURNING`` rows, only those really inserted, are added to the sums), ``budgets``, ``holds`` (what each budget
-reservation holds until it is settled, or ``released``: *Timeouts*) and ``meta`` (schema version, retention).
+reservation holds until it is settled, or ``released``: *Timeouts*), ``rollup_hourly`` (the coarse hourly sums the
+dashboard and the report read; :mod:`router.ledger.postgres_schema` says how it stays exact) and ``meta``.
 Migrations: :mod:`router.ledger.migrations`, applied under a transaction-scoped advisory lock so processes opening
 a new database at once apply each step once.
 
@@ -78,15 +79,23 @@ from .postgres_feedback import PRUNE_SQL, PostgresFeedback
 from .postgres_schema import (
     ADD_SUMS,
     COLUMNS,
+    FOLD,
+    FOLDED_WHERE,
     LARGEST_INSERT,
     MIGRATIONS,
     RELEASE,
     RESERVE,
+    ROLLUP_BUCKET,
+    ROLLUP_LOCK,
     SCHEMA_NAME,
     SCHEMA_VERSION,
     SETTLE,
     SUMMARY_COLS,
+    TRY_ROLLUP_LOCK,
+    UNFOLDED,
+    rollup_source,
 )
+from .rollup import CARBON_SUMS, ROLLUP_DIMS, SUMMARY_SUMS, RollupFolding, add_rollup_sql, carbon_rows_by_hours
 
 T = TypeVar("T")
 _RAW_SUMS = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
@@ -216,7 +225,7 @@ def _connect_timeout_s(conninfo: str) -> int | None:
     return seconds if seconds > 0 else None
 
 
-class PostgresLedger(PostgresFeedback, Retention, Ledger):
+class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
     """Records, sums and budgets in PostgreSQL, shared by every process that points at the same database and
     schema; safe across threads (a connection per concurrent call) and hosts."""
 
@@ -374,12 +383,16 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         def run(c: Any) -> int:
             with c.transaction():
                 c.execute(f"LOCK TABLE {s}.summary_hourly IN EXCLUSIVE MODE")
+                c.execute(ROLLUP_LOCK.format(s=s))
                 n = c.execute(f"DELETE FROM {s}.records WHERE ts < %s", (older_than,)).rowcount
                 for sql in PRUNE_SQL:  # feedback and stored prompts go with the records
                     c.execute(sql.format(s=s), (older_than,))
                 c.execute(f"DELETE FROM {s}.summary_hourly WHERE bucket <= %s", (boundary,))
                 source = f"{s}.records WHERE ts >= %s AND ts < %s"
                 c.execute(ADD_SUMS.format(s=s, source=source), (older_than, boundary + 3600))
+                # the records not folded in stay out of it: reads add them (the rollup's module docstring)
+                c.execute(f"DELETE FROM {s}.rollup_hourly WHERE bucket <= %s", (boundary,))
+                c.execute(self._refill(f"WHERE ts >= %s AND ts < %s AND {FOLDED_WHERE}"), (older_than, boundary + 3600))
                 old = c.execute(f"""SELECT budget FROM {s}.budgets WHERE window_start < %s
                     UNION SELECT budget FROM {s}.holds WHERE window_start < %s""", (older_than, older_than))
                 ended = ended_budget_windows([b for (b,) in old.fetchall()], older_than)
@@ -399,6 +412,25 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                 c.execute(f"LOCK TABLE {s}.summary_hourly IN EXCLUSIVE MODE")
                 c.execute(f"DELETE FROM {s}.summary_hourly")
                 c.execute(ADD_SUMS.format(s=s, source=f"{s}.records"))
+                c.execute(ROLLUP_LOCK.format(s=s))
+                c.execute(f"DELETE FROM {s}.rollup_hourly")
+                c.execute(self._refill(f"WHERE {FOLDED_WHERE}"))
+
+        self._pool.run(run)
+
+    def _refill(self, where: str) -> str:
+        """Adds the records matching ``where`` to ``rollup_hourly`` as new rows."""
+        return add_rollup_sql(f"{self.schema}.rollup_hourly", f"{self.schema}.records", ROLLUP_BUCKET,
+                              where.format(s=self.schema), upsert=False)
+
+    def _unfolded(self) -> int:
+        return int(self._one(UNFOLDED.format(s=self.schema), (self.ROLLUP_FOLD_AT,))[0])  # the xact index
+
+    def _fold_now(self) -> None:
+        def run(c: Any) -> None:
+            with c.transaction():
+                if c.execute(TRY_ROLLUP_LOCK.format(s=self.schema)).fetchone()[0]:  # else another folds meanwhile
+                    c.execute(FOLD.format(s=self.schema))
 
         self._pool.run(run)
 
@@ -417,6 +449,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     def record(self, rec: LedgerRecord) -> None:
         row = [getattr(rec, c) for c in COLUMNS]
         self._pool.run(lambda c: c.execute(self._insert(1), row))
+        self._fold_if_due(1, self.driver_errors)
         self.prune_if_due(rec.ts)
 
     atomic_batches = True
@@ -436,6 +469,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                     at += size
 
         self._pool.run(run)
+        self._fold_if_due(len(recs), self.driver_errors)
         self.prune_if_due(max(r.ts for r in recs))
 
     @guarded("read records")
@@ -511,7 +545,20 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     @guarded("read carbon sums")
     def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
         """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
-        figure, and the records without one with their joules (``router ledger report``'s carbon)."""
+        figure, and the records without one with their joules (``router ledger report``'s carbon). Whole hours come
+        from ``rollup_hourly`` (a few dozen rows an hour), the partial hours at either end from the records."""
+        since, until = checked_span(since, until)
+
+        def from_rollup(lo: int, hi: int | None) -> list[tuple[Any, ...]]:
+            source, args = rollup_source(self.schema, lo, hi)
+            rows = self._all(f"SELECT {CARBON_SUMS} FROM {source} GROUP BY 1, 2", args)
+            return [(int(b), zone, int(n), int(refused), *map(float, sums[:3]), int(sums[3]), float(sums[4]))
+                    for b, zone, n, refused, *sums in rows]
+
+        return carbon_rows_by_hours(since, until, from_rollup, self._raw_carbon_rows)
+
+    def _raw_carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
+        """:meth:`carbon_rows` summed from the records themselves (the partial hours; the rollup's check)."""
         # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
         sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(NULLIF(zone, ''), '-'), "
                f"count(*) FILTER (WHERE outcome <> '{REFUSED}'), count(*) FILTER (WHERE outcome = '{REFUSED}'), "
@@ -519,7 +566,6 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
                "COALESCE(sum(energy_j * COALESCE(grid_g_per_kwh, 0)) FILTER (WHERE co2e_g IS NOT NULL), 0), "
                "count(*) FILTER (WHERE co2e_g IS NULL), COALESCE(sum(energy_j) FILTER (WHERE co2e_g IS NULL), 0) "
                f"FROM {self.schema}.records WHERE ts >= %s")
-        since, until = checked_span(since, until)
         args: list[Any] = [since]
         if until is not None:
             sql += " AND ts < %s"
@@ -531,12 +577,16 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         if dims is None:
             return self._stored_summary(lo, hi)
+        if set(dims) <= set(ROLLUP_DIMS):
+            # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
+            end = None if math.isinf(hi) else int(math.ceil(hi))
+            source, rolled = rollup_source(self.schema, int(math.ceil(lo)), end)
+            return self._grouped("bucket", source, "TRUE", list(rolled), dims, SUMMARY_SUMS)
         where, args = "bucket >= %s", [int(math.ceil(lo))]
         if not math.isinf(hi):
             where += " AND bucket < %s"
             args.append(int(math.ceil(hi)))
-        sums = "sum(requests), sum(energy_j), sum(input_tokens), sum(output_tokens), sum(latency_ms_sum), sum(co2e_g)"
-        return self._grouped("bucket", "summary_hourly", where, args, dims, sums)
+        return self._grouped("bucket", f"{self.schema}.summary_hourly", where, args, dims, SUMMARY_SUMS)
 
     def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         # `co2e_g IS NULL` lets PostgreSQL read the partial index of just those records (schema step 4)
@@ -544,7 +594,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         if until is not None:
             where += " AND ts < %s"
             args.append(until)
-        return self._grouped("(floor(ts / 3600) * 3600)::bigint", "records", where, args,
+        return self._grouped(ROLLUP_BUCKET, f"{self.schema}.records", where, args,
                              SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
 
     @guarded("read the records' sums")
@@ -556,7 +606,8 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
             where += " AND ts < %s"
             args.append(until)
         bucket = f"(floor(ts / {step_s:d}) * {step_s:d})::bigint"
-        return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
+        dims = SUMMARY_DIMS if dims is None else dims
+        return self._grouped(bucket, f"{self.schema}.records", where, args, dims, _RAW_SUMS)
 
     def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
                  sums: str) -> list[SummaryRow]:
@@ -564,7 +615,7 @@ class PostgresLedger(PostgresFeedback, Retention, Ledger):
         cols = ", ".join((f"COALESCE({d}, '')" if d in ("key_hash", "policy", "task") else d) if d in dims
                          else "NULL::text" for d in SUMMARY_DIMS)
         groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
-        sql = f"SELECT {bucket}, {cols}, {sums} FROM {self.schema}.{table} WHERE {where} GROUP BY 1{groups}"
+        sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1{groups}"
         out = []
         for r in self._all(sql, args):
             row = SummaryRow(float(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], int(r[8]), float(r[9]), int(r[10]),

@@ -7,7 +7,22 @@ Versions (the ``meta`` table's ``schema_version``): 1, records (record ids uniqu
 unique), ``prompts`` (kept only when the operator opts in) and an index on ``records.request_id``; 4, a partial
 index of the records without a CO2e figure (``Ledger.carbon_gaps``; records with one add nothing to it); 5,
 ``holds``: the joules each budget reservation holds until it is settled, or ``released`` where its client gave up
-on it (the ledger's *Timeouts*).
+on it (the ledger's *Timeouts*); 6, ``rollup_hourly`` (:mod:`router.ledger.rollup`) and the ``xact`` of each
+record, the transaction that wrote it.
+
+``rollup_hourly`` (step 6) says which records it includes by the transaction that wrote them, not by record id: ids
+come from a sequence when a row is inserted, so with writers on several hosts a transaction still in progress can
+hold an id below one another transaction already committed, and a fold up to the highest visible id would skip it
+for good. Each record's ``xact`` is its transaction's id (``pg_current_xact_id()``, 64 bits, never wraps; the
+column's default, so writers of any version set it), and ``meta``'s ``rollup_upto`` is X: the rollup includes
+every record with ``xact < X`` (or none, those it was filled with on upgrade), and none with ``xact >= X``. A fold
+takes X from its own snapshot's xmin (the oldest transaction still in progress; every one below it has ended, so
+all their records are visible to the fold and no such record can come later) and adds the records with
+``old X <= xact < new X``, moving X in the same transaction; folds, prunes and rebuilds take turns (an advisory
+lock). A read adds the records with ``xact >= X`` to the rows in one statement, so from one snapshot, in which a
+fold has either committed both its sums and its X or neither: every record is counted exactly once. A transaction
+left open (anywhere on the server: transaction ids are the cluster's) holds X back meanwhile, so reads sum more
+records; the figures stay exact.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from __future__ import annotations
 import re
 
 from .migrations import Migrations, Step
+from .rollup import ROLLUP_UPTO, add_rollup_sql, create_rollup_sql, one_record
 
 COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
@@ -36,6 +52,36 @@ ADD_SUMS = f"""INSERT INTO {{s}}.summary_hourly AS h ({SUMMARY_COLS}) {_SUMS}
     energy_j = h.energy_j + excluded.energy_j, input_tokens = h.input_tokens + excluded.input_tokens,
     output_tokens = h.output_tokens + excluded.output_tokens,
     latency_ms_sum = h.latency_ms_sum + excluded.latency_ms_sum, co2e_g = h.co2e_g + excluded.co2e_g"""
+
+ROLLUP_BUCKET = "(floor(ts / 3600) * 3600)::bigint"
+_UPTO = f"(SELECT value::bigint FROM {{s}}.meta WHERE key = '{ROLLUP_UPTO}')"
+_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"  # this statement's snapshot: read in the same one
+
+ROLLUP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('router-rollup:{s}'))"
+"""Taken by a prune or rebuild of ``rollup_hourly`` for its transaction: folds wait, or skip a turn."""
+TRY_ROLLUP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('router-rollup:{s}'))"
+
+FOLD = f"""WITH added AS ({add_rollup_sql("{s}.rollup_hourly", "{s}.records", ROLLUP_BUCKET,
+        f"WHERE xact >= {_UPTO} AND xact < {_XMIN}", upsert=True)})
+    UPDATE {{s}}.meta SET value = GREATEST(value::bigint, {_XMIN})::text WHERE key = '{ROLLUP_UPTO}'"""
+"""Adds the records whose transactions ended before this statement's snapshot, and not yet in ``rollup_hourly``,
+and moves ``rollup_upto`` past them; run it holding :data:`TRY_ROLLUP_LOCK`."""
+
+UNFOLDED = f"SELECT count(*) FROM (SELECT 1 FROM {{s}}.records WHERE xact >= {_UPTO} LIMIT %s) AS new"
+
+FOLDED_WHERE = f"(xact IS NULL OR xact < {_UPTO})"
+"""The records in ``rollup_hourly`` (prunes and rebuilds, holding :data:`ROLLUP_LOCK`, sum only those again)."""
+
+
+def rollup_source(s: str, lo: int, hi: int | None) -> tuple[str, list[int]]:
+    """A table expression of ``rollup_hourly``'s rows for the hours ``lo <= bucket < hi`` (whole hours) and, a row
+    each, the records not yet in it in those hours: one statement, one snapshot, every record once."""
+    until = "" if hi is None else " AND bucket < %s"
+    new = f"xact >= {_UPTO.format(s=s)} AND ts >= %s{until.replace('bucket', 'ts')}"  # the xact index
+    source = (f"(SELECT * FROM {s}.rollup_hourly WHERE bucket >= %s{until} UNION ALL "
+              f"SELECT {one_record(ROLLUP_BUCKET)} FROM {s}.records WHERE {new}) AS rolled")
+    return source, [lo, lo] if hi is None else [lo, hi, lo, hi]
+
 
 # Args by name: id, budget, start, joules, limit. True where the reservation holds its joules. A hold of its id
 # already there is this reservation's, from a try before a connection broke (True again, nothing added), or the
@@ -134,6 +180,21 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
             ["""CREATE TABLE IF NOT EXISTS {s}.holds (
                 id TEXT PRIMARY KEY, budget TEXT NOT NULL, window_start DOUBLE PRECISION NOT NULL,
                 joules DOUBLE PRECISION NOT NULL, released BOOLEAN NOT NULL DEFAULT FALSE)"""],
+        ),
+        Step(
+            6,
+            "the hourly rollup by model, tier, outcome, energy source and zone; each record's transaction",
+            [
+                # the ALTERs lock the records until this commits, after the writers in flight: the records without
+                # an xact are then all there, summed below; every later one gets its writer's xact by default
+                "ALTER TABLE {s}.records ADD COLUMN IF NOT EXISTS xact BIGINT",
+                "ALTER TABLE {s}.records ALTER COLUMN xact SET DEFAULT pg_current_xact_id()::text::bigint",
+                "CREATE INDEX IF NOT EXISTS records_xact ON {s}.records (xact) WHERE xact IS NOT NULL",
+                create_rollup_sql("{s}.rollup_hourly", {"int": "BIGINT", "real": "DOUBLE PRECISION", "text": "TEXT"}),
+                add_rollup_sql("{s}.rollup_hourly", "{s}.records", ROLLUP_BUCKET, "WHERE xact IS NULL", upsert=False),
+                # 0, not this transaction's xact: one that began before it may still write a record after it
+                f"INSERT INTO {{s}}.meta (key, value) VALUES ('{ROLLUP_UPTO}', '0') ON CONFLICT (key) DO NOTHING",
+            ],
         ),
     ],
 )

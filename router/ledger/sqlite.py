@@ -16,8 +16,6 @@ scatter one store's SQL.
 from __future__ import annotations
 
 import contextlib
-import logging
-import math
 import operator
 import os
 import sqlite3
@@ -50,12 +48,11 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
+from .rollup import CARBON_SUMS, ROLLUP_DIMS, ROLLUP_UPTO, RollupFolding, carbon_rows_by_hours
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import (
     BUCKET_SQL,
     MIGRATIONS,
-    ROLLUP_DIMS,
-    ROLLUP_UPTO,
     SCHEMA_VERSION,
     SUMMARY_COLS,
     UNFOLDED_SQL,
@@ -67,8 +64,6 @@ from .sqlite_schema import (
 from .urls import sqlite_path, url_scheme
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
-
-_log = logging.getLogger(__name__)
 
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
@@ -103,7 +98,7 @@ def _settle_args(reservation: Reservation, actual_j: float) -> tuple[float, str,
     return actual_j - reservation.joules, reservation.budget, reservation.window_start
 
 
-class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
+class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
     """One SQLite file in WAL mode; safe across threads (each connection behind its own lock) and processes
     (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
 
@@ -167,7 +162,6 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
             raise
         self._inserts: dict[int, str] = {}
         self._insert = self._insert_rows(1)
-        self._unlooked: float = math.inf  # records written since the last look at the rollup (the first write looks)
         if retention_days is not None:
             self.set_retention_days(retention_days)
         self.apply_retention()
@@ -348,7 +342,7 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         row = _values(vars(rec))
         with self._lock:
             self._conn.execute(self._insert, row)
-            self._fold_if_due(1)
+            self._fold_if_due(1, (sqlite3.OperationalError,))
         self.prune_if_due(rec.ts)
 
     atomic_batches = True
@@ -373,29 +367,15 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
                     for size in chunks:
                         self._conn.execute(self._insert_rows(size), _parameters(recs[at:at + size]))
                         at += size
-            self._fold_if_due(len(recs))
+            self._fold_if_due(len(recs), (sqlite3.OperationalError,))
         self.prune_if_due(max(r.ts for r in recs))
 
-    ROLLUP_CHECK_EVERY = 256
-    """Records a process writes between two looks at how many ``rollup_hourly`` lacks (two index lookups)."""
-    ROLLUP_FOLD_AT = 2048
-    """Records not yet in ``rollup_hourly`` (from any process) that make a writer fold them in: each read of it
-    sums at most about this many records besides its rows, and a fold takes a few milliseconds."""
+    def _unfolded(self) -> int:
+        return int(self._conn.execute(UNFOLDED_SQL).fetchone()[0])  # two index lookups
 
-    def _fold_if_due(self, written: int) -> None:
-        """Folds the records not yet in ``rollup_hourly`` into it once there are ``ROLLUP_FOLD_AT``, looking every
-        ``ROLLUP_CHECK_EVERY`` records (and at this process's first write). Call it holding ``self._lock``."""
-        self._unlooked += written
-        if self._unlooked < self.ROLLUP_CHECK_EVERY:
-            return
-        self._unlooked = 0
-        try:
-            if self._conn.execute(UNFOLDED_SQL).fetchone()[0] >= self.ROLLUP_FOLD_AT:
-                with self._write_transaction():
-                    self._fold()
-        except sqlite3.OperationalError as exc:
-            # the records are written; reads sum the ones not folded in, so this only waits for the next look
-            _log.warning("could not fold new records into %s's hourly rollup (%s); trying again later", self.url, exc)
+    def _fold_now(self) -> None:
+        with self._write_transaction():
+            self._fold()
 
     def _fold(self) -> None:
         """Adds the records after ``rollup_upto`` to ``rollup_hourly``; call it in a write transaction."""
@@ -499,21 +479,13 @@ class SQLiteLedger(SQLiteFeedback, Retention, Ledger):
         figure, and the records without one with their joules (``router ledger report``'s carbon). Whole hours come
         from ``rollup_hourly`` (a few dozen rows an hour), the partial hours at either end from the records."""
         since, until = checked_span(since, until)
-        lo = int(since) - int(since) % 3600 + (3600 if since % 3600 else 0)
-        hi = None if until is None else int(until) - int(until) % 3600
-        if hi is not None and lo >= hi:
-            return self._raw_carbon_rows(since, until)
-        source, args = rollup_source(lo, hi)
-        sql = (f"SELECT bucket, zone, SUM(CASE WHEN outcome != '{REFUSED}' THEN requests ELSE 0 END), "
-               f"SUM(CASE WHEN outcome = '{REFUSED}' THEN requests ELSE 0 END), SUM(energy_j), SUM(co2e_g), "
-               f"SUM(grid_energy), SUM(without_co2e), SUM(joules_without_co2e) FROM {source} GROUP BY 1, 2")
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-        if since < lo:
-            rows += self._raw_carbon_rows(since, lo)
-        if until is not None and hi is not None and until > hi:
-            rows += self._raw_carbon_rows(hi, until)
-        return sorted(rows, key=lambda r: (r[0], r[1]))
+
+        def from_rollup(lo: int, hi: int | None) -> list[tuple[Any, ...]]:
+            source, args = rollup_source(lo, hi)
+            with self._lock:
+                return self._conn.execute(f"SELECT {CARBON_SUMS} FROM {source} GROUP BY 1, 2", args).fetchall()
+
+        return carbon_rows_by_hours(since, until, from_rollup, self._raw_carbon_rows)
 
     def _raw_carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
         """:meth:`carbon_rows` summed from the records themselves (the partial hours; the rollup's check)."""

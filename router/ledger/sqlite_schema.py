@@ -29,6 +29,7 @@ Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how t
 from __future__ import annotations
 
 from .migrations import Migrations, Step
+from .rollup import ROLLUP_UPTO, add_rollup_sql, create_rollup_sql, one_record
 
 # the start of the hour holding ts, as an integer (SQLite's % works on integers)
 BUCKET_SQL = "(CAST({t}ts AS INTEGER) - (CAST({t}ts AS INTEGER) % 3600))"
@@ -39,42 +40,21 @@ SUMMARY_COLS = (
 )
 
 
-ROLLUP_DIMS = ("model", "tier", "outcome", "energy_source")
-"""The dimensions ``rollup_hourly`` keeps (of ``SUMMARY_DIMS``; it keeps the zone too, for the carbon sums)."""
-
-ROLLUP_UPTO = "rollup_upto"
-"""The ``meta`` key of the newest record id that ``rollup_hourly`` includes."""
-
-_ROLLUP_KEY = "COALESCE(NULLIF(zone, ''), '-')"
-_ROLLUP_GROUP = f"{BUCKET_SQL.format(t='')}, model, tier, outcome, energy_source, {_ROLLUP_KEY}"
-_ROLLUP_SUMS = """COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
-    SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0)),
-    SUM(CASE WHEN co2e_g IS NULL THEN 0 ELSE energy_j * COALESCE(grid_g_per_kwh, 0) END),
-    SUM(co2e_g IS NULL), SUM(CASE WHEN co2e_g IS NULL THEN energy_j ELSE 0 END)"""
-_ROLLUP_ONE = f"""{BUCKET_SQL.format(t='')}, model, tier, outcome, energy_source, {_ROLLUP_KEY}, 1, energy_j,
-    COALESCE(input_tokens, 0), COALESCE(output_tokens, 0), COALESCE(latency_ms, 0), COALESCE(co2e_g, 0),
-    CASE WHEN co2e_g IS NULL THEN 0 ELSE energy_j * COALESCE(grid_g_per_kwh, 0) END, co2e_g IS NULL,
-    CASE WHEN co2e_g IS NULL THEN energy_j ELSE 0 END"""
+_BUCKET = BUCKET_SQL.format(t="")
+_TYPES = {"int": "INTEGER", "real": "REAL", "text": "TEXT"}
 _UPTO = f"(SELECT CAST(value AS INTEGER) FROM meta WHERE key = '{ROLLUP_UPTO}')"
 
 
 def rollup_sql(where: str) -> str:
     """Adds the records matching ``where`` (bound parameters allowed) to ``rollup_hourly`` as new rows."""
-    return (f"INSERT INTO rollup_hourly SELECT {_ROLLUP_GROUP}, {_ROLLUP_SUMS} FROM records {where} "
-            "GROUP BY 1, 2, 3, 4, 5, 6")
+    return add_rollup_sql("rollup_hourly", "records", _BUCKET, where, upsert=False)
 
 
 def fold_sql() -> list[str]:
     """Adds the records after ``rollup_upto`` to ``rollup_hourly`` and moves ``rollup_upto`` to the newest; run in
     one write transaction (no record can come in between)."""
     return [
-        f"""INSERT INTO rollup_hourly SELECT {_ROLLUP_GROUP}, {_ROLLUP_SUMS} FROM records WHERE id > {_UPTO}
-            GROUP BY 1, 2, 3, 4, 5, 6
-            ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, energy_j = energy_j + excluded.energy_j,
-            input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
-            latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, co2e_g = co2e_g + excluded.co2e_g,
-            grid_energy = grid_energy + excluded.grid_energy, without_co2e = without_co2e + excluded.without_co2e,
-            joules_without_co2e = joules_without_co2e + excluded.joules_without_co2e""",
+        add_rollup_sql("rollup_hourly", "records", _BUCKET, f"WHERE id > {_UPTO}", upsert=True),
         f"UPDATE meta SET value = COALESCE((SELECT MAX(id) FROM records), 0) WHERE key = '{ROLLUP_UPTO}'",
     ]
 
@@ -89,8 +69,8 @@ def rollup_source(lo: float, hi: float | None) -> tuple[str, list[float]]:
     record exactly once."""
     until = "" if hi is None else " AND bucket < ?"
     # +ts: no time index for the records after rollup_upto, a few thousand found by their ids
-    source = (f"(SELECT * FROM rollup_hourly WHERE bucket >= ?{until} UNION ALL SELECT {_ROLLUP_ONE} FROM records "
-              f"WHERE id > {_UPTO} AND +ts >= ?{until.replace('bucket', '+ts')})")
+    source = (f"(SELECT * FROM rollup_hourly WHERE bucket >= ?{until} UNION ALL SELECT {one_record(_BUCKET)} "
+              f"FROM records WHERE id > {_UPTO} AND +ts >= ?{until.replace('bucket', '+ts')})")
     return source, [lo, lo] if hi is None else [lo, hi, lo, hi]
 
 
@@ -195,13 +175,7 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
             7,
             "the hourly rollup by model, tier, outcome, energy source and zone",
             [
-                """CREATE TABLE IF NOT EXISTS rollup_hourly (
-                    bucket INTEGER NOT NULL, model TEXT NOT NULL, tier TEXT NOT NULL, outcome TEXT NOT NULL,
-                    energy_source TEXT NOT NULL, zone TEXT NOT NULL, requests INTEGER NOT NULL, energy_j REAL NOT NULL,
-                    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, latency_ms_sum REAL NOT NULL,
-                    co2e_g REAL NOT NULL, grid_energy REAL NOT NULL, without_co2e INTEGER NOT NULL,
-                    joules_without_co2e REAL NOT NULL,
-                    PRIMARY KEY (bucket, model, tier, outcome, energy_source, zone)) WITHOUT ROWID""",
+                create_rollup_sql("rollup_hourly", _TYPES, " WITHOUT ROWID"),
                 rollup_sql(""),
                 f"INSERT INTO meta (key, value) SELECT '{ROLLUP_UPTO}', COALESCE(MAX(id), 0) FROM records",
             ],
