@@ -153,3 +153,17 @@ def test_a_schema_of_the_previous_step_is_upgraded_with_its_budgets_kept(
         assert led.budget_used("day", DAY_S) == pytest.approx(7.0)
     finally:
         led.close()
+
+
+def test_a_server_older_than_13_is_refused_at_open_naming_its_version(
+    postgres_server: PostgresServer, schema: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """Schema step 6 needs ``pg_current_xact_id()`` (PostgreSQL 13); an older server failed in the middle of the
+    migration with the driver's "function does not exist". It is refused before any step, naming its version.
+    The test's server is new: the bound is raised past it to stand for an old one."""
+    from router.ledger import postgres
+
+    monkeypatch.setattr(postgres, "MIN_SERVER_VERSION", 99_0000)
+    with pytest.raises(LedgerError, match=r"the server is PostgreSQL \d+\.\d+; the ledger needs PostgreSQL 13 or "
+                                          r"later; fix: upgrade the server"):
+        postgres.PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")

@@ -102,6 +102,8 @@ _RAW_SUMS = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALE
              "sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))")
 
 READ_TIMEOUT_S = 10.0
+MIN_SERVER_VERSION = 130000
+"""PostgreSQL 13 (``server_version_num``): the first with ``pg_current_xact_id()`` (schema step 6)."""
 REQUEST_TIMEOUT_S = 1.0
 """The longest ``try_reserve`` and ``budget_used`` wait for the server (the module's *Timeouts*)."""
 
@@ -310,6 +312,11 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         """Meta table, version, missing steps and new version in one transaction, under an advisory lock keyed
         by the schema so concurrent first opens wait for each other instead of racing."""
         s = self.schema
+        version = int(conn.execute("SHOW server_version_num").fetchone()[0])
+        if version < MIN_SERVER_VERSION:  # pg_current_xact_id(), which records' `xact` column takes, came in 13
+            raise ledger_error(self.url, f"the server is PostgreSQL {version // 10000}.{version % 10000 // 100}; "
+                               "the ledger needs PostgreSQL 13 or later", "upgrade the server, or use another store",
+                               retryable=False)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"router-ledger:{s}",))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
