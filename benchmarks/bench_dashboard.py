@@ -1,8 +1,9 @@
 """The dashboard's JSON API on a 1,000,000-record ledger. Target: every query answers in ≤ 1 s.
 
 The ledger is `bench_ledger.py`'s busy day (3 models, 20 keys, 3 policies, 6 tasks, 3 outcomes, built through
-the real schema so the hourly summary is kept by its trigger), laid over the 24 hours up to now, so that the
-dashboard's windows (which end now) fall on it: the densest case for the raw reads, ~41,700 records an hour.
+the real schema so the hourly summary is kept by its trigger, and the hourly rollup folded by the ledger as its
+writers fold it), laid over the 24 hours up to now, so that the dashboard's windows (which end now) fall on it:
+the densest case for the raw reads, ~41,700 records an hour.
 Each API route is called through the proxy app in process (Starlette's test client: routing, auth, the thread
 hop, JSON), as the page calls it; the first call of each is reported apart (cold caches), then the median and
 worst of the next ``--repeats``.
