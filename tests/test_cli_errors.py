@@ -43,3 +43,25 @@ def test_output_to_a_stream_that_is_not_utf8_is_written_not_a_traceback(tmp_path
     assert done.returncode == 0, done.stderr.decode(encoding, "replace")
     assert done.stdout.decode(encoding).startswith("1.2 kJ (0.000333 kWh) ? 0.0247 phone charges ? "), done.stdout
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["import-routellm", "simulate"])
+def test_an_output_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path, command: str) -> None:
+    """Every command that writes a file met an OSError there (its folder is a file, the path is a folder) with a
+    traceback and exit status 1; it is one ``error:`` line naming the path, exit status 2, as a RouterError is."""
+    from cli_helpers import router_main
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder\n")
+    if command == "import-routellm":
+        args = ["data", "import-routellm", str(ROOT / "data" / "routellm_mmlu" / "mmlu_anatomy.csv"),
+                "-o", str(a_file / "outcomes.jsonl")]
+    else:  # --decisions names a folder, found only once the whole simulation has run
+        args = ["simulate", "--outcomes", str(ROOT / "data" / "outcomes" / "sentiment_local.jsonl"),
+                "--no-progress", "--decisions", str(tmp_path)]
+    code, output = router_main(*args)
+    assert code == 2, output
+    assert "Traceback" not in output
+    named = a_file if command == "import-routellm" else tmp_path
+    assert f"error: {named}: " in output, output
+    assert "fix: check that path" in output

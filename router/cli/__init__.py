@@ -93,10 +93,21 @@ def _tolerant_output() -> None:
             stream.reconfigure(errors="replace")
 
 
+def _file_error(exc: OSError) -> str:
+    """An OSError as the path it names and what went wrong, without Python's ``[Errno N]``."""
+    where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    what = exc.strerror or str(exc)
+    return (f"{where}: {what}" if where else what) + (
+        "; fix: check that path (a file where a folder is needed or a folder where a file is, its permissions, "
+        "the free space)"
+    )
+
+
 def main() -> None:
     """The ``router`` command. A RouterError that ends a command (a configuration fault, a ledger that cannot be
-    opened) is one line naming the problem and its fix, exit status 2, as ``router ledger`` prints them; the
-    traceback is for ``router -v``."""
+    opened) is one line naming the problem and its fix, exit status 2, as ``router ledger`` prints them; so is an
+    OSError (an output file in a folder that is a file, a folder named where a file is written), which every
+    command that writes a file would otherwise end with as a traceback. The traceback is for ``router -v``."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -105,7 +116,8 @@ def main() -> None:
     _tolerant_output()
     try:
         app()
-    except RouterError as exc:
+    except (RouterError, OSError) as exc:
         logging.getLogger("router.cli").info("the command failed", exc_info=True)
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        message = _file_error(exc) if isinstance(exc, OSError) else str(exc)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
