@@ -112,3 +112,25 @@ def test_requests_with_the_same_prompt_count_each_scored_request(tmp_path: Path)
     assert [cell.strip() for cell in row.split("│")[3:5]] == ["6", "0.667"], out  # 4 of the 6 liked it
     assert json.loads((models / "classifier" / "added_models.json").read_text())[LOCAL[0]]["from"]["chat"] == \
         "feedback (6)"
+
+
+def test_stdout_holds_the_results_only_progress_and_errors_go_to_stderr(tmp_path: Path) -> None:
+    """`router train feedback ... > results.txt`: the spinner's last frame was written into the results and an
+    error went into the file too, leaving the terminal silent on a failed run."""
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    models = cards_folder(tmp_path, with_classifier=True)
+    scored = scored_file(tmp_path / "scored.jsonl")
+    args = ["train", "feedback", "--models", str(models), "--min-requests", "3", "--no-save"]
+    done = CliRunner().invoke(app, [*args, str(scored)])
+    assert done.exit_code == 0, done.output
+    assert "refitted from" in done.stdout
+    assert "fitting smollm2-135m on chat" in done.stderr  # the spinner's last description
+    assert "fitting" not in done.stdout
+
+    failed = CliRunner().invoke(app, [*args, str(tmp_path / "missing.jsonl")])
+    assert failed.exit_code == 2, failed.output
+    assert failed.stdout == ""
+    assert "error:" in failed.stderr and "missing.jsonl" in failed.stderr

@@ -18,10 +18,13 @@ train_app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console()
+err = Console(stderr=True)
+"""Progress and errors: stdout holds only the results (tables), so `router train ... > results.txt` keeps them
+apart from a spinner's last frame and an error stays on the terminal."""
 
 
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err)
 
 
 def _positive_rates(rates: list[float] | None) -> list[float] | None:
@@ -70,7 +73,7 @@ def specialist(
         try:
             require_torch()
         except TorchMissingError as exc:
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
         runs = len(lr or LEARNING_RATES) * (epochs or EPOCHS)
         console.print(
@@ -266,7 +269,7 @@ def feedback(
                                          strength_b=strength,
                                          progress=lambda msg: progress.update(step, description=msg))
     except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     table = Table(title=f"refitted from {escape(str(outcomes))}")
     for col in ("model", "task", "scored requests", "mean score", "P before", "P after"):
