@@ -94,13 +94,14 @@ def _tolerant_output() -> None:
 
 
 def _file_error(exc: OSError) -> str:
-    """An OSError as the path it names and what went wrong, without Python's ``[Errno N]``."""
+    """An OSError as the path it names and what went wrong, without Python's ``[Errno N]``; one that names no path
+    (a connection refused) as it is, with no advice about paths."""
     where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
     what = exc.strerror or str(exc)
-    return (f"{where}: {what}" if where else what) + (
-        "; fix: check that path (a file where a folder is needed or a folder where a file is, its permissions, "
-        "the free space)"
-    )
+    if not where:
+        return what
+    return (f"{where}: {what}; fix: check that path (a file where a folder is needed or a folder where a file is, "
+            "its permissions, the free space)")
 
 
 def main() -> None:
