@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -147,3 +148,17 @@ def test_from_ledger_refuses_to_write_the_outcomes_over_the_ledger(tmp_path: Pat
     assert res.exit_code == 2, res.output
     assert f"Invalid value for '-o' / '--out': {ledger} is the ledger the requests are read from" in res.output
     assert ledger.read_bytes() == before
+
+
+def test_measure_local_writes_where_out_says_and_leaves_the_shipped_outcomes(tmp_path: Path) -> None:
+    """`measure-local` had no --out: a trial run (`--n 1`) replaced the project's 200 measured sentiment outcomes
+    in data/outcomes/, which `router train classifier` reads. --out puts a run in a file of its own."""
+    shipped = Path(__file__).resolve().parents[1] / "data" / "outcomes" / "sentiment_local.jsonl"
+    before = shipped.read_bytes()
+    out = tmp_path / "trial.jsonl"
+    res = CliRunner().invoke(app, ["data", "measure-local", "sentiment", "--n", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in " ".join(res.output.split()) and "rerun `router train classifier`" not in res.output
+    (line,) = out.read_text().splitlines()
+    assert json.loads(line)["task"] == "sentiment"
+    assert shipped.read_bytes() == before

@@ -99,10 +99,14 @@ def measure_local_cmd(
     n: int | None = typer.Option(
         None, "--n", min=1, help="How many requests (default: 200 sentiment, 60 math, every chat item)."
     ),
+    out: Path | None = typer.Option(  # noqa: B008
+        None, "--out", "-o", help="Where to write the outcomes (default: data/outcomes/<task>_local.jsonl, the file "
+        "`router train classifier` reads, replaced)."),
 ) -> None:
     """Run the local models on shipped data and write data/outcomes/<task>_local.jsonl (correct, joules, latency
     per model and request), so the local tiers' P(correct) is measured here, not assumed. Takes minutes: every
-    request goes to each local LLM."""
+    request goes to each local LLM. A trial run (a small --n) belongs in a file of its own (--out): the default
+    replaces the project's measured outcomes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
@@ -112,6 +116,7 @@ def measure_local_cmd(
     if task not in ("sentiment", "math", "chat"):
         raise typer.BadParameter("task must be sentiment, math or chat", param_hint="TASK")
     source_data("router data measure-local")
+    target = out or lo.DATA_DIR / "outcomes" / f"{task}_local.jsonl"
     total = n or _MEASURE_SIZES.get(task) or len(lo.read_jsonl(lo.DATA_DIR / "chat_checked" / "questions.jsonl"))
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
@@ -119,11 +124,11 @@ def measure_local_cmd(
         job = bar.add_task(f"{task}: {', '.join(models)} (one model at a time)", total=total * len(models))
         tick = lambda _stage, done: bar.update(job, completed=done)  # noqa: E731
         if task == "sentiment":
-            summary = lo.measure_sentiment(n=total, progress=tick)
+            summary = lo.measure_sentiment(n=total, out=target, progress=tick)
         elif task == "math":
-            summary = lo.measure_math(n=total, progress=tick)
+            summary = lo.measure_math(n=total, out=target, progress=tick)
         else:
-            summary = lo.measure_chat(limit=n or None, progress=tick)
+            summary = lo.measure_chat(out=target, limit=n or None, progress=tick)
     table = Table(title=f"{task}: {summary['n']} requests, measured on this machine (joules: CPU-time model)")
     for col in ("model", "accuracy", "median J", "median latency s"):
         table.add_column(col, justify="left" if col == "model" else "right")
@@ -132,7 +137,7 @@ def measure_local_cmd(
             table.add_row(model, f"{stats['accuracy']:.1%}", f"{stats['median_energy_j']:.4g}",
                           f"{stats['median_latency_s']:.3g}")
     Console().print(table)
-    typer.echo(f"wrote data/outcomes/{task}_local.jsonl; rerun `router train classifier` to use it")
+    typer.echo(f"wrote {target}" + ("; rerun `router train classifier` to use it" if out is None else ""))
 
 
 @data_app.command("from-ledger")
