@@ -153,7 +153,7 @@ def calibrate(
                                          help="Share of subjects kept out of the fit, to report on."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subject split."),
     policies_dir: Path | None = typer.Option(  # noqa: B008
-        None, "--policies-dir", help="Where policy names are looked up."
+        None, "--policies", "--policies-dir", help="Where policy names are looked up."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Report only; do not write the policy files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

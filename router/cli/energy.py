@@ -22,7 +22,7 @@ energy_app = typer.Typer(
 
 _CONFIG_OPT = typer.Option(None, "--config", "-c", help="Router config YAML.")
 _PROMPTS_FILE_OPT = typer.Option(None, "--prompts-file", help="JSONL of {id, prompt, max_tokens}.")
-_MODELS_DIR_OPT = typer.Option(None, "--models-dir", help="Cards folder (default: config).")
+_MODELS_DIR_OPT = typer.Option(None, "--models", "--models-dir", help="Cards folder (default: config).")
 
 
 @energy_app.command()
