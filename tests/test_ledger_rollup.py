@@ -205,3 +205,43 @@ def test_prune_and_rebuild_keep_the_rollup_the_records_sums(tmp_path: Path) -> N
     _same(_stored_rollup(db), _rollup_from_records(led))
     assert math.isclose(sum(v[1] for v in _stored_rollup(db).values()), sum(r.energy_j for r in led.records()))
     led.close()
+
+
+def test_doctor_finds_and_repairs_a_rollup_an_old_release_pruned_under(tmp_path: Path) -> None:
+    """In a rolling upgrade a process of the previous release, still running on the upgraded file, prunes by its
+    retention: records and summary_hourly, not rollup_hourly, which it does not know. The dashboard then counted the
+    pruned records while `router ledger doctor` said "no problems" and --repair rebuilt nothing."""
+    from router.ledger.doctor import diagnose
+
+    path, now = tmp_path / "l.db", time.time()
+    led = SQLiteLedger(path)
+    led.record_many(_records(600, now))
+    led._fold_now()
+    led.close()
+    cut = now - 20 * 86400
+    # the previous release's prune (SQLiteLedger.prune at schema step 6), run on the upgraded file
+    boundary = int(cut) - int(cut) % 3600
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM records WHERE ts < ?", (cut,))
+        conn.execute("DELETE FROM summary_hourly WHERE bucket <= ?", (boundary,))
+        conn.execute("INSERT INTO summary_hourly SELECT (CAST(ts AS INTEGER) - (CAST(ts AS INTEGER) % 3600)), model, "
+                     "tier, COALESCE(key_hash, ''), COALESCE(policy, ''), COALESCE(task, ''), outcome, energy_source, "
+                     "COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), "
+                     "SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0)) FROM records WHERE ts >= ? AND ts < ? "
+                     "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8", (cut, boundary + 3600))
+    conn.close()
+
+    found = diagnose(f"sqlite:///{path}", journal_folder=tmp_path / "j")
+    assert [f.text for f in found.problems if f.text.startswith("hourly rollup")], found.findings
+    assert "hourly summary matches the records" in [f.text for f in found.findings]
+
+    repaired = diagnose(f"sqlite:///{path}", journal_folder=tmp_path / "j", repair=True)
+    assert not repaired.problems, repaired.problems
+    assert "hourly rollup matches the records" in [f.text for f in repaired.findings]
+    led = SQLiteLedger(path)
+    try:
+        kept = sum(r.requests for r in led.raw_summary(0.0, None, dims=("model",)))
+        assert sum(r.requests for r in led.summary(0.0, dims=("model",))) == kept < 600
+    finally:
+        led.close()
