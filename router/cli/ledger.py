@@ -4,7 +4,10 @@ equivalents; ``report`` adds groupings, carbon, the energy saved against an alwa
 checks the store and replays journals.
 
 Every command prints what went wrong and exits non-zero (2: the ledger or an option; 1: anything else), never
-a traceback (``router -v`` logs it)."""
+a traceback (``router -v`` logs it).
+
+Length: one command group, each command short; what they share (opening the configured ledger, the progress on
+stderr, the error line) is here so each reads the same."""
 
 from __future__ import annotations
 

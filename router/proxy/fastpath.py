@@ -8,6 +8,9 @@ figures in ``benchmarks/README.md``, *Proxy*. So: headers are read once from the
 once (pydantic-core's JSON parser), type-checked against a small table (:mod:`router.chat_body`) and handed to
 the Router's public ``aprepare``/``asend``; a JSON answer goes out as two ASGI messages; streams and errors use
 Starlette response objects, which are ASGI apps themselves.
+
+Length: the whole chat route in one place (body limits and decoding, checks, the JSON and streamed answers, the
+error and disconnect paths, their metrics), which a newcomer follows top to bottom.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ distinct prompt, so a 1,000,000-line file that resamples ~10,000 prompts takes t
 :class:`OutcomesError` naming the file and the line, unless ``skip_bad`` is set, in which case the line is
 skipped and counted (:attr:`OutcomesTable.skipped`), never silently turned into a wrong number. A file with no
 usable line at all is an :class:`OutcomesError` either way.
+
+Length: one streaming reader and the check of every field it reads, each with the message that names the fix.
 """
 
 from __future__ import annotations
