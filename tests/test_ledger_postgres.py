@@ -1,6 +1,6 @@
 """PostgreSQL ledger budgets against a real server: a reservation that commits after its client gave up on it is
 given back, a release leaves a tombstone, holds go with their window's counter, and a schema of the previous
-step is upgraded with its budgets kept."""
+step is upgraded with its budgets kept; hosts writing and settling at once do not deadlock."""
 
 from __future__ import annotations
 
@@ -167,3 +167,62 @@ def test_a_server_older_than_13_is_refused_at_open_naming_its_version(
     with pytest.raises(LedgerError, match=r"the server is PostgreSQL \d+\.\d+; the ledger needs PostgreSQL 13 or "
                                           r"later; fix: upgrade the server"):
         postgres.PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
+
+
+def test_hosts_writing_and_settling_mixed_batches_at_once_do_not_deadlock(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    """Two hosts' writers, each a batch of three records (two statements: 2 + 1 rows) over two keys in the opposite
+    order, and settlements of two budgets in the opposite order: each statement locked its summary or budget rows
+    as its batch listed them, so each host held a row the other waited on. PostgreSQL broke the deadlock by failing
+    one, read as "PostgreSQL is down or unreachable": a journaled ledger started an outage (503s for budgets)."""
+    import threading
+
+    from router.ledger.base import LedgerRecord
+    from router.ledger.postgres import PostgresLedger
+
+    url = f"{postgres_server.url}?schema={schema}"
+    PostgresLedger.from_url(url).close()  # makes the schema before the hosts race
+    rounds, failures = 150, list[Exception]()
+    together = threading.Barrier(2)
+
+    def record(key: str) -> LedgerRecord:
+        return LedgerRecord(request_id=uuid.uuid4().hex, model="remote-echo", tier="large", energy_j=1.0,
+                            energy_source="estimate", outcome="ok", key_hash=key)
+
+    def host(first: str, second: str) -> None:
+        led = PostgresLedger.from_url(url)
+        try:
+            for _ in range(rounds):
+                together.wait(timeout=30)
+                try:
+                    led.record_many([record(first), record(first), record(second)])
+                    held = [led.try_reserve(budget, 1.0, 1e9, 3600) for budget in (first, second)]
+                    together.wait(timeout=30)
+                    led.settle_many([(r, 0.5) for r in held if r is not None])
+                except threading.BrokenBarrierError:  # the other host failed
+                    return
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    failures.append(exc)
+                    together.abort()
+                    return
+        except threading.BrokenBarrierError:
+            return
+        finally:
+            led.close()
+
+    hosts = [threading.Thread(target=host, args=pair) for pair in (("key-a", "key-c"), ("key-c", "key-a"))]
+    for t in hosts:
+        t.start()
+    for t in hosts:
+        t.join()
+    assert not failures, failures[0]
+    led = PostgresLedger.from_url(url)
+    try:
+        assert len(led.records()) == 2 * 3 * rounds
+        assert sum(r.requests for r in led.summary(0)) == 2 * 3 * rounds
+        start = window_start(time.time(), 3600)
+        for budget in ("key-a", "key-c"):
+            assert led.budget_used(budget, 3600) == pytest.approx(2 * rounds * 0.5), (budget, start)
+    finally:
+        led.close()

@@ -94,6 +94,7 @@ from .postgres_schema import (
     TRY_ROLLUP_LOCK,
     UNFOLDED,
     rollup_source,
+    summary_lock_order,
 )
 from .rollup import CARBON_SUMS, ROLLUP_DIMS, SUMMARY_SUMS, RollupFolding, add_rollup_sql, carbon_rows_by_hours
 
@@ -463,10 +464,11 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
 
     @guarded("write records")
     def record_many(self, recs: list[LedgerRecord]) -> None:
-        """One transaction of multi-row statements (1, 2, 4 ... 256 rows each, so few shapes get prepared)."""
+        """One transaction of multi-row statements (1, 2, 4 ... 256 rows each, so few shapes get prepared), the
+        records in :func:`summary_lock_order`."""
         if not recs:
             return
-        rows = [[getattr(r, c) for c in COLUMNS] for r in recs]
+        rows = [[getattr(r, c) for c in COLUMNS] for r in sorted(recs, key=summary_lock_order)]
 
         def run(c: Any) -> None:
             with c.transaction():
@@ -662,10 +664,12 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
 
     @guarded("settle reservations")
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
-        """One transaction for all of them (the same statement each, in order)."""
+        """One transaction for all of them (the same statement each, by budget counter)."""
         if not settlements:
             return
-        rows = [(r.id, actual - r.joules, r.budget, r.window_start) for r, actual in settlements]
+        # by counter, so hosts settling the same budgets at once lock their rows in the same order (no deadlock)
+        rows = sorted(((r.id, actual - r.joules, r.budget, r.window_start) for r, actual in settlements),
+                      key=lambda row: (row[2], row[3]))
 
         def run(c: Any) -> None:
             with c.transaction(), c.cursor() as cur:

@@ -27,8 +27,10 @@ records; the figures stay exact.
 
 from __future__ import annotations
 
+import math
 import re
 
+from .base import LedgerRecord
 from .migrations import Migrations, Step
 from .rollup import ROLLUP_UPTO, add_rollup_sql, create_rollup_sql, one_record
 
@@ -46,7 +48,20 @@ _DIMS = "bucket, model, tier, key_hash, policy, task, outcome, energy_source"
 _SUMS = """SELECT (floor(ts / 3600) * 3600)::bigint, model, tier, COALESCE(key_hash, ''), COALESCE(policy, ''),
     COALESCE(task, ''), outcome, energy_source, count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)),
     sum(COALESCE(output_tokens, 0)), sum(COALESCE(latency_ms, 0)), sum(COALESCE(co2e_g, 0))
-    FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8"""
+    FROM {source} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, model COLLATE "C", tier COLLATE "C",
+    COALESCE(key_hash, '') COLLATE "C", COALESCE(policy, '') COLLATE "C", COALESCE(task, '') COLLATE "C",
+    outcome COLLATE "C", energy_source COLLATE "C" """
+
+
+def summary_lock_order(rec: LedgerRecord) -> tuple[float, str, str, str, str, str, str, str]:
+    """The order in which :data:`ADD_SUMS` locks a record's ``summary_hourly`` row (byte order, as ``COLLATE "C"``
+    and Python's ``str`` compare). A batch too big for one statement is written sorted by it, so every writer locks
+    the rows it shares with another in the same order across its statements, and none waits on a row the other
+    holds while holding one the other waits on (a deadlock, which PostgreSQL breaks by failing one of them)."""
+    return (math.floor(rec.ts / 3600) * 3600, rec.model, rec.tier, rec.key_hash or "", rec.policy or "",
+            rec.task or "", rec.outcome, rec.energy_source)
+
+
 ADD_SUMS = f"""INSERT INTO {{s}}.summary_hourly AS h ({SUMMARY_COLS}) {_SUMS}
     ON CONFLICT ({_DIMS}) DO UPDATE SET requests = h.requests + excluded.requests,
     energy_j = h.energy_j + excluded.energy_j, input_tokens = h.input_tokens + excluded.input_tokens,
