@@ -226,3 +226,33 @@ def test_hosts_writing_and_settling_mixed_batches_at_once_do_not_deadlock(
             assert led.budget_used(budget, 3600) == pytest.approx(2 * rounds * 0.5), (budget, start)
     finally:
         led.close()
+
+
+def test_work_the_server_rolled_back_for_a_conflict_runs_once_more_and_is_no_outage(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    """A deadlock or serialization failure (another host's transaction took rows in another order) was read as
+    "PostgreSQL is down or unreachable": a journaled router started an outage against a healthy server (records held
+    back, budget requests refused with 503). PostgreSQL rolled the work back, so it is run once more; a conflict
+    that repeats says what it is."""
+    from psycopg import errors
+
+    from router.ledger.errors import postgres_error
+    from router.ledger.postgres import PostgresLedger
+
+    led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
+    tries: list[int] = []
+
+    def deadlocked_once(conn: Any) -> int:  # TEST DOUBLE (fault injection): the deadlock detector fails the first try
+        tries.append(1)
+        if len(tries) == 1:
+            raise errors.DeadlockDetected("deadlock detected")
+        return int(conn.execute("SELECT 1").fetchone()[0])
+
+    try:
+        assert led._pool.run(deadlocked_once, retry=False) == 1 and len(tries) == 2  # settlements pass retry=False
+    finally:
+        led.close()
+    for conflict in (errors.DeadlockDetected("deadlock detected"), errors.SerializationFailure("could not serialize")):
+        error = postgres_error("postgresql://h/db", conflict, "write records")
+        assert "conflicted with another writer's" in error.message and "down or unreachable" not in error.message

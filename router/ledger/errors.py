@@ -237,6 +237,10 @@ def postgres_error(url: str, exc: BaseException, action: str) -> LedgerError:
         return ledger_error(url, f"{detail}: the record is incomplete",
                             "this is a bug in the caller: every required field must be set",
                             retryable=False, record_rejected=True)  # fmt: skip
+    if state.startswith("40"):  # rolled back for a conflict with another writer, and already tried again
+        return ledger_error(url, f"{detail}: the transaction conflicted with another writer's (PostgreSQL rolled "
+                            "it back)", "nothing to fix if it is rare; if it repeats, look for another program "
+                            "locking the ledger's tables")  # fmt: skip
     if isinstance(exc, psycopg.OperationalError | OSError) or state.startswith(("08", "57")):
         return ledger_error(url, f"{detail}: PostgreSQL is down or unreachable",
                             "start PostgreSQL (or fix the host and port in the URL); records wait in the "

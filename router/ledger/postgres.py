@@ -147,6 +147,11 @@ def _connection_class(read_timeout_s: float) -> Any:
 
     return TimedConnection
 
+_CONFLICT_STATES = frozenset({"40P01", "40001"})
+"""SQLSTATEs of work PostgreSQL rolled back because it conflicted with another transaction (deadlock detected,
+serialization failure): not an outage, and safe to run once more."""
+
+
 class _Pool:
     """At most ``size`` connections, made when first needed and reused (LIFO). Connections are in autocommit
     mode; multi-statement work opens ``conn.transaction()``. ``connect(deadline)`` makes one (``deadline``: as
@@ -179,14 +184,17 @@ class _Pool:
                 conn.deadline, conn.limit_s = deadline, within_s
                 try:
                     out = fn(conn)
-                except OperationalError:
+                except OperationalError as exc:
                     broken = conn.closed or conn.broken
                     if not broken:
                         self._give_back(conn)
                     else:
                         with contextlib.suppress(Exception):
                             conn.close()
-                    if broken and reused and retry and attempt == 0:
+                    # a deadlock or serialization failure: the server rolled the work back, so running it again
+                    # cannot apply it twice (whatever ``retry`` says of a connection that broke mid-commit)
+                    conflict = getattr(exc, "sqlstate", None) in _CONFLICT_STATES
+                    if attempt == 0 and (conflict or (broken and reused and retry)):
                         continue
                     raise
                 except BaseException:
