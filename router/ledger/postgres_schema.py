@@ -21,8 +21,8 @@ all their records are visible to the fold and no such record can come later) and
 ``old X <= xact < new X``, moving X in the same transaction; folds, prunes and rebuilds take turns (an advisory
 lock). A read adds the records with ``xact >= X`` to the rows in one statement, so from one snapshot, in which a
 fold has either committed both its sums and its X or neither: every record is counted exactly once. A transaction
-left open (anywhere on the server: transaction ids are the cluster's) holds X back meanwhile, so reads sum more
-records; the figures stay exact.
+left open that holds a transaction id (one that wrote anything, anywhere on the server: transaction ids are the
+cluster's; a read-only one does not) holds X back meanwhile, so reads sum more records; the figures stay exact.
 """
 
 from __future__ import annotations
