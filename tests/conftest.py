@@ -14,6 +14,22 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 
 
+@pytest.fixture(autouse=True)
+def _router_environment_unchanged() -> Iterator[None]:
+    """A test that leaves a ``ROUTER_*`` variable changed in this process (``router serve`` run in-process sets
+    ``ROUTER_LEDGER_URL`` for its workers) fails here, at the test that leaked it: every later test would read it
+    (a ledger URL from the environment wins over a config file's), and fail far from the cause."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("ROUTER_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("ROUTER_")}
+    if after != before:
+        os.environ.update(before)
+        for name in set(after) - set(before):
+            del os.environ[name]
+        changed = sorted(set(before.items()) ^ set(after.items()))
+        pytest.fail(f"the test changed the environment's ROUTER_* variables and left them so: {changed}")
+
+
 @pytest.fixture(scope="session")
 def cards():
     from router.cards import load_cards
