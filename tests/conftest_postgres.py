@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,16 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql); PostgreSQL ledger untested")
     yield server
     stop_postgres(server)
+
+
+def schema_at_step(conn: Any, schema: str, version: int) -> None:
+    """``schema`` as a release at migration step ``version`` left it: its steps applied and its version stored, as
+    an upgrade test's starting point (``conn`` in autocommit)."""
+    from router.ledger.postgres_schema import MIGRATIONS
+
+    conn.execute(f"CREATE SCHEMA {schema}")
+    conn.execute(f"CREATE TABLE {schema}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for step in MIGRATIONS.steps[:version]:
+        for stmt in step.payload:
+            conn.execute(stmt.format(s=schema))
+    conn.execute(f"INSERT INTO {schema}.meta VALUES ('schema_version', %s)", (str(version),))

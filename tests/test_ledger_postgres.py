@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest_postgres import PostgresServer, postgres_server  # noqa: F401 - the fixture
+from conftest_postgres import PostgresServer, postgres_server, schema_at_step  # noqa: F401 - the fixture
 
 from router.errors import LedgerError
 from router.ledger.base import window_start
@@ -131,16 +131,10 @@ def test_a_schema_of_the_previous_step_is_upgraded_with_its_budgets_kept(
     import psycopg
 
     from router.ledger.postgres import PostgresLedger
-    from router.ledger.postgres_schema import MIGRATIONS
 
     start = window_start(time.time(), DAY_S)
     with psycopg.connect(postgres_server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"CREATE TABLE {schema}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for step in MIGRATIONS.steps[:4]:
-            for stmt in step.payload:
-                conn.execute(stmt.format(s=schema))
-        conn.execute(f"INSERT INTO {schema}.meta VALUES ('schema_version', '4')")
+        schema_at_step(conn, schema, 4)
         conn.execute(f"INSERT INTO {schema}.budgets VALUES ('day', %s, 3.0)", (start,))
     led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
     try:

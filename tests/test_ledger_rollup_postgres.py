@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 import pytest
-from conftest_postgres import PostgresServer, postgres_server  # noqa: F401 - the fixture
+from conftest_postgres import PostgresServer, postgres_server, schema_at_step  # noqa: F401 - the fixture
 from test_ledger_rollup import _records, _rollup_from_records, _same
 
 from router import Router
@@ -85,17 +85,12 @@ def _stored_rollup(url: str) -> dict[tuple[Any, ...], list[float]]:
 def test_a_schema_of_step_5_gets_the_rollup_filled_from_its_records(url: str, tmp_path: Any) -> None:
     import psycopg
 
-    from router.ledger.postgres_schema import ADD_SUMS, COLUMNS, MIGRATIONS
+    from router.ledger.postgres_schema import ADD_SUMS, COLUMNS
 
     now = time.time()
     base, schema = url.split("?schema=")
     with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"CREATE TABLE {schema}.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        for step in MIGRATIONS.steps[:5]:
-            for stmt in step.payload:
-                conn.execute(stmt.format(s=schema))
-        conn.execute(f"INSERT INTO {schema}.meta VALUES ('schema_version', '5')")
+        schema_at_step(conn, schema, 5)
         with conn.cursor() as cur:
             cur.executemany(f"INSERT INTO {schema}.records ({', '.join(COLUMNS)}) VALUES "
                             f"({', '.join(['%s'] * len(COLUMNS))})",
