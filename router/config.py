@@ -103,10 +103,11 @@ def shipped_series(name: str) -> Path | None:
 
 
 def default_ledger_url() -> str:
+    from .ledger.urls import sqlite_url
     from .user_dirs import user_data_folder
 
     folder = user_data_folder("name the ledger (ledger_url in the config, ROUTER_LEDGER_URL or --ledger)")
-    return f"sqlite:///{folder / 'ledger.sqlite3'}"
+    return sqlite_url(folder / "ledger.sqlite3")
 
 
 class CpuPowerModel(BaseModel):

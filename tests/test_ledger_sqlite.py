@@ -20,10 +20,12 @@ import pytest
 from servers.procs import router_serve, wait_for_record
 from test_budgets import REVIEW, policy, setup
 
+from router.batch.store import default_store_url
 from router.errors import ConfigError, LedgerError
 from router.ledger import LedgerRecord, SQLiteLedger, open_ledger
 from router.ledger.sqlite import SCHEMA_VERSION
 from router.ledger.sqlite_schema import MIGRATIONS
+from router.ledger.urls import sqlite_path
 
 CHILD = """
 import sys, time
@@ -281,6 +283,26 @@ def test_a_misspelt_url_option_is_refused_not_dropped(tmp_path: Path) -> None:
         led = SQLiteLedger.from_url(f"sqlite:///{path}?{good}")
         assert led._conn.execute("PRAGMA synchronous").fetchone()[0] == (2 if full else 1)  # FULL / NORMAL
         led.close()
+
+
+def test_a_percent_encoded_path_names_the_same_file_as_the_path_written_out(tmp_path: Path) -> None:
+    """A path copied from another tool comes URL-encoded (`with%20space`); the ledger, its journal and the batch
+    store beside it made a folder named `with%20space` instead of using `with space`."""
+    folder = tmp_path / "with space"
+    led = open_ledger(f"sqlite:///{tmp_path}/with%20space/ledger.sqlite3", journal=True)
+    led.record(_rec_at(1))
+    led.close()
+    assert (folder / "ledger.sqlite3").is_file() and (folder / "ledger.sqlite3.journal").is_dir()
+    assert not (tmp_path / "with%20space").exists()
+    assert default_store_url(f"sqlite:///{tmp_path}/with%20space/ledger.sqlite3") == \
+        f"sqlite:///{folder / 'batches.sqlite3'}"
+    written_out = open_ledger(f"sqlite:///{folder}/ledger.sqlite3", journal=False)  # unencoded spaces work too
+    assert [r.request_id for r in written_out.records()] == ["q1"]
+    written_out.close()
+    literal = tmp_path / "100% done?" / "ledger.sqlite3"  # `%` and `?` in a name survive the ledger's own URL
+    led = SQLiteLedger(literal)
+    assert sqlite_path(led.url) == literal
+    led.close()
 
 
 def test_serve_answers_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from ..ledger.errors import first_line, postgres_error, redact
 from ..ledger.stores import sqlite_file as ledger_sqlite_file
 from ..ledger.stores import sqlite_path as ledger_sqlite_path
 from ..ledger.stores import url_scheme
+from ..ledger.urls import sqlite_url
 
 log = logging.getLogger("router.batch")
 
@@ -442,11 +443,11 @@ def default_store_url(ledger_url: str) -> str:
         return ledger_url
     path = ledger_sqlite_file(ledger_url)
     if path is not None:
-        return f"sqlite:///{path.with_name('batches.sqlite3')}"
+        return sqlite_url(path.with_name("batches.sqlite3"))
     from ..user_dirs import user_data_folder
 
     folder = user_data_folder("name the batch store (batch.store_url in the config)")
-    return f"sqlite:///{folder / 'batches.sqlite3'}"
+    return sqlite_url(folder / "batches.sqlite3")
 
 
 __all__ = ["ACTIVE", "BatchStore", "Line", "default_store_url", "sqlite_path"]

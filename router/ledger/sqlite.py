@@ -61,7 +61,7 @@ from .sqlite_schema import (
     rollup_sql,
     summarise_sql,
 )
-from .urls import sqlite_path, url_scheme
+from .urls import sqlite_path, sqlite_url, url_scheme
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
@@ -130,7 +130,7 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
     ) -> None:
         checked_retention_days(retention_days)  # before the file is created or opened
         self.path = Path(path)
-        self.url = f"sqlite:///{self.path}"
+        self.url = sqlite_url(self.path)
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         synchronous = f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"  # per connection

@@ -5,6 +5,7 @@ one rule."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 from .errors import ledger_error
 
@@ -18,12 +19,13 @@ def sqlite_path(url: str) -> Path | None:
     """The SQLite file a store URL names, or None when it names another store (``redis://``, ``postgresql://``,
     an unknown scheme). The one rule for "is this SQLite", so that opening the ledger, its journal folder, the
     batch store beside it, the CLI and the dashboard never disagree: ``sqlite:///PATH`` (the scheme in any case,
-    the query left out) or a plain path (``:memory:`` included), ``~`` expanded in either. ``sqlite:`` with fewer
+    the query left out, the path percent-decoded as in any URL, so ``with%20space`` and ``with space`` name the same
+    folder) or a plain path (``:memory:`` included, taken as written), ``~`` expanded in either. ``sqlite:`` with fewer
     than three slashes (``sqlite:/x``, ``sqlite://x``, ``sqlite:x``) is a ``LedgerError``: taken as a path it would
     make a new, empty ledger named after the URL; so is a SQLite URI (``file:x.db``)."""
     scheme = url_scheme(url)
     if scheme == "sqlite" and url[len("sqlite://") :].startswith("/"):
-        return _expand_home(Path(url[len("sqlite:///") :].split("?", 1)[0]))
+        return _expand_home(Path(unquote(url[len("sqlite:///") :].split("?", 1)[0])))
     if scheme == "sqlite" or url[: len("sqlite:")].lower() == "sqlite:":
         raise ledger_error(url, "not a SQLite ledger URL", "write sqlite:///PATH: three slashes, then the path "
                            "(sqlite:////var/lib/router/ledger.sqlite3 for an absolute one)", retryable=False)
@@ -32,6 +34,13 @@ def sqlite_path(url: str) -> Path | None:
         raise ledger_error(url, "a SQLite URI, which a ledger URL is not", "write sqlite:///PATH (sqlite:///x.db, "
                            "or sqlite:////var/lib/router/ledger.sqlite3 for an absolute path)", retryable=False)
     return _expand_home(Path(url)) if scheme == "" else None
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The ``sqlite:///PATH`` URL of a file, which :func:`sqlite_path` reads back as the same file: ``%`` and ``?``
+    in the name are percent-encoded (read as written they would be decoded, or start the query); spaces and every
+    other character stay readable."""
+    return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")
 
 
 def _expand_home(path: Path) -> Path:
