@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def test_import_fixture(tmp_path: Path) -> None:
         assert line["id"] == instruction_id(line["prompt"]) and line["task"] == f"alpaca_eval/{a['dataset']}"
         got = line["outcomes"]["phi-2"]
         assert got["correct"] == pytest.approx(min(1.0, max(0.0, a["preference"] - 1)), abs=1e-6)
-        assert got["output_tokens"] == math.ceil(len(a["output_2"].strip()) / 4)
+        assert got["output_tokens"] == max(1, len(a["output_2"].strip().encode()) // 4)  # UTF-8 bytes / 4
         assert set(line["outcomes"]) == {"phi-2", "vicuna-13b-v1.5", "mixtral-8x7b-instruct"}
     table = load_outcomes(out, cards)  # the simulator reads what the importer wrote
     assert table.n == 4 and set(table.models) == {"phi-2", "vicuna-13b-v1.5", "mixtral-8x7b-instruct"}
@@ -80,6 +79,22 @@ def test_shipped_copy_matches_the_catalogue() -> None:
                                                                    rel=1e-3)
         else:
             assert card.simulation_only or name == "mixtral-8x7b-instruct"
+
+
+def test_a_non_ascii_answer_counts_its_utf8_bytes_as_the_router_does(tmp_path: Path) -> None:
+    """An answer in Thai counted as characters / 4 came out 3x short of what the Router estimates for the same text
+    served (UTF-8 bytes / 4), so a simulation charged it a third of the output energy."""
+    thai = "คำตอบคือสิบหกฟอง"  # 16 characters, 48 bytes
+    results = tmp_path / "results"
+    shutil.copytree(FIXTURE, results)
+    items = _annotations("phi-2")
+    items[0]["output_2"] = thai
+    (results / "phi-2" / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json").write_text(json.dumps(items))
+    out = tmp_path / "o.jsonl"
+    report = import_alpaca_eval(results, out, load_catalogue(ROOT / "models"))
+    line = next(x for x in map(json.loads, out.read_text().splitlines()) if x["prompt"] == items[0]["instruction"])
+    assert line["outcomes"]["phi-2"]["output_tokens"] == 48 // 4
+    assert report.tokens_from["phi-2"] == "utf8-bytes/4"
 
 
 def _fixture_with_preference(tmp_path: Path, k: int, preference: object) -> tuple[Path, Path]:

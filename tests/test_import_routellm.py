@@ -79,9 +79,25 @@ def test_gsm8k_response_columns(tmp_path: Path, cards_dir: Path) -> None:
     assert recs[0]["prompt"] == "Janet has 16 eggs.\nHow many?"
     mix = recs[0]["outcomes"]["mixtral-8x7b-instruct"]  # lower-case RouteLLM name, no org prefix
     assert mix["correct"] is True and mix["answer"] == "She has 16.\n#### 16"
-    assert mix["output_tokens"] == -(-len("She has 16.\n#### 16") // 4)
+    assert mix["output_tokens"] == len("She has 16.\n#### 16") // 4  # 19 bytes: the Router's estimate, rounded down
     assert recs[1]["outcomes"]["gpt-4-1106-preview"] == {"correct": True, "output_tokens": 1, "answer": "4"}
     assert set(recs[1]["outcomes"]) == {"mixtral-8x7b-instruct", "gpt-4-1106-preview"}  # no *_response models
+
+
+def test_a_non_ascii_response_counts_its_utf8_bytes_as_the_router_does(tmp_path: Path, cards_dir: Path) -> None:
+    """GSM8K answers in Chinese, Hindi or Thai counted as characters / 4 came out 3x short of what the Router
+    estimates for the same text served (UTF-8 bytes / 4), so a simulation charged those answers a third of the
+    output energy."""
+    chinese = "珍妮有十六个鸡蛋，她吃了三个，还剩十三个。"  # 21 characters, 63 bytes
+    hindi = "उत्तर सोलह है"  # 13 characters, 35 bytes
+    src = tmp_path / "gsm8k_responses.csv"
+    src.write_text("prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview,mixtral-8x7b-instruct-v0.1_response,"
+                   f"gpt-4-1106-preview_response\nJanet has 16 eggs.,True,True,{chinese},{hindi}\n", encoding="utf-8")
+    out = tmp_path / "g.jsonl"
+    import_routellm(src, out, load_cards(cards_dir))
+    outcomes = json.loads(out.read_text(encoding="utf-8"))["outcomes"]
+    assert outcomes["mixtral-8x7b-instruct"]["output_tokens"] == 63 // 4
+    assert outcomes["gpt-4-1106-preview"]["output_tokens"] == 35 // 4
 
 
 def test_unknown_model_column(tmp_path: Path, cards_dir: Path) -> None:

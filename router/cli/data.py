@@ -64,7 +64,7 @@ def import_alpaca_eval_cmd(
     ),
 ) -> None:
     """Convert AlpacaEval judge annotations into an outcomes file: `correct` = the judge's preference - 1 (a
-    score in [0, 1]), `output_tokens` = ceil(answer characters / 4), one line per instruction, task
+    score in [0, 1]), `output_tokens` = answer UTF-8 bytes / 4 (the Router's estimate), one line per instruction, task
     `alpaca_eval/<source set>`. Generators map to cards by name or alias; variants (`-togetherai`, `_concise`,
     ...) map to their base model's card, and are skipped when the base model is in the folder too."""
     from ..cards import load_catalogue

@@ -9,7 +9,8 @@ the shared data or a full upstream checkout alike.
 * ``correct`` = preference - 1, a score in [0, 1] (a missing preference skips that outcome, counted; one that is
   not a number in [1, 2] stops the import, naming the file and line, as a bad score in a RouteLLM CSV does).
 * ``output_tokens``: from the answer, with the model's own tokenizer when the caller passes one
-  (``tokenizers``), else ceil(characters / 4), the usual English estimate also used for RouteLLM's GSM8K answers.
+  (``tokenizers``), else the Router's own estimate of a text, its UTF-8 bytes / 4 (at least 1; 0 for an empty
+  answer), as for RouteLLM's GSM8K answers: :func:`~router.simulate.outcomes.estimated_answer_tokens`.
   The project ships none of these models' tokenizers, so the command line uses the estimate.
 * One line per instruction (id ``alpaca_eval-<sha1 of the instruction, 12 hex>``, stable across models and
   checkouts), ``task`` = ``alpaca_eval/<dataset>`` (helpful_base, koala, oasst, selfinstruct, vicuna), every model
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import ModelCard
-from .outcomes import CHARS_PER_TOKEN, ModelNames, OutcomesError
+from .outcomes import ModelNames, OutcomesError, estimated_answer_tokens
 
 ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 REFERENCE = "gpt4_1106_preview"
@@ -56,7 +57,7 @@ class AlpacaImport:
     """Variant generator -> the base generator whose column it would duplicate."""
     missing_preference: int = 0
     tokens_from: dict[str, str] = field(default_factory=dict)
-    """Card name -> ``tokenizer`` or ``chars/4``."""
+    """Card name -> ``tokenizer`` or ``utf8-bytes/4``."""
     per_dataset: dict[str, int] = field(default_factory=dict)
 
 
@@ -141,7 +142,7 @@ def import_alpaca_eval(
             continue
         card = mapping[folder]
         count = tokenizers.get(card)
-        report.tokens_from[card] = "tokenizer" if count else f"chars/{CHARS_PER_TOKEN}"
+        report.tokens_from[card] = "tokenizer" if count else "utf8-bytes/4"
         for line_no, item in _read(file):
             pref = item.get("preference")
             instruction = item.get("instruction")
@@ -152,7 +153,7 @@ def import_alpaca_eval(
                 continue
             score = _score(pref, file, line_no)
             answer = item.get("output_2") or ""
-            tokens = int(count(answer)) if count else -(-len(answer.strip()) // CHARS_PER_TOKEN)
+            tokens = int(count(answer)) if count else estimated_answer_tokens(answer)
             line = lines.setdefault(instruction, {
                 "id": instruction_id(instruction), "prompt": instruction,
                 "task": f"alpaca_eval/{item.get('dataset') or 'unknown'}", "outcomes": {},

@@ -5,7 +5,8 @@ RouteLLM (lm-sys/RouteLLM, ``routellm/evals``) ships one CSV per benchmark slice
 * MMLU ``mmlu_<subject>.csv``: ``prompt``, then one ``True``/``False`` column per model. RouteLLM generated the
   answers with ``max_new_tokens=1`` (one answer letter), so each outcome gets ``output_tokens: 1``.
 * GSM8K ``gsm8k_responses.csv``: ``prompt``, one ``True``/``False`` column per model, then ``<model>_response``
-  columns with the generated text; ``output_tokens`` is estimated from the response (ceil(chars / 4)), and the
+  columns with the generated text; ``output_tokens`` is estimated from the response (its UTF-8 bytes / 4, as the Router
+  estimates a text: :func:`~router.simulate.outcomes.estimated_answer_tokens`), and the
   text itself is kept as ``answer`` only with ``keep_responses``.
 
 Ids are ``<benchmark>-<subject>-<row>`` (row = 0-based data row in the CSV, e.g. ``mmlu-anatomy-17``) and the
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cards import ModelCard
-from .outcomes import CHARS_PER_TOKEN, ModelNames, OutcomesError
+from .outcomes import ModelNames, OutcomesError, estimated_answer_tokens
 
 RESPONSE_SUFFIX = "_response"
 _TRUE = {"true", "1", "1.0"}
@@ -169,7 +170,7 @@ def _import_file(file: Path, sink, names: ModelNames, report: ImportReport, keep
                 resp_col = col + RESPONSE_SUFFIX
                 if resp_col in response_cols:
                     text = row[index[resp_col]]
-                    entry["output_tokens"] = -(-len(text.strip()) // CHARS_PER_TOKEN)
+                    entry["output_tokens"] = estimated_answer_tokens(text)
                     if keep_responses:
                         entry["answer"] = text
                 elif is_mmlu:

@@ -41,9 +41,16 @@ from ..backends.base import estimated_tokens, utf8_size
 from ..cards import MAX_TOKENS, ModelCard
 from ..errors import BadRequestError
 
-CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 64
 """Output tokens assumed for an outcome without ``output_tokens`` (counted in ``defaulted_output_tokens``)."""
+
+
+def estimated_answer_tokens(answer: str) -> int:
+    """The output tokens of an imported answer no tokenizer counts: the Router's own estimate of a text, its UTF-8
+    bytes over four (:func:`~router.backends.base.estimated_tokens`), so an answer in Chinese or Hindi counts as many
+    tokens in a simulation as the same answer served would; 0 for an empty answer (the model said nothing)."""
+    text = answer.strip()
+    return estimated_tokens(utf8_size(text)) if text else 0
 MAX_REQUESTS = 1_000_000
 """The most requests one line may stand for (``requests`` per outcome): each is a row of the table."""
 MAX_ENERGY_J = 1e15
