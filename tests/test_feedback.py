@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,6 +185,28 @@ def test_prompts_are_stored_when_opted_in_and_retention_deletes_old_ones_at_star
         p = stored[0]
         assert (p.prompt, p.model, p.answer) == (REVIEW, "sentiment-onnx", resp.choices[0].message.content)
         assert json.loads(p.messages) == user(REVIEW)
+
+
+def test_a_forked_child_stores_its_prompts_with_a_learning_thread_of_its_own(tmp_path: Path) -> None:
+    """A Router made before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork pool):
+    the child's answers are stored by a learning thread of its own (a fork copies no thread: without one the child's
+    prompts were never stored and ``drain()`` never returned)."""
+    with Router(_config(tmp_path, prompts={"store": True})) as r:
+        r.complete(user(REVIEW))
+        assert r.learning is not None and r.learning.drain(30)
+
+        def in_the_child() -> None:  # a failed assert ends the child with exit code 1
+            resp = r.complete(user(REVIEW))
+            assert r.learning is not None and r.learning.drain(20), "the child's answer was never stored"
+            assert len(r.ledger.prompts(request_id=resp.id)) == 1
+
+        child = multiprocessing.get_context("fork").Process(target=in_the_child)
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the forked child hung")
+        assert child.exitcode == 0, "the child's prompt was stored (its traceback is in the captured stderr)"
 
 
 def test_retention_at_start_applies_even_with_storing_turned_off(tmp_path: Path) -> None:
