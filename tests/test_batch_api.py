@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -473,6 +474,36 @@ def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
             with pytest.raises(BadRequestError) as info:
                 r.batch(nothing)
             assert info.value.message == "no requests given" and info.value.param == "requests"
+
+
+def test_a_forked_child_runs_its_batches_with_a_scheduler_of_its_own(tmp_path: Path) -> None:
+    """A Router made before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork pool),
+    its scheduler started: the child's batches run on a scheduler and line workers of its own (a fork copies no
+    thread: without them they waited for another process's scheduler, and with none they never ran)."""
+    review = [{"role": "user", "content": "Is this review positive or negative? 'a gorgeous, witty film'"}]
+    cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
+                                       "journal": {"enabled": False}, "batch": {"poll_s": 0.05}})
+    with Router(cfg) as r:
+        assert r.batch([{"messages": review}]).wait(timeout=60, poll_s=0.05)["status"] == "completed"
+        fork = multiprocessing.get_context("fork")
+        parents_scheduler_stopped = fork.Event()
+
+        def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
+            assert parents_scheduler_stopped.wait(30)
+            done = r.batch([{"messages": review}]).wait(timeout=30, poll_s=0.05)
+            assert done["status"] == "completed" and done["request_counts"]["completed"] == 1, done
+
+        child = fork.Process(target=in_the_child)
+        child.start()
+        # the parent stops running lines (a master that only supervises its workers): only the child's own
+        # scheduler may run the child's batch
+        r.batches.scheduler.close()
+        parents_scheduler_stopped.set()
+        child.join(90)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the forked child hung")
+        assert child.exitcode == 0, "the child's batch ran (its traceback is in the captured stderr)"
 
 
 @pytest.mark.redis

@@ -69,7 +69,7 @@ class BatchScheduler:
         self.grid = router.grid
         self.zone = settings.zone or router.grid.host_zone
         self.policies = policy_names(router.config)
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+        self.owner = _new_owner()
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="batch-line")
         self._inflight: dict[tuple[str, int], Future[None]] = {}
         self._unwritten: dict[tuple[str, int], tuple[Line, str, dict[str, Any] | None, float | None]] = {}
@@ -79,6 +79,25 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._seconds_per_line = 2.0  # an exponential average of wall seconds per line, once lines have run
         self._notes: dict[str, str] = {}
+        _LIVE.add(self)
+
+    def _restart_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: without a scheduler thread and line workers of its own, the child's batches would never
+        run unless another process ran them. The lines in flight at the fork, and their ends kept for the store,
+        are the parent's: the child neither renews their leases nor writes them, and it claims lines under an owner
+        of its own. The lock is new, as a parent's thread may have held it at the fork; so is the pool, whose
+        copied workers do not exist here (work given to it would never run)."""
+        if self._thread is None or self._stop.is_set():  # never started, or closed
+            return
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.owner = _new_owner()
+        self.pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="batch-line")
+        self._inflight = {}
+        self._unwritten = {}
+        self._thread = None
+        self.start()
 
     # -- the loop --------------------------------------------------------------------------------------------
     def start(self) -> BatchScheduler:
@@ -294,6 +313,22 @@ class BatchScheduler:
             self._write_kept()
         except LedgerError as exc:
             log.warning("batch scheduler: %s", exc.message)
+
+
+def _new_owner() -> str:
+    """The name this process's scheduler holds its line leases under, unique across hosts and processes."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+_LIVE: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for scheduler in list(_LIVE):
+        scheduler._restart_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _ending(doc: dict[str, Any]) -> str:
