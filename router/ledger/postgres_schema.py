@@ -113,8 +113,11 @@ RESERVE = """WITH prior AS (SELECT released FROM {s}.holds WHERE id = %(id)s),
     SELECT EXISTS (SELECT 1 FROM hold) OR EXISTS (SELECT 1 FROM prior WHERE NOT released)"""
 
 # Args: id, the change (actual - held), budget, window start. The hold goes: a settled reservation is never released.
-SETTLE = """WITH settled AS (DELETE FROM {s}.holds WHERE id = %s)
-    UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s) WHERE budget = %s AND window_start = %s"""
+# Only a reservation that still holds its joules is settled: once its hold is gone (settled already, or pruned with
+# its window) or released, a settlement sent again (a retry, a journal's replay) changes nothing.
+SETTLE = """WITH settled AS (DELETE FROM {s}.holds WHERE id = %s AND NOT released RETURNING 1)
+    UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s) WHERE budget = %s AND window_start = %s
+    AND EXISTS (SELECT 1 FROM settled)"""
 
 # Args: id, budget, window start of a reservation its client gave up on (it may run after this). Gives back what its
 # hold holds, once, and leaves the hold released, or a released one (0 J) as a tombstone where there is none yet,

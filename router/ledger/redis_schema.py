@@ -125,9 +125,16 @@ return 1
 """
 
 # KEYS: the counter, the reservation's hold (dropped: a settled reservation is never released). ARGV: the change.
+# Only a reservation that still holds its joules is settled: once its hold is gone (settled already, or expired
+# with its window) or released, a settlement sent again (a retry, a journal's replay) changes nothing. The DEL
+# runs either way, so the journaled ledger's probe (a settlement of no hold) still needs a writable server.
 SETTLE = """
+local hold = redis.call('GET', KEYS[2])
+if hold == 'released' then
+  return 0
+end
 redis.call('DEL', KEYS[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if not hold or redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
 local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))

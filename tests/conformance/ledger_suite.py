@@ -617,6 +617,24 @@ def check_settle_many(open_store: OpenStore) -> None:
     assert led.budget_used("c", 3600) == 0.0
 
 
+def check_settling_again_changes_nothing(open_store: OpenStore) -> None:
+    """A reservation is settled once, by its id: a settlement sent again (a retry after a timeout whose first try
+    had committed, a journal's replay of one that had reached the store) is a no-op, on its own or in a batch, and
+    the first figure stands, so the budget is not charged twice."""
+    led = open_store("settle_again")
+    a, b = led.try_reserve("b", 10.0, 20.0, 3600), led.try_reserve("b", 5.0, 20.0, 3600)
+    assert a is not None and b is not None
+    led.settle(a, 4.0)
+    led.settle(a, 4.0)
+    led.settle(a, 9.0)
+    assert math.isclose(led.budget_used("b", 3600), 9.0), "a settled once: 4 J spent, b's 5 J held"
+    led.settle_many([(b, 2.0), (b, 2.0), (a, 4.0)])
+    assert math.isclose(led.budget_used("b", 3600), 6.0), "b settled once in its batch, a not again"
+    led.settle_many([(b, 2.0)])
+    assert math.isclose(led.budget_used("b", 3600), 6.0), "a batch sent again settles nothing"
+    assert led.try_reserve("b", 14.0, 20.0, 3600) is not None, "the room the settlements left is all there"
+
+
 def check_budget_keys(open_store: OpenStore) -> None:
     """``budget_keys(since)`` lists each budget with a counter in a window that started at or after ``since``,
     once however many reservations it has, none for a later ``since``; a reopened store lists the same."""
@@ -853,6 +871,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_reserve_is_atomic_under_threads,
     check_settle,
     check_settle_many,
+    check_settling_again_changes_nothing,
     check_reserve_up_to_the_limit,
     check_window_rollover,
     check_budget_keys,
