@@ -118,6 +118,13 @@ class PayloadTooLargeError(BadRequestError):
     code = "request_too_large"
 
 
+class HeadersTooLargeError(BadRequestError):
+    """A request's line and headers are longer than the proxy reads: it answers and closes the connection."""
+
+    http_status = 431
+    code = "request_headers_too_large"
+
+
 class UnsupportedEncodingError(BadRequestError):
     """A request body in a ``Content-Encoding`` the proxy cannot undo (``br``, ``zstd``, ...): read as it is, it
     would be taken for something it is not. The answer carries ``Accept-Encoding`` with what is accepted."""
@@ -284,6 +291,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthError",
     "DeadlineExceededError",
+    "HeadersTooLargeError",
     "InternalError",
     "LedgerError",
     "MethodNotAllowedError",

@@ -213,6 +213,25 @@ def test_slow_headers_cannot_hold_a_connection(served: Served) -> None:
     assert closed and time.monotonic() - started < 3
 
 
+def test_headers_that_do_not_end_are_a_431(served: Served) -> None:
+    """httptools keeps what has come of unfinished headers: without a limit one connection held all a client could
+    send within the header deadline (no key needed), 80 MB in 10 s over loopback."""
+    sock = _connect(served.url)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    answer = b""
+    with contextlib.suppress(OSError):  # the server may close while the rest is still being sent
+        sock.sendall(b"a" * (1 << 20))
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert json.loads(body)["error"]["code"] == "request_headers_too_large"
+    # ordinary large headers (32 KiB of cookies) still pass, and the server is up
+    assert httpx.get(f"{served.url}/health", headers={"Cookie": "c" * 32 * 1024}).status_code == 200
+
+
 def _error_counts(served: Served) -> dict[tuple[str, ...], float]:
     """``router_requests_total`` by outcome (``("outcome", OUTCOME)``) and ``router_errors_total`` by type and
     status (``("error", TYPE, STATUS)``), summed over their other labels."""

@@ -18,6 +18,11 @@ connections but not a request in progress (any byte received keeps it going), so
 could hold a connection, and the memory of its half-read request, indefinitely. Kept here rather than in the ASGI
 handler: a timer per request phase in the protocol costs a fraction of an ``asyncio.timeout`` around each
 ``receive()``.
+
+The third: a request of which more than :data:`MAX_HEAD_BYTES` have come with its headers still unfinished is
+answered 431 (counted per read, so headers that end within the read that passes the limit still pass). httptools
+sets no limit and keeps what has come: a client that never ended its headers held all it sent until the header
+deadline (80 MB in 10 s over loopback), on as many connections as it opened, with no key needed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import RequestTimeoutError
+from ..errors import HeadersTooLargeError, RequestTimeoutError
 from ._fast_cycle import ProtocolBase
 from .public import BODY_TIMED_OUT
 
@@ -93,6 +98,9 @@ HEADER_TIMEOUT_S = 10.0
 """Seconds a request's headers may take (``proxy.header_timeout_s``; set per process by ``app_from_env``)."""
 BODY_TIMEOUT_S = 30.0
 """Seconds a request's body may take after its headers (``proxy.body_timeout_s``)."""
+MAX_HEAD_BYTES = 64 * 1024
+"""The most bytes of a request that may come before its headers end (431 beyond): nginx reads 32 KiB, Node.js
+16 KiB."""
 
 
 def set_timeouts(header_s: float, body_s: float) -> None:
@@ -100,10 +108,10 @@ def set_timeouts(header_s: float, body_s: float) -> None:
     HEADER_TIMEOUT_S, BODY_TIMEOUT_S = header_s, body_s
 
 
-def _timeout_response(error: RequestTimeoutError) -> bytes:
+def _closing_response(error: RequestTimeoutError | HeadersTooLargeError, status_line: bytes) -> bytes:
     body = json.dumps(error.to_openai()).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status_line, len(body), body))
 
 
 class OneWriteHttpToolsProtocol(ProtocolBase):
@@ -115,13 +123,21 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
     _phase = 1  # 0: between requests; 1: reading headers (a new connection too); 2: reading a body
     _armed = 0  # the phase the timer is for (0: none)
     _read_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0  # bytes received while the request's headers were still incomplete
+    _head_refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWrite(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
         self._arm()  # a connection that sends nothing at all
 
     def data_received(self, data: bytes) -> None:
+        if self._head_refused:
+            return  # what still comes of a refused request is read and dropped (see _headers_too_large)
         super().data_received(data)
+        if self._phase == 1:  # headers still unfinished: data was theirs (but for a previous request's end)
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._headers_too_large()
         if self._phase != self._armed:
             self._arm()
 
@@ -132,6 +148,7 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self._phase = 2
+        self._head_bytes = 0
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -151,6 +168,20 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
             limit = HEADER_TIMEOUT_S if self._phase == 1 else BODY_TIMEOUT_S
             self._read_timer = self.loop.call_later(limit, self._too_slow, self._phase == 2)
 
+    def _headers_too_large(self) -> None:
+        """Answered before the app has seen the request, and the answer ended with a FIN. The connection is not
+        closed at once: a close with the client's bytes unread sends a reset, which may discard the 431 before the
+        client reads it. What more comes is dropped as it arrives, until the client closes or the headers' deadline
+        closes the connection."""
+        error = HeadersTooLargeError(f"more than {MAX_HEAD_BYTES:,} bytes of the request came before the end of "
+                                     "its headers; send smaller headers")
+        self._head_refused = True
+        self.transport.write(_closing_response(error, b"431 Request Header Fields Too Large"))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:  # a TLS transport cannot half-close
+            self.transport.close()
+
     def _too_slow(self, body: bool) -> None:
         """Headers too slow: close. A body too slow: a 408 goes out first unless the app has already answered (an
         early 413 for a declared oversize body, which a client may go on sending); the app then sees the client
@@ -159,7 +190,7 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
         answered = self.cycle is not None and self.cycle.response_started
         if body and not answered and not self.transport.is_closing():
             error = RequestTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
-            self.transport.write(_timeout_response(error))
+            self.transport.write(_closing_response(error, b"408 Request Timeout"))
             if self.cycle is not None:  # the app sees the client gone next: this tells it the 408 was answered
                 self.cycle.scope[BODY_TIMED_OUT] = error  # type: ignore[literal-required]
         self.transport.close()
