@@ -196,6 +196,27 @@ def test_router_ledger_on_an_empty_store_does_not_print_its_password(postgres_se
 # -- the command line -----------------------------------------------------------------------------------------
 
 
+def test_a_password_given_as_a_url_parameter_is_masked_too(tmp_path: Path) -> None:
+    """libpq takes ``?password=`` (and ``?sslpassword=``), redis-py ``?password=``: the store's message, the command's
+    output and the journal folder's STORE note show ``password=***``. The stores are down (closed ports)."""
+    port = free_port()
+    urls = (f"postgresql://router@127.0.0.1:{port}/router?connect_timeout=2&password=s3cret-pg&sslpassword=s3cret-k",
+            f"redis://127.0.0.1:{port}/0?password=s3cret-redis")
+    for url in urls:
+        err = _raises(lambda url=url: open_ledger(url, journal=False), "down or unreachable", "password=***")
+        assert "s3cret" not in str(err), str(err)
+        result = CliRunner().invoke(app, ["ledger", "--ledger", url], env={"COLUMNS": "200"})
+        assert result.exit_code != 0 and "password=***" in result.output, result.output
+        assert "s3cret" not in result.output, result.output
+    from router.ledger.journal import Journal
+
+    journal = Journal(tmp_path / "journal", url=urls[1])
+    try:
+        assert (tmp_path / "journal" / "STORE").read_text() == f"redis://127.0.0.1:{port}/0?password=***\n"
+    finally:
+        journal.close()
+
+
 def test_router_ledger_commands_print_the_error_not_a_traceback(tmp_path: Path) -> None:
     corrupt = tmp_path / "c.sqlite3"
     corrupt.write_bytes(b"garbage " * 500)

@@ -23,9 +23,21 @@ from ..errors import LedgerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_QUERY_SECRET = re.compile(r"(?i)(^|&)((?:ssl)?password=)[^&]*")
+"""A secret given as a URL parameter: libpq takes ``?password=`` and ``?sslpassword=``, redis-py ``?password=``."""
+
+
 def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db`` (messages and logs never show a
-    password); anything without one comes back unchanged."""
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``, and ``?password=secret`` ->
+    ``?password=***`` (messages, logs and files never show a password); anything without one comes back unchanged."""
+    masked = redact_userinfo(url)
+    base, sep, query = masked.partition("?")
+    return base + sep + _QUERY_SECRET.sub(r"\1\2***", query) if sep else masked
+
+
+def redact_userinfo(url: str) -> str:
+    """:func:`redact` of the password before the host only: what journal folders are named by (a folder must keep
+    its name across releases, or records journaled before an upgrade would not be replayed)."""
     try:
         parts = urlsplit(url)
     except ValueError:

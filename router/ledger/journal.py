@@ -41,7 +41,7 @@ from pydantic_core import to_json
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import LedgerRecord
-from .errors import ledger_error, redact
+from .errors import ledger_error, redact, redact_userinfo
 from .urls import sqlite_path
 
 log = logging.getLogger("router.ledger")
@@ -61,7 +61,7 @@ def journal_folder(settings: JournalSettings, url: str) -> Path:
         return path.with_name(path.name + ".journal")
     from ..user_dirs import user_data_folder
 
-    safe = redact(url)
+    safe = redact_userinfo(url)  # a parameter password is hashed into the name, never written in it
     slug = re.sub(r"[^A-Za-z0-9.-]+", "-", safe.split("?", 1)[0].split("@")[-1]).strip("-")[:60]
     digest = hashlib.sha256(safe.encode()).hexdigest()[:10]
     folder = user_data_folder("name the journal folder (journal.folder in the config)")
