@@ -17,10 +17,16 @@ if TYPE_CHECKING:
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    # A container or Kubernetes deployment sets these in the environment instead of rewriting the command.
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface).",
+                             envvar="ROUTER_HOST"),
+    port: int = typer.Option(8000, "--port", help="Port to listen on.", envvar="ROUTER_PORT"),
     workers: int = typer.Option(
-        1, "--workers", min=1, help="Worker processes; more than 1 needs a ledger they share (Redis or PostgreSQL)."),
+        1, "--workers", min=1, help="Worker processes; more than 1 needs a ledger they share (Redis or PostgreSQL).",
+        envvar="ROUTER_WORKERS"),
+    root_path: str = typer.Option(
+        "", "--root-path", help="The path prefix a reverse proxy serves the router under (/router): requests are "
+        "answered with or without it, so the proxy may strip it or pass it on.", envvar="ROUTER_ROOT_PATH"),
     # The worker processes read the config and keys files from these variables (router.proxy.app.app_from_env),
     # so one set before the command is what they serve: the checks below and the start-up line must read it too.
     config: Annotated[Path | None, typer.Option(
@@ -81,6 +87,11 @@ def serve(
         typer.echo(f"router serve: warning: batches are stored in {default_store_url(cfg.ledger_url)} (the user data "
                    "dir, shared with library scripts on this host): the ledger is Redis and batch.store_url is not "
                    "set. A fleet of hosts sets batch.store_url to PostgreSQL (docs/batch.md).", err=True)
+    root_path = "/" + root_path.strip("/") if root_path.strip("/") else ""  # "router/" means "/router"
+    if not all(" " < c <= "~" and c not in "?#" for c in root_path):  # uvicorn sends it as ASCII in every path
+        typer.echo(f"error: --root-path {root_path!r} is not a URL path: give printable ASCII without spaces, '?' "
+                   "or '#', such as /router", err=True)
+        raise typer.Exit(2)
     problem = _cannot_listen(host, port)  # before the models load: that takes seconds, and then all is in vain
     if problem is not None:
         typer.echo(f"error: {problem}", err=True)
@@ -99,6 +110,8 @@ def serve(
         # only changes the client address, which nothing but the access log reads; no `server: uvicorn` header
         proxy_headers=access_log if proxy_headers is None else proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips, server_header=False,
+        # each request's scope["root_path"]; router.proxy.app.ProxyApp routes paths with and without it
+        root_path=root_path,
         # router/proxy/server.py: one write per loop iteration, and a deadline on each request's headers
         http=OneWriteHttpToolsProtocol, loop="uvloop" if _uvloop() else "auto",  # "auto": uvicorn's default
     )
@@ -107,9 +120,10 @@ def serve(
     sock = settings.bind_socket()
     sock.listen(settings.backlog)
     # uvicorn's own lines are off at the default log level: say where the proxy listens and what it serves
-    typer.echo(f"router serve: {_base_url(host, sock.getsockname()[1])} (an OpenAI client's base_url), {workers} "
-               f"worker{'s' if workers > 1 else ''}; models from {cfg.models_dir}, policy {cfg.default_policy}, "
-               f"ledger {redact(cfg.ledger_url)}; loading the models ...", err=True)
+    under = f", or under {root_path} through the reverse proxy" if root_path else ""
+    typer.echo(f"router serve: {_base_url(host, sock.getsockname()[1])} (an OpenAI client's base_url{under}), "
+               f"{workers} worker{'s' if workers > 1 else ''}; models from {cfg.models_dir}, policy "
+               f"{cfg.default_policy}, ledger {redact(cfg.ledger_url)}; loading the models ...", err=True)
     os.environ.pop(ENV_METRICS_DIR, None)  # only this run's directory, and none for one process
     try:
         if workers > 1:

@@ -137,11 +137,13 @@ class ProxyApp(FastAPI):
     preflight ``OPTIONS`` requests and adds the ``Access-Control-*`` headers). Off by default: no cost."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("root_path"):
+            _root_path_once(scope)
         if self.cors is not None and scope["type"] == "http":
             await self.cors(scope, receive, send)
             return
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in CHAT_PATHS):
+                and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
             await self.chat(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
@@ -149,10 +151,34 @@ class ProxyApp(FastAPI):
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """What :meth:`__call__` does without CORS (the CORS middleware's inner app)."""
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
-                and scope["path"] in CHAT_PATHS):
+                and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
             await self.chat(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes see: ``scope["path"]`` without ``scope["root_path"]`` (uvicorn's ``--root-path``,
+    which ``router serve --root-path`` sets, is put in front of every path), as Starlette's routing takes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):]
+    return path
+
+
+def _root_path_once(scope: Scope) -> None:
+    """A reverse proxy that serves the router under a prefix (``/router``) may strip it or pass it on. uvicorn puts
+    its ``root_path`` in front of every path either way, so a proxy that passes it on leaves it there twice
+    (``/router/router/v1/models``), which no route matches: one is dropped, so both kinds of proxy work."""
+    root: str = scope["root_path"]
+    twice = root + root
+    path: str = scope["path"]
+    if path.startswith(twice) and path[len(twice):len(twice) + 1] in ("", "/"):
+        scope["path"] = path[len(root):]
+        raw: bytes | None = scope.get("raw_path")
+        if raw is not None and raw.startswith(twice.encode()):
+            scope["raw_path"] = raw[len(root):]
 
 
 class _ASGIEndpoint:
