@@ -65,3 +65,38 @@ def test_an_output_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_p
     named = a_file if command == "import-routellm" else tmp_path
     assert f"error: {named}: " in output, output
     assert "fix: check that path" in output
+
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_the_command_was_interrupted_and_what_it_left(tmp_path: Path) -> None:
+    """Ctrl+C on a long command ended it with exit status 130 and not a word, so nobody could tell whether its
+    output was complete. The real `router data from-ledger` in its own process, stopped by SIGINT while it waits for
+    its ledger's store: once the store has the command's first request, the command is running and waits there."""
+    import signal
+    import socket
+
+    # TEST DOUBLE: a Redis server that takes the connection and never answers (a store that hangs)
+    with socket.create_server(("127.0.0.1", 0)) as store:
+        port = store.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen([sys.executable, "-m", "router", "data", "from-ledger", "-o",
+                                 str(tmp_path / "scored.jsonl"), "--ledger", f"redis://127.0.0.1:{port}/0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+        try:
+            store.settimeout(120)
+            connection, _ = store.accept()
+            with connection:
+                assert connection.recv(1024), "the command closed its connection to the store"
+                proc.send_signal(signal.SIGINT)
+                _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err.decode()
+    lines = err.decode().strip().splitlines()
+    assert lines and lines[-1] == (
+        f"{Path(sys.executable).name} -m router data from-ledger: interrupted; the files it had finished writing are "
+        "kept, one it was still writing may be incomplete"), err.decode()
+    assert b"Traceback" not in err

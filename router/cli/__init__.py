@@ -17,14 +17,34 @@ _PYDANTIC_PREFIX = "Value error, "
 
 class _RootGroup(TyperGroup):
     """``router``'s command group. Typer checks choice options (an Enum, a Literal) with pydantic, whose message
-    starts "Value error, "; every subcommand's bad value passes through here, so it is cut once for all."""
+    starts "Value error, "; every subcommand's bad value passes through here, so it is cut once for all. So does a
+    Ctrl+C, which Typer ends with exit status 130 and not a word: it says the command was interrupted and what
+    that left behind, so whoever pressed it knows whether an output file is complete."""
 
     def invoke(self, ctx: Any) -> Any:
+        words = list(ctx.args)  # what follows the subcommand's name (the group invoking it clears them)
         try:
             return super().invoke(ctx)
         except typer.BadParameter as exc:
             exc.message = exc.message.removeprefix(_PYDANTIC_PREFIX)
             raise
+        except KeyboardInterrupt:
+            typer.echo(f"\n{self._command_path(ctx, words)}: interrupted; the files it had finished writing are "
+                       "kept, one it was still writing may be incomplete", err=True)
+            raise typer.Exit(130) from None  # 128 + SIGINT, as a shell reports a command Ctrl+C stopped
+
+    def _command_path(self, ctx: Any, words: list[str]) -> str:
+        """``router data measure-local`` for ``router data measure-local sentiment``: the names of the commands
+        run, the groups' included."""
+        names = [ctx.command_path]
+        command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+        if command is not None:
+            names.append(ctx.invoked_subcommand)
+        for word in words:
+            if not isinstance(command, TyperGroup) or (command := command.get_command(ctx, word)) is None:
+                break
+            names.append(word)
+        return " ".join(names)
 
 
 app = typer.Typer(
