@@ -1,6 +1,7 @@
-"""One model call's answer as stream chunks, shaped as OpenAI's: text deltas (with their log probabilities),
-refusal deltas (a remote model that declined), tool-call deltas (``function_call`` deltas for a legacy request),
-then the closing chunk with the finish reason, usage and routing."""
+"""One model call's answer as stream chunks, shaped as OpenAI's: a reasoning model's reasoning deltas (under the
+endpoint's field names), text deltas (with their log probabilities), refusal deltas (a remote model that declined),
+tool-call deltas (``function_call`` deltas for a legacy request), then the closing chunk with the finish reason,
+usage and routing."""
 
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ class StreamedAnswer:
 
     def take(self, event: StreamEvent) -> list[ChatCompletionChunk]:
         self.output.add(event)
-        if self.call.buffered or not (event.text or event.tool_calls or event.logprobs or event.refusal):
+        if self.call.buffered or not (event.text or event.tool_calls or event.logprobs or event.refusal
+                                      or event.reasoning):
             return []
         chunks = self._opening(refusing=bool(event.refusal))
+        if event.reasoning:
+            chunks.append(self._chunk(Delta.model_validate(event.reasoning)))
         if event.refusal:
             chunks.append(self._chunk(Delta(refusal=event.refusal)))
         if event.text or event.logprobs:
@@ -56,6 +60,8 @@ class StreamedAnswer:
         chunks = []
         if not self.sent:
             chunks += self._opening(refusing=gen.refusal is not None)
+            if gen.reasoning:
+                chunks.append(self._chunk(Delta.model_validate(gen.reasoning)))
             if gen.refusal:
                 chunks.append(self._chunk(Delta(refusal=gen.refusal)))
             if gen.text or gen.logprobs:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backend, Generation, GenerationRequest, StreamEvent
+from .backends.base import reasoning_text
 from .cards import ModelCard
 from .energy import MeterSpan
 from .ledger import Reservation
@@ -41,6 +42,7 @@ class Output:
         self.calls: list[dict[str, Any]] = []
         self.logprobs: list[dict[str, Any]] | None = None
         self.refusal: list[str] = []
+        self.reasoning: dict[str, list[str]] = {}
         self.last = StreamEvent()
 
     def add(self, event: StreamEvent) -> None:
@@ -52,14 +54,18 @@ class Output:
             self.logprobs = (self.logprobs or []) + event.logprobs
         if event.refusal:
             self.refusal.append(event.refusal)
+        if event.reasoning:
+            for name, piece in event.reasoning.items():
+                self.reasoning.setdefault(name, []).append(piece)
         self.last = event
 
     def __bool__(self) -> bool:
-        return bool(self.parts) or bool(self.calls) or bool(self.refusal)
+        return bool(self.parts) or bool(self.calls) or bool(self.refusal) or bool(self.reasoning)
 
     def generation(self, call: Call, *, finished: bool = True) -> Generation:
         text = "".join(self.parts)
         refusal = "".join(self.refusal) or None
+        reasoning = {name: "".join(pieces) for name, pieces in self.reasoning.items()} or None
         last = self.last
         return Generation(
             text=text,
@@ -67,12 +73,13 @@ class Output:
             prompt_tokens=last.prompt_tokens if last.prompt_tokens is not None
             else call.backend.prompt_tokens(call.request.messages, call.request.options),
             completion_tokens=last.completion_tokens if last.completion_tokens is not None
-            else call.backend.turn_tokens(text + (refusal or ""), self.calls),
+            else call.backend.turn_tokens(text + (refusal or "") + reasoning_text(reasoning), self.calls),
             confidence=last.confidence,
             tool_calls=self.calls or None,
             logprobs=self.logprobs,
             context_full=last.context_full,
             refusal=refusal,
+            reasoning=reasoning,
         )
 
 
@@ -95,5 +102,7 @@ def answer_choice(gen: Generation, options: ModelOptions) -> dict[str, Any]:
             message["function_call"] = legacy_message(calls)
         else:
             message["tool_calls"] = calls
+    if gen.reasoning:  # under the endpoint's own field names, last: where ResponseMessage dumps its extra fields
+        message.update(gen.reasoning)
     logprobs = {"content": gen.logprobs, "refusal": None} if gen.logprobs is not None else None
     return {"index": 0, "message": message, "finish_reason": finish_reason(gen, options), "logprobs": logprobs}

@@ -57,7 +57,11 @@ class ChatMessage(BaseModel):
 class ResponseMessage(BaseModel):
     """The answer's message: text, or (``content`` ``None``) the tool calls the model made, or a remote model's
     ``refusal`` (it declined, and says why). A request that used the legacy ``functions`` parameter gets
-    ``function_call`` instead of ``tool_calls``, as OpenAI sends it."""
+    ``function_call`` instead of ``tool_calls``, as OpenAI sends it. A reasoning model's reasoning comes beside
+    ``content`` under the field name its endpoint used, ``reasoning_content`` (DeepSeek) or ``reasoning``
+    (OpenRouter, vLLM): ``message.reasoning_content``, or ``message.model_extra``, as the openai SDK reads it."""
+
+    model_config = ConfigDict(extra="allow")  # the reasoning fields, which only some endpoints send
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -152,7 +156,10 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     """A piece of a streamed answer. ``tool_calls`` holds OpenAI's tool-call deltas as plain dicts (``index``,
     then ``id``/``type``/``function.name`` in a call's first delta, ``function.arguments`` pieces after), so a
-    chunk carries exactly the keys OpenAI's does."""
+    chunk carries exactly the keys OpenAI's does. A piece of a reasoning model's reasoning comes under the field
+    name its endpoint used (``reasoning_content`` or ``reasoning``), as :class:`ResponseMessage`'s does."""
+
+    model_config = ConfigDict(extra="allow")
 
     role: Role | None = None
     content: str | None = None

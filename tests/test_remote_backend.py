@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 from pydantic import BaseModel
-from servers.instant_upstream import REFUSAL
+from servers.instant_upstream import REASONING, REFUSAL
 from servers.procs import free_port, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 import router._closing
@@ -35,6 +35,7 @@ from router import (
     RouterError,
 )
 from router.backends import Backend, GenerationRequest, openai_http
+from router.backends.base import estimated_tokens, utf8_size
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
 from router.cards import ModelCard, load_card
@@ -735,3 +736,81 @@ def test_a_models_refusal_reaches_the_openai_sdk_through_the_proxy(upstream_url:
         assert [(r.model, r.outcome) for r in ledger.records()] == [("remote-refusing", "ok")] * 3
     finally:
         ledger.close()
+
+
+# -- a reasoning model's reasoning beside its answer --------------------------------------------------------
+REASONING_FIELDS = ["reasoning_content", "reasoning"]
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+@pytest.mark.parametrize("field", REASONING_FIELDS)
+def test_a_reasoning_models_reasoning_reaches_the_library_under_the_endpoints_name(upstream_url: str, tmp_path: Path,
+                                                                                   field: str, path: str) -> None:
+    """A reasoning model behind an OpenAI-compatible endpoint sends its reasoning beside ``content``
+    (``reasoning_content`` as DeepSeek does, ``reasoning`` as OpenRouter and vLLM do). It was dropped; it now comes
+    back under the same name (``message.model_extra``, ``delta.model_extra``), and the answer's token estimate
+    (the endpoint reports no usage) counts it: the model generated it, which took energy."""
+    card = _card(tmp_path, "remote-thinking", upstream_url, f"reasoning:{field}")
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"),
+                cards={card.name: card}) as router:
+        if path == "stream":  # the sync stream (httpx); acomplete's whole answer goes through the own pool
+            chunks = [c for c in router.complete(ask, model=card.name, stream=True) if c.choices]
+            extras = [c.choices[0].delta.model_extra or {} for c in chunks]
+            reasoning = {name: "".join(e.get(name, "") for e in extras) for name in {n for e in extras for n in e}}
+            content, usage = "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].usage
+        else:
+            resp = (router.complete(ask, model=card.name) if path == "complete"
+                    else asyncio.run(router.acomplete(ask, model=card.name)))
+            message = resp.choices[0].message
+            reasoning, content, usage = message.model_extra or {}, message.content or "", resp.usage
+        (record,) = router.ledger.records()
+    assert reasoning == {field: REASONING}
+    assert content.strip() == "echo: hello"
+    answer_tokens = estimated_tokens(utf8_size(content + REASONING))
+    assert usage is not None and usage.completion_tokens == answer_tokens
+    assert record.output_tokens == answer_tokens
+
+
+@pytest.mark.parametrize("field", REASONING_FIELDS)
+def test_a_collected_stream_keeps_the_reasoning_as_a_whole_answer_does(upstream_url: str, tmp_path: Path,
+                                                                       field: str) -> None:
+    """The interface's own ``generate`` (what a wrapping backend, such as the fault injector, inherits) collects
+    the stream's reasoning pieces as the endpoint's whole answer has them, and counts them in the estimate."""
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote-thinking", upstream_url, f"reasoning:{field}"))
+    try:
+        whole, collected = inner.generate(REQUEST), Backend.generate(inner, REQUEST)
+    finally:
+        inner.close()
+    for gen in (whole, collected):
+        assert gen.reasoning == {field: REASONING}
+        assert gen.completion_tokens == estimated_tokens(utf8_size(gen.text + REASONING))
+
+
+@pytest.mark.parametrize("field", REASONING_FIELDS)
+def test_a_reasoning_models_reasoning_reaches_the_openai_sdk_through_the_proxy(upstream_url: str, tmp_path: Path,
+                                                                              field: str) -> None:
+    """``router serve`` passes the reasoning on under the endpoint's own field name, where the openai SDK keeps
+    fields it has no attribute for (``model_extra``): whole, and streamed as deltas before the answer's text."""
+    models = models_dir(tmp_path / "models", {"remote-thinking": remote_card(
+        "remote-thinking", upstream_url, f"reasoning:{field}")}, specialist=False)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    ask = [{"role": "user", "content": "hello"}]
+    with router_serve(config, tmp_path) as base:
+        chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
+        whole = chat.create(model="remote-thinking", messages=ask)  # type: ignore[arg-type]
+        message = whole.choices[0].message
+        assert (message.content, message.model_extra) == ("echo: hello", {field: REASONING})
+        assert whole.usage is not None
+        assert whole.usage.completion_tokens == estimated_tokens(utf8_size("echo: hello" + REASONING))
+
+        chunks = [c for c in chat.create(model="remote-thinking", messages=ask, stream=True) if c.choices]  # type: ignore[arg-type]
+        extras = [c.choices[0].delta.model_extra or {} for c in chunks]
+        assert {name for e in extras for name in e} == {field}
+        assert "".join(e.get(field) or "" for e in extras) == REASONING
+        first_text = next(i for i, c in enumerate(chunks) if c.choices[0].delta.content)
+        assert all(field not in e for e in extras[first_text:]), "the reasoning comes before the answer's text"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == "echo: hello"
+

@@ -152,6 +152,9 @@ class StreamEvent:
     refusal: str | None = None
     """A piece of the model's refusal (OpenAI's ``delta.refusal``): it declined to answer, and says why here
     instead of in ``text``."""
+    reasoning: dict[str, str] | None = None
+    """A piece of a reasoning model's reasoning, by the delta field the endpoint sent it in (``reasoning_content``
+    or ``reasoning``, :data:`~router.backends.openai_shapes.REASONING_FIELDS`)."""
 
 
 @dataclass
@@ -171,6 +174,9 @@ class Generation:
     refusal: str | None = None
     """The model declined to answer and said why (OpenAI's ``message.refusal``, with ``content`` null): an answer
     to pass on as it is, not one to check against the request's format or to escalate past."""
+    reasoning: dict[str, str] | None = None
+    """A reasoning model's reasoning, beside ``text``, by the message field the endpoint sent it in
+    (``reasoning_content`` or ``reasoning``): passed on under that name."""
 
 
 BYTES_PER_TOKEN = 4
@@ -188,6 +194,12 @@ def utf8_size(text: str) -> int:
 def estimated_tokens(size: int) -> int:
     """The tokens a text of ``size`` UTF-8 bytes comes to where no tokenizer counts them (at least one)."""
     return max(1, size // BYTES_PER_TOKEN)
+
+
+def reasoning_text(reasoning: dict[str, str] | None) -> str:
+    """The reasoning's text once, for a token count: the model generated it (it costs energy like the answer), and
+    an endpoint that sends it under both names sends the same text twice."""
+    return max(reasoning.values(), key=len) if reasoning else ""
 
 
 class Backend(ABC):
@@ -419,12 +431,16 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
     calls: list[dict[str, Any]] = []
     logprobs: list[dict[str, Any]] | None = None
     refusal: list[str] = []
+    reasoning: dict[str, list[str]] = {}
     last = StreamEvent()
     try:
         for event in events:
             parts.append(event.text)
             if event.refusal:
                 refusal.append(event.refusal)
+            if event.reasoning:
+                for name, piece in event.reasoning.items():
+                    reasoning.setdefault(name, []).append(piece)
             if event.tool_calls:
                 merge_tool_deltas(calls, event.tool_calls)
             if event.logprobs is not None:
@@ -434,10 +450,12 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
         # stopped between tokens: what was produced goes with the error, for the ledger's record
         exc.partial = Generation(text="".join(parts), finish_reason="error",  # type: ignore[union-attr]
                                  prompt_tokens=backend.prompt_tokens(request.messages, request.options),
-                                 completion_tokens=backend.count_tokens("".join(parts)))
+                                 completion_tokens=backend.count_tokens("".join(parts) + reasoning_text(
+                                     {name: "".join(pieces) for name, pieces in reasoning.items()})))
         raise
     text = "".join(parts)
     refused = "".join(refusal) if refusal else None
+    reasoned = {name: "".join(pieces) for name, pieces in reasoning.items()} or None
     return Generation(
         text=text,
         finish_reason=last.finish_reason or "stop",
@@ -446,10 +464,11 @@ def _collect(events: Iterator[StreamEvent], backend: Backend, request: Generatio
         else backend.prompt_tokens(request.messages, request.options),
         completion_tokens=last.completion_tokens
         if last.completion_tokens is not None
-        else backend.count_tokens(text + (refused or "")),
+        else backend.count_tokens(text + (refused or "") + reasoning_text(reasoned)),
         confidence=last.confidence,
         tool_calls=calls or None,
         logprobs=logprobs,
         context_full=last.context_full,
         refusal=refused,
+        reasoning=reasoned,
     )

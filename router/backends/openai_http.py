@@ -58,8 +58,8 @@ from ..errors import (
 )
 from ._http11 import HTTPPool
 from ._time_limits import CANCEL_POLL_S, Bound, BoundedTransport, CheckedStream, bounded, cancellable, within
-from .base import Backend, Generation, GenerationRequest, StreamEvent
-from .openai_shapes import CallsBegun, logprobs_of, option_fields, tool_call_deltas, tool_calls
+from .base import Backend, Generation, GenerationRequest, StreamEvent, reasoning_text
+from .openai_shapes import CallsBegun, logprobs_of, option_fields, reasoning_of, tool_call_deltas, tool_calls
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -466,6 +466,7 @@ class OpenAIHTTPBackend(Backend):
             prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
             calls = tool_calls(message)
             logprobs = logprobs_of(choice) if request.options.top_logprobs is not None else None
+            reasoning = reasoning_of(message)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(f"{self.card.name}: the model's endpoint sent a malformed completion",
                                detail=repr(raw[:200])) from exc
@@ -473,10 +474,12 @@ class OpenAIHTTPBackend(Backend):
             text=text,
             finish_reason=finish if isinstance(finish, str) else str(finish),
             prompt_tokens=self.prompt_tokens(request.messages, request.options) if prompt is None else prompt,
-            completion_tokens=self.turn_tokens(text + (refusal or ""), calls) if completion is None else completion,
+            completion_tokens=self.turn_tokens(text + (refusal or "") + reasoning_text(reasoning), calls)
+            if completion is None else completion,
             tool_calls=calls,
             logprobs=logprobs,
             refusal=refusal or None,  # some servers send "" with every answer
+            reasoning=reasoning,
         )
 
     def close(self) -> None:
@@ -586,12 +589,14 @@ class _SSEParser:
                 refusal = delta.get("refusal")
                 if refusal is not None and not isinstance(refusal, str):
                     raise TypeError("delta.refusal must be a string")
+                reasoning = reasoning_of(delta)
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
                 calls = tool_call_deltas(delta, self.calls_begun)
                 logprobs = logprobs_of(choice)
-                if text or calls or logprobs or refusal:
-                    events.append(StreamEvent(text=text, tool_calls=calls, logprobs=logprobs, refusal=refusal or None))
+                if text or calls or logprobs or refusal or reasoning:
+                    events.append(StreamEvent(text=text, tool_calls=calls, logprobs=logprobs, refusal=refusal or None,
+                                              reasoning=reasoning))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(f"{self.name}: the model's endpoint sent a malformed stream chunk",
                                detail=data[:200]) from exc

@@ -1,7 +1,7 @@
 """OpenAI's request and answer shapes for what goes beyond text, for the HTTP backend: the body fields of a
-request's tools, response format, log probabilities and pass-through parameters, and the tool calls and log
-probabilities read back (whole, or as stream deltas), in the key order OpenAI's own types dump them in, so the
-proxy can send them on without a model validation in between."""
+request's tools, response format, log probabilities and pass-through parameters, and the tool calls, log
+probabilities and a reasoning model's reasoning read back (whole, or as stream deltas), in the key order OpenAI's
+own types dump them in, so the proxy can send them on without a model validation in between."""
 
 from __future__ import annotations
 
@@ -103,6 +103,25 @@ def tool_call_deltas(delta: dict[str, Any], begun: CallsBegun) -> list[dict[str,
             d["function"] = piece
         out.append(d)
     return out
+
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where OpenAI-compatible endpoints put a reasoning model's reasoning, beside ``content`` in a message or a stream
+delta: DeepSeek's API and older vLLM ``reasoning_content``, OpenRouter and newer vLLM ``reasoning`` (some send
+both)."""
+
+
+def reasoning_of(message: dict[str, Any]) -> dict[str, str] | None:
+    """The reasoning in a message (or a delta's piece of it) by the field name the endpoint sent it under, so it is
+    passed on under that name; ``None`` without any. A field that is not text (no endpoint in use sends one) is left
+    out rather than failing an answer whose content is sound."""
+    found: dict[str, str] | None = None
+    for name in REASONING_FIELDS:
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            found = found or {}
+            found[name] = value
+    return found
 
 
 def logprobs_of(choice: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -34,6 +34,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``refusal``: declines, as OpenAI's models may (notably with a strict ``json_schema``): ``content`` null and
   :data:`REFUSAL` in ``message.refusal``, finish reason ``stop``; streamed, a first delta with ``content`` null and
   ``refusal`` ``""``, then ``delta.refusal`` pieces;
+- ``reasoning:FIELD``: answers as a reasoning model behind an OpenAI-compatible endpoint may: :data:`REASONING` in
+  ``message.FIELD`` (``reasoning_content`` as DeepSeek sends it, ``reasoning`` as OpenRouter and vLLM do) beside the
+  echo in ``content``, without ``usage``; streamed, ``delta.FIELD`` pieces (``content`` null) before the echo's;
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503).
@@ -62,6 +65,8 @@ calls: Counter[str] = Counter()
 LEAK = "invalid key sk-live-0123456789abcdef for /srv/internal/secrets.yaml"
 closed_early: Counter[str] = Counter()
 REFUSAL = "I'm sorry, but I can't help with that request."
+REASONING = ("The user wants their words echoed back. Nothing in the request asks for more than that, so the "
+             "answer is the echo itself, with no explanation around it.")
 
 
 def _answer(body: dict, request: Request) -> str:
@@ -120,7 +125,8 @@ async def chat(request: Request) -> Response:
             if await request.is_disconnected():
                 closed_early["slow-json"] += 1
                 return Response(status_code=499)
-    usage = model != "nousage"
+    usage = model != "nousage" and not model.startswith("reasoning:")
+    thinks = model.partition(":")[2] if model.startswith("reasoning:") else None
     counts = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     if model.startswith("usage:"):
         prompt, _, completion = model[6:].partition(":")
@@ -135,10 +141,12 @@ async def chat(request: Request) -> Response:
         text = json.dumps({"answer": _answer(body, request)}) if model == "json" else _answer(body, request)
         if tokens is not None:
             text = "".join(tokens)
-        message = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
+        message: dict = {"role": "assistant", "content": None, "tool_calls": tool_calls} if tool_calls else {
             "role": "assistant", "content": text}
         if model == "refusal":
             message = {"role": "assistant", "content": None, "refusal": REFUSAL}
+        if thinks:
+            message[thinks] = REASONING
         answer = {
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
@@ -196,6 +204,9 @@ async def chat(request: Request) -> Response:
                 yield b"data: [DONE]\n\n"
                 return
             yield chunk({"role": "assistant", "content": ""})
+            if thinks:
+                for piece in re.findall(r"\S+\s*", REASONING):
+                    yield chunk({"content": None, thinks: piece})
             for piece in pieces:
                 if delay:
                     await asyncio.sleep(delay)
