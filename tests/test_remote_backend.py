@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 from pydantic import BaseModel
-from servers.instant_upstream import REASONING, REFUSAL
+from servers.instant_upstream import ERROR_200, REASONING, REFUSAL
 from servers.procs import free_port, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 import router._closing
@@ -814,3 +814,72 @@ def test_a_reasoning_models_reasoning_reaches_the_openai_sdk_through_the_proxy(u
         assert all(field not in e for e in extras[first_text:]), "the reasoning comes before the answer's text"
         assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == "echo: hello"
 
+
+# -- an endpoint that answers HTTP 200 with an error ---------------------------------------------------------
+@pytest.mark.parametrize("path", PATHS)
+def test_an_error_answered_with_http_200_is_the_endpoint_failing_quoted_in_the_detail(upstream_url: str,
+                                                                                       tmp_path: Path,
+                                                                                       path: str) -> None:
+    """Gateways such as OpenRouter answer a provider's failure with HTTP 200 and ``{"error": {...}}``. That read as
+    "a malformed completion"; it is now the endpoint failing, as a 500 from it is: retried, the same error type,
+    and the endpoint's own message, code and type in the error's detail (logged; never in a client's message)."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote-gateway", upstream_url, "error200", max_retries=1))
+    try:
+        before = httpx.get(stats).json()["calls"].get("error200", 0)
+        with pytest.raises(BackendError) as err:
+            _call(inner, path)
+    finally:
+        inner.close()
+    assert type(err.value) is BackendError
+    assert err.value.message == ("remote-gateway: the model's endpoint answered with an error instead of a "
+                                 "completion (HTTP 200)")
+    upstream_said = ERROR_200["error"]
+    for value in upstream_said.values():
+        assert repr(str(value)) in (err.value.detail or "")
+    assert str(upstream_said["message"]) not in err.value.message
+    assert httpx.get(stats).json()["calls"]["error200"] - before == 2, "retried once, as after a 500"
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+def test_a_model_whose_gateway_answers_an_error_with_http_200_falls_back_to_the_next(upstream_url: str,
+                                                                                    tmp_path: Path,
+                                                                                    path: str) -> None:
+    """The model pinned sits behind a gateway that answers errors with HTTP 200: the next model answers, as it
+    would after a 5xx, and the failed attempt is recorded with what went wrong."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-gateway", upstream_url, "error200", tier="small", max_retries=0),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        if path == "stream":
+            routing = [c for c in router.complete(ask, model="remote-gateway", stream=True)][-1].routing
+        else:
+            routing = (router.complete(ask, model="remote-gateway") if path == "complete"
+                       else asyncio.run(router.acomplete(ask, model="remote-gateway"))).routing
+        records = router.ledger.records()
+    assert routing is not None and routing.model == "remote-echo"
+    assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-gateway", "error"),
+                                                                     ("remote-echo", "ok")]
+    assert "answered with an error instead of a completion" in (records[0].error or "")
+
+
+def test_an_error_answered_with_http_200_reaches_the_openai_sdk_as_a_502_without_the_endpoints_words(
+        upstream_url: str, tmp_path: Path) -> None:
+    """Through ``router serve``, with no other model to try: the client gets the backend's 502, which says the
+    endpoint answered with an error (it said "a malformed completion"), whole and streamed; the endpoint's own
+    words stay in the server's log, as every upstream error body does."""
+    models = models_dir(tmp_path / "models", {"remote-gateway": remote_card(
+        "remote-gateway", upstream_url, "error200", max_retries=0)}, specialist=False)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    ask = [{"role": "user", "content": "hello"}]
+    with router_serve(config, tmp_path) as base:
+        chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError) as err:
+                chat.create(model="remote-gateway", messages=ask, stream=stream)  # type: ignore[call-overload]
+            assert err.value.status_code == 502, stream
+            assert "answered with an error instead of a completion" in err.value.message, stream
+            assert str(ERROR_200["error"]["message"]) not in err.value.message, stream

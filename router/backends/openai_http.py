@@ -453,6 +453,8 @@ class OpenAIHTTPBackend(Backend):
         (the proxy serialises them as they are, without a model validation in between)."""
         try:
             data = from_json(raw)
+            if isinstance(data, dict) and "choices" not in data and data.get("error"):
+                raise _error_answer(self.card.name, data["error"], self.spec.base_url)
             choice = data["choices"][0]
             message = choice.get("message") or {}
             text = message.get("content") or ""
@@ -555,11 +557,31 @@ def _count(value: Any) -> int | None:
     return int(value) if value == int(value) else None
 
 
+def _error_answer(name: str, error: Any, url: str | None = None) -> _Retryable:
+    """An HTTP 200 whose body is an error, not a completion (gateways such as OpenRouter answer so when the provider
+    behind them fails): the endpoint failing, as a 500 from it is, so it is retried and then the next model is
+    tried. Its message, code and type go to ``detail`` with the rest of what an endpoint answers."""
+    said = error if isinstance(error, dict) else {"message": error}
+    quoted = f"{str(said.get('message') or 'no message')[:300]!r}" + "".join(
+        f", {key} {str(said[key])[:60]!r}" for key in ("code", "type") if said.get(key) is not None)
+    return _Retryable(BackendError(
+        f"{name}: the model's endpoint answered with an error instead of a completion (HTTP 200)",
+        detail=f"{url + ': ' if url else ''}the endpoint's error: {quoted}"))
+
+
+_PLAIN_BODY_MAX = 65536
+"""The most of a stream's lines outside its ``data:`` events kept to be read as a plain JSON answer."""
+
+
 class _SSEParser:
     """Turns ``data: {...}`` lines of an OpenAI chat stream into StreamEvents."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.plain: list[str] = []
+        """Lines outside the events: an endpoint that answered the stream with a plain JSON body (an error) sent
+        only these."""
+        self.plain_size = 0
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
@@ -568,6 +590,9 @@ class _SSEParser:
     def feed(self, line: str) -> list[StreamEvent]:
         line = line.strip()
         if not line.startswith("data:"):
+            if line and self.plain_size < _PLAIN_BODY_MAX:
+                self.plain.append(line)
+                self.plain_size += len(line)
             return []
         data = line[5:].strip()
         if data == "[DONE]":
@@ -604,6 +629,12 @@ class _SSEParser:
 
     def finish(self) -> list[StreamEvent]:
         if not self.done and self.finish_reason is None:
+            try:
+                body = from_json("".join(self.plain)) if self.plain else None
+            except ValueError:  # SSE comments or fields, or a body cut at _PLAIN_BODY_MAX: no JSON answer
+                body = None
+            if isinstance(body, dict) and body.get("error"):
+                raise _error_answer(self.name, body["error"])
             raise BackendError(f"{self.name}: the stream ended before the model finished")
         usage = self.usage or {}
         return [

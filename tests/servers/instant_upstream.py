@@ -37,6 +37,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``reasoning:FIELD``: answers as a reasoning model behind an OpenAI-compatible endpoint may: :data:`REASONING` in
   ``message.FIELD`` (``reasoning_content`` as DeepSeek sends it, ``reasoning`` as OpenRouter and vLLM do) beside the
   echo in ``content``, without ``usage``; streamed, ``delta.FIELD`` pieces (``content`` null) before the echo's;
+- ``error200``: HTTP 200 whose body is an error, :data:`ERROR_200`, not a completion, streamed or not (as gateways
+  such as OpenRouter answer when the provider behind them fails);
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503).
@@ -67,6 +69,8 @@ closed_early: Counter[str] = Counter()
 REFUSAL = "I'm sorry, but I can't help with that request."
 REASONING = ("The user wants their words echoed back. Nothing in the request asks for more than that, so the "
              "answer is the echo itself, with no explanation around it.")
+ERROR_200 = {"error": {"message": "Provider returned error: upstream model overloaded", "code": 502,
+                       "type": "provider_error"}}
 
 
 def _answer(body: dict, request: Request) -> str:
@@ -115,6 +119,8 @@ async def chat(request: Request) -> Response:
                             status_code=int(code), headers={"Retry-After": retry_after} if retry_after else None)
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
+    if model == "error200":
+        return JSONResponse(ERROR_200)
     if model == "leaky":
         return JSONResponse({"error": {"message": LEAK, "type": "invalid_request_error"}}, status_code=400)
     created = int(time.time())
