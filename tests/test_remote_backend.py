@@ -20,7 +20,16 @@ import openai
 import pytest
 from pydantic import BaseModel
 from servers.instant_upstream import ERROR_200, REASONING, REFUSAL
-from servers.procs import free_port, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
+from servers.procs import (
+    free_port,
+    models_dir,
+    only_policy,
+    policies_dir,
+    remote_card,
+    router_serve,
+    upstream,
+    wait_for_record,
+)
 
 import router._closing
 from router import (
@@ -34,13 +43,13 @@ from router import (
     RouterConfig,
     RouterError,
 )
-from router.backends import Backend, GenerationRequest, openai_http
+from router.backends import Backend, GenerationRequest, StreamEvent, openai_http
 from router.backends.base import estimated_tokens, utf8_size
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
 from router.cards import ModelCard, load_card
 from router.ledger import open_ledger
-from router.types import ChatMessage
+from router.types import ChatCompletionChunk, ChatMessage
 
 REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="hello")], max_tokens=16)
 PATHS = ("generate", "agenerate", "astream")
@@ -883,3 +892,147 @@ def test_an_error_answered_with_http_200_reaches_the_openai_sdk_as_a_502_without
             assert err.value.status_code == 502, stream
             assert "answered with an error instead of a completion" in err.value.message, stream
             assert str(ERROR_200["error"]["message"]) not in err.value.message, stream
+
+
+# -- an endpoint that reports an error inside its stream ------------------------------------------------------
+def _stream_events(backend: Backend, path: str, got: list[StreamEvent]) -> None:
+    """Streams REQUEST, sync or async, into ``got`` as the events come (so what came before an error is kept)."""
+    if path == "stream":
+        got.extend(backend.stream(REQUEST))
+        return
+
+    async def collect() -> None:
+        async for event in backend.astream(REQUEST):
+            got.append(event)
+    asyncio.run(collect())
+
+
+@pytest.mark.parametrize("path", ["stream", "astream"])
+def test_an_error_event_before_any_output_is_the_endpoint_failing_and_after_output_an_error_mid_stream(
+        upstream_url: str, tmp_path: Path, path: str) -> None:
+    """OpenRouter, vLLM and LiteLLM report a failure inside a stream they answered with HTTP 200. As its first event,
+    nothing of an answer has been passed on: the endpoint failing, as a 5xx before the stream is, so retried (it
+    said "an error mid-stream" and sent nothing again). After output, it stays an error mid-stream, not retried
+    (the caller holds part of the answer). The endpoint's words go to ``detail`` only."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    for model, calls, message in (
+            ("streamerror", 2, "the model's endpoint answered with an error instead of a completion (HTTP 200)"),
+            ("streamerror:later", 1, "the model's endpoint reported an error mid-stream")):
+        inner = OpenAIHTTPBackend(_card(tmp_path, "remote-gateway", upstream_url, model, max_retries=1))
+        got: list[StreamEvent] = []
+        try:
+            before = httpx.get(stats).json()["calls"].get(model, 0)
+            with pytest.raises(BackendError) as err:
+                _stream_events(inner, path, got)
+        finally:
+            inner.close()
+        assert type(err.value) is BackendError, model
+        assert err.value.message == f"remote-gateway: {message}"
+        assert "".join(e.text for e in got) == ("echo: " if model == "streamerror:later" else ""), model
+        assert httpx.get(stats).json()["calls"][model] - before == calls, model
+        assert str(ERROR_200["error"]["message"]) in (err.value.detail or ""), model
+        assert str(ERROR_200["error"]["message"]) not in err.value.message, model
+
+
+@pytest.mark.parametrize("path", ["stream", "astream"])
+def test_a_stream_whose_first_event_is_an_error_falls_back_and_a_later_one_ends_the_partial_answer(
+        upstream_url: str, tmp_path: Path, path: str) -> None:
+    """Through ``Router.complete(stream=True)`` and ``acomplete(stream=True)``: an error as the stream's first event
+    is retried as the backend retries a 5xx, then the next model answers the whole answer, and the ledger records
+    both models; one after output ends the stream the caller is reading, with what was sent kept."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    ask = [{"role": "user", "content": "hello"}]
+
+    def streamed(router: Router, got: list[ChatCompletionChunk]) -> None:
+        if path == "stream":
+            got.extend(router.complete(ask, model="remote-gateway", stream=True))
+            return
+
+        async def collect() -> None:
+            async for chunk in await router.acomplete(ask, model="remote-gateway", stream=True):
+                got.append(chunk)
+        asyncio.run(collect())
+
+    for model in ("streamerror", "streamerror:later"):
+        folder = tmp_path / model.replace(":", "-")
+        folder.mkdir()
+        cards = {card.name: card for card in (
+            _card(folder, "remote-gateway", upstream_url, model, tier="small", max_retries=1),
+            _card(folder, "remote-echo", upstream_url, "echo", tier="large"))}
+        got: list[ChatCompletionChunk] = []
+        before = httpx.get(stats).json()["calls"]
+        with Router(RouterConfig.load(ledger_url=f"sqlite:///{folder / 'ledger.sqlite3'}"), cards=cards) as router:
+            if model == "streamerror":
+                streamed(router, got)
+            else:
+                with pytest.raises(BackendError, match="reported an error mid-stream") as err:
+                    streamed(router, got)
+                assert str(ERROR_200["error"]["message"]) not in err.value.message
+            records = router.ledger.records()
+        calls = {name: count - before.get(name, 0) for name, count in httpx.get(stats).json()["calls"].items()
+                 if count != before.get(name, 0)}
+        text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
+        if model == "streamerror":
+            assert text.strip() == "echo: hello"
+            routing = got[-1].routing
+            assert routing is not None and routing.model == "remote-echo"
+            assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-gateway", "error"),
+                                                                         ("remote-echo", "ok")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
+            assert "answered with an error instead of a completion" in (records[0].error or "")
+            assert calls == {"streamerror": 2, "echo": 1}, "retried once, as after a 500, then the next model"
+        else:
+            assert text == "echo: "
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error")]
+            assert "reported an error mid-stream" in (records[0].error or "")
+            assert calls == {"streamerror:later": 1}, "nothing sent again, no other model asked"
+
+
+def test_a_stream_error_event_reaches_the_openai_sdk_as_a_fallback_before_output_and_an_error_after(
+        upstream_url: str, tmp_path: Path) -> None:
+    """Through ``router serve`` with the openai SDK streaming: an error as the upstream stream's first event is
+    retried, then the next model answers, whole, and the ledger has both attempts; one after output leaves the
+    client the part it got and an error, without the endpoint's words."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    ask = [{"role": "user", "content": "hello"}]
+    for model in ("streamerror", "streamerror:later"):
+        folder = tmp_path / model.replace(":", "-")
+        models = models_dir(folder / "models", {
+            "remote-gateway": remote_card("remote-gateway", upstream_url, model, tier="small", max_retries=1),
+            "remote-echo": remote_card("remote-echo", upstream_url, "echo", tier="large")}, specialist=False)
+        config = folder / "router.yaml"
+        ledger_url = f"sqlite:///{folder / 'ledger.sqlite3'}"
+        config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\nledger_url: {ledger_url}\n")
+        before = httpx.get(stats).json()["calls"]
+        got: list[openai.types.chat.ChatCompletionChunk] = []
+        with router_serve(config, folder) as base:
+            chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
+            if model == "streamerror":
+                got.extend(chat.create(model="remote-gateway", messages=ask, stream=True))  # type: ignore[arg-type]
+            else:
+                with pytest.raises(openai.APIError) as err:
+                    got.extend(chat.create(model="remote-gateway", messages=ask,  # type: ignore[arg-type]
+                                           stream=True))
+                assert "reported an error mid-stream" in err.value.message
+                assert str(ERROR_200["error"]["message"]) not in err.value.message
+            wanted = 2 if model == "streamerror" else 1
+            records = [wait_for_record(ledger_url, got[0].id, timeout=10, poll=0.05)]
+            deadline = time.monotonic() + 10
+            while len(records) < wanted and time.monotonic() < deadline:  # written after the answer went out
+                ledger = open_ledger(ledger_url)
+                try:
+                    records = [r for r in ledger.records() if r.request_id == got[0].id]
+                finally:
+                    ledger.close()
+        calls = {name: count - before.get(name, 0) for name, count in httpx.get(stats).json()["calls"].items()
+                 if count != before.get(name, 0)}
+        text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
+        if model == "streamerror":
+            assert text.strip() == "echo: hello"
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
+            assert "answered with an error instead of a completion" in (records[0].error or "")
+            assert calls == {"streamerror": 2, "echo": 1}, "retried once, as after a 500, then the next model"
+        else:
+            assert text == "echo: "
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error")]
+            assert calls == {"streamerror:later": 1}

@@ -558,9 +558,10 @@ def _count(value: Any) -> int | None:
 
 
 def _error_answer(name: str, error: Any, url: str | None = None) -> _Retryable:
-    """An HTTP 200 whose body is an error, not a completion (gateways such as OpenRouter answer so when the provider
-    behind them fails): the endpoint failing, as a 500 from it is, so it is retried and then the next model is
-    tried. Its message, code and type go to ``detail`` with the rest of what an endpoint answers."""
+    """An HTTP 200 whose body, or whose stream's first event, is an error, not a completion (gateways such as
+    OpenRouter, vLLM and LiteLLM answer so when the provider behind them fails): the endpoint failing, as a 500 from
+    it is, so it is retried and then the next model is tried. Its message, code and type go to ``detail`` with the
+    rest of what an endpoint answers."""
     said = error if isinstance(error, dict) else {"message": error}
     quoted = f"{str(said.get('message') or 'no message')[:300]!r}" + "".join(
         f", {key} {str(said[key])[:60]!r}" for key in ("code", "type") if said.get(key) is not None)
@@ -585,6 +586,9 @@ class _SSEParser:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.produced = False
+        """Whether any event was passed on: an error event before one is the endpoint failing, retried and then
+        the next model tried; after one, the caller may hold part of the answer."""
         self.calls_begun = CallsBegun()
 
     def feed(self, line: str) -> list[StreamEvent]:
@@ -601,6 +605,8 @@ class _SSEParser:
         try:
             chunk = json.loads(data)
             if "error" in chunk:
+                if not self.produced:  # nothing of an answer yet: the endpoint failing, as a 5xx before the stream
+                    raise _error_answer(self.name, chunk["error"])
                 raise BackendError(f"{self.name}: the model's endpoint reported an error mid-stream",
                                    detail=str(chunk["error"])[:300])
             if chunk.get("usage"):
@@ -625,6 +631,7 @@ class _SSEParser:
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError(f"{self.name}: the model's endpoint sent a malformed stream chunk",
                                detail=data[:200]) from exc
+        self.produced = self.produced or bool(events)
         return events
 
     def finish(self) -> list[StreamEvent]:

@@ -39,6 +39,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
   echo in ``content``, without ``usage``; streamed, ``delta.FIELD`` pieces (``content`` null) before the echo's;
 - ``error200``: HTTP 200 whose body is an error, :data:`ERROR_200`, not a completion, streamed or not (as gateways
   such as OpenRouter answer when the provider behind them fails);
+- ``streamerror``: streamed, HTTP 200 and a role chunk, then :data:`ERROR_200` as the stream's first event, as
+  OpenRouter, vLLM and LiteLLM report a failure once the stream has begun; ``streamerror:later`` sends the echo's
+  first piece (``"echo: "``) before that event; not streamed, both answer like anything else;
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503).
@@ -214,6 +217,9 @@ async def chat(request: Request) -> Response:
                 for piece in re.findall(r"\S+\s*", REASONING):
                     yield chunk({"content": None, thinks: piece})
             for piece in pieces:
+                if model.startswith("streamerror") and sent == (1 if model.endswith(":later") else 0):
+                    yield b"data: " + json.dumps(ERROR_200).encode() + b"\n\n"
+                    return
                 if delay:
                     await asyncio.sleep(delay)
                 sent += 1
@@ -225,7 +231,7 @@ async def chat(request: Request) -> Response:
                             if usage else None)
             yield b"data: [DONE]\n\n"
         finally:
-            if sent < len(pieces):
+            if sent < len(pieces) and not model.startswith("streamerror"):  # it ended its stream itself
                 closed_early[model] += 1
 
     return StreamingResponse(events(), media_type="text/event-stream")
