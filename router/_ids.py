@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import time
 
+from ._forks import renew_after_fork
+
 _POOL_BYTES = 4096
 
 
@@ -45,12 +47,12 @@ class _RandomPool:
         self._pieces[n_bytes] = pieces
         return piece
 
-    def after_fork(self) -> None:
+    def _renew_after_fork(self) -> None:
         self._pieces = {}
 
 
 _RANDOM = _RandomPool()
-os.register_at_fork(after_in_child=_RANDOM.after_fork)
+renew_after_fork(_RANDOM)
 
 
 def time_ordered_hex(random_hex_digits: int) -> str:

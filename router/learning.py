@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._forks import renew_after_fork
 from .backends.base import CancelFlag
 from .errors import CancelledError, ConfigError, LedgerError, RouterError
 from .ledger.feedback import StoredPrompt
@@ -80,24 +79,25 @@ class Learning:
         self._cancel = CancelFlag()  # set by close(): stops a judge call in flight, which may take minutes
         self._next_retention = 0.0
         self._start_learning()
-        _LIVE.add(self)
+        renew_after_fork(self)
 
     def _start_learning(self) -> None:
         self._thread = threading.Thread(target=self._run, name="router-learning", daemon=True)
         self._thread.start()
 
-    def _restart_after_fork(self) -> None:
-        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
-        parent's threads: without a learning thread of its own, the child's answers would pile up unstored and
-        unjudged, and ``drain()`` would never return. The answers queued before the fork are the parent's to store
-        and judge, not the child's (they would be stored and judged twice); the condition is new, as a parent's
-        thread may have held its lock at the fork."""
-        if self._stop:
-            return
+    def _renew_after_fork(self) -> None:
+        """The answers queued before the fork are the parent's to store and judge, not the child's (they would be
+        stored and judged twice); the condition is new, as a parent's thread may have held its lock at the fork."""
         self._cond = threading.Condition()
         self._queue = deque()
         self._pending = 0
-        self._start_learning()
+
+    def _restart_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: without a learning thread of its own, the child's answers would pile up unstored and
+        unjudged, and ``drain()`` would never return."""
+        if not self._stop:
+            self._start_learning()
 
     # -- the request path: O(1) -----------------------------------------------------------------------------
     def answered(self, prepared: PreparedRequest, model: str, gen: Generation) -> None:
@@ -178,16 +178,6 @@ class Learning:
             self._cond.notify_all()
         self._thread.join(timeout)
 
-
-_LIVE: weakref.WeakSet[Learning] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for learning in list(_LIVE):
-        learning._restart_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def prompt_retention_at_start(router: Router) -> None:

@@ -39,7 +39,6 @@ import math
 import os
 import socket
 import time
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +46,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic_core import from_json, to_json
 
+from .._forks import renew_after_fork
 from ..cards import ModelCard, OpenAIBackendSpec
 from ..errors import (
     BackendError,
@@ -157,7 +157,7 @@ class OpenAIHTTPBackend(Backend):
         self._client = self._sync_client()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
-        _LIVE.add(self)
+        renew_after_fork(self)
         # the own pool speaks to the endpoint directly; where the environment names an HTTP(S) proxy for it,
         # httpx (which honours those variables) carries the call instead
         self._use_pool = not _env_proxy_for(self._url)
@@ -166,7 +166,7 @@ class OpenAIHTTPBackend(Backend):
         return httpx.Client(base_url=self.spec.base_url.rstrip("/"), headers=self._headers, timeout=self._timeout,
                             transport=self._given_transport or BoundedTransport(self._limits))
 
-    def _forget_after_fork(self) -> None:
+    def _renew_after_fork(self) -> None:
         """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) holds copies of the
         parent's keep-alive sockets: used by both, a request of one process gets the answer to another's. The child
         starts pools of its own; the inherited sockets are dropped, not closed through their pools, whose locks a
@@ -506,15 +506,6 @@ class OpenAIHTTPBackend(Backend):
 
 
 _closing: set[asyncio.Task[None]] = set()
-_LIVE: weakref.WeakSet[OpenAIHTTPBackend] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for backend in list(_LIVE):
-        backend._forget_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _LoopConnections:

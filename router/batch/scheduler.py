@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .._forks import renew_after_fork
 from ..carbon.schedule import plan
 from ..chat_body import chat_request, policy_names
 from ..errors import InternalError, LedgerError, RouterError
@@ -79,17 +80,15 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._seconds_per_line = 2.0  # an exponential average of wall seconds per line, once lines have run
         self._notes: dict[str, str] = {}
-        _LIVE.add(self)
+        self._start_in_child = False
+        renew_after_fork(self)
 
-    def _restart_after_fork(self) -> None:
-        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
-        parent's threads: without a scheduler thread and line workers of its own, the child's batches would never
-        run unless another process ran them. The lines in flight at the fork, and their ends kept for the store,
-        are the parent's: the child neither renews their leases nor writes them, and it claims lines under an owner
-        of its own. The lock is new, as a parent's thread may have held it at the fork; so is the pool, whose
-        copied workers do not exist here (work given to it would never run)."""
-        if self._thread is None or self._stop.is_set():  # never started, or closed
-            return
+    def _renew_after_fork(self) -> None:
+        """The lines in flight at the fork, and their ends kept for the store, are the parent's: the child neither
+        renews their leases nor writes them, and it claims lines under an owner of its own. The lock is new, as a
+        parent's thread may have held it at the fork; so is the pool, whose copied workers do not exist here (work
+        given to it would never run)."""
+        self._start_in_child = self._thread is not None and not self._stop.is_set()  # started, and not closed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.owner = _new_owner()
@@ -97,7 +96,13 @@ class BatchScheduler:
         self._inflight = {}
         self._unwritten = {}
         self._thread = None
-        self.start()
+
+    def _restart_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: without a scheduler thread and line workers of its own, the child's batches would never
+        run unless another process ran them."""
+        if self._start_in_child:
+            self.start()
 
     # -- the loop --------------------------------------------------------------------------------------------
     def start(self) -> BatchScheduler:
@@ -320,15 +325,6 @@ def _new_owner() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
-_LIVE: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for scheduler in list(_LIVE):
-        scheduler._restart_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _ending(doc: dict[str, Any]) -> str:

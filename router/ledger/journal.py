@@ -32,12 +32,12 @@ import re
 import socket
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pydantic_core import to_json
 
+from .._forks import renew_after_fork
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import LedgerRecord
@@ -118,7 +118,7 @@ class Journal:
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         self._start_syncer()
-        _LIVE.add(self)
+        renew_after_fork(self)
 
     def _start_syncer(self) -> None:
         if self.settings.fsync == "group":
@@ -267,9 +267,9 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.close(seg.fd)
 
-    def _forget_after_fork(self) -> None:
+    def _renew_after_fork(self) -> None:
         """A forked child shares the parent's open files and locks: drop its copies (the parent's lock stays)
-        and let the child start a segment of its own, synced by a thread of its own (a fork copies no thread)."""
+        and let the child start a segment of its own."""
         if self._closed:
             return
         for seg in [self._active, *self._sealed]:
@@ -283,15 +283,9 @@ class Journal:
             self._closed = True
             return
         self._stop = threading.Event()
-        self._start_syncer()
 
+    def _restart_after_fork(self) -> None:
+        """The child's segment is synced by a thread of its own (a fork copies no thread)."""
+        if not self._closed:
+            self._start_syncer()
 
-_LIVE: weakref.WeakSet[Journal] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for journal in list(_LIVE):
-        journal._forget_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -34,14 +34,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._forks import renew_after_fork
 from ..config import JournalSettings
 from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
@@ -89,23 +88,24 @@ class JournaledLedger(Ledger):
         self.replay()
         if background:
             self._start_replaying()
-            _LIVE.add(self)
+            renew_after_fork(self)
 
     def _start_replaying(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ledger-journal-replay", daemon=True)
         self._thread.start()
 
-    def _restart_after_fork(self) -> None:
-        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
-        parent's threads: without a replay thread of its own, the child's first failed write would leave its store
-        unavailable to it for good (records kept in the journal only, budgets refused). The locks are new too: a
-        parent's thread may have held them at the fork."""
-        if self.closed:
-            return
+    def _renew_after_fork(self) -> None:
+        """New locks in a forked child: a parent's thread may have held them at the fork."""
         self._lock = threading.Lock()
         self._settle_lock = threading.Lock()
         self._stop = threading.Event()
-        self._start_replaying()
+
+    def _restart_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: without a replay thread of its own, the child's first failed write would leave its store
+        unavailable to it for good (records kept in the journal only, budgets refused)."""
+        if not self.closed:
+            self._start_replaying()
 
     @classmethod
     def open(cls, url: str, settings: JournalSettings, *, retention_days: float | None = None) -> JournaledLedger:
@@ -483,16 +483,6 @@ for _name, _method in list(vars(JournaledLedger).items()):
         setattr(JournaledLedger, _name, _with_retry_hint(_method))
 del _name, _method
 
-
-_LIVE: weakref.WeakSet[JournaledLedger] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for ledger in list(_LIVE):
-        ledger._restart_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def journal_folder_of(ledger: Ledger) -> Path | None:
