@@ -250,3 +250,43 @@ def test_work_the_server_rolled_back_for_a_conflict_runs_once_more_and_is_no_out
     for conflict in (errors.DeadlockDetected("deadlock detected"), errors.SerializationFailure("could not serialize")):
         error = postgres_error("postgresql://h/db", conflict, "write records")
         assert "conflicted with another writer's" in error.message and "down or unreachable" not in error.message
+
+
+def test_a_forked_child_talks_to_postgres_in_a_session_of_its_own(
+    postgres_server: PostgresServer, schema: str,  # noqa: F811
+) -> None:
+    """A ledger opened before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork pool):
+    the child works on connections of its own, and closing it leaves the parent's open. On the pooled connection
+    it inherited, both processes talked in one server session, each reading replies meant for the other, and the
+    child's close ended the parent's session."""
+    import multiprocessing
+
+    from router.ledger.base import LedgerRecord
+    from router.ledger.postgres import PostgresLedger
+
+    def session(led: PostgresLedger) -> int:
+        return int(led._pool.run(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0]))
+
+    led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}&pool=1")
+    try:
+        parents = session(led)  # the parent's connection, idle in the pool at the fork
+        fork = multiprocessing.get_context("fork")
+
+        def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
+            assert session(led) != parents, "the child talks in the parent's server session"
+            led.record(LedgerRecord(request_id="child", model="m", tier="small", energy_j=1.0,
+                                    energy_source="estimated:x", ts=time.time()))
+            assert led.try_reserve("day", 1.0, 10.0, DAY_S) is not None
+            led.close()
+
+        child = fork.Process(target=in_the_child)
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the forked child hung")
+        assert child.exitcode == 0, "the child worked in a session of its own (its traceback is in the captured stderr)"
+        assert session(led) == parents, "the parent's session outlived the child's close"
+        assert [r.request_id for r in led.records()] == ["child"]
+    finally:
+        led.close()

@@ -53,6 +53,7 @@ from itertools import chain
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from .._forks import renew_after_fork
 from .arguments import (
     checked_count,
     checked_limit,
@@ -164,6 +165,18 @@ class _Pool:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
         self.closed = False
+        self._inherited: list[Any] = []
+        renew_after_fork(self)
+
+    def _renew_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) connects anew: on a
+        connection carried across the fork, both processes would talk in one server session, each reading replies
+        meant for the other. The inherited ones are kept, never closed: closing one would end the parent's
+        session. The lock and the slots are new, as a parent's thread may have held them at the fork."""
+        self._inherited += self._idle
+        self._idle = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self._size)
 
     def run(self, fn: Callable[[Any], T], *, retry: bool = True, within_s: float | None = None) -> T:
         """``fn(connection)``; where a reused connection turns out broken, once more on a new one. ``within_s``:
