@@ -292,3 +292,40 @@ def test_batch_list_and_show_never_print_the_stores_password(postgres_server) ->
         res = CliRunner().invoke(app, ["batch", *args, "--store", url], env={"COLUMNS": "200"})
         assert res.exit_code == code, res.output
         assert f":***@127.0.0.1:{postgres_server.port}/" in res.output and password not in res.output, res.output
+
+
+@pytest.mark.postgres
+def test_a_forked_child_talks_to_the_postgres_store_in_a_session_of_its_own(postgres_server) -> None:  # noqa: F811
+    """A batch store opened before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork
+    pool): the child works on a connection of its own, and closing it leaves the parent's open. On the connection
+    it inherited, both processes talked in one server session, each reading replies meant for the other."""
+    import multiprocessing
+
+    store = BatchStore(f"{postgres_server.url}?schema=b{uuid.uuid4().hex[:8]}")
+
+    def session() -> int:
+        with store._lock:
+            return int(store._connection().execute("SELECT pg_backend_pid()").fetchone()[0])
+
+    try:
+        parents = session()
+        fork = multiprocessing.get_context("fork")
+
+        def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
+            assert session() != parents, "the child talks in the parent's server session"
+            svc = _service(store)
+            doc = svc.create(svc.create_file(_lines(1), "in.jsonl", "batch", A)["id"], "/v1/chat/completions", "24h",
+                             None, A)
+            assert doc["id"] in store.active_batches()
+            store.close()
+
+        child = fork.Process(target=in_the_child)
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            pytest.fail("the forked child hung")
+        assert child.exitcode == 0, "the child worked in a session of its own (its traceback is in the captured stderr)"
+        assert session() == parents, "the parent's session outlived the child's close"
+    finally:
+        store.close()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .._forks import renew_after_fork
 from ..errors import BatchStoreError, ConfigError, LedgerError
 from ..ledger.errors import first_line, postgres_error, redact
 from ..ledger.stores import sqlite_file as ledger_sqlite_file
@@ -83,7 +84,9 @@ class BatchStore:
         self._retry_after_s = retry_after_s
         self._lock = threading.RLock()
         self._conn: Any = None
+        self._inherited: list[Any] = []
         self._down_since: float | None = None
+        renew_after_fork(self)
         path = sqlite_path(url)  # a URL of another kind is a ConfigError, not a store that could not open
         if path is None:
             parts = urlsplit(url)
@@ -113,6 +116,16 @@ class BatchStore:
             raise self._error("open the batch store", exc) from exc
 
     # -- connections -----------------------------------------------------------------------------------------
+    def _renew_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) connects to PostgreSQL
+        anew: on the connection carried across the fork, both processes would talk in one server session, each
+        reading replies meant for the other. The inherited one is kept, never closed: closing it would end the
+        parent's session. The lock is new, as a parent's thread may have held it at the fork."""
+        self._lock = threading.RLock()
+        if getattr(self, "kind", None) == "postgres" and self._conn is not None:  # kind: set once open
+            self._inherited.append(self._conn)
+            self._conn = None
+
     def _open_sqlite(self, path: Path) -> None:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
