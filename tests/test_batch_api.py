@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -20,6 +19,7 @@ import openai
 import pytest
 from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import redis_server  # noqa: F401 - the fixture
+from forking import FORK, in_a_forked_child
 from prometheus_client.parser import text_string_to_metric_families
 from servers.procs import free_port, models_dir, policies_dir, remote_card, router_serve, stop, upstream, wait_ready
 
@@ -485,25 +485,20 @@ def test_a_forked_child_runs_its_batches_with_a_scheduler_of_its_own(tmp_path: P
                                        "journal": {"enabled": False}, "batch": {"poll_s": 0.05}})
     with Router(cfg) as r:
         assert r.batch([{"messages": review}]).wait(timeout=60, poll_s=0.05)["status"] == "completed"
-        fork = multiprocessing.get_context("fork")
-        parents_scheduler_stopped = fork.Event()
+        parents_scheduler_stopped = FORK.Event()
 
         def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
             assert parents_scheduler_stopped.wait(30)
             done = r.batch([{"messages": review}]).wait(timeout=30, poll_s=0.05)
             assert done["status"] == "completed" and done["request_counts"]["completed"] == 1, done
 
-        child = fork.Process(target=in_the_child)
-        child.start()
-        # the parent stops running lines (a master that only supervises its workers): only the child's own
-        # scheduler may run the child's batch
-        r.batches.scheduler.close()
-        parents_scheduler_stopped.set()
-        child.join(90)
-        if child.is_alive():
-            child.kill()
-            pytest.fail("the forked child hung")
-        assert child.exitcode == 0, "the child's batch ran (its traceback is in the captured stderr)"
+        def in_the_parent() -> None:
+            # the parent stops running lines (a master that only supervises its workers): only the child's own
+            # scheduler may run the child's batch
+            r.batches.scheduler.close()
+            parents_scheduler_stopped.set()
+
+        in_a_forked_child(in_the_child, "the child's batch ran", meanwhile=in_the_parent, timeout_s=90)
 
 
 @pytest.mark.redis

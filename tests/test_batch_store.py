@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest_postgres import free_port, postgres_server  # noqa: F401 - fixture
+from forking import in_a_forked_child
 from typer.testing import CliRunner
 
 from router.batch.service import BatchService, parse_lines
@@ -299,7 +300,6 @@ def test_a_forked_child_talks_to_the_postgres_store_in_a_session_of_its_own(post
     """A batch store opened before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork
     pool): the child works on a connection of its own, and closing it leaves the parent's open. On the connection
     it inherited, both processes talked in one server session, each reading replies meant for the other."""
-    import multiprocessing
 
     store = BatchStore(f"{postgres_server.url}?schema=b{uuid.uuid4().hex[:8]}")
 
@@ -309,8 +309,6 @@ def test_a_forked_child_talks_to_the_postgres_store_in_a_session_of_its_own(post
 
     try:
         parents = session()
-        fork = multiprocessing.get_context("fork")
-
         def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
             assert session() != parents, "the child talks in the parent's server session"
             svc = _service(store)
@@ -319,13 +317,7 @@ def test_a_forked_child_talks_to_the_postgres_store_in_a_session_of_its_own(post
             assert doc["id"] in store.active_batches()
             store.close()
 
-        child = fork.Process(target=in_the_child)
-        child.start()
-        child.join(60)
-        if child.is_alive():
-            child.kill()
-            pytest.fail("the forked child hung")
-        assert child.exitcode == 0, "the child worked in a session of its own (its traceback is in the captured stderr)"
+        in_a_forked_child(in_the_child, "the child worked in a session of its own")
         assert session() == parents, "the parent's session outlived the child's close"
     finally:
         store.close()

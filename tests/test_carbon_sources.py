@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from forking import in_a_forked_child
 from servers.grid_api import GridApi
 
 from router.carbon import Grid, HttpIntensity, PersistenceForecast, SeriesIntensity, StaticIntensity, plan
@@ -271,6 +272,28 @@ def test_an_infinite_intensity_from_the_api_is_a_failed_answer() -> None:
         assert src.intensity(now).g_per_kwh == 210.0
         api.forecast = [(now + 3600, 100.0), (now + 7200, float("inf"))]
         assert src.refresh_forecast() is False and src.failures == 2
+        src.close()
+    finally:
+        api.close()
+
+
+def test_a_child_forked_during_a_refresh_refreshes_on_its_own() -> None:
+    """A child forked while the parent's refresh is in flight (gunicorn --preload, Celery prefork) fetches the
+    intensity itself; before, it inherited the flag that says a refresh runs, and stayed on the fallback for good."""
+    api = GridApi()
+    try:
+        now = time.time()
+        api.latest, api.delay = (210.0, now), 1.0  # a slow API: the parent's refresh is in flight at the fork
+        src = HttpIntensity(api.url, "DE", api_key="test-token", timeout_s=10, cache_s=3600)
+        assert "fallback" in src.intensity(now).source, "the parent's first call starts the refresh"
+
+        def in_the_child() -> None:
+            deadline = time.time() + 20
+            while src.intensity(now).g_per_kwh != 210.0:
+                assert time.time() < deadline, "the child never had the API's figure"
+                time.sleep(0.05)
+
+        in_a_forked_child(in_the_child, "the child fetched the intensity")
         src.close()
     finally:
         api.close()

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from conftest_redis import start_redis_server
+from forking import in_a_forked_child
 from typer.testing import CliRunner
 
 from router import (
@@ -200,13 +200,7 @@ def test_a_forked_child_stores_its_prompts_with_a_learning_thread_of_its_own(tmp
             assert r.learning is not None and r.learning.drain(20), "the child's answer was never stored"
             assert len(r.ledger.prompts(request_id=resp.id)) == 1
 
-        child = multiprocessing.get_context("fork").Process(target=in_the_child)
-        child.start()
-        child.join(60)
-        if child.is_alive():
-            child.kill()
-            pytest.fail("the forked child hung")
-        assert child.exitcode == 0, "the child's prompt was stored (its traceback is in the captured stderr)"
+        in_a_forked_child(in_the_child, "the child's prompt was stored")
 
 
 def test_retention_at_start_applies_even_with_storing_turned_off(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest_postgres import PostgresServer, postgres_server, schema_at_step  # noqa: F401 - the fixture
+from forking import in_a_forked_child
 
 from router.errors import LedgerError
 from router.ledger.base import window_start
@@ -259,7 +260,6 @@ def test_a_forked_child_talks_to_postgres_in_a_session_of_its_own(
     the child works on connections of its own, and closing it leaves the parent's open. On the pooled connection
     it inherited, both processes talked in one server session, each reading replies meant for the other, and the
     child's close ended the parent's session."""
-    import multiprocessing
 
     from router.ledger.base import LedgerRecord
     from router.ledger.postgres import PostgresLedger
@@ -270,8 +270,6 @@ def test_a_forked_child_talks_to_postgres_in_a_session_of_its_own(
     led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}&pool=1")
     try:
         parents = session(led)  # the parent's connection, idle in the pool at the fork
-        fork = multiprocessing.get_context("fork")
-
         def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
             assert session(led) != parents, "the child talks in the parent's server session"
             led.record(LedgerRecord(request_id="child", model="m", tier="small", energy_j=1.0,
@@ -279,13 +277,7 @@ def test_a_forked_child_talks_to_postgres_in_a_session_of_its_own(
             assert led.try_reserve("day", 1.0, 10.0, DAY_S) is not None
             led.close()
 
-        child = fork.Process(target=in_the_child)
-        child.start()
-        child.join(60)
-        if child.is_alive():
-            child.kill()
-            pytest.fail("the forked child hung")
-        assert child.exitcode == 0, "the child worked in a session of its own (its traceback is in the captured stderr)"
+        in_a_forked_child(in_the_child, "the child worked in a session of its own")
         assert session(led) == parents, "the parent's session outlived the child's close"
         assert [r.request_id for r in led.records()] == ["child"]
     finally:

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from .._forks import renew_after_fork
 from .sources import HOUR_S, Intensity, IntensitySource, hour_of, hours
 
 log = logging.getLogger("router.carbon")
@@ -51,8 +52,9 @@ class HttpIntensity(IntensitySource):
         self.cache_s = cache_s
         self.forecast_cache_s = forecast_cache_s
         self.fallback = fallback_g_per_kwh
-        headers = {"auth-token": api_key} if api_key else {}
-        self._client = client or httpx.Client(timeout=timeout_s, headers=headers)
+        self._headers = {"auth-token": api_key} if api_key else {}
+        self._own_client = client is None
+        self._client = client or httpx.Client(timeout=timeout_s, headers=self._headers)
         self._lock = threading.Lock()
         self._latest: float | None = None
         self._latest_at = -float("inf")  # monotonic time of the last fetch attempt
@@ -61,6 +63,17 @@ class HttpIntensity(IntensitySource):
         self._forecast_at = -float("inf")
         self._refreshing = False
         self.failures = 0
+        renew_after_fork(self)
+
+    def _renew_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: a refresh in flight at the fork would have left the child's flag up for good, and the
+        child on the last good figure. Its own lock, and its own client (on the parent's keep-alive socket each
+        process could read the other's answer); the inherited one is dropped, not closed through its pool."""
+        self._lock = threading.Lock()
+        self._refreshing = False
+        if self._own_client:
+            self._client = httpx.Client(timeout=self.timeout_s, headers=self._headers)
 
     # -- the API ---------------------------------------------------------------------------------------------
     def _get(self, endpoint: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+from .._forks import renew_after_fork
 from ..errors import LedgerError
 
 T = TypeVar("T")
@@ -44,6 +45,17 @@ class GivenUp(Generic[T]):
         self._items: deque[T] = deque()
         self._release_lock = threading.Lock()  # one releaser at a time
         self._thread_lock = threading.Lock()  # guards _releasing, so an item added as the thread ends is not left
+        self._releasing = False
+        renew_after_fork(self)
+
+    def _renew_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) has none of the
+        parent's threads: were the parent's releasing at the fork, the child would never start one of its own and
+        the reservations it gives up on would hold their budgets until the window ends. The items queued before
+        the fork are the parent's to release; the locks are new, as a parent's thread may have held them."""
+        self._items = deque()
+        self._release_lock = threading.Lock()
+        self._thread_lock = threading.Lock()
         self._releasing = False
 
     def add(self, item: T) -> None:
