@@ -102,3 +102,11 @@ def test_names_with_square_brackets_print_as_they_are(tmp_path: Path) -> None:
         assert res.exit_code == 2, res.output
         said = " ".join(res.stderr.split())
         assert f"no model card {model!r} in {models}" in said, said
+
+
+def test_profile_progress_bar_stays_off_stdout() -> None:
+    """The bar was drawn on stdout: `router energy profile MODEL > profile.txt` kept its last frame in the file."""
+    res = CliRunner().invoke(app, ["energy", "profile", "sentiment-onnx", "--dry-run", "--prompts", "3"])
+    assert res.exit_code == 0, res.output
+    assert "J per call" in res.stdout and "dry run: card not changed" in res.stdout, res.stdout
+    assert "3/3" not in res.stdout and "sentiment-onnx ━" not in res.stdout, res.stdout

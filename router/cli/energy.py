@@ -132,8 +132,10 @@ def profile(
     console.print(f"Profiling {escape(model)} with the {meter.kind}:{meter.name} meter "
                   f"({len(chosen)} prompts x {repeats})")
     call(chosen[0])  # warm-up: loading weights is not a per-call cost
+    # the bar goes to stderr: stdout is the profile, which a pipe or a redirected file takes whole
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=errors,
+        transient=True,
     ) as bar:
         task = bar.add_task(model, total=len(chosen) * repeats)
         samples = run_profile(call, meter, chosen, repeats, on_call=lambda s: bar.advance(task))
