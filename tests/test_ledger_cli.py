@@ -151,6 +151,21 @@ def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:
     assert table.num_rows == 5 and table.column("energy_j").to_pylist()[3] == 20.0
 
 
+def test_a_dash_as_the_output_is_stdout(ledger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o -` wrote a file named '-' in the working folder and nothing on stdout, where a pipe waited for it."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["ledger", "export", "--ledger", ledger, "-o", "-"])
+    assert res.exit_code == 0, res.output
+    assert [r["request_id"] for r in csv.DictReader(io.StringIO(res.stdout))] == ["r0", "r1", "r2", "r3", "r4"]
+    assert "wrote 5 records to stdout (csv)" in res.stderr, res.stderr
+    res = CliRunner().invoke(app, ["ledger", "report", "--ledger", ledger, "-f", "json", "-o", "-"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["total"]["requests"] == 5
+    res = CliRunner().invoke(app, ["ledger", "export", "--ledger", ledger, "-f", "parquet", "-o", "-"])
+    assert res.exit_code == 2 and "Parquet is written to a file" in " ".join(res.stderr.split()), res.output
+    assert not (tmp_path / "-").exists()
+
+
 def test_prune_and_retention(ledger: str) -> None:
     assert "pruned 2 records" in run("ledger", "prune", "--ledger", ledger, "--older-than", "1d")
     assert "retention: keep everything" in run("ledger", "retention", "--ledger", ledger)

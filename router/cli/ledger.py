@@ -85,10 +85,13 @@ class ExportFormat(str, Enum):
 
 _BY_OPT = typer.Option(By.model, "--by", help="Group rows by this.")
 _FORMAT_OPT = typer.Option(Format.table, "--format", "-f", help="table (default), csv, json or html.")
-_REPORT_OUTPUT_OPT = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout.")
+_REPORT_OUTPUT_OPT = typer.Option(None, "--output", "-o",
+                                  help="Write the report here instead of stdout (- is stdout too).")
 _PLOT_OPT = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here.")
-_EXPORT_OUTPUT_OPT = typer.Option(..., "--output", "-o", help="File to write.")
+_EXPORT_OUTPUT_OPT = typer.Option(..., "--output", "-o", help="File to write; - writes CSV to stdout.")
 _EXPORT_FORMAT_OPT = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet.")
+STDOUT = Path("-")
+"""``-o -``: stdout, as for most tools, not a file named ``-`` in the working folder."""
 
 def _config(config: Path | None, ledger: str | None) -> RouterConfig:
     return RouterConfig.load(config, ledger_url=ledger)
@@ -236,6 +239,8 @@ def report(
     ledger, config = _opts(ctx, ledger, config)
     start, end = parse_range(_since(ctx, since), until)
     window_s = parse_length(window, "--window")
+    if output == STDOUT:
+        output = None
     try:
         cfg = _config(config, ledger)
         refuse_overwriting_inputs({"-o/--output": output, "--plot": plot},
@@ -300,10 +305,14 @@ def export(
 
     if fmt is ExportFormat.parquet and not parquet_available():
         fail("Parquet export needs pyarrow, which is not installed here (pip install pyarrow); use --format csv")
+    to_stdout = output == STDOUT
+    if to_stdout and fmt is ExportFormat.parquet:
+        fail("-o -: Parquet is written to a file, not to stdout; name a file, or use --format csv for stdout")
     ledger, config = _opts(ctx, ledger, config)
     start, end = parse_range(_since(ctx, since), until)
     cfg = _config(config, ledger)
-    refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
+    if not to_stdout:
+        refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
     led = open_configured(cfg)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
     with _stderr_progress(BarColumn(), MofNCompleteColumn()) as bar:
@@ -314,9 +323,13 @@ def export(
             # a summary that trails its records (`router ledger doctor` finds that) makes the bar grow, not overflow
             bar.update(job, completed=done, total=None if total is None else max(total, done))
 
-        n = fn(led, output, start, end, progress=written)
+        if to_stdout:
+            n = export_csv(led, sys.stdout, start, end, progress=written)
+        else:
+            n = fn(led, output, start, end, progress=written)
     led.close()
-    Console(stderr=True).print(f"wrote {n:,} records to {escape(str(output))} ({fmt.value})")
+    where = "stdout" if to_stdout else escape(str(output))
+    Console(stderr=True).print(f"wrote {n:,} records to {where} ({fmt.value})")
 
 
 @ledger_app.command()

@@ -8,6 +8,7 @@ import csv
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import TextIO
 
 from .base import Ledger, LedgerRecord
 
@@ -18,20 +19,29 @@ PAGE = 10_000
 
 
 def export_csv(
-    ledger: Ledger, file: str | Path, since: float = 0.0, until: float | None = None,
+    ledger: Ledger, file: str | Path | TextIO, since: float = 0.0, until: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write records as CSV with a header row; returns how many were written. ``progress`` is told how many are
-    written after every page of ``PAGE`` records and at the end."""
-    n = 0
+    """Write records as CSV with a header row to a path or an open text stream (stdout); returns how many were
+    written. ``progress`` is told how many are written after every page of ``PAGE`` records and at the end."""
+    if not isinstance(file, str | Path):
+        return _write_csv(ledger, file, since, until, progress)
     with Path(file).open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        for rec in ledger.iter_records(since, until, batch=PAGE):
-            w.writerow([getattr(rec, c) for c in COLUMNS])
-            n += 1
-            if progress is not None and n % PAGE == 0:
-                progress(n)
+        return _write_csv(ledger, fh, since, until, progress)
+
+
+def _write_csv(
+    ledger: Ledger, fh: TextIO, since: float, until: float | None, progress: Callable[[int], None] | None,
+) -> int:
+    n = 0
+    w = csv.writer(fh)
+    w.writerow(COLUMNS)
+    for rec in ledger.iter_records(since, until, batch=PAGE):
+        w.writerow([getattr(rec, c) for c in COLUMNS])
+        n += 1
+        if progress is not None and n % PAGE == 0:
+            progress(n)
+    fh.flush()
     if progress is not None:
         progress(n)
     return n
