@@ -136,7 +136,7 @@ def test_a_chunked_body_over_the_limit_is_refused_before_it_ends(served: tuple[s
     url, _ = served
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=20) as sock:
-        sock.sendall(b"POST /v1/feedback HTTP/1.1\r\nhost: router\r\nauthorization: Bearer sk-team-a\r\n"
+        sock.sendall(b"POST /v1/feedback HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer sk-team-a\r\n"
                      b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
         part = b'{"id": "x", "comment": "' + b"a" * (256 * 1024)
         sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))  # no last chunk: the body has not ended

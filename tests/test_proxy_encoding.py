@@ -139,7 +139,7 @@ def test_a_gzip_bomb_is_a_413_before_it_has_all_arrived(url: str, path: str, lim
     start = _bomb_start(max(2 * limit, 1 << 20) + (1 << 20))
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=15) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      f"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
         sock.sendall(b"%x\r\n%s\r\n" % (len(start), start))  # and no last chunk: the body never ends
         reply = b""

@@ -54,7 +54,7 @@ def serve(
     import uvicorn
 
     from ..config import RouterConfig
-    from ..proxy.app import ENV_CONFIG, ENV_KEYS
+    from ..proxy.app import ENV_CONFIG, ENV_KEYS, ENV_LISTEN_HOST
     from ..proxy.metrics_shared import ENV_METRICS_DIR
 
     # Every worker process builds its own Router from these (uvicorn spawns workers; they inherit the env).
@@ -66,6 +66,7 @@ def serve(
         os.environ[ENV_CONFIG] = str(config.absolute())
     if keys is not None:
         os.environ[ENV_KEYS] = str(keys.resolve())
+    os.environ[ENV_LISTEN_HOST] = host  # on a loopback address, other Host names are refused (DNS rebinding)
     try:
         cfg = RouterConfig.load(config)  # fail here, once, with a clear message, not in every worker
     except ConfigError as exc:

@@ -37,6 +37,7 @@ from .fastpath import CHAT_PATHS, ChatHandler, error_response
 from .ledger_writer import BackgroundLedger, ledger_state
 from .metrics import CONTENT_TYPE, ProxyMetrics, decided
 from .metrics_shared import ENV_METRICS_DIR
+from .origins import BrowserGuard
 from .public import BODY_TIMED_OUT
 
 log = logging.getLogger("router.proxy")
@@ -47,7 +48,7 @@ class Proxy:
     """The routes other than chat, holding the Router, keys and metrics."""
 
     def __init__(self, router: Router, keys: KeyStore, max_body_bytes: int,
-                 settings: ProxySettings | None = None) -> None:
+                 settings: ProxySettings | None = None, listen_host: str | None = None) -> None:
         settings = settings or ProxySettings()
         self.router = router
         self.keys = keys
@@ -57,7 +58,8 @@ class Proxy:
         router.record_observer = self.metrics.observe_record  # joules and failed calls, as the ledger has them
         self.policies = policy_names(router.config)
         self.started = time.time()
-        self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies)
+        self.guard = BrowserGuard(settings.cors_origins, listen_host)
+        self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies, self.guard)
 
     def observe_batch_line(self, key: KeySpec | None, prepared: PreparedRequest | None,
                            completion: dict[str, Any] | None, error: RouterError | None) -> None:
@@ -132,6 +134,9 @@ class ProxyApp(FastAPI):
     through FastAPI as usual; middleware added to the app does not see chat requests."""
 
     chat: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
+    guard: BrowserGuard | None = None
+    """Refuses web pages' requests to every route but chat, which checks them itself (router/proxy/origins.py)."""
+    metrics: ProxyMetrics | None = None
     cors: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
     """With ``proxy.cors_origins`` set: Starlette's CORS middleware around every route, chat included (it answers
     preflight ``OPTIONS`` requests and adds the ``Access-Control-*`` headers). Off by default: no cost."""
@@ -146,6 +151,8 @@ class ProxyApp(FastAPI):
                 and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
             await self.chat(scope, receive, send)
             return
+        if await self._refused(scope, receive, send):
+            return
         await super().__call__(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,7 +161,20 @@ class ProxyApp(FastAPI):
                 and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
             await self.chat(scope, receive, send)
             return
+        if await self._refused(scope, receive, send):
+            return
         await super().__call__(scope, receive, send)
+
+    async def _refused(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Whether a web page's request was refused with a 403 (and answered)."""
+        if self.guard is None or scope["type"] != "http":
+            return False
+        try:
+            self.guard.check_scope(scope)
+        except RouterError as exc:
+            await error_response(exc, self.metrics)(scope, receive, send)
+            return True
+        return False
 
 
 def _route_path(scope: Scope) -> str:
@@ -197,12 +217,15 @@ def create_app(
     keys: KeyStore | Mapping[str, str | None] | list[Any] | str | Path | None = None,
     *,
     max_body_bytes: int | None = None,
+    listen_host: str | None = None,
 ) -> ProxyApp:
     """The proxy app. ``router`` defaults to ``Router(config)`` over the config's ledger (written by a background
     thread unless ``proxy.ledger_writes: inline``). ``keys`` (default: the config's ``keys``; none: no
     authentication) may be a keys YAML file, a list of entries, or a ``{clear_key: policy}`` mapping (hashed at
     once); they are the Router's keys, which also give each key its policy. With a ``router`` of your own, its
-    keys are used and ``keys`` must not be given."""
+    keys are used and ``keys`` must not be given. ``listen_host``: the address the server listens on; a loopback one
+    (``router serve``'s default) makes the app refuse ``Host`` names other than loopback ones (DNS rebinding,
+    :mod:`router.proxy.origins`); ``None``: ``Host`` is not checked."""
     if not isinstance(config, RouterConfig):
         config = router.config if router is not None and config is None else RouterConfig.load(config)
     settings = config.proxy
@@ -222,7 +245,7 @@ def create_app(
             router.warm_up()
     elif keys is not None:
         raise ValueError("create_app(router=..., keys=...): give the keys to the Router (Router(keys=...))")
-    proxy = Proxy(router, router.keys, max_body_bytes or settings.max_body_bytes, settings)
+    proxy = Proxy(router, router.keys, max_body_bytes or settings.max_body_bytes, settings, listen_host)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -254,6 +277,8 @@ def create_app(
     app.state.proxy = proxy
     app.state.router = router
     app.chat = proxy.chat
+    app.guard = proxy.guard
+    app.metrics = proxy.metrics
     # The chat routes are also registered (as plain ASGI endpoints) so that a GET on them is a 405 and the app
     # still answers them when mounted under a prefix; ProxyApp normally answers them before routing.
     for path in sorted(CHAT_PATHS):
@@ -326,6 +351,8 @@ def _served_paths(app: FastAPI) -> list[str]:
 
 ENV_CONFIG = "ROUTER_PROXY_CONFIG"
 ENV_KEYS = "ROUTER_PROXY_KEYS"
+ENV_LISTEN_HOST = "ROUTER_PROXY_LISTEN_HOST"
+"""The ``--host`` of ``router serve``, for its workers (:func:`create_app`'s ``listen_host``)."""
 
 
 def _say_ready(router: Router, started: float) -> None:
@@ -353,7 +380,8 @@ def app_from_env() -> ProxyApp:
         config = RouterConfig.load(os.environ.get(ENV_CONFIG) or None)
         set_timeouts(config.proxy.header_timeout_s, config.proxy.body_timeout_s)  # this worker's connections
         started = time.perf_counter()
-        app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None)
+        app = create_app(config=config, keys=os.environ.get(ENV_KEYS) or None,
+                         listen_host=os.environ.get(ENV_LISTEN_HOST) or None)
         _say_ready(app.state.router, started)
     except Exception as exc:
         if multiprocessing.parent_process() is None:

@@ -46,6 +46,7 @@ from ..errors import (
 from ..keys import KeyStore, hash_key
 from ..types import ChatCompletionChunk
 from .metrics import ProxyMetrics, decided
+from .origins import BrowserGuard
 from .public import ACCEPT_ENCODING, BODY_TIMED_OUT, body_decoder, public_error, read_json
 
 log = logging.getLogger("router.proxy")
@@ -60,6 +61,10 @@ cancelled (a remote model's connection closed)."""
 _JSON = "application/json"
 _T = TypeVar("_T")
 _WANT = "a JSON object with `model` and `messages`"
+_READ_HEADERS = {b"authorization": 0, b"content-length": 1, b"x-request-id": 2, b"content-encoding": 3, b"host": 4,
+                 b"origin": 5}
+"""The request headers the chat route reads, by their place in its list: one dict look-up per header a request
+has, whatever the number read (a chain of comparisons grew with each)."""
 
 def ascii_header(text: str, limit: int = 400) -> str:
     """Header values must be latin-1 and one line; keep them plain ASCII and short."""
@@ -145,30 +150,35 @@ class ChatHandler:
     """The ASGI app for chat completions: auth, body, checks, then the Router's ``aprepare`` and ``asend``."""
 
     def __init__(self, router: Router, keys: KeyStore, metrics: ProxyMetrics, max_body_bytes: int,
-                 policies: set[str]) -> None:
+                 policies: set[str], guard: BrowserGuard | None = None) -> None:
         self.router = router
         self.keys = keys
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.policies = policies
+        self.guard = guard or BrowserGuard((), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
-        auth = length = rid = encoding = None
+        found: list[bytes | None] = [None] * len(_READ_HEADERS)
         for name, value in scope["headers"]:  # the first of repeated headers counts, as in Starlette
-            if name == b"authorization" and auth is None:
-                auth = value.decode("latin-1")
-            elif name == b"content-length" and length is None:
-                length = value
-            elif name == b"x-request-id" and rid is None:
-                rid = value.decode("latin-1")
-            elif name == b"content-encoding" and encoding is None:
-                encoding = value.decode("latin-1")
+            slot = _READ_HEADERS.get(name)
+            if slot is not None and found[slot] is None:
+                found[slot] = value
+        auth_value, length, rid_value, encoding_value, host, origin = found
+        auth = auth_value.decode("latin-1") if auth_value is not None else None
+        rid = rid_value.decode("latin-1") if rid_value is not None else None
+        encoding = encoding_value.decode("latin-1") if encoding_value is not None else None
+        guard = self.guard
+        hosts = guard.accepted_hosts
         given_id = rid if rid and len(rid) <= 128 else None
         request_id = given_id  # the router makes one when none is given; an error before that gets its own
         prepared: PreparedRequest | None = None
         key_label: str | None = None
         try:
+            # a web page's request (router/proxy/origins.py); a client that is no browser sends no Origin
+            if origin is not None or (hosts is not None and host not in hosts):
+                guard.check(origin, host)
             api_key = self.authenticate(auth)
             # a key label only for configured keys: without keys any bearer string would be a new label
             key_label = hash_key(api_key) if self.keys else None

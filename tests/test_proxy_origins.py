@@ -1,0 +1,120 @@
+"""A web page open in the user's browser must not be able to use a ``router serve`` on this machine: no cross-site
+request (a "simple" POST with ``Content-Type: text/plain`` needs no CORS preflight) and no DNS rebinding (a hostile
+name resolved to 127.0.0.1), while clients that are no browser (the ``openai`` SDK, curl: no ``Origin``), the
+dashboard's own requests (same-origin) and the origins of ``proxy.cors_origins`` go on working.
+A real ``router serve`` (no keys: the default for a local run) over the instant TEST UPSTREAM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from servers.procs import models_dir, policies_dir, remote_card, router_serve, upstream
+
+CHAT = {"model": "remote-echo", "messages": [{"role": "user", "content": "hi"}]}
+PLAIN = {"content-type": "text/plain"}  # what a page's form or fetch() sends without a preflight
+
+
+def _config(tmp: Path, up: str) -> Path:
+    models = models_dir(tmp / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small")},
+                        specialist=False)
+    config = tmp / "config.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {policies_dir(tmp / 'policies')}\n"
+                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\nproxy: {{cors_origins: [https://app.example]}}\n")
+    return config
+
+
+@pytest.fixture(scope="module")
+def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with upstream(tmp_path_factory.mktemp("upstream")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def url(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("origins")
+    with router_serve(_config(tmp, upstream_url), tmp) as served:  # --host 127.0.0.1, the default
+        yield served
+
+
+def _refused(r: httpx.Response, code: str) -> str:
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["type"] == "permission_error" and error["code"] == code, error
+    return str(error["message"])
+
+
+def test_a_cross_site_request_is_refused_on_every_route(url: str) -> None:
+    evil = {"origin": "https://evil.example"}
+    r = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(CHAT), headers={**PLAIN, **evil})
+    assert "proxy.cors_origins" in _refused(r, "origin_not_allowed")
+    _refused(httpx.post(f"{url}/v1/feedback", content='{"id": "chatcmpl-1", "score": 1}', headers={**PLAIN, **evil}),
+             "origin_not_allowed")
+    _refused(httpx.post(f"{url}/v1/files", files={"file": ("b.jsonl", b"{}\n")}, data={"purpose": "batch"},
+                        headers=evil), "origin_not_allowed")
+    _refused(httpx.get(f"{url}/dashboard", headers=evil), "origin_not_allowed")
+    _refused(httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"origin": "null"}), "origin_not_allowed")
+
+
+def test_same_origin_requests_are_answered_and_another_port_is_another_origin(url: str) -> None:
+    """The dashboard's own requests carry the origin the proxy is called by; another local server's page (another
+    port on the same host) is another site."""
+    port = int(url.rsplit(":", 1)[1])
+    own = {"origin": url}
+    assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=own).status_code == 200
+    assert httpx.get(f"{url}/dashboard/api/totals", headers=own).status_code == 200
+    assert httpx.get(f"{url}/dashboard", headers=own).status_code == 200
+    local = f"http://localhost:{port}"
+    r = httpx.post(f"{local}/v1/chat/completions", json=CHAT, headers={"origin": local})
+    assert r.status_code == 200, r.text
+    _refused(httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"origin": f"http://127.0.0.1:{port + 1}"}),
+             "origin_not_allowed")
+
+
+def test_clients_without_origin_work_and_the_same_request_from_a_page_does_not(url: str) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    answer = client.chat.completions.create(model="remote-echo", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
+    assert client.models.retrieve("router").id == "router"
+    assert httpx.get(f"{url}/health").status_code == 200  # a probe, a Prometheus scrape: no Origin
+    assert httpx.get(f"{url}/metrics").status_code == 200
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="remote-echo", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"origin": "https://evil.example"})
+
+
+def test_an_origin_in_cors_origins_is_answered_and_no_other(url: str) -> None:
+    r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"origin": "https://app.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    for other in ("http://app.example", "https://app.example.evil.example", "https://app.example:8443"):
+        _refused(httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"origin": other}), "origin_not_allowed")
+
+
+def test_dns_rebinding_is_refused_on_a_loopback_address(url: str) -> None:
+    """A hostile name resolved to 127.0.0.1: the browser sends no cross-site Origin (same-origin to it), but the
+    request's Host is that name."""
+    port = url.rsplit(":", 1)[1]
+    rebound = {"host": f"evil.example:{port}"}
+    for r in (httpx.get(f"{url}/dashboard", headers=rebound), httpx.get(f"{url}/v1/models", headers=rebound),
+              httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=rebound),
+              httpx.post(f"{url}/v1/chat/completions", json=CHAT,
+                         headers={**rebound, "origin": f"http://evil.example:{port}"})):
+        assert "DNS rebinding" in _refused(r, "host_not_allowed")
+    _refused(httpx.get(f"{url}/v1/models", headers={"host": "192.168.1.20"}), "host_not_allowed")
+    for loopback in (f"localhost:{port}", "localhost", "127.0.0.1:1", "[::1]:8000", "app.example"):
+        assert httpx.get(f"{url}/v1/models", headers={"host": loopback}).status_code == 200, loopback
+
+
+def test_host_is_not_checked_on_an_exposed_address_but_origin_is(upstream_url: str, tmp_path: Path) -> None:
+    """Listening on every interface the operator has exposed the proxy: any name may reach it. A page of another
+    site still may not use it."""
+    with router_serve(_config(tmp_path, upstream_url), tmp_path, "--host", "0.0.0.0") as served:  # noqa: S104
+        port = served.rsplit(":", 1)[1]
+        r = httpx.post(f"{served}/v1/chat/completions", json=CHAT, headers={"host": f"router.lan:{port}"})
+        assert r.status_code == 200, r.text
+        _refused(httpx.post(f"{served}/v1/chat/completions", content=json.dumps(CHAT),
+                            headers={**PLAIN, "origin": "https://evil.example"}), "origin_not_allowed")
