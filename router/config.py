@@ -156,8 +156,11 @@ class ProxySettings(_Settings):
         "for a Prometheus scraper without one); /health never needs one")
     cors_origins: list[str] = Field(
         default_factory=list, description="origins a browser app may call the proxy from (e.g. "
-        "https://app.example.com, or * for any); empty: CORS off. A page of another origin is refused (403); their "
-        "hosts are names a proxy on a loopback address answers to besides loopback ones (docs/proxy.md, Web pages)")
+        "https://app.example.com, or * for any); empty: CORS off. A page of another origin is refused (403)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names a proxy listening on a loopback address answers to besides "
+        "loopback ones (a reverse proxy in front that passes its own Host on, e.g. router.example.com; * for any); "
+        "others are refused (403), as DNS rebinding would use them (docs/proxy.md, Web pages)")
     ledger_writes: Literal["background", "inline"] = Field(
         "background", description="background: a writer thread groups records (router/proxy/ledger_writer.py); "
         "inline: written on the request path")

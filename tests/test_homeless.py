@@ -24,7 +24,7 @@ def no_home(monkeypatch: pytest.MonkeyPatch) -> None:
     # set, then deleted: monkeypatch then restores each as it was, also one that `router serve`, run in this process
     # below, sets for its workers (a deleted variable that was not set is not restored, and leaked into later tests)
     for name in ("HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "ROUTER_LEDGER_URL", "ROUTER_PROXY_CONFIG",
-                 "ROUTER_PROXY_KEYS", "ROUTER_METRICS_DIR"):
+                 "ROUTER_PROXY_KEYS", "ROUTER_METRICS_DIR", "ROUTER_PROXY_LISTEN_HOST"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 

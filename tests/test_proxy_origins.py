@@ -24,7 +24,8 @@ def _config(tmp: Path, up: str) -> Path:
                         specialist=False)
     config = tmp / "config.yaml"
     config.write_text(f"models_dir: {models}\npolicies_dir: {policies_dir(tmp / 'policies')}\n"
-                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\nproxy: {{cors_origins: [https://app.example]}}\n")
+                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\nproxy: {{cors_origins: [https://app.example], "
+                      "allowed_hosts: [router.example]}\n")
     return config
 
 
@@ -105,7 +106,9 @@ def test_dns_rebinding_is_refused_on_a_loopback_address(url: str) -> None:
                          headers={**rebound, "origin": f"http://evil.example:{port}"})):
         assert "DNS rebinding" in _refused(r, "host_not_allowed")
     _refused(httpx.get(f"{url}/v1/models", headers={"host": "192.168.1.20"}), "host_not_allowed")
-    for loopback in (f"localhost:{port}", "localhost", "127.0.0.1:1", "[::1]:8000", "app.example"):
+    refused = _refused(httpx.get(f"{url}/v1/models", headers={"host": "app.example"}), "host_not_allowed")
+    assert "add 'app.example' to proxy.allowed_hosts" in refused, "a CORS origin is no Host name to answer to"
+    for loopback in (f"localhost:{port}", "localhost", "127.0.0.1:1", "[::1]:8000", "router.example:443"):
         assert httpx.get(f"{url}/v1/models", headers={"host": loopback}).status_code == 200, loopback
 
 

@@ -58,7 +58,7 @@ class Proxy:
         router.record_observer = self.metrics.observe_record  # joules and failed calls, as the ledger has them
         self.policies = policy_names(router.config)
         self.started = time.time()
-        self.guard = BrowserGuard(settings.cors_origins, listen_host)
+        self.guard = BrowserGuard(settings.cors_origins, listen_host, settings.allowed_hosts)
         self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies, self.guard)
 
     def observe_batch_line(self, key: KeySpec | None, prepared: PreparedRequest | None,

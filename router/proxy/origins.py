@@ -12,7 +12,7 @@ Two attacks, both needing no key when none is configured (the default for a loca
 - DNS rebinding. A hostile name made to resolve to 127.0.0.1 makes the page and the proxy the same origin to the
   browser, which then lets the page read any answer (``/dashboard``, ``/v1/models``). The request's ``Host`` is
   the hostile name, though, so while the proxy listens on a loopback address only loopback names are answered
-  (``localhost``, ``127.x.x.x``, ``[::1]``, any port), and the hosts of ``proxy.cors_origins`` (a reverse proxy in
+  (``localhost``, ``127.x.x.x``, ``[::1]``, any port), and those in ``proxy.allowed_hosts`` (a reverse proxy in
   front that passes its own ``Host`` on). Listening on another address, the operator has exposed the proxy, and
   ``Host`` is not checked.
 
@@ -59,15 +59,16 @@ def _host_name(host: str) -> str | None:
 class BrowserGuard:
     """Decides whether a request's ``Origin`` and ``Host`` may be answered (see the module's docstring)."""
 
-    def __init__(self, cors_origins: Iterable[str], listen_host: str | None) -> None:
+    def __init__(self, cors_origins: Iterable[str], listen_host: str | None, allowed_hosts: Iterable[str] = ()) -> None:
         origins = [o.strip().rstrip("/").lower() for o in cors_origins]
         self.any_origin = "*" in origins
         self.origins = frozenset(origins)
-        self.origin_hosts = frozenset(filter(None, (_host_name(o.partition("://")[2]) for o in origins)))
+        self.allowed_hosts = frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts)
         # every page may already call and read the proxy with "*" (CORS): rebinding would give it nothing more
-        checks_host = listen_host is not None and is_loopback(listen_host) and not self.any_origin
+        checks_host = (listen_host is not None and is_loopback(listen_host) and not self.any_origin
+                       and "*" not in self.allowed_hosts)
         self.accepted_hosts: set[bytes] | None = set() if checks_host else None
-        """``Host`` values found loopback (or a listed origin's host); ``None`` when ``Host`` is not checked."""
+        """``Host`` values found loopback (or allowed); ``None`` when ``Host`` is not checked."""
         self.listen_host = listen_host
 
     def check_scope(self, scope: Scope) -> None:
@@ -88,12 +89,12 @@ class BrowserGuard:
         if hosts is not None and host is not None and host not in hosts:
             text = host.decode("latin-1").strip().lower()
             name = _host_name(text)
-            if name is None or not (is_loopback(name) or name in self.origin_hosts):
+            if name is None or not (is_loopback(name) or name.rstrip(".") in self.allowed_hosts):
                 raise PermissionDeniedError(
                     f"Host {text!r} is not a loopback name: the proxy listens on {self.listen_host} and answers "
                     "requests to localhost, 127.0.0.1 or [::1] only (another name pointed at this machine is how a "
                     "web page would reach it, DNS rebinding). Call it by one of those; behind a reverse proxy, have "
-                    "it send `Host: 127.0.0.1` or add its origin (https://NAME) to proxy.cors_origins in the config",
+                    f"it send `Host: 127.0.0.1`, or add {name or text!r} to proxy.allowed_hosts in the config",
                     code="host_not_allowed")
             if len(hosts) < _REMEMBERED_HOSTS:
                 hosts.add(host)
