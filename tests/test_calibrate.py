@@ -10,6 +10,7 @@ import numpy as np
 from cli_helpers import router_main
 from typer.testing import CliRunner
 
+from router.cli.calibrate import _infeasible_line
 from router.policy.calibration import CalibrationData, choose, fit, lower_confidence, quality
 from router.policy.loader import load_policy
 
@@ -135,10 +136,14 @@ def test_cli_refuses_a_bad_bound_or_scores_before_computing_scores(tmp_path, mon
 
 
 def _strict_json(text: str) -> dict:
+    """The report of ``--json`` (stdout), from stdout and stderr together: after it, only the stderr line that
+    says why no policy could be calibrated, when none could."""
     def no_nan(name: str) -> None:
         raise AssertionError(f"{name} in the report")
 
-    return json.loads(text, parse_constant=no_nan)
+    report, end = json.JSONDecoder(parse_constant=no_nan).raw_decode(text, len(text) - len(text.lstrip()))
+    assert text[end:].strip() in ("", _infeasible_line(report.get("infeasible") or [])), text[end:]
+    return report
 
 
 def test_cli_calibrates_on_the_shipped_local_outcomes_of_one_task_each(tmp_path):
@@ -196,6 +201,7 @@ def test_cli_leaves_the_policy_untouched_when_no_threshold_is_certified(tmp_path
     assert code == 1 and (pol / "acc.yaml").read_text() == before
     report = json.loads(out[:out.rindex("}") + 1])
     assert report["infeasible"] == ["acc"] and "held_out" not in report["policies"]["acc"]["o.jsonl"]
+    assert "infeasible: no τ certifies the target of acc" in out[out.rindex("}"):], "why it failed, on stderr too"
 
 
 def test_cli_refuses_outcomes_too_small_to_fit_with_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -100,3 +101,8 @@ def test_ctrl_c_says_the_command_was_interrupted_and_what_it_left(tmp_path: Path
         f"{Path(sys.executable).name} -m router data from-ledger: interrupted; the files it had finished writing are "
         "kept, one it was still writing may be incomplete"), err.decode()
     assert b"Traceback" not in err
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"router {importlib.metadata.version('router')}\n", result.output

@@ -227,6 +227,7 @@ def calibrate(
                                "policies": results, "infeasible": infeasible,
                                "written": [str(f) for f in written]}, indent=2))
         if infeasible:
+            typer.echo(_infeasible_line(infeasible), err=True)
             raise typer.Exit(1)
         return
     table = Table(title="router calibrate: " + "; ".join(
@@ -256,9 +257,14 @@ def calibrate(
                + ("dry run, nothing written" if dry_run else
                   f"wrote the calibrated block into {', '.join(map(str, written))}" if written else "nothing written"))
     if infeasible:
-        typer.echo(f"infeasible: no τ certifies the target of {', '.join(infeasible)} on these outcomes, even "
-                   "always-largest; those policies were not calibrated (their files are unchanged)", err=True)
+        typer.echo(_infeasible_line(infeasible), err=True)
         raise typer.Exit(1)
+
+
+def _infeasible_line(infeasible: list[str]) -> str:
+    """Why calibrate ends with exit status 1, on stderr (with --json too: its object says it only in a field)."""
+    return (f"infeasible: no τ certifies the target of {', '.join(infeasible)} on these outcomes, even "
+            "always-largest; those policies were not calibrated (their files are unchanged)")
 
 
 def merge_blocks(blocks: dict[str, Calibrated]) -> Calibrated:
