@@ -138,6 +138,12 @@ class OpenAIBackendSpec(_Strict):
     @classmethod
     def _base_url_is_the_api_root(cls, url: str) -> str:
         parts = urlsplit(url)
+        # without a scheme (`localhost:8000/v1`, `api.openai.com/v1`) the card loaded and only its calls failed:
+        # each one in `router serve` as a 500 bad_config naming neither the card nor the field
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "base_url must be an http:// or https:// URL with a host; fix: write it in full, e.g. "
+                "http://localhost:8000/v1 or https://api.openai.com/v1")
         if parts.query or parts.fragment:
             raise ValueError(
                 "a base_url with a query (?...) or fragment (#...) is not supported: the router calls "

@@ -65,6 +65,12 @@ def test_bad_card_names_file_and_field(tmp_path: Path, change, needle):
     ("http://127.0.0.1:9/v1#models", "fragment"),
     ("http://127.0.0.1:9/v1/chat/completions", "drop /chat/completions"),
     ("http://127.0.0.1:9/v1/chat/completions/", "drop /chat/completions"),
+    # no scheme: the card loaded, and every call through `router serve` was a 500 bad_config naming no card
+    ("localhost:8000/v1", "http://localhost:8000/v1"),
+    ("api.openai.com/v1", "https:// URL with a host"),
+    ('""', "https:// URL with a host"),
+    ("ftp://127.0.0.1:9/v1", "https:// URL with a host"),
+    ("http:///v1", "https:// URL with a host"),
 ])
 def test_a_base_url_the_backend_cannot_call_is_refused_saying_what_to_give(tmp_path: Path, base_url: str,
                                                                            needle: str) -> None:
