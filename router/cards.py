@@ -34,6 +34,9 @@ Joules = Annotated[float, Field(ge=0, le=MAX_JOULES)]
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMBT])\b", re.IGNORECASE)
 """The figure a ``parameters`` entry starts with: '135M', '2.78B (dense)', '46.7B total, 12.9B active ...'."""
 _BILLIONS = {"k": 1e-6, "m": 1e-3, "b": 1.0, "t": 1e3}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_FIELDS = frozenset({"api_key_env"})
+"""Fields whose value may be a key pasted by mistake: an error about one never shows it."""
 
 
 class _Strict(BaseModel):
@@ -130,6 +133,18 @@ class OpenAIBackendSpec(_Strict):
     timeout_s: float = Field(60.0, gt=0, le=86_400)
     max_retries: int = Field(2, ge=0, le=100)
     default_max_tokens: int = Field(256, gt=0, le=MAX_TOKENS)
+
+    # A key pasted here in place of its variable's name loaded, and each call's start error ("the environment
+    # variable sk-... is not set") wrote the key into the log; the message below never repeats the value
+    @field_validator("api_key_env")
+    @classmethod
+    def _names_a_variable(cls, name: str | None) -> str | None:
+        if name is not None and not _ENV_NAME.fullmatch(name):
+            raise ValueError(
+                "api_key_env is the name of the environment variable that holds the key (letters, digits and _, "
+                "not starting with a digit, e.g. OPENAI_API_KEY), not the key itself; fix: export the key in that "
+                "variable (export OPENAI_API_KEY=...) and write the variable's name here")
+        return name
 
     # The backend appends /chat/completions to base_url and sends the key only as `Authorization: Bearer`, so
     # a URL with a query (Azure's ?api-version=) or the endpoint's own path would be called at a path that does not
@@ -280,9 +295,13 @@ def _describe(err: ValidationError, file: Path) -> str:
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        got_s = "" if isinstance(got, dict) or _shows_a_secret(e) else f" (got {got!r})"
         lines.append(f"{file}: field `{where}`: {e['msg']}{got_s}")
     return "\n".join(lines)
+
+
+def _shows_a_secret(error: Any) -> bool:
+    return bool(error["loc"]) and error["loc"][-1] in _SECRET_FIELDS
 
 
 def load_card(file: str | Path) -> ModelCard:
@@ -294,7 +313,9 @@ def load_card(file: str | Path) -> ModelCard:
     try:
         card = ModelCard.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, file)) from exc
+        # pydantic's own message repeats each input, and `router -v` prints the chained error
+        secret = any(_shows_a_secret(e) for e in exc.errors())
+        raise ConfigError(_describe(exc, file)) from (None if secret else exc)
     card.path = file.resolve()
     card.locate_files()
     return card

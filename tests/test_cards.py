@@ -140,3 +140,22 @@ def test_missing_weights_package_is_a_clear_error(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match="no_such_weights_pkg.*not installed"):
         create_backend(load_card(file))
+
+
+@pytest.mark.parametrize("pasted", ["sk-proj-Abc123_def456-GHI789", "0123456789abcdef0123456789abcdef"])
+def test_a_key_pasted_as_api_key_env_is_refused_without_repeating_it(tmp_path: Path, pasted: str) -> None:
+    """`api_key_env` names the variable that holds the key. A key pasted there loaded, every call to the model failed
+    over to another, and each failure wrote the key into the log ("the environment variable sk-... is not set")."""
+    file = tmp_path / "hosted.yaml"
+    file.write_text(GOOD.replace("  model: tiny\n", f"  model: tiny\n  api_key_env: {pasted}\n"))
+    refused = r"hosted\.yaml: field `backend.openai.api_key_env`.*not the key itself"
+    with pytest.raises(ConfigError, match=refused) as err:
+        load_card(file)
+    shown = [str(err.value)] + ([str(err.value.__cause__)] if err.value.__cause__ is not None else [])
+    assert not any(pasted in text for text in shown)
+
+
+def test_api_key_env_naming_a_variable_loads(tmp_path: Path) -> None:
+    file = tmp_path / "hosted.yaml"
+    file.write_text(GOOD.replace("  model: tiny\n", "  model: tiny\n  api_key_env: _My_KEY2\n"))
+    assert load_card(file).backend.api_key_env == "_My_KEY2"  # type: ignore[union-attr]
