@@ -139,9 +139,12 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def yaml_files(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """The YAML files in ``folder`` (in its sub-folders too with ``recursive``), sorted: model cards, policies."""
+    """The YAML files in ``folder`` (in its sub-folders too with ``recursive``), sorted: model cards, policies.
+    Hidden ones are not: the ``._eco.yaml`` macOS puts beside each file in archives and on other file systems, an
+    editor's lock (``.#eco.yaml``, a link to nowhere) or swap file, or a file in ``.git``."""
     find = folder.rglob if recursive else folder.glob
-    return sorted(f for suffix in YAML_SUFFIXES for f in find(f"*{suffix}"))
+    return sorted(f for suffix in YAML_SUFFIXES for f in find(f"*{suffix}")
+                  if not any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 
 def named_yaml_file(folder: Path, name: str) -> Path | None:

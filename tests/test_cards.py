@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from router import ConfigError, load_card, load_cards
+from router.yaml_files import yaml_files
 
 GOOD = """name: tiny
 tier: small
@@ -106,6 +107,18 @@ def test_a_card_saved_as_yml_is_loaded_too(tmp_path: Path):
     (tmp_path / "my-smol.yaml").write_text(GOOD)  # the same card under both suffixes
     with pytest.raises(ConfigError, match=r"my-smol\.yml: model name `tiny` is already used by .*my-smol\.yaml"):
         load_cards(tmp_path)
+
+
+def test_hidden_files_beside_the_cards_are_not_read_as_cards(tmp_path: Path):
+    """macOS's ``._`` files (in archives, on shared drives) and an editor's lock stopped the router with a misleading
+    "not valid YAML" or "cannot read model card"; policies are listed the same way."""
+    (tmp_path / "tiny.yaml").write_text(GOOD)
+    (tmp_path / "._tiny.yaml").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: binary
+    (tmp_path / ".#tiny.yaml").symlink_to("root@host.1234:1700000000")  # Emacs's lock: a link to nowhere
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "old.yaml").write_text("not: [a card")
+    assert set(load_cards(tmp_path)) == {"tiny"}
+    assert yaml_files(tmp_path, recursive=True) == [tmp_path / "tiny.yaml"]
 
 
 def test_two_cards_sharing_a_name_or_an_alias_are_rejected_naming_both_files(tmp_path: Path):
