@@ -103,3 +103,56 @@ def test_a_model_that_cannot_start_is_passed_over_until_its_cooldown_ends(tmp_pa
         assert [r.outcome for r in ledger.records() if r.model == "remote-nokey"] == ["error", "error", "ok"]
     finally:
         ledger.close()
+
+
+def _unset_key_cards(tmp_path: Path) -> tuple[Path, Path]:
+    """A models folder with one remote card whose key variable is unset and one whose variable is set, and a config
+    naming it."""
+    from servers.procs import models_dir, remote_card
+
+    base = "http://127.0.0.1:9/v1"  # never called: only start-up is looked at
+    nokey = remote_card("remote-nokey", base, "echo", tier="small").replace(
+        "  max_retries:", "  api_key_env: ROUTER_TEST_KEY_VAR\n  max_retries:")
+    keyed = remote_card("remote-keyed", base, "echo").replace(
+        "  max_retries:", "  api_key_env: ROUTER_TEST_SET_KEY_VAR\n  max_retries:")
+    models = models_dir(tmp_path / "models", {"remote-nokey": nokey, "remote-keyed": keyed}, specialist=False)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n"
+                      "proxy: {warm_up: false}\n")
+    return models, config
+
+
+SET_KEY = "sk-test-never-shown-0123456789"
+
+
+def test_an_unset_key_variable_is_a_warning_when_the_router_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The Router started without a word and only each call to the model failed (and fell back). It still starts
+    (the variable may be set for a later deploy), but says so once, naming the card, the variable and the fix."""
+    from router import Router
+    from router.config import RouterConfig
+
+    monkeypatch.delenv("ROUTER_TEST_KEY_VAR", raising=False)
+    monkeypatch.setenv("ROUTER_TEST_SET_KEY_VAR", SET_KEY)
+    models, config = _unset_key_cards(tmp_path)
+    with caplog.at_level("WARNING", logger="router"), Router(RouterConfig.load(config)) as router:
+        assert {"remote-nokey", "remote-keyed"} <= set(router.cards)
+    warned = [r for r in caplog.records if "ROUTER_TEST_KEY_VAR" in r.getMessage()]
+    assert [r.levelname for r in warned] == ["WARNING"]
+    warnings = [r.getMessage() for r in warned]
+    assert str(models.resolve() / "remote-nokey.yaml") in warnings[0]
+    assert "export ROUTER_TEST_KEY_VAR=..." in warnings[0]
+    assert not any("remote-keyed" in r.getMessage() or SET_KEY in r.getMessage() for r in caplog.records)
+
+
+def test_router_serve_shows_the_unset_key_variable_at_start(tmp_path: Path) -> None:
+    from servers.procs import router_serve
+
+    _, config = _unset_key_cards(tmp_path)
+    env = {"ROUTER_TEST_KEY_VAR": "", "ROUTER_TEST_SET_KEY_VAR": SET_KEY}  # empty counts as unset
+    with router_serve(config, tmp_path, env=env) as url:
+        log = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
+    assert log.count("API key variable ROUTER_TEST_KEY_VAR (backend.api_key_env) is not set") == 1, log
+    assert "remote-nokey.yaml" in log and "export ROUTER_TEST_KEY_VAR=..." in log
+    assert "ready in" in log and "remote-nokey" in log.split("ready in", 1)[1]  # it starts all the same
+    assert SET_KEY not in log and "ROUTER_TEST_SET_KEY_VAR" not in log
