@@ -23,7 +23,7 @@ from .capabilities import Capability, unsupported
 from .card_files import package_file, package_folder, resolve_card_file
 from .errors import ConfigError
 from .types import Tier
-from .yaml_files import read_yaml, takes_a_number, yaml_files
+from .yaml_files import meant_field, read_yaml_mapping, takes_a_number, yaml_files
 
 MAX_TOKENS = 100_000_000
 """Upper bound for token counts on a card; the longest context windows offered today are ~10 M tokens."""
@@ -296,20 +296,22 @@ def _describe(err: ValidationError, file: Path) -> str:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) or _shows_a_secret(e) else f" (got {got!r})"
-        lines.append(f"{file}: field `{where}`: {e['msg']}{got_s}")
+        meant = meant_field(ModelCard, e["loc"]) if e["type"] == "extra_forbidden" else None
+        typo = f"; did you mean `{meant}`?" if meant else ""
+        lines.append(f"{file}: field `{where}`: {e['msg']}{got_s}{typo}")
     return "\n".join(lines)
 
 
 def _shows_a_secret(error: Any) -> bool:
-    return bool(error["loc"]) and error["loc"][-1] in _SECRET_FIELDS
+    # `api_key: sk-...` is refused as an unknown field spelt like api_key_env: its value is as likely a key
+    return bool(error["loc"]) and (error["loc"][-1] in _SECRET_FIELDS or (
+        error["type"] == "extra_forbidden" and meant_field(ModelCard, error["loc"]) in _SECRET_FIELDS))
 
 
 def load_card(file: str | Path) -> ModelCard:
     """One card, validated, with every file its backend names found (see :meth:`ModelCard.locate_files`)."""
     file = Path(file)
-    raw, _ = read_yaml(file, "model card")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: a model card is a YAML mapping (name, tier, backend, energy, ...)")
+    raw, _ = read_yaml_mapping(file, "model card", "name, tier, backend, energy, ...")
     try:
         card = ModelCard.model_validate(raw)
     except ValidationError as exc:
@@ -343,6 +345,9 @@ def load_catalogue(models_dir: str | Path, *, with_models: bool = True) -> dict[
 
 def _load_into(cards: dict[str, ModelCard], folder: str | Path) -> dict[str, ModelCard]:
     folder = Path(folder)
+    if folder.is_file():  # `models_dir: models/remote-large.yaml`: "does not exist" would be wrong
+        raise ConfigError(f"{folder}: is a file, not a model card folder: models_dir names the folder that holds the "
+                          f"cards; fix: name the folder it is in ({folder.parent}), or a folder of its own for it")
     if not folder.is_dir():
         raise ConfigError(f"{folder}: model card folder does not exist")
     # a request names a model by its name or any alias, in any case (Router.resolve_model): each must be one card's

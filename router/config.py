@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import ConfigError
-from .yaml_files import read_yaml
+from .yaml_files import meant_field, read_yaml
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -484,6 +484,8 @@ def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> Confi
         # is shown, never its value, which would reach the terminal, CI logs and the journal
         got = type(e.get("input")).__name__ if e["loc"][:1] == ("keys",) else repr(e.get("input"))
         problem, _, fix = e["msg"].removeprefix("Value error, ").partition("; fix: ")
+        if e["type"] == "extra_forbidden" and (meant := meant_field(RouterConfig, e["loc"])):
+            fix = f"remove it or check the spelling: did you mean `{meant}`?"
         all_fixed = all_fixed and bool(fix)
         # a check of the whole file (no field) names its fields itself, and its input is the whole file
         shown = f"{got[:80]}{'...' if len(got) > 80 else ''}"

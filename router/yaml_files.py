@@ -10,6 +10,8 @@ to walk (a hang).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -114,12 +116,40 @@ def read_yaml(file: str | Path, what: str) -> tuple[Any, str]:
         mark = getattr(exc, "problem_mark", None)
         at = f"{mark.line + 1}" if mark is not None else "?"
         problem = getattr(exc, "problem", None) or str(exc)
+        if _at_a_tab(text, mark, problem):
+            # PyYAML says only "found character '\t' that cannot start any token", which does not name the cause
+            raise ConfigError(f"{path}:{at}: not valid YAML: line {at} is indented with a tab, and YAML indents with "
+                              f"spaces, not tabs; fix: replace the tabs on line {at} with spaces") from exc
         raise ConfigError(f"{path}:{at}: not valid YAML: {problem}; fix the indentation or quoting") from exc
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply for a {what}; fix: flatten it") from None
     except ValueError as exc:  # a scalar that resolves to a type but cannot be built, e.g. the date 2024-13-45
         fix = "correct the value, or quote it to keep it as text"
         raise ConfigError(f"{path}: not valid YAML: {exc}; fix: {fix}") from exc
+
+
+def _at_a_tab(text: str, mark: yaml.Mark | None, problem: str) -> bool:
+    """Whether PyYAML stopped at a tab (``'\\t' that cannot start any token``, ``a tab character where an
+    indentation space is expected``)."""
+    return "tab character" in problem or (mark is not None and 0 <= mark.index < len(text)
+                                          and text[mark.index] == "\t")
+
+
+def read_yaml_mapping(file: str | Path, what: str, fields: str) -> tuple[dict[Any, Any], str]:
+    """:func:`read_yaml` for a file that must hold a mapping (a model card, a policy); ``fields`` names a few of
+    its fields for the message when it does not, e.g. ``"name, tier, backend, energy, ..."``."""
+    path = Path(file)
+    data, text = read_yaml(path, what)
+    if data is None:  # PyYAML reads an empty file, or one of comments only, as null
+        raise ConfigError(f"{path}: the {what} is empty (no YAML in it, at most comments); fix: write its fields "
+                          f"({fields}), or remove the file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a {what} is a YAML mapping ({fields}), not a {_yaml_kind(data)}")
+    return data, text
+
+
+def _yaml_kind(data: Any) -> str:
+    return "list" if isinstance(data, list) else "single value"
 
 
 def _parse(text: str, path: Path, what: str) -> Any:
@@ -159,6 +189,37 @@ def takes_a_number(annotation: Any) -> bool:
     if get_origin(annotation) in (Literal, dict, list):
         return False
     return any(takes_a_number(a) for a in get_args(annotation))
+
+
+def meant_field(model: type[BaseModel], loc: Sequence[str | int]) -> str | None:
+    """For pydantic's "Extra inputs are not permitted" at ``loc`` in ``model``: the field of the mapping the unknown
+    key is in that is spelt much like it (``jouls``: ``joules``), else None. The mapping's model is found by walking
+    ``loc`` through the field types (list indexes, dict keys and a union's tag pick no field)."""
+    if not loc or not isinstance(loc[-1], str):
+        return None
+    models = [model]
+    for part in loc[:-1]:
+        inner = [m for m in models if isinstance(part, str) and part in m.model_fields]
+        if inner:
+            models = [sub for m in inner for sub in _models_in(m.model_fields[str(part)].annotation)]
+        else:  # a discriminated union names the member in `loc` by its tag (`backend.openai.x`)
+            models = [m for m in models if _tagged(m, part)] or models
+    fields = {name for m in models for name in m.model_fields}
+    close = difflib.get_close_matches(loc[-1], sorted(fields), n=1)
+    return close[0] if close else None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's type holds: itself, or inside ``| None``, ``list[...]``, ``dict[..., ...]``,
+    ``Annotated`` and unions."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _tagged(model: type[BaseModel], tag: str | int) -> bool:
+    return any(get_origin(f.annotation) is Literal and tag in get_args(f.annotation)
+               for f in model.model_fields.values())
 
 
 def no_boolean_for_a_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:

@@ -172,3 +172,58 @@ def test_api_key_env_naming_a_variable_loads(tmp_path: Path) -> None:
     file = tmp_path / "hosted.yaml"
     file.write_text(GOOD.replace("  model: tiny\n", "  model: tiny\n  api_key_env: _My_KEY2\n"))
     assert load_card(file).backend.api_key_env == "_My_KEY2"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "meant"),
+    [
+        (("  model: tiny\n", "  model: tiny\n  api_key_evn: OPENAI_API_KEY\n"), "backend.openai.api_key_evn",
+         "api_key_env"),
+        (("  per_output_token_j: 0.1", "  per_output_tokens_j: 0.1"), "energy.per_output_tokens_j",
+         "per_output_token_j"),
+        (("context_length: 1024", "context_lenght: 1024\ncontext_length: 1024"), "context_lenght", "context_length"),
+    ],
+)
+def test_a_misspelt_field_says_which_field_was_meant(tmp_path: Path, change, field: str, meant: str) -> None:
+    """pydantic says only "Extra inputs are not permitted", leaving the user to find the spelling in the source."""
+    file = tmp_path / "typo.yaml"
+    file.write_text(GOOD.replace(*change))
+    with pytest.raises(ConfigError) as err:
+        load_card(file)
+    assert f"field `{field}`: Extra inputs are not permitted" in str(err.value)
+    assert f"did you mean `{meant}`?" in str(err.value)
+
+
+def test_a_key_pasted_under_a_misspelt_api_key_env_is_not_repeated(tmp_path: Path) -> None:
+    """`api_key: sk-...` is an unknown field like any other, but its value is a key: the guess is given, not the
+    value (nor in the chained pydantic error that `router -v` prints)."""
+    file = tmp_path / "hosted.yaml"
+    file.write_text(GOOD.replace("  model: tiny\n", f"  model: tiny\n  api_key: {SECRET}\n"))
+    with pytest.raises(ConfigError, match=r"field `backend.openai.api_key`: .*did you mean `api_key_env`\?") as err:
+        load_card(file)
+    shown = [str(err.value)] + ([str(err.value.__cause__)] if err.value.__cause__ is not None else [])
+    assert not any(SECRET in text for text in shown)
+
+
+SECRET = "sk-proj-Abc123_def456-GHI789"
+
+
+def test_a_field_like_no_other_gets_no_guess(tmp_path: Path) -> None:
+    file = tmp_path / "odd.yaml"
+    file.write_text(GOOD + "colour: blue\n")
+    with pytest.raises(ConfigError, match="field `colour`: Extra inputs are not permitted") as err:
+        load_card(file)
+    assert "did you mean" not in str(err.value)
+
+
+def test_models_dir_naming_one_card_file_says_it_is_a_file(tmp_path: Path) -> None:
+    """models_dir: models/remote-large.yaml said "model card folder does not exist", though the path exists."""
+    file = tmp_path / "remote-large.yaml"
+    file.write_text(GOOD)
+    with pytest.raises(ConfigError) as err:
+        load_cards(file)
+    message = str(err.value)
+    assert message.startswith(f"{file}: is a file, not a model card folder") and "does not exist" not in message
+    assert "models_dir names the folder that holds the cards" in message and f"({tmp_path})" in message
+    with pytest.raises(ConfigError, match="model card folder does not exist"):
+        load_cards(tmp_path / "nowhere")

@@ -366,3 +366,49 @@ def test_a_key_no_client_can_send_is_refused_at_start(monkeypatch: pytest.Monkey
     assert key not in str(err.value)
     monkeypatch.setenv("ROUTER_TEST_ODD_KEY", "sk-" + "x" * 4093)  # 4,096 characters: usable
     assert len(KeyStore.from_entries([{"name": "odd", "env": "ROUTER_TEST_ODD_KEY"}])) == 1
+
+
+@pytest.mark.parametrize("kind", ["card", "policy", "config", "keys"])
+def test_a_tab_in_the_indentation_says_yaml_indents_with_spaces(tmp_path: Path, kind: str) -> None:
+    """PyYAML says "found character '\\t' that cannot start any token", which names neither tabs nor the fix."""
+    text = {"card": CARD.replace("  model: tiny", "\tmodel: tiny"),
+            "policy": POLICY.replace("    joules: 100", "\tjoules: 100"),
+            "config": "proxy:\n\tmax_body_bytes: 1000\n",
+            "keys": "keys:\n\t- {name: a, env: ROUTER_TEST_KEY}\n"}[kind]
+    file = write(tmp_path, f"{kind}.yaml", text)
+    load = {"card": load_card, "policy": load_policy, "config": RouterConfig.load, "keys": KeyStore.from_file}[kind]
+    line = text.splitlines().index(next(ln for ln in text.splitlines() if ln.startswith("\t"))) + 1
+    with pytest.raises(ConfigError) as err:
+        load(file)
+    assert str(err.value).startswith(f"{file}:{line}: not valid YAML: line {line} is indented with a tab")
+    assert "YAML indents with spaces, not tabs" in str(err.value) and "cannot start any token" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# a card, to be written\n  # indented comment\n"])
+def test_an_empty_card_or_policy_says_it_is_empty(tmp_path: Path, text: str) -> None:
+    """An empty file was refused as "a model card is a YAML mapping", which reads as if it held something else."""
+    for message in (card_error(tmp_path, text), policy_error(tmp_path, text)):
+        assert "is empty" in message and "YAML mapping" not in message
+    assert "the model card is empty" in card_error(tmp_path, text)
+    assert "the policy is empty" in policy_error(tmp_path, text)
+
+
+def test_a_misspelt_policy_or_config_field_says_which_was_meant(tmp_path: Path) -> None:
+    assert "did you mean `joules`?" in policy_error(tmp_path, POLICY.replace("joules: 100", "jouls: 100"))
+    assert "did you mean `escalate_below`?" in policy_error(tmp_path, POLICY.replace("escalate_below",
+                                                                                       "escalate_belo"))
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.load(write(tmp_path, "router.yaml", "ledger_ulr: sqlite:///x.db\nproxy: {max_body_byte: 10}\n"))
+    assert "field `ledger_ulr`" in str(err.value) and "did you mean `ledger_url`?" in str(err.value)
+    assert "field `proxy.max_body_byte`" in str(err.value) and "did you mean `max_body_bytes`?" in str(err.value)
+
+
+def test_policies_dir_naming_one_policy_file_says_it_is_a_file(tmp_path: Path) -> None:
+    from router.policy.loader import load_policies
+
+    file = write(tmp_path, "eco.yaml", POLICY)
+    with pytest.raises(ConfigError) as err:
+        load_policies(file)
+    message = str(err.value)
+    assert message.startswith(f"{file}: is a file, not a policy folder") and "does not exist" not in message
+    assert "policies_dir names the folder that holds the policies" in message and f"({tmp_path})" in message

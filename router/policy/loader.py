@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..types import Tier
-from ..yaml_files import read_yaml, yaml_files
+from ..yaml_files import meant_field, read_yaml_mapping, yaml_files
 from .schema import Calibrated, Policy
 
 _FIXES = {
@@ -70,6 +70,8 @@ def _describe(err: ValidationError, file: Path, text: str) -> str:
         got = e.get("input")
         got_s = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
         fix = _FIXES.get(e["type"], "")
+        if e["type"] == "extra_forbidden" and (meant := meant_field(Policy, e["loc"])):
+            fix = f"remove it or check the spelling: did you mean `{meant}`? (fields: see docs/policies.md)"
         msg = e["msg"].removeprefix("Value error, ")
         msgs.append(
             f"{file}:{line if line is not None else '?'}: field `{where}`: {msg}{got_s}"
@@ -81,9 +83,7 @@ def _describe(err: ValidationError, file: Path, text: str) -> str:
 def load_policy(file: str | Path) -> Policy:
     """One policy file, validated. Its ``name`` is the file name without ``.yaml`` / ``.yml`` unless it says."""
     file = Path(file)
-    raw, text = read_yaml(file, "policy")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}:1: a policy is a YAML mapping (name, accuracy, budgets, ...); see docs/policies.md")
+    raw, text = read_yaml_mapping(file, "policy", "accuracy, budgets, ...; see docs/policies.md")
     raw.setdefault("name", file.stem)
     try:
         policy = Policy.model_validate(raw)
@@ -97,6 +97,9 @@ def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, P
     """Every ``*.yaml`` (or ``*.yml``) policy in ``folder`` by name (examples in sub-folders only with
     ``recursive``)."""
     folder = Path(folder)
+    if folder.is_file():  # `policies_dir: policies/eco.yaml`: "does not exist" would be wrong
+        raise ConfigError(f"{folder}: is a file, not a policy folder: policies_dir names the folder that holds the "
+                          f"policies; fix: name the folder it is in ({folder.parent}), or a folder of its own for it")
     if not folder.is_dir():
         raise ConfigError(f"{folder}: policy folder does not exist")
     out: dict[str, Policy] = {}
