@@ -21,7 +21,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 import threading
 import time
 import weakref
@@ -50,7 +49,7 @@ from .backends import Backend, create_backend
 from .backends.base import estimated_tokens, own_cancel
 from .backends.cooldown import CooldownBackend
 from .carbon.grid import Grid
-from .cards import ModelCard, OpenAIBackendSpec, load_cards
+from .cards import ModelCard, load_cards, warn_of_unset_key_variables
 from .classify.base import Classification, RequestClassifier
 from .classify.batching import ClassifyBatcher
 from .config import RouterConfig
@@ -79,19 +78,6 @@ T = TypeVar("T")
 _NONE_COOLING: frozenset[str] = frozenset()
 """What :meth:`Router.cooling_down` answers while every model can be called."""
 
-
-
-def _warn_of_unset_key_variables(cards: dict[str, ModelCard], given: set[str]) -> None:
-    """A warning per remote model whose ``api_key_env`` variable is not set (its backend would not start, so each
-    call to it fails over to another model), when the Router starts rather than at its first call. Not an error: the
-    variable may be set for a later deploy. Only the variable's name is said, never a value."""
-    for name, card in cards.items():
-        spec = card.backend
-        if (isinstance(spec, OpenAIBackendSpec) and spec.api_key_env and name not in given
-                and not os.environ.get(spec.api_key_env)):
-            log.warning("model %s (%s): its API key variable %s (backend.api_key_env) is not set, so every call to it "
-                        "will fail and fall back to another model; fix: export %s=... with its key before starting "
-                        "the router", name, card.path, spec.api_key_env, spec.api_key_env)
 
 
 def _on_running_loop() -> bool:
@@ -131,7 +117,7 @@ class Router:
         self.cards = cards if cards is not None else load_cards(self.config.models_dir)
         if not any(c.callable for c in self.cards.values()):
             raise ConfigError(f"{self.config.models_dir}: no model card with a backend; add one (see models/)")
-        _warn_of_unset_key_variables(self.cards, set(backends or ()))
+        warn_of_unset_key_variables(self.cards, set(backends or ()))
         self.policy_name = policy or self.config.default_policy
         self.classifier = classifier or default_classifier(self.config, self.cards)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)

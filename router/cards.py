@@ -12,6 +12,8 @@ every number must be finite and in range, and every file the backend names must 
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +26,8 @@ from .card_files import package_file, package_folder, resolve_card_file
 from .errors import ConfigError
 from .types import Tier
 from .yaml_files import meant_field, read_yaml_mapping, takes_a_number, yaml_files
+
+log = logging.getLogger("router")
 
 MAX_TOKENS = 100_000_000
 """Upper bound for token counts on a card; the longest context windows offered today are ~10 M tokens."""
@@ -370,3 +374,16 @@ def _load_into(cards: dict[str, ModelCard], folder: str | Path) -> dict[str, Mod
 
 def _spellings(card: ModelCard) -> set[str]:
     return {card.name.lower(), *(alias.lower() for alias in card.aliases)}
+
+
+def warn_of_unset_key_variables(cards: dict[str, ModelCard], given: set[str]) -> None:
+    """A warning per remote model whose ``api_key_env`` variable is not set (its backend would not start, so each
+    call to it fails over to another model), when the Router starts rather than at its first call. Not an error: the
+    variable may be set for a later deploy. Only the variable's name is said, never a value."""
+    for name, card in cards.items():
+        spec = card.backend
+        if (isinstance(spec, OpenAIBackendSpec) and spec.api_key_env and name not in given
+                and not os.environ.get(spec.api_key_env)):
+            log.warning("model %s (%s): its API key variable %s (backend.api_key_env) is not set, so every call to it "
+                        "will fail and fall back to another model; fix: export %s=... with its key before starting "
+                        "the router", name, card.path, spec.api_key_env, spec.api_key_env)
