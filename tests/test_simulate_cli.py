@@ -297,3 +297,28 @@ def test_a_policy_in_the_configs_policies_folder_is_found_with_config(tmp_path: 
     code, text = run("--outcomes", outcomes, "--policy", "gemma-only", "-c", str(config), "--policies",
                      str(ROOT / "policies"))
     assert code == 2 and "unknown policy 'gemma-only'" in text, text
+
+
+def test_a_dash_is_stdout_for_text_outputs_and_stdin_for_outcomes(setup: tuple[Path, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--decisions -` wrote a file named `-`; `--outcomes -` said "-: outcomes file does not exist"."""
+    out, cards = setup
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["simulate", "--outcomes", "-", "--policy", "stub", "--models", str(cards),
+                                   "--decisions", "-", "--no-progress"], input=out.read_text())
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["id"] for x in res.stdout.splitlines()] == [f"r{i}" for i in range(5)]
+    assert "router simulate" in res.stderr and "APGR" in res.stderr  # the tables, out of the decisions' way
+    res = CliRunner().invoke(app, ["simulate", "--outcomes", str(out), "--policy", "stub", "--models", str(cards),
+                                   "--html", "-", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.lstrip().startswith("<") and "always-large" in res.stdout
+    assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("args", [["--plot", "-"], ["--json", "--decisions", "-"], ["--decisions", "-", "--html", "-"]])
+def test_a_png_or_two_outputs_on_stdout_are_refused(setup: tuple[Path, Path], args: list[str]) -> None:
+    out, cards = setup
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), *args)
+    assert code == 2, text
+    assert "stdout" in text and "fix: name a file" in text, text

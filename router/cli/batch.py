@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .._dates import utc_minute
 from ..ledger.errors import redact
+from .output import stdout_console
 
 batch_app = typer.Typer(help="Deferrable work sent through the Batch API: list batches, show one's progress.",
                         no_args_is_help=True, rich_markup_mode=None)
@@ -65,7 +66,7 @@ def list_batches(config: Path | None = _CONFIG, store: str | None = _STORE,
         c = doc["request_counts"]
         table.add_row(doc["id"], doc["status"], f"{c['completed']:,}", f"{c['failed']:,}", f"{c['total']:,}",
                       _when(doc["created_at"]), _when(doc["expires_at"]), (doc.get("carbon") or {}).get("plan", ""))
-    Console().print(table)
+    stdout_console().print(table)
     st.close()
 
 

@@ -166,6 +166,7 @@ def calibrate(
     from rich.table import Table
 
     from ..training.common import source_data
+    from .output import stdout_console
 
     outcomes = outcomes or [source_data(
         "router calibrate without --outcomes", fix="pass --outcomes FILE (an outcomes file such as `router data "
@@ -248,7 +249,7 @@ def calibrate(
                 _shown(h.get("energy_vs_large"), ".1%"),
                 f"{_shown(u.get('achieved'), '.3f')} @ {_shown(u.get('energy_vs_large'), '.0%')}",
             )
-    Console(width=180).print(table)
+    stdout_console().print(table)
     for source, d in sources.items():
         if d.grouped_by == "request":
             typer.echo(f"{source}: one task only, so requests, not tasks, are held out: its held-out figures are "

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+from .output import is_stdout, stdout_console, text_output
 
 if TYPE_CHECKING:
     from .._router import Router
@@ -18,7 +22,20 @@ data_app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
-_OUT_OPT = typer.Option(..., "-o", "--out", dir_okay=False, help="Outcomes file to write (JSON Lines).")
+
+
+def _say(out: Path) -> Callable[[str], None]:
+    """How a command says what it wrote: on stdout, or on stderr where ``out`` is ``-`` and stdout holds the
+    outcomes themselves."""
+    return functools.partial(typer.echo, err=is_stdout(out))
+
+
+def _where(out: Path) -> str:
+    return "stdout" if is_stdout(out) else str(out)
+
+
+_OUT_OPT = typer.Option(..., "-o", "--out", dir_okay=False,
+                        help="Outcomes file to write (JSON Lines); - writes them to stdout.")
 
 
 @data_app.command("import-routellm")
@@ -38,16 +55,18 @@ def import_routellm_cmd(
     try:
         refuse_overwriting_inputs({"-o/--out": out}, dict.fromkeys(csv_files(path), "a RouteLLM CSV being imported"))
         cards = load_catalogue(models or RouterConfig.load().models_dir)
-        with console.status("importing") as status:
+        with console.status("importing") as status, text_output(out) as target:
             report = import_routellm(
-                path, out, cards, keep_responses=keep_responses,
+                path, target, cards, keep_responses=keep_responses,
                 progress=lambda name, n: status.update(f"imported {name} ({n} rows)"),
             )
     except RouterError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
     mapped = ", ".join(f"{col} -> {card}" for col, card in report.models.items())
-    typer.echo(f"wrote {report.rows:,} requests from {report.files} file(s) to {out}; models: {mapped}")
+    # with -o -, stdout holds the outcomes: what was written is said on stderr
+    typer.echo(f"wrote {report.rows:,} requests from {report.files} file(s) to {_where(out)}; models: {mapped}",
+               err=is_stdout(out))
 
 
 @data_app.command("import-alpaca-eval")
@@ -74,20 +93,21 @@ def import_alpaca_eval_cmd(
 
     try:
         cards = load_catalogue(models or RouterConfig.load().models_dir)
-        with console.status("importing") as status:
+        with console.status("importing") as status, text_output(out) as target:
             report = import_alpaca_eval(
-                path, out, cards, include_reference=include_reference,
+                path, target, cards, include_reference=include_reference,
                 progress=lambda name, k: status.update(f"read {name} ({k} models)"),
             )
     except RouterError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"wrote {report.rows:,} instructions ({report.outcomes:,} outcomes of {len(report.models)} models) "
-               f"to {out}; by source: " + ", ".join(f"{k} {v}" for k, v in sorted(report.per_dataset.items())))
+    say = _say(out)
+    say(f"wrote {report.rows:,} instructions ({report.outcomes:,} outcomes of {len(report.models)} models) "
+        f"to {_where(out)}; by source: " + ", ".join(f"{k} {v}" for k, v in sorted(report.per_dataset.items())))
     for variant, base in report.variants_skipped.items():
-        typer.echo(f"skipped {variant}: a variant of {base}, which is in the folder too (one card, one column)")
+        say(f"skipped {variant}: a variant of {base}, which is in the folder too (one card, one column)")
     if report.missing_preference:
-        typer.echo(f"skipped {report.missing_preference} annotations without a preference")
+        say(f"skipped {report.missing_preference} annotations without a preference")
 
 
 _MEASURE_SIZES = {"sentiment": 200, "math": 60}
@@ -101,7 +121,7 @@ def measure_local_cmd(
     ),
     out: Path | None = typer.Option(  # noqa: B008
         None, "--out", "-o", help="Where to write the outcomes (default: data/outcomes/<task>_local.jsonl, the file "
-        "`router train classifier` reads, replaced)."),
+        "`router train classifier` reads, replaced); - writes them to stdout (and the table to stderr)."),
 ) -> None:
     """Run the local models on shipped data and write data/outcomes/<task>_local.jsonl (correct, joules, latency
     per model and request), so the local tiers' P(correct) is measured here, not assumed. Takes minutes: every
@@ -116,10 +136,11 @@ def measure_local_cmd(
     if task not in ("sentiment", "math", "chat"):
         raise typer.BadParameter("task must be sentiment, math or chat", param_hint="TASK")
     source_data("router data measure-local")
-    target = out or lo.DATA_DIR / "outcomes" / f"{task}_local.jsonl"
+    destination = out or lo.DATA_DIR / "outcomes" / f"{task}_local.jsonl"
     total = n or _MEASURE_SIZES.get(task) or len(lo.read_jsonl(lo.DATA_DIR / "chat_checked" / "questions.jsonl"))
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar:
+    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar, \
+            text_output(destination) as target:
         models = lo.LOCAL_MODELS if task == "sentiment" else lo.LLM_MODELS
         job = bar.add_task(f"{task}: {', '.join(models)} (one model at a time)", total=total * len(models))
         tick = lambda _stage, done: bar.update(job, completed=done)  # noqa: E731
@@ -136,8 +157,9 @@ def measure_local_cmd(
         if isinstance(stats, dict):
             table.add_row(model, f"{stats['accuracy']:.1%}", f"{stats['median_energy_j']:.4g}",
                           f"{stats['median_latency_s']:.3g}")
-    Console().print(table)
-    typer.echo(f"wrote {target}" + ("; rerun `router train classifier` to use it" if out is None else ""))
+    (console if is_stdout(destination) else stdout_console()).print(table)
+    _say(destination)(f"wrote {_where(destination)}"
+                      + ("; rerun `router train classifier` to use it" if out is None else ""))
 
 
 @data_app.command("from-ledger")
@@ -170,24 +192,27 @@ def from_ledger_cmd(
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,
                           transient=True) as bar:
                 job = bar.add_task("stored prompts", total=None)
-                report = export_outcomes(led, out, since=parse_when(since) or 0.0,
-                                         progress=lambda done, total: bar.update(job, completed=done, total=total))
+                with text_output(out) as target:
+                    report = export_outcomes(led, target, since=parse_when(since) or 0.0,
+                                             progress=lambda done, total: bar.update(job, completed=done,
+                                                                                     total=total))
             stored_anywhere = led.prompt_summary()[0] if not report.prompts else report.prompts
         finally:
             led.close()
     except RouterError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"wrote {report.lines:,} lines ({report.requests:,} scored requests) to {out}")
+    say = _say(out)
+    say(f"wrote {report.lines:,} lines ({report.requests:,} scored requests) to {_where(out)}")
     if report.models:
-        typer.echo("answered by: " + ", ".join(f"{m} {n}" for m, n in report.models.most_common()))
-        typer.echo("feedback from: " + ", ".join(f"{s} {n}" for s, n in report.sources.most_common()))
-    typer.echo(f"skipped: {report.without_feedback:,} stored prompts without feedback, {report.without_answer:,} "
-               "requests without an answer")
+        say("answered by: " + ", ".join(f"{m} {n}" for m, n in report.models.most_common()))
+        say("feedback from: " + ", ".join(f"{s} {n}" for s, n in report.sources.most_common()))
+    say(f"skipped: {report.without_feedback:,} stored prompts without feedback, {report.without_answer:,} "
+        "requests without an answer")
     if not report.prompts and stored_anywhere:
-        typer.echo(f"no stored prompts since {since}: the ledger holds {stored_anywhere:,}, all older")
+        say(f"no stored prompts since {since}: the ledger holds {stored_anywhere:,}, all older")
     elif not report.prompts:
-        typer.echo("no stored prompts: they are kept only with `prompts: {store: true}` in the config")
+        say("no stored prompts: they are kept only with `prompts: {store: true}` in the config")
 
 
 def _anchor_task(task: str) -> str:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..config import RouterConfig, refuse_writing_installed_package
 from ..energy.carbon import GRID_SOURCE, equivalents, format_joules
+from .output import stdout_console
 
 energy_app = typer.Typer(
     help="Meters, per-model energy profiles measured on this machine, and joules in everyday terms.",
@@ -97,7 +98,7 @@ def profile(
 
     cfg = RouterConfig.load(config, models_dir=models_dir, meter=meter_name)
     chosen = load_prompts(prompts_file, prompts)  # a bad prompts file is an error before any model loads
-    console = Console()
+    console = stdout_console()
     errors = Console(stderr=True)
     cards = load_cards(cfg.models_dir)
     if model not in cards:

@@ -42,6 +42,7 @@ from ..ledger import Ledger
 from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
 from .ledger_files import fail, ledger_inputs, open_configured, require_ledger
+from .output import STDOUT, refuse_stdout, stdout_console
 from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
@@ -87,11 +88,10 @@ _BY_OPT = typer.Option(By.model, "--by", help="Group rows by this.")
 _FORMAT_OPT = typer.Option(Format.table, "--format", "-f", help="table (default), csv, json or html.")
 _REPORT_OUTPUT_OPT = typer.Option(None, "--output", "-o",
                                   help="Write the report here instead of stdout (- is stdout too).")
-_PLOT_OPT = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here.")
+_PLOT_OPT = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here (a file: not -).")
 _EXPORT_OUTPUT_OPT = typer.Option(..., "--output", "-o", help="File to write; - writes CSV to stdout.")
 _EXPORT_FORMAT_OPT = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet.")
-STDOUT = Path("-")
-"""``-o -``: stdout, as for most tools, not a file named ``-`` in the working folder."""
+
 
 def _config(config: Path | None, ledger: str | None) -> RouterConfig:
     return RouterConfig.load(config, ledger_url=ledger)
@@ -142,7 +142,7 @@ def ledger_main(
     except RouterError as exc:
         fail(str(exc))
         return
-    console = Console()
+    console = stdout_console()
     if not summary:
         when = "" if since is None else f" since {utc_minute(start)}"
         where = escape(redact(cfg.ledger_url))
@@ -239,6 +239,7 @@ def report(
     ledger, config = _opts(ctx, ledger, config)
     start, end = parse_range(_since(ctx, since), until)
     window_s = parse_length(window, "--window")
+    refuse_stdout("--plot", plot, "a PNG image is binary")
     if output == STDOUT:
         output = None
     try:
@@ -265,7 +266,8 @@ def report(
     if plot is not None:
         plot_png(rep, plot)
     if fmt is Format.table:
-        console = Console(file=output.open("w", encoding="utf-8") if output else None, width=160 if output else None)
+        console = stdout_console(file=output.open("w", encoding="utf-8") if output else None,
+                                 width=160 if output else None)
         console.print(rich_table(rep))
         for table in rich_tables(carbon):
             console.print(table)

@@ -7,15 +7,18 @@ from pathlib import Path
 
 import typer
 
+from .output import is_stdout
+
 
 def refuse_overwriting_inputs(outputs: Mapping[str, Path | None], inputs: Mapping[Path, str]) -> None:
     """Exit 2, naming the option, when an output file is one of the command's inputs: opening it for writing
     would destroy what the command is about to read. ``outputs`` maps an option (``"-o/--out"``) to its file or
-    None; ``inputs`` maps each input file to what it is ("the outcomes file"). Compared with ``samefile``, so a
-    link or another spelling of the same path is caught; a file not there yet cannot be an input."""
+    None (``-``, stdout, is no file); ``inputs`` maps each input file to what it is ("the outcomes file").
+    Compared with ``samefile``, so a link or another spelling of the same path is caught; a file not there yet
+    cannot be an input."""
     existing = [(path, what) for path, what in inputs.items() if path.exists()]
     for option, output in outputs.items():
-        if output is None or not output.exists():
+        if output is None or is_stdout(output) or not output.exists():
             continue
         for path, what in existing:
             if output.samefile(path):

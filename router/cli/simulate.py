@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .output import STDIN, is_stdout, refuse_stdout, refuse_two_on_stdout, stdout_console, text_output
 from .paths import refuse_overwriting_inputs
 
 err = Console(stderr=True)
@@ -54,7 +55,7 @@ def _input_files(outcomes: Path, carbon: str | None, policy: str, config: Path |
     ``replay`` finds it), a policy given as a path and the config."""
     from ..carbon.grid import shipped_series
 
-    inputs = {outcomes: "the --outcomes file"}
+    inputs = {} if outcomes == STDIN else {outcomes: "the --outcomes file"}
     if config is not None:
         inputs[config] = "the --config file"
     if carbon is not None:
@@ -67,17 +68,19 @@ def _input_files(outcomes: Path, carbon: str | None, policy: str, config: Path |
 
 def simulate(
     outcomes: Path = typer.Option(  # noqa: B008
-        ..., "--outcomes", dir_okay=False, help="Outcomes file (JSON Lines; docs/simulation.md)."
+        ..., "--outcomes", dir_okay=False, help="Outcomes file (JSON Lines; docs/simulation.md); - reads stdin."
     ),
     policy: str = typer.Option("balanced", "--policy", help="Policy name (policies/NAME.yaml) or YAML path."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-    decisions: Path = typer.Option(None, "--decisions", help="Write one JSON line per request here."),  # noqa: B008
+    decisions: Path = typer.Option(None, "--decisions", help="Write one JSON line per request here (- for "  # noqa: B008
+                                   "stdout; the tables then go to stderr)."),
     sweep: bool = typer.Option(False, "--sweep", help="Vary the accuracy target; print the quality/energy curve."),
     targets: str = typer.Option(None, "--targets", help="Sweep these targets, e.g. 0.5,0.6,0.7 (implies --sweep; "
                                 "default 0.30..1.00)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines instead of stopping."),
     plot: Path = typer.Option(None, "--plot", help="Write the quality-vs-energy PNG here."),  # noqa: B008
-    html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here."),  # noqa: B008
+    html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report here (- for stdout; "  # noqa: B008
+                                  "the tables then go to stderr)."),
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="The plain threshold baseline's τ."),
     config_file: Path = typer.Option(  # noqa: B008
         None, "--config", "-c", help="Router config YAML: its models_dir, policies_dir and classifier_max_chars "
@@ -104,7 +107,7 @@ def simulate(
     from ..config import RouterConfig
     from ..errors import RouterError
     from ..policy.loader import check_models
-    from ..simulate.outcomes import load_outcomes
+    from ..simulate.outcomes import load_outcomes, parse_outcomes_lines
     from ..simulate.policy_bridge import PolicyEngineBridge
     from ..simulate.report import plot_png, write_html
     from ..simulate.simulator import DEFAULT_SWEEP, Simulator
@@ -112,6 +115,8 @@ def simulate(
     sweep_targets = _targets(targets)
     sweep = sweep or sweep_targets is not None
     start = _carbon_start(carbon, carbon_start, carbon_span)
+    refuse_stdout("--plot", plot, "a PNG image is binary")
+    refuse_two_on_stdout({"--json": as_json, "--decisions -": is_stdout(decisions), "--html -": is_stdout(html_out)})
     refuse_overwriting_inputs({"--decisions": decisions, "--plot": plot, "--html": html_out},
                               _input_files(outcomes, carbon, policy, config_file))
     try:
@@ -125,9 +130,13 @@ def simulate(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=err, disable=not progress, transient=True,
         ) as bar:
-            size = outcomes.stat().st_size if outcomes.is_file() else 0
-            read = bar.add_task("read outcomes (bytes)", total=size)
-            table = load_outcomes(outcomes, cards, skip_bad=skip_bad, progress=lambda b: bar.update(read, completed=b))
+            if outcomes == STDIN:  # a pipe's size is not known: no bar, the other steps have theirs
+                table = parse_outcomes_lines(sys.stdin.buffer, cards, name="<stdin>", skip_bad=skip_bad)
+            else:
+                size = outcomes.stat().st_size if outcomes.is_file() else 0
+                read = bar.add_task("read outcomes (bytes)", total=size)
+                table = load_outcomes(outcomes, cards, skip_bad=skip_bad,
+                                      progress=lambda b: bar.update(read, completed=b))
             tasks: dict[str, TaskID] = {}
 
             def step(stage: str, done: int, total: int) -> None:
@@ -165,16 +174,20 @@ def simulate(
             "benchmarks/bench_mixed.py and bench_alpaca.py hold requests out"
         )
     if decisions is not None:
-        write_decisions(decisions, table, result)
+        with text_output(decisions) as target:
+            write_decisions(target, table, result)
     png = None
     if plot is not None or html_out is not None:
         png = plot_png(result, plot)
     if html_out is not None:
-        write_html(result, html_out, png)
+        with text_output(html_out) as target:
+            write_html(result, target, png)
     if as_json:
         sys.stdout.write(json.dumps(_clean(result.to_json()), allow_nan=False) + "\n")
         return
-    _print(result, plot, html_out, decisions)
+    # where stdout holds the decisions or the HTML, the tables go to stderr, as the progress does
+    to_stderr = is_stdout(decisions) or is_stdout(html_out)
+    _print(result, plot, html_out, decisions, stdout_console(stderr=to_stderr))
 
 
 def _clean(x: object) -> object:
@@ -204,13 +217,13 @@ def write_decisions(path: Path, table, result) -> None:  # noqa: ANN001
                                   "reason": result.reasons[g] if result.reasons else ""}) + "\n")
 
 
-def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | None) -> None:  # noqa: ANN001
+def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | None,  # noqa: ANN001
+           out: Console) -> None:
     from rich.markup import escape
 
     from ..simulate.report import stats_header, stats_rows
 
     # paths, policy, classifier and model names come from the user: `[v2]` in one is text, not Rich markup
-    out = Console()
     out.print(
         f"[bold]router simulate[/]: {result.requests:,} requests from {escape(str(result.outcomes))} "
         f"({result.distinct_prompts:,} distinct prompts; {result.skipped} bad lines skipped); "
@@ -263,5 +276,5 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
     for note in result.notes:
         out.print(f"[dim]note: {escape(note)}[/]")
     for label, path in (("plot", plot), ("html", html_out), ("decisions", decisions)):
-        if path is not None:
+        if path is not None and not is_stdout(path):
             out.print(f"{label}: {escape(str(path))}")

