@@ -93,7 +93,7 @@ class Attempts:
         self.books = Books(router, prepared, self.notes)
         self._request: GenerationRequest | None = None
         self.co2e_g = 0.0
-        """Grams CO2e of the calls that produced the answer (an escalated one's too), as their records say."""
+        """Grams CO2e of the request's calls (escalated and failed ones too), as their records say."""
         self.answer: tuple[Call, Generation, float] | None = None
         self.escalated: tuple[Call, Generation, float] | None = None
         """The answer whose low confidence sent the request on to the escalation models."""
@@ -438,8 +438,11 @@ class Attempts:
         self.books.settle(call.held, energy.joules, call.card)
         outcome = "cancelled" if isinstance(error, CancelledError) else "error"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome))
-        self.books.record(call.card, energy, latency, outcome, gen=gen, error=f"{error.code}: {error.message}"[:500],
-                     attempt=call.index)
+        co2e_g = self.books.record(call.card, energy, latency, outcome, gen=gen,
+                                   error=f"{error.code}: {error.message}"[:500], attempt=call.index)
+        if energy is not _NOT_CALLED:  # a fallback's answer costs what the failed call drew too, as its budget was
+            self.energy = energy if self.energy is None else self.energy + energy
+            self.co2e_g += co2e_g
 
     def final_error(self) -> RouterError:
         """Why no model answered, once :meth:`next_call` has run out of models."""

@@ -141,6 +141,34 @@ def test_the_answers_latency_is_its_attempts_latencies_added_up(upstream_url: st
             assert all(a.latency_ms > 0 for a in routing.attempts)
 
 
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+def test_a_fallbacks_energy_and_co2e_are_its_attempts_added_up_as_the_ledger_has_them(upstream_url: str,
+                                                                                      tmp_path: Path,
+                                                                                      path: str) -> None:
+    """The pinned model's endpoint fails (503) and the next model answers: ``routing.energy_j`` (the proxy's
+    ``x-router-energy-j``) and ``co2e_g`` count the failed call's joules too, as its ledger record and its budget
+    do, so the answer's figures are the request's records added up."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-down", upstream_url, "broken", tier="small", max_retries=0),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        if path == "stream":
+            routing = [c for c in router.complete(ask, model="remote-down", stream=True)][-1].routing
+        else:
+            routing = (router.complete(ask, model="remote-down") if path == "complete"
+                       else asyncio.run(router.acomplete(ask, model="remote-down"))).routing
+        records = router.ledger.records()
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-down", "error"),
+                                                                                        ("remote-echo", "ok")]
+    assert [(r.model, r.outcome) for r in records] == [("remote-down", "error"), ("remote-echo", "ok")]
+    assert records[0].energy_j > 0, "the failed call is charged its card's joules per call"
+    assert routing.energy_j == pytest.approx(sum(a.energy_j for a in routing.attempts))
+    assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records))
+    assert routing.co2e_g == pytest.approx(sum(r.co2e_g or 0.0 for r in records))
+    assert routing.energy_source == "estimated:token-profile"
+
+
 @pytest.mark.parametrize(("value", "count"), [(0, 0), (10, 10), (2**53 - 1, 2**53 - 1), (10.0, 10), (-1, None),
                                               (2**53, None), (10**400, None), (True, None), (False, None),
                                               (10.5, None), (-0.5, None), (float("inf"), None),
@@ -149,6 +177,7 @@ def test_a_token_count_from_the_endpoint_is_taken_only_when_it_is_a_count(value:
     """The endpoint's ``usage`` figures are whole numbers from 0 below 2**53 (a float with no fraction too); anything
     else (negative, huge, fractional, a bool, a string) is no count, and the backend estimates the figure."""
     assert _count(value) == count and type(_count(value)) is (int if count is not None else type(None))
+
 
 
 def test_a_seed_beyond_64_bits_is_refused_naming_it_before_any_call(upstream_url: str, tmp_path: Path) -> None:
