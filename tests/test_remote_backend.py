@@ -179,6 +179,29 @@ def test_a_token_count_from_the_endpoint_is_taken_only_when_it_is_a_count(value:
     assert _count(value) == count and type(_count(value)) is (int if count is not None else type(None))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_token_count_beyond_the_models_context_is_estimated_not_charged(upstream_url: str, tmp_path: Path,
+                                                                          stream: bool) -> None:
+    """An endpoint whose ``usage`` says 100,000,000 prompt tokens for a model of 8,192 (a count, but one no call to
+    it can reach) is estimated, as an endpoint without usage is: taken as it came, the card's 0.01 J per input token
+    made it a 1 MJ record that spent every hourly budget of its tier at once."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-beyond", upstream_url, "usage:100000000:9000"),
+        _card(tmp_path, "remote-nousage", upstream_url, "nousage"))}
+    assert cards["remote-beyond"].context_length == 8192
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        for model in cards:
+            if stream:
+                usage = [c for c in router.complete(ask, model=model, stream=True) if c.usage][-1].usage
+            else:
+                usage = router.complete(ask, model=model).usage
+            assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (
+                router.ledger.records()[-1].input_tokens, router.ledger.records()[-1].output_tokens)
+        beyond, estimated = router.ledger.records()
+    assert (beyond.input_tokens, beyond.output_tokens) == (estimated.input_tokens, estimated.output_tokens)
+    assert beyond.energy_j == pytest.approx(estimated.energy_j) and beyond.energy_j < 10
+
 
 def test_a_seed_beyond_64_bits_is_refused_naming_it_before_any_call(upstream_url: str, tmp_path: Path) -> None:
     """Endpoints take 64-bit seeds (llama.cpp's server, most others): a larger one used to be sent on, refused

@@ -304,7 +304,7 @@ class OpenAIHTTPBackend(Backend):
                 if response.status_code >= 400:
                     raise self._status_failure(response.status_code, response.read(),
                                                response.headers.get("retry-after"))
-                yield from _parse_sse(response.iter_lines(), self.card.name)
+                yield from _parse_sse(response.iter_lines(), self.card.name, self.card.context_length)
         except httpx.TransportError as exc:  # timeouts included
             raise self._transport_failure(exc, bound) from exc
 
@@ -372,7 +372,7 @@ class OpenAIHTTPBackend(Backend):
             if response.status_code >= 400:
                 raise self._status_failure(response.status_code, await within(response.aread(), bound.end),
                                            response.headers.get("retry-after"))
-            parser = _SSEParser(self.card.name)
+            parser = _SSEParser(self.card.name, self.card.context_length)
             lines = response.aiter_lines()
             while True:
                 try:
@@ -465,7 +465,8 @@ class OpenAIHTTPBackend(Backend):
                 raise TypeError("message.content must be a string")
             if refusal is not None and not isinstance(refusal, str):
                 raise TypeError("message.refusal must be a string")
-            prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            most = self.card.context_length
+            prompt, completion = _count(usage.get("prompt_tokens"), most), _count(usage.get("completion_tokens"), most)
             calls = tool_calls(message)
             logprobs = logprobs_of(choice) if request.options.top_logprobs is not None else None
             reasoning = reasoning_of(message)
@@ -537,13 +538,15 @@ class _LoopConnections:
         await self._open.aclose()
 
 
-def _count(value: Any) -> int | None:
+def _count(value: Any, most: int = 2**53 - 1) -> int | None:
     """A token count from the endpoint's JSON, or None (estimate it) when missing or not a count (``10.0`` is
-    10; ``"ten"``, ``-1`` and ``1e400`` are not counts)."""
+    10; ``"ten"``, ``-1`` and ``1e400`` are not counts). ``most`` is the model's context length: a call cannot
+    read or write more tokens than its context holds, so a larger count is the endpoint's mistake, and taken as it
+    is it would put a card's joules per token times that count on the ledger and the budgets."""
     if type(value) is int:  # what endpoints send: a plain int needs only its range checked
-        return value if 0 <= value < 2**53 else None
+        return value if 0 <= value <= most else None
     # a bool is an int too (true is not a count); a tuple, not ``int | float``, which builds a union on every call
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**53:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
         return None
     return int(value) if value == int(value) else None
 
@@ -568,8 +571,10 @@ _PLAIN_BODY_MAX = 65536
 class _SSEParser:
     """Turns ``data: {...}`` lines of an OpenAI chat stream into StreamEvents."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, context_length: int) -> None:
         self.name = name
+        self.context_length = context_length
+        """The most tokens a usage count may say (see :func:`_count`)."""
         self.plain: list[str] = []
         """Lines outside the events: an endpoint that answered the stream with a plain JSON body (an error) sent
         only these."""
@@ -639,14 +644,14 @@ class _SSEParser:
             StreamEvent(
                 finish_reason=self.finish_reason or "stop",
                 # checked as a whole answer's are: the ledger, budgets and energy estimates are computed from them
-                prompt_tokens=_count(usage.get("prompt_tokens")),
-                completion_tokens=_count(usage.get("completion_tokens")),
+                prompt_tokens=_count(usage.get("prompt_tokens"), self.context_length),
+                completion_tokens=_count(usage.get("completion_tokens"), self.context_length),
             )
         ]
 
 
-def _parse_sse(lines: Iterator[str], name: str) -> Iterator[StreamEvent]:
-    parser = _SSEParser(name)
+def _parse_sse(lines: Iterator[str], name: str, context_length: int) -> Iterator[StreamEvent]:
+    parser = _SSEParser(name, context_length)
     for line in lines:
         yield from parser.feed(line)
     yield from parser.finish()
