@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -48,7 +49,7 @@ from router.backends.base import estimated_tokens, utf8_size
 from router.backends.cooldown import CooldownBackend
 from router.backends.openai_http import OpenAIHTTPBackend, _count, retry_after_s
 from router.cards import ModelCard, load_card
-from router.ledger import open_ledger
+from router.ledger import LedgerRecord, open_ledger
 from router.types import ChatCompletionChunk, ChatMessage
 
 REQUEST = GenerationRequest(messages=[ChatMessage(role="user", content="hello")], max_tokens=16)
@@ -141,6 +142,22 @@ def test_the_answers_latency_is_its_attempts_latencies_added_up(upstream_url: st
             assert all(a.latency_ms > 0 for a in routing.attempts)
 
 
+def _pinned_then_echo(tmp_path: Path, upstream_url: str, mode: str, path: str) -> tuple[Any, list[LedgerRecord]]:
+    """A request pinned to ``remote-pinned`` (the test upstream's ``mode``, no retries) with ``remote-echo`` next,
+    by ``path`` (complete, acomplete or stream): its routing and the ledger's records."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-pinned", upstream_url, mode, tier="small", max_retries=0),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        if path == "stream":
+            routing = [c for c in router.complete(ask, model="remote-pinned", stream=True)][-1].routing
+        else:
+            routing = (router.complete(ask, model="remote-pinned") if path == "complete"
+                       else asyncio.run(router.acomplete(ask, model="remote-pinned"))).routing
+        return routing, router.ledger.records()
+
+
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_fallbacks_energy_and_co2e_are_its_attempts_added_up_as_the_ledger_has_them(upstream_url: str,
                                                                                       tmp_path: Path,
@@ -148,20 +165,10 @@ def test_a_fallbacks_energy_and_co2e_are_its_attempts_added_up_as_the_ledger_has
     """The pinned model's endpoint fails (503) and the next model answers: ``routing.energy_j`` (the proxy's
     ``x-router-energy-j``) and ``co2e_g`` count the failed call's joules too, as its ledger record and its budget
     do, so the answer's figures are the request's records added up."""
-    cards = {card.name: card for card in (
-        _card(tmp_path, "remote-down", upstream_url, "broken", tier="small", max_retries=0),
-        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
-    ask = [{"role": "user", "content": "hello"}]
-    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
-        if path == "stream":
-            routing = [c for c in router.complete(ask, model="remote-down", stream=True)][-1].routing
-        else:
-            routing = (router.complete(ask, model="remote-down") if path == "complete"
-                       else asyncio.run(router.acomplete(ask, model="remote-down"))).routing
-        records = router.ledger.records()
-    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-down", "error"),
+    routing, records = _pinned_then_echo(tmp_path, upstream_url, "broken", path)
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
                                                                                         ("remote-echo", "ok")]
-    assert [(r.model, r.outcome) for r in records] == [("remote-down", "error"), ("remote-echo", "ok")]
+    assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error"), ("remote-echo", "ok")]
     assert records[0].energy_j > 0, "the failed call is charged its card's joules per call"
     assert routing.energy_j == pytest.approx(sum(a.energy_j for a in routing.attempts))
     assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records))
@@ -908,19 +915,9 @@ def test_a_model_whose_gateway_answers_an_error_with_http_200_falls_back_to_the_
                                                                                     path: str) -> None:
     """The model pinned sits behind a gateway that answers errors with HTTP 200: the next model answers, as it
     would after a 5xx, and the failed attempt is recorded with what went wrong."""
-    cards = {card.name: card for card in (
-        _card(tmp_path, "remote-gateway", upstream_url, "error200", tier="small", max_retries=0),
-        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
-    ask = [{"role": "user", "content": "hello"}]
-    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
-        if path == "stream":
-            routing = [c for c in router.complete(ask, model="remote-gateway", stream=True)][-1].routing
-        else:
-            routing = (router.complete(ask, model="remote-gateway") if path == "complete"
-                       else asyncio.run(router.acomplete(ask, model="remote-gateway"))).routing
-        records = router.ledger.records()
+    routing, records = _pinned_then_echo(tmp_path, upstream_url, "error200", path)
     assert routing is not None and routing.model == "remote-echo"
-    assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-gateway", "error"),
+    assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
                                                                      ("remote-echo", "ok")]
     assert "answered with an error instead of a completion" in (records[0].error or "")
 
@@ -1028,14 +1025,14 @@ def test_a_stream_whose_first_event_is_an_error_falls_back_and_a_later_one_ends_
             assert text.strip() == "echo: hello"
             routing = got[-1].routing
             assert routing is not None and routing.model == "remote-echo"
-            assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-gateway", "error"),
+            assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
                                                                          ("remote-echo", "ok")]
-            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error"), ("remote-echo", "ok")]
             assert "answered with an error instead of a completion" in (records[0].error or "")
             assert calls == {"streamerror": 2, "echo": 1}, "retried once, as after a 500, then the next model"
         else:
             assert text == "echo: "
-            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error")]
             assert "reported an error mid-stream" in (records[0].error or "")
             assert calls == {"streamerror:later": 1}, "nothing sent again, no other model asked"
 
@@ -1081,10 +1078,10 @@ def test_a_stream_error_event_reaches_the_openai_sdk_as_a_fallback_before_output
         text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
         if model == "streamerror":
             assert text.strip() == "echo: hello"
-            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error"), ("remote-echo", "ok")]
             assert "answered with an error instead of a completion" in (records[0].error or "")
             assert calls == {"streamerror": 2, "echo": 1}, "retried once, as after a 500, then the next model"
         else:
             assert text == "echo: "
-            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error")]
             assert calls == {"streamerror:later": 1}
