@@ -149,6 +149,34 @@ def test_reservation_is_settled_with_the_actual_joules(tmp_path):
     r.close()
 
 
+@pytest.mark.parametrize("budgets, api_key", [
+    # a key's own budget on the counter the policy's per-key budget names (the way to give one key less)
+    ("budgets: [{model: spec-a, joules: 100, per: minute, scope: per_key}]\n"
+     "keys: [{key_hash: KEY, budgets: [{model: spec-a, joules: 1.5, per: 60}]}]", "sk-team-a"),
+    # `*` (each model) and one model by name, in the same window: both are the model's counter
+    ("budgets: [{model: '*', joules: 100, per: minute}, {model: spec-a, joules: 1.5, per: 60}]", None),
+], ids=["key-entry-and-per-key", "star-and-model"])
+def test_budgets_naming_one_counter_charge_it_once_under_the_smallest_limit(tmp_path, budgets, api_key):
+    """Two budgets of one policy that name the same ledger counter held and settled each call twice: a 1 J call
+    under a 1.5 J budget was refused before its first call, and one under larger limits charged 2 J a call."""
+    key_hash = hash_key(api_key) if api_key else None
+    root = setup(tmp_path, f"""\
+        name: t
+        accuracy: {{min_accuracy: 0.7}}
+        on_budget_exhausted: reject
+        {budgets.replace("KEY", key_hash or "").replace(chr(10), chr(10) + " " * 8)}
+        """)
+    counter = f"key:{key_hash}:model:spec-a:60s" if key_hash else "model:spec-a:60s"
+    r = make_router(root)
+    spend_early(r, counter, 0.0, 1.5, 60, need_s=10)  # a call and its refusal in one window
+    resp = r.complete(REVIEW, api_key=api_key)
+    assert resp.routing.model == "spec-a"
+    assert r.ledger.budget_used(counter, 60) == pytest.approx(resp.routing.energy_j)  # charged once
+    with pytest.raises(BudgetExhaustedError, match="of 1.5 J"):  # the smaller limit holds: 1 J + ~1 J > 1.5 J
+        r.complete(REVIEW, api_key=api_key)
+    r.close()
+
+
 def test_reject_then_window_rolls_over(tmp_path):
     r = make_router(setup(tmp_path, policy("reject", 1.5, per=2)))
     spend_early(r, "model:spec-a:2s", 1.0, 1.5, 2, need_s=1)  # other traffic spent 1 of 1.5 J this window

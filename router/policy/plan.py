@@ -117,11 +117,15 @@ def resolve_budgets(policy: Policy, card: ModelCard, key_hash: str | None) -> tu
     entry = policy.key_policy(key_hash)
     if entry is not None:
         budgets += [b.model_copy(update={"scope": "per_key"}) for b in entry.budgets]
-    refs = []
+    refs: dict[str, BudgetRef] = {}
     for b in budgets:
         if not b.covers(card.name, card.tier):
             continue
         if b.scope == "per_key" and key_hash is None:
             continue  # per-key budgets apply to requests that carry a key
-        refs.append(BudgetRef(b.key(card.name, key_hash), b.limit, b.window_s, b.unit))
-    return tuple(refs)
+        ref = BudgetRef(b.key(card.name, key_hash), b.limit, b.window_s, b.unit)
+        # budgets naming one counter (a key's own beside the policy's per-key one, `*` beside the model's name)
+        # are one counter: a call holds and settles it once, and every limit declared on it holds
+        if ref.key not in refs or ref.limit_j < refs[ref.key].limit_j:
+            refs[ref.key] = ref
+    return tuple(refs.values())
