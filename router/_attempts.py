@@ -244,7 +244,10 @@ class Attempts:
                 f"{card.name}'s {unit} budget {ref.key} is spent ({limit} a window, the call needs ~{need}; what it "
                 "has spent this window could not be read, the ledger's store failed)")
         if d.on_budget_exhausted == "allow_and_flag":
-            self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
+            # the decision's reason says so already when it found this budget spent, unless this read failed
+            said = card.name == d.model and "over_budget_allowed" in d.flags and ref.key in d.reason
+            if spent is None or not said:
+                self.notes.append(f"{what}; allowed and flagged (over_budget_allowed)")
             over: list[Reservation] = []
             for over_ref in refs:
                 amount = self.books.in_unit(over_ref.unit, card, estimate)
