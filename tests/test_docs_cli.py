@@ -18,13 +18,15 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 
 def command_lines(markdown: str) -> list[str]:
-    """What follows `router ` at the start of a code span, or of a shell line in a fenced block."""
+    """What follows `router ` at the start of a code span, or of a shell line in a fenced block, or of a command a
+    shell line pipes into (`router data from-ledger -o - | router simulate --outcomes -`)."""
     lines = []
     for lang, body in FENCE.findall(markdown):
         if lang in ("bash", "sh", "console", ""):
             lines += [m for line in body.splitlines() if (m := re.sub(r"^\$ ", "", line.strip())).startswith("router ")]
     lines += [span for span in re.findall(r"`([^`\n]+)`", FENCE.sub("", markdown)) if span.startswith("router ")]
-    return [line.removeprefix("router ").split("#", 1)[0] for line in lines]
+    piped = [part.strip() for line in lines for part in line.split("#", 1)[0].split(" | ")]
+    return [part.removeprefix("router ") for part in piped if part.startswith("router ")]
 
 
 def check(line: str, root: Any) -> list[str]:

@@ -35,8 +35,9 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "strict": Tru
 
 def test_every_error_the_library_raises_is_importable_from_router() -> None:
     """What the README promises the library raises is caught by name from ``router`` (only the proxy raises the
-    rest: a wrong method, a slow or oversize body, a body's unknown encoding)."""
-    proxy_only = {"MethodNotAllowedError", "PayloadTooLargeError", "RequestTimeoutError", "UnsupportedEncodingError"}
+    rest: a wrong method, headers too long, a slow or oversize body, a body's unknown encoding)."""
+    proxy_only = {"HeadersTooLargeError", "MethodNotAllowedError", "PayloadTooLargeError", "RequestTimeoutError",
+                  "UnsupportedEncodingError"}
     for name in sorted(set(errors.__all__) - proxy_only):
         assert name in router_package.__all__ and getattr(router_package, name) is getattr(errors, name), name
 
