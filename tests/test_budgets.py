@@ -206,6 +206,7 @@ def test_allow_and_flag(tmp_path):
     assert resp.routing.model == "spec-a" and "allowed and flagged" in resp.routing.reason
     # said once: the decision found it spent, and the reservation it then made over the limit says no more
     assert resp.routing.reason.count("model:spec-a:60s") == 1, resp.routing.reason
+    assert "over_budget_allowed" in resp.routing.flags
     rec = r.ledger.records()[-1]
     assert rec.outcome == "ok" and rec.reason == resp.routing.reason
     assert r.ledger.budget_used("model:spec-a:60s", 60) > 1.0  # the spend still counts
