@@ -1025,14 +1025,14 @@ def test_a_stream_whose_first_event_is_an_error_falls_back_and_a_later_one_ends_
             assert text.strip() == "echo: hello"
             routing = got[-1].routing
             assert routing is not None and routing.model == "remote-echo"
-            assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
+            assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-gateway", "error"),
                                                                          ("remote-echo", "ok")]
-            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error"), ("remote-echo", "ok")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
             assert "answered with an error instead of a completion" in (records[0].error or "")
             assert calls == {"streamerror": 2, "echo": 1}, "retried once, as after a 500, then the next model"
         else:
             assert text == "echo: "
-            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error")]
             assert "reported an error mid-stream" in (records[0].error or "")
             assert calls == {"streamerror:later": 1}, "nothing sent again, no other model asked"
 
@@ -1078,10 +1078,10 @@ def test_a_stream_error_event_reaches_the_openai_sdk_as_a_fallback_before_output
         text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
         if model == "streamerror":
             assert text.strip() == "echo: hello"
-            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error"), ("remote-echo", "ok")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
             assert "answered with an error instead of a completion" in (records[0].error or "")
             assert calls == {"streamerror": 2, "echo": 1}, "retried once, as after a 500, then the next model"
         else:
             assert text == "echo: "
-            assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error")]
+            assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error")]
             assert calls == {"streamerror:later": 1}
