@@ -176,6 +176,64 @@ def test_a_fallbacks_energy_and_co2e_are_its_attempts_added_up_as_the_ledger_has
     assert routing.energy_source == "estimated:token-profile"
 
 
+PINNED_BUDGET = "model:remote-pinned:86400s"
+"""The daily energy budget :func:`_pinned_under_a_budget` puts on the pinned model."""
+
+
+def _pinned_under_a_budget(tmp_path: Path, upstream_url: str, mode: str, path: str,
+                           max_retries: int = 0) -> tuple[Any, list[LedgerRecord], float]:
+    """A request pinned to ``remote-pinned`` (the test upstream's ``mode``, 5 J a call, under a daily budget
+    :data:`PINNED_BUDGET`) with ``remote-echo`` next, by ``path`` (complete, acomplete or stream): its routing,
+    the ledger's records and the joules the budget has spent."""
+    tmp_path.mkdir()
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-pinned", upstream_url, mode, tier="small", per_call_j=5.0, max_retries=max_retries),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    policy = ("name: budgeted\naccuracy: {min_accuracy: 0.0}\n"
+              "budgets: [{model: remote-pinned, joules: 1000, per: day}]\n")
+    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", default_policy="budgeted",
+                               policies_dir=policies_dir(tmp_path / "policies", {"budgeted": policy}))
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(config, cards=cards) as router:
+        if path == "stream":
+            routing = [c for c in router.complete(ask, model="remote-pinned", stream=True)][-1].routing
+        else:
+            routing = (router.complete(ask, model="remote-pinned") if path == "complete"
+                       else asyncio.run(router.acomplete(ask, model="remote-pinned"))).routing
+        return routing, router.ledger.records(), router.ledger.budget_used(PINNED_BUDGET, 86400)
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+@pytest.mark.parametrize("status", [400, 401, 404, 413, 422, 429])
+def test_a_call_the_endpoint_refuses_with_a_4xx_is_charged_nothing_and_one_failing_with_a_5xx_its_estimate(
+        upstream_url: str, tmp_path: Path, path: str, status: int) -> None:
+    """An endpoint answering 4xx (a bad request, key, URL or model name, its rate limit) turned the request away
+    before its model ran: the call's record says 0 J, ``estimated:none``, its budget keeps nothing of what it held,
+    and the answer's ``routing.energy_j`` is the ledger's records added up. A 503 may come after the model began,
+    so that call keeps its card's 5 J per call, in its record and its budget, as does a call refused on its retry
+    after a 503."""
+    routing, records, spent = _pinned_under_a_budget(tmp_path / "refused", upstream_url, f"status:{status}", path)
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
+                                                                                        ("remote-echo", "ok")]
+    refused = records[0]
+    assert (refused.model, refused.outcome) == ("remote-pinned", "error")
+    assert f"HTTP {status}" in (refused.error or "")
+    assert (refused.energy_j, refused.energy_source) == (0.0, "estimated:none"), refused
+    assert (routing.attempts[0].energy_j, routing.attempts[0].energy_source) == (0.0, "estimated:none")
+    assert spent == 0.0, "the refused call's hold is settled at 0 J"
+    assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records)) == records[1].energy_j
+    assert routing.energy_source == "estimated:token-profile"
+
+    for mode, retries in (("broken", 0), (f"statuses:503,{status}", 1)):  # the model may have run: estimated
+        routing, records, spent = _pinned_under_a_budget(tmp_path / mode.replace(",", "-"), upstream_url, mode,
+                                                         path, max_retries=retries)
+        assert routing is not None and [r.outcome for r in records] == ["error", "ok"]
+        failed = records[0]
+        assert (failed.energy_j, failed.energy_source) == (5.0, "estimated:token-profile"), (mode, failed)
+        assert spent == pytest.approx(5.0), mode
+        assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records)), mode
+
+
 @pytest.mark.parametrize(("value", "count"), [(0, 0), (10, 10), (2**53 - 1, 2**53 - 1), (10.0, 10), (-1, None),
                                               (2**53, None), (10**400, None), (True, None), (False, None),
                                               (10.5, None), (-0.5, None), (float("inf"), None),

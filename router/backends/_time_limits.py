@@ -41,11 +41,15 @@ _T = TypeVar("_T")
 
 
 class Bound:
-    """When one call must have ended: ``timeout_s`` from now or the request's deadline, whichever is sooner."""
+    """When one call must have ended: ``timeout_s`` from now or the request's deadline, whichever is sooner; and
+    whether any of its attempts so far may have set the model working (``reached``)."""
 
-    __slots__ = ("end", "by_deadline")
+    __slots__ = ("end", "by_deadline", "reached")
 
     def __init__(self, timeout_s: float, request: GenerationRequest) -> None:
+        self.reached = False
+        """An attempt failed after the endpoint took the request (a 5xx, a connection lost after sending): the
+        model may have run, so a later attempt refused outright does not make the call cost nothing."""
         end = time.monotonic() + timeout_s
         deadline = request.deadline
         if deadline is not None and deadline <= end:

@@ -209,11 +209,13 @@ class OpenAIHTTPBackend(Backend):
             f"{self.card.name}: the model's endpoint timed out: no complete answer within the card's timeout_s "
             f"({self.spec.timeout_s:g} s)", detail=self.spec.base_url)
 
-    def _status_failure(self, status: int, raw: bytes, retry_after: str | None = None) -> Exception:
+    def _status_failure(self, status: int, raw: bytes, retry_after: str | None, bound: Bound) -> Exception:
         """An HTTP error answer: retryable (408/409/429/5xx) or final; the endpoint refusing this request
         (:data:`_REFUSED_STATUS`) is a :class:`BackendRefusedError`, which does not count towards a cooldown.
         A busy or down endpoint's ``Retry-After`` (the header's value) becomes the error's ``retry_after_s``, so
-        a caller left with no other model is told when to try again."""
+        a caller left with no other model is told when to try again. A 4xx is the endpoint turning the request
+        away before its model ran: unless an earlier attempt may have reached the model, the error is marked
+        :func:`~router.backends.base.never_started`, so the call is recorded and charged 0 J."""
         # 429: the endpoint is busy (its rate limit, not the caller's), so the caller is told the service is
         # unavailable for now (503 from the proxy), as for a 503 of its own
         cls = (BackendUnavailableError if status in (429, 502, 503, 504)
@@ -225,6 +227,10 @@ class OpenAIHTTPBackend(Backend):
         error = cls(f"{self.card.name}: the model's endpoint answered HTTP {status}",
                     detail=f"{self.spec.base_url}{hint}: {raw[:300].decode('utf-8', 'replace')}",
                     retry_after_s=retry_after_s(retry_after) if status in _RETRY_AFTER_STATUS else None)
+        if status >= 500:  # the model may have begun on it before the endpoint failed
+            bound.reached = True
+        elif not bound.reached:
+            error.never_started = True  # type: ignore[attr-defined]
         return _Retryable(error) if status in _RETRY_STATUS else error
 
     def _transport_failure(self, exc: Exception, bound: Bound) -> Exception:
@@ -234,8 +240,11 @@ class OpenAIHTTPBackend(Backend):
         kind = "timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "is unreachable"
         error = BackendUnavailableError(f"{self.card.name}: the model's endpoint {kind}",
                                         detail=f"{self.spec.base_url}: {exc!r}")
-        if isinstance(exc, _NOTHING_SENT):  # no connection: the model did no work, so the call is charged 0 J
+        if isinstance(exc, _NOTHING_SENT) and not bound.reached:
+            # no connection, in this attempt or before: the model did no work, so the call is charged 0 J
             error.never_started = True  # type: ignore[attr-defined]
+        else:
+            bound.reached = True
         return _Retryable(error)
 
     def _retry_wait(self, failure: _Retryable, attempt: int, bound: Bound, request: GenerationRequest,
@@ -303,7 +312,7 @@ class OpenAIHTTPBackend(Backend):
             with self._send(body, request, bound) as response:
                 if response.status_code >= 400:
                     raise self._status_failure(response.status_code, response.read(),
-                                               response.headers.get("retry-after"))
+                                               response.headers.get("retry-after"), bound)
                 yield from _parse_sse(response.iter_lines(), self.card.name, self.card.context_length)
         except httpx.TransportError as exc:  # timeouts included
             raise self._transport_failure(exc, bound) from exc
@@ -326,7 +335,7 @@ class OpenAIHTTPBackend(Backend):
         except httpx.TransportError as exc:
             raise self._transport_failure(exc, bound) from exc
         if response.status_code >= 400:
-            raise self._status_failure(response.status_code, raw, response.headers.get("retry-after"))
+            raise self._status_failure(response.status_code, raw, response.headers.get("retry-after"), bound)
         return raw
 
     @contextlib.contextmanager
@@ -371,7 +380,7 @@ class OpenAIHTTPBackend(Backend):
             response = await within(client.send(post, stream=True), bound.end)
             if response.status_code >= 400:
                 raise self._status_failure(response.status_code, await within(response.aread(), bound.end),
-                                           response.headers.get("retry-after"))
+                                           response.headers.get("retry-after"), bound)
             parser = _SSEParser(self.card.name, self.card.context_length)
             lines = response.aiter_lines()
             while True:
@@ -419,7 +428,7 @@ class OpenAIHTTPBackend(Backend):
         except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
             raise self._transport_failure(exc, bound) from exc
         if status >= 400:
-            raise self._status_failure(status, raw, retry_after)
+            raise self._status_failure(status, raw, retry_after, bound)
         return raw
 
     async def _connections(self) -> _LoopConnections:

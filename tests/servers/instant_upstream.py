@@ -44,7 +44,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
   first piece (``"echo: "``) before that event; not streamed, both answer like anything else;
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
-  limiting, 429, or down for a while, 503).
+  limiting, 429, or down for a while, 503); ``statuses:CODE,CODE,...``: each call the next CODE of the list, in
+  turn (an endpoint failing one way, then another on the retry).
 
 ``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
 
@@ -120,6 +121,10 @@ async def chat(request: Request) -> Response:
         code, _, retry_after = model[7:].partition(":")
         return JSONResponse({"error": {"message": f"refused with {code}", "type": "invalid_request_error"}},
                             status_code=int(code), headers={"Retry-After": retry_after} if retry_after else None)
+    if model.startswith("statuses:"):
+        codes = model[9:].split(",")
+        return JSONResponse({"error": {"message": "failed in turn", "type": "server_error"}},
+                            status_code=int(codes[(calls[model] - 1) % len(codes)]))
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
     if model == "error200":
