@@ -211,6 +211,9 @@ class Attempts:
             # never more than the whole budget: a hold above it would refuse even a fresh window's first call
             try:
                 reservation = self._try_hold(held, ref, min(amount, ref.limit_j), ref.limit_j)
+                # no room: the holds of calls that have ended may still wait to be settled (Ledger.settle_queued)
+                if reservation is None and ledger.settle_queued():
+                    reservation = self._try_hold(held, ref, min(amount, ref.limit_j), ref.limit_j)
             except LedgerError as exc:
                 if self.escalated is None or not exc.retryable:
                     raise
@@ -239,8 +242,9 @@ class Attempts:
             limit, unit = f"{ref.limit_j:.3g} g CO2e", "carbon"
             need = f"{self.books.in_unit(ref.unit, card, estimate):.3g} g"
             spent = None if used is None else f"{used:.3g}"
-        what = (f"{card.name}'s {unit} budget {ref.key} is spent ({spent} of {limit} this window, the call needs "
-                f"~{need})" if spent is not None else
+        # the figure is spent plus held, and a call still running holds its estimate
+        what = (f"{card.name}'s {unit} budget {ref.key} is spent or held by calls in flight ({spent} of {limit} "
+                f"this window, the call needs ~{need})" if spent is not None else
                 f"{card.name}'s {unit} budget {ref.key} is spent ({limit} a window, the call needs ~{need}; what it "
                 "has spent this window could not be read, the ledger's store failed)")
         if d.on_budget_exhausted == "allow_and_flag":

@@ -67,7 +67,7 @@ from .errors import (
 from .keys import KeySpec, KeyStore, hash_key
 from .learning import Learning, prompt_retention_at_start
 from .ledger import Feedback, Ledger, LedgerRecord, open_ledger, redact
-from .policy.base import BudgetState, DecisionRequest
+from .policy.base import BudgetState, Decision, DecisionRequest
 from .tools import tools_task
 from .types import ChatCompletion, ChatCompletionChunk
 
@@ -77,6 +77,8 @@ T = TypeVar("T")
 
 _NONE_COOLING: frozenset[str] = frozenset()
 """What :meth:`Router.cooling_down` answers while every model can be called."""
+_SPENT_BUDGET_FLAGS = frozenset({"budget_fallback", "over_budget_allowed"})
+"""The flags of a decision a spent budget shaped (:meth:`Router._decision`)."""
 
 
 
@@ -547,7 +549,7 @@ class Router:
                                   grid_g_per_kwh=self._grid_now(),
                                   capabilities=req.options.capabilities, cooling=self.cooling_down())
         try:
-            decision = self.engine.decide(classification, request, self._budget_state(request))
+            decision = self._decision(classification, request)
         except BudgetExhaustedError as exc:
             self._record_refusal(req, exc, policy, classification.task, key_hash)
             raise
@@ -562,6 +564,21 @@ class Router:
         )
         log.info("%s: %s (%.2f ms)", prepared.request_id, decision.reason, decision_ms)
         return prepared
+
+    def _decision(self, classification: Classification, request: DecisionRequest) -> Decision:
+        """The engine's decision on what the budgets have used. One a spent budget shaped (refused, fell back,
+        flagged over budget) is taken again once the ledger has applied the settlements it queued: until then
+        calls that have ended hold their estimates (the proxy's background writer settles them a group later),
+        and a refusal must not rest on those."""
+        try:
+            decision = self.engine.decide(classification, request, self._budget_state(request))
+        except BudgetExhaustedError:
+            if not self.ledger.settle_queued():
+                raise
+        else:
+            if _SPENT_BUDGET_FLAGS.isdisjoint(decision.flags) or not self.ledger.settle_queued():
+                return decision
+        return self.engine.decide(classification, request, self._budget_state(request))
 
     def _key_policy(self, spec: KeySpec, req: CheckedRequest) -> str | None:
         """The policy a key's request runs under: the one it names, else the key's. A key with ``lock_policy``

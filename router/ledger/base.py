@@ -178,6 +178,13 @@ class Ledger(FeedbackMethods, ABC):
         for reservation, actual_j in settlements:
             self.settle(reservation, actual_j)
 
+    def settle_queued(self) -> bool:
+        """Apply now the settlements :meth:`settle` queued to apply later (the proxy's background writer queues
+        them: until then each ended call holds its estimate). The Router calls this before a budget refuses a
+        request, and reserves again where it returns ``True`` (budgets may have more room now). This default
+        settles at once, so nothing is queued: ``False``."""
+        return False
+
     @abstractmethod
     def budget_used(self, budget: str, window_s: float) -> float:
         """Joules spent plus held in the current window of ``budget``."""

@@ -366,10 +366,13 @@ def budgets(policy: Policy, plan: Plan, ranked: list[ModelCard], energy: Mapping
             what = (f"{first.name}'s call needs about {need}, more than the whole of its budget {b.key} "
                     f"({limit} a window)")
         elif b.unit == "J":  # what the call needs too: a budget can refuse it with most of the window left
-            what = (f"{first.name}'s budget {b.key} is spent ({fmt_j(used.get(b.key, 0.0))} of "
-                    f"{fmt_j(b.limit_j)} this window, the call needs ~{fmt_j(cost(first.name, b))})")
+            # the figure is spent plus held, and a call still running holds its estimate
+            what = (f"{first.name}'s budget {b.key} is spent or held by calls in flight "
+                    f"({fmt_j(used.get(b.key, 0.0))} of {fmt_j(b.limit_j)} this window, the call needs "
+                    f"~{fmt_j(cost(first.name, b))})")
         else:
-            what = (f"{first.name}'s carbon budget {b.key} is spent ({used.get(b.key, 0.0):.3g} of "
+            what = (f"{first.name}'s carbon budget {b.key} is spent or held by calls in flight "
+                    f"({used.get(b.key, 0.0):.3g} of "
                     f"{b.limit_j:.3g} g CO2e this window, the call needs ~{cost(first.name, b):.3g} g)")
         mode = policy.on_budget_exhausted
         if mode == "allow_and_flag":

@@ -10,10 +10,12 @@ and applied by the same thread, one ``settle_many`` per group: a reservation hol
 more than its estimate is charged that much later (the overspend bound of reserve-then-settle counts the
 requests in flight, and a settlement still queued is in flight). With a budgeted model this took the SQLite
 proxy's median CPU per request at concurrency 64 from 0.517 to 0.397 ms, together with the one-statement SQLite
-reservation (``python benchmarks/ab_proxy.py --budget``; benchmarks/README.md, *Proxy*). Reads that
-report on records (``records``, ``totals``, ``summary``) first wait for the queue to drain, so they see
-every record handed over before them; ``spent`` and ``budget_used`` do not wait (they may be read on the request
-path) and can trail by what is still queued.
+reservation (``python benchmarks/ab_proxy.py --budget``; benchmarks/README.md, *Proxy*). Settlements queue apart
+from the records: before a budget refuses a request the Router applies the queued ones at once, on its own thread
+(:meth:`BackgroundLedger.settle_queued`), and reserves again, so the holds of calls that have ended never refuse a
+call the budget has room for. Reads that report on records (``records``, ``totals``, ``summary``) first wait for
+the queue to drain, so they see every record handed over before them; ``spent`` and ``budget_used`` do not wait
+(they may be read on the request path) and can trail by what is still queued.
 
 Group commit: handing a record over is a ``deque.append`` that wakes nobody while the writer is busy; the writer
 takes everything queued, writes it, then pauses ``interval_s`` (default 20 ms) so the next records gather, and
@@ -96,6 +98,12 @@ class BackgroundLedger(Ledger):
         self.interval_s = interval_s
         self.deferred = 0  # records the store did not take at once: in the journal, replayed later
         self._pending: deque[Any] = deque()  # append/popleft are atomic: no lock on the request path
+        # settlements queue apart from the records, so that a refusal can apply them without waiting for the
+        # writer; whoever applies them (the writer, or a refusal) takes them under this lock: each is applied
+        # once (SQLite counts a second settlement again), and once the lock is had every settlement taken
+        # before is applied
+        self._settlements: deque[tuple[Reservation, float]] = deque()
+        self._settle_lock = threading.Lock()
         self._wake = threading.Event()
         self._sleeping = False
         self._closed = False
@@ -110,32 +118,28 @@ class BackgroundLedger(Ledger):
         self._thread.start()
 
     def _run(self) -> None:
-        pending = self._pending
+        pending, settlements = self._pending, self._settlements
         while True:
-            if not pending:
+            if not pending and not settlements:
                 self._sleeping = True
-                if not pending:  # re-check after announcing the sleep: ``_hand_over`` wakes us from here on
+                if not pending and not settlements:  # re-check after announcing the sleep: we are woken from here on
                     self._wake.wait()
                 self._wake.clear()
                 self._sleeping = False
             batch: list[_Queued] = []
-            settlements: list[tuple[Reservation, float]] = []
             while pending:
                 item = pending.popleft()
                 if isinstance(item, _Queued):
                     batch.append(item)
                     continue
-                if isinstance(item, tuple):  # (reservation, actual joules)
-                    settlements.append(item)
-                    continue
                 self._write(batch)  # markers apply to what was handed over before them
-                self._settle(settlements)
-                batch, settlements = [], []
+                self._apply_settlements(everything_before=True)
+                batch = []
                 if item is _STOP:
                     return
                 item.set()  # a flush() marker
             self._write(batch)
-            self._settle(settlements)
+            self._apply_settlements()
             time.sleep(self.interval_s)  # group commit: let the next records gather
 
     def _write(self, batch: list[_Queued]) -> None:
@@ -174,6 +178,20 @@ class BackgroundLedger(Ledger):
                 self.failed += 1
                 log.exception("%s: could not write the ledger record", getattr(rec, "request_id", "?"))
 
+    def _apply_settlements(self, everything_before: bool = False) -> int:
+        """Apply every settlement queued now; how many this call took. ``everything_before``: also wait for those
+        another thread took and is applying, so that every settlement handed over before this call is applied when
+        it returns."""
+        queued = self._settlements
+        if not queued and not everything_before:  # the writer's usual case: no lock to take
+            return 0
+        with self._settle_lock:
+            taken = []
+            while queued:
+                taken.append(queued.popleft())
+            self._settle(taken)
+        return len(taken)
+
     def _settle(self, settlements: list[tuple[Reservation, float]]) -> None:
         if not settlements:
             return
@@ -186,6 +204,9 @@ class BackgroundLedger(Ledger):
 
     def _hand_over(self, item: Any) -> None:
         self._pending.append(item)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
         if self._sleeping:  # only the first record after the writer went to sleep pays for waking it
             self._sleeping = False
             self._wake.set()
@@ -305,7 +326,19 @@ class BackgroundLedger(Ledger):
         if self._closed:
             self.inner.settle(reservation, actual_j)
             return
-        self._hand_over((reservation, actual_j))
+        self._settlements.append((reservation, actual_j))
+        self._wake_writer()
+
+    def settle_queued(self) -> bool:
+        """Apply on this thread the settlements still queued for the writer (a refusal's path: one transaction,
+        not a wait for the writer's next group); when it returns, every settlement handed over before it is
+        applied, whichever thread took it. ``True``: budgets may have more room now than a reservation just
+        found, even where the writer or a concurrent refusal applied what was queued. Never raises: a store that
+        fails leaves the holds at their estimates (logged), and the refusal stands."""
+        if self._closed:  # settlements are applied at once from here on, and close() applied the queued ones
+            return False
+        self._apply_settlements(everything_before=True)
+        return True
 
     def budget_used(self, budget: str, window_s: float) -> float:
         return self.inner.budget_used(budget, window_s)
