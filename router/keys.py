@@ -161,6 +161,9 @@ class KeyStore:
         entry is a mapping of text fields, and a key never appears in clear."""
         path = Path(file)
         data = read_yaml(path, "keys file")[0]
+        if data is None:  # PyYAML reads an empty file, or one of comments only, as null
+            raise ConfigError(f"{path}: the keys file is empty (no YAML in it, at most comments); fix: write `keys:` "
+                              "followed by one `- name: ...` entry per key")
         if isinstance(data, Mapping):
             extra = data.get("extra")
             data = data["keys"] if "keys" in data else extra.get("keys") if isinstance(extra, Mapping) else None

@@ -391,6 +391,9 @@ def test_an_empty_card_or_policy_says_it_is_empty(tmp_path: Path, text: str) -> 
         assert "is empty" in message and "YAML mapping" not in message
     assert "the model card is empty" in card_error(tmp_path, text)
     assert "the policy is empty" in policy_error(tmp_path, text)
+    with pytest.raises(ConfigError, match="the keys file is empty") as err:
+        KeyStore.from_file(write(tmp_path, "keys.yaml", text))
+    assert "NoneType" not in str(err.value)
 
 
 def test_a_misspelt_policy_or_config_field_says_which_was_meant(tmp_path: Path) -> None:
