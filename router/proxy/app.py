@@ -4,6 +4,9 @@ Routes: ``POST /v1/chat/completions`` (JSON or SSE stream; :mod:`router.proxy.fa
 ``GET /health``, ``GET /metrics``. Routing is shown in the ``routing`` block of the body and in ``x-router-*``
 headers. Every failure is an OpenAI-shaped error (``{"error": {"message", "type", "param", "code"}}``) with the
 right status; bad input is never a 500.
+
+Length: the app's routes other than chat, its lifespan and its start from the environment, which share the
+:class:`Proxy` state; the chat route has its own module (:mod:`router.proxy.fastpath`).
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ The server's protocol appends them before any response bytes leave (``router.pro
 still nothing is acknowledged before its record is in the journal. ``journal=False`` turns the journal off
 (then a ``kill -9`` loses what was queued, up to ``interval_s`` plus one write's worth). Set
 ``proxy.ledger_writes: inline`` in the config to write on the request path.
+
+Length: one writer and every way into it (records, settlements, flush, close, the journal's deferral), which
+share its queues and thread; split, each part would need the others' state.
 """
 
 from __future__ import annotations
