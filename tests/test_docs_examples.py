@@ -7,6 +7,7 @@ Python example compiles and uses names the package has; every `router/...py` fil
 from __future__ import annotations
 
 import ast
+import builtins
 import importlib
 import inspect
 import re
@@ -189,10 +190,38 @@ def yaml_examples() -> list[tuple[str, str]]:
 # (3) Python examples
 
 
+PLACEHOLDERS = {"docs"}
+"""Names an example reads as the caller's own inputs (``for doc in docs``), as it writes ``[...]`` for messages."""
+
+
+def unassigned_names(tree: ast.AST, assigned: set[str]) -> list[str]:
+    """The names ``tree`` reads that neither it nor ``assigned`` (earlier examples on the page) defines, type
+    annotations aside (a signature shown as ``def f(self, request: DecisionRequest)``)."""
+    annotations = {id(n) for node in ast.walk(tree) for a in (getattr(node, "annotation", None),
+                                                              getattr(node, "returns", None)) if a is not None
+                   for n in ast.walk(a)}
+    defined = set(assigned)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+    assigned |= defined
+    return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+                   and id(node) not in annotations and node.id not in defined | PLACEHOLDERS})
+
+
 def python_problems(doc: Path) -> list[str]:
     """Each ```python block compiles (``await`` at top level allowed); what it imports from ``router`` exists, and
-    so does every method it calls on a Router (``r = Router()``, also in a later block of the same page)."""
+    so does every method it calls on a Router (``r = Router()``, also in a later block of the same page); every
+    name it reads is defined in it or in an earlier block of the page, so a reader who pastes the page's examples in
+    order gets no NameError."""
     problems, routers = [], {"r"}
+    assigned = set(dir(builtins)) | routers
     for lang, body in FENCE.findall(doc.read_text()):
         if lang != "python":
             continue
@@ -202,6 +231,8 @@ def python_problems(doc: Path) -> list[str]:
         except SyntaxError as exc:
             problems.append(f"a python example does not compile: {exc.msg}: {(exc.text or '').strip()!r}")
             continue
+        problems += [f"`{name}` is used but no example on the page defines it"
+                     for name in unassigned_names(tree, assigned)]
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "router":
                 module = importlib.import_module(node.module or "router")
@@ -318,8 +349,12 @@ def test_a_wrong_setting_or_default_is_found(tmp_path: Path) -> None:
 def test_a_wrong_python_example_or_code_name_is_found(tmp_path: Path) -> None:
     doc = tmp_path / "x.md"
     doc.write_text("```python\nfrom router import Router, Routr\nr = Router()\nr.complete(messages=[...])\n"
-                   "r.compleet()\n```\n\n```python\ndecide(classification) -> Decision\n```\n")
+                   "r.compleet()\n```\n\n```python\nclient.files.create(purpose='batch')\n"
+                   "client.batches.create(input_file_id=f.id)\n```\n\n"
+                   "```python\ndecide(classification) -> Decision\n```\n")
     assert python_problems(doc) == ["`from router import Routr`: no such name", "Router has no `compleet`",
+                                    "`client` is used but no example on the page defines it",
+                                    "`f` is used but no example on the page defines it",
                                     "a python example does not compile: invalid syntax: "
                                     "'decide(classification) -> Decision'"]
     doc.write_text("`router/_router.py`, `router/nope.py`, `router.keys.hash_key`, `router.runs`, "
