@@ -13,6 +13,7 @@ from servers.procs import ROOT
 from typer.testing import CliRunner
 
 from router.cli import app
+from router.ledger import LedgerRecord, SQLiteLedger
 
 
 def test_a_bad_choice_reads_without_pydantics_prefix() -> None:
@@ -70,6 +71,27 @@ def test_an_output_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("command", [["ledger", "export", "-o", "-"], ["ledger"]])
+def test_a_reader_that_closes_the_pipe_ends_the_command_without_an_error(tmp_path: Path, command: list[str]) -> None:
+    """`router ledger export -o - | head -1`: the reader closes the pipe, and the command said `error: Broken pipe`
+    with exit status 2 as if it had failed; it ends without a word, status 1, as a table to a closed pipe does. The
+    pipe's read end is closed before the command starts, so its first write meets the closed pipe."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = SQLiteLedger.from_url(url)
+    ledger.record(LedgerRecord("r0", "sentiment-onnx", "specialist", 0.01, "estimated:cpu-time"))
+    ledger.close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ROUTER_LEDGER_URL": url}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "router", *command], stdout=write_end, stderr=subprocess.PIPE,
+                              env=env, cwd=tmp_path, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == b""
+
+
 def test_ctrl_c_says_the_command_was_interrupted_and_what_it_left(tmp_path: Path) -> None:
     """Ctrl+C on a long command ended it with exit status 130 and not a word, so nobody could tell whether its
     output was complete. The real `router data from-ledger` in its own process, stopped by SIGINT while it waits for

@@ -6,6 +6,7 @@ import codecs
 import importlib
 import io
 import logging
+import os
 import sys
 from typing import Any
 
@@ -147,6 +148,12 @@ def main() -> None:
     _tolerant_output()
     try:
         app()
+    except BrokenPipeError:
+        # The reader of stdout went away (`router ledger export -o - | head`): it took what it wanted, which is no
+        # failure to report; stdout goes to /dev/null so the interpreter's last flush does not raise again, and the
+        # status is 1, as rich's tables end on a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except (RouterError, OSError) as exc:
         logging.getLogger("router.cli").info("the command failed", exc_info=True)
         message = _file_error(exc) if isinstance(exc, OSError) else str(exc)

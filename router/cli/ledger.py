@@ -105,8 +105,8 @@ def _clean_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, typer.BadParameter, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, typer.BadParameter, SystemExit, BrokenPipeError):
+            raise  # a closed pipe is not the command's failure: main() ends it quietly
         except RouterError as exc:
             fail(str(exc))
         except OSError as exc:
