@@ -24,7 +24,7 @@ J_PER_KWH = 3.6e6
 GRID_SOURCE = "IEA world-average carbon intensity of electricity, ~475 gCO2e/kWh (2018); Ember ~480 (2023)"
 PHONE_CHARGE_KWH = 0.0135
 KETTLE_BOIL_KWH = 0.1
-PHONE_CHARGE_SOURCE = "one smartphone charge ~0.012-0.015 kWh (12-15 Wh battery); 0.0135 kWh used"
+PHONE_CHARGE_SOURCE = "one smartphone charge ~0.012-0.015 kWh (12-15 Wh battery), counted as 0.0135 kWh"
 KETTLE_BOIL_SOURCE = "one kettle boil ~0.1 kWh (1 L heated 80 K = 0.093 kWh, plus losses)"
 
 
