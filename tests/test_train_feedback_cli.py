@@ -134,3 +134,19 @@ def test_stdout_holds_the_results_only_progress_and_errors_go_to_stderr(tmp_path
     assert failed.exit_code == 2, failed.output
     assert failed.stdout == ""
     assert "error:" in failed.stderr and "missing.jsonl" in failed.stderr
+
+
+def test_an_outcomes_file_with_nothing_scored_says_there_is_nothing_to_refit(tmp_path: Path) -> None:
+    """An empty outcomes file printed an empty table, and one below --min-requests the skipped groups only: neither
+    said the classifier was left as it was."""
+    models = cards_folder(tmp_path, with_classifier=True)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, out = router_main("train", "feedback", str(empty), "--models", str(models))
+    text = " ".join(out.split())
+    assert code == 0 and "nothing to refit" in text and "holds no scored requests" in text, out
+    code, out = router_main("train", "feedback", str(scored_file(tmp_path / "scored.jsonl")), "--models",
+                            str(models), "--min-requests", "10")
+    text = " ".join(out.split())
+    assert code == 0 and "not refitted:" in text and "nothing refitted" in text, out
+    assert not (models / "classifier" / "added_models.json").exists()

@@ -276,6 +276,10 @@ def feedback(
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    if not fits and not skipped:
+        console.print(f"nothing to refit: {escape(str(outcomes))} holds no scored requests (write it with "
+                      "`router data from-ledger` once answers have feedback); the classifier is unchanged")
+        return
     table = Table(title=f"refitted from {escape(str(outcomes))}")
     for col in ("model", "task", "scored requests", "mean score", "P before", "P after"):
         table.add_column(col, justify="left" if col in ("model", "task") else "right")
@@ -288,3 +292,6 @@ def feedback(
     if fits:
         where = models_dir / "classifier" / "added_models.json"
         console.print(f"saved to {escape(str(where))}" if save else "not saved (--no-save)")
+    else:
+        console.print("nothing refitted (no model and task has --min-requests scored requests); the classifier is "
+                      "unchanged")
