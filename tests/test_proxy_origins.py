@@ -93,6 +93,12 @@ def test_an_origin_in_cors_origins_is_answered_and_no_other(url: str) -> None:
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
     for other in ("http://app.example", "https://app.example.evil.example", "https://app.example:8443"):
         _refused(httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"origin": other}), "origin_not_allowed")
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+    r = httpx.options(f"{url}/v1/chat/completions", headers={**preflight, "origin": "https://app.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    # a preflight of another origin is the same 403 as its request (Starlette's CORS answered a plain-text 400)
+    _refused(httpx.options(f"{url}/v1/chat/completions", headers={**preflight, "origin": "https://evil.example"}),
+             "origin_not_allowed")
 
 
 def test_dns_rebinding_is_refused_on_a_loopback_address(url: str) -> None:

@@ -148,7 +148,10 @@ class ProxyApp(FastAPI):
         if scope["type"] == "http" and scope.get("root_path"):
             _root_path_once(scope)
         if self.cors is not None and scope["type"] == "http":
-            await self.cors(scope, receive, send)
+            # a page of an origin not listed is refused here, its preflight too (Starlette's CORS middleware would
+            # answer that with a plain-text 400)
+            if not await self._refused(scope, receive, send):
+                await self.cors(scope, receive, send)
             return
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
                 and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
