@@ -64,15 +64,27 @@ def test_host_port_and_root_path_come_from_the_environment(upstream_url: str, tm
 
 
 def test_workers_come_from_the_environment(tmp_path: Path, upstream_url: str) -> None:
-    """ROUTER_WORKERS=2 over the SQLite ledger is refused as ``--workers 2`` is: the variable was read."""
+    """ROUTER_WORKERS=2 over the SQLite ledger is refused as ``--workers 2`` is: the variable was read, and the
+    refusal names it (not a --workers the command line never had)."""
     proc = _serve(_config(tmp_path, upstream_url), {"ROUTER_WORKERS": "2", "ROUTER_PORT": str(free_port())})
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()
-        assert first.startswith("router serve: --workers 2: worker processes share energy budgets"), first
+        assert first.startswith("router serve: ROUTER_WORKERS=2: worker processes share energy budgets"), first
+        assert "use ROUTER_WORKERS=1 with it" in first and "--workers" not in first, first
         assert proc.wait(60) == 2
     finally:
         stop(proc)  # type: ignore[arg-type]
+
+
+def test_workers_from_the_command_line_are_named_as_the_option(tmp_path: Path, upstream_url: str) -> None:
+    """The same refusal for ``--workers 2`` names the option, even with ROUTER_WORKERS set too (the option wins)."""
+    done = subprocess.run([ROUTER, "serve", "--config", str(_config(tmp_path, upstream_url)), "--workers", "2",
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ROUTER_WORKERS": "3"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("router serve: --workers 2: worker processes share energy budgets"), done.stderr
+    assert "use --workers 1 with it" in done.stderr and "ROUTER_WORKERS" not in done.stderr
 
 
 def test_under_a_root_path_requests_with_and_without_the_prefix_are_served(upstream_url: str, tmp_path: Path

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 def serve(
+    ctx: typer.Context,
     # A container or Kubernetes deployment sets these in the environment instead of rewriting the command.
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface).",
                              envvar="ROUTER_HOST"),
@@ -74,11 +75,16 @@ def serve(
         raise typer.Exit(2) from None
     shared = ("redis://", "rediss://", "unix://", "postgresql://", "postgres://")
     if workers > 1 and not cfg.ledger_url.lower().startswith(shared):
+        # name what set the count (a container sets ROUTER_WORKERS); the source compared by name: typer carries
+        # its own copy of click, whose ParameterSource is not click's
+        source = ctx.get_parameter_source("workers")
+        from_env = source is not None and source.name == "ENVIRONMENT"
+        name = "ROUTER_WORKERS=" if from_env else "--workers "
         typer.echo(
-            f"router serve: --workers {workers}: worker processes share energy budgets through a Redis or PostgreSQL "
+            f"router serve: {name}{workers}: worker processes share energy budgets through a Redis or PostgreSQL "
             f"ledger, but the ledger is {cfg.ledger_url!r}. Pass --ledger redis://127.0.0.1:6379/0 or "
             "--ledger postgresql://USER:PASSWORD@HOST/DB (or set ROUTER_LEDGER_URL or ledger_url in --config). "
-            "SQLite is the single-process default: use --workers 1 with it.", err=True
+            f"SQLite is the single-process default: use {name}1 with it.", err=True
         )
         raise typer.Exit(2)
     if not cfg.batch.store_url and cfg.ledger_url.lower().startswith(("redis://", "rediss://", "unix://")):
