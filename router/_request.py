@@ -44,8 +44,36 @@ IGNORED_PARAMS = frozenset({
 })  # fmt: skip
 """OpenAI parameters accepted and not acted on: bookkeeping for OpenAI's own service (``store``, ``metadata``,
 ``user``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``) and hints whose absence leaves the answer's
-meaning as it is (``prediction``, ``verbosity``). ``stream_options`` is the proxy's: the library's stream always
-ends with a chunk carrying usage and routing."""
+meaning as it is (``prediction``, ``verbosity``); ``metadata`` must still be what OpenAI takes
+(:func:`check_metadata`). ``stream_options`` is the proxy's: the library's stream always ends with a chunk carrying
+usage and routing."""
+
+
+METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
+"""OpenAI's limits on ``metadata``: at most 16 pairs, keys up to 64 characters, values up to 512."""
+
+
+def check_metadata(metadata: Any) -> None:
+    """A 400 for ``metadata`` that is not what OpenAI takes (a map of at most 16 string keys to string values,
+    keys up to 64 characters, values up to 512): a client that works here fails there otherwise, and a batch keeps
+    its metadata in its record."""
+    if metadata is None:
+        return
+    rule = (f"`metadata` must be an object of at most {METADATA_MAX_PAIRS} string keys (up to {METADATA_MAX_KEY} "
+            f"characters) with string values (up to {METADATA_MAX_VALUE} characters)")
+    if not isinstance(metadata, Mapping):
+        raise BadRequestError(f"{rule}, got {_kind(metadata)}", param="metadata")
+    if len(metadata) > METADATA_MAX_PAIRS:
+        raise BadRequestError(f"{rule}; it has {len(metadata)} keys", param="metadata")
+    for key, value in metadata.items():
+        if not isinstance(key, str):  # a Python caller's dict; JSON keys are always strings
+            raise BadRequestError(f"{rule}; the key {key!r} is not a string", param="metadata")
+        if len(key) > METADATA_MAX_KEY:
+            raise BadRequestError(f"{rule}; the key {key[:20]!r}... is {len(key)} characters", param="metadata")
+        if not isinstance(value, str):
+            raise BadRequestError(f"{rule}; the value of {key!r} is {_kind(value)}, not a string", param="metadata")
+        if len(value) > METADATA_MAX_VALUE:
+            raise BadRequestError(f"{rule}; the value of {key!r} is {len(value)} characters", param="metadata")
 
 
 STREAM_OPTIONS_NEED_STREAM = ("`stream_options` is only allowed when `stream` is true (as OpenAI has it): send "
@@ -193,8 +221,8 @@ def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool
 
 
 def _kind(value: Any) -> str:
-    return {str: "a string", bool: "a boolean", type(None): "null", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
+    return {str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _optional_str(name: str, value: Any, limit: int | None = None) -> str | None:
@@ -237,6 +265,7 @@ def check_params(
     """Every keyword of :meth:`Router.complete` checked for type and range; the values normalised."""
     if params:  # most requests name only the parameters above
         _check_other_names(params)
+        check_metadata(params.get("metadata"))
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequestError("only n=1 is supported", param="n")
     if modalities is not None and not isinstance(modalities, list):

@@ -121,6 +121,10 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
             raise BadRequestError("`parallel_tool_calls` is only allowed when `tools` are specified: offer the "
                                   "functions in `tools`, or leave `parallel_tool_calls` out",
                                   param="parallel_tool_calls")
+    if tools is None and tool_choice not in (None, "none"):
+        # as OpenAI answers it; `none` is let through: it asks for what a request without tools gets anyway
+        raise BadRequestError("`tool_choice` is only allowed when `tools` are specified: offer the function(s) "
+                              "the model may call in `tools`, or leave `tool_choice` out", param="tool_choice")
     if legacy:
         if functions is not None and (not isinstance(functions, list)
                                       or not all(isinstance(f, Mapping) for f in functions)):

@@ -374,6 +374,17 @@ OPENAI_400S: list[tuple[dict[str, object], str]] = [
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "p" * 65, "schema": {}}}},
      "response_format.json_schema.name"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    # "tool_choice is only allowed when tools are specified"
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
+    # a map of at most 16 string keys (up to 64 characters) to string values (up to 512)
+    ({"metadata": {"a": 1}}, "metadata"),
+    ({"metadata": {"a": None}}, "metadata"),
+    ({"metadata": {"a": {"b": "c"}}}, "metadata"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"metadata": {"k" * 65: "v"}}, "metadata"),
+    ({"metadata": {"a": "v" * 513}}, "metadata"),
 ]
 
 
@@ -397,6 +408,21 @@ def test_what_openai_accepts_next_to_those_400s_still_runs(served: Served) -> No
     tooled = client.chat.completions.create(model="remote-echo", messages=user("weather in Oslo?"),
                                             tools=[WEATHER_TOOL], parallel_tool_calls=False)  # type: ignore[list-item]
     assert tooled.choices[0].message.content == "echo: weather in Oslo?"  # the echo model answers in text
+    for params in ({"tool_choice": "none"}, {"tools": [WEATHER_TOOL], "tool_choice": "auto"},
+                   {"metadata": {f"{i:064d}": "v" * 512 for i in range(16)}}, {"metadata": {}}):
+        answer = client.chat.completions.create(model="remote-echo", messages=user("hi"), **params)  # type: ignore[call-overload]
+        assert answer.choices[0].message.content == "echo: hi", params
+
+
+def test_the_400_for_metadata_says_the_rule_and_what_broke_it(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="remote-echo", messages=user("hi"), metadata={"a": 1})  # type: ignore[dict-item]
+    message = err.value.body["message"]  # type: ignore[index]
+    assert "at most 16 string keys" in message and "the value of 'a' is an integer, not a string" in message, message
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="remote-echo", messages=user("hi"), tool_choice="auto")
+    assert "only allowed when `tools` are specified" in err.value.body["message"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("params", "param"), OPENAI_400S)
@@ -468,7 +494,7 @@ def _deep(depth: int, surrogate: bool = False) -> bytes:
     content = "hi \\ud83d" if surrogate else "hi"  # a lone surrogate escape takes the lenient reader
     nested = "[" * depth + "]" * depth
     return (f'{{"model": "router", "messages": [{{"role": "user", "content": "{content}"}}], '
-            f'"metadata": {{"a": {nested}}}}}').encode()
+            f'"prediction": {{"a": {nested}}}}}').encode()  # a field whose contents go unread
 
 
 @pytest.mark.parametrize(("depth", "surrogate"), [(100_000, False), (300, False), (250, True), (100_000, True)])

@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 from .._ids import time_ordered_hex
+from .._request import check_metadata
 from ..errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from ..keys import KeySpec
 from .store import BatchStore
@@ -189,11 +190,7 @@ class BatchService:
         if completion_window not in WINDOWS:
             raise BadRequestError(f"`completion_window` must be one of {', '.join(WINDOWS)}, got "
                                   f"{completion_window!r}", param="completion_window")
-        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16 or not all(
-                isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-                for k, v in metadata.items())):
-            raise BadRequestError("`metadata` is at most 16 string pairs (keys up to 64, values up to 512 "
-                                  "characters)", param="metadata")
+        check_metadata(metadata)
         file = self._owned_file(input_file_id, key)
         if file["purpose"] != "batch":
             raise BadRequestError(f"file {input_file_id} has purpose {file['purpose']!r}, not batch",
