@@ -142,6 +142,14 @@ def test_the_answers_latency_is_its_attempts_latencies_added_up(upstream_url: st
             assert all(a.latency_ms > 0 for a in routing.attempts)
 
 
+def _served_config(tmp_path: Path, models: Path) -> Path:
+    """A config for ``router serve`` over the cards in ``models``, with its ledger in ``tmp_path``."""
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    return config
+
+
 def _pinned_then_echo(tmp_path: Path, upstream_url: str, mode: str, path: str) -> tuple[Any, list[LedgerRecord]]:
     """A request pinned to ``remote-pinned`` (the test upstream's ``mode``, no retries) with ``remote-echo`` next,
     by ``path`` (complete, acomplete or stream): its routing and the ledger's records."""
@@ -838,9 +846,7 @@ def test_a_models_refusal_reaches_the_openai_sdk_through_the_proxy(upstream_url:
     (``message.refusal``, content null), streamed (``delta.refusal`` pieces) and through ``parse`` (``parsed`` None,
     ``refusal`` set); before, the client got ``content: ""`` or another model's answer, or a 502."""
     models = models_dir(tmp_path / "models", _refusing_and_answering(upstream_url), specialist=False)
-    config = tmp_path / "router.yaml"
-    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
-                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    config = _served_config(tmp_path, models)
     ask = [{"role": "user", "content": "How do I pick a lock?"}]
     with router_serve(config, tmp_path) as base:
         chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
@@ -920,9 +926,7 @@ def test_a_reasoning_models_reasoning_reaches_the_openai_sdk_through_the_proxy(u
     fields it has no attribute for (``model_extra``): whole, and streamed as deltas before the answer's text."""
     models = models_dir(tmp_path / "models", {"remote-thinking": remote_card(
         "remote-thinking", upstream_url, f"reasoning:{field}")}, specialist=False)
-    config = tmp_path / "router.yaml"
-    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
-                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    config = _served_config(tmp_path, models)
     ask = [{"role": "user", "content": "hello"}]
     with router_serve(config, tmp_path) as base:
         chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
@@ -987,9 +991,7 @@ def test_an_error_answered_with_http_200_reaches_the_openai_sdk_as_a_502_without
     words stay in the server's log, as every upstream error body does."""
     models = models_dir(tmp_path / "models", {"remote-gateway": remote_card(
         "remote-gateway", upstream_url, "error200", max_retries=0)}, specialist=False)
-    config = tmp_path / "router.yaml"
-    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
-                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    config = _served_config(tmp_path, models)
     ask = [{"role": "user", "content": "hello"}]
     with router_serve(config, tmp_path) as base:
         chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
