@@ -27,8 +27,10 @@ from router.proxy._fast_cycle import (
 from router.proxy.server import OneWriteHttpToolsProtocol
 
 # The copies are compared with the uvicorn installed; on another series router serve does not use them
-pytestmark = pytest.mark.skipif(not FOLLOWS_INSTALLED_UVICORN,
-                                reason=f"uvicorn {uvicorn.__version__} installed; the copies follow {FOLLOWED_UVICORN}")
+pytestmark = pytest.mark.skipif(
+    not FOLLOWS_INSTALLED_UVICORN,
+    reason=f"uvicorn {uvicorn.__version__} installed; the copies follow {', '.join(FOLLOWED_UVICORN)}",
+)
 
 
 class Transport(asyncio.Transport):

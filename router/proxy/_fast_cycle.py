@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol (uvicorn 0.54) with two of its per-request costs cut, behaviour unchanged.
+"""uvicorn's httptools protocol (uvicorn 0.54 and 0.55) with two of its per-request costs cut, behaviour unchanged.
 
 Why a module of its own: both changes follow uvicorn's code closely (parts of it are copied), so they are kept apart
 from the proxy's own protocol changes in :mod:`router.proxy.server`, and ``tests/test_fast_cycle.py`` runs them
@@ -6,7 +6,7 @@ against uvicorn's originals so that a uvicorn upgrade that changes what they fol
 ``python benchmarks/bench_instructions.py server`` (router serve's HTTP protocol alone, instructions per request):
 ~154k on uvicorn's own code, ~142k with these (the header checks ~7k of it, the timer ~5.5k). Copied code must not
 run against another version's internals, so :data:`ProtocolBase` is uvicorn's own protocol unless the installed
-uvicorn is the series followed (:data:`FOLLOWED_UVICORN`).
+uvicorn is one of the series followed (:data:`FOLLOWED_UVICORN`).
 
 - :class:`FastResponseCycle`: uvicorn checks every response header's name and value with a regular-expression search
   each, and the regular-expression engine spends tens of instructions per byte; the proxy's answers carry ~8
@@ -73,7 +73,7 @@ class FastResponseCycle(RequestResponseCycle):
     """uvicorn's cycle, whose ``send`` checks the response headers together (see the module's docstring)."""
 
     async def send(self, message: Any) -> None:
-        # uvicorn 0.54's RequestResponseCycle.send; only the header checks differ (`checked`)
+        # uvicorn 0.54 and 0.55's RequestResponseCycle.send; only the header checks differ (`checked`)
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
 
@@ -199,7 +199,7 @@ class FastCycleProtocol(HttpToolsProtocol):
         self._idle_deadline = None  # the timer stays: when it fires, it finds the connection busy
 
     def on_response_complete(self) -> None:
-        # uvicorn 0.54's HttpToolsProtocol.on_response_complete, but for the timer
+        # uvicorn 0.54 and 0.55's HttpToolsProtocol.on_response_complete, but for the timer
         self.server_state.total_requests += 1
 
         if self.transport.is_closing():
@@ -237,9 +237,10 @@ class FastCycleProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = None
 
 
-FOLLOWED_UVICORN = "0.54"
-"""The uvicorn release series whose code this module copies and changes."""
-FOLLOWS_INSTALLED_UVICORN = uvicorn.__version__.split(".")[:2] == FOLLOWED_UVICORN.split(".")
+FOLLOWED_UVICORN = ("0.54", "0.55")
+"""The uvicorn release series whose code this module copies and changes: the methods copied are the same in each
+(0.55 changed only other methods of the protocol: header values lose trailing spaces, upgrades, task creation)."""
+FOLLOWS_INSTALLED_UVICORN = ".".join(uvicorn.__version__.split(".")[:2]) in FOLLOWED_UVICORN
 # What ``router serve``'s protocol builds on: :class:`FastCycleProtocol` on the uvicorn series it follows, else
 # uvicorn's own protocol (correct on any version, ~12k instructions per request more). The checker sees uvicorn's
 # (a base class must be one class to it; the other is a subclass with the same interface).
