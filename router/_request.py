@@ -44,9 +44,9 @@ IGNORED_PARAMS = frozenset({
 })  # fmt: skip
 """OpenAI parameters accepted and not acted on: bookkeeping for OpenAI's own service (``store``, ``metadata``,
 ``user``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``) and hints whose absence leaves the answer's
-meaning as it is (``prediction``, ``verbosity``); ``metadata`` must still be what OpenAI takes
-(:func:`check_metadata`). ``stream_options`` is the proxy's: the library's stream always ends with a chunk carrying
-usage and routing."""
+meaning as it is (``prediction``, ``verbosity``); ``metadata`` and ``verbosity`` must still be what OpenAI takes
+(:func:`check_metadata`, :data:`VERBOSITIES`). ``stream_options`` is the proxy's: the library's stream always ends
+with a chunk carrying usage and routing."""
 
 
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
@@ -74,6 +74,22 @@ def check_metadata(metadata: Any) -> None:
             raise BadRequestError(f"{rule}; the value of {key!r} is {_kind(value)}, not a string", param="metadata")
         if len(value) > METADATA_MAX_VALUE:
             raise BadRequestError(f"{rule}; the value of {key!r} is {len(value)} characters", param="metadata")
+
+
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+"""The ``reasoning_effort`` values OpenAI takes (the openai SDK's ``ReasoningEffort``): any other is a 400 there, so
+it is one here too, also where no model that reads it is a candidate (a client that works here would fail there)."""
+VERBOSITIES = ("low", "medium", "high")
+"""The ``verbosity`` values OpenAI takes; ignored here, but a client that sends another fails there."""
+
+
+def check_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str | None:
+    """``value`` if it is one of ``allowed`` (``None`` as ``None``); else a 400 naming ``name`` and the values
+    OpenAI takes for it, as OpenAI answers any other."""
+    if value is None or (isinstance(value, str) and value in allowed):
+        return value
+    got = repr(value) if isinstance(value, str) else _kind(value)
+    raise BadRequestError(f"`{name}` must be one of {', '.join(allowed)}, got {got}", param=name)
 
 
 STREAM_OPTIONS_NEED_STREAM = ("`stream_options` is only allowed when `stream` is true (as OpenAI has it): send "
@@ -266,6 +282,7 @@ def check_params(
     if params:  # most requests name only the parameters above
         _check_other_names(params)
         check_metadata(params.get("metadata"))
+        check_one_of("verbosity", params.get("verbosity"), VERBOSITIES)
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequestError("only n=1 is supported", param="n")
     if modalities is not None and not isinstance(modalities, list):
@@ -304,7 +321,7 @@ def check_params(
             response_format=check_response_format(response_format),
             top_logprobs=_logprobs(logprobs, top_logprobs),
             passthrough=_passthrough(params),
-            reasoning_effort=_optional_str("reasoning_effort", reasoning_effort, 32),
+            reasoning_effort=check_one_of("reasoning_effort", reasoning_effort, REASONING_EFFORTS),
         )
     return {
         "model": _optional_str("model", model, 256),

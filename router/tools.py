@@ -114,6 +114,8 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
     if legacy and (tools is not None or tool_choice is not None):
         raise BadRequestError("use either `tools`/`tool_choice` or the legacy `functions`/`function_call`, not both",
                               param="functions")
+    if isinstance(tools, list) and not tools:  # as OpenAI answers it ("[] is too short - 'tools'")
+        raise BadRequestError("`tools` is empty: offer at least one function, or leave `tools` out", param="tools")
     if parallel_tool_calls is not None:
         if not isinstance(parallel_tool_calls, bool):
             raise BadRequestError("`parallel_tool_calls` must be a boolean", param="parallel_tool_calls")
@@ -136,7 +138,7 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
         param_tools, param_choice = "tools", "tool_choice"
     if tools is not None and (not isinstance(tools, list) or len(tools) > _MAX_TOOLS):
         raise BadRequestError(f"`{param_tools}` must be a list of at most {_MAX_TOOLS} tools", param=param_tools)
-    if not tools:  # none, or `tools: []`: nothing offered, a plain request, which no choice may demand a call of
+    if not tools:  # none, or legacy `functions: []`: a plain request, which no choice may demand a call of
         if tool_choice not in (None, "none", "auto"):
             raise BadRequestError(f"`{param_choice}` needs `{param_tools}` with at least one function: offer the "
                                   f"function(s) the model may call, or send `{param_choice}: none`", param=param_choice)

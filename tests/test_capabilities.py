@@ -184,7 +184,6 @@ def test_parameter_rules() -> None:
         with pytest.raises(BadRequestError) as err:
             check_params(**bad)
         assert err.value.param == param, bad
-    assert check_params(tools=[])["options"].tools is None  # `tools: []` offers nothing
     assert check_params(logprobs=True, top_logprobs=2)["options"].capabilities == {"logprobs"}
     assert check_params(response_format={"type": "text"})["options"].response_format is None
     legacy = check_params(functions=[WEATHER["function"]], function_call={"name": "get_weather"})["options"].tools
@@ -192,18 +191,20 @@ def test_parameter_rules() -> None:
 
 
 def test_a_tool_choice_that_demands_a_call_needs_a_function_offered() -> None:
-    """`tools: []` (or no `functions`) offers nothing, so the request is plain text: a choice that demands a call
-    is a 400, not a text answer where the caller asked for a call."""
-    named = {"type": "function", "function": {"name": "get_weather"}}
-    for bad, param in (({"tools": [], "tool_choice": "required"}, "tool_choice"),
-                       ({"tools": [], "tool_choice": named}, "tool_choice"),
-                       ({"functions": [], "function_call": {"name": "get_weather"}}, "function_call"),
-                       ({"function_call": {"name": "get_weather"}}, "function_call")):
-        with pytest.raises(BadRequestError, match="needs `(tools|functions)` with at least one function") as err:
+    """No `functions` (or `functions: []`) offers nothing, so the request is plain text: a choice that demands a
+    call is a 400, not a text answer where the caller asked for a call. `tools: []` is a 400 itself, as on OpenAI,
+    whatever the choice."""
+    wanted = {"name": "get_weather"}
+    for bad in ({"functions": [], "function_call": wanted}, {"function_call": wanted}):
+        with pytest.raises(BadRequestError, match="needs `functions` with at least one function") as err:
             check_params(**bad)
-        assert err.value.param == param, bad
-    for plain in ({"tools": [], "tool_choice": "none"}, {"tools": [], "tool_choice": "auto"},
-                  {"functions": [], "function_call": "none"}, {"tool_choice": "none"}):
+        assert err.value.param == "function_call", bad
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in (None, "none", "auto", "required", named):
+        with pytest.raises(BadRequestError, match="`tools` is empty") as err:
+            check_params(tools=[], tool_choice=choice)
+        assert err.value.param == "tools", choice
+    for plain in ({"functions": [], "function_call": "none"}, {"tool_choice": "none"}):
         assert check_params(**plain)["options"].tools is None, plain
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import socket
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from servers.procs import (
 from starlette.testclient import TestClient
 from test_structured_output import build
 
+from router._request import REASONING_EFFORTS, VERBOSITIES
 from router.errors import BadRequestError
 from router.proxy.app import create_app
 
@@ -385,6 +387,15 @@ OPENAI_400S: list[tuple[dict[str, object], str]] = [
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ({"metadata": {"k" * 65: "v"}}, "metadata"),
     ({"metadata": {"a": "v" * 513}}, "metadata"),
+    # "[] is too short - 'tools'"
+    ({"tools": []}, "tools"),
+    ({"tools": [], "tool_choice": "none"}, "tools"),
+    # values outside the sets OpenAI takes (router/_request.py: REASONING_EFFORTS, VERBOSITIES)
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+    ({"reasoning_effort": "High"}, "reasoning_effort"),
+    ({"reasoning_effort": ""}, "reasoning_effort"),
+    ({"verbosity": "loud"}, "verbosity"),
+    ({"verbosity": "none"}, "verbosity"),
 ]
 
 
@@ -409,7 +420,9 @@ def test_what_openai_accepts_next_to_those_400s_still_runs(served: Served) -> No
                                             tools=[WEATHER_TOOL], parallel_tool_calls=False)  # type: ignore[list-item]
     assert tooled.choices[0].message.content == "echo: weather in Oslo?"  # the echo model answers in text
     for params in ({"tool_choice": "none"}, {"tools": [WEATHER_TOOL], "tool_choice": "auto"},
-                   {"metadata": {f"{i:064d}": "v" * 512 for i in range(16)}}, {"metadata": {}}):
+                   {"metadata": {f"{i:064d}": "v" * 512 for i in range(16)}}, {"metadata": {}},
+                   *({"reasoning_effort": effort} for effort in REASONING_EFFORTS),
+                   *({"verbosity": verbosity} for verbosity in VERBOSITIES)):
         answer = client.chat.completions.create(model="remote-echo", messages=user("hi"), **params)  # type: ignore[call-overload]
         assert answer.choices[0].message.content == "echo: hi", params
 
@@ -423,6 +436,31 @@ def test_the_400_for_metadata_says_the_rule_and_what_broke_it(served: Served) ->
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="remote-echo", messages=user("hi"), tool_choice="auto")
     assert "only allowed when `tools` are specified" in err.value.body["message"]  # type: ignore[index]
+
+
+def test_the_400_for_reasoning_effort_and_verbosity_lists_what_openai_takes(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    for name, value, allowed in (("reasoning_effort", "extreme", REASONING_EFFORTS),
+                                 ("verbosity", "loud", VERBOSITIES)):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="remote-echo", messages=user("hi"), **{name: value})  # type: ignore[call-overload]
+        message = err.value.body["message"]  # type: ignore[index]
+        assert message == f"`{name}` must be one of {', '.join(allowed)}, got {value!r}", message
+
+
+def test_the_allowed_reasoning_efforts_and_verbosities_are_the_openai_sdks() -> None:
+    """The sets are the router's own (an older SDK installed beside it must not narrow them); this says when the
+    SDK's grow, so the router's follow."""
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+    from openai.types.shared.reasoning_effort import ReasoningEffort
+
+    def literals(hint: object) -> set[str]:
+        return {a for a in typing.get_args(hint) if isinstance(a, str)} | {
+            v for a in typing.get_args(hint) for v in literals(a)}
+
+    assert literals(ReasoningEffort) == set(REASONING_EFFORTS)
+    verbosity = typing.get_type_hints(CompletionCreateParamsBase)["verbosity"]
+    assert literals(verbosity) == set(VERBOSITIES)
 
 
 @pytest.mark.parametrize(("params", "param"), OPENAI_400S)
