@@ -2,7 +2,8 @@
 request (a "simple" POST with ``Content-Type: text/plain`` needs no CORS preflight) and no DNS rebinding (a hostile
 name resolved to 127.0.0.1), while clients that are no browser (the ``openai`` SDK, curl: no ``Origin``), the
 dashboard's own requests (same-origin) and the origins of ``proxy.cors_origins`` go on working.
-A real ``router serve`` (no keys: the default for a local run) over the instant TEST UPSTREAM."""
+A real ``router serve`` (no keys: the default for a local run) over the instant TEST UPSTREAM; how often a request
+is checked, in process."""
 
 from __future__ import annotations
 
@@ -14,18 +15,23 @@ import httpx
 import openai
 import pytest
 from servers.procs import models_dir, policies_dir, remote_card, router_serve, upstream
+from starlette.testclient import TestClient
+from test_structured_output import build
+
+from router.proxy.app import create_app
 
 CHAT = {"model": "remote-echo", "messages": [{"role": "user", "content": "hi"}]}
 PLAIN = {"content-type": "text/plain"}  # what a page's form or fetch() sends without a preflight
 
 
-def _config(tmp: Path, up: str) -> Path:
+def _config(tmp: Path, up: str, cors: bool = True) -> Path:
     models = models_dir(tmp / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small")},
                         specialist=False)
     config = tmp / "config.yaml"
+    cors_origins = "cors_origins: [https://app.example], " if cors else ""
     config.write_text(f"models_dir: {models}\npolicies_dir: {policies_dir(tmp / 'policies')}\n"
-                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\nproxy: {{cors_origins: [https://app.example], "
-                      "allowed_hosts: [router.example]}\n")
+                      f"ledger_url: sqlite:///{tmp / 'ledger.sqlite3'}\n"
+                      f"proxy: {{{cors_origins}allowed_hosts: [router.example]}}\n")
     return config
 
 
@@ -36,10 +42,19 @@ def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def url(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("origins")
-    with router_serve(_config(tmp, upstream_url), tmp) as served:  # --host 127.0.0.1, the default
-        yield served
+def servers(upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Two servers (--host 127.0.0.1, the default): with ``cors_origins``, where every request passes Starlette's
+    CORS middleware first, and without, the default, where the app checks each route's requests itself."""
+    cors_tmp, plain_tmp = tmp_path_factory.mktemp("origins_cors"), tmp_path_factory.mktemp("origins_plain")
+    with router_serve(_config(cors_tmp, upstream_url), cors_tmp) as cors, \
+            router_serve(_config(plain_tmp, upstream_url, cors=False), plain_tmp) as plain:
+        yield {"cors": cors, "plain": plain}
+
+
+@pytest.fixture(params=["cors", "plain"])
+def url(servers: dict[str, str], request: pytest.FixtureRequest) -> str:
+    """What holds for either server."""
+    return servers[request.param]
 
 
 def _refused(r: httpx.Response, code: str) -> str:
@@ -51,8 +66,10 @@ def _refused(r: httpx.Response, code: str) -> str:
 
 def test_a_cross_site_request_is_refused_on_every_route(url: str) -> None:
     evil = {"origin": "https://evil.example"}
-    r = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(CHAT), headers={**PLAIN, **evil})
+    r = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(CHAT),
+                   headers={**PLAIN, **evil, "x-request-id": "page-1"})
     assert "proxy.cors_origins" in _refused(r, "origin_not_allowed")
+    assert r.headers["x-request-id"] == "page-1"  # as every other refusal of the chat route
     _refused(httpx.post(f"{url}/v1/feedback", content='{"id": "chatcmpl-1", "score": 1}', headers={**PLAIN, **evil}),
              "origin_not_allowed")
     _refused(httpx.post(f"{url}/v1/files", files={"file": ("b.jsonl", b"{}\n")}, data={"purpose": "batch"},
@@ -88,7 +105,8 @@ def test_clients_without_origin_work_and_the_same_request_from_a_page_does_not(u
                                        extra_headers={"origin": "https://evil.example"})
 
 
-def test_an_origin_in_cors_origins_is_answered_and_no_other(url: str) -> None:
+def test_an_origin_in_cors_origins_is_answered_and_no_other(servers: dict[str, str]) -> None:
+    url = servers["cors"]
     r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers={"origin": "https://app.example"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
     for other in ("http://app.example", "https://app.example.evil.example", "https://app.example:8443"):
@@ -127,3 +145,35 @@ def test_host_is_not_checked_on_an_exposed_address_but_origin_is(upstream_url: s
         assert r.status_code == 200, r.text
         _refused(httpx.post(f"{served}/v1/chat/completions", content=json.dumps(CHAT),
                             headers={**PLAIN, "origin": "https://evil.example"}), "origin_not_allowed")
+
+
+def test_with_cors_origins_a_request_is_checked_once(tmp_path: Path) -> None:
+    """With ``cors_origins`` set, every route's requests pass the CORS middleware: the check before it is the only
+    one, on chat and the other routes, answered or refused (a counting spy around the app's own guard)."""
+    router = build(tmp_path, {"text": "hello"}, {"text": "hello"})
+    proxy = router.config.proxy.model_copy(update={"cors_origins": ["https://app.example"]})
+    app = create_app(router=router, config=router.config.model_copy(update={"proxy": proxy}))
+    assert app.guard is not None
+    checked: list[bytes | None] = []
+    check = app.guard.check
+
+    def counting_check(origin: bytes | None, host: bytes | None) -> None:
+        checked.append(origin)
+        check(origin, host)
+
+    app.guard.check = counting_check  # type: ignore[method-assign]
+    chat = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
+    preflight = {"access-control-request-method": "POST"}
+    with TestClient(app) as client:
+        for method, path, origin, status, headers in (
+                ("POST", "/v1/chat/completions", "https://app.example", 200, {}),
+                ("POST", "/v1/chat/completions", "https://evil.example", 403, {}),
+                ("GET", "/v1/models", "https://app.example", 200, {}),
+                ("GET", "/v1/models", "https://evil.example", 403, {}),
+                ("OPTIONS", "/v1/chat/completions", "https://app.example", 200, preflight),
+                ("OPTIONS", "/v1/chat/completions", "https://evil.example", 403, preflight)):
+            checked.clear()
+            r = client.request(method, path, json=chat if method == "POST" else None,
+                               headers={"origin": origin, **headers})
+            assert r.status_code == status, (method, path, origin, r.text)
+            assert checked == [origin.encode()], (method, path, origin)

@@ -149,8 +149,8 @@ class ProxyApp(FastAPI):
             _root_path_once(scope)
         if self.cors is not None and scope["type"] == "http":
             # a page of an origin not listed is refused here, its preflight too (Starlette's CORS middleware would
-            # answer that with a plain-text 400)
-            if not await self._refused(scope, receive, send):
+            # answer that with a plain-text 400); a chat request is checked once, by the chat route, as without CORS
+            if self._is_chat(scope) or not await self._refused(scope, receive, send):
                 await self.cors(scope, receive, send)
             return
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
@@ -162,14 +162,17 @@ class ProxyApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """What :meth:`__call__` does without CORS (the CORS middleware's inner app)."""
-        if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
-                and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
+        """What :meth:`__call__` does without CORS (the CORS middleware's inner app), but for the web page check,
+        which :meth:`__call__` has made."""
+        if self.chat is not None and self._is_chat(scope):
             await self.chat(scope, receive, send)
             return
-        if await self._refused(scope, receive, send):
-            return
         await super().__call__(scope, receive, send)
+
+    def _is_chat(self, scope: Scope) -> bool:
+        """A request for the chat route, which the app answers itself (the check :meth:`__call__` makes inline)."""
+        return (self.chat is not None and scope["method"] == "POST"
+                and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS))
 
     async def _refused(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Whether a web page's request was refused with a 403 (and answered)."""
