@@ -144,7 +144,8 @@ MAX_STOP = 4
 ROUTER_ALIASES = ("router",)
 """``model`` values that mean "route it" (``router:<policy>`` picks a policy)."""
 
-_MAX_REQUEST_ID = 128
+MAX_REQUEST_ID = 128
+"""The longest ``request_id`` taken: the proxy answers a longer ``x-request-id`` under an id the router makes."""
 
 
 @dataclass(slots=True)
@@ -333,7 +334,7 @@ def check_params(
         "temperature": checked_number("temperature", temperature, 0.0, 2.0),
         "stop": stop,
         "api_key": api_key if isinstance(api_key, KeySpec) else _optional_str("api_key", api_key, MAX_KEY_CHARS),
-        "request_id": _optional_str("request_id", request_id, _MAX_REQUEST_ID) or new_request_id(),
+        "request_id": _optional_str("request_id", request_id, MAX_REQUEST_ID) or new_request_id(),
         "deadline_s": checked_number("deadline_s", deadline_s, 0.0, 86_400.0, lo_open=True),
         "cancel": cancel,
         "options": options,

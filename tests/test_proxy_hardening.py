@@ -230,6 +230,7 @@ def test_headers_that_do_not_end_are_a_431(served: Served) -> None:
     sock.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert b"\r\nx-request-id: chatcmpl-" in head, head  # one the router makes: the request's was never read
     assert json.loads(body)["error"]["code"] == "request_headers_too_large"
     # ordinary large headers (32 KiB of cookies) still pass, and the server is up
     assert httpx.get(f"{served.url}/health", headers={"Cookie": "c" * 32 * 1024}).status_code == 200
@@ -266,16 +267,21 @@ def _counted_since(served: Served, before: dict[tuple[str, ...], float], label: 
 def test_a_slow_body_is_a_408(served: Served, path: str) -> None:
     """On every route that reads a body, one too slow is a 408, and /metrics counts the 408 the client got: in
     ``router_errors_total`` (not as a 500 internal error, with tracebacks in the log) and, for a chat request, in
-    ``router_requests_total`` as ``rejected`` (not ``cancelled``: the server refused it)."""
+    ``router_requests_total`` as ``rejected`` (not ``cancelled``: the server refused it). The 408 carries the
+    request's id as the chat route's other refusals do: its x-request-id, or (none given) one the router makes."""
     before = _error_counts(served)
     tracebacks = served.log().count("Traceback")
+    given = b"x-request-id: slow-body-1\r\n" if path == "/v1/chat/completions" else b""
     sock = _connect(served.url)
     started = time.monotonic()
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
-                 + b"Content-Length: 1000\r\n\r\n{\"model\": ")
+                 + given + b"Content-Length: 1000\r\n\r\n{\"model\": ")
     reply = sock.recv(4096)
     sock.close()
     assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+    head = reply.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert (b"x-request-id: slow-body-1" in head if given
+            else any(line.startswith(b"x-request-id: chatcmpl-") for line in head)), reply
     assert time.monotonic() - started < 3
     assert _counted_since(served, before, ("error", "request_timeout", "408")) == 1
     after = _error_counts(served)

@@ -30,7 +30,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .._ids import new_request_id
-from .._request import PreparedRequest
+from .._request import MAX_REQUEST_ID, PreparedRequest
 from .._router import Router
 from ..chat_body import chat_request
 from ..errors import (
@@ -171,7 +171,7 @@ class ChatHandler:
         encoding = encoding_value.decode("latin-1") if encoding_value is not None else None
         guard = self.guard
         hosts = guard.accepted_hosts
-        given_id = rid if rid and len(rid) <= 128 else None
+        given_id = rid if rid and len(rid) <= MAX_REQUEST_ID else None
         request_id = given_id  # the router makes one when none is given; an error before that gets its own
         prepared: PreparedRequest | None = None
         key_label: str | None = None

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._ids import new_request_id
+from .._request import MAX_REQUEST_ID
 from ..errors import HeadersTooLargeError, RequestTimeoutError
 from ._fast_cycle import ProtocolBase
 from .public import BODY_TIMED_OUT
@@ -108,10 +110,22 @@ def set_timeouts(header_s: float, body_s: float) -> None:
     HEADER_TIMEOUT_S, BODY_TIMEOUT_S = header_s, body_s
 
 
-def _closing_response(error: RequestTimeoutError | HeadersTooLargeError, status_line: bytes) -> bytes:
+def _closing_response(error: RequestTimeoutError | HeadersTooLargeError, status_line: bytes,
+                      request_id: bytes) -> bytes:
     body = json.dumps(error.to_openai()).encode()
-    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (status_line, len(body), body))
+    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nx-request-id: %s\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status_line, request_id, len(body), body))
+
+
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The id an answer the protocol gives itself carries, as the chat route's answers do: the request's
+    ``x-request-id`` (the first, up to :data:`MAX_REQUEST_ID` characters), else one made here."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if value and len(value) <= MAX_REQUEST_ID:
+                return value
+            break
+    return new_request_id().encode()
 
 
 class OneWriteHttpToolsProtocol(ProtocolBase):
@@ -176,7 +190,8 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
         error = HeadersTooLargeError(f"more than {MAX_HEAD_BYTES:,} bytes of the request came before the end of "
                                      "its headers; send smaller headers")
         self._head_refused = True
-        self.transport.write(_closing_response(error, b"431 Request Header Fields Too Large"))
+        # its headers have not been read: no x-request-id of the request's can be known
+        self.transport.write(_closing_response(error, b"431 Request Header Fields Too Large", _request_id(())))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         else:  # a TLS transport cannot half-close
@@ -190,7 +205,8 @@ class OneWriteHttpToolsProtocol(ProtocolBase):
         answered = self.cycle is not None and self.cycle.response_started
         if body and not answered and not self.transport.is_closing():
             error = RequestTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s")
-            self.transport.write(_closing_response(error, b"408 Request Timeout"))
+            headers = self.cycle.scope["headers"] if self.cycle is not None else ()
+            self.transport.write(_closing_response(error, b"408 Request Timeout", _request_id(headers)))
             if self.cycle is not None:  # the app sees the client gone next: this tells it the 408 was answered
                 self.cycle.scope[BODY_TIMED_OUT] = error  # type: ignore[literal-required]
         self.transport.close()
