@@ -40,13 +40,14 @@ take (OpenAI documents only "integer"). Local llama.cpp models fold them into th
 
 IGNORED_PARAMS = frozenset({
     "user", "metadata", "store", "service_tier", "stream_options", "prediction", "prompt_cache_key",
-    "safety_identifier", "verbosity",
+    "prompt_cache_retention", "prompt_cache_options", "safety_identifier", "verbosity",
 })  # fmt: skip
 """OpenAI parameters accepted and not acted on: bookkeeping for OpenAI's own service (``store``, ``metadata``,
-``user``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``) and hints whose absence leaves the answer's
-meaning as it is (``prediction``, ``verbosity``); ``metadata`` and ``verbosity`` must still be what OpenAI takes
-(:func:`check_metadata`, :data:`VERBOSITIES`). ``stream_options`` is the proxy's: the library's stream always ends
-with a chunk carrying usage and routing."""
+``user``, ``service_tier``, ``prompt_cache_key``, ``prompt_cache_retention``, ``prompt_cache_options``,
+``safety_identifier``) and hints whose absence leaves the answer's meaning as it is (``prediction``,
+``verbosity``); ``metadata`` and the parameters of :data:`ONE_OF` must still be what OpenAI takes
+(:func:`check_metadata`). ``stream_options`` is the proxy's: the library's stream always ends with a chunk carrying
+usage and routing."""
 
 
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
@@ -81,6 +82,12 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 it is one here too, also where no model that reads it is a candidate (a client that works here would fail there)."""
 VERBOSITIES = ("low", "medium", "high")
 """The ``verbosity`` values OpenAI takes; ignored here, but a client that sends another fails there."""
+ONE_OF: dict[str, tuple[str, ...]] = {
+    "verbosity": VERBOSITIES,
+    "prompt_cache_retention": ("in_memory", "24h"),
+}
+"""Ignored parameters that OpenAI takes only with one of these values (the openai SDK's): another is a 400 there,
+so it is one here too."""
 
 
 def check_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str | None:
@@ -134,6 +141,7 @@ def sdk_arguments(params: dict[str, Any]) -> dict[str, Any]:
 REFUSED_PARAMS = {
     "audio": "audio output is not supported: no model here speaks",
     "web_search_options": "web search is not supported: no model here searches the web",
+    "moderation": "moderation is not supported: no moderation model screens requests or answers here",
 }
 """OpenAI parameters that are a 400 (:class:`CapabilityError`): ignoring them would change what the caller gets.
 Also refused: ``n`` other than 1, and ``modalities`` other than ``["text"]``."""
@@ -283,7 +291,8 @@ def check_params(
     if params:  # most requests name only the parameters above
         _check_other_names(params)
         check_metadata(params.get("metadata"))
-        check_one_of("verbosity", params.get("verbosity"), VERBOSITIES)
+        for name, allowed in ONE_OF.items():
+            check_one_of(name, params.get(name), allowed)
     if n is not None and (isinstance(n, bool) or n != 1):
         raise BadRequestError("only n=1 is supported", param="n")
     if modalities is not None and not isinstance(modalities, list):

@@ -30,7 +30,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "function_call": (str, dict), "service_tier": (str,), "response_format": (dict,), "logprobs": (bool,),
     "top_logprobs": (int,), "reasoning_effort": (str,), "modalities": (list,), "audio": (dict,),
     "prediction": (dict,), "verbosity": (str,), "web_search_options": (dict,), "prompt_cache_key": (str,),
-    "safety_identifier": (str,),
+    "safety_identifier": (str,), "prompt_cache_retention": (str,), "prompt_cache_options": (dict,),
+    "moderation": (dict,),
     "policy": (str,), "accuracy_target": _NUM, "max_energy_j": _NUM, "deadline_s": _NUM,
 }  # fmt: skip
 # Router parameters a body may not set: what the headers say, and the openai SDK's client-side arguments (the SDK

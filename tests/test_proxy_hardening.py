@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import socket
 import time
@@ -33,8 +34,17 @@ from servers.procs import (
 from starlette.testclient import TestClient
 from test_structured_output import build
 
-from router._request import REASONING_EFFORTS, VERBOSITIES
-from router.errors import BadRequestError
+from router._request import (
+    IGNORED_PARAMS,
+    ONE_OF,
+    PASSED_THROUGH,
+    REASONING_EFFORTS,
+    REFUSED_PARAMS,
+    VERBOSITIES,
+    check_params,
+)
+from router.chat_body import _TYPES as CHAT_BODY_TYPES
+from router.errors import BadRequestError, CapabilityError
 from router.proxy.app import create_app
 
 KEY = "sk-test-hardening-0123456789"
@@ -402,6 +412,7 @@ OPENAI_400S: list[tuple[dict[str, object], str]] = [
     ({"reasoning_effort": ""}, "reasoning_effort"),
     ({"verbosity": "loud"}, "verbosity"),
     ({"verbosity": "none"}, "verbosity"),
+    ({"prompt_cache_retention": "1h"}, "prompt_cache_retention"),
 ]
 
 
@@ -428,7 +439,9 @@ def test_what_openai_accepts_next_to_those_400s_still_runs(served: Served) -> No
     for params in ({"tool_choice": "none"}, {"tools": [WEATHER_TOOL], "tool_choice": "auto"},
                    {"metadata": {f"{i:064d}": "v" * 512 for i in range(16)}}, {"metadata": {}},
                    *({"reasoning_effort": effort} for effort in REASONING_EFFORTS),
-                   *({"verbosity": verbosity} for verbosity in VERBOSITIES)):
+                   *({"verbosity": verbosity} for verbosity in VERBOSITIES),
+                   {"prompt_cache_retention": "24h"}, {"prompt_cache_retention": "in_memory"},
+                   {"prompt_cache_options": {"mode": "implicit", "ttl": "30m"}}):
         answer = client.chat.completions.create(model="remote-echo", messages=user("hi"), **params)  # type: ignore[call-overload]
         assert answer.choices[0].message.content == "echo: hi", params
 
@@ -454,8 +467,10 @@ def test_the_400_for_reasoning_effort_and_verbosity_lists_what_openai_takes(serv
         assert message == f"`{name}` must be one of {', '.join(allowed)}, got {value!r}", message
 
 
-def test_the_allowed_reasoning_efforts_and_verbosities_are_the_openai_sdks() -> None:
-    """The sets are the router's own (an older SDK installed beside it must not narrow them); this says when the
+def test_the_router_knows_every_openai_sdk_chat_parameter_and_its_values() -> None:
+    """Every parameter of the installed openai SDK's chat request has a rule here (an unknown one is a 400, which
+    a client written for OpenAI meets where OpenAI answers), and the values a parameter is held to are the SDK's.
+    The rules are the router's own (an older SDK installed beside it must not narrow them); this says when the
     SDK's grow, so the router's follow."""
     from openai.types.chat.completion_create_params import CompletionCreateParamsBase
     from openai.types.shared.reasoning_effort import ReasoningEffort
@@ -464,9 +479,13 @@ def test_the_allowed_reasoning_efforts_and_verbosities_are_the_openai_sdks() -> 
         return {a for a in typing.get_args(hint) if isinstance(a, str)} | {
             v for a in typing.get_args(hint) for v in literals(a)}
 
+    hints = typing.get_type_hints(CompletionCreateParamsBase)
+    named = set(inspect.signature(check_params).parameters) - {"params"}
+    assert set(hints) - {"messages", "stream"} - named - IGNORED_PARAMS - PASSED_THROUGH - set(REFUSED_PARAMS) == set()
+    assert set(hints) <= set(CHAT_BODY_TYPES)  # the proxy checks each one's JSON type
     assert literals(ReasoningEffort) == set(REASONING_EFFORTS)
-    verbosity = typing.get_type_hints(CompletionCreateParamsBase)["verbosity"]
-    assert literals(verbosity) == set(VERBOSITIES)
+    for name, allowed in ONE_OF.items():
+        assert literals(hints[name]) == set(allowed), name
 
 
 @pytest.mark.parametrize(("params", "param"), OPENAI_400S)
@@ -495,6 +514,11 @@ def test_the_library_takes_openai_schema_names_and_four_stop_strings(tmp_path: P
             fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
             assert router.complete(user("who?"), response_format=fmt).choices[0].message.content == answer
         assert router.complete(user("who?"), stop=["x", "y", "z", "w"]).choices[0].message.content == answer
+        cached = router.complete(user("who?"), prompt_cache_retention="24h", prompt_cache_options={"ttl": "30m"})
+        assert cached.choices[0].message.content == answer  # OpenAI's cache settings: nothing to do here
+        with pytest.raises(CapabilityError) as refused:
+            router.complete(user("who?"), moderation={"model": "omni-moderation-latest"})
+        assert refused.value.param == "moderation"
     finally:
         router.close()
 
