@@ -84,6 +84,7 @@ VERBOSITIES = ("low", "medium", "high")
 """The ``verbosity`` values OpenAI takes; ignored here, but a client that sends another fails there."""
 ONE_OF: dict[str, tuple[str, ...]] = {
     "verbosity": VERBOSITIES,
+    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast"),
     "prompt_cache_retention": ("in_memory", "24h"),
 }
 """Ignored parameters that OpenAI takes only with one of these values (the openai SDK's): another is a 400 there,

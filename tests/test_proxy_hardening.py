@@ -406,13 +406,15 @@ OPENAI_400S: list[tuple[dict[str, object], str]] = [
     # "[] is too short - 'tools'"
     ({"tools": []}, "tools"),
     ({"tools": [], "tool_choice": "none"}, "tools"),
-    # values outside the sets OpenAI takes (router/_request.py: REASONING_EFFORTS, VERBOSITIES)
+    # values outside the sets OpenAI takes (router/_request.py: REASONING_EFFORTS, ONE_OF)
     ({"reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"reasoning_effort": "High"}, "reasoning_effort"),
     ({"reasoning_effort": ""}, "reasoning_effort"),
     ({"verbosity": "loud"}, "verbosity"),
     ({"verbosity": "none"}, "verbosity"),
     ({"prompt_cache_retention": "1h"}, "prompt_cache_retention"),
+    ({"service_tier": "turbo"}, "service_tier"),
+    ({"service_tier": "Auto"}, "service_tier"),
 ]
 
 
@@ -439,8 +441,7 @@ def test_what_openai_accepts_next_to_those_400s_still_runs(served: Served) -> No
     for params in ({"tool_choice": "none"}, {"tools": [WEATHER_TOOL], "tool_choice": "auto"},
                    {"metadata": {f"{i:064d}": "v" * 512 for i in range(16)}}, {"metadata": {}},
                    *({"reasoning_effort": effort} for effort in REASONING_EFFORTS),
-                   *({"verbosity": verbosity} for verbosity in VERBOSITIES),
-                   {"prompt_cache_retention": "24h"}, {"prompt_cache_retention": "in_memory"},
+                   *({name: value} for name, allowed in ONE_OF.items() for value in allowed),
                    {"prompt_cache_options": {"mode": "implicit", "ttl": "30m"}}):
         answer = client.chat.completions.create(model="remote-echo", messages=user("hi"), **params)  # type: ignore[call-overload]
         assert answer.choices[0].message.content == "echo: hi", params
