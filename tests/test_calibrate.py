@@ -77,6 +77,24 @@ def test_cli_writes_calibrated_blocks_and_reports_held_out(tmp_path):
     cal = load_policy(pol / "balanced.yml").calibrated
     assert cal.offsets["gpt-4-1106-preview"] == -1.0 and cal.offsets["mixtral-8x7b-instruct"] == r["tau"]
     assert "# balanced:" in (pol / "balanced.yml").read_text()  # the documentation comments survive
+    # the held-out groups are named as the scores line groups them: tasks (MMLU's subjects), not "subjects"
+    assert cal.scores.endswith("grouped by task") and cal.held_out["tasks"] == 2 and "subjects" not in cal.held_out
+
+
+def test_calibrating_a_shipped_policy_again_rewrites_only_the_fitted_figures(tmp_path):
+    """The shipped blocks use the words the command writes ("grouped by task", held-out "tasks"), so a rerun on the
+    same outcomes changes figures, not wording: it rewrote "grouped by subject" and "subjects: 12.0" every time."""
+    pol = tmp_path / "pol"
+    pol.mkdir()
+    shutil.copy(ROOT / "policies" / "eco.yaml", pol / "eco.yaml")
+    code, out = router_main("calibrate", "eco", "--outcomes", str(_six_subjects(tmp_path)), "--policies-dir",
+                            str(pol))
+    assert code == 0, out
+    shipped = load_policy(ROOT / "policies" / "eco.yaml").calibrated
+    again = load_policy(pol / "eco.yaml").calibrated
+    assert again.scores == shipped.scores, (again.scores, shipped.scores)
+    assert set(again.held_out) == set(shipped.held_out), (again.held_out, shipped.held_out)
+    assert all(type(again.held_out[k]) is type(shipped.held_out[k]) for k in shipped.held_out), shipped.held_out
 
 
 
@@ -176,6 +194,8 @@ def test_cli_calibrates_on_the_shipped_local_outcomes_of_one_task_each(tmp_path)
         cal = load_policy(pol / "balanced.yaml").calibrated
         for value in (cal.achieved_calibration, *cal.held_out.values()):
             assert value is None or np.isfinite(value), cal
+        # each source held requests out, one by one: counted as requests, never as "subjects"
+        assert {k.split(":")[1] for k in cal.held_out} == {"target", "achieved", "n", "energy_vs_large", "requests"}
     # math: the largest model is right on almost nothing, so a relative figure may have no value: shown as n/a
     code, out = router_main("calibrate", "balanced", "--outcomes", str(ROOT / "data" / "outcomes" /
                             "math_local.jsonl"), "--policies-dir", str(pol), "--dry-run")

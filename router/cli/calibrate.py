@@ -3,7 +3,7 @@
 Why: a predicted P(correct) compared with the target directly is only as good as the classifier's calibration.
 The fitted margin makes the *achieved* quality meet the target with a stated confidence (Learn-then-Test with a
 one-sided concentration bound; see :mod:`router.policy.calibration`), and the command reports target vs
-achieved on subjects it did not fit on.
+achieved on tasks it did not fit on (MMLU's tasks are its subjects).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ..yaml_files import YAML_SUFFIXES, named_yaml_file, yaml_files
 
 def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path | None = None,
                           models: list[str] | None = None) -> CalibrationData:
-    """Outcomes + P(correct) scores (``oof``: subject-held-out refits of the classifier recipe; ``classifier``:
+    """Outcomes + P(correct) scores (``oof``: task-held-out refits of the classifier recipe; ``classifier``:
     the shipped classifier, right only for traffic it was not trained on) + card energies."""
     from ..cards import load_catalogue
 
@@ -65,7 +65,8 @@ def load_calibration_data(outcomes: Path, scores: str = "oof", models_dir: Path 
 
 def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, confidence: float, bound: str,
                      held_out_share: float, seed: int) -> tuple[Calibrated, dict[str, Any]]:
-    """Fit on the calibration subjects, evaluate on the held-out ones; the block to write and a report."""
+    """Fit on the calibration groups (tasks, or requests for a source of one task), evaluate on the held-out ones;
+    the block to write and a report."""
     mask, held = split_groups(data.groups, held_out_share, seed)
     cal, test = data.take(mask), data.take(~mask)
     if len(cal.p) < 2:
@@ -86,9 +87,11 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
         achieved = ev["accuracy"] if target_kind == "absolute" else _figure(
             quality(test, choose(test, target_kind, target, f.tau), target_kind))
         report["held_out"] = {**ev, "achieved": achieved, "met": _met(achieved, target)}
+        # the held-out groups are counted under the name the scores line gives them ("grouped by task"): tasks,
+        # or requests for a source of one task
         held_block = {k: v for k, v in {"target": target, "achieved": _rounded(achieved), "n": ev["n"],
                                         "energy_vs_large": _rounded(ev["energy_vs_large"]),
-                                        "subjects": len(held)}.items() if v is not None}
+                                        f"{data.grouped_by}s": len(held)}.items() if v is not None}
     if len(test.p):
         raw = _figures(evaluate(test, choose(test, target_kind, target, 0.0)))
         raw_achieved = raw["accuracy"] if target_kind == "absolute" else _figure(
@@ -143,15 +146,16 @@ def calibrate(
         None, "--models", help="Comma-separated models to calibrate among (default: every model of each source)."
     ),
     scores: Literal["oof", "classifier"] = typer.Option(
-        "oof", "--scores", help="oof (subject-held-out refits) or classifier (shipped)."
+        "oof", "--scores", help="oof (refits with whole tasks held out) or classifier (shipped)."
     ),
     confidence: float = typer.Option(0.9, "--confidence", min=0.5, max=0.999, help="1 - delta of the guarantee."),
     bound: Literal["bernstein", "hoeffding"] = typer.Option(
         "bernstein", "--bound", help="bernstein (empirical Bernstein) or hoeffding."
     ),
     held_out_share: float = typer.Option(0.3, "--held-out-share", min=0.0, max=0.9,
-                                         help="Share of subjects kept out of the fit, to report on."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the subject split."),
+                                         help="Share of tasks (requests, for a source of one task) kept out "
+                                         "of the fit, to report on."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split."),
     policies_dir: Path | None = typer.Option(  # noqa: B008
         None, "--policies", "--policies-dir", help="Where policy names are looked up."
     ),
@@ -160,7 +164,7 @@ def calibrate(
 ) -> None:
     """Fit each policy's decision thresholds on held-out outcomes so achieved quality meets its target with the
     stated confidence; write them into the policy's `calibrated` block and report target vs achieved on
-    subjects not used for fitting."""
+    tasks not used for fitting."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table

@@ -187,7 +187,8 @@ class Calibrated(_Strict):
     method: str = "learn-then-test, fixed-sequence"
     n_calibration: int = Field(ge=0)
     achieved_calibration: float | None = Field(None, ge=0, le=1)
-    held_out: dict[str, float | int] | None = Field(None, description="target vs achieved on subjects not used to fit")
+    held_out: dict[str, float | int] | None = Field(
+        None, description="target vs achieved on the tasks (or requests) not used to fit")
     fitted_on: str = ""
     fitted_at: str = ""
     scores: str = ""
