@@ -62,6 +62,7 @@ app = typer.Typer(
 _GROUPS = [
     ("router.cli.demo", "demo", None),
     ("router.cli.ledger", "ledger_app", "ledger"),
+    ("router.cli.ledger_budgets", "ledger_app", None),  # registers itself as `router ledger budgets`
     ("router.cli.ledger_prompts", "prompts_app", None),  # registers itself as `router ledger prompts`
     ("router.cli.train", "train_app", "train"),
     ("router.cli.energy", "energy_app", "energy"),

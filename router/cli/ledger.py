@@ -47,7 +47,8 @@ from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
 ledger_app = typer.Typer(
-    help="Energy and carbon of the requests routed so far: totals, reports, exports, retention.",
+    help="Energy and carbon of the requests routed so far: totals, reports, budgets used and left, exports, "
+    "retention.",
     invoke_without_command=True,
     no_args_is_help=False,
     rich_markup_mode=None,

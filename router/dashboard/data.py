@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BadRequestError
 from ..ledger import Ledger, LedgerRecord, SummaryRow
-from ..ledger.base import REFUSED, window_start
+from ..ledger.base import REFUSED
 from ..ledger.report import build_report
-from ..policy.engine import known_budgets
-from ..policy.schema import budget_unit
+from ..policy.budget_use import budget_use
 
 if TYPE_CHECKING:
     from .._router import Router
@@ -212,27 +211,8 @@ class DashboardData:
         """Each budget's use in its current window and when the window rolls; one row per policy that names the
         budget (policies may share a counter with different limits). Amounts are in the budget's ``unit``: ``J``,
         or ``gCO2e`` for a carbon budget."""
-        specs = sorted(known_budgets(self.router.engine, self._budgets_seen()), key=lambda r: (r[0], r[3] or ""))
-        ledger = self._fresh()
         now = time.time()
-        used: dict[tuple[str, float], float] = {}
-        out = []
-        for budget, limit, window_s, policy in specs:
-            if (budget, window_s) not in used:
-                used[budget, window_s] = ledger.budget_used(budget, window_s)
-            spent = used[budget, window_s]
-            start = window_start(now, window_s)
-            unit = budget_unit(budget)
-            remaining = None if limit is None else max(0.0, limit - spent)
-            joules = unit == "J"  # the *_j fields are joules: a carbon budget's grams go in limit/used/remaining only
-            out.append({
-                "budget": budget, "policy": policy, "unit": unit, "limit": limit, "used": spent,
-                "remaining": remaining, "limit_j": limit if joules else None, "used_j": spent if joules else None,
-                "remaining_j": remaining if joules else None, "window_s": window_s,
-                "used_share": None if not limit else spent / limit,
-                "window_start": start, "rolls_at": start + window_s, "rolls_in_s": start + window_s - now,
-            })  # fmt: skip
-        return {"now": now, "budgets": out}
+        return {"now": now, "budgets": budget_use(self.router.engine, self._fresh(), self._budgets_seen(), now)}
 
     # -- decisions -----------------------------------------------------------------------------------------
     def recent(self, limit: int) -> dict[str, Any]:

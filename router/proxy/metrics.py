@@ -43,7 +43,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from ..errors import BudgetExhaustedError, RouterError
-from ..ledger.base import window_start
+from ..policy.budget_use import per_key_budgets_in_ledger
 from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit, budget_window_s
 from .ledger_writer import ledger_state
@@ -154,21 +154,13 @@ class ProxyMetrics(Collector):
         lists) that the ledger has a counter for in their current window, so that ``/metrics`` and the dashboard
         list them after a restart, not only once each key sends another request. A ledger that cannot be read is
         logged, not raised: the proxy starts, and those budgets show as requests meet them."""
-        windows = {b.window_s for p in getattr(router.engine, "policies", {}).values() for b in p.budgets
-                   if b.scope == "per_key"}
-        if not windows:
-            return
-        now = time.time()
         try:
-            found = {key for w in windows for key in router.ledger.budget_keys(window_start(now, w))
-                     if budget_window_s(key) == w}  # another window length's counter may be from its last window
+            in_use = per_key_budgets_in_ledger(router.engine, router.ledger)
         except Exception:
             log.warning("could not read the budgets in use from the ledger; per-key budgets show in /metrics once "
                         "a request meets them", exc_info=True)
             return
-        # only what the policies still reserve against: a counter of a budget since removed has no limit to show
-        self.budgets_seen.add(sorted({b for b, _, _, policy in known_budgets(router.engine, found)
-                                      if policy and b in found}))
+        self.budgets_seen.add(in_use)
 
     def observe_prepared(self, decision_ms: float, budgets: Iterable[str]) -> None:
         """A decided request (a chat request or a batch line): its decision time, and the budgets it met (the
