@@ -322,3 +322,36 @@ def test_a_png_or_two_outputs_on_stdout_are_refused(setup: tuple[Path, Path], ar
     code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), *args)
     assert code == 2, text
     assert "stdout" in text and "fix: name a file" in text, text
+
+
+def test_always_best_of_each_outcome_source_is_labelled_by_its_source(tmp_path: Path) -> None:
+    """Outcomes from several sources, each measured on its own models (the shipped chat and math files on two
+    small models, sentiment on three): always-best is a different model on each, and the report said
+    "always-best: X (... measured on these rows)" once per source without saying which rows. Each line, the HTML
+    report and the plot's legend now name the source (the real classifier and the shipped policy)."""
+    from router.simulate.report import _best_label
+
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join((ROOT / "data" / "outcomes" / f"{name}_local.jsonl").read_text()
+                             for name in ("chat", "math", "sentiment")))
+    html = tmp_path / "report.html"
+    code, text = run("--outcomes", str(mixed), "--json")
+    assert code == 0, text
+    d = json.loads(text)
+    scope = d["best_single_rows"]
+    assert sorted(tuple(s["sources"]) for s in scope.values()) == [("chat", "math"), ("sentiment",)], scope
+    assert sum(s["rows"] for s in scope.values()) == d["requests"]
+    code, text = run("--outcomes", str(mixed), "--html", str(html))
+    assert code == 0, text
+    page = html.read_text()
+    for models, best in d["best_single"].items():
+        s = scope[models]
+        line = f"always-best on the {s['rows']:,} {', '.join(s['sources'])} rows: {best}"
+        assert line in " ".join(text.split()), text  # the table printer may wrap a long line
+        assert line in page
+    from router.simulate.simulator import SimulationResult
+
+    stub = SimulationResult.__new__(SimulationResult)
+    stub.best_single, stub.best_single_rows = d["best_single"], scope
+    label = _best_label(stub)
+    assert all(f"{best} on {'+'.join(scope[m]['sources'])}" in label for m, best in d["best_single"].items())

@@ -221,7 +221,7 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
            out: Console) -> None:
     from rich.markup import escape
 
-    from ..simulate.report import stats_header, stats_rows
+    from ..simulate.report import best_single_lines, stats_header, stats_rows
 
     # paths, policy, classifier and model names come from the user: `[v2]` in one is text, not Rich markup
     out.print(
@@ -270,9 +270,8 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
                       f"{100 * p.quality_vs_best:.1f} %", f"{p.energy_j_per_request:,.3g}",
                       f"{100 * p.energy_vs_large:.1f} %", f"{100 * p.energy_vs_best:.1f} %")
         out.print(w)
-    for models, best in result.best_single.items():
-        out.print(f"always-best: {escape(best)} (best mean score of {models.count('+') + 1} models measured on "
-                  "these rows)")
+    for line in best_single_lines(result):
+        out.print(escape(line))
     for note in result.notes:
         out.print(f"[dim]note: {escape(note)}[/]")
     for label, path in (("plot", plot), ("html", html_out), ("decisions", decisions)):

@@ -21,6 +21,30 @@ _BASELINE_STYLE = {
 }
 
 
+def best_single_lines(result: SimulationResult) -> list[str]:
+    """One line per set of measured models: always-best's pick on those rows, labelled by the rows' sources
+    (``mmlu``, ``alpaca_eval``, ``chat``): with several sources each measured on its own models, always-best is a
+    different model on each, and a reader must see which is which."""
+    out = []
+    for models, best in result.best_single.items():
+        scope = result.best_single_rows.get(models, {})
+        sources = ", ".join(scope.get("sources", ())) or "?"
+        names = models.split("+")
+        rows = f"{scope['rows']:,} " if "rows" in scope else ""
+        out.append(f"always-best on the {rows}{sources} rows: {best} (best mean score of the {len(names)} models "
+                   f"measured there: {', '.join(names)})")
+    return out
+
+
+def _best_label(result: SimulationResult) -> str:
+    """The plot legend's always-best entry: with several sources, each one's pick (its sources joined by ``+``)."""
+    if len(result.best_single) < 2:
+        return "always-best"
+    picks = [f"{best} on {'+'.join(result.best_single_rows.get(models, {}).get('sources', ())) or '?'}"
+             for models, best in result.best_single.items()]
+    return "always-best: " + ",\n".join(picks)  # a pick a line: one wide entry pushed the legend off the figure
+
+
 def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     import matplotlib
 
@@ -55,7 +79,7 @@ def _fig(result: SimulationResult, title: str | None = None):  # noqa: ANN202
     for name, p in result.baselines.items():
         marker, color = _BASELINE_STYLE.get(name, ("^", "#7c3aed"))
         ax.scatter(p.energy_j_per_request, 100 * p.accuracy, marker=marker, s=110, color=color, zorder=4,
-                   edgecolor="white", label=name)
+                   edgecolor="white", label=_best_label(result) if name == "always-best" else name)
     r = result.router
     ax.scatter(r.energy_j_per_request, 100 * r.accuracy, marker="*", s=320, color="#2563eb", edgecolor="black",
                zorder=5, label=f"policy `{result.policy}` ({100 * r.quality_vs_large:.1f} % quality, "
@@ -189,6 +213,7 @@ def write_html(result: SimulationResult, path: str | Path, png: bytes | None = N
         f'<img alt="quality vs energy" src="data:image/png;base64,{img}">',
         "<h2>Policy and baselines</h2>",
         table(stats_header(result), stats_rows(result)),
+        "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in best_single_lines(result)) + "</ul>",
         "<h2>Share per model (policy)</h2>",
         table(
             ["model", "share of requests", "share of energy"],

@@ -126,6 +126,10 @@ class SimulationResult:
     """float [G, M]: predicted P(correct) per group and model (NaN where not a candidate)."""
     best_single: dict[str, str] = field(default_factory=dict)
     """Per set of measured models (names joined by ``+``): the model with the best mean score, always-best's pick."""
+    best_single_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per key of :attr:`best_single`: the rows measured on that set of models, ``{"rows": N, "sources": [...]}``
+    (the workload segments those rows come from: ``mmlu``, ``alpaca_eval``, ``chat``), so a report can say which
+    always-best pick is for which source."""
     carbon: dict[str, Any] | None = None
     """The series the requests were replayed over (``router simulate --carbon``)."""
 
@@ -150,6 +154,7 @@ class SimulationResult:
             "quality_vs_best": self.router.quality_vs_best,
             "energy_vs_best": self.router.energy_vs_best,
             "best_single": self.best_single,
+            "best_single_rows": self.best_single_rows,
             **({"co2e_g_total": self.router.co2e_g_total, "co2e_g_per_request": self.router.co2e_g_per_request,
                 "carbon": self.carbon} if self.carbon is not None else {}),
             "share_requests": self.router.share_requests,
@@ -208,7 +213,7 @@ class Simulator:
         self.small = np.where(np.isfinite(cheap.min(axis=1)), cheap.argmin(axis=1), cheap_any.argmin(axis=1))
         self.large_score = self._score[self.rows, self.large]
         self.large_energy = self._energy[self.rows, self.large]
-        self.best, self.best_single = self._best_single(present)
+        self.best, self.best_single, self.best_single_rows = self._best_single(present)
         self.best_score = self._score[self.rows, self.best]
         self.best_energy = self._energy[self.rows, self.best]
         self.segments = sorted({segment_of(x) for x in table.task_names})
@@ -224,14 +229,16 @@ class Simulator:
         self.input_tokens = [estimated_tokens(utf8_size(p)) for p in table.prompts]
         self.p_correct = np.zeros((0, m))
 
-    def _best_single(self, present: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+    def _best_single(self, present: np.ndarray) -> tuple[np.ndarray, dict[str, str], dict[str, dict[str, Any]]]:
         """Per row: the model with the best mean score over the rows measured on the same set of models (on real
-        data the largest model is not always the best: AlpacaEval's judge prefers long answers)."""
+        data the largest model is not always the best: AlpacaEval's judge prefers long answers); per set, its pick
+        and which rows it covers (how many, and their sources)."""
         n, m = present.shape
         best = np.zeros(n, dtype=np.int64)
         names: dict[str, str] = {}
+        scope: dict[str, dict[str, Any]] = {}
         if not n:
-            return best, names
+            return best, names, scope
         keys = present.astype(np.int64) @ (1 << np.arange(m, dtype=np.int64))
         for key in np.unique(keys):
             rows = keys == key
@@ -239,8 +246,11 @@ class Simulator:
             means = self._score[rows][:, cols].mean(axis=0)
             j = int(cols[int(np.argmax(means))])
             best[rows] = j
-            names["+".join(self.t.models[c] for c in cols)] = self.t.models[j]
-        return best, names
+            models = "+".join(self.t.models[c] for c in cols)
+            names[models] = self.t.models[j]
+            sources = sorted({segment_of(self.t.task_names[t]) for t in np.unique(self.t.tasks[rows]).tolist()})
+            scope[models] = {"rows": int(rows.sum()), "sources": sources}
+        return best, names, scope
 
     # -- stages ----------------------------------------------------------------------------------------------
     def classify(self) -> None:
@@ -483,6 +493,7 @@ class Simulator:
             reasons=reasons,
             p_correct=self.p_correct,
             best_single=self.best_single,
+            best_single_rows=self.best_single_rows,
         )
 
     def _two_model(self) -> tuple[int, int] | None:
