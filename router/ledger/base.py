@@ -238,13 +238,30 @@ class Ledger(FeedbackMethods, ABC):
         ``dims``: keep only these of ``SUMMARY_DIMS``; the others read None and rows that then agree are summed
         into one, so totals by model read a row per hour and model instead of one per hour, model, key, policy
         and task (the dashboard's queries on a million records: ``benchmarks/bench_dashboard.py``)."""
+        return self._summary(since, until, dims, per_hour=True)
+
+    def summary_totals(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        """:meth:`summary` summed over the whole range: one row per combination of ``dims`` (its ``bucket`` reads
+        ``since``), summed by the store. What a report by key, policy or task reads: the hourly summary keeps about
+        a row per record for those, and one object per hour and key held hundreds of MB for a few dozen groups."""
+        since, until = checked_span(since, until)
+        rows = self._summary(since, until, dims, per_hour=False)
+        keep = check_dims(dims)
+        for row in rows:  # the partial hours at either end come per hour: summed into the rest below
+            row.bucket = since
+        return reduce_dims(rows, SUMMARY_DIMS if keep is None else keep)
+
+    def _summary(self, since: float, until: float | None, dims: Sequence[str] | None, *,
+                 per_hour: bool) -> list[SummaryRow]:
         since, until = checked_span(since, until)
         keep = check_dims(dims)
         lo = bucket_of(since) + (BUCKET_S if since % BUCKET_S else 0)
         hi = bucket_of(until) if until is not None else math.inf
         if lo >= hi:
             return self._raw_summary(since, until, keep, int(BUCKET_S))
-        rows = self._stored_summary_by(lo, hi, keep)
+        rows = self._stored_summary_by(lo, hi, keep) if per_hour else self._stored_totals_by(lo, hi, keep)
         if since < lo:
             rows += self._raw_summary(since, lo, keep, int(BUCKET_S))
         if until is not None and until > hi:
@@ -271,6 +288,11 @@ class Ledger(FeedbackMethods, ABC):
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         """:meth:`_stored_summary` reduced to ``dims``; stores override it to group in the store."""
         return reduce_dims(self._stored_summary(lo, hi), dims)
+
+    def _stored_totals_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        """:meth:`_stored_summary_by` over all its hours at once (any ``bucket``; :meth:`summary_totals` sums the
+        rows that agree); stores override it to sum in the store."""
+        return self._stored_summary_by(lo, hi, dims)
 
     def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
         """Aggregates of whole hour buckets ``lo <= bucket < hi``; override where the store keeps them."""

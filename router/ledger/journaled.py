@@ -372,6 +372,11 @@ class JournaledLedger(Ledger):
     ) -> list[SummaryRow]:
         return self._store().summary(since, until, dims)
 
+    def summary_totals(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        return self._store().summary_totals(since, until, dims)
+
     def carbon_gap_rows(
         self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
     ) -> list[SummaryRow]:

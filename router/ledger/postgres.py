@@ -607,16 +607,25 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         if dims is None:
             return self._stored_summary(lo, hi)
+        return self._summed_by(lo, hi, dims, "bucket")
+
+    @guarded("read the hourly summary")
+    def _stored_totals_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        return self._summed_by(lo, hi, SUMMARY_DIMS if dims is None else dims, "0")  # one bucket for all hours
+
+    def _summed_by(self, lo: float, hi: float, dims: tuple[str, ...], bucket: str) -> list[SummaryRow]:
+        """The stored sums of the hours ``lo <= bucket < hi`` grouped by ``bucket`` (an SQL expression) and
+        ``dims``."""
         if set(dims) <= set(ROLLUP_DIMS):
             # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
             end = None if math.isinf(hi) else int(math.ceil(hi))
             source, rolled = rollup_source(self.schema, int(math.ceil(lo)), end)
-            return self._grouped("bucket", source, "TRUE", list(rolled), dims, SUMMARY_SUMS)
+            return self._grouped(bucket, source, "TRUE", list(rolled), dims, SUMMARY_SUMS)
         where, args = "bucket >= %s", [int(math.ceil(lo))]
         if not math.isinf(hi):
             where += " AND bucket < %s"
             args.append(int(math.ceil(hi)))
-        return self._grouped("bucket", f"{self.schema}.summary_hourly", where, args, dims, SUMMARY_SUMS)
+        return self._grouped(bucket, f"{self.schema}.summary_hourly", where, args, dims, SUMMARY_SUMS)
 
     def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         # `co2e_g IS NULL` lets PostgreSQL read the partial index of just those records (schema step 4)

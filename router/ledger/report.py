@@ -37,6 +37,7 @@ from ..energy.carbon import (
 from ..types import TIER_ORDER
 from .arguments import GROUPS, checked_group
 from .base import REFUSED, SUMMARY_DIMS, Ledger, SummaryRow, group_dims, group_gaps, group_value
+from .rollup import ROLLUP_DIMS
 
 ANSWERED = ("ok", "cancelled")
 REPORT_GROUPS = GROUPS
@@ -147,7 +148,14 @@ def build_report(
 ) -> Report:
     by = checked_group(by)
     large = counterfactual_card(cards, counterfactual)
-    summary = ledger.summary(since, until, dims=report_dims(by))
+    if set(group_dims(by)) <= set(ROLLUP_DIMS) or by == "day":
+        summary = ledger.summary(since, until, dims=report_dims(by))  # groups and series from one read
+        per_hour = summary
+    else:
+        # a key, policy or task keeps the hourly summary near a row per record: the store sums each group over the
+        # range, and the series comes from the sums per hour and model, which the rollup holds
+        summary = ledger.summary_totals(since, until, dims=report_dims(by))
+        per_hour = ledger.summary(since, until, dims=report_dims("model"))
     # one read gives every group's records without a CO2e figure, and so the total's
     gaps = group_gaps(ledger.carbon_gap_rows(since, until, group_dims(by)), by)
     groups: dict[str, GroupTotals] = {}
@@ -172,9 +180,10 @@ def build_report(
             t.counterfactual_j += cf
             if row.energy_source.startswith("measured"):
                 measured[t.group] = measured.get(t.group, 0.0) + row.energy_j
+    for row in per_hour:
         b = buckets.setdefault(row.bucket, [0.0, 0.0])
         b[0] += row.energy_j
-        b[1] += cf
+        b[1] += counterfactual_j(row, large)
     for g, (count, joules) in gaps.items():
         for t in (groups.setdefault(g, GroupTotals(g)), total):
             t.records_without_co2e += count

@@ -505,15 +505,24 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
     def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         if dims is None:
             return self._stored_summary(lo, hi)
+        return self._summed_by(lo, hi, dims, "bucket")
+
+    @guarded("read the hourly summary")
+    def _stored_totals_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        return self._summed_by(lo, hi, SUMMARY_DIMS if dims is None else dims, "0")  # one bucket for all hours
+
+    def _summed_by(self, lo: float, hi: float, dims: tuple[str, ...], bucket: str) -> list[SummaryRow]:
+        """The stored sums of the hours ``lo <= bucket < hi`` grouped by ``bucket`` (an SQL expression) and
+        ``dims``."""
         if set(dims) <= set(ROLLUP_DIMS):
             # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
             source, args = rollup_source(lo, None if hi == float("inf") else hi)
-            return self._grouped("bucket", source, "TRUE", args, dims, _SUMMED)
+            return self._grouped(bucket, source, "TRUE", args, dims, _SUMMED)
         where, args = "bucket >= ?", [lo]
         if hi != float("inf"):
             where += " AND bucket < ?"
             args.append(hi)
-        return self._grouped("bucket", "summary_hourly", where, args, dims, _SUMMED)
+        return self._grouped(bucket, "summary_hourly", where, args, dims, _SUMMED)
 
     @guarded("read the records' sums")
     def _raw_summary(

@@ -295,6 +295,12 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.summary(since, until, dims)
 
+    def summary_totals(
+        self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
+    ) -> list[SummaryRow]:
+        self.flush()
+        return self.inner.summary_totals(since, until, dims)
+
     def carbon_gap_rows(
         self, since: float = 0.0, until: float | None = None, dims: Sequence[str] | None = None
     ) -> list[SummaryRow]:

@@ -346,6 +346,35 @@ def check_summary_reduced_to_dims(open_store: OpenStore) -> None:
                            for d in SUMMARY_DIMS if d not in dims)
 
 
+def check_summary_totals_sum_the_whole_range(open_store: OpenStore) -> None:
+    """``summary_totals``: one row per combination of ``dims`` over the range (what ``router ledger report --by
+    key`` reads: the hourly summary's row per hour and key held hundreds of MB), equal to the records' sums, partial
+    hours at either end included."""
+    led = open_store("summary_totals")
+    recs = _sample(60, step=437.0)
+    led.record_many(recs)
+    for dims in [("key_hash",), ("model", "outcome", "energy_source", "key_hash"), ("model",), ("policy", "task"),
+                 (), None]:
+        keep = SUMMARY_DIMS if dims is None else check_dims(dims)
+        for since, until in [(0.0, None), (T0 + 1000, T0 + 20000), (T0 + 3600, T0 + 7200), (T0 + 10, T0 + 20)]:
+            chosen = [r for r in recs if r.ts >= since and (until is None or r.ts < until)]
+            want: dict[tuple[object, ...], list[float]] = {}
+            for r in reduce_dims(aggregate(chosen), keep):
+                acc = want.setdefault(r.dims()[1:], [0, 0.0, 0, 0, 0.0, 0.0])
+                for i, v in enumerate((r.requests, r.energy_j, r.input_tokens, r.output_tokens, r.latency_ms_sum,
+                                       r.co2e_g)):
+                    acc[i] += v
+            got = led.summary_totals(since, until, dims=dims)
+            groups = [r.dims()[1:] for r in got]
+            assert len(groups) == len(set(groups)) and set(groups) == set(want), (dims, since, until)  # each once
+            for r in got:
+                assert r.bucket == since
+                v = want[r.dims()[1:]]
+                assert (r.requests, r.input_tokens, r.output_tokens) == (v[0], v[2], v[3])
+                assert all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+                           for a, b in zip((r.energy_j, r.latency_ms_sum, r.co2e_g), (v[1], v[4], v[5]), strict=True))
+
+
 def check_raw_summary_per_step(open_store: OpenStore) -> None:
     """``raw_summary``: sums of the records per bucket of any whole number of seconds, reduced to ``dims``."""
     led = open_store("raw_summary")
@@ -855,6 +884,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_recent_calls,
     check_latest_records,
     check_summary_reduced_to_dims,
+    check_summary_totals_sum_the_whole_range,
     check_raw_summary_per_step,
     check_bad_arguments_are_bad_request_errors,
     check_spent,
