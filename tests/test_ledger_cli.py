@@ -381,3 +381,22 @@ def test_the_summary_check_reports_once_a_day_with_the_records_read(tmp_path: Pa
     assert summary_mismatches(led, progress=lambda what, done, total: told.append((done, total))) == (0, [])
     led.close()
     assert told == [(1, 4), (2, 4), (4, 4)]
+
+
+def test_names_from_the_records_are_shown_as_written_not_read_as_markup(tmp_path: Path) -> None:
+    """Records an application writes itself (Ledger.record) may name a model, policy or zone with brackets: the
+    tables read them as Rich markup, so `router ledger report --by policy` died with "unexpected MarkupError:
+    closing tag '[/bold]'..." and `team[beta]` lost its `[beta]`."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    led = SQLiteLedger.from_url(url)
+    led.record_many([
+        LedgerRecord(f"r{i}", "llama[q4]", "small", 2.0, "estimated:cpu-time", input_tokens=10, output_tokens=5,
+                     policy=("team[beta]", "[/bold]ops")[i % 2], zone="lab[2]", grid_g_per_kwh=100.0, co2e_g=0.1,
+                     ts=NOW - 600 - i)
+        for i in range(4)
+    ])  # fmt: skip
+    led.close()
+    assert "llama[q4]" in run("ledger", "--ledger", url)
+    out = run("ledger", "report", "--by", "policy", "--ledger", url)
+    assert "team[beta]" in out and "[/bold]ops" in out and "lab[2]" in out, out
+    assert "llama[q4]" in run("ledger", "report", "--ledger", url)

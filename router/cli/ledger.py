@@ -159,9 +159,9 @@ def ledger_main(
             table.caption = "without CO2e: records with no CO2e figure, left out of CO2e g"
         for col in columns:
             table.add_column(col, justify="left" if col == by else "right")
-        for t in totals_from_summary(summary, by):
+        for t in totals_from_summary(summary, by):  # a group is text from the records: `[beta]` is not markup
             table.add_row(
-                t["group"], f"{t['requests']:,}", f"{t['errors']:,}", f"{t['rejected']:,}",
+                escape(t["group"]), f"{t['requests']:,}", f"{t['errors']:,}", f"{t['rejected']:,}",
                 format_joules(t["energy_j"]), f"{t['co2e_g']:.3g}", f"{t['mean_latency_ms']:.0f}",
                 *([f"{group_gap.get(t['group'], (0, 0.0))[0]:,}"] if gaps[0] else []),
             )  # fmt: skip

@@ -185,6 +185,7 @@ def build_carbon(ledger: Ledger, since: float, until: float | None, *, grid: Any
 
 
 def rich_tables(rep: CarbonReport) -> list[Any]:
+    from rich.markup import escape
     from rich.table import Table
 
     out = []
@@ -196,8 +197,8 @@ def rich_tables(rep: CarbonReport) -> list[Any]:
             columns.append("without CO2e")
         for col in columns:
             t.add_column(col, justify="left" if col == key.replace("_", " ") else "right")
-        for r in rows:
-            cells = [str(r[key]), f"{r['requests']:,}", f"{r['rejected']:,}",
+        for r in rows:  # a zone is text from the records: `[beta]` is not markup
+            cells = [escape(str(r[key])), f"{r['requests']:,}", f"{r['rejected']:,}",
                      "-" if r["g_per_kwh"] is None else f"{r['g_per_kwh']:.0f}",
                      f"{r['co2e_g']:.4g}", f"{r['cleanest_hour_co2e_g']:.4g}"]
             if rep.records_without_co2e:

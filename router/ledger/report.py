@@ -269,6 +269,7 @@ def to_json(report: Report) -> str:
 
 def rich_table(report: Report) -> Any:
     """The default view: fits 100 columns; csv/json carry every column (tokens, latency)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
@@ -283,7 +284,9 @@ def rich_table(report: Report) -> Any:
             table.add_column(title, justify="right")
     for t in [*report.rows, report.total]:
         table.add_row(
-            t.group if t is not report.total else "[bold]total[/bold]",
+            # a group is text from the records (an application's own Ledger.record may write any): `[beta]` in a
+            # model's name is shown, not read as Rich markup
+            escape(t.group) if t is not report.total else "[bold]total[/bold]",
             f"{t.requests:,}",
             f"{t.errors:,}",
             f"{t.rejected:,}",
