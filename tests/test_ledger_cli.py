@@ -116,6 +116,10 @@ def test_report_formats(ledger: str, tmp_path: Path) -> None:
     html_file, png = tmp_path / "r.html", tmp_path / "r.png"
     run("ledger", "report", "--ledger", ledger, "--format", "html", "-o", str(html_file), "--plot", str(png))
     assert "data:image/png;base64," in html_file.read_text()
+    # the first column says what it groups by, as the table's and the CSV's do (the page said "group")
+    assert "<thead><tr><th>model</th>" in html_file.read_text()
+    run("ledger", "report", "--ledger", ledger, "--by", "key", "--format", "html", "-o", str(html_file))
+    assert "<thead><tr><th>key</th>" in html_file.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

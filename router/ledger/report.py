@@ -348,7 +348,9 @@ def to_html(report: Report) -> str:
 
     png = base64.b64encode(plot_png(report)).decode()
     gaps = report.records_without_co2e > 0  # a column only for the ledgers that have such records
-    head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS) + ("<th>without CO2e</th>" if gaps else "")
+    # the first column is headed by what it groups by, as in the table and the CSV
+    head = "".join(f"<th>{escape(report.by if key == 'group' else title)}</th>" for key, title in _COLUMNS) + (
+        "<th>without CO2e</th>" if gaps else "")
     body = []
     for t in [*report.rows, report.total]:
         cells = [
