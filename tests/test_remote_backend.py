@@ -185,24 +185,30 @@ def test_a_fallbacks_energy_and_co2e_are_its_attempts_added_up_as_the_ledger_has
 
 
 PINNED_BUDGET = "model:remote-pinned:86400s"
-"""The daily energy budget :func:`_pinned_under_a_budget` puts on the pinned model."""
+"""The daily energy budget :func:`_budgeted` puts on the pinned model."""
 
 
-def _pinned_under_a_budget(tmp_path: Path, upstream_url: str, mode: str, path: str,
-                           max_retries: int = 0) -> tuple[Any, list[LedgerRecord], float]:
+def _budgeted(tmp_path: Path) -> RouterConfig:
+    """A config with its ledger in ``tmp_path`` whose default policy puts :data:`PINNED_BUDGET` (1000 J a day) on
+    ``remote-pinned``."""
+    policy = ("name: budgeted\naccuracy: {min_accuracy: 0.0}\n"
+              "budgets: [{model: remote-pinned, joules: 1000, per: day}]\n")
+    return RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", default_policy="budgeted",
+                             policies_dir=policies_dir(tmp_path / "policies", {"budgeted": policy}))
+
+
+def _pinned_under_a_budget(tmp_path: Path, upstream_url: str, mode: str, path: str, max_retries: int = 0,
+                           timeout_s: float = 20) -> tuple[Any, list[LedgerRecord], float]:
     """A request pinned to ``remote-pinned`` (the test upstream's ``mode``, 5 J a call, under a daily budget
     :data:`PINNED_BUDGET`) with ``remote-echo`` next, by ``path`` (complete, acomplete or stream): its routing,
     the ledger's records and the joules the budget has spent."""
     tmp_path.mkdir()
     cards = {card.name: card for card in (
-        _card(tmp_path, "remote-pinned", upstream_url, mode, tier="small", per_call_j=5.0, max_retries=max_retries),
+        _card(tmp_path, "remote-pinned", upstream_url, mode, tier="small", per_call_j=5.0, max_retries=max_retries,
+              timeout_s=timeout_s),
         _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
-    policy = ("name: budgeted\naccuracy: {min_accuracy: 0.0}\n"
-              "budgets: [{model: remote-pinned, joules: 1000, per: day}]\n")
-    config = RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", default_policy="budgeted",
-                               policies_dir=policies_dir(tmp_path / "policies", {"budgeted": policy}))
     ask = [{"role": "user", "content": "hello"}]
-    with Router(config, cards=cards) as router:
+    with Router(_budgeted(tmp_path), cards=cards) as router:
         if path == "stream":
             routing = [c for c in router.complete(ask, model="remote-pinned", stream=True)][-1].routing
         else:
@@ -240,6 +246,59 @@ def test_a_call_the_endpoint_refuses_with_a_4xx_is_charged_nothing_and_one_faili
         assert (failed.energy_j, failed.energy_source) == (5.0, "estimated:token-profile"), (mode, failed)
         assert spent == pytest.approx(5.0), mode
         assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records)), mode
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+def test_a_call_rate_limited_on_every_retry_until_its_timeout_is_charged_nothing(upstream_url: str, tmp_path: Path,
+                                                                                  path: str) -> None:
+    """The TEST UPSTREAM answers 429 to every attempt, each 0.25 s after it is sent, and the card retries until
+    its 1 s timeout_s cuts the third attempt off: the endpoint turned the request away each time it answered, so
+    the call is recorded as its refusals are, 0 J ``estimated:none``, its error saying the endpoint answered 429
+    until the timeout, and its budget keeps nothing. An endpoint that is merely slow (no refusal) and cut off by
+    the same timeout may have run its model: that call keeps the card's 5 J per call."""
+    routing, records, spent = _pinned_under_a_budget(tmp_path / "limited", upstream_url, "slowstatus:0.25:429",
+                                                     path, max_retries=20, timeout_s=1)
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
+                                                                                        ("remote-echo", "ok")]
+    limited = records[0]
+    assert limited.error is not None and "answered HTTP 429 to every attempt until the card's timeout_s (1 s)" \
+        in limited.error, limited.error
+    assert (limited.energy_j, limited.energy_source) == (0.0, "estimated:none"), limited
+    assert (routing.attempts[0].energy_j, routing.attempts[0].energy_source) == (0.0, "estimated:none")
+    assert spent == 0.0, "the rate-limited call's hold is settled at 0 J"
+    assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records)) == records[1].energy_j
+
+    routing, records, spent = _pinned_under_a_budget(tmp_path / "slow", upstream_url, "sleep:5", path,
+                                                     max_retries=20, timeout_s=1)
+    slow = records[0]
+    assert slow.outcome == "error" and "timed out" in (slow.error or ""), slow
+    assert (slow.energy_j, slow.energy_source) == (5.0, "estimated:token-profile"), slow
+    assert spent == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+def test_a_call_cancelled_while_it_waits_to_retry_a_refusal_is_charged_nothing(upstream_url: str, tmp_path: Path,
+                                                                                path: str) -> None:
+    """The TEST UPSTREAM answers 429 with ``Retry-After: 1`` and the caller cancels during that second's wait:
+    the model never ran, so the call is recorded ``cancelled`` at 0 J, ``estimated:none``, and its budget hold
+    is settled at 0 J, as a call ending on the refusal itself would be."""
+    card = _card(tmp_path, "remote-pinned", upstream_url, "status:429:1", per_call_j=5.0, max_retries=3)
+    config = _budgeted(tmp_path)
+    cancel = threading.Event()
+    ask = [{"role": "user", "content": "hello"}]
+    with Router(config, cards={card.name: card}) as router:
+        threading.Timer(0.4, cancel.set).start()  # during the retry's wait (the 429 comes back at once)
+        with pytest.raises(CancelledError):
+            if path == "stream":
+                list(router.complete(ask, model="remote-pinned", stream=True, cancel=cancel))
+            elif path == "complete":
+                router.complete(ask, model="remote-pinned", cancel=cancel)
+            else:
+                asyncio.run(router.acomplete(ask, model="remote-pinned", cancel=cancel))
+        [record] = router.ledger.records()
+        assert record.outcome == "cancelled", record
+        assert (record.energy_j, record.energy_source) == (0.0, "estimated:none"), record
+        assert router.ledger.budget_used(PINNED_BUDGET, 86400) == 0.0
 
 
 @pytest.mark.parametrize(("value", "count"), [(0, 0), (10, 10), (2**53 - 1, 2**53 - 1), (10.0, 10), (-1, None),

@@ -41,15 +41,20 @@ _T = TypeVar("_T")
 
 
 class Bound:
-    """When one call must have ended: ``timeout_s`` from now or the request's deadline, whichever is sooner; and
-    whether any of its attempts so far may have set the model working (``reached``)."""
+    """When one call must have ended: ``timeout_s`` from now or the request's deadline, whichever is sooner;
+    whether any of its attempts so far may have set the model working (``reached``); and the endpoint's latest
+    refusal while none had (``refused``)."""
 
-    __slots__ = ("end", "by_deadline", "reached")
+    __slots__ = ("end", "by_deadline", "reached", "refused")
 
     def __init__(self, timeout_s: float, request: GenerationRequest) -> None:
         self.reached = False
-        """An attempt failed after the endpoint took the request (a 5xx, a connection lost after sending): the
-        model may have run, so a later attempt refused outright does not make the call cost nothing."""
+        """An attempt failed after the endpoint took the request (a 5xx, a connection lost after sending), or was
+        answered with a success: the model may have run, so a later attempt refused outright does not make the
+        call cost nothing."""
+        self.refused: int | None = None
+        """The HTTP status (4xx) of the endpoint's latest refusal while no attempt had reached the model: a call
+        the bound ends after refusals (a rate limit answering 429 to every retry) was turned away, not run."""
         end = time.monotonic() + timeout_s
         deadline = request.deadline
         if deadline is not None and deadline <= end:

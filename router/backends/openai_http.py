@@ -201,6 +201,21 @@ class OpenAIHTTPBackend(Backend):
     # Messages name the model and what happened, never the endpoint's URL or what it answered (an upstream's
     # error body can hold keys, internal hosts and paths): those go to ``detail``, which is logged, not sent.
     def _expired(self, bound: Bound) -> RouterError:
+        """The bound has passed. After the endpoint refused every attempt it answered (a rate limit's 429 on each
+        retry) and none reached the model, the error says so and is marked
+        :func:`~router.backends.base.never_started` (0 J) as the refusal itself would have been: the attempt the
+        bound cut off was sent to an endpoint turning the request away, and charging the card's per_call_j for
+        it would spend a rate-limited model's budget on energy its endpoint did not draw."""
+        refused = None if bound.reached else bound.refused
+        if refused is not None:
+            what = f"the model's endpoint answered HTTP {refused} to every attempt until"
+            error: RouterError = (
+                DeadlineExceededError(f"{self.card.name}: {what} the request's deadline passed",
+                                      detail=self.spec.base_url) if bound.by_deadline else
+                BackendUnavailableError(f"{self.card.name}: {what} the card's timeout_s ({self.spec.timeout_s:g} s) "
+                                        "passed", detail=self.spec.base_url))
+            error.never_started = True  # type: ignore[attr-defined]
+            return error
         if bound.by_deadline:
             return DeadlineExceededError(
                 f"{self.card.name}: the request's deadline passed while waiting for the model's endpoint",
@@ -231,6 +246,7 @@ class OpenAIHTTPBackend(Backend):
             bound.reached = True
         elif not bound.reached:
             error.never_started = True  # type: ignore[attr-defined]
+            bound.refused = status
         return _Retryable(error) if status in _RETRY_STATUS else error
 
     def _transport_failure(self, exc: Exception, bound: Bound) -> Exception:
@@ -266,7 +282,7 @@ class OpenAIHTTPBackend(Backend):
     # ``request.cancel`` is a plain flag nobody can wait on (a CancelFlag, set from any thread), so a backoff wait
     # reads it every CANCEL_POLL_S: a cancelled call ends that soon after and sends nothing more. (A cancelled
     # task wakes an async sleep, but Router.close() and a caller's cancel= event only set the flag.)
-    def _back_off(self, wait: float, request: GenerationRequest) -> None:
+    def _back_off(self, wait: float, request: GenerationRequest, bound: Bound) -> None:
         """Wait ``wait`` seconds before the next attempt; raises CancelledError once the call is cancelled."""
         cancel = request.cancel
         if cancel is None:
@@ -275,9 +291,9 @@ class OpenAIHTTPBackend(Backend):
             end = time.monotonic() + wait
             while not cancel.is_set() and (left := end - time.monotonic()) > 0:
                 time.sleep(min(CANCEL_POLL_S, left))
-        request.check(self.card.name)
+        self._check_between_attempts(request, bound)
 
-    async def _aback_off(self, wait: float, request: GenerationRequest) -> None:
+    async def _aback_off(self, wait: float, request: GenerationRequest, bound: Bound) -> None:
         """The async twin of :meth:`_back_off`."""
         cancel = request.cancel
         if cancel is None:
@@ -286,7 +302,18 @@ class OpenAIHTTPBackend(Backend):
             end = time.monotonic() + wait
             while not cancel.is_set() and (left := end - time.monotonic()) > 0:
                 await asyncio.sleep(min(CANCEL_POLL_S, left))
-        request.check(self.card.name)
+        self._check_between_attempts(request, bound)
+
+    def _check_between_attempts(self, request: GenerationRequest, bound: Bound) -> None:
+        """``request.check``; a call cancelled (or out of time) between attempts none of which reached the model
+        (refused, or never connected) did no work there: its error is marked
+        :func:`~router.backends.base.never_started`, so it is charged 0 J as its failed attempts were."""
+        try:
+            request.check(self.card.name)
+        except RouterError as exc:
+            if not bound.reached:
+                exc.never_started = True  # type: ignore[attr-defined]
+            raise
 
     def _check(self, request: GenerationRequest, bound: Bound) -> None:
         request.check(self.card.name)
@@ -305,7 +332,7 @@ class OpenAIHTTPBackend(Backend):
                     yield event
                 return
             except _Retryable as failure:
-                self._back_off(self._retry_wait(failure, attempt, bound, request, produced), request)
+                self._back_off(self._retry_wait(failure, attempt, bound, request, produced), request, bound)
 
     def _stream_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[StreamEvent]:
         try:
@@ -325,7 +352,7 @@ class OpenAIHTTPBackend(Backend):
             try:
                 return self._generation(self._post_once(body, request, bound), request)
             except _Retryable as failure:
-                self._back_off(self._retry_wait(failure, attempt, bound, request), request)
+                self._back_off(self._retry_wait(failure, attempt, bound, request), request, bound)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _post_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> bytes:
@@ -350,6 +377,8 @@ class OpenAIHTTPBackend(Backend):
         check = functools.partial(self._check, request, bound)
         with bounded(bound.end), cancellable(check):
             response = self._client.send(post, stream=True)
+        if response.status_code < 400:  # the endpoint took the request: a bound passing now cut off its work
+            bound.reached = True
         try:
             assert isinstance(response.stream, httpx.SyncByteStream)
             response.stream = CheckedStream(response.stream, bound.end, check)
@@ -369,7 +398,7 @@ class OpenAIHTTPBackend(Backend):
                     yield event
                 return
             except _Retryable as failure:
-                await self._aback_off(self._retry_wait(failure, attempt, bound, request, produced), request)
+                await self._aback_off(self._retry_wait(failure, attempt, bound, request, produced), request, bound)
 
     async def _astream_once(self, body: bytes, request: GenerationRequest,
                             bound: Bound) -> AsyncIterator[StreamEvent]:
@@ -378,7 +407,9 @@ class OpenAIHTTPBackend(Backend):
             client = self._async_client(await self._connections())
             post = client.build_request("POST", "/chat/completions", content=body)
             response = await within(client.send(post, stream=True), bound.end)
-            if response.status_code >= 400:
+            if response.status_code < 400:  # the endpoint took the request: a bound passing now cut off its work
+                bound.reached = True
+            else:
                 raise self._status_failure(response.status_code, await within(response.aread(), bound.end),
                                            response.headers.get("retry-after"), bound)
             parser = _SSEParser(self.card.name, self.card.context_length)
@@ -409,7 +440,7 @@ class OpenAIHTTPBackend(Backend):
             try:
                 return self._generation(await self._apost_once(body, bound), request)
             except _Retryable as failure:
-                await self._aback_off(self._retry_wait(failure, attempt, bound, request), request)
+                await self._aback_off(self._retry_wait(failure, attempt, bound, request), request, bound)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _apost_once(self, body: bytes, bound: Bound) -> bytes:

@@ -45,7 +45,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503); ``statuses:CODE,CODE,...``: each call the next CODE of the list, in
-  turn (an endpoint failing one way, then another on the retry).
+  turn (an endpoint failing one way, then another on the retry); ``slowstatus:SECONDS:CODE``: HTTP CODE every
+  time, SECONDS after the request (a rate limit far away, whose 429s take that long to come back).
 
 ``GET /stats`` returns how many chat calls each model name received (and how many streams were closed early).
 
@@ -125,6 +126,11 @@ async def chat(request: Request) -> Response:
         codes = model[9:].split(",")
         return JSONResponse({"error": {"message": "failed in turn", "type": "server_error"}},
                             status_code=int(codes[(calls[model] - 1) % len(codes)]))
+    if model.startswith("slowstatus:"):
+        seconds, _, code = model[11:].partition(":")
+        await asyncio.sleep(float(seconds))
+        return JSONResponse({"error": {"message": f"refused with {code}", "type": "rate_limit_exceeded"}},
+                            status_code=int(code))
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
     if model == "error200":

@@ -102,14 +102,14 @@ def wait_for_record(ledger_url: str, request_id: str, timeout: float, poll: floa
 
 
 def remote_card(name: str, base_url: str, upstream_model: str, tier: str = "large", per_call_j: float = 1.0,
-                max_retries: int = 1) -> str:
+                max_retries: int = 1, timeout_s: float = 20) -> str:
     return f"""name: {name}
 tier: {tier}
 backend:
   type: openai
   base_url: {base_url}
   model: {upstream_model}
-  timeout_s: 20
+  timeout_s: {timeout_s:g}
   max_retries: {max_retries}
 context_length: 8192
 energy:
