@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from forking import in_a_forked_child
 
 from router.energy.nvml import NvmlMeter
 
@@ -98,3 +99,42 @@ def test_concurrent_spans_split_the_device() -> None:
     ra, rb = a.stop(), b.stop()
     assert ra.joules == pytest.approx(5.0) and rb.joules == pytest.approx(5.0)
     assert "concurrent" in ra.detail
+
+
+def test_a_forked_child_samples_power_with_a_thread_and_locks_of_its_own() -> None:
+    """A meter made before the process forks (gunicorn --preload, Celery's prefork pool), forked while its sampler
+    holds its lock (it does for every sample) and the parent has a request open: the child's requests neither
+    wait forever for the parent's lock, nor share the device with the parent's request, and the child's power is
+    sampled by a thread of its own at the interval the reading names (a fork copies no thread: the child read
+    power only as its requests started and ended)."""
+    nvml = RecordedNvml(energy_mj=None, power_mw=[[100_000]])  # a steady 100 W
+    meter = NvmlMeter(nvml=nvml, sample_interval_s=0.01)
+    assert meter._sampler is not None
+    parents_request = meter.start()
+
+    def in_the_child() -> None:  # a failed assert ends the child with exit code 1
+        samples_before = nvml.calls["power"][0]
+        span = meter.start()
+        threading.Event().wait(0.3)
+        reading = span.stop()
+        assert "router-nvml-sampler" in [t.name for t in threading.enumerate()], "no sampler thread in the child"
+        # 30 intervals of 10 ms; a child without its own thread read power twice (as the span started and ended)
+        assert nvml.calls["power"][0] - samples_before >= 10, nvml.calls["power"][0] - samples_before
+        assert "concurrent" not in reading.detail, reading.detail  # the parent's open request is not the child's
+        seconds = float(reading.detail.split(" over ")[1].split(" s")[0])
+        assert reading.joules == pytest.approx(100.0 * seconds, rel=0.1), reading
+
+    held = [meter._sampler._lock, meter._share._lock]
+    for lock in held:  # as the parent's sampler and a request of the parent's may hold them at the fork
+        lock.acquire()
+
+    def release() -> None:
+        while held:
+            held.pop().release()
+
+    try:
+        in_a_forked_child(in_the_child, "the child metered its request", timeout_s=15, meanwhile=release)
+    finally:
+        release()
+    assert parents_request.stop().joules > 0  # the parent's own meter goes on as it was
+    meter.close()

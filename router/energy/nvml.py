@@ -10,6 +10,13 @@ Two ways to read a GPU, chosen per device:
 NVML counts the whole device: when several requests of this process run at once the device's energy is split
 equally among them (:class:`~router.energy.share.FairShare`); other processes on the same GPU are not
 separated out, and the reading's detail says so.
+
+A forked child (gunicorn --preload, Celery's prefork pool) of a process holding a meter renews it
+(:func:`~router._forks.renew_after_fork`): the sampling thread is not copied by a fork, so the child starts its
+own (without it, power would be read only as requests start and end, not at the interval the reading claims),
+and gets locks of its own (the parent's sampler holds one for every sample: a fork then would leave it held in
+the child forever, and every request there waiting for it) and no spans open (the parent's requests are not
+the child's to share the device with).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from .._forks import renew_after_fork
 from .base import EnergyReading, Meter, MeterSpan
 from .share import FairShare
 
@@ -43,8 +51,17 @@ class _PowerSampler:
         self._stop = threading.Event()
         self._last_t = time.perf_counter()
         self._last_w = self._power_w()
+        self.start_thread()
+
+    def start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="router-nvml-sampler", daemon=True)
         self._thread.start()
+
+    def renew_after_fork(self) -> None:
+        """In a forked child, before any of its threads runs: a lock of its own (the parent's thread may have held
+        this one at the fork); :meth:`start_thread` then gives it a sampling thread (a fork copies none)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def _power_w(self) -> float:
         return sum(self.nvml.nvmlDeviceGetPowerUsage(h) for h in self.handles) / 1000.0
@@ -136,6 +153,18 @@ class NvmlMeter(Meter):
                 self.names.append(f"gpu{i} {name} (power sampled every {sample_interval_s * 1000:.0f} ms)")
         self._sampler = _PowerSampler(self.nvml, sampled, sample_interval_s) if sampled else None
         self._share = FairShare(1)
+        renew_after_fork(self)
+
+    def _renew_after_fork(self) -> None:
+        """No span of the parent's requests is open in a forked child, and the share's lock is the child's own
+        (a parent's request may have held it at the fork)."""
+        self._share = FairShare(1)
+        if self._sampler is not None:  # None once closed: a closed meter stays closed
+            self._sampler.renew_after_fork()
+
+    def _restart_after_fork(self) -> None:
+        if self._sampler is not None:
+            self._sampler.start_thread()
 
     def describe(self) -> str:
         return ", ".join(self.names)
