@@ -115,7 +115,7 @@ class Attempts:
                 self._check_context(backend)
             except ContextLengthError as exc:
                 self.errors.append(exc)
-                self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "rejected"))
+                self.attempts.append(_attempt(model, card.tier, 0.0, _NOT_CALLED.source, 0.0, "rejected"))
                 continue
             except (BackendError, ConfigError) as exc:  # the backend could not start or load its model: a failed
                 # attempt, so the next model answers; a model file that does not load shows at its first call
@@ -125,7 +125,7 @@ class Attempts:
                 self.errors.append(error)
                 self.books.record(card, _NOT_CALLED, 0.0, "error", attempt=len(self.attempts),
                                   error=f"{error.code}: {error.message}")
-                self.attempts.append(_attempt(model, card.tier, 0.0, "-", 0.0, "error"))
+                self.attempts.append(_attempt(model, card.tier, 0.0, _NOT_CALLED.source, 0.0, "error"))
                 continue
             held = self._reserve(card)
             if held is None:
@@ -260,7 +260,7 @@ class Attempts:
             return over
         self.notes.append(what)
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_exhausted")
-        self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
+        self.attempts.append(_attempt(card.name, card.tier, 0.0, _NOT_CALLED.source, 0.0, "rejected"))
         if d.on_budget_exhausted == "fallback":
             return None
         retry = ref.window_s - time.time() % ref.window_s
@@ -291,7 +291,7 @@ class Attempts:
         self.notes.append(f"budget {budget} could not be read (the ledger's store is unavailable): {card.name} not "
                           f"tried, escalation skipped (budget_unreadable)")
         self.books.record(card, _NOT_CALLED, 0.0, "rejected", attempt=len(self.attempts), error="budget_unreadable")
-        self.attempts.append(_attempt(card.name, card.tier, 0.0, "-", 0.0, "rejected"))
+        self.attempts.append(_attempt(card.name, card.tier, 0.0, _NOT_CALLED.source, 0.0, "rejected"))
 
     # -- after a call ---------------------------------------------------------------------------------------
     def answered(self, call: Call, gen: Generation, *, sent: bool = False) -> bool:

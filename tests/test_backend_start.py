@@ -156,3 +156,34 @@ def test_router_serve_shows_the_unset_key_variable_at_start(tmp_path: Path) -> N
     assert "remote-nokey.yaml" in log and "export ROUTER_TEST_KEY_VAR=..." in log
     assert "ready in" in log and "remote-nokey" in log.split("ready in", 1)[1]  # it starts all the same
     assert SET_KEY not in log and "ROUTER_TEST_SET_KEY_VAR" not in log
+
+
+def test_a_model_not_called_says_estimated_none_in_the_answer_as_in_its_ledger_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer's ``routing.attempts`` name the source of each attempt's joules as the ledger's records do: a
+    model whose backend could not start (its key variable unset) and one whose context cannot hold the prompt
+    were never called, 0 J ``estimated:none`` (the attempts once said ``-``, no source at all, where the ledger's
+    record of the same attempt said ``estimated:none``)."""
+    from servers.procs import models_dir, remote_card, upstream
+
+    from router import Router
+    from router.config import RouterConfig
+
+    monkeypatch.delenv("ROUTER_TEST_KEY_VAR", raising=False)
+    with upstream(tmp_path) as up:
+        nokey = remote_card("remote-nokey", up, "echo", tier="small").replace(
+            "  max_retries:", "  api_key_env: ROUTER_TEST_KEY_VAR\n  max_retries:")
+        short = remote_card("remote-short", up, "echo", tier="small").replace("context_length: 8192",
+                                                                               "context_length: 16")
+        models = models_dir(tmp_path / "models", {"remote-nokey": nokey, "remote-short": short,
+                                                  "remote-echo": remote_card("remote-echo", up, "echo")})
+        config = RouterConfig.load(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+        ask = [{"role": "user", "content": "What is the capital of France? Answer in one word, please."}]
+        with Router(config) as router:
+            routing = router.complete(ask, model="remote-nokey", max_tokens=8).routing
+            assert routing is not None
+            assert [(a.model, a.outcome, a.energy_j, a.energy_source) for a in routing.attempts] == [
+                ("remote-nokey", "error", 0.0, "estimated:none"), ("remote-short", "rejected", 0.0, "estimated:none"),
+                ("remote-echo", "ok", routing.energy_j, "estimated:token-profile")]
+            record = next(r for r in router.ledger.records() if r.model == "remote-nokey")
+            assert (record.energy_j, record.energy_source) == (0.0, "estimated:none")
