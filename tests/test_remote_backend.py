@@ -5,10 +5,12 @@ on each event loop are closed, and the usage it estimates when the endpoint repo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gc
 import logging
 import os
+import socket
 import threading
 import time
 import warnings
@@ -197,20 +199,26 @@ def _budgeted(tmp_path: Path) -> RouterConfig:
                              policies_dir=policies_dir(tmp_path / "policies", {"budgeted": policy}))
 
 
-def _pinned_under_a_budget(tmp_path: Path, upstream_url: str, mode: str, path: str, max_retries: int = 0,
-                           timeout_s: float = 20) -> tuple[Any, list[LedgerRecord], float]:
-    """A request pinned to ``remote-pinned`` (the test upstream's ``mode``, 5 J a call, under a daily budget
-    :data:`PINNED_BUDGET`) with ``remote-echo`` next, by ``path`` (complete, acomplete or stream): its routing,
-    the ledger's records and the joules the budget has spent."""
+def _pinned_under_a_budget(
+        tmp_path: Path, upstream_url: str, mode: str, path: str, max_retries: int = 0, timeout_s: float = 20,
+        pinned_url: str | None = None) -> tuple[Any, list[LedgerRecord], float]:
+    """A request pinned to ``remote-pinned`` (the test upstream's ``mode``, or an endpoint at ``pinned_url``; 5 J
+    a call, under a daily budget :data:`PINNED_BUDGET`) with ``remote-echo`` next, by ``path`` (complete,
+    acomplete, stream or astream): its routing, the ledger's records and the joules the budget has spent."""
     tmp_path.mkdir()
     cards = {card.name: card for card in (
-        _card(tmp_path, "remote-pinned", upstream_url, mode, tier="small", per_call_j=5.0, max_retries=max_retries,
-              timeout_s=timeout_s),
+        _card(tmp_path, "remote-pinned", pinned_url or upstream_url, mode, tier="small", per_call_j=5.0,
+              max_retries=max_retries, timeout_s=timeout_s),
         _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
     ask = [{"role": "user", "content": "hello"}]
     with Router(_budgeted(tmp_path), cards=cards) as router:
         if path == "stream":
             routing = [c for c in router.complete(ask, model="remote-pinned", stream=True)][-1].routing
+        elif path == "astream":
+            async def last_chunk() -> Any:
+                return [c async for c in await router.acomplete(ask, model="remote-pinned", stream=True)][-1]
+
+            routing = asyncio.run(last_chunk()).routing
         else:
             routing = (router.complete(ask, model="remote-pinned") if path == "complete"
                        else asyncio.run(router.acomplete(ask, model="remote-pinned"))).routing
@@ -274,6 +282,50 @@ def test_a_call_rate_limited_on_every_retry_until_its_timeout_is_charged_nothing
     assert slow.outcome == "error" and "timed out" in (slow.error or ""), slow
     assert (slow.energy_j, slow.energy_source) == (5.0, "estimated:token-profile"), slow
     assert spent == pytest.approx(5.0)
+
+
+@contextlib.contextmanager
+def _host_taking_no_connection() -> Iterator[str]:
+    """FAULT INJECTION: a base URL whose host takes no connection, as a machine that is down behind a firewall
+    dropping packets: a listening socket whose accept queue is full and never read, so a new connection's SYN goes
+    unanswered and connecting times out."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):  # more than the queue holds
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        queued.append(filler)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream", "astream"])
+def test_a_call_that_never_connected_is_charged_nothing(upstream_url: str, tmp_path: Path, path: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pinned model's host takes no connection: its call sent nothing, so it is recorded at 0 J,
+    ``estimated:none``, its budget keeps nothing, and its error says no connection was made, whether connecting
+    timed out before the card's timeout_s (0.3 s of 2 s) or the timeout_s ran out while connecting (1 s)."""
+    monkeypatch.setattr(openai_http, "_CONNECT_S", 0.3)
+    with _host_taking_no_connection() as unreachable:
+        for timeout_s, said in ((2, "endpoint is unreachable"),
+                                (0.3, "no connection to the model's endpoint was made before the card's timeout_s")):
+            routing, records, spent = _pinned_under_a_budget(tmp_path / str(timeout_s), upstream_url, "echo", path,
+                                                             timeout_s=timeout_s, pinned_url=unreachable)
+            assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [
+                ("remote-pinned", "error"), ("remote-echo", "ok")]
+            failed = records[0]
+            assert said in (failed.error or ""), (timeout_s, failed.error)
+            assert (failed.energy_j, failed.energy_source) == (0.0, "estimated:none"), (timeout_s, failed)
+            assert spent == 0.0, timeout_s
+            assert routing.energy_j == pytest.approx(records[1].energy_j)
 
 
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])

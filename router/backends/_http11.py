@@ -120,11 +120,17 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class NotSentTimeout(TimeoutError):
+    """The call's time ran out before its request was sent: while connecting, or waiting for a free connection
+    (so the server never saw it)."""
+
+
 class HTTPPool:
     """POST a JSON body to one URL over pooled keep-alive connections; return a :class:`PoolAnswer`.
 
     Transport failures surface as ``OSError`` (``ConnectionError``; ``TimeoutError`` when the call's total time
-    limit passed), which ``agenerate`` may retry. ``timeout_s`` bounds a whole call (waiting for a free
+    limit passed, :class:`NotSentTimeout` when that was before the request was sent), which ``agenerate`` may
+    retry. ``timeout_s`` bounds a whole call (waiting for a free
     connection, connecting, sending, reading the response), not each read; :meth:`post` takes a shorter one per
     call. A request that fails on a *reused* connection before any response byte arrived is
     sent once more on a fresh connection at once: the server closed an idle connection as we wrote to it, and
@@ -171,7 +177,7 @@ class HTTPPool:
             try:
                 await asyncio.wait_for(self._wait_for_slot(), max(0.0, end - time.monotonic()))
             except asyncio.TimeoutError:
-                raise TimeoutError(f"no free connection to {self.host}:{self.port} within {limit:.3g} s") from None
+                raise NotSentTimeout(f"no free connection to {self.host}:{self.port} within {limit:.3g} s") from None
         else:
             self._busy += 1
         try:
@@ -221,7 +227,7 @@ class HTTPPool:
             _, conn = await asyncio.wait_for(self.loop.create_connection(
                 lambda: _Connection(self.max_body), self.host, self.port, ssl=self._ssl), wait)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"connecting to {self.host}:{self.port} timed out after {wait:.3g} s") from None
+            raise NotSentTimeout(f"connecting to {self.host}:{self.port} timed out after {wait:.3g} s") from None
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -56,7 +56,7 @@ from ..errors import (
     DeadlineExceededError,
     RouterError,
 )
-from ._http11 import HTTPPool
+from ._http11 import HTTPPool, NotSentTimeout
 from ._time_limits import CANCEL_POLL_S, Bound, BoundedTransport, CheckedStream, bounded, cancellable, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent, reasoning_text
 from .openai_shapes import CallsBegun, logprobs_of, option_fields, reasoning_of, tool_call_deltas, tool_calls
@@ -70,9 +70,11 @@ next model may take it. 401/403 (a bad key) and 404 (a wrong URL or model name i
 there, so they are the model's failures."""
 _RETRY_AFTER_STATUS = {429, 503}
 """The statuses whose ``Retry-After`` says when the endpoint will take calls again (RFC 6585, RFC 9110)."""
-_NOTHING_SENT = (ConnectionRefusedError, socket.gaierror, httpx.ConnectError)
-"""Transport failures that leave no doubt the request never reached the endpoint: refused, or a name that does
-not resolve. (A reset or a timeout may come after the endpoint began generating.)"""
+_NOTHING_SENT = (ConnectionRefusedError, socket.gaierror, httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                 NotSentTimeout)
+"""Transport failures that leave no doubt the request never reached the endpoint: refused, a name that does not
+resolve, or no connection made (a host that does not answer) or free in time. (A reset, or a timeout once the
+request was sent, may come after the endpoint began generating.)"""
 _RETRY_AFTER_MAX_S = 3600.0
 """The longest ``Retry-After`` passed on from an endpoint: a larger one (or a mistaken one) would keep clients
 away for hours from a router that may have other models to offer by then."""
@@ -200,15 +202,21 @@ class OpenAIHTTPBackend(Backend):
 
     # Messages name the model and what happened, never the endpoint's URL or what it answered (an upstream's
     # error body can hold keys, internal hosts and paths): those go to ``detail``, which is logged, not sent.
-    def _expired(self, bound: Bound) -> RouterError:
+    def _expired(self, bound: Bound, nothing_sent: bool = False) -> RouterError:
         """The bound has passed. After the endpoint refused every attempt it answered (a rate limit's 429 on each
         retry) and none reached the model, the error says so and is marked
         :func:`~router.backends.base.never_started` (0 J) as the refusal itself would have been: the attempt the
         bound cut off was sent to an endpoint turning the request away, and charging the card's per_call_j for
-        it would spend a rate-limited model's budget on energy its endpoint did not draw."""
+        it would spend a rate-limited model's budget on energy its endpoint did not draw. So is a call whose
+        every attempt ended before its request was sent (``nothing_sent``: no connection made in time)."""
         refused = None if bound.reached else bound.refused
-        if refused is not None:
+        if nothing_sent and refused is None and not bound.reached:
+            what = "no connection to the model's endpoint was made before"
+        elif refused is not None:
             what = f"the model's endpoint answered HTTP {refused} to every attempt until"
+        else:
+            what = ""
+        if what:
             error: RouterError = (
                 DeadlineExceededError(f"{self.card.name}: {what} the request's deadline passed",
                                       detail=self.spec.base_url) if bound.by_deadline else
@@ -249,14 +257,17 @@ class OpenAIHTTPBackend(Backend):
             bound.refused = status
         return _Retryable(error) if status in _RETRY_STATUS else error
 
-    def _transport_failure(self, exc: Exception, bound: Bound) -> Exception:
-        """A connection that failed or timed out: the bound's own error once it has passed, else retryable."""
+    def _transport_failure(self, exc: Exception, bound: Bound, sent: bool = True) -> Exception:
+        """A connection that failed or timed out: the bound's own error once it has passed, else retryable.
+        ``sent=False``: the attempt is known to have sent nothing, whatever ``exc`` is."""
+        nothing_sent = not sent or isinstance(exc, _NOTHING_SENT)
         if bound.passed():
-            return self._expired(bound)
-        kind = "timed out" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "is unreachable"
+            return self._expired(bound, nothing_sent)
+        timed_out = isinstance(exc, httpx.TimeoutException | TimeoutError) and not nothing_sent
+        kind = "timed out" if timed_out else "is unreachable"
         error = BackendUnavailableError(f"{self.card.name}: the model's endpoint {kind}",
                                         detail=f"{self.spec.base_url}: {exc!r}")
-        if isinstance(exc, _NOTHING_SENT) and not bound.reached:
+        if nothing_sent and not bound.reached:
             # no connection, in this attempt or before: the model did no work, so the call is charged 0 J
             error.never_started = True  # type: ignore[attr-defined]
         else:
@@ -371,7 +382,7 @@ class OpenAIHTTPBackend(Backend):
         cancels a call the endpoint is slow to answer) and, with the bound, after every chunk of its body."""
         left = bound.left()
         if left <= 0:
-            raise self._expired(bound)
+            raise self._expired(bound, nothing_sent=True)  # this attempt sent nothing
         timeout = httpx.Timeout(left, connect=min(_CONNECT_S, left))
         post = self._client.build_request("POST", "/chat/completions", content=body, timeout=timeout)
         check = functools.partial(self._check, request, bound)
@@ -403,9 +414,10 @@ class OpenAIHTTPBackend(Backend):
     async def _astream_once(self, body: bytes, request: GenerationRequest,
                             bound: Bound) -> AsyncIterator[StreamEvent]:
         response: httpx.Response | None = None
+        watch = _SendWatch()
         try:
             client = self._async_client(await self._connections())
-            post = client.build_request("POST", "/chat/completions", content=body)
+            post = client.build_request("POST", "/chat/completions", content=body, extensions={"trace": watch})
             response = await within(client.send(post, stream=True), bound.end)
             if response.status_code < 400:  # the endpoint took the request: a bound passing now cut off its work
                 bound.reached = True
@@ -425,7 +437,7 @@ class OpenAIHTTPBackend(Backend):
             for event in parser.finish():
                 yield event
         except (httpx.TransportError, TimeoutError) as exc:
-            raise self._transport_failure(exc, bound) from exc
+            raise self._transport_failure(exc, bound, watch.sent) from exc
         finally:
             if response is not None:
                 await response.aclose()
@@ -446,7 +458,7 @@ class OpenAIHTTPBackend(Backend):
     async def _apost_once(self, body: bytes, bound: Bound) -> bytes:
         left = bound.left()
         if left <= 0:
-            raise self._expired(bound)
+            raise self._expired(bound, nothing_sent=True)  # this attempt sent nothing
         try:
             # the running loop's connections; made (a coroutine) on its first call only
             connections = self._loops.get(asyncio.get_running_loop()) or await self._connections()
@@ -547,6 +559,21 @@ class OpenAIHTTPBackend(Backend):
 
 
 _closing: set[asyncio.Task[None]] = set()
+
+
+class _SendWatch:
+    """httpx's ``trace`` hook for one async request: whether its head began to go out. The bound's asyncio timeout
+    says only that time ran out; before the head was sent (connecting, or waiting for a free connection) the
+    endpoint never saw the request."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event.endswith(".send_request_headers.started"):
+            self.sent = True
 
 
 class _LoopConnections:
