@@ -259,17 +259,17 @@ def test_a_call_the_endpoint_refuses_with_a_4xx_is_charged_nothing_and_one_faili
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_call_rate_limited_on_every_retry_until_its_timeout_is_charged_nothing(upstream_url: str, tmp_path: Path,
                                                                                   path: str) -> None:
-    """The TEST UPSTREAM answers 429 to every attempt, each 0.25 s after it is sent, and the card retries until
-    its 1 s timeout_s cuts the third attempt off: the endpoint turned the request away each time it answered, so
+    """The TEST UPSTREAM answers 429 to every attempt, each 1.2 s after it is sent, and the card retries until
+    its 2 s timeout_s cuts the second attempt off: the endpoint turned the request away each time it answered, so
     the call is recorded as its refusals are, 0 J ``estimated:none``, its error saying the endpoint answered 429
     until the timeout, and its budget keeps nothing. An endpoint that is merely slow (no refusal) and cut off by
     the same timeout may have run its model: that call keeps the card's 5 J per call."""
-    routing, records, spent = _pinned_under_a_budget(tmp_path / "limited", upstream_url, "slowstatus:0.25:429",
-                                                     path, max_retries=20, timeout_s=1)
+    routing, records, spent = _pinned_under_a_budget(tmp_path / "limited", upstream_url, "slowstatus:1.2:429",
+                                                     path, max_retries=20, timeout_s=2)
     assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "error"),
                                                                                         ("remote-echo", "ok")]
     limited = records[0]
-    assert limited.error is not None and "answered HTTP 429 to every attempt until the card's timeout_s (1 s)" \
+    assert limited.error is not None and "answered HTTP 429 to every attempt until the card's timeout_s (2 s)" \
         in limited.error, limited.error
     assert (limited.energy_j, limited.energy_source) == (0.0, "estimated:none"), limited
     assert (routing.attempts[0].energy_j, routing.attempts[0].energy_source) == (0.0, "estimated:none")
@@ -277,7 +277,7 @@ def test_a_call_rate_limited_on_every_retry_until_its_timeout_is_charged_nothing
     assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records)) == records[1].energy_j
 
     routing, records, spent = _pinned_under_a_budget(tmp_path / "slow", upstream_url, "sleep:5", path,
-                                                     max_retries=20, timeout_s=1)
+                                                     max_retries=20, timeout_s=2)
     slow = records[0]
     assert slow.outcome == "error" and "timed out" in (slow.error or ""), slow
     assert (slow.energy_j, slow.energy_source) == (5.0, "estimated:token-profile"), slow
