@@ -331,15 +331,15 @@ def test_a_call_that_never_connected_is_charged_nothing(upstream_url: str, tmp_p
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_call_cancelled_while_it_waits_to_retry_a_refusal_is_charged_nothing(upstream_url: str, tmp_path: Path,
                                                                                 path: str) -> None:
-    """The TEST UPSTREAM answers 429 with ``Retry-After: 1`` and the caller cancels during that second's wait:
+    """The TEST UPSTREAM answers 429 with ``Retry-After: 2`` and the caller cancels during those seconds' wait:
     the model never ran, so the call is recorded ``cancelled`` at 0 J, ``estimated:none``, and its budget hold
     is settled at 0 J, as a call ending on the refusal itself would be."""
-    card = _card(tmp_path, "remote-pinned", upstream_url, "status:429:1", per_call_j=5.0, max_retries=3)
+    card = _card(tmp_path, "remote-pinned", upstream_url, "status:429:2", per_call_j=5.0, max_retries=3)
     config = _budgeted(tmp_path)
     cancel = threading.Event()
     ask = [{"role": "user", "content": "hello"}]
     with Router(config, cards={card.name: card}) as router:
-        threading.Timer(0.4, cancel.set).start()  # during the retry's wait (the 429 comes back at once)
+        threading.Timer(1.0, cancel.set).start()  # during the retry's wait (the 429 comes back at once)
         with pytest.raises(CancelledError):
             if path == "stream":
                 list(router.complete(ask, model="remote-pinned", stream=True, cancel=cancel))
