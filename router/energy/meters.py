@@ -2,7 +2,9 @@
 
 Every meter here is cheap enough to wrap each request (``benchmarks/bench_meters.py`` prints the cost of one
 ``start()`` + ``stop()``; the budget is 50 µs): counters are read through file descriptors kept open and
-``os.pread``, and the work of attributing a shared counter to concurrent requests is O(1) per event.
+``os.pread``, and the work of attributing a shared counter to concurrent requests is O(1) per event. That work
+(:class:`~router.energy.share.FairShare`) renews itself in a forked child; the RAPL descriptors need no renewal
+(``os.pread`` moves no shared file offset).
 """
 
 from __future__ import annotations

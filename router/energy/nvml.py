@@ -14,9 +14,9 @@ separated out, and the reading's detail says so.
 A forked child (gunicorn --preload, Celery's prefork pool) of a process holding a meter renews it
 (:func:`~router._forks.renew_after_fork`): the sampling thread is not copied by a fork, so the child starts its
 own (without it, power would be read only as requests start and end, not at the interval the reading claims),
-and gets locks of its own (the parent's sampler holds one for every sample: a fork then would leave it held in
-the child forever, and every request there waiting for it) and no spans open (the parent's requests are not
-the child's to share the device with).
+and gets a lock of its own (the parent's sampler holds one for every sample: a fork then would leave it held in
+the child forever, and every request there waiting for it); the share of the device renews itself
+(:class:`~router.energy.share.FairShare`: a lock of its own, and no span of the parent's requests open).
 """
 
 from __future__ import annotations
@@ -156,9 +156,7 @@ class NvmlMeter(Meter):
         renew_after_fork(self)
 
     def _renew_after_fork(self) -> None:
-        """No span of the parent's requests is open in a forked child, and the share's lock is the child's own
-        (a parent's request may have held it at the fork)."""
-        self._share = FairShare(1)
+        """The sampler's lock is the child's own (its share renews itself)."""
         if self._sampler is not None:  # None once closed: a closed meter stays closed
             self._sampler.renew_after_fork()
 

@@ -2,12 +2,20 @@
 
 Shared by the CPU-time and RAPL meters (:mod:`router.energy.meters`) and the NVML meter
 (:mod:`router.energy.nvml`), in a module of its own so that neither imports the other for it.
+
+A share renews itself in a forked child (gunicorn --preload, Celery's prefork pool; see
+:func:`~router._forks.renew_after_fork`), so every meter that splits a counter with one is renewed with it: the
+child gets a lock of its own (a request of the parent's may hold this one at the fork, and every request of the
+child would wait for it forever) and no span open (the parent's requests are not the child's: counted there,
+each would split every child request's figure with a request that never ends).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+
+from .._forks import renew_after_fork
 
 Counters = tuple[float, ...] | Callable[[], tuple[float, ...]]
 
@@ -21,13 +29,21 @@ class FairShare:
     ``enter``/``leave`` is O(1) under one lock, so it stays within the per-request metering budget. Values are
     a tuple of counters (e.g. CPU seconds and wall seconds)."""
 
-    __slots__ = ("_lock", "_active", "_per_span", "_last")
+    __slots__ = ("_lock", "_active", "_per_span", "_last", "__weakref__")
 
     def __init__(self, width: int) -> None:
         self._lock = threading.Lock()
         self._active = 0
         self._per_span = [0.0] * width
         self._last: list[float] | None = None
+        renew_after_fork(self)
+
+    def _renew_after_fork(self) -> None:
+        """In a forked child (see the module docstring): a new lock and no span open. The running shares stay,
+        so a span the forking thread itself opened before the fork still closes against its mark."""
+        self._lock = threading.Lock()
+        self._active = 0
+        self._last = None
 
     def _advance(self, values: tuple[float, ...]) -> None:
         last = self._last

@@ -14,7 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from forking import in_a_forked_child
+
 from router.energy import EnergyReading, Meter
+
+_LOCK_TYPE = type(threading.Lock())
 
 
 @dataclass
@@ -135,6 +139,47 @@ def check_abandoned_span_does_not_distort_later_ones(h: MeterHarness) -> None:
         meter.close()
 
 
+def _locks_of(meter: Meter) -> list[threading.Lock]:
+    """The locks a meter and its parts (its fair share, a sampler) hold while a request starts or stops."""
+    locks = []
+    for part in [meter, *vars(meter).values()]:
+        fields = vars(part).values() if hasattr(part, "__dict__") else [
+            getattr(part, slot, None) for slot in getattr(type(part), "__slots__", ())]
+        locks += [f for f in fields if isinstance(f, _LOCK_TYPE)]
+    return locks
+
+
+def check_a_forked_child_meters_on_its_own(h: MeterHarness) -> None:
+    """A meter made before the process forks (gunicorn --preload, Celery's prefork pool), forked while a request
+    of the parent's holds its locks and another is open: the child's requests neither wait forever for the
+    parent's locks nor split their joules with the parent's open request, which is not the child's."""
+    meter = h.make()
+    try:
+        parents_request = meter.start()
+
+        def in_the_child() -> None:  # a failed assert ends the child with exit code 1
+            reading = _measure(meter, h.work, 2)
+            assert "concurrent" not in reading.detail, reading.detail
+            assert math.isfinite(reading.joules) and reading.joules > 0, reading
+
+        held = _locks_of(meter)  # as a request of the parent's (or its power sampler) may hold them at the fork
+        for lock in held:
+            lock.acquire()
+
+        def release() -> None:
+            while held:
+                held.pop().release()
+
+        try:
+            in_a_forked_child(in_the_child, f"the forked child metered its request with {h.name}", timeout_s=15,
+                              meanwhile=release)
+        finally:
+            release()
+        assert parents_request.stop().joules >= 0  # the parent's own meter goes on as it was
+    finally:
+        meter.close()
+
+
 METER_CHECKS: list[Callable[[MeterHarness], None]] = [
     check_reading_shape,
     check_more_work_more_joules,
@@ -142,6 +187,7 @@ METER_CHECKS: list[Callable[[MeterHarness], None]] = [
     check_concurrent_spans_share_not_double_count,
     check_spans_from_many_threads,
     check_abandoned_span_does_not_distort_later_ones,
+    check_a_forked_child_meters_on_its_own,
 ]
 
 
