@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from forking import in_a_forked_child
 
 from router.cards import ModelCard, load_cards
 from router.energy import EnergyReading
@@ -172,3 +173,27 @@ def test_a_call_without_output_does_not_blow_up_the_spread_or_the_hold(tmp_path,
     dearest = max(c.energy_j for c in calls)
     assert 0 < got.joules < dearest
     assert got.upper_j < 3 * dearest  # what a reservation holds stays the size of a call
+
+
+def test_a_forked_child_records_and_estimates_with_a_lock_of_its_own(tmp_path, cards) -> None:
+    """Estimates made before the process forks (a Router in gunicorn --preload, Celery's prefork pool), forked
+    while the parent's refresh thread holds their lock (it does as it takes in what it read from the ledger): the
+    child's calls are recorded and learned from, not left waiting forever for the parent's lock."""
+    ledger = SQLiteLedger(tmp_path / "l.sqlite3")
+    small = cards["smollm2-135m"]
+    clock = Clock()
+    est = EnergyEstimates(ledger, cards, clock=clock, min_calls=2)
+
+    def in_the_child() -> None:  # a failed assert ends the child with exit code 1
+        for i in range(3):
+            est.observe(_call("smollm2-135m", 2.0, ts=1.0 + i))
+        clock.now += 2.0  # past refit_s: the next decision refits what the child observed
+        got = est.estimate(small, "chat", 20)
+        assert got is not None and got.source == "ledger:3 calls", got
+
+    est._lock.acquire()  # as the parent's refresh thread holds it at the fork
+    try:
+        in_a_forked_child(in_the_child, "the child learned from its calls", timeout_s=15, meanwhile=est._lock.release)
+    finally:
+        if est._lock.locked():
+            est._lock.release()

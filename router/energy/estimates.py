@@ -21,6 +21,10 @@ the time, and what a budget can be overspent by is about one in-flight call per 
 their hold). A model with fewer than ``min_calls`` metered calls has no estimate here: the engine uses its card,
 and the Router holds ``UNMEASURED_HOLD`` times the card's figure for a local model (a card can be several times
 off on a busy machine; a remote model's card figure is exact for its token counts).
+
+A forked child (gunicorn --preload, Celery's prefork pool) renews the estimates' lock
+(:func:`~router._forks.renew_after_fork`): the parent's refresh thread holds it as it takes in what it read,
+and a fork then would leave it held in the child forever, every call there waiting for it as it is recorded.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._forks import renew_after_fork
 from ..cards import ModelCard
 from ..errors import LedgerError
 from ..ledger import Ledger, LedgerRecord
@@ -141,6 +146,13 @@ class EnergyEstimates:
         self.refreshing: threading.Thread | None = None
         """The refresh running in the background, if one is."""
         self.refresh()  # the first requests already use what the ledger knows
+        renew_after_fork(self)
+
+    def _renew_after_fork(self) -> None:
+        """A lock of the child's own (see the module docstring); the parent's refresh is not the child's, and the
+        child's next request starts one of its own when one is due."""
+        self._lock = threading.Lock()
+        self.refreshing = None
 
     # -- reading ------------------------------------------------------------------------------------------------
     def for_request(self, task: str, input_tokens: int, max_tokens: int | None = None) -> dict[str, EnergyEstimate]:
