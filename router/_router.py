@@ -440,11 +440,11 @@ class Router:
         """Stop the learning and batch threads, then refuse new calls (:class:`RouterClosedError`, as httpx's
         ``Client`` refuses once closed) and let the calls running in other threads or tasks write their ledger
         records: they get ``CLOSE_WAIT_S`` (5 s) to end, then are cancelled (a model stops at its next token and
-        the record says ``cancelled``) and get as long again. Then every backend, the grid and the ledger are
-        closed, the ones passed in included (as httpx's ``Client.close()`` closes a transport it was given): a
-        caller sharing a backend or a ledger between Routers closes the last Router only, or none and those parts
-        itself. On an event loop use ``async with`` or ``await router.aclose()``: waiting there would stop the very
-        tasks it waits for (said in a warning when calls are running)."""
+        the record says ``cancelled``) and get as long again. Then every backend, the meter, the grid and the
+        ledger are closed, the ones passed in included (as httpx's ``Client.close()`` closes a transport it was
+        given): a caller sharing a backend, a meter or a ledger between Routers closes the last Router only, or none
+        and those parts itself. On an event loop use ``async with`` or ``await router.aclose()``: waiting there
+        would stop the very tasks it waits for (said in a warning when calls are running)."""
         if self._calls.count() and _on_running_loop():
             log.warning("Router.close() was called on a running event loop while %d call(s) run: calls on this loop "
                         "cannot end while close() blocks it, so they are cancelled after %.0f s and their records "
@@ -465,6 +465,7 @@ class Router:
             backends = list(self._backends.values())
         for backend in backends:
             backend.close()
+        self.meter.close()  # NVML's power sampler thread and its driver handle, RAPL's counter files
         self.grid.close()
         self.ledger.close()
 

@@ -138,3 +138,19 @@ def test_a_forked_child_samples_power_with_a_thread_and_locks_of_its_own() -> No
         release()
     assert parents_request.stop().joules > 0  # the parent's own meter goes on as it was
     meter.close()
+
+
+def test_closing_the_router_stops_its_meters_sampler_and_shuts_nvml_down(tmp_path) -> None:
+    """A Router closed with its NVML meter (a GPU without an energy counter) left the meter's thread sampling
+    power every 50 ms, and NVML open, for the life of the process: one more thread for every Router made and
+    closed (tests, a server that reloads its config)."""
+    from router import Router, RouterConfig
+
+    nvml = RecordedNvml(energy_mj=None, power_mw=[[100_000]])
+    meter = NvmlMeter(nvml=nvml, sample_interval_s=0.01)
+    assert meter._sampler is not None
+    sampler = meter._sampler._thread
+    Router(RouterConfig.load(None, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}"), meter=meter).close()
+    sampler.join(timeout=5)
+    assert not sampler.is_alive(), "the meter's sampler thread outlived its Router"
+    assert nvml.shutdown
