@@ -76,6 +76,24 @@ def test_finds_package_and_dram_only(powercap: PowercapTree) -> None:
     assert names == ["intel-rapl:0:package-0", "intel-rapl:0:2:dram"]
 
 
+def test_a_package_read_through_mmio_too_is_counted_once(powercap: PowercapTree) -> None:
+    """Intel CPUs since Tiger Lake expose their package through MMIO (``intel-rapl-mmio:0``, name ``package-0``)
+    as well as through the MSRs (``intel-rapl:0``): both count the same joules, and summing them measured every
+    call at twice its energy."""
+    mmio = powercap.root / "intel-rapl-mmio:0"
+    mmio.mkdir()
+    (mmio / "name").write_text("package-0\n")
+    (mmio / "energy_uj").write_text(f"{1_000:020d}\n")
+    (mmio / "max_energy_range_uj").write_text(f"{MAX_RANGE}\n")
+    assert [d.name for d in find_rapl_domains(powercap.root)] == ["intel-rapl:0:package-0", "intel-rapl:0:2:dram"]
+    meter = RaplMeter(powercap.root, attribute_by_cpu_share=False)
+    span = meter.start()
+    powercap.advance("package-0", 5_000_000)
+    (mmio / "energy_uj").write_text(f"{1_000 + 5_000_000:020d}\n")  # the same package's 5 J, read through MMIO
+    assert span.stop().joules == pytest.approx(5.0, abs=2e-6)
+    meter.close()
+
+
 def test_unparsable_domain_is_skipped(powercap: PowercapTree) -> None:
     powercap.files["dram"].write_text("not a number\n")
     assert [d.name for d in find_rapl_domains(powercap.root)] == ["intel-rapl:0:package-0"]

@@ -46,12 +46,16 @@ def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
     """Readable top-level RAPL domains (``package-N``, ``dram``) under ``root``; empty where there are none.
 
     ``core``/``uncore`` are inside ``package`` and ``psys`` overlaps it, so they are skipped: summing them too
-    would count the same joules twice. Since Linux 5.10 (CVE-2020-8694) ``energy_uj`` is readable by root
-    only unless an administrator relaxes it; an unreadable domain is skipped, not an error."""
+    would count the same joules twice. So is a domain of ``intel-rapl-mmio`` (Intel's processor_thermal driver,
+    on most Intel CPUs since Tiger Lake) that ``intel-rapl`` (the MSR interface) also has: the two read the same
+    package. Since Linux 5.10 (CVE-2020-8694) ``energy_uj`` is readable by root only unless an administrator
+    relaxes it; an unreadable domain is skipped, not an error."""
     domains: list[RaplDomain] = []
     if not root.is_dir():
         return domains
-    for zone in sorted(root.glob("intel-rapl*")):
+    msr_names: set[str] = set()
+    # the MSR zones first, so that an MMIO zone's name can be checked against theirs
+    for zone in sorted(root.glob("intel-rapl*"), key=lambda z: (z.name.startswith("intel-rapl-mmio"), z.name)):
         # top-level packages are intel-rapl:N; their subzones (intel-rapl:N:M) hold core/uncore/dram
         for candidate in [zone, *sorted(zone.glob("intel-rapl*:*"))]:
             energy = candidate / "energy_uj"
@@ -64,6 +68,9 @@ def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
                 continue
             if not (name.startswith("package") or name == "dram"):
                 continue
+            mmio = candidate.name.startswith("intel-rapl-mmio")
+            if mmio and name in msr_names:
+                continue
             try:
                 int(energy.read_text())
                 max_range = int((candidate / "max_energy_range_uj").read_text())
@@ -71,6 +78,8 @@ def find_rapl_domains(root: Path = RAPL_ROOT) -> list[RaplDomain]:
                 continue
             if all(d.energy_file.resolve() != energy.resolve() for d in domains):
                 domains.append(RaplDomain(f"{candidate.name}:{name}", energy, max_range))
+                if not mmio:  # readable: an MMIO zone of this name would read the same joules
+                    msr_names.add(name)
     return domains
 
 
