@@ -1,7 +1,7 @@
 """``router ledger budgets``: each policy budget's use in its current window (spent plus held by calls still
 running), its limit and what is left, and when the window rolls; the dashboard's budgets panel on the command line.
 
-The figures come from :func:`~router.policy.budget_use.budget_use`, which the dashboard reads too: the ledger's
+The figures come from :func:`~router.ledger.budget_use.budget_use`, which the dashboard reads too: the ledger's
 budget counters (what a reservation is checked against) under the limits of the config's policies."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def budgets(
     rolls, as the router enforces them."""
     from .._parts import load_engine
     from ..cards import load_cards
-    from ..policy.budget_use import budget_use, per_key_budgets_in_ledger
+    from ..ledger.budget_use import budget_use, per_key_budgets_in_ledger
 
     ledger, config = _opts(ctx, ledger, config)
     cfg = _config(config, ledger)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import BadRequestError
 from ..ledger import Ledger, LedgerRecord, SummaryRow
 from ..ledger.base import REFUSED
+from ..ledger.budget_use import budget_use
 from ..ledger.report import build_report
-from ..policy.budget_use import budget_use
 
 if TYPE_CHECKING:
     from .._router import Router

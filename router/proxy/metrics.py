@@ -43,7 +43,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from ..errors import BudgetExhaustedError, RouterError
-from ..policy.budget_use import per_key_budgets_in_ledger
+from ..ledger.budget_use import per_key_budgets_in_ledger
 from ..policy.engine import known_budgets
 from ..policy.schema import budget_unit, budget_window_s
 from .ledger_writer import ledger_state

@@ -1,5 +1,6 @@
 """How much of each budget is used in its current window: what the dashboard's budgets panel, ``/metrics`` (the
-per-key budgets it lists after a restart) and ``router ledger budgets`` show.
+per-key budgets it lists after a restart) and ``router ledger budgets`` show. In the ledger package because it
+reads the ledger: :mod:`router.policy` imports no ledger code (``tests/test_engine_interface.py``).
 
 The figures are the ledger's own counters, read with :meth:`~router.ledger.Ledger.budget_used` (spent plus held by
 calls still running), the very number a reservation is checked against, and the limits are the policies'
@@ -13,12 +14,12 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..ledger.base import window_start
-from .engine import known_budgets
-from .schema import budget_unit, budget_window_s
+from ..policy.engine import known_budgets
+from ..policy.schema import budget_unit, budget_window_s
+from .base import window_start
 
 if TYPE_CHECKING:
-    from ..ledger import Ledger
+    from .base import Ledger
 
 
 def budget_use(engine: object, ledger: Ledger, seen: Iterable[str] = (),
