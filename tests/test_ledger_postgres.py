@@ -86,7 +86,7 @@ def test_a_release_leaves_a_tombstone_and_gives_back_once_in_either_order(
     reserve, release = RESERVE.format(s=schema), RELEASE.format(s=schema)
 
     def reservation(reservation_id: str) -> dict[str, Any]:
-        return {"id": reservation_id, "budget": "day", "start": 0.0, "joules": 50.0, "limit": 100.0}
+        return {"id": reservation_id, "budget": "day", "start": 0.0, "joules": 50.0, "limit": 100.0, "hold_s": None}
 
     with psycopg.connect(postgres_server.url, autocommit=True) as conn:
         conn.execute(release, ("early", "day", 0.0))  # released before its reservation arrives
@@ -139,7 +139,7 @@ def test_a_schema_of_the_previous_step_is_upgraded_with_its_budgets_kept(
         conn.execute(f"INSERT INTO {schema}.budgets VALUES ('day', %s, 3.0)", (start,))
     led = PostgresLedger.from_url(f"{postgres_server.url}?schema={schema}")
     try:
-        assert led.schema_version == led.latest_schema_version == 6
+        assert led.schema_version == led.latest_schema_version == 7
         assert led.budget_used("day", DAY_S) == pytest.approx(3.0)
         reservation = led.try_reserve("day", 10.0, 100.0, DAY_S)
         assert reservation is not None

@@ -183,21 +183,22 @@ def test_a_release_leaves_a_tombstone_and_gives_back_once_in_either_order(redis_
 
     client = redis.Redis.from_url(f"{redis_server}/0")
     reserve, release = client.register_script(RESERVE), client.register_script(RELEASE)
-    counter = "tombstone:budget:day:0"
-    client.delete(counter, "tombstone:hold:early", "tombstone:hold:late")
+    counter, held, expiry = "tombstone:budget:day:0", "tombstone:held:day:0", "tombstone:expiry:day:0"
+    all_keys = (counter, held, expiry, "tombstone:hold:early", "tombstone:hold:late")
+    client.delete(*all_keys)
     try:
-        early = [counter, "tombstone:hold:early"]  # released before its reservation arrives
-        assert release(keys=early, args=[60]) == 0
-        assert reserve(keys=early, args=["50.0", "100.0", 60]) == -1
+        early = [counter, "tombstone:hold:early", held, expiry]  # released before its reservation arrives
+        assert release(keys=early, args=[60, "early"]) == 0
+        assert reserve(keys=early, args=["50.0", "100.0", 60, "early", ""]) == -1
         assert client.get(counter) is None
 
-        late = [counter, "tombstone:hold:late"]  # reserved (and its call tried again), then released twice
-        assert reserve(keys=late, args=["50.0", "100.0", 60]) == 1
-        assert reserve(keys=late, args=["50.0", "100.0", 60]) == 1
+        late = [counter, "tombstone:hold:late", held, expiry]  # reserved (and its call tried again), then released
+        assert reserve(keys=late, args=["50.0", "100.0", 60, "late", "30"]) == 1
+        assert reserve(keys=late, args=["50.0", "100.0", 60, "late", "30"]) == 1
         assert float(client.get(counter)) == 50.0
-        assert release(keys=late, args=[60]) == 1
-        assert release(keys=late, args=[60]) == 0
+        assert release(keys=late, args=[60, "late"]) == 1
+        assert release(keys=late, args=[60, "late"]) == 0
         assert float(client.get(counter)) == 0.0
     finally:
-        client.delete(counter, "tombstone:hold:early", "tombstone:hold:late")
+        client.delete(*all_keys)
         client.close()

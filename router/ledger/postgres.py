@@ -12,7 +12,10 @@ a new database at once apply each step once.
 Budgets: a reservation is one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE used + joules <= limit``; PostgreSQL
 locks the window's row for the upsert and evaluates the ``WHERE`` on its latest committed version, so concurrent
 reservations from any number of connections serialise on that row and never pass the limit. The same statement
-inserts the reservation's hold (a CTE), and a settlement's deletes it. Each is one round trip
+inserts the reservation's hold (a CTE), and a settlement's deletes it. A hold carries ``expires_at`` (the call's
+deadline and a margin, server time): past it the call cannot be running (its process was killed), so
+``budget_used`` leaves it out and a reservation that finds no room gives it back first (``RECLAIM``), leaving it at
+0 J, so a settlement arriving later counts the call in full. Each is one round trip
 (``benchmarks/bench_ledger.py --reserve`` measures it against SQLite and Redis; docs/ledger.md says when a fleet
 should keep budgets in Redis instead).
 
@@ -84,6 +87,7 @@ from .postgres_schema import (
     FOLDED_WHERE,
     LARGEST_INSERT,
     MIGRATIONS,
+    RECLAIM,
     RELEASE,
     RESERVE,
     ROLLUP_BUCKET,
@@ -94,6 +98,7 @@ from .postgres_schema import (
     SUMMARY_COLS,
     TRY_ROLLUP_LOCK,
     UNFOLDED,
+    USED,
     rollup_source,
     summary_lock_order,
 )
@@ -286,7 +291,8 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         self._pool = _Pool(connect, max(1, pool))
         s = schema
         self._insert_sql: dict[int, str] = {}
-        self._reserve_sql, self._settle_sql, self._release_sql = (q.format(s=s) for q in (RESERVE, SETTLE, RELEASE))
+        self._reserve_sql, self._settle_sql, self._release_sql, self._reclaim_sql, self._used_sql = (
+            q.format(s=s) for q in (RESERVE, SETTLE, RELEASE, RECLAIM, USED))
         # (id, budget, window start) of each reservation a timeout gave up on
         self._given_up: GivenUp[tuple[str, str, float]] = GivenUp(self, self._release, "postgres-ledger-release")
         self._pool.run(self._migrate)
@@ -663,14 +669,26 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
             out.append(row)
         return out
 
+    expiring_holds = True
+
     @guarded("reserve budget")
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
         start = window_start(time.time(), window_s)
         reservation_id = uuid.uuid4().hex
-        args = {"id": reservation_id, "budget": budget, "start": start, "joules": joules, "limit": limit_j}
+        args = {"id": reservation_id, "budget": budget, "start": start, "joules": joules, "limit": limit_j,
+                "hold_s": None if hold_s is None else max(0.0, float(hold_s))}
+
+        def reserve(c: Any) -> bool:
+            if c.execute(self._reserve_sql, args).fetchone()[0]:
+                return True
+            # no room: holds past their expiry (their process was killed) give it back, if any
+            if not c.execute(self._reclaim_sql, args).rowcount:
+                return False
+            return bool(c.execute(self._reserve_sql, args).fetchone()[0])
+
         try:
-            held = self._pool.run(lambda c: c.execute(self._reserve_sql, args).fetchone()[0],
-                                  within_s=self._request_timeout_s)
+            held = self._pool.run(reserve, within_s=self._request_timeout_s)
         except self.driver_errors:
             # the statement may have reached the server and commit there later: whatever it held must not stay held
             self._given_up.add((reservation_id, budget, start))
@@ -689,7 +707,7 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
 
     @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
-        args = (reservation.id, actual_j - reservation.joules, reservation.budget, reservation.window_start)
+        args = (reservation.id, actual_j, reservation.budget, reservation.window_start)
         self._pool.run(lambda c: c.execute(self._settle_sql, args), retry=False)
 
     @guarded("settle reservations")
@@ -698,7 +716,7 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         if not settlements:
             return
         # by counter, so hosts settling the same budgets at once lock their rows in the same order (no deadlock)
-        rows = sorted(((r.id, actual - r.joules, r.budget, r.window_start) for r, actual in settlements),
+        rows = sorted(((r.id, actual, r.budget, r.window_start) for r, actual in settlements),
                       key=lambda row: (row[2], row[3]))
 
         def run(c: Any) -> None:
@@ -710,8 +728,8 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
         start = window_start(time.time(), window_s)
-        sql = f"SELECT used_j FROM {self.schema}.budgets WHERE budget = %s AND window_start = %s"
-        row = self._pool.run(lambda c: c.execute(sql, (budget, start)).fetchone(), within_s=self._request_timeout_s)
+        args = {"budget": budget, "start": start}
+        row = self._pool.run(lambda c: c.execute(self._used_sql, args).fetchone(), within_s=self._request_timeout_s)
         return float(row[0]) if row else 0.0
 
     @guarded("list the budget counters")

@@ -8,7 +8,8 @@ unique), ``prompts`` (kept only when the operator opts in) and an index on ``rec
 index of the records without a CO2e figure (``Ledger.carbon_gaps``; records with one add nothing to it); 5,
 ``holds``: the joules each budget reservation holds until it is settled, or ``released`` where its client gave up
 on it (the ledger's *Timeouts*); 6, ``rollup_hourly`` (:mod:`router.ledger.rollup`) and the ``xact`` of each
-record, the transaction that wrote it.
+record, the transaction that wrote it; 7, each hold's ``expires_at`` (server time; NULL: until its window ends),
+after which it no longer counts (``RECLAIM``, ``USED``), and a partial index of the holds still holding.
 
 ``rollup_hourly`` (step 6) says which records it includes by the transaction that wrote them, not by record id: ids
 come from a sequence when a row is inserted, so with writers on several hosts a transaction still in progress can
@@ -98,7 +99,11 @@ def rollup_source(s: str, lo: int, hi: int | None) -> tuple[str, list[int]]:
     return source, [lo, lo] if hi is None else [lo, hi, lo, hi]
 
 
-# Args by name: id, budget, start, joules, limit. True where the reservation holds its joules. A hold of its id
+_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+"""The server's clock: a hold's expiry is set and read by it, never by the hosts' clocks, which may differ."""
+
+# Args by name: id, budget, start, joules, limit, hold_s (seconds the hold counts unsettled; NULL: until its
+# window ends, which a prune ends). True where the reservation holds its joules. A hold of its id
 # already there is this reservation's, from a try before a connection broke (True again, nothing added), or the
 # tombstone of its release (nothing held). A tombstone that commits while this statement waits on the budget's row
 # (locked by another transaction) makes the hold's INSERT fail on the id, unique, and with it the whole statement.
@@ -108,16 +113,33 @@ RESERVE = """WITH prior AS (SELECT released FROM {s}.holds WHERE id = %(id)s),
         WHERE %(joules)s <= %(limit)s AND NOT EXISTS (SELECT 1 FROM prior)
         ON CONFLICT (budget, window_start) DO UPDATE SET used_j = b.used_j + excluded.used_j
         WHERE b.used_j + excluded.used_j <= %(limit)s RETURNING 1),
-    hold AS (INSERT INTO {s}.holds (id, budget, window_start, joules)
-        SELECT %(id)s, %(budget)s, %(start)s, %(joules)s FROM counter RETURNING 1)
+    hold AS (INSERT INTO {s}.holds (id, budget, window_start, joules, expires_at)
+        SELECT %(id)s, %(budget)s, %(start)s, %(joules)s, """ + _NOW + """ + %(hold_s)s FROM counter RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM hold) OR EXISTS (SELECT 1 FROM prior WHERE NOT released)"""
 
-# Args: id, the change (actual - held), budget, window start. The hold goes: a settled reservation is never released.
-# Only a reservation that still holds its joules is settled: once its hold is gone (settled already, or pruned with
-# its window) or released, a settlement sent again (a retry, a journal's replay) changes nothing.
-SETTLE = """WITH settled AS (DELETE FROM {s}.holds WHERE id = %s AND NOT released RETURNING 1)
-    UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s) WHERE budget = %s AND window_start = %s
-    AND EXISTS (SELECT 1 FROM settled)"""
+# Args: id, the joules the call used, budget, window start. The hold goes: a settled reservation is never released.
+# The counter trades what the hold still holds (0 where it expired: RECLAIM) for what the call used. Only a
+# reservation whose hold is there is settled: once it is gone (settled already, or pruned with its window) or
+# released, a settlement sent again (a retry, a journal's replay) changes nothing.
+SETTLE = """WITH settled AS (DELETE FROM {s}.holds WHERE id = %s AND NOT released RETURNING joules)
+    UPDATE {s}.budgets SET used_j = GREATEST(0, used_j + %s - (SELECT joules FROM settled))
+    WHERE budget = %s AND window_start = %s AND EXISTS (SELECT 1 FROM settled)"""
+
+# Args by name: budget, start. Gives back what the holds past their expiry still hold (the calls they were made for
+# cannot be running: their process was killed) and leaves each at 0 J, so a settlement arriving later counts the
+# call in full. Run where a reservation found no room, then the reservation again: the common case adds no work.
+# Locks the holds before the counter, as a settlement and a release do.
+RECLAIM = """WITH expired AS (SELECT id, joules FROM {s}.holds
+        WHERE expires_at < """ + _NOW + """ AND NOT released AND joules <> 0
+        AND budget = %(budget)s AND window_start = %(start)s FOR UPDATE),
+    zeroed AS (UPDATE {s}.holds AS h SET joules = 0 FROM expired AS e WHERE h.id = e.id RETURNING e.joules)
+    UPDATE {s}.budgets SET used_j = GREATEST(0, used_j - (SELECT sum(joules) FROM zeroed))
+    WHERE budget = %(budget)s AND window_start = %(start)s AND EXISTS (SELECT 1 FROM zeroed)"""
+
+# Args by name: budget, start. The counter without what expired holds still hold (what RECLAIM gives back).
+USED = """SELECT b.used_j - COALESCE((SELECT sum(h.joules) FROM {s}.holds AS h WHERE h.expires_at < """ + _NOW + """
+        AND NOT h.released AND h.joules <> 0 AND h.budget = b.budget AND h.window_start = b.window_start), 0)
+    FROM {s}.budgets AS b WHERE b.budget = %(budget)s AND b.window_start = %(start)s"""
 
 # Args: id, budget, window start of a reservation its client gave up on (it may run after this). Gives back what its
 # hold holds, once, and leaves the hold released, or a released one (0 J) as a tombstone where there is none yet,
@@ -212,6 +234,15 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 add_rollup_sql("{s}.rollup_hourly", "{s}.records", ROLLUP_BUCKET, "WHERE xact IS NULL", upsert=False),
                 # 0, not this transaction's xact: one that began before it may still write a record after it
                 f"INSERT INTO {{s}}.meta (key, value) VALUES ('{ROLLUP_UPTO}', '0') ON CONFLICT (key) DO NOTHING",
+            ],
+        ),
+        Step(
+            7,
+            "when each hold stops counting (a call's deadline and a margin: its process may have been killed)",
+            [
+                "ALTER TABLE {s}.holds ADD COLUMN IF NOT EXISTS expires_at DOUBLE PRECISION",
+                # only the holds still holding: budget reads and refused reservations look for expired ones here
+                "CREATE INDEX IF NOT EXISTS holds_expiry ON {s}.holds (expires_at) WHERE NOT released AND joules <> 0",
             ],
         ),
     ],

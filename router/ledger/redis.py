@@ -15,6 +15,12 @@ Layout (all keys under a prefix, default ``router:``):
 * ``budget:<name>:<window start>``: joules spent plus held, expiring two windows after the window starts;
 * ``hold:<reservation id>``: the joules a reservation holds until it is settled, or ``released`` where its client
   gave up on it (*Timeouts*), expiring with its budget's counter;
+* ``held:<name>:<window start>`` (a hash: reservation id -> the joules it still holds) and
+  ``expiry:<name>:<window start>`` (a sorted set: reservation id -> when its hold stops counting, Redis's clock):
+  the holds of that counter. A hold past its time (``hold_s``: the call's deadline and a margin) belongs to a call
+  that cannot still be running (its process was killed): it is given back when the budget would otherwise refuse a
+  reservation, and ``budget_used`` leaves it out; a settlement arriving after that counts what the call used in
+  full;
 * ``reqs``: each request id scored by the time of its newest record (kept by the record script);
 * ``meta``: schema version and the retention setting;
 * feedback and stored prompts: :mod:`router.ledger.redis_feedback`.
@@ -91,6 +97,7 @@ from .redis_schema import (
     SCHEMA_VERSION,
     SEP,
     SETTLE,
+    USED,
     migration_script,
 )
 
@@ -136,8 +143,10 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         self._reserve_script = self.r.register_script(RESERVE)
         self._settle_script = self.r.register_script(SETTLE)
         self._release_script = self.r.register_script(RELEASE)
-        # (counter, hold, seconds to keep the tombstone) of each reservation a timeout gave up on
-        self._given_up: GivenUp[tuple[str, str, int]] = GivenUp(self, self._release, "redis-ledger-release")
+        self._used_script = self.r.register_script(USED)
+        # (budget, window start, reservation id, seconds to keep the tombstone) of each reservation a timeout gave
+        # up on
+        self._given_up: GivenUp[tuple[str, float, str, int]] = GivenUp(self, self._release, "redis-ledger-release")
         self._migrate()
         if retention_days is not None:
             self.set_retention_days(retention_days)
@@ -393,27 +402,39 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     def _budget_key(self, budget: str, start: float) -> str:
         return f"{self.prefix}budget:{budget}:{_num(start)}"
 
-    def _hold_key(self, reservation_id: str) -> str:
-        return f"{self.prefix}hold:{reservation_id}"
+    def _holds_keys(self, budget: str, start: float) -> list[str]:
+        """The counter, its ``held`` hash and its ``expiry`` set (the module's layout)."""
+        return [self._budget_key(budget, start), f"{self.prefix}held:{budget}:{_num(start)}",
+                f"{self.prefix}expiry:{budget}:{_num(start)}"]
+
+    def _keys(self, budget: str, start: float, reservation_id: str) -> list[str]:
+        """KEYS of the reserve, settle and release scripts: the counter, the hold, ``held``, ``expiry``."""
+        counter, held, expiry = self._holds_keys(budget, start)
+        return [counter, f"{self.prefix}hold:{reservation_id}", held, expiry]
+
+    expiring_holds = True
 
     @guarded("reserve budget")
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
         start = window_start(time.time(), window_s)
         reservation_id = uuid.uuid4().hex
-        keys = [self._budget_key(budget, start), self._hold_key(reservation_id)]
         keep_s = max(1, int(math.ceil(2 * window_s)))
+        hold_arg = "" if hold_s is None else repr(max(0.0, float(hold_s)))
         try:
-            verdict = self._reserve_script(keys=keys, args=[repr(float(joules)), repr(float(limit_j)), keep_s],
-                                           client=self._request_r)
+            verdict = self._reserve_script(
+                keys=self._keys(budget, start, reservation_id),
+                args=[repr(float(joules)), repr(float(limit_j)), keep_s, reservation_id, hold_arg],
+                client=self._request_r)
         except self.driver_errors:
             # the script may have reached the server and run (or run later): whatever it held must not stay held
-            self._given_up.add((keys[0], keys[1], keep_s))
+            self._given_up.add((budget, start, reservation_id, keep_s))
             raise
         return Reservation(reservation_id, budget, joules, start) if verdict == 1 else None
 
-    def _release(self, item: tuple[str, str, int]) -> None:
-        counter_key, hold_key, keep_s = item
-        self._release_script(keys=[counter_key, hold_key], args=[keep_s])
+    def _release(self, item: tuple[str, float, str, int]) -> None:
+        budget, start, reservation_id, keep_s = item
+        self._release_script(keys=self._keys(budget, start, reservation_id), args=[keep_s, reservation_id])
 
     @guarded("release the reservations given up on")
     def release_given_up(self) -> None:
@@ -423,9 +444,8 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         self._given_up.release_all()
 
     def _settle_call(self, reservation: Reservation, actual_j: float) -> dict[str, list[str]]:
-        return {"keys": [self._budget_key(reservation.budget, reservation.window_start),
-                         self._hold_key(reservation.id)],
-                "args": [repr(float(actual_j - reservation.joules))]}
+        return {"keys": self._keys(reservation.budget, reservation.window_start, reservation.id),
+                "args": [repr(float(actual_j)), reservation.id]}
 
     @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
@@ -443,7 +463,8 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
-        value = self._request_r.get(self._budget_key(budget, window_start(time.time(), window_s)))
+        keys = self._holds_keys(budget, window_start(time.time(), window_s))
+        value = self._used_script(keys=keys, client=self._request_r)
         return float(value) if value is not None else 0.0
 
     @guarded("list the budget counters")

@@ -84,10 +84,41 @@ end
 return n
 """
 
-# KEYS: the budget's counter, the reservation's hold (``hold:<id>``). ARGV: joules, limit, seconds to keep both.
-# A hold already there is this reservation's, made by an earlier try of the same call (1 again, nothing added),
-# or the tombstone a release left because the client gave up on it before it ran here (-1, nothing held).
-RESERVE = """
+# The holds of a counter: ``held`` (a hash, reservation id -> the joules it still holds, ``0`` once it expired) and
+# ``expiry`` (a sorted set, reservation id -> when its hold stops counting, server time). A hold past its time
+# belongs to a call that can no longer be running (its process was killed): its joules go back to the counter
+# and its ``held`` entry becomes 0, so a settlement arriving later still counts what the call used, in full.
+# The ``hold:<id>`` key stays the reservation's state (settled or released once, its tombstone).
+_RECLAIM = """
+local function negated(j)
+  return string.sub(j, 1, 1) == '-' and string.sub(j, 2) or '-' .. j
+end
+local function reclaim(counter, held, expiry)
+  local t = redis.call('TIME')
+  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', t[1] .. '.' .. string.format('%06d', t[2]))
+  for _, id in ipairs(ids) do
+    local j = redis.call('HGET', held, id)
+    if j and tonumber(j) ~= 0 and redis.call('EXISTS', counter) == 1 then
+      redis.call('INCRBYFLOAT', counter, negated(j))
+    end
+    if j then
+      redis.call('HSET', held, id, '0')
+    end
+    redis.call('ZREM', expiry, id)
+  end
+  if #ids > 0 and tonumber(redis.call('GET', counter) or '0') < 0 then
+    redis.call('SET', counter, '0', 'KEEPTTL')
+  end
+end
+"""
+
+# KEYS: the budget's counter, the reservation's hold (``hold:<id>``), the counter's ``held`` and ``expiry``.
+# ARGV: joules, limit, seconds to keep them, the reservation id, seconds the hold counts unsettled ('' : until
+# its window ends). A hold already there is this reservation's, made by an earlier try of the same call (1
+# again, nothing added), or the tombstone a release left because the client gave up on it before it ran here (-1,
+# nothing held). Expired holds are given back only when the budget has no room otherwise: the common case adds
+# no work.
+RESERVE = _RECLAIM + """
 local hold = redis.call('GET', KEYS[2])
 if hold == 'released' then
   return -1
@@ -96,48 +127,87 @@ elseif hold then
 end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
-  return nil
+  reclaim(KEYS[1], KEYS[3], KEYS[4])
+  used = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
+    return nil
+  end
 end
 redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+if ARGV[5] ~= '' then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(ARGV[5]), ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+end
 return 1
 """
 
-# KEYS: the counter, the hold of a reservation its client gave up on (a timeout: the script may run after it).
-# ARGV: seconds to keep the tombstone. Gives back what the hold holds, once, and leaves the tombstone either way,
-# so a RESERVE still on its way runs as a no-op: the result is the same in whichever order the two arrive.
-RELEASE = """
+# KEYS: the counter, ``held``, ``expiry``. The counter's figure without the holds that expired (given back now).
+USED = _RECLAIM + """
+reclaim(KEYS[1], KEYS[2], KEYS[3])
+return redis.call('GET', KEYS[1])
+"""
+
+# What a hold still holds: its ``held`` entry (0 once expired), else (a hold made before ``held`` existed) its
+# ``hold:<id>`` value. Drops the entry, so each hold is given back or settled once.
+_TAKE_HOLD = """
+local function take(hold, held, expiry, id)
+  local j = redis.call('HGET', held, id) or hold
+  redis.call('HDEL', held, id)
+  redis.call('ZREM', expiry, id)
+  return j
+end
+"""
+
+# KEYS: the counter, the hold of a reservation its client gave up on (a timeout: the script may run after it),
+# ``held``, ``expiry``. ARGV: seconds to keep the tombstone, the reservation id. Gives back what the hold holds,
+# once, and leaves the tombstone either way, so a RESERVE still on its way runs as a no-op: the result is the same
+# in whichever order the two arrive.
+RELEASE = _RECLAIM + _TAKE_HOLD + """
 local hold = redis.call('GET', KEYS[2])
 if hold == 'released' then
   return 0
 end
 redis.call('SET', KEYS[2], 'released', 'EX', ARGV[1])
-if not hold or redis.call('EXISTS', KEYS[1]) == 0 then
+if not hold then
   return 0
 end
-local back = string.sub(hold, 1, 1) == '-' and string.sub(hold, 2) or '-' .. hold
-local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], back))
+local j = take(hold, KEYS[3], KEYS[4], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 or tonumber(j) == 0 then
+  return 0
+end
+local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], negated(j)))
 if v < 0 then
   redis.call('SET', KEYS[1], '0', 'KEEPTTL')
 end
 return 1
 """
 
-# KEYS: the counter, the reservation's hold (dropped: a settled reservation is never released). ARGV: the change.
-# Only a reservation that still holds its joules is settled: once its hold is gone (settled already, or expired
-# with its window) or released, a settlement sent again (a retry, a journal's replay) changes nothing. The DEL
-# runs either way, so the journaled ledger's probe (a settlement of no hold) still needs a writable server.
-SETTLE = """
+# KEYS: the counter, the reservation's hold (dropped: a settled reservation is never released), ``held``,
+# ``expiry``. ARGV: the joules the call used, the reservation id. The counter trades what the hold still holds (0
+# where it expired) for what the call used. Only a reservation whose hold is there is settled: once it is gone
+# (settled already, or gone with its window) or released, a settlement sent again (a retry, a journal's replay)
+# changes nothing. The DEL runs either way, so the journaled ledger's probe (a settlement of no hold) still needs
+# a writable server.
+SETTLE = _RECLAIM + _TAKE_HOLD + """
 local hold = redis.call('GET', KEYS[2])
 if hold == 'released' then
   return 0
 end
 redis.call('DEL', KEYS[2])
-if not hold or redis.call('EXISTS', KEYS[1]) == 0 then
+if not hold then
   return 0
 end
-local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))
+local j = take(hold, KEYS[3], KEYS[4], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], negated(j)))
 if v < 0 then
   redis.call('SET', KEYS[1], '0', 'KEEPTTL')
 end

@@ -1,0 +1,115 @@
+"""A worker killed (``kill -9``, the OOM killer) while its calls were in flight leaves their budget holds in the
+shared Redis or PostgreSQL ledger. They held the budget until its window ended (a day for ``per: day``), so every
+worker refused with 429 "spent or held by calls in flight" long after the crash; a hold now expires at its call's
+deadline plus a margin, and an expired hold no longer counts. A settlement that comes after the expiry still counts
+what the call used (in full: the hold's joules were given back), so no figure is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from conftest_postgres import PostgresServer, postgres_server  # noqa: F401 - the fixture
+from conftest_redis import redis_server  # noqa: F401 - the fixture
+
+from router.ledger import open_ledger
+from router.ledger.base import reserve
+
+DAY_S = 86_400.0
+LIMIT_J = 100.0
+HOLD_S = 2.0
+
+# a worker that holds 80 J of the day's 100 J for calls of a 1 s deadline, says so, and waits to be killed
+_WORKER = """
+import sys, time
+from router.ledger import open_ledger
+from router.ledger.base import reserve
+ledger = open_ledger(sys.argv[1])
+for _ in range(4):
+    assert reserve(ledger, "model:m:86400s", 20.0, 100.0, 86400.0, float(sys.argv[2])) is not None
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(params=["redis", "postgres"])
+def ledger_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh ledger on the suite's real Redis or PostgreSQL server."""
+    if request.param == "redis":
+        request.applymarker(pytest.mark.redis)
+        server = request.getfixturevalue("redis_server")
+        url = f"{server}/5?prefix=holds-{uuid.uuid4().hex[:8]}:"
+        yield url
+        with closing(open_ledger(url)) as led:
+            led.clear()  # type: ignore[attr-defined]
+    else:
+        request.applymarker(pytest.mark.postgres)
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = f"{server.url}?schema=holds_{uuid.uuid4().hex[:8]}"
+        yield url
+        with closing(open_ledger(url)) as led:
+            led.drop()  # type: ignore[attr-defined]
+
+
+def _kill_a_worker_holding(url: str, hold_s: float) -> None:
+    """Start a process that reserves 80 J, and ``kill -9`` it once it holds them."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, url, repr(hold_s)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == b"held"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    assert worker.returncode == -signal.SIGKILL
+
+
+def _wait_past(seconds: float) -> None:
+    time.sleep(seconds + 0.5)
+
+
+def test_the_holds_of_a_killed_worker_stop_counting_at_their_expiry(ledger_url: str) -> None:
+    _kill_a_worker_holding(ledger_url, HOLD_S)
+    with closing(open_ledger(ledger_url)) as led:
+        # still within the calls' deadline: the holds count (the calls might still be running)
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(80.0)
+        assert reserve(led, "model:m:86400s", 30.0, LIMIT_J, DAY_S, HOLD_S) is None
+        _wait_past(HOLD_S)
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(0.0)
+        back = reserve(led, "model:m:86400s", 90.0, LIMIT_J, DAY_S, 60.0)
+        assert back is not None, "the killed worker's holds still refuse the budget"
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(90.0)
+        led.settle(back, 25.0)
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(25.0)
+
+
+def test_a_hold_settled_after_its_expiry_counts_the_call_in_full(ledger_url: str) -> None:
+    """The process was only slow (its settlement waited out an outage): what the call used still counts, once."""
+    with closing(open_ledger(ledger_url)) as led:
+        slow = reserve(led, "model:m:86400s", 40.0, LIMIT_J, DAY_S, HOLD_S)
+        assert slow is not None
+        _wait_past(HOLD_S)
+        other = reserve(led, "model:m:86400s", 70.0, LIMIT_J, DAY_S, 60.0)  # fits only once the hold expired
+        assert other is not None
+        led.settle(slow, 30.0)
+        led.settle(slow, 30.0)  # a replay: counted once
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(100.0)
+        led.settle(other, 10.0)
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(40.0)
+
+
+def test_a_hold_without_an_expiry_counts_until_its_window_ends(ledger_url: str) -> None:
+    """What ``try_reserve`` without ``hold_s`` (a caller that knows no deadline) keeps doing."""
+    with closing(open_ledger(ledger_url)) as led:
+        assert led.try_reserve("model:m:86400s", 80.0, LIMIT_J, DAY_S) is not None
+        _wait_past(1.0)
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(80.0)
+        assert reserve(led, "model:m:86400s", 30.0, LIMIT_J, DAY_S, 60.0) is None
