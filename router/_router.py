@@ -64,7 +64,7 @@ from .errors import (
     RouterError,
     UnknownModelError,
 )
-from .keys import KeySpec, KeyStore, hash_key
+from .keys import KeySpec, KeyStore
 from .learning import Learning, prompt_retention_at_start
 from .ledger import Feedback, Ledger, LedgerRecord, open_ledger, redact
 from .policy.base import BudgetState, Decision, DecisionRequest
@@ -525,7 +525,7 @@ class Router:
             self._owner_outage.update(exc, self.ledger.url)
             return dataclasses.replace(req, request_id=new_request_id(), request_id_given=False)
         self._owner_outage.update(None, self.ledger.url)
-        if found is not None and found.key_hash != _key_hash(req.api_key):
+        if found is not None and found.key_hash != self.keys.key_hash(req.api_key):
             raise PermissionDeniedError(
                 f"request id {req.request_id!r} is taken by a response made with another API key; send another "
                 "x-request-id (or none: the router then makes a unique id)", param="request_id")
@@ -533,7 +533,7 @@ class Router:
 
     def _decide(self, req: CheckedRequest, classification: Classification, started: float) -> PreparedRequest:
         api_key = req.api_key
-        key_hash = _key_hash(api_key)
+        key_hash = self.keys.key_hash(api_key)
         policy = req.policy
         if api_key is not None:
             spec = api_key if isinstance(api_key, KeySpec) else self.keys.lookup(api_key)
@@ -786,11 +786,6 @@ class _OutageLog:
             log.warning("%s; %s", exc, self.down)
         else:
             log.warning("ledger %s: %s", redact(url), self.back)
-
-
-def _key_hash(api_key: str | KeySpec | None) -> str | None:
-    """The hash a request's ledger records carry for its key (a key store's entry has its own)."""
-    return api_key.key_hash if isinstance(api_key, KeySpec) else hash_key(api_key)
 
 
 def _check_send_args(prepared: Any, stream: Any, method: str) -> None:

@@ -315,6 +315,9 @@ class KeyEntry(_Settings):
     lock_policy: bool = Field(False, description="hold this key's requests to its policy: a request naming another "
                               "(`router:<policy>` or a body `policy`) is refused with a 403; without it a key may "
                               "choose any policy")
+    id: str | None = Field(None, pattern=r"^key-[0-9a-f]{16}$", description="the id the key goes by in the ledger, "
+                           "metrics and policy files (default: from its sha256); a rotated key's entry keeps the "
+                           "old key's, and with it its budgets and policy entries")
 
     @model_validator(mode="before")
     @classmethod

@@ -9,6 +9,7 @@ Keys are configured in the router config under ``keys`` (or a separate YAML file
         policy: eco                  # optional: the policy for model="router" (default: the config's)
         admin: true                  # optional: may open the dashboard and score any response; default false
         lock_policy: true            # optional: refuse requests that name another policy (403); default false
+        id: key-2c26b46b68ffc68f     # optional: the id it goes by (default: from its sha256); see *Rotation*
       - name: ci
         env: ROUTER_KEY_CI           # or: read the key from this environment variable at start-up
 
@@ -17,12 +18,19 @@ the metrics and policy files (per-key budgets) name it by; the full digest is wh
 is the one place a key is given a policy. Without ``lock_policy`` that policy is only the key's default: a request
 may name another (``router:<policy>`` or a body ``policy``), and with it leave the per-key budgets of its own. A
 key in clear text is refused (``key:`` is not a field), so config files can be committed.
+
+Rotation: a new key has a new digest, so by default a new id, and with it fresh per-key budget counters and none
+of the policy files' ``keys:`` entries of the key it replaces (its budgets and overrides would not apply). An
+entry's ``id`` keeps the old one: give the new key's entry ``id: <the old key's id>`` and it carries on with the
+old key's budgets (what they have spent this window included), policy entries and ledger history. Entries may
+share an id: the old and new keys, both valid while clients move over, then spend from the same budgets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,10 @@ def key_id(sha256: str) -> str:
     return "key-" + sha256[:16]
 
 
+KEY_ID = re.compile(r"^key-[0-9a-f]{16}$")
+"""What an id looks like (:func:`key_id`): the form an entry's ``id`` must take."""
+
+
 def hash_key(api_key: str | None) -> str | None:
     """A clear key's id (``None`` for no key): keys never reach the ledger, metrics or logs in clear."""
     return key_id(digest(api_key)) if api_key else None
@@ -60,10 +72,13 @@ class KeySpec:
     made, when keys are configured."""
     lock_policy: bool = False
     """Its requests always run under its policy (the config's default without one): naming another is refused."""
+    id: str | None = None
+    """The id it goes by where not the one of its digest: a rotated key's entry keeps the old key's (*Rotation*)."""
 
     @property
     def key_hash(self) -> str:
-        return key_id(self.sha256)
+        """Its id in the ledger, metrics and policy files (its ``id``, else the one of its digest)."""
+        return self.id or key_id(self.sha256)
 
 
 class KeyStore:
@@ -98,6 +113,14 @@ class KeyStore:
             return None
         return self._by_digest.get(digest(key))
 
+    def key_hash(self, key: str | KeySpec | None) -> str | None:
+        """The id a request with ``key`` is recorded and budgeted under: its entry's (which a rotated key's ``id``
+        carries over), else the one of its digest (no keys configured)."""
+        if isinstance(key, KeySpec):
+            return key.key_hash
+        spec = self.lookup(key)
+        return spec.key_hash if spec is not None else hash_key(key)
+
     def spec_for_digest(self, sha256: str) -> KeySpec:
         """The configured key with this digest, or an unnamed one without a policy (a key that was accepted when
         no keys were configured): what work submitted earlier under that key runs as (batches)."""
@@ -122,7 +145,7 @@ class KeyStore:
                 continue
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{where}: keys[{i}] must be a mapping with name, sha256 (or env) and policy")
-            extra = set(raw) - {"name", "sha256", "env", "policy", "admin", "lock_policy"}
+            extra = set(raw) - {"name", "sha256", "env", "policy", "admin", "lock_policy", "id"}
             if extra:
                 hint = " (store the sha256 of the key, never the key)" if "key" in extra else ""
                 raise ConfigError(f"{where}: keys[{i}]: unknown field(s) {', '.join(sorted(extra))}{hint}")
@@ -150,7 +173,13 @@ class KeyStore:
                 if not isinstance(value, bool):
                     raise ConfigError(f"{where}: keys[{i}] ({name}): `{field}` must be true or false, "
                                       f"got {type(value).__name__}")
-            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None, **flags))
+            given_id = raw.get("id")
+            if given_id is not None and not (isinstance(given_id, str) and KEY_ID.match(given_id)):
+                raise ConfigError(f"{where}: keys[{i}] ({name}): `id` must be a key id, `key-` and 16 hex digits as "
+                                  "the ledger shows it (the id of the key this one replaces), got "
+                                  f"{given_id!r}")
+            specs.append(KeySpec(name=name, sha256=sha, policy=str(policy) if policy else None, id=given_id,
+                                 **flags))
         return cls(specs)
 
     @classmethod

@@ -43,7 +43,7 @@ from ..errors import (
     RouterError,
     UnsupportedEncodingError,
 )
-from ..keys import KeyStore, hash_key
+from ..keys import KeyStore
 from ..types import ChatCompletionChunk
 from .metrics import ProxyMetrics, decided
 from .origins import BrowserGuard
@@ -181,7 +181,7 @@ class ChatHandler:
                 guard.check(origin, host)
             api_key = self.authenticate(auth)
             # a key label only for configured keys: without keys any bearer string would be a new label
-            key_label = hash_key(api_key) if self.keys else None
+            key_label = self.keys.key_hash(api_key) if self.keys else None
             body = self._parse(await self._read_body(receive, length, encoding))
             messages, model, stream, body = chat_request(body, self.policies)
             include_usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
