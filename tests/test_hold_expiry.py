@@ -113,3 +113,56 @@ def test_a_hold_without_an_expiry_counts_until_its_window_ends(ledger_url: str) 
         _wait_past(1.0)
         assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(80.0)
         assert reserve(led, "model:m:86400s", 30.0, LIMIT_J, DAY_S, 60.0) is None
+
+
+def _seconds_left_on_holds(url: str) -> list[float]:
+    """How long each hold of the store still counts, by the store's own clock."""
+    if url.startswith("redis"):
+        import redis
+
+        prefix = url.split("prefix=")[1]
+        client = redis.Redis.from_url(url.split("?")[0])
+        try:
+            now = float(client.time()[0])
+            keys = client.keys(f"{prefix}expiry:*")
+            return [score - now for key in keys for _, score in client.zrange(key, 0, -1, withscores=True)]
+        finally:
+            client.close()
+    import psycopg
+
+    base, schema = url.split("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        rows = conn.execute(f"SELECT expires_at - extract(epoch FROM clock_timestamp())::double precision "
+                            f"FROM {schema}.holds").fetchall()
+    return [float(r[0]) for r in rows]
+
+
+def test_the_router_holds_for_the_calls_deadline_and_a_margin(ledger_url: str, tmp_path: Path) -> None:
+    """Through the Router (its journal in front of the store): a call with a 7 s deadline holds for ~67 s."""
+    import threading
+
+    from test_budgets import REVIEW, policy, setup
+
+    from router import Router, RouterConfig
+    from router.backends import FaultInjectingBackend, create_backend
+    from router.cards import load_cards
+    from router.ledger.base import HOLD_MARGIN_S
+
+    root = setup(tmp_path, policy("reject", 100.0))
+    slow = FaultInjectingBackend(create_backend(load_cards(root / "models")["spec-a"]), delay_s=2.0)
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=ledger_url, journal={"folder": str(tmp_path / "journal")})
+    r = Router(config, backends={"spec-a": slow})
+    try:
+        call = threading.Thread(target=r.complete, args=(REVIEW,), kwargs={"deadline_s": 7.0})
+        call.start()
+        left: list[float] = []
+        for _ in range(100):  # until the call holds its budget
+            if left := _seconds_left_on_holds(ledger_url):
+                break
+            time.sleep(0.02)
+        call.join(30)
+        assert len(left) == 1 and 7.0 + HOLD_MARGIN_S - 1.5 <= left[0] <= 7.0 + HOLD_MARGIN_S
+        assert _seconds_left_on_holds(ledger_url) == []  # settled
+    finally:
+        r.close()
