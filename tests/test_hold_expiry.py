@@ -166,3 +166,20 @@ def test_the_router_holds_for_the_calls_deadline_and_a_margin(ledger_url: str, t
         assert _seconds_left_on_holds(ledger_url) == []  # settled
     finally:
         r.close()
+
+
+def test_ledger_doctor_shows_the_holds_of_a_killed_worker(ledger_url: str, tmp_path: Path) -> None:
+    from router.ledger.doctor import diagnose
+
+    def holds_line() -> str:
+        report = diagnose(ledger_url, journal_folder=tmp_path / "journal", replay=False)
+        return next(f.text for f in report.findings if f.text.startswith("budget holds:"))
+
+    _kill_a_worker_holding(ledger_url, HOLD_S)
+    assert holds_line().startswith("budget holds: 4 of calls that may be running (80 J), 0 past their expiry")
+    _wait_past(HOLD_S)
+    assert "0 of calls that may be running (0 J), 4 past their expiry (80 J: a killed worker's" in holds_line()
+    with closing(open_ledger(ledger_url)) as led:
+        assert reserve(led, "model:m:86400s", 90.0, LIMIT_J, DAY_S, None) is not None  # gives them back
+    assert holds_line().endswith("0 past their expiry (0 J: a killed worker's, no longer counted), 1 without an "
+                                 "expiry (90 J, counted until their window ends)")

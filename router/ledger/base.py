@@ -89,6 +89,29 @@ def reserve(ledger: Ledger, budget: str, joules: float, limit_j: float, window_s
     return ledger.try_reserve(budget, joules, limit_j, window_s)
 
 
+@dataclass
+class HoldCounts:
+    """The budget holds a store keeps now (``router ledger doctor``): of calls that may still be running
+    (``live``), past their expiry and so no longer counted (``expired``: a killed process's, given back at the
+    budget's next reservation that needs the room), and without an expiry (``unbounded``: counted until their
+    window ends)."""
+
+    live: int = 0
+    live_j: float = 0.0
+    expired: int = 0
+    expired_j: float = 0.0
+    unbounded: int = 0
+    unbounded_j: float = 0.0
+
+    def add(self, joules: float, expires_at: float | None, now: float) -> None:
+        if expires_at is None:
+            self.unbounded, self.unbounded_j = self.unbounded + 1, self.unbounded_j + joules
+        elif expires_at < now:
+            self.expired, self.expired_j = self.expired + 1, self.expired_j + joules
+        else:
+            self.live, self.live_j = self.live + 1, self.live_j + joules
+
+
 @dataclass(frozen=True)
 class Reservation:
     """Joules held against a budget while a request runs; settled with the actual figure afterwards."""
@@ -199,6 +222,10 @@ class Ledger(FeedbackMethods, ABC):
         it wrote). This default settles them one at a time; SQLite uses one transaction, Redis one round trip."""
         for reservation, actual_j in settlements:
             self.settle(reservation, actual_j)
+
+    def hold_counts(self) -> HoldCounts | None:
+        """The budget holds this store keeps now (``router ledger doctor``); None where it keeps none by id."""
+        return None
 
     def settle_queued(self) -> bool:
         """Apply now the settlements :meth:`settle` queued to apply later (the proxy's background writer queues

@@ -2,7 +2,8 @@
 
 Checks, in order: the store opens (else the ``LedgerError`` that says why, and nothing more can be checked);
 its schema version against the code's; the store's own integrity check (SQLite ``PRAGMA integrity_check``); the
-hourly summary, and where the store keeps one the coarser ``rollup_hourly`` the dashboard's totals read, against the
+budget holds it keeps (``Ledger.hold_counts``: live, expired, without an expiry), for information; the hourly
+summary, and where the store keeps one the coarser ``rollup_hourly`` the dashboard's totals read, against the
 records they sum (``--repair`` rebuilds both from the records); journals in the store's
 journal folder: those of dead processes are replayed (unless ``replay=False``), those of live processes are
 theirs to replay, and records a store refused (``rejected.jsonl``) are reported.
@@ -205,6 +206,12 @@ def _check_store(report: DoctorReport, led: Ledger, repair: bool, progress: Step
     step("integrity check", 0, None)
     problems = led.integrity_problems()
     report.add(not problems, "integrity check: " + ("ok" if not problems else "; ".join(problems[:5])))
+    holds = led.hold_counts()
+    if holds is not None:
+        report.add(True, f"budget holds: {holds.live} of calls that may be running ({holds.live_j:.4g} J), "
+                   f"{holds.expired} past their expiry ({holds.expired_j:.4g} J: a killed worker's, no longer "
+                   f"counted), {holds.unbounded} without an expiry ({holds.unbounded_j:.4g} J, counted until their "
+                   "window ends)")
     n, examples = summary_mismatches(led, progress=progress)
     rolled, rolled_examples = rollup_mismatches(led)
     if (n or rolled) and repair:

@@ -68,6 +68,7 @@ from .arguments import (
 from .base import (
     REFUSED,
     SUMMARY_DIMS,
+    HoldCounts,
     Ledger,
     LedgerRecord,
     Reservation,
@@ -87,6 +88,7 @@ from .postgres_schema import (
     FOLDED_WHERE,
     LARGEST_INSERT,
     MIGRATIONS,
+    NOW_SQL,
     RECLAIM,
     RELEASE,
     RESERVE,
@@ -731,6 +733,15 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         args = {"budget": budget, "start": start}
         row = self._pool.run(lambda c: c.execute(self._used_sql, args).fetchone(), within_s=self._request_timeout_s)
         return float(row[0]) if row else 0.0
+
+    @guarded("count the budget holds")
+    def hold_counts(self) -> HoldCounts:
+        counts = HoldCounts()
+        rows = self._all(f"SELECT joules, expires_at, {NOW_SQL} FROM {self.schema}.holds "
+                         "WHERE NOT released AND joules <> 0")
+        for joules, expires_at, now in rows:
+            counts.add(float(joules), expires_at, float(now))
+        return counts
 
     @guarded("list the budget counters")
     def budget_keys(self, since: float) -> list[str]:

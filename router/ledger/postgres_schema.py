@@ -99,7 +99,7 @@ def rollup_source(s: str, lo: int, hi: int | None) -> tuple[str, list[int]]:
     return source, [lo, lo] if hi is None else [lo, hi, lo, hi]
 
 
-_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+NOW_SQL = "extract(epoch FROM clock_timestamp())::double precision"
 """The server's clock: a hold's expiry is set and read by it, never by the hosts' clocks, which may differ."""
 
 # Args by name: id, budget, start, joules, limit, hold_s (seconds the hold counts unsettled; NULL: until its
@@ -114,7 +114,7 @@ RESERVE = """WITH prior AS (SELECT released FROM {s}.holds WHERE id = %(id)s),
         ON CONFLICT (budget, window_start) DO UPDATE SET used_j = b.used_j + excluded.used_j
         WHERE b.used_j + excluded.used_j <= %(limit)s RETURNING 1),
     hold AS (INSERT INTO {s}.holds (id, budget, window_start, joules, expires_at)
-        SELECT %(id)s, %(budget)s, %(start)s, %(joules)s, """ + _NOW + """ + %(hold_s)s FROM counter RETURNING 1)
+        SELECT %(id)s, %(budget)s, %(start)s, %(joules)s, """ + NOW_SQL + """ + %(hold_s)s FROM counter RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM hold) OR EXISTS (SELECT 1 FROM prior WHERE NOT released)"""
 
 # Args: id, the joules the call used, budget, window start. The hold goes: a settled reservation is never released.
@@ -130,14 +130,14 @@ SETTLE = """WITH settled AS (DELETE FROM {s}.holds WHERE id = %s AND NOT release
 # call in full. Run where a reservation found no room, then the reservation again: the common case adds no work.
 # Locks the holds before the counter, as a settlement and a release do.
 RECLAIM = """WITH expired AS (SELECT id, joules FROM {s}.holds
-        WHERE expires_at < """ + _NOW + """ AND NOT released AND joules <> 0
+        WHERE expires_at < """ + NOW_SQL + """ AND NOT released AND joules <> 0
         AND budget = %(budget)s AND window_start = %(start)s FOR UPDATE),
     zeroed AS (UPDATE {s}.holds AS h SET joules = 0 FROM expired AS e WHERE h.id = e.id RETURNING e.joules)
     UPDATE {s}.budgets SET used_j = GREATEST(0, used_j - (SELECT sum(joules) FROM zeroed))
     WHERE budget = %(budget)s AND window_start = %(start)s AND EXISTS (SELECT 1 FROM zeroed)"""
 
 # Args by name: budget, start. The counter without what expired holds still hold (what RECLAIM gives back).
-USED = """SELECT b.used_j - COALESCE((SELECT sum(h.joules) FROM {s}.holds AS h WHERE h.expires_at < """ + _NOW + """
+USED = """SELECT b.used_j - COALESCE((SELECT sum(h.joules) FROM {s}.holds AS h WHERE h.expires_at < """ + NOW_SQL + """
         AND NOT h.released AND h.joules <> 0 AND h.budget = b.budget AND h.window_start = b.window_start), 0)
     FROM {s}.budgets AS b WHERE b.budget = %(budget)s AND b.window_start = %(start)s"""
 

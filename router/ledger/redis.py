@@ -75,6 +75,7 @@ from .arguments import (
 from .base import (
     BUCKET_S,
     SUMMARY_DIMS,
+    HoldCounts,
     Ledger,
     LedgerRecord,
     Reservation,
@@ -466,6 +467,20 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         keys = self._holds_keys(budget, window_start(time.time(), window_s))
         value = self._used_script(keys=keys, client=self._request_r)
         return float(value) if value is not None else 0.0
+
+    @guarded("count the budget holds")
+    def hold_counts(self) -> HoldCounts:
+        counts = HoldCounts()
+        seconds, micros = self.r.time()
+        now = seconds + micros / 1e6
+        head = f"{self.prefix}held:"
+        for raw in self.r.scan_iter(match=_glob_escaped(head) + "*", count=1000):
+            held_key = raw.decode() if isinstance(raw, bytes) else raw
+            expiry = dict(self.r.zrange(f"{self.prefix}expiry:{held_key[len(head):]}", 0, -1, withscores=True))
+            for rid, joules in self.r.hgetall(held_key).items():
+                if float(joules) != 0:  # 0: expired and given back, its settlement not come yet
+                    counts.add(float(joules), expiry.get(rid), now)
+        return counts
 
     @guarded("list the budget counters")
     def budget_keys(self, since: float) -> list[str]:
