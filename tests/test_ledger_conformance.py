@@ -13,12 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conformance.ledger_suite import (
-    LEDGER_CHECKS,
-    MIGRATION_CHECKS,
-    OUTAGE_CHECKS,
-    check_settling_again_changes_nothing,
-)
+from conformance.ledger_suite import LEDGER_CHECKS, MIGRATION_CHECKS, OUTAGE_CHECKS
 from conftest_postgres import postgres_server  # noqa: F401 - the fixture
 from conftest_redis import redis_server, start_redis_server  # noqa: F401 - the fixture
 
@@ -104,31 +99,13 @@ def postgres_store(postgres_server) -> Iterator[OpenStore]:  # noqa: F811
     _closing(opened)  # type: ignore[arg-type]
 
 
-_SQLITE_GAPS = {
-    check_settling_again_changes_nothing: "SQLite keeps no reservation holds: settling by id needs a holds table, "
-    "a schema step of its own (PostgreSQL's step 5)",
-}
-"""The checks SQLite does not pass yet, and why: strict, so the check fails once it does and this entry goes."""
-
-
-def _mark_sqlite_gap(request: pytest.FixtureRequest, check: Callable[[OpenStore], None]) -> None:
-    if check in _SQLITE_GAPS:
-        request.applymarker(pytest.mark.xfail(reason=_SQLITE_GAPS[check], strict=True))
-
-
 @pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)
-def test_sqlite_ledger_conforms(
-    check: Callable[[OpenStore], None], sqlite_store: OpenStore, request: pytest.FixtureRequest
-) -> None:
-    _mark_sqlite_gap(request, check)
+def test_sqlite_ledger_conforms(check: Callable[[OpenStore], None], sqlite_store: OpenStore) -> None:
     check(sqlite_store)
 
 
 @pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)
-def test_journaled_sqlite_ledger_conforms(
-    check: Callable[[OpenStore], None], journaled_store: OpenStore, request: pytest.FixtureRequest
-) -> None:
-    _mark_sqlite_gap(request, check)
+def test_journaled_sqlite_ledger_conforms(check: Callable[[OpenStore], None], journaled_store: OpenStore) -> None:
     check(journaled_store)
 
 

@@ -212,10 +212,9 @@ class Ledger(FeedbackMethods, ABC):
 
     @abstractmethod
     def settle(self, reservation: Reservation, actual_j: float) -> None:
-        """Replace the held amount with what the call actually used, once: Redis and PostgreSQL settle a
-        reservation by its id (its hold), so settling it again (a retry after a timeout whose first try had
-        committed, a journal's replay) changes nothing and the first figure stands. SQLite keeps no holds yet, and
-        counts a second settlement again."""
+        """Replace the held amount with what the call actually used, once: every store settles a reservation by
+        its id (its hold), so settling it again (a retry after a timeout whose first try had committed, a journal's
+        replay) changes nothing and the first figure stands."""
 
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """Settle several reservations (the proxy's background writer hands over the ones that queued up while

@@ -53,7 +53,10 @@ from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import (
     BUCKET_SQL,
     MIGRATIONS,
+    RESERVE,
     SCHEMA_VERSION,
+    SETTLE_COUNTER,
+    SETTLE_HOLD,
     SUMMARY_COLS,
     UNFOLDED_SQL,
     fold_sql,
@@ -86,16 +89,6 @@ _LARGEST_INSERT = 256  # rows in one INSERT statement (21 columns: 5,376 paramet
 REQUEST_TIMEOUT_S = 1.0  # the longest a reservation waits for another connection's write lock (see the class)
 URL_OPTIONS = ("retention_days", "durable", "timeout_s", "request_timeout_s")  # the query a sqlite:/// URL takes
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
-
-
-_RESERVE = """INSERT INTO budgets (budget, window_start, used_j) SELECT ?, ?, ? WHERE ? <= ?
-    ON CONFLICT (budget, window_start) DO UPDATE SET used_j = used_j + excluded.used_j
-    WHERE used_j + excluded.used_j <= ?"""
-_SETTLE = "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND window_start = ?"
-
-
-def _settle_args(reservation: Reservation, actual_j: float) -> tuple[float, str, float]:
-    return actual_j - reservation.joules, reservation.budget, reservation.window_start
 
 
 class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
@@ -331,9 +324,12 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
             self._conn.execute(summarise_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
             self._conn.execute("DELETE FROM rollup_hourly WHERE bucket <= ?", (boundary,))
             self._conn.execute(rollup_sql("WHERE ts >= ? AND ts < ?"), (older_than, boundary + 3600))
-            old = self._conn.execute("SELECT DISTINCT budget FROM budgets WHERE window_start < ?", (older_than,))
-            self._conn.executemany("DELETE FROM budgets WHERE budget = ? AND window_start <= ?",
-                                   ended_budget_windows([b for (b,) in old.fetchall()], older_than))
+            old = self._conn.execute("SELECT budget FROM budgets WHERE window_start < ? UNION "
+                                     "SELECT budget FROM holds WHERE window_start < ?", (older_than, older_than))
+            ended = ended_budget_windows([b for (b,) in old.fetchall()], older_than)
+            self._conn.executemany("DELETE FROM budgets WHERE budget = ? AND window_start <= ?", ended)
+            # the holds of reservations never settled (their process died) go with their window's counter
+            self._conn.executemany("DELETE FROM holds WHERE budget = ? AND window_start <= ?", ended)
         return int(n)
 
     # -- records ----------------------------------------------------------------------------------------
@@ -549,28 +545,37 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
-        """One statement, so one write transaction that SQLite makes atomic across threads and processes: add
-        ``joules`` to the window's row (or create it) only where the sum stays within ``limit_j``; the number of
-        rows changed says whether it did. (It was BEGIN IMMEDIATE, a SELECT, an upsert and COMMIT: four
-        statements on the proxy's event loop for every request with a budget.)"""
+        """One statement, so one write transaction that SQLite makes atomic across threads and processes: the
+        reservation's hold goes in only where the window's counter stays within ``limit_j``, and a trigger adds its
+        joules to the counter (or creates it); the number of rows inserted says whether it did (schema step 8).
+        (It was BEGIN IMMEDIATE, a SELECT, an upsert and COMMIT: four statements on the proxy's event loop for
+        every request with a budget.)"""
         start = window_start(time.time(), window_s)
+        reservation_id = uuid.uuid4().hex
         with self._reserve_lock:
-            changed = self._reserve_conn.execute(_RESERVE, (budget, start, joules, joules, limit_j, limit_j)).rowcount
-        return Reservation(uuid.uuid4().hex, budget, joules, start) if changed == 1 else None
+            changed = self._reserve_conn.execute(RESERVE, (reservation_id, budget, start, joules, limit_j)).rowcount
+        return Reservation(reservation_id, budget, joules, start) if changed == 1 else None
 
     @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
-        with self._lock:
-            self._conn.execute(_SETTLE, _settle_args(reservation, actual_j))
+        self._settle([(reservation, actual_j)])
 
     @guarded("settle reservations")
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
-        """One transaction for all of them (the same update each, in order)."""
-        if not settlements:
-            return
-        rows = [_settle_args(r, actual_j) for r, actual_j in settlements]
+        """One transaction for all of them, in order."""
+        if settlements:
+            self._settle(settlements)
+
+    def _settle(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """In one transaction, each settlement deletes its reservation's hold and, only where there was one, moves
+        the window's counter by the change: a reservation settled already (before, or earlier in the same batch)
+        changes nothing."""
+        conn = self._conn
         with self._lock, self._write_transaction():
-            self._conn.executemany(_SETTLE, rows)
+            for reservation, actual_j in settlements:
+                if conn.execute(SETTLE_HOLD, (reservation.id,)).rowcount == 1:
+                    conn.execute(SETTLE_COUNTER, (actual_j - reservation.joules, reservation.budget,
+                                                  reservation.window_start))
 
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:

@@ -24,6 +24,16 @@ Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how t
    instead. No trigger keeps it (a second per-record upsert cost every write ~15 %): record ids only grow
    (``AUTOINCREMENT``), so a read adds the records after ``rollup_upto`` (late ones in old hours too) to the rows,
    in the same statement, and the writer folds them in a few thousand at a time (:func:`fold_sql`).
+8. ``holds``: the joules each budget reservation holds until it is settled (PostgreSQL's step 5), so a settlement
+   sent again (a retry, a journal's replay) changes nothing. A reservation is one ``INSERT`` of its hold, made only
+   where the budget's window has room, and the ``holds_reserve`` trigger adds its joules to the window's counter in
+   the same statement (:data:`RESERVE`); a settlement deletes the hold and moves the counter only where it did
+   (:data:`SETTLE_HOLD`, :data:`SETTLE_COUNTER`). No ``released`` column as PostgreSQL's: a SQLite reservation
+   runs in the calling process, so one that failed (the write lock not had in ``request_timeout_s``) wrote nothing
+   and there is nothing to give back later. A hold nobody settles (the process died between the call and its
+   settlement) keeps its joules held, as the counter alone did before, until a prune drops it with its window's
+   counter. Reservations made before the upgrade have no hold, so their settlements change nothing: each such
+   call's estimate stays charged to the window it was made in.
 """
 
 from __future__ import annotations
@@ -82,6 +92,20 @@ def summarise_sql(where: str) -> str:
         SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))
         FROM records {where} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"""
 
+
+# Args: id, budget, window start, joules, limit. One statement, which SQLite applies under
+# the write lock from its first read: the hold goes in only where the window's counter (none yet: 0) leaves room,
+# and the trigger adds its joules to the counter (or creates it). One row changed: the reservation holds.
+RESERVE = """INSERT INTO holds (id, budget, window_start, joules) SELECT ?1, ?2, ?3, ?4
+    WHERE COALESCE((SELECT used_j FROM budgets WHERE budget = ?2 AND window_start = ?3), 0) + ?4 <= ?5"""
+
+SETTLE_HOLD = "DELETE FROM holds WHERE id = ?"
+"""Arg: the reservation's id. A settled reservation's hold goes; no row deleted (settled already, pruned with its
+window, or made before holds existed): :data:`SETTLE_COUNTER` is not run, so the settlement changes nothing."""
+
+SETTLE_COUNTER = "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND window_start = ?"
+"""Args: the change (actual - held), budget, window start; run after :data:`SETTLE_HOLD` deleted the hold, in the
+same transaction."""
 
 MIGRATIONS: Migrations[list[str]] = Migrations(
     "SQLite",
@@ -178,6 +202,21 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 create_rollup_sql("rollup_hourly", _TYPES, " WITHOUT ROWID"),
                 rollup_sql(""),
                 f"INSERT INTO meta (key, value) SELECT '{ROLLUP_UPTO}', COALESCE(MAX(id), 0) FROM records",
+            ],
+        ),
+        Step(
+            8,
+            "holds: each budget reservation until it is settled (a settlement sent again changes nothing)",
+            [
+                # no index on (budget, window_start), which a prune deletes by: the table keeps only reservations
+                # in flight and those of processes that died, and an index would cost every reservation its upkeep
+                """CREATE TABLE IF NOT EXISTS holds (
+                    id TEXT PRIMARY KEY, budget TEXT NOT NULL, window_start REAL NOT NULL, joules REAL NOT NULL)
+                    WITHOUT ROWID""",
+                """CREATE TRIGGER IF NOT EXISTS holds_reserve AFTER INSERT ON holds BEGIN
+                    INSERT INTO budgets (budget, window_start, used_j) VALUES (NEW.budget, NEW.window_start, NEW.joules)
+                    ON CONFLICT (budget, window_start) DO UPDATE SET used_j = used_j + excluded.used_j;
+                END""",
             ],
         ),
     ],

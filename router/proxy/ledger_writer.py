@@ -104,8 +104,7 @@ class BackgroundLedger(Ledger):
         self._pending: deque[Any] = deque()  # append/popleft are atomic: no lock on the request path
         # settlements queue apart from the records, so that a refusal can apply them without waiting for the
         # writer; whoever applies them (the writer, or a refusal) takes them under this lock: each is applied
-        # once (SQLite counts a second settlement again), and once the lock is had every settlement taken
-        # before is applied
+        # once, and once the lock is had every settlement taken before is applied
         self._settlements: deque[tuple[Reservation, float]] = deque()
         self._settle_lock = threading.Lock()
         self._wake = threading.Event()

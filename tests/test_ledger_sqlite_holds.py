@@ -1,0 +1,119 @@
+"""SQLite budget holds (schema step 8): a file of the previous schema upgrades without losing a record or a counter
+and then settles each reservation once; a hold nobody settled stays held, until a prune drops it with its
+window's counter."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from router.ledger import LedgerRecord, SQLiteLedger
+from router.ledger.base import Reservation, window_start
+from router.ledger.doctor import diagnose
+from router.ledger.sqlite_schema import MIGRATIONS
+
+DAY_S = 86_400
+_V7_COLUMNS = [
+    "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
+    "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
+    "estimated_j", "grid_g_per_kwh", "zone",
+]  # fmt: skip
+
+
+def _records(n: int, now: float) -> list[LedgerRecord]:
+    return [LedgerRecord(request_id=f"r{i}", model=["a", "b"][i % 2], tier="small", energy_j=1.5 + i,
+                         energy_source="measured:nvml", input_tokens=i, output_tokens=2 * i, latency_ms=10.0 + i,
+                         policy="p", task="chat", key_hash=f"k{i % 3}", co2e_g=0.001 * i, grid_g_per_kwh=300.0,
+                         zone="PL", estimated_j=2.0 + i, ts=now - 3 * 86_400 + i * 1_000.0)
+            for i in range(n)]
+
+
+def _v7_file(path: Path, recs: list[LedgerRecord], budgets: list[tuple[str, float, float]]) -> None:
+    """A ledger file as schema version 7 wrote it: its records (the summary trigger fired for each), and budget
+    counters with no holds (a call in flight there held its joules in the counter alone)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for step in MIGRATIONS.steps[:7]:
+        for stmt in step.payload:
+            conn.execute(stmt)
+    conn.execute("PRAGMA user_version=7")
+    insert = f"INSERT INTO records ({', '.join(_V7_COLUMNS)}) VALUES ({', '.join('?' for _ in _V7_COLUMNS)})"
+    conn.executemany(insert, [tuple(getattr(r, c) for c in _V7_COLUMNS) for r in recs])
+    conn.executemany("INSERT INTO budgets (budget, window_start, used_j) VALUES (?, ?, ?)", budgets)
+    conn.close()
+
+
+def _holds(path: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT id, budget FROM holds ORDER BY id").fetchall()
+
+
+def test_a_version_7_file_upgrades_keeping_every_record_and_counter_and_settles_each_reservation_once(
+        tmp_path: Path) -> None:
+    """Settling a reservation twice (a retry, a journal's replay) charged its budget twice on SQLite."""
+    db = tmp_path / "v7.sqlite3"
+    now = time.time()
+    recs = _records(60, now)
+    day = window_start(now, DAY_S)
+    _v7_file(db, recs, [("model:a:86400s", day, 3.0), ("model:a:86400s", day - DAY_S, 40.0)])
+    led = SQLiteLedger(db)
+    try:
+        assert led.schema_version == led.latest_schema_version == 8
+        assert led.records() == recs, "every record, every field, as written"
+        totals = {t["group"]: t for t in led.totals("model")}
+        assert totals["a"]["requests"] == 30 and totals["b"]["requests"] == 30
+        assert totals["a"]["energy_j"] == pytest.approx(sum(r.energy_j for r in recs if r.model == "a"))
+        report = diagnose(led.url, ledger=led, replay=False)
+        assert not report.problems, report.problems
+        assert any("schema version 8 (this router writes 8)" in f.text for f in report.findings)
+
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(3.0), "the counter is kept"
+        # a reservation the previous version made has no hold: its settlement changes nothing, so its estimate
+        # stays charged (as when its process dies before settling), never more
+        led.settle(Reservation("made-before-the-upgrade", "model:a:86400s", 3.0, day), 1.0)
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(3.0)
+
+        held = led.try_reserve("model:a:86400s", 10.0, 20.0, DAY_S)
+        assert held is not None and _holds(db) == [(held.id, "model:a:86400s")]
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(13.0)
+        assert led.try_reserve("model:a:86400s", 7.5, 20.0, DAY_S) is None, "13 + 7.5 J pass the 20 J limit"
+        assert len(_holds(db)) == 1, "a refused reservation holds nothing"
+        led.settle(held, 4.0)
+        led.settle(held, 4.0)
+        led.settle_many([(held, 9.0), (held, 9.0)])
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(7.0), "settled once: 3 + 4 J"
+        assert _holds(db) == []
+    finally:
+        led.close()
+    again = SQLiteLedger(db)
+    assert again.records() == recs and again.budget_used("model:a:86400s", DAY_S) == pytest.approx(7.0)
+    again.close()
+
+
+def test_a_hold_nobody_settled_stays_held_until_a_prune_drops_it_with_its_window(tmp_path: Path) -> None:
+    """What a process that dies between a call's reservation and its settlement leaves: the hold, committed with
+    the counter. Another process (a journal's replay) settles it once; the holds of windows that ended go with
+    their counters."""
+    db = tmp_path / "l.sqlite3"
+    dying = SQLiteLedger(db)
+    settled_later = dying.try_reserve("model:m:86400s", 5.0, 100.0, DAY_S)
+    never_settled = dying.try_reserve("model:m:86400s", 6.0, 100.0, DAY_S)
+    assert settled_later is not None and never_settled is not None
+    dying.close()  # committed: as after a kill -9
+
+    led = SQLiteLedger(db)
+    try:
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(11.0)
+        led.settle_many([(settled_later, 2.0), (settled_later, 2.0)])
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(8.0), "the other one's 6 J still held"
+        assert _holds(db) == [(never_settled.id, "model:m:86400s")]
+        led.prune(time.time() + 2 * DAY_S)  # the window ended a day ago
+        assert _holds(db) == []
+        assert led.budget_keys(0.0) == []
+        led.settle(never_settled, 1.0)  # its window is gone: nothing to settle, nothing created
+        assert led.budget_keys(0.0) == []
+    finally:
+        led.close()
