@@ -6,7 +6,8 @@ the WAL file, which the OS keeps through a kill -9); a power cut may lose the tr
 last checkpoint. ``durable=True`` switches to ``synchronous=FULL`` (an fsync per record) for that case.
 
 The schema and its numbered migrations are in :mod:`router.ledger.sqlite_schema`; opening an older file
-upgrades it in one transaction. Record ids are unique: writing a stored record again changes nothing.
+upgrades it in one transaction. Record ids are unique: writing a stored record again changes nothing. Each budget
+reservation has a row in ``holds`` until it is settled (step 8), so settling it again changes nothing either.
 
 Length: one class is the whole ledger interface for one store (records, budgets, sums, retention, migrations on
 open); its schema and its feedback table are already modules of their own, and splitting the class further would
@@ -93,7 +94,8 @@ _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
     """One SQLite file in WAL mode; safe across threads (each connection behind its own lock) and processes
-    (SQLite's own locking; a budget reservation is one statement, which SQLite applies atomically).
+    (SQLite's own locking; a budget reservation is one statement, its hold's ``INSERT``, whose trigger charges
+    the counter: SQLite applies it atomically).
 
     Three connections, so that the calls made while answering a request (on the proxy's event loop) never
     queue behind a write that waits for the file's write lock (another process's ``router ledger prune``, a
