@@ -5,10 +5,13 @@ window's counter."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from forking import in_a_forked_child
 
 from router.ledger import LedgerRecord, SQLiteLedger
 from router.ledger.base import Reservation, window_start
@@ -117,3 +120,54 @@ def test_a_hold_nobody_settled_stays_held_until_a_prune_drops_it_with_its_window
         assert led.budget_keys(0.0) == []
     finally:
         led.close()
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_child_forked_while_the_ledger_waits_to_write_works_on_connections_of_its_own(tmp_path: Path) -> None:
+    """A SQLite ledger opened before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork
+    pool), forked while one of the parent's threads was writing (waiting for the file's write lock, held by
+    another connection here): the child's first write waited for ever on the ledger's lock, held by a thread that
+    does not exist in the child; with a lock of its own, its new connections failed every write as "database is
+    locked", SQLite's copy of the parent's statement in flight blocking them. Now the fork waits for the write in
+    flight, and the child writes, reserves and settles on connections of its own; the parent goes on."""
+    db = tmp_path / "forked.sqlite3"
+    led = SQLiteLedger(db, timeout_s=10)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the file's write lock, as a prune or backup in another process holds it
+    writer = threading.Thread(target=led.record, args=(_record("parent"),))
+    writer.start()
+    _wait_until(led._lock.locked, "the parent's writer never started its write")
+    threading.Timer(0.5, holder.execute, ("COMMIT",)).start()  # the other process finishes, during the fork
+
+    def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
+        led.record(_record("child"))
+        held = led.try_reserve("model:m:86400s", 5.0, 100.0, DAY_S)
+        assert held is not None
+        led.settle(held, 2.0)
+        led.settle(held, 2.0)
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(2.0)
+        assert {r.request_id for r in led.records()} == {"parent", "child"}
+        led.close()
+
+    try:
+        in_a_forked_child(in_the_child, "the child wrote on connections of its own", timeout_s=20)
+        writer.join(30)
+        assert sorted(r.request_id for r in led.records()) == ["child", "parent"]
+        assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(2.0)
+        assert led.integrity_problems() == []
+        led.record(_record("parent, after the child"))
+        assert len(led.records()) == 3
+    finally:
+        holder.close()
+        led.close()
+
+
+def _record(request_id: str) -> LedgerRecord:
+    return LedgerRecord(request_id=request_id, model="m", tier="small", energy_j=1.0, energy_source="estimated:x",
+                        ts=time.time())

@@ -9,6 +9,9 @@ The schema and its numbered migrations are in :mod:`router.ledger.sqlite_schema`
 upgrades it in one transaction. Record ids are unique: writing a stored record again changes nothing. Each budget
 reservation has a row in ``holds`` until it is settled (step 8), so settling it again changes nothing either.
 
+Forks (gunicorn --preload, multiprocessing's fork): a fork waits for the ledger's statements in flight, and the
+child opens connections of its own (:meth:`SQLiteLedger._renew_after_fork`).
+
 Length: one class is the whole ledger interface for one store (records, budgets, sums, retention, migrations on
 open); its schema and its feedback table are already modules of their own, and splitting the class further would
 scatter one store's SQL.
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .._forks import renew_after_fork
 from .arguments import (
     checked_count,
     checked_limit,
@@ -68,6 +72,9 @@ from .sqlite_schema import (
 from .urls import sqlite_path, sqlite_url, url_scheme
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
+
+_INHERITED: list[sqlite3.Connection] = []
+"""The connections a forked child inherited from its parent (:meth:`SQLiteLedger._renew_after_fork`)."""
 
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
@@ -126,35 +133,24 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
         checked_retention_days(retention_days)  # before the file is created or opened
         self.path = Path(path)
         self.url = sqlite_url(self.path)
-        self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        synchronous = f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"  # per connection
-        self._conn = conn = sqlite3.connect(
-            self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None
-        )
+        self._synchronous = f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}"  # per connection
+        self._timeout_s = timeout_s
+        self._request_timeout_s = min(request_timeout_s, timeout_s)
+        self._lock = threading.Lock()
+        self._conn = conn = self._connect(timeout_s)
         self._read_conn = self._reserve_conn = conn
         self._read_lock = self._reserve_lock = self._lock
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: every connection to it is in WAL mode
-            conn.execute(synchronous)
             self._check_writable()
             self._migrate()
-            if str(self.path) != ":memory:":
-                request_timeout_s = min(request_timeout_s, timeout_s)
-                self._read_conn = sqlite3.connect(
-                    self.path, timeout=request_timeout_s, check_same_thread=False, isolation_level=None
-                )
-                self._read_conn.execute("PRAGMA query_only=1")
-                self._read_lock = threading.Lock()
-                self._reserve_conn = sqlite3.connect(
-                    self.path, timeout=request_timeout_s, check_same_thread=False, isolation_level=None
-                )
-                self._reserve_conn.execute(synchronous)
-                self._reserve_lock = threading.Lock()
+            self._open_request_connections()
         except BaseException:
             for c in {id(c): c for c in (conn, self._read_conn, self._reserve_conn)}.values():
                 c.close()
             raise
+        renew_after_fork(self)
         self._inserts: dict[int, str] = {}
         self._insert = self._insert_rows(1)
         if retention_days is not None:
@@ -197,6 +193,59 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
         if "durable" in query:
             kwargs.setdefault("durable", durable in _TRUE)
         return cls(path, **kwargs)
+
+    def _connect(self, timeout_s: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute(self._synchronous)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_request_connections(self) -> None:
+        """The connections of the calls made while answering a request (the class docstring): a ``:memory:``
+        database exists once per connection, so it keeps the one it has."""
+        if str(self.path) == ":memory:":
+            return
+        self._read_conn = self._connect(self._request_timeout_s)
+        self._read_conn.execute("PRAGMA query_only=1")
+        self._read_lock = threading.Lock()
+        self._reserve_conn = self._connect(self._request_timeout_s)
+        self._reserve_lock = threading.Lock()
+
+    def _locks(self) -> list[threading.Lock]:
+        return list({id(lock): lock for lock in (self._lock, self._read_lock, self._reserve_lock)}.values())
+
+    def _hold_for_fork(self) -> None:
+        """Wait for this ledger's statements in flight (a write waits at most ``timeout_s`` for another process's
+        lock) and hold off new ones until the fork is done, so that no SQLite state of a statement half-done is
+        copied into the child: there, SQLite's copy of the parent's locks (kept per process, shared by every
+        connection to the file) would fail each write of the child's own connections as "database is locked"."""
+        self._held_for_fork = self._locks()
+        for lock in self._held_for_fork:
+            lock.acquire()
+
+    def _release_after_fork(self) -> None:
+        for lock in reversed(self._held_for_fork):
+            lock.release()
+
+    def _renew_after_fork(self) -> None:
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) opens connections
+        of its own, with new locks: a parent's thread may have held a lock, or been inside a statement on a
+        connection, at the fork, and SQLite's file locks belong to the process that took them, so the child would
+        wait for ever, or write on the parent's connection without holding its locks (SQLite: a connection used in
+        a child process must be opened there). :meth:`_hold_for_fork` saw to it that none was inside a statement.
+        The inherited connections are kept open for the child's life, never used: SQLite's close of one acts on
+        the parent's state copied with it (its file locks, which the child's own connections share, as SQLite
+        keeps them per process and file; a checkpoint where it finds itself the file's last user)."""
+        self._lock = threading.Lock()
+        self._read_lock = self._reserve_lock = self._lock
+        if self.closed or str(self.path) == ":memory:":  # a ``:memory:`` database is its connection, copied
+            return
+        _INHERITED.extend((self._conn, self._read_conn, self._reserve_conn))
+        self._conn = self._read_conn = self._reserve_conn = self._connect(self._timeout_s)
+        self._open_request_connections()
 
     def _translate(self, exc: BaseException, action: str) -> Exception:
         return sqlite_error(self.url, self.path, exc, action)
