@@ -155,6 +155,27 @@ def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:
     assert table.num_rows == 5 and table.column("energy_j").to_pylist()[3] == 20.0
 
 
+def test_the_output_files_ending_picks_the_format_where_format_is_not_given(ledger: str, tmp_path: Path) -> None:
+    """`router ledger export -o ledger.parquet` wrote CSV into ledger.parquet, and `router ledger report -o r.csv`
+    (or .json, .html) a text table: the format was --format's default whatever the file was named."""
+    run("ledger", "report", "--ledger", ledger, "-o", str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text())["total"]["requests"] == 5
+    run("ledger", "report", "--ledger", ledger, "-o", str(tmp_path / "r.CSV"))
+    rows = list(csv.DictReader((tmp_path / "r.CSV").open()))
+    assert rows[0]["model"] and len(rows) == 4, "three models and the total"
+    run("ledger", "report", "--ledger", ledger, "-o", str(tmp_path / "r.htm"))
+    assert (tmp_path / "r.htm").read_text().lstrip().startswith("<")
+    run("ledger", "report", "--ledger", ledger, "-o", str(tmp_path / "r.txt"))
+    assert "┃" in (tmp_path / "r.txt").read_text(), "an ending that names no format: the table"
+    run("ledger", "report", "--ledger", ledger, "-f", "table", "-o", str(tmp_path / "table.csv"))
+    assert "┃" in (tmp_path / "table.csv").read_text(), "--format given wins"
+    run("ledger", "export", "--ledger", ledger, "-o", str(tmp_path / "x.csv"))
+    assert len(list(csv.DictReader((tmp_path / "x.csv").open()))) == 5
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed: Parquet export unavailable")
+    out = run("ledger", "export", "--ledger", ledger, "-o", str(tmp_path / "x.parquet"))
+    assert "(parquet)" in out and pq.read_table(tmp_path / "x.parquet").num_rows == 5
+
+
 def test_a_dash_as_the_output_is_stdout(ledger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`-o -` wrote a file named '-' in the working folder and nothing on stdout, where a pipe waited for it."""
     monkeypatch.chdir(tmp_path)

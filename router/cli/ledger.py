@@ -86,12 +86,28 @@ class ExportFormat(str, Enum):
 
 
 _BY_OPT = typer.Option(By.model, "--by", help="Group rows by this.")
-_FORMAT_OPT = typer.Option(Format.table, "--format", "-f", help="table (default), csv, json or html.")
+_FORMAT_OPT = typer.Option(None, "--format", "-f", help="table, csv, json or html; default: the one -o's file "
+                           "ending names (.csv, .json, .html), else table.")
 _REPORT_OUTPUT_OPT = typer.Option(None, "--output", "-o",
                                   help="Write the report here instead of stdout (- is stdout too).")
 _PLOT_OPT = typer.Option(None, "--plot", help="Also write the over-time plot as PNG here (a file: not -).")
 _EXPORT_OUTPUT_OPT = typer.Option(..., "--output", "-o", help="File to write; - writes CSV to stdout.")
-_EXPORT_FORMAT_OPT = typer.Option(ExportFormat.csv, "--format", "-f", help="csv or parquet.")
+_EXPORT_FORMAT_OPT = typer.Option(None, "--format", "-f", help="csv or parquet; default: parquet for an -o ending in "
+                                  ".parquet, else csv.")
+
+OutputFormat = TypeVar("OutputFormat", Format, ExportFormat)
+
+
+def _format_for(output: Path | None, given: OutputFormat | None, default: OutputFormat) -> OutputFormat:
+    """``--format`` as given, else the one the output file's ending names (``-o ledger.parquet``, ``-o r.html``):
+    without this, a file so named got the default format (CSV bytes in a .parquet file, a text table in a .csv)."""
+    if given is not None:
+        return given
+    if output is None or output == STDOUT:
+        return default
+    ending = output.suffix.lower().removeprefix(".")
+    ending = {"htm": "html", "pq": "parquet"}.get(ending, ending)
+    return next((f for f in type(default) if f.value == ending), default)
 
 
 def _config(config: Path | None, ledger: str | None) -> RouterConfig:
@@ -219,7 +235,7 @@ def report(
     since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
     until: str | None = typer.Option(None, "--until", help="Up to (exclusive); same forms as --since."),
     by: By = _BY_OPT,
-    fmt: Format = _FORMAT_OPT,
+    fmt: Format | None = _FORMAT_OPT,
     output: Path | None = _REPORT_OUTPUT_OPT,
     plot: Path | None = _PLOT_OPT,
     counterfactual: str | None = typer.Option(
@@ -241,6 +257,7 @@ def report(
     start, end = parse_range(_since(ctx, since), until)
     window_s = parse_length(window, "--window")
     refuse_stdout("--plot", plot, "a PNG image is binary")
+    fmt = _format_for(output, fmt, Format.table)
     if output == STDOUT:
         output = None
     try:
@@ -297,7 +314,7 @@ def report(
 def export(
     ctx: typer.Context,
     output: Path = _EXPORT_OUTPUT_OPT,
-    fmt: ExportFormat = _EXPORT_FORMAT_OPT,
+    fmt: ExportFormat | None = _EXPORT_FORMAT_OPT,
     since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
     until: str | None = typer.Option(None, "--until", help="Up to (exclusive)."),
     ledger: str | None = _LEDGER_OPT,
@@ -306,6 +323,7 @@ def export(
     """Every record (one row each) as CSV or Parquet, for pandas, DuckDB, spreadsheets."""
     from ..ledger.export import export_csv, export_parquet, parquet_available
 
+    fmt = _format_for(output, fmt, ExportFormat.csv)
     if fmt is ExportFormat.parquet and not parquet_available():
         fail("Parquet export needs pyarrow, which is not installed here (pip install pyarrow); use --format csv")
     to_stdout = output == STDOUT
