@@ -423,6 +423,10 @@ class RouterConfig(BaseModel):
             loaded = read_yaml(path, "config file")[0] or {}
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path}: a config file is a YAML mapping (models_dir, ledger_url, ...)")
+            for key in loaded:  # a nested block's are pydantic's to check; a top-level one is a keyword here
+                if not isinstance(key, str):
+                    raise ConfigError(f"{path}: the setting {key!r} is not a name: a config file's settings are "
+                                      "names such as models_dir or ledger_url (each is described in router/config.py)")
             _paths_relative_to(path.absolute().parent, loaded)
             data.update(loaded)
         from_env: set[str] = set()

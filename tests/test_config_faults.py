@@ -265,6 +265,16 @@ def test_yaml_values_that_cannot_be_built_are_config_errors(tmp_path: Path) -> N
     assert "a model card is a YAML mapping" in card_error(tmp_path, "- a\n- b\n")
 
 
+@pytest.mark.parametrize("text", ["?\n", "1: a\n", "models_dir: m\ntrue: x\n"])
+def test_a_config_setting_that_is_not_a_name_is_a_config_error(tmp_path: Path, text: str) -> None:
+    """A top-level key that YAML reads as no string (``?`` is a null key, ``1`` an integer) raised a bare
+    ``TypeError: keywords must be strings`` out of pydantic."""
+    file = write(tmp_path, "router.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.load(file)
+    assert str(file) in str(err.value) and "is not a name" in str(err.value)
+
+
 # -- keys files --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "needle"),
