@@ -48,13 +48,23 @@ def _setup(tmp: Path, ledger_url: str) -> Path:
     return config
 
 
-def _spent(ledger_url: str) -> float:
+def _check_spent(ledger_url: str, in_flight: int) -> None:
+    """What README and docs/energy.md promise: callers sharing a budget overspend it by about one in-flight call
+    each at most (the calls that exceed their hold), so spent <= the budget plus the ``in_flight`` largest calls.
+    A call's measured joules grow with the machine's load while its hold follows what earlier calls measured, so
+    the bound is read from the calls themselves rather than fixed (a fixed 5 % failed on a loaded 2-core runner);
+    and the budget must be mostly used (holds not so large that they refuse calls with room)."""
     ledger = open_ledger(ledger_url)
     try:
         day = time.time() - time.time() % 86_400
-        return sum(r.energy_j for r in ledger.records(since=day) if r.model == "sentiment-onnx")
+        calls = sorted((r.energy_j for r in ledger.records(since=day) if r.model == "sentiment-onnx"), reverse=True)
     finally:
         ledger.close()
+    spent, largest = sum(calls), sum(calls[:in_flight])
+    print(f"spent {spent:.3f} J of a {BUDGET_J} J budget in {len(calls)} calls; the {in_flight} largest: "
+          f"{largest:.3f} J")
+    assert spent <= BUDGET_J + largest, f"spent {spent:.2f} J of a {BUDGET_J} J budget, more than one call per caller"
+    assert spent >= 0.80 * BUDGET_J, f"only {spent:.2f} J of a {BUDGET_J} J budget used: holds too large"
 
 
 WORKER = """
@@ -86,10 +96,7 @@ def test_four_processes_of_four_threads_on_one_sqlite_ledger(tmp_path: Path) -> 
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(config), "90", REVIEW], cwd=ROOT) for _ in range(4)]
     for p in procs:
         assert p.wait(150) == 0
-    spent = _spent(ledger_url)
-    print(f"spent {spent:.3f} J of a {BUDGET_J} J budget")
-    assert spent <= 1.05 * BUDGET_J, f"spent {spent:.2f} J of a {BUDGET_J} J budget"
-    assert spent >= 0.80 * BUDGET_J, f"only {spent:.2f} J of a {BUDGET_J} J budget used: holds too large"
+    _check_spent(ledger_url, in_flight=4 * 4)
 
 
 @pytest.mark.redis
@@ -129,8 +136,5 @@ def _two_workers_against_one_budget(tmp_path: Path, ledger_url: str) -> None:
         for t in threads:
             t.join(120)
         stop.set()
-    spent = _spent(ledger_url)
     assert 200 in statuses and 429 in statuses
-    print(f"spent {spent:.3f} J of a {BUDGET_J} J budget")
-    assert spent <= 1.05 * BUDGET_J, f"spent {spent:.2f} J of a {BUDGET_J} J budget"
-    assert spent >= 0.80 * BUDGET_J, f"only {spent:.2f} J of a {BUDGET_J} J budget used: holds too large"
+    _check_spent(ledger_url, in_flight=8)
