@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from conftest_postgres import free_port, postgres_server  # noqa: F401 - fixture
@@ -321,3 +323,52 @@ def test_a_forked_child_talks_to_the_postgres_store_in_a_session_of_its_own(post
         assert session() == parents, "the parent's session outlived the child's close"
     finally:
         store.close()
+
+
+def test_a_child_forked_while_the_sqlite_store_waits_to_write_works_on_a_connection_of_its_own(tmp_path) -> None:
+    """A SQLite batch store opened before the process forks (gunicorn --preload, multiprocessing's fork, Celery's
+    prefork pool), forked while one of the parent's threads was writing (waiting for the file's write lock, held by
+    another connection here, as another process's scheduler or `router batch` holds it): the child's first write
+    waited for ever on the store's lock, held by a thread the child does not have, or failed as "database is locked"
+    on the connection it inherited. Now the fork waits for the write in flight, and the child writes on a connection
+    of its own; the parent goes on on its own."""
+    db = tmp_path / "batches.sqlite3"
+    store = BatchStore(f"sqlite:///{db}")
+    svc = _service(store)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the file's write lock
+    writer = threading.Thread(target=svc.create_file, args=(_lines(1), "parent.jsonl", "batch", A))
+    writer.start()
+    _wait_until(lambda: _held_by_another_thread(store._lock), "the parent's writer never started its write")
+    threading.Timer(0.5, holder.execute, ("COMMIT",)).start()  # the other process finishes, during the fork
+
+    def in_the_child() -> None:  # a failed assert or an exception ends the child with exit code 1
+        file_id = svc.create_file(_lines(2), "child.jsonl", "batch", A)["id"]
+        doc = svc.create(file_id, "/v1/chat/completions", "24h", None, A)
+        assert doc["id"] in store.active_batches()
+        assert sorted(f["filename"] for f in store.list_files(A.key_hash)[0]) == ["child.jsonl", "parent.jsonl"]
+        store.close()
+
+    try:
+        in_a_forked_child(in_the_child, "the child wrote on a connection of its own", timeout_s=20)
+        writer.join(30)
+        assert len(store.active_batches()) == 1
+        svc.create_file(_lines(1), "parent, after the child.jsonl", "batch", A)
+        assert len(store.list_files(A.key_hash)[0]) == 3
+    finally:
+        holder.close()
+        store.close()
+
+
+def _held_by_another_thread(lock: Any) -> bool:
+    if lock.acquire(blocking=False):
+        lock.release()
+        return False
+    return True
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)

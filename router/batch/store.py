@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .._forks import renew_after_fork
+from .._sqlite_forks import HeldForFork, keep_inherited
 from ..errors import BatchStoreError, ConfigError, LedgerError
 from ..ledger.errors import first_line, postgres_error, redact
 from ..ledger.stores import sqlite_file as ledger_sqlite_file
@@ -65,7 +66,7 @@ class Line:
     attempts: int
 
 
-class BatchStore:
+class BatchStore(HeldForFork):
     """Files, batches and lines in one SQL database (see the module docstring). Thread-safe.
 
     A PostgreSQL store reconnects by itself: a connection the server dropped is replaced at the next call, and
@@ -116,25 +117,41 @@ class BatchStore:
             raise self._error("open the batch store", exc) from exc
 
     # -- connections -----------------------------------------------------------------------------------------
+    def _locks_held_for_fork(self) -> list[Any]:
+        """SQLite's: a fork waits for the statement in flight (:class:`~router._sqlite_forks.HeldForFork`).
+        PostgreSQL's child drops its inherited connection whatever it was doing, so a fork never waits for it."""
+        return [self._lock] if getattr(self, "kind", None) == "sqlite" else []  # kind: set once open
+
     def _renew_after_fork(self) -> None:
-        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) connects to PostgreSQL
-        anew: on the connection carried across the fork, both processes would talk in one server session, each
-        reading replies meant for the other. The inherited one is kept, never closed: closing it would end the
-        parent's session. The lock is new, as a parent's thread may have held it at the fork."""
+        """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) connects anew, with a
+        new lock (a parent's thread may have held it at the fork). PostgreSQL: on the connection carried across the
+        fork, both processes would talk in one server session, each reading replies meant for the other. SQLite:
+        its file locks belong to the process that took them, so the child must write on a connection opened there
+        (:meth:`_hold_for_fork` saw to it that none was inside a statement). The inherited one is kept, never
+        closed: closing it would end the parent's session, or act on SQLite's state of the parent copied with it;
+        a ``:memory:`` database is its connection, so the child keeps its copy."""
         self._lock = threading.RLock()
-        if getattr(self, "kind", None) == "postgres" and self._conn is not None:  # kind: set once open
+        kind = getattr(self, "kind", None)  # kind: set once open
+        if kind == "postgres" and self._conn is not None:
             self._inherited.append(self._conn)
             self._conn = None
+        elif kind == "sqlite" and self._conn is not None and str(self._sqlite_file) != ":memory:":
+            keep_inherited(self._conn)
+            self._conn = self._connect_sqlite()
 
     def _open_sqlite(self, path: Path) -> None:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+        self._sqlite_file = path
         self.kind, self.mark, self.prefix = "sqlite", "?", ""
-        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = self._connect_sqlite()
+        self._conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: every connection to it is in WAL mode
         with self._tx() as c:
             for stmt in _TABLES:
                 c.execute(stmt.format(p="", i="", blob="BLOB"))
+
+    def _connect_sqlite(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._sqlite_file, timeout=30, check_same_thread=False, isolation_level=None)
 
     def _connection(self) -> Any:
         """The open connection (the lock held); for PostgreSQL a new one, its tables made if missing, where there
