@@ -198,6 +198,42 @@ def test_prune_and_retention(ledger: str) -> None:
     assert "pruned 2 records" in out and "retention: 0.06 days" in out
 
 
+def test_a_prune_cut_off_in_the_future_is_refused_unless_forced(ledger: str) -> None:
+    """`router ledger prune --older-than 2099-01-01` (a date typed for a --since, a year mistyped) deleted every
+    record without a word, those budgets and reports rely on too. A cut-off in the future is now a usage error
+    saying how many records it would delete, and `--force` deletes them, saying so."""
+    for future in ("2099-01-01", str(NOW + 3600)):
+        result = CliRunner().invoke(app, ["ledger", "prune", "--ledger", ledger, "--older-than", future],
+                                    env={"COLUMNS": "200"})
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert "in the future" in said and "would delete 5 records" in said and "--force" in said, said
+    assert len(_records(ledger)) == 5, "nothing was deleted"
+    result = CliRunner().invoke(app, ["ledger", "prune", "--ledger", ledger, "--older-than", "2099-01-01", "--force"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "pruning 5 records older than 2099-01-01 00:00 UTC" in said, said
+    assert "pruned 5 records older than 2099-01-01 00:00 UTC" in said and "in the future" in said, said
+    assert _records(ledger) == []
+
+
+def test_a_prune_says_how_many_records_it_deletes_before_it_deletes_them(ledger: str) -> None:
+    result = CliRunner().invoke(app, ["ledger", "prune", "--ledger", ledger, "--older-than", "1d"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "pruning 2 records older than" in result.stderr and "pruned 2 records" in result.stdout, result.output
+    assert len(_records(ledger)) == 3
+
+
+def _records(url: str) -> list[LedgerRecord]:
+    led = SQLiteLedger.from_url(url)
+    try:
+        return list(led.records())
+    finally:
+        led.close()
+
+
 def test_a_retention_that_is_not_a_number_of_days_is_refused(ledger: str) -> None:
     for bad in ("nan", "inf", "0", "-3", "1e300"):
         result = CliRunner().invoke(app, ["ledger", "retention", "--ledger", ledger, "--", bad], env={"COLUMNS": "200"})

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -357,24 +358,38 @@ def export(
 @_clean_errors
 def prune(
     ctx: typer.Context,
-    older_than: str = typer.Option(..., "--older-than", help="Delete records older than this: 90d, 2w, a date."),
+    older_than: str = typer.Option(..., "--older-than", help="Delete records older than this: 90d, 2w, a date "
+                                   "(a date in the future is refused without --force)."),
+    force: bool = typer.Option(False, "--force", help="Prune even with a cut-off in the future: every record "
+                               "written until then goes, those budgets and reports count on too."),
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
 ) -> None:
     """Delete old records now, with their hourly summaries, feedback and stored prompts older than the same cut-off,
-    and budget counters of windows that ended before it."""
+    and budget counters of windows that ended before it. Says how many records go before it deletes them."""
     ledger, config = _opts(ctx, ledger, config)
     cut = parse_when(older_than)
     if cut is None:
         raise typer.BadParameter("--older-than: give an age (90d) or a date")
     led = open_configured(_config(config, ledger))
+    n = _record_count(led, 0.0, cut)
+    # a date meant for --since, or a mistyped year, would delete the records of calls that budgets (the current
+    # window's spend) and reports rely on, all of them: only a person who says so deletes them
+    in_the_future = cut > time.time()
+    if in_the_future and not force:
+        led.close()
+        fail(f"--older-than {older_than} is {utc_minute(cut)}, in the future: the prune would delete {n:,} records, "
+             "every record written until then, those budgets and reports count on too; give an age (90d) or a past "
+             "date, or add --force to delete them")
+    Console(stderr=True).print(f"pruning {n:,} records older than {utc_minute(cut)}")
     # one transaction with no way to tell how far it is: a spinner says it is still at work
     with _stderr_progress(SpinnerColumn()) as bar:
-        bar.add_task(f"pruning the records older than {utc_minute(cut)}", total=None)
+        bar.add_task("pruning", total=None)
         n = led.prune(cut)
     led.close()
-    Console().print(f"pruned {n:,} records older than {utc_minute(cut)} (and the feedback and stored prompts of "
-                    "that age)")
+    future = ", a cut-off in the future (--force)" if in_the_future else ""
+    Console().print(f"pruned {n:,} records older than {utc_minute(cut)}{future} (and the feedback and stored prompts "
+                    "of that age)")
 
 
 class _StoredRetention(Protocol):
