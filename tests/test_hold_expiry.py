@@ -40,10 +40,12 @@ time.sleep(600)
 """
 
 
-@pytest.fixture(params=["redis", "postgres"])
-def ledger_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh ledger on the suite's real Redis or PostgreSQL server."""
-    if request.param == "redis":
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh ledger: a SQLite file, or on the suite's real Redis or PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'holds.sqlite3'}"
+    elif request.param == "redis":
         request.applymarker(pytest.mark.redis)
         server = request.getfixturevalue("redis_server")
         url = f"{server}/5?prefix=holds-{uuid.uuid4().hex[:8]}:"
@@ -117,6 +119,12 @@ def test_a_hold_without_an_expiry_counts_until_its_window_ends(ledger_url: str) 
 
 def _seconds_left_on_holds(url: str) -> list[float]:
     """How long each hold of the store still counts, by the store's own clock."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            now = time.time()
+            return [expires_at - now for (expires_at,) in conn.execute("SELECT expires_at FROM holds")]
     if url.startswith("redis"):
         import redis
 

@@ -142,7 +142,7 @@ def test_a_version_6_file_gets_the_rollup_filled_from_its_records(tmp_path: Path
     now = time.time()
     _v6_file(db, _records(600, now))
     led = SQLiteLedger(db)
-    assert led.schema_version == SCHEMA_VERSION == 8
+    assert led.schema_version == SCHEMA_VERSION == 9
     _same(_stored_rollup(db), _rollup_from_records(led))
     assert led.get_meta("rollup_upto") == "600"
     led.record_many(_records(50, now, first=600))  # read from the records until folded in

@@ -84,7 +84,7 @@ def test_v1_file_migrates_to_current(tmp_path: Path) -> None:
     db = tmp_path / "v1.sqlite3"
     _v1_file(db, 20)
     led = SQLiteLedger(db)
-    assert led.schema_version == SCHEMA_VERSION == 8
+    assert led.schema_version == SCHEMA_VERSION == 9
     totals = {t["group"]: t for t in led.totals("model")}
     assert totals["a"]["requests"] == 10 and totals["b"]["requests"] == 10
     assert totals["a"]["energy_j"] == pytest.approx(15.0)

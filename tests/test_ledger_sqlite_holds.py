@@ -1,6 +1,6 @@
-"""SQLite budget holds (schema step 8): a file of the previous schema upgrades without losing a record or a counter
-and then settles each reservation once; a hold nobody settled stays held, until a prune drops it with its
-window's counter."""
+"""SQLite budget holds (schema steps 8 and 9): a file of an earlier schema upgrades without losing a record, a
+counter or a hold and then settles each reservation once; a hold nobody settled stays held until its expiry (one
+reserved without ``hold_s``: until a prune drops it with its window's counter)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,57 @@ def _v7_file(path: Path, recs: list[LedgerRecord], budgets: list[tuple[str, floa
     conn.close()
 
 
+def _v8_file(path: Path, recs: list[LedgerRecord], holds: list[tuple[str, str, float, float]]) -> None:
+    """A ledger file as schema version 8 wrote it: its records, and holds with no expiry (reservations of calls in
+    flight, or of a process that died), whose trigger charged the counters."""
+    _v7_file(path, recs, [])
+    conn = sqlite3.connect(path, isolation_level=None)
+    for stmt in MIGRATIONS.steps[7].payload:
+        conn.execute(stmt)
+    conn.execute("PRAGMA user_version=8")
+    conn.executemany("INSERT INTO holds (id, budget, window_start, joules) VALUES (?, ?, ?, ?)", holds)
+    conn.close()
+
+
+def test_a_version_8_file_upgrades_keeping_its_holds_which_count_until_their_window_ends(tmp_path: Path) -> None:
+    """Schema step 9 gives holds an expiry: the holds a version 8 file has keep theirs (none: counted until their
+    window ends) and settle once as before; the holds reserved after the upgrade with ``hold_s`` stop counting
+    at their expiry."""
+    db = tmp_path / "v8.sqlite3"
+    now = time.time()
+    recs = _records(40, now)
+    day = window_start(now, DAY_S)
+    _v8_file(db, recs, [("in-flight", "model:a:86400s", day, 5.0), ("of-a-dead-process", "model:a:86400s", day, 6.0),
+                        ("yesterday", "model:a:86400s", day - DAY_S, 7.0)])
+    led = SQLiteLedger(db)
+    try:
+        assert led.schema_version == 9
+        assert led.records() == recs, "every record, every field, as written"
+        assert sorted(_holds(db)) == [("in-flight", "model:a:86400s"), ("of-a-dead-process", "model:a:86400s"),
+                                      ("yesterday", "model:a:86400s")]
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(11.0), "the counter is kept"
+        counts = led.hold_counts()
+        assert (counts.unbounded, counts.unbounded_j, counts.live, counts.expired) == (3, 18.0, 0, 0)
+
+        led.settle(Reservation("in-flight", "model:a:86400s", 5.0, day), 2.0)
+        led.settle(Reservation("in-flight", "model:a:86400s", 5.0, day), 2.0)
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(8.0), "settled once: 2 + 6 J"
+
+        brief = led.try_reserve("model:a:86400s", 10.0, 20.0, DAY_S, hold_s=0.2)
+        assert brief is not None and led.budget_used("model:a:86400s", DAY_S) == pytest.approx(18.0)
+        time.sleep(0.4)
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(8.0), "past its expiry: not counted"
+        assert led.try_reserve("model:a:86400s", 12.0, 20.0, DAY_S) is not None, "its room given back"
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(20.0), "the dead process's 6 J still held"
+        led.settle(brief, 3.0)  # late: counted in full, once
+        led.settle(brief, 3.0)
+        assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(23.0)
+    finally:
+        led.close()
+    report = diagnose(f"sqlite:///{db}", replay=False)
+    assert not report.problems, report.problems
+
+
 def _holds(path: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT id, budget FROM holds ORDER BY id").fetchall()
@@ -64,14 +115,14 @@ def test_a_version_7_file_upgrades_keeping_every_record_and_counter_and_settles_
     _v7_file(db, recs, [("model:a:86400s", day, 3.0), ("model:a:86400s", day - DAY_S, 40.0)])
     led = SQLiteLedger(db)
     try:
-        assert led.schema_version == led.latest_schema_version == 8
+        assert led.schema_version == led.latest_schema_version == 9
         assert led.records() == recs, "every record, every field, as written"
         totals = {t["group"]: t for t in led.totals("model")}
         assert totals["a"]["requests"] == 30 and totals["b"]["requests"] == 30
         assert totals["a"]["energy_j"] == pytest.approx(sum(r.energy_j for r in recs if r.model == "a"))
         report = diagnose(led.url, ledger=led, replay=False)
         assert not report.problems, report.problems
-        assert any("schema version 8 (this router writes 8)" in f.text for f in report.findings)
+        assert any("schema version 9 (this router writes 9)" in f.text for f in report.findings)
 
         assert led.budget_used("model:a:86400s", DAY_S) == pytest.approx(3.0), "the counter is kept"
         # a reservation the previous version made has no hold: its settlement changes nothing, so its estimate

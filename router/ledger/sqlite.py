@@ -7,7 +7,8 @@ last checkpoint. ``durable=True`` switches to ``synchronous=FULL`` (an fsync per
 
 The schema and its numbered migrations are in :mod:`router.ledger.sqlite_schema`; opening an older file
 upgrades it in one transaction. Record ids are unique: writing a stored record again changes nothing. Each budget
-reservation has a row in ``holds`` until it is settled (step 8), so settling it again changes nothing either.
+reservation has a row in ``holds`` until it is settled (step 8), so settling it again changes nothing either; a hold
+not settled within its ``hold_s`` (its process was killed) stops counting (step 9).
 
 Forks (gunicorn --preload, multiprocessing's fork): a fork waits for the ledger's statements in flight, and the
 child opens connections of its own (:meth:`SQLiteLedger._renew_after_fork`).
@@ -43,6 +44,7 @@ from .arguments import (
 from .base import (
     REFUSED,
     SUMMARY_DIMS,
+    HoldCounts,
     Ledger,
     LedgerRecord,
     Reservation,
@@ -58,12 +60,14 @@ from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import (
     BUCKET_SQL,
     MIGRATIONS,
+    RECLAIM,
     RESERVE,
     SCHEMA_VERSION,
     SETTLE_COUNTER,
     SETTLE_HOLD,
     SUMMARY_COLS,
     UNFOLDED_SQL,
+    USED,
     fold_sql,
     rollup_source,
     rollup_sql,
@@ -594,18 +598,27 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
             rows = self._conn.execute(sql, args).fetchall()
         return [_summary_row(r) for r in rows]
 
+    expiring_holds = True
+
     @guarded("reserve budget")
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
-        """One statement, so one write transaction that SQLite makes atomic across threads and processes: the
-        reservation's hold goes in only where the window's counter stays within ``limit_j``, and a trigger adds its
-        joules to the counter (or creates it); the number of rows inserted says whether it did (schema step 8).
-        (It was BEGIN IMMEDIATE, a SELECT, an upsert and COMMIT: four statements on the proxy's event loop for
-        every request with a budget.)"""
-        start = window_start(time.time(), window_s)
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
+        """One statement where the budget has room, so one write transaction that SQLite makes atomic across
+        threads and processes: the reservation's hold goes in only where the window's counter stays within
+        ``limit_j``, and a trigger adds its joules to the counter (or creates it); the number of rows inserted says
+        whether it did (schema step 8). Where it finds no room, the holds past their expiry (step 9) are given back
+        and it tries once more."""
+        now = time.time()
+        start = window_start(now, window_s)
         reservation_id = uuid.uuid4().hex
+        expires_at = None if hold_s is None else now + max(0.0, float(hold_s))
+        args = (reservation_id, budget, start, joules, limit_j, expires_at)
         with self._reserve_lock:
-            changed = self._reserve_conn.execute(RESERVE, (reservation_id, budget, start, joules, limit_j)).rowcount
-        return Reservation(reservation_id, budget, joules, start) if changed == 1 else None
+            conn = self._reserve_conn
+            held = conn.execute(RESERVE, args).rowcount == 1
+            if not held and conn.execute(RECLAIM, (budget, start, now)).rowcount:
+                held = conn.execute(RESERVE, args).rowcount == 1
+        return Reservation(reservation_id, budget, joules, start) if held else None
 
     @guarded("settle a reservation")
     def settle(self, reservation: Reservation, actual_j: float) -> None:
@@ -619,23 +632,30 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
 
     def _settle(self, settlements: list[tuple[Reservation, float]]) -> None:
         """In one transaction, each settlement deletes its reservation's hold and, only where there was one, moves
-        the window's counter by the change: a reservation settled already (before, or earlier in the same batch)
-        changes nothing."""
+        the window's counter by what the call used less what the hold still held (0 J once it expired and was given
+        back): a reservation settled already (before, or earlier in the same batch) changes nothing."""
         conn = self._conn
         with self._lock, self._write_transaction():
             for reservation, actual_j in settlements:
-                if conn.execute(SETTLE_HOLD, (reservation.id,)).rowcount == 1:
-                    conn.execute(SETTLE_COUNTER, (actual_j - reservation.joules, reservation.budget,
-                                                  reservation.window_start))
+                for (held_j,) in conn.execute(SETTLE_HOLD, (reservation.id,)).fetchall():
+                    conn.execute(SETTLE_COUNTER, (actual_j - held_j, reservation.budget, reservation.window_start))
 
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
-        start = window_start(time.time(), window_s)
+        now = time.time()
         with self._read_lock:
-            row = self._read_conn.execute(
-                "SELECT used_j FROM budgets WHERE budget = ? AND window_start = ?", (budget, start)
-            ).fetchone()
+            row = self._read_conn.execute(USED, (budget, window_start(now, window_s), now)).fetchone()
         return float(row[0]) if row else 0.0
+
+    @guarded("count the budget holds")
+    def hold_counts(self) -> HoldCounts:
+        counts = HoldCounts()
+        now = time.time()
+        with self._read_lock:
+            rows = self._read_conn.execute("SELECT joules, expires_at FROM holds WHERE joules <> 0").fetchall()
+        for joules, expires_at in rows:
+            counts.add(float(joules), expires_at, now)
+        return counts
 
     @guarded("list the budget counters")
     def budget_keys(self, since: float) -> list[str]:

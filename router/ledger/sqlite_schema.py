@@ -30,10 +30,16 @@ Versions (``PRAGMA user_version``; see :mod:`router.ledger.migrations` for how t
    the same statement (:data:`RESERVE`); a settlement deletes the hold and moves the counter only where it did
    (:data:`SETTLE_HOLD`, :data:`SETTLE_COUNTER`). No ``released`` column as PostgreSQL's: a SQLite reservation
    runs in the calling process, so one that failed (the write lock not had in ``request_timeout_s``) wrote nothing
-   and there is nothing to give back later. A hold nobody settles (the process died between the call and its
-   settlement) keeps its joules held, as the counter alone did before, until a prune drops it with its window's
-   counter. Reservations made before the upgrade have no hold, so their settlements change nothing: each such
-   call's estimate stays charged to the window it was made in.
+   and there is nothing to give back later. A prune drops the holds of ended windows with their counters.
+   Reservations made before the upgrade have no hold, so their settlements change nothing: each such call's
+   estimate stays charged to the window it was made in.
+9. ``holds.expires_at`` (PostgreSQL's step 7; Unix time, this host's clock, which every process using the file
+   shares): a hold nobody settled by then (its process was killed during the call) no longer counts.
+   ``budget_used`` leaves it out (:data:`USED`), and a reservation that finds no room gives such holds back first
+   (:data:`RECLAIM`: the ``holds_reclaim`` trigger takes their joules off the counter, the holds stay at 0 J) and
+   tries again; a settlement trades what its hold still holds for what the call used, so one that comes after the
+   expiry counts the call in full, once. The holds there before the upgrade (and those reserved without
+   ``hold_s``) have none: counted until their window ends.
 """
 
 from __future__ import annotations
@@ -93,19 +99,35 @@ def summarise_sql(where: str) -> str:
         FROM records {where} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"""
 
 
-# Args: id, budget, window start, joules, limit. One statement, which SQLite applies under
-# the write lock from its first read: the hold goes in only where the window's counter (none yet: 0) leaves room,
-# and the trigger adds its joules to the counter (or creates it). One row changed: the reservation holds.
-RESERVE = """INSERT INTO holds (id, budget, window_start, joules) SELECT ?1, ?2, ?3, ?4
+# Args: id, budget, window start, joules, limit, expires_at (Unix time; NULL: until the window ends). One statement,
+# which SQLite applies under the write lock from its first read: the hold goes in only where the window's counter
+# (none yet: 0) leaves room, and the trigger adds its joules to the counter (or creates it). One row changed: the
+# reservation holds. The counter still includes expired holds: where it finds no room, :data:`RECLAIM` gives them
+# back and the reservation runs again, so the common case (room) is this one statement.
+RESERVE = """INSERT INTO holds (id, budget, window_start, joules, expires_at) SELECT ?1, ?2, ?3, ?4, ?6
     WHERE COALESCE((SELECT used_j FROM budgets WHERE budget = ?2 AND window_start = ?3), 0) + ?4 <= ?5"""
 
-SETTLE_HOLD = "DELETE FROM holds WHERE id = ?"
-"""Arg: the reservation's id. A settled reservation's hold goes; no row deleted (settled already, pruned with its
-window, or made before holds existed): :data:`SETTLE_COUNTER` is not run, so the settlement changes nothing."""
+RECLAIM = """UPDATE holds SET joules = 0
+    WHERE budget = ? AND window_start = ? AND expires_at < ? AND joules <> 0"""
+"""Args: budget, window start, now. Gives back what the holds past their expiry still hold (the calls they were made
+for cannot be running: their process was killed): the ``holds_reclaim`` trigger takes each one's joules off the
+window's counter in the same statement, and the hold stays at 0 J, so a settlement arriving later counts the call
+in full. Rows changed: how many were given back."""
+
+USED = """SELECT b.used_j - COALESCE((SELECT SUM(h.joules) FROM holds AS h WHERE h.budget = b.budget
+        AND h.window_start = b.window_start AND h.expires_at < ?3 AND h.joules <> 0), 0)
+    FROM budgets AS b WHERE b.budget = ?1 AND b.window_start = ?2"""
+"""Args: budget, window start, now. The counter without what expired holds still hold (what :data:`RECLAIM` gives
+back)."""
+
+SETTLE_HOLD = "DELETE FROM holds WHERE id = ? RETURNING joules"
+"""Arg: the reservation's id. A settled reservation's hold goes, returning what it still held (0 J where it expired
+and was given back: :data:`RECLAIM`); no row (settled already, pruned with its window, or made before holds
+existed): :data:`SETTLE_COUNTER` is not run, so the settlement changes nothing."""
 
 SETTLE_COUNTER = "UPDATE budgets SET used_j = MAX(0, used_j + ?) WHERE budget = ? AND window_start = ?"
-"""Args: the change (actual - held), budget, window start; run after :data:`SETTLE_HOLD` deleted the hold, in the
-same transaction."""
+"""Args: the change (actual - what the hold still held), budget, window start; run after :data:`SETTLE_HOLD` deleted
+the hold, in the same transaction."""
 
 MIGRATIONS: Migrations[list[str]] = Migrations(
     "SQLite",
@@ -216,6 +238,21 @@ MIGRATIONS: Migrations[list[str]] = Migrations(
                 """CREATE TRIGGER IF NOT EXISTS holds_reserve AFTER INSERT ON holds BEGIN
                     INSERT INTO budgets (budget, window_start, used_j) VALUES (NEW.budget, NEW.window_start, NEW.joules)
                     ON CONFLICT (budget, window_start) DO UPDATE SET used_j = used_j + excluded.used_j;
+                END""",
+            ],
+        ),
+        Step(
+            9,
+            "when each hold stops counting (a call's deadline and a margin: its process may have been killed)",
+            [
+                # NULL for the holds already there (and a reservation given no hold_s): counted until their window
+                # ends, as before. No index: the table keeps only the reservations in flight and those of processes
+                # that died, which budget reads and refused reservations look through, where an index would cost
+                # every reservation its upkeep
+                "ALTER TABLE holds ADD COLUMN expires_at REAL",
+                """CREATE TRIGGER IF NOT EXISTS holds_reclaim AFTER UPDATE OF joules ON holds BEGIN
+                    UPDATE budgets SET used_j = MAX(0, used_j - (OLD.joules - NEW.joules))
+                    WHERE budget = NEW.budget AND window_start = NEW.window_start;
                 END""",
             ],
         ),
