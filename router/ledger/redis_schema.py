@@ -140,7 +140,8 @@ redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 if ARGV[5] ~= '' then
   local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(ARGV[5]), ARGV[4])
+  -- to the microsecond, as reclaim reads it: whole seconds made each hold expire up to a second early
+  redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[5]), ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
 return 1

@@ -664,6 +664,28 @@ def check_settling_again_changes_nothing(open_store: OpenStore) -> None:
     assert led.try_reserve("b", 14.0, 20.0, 3600) is not None, "the room the settlements left is all there"
 
 
+def check_a_hold_past_its_hold_s_stops_counting(open_store: OpenStore) -> None:
+    """A hold not settled within its ``hold_s`` (its process was killed mid-call) stops counting: ``budget_used``
+    leaves it out, a reservation that finds no room gets its joules back, and a settlement that comes after all
+    counts what the call used in full, once. A hold reserved without ``hold_s`` counts until its window ends."""
+    led = open_store("hold_expiry")
+    brief = led.try_reserve("b", 6.0, 10.0, 3600, hold_s=0.3)
+    lasting = led.try_reserve("b", 3.0, 10.0, 3600)
+    assert brief is not None and lasting is not None
+    assert math.isclose(led.budget_used("b", 3600), 9.0)
+    assert led.try_reserve("b", 5.0, 10.0, 3600, hold_s=60.0) is None, "the brief hold counts while it lasts"
+    time.sleep(0.8)
+    assert math.isclose(led.budget_used("b", 3600), 3.0), "past its hold_s, the brief hold no longer counts"
+    later = led.try_reserve("b", 7.0, 10.0, 3600, hold_s=60.0)
+    assert later is not None, "a reservation that found no room got the expired hold's joules back"
+    assert math.isclose(led.budget_used("b", 3600), 10.0)
+    led.settle(brief, 2.0)
+    led.settle(brief, 2.0)
+    assert math.isclose(led.budget_used("b", 3600), 12.0), "a late settlement counts the call in full, once"
+    led.settle_many([(later, 1.0), (lasting, 3.0)])
+    assert math.isclose(led.budget_used("b", 3600), 6.0)
+
+
 def check_budget_keys(open_store: OpenStore) -> None:
     """``budget_keys(since)`` lists each budget with a counter in a window that started at or after ``since``,
     once however many reservations it has, none for a later ``since``; a reopened store lists the same."""
@@ -902,6 +924,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_settle,
     check_settle_many,
     check_settling_again_changes_nothing,
+    check_a_hold_past_its_hold_s_stops_counting,
     check_reserve_up_to_the_limit,
     check_window_rollover,
     check_budget_keys,
