@@ -64,7 +64,7 @@ from .errors import (
     StructuredOutputError,
 )
 from .ledger import Reservation
-from .ledger.base import HOLD_MARGIN_S, reserve
+from .ledger.base import HOLD_MARGIN_S
 from .options import output_problem
 from .policy.decision import BudgetRef
 from .policy.engine import fmt_j
@@ -277,7 +277,7 @@ class Attempts:
             # the call cannot outlive its deadline: a hold still unsettled past it (and the margin) is one whose
             # process was killed, and stops counting against the budget
             hold_s = max(0.0, self.prepared.deadline - time.monotonic()) + HOLD_MARGIN_S
-            reservation = reserve(self.router.ledger, ref.key, joules, limit_j, ref.window_s, hold_s)
+            reservation = self.router.ledger.try_reserve(ref.key, joules, limit_j, ref.window_s, hold_s)
         except LedgerError as exc:
             self.books.settle(held, 0.0)
             if exc.retryable:

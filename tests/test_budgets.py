@@ -581,10 +581,11 @@ class ReservationFailsDouble(SQLiteLedger):
         super().__init__(path)
         self.fails = fails
 
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
         if budget == self.fails:
             raise ledger_error(self.url, "could not reserve: the store is down (injected)", "bring it back")
-        return super().try_reserve(budget, joules, limit_j, window_s)
+        return super().try_reserve(budget, joules, limit_j, window_s, hold_s)
 
 
 @pytest.mark.parametrize("spent", [False, True], ids=["within-budget", "held-over-budget"])
@@ -621,11 +622,12 @@ class RoomTakenThenReadFailsDouble(SQLiteLedger):
         self.budget = budget
         self.down = False
 
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
         if budget == self.budget and not self.down:
             super().try_reserve(budget, limit_j - super().budget_used(budget, window_s), limit_j, window_s)
             self.down = True
-        return super().try_reserve(budget, joules, limit_j, window_s)
+        return super().try_reserve(budget, joules, limit_j, window_s, hold_s)
 
     def budget_used(self, budget: str, window_s: float) -> float:
         if self.down:

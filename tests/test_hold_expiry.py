@@ -21,7 +21,6 @@ from conftest_postgres import PostgresServer, postgres_server  # noqa: F401 - th
 from conftest_redis import redis_server  # noqa: F401 - the fixture
 
 from router.ledger import open_ledger
-from router.ledger.base import reserve
 
 DAY_S = 86_400.0
 LIMIT_J = 100.0
@@ -31,10 +30,9 @@ HOLD_S = 2.0
 _WORKER = """
 import sys, time
 from router.ledger import open_ledger
-from router.ledger.base import reserve
 ledger = open_ledger(sys.argv[1])
 for _ in range(4):
-    assert reserve(ledger, "model:m:86400s", 20.0, 100.0, 86400.0, float(sys.argv[2])) is not None
+    assert ledger.try_reserve("model:m:86400s", 20.0, 100.0, 86400.0, hold_s=float(sys.argv[2])) is not None
 print("held", flush=True)
 time.sleep(600)
 """
@@ -83,10 +81,10 @@ def test_the_holds_of_a_killed_worker_stop_counting_at_their_expiry(ledger_url: 
     with closing(open_ledger(ledger_url)) as led:
         # still within the calls' deadline: the holds count (the calls might still be running)
         assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(80.0)
-        assert reserve(led, "model:m:86400s", 30.0, LIMIT_J, DAY_S, HOLD_S) is None
+        assert led.try_reserve("model:m:86400s", 30.0, LIMIT_J, DAY_S, hold_s=HOLD_S) is None
         _wait_past(HOLD_S)
         assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(0.0)
-        back = reserve(led, "model:m:86400s", 90.0, LIMIT_J, DAY_S, 60.0)
+        back = led.try_reserve("model:m:86400s", 90.0, LIMIT_J, DAY_S, hold_s=60.0)
         assert back is not None, "the killed worker's holds still refuse the budget"
         assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(90.0)
         led.settle(back, 25.0)
@@ -96,10 +94,10 @@ def test_the_holds_of_a_killed_worker_stop_counting_at_their_expiry(ledger_url: 
 def test_a_hold_settled_after_its_expiry_counts_the_call_in_full(ledger_url: str) -> None:
     """The process was only slow (its settlement waited out an outage): what the call used still counts, once."""
     with closing(open_ledger(ledger_url)) as led:
-        slow = reserve(led, "model:m:86400s", 40.0, LIMIT_J, DAY_S, HOLD_S)
+        slow = led.try_reserve("model:m:86400s", 40.0, LIMIT_J, DAY_S, hold_s=HOLD_S)
         assert slow is not None
         _wait_past(HOLD_S)
-        other = reserve(led, "model:m:86400s", 70.0, LIMIT_J, DAY_S, 60.0)  # fits only once the hold expired
+        other = led.try_reserve("model:m:86400s", 70.0, LIMIT_J, DAY_S, hold_s=60.0)  # fits only once the hold expired
         assert other is not None
         led.settle(slow, 30.0)
         led.settle(slow, 30.0)  # a replay: counted once
@@ -114,7 +112,7 @@ def test_a_hold_without_an_expiry_counts_until_its_window_ends(ledger_url: str) 
         assert led.try_reserve("model:m:86400s", 80.0, LIMIT_J, DAY_S) is not None
         _wait_past(1.0)
         assert led.budget_used("model:m:86400s", DAY_S) == pytest.approx(80.0)
-        assert reserve(led, "model:m:86400s", 30.0, LIMIT_J, DAY_S, 60.0) is None
+        assert led.try_reserve("model:m:86400s", 30.0, LIMIT_J, DAY_S, hold_s=60.0) is None
 
 
 def _seconds_left_on_holds(url: str) -> list[float]:
@@ -131,7 +129,8 @@ def _seconds_left_on_holds(url: str) -> list[float]:
         prefix = url.split("prefix=")[1]
         client = redis.Redis.from_url(url.split("?")[0])
         try:
-            now = float(client.time()[0])
+            seconds, micros = client.time()
+            now = seconds + micros / 1e6
             keys = client.keys(f"{prefix}expiry:*")
             return [score - now for key in keys for _, score in client.zrange(key, 0, -1, withscores=True)]
         finally:
@@ -170,7 +169,8 @@ def test_the_router_holds_for_the_calls_deadline_and_a_margin(ledger_url: str, t
                 break
             time.sleep(0.02)
         call.join(30)
-        assert len(left) == 1 and 7.0 + HOLD_MARGIN_S - 1.5 <= left[0] <= 7.0 + HOLD_MARGIN_S
+        # the slack: the time from the request's start to its reservation and to this read, on a busy machine
+        assert len(left) == 1 and 7.0 + HOLD_MARGIN_S - 3.0 <= left[0] <= 7.0 + HOLD_MARGIN_S, left
         assert _seconds_left_on_holds(ledger_url) == []  # settled
     finally:
         r.close()
@@ -188,6 +188,6 @@ def test_ledger_doctor_shows_the_holds_of_a_killed_worker(ledger_url: str, tmp_p
     _wait_past(HOLD_S)
     assert "0 of calls that may be running (0 J), 4 past their expiry (80 J: a killed worker's" in holds_line()
     with closing(open_ledger(ledger_url)) as led:
-        assert reserve(led, "model:m:86400s", 90.0, LIMIT_J, DAY_S, None) is not None  # gives them back
+        assert led.try_reserve("model:m:86400s", 90.0, LIMIT_J, DAY_S, hold_s=None) is not None  # gives them back
     assert holds_line().endswith("0 past their expiry (0 J: a killed worker's, no longer counted), 1 without an "
                                  "expiry (90 J, counted until their window ends)")

@@ -274,8 +274,9 @@ class StoreFailsInTheGapDouble(SQLiteLedger):
         self.down = False
         self.holder: sqlite3.Connection | None = None
 
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
-        reservation = super().try_reserve(budget, joules, limit_j, window_s)
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
+        reservation = super().try_reserve(budget, joules, limit_j, window_s, hold_s)
         if reservation is None and not self.down:
             self.down = True
             if self.fails == "reserve":

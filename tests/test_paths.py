@@ -65,8 +65,8 @@ class StaleBudgetReadsDouble(Ledger):
     def totals(self, *a: Any, **k: Any) -> Any:
         return self.inner.totals(*a, **k)
 
-    def try_reserve(self, *a: Any) -> Any:
-        return self.inner.try_reserve(*a)
+    def try_reserve(self, *a: Any, **kw: Any) -> Any:
+        return self.inner.try_reserve(*a, **kw)
 
     def settle(self, *a: Any) -> None:
         self.inner.settle(*a)

@@ -79,16 +79,6 @@ short outage of the store, still finds it. A settlement later than that is count
 were given back when it expired), so no figure is lost either way."""
 
 
-def reserve(ledger: Ledger, budget: str, joules: float, limit_j: float, window_s: float,
-            hold_s: float | None) -> Reservation | None:
-    """``ledger.try_reserve``, with ``hold_s`` where the store's holds expire (:attr:`Ledger.expiring_holds`):
-    the holds of a process killed mid-call then stop counting after ``hold_s`` rather than until the window
-    ends."""
-    if ledger.expiring_holds and hold_s is not None:
-        return ledger.try_reserve(budget, joules, limit_j, window_s, hold_s=hold_s)  # type: ignore[call-arg]
-    return ledger.try_reserve(budget, joules, limit_j, window_s)
-
-
 @dataclass
 class HoldCounts:
     """The budget holds a store keeps now (``router ledger doctor``): of calls that may still be running
@@ -200,15 +190,14 @@ class Ledger(FeedbackMethods, ABC):
         return reduce_dims(aggregate(r for r in self.iter_records(since, until) if r.co2e_g is None), dims)
 
     # Budget accounting. Atomic reserve-then-settle so concurrent requests cannot both spend the last joules.
-    expiring_holds: bool = False
-    """True where :meth:`try_reserve` takes ``hold_s``: a hold not settled within it (its process was killed)
-    stops counting against the budget. Call :func:`reserve`, which gives ``hold_s`` only to such a store."""
-
     @abstractmethod
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float) -> Reservation | None:
+    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                    hold_s: float | None = None) -> Reservation | None:
         """Hold ``joules`` against ``budget`` (spent + held ≤ limit in the current window) or return None.
-        A store with :attr:`expiring_holds` takes ``hold_s`` as well (keyword): the seconds the hold may last
-        unsettled (None: until its window ends)."""
+        ``hold_s``: the seconds the hold may last unsettled (None: until its window ends). A hold not settled
+        within it (its process was killed) stops counting against the budget (:meth:`budget_used` leaves it out,
+        and a reservation that finds no room gives its joules back first); a settlement that comes later still
+        counts what the call used, in full, once (:data:`HOLD_MARGIN_S`)."""
 
     @abstractmethod
     def settle(self, reservation: Reservation, actual_j: float) -> None:

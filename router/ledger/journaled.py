@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from .._forks import renew_after_fork
 from ..config import JournalSettings
 from ..errors import LedgerError
-from .base import Ledger, LedgerRecord, Reservation, SummaryRow, reserve
+from .base import Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import closed_error, ledger_error, redact, wrapped_parts
 from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, journal_folder
@@ -291,8 +291,6 @@ class JournaledLedger(Ledger):
         return self.journal.pending()
 
     # -- budgets: fail closed while the store is unavailable ----------------------------------------------
-    expiring_holds = True  # passed on to the store, where its holds expire (``reserve``)
-
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:
         if self.closed:  # not "while the store is unavailable": nothing will bring it back
@@ -300,7 +298,7 @@ class JournaledLedger(Ledger):
         try:
             if self._outage_since is not None:  # known down: refuse at once rather than after a timeout
                 raise ledger_error(self.url, self._outage_cause, "bring it back")
-            return reserve(self._store(), budget, joules, limit_j, window_s, hold_s)
+            return self._store().try_reserve(budget, joules, limit_j, window_s, hold_s)
         except LedgerError as exc:
             what, fix = wrapped_parts(exc, "bring the store back")
             raise ledger_error(self.url, f"budget {budget!r} cannot be enforced while the store is unavailable "

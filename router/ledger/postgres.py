@@ -671,8 +671,6 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
             out.append(row)
         return out
 
-    expiring_holds = True
-
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:

@@ -413,8 +413,6 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         counter, held, expiry = self._holds_keys(budget, start)
         return [counter, f"{self.prefix}hold:{reservation_id}", held, expiry]
 
-    expiring_holds = True
-
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:

@@ -598,8 +598,6 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
             rows = self._conn.execute(sql, args).fetchall()
         return [_summary_row(r) for r in rows]
 
-    expiring_holds = True
-
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:

@@ -60,7 +60,6 @@ from typing import Any
 
 from ..config import JournalSettings
 from ..ledger import Feedback, Ledger, LedgerRecord, Reservation, StoredPrompt, SummaryRow
-from ..ledger.base import reserve
 from ..ledger.journal import Journal, Segment, journal_folder
 from ..ledger.journaled import JournaledLedger
 from ..ledger.stores import in_memory
@@ -326,11 +325,9 @@ class BackgroundLedger(Ledger):
         return self.inner.prune(older_than)
 
     # -- budgets: reservations synchronous and atomic in the inner ledger; settlements queued -----------
-    expiring_holds = True  # passed on to the inner ledger, where its holds expire (``reserve``)
-
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:
-        return reserve(self.inner, budget, joules, limit_j, window_s, hold_s)
+        return self.inner.try_reserve(budget, joules, limit_j, window_s, hold_s)
 
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         """Queued for the writer (one ``settle_many`` per group, not a write on the request path per request).
