@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .._forks import renew_after_fork
+from .._sqlite_forks import HeldForFork, keep_inherited
 from .arguments import (
     checked_count,
     checked_limit,
@@ -77,9 +78,6 @@ from .urls import sqlite_path, sqlite_url, url_scheme
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-_INHERITED: list[sqlite3.Connection] = []
-"""The connections a forked child inherited from its parent (:meth:`SQLiteLedger._renew_after_fork`)."""
-
 _COLUMNS = [
     "ts", "request_id", "model", "tier", "reason", "input_tokens", "output_tokens", "latency_ms",
     "energy_j", "energy_source", "policy", "task", "outcome", "key_hash", "error", "attempt", "co2e_g", "record_id",
@@ -103,7 +101,7 @@ URL_OPTIONS = ("retention_days", "durable", "timeout_s", "request_timeout_s")  #
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
-class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
+class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, Retention, Ledger):
     """One SQLite file in WAL mode; safe across threads (each connection behind its own lock) and processes
     (SQLite's own locking; a budget reservation is one statement, its hold's ``INSERT``, whose trigger charges
     the counter: SQLite applies it atomically).
@@ -218,21 +216,10 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
         self._reserve_conn = self._connect(self._request_timeout_s)
         self._reserve_lock = threading.Lock()
 
-    def _locks(self) -> list[threading.Lock]:
+    def _locks_held_for_fork(self) -> list[threading.Lock]:
+        """A fork waits for this ledger's statements in flight (:class:`~router._sqlite_forks.HeldForFork`; a
+        write waits at most ``timeout_s`` for another process's lock)."""
         return list({id(lock): lock for lock in (self._lock, self._read_lock, self._reserve_lock)}.values())
-
-    def _hold_for_fork(self) -> None:
-        """Wait for this ledger's statements in flight (a write waits at most ``timeout_s`` for another process's
-        lock) and hold off new ones until the fork is done, so that no SQLite state of a statement half-done is
-        copied into the child: there, SQLite's copy of the parent's locks (kept per process, shared by every
-        connection to the file) would fail each write of the child's own connections as "database is locked"."""
-        self._held_for_fork = self._locks()
-        for lock in self._held_for_fork:
-            lock.acquire()
-
-    def _release_after_fork(self) -> None:
-        for lock in reversed(self._held_for_fork):
-            lock.release()
 
     def _renew_after_fork(self) -> None:
         """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) opens connections
@@ -247,7 +234,7 @@ class SQLiteLedger(SQLiteFeedback, RollupFolding, Retention, Ledger):
         self._read_lock = self._reserve_lock = self._lock
         if self.closed or str(self.path) == ":memory:":  # a ``:memory:`` database is its connection, copied
             return
-        _INHERITED.extend((self._conn, self._read_conn, self._reserve_conn))
+        keep_inherited(self._conn, self._read_conn, self._reserve_conn)
         self._conn = self._read_conn = self._reserve_conn = self._connect(self._timeout_s)
         self._open_request_connections()
 
