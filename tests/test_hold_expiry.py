@@ -164,13 +164,14 @@ def test_the_router_holds_for_the_calls_deadline_and_a_margin(ledger_url: str, t
         call = threading.Thread(target=r.complete, args=(REVIEW,), kwargs={"deadline_s": 7.0})
         call.start()
         left: list[float] = []
-        for _ in range(100):  # until the call holds its budget
+        until = time.monotonic() + 15.0  # until the call holds its budget (it holds it 2 s: the backend's delay)
+        while call.is_alive() and time.monotonic() < until:
             if left := _seconds_left_on_holds(ledger_url):
                 break
             time.sleep(0.02)
         call.join(30)
         # the slack: the time from the request's start to its reservation and to this read, on a busy machine
-        assert len(left) == 1 and 7.0 + HOLD_MARGIN_S - 3.0 <= left[0] <= 7.0 + HOLD_MARGIN_S, left
+        assert len(left) == 1 and 7.0 + HOLD_MARGIN_S - 5.0 <= left[0] <= 7.0 + HOLD_MARGIN_S, left
         assert _seconds_left_on_holds(ledger_url) == []  # settled
     finally:
         r.close()
