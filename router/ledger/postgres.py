@@ -104,7 +104,7 @@ from .postgres_schema import (
     rollup_source,
     summary_lock_order,
 )
-from .rollup import CARBON_SUMS, ROLLUP_DIMS, SUMMARY_SUMS, RollupFolding, add_rollup_sql, carbon_rows_by_hours
+from .rollup import RollupFolding, SummedInStore, add_rollup_sql, summary_row
 
 T = TypeVar("T")
 _RAW_SUMS = ("count(*), sum(energy_j), sum(COALESCE(input_tokens, 0)), sum(COALESCE(output_tokens, 0)), "
@@ -256,11 +256,12 @@ def _connect_timeout_s(conninfo: str) -> int | None:
     return seconds if seconds > 0 else None
 
 
-class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
+class PostgresLedger(RollupFolding, SummedInStore, PostgresFeedback, Retention, Ledger):
     """Records, sums and budgets in PostgreSQL, shared by every process that points at the same database and
     schema; safe across threads (a connection per concurrent call) and hosts."""
 
     driver_errors: tuple[type[BaseException], ...] = (OSError,)  # psycopg.Error joins once psycopg is imported
+    _param = "%s"
 
     @guarded("open the ledger")
     def __init__(
@@ -276,6 +277,7 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
             raise ledger_error(self.url, f"schema {schema!r} is not a plain lower-case SQL name",
                                "use letters, digits and underscores, e.g. ?schema=router", retryable=False)
         self.schema = schema
+        self._summary_table = f"{schema}.summary_hourly"
         connection = _connection_class(read_timeout_s)
         self._request_timeout_s = min(request_timeout_s, read_timeout_s or math.inf)
         given_connect_s = _connect_timeout_s(conninfo)
@@ -573,30 +575,9 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         if not math.isinf(hi):
             sql += " AND bucket < %s"
             args.append(int(math.ceil(hi)))
-        out = []
-        for r in self._all(sql, args):
-            row = SummaryRow(float(r[0]), *r[1:])
-            row.key_hash, row.policy, row.task = row.key_hash or None, row.policy or None, row.task or None
-            out.append(row)
-        return out
-
-    @guarded("read carbon sums")
-    def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
-        figure, and the records without one with their joules (``router ledger report``'s carbon). Whole hours come
-        from ``rollup_hourly`` (a few dozen rows an hour), the partial hours at either end from the records."""
-        since, until = checked_span(since, until)
-
-        def from_rollup(lo: int, hi: int | None) -> list[tuple[Any, ...]]:
-            source, args = rollup_source(self.schema, lo, hi)
-            rows = self._all(f"SELECT {CARBON_SUMS} FROM {source} GROUP BY 1, 2", args)
-            return [(int(b), zone, int(n), int(refused), *map(float, sums[:3]), int(sums[3]), float(sums[4]))
-                    for b, zone, n, refused, *sums in rows]
-
-        return carbon_rows_by_hours(since, until, from_rollup, self._raw_carbon_rows)
+        return [summary_row(r) for r in self._all(sql, args)]
 
     def _raw_carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """:meth:`carbon_rows` summed from the records themselves (the partial hours; the rollup's check)."""
         # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
         sql = (f"SELECT (floor(ts / 3600) * 3600)::bigint, COALESCE(NULLIF(zone, ''), '-'), "
                f"count(*) FILTER (WHERE outcome <> '{REFUSED}'), count(*) FILTER (WHERE outcome = '{REFUSED}'), "
@@ -611,29 +592,8 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         return self._all(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args)
 
     # -- budgets ----------------------------------------------------------------------------------------
-    @guarded("read the hourly summary")
-    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
-        if dims is None:
-            return self._stored_summary(lo, hi)
-        return self._summed_by(lo, hi, dims, "bucket")
-
-    @guarded("read the hourly summary")
-    def _stored_totals_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
-        return self._summed_by(lo, hi, SUMMARY_DIMS if dims is None else dims, "0")  # one bucket for all hours
-
-    def _summed_by(self, lo: float, hi: float, dims: tuple[str, ...], bucket: str) -> list[SummaryRow]:
-        """The stored sums of the hours ``lo <= bucket < hi`` grouped by ``bucket`` (an SQL expression) and
-        ``dims``."""
-        if set(dims) <= set(ROLLUP_DIMS):
-            # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
-            end = None if math.isinf(hi) else int(math.ceil(hi))
-            source, rolled = rollup_source(self.schema, int(math.ceil(lo)), end)
-            return self._grouped(bucket, source, "TRUE", list(rolled), dims, SUMMARY_SUMS)
-        where, args = "bucket >= %s", [int(math.ceil(lo))]
-        if not math.isinf(hi):
-            where += " AND bucket < %s"
-            args.append(int(math.ceil(hi)))
-        return self._grouped(bucket, f"{self.schema}.summary_hourly", where, args, dims, SUMMARY_SUMS)
+    def _rollup_source(self, lo: int, hi: int | None) -> tuple[str, list[Any]]:
+        return rollup_source(self.schema, lo, hi)
 
     def _carbon_gap_rows(self, since: float, until: float | None, dims: tuple[str, ...] | None) -> list[SummaryRow]:
         # `co2e_g IS NULL` lets PostgreSQL read the partial index of just those records (schema step 4)
@@ -655,21 +615,6 @@ class PostgresLedger(RollupFolding, PostgresFeedback, Retention, Ledger):
         bucket = f"(floor(ts / {step_s:d}) * {step_s:d})::bigint"
         dims = SUMMARY_DIMS if dims is None else dims
         return self._grouped(bucket, f"{self.schema}.records", where, args, dims, _RAW_SUMS)
-
-    def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
-                 sums: str) -> list[SummaryRow]:
-        """Rows summed by PostgreSQL, grouped by the bucket and ``dims`` (the others NULL, read as None)."""
-        cols = ", ".join((f"COALESCE({d}, '')" if d in ("key_hash", "policy", "task") else d) if d in dims
-                         else "NULL::text" for d in SUMMARY_DIMS)
-        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
-        sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1{groups}"
-        out = []
-        for r in self._all(sql, args):
-            row = SummaryRow(float(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], int(r[8]), float(r[9]), int(r[10]),
-                             int(r[11]), float(r[12]), float(r[13]))
-            row.key_hash, row.policy, row.task = row.key_hash or None, row.policy or None, row.task or None
-            out.append(row)
-        return out
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,

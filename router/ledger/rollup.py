@@ -5,8 +5,9 @@ on a ledger with many keys, policies and tasks).
 
 No trigger keeps it: each store marks which records it already includes (SQLite: the newest record id; PostgreSQL:
 the transactions that wrote them), every read adds the records it lacks in the same statement, and writers fold them
-in a few thousand at a time (:class:`RollupFolding`). The SQL both stores share lives here; each store's schema
-module says which records are folded in and how.
+in a few thousand at a time (:class:`RollupFolding`). The SQL both stores share lives here, and so does their
+reading of the hourly sums by dimension (:class:`SummedInStore`); each store's schema module says which records are
+folded in and how.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .base import REFUSED
+from .arguments import checked_span
+from .base import REFUSED, SUMMARY_DIMS, Ledger, SummaryRow
+from .errors import guarded
 
 ROLLUP_DIMS = ("model", "tier", "outcome", "energy_source")
 """The dimensions ``rollup_hourly`` keeps (of ``SUMMARY_DIMS``; it keeps the zone too, for the carbon sums)."""
@@ -139,3 +142,91 @@ class RollupFolding:
             # the records are written; reads sum the ones not folded in, so this only waits for the next look
             logging.getLogger(type(self).__module__).warning(
                 "could not fold new records into %s's hourly rollup (%s); trying again later", self.url, exc)
+
+
+class SummedInStore(Ledger):
+    """The summed reads SQLite and PostgreSQL both make in the store rather than in Python: :meth:`Ledger.summary`
+    and :meth:`Ledger.summary_totals` over whole hours (from ``rollup_hourly`` where the dimensions asked for are
+    among the ones it keeps, otherwise from ``summary_hourly``) and :meth:`carbon_rows`. Each store names its
+    tables and its bound parameter, and runs the statements."""
+
+    _summary_table: str
+    """``summary_hourly`` as the store's SQL names it."""
+    _param: str
+    """The store's placeholder for a bound parameter."""
+
+    def _all(self, sql: str, args: Any = None) -> list[Any]:
+        """All rows of one statement, run as the store runs its reads."""
+        raise NotImplementedError
+
+    def _rollup_source(self, lo: int, hi: int | None) -> tuple[str, list[Any]]:
+        """The store's ``rollup_source``: a table expression of ``rollup_hourly``'s rows for the hours
+        ``lo <= bucket < hi`` with the records not yet folded in, and its arguments."""
+        raise NotImplementedError
+
+    def _raw_carbon_rows(self, since: float, until: float | None) -> Rows:
+        """:meth:`carbon_rows` summed from the records themselves (the partial hours; the rollup's check)."""
+        raise NotImplementedError
+
+    @guarded("read carbon sums")
+    def carbon_rows(self, since: float, until: float | None) -> Rows:
+        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
+        figure, and the records without one with their joules (``router ledger report``'s carbon). Whole hours come
+        from ``rollup_hourly`` (a few dozen rows an hour), the partial hours at either end from the records."""
+        since, until = checked_span(since, until)
+
+        def from_rollup(lo: int, hi: int | None) -> Rows:
+            source, args = self._rollup_source(lo, hi)
+            rows = self._all(f"SELECT {CARBON_SUMS} FROM {source} GROUP BY 1, 2", args)
+            # PostgreSQL sums integers as numeric (Decimal in Python)
+            return [(int(b), zone, int(n), int(refused), *map(float, sums[:3]), int(sums[3]), float(sums[4]))
+                    for b, zone, n, refused, *sums in rows]
+
+        return carbon_rows_by_hours(since, until, from_rollup, self._raw_carbon_rows)
+
+    @guarded("read the hourly summary")
+    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        if dims is None:
+            return self._stored_summary(lo, hi)
+        return self._summed_by(lo, hi, dims, "bucket")
+
+    @guarded("read the hourly summary")
+    def _stored_totals_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
+        return self._summed_by(lo, hi, SUMMARY_DIMS if dims is None else dims, "0")  # one bucket for all hours
+
+    def _summed_by(self, lo: float, hi: float, dims: tuple[str, ...], bucket: str) -> list[SummaryRow]:
+        """The stored sums of the hours ``lo <= bucket < hi`` grouped by ``bucket`` (an SQL expression) and
+        ``dims``."""
+        start, end = int(math.ceil(lo)), None if math.isinf(hi) else int(math.ceil(hi))  # buckets are whole hours
+        if set(dims) <= set(ROLLUP_DIMS):
+            # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
+            source, rolled = self._rollup_source(start, end)
+            return self._grouped(bucket, source, "TRUE", rolled, dims, SUMMARY_SUMS)
+        where, args = f"bucket >= {self._param}", [start]
+        if end is not None:
+            where += f" AND bucket < {self._param}"
+            args.append(end)
+        return self._grouped(bucket, self._summary_table, where, args, dims, SUMMARY_SUMS)
+
+    def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
+                 sums: str) -> list[SummaryRow]:
+        """Rows of ``sums`` (``SummaryRow``'s) over ``table`` where ``where``, summed by the store and grouped by
+        ``bucket`` (an SQL expression) and ``dims`` (the other dimensions NULL, read as None)."""
+        cols = ", ".join((f"COALESCE({d}, '')" if d in _STORED_EMPTY else d) if d in dims else "CAST(NULL AS TEXT)"
+                         for d in SUMMARY_DIMS)
+        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
+        return [summary_row(r) for r in self._all(f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} "
+                                                  f"GROUP BY 1{groups}", args)]
+
+
+_STORED_EMPTY = ("key_hash", "policy", "task")
+"""The dimensions ``summary_hourly`` keeps as '' where a record has none (SQLite groups NULLs apart)."""
+
+
+def summary_row(r: tuple[Any, ...]) -> SummaryRow:
+    """A summary query's row (bucket, ``SUMMARY_DIMS``, then the sums), the dimensions stored as '' read None again
+    and the sums as Python numbers (PostgreSQL sums integers as numeric, Decimal in Python)."""
+    row = SummaryRow(float(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], int(r[8]), float(r[9]), int(r[10]),
+                     int(r[11]), float(r[12]), float(r[13]))
+    row.key_hash, row.policy, row.task = row.key_hash or None, row.policy or None, row.task or None
+    return row

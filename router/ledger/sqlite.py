@@ -56,7 +56,7 @@ from .base import (
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
-from .rollup import CARBON_SUMS, ROLLUP_DIMS, ROLLUP_UPTO, RollupFolding, carbon_rows_by_hours
+from .rollup import ROLLUP_UPTO, RollupFolding, SummedInStore, summary_row
 from .sqlite_feedback import PRUNE_SQL, SQLiteFeedback
 from .sqlite_schema import (
     BUCKET_SQL,
@@ -84,9 +84,6 @@ _COLUMNS = [
     "estimated_j", "grid_g_per_kwh", "zone",
 ]  # fmt: skip
 
-_NULLABLE = ("key_hash", "policy", "task")  # kept as '' in the summary table; read back as None
-_SUMMED = ("SUM(requests), SUM(energy_j), SUM(input_tokens), SUM(output_tokens), SUM(latency_ms_sum), "
-           "SUM(co2e_g)")
 _RAW_SUMS = ("COUNT(*), SUM(energy_j), SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), "
              "SUM(COALESCE(latency_ms, 0)), SUM(COALESCE(co2e_g, 0))")
 
@@ -101,7 +98,7 @@ URL_OPTIONS = ("retention_days", "durable", "timeout_s", "request_timeout_s")  #
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
-class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, Retention, Ledger):
+class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, SummedInStore, Retention, Ledger):
     """One SQLite file in WAL mode; safe across threads (each connection behind its own lock) and processes
     (SQLite's own locking; a budget reservation is one statement, its hold's ``INSERT``, whose trigger charges
     the counter: SQLite applies it atomically).
@@ -121,6 +118,7 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, Retention, Ledger
 
     driver_errors = (sqlite3.Error, OSError)
     _columns = _COLUMNS
+    _summary_table, _param = "summary_hourly", "?"
 
     @guarded("open the ledger")
     def __init__(
@@ -509,24 +507,9 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, Retention, Ledger
             args.append(hi)
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
-        return [_summary_row(r) for r in rows]
-
-    @guarded("read carbon sums")
-    def carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """Per (hour, zone): model calls, rejections, joules, grams CO2e, joules x g/kWh of the records with a CO2e
-        figure, and the records without one with their joules (``router ledger report``'s carbon). Whole hours come
-        from ``rollup_hourly`` (a few dozen rows an hour), the partial hours at either end from the records."""
-        since, until = checked_span(since, until)
-
-        def from_rollup(lo: int, hi: int | None) -> list[tuple[Any, ...]]:
-            source, args = rollup_source(lo, hi)
-            with self._lock:
-                return self._conn.execute(f"SELECT {CARBON_SUMS} FROM {source} GROUP BY 1, 2", args).fetchall()
-
-        return carbon_rows_by_hours(since, until, from_rollup, self._raw_carbon_rows)
+        return [summary_row(r) for r in rows]
 
     def _raw_carbon_rows(self, since: float, until: float | None) -> list[tuple[Any, ...]]:
-        """:meth:`carbon_rows` summed from the records themselves (the partial hours; the rollup's check)."""
         # NULLIF: an empty zone is no zone, as in the pass over the records (carbon_report.carbon_rows)
         sql = (f"SELECT {BUCKET_SQL.format(t='')} AS b, COALESCE(NULLIF(zone, ''), '-'), "
                f"SUM(outcome != '{REFUSED}'), SUM(outcome = '{REFUSED}'), SUM(energy_j), "
@@ -539,28 +522,12 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, Retention, Ledger
         with self._lock:
             return self._conn.execute(sql + " GROUP BY 1, 2 ORDER BY 1, 2", args).fetchall()
 
-    @guarded("read the hourly summary")
-    def _stored_summary_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
-        if dims is None:
-            return self._stored_summary(lo, hi)
-        return self._summed_by(lo, hi, dims, "bucket")
+    def _rollup_source(self, lo: int, hi: int | None) -> tuple[str, list[Any]]:
+        return rollup_source(lo, hi)
 
-    @guarded("read the hourly summary")
-    def _stored_totals_by(self, lo: float, hi: float, dims: tuple[str, ...] | None) -> list[SummaryRow]:
-        return self._summed_by(lo, hi, SUMMARY_DIMS if dims is None else dims, "0")  # one bucket for all hours
-
-    def _summed_by(self, lo: float, hi: float, dims: tuple[str, ...], bucket: str) -> list[SummaryRow]:
-        """The stored sums of the hours ``lo <= bucket < hi`` grouped by ``bucket`` (an SQL expression) and
-        ``dims``."""
-        if set(dims) <= set(ROLLUP_DIMS):
-            # the same sums grouped coarser: a few dozen rows an hour where summary_hourly has one per key/policy/task
-            source, args = rollup_source(lo, None if hi == float("inf") else hi)
-            return self._grouped(bucket, source, "TRUE", args, dims, _SUMMED)
-        where, args = "bucket >= ?", [lo]
-        if hi != float("inf"):
-            where += " AND bucket < ?"
-            args.append(hi)
-        return self._grouped(bucket, "summary_hourly", where, args, dims, _SUMMED)
+    def _all(self, sql: str, args: Any = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
 
     @guarded("read the records' sums")
     def _raw_summary(
@@ -574,16 +541,6 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, Retention, Ledger
             args.append(until)
         bucket = f"(CAST(ts AS INTEGER) - (CAST(ts AS INTEGER) % {step_s:d}))"  # the summary trigger's, per step
         return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
-
-    def _grouped(self, bucket: str, table: str, where: str, args: list[Any], dims: tuple[str, ...],
-                 sums: str) -> list[SummaryRow]:
-        cols = ", ".join((f"COALESCE({d}, '')" if d in _NULLABLE else d) if d in dims else "NULL"
-                         for d in SUMMARY_DIMS)
-        groups = "".join(f", {2 + SUMMARY_DIMS.index(d)}" for d in dims)
-        sql = f"SELECT {bucket}, {cols}, {sums} FROM {table} WHERE {where} GROUP BY 1{groups}"
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-        return [_summary_row(r) for r in rows]
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
@@ -667,11 +624,3 @@ def _parameters(recs: list[LedgerRecord]) -> list[Any]:
         params += values
     return params
 
-
-def _summary_row(r: tuple[Any, ...]) -> SummaryRow:
-    """A summary query's row; the dimensions stored as '' (SQLite groups NULLs apart) read None again."""
-    row = SummaryRow(float(r[0]), *r[1:])
-    row.key_hash = row.key_hash or None
-    row.policy = row.policy or None
-    row.task = row.task or None
-    return row
