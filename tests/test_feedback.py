@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from cli_helpers import router_main
 from conftest_redis import start_redis_server
 from forking import in_a_forked_child
 from typer.testing import CliRunner
@@ -230,6 +231,31 @@ def test_router_ledger_prompts_delete(tmp_path: Path) -> None:
         assert out.exit_code == 2 and "exactly one of" in out.output
     out = run(app, ["ledger", "--ledger", url, "prompts", "delete", "--all"])
     assert out.exit_code == 0 and "deleted 1 stored prompts (all)" in out.output
+
+
+def test_prompts_delete_before_a_date_in_the_future_is_refused_unless_forced(tmp_path: Path) -> None:
+    """`router ledger prompts delete --before 2062-01-01` (a year mistyped for 2026) deleted every stored prompt and
+    said they were 'stored before 2062-01-01'. A cut-off in the future is refused as `router ledger prune` refuses
+    one, saying how many prompts it would delete; `--force` deletes them, saying so."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    led = SQLiteLedger(tmp_path / "ledger.sqlite3")
+    for i, age in enumerate((40, 1, 0)):
+        led.store_prompt(StoredPrompt(f"r{i}", "p", "[]", ts=time.time() - age * DAY))
+    led.close()
+    for future in ("2062-01-01", str(int(time.time()) + 3600)):
+        code, said = router_main("ledger", "prompts", "delete", "--before", future, "--ledger", url)
+        said = " ".join(said.split())
+        assert code == 2, said
+        assert "in the future" in said and "would delete 3 stored prompts" in said and "--force" in said, said
+    led = SQLiteLedger(tmp_path / "ledger.sqlite3")
+    assert led.prompt_summary()[0] == 3, "nothing was deleted"
+    led.close()
+    code, said = router_main("ledger", "prompts", "delete", "--before", "2062-01-01", "--force", "--ledger", url)
+    said = " ".join(said.split())
+    assert code == 0, said
+    assert "deleted 3 stored prompts stored before 2062-01-01 00:00 UTC, a cut-off in the future (--force)" in said
+    code, said = router_main("ledger", "prompts", "count", "--ledger", url)
+    assert code == 0 and "0 stored prompts" in said, said
 
 
 def test_prompts_delete_with_an_empty_before_deletes_nothing(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -42,7 +41,7 @@ from ..errors import RouterError
 from ..ledger import Ledger
 from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
-from .ledger_files import fail, ledger_inputs, open_configured, require_ledger
+from .ledger_files import fail, ledger_inputs, open_configured, refuse_a_future_cut_off, require_ledger
 from .output import STDOUT, refuse_stdout, stdout_console
 from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
@@ -373,14 +372,9 @@ def prune(
         raise typer.BadParameter("--older-than: give an age (90d) or a date")
     led = open_configured(_config(config, ledger))
     n = _record_count(led, 0.0, cut)
-    # a date meant for --since, or a mistyped year, would delete the records of calls that budgets (the current
-    # window's spend) and reports rely on, all of them: only a person who says so deletes them
-    in_the_future = cut > time.time()
-    if in_the_future and not force:
-        led.close()
-        fail(f"--older-than {older_than} is {utc_minute(cut)}, in the future: the prune would delete {n:,} records, "
-             "every record written until then, those budgets and reports count on too; give an age (90d) or a past "
-             "date, or add --force to delete them")
+    in_the_future = refuse_a_future_cut_off(
+        led, "--older-than", older_than, cut, force=force, deletion="the prune", age="90d",
+        doomed=lambda: f"{n:,} records, every record written until then, those budgets and reports count on too")
     Console(stderr=True).print(f"pruning {n:,} records older than {utc_minute(cut)}")
     # one transaction with no way to tell how far it is: a spinner says it is still at work
     with _stderr_progress(SpinnerColumn()) as bar:

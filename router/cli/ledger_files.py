@@ -5,6 +5,8 @@ A SQLite ledger that is not there is an error for a command that reads one: open
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .._dates import utc_minute
 from ..config import RouterConfig
 from ..ledger import Ledger, open_ledger
 from ..ledger.stores import sqlite_file
@@ -46,3 +49,21 @@ def fail(msg: str, code: int = 2) -> NoReturn:
     """Print ``msg`` as the command's error on stderr and exit with ``code`` (2: the ledger or an option)."""
     Console(stderr=True).print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def refuse_a_future_cut_off(led: Ledger, option: str, given: str, cut: float, *, force: bool, deletion: str,
+                            doomed: Callable[[], str], age: str) -> bool:
+    """Whether the cut-off ``cut`` (``option given``) of a deletion is in the future. A date meant for ``--since``, or
+    a mistyped year, would delete everything written until now: without ``force`` this closes ``led`` and fails
+    (exit 2) saying what ``deletion`` (e.g. "the prune") would delete (``doomed()``, asked only then) and how to
+    keep it or delete it all the same."""
+    if cut <= time.time():
+        return False
+    if not force:
+        try:
+            what = doomed()
+        finally:
+            led.close()
+        fail(f"{option} {given} is {utc_minute(cut)}, in the future: {deletion} would delete {what}; give an age "
+             f"({age}) or a past date, or add --force to delete them")
+    return True

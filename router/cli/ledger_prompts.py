@@ -11,7 +11,7 @@ from rich.console import Console
 
 from .._dates import utc_minute
 from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _opts, ledger_app
-from .ledger_files import fail, open_configured
+from .ledger_files import fail, open_configured, refuse_a_future_cut_off
 from .when import parse_when
 
 prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
@@ -40,6 +40,8 @@ def delete(
                                       "(UTC), 30d (older than 30 days), or epoch seconds."),
     all_: bool = typer.Option(False, "--all", help="Delete every stored prompt."),
     request: str | None = typer.Option(None, "--request", help="Delete the prompt of this request id."),
+    force: bool = typer.Option(False, "--force", help="Delete even with a --before in the future: every prompt "
+                               "stored until then goes."),
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
 ) -> None:
@@ -54,13 +56,16 @@ def delete(
                                  "every stored prompt", param_hint="'--before'")
     ledger, config = _opts(ctx, ledger, config)
     led = open_configured(_config(config, ledger))
+    in_the_future = before is not None and cut is not None and refuse_a_future_cut_off(
+        led, "--before", before, cut, force=force, deletion="the deletion", age="30d",
+        doomed=lambda: f"{led.prompt_summary()[0]:,} stored prompts, every prompt stored until then")
     try:
         if request is not None:
             n = led.delete_prompts(request_id=request)
             what = f"of request {request}"
         elif cut is not None:
             n = led.delete_prompts(before=cut)
-            what = "stored before " + utc_minute(cut)
+            what = "stored before " + utc_minute(cut) + (", a cut-off in the future (--force)" if in_the_future else "")
         else:
             n = led.delete_prompts()
             what = "(all)"
