@@ -143,6 +143,19 @@ def test_times_and_lengths_that_are_not_are_refused(ledger: str) -> None:
         assert result.exit_code == 2 and "Invalid value" in result.output, (args, result.output)
 
 
+def test_a_report_until_a_date_names_that_date_in_its_title(ledger: str, tmp_path: Path) -> None:
+    """`router ledger report --until 1d` (the records before yesterday) was titled "Energy by model", as a report of
+    every record is, in the table and the HTML page; the title now says "until" and the date."""
+    until = parse_when("1d")
+    assert until is not None
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+    out = " ".join(run("ledger", "report", "--ledger", ledger, "--until", str(int(until))).split())
+    assert f"Energy by model, until {when}" in out and "│ total │ 2 │" in out, out
+    page = tmp_path / "r.html"
+    run("ledger", "report", "--ledger", ledger, "--until", str(int(until)), "-o", str(page))
+    assert f"<h1>Energy by model, until {when}</h1>" in page.read_text(), page.read_text()
+
+
 def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:
     out_csv = tmp_path / "x.csv"
     run("ledger", "export", "--ledger", ledger, "--format", "csv", "-o", str(out_csv))

@@ -301,10 +301,14 @@ def rich_table(report: Report) -> Any:
 
 
 def _when(report: Report) -> str:
+    """The range a title names: a report of the records before a date alone says so, not "Energy by model" as
+    if it were all of them."""
     if report.since > 0 and report.until is not None:
         return f", {utc_minute(report.since)} to {utc_minute(report.until)}"
     if report.since > 0:
         return f", since {utc_minute(report.since)}"
+    if report.until is not None:
+        return f", until {utc_minute(report.until)}"
     return ""
 
 
