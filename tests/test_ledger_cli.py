@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import router_main
 from typer.testing import CliRunner
 
 from router.batch.store import default_store_url
@@ -154,6 +155,26 @@ def test_a_report_until_a_date_names_that_date_in_its_title(ledger: str, tmp_pat
     page = tmp_path / "r.html"
     run("ledger", "report", "--ledger", ledger, "--until", str(int(until)), "-o", str(page))
     assert f"<h1>Energy by model, until {when}</h1>" in page.read_text(), page.read_text()
+
+
+def test_doctor_refuses_a_journal_folder_that_is_not_there(ledger: str, tmp_path: Path) -> None:
+    """`router ledger doctor --journal <a mistyped folder>` said "journal ...: nothing pending" and "no problems"
+    (exit 0) while the ledger's real journal held records of a stopped process, never replayed. A --journal that
+    is not a folder is now a usage error naming the ledger's own journal folder, and nothing is created."""
+    from router.ledger.journal import encode
+
+    journal = tmp_path / "ledger.sqlite3.journal"
+    journal.mkdir()
+    (journal / "j-h-424242-1.jsonl").write_bytes(encode(LedgerRecord("late", "m", "small", 2.0, "e:x")))
+    typo = tmp_path / "ledger.sqlite3.jornal"
+    for given in (typo, tmp_path / "ledger.sqlite3"):  # no such folder; a file
+        code, said = router_main("ledger", "doctor", "--ledger", ledger, "--journal", str(given))
+        said = " ".join(said.split())
+        assert code == 2, said
+        assert f"--journal {given} is not a folder" in said and f"this ledger's own ({journal})" in said, said
+    assert not typo.exists()
+    code, said = router_main("ledger", "doctor", "--ledger", ledger, "--journal", str(journal))
+    assert code == 0 and "replayed 1 journaled records" in said, said
 
 
 def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:

@@ -451,6 +451,11 @@ def doctor(
     ledger, config = _opts(ctx, ledger, config)
     cfg = _config(config, ledger)
     require_ledger(cfg.ledger_url)
+    if journal is not None and not journal.is_dir():
+        # a mistyped folder would read as "nothing pending" while the real one holds records not yet replayed
+        fail(f"--journal {journal} is not a folder: no journal to check or replay there; leave --journal out for "
+             f"this ledger's own ({journal_folder(cfg.journal, cfg.ledger_url)}), or name the folder a router "
+             "journals into (journal.folder in its config)")
     folder = journal or journal_folder(cfg.journal, cfg.ledger_url)
     with _stderr_progress(BarColumn()) as bar:
         job = bar.add_task("opening the ledger", total=None)
