@@ -30,6 +30,7 @@ class RedisServer:
     folder: Path
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--replicaof", HOST, PORT]
 
     @property
     def url(self) -> str:
@@ -43,7 +44,7 @@ class RedisServer:
         log = self.folder / "redis.log"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
-             "--appendonly", "no", "--logfile", str(log)],
+             "--appendonly", "no", "--logfile", str(log), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         client = redis.Redis(host="127.0.0.1", port=self.port)
@@ -72,10 +73,10 @@ class RedisServer:
         self.proc = None
 
 
-def start_redis_server(folder: Path) -> RedisServer:
+def start_redis_server(folder: Path, extra_args: list[str] | None = None) -> RedisServer:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server); Redis ledger untested")
-    server = RedisServer(folder)
+    server = RedisServer(folder, extra_args=extra_args or [])
     server.start()
     return server
 

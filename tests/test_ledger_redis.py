@@ -3,6 +3,7 @@ the unix:// URL docs/ledger.md lists, and a URL option redis-py does not take.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -189,12 +190,12 @@ def test_a_release_leaves_a_tombstone_and_gives_back_once_in_either_order(redis_
     try:
         early = [counter, "tombstone:hold:early", held, expiry]  # released before its reservation arrives
         assert release(keys=early, args=[60, "early"]) == 0
-        assert reserve(keys=early, args=["50.0", "100.0", 60, "early", ""]) == -1
+        assert reserve(keys=early, args=["50.0", "100.0", 60, "early", "", "tombstone:hold:"]) == -1
         assert client.get(counter) is None
 
         late = [counter, "tombstone:hold:late", held, expiry]  # reserved (and its call tried again), then released
-        assert reserve(keys=late, args=["50.0", "100.0", 60, "late", "30"]) == 1
-        assert reserve(keys=late, args=["50.0", "100.0", 60, "late", "30"]) == 1
+        assert reserve(keys=late, args=["50.0", "100.0", 60, "late", "30", "tombstone:hold:"]) == 1
+        assert reserve(keys=late, args=["50.0", "100.0", 60, "late", "30", "tombstone:hold:"]) == 1
         assert float(client.get(counter)) == 50.0
         assert release(keys=late, args=[60, "late"]) == 1
         assert release(keys=late, args=[60, "late"]) == 0
@@ -202,3 +203,158 @@ def test_a_release_leaves_a_tombstone_and_gives_back_once_in_either_order(redis_
     finally:
         client.delete(*all_keys)
         client.close()
+
+
+BUDGET_POLICY = """name: capped
+accuracy: {min_accuracy: 0.0}
+budgets:
+  - model: sentiment-onnx
+    joules: 100
+    per: hour
+on_budget_exhausted: reject
+"""
+HOURLY = "model:sentiment-onnx:3600s"
+
+
+def _wait_for_replica(replica_url: str, key: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(replica_url)
+    try:
+        deadline = time.time() + 20
+        while client.info("replication").get("master_link_status") != "up" or not client.exists(key):
+            assert time.time() < deadline, "the replica did not catch up in 20 s"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def test_budgets_read_from_a_replica_or_by_a_user_without_writes_leave_expired_holds_out(
+    tmp_path: Path, redis_server: str  # noqa: F811
+) -> None:
+    """``budget_used`` (what ``router ledger budgets``, the dashboard and every routing decision read) gave expired
+    holds back itself, a write: on a replica, or as an ACL user without write commands, the read failed once a
+    hold had expired (and opening the ledger wrote its schema version each time). Reads now leave expired holds
+    out without changing anything; the next reservation that needs their room gives them back."""
+    import redis
+    from cli_helpers import router_main
+    from conftest_redis import start_redis_server
+    from servers.procs import models_dir
+
+    prefix = f"readonly-{os.getpid()}:"
+    writer_url = f"{redis_server}/5?prefix={prefix}"
+    admin = redis.Redis.from_url(f"{redis_server}/5")
+    admin.acl_setuser("budget-reader", enabled=True, passwords=["+reader-secret"], keys=["*"], reset=True,
+                      commands=["+@all", "-@write"])  # fmt: skip
+    writer = open_ledger(writer_url)
+    (tmp_path / "replica").mkdir()
+    replica = start_redis_server(tmp_path / "replica", ["--replicaof", "127.0.0.1", redis_server.rsplit(":", 1)[1]])
+    try:
+        assert writer.try_reserve(HOURLY, 60.0, 100.0, 3600, hold_s=0.3) is not None  # its process was killed
+        assert writer.try_reserve(HOURLY, 30.0, 100.0, 3600) is not None  # a call still running
+        time.sleep(0.8)
+        counter = next(k for k in admin.scan_iter(match=f"{prefix}budget:*"))
+        _wait_for_replica(f"{replica.url}/5", counter.decode())
+        assert float(admin.get(counter)) == 90.0
+
+        port = redis_server.rsplit(":", 1)[1]
+        reader_url = f"redis://budget-reader:reader-secret@127.0.0.1:{port}/5?prefix={prefix}"
+        for url in (reader_url, f"{replica.url}/5?prefix={prefix}"):
+            reader = open_ledger(url)
+            try:
+                assert reader.budget_used(HOURLY, 3600) == pytest.approx(30.0), url
+            finally:
+                reader.close()
+
+        policies = tmp_path / "policies"
+        policies.mkdir()
+        (policies / "capped.yaml").write_text(BUDGET_POLICY)
+        config = tmp_path / "config.yaml"
+        config.write_text(f"models_dir: {models_dir(tmp_path / 'models', {})}\npolicies_dir: {policies}\n"
+                          f"default_policy: capped\nledger_url: {json.dumps(reader_url)}\n")
+        code, out = router_main("ledger", "budgets", "--config", str(config), "--json")
+        assert code == 0, out
+        (row,) = [b for b in json.loads(out)["budgets"] if b["budget"] == HOURLY]
+        assert row["used"] == pytest.approx(30.0) and row["remaining"] == pytest.approx(70.0)
+
+        assert float(admin.get(counter)) == 90.0, "reading changed nothing"
+        assert writer.try_reserve(HOURLY, 70.0, 100.0, 3600, hold_s=60.0) is not None, "the reservation gave it back"
+        assert writer.budget_used(HOURLY, 3600) == pytest.approx(100.0)
+    finally:
+        replica.stop()
+        writer.clear()  # type: ignore[attr-defined]
+        writer.close()
+        admin.acl_deluser("budget-reader")
+        admin.close()
+
+
+# The settlement and release scripts of the previous release, whose processes run beside this one's in a rolling
+# upgrade: they know the ``hold:<id>`` key alone, not the ``held`` and ``expiry`` keys of this release's holds.
+PREVIOUS_SETTLE = """
+local hold = redis.call('GET', KEYS[2])
+if hold == 'released' then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+if not hold or redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]))
+if v < 0 then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+end
+return 1
+"""
+PREVIOUS_RELEASE = """
+local hold = redis.call('GET', KEYS[2])
+if hold == 'released' then
+  return 0
+end
+redis.call('SET', KEYS[2], 'released', 'EX', ARGV[1])
+if not hold or redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local back = string.sub(hold, 1, 1) == '-' and string.sub(hold, 2) or '-' .. hold
+local v = tonumber(redis.call('INCRBYFLOAT', KEYS[1], back))
+if v < 0 then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+end
+return 1
+"""
+
+
+def test_a_hold_a_previous_release_settled_or_released_is_not_given_back_again_at_its_expiry(
+    redis_server: str,  # noqa: F811
+) -> None:
+    """In a rolling upgrade an old process may settle (or release) a hold a new process reserved; it gave the hold's
+    joules back then, but left its ``held`` entry, so at its expiry the new code gave them back a second time: the
+    budget read as less used than it was and admitted calls past its limit. Only a hold whose key still holds a
+    figure is given back (or left out of ``budget_used``) now."""
+    import redis
+
+    from router.ledger.redis import RedisLedger
+
+    prefix = f"previous-{os.getpid()}:"
+    led = RedisLedger.from_url(f"{redis_server}/5?prefix={prefix}")
+    old = redis.Redis.from_url(f"{redis_server}/5")
+    old_settle, old_release = old.register_script(PREVIOUS_SETTLE), old.register_script(PREVIOUS_RELEASE)
+    try:
+        settled = led.try_reserve("b", 6.0, 20.0, 3600, hold_s=0.3)
+        released = led.try_reserve("b", 5.0, 20.0, 3600, hold_s=0.3)
+        assert settled is not None and released is not None
+        counter = led._holds_keys("b", settled.window_start)[0]
+        assert old_settle(keys=[counter, f"{prefix}hold:{settled.id}"], args=["-4.0"]) == 1  # used 2 J of its 6
+        assert old_release(keys=[counter, f"{prefix}hold:{released.id}"], args=[7200]) == 1
+        assert led.budget_used("b", 3600) == pytest.approx(2.0)
+        time.sleep(0.8)  # both holds past their hold_s
+        assert led.budget_used("b", 3600) == pytest.approx(2.0), "given back once, when settled or released"
+        assert led.hold_counts().expired == 0
+        assert led.try_reserve("b", 18.0, 20.0, 3600, hold_s=60.0) is not None
+        assert led.try_reserve("b", 1.0, 20.0, 3600, hold_s=60.0) is None, "the budget is full"
+        assert led.budget_used("b", 3600) == pytest.approx(20.0)
+        counts = led.hold_counts()  # `router ledger doctor`'s figures
+        assert (counts.live, counts.live_j, counts.expired) == (1, 18.0, 0)
+    finally:
+        led.clear()
+        led.close()
+        old.close()

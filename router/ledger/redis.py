@@ -19,8 +19,10 @@ Layout (all keys under a prefix, default ``router:``):
   ``expiry:<name>:<window start>`` (a sorted set: reservation id -> when its hold stops counting, Redis's clock):
   the holds of that counter. A hold past its time (``hold_s``: the call's deadline and a margin) belongs to a call
   that cannot still be running (its process was killed): it is given back when the budget would otherwise refuse a
-  reservation, and ``budget_used`` leaves it out; a settlement arriving after that counts what the call used in
-  full;
+  reservation, and ``budget_used`` leaves it out without writing (so it runs on a replica, or as a user without
+  write commands); a settlement arriving after that counts what the call used in full. Only a hold whose
+  ``hold:<id>`` key still holds a figure counts: one a process of the previous release settled or released (by that
+  key alone) was given back then;
 * ``reqs``: each request id scored by the time of its newest record (kept by the record script);
 * ``meta``: schema version and the retention setting;
 * feedback and stored prompts: :mod:`router.ledger.redis_feedback`.
@@ -140,6 +142,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         self._k_seq = prefix + "seq"
         self._k_buckets = prefix + "buckets"
         self._k_meta = prefix + "meta"
+        self._hold_head = prefix + "hold:"  # + a reservation id: its hold (the module's layout)
         self._record_script = self.r.register_script(RECORD)
         self._reserve_script = self.r.register_script(RESERVE)
         self._settle_script = self.r.register_script(SETTLE)
@@ -203,7 +206,12 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         return redis_error(self.url, exc, action)
 
     def _migrate(self) -> None:
-        version = int(self.r.eval(migration_script(), 4, self._k_meta, self._k_records, self._k_ids, self._k_reqs))
+        # read first: a store already at this version needs no write, so a replica or a user without write
+        # commands can open it (`router ledger budgets`, reports); the script checks the version again itself
+        version = int(self.r.hget(self._k_meta, "schema_version") or 0)
+        if version < SCHEMA_VERSION:
+            version = int(self.r.eval(migration_script(), 4, self._k_meta, self._k_records, self._k_ids,
+                                      self._k_reqs))
         MIGRATIONS.plan(version, self.url)  # raises when the store is newer than this code
 
     @property
@@ -411,7 +419,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
     def _keys(self, budget: str, start: float, reservation_id: str) -> list[str]:
         """KEYS of the reserve, settle and release scripts: the counter, the hold, ``held``, ``expiry``."""
         counter, held, expiry = self._holds_keys(budget, start)
-        return [counter, f"{self.prefix}hold:{reservation_id}", held, expiry]
+        return [counter, self._hold_head + reservation_id, held, expiry]
 
     @guarded("reserve budget")
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
@@ -423,7 +431,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         try:
             verdict = self._reserve_script(
                 keys=self._keys(budget, start, reservation_id),
-                args=[repr(float(joules)), repr(float(limit_j)), keep_s, reservation_id, hold_arg],
+                args=[repr(float(joules)), repr(float(limit_j)), keep_s, reservation_id, hold_arg, self._hold_head],
                 client=self._request_r)
         except self.driver_errors:
             # the script may have reached the server and run (or run later): whatever it held must not stay held
@@ -462,9 +470,12 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @guarded("read a budget")
     def budget_used(self, budget: str, window_s: float) -> float:
+        """The counter's figure less the holds past their time that still count in it (they are given back by the
+        next reservation that finds no room). Reads only: a replica, or a user without write commands, can run it."""
         keys = self._holds_keys(budget, window_start(time.time(), window_s))
-        value = self._used_script(keys=keys, client=self._request_r)
-        return float(value) if value is not None else 0.0
+        counter, *expired = self._used_script(keys=keys, args=[self._hold_head], client=self._request_r)
+        # as the reservation's give-back leaves it: never below 0
+        return max(0.0, float(counter) - sum(map(float, expired)))
 
     @guarded("count the budget holds")
     def hold_counts(self) -> HoldCounts:
@@ -475,9 +486,15 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         for raw in self.r.scan_iter(match=_glob_escaped(head) + "*", count=1000):
             held_key = raw.decode() if isinstance(raw, bytes) else raw
             expiry = dict(self.r.zrange(f"{self.prefix}expiry:{held_key[len(head):]}", 0, -1, withscores=True))
-            for rid, joules in self.r.hgetall(held_key).items():
-                if float(joules) != 0:  # 0: expired and given back, its settlement not come yet
-                    counts.add(float(joules), expiry.get(rid), now)
+            # 0: expired and given back, its settlement not come yet
+            holding = [(rid, float(j)) for rid, j in self.r.hgetall(held_key).items() if float(j) != 0]
+            if not holding:
+                continue
+            # a hold settled or released by a process of the previous release has no hold key (or a tombstone)
+            states = self.r.mget([self._hold_head.encode() + rid for rid, _ in holding])
+            for (rid, joules), state in zip(holding, states, strict=True):
+                if state is not None and state != b"released":
+                    counts.add(joules, expiry.get(rid), now)
         return counts
 
     @guarded("list the budget counters")

@@ -86,23 +86,42 @@ return n
 
 # The holds of a counter: ``held`` (a hash, reservation id -> the joules it still holds, ``0`` once it expired) and
 # ``expiry`` (a sorted set, reservation id -> when its hold stops counting, server time). A hold past its time
-# belongs to a call that can no longer be running (its process was killed): its joules go back to the counter
-# and its ``held`` entry becomes 0, so a settlement arriving later still counts what the call used, in full.
-# The ``hold:<id>`` key stays the reservation's state (settled or released once, its tombstone).
-_RECLAIM = """
+# belongs to a call that can no longer be running (its process was killed): a reservation that finds no room gives
+# its joules back to the counter and sets its ``held`` entry to 0, so a settlement arriving later still counts what
+# the call used, in full; a read leaves it out of its figure and changes nothing. The ``hold:<id>`` key stays the
+# reservation's state: an expired hold is given back (or left out) only while that key still holds a figure. A
+# process of the previous release settles or releases a hold by that key alone (its scripts know no ``held`` or
+# ``expiry``), giving its joules back then; its ``held`` entry, left behind, must not give them back a second time.
+# ``hold_head`` is the ``hold:`` keys' common start (prefix and ``hold:``): the ids in ``expiry`` name the rest.
+_NEGATED = """
 local function negated(j)
   return string.sub(j, 1, 1) == '-' and string.sub(j, 2) or '-' .. j
 end
-local function reclaim(counter, held, expiry)
+"""
+
+_EXPIRED = """
+local function expired_ids(expiry)
   local t = redis.call('TIME')
-  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', t[1] .. '.' .. string.format('%06d', t[2]))
+  return redis.call('ZRANGEBYSCORE', expiry, '-inf', t[1] .. '.' .. string.format('%06d', t[2]))
+end
+local function still_held(hold_head, id)
+  local hold = redis.call('GET', hold_head .. id)
+  return hold ~= false and hold ~= 'released'
+end
+"""
+
+_RECLAIM = _NEGATED + _EXPIRED + """
+local function reclaim(counter, held, expiry, hold_head)
+  local ids = expired_ids(expiry)
   for _, id in ipairs(ids) do
     local j = redis.call('HGET', held, id)
-    if j and tonumber(j) ~= 0 and redis.call('EXISTS', counter) == 1 then
-      redis.call('INCRBYFLOAT', counter, negated(j))
-    end
-    if j then
+    if j and still_held(hold_head, id) then
+      if tonumber(j) ~= 0 and redis.call('EXISTS', counter) == 1 then
+        redis.call('INCRBYFLOAT', counter, negated(j))
+      end
       redis.call('HSET', held, id, '0')
+    elseif j then
+      redis.call('HDEL', held, id)
     end
     redis.call('ZREM', expiry, id)
   end
@@ -114,10 +133,10 @@ end
 
 # KEYS: the budget's counter, the reservation's hold (``hold:<id>``), the counter's ``held`` and ``expiry``.
 # ARGV: joules, limit, seconds to keep them, the reservation id, seconds the hold counts unsettled ('' : until
-# its window ends). A hold already there is this reservation's, made by an earlier try of the same call (1
-# again, nothing added), or the tombstone a release left because the client gave up on it before it ran here (-1,
-# nothing held). Expired holds are given back only when the budget has no room otherwise: the common case adds
-# no work.
+# its window ends), ``hold_head``. A hold already there is this reservation's, made by an earlier try of the same
+# call (1 again, nothing added), or the tombstone a release left because the client gave up on it before it ran
+# here (-1, nothing held). Expired holds are given back only when the budget has no room otherwise: the common case
+# adds no work.
 RESERVE = _RECLAIM + """
 local hold = redis.call('GET', KEYS[2])
 if hold == 'released' then
@@ -127,7 +146,7 @@ elseif hold then
 end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
-  reclaim(KEYS[1], KEYS[3], KEYS[4])
+  reclaim(KEYS[1], KEYS[3], KEYS[4], ARGV[6])
   used = tonumber(redis.call('GET', KEYS[1]) or '0')
   if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
     return nil
@@ -140,17 +159,26 @@ redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 if ARGV[5] ~= '' then
   local t = redis.call('TIME')
-  -- to the microsecond, as reclaim reads it: whole seconds made each hold expire up to a second early
+  -- to the microsecond, as expired_ids reads it: whole seconds made each hold expire up to a second early
   redis.call('ZADD', KEYS[4], tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[5]), ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
 return 1
 """
 
-# KEYS: the counter, ``held``, ``expiry``. The counter's figure without the holds that expired (given back now).
-USED = _RECLAIM + """
-reclaim(KEYS[1], KEYS[2], KEYS[3])
-return redis.call('GET', KEYS[1])
+# KEYS: the counter, ``held``, ``expiry``. ARGV: ``hold_head``. Reads only (a replica, a user without write
+# commands can run it, and it never changes what a reservation running beside it sees): the counter's figure
+# ('0' where there is none) followed by the joules of each hold past its time that still counts in it; the caller
+# takes them off (a Lua number would reach the client as an integer, or rounded to 14 digits).
+USED = _EXPIRED + """
+local out = {redis.call('GET', KEYS[1]) or '0'}
+for _, id in ipairs(expired_ids(KEYS[3])) do
+  local j = redis.call('HGET', KEYS[2], id)
+  if j and tonumber(j) ~= 0 and still_held(ARGV[1], id) then
+    out[#out + 1] = j
+  end
+end
+return out
 """
 
 # What a hold still holds: its ``held`` entry (0 once expired), else (a hold made before ``held`` existed) its
@@ -168,7 +196,7 @@ end
 # ``held``, ``expiry``. ARGV: seconds to keep the tombstone, the reservation id. Gives back what the hold holds,
 # once, and leaves the tombstone either way, so a RESERVE still on its way runs as a no-op: the result is the same
 # in whichever order the two arrive.
-RELEASE = _RECLAIM + _TAKE_HOLD + """
+RELEASE = _NEGATED + _TAKE_HOLD + """
 local hold = redis.call('GET', KEYS[2])
 if hold == 'released' then
   return 0
@@ -194,7 +222,7 @@ return 1
 # (settled already, or gone with its window) or released, a settlement sent again (a retry, a journal's replay)
 # changes nothing. The DEL runs either way, so the journaled ledger's probe (a settlement of no hold) still needs
 # a writable server.
-SETTLE = _RECLAIM + _TAKE_HOLD + """
+SETTLE = _NEGATED + _TAKE_HOLD + """
 local hold = redis.call('GET', KEYS[2])
 if hold == 'released' then
   return 0
