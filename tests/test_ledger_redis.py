@@ -358,3 +358,46 @@ def test_a_hold_a_previous_release_settled_or_released_is_not_given_back_again_a
         led.clear()
         led.close()
         old.close()
+
+
+def test_a_redis_user_without_the_ledgers_keys_or_writes_is_named_not_taken_for_an_outage(
+    tmp_path: Path, redis_server: str  # noqa: F811
+) -> None:
+    """A URL whose Redis user may not touch the ledger's keys (an ACL of ``~other-app:*``) or write was answered
+    "check the Redis server's log" as if Redis were down: `router serve` started anyway, journaled every record
+    and refused budgeted requests with 503s for good. It is now refused at start, naming the ACL and its fix, as
+    refused credentials are."""
+    import redis
+
+    from router.config import JournalSettings
+    from router.ledger.journaled import JournaledLedger
+
+    port = redis_server.rsplit(":", 1)[1]
+    prefix = f"acl-{os.getpid()}:"
+    admin = redis.Redis.from_url(f"{redis_server}/0")
+    admin.acl_setuser("other-app", enabled=True, passwords=["+pw"], keys=["other-app:*"], commands=["+@all"],
+                      reset=True)  # fmt: skip
+    admin.acl_setuser("no-writes", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@write"],
+                      reset=True)  # fmt: skip
+    keeper = open_ledger(f"{redis_server}/0?prefix={prefix}")  # another process keeps it at this schema version
+    try:
+        url = f"redis://other-app:pw@127.0.0.1:{port}/0?prefix={prefix}"
+        for opening in (lambda: open_ledger(url),
+                        lambda: JournaledLedger.open(url, JournalSettings(folder=str(tmp_path / "journal")))):
+            with pytest.raises(LedgerError, match="Redis user may not run a command the ledger needs") as refused:
+                opening()
+            assert not refused.value.retryable and "ACL SETUSER" in str(refused.value)
+            assert "server's log" not in str(refused.value) and ":pw@" not in str(refused.value)
+
+        reader = open_ledger(f"redis://no-writes:pw@127.0.0.1:{port}/0?prefix={prefix}")  # reads work
+        try:
+            with pytest.raises(LedgerError, match="may not run a command the ledger needs") as refused:
+                reader.record(LedgerRecord("a", "m", "small", 1.0, "estimated:cpu-time"))
+            assert not refused.value.retryable
+        finally:
+            reader.close()
+    finally:
+        keeper.clear()  # type: ignore[attr-defined]
+        keeper.close()
+        admin.acl_deluser("other-app", "no-writes")
+        admin.close()

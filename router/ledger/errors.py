@@ -192,6 +192,14 @@ def redis_error(url: str, exc: BaseException, action: str) -> LedgerError:
         return ledger_error(url, f"{detail}: Redis is down or unreachable",
                             "start Redis (or fix the host and port in the URL); records wait in the journal "
                             "meanwhile where one is configured")  # fmt: skip
+    # NOPERM, or its form inside a script: the URL's user lacks a command or the ledger's keys. Not an outage that
+    # ends by itself, so `router serve` refuses to start (as for refused credentials) instead of journaling
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "The user executing the script can't" in text:
+        return ledger_error(url, f"{detail}: the URL's Redis user may not run a command the ledger needs, or not on "
+                            "its keys",
+                            "grant that user the ledger's keys and commands (ACL SETUSER USER ~PREFIX* +@all); a user "
+                            "without write commands (+@all -@write) can read a ledger another process keeps up to "
+                            "date (`router ledger budgets`, reports), nothing more", retryable=False)  # fmt: skip
     if isinstance(exc, redis.ReadOnlyError) or text.startswith("READONLY"):
         return ledger_error(url, f"{detail}: the server is a read-only replica",
                             "point the URL at the primary", retryable=False)  # fmt: skip
