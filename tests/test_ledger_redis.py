@@ -234,8 +234,9 @@ def test_budgets_read_from_a_replica_or_by_a_user_without_writes_leave_expired_h
 ) -> None:
     """``budget_used`` (what ``router ledger budgets``, the dashboard and every routing decision read) gave expired
     holds back itself, a write: on a replica, or as an ACL user without write commands, the read failed once a
-    hold had expired (and opening the ledger wrote its schema version each time). Reads now leave expired holds
-    out without changing anything; the next reservation that needs their room gives them back."""
+    hold had expired (and opening the ledger wrote its schema version and retention, and pruned, each time). Reads
+    now leave expired holds out without changing anything; the next reservation that needs their room gives them
+    back, and the processes that write the ledger prune it."""
     import redis
     from cli_helpers import router_main
     from conftest_redis import start_redis_server
@@ -246,7 +247,7 @@ def test_budgets_read_from_a_replica_or_by_a_user_without_writes_leave_expired_h
     admin = redis.Redis.from_url(f"{redis_server}/5")
     admin.acl_setuser("budget-reader", enabled=True, passwords=["+reader-secret"], keys=["*"], reset=True,
                       commands=["+@all", "-@write"])  # fmt: skip
-    writer = open_ledger(writer_url)
+    writer = open_ledger(writer_url, retention_days=30)  # kept by the writers: a reader cannot prune
     (tmp_path / "replica").mkdir()
     replica = start_redis_server(tmp_path / "replica", ["--replicaof", "127.0.0.1", redis_server.rsplit(":", 1)[1]])
     try:
@@ -271,7 +272,7 @@ def test_budgets_read_from_a_replica_or_by_a_user_without_writes_leave_expired_h
         (policies / "capped.yaml").write_text(BUDGET_POLICY)
         config = tmp_path / "config.yaml"
         config.write_text(f"models_dir: {models_dir(tmp_path / 'models', {})}\npolicies_dir: {policies}\n"
-                          f"default_policy: capped\nledger_url: {json.dumps(reader_url)}\n")
+                          f"default_policy: capped\nledger_url: {json.dumps(reader_url)}\nledger_retention_days: 30\n")
         code, out = router_main("ledger", "budgets", "--config", str(config), "--json")
         assert code == 0, out
         (row,) = [b for b in json.loads(out)["budgets"] if b["budget"] == HOURLY]

@@ -65,6 +65,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urls
 
 import redis
 
+from ..errors import LedgerError
 from .arguments import (
     MAX_COUNT,
     checked_count,
@@ -152,9 +153,15 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         # up on
         self._given_up: GivenUp[tuple[str, float, str, int]] = GivenUp(self, self._release, "redis-ledger-release")
         self._migrate()
-        if retention_days is not None:
+        if retention_days is not None and retention_days != self.retention_days:  # no write where it is set
             self.set_retention_days(retention_days)
-        self.apply_retention()
+        try:
+            self.apply_retention()
+        except LedgerError as exc:
+            # a replica, or a user without write commands, opens the ledger to read it (`router ledger budgets`,
+            # reports): the processes that write it prune it
+            if not isinstance(exc.__cause__, redis.ReadOnlyError | redis.exceptions.NoPermissionError):
+                raise
 
     @classmethod
     def from_url(cls, url: str, *, retention_days: float | None = None, prefix: str | None = None) -> RedisLedger:
