@@ -167,7 +167,7 @@ def measure_server(n: int, tmp: Path, connections: int = 64) -> None:
                (b"x-request-id", b"chatcmpl-019ad0c4a1b2c3d4e5f6a7b8"), (b"x-router-model", b"remote-echo"),
                (b"x-router-tier", b"small"), (b"x-router-reason", b"chat task -> remote-echo; predicted 0.12 >= "
                                                                   b"target 0.11 (95% of remote-echo's 0.12); 2.7 J"),
-               (b"x-router-energy-j", b"1.6")]
+               (b"x-router-energy-j", b"1.6"), (b"x-router-energy-source", b"estimated:token-profile")]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()

@@ -135,6 +135,27 @@ def test_general_request_goes_through_the_http_backend(served: Served) -> None:
     assert rec.model == "remote-echo" and rec.outcome == "ok" and rec.energy_j > 0
 
 
+def test_the_energy_headers_say_where_the_joules_come_from(served: Served) -> None:
+    """`x-router-energy-j` came without its source, which only the body had (a local model's joules may be measured
+    or estimated from CPU time; a remote model's are estimated from its card's token profile): a client reading
+    the headers could not tell a meter's reading from an estimate. A stream's joules and their source are known only
+    at its end, so its headers carry neither and its last chunk's `routing` has both."""
+    chat = served.client().chat.completions
+    for model, text in (("router", REVIEW), ("remote-echo", QUESTION)):
+        raw = chat.with_raw_response.create(model=model, messages=user(text), max_tokens=16)
+        routing = raw.parse().model_extra["routing"]
+        assert raw.headers["x-router-energy-source"] == routing["energy_source"], model
+        assert routing["energy_source"].startswith(("measured:", "estimated:")), routing
+        assert float(raw.headers["x-router-energy-j"]) == pytest.approx(routing["energy_j"], rel=1e-5)
+    assert raw.headers["x-router-energy-source"] == "estimated:token-profile"  # remote-echo's card profile
+    raw_stream = chat.with_raw_response.create(model="remote-echo", messages=user(QUESTION), max_tokens=16,
+                                               stream=True)
+    assert raw_stream.headers["x-router-model"] == "remote-echo"
+    assert "x-router-energy-source" not in raw_stream.headers and "x-router-energy-j" not in raw_stream.headers
+    last = list(raw_stream.parse())[-1]
+    assert last.model_extra["routing"]["energy_source"] == "estimated:token-profile"
+
+
 def test_x_request_id_is_used_as_the_ledger_id(served: Served) -> None:
     resp = served.client().chat.completions.create(model="router", messages=user(REVIEW),
                                                    extra_headers={"x-request-id": "req-from-client-1"})

@@ -193,7 +193,8 @@ def test_cors_is_off_by_default_and_follows_the_configured_origins(served: Serve
     assert "x-stainless-os" in r.headers["access-control-allow-headers"]
     r = served.post({"model": "remote-echo", "messages": user("hi")}, headers={"origin": "https://app.example"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
-    assert "x-router-model" in r.headers["access-control-expose-headers"]
+    exposed = r.headers["access-control-expose-headers"]
+    assert "x-router-model" in exposed and "x-router-energy-source" in exposed
     r = httpx.options(f"{served.url}/v1/chat/completions", headers={**preflight, "origin": "https://evil.example"})
     assert "access-control-allow-origin" not in r.headers
 

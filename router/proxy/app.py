@@ -300,7 +300,7 @@ def create_app(
             app._dispatch, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"], max_age=600,
             expose_headers=["x-request-id", "x-router-model", "x-router-tier", "x-router-reason",
-                            "x-router-energy-j", "retry-after"])
+                            "x-router-energy-j", "x-router-energy-source", "retry-after"])
     app.router.add_route("/v1/models", proxy.models, methods=["GET"])
     app.router.add_route("/v1/models/{model_id:path}", proxy.model, methods=["GET"])
     app.router.add_route("/health", proxy.health, methods=["GET"])

@@ -227,9 +227,10 @@ class ChatHandler:
             return
         data = to_json(completion)
         r = completion["routing"]
-        model, tier, reason, energy_j = r["model"], r["tier"], r["reason"], r["energy_j"]
+        model, tier = r["model"], r["tier"]
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
-                   (b"x-request-id", request_id.encode("latin-1")), *routing_header_list(model, tier, reason, energy_j)]
+                   (b"x-request-id", request_id.encode("latin-1")),
+                   *routing_header_list(model, tier, r["reason"], r["energy_j"], r["energy_source"])]
         self.metrics.observe_answered(model, tier, key_label, time.perf_counter() - t0)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
@@ -287,7 +288,7 @@ class ChatHandler:
         # stage is buffered whole (it is judged before any of it is streamed), so it is watched as a JSON answer is
         chunks, first = await _watched(prepared, receive, self._first_chunk(prepared))
         card = self.router.cards[first.model]
-        headers = routing_headers(card.name, card.tier, prepared.decision.reason, None)
+        headers = routing_headers(card.name, card.tier, prepared.decision.reason)
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
         headers["x-request-id"] = prepared.request_id
@@ -411,15 +412,18 @@ def _event(chunk: ChatCompletionChunk) -> bytes:
     return b"data: " + chunk.model_dump_json().encode() + b"\n\n"
 
 
-def routing_headers(model: str, tier: str, reason: str, energy_j: float | None) -> dict[str, str]:
-    """The ``x-router-*`` headers, as a dict (streams go through Starlette's response objects)."""
-    headers = {"x-router-model": model, "x-router-tier": tier, "x-router-reason": ascii_header(reason)}
-    if energy_j is not None:
-        headers["x-router-energy-j"] = f"{energy_j:.6g}"
-    return headers
+def routing_headers(model: str, tier: str, reason: str) -> dict[str, str]:
+    """The ``x-router-*`` headers a stream starts with, as a dict (streams go through Starlette's response
+    objects). No ``x-router-energy-j`` or ``x-router-energy-source``: a stream's joules, and so where they come
+    from, are known only at its end (its last chunk's ``routing`` has both)."""
+    return {"x-router-model": model, "x-router-tier": tier, "x-router-reason": ascii_header(reason)}
 
 
-def routing_header_list(model: str, tier: str, reason: str, energy_j: float) -> list[tuple[bytes, bytes]]:
-    """:func:`routing_headers` as raw ASGI header pairs (all ASCII), for the JSON answer sent as ASGI messages."""
+def routing_header_list(model: str, tier: str, reason: str, energy_j: float,
+                        energy_source: str) -> list[tuple[bytes, bytes]]:
+    """The ``x-router-*`` headers of a JSON answer as raw ASGI header pairs (all ASCII): those of
+    :func:`routing_headers`, its joules and where they come from (``routing.energy_source``: ``measured:nvml``,
+    ``estimated:token-profile``, ...; the meters' names, always ASCII)."""
     return [(b"x-router-model", model.encode("latin-1", "replace")), (b"x-router-tier", tier.encode()),
-            (b"x-router-reason", ascii_header(reason).encode()), (b"x-router-energy-j", b"%.6g" % energy_j)]
+            (b"x-router-reason", ascii_header(reason).encode()), (b"x-router-energy-j", b"%.6g" % energy_j),
+            (b"x-router-energy-source", energy_source.encode("ascii", "replace"))]
