@@ -44,7 +44,7 @@ from router._request import (
     check_params,
 )
 from router.chat_body import _TYPES as CHAT_BODY_TYPES
-from router.errors import BadRequestError, CapabilityError
+from router.errors import BadRequestError, CapabilityError, LedgerError
 from router.proxy.app import create_app
 
 KEY = "sk-test-hardening-0123456789"
@@ -632,6 +632,52 @@ def test_an_unexpected_error_off_the_chat_route_gives_a_request_id_the_log_also_
     assert request_id in r.json()["error"]["message"] and "fault injected" not in r.text
     logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
     assert logged and "fault injected into /metrics" in str(logged[0].exc_info[1])
+
+
+def test_every_route_s_errors_carry_the_request_id_as_chat_errors_do(served: Served) -> None:
+    """Only the chat route's errors carried `x-request-id`: a 404 for an unknown model id, an OpenAI route not
+    served here (`/v1/embeddings`, `/v1/completions`) or a bad feedback came without one, so the openai SDK's
+    `err.request_id` was None and there was nothing to quote to the operator. Now each carries the client's id, or
+    one the router makes."""
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=20)
+    calls = {"models.retrieve": lambda h: client.models.retrieve("no-such-model", extra_headers=h),
+             "embeddings": lambda h: client.embeddings.create(model="router", input="hi", extra_headers=h),
+             "completions": lambda h: client.completions.create(model="router", prompt="hi", extra_headers=h),
+             "files.retrieve": lambda h: client.files.retrieve("file-nope", extra_headers=h),
+             "feedback": lambda h: client.post("/feedback", body={"id": "x"}, cast_to=object,
+                                               options={"headers": h})}
+    for name, call in calls.items():
+        with pytest.raises(openai.APIStatusError) as err:
+            call({"x-request-id": f"mine-{name}"})
+        assert err.value.status_code in (400, 404) and err.value.request_id == f"mine-{name}", (name, err.value)
+        with pytest.raises(openai.APIStatusError) as err:
+            call({})
+        assert (err.value.request_id or "").startswith("chatcmpl-"), name  # one the router makes, as chat does
+
+
+def test_errors_off_the_chat_route_carry_the_request_id_however_they_are_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette's routing (404, 405), the web-page guard (403) and a route's own server error (503) each answer
+    with the request's id; a 5xx also names it in its message, as the chat route's do."""
+    router = build(tmp_path, {"text": "hello"}, {"text": "hello"})
+
+    def feedback_fault_injected(*args: object, **kw: object) -> None:
+        raise LedgerError("ledger sqlite:///secret/path: the store is down (fault injected)")
+
+    monkeypatch.setattr(router, "feedback", feedback_fault_injected)
+    with TestClient(create_app(router=router), raise_server_exceptions=False) as client:
+        for method, path, headers, status in (("GET", "/v1/chat/completions", {}, 405),
+                                              ("POST", "/v1/embeddings", {}, 404),
+                                              ("GET", "/v1/models", {"origin": "https://evil.example"}, 403)):
+            r = client.request(method, path, headers={**headers, "x-request-id": "given-1"})
+            assert r.status_code == status and r.headers["x-request-id"] == "given-1", (path, r.text)
+            r = client.request(method, path, headers={**headers, "x-request-id": "x" * 129})  # too long: replaced
+            assert r.headers["x-request-id"].startswith("chatcmpl-"), path
+        r = client.post("/v1/feedback", json={"id": "chatcmpl-1", "score": 1}, headers={"x-request-id": "given-2"})
+        assert r.status_code == 503 and r.headers["x-request-id"] == "given-2", r.text
+        assert "request id given-2" in r.json()["error"]["message"] and "secret" not in r.text
+        r = client.get("/v1/models")
+        assert r.status_code == 200 and "x-request-id" not in r.headers  # an answer, not an error: no id to quote
 
 
 def test_more_messages_than_max_messages_are_refused_before_each_is_checked(served: Served, tmp_path: Path) -> None:

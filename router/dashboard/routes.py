@@ -112,10 +112,10 @@ class Dashboard:
             raise PermissionDeniedError("this API key may not open the dashboard; mark a key `admin: true` in the "
                                         "keys configuration to give it access")
 
-    def _error(self, exc: RouterError) -> Response:
-        from ..proxy.fastpath import error_response
+    def _error(self, exc: RouterError, request: Request) -> Response:
+        from ..proxy.fastpath import error_response, route_request_id
 
-        response = error_response(exc, self.metrics)
+        response = error_response(exc, self.metrics, route_request_id(request.scope))
         if isinstance(exc, AuthenticationError):
             response.headers.append("www-authenticate", _REALM)
         response.headers["cache-control"] = "no-store"
@@ -127,7 +127,7 @@ class Dashboard:
                 self.authorize(request.headers.get("authorization"))
                 return await handler(request)
             except RouterError as exc:
-                return self._error(exc)
+                return self._error(exc, request)
 
         return endpoint
 

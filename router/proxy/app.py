@@ -25,9 +25,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from .._ids import new_request_id
 from .._request import PreparedRequest
 from .._router import Router
 from ..chat_body import policy_names
@@ -36,7 +35,7 @@ from ..dashboard import mount_dashboard
 from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
 from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
-from .fastpath import CHAT_PATHS, ChatHandler, error_response
+from .fastpath import CHAT_PATHS, ChatHandler, error_response, route_request_id
 from .ledger_writer import BackgroundLedger, ledger_state
 from .metrics import CONTENT_TYPE, ProxyMetrics, decided
 from .metrics_shared import ENV_METRICS_DIR
@@ -150,13 +149,19 @@ class ProxyApp(FastAPI):
         if self.cors is not None and scope["type"] == "http":
             # a page of an origin not listed is refused here, its preflight too (Starlette's CORS middleware would
             # answer that with a plain-text 400); a chat request is checked once, by the chat route, as without CORS
-            if self._is_chat(scope) or not await self._refused(scope, receive, send):
+            if self._is_chat(scope):
+                await self.cors(scope, receive, send)
+                return
+            send = _ids_on_errors(scope, send)
+            if not await self._refused(scope, receive, send):
                 await self.cors(scope, receive, send)
             return
         if (self.chat is not None and scope["type"] == "http" and scope["method"] == "POST"
                 and (scope["path"] in CHAT_PATHS or _route_path(scope) in CHAT_PATHS)):
             await self.chat(scope, receive, send)
             return
+        if scope["type"] == "http":
+            send = _ids_on_errors(scope, send)
         if await self._refused(scope, receive, send):
             return
         await super().__call__(scope, receive, send)
@@ -184,6 +189,23 @@ class ProxyApp(FastAPI):
             await error_response(exc, self.metrics)(scope, receive, send)
             return True
         return False
+
+
+def _ids_on_errors(scope: Scope, send: Send) -> Send:
+    """``send`` for a request to a route other than chat (which answers its own errors with their id): an error
+    answer that carries no ``x-request-id`` gets the request's (:func:`route_request_id`), as the chat route's
+    errors do, whatever made it (a route's own refusal, the app's exception handlers, Starlette's routing). A 5xx
+    answered by the app's handlers already names that id in its message and header."""
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                headers.append((b"x-request-id", route_request_id(scope).encode("latin-1")))
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_id
 
 
 def _route_path(scope: Scope) -> str:
@@ -313,11 +335,11 @@ def create_app(
     mount_dashboard(app, router, router.keys, config.dashboard, proxy.metrics)  # /dashboard, off by config
     from .feedback import add_feedback_route
 
-    add_feedback_route(app, router, proxy.metrics)  # /v1/feedback (router/proxy/feedback.py)
+    add_feedback_route(app, router)  # /v1/feedback (router/proxy/feedback.py)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> Response:
-        return error_response(exc, proxy.metrics)
+        return error_response(exc, proxy.metrics, route_request_id(request.scope))
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -330,7 +352,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        request_id = new_request_id()  # the one handle a client can quote to find this traceback in the log
+        request_id = route_request_id(request.scope)  # the handle a client can quote to find this traceback
         log.exception("unhandled error on %s (request %s)", request.url.path, request_id)
         return error_response(InternalError("internal error; the server log has the details"), proxy.metrics,
                               request_id)

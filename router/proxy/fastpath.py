@@ -97,6 +97,24 @@ def error_response(exc: RouterError, metrics: ProxyMetrics | None = None, reques
                     headers=headers, media_type=_JSON)
 
 
+ROUTE_REQUEST_ID = "router.request_id"
+"""The scope key under which a request to a route other than chat keeps its id once asked for
+(:func:`route_request_id`), so that its error's header and body name the same one."""
+
+
+def route_request_id(scope: Scope) -> str:
+    """The id of a request to a route other than chat, taken as the chat route takes it: the client's
+    ``x-request-id`` (the first, up to :data:`MAX_REQUEST_ID` characters), else one made now; the same every time it
+    is asked for. Those routes write no ledger record: the id is what the client and the server's log share."""
+    request_id: str | None = scope.get(ROUTE_REQUEST_ID)
+    if request_id is None:
+        given = next((value for name, value in scope["headers"] if name == b"x-request-id"), None)
+        text = given.decode("latin-1") if given else None
+        request_id = text if text and len(text) <= MAX_REQUEST_ID else new_request_id()
+        scope[ROUTE_REQUEST_ID] = request_id
+    return request_id
+
+
 class _SSEResponse(StreamingResponse):
     """A stream whose body iterator is always closed when the response ends, also when the client went away
     mid-stream (Starlette then cancels the sending task; after that no cancellation is pending, so ``aclose``

@@ -22,27 +22,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._router import Router
-from ..errors import BadRequestError, RouterError
-from .fastpath import bearer_key, error_response
-from .metrics import ProxyMetrics
+from ..errors import BadRequestError
+from .fastpath import bearer_key
 from .public import read_json, read_limited_body
 
 MAX_BODY_BYTES = 64 * 1024
 _FIELDS = {"id", "score", "comment"}
 
 
-def add_feedback_route(app: FastAPI, router: Router, metrics: ProxyMetrics | None = None) -> None:
-    """Register ``POST /v1/feedback`` (and ``/feedback``, as the chat routes are) on the proxy app; its errors
-    count in ``metrics``' ``router_errors_total``, as every route's do."""
+def add_feedback_route(app: FastAPI, router: Router) -> None:
+    """Register ``POST /v1/feedback`` (and ``/feedback``, as the chat routes are) on the proxy app; its errors are
+    answered by the app's handler for every route's (counted in ``router_errors_total``, with the request id)."""
 
     async def feedback(request: Request) -> Response:
-        try:
-            api_key = bearer_key(request.headers.get("authorization"), router.keys)
-            body = _parse(await read_limited_body(request, MAX_BODY_BYTES, "a feedback body"))
-            fb = await asyncio.to_thread(router.feedback, body["id"], body["score"],  # _parse: both are there
-                                         comment=body.get("comment"), api_key=api_key)
-        except RouterError as exc:
-            return error_response(exc, metrics)
+        api_key = bearer_key(request.headers.get("authorization"), router.keys)
+        body = _parse(await read_limited_body(request, MAX_BODY_BYTES, "a feedback body"))
+        fb = await asyncio.to_thread(router.feedback, body["id"], body["score"],  # _parse: both are there
+                                     comment=body.get("comment"), api_key=api_key)
         data = {"object": "feedback", "id": f"fb-{fb.feedback_id}", "response_id": fb.request_id, "score": fb.score,
                 "source": fb.source, "comment": fb.comment, "created": int(fb.ts)}
         return Response(json.dumps(data).encode(), media_type="application/json")
