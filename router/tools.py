@@ -114,8 +114,11 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
     if legacy and (tools is not None or tool_choice is not None):
         raise BadRequestError("use either `tools`/`tool_choice` or the legacy `functions`/`function_call`, not both",
                               param="functions")
-    if isinstance(tools, list) and not tools:  # as OpenAI answers it ("[] is too short - 'tools'")
-        raise BadRequestError("`tools` is empty: offer at least one function, or leave `tools` out", param="tools")
+    # as OpenAI answers them ("[] is too short - 'tools'", "... - 'functions'"): an empty list offers nothing
+    for name, offered in (("tools", tools), ("functions", functions)):
+        if isinstance(offered, list) and not offered:
+            raise BadRequestError(f"`{name}` is empty: offer at least one function, or leave `{name}` out",
+                                  param=name)
     if parallel_tool_calls is not None:
         if not isinstance(parallel_tool_calls, bool):
             raise BadRequestError("`parallel_tool_calls` must be a boolean", param="parallel_tool_calls")
@@ -131,14 +134,14 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
         if functions is not None and (not isinstance(functions, list)
                                       or not all(isinstance(f, Mapping) for f in functions)):
             raise BadRequestError("`functions` must be a list of function objects", param="functions")
-        tools = [{"type": "function", "function": f} for f in functions or []]
+        tools = [{"type": "function", "function": f} for f in functions] if functions is not None else None
         tool_choice = function_call
         param_tools, param_choice = "functions", "function_call"
     else:
         param_tools, param_choice = "tools", "tool_choice"
     if tools is not None and (not isinstance(tools, list) or len(tools) > _MAX_TOOLS):
         raise BadRequestError(f"`{param_tools}` must be a list of at most {_MAX_TOOLS} tools", param=param_tools)
-    if not tools:  # none, or legacy `functions: []`: a plain request, which no choice may demand a call of
+    if not tools:  # none offered: a plain request, which no choice may demand a call of
         if tool_choice not in (None, "none", "auto"):
             raise BadRequestError(f"`{param_choice}` needs `{param_tools}` with at least one function: offer the "
                                   f"function(s) the model may call, or send `{param_choice}: none`", param=param_choice)

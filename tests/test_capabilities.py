@@ -191,20 +191,23 @@ def test_parameter_rules() -> None:
 
 
 def test_a_tool_choice_that_demands_a_call_needs_a_function_offered() -> None:
-    """No `functions` (or `functions: []`) offers nothing, so the request is plain text: a choice that demands a
-    call is a 400, not a text answer where the caller asked for a call. `tools: []` is a 400 itself, as on OpenAI,
-    whatever the choice."""
-    wanted = {"name": "get_weather"}
-    for bad in ({"functions": [], "function_call": wanted}, {"function_call": wanted}):
-        with pytest.raises(BadRequestError, match="needs `functions` with at least one function") as err:
-            check_params(**bad)
-        assert err.value.param == "function_call", bad
+    """No `functions` offers nothing, so the request is plain text: a choice that demands a call is a 400, not a
+    text answer where the caller asked for a call. `tools: []` and `functions: []` are 400s themselves, as on OpenAI
+    ("[] is too short - 'functions'"), whatever the choice: `functions: []` was answered as a plain request, which
+    OpenAI refuses."""
+    with pytest.raises(BadRequestError, match="needs `functions` with at least one function") as err:
+        check_params(function_call={"name": "get_weather"})
+    assert err.value.param == "function_call"
     named = {"type": "function", "function": {"name": "get_weather"}}
     for choice in (None, "none", "auto", "required", named):
         with pytest.raises(BadRequestError, match="`tools` is empty") as err:
             check_params(tools=[], tool_choice=choice)
         assert err.value.param == "tools", choice
-    for plain in ({"functions": [], "function_call": "none"}, {"tool_choice": "none"}):
+    for choice in (None, "none", "auto", {"name": "get_weather"}):
+        with pytest.raises(BadRequestError, match="`functions` is empty") as err:
+            check_params(functions=[], function_call=choice)
+        assert err.value.param == "functions", choice
+    for plain in ({"function_call": "none"}, {"tool_choice": "none"}):
         assert check_params(**plain)["options"].tools is None, plain
 
 

@@ -680,6 +680,12 @@ def test_errors_off_the_chat_route_carry_the_request_id_however_they_are_made(
         assert r.status_code == 200 and "x-request-id" not in r.headers  # an answer, not an error: no id to quote
 
 
+def test_empty_function_lists_are_400s_as_on_openai(app: TestClient) -> None:
+    for name, extra in (("tools", {}), ("functions", {"function_call": "auto"})):
+        r = app.post("/v1/chat/completions", json={"model": "router", "messages": user("hi"), name: [], **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, r.text
+
+
 def test_more_messages_than_max_messages_are_refused_before_each_is_checked(served: Served, tmp_path: Path) -> None:
     """Each message is checked on the proxy's event loop (~4 µs): 280,000 one-letter turns fit the 8 MiB body limit
     and held the loop (every other request, /health) for over a second. More than `max_messages` (10,000) is now a
