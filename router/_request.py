@@ -45,9 +45,9 @@ IGNORED_PARAMS = frozenset({
 """OpenAI parameters accepted and not acted on: bookkeeping for OpenAI's own service (``store``, ``metadata``,
 ``user``, ``service_tier``, ``prompt_cache_key``, ``prompt_cache_retention``, ``prompt_cache_options``,
 ``safety_identifier``) and hints whose absence leaves the answer's meaning as it is (``prediction``,
-``verbosity``); ``metadata`` and the parameters of :data:`ONE_OF` must still be what OpenAI takes
-(:func:`check_metadata`). ``stream_options`` is the proxy's: the library's stream always ends with a chunk carrying
-usage and routing."""
+``verbosity``); ``metadata``, ``prompt_cache_options`` and the parameters of :data:`ONE_OF` must still be what
+OpenAI takes (:func:`check_metadata`, :func:`check_prompt_cache_options`). ``stream_options`` is the proxy's: the
+library's stream always ends with a chunk carrying usage and routing."""
 
 
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
@@ -89,6 +89,31 @@ ONE_OF: dict[str, tuple[str, ...]] = {
 }
 """Ignored parameters that OpenAI takes only with one of these values (the openai SDK's): another is a 400 there,
 so it is one here too."""
+
+
+PROMPT_CACHE_OPTIONS: dict[str, tuple[str, ...]] = {"mode": ("implicit", "explicit"), "ttl": ("30m",)}
+"""What ``prompt_cache_options`` may hold, and the values OpenAI takes for each (the openai SDK's
+``PromptCacheOptions``; ``30m`` is the one lifetime it documents). Ignored here, but OpenAI refuses another value,
+and another key as an unknown parameter (``prompt_cache_options.<key>``), so a client that sends one fails there."""
+
+
+def check_prompt_cache_options(options: Any) -> None:
+    """A 400 for ``prompt_cache_options`` that is not what OpenAI takes (:data:`PROMPT_CACHE_OPTIONS`), naming the
+    key at fault (``param: prompt_cache_options.ttl``) as OpenAI does."""
+    if options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise BadRequestError('`prompt_cache_options` must be an object such as {"mode": "implicit", "ttl": "30m"}, '
+                              f"got {_kind(options)}", param="prompt_cache_options")
+    for key, value in options.items():
+        name = f"prompt_cache_options.{key}"
+        allowed = PROMPT_CACHE_OPTIONS.get(key)
+        if allowed is None:
+            raise BadRequestError(f"unknown parameter: `{name}` (`prompt_cache_options` takes "
+                                  f"{' and '.join(PROMPT_CACHE_OPTIONS)})", param=name)
+        if value is None:  # check_one_of takes None for a parameter left out; a key given null is a wrong value
+            raise BadRequestError(f"`{name}` must be one of {', '.join(allowed)}, got null", param=name)
+        check_one_of(name, value, allowed)
 
 
 def check_one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str | None:
@@ -292,6 +317,7 @@ def check_params(
     if params:  # most requests name only the parameters above
         _check_other_names(params)
         check_metadata(params.get("metadata"))
+        check_prompt_cache_options(params.get("prompt_cache_options"))
         for name, allowed in ONE_OF.items():
             check_one_of(name, params.get(name), allowed)
     if n is not None and (isinstance(n, bool) or n != 1):

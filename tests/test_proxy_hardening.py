@@ -38,6 +38,7 @@ from router._request import (
     IGNORED_PARAMS,
     ONE_OF,
     PASSED_THROUGH,
+    PROMPT_CACHE_OPTIONS,
     REASONING_EFFORTS,
     REFUSED_PARAMS,
     VERBOSITIES,
@@ -407,6 +408,14 @@ OPENAI_400S: list[tuple[dict[str, object], str]] = [
     # "[] is too short - 'tools'"
     ({"tools": []}, "tools"),
     ({"tools": [], "tool_choice": "none"}, "tools"),
+    ({"functions": []}, "functions"),  # "[] is too short - 'functions'"
+    # the keys and values of the openai SDK's PromptCacheOptions (router/_request.py: PROMPT_CACHE_OPTIONS)
+    ({"prompt_cache_options": {"mode": "auto"}}, "prompt_cache_options.mode"),
+    ({"prompt_cache_options": {"mode": None}}, "prompt_cache_options.mode"),
+    ({"prompt_cache_options": {"ttl": "24h"}}, "prompt_cache_options.ttl"),
+    ({"prompt_cache_options": {"ttl": 1800}}, "prompt_cache_options.ttl"),
+    ({"prompt_cache_options": {"retention": "24h"}}, "prompt_cache_options.retention"),
+    ({"prompt_cache_options": "implicit"}, "prompt_cache_options"),
     # values outside the sets OpenAI takes (router/_request.py: REASONING_EFFORTS, ONE_OF)
     ({"reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"reasoning_effort": "High"}, "reasoning_effort"),
@@ -443,7 +452,8 @@ def test_what_openai_accepts_next_to_those_400s_still_runs(served: Served) -> No
                    {"metadata": {f"{i:064d}": "v" * 512 for i in range(16)}}, {"metadata": {}},
                    *({"reasoning_effort": effort} for effort in REASONING_EFFORTS),
                    *({name: value} for name, allowed in ONE_OF.items() for value in allowed),
-                   {"prompt_cache_options": {"mode": "implicit", "ttl": "30m"}}):
+                   {"prompt_cache_options": {"mode": "implicit", "ttl": "30m"}},
+                   {"prompt_cache_options": {"mode": "explicit"}}, {"prompt_cache_options": {}}):
         answer = client.chat.completions.create(model="remote-echo", messages=user("hi"), **params)  # type: ignore[call-overload]
         assert answer.choices[0].message.content == "echo: hi", params
 
@@ -474,7 +484,7 @@ def test_the_router_knows_every_openai_sdk_chat_parameter_and_its_values() -> No
     a client written for OpenAI meets where OpenAI answers), and the values a parameter is held to are the SDK's.
     The rules are the router's own (an older SDK installed beside it must not narrow them); this says when the
     SDK's grow, so the router's follow."""
-    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase, PromptCacheOptions
     from openai.types.shared.reasoning_effort import ReasoningEffort
 
     def literals(hint: object) -> set[str]:
@@ -488,6 +498,10 @@ def test_the_router_knows_every_openai_sdk_chat_parameter_and_its_values() -> No
     assert literals(ReasoningEffort) == set(REASONING_EFFORTS)
     for name, allowed in ONE_OF.items():
         assert literals(hints[name]) == set(allowed), name
+    cache_options = typing.get_type_hints(PromptCacheOptions)
+    assert set(cache_options) == set(PROMPT_CACHE_OPTIONS)
+    for key, allowed in PROMPT_CACHE_OPTIONS.items():
+        assert literals(cache_options[key]) == set(allowed), key
 
 
 @pytest.mark.parametrize(("params", "param"), OPENAI_400S)
