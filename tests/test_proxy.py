@@ -438,6 +438,33 @@ def test_models_say_what_router_means_for_the_callers_key(keyed: Served) -> None
         assert client.models.retrieve("router").model_extra["description"] == f"routes each request; policy {policy}"
 
 
+def test_an_open_models_route_still_answers_for_the_callers_key(upstream_url: str, tmp_path: Path) -> None:
+    """With `proxy.open_routes: [models]` the model list needs no key, but it read none either: a key with
+    `policy: eco` was told `router` meant the config's default policy, and a key with `lock_policy` was offered
+    policies it is refused. A configured key is now read there too; none, or one not configured, gets the list
+    for no key, as before."""
+    locked = "sk-open-models-locked"
+    keys = ("keys:\n"
+            f"  - {{name: eco-team, sha256: {hashlib.sha256(KEY_ECO.encode()).hexdigest()}, policy: eco}}\n"
+            f"  - {{name: held, sha256: {hashlib.sha256(locked.encode()).hexdigest()}, policy: quality, "
+            "lock_policy: true}\n")
+    config, _ = _config(tmp_path, upstream_url, keys)
+    config.write_text(config.read_text().replace("proxy: {", "proxy: {open_routes: [models], "))
+    with router_serve(config, tmp_path) as url:
+        def client(key: str) -> openai.OpenAI:
+            return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+
+        listed = {m.id: m for m in client(KEY_ECO).models.list()}
+        assert listed["router"].model_extra["description"] == "routes each request; policy eco"
+        assert client(KEY_ECO).models.retrieve("router").model_extra["description"] == "routes each request; policy eco"
+        assert {m.id for m in client(locked).models.list() if m.id.startswith("router")} == {"router", "router:quality"}
+        for anonymous in ("not-a-configured-key", KEY_QUALITY):  # neither is a key of this server
+            listed = {m.id: m for m in client(anonymous).models.list()}
+            assert listed["router"].model_extra["description"] == "routes each request; policy balanced"
+            assert "router:eco" in listed and "router:quality" in listed
+        assert httpx.get(f"{url}/v1/models", timeout=20).status_code == 200  # no key at all
+
+
 def test_a_key_with_lock_policy_stays_within_its_spent_budget(upstream_url: str, tmp_path: Path) -> None:
     """A key whose per-key budget is spent (429) once got a 200 by naming another policy, in the body or as
     ``router:<policy>``. With ``lock_policy: true`` that is a 403 that names the key's policy, and a pinned model

@@ -32,7 +32,7 @@ from .._router import Router
 from ..chat_body import policy_names
 from ..config import ProxySettings, RouterConfig
 from ..dashboard import mount_dashboard
-from ..errors import InternalError, MethodNotAllowedError, NotFoundError, RouterError
+from ..errors import AuthenticationError, InternalError, MethodNotAllowedError, NotFoundError, RouterError
 from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
 from .fastpath import CHAT_PATHS, ChatHandler, error_response, route_request_id
@@ -78,10 +78,15 @@ class Proxy:
             metrics.observe_failed_request(error, *decided(prepared), label)
 
     def _guard(self, request: Request, route: str) -> str | None:
-        """With keys configured, a route not listed in ``proxy.open_routes`` needs one too; the key checked."""
-        if self.keys and route not in self.settings.open_routes:
+        """The caller's key. With keys configured, a route not listed in ``proxy.open_routes`` needs one, checked;
+        an open route needs none but still reads a configured key (the model list says what ``router`` means for
+        it), and answers one it does not know as if none were sent."""
+        try:
             return self.chat.authenticate(request.headers.get("authorization"))
-        return None
+        except AuthenticationError:
+            if route in self.settings.open_routes:
+                return None
+            raise
 
     def _model_objects(self, api_key: str | None) -> list[dict[str, Any]]:
         created = int(self.started)
