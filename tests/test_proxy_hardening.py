@@ -694,6 +694,25 @@ def test_errors_off_the_chat_route_carry_the_request_id_however_they_are_made(
         assert r.status_code == 200 and "x-request-id" not in r.headers  # an answer, not an error: no id to quote
 
 
+def test_a_wrong_path_or_method_counts_in_router_errors_total(tmp_path: Path) -> None:
+    """A client with a wrong base URL (`/models` without `/v1`) or method got its 404 or 405 while
+    `router_errors_total`, "errors on every route", counted none: every request of a misconfigured client failed and
+    /metrics showed no error."""
+    router = build(tmp_path, {"text": "hello"}, {"text": "hello"})
+
+    def errors(client: TestClient) -> dict[tuple[str, str], float]:
+        return {(s.labels["type"], s.labels["status"]): s.value
+                for family in text_string_to_metric_families(client.get("/metrics").text)
+                for s in family.samples if s.name == "router_errors_total"}
+
+    with TestClient(create_app(router=router)) as client:
+        for _ in range(2):
+            assert client.get("/models").status_code == 404
+            assert client.get("/v1/chat/completions").status_code == 405
+        counted = errors(client)
+    assert counted[("not_found", "404")] == 2 and counted[("method_not_allowed", "405")] == 2, counted
+
+
 def test_empty_function_lists_are_400s_as_on_openai(app: TestClient) -> None:
     for name, extra in (("tools", {}), ("functions", {"function_call": "auto"})):
         r = app.post("/v1/chat/completions", json={"model": "router", "messages": user("hi"), name: [], **extra})

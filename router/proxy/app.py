@@ -365,11 +365,12 @@ def create_app(
     @app.exception_handler(404)
     async def _not_found(request: Request, exc: Exception) -> Response:
         return error_response(NotFoundError(f"{request.method} {request.url.path} is not served here; the routes "
-                                            f"are {', '.join(_served_paths(app))}"))
+                                            f"are {', '.join(_served_paths(app))}"), proxy.metrics)
 
     @app.exception_handler(405)
     async def _bad_method(request: Request, exc: Exception) -> Response:
-        response = error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
+        response = error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"),
+                                  proxy.metrics)
         allow = (getattr(exc, "headers", None) or {}).get("Allow")
         if allow:  # a 405 must say which methods the route takes (RFC 9110, 15.5.6); Starlette's routing knows them
             response.headers["allow"] = allow
