@@ -328,6 +328,82 @@ def test_a_call_that_never_connected_is_charged_nothing(upstream_url: str, tmp_p
             assert routing.energy_j == pytest.approx(records[1].energy_j)
 
 
+class _SilentProxy:
+    """FAULT INJECTOR: an HTTP proxy (an asyncio server on its own thread) that takes every connection, reads what
+    it is sent (a ``CONNECT`` for an ``https://`` endpoint, the request itself for an ``http://`` one) and never
+    answers; ``requests`` keeps the first line of each."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _take(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.requests.append(await reader.readline())
+        await reader.read()  # until the client gives up and closes
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._take, "127.0.0.1", 0), self._loop)
+        self._server = server.result(10)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def __exit__(self, *_: object) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def _proxy_in_the_environment(monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
+    """``proxy`` for every endpoint but this machine's (the TEST UPSTREAM's model answers directly)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.mark.parametrize("path", ["acomplete", "astream"])
+def test_a_call_whose_proxy_never_connected_it_is_charged_nothing(upstream_url: str, tmp_path: Path, path: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind an HTTP proxy named in the environment (HTTPS_PROXY, HTTP_PROXY), the pinned model's card timeout_s
+    (1 s) runs out before the request reaches its endpoint: the proxy takes no connection, or it never answers the
+    CONNECT that opens the tunnel to an ``https://`` endpoint. The call sent nothing, so it is recorded at 0 J,
+    ``estimated:none``, saying no connection was made, as a call to an endpoint that takes no connection is. A
+    proxy that was sent the request to an ``http://`` endpoint and never answers may have passed it on: that call
+    keeps the card's 5 J per call."""
+    injector = _SilentProxy()
+    with injector as silent, _host_taking_no_connection() as unreachable:
+        for proxy, endpoint, charged in ((unreachable.removesuffix("/v1"), "https://upstream.example/v1", 0.0),
+                                         (silent, "https://upstream.example/v1", 0.0),
+                                         (silent, "http://upstream.example/v1", 5.0)):
+            _proxy_in_the_environment(monkeypatch, proxy)
+            routing, records, spent = _pinned_under_a_budget(
+                tmp_path / f"{len(list(tmp_path.iterdir()))}", upstream_url, "echo", path, timeout_s=1,
+                pinned_url=endpoint)
+            assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [
+                ("remote-pinned", "error"), ("remote-echo", "ok")], (proxy, endpoint)
+            failed = records[0]
+            if charged:
+                assert "timed out" in (failed.error or ""), (endpoint, failed.error)
+                assert (failed.energy_j, failed.energy_source) == (5.0, "estimated:token-profile"), failed
+            else:
+                assert "no connection to the model's endpoint was made before the card's timeout_s (1 s)" in (
+                    failed.error or ""), (proxy, endpoint, failed.error)
+                assert (failed.energy_j, failed.energy_source) == (0.0, "estimated:none"), (proxy, endpoint, failed)
+            assert spent == pytest.approx(charged), (proxy, endpoint)
+            assert routing.energy_j == pytest.approx(sum(r.energy_j for r in records))
+        seen = injector.requests
+        assert b"CONNECT upstream.example:443 HTTP/1.1\r\n" in seen, seen
+        assert b"POST http://upstream.example/v1/chat/completions HTTP/1.1\r\n" in seen, seen
+
+
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
 def test_a_call_cancelled_while_it_waits_to_retry_a_refusal_is_charged_nothing(upstream_url: str, tmp_path: Path,
                                                                                 path: str) -> None:

@@ -459,17 +459,22 @@ class OpenAIHTTPBackend(Backend):
         left = bound.left()
         if left <= 0:
             raise self._expired(bound, nothing_sent=True)  # this attempt sent nothing
+        # the own pool raises NotSentTimeout where its time ran out before sending; httpx's (behind an environment
+        # proxy) ends by the bound's asyncio timeout, which says only that the time ran out: the watch says whether
+        # the request had gone out by then (connecting to the proxy, or waiting for its tunnel, it had not)
+        watch: _SendWatch | None = None
         try:
             # the running loop's connections; made (a coroutine) on its first call only
             connections = self._loops.get(asyncio.get_running_loop()) or await self._connections()
             if self._use_pool:
                 status, raw, retry_after = await self._pool(connections).post(body, timeout_s=left)
             else:
-                response = await within(self._async_client(connections).post("/chat/completions", content=body),
-                                        bound.end)
+                watch = _SendWatch()
+                response = await within(self._async_client(connections).post(
+                    "/chat/completions", content=body, extensions={"trace": watch}), bound.end)
                 status, raw, retry_after = response.status_code, response.content, response.headers.get("retry-after")
         except (OSError, httpx.TransportError) as exc:  # refused, reset, closed early, malformed, timed out
-            raise self._transport_failure(exc, bound) from exc
+            raise self._transport_failure(exc, bound, watch is None or watch.sent) from exc
         if status >= 400:
             raise self._status_failure(status, raw, retry_after, bound)
         return raw
@@ -564,7 +569,9 @@ _closing: set[asyncio.Task[None]] = set()
 class _SendWatch:
     """httpx's ``trace`` hook for one async request: whether its head began to go out. The bound's asyncio timeout
     says only that time ran out; before the head was sent (connecting, or waiting for a free connection) the
-    endpoint never saw the request."""
+    endpoint never saw the request. Behind an HTTP proxy named in the environment, an ``https://`` endpoint is
+    reached through a tunnel the proxy opens on a ``CONNECT``, which carries this hook too: that request only
+    asks for the tunnel, so a proxy that never answers it (or never reaches the endpoint) has sent nothing on."""
 
     __slots__ = ("sent",)
 
@@ -573,7 +580,9 @@ class _SendWatch:
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event.endswith(".send_request_headers.started"):
-            self.sent = True
+            request = info.get("request")
+            if getattr(request, "method", None) != b"CONNECT":
+                self.sent = True
 
 
 class _LoopConnections:
