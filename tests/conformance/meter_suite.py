@@ -180,6 +180,30 @@ def check_a_forked_child_meters_on_its_own(h: MeterHarness) -> None:
         meter.close()
 
 
+def check_a_request_open_at_a_fork_and_ended_in_the_child_leaves_the_childs_count_exact(h: MeterHarness) -> None:
+    """The thread that forks has a request open and ends it in the child (the one thread a child has, going on
+    where the fork left it): two requests of the child's own then running at once still split the child's work,
+    as they would had the forking thread's request never been there."""
+    meter = h.make()
+    try:
+        forking_threads_request = meter.start()
+
+        def in_the_child() -> None:  # a failed assert ends the child with exit code 1
+            first = meter.start()
+            forking_threads_request.stop()
+            second = meter.start()
+            h.work(2)
+            reading = second.stop()
+            first.stop()
+            assert "concurrent" in reading.detail, f"split with the child's other open request: {reading.detail}"
+            assert math.isfinite(reading.joules) and reading.joules > 0, reading
+
+        in_a_forked_child(in_the_child, f"the forked child counted its open requests with {h.name}", timeout_s=15)
+        assert forking_threads_request.stop().joules >= 0  # the parent's own meter goes on as it was
+    finally:
+        meter.close()
+
+
 METER_CHECKS: list[Callable[[MeterHarness], None]] = [
     check_reading_shape,
     check_more_work_more_joules,
@@ -188,6 +212,7 @@ METER_CHECKS: list[Callable[[MeterHarness], None]] = [
     check_spans_from_many_threads,
     check_abandoned_span_does_not_distort_later_ones,
     check_a_forked_child_meters_on_its_own,
+    check_a_request_open_at_a_fork_and_ended_in_the_child_leaves_the_childs_count_exact,
 ]
 
 
