@@ -369,7 +369,24 @@ def _proxy_in_the_environment(monkeypatch: pytest.MonkeyPatch, proxy: str) -> No
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
-@pytest.mark.parametrize("path", ["acomplete", "astream"])
+@pytest.mark.parametrize("path", [*PATHS, "stream"])
+def test_every_call_goes_through_the_proxy_named_in_the_environment(upstream_url: str, tmp_path: Path, path: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY naming a proxy (here the TEST UPSTREAM, which answers a request sent to it as to a proxy)
+    for an endpoint whose name does not resolve, sync calls and streams are carried through it as async ones are
+    (they once dialled the endpoint directly and failed as unreachable)."""
+    _proxy_in_the_environment(monkeypatch, upstream_url.removesuffix("/v1"))
+    backend = OpenAIHTTPBackend(_card(tmp_path, "remote", "http://upstream.invalid/v1", "echo", max_retries=0,
+                                      timeout_s=10))
+    try:
+        answer = _call(backend, path) if path != "stream" else list(backend.stream(REQUEST))
+    finally:
+        backend.close()
+    text = answer.text if not isinstance(answer, list) else "".join(getattr(e, "text", "") or "" for e in answer)
+    assert text.startswith("echo: hello"), answer
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream", "astream"])
 def test_a_call_whose_proxy_never_connected_it_is_charged_nothing(upstream_url: str, tmp_path: Path, path: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Behind an HTTP proxy named in the environment (HTTPS_PROXY, HTTP_PROXY), the pinned model's card timeout_s

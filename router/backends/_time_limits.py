@@ -11,9 +11,7 @@ byte a second holds a call as long as it likes. Here:
   for the calling thread; set it around whatever may touch the network (sending the request, and each step of
   reading its body, which :class:`CheckedStream` does: a stream's steps may run on different threads).
   :class:`CheckedStream` also runs a check (cancellation, the bound) after every raw chunk. Behind an HTTP proxy
-  named in the environment httpx carries the call on a transport of its own: each read then waits at most the
-  time left when the request was sent, and the check after every body chunk ends the call within one read of
-  its bound once the response headers are in.
+  named in the environment the transport reaches the endpoint through it, on the same bounded network.
 
 A sync call's ``request.cancel`` (set by ``Router.close()``) is a plain flag nobody can wait on, and before the
 first byte of the answer there is no chunk to check it after: so while a response is awaited, :func:`cancellable`
@@ -183,21 +181,30 @@ class BoundedNetwork(httpcore.NetworkBackend):
 
 
 class BoundedTransport(httpx.HTTPTransport):
-    """``httpx.HTTPTransport(limits=limits)`` whose connection pool runs on :class:`BoundedNetwork`.
+    """``httpx.HTTPTransport(limits=limits, proxy=proxy)`` whose connection pool runs on :class:`BoundedNetwork`.
 
     httpx does not take a network backend, so the pool it built is replaced by the same pool on this one (the
-    deadline tests in ``tests/test_deadlines_backends.py`` fail if httpx stops using it)."""
+    deadline tests in ``tests/test_deadlines_backends.py`` fail if httpx stops using it). Through an ``http://``
+    or ``https://`` ``proxy`` too; a SOCKS one keeps httpx's own pool, whose reads wait as httpx times them."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
+    def __init__(self, limits: httpx.Limits, proxy: str | None = None) -> None:
+        super().__init__(limits=limits, proxy=proxy)
+        sizes: dict[str, Any] = {"max_connections": limits.max_connections,
+                                 "max_keepalive_connections": limits.max_keepalive_connections,
+                                 "keepalive_expiry": limits.keepalive_expiry, "network_backend": BoundedNetwork()}
+        if proxy is None:
+            self._pool.close()
+            self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), **sizes)
+            return
+        via = httpx.Proxy(proxy)
+        if via.url.scheme not in ("http", "https"):
+            return
         self._pool.close()
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=BoundedNetwork(),
-        )
+        self._pool = httpcore.HTTPProxy(
+            proxy_url=httpcore.URL(scheme=via.url.raw_scheme, host=via.url.raw_host, port=via.url.port,
+                                   target=via.url.raw_path),
+            proxy_auth=via.raw_auth, proxy_headers=via.headers.raw, ssl_context=httpx.create_ssl_context(),
+            proxy_ssl_context=via.ssl_context, **sizes)
 
 
 class CheckedStream(httpx.SyncByteStream):

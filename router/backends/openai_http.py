@@ -83,15 +83,17 @@ _CONNECT_S = 10.0
 time for a retry."""
 
 
-def _env_proxy_for(url: str) -> bool:
-    """Whether HTTP_PROXY / HTTPS_PROXY / ALL_PROXY (less NO_PROXY) apply to ``url``, as httpx would read them."""
+def _env_proxy_for(url: str) -> str | None:
+    """The proxy HTTP_PROXY / HTTPS_PROXY / ALL_PROXY (less NO_PROXY) name for ``url``, as httpx would read them;
+    ``None`` where none applies."""
     import urllib.request
 
     parts = urlsplit(url)
     proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(parts.hostname or "")
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -156,17 +158,20 @@ class OpenAIHTTPBackend(Backend):
         self._headers = headers
         self._timeout, self._limits = timeout, limits
         self._given_transport = transport
+        self._url = spec.base_url.rstrip("/") + "/chat/completions"
+        self._proxy = _env_proxy_for(self._url)
         self._client = self._sync_client()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
-        self._url = spec.base_url.rstrip("/") + "/chat/completions"
         renew_after_fork(self)
         # the own pool speaks to the endpoint directly; where the environment names an HTTP(S) proxy for it,
         # httpx (which honours those variables) carries the call instead
-        self._use_pool = not _env_proxy_for(self._url)
+        self._use_pool = self._proxy is None
 
     def _sync_client(self) -> httpx.Client:
+        # httpx reads the proxy variables only for a client it makes the transport of: the sync client's own
+        # transport is given the proxy they name, as the async client's gets it from httpx
         return httpx.Client(base_url=self.spec.base_url.rstrip("/"), headers=self._headers, timeout=self._timeout,
-                            transport=self._given_transport or BoundedTransport(self._limits))
+                            transport=self._given_transport or BoundedTransport(self._limits, self._proxy))
 
     def _renew_after_fork(self) -> None:
         """A forked child (gunicorn --preload, multiprocessing's fork, Celery's prefork pool) holds copies of the
@@ -346,14 +351,15 @@ class OpenAIHTTPBackend(Backend):
                 self._back_off(self._retry_wait(failure, attempt, bound, request, produced), request, bound)
 
     def _stream_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[StreamEvent]:
+        watch = _SyncSendWatch()
         try:
-            with self._send(body, request, bound) as response:
+            with self._send(body, request, bound, watch) as response:
                 if response.status_code >= 400:
                     raise self._status_failure(response.status_code, response.read(),
                                                response.headers.get("retry-after"), bound)
                 yield from _parse_sse(response.iter_lines(), self.card.name, self.card.context_length)
         except httpx.TransportError as exc:  # timeouts included
-            raise self._transport_failure(exc, bound) from exc
+            raise self._transport_failure(exc, bound, watch.sent) from exc
 
     def generate(self, request: GenerationRequest) -> Generation:
         """One non-streaming POST, the sync twin of :meth:`agenerate`."""
@@ -367,24 +373,28 @@ class OpenAIHTTPBackend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _post_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> bytes:
+        watch = _SyncSendWatch()
         try:
-            with self._send(body, request, bound) as response:
+            with self._send(body, request, bound, watch) as response:
                 raw = response.read()
         except httpx.TransportError as exc:
-            raise self._transport_failure(exc, bound) from exc
+            raise self._transport_failure(exc, bound, watch.sent) from exc
         if response.status_code >= 400:
             raise self._status_failure(response.status_code, raw, response.headers.get("retry-after"), bound)
         return raw
 
     @contextlib.contextmanager
-    def _send(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[httpx.Response]:
+    def _send(self, body: bytes, request: GenerationRequest, bound: Bound,
+              watch: _SyncSendWatch) -> Iterator[httpx.Response]:
         """POST ``body``; ``request.cancel`` is checked while the response's head is awaited (``Router.close()``
-        cancels a call the endpoint is slow to answer) and, with the bound, after every chunk of its body."""
+        cancels a call the endpoint is slow to answer) and, with the bound, after every chunk of its body.
+        ``watch`` learns whether the request went out."""
         left = bound.left()
         if left <= 0:
             raise self._expired(bound, nothing_sent=True)  # this attempt sent nothing
         timeout = httpx.Timeout(left, connect=min(_CONNECT_S, left))
-        post = self._client.build_request("POST", "/chat/completions", content=body, timeout=timeout)
+        post = self._client.build_request("POST", "/chat/completions", content=body, timeout=timeout,
+                                          extensions={"trace": watch})
         check = functools.partial(self._check, request, bound)
         with bounded(bound.end), cancellable(check):
             response = self._client.send(post, stream=True)
@@ -566,23 +576,41 @@ class OpenAIHTTPBackend(Backend):
 _closing: set[asyncio.Task[None]] = set()
 
 
-class _SendWatch:
-    """httpx's ``trace`` hook for one async request: whether its head began to go out. The bound's asyncio timeout
-    says only that time ran out; before the head was sent (connecting, or waiting for a free connection) the
-    endpoint never saw the request. Behind an HTTP proxy named in the environment, an ``https://`` endpoint is
-    reached through a tunnel the proxy opens on a ``CONNECT``, which carries this hook too: that request only
-    asks for the tunnel, so a proxy that never answers it (or never reaches the endpoint) has sent nothing on."""
+class _SendWatchBase:
+    """Whether one request's head began to go out, as httpx's ``trace`` hook sees it. A timeout says only that
+    time ran out; before the head was sent (connecting, or waiting for a free connection) the endpoint never saw
+    the request. Behind an HTTP proxy named in the environment, an ``https://`` endpoint is reached through a
+    tunnel the proxy opens on a ``CONNECT``, which carries the hook too: that request only asks for the tunnel, so
+    a proxy that never answers it (or never reaches the endpoint) has sent nothing on."""
 
     __slots__ = ("sent",)
 
     def __init__(self) -> None:
         self.sent = False
 
-    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+    def note(self, event: str, info: dict[str, Any]) -> None:
         if event.endswith(".send_request_headers.started"):
             request = info.get("request")
             if getattr(request, "method", None) != b"CONNECT":
                 self.sent = True
+
+
+class _SyncSendWatch(_SendWatchBase):
+    """The hook for a sync client's request."""
+
+    __slots__ = ()
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        self.note(event, info)
+
+
+class _SendWatch(_SendWatchBase):
+    """The hook for an async client's request (httpx awaits it)."""
+
+    __slots__ = ()
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        self.note(event, info)
 
 
 class _LoopConnections:
