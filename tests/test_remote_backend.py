@@ -1207,6 +1207,34 @@ def test_an_error_answered_with_http_200_reaches_the_openai_sdk_as_a_502_without
             assert str(ERROR_200["error"]["message"]) not in err.value.message, stream
 
 
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream", "astream"])
+def test_an_answer_carrying_error_null_is_an_answer(upstream_url: str, tmp_path: Path, path: str) -> None:
+    """An endpoint that sends ``"error": null`` beside its completion and in every chunk of its stream (as some
+    gateways do) answers: the pinned model's echo comes back, whole and streamed, with no fallback (a stream once
+    read the null as an error event and fell back to the next model after retrying)."""
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-pinned", upstream_url, "errornull", tier="small", max_retries=1),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    ask = [{"role": "user", "content": "hello"}]
+
+    async def astreamed(router: Router) -> list[ChatCompletionChunk]:
+        return [c async for c in await router.acomplete(ask, model="remote-pinned", stream=True)]
+
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        if path in ("stream", "astream"):
+            chunks = (list(router.complete(ask, model="remote-pinned", stream=True)) if path == "stream"
+                      else asyncio.run(astreamed(router)))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            routing = chunks[-1].routing
+        else:
+            answer = (router.complete(ask, model="remote-pinned") if path == "complete"
+                      else asyncio.run(router.acomplete(ask, model="remote-pinned")))
+            text, routing = answer.choices[0].message.content or "", answer.routing
+        assert text.strip() == "echo: hello", text
+        assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-pinned", "ok")]
+        assert [(r.model, r.outcome) for r in router.ledger.records()] == [("remote-pinned", "ok")]
+
+
 # -- an endpoint that reports an error inside its stream ------------------------------------------------------
 def _stream_events(backend: Backend, path: str, got: list[StreamEvent]) -> None:
     """Streams REQUEST, sync or async, into ``got`` as the events come (so what came before an error is kept)."""

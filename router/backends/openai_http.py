@@ -704,7 +704,7 @@ class _SSEParser:
             return []
         try:
             chunk = json.loads(data)
-            if "error" in chunk:
+            if chunk.get("error"):  # as for a whole answer: some gateways send "error": null in every chunk
                 if not self.produced:  # nothing of an answer yet: the endpoint failing, as a 5xx before the stream
                     raise _error_answer(self.name, chunk["error"])
                 raise BackendError(f"{self.name}: the model's endpoint reported an error mid-stream",

@@ -37,6 +37,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``reasoning:FIELD``: answers as a reasoning model behind an OpenAI-compatible endpoint may: :data:`REASONING` in
   ``message.FIELD`` (``reasoning_content`` as DeepSeek sends it, ``reasoning`` as OpenRouter and vLLM do) beside the
   echo in ``content``, without ``usage``; streamed, ``delta.FIELD`` pieces (``content`` null) before the echo's;
+- ``errornull``: answers like anything else, with ``"error": null`` beside the completion and in every chunk of a
+  stream (as some gateways send on every answer);
 - ``error200``: HTTP 200 whose body is an error, :data:`ERROR_200`, not a completion, streamed or not (as gateways
   such as OpenRouter answer when the provider behind them fails);
 - ``streamerror``: streamed, HTTP 200 and a role chunk, then :data:`ERROR_200` as the stream's first event, as
@@ -171,6 +173,7 @@ async def chat(request: Request) -> Response:
             "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             **({"usage": counts} if usage else {}),
+            **({"error": None} if model == "errornull" else {}),
         }
         if model == "gzip" and "identity" not in request.headers.get("accept-encoding", ""):
             return Response(gzip.compress(json.dumps(answer).encode()), media_type="application/json",
@@ -191,6 +194,8 @@ async def chat(request: Request) -> Response:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             if usage:
                 data["usage"] = usage
+            if model == "errornull":
+                data["error"] = None
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         sent = 0
