@@ -89,7 +89,7 @@ def test_a_replay_never_takes_a_segment_its_owner_is_still_opening(tmp_path: Pat
             for path in segment_files(tmp_path):
                 with claim(path) as held:
                     if held is not None:
-                        replay_segment(path, lambda recs: None)
+                        replay_segment(path, lambda recs: None, lambda settlements: None)
                         replayed.append(path)
         real_flock(fd, operation)
 
@@ -523,9 +523,9 @@ def test_a_crash_during_replay_neither_loses_nor_duplicates(tmp_path: Path) -> N
         store.record_many(batch)
 
     with pytest.raises(LedgerError):
-        replay_segment(seg, crashing)
+        replay_segment(seg, crashing, store.settle_many)
     assert seg.exists() and 0 < len(store.records()) < 1200
-    n, aside = replay_segment(seg, store.record_many)
+    n, aside = replay_segment(seg, store.record_many, store.settle_many)
     assert (n, aside) == (1200, 1) and not seg.exists()
     assert sorted(r.record_id for r in store.records()) == sorted(r.record_id for r in recs)
     assert store.totals()[0]["requests"] == 1200

@@ -253,7 +253,7 @@ def _journals(
         if replay and led is not None:
             on_file = None if progress is None else (lambda done, total: progress(
                 f"replaying the journals of stopped processes: {done:,} of {total:,} files", done, total))
-            result = replay_folder(folder, led.record_many, on_file=on_file)
+            result = replay_folder(folder, led.record_many, led.settle_many, on_file=on_file)
             report.actions.append(f"replayed {result.records} journaled records from {result.files} file(s) "
                                   f"of stopped processes into the store")  # fmt: skip
             report.add(True, f"journal {folder}: {result.files} file(s) of stopped processes replayed")

@@ -2,7 +2,8 @@
 
 Layout: one folder per store (default: ``<ledger file>.journal/`` beside a SQLite ledger, else
 ``<user data dir>/router/journal/<store>/``), holding segment files ``j-<host>-<pid>-<ns>.jsonl``. Each process
-appends to its own active segment, one JSON line per record (with its ``record_id``), written with one
+appends to its own active segment, one JSON line per record (with its ``record_id``) or budget settlement (the
+reservation and what the call used, under ``"settlement"``: :func:`encode_settlement`), written with one
 ``write(2)`` before :meth:`Journal.append` returns: the line is then in the OS's page cache, so a ``kill -9`` of
 the process loses nothing appended. ``fsync`` (what a power cut needs) is configurable: ``always`` (every
 record, before ``append`` returns), ``group`` (a thread syncs what was written at most ``fsync_interval_ms`` ago:
@@ -11,8 +12,11 @@ a power cut loses at most that long) or ``never`` (the OS writes back within ~30
 A process holds an exclusive ``flock`` on each of its segments for as long as it owns them. The kernel drops the
 lock when the process dies (``kill -9`` included), so a segment whose lock can be taken belongs to a dead
 process: any live process replays it into the store and deletes it, holding the lock meanwhile, so two live
-processes never replay one file. Replaying is idempotent (stores ignore a record id they hold), so a crash
-during a replay only means the next one writes some records again, which changes nothing.
+processes never replay one file. Replaying is idempotent (stores ignore a record id they hold, and settle a
+reservation once, by its id), so a crash during a replay only means the next one writes some records and
+settlements again, which changes nothing. A settlement is journaled because a hold expires (``HOLD_MARGIN_S``
+after its call's deadline): a call whose settlement died with its process would otherwise stop counting against
+its budget, though its record is replayed.
 
 Segments rotate: the owner seals its active segment and opens a new one (every replay interval, or at
 ``segment_bytes``), deletes sealed segments whose records all reached the store, and replays the others (a
@@ -40,7 +44,7 @@ from pydantic_core import to_json
 from .._forks import renew_after_fork
 from ..config import JournalSettings
 from ..errors import LedgerError
-from .base import LedgerRecord
+from .base import LedgerRecord, Reservation
 from .errors import ledger_error, redact, redact_userinfo
 from .urls import sqlite_path
 
@@ -49,6 +53,9 @@ log = logging.getLogger("router.ledger")
 _FIELDS = {f.name for f in fields(LedgerRecord)}
 _HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
 SEGMENT = re.compile(r"^j-.+-\d+-\d+\.jsonl$")
+
+Settlement = tuple[Reservation, float]
+"""A reservation and what its call used (in the budget's unit): what ``Ledger.settle`` takes."""
 
 
 def journal_folder(settings: JournalSettings, url: str) -> Path:
@@ -76,9 +83,9 @@ class Segment:
     fd: int
     created: float = field(default_factory=time.monotonic)
     size: int = 0
-    records: int = 0
+    records: int = 0  # lines: records and settlements
     inflight: int = 0  # appended, not yet reported stored or failed
-    dirty: bool = False  # some record of it did not reach the store: replay the file
+    dirty: bool = False  # some record or settlement of it did not reach the store: replay the file
     unsynced: bool = False
 
 
@@ -89,8 +96,21 @@ def encode(rec: LedgerRecord) -> bytes:
     return to_json(rec.__dict__, inf_nan_mode="constants") + b"\n"
 
 
-def decode(line: bytes) -> LedgerRecord:
+def encode_settlement(settlement: Settlement) -> bytes:
+    """One JSON line for a settlement: the reservation's fields and ``actual_j``, under ``"settlement"``."""
+    reservation, actual_j = settlement
+    return to_json({"settlement": {**reservation.__dict__, "actual_j": actual_j}}, inf_nan_mode="constants") + b"\n"
+
+
+def decode(line: bytes) -> LedgerRecord | Settlement:
+    """A record, or a settlement (:func:`encode_settlement`)."""
     data = json.loads(line)
+    if isinstance(data, dict) and set(data) == {"settlement"} and isinstance(data["settlement"], dict):
+        fields_of = dict(data["settlement"])
+        actual_j = fields_of.pop("actual_j", None)
+        if not isinstance(actual_j, (int, float)) or isinstance(actual_j, bool):
+            raise ValueError("a settlement without its actual_j")
+        return Reservation(**fields_of), float(actual_j)
     if not isinstance(data, dict) or not set(data) <= _FIELDS or "record_id" not in data:
         raise ValueError("not a ledger record of this version")
     return LedgerRecord(**data)
@@ -157,8 +177,12 @@ class Journal:
         cut). Returns the segment to report the store write to (:meth:`done`)."""
         return self.append_many([rec])
 
-    def append_many(self, recs: list[LedgerRecord]) -> Segment:
+    def append_many(self, recs: list[LedgerRecord], settlements: list[Settlement] | None = None) -> Segment:
+        """``recs`` and ``settlements`` in one write; :meth:`done` is told of them together (one count) or apart."""
         data = b"".join(map(encode, recs))
+        if settlements:
+            data += b"".join(map(encode_settlement, settlements))
+        lines = len(recs) + len(settlements or ())
         with self._lock:
             if self._closed:
                 raise ledger_error(self.url, "the journal is closed", "open the ledger again", retryable=False)
@@ -172,13 +196,14 @@ class Journal:
             except OSError as exc:
                 raise self._error(exc, "append to the journal") from exc
             seg.size += len(data)
-            seg.records += len(recs)
-            seg.inflight += len(recs)
+            seg.records += lines
+            seg.inflight += lines
             seg.unsynced = True
         return seg
 
     def done(self, seg: Segment, n: int, stored: bool) -> None:
-        """``n`` records appended to ``seg`` reached the store (``stored``) or did not (replay the segment)."""
+        """``n`` records or settlements appended to ``seg`` reached the store (``stored``) or did not (replay the
+        segment)."""
         with self._lock:
             seg.inflight -= n
             if not stored:
@@ -241,7 +266,7 @@ class Journal:
             os.close(seg.fd)
 
     def pending(self) -> int:
-        """Records of this process not known to be in the store."""
+        """Records (and budget settlements) of this process not known to be in the store."""
         with self._lock:
             segs = [self._active, *self._sealed]
             return sum(s.inflight for s in segs) + sum(s.records for s in segs if s.dirty)

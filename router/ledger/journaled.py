@@ -12,9 +12,12 @@ waits for the store's timeout again) and reservations are refused at once.
 
 Budgets while the store is unavailable **fail closed**: ``try_reserve`` raises ``LedgerError`` (HTTP 503),
 because a budget that cannot be read cannot be enforced, and admitting requests against it could overspend
-without bound. Requests for models without a budget go on, their records journaled. A settlement that cannot
-reach the store waits in memory and is retried with the replay; a crash loses it, which leaves the hold at its
-estimate for the rest of the window (budgets then err towards refusing). Reads (``records``, ``totals`` ...)
+without bound. Requests for models without a budget go on, their records journaled. A settlement is journaled
+too, before it goes to the store: one that cannot reach the store waits in memory and is retried with the
+replay, and one that a crash kept from the store is applied when the journal is replayed (a hold expires
+``HOLD_MARGIN_S`` after its call's deadline, so without it a killed process's calls would stop counting against
+their budgets once their holds expired); stores settle a reservation once, by its id, so applying it again
+changes nothing. Reads (``records``, ``totals`` ...)
 raise ``LedgerError`` while the store is down, and do not include records still in the journal; ``budget_used``,
 ``request_record`` and ``recent_calls`` (the reads made while answering requests) raise at once while the store is
 known to be down, and the Router then leaves models under a budget out where another model can answer, skips the
@@ -46,7 +49,7 @@ from ..errors import LedgerError
 from .base import Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import closed_error, ledger_error, redact, wrapped_parts
 from .feedback import Feedback, StoredPrompt
-from .journal import Journal, Segment, journal_folder
+from .journal import Journal, Segment, Settlement, journal_folder
 from .replay import ReplayResult, replay_folder, replay_segment
 
 log = logging.getLogger("router.ledger")
@@ -162,13 +165,14 @@ class JournaledLedger(Ledger):
         if recs:
             self.deliver(recs, self.append(recs))
 
-    def append(self, recs: list[LedgerRecord]) -> Segment | None:
-        """The journal half of ``record``: on disk (kill -9 safe) when this returns. None where the journal
-        itself cannot be written (full disk): then ``deliver`` must reach the store or raise."""
+    def append(self, recs: list[LedgerRecord], settlements: list[Settlement] | None = None) -> Segment | None:
+        """The journal half of ``record`` (and of ``settle``): on disk (kill -9 safe) when this returns. None where
+        the journal itself cannot be written (full disk): then ``deliver`` must reach the store or raise (and
+        ``deliver_settlements`` keeps what misses it in memory)."""
         if self.closed:  # not the closed journal's error, logged as if the disk had failed
             raise closed_error(self.url, "write records")
         try:
-            return self.journal.append_many(recs)
+            return self.journal.append_many(recs, settlements)
         except LedgerError as exc:
             log.error("%s; writing straight to the store", exc)
             return None
@@ -234,12 +238,13 @@ class JournaledLedger(Ledger):
                 self.journal.rotate()
                 for seg in self.journal.sealed_ready():
                     if seg.dirty:
-                        n, aside = replay_segment(seg.path, store.record_many)
+                        n, aside = replay_segment(seg.path, store.record_many, store.settle_many)
                         result.records += n
                         result.set_aside += aside
                         result.files += 1
                     self.journal.discard(seg)
-                dead = replay_folder(self.journal.folder, store.record_many, skip=self.journal.owns)
+                dead = replay_folder(self.journal.folder, store.record_many, store.settle_many,
+                                     skip=self.journal.owns)
             except LedgerError as exc:
                 if exc.record_rejected:
                     raise
@@ -309,21 +314,38 @@ class JournaledLedger(Ledger):
         self.settle_many([(reservation, actual_j)])
 
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
-        """Applied now, or kept and retried with the replay while the store is unavailable."""
+        """Journaled, then applied now, or kept and retried with the replay while the store is unavailable."""
         if self.closed:  # kept in memory, they would be lost without a word
             raise closed_error(self.url, "settle reservations")
-        if not settlements:
-            return
-        if self._outage_since is not None:
-            with self._settle_lock:
-                self._unsettled.extend(settlements)
-            return
+        if settlements:
+            self.deliver_settlements(settlements, self.append([], settlements))
+
+    def deliver_settlements(self, settlements: list[Settlement], seg: Segment | None) -> None:
+        """The store half of ``settle_many`` for ``settlements`` appended to ``seg`` (None: in no journal): applied
+        now, or kept in memory and retried with the replay while the store is unavailable (and the segment,
+        marked for replay, keeps them through a crash). A store that refuses them for good (an error that is not
+        an outage) raises, and they are not replayed: the replay would fail the same way, and the holds stay at
+        their estimates (budgets err towards refusing)."""
+        if self.closed:
+            raise closed_error(self.url, "settle reservations")
+        stored = False
+        to_replay = True
         try:
-            self._store().settle_many(settlements)
+            if self._outage_since is None:
+                self._store().settle_many(settlements)
+                stored = True
         except LedgerError as exc:
             if not exc.retryable:
+                to_replay = False
                 raise
             self._outage(exc, "the store did not answer the last write")
+        except Exception:
+            to_replay = False  # a store that broke its contract (a raw error): as one that refuses them
+            raise
+        finally:
+            if seg is not None:
+                self.journal.done(seg, len(settlements), stored=stored or not to_replay)
+        if not stored:
             with self._settle_lock:
                 self._unsettled.extend(settlements)
 

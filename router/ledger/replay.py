@@ -1,6 +1,7 @@
 """Replaying journal segments into a store (:mod:`router.ledger.journal` writes them): claiming a dead
 process's segment with its ``flock``, reading it (lines that do not parse are set aside in ``rejected.jsonl``),
-writing it in batches (a record the store refuses is set aside too) and deleting it once all of it is in.
+writing its records in batches (a record the store refuses is set aside too), applying its budget settlements
+(a reservation settled already changes nothing: stores settle by its id) and deleting it once all of it is in.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import LedgerError
 from .base import LedgerRecord
-from .journal import SEGMENT, decode, encode
+from .journal import SEGMENT, Settlement, decode, encode, encode_settlement
 
 log = logging.getLogger("router.ledger")
 
@@ -57,25 +58,33 @@ def segment_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if SEGMENT.match(p.name))
 
 
-def read_records(path: Path, set_aside: Callable[[bytes, str], None]) -> list[LedgerRecord]:
-    """Every record in a segment; a line that does not parse is set aside (a torn last line after a power cut
-    was never acknowledged with ``fsync: always``; with ``group`` it is within the interval)."""
+def read_records(path: Path, set_aside: Callable[[bytes, str], None]) -> tuple[list[LedgerRecord], list[Settlement]]:
+    """Every record and settlement in a segment; a line that does not parse is set aside (a torn last line after a
+    power cut was never acknowledged with ``fsync: always``; with ``group`` it is within the interval)."""
     with open(path, "rb") as f:
-        out = []
+        recs: list[LedgerRecord] = []
+        settlements: list[Settlement] = []
         for line in f:
             if not line.strip():
                 continue
             try:
-                out.append(decode(line))
+                entry = decode(line)
             except (ValueError, TypeError) as exc:
                 set_aside(line, f"{path.name}: {exc}")
-        return out
+                continue
+            if isinstance(entry, LedgerRecord):
+                recs.append(entry)
+            else:
+                settlements.append(entry)
+        return recs, settlements
 
 
 def replay_segment(
-    path: Path, write_many: Callable[[list[LedgerRecord]], None], *, batch: int = 512
+    path: Path, write_many: Callable[[list[LedgerRecord]], None],
+    settle_many: Callable[[list[Settlement]], None], *, batch: int = 512,
 ) -> tuple[int, int]:
-    """Write the records of a segment whose lock the caller holds to the store in batches, then delete it.
+    """Write the records of a segment whose lock the caller holds to the store in batches, apply its settlements
+    (so the calls whose settlement died with their process count against their budgets), then delete it.
     Returns (records, set aside). A store error (``LedgerError`` not about the record) propagates with the
     file left in place."""
     aside = 0
@@ -85,7 +94,21 @@ def replay_segment(
         aside += 1
         _set_aside(path.parent, line, why)
 
-    recs = read_records(path, set_aside)
+    recs, settlements = read_records(path, set_aside)
+    for i in range(0, len(settlements), batch):
+        chunk_of_settlements = settlements[i : i + batch]
+        try:
+            settle_many(chunk_of_settlements)
+        except LedgerError as exc:
+            if exc.retryable:
+                raise
+            for settlement in chunk_of_settlements:  # one refused for good: the others apply, it is set aside
+                try:
+                    settle_many([settlement])
+                except LedgerError as one:
+                    if one.retryable:
+                        raise
+                    set_aside(encode_settlement(settlement), f"{path.name}: {one}")
     for i in range(0, len(recs), batch):
         chunk = recs[i : i + batch]
         try:
@@ -111,8 +134,8 @@ def _set_aside(folder: Path, line: bytes, why: str) -> None:
 
 
 def replay_folder(
-    folder: Path, write_many: Callable[[list[LedgerRecord]], None], *, skip: Callable[[Path], bool] | None = None,
-    on_file: Callable[[int, int], None] | None = None,
+    folder: Path, write_many: Callable[[list[LedgerRecord]], None], settle_many: Callable[[list[Settlement]], None],
+    *, skip: Callable[[Path], bool] | None = None, on_file: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
     """Replay every segment in ``folder`` that no live process holds (dead processes' journals); ``on_file`` is told
     how many segments are done and of how many, before each and after the last."""
@@ -127,7 +150,7 @@ def replay_folder(
             if fd is None:
                 result.busy += path.exists()
                 continue
-            n, aside = replay_segment(path, write_many)
+            n, aside = replay_segment(path, write_many, settle_many)
             result.files += 1
             result.records += n
             result.set_aside += aside

@@ -31,18 +31,20 @@ request with 5 ms pauses (~15 records per commit) and 15-24 µs with 20 ms (~60)
 (0.32-0.36 -> 0.08-0.24 per request); the interval only bounds how long a record waits while records keep coming.
 
 Nothing acknowledged is lost: ``record`` first appends the record to this process's journal
-(:mod:`router.ledger.journal`: one ``write(2)`` of a JSON line, so it survives a ``kill -9`` as soon as
-``record`` returns) and only then queues it; the thread's store write tells the journal which records arrived.
-Records still queued when the process dies, or that the store did not take (down, locked), are replayed from
-the journal into the store (by this process's replay thread, or by the next process that opens the ledger),
-idempotently by record id. Under ``router serve`` the records made on the event loop's thread are appended
-together, once per loop iteration, rather than one ``write(2)`` each (:meth:`BackgroundLedger.defer_journal`):
-every write released the GIL, and taking it back behind the writer thread cost the loop ~25 µs per request, 7 %
-of the proxy's throughput at concurrency 64 (``python benchmarks/ab_proxy.py``; benchmarks/README.md, *Proxy*).
-The server's protocol appends them before any response bytes leave (``router.proxy.server.BEFORE_SEND``), so
-still nothing is acknowledged before its record is in the journal. ``journal=False`` turns the journal off
-(then a ``kill -9`` loses what was queued, up to ``interval_s`` plus one write's worth). Set
-``proxy.ledger_writes: inline`` in the config to write on the request path.
+(:mod:`router.ledger.journal`: one ``write(2)`` of a JSON line, so it survives a ``kill -9`` as soon as ``record``
+returns) and only then queues it; the thread's store write tells the journal which records arrived. Records still
+queued when the process dies, or that the store did not take (down, locked), are replayed from the journal into the
+store (by this process's replay thread, or by the next process that opens the ledger), idempotently by record id.
+Settlements are journaled the same way before they queue (in the same write as the records where deferred), so a
+call whose settlement was still queued at a ``kill -9`` counts against its budgets when the journal is replayed, not
+only until its hold expires. Under ``router serve`` the records made on the event loop's thread are appended
+together, once per loop iteration, rather than one ``write(2)`` each (:meth:`BackgroundLedger.defer_journal`): every
+write released the GIL, and taking it back behind the writer thread cost the loop ~25 µs per request, 7 % of the
+proxy's throughput at concurrency 64 (``python benchmarks/ab_proxy.py``; benchmarks/README.md, *Proxy*). The
+server's protocol appends them before any response bytes leave (``router.proxy.server.BEFORE_SEND``), so still
+nothing is acknowledged before its record is in the journal. ``journal=False`` turns the journal off (then a
+``kill -9`` loses what was queued, up to ``interval_s`` plus one write's worth). Set ``proxy.ledger_writes:
+inline`` in the config to write on the request path.
 
 Length: one writer and every way into it (records, settlements, flush, close, the journal's deferral), which
 share its queues and thread; split, each part would need the others' state.
@@ -60,7 +62,7 @@ from typing import Any
 
 from ..config import JournalSettings
 from ..ledger import Feedback, Ledger, LedgerRecord, Reservation, StoredPrompt, SummaryRow
-from ..ledger.journal import Journal, Segment, journal_folder
+from ..ledger.journal import Journal, Segment, Settlement, journal_folder
 from ..ledger.journaled import JournaledLedger
 from ..ledger.stores import in_memory
 
@@ -104,7 +106,7 @@ class BackgroundLedger(Ledger):
         # settlements queue apart from the records, so that a refusal can apply them without waiting for the
         # writer; whoever applies them (the writer, or a refusal) takes them under this lock: each is applied
         # once, and once the lock is had every settlement taken before is applied
-        self._settlements: deque[tuple[Reservation, float]] = deque()
+        self._settlements: deque[tuple[Reservation, float, Segment | None]] = deque()  # with its journal segment
         self._settle_lock = threading.Lock()
         self._wake = threading.Event()
         self._sleeping = False
@@ -115,6 +117,7 @@ class BackgroundLedger(Ledger):
         self.failed_settlements = 0
         self._defer_thread: int | None = None
         self._unjournaled: list[LedgerRecord] = []
+        self._unjournaled_settlements: list[Settlement] = []
         self._journal_scheduled = False
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
@@ -194,11 +197,21 @@ class BackgroundLedger(Ledger):
             self._settle(taken)
         return len(taken)
 
-    def _settle(self, settlements: list[tuple[Reservation, float]]) -> None:
+    def _settle(self, settlements: list[tuple[Reservation, float, Segment | None]]) -> None:
         if not settlements:
             return
         try:
-            self.inner.settle_many(settlements)
+            if self.journaled is None:
+                self.inner.settle_many([(reservation, actual_j) for reservation, actual_j, _ in settlements])
+            else:  # one delivery per journal segment, which is told how it went (as for records)
+                at = 0
+                while at < len(settlements):
+                    seg = settlements[at][2]
+                    end = at
+                    while end < len(settlements) and settlements[end][2] is seg:
+                        end += 1
+                    self.journaled.deliver_settlements([(r, j) for r, j, _ in settlements[at:end]], seg)
+                    at = end
             self.settled += len(settlements)
         except Exception:  # the holds stay at their estimates: budgets err on the side of refusing
             self.failed_settlements += len(settlements)
@@ -242,21 +255,25 @@ class BackgroundLedger(Ledger):
         self._defer_thread = threading.get_ident() if on else None
 
     def journal_pending(self) -> None:
-        """Append the records deferred on the loop's thread in one write and hand them to the writer thread.
-        Never raises: a journal that cannot be written leaves them to the store write (logged)."""
+        """Append the records and settlements deferred on the loop's thread in one write and hand them to the
+        writer thread. Never raises: a journal that cannot be written leaves them to the store write (logged)."""
         self._journal_scheduled = False
-        recs = self._unjournaled
-        if not recs:
+        recs, settlements = self._unjournaled, self._unjournaled_settlements
+        if not recs and not settlements:
             return
-        self._unjournaled = []
+        self._unjournaled, self._unjournaled_settlements = [], []
         seg: Segment | None = None
         if self.journaled is not None:
             try:
-                seg = self.journaled.append(recs)
+                seg = self.journaled.append(recs, settlements)
             except Exception:  # closed meanwhile: the store write is what is left (JournaledLedger.append's rule)
-                log.exception("could not append %d ledger records to the journal; writing them to the store",
-                              len(recs))
-        self._hand_over(_Queued(recs, seg))
+                log.exception("could not append %d ledger records and %d settlements to the journal; writing them "
+                              "to the store", len(recs), len(settlements))
+        self._settlements.extend((reservation, actual_j, seg) for reservation, actual_j in settlements)
+        if recs:
+            self._hand_over(_Queued(recs, seg))
+        else:
+            self._wake_writer()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every record handed over so far is written (or, the store being unavailable, left to the
@@ -335,7 +352,14 @@ class BackgroundLedger(Ledger):
         if self._closed:
             self.inner.settle(reservation, actual_j)
             return
-        self._settlements.append((reservation, actual_j))
+        if self._defer_thread is not None and threading.get_ident() == self._defer_thread:
+            self._unjournaled_settlements.append((reservation, actual_j))  # journaled with the call's record
+            if not self._journal_scheduled:
+                self._journal_scheduled = True
+                asyncio.get_running_loop().call_soon(self.journal_pending)
+            return
+        seg = self.journaled.append([], [(reservation, actual_j)]) if self.journaled is not None else None
+        self._settlements.append((reservation, actual_j, seg))
         self._wake_writer()
 
     def settle_queued(self) -> bool:
@@ -346,6 +370,8 @@ class BackgroundLedger(Ledger):
         fails leaves the holds at their estimates (logged), and the refusal stands."""
         if self._closed:  # settlements are applied at once from here on, and close() applied the queued ones
             return False
+        if self._defer_thread == threading.get_ident():
+            self.journal_pending()  # the settlements deferred on this thread queue behind their journal write
         self._apply_settlements(everything_before=True)
         return True
 
@@ -388,7 +414,7 @@ class BackgroundLedger(Ledger):
         return getattr(self.inner, name)
 
     def close(self) -> None:
-        if self._unjournaled:  # a server that stopped without turning deferral off: these calls still count
+        if self._unjournaled or self._unjournaled_settlements:  # a server stopped with deferral on: these count
             self.journal_pending()
         self._defer_thread = None
         if not self._closed:

@@ -686,6 +686,92 @@ def check_a_hold_past_its_hold_s_stops_counting(open_store: OpenStore) -> None:
     assert math.isclose(led.budget_used("b", 3600), 6.0)
 
 
+# A proxy process (records and settlements handed to the background writer, behind the journal) that settles one
+# call in the store, then, its store taking no more writes, journals two more calls' records and settlements (one
+# from a thread, one deferred on an event loop as under `router serve`) and is killed: the moment between a
+# record's journal append and its settlement reaching the store.
+_KILLED_BEFORE_SETTLING = """
+import asyncio, sys, threading, time
+from router.config import JournalSettings
+from router.ledger import LedgerRecord, open_store
+from router.proxy.ledger_writer import BackgroundLedger
+store = open_store(sys.argv[1])
+led = BackgroundLedger(store, journal=JournalSettings(folder=sys.argv[2]))
+settled = led.try_reserve("b", 10.0, 100.0, 3600, hold_s=float(sys.argv[3]))
+led.record(LedgerRecord("req-settled", "m", "small", 4.0, "measured"))
+led.settle(settled, 4.0)
+assert led.flush() and led.budget_used("b", 3600) == 4.0
+stuck = threading.Event()
+def hang_store_write(*args, **kwargs):  # fault injection: the process stops before its store write
+    stuck.wait()
+for name in ("record", "record_many", "settle", "settle_many"):
+    setattr(store, name, hang_store_write)
+lost = led.try_reserve("b", 10.0, 100.0, 3600, hold_s=float(sys.argv[3]))
+led.record(LedgerRecord("req-lost", "m", "small", 7.0, "measured"))
+led.settle(lost, 7.0)
+async def served_call():  # as under router serve: journaled together once per loop iteration
+    led.defer_journal(True)
+    held = led.try_reserve("b", 10.0, 100.0, 3600, hold_s=float(sys.argv[3]))
+    led.settle(held, 5.0)
+    led.record(LedgerRecord("req-served", "m", "small", 5.0, "measured"))
+    led.journal_pending()  # what the server does before an answer's first byte
+asyncio.run(served_call())
+print("journaled", flush=True)
+time.sleep(600)
+"""
+
+
+def check_a_replayed_record_counts_against_its_budget(open_store: OpenStore) -> None:
+    """A process killed after its call's record reached the journal and before the call's settlement reached the
+    store: once the call's hold expires it no longer counts, and replaying the journal counts what the call used
+    against the budget, as the live settlement would have. A settlement that had reached the store is not counted
+    again, and replaying the same journal twice counts it once."""
+    import os
+    import shutil
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from router.config import JournalSettings
+    from router.ledger import open_ledger
+    from router.ledger.replay import segment_files
+
+    led = open_store("replayed_settlement")
+    hold_s = 1.0
+    folder = Path(tempfile.mkdtemp(prefix="journal-"))
+    kept = folder.with_name(folder.name + "-kept")
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _KILLED_BEFORE_SETTLING, led.url, str(folder), str(hold_s)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.strip() == b"journaled", proc.stderr.read().decode()[-3000:] if proc.stderr else line
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            if proc.stderr is not None:
+                proc.stderr.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        time.sleep(hold_s + 0.5)
+        assert math.isclose(led.budget_used("b", 3600), 4.0), "the killed call's hold expired: 4 J settled remain"
+        kept.mkdir()
+        for path in segment_files(folder):
+            shutil.copy(path, kept / path.name)
+        for replay in range(2):
+            if replay:  # the same journal again: a replay interrupted before it deleted the segment
+                for path in segment_files(kept):
+                    shutil.copy(path, folder / path.name)
+            open_ledger(led.url, journal=JournalSettings(folder=folder)).close()  # replays at open
+            assert sorted(r.request_id for r in led.records()) == ["req-lost", "req-served", "req-settled"]
+            assert math.isclose(led.budget_used("b", 3600), 16.0), (
+                f"replay {replay + 1}: the replayed calls count 7 J and 5 J once, the settled one 4 J once")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(kept, ignore_errors=True)
+
+
 def check_budget_keys(open_store: OpenStore) -> None:
     """``budget_keys(since)`` lists each budget with a counter in a window that started at or after ``since``,
     once however many reservations it has, none for a later ``since``; a reopened store lists the same."""
@@ -925,6 +1011,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_settle_many,
     check_settling_again_changes_nothing,
     check_a_hold_past_its_hold_s_stops_counting,
+    check_a_replayed_record_counts_against_its_budget,
     check_reserve_up_to_the_limit,
     check_window_rollover,
     check_budget_keys,
