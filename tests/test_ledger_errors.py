@@ -230,17 +230,21 @@ def test_router_ledger_commands_print_the_error_not_a_traceback(tmp_path: Path) 
 
 
 def test_doctor_checks_replays_and_repairs(tmp_path: Path) -> None:
-    from router.ledger.journal import encode
+    from router.ledger.journal import encode, encode_settlement
 
     path = tmp_path / "l.sqlite3"
     led = SQLiteLedger(path)
     for i in range(5):
         led.record(LedgerRecord(f"r{i}", "m", "small", 1.0, "e:x", ts=1_700_000_000.0 + i))
     led._conn.execute("UPDATE summary_hourly SET requests = 99")  # a summary that disagrees with its records
+    held = led.try_reserve("b", 10.0, 100.0, 3600, hold_s=60.0)
+    assert held is not None
     led.close()
     folder = tmp_path / "l.sqlite3.journal"
     folder.mkdir()
-    (folder / "j-h-424242-1.jsonl").write_bytes(encode(LedgerRecord("late", "m", "small", 2.0, "e:x")))
+    # a stopped process's journal: a call's record and its settlement, which never reached the store
+    (folder / "j-h-424242-1.jsonl").write_bytes(encode(LedgerRecord("late", "m", "small", 2.0, "e:x"))
+                                                + encode_settlement((held, 2.0)))
     url = f"sqlite:///{path}"
 
     def doctor(*extra: str) -> tuple[int, str]:
@@ -249,13 +253,15 @@ def test_doctor_checks_replays_and_repairs(tmp_path: Path) -> None:
         return result.exit_code, result.output
 
     code, out = doctor("--no-replay")
-    assert code == 1 and "integrity check: ok" in out and "rows disagree" in out and "not yet replayed" in out
+    assert code == 1 and "integrity check: ok" in out and "rows disagree" in out
+    assert "hold 1 records not yet replayed" in out, out
     code, out = doctor("--repair")
     assert code == 0, out
     assert "replayed 1 journaled records" in out and "rebuilt the hourly summary" in out and "no problems" in out
     led = SQLiteLedger(path)
     assert sorted(r.request_id for r in led.records()) == ["late", "r0", "r1", "r2", "r3", "r4"]
     assert sum(t["requests"] for t in led.totals()) == 6
+    assert led.budget_used("b", 3600) == 2.0, "the replayed settlement replaced the 10 J hold with the 2 J used"
     led.close()
     corrupt = tmp_path / "c.sqlite3"
     corrupt.write_bytes(b"garbage " * 500)

@@ -220,6 +220,7 @@ def test_budgets_fail_closed_and_settlements_wait_for_the_store(tmp_path: Path) 
             led.recent_calls("m", 10)  # the energy estimates' refresh: the same
         led.settle(held, 4.0)  # kept for the replay
         assert led.store is not None and led.store.budget_used("b", 3600) == 10.0, "not applied yet"
+        assert led.pending() == 1, "/health's journal_pending counts records: not the settlement journaled too"
         with pytest.raises(LedgerError, match="could not read budget 'b'"):
             led.budget_used("b", 3600)  # what cannot be reserved is not read either (a read may wait too)
     finally:

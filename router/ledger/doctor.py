@@ -156,10 +156,11 @@ def rollup_mismatches(led: Ledger) -> tuple[int, list[str]]:
     return len(found), found[:3]
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path: Path, *, records_only: bool = False) -> int:
+    """The lines of a journal file; ``records_only``: not the budget settlements journaled beside the records."""
     try:
         with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
+            return sum(1 for line in f if line.strip() and not (records_only and line.startswith(b'{"settlement"')))
     except OSError:
         return 0
 
@@ -243,12 +244,13 @@ def _journals(
         with claim(path) as fd:
             (live if fd is None else dead).append(path)
     live = [p for p in live if p.exists()]
-    waiting = sum(_count_lines(p) for p in dead)
+    waiting = sum(_count_lines(p, records_only=True) for p in dead)
     if not files:
         report.add(True, f"journal {folder}: nothing pending")
     if live:
+        live_records = sum(_count_lines(p, records_only=True) for p in live)
         report.add(True, f"journal {folder}: {len(live)} file(s) of running processes "
-                   f"({sum(_count_lines(p) for p in live)} records; they replay their own)")  # fmt: skip
+                   f"({live_records} records; they replay their own)")  # fmt: skip
     if dead:
         if replay and led is not None:
             on_file = None if progress is None else (lambda done, total: progress(

@@ -84,7 +84,9 @@ class Segment:
     created: float = field(default_factory=time.monotonic)
     size: int = 0
     records: int = 0  # lines: records and settlements
-    inflight: int = 0  # appended, not yet reported stored or failed
+    settlements: int = 0  # of those lines, settlements
+    inflight: int = 0  # lines appended, not yet reported stored or failed
+    inflight_settlements: int = 0
     dirty: bool = False  # some record or settlement of it did not reach the store: replay the file
     unsynced: bool = False
 
@@ -198,14 +200,18 @@ class Journal:
             seg.size += len(data)
             seg.records += lines
             seg.inflight += lines
+            seg.settlements += lines - len(recs)
+            seg.inflight_settlements += lines - len(recs)
             seg.unsynced = True
         return seg
 
-    def done(self, seg: Segment, n: int, stored: bool) -> None:
-        """``n`` records or settlements appended to ``seg`` reached the store (``stored``) or did not (replay the
-        segment)."""
+    def done(self, seg: Segment, n: int, stored: bool, *, settlements: bool = False) -> None:
+        """``n`` records (or ``settlements``) appended to ``seg`` reached the store (``stored``) or did not (replay
+        the segment)."""
         with self._lock:
             seg.inflight -= n
+            if settlements:
+                seg.inflight_settlements -= n
             if not stored:
                 seg.dirty = True
 
@@ -266,10 +272,12 @@ class Journal:
             os.close(seg.fd)
 
     def pending(self) -> int:
-        """Records (and budget settlements) of this process not known to be in the store."""
+        """Records of this process not known to be in the store (what ``/health`` and ``/metrics`` show: the
+        settlements journaled beside them are not counted)."""
         with self._lock:
             segs = [self._active, *self._sealed]
-            return sum(s.inflight for s in segs) + sum(s.records for s in segs if s.dirty)
+            return (sum(s.inflight - s.inflight_settlements for s in segs)
+                    + sum(s.records - s.settlements for s in segs if s.dirty))
 
     def close(self) -> None:
         """Sync and release every segment. Clean ones were discarded by the caller; what is left (dirty or

@@ -344,7 +344,7 @@ class JournaledLedger(Ledger):
             raise
         finally:
             if seg is not None:
-                self.journal.done(seg, len(settlements), stored=stored or not to_replay)
+                self.journal.done(seg, len(settlements), stored=stored or not to_replay, settlements=True)
         if not stored:
             with self._settle_lock:
                 self._unsettled.extend(settlements)
