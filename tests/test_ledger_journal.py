@@ -585,6 +585,46 @@ def test_kill_9_loses_no_acknowledged_record(tmp_path: Path, mode: str) -> None:
     assert segment_files(folder) == []
 
 
+# The disk fills part-way through an append (a real limit, RLIMIT_FSIZE, in a process of its own), then space is
+# freed and the next record is appended.
+_DISK_FILLS_MID_APPEND = """
+import resource, signal, sys
+from router.config import JournalSettings
+from router.errors import LedgerError
+from router.ledger import LedgerRecord
+from router.ledger.journal import Journal
+journal = Journal(sys.argv[1], JournalSettings(fsync=sys.argv[2]))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+try:
+    journal.append_many([LedgerRecord(f"unjournaled-{i}", "m", "small", 1.0, "e:x") for i in range(10)])
+    raise SystemExit("the append should have failed")
+except LedgerError as exc:
+    assert "free space on its disk" in str(exc), exc
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+journal.append(LedgerRecord("after", "m", "small", 1.0, "e:x"))  # acknowledged: it is in the journal
+"""
+
+
+@pytest.mark.parametrize("fsync", ["never", "always"])
+def test_a_record_appended_after_the_disk_filled_mid_append_is_replayed(tmp_path: Path, fsync: str) -> None:
+    """An append that failed part-way left part of a line at the end of the segment; the next record appended once
+    space was freed was glued to it, and the replay set that acknowledged record aside in ``rejected.jsonl``
+    instead of writing it. The torn part is now cut off: the record replays, and nothing is set aside (the
+    failed append's records were never acknowledged as journaled: their caller wrote them to the store)."""
+    folder = tmp_path / "journal"
+    proc = subprocess.run([sys.executable, "-c", _DISK_FILLS_MID_APPEND, str(folder), fsync], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = SQLiteLedger(tmp_path / "l.sqlite3")
+    (segment,) = segment_files(folder)
+    assert replay_segment(segment, store.record_many, store.settle_many) == (1, 0)
+    assert [r.request_id for r in store.records()] == ["after"]
+    assert not (folder / "rejected.jsonl").exists()
+    store.close()
+
+
 def test_background_writer_journals_before_it_acknowledges(tmp_path: Path) -> None:
     inner = SQLiteLedger(tmp_path / "l.sqlite3")
     led = BackgroundLedger(inner, interval_s=0.05)

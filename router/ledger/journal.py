@@ -89,6 +89,7 @@ class Segment:
     inflight_settlements: int = 0
     dirty: bool = False  # some record or settlement of it did not reach the store: replay the file
     unsynced: bool = False
+    torn: bool = False  # ends in part of a line that a failed write left and that could not be cut off
 
 
 def encode(rec: LedgerRecord) -> bytes:
@@ -189,6 +190,8 @@ class Journal:
             if self._closed:
                 raise ledger_error(self.url, "the journal is closed", "open the ledger again", retryable=False)
             seg = self._active
+            if seg.torn:  # the torn part becomes a line of its own (set aside on replay), not the start of ours
+                data = b"\n" + data
             try:
                 view = memoryview(data)
                 while view:
@@ -196,7 +199,9 @@ class Journal:
                 if self.settings.fsync == "always":
                     os.fdatasync(seg.fd)
             except OSError as exc:
+                self._cut_torn_tail(seg)
                 raise self._error(exc, "append to the journal") from exc
+            seg.torn = False
             seg.size += len(data)
             seg.records += lines
             seg.inflight += lines
@@ -204,6 +209,17 @@ class Journal:
             seg.inflight_settlements += lines - len(recs)
             seg.unsynced = True
         return seg
+
+    @staticmethod
+    def _cut_torn_tail(seg: Segment) -> None:
+        """A write that failed part-way (a full disk) left part of a line: cut the file back to its last whole line.
+        Left there, the next line appended (once space is freed) would be glued to it and unreadable, and the
+        replay would set that acknowledged record aside instead of writing it. The caller was told the append
+        failed, so what is cut off goes to the store without the journal."""
+        try:
+            os.ftruncate(seg.fd, seg.size)
+        except OSError:
+            seg.torn = True
 
     def done(self, seg: Segment, n: int, stored: bool, *, settlements: bool = False) -> None:
         """``n`` records (or ``settlements``) appended to ``seg`` reached the store (``stored``) or did not (replay
