@@ -625,6 +625,32 @@ def test_a_record_appended_after_the_disk_filled_mid_append_is_replayed(tmp_path
     store.close()
 
 
+def test_a_settlement_the_store_refuses_does_not_keep_the_others_of_its_group_from_the_store(tmp_path: Path) -> None:
+    """The writer applies the settlements queued together one journal segment at a time: one the store refuses for
+    good (an error that is not an outage) is logged and counted as failed, and those of the next segment are still
+    applied, and both segments are done with (deleted at the next replay, nothing left to replay)."""
+
+    class RefusesPoisonFault(SQLiteLedger):  # fault injection: the store refuses settlements of one budget for good
+        def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+            if any(r.budget == "poison" for r, _ in settlements):
+                raise ledger_error(self.url, "budget 'poison' is refused", "none", retryable=False)
+            super().settle_many(settlements)
+
+    led = BackgroundLedger(RefusesPoisonFault(tmp_path / "l.sqlite3"), interval_s=0.01)
+    assert led.journaled is not None
+    poison, kept = led.try_reserve("poison", 5.0, 100.0, 3600), led.try_reserve("b", 10.0, 100.0, 3600)
+    assert poison is not None and kept is not None
+    with led._settle_lock:  # the writer waits: both settlements are applied in one group
+        led.settle(poison, 1.0)
+        led.journaled.journal.rotate(force=True)  # the next one goes to a segment of its own
+        led.settle(kept, 4.0)
+    assert led.flush(5)
+    assert led.budget_used("b", 3600) == 4.0 and led.failed_settlements == 1 and led.settled == 1
+    led.journaled.replay()
+    assert led.journaled.journal.sealed_ready() == [] and led.journaled.pending() == 0
+    led.close()
+
+
 def test_background_writer_journals_before_it_acknowledges(tmp_path: Path) -> None:
     inner = SQLiteLedger(tmp_path / "l.sqlite3")
     led = BackgroundLedger(inner, interval_s=0.05)

@@ -53,11 +53,12 @@ share its queues and thread; split, each part would need the others' state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..config import JournalSettings
@@ -200,18 +201,23 @@ class BackgroundLedger(Ledger):
     def _settle(self, settlements: list[tuple[Reservation, float, Segment | None]]) -> None:
         if not settlements:
             return
+        if self.journaled is None:
+            self._settle_group(settlements, lambda pairs: self.inner.settle_many(pairs))
+            return
+        journaled = self.journaled
+        at = 0
+        while at < len(settlements):  # one delivery per journal segment, each told how it went (as for records)
+            seg = settlements[at][2]
+            end = at
+            while end < len(settlements) and settlements[end][2] is seg:
+                end += 1
+            self._settle_group(settlements[at:end], functools.partial(journaled.deliver_settlements, seg=seg))
+            at = end
+
+    def _settle_group(self, settlements: list[tuple[Reservation, float, Segment | None]],
+                      settle: Callable[[list[Settlement]], None]) -> None:
         try:
-            if self.journaled is None:
-                self.inner.settle_many([(reservation, actual_j) for reservation, actual_j, _ in settlements])
-            else:  # one delivery per journal segment, which is told how it went (as for records)
-                at = 0
-                while at < len(settlements):
-                    seg = settlements[at][2]
-                    end = at
-                    while end < len(settlements) and settlements[end][2] is seg:
-                        end += 1
-                    self.journaled.deliver_settlements([(r, j) for r, j, _ in settlements[at:end]], seg)
-                    at = end
+            settle([(reservation, actual_j) for reservation, actual_j, _ in settlements])
             self.settled += len(settlements)
         except Exception:  # the holds stay at their estimates: budgets err on the side of refusing
             self.failed_settlements += len(settlements)
