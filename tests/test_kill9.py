@@ -113,3 +113,36 @@ def test_router_serve_killed_mid_load(tmp_path: Path) -> None:
     stored = _stored_request_ids(ledger_url, journal)
     assert set(acked) <= set(stored), f"{len(set(acked) - set(stored))} acknowledged requests missing"
     assert len(stored) == len(set(stored)), "a request recorded twice"
+
+
+def test_router_serve_killed_right_after_answering_counts_every_answered_call_against_its_budget(
+        tmp_path: Path) -> None:
+    """`router serve` answers calls under a budget and is killed at once: their settlements were still queued for
+    its ledger writer (applied a group later), so once the calls' holds expired their joules stopped counting,
+    though the replay wrote their records. Replayed now, the journal settles them: the budget counts what the
+    answered calls used, no hold is left, and a second replay changes nothing."""
+    from servers.procs import router_serve_process
+    from test_budgets import policy, setup
+
+    root = setup(tmp_path, policy("reject", 1e9, per=3600))
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    journal = tmp_path / "journal"
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {root / 'models'}\npolicies_dir: {root / 'policies'}\ndefault_policy: t\n"
+                      f"ledger_url: '{ledger_url}'\nproxy: {{warm_up: false}}\njournal: {{folder: {journal}}}\n")
+    with router_serve_process(config, tmp_path) as (url, proc), httpx.Client(base_url=url, timeout=30) as http:
+        for _ in range(20):
+            r = http.post("/v1/chat/completions", json={"model": "spec-a", "messages": [
+                {"role": "user", "content": REVIEW}]})
+            assert r.status_code == 200, r.text
+        os.kill(proc.pid, signal.SIGKILL)  # the last answers' settlements are still queued for the writer
+        proc.wait(10)
+    for _ in range(2):
+        ledger = open_ledger(ledger_url, journal=JournalSettings(folder=journal))  # replays at open
+        try:
+            spent = sum(r.energy_j for r in ledger.records() if r.model == "spec-a")
+            holds = ledger.store.hold_counts()  # type: ignore[attr-defined]
+            assert holds is not None and holds.live == 0, f"{holds.live} holds left at their estimates"
+            assert abs(ledger.budget_used("model:spec-a:3600s", 3600) - spent) < 1e-6
+        finally:
+            ledger.close()
