@@ -1,6 +1,6 @@
 """`kill -9` loses no acknowledged request: a library process and `router serve` in its default mode (background
 ledger writes behind the local journal) are killed while answering; after the journal is replayed every request
-that was answered is in the ledger, exactly once."""
+that was answered is in the ledger, exactly once, and counts against its budget what it used, once."""
 
 from __future__ import annotations
 
