@@ -531,6 +531,7 @@ def test_a_crash_during_replay_neither_loses_nor_duplicates(tmp_path: Path) -> N
     assert sorted(r.record_id for r in store.records()) == sorted(r.record_id for r in recs)
     assert store.totals()[0]["requests"] == 1200
     assert b"torn" in (tmp_path / "rejected.jsonl").read_bytes()
+    assert (tmp_path / "rejected.jsonl").stat().st_mode & 0o777 == 0o600, "private, as the segment it came from"
     store.close()
 
 

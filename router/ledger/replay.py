@@ -129,7 +129,9 @@ def replay_segment(
 
 def _set_aside(folder: Path, line: bytes, why: str) -> None:
     log.error("ledger journal: set aside a record the store refuses (%s); see %s", why, folder / "rejected.jsonl")
-    with open(folder / "rejected.jsonl", "ab") as f:
+    # readable by its owner only, as the segments the lines come from (their records name keys, models and errors)
+    fd = os.open(folder / "rejected.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab") as f:
         f.write(line if line.endswith(b"\n") else line + b"\n")
 
 
