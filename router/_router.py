@@ -488,6 +488,9 @@ class Router:
 
     # -- stages: check and decide ----------------------------------------------------------------------------
     def _check(self, messages: Any, params: dict[str, Any]) -> CheckedRequest:
+        if "stream" in params:  # complete() takes it apart; only prepare(..., stream=True) brings it here
+            raise BadRequestError("`stream` is an argument of send() and asend(), not of prepare(): prepare the "
+                                  "request, then call send(prepared, stream=True)", param="stream")
         if "extra_body" in params or "timeout" in params or "extra_headers" in params:
             params = sdk_arguments(dict(params))
         try:

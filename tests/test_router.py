@@ -156,6 +156,16 @@ def test_wrong_objects_in_the_public_constructors_and_calls_are_typed_errors(rou
         asyncio.run(router.asend({"messages": user("hi")}))  # type: ignore[arg-type]
 
 
+def test_stream_given_to_prepare_says_it_belongs_to_send(router):
+    """``prepare(..., stream=True)`` was refused as an "unknown parameter(s): stream", though stream is OpenAI's own
+    and the README's prepare/send example streams: the error now says where it goes."""
+    for prepare in (router.prepare, lambda *a, **k: asyncio.run(router.aprepare(*a, **k))):
+        with pytest.raises(BadRequestError, match=r"send\(prepared, stream=True\)") as refused:
+            prepare(user(REVIEW), stream=True)
+        assert refused.value.param == "stream"
+    assert router.complete(user(REVIEW), stream=False).choices[0].message.content == "positive"
+
+
 def test_the_openai_sdks_client_side_arguments_work_as_the_sdk_applies_them(router):
     """``extra_body`` (the router's own fields come this way in SDK-shaped code), ``timeout`` and ``extra_headers``
     used to be accepted and dropped without a word."""
