@@ -127,6 +127,27 @@ def test_the_cli_report_shows_zone_hour_and_counterfactual(tmp_path: Path) -> No
     assert carbon["window_s"] == 86_400 and len(carbon["by_hour"]) == 24
 
 
+def test_the_cli_report_needs_no_api_key_of_an_http_zone(tmp_path: Path) -> None:
+    """With docs/energy.md's carbon block (a series zone and an HTTP zone with `api_key_env`), `router ledger report
+    -c router.yaml` run where the provider's key is not exported (an operator's shell) failed with "the environment
+    variable GRID_API_KEY is not set", though the report reads only the series and the ledger: it now reports, the
+    series zone's counterfactual as before."""
+    series = SeriesIntensity(shipped_series("CA_2022_hourly.csv"))
+    led = SQLiteLedger(tmp_path / "l.sqlite3")
+    _fill(led, series)
+    led.close()
+    config = tmp_path / "router.yaml"
+    config.write_text(f"ledger_url: sqlite:///{tmp_path}/l.sqlite3\ncarbon:\n  zone: US-CAL\n  zones:\n"
+                      "    US-CAL: {type: file, path: CA_2022_hourly.csv, replay: offset}\n"
+                      "    DE: {type: http, url: 'http://127.0.0.1:9', api_key_env: ROUTER_TEST_UNSET_GRID_KEY}\n")
+    env = {k: v for k, v in os.environ.items() if k != "ROUTER_TEST_UNSET_GRID_KEY"}
+    out = CliRunner().invoke(app, ["ledger", "report", "-c", str(config), "--format", "json"], env=env)
+    assert out.exit_code == 0, out.output
+    zones = {z["zone"]: z for z in json.loads(out.output)["carbon"]["by_zone"]}
+    want = sum(min(series.intensity(DAY + (h + k) * 3600).g_per_kwh for k in range(24)) for h in range(24))
+    assert zones["US-CAL"]["cleanest_hour_co2e_g"] == pytest.approx(want)
+
+
 def _records_with_and_without_co2e(led: Ledger) -> Ledger:
     """1 kWh each, no zone: 300 g at hour 0; 100 g and one without a figure at hour 1; one without at hour 3 (as a
     ledger from before the carbon columns, or an application's own ``Ledger.record``, holds)."""

@@ -272,7 +272,10 @@ def report(
             led, cards, by=by.value, since=start, until=end, grid_g_per_kwh=cfg.grid_g_per_kwh,
             counterfactual=counterfactual,
         )  # fmt: skip
-        grid = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
+        # The cleanest-hour counterfactual reads only time-series files (other zones: the intensities the ledger
+        # recorded), so a report needs neither an HTTP zone's API key in this shell nor a call to its API.
+        series_zones = {zone: spec for zone, spec in cfg.carbon.zones.items() if spec.type == "file"}
+        grid = Grid.from_settings(cfg.carbon.model_copy(update={"zones": series_zones}), cfg.grid_g_per_kwh)
         carbon = build_carbon(led, start, end, grid=grid, window_s=window_s)
         led.close()
     except RouterError as exc:
