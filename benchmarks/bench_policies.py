@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.cli.calibrate import calibrate_policy, load_calibration_data  # noqa: E402
+from router.cli.calibrate import _shown, calibrate_policy, load_calibration_data  # noqa: E402
 from router.policy.calibration import evaluate, split_groups  # noqa: E402
 from router.policy.engine import decide_batch  # noqa: E402
 from router.policy.loader import load_policy  # noqa: E402
@@ -75,11 +75,16 @@ def main(write: bool = True) -> str:
                         ("absolute", 0.75)):
         for bound in ("hoeffding", "bernstein"):
             _, r = calibrate_policy(data, kind, value, confidence=0.9, bound=bound, held_out_share=0.3, seed=0)
-            h = r["held_out"]
             tgt = f"{value:.0%} of large" if kind == "relative" else f"{value:.2f} acc"
-            tau = f"{r['tau']:+.3f}" + ("" if r["feasible"] else " (infeasible: always large)")
-            lines.append(f"| {tgt} | {bound} | {tau} | {r['n_calibration']} | {r['achieved_calibration']:.3f} | "
-                         f"{h['achieved']:.3f} | {'yes' if h['met'] else 'NO'} | {h['energy_vs_large']:.1%} |")
+            fitted = _shown(r["achieved_calibration"], ".3f")
+            if "held_out" not in r:  # infeasible: `router calibrate` writes no block and states no held-out figures
+                lines.append(f"| {tgt} | {bound} | none certified | {r['n_calibration']} | {fitted} | - | "
+                             "NO (no fit) | - |")
+                continue
+            h = r["held_out"]
+            lines.append(f"| {tgt} | {bound} | {r['tau']:+.3f} | {r['n_calibration']} | {fitted} | "
+                         f"{_shown(h['achieved'], '.3f')} | {'yes' if h['met'] else 'NO'} | "
+                         f"{_shown(h['energy_vs_large'], '.1%')} |")
     lines += ["", f"Regenerate: `python benchmarks/bench_policies.py` ({time.perf_counter() - t0:.0f} s here)."]
     table = "\n".join(lines)
     print(table)
