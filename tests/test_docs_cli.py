@@ -61,3 +61,13 @@ def test_every_command_line_in_the_docs_runs_as_written(doc: Path) -> None:
     lines = command_lines(doc.read_text())
     problems = [p for line in lines for p in check(line, root)]
     assert not problems, f"{doc.relative_to(ROOT)}: " + "; ".join(problems)
+
+
+def test_ledger_help_says_what_the_bare_command_prints() -> None:
+    """The README's `router ledger` prints totals, but its --help read "Usage: router ledger [OPTIONS] COMMAND" and
+    never said that the command alone does anything: the group's help now says what it prints."""
+    from typer.testing import CliRunner
+
+    shown = CliRunner().invoke(app, ["ledger", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert "`router ledger` alone prints the totals per model and per day" in " ".join(shown.output.split())

@@ -48,7 +48,7 @@ from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
 ledger_app = typer.Typer(
     help="Energy and carbon of the requests routed so far: totals, reports, budgets used and left, exports, "
-    "retention.",
+    "retention. `router ledger` alone prints the totals per model and per day, with everyday equivalents.",
     invoke_without_command=True,
     no_args_is_help=False,
     rich_markup_mode=None,
