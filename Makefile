@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check router tests benchmarks
+	$(VENV)/bin/ruff check router tests benchmarks scripts
 	$(VENV)/bin/mypy router
 
 bench: $(STAMP)
