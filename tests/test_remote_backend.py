@@ -10,7 +10,9 @@ import email.utils
 import gc
 import logging
 import os
+import re
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -41,6 +43,7 @@ from router import (
     BackendUnavailableError,
     BadRequestError,
     CancelledError,
+    ConfigError,
     Router,
     RouterClosedError,
     RouterConfig,
@@ -419,6 +422,46 @@ def test_a_call_whose_proxy_never_connected_it_is_charged_nothing(upstream_url: 
         seen = injector.requests
         assert b"CONNECT upstream.example:443 HTTP/1.1\r\n" in seen, seen
         assert b"POST http://upstream.example/v1/chat/completions HTTP/1.1\r\n" in seen, seen
+
+
+@pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])
+@pytest.mark.parametrize(("proxy", "says"), [
+    ("socks5://127.0.0.1:9", "ALL_PROXY names a SOCKS proxy (socks5://) for https://upstream.example/v1, and "
+     "calling through one needs the 'socksio' package, which is not installed; fix: pip install 'httpx[socks]'"),
+    ("socks4://127.0.0.1:9", "ALL_PROXY names a proxy for https://upstream.example/v1 whose scheme socks4:// is not "
+     "one httpx can call through")])
+def test_a_proxy_httpx_cannot_call_through_fails_the_models_start_naming_the_variable_and_the_fix(
+        upstream_url: str, tmp_path: Path, path: str, proxy: str, says: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ALL_PROXY names a SOCKS proxy for the pinned model's endpoint where socksio (httpx's SOCKS support) is not
+    installed (FAULT INJECTION: ``sys.modules["socksio"] = None`` stands for a machine without it), or a proxy
+    scheme httpx has no transport for: every call failed with httpx's ImportError (ValueError), an internal error
+    with no ledger record and no fallback. The model now fails its start with a ConfigError naming the card, the
+    variable and the fix: the next model answers, the failed attempt is recorded, the reason is logged."""
+    monkeypatch.setitem(sys.modules, "socksio", None)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the TEST UPSTREAM's model answers directly
+    pinned = _card(tmp_path, "remote-pinned", "https://upstream.example/v1", "echo", tier="small", max_retries=0)
+    with pytest.raises(ConfigError, match=r"remote-pinned\.yaml: field `backend.base_url`: the environment variable "
+                       + re.escape(says)):
+        OpenAIHTTPBackend(pinned)
+    cards = {pinned.name: pinned, "remote-echo": _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large")}
+    ask = [{"role": "user", "content": "hello"}]
+    caplog.set_level(logging.WARNING, logger="router")
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        if path == "stream":
+            routing = list(router.complete(ask, model="remote-pinned", stream=True))[-1].routing
+        else:
+            routing = (router.complete(ask, model="remote-pinned") if path == "complete"
+                       else asyncio.run(router.acomplete(ask, model="remote-pinned"))).routing
+        records = router.ledger.records()
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [
+        ("remote-pinned", "error"), ("remote-echo", "ok")]
+    assert [(r.model, r.outcome) for r in records] == [("remote-pinned", "error"), ("remote-echo", "ok")]
+    assert "its backend could not start" in (records[0].error or "")
+    assert any(says in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 @pytest.mark.parametrize("path", ["complete", "acomplete", "stream"])

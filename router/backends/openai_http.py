@@ -96,6 +96,43 @@ def _env_proxy_for(url: str) -> str | None:
     return proxy
 
 
+def _proxy_variable(url: str, proxy: str) -> str:
+    """The environment variable that named ``proxy`` for ``url`` (as :func:`_env_proxy_for` read it), for a
+    message an operator can act on."""
+    candidates = (f"{urlsplit(url).scheme}_proxy", "all_proxy")
+    for name in (n for candidate in candidates for n in (candidate, candidate.upper())):
+        if os.environ.get(name) == proxy:
+            return name
+    return next((n for n in os.environ if n.lower() in candidates), "ALL_PROXY")
+
+
+def _unusable_proxy(card: ModelCard, url: str, proxy: str) -> ConfigError | None:
+    """Why httpx cannot call through ``proxy``, a :class:`ConfigError` naming the variable and the fix, or
+    ``None`` where it can. Asked when the backend starts, so a model the proxy cannot carry fails its start (the
+    next model answers, the reason is logged) instead of every call failing with httpx's own ImportError or
+    ValueError, which the Router can only report as an internal error."""
+    variable = _proxy_variable(url, proxy)
+    scheme = urlsplit(proxy).scheme.lower()
+    base_url = card.backend.base_url if isinstance(card.backend, OpenAIBackendSpec) else url
+    if scheme in ("socks5", "socks5h"):
+        import importlib.util
+
+        if importlib.util.find_spec("socksio") is not None:
+            return None
+        return ConfigError.at(
+            card.path, "backend.base_url",
+            f"the environment variable {variable} names a SOCKS proxy ({scheme}://) for {base_url}, and calling "
+            "through one needs the 'socksio' package, which is not installed",
+            "pip install 'httpx[socks]' (or name the endpoint's host in NO_PROXY to call it directly)")
+    if scheme not in ("http", "https"):
+        return ConfigError.at(
+            card.path, "backend.base_url",
+            f"the environment variable {variable} names a proxy for {base_url} whose scheme {scheme or '(none)'}:// "
+            "is not one httpx can call through (http://, https://, socks5://, socks5h://)",
+            f"give {variable} one of those (or name the endpoint's host in NO_PROXY to call it directly)")
+    return None
+
+
 def retry_after_s(value: str | None) -> float | None:
     """The seconds an endpoint's ``Retry-After`` asks for, at most :data:`_RETRY_AFTER_MAX_S`; ``None`` where it
     is absent or unreadable. Both of RFC 9110's forms are read: delay-seconds (a fraction too, which some
@@ -160,6 +197,8 @@ class OpenAIHTTPBackend(Backend):
         self._given_transport = transport
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
         self._proxy = _env_proxy_for(self._url)
+        if self._proxy is not None and (unusable := _unusable_proxy(card, self._url, self._proxy)) is not None:
+            raise unusable
         self._client = self._sync_client()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
         renew_after_fork(self)
