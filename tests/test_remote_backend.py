@@ -1372,6 +1372,47 @@ def test_a_stream_whose_first_event_is_an_error_falls_back_and_a_later_one_ends_
             assert calls == {"streamerror:later": 1}, "nothing sent again, no other model asked"
 
 
+@pytest.mark.parametrize("path", ["stream", "astream"])
+@pytest.mark.parametrize("model", ["emptystream", "emptystream:comments"])
+def test_a_stream_the_endpoint_ends_before_any_event_is_retried_then_falls_back(upstream_url: str, tmp_path: Path,
+                                                                               path: str, model: str) -> None:
+    """An endpoint answers a stream with HTTP 200 and closes it before any event (an empty body, or only SSE
+    comments): nothing of an answer was passed on, so it is the endpoint failing as a 5xx before the stream is,
+    retried by the backend and then answered by the next model through ``Router.complete(stream=True)`` /
+    ``acomplete(stream=True)``, with both attempts in the ledger. It was a plain BackendError, sent once and
+    failing the request."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote-gateway", upstream_url, model, max_retries=1))
+    got: list[StreamEvent] = []
+    try:
+        before = httpx.get(stats).json()["calls"].get(model, 0)
+        with pytest.raises(BackendError) as err:
+            _stream_events(inner, path, got)
+    finally:
+        inner.close()
+    assert err.value.message == "remote-gateway: the model's endpoint ended the stream before sending any of an answer"
+    assert got == [] and httpx.get(stats).json()["calls"][model] - before == 2, "retried once, as after a 500"
+
+    cards = {card.name: card for card in (
+        _card(tmp_path, "remote-gateway", upstream_url, model, tier="small", max_retries=1),
+        _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large"))}
+    ask = [{"role": "user", "content": "hello"}]
+
+    async def astreamed(router: Router) -> list[ChatCompletionChunk]:
+        return [c async for c in await router.acomplete(ask, model="remote-gateway", stream=True)]
+
+    with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        chunks = (list(router.complete(ask, model="remote-gateway", stream=True)) if path == "stream"
+                  else asyncio.run(astreamed(router)))
+        records = router.ledger.records()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == "echo: hello"
+    routing = chunks[-1].routing
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [
+        ("remote-gateway", "error"), ("remote-echo", "ok")]
+    assert [(r.model, r.outcome) for r in records] == [("remote-gateway", "error"), ("remote-echo", "ok")]
+    assert "ended the stream before sending any of an answer" in (records[0].error or "")
+
+
 def test_a_stream_error_event_reaches_the_openai_sdk_as_a_fallback_before_output_and_an_error_after(
         upstream_url: str, tmp_path: Path) -> None:
     """Through ``router serve`` with the openai SDK streaming: an error as the upstream stream's first event is

@@ -781,6 +781,10 @@ class _SSEParser:
                 body = None
             if isinstance(body, dict) and body.get("error"):
                 raise _error_answer(self.name, body["error"])
+            if not self.produced:  # nothing of an answer was passed on: the endpoint failing, as a 5xx before the
+                raise _Retryable(BackendError(  # stream, so sending it again (or the next model) is safe
+                    f"{self.name}: the model's endpoint ended the stream before sending any of an answer",
+                    detail=f"what it sent outside events: {''.join(self.plain)[:200]!r}" if self.plain else None))
             raise BackendError(f"{self.name}: the stream ended before the model finished")
         usage = self.usage or {}
         return [

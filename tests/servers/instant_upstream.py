@@ -44,6 +44,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``streamerror``: streamed, HTTP 200 and a role chunk, then :data:`ERROR_200` as the stream's first event, as
   OpenRouter, vLLM and LiteLLM report a failure once the stream has begun; ``streamerror:later`` sends the echo's
   first piece (``"echo: "``) before that event; not streamed, both answer like anything else;
+- ``emptystream``: streamed, HTTP 200 and a body that ends at once, with no event at all (an endpoint closing the
+  stream before its model began); ``emptystream:comments`` sends only SSE comments (``: keep-alive``) before it
+  ends; not streamed, both answer like anything else;
 - ``status:CODE``: HTTP CODE every time, with an OpenAI-shaped error body (an endpoint refusing the request, or
   one whose key is wrong); ``status:CODE:RETRY_AFTER`` adds that ``Retry-After`` header (an endpoint rate
   limiting, 429, or down for a while, 503); ``statuses:CODE,CODE,...``: each call the next CODE of the list, in
@@ -200,6 +203,10 @@ async def chat(request: Request) -> Response:
 
         sent = 0
         try:
+            if model.startswith("emptystream"):
+                if model.endswith(":comments"):
+                    yield b": keep-alive\n\n: keep-alive\n\n"
+                return
             if tool_calls:
                 yield chunk({"role": "assistant", "content": None})
                 for i, call in enumerate(tool_calls):
@@ -247,7 +254,7 @@ async def chat(request: Request) -> Response:
                             if usage else None)
             yield b"data: [DONE]\n\n"
         finally:
-            if sent < len(pieces) and not model.startswith("streamerror"):  # it ended its stream itself
+            if sent < len(pieces) and not model.startswith(("streamerror", "emptystream")):  # it ended it itself
                 closed_early[model] += 1
 
     return StreamingResponse(events(), media_type="text/event-stream")
