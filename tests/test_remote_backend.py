@@ -613,6 +613,39 @@ def test_with_every_model_busy_the_caller_is_told_the_soonest_any_may_answer(ups
             assert [r.model for r in router.ledger.records()][-2:][0] == pinned
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("upstream_model", "open_s", "told_s"), [("status:429:45", 45.0, 45.0),
+                                                                  ("status:503:3000", 600.0, 3000.0),
+                                                                  ("status:429:1", 5.0, 5.0)])
+def test_a_cooldown_lasts_as_long_as_the_endpoints_retry_after_asked(upstream_url: str, tmp_path: Path, path: str,
+                                                                      upstream_model: str, open_s: float,
+                                                                      told_s: float) -> None:
+    """A rate-limited endpoint (429, or 503) asking to wait 45 s opens the breaker (cooldown 5 s) for those 45 s:
+    it let a trial call through after its own 5 s, which met the same 429 and opened it again. A longer wait is
+    bounded (600 s, while the caller is still told what the endpoint asked), and a shorter one leaves the cooldown
+    as it is. The caller is told to come back when the breaker lets a call through again."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    now = [0.0]
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote", upstream_url, upstream_model, max_retries=0))
+    breaker = CooldownBackend(inner, failures=2, cooldown_s=5, clock=lambda: now[0])
+    try:
+        before = httpx.get(stats).json()["calls"].get(upstream_model, 0)
+        for _ in range(2):
+            with pytest.raises(BackendUnavailableError, match="HTTP") as err:
+                _call(breaker, path)
+        assert err.value.retry_after_s == told_s
+        for at in [t for t in (5.0, open_s - 0.5) if t < open_s]:  # before the breaker's wait ends: no trial call
+            now[0] = at
+            with pytest.raises(BackendUnavailableError, match="cooling down"):
+                _call(breaker, path)
+            assert breaker.state == "open", at
+        assert httpx.get(stats).json()["calls"][upstream_model] - before == 2
+        now[0] = open_s
+        assert breaker.state == "half-open"
+    finally:
+        breaker.close()
+
+
 def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_s("120") == 120.0 and retry_after_s(" 0.5 ") == 0.5
     assert retry_after_s("-3") == 0.0 and retry_after_s("inf") == 3600.0

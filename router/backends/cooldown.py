@@ -4,7 +4,9 @@ After ``failures`` consecutive failed calls (failures of the backend, not of the
 deadline or a caller gone are not counted) the backend is *open* for ``cooldown_s`` seconds: every call fails at
 once with :class:`BackendUnavailableError` (HTTP 503 at the proxy) instead of waiting on a dead endpoint, so the
 Router moves straight on to the next adequate model. After the cooldown one trial call is let through
-(*half-open*); a success closes the breaker, a failure opens it again for another ``cooldown_s``.
+(*half-open*); a success closes the breaker, a failure opens it again for another ``cooldown_s``. A failure that
+says when the backend will take calls again (``retry_after_s``: an endpoint's 429 or 503 with ``Retry-After``)
+opens it for at least that long, at most :data:`RETRY_AFTER_MAX_S`: a trial call sooner would meet the same refusal.
 
 The Router asks the breaker before deciding: a model whose breaker is open (not half-open) is ranked after every
 other candidate (``DecisionRequest.cooling``; the decision's flags say ``cooling_down`` and its reason names the
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FAILURES = 3
 DEFAULT_COOLDOWN_S = 30.0
+RETRY_AFTER_MAX_S = 600.0
+"""The longest a failure's ``retry_after_s`` keeps the breaker open (longer than ``cooldown_s``): a mistaken or
+hour-long ``Retry-After`` would leave the model unused all that time, when one trial call every ten minutes
+costs little (the endpoint's ``Retry-After`` still reaches the caller, up to an hour)."""
 
 
 class CooldownBackend(Backend):
@@ -108,23 +114,26 @@ class CooldownBackend(Backend):
             log.warning("%s: answered after cooling down (%d consecutive failures): back in use", self.card.name,
                         failed)
 
-    def _failed(self) -> bool:
-        """Count a failure; True when it opened the breaker (no call gets through for ``cooldown_s``)."""
+    def _failed(self, retry_after_s: float | None = None) -> float | None:
+        """Count a failure that asked for ``retry_after_s`` (or nothing); the seconds no call gets through when it
+        opened the breaker (``cooldown_s``, or longer as the failure asked), else ``None``."""
         with self._lock:
             self.consecutive_failures += 1
             self._trial_running = False
             failed = self.consecutive_failures
             if failed < self.failures:
-                return False
-            self._open_until = self._clock() + self.cooldown_s
+                return None
+            seconds = max(self.cooldown_s, min(retry_after_s or 0.0, RETRY_AFTER_MAX_S))
+            self._open_until = self._clock() + seconds
             self.opened_total += 1
+        asked = f" (the endpoint asked to wait {seconds:.0f} s)" if seconds > self.cooldown_s else ""
         if failed == self.failures:  # it was closed: an outage begins
-            log.warning("%s: cooling down for %.0f s after %d consecutive failures: requests go to other models "
-                        "meanwhile, then one trial call is let through", self.card.name, self.cooldown_s, failed)
+            log.warning("%s: cooling down for %.0f s%s after %d consecutive failures: requests go to other models "
+                        "meanwhile, then one trial call is let through", self.card.name, seconds, asked, failed)
         else:  # its trial call failed too
-            log.info("%s: still failing (%d consecutive failures): cooling down for another %.0f s", self.card.name,
-                     failed, self.cooldown_s)
-        return True
+            log.info("%s: still failing (%d consecutive failures): cooling down for another %.0f s%s",
+                     self.card.name, failed, seconds, asked)
+        return seconds
 
     def _released(self) -> None:
         """The trial call ended without a verdict (the caller stopped reading): let the next call be the trial."""
@@ -190,9 +199,11 @@ class _Verdict:
         if kind is None:
             self.backend._succeeded()
         elif issubclass(kind, Exception) and not issubclass(kind, _NO_VERDICT):
-            if self.backend._failed() and isinstance(exc, RouterError):
+            asked = exc.retry_after_s if isinstance(exc, RouterError) else None
+            opened_for = self.backend._failed(asked)
+            if opened_for is not None and isinstance(exc, RouterError):
                 # the breaker opened: no call gets through before its cooldown ends, whatever the endpoint asked
-                exc.retry_after_s = max(exc.retry_after_s or 0.0, self.backend.cooldown_s)
+                exc.retry_after_s = max(exc.retry_after_s or 0.0, opened_for)
         elif self.trial:
             self.backend._released()
         return False
