@@ -110,6 +110,29 @@ def checked_time(name: str, value: object, *, none: str = "") -> float:
     return float(cast(SupportsFloat, value))  # a finite numbers.Real
 
 
+def checked_joules(name: str, value: object, *, unlimited: bool = False) -> float:
+    """``value`` as a float if it is a number of joules, 0 or more and finite (``unlimited``: or ``math.inf``, a
+    limit no amount reaches), else a :class:`~router.errors.BadRequestError` naming the argument. Checked before a
+    store sees it, so every store refuses the same amounts: the stores read a NaN apart (SQLite finds no room,
+    Redis's script room for any amount, or fails), and negative joules would give a budget's spent joules back."""
+    if not (is_finite_number(value) or unlimited and value == math.inf) or cast(float, value) < 0:
+        tail = ", or math.inf for no limit" if unlimited else ""
+        raise BadRequestError(f"{name}={shown(value)}: give a finite number of joules, 0 or more{tail}", param=name)
+    return float(cast(SupportsFloat, value))
+
+
+def checked_hold_s(hold_s: object) -> float | None:
+    """A reservation's ``hold_s``: None (the hold lasts until its window ends) or a finite number of seconds, 0 or
+    more, else a :class:`~router.errors.BadRequestError`: a NaN or infinite expiry is one the stores read apart
+    (never, now, or a server error)."""
+    if hold_s is None:
+        return None
+    if not is_finite_number(hold_s) or cast(float, hold_s) < 0:
+        raise BadRequestError(f"hold_s={shown(hold_s)}: give a finite number of seconds, 0 or more, or None for "
+                              "a hold that lasts until its window ends", param="hold_s")
+    return float(cast(SupportsFloat, hold_s))
+
+
 def checked_span(since: object, until: object = None) -> tuple[float, float | None]:
     """A read's range ``[since, until)`` checked by :func:`checked_time` (``until`` None: no end)."""
     return checked_time("since", since), None if until is None else checked_time("until", until, none="no end")

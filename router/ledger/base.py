@@ -30,6 +30,8 @@ from .arguments import (
     EARLIEST_TS,
     checked_count,
     checked_group,
+    checked_hold_s,
+    checked_joules,
     checked_span,
     checked_time,
     is_finite_number,
@@ -190,14 +192,26 @@ class Ledger(FeedbackMethods, ABC):
         return reduce_dims(aggregate(r for r in self.iter_records(since, until) if r.co2e_g is None), dims)
 
     # Budget accounting. Atomic reserve-then-settle so concurrent requests cannot both spend the last joules.
-    @abstractmethod
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:
         """Hold ``joules`` against ``budget`` (spent + held ≤ limit in the current window) or return None.
+        ``limit_j``: ``math.inf`` holds whatever the budget spent (``allow_and_flag``).
         ``hold_s``: the seconds the hold may last unsettled (None: until its window ends). A hold not settled
         within it (its process was killed) stops counting against the budget (:meth:`budget_used` leaves it out,
         and a reservation that finds no room gives its joules back first); a settlement that comes later still
-        counts what the call used, in full, once (:data:`HOLD_MARGIN_S`)."""
+        counts what the call used, in full, once (:data:`HOLD_MARGIN_S`).
+
+        The amounts are checked here, once for every store (a NaN, negative or non-number one is a
+        :class:`~router.errors.BadRequestError`); the store's :meth:`_try_reserve` reserves."""
+        joules = checked_joules("joules", joules)
+        limit_j = checked_joules("limit_j", limit_j, unlimited=True)
+        return self._try_reserve(budget, joules, limit_j, window_s, checked_hold_s(hold_s))
+
+    def _try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                     hold_s: float | None) -> Reservation | None:
+        """:meth:`try_reserve` with its amounts checked: what a store implements. Not abstract: a ledger that
+        hands :meth:`try_reserve` on to another (the journal, the proxy's background writer) has the other check."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no budgets")
 
     @abstractmethod
     def settle(self, reservation: Reservation, actual_j: float) -> None:

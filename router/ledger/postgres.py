@@ -617,12 +617,12 @@ class PostgresLedger(RollupFolding, SummedInStore, PostgresFeedback, Retention, 
         return self._grouped(bucket, f"{self.schema}.records", where, args, dims, _RAW_SUMS)
 
     @guarded("reserve budget")
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
-                    hold_s: float | None = None) -> Reservation | None:
+    def _try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                     hold_s: float | None) -> Reservation | None:
         start = window_start(time.time(), window_s)
         reservation_id = uuid.uuid4().hex
         args = {"id": reservation_id, "budget": budget, "start": start, "joules": joules, "limit": limit_j,
-                "hold_s": None if hold_s is None else max(0.0, float(hold_s))}
+                "hold_s": hold_s}
 
         def reserve(c: Any) -> bool:
             if c.execute(self._reserve_sql, args).fetchone()[0]:

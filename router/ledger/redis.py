@@ -429,12 +429,12 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         return [counter, self._hold_head + reservation_id, held, expiry]
 
     @guarded("reserve budget")
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
-                    hold_s: float | None = None) -> Reservation | None:
+    def _try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                     hold_s: float | None) -> Reservation | None:
         start = window_start(time.time(), window_s)
         reservation_id = uuid.uuid4().hex
         keep_s = max(1, int(math.ceil(2 * window_s)))
-        hold_arg = "" if hold_s is None else repr(max(0.0, float(hold_s)))
+        hold_arg = "" if hold_s is None else repr(hold_s)
         try:
             verdict = self._reserve_script(
                 keys=self._keys(budget, start, reservation_id),

@@ -543,8 +543,8 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, SummedInStore, Re
         return self._grouped(bucket, "records", where, args, SUMMARY_DIMS if dims is None else dims, _RAW_SUMS)
 
     @guarded("reserve budget")
-    def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
-                    hold_s: float | None = None) -> Reservation | None:
+    def _try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                     hold_s: float | None) -> Reservation | None:
         """One statement where the budget has room, so one write transaction that SQLite makes atomic across
         threads and processes: the reservation's hold goes in only where the window's counter stays within
         ``limit_j``, and a trigger adds its joules to the counter (or creates it); the number of rows inserted says
@@ -553,7 +553,7 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, SummedInStore, Re
         now = time.time()
         start = window_start(now, window_s)
         reservation_id = uuid.uuid4().hex
-        expires_at = None if hold_s is None else now + max(0.0, float(hold_s))
+        expires_at = None if hold_s is None else now + hold_s
         args = (reservation_id, budget, start, joules, limit_j, expires_at)
         with self._reserve_lock:
             conn = self._reserve_conn

@@ -425,6 +425,15 @@ def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[],
           for bad in (0, -3600, math.nan, math.inf, True, "60", HUGE)
           for call in (lambda bad=bad: led.try_reserve("day", 1.0, 10.0, bad),  # type: ignore[arg-type]
                        lambda bad=bad: led.budget_used("day", bad))],  # type: ignore[arg-type]
+        *[("joules", (_named(bad), "finite number of joules, 0 or more"),
+           lambda bad=bad: led.try_reserve("day", bad, 10.0, 3600))  # type: ignore[arg-type]
+          for bad in (math.nan, -1.0, math.inf, -math.inf, True, "1", HUGE)],
+        *[("limit_j", (_named(bad), "0 or more, or math.inf for no limit"),
+           lambda bad=bad: led.try_reserve("day", 1.0, bad, 3600))  # type: ignore[arg-type]
+          for bad in (math.nan, -1.0, -math.inf, True, "10", HUGE)],
+        *[("hold_s", (_named(bad), "finite number of seconds, 0 or more"),
+           lambda bad=bad: led.try_reserve("day", 1.0, 10.0, 3600, bad))  # type: ignore[arg-type]
+          for bad in (math.nan, -1.0, math.inf, True, "60", HUGE)],
     ]
 
 
@@ -451,7 +460,8 @@ def _time_reads(led: Ledger, bad: object) -> list[tuple[str, Callable[[], object
 
 def check_bad_arguments_are_bad_request_errors(open_store: OpenStore) -> None:
     """A caller's mistake in an argument is a ``BadRequestError`` naming the argument and what is allowed (never
-    a raw ValueError or TypeError, nor a LedgerError: the store is fine), and changes nothing."""
+    a raw ValueError or TypeError, nor a LedgerError: the store is fine), and changes nothing: every store refuses
+    the same reservations (a NaN limit is no room to SQLite but any amount to Redis), before it sees them."""
     led = open_store("bad_args")
     recs = _sample(5)
     led.record_many(recs)
@@ -468,6 +478,7 @@ def check_bad_arguments_are_bad_request_errors(open_store: OpenStore) -> None:
         raise AssertionError(f"{param}: accepted")
     assert [r.record_id for r in led.records()] == [r.record_id for r in recs]
     assert [p.request_id for p in led.prompts()] == ["r0"]
+    assert led.budget_used("day", 3600) == 0.0, "a refused reservation holds nothing"
 
 
 @contextlib.contextmanager
