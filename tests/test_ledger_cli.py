@@ -20,7 +20,7 @@ from router.cli import app
 from router.cli.ledger import _savings_sentence
 from router.cli.when import parse_when
 from router.energy.carbon import format_joules
-from router.ledger import LedgerRecord, SQLiteLedger
+from router.ledger import LedgerRecord, SQLiteLedger, StoredPrompt
 from router.ledger.base import SummaryRow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +132,23 @@ def test_the_groups_since_applies_to_report_and_export(ledger: str, tmp_path: Pa
     run("ledger", "--ledger", ledger, "--since", "3h", "export", "-o", str(out))
     assert [r["request_id"] for r in csv.DictReader(out.open())] == ["r2", "r3", "r4"]
     assert "No records since" in run("ledger", "--ledger", ledger, "--since", "30m")
+
+
+def test_the_groups_since_before_a_command_that_reads_no_range_is_a_usage_error(ledger: str) -> None:
+    """``router ledger --since 1h prompts delete --all`` deleted every stored prompt (and ``--since 1h prune
+    --older-than 1d`` pruned by --older-than alone): the group's --since went unread. Now it is refused, naming the
+    command's own option, and nothing is deleted."""
+    led = SQLiteLedger.from_url(ledger)
+    led.store_prompt(StoredPrompt("r0", "p", "[]", ts=NOW - 7200))
+    led.close()
+    for command, own in ((["prompts", "delete", "--all"], "--before"), (["prompts", "count"], "--before"),
+                         (["prune", "--older-than", "1h"], "--older-than"), (["budgets"], "current window"),
+                         (["doctor"], "whole ledger"), (["retention"], "number of days")):
+        code, said = router_main("ledger", "--ledger", ledger, "--since", "1h", *command)
+        assert code == 2 and "--since" in said and f"not to {command[0]}" in said and own in said, (command, said)
+    led = SQLiteLedger.from_url(ledger)
+    assert led.prompt_summary()[0] == 1 and len(led.records()) == 5
+    led.close()
 
 
 def test_times_and_lengths_that_are_not_are_refused(ledger: str) -> None:

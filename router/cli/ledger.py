@@ -135,6 +135,28 @@ def _clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_SINCE_READERS = ("report", "export")
+"""The subcommands that read the group's ``--since`` (``router ledger --since 7d report``): a range of records."""
+
+_NOT_SINCE = {
+    "prune": "its cut-off is its own --older-than (e.g. prune --older-than 90d)",
+    "prompts": "`prompts delete` takes its own cut-off, --before (e.g. prompts delete --before 30d)",
+    "retention": "it keeps a number of days (e.g. retention 90)",
+    "budgets": "it reads each budget's current window",
+    "doctor": "it checks the whole ledger",
+}
+
+
+def _refuse_since_for(subcommand: str | None, since: str | None) -> None:
+    """A usage error (exit 2) for the group's ``--since`` before a subcommand that reads no range: it went
+    unread, so ``router ledger --since 1h prompts delete --all`` deleted every stored prompt, not the last hour's."""
+    if since is None or subcommand is None or subcommand in _SINCE_READERS:
+        return
+    why = _NOT_SINCE.get(subcommand, "it reads no range of records")
+    raise typer.BadParameter(f"applies to the ledger's totals, report and export, not to {subcommand}: {why}",
+                             param_hint="'--since'")
+
+
 @ledger_app.callback()
 @_clean_errors
 def ledger_main(
@@ -144,6 +166,7 @@ def ledger_main(
     since: str | None = typer.Option(None, "--since", help=SINCE_HELP),
 ) -> None:
     """Totals per model and per day, with everyday equivalents (run a subcommand for more)."""
+    _refuse_since_for(ctx.invoked_subcommand, since)
     ctx.obj = {"ledger": ledger, "config": config, "since": since}
     if ctx.invoked_subcommand is not None:
         return
