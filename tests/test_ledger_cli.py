@@ -206,6 +206,20 @@ def test_export_csv_and_parquet(ledger: str, tmp_path: Path) -> None:
     assert table.num_rows == 5 and table.column("energy_j").to_pylist()[3] == 20.0
 
 
+def test_export_and_report_make_the_folder_their_output_file_goes_in(ledger: str, tmp_path: Path) -> None:
+    """`router ledger export -o reports/x.csv` failed "No such file or directory" where `report -o` made the
+    folder: both make it now (CSV and Parquet), as the real command runs."""
+    code, said = router_main("ledger", "export", "--ledger", ledger, "-o", str(tmp_path / "new" / "x.csv"))
+    assert code == 0 and "wrote 5 records" in said, said
+    assert len(list(csv.DictReader((tmp_path / "new" / "x.csv").open()))) == 5
+    report = tmp_path / "other" / "deeper" / "r.json"
+    code, said = router_main("ledger", "report", "--ledger", ledger, "-o", str(report))
+    assert code == 0 and json.loads(report.read_text())["total"]["requests"] == 5, said
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed: Parquet export unavailable")
+    code, said = router_main("ledger", "export", "--ledger", ledger, "-o", str(tmp_path / "pq" / "x.parquet"))
+    assert code == 0 and pq.read_table(tmp_path / "pq" / "x.parquet").num_rows == 5, said
+
+
 def test_the_output_files_ending_picks_the_format_where_format_is_not_given(ledger: str, tmp_path: Path) -> None:
     """`router ledger export -o ledger.parquet` wrote CSV into ledger.parquet, and `router ledger report -o r.csv`
     (or .json, .html) a text table: the format was --format's default whatever the file was named."""

@@ -42,7 +42,7 @@ from ..ledger import Ledger
 from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
 from .ledger_files import fail, ledger_inputs, open_configured, refuse_a_future_cut_off, require_ledger
-from .output import STDOUT, refuse_stdout, stdout_console
+from .output import STDOUT, make_folder_for, refuse_stdout, stdout_console
 from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
@@ -305,8 +305,7 @@ def report(
         fail(str(exc))
         return
     for path in (output, plot):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder_for(path)
     if plot is not None:
         plot_png(rep, plot)
     if fmt is Format.table:
@@ -361,6 +360,7 @@ def export(
     if not to_stdout:
         refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
     led = open_configured(cfg)
+    make_folder_for(output)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv
     with _stderr_progress(BarColumn(), MofNCompleteColumn()) as bar:
         total = None if bar.disable else _record_count(led, start, end)

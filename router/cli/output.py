@@ -6,8 +6,9 @@ a missing figure is lost for good there; on a narrow terminal a name can fold on
 whole. :func:`stdout_console` gives a Console that prints tables that way.
 
 Files: ``-`` as an output file is stdout, as for most tools (not a file named ``-`` in the working folder);
-:func:`text_output` hands a command's file-writing code a path either way. An output that is not text (a PNG, a
-folder, Parquet) cannot go to stdout: :func:`refuse_stdout` says so."""
+:func:`text_output` hands a command's file-writing code a path either way, and :func:`make_folder_for` makes the
+folder a file goes in. An output that is not text (a PNG, a folder, Parquet) cannot go to stdout:
+:func:`refuse_stdout` says so."""
 
 from __future__ import annotations
 
@@ -114,6 +115,14 @@ def text_output(path: Path) -> Iterator[Path]:
             with tmp.open("r", encoding="utf-8") as text:
                 shutil.copyfileobj(text, sys.stdout)
             sys.stdout.flush()
+
+
+def make_folder_for(path: Path | None) -> None:
+    """Make the folder an output file goes in, as ``mkdir -p`` would (``-o reports/may.csv`` where ``reports/`` is
+    not there yet), so every command that writes a file takes the same paths; ``-`` (stdout) and None: nothing.
+    Called once the command's input has opened, so a command that fails on it leaves no empty folder."""
+    if path is not None and not is_stdout(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def refuse_stdout(option: str, path: Path | None, what: str) -> None:
