@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from ._ids import new_request_id
 
@@ -19,6 +20,37 @@ TIER_ORDER: dict[str, int] = {"specialist": 0, "small": 1, "large": 2}
 """Smallest first: breaks ties in energy, and says which model is the "largest" (the reference of a relative
 accuracy target, the always-large baseline)."""
 EnergyKind = Literal["measured", "estimated"]
+
+
+_OPENAI_CALL_FIELDS = frozenset({"index", "id", "type", "function", "name", "arguments"})
+"""The fields of OpenAI's tool-call and function-call types, all optional in a streamed delta."""
+
+
+class OpenAIDict(dict[str, Any]):
+    """A tool call (or its ``function``) as a plain dict whose keys also read as attributes, as the openai SDK's
+    objects do: ``call["function"]["name"]`` and ``call.function.name`` both work, so code written for the OpenAI
+    client reads it unchanged, and it dumps and serialises as the dict it is. A field OpenAI declares that this
+    call lacks (a delta's ``id`` after the first) reads ``None``, as the SDK's does; any other is an
+    ``AttributeError``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            if name in _OPENAI_CALL_FIELDS:
+                return None
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> OpenAIDict:
+        return cls({k: cls.of(v) if isinstance(v, dict) else v for k, v in value.items()})
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        # validated as a dict, then wrapped; dumped as the plain dict it is
+        return core_schema.no_info_after_validator_function(cls.of, handler.generate_schema(dict[str, Any]))
 
 
 class ChatMessage(BaseModel):
@@ -66,8 +98,8 @@ class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
+    tool_calls: list[OpenAIDict] | None = None
+    function_call: OpenAIDict | None = None
 
 
 class TopLogprob(BaseModel):
@@ -154,18 +186,19 @@ class ChatCompletion(BaseModel):
 
 
 class Delta(BaseModel):
-    """A piece of a streamed answer. ``tool_calls`` holds OpenAI's tool-call deltas as plain dicts (``index``,
+    """A piece of a streamed answer. ``tool_calls`` holds OpenAI's tool-call deltas as dicts (``index``,
     then ``id``/``type``/``function.name`` in a call's first delta, ``function.arguments`` pieces after), so a
-    chunk carries exactly the keys OpenAI's does. A piece of a reasoning model's reasoning comes under the field
-    name its endpoint used (``reasoning_content`` or ``reasoning``), as :class:`ResponseMessage`'s does."""
+    chunk carries exactly the keys OpenAI's does; they read as attributes too (:class:`OpenAIDict`). A piece of
+    a reasoning model's reasoning comes under the field name its endpoint used (``reasoning_content`` or
+    ``reasoning``), as :class:`ResponseMessage`'s does."""
 
     model_config = ConfigDict(extra="allow")
 
     role: Role | None = None
     content: str | None = None
     refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
+    tool_calls: list[OpenAIDict] | None = None
+    function_call: OpenAIDict | None = None
 
 
 class ChunkChoice(BaseModel):

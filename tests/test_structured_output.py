@@ -6,6 +6,7 @@ injection: a model that ignores the format it was asked for)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import textwrap
@@ -246,6 +247,45 @@ def test_tool_calls_in_openai_shapes_whole_and_streamed(tmp_path: Path) -> None:
         pieces = [c.choices[0].delta.function_call for c in chunks if c.choices[0].delta.function_call]
         assert pieces[0]["name"] == "get_weather" and "".join(p.get("arguments", "") for p in pieces) == \
             '{"city": "Paris"}'
+    finally:
+        router.close()
+
+
+def test_tool_calls_read_as_the_openai_client_reads_them(tmp_path: Path) -> None:
+    """Code written for the OpenAI client reads a call's fields as attributes (``call.function.name``, a delta's
+    ``id`` None after the first): it runs unchanged on the library's answers, whole, streamed, async and legacy,
+    while the dict keys still work and a dump is plain JSON."""
+    router = build(tmp_path, {"calls": [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')]},
+                   {"text": "x"})
+    try:
+        message = router.complete(ASK, tools=[WEATHER]).choices[0].message
+        assert [(c.id, c.type, c.function.name, json.loads(c.function.arguments)["city"])
+                for c in message.tool_calls or []] == [("call_0", "function", "get_weather", "Paris"),
+                                                      ("call_1", "function", "get_weather", "Rome")]
+        assert message.tool_calls[0]["function"]["name"] == "get_weather"  # type: ignore[index]
+        assert json.loads(message.model_dump_json())["tool_calls"][1]["function"]["arguments"] == '{"city": "Rome"}'
+        with pytest.raises(AttributeError, match="fucntion"):
+            message.tool_calls[0].fucntion  # type: ignore[index]  # noqa: B018  # a typo is no silent None
+
+        arguments: dict[int, str] = {}  # the OpenAI cookbook's loop over streamed tool-call deltas
+        ids: list[str | None] = []
+        for chunk in router.complete(ASK, tools=[WEATHER], stream=True):
+            for delta in chunk.choices[0].delta.tool_calls or []:
+                ids.append(delta.id)
+                arguments[delta.index] = arguments.get(delta.index, "") + (delta.function.arguments or "")
+        assert arguments == {0: '{"city": "Paris"}', 1: '{"city": "Rome"}'} and ids == ["call_0", None, "call_1", None]
+
+        async def first_call_name() -> str:
+            answer = await router.acomplete(ASK, tools=[WEATHER])
+            return str(answer.choices[0].message.tool_calls[0].function.name)  # type: ignore[index]
+
+        assert asyncio.run(first_call_name()) == "get_weather"
+    finally:
+        router.close()
+    router = build(tmp_path / "legacy", {"calls": [("get_weather", '{"city": "Paris"}')]}, {"text": "x"})
+    try:
+        call = router.complete(ASK, functions=[WEATHER["function"]]).choices[0].message.function_call
+        assert call is not None and (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
     finally:
         router.close()
 
