@@ -10,7 +10,7 @@ model go, and its reader gets that error at its next read.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from types import AsyncGeneratorType, GeneratorType
+from types import AsyncGeneratorType, GeneratorType, TracebackType
 from typing import cast
 
 from .errors import CancelledError, RouterError
@@ -20,7 +20,8 @@ _CLOSED = "the Router was closed"  # the stream's call turns it into its own mes
 
 
 class ChunkStream:
-    """An iterator of chunks (``Router.complete(..., stream=True)``); ``close()`` stops it."""
+    """An iterator of chunks (``Router.complete(..., stream=True)``); ``close()`` stops it, as does leaving a
+    ``with`` block around it (as with the openai SDK's ``Stream``)."""
 
     def __init__(self, chunks: Generator[ChatCompletionChunk, None, None]) -> None:
         self._chunks = chunks
@@ -36,6 +37,12 @@ class ChunkStream:
 
     def close(self) -> None:
         self._chunks.close()
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     def end_paused(self) -> None:
         """End the stream if nobody is reading it now (``Router.close()``)."""
@@ -54,7 +61,8 @@ class ChunkStream:
 
 
 class AsyncChunkStream:
-    """An async iterator of chunks (``Router.acomplete(..., stream=True)``); ``aclose()`` stops it."""
+    """An async iterator of chunks (``Router.acomplete(..., stream=True)``); ``aclose()`` stops it, as does
+    leaving an ``async with`` block around it (as with the openai SDK's ``AsyncStream``)."""
 
     def __init__(self, chunks: AsyncGenerator[ChatCompletionChunk, None]) -> None:
         self._chunks = chunks
@@ -70,6 +78,13 @@ class AsyncChunkStream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
+
+    async def __aenter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
     async def end_paused(self) -> None:
         """:meth:`ChunkStream.end_paused`, run on the stream's own event loop."""

@@ -294,6 +294,31 @@ def test_a_stream_closed_by_its_reader_is_recorded_as_the_caller_going_away(tmp_
     assert rec.outcome == "cancelled" and rec.error == "cancelled: spec-a: the caller went away; generation stopped"
 
 
+def test_a_stream_left_by_its_with_block_stops_and_is_recorded_as_with_the_openai_sdk(tmp_path: Path) -> None:
+    """``with client.chat.completions.create(..., stream=True) as stream:`` (``async with`` on an event loop) is
+    how openai SDK code reads a stream it may leave early: the same code on the Router's streams stops the model
+    when the block is left and the record says the caller went away (was a TypeError: no context manager)."""
+    build = _with(PLAIN, backends=lambda b: {**b, "spec-a": DrippingBackendDouble(b["spec-a"], words=40)})
+    router = build(tmp_path / "r")
+    with router.complete(REVIEW, stream=True, request_id="left-sync") as chunks:
+        for _ in chunks:
+            break
+
+    async def leave_async_stream() -> None:
+        async with await router.acomplete(REVIEW, stream=True, request_id="left-async") as achunks:
+            async for _ in achunks:
+                break
+
+    asyncio.run(leave_async_stream())
+    records = {r.request_id: r for r in router.ledger.records()}
+    router.close()
+    for request_id in ("left-sync", "left-async"):
+        assert records[request_id].outcome == "cancelled", records[request_id]
+        assert records[request_id].error == "cancelled: spec-a: the caller went away; generation stopped"
+    with pytest.raises(StopIteration):
+        next(chunks)  # closed: as a closed generator, it has nothing more
+
+
 @pytest.mark.parametrize("path", ["sync", "async"])
 def test_close_ends_a_stream_its_caller_keeps_but_stopped_reading_and_records_it(tmp_path: Path, path: str) -> None:
     """A stream nobody reads any more runs no code, so its cancel flag alone would not end it before the ledger
