@@ -68,7 +68,7 @@ from .keys import KeySpec, KeyStore
 from .learning import Learning, prompt_retention_at_start
 from .ledger import Feedback, Ledger, LedgerRecord, open_ledger, redact
 from .policy.base import BudgetState, Decision, DecisionRequest
-from .tools import tools_task
+from .tools import check_tool_turns, tools_task
 from .types import ChatCompletion, ChatCompletionChunk
 
 log = logging.getLogger("router")
@@ -503,6 +503,7 @@ class Router:
         pinned = self.resolve_model(pinned_name) if pinned_name else None
         options = p["options"]
         if len(msgs) > 1 and has_tool_history(msgs):  # a tool call needs an assistant turn after a user's
+            check_tool_turns(msgs)
             options = dataclasses.replace(options, tool_history=True)
         return CheckedRequest(
             messages=msgs, text=question, pinned_name=pinned, policy=p["policy"] or policy_from_model,

@@ -16,11 +16,14 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .classify.base import Classification
 from .errors import BadRequestError
 from .structured import OPENAI_NAME, canonical_schema, json_problem
+
+if TYPE_CHECKING:
+    from .types import ChatMessage
 
 TOOLS_TASK = "tools"
 """The task of every request that offers tools or carries tool-call history."""
@@ -243,6 +246,37 @@ def check_tool_fields(i: int, raw: Mapping[str, Any]) -> dict[str, Any]:
         raise BadRequestError(f"messages[{i}].tool_call_id: only tool messages answer a tool call",
                               param=f"messages[{i}].tool_call_id")
     return out
+
+
+def check_tool_turns(messages: Sequence[ChatMessage]) -> None:
+    """A conversation with tool turns, checked as OpenAI checks it (a 400 there): each tool message answers a call
+    of the assistant message with ``tool_calls`` just before it (other tool messages between), and each of those
+    calls is answered before the conversation goes on. A history cut inside a tool exchange (an app trimming old
+    turns) otherwise reached a local model as a prompt that answers calls nobody made."""
+    calls: set[str] = set()  # the ids of the tool calls the tool messages now answer
+    unanswered: list[str] = []
+    for i, m in enumerate(messages):
+        if m.role == "tool":
+            if not calls:
+                raise BadRequestError(
+                    f"messages[{i}]: a tool message must answer a call of the assistant message with `tool_calls` "
+                    "just before it (other tool messages between); keep that assistant message in the history, "
+                    "or leave this tool message out", param=f"messages[{i}].role")
+            if m.tool_call_id not in calls:
+                raise BadRequestError(
+                    f"messages[{i}].tool_call_id {m.tool_call_id!r} is not the id of a call in the `tool_calls` of "
+                    f"the assistant message before it (those are: {', '.join(sorted(calls))})",
+                    param=f"messages[{i}].tool_call_id")
+            if m.tool_call_id in unanswered:
+                unanswered.remove(m.tool_call_id)
+            continue
+        if unanswered:
+            raise BadRequestError(
+                f"messages[{i}]: the assistant message before it called tools that no tool message answers "
+                f"({', '.join(unanswered)}); send a tool message with each call's `tool_call_id` right after it",
+                param=f"messages[{i}]")
+        calls = {c["id"] for c in m.tool_calls} if m.tool_calls else set()
+        unanswered = list(dict.fromkeys(c["id"] for c in m.tool_calls)) if m.tool_calls else []
 
 
 def _history_call(i: int, j: int, call: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -136,6 +137,31 @@ def test_an_answers_message_goes_back_into_the_history(router):
     history = [*user("look x up"), sdk_turn, {"role": "tool", "tool_call_id": "call_1", "content": "found"}]
     checked = router.prepare(history, tools=[{"type": "function", "function": {"name": "lookup"}}]).messages
     assert checked[1].tool_calls == [call] and checked[2].tool_call_id == "call_1"
+
+
+def test_a_history_cut_inside_a_tool_exchange_is_a_bad_request_as_openai_answers_it(router):
+    """OpenAI answers 400 to a tool message that answers no call of the assistant message before it, and to calls
+    left unanswered before the conversation goes on (an app that trims old turns cuts such an exchange in two);
+    those histories went to a local model as they were. Whole exchanges, parallel calls included, still pass."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    other = {"id": "call_2", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 2}'}}
+    calling = {"role": "assistant", "content": None, "tool_calls": [call, other]}
+    answer_1 = {"role": "tool", "tool_call_id": "call_1", "content": "found"}
+    answer_2 = {"role": "tool", "tool_call_id": "call_2", "content": "found too"}
+    for history, param, needle in (
+            ([*user("look x up"), answer_1], "messages[1].role", "keep that assistant message"),
+            ([*user("look x up"), calling, {**answer_1, "tool_call_id": "call_9"}], "messages[2].tool_call_id",
+             "'call_9' is not the id of a call"),
+            ([*user("look x up"), calling, answer_1, *user("and?")], "messages[3]", "(call_2)"),
+            ([*user("look x up"), calling, answer_1, answer_2, *user("and?"), answer_1], "messages[5].role",
+             "must answer")):
+        with pytest.raises(BadRequestError, match=re.escape(needle)) as err:
+            router.prepare(history)
+        assert err.value.param == param and err.value.http_status == 400, history
+    assert router.ledger.records() == []  # refused before any model
+    whole = [*user("look x up"), calling, answer_2, answer_1, *user("and y?"), calling]  # the last: called just now
+    assert [m.role for m in router.prepare(whole).messages] == ["user", "assistant", "tool", "tool", "user",
+                                                                "assistant"]
 
 
 def test_wrong_objects_in_the_public_constructors_and_calls_are_typed_errors(router, ledger_url):
