@@ -60,7 +60,8 @@ def test_a_refusal_settles_the_finished_calls_holds_first_and_a_spent_budget_sti
     with sqlite3.connect(ledger) as db:
         (used,) = db.execute("SELECT sum(energy_j) FROM records WHERE outcome = 'ok'").fetchone()
         (count,) = db.execute("SELECT count(*) FROM records WHERE outcome = 'ok'").fetchone()
-    assert count == answered and used <= BUDGET_J, (count, used)
+    # SQL sums the records in its own order: 25 calls of 1.6 J read 40.000000000000014, the budget's counter 40
+    assert count == answered and used <= BUDGET_J * (1 + 1e-9), (count, used)
     message = refusal.message
     need = re.search(r"the call needs ~([\d.]+) J", message)
     assert need is not None, message

@@ -380,10 +380,12 @@ def test_llama_cpp_stops_between_tokens_when_cancel_is_set(small_backend) -> Non
 def test_llama_cpp_stops_when_the_deadline_passes(small_backend, path: str) -> None:  # type: ignore[no-untyped-def]
     small_backend.count_tokens("load the model first")
     request = GenerationRequest(messages=[ChatMessage(role="user", content="Write a long story about a dragon.")],
-                                max_tokens=400, temperature=0.0, deadline=time.monotonic() + 1.0)
+                                max_tokens=1000, temperature=0.0, deadline=time.monotonic() + 1.0)
     elapsed = _timed(lambda: _call(small_backend, path, request), DeadlineExceededError)
     print(f"llama.cpp, deadline 1 s, {path}: {elapsed:.2f} s")
-    assert elapsed < 1 + 1.5
+    # the deadline is checked between llama.cpp's steps, and one step (the prompt's evaluation) cannot be cut short:
+    # on a loaded 2-core runner it alone took ~2 s; 1,000 tokens run to the end take far longer than this bound
+    assert elapsed < 1 + 3.5
     assert not small_backend._lock.locked()
 
 
