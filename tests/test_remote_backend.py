@@ -1324,6 +1324,22 @@ def _stream_events(backend: Backend, path: str, got: list[StreamEvent]) -> None:
     asyncio.run(collect())
 
 
+def _failed_stream(tmp_path: Path, upstream_url: str, model: str,
+                   path: str) -> tuple[BackendError, list[StreamEvent], int]:
+    """Stream the test upstream's ``model`` through a backend that retries once, expecting it to fail: the error,
+    the events passed on before it, and how many calls the upstream saw."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    inner = OpenAIHTTPBackend(_card(tmp_path, "remote-gateway", upstream_url, model, max_retries=1))
+    got: list[StreamEvent] = []
+    try:
+        before = httpx.get(stats).json()["calls"].get(model, 0)
+        with pytest.raises(BackendError) as err:
+            _stream_events(inner, path, got)
+    finally:
+        inner.close()
+    return err.value, got, httpx.get(stats).json()["calls"][model] - before
+
+
 @pytest.mark.parametrize("path", ["stream", "astream"])
 def test_an_error_event_before_any_output_is_the_endpoint_failing_and_after_output_an_error_mid_stream(
         upstream_url: str, tmp_path: Path, path: str) -> None:
@@ -1331,24 +1347,16 @@ def test_an_error_event_before_any_output_is_the_endpoint_failing_and_after_outp
     nothing of an answer has been passed on: the endpoint failing, as a 5xx before the stream is, so retried (it
     said "an error mid-stream" and sent nothing again). After output, it stays an error mid-stream, not retried
     (the caller holds part of the answer). The endpoint's words go to ``detail`` only."""
-    stats = upstream_url.removesuffix("/v1") + "/stats"
     for model, calls, message in (
             ("streamerror", 2, "the model's endpoint answered with an error instead of a completion (HTTP 200)"),
             ("streamerror:later", 1, "the model's endpoint reported an error mid-stream")):
-        inner = OpenAIHTTPBackend(_card(tmp_path, "remote-gateway", upstream_url, model, max_retries=1))
-        got: list[StreamEvent] = []
-        try:
-            before = httpx.get(stats).json()["calls"].get(model, 0)
-            with pytest.raises(BackendError) as err:
-                _stream_events(inner, path, got)
-        finally:
-            inner.close()
-        assert type(err.value) is BackendError, model
-        assert err.value.message == f"remote-gateway: {message}"
+        error, got, sent = _failed_stream(tmp_path, upstream_url, model, path)
+        assert type(error) is BackendError, model
+        assert error.message == f"remote-gateway: {message}"
         assert "".join(e.text for e in got) == ("echo: " if model == "streamerror:later" else ""), model
-        assert httpx.get(stats).json()["calls"][model] - before == calls, model
-        assert str(ERROR_200["error"]["message"]) in (err.value.detail or ""), model
-        assert str(ERROR_200["error"]["message"]) not in err.value.message, model
+        assert sent == calls, model
+        assert str(ERROR_200["error"]["message"]) in (error.detail or ""), model
+        assert str(ERROR_200["error"]["message"]) not in error.message, model
 
 
 @pytest.mark.parametrize("path", ["stream", "astream"])
@@ -1414,17 +1422,9 @@ def test_a_stream_the_endpoint_ends_before_any_event_is_retried_then_falls_back(
     retried by the backend and then answered by the next model through ``Router.complete(stream=True)`` /
     ``acomplete(stream=True)``, with both attempts in the ledger. It was a plain BackendError, sent once and
     failing the request."""
-    stats = upstream_url.removesuffix("/v1") + "/stats"
-    inner = OpenAIHTTPBackend(_card(tmp_path, "remote-gateway", upstream_url, model, max_retries=1))
-    got: list[StreamEvent] = []
-    try:
-        before = httpx.get(stats).json()["calls"].get(model, 0)
-        with pytest.raises(BackendError) as err:
-            _stream_events(inner, path, got)
-    finally:
-        inner.close()
-    assert err.value.message == "remote-gateway: the model's endpoint ended the stream before sending any of an answer"
-    assert got == [] and httpx.get(stats).json()["calls"][model] - before == 2, "retried once, as after a 500"
+    error, got, sent = _failed_stream(tmp_path, upstream_url, model, path)
+    assert error.message == "remote-gateway: the model's endpoint ended the stream before sending any of an answer"
+    assert got == [] and sent == 2, "retried once, as after a 500"
 
     cards = {card.name: card for card in (
         _card(tmp_path, "remote-gateway", upstream_url, model, tier="small", max_retries=1),
