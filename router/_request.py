@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -444,16 +445,13 @@ def validate_messages(messages: Any, max_chars: int, max_messages: int
     bytes (what a token estimate counts: :func:`~router.backends.base.estimated_tokens`); the question,
     what the classifier reads (the last user message: the question being asked now); and the user and assistant
     turns (:func:`context_floor` counts a token for each). One pass over the messages finds all three."""
-    # a JSON array is a list, known without asking the Sequence ABC (a Python-level check)
-    is_sequence = type(messages) is list or (isinstance(messages, Sequence) and not isinstance(messages, str | bytes))
-    if messages is None or (is_sequence and len(messages) == 0):
+    if type(messages) is not list:  # a JSON array is a list, known without asking an ABC (a Python-level check)
+        messages = _message_list(messages, max_messages)
+    if len(messages) == 0:
         raise BadRequestError("`messages` is empty: send at least one {'role': 'user', 'content': '...'}",
                               param="messages")
-    if not is_sequence:
-        raise BadRequestError("`messages` must be a list of {'role', 'content'} objects", param="messages")
     if len(messages) > max_messages:  # before checking them one by one
-        raise BadRequestError(f"`messages` has {len(messages):,} messages; this router accepts at most "
-                              f"{max_messages:,} (max_messages)", param="messages", code="array_above_max_length")
+        raise _too_many_messages(f"{len(messages):,}", max_messages)
     out = [_message(i, raw) for i, raw in enumerate(messages)]
     chars = size = turns = 0
     question = ""
@@ -482,6 +480,37 @@ def validate_messages(messages: Any, max_chars: int, max_messages: int
             param="messages", code="prompt_too_large",
         )
     return out, chars, size, question, turns
+
+
+def _message_list(messages: Any, max_messages: int) -> Sequence[Any]:
+    """``messages`` given as something other than a list, as a sequence: any iterable of messages, as the openai
+    SDK takes (``Iterable[ChatCompletionMessageParam]``: a tuple, a generator), read once and no further than one
+    past ``max_messages`` (a generator may never end). Text, and one message on its own (a dict or a message
+    object, itself iterable), are refused: iterated, they would be taken apart into characters or fields."""
+    if messages is None:
+        return ()
+    if isinstance(messages, Sequence) and not isinstance(messages, str | bytes | bytearray):
+        return messages
+    if isinstance(messages, Mapping | BaseModel):
+        raise BadRequestError("`messages` must be a list of messages, got one message on its own: send "
+                              "[{'role': 'user', 'content': '...'}]", param="messages")
+    if not isinstance(messages, str | bytes | bytearray):
+        try:
+            items = iter(messages)
+        except TypeError:
+            pass
+        else:
+            read = list(islice(items, max_messages + 1))
+            if len(read) > max_messages:
+                raise _too_many_messages(f"more than {max_messages:,}", max_messages)
+            return read
+    raise BadRequestError(f"`messages` must be a list of {{'role', 'content'}} objects, got {_kind(messages)}",
+                          param="messages")
+
+
+def _too_many_messages(count: str, max_messages: int) -> BadRequestError:
+    return BadRequestError(f"`messages` has {count} messages; this router accepts at most {max_messages:,} "
+                           "(max_messages)", param="messages", code="array_above_max_length")
 
 
 def has_tool_history(messages: list[ChatMessage]) -> bool:

@@ -122,6 +122,47 @@ def test_bad_messages_raise_typed_errors(router, messages, needle):
     assert router.ledger.records() == []  # nothing half-written
 
 
+def test_messages_given_as_any_iterable_are_taken_as_the_openai_sdk_takes_them(router):
+    """The openai SDK types ``messages`` as ``Iterable[ChatCompletionMessageParam]``: a generator of messages was
+    refused ("must be a list"), sync, async and streaming alike. It is read once, as the list it yields."""
+    def turns():
+        yield {"role": "system", "content": "Answer in one word."}
+        yield {"role": "user", "content": REVIEW}
+
+    assert router.complete(messages=turns()).choices[0].message.content == "positive"
+    assert "".join(c.choices[0].delta.content or "" for c in router.complete(messages=turns(), stream=True)) \
+        == "positive"
+    assert [m.role for m in router.prepare(iter(user(REVIEW))).messages] == ["user"]
+    assert [m.role for m in router.prepare(map(dict, user(REVIEW))).messages] == ["user"]
+
+    async def run():
+        answer = await router.acomplete(messages=turns())
+        chunks = [c async for c in await router.acomplete(messages=turns(), stream=True)]
+        return answer, chunks
+
+    answer, chunks = asyncio.run(run())
+    assert answer.choices[0].message.content == "positive" and chunks[-1].routing.model == "sentiment-onnx"
+    assert len(router.ledger.records()) == 4
+
+
+@pytest.mark.parametrize(
+    ("messages", "needle"),
+    [
+        ({"role": "user", "content": "hi"}, "got one message on its own"),  # iterated, a dict gives its keys
+        (ChatMessage(role="user", content="hi"), "got one message on its own"),  # and a model its fields
+        (b"hello", "got bytes"),
+        (42, "got an integer"),
+        (iter([]), "empty"),
+        (({"role": "user", "content": "hi"} for _ in iter(int, 1)), "more than 10,000 messages"),  # never ends
+        ((m for m in ["not an object"]), "messages[0] must be an object"),
+    ],
+)
+def test_messages_that_are_not_an_iterable_of_messages_are_typed_errors(router, messages, needle):
+    with pytest.raises(BadRequestError, match=re.escape(needle)) as err:
+        router.prepare(messages)
+    assert err.value.param.startswith("messages")
+
+
 def test_an_answers_message_goes_back_into_the_history(router):
     """The OpenAI tool-calling guide's pattern, ``messages.append(completion.choices[0].message)``, with this
     library's answer and with the openai SDK's message objects (tool calls included)."""
