@@ -249,6 +249,25 @@ class PreparedRequest:
     ``close()`` has begun). The proxy sets it: only the server shutting down cancels its tasks or stops its streams
     so (a client that goes away sets ``cancel``); the record says so also when the Router's ``close()`` has begun
     meanwhile, as it does once a stopping server closes it."""
+    sent: bool = field(default=False, init=False)
+    """:meth:`Router.send` or :meth:`Router.asend` has taken this request (:meth:`take_to_send`)."""
+
+    def take_to_send(self) -> None:
+        """Mark this request sent, or raise :class:`BadRequestError` if it was already: one prepared request is one
+        response, whose id (``request_id``) names one ledger record for feedback and budgets, and whose deadline,
+        cancel event and decision were made for one call. Sent again it would be a second response under the same
+        id, past part of its deadline, perhaps cancelled by the first."""
+        with _SENDING:  # two threads sending it at once: one of them sends
+            already, self.sent = self.sent, True
+        if already:
+            raise BadRequestError(
+                f"prepared request {self.request_id!r} was already sent: a PreparedRequest is sent once (its id "
+                "names one response in the ledger); call prepare() again to send the request again",
+                code="request_already_sent")
+
+
+_SENDING = threading.Lock()
+"""Held while a prepared request is marked sent (a moment, once per request)."""
 
 
 def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> float | None:

@@ -256,10 +256,12 @@ class Router:
         _check_send_args(prepared, stream, "send")
         if stream:
             self._calls.check_open()  # at once, not at the first chunk
+            prepared.take_to_send()
             chunks = ChunkStream(self._stream(prepared))
             self._streams[chunks] = None
             return chunks
         with self._calls.running(prepared.cancel):
+            prepared.take_to_send()
             completion = guarded(self._send, prepared)
         return completion if as_dict else ChatCompletion.model_validate(completion)
 
@@ -286,11 +288,13 @@ class Router:
         _check_send_args(prepared, stream, "asend")
         if stream:
             self._calls.check_open()
+            prepared.take_to_send()
             achunks = AsyncChunkStream(self._astream(prepared))
             self._streams[achunks] = asyncio.get_running_loop()
             return achunks
         try:
             with self._calls.running(prepared.cancel):
+                prepared.take_to_send()
                 completion = await self._asend(prepared)
         except (RouterError, asyncio.CancelledError):
             raise

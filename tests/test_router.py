@@ -244,6 +244,37 @@ def test_the_openai_sdks_client_side_arguments_work_as_the_sdk_applies_them(rout
     assert router.prepare(user(REVIEW), extra_headers={"X-Request-Id": "mine-1"}).request_id == "mine-1"
 
 
+def test_a_prepared_request_is_sent_once_so_each_response_has_its_own_ledger_id(router):
+    """A PreparedRequest sent twice was answered twice under one id: two responses and two ledger records with one
+    request id (feedback scores "the" response by it). The second send, sync or async, streaming or not, is now a
+    BadRequestError naming the request; preparing again gives a new id."""
+    first = router.prepare(user(REVIEW))
+    answer = router.send(first)
+    sends = [lambda p: router.send(p), lambda p: router.send(p, stream=True),
+             lambda p: asyncio.run(router.asend(p)), lambda p: asyncio.run(router.asend(p, stream=True))]
+    for send in sends:
+        with pytest.raises(BadRequestError, match=f"prepared request '{answer.id}' was already sent") as err:
+            send(first)
+        assert err.value.code == "request_already_sent" and err.value.http_status == 400
+    streamed = router.prepare(user(REVIEW))
+    chunks = list(router.send(streamed, stream=True))
+    for send in sends:
+        with pytest.raises(BadRequestError, match="already sent"):
+            send(streamed)
+
+    async def twice_async():
+        prepared = await router.aprepare(user(REVIEW))
+        answer = await router.asend(prepared)
+        with pytest.raises(BadRequestError, match="already sent"):
+            await router.asend(prepared)
+        return answer
+
+    again = router.send(router.prepare(user(REVIEW)))
+    async_answer = asyncio.run(twice_async())
+    ids = [r.request_id for r in router.ledger.records()]
+    assert ids == [answer.id, chunks[0].id, again.id, async_answer.id] and len(set(ids)) == 4
+
+
 def test_unknown_model_and_param(router):
     with pytest.raises(UnknownModelError, match="unknown model 'gpt-17'"):
         router.complete(messages=user("hi"), model="gpt-17")
