@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ._iterables import as_list, count_of
 from .backends.base import Cancel, CancelFlag, utf8_size
 from .classify.base import Classification
 from .energy.estimates import EnergyEstimate
@@ -362,6 +362,8 @@ def check_params(
         raise BadRequestError(f"`{name}` must be a positive integer", param=name)
     if isinstance(stop, str):
         stop = [stop]
+    elif stop is not None and type(stop) is not list:  # a tuple: the openai SDK takes any sequence of strings
+        stop = as_list(stop, MAX_STOP)
     if stop is not None:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP:
             raise BadRequestError(f"`stop` must be a string or a list of at most {MAX_STOP} strings (OpenAI's "
@@ -501,28 +503,19 @@ def validate_messages(messages: Any, max_chars: int, max_messages: int
     return out, chars, size, question, turns
 
 
-def _message_list(messages: Any, max_messages: int) -> Sequence[Any]:
-    """``messages`` given as something other than a list, as a sequence: any iterable of messages, as the openai
-    SDK takes (``Iterable[ChatCompletionMessageParam]``: a tuple, a generator), read once and no further than one
-    past ``max_messages`` (a generator may never end). Text, and one message on its own (a dict or a message
-    object, itself iterable), are refused: iterated, they would be taken apart into characters or fields."""
+def _message_list(messages: Any, max_messages: int) -> list[Any]:
+    """``messages`` as a list: any iterable of messages, as the openai SDK takes (:func:`as_list`), is read once.
+    One message on its own (a dict or a message object), text and the rest are refused."""
     if messages is None:
-        return ()
-    if isinstance(messages, Sequence) and not isinstance(messages, str | bytes | bytearray):
-        return messages
+        return []
+    listed = as_list(messages, max_messages)
+    if type(listed) is list:
+        if len(listed) > max_messages:
+            raise _too_many_messages(count_of(messages, listed, max_messages), max_messages)
+        return listed
     if isinstance(messages, Mapping | BaseModel):
         raise BadRequestError("`messages` must be a list of messages, got one message on its own: send "
                               "[{'role': 'user', 'content': '...'}]", param="messages")
-    if not isinstance(messages, str | bytes | bytearray):
-        try:
-            items = iter(messages)
-        except TypeError:
-            pass
-        else:
-            read = list(islice(items, max_messages + 1))
-            if len(read) > max_messages:
-                raise _too_many_messages(f"more than {max_messages:,}", max_messages)
-            return read
     raise BadRequestError(f"`messages` must be a list of {{'role', 'content'}} objects, got {_kind(messages)}",
                           param="messages")
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._iterables import as_list
 from .classify.base import Classification
 from .errors import BadRequestError
 from .structured import OPENAI_NAME, canonical_schema, json_problem
@@ -114,6 +115,7 @@ def check_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any, function
                 function_call: Any) -> ToolOptions | None:
     """The tool parameters checked and normalised (``None``: the request offers no tools)."""
     legacy = functions is not None or function_call is not None
+    tools, functions = as_list(tools, _MAX_TOOLS), as_list(functions, _MAX_TOOLS)  # the SDK takes any iterable
     if legacy and (tools is not None or tool_choice is not None):
         raise BadRequestError("use either `tools`/`tool_choice` or the legacy `functions`/`function_call`, not both",
                               param="functions")

@@ -190,6 +190,29 @@ def test_parameter_rules() -> None:
     assert legacy is not None and legacy.legacy and legacy.choice == "get_weather" and not legacy.parallel
 
 
+def test_stop_and_tools_given_as_a_tuple_or_a_generator_are_taken_as_the_openai_sdk_takes_them() -> None:
+    """The openai SDK types ``stop`` as any sequence of strings and ``tools`` (and ``functions``) as any iterable:
+    a tuple or a generator was a 400 here ("`stop` must be a string or a list", "`tools` must be a list"). They are
+    read once as the list they hold; OpenAI's limits hold as for a list, an endless generator included."""
+    assert check_params(stop=("\n", "END"))["stop"] == ["\n", "END"]
+    for offered in ((WEATHER,), (t for t in [WEATHER])):
+        tools = check_params(tools=offered, tool_choice="required")["options"].tools
+        assert tools is not None and [t.name for t in tools.tools] == ["get_weather"] and tools.choice == "required"
+    legacy = check_params(functions=(f for f in [WEATHER["function"]]))["options"].tools
+    assert legacy is not None and legacy.legacy and [t.name for t in legacy.tools] == ["get_weather"]
+    many = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]
+    for bad, param, needle in (({"stop": ("a", "b", "c", "d", "e")}, "stop", "at most 4"),
+                               ({"stop": (1,)}, "stop", "must be a string or a list"),
+                               ({"tools": ()}, "tools", "`tools` is empty"),
+                               ({"tools": tuple(many)}, "tools", "at most 128 tools"),
+                               ({"tools": (WEATHER for _ in iter(int, 1))}, "tools", "at most 128 tools"),  # endless
+                               ({"tools": WEATHER}, "tools", "must be a list"),  # one tool on its own
+                               ({"functions": "get_weather"}, "functions", "must be a list")):
+        with pytest.raises(BadRequestError, match=needle) as err:
+            check_params(**bad)
+        assert err.value.param == param, bad
+
+
 def test_a_tool_choice_that_demands_a_call_needs_a_function_offered() -> None:
     """No `functions` offers nothing, so the request is plain text: a choice that demands a call is a 400, not a
     text answer where the caller asked for a call. `tools: []` and `functions: []` are 400s themselves, as on OpenAI
