@@ -540,6 +540,8 @@ def _message(i: int, raw: Any) -> ChatMessage:
     if raw.get("role") in ("assistant", "tool", "function") or "tool_calls" in raw or "tool_call_id" in raw:
         raw = check_tool_fields(i, raw)
     content = raw.get("content")
+    if content is not None and type(content) is not str:  # parts: a list (JSON), or any iterable (the openai SDK;
+        content = as_list(content)  # read whole, as the SDK itself reads it to send it)
     if isinstance(content, list):  # OpenAI content parts: keep the text parts
         if not all(isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text", ""), str)
                    for p in content):

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._iterables import as_list
+from ._iterables import as_list, count_of
 from .classify.base import Classification
 from .errors import BadRequestError
 from .structured import OPENAI_NAME, canonical_schema, json_problem
@@ -229,16 +229,18 @@ def check_tool_fields(i: int, raw: Mapping[str, Any]) -> dict[str, Any]:
                                   param=f"messages[{i}].name")
         out["role"] = "tool"
         out["tool_call_id"] = legacy_call_id(name)
-    calls = out.get("tool_calls")
+    calls = given = out.get("tool_calls")
     if calls is not None:
+        calls = as_list(calls, MAX_HISTORY_CALLS)  # a tuple or a generator: the openai SDK takes any iterable
         if out.get("role") != "assistant":
             raise BadRequestError(f"messages[{i}].tool_calls: only assistant messages carry tool calls",
                                   param=f"messages[{i}].tool_calls")
         if not isinstance(calls, list):
             raise BadRequestError(f"messages[{i}].tool_calls must be a list", param=f"messages[{i}].tool_calls")
         if len(calls) > MAX_HISTORY_CALLS:
-            raise BadRequestError(f"messages[{i}].tool_calls has {len(calls):,} calls; at most {MAX_HISTORY_CALLS} "
-                                  "(as OpenAI)", param=f"messages[{i}].tool_calls", code="array_above_max_length")
+            raise BadRequestError(f"messages[{i}].tool_calls has {count_of(given, calls, MAX_HISTORY_CALLS)} calls; "
+                                  f"at most {MAX_HISTORY_CALLS} (as OpenAI)", param=f"messages[{i}].tool_calls",
+                                  code="array_above_max_length")
         out["tool_calls"] = [_history_call(i, j, c) for j, c in enumerate(calls)] or None
     if out.get("role") == "tool":
         if not isinstance(out.get("tool_call_id"), str) or not out["tool_call_id"]:

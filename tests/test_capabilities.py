@@ -213,6 +213,30 @@ def test_stop_and_tools_given_as_a_tuple_or_a_generator_are_taken_as_the_openai_
         assert err.value.param == param, bad
 
 
+def test_content_parts_and_tool_calls_given_as_a_tuple_or_a_generator_are_taken_as_the_sdk_takes_them() -> None:
+    """The openai SDK types a message's content parts and an assistant turn's ``tool_calls`` as any iterable: a
+    tuple was a 400 ("messages[0].content must be a string, got tuple", "messages[1].tool_calls must be a list")."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    msgs = validate_messages([
+        {"role": "user", "content": ({"type": "text", "text": "weather "}, {"type": "text", "text": "in Paris?"})},
+        {"role": "assistant", "content": None, "tool_calls": (c for c in [call])},
+        {"role": "tool", "tool_call_id": "c1", "content": (p for p in [{"type": "text", "text": "sunny"}])},
+    ], 10_000, 100)[0]
+    assert msgs[0].content == "weather in Paris?" and msgs[2].content == "sunny"
+    assert [c["id"] for c in msgs[1].tool_calls] == ["c1"]
+    for bad, param, needle in (
+            ([{"role": "user", "content": ({"type": "image_url"},)}], "messages[0].content", "only text parts"),
+            ([{"role": "user", "content": {"type": "text", "text": "hi"}}], "messages[0].content", "got an object"),
+            ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": call}],
+             "messages[1].tool_calls", "must be a list"),  # one call on its own
+            ([{"role": "user", "content": "x"}, {"role": "assistant", "content": None,
+                                                 "tool_calls": (call for _ in iter(int, 1))}],
+             "messages[1].tool_calls", "has more than 128 calls")):  # endless
+        with pytest.raises(BadRequestError, match=needle) as err:
+            validate_messages(bad, 10_000, 100)
+        assert err.value.param == param, bad
+
+
 def test_a_tool_choice_that_demands_a_call_needs_a_function_offered() -> None:
     """No `functions` offers nothing, so the request is plain text: a choice that demands a call is a 400, not a
     text answer where the caller asked for a call. `tools: []` and `functions: []` are 400s themselves, as on OpenAI
