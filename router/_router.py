@@ -49,7 +49,7 @@ from .backends import Backend, create_backend
 from .backends.base import estimated_tokens, own_cancel
 from .backends.cooldown import CooldownBackend
 from .carbon.grid import Grid
-from .cards import ModelCard, load_cards, warn_of_unset_key_variables
+from .cards import ModelCard, load_cards, refuse_unusable_proxies, warn_of_unset_key_variables
 from .classify.base import Classification, RequestClassifier
 from .classify.batching import ClassifyBatcher
 from .config import RouterConfig
@@ -120,6 +120,7 @@ class Router:
         if not any(c.callable for c in self.cards.values()):
             raise ConfigError(f"{self.config.models_dir}: no model card with a backend; add one (see models/)")
         warn_of_unset_key_variables(self.cards, set(backends or ()))
+        refuse_unusable_proxies(self.cards, set(backends or ()))
         self.policy_name = policy or self.config.default_policy
         self.classifier = classifier or default_classifier(self.config, self.cards)
         self.meter = meter or auto_meter(self.config.meter, self.config.cpu_power)

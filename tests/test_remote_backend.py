@@ -437,20 +437,21 @@ def test_a_proxy_httpx_cannot_call_through_fails_the_models_start_naming_the_var
     installed (FAULT INJECTION: ``sys.modules["socksio"] = None`` stands for a machine without it), or a proxy
     scheme httpx has no transport for: every call failed with httpx's ImportError (ValueError), an internal error
     with no ledger record and no fallback. The model now fails its start with a ConfigError naming the card, the
-    variable and the fix: the next model answers, the failed attempt is recorded, the reason is logged."""
+    variable and the fix: the next model answers, the failed attempt is recorded, the reason is logged. (A proxy
+    named before the Router starts stops its start, tests/test_proxy_at_start.py; here the app names it after.)"""
     monkeypatch.setitem(sys.modules, "socksio", None)
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ALL_PROXY", proxy)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the TEST UPSTREAM's model answers directly
     pinned = _card(tmp_path, "remote-pinned", "https://upstream.example/v1", "echo", tier="small", max_retries=0)
-    with pytest.raises(ConfigError, match=r"remote-pinned\.yaml: field `backend.base_url`: the environment variable "
-                       + re.escape(says)):
-        OpenAIHTTPBackend(pinned)
     cards = {pinned.name: pinned, "remote-echo": _card(tmp_path, "remote-echo", upstream_url, "echo", tier="large")}
     ask = [{"role": "user", "content": "hello"}]
     caplog.set_level(logging.WARNING, logger="router")
     with Router(RouterConfig.load(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}"), cards=cards) as router:
+        monkeypatch.setenv("ALL_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # the TEST UPSTREAM's model answers directly
+        with pytest.raises(ConfigError, match=r"remote-pinned\.yaml: field `backend.base_url`: the environment "
+                           "variable " + re.escape(says)):
+            OpenAIHTTPBackend(pinned)
         if path == "stream":
             routing = list(router.complete(ask, model="remote-pinned", stream=True))[-1].routing
         else:
