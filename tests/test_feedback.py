@@ -221,16 +221,18 @@ def test_router_ledger_prompts_delete(tmp_path: Path) -> None:
     led.close()
     run = CliRunner().invoke
     out = run(app, ["ledger", "prompts", "delete", "--request", "r2", "--ledger", url])
-    assert out.exit_code == 0 and "deleted 1 stored prompts" in out.output
+    assert out.exit_code == 0 and "deleted 1 stored prompt of request r2\n" in out.output
     out = run(app, ["ledger", "prompts", "delete", "--before", "7d", "--ledger", url])
-    assert out.exit_code == 0 and "deleted 1 stored prompts" in out.output
+    assert out.exit_code == 0 and "deleted 1 prompt stored before " in out.output
     oldest = datetime.fromtimestamp(stamps[1], tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    assert f"1 stored prompts; oldest {oldest}" in run(app, ["ledger", "prompts", "count", "--ledger", url]).output
+    assert f"1 stored prompt; oldest {oldest}" in run(app, ["ledger", "prompts", "count", "--ledger", url]).output
     for bad in ([], ["--all", "--request", "r1"]):
         out = run(app, ["ledger", "prompts", "delete", *bad, "--ledger", url])
         assert out.exit_code == 2 and "exactly one of" in out.output
     out = run(app, ["ledger", "--ledger", url, "prompts", "delete", "--all"])
-    assert out.exit_code == 0 and "deleted 1 stored prompts (all)" in out.output
+    assert out.exit_code == 0 and "deleted 1 stored prompt (all)" in out.output
+    out = run(app, ["ledger", "--ledger", url, "prompts", "delete", "--all"])
+    assert out.exit_code == 0 and "deleted 0 stored prompts (all)" in out.output
 
 
 def test_prompts_delete_before_a_date_in_the_future_is_refused_unless_forced(tmp_path: Path) -> None:
@@ -253,7 +255,7 @@ def test_prompts_delete_before_a_date_in_the_future_is_refused_unless_forced(tmp
     code, said = router_main("ledger", "prompts", "delete", "--before", "2062-01-01", "--force", "--ledger", url)
     said = " ".join(said.split())
     assert code == 0, said
-    assert "deleted 3 stored prompts stored before 2062-01-01 00:00 UTC, a cut-off in the future (--force)" in said
+    assert "deleted 3 prompts stored before 2062-01-01 00:00 UTC, a cut-off in the future (--force)" in said
     code, said = router_main("ledger", "prompts", "count", "--ledger", url)
     assert code == 0 and "0 stored prompts" in said, said
 

@@ -95,6 +95,35 @@ def test_report_counterfactual_is_the_large_profile_for_answered_requests(ledger
     assert int(total["requests"]) == 5 and int(total["errors"]) == 1
 
 
+def test_report_csv_figures_are_rounded_plain_numbers(tmp_path: Path) -> None:
+    """Sums of float joules came out as 0.30000000000000004 and 12.239999999999998 (and a measured share as
+    0.6666666666666666); every float is 6 significant digits now, still a plain number without a unit."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    led = SQLiteLedger.from_url(url)
+    for i, (joules, source) in enumerate(((0.1, "estimated:cpu-time"), (0.2, "measured:rapl"))):
+        led.record(LedgerRecord(f"r{i}", "smollm2-135m", "small", joules, source, input_tokens=3, output_tokens=7,
+                                latency_ms=100.1 + i * 0.1, co2e_g=joules))
+    led.record(LedgerRecord("r2", "gemma3-270m", "large", 1234567.89, "measured:rapl", co2e_g=1e-7))
+    led.close()
+    rows = {r["model"]: r for r in csv.DictReader(io.StringIO(run("ledger", "report", "--ledger", url,
+                                                                  "--format", "csv")))}
+    small = rows["smollm2-135m"]
+    assert [small[k] for k in ("energy_j", "co2e_g", "mean_latency_ms", "measured_share")] == [
+        "0.3", "0.3", "100.15", "0.666667"], small
+    assert float(small["saved_j"]) == pytest.approx(float(small["counterfactual_j"]) - 0.3, rel=1e-5)
+    assert len(small["saved_j"].replace("-", "").replace(".", "").lstrip("0")) <= 6, small
+    large = rows["gemma3-270m"]
+    assert (large["energy_j"], large["co2e_g"], large["requests"]) == ("1234570", "1e-07", "1"), large
+    assert rows["total"]["energy_j"] == "1234570", rows["total"]
+
+
+def test_counts_of_one_read_in_the_singular(ledger: str) -> None:
+    """`router ledger prune` and `retention` said "pruned 1 records older than 1 days"."""
+    assert "pruned 1 record older than " in run("ledger", "prune", "--ledger", ledger, "--older-than", "27h")
+    out = run("ledger", "retention", "--ledger", ledger, "1")
+    assert "pruned 1 record older than 1 day\n" in out and "retention: 1 day\n" in out, out
+
+
 def test_the_report_says_when_routing_cost_more_than_the_counterfactual(ledger: str) -> None:
     """The footer used to print "Saved ...: 0 J" for a negative saving (the table beside it said -2.3 J)."""
     led = SQLiteLedger.from_url(ledger)  # a small model that took far more than the large card's profile

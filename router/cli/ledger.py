@@ -42,7 +42,7 @@ from ..ledger import Ledger
 from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
 from .ledger_files import fail, ledger_inputs, open_configured, refuse_a_future_cut_off, require_ledger
-from .output import STDOUT, make_folder_for, refuse_stdout, stdout_console
+from .output import STDOUT, counted, make_folder_for, refuse_stdout, stdout_console
 from .paths import refuse_overwriting_inputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
@@ -376,7 +376,7 @@ def export(
             n = fn(led, output, start, end, progress=written)
     led.close()
     where = "stdout" if to_stdout else escape(str(output))
-    Console(stderr=True).print(f"wrote {n:,} records to {where} ({fmt.value})")
+    Console(stderr=True).print(f"wrote {counted(n, 'record')} to {where} ({fmt.value})")
 
 
 @ledger_app.command()
@@ -400,16 +400,17 @@ def prune(
     n = _record_count(led, 0.0, cut)
     in_the_future = refuse_a_future_cut_off(
         led, "--older-than", older_than, cut, force=force, deletion="the prune", age="90d",
-        doomed=lambda: f"{n:,} records, every record written until then, those budgets and reports count on too")
-    Console(stderr=True).print(f"pruning {n:,} records older than {utc_minute(cut)}")
+        doomed=lambda: f"{counted(n, 'record')}, every record written until then, those budgets and reports count on "
+                       "too")
+    Console(stderr=True).print(f"pruning {counted(n, 'record')} older than {utc_minute(cut)}")
     # one transaction with no way to tell how far it is: a spinner says it is still at work
     with _stderr_progress(SpinnerColumn()) as bar:
         bar.add_task("pruning", total=None)
         n = led.prune(cut)
     led.close()
     future = ", a cut-off in the future (--force)" if in_the_future else ""
-    Console().print(f"pruned {n:,} records older than {utc_minute(cut)}{future} (and the feedback and stored prompts "
-                    "of that age)")
+    Console().print(f"pruned {counted(n, 'record')} older than {utc_minute(cut)}{future} (and the feedback and stored "
+                    "prompts of that age)")
 
 
 class _StoredRetention(Protocol):
@@ -445,9 +446,10 @@ def retention(
         else:
             stored.set_retention_days(days)
             pruned = stored.apply_retention()
-            Console().print(f"pruned {pruned:,} records older than {days:g} days")
+            Console().print(f"pruned {counted(pruned, 'record')} older than {days:g} day{'' if days == 1 else 's'}")
     current = getattr(led, "retention_days", None)
-    Console().print(f"retention: {'keep everything' if current is None else f'{current:g} days'}")
+    kept = "keep everything" if current is None else f"{current:g} day{'' if current == 1 else 's'}"
+    Console().print(f"retention: {kept}")
     led.close()
 
 

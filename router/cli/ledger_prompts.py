@@ -12,6 +12,7 @@ from rich.console import Console
 from .._dates import utc_minute
 from .ledger import _CONFIG_OPT, _LEDGER_OPT, _clean_errors, _config, _opts, ledger_app
 from .ledger_files import fail, open_configured, refuse_a_future_cut_off
+from .output import counted
 from .when import parse_when
 
 prompts_app = typer.Typer(help="Stored prompts (kept only with `prompts: {store: true}`): count or delete them.",
@@ -29,7 +30,7 @@ def count(ctx: typer.Context, ledger: str | None = _LEDGER_OPT, config: Path | N
     finally:
         led.close()
     oldest = "-" if oldest_ts is None else utc_minute(oldest_ts)
-    Console().print(f"{count:,} stored prompts; oldest {oldest}")
+    Console().print(f"{counted(count, 'stored prompt')}; oldest {oldest}")
 
 
 @prompts_app.command("delete")
@@ -58,20 +59,21 @@ def delete(
     led = open_configured(_config(config, ledger))
     in_the_future = before is not None and cut is not None and refuse_a_future_cut_off(
         led, "--before", before, cut, force=force, deletion="the deletion", age="30d",
-        doomed=lambda: f"{led.prompt_summary()[0]:,} stored prompts, every prompt stored until then")
+        doomed=lambda: f"{counted(led.prompt_summary()[0], 'stored prompt')}, every prompt stored until then")
     try:
         if request is not None:
             n = led.delete_prompts(request_id=request)
-            what = f"of request {request}"
+            said = f"{counted(n, 'stored prompt')} of request {request}"
         elif cut is not None:
             n = led.delete_prompts(before=cut)
-            what = "stored before " + utc_minute(cut) + (", a cut-off in the future (--force)" if in_the_future else "")
+            said = (f"{counted(n, 'prompt')} stored before {utc_minute(cut)}"
+                    + (", a cut-off in the future (--force)" if in_the_future else ""))
         else:
             n = led.delete_prompts()
-            what = "(all)"
+            said = f"{counted(n, 'stored prompt')} (all)"
     finally:
         led.close()
-    Console().print(f"deleted {n:,} stored prompts {what}")
+    Console().print(f"deleted {said}")
 
 
 ledger_app.add_typer(prompts_app, name="prompts")

@@ -140,3 +140,9 @@ def refuse_two_on_stdout(outputs: dict[str, bool]) -> None:
     if len(on_stdout) > 1:
         raise typer.BadParameter(f"{' and '.join(on_stdout)} would all write to stdout; fix: name a file for all "
                                  "but one", param_hint=" / ".join(f"'{o}'" for o in on_stdout))
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` as a sentence says them: ``1 record``, ``0 records``, ``1,500 stored prompts``."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+

@@ -254,13 +254,26 @@ _COLUMNS = [
 
 def to_csv(report: Report) -> str:
     """One row per group and the total; ``records_without_co2e``: the row's records whose CO2e is not in
-    ``co2e_g``."""
+    ``co2e_g``. Figures are plain numbers without units, each float to :data:`CSV_DIGITS` significant digits."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([f"{report.by}" if k == "group" else k for k, _ in _COLUMNS] + ["records_without_co2e"])
     for t in [*report.rows, report.total]:
-        w.writerow([getattr(t, k) for k, _ in _COLUMNS] + [t.records_without_co2e])
+        w.writerow([_csv_cell(getattr(t, k)) for k, _ in _COLUMNS] + [t.records_without_co2e])
     return buf.getvalue()
+
+
+CSV_DIGITS = 6
+"""Significant digits of a float in the report's CSV: sums of floats carry binary noise (0.1 J + 0.2 J written as
+0.30000000000000004), and no meter or estimate is good to more than a few digits."""
+
+
+def _csv_cell(value: object) -> object:
+    """``value`` as a CSV cell: a float rounded to :data:`CSV_DIGITS` significant digits, in its shortest form
+    (0.3, 1234570, 1e-07; a spreadsheet reads each as the number); anything else as it is."""
+    if isinstance(value, float):
+        return f"{float(f'{value:.{CSV_DIGITS}g}'):.15g}"
+    return value
 
 
 def to_json(report: Report) -> str:
