@@ -237,6 +237,18 @@ class ModelCard(_Strict):
         "(router/capabilities.py); checked against the backend when the card is loaded")
     path: Path | None = Field(None, exclude=True, description="the YAML file this card came from")
 
+    # Leaderboards print these as percentages (AlpacaEval's 4.4, MMLU's 85.2): taken as a fraction, the prior's
+    # logit clips 4.4 to 0.98, and a weak model would look near perfect to the router
+    @field_validator("benchmarks")
+    @classmethod
+    def _scores_are_fractions(cls, scores: dict[str, float]) -> dict[str, float]:
+        bad = {name: score for name, score in scores.items() if not 0 <= score <= 1}
+        if bad:
+            raise ValueError("a benchmark score is a fraction in [0, 1], got " + ", ".join(
+                f"`{name}: {score:g}`" for name, score in bad.items())
+                + "; fix: a percentage from a leaderboard divided by 100 (4.4 % is 0.044)")
+        return scores
+
     @model_validator(mode="after")
     def _capabilities_possible(self) -> ModelCard:
         if self.capabilities and self.backend is not None:

@@ -91,6 +91,24 @@ def test_a_base_url_with_a_trailing_slash_loads(tmp_path: Path) -> None:
     assert load_card(file).backend.base_url == "http://127.0.0.1:9/v1/"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("scores", ["{alpaca_eval_lc: 4.4}", "{mmlu: 85.2, alpaca_eval_lc: 0.044}",
+                                    "{alpaca_eval_lc: -0.1}"])
+def test_a_benchmark_score_outside_0_to_1_is_refused_saying_how_to_write_a_percentage(tmp_path: Path,
+                                                                                      scores: str) -> None:
+    """A leaderboard's percentage (AlpacaEval's 4.4, MMLU's 85.2) loaded as it was written: the new-model prior
+    clipped it to 0.98, so a weak model looked near perfect. It is refused when the card loads, naming the score."""
+    file = tmp_path / "tiny.yaml"
+    file.write_text(GOOD + f"benchmarks: {scores}\n")
+    with pytest.raises(ConfigError, match="field `benchmarks`: .*a benchmark score is a fraction in \\[0, 1\\]") as err:
+        load_card(file)
+    bad = [part for part in scores.strip("{}").split(", ") if not 0 <= float(part.split(": ")[1]) <= 1]
+    assert all(f"`{part}`" in str(err.value) for part in bad), err.value
+    assert "alpaca_eval_lc: 0.044`" not in str(err.value)
+    assert "4.4 % is 0.044" in str(err.value)
+    file.write_text(GOOD + "benchmarks: {alpaca_eval_lc: 0.044, mmlu: 1}\n")
+    assert load_card(file).benchmarks == {"alpaca_eval_lc": 0.044, "mmlu": 1.0}
+
+
 def test_duplicate_names_are_rejected(tmp_path: Path):
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text(GOOD)
