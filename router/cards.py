@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .capabilities import Capability, unsupported
 from .card_files import package_file, package_folder, resolve_card_file
+from .config import names_a_variable
 from .errors import ConfigError
 from .types import Tier
 from .yaml_files import meant_field, read_yaml_mapping, takes_a_number, yaml_files
@@ -43,7 +44,6 @@ Joules = Annotated[float, Field(ge=0, le=MAX_JOULES)]
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMBT])\b", re.IGNORECASE)
 """The figure a ``parameters`` entry starts with: '135M', '2.78B (dense)', '46.7B total, 12.9B active ...'."""
 _BILLIONS = {"k": 1e-6, "m": 1e-3, "b": 1.0, "t": 1e3}
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_FIELDS = frozenset({"api_key_env"})
 """Fields whose value may be a key pasted by mistake: an error about one never shows it."""
 
@@ -148,7 +148,7 @@ class OpenAIBackendSpec(_Strict):
     @field_validator("api_key_env")
     @classmethod
     def _names_a_variable(cls, name: str | None) -> str | None:
-        if name is not None and not _ENV_NAME.fullmatch(name):
+        if name is not None and not names_a_variable(name):
             raise ValueError(
                 "api_key_env is the name of the environment variable that holds the key (letters, digits and _, "
                 "not starting with a digit, e.g. OPENAI_API_KEY), not the key itself; fix: export the key in that "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,31 @@ def _expand_home(path: Path) -> Path:
 
 UserPath = Annotated[Path, AfterValidator(_expand_home)]
 """A path setting: ``~`` and ``~user`` expanded, as the docs promise for every path a config names."""
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NOT_A_VARIABLE = ("this is the name of the environment variable that holds the key (letters, digits and _, not "
+                  "starting with a digit, e.g. ROUTER_API_KEY), not the key itself; fix: export the key in that "
+                  "variable (export ROUTER_API_KEY=...) and write the variable's name here")
+"""What a setting naming a key's variable says of a value that cannot be one, without repeating it."""
+
+
+def names_a_variable(name: str) -> bool:
+    """Whether ``name`` can be an environment variable's name. A setting that names the variable holding a key is
+    given the key itself by mistake often enough that an error about such a value must never show it: "the variable
+    sk-... is not set" would write the key to the terminal and the service's log."""
+    return _VARIABLE_NAME.fullmatch(name) is not None
+
+
+def _variable_name(name: str) -> str:
+    if not names_a_variable(name):
+        raise ValueError(NOT_A_VARIABLE)
+    return name
+
+
+VariableName = Annotated[str, AfterValidator(_variable_name)]
+"""A setting naming the environment variable that holds a key (a key entry's ``env``, a zone's ``api_key_env``)."""
+_VARIABLE_FIELDS = frozenset({"env", "api_key_env"})
+"""The settings of type :data:`VariableName`: an error about one shows its type, never its value."""
 
 
 def embedded_dir(name: str) -> Path:
@@ -201,7 +227,8 @@ class ZoneSource(_Settings):
     offset_s: float = Field(0.0, strict=False, description="file, replay offset: seconds added to now")
     url: str | None = Field(None, description="http: the API's base URL (the paths /v3/carbon-intensity/... follow)")
     api_zone: str | None = Field(None, description="http: the zone name the API knows (default: this zone's name)")
-    api_key_env: str | None = Field(None, description="http: environment variable holding the key (auth-token)")
+    api_key_env: VariableName | None = Field(None, description="http: environment variable holding the key "
+                                             "(auth-token)")
     timeout_s: float = Field(5.0, gt=0, le=120, strict=False)
     cache_s: float = Field(300.0, ge=0, le=86_400, strict=False, description="http: how long a value is reused")
     forecast_cache_s: float = Field(1800.0, ge=0, le=86_400, strict=False)
@@ -308,7 +335,7 @@ class KeyEntry(_Settings):
 
     name: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="printf %s \"$KEY\" | sha256sum")
-    env: str | None = Field(None, description="read the key from this environment variable at start-up")
+    env: VariableName | None = Field(None, description="read the key from this environment variable at start-up")
     policy: str | None = Field(None, description="the policy for this key's requests (default: the config's)")
     admin: bool = Field(False, description="may open the dashboard (/dashboard) and score any response (POST "
                         "/v1/feedback), not only its own")
@@ -401,7 +428,7 @@ class RouterConfig(BaseModel):
         except ValidationError as exc:  # model_validate comes here too (pydantic honours a custom __init__)
             where, from_env = _LOADING.get() or ("RouterConfig(...)", set())
             # pydantic's own error repeats every input, so one about `keys` would put a key in a logged traceback
-            raise _config_error(exc, where, from_env) from (None if _about_keys(exc) else exc)
+            raise _config_error(exc, where, from_env) from (None if _about_secrets(exc) else exc)
 
     @model_validator(mode="before")
     @classmethod
@@ -476,8 +503,14 @@ _LOADING: contextvars.ContextVar[tuple[str, set[str]] | None] = contextvars.Cont
 """While :meth:`RouterConfig.load` validates: the file (or "config") and the fields set from the environment."""
 
 
-def _about_keys(exc: ValidationError) -> bool:
-    return any(e["loc"][:1] == ("keys",) for e in exc.errors())
+def _shows_a_secret(error: Any) -> bool:
+    """Whether ``error``'s input may be a key in clear text: anything in a `keys` entry (given as `key:`, or as
+    `sha256:` by mistake) and a setting naming a key's variable (the key pasted in its place)."""
+    return error["loc"][:1] == ("keys",) or (bool(error["loc"]) and error["loc"][-1] in _VARIABLE_FIELDS)
+
+
+def _about_secrets(exc: ValidationError) -> bool:
+    return any(_shows_a_secret(e) for e in exc.errors())
 
 
 def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> ConfigError:
@@ -487,9 +520,9 @@ def _config_error(exc: ValidationError, where: str, from_env: set[str]) -> Confi
     for e in exc.errors():
         field = ".".join(map(str, e["loc"]))
         source = f" (from ${'ROUTER_' + field.upper()})" if field in from_env else ""
-        # a `keys` entry's input may be a key in clear text (given as `key:`, or as `sha256:` by mistake): its type
-        # is shown, never its value, which would reach the terminal, CI logs and the journal
-        got = type(e.get("input")).__name__ if e["loc"][:1] == ("keys",) else repr(e.get("input"))
+        # of an input that may be a key its type is shown, never its value, which would reach the terminal, CI logs
+        # and the journal
+        got = type(e.get("input")).__name__ if _shows_a_secret(e) else repr(e.get("input"))
         problem, _, fix = e["msg"].removeprefix("Value error, ").partition("; fix: ")
         if e["type"] == "extra_forbidden" and (meant := meant_field(RouterConfig, e["loc"])):
             fix = f"remove it or check the spelling: did you mean `{meant}`?"

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import NOT_A_VARIABLE, names_a_variable
 from .errors import ConfigError
 from .yaml_files import read_yaml
 
@@ -155,6 +156,8 @@ class KeyStore:
                 if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
                     raise ConfigError(f"{where}: keys[{i}] ({name}): `sha256` must be 64 hex digits")
             elif raw.get("env"):
+                if not names_a_variable(str(raw["env"])):  # a key pasted there: never repeated
+                    raise ConfigError(f"{where}: keys[{i}] ({name}): `env`: {NOT_A_VARIABLE}")
                 value = os.environ.get(str(raw["env"]))
                 if not value:
                     raise ConfigError(f"{where}: keys[{i}] ({name}): environment variable {raw['env']} is not set")

@@ -316,6 +316,36 @@ def test_a_config_error_about_keys_never_shows_the_key(tmp_path: Path, entry: st
     assert "sk-tenant-secret" not in logged
 
 
+PASTED_KEY = "sk-live-0123456789abcdef"
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    (f"keys:\n  - {{name: a, env: {PASTED_KEY}}}\n", "field `keys.0.env`"),
+    ("carbon:\n  zones:\n    DE: {type: http, url: 'http://127.0.0.1:9', api_key_env: " + PASTED_KEY + "}\n",
+     "field `carbon.zones.DE.api_key_env`"),
+])
+def test_a_key_pasted_where_its_variables_name_goes_is_refused_without_repeating_it(tmp_path: Path, text: str,
+                                                                                     field: str) -> None:
+    """A key's `env` and a carbon zone's `api_key_env` name the environment variable holding the key; given the key
+    itself, `router serve` said "environment variable sk-live-... is not set", writing the key to the terminal and
+    the service's log. The config is refused when it loads, saying what goes there, and never shows the value (nor
+    does the chained pydantic error a logged traceback would print)."""
+    with pytest.raises(ConfigError) as err:
+        RouterConfig.load(write(tmp_path, "router.yaml", text))
+    assert field in str(err.value) and "not the key itself" in str(err.value), err.value
+    assert PASTED_KEY not in "".join(traceback.format_exception(err.value))
+    named = RouterConfig.load(write(tmp_path, "named.yaml", text.replace(PASTED_KEY, "GRID_TOKEN")))
+    assert named.keys[0].env == "GRID_TOKEN" if named.keys else named.carbon.zones["DE"].api_key_env == "GRID_TOKEN"
+
+
+def test_a_key_pasted_as_env_in_a_keys_file_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    """The same in the separate keys file (`router serve --keys`), which is read on its own."""
+    with pytest.raises(ConfigError) as err:
+        KeyStore.from_file(write(tmp_path, "keys.yaml", f"- {{name: a, env: {PASTED_KEY}}}\n"))
+    assert "keys[0] (a): `env`: " in str(err.value) and "not the key itself" in str(err.value), err.value
+    assert PASTED_KEY not in "".join(traceback.format_exception(err.value))
+
+
 def test_keys_file_in_either_shape_loads(tmp_path: Path) -> None:
     entry = "  - {name: a, sha256: " + "ab" * 32 + ", policy: eco}\n"
     assert len(KeyStore.from_file(write(tmp_path, "k1.yaml", "keys:\n" + entry))) == 1
