@@ -213,17 +213,38 @@ class Ledger(FeedbackMethods, ABC):
         hands :meth:`try_reserve` on to another (the journal, the proxy's background writer) has the other check."""
         raise NotImplementedError(f"{type(self).__name__} keeps no budgets")
 
-    @abstractmethod
     def settle(self, reservation: Reservation, actual_j: float) -> None:
         """Replace the held amount with what the call actually used, once: every store settles a reservation by
         its id (its hold), so settling it again (a retry after a timeout whose first try had committed, a journal's
-        replay) changes nothing and the first figure stands."""
+        replay) changes nothing and the first figure stands.
+
+        ``actual_j`` is checked here, once for every store, as :meth:`try_reserve`'s amounts are: a NaN, infinite,
+        negative or non-number figure (a broken meter's, a caller's mistake) is a
+        :class:`~router.errors.BadRequestError` naming it, and nothing is stored. Unchecked, it would go into the
+        budget's counter, which every later reservation compares against: NaN or infinity leaves the budget
+        refusing (or, in some stores, admitting) everything for the rest of its window, and negative joules give
+        back what was spent. The store's :meth:`_settle` settles."""
+        self._settle(*checked_settlement(reservation, actual_j))
+
+    def _settle(self, reservation: Reservation, actual_j: float) -> None:
+        """:meth:`settle` with its figure checked: what a store implements. Not abstract, as :meth:`_try_reserve`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no budgets")
 
     def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """Settle several reservations (the proxy's background writer hands over the ones that queued up while
-        it wrote). This default settles them one at a time; SQLite uses one transaction, Redis one round trip."""
+        it wrote). Every figure is checked (as :meth:`settle` checks one) before any is applied: one bad figure
+        refuses the whole batch with a :class:`~router.errors.BadRequestError` naming its index
+        (``settlements[2]``), and none of the batch is stored, so a caller that fixes the figure and sends the
+        batch again settles each reservation once. The store's :meth:`_settle_many` settles."""
+        checked = [checked_settlement(*pair, at=i) for i, pair in enumerate(checked_pairs(settlements))]
+        if checked:
+            self._settle_many(checked)
+
+    def _settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """:meth:`settle_many` with its figures checked. This default settles them one at a time; SQLite uses one
+        transaction, Redis one round trip, PostgreSQL one transaction."""
         for reservation, actual_j in settlements:
-            self.settle(reservation, actual_j)
+            self._settle(reservation, actual_j)
 
     def hold_counts(self) -> HoldCounts | None:
         """The budget holds this store keeps now (``router ledger doctor``); None where it keeps none by id."""
@@ -610,6 +631,35 @@ def window_start(now: float, window_s: float) -> float:
         raise BadRequestError(f"window_s={shown(window_s)}: a budget window is a positive, finite number of "
                               "seconds", param="window_s")
     return now - (now % window_s)
+
+
+def checked_pairs(settlements: object) -> list[tuple[Any, ...]]:
+    """``settlements`` as a list of pairs, or a :class:`~router.errors.BadRequestError`: ``settle_many`` takes
+    ``(reservation, actual_j)`` pairs, and a store handed anything else fails half-way through a batch."""
+    shape = "give a list of (reservation, actual_j) pairs"
+    if isinstance(settlements, str | bytes) or not isinstance(settlements, Iterable):
+        raise BadRequestError(f"settlements={shown(settlements)}: {shape}", param="settlements")
+    pairs = list(settlements)
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise BadRequestError(f"settlements[{i}]={shown(pair)}: {shape}", param="settlements")
+    return [tuple(pair) for pair in pairs]
+
+
+def checked_settlement(reservation: object, actual_j: object, *, at: int | None = None) -> tuple[Reservation, float]:
+    """A settlement a store may apply: a :class:`Reservation` (what ``try_reserve`` returned) and a number of
+    joules (:func:`~router.ledger.arguments.checked_joules`), else a :class:`~router.errors.BadRequestError`
+    naming the argument (and, in a batch, the settlement's index ``at``)."""
+    where = "" if at is None else f"settlements[{at}]: "
+    if not isinstance(reservation, Reservation):
+        raise BadRequestError(f"{where}reservation={shown(reservation)}: give the Reservation that try_reserve "
+                              "returned", param="reservation")
+    try:
+        return reservation, checked_joules("actual_j", actual_j)
+    except BadRequestError as exc:
+        if at is None:
+            raise
+        raise BadRequestError(f"{where}{exc.message}; nothing of this batch was settled", param="actual_j") from None
 
 
 def ended_budget_windows(budgets: Iterable[str], older_than: float) -> list[tuple[str, float]]:

@@ -310,15 +310,16 @@ class JournaledLedger(Ledger):
                                f"({what})", f"{fix}; requests for models without a budget go on",
                                retryable=exc.retryable) from exc  # fmt: skip
 
-    def settle(self, reservation: Reservation, actual_j: float) -> None:
-        self.settle_many([(reservation, actual_j)])
+    def _settle(self, reservation: Reservation, actual_j: float) -> None:
+        self._settle_many([(reservation, actual_j)])
 
-    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
-        """Journaled, then applied now, or kept and retried with the replay while the store is unavailable."""
+    def _settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+        """Journaled, then applied now, or kept and retried with the replay while the store is unavailable. The
+        figures were checked by ``settle``/``settle_many`` before this: a bad one never reaches the journal, where
+        its replay would fail on every try."""
         if self.closed:  # kept in memory, they would be lost without a word
             raise closed_error(self.url, "settle reservations")
-        if settlements:
-            self.deliver_settlements(settlements, self.append([], settlements))
+        self.deliver_settlements(settlements, self.append([], settlements))
 
     def deliver_settlements(self, settlements: list[Settlement], seg: Segment | None) -> None:
         """The store half of ``settle_many`` for ``settlements`` appended to ``seg`` (None: in no journal): applied

@@ -651,15 +651,13 @@ class PostgresLedger(RollupFolding, SummedInStore, PostgresFeedback, Retention, 
         self._given_up.release_all()
 
     @guarded("settle a reservation")
-    def settle(self, reservation: Reservation, actual_j: float) -> None:
+    def _settle(self, reservation: Reservation, actual_j: float) -> None:
         args = (reservation.id, actual_j, reservation.budget, reservation.window_start)
         self._pool.run(lambda c: c.execute(self._settle_sql, args), retry=False)
 
     @guarded("settle reservations")
-    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+    def _settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """One transaction for all of them (the same statement each, by budget counter)."""
-        if not settlements:
-            return
         # by counter, so hosts settling the same budgets at once lock their rows in the same order (no deadlock)
         rows = sorted(((r.id, actual, r.budget, r.window_start) for r, actual in settlements),
                       key=lambda row: (row[2], row[3]))

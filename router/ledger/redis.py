@@ -462,14 +462,12 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
                 "args": [repr(float(actual_j)), reservation.id]}
 
     @guarded("settle a reservation")
-    def settle(self, reservation: Reservation, actual_j: float) -> None:
+    def _settle(self, reservation: Reservation, actual_j: float) -> None:
         self._settle_script(**self._settle_call(reservation, actual_j))
 
     @guarded("settle reservations")
-    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+    def _settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """One round trip: each settlement's script (atomic by itself) in one pipeline, in order."""
-        if not settlements:
-            return
         pipe = self.r.pipeline(transaction=False)
         for reservation, actual_j in settlements:
             self._settle_script(**self._settle_call(reservation, actual_j), client=pipe)

@@ -563,16 +563,15 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, SummedInStore, Re
         return Reservation(reservation_id, budget, joules, start) if held else None
 
     @guarded("settle a reservation")
-    def settle(self, reservation: Reservation, actual_j: float) -> None:
-        self._settle([(reservation, actual_j)])
+    def _settle(self, reservation: Reservation, actual_j: float) -> None:
+        self._settle_in_one_transaction([(reservation, actual_j)])
 
     @guarded("settle reservations")
-    def settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
+    def _settle_many(self, settlements: list[tuple[Reservation, float]]) -> None:
         """One transaction for all of them, in order."""
-        if settlements:
-            self._settle(settlements)
+        self._settle_in_one_transaction(settlements)
 
-    def _settle(self, settlements: list[tuple[Reservation, float]]) -> None:
+    def _settle_in_one_transaction(self, settlements: list[tuple[Reservation, float]]) -> None:
         """In one transaction, each settlement deletes its reservation's hold and, only where there was one, moves
         the window's counter by what the call used less what the hold still held (0 J once it expired and was given
         back): a reservation settled already (before, or earlier in the same batch) changes nothing."""

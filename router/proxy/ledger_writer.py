@@ -195,10 +195,10 @@ class BackgroundLedger(Ledger):
             taken = []
             while queued:
                 taken.append(queued.popleft())
-            self._settle(taken)
+            self._apply(taken)
         return len(taken)
 
-    def _settle(self, settlements: list[tuple[Reservation, float, Segment | None]]) -> None:
+    def _apply(self, settlements: list[tuple[Reservation, float, Segment | None]]) -> None:
         if not settlements:
             return
         if self.journaled is None:
@@ -352,9 +352,10 @@ class BackgroundLedger(Ledger):
                     hold_s: float | None = None) -> Reservation | None:
         return self.inner.try_reserve(budget, joules, limit_j, window_s, hold_s)
 
-    def settle(self, reservation: Reservation, actual_j: float) -> None:
+    def _settle(self, reservation: Reservation, actual_j: float) -> None:
         """Queued for the writer (one ``settle_many`` per group, not a write on the request path per request).
-        Until it is applied the reservation keeps holding its estimate; ``flush`` waits for it."""
+        Until it is applied the reservation keeps holding its estimate; ``flush`` waits for it. ``settle`` checked
+        the figure first, on the caller's thread: a bad one is the caller's error, never queued."""
         if self._closed:
             self.inner.settle(reservation, actual_j)
             return

@@ -657,6 +657,37 @@ def check_settle_many(open_store: OpenStore) -> None:
     assert led.budget_used("c", 3600) == 0.0
 
 
+def check_a_bad_settlement_is_refused_and_stores_nothing(open_store: OpenStore) -> None:
+    """A settlement's figure is checked before a store sees it, as a reservation's amounts are: a NaN, infinite,
+    negative or non-number ``actual_j`` (a broken meter's) is a ``BadRequestError`` naming ``actual_j``, and the
+    hold stays as it was (a NaN counter would leave the budget refusing, or admitting, everything). In a batch one
+    bad figure refuses the whole batch, naming its index, and none of it is stored: sent again fixed, each
+    reservation is settled once."""
+    led = open_store("bad_settlement")
+    a, b = led.try_reserve("b", 10.0, 100.0, 3600), led.try_reserve("b", 5.0, 100.0, 3600)
+    assert a is not None and b is not None
+    for bad in (math.nan, math.inf, -math.inf, -1.0, "4", None, True, 10**400):
+        with pytest.raises(BadRequestError, match="actual_j") as refused:
+            led.settle(a, bad)  # type: ignore[arg-type]
+        assert refused.value.param == "actual_j"
+    assert math.isclose(led.budget_used("b", 3600), 15.0), "a refused settlement leaves the holds as they were"
+    with pytest.raises(BadRequestError, match=r"settlements\[1\]") as refused:
+        led.settle_many([(a, 4.0), (b, math.nan)])
+    assert refused.value.param == "actual_j"
+    assert math.isclose(led.budget_used("b", 3600), 15.0), "nothing of a refused batch is stored"
+    for not_pairs in ([(a,)], [a], "a", None):
+        with pytest.raises(BadRequestError) as refused:
+            led.settle_many(not_pairs)  # type: ignore[arg-type]
+        assert refused.value.param == "settlements"
+    with pytest.raises(BadRequestError) as refused:
+        led.settle("not a reservation", 1.0)  # type: ignore[arg-type]
+    assert refused.value.param == "reservation"
+    led.settle_many([(a, 4.0), (b, 2.0)])
+    assert math.isclose(led.budget_used("b", 3600), 6.0), "the batch sent again fixed settles each once"
+    assert led.try_reserve("b", 94.0, 100.0, 3600) is not None, "the counter is a number: the room is all there"
+    assert led.try_reserve("b", 0.5, 100.0, 3600) is None, "and the limit still refuses"
+
+
 def check_settling_again_changes_nothing(open_store: OpenStore) -> None:
     """A reservation is settled once, by its id: a settlement sent again (a retry after a timeout whose first try
     had committed, a journal's replay of one that had reached the store) is a no-op, on its own or in a batch, and
@@ -1021,6 +1052,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_settle,
     check_settle_many,
     check_settling_again_changes_nothing,
+    check_a_bad_settlement_is_refused_and_stores_nothing,
     check_a_hold_past_its_hold_s_stops_counting,
     check_a_replayed_record_counts_against_its_budget,
     check_reserve_up_to_the_limit,
