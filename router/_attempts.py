@@ -50,7 +50,7 @@ from ._request import PreparedRequest
 from .backends import Backend, Generation, GenerationRequest
 from .backends.base import never_started, waiting_for_turn
 from .cards import ModelCard
-from .energy import EnergyReading, Meter, estimate_from_profile
+from .energy import EnergyReading, Meter
 from .errors import (
     BackendError,
     BudgetExhaustedError,
@@ -441,11 +441,8 @@ class Attempts:
                 call.span.stop()  # leaves the meter's share of concurrent calls; the model did no work for it
             energy = _NOT_CALLED
             gen = None
-        elif call.span is not None:
-            energy = call.span.stop()
         else:
-            energy = estimate_from_profile(call.card.energy, gen.prompt_tokens if gen else 0,
-                                           gen.completion_tokens if gen else 0)
+            energy = self.books.energy_of(call, gen)
         self.books.settle(call.held, energy.joules, call.card)
         outcome = "cancelled" if isinstance(error, CancelledError) else "error"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome))

@@ -15,6 +15,7 @@ from .energy import EnergyReading, Meter, estimate_from_profile
 from .energy.estimates import EnergyEstimates
 from .errors import LedgerError, RouterClosedError
 from .ledger import Ledger, LedgerRecord, Reservation
+from .ledger.arguments import is_finite_number
 from .policy.schema import CARBON_PREFIX
 
 log = logging.getLogger("router")
@@ -84,10 +85,25 @@ class Books:
             return learned.upper_j
         return self.router.estimates.upper_for_card(card, self.expected(card)[0])
 
-    def energy_of(self, call: Call, gen: Generation) -> EnergyReading:
-        if call.span is not None:
-            return call.span.stop()
-        return estimate_from_profile(call.card.energy, gen.prompt_tokens, gen.completion_tokens)
+    def energy_of(self, call: Call, gen: Generation | None) -> EnergyReading:
+        """What the call used: the meter's reading where one measured it, else the card's token profile over the
+        tokens it saw (``gen`` None: a call that failed before any). A meter whose reading is not a usable figure
+        (NaN, infinite or negative joules: a counter read that failed, a driver's bad value) gives way to the token
+        profile, noted in the reading's detail and logged: the bad figure would fail the record's write and go
+        into the budgets (the ledger refuses it, so the call's hold would stay at its estimate), and the answer
+        is not lost for a meter's fault."""
+        prompt_tokens, completion_tokens = (gen.prompt_tokens, gen.completion_tokens) if gen else (0, 0)
+        if call.span is None:
+            return estimate_from_profile(call.card.energy, prompt_tokens, completion_tokens)
+        reading = call.span.stop()
+        if is_finite_number(reading.joules) and reading.joules >= 0:
+            return reading
+        estimate = estimate_from_profile(call.card.energy, prompt_tokens, completion_tokens)
+        log.warning("%s: the %s meter read %r J for this call; its energy is the card's estimate (%s)",
+                    call.model, reading.method, reading.joules, estimate.source)
+        return EnergyReading(estimate.joules, "estimated", estimate.method,
+                             f"the {reading.method} meter read {reading.joules!r} J (not a usable figure); "
+                             f"estimated: {estimate.detail}")
 
     def in_unit(self, unit: str, card: ModelCard, joules: float) -> float:
         """``joules`` in a budget's unit: as they are, or grams CO2e at the card's zone's intensity now."""

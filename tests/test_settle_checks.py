@@ -1,6 +1,6 @@
 """A settlement's figure is checked before anything stores it: by every store (the shared suite's
-``check_a_bad_settlement_is_refused_and_stores_nothing``), and by the in-memory ledger and the proxy's ledger
-writer below.
+``check_a_bad_settlement_is_refused_and_stores_nothing``), by the in-memory ledger and the proxy's ledger writer
+below, and a meter that reads NaN on the request path leaves the call counted at its card's estimate.
 
 A NaN ``actual_j`` (a broken meter's) went into the budget's counter: SQLite failed the write as a ``LedgerError``,
 Redis failed its script, and an infinite figure left the budget refusing everything until its window ended; the
@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 from conformance.ledger_suite import check_a_bad_settlement_is_refused_and_stores_nothing
+from test_budgets import REVIEW, policy, setup
 
+from router import Router, RouterConfig
+from router.energy import EnergyReading, Meter
+from router.energy.base import MeterSpan
 from router.errors import BadRequestError
 from router.ledger import JournalSettings, Ledger, SQLiteLedger, open_ledger
 from router.proxy.ledger_writer import BackgroundLedger
@@ -55,3 +59,50 @@ def test_the_proxy_ledger_writer_refuses_a_bad_settlement_before_journaling_or_q
         assert led.budget_used("b", 3600) == 4.0
     finally:
         led.close()
+
+
+class NanReadingMeterFault(Meter):
+    """Fault injection: a meter whose every reading is NaN joules (an energy counter read that failed)."""
+
+    name = "nan-fault"
+
+    def start(self) -> MeterSpan:
+        return _NanSpan()
+
+
+class _NanSpan(MeterSpan):
+    def stop(self) -> EnergyReading:
+        return EnergyReading(math.nan, "measured", "nan-fault", "injected NaN")
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["answered", "failed"])
+def test_a_meter_that_reads_nan_leaves_the_call_counted_at_its_cards_estimate(tmp_path: Path, fails: bool) -> None:
+    """A local model (the shipped ONNX sentiment specialist, 1 J a call by its card, held at 4 J until measured)
+    under a budget, metered by a meter that reads NaN: the request is answered (or fails with the backend's error,
+    not the ledger's), its record carries the card's estimate as ``estimated:token-profile``, and the budget is
+    settled to that estimate, so it has all its room left and still refuses past its limit."""
+    from router.backends import FaultInjectingBackend, create_backend
+    from router.cards import load_cards
+    from router.errors import BackendError
+
+    root = setup(tmp_path, policy("reject", 10, per=3600))
+    config = RouterConfig.load(models_dir=root / "models", policies_dir=root / "policies", default_policy="t",
+                               ledger_url=f"sqlite:///{root / 'ledger.sqlite3'}")
+    backends = None
+    if fails:
+        cards = load_cards(root / "models")  # both fail: no fallback answers
+        backends = {name: FaultInjectingBackend(create_backend(cards[name]), fail_after_events=0)
+                    for name in ("spec-a", "spec-b")}
+    with Router(config, meter=NanReadingMeterFault(), backends=backends) as router:
+        for _ in range(3):
+            if fails:
+                with pytest.raises(BackendError, match="injected"):
+                    router.complete(REVIEW, model="spec-a")
+            else:
+                assert router.complete(REVIEW).routing.model == "spec-a"
+        recs = [r for r in router.ledger.records() if r.model == "spec-a"]
+        assert [r.outcome for r in recs] == ["error" if fails else "ok"] * 3
+        assert all(r.energy_source == "estimated:token-profile" and r.energy_j == 1.0 for r in recs), recs
+        assert math.isclose(router.ledger.budget_used("model:spec-a:3600s", 3600), 3.0), "settled to the estimates"
+        assert router.ledger.try_reserve("model:spec-a:3600s", 7.0, 10.0, 3600) is not None, "its room is all there"
+        assert router.ledger.try_reserve("model:spec-a:3600s", 0.5, 10.0, 3600) is None, "the budget still refuses"
