@@ -20,7 +20,8 @@ from router import Router, RouterConfig
 from router.energy import EnergyReading, Meter
 from router.energy.base import MeterSpan
 from router.errors import BadRequestError
-from router.ledger import JournalSettings, Ledger, SQLiteLedger, open_ledger
+from router.ledger import JournalSettings, Ledger, LedgerRecord, Reservation, SQLiteLedger, open_ledger
+from router.ledger.journal import encode, encode_settlement
 from router.proxy.ledger_writer import BackgroundLedger
 
 
@@ -106,3 +107,28 @@ def test_a_meter_that_reads_nan_leaves_the_call_counted_at_its_cards_estimate(tm
         assert math.isclose(router.ledger.budget_used("model:spec-a:3600s", 3600), 3.0), "settled to the estimates"
         assert router.ledger.try_reserve("model:spec-a:3600s", 7.0, 10.0, 3600) is not None, "its room is all there"
         assert router.ledger.try_reserve("model:spec-a:3600s", 0.5, 10.0, 3600) is None, "the budget still refuses"
+
+
+def test_a_journal_settlement_an_older_release_wrote_with_a_nan_figure_is_set_aside_not_replayed(
+        tmp_path: Path) -> None:
+    """A dead process of an older release (which journaled any figure) left a segment with a NaN settlement among
+    a good one and a record. ``settle_many`` now refuses the NaN with a ``BadRequestError``, which the replay
+    does not expect: opening the ledger raised it, and the segment (its record too) stayed unreplayed for good.
+    The line is set aside as one the store refuses; the rest of the segment is replayed."""
+    store = SQLiteLedger(tmp_path / "l.sqlite3")
+    hold = store.try_reserve("b", 10.0, 100.0, 3600)
+    assert hold is not None
+    store.close()
+    folder = tmp_path / "l.journal"
+    folder.mkdir()
+    dead = folder / "j-otherhost-999999-1000.jsonl"
+    rec = LedgerRecord(request_id="q0", model="m", tier="small", energy_j=1.0, energy_source="estimated:x")
+    lost = Reservation("gone", "b", 4.0, hold.window_start)
+    dead.write_bytes(encode_settlement((lost, math.nan)) + encode_settlement((hold, 3.0)) + encode(rec))
+    led = open_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}", journal=JournalSettings(folder=folder))
+    try:
+        assert [r.request_id for r in led.records()] == ["q0"] and not dead.exists()
+        assert led.budget_used("b", 3600) == 3.0, "the good settlement is applied"
+        assert b"NaN" in (folder / "rejected.jsonl").read_bytes()
+    finally:
+        led.close()

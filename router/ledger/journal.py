@@ -44,6 +44,7 @@ from pydantic_core import to_json
 from .._forks import renew_after_fork
 from ..config import JournalSettings
 from ..errors import LedgerError
+from .arguments import is_finite_number
 from .base import LedgerRecord, Reservation
 from .errors import ledger_error, redact, redact_userinfo
 from .urls import sqlite_path
@@ -111,8 +112,8 @@ def decode(line: bytes) -> LedgerRecord | Settlement:
     if isinstance(data, dict) and set(data) == {"settlement"} and isinstance(data["settlement"], dict):
         fields_of = dict(data["settlement"])
         actual_j = fields_of.pop("actual_j", None)
-        if not isinstance(actual_j, (int, float)) or isinstance(actual_j, bool):
-            raise ValueError("a settlement without its actual_j")
+        if not is_finite_number(actual_j) or actual_j < 0:  # what Ledger.settle refuses (an older release wrote it)
+            raise ValueError(f"a settlement without a usable actual_j ({actual_j!r} J)")
         return Reservation(**fields_of), float(actual_j)
     if not isinstance(data, dict) or not set(data) <= _FIELDS or "record_id" not in data:
         raise ValueError("not a ledger record of this version")
