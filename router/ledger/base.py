@@ -633,6 +633,35 @@ def window_start(now: float, window_s: float) -> float:
     return now - (now % window_s)
 
 
+_RECORD_FIGURES = ("energy_j", "latency_ms", "co2e_g", "estimated_j", "grid_g_per_kwh")
+"""The fields of a record that are amounts: each None (``energy_j``: never) or a finite number, 0 or more."""
+
+
+def refuse_unusable_figures(url: str, recs: Iterable[LedgerRecord]) -> None:
+    """Raise the ``LedgerError`` a store gives a record it refuses (``record_rejected``: the journal sets it aside
+    and writes the rest) where a record's amount or time is not a finite number (an amount also not below 0),
+    before anything is written. Every store calls it first, so they refuse the same records: unchecked, PostgreSQL
+    kept a NaN and every sum over it read NaN from then on, SQLite kept infinities and negative joules, and Redis
+    wrote the record but not its sums and then failed as if the store were down (a retryable error: the journal
+    treated it as an outage)."""
+    for rec in recs:
+        bad = None if is_finite_number(rec.ts) else ("ts", rec.ts)
+        for name in _RECORD_FIGURES:
+            value = getattr(rec, name)
+            if (value is not None or name == "energy_j") and not (is_finite_number(value) and value >= 0):
+                bad = (name, value)
+                break
+        if bad is not None:
+            from .errors import ledger_error
+
+            name, value = bad
+            what = "epoch seconds" if name == "ts" else "0 or more"
+            raise ledger_error(url, f"record {rec.record_id} ({rec.model}) was refused: {name}={shown(value)} is "
+                               f"not a finite number ({what})",
+                               "this is a bug in the caller (or a meter): give every amount as a finite number",
+                               retryable=False, record_rejected=True)  # fmt: skip
+
+
 def checked_pairs(settlements: object) -> list[tuple[Any, ...]]:
     """``settlements`` as a list of pairs, or a :class:`~router.errors.BadRequestError`: ``settle_many`` takes
     ``(reservation, actual_j)`` pairs, and a store handed anything else fails half-way through a batch."""

@@ -76,6 +76,7 @@ from .base import (
     SummaryRow,
     binary_chunks,
     ended_budget_windows,
+    refuse_unusable_figures,
     window_start,
 )
 from .errors import guarded, ledger_error, postgres_error
@@ -486,6 +487,7 @@ class PostgresLedger(RollupFolding, SummedInStore, PostgresFeedback, Retention, 
 
     @guarded("write a record")
     def record(self, rec: LedgerRecord) -> None:
+        refuse_unusable_figures(self.url, (rec,))
         row = [getattr(rec, c) for c in COLUMNS]
         self._pool.run(lambda c: c.execute(self._insert(1), row))
         self._fold_if_due(1, self.driver_errors)
@@ -499,6 +501,7 @@ class PostgresLedger(RollupFolding, SummedInStore, PostgresFeedback, Retention, 
         records in :func:`summary_lock_order`."""
         if not recs:
             return
+        refuse_unusable_figures(self.url, recs)
         rows = [[getattr(r, c) for c in COLUMNS] for r in sorted(recs, key=summary_lock_order)]
 
         def run(c: Any) -> None:

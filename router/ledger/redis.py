@@ -86,6 +86,7 @@ from .base import (
     SummaryRow,
     aggregate,
     bucket_of,
+    refuse_unusable_figures,
     window_start,
 )
 from .errors import guarded, ledger_error, redis_error
@@ -340,6 +341,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
 
     @guarded("write a record")
     def record(self, rec: LedgerRecord) -> None:
+        refuse_unusable_figures(self.url, (rec,))
         keys, args = self._record_call(rec)
         self._record_script(keys=keys, args=args)
         self.prune_if_due(rec.ts)
@@ -352,6 +354,7 @@ class RedisLedger(RedisFeedback, Retention, Ledger):
         that fails to reach the server applies nothing."""
         if not recs:
             return
+        refuse_unusable_figures(self.url, recs)
         pipe = self.r.pipeline(transaction=True)
         for rec in recs:
             keys, args = self._record_call(rec)

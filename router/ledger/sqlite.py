@@ -53,6 +53,7 @@ from .base import (
     SummaryRow,
     binary_chunks,
     ended_budget_windows,
+    refuse_unusable_figures,
     window_start,
 )
 from .errors import guarded, ledger_error, sqlite_error
@@ -375,6 +376,7 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, SummedInStore, Re
     # -- records ----------------------------------------------------------------------------------------
     @guarded("write a record")
     def record(self, rec: LedgerRecord) -> None:
+        refuse_unusable_figures(self.url, (rec,))
         row = _values(vars(rec))
         with self._lock:
             self._conn.execute(self._insert, row)
@@ -393,6 +395,7 @@ class SQLiteLedger(HeldForFork, SQLiteFeedback, RollupFolding, SummedInStore, Re
         SQLite commits atomically by itself."""
         if not recs:
             return
+        refuse_unusable_figures(self.url, recs)
         chunks = binary_chunks(len(recs), _LARGEST_INSERT)
         with self._lock:
             if len(chunks) == 1:

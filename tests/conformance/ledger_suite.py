@@ -495,6 +495,43 @@ def _logged() -> Iterator[list[logging.LogRecord]]:
         root.removeHandler(handler)
 
 
+def check_a_record_with_an_unusable_figure_is_refused(open_store: OpenStore) -> None:
+    """A record whose amount (``energy_j``, ``co2e_g``, ``latency_ms`` ...) is NaN, infinite, negative or missing,
+    or whose time is not a finite number, is refused by every store alike before anything is written: a
+    ``LedgerError`` with ``record_rejected`` (not retryable: the store is fine), naming the field. A batch with one
+    is refused whole by a store (a journaled ledger writes the others and its journal sets the bad one aside).
+    PostgreSQL used to keep a NaN (every sum over it read NaN from then on), SQLite infinities and negative joules,
+    and Redis wrote the record but not its sums, then failed as if it were down."""
+    led = open_store("bad_figures")
+    good = _sample(3)
+    led.record_many(good)
+    totals = _as_tuples(led.totals("model"))
+    bad_values = [("energy_j", math.nan), ("energy_j", math.inf), ("energy_j", -1.0), ("energy_j", None),
+                  ("co2e_g", math.nan), ("latency_ms", -math.inf), ("estimated_j", math.inf), ("ts", math.nan)]
+    bad_ids, companions, refused_companions = set(), set(), set()
+    for n, (name, value) in enumerate(bad_values):
+        bad = dataclasses.replace(good[0], record_id=f"bad-{n}", **{name: value})
+        companion = _rec(10 + n, T0 + 10 + n, record_id=f"companion-{n}")
+        bad_ids.add(bad.record_id)
+        companions.add(companion.record_id)
+        for batch in ([bad], [companion, bad]):
+            try:
+                led.record(bad) if len(batch) == 1 else led.record_many(batch)
+            except LedgerError as exc:
+                assert exc.record_rejected and not exc.retryable, (name, str(exc))
+                assert f"{name}=" in str(exc), (name, str(exc))
+                refused_companions.update(r.record_id for r in batch if r is companion)
+    stored = {r.record_id for r in led.records()}
+    assert not stored & bad_ids, "a bad record is never stored"
+    assert not stored & refused_companions, "nothing of a refused batch is stored"
+    assert stored - {r.record_id for r in good} <= companions
+    if not stored & companions:
+        _close(_as_tuples(led.totals("model")), totals)
+    later = _rec(99, T0 + 99)
+    led.record(later)
+    assert later.record_id in {r.record_id for r in led.records()}, "the store still takes records"
+
+
 def check_close_twice_is_quiet(open_store: OpenStore) -> None:
     """Closing a closed ledger does nothing and says nothing (``Router.close``, a ``with`` block and a cleanup
     handler may all close one ledger); the store keeps what was written."""
@@ -1037,6 +1074,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_summary_totals_sum_the_whole_range,
     check_raw_summary_per_step,
     check_bad_arguments_are_bad_request_errors,
+    check_a_record_with_an_unusable_figure_is_refused,
     check_spent,
     check_carbon_gaps,
     check_carbon_gap_rows,
