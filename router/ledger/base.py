@@ -9,8 +9,9 @@ Every record carries a ``record_id`` made when the record is created; a store ke
 record whose id it already holds, so writing a record again (a journal replayed twice, a batch retried) never
 counts it twice. ``request_id`` is kept as well: the attempts of one request (a cascade, a fallback) share it.
 
-Length: the interface every store implements, with the record and summary types it speaks in; the stores, reports
-and migrations are modules of their own.
+Length: the interface every store implements, with the record and summary types it speaks in, and the checks of a
+settlement and a record that every store shares (they test these types; the checks of plain arguments are in
+:mod:`.arguments`); the stores, reports and migrations are modules of their own.
 """
 
 from __future__ import annotations
