@@ -690,8 +690,36 @@ def test_errors_off_the_chat_route_carry_the_request_id_however_they_are_made(
         r = client.post("/v1/feedback", json={"id": "chatcmpl-1", "score": 1}, headers={"x-request-id": "given-2"})
         assert r.status_code == 503 and r.headers["x-request-id"] == "given-2", r.text
         assert "request id given-2" in r.json()["error"]["message"] and "secret" not in r.text
-        r = client.get("/v1/models")
-        assert r.status_code == 200 and "x-request-id" not in r.headers  # an answer, not an error: no id to quote
+
+
+def test_every_route_s_answers_carry_the_request_id_as_chat_answers_do(served: Served, keyed: Served) -> None:
+    """A successful answer off the chat route (the model list, a file upload, a batch list, feedback, /health)
+    carried no `x-request-id` where every chat answer and every error did, and where OpenAI's answers all do: the
+    openai SDK's `_request_id` was None. Now each carries the client's id, or one the router makes; with CORS on
+    (`served`) and off (`keyed`)."""
+    for proxy, key in ((served, "unused"), (keyed, KEY)):
+        _answers_carry_request_ids(proxy, key)
+
+
+def _answers_carry_request_ids(proxy: Served, key: str) -> None:
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0, timeout=20)
+    chat = client.chat.completions.with_raw_response.create(model="remote-echo", messages=user("hi"))
+    uploaded = client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch", extra_headers={"x-request-id": "m-1"})
+    assert uploaded._request_id == "m-1", proxy.url
+    calls = {"models.list": lambda h: client.models.with_raw_response.list(extra_headers=h),
+             "models.retrieve": lambda h: client.models.with_raw_response.retrieve("router", extra_headers=h),
+             "files.list": lambda h: client.files.with_raw_response.list(extra_headers=h),
+             "files.content": lambda h: client.files.with_raw_response.content(uploaded.id, extra_headers=h),
+             "batches.list": lambda h: client.batches.with_raw_response.list(extra_headers=h),
+             "feedback": lambda h: client.post("/feedback", body={"id": chat.headers["x-request-id"], "score": 1},
+                                               cast_to=httpx.Response, options={"headers": h})}
+    for name, call in calls.items():
+        given = call({"x-request-id": f"mine-{name}"})
+        assert given.status_code == 200 and given.headers["x-request-id"] == f"mine-{name}", (proxy.url, name)
+        made = call({})
+        assert made.headers["x-request-id"].startswith("chatcmpl-"), (proxy.url, name)  # one the router makes
+    health = httpx.get(f"{proxy.url}/health", headers={"x-request-id": "mine-health"}, timeout=10)
+    assert health.status_code == 200 and health.headers["x-request-id"] == "mine-health"
 
 
 def test_a_wrong_path_or_method_counts_in_router_errors_total(tmp_path: Path) -> None:

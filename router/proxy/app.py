@@ -157,7 +157,7 @@ class ProxyApp(FastAPI):
             if self._is_chat(scope):
                 await self.cors(scope, receive, send)
                 return
-            send = _ids_on_errors(scope, send)
+            send = _ids_on_answers(scope, send)
             if not await self._refused(scope, receive, send):
                 await self.cors(scope, receive, send)
             return
@@ -166,7 +166,7 @@ class ProxyApp(FastAPI):
             await self.chat(scope, receive, send)
             return
         if scope["type"] == "http":
-            send = _ids_on_errors(scope, send)
+            send = _ids_on_answers(scope, send)
         if await self._refused(scope, receive, send):
             return
         await super().__call__(scope, receive, send)
@@ -196,14 +196,15 @@ class ProxyApp(FastAPI):
         return False
 
 
-def _ids_on_errors(scope: Scope, send: Send) -> Send:
-    """``send`` for a request to a route other than chat (which answers its own errors with their id): an error
-    answer that carries no ``x-request-id`` gets the request's (:func:`route_request_id`), as the chat route's
-    errors do, whatever made it (a route's own refusal, the app's exception handlers, Starlette's routing). A 5xx
-    answered by the app's handlers already names that id in its message and header."""
+def _ids_on_answers(scope: Scope, send: Send) -> Send:
+    """``send`` for a request to a route other than chat (which sets its own): an answer that carries no
+    ``x-request-id`` gets the request's (:func:`route_request_id`), as every chat answer does and as OpenAI's
+    answers all do, whatever made it (a route's answer or refusal, the app's exception handlers, Starlette's
+    routing); the openai SDK reads it as ``response.request_id`` / ``_request_id``. A 5xx answered by the app's
+    handlers already names that id in its message and header."""
 
     async def send_with_id(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
+        if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
             if not any(name.lower() == b"x-request-id" for name, _ in headers):
                 headers.append((b"x-request-id", route_request_id(scope).encode("latin-1")))
