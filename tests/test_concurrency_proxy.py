@@ -11,11 +11,13 @@ upstream every actual (10 prompt + 5 output tokens) is below its reservation, so
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from conftest_redis import redis_server  # noqa: F401 - the fixture
 from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
@@ -265,3 +267,23 @@ def test_every_worker_answers_metrics_for_the_whole_server(
         assert settled == [sent] * 6, settled
     assert scraped == sorted(scraped), scraped  # a counter never goes down, across the kill too
     assert not folder.exists()  # removed when the server stops
+
+
+def test_every_worker_lists_the_same_created_time_for_each_model(
+        redis_server: str, upstream_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """`created` in GET /v1/models was each worker's start time, so under `router serve --workers 2` the list said
+    one time or another for the same model depending on the worker that answered (and a new one at each
+    restart). It is now the time of the file that defines the entry: the card's, the policy's for `router` and
+    `router:<policy>`, the same in every worker."""
+    config = _config(tmp_path, upstream_url, f"{redis_server}/9")
+    card_time, policy_time = 1_700_000_000, 1_710_000_000
+    os.utime(tmp_path / "models" / "remote-echo.yaml", (card_time, card_time))
+    os.utime(tmp_path / "policies" / "tight.yaml", (policy_time, policy_time))
+    with router_serve(config, tmp_path, "--workers", "2", timeout=120) as url:
+        lists = []
+        for _ in range(12):  # a new connection each time: either worker answers
+            with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=20) as client:
+                lists.append({m.id: m.created for m in client.models.list().data})
+                assert client.models.retrieve("remote-echo").created == card_time
+    assert all(listed == lists[0] for listed in lists), lists
+    assert lists[0]["remote-echo"] == card_time and lists[0]["router:tight"] == lists[0]["router"] == policy_time

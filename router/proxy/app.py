@@ -35,6 +35,7 @@ from ..dashboard import mount_dashboard
 from ..errors import AuthenticationError, InternalError, MethodNotAllowedError, NotFoundError, RouterError
 from ..keys import KeySpec, KeyStore
 from ..ledger import open_ledger
+from ..yaml_files import named_yaml_file
 from .fastpath import CHAT_PATHS, ChatHandler, error_response, route_request_id
 from .ledger_writer import BackgroundLedger, ledger_state
 from .metrics import CONTENT_TYPE, ProxyMetrics, decided
@@ -60,6 +61,7 @@ class Proxy:
         router.record_observer = self.metrics.observe_record  # joules and failed calls, as the ledger has them
         self.policies = policy_names(router.config)
         self.started = time.time()
+        self.created, self.unfiled_created = self._created_times()
         self.guard = BrowserGuard(settings.cors_origins, listen_host, settings.allowed_hosts)
         self.chat = ChatHandler(router, keys, self.metrics, max_body_bytes, self.policies, self.guard)
 
@@ -88,20 +90,41 @@ class Proxy:
                 return None
             raise
 
+    def _created_times(self) -> tuple[dict[str, int], int]:
+        """The model list's ``created`` times: ``({card name or "router:<policy>": time}, the time of a policy
+        with no file)``. Each is the modification time (whole seconds) of the file that defines the entry: a
+        card's file, a policy's (``router`` has its policy's); a policy with no file, or a card made in code, has
+        the newest card file's (the proxy's start without any). Every worker of ``router serve --workers N``
+        reads the same files, so all list the same ``created`` for a model, as they did not when it was each
+        worker's start time, which also changed at every restart."""
+
+        def modified(path: Path | None) -> int | None:
+            try:
+                return int(path.stat().st_mtime) if path is not None else None
+            except OSError:  # gone since it was read: a label is no reason to fail the start
+                return None
+
+        cards = {name: modified(card.path) for name, card in self.router.cards.items()}
+        newest_card = max((t for t in cards.values() if t is not None), default=int(self.started))
+        folder = Path(self.router.config.policies_dir)
+        created = {name: t or newest_card for name, t in cards.items()}
+        created.update({f"router:{p}": modified(named_yaml_file(folder, p)) or newest_card for p in self.policies})
+        return created, newest_card
+
     def _model_objects(self, api_key: str | None) -> list[dict[str, Any]]:
-        created = int(self.started)
+        created = self.created
         spec = self.keys.lookup(api_key)
         # "router" is the caller's key's policy where the key has one, as a chat request with it is routed
         policy = spec.policy if spec is not None and spec.policy else self.router.policy_name
-        data = [{"id": "router", "object": "model", "created": created, "owned_by": "router",
-                 "description": f"routes each request; policy {policy}"}]
+        data = [{"id": "router", "object": "model", "created": created.get(f"router:{policy}", self.unfiled_created),
+                 "owned_by": "router", "description": f"routes each request; policy {policy}"}]
         # a key held to its policy may name no other (lock_policy): only its own is listed
         offered = [policy] if spec is not None and spec.lock_policy else sorted(self.policies)
-        data += [{"id": f"router:{p}", "object": "model", "created": created, "owned_by": "router",
-                  "description": f"routes each request with policy {p}"} for p in offered]
+        data += [{"id": f"router:{p}", "object": "model", "created": created.get(f"router:{p}", self.unfiled_created),
+                  "owned_by": "router", "description": f"routes each request with policy {p}"} for p in offered]
         for card in sorted(self.router.cards.values(), key=lambda c: (c.tier, c.name)):
             if card.callable:
-                data.append({"id": card.name, "object": "model", "created": created, "owned_by": "router",
+                data.append({"id": card.name, "object": "model", "created": created[card.name], "owned_by": "router",
                              "tier": card.tier, "aliases": card.aliases, "context_length": card.context_length,
                              "capabilities": list(card.capabilities)})
         return data
