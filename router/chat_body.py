@@ -53,7 +53,7 @@ def check_types(body: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) and bool not in want or not isinstance(value, want):
             names = "a number" if want == _NUM else " or ".join(_a(_json_name(t)) for t in want)
-            raise BadRequestError(f"`{name}` must be {names}, got {_a(_json_name(type(value)))}", param=name)
+            raise BadRequestError(f"`{name}` must be {names}, got {a_json_type(value)}", param=name)
         if isinstance(value, float) and not math.isfinite(value):
             raise BadRequestError(f"`{name}` must be a finite number", param=name)
     stop = body.get("stop")
@@ -64,8 +64,14 @@ def check_types(body: dict[str, Any]) -> None:
         for key in _STREAM_OPTIONS:  # "false" is truthy: a string here would turn usage on
             value = options.get(key)
             if value is not None and not isinstance(value, bool):
-                raise BadRequestError(f"`stream_options.{key}` must be a boolean, got {_a(_json_name(type(value)))}",
+                raise BadRequestError(f"`stream_options.{key}` must be a boolean, got {a_json_type(value)}",
                                       param=f"stream_options.{key}")
+
+
+def a_json_type(value: Any) -> str:
+    """What ``value`` is, in JSON's words and with its article (``an integer``, ``an array``, ``null``), as a 400
+    names what it got."""
+    return _a(_json_name(type(value)))
 
 
 def _a(noun: str) -> str:
@@ -112,4 +118,4 @@ def policy_names(config: RouterConfig) -> set[str]:
     return {p.stem for p in yaml_files(folder)}
 
 
-__all__ = ["chat_request", "check_policy_alias", "check_types", "policy_names"]
+__all__ = ["a_json_type", "chat_request", "check_policy_alias", "check_types", "policy_names"]

@@ -466,6 +466,52 @@ def test_a_limit_that_is_not_one_integer_is_a_400_naming_limit(flat: Flat) -> No
             assert "`limit`" in err["message"], err
 
 
+def test_a_missing_or_mistyped_parameter_is_openai_s_400_in_openai_s_words(flat: Flat) -> None:
+    """An upload without `purpose` was refused with "`purpose` '' is not supported here: only `batch`", which
+    names a value nobody sent, and a batch with `input_file_id: 5` with "`input_file_id` is required", though it
+    was given. Each is now OpenAI's 400, worded as OpenAI words it, with `param` and `code` naming what is wrong;
+    through the openai SDK and through raw HTTP."""
+    client = flat.client()
+    uploaded = client.files.create(file=("in.jsonl", _jsonl(1)), purpose="batch")
+    missing, mistyped = "missing_required_parameter", "invalid_type"
+
+    def refused(call: object) -> dict[str, object]:
+        with pytest.raises(openai.BadRequestError) as info:
+            call()  # type: ignore[operator]
+        return info.value.response.json()["error"]  # type: ignore[no-any-return]
+
+    assert refused(lambda: client.files.create(file=("in.jsonl", _jsonl(1)), purpose=openai.NOT_GIVEN)) == {
+        "message": "Missing required parameter: 'purpose'.", "type": "invalid_request_error", "param": "purpose",
+        "code": missing}
+    assert refused(lambda: client.batches.create(input_file_id=5, endpoint="/v1/chat/completions",  # type: ignore[arg-type]
+                                                 completion_window="24h")) == {
+        "message": "Invalid type for 'input_file_id': expected a string, but got an integer instead.",
+        "type": "invalid_request_error", "param": "input_file_id", "code": mistyped}
+    headers = {"authorization": "Bearer sk-team-a"}
+    purpose = (None, b"batch")  # a multipart part without a filename: a plain field
+    uploads = (({"file": ("in.jsonl", _jsonl(1))}, "purpose", "Missing required parameter: 'purpose'."),
+               ({"purpose": purpose}, "file", "Missing required parameter: 'file'."),
+               ({"purpose": purpose, "file": (None, b"not a file")}, "file",
+                "Missing required parameter: 'file'. The body's `file` part has no filename: send it as a file."))
+    for files, param, message in uploads:
+        r = httpx.post(f"{flat.url}/v1/files", files=files, headers=headers, timeout=10)
+        assert r.status_code == 400 and r.json()["error"] == {
+            "message": message, "type": "invalid_request_error", "param": param, "code": missing}, r.text
+    good = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for name in good:
+        for value, code, message in (
+                (None, missing, f"Missing required parameter: '{name}'."),
+                (5, mistyped, f"Invalid type for '{name}': expected a string, but got an integer instead."),
+                ([good[name]], mistyped, f"Invalid type for '{name}': expected a string, but got an array instead.")):
+            for body in ({**good, name: value}, {k: v for k, v in good.items() if k != name}):
+                if body.get(name, None) is None and value is not None:
+                    continue  # the absent form is tried once, with None
+                r = httpx.post(f"{flat.url}/v1/batches", json=body, headers=headers, timeout=10)
+                assert r.status_code == 400 and r.json()["error"] == {
+                    "message": message, "type": "invalid_request_error", "param": name, "code": code}, (body, r.text)
+    assert client.batches.create(**good).status == "in_progress"  # type: ignore[arg-type]
+
+
 def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
     cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
                                        "journal": {"enabled": False}, "batch": {"scheduler": False}})

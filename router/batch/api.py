@@ -23,6 +23,7 @@ from ..errors import AuthenticationError, BadRequestError, PayloadTooLargeError
 from ..keys import KeySpec
 from ..proxy.public import read_json, read_limited_body
 from .library import key_spec
+from .service import required_string
 from .store import default_store_url, sqlite_path
 
 if TYPE_CHECKING:
@@ -68,10 +69,13 @@ class BatchRoutes:
             raise PayloadTooLargeError(f"the file is too large: at most {self.max_file_bytes:,} bytes",
                                        param="file") from None
         fields, files = parse_multipart(request.headers.get("content-type", ""), raw)
-        if "file" not in files:
-            raise BadRequestError("send the file as multipart form field `file`", param="file")
+        if "file" not in files:  # a `file` part without a filename is a plain field: no file either
+            plain = " The body's `file` part has no filename: send it as a file." if "file" in fields else ""
+            raise BadRequestError("Missing required parameter: 'file'." + plain, param="file",
+                                  code="missing_required_parameter")
+        purpose = required_string("purpose", fields.get("purpose"))
         filename, content = files["file"]
-        file = await run_in_threadpool(self.service.create_file, content, filename, fields.get("purpose", ""), key)
+        file = await run_in_threadpool(self.service.create_file, content, filename, purpose, key)
         return _json(file)
 
     async def list_files(self, request: Request) -> Response:

@@ -31,6 +31,7 @@ from typing import Any
 
 from .._ids import time_ordered_hex
 from .._request import check_metadata
+from ..chat_body import a_json_type
 from ..errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from ..keys import KeySpec
 from .store import BatchStore
@@ -114,6 +115,17 @@ def parse_lines(content: bytes, endpoint: str, max_lines: int) -> tuple[list[tup
     return lines, errors
 
 
+def required_string(name: str, value: Any) -> str:
+    """``value`` of the required string parameter ``name``; absent (``None``) or of another type, OpenAI's 400 in
+    OpenAI's words (what an app ported from OpenAI may look for), with ``param`` naming it."""
+    if value is None:
+        raise BadRequestError(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+    if not isinstance(value, str):
+        raise BadRequestError(f"Invalid type for '{name}': expected a string, but got {a_json_type(value)} instead.",
+                              param=name, code="invalid_type")
+    return value
+
+
 def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None, "has_more": more}
@@ -181,9 +193,9 @@ class BatchService:
     # -- batches ---------------------------------------------------------------------------------------------
     def create(self, input_file_id: Any, endpoint: Any, completion_window: Any, metadata: Any,
                key: KeySpec | None) -> dict[str, Any]:
-        if not isinstance(input_file_id, str):
-            raise BadRequestError("`input_file_id` is required (the id of a file uploaded with purpose batch)",
-                                  param="input_file_id")
+        input_file_id = required_string("input_file_id", input_file_id)
+        endpoint = required_string("endpoint", endpoint)
+        completion_window = required_string("completion_window", completion_window)
         if endpoint != ENDPOINT:
             raise BadRequestError(f"`endpoint` must be {ENDPOINT} (the only one this router serves), got "
                                   f"{endpoint!r}", param="endpoint")
@@ -242,4 +254,4 @@ class BatchService:
         return self.retrieve(batch_id, key)
 
 
-__all__ = ["ENDPOINT", "NOT_PLANNED", "BatchService", "WINDOWS", "new_id", "parse_lines"]
+__all__ = ["ENDPOINT", "NOT_PLANNED", "BatchService", "WINDOWS", "new_id", "parse_lines", "required_string"]
