@@ -512,6 +512,29 @@ def test_a_missing_or_mistyped_parameter_is_openai_s_400_in_openai_s_words(flat:
     assert client.batches.create(**good).status == "in_progress"  # type: ignore[arg-type]
 
 
+def test_an_expiry_asked_for_is_refused_not_ignored(flat: Flat) -> None:
+    """`files.create(..., expires_after={"anchor": "created_at", "seconds": 3600})` was answered 200 with the file
+    stored for good (`expires_at: null`): an app that asked for its data to be gone in an hour had it kept. It is
+    now a 400 naming `expires_after` and nothing is stored, as `batches.create(output_expires_after=...)` is a 400
+    naming that parameter."""
+    client = flat.client()
+    stored = len(client.files.list().data)
+    hour = {"anchor": "created_at", "seconds": 3600}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.files.create(file=("in.jsonl", _jsonl(1)), purpose="batch", expires_after=hour)  # type: ignore[arg-type]
+    err = info.value.response.json()["error"]
+    assert err["param"] == "expires_after" and err["code"] == "unsupported_parameter", err
+    assert "kept until it is deleted" in err["message"], err
+    assert len(client.files.list().data) == stored
+    uploaded = client.files.create(file=("in.jsonl", _jsonl(1)), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              output_expires_after=hour)  # type: ignore[arg-type]
+    err = info.value.response.json()["error"]
+    assert err["param"] == "output_expires_after" and err["code"] == "unsupported_parameter", err
+    assert all(b.input_file_id != uploaded.id for b in client.batches.list())
+
+
 def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
     cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
                                        "journal": {"enabled": False}, "batch": {"scheduler": False}})

@@ -74,6 +74,8 @@ class BatchRoutes:
             raise BadRequestError("Missing required parameter: 'file'." + plain, param="file",
                                   code="missing_required_parameter")
         purpose = required_string("purpose", fields.get("purpose"))
+        if any(name == "expires_after" or name.startswith("expires_after[") for name in (*fields, *files)):
+            raise _no_expiry("expires_after", "an uploaded file")  # the SDK sends expires_after[anchor], [seconds]
         filename, content = files["file"]
         file = await run_in_threadpool(self.service.create_file, content, filename, purpose, key)
         return _json(file)
@@ -99,6 +101,8 @@ class BatchRoutes:
     async def create(self, request: Request) -> Response:
         key = self.key(request)
         body = await self._json_body(request)
+        if "output_expires_after" in body:
+            raise _no_expiry("output_expires_after", "a batch's output and error files")
         unknown = set(body) - {"input_file_id", "endpoint", "completion_window", "metadata"}
         if unknown:
             raise BadRequestError(f"unknown parameter(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
@@ -116,6 +120,14 @@ class BatchRoutes:
 
     async def cancel(self, request: Request) -> Response:
         return _json(await run_in_threadpool(self.service.cancel, request.path_params["batch_id"], self.key(request)))
+
+
+def _no_expiry(param: str, what: str) -> BadRequestError:
+    """The 400 for OpenAI's file expiry parameters: files here are kept until deleted, and a request that asks for
+    its data to be deleted at a time must not be taken as if it had been honoured."""
+    return BadRequestError(f"`{param}` is not supported here: {what} is kept until it is deleted (DELETE "
+                           "/v1/files/{id}), never at a set time; send the request without it and delete the files "
+                           "when done", param=param, code="unsupported_parameter")
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
