@@ -545,6 +545,39 @@ def test_router_batch_of_nothing_says_no_requests_given(tmp_path: Path) -> None:
             assert info.value.message == "no requests given" and info.value.param == "requests"
 
 
+def test_router_batch_takes_what_router_complete_takes_and_refuses_the_rest_with_a_400(tmp_path: Path) -> None:
+    """`Router.batch` with a conversation holding message objects (a response's `choices[0].message` put back
+    into the history, a `ChatMessage`), which `Router.complete` takes, raised `TypeError: Object of type
+    ChatMessage is not JSON serializable`; so did any value JSON cannot hold (a `Decimal`), where bad input is a
+    `BadRequestError`. And a batch refused for its window or metadata left its input file in the store, which
+    no caller could see or delete. Message objects now go in as their dicts and the batch runs; another value is
+    a 400 naming the request; a refused batch leaves no file."""
+    from decimal import Decimal
+
+    from openai.types.chat import ChatCompletionMessage
+
+    from router import ChatMessage
+
+    history = [ChatMessage(role="user", content="Is this review positive or negative? 'a gorgeous, witty film'"),
+               ChatCompletionMessage(role="assistant", content="positive"),
+               {"role": "user", "content": "And this one? 'a dull, tedious film'"}]
+    cfg = RouterConfig.model_validate({"ledger_url": f"sqlite:///{tmp_path}/ledger.sqlite3",
+                                       "journal": {"enabled": False}, "batch": {"poll_s": 0.05}})
+    with Router(cfg) as r:
+        r.complete(history)  # the conversation Router.complete takes
+        done = r.batch([{"messages": history}]).wait(timeout=60, poll_s=0.05)
+        assert done["status"] == "completed" and done["request_counts"]["completed"] == 1, done
+        files = r.batches.service.list_files(None)["data"]
+        for requests, kw, param in (([{"messages": history}, {"messages": history, "temperature": Decimal("0.5")}],
+                                     {}, "requests[1]"),
+                                    ([{"messages": history}], {"completion_window": "1h"}, "completion_window"),
+                                    ([{"messages": history}], {"metadata": {"a": 1}}, "metadata")):
+            with pytest.raises(BadRequestError) as info:
+                r.batch(requests, **kw)
+            assert info.value.param == param, info.value
+        assert r.batches.service.list_files(None)["data"] == files  # no file left behind
+
+
 def test_a_forked_child_runs_its_batches_with_a_scheduler_of_its_own(tmp_path: Path) -> None:
     """A Router made before the process forks (gunicorn --preload, multiprocessing's fork, Celery's prefork pool),
     its scheduler started: the child's batches run on a scheduler and line workers of its own (a fork copies no

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import AuthenticationError, BadRequestError
+from pydantic import BaseModel
+
+from ..errors import AuthenticationError, BadRequestError, RouterError
 from ..keys import KeySpec, digest
 from .handle import BatchHandle
 from .service import ENDPOINT
@@ -39,13 +42,36 @@ def submit(router: Any, requests: Iterable[Any], *, completion_window: str, meta
             lines.append({"custom_id": f"request-{i + 1}", "method": "POST", "url": ENDPOINT, "body": req})
     if not lines:
         raise BadRequestError("no requests given", param="requests")
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    content = "".join(_json_line(i, line) for i, line in enumerate(lines)).encode()
     key = key_spec(router, api_key)
     batches = router.batches
     file = batches.service.create_file(content, "router-batch.jsonl", "batch", key)
-    doc = batches.service.create(file["id"], ENDPOINT, completion_window, metadata, key)
+    try:
+        doc = batches.service.create(file["id"], ENDPOINT, completion_window, metadata, key)
+    except BaseException:  # a bad window or metadata: no batch refers to the file, which the caller never sees
+        with contextlib.suppress(RouterError):  # the store down: its error is the one the caller gets
+            batches.service.delete_file(file["id"], key)
+        raise
     if doc["status"] == "failed":
         first = doc["errors"]["data"][0]
         raise BadRequestError(f"the batch's requests are not valid: line {first['line']}: {first['message']}",
                               param="requests")
     return BatchHandle(batches, doc["id"], key)
+
+
+def _json_line(i: int, line: dict[str, Any]) -> str:
+    """``requests[i]`` as a line of the input file; a message object in it (a response's ``choices[0].message``,
+    a :class:`~router.ChatMessage`) as its dict, as :meth:`Router.complete` takes one. A value JSON cannot hold is a
+    400 naming the request, not the ``TypeError`` of :func:`json.dumps`."""
+    try:
+        return json.dumps(line, default=_message_object) + "\n"
+    except (TypeError, ValueError) as exc:  # ValueError: a request that contains itself
+        raise BadRequestError(f"requests[{i}] holds a value a batch cannot store ({exc}): a batch's requests are "
+                              "kept as JSON until they run; give strings, numbers, booleans, None, lists, dicts and "
+                              "message objects", param=f"requests[{i}]") from None
+
+
+def _message_object(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_none=True)  # as Router.complete reads a message object (router/_request.py)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
