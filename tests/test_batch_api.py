@@ -518,14 +518,14 @@ def test_an_expiry_asked_for_is_refused_not_ignored(flat: Flat) -> None:
     now a 400 naming `expires_after` and nothing is stored, as `batches.create(output_expires_after=...)` is a 400
     naming that parameter."""
     client = flat.client()
-    stored = len(client.files.list().data)
     hour = {"anchor": "created_at", "seconds": 3600}
     with pytest.raises(openai.BadRequestError) as info:
-        client.files.create(file=("in.jsonl", _jsonl(1)), purpose="batch", expires_after=hour)  # type: ignore[arg-type]
+        client.files.create(file=("expiring.jsonl", _jsonl(1)), purpose="batch",
+                            expires_after=hour)  # type: ignore[arg-type]
     err = info.value.response.json()["error"]
     assert err["param"] == "expires_after" and err["code"] == "unsupported_parameter", err
     assert "kept until it is deleted" in err["message"], err
-    assert len(client.files.list().data) == stored
+    assert all(f.filename != "expiring.jsonl" for f in client.files.list())  # other tests' batches add files
     uploaded = client.files.create(file=("in.jsonl", _jsonl(1)), purpose="batch")
     with pytest.raises(openai.BadRequestError) as info:
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
