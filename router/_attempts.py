@@ -147,7 +147,7 @@ class Attempts:
             call = Call(
                 index=len(self.attempts), model=model, card=card, backend=backend, request=self._request, held=held,
                 span=self.router.meter.start() if backend.local and not queued else None,
-                buffered=self._may_escalate(model),
+                buffered=self._may_escalate(model) or self._may_fall_back_on_format(),
             )
             if queued:  # metered from its turn at the model on (GenerationRequest.turn_started), not its wait
                 call.request = dataclasses.replace(self._request, turn_started=functools.partial(
@@ -193,6 +193,13 @@ class Attempts:
     def _may_escalate(self, model: str) -> bool:
         d = self.prepared.decision
         return d.escalate_below is not None and bool(d.escalate_to) and model not in d.escalate_to
+
+    def _may_fall_back_on_format(self) -> bool:
+        """Whether the call about to be made has its answer checked against the request's ``response_format``
+        with another model left to try: a stream collects such an answer before sending any of it, so that one
+        that fails the format is followed by the next model's, as a whole answer is (streamed as it came, it
+        could only end in an error). The last model's answer streams as it comes."""
+        return self.prepared.options.response_format is not None and self.position < len(self.plan)
 
     def _reserve(self, card: ModelCard) -> list[Reservation] | None:
         """Hold the estimated joules against every budget of ``card`` (atomic per budget in the ledger).
@@ -320,7 +327,7 @@ class Attempts:
         if problem is not None:
             return self._invalid(call, gen, energy, latency, problem, sent)
         d = self.prepared.decision
-        escalate = (call.buffered and d.escalate_below is not None and gen.confidence is not None
+        escalate = (self._may_escalate(call.model) and d.escalate_below is not None and gen.confidence is not None
                     and gen.confidence < d.escalate_below and gen.refusal is None)
         outcome = "escalated" if escalate else "ok"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
@@ -361,7 +368,8 @@ class Attempts:
                  sent: bool) -> bool:
         """An answer that fails the request's format: recorded (``escalated``; ``error`` once streamed or when no
         model is left), and the next capable model is tried; no model left ends the request with this error."""
-        error = StructuredOutputError(f"{call.model}: {problem}")
+        error = StructuredOutputError(f"{call.model}: {problem}" + (
+            "; it had been streamed as it came (the caller holds it): discard it" if sent else ""))
         outcome = "escalated" if not sent and self.position < len(self.plan) else "error"
         self.attempts.append(_attempt(call.model, call.card.tier, energy.joules, energy.source, latency, outcome,
                                       gen.confidence))
@@ -372,7 +380,7 @@ class Attempts:
                                          reason=reason, error=f"{error.code}: {error.message}"[:500])
         self.errors.append(error)
         if sent:
-            raise error
+            raise self.final_error()
         return False
 
     def _unchecked(self, call: Call, gen: Generation, energy: EnergyReading, latency: float,

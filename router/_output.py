@@ -31,7 +31,8 @@ class Call:
     span: MeterSpan | None
     started: float = field(default_factory=time.perf_counter)
     buffered: bool = False
-    """A cascade may escalate past this answer: a streaming driver collects it before sending anything."""
+    """Another model may answer instead once this answer is in (a cascade may escalate past it, or it may fail the
+    request's ``response_format``): a streaming driver collects it before sending anything."""
 
 
 class Output:

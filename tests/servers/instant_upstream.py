@@ -8,7 +8,8 @@ a model. Behaviour is chosen by the request's ``model`` field:
   hang up mid-stream;
 - ``broken``: HTTP 503 every time; ``flaky``: HTTP 500 every other call; ``leaky``: HTTP 400 whose error body
   holds what a client must never see (a key, a file path);
-- ``json``: answers ``{"answer": "<last user message>"}`` (JSON whatever was asked); ``slow`` without streaming
+- ``json``: answers ``{"answer": "<last user message>"}`` (JSON whatever was asked), whole or streamed in
+  pieces; ``slow`` without streaming
   answers after ``max_tokens`` x ``delay`` seconds, and counts the call in ``closed_early`` when the client
   hangs up first;
 - ``sleep:SECONDS``: answers like anything else, after SECONDS (a batch line that takes a while);
@@ -188,7 +189,8 @@ async def chat(request: Request) -> Response:
         delay = 0.02
     else:
         answered = not tool_calls and model != "refusal"
-        pieces = tokens or ([p + " " for p in _answer(body, request).split()] if answered else [])
+        text = json.dumps({"answer": _answer(body, request)}) if model == "json" else _answer(body, request)
+        pieces = tokens or ([p + " " for p in text.split()] if answered else [])
         delay = 0.0
 
     async def events() -> AsyncIterator[bytes]:

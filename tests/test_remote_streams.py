@@ -1,0 +1,135 @@
+"""Streams from an OpenAI-compatible endpoint (the instant TEST UPSTREAM, whose ``model`` field picks what it does)
+that must end as their whole answers do: a streamed answer that fails the request's ``response_format`` is followed
+by the next model's, as a whole answer is, through ``Router.complete(stream=True)``, ``acomplete(stream=True)`` and
+``router serve`` with the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from pydantic import BaseModel
+from servers.procs import models_dir, remote_card, router_serve, upstream, wait_for_record
+
+from router import Router, RouterConfig, StructuredOutputError
+from router.ledger import open_ledger
+from router.types import ChatCompletionChunk
+
+ASK = [{"role": "user", "content": "hello"}]
+ANSWER_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
+    "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+    "additionalProperties": False}}}
+class Answer(BaseModel):
+    answer: str
+
+
+FORMAT_CAPABLE = "capabilities: [json_object, json_schema]\ncontext_length:"
+
+
+@pytest.fixture(scope="module")
+def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with upstream(tmp_path_factory.mktemp("upstream")) as url:
+        yield url
+
+
+def _prose_then_json(folder: Path, upstream_url: str, large: str = "json") -> Path:
+    """A config whose small model answers prose whatever it is asked (the upstream's ``echo``) and whose large one
+    the upstream's ``large`` (JSON that fits :data:`ANSWER_FORMAT` for ``json``), both taking a json_schema, routed
+    cheapest first with the other as the fallback."""
+    models = models_dir(folder / "models", {
+        "remote-prose": remote_card("remote-prose", upstream_url, "echo", tier="small").replace(
+            "context_length:", FORMAT_CAPABLE),
+        "remote-json": remote_card("remote-json", upstream_url, large, tier="large").replace(
+            "context_length:", FORMAT_CAPABLE)}, specialist=False)
+    policies = folder / "policies"
+    policies.mkdir()
+    (policies / "any.yaml").write_text("name: any\naccuracy: {min_accuracy: 0.0}\n")
+    config = folder / "router.yaml"
+    config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\ndefault_policy: any\n"
+                      f"proxy: {{warm_up: false}}\nledger_url: sqlite:///{folder / 'ledger.sqlite3'}\n")
+    return config
+
+
+def _streamed(router: Router, path: str, **params: object) -> list[ChatCompletionChunk]:
+    if path == "stream":
+        return list(router.complete(ASK, stream=True, **params))
+
+    async def collect() -> list[ChatCompletionChunk]:
+        return [c async for c in await router.acomplete(ASK, stream=True, **params)]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("path", ["stream", "astream"])
+def test_a_streamed_answer_that_fails_the_schema_is_followed_by_the_next_models(upstream_url: str, tmp_path: Path,
+                                                                               path: str) -> None:
+    """The small model answers prose to a json_schema request. Whole, the next capable model answers; streamed, the
+    prose had already gone to the caller and the request ended in StructuredOutputError. A stream now collects an
+    answer another model may replace before sending any of it: the caller gets the large model's JSON alone, and
+    the ledger has both calls as a whole answer's are."""
+    with Router(RouterConfig.load(_prose_then_json(tmp_path, upstream_url))) as router:
+        whole = router.complete(ASK, response_format=ANSWER_FORMAT)
+        chunks = _streamed(router, path, response_format=ANSWER_FORMAT)
+        records = router.ledger.records()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert json.loads(text) == json.loads(whole.choices[0].message.content or "") == {"answer": "echo: hello"}
+    assert {c.model for c in chunks} == {"remote-json"}
+    routing = chunks[-1].routing
+    assert routing is not None and whole.routing is not None
+    assert [(a.model, a.outcome) for a in routing.attempts] == [(a.model, a.outcome) for a in whole.routing.attempts]
+    assert [(a.model, a.outcome) for a in routing.attempts] == [("remote-prose", "escalated"), ("remote-json", "ok")]
+    streamed = [r for r in records if r.request_id == chunks[0].id]
+    assert [(r.model, r.outcome) for r in streamed] == [("remote-prose", "escalated"), ("remote-json", "ok")]
+    assert "invalid_model_output" in (streamed[0].error or "")
+
+
+@pytest.mark.parametrize("path", ["stream", "astream"])
+def test_the_last_models_streamed_answer_that_fails_the_schema_says_the_caller_holds_it(upstream_url: str,
+                                                                                        tmp_path: Path,
+                                                                                        path: str) -> None:
+    """With no model left after it, an answer streams as it comes; when it fails the format, the error says that
+    what the caller received was it, after naming what every model before it did wrong (as a whole answer's)."""
+    with Router(RouterConfig.load(_prose_then_json(tmp_path, upstream_url, large="echo"))) as router:
+        got: list[ChatCompletionChunk] = []
+        with pytest.raises(StructuredOutputError) as err:
+            got.extend(router.complete(ASK, stream=True, response_format=ANSWER_FORMAT) if path == "stream"
+                       else _streamed(router, path, response_format=ANSWER_FORMAT))
+        records = router.ledger.records()
+    message = err.value.message
+    assert message.startswith("remote-json: the answer is not valid JSON")
+    assert "it had been streamed as it came (the caller holds it): discard it" in message
+    assert "(tried before: remote-prose: the answer is not valid JSON" in message
+    if path == "stream":  # the large model's prose went out as it came; the small model's never did
+        assert {c.model for c in got} == {"remote-json"}
+    assert [(r.model, r.outcome) for r in records] == [("remote-prose", "escalated"), ("remote-json", "error")]
+
+
+def test_a_streamed_answer_that_fails_the_schema_falls_back_through_the_proxy(upstream_url: str,
+                                                                             tmp_path: Path) -> None:
+    """Through ``router serve`` with the openai SDK streaming a json_schema request (``create`` with ``stream``,
+    and the SDK's own ``chat.completions.stream`` helper, which parses the JSON as it arrives): the client reads
+    the large model's JSON alone, never the small model's prose, as the whole answer does."""
+    config = _prose_then_json(tmp_path, upstream_url)
+    with router_serve(config, tmp_path) as base:
+        chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
+        chunks = list(chat.create(messages=ASK, model="router", stream=True,  # type: ignore[arg-type]
+                                  response_format=ANSWER_FORMAT))  # type: ignore[arg-type]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert json.loads(text) == {"answer": "echo: hello"}
+        assert {c.model for c in chunks} == {"remote-json"}
+        with chat.stream(messages=ASK, model="router", response_format=Answer) as stream:  # type: ignore[arg-type]
+            final = stream.get_final_completion()
+        assert final.choices[0].message.parsed == Answer(answer="echo: hello")
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        wait_for_record(ledger_url, final.id, timeout=10, poll=0.05)
+    ledger = open_ledger(ledger_url)
+    try:
+        for request_id in (chunks[0].id, final.id):
+            assert [(r.model, r.outcome) for r in ledger.records() if r.request_id == request_id] == [
+                ("remote-prose", "escalated"), ("remote-json", "ok")]
+    finally:
+        ledger.close()
