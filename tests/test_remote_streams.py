@@ -133,3 +133,67 @@ def test_a_streamed_answer_that_fails_the_schema_falls_back_through_the_proxy(up
                 ("remote-prose", "escalated"), ("remote-json", "ok")]
     finally:
         ledger.close()
+
+
+# -- an endpoint that ignores "stream": true ------------------------------------------------------------------
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize("path", ["stream", "astream"])
+@pytest.mark.parametrize("model", ["nostream", "nostream:sse", "nostream:calls"])
+def test_an_endpoint_that_answers_a_stream_with_one_json_body_is_read_as_a_one_piece_stream(
+        upstream_url: str, tmp_path: Path, path: str, model: str) -> None:
+    """Some OpenAI-compatible servers and gateways ignore ``"stream": true`` and answer one JSON completion (as
+    ``application/json``, or labelled ``text/event-stream``). The stream failed, retried and then fell back, as
+    "the model's endpoint ended the stream before sending any of an answer", which sent an operator looking for a
+    connection problem. The answer is now the stream: the same text (or tool calls), finish reason and the
+    endpoint's token counts as the whole answer, from one call recorded ``ok``."""
+    models = models_dir(tmp_path / "models", {"remote-plain": remote_card("remote-plain", upstream_url, model)
+                                              .replace("context_length:", "capabilities: [tools]\ncontext_length:")},
+                        specialist=False)
+    config = RouterConfig.load(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    params: dict[str, object] = {"model": "remote-plain"}
+    if model == "nostream:calls":
+        params["tools"] = [WEATHER]
+    with Router(config) as router:
+        whole = router.complete(ASK, **params)
+        chunks = _streamed(router, path, **params)
+        records = router.ledger.records()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == (whole.choices[0].message.content or "")
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    if model == "nostream:calls":
+        assert [(c.id, c.function and c.function.name, c.function and c.function.arguments) for c in calls] == [
+            ("call_0", "get_weather", "{}")]
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "tool_calls"
+    else:
+        assert text == "echo: hello" and not calls
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "stop"
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (10, 5)
+    routing = chunks[-1].routing
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [("remote-plain", "ok")]
+    streamed = [r for r in records if r.request_id == chunks[0].id]
+    assert [(r.model, r.outcome, r.input_tokens, r.output_tokens) for r in streamed] == [
+        ("remote-plain", "ok", 10, 5)]
+
+
+def test_an_endpoint_that_answers_a_stream_with_one_json_body_streams_to_the_openai_sdk(upstream_url: str,
+                                                                                       tmp_path: Path) -> None:
+    """Through ``router serve``, the openai SDK streaming from a model whose endpoint ignores ``"stream": true``
+    reads the answer as chunks, its usage last (``stream_options.include_usage``), not an error."""
+    models = models_dir(tmp_path / "models", {
+        "remote-plain": remote_card("remote-plain", upstream_url, "nostream", max_retries=0)}, specialist=False)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"models_dir: {models}\nproxy: {{warm_up: false}}\n"
+                      f"ledger_url: sqlite:///{tmp_path / 'ledger.sqlite3'}\n")
+    with router_serve(config, tmp_path) as base:
+        chat = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=30).chat.completions
+        chunks = list(chat.create(model="remote-plain", messages=ASK, stream=True,  # type: ignore[arg-type]
+                                  stream_options={"include_usage": True}))
+        record = wait_for_record(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", chunks[0].id, timeout=10, poll=0.05)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: hello"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert (record.model, record.outcome) == ("remote-plain", "ok")

@@ -22,6 +22,9 @@ waiting here holds its caller, who may have other models to try). The last one i
 ``retry_after_s``, the proxy's ``Retry-After`` when no other model answers.
 Energy is estimated from the card's token profile, since the hardware is not ours to meter.
 
+A stream request the endpoint answers with one JSON completion (it ignored ``"stream": true``, as some servers and
+gateways do) is read as a whole answer is and passed on as a stream of one piece.
+
 Length: one backend's sync, async and streaming calls with their shared time limits; the hand-written HTTP/1.1
 client is its own module.
 """
@@ -39,7 +42,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -396,7 +399,10 @@ class OpenAIHTTPBackend(Backend):
                 if response.status_code >= 400:
                     raise self._status_failure(response.status_code, response.read(),
                                                response.headers.get("retry-after"), bound)
-                yield from _parse_sse(response.iter_lines(), self.card.name, self.card.context_length)
+                if _is_json(response):
+                    yield from self._whole_answer_events(response.read(), request)
+                    return
+                yield from _parse_sse(response.iter_lines(), self._parser(request))
         except httpx.TransportError as exc:  # timeouts included
             raise self._transport_failure(exc, bound, watch.sent) from exc
 
@@ -473,7 +479,11 @@ class OpenAIHTTPBackend(Backend):
             else:
                 raise self._status_failure(response.status_code, await within(response.aread(), bound.end),
                                            response.headers.get("retry-after"), bound)
-            parser = _SSEParser(self.card.name, self.card.context_length)
+            if _is_json(response):
+                for event in self._whole_answer_events(await within(response.aread(), bound.end), request):
+                    yield event
+                return
+            parser = self._parser(request)
             lines = response.aiter_lines()
             while True:
                 try:
@@ -553,6 +563,25 @@ class OpenAIHTTPBackend(Backend):
                                         connect_timeout_s=min(_CONNECT_S, self.spec.timeout_s),
                                         loop=asyncio.get_running_loop())
         return connections.pool
+
+    def _parser(self, request: GenerationRequest) -> _SSEParser:
+        return _SSEParser(self.card.name, self.card.context_length,
+                          functools.partial(self._whole_answer_events, request=request))
+
+    def _whole_answer_events(self, raw: bytes, request: GenerationRequest) -> list[StreamEvent]:
+        """A stream's events from an endpoint that ignored ``"stream": true`` and answered one JSON completion (some
+        OpenAI-compatible servers and gateways do): the whole answer as one piece, then its finish reason and token
+        counts, read and checked as :meth:`generate` reads an answer (an error body is the endpoint failing, as
+        there)."""
+        gen = self._generation(raw, request)
+        events = []
+        if gen.text or gen.tool_calls or gen.logprobs or gen.refusal or gen.reasoning:
+            calls = [{"index": i, **call} for i, call in enumerate(gen.tool_calls)] if gen.tool_calls else None
+            events.append(StreamEvent(text=gen.text, tool_calls=calls, logprobs=gen.logprobs, refusal=gen.refusal,
+                                      reasoning=gen.reasoning))
+        events.append(StreamEvent(finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
+                                  completion_tokens=gen.completion_tokens))
+        return events
 
     def _generation(self, raw: bytes, request: GenerationRequest) -> Generation:
         """The completion's text (or tool calls), finish reason, token counts and log probabilities, type-checked
@@ -711,16 +740,25 @@ _PLAIN_BODY_MAX = 65536
 """The most of a stream's lines outside its ``data:`` events kept to be read as a plain JSON answer."""
 
 
+def _is_json(response: httpx.Response) -> bool:
+    """Whether a stream request was answered with a JSON body, not server-sent events."""
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
 class _SSEParser:
     """Turns ``data: {...}`` lines of an OpenAI chat stream into StreamEvents."""
 
-    def __init__(self, name: str, context_length: int) -> None:
+    def __init__(self, name: str, context_length: int,
+                 whole: Callable[[bytes], list[StreamEvent]] | None = None) -> None:
         self.name = name
+        self.whole = whole
+        """Reads a whole JSON completion into events: the answer of an endpoint that ignored ``"stream": true``
+        and labelled its JSON body an event stream."""
         self.context_length = context_length
         """The most tokens a usage count may say (see :func:`_count`)."""
         self.plain: list[str] = []
-        """Lines outside the events: an endpoint that answered the stream with a plain JSON body (an error) sent
-        only these."""
+        """Lines outside the events: an endpoint that answered the stream with a plain JSON body (an error, or a
+        whole completion from one that ignored ``"stream": true``) sent only these."""
         self.plain_size = 0
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -781,9 +819,15 @@ class _SSEParser:
                 body = None
             if isinstance(body, dict) and body.get("error"):
                 raise _error_answer(self.name, body["error"])
+            if isinstance(body, dict) and "choices" in body and not self.produced and self.whole is not None:
+                return self.whole("".join(self.plain).encode())
             if not self.produced:  # nothing of an answer was passed on: the endpoint failing, as a 5xx before the
-                raise _Retryable(BackendError(  # stream, so sending it again (or the next model) is safe
-                    f"{self.name}: the model's endpoint ended the stream before sending any of an answer",
+                # stream, so sending it again (or the next model) is safe
+                what = ("answered without streaming, with a body that is not a chat completion"
+                        if self.plain and self.plain[0].startswith(("{", "[")) else
+                        "ended the stream before sending any of an answer")
+                raise _Retryable(BackendError(
+                    f"{self.name}: the model's endpoint {what}",
                     detail=f"what it sent outside events: {''.join(self.plain)[:200]!r}" if self.plain else None))
             raise BackendError(f"{self.name}: the stream ended before the model finished")
         usage = self.usage or {}
@@ -797,8 +841,7 @@ class _SSEParser:
         ]
 
 
-def _parse_sse(lines: Iterator[str], name: str, context_length: int) -> Iterator[StreamEvent]:
-    parser = _SSEParser(name, context_length)
+def _parse_sse(lines: Iterator[str], parser: _SSEParser) -> Iterator[StreamEvent]:
     for line in lines:
         yield from parser.feed(line)
     yield from parser.finish()

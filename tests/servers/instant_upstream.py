@@ -21,6 +21,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
   its last line; it honours ``max_tokens`` (``max_completion_tokens``) as a real server does, one word a token: an
   answer cut there ends early, with ``finish_reason`` ``length``;
 - ``nousage``: answers like anything else, but without ``usage`` (as llama.cpp's server streams);
+- ``nostream``: answers like anything else, but always as one JSON body (``application/json``), ignoring
+  ``"stream": true`` (as some OpenAI-compatible servers and gateways do); ``nostream:sse`` sends that body labelled
+  ``text/event-stream``; ``nostream:calls`` calls every function in ``tools`` so (as ``calls`` does);
 - ``gzip``: answers like anything else, its JSON body gzip-compressed unless the request asks for
   ``Accept-Encoding: identity`` (a request without the header allows any encoding, RFC 9110 12.5.3);
 - ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
@@ -157,13 +160,13 @@ async def chat(request: Request) -> Response:
     if model.startswith("usage:"):
         prompt, _, completion = model[6:].partition(":")
         counts = {"prompt_tokens": json.loads(prompt), "completion_tokens": json.loads(completion)}
-    tool_calls = _tool_calls(body) if model.split(":")[0] == "calls" else []
+    tool_calls = _tool_calls(body) if model.split(":")[0] == "calls" or model == "nostream:calls" else []
     finish = "tool_calls" if tool_calls else "stop"
     tokens: list[str] | None = None
     if model == "judge:reasoning":
         tokens, finish = _limited(body, _answer(body, request))
         counts = {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}
-    if not body.get("stream"):
+    if not body.get("stream") or model.startswith("nostream"):
         text = json.dumps({"answer": _answer(body, request)}) if model == "json" else _answer(body, request)
         if tokens is not None:
             text = "".join(tokens)
@@ -182,6 +185,8 @@ async def chat(request: Request) -> Response:
         if model == "gzip" and "identity" not in request.headers.get("accept-encoding", ""):
             return Response(gzip.compress(json.dumps(answer).encode()), media_type="application/json",
                             headers={"Content-Encoding": "gzip"})
+        if model == "nostream:sse":
+            return Response(json.dumps(answer, indent=2), media_type="text/event-stream")
         return JSONResponse(answer)
 
     if model == "slow":
