@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from pydantic import BaseModel
@@ -197,3 +198,34 @@ def test_an_endpoint_that_answers_a_stream_with_one_json_body_streams_to_the_ope
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert (record.model, record.outcome) == ("remote-plain", "ok")
+
+
+# -- an endpoint that refuses stream_options ------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["stream", "astream"])
+def test_a_stream_refused_for_its_stream_options_is_sent_again_without_them(upstream_url: str, tmp_path: Path,
+                                                                           path: str) -> None:
+    """Every stream asks for the usage at its end (``stream_options``), which Azure OpenAI's older API versions and
+    some gateways refuse with a 400 (``Unknown parameter: 'stream_options'``) where the same request unstreamed is
+    answered: every streamed request to such a model failed (the next model answered, or none). The stream is now
+    sent again at once without them, and later streams to that endpoint go without them from the start; the
+    answer's token counts are estimated (the endpoint reports none) and the call is recorded ``ok``."""
+    stats = upstream_url.removesuffix("/v1") + "/stats"
+    model = "refuse:stream_options"
+    models = models_dir(tmp_path / "models", {"remote-azure": remote_card("remote-azure", upstream_url, model,
+                                                                          max_retries=0)}, specialist=False)
+    config = RouterConfig.load(models_dir=models, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    with Router(config) as router:
+        calls = []
+        answers = []
+        for _ in range(2):
+            before = httpx.get(stats).json()["calls"].get(model, 0)
+            chunks = _streamed(router, path, model="remote-azure")
+            calls.append(httpx.get(stats).json()["calls"][model] - before)
+            answers.append(chunks)
+        records = router.ledger.records()
+    assert calls == [2, 1], "refused once, sent again without them, then sent without them from the start"
+    for chunks in answers:
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == "echo: hello"
+        usage = chunks[-1].usage
+        assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert [(r.model, r.outcome) for r in records] == [("remote-azure", "ok")] * 2

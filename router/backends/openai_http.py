@@ -162,6 +162,22 @@ _MAX_BACKOFF_S = 2.0
 that is waited out (a longer one is the caller's to honour, and another model may answer meanwhile)."""
 
 
+class _StreamOptionsRefused(Exception):
+    """The endpoint refused a stream request (``error``, a 400 or 422) naming its ``stream_options``."""
+
+    def __init__(self, error: BackendError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _refusal(failure: Exception) -> Exception:
+    """An HTTP error answer to a stream request (what :meth:`OpenAIHTTPBackend._status_failure` made of it), as
+    :class:`_StreamOptionsRefused` where the endpoint refused the request naming ``stream_options``."""
+    if isinstance(failure, BackendRefusedError) and "stream_options" in (failure.detail or ""):
+        return _StreamOptionsRefused(failure)
+    return failure
+
+
 class _Retryable(Exception):
     """A failure before the endpoint produced anything (``error`` says what): the call may be sent again."""
 
@@ -208,6 +224,8 @@ class OpenAIHTTPBackend(Backend):
         # the own pool speaks to the endpoint directly; where the environment names an HTTP(S) proxy for it,
         # httpx (which honours those variables) carries the call instead
         self._use_pool = self._proxy is None
+        self._stream_options = True
+        """Whether streams ask for the usage at their end (``stream_options``): until the endpoint refuses them."""
 
     def _sync_client(self) -> httpx.Client:
         # httpx reads the proxy variables only for a client it makes the transport of: the sync client's own
@@ -224,7 +242,7 @@ class OpenAIHTTPBackend(Backend):
             self._client = self._sync_client()
         self._loops = {}
 
-    def _body(self, request: GenerationRequest, stream: bool) -> bytes:
+    def _body(self, request: GenerationRequest, stream: bool, stream_options: bool = True) -> bytes:
         body: dict[str, Any] = {
             "model": self.spec.model,
             "messages": [m.openai() for m in request.messages],
@@ -235,12 +253,27 @@ class OpenAIHTTPBackend(Backend):
             body["temperature"] = request.temperature
         if request.stop:
             body["stop"] = request.stop
-        if stream:
+        if stream and stream_options:
             body["stream_options"] = {"include_usage": True}
         options = request.options
         if not options.plain or options.passthrough or options.reasoning_effort:
             body.update(option_fields(options, self._reasoning))
         return to_json(body)
+
+    def _without_stream_options(self, refused: _StreamOptionsRefused, with_options: bool) -> bool:
+        """A stream request refused for its ``stream_options`` (OpenAI's, for the usage at the stream's end, which
+        Azure OpenAI's older API versions and some gateways refuse as an unknown parameter, where the same request
+        without streaming is answered): ``False``, the stream is sent again at once without them, as every stream to
+        this endpoint from now on (the usage is estimated where it reports none). Raises the refusal when the
+        request had none to drop."""
+        if not with_options:
+            raise refused.error
+        if self._stream_options:
+            self._stream_options = False
+            log.warning("%s: the model's endpoint refuses stream_options (its usage at a stream's end); streams are "
+                        "sent without them, their token counts estimated where the endpoint reports none (%s)",
+                        self.card.name, refused.error.detail)
+        return False
 
     # -- failures and time limits -----------------------------------------------------------------------
     def _start(self, request: GenerationRequest) -> Bound:
@@ -381,24 +414,30 @@ class OpenAIHTTPBackend(Backend):
     # -- sync -------------------------------------------------------------------------------------------
     def stream(self, request: GenerationRequest) -> Iterator[StreamEvent]:
         bound = self._start(request)
-        body = self._body(request, stream=True)
+        with_options = self._stream_options
+        body = self._body(request, stream=True, stream_options=with_options)
         produced = False
-        for attempt in range(self.spec.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 for event in self._stream_once(body, request, bound):
                     produced = True
                     yield event
                 return
+            except _StreamOptionsRefused as refused:
+                with_options = self._without_stream_options(refused, with_options)
+                body = self._body(request, stream=True, stream_options=False)
             except _Retryable as failure:
                 self._back_off(self._retry_wait(failure, attempt, bound, request, produced), request, bound)
+                attempt += 1
 
     def _stream_once(self, body: bytes, request: GenerationRequest, bound: Bound) -> Iterator[StreamEvent]:
         watch = _SyncSendWatch()
         try:
             with self._send(body, request, bound, watch) as response:
                 if response.status_code >= 400:
-                    raise self._status_failure(response.status_code, response.read(),
-                                               response.headers.get("retry-after"), bound)
+                    raise _refusal(self._status_failure(response.status_code, response.read(),
+                                                        response.headers.get("retry-after"), bound))
                 if _is_json(response):
                     yield from self._whole_answer_events(response.read(), request)
                     return
@@ -455,16 +494,22 @@ class OpenAIHTTPBackend(Backend):
     # -- async ------------------------------------------------------------------------------------------
     async def astream(self, request: GenerationRequest) -> AsyncIterator[StreamEvent]:
         bound = self._start(request)
-        body = self._body(request, stream=True)
+        with_options = self._stream_options
+        body = self._body(request, stream=True, stream_options=with_options)
         produced = False
-        for attempt in range(self.spec.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 async for event in self._astream_once(body, request, bound):
                     produced = True
                     yield event
                 return
+            except _StreamOptionsRefused as refused:
+                with_options = self._without_stream_options(refused, with_options)
+                body = self._body(request, stream=True, stream_options=False)
             except _Retryable as failure:
                 await self._aback_off(self._retry_wait(failure, attempt, bound, request, produced), request, bound)
+                attempt += 1
 
     async def _astream_once(self, body: bytes, request: GenerationRequest,
                             bound: Bound) -> AsyncIterator[StreamEvent]:
@@ -477,8 +522,8 @@ class OpenAIHTTPBackend(Backend):
             if response.status_code < 400:  # the endpoint took the request: a bound passing now cut off its work
                 bound.reached = True
             else:
-                raise self._status_failure(response.status_code, await within(response.aread(), bound.end),
-                                           response.headers.get("retry-after"), bound)
+                raise _refusal(self._status_failure(response.status_code, await within(response.aread(), bound.end),
+                                                    response.headers.get("retry-after"), bound))
             if _is_json(response):
                 for event in self._whole_answer_events(await within(response.aread(), bound.end), request):
                     yield event

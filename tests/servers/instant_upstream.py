@@ -24,6 +24,9 @@ a model. Behaviour is chosen by the request's ``model`` field:
 - ``nostream``: answers like anything else, but always as one JSON body (``application/json``), ignoring
   ``"stream": true`` (as some OpenAI-compatible servers and gateways do); ``nostream:sse`` sends that body labelled
   ``text/event-stream``; ``nostream:calls`` calls every function in ``tools`` so (as ``calls`` does);
+- ``refuse:stream_options``: HTTP 400 ``Unknown parameter: 'stream_options'`` to a request that has
+  ``stream_options`` (as Azure OpenAI's older API versions and some gateways answer), else answers like
+  ``nousage``;
 - ``gzip``: answers like anything else, its JSON body gzip-compressed unless the request asks for
   ``Accept-Encoding: identity`` (a request without the header allows any encoding, RFC 9110 12.5.3);
 - ``calls``: calls every function in ``tools`` (arguments ``{}``), as a model calling in parallel may, or only the
@@ -140,6 +143,10 @@ async def chat(request: Request) -> Response:
         await asyncio.sleep(float(seconds))
         return JSONResponse({"error": {"message": f"refused with {code}", "type": "rate_limit_exceeded"}},
                             status_code=int(code))
+    if model == "refuse:stream_options" and "stream_options" in body:
+        unknown = {"message": "Unknown parameter: 'stream_options'.", "type": "invalid_request_error",
+                   "param": "stream_options", "code": "unknown_parameter"}
+        return JSONResponse({"error": unknown}, status_code=400)
     if model.startswith("sleep:"):
         await asyncio.sleep(float(model[6:]))
     if model == "error200":
@@ -154,7 +161,7 @@ async def chat(request: Request) -> Response:
             if await request.is_disconnected():
                 closed_early["slow-json"] += 1
                 return Response(status_code=499)
-    usage = model != "nousage" and not model.startswith("reasoning:")
+    usage = model not in ("nousage", "refuse:stream_options") and not model.startswith("reasoning:")
     thinks = model.partition(":")[2] if model.startswith("reasoning:") else None
     counts = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     if model.startswith("usage:"):
