@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from servers.procs import models_dir, remote_card, router_serve, upstream, wait_for_record
 
 from router import Router, RouterConfig, StructuredOutputError
+from router.backends import openai_http
 from router.ledger import open_ledger
 from router.types import ChatCompletionChunk
 
@@ -199,6 +200,18 @@ def test_an_endpoint_that_answers_a_stream_with_one_json_body_streams_to_the_ope
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert (record.model, record.outcome) == ("remote-plain", "ok")
 
+
+
+def test_a_plain_body_that_is_no_chat_completion_is_named_an_answer_without_streaming() -> None:
+    """A stream answered with one JSON body that is neither a completion nor an error is the endpoint failing
+    (retried, then the next model), named for what it is, not "ended the stream"."""
+    parser = openai_http._SSEParser("remote-plain", 8192, lambda raw: [])
+    for line in ('{"object": "list",', '"data": []}'):
+        assert parser.feed(line) == []
+    with pytest.raises(openai_http._Retryable) as failure:
+        parser.finish()
+    assert failure.value.error.message == (
+        "remote-plain: the model's endpoint answered without streaming, with a body that is not a chat completion")
 
 # -- an endpoint that refuses stream_options ------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["stream", "astream"])
