@@ -195,11 +195,14 @@ class Attempts:
         return d.escalate_below is not None and bool(d.escalate_to) and model not in d.escalate_to
 
     def _may_fall_back_on_format(self) -> bool:
-        """Whether the call about to be made has its answer checked against the request's ``response_format``
-        with another model left to try: a stream collects such an answer before sending any of it, so that one
-        that fails the format is followed by the next model's, as a whole answer is (streamed as it came, it
-        could only end in an error). The last model's answer streams as it comes."""
-        return self.prepared.options.response_format is not None and self.position < len(self.plan)
+        """Whether the call about to be made has its answer checked against the request's ``response_format``, or
+        must be a tool call (``tool_choice`` ``required`` or a function's name), with another model left to try: a
+        stream collects such an answer before sending any of it, so that one that fails is followed by the next
+        model's, as a whole answer is (streamed as it came, it could only end in an error). The last model's answer
+        streams as it comes."""
+        options = self.prepared.options
+        must_call = options.tools is not None and options.tools.choice not in (None, "auto", "none")
+        return (options.response_format is not None or must_call) and self.position < len(self.plan)
 
     def _reserve(self, card: ModelCard) -> list[Reservation] | None:
         """Hold the estimated joules against every budget of ``card`` (atomic per budget in the ledger).

@@ -29,7 +29,9 @@ class Answer(BaseModel):
     answer: str
 
 
-FORMAT_CAPABLE = "capabilities: [json_object, json_schema]\ncontext_length:"
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+FORMAT_CAPABLE = "capabilities: [json_object, json_schema, tools]\ncontext_length:"
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +139,28 @@ def test_a_streamed_answer_that_fails_the_schema_falls_back_through_the_proxy(up
         ledger.close()
 
 
-# -- an endpoint that ignores "stream": true ------------------------------------------------------------------
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}}}}
 
+@pytest.mark.parametrize("path", ["stream", "astream"])
+def test_a_streamed_answer_without_the_call_tool_choice_demands_is_followed_by_the_next_models(
+        upstream_url: str, tmp_path: Path, path: str) -> None:
+    """``tool_choice: required``: the small model answers prose instead of a call. Whole, the next model called the
+    tool; streamed, the prose had gone out and the request ended in StructuredOutputError. Now the stream carries
+    the large model's call alone, as the whole answer does."""
+    config = _prose_then_json(tmp_path, upstream_url, large="calls")
+    params = {"tools": [WEATHER], "tool_choice": "required"}
+    with Router(RouterConfig.load(config)) as router:
+        whole = router.complete(ASK, **params)
+        chunks = _streamed(router, path, **params)
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert [c.function.name for c in calls if c.function and c.function.name] == [
+        call.function.name for call in whole.choices[0].message.tool_calls or []] == ["get_weather"]
+    routing = chunks[-1].routing
+    assert routing is not None and [(a.model, a.outcome) for a in routing.attempts] == [
+        ("remote-prose", "escalated"), ("remote-json", "ok")]
+
+
+# -- an endpoint that ignores "stream": true ------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["stream", "astream"])
 @pytest.mark.parametrize("model", ["nostream", "nostream:sse", "nostream:calls"])

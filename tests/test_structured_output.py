@@ -1,9 +1,10 @@
 """Answers are checked against what the request asked for (JSON, a JSON schema, valid tool calls) on every path:
-a bad answer moves on to the next capable model, streamed too (a stream with a ``response_format`` collects each
-answer but the last model's before sending it); none left, or a bad streamed tool call, is StructuredOutputError,
-never a silent bad answer. Tool calls and log probabilities come back in OpenAI's shapes (checked with the openai
-package's own types). The models are named test doubles that answer a fixed text or fixed calls (fault
-injection: a model that ignores the format it was asked for)."""
+a bad answer moves on to the next capable model, streamed too (a stream with a ``response_format``, or a
+``tool_choice`` that demands a call, collects each answer but the last model's before sending it); none left, or a
+bad streamed answer that was not collected, is StructuredOutputError, never a silent bad answer. Tool calls and
+log probabilities come back in OpenAI's shapes (checked with the openai package's own types). The models are named
+test doubles that answer a fixed text or fixed calls (fault injection: a model that ignores the format it was
+asked for)."""
 
 from __future__ import annotations
 
@@ -105,8 +106,8 @@ def build(tmp: Path, cheap: dict[str, Any], dear: dict[str, Any]) -> Router:
 GOOD = '{"name": "Ada", "age": 36}'
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], Outcome, Outcome]] = {
     # name: (cheap's answer, dear's answer, request params, outcome of whole answers, outcome of streams)
-    # a stream with a response_format collects each answer but the last model's before sending it: a bad one is
-    # followed by the next model's, as a whole answer is
+    # a stream with a response_format, or a tool_choice that demands a call, collects each answer but the last
+    # model's before sending it: a bad one is followed by the next model's, as a whole answer is
     "invalid JSON escalates": (
         {"text": "Ada is 36."}, {"text": GOOD}, {"response_format": PERSON},
         Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
@@ -125,12 +126,12 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], Outcome, 
         {"calls": [("get_weather", '{"town": "Paris"}')]}, {"calls": [("get_weather", '{"city": "Paris"}')]},
         {"tools": [WEATHER], "tool_choice": "required"},
         Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
-        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")])),
     "a required call missing": (
         {"text": "It is sunny."}, {"calls": [("get_weather", '{"city": "Paris"}')]},
         {"tools": [WEATHER], "tool_choice": "required"},
         Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
-        Outcome(None, "StructuredOutputError", [("cheap", "error", 0, "invalid_model_output")])),
+        Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")])),
     "an integer too long to read escalates": (  # JSON, but more digits than Python converts (4300 by default)
         {"text": '{"n": ' + "1" * 5000 + "}"}, {"text": GOOD}, {"response_format": {"type": "json_object"}},
         Outcome("dear", "ok", [("cheap", "escalated", 0, "invalid_model_output"), ("dear", "ok", 1, "")]),
