@@ -372,13 +372,16 @@ def _proxy_in_the_environment(monkeypatch: pytest.MonkeyPatch, proxy: str) -> No
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
+@pytest.mark.parametrize("scheme", ["http://", ""])
 @pytest.mark.parametrize("path", [*PATHS, "stream"])
 def test_every_call_goes_through_the_proxy_named_in_the_environment(upstream_url: str, tmp_path: Path, path: str,
+                                                                   scheme: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """With HTTP_PROXY naming a proxy (here the TEST UPSTREAM, which answers a request sent to it as to a proxy)
     for an endpoint whose name does not resolve, sync calls and streams are carried through it as async ones are
-    (they once dialled the endpoint directly and failed as unreachable)."""
-    _proxy_in_the_environment(monkeypatch, upstream_url.removesuffix("/v1"))
+    (they once dialled the endpoint directly and failed as unreachable). A value without a scheme
+    (``proxy.corp:3128``) is an http:// proxy, as httpx and curl read it: the Router once refused to start."""
+    _proxy_in_the_environment(monkeypatch, scheme + upstream_url.removesuffix("/v1").removeprefix("http://"))
     backend = OpenAIHTTPBackend(_card(tmp_path, "remote", "http://upstream.invalid/v1", "echo", max_retries=0,
                                       timeout_s=10))
     try:

@@ -96,7 +96,7 @@ def _env_proxy_for(url: str) -> str | None:
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
-    return proxy
+    return proxy if "://" in proxy else f"http://{proxy}"  # proxy.corp:3128: httpx and curl take it as http://
 
 
 def _proxy_variable(url: str, proxy: str) -> str:
@@ -104,7 +104,7 @@ def _proxy_variable(url: str, proxy: str) -> str:
     message an operator can act on."""
     candidates = (f"{urlsplit(url).scheme}_proxy", "all_proxy")
     for name in (n for candidate in candidates for n in (candidate, candidate.upper())):
-        if os.environ.get(name) == proxy:
+        if os.environ.get(name) in (proxy, proxy.removeprefix("http://")):
             return name
     return next((n for n in os.environ if n.lower() in candidates), "ALL_PROXY")
 

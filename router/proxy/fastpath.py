@@ -302,8 +302,10 @@ class ChatHandler:
 
     async def _stream(self, prepared: PreparedRequest, key_label: str | None, include_usage: bool,
                       receive: Receive, t0: float) -> Response:
-        # until the first chunk nothing is sent, so nothing would notice the client leaving: a cascade's first
-        # stage is buffered whole (it is judged before any of it is streamed), so it is watched as a JSON answer is
+        # until the first chunk nothing is sent, so nothing would notice the client leaving: an answer another
+        # model may replace (a cascade's first stage, one checked against response_format or a required tool call
+        # with a model left to try) is buffered whole before any of it is streamed, so it is watched as a JSON
+        # answer is
         chunks, first = await _watched(prepared, receive, self._first_chunk(prepared))
         card = self.router.cards[first.model]
         headers = routing_headers(card.name, card.tier, prepared.decision.reason)
