@@ -48,8 +48,9 @@ from ._streams import AsyncChunkStream, ChunkStream
 from .backends import Backend, create_backend
 from .backends.base import estimated_tokens, own_cancel
 from .backends.cooldown import CooldownBackend
+from .backends.env_proxies import refuse_unusable_proxies
 from .carbon.grid import Grid
-from .cards import ModelCard, load_cards, refuse_unusable_proxies, warn_of_unset_key_variables
+from .cards import ModelCard, load_cards, warn_of_unset_key_variables
 from .classify.base import Classification, RequestClassifier
 from .classify.batching import ClassifyBatcher
 from .config import RouterConfig

@@ -9,10 +9,11 @@ A bad card raises :class:`ConfigError` naming the file, the field and what was e
 every number must be finite and in range, and every file the backend names must exist (see
 :mod:`router.card_files`), so a wrong number or a missing file fails at start-up, not at the first request.
 What a card needs of the environment is checked when the Router starts: a remote card's key variable (a warning)
-and the proxy the environment names for its endpoint (a ConfigError where httpx cannot call through it).
+and the proxy the environment names for its endpoint (a ConfigError where httpx cannot call through it:
+:mod:`router.backends.env_proxies`).
 
-Length: the card schema with its validators, the loaders, and those start-up checks, which read the cards' fields
-as the validators do.
+Length: the card schema with its validators, the loaders, and the key variable's start-up check, which reads the
+cards' fields as the validators do.
 """
 
 from __future__ import annotations
@@ -404,49 +405,3 @@ def warn_of_unset_key_variables(cards: dict[str, ModelCard], given: set[str]) ->
             log.warning("model %s (%s): its API key variable %s (backend.api_key_env) is not set, so every call to it "
                         "will fail and fall back to another model; fix: export %s=... with its key before starting "
                         "the router", name, card.path, spec.api_key_env, spec.api_key_env)
-
-
-def refuse_unusable_proxies(cards: dict[str, ModelCard], given: set[str]) -> None:
-    """A :class:`ConfigError` naming each remote card (not in ``given``, whose backends the caller built) whose
-    endpoint the environment's HTTPS_PROXY / HTTP_PROXY / ALL_PROXY sends through a proxy httpx cannot use: a SOCKS
-    proxy without socksio, a scheme httpx has no transport for, or a value that is not a URL. Asked when the Router
-    starts: the process's environment is what every call to the model will see, so each call would fail (a URL
-    httpx cannot read: a 500 internal error per request), and ``router serve`` would start and serve
-    nothing from that model. Unlike an unset key variable (a warning, :func:`warn_of_unset_key_variables`) nothing
-    set later in a deploy can mend it. The message names the variable, never its value (it may hold a password)."""
-    from .backends.openai_http import _env_proxy_for, _unusable_proxy  # backends import this module
-
-    problems: list[str] = []
-    for name, card in cards.items():
-        spec = card.backend
-        if not isinstance(spec, OpenAIBackendSpec) or name in given:
-            continue
-        url = spec.base_url.rstrip("/") + "/chat/completions"
-        proxy = _env_proxy_for(url)
-        if proxy is None:
-            continue
-        # unreadable first: the other check splits the value as a URL, which fails on some of these
-        unusable = _unreadable_proxy(card, spec.base_url, url, proxy) or _unusable_proxy(card, url, proxy)
-        if unusable is not None:
-            problems.append(str(unusable))
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def _unreadable_proxy(card: ModelCard, base_url: str, url: str, proxy: str) -> ConfigError | None:
-    """A :class:`ConfigError` where httpx cannot read ``proxy`` as a URL (``http://proxy:port``, ``http://[::1``):
-    the backend's start would fail with httpx's own InvalidURL, an internal error on every call."""
-    import httpx
-
-    from .backends.openai_http import _proxy_variable
-
-    try:
-        httpx.URL(proxy)
-    except httpx.InvalidURL:
-        variable = _proxy_variable(url, proxy)
-        return ConfigError.at(
-            card.path, "backend.base_url",
-            f"the environment variable {variable} names a proxy for {base_url} that is not a URL httpx can read",
-            f"give {variable} as http://HOST:PORT (or name the endpoint's host in NO_PROXY to call it directly)")
-    return None
-

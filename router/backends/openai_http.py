@@ -44,7 +44,6 @@ import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic_core import from_json, to_json
@@ -62,6 +61,7 @@ from ..errors import (
 from ._http11 import HTTPPool, NotSentTimeout
 from ._time_limits import CANCEL_POLL_S, Bound, BoundedTransport, CheckedStream, bounded, cancellable, within
 from .base import Backend, Generation, GenerationRequest, StreamEvent, reasoning_text
+from .env_proxies import env_proxy_for, unusable_proxy
 from .openai_shapes import CallsBegun, logprobs_of, option_fields, reasoning_of, tool_call_deltas, tool_calls
 
 log = logging.getLogger(__name__)
@@ -84,56 +84,6 @@ away for hours from a router that may have other models to offer by then."""
 _CONNECT_S = 10.0
 """Longest wait for a TCP (and TLS) connection, within the call's bound: a dead host fails fast and leaves
 time for a retry."""
-
-
-def _env_proxy_for(url: str) -> str | None:
-    """The proxy HTTP_PROXY / HTTPS_PROXY / ALL_PROXY (less NO_PROXY) name for ``url``, as httpx would read them;
-    ``None`` where none applies."""
-    import urllib.request
-
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return proxy if "://" in proxy else f"http://{proxy}"  # proxy.corp:3128: httpx and curl take it as http://
-
-
-def _proxy_variable(url: str, proxy: str) -> str:
-    """The environment variable that named ``proxy`` for ``url`` (as :func:`_env_proxy_for` read it), for a
-    message an operator can act on."""
-    candidates = (f"{urlsplit(url).scheme}_proxy", "all_proxy")
-    for name in (n for candidate in candidates for n in (candidate, candidate.upper())):
-        if os.environ.get(name) in (proxy, proxy.removeprefix("http://")):
-            return name
-    return next((n for n in os.environ if n.lower() in candidates), "ALL_PROXY")
-
-
-def _unusable_proxy(card: ModelCard, url: str, proxy: str) -> ConfigError | None:
-    """Why httpx cannot call through ``proxy``, a :class:`ConfigError` naming the variable and the fix, or
-    ``None`` where it can. Asked when the backend starts, so a model the proxy cannot carry fails its start (the
-    next model answers, the reason is logged) instead of every call failing with httpx's own ImportError or
-    ValueError, which the Router can only report as an internal error."""
-    variable = _proxy_variable(url, proxy)
-    scheme = urlsplit(proxy).scheme.lower()
-    base_url = card.backend.base_url if isinstance(card.backend, OpenAIBackendSpec) else url
-    if scheme in ("socks5", "socks5h"):
-        import importlib.util
-
-        if importlib.util.find_spec("socksio") is not None:
-            return None
-        return ConfigError.at(
-            card.path, "backend.base_url",
-            f"the environment variable {variable} names a SOCKS proxy ({scheme}://) for {base_url}, and calling "
-            "through one needs the 'socksio' package, which is not installed",
-            "pip install 'httpx[socks]' (or name the endpoint's host in NO_PROXY to call it directly)")
-    if scheme not in ("http", "https"):
-        return ConfigError.at(
-            card.path, "backend.base_url",
-            f"the environment variable {variable} names a proxy for {base_url} whose scheme {scheme or '(none)'}:// "
-            "is not one httpx can call through (http://, https://, socks5://, socks5h://)",
-            f"give {variable} one of those (or name the endpoint's host in NO_PROXY to call it directly)")
-    return None
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -215,8 +165,8 @@ class OpenAIHTTPBackend(Backend):
         self._timeout, self._limits = timeout, limits
         self._given_transport = transport
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
-        self._proxy = _env_proxy_for(self._url)
-        if self._proxy is not None and (unusable := _unusable_proxy(card, self._url, self._proxy)) is not None:
+        self._proxy = env_proxy_for(self._url)
+        if self._proxy is not None and (unusable := unusable_proxy(card, self._url, self._proxy)) is not None:
             raise unusable
         self._client = self._sync_client()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopConnections] = {}
