@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 from .._forks import renew_after_fork
 from ..config import JournalSettings
 from ..errors import LedgerError
-from .base import Ledger, LedgerRecord, Reservation, SummaryRow
+from .base import HoldCounts, Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import closed_error, ledger_error, redact, wrapped_parts
 from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, Settlement, journal_folder
@@ -436,6 +436,9 @@ class JournaledLedger(Ledger):
 
     def integrity_problems(self) -> list[str]:
         return self._store().integrity_problems()
+
+    def hold_counts(self) -> HoldCounts | None:
+        return self._store().hold_counts()
 
     def rebuild_summary(self) -> None:
         self._store().rebuild_summary()

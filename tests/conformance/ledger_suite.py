@@ -765,6 +765,25 @@ def check_a_hold_past_its_hold_s_stops_counting(open_store: OpenStore) -> None:
     assert math.isclose(led.budget_used("b", 3600), 6.0)
 
 
+def check_hold_counts(open_store: OpenStore) -> None:
+    """``hold_counts`` (what ``router ledger doctor`` shows) counts the holds the store keeps: of calls that may
+    still be running, past their ``hold_s``, and reserved without one; a settled hold is no longer one."""
+    led = open_store("hold_counts")
+    brief = led.try_reserve("b", 6.0, 100.0, 3600, hold_s=0.05)
+    running = led.try_reserve("b", 2.0, 100.0, 3600, hold_s=60.0)
+    lasting = led.try_reserve("b", 3.0, 100.0, 3600)
+    assert brief is not None and running is not None and lasting is not None
+    time.sleep(0.2)
+    counts = led.hold_counts()
+    assert counts is not None, f"{type(led).__name__} keeps holds by id but does not count them"
+    assert (counts.live, counts.expired, counts.unbounded) == (1, 1, 1), counts
+    assert math.isclose(counts.live_j, 2.0) and math.isclose(counts.expired_j, 6.0)
+    assert math.isclose(counts.unbounded_j, 3.0)
+    led.settle_many([(brief, 1.0), (running, 1.0), (lasting, 1.0)])
+    counts = led.hold_counts()
+    assert counts is not None and counts.live + counts.expired + counts.unbounded == 0, counts
+
+
 # A proxy process (records and settlements handed to the background writer, behind the journal) that settles one
 # call in the store, then, its store taking no more writes, journals two more calls' records and settlements (one
 # from a thread, one deferred on an event loop as under `router serve`) and is killed: the moment between a
@@ -1092,6 +1111,7 @@ LEDGER_CHECKS: list[Callable[[OpenStore], None]] = [
     check_settling_again_changes_nothing,
     check_a_bad_settlement_is_refused_and_stores_nothing,
     check_a_hold_past_its_hold_s_stops_counting,
+    check_hold_counts,
     check_a_replayed_record_counts_against_its_budget,
     check_reserve_up_to_the_limit,
     check_window_rollover,
