@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -779,3 +780,55 @@ def test_a_ledger_url_under_home_is_in_the_home_folder(url: str, tmp_path: Path,
         assert [r.record_id for r in reread.records()] == [record.record_id]
     finally:
         reread.close()
+
+
+def test_a_journal_folder_names_its_store_and_another_store_is_refused_it(tmp_path: Path) -> None:
+    """Two ledgers given one journal folder (two configs with the same journal.folder) replayed each other's
+    records: B's open took A's dead process's record into B. The folder's STORE note is checked at open: B is
+    refused with an error naming both stores and the folder, `router ledger doctor` says so and replays nothing
+    into B, and A (under any spelling of its URL) replays its own. A folder without a note gets one."""
+    from cli_helpers import router_main
+
+    shared = tmp_path / "shared"
+    url_a, url_b = f"sqlite:///{tmp_path / 'a.sqlite3'}", f"sqlite:///{tmp_path / 'b.sqlite3'}"
+    left_by_a = Journal(shared, url=url_a)  # a process of A that stopped before its record reached A
+    left_by_a.append(_rec(1))
+    left_by_a.close()
+    assert (shared / "STORE").read_text() == url_a + "\n"
+
+    with pytest.raises(LedgerError) as refused:
+        open_ledger(url_b, journal=JournalSettings(folder=shared))
+    said = str(refused.value)
+    assert all(part in said for part in (url_b, url_a, str(shared), "belongs to another store")), said
+    assert not refused.value.retryable
+    code, out = router_main("ledger", "doctor", "--ledger", url_b, "--journal", str(shared))
+    assert code == 1 and "belongs to another store" in out and "Traceback" not in out, out
+    assert "1 file(s) of stopped processes hold 1 records not yet replayed" in out, out
+    with closing(SQLiteLedger(tmp_path / "b.sqlite3")) as store_b:
+        assert store_b.records() == [], "nothing of A's reached B"
+
+    with closing(open_ledger(f"{url_a}?timeout_s=5", journal=JournalSettings(folder=shared))) as led_a:
+        assert [r.request_id for r in led_a.records()] == ["q1"], "A's own record, replayed into A"
+
+    (shared / "STORE").unlink()  # a folder of a release that wrote no note
+    with closing(open_ledger(url_b, journal=JournalSettings(folder=shared))):
+        assert (shared / "STORE").read_text() == url_b + "\n"
+    assert not list(shared.glob(".STORE*")), "no half-made note left behind"
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("redis://h:6379/0", "rediss://:pw@H/0?socket_timeout=3&prefix=router:", True),
+    ("redis://h/0", "redis://h/?db=0", True),
+    ("redis://h/0", "redis://h/1", False),
+    ("redis://h/0", "redis://h/0?prefix=other:", False),
+    ("redis://h/0", "redis://h:6380/0", False),
+    ("postgresql://u:secret@h/db?pool=2&connect_timeout=9", "postgres://v@h:5432/db?password=***", True),
+    ("postgresql://u@h/db", "postgresql://u@h/db?schema=other", False),
+    ("postgresql://u@h/db", "postgresql://u@h/db2", False),
+])
+def test_store_urls_that_name_one_store_share_its_journal(a: str, b: str, same: bool) -> None:
+    """The STORE note is compared by the store a URL names, not by its spelling: timeouts, pool size, TLS, user
+    and password may change without a journal becoming another store's."""
+    from router.ledger.journal_note import store_identity
+
+    assert (store_identity(a) == store_identity(b)) is same

@@ -5,8 +5,9 @@ its schema version against the code's; the store's own integrity check (SQLite `
 budget holds it keeps (``Ledger.hold_counts``: live, expired, without an expiry), for information; the hourly
 summary, and where the store keeps one the coarser ``rollup_hourly`` the dashboard's totals read, against the
 records they sum (``--repair`` rebuilds both from the records); journals in the store's
-journal folder: those of dead processes are replayed (unless ``replay=False``), those of live processes are
-theirs to replay, and records a store refused (``rejected.jsonl``) are reported.
+journal folder: one whose STORE note names another store is a problem and is not replayed; those of dead processes
+are replayed (unless ``replay=False``), those of live processes are theirs to replay, and records a store refused
+(``rejected.jsonl``) are reported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .arguments import EARLIEST_TS
 from .base import SUMMARY_DIMS, Ledger, LedgerRecord, SummaryRow, aggregate
 from .errors import redact
 from .journal import journal_folder as store_journal_folder
+from .journal_note import store_note_conflict
 from .replay import claim, replay_folder, segment_files
 from .rollup import ROLLUP_DIMS, RollupFolding
 
@@ -186,11 +188,11 @@ def diagnose(
             led = open_store(url)
         except LedgerError as exc:
             report.add(False, f"the store does not open: {exc}")
-            _journals(report, folder, None, replay=False)
+            _journals(report, url, folder, None, replay=False)
             return report
     try:
         _check_store(report, led, repair, progress)
-        _journals(report, folder, led, replay=replay, progress=progress)
+        _journals(report, url, folder, led, replay=replay, progress=progress)
     except LedgerError as exc:
         report.add(False, str(exc))
     finally:
@@ -235,8 +237,13 @@ def _check_store(report: DoctorReport, led: Ledger, repair: bool, progress: Step
 
 
 def _journals(
-    report: DoctorReport, folder: Path, led: Ledger | None, *, replay: bool, progress: StepProgress | None = None
+    report: DoctorReport, url: str, folder: Path, led: Ledger | None, *, replay: bool,
+    progress: StepProgress | None = None,
 ) -> None:
+    conflict = store_note_conflict(folder, url)
+    if conflict is not None:  # its records are another store's: counted, never replayed here
+        report.add(False, str(conflict))
+        led = None
     files = segment_files(folder)
     dead: list[Path] = []
     live: list[Path] = []

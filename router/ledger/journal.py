@@ -1,13 +1,14 @@
 """A local append-only journal: records are on this host's disk before anything else happens to them.
 
-Layout: one folder per store (default: ``<ledger file>.journal/`` beside a SQLite ledger, else
-``<user data dir>/router/journal/<store>/``), holding segment files ``j-<host>-<pid>-<ns>.jsonl``. Each process
-appends to its own active segment, one JSON line per record (with its ``record_id``) or budget settlement (the
-reservation and what the call used, under ``"settlement"``: :func:`encode_settlement`), written with one
-``write(2)`` before :meth:`Journal.append` returns: the line is then in the OS's page cache, so a ``kill -9`` of
-the process loses nothing appended. ``fsync`` (what a power cut needs) is configurable: ``always`` (every
-record, before ``append`` returns), ``group`` (a thread syncs what was written at most ``fsync_interval_ms`` ago:
-a power cut loses at most that long) or ``never`` (the OS writes back within ~30 s).
+Layout: one folder per store (default: ``<ledger file>.journal/`` beside a SQLite ledger, else ``<user data
+dir>/router/journal/<store>/``), holding segment files ``j-<host>-<pid>-<ns>.jsonl`` and a ``STORE`` note naming the
+store (a ledger of another store is refused the folder: :mod:`.journal_note`). Each process appends to its own
+active segment, one JSON line per record (with its ``record_id``) or budget settlement (the reservation and what the
+call used, under ``"settlement"``: :func:`encode_settlement`), written with one ``write(2)`` before
+:meth:`Journal.append` returns: the line is then in the OS's page cache, so a ``kill -9`` of the process loses
+nothing appended. ``fsync`` (what a power cut needs) is configurable: ``always`` (every record, before ``append``
+returns), ``group`` (a thread syncs what was written at most ``fsync_interval_ms`` ago: a power cut loses at most
+that long) or ``never`` (the OS writes back within ~30 s).
 
 A process holds an exclusive ``flock`` on each of its segments for as long as it owns them. The kernel drops the
 lock when the process dies (``kill -9`` included), so a segment whose lock can be taken belongs to a dead
@@ -46,7 +47,8 @@ from ..config import JournalSettings
 from ..errors import LedgerError
 from .arguments import is_finite_number
 from .base import LedgerRecord, Reservation
-from .errors import ledger_error, redact, redact_userinfo
+from .errors import ledger_error, redact_userinfo
+from .journal_note import claim_folder
 from .urls import sqlite_path
 
 log = logging.getLogger("router.ledger")
@@ -133,9 +135,8 @@ class Journal:
         self._closed = False
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            store_note = self.folder / "STORE"
-            if url and not store_note.exists():
-                store_note.write_text(redact(url) + "\n", encoding="utf-8")
+            if url:
+                claim_folder(self.folder, url)
             self._active = self._open_segment()
         except OSError as exc:
             raise self._error(exc, "create the journal") from exc

@@ -128,7 +128,12 @@ class JournaledLedger(Ledger):
                 raise
             log.warning("%s; journaling records until it is back", exc)
             store = None
-        journal = Journal(journal_folder(settings, url), settings, url=url)
+        try:
+            journal = Journal(journal_folder(settings, url), settings, url=url)
+        except LedgerError:
+            if store is not None:
+                store.close()
+            raise
         return cls(store, journal, connect=connect, url=url)
 
     # -- the store, or why there is none --------------------------------------------------------------
