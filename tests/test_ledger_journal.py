@@ -832,3 +832,23 @@ def test_store_urls_that_name_one_store_share_its_journal(a: str, b: str, same: 
     from router.ledger.journal_note import store_identity
 
     assert (store_identity(a) == store_identity(b)) is same
+
+
+def test_a_segment_rolls_over_at_segment_bytes_during_an_outage(tmp_path: Path) -> None:
+    """Segments rolled over only in the replay, which stops before rotating while the store is down: an outage
+    grew one segment without bound (744 KB of 64 KiB here; a replay reads a segment whole into memory). An append
+    now rolls over before it would take a segment past ``segment_bytes``, and every record is replayed after."""
+    limit = 64 * 1024
+    led = _journaled(tmp_path, segment_bytes=limit, fsync="group")
+    holder = sqlite3.connect(tmp_path / "l.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # the store is down for the whole burst
+    for i in range(2000):
+        led.record(_rec(i))
+    assert led.unavailable
+    sizes = [p.stat().st_size for p in segment_files(tmp_path / "l.journal")]
+    assert len(sizes) > 5 and max(sizes) <= limit, sizes
+    holder.execute("COMMIT")
+    led.replay()
+    assert len(led.records()) == 2000
+    led.close()
+    assert segment_files(tmp_path / "l.journal") == []

@@ -19,9 +19,9 @@ settlements again, which changes nothing. A settlement is journaled because a ho
 after its call's deadline): a call whose settlement died with its process would otherwise stop counting against
 its budget, though its record is replayed.
 
-Segments rotate: the owner seals its active segment and opens a new one (every replay interval, or at
-``segment_bytes``), deletes sealed segments whose records all reached the store, and replays the others (a
-record whose store write failed marks its segment dirty).
+Segments rotate: the owner seals its active segment and opens a new one (every replay interval, and before an append
+would take it past ``segment_bytes``, outages included), deletes sealed segments whose records all reached the
+store, and replays the others (a record whose store write failed marks its segment dirty).
 """
 
 from __future__ import annotations
@@ -192,6 +192,10 @@ class Journal:
             if self._closed:
                 raise ledger_error(self.url, "the journal is closed", "open the ledger again", retryable=False)
             seg = self._active
+            if seg.records and seg.size + len(data) > self.settings.segment_bytes:
+                # rolled here, not only by the replay's rotation: while the store is down the replay stops
+                # before it rotates, and a replay reads a whole segment into memory
+                seg = self._roll()
             if seg.torn:  # the torn part becomes a line of its own (set aside on replay), not the start of ours
                 data = b"\n" + data
             try:
@@ -239,20 +243,23 @@ class Journal:
             self.sync()
 
     def sync(self) -> None:
-        """fsync what was written to the active segment since the last sync (a duplicate descriptor, so a
-        rotation meanwhile cannot close it under us)."""
+        """fsync what was written since the last sync: to the active segment, and to one an append rolled over
+        from (duplicate descriptors, so a discard meanwhile cannot close them under us)."""
         with self._lock:
-            seg = self._active
-            if not seg.unsynced or self._closed:
+            if self._closed:
                 return
-            seg.unsynced = False
-            fd = os.dup(seg.fd)
-        try:
-            os.fdatasync(fd)
-        except OSError:
-            log.exception("could not fsync the ledger journal %s", seg.path)
-        finally:
-            os.close(fd)
+            to_sync: list[tuple[Segment, int]] = []
+            for seg in (self._active, *self._sealed):
+                if seg.unsynced:
+                    seg.unsynced = False
+                    to_sync.append((seg, os.dup(seg.fd)))
+        for seg, fd in to_sync:
+            try:
+                os.fdatasync(fd)
+            except OSError:
+                log.exception("could not fsync the ledger journal %s", seg.path)
+            finally:
+                os.close(fd)
 
     # -- rotation -----------------------------------------------------------------------------------------
     def rotate(self, *, force: bool = False) -> None:
@@ -263,15 +270,23 @@ class Journal:
             old = time.monotonic() - seg.created >= self.settings.replay_interval_s
             if seg.records == 0 or not (force or seg.dirty or old or seg.size >= self.settings.segment_bytes):
                 return
-            try:
-                self._active = self._open_segment()
-            except OSError as exc:
-                log.warning("%s; appending to %s meanwhile", self._error(exc, "start a journal segment"), seg.path)
+            if self._roll() is seg:
                 return
-            self._sealed.append(seg)
         if seg.unsynced and self.settings.fsync != "never":
             with contextlib.suppress(OSError):
                 os.fdatasync(seg.fd)
+
+    def _roll(self) -> Segment:
+        """Seal the active segment and start a new one (the caller holds the lock); returns the active segment,
+        the old one where no new one could be made. A sealed segment left unsynced is synced by :meth:`sync`."""
+        seg = self._active
+        try:
+            self._active = self._open_segment()
+        except OSError as exc:
+            log.warning("%s; appending to %s meanwhile", self._error(exc, "start a journal segment"), seg.path)
+            return seg
+        self._sealed.append(seg)
+        return self._active
 
     def sealed_ready(self) -> list[Segment]:
         """Sealed segments with no record still on its way to the store."""
