@@ -7,10 +7,12 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -852,3 +854,54 @@ def test_a_segment_rolls_over_at_segment_bytes_during_an_outage(tmp_path: Path) 
     assert len(led.records()) == 2000
     led.close()
     assert segment_files(tmp_path / "l.journal") == []
+
+
+def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    """A segment left by a router run as another user (root, say), unreadable to this one, raised a raw
+    PermissionError from the replay at open: a traceback from the library and `router serve`, and `router ledger
+    doctor` said only "Permission denied". Now the library raises a LedgerError naming the file, its owner and what
+    to do, `router serve` exits 2 with it, the doctor reports it (exit 1), and the file stays for its owner."""
+    as_other: list[str] = []
+    root = tmp_path
+    if os.geteuid() == 0:  # root reads any file: the router runs as nobody instead
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to run the router as another user")
+        as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        root = Path(tempfile.mkdtemp())  # pytest's own tmp folders are closed to other users
+    try:
+        setup(root, policy(REVIEW, 100.0))
+        config = _serve_config(root, root / "l.sqlite3", 1.0)
+        url = f"sqlite:///{root / 'l.sqlite3'}"
+        left = Journal(root / "journal", url=url)  # a stopped router's, with a record not yet in the store
+        left.append(_rec(1))
+        left.close()
+        SQLiteLedger(root / "l.sqlite3").close()
+        for path in (root, root / "journal", root / "l.sqlite3"):
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        (segment,) = segment_files(root / "journal")
+        segment.chmod(0)
+        router_bin = shutil.which("router") or str(Path(sys.executable).parent / "router")
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*as_other, *args], capture_output=True, text=True, timeout=120)
+
+        opened = run(sys.executable, "-c", "import sys\nfrom router.errors import LedgerError\n"
+                     "from router.ledger import JournalSettings, open_ledger\ntry:\n"
+                     f"    open_ledger({url!r}, journal=JournalSettings(folder={str(root / 'journal')!r}))\n"
+                     "except LedgerError as exc:\n    print(exc)\n    sys.exit(3)")
+        assert opened.returncode == 3, opened.stdout + opened.stderr
+        assert f"cannot replay the journal file {segment}" in opened.stdout and "fix: run the router as" in \
+            opened.stdout, opened.stdout
+        served = run(router_bin, "serve", "--config", str(config), "--port", "0")
+        assert served.returncode == 2 and "Traceback" not in served.stderr, served.stderr
+        assert f"cannot replay the journal file {segment}" in served.stderr, served.stderr
+        doctor = run(router_bin, "ledger", "doctor", "--ledger", url, "--journal", str(root / "journal"))
+        assert doctor.returncode == 1 and "Traceback" not in doctor.stdout + doctor.stderr, doctor.stderr
+        assert f"cannot replay the journal file {segment}" in doctor.stdout, doctor.stdout
+        assert segment.exists(), "the file stays for its owner"
+        segment.chmod(0o600)
+        with closing(open_ledger(url, journal=JournalSettings(folder=root / "journal"))) as led:
+            assert [r.request_id for r in led.records()] == ["q1"], "replayed by a user who may read it"
+    finally:
+        if root != tmp_path:
+            shutil.rmtree(root, ignore_errors=True)

@@ -25,7 +25,7 @@ from .base import SUMMARY_DIMS, Ledger, LedgerRecord, SummaryRow, aggregate
 from .errors import redact
 from .journal import journal_folder as store_journal_folder
 from .journal_note import store_note_conflict
-from .replay import claim, replay_folder, segment_files
+from .replay import claim, replay_folder, segment_files, unreadable_error
 from .rollup import ROLLUP_DIMS, RollupFolding
 
 
@@ -247,9 +247,13 @@ def _journals(
     files = segment_files(folder)
     dead: list[Path] = []
     live: list[Path] = []
+    unreadable: list[str] = []
     for path in files:
-        with claim(path) as fd:
-            (live if fd is None else dead).append(path)
+        try:
+            with claim(path) as fd:
+                (live if fd is None else dead).append(path)
+        except PermissionError as exc:  # another user's: neither counted as live nor replayable by this one
+            unreadable.append(str(unreadable_error(url, folder, exc)))
     live = [p for p in live if p.exists()]
     waiting = sum(_count_lines(p, records_only=True) for p in dead)
     if not files:
@@ -262,13 +266,16 @@ def _journals(
         if replay and led is not None:
             on_file = None if progress is None else (lambda done, total: progress(
                 f"replaying the journals of stopped processes: {done:,} of {total:,} files", done, total))
-            result = replay_folder(folder, led.record_many, led.settle_many, on_file=on_file)
+            result = replay_folder(folder, led.record_many, led.settle_many, on_file=on_file, url=url)
+            unreadable += [str(error) for error in result.unreadable if str(error) not in unreadable]
             report.actions.append(f"replayed {result.records} journaled records from {result.files} file(s) "
                                   f"of stopped processes into the store")  # fmt: skip
             report.add(True, f"journal {folder}: {result.files} file(s) of stopped processes replayed")
         else:
             report.add(False, f"journal {folder}: {len(dead)} file(s) of stopped processes hold {waiting} records "
                        "not yet replayed" + ("" if led is None else "; run without --no-replay"))  # fmt: skip
+    for problem in unreadable:
+        report.add(False, problem)
     rejected = folder / "rejected.jsonl"
     if rejected.exists():
         # a problem until someone has dealt with it: nothing retries these records, so they are lost otherwise

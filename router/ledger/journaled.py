@@ -86,9 +86,15 @@ class JournaledLedger(Ledger):
         self._outage_cause = "" if store is not None else "the store has been unavailable since the ledger opened"
         """What started the outage, for the errors that refuse at once while it lasts."""
         self.replayed = 0
+        self._unreadable_logged: set[str] = set()  # journal files another user's: said once each, not per replay
+        self._opened = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.replay()
+        at_open = self.replay()
+        if at_open.unreadable:  # records this process cannot replay: a person must act, and now, not in a log line
+            self.journal.close()
+            raise at_open.unreadable[0]
+        self._opened = True
         if background:
             self._start_replaying()
             renew_after_fork(self)
@@ -129,12 +135,11 @@ class JournaledLedger(Ledger):
             log.warning("%s; journaling records until it is back", exc)
             store = None
         try:
-            journal = Journal(journal_folder(settings, url), settings, url=url)
+            return cls(store, Journal(journal_folder(settings, url), settings, url=url), connect=connect, url=url)
         except LedgerError:
             if store is not None:
                 store.close()
             raise
-        return cls(store, journal, connect=connect, url=url)
 
     # -- the store, or why there is none --------------------------------------------------------------
     def _store(self) -> Ledger:
@@ -249,7 +254,7 @@ class JournaledLedger(Ledger):
                         result.files += 1
                     self.journal.discard(seg)
                 dead = replay_folder(self.journal.folder, store.record_many, store.settle_many,
-                                     skip=self.journal.owns)
+                                     skip=self.journal.owns, url=self.url)
             except LedgerError as exc:
                 if exc.record_rejected:
                     raise
@@ -260,6 +265,11 @@ class JournaledLedger(Ledger):
         result.records += dead.records
         result.set_aside += dead.set_aside
         result.busy = dead.busy
+        result.unreadable = dead.unreadable
+        for error in dead.unreadable:
+            if self._opened and str(error) not in self._unreadable_logged:
+                self._unreadable_logged.add(str(error))
+                log.error("%s", error)
         self.replayed += result.records
         if self._outage_since is not None:
             log.warning("ledger %s is back after %.0f s; %d journaled records replayed", redact(self.url),

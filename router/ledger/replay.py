@@ -10,12 +10,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import pwd
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LedgerError
 from .base import LedgerRecord
+from .errors import ledger_error
 from .journal import SEGMENT, Settlement, decode, encode, encode_settlement
 
 log = logging.getLogger("router.ledger")
@@ -50,6 +52,33 @@ class ReplayResult:
     set_aside: int = 0
     busy: int = 0  # files a live process holds
     failed: list[str] = field(default_factory=list)
+    unreadable: list[LedgerError] = field(default_factory=list)  # files this user may not replay: why, each
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a name here (a container's)
+        return f"uid {uid}"
+
+
+def unreadable_error(url: str, folder: Path, exc: PermissionError) -> LedgerError:
+    """Why a journal file in ``folder`` cannot be replayed by this process (another user's segment, left by a
+    router run as that user, e.g. root), naming the file, its owner and what to do. Not retryable: it stays so
+    until a person changes the owner or the user the router runs as."""
+    path = Path(exc.filename) if exc.filename else folder
+    me = _user(os.geteuid())
+    try:
+        owner = _user(path.stat().st_uid)
+    except OSError:
+        owner = ""
+    whose = f"it belongs to {owner}, and this process runs as {me}" if owner and owner != me else f"as {me}"
+    return ledger_error(
+        url or str(folder), f"cannot replay the journal file {path} ({exc.strerror or exc}: {whose})",
+        f"run the router as {owner or 'the user that wrote it'}, or give the file and its folder to {me} "
+        f"(sudo chown -R {me} {folder}); the file stays, and its records reach the store once a process that may "
+        "read and delete it replays it (`router ledger doctor` run as that user replays it now)",
+        retryable=False)  # fmt: skip
 
 
 def segment_files(folder: Path) -> list[Path]:
@@ -138,9 +167,12 @@ def _set_aside(folder: Path, line: bytes, why: str) -> None:
 def replay_folder(
     folder: Path, write_many: Callable[[list[LedgerRecord]], None], settle_many: Callable[[list[Settlement]], None],
     *, skip: Callable[[Path], bool] | None = None, on_file: Callable[[int, int], None] | None = None,
+    url: str = "",
 ) -> ReplayResult:
     """Replay every segment in ``folder`` that no live process holds (dead processes' journals); ``on_file`` is told
-    how many segments are done and of how many, before each and after the last."""
+    how many segments are done and of how many, before each and after the last. A segment this user may not read
+    or delete (another user's) is left in place, and why is in ``unreadable`` (:func:`unreadable_error`, naming
+    ``url``); the others are replayed."""
     result = ReplayResult()
     segments = segment_files(folder)
     for done, path in enumerate(segments):
@@ -148,14 +180,18 @@ def replay_folder(
             on_file(done, len(segments))
         if skip is not None and skip(path):
             continue
-        with claim(path) as fd:
-            if fd is None:
-                result.busy += path.exists()
-                continue
-            n, aside = replay_segment(path, write_many, settle_many)
-            result.files += 1
-            result.records += n
-            result.set_aside += aside
+        try:
+            with claim(path) as fd:
+                if fd is None:
+                    result.busy += path.exists()
+                    continue
+                n, aside = replay_segment(path, write_many, settle_many)
+        except PermissionError as exc:
+            result.unreadable.append(unreadable_error(url, folder, exc))
+            continue
+        result.files += 1
+        result.records += n
+        result.set_aside += aside
     if on_file is not None:
         on_file(len(segments), len(segments))
     return result
