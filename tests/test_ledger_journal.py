@@ -905,3 +905,28 @@ def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_p
     finally:
         if root != tmp_path:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_segment_that_cannot_roll_over_is_appended_to_and_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Past ``segment_bytes`` with no new segment to be had (a full disk, too many open files), appends go on in the
+    segment they have, and the log says so once per replay interval, not on every append."""
+    journal = Journal(tmp_path / "j", JournalSettings(segment_bytes=64 * 1024, replay_interval_s=3600),
+                      url=f"sqlite:///{tmp_path / 'l.sqlite3'}")
+
+    def no_segment_fault() -> None:  # FAULT INJECTION: the file system refuses a new file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal, "_open_segment", no_segment_fault)
+    with caplog.at_level(logging.WARNING, logger="router.ledger"):
+        for i in range(1000):
+            journal.append(_rec(i))
+    (segment,) = segment_files(tmp_path / "j")
+    assert segment.stat().st_size > 64 * 1024, "nothing appended was refused"
+    said = [r for r in caplog.records if "start a journal segment" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    monkeypatch.undo()
+    journal.rotate()  # the replay's rotation tries again, and the next append has a segment of its own
+    journal.append(_rec(1000))
+    assert len(segment_files(tmp_path / "j")) == 2
+    journal.close()

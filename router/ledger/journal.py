@@ -93,6 +93,7 @@ class Segment:
     dirty: bool = False  # some record or settlement of it did not reach the store: replay the file
     unsynced: bool = False
     torn: bool = False  # ends in part of a line that a failed write left and that could not be cut off
+    retry_roll_at: float = 0.0  # (monotonic) no segment could be started after it: the next try is not before
 
 
 def encode(rec: LedgerRecord) -> bytes:
@@ -192,7 +193,8 @@ class Journal:
             if self._closed:
                 raise ledger_error(self.url, "the journal is closed", "open the ledger again", retryable=False)
             seg = self._active
-            if seg.records and seg.size + len(data) > self.settings.segment_bytes:
+            if (seg.records and seg.size + len(data) > self.settings.segment_bytes
+                    and time.monotonic() >= seg.retry_roll_at):
                 # rolled here, not only by the replay's rotation: while the store is down the replay stops
                 # before it rotates, and a replay reads a whole segment into memory
                 seg = self._roll()
@@ -283,6 +285,8 @@ class Journal:
         try:
             self._active = self._open_segment()
         except OSError as exc:
+            # tried again a replay interval later, not on every append (each would log this)
+            seg.retry_roll_at = time.monotonic() + self.settings.replay_interval_s
             log.warning("%s; appending to %s meanwhile", self._error(exc, "start a journal segment"), seg.path)
             return seg
         self._sealed.append(seg)
