@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest_postgres import PASSWORD, postgres_server  # noqa: F401 - the fixture
-from conftest_redis import start_redis_server
+from conftest_redis import redis_server, start_redis_server  # noqa: F401 - the fixture
 from servers.procs import router_serve, wait_for_record
 from test_budgets import REVIEW, policy, setup, spend_early
 
@@ -930,3 +930,36 @@ def test_a_segment_that_cannot_roll_over_is_appended_to_and_said_once(tmp_path: 
     journal.append(_rec(1000))
     assert len(segment_files(tmp_path / "j")) == 2
     journal.close()
+
+
+def test_a_store_url_spelled_anew_replays_the_journal_of_its_old_spelling(
+    redis_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Default journal folders are named after the whole URL: a router restarted with a timeout added to its Redis
+    URL journaled into a new folder, and the record a killed process had acknowledged stayed in the old one, which
+    nothing replayed (`router ledger doctor` said "no problems"). The store's other default folders (their STORE
+    notes name it) are replayed now, by the ledger and by the doctor."""
+    from cli_helpers import router_main
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    base = f"{redis_server}/5?prefix=spellings-{os.getpid()}-{time.time_ns()}:"
+    old, new, doctor_url = base, f"{base}&socket_timeout=5", f"{base}&socket_connect_timeout=3"
+
+    def left_in_the_journal_of(url: str, rec: LedgerRecord) -> None:  # by a process that stopped before its write
+        journal = Journal(journal_folder(JournalSettings(), url), url=url)
+        journal.append(rec)
+        journal.close()
+
+    left_in_the_journal_of(old, _rec(1))
+    with closing(open_ledger(new, journal=True)) as led:
+        assert journal_folder(JournalSettings(), new) != journal_folder(JournalSettings(), old)
+        assert [r.request_id for r in led.records()] == ["q1"]
+    left_in_the_journal_of(old, _rec(2))
+    code, out = router_main("ledger", "doctor", "--ledger", doctor_url)
+    assert code == 0 and "replayed 1 journaled records" in out, out
+    with closing(open_ledger(doctor_url)) as led:
+        assert sorted(r.request_id for r in led.records()) == ["q1", "q2"]
+    other_store = f"{redis_server}/5?prefix=another-{os.getpid()}:"
+    left_in_the_journal_of(other_store, _rec(3))
+    with closing(open_ledger(new, journal=True)) as led:
+        assert "q3" not in {r.request_id for r in led.records()}, "another store's journal is left alone"

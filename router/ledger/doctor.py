@@ -24,9 +24,10 @@ from .arguments import EARLIEST_TS
 from .base import SUMMARY_DIMS, Ledger, LedgerRecord, SummaryRow, aggregate
 from .errors import redact
 from .journal import journal_folder as store_journal_folder
-from .journal_note import store_note_conflict
+from .journal_note import same_store_folders, store_note_conflict
 from .replay import claim, replay_folder, segment_files, unreadable_error
 from .rollup import ROLLUP_DIMS, RollupFolding
+from .urls import sqlite_path
 
 
 @dataclass
@@ -188,17 +189,28 @@ def diagnose(
             led = open_store(url)
         except LedgerError as exc:
             report.add(False, f"the store does not open: {exc}")
-            _journals(report, url, folder, None, replay=False)
+            for journal in (folder, *_other_spellings(url, folder)):
+                _journals(report, url, journal, None, replay=False)
             return report
     try:
         _check_store(report, led, repair, progress)
         _journals(report, url, folder, led, replay=replay, progress=progress)
+        for other in _other_spellings(url, folder):
+            _journals(report, url, other, led, replay=replay, progress=progress)
     except LedgerError as exc:
         report.add(False, str(exc))
     finally:
         if ledger is None:
             led.close()
     return report
+
+
+def _other_spellings(url: str, folder: Path) -> list[Path]:
+    """Where ``folder`` is the store's default journal folder (named after the whole URL), the default folders of
+    its other spellings (another timeout, pool, user): a router run with one of those journals there."""
+    if sqlite_path(url) is not None or folder != store_journal_folder(JournalSettings(), url):
+        return []
+    return same_store_folders(folder, url)
 
 
 def _check_store(report: DoctorReport, led: Ledger, repair: bool, progress: StepProgress | None = None) -> None:

@@ -100,3 +100,26 @@ def claim_folder(folder: Path, url: str) -> None:
             making.unlink(missing_ok=True)
     if conflict is not None:
         raise conflict
+
+
+def same_store_folders(folder: Path, url: str) -> list[Path]:
+    """The other folders beside ``folder`` whose STORE note names the store ``url`` names: default journal folders
+    are named after the whole URL, so one whose URL changed only in how it connects (``?socket_timeout=``,
+    ``?pool=``, the user) has its journal in another folder, which this process replays too (it would be replayed
+    by nobody otherwise). Folders whose note cannot be read are left out."""
+    here = store_identity(url)
+    try:
+        entries = sorted(folder.parent.iterdir())
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry == folder or not entry.is_dir():
+            continue
+        try:
+            noted = read_store_note(entry)
+            if noted is not None and store_identity(noted) == here:
+                found.append(entry)
+        except (OSError, ValueError, LedgerError):  # another user's, or not a note this release reads
+            continue
+    return found

@@ -54,6 +54,15 @@ class ReplayResult:
     failed: list[str] = field(default_factory=list)
     unreadable: list[LedgerError] = field(default_factory=list)  # files this user may not replay: why, each
 
+    def add(self, other: ReplayResult) -> None:
+        """Count ``other``'s files and records in too (another folder's replay)."""
+        self.files += other.files
+        self.records += other.records
+        self.set_aside += other.set_aside
+        self.busy += other.busy
+        self.failed += other.failed
+        self.unreadable += other.unreadable
+
 
 def _user(uid: int) -> str:
     try:
