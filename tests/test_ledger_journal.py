@@ -856,11 +856,31 @@ def test_a_segment_rolls_over_at_segment_bytes_during_an_outage(tmp_path: Path) 
     assert segment_files(tmp_path / "l.journal") == []
 
 
+# A ledger that is running when a journal file it may not read turns up (its mode taken away here): the replay
+# thread says so once and goes on (it raised a PermissionError every replay, and close() raised it too).
+_UNREADABLE_WHILE_RUNNING = """
+import sys, time
+from pathlib import Path
+from router.ledger import JournalSettings, LedgerRecord, open_ledger
+from router.ledger.journal import encode
+url, folder = sys.argv[1], Path(sys.argv[2])
+led = open_ledger(url, journal=JournalSettings(folder=folder, replay_interval_s=0.1))
+unreadable = folder / "j-otherhost-999999-1000.jsonl"
+unreadable.write_bytes(encode(LedgerRecord("q1", "m", "small", 1.0, "measured")))
+unreadable.chmod(0)
+time.sleep(0.6)
+led.record(LedgerRecord("q2", "m", "small", 1.0, "measured"))
+print("unavailable" if led.unavailable else "available", *[r.request_id for r in led.records()])
+led.close()
+"""
+
+
 def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     """A segment left by a router run as another user (root, say), unreadable to this one, raised a raw
     PermissionError from the replay at open: a traceback from the library and `router serve`, and `router ledger
     doctor` said only "Permission denied". Now the library raises a LedgerError naming the file, its owner and what
-    to do, `router serve` exits 2 with it, the doctor reports it (exit 1), and the file stays for its owner."""
+    to do, `router serve` exits 2 with it, the doctor reports it (exit 1), a running ledger logs it once, and the
+    file stays for its owner."""
     as_other: list[str] = []
     root = tmp_path
     if os.geteuid() == 0:  # root reads any file: the router runs as nobody instead
@@ -899,6 +919,11 @@ def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_p
         assert doctor.returncode == 1 and "Traceback" not in doctor.stdout + doctor.stderr, doctor.stderr
         assert f"cannot replay the journal file {segment}" in doctor.stdout, doctor.stdout
         assert segment.exists(), "the file stays for its owner"
+        later = run(sys.executable, "-c", _UNREADABLE_WHILE_RUNNING, f"sqlite:///{root / 'running.sqlite3'}",
+                    str(root / "running.journal"))
+        assert later.returncode == 0 and "Traceback" not in later.stderr, later.stderr
+        assert later.stderr.count("cannot replay the journal file") == 1, later.stderr
+        assert later.stdout.split() == ["available", "q2"], later.stdout
         segment.chmod(0o600)
         with closing(open_ledger(url, journal=JournalSettings(folder=root / "journal"))) as led:
             assert [r.request_id for r in led.records()] == ["q1"], "replayed by a user who may read it"

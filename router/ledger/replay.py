@@ -81,13 +81,17 @@ def unreadable_error(url: str, folder: Path, exc: PermissionError) -> LedgerErro
         owner = _user(path.stat().st_uid)
     except OSError:
         owner = ""
-    whose = f"it belongs to {owner}, and this process runs as {me}" if owner and owner != me else f"as {me}"
-    return ledger_error(
-        url or str(folder), f"cannot replay the journal file {path} ({exc.strerror or exc}: {whose})",
-        f"run the router as {owner or 'the user that wrote it'}, or give the file and its folder to {me} "
-        f"(sudo chown -R {me} {folder}); the file stays, and its records reach the store once a process that may "
-        "read and delete it replays it (`router ledger doctor` run as that user replays it now)",
-        retryable=False)  # fmt: skip
+    if owner and owner != me:
+        whose = f"it belongs to {owner}, and this process runs as {me}"
+        fix = (f"run the router as {owner}, or give the file and its folder to {me} (sudo chown -R {me} {folder}); "
+               "the file stays, and its records reach the store once a process that may read and delete it "
+               f"replays it (`router ledger doctor` run as {owner} replays it now)")
+    else:  # this user's own file (or folder) with its permissions taken away
+        whose = f"this process runs as {me}, and the permissions keep it out"
+        fix = (f"give {me} read and write access to the file and its folder (chmod u+rw {path}; chmod u+rwx "
+               f"{folder}); the file stays, and its records reach the store at the next replay")
+    return ledger_error(url or str(folder), f"cannot replay the journal file {path} ({exc.strerror or exc}: "
+                        f"{whose})", fix, retryable=False)
 
 
 def segment_files(folder: Path) -> list[Path]:
