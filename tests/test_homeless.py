@@ -56,3 +56,13 @@ def test_serve_with_a_redis_ledger_says_to_set_the_batch_store_in_one_line(no_ho
         "error: router's data folder is under the home folder, and there is none: HOME is not set and user id "
         f"{os.getuid()} has no home in the user database (a container run with a bare UID); fix: set "
         "HOME or XDG_DATA_HOME to a writable folder, or name the batch store (batch.store_url in the config)"]
+
+
+def test_ledger_doctor_with_a_named_journal_folder_needs_no_home(no_home: None, tmp_path: Path) -> None:
+    """With the journal folder named, the doctor of a server store has no use for the data folder: it checks the
+    named folder and says the store does not open (nothing listens on port 1), not that there is no home."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    code, out = router_main("ledger", "doctor", "--ledger", "redis://127.0.0.1:1/0", "--journal", str(journal))
+    assert code == 1 and "the store does not open" in out and f"journal {journal}: nothing pending" in out, out
+    assert "data folder" not in out, out

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import JournalSettings
-from ..errors import LedgerError
+from ..errors import ConfigError, LedgerError
 from .arguments import EARLIEST_TS
 from .base import SUMMARY_DIMS, Ledger, LedgerRecord, SummaryRow, aggregate
 from .errors import redact
@@ -208,9 +208,13 @@ def diagnose(
 def _other_spellings(url: str, folder: Path) -> list[Path]:
     """Where ``folder`` is the store's default journal folder (named after the whole URL), the default folders of
     its other spellings (another timeout, pool, user): a router run with one of those journals there."""
-    if sqlite_path(url) is not None or folder != store_journal_folder(JournalSettings(), url):
+    if sqlite_path(url) is not None:
         return []
-    return same_store_folders(folder, url)
+    try:
+        default = store_journal_folder(JournalSettings(), url)
+    except ConfigError:  # no home folder, so no default folder: ``folder`` was named
+        return []
+    return same_store_folders(folder, url) if folder == default else []
 
 
 def _check_store(report: DoctorReport, led: Ledger, repair: bool, progress: StepProgress | None = None) -> None:
