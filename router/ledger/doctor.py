@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..config import JournalSettings
-from ..errors import ConfigError, LedgerError
+from ..errors import LedgerError
 from .arguments import EARLIEST_TS
 from .base import SUMMARY_DIMS, Ledger, LedgerRecord, SummaryRow, aggregate
 from .errors import redact
 from .journal import journal_folder as store_journal_folder
-from .journal_note import same_store_folders, store_note_conflict
+from .journal import other_spelling_folders
+from .journal_note import store_note_conflict
 from .replay import claim, replay_folder, segment_files, unreadable_error
 from .rollup import ROLLUP_DIMS, RollupFolding
-from .urls import sqlite_path
 
 
 @dataclass
@@ -189,13 +189,13 @@ def diagnose(
             led = open_store(url)
         except LedgerError as exc:
             report.add(False, f"the store does not open: {exc}")
-            for journal in (folder, *_other_spellings(url, folder)):
+            for journal in (folder, *other_spelling_folders(url, folder)):
                 _journals(report, url, journal, None, replay=False)
             return report
     try:
         _check_store(report, led, repair, progress)
         _journals(report, url, folder, led, replay=replay, progress=progress)
-        for other in _other_spellings(url, folder):
+        for other in other_spelling_folders(url, folder):
             _journals(report, url, other, led, replay=replay, progress=progress)
     except LedgerError as exc:
         report.add(False, str(exc))
@@ -203,18 +203,6 @@ def diagnose(
         if ledger is None:
             led.close()
     return report
-
-
-def _other_spellings(url: str, folder: Path) -> list[Path]:
-    """Where ``folder`` is the store's default journal folder (named after the whole URL), the default folders of
-    its other spellings (another timeout, pool, user): a router run with one of those journals there."""
-    if sqlite_path(url) is not None:
-        return []
-    try:
-        default = store_journal_folder(JournalSettings(), url)
-    except ConfigError:  # no home folder, so no default folder: ``folder`` was named
-        return []
-    return same_store_folders(folder, url) if folder == default else []
 
 
 def _check_store(report: DoctorReport, led: Ledger, repair: bool, progress: StepProgress | None = None) -> None:

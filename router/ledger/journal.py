@@ -44,11 +44,11 @@ from pydantic_core import to_json
 
 from .._forks import renew_after_fork
 from ..config import JournalSettings
-from ..errors import LedgerError
+from ..errors import ConfigError, LedgerError
 from .arguments import is_finite_number
 from .base import LedgerRecord, Reservation
 from .errors import ledger_error, redact_userinfo
-from .journal_note import claim_folder
+from .journal_note import claim_folder, same_store_folders
 from .urls import sqlite_path
 
 log = logging.getLogger("router.ledger")
@@ -76,6 +76,19 @@ def journal_folder(settings: JournalSettings, url: str) -> Path:
     digest = hashlib.sha256(safe.encode()).hexdigest()[:10]
     folder = user_data_folder("name the journal folder (journal.folder in the config)")
     return folder / "journal" / f"{slug}-{digest}"
+
+
+def other_spelling_folders(url: str, folder: Path) -> list[Path]:
+    """Where ``folder`` is the default journal folder of the server store ``url`` names (named after the whole URL),
+    the default folders of its other spellings (another timeout, pool size, user), whose journals this store's
+    ledgers replay too (:func:`~router.ledger.journal_note.same_store_folders`); none elsewhere."""
+    if not url or sqlite_path(url) is not None:
+        return []
+    try:
+        default = journal_folder(JournalSettings(), url)
+    except ConfigError:  # no home folder, so no default folder: ``folder`` was named
+        return []
+    return same_store_folders(folder, url) if folder == default else []
 
 
 @dataclass(eq=False)

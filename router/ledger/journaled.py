@@ -49,10 +49,8 @@ from ..errors import LedgerError
 from .base import HoldCounts, Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import closed_error, ledger_error, redact, wrapped_parts
 from .feedback import Feedback, StoredPrompt
-from .journal import Journal, Segment, Settlement, journal_folder
-from .journal_note import same_store_folders
+from .journal import Journal, Segment, Settlement, journal_folder, other_spelling_folders
 from .replay import ReplayResult, replay_folder, replay_segment
-from .urls import sqlite_path
 
 log = logging.getLogger("router.ledger")
 T = TypeVar("T")
@@ -88,9 +86,6 @@ class JournaledLedger(Ledger):
         self._outage_cause = "" if store is not None else "the store has been unavailable since the ledger opened"
         """What started the outage, for the errors that refuse at once while it lasts."""
         self.replayed = 0
-        # default folders are named after the whole URL: those of this store under another spelling are replayed too
-        self._other_spellings = bool(journal.url) and journal.settings.folder is None and sqlite_path(
-            journal.url) is None
         self._unreadable_logged: set[str] = set()  # journal files another user's: said once each, not per replay
         self._opened = False
         self._stop = threading.Event()
@@ -238,7 +233,7 @@ class JournaledLedger(Ledger):
     # -- replay -----------------------------------------------------------------------------------------
     def replay(self) -> ReplayResult:
         """Move journaled records into the store: this process's segments that missed it, then those of dead
-        processes (in a default folder, those of the store's other URLs' folders too: :func:`same_store_folders`).
+        processes (in a default folder, those of the store's other URLs' folders too: :func:`.other_spelling_folders`).
         Idempotent; stops quietly (returning what it did) while the store is unavailable."""
         if self.closed:  # not an outage to log and wait out
             raise closed_error(self.url, "replay the journal")
@@ -261,9 +256,8 @@ class JournaledLedger(Ledger):
                     self.journal.discard(seg)
                 dead = replay_folder(self.journal.folder, store.record_many, store.settle_many,
                                      skip=self.journal.owns, url=self.url)
-                if self._other_spellings:
-                    for other in same_store_folders(self.journal.folder, self.journal.url):
-                        dead.add(replay_folder(other, store.record_many, store.settle_many, url=self.url))
+                for other in other_spelling_folders(self.journal.url, self.journal.folder):
+                    dead.add(replay_folder(other, store.record_many, store.settle_many, url=self.url))
             except LedgerError as exc:
                 if exc.record_rejected:
                     raise
