@@ -809,7 +809,9 @@ def test_a_journal_folder_names_its_store_and_another_store_is_refused_it(tmp_pa
     with closing(SQLiteLedger(tmp_path / "b.sqlite3")) as store_b:
         assert store_b.records() == [], "nothing of A's reached B"
 
-    with closing(open_ledger(f"{url_a}?timeout_s=5", journal=JournalSettings(folder=shared))) as led_a:
+    (tmp_path / "linked").symlink_to(tmp_path)  # A through a link to its folder: the same file, the same store
+    with closing(open_ledger(f"sqlite:///{tmp_path / 'linked' / 'a.sqlite3'}?timeout_s=5",
+                             journal=JournalSettings(folder=shared))) as led_a:
         assert [r.request_id for r in led_a.records()] == ["q1"], "A's own record, replayed into A"
 
     (shared / "STORE").unlink()  # a folder of a release that wrote no note

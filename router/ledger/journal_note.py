@@ -27,7 +27,7 @@ _NAMING_OPTIONS: dict[str, dict[str, str | None]] = {
 
 
 def store_identity(url: str, base: Path | None = None) -> str:
-    """What ``url`` names as a store, whatever the spelling: a SQLite file's absolute path (a relative one taken
+    """What ``url`` names as a store, whatever the spelling: a SQLite file's real path (a relative one taken
     from ``base``, else the working directory), else the scheme, host, port, database and the options that choose
     the data (Redis's key prefix, PostgreSQL's schema), without the password, the user or the connection's
     tuning (timeouts, pool size, TLS), which a URL may change while naming the same store."""
@@ -35,7 +35,7 @@ def store_identity(url: str, base: Path | None = None) -> str:
     if path is not None:
         if base is not None and not path.is_absolute():
             path = base / path
-        return "sqlite:///" + os.path.abspath(path)
+        return "sqlite:///" + os.path.realpath(path)  # a link to the file names the file
     parts = urlsplit(url)
     scheme = _SCHEME_ALIASES.get(parts.scheme.lower(), parts.scheme.lower())
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
