@@ -345,9 +345,20 @@ def test_the_latest_simulation_and_its_frontier(tmp_path: Path) -> None:
             if p["name"] != "oracle":
                 assert any(f["energy_j_per_request"] <= p["energy_j_per_request"] and f["accuracy"] >= p["accuracy"]
                            for f in front), p
-        (folder / "broken.json").write_text("{not json")
+        # `router simulate ... --json > folder/next.json` creates the file long before the result is in it (and a
+        # run that stops on a bad line leaves it empty): the last good result stays, the newer file is named
+        (folder / "next.json").write_text("")
         sim = c.get("/dashboard/api/simulation").json()
-        assert sim["configured"] and sim["file"] == "broken.json" and "not a `router simulate --json`" in sim["error"]
+        assert sim["file"] == "mixed.json" and sim["points"] == pts and "error" not in sim
+        assert len(sim["skipped"]) == 1 and "next.json: not a `router simulate --json`" in sim["skipped"][0]
+        (folder / "next.json").write_text(result.stdout)  # the run finished: the new result is shown
+        sim = c.get("/dashboard/api/simulation").json()
+        assert sim["file"] == "next.json" and "skipped" not in sim and sim["points"] == pts
+        for good in ("mixed.json", "next.json"):  # no result in the folder: the newest file's error
+            (folder / good).write_text("{not json")
+        os.utime(folder / "mixed.json", (time.time() + 5, time.time() + 5))
+        sim = c.get("/dashboard/api/simulation").json()
+        assert sim["configured"] and sim["file"] == "mixed.json" and "not a `router simulate --json`" in sim["error"]
     with TestClient(create_app(config=RouterConfig.load(_config(tmp_path / "none")))) as c:
         assert c.get("/dashboard/api/simulation").json() == {"configured": False}
 

@@ -1,11 +1,16 @@
 """The latest ``router simulate --json`` result as points on the quality/energy plane, with its Pareto frontier.
 
 ``dashboard.simulation`` in the config names a file written by ``router simulate ... --json > FILE``, or a folder
-of such files, of which the newest is shown. The file is read again only when it changes.
+of such files, of which the newest result is shown. A file is read again only when it changes.
+
+In a folder, a newer file that is not a result (yet) does not hide the last good one: ``> FILE`` creates the file
+before a long simulation has written a byte, and a run that stops on a bad line leaves it empty. The page keeps
+the newest readable result and names the newer files it passed over (``skipped``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -19,40 +24,61 @@ class SimulationView:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._cached: tuple[tuple[str, float, int], dict[str, Any]] | None = None
+        self._cached: dict[str, tuple[tuple[float, int], dict[str, Any]]] = {}
+        """File path -> ((mtime, size), its view or its error): each file is parsed again only when it changes."""
 
     def latest(self) -> dict[str, Any]:
-        """``{"configured": false}``; or the newest file's points and frontier; or ``error`` saying what is wrong
-        with the configured path (the page shows it; the rest of the dashboard works on)."""
+        """``{"configured": false}``; or the newest result's points and frontier (in a folder, with ``skipped``
+        naming newer files that are not results); or ``error`` saying what is wrong with the configured path (the
+        page shows it; the rest of the dashboard works on)."""
         if self.path is None:
             return {"configured": False}
-        file = _newest(self.path)
-        if file is None:
+        files = _newest_first(self.path)
+        if not files:
             return {"configured": True, "error": f"{self.path}: no simulation result there yet (write one with "
                     "`router simulate --outcomes FILE --sweep --json > RESULT.json`)"}
+        with self._lock:  # files gone from the folder leave the cache
+            self._cached = {name: kept for name, kept in self._cached.items() if Path(name) in files}
+        skipped: list[str] = []
+        for file in files:
+            view = self._read(file)
+            if "error" not in view:
+                return {**view, "skipped": skipped} if skipped else view
+            skipped.append(view["error"])
+        return self._read(files[0])  # none is a result: the newest one's error
+
+    def _read(self, file: Path) -> dict[str, Any]:
         try:
             stat = file.stat()
-            key = (str(file), stat.st_mtime, stat.st_size)
+            key = (stat.st_mtime, stat.st_size)
             with self._lock:
-                if self._cached is not None and self._cached[0] == key:
-                    return self._cached[1]
+                kept = self._cached.get(str(file))
+            if kept is not None and kept[0] == key:
+                return kept[1]
             view = {"configured": True, "file": file.name, "modified": stat.st_mtime,
                     **points(json.loads(file.read_text(encoding="utf-8")))}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            return {"configured": True, "file": file.name,
+            view = {"configured": True, "file": file.name,
                     "error": f"{file}: not a `router simulate --json` result ({type(exc).__name__}: {exc})"}
+            if isinstance(exc, OSError):  # gone or unreadable now: nothing to keep for its (mtime, size)
+                return view
         with self._lock:
-            self._cached = (key, view)
+            self._cached[str(file)] = (key, view)
         return view
 
 
-def _newest(path: Path) -> Path | None:
+def _newest_first(path: Path) -> list[Path]:
+    """The configured file, or the folder's ``*.json`` files, newest first."""
     if path.is_file():
-        return path
-    if path.is_dir():
-        files = [f for f in path.glob("*.json") if f.is_file()]
-        return max(files, key=lambda f: f.stat().st_mtime, default=None)
-    return None
+        return [path]
+    if not path.is_dir():
+        return []
+    dated = []
+    for f in path.glob("*.json"):
+        with contextlib.suppress(OSError):  # removed between the listing and the stat
+            if f.is_file():
+                dated.append((f.stat().st_mtime, f))
+    return [f for _, f in sorted(dated, key=lambda x: x[0], reverse=True)]
 
 
 def points(result: dict[str, Any]) -> dict[str, Any]:

@@ -354,7 +354,8 @@
     el.replaceChildren(...kids);
     note.textContent = `${s.file}: policy ${s.policy} on ${s.outcomes} (${fmtInt(s.requests || 0)} requests), ` +
       `simulated ${new Date(s.modified * 1000).toLocaleString()}. Blue: the policy (large dot) and its ` +
-      "accuracy-target sweep; red: baselines; grey line: a plain threshold router; grey band: the Pareto frontier.";
+      "accuracy-target sweep; red: baselines; grey line: a plain threshold router; grey band: the Pareto frontier." +
+      (s.skipped && s.skipped.length ? ` Passed over, newer but not a result (yet): ${s.skipped.join("; ")}` : "");
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
