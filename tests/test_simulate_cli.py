@@ -355,3 +355,38 @@ def test_always_best_of_each_outcome_source_is_labelled_by_its_source(tmp_path: 
     stub.best_single, stub.best_single_rows = d["best_single"], scope
     label = _best_label(stub)
     assert all(f"{best} on {'+'.join(scope[m]['sources'])}" in label for m, best in d["best_single"].items())
+
+
+def test_a_file_over_more_than_64_models_keeps_each_rows_own_models(tmp_path: Path) -> None:
+    """The sets of models measured per row were told apart as one 64-bit number, one bit per model: every model
+    past the 64th added nothing, so rows measured on (m00, m64) and (m00, m65) fell into one set. The policy was
+    then offered m00 alone there and always-best scored a model the row has no outcome for. Each row is now
+    decided and scored among its own models (real classifier, shipped policy, 70 cards)."""
+    models = tmp_path / "models"
+    (models / "catalogue").mkdir(parents=True)
+    (models / "classifier").symlink_to(ROOT / "models" / "classifier")
+    for i in range(70):  # m00 large, dear and always wrong; every other model cheap and right on its own rows
+        (models / "catalogue" / f"m{i:02d}.yaml").write_text(
+            f"name: m{i:02d}\ntier: {'large' if i == 0 else 'small'}\ncontext_length: 8192\n"
+            f"energy: {{per_call_j: 1.0, per_input_token_j: 0.0, per_output_token_j: 0.0, source: estimate, "
+            f"citation: test}}\n")
+    outcomes = tmp_path / "many.jsonl"
+    outcomes.write_text("".join(
+        json.dumps({"id": f"r{i}", "prompt": f"Question {i}: what is {i} + {i}?",
+                    "outcomes": {"m00": {"correct": False, "energy_j": 1000.0},
+                                 f"m{i:02d}": {"correct": True, "energy_j": 1.0}}}) + "\n"
+        for i in range(1, 70)))
+    decisions = tmp_path / "decisions.jsonl"
+    code, text = run("--outcomes", str(outcomes), "--models", str(models), "--json", "--decisions", str(decisions))
+    assert code == 0, text
+    d = json.loads(text)
+    assert d["requests"] == 69 and len(d["models"]) == 70
+    for name in ("always-best", "oracle", "always-small"):
+        assert d["baselines"][name]["accuracy"] == 1.0 and d["baselines"][name]["energy_j_per_request"] == 1.0, name
+    assert len(d["best_single"]) == 69  # one set of measured models per row
+    for line in decisions.read_text().splitlines():  # offered both of its models, whichever it picks
+        choice = json.loads(line)
+        assert set(choice["p_correct"]) == {"m00", f"m{int(choice['id'][1:]):02d}"}, choice
+        assert choice["model"] in choice["p_correct"]
+    random = d["baselines"]["random (matched share)"]  # the policy's own counts, shuffled within each row's set
+    assert (random["accuracy"], random["energy_j_per_request"]) == (d["accuracy"], d["energy_j_per_request"])

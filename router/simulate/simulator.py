@@ -36,6 +36,21 @@ from .metrics import pareto_front, routing_metrics, score_curve
 from .outcomes import OutcomesTable
 
 DEFAULT_SWEEP = tuple(round(x, 3) for x in np.linspace(0.30, 1.0, 36))
+
+
+def model_sets(present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sets, labels)`` of a boolean (rows, models) matrix: its distinct rows (the sets of models measured), and
+    each row's index among them. The rows are compared as packed bytes, so any number of models is exact (a row
+    read as one 64-bit number lost every model past the 64th); the sets come in the order of that number, the
+    columns read as bits, last column highest (the random baseline's draws follow this order)."""
+    n, m = present.shape
+    if n == 0 or m == 0:
+        return np.ones((min(n, 1), m), dtype=bool), np.zeros(n, dtype=np.int64)
+    # the last column first, so that byte order is that number's order
+    packed = np.ascontiguousarray(np.packbits(present[:, ::-1], axis=1))
+    distinct, labels = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(), return_inverse=True)
+    bits = np.unpackbits(distinct.view(np.uint8).reshape(len(distinct), -1), axis=1, count=m)
+    return bits[:, ::-1].astype(bool), labels.reshape(-1).astype(np.int64)
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total)"""
 
@@ -239,10 +254,10 @@ class Simulator:
         scope: dict[str, dict[str, Any]] = {}
         if not n:
             return best, names, scope
-        keys = present.astype(np.int64) @ (1 << np.arange(m, dtype=np.int64))
-        for key in np.unique(keys):
-            rows = keys == key
-            cols = np.nonzero(present[rows][0])[0]
+        sets, labels = model_sets(present)
+        for k, measured in enumerate(sets):
+            rows = labels == k
+            cols = np.nonzero(measured)[0]
             means = self._score[rows][:, cols].mean(axis=0)
             j = int(cols[int(np.argmax(means))])
             best[rows] = j
@@ -273,14 +288,11 @@ class Simulator:
 
     def _model_sets(self) -> list[tuple[np.ndarray, dict[str, ModelCard]]]:
         """Groups split by the set of models measured for them: (group indices, the cards of that set)."""
-        masks = self.t.group_mask
-        keys = masks.astype(np.int64) @ (1 << np.arange(masks.shape[1], dtype=np.int64)) if masks.size else np.zeros(
-            len(masks), np.int64
-        )
+        sets, labels = model_sets(self.t.group_mask)
         out = []
-        for key in np.unique(keys):
-            idx = np.nonzero(keys == key)[0]
-            cards = {m: self.cards[m] for j, m in enumerate(self.t.models) if key >> j & 1}
+        for k, measured in enumerate(sets):
+            idx = np.nonzero(labels == k)[0]
+            cards = {m: self.cards[m] for j, m in enumerate(self.t.models) if measured[j]}
             out.append((idx, cards))
         return out
 
@@ -366,10 +378,9 @@ class Simulator:
         """Random routing with the router's exact model counts within each set of measured models."""
         rng = np.random.default_rng(self.seed)
         out = chosen_rows.copy()
-        sets = self.t.group_mask[self.t.group]
-        keys = sets.astype(np.int64) @ (1 << np.arange(sets.shape[1], dtype=np.int64))
-        for key in np.unique(keys):
-            idx = np.nonzero(keys == key)[0]
+        _, labels = model_sets(self.t.group_mask[self.t.group])
+        for k in range(int(labels.max(initial=-1)) + 1):
+            idx = np.nonzero(labels == k)[0]
             out[idx] = rng.permutation(chosen_rows[idx])
         return out
 
