@@ -390,3 +390,25 @@ def test_a_file_over_more_than_64_models_keeps_each_rows_own_models(tmp_path: Pa
         assert choice["model"] in choice["p_correct"]
     random = d["baselines"]["random (matched share)"]  # the policy's own counts, shuffled within each row's set
     assert (random["accuracy"], random["energy_j_per_request"]) == (d["accuracy"], d["energy_j_per_request"])
+
+
+def test_the_tables_show_each_workload_segment_of_a_mixed_file(tmp_path: Path) -> None:
+    """docs/simulation.md says a run reports per segment when the file mixes workloads; only --json and --html
+    did, so the tables showed totals in which a segment where the policy does badly disappears. They now hold
+    the policy per segment beside always-large, the same figures as the JSON (real classifier, shipped policy)."""
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join((ROOT / "data" / "outcomes" / f"{name}_local.jsonl").read_text()
+                             for name in ("chat", "math", "sentiment")))
+    code, text = run("--outcomes", str(mixed), "--json")
+    assert code == 0, text
+    segments = json.loads(text)["by_segment"]
+    assert set(segments) == {"chat", "math", "sentiment"}
+    code, text = run("--outcomes", str(mixed))
+    assert code == 0, text
+    assert "policy `balanced` per workload segment" in text
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in text.splitlines() if line.count("│") == 7}
+    for name, v in segments.items():
+        assert rows[name] == [f"{v['requests']:,}", f"{100 * v['accuracy']:.1f} %",
+                              f"{100 * v['large_accuracy']:.1f} %", f"{v['energy_j_per_request']:,.3g}",
+                              f"{v['large_energy_j_per_request']:,.3g}"], (name, rows)

@@ -221,7 +221,7 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
            out: Console) -> None:
     from rich.markup import escape
 
-    from ..simulate.report import best_single_lines, stats_header, stats_rows
+    from ..simulate.report import SEGMENT_HEADER, best_single_lines, segment_rows, stats_header, stats_rows
 
     # paths, policy, classifier and model names come from the user: `[v2]` in one is text, not Rich markup
     out.print(
@@ -250,6 +250,13 @@ def _print(result, plot: Path | None, html_out: Path | None, decisions: Path | N
         s.add_row(escape(m), f"{100 * result.router.share_requests[m]:.1f} %",
                   f"{100 * result.router.share_energy[m]:.1f} %")
     out.print(s)
+    if result.router.by_segment:
+        g = Table(title=f"policy `{escape(str(result.policy))}` per workload segment")
+        for h in SEGMENT_HEADER:
+            g.add_column(h, justify="left" if h == "segment" else "right")
+        for name, *cells in segment_rows(result):
+            g.add_row(escape(name), *cells)
+        out.print(g)
     rm = result.routing_metrics
     if rm and "policy_sweep" in rm:
         r = Table(title=f"routing metrics, {rm['weak']} -> {rm['strong']} (RouteLLM definitions)")
