@@ -54,7 +54,7 @@ def load_engine(config: RouterConfig, cards: dict[str, ModelCard], policy_name: 
 
     policies = load_policies(folder)
     for p in policies.values():
-        check_models(p, set(cards), p.file or "")
+        check_models(p, cards, p.file or "")
         _warn_unknown_pinned_tasks(p)
     if policy_name not in policies:
         raise ConfigError(f"unknown policy {policy_name!r}; {folder} has: {', '.join(sorted(policies))}")

@@ -365,6 +365,24 @@ def test_a_pin_for_a_task_no_request_has_is_named_when_the_router_loads_its_poli
     assert not [r for r in caplog.records if "pinned" in r.getMessage()]
 
 
+def test_a_pin_to_a_model_that_does_not_serve_the_task_is_refused_when_the_router_loads_its_policies(tmp_path,
+                                                                                                   cards):
+    """`pinned: {chat: sentiment-onnx}` was accepted, and every chat request was answered "positive" or "negative"
+    by the sentiment specialist: a pin overrides the rule that keeps a specialist on its own tasks."""
+    from router._parts import load_engine
+    from router.config import RouterConfig
+
+    write(tmp_path, "accuracy: {min_accuracy: 0.8}\npinned: {chat: sentiment-onnx}\n", "p.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_engine(RouterConfig(policies_dir=tmp_path), cards, "p")
+    assert str(err.value).startswith(f"{tmp_path / 'p.yaml'}: field `pinned.chat`: `sentiment-onnx` does not serve "
+                                     "chat (its card's tasks: sentiment)"), err.value
+    assert "fix: pin chat to a model whose card serves it" in str(err.value)
+    write(tmp_path, "accuracy: {min_accuracy: 0.8}\npinned: {sentiment: sentiment-onnx, chat: smollm2-135m}\n",
+          "p.yaml")
+    assert load_engine(RouterConfig(policies_dir=tmp_path), cards, "p").policy("p").pinned["chat"] == "smollm2-135m"
+
+
 def test_a_policy_saved_as_yml_is_loaded_and_named_by_its_file(tmp_path, cards):
     """`eco.yml` used to be skipped (only `*.yaml` was read) while the proxy listed it as a policy."""
     from router._parts import load_engine

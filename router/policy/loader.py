@@ -8,8 +8,9 @@ of each shipped policy lives in its comments).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import yaml
 from pydantic import ValidationError
@@ -18,6 +19,9 @@ from ..errors import ConfigError
 from ..types import Tier
 from ..yaml_files import meant_field, read_yaml_mapping, yaml_files
 from .schema import Calibrated, Policy
+
+if TYPE_CHECKING:
+    from ..cards import ModelCard
 
 _FIXES = {
     "extra_forbidden": "remove it or check the spelling (fields: see docs/policies.md)",
@@ -111,8 +115,9 @@ def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, P
     return out
 
 
-def check_models(policy: Policy, known: set[str], file: str | Path = "") -> None:
-    """Every model a policy names must have a card: say which, and what exists."""
+def check_models(policy: Policy, known: Collection[str] | Mapping[str, ModelCard], file: str | Path = "") -> None:
+    """Every model a policy names must have a card: say which, and what exists. Given the cards themselves (a
+    mapping by name), what they say is checked too (:func:`check_pins`)."""
     names = list(policy.pinned.values()) + list(policy.allowed_models or [])
     names += [b.model for b in policy.budgets if b.model != "*" and not b.model.startswith("tier:")]
     for k in policy.keys:
@@ -132,6 +137,22 @@ def check_models(policy: Policy, known: set[str], file: str | Path = "") -> None
             f"accurate model), a tier ({tiers}) nor a model; fix: use one of those, or one of: "
             + ", ".join(sorted(known))
         )
+    if isinstance(known, Mapping):
+        check_pins(policy, known, file)
+
+
+def check_pins(policy: Policy, cards: Mapping[str, ModelCard], file: str | Path = "") -> None:
+    """A pin sends every request of its task to its model, past the rule that keeps a model off the tasks its card
+    does not serve: a specialist pinned to another task (``chat: sentiment-onnx``) would answer every chat request
+    with a label, so such a pin is refused."""
+    for task, name in policy.pinned.items():
+        card = cards.get(name)
+        if card is not None and not card.serves(task):
+            raise ConfigError.at(
+                file or f"policy `{policy.name}`", f"pinned.{task}",
+                f"`{name}` does not serve {task} (its card's tasks: {', '.join(card.tasks)}), so every {task} "
+                f"request would get its answer to another task",
+                f"pin {task} to a model whose card serves it, or pin {name} to one of {', '.join(card.tasks)}")
 
 
 def write_calibrated(file: str | Path, block: Calibrated) -> None:
