@@ -414,6 +414,33 @@ def test_an_unknown_escalate_to_names_the_keywords_as_well_as_the_models(tmp_pat
         check_models(pol(cascade={"enabled": True, "escalate_to": good}), set(cards), "ok.yaml")
 
 
+def test_a_cascade_to_a_model_the_policy_does_not_allow_is_refused_when_the_router_loads_its_policies(tmp_path,
+                                                                                                     cards, local):
+    """`allowed_models: [smollm2-135m, sentiment-onnx]` with `escalate_to: gemma3-270m` (or `large`) was accepted,
+    and no low-confidence answer was ever escalated: the cascade only escalates to candidates."""
+    from router._parts import load_engine
+    from router.config import RouterConfig
+
+    allowed = "allowed_models: [smollm2-135m, sentiment-onnx]\n"
+    for target in ("gemma3-270m", "large"):
+        body = f"accuracy: {{min_accuracy: 0.8}}\n{allowed}cascade: {{enabled: true, escalate_to: {target}}}\n"
+        write(tmp_path, body, "p.yaml")
+        with pytest.raises(ConfigError) as err:
+            load_engine(RouterConfig(policies_dir=tmp_path), cards, "p")
+        msg = str(err.value)
+        assert msg.startswith(f"{tmp_path / 'p.yaml'}: field `cascade.escalate_to`: "), msg
+        assert "(smollm2-135m, sentiment-onnx), so no request could escalate" in msg
+        assert "fix: add the model to `allowed_models`" in msg
+        # what the engine did with it: the cascade named no model to escalate to
+        decided = decide_pure(cls("chat", smollm2_135m=0.5), local, None, load_policy(tmp_path / "p.yaml"), None)
+        assert decided.escalate_to == ()
+    for fine in (f"{allowed}cascade: {{enabled: true, escalate_to: small}}\n",
+                 f"{allowed}cascade: {{enabled: false, escalate_to: gemma3-270m}}\n",
+                 "allowed_models: [smollm2-135m, gemma3-270m]\ncascade: {enabled: true, escalate_to: gemma3-270m}\n"):
+        write(tmp_path, f"accuracy: {{min_accuracy: 0.8}}\n{fine}", "p.yaml")
+        load_engine(RouterConfig(policies_dir=tmp_path), cards, "p")
+
+
 def test_a_grid_switch_to_an_unknown_policy_names_the_policy_file(tmp_path, cards):
     from router._parts import load_engine
     from router.config import RouterConfig

@@ -117,7 +117,7 @@ def load_policies(folder: str | Path, *, recursive: bool = False) -> dict[str, P
 
 def check_models(policy: Policy, known: Collection[str] | Mapping[str, ModelCard], file: str | Path = "") -> None:
     """Every model a policy names must have a card: say which, and what exists. Given the cards themselves (a
-    mapping by name), what they say is checked too (:func:`check_pins`)."""
+    mapping by name), what they say is checked too (:func:`check_pins`, and the tiers in :func:`check_escalation`)."""
     names = list(policy.pinned.values()) + list(policy.allowed_models or [])
     names += [b.model for b in policy.budgets if b.model != "*" and not b.model.startswith("tier:")]
     for k in policy.keys:
@@ -137,8 +137,32 @@ def check_models(policy: Policy, known: Collection[str] | Mapping[str, ModelCard
             f"accurate model), a tier ({tiers}) nor a model; fix: use one of those, or one of: "
             + ", ".join(sorted(known))
         )
-    if isinstance(known, Mapping):
-        check_pins(policy, known, file)
+    cards = known if isinstance(known, Mapping) else None
+    check_escalation(policy, cards, file)
+    if cards is not None:
+        check_pins(policy, cards, file)
+
+
+def check_escalation(policy: Policy, cards: Mapping[str, ModelCard] | None, file: str | Path = "") -> None:
+    """A cascade escalates only to candidates, and ``allowed_models`` leaves every other model out of each request:
+    an enabled cascade whose ``escalate_to`` model (or, given the cards, every model of whose tier) is not allowed
+    would never escalate, and say nothing of it. Refused, so the operator learns it before the traffic does."""
+    allowed = policy.allowed_models
+    escalate_to = policy.cascade.escalate_to
+    if not policy.cascade.enabled or allowed is None or escalate_to == "next":
+        return
+    if escalate_to in get_args(Tier):
+        if cards is None or any(cards[n].tier == escalate_to for n in allowed if n in cards):
+            return
+        what = f"no model of tier `{escalate_to}` is in `allowed_models` ({', '.join(allowed)})"
+    elif escalate_to not in allowed:
+        what = f"`{escalate_to}` is not in `allowed_models` ({', '.join(allowed)})"
+    else:
+        return
+    raise ConfigError.at(file or f"policy `{policy.name}`", "cascade.escalate_to",
+                         f"{what}, so no request could escalate: a low-confidence answer would be kept as it is",
+                         "add the model to `allowed_models`, escalate to an allowed model (or `next`), or turn the "
+                         "cascade off (`enabled: false`)")
 
 
 def check_pins(policy: Policy, cards: Mapping[str, ModelCard], file: str | Path = "") -> None:
