@@ -150,3 +150,32 @@ def test_an_outcomes_file_with_nothing_scored_says_there_is_nothing_to_refit(tmp
     text = " ".join(out.split())
     assert code == 0 and "not refitted:" in text and "nothing refitted" in text, out
     assert not (models / "classifier" / "added_models.json").exists()
+
+
+def test_scores_of_requests_with_tools_do_not_refit_the_models_chat_routing(tmp_path: Path) -> None:
+    """Requests with tools are the `tools` task by rule and routed on the cards' priors, the classifier never asked;
+    the refit read their scores as chat's (the classifier has no `tools` task), so six disliked tool calls lowered
+    the model's P(good answer) on every chat request, while its tool routing stayed as it was."""
+    from router.ledger import LedgerRecord, open_ledger
+    from router.ledger.feedback import Feedback, StoredPrompt
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = open_ledger(url)
+    for i in range(6):
+        rid, prompt = f"chatcmpl-{i}", f"What is the weather in city {i}?"
+        ledger.record(LedgerRecord(request_id=rid, model=LOCAL[0], tier="small", energy_j=2.0,
+                                   energy_source="measured:cpu-time", output_tokens=9, task="tools"))
+        ledger.store_prompt(StoredPrompt(rid, prompt, "[]", "a tool call", LOCAL[0], None, 1.0e9 + i))
+        ledger.add_feedback(Feedback(request_id=rid, score=0.0))
+    ledger.close()
+    scored = tmp_path / "scored.jsonl"
+    code, out = router_main("data", "from-ledger", "-o", str(scored), "--ledger", url)
+    assert code == 0 and {json.loads(line)["task"] for line in scored.read_text().splitlines()} == {"tools"}, out
+    models = cards_folder(tmp_path, with_classifier=True)
+    code, out = router_main("train", "feedback", str(scored), "--models", str(models), "--min-requests", "5")
+    text = " ".join(out.split())
+    assert code == 0, out
+    assert f"not refitted: {LOCAL[0]} / tools (6 scored requests): requests with tools are routed on each card's " \
+           "prior_accuracy.tools" in text, out
+    assert "nothing refitted" in text and f"│ {LOCAL[0]} " not in out, out
+    assert not (models / "classifier" / "added_models.json").exists()

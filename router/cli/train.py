@@ -270,13 +270,13 @@ def feedback(
     try:
         with _progress() as progress:
             step = progress.add_task("feedback", total=None)
-            fits, skipped = fit_feedback(classifier, cards, outcomes, min_requests=min_requests, save=save,
-                                         strength_b=strength,
-                                         progress=lambda msg: progress.update(step, description=msg))
+            fits, skipped, prior_routed = fit_feedback(
+                classifier, cards, outcomes, min_requests=min_requests, save=save, strength_b=strength,
+                progress=lambda msg: progress.update(step, description=msg))
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    if not fits and not skipped:
+    if not fits and not skipped and not prior_routed:
         console.print(f"nothing to refit: {escape(str(outcomes))} holds no scored requests (write it with "
                       "`router data from-ledger` once answers have feedback); the classifier is unchanged")
         return
@@ -289,9 +289,12 @@ def feedback(
     console.print(table)
     for group, n in skipped.items():
         console.print(f"not refitted: {escape(group)} ({n} scored requests < --min-requests {min_requests})")
+    for group, n in prior_routed.items():
+        console.print(f"not refitted: {escape(group)} ({n} scored request{'s' * (n != 1)}): requests with tools "
+                      "are routed on each card's prior_accuracy.tools, which no classifier row informs")
     if fits:
         where = models_dir / "classifier" / "added_models.json"
         console.print(f"saved to {escape(str(where))}" if save else "not saved (--no-save)")
     else:
-        console.print("nothing refitted (no model and task has --min-requests scored requests); the classifier is "
-                      "unchanged")
+        console.print("nothing refitted (no model and task the classifier routes has --min-requests scored "
+                      "requests); the classifier is unchanged")

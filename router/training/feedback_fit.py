@@ -26,6 +26,7 @@ import numpy as np
 from ..cards import ModelCard
 from ..classify.onnx_classifier import OnnxRequestClassifier
 from ..simulate.outcomes import ModelNames
+from ..tools import TOOLS_TASK
 from .anchors import fit_anchors
 
 
@@ -43,8 +44,9 @@ class FitResult:
 def read_scored(path: Path, cards: Mapping[str, ModelCard], tasks: list[str]) -> dict[tuple[str, str], list[
         tuple[str, float, int]]]:
     """(card name, task) -> [(prompt, mean score, scored requests)] from an outcomes file (the task's part before
-    ``/``; chat when the classifier has no such task). ``router data from-ledger`` writes the requests that had the
-    same prompt as one line, with their mean score and their number (``requests``; 1 when absent)."""
+    ``/``; chat when the classifier has no such task, except ``tools``, kept apart: see :func:`fit_feedback`).
+    ``router data from-ledger`` writes the requests that had the same prompt as one line, with their mean score and
+    their number (``requests``; 1 when absent)."""
     names = ModelNames(cards)
     out: dict[tuple[str, str], list[tuple[str, float, int]]] = defaultdict(list)
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -53,7 +55,7 @@ def read_scored(path: Path, cards: Mapping[str, ModelCard], tasks: list[str]) ->
         try:
             row = json.loads(line)
             task = str(row.get("task") or "chat").split("/")[0]
-            task = task if task in tasks else "chat"
+            task = task if task in tasks or task == TOOLS_TASK else "chat"
             for model, outcome in row["outcomes"].items():
                 card = names.resolve(model)
                 if card is None:
@@ -72,14 +74,23 @@ def read_scored(path: Path, cards: Mapping[str, ModelCard], tasks: list[str]) ->
 
 def fit_feedback(classifier: OnnxRequestClassifier, cards: Mapping[str, ModelCard], path: Path, *,
                  min_requests: int = 5, save: bool = True, strength_b: float = 1.0, strength_v: float = 30.0,
-                 progress: Callable[[str], None] | None = None) -> tuple[list[FitResult], dict[str, int]]:
-    """Refit every (model, task) with enough scored requests; returns the fits and the groups skipped (with how
-    many requests they had)."""
+                 progress: Callable[[str], None] | None = None
+                 ) -> tuple[list[FitResult], dict[str, int], dict[str, int]]:
+    """Refit every (model, task) with enough scored requests; returns the fits, the groups skipped for too few
+    requests and the groups of the ``tools`` task (each with how many requests they had).
+
+    Requests with tools are the ``tools`` task by rule, and routed on each card's prior: the classifier is never
+    asked about them, so no row of it informs their routing. Their scores (was the tool call right) are left out
+    rather than read as chat's, which would move the model's chat routing on another question's answers."""
     groups = read_scored(path, cards, classifier.tasks)
     fits: list[FitResult] = []
     skipped: dict[str, int] = {}
+    prior_routed: dict[str, int] = {}
     for (model, task), rows in sorted(groups.items()):
         requests = sum(n for _, _, n in rows)
+        if task == TOOLS_TASK:
+            prior_routed[f"{model} / {task}"] = requests
+            continue
         if requests < min_requests:
             skipped[f"{model} / {task}"] = requests
             continue
@@ -93,7 +104,7 @@ def fit_feedback(classifier: OnnxRequestClassifier, cards: Mapping[str, ModelCar
                     strength_v=strength_v, start="current", origin=f"feedback ({requests})", weights=weights)
         fits.append(FitResult(model, task, requests, float(np.average(scores, weights=weights)), before,
                               mean_p(classifier, prompts, model, task, weights)))
-    return fits, skipped
+    return fits, skipped, prior_routed
 
 
 def mean_p(classifier: OnnxRequestClassifier, prompts: list[str], model: str, task: str,
