@@ -201,6 +201,16 @@ def test_simulation_refuses_a_policy_naming_a_model_without_a_card(tmp_path: Pat
     assert result.exit_code == 2 and "names unknown model(s) gpt-5" in result.output, result.output
 
 
+def test_simulation_refuses_a_pin_to_a_model_that_does_not_serve_the_task(tmp_path: Path) -> None:
+    """The Router refuses `pinned: {chat: sentiment-onnx}` (every chat request would get a sentiment label);
+    `router simulate` checked only that the model had a card, and replayed chat on the specialist."""
+    pin = tmp_path / "pin.yaml"
+    pin.write_text("name: pin\naccuracy: {relative_to_largest: 0.95}\npinned: {chat: sentiment-onnx}\n")
+    result = CliRunner().invoke(app, ["simulate", "--outcomes", str(ROOT / "data" / "alpaca_eval" / "outcomes.jsonl"),
+                                      "--policy", str(pin), "--no-progress"])
+    assert result.exit_code == 2 and "`sentiment-onnx` does not serve chat" in result.output, result.output
+
+
 def test_a_policy_named_from_its_folder_may_be_a_yml_file(tmp_path: Path) -> None:
     """The Router reads .yml policies; `router simulate --policy NAME --policies FOLDER` looked for NAME.yaml only."""
     from router.simulate.policy_bridge import resolve_policy

@@ -124,7 +124,7 @@ def simulate(
         models_dir = models or config.models_dir
         cards = load_catalogue(models_dir)
         engine = PolicyEngineBridge(policy, policies or config.policies_dir)
-        check_models(engine.policy, set(cards), policy)  # what the Router refuses, simulation refuses too
+        check_models(engine.policy, cards, policy)  # what the Router refuses (pins included), simulation refuses too
         classifier = load_default_classifier(models_dir, catalogue=True, max_chars=config.classifier_max_chars)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
