@@ -269,8 +269,8 @@ def report(
     ledger: str | None = _LEDGER_OPT,
     config: Path | None = _CONFIG_OPT,
 ) -> None:
-    """Totals by model/tier/key/policy/day, CO2e (also by hour and by zone, and at the cleanest hour of a window),
-    and energy saved against always using the large model."""
+    """Totals by model/tier/key/policy/task/day/source, CO2e (also by hour and by zone, and at the cleanest hour of
+    a window), and energy saved against always using the large model."""
     from ..carbon.grid import Grid
     from ..cards import load_cards
     from ..ledger.carbon_report import build_carbon, rich_tables, summary_line
