@@ -15,7 +15,8 @@ from rich.table import Table
 from .output import refuse_stdout, stdout_console
 
 train_app = typer.Typer(
-    help="Retrain the shipped ONNX models (request classifier, task specialists) from data in data/.",
+    help="Retrain the shipped ONNX models (request classifier, task specialists, embeddings) from data in data/, "
+    "or refit the classifier's rows of the models that answered scored requests (feedback).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
