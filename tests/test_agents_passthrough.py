@@ -41,7 +41,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def proxy(upstream: str, home: Path) -> Iterator[str]:
-    card = remote_card("remote-smollm2", upstream, "smollm2", tier="large").replace(
+    # llama.cpp's function-calling handler runs a grammar over a 135M model on the runner's cores: 20 s (the
+    # helper's default) was not enough beside other work on a 2-core runner, and a timeout is not what is tested
+    card = remote_card("remote-smollm2", upstream, "smollm2", tier="large", timeout_s=90).replace(
         "context_length:", "capabilities: [tools, json_object]\ncontext_length:")
     models = models_dir(home / "models", {"remote-smollm2": card})
     config = home / "config.yaml"
