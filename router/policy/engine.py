@@ -116,7 +116,7 @@ def decide_pure(
     return Decision(
         model=name,
         tier=chosen.tier,
-        reason="; ".join([head, *_capability_note(req, pool), *cool_notes, *budget_notes, *cascade_notes]),
+        reason="; ".join([head, *capability_note(req, pool), *cool_notes, *budget_notes, *cascade_notes]),
         task=task,
         policy=policy.name,
         predicted_accuracy=rounded[name],
@@ -138,7 +138,8 @@ def decide_pure(
     )
 
 
-def _capability_note(req: DecisionRequest, pool: list[ModelCard]) -> list[str]:
+def capability_note(req: DecisionRequest, pool: list[ModelCard]) -> list[str]:
+    """The reason's note on the capabilities the request needs (none when it needs none)."""
     if not req.capabilities:
         return []
     names = ", ".join(c.name for c in pool)
