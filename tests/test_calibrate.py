@@ -298,3 +298,34 @@ def test_cli_shows_progress_on_a_terminal_and_keeps_stdout_clean(tmp_path):
     assert res.exit_code == 0, res.output
     assert "scoring mmlu" in res.stderr and "fitting balanced on mmlu" in res.stderr, res.stderr
     assert json.loads(res.stdout)["policies"]["balanced"]["mmlu"]["target_kind"]
+
+
+
+def test_a_relative_target_is_fitted_against_the_model_the_engine_calls_largest(tmp_path):
+    """Two large models whose parameters and measured joules order differently: the engine's reference of
+    `relative_to_largest` is llama-3-70b-instruct (70.6 B parameters on its card), while calibrate took the last by
+    tier then mean joules, falcon-40b-instruct (41.8 B, dearer on these rows), measured the target against it and
+    wrote it the always-adequate offset -1."""
+    from router.cards import load_catalogue
+    from router.cli.calibrate import calibrate_policy, load_calibration_data
+    from router.policy.steps import largest
+
+    cards = load_catalogue(ROOT / "models")
+    joules = {"smollm2-135m": 30.0, "llama-3-70b-instruct": 100.0, "falcon-40b-instruct": 300.0}
+    lines = [{"id": f"r{i}", "prompt": f"what is {i} plus {i}", "task": f"t{i % 6}",
+              "outcomes": {m: {"correct": m == "llama-3-70b-instruct" or i % (k + 2) == 0, "energy_j": j}
+                           for k, (m, j) in enumerate(joules.items())}}
+             for i in range(120)]
+    path = tmp_path / "two-large.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert largest(cards[m] for m in joules).name == "llama-3-70b-instruct"
+    data = load_calibration_data(path)
+    assert data.largest == "llama-3-70b-instruct"
+    block, report = calibrate_policy(data, "relative", 0.5, confidence=0.9, bound="hoeffding",
+                                     held_out_share=0.3, seed=0)
+    assert report["feasible"], report
+    assert block.offsets["llama-3-70b-instruct"] == -1.0 and block.offsets["falcon-40b-instruct"] > -1.0
+    # an absolute target has no reference: its always-adequate model stays the dearest of the highest tier
+    absolute, _ = calibrate_policy(data, "absolute", 0.3, confidence=0.9, bound="hoeffding",
+                                   held_out_share=0.3, seed=0)
+    assert absolute.offsets["falcon-40b-instruct"] == -1.0

@@ -67,6 +67,7 @@ def calibrate_policy(data: CalibrationData, target_kind: str, target: float, *, 
                      held_out_share: float, seed: int) -> tuple[Calibrated, dict[str, Any]]:
     """Fit on the calibration groups (tasks, or requests for a source of one task), evaluate on the held-out ones;
     the block to write and a report."""
+    data = data.for_target(target_kind)
     mask, held = split_groups(data.groups, held_out_share, seed)
     cal, test = data.take(mask), data.take(~mask)
     if len(cal.p) < 2:

@@ -30,6 +30,7 @@ from ..classify.features import vectorizer, window
 from ..errors import ConfigError
 from ..types import TIER_ORDER
 from .batch import decide_batch
+from .steps import largest
 
 GRID = np.round(np.arange(1.0, -1.0 - 1e-9, -0.005), 3)
 
@@ -39,7 +40,8 @@ class CalibrationData:
     """Rows of held-out outcomes: predicted P(correct) and observed correctness per model, grouped by subject."""
 
     models: list[str]
-    """Cheapest first; the last is the largest (the reference of a relative target)."""
+    """Cheapest first (by tier, then joules on these rows); the last is the "largest" (always adequate in the
+    fit; for a relative target, :meth:`for_target` puts the engine's :attr:`largest` there)."""
     p: np.ndarray
     """[N, M] predicted P(correct) (out-of-fold or from the shipped classifier)."""
     correct: np.ndarray
@@ -52,10 +54,25 @@ class CalibrationData:
     grouped_by: str = "task"
     tasks: tuple[str, ...] = ()
     """The tasks the rows cover: offsets are per model, so a fit on one task still routes every task."""
+    largest: str = ""
+    """The policy engine's largest of ``models`` (:func:`~router.policy.steps.largest`: by the cards, not these
+    rows' joules): what a ``relative_to_largest`` target is measured against (see :meth:`for_target`)."""
 
     def take(self, mask: np.ndarray) -> CalibrationData:
         return CalibrationData(self.models, self.p[mask], self.correct[mask], self.energy[mask], self.groups[mask],
-                               self.scores, self.grouped_by, self.tasks)
+                               self.scores, self.grouped_by, self.tasks, self.largest)
+
+    def for_target(self, target_kind: str) -> CalibrationData:
+        """The rows to fit ``target_kind`` on: for a relative target, with the engine's largest model last (the
+        reference of ``Z`` and the always-adequate model), so the fit measures against the model the engine
+        does; otherwise as ordered (the last is the dearest of the highest tier)."""
+        if target_kind != "relative" or not self.largest or self.models[-1] == self.largest:
+            return self
+        at = self.models.index(self.largest)
+        order = [j for j in range(len(self.models)) if j != at] + [at]
+        return CalibrationData([self.models[j] for j in order], self.p[:, order], self.correct[:, order],
+                               self.energy[:, order], self.groups, self.scores, self.grouped_by, self.tasks,
+                               self.largest)
 
 
 @dataclass
@@ -283,4 +300,4 @@ def build_data(
                    key=lambda j: (TIER_ORDER.get(cards[rows.models[j]].tier, 1), float(rows.energy[:, j].mean())))
     models = [rows.models[j] for j in order]
     return CalibrationData(models, scores[:, order], rows.correct[:, order], rows.energy[:, order], rows.groups,
-                           scores_name, rows.grouped_by, rows.tasks)
+                           scores_name, rows.grouped_by, rows.tasks, largest(cards[m] for m in models).name)
