@@ -282,13 +282,21 @@ def checked_number(name: str, value: Any, lo: float, hi: float, *, lo_open: bool
         number = math.nan
         got = "an integer too large for a float"
     else:
-        got = _kind(value)
+        got = non_finite(value) if isinstance(value, float) and not math.isfinite(value) else _kind(value)
     if not math.isfinite(number):
         raise BadRequestError(f"`{name}` must be a finite number, got {got}", param=name)
     if number < lo or number > hi or (lo_open and number == lo):
         bound = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
         raise BadRequestError(f"`{name}` must be in {bound}, got {number:g}", param=name)
     return number
+
+
+def non_finite(value: float) -> str:
+    """What a NaN or infinite ``value`` is, as a 400 says what it got: JSON's ``1e400`` (too large for a float)
+    reads as inf, so "a number" alone would leave the caller looking at a number that seems fine."""
+    if math.isnan(value):
+        return "NaN"
+    return f"{value} (a number too large for a float, such as {'-' if value < 0 else ''}1e400, reads as {value})"
 
 
 def _kind(value: Any) -> str:

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._request import ROUTER_ALIASES, STREAM_OPTIONS_NEED_STREAM
+from ._request import ROUTER_ALIASES, STREAM_OPTIONS_NEED_STREAM, non_finite
 from .errors import BadRequestError, UnknownModelError
 from .yaml_files import yaml_files
 
@@ -55,7 +55,7 @@ def check_types(body: dict[str, Any]) -> None:
             names = "a number" if want == _NUM else " or ".join(_a(_json_name(t)) for t in want)
             raise BadRequestError(f"`{name}` must be {names}, got {a_json_type(value)}", param=name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise BadRequestError(f"`{name}` must be a finite number", param=name)
+            raise BadRequestError(f"`{name}` must be a finite number, got {non_finite(value)}", param=name)
     stop = body.get("stop")
     if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
         raise BadRequestError("`stop` must be a string or a list of strings", param="stop")

@@ -111,6 +111,23 @@ def test_bad_input_is_a_400_naming_the_field(served: tuple[str, str], body: dict
     assert info.value.status_code == 400 and info.value.param == param
 
 
+def test_a_score_beyond_a_floats_range_says_what_it_read(served: tuple[str, str]) -> None:
+    """``1e400`` is valid JSON that reads as inf: "must be a finite number, got a number" left the caller staring
+    at a number; the 400 says it read inf, and why."""
+    url, _ = served
+    client = _client(url, "sk-team-a")
+    resp = client.chat.completions.create(model="remote-echo", messages=[{"role": "user", "content": "hi"}])
+    auth = {"authorization": "Bearer sk-team-a", "content-type": "application/json"}
+    for literal, said in ((b"1e400", "got inf (a number too large for a float, such as 1e400, reads as inf)"),
+                          (b"-1e400", "got -inf"), (b"NaN", "got NaN")):
+        r = httpx.post(f"{url}/v1/feedback", headers=auth,
+                       content=b'{"id": "%s", "score": %s}' % (resp.id.encode(), literal))
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "score", r.text
+        assert said in error["message"], r.text
+        assert "got a number" not in error["message"]
+
+
 def test_unknown_id_is_a_404_and_raw_errors_have_openais_shape(served: tuple[str, str]) -> None:
     url, _ = served
     with pytest.raises(openai.NotFoundError) as info:

@@ -216,6 +216,13 @@ def test_numbers_beyond_a_float_are_400_naming_the_parameter(served: Served) -> 
         with pytest.raises(openai.BadRequestError) as err:  # max_tokens was blamed on the messages, which fit
             chat.create(model="router", messages=user(QUESTION), **params)  # type: ignore[arg-type]
         assert err.value.param == param, (params, err.value.message)
+    for param, literal in (("temperature", "1e400"), ("top_p", "-1e400"), ("max_energy_j", "1e400")):
+        body = f'{{"model": "router", "messages": {json.dumps(user(QUESTION))}, "{param}": {literal}}}'
+        r = httpx.post(f"{served.url}/v1/chat/completions", content=body,  # the openai SDK never sends inf
+                       headers={"content-type": "application/json"})
+        error = r.json()["error"]  # 1e400 reads as inf: the 400 says so, not "got a number"
+        assert r.status_code == 400 and error["param"] == param, r.text
+        assert f"got {literal[0] if literal[0] == '-' else ''}inf (a number too large for a float" in error["message"]
 
 
 def test_context_errors_name_the_token_limit_the_request_used(served: Served) -> None:
