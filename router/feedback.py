@@ -12,6 +12,8 @@ A score is in [0, 1] and belongs to one response, by the ``id`` the response car
 * **Who may score**: with API keys configured, only the key that made the request, or a key marked ``admin: true``;
   anyone else gets :class:`PermissionDeniedError` (403). Without keys, anyone who knows the id (ids are 96 random
   bits). A library caller that passes no key is the application itself and may score any response.
+* **What may be scored**: an answer. A request whose newest record says it got none (``rejected``, or
+  ``error``) is :class:`NotFoundError` (404), as an unknown id is: the export could never use its score.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class Router(Protocol):
 
 MAX_COMMENT_CHARS = 2000
 MAX_ID_CHARS = 128
+_NO_ANSWER = (REFUSED, "error")
+"""Outcomes of a request's newest record that mean the caller got no answer: refused (a 429, its model never
+called) or failed (the model's error, or every fallback's)."""
 _SOURCE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}(:[A-Za-z0-9_./:-]{1,100})?$")
 
 
@@ -81,13 +86,15 @@ def give_feedback(router: Router, response_id: Any, score: Any, *, comment: Any 
         raise NotFoundError(f"no response with id {rid!r} in the ledger (an id from a response of this router, "
                             "within the ledger's retention; a streamed answer is recorded when its stream ends, so "
                             "score it after that)", param="id")
-    if record.outcome == REFUSED:  # the request ended refused (a 429): its 0 J record keeps it, no answer does
-        raise NotFoundError(f"no response with id {rid!r}: that request was refused ({record.error or 'rejected'}) "
-                            "and got no answer to score", param="id")
     caller = spec.key_hash if spec is not None else hash_key(api_key)
     if spec is not None and record.key_hash != caller and not getattr(spec, "admin", False):
         raise PermissionDeniedError(f"response {rid!r} was made with another API key; only that key (or a key "
                                     "marked `admin: true`) may score it")
+    # checked after the key: how another key's request ended (its error) is not this caller's to read
+    if record.outcome in _NO_ANSWER:  # a score kept here would be dropped by the export, unseen
+        how = "was refused" if record.outcome == REFUSED else "failed"
+        raise NotFoundError(f"no response with id {rid!r}: that request {how} ({record.error or record.outcome}) "
+                            "and got no answer to score", param="id")
     feedback = Feedback(request_id=rid, score=value, source=src, comment=text, key_hash=caller)
     router.ledger.add_feedback(feedback)
     return feedback

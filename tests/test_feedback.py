@@ -80,6 +80,20 @@ def test_bad_feedback_is_refused_with_a_typed_error_naming_the_field(tmp_path: P
         assert r.ledger.feedback() == []
 
 
+def test_a_request_that_ended_in_an_error_is_not_scored(tmp_path: Path) -> None:
+    """Its newest record is ``error``: the caller got no answer, and the export would leave the score out unseen;
+    a later answer under the same id (a retry) may be scored."""
+    with Router(_config(tmp_path)) as r:
+        r.ledger.record(LedgerRecord("chatcmpl-failed", "gemma3-270m", "small", 0.5, "estimated:cpu-time",
+                                     outcome="error", error="upstream 503"))
+        with pytest.raises(NotFoundError, match=r"that request failed \(upstream 503\) and got no answer") as info:
+            r.feedback("chatcmpl-failed", 0.0)
+        assert info.value.param == "id" and r.ledger.feedback() == []
+        r.ledger.record(LedgerRecord("chatcmpl-failed", "gemma3-270m", "small", 0.5, "estimated:cpu-time",
+                                     ts=time.time() + 1))
+        assert r.feedback("chatcmpl-failed", 1.0).score == 1.0
+
+
 def test_with_keys_only_the_requesting_key_or_an_admin_key_may_score(tmp_path: Path) -> None:
     keys = KeyStore.from_entries([{"name": "a", "sha256": digest("sk-a")}, {"name": "b", "sha256": digest("sk-b")},
                                   {"name": "ops", "sha256": digest("sk-ops"), "admin": True}])

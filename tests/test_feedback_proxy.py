@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers.procs import ROOT, models_dir, remote_card, router_serve, upstream
+from servers.procs import ROOT, models_dir, only_policy, policies_dir, remote_card, router_serve, upstream
 
 from router.ledger import open_ledger
 
@@ -25,12 +25,16 @@ KEYS = {"sk-team-a": "team-a", "sk-team-b": "team-b", "sk-ops": "ops"}
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("feedback-proxy")
     with upstream(tmp) as up:
-        models = models_dir(tmp / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small")})
+        models = models_dir(tmp / "models", {"remote-echo": remote_card("remote-echo", up, "echo", tier="small"),
+                                             "remote-broken": remote_card("remote-broken", up, "broken",
+                                                                          max_retries=0)})
         keys = "".join(f"  - {{name: {n}, sha256: {hashlib.sha256(k.encode()).hexdigest()}"
                        f"{', admin: true' if n == 'ops' else ''}}}\n" for k, n in KEYS.items())
         ledger_url = f"sqlite:///{tmp / 'ledger.sqlite3'}"
         config = tmp / "router.yaml"
-        config.write_text(f"models_dir: {models}\nledger_url: {ledger_url}\nproxy: {{warm_up: false}}\n"
+        policies = policies_dir(tmp / "policies", {"onlybroken": only_policy("remote-broken")})
+        config.write_text(f"models_dir: {models}\npolicies_dir: {policies}\nledger_url: {ledger_url}\n"
+                          "proxy: {warm_up: false}\n"
                           f"keys:\n{keys}")
         with router_serve(config, tmp, env={"PYTHONPATH": str(ROOT)}) as url:
             yield url, ledger_url
@@ -126,6 +130,30 @@ def test_a_score_beyond_a_floats_range_says_what_it_read(served: tuple[str, str]
         assert r.status_code == 400 and error["param"] == "score", r.text
         assert said in error["message"], r.text
         assert "got a number" not in error["message"]
+
+
+def test_a_request_that_failed_has_no_answer_to_score(served: tuple[str, str]) -> None:
+    """The caller got an error, not an answer: a score for it was taken (200) and then silently left out of
+    ``router data from-ledger``'s export. It is a 404 naming the failure, as for a refused request; another key
+    is told only that the response is not its own."""
+    url, ledger_url = served
+    with pytest.raises(openai.APIStatusError) as failed:
+        _client(url, "sk-team-a").chat.completions.create(  # the policy leaves no model to fall back to
+            model="remote-broken", messages=[{"role": "user", "content": "hi"}], extra_body={"policy": "onlybroken"})
+    rid = failed.value.response.headers["x-request-id"]
+    with pytest.raises(openai.PermissionDeniedError):
+        _feedback(_client(url, "sk-team-b"), {"id": rid, "score": 0.0})
+    for key in ("sk-team-a", "sk-ops"):
+        with pytest.raises(openai.NotFoundError) as info:
+            _feedback(_client(url, key), {"id": rid, "score": 0.0})
+        assert info.value.param == "id" and "that request failed" in info.value.message
+        assert "got no answer to score" in info.value.message
+    led = open_ledger(ledger_url)
+    try:
+        assert led.request_record(rid).outcome == "error"  # type: ignore[union-attr]
+        assert led.feedback(rid) == []
+    finally:
+        led.close()
 
 
 def test_unknown_id_is_a_404_and_raw_errors_have_openais_shape(served: tuple[str, str]) -> None:

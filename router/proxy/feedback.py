@@ -4,8 +4,9 @@ Body: ``{"id": "chatcmpl-...", "score": 0.8, "comment": "optional"}`` (score in 
 ``{"object": "feedback", "id": "fb-...", "response_id": ..., "score": ..., "source": "user", "created": ...}``.
 Errors in OpenAI's shape: 400 for bad input (not JSON, a missing or wrong field, an unknown one), 401 without a
 valid key when keys are configured, 403 for a response another key made (unless the caller's key is marked
-``admin: true``), 404 for an id the ledger does not hold, 503 while the ledger is unavailable. The rules (who may
-score, every feedback kept, how they combine) are :mod:`router.feedback`'s.
+``admin: true``), 404 for an id the ledger does not hold or whose request got no answer (refused or failed), 503
+while the ledger is unavailable. The rules (who may score, every feedback kept, how they combine) are
+:mod:`router.feedback`'s.
 
 Not on the chat fast path: the body is small, and the ledger is read and written in a worker thread, never on the
 event loop.
