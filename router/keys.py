@@ -18,6 +18,9 @@ the metrics and policy files (per-key budgets) name it by; the full digest is wh
 is the one place a key is given a policy. Without ``lock_policy`` that policy is only the key's default: a request
 may name another (``router:<policy>`` or a body ``policy``), and with it leave the per-key budgets of its own. A
 key in clear text is refused (``key:`` is not a field), so config files can be committed.
+A key that would be refused on every request is refused at start instead (``ConfigError`` naming its ``name``
+and id): a ``policy`` that does not exist, or a policy file's ``keys`` entry for it whose ``allowed_models`` share
+no model with that policy's.
 
 Rotation: a new key has a new digest, so by default a new id, and with it fresh per-key budget counters and none
 of the policy files' ``keys:`` entries of the key it replaces (its budgets and overrides would not apply). An
@@ -63,6 +66,27 @@ def hash_key(api_key: str | None) -> str | None:
     return key_id(digest(api_key)) if api_key else None
 
 
+def _check_key_allows_a_model(spec: KeySpec, policy: Any) -> None:
+    """A policy's ``keys`` entry for ``spec`` narrows the policy's ``allowed_models`` to those both allow: with none
+    in common, every request of the key under that policy would be a 400 (no model may answer it)."""
+    entry = policy.key_policy(spec.key_hash)
+    if entry is None or entry.allowed_models is None:
+        return
+    both = set(entry.allowed_models)
+    if policy.allowed_models is not None:
+        both &= set(policy.allowed_models)
+    if both:
+        return
+    own = ", ".join(entry.allowed_models) or "nothing"
+    narrowed = "" if policy.allowed_models is None else (
+        f", and the policy's `allowed_models` ({', '.join(policy.allowed_models)}) has none of them")
+    raise ConfigError.at(
+        getattr(policy, "file", None) or f"policy `{policy.name}`", f"keys[key_hash={spec.key_hash}].allowed_models",
+        f"API key {spec.name!r} ({spec.key_hash}) could be answered by no model under policy `{policy.name}`: its "
+        f"entry there allows {own}{narrowed}, so every request of that key under this policy would be refused (400)",
+        "give the entry a model the policy allows, or remove the entry's `allowed_models`")
+
+
 @dataclass(frozen=True)
 class KeySpec:
     name: str
@@ -101,13 +125,18 @@ class KeyStore:
     def __iter__(self) -> Iterator[KeySpec]:
         return iter(self._by_digest.values())
 
-    def check_policies(self, policies: Collection[str]) -> None:
-        """Every key's policy is one of ``policies``: a mistyped one would otherwise fail each of that key's
-        requests with a 400 long after start."""
+    def check_policies(self, policies: Collection[str] | Mapping[str, Any]) -> None:
+        """Every key's policy is one of ``policies``, and (given the policies themselves, by name) no policy's
+        ``keys`` entry for a key leaves it no model: either would otherwise fail each of that key's requests with a
+        400 long after start. Errors name the key's entry (``name``) and id, never the key."""
         for spec in self:
             if spec.policy is not None and spec.policy not in policies:
                 raise ConfigError(f"API key {spec.name!r} has policy {spec.policy!r}, which is not a policy here "
                                   f"({', '.join(sorted(policies))}); fix the name")
+        if isinstance(policies, Mapping):
+            for policy in policies.values():
+                for spec in self:
+                    _check_key_allows_a_model(spec, policy)
 
     def lookup(self, key: str | None) -> KeySpec | None:
         if not key:

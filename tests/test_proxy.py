@@ -472,6 +472,29 @@ def test_an_open_models_route_still_answers_for_the_callers_key(upstream_url: st
         assert httpx.get(f"{url}/v1/models", timeout=20).status_code == 200  # no key at all
 
 
+def test_a_key_its_policy_leaves_no_model_stops_router_serve_at_start(upstream_url: str, tmp_path: Path) -> None:
+    """A policy's ``keys`` entry narrows its ``allowed_models``; one sharing no model with them made every request
+    of that key a 400 ("no model allowed") long after the server started. ``router serve`` now ends at start
+    (exit 2, one line) naming the key's entry and id, the policy and both lists, never the key."""
+    import subprocess
+    import sys
+
+    config, _ = _config(tmp_path, upstream_url)
+    key = "sk-narrowed-to-nothing"
+    (tmp_path / "policies" / "held.yaml").write_text(
+        "name: held\naccuracy: {min_accuracy: 0.0}\nallowed_models: [remote-echo]\n"
+        f"keys: [{{key_hash: {hash_key(key)}, allowed_models: [remote-slow]}}]\n")
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(f"keys:\n  - {{name: narrowed, sha256: {hashlib.sha256(key.encode()).hexdigest()}, "
+                         "policy: held}\n")
+    out = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(config), "--keys", str(keys_file),
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"API key 'narrowed' ({hash_key(key)}) could be answered by no model under policy `held`" in out.stderr
+    assert "allows remote-slow, and the policy's `allowed_models` (remote-echo) has none of them" in out.stderr
+    assert "held.yaml" in out.stderr and key not in out.stderr and "sha256" not in out.stderr
+
+
 def test_a_key_with_lock_policy_stays_within_its_spent_budget(upstream_url: str, tmp_path: Path) -> None:
     """A key whose per-key budget is spent (429) once got a 200 by naming another policy, in the body or as
     ``router:<policy>``. With ``lock_policy: true`` that is a 403 that names the key's policy, and a pinned model
