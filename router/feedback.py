@@ -10,8 +10,9 @@ A score is in [0, 1] and belongs to one response, by the ``id`` the response car
   a judge's (people know what they asked for); among people the newest score wins (someone correcting their own
   score, or an admin overriding it); without one, the mean of each judge's newest score.
 * **Who may score**: with API keys configured, only the key that made the request, or a key marked ``admin: true``;
-  anyone else gets :class:`PermissionDeniedError` (403). Without keys, anyone who knows the id (ids are 96 random
-  bits). A library caller that passes no key is the application itself and may score any response.
+  anyone else gets :class:`PermissionDeniedError` (403). Without keys, anyone who knows the id (the millisecond it
+  was made, then 48 random bits: :mod:`router._ids`). A library caller that passes no key is the application
+  itself and may score any response.
 * **What may be scored**: an answer. A request whose newest record says it got none (``rejected``, or
   ``error``) is :class:`NotFoundError` (404), as an unknown id is: the export could never use its score.
 """
