@@ -1,6 +1,6 @@
 """Every ledger implementation passes the one shared suite (tests/conformance/ledger_suite.py): SQLite, Redis,
-PostgreSQL, and the journaled ledger over SQLite; the stores with a previous release's schema migrate it; the
-stores made unavailable raise ``LedgerError`` and recover."""
+PostgreSQL, the journaled ledger over SQLite and the proxy's background writer over that; the stores with a
+previous release's schema migrate it; the stores made unavailable raise ``LedgerError`` and recover."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from conftest_redis import redis_server, start_redis_server  # noqa: F401 - the 
 
 from router.ledger import JournaledLedger, JournalSettings, Ledger, LedgerRecord, SQLiteLedger, open_ledger
 from router.ledger.base import SUMMARY_DIMS, bucket_of
+from router.proxy.ledger_writer import BackgroundLedger
 
 FIXTURES = Path(__file__).parent / "fixtures"
 _CHECK_IDS = [c.__name__.removeprefix("check_") for c in LEDGER_CHECKS]
@@ -54,6 +55,22 @@ def journaled_store(tmp_path: Path) -> Iterator[OpenStore]:
         settings = JournalSettings(folder=tmp_path / f"{name}.journal", replay_interval_s=0.2)
         led = open_ledger(f"sqlite:///{tmp_path / f'{name}.sqlite3'}", journal=settings)
         assert isinstance(led, JournaledLedger)
+        opened.append(led)
+        return led
+
+    yield open_store
+    _closing(opened)
+
+
+@pytest.fixture
+def background_store(tmp_path: Path) -> Iterator[OpenStore]:
+    """The proxy's ledger (``router serve``): the background writer over the journal over SQLite. Its writes land
+    after a pause, its reads that report wait for them: to a caller, a ledger like any other."""
+    opened: list[Ledger] = []
+
+    def open_store(name: str) -> Ledger:
+        settings = JournalSettings(folder=tmp_path / f"{name}.journal", replay_interval_s=0.2)
+        led = BackgroundLedger(SQLiteLedger(tmp_path / f"{name}.sqlite3"), interval_s=0.01, journal=settings)
         opened.append(led)
         return led
 
@@ -107,6 +124,11 @@ def test_sqlite_ledger_conforms(check: Callable[[OpenStore], None], sqlite_store
 @pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)
 def test_journaled_sqlite_ledger_conforms(check: Callable[[OpenStore], None], journaled_store: OpenStore) -> None:
     check(journaled_store)
+
+
+@pytest.mark.parametrize("check", LEDGER_CHECKS, ids=_CHECK_IDS)
+def test_background_ledger_conforms(check: Callable[[OpenStore], None], background_store: OpenStore) -> None:
+    check(background_store)
 
 
 @pytest.mark.redis

@@ -13,9 +13,10 @@ proxy's median CPU per request at concurrency 64 from 0.517 to 0.397 ms, togethe
 reservation (``python benchmarks/ab_proxy.py --budget``; benchmarks/README.md, *Proxy*). Settlements queue apart
 from the records: before a budget refuses a request the Router applies the queued ones at once, on its own thread
 (:meth:`BackgroundLedger.settle_queued`), and reserves again, so the holds of calls that have ended never refuse a
-call the budget has room for. Reads that report on records (``records``, ``totals``, ``summary``) first wait for
-the queue to drain, so they see every record handed over before them; ``spent`` and ``budget_used`` do not wait
-(they may be read on the request path) and can trail by what is still queued.
+call the budget has room for. Reads that report on records (``records``, ``totals``, ``summary``, the carbon
+report's rows) and on the store (``hold_counts``, ``integrity_problems``: ``router ledger doctor``'s) first wait for
+the queue to drain, so they see every record and settlement handed over before them; ``spent``, ``budget_used`` and
+``recent_calls`` do not wait (they are read on the request path) and can trail by what is still queued.
 
 Group commit: handing a record over is a ``deque.append`` that wakes nobody while the writer is busy; the writer
 takes everything queued, writes it, then pauses ``interval_s`` (default 20 ms) so the next records gather, and
@@ -63,12 +64,16 @@ from typing import Any
 
 from ..config import JournalSettings
 from ..ledger import Feedback, Ledger, LedgerRecord, Reservation, StoredPrompt, SummaryRow
+from ..ledger.base import HoldCounts
 from ..ledger.journal import Journal, Segment, Settlement, journal_folder
 from ..ledger.journaled import JournaledLedger
 from ..ledger.stores import in_memory
 
 log = logging.getLogger("router.proxy")
 _STOP = object()
+_STORE_REPORTS = frozenset({"carbon_rows"})
+"""Reads some stores add (found through ``__getattr__``) that report on the records, so wait for the queue as
+``summary`` does: ``carbon_rows`` is the carbon report's and the dashboard's query."""
 
 
 class _Queued:
@@ -347,6 +352,35 @@ class BackgroundLedger(Ledger):
         self.flush()
         return self.inner.prune(older_than)
 
+    # -- the store's own state (``router ledger doctor``): read once what was handed over is in it -------------
+    @property
+    def schema_version(self) -> int | None:
+        return self.inner.schema_version
+
+    @property
+    def latest_schema_version(self) -> int | None:
+        return self.inner.latest_schema_version
+
+    def integrity_problems(self) -> list[str]:
+        self.flush()
+        return self.inner.integrity_problems()
+
+    def _stored_summary(self, lo: float, hi: float) -> list[SummaryRow]:
+        self.flush()
+        return self.inner.stored_summary(lo, hi)
+
+    def rebuild_summary(self) -> None:
+        self.flush()
+        self.inner.rebuild_summary()
+
+    def hold_counts(self) -> HoldCounts | None:
+        """The store's holds once the settlements queued before this call are applied: a call whose settlement
+        is still queued has ended, and counting its hold as "may be running" would have a caller that waits for
+        the holds to settle (a test, ``router ledger doctor``) wait on this writer's pause, or read a hold the
+        store is about to drop."""
+        self.flush()
+        return self.inner.hold_counts()
+
     # -- budgets: reservations synchronous and atomic in the inner ledger; settlements queued -----------
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:
@@ -418,7 +452,16 @@ class BackgroundLedger(Ledger):
     def __getattr__(self, name: str) -> Any:  # anything ledger-specific (e.g. SQLite's retention settings)
         if name in ("inner", "journaled"):
             raise AttributeError(name)
-        return getattr(self.inner, name)
+        extra = getattr(self.inner, name)
+        if name not in _STORE_REPORTS:
+            return extra
+
+        @functools.wraps(extra)
+        def after_flush(*args: Any, **kwargs: Any) -> Any:  # a report sees every record handed over before it
+            self.flush()
+            return extra(*args, **kwargs)
+
+        return after_flush
 
     def close(self) -> None:
         if self._unjournaled or self._unjournaled_settlements:  # a server stopped with deferral on: these count
