@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ from test_budgets import REVIEW, policy, setup, spend_early
 
 from router import Router
 from router.config import RouterConfig
-from router.errors import ConfigError, LedgerError
+from router.errors import BadRequestError, ConfigError, LedgerError
 from router.ledger import (
     JournaledLedger,
     JournalSettings,
@@ -144,6 +145,11 @@ def test_a_store_outage_loses_nothing(tmp_path: Path) -> None:
     assert led.unavailable, "the writer noticed the outage"
     with pytest.raises(LedgerError, match="cannot be enforced"):
         led.try_reserve("b", 1.0, 10.0, 3600)  # budgets fail closed while the store is down
+    for bad_call, param in ((lambda: led.try_reserve(None, 1.0, 10.0, 3600), "budget"),  # type: ignore[arg-type]
+                            (lambda: led.try_reserve("b", math.nan, 10.0, 3600), "joules")):
+        with pytest.raises(BadRequestError) as refused:  # the caller's mistake, not the outage
+            bad_call()
+        assert refused.value.param == param
     holder.execute("COMMIT")
     time.sleep(0.3)
     stop.set()

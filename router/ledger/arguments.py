@@ -121,6 +121,17 @@ def checked_joules(name: str, value: object, *, unlimited: bool = False) -> floa
     return float(cast(SupportsFloat, value))
 
 
+def checked_budget(budget: object) -> str:
+    """A reservation's ``budget`` (the ledger key its joules count against) if it is a string with something in
+    it, else a :class:`~router.errors.BadRequestError` naming ``budget``: unchecked, SQLite stored ``42`` or
+    ``b"day"`` as a budget of their own and refused None as if the store had failed, so a caller's mistake read
+    as an outage (a 503 from the proxy)."""
+    if not isinstance(budget, str) or not budget.strip():
+        raise BadRequestError(f"budget={shown(budget)}: give the budget's name, a non-empty string (e.g. "
+                              "'model:gemma3-270m:86400s')", param="budget")
+    return budget
+
+
 def checked_hold_s(hold_s: object) -> float | None:
     """A reservation's ``hold_s``: None (the hold lasts until its window ends) or a finite number of seconds, 0 or
     more, else a :class:`~router.errors.BadRequestError`: a NaN or infinite expiry is one the stores read apart

@@ -29,6 +29,7 @@ from ..errors import BadRequestError
 from ..policy.schema import budget_window_s
 from .arguments import (
     EARLIEST_TS,
+    checked_budget,
     checked_count,
     checked_group,
     checked_hold_s,
@@ -202,8 +203,10 @@ class Ledger(FeedbackMethods, ABC):
         and a reservation that finds no room gives its joules back first); a settlement that comes later still
         counts what the call used, in full, once (:data:`HOLD_MARGIN_S`).
 
-        The amounts are checked here, once for every store (a NaN, negative or non-number one is a
-        :class:`~router.errors.BadRequestError`); the store's :meth:`_try_reserve` reserves."""
+        The arguments are checked here, once for every store (a budget name that is not a non-empty string, a
+        NaN, negative or non-number amount is a :class:`~router.errors.BadRequestError`); the store's
+        :meth:`_try_reserve` reserves."""
+        budget = checked_budget(budget)
         joules = checked_joules("joules", joules)
         limit_j = checked_joules("limit_j", limit_j, unlimited=True)
         return self._try_reserve(budget, joules, limit_j, window_s, checked_hold_s(hold_s))

@@ -312,6 +312,12 @@ class JournaledLedger(Ledger):
     # -- budgets: fail closed while the store is unavailable ----------------------------------------------
     def try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
                     hold_s: float | None = None) -> Reservation | None:
+        # the base's checks, then _try_reserve: a bad argument is the caller's BadRequestError even during an
+        # outage. Defined here, public, so that the retry hint (below) wraps it
+        return super().try_reserve(budget, joules, limit_j, window_s, hold_s)
+
+    def _try_reserve(self, budget: str, joules: float, limit_j: float, window_s: float,
+                     hold_s: float | None) -> Reservation | None:
         if self.closed:  # not "while the store is unavailable": nothing will bring it back
             raise closed_error(self.url, "reserve budget")
         try:

@@ -444,6 +444,9 @@ def _bad_arguments(led: Ledger) -> list[tuple[str, tuple[str, ...], Callable[[],
         *[("limit_j", (_named(bad), "0 or more, or math.inf for no limit"),
            lambda bad=bad: led.try_reserve("day", 1.0, bad, 3600))  # type: ignore[arg-type]
           for bad in (math.nan, -1.0, -math.inf, True, "10", HUGE)],
+        *[("budget", (_named(bad), "non-empty string"),
+           lambda bad=bad: led.try_reserve(bad, 1.0, 10.0, 3600))  # type: ignore[arg-type]
+          for bad in (None, "", "  ", 42, b"day", ["day"])],
         *[("hold_s", (_named(bad), "finite number of seconds, 0 or more"),
            lambda bad=bad: led.try_reserve("day", 1.0, 10.0, 3600, bad))  # type: ignore[arg-type]
           for bad in (math.nan, -1.0, math.inf, True, "60", HUGE)],
@@ -492,6 +495,7 @@ def check_bad_arguments_are_bad_request_errors(open_store: OpenStore) -> None:
     assert [r.record_id for r in led.records()] == [r.record_id for r in recs]
     assert [p.request_id for p in led.prompts()] == ["r0"]
     assert led.budget_used("day", 3600) == 0.0, "a refused reservation holds nothing"
+    assert led.budget_keys(0.0) == [], "a refused reservation makes no budget counter"
 
 
 @contextlib.contextmanager
