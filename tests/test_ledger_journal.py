@@ -940,6 +940,70 @@ def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_p
             shutil.rmtree(root, ignore_errors=True)
 
 
+# A running ledger whose store refuses a record (a NaN from a broken meter) while the folder's rejected.jsonl is
+# another user's: its replay, every 0.1 s, cannot set the record aside; replay() and close() must go on regardless.
+_REJECTED_UNWRITABLE = """
+import math, sys, time
+from pathlib import Path
+from router.ledger import JournalSettings, LedgerRecord, open_ledger
+url, folder = sys.argv[1], Path(sys.argv[2])
+led = open_ledger(url, journal=JournalSettings(folder=folder, replay_interval_s=0.1))
+led.record(LedgerRecord("refused", "m", "small", math.nan, "measured"))
+led.record(LedgerRecord("stored", "m", "small", 1.0, "measured"))
+time.sleep(0.6)
+result = led.replay()
+print(len(result.unreadable), *[r.request_id for r in led.records()])
+led.close()
+"""
+
+
+def test_a_rejected_file_another_user_owns_is_a_clear_error_said_once(tmp_path: Path) -> None:
+    """This process's own segment holds a record the store refuses, and the folder's rejected.jsonl, where such
+    records are set aside, belongs to another user (a router once run as root): the replay raised a raw
+    PermissionError, so the replay thread logged a traceback every interval, ``replay()`` and ``close()`` raised it
+    (close leaving the store open). Now the replay says once, as a LedgerError naming the file, its owner and what
+    to do, that it cannot set the record aside; the segment stays, the next open refuses with the same error, and a
+    user who may write the file replays it."""
+    as_other: list[str] = []
+    root = tmp_path
+    if os.geteuid() == 0:  # root writes any file: the router runs as nobody instead
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to run the router as another user")
+        as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        root = Path(tempfile.mkdtemp())  # pytest's own tmp folders are closed to other users
+    try:
+        folder = root / "journal"
+        folder.mkdir()
+        for path in (root, folder):
+            path.chmod(0o777)
+        rejected = folder / "rejected.jsonl"
+        rejected.write_bytes(b"")
+        rejected.chmod(0o600 if as_other else 0)  # root's own, or this user's with its permissions taken away
+        url = f"sqlite:///{root / 'l.sqlite3'}"
+        ran = subprocess.run([*as_other, sys.executable, "-c", _REJECTED_UNWRITABLE, url, str(folder)],
+                             capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0 and "PermissionError" not in ran.stderr, ran.stderr
+        assert "ledger journal replay failed" not in ran.stderr, ran.stderr
+        said = f"cannot set aside a record the store refuses in {rejected} (Permission denied"
+        assert ran.stderr.count(said) == 1, ran.stderr
+        assert "fix: " in ran.stderr and "set aside a record the store refuses (" not in ran.stderr, ran.stderr
+        assert ran.stdout.split() == ["1", "stored"], ran.stdout
+        (segment,) = segment_files(folder)  # kept for the refused record, which is nowhere else
+        opened = subprocess.run([*as_other, sys.executable, "-c", "import sys\nfrom router.errors import LedgerError\n"
+                                 "from router.ledger import JournalSettings, open_ledger\ntry:\n"
+                                 f"    open_ledger({url!r}, journal=JournalSettings(folder={str(folder)!r}))\n"
+                                 "except LedgerError as exc:\n    print(exc)\n    sys.exit(3)"],
+                                capture_output=True, text=True, timeout=120)
+        assert opened.returncode == 3 and said in opened.stdout, opened.stdout + opened.stderr
+        rejected.chmod(0o600)
+        with closing(open_ledger(url, journal=JournalSettings(folder=folder))) as led:
+            assert [r.request_id for r in led.records()] == ["stored"]
+        assert b'"refused"' in rejected.read_bytes() and not segment.exists(), "set aside by a user who may"
+    finally:
+        if root != tmp_path:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_segment_that_cannot_roll_over_is_appended_to_and_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """Past ``segment_bytes`` with no new segment to be had (a full disk, too many open files), appends go on in the

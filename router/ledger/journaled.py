@@ -50,7 +50,7 @@ from .base import HoldCounts, Ledger, LedgerRecord, Reservation, SummaryRow
 from .errors import closed_error, ledger_error, redact, wrapped_parts
 from .feedback import Feedback, StoredPrompt
 from .journal import Journal, Segment, Settlement, journal_folder, other_spelling_folders
-from .replay import ReplayResult, replay_folder, replay_segment
+from .replay import ReplayResult, replay_folder, replay_segment, unreadable_error
 
 log = logging.getLogger("router.ledger")
 T = TypeVar("T")
@@ -249,7 +249,11 @@ class JournaledLedger(Ledger):
                 self.journal.rotate()
                 for seg in self.journal.sealed_ready():
                     if seg.dirty:
-                        n, aside = replay_segment(seg.path, store.record_many, store.settle_many)
+                        try:
+                            n, aside = replay_segment(seg.path, store.record_many, store.settle_many)
+                        except PermissionError as exc:  # another user's rejected.jsonl: said below, segment kept
+                            result.unreadable.append(unreadable_error(self.url, self.journal.folder, exc))
+                            continue
                         result.records += n
                         result.set_aside += aside
                         result.files += 1
@@ -265,7 +269,7 @@ class JournaledLedger(Ledger):
                 result.failed.append(str(exc))
                 return result
         result.add(dead)
-        for error in dead.unreadable:
+        for error in result.unreadable:
             if self._opened and str(error) not in self._unreadable_logged:
                 self._unreadable_logged.add(str(error))
                 log.error("%s", error)

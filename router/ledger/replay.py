@@ -21,6 +21,8 @@ from .errors import ledger_error
 from .journal import SEGMENT, Settlement, decode, encode, encode_settlement
 
 log = logging.getLogger("router.ledger")
+REJECTED = "rejected.jsonl"
+"""Where a folder's replays set aside the lines that do not parse and the records the store refuses."""
 
 
 @contextlib.contextmanager
@@ -73,25 +75,32 @@ def _user(uid: int) -> str:
 
 def unreadable_error(url: str, folder: Path, exc: PermissionError) -> LedgerError:
     """Why a journal file in ``folder`` cannot be replayed by this process (another user's segment, left by a
-    router run as that user, e.g. root), naming the file, its owner and what to do. Not retryable: it stays so
-    until a person changes the owner or the user the router runs as."""
+    router run as that user, e.g. root; or the folder's ``rejected.jsonl``, where a segment's refused records go),
+    naming the file, its owner and what to do. Not retryable: it stays so until a person changes the owner or the
+    user the router runs as."""
     path = Path(exc.filename) if exc.filename else folder
     me = _user(os.geteuid())
     try:
         owner = _user(path.stat().st_uid)
     except OSError:
         owner = ""
+    if path.name == REJECTED:  # the segment itself was read and its other records stored: it is kept for this one
+        action = f"set aside a record the store refuses in {path}"
+        stays = "the segment it comes from stays (its other records are in the store), and is replayed again"
+    else:
+        action = f"replay the journal file {path}"
+        stays = "the file stays, and its records reach the store"
     if owner and owner != me:
         whose = f"it belongs to {owner}, and this process runs as {me}"
         fix = (f"run the router as {owner}, or give the file and its folder to {me} (sudo chown -R {me} {folder}); "
-               "the file stays, and its records reach the store once a process that may read and delete it "
-               f"replays it (`router ledger doctor` run as {owner} replays it now)")
+               f"{stays} once a process that may read and write them replays it (`router ledger doctor` run as "
+               f"{owner} replays it now)")
     else:  # this user's own file (or folder) with its permissions taken away
         whose = f"this process runs as {me}, and the permissions keep it out"
         fix = (f"give {me} read and write access to the file and its folder (chmod u+rw {path}; chmod u+rwx "
-               f"{folder}); the file stays, and its records reach the store at the next replay")
-    return ledger_error(url or str(folder), f"cannot replay the journal file {path} ({exc.strerror or exc}: "
-                        f"{whose})", fix, retryable=False)
+               f"{folder}); {stays} at the next replay")
+    return ledger_error(url or str(folder), f"cannot {action} ({exc.strerror or exc}: {whose})", fix,
+                        retryable=False)
 
 
 def segment_files(folder: Path) -> list[Path]:
@@ -170,11 +179,13 @@ def replay_segment(
 
 
 def _set_aside(folder: Path, line: bytes, why: str) -> None:
-    log.error("ledger journal: set aside a record the store refuses (%s); see %s", why, folder / "rejected.jsonl")
     # readable by its owner only, as the segments the lines come from (their records name keys, models and errors)
-    fd = os.open(folder / "rejected.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(folder / REJECTED, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(fd, "ab") as f:
         f.write(line if line.endswith(b"\n") else line + b"\n")
+    # said once it is done: a file this process may not write raises above, and its replay, retried every
+    # interval, says that once (unreadable_error), not this line each time
+    log.error("ledger journal: set aside a record the store refuses (%s); see %s", why, folder / REJECTED)
 
 
 def replay_folder(
