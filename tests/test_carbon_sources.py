@@ -297,3 +297,30 @@ def test_a_child_forked_during_a_refresh_refreshes_on_its_own() -> None:
         src.close()
     finally:
         api.close()
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e300", "-5", "noon"])
+def test_a_clock_file_holding_no_time_is_refused(tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`nan` or `inf` in carbon.clock_file was taken as the time and failed every intensity lookup after it (a
+    series index of NaN, a timestamp past any date); text that is no number was ignored without a word."""
+    clock = tmp_path / "clock"
+    clock.write_text(f"{text}\n")
+    cfg = RouterConfig.model_validate({"carbon": {"zones": {"local": {"type": "file", "path": "CA_2022_hourly.csv"}},
+                                                  "clock_file": str(clock)}})
+    with pytest.raises(ConfigError, match=rf"carbon.clock_file {clock} holds '{text}', not a time; fix: .*epoch "):
+        Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
+    # written bad while running: the last good reading stays, every lookup still answers, and the log says why once
+    clock.write_text("1656633600")
+    grid = Grid.from_settings(cfg.carbon, cfg.grid_g_per_kwh)
+    good = grid.intensity("local")
+    clock.write_text(text)
+    with caplog.at_level("WARNING", logger="router.carbon.grid"):
+        assert grid.clock() == 1656633600.0 and grid.intensity("local") == good
+    assert [r.getMessage() for r in caplog.records] == [
+        f"carbon.clock_file {clock} holds {text!r}, not a time; fix: write the time as epoch seconds, a number from "
+        "0 to 253402300800 (e.g. 1656633600 for 2022-07-01 00:00 UTC), or remove clock_file to use the system clock; "
+        "keeping the last reading, 1656633600.0"]
+    clock.write_text("")  # being rewritten: the last reading, no warning
+    assert grid.clock() == 1656633600.0
+    clock.write_text("1656637200")
+    assert grid.clock() == 1656637200.0

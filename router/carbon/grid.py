@@ -14,6 +14,8 @@ batch scheduler plans with it and intensities are read at its time.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -28,22 +30,61 @@ from .sources import Intensity, IntensitySource, PersistenceForecast, SeriesInte
 if TYPE_CHECKING:
     from ..cards import ModelCard
 
+_log = logging.getLogger(__name__)
+_LAST_EPOCH_SECOND = 253_402_300_800.0
+"""The end of year 9999 UTC: the last time a date can show; a clock past it fails every lookup."""
+
 J_PER_KWH = 3.6e6
 Clock = Callable[[], float]
 
 
 class FileClock:
     """``now`` read from a file holding epoch seconds (a test or a replay moves time by writing it). A file that
-    is missing or being rewritten keeps the last reading."""
+    is missing or being rewritten (empty) keeps the last reading.
+
+    What the file holds is checked where it is read: ``nan``, ``inf`` or text that is no number would reach every
+    intensity lookup (a series index of NaN, a timestamp past any date) and fail each one. At start a bad file is a
+    ConfigError naming it; later, a bad reading is refused (the last good one is kept) and logged once, since the
+    clock is read as each request's record is written and failing there would lose the record."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._last = time.time()
+        self._refused: str | None = None
+        """The last text refused, so that a file left bad is logged once, not at every request."""
+        with contextlib.suppress(OSError):
+            text = self.path.read_text()
+            problem = self._problem(text)
+            if problem is not None:
+                raise ConfigError(problem)
+            if text.strip():
+                self._last = float(text)
 
     def __call__(self) -> float:
-        with contextlib.suppress(OSError, ValueError):
-            self._last = float(self.path.read_text().strip())
+        with contextlib.suppress(OSError):
+            text = self.path.read_text()
+            problem = self._problem(text)
+            if problem is None:
+                if text.strip():
+                    self._last = float(text)
+            elif text != self._refused:
+                self._refused = text
+                _log.warning("%s; keeping the last reading, %s", problem, self._last)
         return self._last
+
+    def _problem(self, text: str) -> str | None:
+        """Why ``text`` is no clock reading (None when it is one, or is empty: a file being rewritten)."""
+        if not text.strip():
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds) and 0 <= seconds < _LAST_EPOCH_SECOND:
+            return None
+        return (f"carbon.clock_file {self.path} holds {text.strip()[:40]!r}, not a time; fix: write the time as "
+                f"epoch seconds, a number from 0 to {_LAST_EPOCH_SECOND:.0f} (e.g. 1656633600 for 2022-07-01 "
+                "00:00 UTC), or remove clock_file to use the system clock")
 
 
 def open_source(zone: str, spec: ZoneSource, fallback_g: float) -> IntensitySource:
