@@ -20,7 +20,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .yaml_files import meant_field, read_yaml
@@ -429,6 +438,17 @@ class RouterConfig(BaseModel):
             where, from_env = _LOADING.get() or ("RouterConfig(...)", set())
             # pydantic's own error repeats every input, so one about `keys` would put a key in a logged traceback
             raise _config_error(exc, where, from_env) from (None if _about_secrets(exc) else exc)
+
+    @field_validator("ledger_url", mode="before")
+    @classmethod
+    def _ledger_url_given(cls, value: Any) -> Any:
+        """``ledger_url: ''`` (or a bare ``ledger_url:``, null) reads as "the default" to a person, but reached the
+        ledger as the path ``.``, the working folder, and failed there as "sqlite:///. is a directory"."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError("no ledger URL; fix: omit ledger_url for the default ledger (ledger.sqlite3 in the "
+                             "user data folder), or give a URL: sqlite:///PATH, redis://HOST:PORT/DB or "
+                             "postgresql://USER@HOST/DB")
+        return value
 
     @model_validator(mode="before")
     @classmethod

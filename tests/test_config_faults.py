@@ -175,6 +175,14 @@ def test_config_value_from_the_environment_says_so(tmp_path: Path, monkeypatch: 
         RouterConfig.load()
 
 
+@pytest.mark.parametrize("setting", ["ledger_url: ''", "ledger_url:", "ledger_url: '  '"])
+def test_an_empty_ledger_url_names_the_field_and_the_fix(tmp_path: Path, setting: str) -> None:
+    """`ledger_url: ''` reached the ledger as the path `.` and failed there: "sqlite:///. is a directory"."""
+    with pytest.raises(ConfigError, match=r"router\.yaml: field `ledger_url`: no ledger URL \(got .*\); fix: omit "
+                       r"ledger_url for the default ledger .* sqlite:///PATH, redis://HOST:PORT/DB or postgresql://"):
+        RouterConfig.load(write(tmp_path, "router.yaml", setting + "\n"))
+
+
 # -- files a card names ----------------------------------------------------------------------------------------
 def onnx_card(path: str, tokenizer: str | None = None) -> str:
     tok = f", tokenizer: {tokenizer}" if tokenizer else ""
