@@ -30,7 +30,8 @@ def test_negative_grid_is_rejected() -> None:
     ("joules", "text"), [(0, "0 J"), (0.25, "250 mJ"), (12.34, "12.3 J"), (4500, "4.5 kJ"), (2.1e6, "2.1 MJ"),
                          # the unit after rounding: 999.6 J is "1 kJ", not "1e+03 J"
                          (999.6, "1 kJ"), (0.9996, "1 J"), (999_600.0, "1 MJ"), (2e9, "2 GJ"), (-999.6, "-1 kJ"),
-                         (0.0004, "0.4 mJ")]
+                         (0.0004, "400 µJ"), (9.996e-4, "1 mJ"), (1e-9, "1 nJ"), (3.2e-11, "32 pJ"),
+                         (1e-13, "1e-13 J"), (1e15, "1 PJ"), (-2e18, "-2 EJ"), (999.6e18, "1e+21 J")]
 )
 def test_format_joules(joules: float, text: str) -> None:
     assert format_joules(joules) == text

@@ -35,6 +35,32 @@ def test_convert_still_converts() -> None:
 
 
 @pytest.mark.parametrize(
+    ("joules", "sentence"),
+    [
+        ("0", "0 J (0 kWh) ≈ 0 phone charges ≈ 0 kettle boils; 0 g CO2e"),
+        ("1e-15", "1e-15 J (2.78e-22 kWh) ≈ 2.06e-20 phone charges"),
+        ("1e-12", "1 pJ (2.78e-19 kWh)"),
+        ("1e-9", "1 nJ (2.78e-16 kWh)"),  # was "1e-06 mJ", which reads as a millionth of a joule
+        ("2.5e-6", "2.5 µJ (6.94e-13 kWh)"),
+        ("1e-3", "1 mJ (2.78e-10 kWh)"),
+        ("1", "1 J (2.78e-07 kWh) ≈ 2.06e-05 phone charges ≈ 2.78e-06 kettle boils; 0.000132 g CO2e"),
+        ("1e3", "1 kJ (0.000278 kWh) ≈ 0.0206 phone charges ≈ 0.00278 kettle boils; 0.132 g CO2e"),
+        ("1e6", "1 MJ (0.278 kWh) ≈ 20.6 phone charges ≈ 2.78 kettle boils; 132 g CO2e"),
+        ("1e9", "1 GJ (278 kWh) ≈ 20,600 phone charges ≈ 2,780 kettle boils; 132,000 g CO2e"),  # not 2.06e+04
+        ("1e12", "1 TJ (278,000 kWh) ≈ 20,600,000 phone charges ≈ 2,780,000 kettle boils; 132,000,000 g CO2e"),
+        ("1e15", "1 PJ (278,000,000 kWh) ≈ 2.06e+10 phone charges"),  # was "1e+03 TJ"
+        ("1e18", "1 EJ (2.78e+11 kWh)"),
+        ("1e30", "1e+30 J (2.78e+23 kWh) ≈ 2.06e+25 phone charges ≈ 2.78e+24 kettle boils; 1.32e+26 g CO2e"),
+        ("1e300", "1e+300 J (2.78e+293 kWh)"),
+    ],
+)
+def test_convert_prints_every_magnitude_in_a_unit_that_reads_right(joules: str, sentence: str) -> None:
+    res = CliRunner().invoke(app, ["energy", "convert", joules], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(sentence), res.output
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         (None, "cannot read the prompts file: No such file or directory"),

@@ -16,6 +16,7 @@ Why these constants (also in ``docs/energy.md``):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..config import DEFAULT_GRID_G_PER_KWH
@@ -70,8 +71,8 @@ class Equivalents:
         """One line for people: ``1.2 kJ (0.00033 kWh) ≈ 0.025 phone charges ≈ 0.0033 kettle boils, 0.16 g CO2e``."""
         note = self.co2e_note()
         return (
-            f"{format_joules(self.joules)} ({self.kwh:.3g} kWh) ≈ {self.phone_charges:.3g} phone charges ≈ "
-            f"{self.kettle_boils:.3g} kettle boils; {self.co2e_g:.3g} g CO2e at {self.grid_g_per_kwh:g} g/kWh"
+            f"{format_joules(self.joules)} ({figure(self.kwh)} kWh) ≈ {figure(self.phone_charges)} phone charges ≈ "
+            f"{figure(self.kettle_boils)} kettle boils; {figure(self.co2e_g)} g CO2e at {self.grid_g_per_kwh:g} g/kWh"
             + (f" ({self.intensity_from})" if self.intensity_from else "")
             + (f"; {note}" if note else "")
         )
@@ -129,16 +130,31 @@ def recorded_equivalents(joules: float, co2e_g: float, fallback_g_per_kwh: float
                                records=records, records_without_co2e=missing, joules_without_co2e=missing_j)
 
 
-_JOULE_UNITS = ((1e12, "TJ"), (1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ"), (1.0, "J"))
+_JOULE_UNITS = ((1e18, "EJ"), (1e15, "PJ"), (1e12, "TJ"), (1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ"), (1.0, "J"),
+                (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ"), (1e-12, "pJ"))
+"""Largest first. Past either end the figure is joules in scientific notation (``1e+21 J``, ``1e-15 J``): a
+prefix nobody reads (zJ, ZJ), or ``1e-06 mJ``, which looks like a millionth of a joule, would be worse."""
 
 
 def format_joules(joules: float) -> str:
-    """Human units: ``850 mJ``, ``12.3 J``, ``4.5 kJ``, ``2.1 MJ``. The unit is chosen after rounding to three
-    figures, so 999.6 J reads ``1 kJ``, not ``1e+03 J``."""
+    """Human units: ``850 mJ``, ``12.3 J``, ``4.5 kJ``, ``2.1 MJ``, ``3 nJ``. The unit is chosen after rounding to
+    three figures, so 999.6 J reads ``1 kJ``, not ``1e+03 J``."""
     if joules == 0:
         return "0 J"
     rounded = abs(float(f"{joules:.3g}"))
-    for size, unit in _JOULE_UNITS:
-        if rounded >= size:
-            return f"{joules / size:.3g} {unit}"
-    return f"{joules * 1000:.3g} mJ"
+    if rounded < _JOULE_UNITS[0][0] * 1000:
+        for size, unit in _JOULE_UNITS:
+            if rounded >= size:
+                return f"{joules / size:.3g} {unit}"
+    return f"{joules:.3g} J"
+
+
+def figure(value: float) -> str:
+    """``value`` to three significant figures, as people write it: ``20,600`` and ``0.000278``, not ``2.06e+04``;
+    scientific notation only where plain digits would run long (below 0.0001, from 10^9 up)."""
+    rounded = float(f"{value:.3g}")
+    if rounded == 0 or not 1e-4 <= abs(rounded) < 1e9:
+        return f"{value:.3g}"
+    decimals = max(0, 2 - math.floor(math.log10(abs(rounded))))
+    text = f"{rounded:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
