@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -422,3 +423,41 @@ def test_the_tables_show_each_workload_segment_of_a_mixed_file(tmp_path: Path) -
         assert rows[name] == [f"{v['requests']:,}", f"{100 * v['accuracy']:.1f} %",
                               f"{100 * v['large_accuracy']:.1f} %", f"{v['energy_j_per_request']:,.3g}",
                               f"{v['large_energy_j_per_request']:,.3g}"], (name, rows)
+
+
+@pytest.mark.parametrize("option", ["--plot", "--html", "--decisions"])
+@pytest.mark.parametrize("fault", ["a folder", "under a file", "a folder not writable"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(
+        setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, fault: str) -> None:
+    """`--plot reports/` (a folder) ended in a traceback, IsADirectoryError, once the whole simulation had run:
+    minutes on a large file. Every output is now checked first: exit 2 naming the option, the path and the fix."""
+    out, cards = setup
+    folder, a_file = tmp_path / "reports", tmp_path / "notes.txt"
+    folder.mkdir()
+    a_file.write_text("x")
+    path, said = {"a folder": (folder, f"{folder} is a folder; fix: name a file"),
+                  "under a file": (a_file / "new" / "out.x", f"{a_file} is a file, so nothing can be made in it"),
+                  "a folder not writable": (folder / "new" / "out.x",
+                                            f"cannot write in the folder {folder} (permission denied)")}[fault]
+    if fault == "a folder not writable":  # fault injection: the tests may run as root, whom no mode bit stops
+        real_access = os.access
+        monkeypatch.setattr("router.cli.paths.os.access",
+                            lambda p, mode: Path(p) != folder and real_access(p, mode))
+
+    def must_not_run(*_args: object, **_kwargs: object) -> None:  # fault injection: the run is what must not start
+        raise AssertionError("the simulation ran before its outputs were checked")
+
+    monkeypatch.setattr("router.simulate.simulator.Simulator.run", must_not_run)
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), option, str(path))
+    assert code == 2, text
+    assert f"Invalid value for '{option}'" in text and said in " ".join(text.split()) and "fix: " in text, text
+    assert not (folder / "new").exists(), "a refused output makes no folder"
+
+
+def test_outputs_in_folders_not_there_yet_are_written(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    out, cards = setup
+    new = tmp_path / "new" / "deeper"
+    code, text = run("--outcomes", str(out), "--policy", "stub", "--models", str(cards), "--plot", str(new / "p.png"),
+                     "--html", str(new / "r.html"), "--decisions", str(new / "d.jsonl"))
+    assert code == 0, text
+    assert sorted(p.name for p in new.iterdir()) == ["d.jsonl", "p.png", "r.html"]

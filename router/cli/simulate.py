@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from .output import STDIN, is_stdout, refuse_stdout, refuse_two_on_stdout, stdout_console, text_output
-from .paths import refuse_overwriting_inputs
+from .paths import refuse_overwriting_inputs, refuse_unwritable_outputs
 
 err = Console(stderr=True)
 CARBON_SPAN_MAX_H = 876_000.0
@@ -117,8 +117,9 @@ def simulate(
     start = _carbon_start(carbon, carbon_start, carbon_span)
     refuse_stdout("--plot", plot, "a PNG image is binary")
     refuse_two_on_stdout({"--json": as_json, "--decisions -": is_stdout(decisions), "--html -": is_stdout(html_out)})
-    refuse_overwriting_inputs({"--decisions": decisions, "--plot": plot, "--html": html_out},
-                              _input_files(outcomes, carbon, policy, config_file))
+    outputs = {"--decisions": decisions, "--plot": plot, "--html": html_out}
+    refuse_overwriting_inputs(outputs, _input_files(outcomes, carbon, policy, config_file))
+    refuse_unwritable_outputs(outputs)  # before the run, which takes minutes on a large file
     try:
         config = RouterConfig.load(config_file)
         models_dir = models or config.models_dir
