@@ -17,7 +17,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
@@ -883,20 +884,31 @@ led.close()
 """
 
 
+@contextmanager
+def _as_another_user(tmp_path: Path) -> Iterator[tuple[list[str], Path]]:
+    """``(prefix, folder)``: the command prefix that runs a process as a user other than the owner of the files the
+    test makes in ``folder``. As root (who reads and writes any file) that is ``nobody`` through setpriv, in a folder
+    of its own (pytest's are closed to other users), removed afterwards; as anyone else no prefix, in ``tmp_path``
+    (the test takes its permissions away instead)."""
+    if os.geteuid() != 0:
+        yield [], tmp_path
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv to run the router as another user")
+    root = Path(tempfile.mkdtemp())
+    try:
+        yield ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     """A segment left by a router run as another user (root, say), unreadable to this one, raised a raw
     PermissionError from the replay at open: a traceback from the library and `router serve`, and `router ledger
     doctor` said only "Permission denied". Now the library raises a LedgerError naming the file, its owner and what
     to do, `router serve` exits 2 with it, the doctor reports it (exit 1), a running ledger logs it once, and the
     file stays for its owner."""
-    as_other: list[str] = []
-    root = tmp_path
-    if os.geteuid() == 0:  # root reads any file: the router runs as nobody instead
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv to run the router as another user")
-        as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        root = Path(tempfile.mkdtemp())  # pytest's own tmp folders are closed to other users
-    try:
+    with _as_another_user(tmp_path) as (as_other, root):
         setup(root, policy(REVIEW, 100.0))
         config = _serve_config(root, root / "l.sqlite3", 1.0)
         url = f"sqlite:///{root / 'l.sqlite3'}"
@@ -935,9 +947,6 @@ def test_a_journal_file_another_user_owns_is_a_clear_error_not_a_traceback(tmp_p
         segment.chmod(0o600)
         with closing(open_ledger(url, journal=JournalSettings(folder=root / "journal"))) as led:
             assert [r.request_id for r in led.records()] == ["q1"], "replayed by a user who may read it"
-    finally:
-        if root != tmp_path:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 # A running ledger whose store refuses a record (a NaN from a broken meter) while the folder's rejected.jsonl is
@@ -964,14 +973,7 @@ def test_a_rejected_file_another_user_owns_is_a_clear_error_said_once(tmp_path: 
     (close leaving the store open). Now the replay says once, as a LedgerError naming the file, its owner and what
     to do, that it cannot set the record aside; the segment stays, the next open refuses with the same error, and a
     user who may write the file replays it."""
-    as_other: list[str] = []
-    root = tmp_path
-    if os.geteuid() == 0:  # root writes any file: the router runs as nobody instead
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv to run the router as another user")
-        as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        root = Path(tempfile.mkdtemp())  # pytest's own tmp folders are closed to other users
-    try:
+    with _as_another_user(tmp_path) as (as_other, root):
         folder = root / "journal"
         folder.mkdir()
         for path in (root, folder):
@@ -999,9 +1001,6 @@ def test_a_rejected_file_another_user_owns_is_a_clear_error_said_once(tmp_path: 
         with closing(open_ledger(url, journal=JournalSettings(folder=folder))) as led:
             assert [r.request_id for r in led.records()] == ["stored"]
         assert b'"refused"' in rejected.read_bytes() and not segment.exists(), "set aside by a user who may"
-    finally:
-        if root != tmp_path:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_segment_that_cannot_roll_over_is_appended_to_and_said_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
