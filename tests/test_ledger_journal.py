@@ -827,6 +827,25 @@ def test_a_journal_folder_names_its_store_and_another_store_is_refused_it(tmp_pa
     assert not list(shared.glob(".STORE*")), "no half-made note left behind"
 
 
+def test_a_sqlite_ledger_moved_with_its_journal_keeps_it(tmp_path: Path) -> None:
+    """A SQLite file and its journal beside it (``<file>.journal``, the default), moved together (a restored
+    backup, a volume mounted at another path): the note names the file's old path, yet the folder is the file's by
+    its name, so the ledger opens, replays what waited there, and the note names the new path."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    left = Journal(old / "l.sqlite3.journal", url=f"sqlite:///{old / 'l.sqlite3'}")  # a stopped process's record
+    left.append(_rec(1))
+    left.close()
+    SQLiteLedger(old / "l.sqlite3").close()
+    old.rename(new)
+    with closing(open_ledger(f"sqlite:///{new / 'l.sqlite3'}", journal=True)) as moved:
+        assert [r.request_id for r in moved.records()] == ["q1"]
+    assert (new / "l.sqlite3.journal" / "STORE").read_text() == f"sqlite:///{new / 'l.sqlite3'}\n"
+    # another file given that folder by name is still refused it
+    with pytest.raises(LedgerError, match="belongs to another store"):
+        open_ledger(f"sqlite:///{new / 'other.sqlite3'}", journal=JournalSettings(folder=new / "l.sqlite3.journal"))
+
+
 @pytest.mark.parametrize(("a", "b", "same"), [
     ("redis://h:6379/0", "rediss://:pw@H/0?socket_timeout=3&prefix=router:", True),
     ("redis://h/0", "redis://h/?db=0", True),

@@ -66,7 +66,7 @@ def store_note_conflict(folder: Path, url: str) -> LedgerError | None:
     (before notes were absolute) is read from the working directory or beside the folder (the default folder's
     place), whichever matches."""
     noted = read_store_note(folder)
-    if noted is None:
+    if noted is None or _beside_its_file(folder, url):
         return None
     here = store_identity(url)
     if here in (store_identity(noted), store_identity(noted, base=folder.parent)):
@@ -81,25 +81,45 @@ def store_note_conflict(folder: Path, url: str) -> LedgerError | None:
         retryable=False)  # fmt: skip
 
 
+def _beside_its_file(folder: Path, url: str) -> bool:
+    """Whether ``folder`` is the default journal of the SQLite file ``url`` names (``<file>.journal`` beside it):
+    such a folder is that file's by its name, wherever the two were moved or copied together (a restored backup, a
+    volume mounted elsewhere), so a note naming the file's old path is no other store's."""
+    path = sqlite_path(url)
+    if path is None:
+        return False
+    file = Path(os.path.realpath(path))
+    return os.path.realpath(folder) == str(file.with_name(file.name + ".journal"))
+
+
 def claim_folder(folder: Path, url: str) -> None:
     """Make sure ``folder`` is the journal of the store ``url``: a folder without a STORE note (new, or from a
     release that wrote none) gets one naming it; one whose note names another store is a ``LedgerError``
     (:func:`store_note_conflict`). Two processes that start at once each try to create the note, and the one that
     does not is checked against the other's."""
     conflict = store_note_conflict(folder, url)
-    if conflict is None and read_store_note(folder) is None:
-        path = sqlite_path(url)
-        text = redact(url) if path is None else sqlite_url(os.path.abspath(path))
-        making = folder / f".{STORE_NOTE}.{os.getpid()}.{threading.get_ident()}.new"
-        making.write_text(text + "\n", encoding="utf-8")
+    path = sqlite_path(url)
+    text = redact(url) if path is None else sqlite_url(os.path.abspath(path))
+    noted = read_store_note(folder)
+    if conflict is None and noted is None:
+        making = _note_draft(folder, text)
         try:
             os.link(making, folder / STORE_NOTE)  # whole, and only where no note is yet
         except FileExistsError:
             conflict = store_note_conflict(folder, url)
         finally:
             making.unlink(missing_ok=True)
+    elif noted is not None and noted != text and _beside_its_file(folder, url):  # moved with its file: say where
+        os.replace(_note_draft(folder, text), folder / STORE_NOTE)
     if conflict is not None:
         raise conflict
+
+
+def _note_draft(folder: Path, text: str) -> Path:
+    """A STORE note written whole under a name of this thread's, to be put in place in one step."""
+    making = folder / f".{STORE_NOTE}.{os.getpid()}.{threading.get_ident()}.new"
+    making.write_text(text + "\n", encoding="utf-8")
+    return making
 
 
 def same_store_folders(folder: Path, url: str) -> list[Path]:
