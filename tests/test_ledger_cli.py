@@ -31,6 +31,9 @@ NOW = time.time()
 def ledger(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     led = SQLiteLedger.from_url(url)
+    # hours before now, not before the module's import: a test run half an hour after collection (a loaded
+    # runner) found the 1-hour-old record past a 1.44-hour retention
+    now = time.time()
     rows = [
         # (model, tier, joules, in, out, outcome, hours ago)
         ("sentiment-onnx", "specialist", 0.01, 20, 1, "ok", 30),
@@ -42,7 +45,7 @@ def ledger(tmp_path: Path) -> str:
     for i, (m, tier, j, tin, tout, outcome, ago) in enumerate(rows):
         led.record(LedgerRecord(f"r{i}", m, tier, j, "estimated:cpu-time", outcome=outcome,  # type: ignore[arg-type]
                                 input_tokens=tin, output_tokens=tout, latency_ms=100.0, policy="balanced",
-                                ts=NOW - ago * 3600))  # fmt: skip
+                                ts=now - ago * 3600))  # fmt: skip
     led.close()
     return url
 
